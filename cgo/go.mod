@@ -1,0 +1,3 @@
+module github.com/weftrs/weft/cgo
+
+go 1.24

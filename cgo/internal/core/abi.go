@@ -1,0 +1,214 @@
+// Package core implements the weft Go SDK without cgo: the plugin registry, the zero-copy
+// request view decoder, the mutation encoder and the dispatch entry points that the C shim
+// (package weft/cabi) and the test host (package weft/wefttest) call.
+//
+// The Go structs in this file mirror the C layout of include/weft.h (generated from
+// runtime/src/abi.rs); a test in weft/cabi checks sizes and offsets against the C compiler.
+//
+// # Ownership and lifetime
+//
+// A request view is owned by the host and valid only during the phase call that passed it in.
+// Every string the SDK hands to a handler (method, path, header names and values, ...) is built
+// with unsafe.String directly over the view memory: it is not copied, and it must not be used
+// after the handler returns. Use strings.Clone to keep one.
+package core
+
+// ABIVersion is the weft C ABI version this SDK speaks (WEFT_ABI_VERSION).
+const ABIVersion = 1
+
+// Runtime kinds reported in the plugin descriptor.
+const (
+	RuntimeNative = 0
+	RuntimeGo     = 1
+)
+
+// Result is a weft result code (WeftResult).
+type Result uint32
+
+// Result codes; the values are those of the C enum WeftResult.
+const (
+	ResultOK               Result = 0
+	ResultPanic            Result = 1
+	ResultInvalidArgument  Result = 2
+	ResultUnknownPlugin    Result = 3
+	ResultMutationOverflow Result = 4
+	ResultInitFailed       Result = 5
+	ResultABIMismatch      Result = 6
+	ResultUnsupportedPhase Result = 7
+	ResultInvalidMutation  Result = 8
+	ResultHandlerFailed    Result = 9
+	ResultInternal         Result = 10
+)
+
+var resultNames = [...]string{
+	"ok", "panic", "invalid argument", "unknown plugin", "mutation overflow", "init failed",
+	"abi mismatch", "unsupported phase", "invalid mutation", "handler failed", "internal",
+}
+
+// String returns a short lowercase name of the result code.
+func (r Result) String() string {
+	if int(r) < len(resultNames) {
+		return resultNames[r]
+	}
+	return "unknown result"
+}
+
+// Phase is an HTTP processing phase (WeftPhase).
+type Phase uint32
+
+// Phases; the values are those of the C enum WeftPhase. Body and WebSocket phases are reserved
+// by the ABI and not driven by the current host.
+const (
+	PhaseRequestHeaders  Phase = 0
+	PhaseRequestBody     Phase = 1
+	PhaseResponseHeaders Phase = 2
+	PhaseResponseBody    Phase = 3
+	PhaseLog             Phase = 4
+)
+
+// Mask returns the phase's bit in a plugin's phase set (1 << phase).
+func (p Phase) Mask() uint32 {
+	if p >= 32 {
+		return 0
+	}
+	return 1 << p
+}
+
+// String returns the phase name as used in log lines, e.g. "request_headers".
+func (p Phase) String() string {
+	switch p {
+	case PhaseRequestHeaders:
+		return "request_headers"
+	case PhaseRequestBody:
+		return "request_body"
+	case PhaseResponseHeaders:
+		return "response_headers"
+	case PhaseResponseBody:
+		return "response_body"
+	case PhaseLog:
+		return "log"
+	}
+	return "unknown_phase"
+}
+
+// MutationOp is the operation of one mutation record (WeftMutationOp).
+type MutationOp uint32
+
+// Mutation operations; the values are those of the C enum WeftMutationOp.
+const (
+	OpSetRequestHeader     MutationOp = 1
+	OpAddRequestHeader     MutationOp = 2
+	OpRemoveRequestHeader  MutationOp = 3
+	OpSetPath              MutationOp = 4
+	OpSetQuery             MutationOp = 5
+	OpSetResponseHeader    MutationOp = 6
+	OpAddResponseHeader    MutationOp = 7
+	OpRemoveResponseHeader MutationOp = 8
+	OpSetStatus            MutationOp = 9
+	OpLocalReply           MutationOp = 10
+	OpLocalReplyHeader     MutationOp = 11
+)
+
+var opNames = [...]string{
+	"", "set_request_header", "add_request_header", "remove_request_header", "set_path",
+	"set_query", "set_response_header", "add_response_header", "remove_response_header",
+	"set_status", "local_reply", "local_reply_header",
+}
+
+// String returns the snake_case name of the operation.
+func (o MutationOp) String() string {
+	if o > 0 && int(o) < len(opNames) {
+		return opNames[o]
+	}
+	return "unknown_op"
+}
+
+// Level is a host log level.
+type Level uint32
+
+// Log levels; the values are WEFT_LOG_ERROR .. WEFT_LOG_DEBUG.
+const (
+	LogError Level = 1
+	LogWarn  Level = 2
+	LogInfo  Level = 3
+	LogDebug Level = 4
+)
+
+// String returns the lowercase level name.
+func (l Level) String() string {
+	switch l {
+	case LogError:
+		return "error"
+	case LogWarn:
+		return "warn"
+	case LogInfo:
+		return "info"
+	case LogDebug:
+		return "debug"
+	}
+	return "unknown"
+}
+
+// Str mirrors WeftStr: len bytes at off bytes from the start of the view.
+type Str struct {
+	Off uint32
+	Len uint32
+}
+
+// Header mirrors WeftHeader.
+type Header struct {
+	Name  Str
+	Value Str
+}
+
+// RequestView mirrors WeftRequestView, the fixed part at offset 0 of a request view.
+type RequestView struct {
+	Size            uint32
+	Phase           uint32
+	RequestID       uint64
+	Slot            uint32
+	Generation      uint32
+	Method          Str
+	Path            Str
+	Query           Str
+	Host            Str
+	ClientAddr      Str
+	Scheme          Str
+	Version         Str
+	ReqHeadersOff   uint32
+	ReqHeaderCount  uint32
+	Status          uint32
+	RespHeadersOff  uint32
+	RespHeaderCount uint32
+	Reserved        uint32
+}
+
+// Mutation mirrors WeftMutation, the 16-byte header of one mutation record. It is followed by
+// ALen bytes of operand a, BLen bytes of operand b and zero padding to a multiple of 4.
+type Mutation struct {
+	Op   uint32
+	Arg  uint32
+	ALen uint32
+	BLen uint32
+}
+
+// Buf mirrors WeftBuf, a host-owned output buffer.
+type Buf struct {
+	Ptr *byte
+	Cap uint32
+	Len uint32
+}
+
+// Sizes of the mirrored structs in bytes.
+const (
+	SizeofStr         = 8
+	SizeofHeader      = 16
+	SizeofRequestView = 104
+	SizeofMutation    = 16
+)
+
+// RecordSize returns the number of bytes a mutation record with operands of aLen and bLen bytes
+// occupies in the output buffer, padding included.
+func RecordSize(aLen, bLen int) int {
+	return SizeofMutation + (aLen+bLen+3)&^3
+}

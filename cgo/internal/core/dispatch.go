@@ -1,0 +1,294 @@
+package core
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+)
+
+// Errors returned by Init and Shutdown; InitResult maps them to result codes.
+var (
+	ErrUnknownPlugin   = errors.New("unknown plugin")
+	ErrInvalidArgument = errors.New("invalid argument")
+)
+
+// handlers is a plugin instance with its type parameters erased.
+type handlers interface {
+	run(ctx *Context, slot, generation uint32)
+	shutdown()
+}
+
+// typedInstance is one configured instance of a Plugin[C, S]: its config and the per-slot
+// request state. states[i] belongs to the request that holds slot i in generation gens[i].
+type typedInstance[C any, S any] struct {
+	p      *Plugin[C, S]
+	cfg    *C
+	states []S
+	gens   []uint32
+}
+
+func newTypedInstance[C any, S any](p *Plugin[C, S], config []byte, slotCount uint32) (handlers, error) {
+	cfg := new(C)
+	if err := decodeConfig(config, cfg); err != nil {
+		return nil, err
+	}
+	if p.Init != nil {
+		if err := p.Init(cfg); err != nil {
+			return nil, err
+		}
+	}
+	return &typedInstance[C, S]{
+		p:      p,
+		cfg:    cfg,
+		states: make([]S, slotCount),
+		gens:   make([]uint32, slotCount),
+	}, nil
+}
+
+// decodeConfig decodes one JSON value from config into cfg, rejecting unknown fields and
+// trailing data. An empty config leaves cfg at its zero value.
+func decodeConfig(config []byte, cfg any) error {
+	if len(bytes.TrimSpace(config)) == 0 {
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(config))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(cfg); err != nil {
+		return fmt.Errorf("invalid config: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("invalid config: trailing data after the JSON value")
+	}
+	return nil
+}
+
+func (t *typedInstance[C, S]) run(ctx *Context, slot, generation uint32) {
+	if t.gens[slot] != generation {
+		var zero S
+		t.states[slot] = zero
+		t.gens[slot] = generation
+	}
+	state := &t.states[slot]
+	switch ctx.phase {
+	case PhaseRequestHeaders:
+		t.p.RequestHeaders(ctx, t.cfg, state)
+	case PhaseResponseHeaders:
+		t.p.ResponseHeaders(ctx, t.cfg, state)
+	case PhaseLog:
+		t.p.Log(ctx, t.cfg, state)
+	}
+}
+
+func (t *typedInstance[C, S]) shutdown() {
+	if t.p.Shutdown != nil {
+		t.p.Shutdown(t.cfg)
+	}
+}
+
+// instance is one initialised plugin instance as the dispatcher sees it.
+type instance struct {
+	id        uint64
+	name      string // plugin name, for log lines
+	phases    uint32
+	slotCount uint32
+	h         handlers
+	ctxs      []Context // one reusable Context per slot: handlers get a pointer without allocating
+}
+
+// The instance table is copy-on-write: Init and Shutdown (rare, serialised by instancesMu)
+// publish a new map; Dispatch reads it with one atomic load and no lock.
+var (
+	instancesMu sync.Mutex
+	instances   atomic.Pointer[map[uint64]*instance]
+)
+
+func lookupInstance(id uint64) *instance {
+	m := instances.Load()
+	if m == nil {
+		return nil
+	}
+	return (*m)[id]
+}
+
+// Init creates instance id of the plugin with index plugin (an index into Plugins()), decoding
+// config (JSON) into the plugin's config type and allocating state for slotCount slots. It is
+// called by the host once per configured instance before any traffic. Use InitResult to turn
+// the error into a result code.
+func Init(plugin uint32, id uint64, config []byte, slotCount uint32) (err error) {
+	def, err := defaultRegistry.definition(plugin)
+	if err != nil {
+		return err
+	}
+	instancesMu.Lock()
+	defer instancesMu.Unlock()
+	if lookupInstance(id) != nil {
+		return fmt.Errorf("%w: instance %d is already initialised", ErrInvalidArgument, id)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("plugin %q panicked during init: %v", def.info.Name, r)
+		}
+	}()
+	h, err := def.newInstance(config, slotCount)
+	if err != nil {
+		return err
+	}
+	inst := &instance{
+		id:        id,
+		name:      def.info.Name,
+		phases:    def.info.Phases,
+		slotCount: slotCount,
+		h:         h,
+		ctxs:      make([]Context, slotCount),
+	}
+	next := make(map[uint64]*instance)
+	if old := instances.Load(); old != nil {
+		for k, v := range *old {
+			next[k] = v
+		}
+	}
+	next[id] = inst
+	instances.Store(&next)
+	return nil
+}
+
+// InitResult maps an error returned by Init to the result code the host expects.
+func InitResult(err error) Result {
+	switch {
+	case err == nil:
+		return ResultOK
+	case errors.Is(err, ErrUnknownPlugin):
+		return ResultUnknownPlugin
+	case errors.Is(err, ErrInvalidArgument):
+		return ResultInvalidArgument
+	}
+	return ResultInitFailed
+}
+
+// Shutdown runs the plugin's Shutdown hook for instance id and forgets the instance.
+func Shutdown(id uint64) error {
+	instancesMu.Lock()
+	old := instances.Load()
+	inst := lookupInstance(id)
+	if inst != nil {
+		next := make(map[uint64]*instance, len(*old))
+		for k, v := range *old {
+			if k != id {
+				next[k] = v
+			}
+		}
+		instances.Store(&next)
+	}
+	instancesMu.Unlock()
+	if inst == nil {
+		return fmt.Errorf("%w: no instance %d", ErrUnknownPlugin, id)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			hostLog(LogError, id, fmt.Sprintf("plugin %q panicked during shutdown: %v", inst.name, r))
+		}
+	}()
+	inst.h.shutdown()
+	return nil
+}
+
+// Dispatch runs phase of the request described by view through instance id. view points to a
+// host-laid-out request view (WeftRequestView at offset 0, view.size bytes in all); out points
+// to outCap writable bytes for mutation records. It returns the result code and the number of
+// bytes of mutation records written (0 unless the result is ResultOK).
+//
+// A malformed view (any offset or length outside view.size, a misaligned array, a slot out of
+// range, a phase that differs from view.phase) gives ResultInvalidArgument without running
+// the handler. A handler panic is recovered into ResultPanic and logged through the host.
+func Dispatch(id uint64, phase uint32, view unsafe.Pointer, out unsafe.Pointer, outCap uint32) (res Result, outLen uint32) {
+	inst := lookupInstance(id)
+	if inst == nil {
+		return ResultUnknownPlugin, 0
+	}
+	p := Phase(phase)
+	if inst.phases&p.Mask() == 0 {
+		return ResultUnsupportedPhase, 0
+	}
+	if view == nil || uintptr(view)%8 != 0 || (out == nil && outCap > 0) {
+		return ResultInvalidArgument, 0
+	}
+	v := (*RequestView)(view)
+	if v.Phase != phase || v.Slot >= inst.slotCount || !validView(view, v) {
+		return ResultInvalidArgument, 0
+	}
+	ctx := &inst.ctxs[v.Slot]
+	ctx.begin(view, p, id, out, outCap)
+	defer func() {
+		if r := recover(); r != nil {
+			logPanic(inst, p, r)
+			res, outLen = ResultPanic, 0
+		}
+		ctx.end()
+	}()
+	inst.h.run(ctx, v.Slot, v.Generation)
+	switch {
+	case ctx.failure != nil:
+		hostLog(LogError, id, fmt.Sprintf("plugin %q failed in %s: %v", inst.name, p, ctx.failure))
+		return ResultHandlerFailed, 0
+	case ctx.overflow:
+		return ResultMutationOverflow, 0
+	}
+	return ResultOK, uint32(ctx.n)
+}
+
+func logPanic(inst *instance, p Phase, r any) {
+	hostLog(LogError, inst.id, fmt.Sprintf("plugin %q panicked in %s: %v", inst.name, p, r))
+	hostLog(LogDebug, inst.id, string(debug.Stack()))
+}
+
+// validView checks that every string and header array of the view lies within v.Size bytes.
+// After it returns true, the accessors read the view without further checks.
+func validView(base unsafe.Pointer, v *RequestView) bool {
+	size := uint64(v.Size)
+	if size < SizeofRequestView {
+		return false
+	}
+	for _, s := range [...]Str{v.Method, v.Path, v.Query, v.Host, v.ClientAddr, v.Scheme, v.Version} {
+		if uint64(s.Off)+uint64(s.Len) > size {
+			return false
+		}
+	}
+	return validHeaders(base, size, v.ReqHeadersOff, v.ReqHeaderCount) &&
+		validHeaders(base, size, v.RespHeadersOff, v.RespHeaderCount)
+}
+
+func validHeaders(base unsafe.Pointer, size uint64, off, count uint32) bool {
+	if count == 0 {
+		return true
+	}
+	if off%4 != 0 || uint64(off)+uint64(count)*SizeofHeader > size {
+		return false
+	}
+	for i := range count {
+		h := (*Header)(unsafe.Add(base, uintptr(off)+uintptr(i)*SizeofHeader))
+		if uint64(h.Name.Off)+uint64(h.Name.Len) > size || uint64(h.Value.Off)+uint64(h.Value.Len) > size {
+			return false
+		}
+	}
+	return true
+}
+
+// LogFunc receives plugin log lines: the host's log callback, or a test host's recorder.
+type LogFunc func(level Level, instance uint64, msg string)
+
+var logger atomic.Pointer[LogFunc]
+
+// SetLogger installs the function log lines of all instances go to.
+func SetLogger(f LogFunc) { logger.Store(&f) }
+
+func hostLog(level Level, instance uint64, msg string) {
+	if f := logger.Load(); f != nil && *f != nil {
+		(*f)(level, instance, msg)
+	}
+}

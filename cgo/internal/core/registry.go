@@ -1,0 +1,151 @@
+package core
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+)
+
+// Plugin describes one plugin: its name and its handlers. C is the instance configuration
+// (decoded from the instance's JSON config), S the per-request state.
+//
+// The phases a plugin handles are those whose handler field is non-nil.
+type Plugin[C any, S any] struct {
+	// Name identifies the plugin in the host configuration; unique within the library.
+	Name string
+	// Init is optional. It is called once per instance after the instance's JSON config has been
+	// decoded into a fresh C (unknown fields are rejected). An error refuses startup with the
+	// error's message. Init may derive unexported fields of C for the handlers.
+	Init func(cfg *C) error
+	// RequestHeaders runs when the request line and headers have arrived.
+	RequestHeaders func(ctx *Context, cfg *C, state *S)
+	// ResponseHeaders runs when the upstream's status and headers have arrived.
+	ResponseHeaders func(ctx *Context, cfg *C, state *S)
+	// Log runs after the response has been sent, off the request path, possibly on another OS
+	// thread than the other phases (but always after them). Mutations are not allowed here.
+	Log func(ctx *Context, cfg *C, state *S)
+	// Shutdown is optional and runs once per instance when the host shuts down.
+	Shutdown func(cfg *C)
+}
+
+// phases returns the phase mask implied by the non-nil handlers.
+func (p *Plugin[C, S]) phases() uint32 {
+	var m uint32
+	if p.RequestHeaders != nil {
+		m |= PhaseRequestHeaders.Mask()
+	}
+	if p.ResponseHeaders != nil {
+		m |= PhaseResponseHeaders.Mask()
+	}
+	if p.Log != nil {
+		m |= PhaseLog.Mask()
+	}
+	return m
+}
+
+// PluginInfo is what the registry tells the host about one plugin.
+type PluginInfo struct {
+	Name   string
+	Phases uint32
+}
+
+// definition is a registered plugin with its type parameters erased.
+type definition struct {
+	info        PluginInfo
+	newInstance func(config []byte, slotCount uint32) (handlers, error)
+}
+
+// registry holds the plugins of a library, in registration order. The zero value is ready to
+// use. Registration errors are recorded rather than panicking (registration runs from init
+// functions); they surface as the library's load error.
+type registry struct {
+	mu     sync.Mutex
+	defs   []definition
+	byName map[string]int
+	errs   []string
+}
+
+var defaultRegistry registry
+
+// Register adds p to the library's plugin registry. It is meant to be called from an init
+// function. Errors (empty or duplicate name, no handlers) do not panic: they are recorded and
+// reported to the host, which then refuses the whole library with that message.
+func Register[C any, S any](p Plugin[C, S]) {
+	register(&defaultRegistry, p)
+}
+
+func register[C any, S any](r *registry, p Plugin[C, S]) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case p.Name == "":
+		r.errs = append(r.errs, "plugin with an empty name")
+		return
+	case p.phases() == 0:
+		r.errs = append(r.errs, fmt.Sprintf("plugin %q has no phase handler", p.Name))
+		return
+	}
+	if _, dup := r.byName[p.Name]; dup {
+		r.errs = append(r.errs, fmt.Sprintf("plugin %q registered twice", p.Name))
+		return
+	}
+	if r.byName == nil {
+		r.byName = make(map[string]int)
+	}
+	r.byName[p.Name] = len(r.defs)
+	pp := p // the instance closures keep their own copy
+	r.defs = append(r.defs, definition{
+		info: PluginInfo{Name: p.Name, Phases: p.phases()},
+		newInstance: func(config []byte, slotCount uint32) (handlers, error) {
+			return newTypedInstance(&pp, config, slotCount)
+		},
+	})
+}
+
+// Plugins returns the registered plugins in index order (the order of the descriptor's plugin
+// array), or nil if registration failed.
+func Plugins() []PluginInfo { return defaultRegistry.plugins() }
+
+func (r *registry) plugins() []PluginInfo {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.errs) > 0 {
+		return nil
+	}
+	out := make([]PluginInfo, len(r.defs))
+	for i, d := range r.defs {
+		out[i] = d.info
+	}
+	return out
+}
+
+// LoadError returns the registration failure of the library, or nil.
+func LoadError() error { return defaultRegistry.loadError() }
+
+func (r *registry) loadError() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.errs) == 0 {
+		return nil
+	}
+	return errors.New("weft: plugin registration failed: " + strings.Join(r.errs, "; "))
+}
+
+// Lookup returns the index of the plugin registered under name.
+func Lookup(name string) (index uint32, ok bool) {
+	r := &defaultRegistry
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i, ok := r.byName[name]
+	return uint32(i), ok
+}
+
+func (r *registry) definition(index uint32) (definition, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.errs) > 0 || uint64(index) >= uint64(len(r.defs)) {
+		return definition{}, fmt.Errorf("%w: no plugin with index %d", ErrUnknownPlugin, index)
+	}
+	return r.defs[index], nil
+}

@@ -1,0 +1,21 @@
+//go:build !race
+
+package testplugins
+
+import (
+	"testing"
+
+	"github.com/weftrs/weft/cgo/weft/wefttest"
+)
+
+func TestBenchHeaderZeroAllocs(t *testing.T) {
+	p := benchView(t)
+	allocs := testing.AllocsPerRun(1000, func() {
+		if code, _ := p.Dispatch(); code != wefttest.OK {
+			t.Fatal(code)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per request-headers dispatch, want 0", allocs)
+	}
+}

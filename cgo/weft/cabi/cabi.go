@@ -1,0 +1,191 @@
+// Package cabi exports the weft C ABI from a Go plugin library. It is the only package of the
+// SDK that uses cgo. Import it for its side effects in the main package of the library:
+//
+//	package main
+//
+//	import (
+//		_ "example.com/myplugins/auth"
+//		_ "github.com/weftrs/weft/cgo/weft/cabi"
+//	)
+//
+//	func main() {}
+//
+// and build with go build -buildmode=c-shared. The library then exports
+// weft_plugin_entry (see include/weft.h), which reports every plugin registered with
+// weft.Register.
+//
+// Nothing here runs at Go init time: the descriptor is built on the first weft_plugin_entry
+// call, in C memory that is never freed (Go libraries are never unloaded).
+package cabi
+
+/*
+#cgo CFLAGS: -I${SRCDIR}/../../../include
+#include <stdlib.h>
+#include "weft.h"
+
+// Defined in entry.c.
+extern const WeftHostApi *weft_host;
+extern void weft_fill_fns(WeftPluginDescriptor *d);
+*/
+import "C"
+
+import (
+	"fmt"
+	"runtime"
+	"strconv"
+	"sync"
+	"unicode/utf8"
+	"unsafe"
+
+	"github.com/weftrs/weft/cgo/internal/core"
+)
+
+// abiVersionOverride, when set with
+// -ldflags "-X github.com/weftrs/weft/cgo/weft/cabi.abiVersionOverride=99", replaces the ABI
+// version the library reports (for host tests of the version check). Empty means
+// WEFT_ABI_VERSION; a value that is not a number reports 0.
+var abiVersionOverride string
+
+func abiVersion() C.uint32_t {
+	if abiVersionOverride == "" {
+		return C.WEFT_ABI_VERSION
+	}
+	v, err := strconv.ParseUint(abiVersionOverride, 10, 32)
+	if err != nil {
+		return 0
+	}
+	return C.uint32_t(v)
+}
+
+var (
+	descOnce sync.Once
+	desc     *C.WeftPluginDescriptor
+)
+
+// weft_go_entry is called by weft_plugin_entry (entry.c), which has the exact prototype of
+// weft.h (cgo cannot export const-qualified signatures).
+//
+//export weft_go_entry
+func weft_go_entry(host *C.WeftHostApi) (d *C.WeftPluginDescriptor) {
+	defer func() {
+		if r := recover(); r != nil {
+			hostLogger(core.LogError, 0, fmt.Sprintf("weft: panic in weft_plugin_entry: %v", r))
+			d = nil
+		}
+	}()
+	if host != nil && host.size >= C.sizeof_WeftHostApi && host.log != nil {
+		C.weft_host = host
+		core.SetLogger(hostLogger)
+	}
+	descOnce.Do(func() { desc = buildDescriptor() })
+	return desc
+}
+
+// buildDescriptor fills the descriptor from the registry, in C memory that lives for the
+// life of the process.
+func buildDescriptor() *C.WeftPluginDescriptor {
+	d := (*C.WeftPluginDescriptor)(C.calloc(1, C.sizeof_WeftPluginDescriptor))
+	d.abi_version = abiVersion()
+	d.descriptor_size = C.sizeof_WeftPluginDescriptor
+	d.request_view_size = C.sizeof_WeftRequestView
+	d.mutation_size = C.sizeof_WeftMutation
+	d.host_api_size = C.sizeof_WeftHostApi
+	d.runtime = C.WEFT_RUNTIME_GO
+	d.runtime_version, d.runtime_version_len = cString(runtime.Version())
+	if err := core.LoadError(); err != nil {
+		d.load_error, d.load_error_len = cString(err.Error())
+	} else if plugins := core.Plugins(); len(plugins) > 0 {
+		infos := unsafe.Slice((*C.WeftPluginInfo)(C.calloc(C.size_t(len(plugins)), C.sizeof_WeftPluginInfo)), len(plugins))
+		for i, p := range plugins {
+			infos[i].name, infos[i].name_len = cString(p.Name)
+			infos[i].phases = C.uint32_t(p.Phases)
+		}
+		d.plugins = &infos[0]
+		d.plugin_count = C.uint32_t(len(plugins))
+	}
+	C.weft_fill_fns(d)
+	return d
+}
+
+// cString copies s into never-freed C memory (not NUL-terminated).
+func cString(s string) (*C.uint8_t, C.size_t) {
+	if s == "" {
+		return nil, 0
+	}
+	return (*C.uint8_t)(C.CBytes([]byte(s))), C.size_t(len(s))
+}
+
+//export weft_go_init
+func weft_go_init(plugin C.uint32_t, instance C.uint64_t, config *C.uint8_t, configLen C.size_t, slotCount C.uint32_t, errBuf *C.WeftBuf) (res C.uint32_t) {
+	defer func() {
+		if r := recover(); r != nil {
+			msg := fmt.Sprintf("weft: panic in plugin init: %v", r)
+			hostLogger(core.LogError, uint64(instance), msg)
+			writeErr(errBuf, msg)
+			res = C.uint32_t(core.ResultPanic)
+		}
+	}()
+	if config == nil && configLen > 0 {
+		writeErr(errBuf, "config is NULL with a non-zero length")
+		return C.uint32_t(core.ResultInvalidArgument)
+	}
+	var cfg []byte
+	if configLen > 0 {
+		// Copied: the config outlives this call in decoded form and must not alias host memory.
+		cfg = C.GoBytes(unsafe.Pointer(config), C.int(configLen))
+	}
+	err := core.Init(uint32(plugin), uint64(instance), cfg, uint32(slotCount))
+	if err != nil {
+		writeErr(errBuf, err.Error())
+	}
+	return C.uint32_t(core.InitResult(err))
+}
+
+// writeErr copies msg into the host's error buffer, truncated at a UTF-8 boundary.
+func writeErr(buf *C.WeftBuf, msg string) {
+	if buf == nil || buf.ptr == nil || buf.cap == 0 {
+		return
+	}
+	if len(msg) > int(buf.cap) {
+		msg = msg[:buf.cap]
+		for len(msg) > 0 && !utf8.ValidString(msg) {
+			msg = msg[:len(msg)-1]
+		}
+	}
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(buf.ptr)), buf.cap), msg)
+	buf.len = C.uint32_t(len(msg))
+}
+
+//export weft_go_on_phase
+func weft_go_on_phase(instance C.uint64_t, phase C.uint32_t, view *C.WeftRequestView, out *C.WeftBuf) (res C.uint32_t) {
+	defer func() {
+		if r := recover(); r != nil {
+			hostLogger(core.LogError, uint64(instance), fmt.Sprintf("weft: panic in phase dispatch: %v", r))
+			res = C.uint32_t(core.ResultPanic)
+		}
+	}()
+	if out == nil {
+		return C.uint32_t(core.ResultInvalidArgument)
+	}
+	out.len = 0
+	r, n := core.Dispatch(uint64(instance), uint32(phase), unsafe.Pointer(view), unsafe.Pointer(out.ptr), uint32(out.cap))
+	out.len = C.uint32_t(n)
+	return C.uint32_t(r)
+}
+
+// weft_go_thread_start does nothing: calling any exported Go function on a host thread makes
+// the Go runtime bind an M to that thread (kept until the thread exits), so the first phase
+// call on the thread does not pay for it.
+//
+//export weft_go_thread_start
+func weft_go_thread_start() {}
+
+//export weft_go_shutdown
+func weft_go_shutdown(instance C.uint64_t) {
+	defer func() {
+		if r := recover(); r != nil {
+			hostLogger(core.LogError, uint64(instance), fmt.Sprintf("weft: panic in shutdown: %v", r))
+		}
+	}()
+	_ = core.Shutdown(uint64(instance))
+}

@@ -1,0 +1,112 @@
+package cabi
+
+import (
+	"runtime"
+	"testing"
+	"unsafe"
+
+	"github.com/weftrs/weft/cgo/internal/core"
+	"github.com/weftrs/weft/cgo/weft"
+)
+
+func TestLayoutMatchesHeader(t *testing.T) {
+	var (
+		s core.Str
+		h core.Header
+		m core.Mutation
+		b core.Buf
+		v core.RequestView
+	)
+	tests := []struct {
+		name  string
+		which int
+		goLay []uintptr
+	}{
+		{"WeftStr", 0, []uintptr{unsafe.Sizeof(s), unsafe.Offsetof(s.Off), unsafe.Offsetof(s.Len)}},
+		{"WeftHeader", 1, []uintptr{unsafe.Sizeof(h), unsafe.Offsetof(h.Name), unsafe.Offsetof(h.Value)}},
+		{"WeftMutation", 2, []uintptr{unsafe.Sizeof(m), unsafe.Offsetof(m.Op), unsafe.Offsetof(m.Arg),
+			unsafe.Offsetof(m.ALen), unsafe.Offsetof(m.BLen)}},
+		{"WeftBuf", 3, []uintptr{unsafe.Sizeof(b), unsafe.Offsetof(b.Ptr), unsafe.Offsetof(b.Cap), unsafe.Offsetof(b.Len)}},
+		{"WeftRequestView", 4, []uintptr{unsafe.Sizeof(v),
+			unsafe.Offsetof(v.Size), unsafe.Offsetof(v.Phase), unsafe.Offsetof(v.RequestID),
+			unsafe.Offsetof(v.Slot), unsafe.Offsetof(v.Generation), unsafe.Offsetof(v.Method),
+			unsafe.Offsetof(v.Path), unsafe.Offsetof(v.Query), unsafe.Offsetof(v.Host),
+			unsafe.Offsetof(v.ClientAddr), unsafe.Offsetof(v.Scheme), unsafe.Offsetof(v.Version),
+			unsafe.Offsetof(v.ReqHeadersOff), unsafe.Offsetof(v.ReqHeaderCount), unsafe.Offsetof(v.Status),
+			unsafe.Offsetof(v.RespHeadersOff), unsafe.Offsetof(v.RespHeaderCount), unsafe.Offsetof(v.Reserved)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := cLayout(tt.which, len(tt.goLay)-1)
+			for i := range c {
+				if c[i] != tt.goLay[i] {
+					what := "size"
+					if i > 0 {
+						what = "offset of field " + string(rune('0'+i-1))
+					}
+					t.Errorf("%s: C %d, Go %d", what, c[i], tt.goLay[i])
+				}
+			}
+		})
+	}
+	if got := unsafe.Sizeof(v); got != core.SizeofRequestView {
+		t.Errorf("core.SizeofRequestView = %d, want %d", core.SizeofRequestView, got)
+	}
+	if got := unsafe.Sizeof(m); got != core.SizeofMutation {
+		t.Errorf("core.SizeofMutation = %d, want %d", core.SizeofMutation, got)
+	}
+	if got := unsafe.Sizeof(h); got != core.SizeofHeader {
+		t.Errorf("core.SizeofHeader = %d, want %d", core.SizeofHeader, got)
+	}
+}
+
+func TestConstantsMatchHeader(t *testing.T) {
+	for name, v := range cConstants() {
+		if v[0] != v[1] {
+			t.Errorf("%s: C %d, Go %d", name, v[0], v[1])
+		}
+	}
+}
+
+func init() {
+	weft.Register(weft.Plugin[struct{}, struct{}]{
+		Name:           "cabi-test",
+		RequestHeaders: func(*weft.Context, *struct{}, *struct{}) {},
+		Log:            func(*weft.Context, *struct{}, *struct{}) {},
+	})
+}
+
+func TestDescriptor(t *testing.T) {
+	d := weft_go_entry(nil)
+	if d == nil {
+		t.Fatal("weft_go_entry returned nil")
+	}
+	if d2 := weft_go_entry(nil); d2 != d {
+		t.Error("second entry call returned another descriptor")
+	}
+	if d.abi_version != core.ABIVersion || d.runtime != core.RuntimeGo {
+		t.Errorf("abi_version %d runtime %d", d.abi_version, d.runtime)
+	}
+	if d.request_view_size != core.SizeofRequestView || d.mutation_size != core.SizeofMutation {
+		t.Errorf("sizes: view %d mutation %d", d.request_view_size, d.mutation_size)
+	}
+	if got := string(unsafe.Slice((*byte)(unsafe.Pointer(d.runtime_version)), d.runtime_version_len)); got != runtime.Version() {
+		t.Errorf("runtime_version %q", got)
+	}
+	if d.load_error != nil {
+		t.Fatalf("load_error %q", unsafe.Slice((*byte)(unsafe.Pointer(d.load_error)), d.load_error_len))
+	}
+	if d.plugin_count != 1 {
+		t.Fatalf("plugin_count %d", d.plugin_count)
+	}
+	p := unsafe.Slice(d.plugins, d.plugin_count)[0]
+	if name := string(unsafe.Slice((*byte)(unsafe.Pointer(p.name)), p.name_len)); name != "cabi-test" {
+		t.Errorf("plugin name %q", name)
+	}
+	if want := core.PhaseRequestHeaders.Mask() | core.PhaseLog.Mask(); uint32(p.phases) != want {
+		t.Errorf("phases %#x, want %#x", p.phases, want)
+	}
+	if d.init == nil || d.on_phase == nil || d.thread_start == nil || d.shutdown == nil {
+		t.Error("missing function pointer")
+	}
+}

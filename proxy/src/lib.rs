@@ -1,0 +1,15 @@
+//! weft-proxy: a reverse proxy that runs weft plugin chains (Go HTTP plugins loaded through
+//! `weft-runtime`) on requests before forwarding them to upstreams.
+//!
+//! The binary in `main.rs` is a thin CLI over this library, so tests and benches can run the
+//! proxy (and the demo upstream) in-process.
+
+pub mod config;
+pub mod demo;
+pub mod forward;
+pub mod route;
+pub mod server;
+pub mod upstream;
+
+pub use config::Config;
+pub use server::{Proxy, serve, spawn};

@@ -1,0 +1,433 @@
+//! End-to-end: the proxy and its upstreams run in-process and are exercised over real HTTP.
+//! No plugins: these configs never load a library, so the plugin runtime is never created.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weft_proxy::demo::{Fnv1a, spawn_demo_upstream};
+use weft_proxy::{Config, Proxy};
+
+type TestBody = BoxBody<Bytes, Infallible>;
+
+fn client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn h2_client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).boxed()
+}
+
+async fn start_proxy(yaml: &str) -> SocketAddr {
+    let config = Config::parse(yaml, "test.yaml", Path::new(".")).expect("valid config");
+    let proxy = Proxy::from_config(&config).expect("proxy starts");
+    weft_proxy::spawn(proxy, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+}
+
+/// A proxy with one catch-all route to `upstream`.
+async fn proxy_to(upstream: SocketAddr, timeout_ms: u64) -> SocketAddr {
+    start_proxy(&format!(
+        "listen: 127.0.0.1:0\n\
+         upstreams: [{{ name: up, addresses: [\"{upstream}\"], timeout_ms: {timeout_ms} }}]\n\
+         routes: [{{ name: all, upstream: up }}]\n"
+    ))
+    .await
+}
+
+/// Serves `handler` on a fresh loopback port (HTTP/1.1 and h2c).
+async fn spawn_upstream<F, Fut, B>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service_fn(handler))
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn body_json(resp: Response<Incoming>) -> Value {
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {bytes:?}"))
+}
+
+async fn body_text(resp: Response<Incoming>) -> String {
+    String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn forwards_method_path_query_body_and_forwarding_headers() {
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = proxy_to(upstream, 5000).await;
+
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("http://{proxy}/some/path?x=1&y=two%20words"))
+        .header("host", "Public.Example:8443")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "spoofed.example")
+        .header("x-end-to-end", "kept")
+        .body(full("hello upstream"))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = body_json(resp).await;
+
+    assert_eq!(seen["method"], "PUT");
+    assert_eq!(seen["path"], "/some/path");
+    assert_eq!(seen["query"], "x=1&y=two%20words");
+    assert_eq!(seen["body"], "hello upstream");
+    assert_eq!(seen["version"], "HTTP/1.1");
+    let h = &seen["headers"];
+    assert_eq!(h["host"], "Public.Example:8443", "client's host is kept");
+    assert_eq!(h["x-forwarded-host"], "Public.Example:8443");
+    assert_eq!(h["x-forwarded-proto"], "http", "client-sent proto is overwritten");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1", "client ip appended");
+    assert_eq!(h["x-end-to-end"], "kept");
+    assert_eq!(h["content-length"], "14");
+}
+
+#[tokio::test]
+async fn strips_hop_by_hop_headers_both_ways() {
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = proxy_to(upstream, 5000).await;
+    let req = Request::builder()
+        .uri(format!("http://{proxy}/hop"))
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("te", "trailers")
+        .header("x-e2e", "kept")
+        .body(full(""))
+        .unwrap();
+    let seen = body_json(client().request(req).await.unwrap()).await;
+    let h = seen["headers"].as_object().unwrap();
+    for name in [
+        "connection",
+        "x-hop",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+    ] {
+        assert!(!h.contains_key(name), "{name} was forwarded: {h:?}");
+    }
+    assert_eq!(h["x-e2e"], "kept");
+
+    // Response direction: an upstream naming its own hop-by-hop header.
+    let upstream = spawn_upstream(|_req| async {
+        Ok(Response::builder()
+            .header("connection", "x-resp-hop")
+            .header("x-resp-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("x-resp-e2e", "kept")
+            .body(Full::new(Bytes::from_static(b"ok")))
+            .unwrap())
+    })
+    .await;
+    let proxy = proxy_to(upstream, 5000).await;
+    let resp = client().get(format!("http://{proxy}/").parse().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let h = resp.headers();
+    assert!(h.get("x-resp-hop").is_none() && h.get("keep-alive").is_none(), "{h:?}");
+    assert!(h.get("connection").is_none(), "{h:?}");
+    assert_eq!(h["x-resp-e2e"], "kept");
+    assert_eq!(body_text(resp).await, "ok");
+}
+
+#[tokio::test]
+async fn routes_by_host_prefix_and_method_else_404() {
+    let a = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let b = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = start_proxy(&format!(
+        "listen: 127.0.0.1:0\n\
+         upstreams:\n  - {{ name: a, addresses: [\"{a}\"] }}\n  - {{ name: b, addresses: [\"{b}\"] }}\n\
+         routes:\n\
+         \x20 - {{ host: \"*.example.com\", path_prefix: /, upstream: b }}\n\
+         \x20 - {{ path_prefix: /api, methods: [GET], upstream: a }}\n"
+    ))
+    .await;
+    let send = |method: Method, host: &str, path: &str| {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{proxy}{path}"))
+            .header("host", host)
+            .body(full(""))
+            .unwrap();
+        client().request(req)
+    };
+
+    let resp = send(Method::GET, "www.Example.com:1234", "/anything").await.unwrap();
+    assert_eq!(body_json(resp).await["upstream"], b.to_string());
+    let resp = send(Method::GET, "other.test", "/api/v1").await.unwrap();
+    assert_eq!(body_json(resp).await["upstream"], a.to_string());
+
+    for (method, host, path) in [
+        (Method::GET, "other.test", "/apix"),
+        (Method::GET, "other.test", "/"),
+        (Method::POST, "other.test", "/api/v1"),
+        (Method::GET, "example.com", "/x"),
+    ] {
+        let resp = send(method.clone(), host, path).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{method} {host}{path}");
+        assert_eq!(body_text(resp).await, "no route\n");
+    }
+}
+
+#[tokio::test]
+async fn round_robin_across_addresses() {
+    let a = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let b = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = start_proxy(&format!(
+        "listen: 127.0.0.1:0\n\
+         upstreams: [{{ name: up, addresses: [\"{a}\", \"{b}\"] }}]\n\
+         routes: [{{ upstream: up }}]\n"
+    ))
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let resp = client().get(format!("http://{proxy}/").parse().unwrap()).await.unwrap();
+        seen.push(body_json(resp).await["upstream"].as_str().unwrap().to_owned());
+    }
+    let (a, b) = (a.to_string(), b.to_string());
+    assert!(
+        seen == [&a, &b, &a, &b].map(String::as_str) || seen == [&b, &a, &b, &a].map(String::as_str),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn closed_upstream_port_is_502() {
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let proxy = proxy_to(closed, 5000).await;
+    let resp = client()
+        .get(format!("http://{proxy}/x").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(body_text(resp).await, "upstream unavailable\n");
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504() {
+    let upstream = spawn_upstream(|_req| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Ok(Response::new(Full::new(Bytes::from_static(b"late"))))
+    })
+    .await;
+    let proxy = proxy_to(upstream, 200).await;
+    let start = Instant::now();
+    let resp = client()
+        .get(format!("http://{proxy}/slow").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
+    assert_eq!(body_text(resp).await, "upstream timed out\n");
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_client() {
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = proxy_to(upstream, 5000).await;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{proxy}/h2/path?q=1"))
+        .body(full("over h2"))
+        .unwrap();
+    let resp = h2_client().request(req).await.unwrap();
+    assert_eq!(resp.version(), Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = body_json(resp).await;
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["path"], "/h2/path");
+    assert_eq!(seen["query"], "q=1");
+    assert_eq!(seen["body"], "over h2");
+    assert_eq!(seen["version"], "HTTP/1.1", "upstreams get HTTP/1.1");
+    // No host header on h2: :authority becomes host and x-forwarded-host.
+    assert_eq!(seen["headers"]["host"], proxy.to_string());
+    assert_eq!(seen["headers"]["x-forwarded-host"], proxy.to_string());
+    assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
+}
+
+/// A body produced chunk by chunk with no length, so it goes out chunked (h1) / as DATA
+/// frames (h2) and nothing on the way can know its size in advance.
+struct Generated {
+    sent: usize,
+    total: usize,
+}
+
+const CHUNK: usize = 64 * 1024;
+
+fn generated_byte(i: usize) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 13)) as u8
+}
+
+impl Body for Generated {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.sent == self.total {
+            return Poll::Ready(None);
+        }
+        let n = CHUNK.min(self.total - self.sent);
+        let chunk: Vec<u8> = (self.sent..self.sent + n).map(generated_byte).collect();
+        self.sent += n;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+    }
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+fn generated_hash(total: usize) -> String {
+    let mut h = Fnv1a::new();
+    for start in (0..total).step_by(CHUNK) {
+        let chunk: Vec<u8> = (start..(start + CHUNK).min(total)).map(generated_byte).collect();
+        h.update(&chunk);
+    }
+    format!("{:016x}", h.finish())
+}
+
+#[tokio::test]
+async fn large_streamed_bodies_arrive_intact() {
+    const SIZE: usize = 8 * 1024 * 1024;
+    let expected_hash = generated_hash(SIZE);
+
+    // Upload: the demo upstream hashes what it received.
+    let demo = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = proxy_to(demo, 10_000).await;
+    for c in [client(), h2_client()] {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{proxy}/upload"))
+            .body(Generated { sent: 0, total: SIZE }.boxed())
+            .unwrap();
+        let seen = body_json(c.request(req).await.unwrap()).await;
+        assert_eq!(seen["body_len"], SIZE);
+        assert_eq!(seen["body_fnv1a64"], expected_hash);
+        assert_eq!(seen["headers"]["transfer-encoding"], "chunked");
+    }
+
+    // Both ways at once: an echo upstream streams the request body straight back.
+    let echo = spawn_upstream(|req: Request<Incoming>| async move { Ok(Response::new(req.into_body())) }).await;
+    let proxy = proxy_to(echo, 10_000).await;
+    for c in [client(), h2_client()] {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{proxy}/echo"))
+            .body(Generated { sent: 0, total: SIZE }.boxed())
+            .unwrap();
+        let resp = c.request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body();
+        let (mut len, mut hash) = (0, Fnv1a::new());
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                len += data.len();
+                hash.update(&data);
+            }
+        }
+        assert_eq!(len, SIZE);
+        assert_eq!(format!("{:016x}", hash.finish()), expected_hash);
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_do_not_hurt_the_proxy() {
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = proxy_to(upstream, 5000).await;
+
+    for garbage in [
+        &b"NOT HTTP AT ALL\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        s.write_all(garbage).await.unwrap();
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply)).await;
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 400"), "{reply:?}");
+    }
+
+    // CONNECT is refused rather than tunnelled.
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 501"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    // Still serving.
+    let resp = client()
+        .get(format!("http://{proxy}/ok").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn http10_client_without_host() {
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = proxy_to(upstream, 5000).await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"GET /old?x=1 HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200"),
+        "{reply}"
+    );
+    let json: Value = serde_json::from_str(&reply[reply.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(json["path"], "/old");
+    // No client host: the upstream's own address, and no x-forwarded-host.
+    assert_eq!(json["headers"]["host"], upstream.to_string());
+    assert!(json["headers"].get("x-forwarded-host").is_none());
+}

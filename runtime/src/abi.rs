@@ -1,0 +1,368 @@
+//! The weft C ABI, version 1.
+//!
+//! Everything in this module is `#[repr(C)]` (or `#[repr(u32)]`) and is read by cbindgen to
+//! produce `include/weft.h`. A plugin library (Go through the SDK in `cgo/`, or plain C) exports
+//! one symbol, `weft_plugin_entry`, which receives the host's function table and returns a
+//! descriptor: ABI version, the sizes of the shared structs, the plugins the library holds and
+//! the plugin-side function table.
+//!
+//! Memory rules in one place (details on each item):
+//! - A request view ([`WeftRequestView`] and the bytes after it) lives in the host's mmap-backed
+//!   arena. The plugin may read it only during the call that passed it in; the host may reuse the
+//!   memory as soon as that call returns.
+//! - Mutations are written by the plugin into the host-provided [`WeftBuf`] during the call, as a
+//!   sequence of [`WeftMutation`] records. The host validates the whole batch before applying any.
+//! - No pointer crosses the boundary to be kept: per-request identity is `(slot, generation)`,
+//!   plugin instances are integer ids.
+
+use core::ffi::c_void;
+
+/// The ABI version this runtime speaks. A plugin reporting another version is refused at load.
+/// Bumped on any incompatible change; additive changes append fields and are detected through the
+/// size fields of the handshake.
+pub const WEFT_ABI_VERSION: u32 = 1;
+
+/// The plugin library was written in C (or anything without its own managed runtime).
+pub const WEFT_RUNTIME_NATIVE: u32 = 0;
+/// The plugin library carries a Go runtime (built with `go build -buildmode=c-shared`). Only one
+/// such library may be loaded into a process.
+pub const WEFT_RUNTIME_GO: u32 = 1;
+
+/// Log levels for [`WeftHostApi::log`].
+pub const WEFT_LOG_ERROR: u32 = 1;
+pub const WEFT_LOG_WARN: u32 = 2;
+pub const WEFT_LOG_INFO: u32 = 3;
+pub const WEFT_LOG_DEBUG: u32 = 4;
+
+/// Bit for `phase` in [`WeftPluginInfo::phases`]: `1 << phase`.
+pub const WEFT_PHASE_MASK_REQUEST_HEADERS: u32 = 1 << 0;
+pub const WEFT_PHASE_MASK_REQUEST_BODY: u32 = 1 << 1;
+pub const WEFT_PHASE_MASK_RESPONSE_HEADERS: u32 = 1 << 2;
+pub const WEFT_PHASE_MASK_RESPONSE_BODY: u32 = 1 << 3;
+pub const WEFT_PHASE_MASK_LOG: u32 = 1 << 4;
+/// Phases this runtime version drives. Body and WebSocket phases are reserved.
+pub const WEFT_PHASE_MASK_SUPPORTED: u32 =
+    WEFT_PHASE_MASK_REQUEST_HEADERS | WEFT_PHASE_MASK_RESPONSE_HEADERS | WEFT_PHASE_MASK_LOG;
+
+/// Result codes for every call in either direction. Values are never reused; a plugin returning a
+/// value this enum does not know is treated as [`WeftResult::Internal`].
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeftResult {
+    /// Success; for a phase call: continue with any mutations written.
+    Ok = 0,
+    /// The plugin handler panicked; the SDK recovered it. The failure policy applies.
+    Panic = 1,
+    /// An argument was null, out of range or malformed.
+    InvalidArgument = 2,
+    /// The plugin index or instance id is not known to the callee.
+    UnknownPlugin = 3,
+    /// The mutation records did not fit in the buffer the host provided.
+    MutationOverflow = 4,
+    /// Plugin initialisation failed; the message is in the error buffer.
+    InitFailed = 5,
+    /// The two sides do not speak the same ABI version or struct sizes.
+    AbiMismatch = 6,
+    /// The plugin was called for a phase it did not declare.
+    UnsupportedPhase = 7,
+    /// A mutation batch failed host validation (set by the host, never by a plugin).
+    InvalidMutation = 8,
+    /// The handler reported a failure of its own (not a panic). The failure policy applies.
+    HandlerFailed = 9,
+    /// Anything else.
+    Internal = 10,
+}
+
+impl WeftResult {
+    /// Converts a raw code from the other side, mapping unknown values to `Internal`.
+    pub fn from_raw(raw: u32) -> WeftResult {
+        match raw {
+            0 => WeftResult::Ok,
+            1 => WeftResult::Panic,
+            2 => WeftResult::InvalidArgument,
+            3 => WeftResult::UnknownPlugin,
+            4 => WeftResult::MutationOverflow,
+            5 => WeftResult::InitFailed,
+            6 => WeftResult::AbiMismatch,
+            7 => WeftResult::UnsupportedPhase,
+            8 => WeftResult::InvalidMutation,
+            9 => WeftResult::HandlerFailed,
+            _ => WeftResult::Internal,
+        }
+    }
+}
+
+/// HTTP processing phases. Passed across the ABI as `uint32_t`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeftPhase {
+    /// Request line and headers have arrived; the upstream has not been contacted.
+    RequestHeaders = 0,
+    /// Reserved for request body chunks.
+    RequestBody = 1,
+    /// The upstream's status and headers have arrived; nothing was sent to the client yet.
+    ResponseHeaders = 2,
+    /// Reserved for response body chunks.
+    ResponseBody = 3,
+    /// The response has been sent. Read-only; runs off the request path.
+    Log = 4,
+    /// Reserved for WebSocket events.
+    WebSocketOpen = 5,
+    /// Reserved for WebSocket events.
+    WebSocketMessage = 6,
+    /// Reserved for WebSocket events.
+    WebSocketClose = 7,
+}
+
+impl WeftPhase {
+    pub const fn mask(self) -> u32 {
+        1 << (self as u32)
+    }
+}
+
+/// A byte string inside a request view: `len` bytes starting `off` bytes after the start of the
+/// [`WeftRequestView`] that contains it. Never NUL-terminated. `off + len <= view.size` always.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WeftStr {
+    pub off: u32,
+    pub len: u32,
+}
+
+/// One header line. Names are lowercase ASCII (as HTTP/2 requires and hyper stores them), so a
+/// plugin can compare bytes directly. Repeated headers appear as repeated entries, in order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WeftHeader {
+    pub name: WeftStr,
+    pub value: WeftStr,
+}
+
+/// The read-only picture of one request (and, from the response-headers phase on, its response)
+/// that the host lays out in its arena before each phase call.
+///
+/// Layout: this struct at offset 0, then `req_header_count` [`WeftHeader`]s at
+/// `req_headers_off`, `resp_header_count` at `resp_headers_off` (both 4-byte aligned), then the
+/// string bytes. Every [`WeftStr`] and array offset is relative to the start of this struct and
+/// stays within `size` bytes.
+///
+/// # Lifetime and ownership
+/// Owned by the host. Valid for reading only for the duration of the phase call it was passed
+/// to; it must not be written and no pointer into it may be kept after the call returns.
+///
+/// # Thread safety
+/// Views of different requests may be passed concurrently on different threads. The phases of
+/// one request are never called concurrently, and the host establishes happens-before between
+/// them, so per-request plugin state indexed by `slot` needs no locking.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WeftRequestView {
+    /// Total bytes of the view, this struct included.
+    pub size: u32,
+    /// The phase this view was prepared for (a [`WeftPhase`] value).
+    pub phase: u32,
+    /// Unique per request within the process lifetime; never 0.
+    pub request_id: u64,
+    /// The request's state slot: an index below the `slot_count` given at init. At most one live
+    /// request uses a slot at a time.
+    pub slot: u32,
+    /// Changes whenever the slot is given to a new request: state stored for another generation
+    /// belongs to a finished request and must be reset.
+    pub generation: u32,
+    /// Request method, e.g. `GET`.
+    pub method: WeftStr,
+    /// Path without the query string, always starting with `/`.
+    pub path: WeftStr,
+    /// Query string without the leading `?`; empty when absent.
+    pub query: WeftStr,
+    /// Host the client asked for (`:authority` or the `host` header), empty when absent.
+    pub host: WeftStr,
+    /// Client address as `ip:port`.
+    pub client_addr: WeftStr,
+    /// `http` or `https` as seen by the proxy.
+    pub scheme: WeftStr,
+    /// Protocol version, e.g. `HTTP/1.1` or `HTTP/2.0`.
+    pub version: WeftStr,
+    /// Offset of the request header array.
+    pub req_headers_off: u32,
+    /// Number of request headers.
+    pub req_header_count: u32,
+    /// Response status; 0 before the response-headers phase.
+    pub status: u32,
+    /// Offset of the response header array.
+    pub resp_headers_off: u32,
+    /// Number of response headers; 0 before the response-headers phase.
+    pub resp_header_count: u32,
+    /// Reserved for future use; written as zero.
+    pub reserved: u32,
+}
+
+/// A host-owned output buffer the plugin writes into during one call.
+///
+/// # Ownership
+/// `ptr` points to `cap` writable bytes owned by the host, valid only during the call. The
+/// plugin writes at most `cap` bytes from `ptr` and stores the number written in `len`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct WeftBuf {
+    pub ptr: *mut u8,
+    pub cap: u32,
+    pub len: u32,
+}
+
+/// Mutation operations, written as [`WeftMutation`] records.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeftMutationOp {
+    /// Replace all values of request header `a` with `b`.
+    SetRequestHeader = 1,
+    /// Append a value `b` for request header `a`.
+    AddRequestHeader = 2,
+    /// Remove request header `a`; `b` is empty.
+    RemoveRequestHeader = 3,
+    /// Replace the path with `a` (must start with `/`; no query).
+    SetPath = 4,
+    /// Replace the query string with `a` (without `?`; empty removes it).
+    SetQuery = 5,
+    /// Replace all values of response header `a` with `b`.
+    SetResponseHeader = 6,
+    /// Append a value `b` for response header `a`.
+    AddResponseHeader = 7,
+    /// Remove response header `a`.
+    RemoveResponseHeader = 8,
+    /// Set the response status to `arg` (response-headers phase).
+    SetStatus = 9,
+    /// End the request with a local reply of status `arg` and body `a`; the upstream is not
+    /// contacted (or its response is discarded in the response phase).
+    LocalReply = 10,
+    /// A header `a: b` of the local reply; must follow the `LocalReply` record of the same batch.
+    LocalReplyHeader = 11,
+}
+
+/// Header of one mutation record. It is followed by `a_len` bytes of operand `a`, then `b_len`
+/// bytes of operand `b`, then zero padding to the next multiple of 4. Records are packed one after
+/// another from the start of the [`WeftBuf`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WeftMutation {
+    /// A [`WeftMutationOp`] value.
+    pub op: u32,
+    /// Numeric argument (status code for `SetStatus` and `LocalReply`), else 0.
+    pub arg: u32,
+    /// Length of operand `a`.
+    pub a_len: u32,
+    /// Length of operand `b`.
+    pub b_len: u32,
+}
+
+/// One plugin a library offers.
+///
+/// # Lifetime
+/// `name` must stay valid for as long as the library is loaded (Go libraries are never unloaded).
+#[repr(C)]
+#[derive(Debug)]
+pub struct WeftPluginInfo {
+    /// UTF-8 name, not NUL-terminated, unique within the library.
+    pub name: *const u8,
+    pub name_len: usize,
+    /// Bit set of `1 << WeftPhase` the plugin handles; the host never calls other phases.
+    pub phases: u32,
+    /// Reserved; zero.
+    pub flags: u32,
+}
+
+/// Called once per configured plugin instance before any traffic.
+///
+/// `plugin` indexes the descriptor's plugin array; `instance` is the host-chosen id used in every
+/// later call; `config` is the instance's config block as JSON (`config_len` bytes, NULL only if
+/// 0); `slot_count` bounds every later `WeftRequestView::slot`. On failure the plugin writes a
+/// UTF-8 message into `err` and returns [`WeftResult::InitFailed`].
+pub type WeftInitFn = Option<
+    unsafe extern "C" fn(
+        plugin: u32,
+        instance: u64,
+        config: *const u8,
+        config_len: usize,
+        slot_count: u32,
+        err: *mut WeftBuf,
+    ) -> u32,
+>;
+
+/// Runs one phase of one request through one plugin instance. `view` is valid during the call
+/// only; mutations go into `out`. Returns a [`WeftResult`] value. May be called concurrently for
+/// different requests from any host thread.
+pub type WeftPhaseFn =
+    Option<unsafe extern "C" fn(instance: u64, phase: u32, view: *const WeftRequestView, out: *mut WeftBuf) -> u32>;
+
+/// Called once on every host thread that will call phases, before its first phase call, so the
+/// plugin runtime can bind the thread off the request path. May be NULL.
+pub type WeftThreadStartFn = Option<unsafe extern "C" fn()>;
+
+/// Called once per instance when the host shuts down. May be NULL.
+pub type WeftShutdownFn = Option<unsafe extern "C" fn(instance: u64)>;
+
+/// What `weft_plugin_entry` returns.
+///
+/// The first two fields are the stable prefix of every ABI version: the host reads
+/// `abi_version` and `descriptor_size` before anything else and refuses the library if either
+/// differs from its own.
+///
+/// # Lifetime
+/// Owned by the plugin library; must stay valid and unchanged while the library is loaded.
+#[repr(C)]
+#[derive(Debug)]
+pub struct WeftPluginDescriptor {
+    /// Must equal [`WEFT_ABI_VERSION`].
+    pub abi_version: u32,
+    /// `sizeof(WeftPluginDescriptor)` as the plugin was compiled.
+    pub descriptor_size: u32,
+    /// `sizeof(WeftRequestView)` as the plugin was compiled.
+    pub request_view_size: u32,
+    /// `sizeof(WeftMutation)` as the plugin was compiled.
+    pub mutation_size: u32,
+    /// `sizeof(WeftHostApi)` as the plugin was compiled; the host's must be at least this.
+    pub host_api_size: u32,
+    /// [`WEFT_RUNTIME_NATIVE`] or [`WEFT_RUNTIME_GO`].
+    pub runtime: u32,
+    /// Version of the plugin's language runtime (e.g. `go1.26.8`), UTF-8, may be empty.
+    pub runtime_version: *const u8,
+    pub runtime_version_len: usize,
+    /// Number of entries in `plugins`.
+    pub plugin_count: u32,
+    /// Reserved; zero.
+    pub flags: u32,
+    pub plugins: *const WeftPluginInfo,
+    /// If registration itself failed (e.g. two plugins with one name), a UTF-8 message and
+    /// `plugin_count` 0; the host refuses the library with this message.
+    pub load_error: *const u8,
+    pub load_error_len: usize,
+    pub init: WeftInitFn,
+    pub on_phase: WeftPhaseFn,
+    pub thread_start: WeftThreadStartFn,
+    pub shutdown: WeftShutdownFn,
+}
+
+/// Host callback for plugin log lines. `msg` is `len` bytes of UTF-8 valid during the call.
+/// Thread-safe; may be called from any thread, inside or outside a phase call.
+pub type WeftLogFn = Option<unsafe extern "C" fn(level: u32, instance: u64, msg: *const u8, len: usize)>;
+
+/// The host's function table, passed to `weft_plugin_entry`.
+///
+/// # Lifetime
+/// Owned by the host and valid for the life of the process; the plugin may keep the pointer.
+#[repr(C)]
+#[derive(Debug)]
+pub struct WeftHostApi {
+    /// [`WEFT_ABI_VERSION`] of the host.
+    pub abi_version: u32,
+    /// `sizeof(WeftHostApi)` of the host.
+    pub size: u32,
+    /// Opaque host context passed back to nothing yet; reserved for later functions.
+    pub context: *mut c_void,
+    /// Writes a log line through the host's logger, tagged with the plugin instance.
+    pub log: WeftLogFn,
+}
+
+/// Signature of the one symbol a plugin library exports, `weft_plugin_entry`. Called once, on the
+/// loading thread, before any other call into the library.
+pub type WeftPluginEntryFn = Option<unsafe extern "C" fn(host: *const WeftHostApi) -> *const WeftPluginDescriptor>;

@@ -1,0 +1,348 @@
+//! The phase engine: runs a route's plugin chain over one request.
+//!
+//! Per request, one [`Exchange`] owns one arena slot. The request head is laid out in the slot
+//! before the first plugin call and again only after a plugin changed it; each plugin is called
+//! synchronously on the calling thread (a cgo call costs tens of nanoseconds, a thread hand-off
+//! tens of microseconds) and its mutation batch is validated and applied before the next plugin
+//! sees the request. Dropping the exchange hands the slot to the log thread when the chain has
+//! log-phase plugins, so logging happens after the response and off the request path.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+
+use crate::abi::*;
+use crate::arena::SlotLease;
+use crate::mutation::{self, MutationError};
+use crate::plugin::Library;
+use crate::view::{self, RequestHead, ViewIdentity};
+use crate::{Runtime, RuntimeStats};
+
+/// A configured plugin instance.
+pub(crate) struct Instance {
+    pub(crate) id: u64,
+    pub(crate) name: Arc<str>,
+    pub(crate) lib: Arc<Library>,
+    pub(crate) phases: u32,
+    pub(crate) fail_open: bool,
+}
+
+/// A route's middleware chain. Cheap to clone.
+#[derive(Clone)]
+pub struct Chain {
+    pub(crate) rt: Arc<Runtime>,
+    pub(crate) instances: Arc<[Arc<Instance>]>,
+    /// Union of the instances' phases: a phase no instance declared costs one bit test.
+    pub(crate) phases: u32,
+}
+
+/// Every slot in the arena is in use: answer 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+/// What the caller does next.
+#[derive(Debug)]
+pub enum Flow {
+    Continue,
+    /// Send this response instead (a plugin's local reply, or the failure response of a
+    /// fail-closed plugin).
+    Respond(Response<Bytes>),
+}
+
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Chain {
+    pub fn is_empty(&self) -> bool {
+        self.phases == 0
+    }
+
+    /// Names of the instances, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.instances.iter().map(|i| i.name.to_string()).collect()
+    }
+
+    /// Begins a request. `Ok(None)` when no instance on the chain handles any phase.
+    pub fn start(&self, client: SocketAddr, scheme: &'static str) -> Result<Option<Exchange>, Busy> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        let Some(lease) = self.rt.arena.acquire() else {
+            self.rt.stats.arena_exhausted.fetch_add(1, Ordering::Relaxed);
+            return Err(Busy);
+        };
+        let ident = ViewIdentity {
+            request_id: NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed),
+            slot: lease.index(),
+            generation: lease.generation(),
+            client,
+            scheme,
+        };
+        Ok(Some(Exchange {
+            chain: self.clone(),
+            lease: Some(lease),
+            ident,
+            request_end: 0,
+            view_end: 0,
+        }))
+    }
+}
+
+/// One request's passage through a chain. Dropping it queues the log phase (when the chain has
+/// one) and releases the arena slot.
+pub struct Exchange {
+    chain: Chain,
+    lease: Option<SlotLease>,
+    ident: ViewIdentity,
+    /// End of the request section of the view; 0 until encoded.
+    request_end: usize,
+    /// End of the whole view (request plus response section).
+    view_end: usize,
+}
+
+enum CallError {
+    Code(WeftResult),
+    Mutation(MutationError),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Code(WeftResult::Panic) => f.write_str("handler panicked"),
+            CallError::Code(c) => write!(f, "plugin returned {c:?}"),
+            CallError::Mutation(e) => write!(f, "invalid mutation batch rejected: {e}"),
+        }
+    }
+}
+
+fn failure_response(status: StatusCode, reason: &'static str) -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::from_static(reason.as_bytes()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    resp
+}
+
+impl Exchange {
+    pub fn request_id(&self) -> u64 {
+        self.ident.request_id
+    }
+
+    fn lease(&mut self) -> &mut SlotLease {
+        // Only `Drop` takes the lease out.
+        self.lease.as_mut().expect("exchange lease taken before drop")
+    }
+
+    fn encode_request(&mut self, parts: &http::request::Parts, phase: WeftPhase) -> Result<(), view::ViewTooLarge> {
+        let head = RequestHead {
+            method: &parts.method,
+            uri: &parts.uri,
+            version: parts.version,
+            headers: &parts.headers,
+        };
+        let ident = self.ident;
+        let end = view::encode_request(self.lease().bytes_mut(), &ident, phase as u32, &head)?;
+        self.request_end = end;
+        self.view_end = end;
+        Ok(())
+    }
+
+    fn encode_response(&mut self, parts: &http::response::Parts, phase: WeftPhase) -> Result<(), view::ViewTooLarge> {
+        let end = self.request_end;
+        self.view_end = view::encode_response(
+            self.lease().bytes_mut(),
+            end,
+            phase as u32,
+            parts.status.as_u16(),
+            &parts.headers,
+        )?;
+        Ok(())
+    }
+
+    /// Calls one instance for one phase over the view already in the slot; returns its batch.
+    fn call(&mut self, inst: &Instance, phase: WeftPhase) -> Result<mutation::Batch, CallError> {
+        let view_end = self.view_end;
+        let slot = self.lease().bytes_mut();
+        let out_off = view_end.next_multiple_of(8);
+        let cap = slot.len().saturating_sub(out_off);
+        let base = slot.as_mut_ptr();
+        // SAFETY: out_off <= slot.len() (the view fit, and the slot size is a multiple of 64).
+        let mut out = WeftBuf {
+            ptr: unsafe { base.add(out_off) },
+            cap: cap as u32,
+            len: 0,
+        };
+        // SAFETY: the view is a complete WeftRequestView in host memory valid for the call, and
+        // `out` points to `cap` writable bytes of the same slot, after the view.
+        let rc = unsafe { (inst.lib.on_phase)(inst.id, phase as u32, base.cast::<WeftRequestView>(), &mut out) };
+        let rc = WeftResult::from_raw(rc);
+        if rc != WeftResult::Ok {
+            return Err(CallError::Code(rc));
+        }
+        let slot = self.lease().bytes_mut();
+        mutation::decode(&slot[out_off..], out.len as usize, phase).map_err(CallError::Mutation)
+    }
+
+    fn note_failure(&self, inst: &Instance, phase: WeftPhase, err: &CallError) {
+        let stats: &RuntimeStats = &self.chain.rt.stats;
+        stats.plugin_failures.fetch_add(1, Ordering::Relaxed);
+        let policy = if inst.fail_open {
+            "fail-open: request continues unchanged"
+        } else {
+            "fail-closed"
+        };
+        tracing::error!(plugin = %inst.name, phase = ?phase, request_id = self.ident.request_id, "{err}; {policy}");
+    }
+
+    /// Runs the request-headers phase of every instance that declared it, in chain order.
+    pub fn request_headers(&mut self, parts: &mut http::request::Parts) -> Flow {
+        const PHASE: WeftPhase = WeftPhase::RequestHeaders;
+        // Encoded even when no instance handles this phase: the response and log phases show it.
+        if let Err(e) = self.encode_request(parts, PHASE) {
+            tracing::warn!(request_id = self.ident.request_id, "{e}; answering 431");
+            return Flow::Respond(failure_response(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request header fields too large\n",
+            ));
+        }
+        if self.chain.phases & PHASE.mask() == 0 {
+            return Flow::Continue;
+        }
+        let instances = Arc::clone(&self.chain.instances);
+        for inst in instances.iter().filter(|i| i.phases & PHASE.mask() != 0) {
+            match self.call(inst, PHASE) {
+                Ok(mut batch) => {
+                    if let Some(reply) = batch.take_reply() {
+                        let resp = reply.into_response();
+                        let (rparts, body) = resp.into_parts();
+                        // The log phase sees the local reply as the response.
+                        let _ = self.encode_response(&rparts, WeftPhase::Log);
+                        return Flow::Respond(Response::from_parts(rparts, body));
+                    }
+                    if !batch.is_empty() {
+                        batch.apply_to_request(parts);
+                        if let Err(e) = self.encode_request(parts, PHASE) {
+                            tracing::warn!(plugin = %inst.name, request_id = self.ident.request_id, "{e}; answering 431");
+                            return Flow::Respond(failure_response(
+                                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                "request header fields too large\n",
+                            ));
+                        }
+                    }
+                }
+                Err(err) => {
+                    self.note_failure(inst, PHASE, &err);
+                    if !inst.fail_open {
+                        return Flow::Respond(failure_response(StatusCode::INTERNAL_SERVER_ERROR, "plugin failure\n"));
+                    }
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Runs the response-headers phase of every instance that declared it, in reverse chain order
+    /// (the first plugin on the way in is the last on the way out).
+    pub fn response_headers(&mut self, parts: &mut http::response::Parts) -> Flow {
+        const PHASE: WeftPhase = WeftPhase::ResponseHeaders;
+        if self.request_end == 0 {
+            // request_headers was never called; nothing to show.
+            return Flow::Continue;
+        }
+        let wants_view = self.chain.phases & (PHASE.mask() | WeftPhase::Log.mask()) != 0;
+        if !wants_view {
+            return Flow::Continue;
+        }
+        if let Err(e) = self.encode_response(parts, PHASE) {
+            tracing::warn!(request_id = self.ident.request_id, "{e}; answering 502");
+            return Flow::Respond(failure_response(
+                StatusCode::BAD_GATEWAY,
+                "response header fields too large\n",
+            ));
+        }
+        if self.chain.phases & PHASE.mask() == 0 {
+            return Flow::Continue;
+        }
+        let instances = Arc::clone(&self.chain.instances);
+        for inst in instances.iter().rev().filter(|i| i.phases & PHASE.mask() != 0) {
+            match self.call(inst, PHASE) {
+                Ok(mut batch) => {
+                    if let Some(reply) = batch.take_reply() {
+                        let (rparts, body) = reply.into_response().into_parts();
+                        let _ = self.encode_response(&rparts, WeftPhase::Log);
+                        return Flow::Respond(Response::from_parts(rparts, body));
+                    }
+                    if !batch.is_empty() {
+                        batch.apply_to_response(parts);
+                        if let Err(e) = self.encode_response(parts, PHASE) {
+                            tracing::warn!(plugin = %inst.name, "{e}; answering 502");
+                            return Flow::Respond(failure_response(
+                                StatusCode::BAD_GATEWAY,
+                                "response header fields too large\n",
+                            ));
+                        }
+                    }
+                }
+                Err(err) => {
+                    self.note_failure(inst, PHASE, &err);
+                    if !inst.fail_open {
+                        return Flow::Respond(failure_response(StatusCode::INTERNAL_SERVER_ERROR, "plugin failure\n"));
+                    }
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Runs the log phase now, on this thread. Used by the log thread.
+    fn run_log(&mut self) {
+        const PHASE: WeftPhase = WeftPhase::Log;
+        if self.request_end == 0 {
+            return;
+        }
+        view::set_phase(self.lease().bytes_mut(), PHASE as u32);
+        let instances = Arc::clone(&self.chain.instances);
+        for inst in instances.iter().filter(|i| i.phases & PHASE.mask() != 0) {
+            match self.call(inst, PHASE) {
+                // decode() rejects every mutation record in the log phase, so a batch is empty.
+                Ok(_) => {}
+                Err(err) => self.note_failure(inst, PHASE, &err),
+            }
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if self.chain.phases & WeftPhase::Log.mask() == 0 || self.request_end == 0 {
+            return;
+        }
+        // Hand the whole exchange (with its slot) to the log thread; the slot is released there
+        // after the log phase ran.
+        let job = Exchange {
+            chain: self.chain.clone(),
+            lease: self.lease.take(),
+            ident: self.ident,
+            request_end: self.request_end,
+            view_end: self.view_end,
+        };
+        self.chain.rt.submit_log(LogJob(job));
+    }
+}
+
+/// A finished exchange waiting for its log phase.
+pub(crate) struct LogJob(Exchange);
+
+impl LogJob {
+    pub(crate) fn run(mut self) {
+        self.0.run_log();
+        self.discard();
+    }
+
+    /// Drops the job without queueing it again; the slot goes back to the arena.
+    pub(crate) fn discard(mut self) {
+        self.0.request_end = 0;
+    }
+}

@@ -1,0 +1,684 @@
+//! Decoding, validation and application of a plugin's mutation batch.
+//!
+//! A batch is all-or-nothing: every record is decoded and validated before any is applied, so a
+//! plugin that writes one bad header value changes nothing and the failure policy decides what
+//! happens to the request.
+
+use std::mem::size_of;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Response, StatusCode, Uri};
+
+use crate::abi::{WeftMutation, WeftMutationOp, WeftPhase};
+
+/// Limits a batch must respect. Values chosen to match what common proxies accept per header.
+pub const MAX_RECORDS: usize = 256;
+pub const MAX_NAME_LEN: usize = 256;
+pub const MAX_VALUE_LEN: usize = 16 * 1024;
+pub const MAX_PATH_LEN: usize = 8 * 1024;
+
+/// Headers a plugin may not set, add or remove: message framing and hop-by-hop fields belong to
+/// the proxy, and letting a plugin change them opens request smuggling.
+const RESERVED: &[HeaderName] = &[
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MutationError {
+    #[error("mutation buffer length {len} exceeds its capacity {cap}")]
+    Length { len: usize, cap: usize },
+    #[error("record {index}: truncated")]
+    Truncated { index: usize },
+    #[error("more than {MAX_RECORDS} mutation records")]
+    TooMany,
+    #[error("record {index}: unknown operation {op}")]
+    UnknownOp { index: usize, op: u32 },
+    #[error("record {index}: {op:?} is not allowed in the {phase:?} phase")]
+    WrongPhase {
+        index: usize,
+        op: WeftMutationOp,
+        phase: WeftPhase,
+    },
+    #[error("record {index}: invalid header name {name:?}")]
+    HeaderName { index: usize, name: String },
+    #[error("record {index}: header {name} is managed by the proxy and cannot be changed by a plugin")]
+    ReservedHeader { index: usize, name: String },
+    #[error(
+        "record {index}: invalid value for header {name} (control characters such as CR, LF or NUL, or longer than {MAX_VALUE_LEN} bytes)"
+    )]
+    HeaderValue { index: usize, name: String },
+    #[error(
+        "record {index}: invalid path {path:?} (must start with '/', no '?', '#', spaces or control characters, at most {MAX_PATH_LEN} bytes)"
+    )]
+    Path { index: usize, path: String },
+    #[error("record {index}: invalid query {query:?}")]
+    Query { index: usize, query: String },
+    #[error("record {index}: status {status} is outside 200..=599")]
+    Status { index: usize, status: u32 },
+    #[error("record {index}: a local reply header without a preceding local reply")]
+    OrphanReplyHeader { index: usize },
+    #[error("record {index}: a second local reply in one batch")]
+    DuplicateReply { index: usize },
+    #[error("record {index}: unexpected operand bytes for {op:?}")]
+    Operand { index: usize, op: WeftMutationOp },
+}
+
+#[derive(Debug)]
+enum Op {
+    SetHeader(HeaderName, HeaderValue),
+    AddHeader(HeaderName, HeaderValue),
+    RemoveHeader(HeaderName),
+    SetPath(Vec<u8>),
+    SetQuery(Vec<u8>),
+    SetStatus(StatusCode),
+}
+
+/// A validated batch, ready to apply.
+#[derive(Debug, Default)]
+pub struct Batch {
+    ops: Vec<Op>,
+    reply: Option<LocalReply>,
+}
+
+#[derive(Debug)]
+pub struct LocalReply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl LocalReply {
+    pub fn into_response(self) -> Response<Bytes> {
+        let mut resp = Response::new(self.body);
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers;
+        resp
+    }
+}
+
+fn op_from_raw(raw: u32) -> Option<WeftMutationOp> {
+    use WeftMutationOp::*;
+    Some(match raw {
+        1 => SetRequestHeader,
+        2 => AddRequestHeader,
+        3 => RemoveRequestHeader,
+        4 => SetPath,
+        5 => SetQuery,
+        6 => SetResponseHeader,
+        7 => AddResponseHeader,
+        8 => RemoveResponseHeader,
+        9 => SetStatus,
+        10 => LocalReply,
+        11 => LocalReplyHeader,
+        _ => return None,
+    })
+}
+
+fn allowed(op: WeftMutationOp, phase: WeftPhase) -> bool {
+    use WeftMutationOp::*;
+    match phase {
+        WeftPhase::RequestHeaders => matches!(
+            op,
+            SetRequestHeader
+                | AddRequestHeader
+                | RemoveRequestHeader
+                | SetPath
+                | SetQuery
+                | LocalReply
+                | LocalReplyHeader
+        ),
+        WeftPhase::ResponseHeaders => matches!(
+            op,
+            SetResponseHeader | AddResponseHeader | RemoveResponseHeader | SetStatus | LocalReply | LocalReplyHeader
+        ),
+        _ => false,
+    }
+}
+
+fn header_name(index: usize, raw: &[u8]) -> Result<HeaderName, MutationError> {
+    let lossy = || String::from_utf8_lossy(&raw[..raw.len().min(64)]).into_owned();
+    if raw.is_empty() || raw.len() > MAX_NAME_LEN {
+        return Err(MutationError::HeaderName { index, name: lossy() });
+    }
+    let name = HeaderName::from_bytes(raw).map_err(|_| MutationError::HeaderName { index, name: lossy() })?;
+    if RESERVED.contains(&name) {
+        return Err(MutationError::ReservedHeader {
+            index,
+            name: name.as_str().to_owned(),
+        });
+    }
+    Ok(name)
+}
+
+fn header_value(index: usize, name: &HeaderName, raw: &[u8]) -> Result<HeaderValue, MutationError> {
+    // HeaderValue::from_bytes refuses every control character but HTAB, so CR, LF and NUL are out.
+    if raw.len() > MAX_VALUE_LEN {
+        return Err(MutationError::HeaderValue {
+            index,
+            name: name.as_str().to_owned(),
+        });
+    }
+    HeaderValue::from_bytes(raw).map_err(|_| MutationError::HeaderValue {
+        index,
+        name: name.as_str().to_owned(),
+    })
+}
+
+fn status(index: usize, raw: u32) -> Result<StatusCode, MutationError> {
+    if !(200..=599).contains(&raw) {
+        return Err(MutationError::Status { index, status: raw });
+    }
+    StatusCode::from_u16(raw as u16).map_err(|_| MutationError::Status { index, status: raw })
+}
+
+/// Characters allowed in a path or query: printable ASCII without space, '#', and (for paths)
+/// '?'. Anything else must arrive percent-encoded.
+fn uri_bytes_ok(raw: &[u8], allow_question: bool) -> bool {
+    raw.iter()
+        .all(|&b| (0x21..0x7f).contains(&b) && b != b'#' && (allow_question || b != b'?'))
+}
+
+/// Decodes and validates `buf[..len]` written by a plugin during `phase`.
+pub fn decode(buf: &[u8], len: usize, phase: WeftPhase) -> Result<Batch, MutationError> {
+    if len > buf.len() {
+        return Err(MutationError::Length { len, cap: buf.len() });
+    }
+    let data = &buf[..len];
+    let mut batch = Batch::default();
+    let mut pos = 0usize;
+    let mut index = 0usize;
+    while pos < data.len() {
+        if index >= MAX_RECORDS {
+            return Err(MutationError::TooMany);
+        }
+        let rec_end = pos.checked_add(size_of::<WeftMutation>()).filter(|&e| e <= data.len());
+        let Some(rec_end) = rec_end else {
+            return Err(MutationError::Truncated { index });
+        };
+        // SAFETY: 16 bytes in bounds; WeftMutation is four u32s, any bit pattern is valid.
+        let rec: WeftMutation = unsafe { std::ptr::read_unaligned(data.as_ptr().add(pos).cast()) };
+        let a_end = rec_end.checked_add(rec.a_len as usize);
+        let b_end = a_end
+            .and_then(|a| a.checked_add(rec.b_len as usize))
+            .filter(|&e| e <= data.len());
+        let (Some(a_end), Some(b_end)) = (a_end, b_end) else {
+            return Err(MutationError::Truncated { index });
+        };
+        let a = &data[rec_end..a_end];
+        let b = &data[a_end..b_end];
+        let op = op_from_raw(rec.op).ok_or(MutationError::UnknownOp { index, op: rec.op })?;
+        if !allowed(op, phase) {
+            return Err(MutationError::WrongPhase { index, op, phase });
+        }
+        use WeftMutationOp as M;
+        let no_b = || {
+            if b.is_empty() {
+                Ok(())
+            } else {
+                Err(MutationError::Operand { index, op })
+            }
+        };
+        match op {
+            M::SetRequestHeader | M::SetResponseHeader => {
+                let n = header_name(index, a)?;
+                let v = header_value(index, &n, b)?;
+                batch.ops.push(Op::SetHeader(n, v));
+            }
+            M::AddRequestHeader | M::AddResponseHeader => {
+                let n = header_name(index, a)?;
+                let v = header_value(index, &n, b)?;
+                batch.ops.push(Op::AddHeader(n, v));
+            }
+            M::RemoveRequestHeader | M::RemoveResponseHeader => {
+                no_b()?;
+                batch.ops.push(Op::RemoveHeader(header_name(index, a)?));
+            }
+            M::SetPath => {
+                no_b()?;
+                if a.first() != Some(&b'/') || a.len() > MAX_PATH_LEN || !uri_bytes_ok(a, false) {
+                    return Err(MutationError::Path {
+                        index,
+                        path: String::from_utf8_lossy(a).into_owned(),
+                    });
+                }
+                batch.ops.push(Op::SetPath(a.to_vec()));
+            }
+            M::SetQuery => {
+                no_b()?;
+                if a.len() > MAX_PATH_LEN || !uri_bytes_ok(a, true) {
+                    return Err(MutationError::Query {
+                        index,
+                        query: String::from_utf8_lossy(a).into_owned(),
+                    });
+                }
+                batch.ops.push(Op::SetQuery(a.to_vec()));
+            }
+            M::SetStatus => {
+                if !a.is_empty() || !b.is_empty() {
+                    return Err(MutationError::Operand { index, op });
+                }
+                batch.ops.push(Op::SetStatus(status(index, rec.arg)?));
+            }
+            M::LocalReply => {
+                no_b()?;
+                if batch.reply.is_some() {
+                    return Err(MutationError::DuplicateReply { index });
+                }
+                batch.reply = Some(LocalReply {
+                    status: status(index, rec.arg)?,
+                    headers: HeaderMap::new(),
+                    body: Bytes::copy_from_slice(a),
+                });
+            }
+            M::LocalReplyHeader => {
+                let n = header_name(index, a)?;
+                let v = header_value(index, &n, b)?;
+                match batch.reply.as_mut() {
+                    Some(r) => {
+                        r.headers.append(n, v);
+                    }
+                    None => return Err(MutationError::OrphanReplyHeader { index }),
+                }
+            }
+        }
+        pos = b_end.next_multiple_of(4).min(data.len());
+        index += 1;
+    }
+    Ok(batch)
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.reply.is_none()
+    }
+
+    /// Takes the local reply out, if the batch has one.
+    pub fn take_reply(&mut self) -> Option<LocalReply> {
+        self.reply.take()
+    }
+
+    fn apply_headers(op: Op, headers: &mut HeaderMap) -> Option<Op> {
+        match op {
+            Op::SetHeader(n, v) => {
+                headers.insert(n, v);
+            }
+            Op::AddHeader(n, v) => {
+                headers.append(n, v);
+            }
+            Op::RemoveHeader(n) => {
+                headers.remove(n);
+            }
+            other => return Some(other),
+        }
+        None
+    }
+
+    /// Applies header, path and query changes to a request head.
+    pub fn apply_to_request(self, parts: &mut http::request::Parts) {
+        let mut path: Option<Vec<u8>> = None;
+        let mut query: Option<Vec<u8>> = None;
+        for op in self.ops {
+            match Self::apply_headers(op, &mut parts.headers) {
+                Some(Op::SetPath(p)) => path = Some(p),
+                Some(Op::SetQuery(q)) => query = Some(q),
+                _ => {}
+            }
+        }
+        if path.is_none() && query.is_none() {
+            return;
+        }
+        let old = parts.uri.clone();
+        let mut pq = path.unwrap_or_else(|| old.path().as_bytes().to_vec());
+        match query {
+            Some(q) if !q.is_empty() => {
+                pq.push(b'?');
+                pq.extend_from_slice(&q);
+            }
+            Some(_) => {}
+            None => {
+                if let Some(q) = old.query() {
+                    pq.push(b'?');
+                    pq.extend_from_slice(q.as_bytes());
+                }
+            }
+        }
+        // Validated above: only visible ASCII, path starts with '/'.
+        let Ok(pq) = PathAndQuery::from_maybe_shared(Bytes::from(pq)) else {
+            return;
+        };
+        let mut up = old.into_parts();
+        up.path_and_query = Some(pq);
+        if let Ok(uri) = Uri::from_parts(up) {
+            parts.uri = uri;
+        }
+    }
+
+    /// Applies header and status changes to a response head.
+    pub fn apply_to_response(self, parts: &mut http::response::Parts) {
+        for op in self.ops {
+            if let Some(Op::SetStatus(s)) = Self::apply_headers(op, &mut parts.headers) {
+                parts.status = s;
+            }
+        }
+    }
+}
+
+/// Writes mutation records the way a plugin does (tests, benches, fuzz seeds).
+pub fn encode_record(out: &mut Vec<u8>, op: u32, arg: u32, a: &[u8], b: &[u8]) {
+    let rec = WeftMutation {
+        op,
+        arg,
+        a_len: a.len() as u32,
+        b_len: b.len() as u32,
+    };
+    for f in [rec.op, rec.arg, rec.a_len, rec.b_len] {
+        out.extend_from_slice(&f.to_ne_bytes());
+    }
+    out.extend_from_slice(a);
+    out.extend_from_slice(b);
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use WeftMutationOp as M;
+
+    fn req() -> http::request::Parts {
+        http::Request::builder()
+            .uri("/a?x=1")
+            .header("keep", "1")
+            .header("drop", "2")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    }
+
+    fn rec(out: &mut Vec<u8>, op: M, arg: u32, a: &[u8], b: &[u8]) {
+        encode_record(out, op as u32, arg, a, b);
+    }
+
+    #[test]
+    fn request_batch_applies_in_order() {
+        let mut b = Vec::new();
+        rec(&mut b, M::SetRequestHeader, 0, b"X-New", b"v1");
+        rec(&mut b, M::AddRequestHeader, 0, b"x-new", b"v2");
+        rec(&mut b, M::RemoveRequestHeader, 0, b"drop", b"");
+        rec(&mut b, M::SetPath, 0, b"/rewritten", b"");
+        let batch = decode(&b, b.len(), WeftPhase::RequestHeaders).unwrap();
+        let mut p = req();
+        batch.apply_to_request(&mut p);
+        let vals: Vec<_> = p.headers.get_all("x-new").iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(vals, ["v1", "v2"]);
+        assert!(p.headers.get("drop").is_none());
+        assert_eq!(p.headers["keep"], "1");
+        assert_eq!(p.uri, "/rewritten?x=1");
+    }
+
+    #[test]
+    fn query_set_and_cleared() {
+        let mut b = Vec::new();
+        rec(&mut b, M::SetQuery, 0, b"y=2&z", b"");
+        let mut p = req();
+        decode(&b, b.len(), WeftPhase::RequestHeaders)
+            .unwrap()
+            .apply_to_request(&mut p);
+        assert_eq!(p.uri, "/a?y=2&z");
+        let mut b = Vec::new();
+        rec(&mut b, M::SetQuery, 0, b"", b"");
+        decode(&b, b.len(), WeftPhase::RequestHeaders)
+            .unwrap()
+            .apply_to_request(&mut p);
+        assert_eq!(p.uri, "/a");
+    }
+
+    #[test]
+    fn invalid_batches_are_rejected_whole() {
+        let cases: Vec<(Vec<u8>, WeftPhase, &str)> = vec![
+            (
+                {
+                    let mut b = Vec::new();
+                    rec(&mut b, M::SetRequestHeader, 0, b"x", b"a\r\nb");
+                    b
+                },
+                WeftPhase::RequestHeaders,
+                "CR/LF value",
+            ),
+            (
+                {
+                    let mut b = Vec::new();
+                    rec(&mut b, M::SetRequestHeader, 0, b"x", b"a\0b");
+                    b
+                },
+                WeftPhase::RequestHeaders,
+                "NUL value",
+            ),
+            (
+                {
+                    let mut b = Vec::new();
+                    rec(&mut b, M::SetRequestHeader, 0, b"bad name", b"v");
+                    b
+                },
+                WeftPhase::RequestHeaders,
+                "space in name",
+            ),
+            (
+                {
+                    let mut b = Vec::new();
+                    rec(&mut b, M::SetRequestHeader, 0, b"", b"v");
+                    b
+                },
+                WeftPhase::RequestHeaders,
+                "empty name",
+            ),
+            (
+                {
+                    let mut b = Vec::new();
+                    rec(&mut b, M::SetRequestHeader, 0, b"content-length", b"5");
+                    b
+                },
+                WeftPhase::RequestHeaders,
+                "framing header",
+            ),
+            (
+                {
+                    let mut b = Vec::new();
+                    rec(&mut b, M::RemoveRequestHeader, 0, b"Transfer-Encoding", b"");
+                    b
+                },
+                WeftPhase::RequestHeaders,
+                "framing header remove",
+            ),
+            (
+                {
+                    let mut b = Vec::new();
+                    rec(&mut b, M::SetPath, 0, b"no-slash", b"");
+                    b
+                },
+                WeftPhase::RequestHeaders,
+                "relative path",
+            ),
+            (
+                {
+                    let mut b = Vec::new();
+                    rec(&mut b, M::SetPath, 0, b"/a b", b"");
+                    b
+                },
+                WeftPhase::RequestHeaders,
+                "space in path",
+            ),
+            (
+                {
+                    let mut b = Vec::new();
+                    rec(&mut b, M::SetPath, 0, b"/a?q", b"");
+                    b
+                },
+                WeftPhase::RequestHeaders,
+                "query in path",
+            ),
+            (
+                {
+                    let mut b = Vec::new();
+                    rec(&mut b, M::SetStatus, 99, b"", b"");
+                    b
+                },
+                WeftPhase::ResponseHeaders,
+                "status too low",
+            ),
+            (
+                {
+                    let mut b = Vec::new();
+                    rec(&mut b, M::SetStatus, 600, b"", b"");
+                    b
+                },
+                WeftPhase::ResponseHeaders,
+                "status too high",
+            ),
+            (
+                {
+                    let mut b = Vec::new();
+                    rec(&mut b, M::LocalReply, 1000, b"", b"");
+                    b
+                },
+                WeftPhase::RequestHeaders,
+                "reply status",
+            ),
+            (
+                {
+                    let mut b = Vec::new();
+                    rec(&mut b, M::LocalReplyHeader, 0, b"a", b"b");
+                    b
+                },
+                WeftPhase::RequestHeaders,
+                "orphan reply header",
+            ),
+            (
+                {
+                    let mut b = Vec::new();
+                    rec(&mut b, M::SetStatus, 200, b"", b"");
+                    b
+                },
+                WeftPhase::RequestHeaders,
+                "status in request phase",
+            ),
+            (
+                {
+                    let mut b = Vec::new();
+                    rec(&mut b, M::SetRequestHeader, 0, b"a", b"b");
+                    b
+                },
+                WeftPhase::ResponseHeaders,
+                "request op in response phase",
+            ),
+            (
+                {
+                    let mut b = Vec::new();
+                    rec(&mut b, M::SetResponseHeader, 0, b"a", b"b");
+                    b
+                },
+                WeftPhase::Log,
+                "anything in log",
+            ),
+            (
+                {
+                    let mut b = Vec::new();
+                    encode_record(&mut b, 77, 0, b"", b"");
+                    b
+                },
+                WeftPhase::RequestHeaders,
+                "unknown op",
+            ),
+            (
+                {
+                    let mut b = Vec::new();
+                    rec(&mut b, M::SetRequestHeader, 0, b"a", b"b");
+                    b.truncate(b.len() - 3);
+                    b
+                },
+                WeftPhase::RequestHeaders,
+                "truncated",
+            ),
+            (vec![1, 2, 3], WeftPhase::RequestHeaders, "short record"),
+            (
+                {
+                    let mut b = Vec::new();
+                    rec(&mut b, M::SetRequestHeader, 0, b"a", &[b'v'; MAX_VALUE_LEN + 1]);
+                    b
+                },
+                WeftPhase::RequestHeaders,
+                "value too long",
+            ),
+        ];
+        for (buf, phase, what) in cases {
+            // A valid record first: it must not be applied when a later one is bad.
+            let mut full = Vec::new();
+            let good = if phase == WeftPhase::ResponseHeaders {
+                M::SetResponseHeader
+            } else {
+                M::SetRequestHeader
+            };
+            if phase != WeftPhase::Log {
+                rec(&mut full, good, 0, b"x-ok", b"1");
+            }
+            full.extend_from_slice(&buf);
+            assert!(decode(&full, full.len(), phase).is_err(), "{what} was accepted");
+        }
+    }
+
+    #[test]
+    fn length_past_capacity_is_rejected() {
+        let b = vec![0u8; 16];
+        assert!(matches!(
+            decode(&b, 17, WeftPhase::RequestHeaders),
+            Err(MutationError::Length { .. })
+        ));
+    }
+
+    #[test]
+    fn local_reply_with_headers() {
+        let mut b = Vec::new();
+        rec(&mut b, M::LocalReply, 401, br#"{"error":"unauthorized"}"#, b"");
+        rec(&mut b, M::LocalReplyHeader, 0, b"content-type", b"application/json");
+        let mut batch = decode(&b, b.len(), WeftPhase::RequestHeaders).unwrap();
+        let resp = batch.take_reply().unwrap().into_response();
+        assert_eq!(resp.status(), 401);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        assert_eq!(resp.body().as_ref(), br#"{"error":"unauthorized"}"#);
+    }
+
+    #[test]
+    fn response_status_and_headers() {
+        let mut b = Vec::new();
+        rec(&mut b, M::SetStatus, 418, b"", b"");
+        rec(&mut b, M::SetResponseHeader, 0, b"server-timing", b"weft;dur=1");
+        let (mut parts, _) = http::Response::new(()).into_parts();
+        decode(&b, b.len(), WeftPhase::ResponseHeaders)
+            .unwrap()
+            .apply_to_response(&mut parts);
+        assert_eq!(parts.status, 418);
+        assert_eq!(parts.headers["server-timing"], "weft;dur=1");
+    }
+
+    #[test]
+    fn too_many_records() {
+        let mut b = Vec::new();
+        for _ in 0..=MAX_RECORDS {
+            rec(&mut b, M::AddRequestHeader, 0, b"x", b"y");
+        }
+        assert_eq!(
+            decode(&b, b.len(), WeftPhase::RequestHeaders).unwrap_err(),
+            MutationError::TooMany
+        );
+    }
+}

@@ -1,0 +1,358 @@
+//! Loading plugin libraries: the Go-runtime guard, `dlopen`, the versioned handshake, and the
+//! host function table handed to plugins.
+
+use std::ffi::c_void;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::abi::*;
+
+/// Why a library could not be loaded. Every message names the library path.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("plugin library {path}: cannot read it: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(
+        "plugin library {path} carries a Go runtime, but the Go library {loaded} is already loaded in this process. \
+         Only one Go runtime can live in a process: build all Go plugins into one c-shared library \
+         (each registers by name; import their packages into one main package), or run this one as a NATS worker"
+    )]
+    SecondGoRuntime { path: PathBuf, loaded: PathBuf },
+    #[error("plugin library {path}: dlopen failed: {source}")]
+    Open { path: PathBuf, source: libloading::Error },
+    #[error("plugin library {path} is not a weft plugin: it does not export weft_plugin_entry")]
+    NoEntry { path: PathBuf },
+    #[error("plugin library {path}: weft_plugin_entry returned NULL")]
+    NullDescriptor { path: PathBuf },
+    #[error(
+        "plugin library {path} was built for weft ABI version {plugin}, but this runtime speaks ABI version {host}; \
+         rebuild the plugin against the weft SDK / weft.h for ABI version {host}"
+    )]
+    AbiVersion { path: PathBuf, plugin: u32, host: u32 },
+    #[error(
+        "plugin library {path}: {what} is {plugin} bytes in the plugin but {host} bytes in this runtime (ABI version {version}); \
+         the plugin was built against a different weft.h"
+    )]
+    StructSize {
+        path: PathBuf,
+        what: &'static str,
+        plugin: u32,
+        host: u32,
+        version: u32,
+    },
+    #[error("plugin library {path} refused to load: {message}")]
+    Registration { path: PathBuf, message: String },
+    #[error("plugin library {path}: malformed descriptor: {what}")]
+    Malformed { path: PathBuf, what: String },
+}
+
+/// A plugin offered by a library.
+#[derive(Debug, Clone)]
+pub struct PluginMeta {
+    pub index: u32,
+    pub name: String,
+    pub phases: u32,
+}
+
+/// A loaded library. Never unloaded: a Go runtime cannot be shut down, and native plugins may
+/// have started threads of their own.
+pub struct Library {
+    pub path: PathBuf,
+    pub runtime: u32,
+    pub runtime_version: String,
+    pub plugins: Vec<PluginMeta>,
+    pub(crate) init: unsafe extern "C" fn(u32, u64, *const u8, usize, u32, *mut WeftBuf) -> u32,
+    pub(crate) on_phase: unsafe extern "C" fn(u64, u32, *const WeftRequestView, *mut WeftBuf) -> u32,
+    pub(crate) thread_start: Option<unsafe extern "C" fn()>,
+    pub(crate) shutdown: Option<unsafe extern "C" fn(u64)>,
+}
+
+impl std::fmt::Debug for Library {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Library")
+            .field("path", &self.path)
+            .field("runtime_version", &self.runtime_version)
+            .finish()
+    }
+}
+
+impl Library {
+    pub fn plugin(&self, name: &str) -> Option<&PluginMeta> {
+        self.plugins.iter().find(|p| p.name == name)
+    }
+}
+
+/// Process-wide record of loaded libraries: the one Go runtime, and every library by canonical
+/// path, so that several runtimes in one process (a config reload builds a new one) share it.
+struct Loaded {
+    go: Option<PathBuf>,
+    libraries: Vec<(PathBuf, Arc<Library>)>,
+}
+
+static LOADED: Mutex<Loaded> = Mutex::new(Loaded {
+    go: None,
+    libraries: Vec::new(),
+});
+
+/// Whether the file is a Go binary: every Go executable and c-shared library carries a
+/// `.go.buildinfo` section. Checked before `dlopen`, because opening a second Go library already
+/// starts its runtime.
+fn is_go_elf(data: &[u8]) -> bool {
+    use object::{Object, ObjectSection};
+    match object::File::parse(data) {
+        Ok(file) => file.sections().any(|s| s.name() == Ok(".go.buildinfo")),
+        Err(_) => false,
+    }
+}
+
+/// Loads the library at `path`, or returns the one already loaded from the same file.
+pub(crate) fn load(path: &Path) -> Result<Arc<Library>, LoadError> {
+    let read_err = |source| LoadError::Read {
+        path: path.into(),
+        source,
+    };
+    let canonical = std::fs::canonicalize(path).map_err(read_err)?;
+    // Hold the lock across dlopen and the handshake so two threads cannot both start a Go
+    // runtime or load one file twice.
+    let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, lib)) = loaded.libraries.iter().find(|(p, _)| *p == canonical) {
+        return Ok(Arc::clone(lib));
+    }
+    let data = std::fs::read(&canonical).map_err(read_err)?;
+    let go = is_go_elf(&data);
+    drop(data);
+    if go {
+        if let Some(first) = &loaded.go {
+            return Err(LoadError::SecondGoRuntime {
+                path: path.into(),
+                loaded: first.clone(),
+            });
+        }
+    }
+    // SAFETY: loading runs the library's initialisers; that is the point of a plugin library.
+    let lib = unsafe { libloading::Library::new(&canonical) }.map_err(|source| LoadError::Open {
+        path: path.into(),
+        source,
+    })?;
+    // Whatever happens next, the library stays mapped: a Go runtime has started threads, and
+    // unloading it would pull code from under them.
+    let lib: &'static libloading::Library = Box::leak(Box::new(lib));
+    if go {
+        loaded.go = Some(canonical.clone());
+    }
+    let lib = handshake(path, lib, go)?;
+    loaded.libraries.push((canonical, Arc::clone(&lib)));
+    Ok(lib)
+}
+
+fn handshake(path: &Path, lib: &'static libloading::Library, go: bool) -> Result<Arc<Library>, LoadError> {
+    // SAFETY: the symbol's type is fixed by the ABI (weft.h declares it).
+    let entry: libloading::Symbol<'static, unsafe extern "C" fn(*const WeftHostApi) -> *const WeftPluginDescriptor> =
+        unsafe { lib.get(b"weft_plugin_entry\0") }.map_err(|_| LoadError::NoEntry { path: path.into() })?;
+    // SAFETY: HOST_API lives for the whole process, as the ABI promises.
+    let desc = unsafe { entry(&HOST_API.0) };
+    if desc.is_null() {
+        return Err(LoadError::NullDescriptor { path: path.into() });
+    }
+    // SAFETY: the stable prefix (abi_version, descriptor_size) is readable in every ABI version.
+    let (version, desc_size) = unsafe {
+        let p = desc.cast::<u32>();
+        (p.read_unaligned(), p.add(1).read_unaligned())
+    };
+    if version != WEFT_ABI_VERSION {
+        return Err(LoadError::AbiVersion {
+            path: path.into(),
+            plugin: version,
+            host: WEFT_ABI_VERSION,
+        });
+    }
+    let size_check = |what, plugin: u32, host: usize| {
+        if plugin as usize == host {
+            Ok(())
+        } else {
+            Err(LoadError::StructSize {
+                path: path.into(),
+                what,
+                plugin,
+                host: host as u32,
+                version,
+            })
+        }
+    };
+    size_check("WeftPluginDescriptor", desc_size, size_of::<WeftPluginDescriptor>())?;
+    // SAFETY: the plugin reported our ABI version and descriptor size, so the layout matches.
+    let d = unsafe { &*desc };
+    size_check("WeftRequestView", d.request_view_size, size_of::<WeftRequestView>())?;
+    size_check("WeftMutation", d.mutation_size, size_of::<WeftMutation>())?;
+    if d.host_api_size as usize > size_of::<WeftHostApi>() {
+        return Err(LoadError::StructSize {
+            path: path.into(),
+            what: "WeftHostApi",
+            plugin: d.host_api_size,
+            host: size_of::<WeftHostApi>() as u32,
+            version,
+        });
+    }
+
+    let text = |ptr: *const u8, len: usize, what: &str| -> Result<String, LoadError> {
+        if len == 0 {
+            return Ok(String::new());
+        }
+        if ptr.is_null() || len > 1 << 20 {
+            return Err(LoadError::Malformed {
+                path: path.into(),
+                what: format!("{what}: NULL or oversized"),
+            });
+        }
+        // SAFETY: the plugin promises `len` readable bytes that live as long as the library.
+        let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
+        String::from_utf8(bytes.to_vec()).map_err(|_| LoadError::Malformed {
+            path: path.into(),
+            what: format!("{what}: not UTF-8"),
+        })
+    };
+    let load_error = text(d.load_error, d.load_error_len, "load_error")?;
+    if !load_error.is_empty() {
+        return Err(LoadError::Registration {
+            path: path.into(),
+            message: load_error,
+        });
+    }
+    let runtime_version = text(d.runtime_version, d.runtime_version_len, "runtime_version")?;
+    let (Some(init), Some(on_phase)) = (d.init, d.on_phase) else {
+        return Err(LoadError::Malformed {
+            path: path.into(),
+            what: "init or on_phase is NULL".into(),
+        });
+    };
+    if d.plugin_count > 0 && d.plugins.is_null() || d.plugin_count > 4096 {
+        return Err(LoadError::Malformed {
+            path: path.into(),
+            what: format!("{} plugins at {:p}", d.plugin_count, d.plugins),
+        });
+    }
+    let mut plugins = Vec::with_capacity(d.plugin_count as usize);
+    for i in 0..d.plugin_count {
+        // SAFETY: plugin_count entries, checked non-null above.
+        let info = unsafe { &*d.plugins.add(i as usize) };
+        let name = text(info.name, info.name_len, "plugin name")?;
+        if name.is_empty() || plugins.iter().any(|p: &PluginMeta| p.name == name) {
+            return Err(LoadError::Malformed {
+                path: path.into(),
+                what: format!("empty or duplicate plugin name {name:?}"),
+            });
+        }
+        let unsupported = info.phases & !WEFT_PHASE_MASK_SUPPORTED;
+        if unsupported != 0 {
+            tracing::warn!(library = %path.display(), plugin = %name, mask = unsupported,
+                "plugin declares phases this runtime does not drive yet; they will not be called");
+        }
+        plugins.push(PluginMeta {
+            index: i,
+            name,
+            phases: info.phases & WEFT_PHASE_MASK_SUPPORTED,
+        });
+    }
+    if go != (d.runtime == WEFT_RUNTIME_GO) {
+        tracing::warn!(library = %path.display(), "descriptor runtime field disagrees with the ELF contents");
+    }
+    Ok(Arc::new(Library {
+        path: path.into(),
+        runtime: if go { WEFT_RUNTIME_GO } else { d.runtime },
+        runtime_version,
+        plugins,
+        init,
+        on_phase,
+        thread_start: d.thread_start,
+        shutdown: d.shutdown,
+    }))
+}
+
+/// The host function table: one per process, as plugins may keep the pointer.
+struct HostApi(WeftHostApi);
+// SAFETY: the table is immutable and its context pointer is unused (NULL).
+unsafe impl Sync for HostApi {}
+
+static HOST_API: HostApi = HostApi(WeftHostApi {
+    abi_version: WEFT_ABI_VERSION,
+    size: size_of::<WeftHostApi>() as u32,
+    context: std::ptr::null_mut::<c_void>(),
+    log: Some(host_log),
+});
+
+/// Instance names by id, for log lines coming from plugins.
+static INSTANCE_NAMES: RwLock<Vec<Arc<str>>> = RwLock::new(Vec::new());
+
+pub(crate) fn register_instance_name(name: &str) -> u64 {
+    let mut names = INSTANCE_NAMES.write().unwrap_or_else(|e| e.into_inner());
+    names.push(Arc::from(name));
+    (names.len() - 1) as u64
+}
+
+pub(crate) fn instance_name(id: u64) -> Option<Arc<str>> {
+    let names = INSTANCE_NAMES.read().unwrap_or_else(|e| e.into_inner());
+    names.get(id as usize).cloned()
+}
+
+/// Truncates plugin log lines so a runaway plugin cannot flood the log with megabyte lines.
+const MAX_LOG_LINE: usize = 16 * 1024;
+
+unsafe extern "C" fn host_log(level: u32, instance: u64, msg: *const u8, len: usize) {
+    // No panic may unwind into the plugin: a failure to log is dropped.
+    let _ = std::panic::catch_unwind(|| {
+        let bytes: &[u8] = if msg.is_null() || len == 0 {
+            &[]
+        } else {
+            // SAFETY: the caller promises `len` readable bytes for the duration of the call.
+            unsafe { std::slice::from_raw_parts(msg, len.min(MAX_LOG_LINE)) }
+        };
+        let text = String::from_utf8_lossy(bytes);
+        let name = instance_name(instance);
+        let plugin = name.as_deref().unwrap_or("?");
+        match level {
+            WEFT_LOG_ERROR => tracing::error!(target: "weft::plugin", plugin, "{text}"),
+            WEFT_LOG_WARN => tracing::warn!(target: "weft::plugin", plugin, "{text}"),
+            WEFT_LOG_DEBUG => tracing::debug!(target: "weft::plugin", plugin, "{text}"),
+            _ => tracing::info!(target: "weft::plugin", plugin, "{text}"),
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_go_and_garbage_files_are_not_go() {
+        assert!(!is_go_elf(b"not an elf file"));
+        assert!(!is_go_elf(&[]));
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(!is_go_elf(&me), "a Rust test binary is not a Go binary");
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let err = load(Path::new("/nonexistent/libnothing.so")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/libnothing.so"), "{err}");
+    }
+
+    #[test]
+    fn a_library_without_entry_is_refused() {
+        // libc is a real shared library without weft_plugin_entry.
+        let libc = ["/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
+        let Some(libc) = libc else { return };
+        let err = load(Path::new(libc)).unwrap_err();
+        assert!(matches!(err, LoadError::NoEntry { .. }), "{err}");
+    }
+
+    #[test]
+    fn host_log_survives_bad_input() {
+        // SAFETY: exercising the null/zero-length paths the ABI allows.
+        unsafe {
+            host_log(99, u64::MAX, std::ptr::null(), 10);
+            host_log(WEFT_LOG_INFO, 0, b"\xff\xfe".as_ptr(), 2);
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! Lays a request (and later its response) out in an arena slot as a [`WeftRequestView`] that a
+//! plugin reads in place.
+//!
+//! Slot layout, all offsets relative to the slot start:
+//! ```text
+//! [WeftRequestView][request WeftHeader array][request strings]
+//!                  [response WeftHeader array][response strings] <- view.size
+//! [padding to 8][mutation buffer ... to the end of the slot]
+//! ```
+//! The request section is written once per change of the request head; the response section is
+//! appended after it, so the response and log phases see both without re-encoding the request.
+
+use std::io::Write as _;
+use std::mem::{align_of, size_of};
+use std::net::SocketAddr;
+
+use http::{HeaderMap, Method, Uri, Version};
+
+use crate::abi::{WeftHeader, WeftRequestView, WeftStr};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("request view needs more than the {cap} bytes of an arena slot")]
+pub struct ViewTooLarge {
+    pub cap: usize,
+}
+
+/// The parts of a request head a view shows.
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub version: Version,
+    pub headers: &'a HeaderMap,
+}
+
+/// Identity fields that stay fixed for one request.
+#[derive(Clone, Copy)]
+pub struct ViewIdentity {
+    pub request_id: u64,
+    pub slot: u32,
+    pub generation: u32,
+    pub client: SocketAddr,
+    pub scheme: &'static str,
+}
+
+pub const VIEW_HEADER_SIZE: usize = size_of::<WeftRequestView>();
+
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn align(&mut self, to: usize) -> Result<(), ViewTooLarge> {
+        let p = self.pos.next_multiple_of(to);
+        if p > self.buf.len() {
+            return Err(ViewTooLarge { cap: self.buf.len() });
+        }
+        self.buf[self.pos..p].fill(0);
+        self.pos = p;
+        Ok(())
+    }
+
+    fn reserve(&mut self, n: usize) -> Result<usize, ViewTooLarge> {
+        let at = self.pos;
+        let end = at
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or(ViewTooLarge { cap: self.buf.len() })?;
+        self.pos = end;
+        Ok(at)
+    }
+
+    fn str(&mut self, bytes: &[u8]) -> Result<WeftStr, ViewTooLarge> {
+        let at = self.reserve(bytes.len())?;
+        self.buf[at..at + bytes.len()].copy_from_slice(bytes);
+        Ok(WeftStr {
+            off: at as u32,
+            len: bytes.len() as u32,
+        })
+    }
+
+    fn formatted(&mut self, args: std::fmt::Arguments<'_>) -> Result<WeftStr, ViewTooLarge> {
+        let at = self.pos;
+        let cap = self.buf.len();
+        let mut rest = &mut self.buf[at..];
+        let before = rest.len();
+        rest.write_fmt(args).map_err(|_| ViewTooLarge { cap })?;
+        let n = before - rest.len();
+        self.pos += n;
+        Ok(WeftStr {
+            off: at as u32,
+            len: n as u32,
+        })
+    }
+
+    /// Writes a header array followed by its strings; returns (array offset, count).
+    fn headers(&mut self, headers: &HeaderMap) -> Result<(u32, u32), ViewTooLarge> {
+        self.align(align_of::<WeftHeader>())?;
+        let count = headers.len();
+        let array = self.reserve(count * size_of::<WeftHeader>())?;
+        for (i, (name, value)) in headers.iter().enumerate() {
+            let h = WeftHeader {
+                name: self.str(name.as_str().as_bytes())?,
+                value: self.str(value.as_bytes())?,
+            };
+            write_struct(self.buf, array + i * size_of::<WeftHeader>(), h);
+        }
+        Ok((array as u32, count as u32))
+    }
+}
+
+fn write_struct<T: Copy>(buf: &mut [u8], at: usize, value: T) {
+    assert!(at + size_of::<T>() <= buf.len());
+    // SAFETY: bounds checked above; write_unaligned has no alignment requirement, and T is a
+    // plain-old-data repr(C) type.
+    unsafe { std::ptr::write_unaligned(buf.as_mut_ptr().add(at).cast::<T>(), value) }
+}
+
+fn read_view(buf: &[u8]) -> WeftRequestView {
+    assert!(buf.len() >= VIEW_HEADER_SIZE);
+    // SAFETY: bounds checked; any bit pattern is a valid WeftRequestView (all integers).
+    unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<WeftRequestView>()) }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
+}
+
+/// Writes the request section (clearing any response section). Returns the view size.
+pub fn encode_request(
+    buf: &mut [u8],
+    id: &ViewIdentity,
+    phase: u32,
+    head: &RequestHead<'_>,
+) -> Result<usize, ViewTooLarge> {
+    if buf.len() < VIEW_HEADER_SIZE {
+        return Err(ViewTooLarge { cap: buf.len() });
+    }
+    let mut c = Cursor {
+        buf,
+        pos: VIEW_HEADER_SIZE,
+    };
+    let (req_headers_off, req_header_count) = c.headers(head.headers)?;
+    let method = c.str(head.method.as_str().as_bytes())?;
+    let path = c.str(head.uri.path().as_bytes())?;
+    let query = c.str(head.uri.query().unwrap_or("").as_bytes())?;
+    let host_bytes = match head.uri.authority() {
+        Some(a) => a.as_str().as_bytes(),
+        None => head
+            .headers
+            .get(http::header::HOST)
+            .map(|v| v.as_bytes())
+            .unwrap_or(b""),
+    };
+    let host = c.str(host_bytes)?;
+    let client_addr = c.formatted(format_args!("{}", id.client))?;
+    let scheme = c.str(id.scheme.as_bytes())?;
+    let version = c.str(version_str(head.version).as_bytes())?;
+    let size = c.pos;
+    let view = WeftRequestView {
+        size: size as u32,
+        phase,
+        request_id: id.request_id,
+        slot: id.slot,
+        generation: id.generation,
+        method,
+        path,
+        query,
+        host,
+        client_addr,
+        scheme,
+        version,
+        req_headers_off,
+        req_header_count,
+        status: 0,
+        resp_headers_off: size as u32,
+        resp_header_count: 0,
+        reserved: 0,
+    };
+    write_struct(c.buf, 0, view);
+    Ok(size)
+}
+
+/// Appends (or replaces) the response section after the request section `request_end` bytes
+/// long. Returns the new view size.
+pub fn encode_response(
+    buf: &mut [u8],
+    request_end: usize,
+    phase: u32,
+    status: u16,
+    headers: &HeaderMap,
+) -> Result<usize, ViewTooLarge> {
+    let mut view = read_view(buf);
+    let mut c = Cursor { buf, pos: request_end };
+    let (off, count) = c.headers(headers)?;
+    let size = c.pos;
+    view.size = size as u32;
+    view.phase = phase;
+    view.status = status as u32;
+    view.resp_headers_off = off;
+    view.resp_header_count = count;
+    write_struct(c.buf, 0, view);
+    Ok(size)
+}
+
+/// Sets the phase field of an encoded view.
+pub fn set_phase(buf: &mut [u8], phase: u32) {
+    let mut view = read_view(buf);
+    view.phase = phase;
+    write_struct(buf, 0, view);
+}
+
+/// Reads a view back (tests and fuzzing: checks every offset the way a plugin would).
+pub fn decode_for_test(buf: &[u8]) -> Option<DecodedView> {
+    if buf.len() < VIEW_HEADER_SIZE {
+        return None;
+    }
+    let v = read_view(buf);
+    let size = v.size as usize;
+    if size > buf.len() || size < VIEW_HEADER_SIZE {
+        return None;
+    }
+    let view = &buf[..size];
+    let s = |w: WeftStr| -> Option<String> {
+        let end = (w.off as usize).checked_add(w.len as usize)?;
+        Some(String::from_utf8_lossy(view.get(w.off as usize..end)?).into_owned())
+    };
+    let headers = |off: u32, count: u32| -> Option<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for i in 0..count as usize {
+            let at = (off as usize).checked_add(i * size_of::<WeftHeader>())?;
+            if at + size_of::<WeftHeader>() > size {
+                return None;
+            }
+            // SAFETY: bounds checked; WeftHeader is plain integers.
+            let h: WeftHeader = unsafe { std::ptr::read_unaligned(view.as_ptr().add(at).cast()) };
+            out.push((s(h.name)?, s(h.value)?));
+        }
+        Some(out)
+    };
+    Some(DecodedView {
+        request_id: v.request_id,
+        phase: v.phase,
+        slot: v.slot,
+        generation: v.generation,
+        method: s(v.method)?,
+        path: s(v.path)?,
+        query: s(v.query)?,
+        host: s(v.host)?,
+        client_addr: s(v.client_addr)?,
+        scheme: s(v.scheme)?,
+        version: s(v.version)?,
+        request_headers: headers(v.req_headers_off, v.req_header_count)?,
+        status: v.status,
+        response_headers: headers(v.resp_headers_off, v.resp_header_count)?,
+    })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct DecodedView {
+    pub request_id: u64,
+    pub phase: u32,
+    pub slot: u32,
+    pub generation: u32,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub host: String,
+    pub client_addr: String,
+    pub scheme: String,
+    pub version: String,
+    pub request_headers: Vec<(String, String)>,
+    pub status: u32,
+    pub response_headers: Vec<(String, String)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn ident() -> ViewIdentity {
+        ViewIdentity {
+            request_id: 7,
+            slot: 3,
+            generation: 9,
+            client: "127.0.0.1:5555".parse().unwrap(),
+            scheme: "http",
+        }
+    }
+
+    #[test]
+    fn request_and_response_round_trip() {
+        let mut buf = vec![0u8; 4096];
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("example.com"));
+        headers.append("accept", HeaderValue::from_static("a/b"));
+        headers.append("accept", HeaderValue::from_static("c/d"));
+        let uri: Uri = "/p/q?x=1&y=2".parse().unwrap();
+        let head = RequestHead {
+            method: &Method::POST,
+            uri: &uri,
+            version: Version::HTTP_11,
+            headers: &headers,
+        };
+        let end = encode_request(&mut buf, &ident(), 0, &head).unwrap();
+        let d = decode_for_test(&buf).unwrap();
+        assert_eq!(d.method, "POST");
+        assert_eq!(d.path, "/p/q");
+        assert_eq!(d.query, "x=1&y=2");
+        assert_eq!(d.host, "example.com");
+        assert_eq!(d.client_addr, "127.0.0.1:5555");
+        assert_eq!(d.version, "HTTP/1.1");
+        assert_eq!((d.slot, d.generation, d.request_id), (3, 9, 7));
+        assert_eq!(
+            d.request_headers,
+            vec![
+                ("host".into(), "example.com".into()),
+                ("accept".into(), "a/b".into()),
+                ("accept".into(), "c/d".into())
+            ]
+        );
+        assert_eq!(d.status, 0);
+        assert!(d.response_headers.is_empty());
+
+        let mut rh = HeaderMap::new();
+        rh.insert("content-type", HeaderValue::from_static("text/plain"));
+        encode_response(&mut buf, end, 2, 201, &rh).unwrap();
+        let d = decode_for_test(&buf).unwrap();
+        assert_eq!(d.status, 201);
+        assert_eq!(d.phase, 2);
+        assert_eq!(d.response_headers, vec![("content-type".into(), "text/plain".into())]);
+        assert_eq!(d.path, "/p/q", "request section survives the response append");
+    }
+
+    #[test]
+    fn too_small_slot_is_an_error_not_a_panic() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-big", HeaderValue::from_bytes(&[b'a'; 3000]).unwrap());
+        let uri: Uri = "/".parse().unwrap();
+        let head = RequestHead {
+            method: &Method::GET,
+            uri: &uri,
+            version: Version::HTTP_11,
+            headers: &headers,
+        };
+        for cap in [0, 10, VIEW_HEADER_SIZE, 200, 3000] {
+            let mut buf = vec![0u8; cap];
+            assert!(encode_request(&mut buf, &ident(), 0, &head).is_err(), "cap {cap}");
+        }
+        let mut buf = vec![0u8; 4096];
+        assert!(encode_request(&mut buf, &ident(), 0, &head).is_ok());
+    }
+
+    #[test]
+    fn http2_authority_is_the_host() {
+        let mut buf = vec![0u8; 4096];
+        let headers = HeaderMap::new();
+        let uri: Uri = "http://h2.example:8443/x".parse().unwrap();
+        let head = RequestHead {
+            method: &Method::GET,
+            uri: &uri,
+            version: Version::HTTP_2,
+            headers: &headers,
+        };
+        encode_request(&mut buf, &ident(), 0, &head).unwrap();
+        let d = decode_for_test(&buf).unwrap();
+        assert_eq!(d.host, "h2.example:8443");
+        assert_eq!(d.version, "HTTP/2.0");
+    }
+}

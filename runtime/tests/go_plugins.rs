@@ -1,0 +1,347 @@
+//! The runtime driving the real example Go library (built by the Go toolchain) through the ABI.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use weft_runtime::{Chain, Flow, InitError, InstanceSpec, LoadError, Runtime, RuntimeOptions};
+
+fn client() -> SocketAddr {
+    "127.0.0.1:40000".parse().unwrap()
+}
+
+/// One runtime per test binary: the Go library can be loaded once per process.
+fn runtime() -> &'static Arc<Runtime> {
+    static RT: OnceLock<Arc<Runtime>> = OnceLock::new();
+    RT.get_or_init(|| {
+        let lib = common::build_plugins("main");
+        let rt = Runtime::new(RuntimeOptions {
+            slot_count: 64,
+            slot_size: 16 * 1024,
+            log_queue: 1024,
+        })
+        .unwrap();
+        let plugins = rt.load_library("examples", &lib).expect("load example library");
+        for want in [
+            "header-rewriter",
+            "bearer-auth",
+            "timing-logger",
+            "test-panic",
+            "test-bad-header",
+            "bench-header",
+        ] {
+            assert!(
+                plugins.iter().any(|p| p.name == want),
+                "library lacks {want}: {plugins:?}"
+            );
+        }
+        rt
+    })
+}
+
+fn chain(specs: &[(&str, &str, serde_json::Value, bool)]) -> Chain {
+    let rt = runtime();
+    let ids: Vec<_> = specs
+        .iter()
+        .map(|(name, plugin, config, fail_open)| {
+            rt.instantiate(InstanceSpec {
+                name: format!("{name}-{}", unique()),
+                library: "examples".into(),
+                plugin: (*plugin).into(),
+                config_json: serde_json::to_vec(config).unwrap(),
+                fail_open: *fail_open,
+            })
+            .unwrap_or_else(|e| panic!("instantiate {plugin}: {e}"))
+        })
+        .collect();
+    rt.chain(&ids)
+}
+
+/// Starts an exchange, waiting while other tests' requests (and their queued log phases) hold
+/// every slot of the shared runtime.
+fn begin(chain: &Chain) -> weft_runtime::Exchange {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match chain.start(client(), "http") {
+            Ok(ex) => return ex.expect("chain has phases"),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            Err(_) => panic!("arena stayed full for 10 s"),
+        }
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn request(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+    let mut b = http::Request::builder().uri(uri).header("host", "example.com");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(()).unwrap().into_parts().0
+}
+
+fn response(status: u16) -> http::response::Parts {
+    http::Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0
+}
+
+#[test]
+fn header_rewriter_changes_request_and_response() {
+    let chain = chain(&[(
+        "rewrite",
+        "header-rewriter",
+        serde_json::json!({
+            "request_set": {"x-added": "yes"},
+            "request_remove": ["x-secret"],
+            "response_set": {"x-served-by": "weft"}
+        }),
+        false,
+    )]);
+    let mut ex = begin(&chain);
+    let mut req = request("/a?b=1", &[("x-secret", "hunter2"), ("accept", "*/*")]);
+    assert!(matches!(ex.request_headers(&mut req), Flow::Continue));
+    assert_eq!(req.headers["x-added"], "yes");
+    assert!(req.headers.get("x-secret").is_none());
+    assert_eq!(req.headers["accept"], "*/*");
+    let mut resp = response(200);
+    assert!(matches!(ex.response_headers(&mut resp), Flow::Continue));
+    assert_eq!(resp.headers["x-served-by"], "weft");
+}
+
+#[test]
+fn auth_replies_401_locally_and_passes_valid_tokens() {
+    let chain = chain(&[("auth", "bearer-auth", serde_json::json!({"tokens": ["s3cret"]}), false)]);
+
+    let mut ex = begin(&chain);
+    let Flow::Respond(resp) = ex.request_headers(&mut request("/", &[])) else {
+        panic!("no token must not pass")
+    };
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+    assert_eq!(body["error"], "unauthorized");
+
+    let mut ex = begin(&chain);
+    let flow = ex.request_headers(&mut request("/", &[("authorization", "Bearer wrong")]));
+    assert!(matches!(flow, Flow::Respond(ref r) if r.status() == 401), "{flow:?}");
+
+    let mut ex = begin(&chain);
+    let mut req = request("/", &[("authorization", "Bearer s3cret")]);
+    assert!(matches!(ex.request_headers(&mut req), Flow::Continue));
+}
+
+#[test]
+fn init_failure_names_instance_and_reason() {
+    let rt = runtime();
+    let err = rt
+        .instantiate(InstanceSpec {
+            name: "auth-without-tokens".into(),
+            library: "examples".into(),
+            plugin: "bearer-auth".into(),
+            config_json: br#"{"tokens": []}"#.to_vec(),
+            fail_open: false,
+        })
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, InitError::Failed { .. }), "{err:?}");
+    assert!(msg.contains("auth-without-tokens") && msg.contains("token"), "{msg}");
+
+    let err = rt
+        .instantiate(InstanceSpec {
+            name: "typo".into(),
+            library: "examples".into(),
+            plugin: "no-such-plugin".into(),
+            config_json: b"{}".to_vec(),
+            fail_open: false,
+        })
+        .unwrap_err();
+    assert!(matches!(err, InitError::UnknownPlugin { .. }), "{err:?}");
+    assert!(err.to_string().contains("bearer-auth"), "lists what exists: {err}");
+
+    let err = rt
+        .instantiate(InstanceSpec {
+            name: "bad-json".into(),
+            library: "examples".into(),
+            plugin: "header-rewriter".into(),
+            config_json: br#"{"no_such_field": 1}"#.to_vec(),
+            fail_open: false,
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no_such_field"),
+        "unknown config fields are refused: {err}"
+    );
+}
+
+#[test]
+fn panic_fails_closed_then_next_request_works() {
+    let chain = chain(&[("panicky", "test-panic", serde_json::json!({}), false)]);
+    let mut ex = begin(&chain);
+    let flow = ex.request_headers(&mut request("/", &[("x-test-panic", "1")]));
+    assert!(matches!(flow, Flow::Respond(ref r) if r.status() == 500), "{flow:?}");
+    drop(ex);
+    let mut ex = begin(&chain);
+    assert!(matches!(ex.request_headers(&mut request("/", &[])), Flow::Continue));
+}
+
+#[test]
+fn panic_in_fail_open_plugin_continues_unchanged() {
+    let chain = chain(&[("panicky-open", "test-panic", serde_json::json!({}), true)]);
+    let mut ex = begin(&chain);
+    let mut req = request("/", &[("x-test-panic", "1")]);
+    let before = req.headers.clone();
+    assert!(matches!(ex.request_headers(&mut req), Flow::Continue));
+    assert_eq!(req.headers, before);
+}
+
+#[test]
+fn crlf_header_value_is_rejected_whole() {
+    let chain = chain(&[("bad", "test-bad-header", serde_json::json!({}), false)]);
+    let mut ex = begin(&chain);
+    let mut req = request("/", &[("x-test-crlf", "1")]);
+    let flow = ex.request_headers(&mut req);
+    assert!(matches!(flow, Flow::Respond(ref r) if r.status() == 500), "{flow:?}");
+    assert!(req.headers.get("x-bad").is_none());
+}
+
+#[test]
+fn state_is_per_request_across_phases() {
+    let chain = chain(&[("timing", "timing-logger", serde_json::json!({}), false)]);
+    // Two requests in flight at once, phases interleaved: each must keep its own state.
+    let mut a = begin(&chain);
+    let mut b = begin(&chain);
+    let mut ra = request("/a", &[]);
+    let mut rb = request("/b", &[]);
+    assert!(matches!(a.request_headers(&mut ra), Flow::Continue));
+    assert!(matches!(b.request_headers(&mut rb), Flow::Continue));
+    let seq_a = ra.headers["x-weft-seq"].clone();
+    let seq_b = rb.headers["x-weft-seq"].clone();
+    assert_ne!(seq_a, seq_b);
+    let mut pb = response(200);
+    let mut pa = response(200);
+    assert!(matches!(b.response_headers(&mut pb), Flow::Continue));
+    assert!(matches!(a.response_headers(&mut pa), Flow::Continue));
+    assert_eq!(pa.headers["x-weft-seq"], seq_a);
+    assert_eq!(pb.headers["x-weft-seq"], seq_b);
+    assert!(pa.headers["server-timing"].to_str().unwrap().starts_with("weft;dur="));
+}
+
+#[test]
+fn chain_order_later_plugins_see_earlier_mutations() {
+    // The auth plugin checks a header that the rewriter, earlier on the chain, sets.
+    let chain = chain(&[
+        (
+            "inject",
+            "header-rewriter",
+            serde_json::json!({"request_set": {"authorization": "Bearer t0k"}}),
+            false,
+        ),
+        ("auth2", "bearer-auth", serde_json::json!({"tokens": ["t0k"]}), false),
+    ]);
+    let mut ex = begin(&chain);
+    let mut req = request("/", &[]);
+    assert!(matches!(ex.request_headers(&mut req), Flow::Continue));
+}
+
+#[test]
+fn arena_exhaustion_is_busy_and_slots_come_back() {
+    // A runtime of its own (sharing the loaded library) so other tests keep their slots.
+    runtime();
+    let rt = Runtime::new(RuntimeOptions {
+        slot_count: 8,
+        slot_size: 8192,
+        log_queue: 16,
+    })
+    .unwrap();
+    rt.load_library("examples", &common::build_plugins("main")).unwrap();
+    let id = rt
+        .instantiate(InstanceSpec {
+            name: "timing-busy".into(),
+            library: "examples".into(),
+            plugin: "timing-logger".into(),
+            config_json: b"{}".to_vec(),
+            fail_open: false,
+        })
+        .unwrap();
+    let chain = rt.chain(&[id]);
+    let (base, total) = rt.arena_usage();
+    assert_eq!((base, total), (0, 8));
+    let mut held = Vec::new();
+    for _ in 0..total {
+        let mut ex = begin(&chain);
+        ex.request_headers(&mut request("/", &[]));
+        held.push(ex);
+    }
+    assert!(
+        chain.start(client(), "http").is_err(),
+        "an arena with every slot leased must answer Busy"
+    );
+    drop(held);
+    // Log phases run on the log thread, which then releases the slots.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rt.arena_usage().0 > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(rt.arena_usage().0, 0, "slots leaked");
+    assert!(chain.start(client(), "http").unwrap().is_some());
+}
+
+#[test]
+fn concurrent_requests_from_many_threads() {
+    let chain = chain(&[
+        (
+            "rewrite-mt",
+            "header-rewriter",
+            serde_json::json!({"request_set": {"x-added": "yes"}}),
+            false,
+        ),
+        ("timing-mt", "timing-logger", serde_json::json!({}), false),
+    ]);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let chain = chain.clone();
+            std::thread::spawn(move || {
+                runtime().thread_start();
+                for i in 0..2000 {
+                    let mut ex = begin(&chain);
+                    let path = format!("/t{t}/{i}");
+                    let mut req = request(&path, &[]);
+                    assert!(matches!(ex.request_headers(&mut req), Flow::Continue));
+                    assert_eq!(req.headers["x-added"], "yes");
+                    let seq = req.headers["x-weft-seq"].clone();
+                    let mut resp = response(200);
+                    assert!(matches!(ex.response_headers(&mut resp), Flow::Continue));
+                    assert_eq!(resp.headers["x-weft-seq"], seq, "state crossed requests at {path}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn second_go_library_is_refused() {
+    runtime();
+    let other = common::build_plugins("abi99");
+    let err = runtime().load_library("second", &other).unwrap_err();
+    assert!(matches!(err, LoadError::SecondGoRuntime { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("only one Go runtime") || msg.contains("Only one Go runtime"),
+        "{msg}"
+    );
+    assert!(msg.contains("one c-shared library"), "says what to do instead: {msg}");
+}
