@@ -199,37 +199,42 @@ impl Exchange {
     /// Runs the request-headers phase of every instance that declared it, in chain order.
     pub fn request_headers(&mut self, parts: &mut http::request::Parts) -> Flow {
         const PHASE: WeftPhase = WeftPhase::RequestHeaders;
-        // Encoded even when no instance handles this phase: the response and log phases show it.
-        if let Err(e) = self.encode_request(parts, PHASE) {
-            tracing::warn!(request_id = self.ident.request_id, "{e}; answering 431");
-            return Flow::Respond(failure_response(
+        let too_large = |e: view::ViewTooLarge, id: u64| {
+            tracing::warn!(request_id = id, "{e}; answering 431");
+            Flow::Respond(failure_response(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request header fields too large\n",
-            ));
+            ))
+        };
+        // Encoded even when no instance handles this phase: the response and log phases show it.
+        if let Err(e) = self.encode_request(parts, PHASE) {
+            return too_large(e, self.ident.request_id);
         }
         if self.chain.phases & PHASE.mask() == 0 {
             return Flow::Continue;
         }
+        // The view is laid out again only when a plugin changed the request and someone will
+        // still read it: the next plugin, or the response and log phases.
+        let mut stale = false;
         let instances = Arc::clone(&self.chain.instances);
         for inst in instances.iter().filter(|i| i.phases & PHASE.mask() != 0) {
+            if stale {
+                if let Err(e) = self.encode_request(parts, PHASE) {
+                    return too_large(e, self.ident.request_id);
+                }
+                stale = false;
+            }
             match self.call(inst, PHASE) {
                 Ok(mut batch) => {
                     if let Some(reply) = batch.take_reply() {
-                        let resp = reply.into_response();
-                        let (rparts, body) = resp.into_parts();
+                        let (rparts, body) = reply.into_response().into_parts();
                         // The log phase sees the local reply as the response.
                         let _ = self.encode_response(&rparts, WeftPhase::Log);
                         return Flow::Respond(Response::from_parts(rparts, body));
                     }
                     if !batch.is_empty() {
                         batch.apply_to_request(parts);
-                        if let Err(e) = self.encode_request(parts, PHASE) {
-                            tracing::warn!(plugin = %inst.name, request_id = self.ident.request_id, "{e}; answering 431");
-                            return Flow::Respond(failure_response(
-                                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                                "request header fields too large\n",
-                            ));
-                        }
+                        stale = true;
                     }
                 }
                 Err(err) => {
@@ -238,6 +243,12 @@ impl Exchange {
                         return Flow::Respond(failure_response(StatusCode::INTERNAL_SERVER_ERROR, "plugin failure\n"));
                     }
                 }
+            }
+        }
+        let later = WeftPhase::ResponseHeaders.mask() | WeftPhase::Log.mask();
+        if stale && self.chain.phases & later != 0 {
+            if let Err(e) = self.encode_request(parts, PHASE) {
+                return too_large(e, self.ident.request_id);
             }
         }
         Flow::Continue

@@ -122,6 +122,39 @@ fn read_view(buf: &[u8]) -> WeftRequestView {
     unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<WeftRequestView>()) }
 }
 
+/// Writes `a.b.c.d:port` into `out` (21 bytes always suffice); returns the length.
+fn format_v4(out: &mut [u8; 21], addr: std::net::SocketAddrV4) -> usize {
+    fn num(out: &mut [u8; 21], mut n: usize, v: u32) -> usize {
+        let mut digits = [0u8; 5];
+        let mut i = 0;
+        let mut v = v;
+        loop {
+            digits[i] = b'0' + (v % 10) as u8;
+            i += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        while i > 0 {
+            i -= 1;
+            out[n] = digits[i];
+            n += 1;
+        }
+        n
+    }
+    let mut n = 0;
+    for (i, o) in addr.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            out[n] = b'.';
+            n += 1;
+        }
+        n = num(out, n, o as u32);
+    }
+    out[n] = b':';
+    num(out, n + 1, addr.port() as u32)
+}
+
 fn version_str(v: Version) -> &'static str {
     match v {
         Version::HTTP_09 => "HTTP/0.9",
@@ -160,7 +193,15 @@ pub fn encode_request(
             .unwrap_or(b""),
     };
     let host = c.str(host_bytes)?;
-    let client_addr = c.formatted(format_args!("{}", id.client))?;
+    let client_addr = match id.client {
+        // The common case, without the formatting machinery (this runs once per request).
+        SocketAddr::V4(v4) => {
+            let mut tmp = [0u8; 21];
+            let n = format_v4(&mut tmp, v4);
+            c.str(&tmp[..n])?
+        }
+        other => c.formatted(format_args!("{other}"))?,
+    };
     let scheme = c.str(id.scheme.as_bytes())?;
     let version = c.str(version_str(head.version).as_bytes())?;
     let size = c.pos;
@@ -357,6 +398,22 @@ mod tests {
         }
         let mut buf = vec![0u8; 4096];
         assert!(encode_request(&mut buf, &ident(), 0, &head).is_ok());
+    }
+
+    #[test]
+    fn ipv4_fast_format_matches_display() {
+        for a in [
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.0.0.1:80",
+            "127.0.0.1:5555",
+            "1.22.133.4:9",
+        ] {
+            let addr: std::net::SocketAddrV4 = a.parse().unwrap();
+            let mut out = [0u8; 21];
+            let n = format_v4(&mut out, addr);
+            assert_eq!(std::str::from_utf8(&out[..n]).unwrap(), a);
+        }
     }
 
     #[test]
