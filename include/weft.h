@@ -17,6 +17,13 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <stdbool.h>
+// Version of the weft runtime this header was generated from (runtime/Cargo.toml; a test in
+// abi-check/ keeps them equal). The ABI itself is versioned separately by WEFT_ABI_VERSION.
+#define WEFT_VERSION_MAJOR 0
+#define WEFT_VERSION_MINOR 1
+#define WEFT_VERSION_PATCH 0
+#define WEFT_VERSION "0.1.0"
+
 
 // The ABI version this runtime speaks. A plugin reporting another version is refused at load.
 // Bumped on any incompatible change; additive changes append fields and are detected through the
@@ -53,20 +60,17 @@
 // Phases this runtime version drives. Body and WebSocket phases are reserved.
 #define WEFT_PHASE_MASK_SUPPORTED ((WEFT_PHASE_MASK_REQUEST_HEADERS | WEFT_PHASE_MASK_RESPONSE_HEADERS) | WEFT_PHASE_MASK_LOG)
 
-#define MIN_SLOT_SIZE 4096
+// Most mutation records one batch may hold; a longer batch is rejected whole.
+#define WEFT_MAX_MUTATION_RECORDS 256
 
-#define MAX_SLOT_SIZE (16 << 20)
+// Longest header name a mutation may carry, in bytes.
+#define WEFT_MAX_HEADER_NAME_LEN 256
 
-#define MAX_SLOT_COUNT (1 << 20)
+// Longest header value a mutation may carry, in bytes.
+#define WEFT_MAX_HEADER_VALUE_LEN (16 * 1024)
 
-// Limits a batch must respect. Values chosen to match what common proxies accept per header.
-#define MAX_RECORDS 256
-
-#define MAX_NAME_LEN 256
-
-#define MAX_VALUE_LEN (16 * 1024)
-
-#define MAX_PATH_LEN (8 * 1024)
+// Longest path or query a mutation may set, in bytes.
+#define WEFT_MAX_PATH_LEN (8 * 1024)
 
 // HTTP processing phases. Passed across the ABI as `uint32_t`.
 enum WeftPhase
@@ -379,6 +383,55 @@ typedef struct WeftHeader {
 
 #endif  /* WEFT_H */
 
+
+/*
+ * Layout checks: a C or C++ compiler that lays these structs out differently from the weft
+ * runtime fails here instead of corrupting memory at run time. Only fields of ABI version 1 are
+ * listed; fields appended later keep these offsets (append-only rule, docs/abi.md).
+ */
+#ifndef WEFT_H_LAYOUT_CHECKS
+#define WEFT_H_LAYOUT_CHECKS
+#if defined(__cplusplus) && __cplusplus >= 201103L
+#define WEFT_STATIC_ASSERT(cond, msg) static_assert(cond, msg);
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+#define WEFT_STATIC_ASSERT(cond, msg) _Static_assert(cond, msg);
+#else
+#define WEFT_STATIC_ASSERT(cond, msg)
+#endif
+WEFT_STATIC_ASSERT(sizeof(WeftStr) == 8 && offsetof(WeftStr, len) == 4, "WeftStr layout")
+WEFT_STATIC_ASSERT(sizeof(WeftHeader) == 16 && offsetof(WeftHeader, value) == 8, "WeftHeader layout")
+WEFT_STATIC_ASSERT(sizeof(WeftMutation) == 16 && offsetof(WeftMutation, arg) == 4
+                   && offsetof(WeftMutation, a_len) == 8 && offsetof(WeftMutation, b_len) == 12,
+                   "WeftMutation layout")
+WEFT_STATIC_ASSERT(sizeof(WeftRequestView) == 104, "WeftRequestView size")
+WEFT_STATIC_ASSERT(offsetof(WeftRequestView, request_id) == 8 && offsetof(WeftRequestView, slot) == 16
+                   && offsetof(WeftRequestView, generation) == 20 && offsetof(WeftRequestView, method) == 24
+                   && offsetof(WeftRequestView, version) == 72 && offsetof(WeftRequestView, req_headers_off) == 80
+                   && offsetof(WeftRequestView, status) == 88 && offsetof(WeftRequestView, reserved) == 100,
+                   "WeftRequestView layout")
+/* The stable prefix every ABI version shares. */
+WEFT_STATIC_ASSERT(offsetof(WeftPluginDescriptor, abi_version) == 0
+                   && offsetof(WeftPluginDescriptor, descriptor_size) == 4, "WeftPluginDescriptor prefix")
+WEFT_STATIC_ASSERT(offsetof(WeftHostApi, abi_version) == 0 && offsetof(WeftHostApi, size) == 4,
+                   "WeftHostApi prefix")
+#if UINTPTR_MAX == 0xFFFFFFFFFFFFFFFFu
+/* 64-bit targets (the ones weft supports): structs holding pointers. */
+WEFT_STATIC_ASSERT(sizeof(WeftBuf) == 16 && offsetof(WeftBuf, cap) == 8 && offsetof(WeftBuf, len) == 12,
+                   "WeftBuf layout")
+WEFT_STATIC_ASSERT(sizeof(WeftPluginInfo) == 24 && offsetof(WeftPluginInfo, phases) == 16, "WeftPluginInfo layout")
+WEFT_STATIC_ASSERT(offsetof(WeftPluginDescriptor, runtime_version) == 24
+                   && offsetof(WeftPluginDescriptor, plugin_count) == 40
+                   && offsetof(WeftPluginDescriptor, plugins) == 48
+                   && offsetof(WeftPluginDescriptor, load_error) == 56
+                   && offsetof(WeftPluginDescriptor, init) == 72
+                   && offsetof(WeftPluginDescriptor, on_phase) == 80
+                   && offsetof(WeftPluginDescriptor, thread_start) == 88
+                   && offsetof(WeftPluginDescriptor, shutdown) == 96, "WeftPluginDescriptor layout (v1 fields)")
+WEFT_STATIC_ASSERT(offsetof(WeftHostApi, context) == 8 && offsetof(WeftHostApi, log) == 16,
+                   "WeftHostApi layout (v1 fields)")
+#endif
+#undef WEFT_STATIC_ASSERT
+#endif /* WEFT_H_LAYOUT_CHECKS */
 #ifdef __cplusplus
 extern "C" {
 #endif

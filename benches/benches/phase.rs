@@ -106,7 +106,77 @@ fn host_side(c: &mut Criterion) {
             m.apply_to_request(black_box(&mut target));
         })
     });
+
+    // A larger request (30 headers, as behind a CDN) and a larger batch (8 records).
+    let big = request_with_30_headers();
+    assert_eq!(big.headers.len(), 30);
+    g.bench_function("encode_request_view_30_headers", |b| {
+        b.iter(|| {
+            let head = view::RequestHead {
+                method: &big.method,
+                uri: &big.uri,
+                version: big.version,
+                headers: &big.headers,
+            };
+            black_box(view::encode_request(black_box(&mut buf), &ident, 0, &head).unwrap())
+        })
+    });
+    // Idempotent records (set/remove, path, query) so applying them in a loop stays the same work.
+    let mut batch8 = Vec::new();
+    for (name, value) in [
+        ("x-bench", "1"),
+        ("x-request-start", "t=1700000000000"),
+        ("x-forwarded-user", "alice"),
+        ("x-tenant", "acme"),
+        ("x-trace", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+    ] {
+        mutation::encode_record(
+            &mut batch8,
+            WeftMutationOp::SetRequestHeader as u32,
+            0,
+            name.as_bytes(),
+            value.as_bytes(),
+        );
+    }
+    mutation::encode_record(
+        &mut batch8,
+        WeftMutationOp::RemoveRequestHeader as u32,
+        0,
+        b"cookie",
+        b"",
+    );
+    mutation::encode_record(&mut batch8, WeftMutationOp::SetPath as u32, 0, b"/v2/api/items", b"");
+    mutation::encode_record(
+        &mut batch8,
+        WeftMutationOp::SetQuery as u32,
+        0,
+        b"limit=10&tenant=acme",
+        b"",
+    );
+    assert!(mutation::decode(&batch8, batch8.len(), WeftPhase::RequestHeaders).is_ok());
+    g.bench_function("decode_validate_8_records", |b| {
+        b.iter(|| black_box(mutation::decode(black_box(&batch8), batch8.len(), WeftPhase::RequestHeaders).unwrap()))
+    });
+    let mut target = request();
+    g.bench_function("decode_validate_apply_8_records", |b| {
+        b.iter(|| {
+            let m = mutation::decode(black_box(&batch8), batch8.len(), WeftPhase::RequestHeaders).unwrap();
+            m.apply_to_request(black_box(&mut target));
+        })
+    });
     g.finish();
+}
+
+/// `request()` plus 20 more headers: 30 in all.
+fn request_with_30_headers() -> http::request::Parts {
+    let mut parts = request();
+    for i in 0..20 {
+        parts.headers.insert(
+            http::HeaderName::from_bytes(format!("x-extra-header-{i:02}").as_bytes()).unwrap(),
+            http::HeaderValue::from_str(&format!("value-{i:02}-0123456789abcdef")).unwrap(),
+        );
+    }
+    parts
 }
 
 criterion_group!(benches, phase, host_side);

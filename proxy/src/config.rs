@@ -21,10 +21,41 @@ pub struct Config {
     pub runtime: Option<RuntimeConfig>,
     #[serde(default)]
     pub libraries: Vec<LibraryConfig>,
+    /// The NATS connection for `type: nats` plugin instances.
+    #[serde(default)]
+    pub nats: Option<NatsConfig>,
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    /// The admin listener (metrics, health, readiness, reload); none when absent.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish (default 10000).
+    #[serde(default)]
+    pub shutdown_timeout_ms: Option<u64>,
+    /// One `info` line per request on target `weft::access` (default false).
+    #[serde(default)]
+    pub access_log: bool,
+    #[serde(default)]
+    pub log: Option<LogConfig>,
+}
+
+/// `admin:` block.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener, e.g. `127.0.0.1:9901`.
+    pub listen: String,
+}
+
+/// `log:` block.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `warn,weft_proxy=debug`; `RUST_LOG` wins.
+    #[serde(default)]
+    pub level: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -53,20 +84,131 @@ pub enum Failure {
     Open,
 }
 
+/// Where a plugin instance runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginType {
+    /// In-process, from a loaded library (`library`).
+    #[default]
+    Ffi,
+    /// On remote workers (`weft-worker`) reached over the top-level `nats` connection.
+    Nats,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     pub name: String,
-    pub library: String,
+    #[serde(default, rename = "type")]
+    pub kind: PluginType,
+    /// The library (`type: ffi` only).
+    #[serde(default)]
+    pub library: Option<String>,
     pub plugin: String,
     #[serde(default)]
     pub failure: Failure,
     /// Arbitrary YAML, handed to the plugin as JSON.
     #[serde(default)]
     pub config: Option<serde_json::Value>,
+    /// `type: nats`: the instance name the workers serve (subjects `weft.<subject>.<phase>`,
+    /// service `<subject>`); default: `name`.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// `type: nats`: time allowed for one phase call, wire and worker included (default 200).
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// `type: nats`: calls in flight at once; beyond it requests get 503 (default 1024).
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+    /// `type: nats`: the phases the plugin handles (`request_headers`, `response_headers`,
+    /// `log`); when absent they are read from the workers' `$SRV.INFO` at start-up.
+    #[serde(default)]
+    pub phases: Option<Vec<String>>,
+}
+
+/// Phases a remote instance can declare in `phases:`.
+pub const REMOTE_PHASES: [(&str, weft_runtime::abi::WeftPhase); 3] = [
+    ("request_headers", weft_runtime::abi::WeftPhase::RequestHeaders),
+    ("response_headers", weft_runtime::abi::WeftPhase::ResponseHeaders),
+    ("log", weft_runtime::abi::WeftPhase::Log),
+];
+
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".to_owned()
+}
+
+/// The NATS connection shared by every `type: nats` instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL(s), comma separated (default `nats://127.0.0.1:4222`).
+    #[serde(default = "default_nats_url")]
+    pub url: String,
+    /// Client name shown in the server's monitoring (default `weft-proxy`).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub auth: Option<NatsAuthConfig>,
+    #[serde(default)]
+    pub tls: Option<NatsTlsConfig>,
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+    /// Reconnect backoff cap: 10 ms doubling up to this (default 250).
+    #[serde(default)]
+    pub reconnect_max_delay_ms: Option<u64>,
+    #[serde(default)]
+    pub ping_interval_ms: Option<u64>,
+    /// Time allowed for reading phases from `$SRV.INFO` at start-up (default 2000).
+    #[serde(default)]
+    pub discovery_timeout_ms: Option<u64>,
+}
+
+/// One of user/password, token, nkey (seed file) or creds (file).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsAuthConfig {
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
+    /// File holding an nkey seed (`SU...`); resolved against the config file's directory.
+    #[serde(default)]
+    pub nkey: Option<PathBuf>,
+    /// A `.creds` file; resolved against the config file's directory.
+    #[serde(default)]
+    pub creds: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsTlsConfig {
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 impl PluginConfig {
+    /// The instance name the workers serve (`subject`, default `name`).
+    pub fn remote_name(&self) -> &str {
+        self.subject.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The `phases:` list as a mask (`None` when absent). Validated by [`Config::parse`].
+    pub fn phase_mask(&self) -> Option<u32> {
+        self.phases.as_ref().map(|list| {
+            list.iter()
+                .filter_map(|n| REMOTE_PHASES.iter().find(|(name, _)| name == n))
+                .fold(0, |m, (_, p)| m | p.mask())
+        })
+    }
+
     /// The plugin's config block as JSON bytes; `{}` when absent so plugins can always decode it.
     pub fn config_json(&self) -> Vec<u8> {
         match &self.config {
@@ -192,6 +334,22 @@ impl Config {
                 lib.path = base_dir.join(&lib.path);
             }
         }
+        if let Some(nats) = &mut config.nats {
+            let resolve = |p: &mut Option<PathBuf>| {
+                if let Some(path) = p.as_mut().filter(|p| p.is_relative()) {
+                    *path = base_dir.join(&*path);
+                }
+            };
+            if let Some(auth) = &mut nats.auth {
+                resolve(&mut auth.nkey);
+                resolve(&mut auth.creds);
+            }
+            if let Some(tls) = &mut nats.tls {
+                resolve(&mut tls.ca);
+                resolve(&mut tls.cert);
+                resolve(&mut tls.key);
+            }
+        }
         config.validate(file)?;
         Ok(config)
     }
@@ -232,6 +390,7 @@ impl Config {
                 format!("invalid socket address {:?}: {e}", self.listen),
             );
         }
+        crate::logging::validate_config(self, &mut err);
         if let Some(rt) = &self.runtime {
             if rt.slots == Some(0) {
                 err("runtime.slots".into(), "must be at least 1".into());
@@ -246,12 +405,113 @@ impl Config {
         let upstreams = unique_names("upstreams", self.upstreams.iter().map(|u| u.name.as_str()), &mut err);
         unique_names("routes", self.routes.iter().filter_map(|r| r.name.as_deref()), &mut err);
 
+        if let Some(nats) = &self.nats {
+            if nats.url.trim().is_empty() {
+                err("nats.url".into(), "must not be empty".into());
+            }
+            for (field, v) in [
+                ("connect_timeout_ms", nats.connect_timeout_ms),
+                ("reconnect_max_delay_ms", nats.reconnect_max_delay_ms),
+                ("ping_interval_ms", nats.ping_interval_ms),
+                ("discovery_timeout_ms", nats.discovery_timeout_ms),
+            ] {
+                if v == Some(0) {
+                    err(format!("nats.{field}"), "must be at least 1".into());
+                }
+            }
+            if let Some(a) = &nats.auth {
+                let methods = [a.user.is_some(), a.token.is_some(), a.nkey.is_some(), a.creds.is_some()];
+                if methods.iter().filter(|&&m| m).count() > 1 {
+                    err(
+                        "nats.auth".into(),
+                        "give one of user/password, token, nkey or creds".into(),
+                    );
+                }
+                if a.password.is_some() && a.user.is_none() {
+                    err("nats.auth.password".into(), "needs nats.auth.user".into());
+                }
+            }
+            if let Some(t) = &nats.tls {
+                if t.cert.is_some() != t.key.is_some() {
+                    err("nats.tls".into(), "cert and key go together".into());
+                }
+            }
+        }
+
         for (i, p) in self.plugins.iter().enumerate() {
-            if !libraries.contains_key(p.library.as_str()) {
-                err(
-                    format!("plugins[{i}].library"),
-                    format!("unknown library {:?}", p.library),
-                );
+            match p.kind {
+                PluginType::Ffi => {
+                    match &p.library {
+                        None => err(
+                            format!("plugins[{i}].library"),
+                            "required for type: ffi (or set type: nats)".into(),
+                        ),
+                        Some(lib) if !libraries.contains_key(lib.as_str()) => {
+                            err(format!("plugins[{i}].library"), format!("unknown library {lib:?}"))
+                        }
+                        Some(_) => {}
+                    }
+                    for (field, set) in [
+                        ("subject", p.subject.is_some()),
+                        ("deadline_ms", p.deadline_ms.is_some()),
+                        ("max_in_flight", p.max_in_flight.is_some()),
+                        ("phases", p.phases.is_some()),
+                    ] {
+                        if set {
+                            err(format!("plugins[{i}].{field}"), "only for type: nats".into());
+                        }
+                    }
+                }
+                PluginType::Nats => {
+                    if p.library.is_some() {
+                        err(
+                            format!("plugins[{i}].library"),
+                            "not used by type: nats (the workers run the plugin)".into(),
+                        );
+                    }
+                    if self.nats.is_none() {
+                        err(
+                            format!("plugins[{i}].type"),
+                            "type: nats needs a top-level `nats:` block (at least `url`)".into(),
+                        );
+                    }
+                    let subject = p.remote_name();
+                    if subject.is_empty()
+                        || !subject
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    {
+                        let field = if p.subject.is_some() { "subject" } else { "name" };
+                        err(
+                            format!("plugins[{i}].{field}"),
+                            format!("{subject:?}: a NATS instance name may use only A-Z, a-z, 0-9, '-' and '_'"),
+                        );
+                    }
+                    if p.deadline_ms == Some(0) {
+                        err(format!("plugins[{i}].deadline_ms"), "must be at least 1".into());
+                    }
+                    if p.max_in_flight == Some(0) {
+                        err(format!("plugins[{i}].max_in_flight"), "must be at least 1".into());
+                    }
+                    if let Some(list) = &p.phases {
+                        if list.is_empty() {
+                            err(
+                                format!("plugins[{i}].phases"),
+                                "must not be empty (omit it to read the phases from the workers)".into(),
+                            );
+                        }
+                        for (j, name) in list.iter().enumerate() {
+                            if !REMOTE_PHASES.iter().any(|(n, _)| n == name) {
+                                err(
+                                    format!("plugins[{i}].phases[{j}]"),
+                                    format!(
+                                        "unknown phase {name:?} (expected request_headers, response_headers or log)"
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
             }
             if p.plugin.is_empty() {
                 err(format!("plugins[{i}].plugin"), "must not be empty".into());
@@ -448,6 +708,14 @@ routes:
     }
 
     #[test]
+    fn shipped_nats_example_is_valid() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example-nats.yaml"));
+        let c = Config::load(path).unwrap();
+        assert!(c.plugins.iter().all(|p| p.kind == PluginType::Nats));
+        assert_eq!(c.plugins[1].phase_mask(), Some(0b101));
+    }
+
+    #[test]
     fn absolute_library_path_is_kept() {
         let text = GOOD.replace("lib/libweft_plugins.so", "/opt/p.so");
         assert_eq!(parse(&text).unwrap().libraries[0].path, Path::new("/opt/p.so"));
@@ -595,6 +863,102 @@ routes:
         assert!(
             e[0].starts_with("config error in proxy.yaml at routes[0].host: "),
             "{e:?}"
+        );
+    }
+
+    const NATS: &str = r#"
+listen: 127.0.0.1:8080
+nats:
+  url: nats://10.0.0.1:4222,nats://10.0.0.2:4222
+  auth: { creds: keys/proxy.creds }
+  tls: { ca: ca.pem }
+plugins:
+  - name: auth
+    type: nats
+    plugin: bearer-auth
+    config: { tokens: ["s3cret"] }
+  - name: rewrite
+    type: nats
+    plugin: header-rewriter
+    subject: rewrite-v2
+    deadline_ms: 50
+    max_in_flight: 10
+    failure: open
+    phases: [request_headers, response_headers]
+upstreams:
+  - { name: demo, addresses: ["127.0.0.1:9000"] }
+routes:
+  - { upstream: demo, plugins: [auth, rewrite] }
+"#;
+
+    #[test]
+    fn nats_instances_parse() {
+        let c = parse(NATS).unwrap();
+        let nats = c.nats.as_ref().unwrap();
+        assert_eq!(nats.url, "nats://10.0.0.1:4222,nats://10.0.0.2:4222");
+        let auth = nats.auth.as_ref().unwrap();
+        assert_eq!(auth.creds.as_deref(), Some(Path::new("/etc/weft/keys/proxy.creds")));
+        assert_eq!(
+            nats.tls.as_ref().unwrap().ca.as_deref(),
+            Some(Path::new("/etc/weft/ca.pem"))
+        );
+        let (auth, rewrite) = (&c.plugins[0], &c.plugins[1]);
+        assert_eq!((auth.kind, auth.library.as_deref()), (PluginType::Nats, None));
+        assert_eq!(auth.remote_name(), "auth");
+        assert_eq!(auth.phase_mask(), None, "read from the workers");
+        assert_eq!(rewrite.remote_name(), "rewrite-v2");
+        assert_eq!(rewrite.phase_mask(), Some(0b101));
+        assert_eq!((rewrite.deadline_ms, rewrite.max_in_flight), (Some(50), Some(10)));
+    }
+
+    #[test]
+    fn nats_instance_errors_name_the_field() {
+        let text = NATS
+            .replace(
+                "    subject: rewrite-v2\n",
+                "    subject: rewrite.v2\n    library: examples\n",
+            )
+            .replace("deadline_ms: 50", "deadline_ms: 0")
+            .replace("phases: [request_headers, response_headers]", "phases: [request_body]");
+        assert_eq!(
+            errors(&text),
+            [
+                "config error in proxy.yaml at plugins[1].library: not used by type: nats (the workers run the plugin)",
+                "config error in proxy.yaml at plugins[1].subject: \"rewrite.v2\": a NATS instance name may use only A-Z, a-z, 0-9, '-' and '_'",
+                "config error in proxy.yaml at plugins[1].deadline_ms: must be at least 1",
+                "config error in proxy.yaml at plugins[1].phases[0]: unknown phase \"request_body\" (expected request_headers, response_headers or log)",
+            ]
+        );
+        let no_block = NATS.replace("nats:\n  url: nats://10.0.0.1:4222,nats://10.0.0.2:4222\n  auth: { creds: keys/proxy.creds }\n  tls: { ca: ca.pem }\n", "");
+        let e = errors(&no_block);
+        assert!(
+            e[0].starts_with(
+                "config error in proxy.yaml at plugins[0].type: type: nats needs a top-level `nats:` block"
+            ),
+            "{e:?}"
+        );
+        let two_auths = NATS.replace(
+            "auth: { creds: keys/proxy.creds }",
+            "auth: { creds: a.creds, token: t }",
+        );
+        assert_eq!(
+            errors(&two_auths),
+            ["config error in proxy.yaml at nats.auth: give one of user/password, token, nkey or creds"]
+        );
+    }
+
+    #[test]
+    fn ffi_instance_needs_library_and_no_nats_fields() {
+        let text = GOOD.replace(
+            "    library: examples\n    plugin: timing\n",
+            "    plugin: timing\n    deadline_ms: 5\n",
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "config error in proxy.yaml at plugins[1].library: required for type: ffi (or set type: nats)",
+                "config error in proxy.yaml at plugins[1].deadline_ms: only for type: nats",
+            ]
         );
     }
 

@@ -4,12 +4,17 @@
 //! The binary in `main.rs` is a thin CLI over this library, so tests and benches can run the
 //! proxy (and the demo upstream) in-process.
 
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod forward;
+pub mod logging;
+pub mod metrics;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod upstream;
+pub mod version;
 
 pub use config::Config;
 pub use server::{Proxy, serve, spawn};

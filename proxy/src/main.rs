@@ -1,18 +1,17 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tracing::info;
 use weft_proxy::config::Config;
 use weft_proxy::demo;
-use weft_proxy::server::{Plugins, Proxy, serve, tokio_runtime};
+use weft_proxy::server::{Plugins, Proxy, tokio_runtime};
 
 /// weft reverse proxy: hyper in front of upstreams, Go plugins in the middle.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = weft_proxy::version::long_version(), about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,6 +38,12 @@ enum Command {
         #[arg(long, default_value = "target/weft-plugins/libweft_plugins.so")]
         library: PathBuf,
     },
+    /// Print the version, the plugin ABI version and, with a config, the runtime (Go version)
+    /// of each plugin library it loads.
+    Version {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Run only the demo upstream (answers every request with a JSON description of it).
     Upstream {
         #[arg(long, default_value = "127.0.0.1:9000")]
@@ -47,17 +52,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    // `run` sets up logging once it has read `log.level` from its config.
+    if !matches!(cli.command, Command::Run { .. }) {
+        weft_proxy::logging::init_tracing(None);
+    }
+    let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
         Command::Demo { listen, library } => run_demo(listen, &library),
         Command::Upstream { listen } => run_upstream(listen),
+        Command::Version { config } => version(config.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,23 +73,39 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_proxy(path: &Path) -> Result<(Config, Proxy), String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
-    let proxy = Proxy::from_config(&config).map_err(|e| format!("cannot start: failed to load plugins:\n{e}"))?;
-    Ok((config, proxy))
-}
-
 fn run(path: &Path) -> Result<(), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    weft_proxy::logging::init_tracing(config.log.as_ref().and_then(|l| l.level.as_deref()));
     // Plugins load before tokio starts so its worker threads can be registered with them.
-    let (config, proxy) = load_proxy(path)?;
-    serve_blocking(config.listen_addr(), proxy, None)
+    let proxy = Proxy::from_config(&config).map_err(|e| {
+        let problems = weft_proxy::reload::locate_plugin_problems(path, &config, &e);
+        format!("cannot start: failed to load plugins:\n{problems}")
+    })?;
+    weft_proxy::reload::run_blocking(&config, Some(path.to_path_buf()), proxy, None)
 }
 
 fn check(path: &Path) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    let plugins = Plugins::load(&config).map_err(|e| format!("plugin problems:\n{e}"))?;
+    let plugins = Plugins::load(&config).map_err(|e| {
+        format!(
+            "plugin problems:\n{}",
+            weft_proxy::reload::locate_plugin_problems(path, &config, &e)
+        )
+    })?;
     for (lib, names) in &plugins.libraries {
-        println!("library {lib}: plugins {}", names.join(", "));
+        let go = plugins
+            .runtime
+            .as_ref()
+            .and_then(|rt| rt.library_runtime(lib))
+            .map(|(_, v)| v);
+        println!(
+            "library {lib} ({}): plugins {}",
+            go.unwrap_or_default(),
+            names.join(", ")
+        );
+    }
+    for (name, phases, worker) in &plugins.remote {
+        println!("nats instance {name}: phase mask {phases:#x}; served by: {worker}");
     }
     println!(
         "{}: OK ({} routes, {} upstreams, {} libraries, {} plugin instances)",
@@ -97,32 +118,15 @@ fn check(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs the proxy on a fresh tokio runtime until Ctrl-C. `before` runs inside the runtime
-/// first (the demo uses it to start its upstream).
-fn serve_blocking(listen: SocketAddr, proxy: Proxy, before: Option<Box<dyn FnOnce() + Send>>) -> Result<(), String> {
-    let plugins = proxy.runtime().cloned();
-    let rt = tokio_runtime(plugins.clone()).map_err(|e| format!("cannot start tokio: {e}"))?;
-    let result = rt.block_on(async {
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        if let Some(f) = before {
-            f();
+fn version(path: Option<&Path>) -> Result<(), String> {
+    println!("weft-proxy {}", weft_proxy::version::long_version());
+    if let Some(path) = path {
+        let config = Config::load(path).map_err(|e| e.to_string())?;
+        for line in weft_proxy::version::library_versions(&config)? {
+            println!("{line}");
         }
-        info!(%listen, "weft-proxy listening");
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-            info!("shutting down");
-        };
-        serve(listener, Arc::new(proxy), shutdown)
-            .await
-            .map_err(|e| e.to_string())
-    });
-    // Connections are drained: give plugin instances their shutdown hooks.
-    if let Some(plugins) = plugins {
-        plugins.shutdown();
     }
-    result
+    Ok(())
 }
 
 fn run_demo(listen: SocketAddr, library: &Path) -> Result<(), String> {
@@ -156,7 +160,7 @@ fn run_demo(listen: SocketAddr, library: &Path) -> Result<(), String> {
         let listener = TcpListener::from_std(upstream).expect("tokio listener");
         tokio::spawn(demo::serve_demo_upstream(listener));
     });
-    serve_blocking(listen, proxy, Some(start_upstream))
+    weft_proxy::reload::run_blocking(&config, None, proxy, Some(start_upstream))
 }
 
 fn run_upstream(listen: SocketAddr) -> Result<(), String> {

@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
@@ -18,8 +18,9 @@ use tokio::net::TcpListener;
 use tracing::{debug, warn};
 use weft_runtime::{Chain, Exchange, Flow, InstanceId, InstanceSpec, Runtime};
 
-use crate::config::{Config, Failure, parse_method};
+use crate::config::{Config, Failure, NatsConfig, PluginType, parse_method};
 use crate::forward::{ProxyBody, add_forwarding_headers, local_reply, pin_host, strip_hop_by_hop, upstream_uri};
+use crate::metrics::{NO_ROUTE, RouteMetrics};
 use crate::route::{HostMatcher, Matcher, Router, normalize_host};
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -41,11 +42,175 @@ impl std::error::Error for StartupError {}
 
 /// Loaded plugin instances, by config name.
 pub struct Plugins {
-    /// `None` when the config names no libraries: the runtime is then never touched.
+    /// `None` when the config has no plugin instances: the runtime is then never touched.
     pub runtime: Option<Arc<Runtime>>,
     pub instances: HashMap<String, InstanceId>,
     /// Plugin names each library offers, in config order (for `weft-proxy check`).
     pub libraries: Vec<(String, Vec<String>)>,
+    /// `type: nats` instances: (instance, phase mask, the worker command that serves it).
+    pub remote: Vec<(String, u32, String)>,
+    /// The NATS connection of the `type: nats` instances, if any.
+    pub nats: Option<Arc<NatsHost>>,
+}
+
+/// The NATS connection and the small tokio runtime (one thread) that drives it. Its own runtime
+/// because plugins load before the proxy's runtime exists; calls are still awaited on the
+/// proxy's threads, only the socket and the reply routing live here.
+pub struct NatsHost {
+    runtime: Option<tokio::runtime::Runtime>,
+    pub transport: Arc<weft_nats_bridge::NatsTransport>,
+}
+
+impl Drop for NatsHost {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            // Never blocks, so it is fine inside another runtime too.
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn nats_options(c: &NatsConfig) -> Result<weft_nats_bridge::NatsOptions, String> {
+    use weft_nats_bridge::{NatsAuth, NatsOptions, NatsTls};
+    let mut o = NatsOptions {
+        url: c.url.clone(),
+        ..NatsOptions::default()
+    };
+    if let Some(name) = &c.name {
+        o.name = name.clone();
+    }
+    if let Some(a) = &c.auth {
+        o.auth = if let Some(user) = &a.user {
+            NatsAuth::UserPassword {
+                user: user.clone(),
+                password: a.password.clone().unwrap_or_default(),
+            }
+        } else if let Some(t) = &a.token {
+            NatsAuth::Token(t.clone())
+        } else if let Some(path) = &a.nkey {
+            let seed = std::fs::read_to_string(path)
+                .map_err(|e| format!("nats.auth.nkey: cannot read {}: {e}", path.display()))?;
+            NatsAuth::NKeySeed(seed.trim().to_owned())
+        } else if let Some(path) = &a.creds {
+            NatsAuth::CredsFile(path.clone())
+        } else {
+            NatsAuth::None
+        };
+    }
+    if let Some(t) = &c.tls {
+        o.tls = NatsTls {
+            required: t.required,
+            ca: t.ca.clone(),
+            client_cert: t.cert.clone().zip(t.key.clone()),
+        };
+    }
+    if let Some(ms) = c.connect_timeout_ms {
+        o.connect_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = c.reconnect_max_delay_ms {
+        o.reconnect_max_delay = Duration::from_millis(ms);
+    }
+    if let Some(ms) = c.ping_interval_ms {
+        o.ping_interval = Duration::from_millis(ms);
+    }
+    Ok(o)
+}
+
+/// Connects to NATS and adds every `type: nats` instance to `runtime`, reading phases from the
+/// workers when the config does not list them. Runs on the NATS host's own runtime, on a
+/// helper thread (so it works whether or not the caller is inside a tokio runtime).
+fn load_remote(config: &Config, runtime: &Arc<Runtime>, plugins: &mut Plugins, problems: &mut Vec<String>) {
+    let remote: Vec<_> = config.plugins.iter().filter(|p| p.kind == PluginType::Nats).collect();
+    let Some(nats) = config.nats.as_ref().filter(|_| !remote.is_empty()) else {
+        return;
+    };
+    let opts = match nats_options(nats) {
+        Ok(o) => o,
+        Err(e) => return problems.push(e),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("weft-nats")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return problems.push(format!("nats: cannot start its runtime: {e}")),
+    };
+    let discovery = Duration::from_millis(nats.discovery_timeout_ms.unwrap_or(2000));
+    let url = nats.url.clone();
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            rt.block_on(async {
+                let transport = weft_nats_bridge::NatsTransport::connect(opts)
+                    .await
+                    .map_err(|e| vec![format!("nats: {e}")])?;
+                let mut found = Vec::new();
+                let mut errs = Vec::new();
+                for p in &remote {
+                    let name = p.remote_name();
+                    let phases = match p.phase_mask() {
+                        Some(m) => m,
+                        None => match weft_nats_bridge::discover(&transport, name, discovery).await {
+                            Ok(info) if info.plugin != p.plugin => {
+                                errs.push(format!(
+                                    "plugin instance {}: the workers serving {name:?} run plugin {:?}, the config says {:?}",
+                                    p.name, info.plugin, p.plugin
+                                ));
+                                continue;
+                            }
+                            Ok(info) => info.phases,
+                            Err(e) => {
+                                errs.push(format!(
+                                    "plugin instance {} (type: nats): cannot read its phases: {e}; start its workers first, or list `phases:` in the config",
+                                    p.name
+                                ));
+                                continue;
+                            }
+                        },
+                    };
+                    found.push((p, phases));
+                }
+                if errs.is_empty() { Ok((transport, found)) } else { Err(errs) }
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err(vec!["nats: start-up panicked".into()]))
+    });
+    let (transport, found) = match result {
+        Ok(r) => r,
+        Err(errs) => return problems.extend(errs),
+    };
+    for (p, phases) in found {
+        let deadline = Duration::from_millis(p.deadline_ms.unwrap_or(200));
+        let opts = weft_nats_bridge::RemotePluginOptions {
+            deadline,
+            max_in_flight: p.max_in_flight.unwrap_or(1024),
+        };
+        let inst = weft_nats_bridge::NatsInstance::new(transport.plugin(p.remote_name(), opts), phases);
+        // Times each call and counts failures (weft_remote_* metrics).
+        let inst = crate::metrics::global().timed_remote(&p.name, inst);
+        match runtime.instantiate_remote(&p.name, inst, p.failure == Failure::Open, deadline) {
+            Ok(id) => {
+                plugins.instances.insert(p.name.clone(), id);
+                let config = String::from_utf8_lossy(&p.config_json()).into_owned();
+                plugins.remote.push((
+                    p.name.clone(),
+                    phases,
+                    format!(
+                        "weft-worker -nats {url} -plugin {} -instance {} -config '{config}'",
+                        p.plugin,
+                        p.remote_name()
+                    ),
+                ));
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    plugins.nats = Some(Arc::new(NatsHost {
+        runtime: Some(rt),
+        transport,
+    }));
 }
 
 impl Plugins {
@@ -55,8 +220,11 @@ impl Plugins {
             runtime: None,
             instances: HashMap::new(),
             libraries: Vec::new(),
+            remote: Vec::new(),
+            nats: None,
         };
-        if config.libraries.is_empty() {
+        let has_remote = config.plugins.iter().any(|p| p.kind == PluginType::Nats);
+        if config.libraries.is_empty() && !has_remote {
             return Ok(plugins);
         }
         let runtime =
@@ -76,16 +244,19 @@ impl Plugins {
             }
         }
         for p in &config.plugins {
-            if failed_libraries.contains(&p.library.as_str()) {
+            let Some(library) = p.library.as_ref().filter(|_| p.kind == PluginType::Ffi) else {
+                continue; // type: nats, below
+            };
+            if failed_libraries.contains(&library.as_str()) {
                 problems.push(format!(
                     "plugin instance {}: library {:?} failed to load",
-                    p.name, p.library
+                    p.name, library
                 ));
                 continue;
             }
             let spec = InstanceSpec {
                 name: p.name.clone(),
-                library: p.library.clone(),
+                library: library.clone(),
                 plugin: p.plugin.clone(),
                 config_json: p.config_json(),
                 fail_open: p.failure == Failure::Open,
@@ -98,6 +269,7 @@ impl Plugins {
                 Err(e) => problems.push(e.to_string()),
             }
         }
+        load_remote(config, &runtime, &mut plugins, &mut problems);
         if !problems.is_empty() {
             return Err(StartupError(problems));
         }
@@ -111,11 +283,17 @@ struct RouteTarget {
     upstream: Arc<Upstream>,
     /// `None` for routes without plugins, so they never touch the runtime.
     chain: Option<Chain>,
+    /// This route's counters and histograms, resolved once here.
+    metrics: RouteMetrics,
 }
 
 pub struct Proxy {
     router: Router<RouteTarget>,
     runtime: Option<Arc<Runtime>>,
+    /// Keeps the NATS connection of remote instances alive.
+    _nats: Option<Arc<NatsHost>>,
+    /// `access_log: true`.
+    access_log: bool,
 }
 
 impl Proxy {
@@ -152,8 +330,10 @@ impl Proxy {
                     }
                     _ => None,
                 };
+                let name = r.name.clone().unwrap_or_else(|| format!("routes[{i}]"));
                 let target = RouteTarget {
-                    name: r.name.clone().unwrap_or_else(|| format!("routes[{i}]")),
+                    metrics: crate::metrics::global().route(&name),
+                    name,
                     upstream: upstreams[r.upstream.as_str()].clone(),
                     chain,
                 };
@@ -163,6 +343,8 @@ impl Proxy {
         Proxy {
             router: Router::new(routes),
             runtime: plugins.runtime,
+            _nats: plugins.nats,
+            access_log: config.access_log,
         }
     }
 
@@ -172,8 +354,48 @@ impl Proxy {
         self.runtime.as_ref()
     }
 
-    /// Handles one request; every outcome, including errors, is a response.
-    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+    /// The NATS connection of `type: nats` instances, if any (for metrics).
+    pub fn nats(&self) -> Option<&Arc<NatsHost>> {
+        self._nats.as_ref()
+    }
+
+    /// Handles one request; every outcome, including errors, is a response. Gives it a request
+    /// id (`x-request-id`, to plugins, the upstream and the client), counts it in its route's
+    /// metrics and, with `access_log: true`, logs it.
+    pub async fn handle(&self, mut req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let request_id = crate::logging::request_id(req.headers_mut());
+        let access = self.access_log.then(|| (req.method().clone(), req.uri().clone()));
+        let mut matched = None;
+        let mut resp = self.route_request(req, client, &request_id, &mut matched).await;
+        let (metrics, route) = match matched {
+            Some(r) => (&r.metrics, r.name.as_str()),
+            None => (crate::metrics::global().no_route(), NO_ROUTE),
+        };
+        metrics.observe(resp.status(), start);
+        if let Some((method, uri)) = access {
+            crate::logging::access(
+                &request_id,
+                client,
+                &method,
+                &uri,
+                route,
+                resp.status(),
+                start.elapsed(),
+            );
+        }
+        resp.headers_mut()
+            .insert(crate::logging::REQUEST_ID.clone(), request_id);
+        resp
+    }
+
+    async fn route_request<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        request_id: &http::HeaderValue,
+        matched: &mut Option<&'a RouteTarget>,
+    ) -> Response<ProxyBody> {
         if req.method() == Method::CONNECT {
             return local_reply(StatusCode::NOT_IMPLEMENTED, "CONNECT is not supported", None);
         }
@@ -189,6 +411,7 @@ impl Proxy {
         let Some(route) = self.router.find(&parts.method, route_host.as_deref(), parts.uri.path()) else {
             return local_reply(StatusCode::NOT_FOUND, "no route", None);
         };
+        *matched = Some(route);
 
         let mut exchange: Option<Exchange> = match &route.chain {
             None => None,
@@ -203,7 +426,10 @@ impl Proxy {
             },
         };
         if let Some(x) = exchange.as_mut() {
-            if let Flow::Respond(resp) = x.request_headers(&mut parts) {
+            let t = Instant::now();
+            let flow = x.request_headers_async(&mut parts).await;
+            route.metrics.request_phase(t.elapsed());
+            if let Flow::Respond(resp) = flow {
                 return plugin_reply(resp, exchange);
             }
         }
@@ -218,12 +444,14 @@ impl Proxy {
         let resp = match upstream.send(Request::from_parts(parts, body)).await {
             Ok(resp) => resp,
             Err(UpstreamError::Timeout) => {
-                warn!(route = %route.name, upstream = %upstream.name, %addr, "upstream timed out");
+                route.metrics.upstream_timeout();
+                warn!(route = %route.name, upstream = %upstream.name, %addr, ?request_id, "upstream timed out");
                 return local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream timed out", exchange);
             }
             Err(UpstreamError::Failed(e)) => {
+                route.metrics.upstream_failure();
                 warn!(
-                    route = %route.name, upstream = %upstream.name, %addr,
+                    route = %route.name, upstream = %upstream.name, %addr, ?request_id,
                     error = %error_chain(&e), "upstream request failed"
                 );
                 return local_reply(StatusCode::BAD_GATEWAY, "upstream unavailable", exchange);
@@ -234,7 +462,10 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers);
         parts.version = Version::HTTP_11;
         if let Some(x) = exchange.as_mut() {
-            if let Flow::Respond(resp) = x.response_headers(&mut parts) {
+            let t = Instant::now();
+            let flow = x.response_headers_async(&mut parts).await;
+            route.metrics.response_phase(t.elapsed());
+            if let Flow::Respond(resp) = flow {
                 // Dropping `body` closes (or returns to the pool) the upstream connection.
                 return plugin_reply(resp, exchange);
             }
@@ -267,17 +498,46 @@ pub fn tokio_runtime(plugins: Option<Arc<Runtime>>) -> std::io::Result<tokio::ru
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(rt) = plugins {
-        builder.on_thread_start(move || rt.thread_start());
+        // Weak: a config reload replaces the runtime, and the old one must be able to go away.
+        let rt = Arc::downgrade(&rt);
+        builder.on_thread_start(move || {
+            if let Some(rt) = rt.upgrade() {
+                rt.thread_start();
+            }
+        });
     }
     builder.build()
 }
 
+/// What the accept loop hands requests to: a fixed [`Proxy`], or a reloadable one
+/// ([`crate::reload::LiveProxy`]).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> impl Future<Output = Response<ProxyBody>> + Send;
+}
+
+impl Handler for Proxy {
+    fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> impl Future<Output = Response<ProxyBody>> + Send {
+        Proxy::handle(self, req, client)
+    }
+}
+
 /// Accepts connections until `shutdown` resolves, then drains in-flight ones (bounded by
 /// [`DRAIN_TIMEOUT`]). Serves HTTP/1.1 and HTTP/2 (prior knowledge, h2c) on the same port.
-pub async fn serve(
+pub async fn serve<H: Handler>(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
+    proxy: Arc<H>,
     shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    serve_with_drain(listener, proxy, shutdown, DRAIN_TIMEOUT).await
+}
+
+/// [`serve`] with the time in-flight requests get after `shutdown` (`shutdown_timeout_ms`).
+/// The listener is closed at once, so new connections are refused while old ones drain.
+pub async fn serve_with_drain<H: Handler>(
+    listener: TcpListener,
+    proxy: Arc<H>,
+    shutdown: impl Future<Output = ()>,
+    drain_timeout: Duration,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Timers bound slow clients (header read timeout, h2 keep-alive).
@@ -308,7 +568,7 @@ pub async fn serve(
         let proxy = proxy.clone();
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
+            async move { Ok::<_, Infallible>(Handler::handle(&*proxy, req, remote).await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
@@ -322,7 +582,7 @@ pub async fn serve(
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(DRAIN_TIMEOUT) => warn!("connections still open after drain timeout"),
+        () = tokio::time::sleep(drain_timeout) => warn!(?drain_timeout, "connections still open after the shutdown timeout"),
     }
     debug!("drained");
     Ok(())

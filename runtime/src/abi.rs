@@ -44,6 +44,15 @@ pub const WEFT_PHASE_MASK_LOG: u32 = 1 << 4;
 pub const WEFT_PHASE_MASK_SUPPORTED: u32 =
     WEFT_PHASE_MASK_REQUEST_HEADERS | WEFT_PHASE_MASK_RESPONSE_HEADERS | WEFT_PHASE_MASK_LOG;
 
+/// Most mutation records one batch may hold; a longer batch is rejected whole.
+pub const WEFT_MAX_MUTATION_RECORDS: u32 = 256;
+/// Longest header name a mutation may carry, in bytes.
+pub const WEFT_MAX_HEADER_NAME_LEN: u32 = 256;
+/// Longest header value a mutation may carry, in bytes.
+pub const WEFT_MAX_HEADER_VALUE_LEN: u32 = 16 * 1024;
+/// Longest path or query a mutation may set, in bytes.
+pub const WEFT_MAX_PATH_LEN: u32 = 8 * 1024;
+
 /// Result codes for every call in either direction. Values are never reused; a plugin returning a
 /// value this enum does not know is treated as [`WeftResult::Internal`].
 #[repr(u32)]

@@ -2,19 +2,77 @@
 //! that has plugins on its route. The plugin reads the request view in place from a slot and
 //! writes its mutation batch into the rest of it, so no request byte is copied on the way to Go.
 //!
-//! Slots are handed out from a bounded lock-free queue of free indices. Each hand-out bumps the
-//! slot's generation, which plugins use to tell a new request from the previous tenant of the
-//! slot. The region is never unmapped while any lease exists (leases hold an `Arc<Arena>`), and a
-//! stale pointer kept by a misbehaving plugin still points into mapped memory.
+//! # Allocation
+//! The region is mapped once at start-up with `MAP_POPULATE` (every page is faulted in then, so
+//! the request path never takes a page fault) and its size is fixed by the config
+//! (`slot_count × slot_size`). Free slots are kept in two tiers, neither of which takes a lock:
+//! - a global lock-free free list: a Treiber stack of slot indices linked through `next`,
+//!   whose head packs `(tag << 32) | index` into one `AtomicU64`. Every successful push or pop
+//!   bumps the tag, so a head that was popped and pushed back between another thread's read and
+//!   its compare-and-swap (the ABA problem) no longer compares equal;
+//! - a per-thread cache ([`LocalCache`]) of up to `2 × batch` indices. A thread takes slots from
+//!   its cache and refills it with one CAS that pops `batch` slots at once; when it frees into a
+//!   full cache it pushes `batch` of them back as one linked chain with one CAS.
+//!
+//! Small arenas (fewer than 128 slots) use no cache, so no slot can be stranded in a thread that
+//! stopped allocating; large ones strand at most `2 × batch` (≤ 32) slots per thread.
+//!
+//! # The fast path touches only thread-local state
+//! Leasing from and returning to the calling thread's cache makes no atomic read-modify-write and
+//! writes no cache line another thread writes:
+//! - a lease does not hold an `Arc` (no shared refcount per request): it holds a pointer to the
+//!   arena's shared state, which stays alive while any lease exists (see *Lifetime*);
+//! - the in-use count is kept per cache (a [`Shard`] written only by the thread owning the cache,
+//!   with plain relaxed load + store) and summed on read by [`Arena::in_use`]; leases taken or
+//!   returned through the global list (no cache) count in one shared atomic, off the fast path;
+//! - each slot's generation and free-list link sit in their own cache line ([`SlotMeta`]), so two
+//!   threads bumping the generations of neighbouring slots do not false-share.
+//!
+//! Each hand-out bumps the slot's generation; a slot handle (index, generation) identifies one
+//! tenancy of a slot, and a handle whose generation is not the current one is stale
+//! ([`Arena::is_current`]).
+//!
+//! # Lifetime
+//! [`Arena`] is a handle (shared as `Arc<Arena>`; thread caches bound to the arena hold a clone)
+//! to state allocated separately. When the last handle goes, the state is freed (and the region
+//! unmapped) only if every slot is back on the global free list; if leases are still out, the
+//! state and the mapping are **leaked deliberately** (and a warning logged), so an outstanding
+//! lease, and a stale pointer kept by a misbehaving plugin, still point into mapped memory. A
+//! lease returning its slot to the global list makes the push CAS its last access to the arena,
+//! and the dropping handle's check reads the list head with acquire, so a freed arena is never
+//! touched again. In the runtime the arena lives as long as the process serves.
+//!
+//! All atomics on the hand-off paths come from [`crate::sync`], so `loom-tests/` model-checks this
+//! code. Statistics (the in-use shards) and the handle's `Arc` are `std`'s even under loom: they
+//! order no hand-off (and stable Rust accepts only `std`'s `Arc` as a `self` type).
 
+use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crossbeam_queue::ArrayQueue;
-use memmap2::MmapMut;
+use crate::sync::stat;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+
+use memmap2::{MmapMut, MmapOptions};
 
 /// Slot sizes are rounded up to this so every slot starts cache-line aligned.
 const SLOT_ALIGN: usize = 64;
+
+/// No slot: the empty free list, the end of a chain.
+const NIL: u32 = u32::MAX;
+
+/// Largest per-thread refill batch; the cache holds up to twice this.
+pub const MAX_BATCH: u32 = 16;
+const CACHE_CAP: usize = 2 * MAX_BATCH as usize;
+
+#[inline]
+fn pack(tag: u32, index: u32) -> u64 {
+    ((tag as u64) << 32) | index as u64
+}
+
+#[inline]
+fn unpack(head: u64) -> (u32, u32) {
+    ((head >> 32) as u32, head as u32)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArenaError {
@@ -30,25 +88,194 @@ pub const MIN_SLOT_SIZE: u32 = 4096;
 pub const MAX_SLOT_SIZE: u32 = 16 << 20;
 pub const MAX_SLOT_COUNT: u32 = 1 << 20;
 
-pub struct Arena {
+/// One slot's metadata, alone in its cache line: the generation is written on every lease by the
+/// leasing thread, and slots cached by different threads must not share a line.
+#[repr(align(64))]
+struct SlotMeta {
+    generation: AtomicU32,
+    /// The slot after this one on the free list (meaningful only while the slot is on it).
+    next: AtomicU32,
+}
+
+/// The free-list head, alone in its cache line (it is written by every refill and give-back).
+#[repr(align(64))]
+struct Head(AtomicU64);
+
+/// One cache's share of the in-use count: written only by the thread that owns the cache
+/// (relaxed load + store, no read-modify-write), summed by [`Arena::in_use`].
+#[repr(align(64))]
+#[derive(Default)]
+pub struct Shard {
+    net: stat::AtomicI64,
+}
+
+impl Shard {
+    #[inline]
+    fn add(&self, d: i64) {
+        // Single writer: a load and a store, not a locked read-modify-write.
+        let v = self.net.load(stat::Ordering::Relaxed);
+        self.net.store(v + d, stat::Ordering::Relaxed);
+    }
+}
+
+/// The arena's state, shared by its handles, caches and leases (see *Lifetime*).
+struct Shared {
+    head: Head,
     // Kept only to own the mapping; all access goes through `base`.
     _map: MmapMut,
     base: *mut u8,
     slot_size: usize,
     slot_count: u32,
-    free: ArrayQueue<u32>,
-    generations: Box<[AtomicU32]>,
-    in_use: AtomicU64,
+    /// Slots popped per refill of a per-thread cache; 0 disables the caches.
+    batch: u32,
+    slots: Box<[SlotMeta]>,
+    /// In-use count of leases taken or returned without a cache, and of caches unbound since.
+    global_net: stat::AtomicI64,
+    /// The shards of the caches bound to this arena now.
+    shards: stat::Mutex<Vec<Arc<Shard>>>,
+}
+
+pub struct Arena {
+    shared: NonNull<Shared>,
+    /// Copy of `Shared::batch`, read on every `acquire` (one pointer chase less).
+    batch: u32,
 }
 
 // SAFETY: the mapping is shared memory addressed only through leases; a slot's bytes are reached
 // only through the unique `SlotLease` that owns that slot (or `&Arena` methods that never touch
-// slot bytes).
+// slot bytes). Everything else in `Shared` is atomics or behind a mutex.
 unsafe impl Send for Arena {}
 unsafe impl Sync for Arena {}
 
+impl Shared {
+    /// Pushes the chain `first → … → last` (already linked through `next`) in one CAS. The
+    /// successful CAS is the caller's last access to the arena (see *Lifetime*).
+    fn push_chain(&self, first: u32, last: u32) {
+        let mut cur = self.head.0.load(Ordering::Relaxed);
+        loop {
+            let (tag, top) = unpack(cur);
+            self.slots[last as usize].next.store(top, Ordering::Relaxed);
+            // Release: the links above, and everything the freeing thread wrote into the slots,
+            // happen-before the thread that pops them.
+            match self.head.0.compare_exchange_weak(
+                cur,
+                pack(tag.wrapping_add(1), first),
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Pops up to `out.len()` slots in one CAS; returns how many.
+    fn pop_batch(&self, out: &mut [u32]) -> usize {
+        let mut cur = self.head.0.load(Ordering::Acquire);
+        loop {
+            let (tag, top) = unpack(cur);
+            if top == NIL || out.is_empty() {
+                return 0;
+            }
+            // Walk `out.len()` links. Another thread may pop and re-link these nodes meanwhile:
+            // then the head's tag has moved on, the CAS below fails and the walk is redone. Every
+            // value ever stored in `next` is NIL or a valid index, so the walk stays in bounds.
+            let mut n = 0;
+            let mut node = top;
+            while n < out.len() && node != NIL {
+                out[n] = node;
+                n += 1;
+                node = self.slots[node as usize].next.load(Ordering::Relaxed);
+            }
+            // Acquire (with the release sequence of pushes on `head`) makes the links read above
+            // and the slots' previous contents visible.
+            match self.head.0.compare_exchange_weak(
+                cur,
+                pack(tag.wrapping_add(1), node),
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return n,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Pushes `items` as one chain.
+    fn push_all(&self, items: &[u32]) {
+        let (Some(&first), Some(&last)) = (items.first(), items.last()) else {
+            return;
+        };
+        for w in items.windows(2) {
+            self.slots[w[0] as usize].next.store(w[1], Ordering::Relaxed);
+        }
+        self.push_chain(first, last);
+    }
+
+    fn free_list_len(&self) -> usize {
+        let (_, mut node) = unpack(self.head.0.load(Ordering::Acquire));
+        let mut n = 0;
+        while node != NIL && n <= self.slot_count as usize {
+            n += 1;
+            node = self.slots[node as usize].next.load(Ordering::Relaxed);
+        }
+        n
+    }
+
+    /// Starts a tenancy of `index` (taken off the free list or a cache by the caller).
+    #[inline]
+    fn lease(&self, index: u32) -> SlotLease {
+        // Generation 0 means "never used" to plugins, so skip it on wrap-around. Only the holder
+        // of the slot writes its generation; readers compare handles against it.
+        let g = &self.slots[index as usize].generation;
+        let mut generation = g.load(Ordering::Relaxed).wrapping_add(1);
+        if generation == 0 {
+            generation = 1;
+        }
+        g.store(generation, Ordering::Release);
+        SlotLease {
+            shared: NonNull::from(self),
+            handle: index as u64 | (generation as u64) << 32,
+        }
+    }
+
+    /// Returns `index` straight to the global list. The count goes first: after the push the
+    /// arena may be freed (the push is the last access).
+    fn release_global(&self, index: u32) {
+        self.global_net.fetch_sub(1, stat::Ordering::Relaxed);
+        self.push_chain(index, index);
+    }
+
+    /// Returns `index` through `cache` if it is bound to this arena (a full cache first gives
+    /// `batch` slots back in one CAS), else to the global list.
+    #[inline]
+    fn release_with(&self, index: u32, cache: &mut LocalCache) {
+        if !std::ptr::eq(cache.shared, self) {
+            return self.release_global(index);
+        }
+        if cache.len == cache.cap {
+            let keep = cache.len - cache.batch;
+            self.push_all(&cache.items[keep..cache.len]);
+            cache.len = keep;
+        }
+        cache.items[cache.len] = index;
+        cache.len += 1;
+        if let Some(s) = &cache.shard {
+            s.add(-1);
+        }
+    }
+}
+
 impl Arena {
+    /// An arena with the default per-thread cache batch (`slot_count / 128`, at most
+    /// [`MAX_BATCH`]; no cache below 128 slots).
     pub fn new(slot_count: u32, slot_size: u32) -> Result<Arc<Arena>, ArenaError> {
+        Arena::with_batch(slot_count, slot_size, (slot_count / 128).min(MAX_BATCH))
+    }
+
+    /// An arena whose per-thread caches refill `batch` slots at a time (0: no caches). For tests
+    /// and models; [`Arena::new`] picks the batch.
+    pub fn with_batch(slot_count: u32, slot_size: u32, batch: u32) -> Result<Arc<Arena>, ArenaError> {
         if slot_count == 0 || slot_count > MAX_SLOT_COUNT {
             return Err(ArenaError::SlotCount {
                 got: slot_count,
@@ -64,61 +291,261 @@ impl Arena {
         }
         let slot_size = (slot_size as usize).next_multiple_of(SLOT_ALIGN);
         let bytes = slot_size * slot_count as usize;
-        let mut map = MmapMut::map_anon(bytes).map_err(|source| ArenaError::Map { bytes, source })?;
+        // MAP_POPULATE: fault every page in now, not on a request's first touch.
+        let mut map = MmapOptions::new()
+            .len(bytes)
+            .populate()
+            .map_anon()
+            .map_err(|source| ArenaError::Map { bytes, source })?;
         let base = map.as_mut_ptr();
-        let free = ArrayQueue::new(slot_count as usize);
-        for i in 0..slot_count {
-            // Cannot fail: the queue has exactly slot_count places.
-            let _ = free.push(i);
-        }
-        let generations = (0..slot_count).map(|_| AtomicU32::new(0)).collect();
-        Ok(Arc::new(Arena {
+        // The free list starts as 0 → 1 → … → slot_count-1.
+        let slots = (0..slot_count)
+            .map(|i| SlotMeta {
+                generation: AtomicU32::new(0),
+                next: AtomicU32::new(if i + 1 < slot_count { i + 1 } else { NIL }),
+            })
+            .collect();
+        let shared = Box::new(Shared {
+            head: Head(AtomicU64::new(pack(0, 0))),
             _map: map,
             base,
             slot_size,
             slot_count,
-            free,
-            generations,
-            in_use: AtomicU64::new(0),
+            batch: batch.min(MAX_BATCH),
+            slots,
+            global_net: stat::AtomicI64::new(0),
+            shards: stat::Mutex::new(Vec::new()),
+        });
+        let batch = shared.batch;
+        Ok(Arc::new(Arena {
+            shared: NonNull::from(Box::leak(shared)),
+            batch,
         }))
     }
 
-    /// Leases a free slot, or `None` when every slot is in use (the caller answers 503).
-    pub fn acquire(self: &Arc<Self>) -> Option<SlotLease> {
-        let index = self.free.pop()?;
-        // Generation 0 means "never used" to plugins, so skip it on wrap-around.
-        let g = &self.generations[index as usize];
-        let mut generation = g.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        if generation == 0 {
-            generation = g.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        }
-        self.in_use.fetch_add(1, Ordering::Relaxed);
-        Some(SlotLease {
-            arena: Arc::clone(self),
-            index,
-            generation,
-        })
+    #[inline]
+    fn shared(&self) -> &Shared {
+        // SAFETY: `shared` is freed only in `Arena::drop`.
+        unsafe { self.shared.as_ref() }
     }
 
     pub fn slot_count(&self) -> u32 {
-        self.slot_count
+        self.shared().slot_count
     }
 
     pub fn slot_size(&self) -> usize {
-        self.slot_size
+        self.shared().slot_size
     }
 
-    /// Slots currently leased.
+    /// Slots per refill of a per-thread cache (0: no caches).
+    pub fn batch(&self) -> u32 {
+        self.shared().batch
+    }
+
+    /// Slots currently leased: the sum of the per-cache shards and the global count. Exact when
+    /// no thread is leasing or returning at the time; a statistic otherwise (never negative).
     pub fn in_use(&self) -> u64 {
-        self.in_use.load(Ordering::Relaxed)
+        let shards = self.shared().shards.lock().unwrap_or_else(|e| e.into_inner());
+        let sum = shards
+            .iter()
+            .fold(self.shared().global_net.load(stat::Ordering::Relaxed), |a, s| {
+                a + s.net.load(stat::Ordering::Relaxed)
+            });
+        sum.max(0) as u64
+    }
+
+    /// Whether `(index, generation)` names the current (or most recent) tenancy of a slot. A
+    /// forged index out of range or an older generation is `false`, never a panic.
+    pub fn is_current(&self, index: u32, generation: u32) -> bool {
+        generation != 0
+            && self
+                .shared()
+                .slots
+                .get(index as usize)
+                .is_some_and(|s| s.generation.load(Ordering::Acquire) == generation)
+    }
+
+    /// Counts the slots on the global free list. Only meaningful while no thread allocates or
+    /// frees (tests, models, shutdown checks).
+    pub fn free_list_len(&self) -> usize {
+        self.shared().free_list_len()
+    }
+
+    /// Leases a free slot, or `None` when every slot is in use (the caller answers 503). Uses the
+    /// calling thread's cache.
+    #[inline]
+    pub fn acquire(self: &Arc<Self>) -> Option<SlotLease> {
+        #[cfg(not(weft_loom))]
+        if self.batch > 0 {
+            if let Ok(Some(lease)) =
+                THREAD_CACHE.try_with(|c| c.try_borrow_mut().ok().map(|mut c| self.acquire_with(&mut c)))
+            {
+                return lease;
+            }
+        }
+        self.acquire_global()
+    }
+
+    /// Leases a slot straight from the global free list.
+    pub fn acquire_global(self: &Arc<Self>) -> Option<SlotLease> {
+        let s = self.shared();
+        let mut one = [NIL];
+        (s.pop_batch(&mut one) == 1).then(|| {
+            s.global_net.fetch_add(1, stat::Ordering::Relaxed);
+            s.lease(one[0])
+        })
+    }
+
+    /// Leases a slot through `cache`, refilling it with one batch from the global list when empty.
+    #[inline]
+    pub fn acquire_with(self: &Arc<Self>, cache: &mut LocalCache) -> Option<SlotLease> {
+        if self.batch == 0 {
+            return self.acquire_global();
+        }
+        let s = self.shared();
+        if !std::ptr::eq(cache.shared, s) {
+            cache.bind(self);
+        }
+        if cache.len == 0 {
+            cache.len = s.pop_batch(&mut cache.items[..cache.batch]);
+            if cache.len == 0 {
+                return None;
+            }
+        }
+        cache.len -= 1;
+        if let Some(sh) = &cache.shard {
+            sh.add(1);
+        }
+        Some(s.lease(cache.items[cache.len]))
     }
 }
 
-/// Exclusive use of one arena slot for one request. Dropping it returns the slot.
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // No handle is left, so no thread cache is bound (caches hold a handle) and nothing can
+        // lease; a slot is off the global list only if a lease still holds it.
+        let s = self.shared();
+        let free = s.free_list_len();
+        if free == s.slot_count as usize {
+            // SAFETY: allocated by `Box::leak` in `with_batch`; no lease, cache or handle is left,
+            // and the acquire load of the head in `free_list_len` ordered every lease's last
+            // access (its push) before this.
+            drop(unsafe { Box::from_raw(self.shared.as_ptr()) });
+        } else {
+            tracing::warn!(
+                leased = s.slot_count as usize - free,
+                "arena dropped while slots are leased: its memory is leaked, not unmapped"
+            );
+        }
+    }
+}
+
+/// A thread's private stock of free slots of one arena. The runtime keeps one per thread
+/// (a `thread_local`); loom models hold one per model thread explicitly. Dropping it gives its
+/// slots back to the arena's global list.
+pub struct LocalCache {
+    /// The arena bound (compared by address on the fast path); null when unbound.
+    shared: *const Shared,
+    /// Keeps the bound arena alive.
+    arena: Option<Arc<Arena>>,
+    /// This cache's share of the arena's in-use count.
+    shard: Option<Arc<Shard>>,
+    len: usize,
+    /// The bound arena's batch, and this cache's capacity for it (`2 × batch`).
+    batch: usize,
+    cap: usize,
+    items: [u32; CACHE_CAP],
+}
+
+// SAFETY: the raw pointer is only compared, or dereferenced while `arena` keeps it alive; a cache
+// is used by whoever holds it `&mut`, and its shard is written only through it.
+unsafe impl Send for LocalCache {}
+
+impl Default for LocalCache {
+    fn default() -> Self {
+        LocalCache::new()
+    }
+}
+
+impl LocalCache {
+    pub const fn new() -> LocalCache {
+        LocalCache {
+            shared: std::ptr::null(),
+            arena: None,
+            shard: None,
+            len: 0,
+            batch: 0,
+            cap: 0,
+            items: [NIL; CACHE_CAP],
+        }
+    }
+
+    /// Points the cache at `arena`, first giving back slots of another arena it may hold.
+    #[cold]
+    fn bind(&mut self, arena: &Arc<Arena>) {
+        self.unbind();
+        let shard = Arc::new(Shard::default());
+        let s = arena.shared();
+        s.shards.lock().unwrap_or_else(|e| e.into_inner()).push(shard.clone());
+        self.shard = Some(shard);
+        self.batch = s.batch as usize;
+        self.cap = CACHE_CAP.min(2 * self.batch);
+        self.shared = s;
+        self.arena = Some(Arc::clone(arena));
+    }
+
+    /// Gives every cached slot back, folds the shard into the arena's count and lets go of it.
+    fn unbind(&mut self) {
+        self.flush();
+        if let (Some(arena), Some(shard)) = (&self.arena, self.shard.take()) {
+            let s = arena.shared();
+            let mut shards = s.shards.lock().unwrap_or_else(|e| e.into_inner());
+            s.global_net
+                .fetch_add(shard.net.load(stat::Ordering::Relaxed), stat::Ordering::Relaxed);
+            shards.retain(|x| !Arc::ptr_eq(x, &shard));
+        }
+        self.shared = std::ptr::null();
+        // May drop the last handle (and free the arena): every slot of ours is back by now.
+        self.arena = None;
+    }
+
+    /// Gives every cached slot back to its arena's global list.
+    pub fn flush(&mut self) {
+        if let Some(a) = &self.arena {
+            a.shared().push_all(&self.items[..self.len]);
+        }
+        self.len = 0;
+    }
+
+    /// Slots held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for LocalCache {
+    fn drop(&mut self) {
+        self.unbind();
+    }
+}
+
+#[cfg(not(weft_loom))]
+thread_local! {
+    // Thread-private: a `RefCell` is enough (nothing here is shared between threads).
+    static THREAD_CACHE: std::cell::RefCell<LocalCache> = const { std::cell::RefCell::new(LocalCache::new()) };
+}
+
+/// Exclusive use of one arena slot for one request. Dropping it returns the slot (to the dropping
+/// thread's cache when that cache is bound to the same arena, else to the global list).
 pub struct SlotLease {
-    arena: Arc<Arena>,
-    index: u32,
-    generation: u32,
+    /// Alive while this lease exists (see *Lifetime* in the module docs).
+    shared: NonNull<Shared>,
+    /// `index | generation << 32`: two fields, so `Option<SlotLease>` is returned in registers.
+    handle: u64,
 }
 
 // SAFETY: the lease is the only handle to its slot's bytes; moving it between threads moves that
@@ -127,37 +554,66 @@ unsafe impl Send for SlotLease {}
 unsafe impl Sync for SlotLease {}
 
 impl SlotLease {
+    #[inline]
     pub fn index(&self) -> u32 {
-        self.index
+        self.handle as u32
     }
 
+    #[inline]
     pub fn generation(&self) -> u32 {
-        self.generation
+        (self.handle >> 32) as u32
+    }
+
+    #[inline]
+    fn shared(&self) -> &Shared {
+        // SAFETY: the arena's state outlives every lease (module docs, *Lifetime*).
+        unsafe { self.shared.as_ref() }
     }
 
     /// The slot's bytes, exclusively.
+    #[inline]
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        let len = self.arena.slot_size;
+        let s = self.shared();
+        let len = s.slot_size;
         // SAFETY: index < slot_count, so the range lies inside the mapping; this lease is the only
         // owner of the slot until it is dropped, and `&mut self` rules out aliasing through it.
-        unsafe { std::slice::from_raw_parts_mut(self.arena.base.add(self.index as usize * len), len) }
+        unsafe { std::slice::from_raw_parts_mut(s.base.add(self.index() as usize * len), len) }
     }
 
     /// Start of the slot, for handing to a plugin during a call.
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
         self.bytes_mut().as_mut_ptr()
     }
-}
 
-impl Drop for SlotLease {
-    fn drop(&mut self) {
-        self.arena.in_use.fetch_sub(1, Ordering::Relaxed);
-        // Cannot fail: only leased indices come back, so the queue always has room.
-        let _ = self.arena.free.push(self.index);
+    /// Returns the slot through `cache` instead of the thread's own cache (loom models, tests).
+    pub fn release_into(self, cache: &mut LocalCache) {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.shared().release_with(this.index(), cache);
     }
 }
 
-#[cfg(test)]
+impl Drop for SlotLease {
+    #[inline]
+    fn drop(&mut self) {
+        let s = self.shared();
+        #[cfg(not(weft_loom))]
+        if THREAD_CACHE
+            .try_with(|c| match c.try_borrow_mut() {
+                Ok(mut c) if std::ptr::eq(c.shared, s) => {
+                    s.release_with(self.index(), &mut c);
+                    true
+                }
+                _ => false,
+            })
+            .unwrap_or(false)
+        {
+            return;
+        }
+        s.release_global(self.index());
+    }
+}
+
+#[cfg(all(test, not(weft_loom)))]
 mod tests {
     use super::*;
 
@@ -187,9 +643,26 @@ mod tests {
         let second = arena.acquire().unwrap();
         assert_ne!(second.generation(), g1);
         drop(second);
-        arena.generations[0].store(u32::MAX, Ordering::Relaxed);
+        arena.shared().slots[0].generation.store(u32::MAX, Ordering::Relaxed);
         let wrapped = arena.acquire().unwrap();
         assert_eq!(wrapped.generation(), 1, "generation 0 is reserved for 'never used'");
+    }
+
+    #[test]
+    fn stale_and_forged_handles_are_not_current() {
+        let arena = Arena::new(2, 4096).unwrap();
+        let a = arena.acquire().unwrap();
+        let (i, g) = (a.index(), a.generation());
+        assert!(arena.is_current(i, g));
+        assert!(!arena.is_current(i, g.wrapping_add(1)));
+        assert!(!arena.is_current(i, 0));
+        assert!(!arena.is_current(99, g), "index out of range");
+        assert!(!arena.is_current(u32::MAX, 1));
+        drop(a);
+        let b = arena.acquire().unwrap();
+        if b.index() == i {
+            assert!(!arena.is_current(i, g), "the old tenancy is stale after reuse");
+        }
     }
 
     #[test]
@@ -208,5 +681,83 @@ mod tests {
     fn bad_sizes_are_errors() {
         assert!(matches!(Arena::new(0, 4096), Err(ArenaError::SlotCount { .. })));
         assert!(matches!(Arena::new(1, 100), Err(ArenaError::SlotSize { .. })));
+    }
+
+    #[test]
+    fn caches_refill_in_batches_and_give_back_when_full() {
+        let arena = Arena::with_batch(64, 4096, 4).unwrap();
+        let mut cache = LocalCache::new();
+        let first = arena.acquire_with(&mut cache).unwrap();
+        assert_eq!(cache.len(), 3, "one refill pops a batch of 4 and hands out one");
+        assert_eq!(arena.free_list_len(), 60);
+        let mut held = vec![first];
+        for _ in 0..20 {
+            held.push(arena.acquire_with(&mut cache).unwrap());
+        }
+        assert_eq!(arena.in_use(), 21);
+        for l in held {
+            l.release_into(&mut cache);
+        }
+        assert!(cache.len() <= 8, "the cache never holds more than 2 × batch");
+        assert_eq!(arena.in_use(), 0);
+        assert_eq!(arena.free_list_len() + cache.len(), 64);
+        drop(cache);
+        assert_eq!(arena.free_list_len(), 64, "dropping a cache gives its slots back");
+    }
+
+    #[test]
+    fn exhaustion_with_caches_is_none_not_a_hang() {
+        let arena = Arena::with_batch(8, 4096, 4).unwrap();
+        let mut cache = LocalCache::new();
+        let held: Vec<_> = (0..8).map(|_| arena.acquire_with(&mut cache).unwrap()).collect();
+        assert!(arena.acquire_with(&mut cache).is_none());
+        assert!(arena.acquire().is_none());
+        drop(held);
+        assert_eq!(arena.in_use(), 0);
+    }
+
+    #[test]
+    fn a_thread_cache_moves_between_arenas() {
+        let a = Arena::with_batch(256, 4096, 8).unwrap();
+        let b = Arena::with_batch(256, 4096, 8).unwrap();
+        drop(a.acquire().unwrap());
+        drop(b.acquire().unwrap());
+        // Using b flushed this thread's cache of a back to a's global list.
+        assert_eq!(a.free_list_len(), 256);
+    }
+
+    #[test]
+    fn in_use_counts_leases_moved_between_threads() {
+        let arena = Arena::with_batch(512, 4096, 8).unwrap();
+        let held: Vec<_> = (0..20).map(|_| arena.acquire().unwrap()).collect();
+        assert_eq!(arena.in_use(), 20);
+        // Dropped on a thread whose cache is not bound to this arena: the global list.
+        std::thread::spawn(move || drop(held)).join().unwrap();
+        assert_eq!(arena.in_use(), 0);
+        let a2 = arena.clone();
+        let moved = std::thread::spawn(move || {
+            let v: Vec<_> = (0..5).map(|_| a2.acquire().unwrap()).collect();
+            v
+        })
+        .join()
+        .unwrap();
+        // That thread exited: its cache was unbound and its count folded into the arena's.
+        assert_eq!(arena.in_use(), 5);
+        drop(moved);
+        assert_eq!(arena.in_use(), 0);
+        drop(arena.acquire().unwrap());
+        assert_eq!(arena.in_use(), 0);
+    }
+
+    #[test]
+    fn a_lease_may_outlive_its_arena_handle() {
+        let arena = Arena::with_batch(2, 4096, 0).unwrap();
+        let mut lease = arena.acquire().unwrap();
+        drop(arena); // leaked, not unmapped: the lease is still out
+        lease.bytes_mut().fill(7);
+        drop(lease);
+        let arena = Arena::with_batch(2, 4096, 0).unwrap();
+        drop(arena.acquire().unwrap());
+        drop(arena); // every slot back: freed
     }
 }

@@ -6,10 +6,19 @@
 //! tens of microseconds) and its mutation batch is validated and applied before the next plugin
 //! sees the request. Dropping the exchange hands the slot to the log thread when the chain has
 //! log-phase plugins, so logging happens after the response and off the request path.
+//!
+//! Remote instances ([`crate::remote::RemotePlugin`]) are awaited instead: the phase methods are
+//! `async`, and on a chain without remote instances the future completes on its first poll
+//! without ever yielding (the sync [`Exchange::request_headers`] polls it once with a no-op
+//! waker). A remote reply goes through the same `mutation::decode` and apply path as an
+//! in-process batch.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -18,16 +27,35 @@ use crate::abi::*;
 use crate::arena::SlotLease;
 use crate::mutation::{self, MutationError};
 use crate::plugin::Library;
+use crate::remote::{RemoteCallError, RemoteErrorKind, RemotePlugin};
+use crate::sync::stat::{AtomicU64, Ordering};
 use crate::view::{self, RequestHead, ViewIdentity};
 use crate::{Runtime, RuntimeStats};
+
+/// How an instance is reached.
+pub(crate) enum Transport {
+    /// In-process: the library's `on_phase`, called inline.
+    Ffi(Arc<Library>),
+    /// Elsewhere (e.g. NATS workers), awaited; each call bounded by the deadline.
+    Remote(Arc<dyn RemotePlugin>, Duration),
+}
 
 /// A configured plugin instance.
 pub(crate) struct Instance {
     pub(crate) id: u64,
     pub(crate) name: Arc<str>,
-    pub(crate) lib: Arc<Library>,
+    pub(crate) transport: Transport,
     pub(crate) phases: u32,
     pub(crate) fail_open: bool,
+}
+
+impl Instance {
+    fn remote(&self) -> Option<&Arc<dyn RemotePlugin>> {
+        match &self.transport {
+            Transport::Remote(p, _) => Some(p),
+            Transport::Ffi(_) => None,
+        }
+    }
 }
 
 /// A route's middleware chain. Cheap to clone.
@@ -37,6 +65,8 @@ pub struct Chain {
     pub(crate) instances: Arc<[Arc<Instance>]>,
     /// Union of the instances' phases: a phase no instance declared costs one bit test.
     pub(crate) phases: u32,
+    /// Whether any instance is remote (they are released when the exchange ends).
+    pub(crate) has_remote: bool,
 }
 
 /// Every slot in the arena is in use: answer 503.
@@ -105,6 +135,7 @@ pub struct Exchange {
 enum CallError {
     Code(WeftResult),
     Mutation(MutationError),
+    Remote(RemoteCallError),
 }
 
 impl std::fmt::Display for CallError {
@@ -113,7 +144,49 @@ impl std::fmt::Display for CallError {
             CallError::Code(WeftResult::Panic) => f.write_str("handler panicked"),
             CallError::Code(c) => write!(f, "plugin returned {c:?}"),
             CallError::Mutation(e) => write!(f, "invalid mutation batch rejected: {e}"),
+            CallError::Remote(e) => write!(f, "{e}"),
         }
+    }
+}
+
+/// The answer of a fail-closed instance: 503 (with `retry-after`) when the remote plugin is
+/// unreachable or overloaded, 504 when it timed out, 500 otherwise.
+fn call_failure_response(err: &CallError) -> Response<Bytes> {
+    match err {
+        CallError::Remote(e) => match e.kind {
+            RemoteErrorKind::Unavailable | RemoteErrorKind::Overloaded => {
+                let mut resp = failure_response(StatusCode::SERVICE_UNAVAILABLE, "plugin unavailable\n");
+                resp.headers_mut()
+                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+                resp
+            }
+            RemoteErrorKind::Timeout => failure_response(StatusCode::GATEWAY_TIMEOUT, "plugin timed out\n"),
+            _ => failure_response(StatusCode::INTERNAL_SERVER_ERROR, "plugin failure\n"),
+        },
+        _ => failure_response(StatusCode::INTERNAL_SERVER_ERROR, "plugin failure\n"),
+    }
+}
+
+/// Drives a phase future on this thread. On a chain without remote instances it is ready on the
+/// first poll (no allocation, no parking); otherwise the thread parks until the reply arrives.
+fn block_on<F: Future>(fut: F) -> F::Output {
+    let mut fut = pin!(fut);
+    if let Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        return v;
+    }
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
     }
 }
 
@@ -123,6 +196,122 @@ fn failure_response(status: StatusCode, reason: &'static str) -> Response<Bytes>
     resp.headers_mut()
         .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
     resp
+}
+
+/// The request-headers phase loop, written once for the inline path (in-process instances only:
+/// no future, nothing to poll) and the async path (remote instances are awaited). `$call` is the
+/// call of instance `$inst`.
+macro_rules! request_headers_phase {
+    ($self:ident, $parts:ident, |$inst:ident| $call:expr) => {{
+        const PHASE: WeftPhase = WeftPhase::RequestHeaders;
+        let too_large = |e: view::ViewTooLarge, id: u64| {
+            tracing::warn!(request_id = id, "{e}; answering 431");
+            Flow::Respond(failure_response(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request header fields too large\n",
+            ))
+        };
+        // Encoded even when no instance handles this phase: the response and log phases show it.
+        if let Err(e) = $self.encode_request($parts, PHASE) {
+            return too_large(e, $self.ident.request_id);
+        }
+        if $self.chain.phases & PHASE.mask() == 0 {
+            return Flow::Continue;
+        }
+        // The view is laid out again only when a plugin changed the request and someone will
+        // still read it: the next plugin, or the response and log phases.
+        let mut stale = false;
+        let instances = Arc::clone(&$self.chain.instances);
+        for $inst in instances.iter().filter(|i| i.phases & PHASE.mask() != 0) {
+            if stale {
+                if let Err(e) = $self.encode_request($parts, PHASE) {
+                    return too_large(e, $self.ident.request_id);
+                }
+                stale = false;
+            }
+            match $call {
+                Ok(mut batch) => {
+                    if let Some(reply) = batch.take_reply() {
+                        let (rparts, body) = reply.into_response().into_parts();
+                        // The log phase sees the local reply as the response.
+                        let _ = $self.encode_response(&rparts, WeftPhase::Log);
+                        return Flow::Respond(Response::from_parts(rparts, body));
+                    }
+                    if !batch.is_empty() {
+                        batch.apply_to_request($parts);
+                        stale = true;
+                    }
+                }
+                Err(err) => {
+                    $self.note_failure($inst, PHASE, &err);
+                    if !$inst.fail_open {
+                        return Flow::Respond(call_failure_response(&err));
+                    }
+                }
+            }
+        }
+        let later = WeftPhase::ResponseHeaders.mask() | WeftPhase::Log.mask();
+        if stale && $self.chain.phases & later != 0 {
+            if let Err(e) = $self.encode_request($parts, PHASE) {
+                return too_large(e, $self.ident.request_id);
+            }
+        }
+        Flow::Continue
+    }};
+}
+
+/// The response-headers phase loop; see [`request_headers_phase`].
+macro_rules! response_headers_phase {
+    ($self:ident, $parts:ident, |$inst:ident| $call:expr) => {{
+        const PHASE: WeftPhase = WeftPhase::ResponseHeaders;
+        if $self.request_end == 0 {
+            // request_headers was never called; nothing to show.
+            return Flow::Continue;
+        }
+        let wants_view = $self.chain.phases & (PHASE.mask() | WeftPhase::Log.mask()) != 0;
+        if !wants_view {
+            return Flow::Continue;
+        }
+        if let Err(e) = $self.encode_response($parts, PHASE) {
+            tracing::warn!(request_id = $self.ident.request_id, "{e}; answering 502");
+            return Flow::Respond(failure_response(
+                StatusCode::BAD_GATEWAY,
+                "response header fields too large\n",
+            ));
+        }
+        if $self.chain.phases & PHASE.mask() == 0 {
+            return Flow::Continue;
+        }
+        let instances = Arc::clone(&$self.chain.instances);
+        for $inst in instances.iter().rev().filter(|i| i.phases & PHASE.mask() != 0) {
+            match $call {
+                Ok(mut batch) => {
+                    if let Some(reply) = batch.take_reply() {
+                        let (rparts, body) = reply.into_response().into_parts();
+                        let _ = $self.encode_response(&rparts, WeftPhase::Log);
+                        return Flow::Respond(Response::from_parts(rparts, body));
+                    }
+                    if !batch.is_empty() {
+                        batch.apply_to_response($parts);
+                        if let Err(e) = $self.encode_response($parts, PHASE) {
+                            tracing::warn!(plugin = %$inst.name, "{e}; answering 502");
+                            return Flow::Respond(failure_response(
+                                StatusCode::BAD_GATEWAY,
+                                "response header fields too large\n",
+                            ));
+                        }
+                    }
+                }
+                Err(err) => {
+                    $self.note_failure($inst, PHASE, &err);
+                    if !$inst.fail_open {
+                        return Flow::Respond(call_failure_response(&err));
+                    }
+                }
+            }
+        }
+        Flow::Continue
+    }};
 }
 
 impl Exchange {
@@ -176,13 +365,33 @@ impl Exchange {
         };
         // SAFETY: the view is a complete WeftRequestView in host memory valid for the call, and
         // `out` points to `cap` writable bytes of the same slot, after the view.
-        let rc = unsafe { (inst.lib.on_phase)(inst.id, phase as u32, base.cast::<WeftRequestView>(), &mut out) };
+        let Transport::Ffi(lib) = &inst.transport else {
+            unreachable!("call() is only used for in-process instances")
+        };
+        let rc = unsafe { (lib.on_phase)(inst.id, phase as u32, base.cast::<WeftRequestView>(), &mut out) };
         let rc = WeftResult::from_raw(rc);
         if rc != WeftResult::Ok {
             return Err(CallError::Code(rc));
         }
         let slot = self.lease().bytes_mut();
         mutation::decode(&slot[out_off..], out.len as usize, phase).map_err(CallError::Mutation)
+    }
+
+    /// Calls one instance, in-process (inline, never yields) or remote (awaited).
+    async fn call_any(&mut self, inst: &Instance, phase: WeftPhase) -> Result<mutation::Batch, CallError> {
+        match &inst.transport {
+            Transport::Ffi(_) => self.call(inst, phase),
+            Transport::Remote(plugin, deadline) => {
+                let view_end = self.view_end;
+                let request_id = self.ident.request_id;
+                let view: &[u8] = &self.lease().bytes_mut()[..view_end];
+                let bytes = plugin
+                    .call(phase, request_id, view, *deadline)
+                    .await
+                    .map_err(CallError::Remote)?;
+                mutation::decode(&bytes, bytes.len(), phase).map_err(CallError::Mutation)
+            }
+        }
     }
 
     fn note_failure(&self, inst: &Instance, phase: WeftPhase, err: &CallError) {
@@ -196,115 +405,42 @@ impl Exchange {
         tracing::error!(plugin = %inst.name, phase = ?phase, request_id = self.ident.request_id, "{err}; {policy}");
     }
 
-    /// Runs the request-headers phase of every instance that declared it, in chain order.
+    /// Runs the request-headers phase of every instance that declared it, in chain order, on
+    /// this thread. In-process instances run inline; with remote instances on the chain the
+    /// thread blocks for their replies (and must be inside the transport's async runtime), so
+    /// async callers use [`request_headers_async`](Self::request_headers_async).
     pub fn request_headers(&mut self, parts: &mut http::request::Parts) -> Flow {
-        const PHASE: WeftPhase = WeftPhase::RequestHeaders;
-        let too_large = |e: view::ViewTooLarge, id: u64| {
-            tracing::warn!(request_id = id, "{e}; answering 431");
-            Flow::Respond(failure_response(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "request header fields too large\n",
-            ))
-        };
-        // Encoded even when no instance handles this phase: the response and log phases show it.
-        if let Err(e) = self.encode_request(parts, PHASE) {
-            return too_large(e, self.ident.request_id);
+        if self.chain.has_remote {
+            return block_on(self.request_headers_async(parts));
         }
-        if self.chain.phases & PHASE.mask() == 0 {
-            return Flow::Continue;
+        request_headers_phase!(self, parts, |inst| self.call(inst, PHASE))
+    }
+
+    /// Runs the response-headers phase on this thread; see [`request_headers`](Self::request_headers).
+    pub fn response_headers(&mut self, parts: &mut http::response::Parts) -> Flow {
+        if self.chain.has_remote {
+            return block_on(self.response_headers_async(parts));
         }
-        // The view is laid out again only when a plugin changed the request and someone will
-        // still read it: the next plugin, or the response and log phases.
-        let mut stale = false;
-        let instances = Arc::clone(&self.chain.instances);
-        for inst in instances.iter().filter(|i| i.phases & PHASE.mask() != 0) {
-            if stale {
-                if let Err(e) = self.encode_request(parts, PHASE) {
-                    return too_large(e, self.ident.request_id);
-                }
-                stale = false;
-            }
-            match self.call(inst, PHASE) {
-                Ok(mut batch) => {
-                    if let Some(reply) = batch.take_reply() {
-                        let (rparts, body) = reply.into_response().into_parts();
-                        // The log phase sees the local reply as the response.
-                        let _ = self.encode_response(&rparts, WeftPhase::Log);
-                        return Flow::Respond(Response::from_parts(rparts, body));
-                    }
-                    if !batch.is_empty() {
-                        batch.apply_to_request(parts);
-                        stale = true;
-                    }
-                }
-                Err(err) => {
-                    self.note_failure(inst, PHASE, &err);
-                    if !inst.fail_open {
-                        return Flow::Respond(failure_response(StatusCode::INTERNAL_SERVER_ERROR, "plugin failure\n"));
-                    }
-                }
-            }
+        response_headers_phase!(self, parts, |inst| self.call(inst, PHASE))
+    }
+
+    /// Runs the request-headers phase of every instance that declared it, in chain order.
+    /// In-process instances are called inline; on a chain without remote instances this is the
+    /// sync path, ready at the first poll.
+    pub async fn request_headers_async(&mut self, parts: &mut http::request::Parts) -> Flow {
+        if !self.chain.has_remote {
+            return self.request_headers(parts);
         }
-        let later = WeftPhase::ResponseHeaders.mask() | WeftPhase::Log.mask();
-        if stale && self.chain.phases & later != 0 {
-            if let Err(e) = self.encode_request(parts, PHASE) {
-                return too_large(e, self.ident.request_id);
-            }
-        }
-        Flow::Continue
+        request_headers_phase!(self, parts, |inst| self.call_any(inst, PHASE).await)
     }
 
     /// Runs the response-headers phase of every instance that declared it, in reverse chain order
     /// (the first plugin on the way in is the last on the way out).
-    pub fn response_headers(&mut self, parts: &mut http::response::Parts) -> Flow {
-        const PHASE: WeftPhase = WeftPhase::ResponseHeaders;
-        if self.request_end == 0 {
-            // request_headers was never called; nothing to show.
-            return Flow::Continue;
+    pub async fn response_headers_async(&mut self, parts: &mut http::response::Parts) -> Flow {
+        if !self.chain.has_remote {
+            return self.response_headers(parts);
         }
-        let wants_view = self.chain.phases & (PHASE.mask() | WeftPhase::Log.mask()) != 0;
-        if !wants_view {
-            return Flow::Continue;
-        }
-        if let Err(e) = self.encode_response(parts, PHASE) {
-            tracing::warn!(request_id = self.ident.request_id, "{e}; answering 502");
-            return Flow::Respond(failure_response(
-                StatusCode::BAD_GATEWAY,
-                "response header fields too large\n",
-            ));
-        }
-        if self.chain.phases & PHASE.mask() == 0 {
-            return Flow::Continue;
-        }
-        let instances = Arc::clone(&self.chain.instances);
-        for inst in instances.iter().rev().filter(|i| i.phases & PHASE.mask() != 0) {
-            match self.call(inst, PHASE) {
-                Ok(mut batch) => {
-                    if let Some(reply) = batch.take_reply() {
-                        let (rparts, body) = reply.into_response().into_parts();
-                        let _ = self.encode_response(&rparts, WeftPhase::Log);
-                        return Flow::Respond(Response::from_parts(rparts, body));
-                    }
-                    if !batch.is_empty() {
-                        batch.apply_to_response(parts);
-                        if let Err(e) = self.encode_response(parts, PHASE) {
-                            tracing::warn!(plugin = %inst.name, "{e}; answering 502");
-                            return Flow::Respond(failure_response(
-                                StatusCode::BAD_GATEWAY,
-                                "response header fields too large\n",
-                            ));
-                        }
-                    }
-                }
-                Err(err) => {
-                    self.note_failure(inst, PHASE, &err);
-                    if !inst.fail_open {
-                        return Flow::Respond(failure_response(StatusCode::INTERNAL_SERVER_ERROR, "plugin failure\n"));
-                    }
-                }
-            }
-        }
-        Flow::Continue
+        response_headers_phase!(self, parts, |inst| self.call_any(inst, PHASE).await)
     }
 
     /// Runs the log phase now, on this thread. Used by the log thread.
@@ -316,6 +452,12 @@ impl Exchange {
         view::set_phase(self.lease().bytes_mut(), PHASE as u32);
         let instances = Arc::clone(&self.chain.instances);
         for inst in instances.iter().filter(|i| i.phases & PHASE.mask() != 0) {
+            if let Some(plugin) = inst.remote() {
+                // Fire and forget: the transport publishes without blocking this thread.
+                let (view_end, request_id) = (self.view_end, self.ident.request_id);
+                plugin.log(request_id, &self.lease().bytes_mut()[..view_end]);
+                continue;
+            }
             match self.call(inst, PHASE) {
                 // decode() rejects every mutation record in the log phase, so a batch is empty.
                 Ok(_) => {}
@@ -327,7 +469,19 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        if self.chain.phases & WeftPhase::Log.mask() == 0 || self.request_end == 0 {
+        let log_pending = self.chain.phases & WeftPhase::Log.mask() != 0 && self.request_end != 0;
+        if self.chain.has_remote {
+            // Remote instances keep per-request routing (worker affinity): forget it now, except
+            // for those whose log phase will run (the log call forgets it).
+            for inst in self.chain.instances.iter() {
+                if let Some(plugin) = inst.remote() {
+                    if !(log_pending && inst.phases & WeftPhase::Log.mask() != 0) {
+                        plugin.release(self.ident.request_id);
+                    }
+                }
+            }
+        }
+        if !log_pending {
             return;
         }
         // Hand the whole exchange (with its slot) to the log thread; the slot is released there
@@ -356,4 +510,12 @@ impl LogJob {
     pub(crate) fn discard(mut self) {
         self.0.request_end = 0;
     }
+}
+
+/// The phase futures must be `Send`: servers hold them across awaits on multi-threaded runtimes.
+#[allow(dead_code)]
+fn phase_futures_are_send(x: &mut Exchange, req: &mut http::request::Parts, resp: &mut http::response::Parts) {
+    fn send<T: Send>(_: T) {}
+    send(x.request_headers_async(req));
+    send(x.response_headers_async(resp));
 }

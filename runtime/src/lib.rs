@@ -6,22 +6,27 @@
 
 pub mod abi;
 pub mod arena;
+pub mod completion;
 mod engine;
 pub mod mutation;
 mod plugin;
+pub mod remote;
+pub mod ring;
+pub mod sync;
 pub mod view;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use crate::sync::stat::{AtomicU64, Mutex, MutexGuard, Ordering};
 
 pub use engine::{Busy, Chain, Exchange, Flow};
 pub use plugin::{LoadError, PluginMeta};
 
 use abi::{WeftBuf, WeftResult};
 use arena::{Arena, ArenaError};
-use engine::{Instance, LogJob};
+use engine::{Instance, LogJob, Transport};
 use plugin::Library;
 
 /// Sizing of the request arena.
@@ -141,7 +146,7 @@ impl Runtime {
         Ok(rt)
     }
 
-    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+    fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -223,11 +228,39 @@ impl Runtime {
         let inst = Arc::new(Instance {
             id,
             name: Arc::from(spec.name.as_str()),
-            lib,
+            transport: Transport::Ffi(lib),
             phases: meta.phases,
             fail_open: spec.fail_open,
         });
         reg.instances.push(inst);
+        Ok(InstanceId((reg.instances.len() - 1) as u32))
+    }
+
+    /// Adds a remote plugin instance (e.g. NATS workers): its phases come from
+    /// [`remote::RemotePlugin::phases`]; each call is bounded by `deadline`, and a failed call is
+    /// handled like a failing in-process plugin under the same `fail_open` policy (fail closed:
+    /// 503 when unavailable or overloaded, 504 on timeout, 500 otherwise).
+    pub fn instantiate_remote(
+        &self,
+        name: &str,
+        plugin: Arc<dyn remote::RemotePlugin>,
+        fail_open: bool,
+        deadline: std::time::Duration,
+    ) -> Result<InstanceId, InitError> {
+        let mut reg = self.registry();
+        if reg.instances.iter().any(|i| *i.name == *name) {
+            return Err(InitError::Duplicate {
+                instance: name.to_owned(),
+            });
+        }
+        let phases = plugin.phases();
+        reg.instances.push(Arc::new(Instance {
+            id: 0,
+            name: Arc::from(name),
+            transport: Transport::Remote(plugin, deadline),
+            phases,
+            fail_open,
+        }));
         Ok(InstanceId((reg.instances.len() - 1) as u32))
     }
 
@@ -239,10 +272,12 @@ impl Runtime {
             .filter_map(|id| reg.instances.get(id.0 as usize).cloned())
             .collect();
         let phases = instances.iter().fold(0, |m, i| m | i.phases);
+        let has_remote = instances.iter().any(|i| matches!(i.transport, Transport::Remote(..)));
         Chain {
             rt: Arc::clone(self),
             instances: instances.into(),
             phases,
+            has_remote,
         }
     }
 
@@ -262,9 +297,11 @@ impl Runtime {
     pub fn shutdown(&self) {
         let instances: Vec<Arc<Instance>> = self.registry().instances.drain(..).collect();
         for inst in instances {
-            if let Some(f) = inst.lib.shutdown {
-                // SAFETY: the instance id was initialised by this library.
-                unsafe { f(inst.id) };
+            if let Transport::Ffi(lib) = &inst.transport {
+                if let Some(f) = lib.shutdown {
+                    // SAFETY: the instance id was initialised by this library.
+                    unsafe { f(inst.id) };
+                }
             }
         }
     }

@@ -14,10 +14,10 @@ use http::{HeaderMap, Response, StatusCode, Uri};
 use crate::abi::{WeftMutation, WeftMutationOp, WeftPhase};
 
 /// Limits a batch must respect. Values chosen to match what common proxies accept per header.
-pub const MAX_RECORDS: usize = 256;
-pub const MAX_NAME_LEN: usize = 256;
-pub const MAX_VALUE_LEN: usize = 16 * 1024;
-pub const MAX_PATH_LEN: usize = 8 * 1024;
+pub const MAX_RECORDS: usize = crate::abi::WEFT_MAX_MUTATION_RECORDS as usize;
+pub const MAX_NAME_LEN: usize = crate::abi::WEFT_MAX_HEADER_NAME_LEN as usize;
+pub const MAX_VALUE_LEN: usize = crate::abi::WEFT_MAX_HEADER_VALUE_LEN as usize;
+pub const MAX_PATH_LEN: usize = crate::abi::WEFT_MAX_PATH_LEN as usize;
 
 /// Headers a plugin may not set, add or remove: message framing and hop-by-hop fields belong to
 /// the proxy, and letting a plugin change them opens request smuggling.

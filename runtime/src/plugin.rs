@@ -3,7 +3,9 @@
 
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use crate::sync::stat::{Mutex, RwLock};
 
 use crate::abi::*;
 

@@ -1,0 +1,1435 @@
+//! End-to-end benchmark runner: the same upstream and the same wrk load against the upstream
+//! directly, nginx as a reverse proxy, and weft in several configurations, alternating the
+//! configurations round by round and reporting medians. See `docs/performance.md`.
+//!
+//! ```sh
+//! cargo run --release -p weft-benches --bin e2e -- [--quick] [--rounds N] [--duration S] [--connections C]
+//! ```
+//!
+//! Writes `<target>/bench/e2e.{md,json,png}` (or `--out DIR`) and prints the markdown table.
+//!
+//! To add a configuration, add a [`Target`] to [`targets`]; a new kind of process set-up
+//! (e.g. a NATS server plus workers) is a new [`Kind`] variant and one arm in [`start`].
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+
+/// The path every load generator requests (bench-header reads it, and two headers).
+const REQUEST_PATH: &str = "/api/items?limit=10";
+/// The upstream's fixed response body.
+const UPSTREAM_BODY: &[u8] = b"hello from the weft bench upstream\n";
+
+#[derive(Parser, Debug)]
+#[command(about = "weft end-to-end benchmark: upstream, nginx and weft under the same wrk load")]
+struct Args {
+    /// Smoke run: 1 round, 1 s per configuration, 8 connections, no warm-up.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds; each round runs every configuration once per load profile, in turn.
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Seconds of load per configuration per round per profile.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Connections of the throughput profile.
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Connections of the latency profile (light load: what a plugin adds to one request);
+    /// 0 turns the profile off.
+    #[arg(long, default_value_t = 1)]
+    latency_connections: usize,
+    /// Seconds of warm-up load per configuration before the first round.
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// wrk threads.
+    #[arg(long, default_value_t = 1)]
+    wrk_threads: usize,
+    /// Worker threads of each proxy (tokio workers for weft, worker_processes for nginx);
+    /// default: the number of cores.
+    #[arg(long)]
+    proxy_threads: Option<usize>,
+    /// Tokio worker threads of the built-in upstream.
+    #[arg(long, default_value_t = 1)]
+    upstream_threads: usize,
+    /// weft-proxy binary [env WEFT_PROXY_BIN]; default: `cargo build --release -p weft-proxy`
+    /// and use it from the workspace's target dir (CARGO_TARGET_DIR respected).
+    #[arg(long, env = "WEFT_PROXY_BIN")]
+    weft_bin: Option<PathBuf>,
+    /// Go plugin library [env WEFT_PLUGIN_LIB]; default: built by scripts/build-plugins.
+    #[arg(long, env = "WEFT_PLUGIN_LIB")]
+    plugin_lib: Option<PathBuf>,
+    /// nginx binary.
+    #[arg(long, default_value = "nginx")]
+    nginx: String,
+    /// wrk binary.
+    #[arg(long, default_value = "wrk")]
+    wrk: String,
+    /// Output directory; default `<target>/bench`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Only these configuration keys (comma-separated), e.g. `weft,weft-inproc`.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+/// How a configuration is set up.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// wrk straight at the upstream.
+    Direct,
+    /// nginx reverse proxy with keepalive to the upstream.
+    Nginx,
+    /// weft-proxy with this plugin chain on its only route.
+    Weft { chain: &'static [PluginUse] },
+    /// Not measurable yet; reported as a row saying why.
+    Unavailable { reason: &'static str },
+}
+
+/// One plugin instance on weft's route.
+#[derive(Clone, Copy)]
+struct PluginUse {
+    /// Plugin name in the library.
+    plugin: &'static str,
+    /// Extra YAML lines for the instance (indented by the caller), e.g. a future `mode: pool`.
+    extra_yaml: &'static str,
+}
+
+/// A configuration of the benchmark.
+#[derive(Clone, Copy)]
+struct Target {
+    key: &'static str,
+    label: &'static str,
+    kind: Kind,
+    /// A request header every upstream request must carry (proves the plugin ran).
+    expect_upstream_header: Option<&'static str>,
+}
+
+const BENCH_HEADER: PluginUse = PluginUse {
+    plugin: "bench-header",
+    extra_yaml: "",
+};
+
+fn targets() -> Vec<Target> {
+    let t = |key, label, kind, expect| Target {
+        key,
+        label,
+        kind,
+        expect_upstream_header: expect,
+    };
+    vec![
+        t("upstream", "upstream direct", Kind::Direct, None),
+        t("nginx", "nginx reverse proxy", Kind::Nginx, None),
+        t("weft", "weft, no plugins", Kind::Weft { chain: &[] }, None),
+        t(
+            "weft-inproc",
+            "weft + bench-header, in-process",
+            Kind::Weft { chain: &[BENCH_HEADER] },
+            Some("x-bench"),
+        ),
+        t(
+            "weft-pool",
+            "weft + bench-header, worker pool",
+            Kind::Unavailable {
+                reason: "not available yet: no worker pool (issue 3)",
+            },
+            Some("x-bench"),
+        ),
+        t(
+            "weft-nats-1",
+            "weft + bench-header, NATS, 1 worker",
+            Kind::Unavailable {
+                reason: "not available yet: no NATS transport",
+            },
+            Some("x-bench"),
+        ),
+        t(
+            "weft-nats-2",
+            "weft + bench-header, NATS, 2 workers",
+            Kind::Unavailable {
+                reason: "not available yet: no NATS transport",
+            },
+            Some("x-bench"),
+        ),
+    ]
+}
+
+/// The key ratios are computed against.
+const BASE_WEFT: &str = "weft";
+const BASE_NGINX: &str = "nginx";
+
+// ---------------------------------------------------------------------------------------------
+// Upstream
+
+/// Requests the upstream served, and how many carried the header a plugin sets.
+#[derive(Default)]
+struct UpstreamCounters {
+    total: AtomicU64,
+    with_x_bench: AtomicU64,
+}
+
+/// A minimal keep-alive HTTP/1.1 server on its own threads: a fixed small body, so the proxies
+/// in front of it dominate the cost.
+fn start_upstream(threads: usize) -> Result<(SocketAddr, Arc<UpstreamCounters>), String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind upstream: {e}"))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let counters = Arc::new(UpstreamCounters::default());
+    let c = counters.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("upstream")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("upstream runtime: {e}"))?;
+    std::thread::Builder::new()
+        .name("upstream-main".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let c = c.clone();
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                            c.total.fetch_add(1, Ordering::Relaxed);
+                            if req.headers().contains_key("x-bench") {
+                                c.with_x_bench.fetch_add(1, Ordering::Relaxed);
+                            }
+                            async {
+                                Ok::<_, Infallible>(
+                                    hyper::Response::builder()
+                                        .header("content-type", "text/plain")
+                                        .body(Full::new(Bytes::from_static(UPSTREAM_BODY)))
+                                        .unwrap(),
+                                )
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            })
+        })
+        .map_err(|e| e.to_string())?;
+    Ok((addr, counters))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proxies under test
+
+/// A running configuration: where to send load and which processes to account.
+struct Running {
+    port: u16,
+    /// The proxy's main process (None: the upstream itself, inside this runner).
+    child: Option<Child>,
+    log: Option<PathBuf>,
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("find a free port: {e}"))?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// Children die with the runner (SIGTERM when the spawning thread, main, exits).
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+}
+
+struct Env<'a> {
+    args: &'a Args,
+    proxy_threads: usize,
+    upstream: SocketAddr,
+    weft_bin: &'a Path,
+    plugin_lib: &'a Path,
+    dir: &'a Path,
+}
+
+fn start(t: &Target, env: &Env) -> Result<Running, String> {
+    let dir = env.dir.join(t.key);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let log = dir.join("stderr.log");
+    let logfile = || std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()));
+    match t.kind {
+        Kind::Direct => Ok(Running {
+            port: env.upstream.port(),
+            child: None,
+            log: None,
+        }),
+        Kind::Nginx => {
+            let port = free_port()?;
+            let conf = nginx_conf(&dir, port, env.upstream, env.proxy_threads);
+            std::fs::write(dir.join("nginx.conf"), conf).map_err(|e| e.to_string())?;
+            let mut cmd = Command::new(&env.args.nginx);
+            cmd.arg("-p")
+                .arg(&dir)
+                .arg("-e")
+                .arg(dir.join("error.log"))
+                .arg("-c")
+                .arg(dir.join("nginx.conf"))
+                .arg("-g")
+                .arg("daemon off;")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(logfile()?);
+            die_with_parent(&mut cmd);
+            let child = cmd.spawn().map_err(|e| format!("start {}: {e}", env.args.nginx))?;
+            Ok(Running {
+                port,
+                child: Some(child),
+                log: Some(log),
+            })
+        }
+        Kind::Weft { chain } => {
+            let port = free_port()?;
+            let yaml = weft_yaml(port, env.upstream, env.plugin_lib, chain);
+            let cfg = dir.join("weft.yaml");
+            std::fs::write(&cfg, yaml).map_err(|e| e.to_string())?;
+            let mut cmd = Command::new(env.weft_bin);
+            cmd.arg("run")
+                .arg("-c")
+                .arg(&cfg)
+                .env("TOKIO_WORKER_THREADS", env.proxy_threads.to_string())
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(logfile()?);
+            die_with_parent(&mut cmd);
+            let child = cmd
+                .spawn()
+                .map_err(|e| format!("start {}: {e}", env.weft_bin.display()))?;
+            Ok(Running {
+                port,
+                child: Some(child),
+                log: Some(log),
+            })
+        }
+        Kind::Unavailable { reason } => Err(reason.to_string()),
+    }
+}
+
+fn nginx_conf(dir: &Path, port: u16, upstream: SocketAddr, workers: usize) -> String {
+    // As root nginx would hand the workers to `nobody`, who cannot reach the temp dir.
+    // SAFETY: geteuid has no preconditions.
+    let user = if unsafe { libc::geteuid() } == 0 {
+        "user root;\n"
+    } else {
+        ""
+    };
+    let d = dir.display();
+    format!(
+        r#"{user}worker_processes {workers};
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    upstream bench_upstream {{
+        server {upstream};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"#
+    )
+}
+
+fn weft_yaml(port: u16, upstream: SocketAddr, lib: &Path, chain: &[PluginUse]) -> String {
+    let mut y = format!("listen: 127.0.0.1:{port}\n");
+    let mut names = Vec::new();
+    if !chain.is_empty() {
+        let _ = write!(
+            y,
+            "libraries:\n  - name: bench\n    path: {}\nplugins:\n",
+            lib.display()
+        );
+        for (i, p) in chain.iter().enumerate() {
+            let name = format!("p{i}");
+            let _ = writeln!(y, "  - name: {name}\n    library: bench\n    plugin: {}", p.plugin);
+            for line in p.extra_yaml.lines() {
+                let _ = writeln!(y, "    {line}");
+            }
+            names.push(name);
+        }
+    }
+    let _ = write!(
+        y,
+        "upstreams:\n  - name: up\n    addresses: [\"{upstream}\"]\nroutes:\n  - name: all\n    upstream: up\n    plugins: [{}]\n",
+        names.join(", ")
+    );
+    y
+}
+
+/// Waits until the configuration answers 200 on the bench path.
+fn wait_ready(r: &mut Running, label: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(Ok(Some(status))) = r.child.as_mut().map(|c| c.try_wait()) {
+            return Err(format!("{label} exited during start-up ({status}):\n{}", log_tail(r)));
+        }
+        if probe(r.port).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{label} did not answer 200 within 60 s:\n{}", log_tail(r)));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn probe(port: u16) -> Result<(), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {REQUEST_PATH} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    if buf.starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&buf).into_owned())
+    }
+}
+
+fn log_tail(r: &Running) -> String {
+    let Some(log) = &r.log else { return String::new() };
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Some(child) = self.child.as_mut() else { return };
+        let pids = process_tree(child.id());
+        // SAFETY: plain kill(2) on processes this runner started (and their children).
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for pid in pids.into_iter().skip(1) {
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                // SAFETY: as above; a left-over nginx worker of ours.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process accounting (/proc)
+
+/// `pid` and its descendants (nginx's workers), by scanning /proc for parent ids.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(stat) = read_stat(p) {
+                parents.push((p, stat.ppid));
+            }
+        }
+    }
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let cur = out[i];
+        out.extend(parents.iter().filter(|(_, pp)| *pp == cur).map(|(p, _)| *p));
+        i += 1;
+    }
+    out
+}
+
+struct Stat {
+    ppid: u32,
+    /// utime + stime of the process itself (children not included), clock ticks.
+    ticks: u64,
+}
+
+fn read_stat(pid: u32) -> Option<Stat> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: state is field 3.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ppid = f.get(1)?.parse().ok()?;
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(Stat {
+        ppid,
+        ticks: utime + stime,
+    })
+}
+
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|p| read_stat(*p)).map(|s| s.ticks).sum()
+}
+
+/// Sum of VmHWM over the processes, KiB (pages shared between nginx's processes count twice).
+fn peak_rss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load (wrk)
+
+const WRK_LUA: &str = r#"
+-- Prints wrk's summary and latency percentiles (microseconds) in a parseable form.
+done = function(summary, latency, requests)
+  local e = summary.errors
+  local function p(k, v) io.write(string.format("WEFT_BENCH %s %s\n", k, tostring(v))) end
+  p("requests", summary.requests)
+  p("duration_us", summary.duration)
+  p("bytes", summary.bytes)
+  p("errors_connect", e.connect)
+  p("errors_read", e.read)
+  p("errors_write", e.write)
+  p("errors_status", e.status)
+  p("errors_timeout", e.timeout)
+  p("lat_mean", string.format("%.3f", latency.mean))
+  p("lat_max", latency.max)
+  for _, q in ipairs({50, 75, 90, 99, 99.9}) do
+    p("p" .. tostring(q), latency:percentile(q))
+  end
+end
+"#;
+
+/// One wrk run against one configuration.
+#[derive(Serialize, Clone, Debug)]
+struct Sample {
+    round: usize,
+    requests: u64,
+    duration_s: f64,
+    rps: f64,
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    mean_us: f64,
+    max_us: f64,
+    errors_non2xx: u64,
+    errors_socket: u64,
+    cpu_s: Option<f64>,
+    cpu_us_per_req: Option<f64>,
+    upstream_requests: u64,
+    upstream_with_x_bench: u64,
+}
+
+struct Load<'a> {
+    wrk: &'a str,
+    lua: &'a Path,
+    threads: usize,
+    connections: usize,
+    seconds: u64,
+}
+
+fn run_wrk(load: &Load, port: u16) -> Result<BTreeMap<String, f64>, String> {
+    let url = format!("http://127.0.0.1:{port}{REQUEST_PATH}");
+    let out = Command::new(load.wrk)
+        .arg(format!("-t{}", load.threads.min(load.connections).max(1)))
+        .arg(format!("-c{}", load.connections.max(1)))
+        .arg(format!("-d{}s", load.seconds.max(1)))
+        .arg("--timeout")
+        .arg("5s")
+        .arg("-s")
+        .arg(load.lua)
+        .arg("-H")
+        .arg("User-Agent: weft-bench/1.0")
+        .arg("-H")
+        .arg("Accept: */*")
+        .arg(&url)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run {}: {e}", load.wrk))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut m = BTreeMap::new();
+    for line in stdout.lines() {
+        let mut it = line.split_whitespace();
+        if it.next() != Some("WEFT_BENCH") {
+            continue;
+        }
+        if let (Some(k), Some(Ok(v))) = (it.next(), it.next().map(|v| v.parse::<f64>())) {
+            m.insert(k.to_string(), v);
+        }
+    }
+    if !out.status.success() || !m.contains_key("requests") {
+        return Err(format!(
+            "wrk against {url} failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(m)
+}
+
+fn measure(load: &Load, r: &Running, upstream: &UpstreamCounters, round: usize, tck: f64) -> Result<Sample, String> {
+    let pids = r.child.as_ref().map(|c| process_tree(c.id()));
+    let cpu0 = pids.as_deref().map(cpu_ticks);
+    let (u0, x0) = (
+        upstream.total.load(Ordering::Relaxed),
+        upstream.with_x_bench.load(Ordering::Relaxed),
+    );
+    let m = run_wrk(load, r.port)?;
+    let cpu1 = pids.as_deref().map(cpu_ticks);
+    let (u1, x1) = (
+        upstream.total.load(Ordering::Relaxed),
+        upstream.with_x_bench.load(Ordering::Relaxed),
+    );
+    let g = |k: &str| m.get(k).copied().unwrap_or(0.0);
+    let requests = g("requests") as u64;
+    let duration_s = g("duration_us") / 1e6;
+    let cpu_s = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / tck),
+        _ => None,
+    };
+    Ok(Sample {
+        round,
+        requests,
+        duration_s,
+        rps: if duration_s > 0.0 {
+            requests as f64 / duration_s
+        } else {
+            0.0
+        },
+        p50_us: g("p50"),
+        p90_us: g("p90"),
+        p99_us: g("p99"),
+        p999_us: g("p99.9"),
+        mean_us: g("lat_mean"),
+        max_us: g("lat_max"),
+        errors_non2xx: g("errors_status") as u64,
+        errors_socket: (g("errors_connect") + g("errors_read") + g("errors_write") + g("errors_timeout")) as u64,
+        cpu_s,
+        cpu_us_per_req: cpu_s.filter(|_| requests > 0).map(|c| c * 1e6 / requests as f64),
+        upstream_requests: u1 - u0,
+        upstream_with_x_bench: x1 - x0,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results
+
+#[derive(Serialize, Clone, Debug)]
+struct Summary {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    cpu_s: Option<f64>,
+    cpu_us_per_req: Option<f64>,
+    rps_vs_weft: Option<f64>,
+    rps_vs_nginx: Option<f64>,
+    p50_added_vs_weft_us: Option<f64>,
+    p99_added_vs_weft_us: Option<f64>,
+}
+
+#[derive(Serialize, Clone, Debug)]
+struct ProfileResult {
+    samples: Vec<Sample>,
+    median: Option<Summary>,
+}
+
+#[derive(Serialize, Clone, Debug)]
+struct TargetResult {
+    key: String,
+    label: String,
+    available: bool,
+    note: Option<String>,
+    peak_rss_kib: Option<u64>,
+    /// Profile name -> results.
+    profiles: BTreeMap<String, ProfileResult>,
+}
+
+#[derive(Serialize, Clone, Debug)]
+struct Profile {
+    name: String,
+    connections: usize,
+}
+
+#[derive(Serialize)]
+struct Report {
+    date_utc: String,
+    commit: String,
+    command: String,
+    machine: Machine,
+    rounds: usize,
+    duration_s: u64,
+    warmup_s: u64,
+    wrk_threads: usize,
+    proxy_threads: usize,
+    upstream_threads: usize,
+    request: String,
+    profiles: Vec<Profile>,
+    nginx_version: String,
+    wrk_version: String,
+    targets: Vec<TargetResult>,
+}
+
+#[derive(Serialize)]
+struct Machine {
+    cores: usize,
+    cpu_model: String,
+    kernel: String,
+    loadavg_at_start: String,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn summarise(samples: &[Sample]) -> Option<Summary> {
+    if samples.is_empty() {
+        return None;
+    }
+    let col = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect());
+    let opt = |f: fn(&Sample) -> Option<f64>| {
+        let v: Vec<f64> = samples.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| median(v))
+    };
+    Some(Summary {
+        rps: col(|s| s.rps),
+        p50_us: col(|s| s.p50_us),
+        p99_us: col(|s| s.p99_us),
+        p999_us: col(|s| s.p999_us),
+        cpu_s: opt(|s| s.cpu_s),
+        cpu_us_per_req: opt(|s| s.cpu_us_per_req),
+        rps_vs_weft: None,
+        rps_vs_nginx: None,
+        p50_added_vs_weft_us: None,
+        p99_added_vs_weft_us: None,
+    })
+}
+
+fn add_ratios(results: &mut [TargetResult]) {
+    let base = |results: &[TargetResult], key: &str, prof: &str| {
+        results
+            .iter()
+            .find(|r| r.key == key)
+            .and_then(|r| r.profiles.get(prof))
+            .and_then(|p| p.median.clone())
+    };
+    let profiles: Vec<String> = results.iter().flat_map(|r| r.profiles.keys().cloned()).collect();
+    for prof in profiles {
+        let w = base(results, BASE_WEFT, &prof);
+        let n = base(results, BASE_NGINX, &prof);
+        for r in results.iter_mut() {
+            let Some(Some(m)) = r.profiles.get_mut(&prof).map(|p| p.median.as_mut()) else {
+                continue;
+            };
+            if let Some(w) = &w {
+                m.rps_vs_weft = (w.rps > 0.0).then(|| m.rps / w.rps);
+                m.p50_added_vs_weft_us = Some(m.p50_us - w.p50_us);
+                m.p99_added_vs_weft_us = Some(m.p99_us - w.p99_us);
+            }
+            if let Some(n) = &n {
+                m.rps_vs_nginx = (n.rps > 0.0).then(|| m.rps / n.rps);
+            }
+        }
+    }
+}
+
+fn fmt_opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map(f).unwrap_or_else(|| "—".into())
+}
+
+fn markdown(rep: &Report) -> String {
+    let mut s = String::new();
+    for prof in &rep.profiles {
+        let _ = writeln!(
+            s,
+            "**{}** — {} connections, wrk {} thread(s), {} s × {} round(s), medians; latency in µs\n",
+            prof.name, prof.connections, rep.wrk_threads, rep.duration_s, rep.rounds
+        );
+        s.push_str("| configuration | req/s | × weft | × nginx | p50 | p99 | p99.9 | p99 added vs weft | proxy CPU s | CPU µs/req | peak RSS MiB |\n");
+        s.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+        for t in &rep.targets {
+            let rss = fmt_opt(t.peak_rss_kib.map(|k| k as f64), |k| format!("{:.1}", k / 1024.0));
+            match t.profiles.get(&prof.name).and_then(|p| p.median.as_ref()) {
+                Some(m) => {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
+                        t.label,
+                        m.rps,
+                        fmt_opt(m.rps_vs_weft, |v| format!("{v:.2}")),
+                        fmt_opt(m.rps_vs_nginx, |v| format!("{v:.2}")),
+                        m.p50_us,
+                        m.p99_us,
+                        m.p999_us,
+                        fmt_opt(m.p99_added_vs_weft_us, |v| format!("{v:+.0}")),
+                        fmt_opt(m.cpu_s, |v| format!("{v:.2}")),
+                        fmt_opt(m.cpu_us_per_req, |v| format!("{v:.1}")),
+                        rss
+                    );
+                }
+                None => {
+                    let note = t.note.clone().unwrap_or_else(|| "no result".into());
+                    let _ = writeln!(s, "| {} | {note} | | | | | | | | | |", t.label);
+                }
+            }
+        }
+        s.push('\n');
+    }
+    s.push_str(&goals(rep));
+    s
+}
+
+fn goals(rep: &Report) -> String {
+    let get = |key: &str, prof: &str| {
+        rep.targets
+            .iter()
+            .find(|t| t.key == key)
+            .and_then(|t| t.profiles.get(prof))
+            .and_then(|p| p.median.clone())
+    };
+    let thr = rep.profiles.first().map(|p| p.name.clone()).unwrap_or_default();
+    let lat = rep
+        .profiles
+        .get(1)
+        .map(|p| p.name.clone())
+        .unwrap_or_else(|| thr.clone());
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let mut s = String::from("Goals (issue 7):\n\n");
+    match (get("weft", &thr), get("nginx", &thr)) {
+        (Some(w), Some(n)) => {
+            let r = w.rps / n.rps;
+            let _ = writeln!(
+                s,
+                "- weft, no plugins ≥ nginx in req/s: {r:.2}× — {}",
+                verdict(r >= 1.0)
+            );
+        }
+        _ => s.push_str("- weft, no plugins ≥ nginx in req/s: not measured\n"),
+    }
+    match (get("weft-inproc", &thr), get("weft", &thr)) {
+        (Some(p), Some(w)) => {
+            let r = p.rps / w.rps;
+            let _ = writeln!(
+                s,
+                "- weft + in-process header plugin ≥ 0.95× weft, no plugins: {r:.2}× — {}",
+                verdict(r >= 0.95)
+            );
+        }
+        _ => s.push_str("- weft + in-process plugin ≥ 0.95× weft: not measured\n"),
+    }
+    match (get("weft-inproc", &lat), get("weft", &lat)) {
+        (Some(p), Some(w)) => {
+            let d = p.p99_us - w.p99_us;
+            let _ = writeln!(
+                s,
+                "- in-process plugin adds ≤ 10 µs at p99 ({lat} profile): {d:+.0} µs — {}",
+                verdict(d <= 10.0)
+            );
+        }
+        _ => s.push_str("- in-process plugin adds ≤ 10 µs at p99: not measured\n"),
+    }
+    match (get("weft-nats-1", &thr), get("weft-inproc", &thr)) {
+        (Some(n), Some(p)) => {
+            let r = n.rps / p.rps;
+            let _ = writeln!(
+                s,
+                "- NATS, one remote phase ≥ 0.5× in-process: {r:.2}× — {}",
+                verdict(r >= 0.5)
+            );
+        }
+        _ => s.push_str("- NATS, one remote phase ≥ 0.5× in-process: not available yet\n"),
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chart
+
+fn chart(rep: &Report, path: &Path) -> Result<(), String> {
+    use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+    plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+        .map_err(|_| "cannot load the embedded font".to_string())?;
+    plotters::style::register_font("sans-serif", FontStyle::Bold, dejavu::sans::bold())
+        .map_err(|_| "cannot load the embedded font".to_string())?;
+
+    let n = rep.targets.len();
+    let panels = 2 + rep.profiles.len();
+    let panel_h = 70 + 34 * n as u32;
+    let (w, h) = (1100u32, 60 + panel_h * panels as u32);
+    let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
+    let e = |e: DrawingAreaErrorKind<_>| e.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    let title = format!(
+        "weft end-to-end: {} · {} · {} cores · medians of {} round(s) × {} s",
+        rep.commit, rep.date_utc, rep.machine.cores, rep.rounds, rep.duration_s
+    );
+    root.draw(&Text::new(
+        title,
+        (20, 18),
+        ("sans-serif", 18).into_font().style(FontStyle::Bold),
+    ))
+    .map_err(e)?;
+    let body = root.margin(50, 0, 0, 0);
+    let areas = body.split_evenly((panels, 1));
+    let label_w = 300i32;
+    let label_style = ("sans-serif", 14)
+        .into_font()
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Right, VPos::Center));
+    let note_style = ("sans-serif", 13)
+        .into_font()
+        .color(&RGBColor(120, 120, 120))
+        .pos(Pos::new(HPos::Left, VPos::Center));
+    let value_style = ("sans-serif", 12)
+        .into_font()
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Left, VPos::Center));
+    let colors = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(214, 39, 40)];
+
+    // Throughput, proxy CPU per request, then one latency panel per profile.
+    for (pi, area) in areas.iter().enumerate() {
+        type Series = Vec<(&'static str, fn(&Summary) -> Option<f64>)>;
+        let (caption, prof, series): (String, &Profile, Series) = match pi {
+            0 => {
+                let p = &rep.profiles[0];
+                (
+                    format!("Throughput, req/s ({} connections)", p.connections),
+                    p,
+                    vec![("req/s", |m| Some(m.rps))],
+                )
+            }
+            1 => {
+                let p = &rep.profiles[0];
+                (
+                    format!("Proxy CPU per request, µs (user+sys, {} connections)", p.connections),
+                    p,
+                    vec![("CPU", |m| m.cpu_us_per_req)],
+                )
+            }
+            _ => {
+                let p = &rep.profiles[pi - 2];
+                (
+                    format!("Latency, µs ({} profile, {} connection(s))", p.name, p.connections),
+                    p,
+                    vec![
+                        ("p50", |m| Some(m.p50_us)),
+                        ("p99", |m| Some(m.p99_us)),
+                        ("p99.9", |m| Some(m.p999_us)),
+                    ],
+                )
+            }
+        };
+        let prof = &prof.name;
+        let med = |t: &TargetResult| t.profiles.get(prof).and_then(|p| p.median.clone());
+        let max = rep
+            .targets
+            .iter()
+            .filter_map(med)
+            .flat_map(|m| series.iter().filter_map(move |(_, f)| f(&m)).collect::<Vec<_>>())
+            .fold(0.0f64, f64::max)
+            .max(1.0);
+        let mut ch = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 16).into_font().style(FontStyle::Bold))
+            .margin(10)
+            .margin_left(label_w)
+            .margin_right(90)
+            .x_label_area_size(24)
+            .build_cartesian_2d(0f64..max * 1.05, 0f64..n as f64)
+            .map_err(e)?;
+        ch.configure_mesh()
+            .disable_y_mesh()
+            .disable_y_axis()
+            .light_line_style(WHITE)
+            .x_labels(8)
+            .x_label_formatter(&|v| {
+                if max >= 10_000.0 {
+                    format!("{:.0}k", v / 1000.0)
+                } else {
+                    format!("{v:.0}")
+                }
+            })
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(e)?;
+        let k = series.len() as f64;
+        for (i, t) in rep.targets.iter().enumerate() {
+            let top = (n - i) as f64; // first configuration at the top
+            let (px, py) = ch.backend_coord(&(0.0, top - 0.5));
+            root.draw(&Text::new(t.label.to_string(), (px - 8, py), label_style.clone()))
+                .map_err(e)?;
+            let Some(m) = med(t) else {
+                let note = t.note.clone().unwrap_or_else(|| "no result".into());
+                root.draw(&Text::new(note, (px + 8, py), note_style.clone()))
+                    .map_err(e)?;
+                continue;
+            };
+            if series.iter().all(|(_, f)| f(&m).is_none()) {
+                root.draw(&Text::new(
+                    "— (no proxy process)".to_string(),
+                    (px + 8, py),
+                    note_style.clone(),
+                ))
+                .map_err(e)?;
+            }
+            for (si, (name, f)) in series.iter().enumerate() {
+                let Some(v) = f(&m) else { continue };
+                let y1 = top - 0.12 - si as f64 * 0.76 / k;
+                let y0 = y1 - 0.76 / k;
+                let c = colors[si % colors.len()];
+                ch.draw_series(std::iter::once(Rectangle::new([(0.0, y0), (v, y1)], c.filled())))
+                    .map_err(e)?;
+                let (vx, vy) = ch.backend_coord(&(v, (y0 + y1) / 2.0));
+                let text = match (pi, m.rps_vs_weft) {
+                    (0, Some(r)) => format!("{v:.0} ({r:.2}× weft)"),
+                    (1, _) => format!("{v:.1}"),
+                    (0, None) => format!("{v:.0}"),
+                    _ => format!("{name}: {v:.0}"),
+                };
+                root.draw(&Text::new(text, (vx + 4, vy), value_style.clone()))
+                    .map_err(e)?;
+            }
+        }
+    }
+    root.present().map_err(e)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() { d } else { workspace_root().join(d) }
+        }
+        None => workspace_root().join("target"),
+    }
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .map(|o| {
+            let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+            s.push_str(&String::from_utf8_lossy(&o.stderr));
+            s.trim().to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn build_weft() -> Result<PathBuf, String> {
+    eprintln!("e2e: cargo build --release -p weft-proxy");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "-p", "weft-proxy"])
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| format!("run cargo: {e}"))?;
+    if !status.success() {
+        return Err("cargo build --release -p weft-proxy failed".into());
+    }
+    Ok(target_dir().join("release/weft-proxy"))
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("e2e: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let q = args.quick;
+    let rounds = args.rounds.unwrap_or(if q { 1 } else { 5 }).max(1);
+    let duration = args.duration.unwrap_or(if q { 1 } else { 10 }).max(1);
+    let connections = args.connections.unwrap_or(if q { 8 } else { 64 }).max(1);
+    let warmup = args.warmup.unwrap_or(if q { 0 } else { 2 });
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let proxy_threads = args.proxy_threads.unwrap_or(cores).max(1);
+
+    for tool in [&args.wrk, &args.nginx] {
+        if Command::new(tool)
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            return Err(format!("{tool} not found (Debian: apt-get install -y nginx wrk)"));
+        }
+    }
+    let weft_bin = match &args.weft_bin {
+        Some(p) => p.clone(),
+        None => build_weft()?,
+    };
+    if !weft_bin.exists() {
+        return Err(format!("weft-proxy binary {} not found", weft_bin.display()));
+    }
+    let plugin_lib = match &args.plugin_lib {
+        Some(p) => p.clone(),
+        None => {
+            eprintln!("e2e: scripts/build-plugins");
+            weft_benches::go_plugin_library()
+        }
+    };
+    // The weft config names the library; relative paths there resolve against the config's dir.
+    let plugin_lib = std::path::absolute(&plugin_lib).map_err(|e| e.to_string())?;
+    let weft_bin = std::path::absolute(&weft_bin).map_err(|e| e.to_string())?;
+    let out_dir = args.out.clone().unwrap_or_else(|| target_dir().join("bench"));
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let work = std::env::temp_dir().join(format!("weft-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let lua = work.join("report.lua");
+    std::fs::write(&lua, WRK_LUA).map_err(|e| e.to_string())?;
+
+    let result = run_in(
+        &args,
+        rounds,
+        duration,
+        connections,
+        warmup,
+        cores,
+        proxy_threads,
+        &weft_bin,
+        &plugin_lib,
+        &out_dir,
+        &work,
+        &lua,
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_in(
+    args: &Args,
+    rounds: usize,
+    duration: u64,
+    connections: usize,
+    warmup: u64,
+    cores: usize,
+    proxy_threads: usize,
+    weft_bin: &Path,
+    plugin_lib: &Path,
+    out_dir: &Path,
+    work: &Path,
+    lua: &Path,
+) -> Result<(), String> {
+    let loadavg = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let (upstream, counters) = start_upstream(args.upstream_threads)?;
+    let env = Env {
+        args,
+        proxy_threads,
+        upstream,
+        weft_bin,
+        plugin_lib,
+        dir: work,
+    };
+    let tck = clock_ticks_per_sec();
+
+    let mut profiles = vec![Profile {
+        name: "throughput".into(),
+        connections,
+    }];
+    if args.latency_connections > 0 {
+        profiles.push(Profile {
+            name: "light load".into(),
+            connections: args.latency_connections,
+        });
+    }
+
+    // Start every available configuration once; they stay up for all rounds.
+    let all: Vec<Target> = targets()
+        .into_iter()
+        .filter(|t| args.only.is_empty() || args.only.iter().any(|k| k == t.key))
+        .collect();
+    let mut results: Vec<TargetResult> = Vec::new();
+    let mut running: Vec<Option<Running>> = Vec::new();
+    for t in &all {
+        let mut res = TargetResult {
+            key: t.key.into(),
+            label: t.label.into(),
+            available: false,
+            note: None,
+            peak_rss_kib: None,
+            profiles: BTreeMap::new(),
+        };
+        match start(t, &env) {
+            Ok(mut r) => {
+                wait_ready(&mut r, t.label)?;
+                res.available = true;
+                running.push(Some(r));
+            }
+            Err(reason) => {
+                eprintln!("e2e: {}: {reason}", t.label);
+                res.note = Some(reason);
+                running.push(None);
+            }
+        }
+        results.push(res);
+    }
+    let load = |c: usize, s: u64| Load {
+        wrk: &args.wrk,
+        lua,
+        threads: args.wrk_threads,
+        connections: c,
+        seconds: s,
+    };
+
+    if warmup > 0 {
+        for (t, r) in all.iter().zip(&running) {
+            if let Some(r) = r {
+                eprintln!("e2e: warm-up {} ({warmup} s)", t.label);
+                run_wrk(&load(connections, warmup), r.port)?;
+            }
+        }
+    }
+    for round in 0..rounds {
+        for prof in &profiles {
+            for (i, (t, r)) in all.iter().zip(&running).enumerate() {
+                let Some(r) = r else { continue };
+                let s = measure(&load(prof.connections, duration), r, &counters, round, tck)?;
+                eprintln!(
+                    "e2e: round {}/{rounds} {:<10} {:<36} {:>9.0} req/s  p50 {:>5.0} µs  p99 {:>6.0} µs  p99.9 {:>6.0} µs  cpu {}",
+                    round + 1,
+                    prof.name,
+                    t.label,
+                    s.rps,
+                    s.p50_us,
+                    s.p99_us,
+                    s.p999_us,
+                    fmt_opt(s.cpu_s, |v| format!("{v:.2} s")),
+                );
+                results[i]
+                    .profiles
+                    .entry(prof.name.clone())
+                    .or_insert(ProfileResult {
+                        samples: vec![],
+                        median: None,
+                    })
+                    .samples
+                    .push(s);
+            }
+        }
+    }
+    for (res, r) in results.iter_mut().zip(&running) {
+        if let Some(Running { child: Some(c), .. }) = r {
+            res.peak_rss_kib = Some(peak_rss_kib(&process_tree(c.id())));
+        }
+        for p in res.profiles.values_mut() {
+            p.median = summarise(&p.samples);
+        }
+    }
+    drop(running);
+    add_ratios(&mut results);
+
+    // Checks that the runner worked (never on the numbers).
+    let mut problems = Vec::new();
+    for (t, res) in all.iter().zip(&results) {
+        for (pname, p) in &res.profiles {
+            for s in &p.samples {
+                if s.requests == 0 {
+                    problems.push(format!(
+                        "{} ({pname}, round {}): no requests completed",
+                        t.label,
+                        s.round + 1
+                    ));
+                }
+                if s.errors_non2xx > 0 {
+                    problems.push(format!(
+                        "{} ({pname}, round {}): {} non-2xx responses",
+                        t.label,
+                        s.round + 1,
+                        s.errors_non2xx
+                    ));
+                }
+                let missing = s.upstream_requests == 0 || s.upstream_with_x_bench < s.upstream_requests;
+                if let (Some(h), true) = (t.expect_upstream_header, missing) {
+                    problems.push(format!(
+                        "{} ({pname}, round {}): {h} on {} of {} upstream requests: the plugin did not run",
+                        t.label,
+                        s.round + 1,
+                        s.upstream_with_x_bench,
+                        s.upstream_requests
+                    ));
+                }
+            }
+        }
+    }
+
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let dirty = !sh("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    let commit = format!(
+        "{}{}",
+        sh("git", &["rev-parse", "--short", "HEAD"]),
+        if dirty { "+dirty" } else { "" }
+    );
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let rep = Report {
+        date_utc: sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        commit,
+        command: format!(
+            "cargo run --release -p weft-benches --bin e2e --{}",
+            argv.iter().map(|a| format!(" {a}")).collect::<String>()
+        ),
+        machine: Machine {
+            cores,
+            cpu_model,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            loadavg_at_start: loadavg,
+        },
+        rounds,
+        duration_s: duration,
+        warmup_s: warmup,
+        wrk_threads: args.wrk_threads,
+        proxy_threads,
+        upstream_threads: args.upstream_threads,
+        request: format!(
+            "GET {REQUEST_PATH} (User-Agent, Accept), {} B response body",
+            UPSTREAM_BODY.len()
+        ),
+        profiles,
+        nginx_version: sh(&args.nginx, &["-v"]),
+        wrk_version: sh(&args.wrk, &["-v"]).lines().next().unwrap_or_default().to_string(),
+        targets: results,
+    };
+
+    let md = format!(
+        "{} · commit {} · {} cores ({}) · load average at start {} · weft {} tokio workers, nginx {} workers, upstream {} thread(s), all on loopback, unpinned\n\n{}",
+        rep.date_utc,
+        rep.commit,
+        rep.machine.cores,
+        rep.machine.cpu_model,
+        rep.machine.loadavg_at_start,
+        rep.proxy_threads,
+        rep.proxy_threads,
+        rep.upstream_threads,
+        markdown(&rep)
+    );
+    let load1: f64 = rep
+        .machine
+        .loadavg_at_start
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let md = if load1 > cores as f64 * 0.5 {
+        format!(
+            "> Load average {load1:.2} on {cores} cores when the run started: other work was running, so these \
+             numbers are noisy. CPU µs per request is the steadiest column on a busy machine.\n\n{md}"
+        )
+    } else {
+        md
+    };
+    let json = serde_json::to_string_pretty(&rep).map_err(|e| e.to_string())?;
+    std::fs::write(out_dir.join("e2e.json"), json).map_err(|e| e.to_string())?;
+    std::fs::write(out_dir.join("e2e.md"), &md).map_err(|e| e.to_string())?;
+    chart(&rep, &out_dir.join("e2e.png"))?;
+    println!("{md}");
+    eprintln!("e2e: wrote {}/e2e.{{md,json,png}}", out_dir.display());
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the runner did not work end to end:\n  {}",
+            problems.join("\n  ")
+        ))
+    }
+}

@@ -1,0 +1,133 @@
+// Command weft-worker serves the example plugins (the same registrations as the c-shared
+// library in cmd/weft-plugins) to weft proxies over NATS:
+//
+//	go run ./cmd/weft-worker -nats nats://127.0.0.1:4222 -plugin header-rewriter \
+//	    -instance rewrite -config '{"request_set": {"x-env": "prod"}}'
+//	go run ./cmd/weft-worker -nats nats://127.0.0.1:4222 -instances instances.json
+//
+// instances.json lists instances: [{"plugin": "bearer-auth", "name": "auth", "config": {...}}].
+// The worker prints "weft-worker ready id=<worker-id>" once it serves, and drains on SIGTERM or
+// SIGINT: it stops taking requests, finishes and answers the accepted ones, then exits.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	_ "github.com/weftrs/weft/cgo/examples/auth"
+	_ "github.com/weftrs/weft/cgo/examples/headers"
+	_ "github.com/weftrs/weft/cgo/examples/timing"
+	_ "github.com/weftrs/weft/cgo/internal/testplugins"
+	"github.com/weftrs/weft/cgo/weft/natsworker"
+)
+
+func main() {
+	var (
+		url         = flag.String("nats", nats.DefaultURL, "NATS server URL(s), comma separated")
+		plugin      = flag.String("plugin", "", "plugin to serve (with -instance and -config)")
+		instance    = flag.String("instance", "", "instance name the proxy calls (default: the plugin name)")
+		config      = flag.String("config", "", "the instance's JSON config")
+		instances   = flag.String("instances", "", "JSON file listing instances: [{\"plugin\":..., \"name\":..., \"config\":{...}}]")
+		concurrency = flag.Int("concurrency", 0, "handlers running at once (default 4 x GOMAXPROCS)")
+		slots       = flag.Int("slots", 0, "requests per instance holding state at once (default 4096)")
+		drain       = flag.Duration("drain-timeout", 10*time.Second, "how long SIGTERM waits for in-flight requests")
+		user        = flag.String("user", "", "NATS user (with -password)")
+		password    = flag.String("password", "", "NATS password")
+		token       = flag.String("token", "", "NATS token")
+		nkey        = flag.String("nkey", "", "NATS nkey seed file")
+		creds       = flag.String("creds", "", "NATS credentials file")
+		tlsCA       = flag.String("tls-ca", "", "CA certificate file for the server's TLS certificate")
+		tlsCert     = flag.String("tls-cert", "", "client certificate file (mutual TLS, with -tls-key)")
+		tlsKey      = flag.String("tls-key", "", "client key file")
+	)
+	flag.Parse()
+	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
+
+	var list []natsworker.Instance
+	if *instances != "" {
+		data, err := os.ReadFile(*instances)
+		if err != nil {
+			log.Fatalf("weft-worker: %v", err)
+		}
+		if err := json.Unmarshal(data, &list); err != nil {
+			log.Fatalf("weft-worker: %s: %v", *instances, err)
+		}
+	}
+	if *plugin != "" {
+		list = append(list, natsworker.Instance{Plugin: *plugin, Name: *instance, Config: json.RawMessage(*config)})
+	}
+	if len(list) == 0 {
+		log.Fatal("weft-worker: nothing to serve: give -plugin or -instances")
+	}
+
+	opts := []nats.Option{
+		nats.Name("weft-worker"),
+		// Find a restarted server quickly: short, bounded reconnect backoff, forever.
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(50 * time.Millisecond),
+		nats.ReconnectJitter(25*time.Millisecond, 25*time.Millisecond),
+		nats.PingInterval(5 * time.Second),
+		nats.MaxPingsOutstanding(2),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Printf("weft-worker: disconnected: %v", err) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Printf("weft-worker: reconnected to %s", nc.ConnectedUrl()) }),
+	}
+	if *user != "" {
+		opts = append(opts, nats.UserInfo(*user, *password))
+	}
+	if *token != "" {
+		opts = append(opts, nats.Token(*token))
+	}
+	if *nkey != "" {
+		o, err := nats.NkeyOptionFromSeed(*nkey)
+		if err != nil {
+			log.Fatalf("weft-worker: %v", err)
+		}
+		opts = append(opts, o)
+	}
+	if *creds != "" {
+		opts = append(opts, nats.UserCredentials(*creds))
+	}
+	if *tlsCA != "" {
+		opts = append(opts, nats.RootCAs(*tlsCA))
+	}
+	if *tlsCert != "" {
+		opts = append(opts, nats.ClientCert(*tlsCert, *tlsKey))
+	}
+	nc, err := nats.Connect(*url, opts...)
+	if err != nil {
+		log.Fatalf("weft-worker: connect %s: %v", *url, err)
+	}
+	w := natsworker.New(nc, natsworker.Options{Concurrency: *concurrency, Slots: *slots})
+	for _, inst := range list {
+		if err := w.Serve(inst); err != nil {
+			log.Fatalf("weft-worker: %v", err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		log.Fatalf("weft-worker: %v", err)
+	}
+	fmt.Printf("weft-worker ready id=%s\n", w.ID())
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	s := <-sig
+	log.Printf("weft-worker: %v: draining", s)
+	if err := w.Drain(*drain); err != nil {
+		log.Printf("weft-worker: drain: %v", err)
+	}
+	if err := nc.Drain(); err != nil {
+		log.Printf("weft-worker: %v", err)
+	}
+	for nc.IsDraining() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	log.Print("weft-worker: stopped")
+}

@@ -1,0 +1,312 @@
+/*
+ * hostile: a test plugin that breaks every rule of the weft ABI it can break from its side.
+ * NOT an example to copy: docs/abi.md and header_stamp.c show the rules; this file exists so the
+ * tests can prove that the host answers each misuse with an error code and a log line, applies
+ * the failure policy, keeps serving and leaks nothing.
+ *
+ * Per request, the `x-hostile` request header names the misuse (table `misuses` below). A name
+ * starting with "resp-" misbehaves in the response-headers phase instead of the request phase.
+ * To add a misuse, add a function and a row to the table, and a row to the tests
+ * (runtime/tests/hostile_c.rs and proxy/tests/e2e_c_plugin.rs).
+ *
+ * Load-time misuses are separate libraries built from this file with -DHOSTILE_LOAD=<n>
+ * (scripts/build-c-plugins builds each): see the HOSTILE_LOAD block at the end.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "weft.h"
+
+#ifndef HOSTILE_LOAD
+#define HOSTILE_LOAD 0
+#endif
+
+static const WeftHostApi *host;
+
+static int put(WeftBuf *out, uint32_t op, uint32_t arg, const void *a, uint32_t a_len, const void *b, uint32_t b_len) {
+    uint32_t need = (uint32_t)sizeof(WeftMutation) + ((a_len + b_len + 3u) & ~3u);
+    if (out->ptr == NULL || out->len + need > out->cap) {
+        return 0;
+    }
+    WeftMutation rec = {op, arg, a_len, b_len};
+    memcpy(out->ptr + out->len, &rec, sizeof rec);
+    memcpy(out->ptr + out->len + sizeof rec, a, a_len);
+    memcpy(out->ptr + out->len + sizeof rec + a_len, b, b_len);
+    memset(out->ptr + out->len + sizeof rec + a_len + b_len, 0, need - sizeof rec - a_len - b_len);
+    out->len += need;
+    return 1;
+}
+
+#define PUT(out, op, arg, a, b) put(out, op, arg, a, (uint32_t)strlen(a), b, (uint32_t)strlen(b))
+
+static uint32_t m_ok(WeftBuf *out) {
+    PUT(out, WEFT_MUTATION_OP_SET_REQUEST_HEADER, 0, "x-hostile-ok", "1");
+    return WEFT_RESULT_OK;
+}
+static uint32_t m_len_past_cap(WeftBuf *out) {
+    out->len = out->cap + 1;
+    return WEFT_RESULT_OK;
+}
+static uint32_t m_len_max(WeftBuf *out) {
+    out->len = UINT32_MAX;
+    return WEFT_RESULT_OK;
+}
+static uint32_t m_garbage(WeftBuf *out) {
+    uint32_t x = 0x9e3779b9u;
+    uint32_t n = out->cap < 256 ? out->cap : 256;
+    for (uint32_t i = 0; i < n; i++) {
+        x = x * 1664525u + 1013904223u;
+        out->ptr[i] = (uint8_t)(x >> 24);
+    }
+    out->len = n;
+    return WEFT_RESULT_OK;
+}
+static uint32_t m_overflow_lengths(WeftBuf *out) {
+    WeftMutation rec = {WEFT_MUTATION_OP_SET_REQUEST_HEADER, 0, 0xFFFFFFF0u, 0x20u};
+    memcpy(out->ptr, &rec, sizeof rec);
+    memcpy(out->ptr + sizeof rec, "x-a\0", 4);
+    out->len = sizeof rec + 4;
+    return WEFT_RESULT_OK;
+}
+static uint32_t m_short_record(WeftBuf *out) {
+    memset(out->ptr, 1, 7);
+    out->len = 7;
+    return WEFT_RESULT_OK;
+}
+static uint32_t m_unknown_op(WeftBuf *out) {
+    PUT(out, 77, 0, "x-a", "b");
+    return WEFT_RESULT_OK;
+}
+static uint32_t m_bad_status(WeftBuf *out) {
+    PUT(out, WEFT_MUTATION_OP_LOCAL_REPLY, 99, "body", "");
+    return WEFT_RESULT_OK;
+}
+static uint32_t m_huge_status(WeftBuf *out) {
+    PUT(out, WEFT_MUTATION_OP_LOCAL_REPLY, UINT32_MAX, "", "");
+    return WEFT_RESULT_OK;
+}
+static uint32_t m_bad_name(WeftBuf *out) {
+    PUT(out, WEFT_MUTATION_OP_SET_REQUEST_HEADER, 0, "bad name", "v");
+    return WEFT_RESULT_OK;
+}
+static uint32_t m_crlf_value(WeftBuf *out) {
+    PUT(out, WEFT_MUTATION_OP_SET_REQUEST_HEADER, 0, "x-a", "v\r\nx-injected: 1");
+    return WEFT_RESULT_OK;
+}
+static uint32_t m_nul_value(WeftBuf *out) {
+    put(out, WEFT_MUTATION_OP_SET_REQUEST_HEADER, 0, "x-a", 3, "a\0b", 3);
+    return WEFT_RESULT_OK;
+}
+static uint32_t m_reserved_header(WeftBuf *out) {
+    PUT(out, WEFT_MUTATION_OP_SET_REQUEST_HEADER, 0, "transfer-encoding", "chunked");
+    return WEFT_RESULT_OK;
+}
+static uint32_t m_orphan_reply_header(WeftBuf *out) {
+    PUT(out, WEFT_MUTATION_OP_LOCAL_REPLY_HEADER, 0, "x-a", "b");
+    return WEFT_RESULT_OK;
+}
+static uint32_t m_double_reply(WeftBuf *out) {
+    PUT(out, WEFT_MUTATION_OP_LOCAL_REPLY, 200, "one", "");
+    PUT(out, WEFT_MUTATION_OP_LOCAL_REPLY, 200, "two", "");
+    return WEFT_RESULT_OK;
+}
+static uint32_t m_bad_path(WeftBuf *out) {
+    PUT(out, WEFT_MUTATION_OP_SET_PATH, 0, "no-slash", "");
+    return WEFT_RESULT_OK;
+}
+static uint32_t m_wrong_phase_op(WeftBuf *out) {
+    PUT(out, WEFT_MUTATION_OP_SET_STATUS, 200, "", "");
+    return WEFT_RESULT_OK;
+}
+static uint32_t m_unknown_result(WeftBuf *out) {
+    (void)out;
+    return 0xDEADBEEFu;
+}
+static uint32_t m_claims_overflow(WeftBuf *out) {
+    (void)out;
+    return WEFT_RESULT_MUTATION_OVERFLOW;
+}
+static uint32_t m_too_many_records(WeftBuf *out) {
+    for (int i = 0; i < 300; i++) {
+        if (!PUT(out, WEFT_MUTATION_OP_ADD_REQUEST_HEADER, 0, "x-a", "b")) {
+            break;
+        }
+    }
+    return WEFT_RESULT_OK;
+}
+/* Valid records written, but len says 0: the host must ignore everything past len. */
+static uint32_t m_bytes_past_len(WeftBuf *out) {
+    PUT(out, WEFT_MUTATION_OP_SET_REQUEST_HEADER, 0, "x-hostile-ignored", "1");
+    out->len = 0;
+    return WEFT_RESULT_OK;
+}
+/* Abuses the host log function, then succeeds: the request must go on normally. */
+static uint32_t m_log_abuse(WeftBuf *out) {
+    static uint8_t big[20000];
+    if (host != NULL && host->log != NULL) {
+        memset(big, 'A', sizeof big);
+        memcpy(big, "hostile-big-line ", 17);
+        host->log(WEFT_LOG_ERROR, 0, NULL, 100);          /* NULL with a length */
+        host->log(WEFT_LOG_ERROR, 0, NULL, SIZE_MAX);     /* NULL with a huge length */
+        host->log(99, UINT64_MAX, (const uint8_t *)"hostile-unknown-level-and-instance", 34);
+        host->log(WEFT_LOG_WARN, 0, (const uint8_t *)"hostile-bad-utf8 \xff\xfe\xc0", 20);
+        /* A huge length over a 20000-byte buffer: the host reads at most 16 KiB of it. */
+        host->log(WEFT_LOG_INFO, 0, big, SIZE_MAX);
+        host->log(WEFT_LOG_INFO, 0, (const uint8_t *)"hostile-log-done", 16);
+    }
+    PUT(out, WEFT_MUTATION_OP_SET_REQUEST_HEADER, 0, "x-hostile-logged", "1");
+    return WEFT_RESULT_OK;
+}
+/* Response phase. */
+static uint32_t m_resp_bad_status(WeftBuf *out) {
+    PUT(out, WEFT_MUTATION_OP_SET_STATUS, 600, "", "");
+    return WEFT_RESULT_OK;
+}
+static uint32_t m_resp_request_op(WeftBuf *out) {
+    PUT(out, WEFT_MUTATION_OP_SET_PATH, 0, "/x", "");
+    return WEFT_RESULT_OK;
+}
+static uint32_t m_resp_crlf(WeftBuf *out) {
+    PUT(out, WEFT_MUTATION_OP_SET_RESPONSE_HEADER, 0, "x-a", "1\r\nset-cookie: evil");
+    return WEFT_RESULT_OK;
+}
+
+struct misuse {
+    const char *name;
+    uint32_t (*run)(WeftBuf *out);
+};
+
+static const struct misuse misuses[] = {
+    {"ok", m_ok},
+    {"len-past-cap", m_len_past_cap},
+    {"len-max", m_len_max},
+    {"garbage", m_garbage},
+    {"overflow-lengths", m_overflow_lengths},
+    {"short-record", m_short_record},
+    {"unknown-op", m_unknown_op},
+    {"bad-status", m_bad_status},
+    {"huge-status", m_huge_status},
+    {"bad-name", m_bad_name},
+    {"crlf-value", m_crlf_value},
+    {"nul-value", m_nul_value},
+    {"reserved-header", m_reserved_header},
+    {"orphan-reply-header", m_orphan_reply_header},
+    {"double-reply", m_double_reply},
+    {"bad-path", m_bad_path},
+    {"wrong-phase-op", m_wrong_phase_op},
+    {"unknown-result", m_unknown_result},
+    {"claims-overflow", m_claims_overflow},
+    {"too-many-records", m_too_many_records},
+    {"bytes-past-len", m_bytes_past_len},
+    {"log-abuse", m_log_abuse},
+    {"resp-bad-status", m_resp_bad_status},
+    {"resp-request-op", m_resp_request_op},
+    {"resp-crlf", m_resp_crlf},
+};
+
+/* The value of request header x-hostile, copied into mode (NUL-terminated), or "" if absent. */
+static void read_mode(const WeftRequestView *view, char *mode, size_t cap) {
+    mode[0] = '\0';
+    const uint8_t *base = (const uint8_t *)view;
+    if ((uint64_t)view->req_headers_off + (uint64_t)view->req_header_count * sizeof(WeftHeader) > view->size) {
+        return;
+    }
+    for (uint32_t i = 0; i < view->req_header_count; i++) {
+        WeftHeader h;
+        memcpy(&h, base + view->req_headers_off + i * sizeof(WeftHeader), sizeof h);
+        if (h.name.len == 9 && (uint64_t)h.name.off + 9 <= view->size && memcmp(base + h.name.off, "x-hostile", 9) == 0 &&
+            (uint64_t)h.value.off + h.value.len <= view->size && h.value.len < cap) {
+            memcpy(mode, base + h.value.off, h.value.len);
+            mode[h.value.len] = '\0';
+            return;
+        }
+    }
+}
+
+static uint32_t hostile_init(uint32_t plugin, uint64_t instance, const uint8_t *config, size_t config_len,
+                             uint32_t slot_count, WeftBuf *err) {
+    (void)plugin;
+    (void)instance;
+    (void)slot_count;
+    if (config_len >= 4 && memcmp(config, "\"bad", 4) == 0) {
+        /* An init failure whose message claims more bytes than the buffer holds. */
+        memcpy(err->ptr, "hostile init refused", 20);
+        err->len = UINT32_MAX;
+        return WEFT_RESULT_INIT_FAILED;
+    }
+    return WEFT_RESULT_OK;
+}
+
+static uint32_t hostile_phase(uint64_t instance, uint32_t phase, const WeftRequestView *view, WeftBuf *out) {
+    (void)instance;
+    char mode[64];
+    read_mode(view, mode, sizeof mode);
+    int resp = strncmp(mode, "resp-", 5) == 0;
+    if ((phase == WEFT_PHASE_REQUEST_HEADERS && resp) || (phase == WEFT_PHASE_RESPONSE_HEADERS && !resp) ||
+        phase == WEFT_PHASE_LOG) {
+        return WEFT_RESULT_OK;
+    }
+    for (size_t i = 0; i < sizeof misuses / sizeof misuses[0]; i++) {
+        if (strcmp(mode, misuses[i].name) == 0) {
+            return misuses[i].run(out);
+        }
+    }
+    return WEFT_RESULT_OK;
+}
+
+/* Load-time variants. */
+#if HOSTILE_LOAD == 1 /* non-UTF-8 plugin name */
+static const char name0[] = "hostile-\xff\xfe";
+#else
+static const char name0[] = "hostile";
+#endif
+#if HOSTILE_LOAD == 8 /* two plugins with one name */
+static const char name1[] = "hostile";
+#else
+static const char name1[] = "hostile-open";
+#endif
+
+static const WeftPluginInfo plugins[] = {
+    {(const uint8_t *)name0, sizeof name0 - 1,
+     WEFT_PHASE_MASK_REQUEST_HEADERS | WEFT_PHASE_MASK_RESPONSE_HEADERS | WEFT_PHASE_MASK_LOG, 0},
+    {(const uint8_t *)name1, sizeof name1 - 1, WEFT_PHASE_MASK_REQUEST_HEADERS | WEFT_PHASE_MASK_RESPONSE_HEADERS, 0},
+};
+
+static WeftPluginDescriptor descriptor = {
+    .abi_version = WEFT_ABI_VERSION,
+    .descriptor_size = sizeof(WeftPluginDescriptor),
+    .request_view_size = sizeof(WeftRequestView),
+    .mutation_size = sizeof(WeftMutation),
+    .host_api_size = sizeof(WeftHostApi),
+    .runtime = WEFT_RUNTIME_NATIVE,
+    .runtime_version = (const uint8_t *)"c11-hostile",
+    .runtime_version_len = 11,
+    .plugin_count = 2,
+    .plugins = plugins,
+    .init = hostile_init,
+    .on_phase = hostile_phase,
+    .thread_start = NULL,
+    .shutdown = NULL,
+};
+
+const WeftPluginDescriptor *weft_plugin_entry(const WeftHostApi *api) {
+    host = api;
+    switch (HOSTILE_LOAD) {
+    case 2: descriptor.descriptor_size += 8; break;                 /* wrong descriptor size */
+    case 3: descriptor.request_view_size -= 8; break;               /* wrong view size */
+    case 4: descriptor.host_api_size += 64; break;                  /* wants a newer host table */
+    case 5: return NULL;                                            /* no descriptor */
+    case 6: descriptor.abi_version = WEFT_ABI_VERSION + 1; break;   /* another ABI version */
+    case 7: descriptor.on_phase = NULL; break;                      /* no phase function */
+    case 9: descriptor.plugin_count = 100000; break;                /* absurd plugin count */
+    case 10: descriptor.runtime_version = NULL; break;              /* NULL with a length */
+    case 11:                                                        /* registration error */
+        descriptor.plugin_count = 0;
+        descriptor.load_error = (const uint8_t *)"hostile: two plugins registered as x";
+        descriptor.load_error_len = 36;
+        break;
+    case 12: descriptor.mutation_size = 12; break;                  /* wrong record size */
+    default: break;
+    }
+    return &descriptor;
+}

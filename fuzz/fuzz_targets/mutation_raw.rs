@@ -1,0 +1,55 @@
+//! The plugin-facing surface as a misbehaving plugin drives it: arbitrary bytes in the mutation
+//! buffer, an arbitrary claimed length, in an arbitrary phase. decode() must never panic or read
+//! out of bounds; whatever it accepts, applied, keeps the invariants (no CR/LF/NUL in values,
+//! framing headers untouched, path starts with '/').
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use weft_runtime::abi::WeftPhase;
+use weft_runtime::mutation;
+
+#[path = "common.rs"]
+mod common;
+
+fuzz_target!(|input: (u8, u32, &[u8])| {
+    let (phase, len, buf) = input;
+    let phase = match phase % 4 {
+        0 => WeftPhase::RequestHeaders,
+        1 => WeftPhase::ResponseHeaders,
+        2 => WeftPhase::Log,
+        _ => WeftPhase::RequestBody,
+    };
+    // Half the time the claimed length is the real one, so decoding goes past the length check.
+    let len = if len & 1 == 0 { buf.len() } else { (len >> 1) as usize };
+    let Ok(mut batch) = mutation::decode(buf, len, phase) else {
+        return;
+    };
+    assert!(matches!(phase, WeftPhase::RequestHeaders | WeftPhase::ResponseHeaders) || batch.is_empty());
+    if let Some(reply) = batch.take_reply() {
+        let r = reply.into_response();
+        assert!((200..=599).contains(&r.status().as_u16()));
+        common::check_headers(&http::HeaderMap::new(), &{
+            let mut h = r.headers().clone();
+            h.remove(http::header::CONTENT_LENGTH);
+            h.remove(http::header::TRANSFER_ENCODING);
+            h.remove(http::header::CONNECTION);
+            h
+        });
+        assert!(r.headers().get(http::header::CONTENT_LENGTH).is_none());
+    }
+    match phase {
+        WeftPhase::RequestHeaders => {
+            let mut p = common::request();
+            let before = p.headers.clone();
+            batch.apply_to_request(&mut p);
+            common::check_request(&before, &p);
+        }
+        _ => {
+            let mut p = common::response();
+            let before = p.headers.clone();
+            batch.apply_to_response(&mut p);
+            common::check_headers(&before, &p.headers);
+            assert!((200..=599).contains(&p.status.as_u16()) || p.status == 200);
+        }
+    }
+});

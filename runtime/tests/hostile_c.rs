@@ -1,0 +1,249 @@
+//! The runtime against a hostile native plugin (examples/c-plugin/hostile.c, built by
+//! scripts/build-c-plugins with a C compiler): every misuse a plugin can commit through ABI v1
+//! gets an error (a result code or a rejected batch), the failure policy decides the request, the
+//! runtime keeps serving, and every arena slot comes back. Libraries that break the handshake are
+//! refused at load with a message naming the library and the fault.
+//!
+//! Misuses that need the async ABI (completing twice, never answering, stale or forged handles)
+//! join the table when those functions exist.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use weft_runtime::{Flow, InitError, InstanceSpec, Runtime, RuntimeOptions};
+
+fn c_plugins() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let out = Command::new(root.join("scripts/build-c-plugins"))
+            .output()
+            .expect("run scripts/build-c-plugins (is a C compiler installed?)");
+        assert!(
+            out.status.success(),
+            "build-c-plugins failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
+    })
+}
+
+const SLOTS: u32 = 8;
+
+fn runtime() -> Arc<Runtime> {
+    Runtime::new(RuntimeOptions {
+        slot_count: SLOTS,
+        slot_size: 8192,
+        log_queue: 64,
+    })
+    .unwrap()
+}
+
+fn client() -> SocketAddr {
+    "127.0.0.1:40000".parse().unwrap()
+}
+
+fn request(mode: &str) -> http::request::Parts {
+    http::Request::get("/hostile?q=1")
+        .header("host", "example.com")
+        .header("x-hostile", mode)
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0
+}
+
+fn response() -> http::response::Parts {
+    http::Response::builder()
+        .status(200)
+        .header("content-type", "text/plain")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0
+}
+
+/// (mode, the request fails under fail-closed)
+const MISUSES: &[(&str, bool)] = &[
+    ("ok", false),
+    ("len-past-cap", true),
+    ("len-max", true),
+    ("garbage", true),
+    ("overflow-lengths", true),
+    ("short-record", true),
+    ("unknown-op", true),
+    ("bad-status", true),
+    ("huge-status", true),
+    ("bad-name", true),
+    ("crlf-value", true),
+    ("nul-value", true),
+    ("reserved-header", true),
+    ("orphan-reply-header", true),
+    ("double-reply", true),
+    ("bad-path", true),
+    ("wrong-phase-op", true),
+    ("unknown-result", true),
+    ("claims-overflow", true),
+    ("too-many-records", true),
+    ("bytes-past-len", false),
+    ("log-abuse", false),
+    ("resp-bad-status", true),
+    ("resp-request-op", true),
+    ("resp-crlf", true),
+];
+
+fn wait_arena_empty(rt: &Runtime) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rt.arena_usage().0 != 0 {
+        assert!(Instant::now() < deadline, "arena slots leaked: {:?}", rt.arena_usage());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn every_misuse_fails_per_policy_and_leaks_nothing() {
+    let rt = runtime();
+    rt.load_library("hostile", &c_plugins().join("libweft_c_hostile.so"))
+        .expect("load hostile");
+    let instance = |name: &str, fail_open: bool| {
+        rt.instantiate(InstanceSpec {
+            name: name.into(),
+            library: "hostile".into(),
+            plugin: "hostile".into(),
+            config_json: b"{}".to_vec(),
+            fail_open,
+        })
+        .unwrap()
+    };
+    let closed = rt.chain(&[instance("hostile-closed", false)]);
+    let open = rt.chain(&[instance("hostile-open", true)]);
+    // More rounds than slots: a leaked slot would exhaust the arena (and the wait after each
+    // request fails first, naming the usage).
+    for round in 0..(2 * SLOTS) {
+        for &(mode, fails) in MISUSES {
+            for (chain, fail_open) in [(&closed, false), (&open, true)] {
+                let failures_before = rt.stats.plugin_failures.load(Ordering::Relaxed);
+                let mut ex = chain
+                    .start(client(), "http")
+                    .expect("a free slot (none leaked)")
+                    .expect("the chain has phases");
+                let mut req = request(mode);
+                let resp_phase = mode.starts_with("resp-");
+                let flow = ex.request_headers(&mut req);
+                let failed = match flow {
+                    Flow::Respond(r) => {
+                        assert_eq!(r.status(), 500, "{mode}: only failures answer here");
+                        assert!(!fail_open, "{mode}: a fail-open instance must not answer");
+                        true
+                    }
+                    Flow::Continue => {
+                        let mut resp = response();
+                        match ex.response_headers(&mut resp) {
+                            Flow::Respond(r) => {
+                                assert_eq!(r.status(), 500, "{mode}");
+                                assert!(!fail_open, "{mode}: fail-open must not answer");
+                                true
+                            }
+                            Flow::Continue => {
+                                // Fail-open: nothing of a rejected batch was applied.
+                                assert_eq!(resp.status, 200, "{mode}");
+                                assert!(resp.headers.get("x-a").is_none(), "{mode}");
+                                false
+                            }
+                        }
+                    }
+                };
+                let failures = rt.stats.plugin_failures.load(Ordering::Relaxed) - failures_before;
+                assert_eq!(
+                    failures, fails as u64,
+                    "{mode} (fail_open={fail_open}): failure counted"
+                );
+                if fail_open {
+                    assert!(!failed, "{mode}");
+                    // A rejected request batch applies nothing.
+                    assert!(req.headers.get("x-a").is_none(), "{mode}");
+                    assert!(req.headers.get("x-injected").is_none(), "{mode}");
+                    assert!(req.headers.get("transfer-encoding").is_none(), "{mode}");
+                    assert_eq!(req.uri.path(), "/hostile", "{mode}");
+                } else {
+                    assert_eq!(failed, fails, "{mode} under fail-closed (round {round})");
+                }
+                if mode == "ok" {
+                    assert_eq!(req.headers["x-hostile-ok"], "1");
+                }
+                if mode == "bytes-past-len" {
+                    assert!(req.headers.get("x-hostile-ignored").is_none());
+                }
+                if mode == "log-abuse" {
+                    assert_eq!(req.headers["x-hostile-logged"], "1");
+                }
+                let _ = resp_phase;
+                // The slot goes back after the log phase ran on the log thread.
+                drop(ex);
+                wait_arena_empty(&rt);
+            }
+        }
+    }
+    wait_arena_empty(&rt);
+    assert_eq!(rt.stats.arena_exhausted.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn init_error_with_a_lying_length_is_contained() {
+    let rt = runtime();
+    rt.load_library("hostile", &c_plugins().join("libweft_c_hostile.so"))
+        .unwrap();
+    let err = rt
+        .instantiate(InstanceSpec {
+            name: "bad-init".into(),
+            library: "hostile".into(),
+            plugin: "hostile".into(),
+            config_json: br#""bad""#.to_vec(),
+            fail_open: false,
+        })
+        .unwrap_err();
+    assert!(matches!(err, InitError::Failed { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("bad-init") && msg.contains("hostile init refused"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn broken_handshakes_are_refused_naming_the_fault() {
+    let cases: &[(u32, &str)] = &[
+        (1, "plugin name: not UTF-8"),
+        (2, "WeftPluginDescriptor is "),
+        (3, "WeftRequestView is 96 bytes in the plugin but 104 bytes"),
+        (4, "WeftHostApi"),
+        (5, "weft_plugin_entry returned NULL"),
+        (6, "built for weft ABI version 2"),
+        (7, "init or on_phase is NULL"),
+        (8, "duplicate plugin name"),
+        (9, "100000 plugins"),
+        (10, "runtime_version: NULL or oversized"),
+        (11, "refused to load: hostile: two plugins registered as x"),
+        (12, "WeftMutation is 12 bytes in the plugin but 16 bytes"),
+    ];
+    let rt = runtime();
+    for &(n, want) in cases {
+        let path = c_plugins().join(format!("libweft_c_hostile_load{n}.so"));
+        let err = rt
+            .load_library(&format!("load{n}"), &path)
+            .expect_err(&format!("variant {n} must be refused"));
+        let msg = err.to_string();
+        assert!(msg.contains(want), "variant {n}: {msg}");
+        assert!(
+            msg.contains(&format!("libweft_c_hostile_load{n}.so")),
+            "names the library: {msg}"
+        );
+    }
+    // The runtime still loads a good library afterwards.
+    rt.load_library("stamp", &c_plugins().join("libweft_c_stamp.so"))
+        .expect("a good library after the bad ones");
+}
