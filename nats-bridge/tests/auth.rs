@@ -79,3 +79,106 @@ async fn token_auth() {
     call_header_rewriter(&srv.url(), NatsAuth::Token("t0ken".into())).await;
     connect_fails(&srv.url(), NatsAuth::Token("nope".into())).await;
 }
+
+/// A throwaway CA and a server certificate for 127.0.0.1, made with openssl for this test.
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let st = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run openssl");
+        assert!(st.success(), "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=weft-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca() {
+    require_nats!();
+    let dir = std::env::temp_dir().join(format!("weft-nats-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_certs(&dir);
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let srv = NatsServer::start_with(&["--tls", "--tlscert", &p("server.pem"), "--tlskey", &p("server.key")]);
+    let _w = Worker::start_with(&srv.url(), "header-rewriter", "rw", CONFIG, &["-tls-ca", &p("ca.pem")]);
+
+    let tls = weft_nats_bridge::NatsTls {
+        required: true,
+        ca: Some(dir.join("ca.pem")),
+        client_cert: None,
+    };
+    let t = NatsTransport::connect(NatsOptions {
+        url: srv.url(),
+        tls,
+        ..NatsOptions::default()
+    })
+    .await
+    .expect("TLS connect trusting the test CA");
+    let plugin = t.plugin("rw", RemotePluginOptions::default());
+    let rh = WeftPhase::RequestHeaders;
+    let (view, _) = request_view(1, rh as u32, "/", &[("host", "h")]);
+    let bytes = plugin.call(rh, &view, None).await.expect("call over TLS");
+    assert!(!bytes.is_empty());
+
+    // Without the CA the server's certificate is not trusted: connecting fails.
+    let untrusted = weft_nats_bridge::NatsTls {
+        required: true,
+        ca: None,
+        client_cert: None,
+    };
+    let res = NatsTransport::connect(NatsOptions {
+        url: srv.url(),
+        tls: untrusted,
+        ..NatsOptions::default()
+    })
+    .await;
+    assert!(res.is_err(), "a certificate from an unknown CA must be refused");
+    let _ = std::fs::remove_dir_all(&dir);
+}

