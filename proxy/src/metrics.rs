@@ -624,6 +624,11 @@ impl Collector for RuntimeCollector {
                 self.high_water.load(Ordering::Relaxed).max(in_use),
             ),
             (
+                "weft_log_queue_depth",
+                "Finished requests waiting for their log phase",
+                rt.as_deref().map_or(0, |rt| rt.log_queue_len() as u64),
+            ),
+            (
                 "weft_ready",
                 "1 when listening with plugins loaded and not draining",
                 u64::from(self.ready.load(Ordering::Relaxed)),
@@ -780,6 +785,7 @@ mod tests {
             "weft_arena_exhausted_total 0",
             "weft_arena_slots_in_use 0",
             "weft_ready 0",
+            "weft_log_queue_depth 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }

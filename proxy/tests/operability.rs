@@ -331,6 +331,7 @@ async fn metrics_health_and_readiness() {
     assert!(metric(&m, "weft_arena_slots_high_water") >= 1.0);
     assert_eq!(metric(&m, "weft_arena_exhausted_total"), 0.0);
     assert_eq!(metric(&m, "weft_log_phase_dropped_total"), 0.0);
+    assert!(metric(&m, "weft_log_queue_depth") >= 0.0);
     // Every request was logged to the access log.
     let log = proxy.wait_log("client-id-1");
     assert!(

@@ -311,6 +311,11 @@ impl Runtime {
         (self.arena.in_use(), self.arena.slot_count())
     }
 
+    /// Finished requests waiting for their log phase right now (the log queue's depth).
+    pub fn log_queue_len(&self) -> usize {
+        self.log_tx.len()
+    }
+
     fn submit_log(&self, job: LogJob) {
         if let Err(e) = self.log_tx.try_send(job) {
             // Dropping the job releases its slot; the log line is lost, the client is not held.
