@@ -518,8 +518,9 @@ struct Generations {
     current: Option<Arc<Runtime>>,
     /// Replaced by a reload, still finishing requests (weak: they must be able to go away).
     draining: Vec<std::sync::Weak<Runtime>>,
-    /// Final counters of retired runtimes: (arena_exhausted, plugin_failures, log_dropped).
-    retired: [u64; 3],
+    /// Final counters of retired runtimes: (arena_exhausted, plugin_failures, log_dropped,
+    /// fail_open_passes).
+    retired: [u64; 4],
 }
 
 impl std::fmt::Debug for RuntimeCollector {
@@ -559,7 +560,7 @@ impl RuntimeCollector {
     }
 
     /// Counters summed over the current, draining and retired runtimes.
-    fn totals(&self) -> [u64; 3] {
+    fn totals(&self) -> [u64; 4] {
         let g = self.generations();
         let mut sum = g.retired;
         let draining = g.draining.iter().filter_map(std::sync::Weak::upgrade);
@@ -578,12 +579,13 @@ impl RuntimeCollector {
     }
 }
 
-fn stats(rt: &Runtime) -> [u64; 3] {
+fn stats(rt: &Runtime) -> [u64; 4] {
     let s = &rt.stats;
     [
         s.arena_exhausted.load(Ordering::Relaxed),
         s.plugin_failures.load(Ordering::Relaxed),
         s.log_dropped.load(Ordering::Relaxed),
+        s.fail_open_passes.load(Ordering::Relaxed),
     ]
 }
 
@@ -604,6 +606,10 @@ impl Collector for RuntimeCollector {
             (
                 "weft_log_phase_dropped",
                 "Log phases dropped because the log queue was full",
+            ),
+            (
+                "weft_plugin_fail_open_passes",
+                "Failed calls of fail-open plugin instances; the request went on unchanged",
             ),
         ];
         for (i, (name, help)) in counters.into_iter().enumerate() {

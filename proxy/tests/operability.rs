@@ -328,6 +328,8 @@ async fn metrics_health_and_readiness() {
         5.0
     );
     assert!(metric(&m, "weft_plugin_failures_total") >= 1.0);
+    // No fail-open instance failed here: the series is exported and still zero.
+    assert_eq!(metric(&m, "weft_plugin_fail_open_passes_total"), 0.0);
     assert!(metric(&m, "weft_arena_slots_high_water") >= 1.0);
     assert_eq!(metric(&m, "weft_arena_exhausted_total"), 0.0);
     assert_eq!(metric(&m, "weft_log_phase_dropped_total"), 0.0);

@@ -397,6 +397,9 @@ impl Exchange {
     fn note_failure(&self, inst: &Instance, phase: WeftPhase, err: &CallError) {
         let stats: &RuntimeStats = &self.chain.rt.stats;
         stats.plugin_failures.fetch_add(1, Ordering::Relaxed);
+        if inst.fail_open && phase != WeftPhase::Log {
+            stats.fail_open_passes.fetch_add(1, Ordering::Relaxed);
+        }
         let policy = if inst.fail_open {
             "fail-open: request continues unchanged"
         } else {

@@ -96,6 +96,8 @@ pub struct InstanceId(pub u32);
 pub struct RuntimeStats {
     pub arena_exhausted: AtomicU64,
     pub plugin_failures: AtomicU64,
+    /// Failures of fail-open instances: the request went on unchanged.
+    pub fail_open_passes: AtomicU64,
     pub log_dropped: AtomicU64,
 }
 

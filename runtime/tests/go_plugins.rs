@@ -201,8 +201,17 @@ fn panic_in_fail_open_plugin_continues_unchanged() {
     let mut ex = begin(&chain);
     let mut req = request("/", &[("x-test-panic", "1")]);
     let before = req.headers.clone();
+    let passes = runtime()
+        .stats
+        .fail_open_passes
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert!(matches!(ex.request_headers(&mut req), Flow::Continue));
     assert_eq!(req.headers, before);
+    let after = runtime()
+        .stats
+        .fail_open_passes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(after > passes, "a fail-open pass is counted");
 }
 
 #[test]
