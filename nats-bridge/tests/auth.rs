@@ -182,3 +182,32 @@ async fn tls_with_a_private_ca() {
     assert!(res.is_err(), "a certificate from an unknown CA must be refused");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nkey_auth() {
+    require_nats!();
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().unwrap();
+    let dir = std::env::temp_dir().join(format!("weft-nats-nkey-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("server.conf");
+    std::fs::write(
+        &conf,
+        format!("authorization {{ users = [ {{ nkey: {} }} ] }}\n", user.public_key()),
+    )
+    .unwrap();
+    let seed_file = dir.join("user.nk");
+    std::fs::write(&seed_file, &seed).unwrap();
+    let srv = NatsServer::start_with(&["-c", &conf.to_string_lossy()]);
+    let _w = Worker::start_with(
+        &srv.url(),
+        "header-rewriter",
+        "rw",
+        CONFIG,
+        &["-nkey", &seed_file.to_string_lossy()],
+    );
+    call_header_rewriter(&srv.url(), NatsAuth::NKeySeed(seed)).await;
+    let stranger = nkeys::KeyPair::new_user().seed().unwrap();
+    connect_fails(&srv.url(), NatsAuth::NKeySeed(stranger)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
