@@ -72,6 +72,13 @@
 // Longest path or query a mutation may set, in bytes.
 #define WEFT_MAX_PATH_LEN (8 * 1024)
 
+// [`WeftPluginInfo::flags`]: the plugin's handlers may block (disk, locks, synchronous network
+// calls). The host never calls them inline on its I/O threads: it posts each phase call as a
+// [`WeftJob`] to a worker ring attached with [`WeftPluginDescriptor::attach_worker`], and the
+// plugin answers through [`WeftHostApi::complete`]. A library with such a plugin must provide
+// `attach_worker`.
+#define WEFT_PLUGIN_FLAG_BLOCKING 1
+
 // HTTP processing phases. Passed across the ABI as `uint32_t`.
 enum WeftPhase
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -170,6 +177,20 @@ enum WeftResult
   WEFT_RESULT_HANDLER_FAILED = 9,
   // Anything else.
   WEFT_RESULT_INTERNAL = 10,
+  // For a phase call: the handler goes on after returning and finishes later, from any thread,
+  // with exactly one [`WeftHostApi::complete`] call. Until then the view and the `out` bytes
+  // stay valid and reserved for the plugin (see [`WeftHostApi::complete`]).
+  WEFT_RESULT_PENDING = 11,
+  // From [`WeftHostApi::complete`]: `(slot, call)` does not name an outstanding call of this
+  // instance (forged, from an older request, or out of range). Nothing was touched.
+  WEFT_RESULT_STALE_HANDLE = 12,
+  // From [`WeftHostApi::complete`]: this call was completed already.
+  WEFT_RESULT_ALREADY_COMPLETED = 13,
+  // From [`WeftHostApi::complete`]: the host stopped waiting (phase deadline, client gone) and
+  // discarded the result; the call's memory is released now. Not an error of the plugin.
+  WEFT_RESULT_CANCELLED = 14,
+  // The host could not take the call now (a worker ring or an in-flight limit is full).
+  WEFT_RESULT_BUSY = 15,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -189,7 +210,7 @@ typedef struct WeftPluginInfo {
   size_t name_len;
   // Bit set of `1 << WeftPhase` the plugin handles; the host never calls other phases.
   uint32_t phases;
-  // Reserved; zero.
+  // Bit set of `WEFT_PLUGIN_FLAG_*`; other bits are zero.
   uint32_t flags;
 } WeftPluginInfo;
 
@@ -277,8 +298,9 @@ typedef struct WeftRequestView {
   uint32_t resp_headers_off;
   // Number of response headers; 0 before the response-headers phase.
   uint32_t resp_header_count;
-  // Reserved for future use; written as zero.
-  uint32_t reserved;
+  // Names this phase call for [`WeftHostApi::complete`] together with `slot`; never 0. A
+  // handler that answers [`WeftResult::Pending`] passes it back when it completes.
+  uint32_t call;
 } WeftRequestView;
 
 // Runs one phase of one request through one plugin instance. `view` is valid during the call
@@ -295,6 +317,18 @@ typedef void (*WeftThreadStartFn)(void);
 
 // Called once per instance when the host shuts down. May be NULL.
 typedef void (*WeftShutdownFn)(uint64_t instance);
+
+// Starts one worker that consumes the worker ring at `ring` (`ring_len` bytes, layout in
+// `docs/architecture.md`) until the ring's `closed` word is set and the ring is drained, then
+// calls [`WeftHostApi::worker_exit`]`(ring)` and never touches the ring again. Jobs refer to
+// slots of the arena at `arena` (`slot_count` slots of `slot_size` bytes). Must return at once
+// (the worker runs on the plugin's own thread or goroutine): [`WeftResult::Ok`], or an error
+// code if no worker could be started. May be NULL when no plugin is flagged blocking.
+typedef uint32_t (*WeftAttachWorkerFn)(void *ring,
+                                       size_t ring_len,
+                                       const uint8_t *arena,
+                                       uint32_t slot_size,
+                                       uint32_t slot_count);
 
 // What `weft_plugin_entry` returns.
 //
@@ -333,11 +367,30 @@ typedef struct WeftPluginDescriptor {
   WeftPhaseFn on_phase;
   WeftThreadStartFn thread_start;
   WeftShutdownFn shutdown;
+  // Starts a worker on a worker ring; required when a plugin has [`WEFT_PLUGIN_FLAG_BLOCKING`].
+  WeftAttachWorkerFn attach_worker;
 } WeftPluginDescriptor;
 
 // Host callback for plugin log lines. `msg` is `len` bytes of UTF-8 valid during the call.
 // Thread-safe; may be called from any thread, inside or outside a phase call.
 typedef void (*WeftLogFn)(uint32_t level, uint64_t instance, const uint8_t *msg, size_t len);
+
+// Finishes a phase call that answered [`WeftResult::Pending`] (or a worker-ring job), from any
+// thread, at most once per call. `slot` and `call` are the view's; `result` is the handler's
+// [`WeftResult`] (never `Pending`); `out_len` is the number of mutation bytes written at the
+// call's output location (the `out->ptr` of the phase call, or the job's output offset), at
+// most its capacity. Returns `Ok`, or `StaleHandle` / `AlreadyCompleted` / `Cancelled` /
+// `InvalidArgument`; every error leaves the host and the request unharmed. After it returns the
+// plugin must not touch the view or the output bytes again.
+typedef uint32_t (*WeftCompleteFn)(uint64_t instance,
+                                   uint32_t slot,
+                                   uint32_t call,
+                                   uint32_t result,
+                                   uint32_t out_len);
+
+// Tells the host that the worker on `ring` has stopped and will never touch the ring again, so
+// its memory can be released. Called once per attached ring.
+typedef void (*WeftWorkerExitFn)(const void *ring);
 
 // The host's function table, passed to `weft_plugin_entry`.
 //
@@ -352,6 +405,10 @@ typedef struct WeftHostApi {
   void *context;
   // Writes a log line through the host's logger, tagged with the plugin instance.
   WeftLogFn log;
+  // Finishes a pending phase call or a worker-ring job.
+  WeftCompleteFn complete;
+  // Reports that a worker has left its ring.
+  WeftWorkerExitFn worker_exit;
 } WeftHostApi;
 
 // Signature of the one symbol a plugin library exports, `weft_plugin_entry`. Called once, on the
@@ -407,7 +464,7 @@ WEFT_STATIC_ASSERT(sizeof(WeftRequestView) == 104, "WeftRequestView size")
 WEFT_STATIC_ASSERT(offsetof(WeftRequestView, request_id) == 8 && offsetof(WeftRequestView, slot) == 16
                    && offsetof(WeftRequestView, generation) == 20 && offsetof(WeftRequestView, method) == 24
                    && offsetof(WeftRequestView, version) == 72 && offsetof(WeftRequestView, req_headers_off) == 80
-                   && offsetof(WeftRequestView, status) == 88 && offsetof(WeftRequestView, reserved) == 100,
+                   && offsetof(WeftRequestView, status) == 88 && offsetof(WeftRequestView, call) == 100,
                    "WeftRequestView layout")
 /* The stable prefix every ABI version shares. */
 WEFT_STATIC_ASSERT(offsetof(WeftPluginDescriptor, abi_version) == 0

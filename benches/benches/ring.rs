@@ -21,7 +21,7 @@ fn job(i: u64) -> WeftJob {
         generation: 1,
         instance: i,
         phase: 0,
-        seq: i as u32,
+        call: i as u32,
     }
 }
 

@@ -11,7 +11,7 @@ fn job(i: u32) -> WeftJob {
         generation: i + 10,
         instance: i as u64 + 100,
         phase: 1,
-        seq: i,
+        call: i,
     }
 }
 

@@ -80,6 +80,20 @@ pub enum WeftResult {
     HandlerFailed = 9,
     /// Anything else.
     Internal = 10,
+    /// For a phase call: the handler goes on after returning and finishes later, from any thread,
+    /// with exactly one [`WeftHostApi::complete`] call. Until then the view and the `out` bytes
+    /// stay valid and reserved for the plugin (see [`WeftHostApi::complete`]).
+    Pending = 11,
+    /// From [`WeftHostApi::complete`]: `(slot, call)` does not name an outstanding call of this
+    /// instance (forged, from an older request, or out of range). Nothing was touched.
+    StaleHandle = 12,
+    /// From [`WeftHostApi::complete`]: this call was completed already.
+    AlreadyCompleted = 13,
+    /// From [`WeftHostApi::complete`]: the host stopped waiting (phase deadline, client gone) and
+    /// discarded the result; the call's memory is released now. Not an error of the plugin.
+    Cancelled = 14,
+    /// The host could not take the call now (a worker ring or an in-flight limit is full).
+    Busy = 15,
 }
 
 impl WeftResult {
@@ -96,6 +110,11 @@ impl WeftResult {
             7 => WeftResult::UnsupportedPhase,
             8 => WeftResult::InvalidMutation,
             9 => WeftResult::HandlerFailed,
+            11 => WeftResult::Pending,
+            12 => WeftResult::StaleHandle,
+            13 => WeftResult::AlreadyCompleted,
+            14 => WeftResult::Cancelled,
+            15 => WeftResult::Busy,
             _ => WeftResult::Internal,
         }
     }
@@ -202,8 +221,9 @@ pub struct WeftRequestView {
     pub resp_headers_off: u32,
     /// Number of response headers; 0 before the response-headers phase.
     pub resp_header_count: u32,
-    /// Reserved for future use; written as zero.
-    pub reserved: u32,
+    /// Names this phase call for [`WeftHostApi::complete`] together with `slot`; never 0. A
+    /// handler that answers [`WeftResult::Pending`] passes it back when it completes.
+    pub call: u32,
 }
 
 /// A host-owned output buffer the plugin writes into during one call.
@@ -276,8 +296,30 @@ pub struct WeftPluginInfo {
     pub name_len: usize,
     /// Bit set of `1 << WeftPhase` the plugin handles; the host never calls other phases.
     pub phases: u32,
-    /// Reserved; zero.
+    /// Bit set of `WEFT_PLUGIN_FLAG_*`; other bits are zero.
     pub flags: u32,
+}
+
+/// [`WeftPluginInfo::flags`]: the plugin's handlers may block (disk, locks, synchronous network
+/// calls). The host never calls them inline on its I/O threads: it posts each phase call as a
+/// [`WeftJob`] to a worker ring attached with [`WeftPluginDescriptor::attach_worker`], and the
+/// plugin answers through [`WeftHostApi::complete`]. A library with such a plugin must provide
+/// `attach_worker`.
+pub const WEFT_PLUGIN_FLAG_BLOCKING: u32 = 1;
+
+/// One phase call posted to a worker ring (see `docs/architecture.md`, "Worker-pool rings", for
+/// the ring layout). The worker runs phase `phase` of instance `instance` over the view at
+/// `arena + slot * slot_size` (its `call` field equals `call` here), writes mutation records at
+/// the first 8-aligned offset at or after `view.size` within the slot (up to the end of the
+/// slot), and then calls [`WeftHostApi::complete`]`(instance, slot, call, result, out_len)`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WeftJob {
+    pub slot: u32,
+    pub generation: u32,
+    pub instance: u64,
+    pub phase: u32,
+    pub call: u32,
 }
 
 /// Called once per configured plugin instance before any traffic.
@@ -309,6 +351,16 @@ pub type WeftThreadStartFn = Option<unsafe extern "C" fn()>;
 
 /// Called once per instance when the host shuts down. May be NULL.
 pub type WeftShutdownFn = Option<unsafe extern "C" fn(instance: u64)>;
+
+/// Starts one worker that consumes the worker ring at `ring` (`ring_len` bytes, layout in
+/// `docs/architecture.md`) until the ring's `closed` word is set and the ring is drained, then
+/// calls [`WeftHostApi::worker_exit`]`(ring)` and never touches the ring again. Jobs refer to
+/// slots of the arena at `arena` (`slot_count` slots of `slot_size` bytes). Must return at once
+/// (the worker runs on the plugin's own thread or goroutine): [`WeftResult::Ok`], or an error
+/// code if no worker could be started. May be NULL when no plugin is flagged blocking.
+pub type WeftAttachWorkerFn = Option<
+    unsafe extern "C" fn(ring: *mut c_void, ring_len: usize, arena: *const u8, slot_size: u32, slot_count: u32) -> u32,
+>;
 
 /// What `weft_plugin_entry` returns.
 ///
@@ -349,11 +401,27 @@ pub struct WeftPluginDescriptor {
     pub on_phase: WeftPhaseFn,
     pub thread_start: WeftThreadStartFn,
     pub shutdown: WeftShutdownFn,
+    /// Starts a worker on a worker ring; required when a plugin has [`WEFT_PLUGIN_FLAG_BLOCKING`].
+    pub attach_worker: WeftAttachWorkerFn,
 }
 
 /// Host callback for plugin log lines. `msg` is `len` bytes of UTF-8 valid during the call.
 /// Thread-safe; may be called from any thread, inside or outside a phase call.
 pub type WeftLogFn = Option<unsafe extern "C" fn(level: u32, instance: u64, msg: *const u8, len: usize)>;
+
+/// Finishes a phase call that answered [`WeftResult::Pending`] (or a worker-ring job), from any
+/// thread, at most once per call. `slot` and `call` are the view's; `result` is the handler's
+/// [`WeftResult`] (never `Pending`); `out_len` is the number of mutation bytes written at the
+/// call's output location (the `out->ptr` of the phase call, or the job's output offset), at
+/// most its capacity. Returns `Ok`, or `StaleHandle` / `AlreadyCompleted` / `Cancelled` /
+/// `InvalidArgument`; every error leaves the host and the request unharmed. After it returns the
+/// plugin must not touch the view or the output bytes again.
+pub type WeftCompleteFn =
+    Option<unsafe extern "C" fn(instance: u64, slot: u32, call: u32, result: u32, out_len: u32) -> u32>;
+
+/// Tells the host that the worker on `ring` has stopped and will never touch the ring again, so
+/// its memory can be released. Called once per attached ring.
+pub type WeftWorkerExitFn = Option<unsafe extern "C" fn(ring: *const c_void)>;
 
 /// The host's function table, passed to `weft_plugin_entry`.
 ///
@@ -370,6 +438,10 @@ pub struct WeftHostApi {
     pub context: *mut c_void,
     /// Writes a log line through the host's logger, tagged with the plugin instance.
     pub log: WeftLogFn,
+    /// Finishes a pending phase call or a worker-ring job.
+    pub complete: WeftCompleteFn,
+    /// Reports that a worker has left its ring.
+    pub worker_exit: WeftWorkerExitFn,
 }
 
 /// Signature of the one symbol a plugin library exports, `weft_plugin_entry`. Called once, on the

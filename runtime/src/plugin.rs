@@ -280,6 +280,8 @@ static HOST_API: HostApi = HostApi(WeftHostApi {
     size: size_of::<WeftHostApi>() as u32,
     context: std::ptr::null_mut::<c_void>(),
     log: Some(host_log),
+    complete: None,
+    worker_exit: None,
 });
 
 /// Instance names by id, for log lines coming from plugins.

@@ -64,16 +64,7 @@ pub const RING_VERSION: u32 = 1;
 /// Largest capacity (entries); a power of two.
 pub const MAX_CAPACITY: u32 = 1 << 20;
 
-/// One job handed to a worker: which arena slot (and tenancy) and which plugin phase to run.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct WeftJob {
-    pub slot: u32,
-    pub generation: u32,
-    pub instance: u64,
-    pub phase: u32,
-    pub seq: u32,
-}
+pub use crate::abi::WeftJob;
 
 /// A cache line of its own.
 #[repr(C, align(64))]
@@ -506,7 +497,7 @@ mod tests {
             generation: i ^ 0x55,
             instance: i as u64 * 3,
             phase: 1,
-            seq: i,
+            call: i,
         }
     }
 
@@ -566,7 +557,7 @@ mod tests {
         let t = std::thread::spawn(move || {
             let mut got = Vec::new();
             while let Some(j) = c.recv_spin(0) {
-                got.push(j.seq);
+                got.push(j.call);
             }
             got
         });
@@ -589,7 +580,7 @@ mod tests {
         let t = std::thread::spawn(move || {
             let mut next = 0;
             while let Some(j) = c.recv() {
-                assert_eq!(j.seq, next);
+                assert_eq!(j.call, next);
                 next += 1;
             }
             next

@@ -223,7 +223,7 @@ pub fn encode_request(
         status: 0,
         resp_headers_off: size as u32,
         resp_header_count: 0,
-        reserved: 0,
+        call: 0,
     };
     write_struct(c.buf, 0, view);
     Ok(size)

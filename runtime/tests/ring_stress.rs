@@ -15,7 +15,7 @@ fn job(seq: u32) -> WeftJob {
         generation: !seq,
         instance: (seq as u64) << 20 | 7,
         phase: seq % 5,
-        seq,
+        call: seq,
     }
 }
 
@@ -107,7 +107,7 @@ fn ping_pong_parks_and_wakes_every_round() {
     let (mut worker_out, mut from_worker) = ring(4).unwrap();
     let worker = std::thread::spawn(move || {
         while let Some(j) = worker_in.recv_spin(0) {
-            worker_out.try_send(WeftJob { seq: j.seq + 1, ..j }).unwrap();
+            worker_out.try_send(WeftJob { call: j.call + 1, ..j }).unwrap();
         }
     });
     let deadline = Instant::now() + Duration::from_millis(500);
@@ -115,7 +115,7 @@ fn ping_pong_parks_and_wakes_every_round() {
     while Instant::now() < deadline {
         to_worker.try_send(job(rounds)).unwrap();
         let back = from_worker.recv_spin(if rounds % 2 == 0 { 0 } else { 64 }).unwrap();
-        assert_eq!(back.seq, rounds + 1);
+        assert_eq!(back.call, rounds + 1);
         rounds += 1;
     }
     drop(to_worker);

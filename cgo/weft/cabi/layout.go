@@ -22,7 +22,7 @@ static const size_t weft_layout_view[] = {sizeof(WeftRequestView),
 	offsetof(WeftRequestView, scheme), offsetof(WeftRequestView, version),
 	offsetof(WeftRequestView, req_headers_off), offsetof(WeftRequestView, req_header_count),
 	offsetof(WeftRequestView, status), offsetof(WeftRequestView, resp_headers_off),
-	offsetof(WeftRequestView, resp_header_count), offsetof(WeftRequestView, reserved)};
+	offsetof(WeftRequestView, resp_header_count), offsetof(WeftRequestView, call)};
 
 static size_t weft_layout(int which, int i) {
 	switch (which) {
