@@ -7,162 +7,17 @@
 //!   with libasan preloaded; only C libraries are loaded then, as ASan and the Go runtime do not
 //!   share a process well). The test checks that ASan is really linked and mapped.
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+mod common;
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
 use weft_proxy::demo::spawn_demo_upstream;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
-}
+use common::{ProxyProcess, Spawn, c_plugins, c_plugins_asan, free_port, get, go_library};
 
-fn run_script(script: &str, arg: &str) -> PathBuf {
-    let out = Command::new(root().join(script))
-        .arg(arg)
-        .output()
-        .unwrap_or_else(|e| panic!("run {script}: {e}"));
-    assert!(
-        out.status.success(),
-        "{script} {arg}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
-}
-
-fn go_library() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| run_script("scripts/build-plugins", "main"))
-}
-
-fn c_plugins() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| run_script("scripts/build-c-plugins", "plain"))
-}
-
-fn c_plugins_asan() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| run_script("scripts/build-c-plugins", "asan"))
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-struct ProxyProcess {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl ProxyProcess {
-    fn spawn(tag: &str, yaml: &str, addr: SocketAddr, env: &[(&str, String)]) -> ProxyProcess {
-        let dir = std::env::temp_dir().join(format!("weft-e2e-c-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cfg = dir.join("weft.yaml");
-        std::fs::write(&cfg, yaml).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft-proxy"));
-        cmd.args(["run", "-c"])
-            .arg(&cfg)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn weft-proxy");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        ProxyProcess {
-            child,
-            stderr,
-            addr,
-            dir,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(self.addr).is_err() {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("proxy exited early ({status}):\n{}", self.stderr());
-            }
-            assert!(Instant::now() < deadline, "proxy not ready:\n{}", self.stderr());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let s = self.stderr();
-            if s.contains(needle) {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "no log line containing {needle:?} in:\n{s}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("proxy died ({status}):\n{}", self.stderr());
-        }
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
-
-async fn get(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (StatusCode, http::HeaderMap, serde_json::Value) {
-    let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
-    let mut req = Request::get(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = client.request(req.body(Empty::new().boxed()).unwrap()).await.unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    let json =
-        serde_json::from_slice(&body).unwrap_or(serde_json::Value::String(String::from_utf8_lossy(&body).into()));
-    (status, headers, json)
-}
-
+/// A config with a small arena (16 slots), so a leaked slot shows quickly.
 fn config(addr: SocketAddr, upstream: SocketAddr, libraries: &str, plugins: &str, routes: &str) -> String {
     format!(
         "listen: {addr}\nruntime: {{ slots: 16, slot_size: 16384 }}\nlibraries:\n{libraries}\nplugins:\n{plugins}\nupstreams:\n  - {{ name: up, addresses: [\"{upstream}\"] }}\nroutes:\n{routes}\n"
@@ -301,7 +156,7 @@ async fn c_plugins_next_to_the_go_library_over_real_http() {
         "{C_PLUGINS}  - {{ name: rewrite, library: go, plugin: header-rewriter, config: {{ request_set: {{ x-added: by-go }}, response_set: {{ x-served-by: weft }} }} }}\n"
     );
     let routes = format!("{C_ROUTES}  - {{ path_prefix: /, upstream: up, plugins: [stamp, rewrite] }}\n");
-    let mut proxy = ProxyProcess::spawn("go", &config(addr, upstream, &libs, &plugins, &routes), addr, &[]);
+    let mut proxy = ProxyProcess::spawn("go", &config(addr, upstream, &libs, &plugins, &routes), addr);
     tokio::task::block_in_place(|| proxy.wait_ready());
     check_stamp(&proxy, "").await;
     // The Go plugin after the C one on the same route, both effective.
@@ -344,15 +199,19 @@ async fn c_plugins_under_address_sanitizer() {
     let addr = free_port();
     let libs = lib_line("c", &dir.join("libweft_c_stamp.so")) + &lib_line("hostile", &dir.join("libweft_c_hostile.so"));
     let routes = format!("{C_ROUTES}  - {{ path_prefix: /, upstream: up, plugins: [stamp] }}\n");
-    let mut proxy = ProxyProcess::spawn(
+    let env = [
+        ("LD_PRELOAD", asan_runtime()),
+        // Leak checking would flag the Rust process's intentional process-lifetime allocations.
+        ("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=1:halt_on_error=1".into()),
+    ];
+    let mut proxy = ProxyProcess::spawn_with(
         "asan",
         &config(addr, upstream, &libs, C_PLUGINS, &routes),
         addr,
-        &[
-            ("LD_PRELOAD", asan_runtime()),
-            // Leak checking would flag the Rust process's intentional process-lifetime allocations.
-            ("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=1:halt_on_error=1".into()),
-        ],
+        Spawn {
+            env: &env,
+            ..Spawn::default()
+        },
     );
     tokio::task::block_in_place(|| proxy.wait_ready());
     // The ASan runtime is mapped into the running proxy.

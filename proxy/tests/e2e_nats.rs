@@ -6,23 +6,22 @@
 //!
 //! Skipped (with a message) when nats-server is not installed, unless WEFT_REQUIRE_NATS=1.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use weft_proxy::demo::spawn_demo_upstream;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
-}
+mod common;
+
+use common::{Body, ProxyProcess, TempFile, collect, free_port, root, wait_for};
 
 /// $WEFT_NATS_SERVER or `nats-server` on PATH; None (skip) when absent unless WEFT_REQUIRE_NATS.
 fn nats_server_bin() -> Option<PathBuf> {
@@ -50,34 +49,6 @@ macro_rules! require_nats {
             return;
         }
     };
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-/// Collects a child's pipe into a string in the background.
-fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let out = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&out);
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    out
-}
-
-fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 struct NatsServer {
@@ -166,28 +137,6 @@ struct Worker {
     _file: TempFile,
 }
 
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(tag: &str, ext: &str, contents: &str) -> TempFile {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "weft-e2e-nats-{tag}-{}-{}.{ext}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&p, contents).unwrap();
-        TempFile(p)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 impl Worker {
     fn start(url: &str, instances: &serde_json::Value) -> Worker {
         let file = TempFile::new("instances", "json", &instances.to_string());
@@ -243,63 +192,6 @@ impl Drop for Worker {
     }
 }
 
-struct ProxyProcess {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-    addr: SocketAddr,
-    _config: TempFile,
-}
-
-impl ProxyProcess {
-    fn spawn(yaml: &str, addr: SocketAddr) -> ProxyProcess {
-        let config = TempFile::new("proxy", "yaml", yaml);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
-            .args(["run", "-c"])
-            .arg(&config.0)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn weft-proxy");
-        let stderr = collect(child.stderr.take().unwrap());
-        ProxyProcess {
-            child,
-            stderr,
-            addr,
-            _config: config,
-        }
-    }
-
-    fn start(yaml: &str, addr: SocketAddr) -> ProxyProcess {
-        let mut p = ProxyProcess::spawn(yaml, addr);
-        let end = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(p.addr).is_err() {
-            if let Some(status) = p.child.try_wait().unwrap() {
-                panic!("proxy exited early ({status}):\n{}", p.stderr());
-            }
-            assert!(Instant::now() < end, "proxy not ready:\n{}", p.stderr());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        p
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
 
 fn client() -> HttpClient {
@@ -385,7 +277,7 @@ async fn nats_plugins_over_real_http() {
          \x20 - { path_prefix: /down, upstream: up, plugins: [ghost] }\n\
          \x20 - { path_prefix: /, upstream: up, plugins: [timing, rewrite] }",
     );
-    let mut proxy = blocking(|| ProxyProcess::start(&yaml, addr));
+    let mut proxy = blocking(|| ProxyProcess::start("nats", &yaml, addr));
 
     // A header added by a remote plugin reaches the upstream, and a response header the client.
     let (status, headers, seen) = get(addr, "/hello?q=1", &[]).await;
@@ -470,7 +362,7 @@ fn missing_workers_refuse_start() {
         "  - { name: nobody-home, type: nats, plugin: header-rewriter }",
         "  - { path_prefix: /, upstream: up, plugins: [nobody-home] }",
     );
-    let mut p = ProxyProcess::spawn(&yaml, free_port());
+    let mut p = ProxyProcess::spawn("nats", &yaml, free_port());
     let t = Instant::now();
     wait_for("the proxy to exit", Duration::from_secs(10), || {
         p.child.try_wait().unwrap().is_some()
@@ -503,7 +395,7 @@ async fn worker_killed_mid_request() {
         "  - { name: sleepy, type: nats, plugin: test-sleep, deadline_ms: 1500 }",
         "  - { path_prefix: /, upstream: up, plugins: [sleepy] }",
     );
-    let proxy = blocking(|| ProxyProcess::start(&yaml, addr));
+    let proxy = blocking(|| ProxyProcess::start("nats", &yaml, addr));
 
     let mut in_flight = Vec::new();
     for _ in 0..12 {
@@ -558,7 +450,7 @@ async fn nats_server_restart_under_load() {
         "  - { name: bench, type: nats, plugin: bench-header }",
         "  - { path_prefix: /, upstream: up, plugins: [bench] }",
     );
-    let mut proxy = blocking(|| ProxyProcess::start(&yaml, addr));
+    let mut proxy = blocking(|| ProxyProcess::start("nats", &yaml, addr));
 
     let start = Instant::now();
     let stop_at = start + Duration::from_millis(3500);
@@ -645,7 +537,7 @@ async fn two_proxies_three_workers() {
                 "  - { name: timing, type: nats, plugin: timing-logger }",
                 "  - { path_prefix: /, upstream: up, plugins: [timing] }",
             );
-            blocking(|| ProxyProcess::start(&yaml, addr))
+            blocking(|| ProxyProcess::start("nats", &yaml, addr))
         })
         .collect();
 
@@ -706,7 +598,7 @@ async fn frozen_worker_is_dropped_by_server_pings() {
         "  - { name: bench, type: nats, plugin: bench-header, deadline_ms: 100 }",
         "  - { path_prefix: /, upstream: up, plugins: [bench] }",
     );
-    let _proxy = blocking(|| ProxyProcess::start(&yaml, addr));
+    let _proxy = blocking(|| ProxyProcess::start("nats", &yaml, addr));
     frozen.signal("STOP");
     let stopped = Instant::now();
     let c = client();

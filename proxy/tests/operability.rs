@@ -4,12 +4,10 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,140 +17,23 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
-}
+mod common;
 
-/// The example plugin library (built once per test binary by `scripts/build-plugins`).
-fn library() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let out = Command::new(root().join("scripts/build-plugins"))
-            .output()
-            .expect("run build-plugins");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
-    })
-}
+use common::{ProxyProcess, Spawn, TempDir, free_port, go_library};
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("weft-ops-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running proxy process whose stderr is collected in the background.
-struct ProxyProcess {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-    addr: SocketAddr,
-    config: PathBuf,
-    _dir: TempDir,
-}
-
-impl ProxyProcess {
-    fn spawn(tag: &str, yaml: &str, addr: SocketAddr) -> ProxyProcess {
-        let dir = TempDir::new(tag);
-        let config = dir.0.join("weft.yaml");
-        std::fs::write(&config, yaml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
-            .args(["run", "-c"])
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn weft-proxy");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let mut p = ProxyProcess {
-            child,
-            stderr,
-            addr,
-            config,
-            _dir: dir,
-        };
-        p.wait_ready();
-        p
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(self.addr).is_err() {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("proxy exited early ({status}):\n{}", self.stderr());
-            }
-            assert!(Instant::now() < deadline, "proxy not ready:\n{}", self.stderr());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-
-    /// Waits for the process to exit; returns (exit code, stderr).
-    fn wait_exit(&mut self) -> (Option<i32>, String) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
-                return (status.code(), self.stderr());
-            }
-            assert!(Instant::now() < deadline, "proxy did not exit:\n{}", self.stderr());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let s = self.stderr();
-            if s.contains(needle) {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "no log line containing {needle:?} in:\n{s}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts the proxy with `RUST_LOG` unset (the config's log level applies) and waits for it.
+fn start_proxy(tag: &str, yaml: &str, addr: SocketAddr) -> ProxyProcess {
+    let mut p = ProxyProcess::spawn_with(
+        tag,
+        yaml,
+        addr,
+        Spawn {
+            rust_log: None,
+            ..Spawn::default()
+        },
+    );
+    p.wait_ready();
+    p
 }
 
 /// A test upstream answering `<name> <path>`, after `delay` for paths with `/slow` in them. Answers
@@ -258,9 +139,9 @@ async fn metrics_health_and_readiness() {
          upstreams: [{{ name: up, addresses: [\"{up}\"] }}]\n\
          routes:\n  - {{ name: api, path_prefix: /api, upstream: up, plugins: [rewrite] }}\n\
          \x20 - {{ name: panic, path_prefix: /panic, upstream: up, plugins: [boom] }}\n",
-        lib = library().display().to_string()
+        lib = go_library().display().to_string()
     );
-    let proxy = ProxyProcess::spawn("metrics", &yaml, addr);
+    let proxy = start_proxy("metrics", &yaml, addr);
 
     assert_eq!(get(admin, "/healthz").await.0, 200);
     assert_eq!(get(admin, "/readyz").await.0, 200);
@@ -353,9 +234,9 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
          libraries: [{{ name: examples, path: {lib:?} }}]\n\
          plugins: [{{ name: rw, library: examples, plugin: header-rewriter, config: {{ request_set: {{ x-a: b }} }} }}]\n\
          upstreams: [{{ name: up, addresses: [\"{up}\"] }}]\nroutes: [{{ upstream: up, plugins: [rw] }}]\n",
-        lib = library().display().to_string()
+        lib = go_library().display().to_string()
     );
-    let mut proxy = ProxyProcess::spawn("drain", &yaml, addr);
+    let mut proxy = start_proxy("drain", &yaml, addr);
     let slow = tokio::spawn(async move { call(&client(), Method::GET, format!("http://{addr}/slow")).await });
     wait_in_flight(admin).await;
     let sent = Instant::now();
@@ -392,9 +273,9 @@ async fn shutdown_timeout_bounds_the_drain() {
          libraries: [{{ name: examples, path: {lib:?} }}]\n\
          plugins: [{{ name: rw, library: examples, plugin: header-rewriter }}]\n\
          upstreams: [{{ name: up, addresses: [\"{up}\"] }}]\nroutes: [{{ upstream: up, plugins: [rw] }}]\n",
-        lib = library().display().to_string()
+        lib = go_library().display().to_string()
     );
-    let mut proxy = ProxyProcess::spawn("timeout", &yaml, addr);
+    let mut proxy = start_proxy("timeout", &yaml, addr);
     let slow = tokio::spawn(async move { call(&client(), Method::GET, format!("http://{addr}/slow")).await });
     wait_in_flight(admin).await;
     let sent = Instant::now();
@@ -419,10 +300,10 @@ async fn reload_under_load_drops_nothing_and_switches_routes() {
              plugins: [{{ name: rw, library: examples, plugin: header-rewriter, config: {{ request_set: {{ x-gen: {greeting} }} }} }}]\n\
              upstreams: [{{ name: up, addresses: [\"{up}\"] }}]\n\
              routes: [{{ name: main, upstream: up, plugins: [rw] }}]\n",
-            lib = library().display().to_string()
+            lib = go_library().display().to_string()
         )
     };
-    let proxy = ProxyProcess::spawn("reload", &yaml(a, "one"), addr);
+    let proxy = start_proxy("reload", &yaml(a, "one"), addr);
 
     // Clients keep requests in flight (half of them slow) during the reloads.
     let stop = Arc::new(AtomicBool::new(false));
@@ -548,7 +429,7 @@ async fn reload_applies_the_log_level() {
              upstreams: [{{ name: up, addresses: [\"{up}\"] }}]\nroutes: [{{ upstream: up }}]\n"
         )
     };
-    let proxy = ProxyProcess::spawn("loglevel", &yaml("info"), addr);
+    let proxy = start_proxy("loglevel", &yaml("info"), addr);
     let with_id = |id: &'static str| async move {
         let req = Request::get(format!("http://{addr}/x"))
             .header("x-request-id", id)
@@ -572,7 +453,7 @@ async fn reload_applies_the_log_level() {
 #[test]
 fn check_reports_every_problem() {
     let dir = TempDir::new("check");
-    let lib = library().display().to_string();
+    let lib = go_library().display().to_string();
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
         ("syntax", "listen: [\n".into(), vec!["config error in", "syntax.yaml"]),
         (
@@ -614,7 +495,7 @@ fn check_reports_every_problem() {
         ),
     ];
     for (name, yaml, expected) in cases {
-        let path = dir.0.join(format!("{name}.yaml"));
+        let path = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&path, yaml).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
             .args(["check", "-c"])
@@ -632,7 +513,7 @@ fn check_reports_every_problem() {
         }
     }
     // A good config passes.
-    let path = dir.0.join("good.yaml");
+    let path = dir.path().join("good.yaml");
     std::fs::write(
         &path,
         format!(
@@ -663,13 +544,13 @@ fn version_prints_abi_and_go_runtime() {
     );
 
     let dir = TempDir::new("version");
-    let path = dir.0.join("v.yaml");
+    let path = dir.path().join("v.yaml");
     std::fs::write(
         &path,
         format!(
             "listen: 127.0.0.1:1\nlibraries: [{{ name: ex, path: {:?} }}]\n\
              upstreams: [{{ name: u, addresses: [\"127.0.0.1:9\"] }}]\nroutes: [{{ upstream: u }}]\n",
-            library().display().to_string()
+            go_library().display().to_string()
         ),
     )
     .unwrap();
