@@ -57,8 +57,17 @@
 
 #define WEFT_PHASE_MASK_LOG (1 << 4)
 
-// Phases this runtime version drives. Body and WebSocket phases are reserved.
-#define WEFT_PHASE_MASK_SUPPORTED ((WEFT_PHASE_MASK_REQUEST_HEADERS | WEFT_PHASE_MASK_RESPONSE_HEADERS) | WEFT_PHASE_MASK_LOG)
+// Phases this runtime version drives. WebSocket phases are reserved.
+#define WEFT_PHASE_MASK_SUPPORTED ((((WEFT_PHASE_MASK_REQUEST_HEADERS | WEFT_PHASE_MASK_REQUEST_BODY) | WEFT_PHASE_MASK_RESPONSE_HEADERS) | WEFT_PHASE_MASK_RESPONSE_BODY) | WEFT_PHASE_MASK_LOG)
+
+// [`WeftRequestView::body_flags`]: this is the last body call of the phase for this request
+// (the chunk may be empty). Every body phase a plugin takes part in ends with exactly one call
+// carrying this bit.
+#define WEFT_BODY_END_OF_STREAM 1
+
+// [`WeftRequestView::body_flags`]: the chunk is the whole body (buffered mode); always comes
+// with [`WEFT_BODY_END_OF_STREAM`].
+#define WEFT_BODY_BUFFERED 2
 
 // Most mutation records one batch may hold; a longer batch is rejected whole.
 #define WEFT_MAX_MUTATION_RECORDS 256
@@ -79,6 +88,14 @@
 // `attach_worker`.
 #define WEFT_PLUGIN_FLAG_BLOCKING 1
 
+// [`WeftPluginInfo::flags`]: the plugin's request-body phase (if declared) wants the whole body
+// in one call (buffered, up to the configured limit) instead of chunk by chunk (streamed, the
+// default when the phase bit is set).
+#define WEFT_PLUGIN_FLAG_REQUEST_BODY_BUFFERED 2
+
+// [`WeftPluginInfo::flags`]: the same for the response-body phase.
+#define WEFT_PLUGIN_FLAG_RESPONSE_BODY_BUFFERED 4
+
 // HTTP processing phases. Passed across the ABI as `uint32_t`.
 enum WeftPhase
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -87,11 +104,12 @@ enum WeftPhase
  {
   // Request line and headers have arrived; the upstream has not been contacted.
   WEFT_PHASE_REQUEST_HEADERS = 0,
-  // Reserved for request body chunks.
+  // The request body, chunk by chunk (streamed) or whole (buffered): see
+  // [`WeftRequestView::body`].
   WEFT_PHASE_REQUEST_BODY = 1,
   // The upstream's status and headers have arrived; nothing was sent to the client yet.
   WEFT_PHASE_RESPONSE_HEADERS = 2,
-  // Reserved for response body chunks.
+  // The response body, chunk by chunk (streamed) or whole (buffered).
   WEFT_PHASE_RESPONSE_BODY = 3,
   // The response has been sent. Read-only; runs off the request path.
   WEFT_PHASE_LOG = 4,
@@ -139,6 +157,21 @@ enum WeftMutationOp
   WEFT_MUTATION_OP_LOCAL_REPLY = 10,
   // A header `a: b` of the local reply; must follow the `LocalReply` record of the same batch.
   WEFT_MUTATION_OP_LOCAL_REPLY_HEADER = 11,
+  // Body phases: replace this call's body bytes (the chunk, or the whole body when buffered)
+  // with `a`. At most one `BodyReplace`/`BodyDrop` per batch.
+  WEFT_MUTATION_OP_BODY_REPLACE = 12,
+  // Body phases: send `a` before this call's body bytes (several: in record order).
+  WEFT_MUTATION_OP_BODY_PREPEND = 13,
+  // Body phases: send `a` after this call's body bytes (several: in record order). On the
+  // end-of-stream call this appends to the end of the body.
+  WEFT_MUTATION_OP_BODY_APPEND = 14,
+  // Body phases: drop this call's body bytes (`a` and `b` empty); prepends and appends of
+  // the same batch are still sent.
+  WEFT_MUTATION_OP_BODY_DROP = 15,
+  // Request-headers phase: this instance does not want this request's body; response-headers
+  // phase: it does not want this response's body. Its body phase is then not called for this
+  // request (the body may stream past it untouched). `a` and `b` empty.
+  WEFT_MUTATION_OP_SKIP_BODY = 16,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -301,6 +334,14 @@ typedef struct WeftRequestView {
   // Names this phase call for [`WeftHostApi::complete`] together with `slot`; never 0. A
   // handler that answers [`WeftResult::Pending`] passes it back when it completes.
   uint32_t call;
+  // Body phases only (else NULL): the body bytes of this call, `body_len` of them, read in
+  // place. Host memory outside the view (the HTTP library's receive buffer), valid only
+  // during this call; never write it, keep no pointer into it. NULL only with `body_len` 0.
+  const uint8_t *body;
+  // Number of bytes at `body`; 0 outside body phases.
+  uint32_t body_len;
+  // Body phases only: `WEFT_BODY_*` bits ([`WEFT_BODY_END_OF_STREAM`], [`WEFT_BODY_BUFFERED`]).
+  uint32_t body_flags;
 } WeftRequestView;
 
 // Runs one phase of one request through one plugin instance. `view` is valid during the call
@@ -436,6 +477,19 @@ typedef struct WeftHeader {
   struct WeftStr value;
 } WeftHeader;
 
+// One phase call posted to a worker ring (see `docs/architecture.md`, "Worker-pool rings", for
+// the ring layout). The worker runs phase `phase` of instance `instance` over the view at
+// `arena + slot * slot_size` (its `call` field equals `call` here), writes mutation records at
+// the first 8-aligned offset at or after `view.size` within the slot (up to the end of the
+// slot), and then calls [`WeftHostApi::complete`]`(instance, slot, call, result, out_len)`.
+typedef struct WeftJob {
+  uint32_t slot;
+  uint32_t generation;
+  uint64_t instance;
+  uint32_t phase;
+  uint32_t call;
+} WeftJob;
+
 
 
 #endif  /* WEFT_H */
@@ -460,7 +514,8 @@ WEFT_STATIC_ASSERT(sizeof(WeftHeader) == 16 && offsetof(WeftHeader, value) == 8,
 WEFT_STATIC_ASSERT(sizeof(WeftMutation) == 16 && offsetof(WeftMutation, arg) == 4
                    && offsetof(WeftMutation, a_len) == 8 && offsetof(WeftMutation, b_len) == 12,
                    "WeftMutation layout")
-WEFT_STATIC_ASSERT(sizeof(WeftRequestView) == 104, "WeftRequestView size")
+WEFT_STATIC_ASSERT(sizeof(WeftJob) == 24 && offsetof(WeftJob, generation) == 4 && offsetof(WeftJob, instance) == 8
+                   && offsetof(WeftJob, phase) == 16 && offsetof(WeftJob, call) == 20, "WeftJob layout")
 WEFT_STATIC_ASSERT(offsetof(WeftRequestView, request_id) == 8 && offsetof(WeftRequestView, slot) == 16
                    && offsetof(WeftRequestView, generation) == 20 && offsetof(WeftRequestView, method) == 24
                    && offsetof(WeftRequestView, version) == 72 && offsetof(WeftRequestView, req_headers_off) == 80
@@ -475,6 +530,9 @@ WEFT_STATIC_ASSERT(offsetof(WeftHostApi, abi_version) == 0 && offsetof(WeftHostA
 /* 64-bit targets (the ones weft supports): structs holding pointers. */
 WEFT_STATIC_ASSERT(sizeof(WeftBuf) == 16 && offsetof(WeftBuf, cap) == 8 && offsetof(WeftBuf, len) == 12,
                    "WeftBuf layout")
+WEFT_STATIC_ASSERT(sizeof(WeftRequestView) == 120 && offsetof(WeftRequestView, body) == 104
+                   && offsetof(WeftRequestView, body_len) == 112 && offsetof(WeftRequestView, body_flags) == 116,
+                   "WeftRequestView layout (body fields) and size")
 WEFT_STATIC_ASSERT(sizeof(WeftPluginInfo) == 24 && offsetof(WeftPluginInfo, phases) == 16, "WeftPluginInfo layout")
 WEFT_STATIC_ASSERT(offsetof(WeftPluginDescriptor, runtime_version) == 24
                    && offsetof(WeftPluginDescriptor, plugin_count) == 40

@@ -121,6 +121,16 @@ fn constants_match() {
     assert_eq!(h::WEFT_PHASE_MASK_RESPONSE_BODY, abi::WEFT_PHASE_MASK_RESPONSE_BODY);
     assert_eq!(h::WEFT_PHASE_MASK_LOG, abi::WEFT_PHASE_MASK_LOG);
     assert_eq!(h::WEFT_PHASE_MASK_SUPPORTED, abi::WEFT_PHASE_MASK_SUPPORTED);
+    assert_eq!(h::WEFT_BODY_END_OF_STREAM, abi::WEFT_BODY_END_OF_STREAM);
+    assert_eq!(h::WEFT_BODY_BUFFERED, abi::WEFT_BODY_BUFFERED);
+    assert_eq!(
+        h::WEFT_PLUGIN_FLAG_REQUEST_BODY_BUFFERED,
+        abi::WEFT_PLUGIN_FLAG_REQUEST_BODY_BUFFERED
+    );
+    assert_eq!(
+        h::WEFT_PLUGIN_FLAG_RESPONSE_BODY_BUFFERED,
+        abi::WEFT_PLUGIN_FLAG_RESPONSE_BODY_BUFFERED
+    );
 }
 
 #[test]
@@ -191,6 +201,11 @@ fn enum_values_match() {
             h::WeftMutationOp_WEFT_MUTATION_OP_LOCAL_REPLY_HEADER,
             M::LocalReplyHeader,
         ),
+        (h::WeftMutationOp_WEFT_MUTATION_OP_BODY_REPLACE, M::BodyReplace),
+        (h::WeftMutationOp_WEFT_MUTATION_OP_BODY_PREPEND, M::BodyPrepend),
+        (h::WeftMutationOp_WEFT_MUTATION_OP_BODY_APPEND, M::BodyAppend),
+        (h::WeftMutationOp_WEFT_MUTATION_OP_BODY_DROP, M::BodyDrop),
+        (h::WeftMutationOp_WEFT_MUTATION_OP_SKIP_BODY, M::SkipBody),
     ];
     for (c, m) in ops {
         assert_eq!(c, m as u32, "{m:?}");

@@ -11,8 +11,16 @@
  *
  * Load-time misuses are separate libraries built from this file with -DHOSTILE_LOAD=<n>
  * (scripts/build-c-plugins builds each): see the HOSTILE_LOAD block at the end.
+ *
+ * Misuses of the asynchronous ABI (modes "async-*", request phase; see async_misuse below) call
+ * host->complete() wrongly from the calling thread: twice, with a forged or stale call or slot,
+ * with another instance's id, with result PENDING, with out_len past the capacity, never, or
+ * after the host cancelled. The code complete() returned for the misuse is kept per instance
+ * and reported by the next request with mode "report-rc" (header x-hostile-rc).
  */
+#include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "weft.h"
@@ -204,6 +212,82 @@ static const struct misuse misuses[] = {
     {"resp-crlf", m_resp_crlf},
 };
 
+/* ---- async misuses ---- */
+
+/* Per instance (id modulo 64): the code complete() returned for the last misuse. */
+static _Atomic uint32_t last_rc[64];
+/* Calls answered PENDING and never completed (mode async-never): (slot << 32 | call), instance. */
+#define STUCK_CAP 64
+static _Atomic uint64_t stuck_call[STUCK_CAP];
+static _Atomic uint64_t stuck_instance[STUCK_CAP];
+
+static uint32_t async_misuse(const char *mode, uint64_t instance, const WeftRequestView *view, WeftBuf *out) {
+    /* Read before any complete(): afterwards the view is not ours to touch. */
+    const uint32_t slot = view->slot, call = view->call, cap = out->cap;
+    _Atomic uint32_t *rc = &last_rc[instance % 64];
+    if (host == NULL || host->size < sizeof(WeftHostApi) || host->complete == NULL) {
+        return WEFT_RESULT_INTERNAL;
+    }
+    if (strcmp(mode, "async-never") == 0) {
+        for (size_t i = 0; i < STUCK_CAP; i++) {
+            uint64_t empty = 0;
+            if (atomic_compare_exchange_strong(&stuck_call[i], &empty, (uint64_t)slot << 32 | call)) {
+                atomic_store(&stuck_instance[i], instance);
+                break;
+            }
+        }
+        return WEFT_RESULT_PENDING; /* and never complete() */
+    }
+    if (strcmp(mode, "async-release-stuck") == 0) {
+        /* Completes every never-completed call: the host gave up on them (CANCELLED expected). */
+        uint32_t released = 0;
+        for (size_t i = 0; i < STUCK_CAP; i++) {
+            uint64_t c = atomic_exchange(&stuck_call[i], 0);
+            if (c != 0) {
+                atomic_store(rc, host->complete(atomic_load(&stuck_instance[i]), (uint32_t)(c >> 32), (uint32_t)c,
+                                                WEFT_RESULT_OK, 0));
+                released++;
+            }
+        }
+        char n[16];
+        snprintf(n, sizeof n, "%u", released);
+        PUT(out, WEFT_MUTATION_OP_SET_REQUEST_HEADER, 0, "x-hostile-released", n);
+        return WEFT_RESULT_OK;
+    }
+    /* Every other mode commits its misuse first, keeps the code, then completes correctly
+     * (except async-twice, whose correct completion comes first), so the request goes on. */
+    uint32_t len = 0;
+    WeftBuf mine = {out->ptr, cap, 0};
+    PUT(&mine, WEFT_MUTATION_OP_SET_REQUEST_HEADER, 0, "x-hostile-async", "1");
+    len = mine.len;
+    uint32_t misuse_rc;
+    if (strcmp(mode, "async-twice") == 0) {
+        host->complete(instance, slot, call, WEFT_RESULT_OK, len);
+        misuse_rc = host->complete(instance, slot, call, WEFT_RESULT_OK, 0);
+        atomic_store(rc, misuse_rc);
+        return WEFT_RESULT_PENDING;
+    } else if (strcmp(mode, "async-stale-call") == 0) {
+        misuse_rc = host->complete(instance, slot, call + 1, WEFT_RESULT_OK, 0);
+    } else if (strcmp(mode, "async-zero-call") == 0) {
+        misuse_rc = host->complete(instance, slot, 0, WEFT_RESULT_OK, 0);
+    } else if (strcmp(mode, "async-forged-slot") == 0) {
+        misuse_rc = host->complete(instance, 0xFFFF0000u, call, WEFT_RESULT_OK, 0);
+    } else if (strcmp(mode, "async-other-instance") == 0) {
+        misuse_rc = host->complete(instance + 1, slot, call, WEFT_RESULT_OK, 0);
+    } else if (strcmp(mode, "async-unknown-instance") == 0) {
+        misuse_rc = host->complete(UINT64_MAX, slot, call, WEFT_RESULT_OK, 0);
+    } else if (strcmp(mode, "async-result-pending") == 0) {
+        misuse_rc = host->complete(instance, slot, call, WEFT_RESULT_PENDING, 0);
+    } else if (strcmp(mode, "async-len-past-cap") == 0) {
+        misuse_rc = host->complete(instance, slot, call, WEFT_RESULT_OK, cap + 1);
+    } else {
+        return WEFT_RESULT_OK;
+    }
+    atomic_store(rc, misuse_rc);
+    host->complete(instance, slot, call, WEFT_RESULT_OK, len);
+    return WEFT_RESULT_PENDING;
+}
+
 /* The value of request header x-hostile, copied into mode (NUL-terminated), or "" if absent. */
 static void read_mode(const WeftRequestView *view, char *mode, size_t cap) {
     mode[0] = '\0';
@@ -238,12 +322,30 @@ static uint32_t hostile_init(uint32_t plugin, uint64_t instance, const uint8_t *
 }
 
 static uint32_t hostile_phase(uint64_t instance, uint32_t phase, const WeftRequestView *view, WeftBuf *out) {
-    (void)instance;
     char mode[64];
     read_mode(view, mode, sizeof mode);
     int resp = strncmp(mode, "resp-", 5) == 0;
     if ((phase == WEFT_PHASE_REQUEST_HEADERS && resp) || (phase == WEFT_PHASE_RESPONSE_HEADERS && !resp) ||
         phase == WEFT_PHASE_LOG) {
+        return WEFT_RESULT_OK;
+    }
+    if (strncmp(mode, "async-", 6) == 0) {
+        return async_misuse(mode, instance, view, out);
+    }
+    if (strcmp(mode, "worker-exit-bogus") == 0) {
+        /* worker_exit with pointers that name no attached ring: logged and ignored. */
+        if (host != NULL && host->size >= sizeof(WeftHostApi) && host->worker_exit != NULL) {
+            uint8_t fake[64] = {0};
+            host->worker_exit(NULL);
+            host->worker_exit(fake);
+        }
+        PUT(out, WEFT_MUTATION_OP_SET_REQUEST_HEADER, 0, "x-hostile-ok", "1");
+        return WEFT_RESULT_OK;
+    }
+    if (strcmp(mode, "report-rc") == 0) {
+        char n[16];
+        snprintf(n, sizeof n, "%u", atomic_load(&last_rc[instance % 64]));
+        PUT(out, WEFT_MUTATION_OP_SET_REQUEST_HEADER, 0, "x-hostile-rc", n);
         return WEFT_RESULT_OK;
     }
     for (size_t i = 0; i < sizeof misuses / sizeof misuses[0]; i++) {
@@ -306,6 +408,9 @@ const WeftPluginDescriptor *weft_plugin_entry(const WeftHostApi *api) {
         descriptor.load_error_len = 36;
         break;
     case 12: descriptor.mutation_size = 12; break;                  /* wrong record size */
+    case 13: /* built against the first ABI v1 header, before attach_worker: still accepted */
+        descriptor.descriptor_size = (uint32_t)offsetof(WeftPluginDescriptor, attach_worker);
+        break;
     default: break;
     }
     return &descriptor;

@@ -109,3 +109,60 @@ fn stale_token_after_reuse_is_refused() {
         assert_eq!(cell.try_take(seq), Some(2));
     });
 }
+
+/// A plugin that answers a call inline *and* completes it from another thread (a misuse the
+/// engine tolerates): the owner's `finish_inline` fails when the completion got in first, and
+/// the owner then takes (and ignores) the completion, waiting out a completer still writing.
+/// Whatever the schedule the cell ends idle, the next call can begin, and the completer got `Ok`
+/// or `AlreadyCompleted`.
+#[test]
+fn inline_answer_racing_a_completion_leaves_the_cell_idle() {
+    loom::model(|| {
+        use weft_runtime::completion::CellState;
+        let cell: Arc<CompletionCell<(), Box<u32>>> = Arc::new(CompletionCell::new());
+        let seq = cell.begin().unwrap();
+        let completer = {
+            let cell = cell.clone();
+            thread::spawn(move || cell.complete(seq, Box::new(1)))
+        };
+        // The owner: the handler returned without Pending.
+        if !cell.finish_inline(seq) {
+            while cell.try_take(seq).is_none() && cell.peek() != (seq, CellState::Idle) {
+                thread::yield_now();
+            }
+        }
+        let r = completer.join().unwrap();
+        assert!(matches!(r, Ok(()) | Err(CompleteError::AlreadyCompleted)), "{r:?}");
+        assert!(cell.is_idle());
+        assert!(cell.begin().is_some(), "the next call can begin");
+    });
+}
+
+/// `begin` is a plain store (no compare-and-swap): a stale completer running while the owner
+/// starts the next call must not be able to slip a write in between. Whatever the schedule the
+/// stale completion is refused and the fresh one delivered.
+#[test]
+fn stale_completer_racing_begin() {
+    loom::model(|| {
+        let cell: Arc<CompletionCell<(), u32>> = Arc::new(CompletionCell::new());
+        let old = cell.begin().unwrap();
+        assert!(cell.finish_inline(old));
+        let stale = {
+            let cell = cell.clone();
+            thread::spawn(move || cell.complete(old, 1))
+        };
+        let seq = cell.begin().unwrap();
+        cell.mark_pending(seq);
+        let fresh = {
+            let cell = cell.clone();
+            thread::spawn(move || cell.complete(seq, 2))
+        };
+        assert!(matches!(
+            stale.join().unwrap(),
+            Err(CompleteError::AlreadyCompleted | CompleteError::Stale)
+        ));
+        assert_eq!(fresh.join().unwrap(), Ok(()));
+        assert_eq!(cell.try_take(seq), Some(2));
+        assert!(cell.is_idle());
+    });
+}

@@ -64,6 +64,10 @@ pub struct RuntimeConfig {
     pub slots: Option<u32>,
     pub slot_size: Option<u32>,
     pub log_queue: Option<usize>,
+    /// Job descriptors per worker ring of blocking plugins (one ring per library and proxy
+    /// thread); a power of two, default 1024. A full ring answers 503.
+    #[serde(default)]
+    pub worker_ring_capacity: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -114,12 +118,26 @@ pub struct PluginConfig {
     /// service `<subject>`); default: `name`.
     #[serde(default)]
     pub subject: Option<String>,
-    /// `type: nats`: time allowed for one phase call, wire and worker included (default 200).
+    /// Time allowed for one phase call. `type: nats`: the whole call, wire and worker included
+    /// (default 200). `type: ffi`: a call the plugin answered Pending, or a blocking plugin's
+    /// worker job (default 1000); then 504 (fail closed) or unchanged (fail open). Inline
+    /// answers are not interrupted.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
-    /// `type: nats`: calls in flight at once; beyond it requests get 503 (default 1024).
+    /// Calls in flight at once (`type: ffi`: pending answers and worker jobs, including
+    /// cancelled ones the plugin still holds); beyond it requests get 503 with `Retry-After`
+    /// (fail closed) or go on unchanged (fail open). Default 1024.
     #[serde(default)]
     pub max_in_flight: Option<usize>,
+    /// `type: ffi`: run the instance on its library's worker pool (rings consumed by the
+    /// plugin's own workers) even if the plugin is not flagged blocking; the library must
+    /// provide `attach_worker`. Default false.
+    #[serde(default)]
+    pub blocking: Option<bool>,
+    /// `type: ffi`: `Retry-After` seconds of the 503 answered when the in-flight limit or a
+    /// worker ring is full (default 1).
+    #[serde(default)]
+    pub retry_after_s: Option<u32>,
     /// `type: nats`: the phases the plugin handles (`request_headers`, `response_headers`,
     /// `log`); when absent they are read from the workers' `$SRV.INFO` at start-up.
     #[serde(default)]
@@ -194,7 +212,25 @@ pub struct NatsTlsConfig {
     pub key: Option<PathBuf>,
 }
 
+/// Default of `deadline_ms` for `type: ffi` instances.
+pub const DEFAULT_FFI_DEADLINE_MS: u64 = 1000;
+/// Default of `max_in_flight`.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+
 impl PluginConfig {
+    /// Limits of an in-process (`type: ffi`) instance's asynchronous calls.
+    pub fn instance_options(&self) -> weft_runtime::InstanceOptions {
+        weft_runtime::InstanceOptions {
+            deadline: std::time::Duration::from_millis(self.deadline_ms.unwrap_or(DEFAULT_FFI_DEADLINE_MS)),
+            max_in_flight: self
+                .max_in_flight
+                .unwrap_or(DEFAULT_MAX_IN_FLIGHT)
+                .min(u32::MAX as usize) as u32,
+            blocking: self.blocking.unwrap_or(false),
+            retry_after_secs: self.retry_after_s.unwrap_or(1),
+        }
+    }
+
     /// The instance name the workers serve (`subject`, default `name`).
     pub fn remote_name(&self) -> &str {
         self.subject.as_deref().unwrap_or(&self.name)
@@ -256,6 +292,22 @@ pub struct RouteConfig {
     pub upstream: String,
     #[serde(default)]
     pub plugins: Vec<String>,
+    /// Largest body a buffered body plugin on this route may be handed (default 1 MiB): a
+    /// longer request body is answered 413, a longer response body 502.
+    #[serde(default)]
+    pub max_buffered_body_bytes: Option<u64>,
+}
+
+/// Default of `routes[].max_buffered_body_bytes`.
+pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: u64 = 1 << 20;
+/// Upper bound of `routes[].max_buffered_body_bytes`.
+pub const MAX_BUFFERED_BODY_BYTES: u64 = 1 << 30;
+
+impl RouteConfig {
+    /// `max_buffered_body_bytes` or its default.
+    pub fn buffered_body_limit(&self) -> usize {
+        self.max_buffered_body_bytes.unwrap_or(DEFAULT_MAX_BUFFERED_BODY_BYTES) as usize
+    }
 }
 
 /// One problem in a config file: which file, where in it, and what is wrong.
@@ -398,6 +450,17 @@ impl Config {
             if rt.slot_size == Some(0) {
                 err("runtime.slot_size".into(), "must be at least 1".into());
             }
+            if let Some(n) = rt.worker_ring_capacity
+                && (!n.is_power_of_two() || !(2..=weft_runtime::ring::MAX_CAPACITY).contains(&n))
+            {
+                err(
+                    "runtime.worker_ring_capacity".into(),
+                    format!(
+                        "must be a power of two between 2 and {}, got {n}",
+                        weft_runtime::ring::MAX_CAPACITY
+                    ),
+                );
+            }
         }
 
         let libraries = unique_names("libraries", self.libraries.iter().map(|l| l.name.as_str()), &mut err);
@@ -451,18 +514,27 @@ impl Config {
                         }
                         Some(_) => {}
                     }
-                    for (field, set) in [
-                        ("subject", p.subject.is_some()),
-                        ("deadline_ms", p.deadline_ms.is_some()),
-                        ("max_in_flight", p.max_in_flight.is_some()),
-                        ("phases", p.phases.is_some()),
-                    ] {
+                    for (field, set) in [("subject", p.subject.is_some()), ("phases", p.phases.is_some())] {
                         if set {
                             err(format!("plugins[{i}].{field}"), "only for type: nats".into());
                         }
                     }
+                    if p.deadline_ms == Some(0) {
+                        err(format!("plugins[{i}].deadline_ms"), "must be at least 1".into());
+                    }
+                    if p.max_in_flight == Some(0) {
+                        err(format!("plugins[{i}].max_in_flight"), "must be at least 1".into());
+                    }
                 }
                 PluginType::Nats => {
+                    for (field, set) in [
+                        ("blocking", p.blocking.is_some()),
+                        ("retry_after_s", p.retry_after_s.is_some()),
+                    ] {
+                        if set {
+                            err(format!("plugins[{i}].{field}"), "only for type: ffi".into());
+                        }
+                    }
                     if p.library.is_some() {
                         err(
                             format!("plugins[{i}].library"),
@@ -547,6 +619,14 @@ impl Config {
                     format!("routes[{i}].upstream"),
                     format!("unknown upstream {:?}", r.upstream),
                 );
+            }
+            if let Some(n) = r.max_buffered_body_bytes {
+                if n == 0 || n > MAX_BUFFERED_BODY_BYTES {
+                    err(
+                        format!("routes[{i}].max_buffered_body_bytes"),
+                        format!("must be between 1 and {MAX_BUFFERED_BODY_BYTES} (1 GiB), got {n}"),
+                    );
+                }
             }
             if !r.path_prefix.starts_with('/') {
                 err(
@@ -951,13 +1031,63 @@ routes:
     fn ffi_instance_needs_library_and_no_nats_fields() {
         let text = GOOD.replace(
             "    library: examples\n    plugin: timing\n",
-            "    plugin: timing\n    deadline_ms: 5\n",
+            "    plugin: timing\n    subject: timing-v2\n    phases: [log]\n",
         );
         assert_eq!(
             errors(&text),
             [
                 "config error in proxy.yaml at plugins[1].library: required for type: ffi (or set type: nats)",
-                "config error in proxy.yaml at plugins[1].deadline_ms: only for type: nats",
+                "config error in proxy.yaml at plugins[1].subject: only for type: nats",
+                "config error in proxy.yaml at plugins[1].phases: only for type: nats",
+            ]
+        );
+    }
+
+    #[test]
+    fn ffi_instances_take_async_limits() {
+        let text = GOOD
+            .replace(
+                "    plugin: timing\n    failure: open\n",
+                "    plugin: timing\n    failure: open\n    deadline_ms: 250\n    max_in_flight: 8\n    blocking: true\n    retry_after_s: 5\n",
+            )
+            .replace("log_queue: 10 }", "log_queue: 10, worker_ring_capacity: 64 }");
+        let c = parse(&text).unwrap();
+        let o = c.plugins[1].instance_options();
+        assert_eq!(o.deadline, std::time::Duration::from_millis(250));
+        assert_eq!((o.max_in_flight, o.blocking, o.retry_after_secs), (8, true, 5));
+        assert_eq!(c.runtime.as_ref().unwrap().worker_ring_capacity, Some(64));
+        // Defaults: 1 s, 1024, not blocking, Retry-After 1.
+        let o = c.plugins[0].instance_options();
+        assert_eq!(o.deadline, std::time::Duration::from_millis(DEFAULT_FFI_DEADLINE_MS));
+        assert_eq!((o.max_in_flight, o.blocking, o.retry_after_secs), (1024, false, 1));
+    }
+
+    #[test]
+    fn async_limit_errors_name_the_field() {
+        let text = GOOD
+            .replace(
+                "    plugin: timing\n    failure: open\n",
+                "    plugin: timing\n    failure: open\n    deadline_ms: 0\n    max_in_flight: 0\n",
+            )
+            .replace("log_queue: 10 }", "log_queue: 10, worker_ring_capacity: 1000 }");
+        assert_eq!(
+            errors(&text),
+            [
+                "config error in proxy.yaml at runtime.worker_ring_capacity: must be a power of two between 2 and 1048576, got 1000",
+                "config error in proxy.yaml at plugins[1].deadline_ms: must be at least 1",
+                "config error in proxy.yaml at plugins[1].max_in_flight: must be at least 1",
+            ]
+        );
+        // blocking and retry_after_s belong to in-process instances.
+        let nats = NATS.replace(
+            "    max_in_flight: 10\n",
+            "    max_in_flight: 10\n    blocking: true\n    retry_after_s: 2\n",
+        );
+        assert_eq!(
+            errors(&nats),
+            [
+                "config error in proxy.yaml at plugins[1].blocking: only for type: ffi",
+                "config error in proxy.yaml at plugins[1].retry_after_s: only for type: ffi",
             ]
         );
     }

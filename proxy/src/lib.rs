@@ -5,6 +5,7 @@
 //! proxy (and the demo upstream) in-process.
 
 pub mod admin;
+pub mod body;
 pub mod config;
 pub mod demo;
 pub mod forward;

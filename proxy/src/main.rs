@@ -104,6 +104,9 @@ fn check(path: &Path) -> Result<(), String> {
             names.join(", ")
         );
     }
+    for (name, how) in &plugins.ffi {
+        println!("ffi instance {name}: {how}");
+    }
     for (name, phases, worker) in &plugins.remote {
         println!("nats instance {name}: phase mask {phases:#x}; served by: {worker}");
     }

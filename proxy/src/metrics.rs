@@ -518,9 +518,8 @@ struct Generations {
     current: Option<Arc<Runtime>>,
     /// Replaced by a reload, still finishing requests (weak: they must be able to go away).
     draining: Vec<std::sync::Weak<Runtime>>,
-    /// Final counters of retired runtimes: (arena_exhausted, plugin_failures, log_dropped,
-    /// fail_open_passes).
-    retired: [u64; 4],
+    /// Final counters of retired runtimes, in the order of [`stats`].
+    retired: [u64; COUNTERS],
 }
 
 impl std::fmt::Debug for RuntimeCollector {
@@ -560,7 +559,7 @@ impl RuntimeCollector {
     }
 
     /// Counters summed over the current, draining and retired runtimes.
-    fn totals(&self) -> [u64; 4] {
+    fn totals(&self) -> [u64; COUNTERS] {
         let g = self.generations();
         let mut sum = g.retired;
         let draining = g.draining.iter().filter_map(std::sync::Weak::upgrade);
@@ -579,14 +578,36 @@ impl RuntimeCollector {
     }
 }
 
-fn stats(rt: &Runtime) -> [u64; 4] {
+/// Runtime counters the metrics report (summed over generations).
+const COUNTERS: usize = 8;
+
+fn stats(rt: &Runtime) -> [u64; COUNTERS] {
     let s = &rt.stats;
     [
         s.arena_exhausted.load(Ordering::Relaxed),
         s.plugin_failures.load(Ordering::Relaxed),
         s.log_dropped.load(Ordering::Relaxed),
         s.fail_open_passes.load(Ordering::Relaxed),
+        s.phase_timeouts.load(Ordering::Relaxed),
+        s.busy_rejections.load(Ordering::Relaxed),
+        s.late_completions.load(Ordering::Relaxed),
+        s.worker_jobs.load(Ordering::Relaxed),
     ]
+}
+
+impl RuntimeCollector {
+    /// Gauges summed over the current and draining runtimes: (calls pending now, slots held by
+    /// cancelled calls).
+    fn async_gauges(&self) -> (u64, u64) {
+        let g = self.generations();
+        let draining = g.draining.iter().filter_map(std::sync::Weak::upgrade);
+        g.current.iter().cloned().chain(draining).fold((0, 0), |(p, o), rt| {
+            (
+                p + rt.stats.pending_calls.load(Ordering::Relaxed),
+                o + rt.stats.orphaned_slots.load(Ordering::Relaxed),
+            )
+        })
+    }
 }
 
 impl Collector for RuntimeCollector {
@@ -594,6 +615,7 @@ impl Collector for RuntimeCollector {
         let rt = self.runtime();
         let totals = self.totals();
         let (in_use, total) = rt.as_deref().map(Runtime::arena_usage).unwrap_or_default();
+        let (pending, orphaned) = self.async_gauges();
         let counters = [
             (
                 "weft_arena_exhausted",
@@ -610,6 +632,22 @@ impl Collector for RuntimeCollector {
             (
                 "weft_plugin_fail_open_passes",
                 "Failed calls of fail-open plugin instances; the request went on unchanged",
+            ),
+            (
+                "weft_plugin_timeouts",
+                "Pending plugin calls and worker jobs cancelled at their phase deadline",
+            ),
+            (
+                "weft_plugin_busy_rejections",
+                "Plugin calls refused because the instance's in-flight limit or a worker ring was full",
+            ),
+            (
+                "weft_plugin_late_completions",
+                "Completions that arrived after the call was cancelled (discarded; their slot released)",
+            ),
+            (
+                "weft_worker_jobs",
+                "Plugin phase calls posted to worker rings (blocking plugins)",
             ),
         ];
         for (i, (name, help)) in counters.into_iter().enumerate() {
@@ -633,6 +671,21 @@ impl Collector for RuntimeCollector {
                 "weft_log_queue_depth",
                 "Finished requests waiting for their log phase",
                 rt.as_deref().map_or(0, |rt| rt.log_queue_len() as u64),
+            ),
+            (
+                "weft_plugin_pending_calls",
+                "Plugin calls the proxy is waiting for now (Pending answers and worker jobs)",
+                pending,
+            ),
+            (
+                "weft_plugin_orphaned_slots",
+                "Arena slots held by cancelled calls whose plugin has not completed them yet",
+                orphaned,
+            ),
+            (
+                "weft_worker_rings",
+                "Worker rings whose worker has not left yet (process-wide)",
+                weft_runtime::workers::attached_rings() as u64,
             ),
             (
                 "weft_ready",
@@ -704,6 +757,45 @@ mod tests {
             m.encode().0.lines().find(|l| l.starts_with("weft_arena_slots ")),
             Some("weft_arena_slots 4")
         );
+    }
+
+    #[test]
+    fn async_counters_and_gauges_are_reported() {
+        let m = Metrics::new();
+        let opts = weft_runtime::RuntimeOptions {
+            slot_count: 4,
+            slot_size: 4096,
+            log_queue: 1,
+        };
+        let first = Runtime::new(opts.clone()).unwrap();
+        m.set_runtime(Some(first.clone()));
+        first.stats.phase_timeouts.fetch_add(2, Ordering::Relaxed);
+        first.stats.busy_rejections.fetch_add(3, Ordering::Relaxed);
+        first.stats.late_completions.fetch_add(1, Ordering::Relaxed);
+        first.stats.worker_jobs.fetch_add(7, Ordering::Relaxed);
+        first.stats.orphaned_slots.fetch_add(1, Ordering::Relaxed);
+        first.stats.pending_calls.fetch_add(4, Ordering::Relaxed);
+        // A reload: the draining runtime's gauges still count, its counters stay in the totals.
+        let second = Runtime::new(opts).unwrap();
+        second.stats.pending_calls.fetch_add(1, Ordering::Relaxed);
+        second.stats.phase_timeouts.fetch_add(1, Ordering::Relaxed);
+        m.set_runtime(Some(second.clone()));
+        let (text, _) = m.encode();
+        for line in [
+            "weft_plugin_timeouts_total 3",
+            "weft_plugin_busy_rejections_total 3",
+            "weft_plugin_late_completions_total 1",
+            "weft_worker_jobs_total 7",
+            "weft_plugin_orphaned_slots 1",
+            "weft_plugin_pending_calls 5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+        m.retire_runtime(&first);
+        drop(first);
+        let (text, _) = m.encode();
+        assert!(text.lines().any(|l| l == "weft_plugin_timeouts_total 3"), "{text}");
+        assert!(text.lines().any(|l| l == "weft_plugin_pending_calls 1"), "{text}");
     }
 
     #[test]
@@ -789,6 +881,10 @@ mod tests {
             r#"weft_config_reloads_total{result="error"} 1"#,
             "weft_config_generation 2",
             "weft_arena_exhausted_total 0",
+            "weft_plugin_timeouts_total 0",
+            "weft_plugin_late_completions_total 0",
+            "weft_plugin_orphaned_slots 0",
+            "weft_plugin_pending_calls 0",
             "weft_arena_slots_in_use 0",
             "weft_ready 0",
             "weft_log_queue_depth 0",

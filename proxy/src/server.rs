@@ -8,15 +8,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Version, header};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
-use weft_runtime::{Chain, Exchange, Flow, InstanceId, InstanceSpec, Runtime};
+use weft_runtime::{BodyMode, BodySide, BufferedBody, Chain, Flow, InstanceId, InstanceSpec, Runtime};
+
+use crate::body::{CollectError, Keep, Pieces, PluginBody, UpstreamBody, collect_limited};
 
 use crate::config::{Config, Failure, NatsConfig, PluginType, parse_method};
 use crate::forward::{ProxyBody, add_forwarding_headers, local_reply, pin_host, strip_hop_by_hop, upstream_uri};
@@ -51,6 +54,8 @@ pub struct Plugins {
     pub remote: Vec<(String, u32, String)>,
     /// The NATS connection of the `type: nats` instances, if any.
     pub nats: Option<Arc<NatsHost>>,
+    /// `type: ffi` instances: (instance, how its asynchronous calls run), for `weft-proxy check`.
+    pub ffi: Vec<(String, String)>,
 }
 
 /// The NATS connection and the small tokio runtime (one thread) that drives it. Its own runtime
@@ -169,6 +174,14 @@ fn load_remote(config: &Config, runtime: &Arc<Runtime>, plugins: &mut Plugins, p
                             }
                         },
                     };
+                    let body = weft_runtime::abi::WEFT_PHASE_MASK_REQUEST_BODY | weft_runtime::abi::WEFT_PHASE_MASK_RESPONSE_BODY;
+                    if phases & body != 0 {
+                        errs.push(format!(
+                            "plugin instance {} (type: nats): plugin {:?} has body phases, which are not supported over NATS; load it in-process (type: ffi) instead",
+                            p.name, p.plugin
+                        ));
+                        continue;
+                    }
                     found.push((p, phases));
                 }
                 if errs.is_empty() { Ok((transport, found)) } else { Err(errs) }
@@ -222,6 +235,7 @@ impl Plugins {
             libraries: Vec::new(),
             remote: Vec::new(),
             nats: None,
+            ffi: Vec::new(),
         };
         let has_remote = config.plugins.iter().any(|p| p.kind == PluginType::Nats);
         if config.libraries.is_empty() && !has_remote {
@@ -230,10 +244,22 @@ impl Plugins {
         let runtime =
             Runtime::new(config.runtime_options()).map_err(|e| StartupError(vec![format!("plugin runtime: {e}")]))?;
         let mut problems = Vec::new();
+        if let Some(n) = config.runtime.as_ref().and_then(|r| r.worker_ring_capacity)
+            && let Err(e) = runtime.set_worker_ring_capacity(n)
+        {
+            problems.push(format!("runtime.worker_ring_capacity: {e}"));
+        }
         let mut failed_libraries = Vec::new();
+        // Plugins flagged blocking, by (library, plugin).
+        let mut flagged_blocking = Vec::new();
         for lib in &config.libraries {
             match runtime.load_library(&lib.name, &lib.path) {
                 Ok(metas) => {
+                    for m in &metas {
+                        if m.flags & weft_runtime::abi::WEFT_PLUGIN_FLAG_BLOCKING != 0 {
+                            flagged_blocking.push((lib.name.clone(), m.name.clone()));
+                        }
+                    }
                     let names = metas.into_iter().map(|m| m.name).collect();
                     plugins.libraries.push((lib.name.clone(), names));
                 }
@@ -261,10 +287,23 @@ impl Plugins {
                 config_json: p.config_json(),
                 fail_open: p.failure == Failure::Open,
             };
+            let opts = p.instance_options();
+            let how = if opts.blocking || flagged_blocking.contains(&(library.clone(), p.plugin.clone())) {
+                "blocking: every call goes to the library's worker pool"
+            } else {
+                "inline; a Pending answer is awaited"
+            };
+            let how = format!(
+                "{how}, deadline {} ms, max_in_flight {}, 503 Retry-After {} s",
+                opts.deadline.as_millis(),
+                opts.max_in_flight,
+                opts.retry_after_secs
+            );
             // InitError messages already name the instance.
-            match runtime.instantiate(spec) {
+            match runtime.instantiate_with(spec, opts) {
                 Ok(id) => {
                     plugins.instances.insert(p.name.clone(), id);
+                    plugins.ffi.push((p.name.clone(), how));
                 }
                 Err(e) => problems.push(e.to_string()),
             }
@@ -285,6 +324,8 @@ struct RouteTarget {
     chain: Option<Chain>,
     /// This route's counters and histograms, resolved once here.
     metrics: RouteMetrics,
+    /// `max_buffered_body_bytes`: the most a buffered body plugin is handed.
+    body_limit: usize,
 }
 
 pub struct Proxy {
@@ -336,6 +377,7 @@ impl Proxy {
                     name,
                     upstream: upstreams[r.upstream.as_str()].clone(),
                     chain,
+                    body_limit: r.buffered_body_limit(),
                 };
                 (matcher, target)
             })
@@ -413,10 +455,10 @@ impl Proxy {
         };
         *matched = Some(route);
 
-        let mut exchange: Option<Exchange> = match &route.chain {
+        let mut exchange: Option<Keep> = match &route.chain {
             None => None,
             Some(chain) => match chain.start(client, "http") {
-                Ok(x) => x,
+                Ok(x) => x.map(Keep::Owned),
                 Err(weft_runtime::Busy) => {
                     let mut resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "busy", None);
                     resp.headers_mut()
@@ -427,12 +469,76 @@ impl Proxy {
         };
         if let Some(x) = exchange.as_mut() {
             let t = Instant::now();
-            let flow = x.request_headers_async(&mut parts).await;
+            let flow = x.lock().await.request_headers_async(&mut parts).await;
             route.metrics.request_phase(t.elapsed());
             if let Flow::Respond(resp) = flow {
                 return plugin_reply(resp, exchange);
             }
         }
+
+        // The request body: untouched, streamed through body plugins, or collected for
+        // buffered ones (then forwarded with its exact new length).
+        let body = match exchange.as_mut() {
+            None => UpstreamBody::Plain(body),
+            Some(x) => {
+                let mode = x.lock().await.body_mode(BodySide::Request);
+                match mode {
+                    BodyMode::None => UpstreamBody::Plain(body),
+                    BodyMode::Buffered => {
+                        let bytes = match collect_limited(body, route.body_limit).await {
+                            Ok(b) => b,
+                            Err(CollectError::TooLarge { limit }) => {
+                                warn!(
+                                    route = %route.name, ?request_id, limit,
+                                    "request body exceeds max_buffered_body_bytes of a buffered body plugin; answering 413"
+                                );
+                                return local_reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large", exchange);
+                            }
+                            Err(CollectError::Failed(e)) => {
+                                debug!(route = %route.name, ?request_id, error = %e, "request body failed while buffering");
+                                return local_reply(StatusCode::BAD_REQUEST, "request body incomplete", exchange);
+                            }
+                        };
+                        let outcome = x.lock().await.request_body_buffered(&mut parts, bytes).await;
+                        match outcome {
+                            BufferedBody::Respond(resp) => return plugin_reply(resp, exchange),
+                            BufferedBody::Body(pieces) => {
+                                let pieces = Pieces::new(pieces);
+                                parts.headers.insert(header::CONTENT_LENGTH, pieces.len().into());
+                                UpstreamBody::Full(pieces)
+                            }
+                        }
+                    }
+                    BodyMode::Streamed if body.is_end_stream() => {
+                        // No body: the end-of-stream call now, so an appended body gets an
+                        // exact length and an empty one stays without framing.
+                        let mut out = Vec::new();
+                        let done = x
+                            .lock()
+                            .await
+                            .body_chunk(BodySide::Request, Bytes::new(), true, &mut out)
+                            .await;
+                        if done.is_err() {
+                            return local_reply(StatusCode::INTERNAL_SERVER_ERROR, "plugin failure", exchange);
+                        }
+                        if out.is_empty() {
+                            UpstreamBody::Plain(body)
+                        } else {
+                            let pieces = Pieces::new(out);
+                            parts.headers.insert(header::CONTENT_LENGTH, pieces.len().into());
+                            UpstreamBody::Full(pieces)
+                        }
+                    }
+                    BodyMode::Streamed => {
+                        // The plugins may change the length: stream it (chunked upstream).
+                        parts.headers.remove(header::CONTENT_LENGTH);
+                        let shared = exchange.take().expect("matched Some").into_shared();
+                        exchange = Some(Keep::Shared(Arc::clone(&shared)));
+                        UpstreamBody::Plugin(PluginBody::new(body, shared, BodySide::Request))
+                    }
+                }
+            }
+        };
 
         add_forwarding_headers(&mut parts.headers, client.ip(), "http", host.as_ref());
         let upstream = &route.upstream;
@@ -440,6 +546,7 @@ impl Proxy {
         parts.uri = upstream_uri(&parts.uri, addr);
         // Upstreams always get HTTP/1.1, whatever the client spoke.
         parts.version = Version::HTTP_11;
+        let head_request = parts.method == Method::HEAD;
 
         let resp = match upstream.send(Request::from_parts(parts, body)).await {
             Ok(resp) => resp,
@@ -461,21 +568,66 @@ impl Proxy {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.version = Version::HTTP_11;
-        if let Some(x) = exchange.as_mut() {
-            let t = Instant::now();
-            let flow = x.response_headers_async(&mut parts).await;
-            route.metrics.response_phase(t.elapsed());
-            if let Flow::Respond(resp) = flow {
-                // Dropping `body` closes (or returns to the pool) the upstream connection.
-                return plugin_reply(resp, exchange);
+        let Some(x) = exchange.as_mut() else {
+            debug!(route = %route.name, %addr, status = parts.status.as_u16(), "proxied");
+            return Response::from_parts(parts, ProxyBody::new(body, None));
+        };
+        let t = Instant::now();
+        let flow = x.lock().await.response_headers_async(&mut parts).await;
+        route.metrics.response_phase(t.elapsed());
+        if let Flow::Respond(resp) = flow {
+            // Dropping `body` closes (or returns to the pool) the upstream connection.
+            return plugin_reply(resp, exchange);
+        }
+        // Responses that cannot have a body never reach body plugins.
+        let no_body = head_request
+            || parts.status.is_informational()
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
+        let mode = if no_body {
+            BodyMode::None
+        } else {
+            x.lock().await.body_mode(BodySide::Response)
+        };
+        debug!(route = %route.name, %addr, status = parts.status.as_u16(), ?mode, "proxied");
+        match mode {
+            BodyMode::None => Response::from_parts(parts, ProxyBody::new(body, exchange)),
+            BodyMode::Streamed => {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                let shared = exchange.take().expect("matched Some").into_shared();
+                let body = PluginBody::new(body, Arc::clone(&shared), BodySide::Response);
+                Response::from_parts(parts, ProxyBody::new(body, Some(Keep::Shared(shared))))
+            }
+            BodyMode::Buffered => {
+                let bytes = match collect_limited(body, route.body_limit).await {
+                    Ok(b) => b,
+                    Err(CollectError::TooLarge { limit }) => {
+                        warn!(
+                            route = %route.name, upstream = %upstream.name, ?request_id, limit,
+                            "response body exceeds max_buffered_body_bytes of a buffered body plugin; answering 502"
+                        );
+                        return local_reply(StatusCode::BAD_GATEWAY, "upstream response too large", exchange);
+                    }
+                    Err(CollectError::Failed(e)) => {
+                        warn!(route = %route.name, upstream = %upstream.name, ?request_id, error = %e, "upstream body failed");
+                        return local_reply(StatusCode::BAD_GATEWAY, "upstream response incomplete", exchange);
+                    }
+                };
+                let outcome = x.lock().await.response_body_buffered(&mut parts, bytes).await;
+                match outcome {
+                    BufferedBody::Respond(resp) => plugin_reply(resp, exchange),
+                    BufferedBody::Body(pieces) => {
+                        let pieces = Pieces::new(pieces);
+                        parts.headers.insert(header::CONTENT_LENGTH, pieces.len().into());
+                        Response::from_parts(parts, ProxyBody::new(pieces, exchange))
+                    }
+                }
             }
         }
-        debug!(route = %route.name, %addr, status = parts.status.as_u16(), "proxied");
-        Response::from_parts(parts, ProxyBody::new(body, exchange))
     }
 }
 
-fn plugin_reply(resp: Response<bytes::Bytes>, exchange: Option<Exchange>) -> Response<ProxyBody> {
+fn plugin_reply(resp: Response<bytes::Bytes>, exchange: Option<Keep>) -> Response<ProxyBody> {
     let (parts, bytes) = resp.into_parts();
     Response::from_parts(parts, ProxyBody::full(bytes, exchange))
 }

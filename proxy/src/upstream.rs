@@ -6,6 +6,8 @@ use std::time::Duration;
 use http::uri::Authority;
 use http::{Request, Response};
 use hyper::body::Incoming;
+
+use crate::body::UpstreamBody;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -18,7 +20,7 @@ pub struct Upstream {
     next: AtomicUsize,
     timeout: Duration,
     // One client per upstream: the connect timeout lives on the connector.
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, UpstreamBody>,
 }
 
 #[derive(Debug)]
@@ -64,7 +66,7 @@ impl Upstream {
 
     /// Sends `req` (whose URI already points at an address from [`Upstream::pick`]) and waits
     /// for the response head. The response body streams afterwards, outside the timeout.
-    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, UpstreamError> {
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(UpstreamError::Failed(e)),

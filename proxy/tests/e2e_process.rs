@@ -5,7 +5,6 @@
 
 mod common;
 
-
 use weft_proxy::demo::spawn_demo_upstream;
 
 use common::{ProxyProcess, config, free_port, get, go_library, go_library_abi99};

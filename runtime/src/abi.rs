@@ -40,9 +40,20 @@ pub const WEFT_PHASE_MASK_REQUEST_BODY: u32 = 1 << 1;
 pub const WEFT_PHASE_MASK_RESPONSE_HEADERS: u32 = 1 << 2;
 pub const WEFT_PHASE_MASK_RESPONSE_BODY: u32 = 1 << 3;
 pub const WEFT_PHASE_MASK_LOG: u32 = 1 << 4;
-/// Phases this runtime version drives. Body and WebSocket phases are reserved.
-pub const WEFT_PHASE_MASK_SUPPORTED: u32 =
-    WEFT_PHASE_MASK_REQUEST_HEADERS | WEFT_PHASE_MASK_RESPONSE_HEADERS | WEFT_PHASE_MASK_LOG;
+/// Phases this runtime version drives. WebSocket phases are reserved.
+pub const WEFT_PHASE_MASK_SUPPORTED: u32 = WEFT_PHASE_MASK_REQUEST_HEADERS
+    | WEFT_PHASE_MASK_REQUEST_BODY
+    | WEFT_PHASE_MASK_RESPONSE_HEADERS
+    | WEFT_PHASE_MASK_RESPONSE_BODY
+    | WEFT_PHASE_MASK_LOG;
+
+/// [`WeftRequestView::body_flags`]: this is the last body call of the phase for this request
+/// (the chunk may be empty). Every body phase a plugin takes part in ends with exactly one call
+/// carrying this bit.
+pub const WEFT_BODY_END_OF_STREAM: u32 = 1;
+/// [`WeftRequestView::body_flags`]: the chunk is the whole body (buffered mode); always comes
+/// with [`WEFT_BODY_END_OF_STREAM`].
+pub const WEFT_BODY_BUFFERED: u32 = 2;
 
 /// Most mutation records one batch may hold; a longer batch is rejected whole.
 pub const WEFT_MAX_MUTATION_RECORDS: u32 = 256;
@@ -126,11 +137,12 @@ impl WeftResult {
 pub enum WeftPhase {
     /// Request line and headers have arrived; the upstream has not been contacted.
     RequestHeaders = 0,
-    /// Reserved for request body chunks.
+    /// The request body, chunk by chunk (streamed) or whole (buffered): see
+    /// [`WeftRequestView::body`].
     RequestBody = 1,
     /// The upstream's status and headers have arrived; nothing was sent to the client yet.
     ResponseHeaders = 2,
-    /// Reserved for response body chunks.
+    /// The response body, chunk by chunk (streamed) or whole (buffered).
     ResponseBody = 3,
     /// The response has been sent. Read-only; runs off the request path.
     Log = 4,
@@ -183,7 +195,7 @@ pub struct WeftHeader {
 /// one request are never called concurrently, and the host establishes happens-before between
 /// them, so per-request plugin state indexed by `slot` needs no locking.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct WeftRequestView {
     /// Total bytes of the view, this struct included.
     pub size: u32,
@@ -224,7 +236,48 @@ pub struct WeftRequestView {
     /// Names this phase call for [`WeftHostApi::complete`] together with `slot`; never 0. A
     /// handler that answers [`WeftResult::Pending`] passes it back when it completes.
     pub call: u32,
+    /// Body phases only (else NULL): the body bytes of this call, `body_len` of them, read in
+    /// place. Host memory outside the view (the HTTP library's receive buffer), valid only
+    /// during this call; never write it, keep no pointer into it. NULL only with `body_len` 0.
+    pub body: *const u8,
+    /// Number of bytes at `body`; 0 outside body phases.
+    pub body_len: u32,
+    /// Body phases only: `WEFT_BODY_*` bits ([`WEFT_BODY_END_OF_STREAM`], [`WEFT_BODY_BUFFERED`]).
+    pub body_flags: u32,
 }
+
+impl Default for WeftRequestView {
+    fn default() -> Self {
+        WeftRequestView {
+            size: 0,
+            phase: 0,
+            request_id: 0,
+            slot: 0,
+            generation: 0,
+            method: WeftStr::default(),
+            path: WeftStr::default(),
+            query: WeftStr::default(),
+            host: WeftStr::default(),
+            client_addr: WeftStr::default(),
+            scheme: WeftStr::default(),
+            version: WeftStr::default(),
+            req_headers_off: 0,
+            req_header_count: 0,
+            status: 0,
+            resp_headers_off: 0,
+            resp_header_count: 0,
+            call: 0,
+            body: std::ptr::null(),
+            body_len: 0,
+            body_flags: 0,
+        }
+    }
+}
+
+// SAFETY: plain data; `body` is an address the plugin reads during one call, never dereferenced
+// by the host through this struct.
+unsafe impl Send for WeftRequestView {}
+unsafe impl Sync for WeftRequestView {}
 
 /// A host-owned output buffer the plugin writes into during one call.
 ///
@@ -266,6 +319,21 @@ pub enum WeftMutationOp {
     LocalReply = 10,
     /// A header `a: b` of the local reply; must follow the `LocalReply` record of the same batch.
     LocalReplyHeader = 11,
+    /// Body phases: replace this call's body bytes (the chunk, or the whole body when buffered)
+    /// with `a`. At most one `BodyReplace`/`BodyDrop` per batch.
+    BodyReplace = 12,
+    /// Body phases: send `a` before this call's body bytes (several: in record order).
+    BodyPrepend = 13,
+    /// Body phases: send `a` after this call's body bytes (several: in record order). On the
+    /// end-of-stream call this appends to the end of the body.
+    BodyAppend = 14,
+    /// Body phases: drop this call's body bytes (`a` and `b` empty); prepends and appends of
+    /// the same batch are still sent.
+    BodyDrop = 15,
+    /// Request-headers phase: this instance does not want this request's body; response-headers
+    /// phase: it does not want this response's body. Its body phase is then not called for this
+    /// request (the body may stream past it untouched). `a` and `b` empty.
+    SkipBody = 16,
 }
 
 /// Header of one mutation record. It is followed by `a_len` bytes of operand `a`, then `b_len`
@@ -306,6 +374,13 @@ pub struct WeftPluginInfo {
 /// plugin answers through [`WeftHostApi::complete`]. A library with such a plugin must provide
 /// `attach_worker`.
 pub const WEFT_PLUGIN_FLAG_BLOCKING: u32 = 1;
+
+/// [`WeftPluginInfo::flags`]: the plugin's request-body phase (if declared) wants the whole body
+/// in one call (buffered, up to the configured limit) instead of chunk by chunk (streamed, the
+/// default when the phase bit is set).
+pub const WEFT_PLUGIN_FLAG_REQUEST_BODY_BUFFERED: u32 = 2;
+/// [`WeftPluginInfo::flags`]: the same for the response-body phase.
+pub const WEFT_PLUGIN_FLAG_RESPONSE_BODY_BUFFERED: u32 = 4;
 
 /// One phase call posted to a worker ring (see `docs/architecture.md`, "Worker-pool rings", for
 /// the ring layout). The worker runs phase `phase` of instance `instance` over the view at

@@ -337,6 +337,12 @@ impl Arena {
         self.shared().slot_size
     }
 
+    /// Start of the mapped region: slot `i` begins at `base_ptr() + i * slot_size()`. Handed to
+    /// worker-ring consumers (`attach_worker`), which address slots by index.
+    pub fn base_ptr(&self) -> *const u8 {
+        self.shared().base
+    }
+
     /// Slots per refill of a per-thread cache (0: no caches).
     pub fn batch(&self) -> u32 {
         self.shared().batch
@@ -580,9 +586,35 @@ impl SlotLease {
         unsafe { std::slice::from_raw_parts_mut(s.base.add(self.index() as usize * len), len) }
     }
 
+    /// The slot's bytes, read-only (e.g. a lease frozen as the owner of a `Bytes`).
+    #[inline]
+    pub fn bytes(&self) -> &[u8] {
+        let s = self.shared();
+        let len = s.slot_size;
+        // SAFETY: as in `bytes_mut`; `&self` hands out shared reads only, and no `&mut` access
+        // can exist while this borrow lives.
+        unsafe { std::slice::from_raw_parts(s.base.add(self.index() as usize * len), len) }
+    }
+
     /// Start of the slot, for handing to a plugin during a call.
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
         self.bytes_mut().as_mut_ptr()
+    }
+
+    /// Start of the slot without forming a reference to its bytes: for use while a plugin holds a
+    /// pending call and may be writing the slot's output area (a `&mut [u8]` over the whole slot
+    /// would alias those writes).
+    #[inline]
+    pub fn raw_ptr(&self) -> *mut u8 {
+        let s = self.shared();
+        // SAFETY: index < slot_count: the offset lies inside the mapping.
+        unsafe { s.base.add(self.index() as usize * s.slot_size) }
+    }
+
+    /// Bytes per slot.
+    #[inline]
+    pub fn slot_size(&self) -> usize {
+        self.shared().slot_size
     }
 
     /// Returns the slot through `cache` instead of the thread's own cache (loom models, tests).

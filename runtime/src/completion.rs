@@ -62,6 +62,17 @@ pub enum CompleteError {
     Cancelled,
 }
 
+/// A cell's state as [`CompletionCell::peek`] saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellState {
+    Idle,
+    Called,
+    Pending,
+    Writing,
+    Completed,
+    Cancelled,
+}
+
 /// What [`CompletionCell::cancel`] did with the owner's payload.
 #[derive(Debug)]
 pub enum Cancel<T> {
@@ -105,9 +116,13 @@ impl<T, R> CompletionCell<T, R> {
 
     /// Owner: starts a call; returns its `seq` for the completion token, or `None` if the cell is
     /// not idle (a previous call was orphaned and never completed).
+    ///
+    /// A plain store, not a compare-and-swap: in `IDLE` only the owner writes the state (a
+    /// completer writes only from `CALLED`/`PENDING`, or after it observed `CANCELLED`), so
+    /// nobody can change it between the load and the store. Release publishes what the owner
+    /// wrote before (the call's metadata) to the completer that acquires the new state.
     pub fn begin(&self) -> Option<u32> {
-        let cur = self.state.load(Ordering::Acquire);
-        let (seq, state) = unpack(cur);
+        let (seq, state) = unpack(self.state.load(Ordering::Acquire));
         if state != IDLE {
             return None;
         }
@@ -115,10 +130,8 @@ impl<T, R> CompletionCell<T, R> {
             0 => 1,
             n => n,
         };
-        self.state
-            .compare_exchange(cur, pack(next, CALLED), Ordering::AcqRel, Ordering::Relaxed)
-            .ok()
-            .map(|_| next)
+        self.state.store(pack(next, CALLED), Ordering::Release);
+        Some(next)
     }
 
     /// Owner: the handler returned "pending". A completion that already arrived is left for
@@ -254,6 +267,29 @@ impl<T, R> CompletionCell<T, R> {
                 _ => return Cancel::Kept(take_back()),
             }
         }
+    }
+
+    /// The current call's `seq` and state, for a completer's checks before it commits (the state
+    /// may move on right after; [`complete`](Self::complete) decides).
+    pub fn peek(&self) -> (u32, CellState) {
+        let (seq, state) = unpack(self.state.load(Ordering::Acquire));
+        let state = match state {
+            IDLE => CellState::Idle,
+            CALLED => CellState::Called,
+            PENDING => CellState::Pending,
+            WRITING => CellState::Writing,
+            COMPLETED => CellState::Completed,
+            _ => CellState::Cancelled,
+        };
+        (seq, state)
+    }
+
+    /// With exclusive access (the cell is being dropped): takes what a cancelled call left
+    /// behind, so the caller can decide its fate (the runtime leaks an orphaned slot lease rather
+    /// than returning memory a plugin may still write).
+    pub fn take_orphan(&mut self) -> Option<T> {
+        // SAFETY: `&mut self`: no completer can be inside the cell.
+        self.orphan.with_mut(|p| unsafe { (*p).take() })
     }
 
     /// Whether a cancelled call is still waiting for its plugin (the slot is held).

@@ -8,29 +8,42 @@
 //! log-phase plugins, so logging happens after the response and off the request path.
 //!
 //! Remote instances ([`crate::remote::RemotePlugin`]) are awaited instead: the phase methods are
-//! `async`, and on a chain without remote instances the future completes on its first poll
-//! without ever yielding (the sync [`Exchange::request_headers`] polls it once with a no-op
-//! waker). A remote reply goes through the same `mutation::decode` and apply path as an
+//! `async`. A remote reply goes through the same `mutation::decode` and apply path as an
 //! in-process batch.
+//!
+//! An in-process call may also go asynchronous: the handler answers `Pending` and finishes later
+//! through `complete` (`pending.rs`), or the instance is blocking and its call is posted to a
+//! worker ring (`workers.rs`). The engine then awaits the slot's completion cell (the `_async`
+//! methods; the sync ones park the calling thread), bounded by the instance's deadline; on a
+//! deadline, or when the phase future is dropped (client gone), the call is cancelled and its
+//! slot stays with the plugin until it completes ([`Exchange::abandon`]). Without a pending
+//! answer the future is ready at its first poll without ever yielding.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
 
 use crate::abi::*;
 use crate::arena::SlotLease;
+use crate::completion::{Cancel, CellState};
 use crate::mutation::{self, MutationError};
+use crate::pending::{Done, InFlight, Load, Orphan};
 use crate::plugin::Library;
 use crate::remote::{RemoteCallError, RemoteErrorKind, RemotePlugin};
 use crate::sync::stat::{AtomicU64, Ordering};
 use crate::view::{self, RequestHead, ViewIdentity};
 use crate::{Runtime, RuntimeStats};
+
+// Body phases (issue 5) live in their own file; a child module so they extend `Exchange`.
+#[path = "body.rs"]
+mod body;
+pub use body::{BodyAbort, BodyMode, BodySide, BufferedBody};
 
 /// How an instance is reached.
 pub(crate) enum Transport {
@@ -47,6 +60,32 @@ pub(crate) struct Instance {
     pub(crate) transport: Transport,
     pub(crate) phases: u32,
     pub(crate) fail_open: bool,
+    /// `WEFT_PLUGIN_FLAG_*` bits of the plugin (body modes).
+    pub(crate) flags: u32,
+    /// Deadline, in-flight limit and worker-pool use of asynchronous calls.
+    pub(crate) limits: CallLimits,
+}
+
+/// The limits of an instance's asynchronous calls ([`crate::InstanceOptions`]).
+pub(crate) struct CallLimits {
+    pub(crate) deadline: Duration,
+    pub(crate) max_in_flight: u64,
+    /// Every call goes to the library's worker pool.
+    pub(crate) blocking: bool,
+    pub(crate) retry_after: u32,
+    pub(crate) load: Arc<Load>,
+}
+
+impl CallLimits {
+    pub(crate) fn new(opts: &crate::InstanceOptions, blocking: bool) -> CallLimits {
+        CallLimits {
+            deadline: opts.deadline,
+            max_in_flight: u64::from(opts.max_in_flight),
+            blocking,
+            retry_after: opts.retry_after_secs,
+            load: Arc::default(),
+        }
+    }
 }
 
 impl Instance {
@@ -116,6 +155,7 @@ impl Chain {
             ident,
             request_end: 0,
             view_end: 0,
+            body: Default::default(),
         }))
     }
 }
@@ -130,12 +170,25 @@ pub struct Exchange {
     request_end: usize,
     /// End of the whole view (request plus response section).
     view_end: usize,
+    /// Body-phase bookkeeping (`body.rs`).
+    body: body::BodyState,
 }
 
 enum CallError {
     Code(WeftResult),
     Mutation(MutationError),
     Remote(RemoteCallError),
+    /// A pending call or worker job missed the instance's deadline and was cancelled.
+    Timeout(Duration),
+    /// Refused without calling the plugin: its in-flight limit or its worker ring is full.
+    Busy {
+        retry_after: u32,
+        why: String,
+    },
+    /// After a cancelled call no arena slot was free to go on with.
+    NoSlot,
+    /// A blocking instance has no worker on this thread's ring.
+    NoWorker(&'static str),
 }
 
 impl std::fmt::Display for CallError {
@@ -145,12 +198,29 @@ impl std::fmt::Display for CallError {
             CallError::Code(c) => write!(f, "plugin returned {c:?}"),
             CallError::Mutation(e) => write!(f, "invalid mutation batch rejected: {e}"),
             CallError::Remote(e) => write!(f, "{e}"),
+            CallError::Timeout(d) => write!(
+                f,
+                "plugin did not complete the call within its deadline of {} ms; call cancelled",
+                d.as_millis()
+            ),
+            CallError::Busy { why, .. } => write!(f, "call refused, {why}"),
+            CallError::NoSlot => f.write_str("no free arena slot to go on with after a cancelled call"),
+            CallError::NoWorker(why) => write!(f, "blocking plugin unavailable: {why}"),
         }
     }
 }
 
-/// The answer of a fail-closed instance: 503 (with `retry-after`) when the remote plugin is
-/// unreachable or overloaded, 504 when it timed out, 500 otherwise.
+/// 503 with `retry-after`: no arena slot for the request to go on with.
+fn no_slot_response() -> Response<Bytes> {
+    let mut resp = failure_response(StatusCode::SERVICE_UNAVAILABLE, "busy\n");
+    resp.headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    resp
+}
+
+/// The answer of a fail-closed instance: 503 (with `retry-after`) when the plugin is unreachable
+/// or overloaded (remote, in-flight limit, worker ring full), 504 when it timed out, 500
+/// otherwise.
 fn call_failure_response(err: &CallError) -> Response<Bytes> {
     match err {
         CallError::Remote(e) => match e.kind {
@@ -163,6 +233,14 @@ fn call_failure_response(err: &CallError) -> Response<Bytes> {
             RemoteErrorKind::Timeout => failure_response(StatusCode::GATEWAY_TIMEOUT, "plugin timed out\n"),
             _ => failure_response(StatusCode::INTERNAL_SERVER_ERROR, "plugin failure\n"),
         },
+        CallError::Timeout(_) => failure_response(StatusCode::GATEWAY_TIMEOUT, "plugin timed out\n"),
+        CallError::Busy { retry_after, .. } => {
+            let mut resp = failure_response(StatusCode::SERVICE_UNAVAILABLE, "plugin busy\n");
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(*retry_after));
+            resp
+        }
+        CallError::NoSlot => no_slot_response(),
         _ => failure_response(StatusCode::INTERNAL_SERVER_ERROR, "plugin failure\n"),
     }
 }
@@ -174,12 +252,6 @@ fn block_on<F: Future>(fut: F) -> F::Output {
     if let Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         return v;
     }
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
     loop {
@@ -187,6 +259,18 @@ fn block_on<F: Future>(fut: F) -> F::Output {
             return v;
         }
         std::thread::park();
+    }
+}
+
+/// A waker that unparks a thread.
+struct Unpark(std::thread::Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
     }
 }
 
@@ -211,6 +295,10 @@ macro_rules! request_headers_phase {
                 "request header fields too large\n",
             ))
         };
+        if $self.lease.is_none() {
+            // The slot went to a cancelled call (its phase future was dropped) and none was free.
+            return Flow::Respond(no_slot_response());
+        }
         // Encoded even when no instance handles this phase: the response and log phases show it.
         if let Err(e) = $self.encode_request($parts, PHASE) {
             return too_large(e, $self.ident.request_id);
@@ -231,6 +319,9 @@ macro_rules! request_headers_phase {
             }
             match $call {
                 Ok(mut batch) => {
+                    if batch.take_skip_body() {
+                        $self.note_skip_body($inst, PHASE);
+                    }
                     if let Some(reply) = batch.take_reply() {
                         let (rparts, body) = reply.into_response().into_parts();
                         // The log phase sees the local reply as the response.
@@ -244,13 +335,17 @@ macro_rules! request_headers_phase {
                 }
                 Err(err) => {
                     $self.note_failure($inst, PHASE, &err);
-                    if !$inst.fail_open {
+                    // Without a slot (a cancelled call kept it, none was free) nothing can go on.
+                    if !$inst.fail_open || $self.lease.is_none() {
                         return Flow::Respond(call_failure_response(&err));
                     }
                 }
             }
         }
-        let later = WeftPhase::ResponseHeaders.mask() | WeftPhase::Log.mask();
+        let later = WeftPhase::RequestBody.mask()
+            | WeftPhase::ResponseHeaders.mask()
+            | WeftPhase::ResponseBody.mask()
+            | WeftPhase::Log.mask();
         if stale && $self.chain.phases & later != 0 {
             if let Err(e) = $self.encode_request($parts, PHASE) {
                 return too_large(e, $self.ident.request_id);
@@ -268,7 +363,16 @@ macro_rules! response_headers_phase {
             // request_headers was never called; nothing to show.
             return Flow::Continue;
         }
-        let wants_view = $self.chain.phases & (PHASE.mask() | WeftPhase::Log.mask()) != 0;
+        if $self.lease.is_none() {
+            // The slot went to a cancelled call and none was free: no plugin can see this phase.
+            return if $self.chain.phases & PHASE.mask() != 0 {
+                Flow::Respond(no_slot_response())
+            } else {
+                Flow::Continue
+            };
+        }
+        let wants_view =
+            $self.chain.phases & (PHASE.mask() | WeftPhase::ResponseBody.mask() | WeftPhase::Log.mask()) != 0;
         if !wants_view {
             return Flow::Continue;
         }
@@ -286,6 +390,9 @@ macro_rules! response_headers_phase {
         for $inst in instances.iter().rev().filter(|i| i.phases & PHASE.mask() != 0) {
             match $call {
                 Ok(mut batch) => {
+                    if batch.take_skip_body() {
+                        $self.note_skip_body($inst, PHASE);
+                    }
                     if let Some(reply) = batch.take_reply() {
                         let (rparts, body) = reply.into_response().into_parts();
                         let _ = $self.encode_response(&rparts, WeftPhase::Log);
@@ -304,7 +411,8 @@ macro_rules! response_headers_phase {
                 }
                 Err(err) => {
                     $self.note_failure($inst, PHASE, &err);
-                    if !$inst.fail_open {
+                    // Without a slot (a cancelled call kept it, none was free) nothing can go on.
+                    if !$inst.fail_open || $self.lease.is_none() {
                         return Flow::Respond(call_failure_response(&err));
                     }
                 }
@@ -350,41 +458,40 @@ impl Exchange {
         Ok(())
     }
 
-    /// Calls one instance for one phase over the view already in the slot; returns its batch.
+    /// Calls one in-process instance for one phase over the view already in the slot; returns its
+    /// batch. A pending answer (or a worker job) parks this thread until it completes or its
+    /// deadline passes.
     fn call(&mut self, inst: &Instance, phase: WeftPhase) -> Result<mutation::Batch, CallError> {
-        let view_end = self.view_end;
-        let slot = self.lease().bytes_mut();
-        let out_off = view_end.next_multiple_of(8);
-        let cap = slot.len().saturating_sub(out_off);
-        let base = slot.as_mut_ptr();
-        // SAFETY: out_off <= slot.len() (the view fit, and the slot size is a multiple of 64).
-        let mut out = WeftBuf {
-            ptr: unsafe { base.add(out_off) },
-            cap: cap as u32,
-            len: 0,
-        };
-        // SAFETY: the view is a complete WeftRequestView in host memory valid for the call, and
-        // `out` points to `cap` writable bytes of the same slot, after the view.
-        let Transport::Ffi(lib) = &inst.transport else {
-            unreachable!("call() is only used for in-process instances")
-        };
-        let rc = unsafe { (lib.on_phase)(inst.id, phase as u32, base.cast::<WeftRequestView>(), &mut out) };
-        let rc = WeftResult::from_raw(rc);
-        if rc != WeftResult::Ok {
-            return Err(CallError::Code(rc));
+        match self.start_ffi(inst, phase) {
+            Started::Done(r) => r,
+            Started::Waiting(w) => self.wait_blocking(inst, phase, w),
         }
-        let slot = self.lease().bytes_mut();
-        mutation::decode(&slot[out_off..], out.len as usize, phase).map_err(CallError::Mutation)
     }
 
-    /// Calls one instance, in-process (inline, never yields) or remote (awaited).
+    /// Calls one instance: in-process (inline; awaited only if it answers `Pending` or is
+    /// blocking) or remote (awaited).
     async fn call_any(&mut self, inst: &Instance, phase: WeftPhase) -> Result<mutation::Batch, CallError> {
         match &inst.transport {
-            Transport::Ffi(_) => self.call(inst, phase),
+            Transport::Ffi(_) => match self.start_ffi(inst, phase) {
+                Started::Done(r) => r,
+                Started::Waiting(w) => {
+                    WaitCall {
+                        x: self,
+                        inst,
+                        phase,
+                        w: Some(w),
+                        timer: None,
+                    }
+                    .await
+                }
+            },
             Transport::Remote(plugin, deadline) => {
                 let view_end = self.view_end;
                 let request_id = self.ident.request_id;
-                let view: &[u8] = &self.lease().bytes_mut()[..view_end];
+                let Some(lease) = self.lease.as_mut() else {
+                    return Err(CallError::NoSlot);
+                };
+                let view: &[u8] = &lease.bytes_mut()[..view_end];
                 let bytes = plugin
                     .call(phase, request_id, view, *deadline)
                     .await
@@ -409,7 +516,8 @@ impl Exchange {
     }
 
     /// Runs the request-headers phase of every instance that declared it, in chain order, on
-    /// this thread. In-process instances run inline; with remote instances on the chain the
+    /// this thread. In-process instances run inline; a pending answer or a worker job parks the
+    /// thread until it completes (or its deadline), and with remote instances on the chain the
     /// thread blocks for their replies (and must be inside the transport's async runtime), so
     /// async callers use [`request_headers_async`](Self::request_headers_async).
     pub fn request_headers(&mut self, parts: &mut http::request::Parts) -> Flow {
@@ -428,51 +536,151 @@ impl Exchange {
     }
 
     /// Runs the request-headers phase of every instance that declared it, in chain order.
-    /// In-process instances are called inline; on a chain without remote instances this is the
-    /// sync path, ready at the first poll.
+    /// In-process instances are called inline; a pending answer, a worker job or a remote call is
+    /// awaited (the future is ready at its first poll when there is none).
     pub async fn request_headers_async(&mut self, parts: &mut http::request::Parts) -> Flow {
-        if !self.chain.has_remote {
-            return self.request_headers(parts);
-        }
         request_headers_phase!(self, parts, |inst| self.call_any(inst, PHASE).await)
     }
 
     /// Runs the response-headers phase of every instance that declared it, in reverse chain order
     /// (the first plugin on the way in is the last on the way out).
     pub async fn response_headers_async(&mut self, parts: &mut http::response::Parts) -> Flow {
-        if !self.chain.has_remote {
-            return self.response_headers(parts);
-        }
         response_headers_phase!(self, parts, |inst| self.call_any(inst, PHASE).await)
     }
 
-    /// Runs the log phase now, on this thread. Used by the log thread.
-    fn run_log(&mut self) {
+    /// Runs the log calls of instances `*next..` (chain positions) on this thread; stops at a
+    /// call that went pending or to a worker, returning it (`*next` then points past it), with
+    /// `cx`'s waker registered for its completion. Used by the log thread ([`LogJob::step`]).
+    fn run_log_from(&mut self, next: &mut usize, cx: &mut Context<'_>) -> Option<(Waiting, usize)> {
         const PHASE: WeftPhase = WeftPhase::Log;
-        if self.request_end == 0 {
-            return;
-        }
-        view::set_phase(self.lease().bytes_mut(), PHASE as u32);
         let instances = Arc::clone(&self.chain.instances);
-        for inst in instances.iter().filter(|i| i.phases & PHASE.mask() != 0) {
+        while let Some(inst) = instances.get(*next) {
+            let pos = *next;
+            *next += 1;
+            if inst.phases & PHASE.mask() == 0 {
+                continue;
+            }
+            if self.lease.is_none() {
+                // A log call timed out and no slot was free for the rest.
+                self.chain.rt.stats.log_dropped.fetch_add(1, Ordering::Relaxed);
+                *next = instances.len();
+                return None;
+            }
             if let Some(plugin) = inst.remote() {
                 // Fire and forget: the transport publishes without blocking this thread.
                 let (view_end, request_id) = (self.view_end, self.ident.request_id);
                 plugin.log(request_id, &self.lease().bytes_mut()[..view_end]);
                 continue;
             }
-            match self.call(inst, PHASE) {
-                // decode() rejects every mutation record in the log phase, so a batch is empty.
-                Ok(_) => {}
-                Err(err) => self.note_failure(inst, PHASE, &err),
+            // decode() rejects every mutation record in the log phase, so a batch is empty.
+            let result = match self.start_ffi(inst, PHASE) {
+                Started::Done(r) => r,
+                Started::Waiting(w) => match self.chain.rt.calls.cell(w.slot).poll(w.seq, cx) {
+                    Poll::Ready(done) => self.finish_waiting(w, done, PHASE),
+                    Poll::Pending => return Some((w, pos)),
+                },
+            };
+            if let Err(err) = result {
+                self.note_failure(inst, PHASE, &err);
             }
         }
+        None
+    }
+}
+
+/// A finished exchange on its way through the log phase. The log thread runs many at once: a
+/// log call that goes pending (or to a worker) parks its job, not the thread ([`LogJob::step`]).
+pub(crate) struct LogJob {
+    x: Exchange,
+    /// Chain position of the next instance to log.
+    next: usize,
+    started: bool,
+    /// The pending call this job waits for, and its instance's position.
+    wait: Option<(Waiting, usize)>,
+}
+
+impl LogJob {
+    fn new(x: Exchange) -> LogJob {
+        LogJob {
+            x,
+            next: 0,
+            started: false,
+            wait: None,
+        }
+    }
+
+    /// Goes on with the log phase: `Some(self)` while a call is pending (`cx`'s waker fires when
+    /// it completes; [`deadline`](Self::deadline) says when to look again at the latest), `None`
+    /// when every log call is done and the slot is released.
+    pub(crate) fn step(mut self, cx: &mut Context<'_>) -> Option<LogJob> {
+        const PHASE: WeftPhase = WeftPhase::Log;
+        if let Some((w, pos)) = self.wait.take() {
+            let inst = Arc::clone(&self.x.chain.instances[pos]);
+            let result = match self.x.chain.rt.calls.cell(w.slot).poll(w.seq, cx) {
+                Poll::Ready(done) => self.x.finish_waiting(w, done, PHASE),
+                Poll::Pending if Instant::now() >= w.deadline => self.x.timed_out(&inst, PHASE, w),
+                Poll::Pending => {
+                    self.wait = Some((w, pos));
+                    return Some(self);
+                }
+            };
+            if let Err(err) = result {
+                self.x.note_failure(&inst, PHASE, &err);
+            }
+        } else if !self.started {
+            self.started = true;
+            if self.x.request_end == 0 || self.x.lease.is_none() {
+                self.discard();
+                return None;
+            }
+            view::set_phase(self.x.lease().bytes_mut(), PHASE as u32);
+        }
+        if let Some(w) = self.x.run_log_from(&mut self.next, cx) {
+            self.wait = Some(w);
+            return Some(self);
+        }
+        self.discard();
+        None
+    }
+
+    /// Whether the call this job waits for has completed.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.wait
+            .as_ref()
+            .is_some_and(|(w, _)| self.x.chain.rt.calls.cell(w.slot).peek() == (w.seq, CellState::Completed))
+    }
+
+    /// The deadline of the call this job waits for.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.wait.as_ref().map(|(w, _)| w.deadline)
+    }
+
+    /// Drops the job without queueing it again; the slot goes back to the arena.
+    pub(crate) fn discard(mut self) {
+        self.x.request_end = 0;
+    }
+}
+
+impl Drop for LogJob {
+    fn drop(&mut self) {
+        if let Some((w, _)) = self.wait.take() {
+            // Dropped while a plugin holds a log call: the slot stays with the plugin.
+            if let Abandoned::Arrived(w, done) = self.x.abandon(w, false) {
+                let _ = self.x.finish_waiting(w, done, WeftPhase::Log);
+            }
+        }
+        self.x.request_end = 0;
     }
 }
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        let log_pending = self.chain.phases & WeftPhase::Log.mask() != 0 && self.request_end != 0;
+        let mut log_pending = self.chain.phases & WeftPhase::Log.mask() != 0 && self.request_end != 0;
+        if log_pending && self.lease.is_none() {
+            // The slot went to a cancelled call and none was free to carry the view on.
+            self.chain.rt.stats.log_dropped.fetch_add(1, Ordering::Relaxed);
+            log_pending = false;
+        }
         if self.chain.has_remote {
             // Remote instances keep per-request routing (worker affinity): forget it now, except
             // for those whose log phase will run (the log call forgets it).
@@ -495,23 +703,9 @@ impl Drop for Exchange {
             ident: self.ident,
             request_end: self.request_end,
             view_end: self.view_end,
+            body: Default::default(),
         };
-        self.chain.rt.submit_log(LogJob(job));
-    }
-}
-
-/// A finished exchange waiting for its log phase.
-pub(crate) struct LogJob(Exchange);
-
-impl LogJob {
-    pub(crate) fn run(mut self) {
-        self.0.run_log();
-        self.discard();
-    }
-
-    /// Drops the job without queueing it again; the slot goes back to the arena.
-    pub(crate) fn discard(mut self) {
-        self.0.request_end = 0;
+        self.chain.rt.submit_log(LogJob::new(job));
     }
 }
 
@@ -521,4 +715,460 @@ fn phase_futures_are_send(x: &mut Exchange, req: &mut http::request::Parts, resp
     fn send<T: Send>(_: T) {}
     send(x.request_headers_async(req));
     send(x.response_headers_async(resp));
+}
+
+/// What starting an in-process call gave.
+enum Started {
+    /// Answered inline (or refused before the plugin was called).
+    Done(Result<mutation::Batch, CallError>),
+    /// Pending, or posted to a worker: awaited through the slot's completion cell.
+    Waiting(Waiting),
+}
+
+/// A call the host waits for.
+struct Waiting {
+    slot: u32,
+    seq: u32,
+    /// Offset of the output location in the view's slot (the job contract, and the inline
+    /// `out` unless a body call has its own out buffer).
+    out_off: usize,
+    /// A worker job: the records are in the view's slot even for a body call.
+    job: bool,
+    deadline: Instant,
+    in_flight: InFlight,
+}
+
+/// How [`Exchange::abandon`] ended.
+enum Abandoned {
+    /// The completion had arrived after all: finish the call normally.
+    Arrived(Waiting, Done),
+    /// Cancelled; the slot is the plugin's until it completes (or was returned to us if it had
+    /// just finished). `self.lease` is a slot to go on with, or `None`.
+    Cancelled,
+}
+
+impl Exchange {
+    /// Starts a call of in-process instance `inst`: checks its in-flight limit, opens a call on
+    /// the slot's completion cell and writes its number into the view, then calls the plugin
+    /// inline, or posts a job to the worker ring if the instance is blocking.
+    fn start_ffi(&mut self, inst: &Instance, phase: WeftPhase) -> Started {
+        let Transport::Ffi(lib) = &inst.transport else {
+            unreachable!("start_ffi() is only used for in-process instances")
+        };
+        let limits = &inst.limits;
+        let rt = &*self.chain.rt;
+        let Some(lease) = self.lease.as_mut() else {
+            return Started::Done(Err(CallError::NoSlot));
+        };
+        let (slot, generation, base) = (lease.index(), lease.generation(), lease.raw_ptr());
+        let out_off = self.view_end.next_multiple_of(8);
+        debug_assert_eq!(
+            // SAFETY: a whole view sits at the start of the slot.
+            unsafe { base.cast::<WeftRequestView>().read_unaligned().size } as usize,
+            self.view_end,
+            "the output location is the first 8-aligned offset after view.size"
+        );
+        // SAFETY: out_off <= slot size (the view fit, and the slot size is a multiple of 64).
+        let mut out = WeftBuf {
+            ptr: unsafe { base.add(out_off) },
+            cap: lease.slot_size().saturating_sub(out_off) as u32,
+            len: 0,
+        };
+        let job = limits.blocking;
+        // A body call writes into its own out buffer (body.rs), so replacement bytes can go to
+        // hyper without a copy. A worker job writes where the job contract says (in the slot).
+        if !job {
+            if let Some(body_out) = self.body.out.as_mut() {
+                let b = body_out.bytes_mut();
+                out = WeftBuf {
+                    ptr: b.as_mut_ptr(),
+                    cap: b.len() as u32,
+                    len: 0,
+                };
+            }
+        }
+        let busy = |why: String| {
+            rt.stats.busy_rejections.fetch_add(1, Ordering::Relaxed);
+            Started::Done(Err(CallError::Busy {
+                retry_after: limits.retry_after,
+                why,
+            }))
+        };
+        let max = limits.max_in_flight;
+        // A worker job counts before it is posted; an inline call only once it answered Pending
+        // (the fast path touches no shared counter), so the limit may be overshot by the calls
+        // entering on other threads at the same moment.
+        let in_flight = if job {
+            match InFlight::try_enter(&limits.load, max) {
+                Some(g) => Some(g),
+                None => return busy(format!("in-flight limit of {max} calls reached")),
+            }
+        } else if limits.load.in_flight.load(Ordering::Relaxed) >= max {
+            return busy(format!("in-flight limit of {max} calls reached"));
+        } else {
+            None
+        };
+        let Some(seq) = rt.calls.begin(slot, inst.id, out.cap) else {
+            tracing::error!(plugin = %inst.name, slot, "completion cell of a leased slot is not idle");
+            return Started::Done(Err(CallError::Code(WeftResult::Internal)));
+        };
+        // SAFETY: the view at `base` is this exchange's, and no call is outstanding on it.
+        unsafe { view::set_call_raw(base, seq) };
+        let cell = rt.calls.cell(slot);
+        if let Some(in_flight) = in_flight {
+            let arena = (rt.arena.base_ptr(), rt.arena.slot_size(), rt.arena.slot_count());
+            let j = WeftJob {
+                slot,
+                generation,
+                instance: inst.id,
+                phase: phase as u32,
+                call: seq,
+            };
+            if let Err(e) = rt.workers.post(lib, arena, j) {
+                // Never posted: no completer can exist, the cell is ours to reset.
+                cell.finish_inline(seq);
+                return match e {
+                    crate::workers::PostError::Full => busy("worker ring full".into()),
+                    crate::workers::PostError::NoWorker(why) => Started::Done(Err(CallError::NoWorker(why))),
+                };
+            }
+            rt.stats.worker_jobs.fetch_add(1, Ordering::Relaxed);
+            cell.mark_pending(seq);
+            rt.stats.pending_calls.fetch_add(1, Ordering::Relaxed);
+            return Started::Waiting(Waiting {
+                slot,
+                seq,
+                out_off,
+                job: true,
+                deadline: Instant::now() + limits.deadline,
+                in_flight,
+            });
+        }
+        // SAFETY: the view is a complete WeftRequestView in host memory valid for the call (and,
+        // if it goes pending, until it completes), and `out` points to `cap` writable bytes after
+        // the view in the same slot, or in the body call's out buffer.
+        let rc = unsafe { (lib.on_phase)(inst.id, phase as u32, base.cast::<WeftRequestView>(), &mut out) };
+        if rc == WeftResult::Pending as u32 {
+            // A completion that already arrived (from the calling thread's helper, say) is left
+            // for the wait to find.
+            cell.mark_pending(seq);
+            rt.stats.pending_calls.fetch_add(1, Ordering::Relaxed);
+            return Started::Waiting(Waiting {
+                slot,
+                seq,
+                out_off,
+                job: false,
+                deadline: Instant::now() + limits.deadline,
+                in_flight: InFlight::enter(&limits.load),
+            });
+        }
+        if !cell.finish_inline(seq) {
+            // The plugin answered inline and also completed the call: the inline answer wins. A
+            // completer may still be writing its result; wait for it (a few instructions).
+            tracing::warn!(plugin = %inst.name, "plugin answered a phase call inline and also completed it; the completion is ignored");
+            while cell.try_take(seq).is_none() && cell.peek() != (seq, CellState::Idle) {
+                std::hint::spin_loop();
+            }
+        }
+        let rc = WeftResult::from_raw(rc);
+        if rc != WeftResult::Ok {
+            return Started::Done(Err(CallError::Code(rc)));
+        }
+        if let Some(body_out) = self.body.out.as_mut() {
+            return Started::Done(
+                mutation::decode(body_out.bytes_mut(), out.len as usize, phase).map_err(CallError::Mutation),
+            );
+        }
+        let slot = self.lease().bytes_mut();
+        Started::Done(mutation::decode(&slot[out_off..], out.len as usize, phase).map_err(CallError::Mutation))
+    }
+
+    /// The completion of a waiting call arrived: decodes its records from the output location.
+    fn finish_waiting(&mut self, w: Waiting, done: Done, phase: WeftPhase) -> Result<mutation::Batch, CallError> {
+        let Waiting {
+            out_off,
+            job,
+            in_flight,
+            ..
+        } = w;
+        drop(in_flight);
+        self.chain.rt.stats.pending_calls.fetch_sub(1, Ordering::Relaxed);
+        let rc = WeftResult::from_raw(done.rc);
+        if rc != WeftResult::Ok {
+            return Err(CallError::Code(rc));
+        }
+        // `complete` checked out_len against the capacity of the output location.
+        let len = done.out_len as usize;
+        let lease = self.lease.as_mut().expect("a waiting call keeps its slot");
+        if let Some(body_out) = self.body.out.as_mut() {
+            let dst = body_out.bytes_mut();
+            if job {
+                // The worker wrote into the view's slot (the job contract); the body code reads
+                // the records (and slices replacement bytes) from its out buffer.
+                if len > dst.len() {
+                    return Err(CallError::Code(WeftResult::MutationOverflow));
+                }
+                dst[..len].copy_from_slice(&lease.bytes_mut()[out_off..out_off + len]);
+            }
+            return mutation::decode(dst, len, phase).map_err(CallError::Mutation);
+        }
+        mutation::decode(&lease.bytes_mut()[out_off..], len, phase).map_err(CallError::Mutation)
+    }
+
+    /// Gives up on a waiting call (its deadline passed, or its future was dropped). If the
+    /// plugin still holds the call, the slot's lease (and a body call's out buffer) moves into
+    /// the completion cell and goes back to the arena only when the late completion arrives. With
+    /// `replace`, the view is first copied into a freshly leased slot so the exchange can go on
+    /// there: the view's `slot` and `generation` change, so plugins' per-request state restarts.
+    fn abandon(&mut self, w: Waiting, replace: bool) -> Abandoned {
+        let rt = Arc::clone(&self.chain.rt);
+        let cell = rt.calls.cell(w.slot);
+        if let Some(done) = cell.try_take(w.seq) {
+            return Abandoned::Arrived(w, done);
+        }
+        let Waiting { seq, in_flight, .. } = w;
+        rt.stats.pending_calls.fetch_sub(1, Ordering::Relaxed);
+        let old = self.lease.take().expect("a waiting call keeps its slot");
+        let fresh = if replace {
+            let fresh = rt.arena.acquire().map(|mut fresh| {
+                // SAFETY: two distinct slots of one arena. The plugin only reads the view part
+                // of the old slot (it writes its output area after view_end), so copying it is a
+                // concurrent read; the fresh slot is exclusively ours.
+                unsafe { std::ptr::copy_nonoverlapping(old.raw_ptr(), fresh.raw_ptr(), self.view_end) };
+                let (index, generation) = (fresh.index(), fresh.generation());
+                view::set_identity(fresh.bytes_mut(), index, generation);
+                fresh
+            });
+            if fresh.is_none() {
+                rt.stats.arena_exhausted.fetch_add(1, Ordering::Relaxed);
+            }
+            fresh
+        } else {
+            None
+        };
+        // Counted before the cell can hand the orphan to a completer (which uncounts it).
+        rt.stats.orphaned_slots.fetch_add(1, Ordering::Relaxed);
+        let orphan = Orphan {
+            lease: Some(old),
+            // The body call's out buffer and the chunk its view points at stay with the plugin.
+            keep: match (self.body.out.take(), self.body.chunk.take()) {
+                (None, None) => None,
+                kept => Some(Box::new(kept) as Box<dyn std::any::Any + Send>),
+            },
+            _in_flight: Some(in_flight),
+            stats: Arc::clone(&rt.stats),
+        };
+        match cell.cancel(seq, orphan) {
+            Cancel::Orphaned => {
+                if let Some(f) = fresh {
+                    self.ident.slot = f.index();
+                    self.ident.generation = f.generation();
+                    self.lease = Some(f);
+                }
+            }
+            Cancel::Kept(mut orphan) => {
+                // The plugin finished just now (its result is discarded): the slot is ours again.
+                rt.stats.orphaned_slots.fetch_sub(1, Ordering::Relaxed);
+                self.lease = orphan.lease.take();
+                if let Some(keep) = orphan.keep.take() {
+                    self.body.out = keep.downcast::<body::BodyOut>().ok().map(|b| *b);
+                }
+                drop(fresh);
+            }
+        }
+        Abandoned::Cancelled
+    }
+
+    /// A waiting call missed its deadline: cancel it and say what the policy needs.
+    fn timed_out(&mut self, inst: &Instance, phase: WeftPhase, w: Waiting) -> Result<mutation::Batch, CallError> {
+        // Going on (fail open), or the log phase of the failure answer, needs the view in a slot.
+        let replace = inst.fail_open || self.chain.phases & WeftPhase::Log.mask() != 0;
+        match self.abandon(w, replace) {
+            Abandoned::Arrived(w, done) => return self.finish_waiting(w, done, phase),
+            Abandoned::Cancelled => {}
+        }
+        self.chain.rt.stats.phase_timeouts.fetch_add(1, Ordering::Relaxed);
+        if self.lease.is_none() && inst.fail_open {
+            return Err(CallError::NoSlot);
+        }
+        Err(CallError::Timeout(inst.limits.deadline))
+    }
+
+    /// Waits for a waiting call on this thread (sync API, log thread): parks until the
+    /// completion wakes it or the deadline passes.
+    fn wait_blocking(&mut self, inst: &Instance, phase: WeftPhase, w: Waiting) -> Result<mutation::Batch, CallError> {
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            if let Poll::Ready(done) = self.chain.rt.calls.cell(w.slot).poll(w.seq, &mut cx) {
+                return self.finish_waiting(w, done, phase);
+            }
+            let now = Instant::now();
+            if now >= w.deadline {
+                return self.timed_out(inst, phase, w);
+            }
+            std::thread::park_timeout(w.deadline - now);
+        }
+    }
+}
+
+/// Awaits a waiting call: its completion, or its deadline. Dropped before either (the request's
+/// future was dropped: client gone), it cancels the call ([`Exchange::abandon`]).
+struct WaitCall<'a> {
+    x: &'a mut Exchange,
+    inst: &'a Instance,
+    phase: WeftPhase,
+    w: Option<Waiting>,
+    timer: Option<DeadlineTimer>,
+}
+
+impl Future for WaitCall<'_> {
+    type Output = Result<mutation::Batch, CallError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let w = this.w.as_ref().expect("WaitCall polled after it finished");
+        let (slot, seq, deadline) = (w.slot, w.seq, w.deadline);
+        if let Poll::Ready(done) = this.x.chain.rt.calls.cell(slot).poll(seq, cx) {
+            let w = this.w.take().expect("checked above");
+            return Poll::Ready(this.x.finish_waiting(w, done, this.phase));
+        }
+        let timer = this
+            .timer
+            .get_or_insert_with(|| DeadlineTimer::new(deadline, cx.waker()));
+        if timer.poll(cx) || Instant::now() >= deadline {
+            let w = this.w.take().expect("checked above");
+            return Poll::Ready(this.x.timed_out(this.inst, this.phase, w));
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for WaitCall<'_> {
+    fn drop(&mut self) {
+        if let Some(w) = self.w.take() {
+            // Nobody waits for the result any more: no slot is needed to go on.
+            if let Abandoned::Arrived(w, done) = self.x.abandon(w, false) {
+                let _ = self.x.finish_waiting(w, done, self.phase);
+            }
+        }
+    }
+}
+
+/// The deadline of a waiting call: tokio's timer inside a tokio runtime (the proxy), else the
+/// process-wide `weft-deadline` thread (an async caller outside tokio).
+enum DeadlineTimer {
+    Tokio(std::pin::Pin<Box<tokio::time::Sleep>>),
+    Thread(ThreadTimer),
+}
+
+impl DeadlineTimer {
+    fn new(deadline: Instant, waker: &Waker) -> DeadlineTimer {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            DeadlineTimer::Tokio(Box::pin(tokio::time::sleep_until(deadline.into())))
+        } else {
+            DeadlineTimer::Thread(ThreadTimer::start(deadline, waker))
+        }
+    }
+
+    /// Whether the deadline passed (registers `cx`'s waker for it otherwise).
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        match self {
+            DeadlineTimer::Tokio(s) => s.as_mut().poll(cx).is_ready(),
+            DeadlineTimer::Thread(t) => t.poll(cx),
+        }
+    }
+}
+
+/// One deadline on the shared timer thread; dropping it removes the entry.
+struct ThreadTimer {
+    key: (Instant, u64),
+    state: Arc<TimerState>,
+}
+
+struct TimerState {
+    fired: std::sync::atomic::AtomicBool,
+    waker: std::sync::Mutex<Waker>,
+}
+
+/// The deadlines the `weft-deadline` thread watches, earliest first.
+struct Timers {
+    map: std::sync::Mutex<std::collections::BTreeMap<(Instant, u64), Arc<TimerState>>>,
+    changed: std::sync::Condvar,
+}
+
+fn timers() -> &'static Timers {
+    static TIMERS: std::sync::OnceLock<&'static Timers> = std::sync::OnceLock::new();
+    TIMERS.get_or_init(|| {
+        let t: &'static Timers = Box::leak(Box::new(Timers {
+            map: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            changed: std::sync::Condvar::new(),
+        }));
+        let spawned = std::thread::Builder::new().name("weft-deadline".into()).spawn(move || {
+            let mut map = t.map.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                let now = Instant::now();
+                match map.first_key_value().map(|(k, _)| *k) {
+                    Some(k) if k.0 <= now => {
+                        let state = map.remove(&k).expect("first key");
+                        state.fired.store(true, std::sync::atomic::Ordering::Release);
+                        let waker = state.waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        // Woken without the lock: the woken task may drop other timers.
+                        drop(map);
+                        waker.wake();
+                        map = t.map.lock().unwrap_or_else(|e| e.into_inner());
+                    }
+                    Some(k) => {
+                        map = t
+                            .changed
+                            .wait_timeout(map, k.0 - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                    None => map = t.changed.wait(map).unwrap_or_else(|e| e.into_inner()),
+                }
+            }
+        });
+        if spawned.is_err() {
+            tracing::error!("cannot start the weft-deadline thread: deadlines outside tokio are noticed late");
+        }
+        t
+    })
+}
+
+impl ThreadTimer {
+    fn start(deadline: Instant, waker: &Waker) -> ThreadTimer {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let key = (deadline, SEQ.fetch_add(1, Ordering::Relaxed));
+        let state = Arc::new(TimerState {
+            fired: false.into(),
+            waker: std::sync::Mutex::new(waker.clone()),
+        });
+        let t = timers();
+        let mut map = t.map.lock().unwrap_or_else(|e| e.into_inner());
+        let first = map.first_key_value().is_none_or(|(k, _)| key < *k);
+        map.insert(key, Arc::clone(&state));
+        drop(map);
+        if first {
+            t.changed.notify_one();
+        }
+        ThreadTimer { key, state }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        self.state
+            .waker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone_from(cx.waker());
+        self.state.fired.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for ThreadTimer {
+    fn drop(&mut self) {
+        if !self.state.fired.load(std::sync::atomic::Ordering::Acquire) {
+            timers().map.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+        }
+    }
 }

@@ -9,25 +9,30 @@ pub mod arena;
 pub mod completion;
 mod engine;
 pub mod mutation;
+mod pending;
 mod plugin;
 pub mod remote;
 pub mod ring;
 pub mod sync;
 pub mod view;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::sync::stat::{AtomicU64, Mutex, MutexGuard, Ordering};
 
-pub use engine::{Busy, Chain, Exchange, Flow};
+pub use engine::{BodyAbort, BodyMode, BodySide, BufferedBody, Busy, Chain, Exchange, Flow};
 pub use plugin::{LoadError, PluginMeta};
 
 use abi::{WeftBuf, WeftResult};
 use arena::{Arena, ArenaError};
-use engine::{Instance, LogJob, Transport};
+use engine::{CallLimits, Instance, LogJob, Transport};
+use pending::AsyncTable;
 use plugin::Library;
+use workers::Workers;
 
 /// Sizing of the request arena.
 #[derive(Debug, Clone)]
@@ -71,6 +76,8 @@ pub enum InitError {
     },
     #[error("plugin instance {instance}: duplicate instance name")]
     Duplicate { instance: String },
+    #[error("plugin instance {instance}: {message}")]
+    Options { instance: String, message: String },
 }
 
 /// One configured plugin instance.
@@ -88,6 +95,37 @@ pub struct InstanceSpec {
     pub fail_open: bool,
 }
 
+/// How the runtime calls one in-process instance beyond its [`InstanceSpec`]: the limits of
+/// asynchronous calls (a handler that answers `Pending`, or a blocking plugin's worker jobs).
+#[derive(Debug, Clone)]
+pub struct InstanceOptions {
+    /// Longest the host waits for one phase call that went pending or to a worker; then the call
+    /// is cancelled and the failure policy applies (fail closed: 504; fail open: the request
+    /// continues unchanged). Default 1 s. Calls answered inline are not interrupted.
+    pub deadline: Duration,
+    /// Most calls of this instance pending at once (including cancelled calls the plugin has not
+    /// completed yet); at the limit a call is refused without calling the plugin: 503 with
+    /// `Retry-After` (fail closed) or unchanged (fail open). Default 1024.
+    pub max_in_flight: u32,
+    /// Run every call on the library's worker pool even if the plugin is not flagged
+    /// `WEFT_PLUGIN_FLAG_BLOCKING` (needs a library with `attach_worker`). Default false.
+    pub blocking: bool,
+    /// `Retry-After` seconds of the 503 answered when the in-flight limit or a worker ring is
+    /// full. Default 1.
+    pub retry_after_secs: u32,
+}
+
+impl Default for InstanceOptions {
+    fn default() -> Self {
+        InstanceOptions {
+            deadline: Duration::from_secs(1),
+            max_in_flight: 1024,
+            blocking: false,
+            retry_after_secs: 1,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct InstanceId(pub u32);
 
@@ -99,6 +137,19 @@ pub struct RuntimeStats {
     /// Failures of fail-open instances: the request went on unchanged.
     pub fail_open_passes: AtomicU64,
     pub log_dropped: AtomicU64,
+    /// Pending calls and worker jobs that missed their phase deadline (then cancelled).
+    pub phase_timeouts: AtomicU64,
+    /// Calls refused because an instance's in-flight limit or a worker ring was full.
+    pub busy_rejections: AtomicU64,
+    /// Completions that arrived after the host had cancelled the call; discarded, and the slot
+    /// they held released.
+    pub late_completions: AtomicU64,
+    /// Gauge: arena slots held by cancelled calls whose plugin has not completed them yet.
+    pub orphaned_slots: AtomicU64,
+    /// Gauge: calls the host is waiting for now (pending answers and worker jobs).
+    pub pending_calls: AtomicU64,
+    /// Phase calls posted to worker rings.
+    pub worker_jobs: AtomicU64,
 }
 
 struct Registry {
@@ -111,13 +162,19 @@ pub struct Runtime {
     arena: Arc<Arena>,
     registry: Mutex<Registry>,
     log_tx: crossbeam_channel::Sender<LogJob>,
-    pub stats: RuntimeStats,
+    pub stats: Arc<RuntimeStats>,
+    /// One completion cell per arena slot (pending calls and worker jobs).
+    calls: Arc<AsyncTable>,
+    /// This runtime's worker rings (blocking plugins).
+    workers: Workers,
 }
 
 impl Runtime {
     pub fn new(opts: RuntimeOptions) -> Result<Arc<Runtime>, ArenaError> {
         let arena = Arena::new(opts.slot_count, opts.slot_size)?;
         let (log_tx, log_rx) = crossbeam_channel::bounded::<LogJob>(opts.log_queue.max(1));
+        let stats = Arc::new(RuntimeStats::default());
+        let calls = Arc::new(AsyncTable::new(arena.slot_count(), Arc::clone(&stats)));
         let rt = Arc::new(Runtime {
             arena,
             registry: Mutex::new(Registry {
@@ -125,25 +182,16 @@ impl Runtime {
                 instances: Vec::new(),
             }),
             log_tx,
-            stats: RuntimeStats::default(),
+            stats,
+            calls,
+            workers: Workers::new(),
         });
         let weak = Arc::downgrade(&rt);
         // One long-lived thread runs log phases: binding a thread to the Go runtime costs tens of
         // microseconds once, and the client never waits for it.
         std::thread::Builder::new()
             .name("weft-log".into())
-            .spawn(move || {
-                let mut warmed = false;
-                while let Ok(job) = log_rx.recv() {
-                    if !warmed {
-                        if let Some(rt) = weak.upgrade() {
-                            rt.thread_start();
-                        }
-                        warmed = true;
-                    }
-                    job.run();
-                }
-            })
+            .spawn(move || log_thread(log_rx, weak))
             .expect("spawn weft-log thread");
         Ok(rt)
     }
@@ -168,8 +216,21 @@ impl Runtime {
             .map(|l| (l.runtime, l.runtime_version.clone()))
     }
 
-    /// Creates and initialises one plugin instance with its config.
+    /// Creates and initialises one plugin instance with its config and default
+    /// [`InstanceOptions`].
     pub fn instantiate(&self, spec: InstanceSpec) -> Result<InstanceId, InitError> {
+        self.instantiate_with(spec, InstanceOptions::default())
+    }
+
+    /// Creates and initialises one plugin instance with its config and the limits of its
+    /// asynchronous calls.
+    pub fn instantiate_with(&self, spec: InstanceSpec, opts: InstanceOptions) -> Result<InstanceId, InitError> {
+        if opts.max_in_flight == 0 || opts.deadline.is_zero() {
+            return Err(InitError::Options {
+                instance: spec.name,
+                message: "max_in_flight and the deadline must be at least 1".into(),
+            });
+        }
         let mut reg = self.registry();
         if reg.instances.iter().any(|i| *i.name == *spec.name) {
             return Err(InitError::Duplicate { instance: spec.name });
@@ -196,7 +257,17 @@ impl Runtime {
                     .collect::<Vec<_>>()
                     .join(", "),
             })?;
-        let id = plugin::register_instance_name(&spec.name);
+        let blocking = opts.blocking || meta.flags & abi::WEFT_PLUGIN_FLAG_BLOCKING != 0;
+        if blocking && lib.attach_worker.is_none() {
+            return Err(InitError::Options {
+                instance: spec.name,
+                message: format!(
+                    "blocking: true needs a library with attach_worker (a worker pool), and {} has none",
+                    lib.path.display()
+                ),
+            });
+        }
+        let id = plugin::register_instance(&spec.name, Arc::downgrade(&self.calls));
         let mut err_bytes = vec![0u8; 4096];
         let mut err = WeftBuf {
             ptr: err_bytes.as_mut_ptr(),
@@ -233,6 +304,8 @@ impl Runtime {
             transport: Transport::Ffi(lib),
             phases: meta.phases,
             fail_open: spec.fail_open,
+            flags: meta.flags,
+            limits: CallLimits::new(&opts, blocking),
         });
         reg.instances.push(inst);
         Ok(InstanceId((reg.instances.len() - 1) as u32))
@@ -262,6 +335,8 @@ impl Runtime {
             transport: Transport::Remote(plugin, deadline),
             phases,
             fail_open,
+            flags: 0,
+            limits: CallLimits::new(&InstanceOptions::default(), false),
         }));
         Ok(InstanceId((reg.instances.len() - 1) as u32))
     }
@@ -313,6 +388,18 @@ impl Runtime {
         (self.arena.in_use(), self.arena.slot_count())
     }
 
+    /// Descriptors per worker ring for rings created from now on (a power of two between 2 and
+    /// 2^20; default [`workers::DEFAULT_RING_CAPACITY`]). A full ring answers 503.
+    pub fn set_worker_ring_capacity(&self, capacity: u32) -> Result<(), ring::RingError> {
+        self.workers.set_capacity(capacity)
+    }
+
+    /// Worker rings this runtime has open (one per library with blocking instances and host
+    /// thread that posted to it).
+    pub fn worker_rings(&self) -> usize {
+        self.workers.open_rings()
+    }
+
     /// Finished requests waiting for their log phase right now (the log queue's depth).
     pub fn log_queue_len(&self) -> usize {
         self.log_tx.len()
@@ -323,6 +410,86 @@ impl Runtime {
             // Dropping the job releases its slot; the log line is lost, the client is not held.
             e.into_inner().discard();
             self.stats.log_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // Nothing can post any more (every exchange holds the runtime): close the rings so their
+        // workers drain, call worker_exit and let the regions go.
+        self.workers.close();
+        // Cancelled calls whose plugin has not completed them yet hold their slots in the call
+        // table: keep the table (not the runtime) for good, so their late completions still find
+        // it, get Cancelled and return the slots. Without orphans it goes with the runtime.
+        let orphaned = self.stats.orphaned_slots.load(Ordering::Relaxed);
+        if orphaned > 0 {
+            tracing::warn!(
+                orphaned,
+                "runtime dropped while plugins still hold cancelled calls: its call table is kept for their late completions"
+            );
+            std::mem::forget(Arc::clone(&self.calls));
+        }
+    }
+}
+
+/// The `weft-log` thread: runs queued log phases. A log call that answers Pending (or goes to a
+/// worker ring) parks its job, not the thread: the thread takes the next job meanwhile, and a
+/// completion (through the cells' waker, a token on `wake`) or a deadline resumes the parked
+/// ones. Exits when the runtime is gone.
+fn log_thread(log_rx: crossbeam_channel::Receiver<LogJob>, weak: std::sync::Weak<Runtime>) {
+    struct Token(crossbeam_channel::Sender<()>);
+    impl std::task::Wake for Token {
+        fn wake(self: Arc<Self>) {
+            let _ = self.0.try_send(());
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            let _ = self.0.try_send(());
+        }
+    }
+    let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
+    let waker = std::task::Waker::from(Arc::new(Token(wake_tx)));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut parked: Vec<LogJob> = Vec::new();
+    let mut warmed = false;
+    loop {
+        let timeout = parked
+            .iter()
+            .filter_map(LogJob::deadline)
+            .min()
+            .map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let job = crossbeam_channel::select! {
+            recv(log_rx) -> job => match job {
+                Ok(job) => Some(job),
+                // The runtime is gone (jobs hold it, so none is parked).
+                Err(_) if parked.is_empty() => return,
+                Err(_) => None,
+            },
+            recv(wake_rx) -> _ => None,
+            default(timeout.unwrap_or(Duration::from_secs(3600))) => None,
+        };
+        if let Some(job) = job {
+            if !warmed {
+                if let Some(rt) = weak.upgrade() {
+                    rt.thread_start();
+                }
+                warmed = true;
+            }
+            parked.extend(job.step(&mut cx));
+        }
+        // Resume every parked job whose call completed or timed out (a still-pending one
+        // re-registers the waker and stays).
+        let now = std::time::Instant::now();
+        let mut i = 0;
+        while i < parked.len() {
+            if parked[i].is_ready() || parked[i].deadline().is_some_and(|d| d <= now) {
+                let job = parked.swap_remove(i);
+                parked.extend(job.step(&mut cx));
+                // The job now at `i` came from the end (unchecked, or this one parked again on
+                // its next call): look at it too.
+                continue;
+            }
+            i += 1;
         }
     }
 }

@@ -5,6 +5,7 @@
 //! happens to the request.
 
 use std::mem::size_of;
+use std::ops::Range;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -69,6 +70,10 @@ pub enum MutationError {
     DuplicateReply { index: usize },
     #[error("record {index}: unexpected operand bytes for {op:?}")]
     Operand { index: usize, op: WeftMutationOp },
+    #[error("record {index}: a second BodyReplace/BodyDrop in one batch")]
+    DuplicateBodyReplace { index: usize },
+    #[error("{op:?} is only allowed when the body phase is buffered (in streamed mode the head has been sent)")]
+    StreamedHeadChange { op: &'static str },
 }
 
 #[derive(Debug)]
@@ -86,6 +91,27 @@ enum Op {
 pub struct Batch {
     ops: Vec<Op>,
     reply: Option<LocalReply>,
+    body: BodyEdits,
+    skip_body: bool,
+}
+
+/// The body records of a batch, as byte ranges of the buffer the batch was decoded from (so the
+/// caller can hand them on without copying: see `body.rs`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BodyEdits {
+    /// `None`: the call's body bytes pass; `Some(None)`: dropped; `Some(Some(r))`: replaced.
+    pub replace: Option<Option<Range<usize>>>,
+    /// Sent before the body bytes, in order.
+    pub prepend: Vec<Range<usize>>,
+    /// Sent after the body bytes, in order.
+    pub append: Vec<Range<usize>>,
+}
+
+impl BodyEdits {
+    /// Whether the call's body bytes pass unchanged with nothing around them.
+    pub fn is_pass(&self) -> bool {
+        self.replace.is_none() && self.prepend.is_empty() && self.append.is_empty()
+    }
 }
 
 #[derive(Debug)]
@@ -118,27 +144,33 @@ fn op_from_raw(raw: u32) -> Option<WeftMutationOp> {
         9 => SetStatus,
         10 => LocalReply,
         11 => LocalReplyHeader,
+        12 => BodyReplace,
+        13 => BodyPrepend,
+        14 => BodyAppend,
+        15 => BodyDrop,
+        16 => SkipBody,
         _ => return None,
     })
 }
 
 fn allowed(op: WeftMutationOp, phase: WeftPhase) -> bool {
     use WeftMutationOp::*;
+    let body_op = matches!(op, BodyReplace | BodyPrepend | BodyAppend | BodyDrop);
+    let request_op = matches!(
+        op,
+        SetRequestHeader | AddRequestHeader | RemoveRequestHeader | SetPath | SetQuery | LocalReply | LocalReplyHeader
+    );
+    let response_op = matches!(
+        op,
+        SetResponseHeader | AddResponseHeader | RemoveResponseHeader | SetStatus | LocalReply | LocalReplyHeader
+    );
     match phase {
-        WeftPhase::RequestHeaders => matches!(
-            op,
-            SetRequestHeader
-                | AddRequestHeader
-                | RemoveRequestHeader
-                | SetPath
-                | SetQuery
-                | LocalReply
-                | LocalReplyHeader
-        ),
-        WeftPhase::ResponseHeaders => matches!(
-            op,
-            SetResponseHeader | AddResponseHeader | RemoveResponseHeader | SetStatus | LocalReply | LocalReplyHeader
-        ),
+        WeftPhase::RequestHeaders => request_op || op == SkipBody,
+        WeftPhase::ResponseHeaders => response_op || op == SkipBody,
+        // Head changes in body phases are accepted here and refused by the body engine unless
+        // the phase is buffered (then the head has not been sent yet).
+        WeftPhase::RequestBody => request_op || body_op,
+        WeftPhase::ResponseBody => response_op || body_op,
         _ => false,
     }
 }
@@ -288,6 +320,30 @@ pub fn decode(buf: &[u8], len: usize, phase: WeftPhase) -> Result<Batch, Mutatio
                     None => return Err(MutationError::OrphanReplyHeader { index }),
                 }
             }
+            M::BodyReplace | M::BodyDrop => {
+                no_b()?;
+                if op == M::BodyDrop && !a.is_empty() {
+                    return Err(MutationError::Operand { index, op });
+                }
+                if batch.body.replace.is_some() {
+                    return Err(MutationError::DuplicateBodyReplace { index });
+                }
+                batch.body.replace = Some((op == M::BodyReplace).then_some(rec_end..a_end));
+            }
+            M::BodyPrepend => {
+                no_b()?;
+                batch.body.prepend.push(rec_end..a_end);
+            }
+            M::BodyAppend => {
+                no_b()?;
+                batch.body.append.push(rec_end..a_end);
+            }
+            M::SkipBody => {
+                if !a.is_empty() || !b.is_empty() {
+                    return Err(MutationError::Operand { index, op });
+                }
+                batch.skip_body = true;
+            }
         }
         pos = b_end.next_multiple_of(4).min(data.len());
         index += 1;
@@ -303,6 +359,21 @@ impl Batch {
     /// Takes the local reply out, if the batch has one.
     pub fn take_reply(&mut self) -> Option<LocalReply> {
         self.reply.take()
+    }
+
+    /// Whether the batch holds a `SkipBody` record (clears it).
+    pub fn take_skip_body(&mut self) -> bool {
+        std::mem::take(&mut self.skip_body)
+    }
+
+    /// Takes the body records out.
+    pub fn take_body_edits(&mut self) -> BodyEdits {
+        std::mem::take(&mut self.body)
+    }
+
+    /// Whether the batch changes the head (headers, path, query, status) or replies locally.
+    pub fn has_head_changes(&self) -> bool {
+        !self.ops.is_empty() || self.reply.is_some()
     }
 
     fn apply_headers(op: Op, headers: &mut HeaderMap) -> Option<Op> {
@@ -668,6 +739,66 @@ mod tests {
             .apply_to_response(&mut parts);
         assert_eq!(parts.status, 418);
         assert_eq!(parts.headers["server-timing"], "weft;dur=1");
+    }
+
+    #[test]
+    fn body_records_decode_to_ranges_of_the_buffer() {
+        let mut b = Vec::new();
+        rec(&mut b, M::BodyPrepend, 0, b"<", b"");
+        rec(&mut b, M::BodyReplace, 0, b"new", b"");
+        rec(&mut b, M::BodyAppend, 0, b">>", b"");
+        let mut batch = decode(&b, b.len(), WeftPhase::ResponseBody).unwrap();
+        assert!(!batch.has_head_changes());
+        let e = batch.take_body_edits();
+        let text = |r: &Range<usize>| std::str::from_utf8(&b[r.clone()]).unwrap().to_owned();
+        assert_eq!(e.prepend.iter().map(text).collect::<Vec<_>>(), ["<"]);
+        assert_eq!(e.replace.as_ref().unwrap().as_ref().map(text).as_deref(), Some("new"));
+        assert_eq!(e.append.iter().map(text).collect::<Vec<_>>(), [">>"]);
+
+        let mut b = Vec::new();
+        rec(&mut b, M::BodyDrop, 0, b"", b"");
+        let e = decode(&b, b.len(), WeftPhase::RequestBody).unwrap().take_body_edits();
+        assert_eq!(e.replace, Some(None));
+        assert!(!e.is_pass());
+
+        let mut b = Vec::new();
+        rec(&mut b, M::SkipBody, 0, b"", b"");
+        assert!(
+            decode(&b, b.len(), WeftPhase::ResponseHeaders)
+                .unwrap()
+                .take_skip_body()
+        );
+        // Head changes decode in body phases (the body engine allows them only when buffered).
+        let mut b = Vec::new();
+        rec(&mut b, M::SetResponseHeader, 0, b"x-a", b"1");
+        assert!(decode(&b, b.len(), WeftPhase::ResponseBody).unwrap().has_head_changes());
+    }
+
+    #[test]
+    fn invalid_body_records() {
+        let cases: Vec<(Vec<(M, &[u8], &[u8])>, WeftPhase)> = vec![
+            (
+                vec![(M::BodyReplace, b"a", b""), (M::BodyDrop, b"", b"")],
+                WeftPhase::RequestBody,
+            ),
+            (vec![(M::BodyDrop, b"x", b"")], WeftPhase::RequestBody),
+            (vec![(M::BodyAppend, b"x", b"y")], WeftPhase::ResponseBody),
+            (vec![(M::BodyReplace, b"x", b"")], WeftPhase::RequestHeaders),
+            (vec![(M::SkipBody, b"", b"")], WeftPhase::RequestBody),
+            (vec![(M::SkipBody, b"x", b"")], WeftPhase::RequestHeaders),
+            (vec![(M::SetRequestHeader, b"a", b"b")], WeftPhase::ResponseBody),
+            (vec![(M::BodyAppend, b"x", b"")], WeftPhase::Log),
+        ];
+        for (recs, phase) in cases {
+            let mut b = Vec::new();
+            for (op, a, bb) in &recs {
+                rec(&mut b, *op, 0, a, bb);
+            }
+            assert!(
+                decode(&b, b.len(), phase).is_err(),
+                "{recs:?} in {phase:?} was accepted"
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+
+use crate::pending::AsyncTable;
 
 use crate::sync::stat::{Mutex, RwLock};
 
@@ -54,6 +56,8 @@ pub struct PluginMeta {
     pub index: u32,
     pub name: String,
     pub phases: u32,
+    /// `WEFT_PLUGIN_FLAG_*` bits as the plugin declared them.
+    pub flags: u32,
 }
 
 /// A loaded library. Never unloaded: a Go runtime cannot be shut down, and native plugins may
@@ -67,6 +71,9 @@ pub struct Library {
     pub(crate) on_phase: unsafe extern "C" fn(u64, u32, *const WeftRequestView, *mut WeftBuf) -> u32,
     pub(crate) thread_start: Option<unsafe extern "C" fn()>,
     pub(crate) shutdown: Option<unsafe extern "C" fn(u64)>,
+    /// Starts a worker on a worker ring; NULL for a library without blocking plugins (or one
+    /// built before the field existed).
+    pub(crate) attach_worker: WeftAttachWorkerFn,
 }
 
 impl std::fmt::Debug for Library {
@@ -153,6 +160,22 @@ fn handshake(path: &Path, lib: &'static libloading::Library, go: bool) -> Result
         unsafe { lib.get(b"weft_plugin_entry\0") }.map_err(|_| LoadError::NoEntry { path: path.into() })?;
     // SAFETY: HOST_API lives for the whole process, as the ABI promises.
     let desc = unsafe { entry(&HOST_API.0) };
+    // SAFETY: whatever the plugin returned; only what its reported sizes allow is read.
+    unsafe { read_descriptor(path, desc, go) }
+}
+
+/// `descriptor_size` of ABI version 1 as first published: every field up to and including
+/// `shutdown`, before `attach_worker` was appended. Accepted under the append-only policy
+/// (docs/abi.md); the missing field reads as NULL.
+pub(crate) const DESCRIPTOR_SIZE_BEFORE_ATTACH_WORKER: usize =
+    std::mem::offset_of!(WeftPluginDescriptor, attach_worker);
+
+/// Checks and reads the descriptor a plugin's `weft_plugin_entry` returned.
+///
+/// # Safety
+/// `desc` is NULL or points to at least the stable prefix (8 bytes), and to `descriptor_size`
+/// readable bytes when that prefix names this ABI version.
+unsafe fn read_descriptor(path: &Path, desc: *const WeftPluginDescriptor, go: bool) -> Result<Arc<Library>, LoadError> {
     if desc.is_null() {
         return Err(LoadError::NullDescriptor { path: path.into() });
     }
@@ -181,9 +204,21 @@ fn handshake(path: &Path, lib: &'static libloading::Library, go: bool) -> Result
             })
         }
     };
-    size_check("WeftPluginDescriptor", desc_size, size_of::<WeftPluginDescriptor>())?;
-    // SAFETY: the plugin reported our ABI version and descriptor size, so the layout matches.
-    let d = unsafe { &*desc };
+    // The descriptor grows append-only: one built against this header, or against the first
+    // version-1 header (without `attach_worker`), is accepted; any other size is not.
+    if desc_size as usize != DESCRIPTOR_SIZE_BEFORE_ATTACH_WORKER {
+        size_check("WeftPluginDescriptor", desc_size, size_of::<WeftPluginDescriptor>())?;
+    }
+    // Copy the bytes the plugin has into a zeroed descriptor: fields it predates read as NULL,
+    // and nothing past the plugin's struct is read.
+    let d = unsafe {
+        let mut copy = std::mem::MaybeUninit::<WeftPluginDescriptor>::zeroed();
+        std::ptr::copy_nonoverlapping(desc.cast::<u8>(), copy.as_mut_ptr().cast::<u8>(), desc_size as usize);
+        // SAFETY: all-zero is a valid descriptor (integers, raw pointers, `Option`s of function
+        // pointers), and the copied prefix holds the plugin's values of the same fields.
+        copy.assume_init()
+    };
+    let d = &d;
     size_check("WeftRequestView", d.request_view_size, size_of::<WeftRequestView>())?;
     size_check("WeftMutation", d.mutation_size, size_of::<WeftMutation>())?;
     if d.host_api_size as usize > size_of::<WeftHostApi>() {
@@ -249,10 +284,19 @@ fn handshake(path: &Path, lib: &'static libloading::Library, go: bool) -> Result
             tracing::warn!(library = %path.display(), plugin = %name, mask = unsupported,
                 "plugin declares phases this runtime does not drive yet; they will not be called");
         }
+        if info.flags & WEFT_PLUGIN_FLAG_BLOCKING != 0 && d.attach_worker.is_none() {
+            return Err(LoadError::Malformed {
+                path: path.into(),
+                what: format!(
+                    "plugin {name:?} is flagged WEFT_PLUGIN_FLAG_BLOCKING but the library provides no attach_worker"
+                ),
+            });
+        }
         plugins.push(PluginMeta {
             index: i,
             name,
             phases: info.phases & WEFT_PHASE_MASK_SUPPORTED,
+            flags: info.flags,
         });
     }
     if go != (d.runtime == WEFT_RUNTIME_GO) {
@@ -267,6 +311,7 @@ fn handshake(path: &Path, lib: &'static libloading::Library, go: bool) -> Result
         on_phase,
         thread_start: d.thread_start,
         shutdown: d.shutdown,
+        attach_worker: d.attach_worker,
     }))
 }
 
@@ -280,22 +325,41 @@ static HOST_API: HostApi = HostApi(WeftHostApi {
     size: size_of::<WeftHostApi>() as u32,
     context: std::ptr::null_mut::<c_void>(),
     log: Some(host_log),
-    complete: None,
-    worker_exit: None,
+    complete: Some(crate::pending::host_complete),
+    worker_exit: Some(crate::workers::host_worker_exit),
 });
 
-/// Instance names by id, for log lines coming from plugins.
-static INSTANCE_NAMES: RwLock<Vec<Arc<str>>> = RwLock::new(Vec::new());
+/// A plugin instance as the host functions see it: its name (for log lines) and the call table
+/// of the runtime that created it (for `complete`). Instance ids are process-wide and never
+/// reused, so several runtimes (a config reload builds a new one) can coexist.
+struct InstanceEntry {
+    name: Arc<str>,
+    calls: Weak<AsyncTable>,
+}
 
-pub(crate) fn register_instance_name(name: &str) -> u64 {
-    let mut names = INSTANCE_NAMES.write().unwrap_or_else(|e| e.into_inner());
-    names.push(Arc::from(name));
-    (names.len() - 1) as u64
+/// Instances by id.
+static INSTANCES: RwLock<Vec<InstanceEntry>> = RwLock::new(Vec::new());
+
+/// Registers an instance of the runtime whose call table is `calls`; returns its id.
+pub(crate) fn register_instance(name: &str, calls: Weak<AsyncTable>) -> u64 {
+    let mut all = INSTANCES.write().unwrap_or_else(|e| e.into_inner());
+    all.push(InstanceEntry {
+        name: Arc::from(name),
+        calls,
+    });
+    (all.len() - 1) as u64
 }
 
 pub(crate) fn instance_name(id: u64) -> Option<Arc<str>> {
-    let names = INSTANCE_NAMES.read().unwrap_or_else(|e| e.into_inner());
-    names.get(id as usize).cloned()
+    let all = INSTANCES.read().unwrap_or_else(|e| e.into_inner());
+    all.get(usize::try_from(id).ok()?).map(|e| e.name.clone())
+}
+
+/// The instance's name and its runtime's call table (`None` once that runtime is gone).
+pub(crate) fn instance_calls(id: u64) -> Option<(Arc<str>, Option<Arc<AsyncTable>>)> {
+    let all = INSTANCES.read().unwrap_or_else(|e| e.into_inner());
+    let e = all.get(usize::try_from(id).ok()?)?;
+    Some((e.name.clone(), e.calls.upgrade()))
 }
 
 /// Truncates plugin log lines so a runaway plugin cannot flood the log with megabyte lines.
@@ -349,6 +413,96 @@ mod tests {
         let Some(libc) = libc else { return };
         let err = load(Path::new(libc)).unwrap_err();
         assert!(matches!(err, LoadError::NoEntry { .. }), "{err}");
+    }
+
+    unsafe extern "C" fn test_init(_: u32, _: u64, _: *const u8, _: usize, _: u32, _: *mut WeftBuf) -> u32 {
+        0
+    }
+    unsafe extern "C" fn test_phase(_: u64, _: u32, _: *const WeftRequestView, _: *mut WeftBuf) -> u32 {
+        0
+    }
+    unsafe extern "C" fn test_attach(_: *mut c_void, _: usize, _: *const u8, _: u32, _: u32) -> u32 {
+        0
+    }
+
+    /// A descriptor as a plugin compiled against this header fills it, with the
+    /// `descriptor_size` chosen by the test.
+    fn descriptor(size: usize, info: &'static WeftPluginInfo) -> WeftPluginDescriptor {
+        WeftPluginDescriptor {
+            abi_version: WEFT_ABI_VERSION,
+            descriptor_size: size as u32,
+            request_view_size: size_of::<WeftRequestView>() as u32,
+            mutation_size: size_of::<WeftMutation>() as u32,
+            host_api_size: size_of::<WeftHostApi>() as u32,
+            runtime: WEFT_RUNTIME_NATIVE,
+            runtime_version: std::ptr::null(),
+            runtime_version_len: 0,
+            plugin_count: 1,
+            flags: 0,
+            plugins: info,
+            load_error: std::ptr::null(),
+            load_error_len: 0,
+            init: Some(test_init),
+            on_phase: Some(test_phase),
+            thread_start: None,
+            shutdown: None,
+            attach_worker: Some(test_attach),
+        }
+    }
+
+    struct Info(WeftPluginInfo);
+    // SAFETY: points to a static string.
+    unsafe impl Sync for Info {}
+    static PLAIN: Info = Info(WeftPluginInfo {
+        name: b"p".as_ptr(),
+        name_len: 1,
+        phases: WEFT_PHASE_MASK_REQUEST_HEADERS,
+        flags: 0,
+    });
+    static BLOCKING: Info = Info(WeftPluginInfo {
+        name: b"b".as_ptr(),
+        name_len: 1,
+        phases: WEFT_PHASE_MASK_REQUEST_HEADERS,
+        flags: WEFT_PLUGIN_FLAG_BLOCKING,
+    });
+
+    #[test]
+    fn a_descriptor_without_attach_worker_is_read_as_null() {
+        let path = Path::new("libtest.so");
+        let full = size_of::<WeftPluginDescriptor>();
+        let old = DESCRIPTOR_SIZE_BEFORE_ATTACH_WORKER;
+        assert_eq!(
+            old,
+            full - size_of::<WeftAttachWorkerFn>(),
+            "attach_worker is the last field"
+        );
+        // The current size: attach_worker is read.
+        let d = descriptor(full, &PLAIN.0);
+        let lib = unsafe { read_descriptor(path, &d, false) }.unwrap();
+        assert!(lib.attach_worker.is_some());
+        // The size before attach_worker was appended: accepted, and the field is NULL even though
+        // the bytes after the plugin's struct (here: our attach_worker) are not.
+        let d = descriptor(old, &PLAIN.0);
+        let lib = unsafe { read_descriptor(path, &d, false) }.unwrap();
+        assert!(lib.attach_worker.is_none(), "a field the plugin predates reads as NULL");
+        assert_eq!(lib.plugins[0].name, "p");
+        // Any other size is refused, naming both.
+        for bad in [old - 8, old + 4, full + 8] {
+            let d = descriptor(bad, &PLAIN.0);
+            let err = unsafe { read_descriptor(path, &d, false) }.unwrap_err().to_string();
+            assert!(
+                err.contains(&format!(
+                    "WeftPluginDescriptor is {bad} bytes in the plugin but {full} bytes"
+                )),
+                "{err}"
+            );
+        }
+        // A blocking plugin needs attach_worker: the old size cannot have it.
+        let d = descriptor(old, &BLOCKING.0);
+        let err = unsafe { read_descriptor(path, &d, false) }.unwrap_err().to_string();
+        assert!(err.contains("flagged WEFT_PLUGIN_FLAG_BLOCKING"), "{err}");
+        let d = descriptor(full, &BLOCKING.0);
+        assert!(unsafe { read_descriptor(path, &d, false) }.is_ok());
     }
 
     #[test]

@@ -125,6 +125,14 @@ pub struct RingStats {
     pub wakes: stat::AtomicU64,
 }
 
+/// Ring regions mapped now (a statistic: tests check that closed rings are unmapped).
+static MAPPED: stat::AtomicU64 = stat::AtomicU64::new(0);
+
+/// Ring regions mapped now, process-wide.
+pub fn mapped_regions() -> u64 {
+    MAPPED.load(stat::Ordering::Relaxed)
+}
+
 /// The region: header + descriptors. Under loom, boxed loom atomics and cells instead of a mapping.
 struct Region {
     header: *const RingHeader,
@@ -133,6 +141,14 @@ struct Region {
     map: memmap2::MmapMut,
     #[cfg(weft_loom)]
     _owned: (Box<RingHeader>, Box<[UnsafeCell<WeftJob>]>),
+}
+
+#[cfg(not(weft_loom))]
+impl Drop for Region {
+    fn drop(&mut self) {
+        // The mapping itself goes with `map` right after.
+        MAPPED.fetch_sub(1, stat::Ordering::Relaxed);
+    }
 }
 
 struct Shared {
@@ -250,6 +266,7 @@ pub fn ring(capacity: u32) -> Result<(Producer, Consumer), RingError> {
             .map_anon()
             .map_err(|source| RingError::Map { bytes, source })?;
         let base = map.as_mut_ptr();
+        MAPPED.fetch_add(1, stat::Ordering::Relaxed);
         // SAFETY: the mapping is page aligned, zeroed and `bytes` long: the header fits at 0, and
         // zeroed descriptors are valid `WeftJob`s (the cells are transparent).
         unsafe {
@@ -372,6 +389,13 @@ impl Producer {
     pub fn region(&self) -> (*const u8, usize) {
         let m = &self.shared.region.map;
         (m.as_ptr(), m.len())
+    }
+
+    /// Under loom the header and descriptors are separate boxes, not one region a foreign
+    /// consumer could map: the header's address and length 0.
+    #[cfg(weft_loom)]
+    pub fn region(&self) -> (*const u8, usize) {
+        (self.shared.region.header.cast(), 0)
     }
 }
 

@@ -224,6 +224,9 @@ pub fn encode_request(
         resp_headers_off: size as u32,
         resp_header_count: 0,
         call: 0,
+        body: std::ptr::null(),
+        body_len: 0,
+        body_flags: 0,
     };
     write_struct(c.buf, 0, view);
     Ok(size)
@@ -247,14 +250,57 @@ pub fn encode_response(
     view.status = status as u32;
     view.resp_headers_off = off;
     view.resp_header_count = count;
+    view.body = std::ptr::null();
+    view.body_len = 0;
+    view.body_flags = 0;
     write_struct(c.buf, 0, view);
     Ok(size)
 }
 
-/// Sets the phase field of an encoded view.
+/// Sets the phase field of an encoded view (and clears its body fields).
 pub fn set_phase(buf: &mut [u8], phase: u32) {
     let mut view = read_view(buf);
     view.phase = phase;
+    view.body = std::ptr::null();
+    view.body_len = 0;
+    view.body_flags = 0;
+    write_struct(buf, 0, view);
+}
+
+/// Prepares an encoded view for a body-phase call: the phase and the body fields. `body` must
+/// stay valid (and unchanged) for the duration of the call the view is passed to.
+pub fn set_body(buf: &mut [u8], phase: u32, body: &[u8], flags: u32) {
+    let mut view = read_view(buf);
+    view.phase = phase;
+    view.body = if body.is_empty() {
+        std::ptr::null()
+    } else {
+        body.as_ptr()
+    };
+    view.body_len = body.len() as u32;
+    view.body_flags = flags;
+    write_struct(buf, 0, view);
+}
+
+/// Writes the `call` field of the view at `view` (the number `complete` names the call by).
+///
+/// # Safety
+/// `view` points to an encoded view in memory the caller may write (no call outstanding on it).
+#[inline]
+pub unsafe fn set_call_raw(view: *mut u8, call: u32) {
+    // SAFETY: the field lies inside the view struct at the start of the caller's buffer.
+    unsafe {
+        view.add(std::mem::offset_of!(WeftRequestView, call))
+            .cast::<u32>()
+            .write_unaligned(call)
+    }
+}
+
+/// Sets the `slot` and `generation` fields of an encoded view (a view copied into another slot).
+pub fn set_identity(buf: &mut [u8], slot: u32, generation: u32) {
+    let mut view = read_view(buf);
+    view.slot = slot;
+    view.generation = generation;
     write_struct(buf, 0, view);
 }
 

@@ -4,17 +4,19 @@
 //! runtime keeps serving, and every arena slot comes back. Libraries that break the handshake are
 //! refused at load with a message naming the library and the fault.
 //!
-//! Misuses that need the async ABI (completing twice, never answering, stale or forged handles)
-//! join the table when those functions exist.
+//! Misuses of the async ABI (`complete` twice, with a stale or forged call or slot, with
+//! another instance's id, with result Pending or a length past the capacity, never, or after the
+//! host cancelled; `worker_exit` with a bogus pointer) each get their error code and one log line
+//! naming the instance, and the request is unharmed (`ASYNC_MISUSES`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use weft_runtime::{Flow, InitError, InstanceSpec, Runtime, RuntimeOptions};
+use weft_runtime::{Flow, InitError, InstanceOptions, InstanceSpec, Runtime, RuntimeOptions};
 
 fn c_plugins() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -219,7 +221,7 @@ fn broken_handshakes_are_refused_naming_the_fault() {
     let cases: &[(u32, &str)] = &[
         (1, "plugin name: not UTF-8"),
         (2, "WeftPluginDescriptor is "),
-        (3, "WeftRequestView is 96 bytes in the plugin but 104 bytes"),
+        (3, "WeftRequestView is 112 bytes in the plugin but 120 bytes"),
         (4, "WeftHostApi"),
         (5, "weft_plugin_entry returned NULL"),
         (6, "built for weft ABI version 2"),
@@ -246,4 +248,191 @@ fn broken_handshakes_are_refused_naming_the_fault() {
     // The runtime still loads a good library afterwards.
     rt.load_library("stamp", &c_plugins().join("libweft_c_stamp.so"))
         .expect("a good library after the bad ones");
+}
+
+/// Log lines of this test binary (a global subscriber writing here), to check the log line of
+/// each misuse.
+fn captured_logs() -> &'static Mutex<Vec<u8>> {
+    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        struct W;
+        impl std::io::Write for W {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                captured_logs().lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let _ = tracing_subscriber::fmt()
+            .with_writer(|| W)
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .try_init();
+        Mutex::new(Vec::new())
+    })
+}
+
+fn log_lines() -> Vec<String> {
+    String::from_utf8_lossy(&captured_logs().lock().unwrap())
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// (x-hostile mode, the code `complete` returned for the misuse, text of its log line)
+const ASYNC_MISUSES: &[(&str, u32, &str)] = &[
+    ("async-twice", 13, "was completed already"),
+    ("async-stale-call", 12, "is not the current call of slot"),
+    ("async-zero-call", 12, "call 0 is not the current call"),
+    ("async-forged-slot", 12, "slot 4294901760 is out of range"),
+    ("async-other-instance", 12, "complete():"),
+    (
+        "async-unknown-instance",
+        12,
+        "unknown plugin instance id 18446744073709551615",
+    ),
+    ("async-result-pending", 2, "result Pending is not a final result"),
+    ("async-len-past-cap", 2, "exceeds the call's output capacity"),
+];
+
+#[test]
+fn async_misuses_get_error_codes_and_leave_requests_unharmed() {
+    captured_logs();
+    let rt = runtime();
+    rt.load_library("hostile", &c_plugins().join("libweft_c_hostile.so"))
+        .unwrap();
+    let instance = |name: &str, fail_open: bool| {
+        rt.instantiate_with(
+            InstanceSpec {
+                name: name.into(),
+                library: "hostile".into(),
+                plugin: "hostile".into(),
+                config_json: b"{}".to_vec(),
+                fail_open,
+            },
+            InstanceOptions {
+                deadline: Duration::from_millis(200),
+                ..InstanceOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let chains = [
+        ("async-closed", false, rt.chain(&[instance("async-closed", false)])),
+        ("async-open", true, rt.chain(&[instance("async-open", true)])),
+    ];
+    let run = |chain: &weft_runtime::Chain, mode: &str| {
+        let mut ex = chain.start(client(), "http").expect("a free slot").expect("phases");
+        let mut req = request(mode);
+        let flow = ex.request_headers(&mut req);
+        (flow, req)
+    };
+    for (name, _, chain) in &chains {
+        for &(mode, code, log) in ASYNC_MISUSES {
+            let (flow, req) = run(chain, mode);
+            assert!(matches!(flow, Flow::Continue), "{mode} ({name}): the request goes on");
+            assert_eq!(
+                req.headers["x-hostile-async"], "1",
+                "{mode} ({name}): the good completion applied"
+            );
+            let (_, report) = run(chain, "report-rc");
+            assert_eq!(
+                report.headers["x-hostile-rc"],
+                code.to_string().as_str(),
+                "{mode} ({name}): complete() returned"
+            );
+            let want_name = format!("plugin={name} ");
+            assert!(
+                log_lines().iter().any(|l| l.contains(log)
+                    && l.contains("complete():")
+                    && (mode == "async-unknown-instance" || l.contains(&want_name))),
+                "{mode} ({name}): no log line with {log:?} naming the instance:\n{}",
+                log_lines().join("\n")
+            );
+            wait_arena_empty(&rt);
+        }
+    }
+    assert_eq!(rt.stats.plugin_failures.load(Ordering::Relaxed), 0);
+
+    // Never answering: the deadline applies the policy, and the slot stays with the plugin.
+    let (flow, req) = run(&chains[0].2, "async-never");
+    let Flow::Respond(r) = flow else {
+        panic!("fail closed answers")
+    };
+    assert_eq!(r.status(), 504);
+    assert!(req.headers.get("x-hostile-async").is_none());
+    let (flow, _) = run(&chains[1].2, "async-never");
+    assert!(matches!(flow, Flow::Continue), "fail open goes on");
+    assert_eq!(rt.stats.phase_timeouts.load(Ordering::Relaxed), 2);
+    assert_eq!(rt.stats.orphaned_slots.load(Ordering::Relaxed), 2);
+    // Only the two orphaned slots stay out (the log phases ran in fresh slots).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rt.arena_usage().0 != 2 {
+        assert!(Instant::now() < deadline, "{:?}", rt.arena_usage());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Completing them now (the host cancelled them) gets Cancelled and frees their slots.
+    let (flow, req) = run(&chains[0].2, "async-release-stuck");
+    assert!(matches!(flow, Flow::Continue));
+    assert_eq!(req.headers["x-hostile-released"], "2");
+    let (_, report) = run(&chains[0].2, "report-rc");
+    assert_eq!(report.headers["x-hostile-rc"], "14", "a late completion gets Cancelled");
+    assert_eq!(rt.stats.late_completions.load(Ordering::Relaxed), 2);
+    assert_eq!(rt.stats.orphaned_slots.load(Ordering::Relaxed), 0);
+    wait_arena_empty(&rt);
+
+    // worker_exit with pointers that name no ring: logged, ignored.
+    let (flow, req) = run(&chains[0].2, "worker-exit-bogus");
+    assert!(matches!(flow, Flow::Continue));
+    assert_eq!(req.headers["x-hostile-ok"], "1");
+    assert!(
+        log_lines()
+            .iter()
+            .any(|l| l.contains("worker_exit() with a pointer that is not an attached worker ring")),
+        "{}",
+        log_lines().join("\n")
+    );
+    wait_arena_empty(&rt);
+    assert_eq!(rt.stats.arena_exhausted.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_descriptor_from_before_attach_worker_still_loads() {
+    let rt = runtime();
+    let metas = rt
+        .load_library("old", &c_plugins().join("libweft_c_hostile_load13.so"))
+        .expect("the first ABI v1 descriptor size is accepted");
+    assert!(metas.iter().any(|m| m.name == "hostile"));
+    let id = rt
+        .instantiate(InstanceSpec {
+            name: "old-hostile".into(),
+            library: "old".into(),
+            plugin: "hostile".into(),
+            config_json: b"{}".to_vec(),
+            fail_open: false,
+        })
+        .unwrap();
+    let mut ex = rt.chain(&[id]).start(client(), "http").unwrap().unwrap();
+    let mut req = request("ok");
+    assert!(matches!(ex.request_headers(&mut req), Flow::Continue));
+    assert_eq!(req.headers["x-hostile-ok"], "1");
+    // Without attach_worker it cannot run blocking instances.
+    let err = rt
+        .instantiate_with(
+            InstanceSpec {
+                name: "old-blocking".into(),
+                library: "old".into(),
+                plugin: "hostile".into(),
+                config_json: b"{}".to_vec(),
+                fail_open: false,
+            },
+            InstanceOptions {
+                blocking: true,
+                ..InstanceOptions::default()
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("attach_worker"), "{err}");
 }

@@ -6,7 +6,10 @@ package main
 
 import (
 	_ "github.com/weftrs/weft/cgo/examples/auth"
+	_ "github.com/weftrs/weft/cgo/examples/extauth"
 	_ "github.com/weftrs/weft/cgo/examples/headers"
+	_ "github.com/weftrs/weft/cgo/examples/jsonrewrite"
+	_ "github.com/weftrs/weft/cgo/examples/redact"
 	_ "github.com/weftrs/weft/cgo/examples/timing"
 	_ "github.com/weftrs/weft/cgo/internal/testplugins"
 	_ "github.com/weftrs/weft/cgo/weft/cabi"

@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	_ "github.com/weftrs/weft/cgo/examples/auth"
+	_ "github.com/weftrs/weft/cgo/examples/extauth"
 	_ "github.com/weftrs/weft/cgo/examples/headers"
 	_ "github.com/weftrs/weft/cgo/examples/timing"
 	_ "github.com/weftrs/weft/cgo/internal/testplugins"

@@ -13,6 +13,8 @@
 // after the handler returns. Use strings.Clone to keep one.
 package core
 
+import "unsafe"
+
 // ABIVersion is the weft C ABI version this SDK speaks (WEFT_ABI_VERSION).
 const ABIVersion = 1
 
@@ -38,11 +40,22 @@ const (
 	ResultInvalidMutation  Result = 8
 	ResultHandlerFailed    Result = 9
 	ResultInternal         Result = 10
+	// ResultPending: the handler returned but finishes later with one host complete call.
+	ResultPending Result = 11
+	// ResultStaleHandle, ResultAlreadyCompleted and ResultCancelled are what the host's
+	// complete function answers for an unknown call, a second completion and a call the host
+	// gave up on (deadline, client gone).
+	ResultStaleHandle      Result = 12
+	ResultAlreadyCompleted Result = 13
+	ResultCancelled        Result = 14
+	// ResultBusy: the host could not take the call now (a ring or in-flight limit is full).
+	ResultBusy Result = 15
 )
 
 var resultNames = [...]string{
 	"ok", "panic", "invalid argument", "unknown plugin", "mutation overflow", "init failed",
 	"abi mismatch", "unsupported phase", "invalid mutation", "handler failed", "internal",
+	"pending", "stale handle", "already completed", "cancelled", "busy",
 }
 
 // String returns a short lowercase name of the result code.
@@ -107,12 +120,18 @@ const (
 	OpSetStatus            MutationOp = 9
 	OpLocalReply           MutationOp = 10
 	OpLocalReplyHeader     MutationOp = 11
+	OpBodyReplace          MutationOp = 12
+	OpBodyPrepend          MutationOp = 13
+	OpBodyAppend           MutationOp = 14
+	OpBodyDrop             MutationOp = 15
+	OpSkipBody             MutationOp = 16
 )
 
 var opNames = [...]string{
 	"", "set_request_header", "add_request_header", "remove_request_header", "set_path",
 	"set_query", "set_response_header", "add_response_header", "remove_response_header",
-	"set_status", "local_reply", "local_reply_header",
+	"set_status", "local_reply", "local_reply_header", "body_replace", "body_prepend",
+	"body_append", "body_drop", "skip_body",
 }
 
 // String returns the snake_case name of the operation.
@@ -122,6 +141,25 @@ func (o MutationOp) String() string {
 	}
 	return "unknown_op"
 }
+
+// Body flags of a body-phase call (WeftRequestView.body_flags, WEFT_BODY_*).
+const (
+	// BodyEndOfStream marks the last body call of a phase (the chunk may be empty).
+	BodyEndOfStream = 1
+	// BodyBuffered marks a call that carries the whole body (buffered mode).
+	BodyBuffered = 2
+)
+
+// Plugin flags (WeftPluginInfo.flags, WEFT_PLUGIN_FLAG_*).
+const (
+	// FlagBlocking: the host never calls the plugin inline; it posts each phase call to a
+	// worker ring (AttachWorker) and the SDK runs it on a goroutine of the worker pool.
+	FlagBlocking = 1
+	// FlagRequestBodyBuffered: the request-body phase wants the whole body in one call.
+	FlagRequestBodyBuffered = 2
+	// FlagResponseBodyBuffered: the response-body phase wants the whole body in one call.
+	FlagResponseBodyBuffered = 4
+)
 
 // Level is a host log level.
 type Level uint32
@@ -180,7 +218,13 @@ type RequestView struct {
 	Status          uint32
 	RespHeadersOff  uint32
 	RespHeaderCount uint32
-	Reserved        uint32
+	// Call names this phase call for the host's complete function, together with Slot; never 0.
+	Call uint32
+	// Body, BodyLen and BodyFlags describe the body bytes of a body-phase call: host memory
+	// outside the view, valid only during the call (nil and 0 in other phases).
+	Body      unsafe.Pointer
+	BodyLen   uint32
+	BodyFlags uint32
 }
 
 // Mutation mirrors WeftMutation, the 16-byte header of one mutation record. It is followed by
@@ -203,7 +247,7 @@ type Buf struct {
 const (
 	SizeofStr         = 8
 	SizeofHeader      = 16
-	SizeofRequestView = 104
+	SizeofRequestView = 120
 	SizeofMutation    = 16
 )
 

@@ -11,9 +11,11 @@ import (
 // Context is a handler's view of one phase call: read accessors over the host's request view
 // and mutation methods that encode records straight into the host's output buffer.
 //
-// A Context and every string it returns are valid only until the handler returns: the strings
-// point into host memory that is reused afterwards. Copy what you keep (strings.Clone).
-// A Context must not be used from other goroutines.
+// A Context and every string it returns are valid only until the handler returns (for a
+// deferred call: until Done or Fail): the strings point into host memory that is reused
+// afterwards. Copy what you keep (strings.Clone).
+// A Context must not be used from other goroutines, except by the continuation of a
+// deferred call (Defer, Go), which owns it until it calls Done or Fail.
 type Context struct {
 	base     unsafe.Pointer // start of the view; nil outside a call
 	view     *RequestView
@@ -23,6 +25,7 @@ type Context struct {
 	n        int    // bytes of records written to out
 	overflow bool
 	failure  error
+	async    asyncState // Defer/Go (async.go); only the owner is set on the synchronous path
 }
 
 func (c *Context) begin(view unsafe.Pointer, p Phase, instance uint64, out unsafe.Pointer, outCap uint32) {

@@ -82,6 +82,10 @@ func (t *typedInstance[C, S]) run(ctx *Context, slot, generation uint32) {
 		t.p.ResponseHeaders(ctx, t.cfg, state)
 	case PhaseLog:
 		t.p.Log(ctx, t.cfg, state)
+	case PhaseRequestBody:
+		t.p.RequestBody(ctx, t.cfg, state)
+	case PhaseResponseBody:
+		t.p.ResponseBody(ctx, t.cfg, state)
 	}
 }
 
@@ -98,7 +102,13 @@ type instance struct {
 	phases    uint32
 	slotCount uint32
 	h         handlers
-	ctxs      []Context // one reusable Context per slot: handlers get a pointer without allocating
+	// One reusable Context per slot: handlers get a pointer without allocating. Defer replaces
+	// a slot's Context (the old one goes with the continuation; see async.go).
+	ctxs []*Context
+	// held[slot] is 1 while a deferred call of the slot is not completed: Dispatch refuses the
+	// slot meanwhile (async.go, "Re-entry").
+	held     []atomic.Uint32
+	complete CompleteFunc // nil: the default completer (SetCompleter)
 }
 
 // The instance table is copy-on-write: Init and Shutdown (rare, serialised by instancesMu)
@@ -120,7 +130,19 @@ func lookupInstance(id uint64) *instance {
 // config (JSON) into the plugin's config type and allocating state for slotCount slots. It is
 // called by the host once per configured instance before any traffic. Use InitResult to turn
 // the error into a result code.
-func Init(plugin uint32, id uint64, config []byte, slotCount uint32) (err error) {
+func Init(plugin uint32, id uint64, config []byte, slotCount uint32) error {
+	return InitWith(plugin, id, config, slotCount, InitOptions{})
+}
+
+// InitOptions are per-instance settings of a host that is not the in-process C host.
+type InitOptions struct {
+	// Complete finishes the instance's pending calls; nil means the default completer
+	// (SetCompleter), which the C host installs.
+	Complete CompleteFunc
+}
+
+// InitWith is Init with per-instance options (test hosts, remote workers).
+func InitWith(plugin uint32, id uint64, config []byte, slotCount uint32, opts InitOptions) (err error) {
 	def, err := defaultRegistry.definition(plugin)
 	if err != nil {
 		return err
@@ -145,7 +167,12 @@ func Init(plugin uint32, id uint64, config []byte, slotCount uint32) (err error)
 		phases:    def.info.Phases,
 		slotCount: slotCount,
 		h:         h,
-		ctxs:      make([]Context, slotCount),
+		ctxs:      make([]*Context, slotCount),
+		held:      make([]atomic.Uint32, slotCount),
+		complete:  opts.Complete,
+	}
+	for i := range inst.ctxs {
+		inst.ctxs[i] = inst.newContext()
 	}
 	next := make(map[uint64]*instance)
 	if old := instances.Load(); old != nil {
@@ -206,6 +233,10 @@ func Shutdown(id uint64) error {
 // A malformed view (any offset or length outside view.size, a misaligned array, a slot out of
 // range, a phase that differs from view.phase) gives ResultInvalidArgument without running
 // the handler. A handler panic is recovered into ResultPanic and logged through the host.
+//
+// A handler that calls Context.Defer (or Go) makes Dispatch answer ResultPending, unless the
+// continuation finished before the handler returned (then its result is returned directly).
+// Until that call is completed, a call on the same slot is refused with ResultInvalidArgument.
 func Dispatch(id uint64, phase uint32, view unsafe.Pointer, out unsafe.Pointer, outCap uint32) (res Result, outLen uint32) {
 	inst := lookupInstance(id)
 	if inst == nil {
@@ -219,27 +250,44 @@ func Dispatch(id uint64, phase uint32, view unsafe.Pointer, out unsafe.Pointer, 
 		return ResultInvalidArgument, 0
 	}
 	v := (*RequestView)(view)
-	if v.Phase != phase || v.Slot >= inst.slotCount || !validView(view, v) {
+	if v.Phase != phase || v.Slot >= inst.slotCount || !validView(view, v) || !validBody(p, v) {
 		return ResultInvalidArgument, 0
 	}
-	ctx := &inst.ctxs[v.Slot]
+	if inst.held[v.Slot].Load() != 0 {
+		return ResultInvalidArgument, 0 // a deferred call of this slot is not completed yet
+	}
+	ctx := inst.ctxs[v.Slot]
 	ctx.begin(view, p, id, out, outCap)
 	defer func() {
-		if r := recover(); r != nil {
+		r := recover()
+		if r != nil {
 			logPanic(inst, p, r)
 			res, outLen = ResultPanic, 0
+		}
+		if a := ctx.async.d.a; a != nil {
+			// Deferred: the Context belongs to the continuation now (async.go).
+			res, outLen = a.handlerReturned(ctx, r != nil)
+			return
 		}
 		ctx.end()
 	}()
 	inst.h.run(ctx, v.Slot, v.Generation)
+	if ctx.async.d.a != nil {
+		return ResultPending, 0 // replaced by the deferred function above
+	}
+	return ctx.result(inst)
+}
+
+// result is the phase result of a handler that has finished with ctx.
+func (c *Context) result(inst *instance) (Result, uint32) {
 	switch {
-	case ctx.failure != nil:
-		hostLog(LogError, id, fmt.Sprintf("plugin %q failed in %s: %v", inst.name, p, ctx.failure))
+	case c.failure != nil:
+		hostLog(LogError, inst.id, fmt.Sprintf("plugin %q failed in %s: %v", inst.name, c.phase, c.failure))
 		return ResultHandlerFailed, 0
-	case ctx.overflow:
+	case c.overflow:
 		return ResultMutationOverflow, 0
 	}
-	return ResultOK, uint32(ctx.n)
+	return ResultOK, uint32(c.n)
 }
 
 func logPanic(inst *instance, p Phase, r any) {

@@ -74,6 +74,7 @@ func FuzzDispatchView(f *testing.F) {
 	if err := Init(idx, id, nil, slots); err != nil {
 		f.Fatal(err)
 	}
+	f.Cleanup(func() { _ = Shutdown(id) })
 	f.Fuzz(func(t *testing.T, data []byte, outCap uint16) {
 		if len(data) < SizeofRequestView || len(data) > 1<<16 {
 			return

@@ -22,11 +22,32 @@ type Plugin[C any, S any] struct {
 	RequestHeaders func(ctx *Context, cfg *C, state *S)
 	// ResponseHeaders runs when the upstream's status and headers have arrived.
 	ResponseHeaders func(ctx *Context, cfg *C, state *S)
+	// RequestBody runs over the request body: once per chunk as it streams (the default), or
+	// once with the whole body when RequestBodyBuffered is set. Context.Body returns the bytes
+	// (in place, valid during the call), Context.EndOfStream marks the last call; the handler
+	// can pass (do nothing), ReplaceBody, PrependBody, AppendBody or DropBody. Declaring it
+	// costs only requests whose body it does not skip (Context.SkipBody in RequestHeaders).
+	RequestBody func(ctx *Context, cfg *C, state *S)
+	// RequestBodyBuffered: RequestBody gets the whole body in one call (up to the proxy's
+	// max_buffered_body_bytes; a larger body is answered 413) and may also change the request
+	// head or reply locally.
+	RequestBodyBuffered bool
+	// ResponseBody is RequestBody for the response body (ResponseHeaders can skip it, e.g.
+	// by status or content type).
+	ResponseBody func(ctx *Context, cfg *C, state *S)
+	// ResponseBodyBuffered: ResponseBody gets the whole body in one call (a larger body is
+	// answered 502) and may also change the response head or reply locally.
+	ResponseBodyBuffered bool
 	// Log runs after the response has been sent, off the request path, possibly on another OS
 	// thread than the other phases (but always after them). Mutations are not allowed here.
 	Log func(ctx *Context, cfg *C, state *S)
 	// Shutdown is optional and runs once per instance when the host shuts down.
 	Shutdown func(cfg *C)
+	// Blocking marks handlers that may block (disk, locks, synchronous network calls). The host
+	// then never calls them on its I/O threads: it posts each phase call to a worker ring and
+	// the SDK runs it on a bounded pool of goroutines (see AttachWorker). Handlers are written
+	// exactly as for inline plugins.
+	Blocking bool
 }
 
 // phases returns the phase mask implied by the non-nil handlers.
@@ -38,6 +59,12 @@ func (p *Plugin[C, S]) phases() uint32 {
 	if p.ResponseHeaders != nil {
 		m |= PhaseResponseHeaders.Mask()
 	}
+	if p.RequestBody != nil {
+		m |= PhaseRequestBody.Mask()
+	}
+	if p.ResponseBody != nil {
+		m |= PhaseResponseBody.Mask()
+	}
 	if p.Log != nil {
 		m |= PhaseLog.Mask()
 	}
@@ -48,6 +75,18 @@ func (p *Plugin[C, S]) phases() uint32 {
 type PluginInfo struct {
 	Name   string
 	Phases uint32
+	// Flags is the WeftPluginInfo.flags bit set (FlagBlocking, ...).
+	Flags uint32
+}
+
+// flags returns the WeftPluginInfo.flags bits implied by the plugin's settings.
+func (p *Plugin[C, S]) flags() uint32 {
+	var f uint32
+	if p.Blocking {
+		f |= FlagBlocking
+	}
+	f |= bodyFlags(p.RequestBody != nil && p.RequestBodyBuffered, p.ResponseBody != nil && p.ResponseBodyBuffered)
+	return f
 }
 
 // definition is a registered plugin with its type parameters erased.
@@ -96,7 +135,7 @@ func register[C any, S any](r *registry, p Plugin[C, S]) {
 	r.byName[p.Name] = len(r.defs)
 	pp := p // the instance closures keep their own copy
 	r.defs = append(r.defs, definition{
-		info: PluginInfo{Name: p.Name, Phases: p.phases()},
+		info: PluginInfo{Name: p.Name, Phases: p.phases(), Flags: p.flags()},
 		newInstance: func(config []byte, slotCount uint32) (handlers, error) {
 			return newTypedInstance(&pp, config, slotCount)
 		},

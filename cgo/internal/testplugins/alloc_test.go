@@ -5,6 +5,7 @@ package testplugins
 import (
 	"testing"
 
+	"github.com/weftrs/weft/cgo/weft"
 	"github.com/weftrs/weft/cgo/weft/wefttest"
 )
 
@@ -17,5 +18,19 @@ func TestBenchHeaderZeroAllocs(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Errorf("%v allocations per request-headers dispatch, want 0", allocs)
+	}
+}
+
+// The synchronous phase of a plugin whose other phase goes asynchronous allocates nothing.
+func TestAsyncPluginSyncPhaseZeroAllocs(t *testing.T) {
+	h := wefttest.MustNew(t, "test-async", nil)
+	p := h.Prepare(weft.PhaseResponseHeaders, wefttest.Request{}, &wefttest.Response{Status: 200})
+	allocs := testing.AllocsPerRun(1000, func() {
+		if code, _ := p.Dispatch(); code != wefttest.OK {
+			t.Fatal(code)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per response-headers dispatch, want 0", allocs)
 	}
 }

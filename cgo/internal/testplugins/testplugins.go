@@ -8,14 +8,41 @@
 //     5000) in request headers, so remote workers can be killed with requests in flight.
 //   - bench-header: reads the path and the user-agent and accept headers and sets x-bench: 1;
 //     the plugin of the host's criterion benchmark.
+//   - test-async: request headers go asynchronous (Context.Go): the goroutine waits for the
+//     milliseconds in x-delay-ms (at most 5000), then sets the request header x-async: done and
+//     records it in the per-request state; the response-headers phase (synchronous) then sets
+//     the response header x-async-state: kept. With x-panic the goroutine panics (result
+//     Panic); with x-fail it returns an error (result HandlerFailed).
+//   - test-blocking: flagged Blocking, so the host posts its calls to a worker ring; request
+//     headers time.Sleep for x-delay-ms (at most 5000), then set x-blocking: done and
+//     x-blocking-inflight: <test-blocking calls running at that moment, this one included>, which
+//     exceeds 1 when calls overlap on the worker pool. With x-panic it panics.
 package testplugins
 
 import (
+	"errors"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/weftrs/weft/cgo/weft"
 )
+
+// AsyncState is the per-request state of test-async.
+type AsyncState struct{ completed bool }
+
+// blockingInFlight counts test-blocking calls running at once.
+var blockingInFlight atomic.Int32
+
+// delay returns the duration in request header name (milliseconds, at most 5 s).
+func delay(ctx *weft.Context, name string) time.Duration {
+	if v, ok := ctx.RequestHeader(name); ok {
+		if ms, err := strconv.Atoi(v); err == nil && ms > 0 {
+			return time.Duration(min(ms, 5000)) * time.Millisecond
+		}
+	}
+	return 0
+}
 
 // None is the config and state type of the test plugins.
 type None struct{}
@@ -50,6 +77,42 @@ func init() {
 	weft.Register(weft.Plugin[None, None]{
 		Name:           "bench-header",
 		RequestHeaders: benchHeader,
+	})
+	weft.Register(weft.Plugin[None, AsyncState]{
+		Name: "test-async",
+		RequestHeaders: func(ctx *weft.Context, _ *None, st *AsyncState) {
+			ctx.Go(func(ctx *weft.Context) error {
+				time.Sleep(delay(ctx, "x-delay-ms"))
+				if _, ok := ctx.RequestHeader("x-panic"); ok {
+					panic("test-async: x-panic header present")
+				}
+				if _, ok := ctx.RequestHeader("x-fail"); ok {
+					return errors.New("test-async: x-fail header present")
+				}
+				st.completed = true
+				ctx.SetRequestHeader("x-async", "done")
+				return nil
+			})
+		},
+		ResponseHeaders: func(ctx *weft.Context, _ *None, st *AsyncState) {
+			if st.completed {
+				ctx.SetResponseHeader("x-async-state", "kept")
+			}
+		},
+	})
+	weft.Register(weft.Plugin[None, None]{
+		Name:     "test-blocking",
+		Blocking: true,
+		RequestHeaders: func(ctx *weft.Context, _ *None, _ *None) {
+			blockingInFlight.Add(1)
+			defer blockingInFlight.Add(-1)
+			time.Sleep(delay(ctx, "x-delay-ms"))
+			if _, ok := ctx.RequestHeader("x-panic"); ok {
+				panic("test-blocking: x-panic header present")
+			}
+			ctx.SetRequestHeader("x-blocking", "done")
+			ctx.SetRequestHeader("x-blocking-inflight", strconv.Itoa(int(blockingInFlight.Load())))
+		},
 	})
 }
 

@@ -1,9 +1,11 @@
 package testplugins
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/weftrs/weft/cgo/internal/core"
 	"github.com/weftrs/weft/cgo/weft"
 	"github.com/weftrs/weft/cgo/weft/wefttest"
 )
@@ -75,4 +77,92 @@ func BenchmarkBenchHeaderParallel(b *testing.B) {
 			p.Dispatch()
 		}
 	})
+}
+
+func TestTestAsync(t *testing.T) {
+	h := wefttest.MustNew(t, "test-async", nil)
+	x := h.Request(wefttest.Request{Headers: [][2]string{{"x-delay-ms", "20"}}})
+	res := x.RequestHeaders()
+	if res.Code != wefttest.OK || !res.Pending {
+		t.Fatalf("request headers: %v pending=%v", res.Code, res.Pending)
+	}
+	if v, _ := x.RequestHeader("x-async"); v != "done" {
+		t.Errorf("x-async %q", v)
+	}
+	if res := x.ResponseHeaders(); res.Code != wefttest.OK || res.Pending {
+		t.Fatalf("response headers: %v pending=%v", res.Code, res.Pending)
+	}
+	if v, _ := x.ResponseHeader("x-async-state"); v != "kept" {
+		t.Errorf("x-async-state %q: the state set by the continuation is lost", v)
+	}
+
+	tests := []struct {
+		header string
+		code   wefttest.Code
+		log    string
+	}{
+		{"x-panic", wefttest.Panic, `plugin "test-async" panicked in request_headers: test-async: x-panic header present`},
+		{"x-fail", wefttest.HandlerFailed, `plugin "test-async" failed in request_headers: test-async: x-fail header present`},
+	}
+	for _, tt := range tests {
+		x := h.Request(wefttest.Request{Headers: [][2]string{{tt.header, "1"}}})
+		res := x.RequestHeaders()
+		if res.Code != tt.code || len(res.Logs) == 0 || !strings.Contains(res.Logs[0].Msg, tt.log) {
+			t.Errorf("%s: %v %+v", tt.header, res.Code, res.Logs)
+		}
+		if res := x.ResponseHeaders(); res.Code != wefttest.OK {
+			t.Errorf("%s: response headers %v", tt.header, res.Code)
+		}
+		if _, ok := x.ResponseHeader("x-async-state"); ok {
+			t.Errorf("%s: x-async-state set although the continuation failed", tt.header)
+		}
+	}
+}
+
+func TestTestBlocking(t *testing.T) {
+	var info *core.PluginInfo
+	for _, p := range core.Plugins() {
+		if p.Name == "test-blocking" {
+			info = &p
+		}
+	}
+	if info == nil || info.Flags&core.FlagBlocking == 0 {
+		t.Fatalf("test-blocking is not flagged blocking: %+v", info)
+	}
+	h := wefttest.MustNew(t, "test-blocking", nil)
+	// Overlapping calls: each sees the others in flight.
+	const n = 3
+	results := make(chan string, n)
+	release := make(chan struct{})
+	for range n {
+		go func() {
+			<-release
+			x := h.Request(wefttest.Request{Headers: [][2]string{{"x-delay-ms", "200"}}})
+			if res := x.RequestHeaders(); res.Code != wefttest.OK {
+				results <- "code " + res.Code.String()
+				return
+			}
+			v, _ := x.RequestHeader("x-blocking")
+			inflight, _ := x.RequestHeader("x-blocking-inflight")
+			results <- v + " " + inflight
+		}()
+	}
+	close(release)
+	maxInflight := 0
+	for range n {
+		r := <-results
+		done, inflight, _ := strings.Cut(r, " ")
+		if done != "done" {
+			t.Fatalf("result %q", r)
+		}
+		if k, err := strconv.Atoi(inflight); err != nil || k < 1 || k > n {
+			t.Fatalf("x-blocking-inflight %q", inflight)
+		} else {
+			maxInflight = max(maxInflight, k)
+		}
+	}
+	t.Logf("max x-blocking-inflight %d of %d overlapping calls", maxInflight, n)
+	if res := h.Request(wefttest.Request{Headers: [][2]string{{"x-panic", "1"}}}).RequestHeaders(); res.Code != wefttest.Panic {
+		t.Errorf("x-panic: %v", res.Code)
+	}
 }

@@ -73,9 +73,19 @@ func weft_go_entry(host *C.WeftHostApi) (d *C.WeftPluginDescriptor) {
 			d = nil
 		}
 	}()
-	if host != nil && host.size >= C.sizeof_WeftHostApi && host.log != nil {
+	if host != nil {
+		// Each host function is used only if the host's table is long enough to hold it and
+		// it is set: an older host has a shorter table (no complete: no async handlers and no
+		// blocking plugins, which fail cleanly instead).
 		C.weft_host = host
-		core.SetLogger(hostLogger)
+		if hostHasLog(host) {
+			core.SetLogger(hostLogger)
+		}
+		if hostHasComplete(host) {
+			core.SetCompleter(hostComplete)
+		} else {
+			core.SetCompleter(nil)
+		}
 	}
 	descOnce.Do(func() { desc = buildDescriptor() })
 	return desc
@@ -99,6 +109,7 @@ func buildDescriptor() *C.WeftPluginDescriptor {
 		for i, p := range plugins {
 			infos[i].name, infos[i].name_len = cString(p.Name)
 			infos[i].phases = C.uint32_t(p.Phases)
+			infos[i].flags = C.uint32_t(p.Flags)
 		}
 		d.plugins = &infos[0]
 		d.plugin_count = C.uint32_t(len(plugins))
@@ -177,6 +188,31 @@ func weft_go_on_phase(instance C.uint64_t, phase C.uint32_t, view *C.WeftRequest
 // the Go runtime bind an M to that thread (kept until the thread exits), so the first phase
 // call on the thread does not pay for it.
 //
+// weft_go_attach_worker starts the consumer of a worker ring (plugins flagged
+// WEFT_PLUGIN_FLAG_BLOCKING); see core.AttachWorker. It returns at once.
+//
+//export weft_go_attach_worker
+func weft_go_attach_worker(ring unsafe.Pointer, ringLen C.size_t, arena *C.uint8_t, slotSize, slotCount C.uint32_t) (res C.uint32_t) {
+	defer func() {
+		if r := recover(); r != nil {
+			hostLogger(core.LogError, 0, fmt.Sprintf("weft: panic in attach_worker: %v", r))
+			res = C.uint32_t(core.ResultPanic)
+		}
+	}()
+	if !hostHasComplete(C.weft_host) {
+		hostLogger(core.LogError, 0, "weft: attach_worker: the host has no complete function, so jobs could not be answered")
+		return C.uint32_t(core.ResultABIMismatch)
+	}
+	err := core.AttachWorker(ring, uintptr(ringLen),
+		core.Arena{Base: unsafe.Pointer(arena), SlotSize: uint32(slotSize), SlotCount: uint32(slotCount)},
+		core.WorkerHost{Complete: hostComplete, Exit: func() { hostWorkerExit(ring) }})
+	if err != nil {
+		hostLogger(core.LogError, 0, "weft: attach_worker: "+err.Error())
+		return C.uint32_t(core.ResultInvalidArgument)
+	}
+	return C.uint32_t(core.ResultOK)
+}
+
 //export weft_go_thread_start
 func weft_go_thread_start() {}
 

@@ -33,7 +33,8 @@ func TestLayoutMatchesHeader(t *testing.T) {
 			unsafe.Offsetof(v.Path), unsafe.Offsetof(v.Query), unsafe.Offsetof(v.Host),
 			unsafe.Offsetof(v.ClientAddr), unsafe.Offsetof(v.Scheme), unsafe.Offsetof(v.Version),
 			unsafe.Offsetof(v.ReqHeadersOff), unsafe.Offsetof(v.ReqHeaderCount), unsafe.Offsetof(v.Status),
-			unsafe.Offsetof(v.RespHeadersOff), unsafe.Offsetof(v.RespHeaderCount), unsafe.Offsetof(v.Reserved)}},
+			unsafe.Offsetof(v.RespHeadersOff), unsafe.Offsetof(v.RespHeaderCount), unsafe.Offsetof(v.Call),
+			unsafe.Offsetof(v.Body), unsafe.Offsetof(v.BodyLen), unsafe.Offsetof(v.BodyFlags)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -96,8 +97,8 @@ func TestDescriptor(t *testing.T) {
 	if d.load_error != nil {
 		t.Fatalf("load_error %q", unsafe.Slice((*byte)(unsafe.Pointer(d.load_error)), d.load_error_len))
 	}
-	if d.plugin_count != 1 {
-		t.Fatalf("plugin_count %d", d.plugin_count)
+	if d.plugin_count == 0 || int(d.plugin_count) != len(core.Plugins()) {
+		t.Fatalf("plugin_count %d, registered %d", d.plugin_count, len(core.Plugins()))
 	}
 	p := unsafe.Slice(d.plugins, d.plugin_count)[0]
 	if name := string(unsafe.Slice((*byte)(unsafe.Pointer(p.name)), p.name_len)); name != "cabi-test" {
@@ -106,7 +107,10 @@ func TestDescriptor(t *testing.T) {
 	if want := core.PhaseRequestHeaders.Mask() | core.PhaseLog.Mask(); uint32(p.phases) != want {
 		t.Errorf("phases %#x, want %#x", p.phases, want)
 	}
-	if d.init == nil || d.on_phase == nil || d.thread_start == nil || d.shutdown == nil {
+	if p.flags != 0 {
+		t.Errorf("flags %#x for a plugin that is not blocking", p.flags)
+	}
+	if d.init == nil || d.on_phase == nil || d.thread_start == nil || d.shutdown == nil || d.attach_worker == nil {
 		t.Error("missing function pointer")
 	}
 }

@@ -15,4 +15,5 @@ void weft_fill_fns(WeftPluginDescriptor *d) {
 	d->on_phase = (WeftPhaseFn)weft_go_on_phase;
 	d->thread_start = (WeftThreadStartFn)weft_go_thread_start;
 	d->shutdown = (WeftShutdownFn)weft_go_shutdown;
+	d->attach_worker = (WeftAttachWorkerFn)weft_go_attach_worker;
 }

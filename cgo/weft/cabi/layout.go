@@ -22,7 +22,8 @@ static const size_t weft_layout_view[] = {sizeof(WeftRequestView),
 	offsetof(WeftRequestView, scheme), offsetof(WeftRequestView, version),
 	offsetof(WeftRequestView, req_headers_off), offsetof(WeftRequestView, req_header_count),
 	offsetof(WeftRequestView, status), offsetof(WeftRequestView, resp_headers_off),
-	offsetof(WeftRequestView, resp_header_count), offsetof(WeftRequestView, call)};
+	offsetof(WeftRequestView, resp_header_count), offsetof(WeftRequestView, call),
+	offsetof(WeftRequestView, body), offsetof(WeftRequestView, body_len), offsetof(WeftRequestView, body_flags)};
 
 static size_t weft_layout(int which, int i) {
 	switch (which) {
@@ -79,6 +80,12 @@ func cConstants() map[string][2]uint64 {
 		"WEFT_RESULT_INVALID_MUTATION":            {C.WEFT_RESULT_INVALID_MUTATION, uint64(core.ResultInvalidMutation)},
 		"WEFT_RESULT_HANDLER_FAILED":              {C.WEFT_RESULT_HANDLER_FAILED, uint64(core.ResultHandlerFailed)},
 		"WEFT_RESULT_INTERNAL":                    {C.WEFT_RESULT_INTERNAL, uint64(core.ResultInternal)},
+		"WEFT_RESULT_PENDING":                     {C.WEFT_RESULT_PENDING, uint64(core.ResultPending)},
+		"WEFT_RESULT_STALE_HANDLE":                {C.WEFT_RESULT_STALE_HANDLE, uint64(core.ResultStaleHandle)},
+		"WEFT_RESULT_ALREADY_COMPLETED":           {C.WEFT_RESULT_ALREADY_COMPLETED, uint64(core.ResultAlreadyCompleted)},
+		"WEFT_RESULT_CANCELLED":                   {C.WEFT_RESULT_CANCELLED, uint64(core.ResultCancelled)},
+		"WEFT_RESULT_BUSY":                        {C.WEFT_RESULT_BUSY, uint64(core.ResultBusy)},
+		"WEFT_PLUGIN_FLAG_BLOCKING":               {C.WEFT_PLUGIN_FLAG_BLOCKING, core.FlagBlocking},
 		"WEFT_MUTATION_OP_SET_REQUEST_HEADER":     {C.WEFT_MUTATION_OP_SET_REQUEST_HEADER, uint64(core.OpSetRequestHeader)},
 		"WEFT_MUTATION_OP_ADD_REQUEST_HEADER":     {C.WEFT_MUTATION_OP_ADD_REQUEST_HEADER, uint64(core.OpAddRequestHeader)},
 		"WEFT_MUTATION_OP_REMOVE_REQUEST_HEADER":  {C.WEFT_MUTATION_OP_REMOVE_REQUEST_HEADER, uint64(core.OpRemoveRequestHeader)},
@@ -90,5 +97,16 @@ func cConstants() map[string][2]uint64 {
 		"WEFT_MUTATION_OP_SET_STATUS":             {C.WEFT_MUTATION_OP_SET_STATUS, uint64(core.OpSetStatus)},
 		"WEFT_MUTATION_OP_LOCAL_REPLY":            {C.WEFT_MUTATION_OP_LOCAL_REPLY, uint64(core.OpLocalReply)},
 		"WEFT_MUTATION_OP_LOCAL_REPLY_HEADER":     {C.WEFT_MUTATION_OP_LOCAL_REPLY_HEADER, uint64(core.OpLocalReplyHeader)},
+		"WEFT_MUTATION_OP_BODY_REPLACE":           {C.WEFT_MUTATION_OP_BODY_REPLACE, uint64(core.OpBodyReplace)},
+		"WEFT_MUTATION_OP_BODY_PREPEND":           {C.WEFT_MUTATION_OP_BODY_PREPEND, uint64(core.OpBodyPrepend)},
+		"WEFT_MUTATION_OP_BODY_APPEND":            {C.WEFT_MUTATION_OP_BODY_APPEND, uint64(core.OpBodyAppend)},
+		"WEFT_MUTATION_OP_BODY_DROP":              {C.WEFT_MUTATION_OP_BODY_DROP, uint64(core.OpBodyDrop)},
+		"WEFT_MUTATION_OP_SKIP_BODY":              {C.WEFT_MUTATION_OP_SKIP_BODY, uint64(core.OpSkipBody)},
+		"WEFT_BODY_END_OF_STREAM":                 {C.WEFT_BODY_END_OF_STREAM, core.BodyEndOfStream},
+		"WEFT_BODY_BUFFERED":                      {C.WEFT_BODY_BUFFERED, core.BodyBuffered},
+		"WEFT_PLUGIN_FLAG_REQUEST_BODY_BUFFERED":  {C.WEFT_PLUGIN_FLAG_REQUEST_BODY_BUFFERED, core.FlagRequestBodyBuffered},
+		"WEFT_PLUGIN_FLAG_RESPONSE_BODY_BUFFERED": {C.WEFT_PLUGIN_FLAG_RESPONSE_BODY_BUFFERED, core.FlagResponseBodyBuffered},
+		"WEFT_PHASE_MASK_REQUEST_BODY":            {C.WEFT_PHASE_MASK_REQUEST_BODY, uint64(core.PhaseRequestBody.Mask())},
+		"WEFT_PHASE_MASK_RESPONSE_BODY":           {C.WEFT_PHASE_MASK_RESPONSE_BODY, uint64(core.PhaseResponseBody.Mask())},
 	}
 }

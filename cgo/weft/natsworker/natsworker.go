@@ -148,10 +148,11 @@ func (w *Worker) Serve(inst Instance) error {
 	loggersMu.Lock()
 	loggers[id] = func(level core.Level, msg string) { w.opts.Logf("[%s] %s: %s", level, name, msg) }
 	loggersMu.Unlock()
-	if err := core.Init(index, id, inst.Config, uint32(w.opts.Slots)); err != nil {
+	s := &server{w: w, inst: inst, id: id, phases: phases, slots: newSlotPool(w.opts.Slots),
+		waiting: make([]atomic.Pointer[callBuf], w.opts.Slots)}
+	if err := core.InitWith(index, id, inst.Config, uint32(w.opts.Slots), core.InitOptions{Complete: s.complete}); err != nil {
 		return fmt.Errorf("instance %q: %w", inst.Name, err)
 	}
-	s := &server{w: w, inst: inst, id: id, phases: phases, slots: newSlotPool(w.opts.Slots)}
 	for p := core.PhaseLog; ; p-- {
 		if phases&p.Mask() != 0 {
 			s.lastPhase = p
@@ -250,6 +251,10 @@ type server struct {
 	phases    uint32
 	lastPhase core.Phase
 	slots     *slotPool
+	// waiting[slot] is the call of the slot whose completion serve waits for (asynchronous
+	// handlers: Context.Defer/Go), or nil.
+	waiting  []atomic.Pointer[callBuf]
+	nextCall atomic.Uint32
 
 	requests, failures, panics, expired, evicted atomic.Uint64
 }
@@ -281,26 +286,43 @@ func (s *server) handle(req micro.Request) {
 	}()
 }
 
-// callBuf is the per-call scratch memory: view, mutation buffer, reply builder.
+// callBuf is the per-call scratch memory: view, mutation buffer, reply builder, and the
+// completion of an asynchronous call.
 type callBuf struct {
 	view viewBuilder
 	out  []uint64
 	fbb  *flatbuffers.Builder
 	req  wire.PhaseRequest
+	call atomic.Uint32  // the call id of the view; atomic: a stale completion may read it
+	done chan asyncDone // capacity 1
 }
+
+type asyncDone struct {
+	res core.Result
+	n   uint32
+}
+
+// defaultAsyncWait bounds the wait for an asynchronous handler when the request carries no
+// deadline.
+const defaultAsyncWait = 30 * time.Second
 
 // outCap is the mutation buffer capacity of one call.
 const outCap = 32 * 1024
 
 var bufs = sync.Pool{New: func() any {
-	return &callBuf{out: make([]uint64, outCap/8), fbb: flatbuffers.NewBuilder(1024)}
+	return &callBuf{out: make([]uint64, outCap/8), fbb: flatbuffers.NewBuilder(1024), done: make(chan asyncDone, 1)}
 }}
 
 func (s *server) serve(req micro.Request) {
 	s.requests.Add(1)
 	reply := req.Reply()
 	b := bufs.Get().(*callBuf)
-	defer bufs.Put(b)
+	keep := true // false: an unfinished continuation may still use b's view and output
+	defer func() {
+		if keep {
+			bufs.Put(b)
+		}
+	}()
 	defer func() {
 		if r := recover(); r != nil {
 			// Handler panics are recovered by core.Dispatch; this is a malformed message or a bug
@@ -310,9 +332,13 @@ func (s *server) serve(req micro.Request) {
 			s.respond(b, reply, core.ResultPanic, nil, fmt.Sprint("worker panic: ", r))
 		}
 	}()
-	if ms, err := strconv.ParseInt(req.Headers().Get(HeaderDeadline), 10, 64); err == nil && time.Now().UnixMilli() > ms {
-		s.expired.Add(1)
-		return // the host has given up on it already
+	deadline := time.Now().Add(defaultAsyncWait)
+	if ms, err := strconv.ParseInt(req.Headers().Get(HeaderDeadline), 10, 64); err == nil {
+		if time.Now().UnixMilli() > ms {
+			s.expired.Add(1)
+			return // the host has given up on it already
+		}
+		deadline = time.UnixMilli(ms)
 	}
 	data := req.Data()
 	if len(data) < 8 {
@@ -334,7 +360,24 @@ func (s *server) serve(req micro.Request) {
 		s.respond(b, reply, core.ResultInvalidArgument, nil, err.Error())
 		return
 	}
+	call := s.nextCall.Add(1)
+	if call == 0 {
+		call = s.nextCall.Add(1)
+	}
+	b.call.Store(call)
+	(*core.RequestView)(view).Call = call
+	s.waiting[slot].Store(b)
 	res, n := core.Dispatch(s.id, uint32(phase), view, unsafe.Pointer(&b.out[0]), outCap)
+	if res == core.ResultPending {
+		var ok bool
+		if res, n, ok = s.await(slot, b, deadline); !ok {
+			keep = false
+			s.expired.Add(1)
+			return // past the host's deadline: it has given up, and a late completion is discarded
+		}
+	} else {
+		s.waiting[slot].CompareAndSwap(b, nil)
+	}
 	if res != core.ResultOK {
 		s.failures.Add(1)
 		msg := "plugin returned " + res.String()
@@ -347,6 +390,43 @@ func (s *server) serve(req micro.Request) {
 	}
 	out := unsafe.Slice((*byte)(unsafe.Pointer(&b.out[0])), n)
 	s.respond(b, reply, core.ResultOK, out, "")
+}
+
+// await waits for the completion of the asynchronous call b on slot until deadline; false if
+// it did not come (the call is then cancelled: its late completion gets ResultCancelled).
+func (s *server) await(slot uint32, b *callBuf, deadline time.Time) (core.Result, uint32, bool) {
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case d := <-b.done:
+		return d.res, d.n, true
+	case <-t.C:
+	}
+	if s.waiting[slot].CompareAndSwap(b, nil) {
+		return 0, 0, false
+	}
+	d := <-b.done // the completion won the race: it is sent already
+	return d.res, d.n, true
+}
+
+// complete is the instance's completion function (core.InitOptions.Complete).
+func (s *server) complete(_ uint64, slot, call uint32, res core.Result, n uint32) core.Result {
+	if slot >= uint32(len(s.waiting)) {
+		return core.ResultStaleHandle
+	}
+	b := s.waiting[slot].Load()
+	switch {
+	case b == nil:
+		return core.ResultCancelled // serve stopped waiting
+	case b.call.Load() != call:
+		return core.ResultStaleHandle
+	case res == core.ResultPending:
+		return core.ResultInvalidArgument
+	case !s.waiting[slot].CompareAndSwap(b, nil):
+		return core.ResultAlreadyCompleted
+	}
+	b.done <- asyncDone{res, n}
+	return core.ResultOK
 }
 
 func (s *server) respond(b *callBuf, reply string, res core.Result, mutations []byte, errMsg string) {

@@ -147,6 +147,9 @@ func checkMutations(phase core.Phase, ms []Mutation) error {
 }
 
 func allowed(op Op, phase core.Phase) bool {
+	if bodyAllowed(op, phase) {
+		return true
+	}
 	switch phase {
 	case core.PhaseRequestHeaders:
 		switch op {

@@ -17,6 +17,12 @@
 // the phases of one Exchange share the plugin's per-request state and a new Exchange starts
 // from the zero state. Mutations are checked with an approximation of the host's validation;
 // a rejected batch gives Code InvalidMutation and is not applied.
+//
+// Asynchronous handlers (Context.Defer, Context.Go) work as with the real host: a phase call
+// that goes pending is waited for until the plugin completes it (Result.Pending tells), at most
+// Host.AsyncTimeout, after which the call is cancelled as the host does at a phase deadline
+// (Code Cancelled; a late completion is answered with ResultCancelled, and the slot stays
+// held until then). Blocking plugins run inline here: their handlers are the same.
 package wefttest
 
 import (
@@ -26,6 +32,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/weftrs/weft/cgo/internal/core"
@@ -44,7 +51,14 @@ const (
 	UnsupportedPhase = core.ResultUnsupportedPhase
 	InvalidMutation  = core.ResultInvalidMutation
 	HandlerFailed    = core.ResultHandlerFailed
+	// Pending is never a final Code: a pending call is waited for.
+	Pending = core.ResultPending
+	// Cancelled: the call went pending and was not completed within Host.AsyncTimeout.
+	Cancelled = core.ResultCancelled
 )
+
+// DefaultAsyncTimeout is the default of Host.AsyncTimeout.
+const DefaultAsyncTimeout = 10 * time.Second
 
 // DefaultBufferSize is the default capacity of the mutation buffer of a phase call.
 const DefaultBufferSize = 16 * 1024
@@ -98,8 +112,11 @@ type Result struct {
 	// Reply is the local reply of this phase, if any.
 	Reply *Reply
 	// Logs are the lines the plugin logged during the call (exact when the Host is used from
-	// one goroutine).
+	// one goroutine), up to its completion.
 	Logs []LogLine
+	// Pending is true when the handler deferred the call (Context.Defer or Go) and completed it
+	// after returning.
+	Pending bool
 }
 
 // Host is a test host holding one instance of one plugin.
@@ -111,6 +128,9 @@ type Host struct {
 	// BufferSize is the capacity of the mutation buffer given to each phase call; set it before
 	// running phases to test overflow handling.
 	BufferSize int
+	// AsyncTimeout is how long a phase call that went pending is waited for before the host
+	// cancels it (default DefaultAsyncTimeout); set it before running phases.
+	AsyncTimeout time.Duration
 
 	mu        sync.Mutex
 	nextSlot  uint32
@@ -118,6 +138,30 @@ type Host struct {
 	requestID uint64
 	logs      []LogLine
 	closed    bool
+	calls     []slotCall // per slot: the call the host is waiting for (see complete)
+	nextCall  uint32
+}
+
+// slotCall is the host's record of the last phase call on one slot.
+type slotCall struct {
+	call   uint32
+	state  callState
+	done   chan completion // capacity 1; the completion of an armed call
+	orphan uint32          // a cancelled call whose late completion is still due, or 0
+}
+
+type callState uint8
+
+const (
+	callIdle      callState = iota
+	callArmed               // dispatched; a completion is accepted
+	callCompleted           // completed (synchronously or by complete)
+	callCancelled           // given up on (AsyncTimeout); a late completion is discarded
+)
+
+type completion struct {
+	code Code
+	n    uint32
 }
 
 var (
@@ -160,16 +204,21 @@ func New(plugin string, config any, slots uint32) (*Host, error) {
 		slots = 1
 	}
 	h := &Host{
-		plugin:     plugin,
-		id:         nextInstance.Add(1),
-		slots:      slots,
-		gens:       make([]uint32, slots),
-		BufferSize: DefaultBufferSize,
+		plugin:       plugin,
+		id:           nextInstance.Add(1),
+		slots:        slots,
+		gens:         make([]uint32, slots),
+		BufferSize:   DefaultBufferSize,
+		AsyncTimeout: DefaultAsyncTimeout,
+		calls:        make([]slotCall, slots),
+	}
+	for i := range h.calls {
+		h.calls[i].done = make(chan completion, 1)
 	}
 	hostsMu.Lock()
 	hosts[h.id] = h
 	hostsMu.Unlock()
-	if err := core.Init(index, h.id, cfg, slots); err != nil {
+	if err := core.InitWith(index, h.id, cfg, slots, core.InitOptions{Complete: h.complete}); err != nil {
 		hostsMu.Lock()
 		delete(hosts, h.id)
 		hostsMu.Unlock()
@@ -256,6 +305,7 @@ type Exchange struct {
 	resp      *Response
 	reply     *Reply
 	view      []uint64
+	skipBody  [2]bool // SkipBody answered for the request / response body (body.go)
 }
 
 // Request starts a new request on the next slot with a new generation.
@@ -319,9 +369,29 @@ func (x *Exchange) Run(phase core.Phase) Result {
 	x.view = buildView(x.view, phase, x.requestID, x.slot, x.gen, &x.req, resp)
 	out := make([]byte, x.h.BufferSize)
 	before := x.h.logCount()
+	call := x.h.arm(x.slot, 0)
+	viewOf(x.view).Call = call
 	code, n := dispatch(x.h.id, phase, x.view, out)
-	res := Result{Code: code, Logs: x.h.logsSince(before)}
+	res := Result{Code: code}
+	if code == Pending {
+		res.Pending = true
+		var ok bool
+		if code, n, ok = x.h.wait(x.slot, call); !ok {
+			// The continuation may still read this view: never reuse its memory.
+			x.view = nil
+			res.Code, res.Logs = Cancelled, x.h.logsSince(before)
+			return res
+		}
+		res.Code = code
+	} else {
+		x.h.settle(x.slot, call)
+	}
+	res.Logs = x.h.logsSince(before)
 	if code != OK {
+		return res
+	}
+	if int(n) > len(out) {
+		res.Code, res.Invalid = InvalidMutation, fmt.Sprintf("out_len %d exceeds the buffer of %d bytes", n, len(out))
 		return res
 	}
 	ms, err := decodeMutations(out[:n])
@@ -333,8 +403,88 @@ func (x *Exchange) Run(phase core.Phase) Result {
 		res.Code, res.Invalid = InvalidMutation, err.Error()
 		return res
 	}
+	x.noteSkipBody(phase, ms)
 	res.Reply = x.apply(ms)
 	return res
+}
+
+func viewOf(view []uint64) *core.RequestView { return (*core.RequestView)(unsafe.Pointer(&view[0])) }
+
+// arm records that a phase call on slot is about to be dispatched and returns its call id:
+// call, or a new one if call is 0.
+func (h *Host) arm(slot, call uint32) uint32 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if call == 0 {
+		h.nextCall++
+		if h.nextCall == 0 {
+			h.nextCall++
+		}
+		call = h.nextCall
+	}
+	sc := &h.calls[slot]
+	sc.call, sc.state = call, callArmed
+	return call
+}
+
+// settle marks a call that returned synchronously as completed.
+func (h *Host) settle(slot, call uint32) {
+	h.mu.Lock()
+	if sc := &h.calls[slot]; sc.call == call && sc.state == callArmed {
+		sc.state = callCompleted
+	}
+	h.mu.Unlock()
+}
+
+// complete is the instance's completion function, with the host's answers: StaleHandle for a
+// call the host does not wait for, AlreadyCompleted, Cancelled after the timeout.
+func (h *Host) complete(_ uint64, slot, call uint32, code Code, n uint32) Code {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if slot >= uint32(len(h.calls)) || call == 0 || (h.calls[slot].call != call && h.calls[slot].orphan != call) {
+		return core.ResultStaleHandle
+	}
+	sc := &h.calls[slot]
+	if call == sc.orphan {
+		sc.orphan = 0
+		return core.ResultCancelled
+	}
+	switch sc.state {
+	case callCompleted:
+		return core.ResultAlreadyCompleted
+	case callArmed:
+		if code == Pending {
+			return InvalidArgument
+		}
+		sc.state = callCompleted
+		sc.done <- completion{code, n} // capacity 1, drained by wait: never blocks
+		return core.ResultOK
+	}
+	return core.ResultStaleHandle
+}
+
+// wait waits for the completion of a pending call, at most AsyncTimeout; false: cancelled.
+func (h *Host) wait(slot, call uint32) (Code, uint32, bool) {
+	sc := &h.calls[slot]
+	t := time.NewTimer(h.AsyncTimeout)
+	defer t.Stop()
+	select {
+	case c := <-sc.done:
+		return c.code, c.n, true
+	case <-t.C:
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if sc.call == call && sc.state == callArmed {
+		sc.state, sc.orphan = callCancelled, call
+		return Cancelled, 0, false
+	}
+	select {
+	case c := <-sc.done: // completed just now
+		return c.code, c.n, true
+	default: // the slot was re-armed by another exchange meanwhile
+		return Cancelled, 0, false
+	}
 }
 
 func dispatch(id uint64, phase core.Phase, view []uint64, out []byte) (Code, uint32) {
@@ -455,8 +605,11 @@ func (x *Exchange) Reply() *Reply { return x.reply }
 // Prepared is one phase call laid out once and dispatched repeatedly with the same view, slot
 // and generation: for benchmarks and allocation tests of handlers.
 type Prepared struct {
+	h     *Host
 	id    uint64
 	phase core.Phase
+	slot  uint32
+	call  uint32
 	view  []uint64
 	out   []byte
 }
@@ -468,18 +621,29 @@ func (h *Host) Prepare(phase core.Phase, req Request, resp *Response) *Prepared 
 	if resp != nil {
 		x.Response(resp.Status, resp.Headers)
 	}
-	return &Prepared{
+	p := &Prepared{
+		h:     h,
 		id:    h.id,
 		phase: phase,
+		slot:  x.slot,
+		call:  h.arm(x.slot, 0), // stays armed between dispatches: no locking per call
 		view:  buildView(nil, phase, x.requestID, x.slot, x.gen, &x.req, x.resp),
 		out:   make([]byte, h.BufferSize),
 	}
+	viewOf(p.view).Call = p.call
+	return p
 }
 
 // Dispatch runs the prepared call and returns the result code and the mutation bytes written.
-// It does not allocate beyond what the handler allocates.
+// A call that goes pending is waited for (Cancelled after AsyncTimeout, after which the
+// Prepared must not be used again). The synchronous path does not allocate beyond what the
+// handler allocates.
 func (p *Prepared) Dispatch() (Code, int) {
 	code, n := dispatch(p.id, p.phase, p.view, p.out)
+	if code == Pending {
+		code, n, _ = p.h.wait(p.slot, p.call)
+		p.h.arm(p.slot, p.call)
+	}
 	return code, int(n)
 }
 

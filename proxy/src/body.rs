@@ -1,0 +1,391 @@
+//! Bodies through plugins (issue 5): the streamed body wrapper, the bounded collector of the
+//! buffered mode, the body sent upstream, and the handle that keeps a request's
+//! [`Exchange`] alive while its bodies stream.
+//!
+//! A streamed body is pulled by hyper (the upstream connection for a request body, the client
+//! connection for a response body). Each chunk hyper reads is handed to
+//! [`Exchange::body_chunk`] as the same `Bytes` (no copy); what comes back (the chunk itself,
+//! or slices of the plugin's arena-leased replacement bytes) is handed on to hyper as is. Memory
+//! per stream is bounded by the chunks in flight: hyper pulls the next chunk only after the
+//! previous one was written, so a body of any size streams in constant memory.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use weft_runtime::{BodyAbort, BodySide, Exchange};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An exchange shared by the request-body stream and the handler (and later the response
+/// body): the phases of one request never run at the same time, the lock makes sure of it
+/// even when the upstream answers while the request body is still streaming.
+pub type SharedExchange = Arc<tokio::sync::Mutex<Exchange>>;
+
+/// The exchange of a request, owned or shared; kept alive by the response body so that its
+/// log phase runs (and its slot returns) after the response.
+pub enum Keep {
+    Owned(Exchange),
+    Shared(SharedExchange),
+}
+
+/// Exclusive access to the exchange for one phase.
+pub enum Guard<'a> {
+    Owned(&'a mut Exchange),
+    Shared(tokio::sync::MutexGuard<'a, Exchange>),
+}
+
+impl Deref for Guard<'_> {
+    type Target = Exchange;
+    fn deref(&self) -> &Exchange {
+        match self {
+            Guard::Owned(x) => x,
+            Guard::Shared(g) => g,
+        }
+    }
+}
+
+impl DerefMut for Guard<'_> {
+    fn deref_mut(&mut self) -> &mut Exchange {
+        match self {
+            Guard::Owned(x) => x,
+            Guard::Shared(g) => g,
+        }
+    }
+}
+
+impl Keep {
+    /// Waits for the exchange (a streaming request body may hold it for one chunk).
+    pub async fn lock(&mut self) -> Guard<'_> {
+        match self {
+            Keep::Owned(x) => Guard::Owned(x),
+            Keep::Shared(s) => Guard::Shared(s.lock().await),
+        }
+    }
+
+    /// The shared handle (an owned exchange moves into a new one), for a body stream.
+    pub fn into_shared(self) -> SharedExchange {
+        match self {
+            Keep::Owned(x) => Arc::new(tokio::sync::Mutex::new(x)),
+            Keep::Shared(s) => s,
+        }
+    }
+}
+
+type ChunkFuture = Pin<Box<dyn Future<Output = Result<Vec<Bytes>, BodyAbort>> + Send>>;
+
+enum State {
+    /// Pulling chunks from the inner body.
+    Reading,
+    /// The end-of-stream call is done; trailers (if any) are left to send.
+    Trailers(Option<HeaderMap>),
+    Done,
+}
+
+/// A body streamed through the body plugins of one side of an exchange.
+pub struct PluginBody<B> {
+    inner: B,
+    x: SharedExchange,
+    side: BodySide,
+    queue: VecDeque<Bytes>,
+    pending: Option<(ChunkFuture, bool)>,
+    trailers: Option<HeaderMap>,
+    state: State,
+}
+
+impl<B> PluginBody<B> {
+    pub fn new(inner: B, x: SharedExchange, side: BodySide) -> Self {
+        PluginBody {
+            inner,
+            x,
+            side,
+            queue: VecDeque::new(),
+            pending: None,
+            trailers: None,
+            state: State::Reading,
+        }
+    }
+
+    fn start(&mut self, chunk: Bytes, end: bool) {
+        let x = Arc::clone(&self.x);
+        let side = self.side;
+        let fut: ChunkFuture = Box::pin(async move {
+            let mut guard = x.lock_owned().await;
+            let mut out = Vec::new();
+            guard.body_chunk(side, chunk, end, &mut out).await?;
+            Ok(out)
+        });
+        self.pending = Some((fut, end));
+    }
+}
+
+impl<B> Body for PluginBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(b) = this.queue.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(b))));
+            }
+            if let Some((fut, end)) = this.pending.as_mut() {
+                let end = *end;
+                let result = ready!(fut.as_mut().poll(cx));
+                this.pending = None;
+                match result {
+                    Ok(out) => this.queue.extend(out),
+                    Err(abort) => {
+                        this.state = State::Done;
+                        return Poll::Ready(Some(Err(Box::new(abort))));
+                    }
+                }
+                if end {
+                    this.state = State::Trailers(this.trailers.take());
+                }
+                continue;
+            }
+            match &mut this.state {
+                State::Done => return Poll::Ready(None),
+                State::Trailers(t) => {
+                    let t = t.take();
+                    this.state = State::Done;
+                    match t {
+                        Some(t) => return Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                        None => return Poll::Ready(None),
+                    }
+                }
+                State::Reading => {}
+            }
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(chunk) => {
+                        let end = this.inner.is_end_stream();
+                        if chunk.is_empty() && !end {
+                            continue;
+                        }
+                        this.start(chunk, end);
+                    }
+                    Err(frame) => {
+                        // Trailers end the body: sent after the end-of-stream call.
+                        if let Ok(t) = frame.into_trailers() {
+                            this.trailers = Some(t);
+                        }
+                        this.start(Bytes::new(), true);
+                    }
+                },
+                Some(Err(e)) => {
+                    this.state = State::Done;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                None => this.start(Bytes::new(), true),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done) && self.queue.is_empty() && self.pending.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // The plugins may change the length: never exact.
+        SizeHint::default()
+    }
+}
+
+/// A body made of pieces whose total is known (buffered mode: sent with an exact
+/// `content-length`, without joining the pieces).
+pub struct Pieces {
+    pieces: VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl Pieces {
+    pub fn new(pieces: Vec<Bytes>) -> Self {
+        let remaining = pieces.iter().map(|b| b.len() as u64).sum();
+        Pieces {
+            pieces: pieces.into(),
+            remaining,
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.remaining
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remaining == 0
+    }
+}
+
+impl Body for Pieces {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.pieces.pop_front() {
+            Some(b) => {
+                self.remaining -= b.len() as u64;
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// The request body sent upstream.
+pub enum UpstreamBody {
+    /// Untouched (no body plugin, or all skipped it).
+    Plain(Incoming),
+    /// Through streamed body plugins.
+    Plugin(PluginBody<Incoming>),
+    /// The result of buffered body plugins.
+    Full(Pieces),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Plain(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Plugin(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::Full(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Plain(b) => b.is_end_stream(),
+            UpstreamBody::Plugin(b) => b.is_end_stream(),
+            UpstreamBody::Full(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Plain(b) => b.size_hint(),
+            UpstreamBody::Plugin(b) => b.size_hint(),
+            UpstreamBody::Full(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Why a body could not be collected for a buffered plugin.
+#[derive(Debug)]
+pub enum CollectError {
+    /// Longer than the limit (`content-length` said so, or the bytes did).
+    TooLarge { limit: usize },
+    /// The peer's body failed (reset, malformed framing, disconnect).
+    Failed(BoxError),
+}
+
+/// Collects a whole body, failing as soon as it exceeds `limit` bytes (memory stays bounded by
+/// the limit). One contiguous `Bytes`: a single chunk is taken as is, several are joined.
+pub async fn collect_limited<B>(mut body: B, limit: usize) -> Result<Bytes, CollectError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    if body.size_hint().lower() > limit as u64 {
+        return Err(CollectError::TooLarge { limit });
+    }
+    let mut first: Option<Bytes> = None;
+    let mut buf: Option<bytes::BytesMut> = None;
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| CollectError::Failed(e.into()))?;
+        let Ok(chunk) = frame.into_data() else { continue };
+        total += chunk.len();
+        if total > limit {
+            return Err(CollectError::TooLarge { limit });
+        }
+        match (&mut first, &mut buf) {
+            (None, None) => first = Some(chunk),
+            (Some(f), None) => {
+                let cap = body.size_hint().exact().map_or(total, |rest| total + rest as usize);
+                let mut b = bytes::BytesMut::with_capacity(cap.min(limit));
+                b.extend_from_slice(f);
+                b.extend_from_slice(&chunk);
+                first = None;
+                buf = Some(b);
+            }
+            (_, Some(b)) => b.extend_from_slice(&chunk),
+        }
+    }
+    Ok(match (first, buf) {
+        (_, Some(b)) => b.freeze(),
+        (Some(f), None) => f,
+        (None, None) => Bytes::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    /// A body of several data frames.
+    struct Chunks(VecDeque<Bytes>);
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn chunks(parts: &[&'static str]) -> Chunks {
+        Chunks(parts.iter().map(|p| Bytes::from_static(p.as_bytes())).collect())
+    }
+
+    #[tokio::test]
+    async fn collect_limited_joins_and_limits() {
+        let b = collect_limited(Full::new(Bytes::from_static(b"abc")), 3).await.unwrap();
+        assert_eq!(&b[..], b"abc");
+        // Content-length over the limit: refused before reading.
+        assert!(matches!(
+            collect_limited(Full::new(Bytes::from_static(b"abcd")), 3).await,
+            Err(CollectError::TooLarge { limit: 3 })
+        ));
+        let b = collect_limited(chunks(&["ab", "", "cd", "e"]), 5).await.unwrap();
+        assert_eq!(&b[..], b"abcde");
+        // No length known up front: refused once the bytes pass the limit.
+        assert!(matches!(
+            collect_limited(chunks(&["ab", "cd", "e"]), 4).await,
+            Err(CollectError::TooLarge { limit: 4 })
+        ));
+        assert!(collect_limited(chunks(&[]), 0).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn pieces_have_an_exact_length() {
+        let p = Pieces::new(vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cde")]);
+        assert_eq!(p.size_hint().exact(), Some(5));
+        let all = p.collect().await.unwrap().to_bytes();
+        assert_eq!(&all[..], b"abcde");
+    }
+}
