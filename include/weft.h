@@ -57,8 +57,14 @@
 
 #define WEFT_PHASE_MASK_LOG (1 << 4)
 
-// Phases this runtime version drives. WebSocket phases are reserved.
-#define WEFT_PHASE_MASK_SUPPORTED ((((WEFT_PHASE_MASK_REQUEST_HEADERS | WEFT_PHASE_MASK_REQUEST_BODY) | WEFT_PHASE_MASK_RESPONSE_HEADERS) | WEFT_PHASE_MASK_RESPONSE_BODY) | WEFT_PHASE_MASK_LOG)
+#define WEFT_PHASE_MASK_WEBSOCKET_OPEN (1 << 5)
+
+#define WEFT_PHASE_MASK_WEBSOCKET_MESSAGE (1 << 6)
+
+#define WEFT_PHASE_MASK_WEBSOCKET_CLOSE (1 << 7)
+
+// Phases this runtime version drives.
+#define WEFT_PHASE_MASK_SUPPORTED (((((((WEFT_PHASE_MASK_REQUEST_HEADERS | WEFT_PHASE_MASK_REQUEST_BODY) | WEFT_PHASE_MASK_RESPONSE_HEADERS) | WEFT_PHASE_MASK_RESPONSE_BODY) | WEFT_PHASE_MASK_LOG) | WEFT_PHASE_MASK_WEBSOCKET_OPEN) | WEFT_PHASE_MASK_WEBSOCKET_MESSAGE) | WEFT_PHASE_MASK_WEBSOCKET_CLOSE)
 
 // [`WeftRequestView::body_flags`]: this is the last body call of the phase for this request
 // (the chunk may be empty). Every body phase a plugin takes part in ends with exactly one call
@@ -68,6 +74,20 @@
 // [`WeftRequestView::body_flags`]: the chunk is the whole body (buffered mode); always comes
 // with [`WEFT_BODY_END_OF_STREAM`].
 #define WEFT_BODY_BUFFERED 2
+
+// [`WeftRequestView::body_flags`], WebSocket-message phase: the message is binary (clear: text,
+// valid UTF-8). The message is always whole (fragments are joined by the host).
+#define WEFT_WS_BINARY 4
+
+// [`WeftRequestView::body_flags`], WebSocket-close phase: the connection did not end with a
+// clean close handshake started by the peer (an error, a protocol violation, an oversized
+// message, a slow reader, an idle timeout, a plugin failure or an abrupt disconnect);
+// `body` then holds a description of the error.
+#define WEFT_WS_ERROR 8
+
+// Longest room name a WebSocket room operation may carry, in bytes. Room names are 1 to this
+// many bytes of `A-Z a-z 0-9 _ - :` (they become NATS subject tokens across proxies).
+#define WEFT_MAX_WS_ROOM_LEN 128
 
 // Most mutation records one batch may hold; a longer batch is rejected whole.
 #define WEFT_MAX_MUTATION_RECORDS 256
@@ -113,11 +133,18 @@ enum WeftPhase
   WEFT_PHASE_RESPONSE_BODY = 3,
   // The response has been sent. Read-only; runs off the request path.
   WEFT_PHASE_LOG = 4,
-  // Reserved for WebSocket events.
+  // A WebSocket connection served by the plugin has been accepted (the `101` is sent). The
+  // view holds the upgrade request's head; `request_id` identifies the connection and
+  // `(slot, generation)` stays the same for every event of the connection until its close.
   WEFT_PHASE_WEB_SOCKET_OPEN = 5,
-  // Reserved for WebSocket events.
+  // One whole WebSocket message from the client: `body`/`body_len` (read in place, as body
+  // chunks), [`WEFT_WS_BINARY`] in `body_flags` for a binary message. Calls of one
+  // connection are made in message order, never concurrently.
   WEFT_PHASE_WEB_SOCKET_MESSAGE = 6,
-  // Reserved for WebSocket events.
+  // The connection has ended (last call for it). `status` is the close code (1005: none was
+  // given; 1006: no close frame); `body` is the close reason, or with [`WEFT_WS_ERROR`] a
+  // description of the error. WebSocket send and close records are ignored here; room
+  // records still apply.
   WEFT_PHASE_WEB_SOCKET_CLOSE = 7,
 };
 #ifndef __cplusplus
@@ -172,6 +199,22 @@ enum WeftMutationOp
   // phase: it does not want this response's body. Its body phase is then not called for this
   // request (the body may stream past it untouched). `a` and `b` empty.
   WEFT_MUTATION_OP_SKIP_BODY = 16,
+  // WebSocket phases: send the text message `a` (UTF-8) to this connection.
+  WEFT_MUTATION_OP_WS_SEND_TEXT = 17,
+  // WebSocket phases: send the binary message `a` to this connection.
+  WEFT_MUTATION_OP_WS_SEND_BINARY = 18,
+  // WebSocket phases: close this connection with code `arg` (1000..=1003, 1007..=1014 or
+  // 3000..=4999) and reason `a` (UTF-8, at most 123 bytes), after the messages queued before.
+  WEFT_MUTATION_OP_WS_CLOSE = 19,
+  // WebSocket phases: this connection joins room `a` (see [`WEFT_MAX_WS_ROOM_LEN`]).
+  WEFT_MUTATION_OP_WS_JOIN_ROOM = 20,
+  // WebSocket phases: this connection leaves room `a`. Every room is left at close.
+  WEFT_MUTATION_OP_WS_LEAVE_ROOM = 21,
+  // WebSocket phases: send the text message `b` (UTF-8) to every member of room `a`, the
+  // sender included if it is a member, on this proxy and (with NATS) on the others.
+  WEFT_MUTATION_OP_WS_BROADCAST_TEXT = 22,
+  // WebSocket phases: as [`WeftMutationOp::WsBroadcastText`] with a binary message `b`.
+  WEFT_MUTATION_OP_WS_BROADCAST_BINARY = 23,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

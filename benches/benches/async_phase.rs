@@ -18,69 +18,17 @@
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use weft_benches::{Flag, bench_tokio, report_medians, request, spin_on};
 use weft_runtime::{Flow, InstanceOptions, InstanceSpec, Runtime, RuntimeOptions};
-
-fn request(extra: &[(&str, &str)]) -> http::request::Parts {
-    let mut b = http::Request::builder()
-        .uri("/api/items?limit=10")
-        .header("host", "example.com");
-    for (k, v) in [
-        ("user-agent", "bench/1.0"),
-        ("accept", "application/json"),
-        ("accept-encoding", "gzip"),
-        ("accept-language", "en"),
-        ("cache-control", "no-cache"),
-        ("x-request-id", "0123456789abcdef"),
-        ("cookie", "a=b; c=d"),
-    ] {
-        b = b.header(k, v);
-    }
-    for (k, v) in extra {
-        b = b.header(*k, *v);
-    }
-    b.body(()).unwrap().into_parts().0
-}
-
-/// A waker that raises a flag the bench thread spins on.
-struct Flag(AtomicBool);
-
-impl Wake for Flag {
-    fn wake(self: Arc<Self>) {
-        self.0.store(true, Ordering::Release);
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.store(true, Ordering::Release);
-    }
-}
-
-/// Drives `fut` to completion on this thread, spinning (not parking) between polls.
-fn spin_on<F: Future>(fut: F, flag: &Arc<Flag>, waker: &Waker) -> F::Output {
-    let mut fut = pin!(fut);
-    let mut cx = Context::from_waker(waker);
-    loop {
-        flag.0.store(false, Ordering::Relaxed);
-        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            return v;
-        }
-        while !flag.0.load(Ordering::Acquire) {
-            std::hint::spin_loop();
-        }
-    }
-}
 
 fn bench(c: &mut Criterion) {
     // Inside a tokio runtime, as in the proxy: a pending call's deadline is a tokio timer.
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let tokio = bench_tokio();
     let _in_tokio = tokio.enter();
     let dir = weft_benches::c_plugin_dir();
     let rt = Runtime::new(RuntimeOptions::default()).unwrap();
@@ -99,8 +47,7 @@ fn bench(c: &mut Criterion) {
     let delay = rt.instantiate_with(spec("delay", "async-delay"), opts.clone()).unwrap();
     let blocking = rt.instantiate_with(spec("blocking", "blocking"), opts).unwrap();
     let client = "127.0.0.1:1234".parse().unwrap();
-    let flag = Arc::new(Flag(AtomicBool::new(false)));
-    let waker = Waker::from(flag.clone());
+    let (flag, waker) = Flag::new();
 
     let mut g = c.benchmark_group("async_phase");
     let chain = rt.chain(&[delay]);
@@ -171,27 +118,17 @@ fn bench(c: &mut Criterion) {
 
 /// Prints each median and its ratio to the inline path (from criterion's estimates).
 fn report() {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("criterion/async_phase");
-    let median = |name: &str| -> Option<f64> {
-        let text = std::fs::read_to_string(dir.join(name).join("new/estimates.json")).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        v["median"]["point_estimate"].as_f64()
-    };
-    let Some(base) = median("inline_sync") else { return };
-    for name in [
-        "inline_sync",
-        "inline_async_polled_once",
-        "pending_complete_other_thread",
-        "pending_complete_parked",
-        "worker_ring_round_trip",
-    ] {
-        if let Some(m) = median(name) {
-            println!("async_phase/{name}: median {m:.0} ns, {:.1}x inline", m / base);
-        }
-    }
+    report_medians(
+        env!("CARGO_TARGET_TMPDIR"),
+        "async_phase",
+        &[
+            "inline_sync",
+            "inline_async_polled_once",
+            "pending_complete_other_thread",
+            "pending_complete_parked",
+            "worker_ring_round_trip",
+        ],
+    );
 }
 
 criterion_group!(benches, bench);

@@ -1,17 +1,32 @@
 //! One request-headers phase through the example C plugin (`c-header-stamp`: sets a header and
 //! `x-c-request-id`), answered inline: the host's per-call cost (view, call, batch decode and
 //! apply) without the Go SDK's, so changes to the host path are measured on their own. Through
-//! the sync API and through the async API polled once (ready at the first poll).
+//! the sync API and through the async API polled once (ready at the first poll), and once more
+//! with per-call timing on (`InstanceOptions::timer`, what `admin.plugin_timing` turns on).
 
 use std::future::Future;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::pin::pin;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use weft_runtime::{Flow, InstanceSpec, Runtime, RuntimeOptions};
+use weft_runtime::abi::WeftPhase;
+use weft_runtime::{Flow, InstanceOptions, InstanceSpec, PhaseTimer, Runtime, RuntimeOptions};
+
+/// A timer that sums what it is given (the proxy's histogram adds one bucket search).
+#[derive(Debug, Default)]
+struct Sum(AtomicU64);
+
+impl PhaseTimer for Sum {
+    fn record(&self, _phase: WeftPhase, elapsed: Duration) {
+        self.0.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
 
 fn c_plugins() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -62,6 +77,29 @@ fn bench(c: &mut Criterion) {
                 Poll::Pending => unreachable!("an inline answer is ready at the first poll"),
             }
         })
+    });
+    let timed = rt
+        .instantiate_with(
+            InstanceSpec {
+                name: "stamp-timed".into(),
+                library: "c".into(),
+                plugin: "c-header-stamp".into(),
+                config_json: b"{}".to_vec(),
+                fail_open: false,
+            },
+            InstanceOptions {
+                timer: Some(Arc::new(Sum::default())),
+                ..InstanceOptions::default()
+            },
+        )
+        .unwrap();
+    let timed_chain = rt.chain(&[timed]);
+    let mut tx = timed_chain
+        .start("127.0.0.1:1234".parse().unwrap(), "http")
+        .unwrap()
+        .unwrap();
+    g.bench_function("sync_timed", |b| {
+        b.iter(|| black_box(tx.request_headers(black_box(&mut parts))))
     });
     g.finish();
 }

@@ -47,6 +47,10 @@ pub struct Config {
 pub struct AdminConfig {
     /// Address of the admin listener, e.g. `127.0.0.1:9901`.
     pub listen: String,
+    /// Time every in-process plugin call into `weft_plugin_phase_duration_seconds` (by instance
+    /// and phase). Off by default: it adds two clock reads to every call (tens of ns).
+    #[serde(default)]
+    pub plugin_timing: bool,
 }
 
 /// `log:` block.
@@ -228,6 +232,7 @@ impl PluginConfig {
                 .min(u32::MAX as usize) as u32,
             blocking: self.blocking.unwrap_or(false),
             retry_after_secs: self.retry_after_s.unwrap_or(1),
+            timer: None,
         }
     }
 
@@ -296,6 +301,10 @@ pub struct RouteConfig {
     /// longer request body is answered 413, a longer response body 502.
     #[serde(default)]
     pub max_buffered_body_bytes: Option<u64>,
+    /// WebSocket connections of this route are served by a plugin instead of being tunnelled to
+    /// the upstream (see `ws.rs`).
+    #[serde(default)]
+    pub websocket: Option<crate::ws::WsRouteConfig>,
 }
 
 /// Default of `routes[].max_buffered_body_bytes`.
@@ -656,6 +665,13 @@ impl Config {
                 if !plugins.contains_key(p.as_str()) {
                     err(format!("routes[{i}].plugins[{j}]"), format!("unknown plugin {p:?}"));
                 }
+            }
+            if let Some(w) = &r.websocket {
+                let kind = plugins.get(w.plugin.as_str()).map(|&j| self.plugins[j].kind);
+                let slot_size = self.runtime_options().slot_size as usize;
+                w.validate(kind.map(|k| k == PluginType::Ffi), slot_size, &mut |f, m| {
+                    err(format!("routes[{i}].websocket.{f}"), m)
+                });
             }
         }
 

@@ -16,6 +16,7 @@ pub mod route;
 pub mod server;
 pub mod upstream;
 pub mod version;
+pub mod ws;
 
 pub use config::Config;
 pub use server::{Proxy, serve, spawn};

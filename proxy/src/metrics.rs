@@ -143,6 +143,33 @@ struct Outcome {
     result: &'static str,
 }
 
+/// Phases an in-process plugin call is timed in, indexed by `WeftPhase as usize`.
+const TIMED_PHASES: [WeftPhase; 8] = [
+    WeftPhase::RequestHeaders,
+    WeftPhase::RequestBody,
+    WeftPhase::ResponseHeaders,
+    WeftPhase::ResponseBody,
+    WeftPhase::Log,
+    WeftPhase::WebSocketOpen,
+    WeftPhase::WebSocketMessage,
+    WeftPhase::WebSocketClose,
+];
+
+/// [`weft_runtime::PhaseTimer`] of one in-process instance: histogram handles resolved once, so
+/// a call costs two clock reads and one histogram observation.
+#[derive(Debug)]
+struct PluginTimer {
+    by_phase: [Histogram; 8],
+}
+
+impl weft_runtime::PhaseTimer for PluginTimer {
+    fn record(&self, phase: WeftPhase, elapsed: std::time::Duration) {
+        if let Some(h) = self.by_phase.get(phase as usize) {
+            h.observe(elapsed);
+        }
+    }
+}
+
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Route name used for requests that matched no route (404).
@@ -206,6 +233,7 @@ pub struct Metrics {
     reloads: Family<Outcome, Counter>,
     config_generation: Gauge,
     remote_phases: Family<PluginPhase, Histogram, fn() -> Histogram>,
+    plugin_phases: Family<PluginPhase, Histogram, fn() -> Histogram>,
     remote_errors: Family<PluginKind, Counter>,
     /// Route names that have series, so a reload can drop those of removed routes.
     routes: Mutex<std::collections::HashSet<String>>,
@@ -255,6 +283,14 @@ impl Metrics {
         );
         let remote_phases: Family<PluginPhase, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(phase_histogram);
+        let plugin_phases: Family<PluginPhase, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(phase_histogram);
+        registry.register(
+            "weft_plugin_phase_duration_seconds",
+            "In-process plugin calls, from the call to its completion (pending and worker calls included), \
+             by plugin instance and phase; only with admin.plugin_timing: true",
+            plugin_phases.clone(),
+        );
         let remote_errors = Family::<PluginKind, Counter>::default();
         registry.register(
             "weft_remote_phase_duration_seconds",
@@ -277,6 +313,7 @@ impl Metrics {
             reloads,
             config_generation,
             remote_phases,
+            plugin_phases,
             remote_errors,
             routes: Mutex::default(),
             no_route: placeholder_route(),
@@ -320,6 +357,19 @@ impl Metrics {
             upstream_timeouts: upstream("timeout"),
             upstream_failures: upstream("failed"),
         }
+    }
+
+    /// A timer for an in-process plugin instance: one histogram per phase under `plugin`.
+    pub fn plugin_timer(&self, plugin: &str) -> Arc<dyn weft_runtime::PhaseTimer> {
+        let phase = |phase: WeftPhase| {
+            self.plugin_phases.get_or_create_owned(&PluginPhase {
+                plugin: plugin.to_owned(),
+                phase: weft_nats_bridge::phase_token(phase),
+            })
+        };
+        Arc::new(PluginTimer {
+            by_phase: TIMED_PHASES.map(phase),
+        })
     }
 
     /// Wraps a remote plugin instance so its calls are timed and its failures counted under
@@ -826,6 +876,24 @@ mod tests {
         }
         fn log(&self, _: u64, _: &[u8]) {}
         fn release(&self, _: u64) {}
+    }
+
+    #[test]
+    fn plugin_timer_observes_by_phase() {
+        let m = Metrics::new();
+        let timer = m.plugin_timer("stamp");
+        timer.record(WeftPhase::RequestHeaders, Duration::from_micros(3));
+        timer.record(WeftPhase::RequestHeaders, Duration::from_micros(5));
+        timer.record(WeftPhase::Log, Duration::from_millis(2));
+        let (text, _) = m.encode();
+        for line in [
+            r#"weft_plugin_phase_duration_seconds_count{plugin="stamp",phase="request_headers"} 2"#,
+            r#"weft_plugin_phase_duration_seconds_count{plugin="stamp",phase="log"} 1"#,
+            r#"weft_plugin_phase_duration_seconds_count{plugin="stamp",phase="response_headers"} 0"#,
+            r#"weft_plugin_phase_duration_seconds_sum{plugin="stamp",phase="request_headers"} 0.000008"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
     }
 
     #[tokio::test]

@@ -66,6 +66,15 @@ pub struct NatsHost {
     pub transport: Arc<weft_nats_bridge::NatsTransport>,
 }
 
+impl NatsHost {
+    /// Relays WebSocket room broadcasts through this connection (`ws.rs`).
+    fn attach_ws_rooms(&self) {
+        if let Some(rt) = &self.runtime {
+            crate::ws::hub().attach_nats(self.transport.client().clone(), rt.handle());
+        }
+    }
+}
+
 impl Drop for NatsHost {
     fn drop(&mut self) {
         if let Some(rt) = self.runtime.take() {
@@ -126,7 +135,8 @@ fn nats_options(c: &NatsConfig) -> Result<weft_nats_bridge::NatsOptions, String>
 /// helper thread (so it works whether or not the caller is inside a tokio runtime).
 fn load_remote(config: &Config, runtime: &Arc<Runtime>, plugins: &mut Plugins, problems: &mut Vec<String>) {
     let remote: Vec<_> = config.plugins.iter().filter(|p| p.kind == PluginType::Nats).collect();
-    let Some(nats) = config.nats.as_ref().filter(|_| !remote.is_empty()) else {
+    let ws_rooms = config.routes.iter().any(|r| r.websocket.is_some());
+    let Some(nats) = config.nats.as_ref().filter(|_| !remote.is_empty() || ws_rooms) else {
         return;
     };
     let opts = match nats_options(nats) {
@@ -287,7 +297,10 @@ impl Plugins {
                 config_json: p.config_json(),
                 fail_open: p.failure == Failure::Open,
             };
-            let opts = p.instance_options();
+            let mut opts = p.instance_options();
+            if config.admin.as_ref().is_some_and(|a| a.plugin_timing) {
+                opts.timer = Some(crate::metrics::global().plugin_timer(&p.name));
+            }
             let how = if opts.blocking || flagged_blocking.contains(&(library.clone(), p.plugin.clone())) {
                 "blocking: every call goes to the library's worker pool"
             } else {
@@ -326,6 +339,8 @@ struct RouteTarget {
     metrics: RouteMetrics,
     /// `max_buffered_body_bytes`: the most a buffered body plugin is handed.
     body_limit: usize,
+    /// `websocket:`: a plugin serves this route's WebSocket connections.
+    ws: Option<crate::ws::WsRoute>,
 }
 
 pub struct Proxy {
@@ -378,10 +393,24 @@ impl Proxy {
                     upstream: upstreams[r.upstream.as_str()].clone(),
                     chain,
                     body_limit: r.buffered_body_limit(),
+                    ws: r.websocket.as_ref().and_then(|w| {
+                        let rt = plugins.runtime.as_ref()?;
+                        Some(crate::ws::WsRoute {
+                            chain: rt.chain(&[*plugins.instances.get(w.plugin.as_str())?]),
+                            settings: Arc::new(w.settings()),
+                        })
+                    }),
                 };
                 (matcher, target)
             })
             .collect();
+        if let Some(nats) = plugins
+            .nats
+            .as_ref()
+            .filter(|_| config.routes.iter().any(|r| r.websocket.is_some()))
+        {
+            nats.attach_ws_rooms();
+        }
         Proxy {
             router: Router::new(routes),
             runtime: plugins.runtime,
@@ -442,6 +471,8 @@ impl Proxy {
             return local_reply(StatusCode::NOT_IMPLEMENTED, "CONNECT is not supported", None);
         }
         let (mut parts, body) = req.into_parts();
+        // A WebSocket upgrade keeps its two hop-by-hop headers (put back before forwarding).
+        let upgrade = crate::ws::take_upgrade(&mut parts);
 
         // Order: strip hop-by-hop, pin `host`, run plugins, then add x-forwarded-*. Plugins see
         // the end-to-end head the client sent (with `host` filled in for HTTP/2) and can rewrite
@@ -475,6 +506,10 @@ impl Proxy {
                 return plugin_reply(resp, exchange);
             }
         }
+        let upgrade = match (upgrade, &route.ws) {
+            (Some(up), Some(ws)) => return crate::ws::serve_plugin(ws, parts, up, client).await,
+            (up, _) => up,
+        };
 
         // The request body: untouched, streamed through body plugins, or collected for
         // buffered ones (then forwarded with its exact new length).
@@ -541,6 +576,9 @@ impl Proxy {
         };
 
         add_forwarding_headers(&mut parts.headers, client.ip(), "http", host.as_ref());
+        if upgrade.is_some() {
+            crate::ws::restore_upgrade_headers(&mut parts.headers);
+        }
         let upstream = &route.upstream;
         let addr = upstream.pick();
         parts.uri = upstream_uri(&parts.uri, addr);
@@ -548,7 +586,7 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let head_request = parts.method == Method::HEAD;
 
-        let resp = match upstream.send(Request::from_parts(parts, body)).await {
+        let mut resp = match upstream.send(Request::from_parts(parts, body)).await {
             Ok(resp) => resp,
             Err(UpstreamError::Timeout) => {
                 route.metrics.upstream_timeout();
@@ -565,8 +603,19 @@ impl Proxy {
             }
         };
 
+        // The upstream accepted the WebSocket upgrade: tunnel both upgraded connections.
+        let tunnelled = match upgrade {
+            Some(up) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                crate::ws::tunnel(up, hyper::upgrade::on(&mut resp), route.name.clone());
+                true
+            }
+            _ => false,
+        };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        if tunnelled {
+            crate::ws::restore_upgrade_headers(&mut parts.headers);
+        }
         parts.version = Version::HTTP_11;
         let Some(x) = exchange.as_mut() else {
             debug!(route = %route.name, %addr, status = parts.status.as_u16(), "proxied");
@@ -722,7 +771,9 @@ pub async fn serve_with_drain<H: Handler>(
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(Handler::handle(&*proxy, req, remote).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

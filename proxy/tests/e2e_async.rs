@@ -13,51 +13,15 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{ProxyProcess, TempFile, c_plugins, free_port, get};
+use common::{
+    ProxyProcess, TempFile, abandon_pending_calls, c_plugins, check_in_flight_limit, free_port, get, get_concurrently,
+    metric, wait_all_slots_back,
+};
 use weft_proxy::demo::spawn_demo_upstream;
-
-fn parse_metrics(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-async fn scrape(admin: SocketAddr) -> HashMap<String, f64> {
-    let (status, _, body) = get(admin, "/metrics", &[]).await;
-    assert_eq!(status, 200);
-    parse_metrics(body.as_str().expect("metrics are text"))
-}
-
-fn metric(m: &HashMap<String, f64>, name: &str) -> f64 {
-    *m.get(name).unwrap_or_else(|| panic!("no metric {name} in {m:?}"))
-}
-
-/// Polls the metrics until `done` holds (30 s at most).
-async fn wait_metrics(
-    admin: SocketAddr,
-    what: &str,
-    done: impl Fn(&HashMap<String, f64>) -> bool,
-) -> HashMap<String, f64> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = scrape(admin).await;
-        if done(&m) {
-            return m;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {m:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn yaml(addr: SocketAddr, admin: SocketAddr, upstream: SocketAddr) -> String {
     let lib = c_plugins().join("libweft_c_async.so");
@@ -82,17 +46,6 @@ fn yaml(addr: SocketAddr, admin: SocketAddr, upstream: SocketAddr) -> String {
     )
 }
 
-/// Sends a request on a raw connection and closes it before the answer (the call is pending).
-fn disconnect_mid_call(addr: SocketAddr, delay_ms: u32) -> std::net::TcpStream {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET /gone HTTP/1.1\r\nhost: example.com\r\nx-delay-ms: {delay_ms}\r\n\r\n"
-    )
-    .unwrap();
-    s
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_calls_deadlines_limits_workers_and_disconnects() {
     let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
@@ -113,16 +66,12 @@ async fn pending_calls_deadlines_limits_workers_and_disconnects() {
     assert_eq!(seen["headers"]["x-async"], "done", "{seen}");
 
     // Forty requests pending at once do not wait for each other (serially: 16 s).
-    let t = Instant::now();
-    let calls: Vec<_> = (0..40)
-        .map(|_| tokio::spawn(get(addr, "/many", &[("x-delay-ms", "400")])))
-        .collect();
-    for c in calls {
-        let (status, _, seen) = c.await.unwrap();
+    let (answers, took) = get_concurrently(addr, "/many", &[("x-delay-ms", "400")], 40).await;
+    for (status, _, seen) in answers {
         assert_eq!(status, 200);
         assert_eq!(seen["headers"]["x-async"], "done");
     }
-    assert!(t.elapsed() < Duration::from_secs(12), "{:?}", t.elapsed());
+    assert!(took < Duration::from_secs(12), "{took:?}");
 
     // Deadline: fail closed answers 504, fail open goes on unchanged.
     let (status, _, body) = get(addr, "/slow-closed", &[("x-delay-ms", "3000")]).await;
@@ -138,18 +87,8 @@ async fn pending_calls_deadlines_limits_workers_and_disconnects() {
     assert!(seen["headers"].get("x-async").is_none(), "{seen}");
 
     // In-flight limit of 2: the third concurrent call is refused with the configured Retry-After.
-    let held: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(get(addr, "/limited", &[("x-delay-ms", "2500")])))
-        .collect();
-    wait_metrics(admin, "two calls pending", |m| {
-        metric(m, "weft_plugin_pending_calls") >= 2.0
-    })
-    .await;
-    let (status, headers, _) = get(addr, "/limited", &[("x-delay-ms", "0")]).await;
-    assert_eq!(status, 503);
-    assert_eq!(headers["retry-after"], "9");
-    for h in held {
-        let (status, _, seen) = h.await.unwrap();
+    let held = check_in_flight_limit(addr, admin, "/limited", &[("x-delay-ms", "2500")], 2, "9").await;
+    for (status, _, seen) in held {
         assert_eq!(status, 200);
         assert_eq!(seen["headers"]["x-async"], "done");
     }
@@ -163,32 +102,14 @@ async fn pending_calls_deadlines_limits_workers_and_disconnects() {
         assert_eq!(headers["x-blocking-resp"], "done");
     }
 
-    // Clients that go away while their call is pending.
-    let before = scrape(admin).await;
-    let conns: Vec<_> = (0..20).map(|_| disconnect_mid_call(addr, 1500)).collect();
-    wait_metrics(admin, "the abandoned calls pending", |m| {
-        metric(m, "weft_plugin_pending_calls") + metric(m, "weft_plugin_orphaned_slots") >= 20.0
-    })
-    .await;
-    for mut c in conns {
-        c.shutdown(std::net::Shutdown::Both).unwrap();
-        let mut rest = Vec::new();
-        let _ = c.read_to_end(&mut rest);
-    }
-    // The proxy notices, cancels the calls and leaves their slots with the plugin...
-    let m = wait_metrics(admin, "calls cancelled", |m| {
-        metric(m, "weft_plugin_pending_calls") == 0.0
-    })
-    .await;
-    assert!(metric(&m, "weft_plugin_orphaned_slots") + metric(&m, "weft_plugin_late_completions_total") >= 20.0);
+    // Clients that go away while their call is pending: the proxy notices, cancels the calls
+    // and leaves their slots with the plugin...
+    let before = abandon_pending_calls(addr, admin, "/gone", &[("x-delay-ms", "1500")], 20).await;
     // ...keeps serving meanwhile...
     let (status, _, seen) = get(addr, "/hello", &[("x-delay-ms", "10")]).await;
     assert_eq!(status, 200, "{seen}");
     // ...and once the late completions arrived, every slot is back.
-    let m = wait_metrics(admin, "every slot back", |m| {
-        metric(m, "weft_arena_slots_in_use") == 0.0 && metric(m, "weft_plugin_orphaned_slots") == 0.0
-    })
-    .await;
+    let m = wait_all_slots_back(admin).await;
     let late = metric(&m, "weft_plugin_late_completions_total") - metric(&before, "weft_plugin_late_completions_total");
     assert!(late >= 20.0, "{late} late completions after 20 disconnects");
     assert!(metric(&m, "weft_plugin_timeouts_total") >= 2.0);

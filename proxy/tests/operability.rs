@@ -2,7 +2,6 @@
 //! parsed, health, readiness), graceful shutdown on SIGTERM, config reload under load (SIGHUP
 //! and `POST /reload`), and `check` on broken configs.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::Command;
@@ -19,21 +18,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 mod common;
 
-use common::{ProxyProcess, Spawn, TempDir, free_port, go_library};
+use common::{ProxyProcess, Spawn, TempDir, free_port, go_library, metric, scrape, wait_metrics};
 
 /// Starts the proxy with `RUST_LOG` unset (the config's log level applies) and waits for it.
 fn start_proxy(tag: &str, yaml: &str, addr: SocketAddr) -> ProxyProcess {
-    let mut p = ProxyProcess::spawn_with(
-        tag,
-        yaml,
-        addr,
-        Spawn {
-            rust_log: None,
-            ..Spawn::default()
-        },
-    );
-    p.wait_ready();
-    p
+    let opts = Spawn {
+        rust_log: None,
+        ..Spawn::default()
+    };
+    ProxyProcess::start_with(tag, yaml, addr, opts)
 }
 
 /// A test upstream answering `<name> <path>`, after `delay` for paths with `/slow` in them. Answers
@@ -84,47 +77,12 @@ async fn get(addr: SocketAddr, path: &str) -> (StatusCode, http::HeaderMap, Stri
         .unwrap()
 }
 
-/// Parses Prometheus text into `series -> value` (`name{labels}` as written).
-fn parse_metrics(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {l:?}"));
-            (
-                series.to_owned(),
-                value.parse().unwrap_or_else(|_| panic!("bad value in {l:?}")),
-            )
-        })
-        .collect()
-}
-
-async fn scrape(admin: SocketAddr) -> HashMap<String, f64> {
-    let (status, headers, body) = get(admin, "/metrics").await;
-    assert_eq!(status, 200);
-    assert!(
-        headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain; version=0.0.4")
-    );
-    parse_metrics(&body)
-}
-
 /// Waits until a request on a plugin route is in flight (it holds an arena slot).
 async fn wait_in_flight(admin: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while scrape(admin).await.get("weft_arena_slots_in_use").copied() != Some(1.0) {
-        assert!(Instant::now() < deadline, "the request never got in flight");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn metric(m: &HashMap<String, f64>, series: &str) -> f64 {
-    *m.get(series).unwrap_or_else(|| {
-        let mut keys: Vec<_> = m.keys().collect();
-        keys.sort();
-        panic!("no series {series} in {keys:#?}")
+    wait_metrics(admin, "a request in flight", |m| {
+        m.get("weft_arena_slots_in_use") == Some(&1.0)
     })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +90,7 @@ async fn metrics_health_and_readiness() {
     let up = spawn_upstream("up", Duration::from_millis(400)).await;
     let (addr, admin) = (free_port(), free_port());
     let yaml = format!(
-        "listen: {addr}\nadmin: {{ listen: {admin} }}\naccess_log: true\n\
+        "listen: {addr}\nadmin: {{ listen: {admin}, plugin_timing: true }}\naccess_log: true\n\
          libraries: [{{ name: examples, path: {lib:?} }}]\n\
          plugins:\n  - {{ name: rewrite, library: examples, plugin: header-rewriter, config: {{ request_set: {{ x-a: b }} }} }}\n\
          \x20 - {{ name: boom, library: examples, plugin: test-panic }}\n\
@@ -190,6 +148,27 @@ async fn metrics_health_and_readiness() {
     assert_eq!(metric(&m, r#"weft_requests_total{route="panic",status="2xx"}"#), 1.0);
     assert_eq!(metric(&m, r#"weft_requests_total{route="<none>",status="4xx"}"#), 1.0);
     assert_eq!(metric(&m, r#"weft_request_duration_seconds_count{route="api"}"#), 5.0);
+    // admin.plugin_timing: every in-process call is timed, per instance and phase.
+    assert_eq!(
+        metric(
+            &m,
+            r#"weft_plugin_phase_duration_seconds_count{plugin="rewrite",phase="request_headers"}"#
+        ),
+        5.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"weft_plugin_phase_duration_seconds_count{plugin="boom",phase="request_headers"}"#
+        ),
+        2.0
+    );
+    assert!(
+        metric(
+            &m,
+            r#"weft_plugin_phase_duration_seconds_sum{plugin="rewrite",phase="request_headers"}"#
+        ) > 0.0
+    );
     assert_eq!(
         metric(&m, r#"weft_request_duration_seconds_bucket{route="api",le="+Inf"}"#),
         5.0

@@ -40,12 +40,18 @@ pub const WEFT_PHASE_MASK_REQUEST_BODY: u32 = 1 << 1;
 pub const WEFT_PHASE_MASK_RESPONSE_HEADERS: u32 = 1 << 2;
 pub const WEFT_PHASE_MASK_RESPONSE_BODY: u32 = 1 << 3;
 pub const WEFT_PHASE_MASK_LOG: u32 = 1 << 4;
-/// Phases this runtime version drives. WebSocket phases are reserved.
+pub const WEFT_PHASE_MASK_WEBSOCKET_OPEN: u32 = 1 << 5;
+pub const WEFT_PHASE_MASK_WEBSOCKET_MESSAGE: u32 = 1 << 6;
+pub const WEFT_PHASE_MASK_WEBSOCKET_CLOSE: u32 = 1 << 7;
+/// Phases this runtime version drives.
 pub const WEFT_PHASE_MASK_SUPPORTED: u32 = WEFT_PHASE_MASK_REQUEST_HEADERS
     | WEFT_PHASE_MASK_REQUEST_BODY
     | WEFT_PHASE_MASK_RESPONSE_HEADERS
     | WEFT_PHASE_MASK_RESPONSE_BODY
-    | WEFT_PHASE_MASK_LOG;
+    | WEFT_PHASE_MASK_LOG
+    | WEFT_PHASE_MASK_WEBSOCKET_OPEN
+    | WEFT_PHASE_MASK_WEBSOCKET_MESSAGE
+    | WEFT_PHASE_MASK_WEBSOCKET_CLOSE;
 
 /// [`WeftRequestView::body_flags`]: this is the last body call of the phase for this request
 /// (the chunk may be empty). Every body phase a plugin takes part in ends with exactly one call
@@ -54,6 +60,18 @@ pub const WEFT_BODY_END_OF_STREAM: u32 = 1;
 /// [`WeftRequestView::body_flags`]: the chunk is the whole body (buffered mode); always comes
 /// with [`WEFT_BODY_END_OF_STREAM`].
 pub const WEFT_BODY_BUFFERED: u32 = 2;
+/// [`WeftRequestView::body_flags`], WebSocket-message phase: the message is binary (clear: text,
+/// valid UTF-8). The message is always whole (fragments are joined by the host).
+pub const WEFT_WS_BINARY: u32 = 4;
+/// [`WeftRequestView::body_flags`], WebSocket-close phase: the connection did not end with a
+/// clean close handshake started by the peer (an error, a protocol violation, an oversized
+/// message, a slow reader, an idle timeout, a plugin failure or an abrupt disconnect);
+/// `body` then holds a description of the error.
+pub const WEFT_WS_ERROR: u32 = 8;
+
+/// Longest room name a WebSocket room operation may carry, in bytes. Room names are 1 to this
+/// many bytes of `A-Z a-z 0-9 _ - :` (they become NATS subject tokens across proxies).
+pub const WEFT_MAX_WS_ROOM_LEN: u32 = 128;
 
 /// Most mutation records one batch may hold; a longer batch is rejected whole.
 pub const WEFT_MAX_MUTATION_RECORDS: u32 = 256;
@@ -146,11 +164,18 @@ pub enum WeftPhase {
     ResponseBody = 3,
     /// The response has been sent. Read-only; runs off the request path.
     Log = 4,
-    /// Reserved for WebSocket events.
+    /// A WebSocket connection served by the plugin has been accepted (the `101` is sent). The
+    /// view holds the upgrade request's head; `request_id` identifies the connection and
+    /// `(slot, generation)` stays the same for every event of the connection until its close.
     WebSocketOpen = 5,
-    /// Reserved for WebSocket events.
+    /// One whole WebSocket message from the client: `body`/`body_len` (read in place, as body
+    /// chunks), [`WEFT_WS_BINARY`] in `body_flags` for a binary message. Calls of one
+    /// connection are made in message order, never concurrently.
     WebSocketMessage = 6,
-    /// Reserved for WebSocket events.
+    /// The connection has ended (last call for it). `status` is the close code (1005: none was
+    /// given; 1006: no close frame); `body` is the close reason, or with [`WEFT_WS_ERROR`] a
+    /// description of the error. WebSocket send and close records are ignored here; room
+    /// records still apply.
     WebSocketClose = 7,
 }
 
@@ -334,6 +359,22 @@ pub enum WeftMutationOp {
     /// phase: it does not want this response's body. Its body phase is then not called for this
     /// request (the body may stream past it untouched). `a` and `b` empty.
     SkipBody = 16,
+    /// WebSocket phases: send the text message `a` (UTF-8) to this connection.
+    WsSendText = 17,
+    /// WebSocket phases: send the binary message `a` to this connection.
+    WsSendBinary = 18,
+    /// WebSocket phases: close this connection with code `arg` (1000..=1003, 1007..=1014 or
+    /// 3000..=4999) and reason `a` (UTF-8, at most 123 bytes), after the messages queued before.
+    WsClose = 19,
+    /// WebSocket phases: this connection joins room `a` (see [`WEFT_MAX_WS_ROOM_LEN`]).
+    WsJoinRoom = 20,
+    /// WebSocket phases: this connection leaves room `a`. Every room is left at close.
+    WsLeaveRoom = 21,
+    /// WebSocket phases: send the text message `b` (UTF-8) to every member of room `a`, the
+    /// sender included if it is a member, on this proxy and (with NATS) on the others.
+    WsBroadcastText = 22,
+    /// WebSocket phases: as [`WeftMutationOp::WsBroadcastText`] with a binary message `b`.
+    WsBroadcastBinary = 23,
 }
 
 /// Header of one mutation record. It is followed by `a_len` bytes of operand `a`, then `b_len`

@@ -99,7 +99,7 @@ pub(crate) struct BodyState {
     /// The `out` buffer of the body call in progress (read by `Exchange::call`).
     pub(crate) out: Option<BodyOut>,
     /// An arena lease a previous body call left unused, for the next one.
-    spare: Option<SlotLease>,
+    pub(crate) spare: Option<SlotLease>,
     /// The chunk the body call in progress points the view at. A call abandoned while the plugin
     /// still holds it moves this into the completion cell with the slot (see `abandon`), so the
     /// bytes the view points to stay alive until the late completion.
@@ -124,7 +124,7 @@ impl BodyOut {
     }
 
     /// Back to the spare slot, if it is one.
-    fn into_spare(self) -> Option<SlotLease> {
+    pub(crate) fn into_spare(self) -> Option<SlotLease> {
         match self {
             BodyOut::Lease(l) => Some(l),
             BodyOut::Heap(_) => None,
@@ -253,7 +253,7 @@ impl Exchange {
     }
 
     /// One body call of `inst` over `data`; returns the batch and the out lease.
-    async fn body_call(
+    pub(super) async fn body_call(
         &mut self,
         inst: &Instance,
         phase: WeftPhase,

@@ -44,6 +44,10 @@ use crate::{Runtime, RuntimeStats};
 #[path = "body.rs"]
 mod body;
 pub use body::{BodyAbort, BodyMode, BodySide, BufferedBody};
+// WebSocket phases (issue 9), likewise.
+#[path = "ws.rs"]
+mod ws;
+pub use ws::{WsEvent, WsFailure};
 
 /// How an instance is reached.
 pub(crate) enum Transport {
@@ -64,6 +68,8 @@ pub(crate) struct Instance {
     pub(crate) flags: u32,
     /// Deadline, in-flight limit and worker-pool use of asynchronous calls.
     pub(crate) limits: CallLimits,
+    /// Receives the duration of every in-process call (opt-in: two clock reads per call).
+    pub(crate) timer: Option<Arc<dyn crate::PhaseTimer>>,
 }
 
 /// The limits of an instance's asynchronous calls ([`crate::InstanceOptions`]).
@@ -89,6 +95,14 @@ impl CallLimits {
 }
 
 impl Instance {
+    /// Reports a call that started at `t0` (taken only when a timer is set).
+    #[inline]
+    fn record_time(&self, phase: WeftPhase, t0: Option<Instant>) {
+        if let (Some(timer), Some(t0)) = (&self.timer, t0) {
+            timer.record(phase, t0.elapsed());
+        }
+    }
+
     fn remote(&self) -> Option<&Arc<dyn RemotePlugin>> {
         match &self.transport {
             Transport::Remote(p, _) => Some(p),
@@ -462,29 +476,37 @@ impl Exchange {
     /// batch. A pending answer (or a worker job) parks this thread until it completes or its
     /// deadline passes.
     fn call(&mut self, inst: &Instance, phase: WeftPhase) -> Result<mutation::Batch, CallError> {
-        match self.start_ffi(inst, phase) {
+        let t0 = inst.timer.is_some().then(Instant::now);
+        let r = match self.start_ffi(inst, phase) {
             Started::Done(r) => r,
             Started::Waiting(w) => self.wait_blocking(inst, phase, w),
-        }
+        };
+        inst.record_time(phase, t0);
+        r
     }
 
     /// Calls one instance: in-process (inline; awaited only if it answers `Pending` or is
     /// blocking) or remote (awaited).
     async fn call_any(&mut self, inst: &Instance, phase: WeftPhase) -> Result<mutation::Batch, CallError> {
         match &inst.transport {
-            Transport::Ffi(_) => match self.start_ffi(inst, phase) {
-                Started::Done(r) => r,
-                Started::Waiting(w) => {
-                    WaitCall {
-                        x: self,
-                        inst,
-                        phase,
-                        w: Some(w),
-                        timer: None,
+            Transport::Ffi(_) => {
+                let t0 = inst.timer.is_some().then(Instant::now);
+                let r = match self.start_ffi(inst, phase) {
+                    Started::Done(r) => r,
+                    Started::Waiting(w) => {
+                        WaitCall {
+                            x: self,
+                            inst,
+                            phase,
+                            w: Some(w),
+                            timer: None,
+                        }
+                        .await
                     }
-                    .await
-                }
-            },
+                };
+                inst.record_time(phase, t0);
+                r
+            }
             Transport::Remote(plugin, deadline) => {
                 let view_end = self.view_end;
                 let request_id = self.ident.request_id;

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use crate::sync::stat::{AtomicU64, Mutex, MutexGuard, Ordering};
 
-pub use engine::{BodyAbort, BodyMode, BodySide, BufferedBody, Busy, Chain, Exchange, Flow};
+pub use engine::{BodyAbort, BodyMode, BodySide, BufferedBody, Busy, Chain, Exchange, Flow, WsEvent, WsFailure};
 pub use plugin::{LoadError, PluginMeta};
 
 use abi::{WeftBuf, WeftResult};
@@ -113,6 +113,15 @@ pub struct InstanceOptions {
     /// `Retry-After` seconds of the 503 answered when the in-flight limit or a worker ring is
     /// full. Default 1.
     pub retry_after_secs: u32,
+    /// Receives the duration of every call of this instance, pending and worker calls included
+    /// (from the call to the completion). Off by default: it costs two clock reads per call.
+    pub timer: Option<Arc<dyn PhaseTimer>>,
+}
+
+/// Per-call timing of one in-process instance ([`InstanceOptions::timer`]), e.g. a latency
+/// histogram per phase. Called on the thread that made or awaited the call; must be cheap.
+pub trait PhaseTimer: Send + Sync + std::fmt::Debug {
+    fn record(&self, phase: abi::WeftPhase, elapsed: Duration);
 }
 
 impl Default for InstanceOptions {
@@ -122,6 +131,7 @@ impl Default for InstanceOptions {
             max_in_flight: 1024,
             blocking: false,
             retry_after_secs: 1,
+            timer: None,
         }
     }
 }
@@ -306,6 +316,7 @@ impl Runtime {
             fail_open: spec.fail_open,
             flags: meta.flags,
             limits: CallLimits::new(&opts, blocking),
+            timer: opts.timer.clone(),
         });
         reg.instances.push(inst);
         Ok(InstanceId((reg.instances.len() - 1) as u32))
@@ -337,6 +348,7 @@ impl Runtime {
             fail_open,
             flags: 0,
             limits: CallLimits::new(&InstanceOptions::default(), false),
+            timer: None,
         }));
         Ok(InstanceId((reg.instances.len() - 1) as u32))
     }

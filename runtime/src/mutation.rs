@@ -74,6 +74,57 @@ pub enum MutationError {
     DuplicateBodyReplace { index: usize },
     #[error("{op:?} is only allowed when the body phase is buffered (in streamed mode the head has been sent)")]
     StreamedHeadChange { op: &'static str },
+    #[error("record {index}: invalid room name {room:?} (1 to 128 bytes of A-Z a-z 0-9 _ - :)")]
+    Room { index: usize, room: String },
+    #[error("record {index}: a WebSocket text message must be valid UTF-8")]
+    Utf8 { index: usize },
+    #[error("record {index}: invalid WebSocket close code {code} or reason longer than 123 bytes / not UTF-8")]
+    CloseCode { index: usize, code: u32 },
+}
+
+/// One WebSocket record of a batch (WebSocket phases). Payloads are copied out of the plugin's
+/// buffer once, into `Bytes` that fan out to many connections without further copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsOp {
+    /// Send to this connection; `binary` false: the payload is valid UTF-8.
+    Send {
+        binary: bool,
+        payload: Bytes,
+    },
+    /// Close this connection.
+    Close {
+        code: u16,
+        reason: String,
+    },
+    Join(String),
+    Leave(String),
+    /// Send to every member of a room.
+    Broadcast {
+        room: String,
+        binary: bool,
+        payload: Bytes,
+    },
+}
+
+/// Whether `code` may be sent in a close frame (RFC 6455 §7.4; 1004-1006 and 1015 never).
+pub fn ws_close_code_ok(code: u32) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+fn ws_room(index: usize, raw: &[u8]) -> Result<String, MutationError> {
+    let ok = !raw.is_empty()
+        && raw.len() <= crate::abi::WEFT_MAX_WS_ROOM_LEN as usize
+        && raw
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':'));
+    if !ok {
+        return Err(MutationError::Room {
+            index,
+            room: String::from_utf8_lossy(&raw[..raw.len().min(64)]).into_owned(),
+        });
+    }
+    // Checked ASCII above.
+    Ok(String::from_utf8_lossy(raw).into_owned())
 }
 
 #[derive(Debug)]
@@ -93,6 +144,7 @@ pub struct Batch {
     reply: Option<LocalReply>,
     body: BodyEdits,
     skip_body: bool,
+    ws: Vec<WsOp>,
 }
 
 /// The body records of a batch, as byte ranges of the buffer the batch was decoded from (so the
@@ -149,6 +201,13 @@ fn op_from_raw(raw: u32) -> Option<WeftMutationOp> {
         14 => BodyAppend,
         15 => BodyDrop,
         16 => SkipBody,
+        17 => WsSendText,
+        18 => WsSendBinary,
+        19 => WsClose,
+        20 => WsJoinRoom,
+        21 => WsLeaveRoom,
+        22 => WsBroadcastText,
+        23 => WsBroadcastBinary,
         _ => return None,
     })
 }
@@ -164,7 +223,12 @@ fn allowed(op: WeftMutationOp, phase: WeftPhase) -> bool {
         op,
         SetResponseHeader | AddResponseHeader | RemoveResponseHeader | SetStatus | LocalReply | LocalReplyHeader
     );
+    let ws_op = matches!(
+        op,
+        WsSendText | WsSendBinary | WsClose | WsJoinRoom | WsLeaveRoom | WsBroadcastText | WsBroadcastBinary
+    );
     match phase {
+        WeftPhase::WebSocketOpen | WeftPhase::WebSocketMessage | WeftPhase::WebSocketClose => ws_op,
         WeftPhase::RequestHeaders => request_op || op == SkipBody,
         WeftPhase::ResponseHeaders => response_op || op == SkipBody,
         // Head changes in body phases are accepted here and refused by the body engine unless
@@ -344,6 +408,49 @@ pub fn decode(buf: &[u8], len: usize, phase: WeftPhase) -> Result<Batch, Mutatio
                 }
                 batch.skip_body = true;
             }
+            M::WsSendText | M::WsSendBinary => {
+                no_b()?;
+                let binary = op == M::WsSendBinary;
+                if !binary && std::str::from_utf8(a).is_err() {
+                    return Err(MutationError::Utf8 { index });
+                }
+                batch.ws.push(WsOp::Send {
+                    binary,
+                    payload: Bytes::copy_from_slice(a),
+                });
+            }
+            M::WsClose => {
+                no_b()?;
+                let reason = std::str::from_utf8(a).ok().filter(|r| r.len() <= 123);
+                let (Some(reason), true) = (reason, ws_close_code_ok(rec.arg)) else {
+                    return Err(MutationError::CloseCode { index, code: rec.arg });
+                };
+                batch.ws.push(WsOp::Close {
+                    code: rec.arg as u16,
+                    reason: reason.to_owned(),
+                });
+            }
+            M::WsJoinRoom | M::WsLeaveRoom => {
+                no_b()?;
+                let room = ws_room(index, a)?;
+                batch.ws.push(if op == M::WsJoinRoom {
+                    WsOp::Join(room)
+                } else {
+                    WsOp::Leave(room)
+                });
+            }
+            M::WsBroadcastText | M::WsBroadcastBinary => {
+                let room = ws_room(index, a)?;
+                let binary = op == M::WsBroadcastBinary;
+                if !binary && std::str::from_utf8(b).is_err() {
+                    return Err(MutationError::Utf8 { index });
+                }
+                batch.ws.push(WsOp::Broadcast {
+                    room,
+                    binary,
+                    payload: Bytes::copy_from_slice(b),
+                });
+            }
         }
         pos = b_end.next_multiple_of(4).min(data.len());
         index += 1;
@@ -364,6 +471,11 @@ impl Batch {
     /// Whether the batch holds a `SkipBody` record (clears it).
     pub fn take_skip_body(&mut self) -> bool {
         std::mem::take(&mut self.skip_body)
+    }
+
+    /// Takes the WebSocket records out, in record order.
+    pub fn take_ws(&mut self) -> Vec<WsOp> {
+        std::mem::take(&mut self.ws)
     }
 
     /// Takes the body records out.
@@ -811,5 +923,74 @@ mod tests {
             decode(&b, b.len(), WeftPhase::RequestHeaders).unwrap_err(),
             MutationError::TooMany
         );
+    }
+
+    #[test]
+    fn websocket_records_decode_and_validate() {
+        use crate::abi::WeftMutationOp as M;
+        let mut b = Vec::new();
+        encode_record(&mut b, M::WsSendText as u32, 0, "héllo".as_bytes(), b"");
+        encode_record(&mut b, M::WsSendBinary as u32, 0, &[0xff, 0], b"");
+        encode_record(&mut b, M::WsJoinRoom as u32, 0, b"lobby:1", b"");
+        encode_record(&mut b, M::WsBroadcastBinary as u32, 0, b"lobby:1", &[1, 2]);
+        encode_record(&mut b, M::WsLeaveRoom as u32, 0, b"lobby:1", b"");
+        encode_record(&mut b, M::WsClose as u32, 4000, b"bye", b"");
+        let mut batch = decode(&b, b.len(), WeftPhase::WebSocketMessage).unwrap();
+        assert!(batch.is_empty(), "no head changes");
+        let ops = batch.take_ws();
+        assert_eq!(ops.len(), 6);
+        assert_eq!(
+            ops[3],
+            WsOp::Broadcast {
+                room: "lobby:1".into(),
+                binary: true,
+                payload: Bytes::from_static(&[1, 2])
+            }
+        );
+        assert_eq!(
+            ops[5],
+            WsOp::Close {
+                code: 4000,
+                reason: "bye".into()
+            }
+        );
+        // Not outside WebSocket phases, and WebSocket phases take no HTTP records.
+        assert!(matches!(
+            decode(&b, b.len(), WeftPhase::RequestHeaders),
+            Err(MutationError::WrongPhase { .. })
+        ));
+        let mut h = Vec::new();
+        encode_record(&mut h, M::SetRequestHeader as u32, 0, b"x", b"y");
+        assert!(matches!(
+            decode(&h, h.len(), WeftPhase::WebSocketOpen),
+            Err(MutationError::WrongPhase { .. })
+        ));
+        let bad = |op: M, arg: u32, a: &[u8], bb: &[u8]| {
+            let mut r = Vec::new();
+            encode_record(&mut r, op as u32, arg, a, bb);
+            decode(&r, r.len(), WeftPhase::WebSocketMessage).unwrap_err()
+        };
+        assert!(matches!(
+            bad(M::WsSendText, 0, &[0xff], b""),
+            MutationError::Utf8 { .. }
+        ));
+        assert!(matches!(
+            bad(M::WsBroadcastText, 0, b"r", &[0xc3]),
+            MutationError::Utf8 { .. }
+        ));
+        assert!(matches!(bad(M::WsJoinRoom, 0, b"a.b", b""), MutationError::Room { .. }));
+        assert!(matches!(bad(M::WsJoinRoom, 0, b"", b""), MutationError::Room { .. }));
+        assert!(matches!(
+            bad(M::WsJoinRoom, 0, &[b'a'; 129], b""),
+            MutationError::Room { .. }
+        ));
+        assert!(matches!(
+            bad(M::WsClose, 1006, b"", b""),
+            MutationError::CloseCode { .. }
+        ));
+        assert!(matches!(
+            bad(M::WsClose, 1000, &[b'r'; 124], b""),
+            MutationError::CloseCode { .. }
+        ));
     }
 }

@@ -282,6 +282,13 @@ pub fn set_body(buf: &mut [u8], phase: u32, body: &[u8], flags: u32) {
     write_struct(buf, 0, view);
 }
 
+/// Sets the `status` field of an encoded view (the close code of a WebSocket-close call).
+pub fn set_status(buf: &mut [u8], status: u32) {
+    let mut view = read_view(buf);
+    view.status = status;
+    write_struct(buf, 0, view);
+}
+
 /// Writes the `call` field of the view at `view` (the number `complete` names the call by).
 ///
 /// # Safety

@@ -112,8 +112,6 @@ enum Kind {
     /// worker processes (`cgo/cmd/weft-worker`) through a nats-server of this configuration's
     /// own. CPU and RSS are summed over the proxy, the nats-server and the workers.
     Nats { workers: usize },
-    /// Not measurable yet; reported as a row saying why.
-    Unavailable { reason: &'static str },
 }
 
 /// One plugin instance on weft's route.
@@ -121,7 +119,7 @@ enum Kind {
 struct PluginUse {
     /// Plugin name in the library.
     plugin: &'static str,
-    /// Extra YAML lines for the instance (indented by the caller), e.g. a future `mode: pool`.
+    /// Extra YAML lines for the instance (indented by the caller), e.g. `blocking: true`.
     extra_yaml: &'static str,
 }
 
@@ -138,6 +136,13 @@ struct Target {
 const BENCH_HEADER: PluginUse = PluginUse {
     plugin: "bench-header",
     extra_yaml: "",
+};
+
+/// The same plugin on its library's worker pool: every call is a job on a shared-memory ring,
+/// run by a Go goroutine and completed through `complete`, while the request's task awaits it.
+const BENCH_HEADER_POOL: PluginUse = PluginUse {
+    plugin: "bench-header",
+    extra_yaml: "blocking: true",
 };
 
 fn targets() -> Vec<Target> {
@@ -160,8 +165,8 @@ fn targets() -> Vec<Target> {
         t(
             "weft-pool",
             "weft + bench-header, worker pool",
-            Kind::Unavailable {
-                reason: "not available yet: no worker pool (issue 3)",
+            Kind::Weft {
+                chain: &[BENCH_HEADER_POOL],
             },
             Some("x-bench"),
         ),
@@ -183,6 +188,9 @@ fn targets() -> Vec<Target> {
 /// The key ratios are computed against.
 const BASE_WEFT: &str = "weft";
 const BASE_NGINX: &str = "nginx";
+/// The in-process plugin row, which the worker-pool row is compared with.
+const BASE_INPROC: &str = "weft-inproc";
+const POOL: &str = "weft-pool";
 
 // ---------------------------------------------------------------------------------------------
 // Upstream
@@ -341,7 +349,6 @@ struct Env<'a> {
 /// Why a configuration is reported without numbers, if it is.
 fn unavailable(t: &Target, env: &Env) -> Option<String> {
     match t.kind {
-        Kind::Unavailable { reason } => Some(reason.to_string()),
         Kind::Nats { .. } => match env.nats {
             Some(NatsTools::Ready { .. }) => None,
             Some(NatsTools::Skip(reason)) => Some(reason.clone()),
@@ -429,7 +436,6 @@ fn start(t: &Target, env: &Env) -> Result<Running, String> {
             let yaml = weft_nats_yaml(port, env.upstream, &url);
             start_weft(env, &dir, port, &yaml, logfile()?, log, helpers)
         }
-        Kind::Unavailable { reason } => Err(reason.to_string()),
     }
 }
 
@@ -938,6 +944,11 @@ struct Summary {
     rps_vs_nginx: Option<f64>,
     p50_added_vs_weft_us: Option<f64>,
     p99_added_vs_weft_us: Option<f64>,
+    /// Against the in-process plugin row (`weft-inproc`): what moving the same plugin elsewhere
+    /// (worker pool, NATS) costs.
+    rps_vs_inproc: Option<f64>,
+    p50_added_vs_inproc_us: Option<f64>,
+    p99_added_vs_inproc_us: Option<f64>,
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -1022,6 +1033,9 @@ fn summarise(samples: &[Sample]) -> Option<Summary> {
         rps_vs_nginx: None,
         p50_added_vs_weft_us: None,
         p99_added_vs_weft_us: None,
+        rps_vs_inproc: None,
+        p50_added_vs_inproc_us: None,
+        p99_added_vs_inproc_us: None,
     })
 }
 
@@ -1037,6 +1051,7 @@ fn add_ratios(results: &mut [TargetResult]) {
     for prof in profiles {
         let w = base(results, BASE_WEFT, &prof);
         let n = base(results, BASE_NGINX, &prof);
+        let p = base(results, BASE_INPROC, &prof);
         for r in results.iter_mut() {
             let Some(Some(m)) = r.profiles.get_mut(&prof).map(|p| p.median.as_mut()) else {
                 continue;
@@ -1048,6 +1063,11 @@ fn add_ratios(results: &mut [TargetResult]) {
             }
             if let Some(n) = &n {
                 m.rps_vs_nginx = (n.rps > 0.0).then(|| m.rps / n.rps);
+            }
+            if let Some(p) = &p {
+                m.rps_vs_inproc = (p.rps > 0.0).then(|| m.rps / p.rps);
+                m.p50_added_vs_inproc_us = Some(m.p50_us - p.p50_us);
+                m.p99_added_vs_inproc_us = Some(m.p99_us - p.p99_us);
             }
         }
     }
@@ -1065,19 +1085,24 @@ fn markdown(rep: &Report) -> String {
             "**{}** — {} connections, wrk {} thread(s), {} s × {} round(s), medians; latency in µs\n",
             prof.name, prof.connections, rep.wrk_threads, rep.duration_s, rep.rounds
         );
-        s.push_str("| configuration | req/s | × weft | × nginx | p50 | p99 | p99.9 | p99 added vs weft | proxy CPU s | CPU µs/req | peak RSS MiB |\n");
-        s.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+        s.push_str("| configuration | req/s | × weft | × nginx | × in-process | p50 | p99 | p99.9 | p99 added vs weft | proxy CPU s | CPU µs/req | peak RSS MiB |\n");
+        s.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
         for t in &rep.targets {
             let rss = fmt_opt(t.peak_rss_kib.map(|k| k as f64), |k| format!("{:.1}", k / 1024.0));
             match t.profiles.get(&prof.name).and_then(|p| p.median.as_ref()) {
                 Some(m) => {
                     let _ = writeln!(
                         s,
-                        "| {} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
+                        "| {} | {:.0} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
                         t.label,
                         m.rps,
                         fmt_opt(m.rps_vs_weft, |v| format!("{v:.2}")),
                         fmt_opt(m.rps_vs_nginx, |v| format!("{v:.2}")),
+                        fmt_opt(
+                            m.rps_vs_inproc
+                                .filter(|_| t.key != BASE_INPROC && t.key.starts_with("weft-")),
+                            |v| format!("{v:.2}")
+                        ),
                         m.p50_us,
                         m.p99_us,
                         m.p999_us,
@@ -1089,7 +1114,7 @@ fn markdown(rep: &Report) -> String {
                 }
                 None => {
                     let note = t.note.clone().unwrap_or_else(|| "no result".into());
-                    let _ = writeln!(s, "| {} | {note} | | | | | | | | | |", t.label);
+                    let _ = writeln!(s, "| {} | {note} | | | | | | | | | | |", t.label);
                 }
             }
         }
@@ -1169,6 +1194,32 @@ fn goals(rep: &Report) -> String {
             );
         }
         _ => s.push_str("- NATS, one remote phase ≥ 0.5× in-process: not measured\n"),
+    }
+    s.push_str("\nThe same plugin on the worker pool (issue 3: a blocking-marked plugin against the inline one):\n\n");
+    match (get(POOL, &thr), get(BASE_INPROC, &thr)) {
+        (Some(w), Some(p)) => {
+            let _ = writeln!(
+                s,
+                "- {thr}: {:.2}× the in-process req/s ({:.0} vs {:.0}); proxy CPU {} vs {} µs per request",
+                w.rps / p.rps,
+                w.rps,
+                p.rps,
+                fmt_opt(w.cpu_us_per_req, |v| format!("{v:.1}")),
+                fmt_opt(p.cpu_us_per_req, |v| format!("{v:.1}")),
+            );
+        }
+        _ => s.push_str("- req/s against in-process: not measured\n"),
+    }
+    match (get(POOL, &lat), get(BASE_INPROC, &lat)) {
+        (Some(w), Some(p)) => {
+            let _ = writeln!(
+                s,
+                "- {lat}: p50 {:+.0} µs, p99 {:+.0} µs against in-process (a job on a ring, a Go goroutine, `complete` and the wake-up of the request's task)",
+                w.p50_us - p.p50_us,
+                w.p99_us - p.p99_us,
+            );
+        }
+        _ => s.push_str("- latency against in-process: not measured\n"),
     }
     s
 }
@@ -1312,10 +1363,13 @@ fn chart(rep: &Report, path: &Path) -> Result<(), String> {
                 ch.draw_series(std::iter::once(Rectangle::new([(0.0, y0), (v, y1)], c.filled())))
                     .map_err(e)?;
                 let (vx, vy) = ch.backend_coord(&(v, (y0 + y1) / 2.0));
-                let text = match (pi, m.rps_vs_weft) {
-                    (0, Some(r)) => format!("{v:.0} ({r:.2}× weft)"),
-                    (1, _) => format!("{v:.1}"),
-                    (0, None) => format!("{v:.0}"),
+                let vs_inproc = m.rps_vs_inproc.filter(|_| t.key == POOL);
+                let text = match (pi, m.rps_vs_weft, vs_inproc) {
+                    (0, Some(r), Some(i)) => format!("{v:.0} ({r:.2}× weft, {i:.2}× in-process)"),
+                    (0, Some(r), None) => format!("{v:.0} ({r:.2}× weft)"),
+                    (1, _, _) => format!("{v:.1}"),
+                    (0, None, Some(i)) => format!("{v:.0} ({i:.2}× in-process)"),
+                    (0, None, None) => format!("{v:.0}"),
                     _ => format!("{name}: {v:.0}"),
                 };
                 root.draw(&Text::new(text, (vx + 4, vy), value_style.clone()))

@@ -6,6 +6,7 @@ package main
 
 import (
 	_ "github.com/weftrs/weft/cgo/examples/auth"
+	_ "github.com/weftrs/weft/cgo/examples/chat"
 	_ "github.com/weftrs/weft/cgo/examples/extauth"
 	_ "github.com/weftrs/weft/cgo/examples/headers"
 	_ "github.com/weftrs/weft/cgo/examples/jsonrewrite"

@@ -69,8 +69,7 @@ func (r Result) String() string {
 // Phase is an HTTP processing phase (WeftPhase).
 type Phase uint32
 
-// Phases; the values are those of the C enum WeftPhase. Body and WebSocket phases are reserved
-// by the ABI and not driven by the current host.
+// Phases; the values are those of the C enum WeftPhase (WebSocket phases: ws.go).
 const (
 	PhaseRequestHeaders  Phase = 0
 	PhaseRequestBody     Phase = 1
@@ -100,6 +99,12 @@ func (p Phase) String() string {
 		return "response_body"
 	case PhaseLog:
 		return "log"
+	case PhaseWebSocketOpen:
+		return "websocket_open"
+	case PhaseWebSocketMessage:
+		return "websocket_message"
+	case PhaseWebSocketClose:
+		return "websocket_close"
 	}
 	return "unknown_phase"
 }
@@ -131,7 +136,8 @@ var opNames = [...]string{
 	"", "set_request_header", "add_request_header", "remove_request_header", "set_path",
 	"set_query", "set_response_header", "add_response_header", "remove_response_header",
 	"set_status", "local_reply", "local_reply_header", "body_replace", "body_prepend",
-	"body_append", "body_drop", "skip_body",
+	"body_append", "body_drop", "skip_body", "ws_send_text", "ws_send_binary", "ws_close",
+	"ws_join_room", "ws_leave_room", "ws_broadcast_text", "ws_broadcast_binary",
 }
 
 // String returns the snake_case name of the operation.

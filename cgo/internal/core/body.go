@@ -22,7 +22,7 @@ func bodyFlags(requestBuffered, responseBuffered bool) uint32 {
 // validBody checks the body fields of a view: only body phases carry bytes, and a non-empty
 // body has an address.
 func validBody(p Phase, v *RequestView) bool {
-	if p != PhaseRequestBody && p != PhaseResponseBody {
+	if p != PhaseRequestBody && p != PhaseResponseBody && p != PhaseWebSocketMessage && p != PhaseWebSocketClose {
 		return v.BodyLen == 0
 	}
 	return v.BodyLen == 0 || v.Body != nil

@@ -86,6 +86,8 @@ func (t *typedInstance[C, S]) run(ctx *Context, slot, generation uint32) {
 		t.p.RequestBody(ctx, t.cfg, state)
 	case PhaseResponseBody:
 		t.p.ResponseBody(ctx, t.cfg, state)
+	case PhaseWebSocketOpen, PhaseWebSocketMessage, PhaseWebSocketClose:
+		t.runWS(ctx, state)
 	}
 }
 

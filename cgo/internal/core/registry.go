@@ -41,6 +41,16 @@ type Plugin[C any, S any] struct {
 	// Log runs after the response has been sent, off the request path, possibly on another OS
 	// thread than the other phases (but always after them). Mutations are not allowed here.
 	Log func(ctx *Context, cfg *C, state *S)
+	// WebSocketOpen runs when a WebSocket connection of a route served by this plugin has been
+	// accepted (see ws.go). The per-request state S lives until the connection closes.
+	WebSocketOpen func(ctx *Context, cfg *C, state *S)
+	// WebSocketMessage runs once per whole message (Context.WSMessage, WSIsBinary), in order.
+	WebSocketMessage func(ctx *Context, cfg *C, state *S)
+	// WebSocketError runs, in the close call, before WebSocketClose when the connection ended
+	// with an error (Context.WSError).
+	WebSocketError func(ctx *Context, cfg *C, state *S)
+	// WebSocketClose runs once when the connection has ended (Context.WSCloseCode).
+	WebSocketClose func(ctx *Context, cfg *C, state *S)
 	// Shutdown is optional and runs once per instance when the host shuts down.
 	Shutdown func(cfg *C)
 	// Blocking marks handlers that may block (disk, locks, synchronous network calls). The host
@@ -68,7 +78,7 @@ func (p *Plugin[C, S]) phases() uint32 {
 	if p.Log != nil {
 		m |= PhaseLog.Mask()
 	}
-	return m
+	return m | wsPhases(p.WebSocketOpen != nil, p.WebSocketMessage != nil, p.WebSocketClose != nil || p.WebSocketError != nil)
 }
 
 // PluginInfo is what the registry tells the host about one plugin.

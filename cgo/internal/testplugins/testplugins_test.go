@@ -79,6 +79,18 @@ func BenchmarkBenchHeaderParallel(b *testing.B) {
 	})
 }
 
+func TestBenchHeaderAsync(t *testing.T) {
+	h := wefttest.MustNew(t, "bench-header-async", nil)
+	x := h.Request(wefttest.Request{Path: "/p", Headers: [][2]string{{"user-agent", "x"}}})
+	res := x.RequestHeaders()
+	if res.Code != wefttest.OK {
+		t.Fatalf("request headers: %v", res.Code)
+	}
+	if v, _ := x.RequestHeader("x-bench"); v != "1" {
+		t.Errorf("x-bench %q, want 1 (pending=%v)", v, res.Pending)
+	}
+}
+
 func TestTestAsync(t *testing.T) {
 	h := wefttest.MustNew(t, "test-async", nil)
 	x := h.Request(wefttest.Request{Headers: [][2]string{{"x-delay-ms", "20"}}})

