@@ -53,12 +53,14 @@ libraries:
   - {{ name: go, path: "{lib}" }}
 plugins:
   - {{ name: echo, library: go, plugin: test-ws-echo }}
+  - {{ name: echo-open, library: go, plugin: test-ws-echo, failure: open }}
   - {{ name: chat, library: go, plugin: chat }}
   - {{ name: auth, library: go, plugin: bearer-auth, config: {{ tokens: [s3cret] }} }}
 upstreams:
   - {{ name: up, addresses: ["{upstream}"] }}
 routes:
   - {{ path_prefix: /echo, upstream: up, websocket: {{ plugin: echo, max_frame_bytes: 4096, max_message_bytes: 8192 }} }}
+  - {{ path_prefix: /echo-open, upstream: up, websocket: {{ plugin: echo-open }} }}
   - {{ path_prefix: /chat, upstream: up, websocket: {{ plugin: chat, send_queue: 64, max_message_bytes: 16384 }} }}
   - {{ path_prefix: /auth, upstream: up, plugins: [auth] }}
   - {{ path_prefix: /, upstream: up }}
@@ -250,6 +252,18 @@ async fn plugin_panic_closes_that_connection_with_1011() {
     b.send(Message::text("alive")).await.unwrap();
     assert_eq!(text(&mut b).await, "alive");
     assert!(proxy.stderr().contains("panicked"), "{}", proxy.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_open_plugin_panic_keeps_the_connection() {
+    let proxy = start("ws-panic-open", "").await;
+    let mut a = connect(proxy.addr, "/echo-open").await;
+    a.send(Message::text("panic")).await.unwrap();
+    // The panicking message got no echo; the next one does, on the same connection.
+    a.send(Message::text("still here")).await.unwrap();
+    assert_eq!(text(&mut a).await, "still here");
+    let log = proxy.wait_log("fail-open");
+    assert!(log.contains("echo-open"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

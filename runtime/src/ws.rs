@@ -24,8 +24,9 @@ pub enum WsEvent<'a> {
     Close { code: u16, reason: &'a Bytes, error: bool },
 }
 
-/// A plugin failed in a WebSocket event (panic, error result, invalid batch, timeout): the
-/// connection must close with 1011. Already logged and counted.
+/// A fail-closed plugin failed in a WebSocket event (panic, error result, invalid batch,
+/// timeout): the connection must close with 1011. Already logged and counted. (A fail-open
+/// instance's failure only drops its records for that event.)
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("plugin {instance} failed in the {phase:?} phase: {reason}")]
 pub struct WsFailure {
@@ -89,6 +90,11 @@ impl Exchange {
                     ops.extend(batch.take_ws());
                     // Payloads were copied out by the decoder: the out slot is free again.
                     self.body.spare = out.into_spare();
+                }
+                // A fail-open instance's failure skips its part of this event; the connection
+                // lives on (logged and counted as a fail-open pass).
+                Err(err) if inst.fail_open && !matches!(err, CallError::NoSlot) => {
+                    self.note_failure(inst, phase, &err);
                 }
                 Err(err) => return Err(fail(self, err)),
             }
