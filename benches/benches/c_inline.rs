@@ -6,9 +6,7 @@
 
 use std::future::Future;
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::pin::pin;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
@@ -28,21 +26,10 @@ impl PhaseTimer for Sum {
     }
 }
 
-fn c_plugins() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let out = Command::new(root.join("scripts/build-c-plugins"))
-        .output()
-        .expect("build-c-plugins");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
-}
-
 fn bench(c: &mut Criterion) {
     let rt = Runtime::new(RuntimeOptions::default()).unwrap();
-    rt.load_library("c", &c_plugins().join("libweft_c_stamp.so")).unwrap();
+    rt.load_library("c", &weft_benches::c_plugin_dir().join("libweft_c_stamp.so"))
+        .unwrap();
     let id = rt
         .instantiate(InstanceSpec {
             name: "stamp".into(),

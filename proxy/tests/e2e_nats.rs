@@ -13,15 +13,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http::StatusCode;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use weft_proxy::demo::spawn_demo_upstream;
 
 mod common;
 
-use common::{Body, ProxyProcess, TempFile, collect, free_port, nats_server_bin, root, wait_for};
+use common::{HttpClient, ProxyProcess, TempFile, collect, free_port, get_with, nats_server_bin, root, wait_for};
 
 macro_rules! require_nats {
     () => {
@@ -172,29 +171,8 @@ impl Drop for Worker {
     }
 }
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
-
 fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
-}
-
-async fn get_with(
-    client: &HttpClient,
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (StatusCode, http::HeaderMap, serde_json::Value) {
-    let mut req = Request::get(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = client.request(req.body(Empty::new().boxed()).unwrap()).await.unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    let json =
-        serde_json::from_slice(&body).unwrap_or(serde_json::Value::String(String::from_utf8_lossy(&body).into()));
-    (status, headers, json)
 }
 
 async fn get(

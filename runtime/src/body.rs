@@ -298,6 +298,18 @@ impl Exchange {
         }
     }
 
+    /// A call that may not change the head (a streamed one) did: the batch is refused whole and
+    /// its out lease kept for the next call.
+    fn refuse_head_change(&mut self, mut batch: mutation::Batch, lease: BodyOut) -> CallError {
+        self.body.spare = lease.into_spare();
+        let op = if batch.take_reply().is_some() {
+            "LocalReply"
+        } else {
+            "a head change"
+        };
+        CallError::Mutation(MutationError::StreamedHeadChange { op })
+    }
+
     fn abort(&self, inst: &Instance, phase: WeftPhase, err: &CallError) -> BodyAbort {
         BodyAbort {
             instance: Arc::clone(&inst.name),
@@ -388,15 +400,7 @@ impl Exchange {
             for (i, piece) in cur.into_iter().enumerate() {
                 let flags = if end && i + 1 == n { WEFT_BODY_END_OF_STREAM } else { 0 };
                 let result = match self.body_call(&inst, phase, &piece, flags).await {
-                    Ok((mut batch, lease)) if batch.has_head_changes() => {
-                        self.body.spare = lease.into_spare();
-                        let op = if batch.take_reply().is_some() {
-                            "LocalReply"
-                        } else {
-                            "a head change"
-                        };
-                        Err(CallError::Mutation(MutationError::StreamedHeadChange { op }))
-                    }
+                    Ok((batch, lease)) if batch.has_head_changes() => Err(self.refuse_head_change(batch, lease)),
                     other => other,
                 };
                 match result {
@@ -450,14 +454,8 @@ impl Exchange {
             }
             let result = match self.body_call(&inst, phase, &data, flags).await {
                 // Only a plugin that asked for the whole body may change the head.
-                Ok((mut batch, lease)) if flags & WEFT_BODY_BUFFERED == 0 && batch.has_head_changes() => {
-                    self.body.spare = lease.into_spare();
-                    let op = if batch.take_reply().is_some() {
-                        "LocalReply"
-                    } else {
-                        "a head change"
-                    };
-                    Err(CallError::Mutation(MutationError::StreamedHeadChange { op }))
+                Ok((batch, lease)) if flags & WEFT_BODY_BUFFERED == 0 && batch.has_head_changes() => {
+                    Err(self.refuse_head_change(batch, lease))
                 }
                 other => other,
             };

@@ -10,31 +10,16 @@
 
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::Command;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use weft_runtime::{Chain, Flow, InitError, InstanceId, InstanceOptions, InstanceSpec, Runtime, RuntimeOptions};
 
-fn c_plugins() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let out = Command::new(root.join("scripts/build-c-plugins"))
-            .output()
-            .expect("run scripts/build-c-plugins (is a C compiler installed?)");
-        assert!(
-            out.status.success(),
-            "build-c-plugins failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
-    })
-}
+mod common;
+use common::c_plugins;
 
 /// Tests that create worker rings run one at a time: one of them counts the process's rings.
 static RINGS: Mutex<()> = Mutex::new(());

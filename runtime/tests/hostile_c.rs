@@ -10,29 +10,14 @@
 //! naming the instance, and the request is unharmed (`ASYNC_MISUSES`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use weft_runtime::{Flow, InitError, InstanceOptions, InstanceSpec, Runtime, RuntimeOptions};
 
-fn c_plugins() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let out = Command::new(root.join("scripts/build-c-plugins"))
-            .output()
-            .expect("run scripts/build-c-plugins (is a C compiler installed?)");
-        assert!(
-            out.status.success(),
-            "build-c-plugins failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
-    })
-}
+mod common;
+use common::c_plugins;
 
 const SLOTS: u32 = 8;
 

@@ -312,14 +312,25 @@ impl Drop for ProxyProcess {
 
 pub type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
-/// GET `path` on `addr` with `headers`; the body parsed as JSON (or as a JSON string when it is
-/// not JSON).
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+
+/// GET `path` on `addr` with `headers` on a fresh client; see [`get_with`].
 pub async fn get(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, http::HeaderMap, serde_json::Value) {
-    let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
+    get_with(&Client::builder(TokioExecutor::new()).build_http(), addr, path, headers).await
+}
+
+/// GET `path` on `addr` with `headers` through `client`; the body parsed as JSON (or as a JSON
+/// string when it is not JSON).
+pub async fn get_with(
+    client: &HttpClient,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, serde_json::Value) {
     let mut req = Request::get(format!("http://{addr}{path}"));
     for (k, v) in headers {
         req = req.header(*k, *v);

@@ -1,7 +1,10 @@
-//! Builds the example Go plugin library with the real Go toolchain (cached by go build).
+//! Builds the plugin libraries the runtime tests load: the example Go library with the real Go
+//! toolchain (cached by go build), and the C plugins with the system C compiler.
+#![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -23,4 +26,20 @@ pub fn build_plugins(variant: &str) -> PathBuf {
     );
     let path = String::from_utf8(out.stdout).unwrap();
     PathBuf::from(path.lines().last().unwrap().trim())
+}
+
+/// Runs `scripts/build-c-plugins` once per test binary and returns the directory it printed.
+pub fn c_plugins() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new(repo_root().join("scripts/build-c-plugins"))
+            .output()
+            .expect("run scripts/build-c-plugins (is a C compiler installed?)");
+        assert!(
+            out.status.success(),
+            "build-c-plugins failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
+    })
 }
