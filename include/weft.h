@@ -37,33 +37,45 @@
 // such library may be loaded into a process.
 #define WEFT_RUNTIME_GO 1
 
-// Log levels for [`WeftHostApi::log`].
+// `level` of [`WeftHostApi::log`]: an error. A level not listed here logs as [`WEFT_LOG_INFO`].
 #define WEFT_LOG_ERROR 1
 
+// `level` of [`WeftHostApi::log`]: a warning.
 #define WEFT_LOG_WARN 2
 
+// `level` of [`WeftHostApi::log`]: information (also what an unknown level logs as).
 #define WEFT_LOG_INFO 3
 
+// `level` of [`WeftHostApi::log`]: debugging detail.
 #define WEFT_LOG_DEBUG 4
 
-// Bit for `phase` in [`WeftPluginInfo::phases`]: `1 << phase`.
+// Bit of [`WeftPluginInfo::phases`] for [`WeftPhase::RequestHeaders`]. Every phase's bit is
+// `1 << phase` (its [`WeftPhase`] value).
 #define WEFT_PHASE_MASK_REQUEST_HEADERS (1 << 0)
 
+// Bit of [`WeftPluginInfo::phases`] for [`WeftPhase::RequestBody`].
 #define WEFT_PHASE_MASK_REQUEST_BODY (1 << 1)
 
+// Bit of [`WeftPluginInfo::phases`] for [`WeftPhase::ResponseHeaders`].
 #define WEFT_PHASE_MASK_RESPONSE_HEADERS (1 << 2)
 
+// Bit of [`WeftPluginInfo::phases`] for [`WeftPhase::ResponseBody`].
 #define WEFT_PHASE_MASK_RESPONSE_BODY (1 << 3)
 
+// Bit of [`WeftPluginInfo::phases`] for [`WeftPhase::Log`].
 #define WEFT_PHASE_MASK_LOG (1 << 4)
 
+// Bit of [`WeftPluginInfo::phases`] for [`WeftPhase::WebSocketOpen`].
 #define WEFT_PHASE_MASK_WEBSOCKET_OPEN (1 << 5)
 
+// Bit of [`WeftPluginInfo::phases`] for [`WeftPhase::WebSocketMessage`].
 #define WEFT_PHASE_MASK_WEBSOCKET_MESSAGE (1 << 6)
 
+// Bit of [`WeftPluginInfo::phases`] for [`WeftPhase::WebSocketClose`].
 #define WEFT_PHASE_MASK_WEBSOCKET_CLOSE (1 << 7)
 
-// Phases this runtime version drives.
+// Phases this runtime version drives. Bits outside it in [`WeftPluginInfo::phases`] are ignored
+// (with a warning at load).
 #define WEFT_PHASE_MASK_SUPPORTED (((((((WEFT_PHASE_MASK_REQUEST_HEADERS | WEFT_PHASE_MASK_REQUEST_BODY) | WEFT_PHASE_MASK_RESPONSE_HEADERS) | WEFT_PHASE_MASK_RESPONSE_BODY) | WEFT_PHASE_MASK_LOG) | WEFT_PHASE_MASK_WEBSOCKET_OPEN) | WEFT_PHASE_MASK_WEBSOCKET_MESSAGE) | WEFT_PHASE_MASK_WEBSOCKET_CLOSE)
 
 // [`WeftRequestView::body_flags`]: this is the last body call of the phase for this request
@@ -276,13 +288,19 @@ typedef uint32_t WeftResult;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
-// One plugin a library offers.
+// One plugin a library offers: an element of [`WeftPluginDescriptor::plugins`].
 //
-// # Lifetime
-// `name` must stay valid for as long as the library is loaded (Go libraries are never unloaded).
+// # Ownership and lifetime
+// Owned by the plugin library, like `name`: both must stay valid and unchanged while the
+// library is loaded (libraries are never unloaded, so: for the life of the process).
+//
+// # Thread safety
+// The host reads it only while loading the library, on the loading thread right after
+// `weft_plugin_entry` returns, copies what it needs and never writes it.
 typedef struct WeftPluginInfo {
-  // UTF-8 name, not NUL-terminated, unique within the library.
+  // UTF-8 name, not NUL-terminated, non-empty, unique within the library.
   const uint8_t *name;
+  // Number of bytes at `name`; never 0.
   size_t name_len;
   // Bit set of `1 << WeftPhase` the plugin handles; the host never calls other phases.
   uint32_t phases;
@@ -290,23 +308,48 @@ typedef struct WeftPluginInfo {
   uint32_t flags;
 } WeftPluginInfo;
 
-// A host-owned output buffer the plugin writes into during one call.
+// A host-owned output buffer the plugin writes into: `init`'s error message, or a phase call's
+// mutation records.
 //
-// # Ownership
-// `ptr` points to `cap` writable bytes owned by the host, valid only during the call. The
-// plugin writes at most `cap` bytes from `ptr` and stores the number written in `len`.
+// # Ownership and lifetime
+// The struct and the `cap` bytes at `ptr` are owned by the host. The struct itself (it lives
+// on the host's stack) is valid only during the call it was passed to. The bytes at `ptr` are
+// valid during that call and, for a phase call answered [`WeftResult::Pending`], until the
+// plugin's [`WeftHostApi::complete`] for it returns: keep `ptr` and `cap`, not the struct.
+//
+// # Thread safety
+// Lent to one call at a time: the host neither reads nor writes the bytes until the call
+// returns (or, when pending, until `complete`), so the plugin may write them from any one
+// thread meanwhile without locking; `complete` publishes them to the host.
 typedef struct WeftBuf {
+  // First of the `cap` writable bytes: host memory (for a phase call, part of the view's arena
+  // slot, a second arena slot, or a host buffer; see `docs/abi.md`).
   uint8_t *ptr;
+  // Number of bytes the plugin may write from `ptr`.
   uint32_t cap;
+  // Bytes written from `ptr`: 0 when passed in; the plugin sets it (at most `cap`) before
+  // returning. For a pending call it is ignored: the length goes to `complete` as `out_len`.
   uint32_t len;
 } WeftBuf;
 
-// Called once per configured plugin instance before any traffic.
+// Called once per configured plugin instance, before any other call for that instance.
 //
 // `plugin` indexes the descriptor's plugin array; `instance` is the host-chosen id used in every
-// later call; `config` is the instance's config block as JSON (`config_len` bytes, NULL only if
-// 0); `slot_count` bounds every later `WeftRequestView::slot`. On failure the plugin writes a
-// UTF-8 message into `err` and returns [`WeftResult::InitFailed`].
+// later call (unique in the process, never reused); `config` is the instance's config block as
+// JSON (`config_len` bytes, NULL only if 0); `slot_count` bounds every later
+// `WeftRequestView::slot`. On failure the plugin writes a UTF-8 message into `err` and returns
+// [`WeftResult::InitFailed`].
+//
+// # Ownership and lifetime
+// `config` and `err` (the struct and its bytes) are host memory valid only during the call:
+// copy what must be kept. The host reads `err->len` bytes (at most `err->cap`) only when the
+// call fails.
+//
+// # Thread safety
+// Called on the host thread that creates the instance (at start-up, or the thread applying a
+// config reload), never on a request path. Other instances of the same library may be serving
+// phase calls on other threads meanwhile (a reload), so state shared between instances needs
+// synchronisation.
 typedef uint32_t (*WeftInitFn)(uint32_t plugin,
                                uint64_t instance,
                                const uint8_t *config,
@@ -316,8 +359,14 @@ typedef uint32_t (*WeftInitFn)(uint32_t plugin,
 
 // A byte string inside a request view: `len` bytes starting `off` bytes after the start of the
 // [`WeftRequestView`] that contains it. Never NUL-terminated. `off + len <= view.size` always.
+//
+// # Ownership and thread safety
+// A plain value (offsets, no pointer). The bytes it names belong to the view and follow the
+// view's lifetime and threading rules (see [`WeftRequestView`]).
 typedef struct WeftStr {
+  // Offset of the first byte from the start of the containing [`WeftRequestView`].
   uint32_t off;
+  // Number of bytes; 0 for an empty string.
   uint32_t len;
 } WeftStr;
 
@@ -330,13 +379,16 @@ typedef struct WeftStr {
 // stays within `size` bytes.
 //
 // # Lifetime and ownership
-// Owned by the host. Valid for reading only for the duration of the phase call it was passed
-// to; it must not be written and no pointer into it may be kept after the call returns.
+// Owned by the host (an arena slot). Valid for reading during the phase call it was passed to,
+// and, for a call answered [`WeftResult::Pending`] or a worker-ring [`WeftJob`], until the
+// plugin's [`WeftHostApi::complete`] for that call returns. It must never be written, and no
+// pointer into it (or into `body`) may be used after that.
 //
 // # Thread safety
-// Views of different requests may be passed concurrently on different threads. The phases of
-// one request are never called concurrently, and the host establishes happens-before between
-// them, so per-request plugin state indexed by `slot` needs no locking.
+// Views of different requests may be passed concurrently on different threads. While valid, a
+// view may be read from any thread (it does not change). The phases of one request are never
+// called concurrently, and the host establishes happens-before between them (a pending call's
+// `complete` included), so per-request plugin state indexed by `slot` needs no locking.
 typedef struct WeftRequestView {
   // Total bytes of the view, this struct included.
   uint32_t size;
@@ -377,29 +429,56 @@ typedef struct WeftRequestView {
   // Names this phase call for [`WeftHostApi::complete`] together with `slot`; never 0. A
   // handler that answers [`WeftResult::Pending`] passes it back when it completes.
   uint32_t call;
-  // Body phases only (else NULL): the body bytes of this call, `body_len` of them, read in
-  // place. Host memory outside the view (the HTTP library's receive buffer), valid only
-  // during this call; never write it, keep no pointer into it. NULL only with `body_len` 0.
+  // Body and WebSocket-message/close phases only (else NULL): the bytes of this call,
+  // `body_len` of them, read in place. Host memory outside the view (e.g. the HTTP library's
+  // receive buffer), valid as long as the view is; never write it, keep no pointer into it.
+  // NULL only with `body_len` 0.
   const uint8_t *body;
-  // Number of bytes at `body`; 0 outside body phases.
+  // Number of bytes at `body`; 0 when `body` is NULL.
   uint32_t body_len;
-  // Body phases only: `WEFT_BODY_*` bits ([`WEFT_BODY_END_OF_STREAM`], [`WEFT_BODY_BUFFERED`]).
+  // Body phases: `WEFT_BODY_*` bits ([`WEFT_BODY_END_OF_STREAM`], [`WEFT_BODY_BUFFERED`]);
+  // WebSocket phases: [`WEFT_WS_BINARY`], [`WEFT_WS_ERROR`]; else 0.
   uint32_t body_flags;
 } WeftRequestView;
 
-// Runs one phase of one request through one plugin instance. `view` is valid during the call
-// only; mutations go into `out`. Returns a [`WeftResult`] value. May be called concurrently for
-// different requests from any host thread.
+// Runs one phase of one request through one plugin instance: reads `view`, writes mutation
+// records into `out`, returns a [`WeftResult`] value (or [`WeftResult::Pending`] to finish
+// later through [`WeftHostApi::complete`]).
+//
+// # Ownership and lifetime
+// `view` (and the bytes it refers to) and `out` are host memory. The view and the bytes at
+// `out->ptr` are valid during the call, and for a call answered `Pending` until its `complete`
+// returns; the `out` struct itself only during the call. See [`WeftRequestView`], [`WeftBuf`].
+//
+// # Thread safety
+// Called from any host thread (I/O threads, the log thread), concurrently for different
+// requests and instances; the phases of one request are never concurrent and are ordered
+// (happens-before). Runs on the request path, so it must not block. Never called for an
+// instance of a [`WEFT_PLUGIN_FLAG_BLOCKING`] plugin (those get worker-ring jobs).
 typedef uint32_t (*WeftPhaseFn)(uint64_t instance,
                                 uint32_t phase,
                                 const struct WeftRequestView *view,
                                 struct WeftBuf *out);
 
-// Called once on every host thread that will call phases, before its first phase call, so the
-// plugin runtime can bind the thread off the request path. May be NULL.
+// Called on host threads that will call phases, before their first phase call, so the plugin
+// runtime can bind the thread off the request path. May be NULL.
+//
+// # Ownership and thread safety
+// No arguments, no memory. Called on the thread being bound, concurrently with phase calls on
+// other threads. A hint only: a thread may make phase calls without it (e.g. for a library a
+// config reload added) or get it more than once, so it must be idempotent and phase calls must
+// work without it.
 typedef void (*WeftThreadStartFn)(void);
 
-// Called once per instance when the host shuts down. May be NULL.
+// Called at most once per instance when the host retires it: at process shutdown once requests
+// in flight have drained, or when a replaced config is no longer in use. May be NULL.
+//
+// # Ownership and thread safety
+// No memory changes hands. Called on a host thread (the main thread, or a thread of its own
+// after a reload), possibly while other instances of the library serve phase calls. The host
+// sends the instance nothing new by then, but a call it cancelled may still be outstanding with
+// the plugin (its `complete` is answered [`WeftResult::Cancelled`]), and at process exit a call
+// that outlived the drain timeout may still be running.
 typedef void (*WeftShutdownFn)(uint64_t instance);
 
 // Starts one worker that consumes the worker ring at `ring` (`ring_len` bytes, layout in
@@ -408,6 +487,17 @@ typedef void (*WeftShutdownFn)(uint64_t instance);
 // slots of the arena at `arena` (`slot_count` slots of `slot_size` bytes). Must return at once
 // (the worker runs on the plugin's own thread or goroutine): [`WeftResult::Ok`], or an error
 // code if no worker could be started. May be NULL when no plugin is flagged blocking.
+//
+// # Ownership and lifetime
+// Both regions belong to the host. `ring` stays mapped until the worker's `worker_exit(ring)`
+// call; of the arena, the worker may use only the slots a job names (its view and its output
+// location), from the job's publication until that job's `complete` returns.
+//
+// # Thread safety
+// Called once per ring, on the host thread that will post to it (the first time that thread
+// posts a job for this library); calls for different rings may run concurrently. The ring has
+// one producer (that host thread) and one consumer: the started worker alone may read jobs and
+// write `head` (the ring protocol in `docs/abi.md` gives the atomic orderings).
 typedef uint32_t (*WeftAttachWorkerFn)(void *ring,
                                        size_t ring_len,
                                        const uint8_t *arena,
@@ -420,43 +510,71 @@ typedef uint32_t (*WeftAttachWorkerFn)(void *ring,
 // `abi_version` and `descriptor_size` before anything else and refuses the library if either
 // differs from its own.
 //
-// # Lifetime
-// Owned by the plugin library; must stay valid and unchanged while the library is loaded.
+// # Ownership and lifetime
+// Owned by the plugin library, with everything it points to (`runtime_version`, `plugins`,
+// their names, `load_error`); all must stay valid and unchanged while the library is loaded
+// (libraries are never unloaded, so: for the life of the process).
+//
+// # Thread safety
+// The host reads it once, on the loading thread right after `weft_plugin_entry` returns (a
+// library is entered once per process), copies what it needs and never writes it. The
+// functions it holds state their own threading rules.
 typedef struct WeftPluginDescriptor {
   // Must equal [`WEFT_ABI_VERSION`].
   uint32_t abi_version;
-  // `sizeof(WeftPluginDescriptor)` as the plugin was compiled.
+  // `sizeof(WeftPluginDescriptor)` as the plugin was compiled: the host's, or the size before
+  // `attach_worker` was appended (the host then reads that field as NULL).
   uint32_t descriptor_size;
-  // `sizeof(WeftRequestView)` as the plugin was compiled.
+  // `sizeof(WeftRequestView)` as the plugin was compiled; must equal the host's.
   uint32_t request_view_size;
-  // `sizeof(WeftMutation)` as the plugin was compiled.
+  // `sizeof(WeftMutation)` as the plugin was compiled; must equal the host's.
   uint32_t mutation_size;
   // `sizeof(WeftHostApi)` as the plugin was compiled; the host's must be at least this.
   uint32_t host_api_size;
-  // [`WEFT_RUNTIME_NATIVE`] or [`WEFT_RUNTIME_GO`].
+  // [`WEFT_RUNTIME_NATIVE`] or [`WEFT_RUNTIME_GO`]. The host goes by the library file (a Go
+  // library carries a `.go.buildinfo` section) and warns when this field disagrees.
   uint32_t runtime;
-  // Version of the plugin's language runtime (e.g. `go1.26.8`), UTF-8, may be empty.
+  // Version of the plugin's language runtime (e.g. `go1.26.8`), UTF-8, not NUL-terminated,
+  // may be empty; NULL only when `runtime_version_len` is 0.
   const uint8_t *runtime_version;
+  // Number of bytes at `runtime_version`.
   size_t runtime_version_len;
-  // Number of entries in `plugins`.
+  // Number of entries in `plugins` (at most 4096).
   uint32_t plugin_count;
   // Reserved; zero.
   uint32_t flags;
+  // `plugin_count` [`WeftPluginInfo`] entries; NULL only when `plugin_count` is 0.
   const struct WeftPluginInfo *plugins;
   // If registration itself failed (e.g. two plugins with one name), a UTF-8 message and
-  // `plugin_count` 0; the host refuses the library with this message.
+  // `plugin_count` 0; the host refuses the library with this message. Not NUL-terminated;
+  // NULL (or empty) when registration succeeded.
   const uint8_t *load_error;
+  // Number of bytes at `load_error`; 0 when registration succeeded.
   size_t load_error_len;
+  // Creates plugin instances; required (a library with NULL here is refused).
   WeftInitFn init;
+  // Runs phase calls; required (a library with NULL here is refused).
   WeftPhaseFn on_phase;
+  // Binds a host thread to the plugin's runtime; optional (NULL: never called).
   WeftThreadStartFn thread_start;
+  // Retires an instance; optional (NULL: never called).
   WeftShutdownFn shutdown;
-  // Starts a worker on a worker ring; required when a plugin has [`WEFT_PLUGIN_FLAG_BLOCKING`].
+  // Starts a worker on a worker ring; required when a plugin has [`WEFT_PLUGIN_FLAG_BLOCKING`]
+  // (or an instance is configured `blocking`), else may be NULL.
   WeftAttachWorkerFn attach_worker;
 } WeftPluginDescriptor;
 
-// Host callback for plugin log lines. `msg` is `len` bytes of UTF-8 valid during the call.
-// Thread-safe; may be called from any thread, inside or outside a phase call.
+// Host callback for plugin log lines: `level` is a `WEFT_LOG_*` value, `instance` the instance
+// the line is about (unknown ids log as `?`), `msg` is `len` bytes of UTF-8 (invalid sequences
+// are replaced; lines over 16 KiB are truncated).
+//
+// # Ownership and lifetime
+// `msg` belongs to the plugin and needs to be valid only during the call (the host copies it);
+// NULL is allowed with `len` 0.
+//
+// # Thread safety
+// Thread-safe; may be called from any thread, inside or outside a phase call (from `init`,
+// `shutdown` and worker threads too). Never unwinds into the plugin.
 typedef void (*WeftLogFn)(uint32_t level, uint64_t instance, const uint8_t *msg, size_t len);
 
 // Finishes a phase call that answered [`WeftResult::Pending`] (or a worker-ring job), from any
@@ -466,6 +584,15 @@ typedef void (*WeftLogFn)(uint32_t level, uint64_t instance, const uint8_t *msg,
 // most its capacity. Returns `Ok`, or `StaleHandle` / `AlreadyCompleted` / `Cancelled` /
 // `InvalidArgument`; every error leaves the host and the request unharmed. After it returns the
 // plugin must not touch the view or the output bytes again.
+//
+// # Ownership and lifetime
+// No pointer is passed. A call answered `Ok` or `Cancelled` hands the view and the output bytes
+// back to the host; after `InvalidArgument` the call stays outstanding and they stay lent.
+//
+// # Thread safety
+// Thread-safe; may be called from any thread, even from inside the very `on_phase` call it
+// completes before that returns `Pending`. The writes the plugin made to the output bytes
+// before calling it are visible to the host afterwards. Never unwinds into the plugin.
 typedef uint32_t (*WeftCompleteFn)(uint64_t instance,
                                    uint32_t slot,
                                    uint32_t call,
@@ -474,18 +601,33 @@ typedef uint32_t (*WeftCompleteFn)(uint64_t instance,
 
 // Tells the host that the worker on `ring` has stopped and will never touch the ring again, so
 // its memory can be released. Called once per attached ring.
+//
+// # Ownership and lifetime
+// `ring` is the pointer `attach_worker` received; the call gives the region back to the host,
+// which may unmap it at once. A pointer that is not an attached ring (or a second call) is
+// logged and ignored.
+//
+// # Thread safety
+// Thread-safe; called from the worker's thread (any thread), once the worker is done with the
+// ring. Never unwinds into the plugin.
 typedef void (*WeftWorkerExitFn)(const void *ring);
 
 // The host's function table, passed to `weft_plugin_entry`.
 //
-// # Lifetime
-// Owned by the host and valid for the life of the process; the plugin may keep the pointer.
+// # Ownership and lifetime
+// Owned by the host and valid for the life of the process; the plugin may keep the pointer
+// and must not write through it. The table may be shorter than the plugin's header says (an
+// older host): check `size` before using a field.
+//
+// # Thread safety
+// Immutable: any thread may read it at any time. Each function in it is thread-safe (see
+// [`WeftLogFn`], [`WeftCompleteFn`], [`WeftWorkerExitFn`]).
 typedef struct WeftHostApi {
   // [`WEFT_ABI_VERSION`] of the host.
   uint32_t abi_version;
-  // `sizeof(WeftHostApi)` of the host.
+  // `sizeof(WeftHostApi)` of the host: a function whose field ends past it is absent.
   uint32_t size;
-  // Opaque host context passed back to nothing yet; reserved for later functions.
+  // Reserved for later functions; NULL in this version. Never dereference it.
   void *context;
   // Writes a log line through the host's logger, tagged with the plugin instance.
   WeftLogFn log;
@@ -497,40 +639,81 @@ typedef struct WeftHostApi {
 
 // Signature of the one symbol a plugin library exports, `weft_plugin_entry`. Called once, on the
 // loading thread, before any other call into the library.
+//
+// # Ownership and lifetime
+// `host` is owned by the host and valid for the life of the process (the plugin may keep it).
+// The returned descriptor is owned by the library (see [`WeftPluginDescriptor`]).
+//
+// # Thread safety
+// Called once per library per process (a library used by several configs is entered once),
+// on the thread that loads it, under the host's load lock (never concurrently with another
+// library's entry).
 typedef const struct WeftPluginDescriptor *(*WeftPluginEntryFn)(const struct WeftHostApi *host);
 
 // Header of one mutation record. It is followed by `a_len` bytes of operand `a`, then `b_len`
 // bytes of operand `b`, then zero padding to the next multiple of 4. Records are packed one after
 // another from the start of the [`WeftBuf`].
+//
+// # Ownership and thread safety
+// A plain value (no pointer); each record starts at a multiple of 4 bytes from the start of the
+// output buffer. The plugin writes records into the host's output buffer (see [`WeftBuf`] for
+// when and from which threads); the host reads and validates the whole batch only after the
+// call returns or is completed.
 typedef struct WeftMutation {
   // A [`WeftMutationOp`] value.
   uint32_t op;
-  // Numeric argument (status code for `SetStatus` and `LocalReply`), else 0.
+  // Numeric argument (status code for `SetStatus` and `LocalReply`, close code for `WsClose`),
+  // else 0.
   uint32_t arg;
-  // Length of operand `a`.
+  // Length of operand `a` in bytes.
   uint32_t a_len;
-  // Length of operand `b`.
+  // Length of operand `b` in bytes.
   uint32_t b_len;
 } WeftMutation;
 
 // One header line. Names are lowercase ASCII (as HTTP/2 requires and hyper stores them), so a
 // plugin can compare bytes directly. Repeated headers appear as repeated entries, in order.
+//
+// # Ownership and thread safety
+// An element of a header array inside a [`WeftRequestView`]: host memory with the view's
+// lifetime and threading rules; read it, never write it.
 typedef struct WeftHeader {
+  // The header name: lowercase ASCII, never empty.
   struct WeftStr name;
+  // The header value as received: bytes, not necessarily UTF-8, may be empty.
   struct WeftStr value;
 } WeftHeader;
 
 // One phase call posted to a worker ring (see `docs/architecture.md`, "Worker-pool rings", for
 // the ring layout). The worker runs phase `phase` of instance `instance` over the view at
-// `arena + slot * slot_size` (its `call` field equals `call` here), writes mutation records at
-// the first 8-aligned offset at or after `view.size` within the slot (up to the end of the
-// slot), and then calls [`WeftHostApi::complete`]`(instance, slot, call, result, out_len)`.
+// `arena + slot * slot_size` (its `call` field equals `call` here), writes its mutation records
+// at the output location `arena + out_slot * slot_size + out_off` (up to the end of that slot),
+// and then calls [`WeftHostApi::complete`]`(instance, slot, call, result, out_len)`.
+//
+// # Ownership and thread safety
+// A job is a plain value copied out of the ring; it owns nothing. The view and the output
+// location belong to the host and are lent to the worker from the moment the job is published
+// until its `complete` call: the worker may read the view and write the output location on any
+// one thread during that time, and must touch neither after `complete`.
 typedef struct WeftJob {
+  // The request's slot: the view is at `arena + slot * slot_size`.
   uint32_t slot;
+  // The slot's generation, equal to the view's `generation`.
   uint32_t generation;
+  // The plugin instance to run, as given to `init`.
   uint64_t instance;
+  // The phase to run (a [`WeftPhase`] value).
   uint32_t phase;
+  // The call's number, equal to the view's `call`; passed back to `complete`.
   uint32_t call;
+  // The slot that holds the output location. Usually a second slot the host leased for this
+  // call, so the bytes the plugin writes (a local reply body, say) can be handed to the HTTP
+  // library without a copy; it may be `slot` itself.
+  uint32_t out_slot;
+  // Offset of the output location within `out_slot`: a multiple of 8, at most `slot_size`;
+  // when `out_slot == slot` it is at or after `view.size`. The capacity is
+  // `slot_size - out_off`.
+  uint32_t out_off;
 } WeftJob;
 
 
@@ -557,8 +740,9 @@ WEFT_STATIC_ASSERT(sizeof(WeftHeader) == 16 && offsetof(WeftHeader, value) == 8,
 WEFT_STATIC_ASSERT(sizeof(WeftMutation) == 16 && offsetof(WeftMutation, arg) == 4
                    && offsetof(WeftMutation, a_len) == 8 && offsetof(WeftMutation, b_len) == 12,
                    "WeftMutation layout")
-WEFT_STATIC_ASSERT(sizeof(WeftJob) == 24 && offsetof(WeftJob, generation) == 4 && offsetof(WeftJob, instance) == 8
-                   && offsetof(WeftJob, phase) == 16 && offsetof(WeftJob, call) == 20, "WeftJob layout")
+WEFT_STATIC_ASSERT(sizeof(WeftJob) == 32 && offsetof(WeftJob, generation) == 4 && offsetof(WeftJob, instance) == 8
+                   && offsetof(WeftJob, phase) == 16 && offsetof(WeftJob, call) == 20
+                   && offsetof(WeftJob, out_slot) == 24 && offsetof(WeftJob, out_off) == 28, "WeftJob layout")
 WEFT_STATIC_ASSERT(offsetof(WeftRequestView, request_id) == 8 && offsetof(WeftRequestView, slot) == 16
                    && offsetof(WeftRequestView, generation) == 20 && offsetof(WeftRequestView, method) == 24
                    && offsetof(WeftRequestView, version) == 72 && offsetof(WeftRequestView, req_headers_off) == 80

@@ -22,6 +22,8 @@ fn job(i: u64) -> WeftJob {
         instance: i,
         phase: 0,
         call: i as u32,
+        out_slot: i as u32,
+        out_off: 128,
     }
 }
 

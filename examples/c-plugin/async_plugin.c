@@ -13,6 +13,10 @@
  *                                     `x-async: inline`.
  *     request header x-resp-delay-ms  the same in the response phase, with `x-async-resp: done`.
  *     request header x-async-fail     complete with WEFT_RESULT_HANDLER_FAILED instead.
+ *     request header x-reply-bytes: N request phase: instead of `x-async`, a local reply (200) with
+ *                                     N bytes of body ('a'..'z' repeated) and a 2000-byte header
+ *                                     `x-long`, written into the call's out buffer (inline, at
+ *                                     completion, or by the blocking plugin's worker alike).
  *     request header x-complete: spin complete at once from a helper thread that spins on its
  *                                     queue (no sleep, no wake-up): the cost of the hand-off
  *                                     itself, for the benches. Takes precedence over x-delay-ms.
@@ -110,6 +114,27 @@ static int put(uint8_t *buf, uint32_t cap, uint32_t *len, uint32_t op, const cha
     return 1;
 }
 
+/* Appends a local reply (200) with n body bytes and a 2000-byte `x-long` header. */
+static int put_reply(uint8_t *buf, uint32_t cap, uint32_t *len, uint32_t n) {
+    static char long_value[2001];
+    WeftMutation reply = {WEFT_MUTATION_OP_LOCAL_REPLY, 200, n, 0};
+    uint32_t need = (uint32_t)sizeof reply + ((n + 3u) & ~3u);
+    if (buf == NULL || n > cap || cap < *len || cap - *len < need) {
+        return 0;
+    }
+    uint8_t *p = buf + *len;
+    memset(p, 0, need);
+    memcpy(p, &reply, sizeof reply);
+    for (uint32_t i = 0; i < n; i++) {
+        p[sizeof reply + i] = (uint8_t)('a' + i % 26);
+    }
+    *len += need;
+    if (long_value[0] == 0) {
+        memset(long_value, 'v', 2000); /* idempotent, so a racing first use is harmless */
+    }
+    return put(buf, cap, len, WEFT_MUTATION_OP_LOCAL_REPLY_HEADER, "x-long", long_value);
+}
+
 static uint64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -128,6 +153,7 @@ struct pending {
     uint64_t due_ns;
     uint64_t instance;
     uint32_t slot, call, phase, result;
+    long reply_bytes; /* x-reply-bytes, or -1 */
     uint8_t *out;
     uint32_t out_cap;
 };
@@ -137,7 +163,9 @@ struct pending {
 static void finish(const struct pending *p) {
     uint32_t len = 0;
     if (p->result == WEFT_RESULT_OK && p->phase != WEFT_PHASE_LOG) {
-        if (p->phase == WEFT_PHASE_REQUEST_HEADERS) {
+        if (p->phase == WEFT_PHASE_REQUEST_HEADERS && p->reply_bytes >= 0) {
+            put_reply(p->out, p->out_cap, &len, (uint32_t)p->reply_bytes);
+        } else if (p->phase == WEFT_PHASE_REQUEST_HEADERS) {
             put(p->out, p->out_cap, &len, WEFT_MUTATION_OP_SET_REQUEST_HEADER, "x-async", "done");
         } else {
             put(p->out, p->out_cap, &len, WEFT_MUTATION_OP_SET_RESPONSE_HEADER, "x-async-resp", "done");
@@ -298,12 +326,13 @@ static uint32_t delay_phase(uint64_t instance, uint32_t phase, const WeftRequest
     if (express) {
         delay = 0;
     }
+    long reply_bytes = phase == WEFT_PHASE_REQUEST_HEADERS ? header_number(view, "x-reply-bytes") : -1;
     if (delay < 0) {
-        if (phase == WEFT_PHASE_REQUEST_HEADERS &&
-            !put(out->ptr, out->cap, &out->len, WEFT_MUTATION_OP_SET_REQUEST_HEADER, "x-async", "inline")) {
-            return WEFT_RESULT_MUTATION_OVERFLOW;
-        }
-        return WEFT_RESULT_OK;
+        int ok = phase != WEFT_PHASE_REQUEST_HEADERS ||
+                 (reply_bytes >= 0
+                      ? put_reply(out->ptr, out->cap, &out->len, (uint32_t)reply_bytes)
+                      : put(out->ptr, out->cap, &out->len, WEFT_MUTATION_OP_SET_REQUEST_HEADER, "x-async", "inline"));
+        return ok ? WEFT_RESULT_OK : WEFT_RESULT_MUTATION_OVERFLOW;
     }
     const uint8_t *v;
     uint32_t vlen;
@@ -314,6 +343,7 @@ static uint32_t delay_phase(uint64_t instance, uint32_t phase, const WeftRequest
         .call = view->call,
         .phase = phase,
         .result = find_header(view, "x-async-fail", &v, &vlen) ? WEFT_RESULT_HANDLER_FAILED : WEFT_RESULT_OK,
+        .reply_bytes = reply_bytes,
         /* The out buffer stays valid and ours until complete(); the WeftBuf struct does not. */
         .out = out->ptr,
         .out_cap = out->cap,
@@ -377,21 +407,27 @@ static void run_job(const struct worker *w, const WeftJob *job) {
         return;
     }
     const WeftRequestView *view = (const WeftRequestView *)(const void *)(w->arena + (size_t)job->slot * w->slot_size);
-    /* Output location of a job: the first 8-aligned offset at or after view->size. */
-    uint32_t out_off = (view->size + 7u) & ~7u;
-    uint8_t *out = (uint8_t *)(uintptr_t)(w->arena + (size_t)job->slot * w->slot_size + out_off);
-    uint32_t cap = out_off < w->slot_size ? w->slot_size - out_off : 0;
-    if (view->call != job->call || view->slot != job->slot) {
-        host_log(WEFT_LOG_ERROR, job->instance, "blocking: view and job disagree");
+    /* The output location the host named: out_off bytes into slot out_slot, to the end of it. */
+    uint8_t *out = NULL;
+    uint32_t cap = 0;
+    if (job->out_slot < w->slot_count && job->out_off % 8 == 0 && job->out_off <= w->slot_size) {
+        out = (uint8_t *)(uintptr_t)(w->arena + (size_t)job->out_slot * w->slot_size + job->out_off);
+        cap = w->slot_size - job->out_off;
+    }
+    if (view->call != job->call || view->slot != job->slot || out == NULL ||
+        (job->out_slot == job->slot && job->out_off < view->size)) {
+        host_log(WEFT_LOG_ERROR, job->instance, "blocking: view and job disagree, or the output location is invalid");
         result = WEFT_RESULT_INVALID_ARGUMENT;
     } else if (job->phase != WEFT_PHASE_LOG) {
         long block = header_number(view, "x-block-ms");
         if (block > 0) {
             sleep_ms(block); /* the point of a worker: blocking here stalls no host thread */
         }
-        int ok = job->phase == WEFT_PHASE_REQUEST_HEADERS
-                     ? put(out, cap, &len, WEFT_MUTATION_OP_SET_REQUEST_HEADER, "x-blocking", "done")
-                     : put(out, cap, &len, WEFT_MUTATION_OP_SET_RESPONSE_HEADER, "x-blocking-resp", "done");
+        long reply_bytes = header_number(view, "x-reply-bytes");
+        int ok = job->phase != WEFT_PHASE_REQUEST_HEADERS
+                     ? put(out, cap, &len, WEFT_MUTATION_OP_SET_RESPONSE_HEADER, "x-blocking-resp", "done")
+                 : reply_bytes >= 0 ? put_reply(out, cap, &len, (uint32_t)reply_bytes)
+                                    : put(out, cap, &len, WEFT_MUTATION_OP_SET_REQUEST_HEADER, "x-blocking", "done");
         if (!ok) {
             result = WEFT_RESULT_MUTATION_OVERFLOW;
         }

@@ -22,9 +22,32 @@ fuzz_target!(|input: (u8, u32, &[u8])| {
     // Half the time the claimed length is the real one, so decoding goes past the length check.
     let len = if len & 1 == 0 { buf.len() } else { (len >> 1) as usize };
     let Ok(mut batch) = mutation::decode(buf, len, phase) else {
+        assert!(
+            mutation::decode_raw(buf, len, phase).is_err(),
+            "the zero-copy form accepted it"
+        );
         return;
     };
-    assert!(matches!(phase, WeftPhase::RequestHeaders | WeftPhase::ResponseHeaders) || batch.is_empty());
+    // The zero-copy form (long values and reply bodies as slices of a shared buffer) accepts the
+    // same batch and yields the same result.
+    let shared = bytes::Bytes::copy_from_slice(buf);
+    let raw = mutation::decode_raw(&shared, len, phase).expect("the zero-copy form refused it");
+    let mut zc = raw.resolve(mutation::Source::Shared(&shared));
+    let mut copied = mutation::decode(buf, len, phase).expect("decoded once already");
+    let reply_of = |r: Option<mutation::LocalReply>| r.map(|r| (r.status, r.headers, r.body));
+    assert_eq!(
+        reply_of(copied.take_reply()),
+        reply_of(zc.take_reply()),
+        "local replies differ"
+    );
+    if phase == WeftPhase::RequestHeaders {
+        let (mut p1, mut p2) = (common::request(), common::request());
+        copied.apply_to_request(&mut p1);
+        zc.apply_to_request(&mut p2);
+        assert_eq!((p1.headers, p1.uri), (p2.headers, p2.uri), "applied batches differ");
+    }
+    // The log phase takes no record; the others take head changes (body phases: when buffered).
+    assert!(phase != WeftPhase::Log || batch.is_empty());
     if let Some(reply) = batch.take_reply() {
         let r = reply.into_response();
         assert!((200..=599).contains(&r.status().as_u16()));

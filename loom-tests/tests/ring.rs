@@ -12,6 +12,8 @@ fn job(i: u32) -> WeftJob {
         instance: i as u64 + 100,
         phase: 1,
         call: i,
+        out_slot: i + 20,
+        out_off: i * 8,
     }
 }
 

@@ -8,12 +8,28 @@ use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
 pub use crate::generated::weft::wire::{
-    Header, HeaderArgs, PhaseRequest, PhaseRequestArgs, PhaseResponse, PhaseResponseArgs,
+    Header, HeaderArgs, PHASE_REQUEST_IDENTIFIER as WIRE_IDENTIFIER, PhaseRequest, PhaseRequestArgs, PhaseResponse,
+    PhaseResponseArgs,
 };
 use crate::view::{BadView, ViewReader};
 
-/// Version of the wire messages this side writes (`version` field of both tables).
+/// Version of the wire messages this side writes (`version` field of both tables), and the
+/// highest version it reads.
 pub const WIRE_VERSION: u16 = 1;
+
+/// The lowest wire version this side reads.
+pub const WIRE_VERSION_MIN: u16 = 1;
+
+/// A message that is not a readable weft wire message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("not a weft wire message (no file identifier {WIRE_IDENTIFIER:?})")]
+    NotWeft,
+    #[error("unsupported wire version {got} (this host speaks {WIRE_VERSION_MIN} to {WIRE_VERSION})")]
+    UnsupportedVersion { got: u16 },
+    #[error("invalid flatbuffer: {0}")]
+    Invalid(#[from] flatbuffers::InvalidFlatbuffer),
+}
 
 thread_local! {
     /// One builder per thread, reused: encoding a request allocates only the final `Bytes`.
@@ -73,7 +89,7 @@ pub fn encode_request(view: &[u8], phase: u32) -> Result<(Bytes, u64), BadView> 
             response_headers,
         };
         let root = PhaseRequest::create(fbb, &args);
-        fbb.finish(root, None);
+        fbb.finish(root, Some(WIRE_IDENTIFIER));
         Bytes::copy_from_slice(fbb.finished_data())
     });
     Ok((out, r.request_id()))
@@ -88,9 +104,19 @@ pub struct DecodedResponse {
     pub error: String,
 }
 
-/// Verifies and decodes a PhaseResponse payload.
-pub fn decode_response(payload: &Bytes) -> Result<DecodedResponse, flatbuffers::InvalidFlatbuffer> {
+/// Verifies and decodes a PhaseResponse payload: the file identifier must be [`WIRE_IDENTIFIER`]
+/// and the version one this side reads ([`WIRE_VERSION_MIN`] to [`WIRE_VERSION`]).
+pub fn decode_response(payload: &Bytes) -> Result<DecodedResponse, WireError> {
+    // Bytes 4..8 (after the root offset). Not flatbuffers::buffer_has_identifier: it panics on a
+    // buffer shorter than 8 bytes, and this is a peer's message.
+    if payload.get(4..8) != Some(WIRE_IDENTIFIER.as_bytes()) {
+        return Err(WireError::NotWeft);
+    }
     let resp = flatbuffers::root::<PhaseResponse>(payload)?;
+    let got = resp.version();
+    if !(WIRE_VERSION_MIN..=WIRE_VERSION).contains(&got) {
+        return Err(WireError::UnsupportedVersion { got });
+    }
     let mutations = match resp.mutations() {
         Some(v) if !v.is_empty() => {
             let s = v.bytes();
@@ -108,19 +134,24 @@ pub fn decode_response(payload: &Bytes) -> Result<DecodedResponse, flatbuffers::
 
 /// Encodes a PhaseResponse (used by tests and by Rust-side fake workers).
 pub fn encode_response(result: u32, mutations: &[u8], error: &str) -> Bytes {
+    encode_response_as(WIRE_VERSION, result, mutations, error)
+}
+
+/// [`encode_response`] claiming wire version `version` (tests of version checks).
+pub fn encode_response_as(version: u16, result: u32, mutations: &[u8], error: &str) -> Bytes {
     let mut fbb = FlatBufferBuilder::with_capacity(64 + mutations.len());
     let m = fbb.create_vector(mutations);
     let e = (!error.is_empty()).then(|| fbb.create_string(error));
     let root = PhaseResponse::create(
         &mut fbb,
         &PhaseResponseArgs {
-            version: WIRE_VERSION,
+            version,
             result,
             mutations: Some(m),
             error: e,
         },
     );
-    fbb.finish(root, None);
+    fbb.finish(root, Some(WIRE_IDENTIFIER));
     Bytes::copy_from_slice(fbb.finished_data())
 }
 
@@ -153,6 +184,10 @@ mod tests {
         let n = encode_view(&mut buf, &id, 0, &head).unwrap();
         let (bytes, rid) = encode_request(&buf[..n], 0).unwrap();
         assert_eq!(rid, 9);
+        assert_eq!(&bytes[4..8], b"WEFT", "self-describing: the file identifier");
+        assert!(crate::generated::weft::wire::phase_request_buffer_has_identifier(
+            &bytes
+        ));
         let req = flatbuffers::root::<PhaseRequest>(&bytes).unwrap();
         assert_eq!(req.version(), WIRE_VERSION);
         assert_eq!(req.request_id(), 9);
@@ -177,5 +212,45 @@ mod tests {
         let d = decode_response(&p).unwrap();
         assert_eq!((d.result, d.mutations.len(), d.error.as_str()), (1, 0, "boom"));
         assert!(decode_response(&Bytes::from_static(b"\x01\x02")).is_err());
+    }
+
+    #[test]
+    fn response_without_identifier_is_refused() {
+        // The same table finished without the identifier, as a peer before it was added writes it.
+        let mut fbb = FlatBufferBuilder::new();
+        let root = PhaseResponse::create(
+            &mut fbb,
+            &PhaseResponseArgs {
+                version: WIRE_VERSION,
+                ..Default::default()
+            },
+        );
+        fbb.finish(root, None);
+        let p = Bytes::copy_from_slice(fbb.finished_data());
+        assert_eq!(decode_response(&p).unwrap_err(), WireError::NotWeft);
+        let mut p = encode_response(0, &[], "").to_vec();
+        p[4..8].copy_from_slice(b"WEFX");
+        assert_eq!(decode_response(&Bytes::from(p)).unwrap_err(), WireError::NotWeft);
+        for short in [&b""[..], b"\x01\x02", b"\x08\0\0\0WEF"] {
+            assert_eq!(
+                decode_response(&Bytes::copy_from_slice(short)).unwrap_err(),
+                WireError::NotWeft
+            );
+        }
+    }
+
+    #[test]
+    fn response_of_an_unknown_version_is_refused_naming_both_versions() {
+        for v in [0, WIRE_VERSION + 1, u16::MAX] {
+            let p = encode_response_as(v, 0, &[1, 2, 3, 4], "");
+            let err = decode_response(&p).unwrap_err();
+            assert_eq!(err, WireError::UnsupportedVersion { got: v });
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("unsupported wire version {v}")) && msg.contains(&WIRE_VERSION.to_string()),
+                "{msg}"
+            );
+        }
+        assert!(decode_response(&encode_response_as(WIRE_VERSION, 0, &[], "")).is_ok());
     }
 }

@@ -383,12 +383,12 @@ async fn panic_is_an_error_reply_and_the_worker_lives_on() {
     plugin.call(RH, &view, None).await.expect("the worker still serves");
 }
 
-/// The phases of an instance can be read from the workers' $SRV.INFO; SIGTERM drains and exits 0.
+/// The phases of an instance can be read from the workers' $SRV.INFO.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn service_info_carries_phases_and_sigterm_drains() {
+async fn service_info_carries_phases() {
     require_nats!();
     let srv = NatsServer::start();
-    let mut w = Worker::start(&srv.url(), "timing-logger", "discover", "");
+    let w = Worker::start(&srv.url(), "timing-logger", "discover", "");
     let t = connect(&srv.url()).await;
     let msg = t
         .client()
@@ -399,7 +399,12 @@ async fn service_info_carries_phases_and_sigterm_drains() {
     assert_eq!(info["metadata"]["weft.plugin"], "timing-logger");
     let mask = WeftPhase::RequestHeaders.mask() | WeftPhase::ResponseHeaders.mask() | WeftPhase::Log.mask();
     assert_eq!(info["metadata"]["weft.phases"], mask.to_string());
+    assert_eq!(info["metadata"]["weft.served_phases"], mask.to_string());
     assert_eq!(info["metadata"]["weft.worker"], w.id.as_str());
+    assert_eq!(
+        info["metadata"]["weft.wire_version"],
+        weft_nats_bridge::wire::WIRE_VERSION.to_string()
+    );
     let subjects: Vec<&str> = info["endpoints"]
         .as_array()
         .unwrap()
@@ -407,24 +412,284 @@ async fn service_info_carries_phases_and_sigterm_drains() {
         .map(|e| e["subject"].as_str().unwrap())
         .collect();
     assert!(subjects.contains(&"weft.discover.request_headers"), "{subjects:?}");
+}
 
-    // Requests in flight while SIGTERM arrives still get their answers.
-    let plugin: Arc<RemotePlugin> = Arc::new(t.plugin("discover", RemotePluginOptions::default()));
-    let mut calls = Vec::new();
-    for _ in 0..50 {
-        let p = Arc::clone(&plugin);
-        let v = request_view(rid(), RH as u32, "/", &[]).0;
-        calls.push(tokio::spawn(async move { p.call(RH, &v, None).await }));
+/// The `data` of the first endpoint in the workers' `$SRV.STATS.<instance>` (one worker).
+async fn stats_data(t: &weft_nats_bridge::NatsTransport, instance: &str) -> serde_json::Value {
+    let msg = t
+        .client()
+        .request(format!("$SRV.STATS.{instance}"), bytes::Bytes::new())
+        .await
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+    stats["endpoints"][0]["data"].clone()
+}
+
+/// Whether the process `pid` (a child not yet waited for) is still running, not a zombie.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Polls until `$SRV.PING.<instance>` has no responders: the worker's micro service stopped,
+/// and with it (in the same Stop, unsubscribed before the $SRV handlers) its queue-group
+/// endpoints.
+async fn wait_service_gone(t: &weft_nats_bridge::NatsTransport, instance: &str) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match t
+            .client()
+            .request(format!("$SRV.PING.{instance}"), bytes::Bytes::new())
+            .await
+        {
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => return,
+            _ => {}
+        }
+        assert!(Instant::now() < end, "the worker still serves 10 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// SIGTERM while calls are really in flight (the worker has received every one of them and they
+/// sleep in the handler): every one is answered, then the worker exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_every_in_flight_call() {
+    require_nats!();
+    const CALLS: u64 = 20;
+    let srv = NatsServer::start();
+    let mut w = Worker::start_with(&srv.url(), "test-sleep", "drain-sleep", "", &["-concurrency", "64"]);
+    let t = connect(&srv.url()).await;
+    let plugin: Arc<RemotePlugin> = Arc::new(t.plugin("drain-sleep", RemotePluginOptions::default()));
+    let mut calls = Vec::new();
+    for _ in 0..CALLS {
+        let p = Arc::clone(&plugin);
+        let v = request_view(rid(), RH as u32, "/", &[("x-test-sleep-ms", "1500")]).0;
+        calls.push(tokio::spawn(async move {
+            p.call(RH, &v, Some(Instant::now() + Duration::from_secs(20))).await
+        }));
+    }
+    // Every call has reached the worker's handler (its request count), and some still sleep.
+    let end = Instant::now() + Duration::from_secs(10);
+    let running = loop {
+        let data = stats_data(&t, "drain-sleep").await;
+        if data["requests"] == CALLS {
+            break data["in_flight_all"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < end, "the calls did not all reach the worker: {data}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     w.signal("TERM");
     let mut answered = 0;
     for c in calls {
-        if c.await.unwrap().is_ok() {
-            answered += 1;
+        c.await.unwrap().expect("a call in flight at SIGTERM must be answered");
+        answered += 1;
+    }
+    eprintln!("{answered}/{CALLS} calls answered, {running} of them still in the handler at SIGTERM");
+    assert!(running > 0, "no call was in flight at SIGTERM: the test proves nothing");
+    assert!(w.wait(Duration::from_secs(10)), "worker exits 0 after draining");
+}
+
+/// SIGTERM between a request's request-headers and response-headers phases: the worker takes no
+/// new requests, but the response phase (and then the log phase) of the request it has still
+/// reach it, with the request's state; it exits only after the log phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_between_phases_keeps_the_request_on_its_worker() {
+    require_nats!();
+    let srv = NatsServer::start();
+    let mut w = Worker::start_with(
+        &srv.url(),
+        "timing-logger",
+        "drain-phases",
+        "",
+        &["-drain-timeout", "60s"],
+    );
+    let t = connect(&srv.url()).await;
+    let plugin = t.plugin("drain-phases", RemotePluginOptions::default());
+    let r = rid();
+    let (view, end) = request_view(r, RH as u32, "/t", &[("host", "h")]);
+    let mut p = parts("/t", &[]);
+    batch(&plugin.call(RH, &view, None).await.unwrap(), RH).apply_to_request(&mut p);
+    let seq = header(&p.headers, "x-weft-seq").expect("seq set").to_owned();
+    assert_eq!(plugin.worker_of(r).as_deref(), Some(w.id.as_str()));
+
+    w.signal("TERM");
+    wait_service_gone(&t, "drain-phases").await;
+    let other = rid();
+    let err = plugin
+        .call(RH, &request_view(other, RH as u32, "/", &[]).0, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RemoteError::NoResponders { .. }),
+        "a new request while draining: {err:?}"
+    );
+    plugin.release(other);
+
+    let view = with_response(view, end, RS as u32, 200, &[]);
+    let mut resp = http::Response::new(()).into_parts().0;
+    batch(
+        &plugin
+            .call(RS, &view, None)
+            .await
+            .expect("the later phase reaches the draining worker"),
+        RS,
+    )
+    .apply_to_response(&mut resp);
+    assert_eq!(
+        header(&resp.headers, "x-weft-seq"),
+        Some(seq.as_str()),
+        "state of the same request"
+    );
+    assert!(alive(w.pid()), "the worker exited before the request's log phase");
+
+    let mut log_view = view.clone();
+    weft_runtime::view::set_phase(&mut log_view, WeftPhase::Log as u32);
+    plugin.log(&log_view, None).await.unwrap();
+    // The log phase was the request's last: the drain ends well before its 60 s timeout.
+    assert!(
+        w.wait(Duration::from_secs(10)),
+        "worker exits 0 after the request's last phase"
+    );
+}
+
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn nats_header<'a>(m: &'a async_nats::Message, name: &str) -> Option<&'a str> {
+    m.headers.as_ref()?.get(name).map(|v| v.as_str())
+}
+
+/// What the host puts on the wire, seen by a raw subscriber in the instance's queue group (a fake
+/// worker): Weft-Phase, Weft-Deadline-Ms (now + the call's deadline, unix ms), Weft-Host and,
+/// when the request has one, its traceparent; later phases on the answering worker's direct
+/// subject, the log phase without a reply subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_headers_on_the_wire() {
+    use futures_util::StreamExt as _;
+    use weft_nats_bridge::{NatsInstance, wire};
+    require_nats!();
+    let srv = NatsServer::start();
+    let t = connect(&srv.url()).await;
+    let fake = async_nats::connect(srv.url()).await.unwrap();
+    let mut first = fake.queue_subscribe("weft.hdrs.*", "weft-hdrs".into()).await.unwrap();
+    let mut direct = fake.subscribe("weft.hdrs.w.fake-1.*").await.unwrap();
+    fake.flush().await.unwrap();
+    let mask = WeftPhase::RequestHeaders.mask() | WeftPhase::ResponseHeaders.mask() | WeftPhase::Log.mask();
+    let inst = NatsInstance::new(t.plugin("hdrs", RemotePluginOptions::default()), mask);
+    let remote: &dyn weft_runtime::remote::RemotePlugin = &*inst;
+
+    // Answers one message as worker fake-1 and returns it.
+    let answer = |msg: async_nats::Message| {
+        let fake = fake.clone();
+        async move {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Weft-Worker", "fake-1");
+            let reply = msg.reply.clone().expect("a phase call carries a reply subject");
+            fake.publish_with_headers(reply, h, wire::encode_response(0, &[], ""))
+                .await
+                .unwrap();
+            msg
+        }
+    };
+
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = rid();
+    let (view, end) = request_view(r, RH as u32, "/", &[("host", "h"), ("traceparent", tp)]);
+    let deadline = Duration::from_millis(3000);
+    let before = unix_ms_now();
+    let (res, msg) = tokio::join!(remote.call(RH, r, &view, deadline), async {
+        answer(first.next().await.unwrap()).await
+    });
+    let after = unix_ms_now();
+    res.expect("the fake worker's answer");
+    assert_eq!(msg.subject.as_str(), "weft.hdrs.request_headers");
+    assert_eq!(nats_header(&msg, "Weft-Phase"), Some("0"));
+    assert_eq!(nats_header(&msg, "traceparent"), Some(tp));
+    assert_eq!(nats_header(&msg, "Weft-Host"), Some(t.host_id()));
+    let at: i64 = nats_header(&msg, "Weft-Deadline-Ms").unwrap().parse().unwrap();
+    // now + deadline, give or take the rounding to milliseconds and the time the call took.
+    let ms = deadline.as_millis() as i64;
+    assert!(
+        (before + ms - 50..=after + ms + 50).contains(&at),
+        "Weft-Deadline-Ms {at}, want about now + {ms} ({} .. {})",
+        before + ms,
+        after + ms
+    );
+    let req = flatbuffers::root::<wire::PhaseRequest>(&msg.payload).unwrap();
+    assert_eq!((req.version(), req.request_id()), (wire::WIRE_VERSION, r));
+
+    // The response phase goes to the worker that answered, with the traceparent again.
+    let view = with_response(view, end, RS as u32, 200, &[]);
+    let (res, msg) = tokio::join!(remote.call(RS, r, &view, deadline), async {
+        answer(direct.next().await.unwrap()).await
+    });
+    res.unwrap();
+    assert_eq!(msg.subject.as_str(), "weft.hdrs.w.fake-1.response_headers");
+    assert_eq!(nats_header(&msg, "Weft-Phase"), Some("2"));
+    assert_eq!(nats_header(&msg, "traceparent"), Some(tp));
+
+    // The log phase: a plain publish to the same worker.
+    let mut log_view = view.clone();
+    weft_runtime::view::set_phase(&mut log_view, WeftPhase::Log as u32);
+    remote.log(r, &log_view);
+    let msg = tokio::time::timeout(Duration::from_secs(10), direct.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg.subject.as_str(), "weft.hdrs.w.fake-1.log");
+    assert_eq!(nats_header(&msg, "Weft-Phase"), Some("4"));
+    assert_eq!(nats_header(&msg, "traceparent"), Some(tp));
+    assert!(msg.reply.is_none(), "the log phase expects no answer");
+    assert!(nats_header(&msg, "Weft-Deadline-Ms").is_some());
+
+    // A request without a traceparent sends none.
+    let r = rid();
+    let (view, _) = request_view(r, RH as u32, "/", &[("host", "h")]);
+    let (res, msg) = tokio::join!(remote.call(RH, r, &view, deadline), async {
+        answer(first.next().await.unwrap()).await
+    });
+    res.unwrap();
+    assert_eq!(nats_header(&msg, "traceparent"), None);
+    assert_eq!(nats_header(&msg, "Weft-Phase"), Some("0"));
+    remote.release(r);
+}
+
+/// A reply of a wire version the host does not speak, or without the file identifier, is a
+/// clear `BadReply`, not a misread batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_of_an_unknown_wire_version_is_refused() {
+    use futures_util::StreamExt as _;
+    use weft_nats_bridge::wire;
+    require_nats!();
+    let srv = NatsServer::start();
+    let t = connect(&srv.url()).await;
+    let fake = async_nats::connect(srv.url()).await.unwrap();
+    let mut sub = fake.subscribe("weft.future.request_headers").await.unwrap();
+    fake.flush().await.unwrap();
+    let plugin = t.plugin("future", RemotePluginOptions::default());
+    let future = wire::encode_response_as(wire::WIRE_VERSION + 1, 0, &[], "");
+    let mut foreign = wire::encode_response(0, &[], "").to_vec();
+    foreign[4..8].copy_from_slice(b"NOPE");
+    for (payload, want) in [
+        (future, format!("unsupported wire version {}", wire::WIRE_VERSION + 1)),
+        (foreign.into(), "not a weft wire message".to_owned()),
+    ] {
+        let (view, _) = request_view(rid(), RH as u32, "/", &[]);
+        let (res, ()) = tokio::join!(plugin.call(RH, &view, None), async {
+            let msg = sub.next().await.unwrap();
+            fake.publish(msg.reply.unwrap(), payload).await.unwrap();
+        });
+        match res.unwrap_err() {
+            RemoteError::BadReply(m) => assert!(m.contains(&want), "{m}"),
+            e => panic!("{e:?}"),
         }
     }
-    eprintln!("{answered}/50 calls racing SIGTERM answered");
-    assert!(w.wait(Duration::from_secs(5)), "worker exits 0 after draining");
 }
 
 /// Numbers for the notes: one phase round trip p50/p99 and closed-loop round trips per second,

@@ -72,6 +72,23 @@ pub struct RuntimeConfig {
     /// thread); a power of two, default 1024. A full ring answers 503.
     #[serde(default)]
     pub worker_ring_capacity: Option<u32>,
+    /// Out slots (of `slot_size`), where plugin calls write their output; default a quarter of
+    /// `slots` (at least 4). With none free a call writes into its request's slot and its
+    /// output is copied.
+    #[serde(default)]
+    pub out_slots: Option<u32>,
+    /// Buffer size classes for buffered body calls over half a slot, smallest first; default
+    /// two classes (4 and 16 slots large); `[]` for none (such calls use the heap).
+    #[serde(default)]
+    pub buffer_classes: Option<Vec<BufferClassConfig>>,
+}
+
+/// One buffer size class of the arena.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferClassConfig {
+    pub slot_size: u32,
+    pub slots: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -427,6 +444,20 @@ impl Config {
             if let Some(n) = rt.log_queue {
                 opts.log_queue = n;
             }
+            if let Some(n) = rt.out_slots {
+                opts.out_slot_count = n;
+            }
+            if let Some(classes) = &rt.buffer_classes {
+                opts.buffer_classes = Some(
+                    classes
+                        .iter()
+                        .map(|c| weft_runtime::arena::PoolSpec {
+                            slot_count: c.slots,
+                            slot_size: c.slot_size,
+                        })
+                        .collect(),
+                );
+            }
         }
         opts
     }
@@ -458,6 +489,46 @@ impl Config {
             }
             if rt.slot_size == Some(0) {
                 err("runtime.slot_size".into(), "must be at least 1".into());
+            }
+            if rt.out_slots == Some(0) {
+                err("runtime.out_slots".into(), "must be at least 1".into());
+            }
+            let slot_size = rt
+                .slot_size
+                .unwrap_or(weft_runtime::RuntimeOptions::default().slot_size);
+            let classes = rt.buffer_classes.as_deref().unwrap_or_default();
+            if classes.len() > weft_runtime::arena::MAX_POOLS - 2 {
+                err(
+                    "runtime.buffer_classes".into(),
+                    format!("at most {} classes", weft_runtime::arena::MAX_POOLS - 2),
+                );
+            }
+            for (i, c) in classes.iter().enumerate() {
+                let (min, max) = (
+                    slot_size.max(weft_runtime::arena::MIN_SLOT_SIZE),
+                    weft_runtime::arena::MAX_SLOT_SIZE,
+                );
+                if !(min..=max).contains(&c.slot_size) {
+                    err(
+                        format!("runtime.buffer_classes[{i}].slot_size"),
+                        format!(
+                            "must be between runtime.slot_size ({min}) and {max} bytes, got {}",
+                            c.slot_size
+                        ),
+                    );
+                }
+                if c.slots == 0 {
+                    err(
+                        format!("runtime.buffer_classes[{i}].slots"),
+                        "must be at least 1".into(),
+                    );
+                }
+                if i > 0 && c.slot_size <= classes[i - 1].slot_size {
+                    err(
+                        format!("runtime.buffer_classes[{i}].slot_size"),
+                        "classes must be listed smallest first, each larger than the one before".into(),
+                    );
+                }
             }
             if let Some(n) = rt.worker_ring_capacity
                 && (!n.is_power_of_two() || !(2..=weft_runtime::ring::MAX_CAPACITY).contains(&n))
@@ -793,6 +864,41 @@ routes:
         assert_eq!(c.upstreams[0].timeout_ms, 500);
         assert_eq!(c.routes[1].path_prefix, "/");
         assert!(c.routes[1].plugins.is_empty());
+    }
+
+    #[test]
+    fn arena_pools_from_the_runtime_block() {
+        let text = GOOD.replace(
+            "runtime: { slots: 16, slot_size: 8192, log_queue: 10 }",
+            "runtime: { slots: 16, slot_size: 8192, out_slots: 3, buffer_classes: [{ slot_size: 65536, slots: 2 }] }",
+        );
+        let opts = parse(&text).unwrap().runtime_options();
+        let pools: Vec<_> = opts.pools().iter().map(|p| (p.slot_count, p.slot_size)).collect();
+        assert_eq!(pools, [(16, 8192), (3, 8192), (2, 65536)]);
+        // Defaults: a quarter of the slots (at least 4) as out slots, two buffer classes.
+        let pools: Vec<_> = parse(GOOD)
+            .unwrap()
+            .runtime_options()
+            .pools()
+            .iter()
+            .map(|p| (p.slot_count, p.slot_size))
+            .collect();
+        assert_eq!(pools, [(16, 8192), (4, 8192), (1, 32768), (1, 131072)]);
+        let bad = GOOD.replace(
+            "runtime: { slots: 16, slot_size: 8192, log_queue: 10 }",
+            "runtime: { slot_size: 8192, out_slots: 0, buffer_classes: [{ slot_size: 65536, slots: 0 }, { slot_size: 4096, slots: 1 }] }",
+        );
+        let e = errors(&bad).join("\n");
+        assert!(e.contains("runtime.out_slots: must be at least 1"), "{e}");
+        assert!(e.contains("runtime.buffer_classes[0].slots: must be at least 1"), "{e}");
+        assert!(
+            e.contains("runtime.buffer_classes[1].slot_size: must be between runtime.slot_size (8192)"),
+            "{e}"
+        );
+        assert!(
+            e.contains("runtime.buffer_classes[1].slot_size: classes must be listed smallest first"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -629,7 +629,7 @@ impl RuntimeCollector {
 }
 
 /// Runtime counters the metrics report (summed over generations).
-const COUNTERS: usize = 8;
+const COUNTERS: usize = 10;
 
 fn stats(rt: &Runtime) -> [u64; COUNTERS] {
     let s = &rt.stats;
@@ -642,6 +642,8 @@ fn stats(rt: &Runtime) -> [u64; COUNTERS] {
         s.busy_rejections.load(Ordering::Relaxed),
         s.late_completions.load(Ordering::Relaxed),
         s.worker_jobs.load(Ordering::Relaxed),
+        s.output_bytes_shared.load(Ordering::Relaxed),
+        s.output_bytes_copied.load(Ordering::Relaxed),
     ]
 }
 
@@ -665,6 +667,11 @@ impl Collector for RuntimeCollector {
         let rt = self.runtime();
         let totals = self.totals();
         let (in_use, total) = rt.as_deref().map(Runtime::arena_usage).unwrap_or_default();
+        let (outs_in_use, outs) = rt.as_deref().map(Runtime::out_slot_usage).unwrap_or_default();
+        let buffers_in_use: u64 = rt
+            .as_deref()
+            .map(|rt| rt.buffer_usage().iter().map(|c| c.1).sum())
+            .unwrap_or_default();
         let (pending, orphaned) = self.async_gauges();
         let counters = [
             (
@@ -699,6 +706,14 @@ impl Collector for RuntimeCollector {
                 "weft_worker_jobs",
                 "Plugin phase calls posted to worker rings (blocking plugins)",
             ),
+            (
+                "weft_plugin_output_bytes_shared",
+                "Bytes of local reply bodies and long header values sent from the arena slot the plugin wrote them to (or from the NATS reply), without a copy",
+            ),
+            (
+                "weft_plugin_output_bytes_copied",
+                "Bytes of local reply bodies and long header values copied because the call had no out slot of its own (arena full)",
+            ),
         ];
         for (i, (name, help)) in counters.into_iter().enumerate() {
             let v = totals[i];
@@ -711,6 +726,21 @@ impl Collector for RuntimeCollector {
                 "weft_arena_slots_in_use",
                 "Request slots leased now (requests with plugins in flight, or waiting for their log phase)",
                 in_use,
+            ),
+            (
+                "weft_arena_out_slots",
+                "Out slots in the arena (where plugin calls write their output)",
+                u64::from(outs),
+            ),
+            (
+                "weft_arena_out_slots_in_use",
+                "Out slots leased now (plugin calls in progress, local replies not yet sent)",
+                outs_in_use,
+            ),
+            (
+                "weft_arena_buffer_slots_in_use",
+                "Buffer-class slots leased now (output of buffered body calls over half a slot)",
+                buffers_in_use,
             ),
             (
                 "weft_arena_slots_high_water",
@@ -781,6 +811,7 @@ mod tests {
             slot_count: 4,
             slot_size: 4096,
             log_queue: 1,
+            ..weft_runtime::RuntimeOptions::default()
         };
         let first = Runtime::new(opts.clone()).unwrap();
         first.stats.plugin_failures.fetch_add(3, Ordering::Relaxed);
@@ -816,6 +847,7 @@ mod tests {
             slot_count: 4,
             slot_size: 4096,
             log_queue: 1,
+            ..weft_runtime::RuntimeOptions::default()
         };
         let first = Runtime::new(opts.clone()).unwrap();
         m.set_runtime(Some(first.clone()));
@@ -823,6 +855,8 @@ mod tests {
         first.stats.busy_rejections.fetch_add(3, Ordering::Relaxed);
         first.stats.late_completions.fetch_add(1, Ordering::Relaxed);
         first.stats.worker_jobs.fetch_add(7, Ordering::Relaxed);
+        first.stats.output_bytes_shared.fetch_add(5000, Ordering::Relaxed);
+        first.stats.output_bytes_copied.fetch_add(20, Ordering::Relaxed);
         first.stats.orphaned_slots.fetch_add(1, Ordering::Relaxed);
         first.stats.pending_calls.fetch_add(4, Ordering::Relaxed);
         // A reload: the draining runtime's gauges still count, its counters stay in the totals.
@@ -832,6 +866,8 @@ mod tests {
         m.set_runtime(Some(second.clone()));
         let (text, _) = m.encode();
         for line in [
+            "weft_plugin_output_bytes_shared_total 5000",
+            "weft_plugin_output_bytes_copied_total 20",
             "weft_plugin_timeouts_total 3",
             "weft_plugin_busy_rejections_total 3",
             "weft_plugin_late_completions_total 1",
@@ -954,6 +990,8 @@ mod tests {
             "weft_plugin_orphaned_slots 0",
             "weft_plugin_pending_calls 0",
             "weft_arena_slots_in_use 0",
+            "weft_arena_out_slots_in_use 0",
+            "weft_arena_buffer_slots_in_use 0",
             "weft_ready 0",
             "weft_log_queue_depth 0",
         ] {

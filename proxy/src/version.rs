@@ -25,6 +25,7 @@ pub fn library_versions(config: &Config) -> Result<Vec<String>, String> {
         slot_count: 1,
         slot_size: 4096,
         log_queue: 1,
+        ..weft_runtime::RuntimeOptions::default()
     })
     .map_err(|e| format!("plugin runtime: {e}"))?;
     let mut lines = Vec::new();

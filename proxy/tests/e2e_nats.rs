@@ -20,7 +20,9 @@ use weft_proxy::demo::spawn_demo_upstream;
 
 mod common;
 
-use common::{HttpClient, ProxyProcess, TempFile, collect, free_port, get_with, nats_server_bin, root, wait_for};
+use common::{
+    HttpClient, ProxyProcess, TempFile, collect, free_port, get_with, metric, nats_server_bin, root, scrape, wait_for,
+};
 
 macro_rules! require_nats {
     () => {
@@ -118,10 +120,16 @@ struct Worker {
 
 impl Worker {
     fn start(url: &str, instances: &serde_json::Value) -> Worker {
+        Worker::start_with(url, instances, &[])
+    }
+
+    /// Like [`Worker::start`] with extra flags (e.g. `-user`, `-password`).
+    fn start_with(url: &str, instances: &serde_json::Value, extra: &[&str]) -> Worker {
         let file = TempFile::new("instances", "json", &instances.to_string());
         let mut child = Command::new(worker_bin())
             .args(["-nats", url, "-instances"])
             .arg(&file.0)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -184,8 +192,13 @@ async fn get(
 }
 
 fn config(addr: SocketAddr, nats: &str, upstream: SocketAddr, plugins: &str, routes: &str) -> String {
+    config_nats(addr, &format!("url: \"{nats}\""), upstream, plugins, routes)
+}
+
+/// Like [`config`] with `nats_block` as the body of the `nats: { ... }` flow mapping.
+fn config_nats(addr: SocketAddr, nats_block: &str, upstream: SocketAddr, plugins: &str, routes: &str) -> String {
     format!(
-        "listen: {addr}\nnats: {{ url: \"{nats}\" }}\nplugins:\n{plugins}\nupstreams:\n  - {{ name: up, addresses: [\"{upstream}\"] }}\nroutes:\n{routes}\n"
+        "listen: {addr}\nnats: {{ {nats_block} }}\nplugins:\n{plugins}\nupstreams:\n  - {{ name: up, addresses: [\"{upstream}\"] }}\nroutes:\n{routes}\n"
     )
 }
 
@@ -575,4 +588,274 @@ async fn frozen_worker_is_dropped_by_server_pings() {
         last < Duration::from_millis(2500),
         "frozen worker still got requests after {last:?}"
     );
+}
+
+/// `nats.auth` in the proxy's config (user/password here) reaches the NATS connection: the
+/// proxy reads the phases from the worker and a request gets the worker plugin's headers
+/// through a server that requires the credentials. With a wrong password it refuses to start
+/// and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_authenticates_to_nats() {
+    require_nats!();
+    let srv = NatsServer::start_with("authorization { user: weft, password: s3cret }\n");
+    let rewrite =
+        serde_json::json!({ "request_set": { "x-added": "by-go" }, "response_set": { "x-served-by": "weft" } });
+    let _worker = Worker::start_with(
+        &srv.url(),
+        &serde_json::json!([{ "plugin": "header-rewriter", "name": "rewrite", "config": rewrite }]),
+        &["-user", "weft", "-password", "s3cret"],
+    );
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let yaml = |addr: SocketAddr, password: &str| {
+        config_nats(
+            addr,
+            &format!("url: \"{}\", auth: {{ user: weft, password: {password} }}", srv.url()),
+            upstream,
+            &format!("  - {{ name: rewrite, type: nats, plugin: header-rewriter, config: {rewrite} }}"),
+            "  - { path_prefix: /, upstream: up, plugins: [rewrite] }",
+        )
+    };
+    let addr = free_port();
+    let proxy = blocking(|| ProxyProcess::start("nats-auth", &yaml(addr, "s3cret"), addr));
+    let (status, headers, seen) = get(addr, "/authed", &[]).await;
+    assert_eq!(status, 200, "{seen}\n{}", proxy.stderr());
+    assert_eq!(seen["headers"]["x-added"], "by-go");
+    assert_eq!(headers["x-served-by"], "weft");
+
+    let mut wrong = ProxyProcess::spawn("nats-auth-wrong", &yaml(free_port(), "wrong"), free_port());
+    let (code, err) = blocking(|| wrong.wait_exit());
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        err.contains(&format!("nats: cannot connect to NATS at {}", srv.url()))
+            && err.to_lowercase().contains("authorization"),
+        "{err}"
+    );
+}
+
+/// A remote instance without `deadline_ms` gets the default of 200 ms: a worker that sleeps
+/// 1.5 s is answered 504 after about 200 ms (counted as a timeout), and the next quick call
+/// works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_remote_deadline_is_200ms() {
+    require_nats!();
+    let srv = NatsServer::start();
+    let _worker = Worker::start(
+        &srv.url(),
+        &serde_json::json!([{ "plugin": "test-sleep", "name": "sleepy" }]),
+    );
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let (addr, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "admin: {{ listen: \"{admin}\" }}\n{}",
+        config(
+            addr,
+            &srv.url(),
+            upstream,
+            "  - { name: sleepy, type: nats, plugin: test-sleep }",
+            "  - { path_prefix: /, upstream: up, plugins: [sleepy] }",
+        )
+    );
+    let proxy = blocking(|| ProxyProcess::start("nats-deadline", &yaml, addr));
+    let c = client();
+    let (status, _, _) = get_with(&c, addr, "/", &[]).await;
+    assert_eq!(status, 200, "{}", proxy.stderr());
+
+    let mut fastest = Duration::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (status, _, body) = get_with(&c, addr, "/", &[("x-test-sleep-ms", "1500")]).await;
+        let took = t.elapsed();
+        assert_eq!(status, 504, "{body}\n{}", proxy.stderr());
+        assert!(
+            took >= Duration::from_millis(150),
+            "timed out before the deadline: {took:?}"
+        );
+        assert!(took < Duration::from_secs(2), "504 only after {took:?}");
+        fastest = fastest.min(took);
+    }
+    // Tells 200 ms from the in-process default (1000 ms) and from waiting for the worker (1500).
+    assert!(fastest < Duration::from_millis(800), "fastest 504 after {fastest:?}");
+    let m = scrape(admin).await;
+    assert!(metric(&m, r#"weft_remote_errors_total{plugin="sleepy",kind="timeout"}"#) >= 3.0);
+    let (status, _, _) = get_with(&c, addr, "/", &[]).await;
+    assert_eq!(status, 200);
+}
+
+/// `max_in_flight: 1` on a remote instance, over HTTP: of four concurrent requests whose plugin
+/// call sleeps 1.5 s, one is served and the others are refused at once with 503 and
+/// `Retry-After` (counted as overloaded); once it is done the next request is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_in_flight_limit_over_http() {
+    require_nats!();
+    let srv = NatsServer::start();
+    let _worker = Worker::start(
+        &srv.url(),
+        &serde_json::json!([{ "plugin": "test-sleep", "name": "sleepy" }]),
+    );
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let (addr, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "admin: {{ listen: \"{admin}\" }}\n{}",
+        config(
+            addr,
+            &srv.url(),
+            upstream,
+            "  - { name: sleepy, type: nats, plugin: test-sleep, deadline_ms: 5000, max_in_flight: 1 }",
+            "  - { path_prefix: /, upstream: up, plugins: [sleepy] }",
+        )
+    );
+    let proxy = blocking(|| ProxyProcess::start("nats-inflight", &yaml, addr));
+    let (status, _, _) = get(addr, "/", &[]).await;
+    assert_eq!(status, 200, "{}", proxy.stderr());
+
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let (status, headers, _) = get(addr, "/", &[("x-test-sleep-ms", "1500")]).await;
+                (status, headers, t.elapsed())
+            })
+        })
+        .collect();
+    let mut served = Vec::new();
+    let mut refused = Vec::new();
+    for c in calls {
+        let (status, headers, took) = c.await.unwrap();
+        match status {
+            StatusCode::OK => served.push(took),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(headers["retry-after"], "1", "{headers:?}");
+                refused.push(took);
+            }
+            s => panic!("unexpected {s}\n{}", proxy.stderr()),
+        }
+    }
+    assert!(
+        !served.is_empty() && !refused.is_empty(),
+        "served {served:?}, refused {refused:?}"
+    );
+    // Refused at once, not after waiting for the call in flight.
+    let slowest_refusal = refused.iter().max().unwrap();
+    assert!(
+        slowest_refusal < served.iter().min().unwrap(),
+        "served {served:?}, refused {refused:?}"
+    );
+    let m = scrape(admin).await;
+    assert_eq!(
+        metric(&m, r#"weft_remote_errors_total{plugin="sleepy",kind="overloaded"}"#),
+        refused.len() as f64
+    );
+    // The slot is given back: the next call is served.
+    let (status, _, _) = get(addr, "/", &[]).await;
+    assert_eq!(status, 200);
+}
+
+/// SIGTERM to the worker while a request waits at the upstream, between its request-headers and
+/// response-headers phases: the worker takes no new requests (a new request is answered 503 once
+/// its service is gone), but the held request's response phase still reaches it, with the
+/// request's state, then its log phase, and the worker exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_sigterm_between_phases_over_http() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    require_nats!();
+    let srv = NatsServer::start();
+    let mut worker = Worker::start(
+        &srv.url(),
+        &serde_json::json!([{ "plugin": "timing-logger", "name": "timing" }]),
+    );
+    // An upstream that holds each request until the test lets it answer.
+    let held = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let held_addr = held.local_addr().unwrap();
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = held.accept().await {
+            let tx = arrived_tx.clone();
+            tokio::spawn(async move {
+                let (mut head, mut buf) = (Vec::new(), [0u8; 4096]);
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let (go, wait) = tokio::sync::oneshot::channel::<()>();
+                let _ = tx.send((String::from_utf8_lossy(&head).to_lowercase(), go));
+                let _ = wait.await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nheld")
+                    .await;
+            });
+        }
+    });
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let addr = free_port();
+    let yaml = format!(
+        "listen: {addr}\nnats: {{ url: \"{}\" }}\nplugins:\n  - {{ name: timing, type: nats, plugin: timing-logger }}\n\
+         upstreams:\n  - {{ name: up, addresses: [\"{upstream}\"] }}\n  - {{ name: held, addresses: [\"{held_addr}\"] }}\n\
+         routes:\n  - {{ path_prefix: /held, upstream: held, plugins: [timing] }}\n\
+         \x20 - {{ path_prefix: /, upstream: up, plugins: [timing] }}\n",
+        srv.url()
+    );
+    let proxy = blocking(|| ProxyProcess::start("nats-drain", &yaml, addr));
+
+    let request = tokio::spawn(async move { get(addr, "/held", &[]).await });
+    // The request-headers phase ran on the worker: its x-weft-seq reached the upstream.
+    let (head, go) = arrived.recv().await.unwrap();
+    let seq = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-weft-seq:"))
+        .expect("x-weft-seq reached the upstream")
+        .trim()
+        .to_owned();
+
+    worker.signal("TERM");
+    // New requests: served until the worker's service stops, then 503 (no responders) at once.
+    let c = client();
+    let t = Instant::now();
+    loop {
+        let (status, _, _) = get_with(&c, addr, "/", &[]).await;
+        match status {
+            StatusCode::OK => {}
+            StatusCode::SERVICE_UNAVAILABLE => break,
+            s => panic!("unexpected {s}\n{}", proxy.stderr()),
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the draining worker still takes new requests"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // The held request's response phase reaches the draining worker, with its state.
+    go.send(()).unwrap();
+    let (status, headers, _) = request.await.unwrap();
+    assert_eq!(status, 200, "{}\n{}", proxy.stderr(), worker.log());
+    assert_eq!(
+        headers["x-weft-seq"],
+        seq.as_str(),
+        "the response phase ran with the request's state"
+    );
+    let line = format!("timing-logger seq={seq} method=GET path=/held status=200");
+    blocking(|| {
+        wait_for(
+            "the held request's log phase on the worker",
+            Duration::from_secs(10),
+            || worker.log().contains(&line),
+        )
+    });
+    assert!(!worker.log().contains("state=missing"), "{}", worker.log());
+    let exited = blocking(|| {
+        let t = Instant::now();
+        loop {
+            if let Some(st) = worker.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the worker did not exit after draining"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    assert!(exited.success(), "{exited}\n{}", worker.log());
 }

@@ -1,13 +1,20 @@
 //! End to end through the real `weft-proxy` binary: a Go plugin library built by the Go
 //! toolchain, the proxy as its own process on a loopback port, the demo upstream, real HTTP.
 //! Start-up failures (wrong ABI, a second Go library, a failing init) are checked on the
-//! process's exit status and stderr.
+//! process's exit status and stderr. Also: a slow log phase never holds the client, and the
+//! `weft-proxy demo` command answers the requests it prints.
 
 mod common;
 
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use weft_proxy::demo::spawn_demo_upstream;
 
-use common::{ProxyProcess, config, free_port, get, go_library, go_library_abi99};
+use common::{ProxyProcess, collect, config, free_port, get, get_with, go_library, go_library_abi99, wait_for};
 
 fn main_library_yaml() -> String {
     format!(
@@ -128,6 +135,16 @@ fn second_go_library_is_refused() {
         err.contains("libweft_plugins_abi99.so"),
         "names the refused library: {err}"
     );
+    assert!(
+        err.contains(&format!("the Go library {} is already loaded", go_library().display())),
+        "names the library already loaded: {err}"
+    );
+    // What to do instead: one library for all Go plugins, or the other one as a NATS worker.
+    assert!(
+        err.contains("build all Go plugins into one c-shared library"),
+        "advises one library: {err}"
+    );
+    assert!(err.contains("or run this one as a NATS worker"), "advises NATS: {err}");
 }
 
 #[test]
@@ -145,4 +162,178 @@ fn failing_plugin_init_refuses_start_naming_the_plugin() {
         err.contains("gatekeeper") && err.contains("failed to initialise"),
         "{err}"
     );
+    // The plugin's own reason, and where in the config the instance is.
+    assert!(
+        err.contains("bearer-auth: config.tokens must list at least one token"),
+        "gives the plugin's reason: {err}"
+    );
+    assert!(err.contains("at plugins[0]"), "names the config field: {err}");
+}
+
+/// A log phase that takes 2 s (test-slow-log sleeps for x-test-log-sleep-ms) never holds the
+/// client: each full response arrives at once, also the next one on the same connection while
+/// the log thread is still asleep, and the log lines appear afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_log_phase_never_delays_the_client() {
+    const SLEEP_MS: u64 = 2000;
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let addr = free_port();
+    let yaml = config(
+        addr,
+        upstream,
+        &main_library_yaml(),
+        "  - { name: slowlog, library: examples, plugin: test-slow-log }",
+        "  - { path_prefix: /, upstream: up, plugins: [slowlog] }",
+    );
+    let mut proxy = ProxyProcess::spawn("slowlog", &yaml, addr);
+    tokio::task::block_in_place(|| proxy.wait_ready());
+
+    // One client, so the second request reuses the first one's connection.
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let sleep = SLEEP_MS.to_string();
+    for i in 0..2 {
+        let path = format!("/slow-log/{i}");
+        let start = Instant::now();
+        let (status, _, seen) = get_with(&client, addr, &path, &[("x-test-log-sleep-ms", &sleep)]).await;
+        let took = start.elapsed();
+        assert_eq!(status, 200, "{seen}");
+        assert_eq!(seen["path"], path.as_str(), "the whole body arrived: {seen}");
+        assert!(
+            took < Duration::from_secs(1),
+            "request {i} took {took:?}: the client waited for the {SLEEP_MS} ms log phase"
+        );
+        // Its log phase started no earlier than the request did, so its line cannot be there
+        // yet: the log really runs after the response, not before it.
+        let line = format!("test-slow-log slept_ms={SLEEP_MS} path={path}");
+        let log = proxy.stderr();
+        assert!(start.elapsed() < Duration::from_millis(SLEEP_MS), "too slow to tell");
+        assert!(!log.contains(&line), "the log phase ran before the response: {log}");
+    }
+    // Both log phases ran, one after the other on the log thread.
+    for i in 0..2 {
+        let line = format!("test-slow-log slept_ms={SLEEP_MS} path=/slow-log/{i}");
+        let log = tokio::task::block_in_place(|| proxy.wait_log(&line));
+        assert!(
+            log.lines().any(|l| l.contains(&line) && l.contains("slowlog")),
+            "the line names the instance: {log}"
+        );
+    }
+    proxy.assert_running();
+}
+
+/// `weft-proxy demo` (what scripts/demo runs) as its own process on a free port: the curl
+/// lines it prints work as printed, and SIGTERM stops it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_command_answers_the_requests_it_prints() {
+    let addr = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+        .arg("demo")
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--library")
+        .arg(go_library())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn weft-proxy demo");
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    let mut demo = KillOnDrop(child);
+    let output = || {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            stdout.lock().unwrap(),
+            stderr.lock().unwrap()
+        )
+    };
+
+    // Ready: it accepts connections and has printed its curl lines (the last one names the
+    // catch-all route).
+    tokio::task::block_in_place(|| {
+        wait_for("the demo to start", Duration::from_secs(30), || {
+            if let Some(status) = demo.0.try_wait().unwrap() {
+                panic!("the demo exited early ({status}):\n{}", output());
+            }
+            TcpStream::connect(addr).is_ok() && stdout.lock().unwrap().contains("catch-all route")
+        })
+    });
+    let printed = stdout.lock().unwrap().clone();
+    let upstream = printed
+        .split("demo upstream on http://")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no upstream address printed: {}", output()))
+        .to_owned();
+    // The printed curl lines: "curl <options> '<url>'   # comment".
+    let curl = |needle: &str| -> (String, Vec<(String, String)>) {
+        let line = printed
+            .lines()
+            .find(|l| l.trim_start().starts_with("curl ") && l.contains(needle))
+            .unwrap_or_else(|| panic!("no curl line with {needle:?}: {}", output()));
+        let quoted: Vec<&str> = line.split('\'').skip(1).step_by(2).collect();
+        let url = quoted
+            .iter()
+            .find(|q| q.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"));
+        let path = url
+            .strip_prefix(&format!("http://{addr}"))
+            .unwrap_or_else(|| panic!("{line:?} does not point at {addr}"));
+        let headers = line
+            .split("-H '")
+            .skip(1)
+            .map(|h| {
+                let (name, value) = h.split('\'').next().unwrap().split_once(": ").unwrap();
+                (name.to_owned(), value.to_owned())
+            })
+            .collect();
+        (path.to_owned(), headers)
+    };
+    let send = |(path, headers): (String, Vec<(String, String)>)| async move {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        get(addr, &path, &headers).await
+    };
+
+    // Every route runs header-rewriter: a request header for the upstream, a response header.
+    let (status, headers, seen) = send(curl("/hello?name=weft")).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["path"], "/hello");
+    assert_eq!(seen["query"], "name=weft");
+    assert_eq!(seen["upstream"], upstream.as_str(), "the demo upstream answered");
+    assert_eq!(seen["headers"]["x-demo"], "set by a Go plugin");
+    assert_eq!(headers["x-powered-by"], "weft");
+
+    // /api is guarded by bearer-auth: 401 without the token, forwarded with it.
+    let (status, headers, body) = send(curl("# 401")).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(body["error"], "unauthorized");
+    let (path, auth) = curl("authorization: Bearer");
+    assert_eq!(path, "/api/items");
+    let (status, _, seen) = send((path, auth)).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["path"], "/api/items");
+    assert_eq!(seen["headers"]["x-weft-auth"], "ok");
+    assert_eq!(seen["headers"]["x-demo"], "set by a Go plugin");
+
+    // Stop it as Ctrl-C / kill would: it drains and exits 0.
+    let pid = demo.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    tokio::task::block_in_place(|| {
+        wait_for("the demo to exit", Duration::from_secs(30), || {
+            demo.0.try_wait().unwrap().is_some()
+        })
+    });
+    let status = demo.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", output());
+}
+
+/// Kills the child (if still running) when the test ends, also on a failed assertion.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -94,9 +94,11 @@ async fn metrics_health_and_readiness() {
          libraries: [{{ name: examples, path: {lib:?} }}]\n\
          plugins:\n  - {{ name: rewrite, library: examples, plugin: header-rewriter, config: {{ request_set: {{ x-a: b }} }} }}\n\
          \x20 - {{ name: boom, library: examples, plugin: test-panic }}\n\
+         \x20 - {{ name: auth, library: examples, plugin: bearer-auth, config: {{ tokens: [s3cret] }} }}\n\
          upstreams: [{{ name: up, addresses: [\"{up}\"] }}]\n\
          routes:\n  - {{ name: api, path_prefix: /api, upstream: up, plugins: [rewrite] }}\n\
-         \x20 - {{ name: panic, path_prefix: /panic, upstream: up, plugins: [boom] }}\n",
+         \x20 - {{ name: panic, path_prefix: /panic, upstream: up, plugins: [boom] }}\n\
+         \x20 - {{ name: auth, path_prefix: /auth, upstream: up, plugins: [auth] }}\n",
         lib = go_library().display().to_string()
     );
     let proxy = start_proxy("metrics", &yaml, addr);
@@ -132,6 +134,17 @@ async fn metrics_health_and_readiness() {
         .body(Empty::new())
         .unwrap();
     assert_eq!(client().request(req).await.unwrap().status(), 500);
+    // The auth plugin's 401 body goes out from the arena slot the Go handler wrote it to: the
+    // bytes are counted as shared, none as copied.
+    let (status, _, body) = get(addr, "/auth").await;
+    assert_eq!(status, 401);
+    assert!(body.contains("error"), "{body}");
+    let after_auth = scrape(admin).await;
+    assert_eq!(
+        metric(&after_auth, "weft_plugin_output_bytes_shared_total"),
+        body.len() as f64
+    );
+    assert_eq!(metric(&after_auth, "weft_plugin_output_bytes_copied_total"), 0.0);
 
     // A request in flight on a plugin route holds an arena slot; the high-water mark keeps it.
     let slow = tokio::spawn(async move { get(addr, "/api/slow").await });
@@ -201,7 +214,7 @@ async fn metrics_health_and_readiness() {
             .any(|l| l.contains("weft::access") && l.contains("status=404")),
         "{log}"
     );
-    assert_eq!(log.matches("weft::access").count(), 8, "{log}");
+    assert_eq!(log.matches("weft::access").count(), 9, "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

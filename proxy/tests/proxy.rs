@@ -431,3 +431,72 @@ async fn http10_client_without_host() {
     assert_eq!(json["headers"]["host"], upstream.to_string());
     assert!(json["headers"].get("x-forwarded-host").is_none());
 }
+
+/// Proxy -> upstream connections are pooled: sequential requests over one client connection
+/// reuse the proxy's kept-alive upstream connection instead of opening one per request.
+#[tokio::test]
+async fn upstream_connections_are_reused_across_requests() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const REQUESTS: usize = 20;
+    // An upstream that counts the TCP connections it accepts and the requests it serves.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (accepted, served) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (acc, srv) = (Arc::clone(&accepted), Arc::clone(&served));
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            acc.fetch_add(1, Ordering::SeqCst);
+            let srv = Arc::clone(&srv);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let n = srv.fetch_add(1, Ordering::SeqCst) + 1;
+                    async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                            "request {n}, {} body bytes",
+                            body.len()
+                        )))))
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let proxy = proxy_to(upstream, 5000).await;
+
+    // One client connection, driven by hand so no client-side pool can open a second one.
+    let stream = TcpStream::connect(proxy).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, TestBody>(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for i in 1..=REQUESTS {
+        sender.ready().await.expect("the client connection stays open");
+        let req = Request::builder()
+            .method(if i % 2 == 0 { Method::POST } else { Method::GET })
+            .uri(format!("/reuse/{i}"))
+            .header("host", "reuse.test")
+            .body(full(if i % 2 == 0 { "some body" } else { "" }))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "request {i}");
+        let text = body_text(resp).await;
+        assert!(text.starts_with("request "), "request {i}: {text}");
+    }
+
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        REQUESTS,
+        "every request reached the upstream"
+    );
+    let accepted = accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&accepted),
+        "{REQUESTS} sequential requests opened {accepted} upstream connections: they are not pooled"
+    );
+}

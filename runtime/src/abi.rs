@@ -28,22 +28,34 @@ pub const WEFT_RUNTIME_NATIVE: u32 = 0;
 /// such library may be loaded into a process.
 pub const WEFT_RUNTIME_GO: u32 = 1;
 
-/// Log levels for [`WeftHostApi::log`].
+/// `level` of [`WeftHostApi::log`]: an error. A level not listed here logs as [`WEFT_LOG_INFO`].
 pub const WEFT_LOG_ERROR: u32 = 1;
+/// `level` of [`WeftHostApi::log`]: a warning.
 pub const WEFT_LOG_WARN: u32 = 2;
+/// `level` of [`WeftHostApi::log`]: information (also what an unknown level logs as).
 pub const WEFT_LOG_INFO: u32 = 3;
+/// `level` of [`WeftHostApi::log`]: debugging detail.
 pub const WEFT_LOG_DEBUG: u32 = 4;
 
-/// Bit for `phase` in [`WeftPluginInfo::phases`]: `1 << phase`.
+/// Bit of [`WeftPluginInfo::phases`] for [`WeftPhase::RequestHeaders`]. Every phase's bit is
+/// `1 << phase` (its [`WeftPhase`] value).
 pub const WEFT_PHASE_MASK_REQUEST_HEADERS: u32 = 1 << 0;
+/// Bit of [`WeftPluginInfo::phases`] for [`WeftPhase::RequestBody`].
 pub const WEFT_PHASE_MASK_REQUEST_BODY: u32 = 1 << 1;
+/// Bit of [`WeftPluginInfo::phases`] for [`WeftPhase::ResponseHeaders`].
 pub const WEFT_PHASE_MASK_RESPONSE_HEADERS: u32 = 1 << 2;
+/// Bit of [`WeftPluginInfo::phases`] for [`WeftPhase::ResponseBody`].
 pub const WEFT_PHASE_MASK_RESPONSE_BODY: u32 = 1 << 3;
+/// Bit of [`WeftPluginInfo::phases`] for [`WeftPhase::Log`].
 pub const WEFT_PHASE_MASK_LOG: u32 = 1 << 4;
+/// Bit of [`WeftPluginInfo::phases`] for [`WeftPhase::WebSocketOpen`].
 pub const WEFT_PHASE_MASK_WEBSOCKET_OPEN: u32 = 1 << 5;
+/// Bit of [`WeftPluginInfo::phases`] for [`WeftPhase::WebSocketMessage`].
 pub const WEFT_PHASE_MASK_WEBSOCKET_MESSAGE: u32 = 1 << 6;
+/// Bit of [`WeftPluginInfo::phases`] for [`WeftPhase::WebSocketClose`].
 pub const WEFT_PHASE_MASK_WEBSOCKET_CLOSE: u32 = 1 << 7;
-/// Phases this runtime version drives.
+/// Phases this runtime version drives. Bits outside it in [`WeftPluginInfo::phases`] are ignored
+/// (with a warning at load).
 pub const WEFT_PHASE_MASK_SUPPORTED: u32 = WEFT_PHASE_MASK_REQUEST_HEADERS
     | WEFT_PHASE_MASK_REQUEST_BODY
     | WEFT_PHASE_MASK_RESPONSE_HEADERS
@@ -187,19 +199,31 @@ impl WeftPhase {
 
 /// A byte string inside a request view: `len` bytes starting `off` bytes after the start of the
 /// [`WeftRequestView`] that contains it. Never NUL-terminated. `off + len <= view.size` always.
+///
+/// # Ownership and thread safety
+/// A plain value (offsets, no pointer). The bytes it names belong to the view and follow the
+/// view's lifetime and threading rules (see [`WeftRequestView`]).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WeftStr {
+    /// Offset of the first byte from the start of the containing [`WeftRequestView`].
     pub off: u32,
+    /// Number of bytes; 0 for an empty string.
     pub len: u32,
 }
 
 /// One header line. Names are lowercase ASCII (as HTTP/2 requires and hyper stores them), so a
 /// plugin can compare bytes directly. Repeated headers appear as repeated entries, in order.
+///
+/// # Ownership and thread safety
+/// An element of a header array inside a [`WeftRequestView`]: host memory with the view's
+/// lifetime and threading rules; read it, never write it.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WeftHeader {
+    /// The header name: lowercase ASCII, never empty.
     pub name: WeftStr,
+    /// The header value as received: bytes, not necessarily UTF-8, may be empty.
     pub value: WeftStr,
 }
 
@@ -212,13 +236,16 @@ pub struct WeftHeader {
 /// stays within `size` bytes.
 ///
 /// # Lifetime and ownership
-/// Owned by the host. Valid for reading only for the duration of the phase call it was passed
-/// to; it must not be written and no pointer into it may be kept after the call returns.
+/// Owned by the host (an arena slot). Valid for reading during the phase call it was passed to,
+/// and, for a call answered [`WeftResult::Pending`] or a worker-ring [`WeftJob`], until the
+/// plugin's [`WeftHostApi::complete`] for that call returns. It must never be written, and no
+/// pointer into it (or into `body`) may be used after that.
 ///
 /// # Thread safety
-/// Views of different requests may be passed concurrently on different threads. The phases of
-/// one request are never called concurrently, and the host establishes happens-before between
-/// them, so per-request plugin state indexed by `slot` needs no locking.
+/// Views of different requests may be passed concurrently on different threads. While valid, a
+/// view may be read from any thread (it does not change). The phases of one request are never
+/// called concurrently, and the host establishes happens-before between them (a pending call's
+/// `complete` included), so per-request plugin state indexed by `slot` needs no locking.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct WeftRequestView {
@@ -261,13 +288,15 @@ pub struct WeftRequestView {
     /// Names this phase call for [`WeftHostApi::complete`] together with `slot`; never 0. A
     /// handler that answers [`WeftResult::Pending`] passes it back when it completes.
     pub call: u32,
-    /// Body phases only (else NULL): the body bytes of this call, `body_len` of them, read in
-    /// place. Host memory outside the view (the HTTP library's receive buffer), valid only
-    /// during this call; never write it, keep no pointer into it. NULL only with `body_len` 0.
+    /// Body and WebSocket-message/close phases only (else NULL): the bytes of this call,
+    /// `body_len` of them, read in place. Host memory outside the view (e.g. the HTTP library's
+    /// receive buffer), valid as long as the view is; never write it, keep no pointer into it.
+    /// NULL only with `body_len` 0.
     pub body: *const u8,
-    /// Number of bytes at `body`; 0 outside body phases.
+    /// Number of bytes at `body`; 0 when `body` is NULL.
     pub body_len: u32,
-    /// Body phases only: `WEFT_BODY_*` bits ([`WEFT_BODY_END_OF_STREAM`], [`WEFT_BODY_BUFFERED`]).
+    /// Body phases: `WEFT_BODY_*` bits ([`WEFT_BODY_END_OF_STREAM`], [`WEFT_BODY_BUFFERED`]);
+    /// WebSocket phases: [`WEFT_WS_BINARY`], [`WEFT_WS_ERROR`]; else 0.
     pub body_flags: u32,
 }
 
@@ -304,16 +333,29 @@ impl Default for WeftRequestView {
 unsafe impl Send for WeftRequestView {}
 unsafe impl Sync for WeftRequestView {}
 
-/// A host-owned output buffer the plugin writes into during one call.
+/// A host-owned output buffer the plugin writes into: `init`'s error message, or a phase call's
+/// mutation records.
 ///
-/// # Ownership
-/// `ptr` points to `cap` writable bytes owned by the host, valid only during the call. The
-/// plugin writes at most `cap` bytes from `ptr` and stores the number written in `len`.
+/// # Ownership and lifetime
+/// The struct and the `cap` bytes at `ptr` are owned by the host. The struct itself (it lives
+/// on the host's stack) is valid only during the call it was passed to. The bytes at `ptr` are
+/// valid during that call and, for a phase call answered [`WeftResult::Pending`], until the
+/// plugin's [`WeftHostApi::complete`] for it returns: keep `ptr` and `cap`, not the struct.
+///
+/// # Thread safety
+/// Lent to one call at a time: the host neither reads nor writes the bytes until the call
+/// returns (or, when pending, until `complete`), so the plugin may write them from any one
+/// thread meanwhile without locking; `complete` publishes them to the host.
 #[repr(C)]
 #[derive(Debug)]
 pub struct WeftBuf {
+    /// First of the `cap` writable bytes: host memory (for a phase call, part of the view's arena
+    /// slot, a second arena slot, or a host buffer; see `docs/abi.md`).
     pub ptr: *mut u8,
+    /// Number of bytes the plugin may write from `ptr`.
     pub cap: u32,
+    /// Bytes written from `ptr`: 0 when passed in; the plugin sets it (at most `cap`) before
+    /// returning. For a pending call it is ignored: the length goes to `complete` as `out_len`.
     pub len: u32,
 }
 
@@ -380,28 +422,41 @@ pub enum WeftMutationOp {
 /// Header of one mutation record. It is followed by `a_len` bytes of operand `a`, then `b_len`
 /// bytes of operand `b`, then zero padding to the next multiple of 4. Records are packed one after
 /// another from the start of the [`WeftBuf`].
+///
+/// # Ownership and thread safety
+/// A plain value (no pointer); each record starts at a multiple of 4 bytes from the start of the
+/// output buffer. The plugin writes records into the host's output buffer (see [`WeftBuf`] for
+/// when and from which threads); the host reads and validates the whole batch only after the
+/// call returns or is completed.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WeftMutation {
     /// A [`WeftMutationOp`] value.
     pub op: u32,
-    /// Numeric argument (status code for `SetStatus` and `LocalReply`), else 0.
+    /// Numeric argument (status code for `SetStatus` and `LocalReply`, close code for `WsClose`),
+    /// else 0.
     pub arg: u32,
-    /// Length of operand `a`.
+    /// Length of operand `a` in bytes.
     pub a_len: u32,
-    /// Length of operand `b`.
+    /// Length of operand `b` in bytes.
     pub b_len: u32,
 }
 
-/// One plugin a library offers.
+/// One plugin a library offers: an element of [`WeftPluginDescriptor::plugins`].
 ///
-/// # Lifetime
-/// `name` must stay valid for as long as the library is loaded (Go libraries are never unloaded).
+/// # Ownership and lifetime
+/// Owned by the plugin library, like `name`: both must stay valid and unchanged while the
+/// library is loaded (libraries are never unloaded, so: for the life of the process).
+///
+/// # Thread safety
+/// The host reads it only while loading the library, on the loading thread right after
+/// `weft_plugin_entry` returns, copies what it needs and never writes it.
 #[repr(C)]
 #[derive(Debug)]
 pub struct WeftPluginInfo {
-    /// UTF-8 name, not NUL-terminated, unique within the library.
+    /// UTF-8 name, not NUL-terminated, non-empty, unique within the library.
     pub name: *const u8,
+    /// Number of bytes at `name`; never 0.
     pub name_len: usize,
     /// Bit set of `1 << WeftPhase` the plugin handles; the host never calls other phases.
     pub phases: u32,
@@ -425,25 +480,56 @@ pub const WEFT_PLUGIN_FLAG_RESPONSE_BODY_BUFFERED: u32 = 4;
 
 /// One phase call posted to a worker ring (see `docs/architecture.md`, "Worker-pool rings", for
 /// the ring layout). The worker runs phase `phase` of instance `instance` over the view at
-/// `arena + slot * slot_size` (its `call` field equals `call` here), writes mutation records at
-/// the first 8-aligned offset at or after `view.size` within the slot (up to the end of the
-/// slot), and then calls [`WeftHostApi::complete`]`(instance, slot, call, result, out_len)`.
+/// `arena + slot * slot_size` (its `call` field equals `call` here), writes its mutation records
+/// at the output location `arena + out_slot * slot_size + out_off` (up to the end of that slot),
+/// and then calls [`WeftHostApi::complete`]`(instance, slot, call, result, out_len)`.
+///
+/// # Ownership and thread safety
+/// A job is a plain value copied out of the ring; it owns nothing. The view and the output
+/// location belong to the host and are lent to the worker from the moment the job is published
+/// until its `complete` call: the worker may read the view and write the output location on any
+/// one thread during that time, and must touch neither after `complete`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WeftJob {
+    /// The request's slot: the view is at `arena + slot * slot_size`.
     pub slot: u32,
+    /// The slot's generation, equal to the view's `generation`.
     pub generation: u32,
+    /// The plugin instance to run, as given to `init`.
     pub instance: u64,
+    /// The phase to run (a [`WeftPhase`] value).
     pub phase: u32,
+    /// The call's number, equal to the view's `call`; passed back to `complete`.
     pub call: u32,
+    /// The slot that holds the output location. Usually a second slot the host leased for this
+    /// call, so the bytes the plugin writes (a local reply body, say) can be handed to the HTTP
+    /// library without a copy; it may be `slot` itself.
+    pub out_slot: u32,
+    /// Offset of the output location within `out_slot`: a multiple of 8, at most `slot_size`;
+    /// when `out_slot == slot` it is at or after `view.size`. The capacity is
+    /// `slot_size - out_off`.
+    pub out_off: u32,
 }
 
-/// Called once per configured plugin instance before any traffic.
+/// Called once per configured plugin instance, before any other call for that instance.
 ///
 /// `plugin` indexes the descriptor's plugin array; `instance` is the host-chosen id used in every
-/// later call; `config` is the instance's config block as JSON (`config_len` bytes, NULL only if
-/// 0); `slot_count` bounds every later `WeftRequestView::slot`. On failure the plugin writes a
-/// UTF-8 message into `err` and returns [`WeftResult::InitFailed`].
+/// later call (unique in the process, never reused); `config` is the instance's config block as
+/// JSON (`config_len` bytes, NULL only if 0); `slot_count` bounds every later
+/// `WeftRequestView::slot`. On failure the plugin writes a UTF-8 message into `err` and returns
+/// [`WeftResult::InitFailed`].
+///
+/// # Ownership and lifetime
+/// `config` and `err` (the struct and its bytes) are host memory valid only during the call:
+/// copy what must be kept. The host reads `err->len` bytes (at most `err->cap`) only when the
+/// call fails.
+///
+/// # Thread safety
+/// Called on the host thread that creates the instance (at start-up, or the thread applying a
+/// config reload), never on a request path. Other instances of the same library may be serving
+/// phase calls on other threads meanwhile (a reload), so state shared between instances needs
+/// synchronisation.
 pub type WeftInitFn = Option<
     unsafe extern "C" fn(
         plugin: u32,
@@ -455,17 +541,42 @@ pub type WeftInitFn = Option<
     ) -> u32,
 >;
 
-/// Runs one phase of one request through one plugin instance. `view` is valid during the call
-/// only; mutations go into `out`. Returns a [`WeftResult`] value. May be called concurrently for
-/// different requests from any host thread.
+/// Runs one phase of one request through one plugin instance: reads `view`, writes mutation
+/// records into `out`, returns a [`WeftResult`] value (or [`WeftResult::Pending`] to finish
+/// later through [`WeftHostApi::complete`]).
+///
+/// # Ownership and lifetime
+/// `view` (and the bytes it refers to) and `out` are host memory. The view and the bytes at
+/// `out->ptr` are valid during the call, and for a call answered `Pending` until its `complete`
+/// returns; the `out` struct itself only during the call. See [`WeftRequestView`], [`WeftBuf`].
+///
+/// # Thread safety
+/// Called from any host thread (I/O threads, the log thread), concurrently for different
+/// requests and instances; the phases of one request are never concurrent and are ordered
+/// (happens-before). Runs on the request path, so it must not block. Never called for an
+/// instance of a [`WEFT_PLUGIN_FLAG_BLOCKING`] plugin (those get worker-ring jobs).
 pub type WeftPhaseFn =
     Option<unsafe extern "C" fn(instance: u64, phase: u32, view: *const WeftRequestView, out: *mut WeftBuf) -> u32>;
 
-/// Called once on every host thread that will call phases, before its first phase call, so the
-/// plugin runtime can bind the thread off the request path. May be NULL.
+/// Called on host threads that will call phases, before their first phase call, so the plugin
+/// runtime can bind the thread off the request path. May be NULL.
+///
+/// # Ownership and thread safety
+/// No arguments, no memory. Called on the thread being bound, concurrently with phase calls on
+/// other threads. A hint only: a thread may make phase calls without it (e.g. for a library a
+/// config reload added) or get it more than once, so it must be idempotent and phase calls must
+/// work without it.
 pub type WeftThreadStartFn = Option<unsafe extern "C" fn()>;
 
-/// Called once per instance when the host shuts down. May be NULL.
+/// Called at most once per instance when the host retires it: at process shutdown once requests
+/// in flight have drained, or when a replaced config is no longer in use. May be NULL.
+///
+/// # Ownership and thread safety
+/// No memory changes hands. Called on a host thread (the main thread, or a thread of its own
+/// after a reload), possibly while other instances of the library serve phase calls. The host
+/// sends the instance nothing new by then, but a call it cancelled may still be outstanding with
+/// the plugin (its `complete` is answered [`WeftResult::Cancelled`]), and at process exit a call
+/// that outlived the drain timeout may still be running.
 pub type WeftShutdownFn = Option<unsafe extern "C" fn(instance: u64)>;
 
 /// Starts one worker that consumes the worker ring at `ring` (`ring_len` bytes, layout in
@@ -474,6 +585,17 @@ pub type WeftShutdownFn = Option<unsafe extern "C" fn(instance: u64)>;
 /// slots of the arena at `arena` (`slot_count` slots of `slot_size` bytes). Must return at once
 /// (the worker runs on the plugin's own thread or goroutine): [`WeftResult::Ok`], or an error
 /// code if no worker could be started. May be NULL when no plugin is flagged blocking.
+///
+/// # Ownership and lifetime
+/// Both regions belong to the host. `ring` stays mapped until the worker's `worker_exit(ring)`
+/// call; of the arena, the worker may use only the slots a job names (its view and its output
+/// location), from the job's publication until that job's `complete` returns.
+///
+/// # Thread safety
+/// Called once per ring, on the host thread that will post to it (the first time that thread
+/// posts a job for this library); calls for different rings may run concurrently. The ring has
+/// one producer (that host thread) and one consumer: the started worker alone may read jobs and
+/// write `head` (the ring protocol in `docs/abi.md` gives the atomic orderings).
 pub type WeftAttachWorkerFn = Option<
     unsafe extern "C" fn(ring: *mut c_void, ring_len: usize, arena: *const u8, slot_size: u32, slot_count: u32) -> u32,
 >;
@@ -484,45 +606,73 @@ pub type WeftAttachWorkerFn = Option<
 /// `abi_version` and `descriptor_size` before anything else and refuses the library if either
 /// differs from its own.
 ///
-/// # Lifetime
-/// Owned by the plugin library; must stay valid and unchanged while the library is loaded.
+/// # Ownership and lifetime
+/// Owned by the plugin library, with everything it points to (`runtime_version`, `plugins`,
+/// their names, `load_error`); all must stay valid and unchanged while the library is loaded
+/// (libraries are never unloaded, so: for the life of the process).
+///
+/// # Thread safety
+/// The host reads it once, on the loading thread right after `weft_plugin_entry` returns (a
+/// library is entered once per process), copies what it needs and never writes it. The
+/// functions it holds state their own threading rules.
 #[repr(C)]
 #[derive(Debug)]
 pub struct WeftPluginDescriptor {
     /// Must equal [`WEFT_ABI_VERSION`].
     pub abi_version: u32,
-    /// `sizeof(WeftPluginDescriptor)` as the plugin was compiled.
+    /// `sizeof(WeftPluginDescriptor)` as the plugin was compiled: the host's, or the size before
+    /// `attach_worker` was appended (the host then reads that field as NULL).
     pub descriptor_size: u32,
-    /// `sizeof(WeftRequestView)` as the plugin was compiled.
+    /// `sizeof(WeftRequestView)` as the plugin was compiled; must equal the host's.
     pub request_view_size: u32,
-    /// `sizeof(WeftMutation)` as the plugin was compiled.
+    /// `sizeof(WeftMutation)` as the plugin was compiled; must equal the host's.
     pub mutation_size: u32,
     /// `sizeof(WeftHostApi)` as the plugin was compiled; the host's must be at least this.
     pub host_api_size: u32,
-    /// [`WEFT_RUNTIME_NATIVE`] or [`WEFT_RUNTIME_GO`].
+    /// [`WEFT_RUNTIME_NATIVE`] or [`WEFT_RUNTIME_GO`]. The host goes by the library file (a Go
+    /// library carries a `.go.buildinfo` section) and warns when this field disagrees.
     pub runtime: u32,
-    /// Version of the plugin's language runtime (e.g. `go1.26.8`), UTF-8, may be empty.
+    /// Version of the plugin's language runtime (e.g. `go1.26.8`), UTF-8, not NUL-terminated,
+    /// may be empty; NULL only when `runtime_version_len` is 0.
     pub runtime_version: *const u8,
+    /// Number of bytes at `runtime_version`.
     pub runtime_version_len: usize,
-    /// Number of entries in `plugins`.
+    /// Number of entries in `plugins` (at most 4096).
     pub plugin_count: u32,
     /// Reserved; zero.
     pub flags: u32,
+    /// `plugin_count` [`WeftPluginInfo`] entries; NULL only when `plugin_count` is 0.
     pub plugins: *const WeftPluginInfo,
     /// If registration itself failed (e.g. two plugins with one name), a UTF-8 message and
-    /// `plugin_count` 0; the host refuses the library with this message.
+    /// `plugin_count` 0; the host refuses the library with this message. Not NUL-terminated;
+    /// NULL (or empty) when registration succeeded.
     pub load_error: *const u8,
+    /// Number of bytes at `load_error`; 0 when registration succeeded.
     pub load_error_len: usize,
+    /// Creates plugin instances; required (a library with NULL here is refused).
     pub init: WeftInitFn,
+    /// Runs phase calls; required (a library with NULL here is refused).
     pub on_phase: WeftPhaseFn,
+    /// Binds a host thread to the plugin's runtime; optional (NULL: never called).
     pub thread_start: WeftThreadStartFn,
+    /// Retires an instance; optional (NULL: never called).
     pub shutdown: WeftShutdownFn,
-    /// Starts a worker on a worker ring; required when a plugin has [`WEFT_PLUGIN_FLAG_BLOCKING`].
+    /// Starts a worker on a worker ring; required when a plugin has [`WEFT_PLUGIN_FLAG_BLOCKING`]
+    /// (or an instance is configured `blocking`), else may be NULL.
     pub attach_worker: WeftAttachWorkerFn,
 }
 
-/// Host callback for plugin log lines. `msg` is `len` bytes of UTF-8 valid during the call.
-/// Thread-safe; may be called from any thread, inside or outside a phase call.
+/// Host callback for plugin log lines: `level` is a `WEFT_LOG_*` value, `instance` the instance
+/// the line is about (unknown ids log as `?`), `msg` is `len` bytes of UTF-8 (invalid sequences
+/// are replaced; lines over 16 KiB are truncated).
+///
+/// # Ownership and lifetime
+/// `msg` belongs to the plugin and needs to be valid only during the call (the host copies it);
+/// NULL is allowed with `len` 0.
+///
+/// # Thread safety
+/// Thread-safe; may be called from any thread, inside or outside a phase call (from `init`,
+/// `shutdown` and worker threads too). Never unwinds into the plugin.
 pub type WeftLogFn = Option<unsafe extern "C" fn(level: u32, instance: u64, msg: *const u8, len: usize)>;
 
 /// Finishes a phase call that answered [`WeftResult::Pending`] (or a worker-ring job), from any
@@ -532,25 +682,49 @@ pub type WeftLogFn = Option<unsafe extern "C" fn(level: u32, instance: u64, msg:
 /// most its capacity. Returns `Ok`, or `StaleHandle` / `AlreadyCompleted` / `Cancelled` /
 /// `InvalidArgument`; every error leaves the host and the request unharmed. After it returns the
 /// plugin must not touch the view or the output bytes again.
+///
+/// # Ownership and lifetime
+/// No pointer is passed. A call answered `Ok` or `Cancelled` hands the view and the output bytes
+/// back to the host; after `InvalidArgument` the call stays outstanding and they stay lent.
+///
+/// # Thread safety
+/// Thread-safe; may be called from any thread, even from inside the very `on_phase` call it
+/// completes before that returns `Pending`. The writes the plugin made to the output bytes
+/// before calling it are visible to the host afterwards. Never unwinds into the plugin.
 pub type WeftCompleteFn =
     Option<unsafe extern "C" fn(instance: u64, slot: u32, call: u32, result: u32, out_len: u32) -> u32>;
 
 /// Tells the host that the worker on `ring` has stopped and will never touch the ring again, so
 /// its memory can be released. Called once per attached ring.
+///
+/// # Ownership and lifetime
+/// `ring` is the pointer `attach_worker` received; the call gives the region back to the host,
+/// which may unmap it at once. A pointer that is not an attached ring (or a second call) is
+/// logged and ignored.
+///
+/// # Thread safety
+/// Thread-safe; called from the worker's thread (any thread), once the worker is done with the
+/// ring. Never unwinds into the plugin.
 pub type WeftWorkerExitFn = Option<unsafe extern "C" fn(ring: *const c_void)>;
 
 /// The host's function table, passed to `weft_plugin_entry`.
 ///
-/// # Lifetime
-/// Owned by the host and valid for the life of the process; the plugin may keep the pointer.
+/// # Ownership and lifetime
+/// Owned by the host and valid for the life of the process; the plugin may keep the pointer
+/// and must not write through it. The table may be shorter than the plugin's header says (an
+/// older host): check `size` before using a field.
+///
+/// # Thread safety
+/// Immutable: any thread may read it at any time. Each function in it is thread-safe (see
+/// [`WeftLogFn`], [`WeftCompleteFn`], [`WeftWorkerExitFn`]).
 #[repr(C)]
 #[derive(Debug)]
 pub struct WeftHostApi {
     /// [`WEFT_ABI_VERSION`] of the host.
     pub abi_version: u32,
-    /// `sizeof(WeftHostApi)` of the host.
+    /// `sizeof(WeftHostApi)` of the host: a function whose field ends past it is absent.
     pub size: u32,
-    /// Opaque host context passed back to nothing yet; reserved for later functions.
+    /// Reserved for later functions; NULL in this version. Never dereference it.
     pub context: *mut c_void,
     /// Writes a log line through the host's logger, tagged with the plugin instance.
     pub log: WeftLogFn,
@@ -562,4 +736,13 @@ pub struct WeftHostApi {
 
 /// Signature of the one symbol a plugin library exports, `weft_plugin_entry`. Called once, on the
 /// loading thread, before any other call into the library.
+///
+/// # Ownership and lifetime
+/// `host` is owned by the host and valid for the life of the process (the plugin may keep it).
+/// The returned descriptor is owned by the library (see [`WeftPluginDescriptor`]).
+///
+/// # Thread safety
+/// Called once per library per process (a library used by several configs is entered once),
+/// on the thread that loads it, under the host's load lock (never concurrently with another
+/// library's entry).
 pub type WeftPluginEntryFn = Option<unsafe extern "C" fn(host: *const WeftHostApi) -> *const WeftPluginDescriptor>;

@@ -1,6 +1,16 @@
 //! The request arena: one anonymous mmap region cut into fixed-size slots, one slot per request
 //! that has plugins on its route. The plugin reads the request view in place from a slot and
-//! writes its mutation batch into the rest of it, so no request byte is copied on the way to Go.
+//! writes its mutation batch into an out slot (or the rest of its slot), so no request byte is
+//! copied on the way to Go.
+//!
+//! # Pools
+//! [`Arena::pools`] cuts one mapping into pools (size classes) laid out one after the other:
+//! the runtime's request slots, its out slots, and larger buffer classes. Each pool is an
+//! [`Arena`] of its own, with everything below (free list, per-thread caches, generations); a
+//! thread keeps one cache per pool position. Every pool's slot size is a multiple of the first
+//! pool's, so a slot of the first size is named by its unit index in the mapping
+//! ([`SlotLease::unit`]), which is how a worker ring (that knows the mapping as units of one
+//! size) is told where a job's output goes.
 //!
 //! # Allocation
 //! The region is mapped once at start-up with `MAP_POPULATE` (every page is faulted in then, so
@@ -62,6 +72,9 @@ const NIL: u32 = u32::MAX;
 
 /// Largest per-thread refill batch; the cache holds up to twice this.
 pub const MAX_BATCH: u32 = 16;
+
+/// Most pools (size classes) one mapping may be cut into; each has its own per-thread cache.
+pub const MAX_POOLS: usize = 4;
 const CACHE_CAP: usize = 2 * MAX_BATCH as usize;
 
 #[inline]
@@ -82,6 +95,19 @@ pub enum ArenaError {
     SlotSize { got: u32, min: u32, max: u32 },
     #[error("arena mmap of {bytes} bytes failed: {source}")]
     Map { bytes: usize, source: std::io::Error },
+    #[error("an arena has 1 to {MAX_POOLS} pools, got {got}")]
+    Pools { got: usize },
+    #[error("arena pool {pool}: slot_size {got} must be at least the first pool's ({first})")]
+    PoolSlotSize { pool: usize, got: u32, first: u32 },
+    #[error("arena of {units} slot-sized units is larger than {max}")]
+    Units { units: u64, max: u32 },
+}
+
+/// One pool (size class) of [`Arena::pools`]: `slot_count` slots of `slot_size` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSpec {
+    pub slot_count: u32,
+    pub slot_size: u32,
 }
 
 pub const MIN_SLOT_SIZE: u32 = 4096;
@@ -121,9 +147,16 @@ impl Shard {
 /// The arena's state, shared by its handles, caches and leases (see *Lifetime*).
 struct Shared {
     head: Head,
-    // Kept only to own the mapping; all access goes through `base`.
-    _map: MmapMut,
+    // Kept only to own the mapping (shared by the pools cut from it); all access goes through
+    // `base`.
+    _map: Arc<MmapMut>,
     base: *mut u8,
+    /// Which of the thread's caches serves this pool (its index in [`Arena::pools`]).
+    class: usize,
+    /// Slot 0's position in the mapping, in units of the first pool's slot size, and how many
+    /// such units one slot spans (1 for pools of the first pool's slot size).
+    first_unit: u32,
+    units_per_slot: u32,
     slot_size: usize,
     slot_count: u32,
     /// Slots popped per refill of a per-thread cache; 0 disables the caches.
@@ -266,6 +299,32 @@ impl Shared {
     }
 }
 
+fn check(slot_count: u32, slot_size: u32) -> Result<(), ArenaError> {
+    if slot_count == 0 || slot_count > MAX_SLOT_COUNT {
+        return Err(ArenaError::SlotCount {
+            got: slot_count,
+            max: MAX_SLOT_COUNT,
+        });
+    }
+    if !(MIN_SLOT_SIZE..=MAX_SLOT_SIZE).contains(&slot_size) {
+        return Err(ArenaError::SlotSize {
+            got: slot_size,
+            min: MIN_SLOT_SIZE,
+            max: MAX_SLOT_SIZE,
+        });
+    }
+    Ok(())
+}
+
+/// MAP_POPULATE: every page is faulted in now, not on a request's first touch.
+fn map(bytes: usize) -> Result<MmapMut, ArenaError> {
+    MmapOptions::new()
+        .len(bytes)
+        .populate()
+        .map_anon()
+        .map_err(|source| ArenaError::Map { bytes, source })
+}
+
 impl Arena {
     /// An arena with the default per-thread cache batch (`slot_count / 128`, at most
     /// [`MAX_BATCH`]; no cache below 128 slots).
@@ -276,28 +335,83 @@ impl Arena {
     /// An arena whose per-thread caches refill `batch` slots at a time (0: no caches). For tests
     /// and models; [`Arena::new`] picks the batch.
     pub fn with_batch(slot_count: u32, slot_size: u32, batch: u32) -> Result<Arc<Arena>, ArenaError> {
-        if slot_count == 0 || slot_count > MAX_SLOT_COUNT {
-            return Err(ArenaError::SlotCount {
-                got: slot_count,
-                max: MAX_SLOT_COUNT,
-            });
-        }
-        if !(MIN_SLOT_SIZE..=MAX_SLOT_SIZE).contains(&slot_size) {
-            return Err(ArenaError::SlotSize {
-                got: slot_size,
-                min: MIN_SLOT_SIZE,
-                max: MAX_SLOT_SIZE,
-            });
-        }
+        check(slot_count, slot_size)?;
         let slot_size = (slot_size as usize).next_multiple_of(SLOT_ALIGN);
-        let bytes = slot_size * slot_count as usize;
-        // MAP_POPULATE: fault every page in now, not on a request's first touch.
-        let mut map = MmapOptions::new()
-            .len(bytes)
-            .populate()
-            .map_anon()
-            .map_err(|source| ArenaError::Map { bytes, source })?;
+        let mut map = map(slot_size * slot_count as usize)?;
         let base = map.as_mut_ptr();
+        Ok(Arena::build(Arc::new(map), base, slot_count, slot_size, batch, 0, 0, 1))
+    }
+
+    /// Cuts one mapping into pools (size classes): pool `i` holds `specs[i].slot_count` slots of
+    /// `specs[i].slot_size` bytes, laid out one pool after the other. Every pool is an arena of
+    /// its own (its own lock-free free list, its own per-thread cache), so leasing from one never
+    /// contends with another. The first pool's slot size is the mapping's unit: the other pools'
+    /// sizes are rounded up to a multiple of it, so every slot starts at a whole number of units
+    /// from the start ([`SlotLease::unit`]), which is how a worker ring names a slot.
+    pub fn pools(specs: &[PoolSpec]) -> Result<Vec<Arc<Arena>>, ArenaError> {
+        if specs.is_empty() || specs.len() > MAX_POOLS {
+            return Err(ArenaError::Pools { got: specs.len() });
+        }
+        for spec in specs {
+            check(spec.slot_count, spec.slot_size)?;
+        }
+        let unit = (specs[0].slot_size as usize).next_multiple_of(SLOT_ALIGN);
+        let mut layout = Vec::with_capacity(specs.len());
+        let mut units = 0u64;
+        for (pool, spec) in specs.iter().enumerate() {
+            if (spec.slot_size as usize) < unit && pool > 0 {
+                return Err(ArenaError::PoolSlotSize {
+                    pool,
+                    got: spec.slot_size,
+                    first: specs[0].slot_size,
+                });
+            }
+            let per = (spec.slot_size as usize).div_ceil(unit) as u64;
+            layout.push((units, per));
+            units += per * u64::from(spec.slot_count);
+        }
+        if units > u64::from(MAX_SLOT_COUNT) * 4 {
+            return Err(ArenaError::Units {
+                units,
+                max: MAX_SLOT_COUNT * 4,
+            });
+        }
+        let mut map = map(units as usize * unit)?;
+        let base = map.as_mut_ptr();
+        let map = Arc::new(map);
+        Ok(specs
+            .iter()
+            .zip(layout)
+            .enumerate()
+            .map(|(class, (spec, (first, per)))| {
+                let batch = (spec.slot_count / 128).min(MAX_BATCH);
+                // SAFETY: `first` units from the start lie inside the mapping (summed above).
+                let at = unsafe { base.add(first as usize * unit) };
+                Arena::build(
+                    Arc::clone(&map),
+                    at,
+                    spec.slot_count,
+                    per as usize * unit,
+                    batch,
+                    class,
+                    first as u32,
+                    per as u32,
+                )
+            })
+            .collect())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        map: Arc<MmapMut>,
+        base: *mut u8,
+        slot_count: u32,
+        slot_size: usize,
+        batch: u32,
+        class: usize,
+        first_unit: u32,
+        units_per_slot: u32,
+    ) -> Arc<Arena> {
         // The free list starts as 0 → 1 → … → slot_count-1.
         let slots = (0..slot_count)
             .map(|i| SlotMeta {
@@ -309,6 +423,9 @@ impl Arena {
             head: Head(AtomicU64::new(pack(0, 0))),
             _map: map,
             base,
+            class,
+            first_unit,
+            units_per_slot,
             slot_size,
             slot_count,
             batch: batch.min(MAX_BATCH),
@@ -317,10 +434,10 @@ impl Arena {
             shards: stat::Mutex::new(Vec::new()),
         });
         let batch = shared.batch;
-        Ok(Arc::new(Arena {
+        Arc::new(Arena {
             shared: NonNull::from(Box::leak(shared)),
             batch,
-        }))
+        })
     }
 
     #[inline]
@@ -337,10 +454,16 @@ impl Arena {
         self.shared().slot_size
     }
 
-    /// Start of the mapped region: slot `i` begins at `base_ptr() + i * slot_size()`. Handed to
-    /// worker-ring consumers (`attach_worker`), which address slots by index.
+    /// Start of this pool's slots: slot `i` begins at `base_ptr() + i * slot_size()`. For the
+    /// first pool of a mapping, the start of the mapping, which is handed to worker-ring consumers
+    /// (`attach_worker`); they address slots by unit ([`SlotLease::unit`]).
     pub fn base_ptr(&self) -> *const u8 {
         self.shared().base
+    }
+
+    /// This pool's position in [`Arena::pools`] (0 for an arena of one pool).
+    pub fn class(&self) -> usize {
+        self.shared().class
     }
 
     /// Slots per refill of a per-thread cache (0: no caches).
@@ -383,8 +506,9 @@ impl Arena {
     pub fn acquire(self: &Arc<Self>) -> Option<SlotLease> {
         #[cfg(not(weft_loom))]
         if self.batch > 0 {
+            let class = self.shared().class;
             if let Ok(Some(lease)) =
-                THREAD_CACHE.try_with(|c| c.try_borrow_mut().ok().map(|mut c| self.acquire_with(&mut c)))
+                THREAD_CACHES.try_with(|c| c[class].try_borrow_mut().ok().map(|mut c| self.acquire_with(&mut c)))
             {
                 return lease;
             }
@@ -541,8 +665,11 @@ impl Drop for LocalCache {
 
 #[cfg(not(weft_loom))]
 thread_local! {
-    // Thread-private: a `RefCell` is enough (nothing here is shared between threads).
-    static THREAD_CACHE: std::cell::RefCell<LocalCache> = const { std::cell::RefCell::new(LocalCache::new()) };
+    // Thread-private: a `RefCell` is enough (nothing here is shared between threads). One cache
+    // per pool position, so a thread leasing from several pools of one mapping keeps a cache
+    // bound to each instead of rebinding (and flushing) on every switch.
+    static THREAD_CACHES: [std::cell::RefCell<LocalCache>; MAX_POOLS] =
+        const { [const { std::cell::RefCell::new(LocalCache::new()) }; MAX_POOLS] };
 }
 
 /// Exclusive use of one arena slot for one request. Dropping it returns the slot (to the dropping
@@ -617,10 +744,27 @@ impl SlotLease {
         self.shared().slot_size
     }
 
+    /// The slot's position in its mapping in units of the first pool's slot size, when the slot
+    /// is exactly one unit (a pool of the first pool's size): how a worker ring, which knows
+    /// the mapping as `slot_count` units of one size, names it. `None` for larger slots.
+    #[inline]
+    pub fn unit(&self) -> Option<u32> {
+        let s = self.shared();
+        (s.units_per_slot == 1).then(|| s.first_unit + self.index())
+    }
+
     /// Returns the slot through `cache` instead of the thread's own cache (loom models, tests).
     pub fn release_into(self, cache: &mut LocalCache) {
         let this = std::mem::ManuallyDrop::new(self);
         this.shared().release_with(this.index(), cache);
+    }
+}
+
+/// A lease frozen as the owner of a `Bytes` ([`bytes::Bytes::from_owner`]): the slot's bytes are
+/// read until the last slice is dropped, then the slot goes back to the arena.
+impl AsRef<[u8]> for SlotLease {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
     }
 }
 
@@ -629,8 +773,8 @@ impl Drop for SlotLease {
     fn drop(&mut self) {
         let s = self.shared();
         #[cfg(not(weft_loom))]
-        if THREAD_CACHE
-            .try_with(|c| match c.try_borrow_mut() {
+        if THREAD_CACHES
+            .try_with(|c| match c[s.class].try_borrow_mut() {
                 Ok(mut c) if std::ptr::eq(c.shared, s) => {
                     s.release_with(self.index(), &mut c);
                     true
@@ -648,6 +792,81 @@ impl Drop for SlotLease {
 #[cfg(all(test, not(weft_loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pools_cut_one_mapping_into_size_classes() {
+        let pools = Arena::pools(&[
+            PoolSpec {
+                slot_count: 256,
+                slot_size: 4096,
+            },
+            PoolSpec {
+                slot_count: 130,
+                slot_size: 4096,
+            },
+            PoolSpec {
+                slot_count: 3,
+                slot_size: 5000, // rounded up to two units
+            },
+        ])
+        .unwrap();
+        let (req, out, big) = (&pools[0], &pools[1], &pools[2]);
+        assert_eq!((req.class(), out.class(), big.class()), (0, 1, 2));
+        assert_eq!((out.slot_size(), big.slot_size()), (4096, 8192));
+        // One mapping, pools one after the other.
+        let base = req.base_ptr() as usize;
+        assert_eq!(out.base_ptr() as usize, base + 256 * 4096);
+        assert_eq!(big.base_ptr() as usize, base + (256 + 130) * 4096);
+        // A thread leasing from two pools keeps a cache bound to each (no rebinding): leases
+        // alternate between them and each pool counts only its own.
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            held.push(req.acquire().unwrap());
+            held.push(out.acquire().unwrap());
+        }
+        assert_eq!((req.in_use(), out.in_use(), big.in_use()), (100, 100, 0));
+        for l in &held {
+            let at = l.raw_ptr() as usize;
+            let pool = if l.unit().unwrap() < 256 { req } else { out };
+            assert_eq!(
+                at,
+                base + l.unit().unwrap() as usize * 4096,
+                "a unit names the slot's place"
+            );
+            assert!(
+                (pool.base_ptr() as usize..pool.base_ptr() as usize + 4096 * pool.slot_count() as usize).contains(&at)
+            );
+        }
+        drop(held);
+        assert_eq!((req.in_use(), out.in_use()), (0, 0));
+        // The large pool: slots of two units have no unit index, and the pool is bounded.
+        let b: Vec<_> = std::iter::from_fn(|| big.acquire()).collect();
+        assert_eq!(b.len(), 3);
+        assert!(b.iter().all(|l| l.unit().is_none() && l.bytes().len() == 8192));
+        // Exhausting one pool leaves the others alone.
+        let all_out: Vec<_> = std::iter::from_fn(|| out.acquire()).collect();
+        assert_eq!(all_out.len(), 130);
+        assert!(req.acquire().is_some());
+        drop((b, all_out));
+        assert_eq!(out.in_use(), 0);
+        let again: Vec<_> = std::iter::from_fn(|| out.acquire()).collect();
+        assert_eq!(again.len(), 130, "every slot came back");
+        // Bad layouts are refused with a reason.
+        assert!(matches!(Arena::pools(&[]), Err(ArenaError::Pools { got: 0 })));
+        let small = PoolSpec {
+            slot_count: 1,
+            slot_size: 4096,
+        };
+        let bigger = PoolSpec {
+            slot_count: 1,
+            slot_size: 8192,
+        };
+        assert!(matches!(
+            Arena::pools(&[bigger, small]),
+            Err(ArenaError::PoolSlotSize { pool: 1, .. })
+        ));
+        assert!(matches!(Arena::pools(&[small; 5]), Err(ArenaError::Pools { got: 5 })));
+    }
 
     #[test]
     fn leases_are_exclusive_and_bounded() {

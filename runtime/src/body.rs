@@ -106,37 +106,63 @@ pub(crate) struct BodyState {
     pub(crate) chunk: Option<Bytes>,
 }
 
-/// Where a body call's mutation records (and so its replacement bytes) go.
+/// Where a call's mutation records (and so the bytes they carry: replacement body bytes, a local
+/// reply body, long header values) go. Body calls always have one; headers-phase calls get an
+/// out slot while one is free (see `Exchange::lease_head_out`).
 pub(crate) enum BodyOut {
-    /// A second arena slot (every streamed call, and buffered calls whose body fits).
+    /// An out slot (every streamed call, buffered calls whose body fits, headers calls), or, for
+    /// a buffered call over a body larger than half a slot, a buffer-class slot of at least twice
+    /// the body (plus 4 KiB), so a rewrite of a large body fits.
     Lease(SlotLease),
-    /// A buffered call over a body larger than half a slot gets a heap buffer of twice the body
-    /// (plus 4 KiB), bounded by the proxy's buffering limit, so a rewrite of a large body fits.
+    /// The same on the heap, when no such slot is free (or the body is larger than every class).
     Heap(Box<[u8]>),
+    /// The buffer after the call's records were decoded and some referred to its bytes: it now
+    /// belongs to the `Bytes` slices handed on, and nobody writes it again.
+    Frozen(Bytes),
 }
 
 impl BodyOut {
+    /// The writable buffer; empty once frozen (no call is ever given a frozen buffer).
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         match self {
             BodyOut::Lease(l) => l.bytes_mut(),
             BodyOut::Heap(b) => b,
+            BodyOut::Frozen(_) => &mut [],
         }
     }
 
-    /// Back to the spare slot, if it is one.
+    /// The arena unit of an out slot: how a worker job names it as its output location. `None`
+    /// for the heap and for buffer-class slots (a job then writes after the view and the host
+    /// copies).
+    pub(crate) fn lease_unit(&self) -> Option<u32> {
+        match self {
+            BodyOut::Lease(l) => l.unit(),
+            _ => None,
+        }
+    }
+
+    /// Makes the buffer a shared `Bytes` owner (no copy) and returns a handle to it; the buffer
+    /// goes back to the arena (or the heap) when the last slice of it is dropped.
+    pub(crate) fn freeze(&mut self) -> Bytes {
+        let owner = match std::mem::replace(self, BodyOut::Frozen(Bytes::new())) {
+            BodyOut::Lease(l) => Bytes::from_owner(l),
+            BodyOut::Heap(b) => Bytes::from(b),
+            BodyOut::Frozen(b) => b,
+        };
+        *self = BodyOut::Frozen(owner.clone());
+        owner
+    }
+
+    /// The buffer as a shared `Bytes` owner (frozen if it was not yet).
+    pub(crate) fn into_bytes(mut self) -> Bytes {
+        self.freeze()
+    }
+
+    /// Back to the spare slot, if it is an out slot (a buffer-class slot goes back to its pool).
     pub(crate) fn into_spare(self) -> Option<SlotLease> {
         match self {
-            BodyOut::Lease(l) => Some(l),
-            BodyOut::Heap(_) => None,
-        }
-    }
-}
-
-impl AsRef<[u8]> for BodyOut {
-    fn as_ref(&self) -> &[u8] {
-        match self {
-            BodyOut::Lease(l) => l.bytes(),
-            BodyOut::Heap(b) => b,
+            BodyOut::Lease(l) if l.unit().is_some() => Some(l),
+            _ => None,
         }
     }
 }
@@ -164,7 +190,7 @@ fn assemble(edits: BodyEdits, data: &Bytes, lease: BodyOut, out: &mut Vec<Bytes>
         return lease.into_spare();
     }
     // The out buffer, frozen, owns the replacement bytes; each operand is a slice of it.
-    let owner = Bytes::from_owner(lease);
+    let owner = lease.into_bytes();
     let mut push = |b: Bytes| {
         if !b.is_empty() {
             out.push(b);
@@ -265,16 +291,18 @@ impl Exchange {
             // not ours to reuse.
             return Err(CallError::Code(WeftResult::Internal));
         }
-        let slot_size = self.chain.rt.arena.slot_size();
+        let rt = &self.chain.rt;
+        let slot_size = rt.arena.slot_size();
+        let heap = |len: usize| BodyOut::Heap(vec![0u8; len.min(u32::MAX as usize)].into_boxed_slice());
         let out = if flags & WEFT_BODY_BUFFERED != 0 && data.len() > slot_size / 2 {
-            BodyOut::Heap(vec![0u8; (2 * data.len() + 4096).min(u32::MAX as usize)].into_boxed_slice())
+            // Room for a rewrite of twice the body: the smallest buffer class that fits.
+            let want = 2 * data.len() + 4096;
+            rt.lease_buffer(want).map_or_else(|| heap(want), BodyOut::Lease)
         } else {
-            match self.body.spare.take().or_else(|| self.chain.rt.arena.acquire()) {
+            // An out slot; with none free, a heap buffer of the same size (still sent uncopied).
+            match self.body.spare.take().or_else(|| rt.outs.acquire()) {
                 Some(l) => BodyOut::Lease(l),
-                None => {
-                    self.chain.rt.stats.arena_exhausted.fetch_add(1, Ordering::Relaxed);
-                    return Err(CallError::Code(WeftResult::Busy));
-                }
+                None => heap(slot_size),
             }
         };
         // A cancelled call may have kept the slot (see `abandon`): then nothing can go on.

@@ -477,12 +477,31 @@ impl Exchange {
     /// deadline passes.
     fn call(&mut self, inst: &Instance, phase: WeftPhase) -> Result<mutation::Batch, CallError> {
         let t0 = inst.timer.is_some().then(Instant::now);
+        let head_out = self.lease_head_out(phase);
         let r = match self.start_ffi(inst, phase) {
             Started::Done(r) => r,
             Started::Waiting(w) => self.wait_blocking(inst, phase, w),
         };
+        if head_out {
+            // Back to the arena, or (frozen) owned by the batch's slices.
+            self.body.out = None;
+        }
         inst.record_time(phase, t0);
         r
+    }
+
+    /// A headers-phase call writes its records into a second arena slot leased for the call, so
+    /// the bytes a local reply body or a long header value refers to can go to hyper as slices of
+    /// that slot ([`take_batch`](Self::take_batch)) instead of being copied out of the request's
+    /// slot, which the next phase writes again. Without a free slot the call writes after the
+    /// view as before (and those bytes are copied). Returns whether it leased one; the caller
+    /// clears `body.out` after the call.
+    fn lease_head_out(&mut self, phase: WeftPhase) -> bool {
+        if !matches!(phase, WeftPhase::RequestHeaders | WeftPhase::ResponseHeaders) || self.body.out.is_some() {
+            return false;
+        }
+        self.body.out = self.chain.rt.outs.acquire().map(body::BodyOut::Lease);
+        self.body.out.is_some()
     }
 
     /// Calls one instance: in-process (inline; awaited only if it answers `Pending` or is
@@ -491,6 +510,7 @@ impl Exchange {
         match &inst.transport {
             Transport::Ffi(_) => {
                 let t0 = inst.timer.is_some().then(Instant::now);
+                let head_out = self.lease_head_out(phase);
                 let r = match self.start_ffi(inst, phase) {
                     Started::Done(r) => r,
                     Started::Waiting(w) => {
@@ -504,6 +524,9 @@ impl Exchange {
                         .await
                     }
                 };
+                if head_out {
+                    self.body.out = None;
+                }
                 inst.record_time(phase, t0);
                 r
             }
@@ -518,7 +541,12 @@ impl Exchange {
                     .call(phase, request_id, view, *deadline)
                     .await
                     .map_err(CallError::Remote)?;
-                mutation::decode(&bytes, bytes.len(), phase).map_err(CallError::Mutation)
+                // The reply's bytes are already shared: a local reply body or a long header value
+                // becomes a slice of the received message.
+                let raw = mutation::decode_raw(&bytes, bytes.len(), phase).map_err(CallError::Mutation)?;
+                let n = raw.referenced_len() as u64;
+                self.chain.rt.stats.output_bytes_shared.fetch_add(n, Ordering::Relaxed);
+                Ok(raw.resolve(mutation::Source::Shared(&bytes)))
             }
         }
     }
@@ -797,16 +825,22 @@ impl Exchange {
             len: 0,
         };
         let job = limits.blocking;
-        // A body call writes into its own out buffer (body.rs), so replacement bytes can go to
-        // hyper without a copy. A worker job writes where the job contract says (in the slot).
-        if !job {
-            if let Some(body_out) = self.body.out.as_mut() {
+        // A body or headers call with its own out buffer writes there (body.rs, lease_head_out),
+        // so the bytes it produces can go to hyper without a copy. A worker job can be told an
+        // arena slot only: with a heap out buffer it writes after the view and the host copies.
+        let (mut out_slot, mut job_out_off) = (slot, out_off);
+        if let Some(body_out) = self.body.out.as_mut() {
+            let lease_unit = body_out.lease_unit();
+            if !job || lease_unit.is_some() {
                 let b = body_out.bytes_mut();
                 out = WeftBuf {
                     ptr: b.as_mut_ptr(),
                     cap: b.len() as u32,
                     len: 0,
                 };
+                if let Some(unit) = lease_unit {
+                    (out_slot, job_out_off) = (unit, 0);
+                }
             }
         }
         let busy = |why: String| {
@@ -838,13 +872,15 @@ impl Exchange {
         unsafe { view::set_call_raw(base, seq) };
         let cell = rt.calls.cell(slot);
         if let Some(in_flight) = in_flight {
-            let arena = (rt.arena.base_ptr(), rt.arena.slot_size(), rt.arena.slot_count());
+            let arena = rt.ring_arena();
             let j = WeftJob {
                 slot,
                 generation,
                 instance: inst.id,
                 phase: phase as u32,
                 call: seq,
+                out_slot,
+                out_off: job_out_off as u32,
             };
             if let Err(e) = rt.workers.post(lib, arena, j) {
                 // Never posted: no completer can exist, the cell is ours to reset.
@@ -896,13 +932,53 @@ impl Exchange {
         if rc != WeftResult::Ok {
             return Started::Done(Err(CallError::Code(rc)));
         }
-        if let Some(body_out) = self.body.out.as_mut() {
-            return Started::Done(
-                mutation::decode(body_out.bytes_mut(), out.len as usize, phase).map_err(CallError::Mutation),
-            );
+        Started::Done(self.take_batch(out.len as usize, out_off, false, phase))
+    }
+
+    /// Decodes the records a finished call wrote (`len` bytes) and resolves the bytes they refer
+    /// to. With an out buffer of its own (a lease, or a body call's heap buffer), a local reply
+    /// body, long header values and body replacements become slices of that buffer, frozen for
+    /// the purpose (no copy); records written after the view in the request's slot (`out_off`)
+    /// are copied out, since the next phase writes there again. `in_slot`: a worker job that was
+    /// given the slot while the call's out buffer is on the heap; its records are copied over.
+    fn take_batch(
+        &mut self,
+        len: usize,
+        out_off: usize,
+        in_slot: bool,
+        phase: WeftPhase,
+    ) -> Result<mutation::Batch, CallError> {
+        let Some(lease) = self.lease.as_mut() else {
+            return Err(CallError::NoSlot);
+        };
+        let raw = match self.body.out.as_mut() {
+            Some(out) if in_slot => {
+                let dst = out.bytes_mut();
+                if len > dst.len() {
+                    return Err(CallError::Code(WeftResult::MutationOverflow));
+                }
+                dst[..len].copy_from_slice(&lease.bytes_mut()[out_off..out_off + len]);
+                mutation::decode_raw(dst, len, phase)
+            }
+            Some(out) => mutation::decode_raw(out.bytes_mut(), len, phase),
+            None => mutation::decode_raw(&lease.bytes_mut()[out_off..], len, phase),
         }
-        let slot = self.lease().bytes_mut();
-        Started::Done(mutation::decode(&slot[out_off..], out.len as usize, phase).map_err(CallError::Mutation))
+        .map_err(CallError::Mutation)?;
+        if !raw.refers_to_buffer() {
+            return Ok(raw.resolve(mutation::Source::Copy(&[])));
+        }
+        let stats = &self.chain.rt.stats;
+        let n = raw.referenced_len() as u64;
+        Ok(match self.body.out.as_mut() {
+            Some(out) => {
+                stats.output_bytes_shared.fetch_add(n, Ordering::Relaxed);
+                raw.resolve(mutation::Source::Shared(&out.freeze()))
+            }
+            None => {
+                stats.output_bytes_copied.fetch_add(n, Ordering::Relaxed);
+                raw.resolve(mutation::Source::Copy(&lease.bytes_mut()[out_off..]))
+            }
+        })
     }
 
     /// The completion of a waiting call arrived: decodes its records from the output location.
@@ -921,20 +997,9 @@ impl Exchange {
         }
         // `complete` checked out_len against the capacity of the output location.
         let len = done.out_len as usize;
-        let lease = self.lease.as_mut().expect("a waiting call keeps its slot");
-        if let Some(body_out) = self.body.out.as_mut() {
-            let dst = body_out.bytes_mut();
-            if job {
-                // The worker wrote into the view's slot (the job contract); the body code reads
-                // the records (and slices replacement bytes) from its out buffer.
-                if len > dst.len() {
-                    return Err(CallError::Code(WeftResult::MutationOverflow));
-                }
-                dst[..len].copy_from_slice(&lease.bytes_mut()[out_off..out_off + len]);
-            }
-            return mutation::decode(dst, len, phase).map_err(CallError::Mutation);
-        }
-        mutation::decode(&lease.bytes_mut()[out_off..], len, phase).map_err(CallError::Mutation)
+        // A job was given the out buffer's slot unless that buffer is on the heap.
+        let in_slot = job && self.body.out.as_ref().is_some_and(|o| o.lease_unit().is_none());
+        self.take_batch(len, out_off, in_slot, phase)
     }
 
     /// Gives up on a waiting call (its deadline passed, or its future was dropped). If the
@@ -993,7 +1058,9 @@ impl Exchange {
                 rt.stats.orphaned_slots.fetch_sub(1, Ordering::Relaxed);
                 self.lease = orphan.lease.take();
                 if let Some(keep) = orphan.keep.take() {
-                    self.body.out = keep.downcast::<body::BodyOut>().ok().map(|b| *b);
+                    if let Ok(kept) = keep.downcast::<(Option<body::BodyOut>, Option<Bytes>)>() {
+                        (self.body.out, self.body.chunk) = *kept;
+                    }
                 }
                 drop(fresh);
             }

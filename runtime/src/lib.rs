@@ -28,7 +28,7 @@ pub use engine::{BodyAbort, BodyMode, BodySide, BufferedBody, Busy, Chain, Excha
 pub use plugin::{LoadError, PluginMeta};
 
 use abi::{WeftBuf, WeftResult};
-use arena::{Arena, ArenaError};
+use arena::{Arena, ArenaError, PoolSpec};
 use engine::{CallLimits, Instance, LogJob, Transport};
 use pending::AsyncTable;
 use plugin::Library;
@@ -44,6 +44,17 @@ pub struct RuntimeOptions {
     /// Finished requests waiting for their log phase; beyond this, log phases are dropped
     /// (counted in [`RuntimeStats::log_dropped`]) rather than holding memory or the client.
     pub log_queue: usize,
+    /// Out slots (of `slot_size` bytes): where plugin calls write their output, in a pool of
+    /// their own so a call never takes a request's slot. One is held while a headers or body call
+    /// runs (until it completes, for a pending call or a worker job), and by a local reply until
+    /// it is sent. When none is free a call writes after the view in the request's slot and its
+    /// bytes are copied. 0: a quarter of `slot_count`, at least 4.
+    pub out_slot_count: u32,
+    /// Buffer size classes beyond the slot size, smallest first: a buffered body call over half
+    /// a slot writes its output into the smallest that fits, and falls back to the heap when
+    /// none does or all are taken. `None`: two classes, 4 and 16 slots large, each a sixty-fourth
+    /// of the request slots' bytes (at least one slot each); `Some(vec![])`: none.
+    pub buffer_classes: Option<Vec<PoolSpec>>,
 }
 
 impl Default for RuntimeOptions {
@@ -52,7 +63,46 @@ impl Default for RuntimeOptions {
             slot_count: 1024,
             slot_size: 64 * 1024,
             log_queue: 4096,
+            out_slot_count: 0,
+            buffer_classes: None,
         }
+    }
+}
+
+impl RuntimeOptions {
+    /// The arena's pools, in order: request slots, out slots, then the buffer classes.
+    pub fn pools(&self) -> Vec<PoolSpec> {
+        let slot = PoolSpec {
+            slot_count: self.slot_count,
+            slot_size: self.slot_size,
+        };
+        let outs = if self.out_slot_count == 0 {
+            (self.slot_count / 4).max(4)
+        } else {
+            self.out_slot_count
+        };
+        let mut pools = vec![
+            slot,
+            PoolSpec {
+                slot_count: outs,
+                ..slot
+            },
+        ];
+        match &self.buffer_classes {
+            Some(classes) => pools.extend(classes.iter().copied()),
+            None => {
+                for times in [4u32, 16] {
+                    let Some(size) = self.slot_size.checked_mul(times).filter(|&s| s <= arena::MAX_SLOT_SIZE) else {
+                        continue;
+                    };
+                    pools.push(PoolSpec {
+                        slot_count: (self.slot_count / (times * 16)).max(1),
+                        slot_size: size,
+                    });
+                }
+            }
+        }
+        pools
     }
 }
 
@@ -160,6 +210,11 @@ pub struct RuntimeStats {
     pub pending_calls: AtomicU64,
     /// Phase calls posted to worker rings.
     pub worker_jobs: AtomicU64,
+    /// Bytes of local reply bodies and long header values that plugins wrote and the host handed
+    /// on as slices of the arena slot they were written to (or of a NATS reply), without a copy.
+    pub output_bytes_shared: AtomicU64,
+    /// The same bytes copied instead, because the call had no out slot of its own (none was free).
+    pub output_bytes_copied: AtomicU64,
 }
 
 struct Registry {
@@ -169,7 +224,14 @@ struct Registry {
 
 /// Loaded libraries, plugin instances and the request arena.
 pub struct Runtime {
+    /// Request slots: the first pool of the arena's mapping. A slot's index is the request's
+    /// identity for plugins (`view.slot`).
     arena: Arc<Arena>,
+    /// Out slots: where calls write their output (`Exchange::lease_head_out`, body calls). The
+    /// second pool of the same mapping, so a worker job names one by unit.
+    outs: Arc<Arena>,
+    /// Larger buffer classes, smallest first (buffered body calls over half a slot).
+    buffers: Vec<Arc<Arena>>,
     registry: Mutex<Registry>,
     log_tx: crossbeam_channel::Sender<LogJob>,
     pub stats: Arc<RuntimeStats>,
@@ -181,12 +243,16 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(opts: RuntimeOptions) -> Result<Arc<Runtime>, ArenaError> {
-        let arena = Arena::new(opts.slot_count, opts.slot_size)?;
+        let mut pools = Arena::pools(&opts.pools())?.into_iter();
+        let (arena, outs) = (pools.next().expect("request pool"), pools.next().expect("out pool"));
+        let buffers = pools.collect();
         let (log_tx, log_rx) = crossbeam_channel::bounded::<LogJob>(opts.log_queue.max(1));
         let stats = Arc::new(RuntimeStats::default());
         let calls = Arc::new(AsyncTable::new(arena.slot_count(), Arc::clone(&stats)));
         let rt = Arc::new(Runtime {
             arena,
+            outs,
+            buffers,
             registry: Mutex::new(Registry {
                 libraries: HashMap::new(),
                 instances: Vec::new(),
@@ -398,6 +464,50 @@ impl Runtime {
     /// Slots in use and total.
     pub fn arena_usage(&self) -> (u64, u32) {
         (self.arena.in_use(), self.arena.slot_count())
+    }
+
+    /// Out slots in use and total (calls in progress, local replies being sent).
+    pub fn out_slot_usage(&self) -> (u64, u32) {
+        (self.outs.in_use(), self.outs.slot_count())
+    }
+
+    /// Per buffer class: (slot size, slots in use, slots).
+    pub fn buffer_usage(&self) -> Vec<(usize, u64, u32)> {
+        self.buffers
+            .iter()
+            .map(|b| (b.slot_size(), b.in_use(), b.slot_count()))
+            .collect()
+    }
+
+    /// The addresses of the arena's mapping (every pool), so a test or a diagnostic can tell
+    /// whether bytes handed on (a local reply body, say) still live in a slot rather than in a
+    /// copy.
+    pub fn arena_range(&self) -> std::ops::Range<usize> {
+        let base = self.arena.base_ptr() as usize;
+        let end = std::iter::once(&self.outs)
+            .chain(&self.buffers)
+            .map(|p| p.base_ptr() as usize + p.slot_count() as usize * p.slot_size())
+            .max()
+            .unwrap_or(base);
+        base..end
+    }
+
+    /// What a worker ring is told of the arena (`attach_worker`): its start, the unit (the slot
+    /// size) and how many units jobs may name: the request slots, then the out slots.
+    pub(crate) fn ring_arena(&self) -> (*const u8, usize, u32) {
+        (
+            self.arena.base_ptr(),
+            self.arena.slot_size(),
+            self.arena.slot_count() + self.outs.slot_count(),
+        )
+    }
+
+    /// A buffer of at least `len` bytes from the smallest buffer class that has one free.
+    pub(crate) fn lease_buffer(&self, len: usize) -> Option<arena::SlotLease> {
+        self.buffers
+            .iter()
+            .filter(|b| b.slot_size() >= len)
+            .find_map(|b| b.acquire())
     }
 
     /// Descriptors per worker ring for rings created from now on (a power of two between 2 and

@@ -127,14 +127,26 @@ fn ws_room(index: usize, raw: &[u8]) -> Result<String, MutationError> {
     Ok(String::from_utf8_lossy(raw).into_owned())
 }
 
+/// Header values at least this long are not copied out of the plugin's output buffer: when that
+/// buffer is an arena lease, they become `Bytes` slices of it (see [`RawBatch::resolve`]).
+/// Shorter values are copied at decode time, which costs less than pinning the lease.
+pub const SHARED_VALUE_MIN: usize = 1024;
+
 #[derive(Debug)]
-enum Op {
-    SetHeader(HeaderName, HeaderValue),
-    AddHeader(HeaderName, HeaderValue),
+enum Op<V = HeaderValue> {
+    SetHeader(HeaderName, V),
+    AddHeader(HeaderName, V),
     RemoveHeader(HeaderName),
     SetPath(Vec<u8>),
     SetQuery(Vec<u8>),
     SetStatus(StatusCode),
+}
+
+/// A header value of a decoded batch: copied already, or a validated range of the output buffer.
+#[derive(Debug)]
+enum Val {
+    Copied(HeaderValue),
+    At(Range<usize>),
 }
 
 /// A validated batch, ready to apply.
@@ -145,6 +157,131 @@ pub struct Batch {
     body: BodyEdits,
     skip_body: bool,
     ws: Vec<WsOp>,
+}
+
+/// A local reply as decoded: its body and long header values are still ranges of the buffer.
+#[derive(Debug)]
+struct RawReply {
+    status: StatusCode,
+    headers: Vec<(HeaderName, Val)>,
+    body: Range<usize>,
+}
+
+/// A validated batch whose local reply body and long header values are still byte ranges of the
+/// buffer it was decoded from. [`resolve`](Self::resolve) turns it into a [`Batch`], copying
+/// those bytes or slicing them out of a shared owner of the buffer.
+#[derive(Debug, Default)]
+pub struct RawBatch {
+    ops: Vec<Op<Val>>,
+    reply: Option<RawReply>,
+    body: BodyEdits,
+    skip_body: bool,
+    ws: Vec<WsOp>,
+}
+
+/// Where the bytes a [`RawBatch`] refers to live.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// The buffer itself: referenced bytes are copied.
+    Copy(&'a [u8]),
+    /// A shared owner of the buffer (an arena lease frozen into `Bytes`, or a message received
+    /// from the network): referenced bytes become slices of it, with no copy.
+    Shared(&'a Bytes),
+}
+
+impl Source<'_> {
+    fn bytes(&self, r: Range<usize>) -> Bytes {
+        match self {
+            Source::Copy(b) => Bytes::copy_from_slice(&b[r]),
+            Source::Shared(b) => b.slice(r),
+        }
+    }
+}
+
+impl RawBatch {
+    /// Whether any record refers to bytes of the buffer (a local reply body, a long header
+    /// value), so [`resolve`](Self::resolve) needs them.
+    pub fn refers_to_buffer(&self) -> bool {
+        let at = |v: &Val| matches!(v, Val::At(_));
+        self.ops
+            .iter()
+            .any(|op| matches!(op, Op::SetHeader(_, v) | Op::AddHeader(_, v) if at(v)))
+            || self
+                .reply
+                .as_ref()
+                .is_some_and(|r| !r.body.is_empty() || r.headers.iter().any(|(_, v)| at(v)))
+    }
+
+    /// How many bytes of the buffer the records refer to (what [`resolve`](Self::resolve)
+    /// shares or copies).
+    pub fn referenced_len(&self) -> usize {
+        let len = |v: &Val| match v {
+            Val::At(r) => r.len(),
+            Val::Copied(_) => 0,
+        };
+        let ops: usize = self
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::SetHeader(_, v) | Op::AddHeader(_, v) => len(v),
+                _ => 0,
+            })
+            .sum();
+        let reply = self.reply.as_ref().map_or(0, |r| {
+            r.body.len() + r.headers.iter().map(|(_, v)| len(v)).sum::<usize>()
+        });
+        ops + reply
+    }
+
+    /// Turns the ranges into bytes from `src`, which must hold the buffer the batch was decoded
+    /// from (the same bytes, at the same offsets).
+    pub fn resolve(self, src: Source<'_>) -> Batch {
+        // Validated at decode time; a source that does not hold the same bytes is a host bug,
+        // and such a value is dropped rather than sent.
+        let value = |v: Val| match v {
+            Val::Copied(v) => Some(v),
+            Val::At(r) => HeaderValue::from_maybe_shared(src.bytes(r)).ok(),
+        };
+        let ops = self
+            .ops
+            .into_iter()
+            .filter_map(|op| {
+                Some(match op {
+                    Op::SetHeader(n, v) => Op::SetHeader(n, value(v)?),
+                    Op::AddHeader(n, v) => Op::AddHeader(n, value(v)?),
+                    Op::RemoveHeader(n) => Op::RemoveHeader(n),
+                    Op::SetPath(p) => Op::SetPath(p),
+                    Op::SetQuery(q) => Op::SetQuery(q),
+                    Op::SetStatus(s) => Op::SetStatus(s),
+                })
+            })
+            .collect();
+        let reply = self.reply.map(|r| {
+            let mut headers = HeaderMap::with_capacity(r.headers.len());
+            for (n, v) in r.headers {
+                if let Some(v) = value(v) {
+                    headers.append(n, v);
+                }
+            }
+            let body = if r.body.is_empty() {
+                Bytes::new()
+            } else {
+                src.bytes(r.body)
+            };
+            LocalReply {
+                status: r.status,
+                headers,
+                body,
+            }
+        });
+        Batch {
+            ops,
+            reply,
+            body: self.body,
+            skip_body: self.skip_body,
+            ws: self.ws,
+        }
+    }
 }
 
 /// The body records of a batch, as byte ranges of the buffer the batch was decoded from (so the
@@ -268,6 +405,27 @@ fn header_value(index: usize, name: &HeaderName, raw: &[u8]) -> Result<HeaderVal
     })
 }
 
+/// Whether `b` may be a header value: visible ASCII, obs-text, space and HTAB (the rule of
+/// `HeaderValue::from_bytes`, checked here without building one).
+fn value_bytes_ok(b: &[u8]) -> bool {
+    b.iter().all(|&c| (c >= 0x20 && c != 0x7f) || c == b'\t')
+}
+
+/// A header value at `range` of the buffer (`raw` being those bytes): validated now, copied now
+/// if short, else kept as a range for [`RawBatch::resolve`].
+fn header_val(index: usize, name: &HeaderName, raw: &[u8], range: Range<usize>) -> Result<Val, MutationError> {
+    if raw.len() < SHARED_VALUE_MIN {
+        return header_value(index, name, raw).map(Val::Copied);
+    }
+    if raw.len() > MAX_VALUE_LEN || !value_bytes_ok(raw) {
+        return Err(MutationError::HeaderValue {
+            index,
+            name: name.as_str().to_owned(),
+        });
+    }
+    Ok(Val::At(range))
+}
+
 fn status(index: usize, raw: u32) -> Result<StatusCode, MutationError> {
     if !(200..=599).contains(&raw) {
         return Err(MutationError::Status { index, status: raw });
@@ -282,13 +440,21 @@ fn uri_bytes_ok(raw: &[u8], allow_question: bool) -> bool {
         .all(|&b| (0x21..0x7f).contains(&b) && b != b'#' && (allow_question || b != b'?'))
 }
 
-/// Decodes and validates `buf[..len]` written by a plugin during `phase`.
+/// Decodes and validates `buf[..len]` written by a plugin during `phase`, copying the bytes its
+/// records refer to (see [`decode_raw`] for the form that need not copy).
 pub fn decode(buf: &[u8], len: usize, phase: WeftPhase) -> Result<Batch, MutationError> {
+    decode_raw(buf, len, phase).map(|raw| raw.resolve(Source::Copy(buf)))
+}
+
+/// Decodes and validates `buf[..len]` written by a plugin during `phase`. Every record is
+/// checked here (a batch is all or nothing); a local reply body and header values of at least
+/// [`SHARED_VALUE_MIN`] bytes stay ranges of `buf` until [`RawBatch::resolve`].
+pub fn decode_raw(buf: &[u8], len: usize, phase: WeftPhase) -> Result<RawBatch, MutationError> {
     if len > buf.len() {
         return Err(MutationError::Length { len, cap: buf.len() });
     }
     let data = &buf[..len];
-    let mut batch = Batch::default();
+    let mut batch = RawBatch::default();
     let mut pos = 0usize;
     let mut index = 0usize;
     while pos < data.len() {
@@ -325,12 +491,12 @@ pub fn decode(buf: &[u8], len: usize, phase: WeftPhase) -> Result<Batch, Mutatio
         match op {
             M::SetRequestHeader | M::SetResponseHeader => {
                 let n = header_name(index, a)?;
-                let v = header_value(index, &n, b)?;
+                let v = header_val(index, &n, b, a_end..b_end)?;
                 batch.ops.push(Op::SetHeader(n, v));
             }
             M::AddRequestHeader | M::AddResponseHeader => {
                 let n = header_name(index, a)?;
-                let v = header_value(index, &n, b)?;
+                let v = header_val(index, &n, b, a_end..b_end)?;
                 batch.ops.push(Op::AddHeader(n, v));
             }
             M::RemoveRequestHeader | M::RemoveResponseHeader => {
@@ -368,18 +534,18 @@ pub fn decode(buf: &[u8], len: usize, phase: WeftPhase) -> Result<Batch, Mutatio
                 if batch.reply.is_some() {
                     return Err(MutationError::DuplicateReply { index });
                 }
-                batch.reply = Some(LocalReply {
+                batch.reply = Some(RawReply {
                     status: status(index, rec.arg)?,
-                    headers: HeaderMap::new(),
-                    body: Bytes::copy_from_slice(a),
+                    headers: Vec::new(),
+                    body: rec_end..a_end,
                 });
             }
             M::LocalReplyHeader => {
                 let n = header_name(index, a)?;
-                let v = header_value(index, &n, b)?;
+                let v = header_val(index, &n, b, a_end..b_end)?;
                 match batch.reply.as_mut() {
                     Some(r) => {
-                        r.headers.append(n, v);
+                        r.headers.push((n, v));
                     }
                     None => return Err(MutationError::OrphanReplyHeader { index }),
                 }
@@ -826,6 +992,77 @@ mod tests {
             decode(&b, 17, WeftPhase::RequestHeaders),
             Err(MutationError::Length { .. })
         ));
+    }
+
+    #[test]
+    fn long_values_and_reply_bodies_resolve_to_slices_of_a_shared_buffer() {
+        let long = vec![b'x'; SHARED_VALUE_MIN];
+        let mut b = Vec::new();
+        rec(&mut b, M::SetRequestHeader, 0, b"x-short", b"s");
+        rec(&mut b, M::AddRequestHeader, 0, b"x-long", &long);
+        let raw = decode_raw(&b, b.len(), WeftPhase::RequestHeaders).unwrap();
+        assert!(raw.refers_to_buffer());
+        let shared = Bytes::from(b.clone());
+        let mut parts = req();
+        raw.resolve(Source::Shared(&shared)).apply_to_request(&mut parts);
+        assert_eq!(parts.headers["x-short"], "s");
+        let v = parts.headers["x-long"].as_bytes();
+        assert_eq!(v, &long[..]);
+        let at = v.as_ptr() as usize - shared.as_ptr() as usize;
+        assert!(at < shared.len(), "the long value is a slice of the buffer, not a copy");
+
+        let mut b = Vec::new();
+        rec(&mut b, M::LocalReply, 403, b"denied", b"");
+        rec(&mut b, M::LocalReplyHeader, 0, b"x-why", &long);
+        let shared = Bytes::from(b.clone());
+        let raw = decode_raw(&b, b.len(), WeftPhase::RequestHeaders).unwrap();
+        let reply = raw.resolve(Source::Shared(&shared)).take_reply().unwrap();
+        assert_eq!((reply.status.as_u16(), &reply.body[..]), (403, &b"denied"[..]));
+        assert!(shared.as_ptr_range().contains(&reply.body.as_ptr()));
+        assert!(
+            shared
+                .as_ptr_range()
+                .contains(&reply.headers["x-why"].as_bytes().as_ptr())
+        );
+        // The same batch copied: equal bytes, other memory.
+        let reply = decode(&b, b.len(), WeftPhase::RequestHeaders)
+            .unwrap()
+            .take_reply()
+            .unwrap();
+        assert_eq!(&reply.body[..], b"denied");
+        assert!(!shared.as_ptr_range().contains(&reply.body.as_ptr()));
+
+        // Short values and no reply: nothing refers to the buffer.
+        let mut b = Vec::new();
+        rec(&mut b, M::SetRequestHeader, 0, b"x-short", b"s");
+        assert!(
+            !decode_raw(&b, b.len(), WeftPhase::RequestHeaders)
+                .unwrap()
+                .refers_to_buffer()
+        );
+        // A long value is validated at decode time like a short one.
+        let mut bad = long.clone();
+        bad[SHARED_VALUE_MIN / 2] = b'\n';
+        let mut b = Vec::new();
+        rec(&mut b, M::SetRequestHeader, 0, b"x-long", &bad);
+        assert!(matches!(
+            decode_raw(&b, b.len(), WeftPhase::RequestHeaders),
+            Err(MutationError::HeaderValue { .. })
+        ));
+        bad[SHARED_VALUE_MIN / 2] = 0x7f;
+        let mut b = Vec::new();
+        rec(&mut b, M::SetRequestHeader, 0, b"x-long", &bad);
+        assert!(
+            decode_raw(&b, b.len(), WeftPhase::RequestHeaders).is_err(),
+            "DEL refused"
+        );
+        bad[SHARED_VALUE_MIN / 2] = b'\t';
+        let mut b = Vec::new();
+        rec(&mut b, M::SetRequestHeader, 0, b"x-long", &bad);
+        assert!(
+            decode_raw(&b, b.len(), WeftPhase::RequestHeaders).is_ok(),
+            "HTAB allowed"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!  64  tail    u32  written by the producer only: descriptors [0, tail) were published
 //! 128  head    u32  written by the consumer only: descriptors [0, head) were consumed
 //! 192  waiting u32  the consumer's park flag and futex word: 0 running, 1 parked (or parking)
-//! 256  descriptors: capacity × WeftJob (24 bytes, #[repr(C)])
+//! 256  descriptors: capacity × WeftJob (32 bytes, #[repr(C)])
 //! ```
 //! `head` and `tail` run freely and wrap at 2³²; descriptor `i` lives at index `i & (capacity-1)`.
 //! The ring is empty when `head == tail` and full when `tail - head == capacity`. Each of the four
@@ -97,7 +97,7 @@ pub const OFFSET_DESCRIPTORS: usize = 256;
 
 #[cfg(not(weft_loom))]
 const _: () = {
-    assert!(std::mem::size_of::<WeftJob>() == 24);
+    assert!(std::mem::size_of::<WeftJob>() == 32);
     assert!(std::mem::offset_of!(RingHeader, tail) == OFFSET_TAIL);
     assert!(std::mem::offset_of!(RingHeader, head) == OFFSET_HEAD);
     assert!(std::mem::offset_of!(RingHeader, waiting) == OFFSET_WAITING);
@@ -522,6 +522,8 @@ mod tests {
             instance: i as u64 * 3,
             phase: 1,
             call: i,
+            out_slot: i.wrapping_add(1),
+            out_off: 8 * i,
         }
     }
 
@@ -529,12 +531,12 @@ mod tests {
     fn header_layout_is_the_documented_one() {
         let (p, _c) = ring(8).unwrap();
         let (base, len) = p.region();
-        assert_eq!(len, OFFSET_DESCRIPTORS + 8 * 24);
+        assert_eq!(len, OFFSET_DESCRIPTORS + 8 * 32);
         let word = |off: usize| unsafe { (base.add(off) as *const u32).read() };
         assert_eq!(word(0), RING_MAGIC);
         assert_eq!(word(4), RING_VERSION);
         assert_eq!(word(8), 8);
-        assert_eq!(word(12), 24);
+        assert_eq!(word(12), 32);
         assert_eq!(word(OFFSET_TAIL), 0);
     }
 

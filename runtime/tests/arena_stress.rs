@@ -10,6 +10,12 @@ use std::time::{Duration, Instant};
 use weft_runtime::arena::{Arena, LocalCache};
 
 fn stress(arena: Arc<Arena>, threads: usize, run_for: Duration) -> u64 {
+    stress_tagged(arena, threads, run_for, 0)
+}
+
+/// `stress` whose threads write tags from `tag_base + 1` on (so runs on pools of one mapping at
+/// once would see each other's writes if their slots overlapped).
+fn stress_tagged(arena: Arc<Arena>, threads: usize, run_for: Duration, tag_base: u8) -> u64 {
     let n = arena.slot_count() as usize;
     let owned: Arc<Vec<AtomicBool>> = Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
     let ops = Arc::new(AtomicU64::new(0));
@@ -21,7 +27,7 @@ fn stress(arena: Arc<Arena>, threads: usize, run_for: Duration) -> u64 {
                 let mut explicit = LocalCache::new();
                 let mut held = Vec::new();
                 let mut round = 0u64;
-                let tag = (t as u8).wrapping_add(1);
+                let tag = tag_base.wrapping_add(t as u8).wrapping_add(1);
                 while Instant::now() < deadline {
                     round += 1;
                     // Hold a varying number of slots, so caches fill, refill and flush.
@@ -84,4 +90,34 @@ fn arena_survives_contention_on_a_tiny_list_without_caches() {
     let arena = Arena::with_batch(4, 4096, 0).unwrap();
     let ops = stress(arena, 4, Duration::from_millis(500));
     assert!(ops > 0);
+}
+
+#[test]
+fn pools_of_one_mapping_survive_concurrent_use_side_by_side() {
+    use weft_runtime::arena::PoolSpec;
+    // Three pools of one mapping, each stressed by its own threads at once; the tags differ per
+    // pool, so a slot of one pool overlapping another's would show as a foreign write.
+    let pools = Arena::pools(&[
+        PoolSpec {
+            slot_count: 256,
+            slot_size: 4096,
+        },
+        PoolSpec {
+            slot_count: 130,
+            slot_size: 4096,
+        },
+        PoolSpec {
+            slot_count: 8,
+            slot_size: 16384,
+        },
+    ])
+    .unwrap();
+    let runs: Vec<_> = pools
+        .into_iter()
+        .enumerate()
+        .map(|(i, pool)| std::thread::spawn(move || stress_tagged(pool, 3, Duration::from_millis(1000), 40 * i as u8)))
+        .collect();
+    for r in runs {
+        assert!(r.join().expect("a pool's stress run failed") > 0);
+    }
 }

@@ -33,6 +33,7 @@ fn runtime(slots: u32) -> Arc<Runtime> {
         slot_count: slots,
         slot_size: 4096,
         log_queue: 4096,
+        ..weft_runtime::RuntimeOptions::default()
     })
     .unwrap();
     rt.load_library("async", &c_plugins().join("libweft_c_async.so"))
@@ -99,7 +100,12 @@ fn wait_clean(rt: &Runtime) {
     wait_until(
         "arena empty, no pending or orphaned call",
         Duration::from_secs(60),
-        || rt.arena_usage().0 == 0 && stat(rt, |s| &s.orphaned_slots) == 0 && stat(rt, |s| &s.pending_calls) == 0,
+        || {
+            rt.arena_usage().0 == 0
+                && rt.out_slot_usage().0 == 0
+                && stat(rt, |s| &s.orphaned_slots) == 0
+                && stat(rt, |s| &s.pending_calls) == 0
+        },
     );
 }
 
@@ -267,6 +273,8 @@ fn a_cancellation_storm_leaks_no_slot() {
     // orphans its slot until the late completion; at the end every slot is back.
     const WAVES: usize = 8;
     const PER_WAVE: usize = 500;
+    // Each orphaned call keeps its slot and its out slot until its late completion; out slots are
+    // a pool of their own (a quarter as many): when they run out, calls write after the view.
     let rt = runtime(4096);
     let baseline = rt.arena_usage().0;
     // The orphaned calls count against the in-flight limit until they complete: lift it.
@@ -439,6 +447,89 @@ fn blocking_jobs_go_through_the_worker_rings() {
     assert!(rt.worker_rings() >= 2, "{} rings", rt.worker_rings());
     assert_eq!(stat(&rt, |s| &s.plugin_failures), 0);
     assert_eq!(stat(&rt, |s| &s.busy_rejections), 0);
+}
+
+/// A local reply body and a long header value a plugin writes go to hyper as slices of the arena
+/// slot it wrote them into, whether it answered inline, completed a pending call from another
+/// thread, or ran as a worker job: no copy, and the slot comes back once the response is gone.
+#[test]
+fn local_reply_bytes_go_out_as_slices_of_the_arena() {
+    let _g = rings_lock();
+    let rt = runtime(64);
+    let inline = rt.chain(&[instance(&rt, "inline", "async-delay", false, opts(10_000))]);
+    let blocking = rt.chain(&[instance(&rt, "blocking", "blocking", false, opts(10_000))]);
+    let tokio = tokio_rt();
+    let arena = rt.arena_range();
+    let in_arena = |p: *const u8, len: usize| arena.contains(&(p as usize)) && arena.contains(&(p as usize + len - 1));
+    // 1500 + 2000 bytes fit the 4096-byte out slot (not the rest of the request's slot).
+    let want: Vec<u8> = (0..1500u32).map(|i| b'a' + (i % 26) as u8).collect();
+    for (how, chain, extra) in [
+        ("inline", &inline, None),
+        ("pending", &inline, Some(("x-delay-ms", "5"))),
+        ("worker job", &blocking, None),
+    ] {
+        let mut headers = vec![("x-reply-bytes", "1500")];
+        headers.extend(extra);
+        let shared = stat(&rt, |s| &s.output_bytes_shared);
+        let (flow, _, _) = tokio.block_on(exchange(chain, &headers));
+        let Flow::Respond(resp) = flow else {
+            panic!("{how}: no local reply")
+        };
+        assert_eq!(resp.status(), 200, "{how}");
+        assert_eq!(resp.body().as_ref(), &want[..], "{how}: body");
+        assert!(
+            in_arena(resp.body().as_ptr(), 1500),
+            "{how}: the body was copied out of the arena"
+        );
+        let long = &resp.headers()["x-long"];
+        assert_eq!(long.as_bytes(), &[b'v'; 2000][..], "{how}: x-long");
+        assert!(
+            in_arena(long.as_bytes().as_ptr(), 2000),
+            "{how}: the long header value was copied"
+        );
+        assert_eq!(
+            stat(&rt, |s| &s.output_bytes_shared) - shared,
+            3500,
+            "{how}: counted as shared"
+        );
+        // The exchange is gone (its log phase ran); the response still holds the out slot.
+        wait_until("the request's slot back", Duration::from_secs(10), || {
+            rt.arena_usage().0 == 0 && rt.out_slot_usage().0 == 1
+        });
+        drop(resp);
+        wait_clean(&rt);
+    }
+    // Out slots are a pool of their own: replies held unsent take them all, and requests still
+    // start. The next call writes after the view in its request's slot; its bytes are copied.
+    let outs = rt.out_slot_usage().1 as usize;
+    let held: Vec<_> = (0..outs)
+        .map(
+            |_| match tokio.block_on(exchange(&inline, &[("x-reply-bytes", "100")])).0 {
+                Flow::Respond(r) => r,
+                Flow::Continue => panic!("no local reply"),
+            },
+        )
+        .collect();
+    assert_eq!(
+        rt.out_slot_usage().0 as usize,
+        outs,
+        "each unsent reply holds its out slot"
+    );
+    assert!(held.iter().all(|r| in_arena(r.body().as_ptr(), 100)));
+    let mut x = inline.start(client(), "http").unwrap().unwrap();
+    let mut req = request(&[("x-reply-bytes", "100")]);
+    let Flow::Respond(resp) = x.request_headers(&mut req) else {
+        panic!("no local reply without a free out slot")
+    };
+    assert_eq!(resp.body().as_ref(), &want[..100]);
+    assert!(
+        !in_arena(resp.body().as_ptr(), 100),
+        "with no free out slot the body is a copy"
+    );
+    assert_eq!(stat(&rt, |s| &s.output_bytes_copied), 2100, "counted as copied");
+    assert_eq!(stat(&rt, |s| &s.plugin_failures), 0);
+    drop((held, resp, x));
+    wait_clean(&rt);
 }
 
 #[test]

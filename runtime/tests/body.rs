@@ -196,6 +196,18 @@ fn buffered_body_larger_than_a_slot_with_head_change() {
         "the body itself is not copied"
     );
     assert_eq!(parts.headers["x-body-len"], "40000");
+    // The plugin's output (twice the body would fit) went to a buffer-class slot of the arena,
+    // not the heap: the prepended piece is a slice of it, held until the pieces are sent.
+    let rt = runtime();
+    let prefix = pieces.first().unwrap();
+    assert!(
+        rt.arena_range().contains(&(prefix.as_ptr() as usize)),
+        "the plugin's bytes are not in the arena"
+    );
+    let held = |rt: &Runtime| rt.buffer_usage().iter().map(|c| c.1).sum::<u64>();
+    assert!(held(rt) >= 1, "{:?}", rt.buffer_usage());
+    drop(pieces);
+    drop(x);
 
     let (mut x, mut parts) = start(&c, &[]);
     match block_on(x.request_body_buffered(&mut parts, Bytes::from_static(b"reject"))) {

@@ -21,6 +21,7 @@ fn runtime() -> &'static Arc<Runtime> {
             slot_count: 64,
             slot_size: 16 * 1024,
             log_queue: 1024,
+            ..weft_runtime::RuntimeOptions::default()
         })
         .unwrap();
         let plugins = rt.load_library("examples", &lib).expect("load example library");
@@ -271,6 +272,7 @@ fn arena_exhaustion_is_busy_and_slots_come_back() {
         slot_count: 8,
         slot_size: 8192,
         log_queue: 16,
+        ..weft_runtime::RuntimeOptions::default()
     })
     .unwrap();
     rt.load_library("examples", &common::build_plugins("main")).unwrap();

@@ -91,6 +91,7 @@ fn runtime() -> Arc<Runtime> {
         slot_count: 8,
         slot_size: 16 * 1024,
         log_queue: 16,
+        ..weft_runtime::RuntimeOptions::default()
     })
     .unwrap()
 }

@@ -16,6 +16,8 @@ fn job(seq: u32) -> WeftJob {
         instance: (seq as u64) << 20 | 7,
         phase: seq % 5,
         call: seq,
+        out_slot: seq.rotate_left(7),
+        out_off: seq ^ 0xa5a5,
     }
 }
 

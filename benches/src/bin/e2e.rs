@@ -1195,6 +1195,17 @@ fn goals(rep: &Report) -> String {
         }
         _ => s.push_str("- NATS, one remote phase ≥ 0.5× in-process: not measured\n"),
     }
+    match get("weft-nats-1", &thr) {
+        Some(n) => {
+            let _ = writeln!(
+                s,
+                "- NATS, one remote phase ≥ 10k req/s: {:.0} req/s — {}",
+                n.rps,
+                verdict(n.rps >= 10_000.0)
+            );
+        }
+        None => s.push_str("- NATS, one remote phase ≥ 10k req/s: not measured\n"),
+    }
     s.push_str("\nThe same plugin on the worker pool (issue 3: a blocking-marked plugin against the inline one):\n\n");
     match (get(POOL, &thr), get(BASE_INPROC, &thr)) {
         (Some(w), Some(p)) => {

@@ -49,17 +49,20 @@ const (
 	RingOffsetDescriptors = 256
 
 	// SizeofJob is the size of WeftJob.
-	SizeofJob = 24
+	SizeofJob = 32
 )
 
 // Job mirrors WeftJob: one phase call posted to a worker ring. The view is at
-// arena + Slot*slotSize; its Call field equals Call.
+// arena + Slot*slotSize; its Call field equals Call. The output location is at
+// arena + OutSlot*slotSize + OutOff, up to the end of that slot.
 type Job struct {
 	Slot       uint32
 	Generation uint32
 	Instance   uint64
 	Phase      uint32
 	Call       uint32
+	OutSlot    uint32
+	OutOff     uint32
 }
 
 // Arena is the host's request arena as attach_worker describes it: SlotCount slots of
@@ -84,10 +87,10 @@ var ErrBadRing = errors.New("weft: bad worker ring")
 
 // RunJob runs one job: it checks every field of the job and of the view it names against the
 // arena (slot in range, instance known, phase declared, view inside its slot and naming the same
-// slot, generation, phase and call), then runs the handler through Dispatch with the output
-// location at the first 8-aligned offset at or after view.size, up to the end of the slot. A bad
-// job gives an error result without running anything. ResultPending means the handler deferred
-// the call and completes it itself.
+// slot, generation, phase and call; output location inside its slot, 8-aligned, and after the
+// view when it shares the view's slot), then runs the handler through Dispatch with that output
+// location. A bad job gives an error result without running anything. ResultPending means the
+// handler deferred the call and completes it itself.
 func RunJob(j Job, a Arena) (Result, uint32) {
 	if a.Base == nil || j.Slot >= a.SlotCount || j.Call == 0 || a.SlotSize < SizeofRequestView {
 		return ResultInvalidArgument, 0
@@ -109,12 +112,15 @@ func RunJob(j Job, a Arena) (Result, uint32) {
 		v.Generation != j.Generation || v.Call != j.Call || v.Phase != j.Phase {
 		return ResultInvalidArgument, 0
 	}
-	outOff := (size + 7) &^ 7
+	if j.OutSlot >= a.SlotCount || j.OutOff%8 != 0 || j.OutOff > a.SlotSize ||
+		(j.OutSlot == j.Slot && uint64(j.OutOff) < size) {
+		return ResultInvalidArgument, 0
+	}
 	var out unsafe.Pointer
 	var outCap uint32
-	if outOff < uint64(a.SlotSize) {
-		out = unsafe.Add(base, uintptr(outOff))
-		outCap = a.SlotSize - uint32(outOff)
+	if j.OutOff < a.SlotSize {
+		out = unsafe.Add(a.Base, uintptr(j.OutSlot)*uintptr(a.SlotSize)+uintptr(j.OutOff))
+		outCap = a.SlotSize - j.OutOff
 	}
 	return Dispatch(j.Instance, j.Phase, base, out, outCap)
 }
@@ -181,13 +187,31 @@ func newRingWorker(ring unsafe.Pointer, ringLen uintptr, arena Arena, host Worke
 	}, nil
 }
 
-// run is the consumer loop of one ring.
+// run starts consuming the ring (the goroutine AttachWorker starts).
 func (w *ringWorker) run() {
+	w.consume(atomic.LoadUint32(w.head))
+}
+
+// consume is the consumer loop of one ring, from head on.
+//
+// One goroutine at a time is the consumer. When it takes a batch it gives the entries back,
+// hands the pool goroutines all jobs but the first, then passes the ring on to a successor
+// (go w.consume(head)) and runs the first job itself before it ends. So a job that finds the
+// consumer spinning starts at once, on the thread that saw it, instead of after the Go
+// scheduler has woken another thread for a new goroutine (a futex wake-up, tens of
+// microseconds on a small virtual machine). The successor starts reading the ring only after
+// this goroutine stopped, so the ring keeps exactly one consumer; and a blocking first job
+// stalls nothing, since the successor consumes meanwhile.
+func (w *ringWorker) consume(head uint32) {
 	// The futex wait parks this thread; locking keeps it from parking a thread other goroutines
 	// were scheduled on.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	handedOff := false
 	defer func() {
+		if handedOff {
+			return // the successor owns the ring (runJob recovers the job's panics)
+		}
 		if r := recover(); r != nil {
 			hostLog(LogError, 0, fmt.Sprintf("weft: worker ring consumer panicked, leaving the ring: %v", r))
 		}
@@ -197,7 +221,6 @@ func (w *ringWorker) run() {
 	}()
 	const batchMax = 64
 	var batch [batchMax]Job
-	head := atomic.LoadUint32(w.head)
 	for {
 		if avail := atomic.LoadUint32(w.tail) - head; avail != 0 {
 			if avail > w.mask+1 {
@@ -211,10 +234,16 @@ func (w *ringWorker) run() {
 			head += n
 			// The entries are copied: give them back before running anything.
 			atomic.StoreUint32(w.head, head)
-			for i := range n {
+			for i := uint32(1); i < n; i++ {
 				w.submit(batch[i])
 			}
-			continue
+			// The first job's place in the pool, taken (waiting while it is full) before the
+			// hand-off, so the bound holds and a full pool still backs the ring up.
+			w.pool <- struct{}{}
+			handedOff = true
+			go w.consume(head)
+			w.runJob(batch[0])
+			return
 		}
 		if w.spin(head) {
 			continue
@@ -274,6 +303,7 @@ func (w *ringWorker) submit(j Job) {
 	go w.runJob(j)
 }
 
+// runJob runs j and completes it, then gives back the pool place its caller took.
 func (w *ringWorker) runJob(j Job) {
 	defer func() { <-w.pool }()
 	res, n := ResultInternal, uint32(0)

@@ -3,6 +3,7 @@
 package core
 
 import (
+	"bytes"
 	"errors"
 	"sort"
 	"sync/atomic"
@@ -119,14 +120,14 @@ func (a *testArena) put(j Job, headers [][2]string) Job {
 	clear(slot)
 	copy(slot, b[:viewOf(w).Size])
 	(*RequestView)(unsafe.Pointer(&slot[0])).Call = j.Call
+	// The output location after the view, in the same slot (the host may name another slot).
+	j.OutSlot, j.OutOff = j.Slot, (viewOf(w).Size+7)&^7
 	return j
 }
 
 // out returns the mutation bytes a completion reported for job j.
 func (a *testArena) out(j Job, n uint32) []byte {
-	slot := a.mem[j.Slot*a.slotSize : (j.Slot+1)*a.slotSize]
-	off := ((*RequestView)(unsafe.Pointer(&slot[0])).Size + 7) &^ 7
-	return slot[off : off+n]
+	return a.mem[j.OutSlot*a.slotSize+j.OutOff:][:n]
 }
 
 var ringRelease = make(chan struct{})
@@ -316,6 +317,7 @@ func TestRingBadJobsAreAnsweredNotRun(t *testing.T) {
 	panics := s.arena.put(s.job(5, 9), [][2]string{{"x-panic", "1"}})
 	stale := s.arena.put(s.job(6, 11), nil)
 	stale.Generation = 2 // the view is of generation 1
+
 	tests := []struct {
 		name string
 		job  Job
@@ -345,6 +347,45 @@ func TestRingBadJobsAreAnsweredNotRun(t *testing.T) {
 	for _, tt := range tests {
 		if got[tt.job.Call] != tt.want {
 			t.Errorf("%s: %v, want %v", tt.name, got[tt.job.Call], tt.want)
+		}
+	}
+}
+
+// The host names the output location: usually a second slot it leased for the call, so what
+// the handler writes can go to the HTTP library without a copy. RunJob writes there and nowhere
+// else, and refuses a location outside the arena, unaligned, or over the view.
+func TestRunJobWritesWhereTheJobSays(t *testing.T) {
+	s := newRingSetup(t, 4)
+	a := s.arena.arena()
+	j := s.arena.put(s.job(1, 21), [][2]string{{"user-agent", "elsewhere"}})
+	j.OutSlot, j.OutOff = 3, 16
+	before := append([]byte(nil), s.arena.mem...)
+	res, n := RunJob(j, a)
+	if res != ResultOK || n == 0 {
+		t.Fatalf("RunJob: %v, %d bytes", res, n)
+	}
+	if out := s.arena.out(j, n); !bytes.Contains(out, []byte("elsewhere")) {
+		t.Fatalf("records at slot 3 + 16: %q", out)
+	}
+	lo, hi := j.OutSlot*s.arena.slotSize+j.OutOff, (j.OutSlot+1)*s.arena.slotSize
+	for i := range s.arena.mem {
+		if (uint32(i) < lo || uint32(i) >= hi) && s.arena.mem[i] != before[i] {
+			t.Fatalf("byte %d outside the output location changed", i)
+		}
+	}
+	for _, tt := range []struct {
+		name         string
+		outSlot, off uint32
+	}{
+		{"output slot out of range", 8, 0},
+		{"output offset not 8-aligned", 3, 4},
+		{"output over the view", 1, 8},
+		{"output past its slot", 3, s.arena.slotSize + 8},
+	} {
+		bad := j
+		bad.OutSlot, bad.OutOff = tt.outSlot, tt.off
+		if res, n := RunJob(bad, a); res != ResultInvalidArgument || n != 0 {
+			t.Errorf("%s: %v, %d bytes", tt.name, res, n)
 		}
 	}
 }
@@ -402,7 +443,7 @@ func TestAttachWorkerRejectsBadRings(t *testing.T) {
 	}{
 		{"magic", func(r *testRing, _ *Arena, _ *WorkerHost) uintptr { *r.word(0) = 0x12345678; return 0 }},
 		{"version", func(r *testRing, _ *Arena, _ *WorkerHost) uintptr { *r.word(4) = 2; return 0 }},
-		{"descriptor size", func(r *testRing, _ *Arena, _ *WorkerHost) uintptr { *r.word(12) = 32; return 0 }},
+		{"descriptor size of the older 24-byte job", func(r *testRing, _ *Arena, _ *WorkerHost) uintptr { *r.word(12) = 24; return 0 }},
 		{"capacity not a power of two", func(r *testRing, _ *Arena, _ *WorkerHost) uintptr { *r.word(8) = 3; return 0 }},
 		{"capacity 0", func(r *testRing, _ *Arena, _ *WorkerHost) uintptr { *r.word(8) = 0; return 0 }},
 		{"capacity past the region", func(r *testRing, _ *Arena, _ *WorkerHost) uintptr { *r.word(8) = 1 << 16; return 0 }},

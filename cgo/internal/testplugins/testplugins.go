@@ -20,6 +20,10 @@
 //     headers time.Sleep for x-delay-ms (at most 5000), then set x-blocking: done and
 //     x-blocking-inflight: <test-blocking calls running at that moment, this one included>, which
 //     exceeds 1 when calls overlap on the worker pool. With x-panic it panics.
+//   - test-slow-log: declares only the log phase, which time.Sleeps for the milliseconds in the
+//     request's x-test-log-sleep-ms header (at most 5000) and then logs
+//     "test-slow-log slept_ms=<ms> path=<path>", so the host can show that a slow log phase
+//     never delays the client's response.
 package testplugins
 
 import (
@@ -121,6 +125,14 @@ func init() {
 			}
 			ctx.SetRequestHeader("x-blocking", "done")
 			ctx.SetRequestHeader("x-blocking-inflight", strconv.Itoa(int(blockingInFlight.Load())))
+		},
+	})
+	weft.Register(weft.Plugin[None, None]{
+		Name: "test-slow-log",
+		Log: func(ctx *weft.Context, _ *None, _ *None) {
+			d := delay(ctx, "x-test-log-sleep-ms")
+			time.Sleep(d)
+			ctx.Logf(weft.LogInfo, "test-slow-log slept_ms=%d path=%s", d.Milliseconds(), ctx.Path())
 		},
 	})
 }

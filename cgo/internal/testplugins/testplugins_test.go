@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/weftrs/weft/cgo/internal/core"
 	"github.com/weftrs/weft/cgo/weft"
@@ -176,5 +177,32 @@ func TestTestBlocking(t *testing.T) {
 	t.Logf("max x-blocking-inflight %d of %d overlapping calls", maxInflight, n)
 	if res := h.Request(wefttest.Request{Headers: [][2]string{{"x-panic", "1"}}}).RequestHeaders(); res.Code != wefttest.Panic {
 		t.Errorf("x-panic: %v", res.Code)
+	}
+}
+
+func TestSlowLog(t *testing.T) {
+	var info *core.PluginInfo
+	for _, p := range core.Plugins() {
+		if p.Name == "test-slow-log" {
+			info = &p
+		}
+	}
+	if info == nil || info.Phases != core.PhaseLog.Mask() {
+		t.Fatalf("test-slow-log must declare only the log phase: %+v", info)
+	}
+	h := wefttest.MustNew(t, "test-slow-log", nil)
+	x := h.Request(wefttest.Request{Path: "/slow", Headers: [][2]string{{"x-test-log-sleep-ms", "30"}}})
+	x.Response(200, nil)
+	start := time.Now()
+	res := x.Log()
+	if res.Code != wefttest.OK {
+		t.Fatalf("log: %v", res.Code)
+	}
+	if d := time.Since(start); d < 30*time.Millisecond {
+		t.Errorf("log phase returned after %v, want at least the 30 ms asked for", d)
+	}
+	want := "test-slow-log slept_ms=30 path=/slow"
+	if len(res.Logs) != 1 || res.Logs[0].Msg != want || res.Logs[0].Level != weft.LogInfo {
+		t.Errorf("logs %+v, want one info line %q", res.Logs, want)
 	}
 }

@@ -167,8 +167,9 @@ func TestWorkerRingThroughTheHost(t *testing.T) {
 	ring := mmap(t, 4096)
 	word := func(off uintptr) *uint32 { return (*uint32)(unsafe.Pointer(&ring[off])) }
 	*word(0), *word(4), *word(8), *word(12) = core.RingMagic, core.RingVersion, 4, core.SizeofJob
+	outOff := (core.SizeofRequestView + 7) &^ 7
 	*(*core.Job)(unsafe.Pointer(&ring[core.RingOffsetDescriptors])) = core.Job{Slot: 1, Generation: 4,
-		Instance: id, Phase: uint32(core.PhaseRequestHeaders), Call: 55}
+		Instance: id, Phase: uint32(core.PhaseRequestHeaders), Call: 55, OutSlot: 1, OutOff: uint32(outOff)}
 	// Published and closed before the worker starts: it must run the job, then leave.
 	atomic.StoreUint32(word(core.RingOffsetTail), 1)
 	atomic.StoreUint32(word(core.RingOffsetClosed), 1)
@@ -185,7 +186,6 @@ func TestWorkerRingThroughTheHost(t *testing.T) {
 	if l := got.last; l[0] != id || l[1] != 1 || l[2] != 55 || l[3] != uint64(core.ResultOK) || l[4] == 0 {
 		t.Fatalf("complete(instance, slot, call, result, out_len) = %v", l)
 	}
-	outOff := (core.SizeofRequestView + 7) &^ 7
 	if name := firstRecord(arena[slotSize+outOff:][:got.last[4]]); name != "x-cabi" {
 		t.Errorf("record %q at the job's output location", name)
 	}

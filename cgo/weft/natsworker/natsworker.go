@@ -10,15 +10,24 @@
 //     sent by the host to the worker that answered the first (reply header Weft-Worker), so
 //     per-request state in handlers works as in-process.
 //   - <phase> is request_headers, response_headers or log; the log phase is published without a
-//     reply subject and answered with nothing.
+//     reply subject and answered with nothing. Body and WebSocket phases are not served over NATS
+//     (a host refuses an instance whose plugin has body phases; see Worker.Serve).
 //   - The payload is a weft.wire.PhaseRequest; the reply a weft.wire.PhaseResponse whose
-//     mutations are ABI mutation records, validated by the host as for an in-process call.
+//     mutations are ABI mutation records, validated by the host as for an in-process call. Both
+//     carry the file identifier "WEFT" and their sender's wire version; a request without the
+//     identifier or of a version this worker does not speak is answered with result AbiMismatch
+//     and a message naming both versions.
 //   - Headers: Weft-Phase (phase number), Weft-Deadline-Ms (absolute unix ms; a request that
 //     arrives after its deadline is dropped unrun), Weft-Host (host id; request ids are unique per
 //     host only), traceparent (passed through).
 //
-// Each instance's service metadata carries weft.plugin, weft.instance, weft.phases (the phase
-// mask, decimal) and weft.worker, so a host can read an instance's phases from $SRV.INFO.
+// Each instance's service metadata carries weft.plugin, weft.instance, weft.phases (the plugin's
+// phase mask, decimal, body and WebSocket bits included so a host can refuse what it cannot
+// run remotely), weft.served_phases (the phases with endpoints here), weft.worker and
+// weft.wire_version, so a host can read an instance's phases from $SRV.INFO. The micro service
+// holds the queue-group endpoints (listed in $SRV.INFO, counted in $SRV.STATS); the direct
+// subjects are plain subscriptions of the worker, so that Drain can stop taking new requests
+// while it still serves the later phases of the requests it has.
 package natsworker
 
 import (
@@ -28,6 +37,7 @@ import (
 	"log"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,8 +52,20 @@ import (
 	"github.com/weftrs/weft/cgo/weft/natsworker/wire"
 )
 
-// WireVersion is the version of the wire messages this worker writes.
+// WireVersion is the version of the wire messages this worker writes, and the highest it reads.
 const WireVersion = 1
+
+// WireVersionMin is the lowest wire version this worker reads.
+const WireVersionMin = 1
+
+// wireIdentifier is the file identifier of every wire message (weft_wire.fbs file_identifier).
+var wireIdentifier = []byte(wire.PhaseRequestIdentifier)
+
+// natsPhases are the phases served over NATS, in request order.
+var natsPhases = [...]core.Phase{core.PhaseRequestHeaders, core.PhaseResponseHeaders, core.PhaseLog}
+
+// NATSPhaseMask is the mask of the phases served over NATS.
+const NATSPhaseMask = 1<<core.PhaseRequestHeaders | 1<<core.PhaseResponseHeaders | 1<<core.PhaseLog
 
 // NATS header names.
 const (
@@ -71,22 +93,29 @@ type Options struct {
 	// Slots is the number of requests per instance that may hold per-request state at once
 	// (default 4096); beyond it the oldest request's state is dropped (see slotPool).
 	Slots int
+	// StateIdle is how long a request that holds per-request state may go without a phase call
+	// before Drain counts it as abandoned (default 30 s): a request that never reaches the
+	// plugin's last phase (an upstream error, a client gone) is not told apart otherwise.
+	StateIdle time.Duration
 	// Logf receives worker and plugin log lines (default log.Printf).
 	Logf func(format string, args ...any)
 }
 
 // Worker serves plugin instances on one NATS connection.
 type Worker struct {
-	nc       *nats.Conn
-	id       string
-	opts     Options
-	sem      chan struct{}
-	wg       sync.WaitGroup
-	last     atomic.Int64 // unix nanos of the last request start
-	mu       sync.Mutex
-	servers  []*server
-	services []micro.Service
-	stopped  bool
+	nc   *nats.Conn
+	id   string
+	opts Options
+	sem  chan struct{}
+	// active counts deliveries from taking one to the end of its handler (waiting for a pool
+	// token included); queued those waiting for a token.
+	active, queued atomic.Int64
+	last           atomic.Int64 // unix nanos of the last delivery
+	mu             sync.Mutex
+	servers        []*server
+	services       []micro.Service
+	direct         []*nats.Subscription
+	stopped        bool
 }
 
 var nextInstanceID atomic.Uint64
@@ -104,6 +133,9 @@ func New(nc *nats.Conn, opts Options) *Worker {
 	}
 	if opts.Slots <= 0 {
 		opts.Slots = 4096
+	}
+	if opts.StateIdle <= 0 {
+		opts.StateIdle = 30 * time.Second
 	}
 	if opts.Logf == nil {
 		opts.Logf = log.Printf
@@ -125,7 +157,11 @@ func New(nc *nats.Conn, opts Options) *Worker {
 func (w *Worker) ID() string { return w.id }
 
 // Serve initialises inst (core.Init, as the in-process host does) and registers its micro
-// service with one queue-group endpoint and one direct endpoint per phase the plugin declares.
+// service with one queue-group endpoint, and one direct subscription, per phase the plugin
+// declares of those served over NATS (request_headers, response_headers, log). A plugin's body
+// and WebSocket phases are not served; they stay in weft.phases, so a host sees them (the proxy
+// refuses a type: nats instance with body phases). A plugin with none of the NATS phases (e.g.
+// one with WebSocket phases only) is refused: there would be nothing to serve.
 func (w *Worker) Serve(inst Instance) error {
 	if inst.Name == "" {
 		inst.Name = inst.Plugin
@@ -143,6 +179,12 @@ func (w *Worker) Serve(inst Instance) error {
 			phases = p.Phases
 		}
 	}
+	served := phases & NATSPhaseMask
+	if served == 0 {
+		return fmt.Errorf("instance %q: plugin %q has no phase served over NATS (it has %s; NATS serves "+
+			"request_headers, response_headers and log): load it in-process instead", inst.Name, inst.Plugin,
+			PhaseNames(phases))
+	}
 	id := nextInstanceID.Add(1)
 	name := inst.Name
 	loggersMu.Lock()
@@ -153,13 +195,11 @@ func (w *Worker) Serve(inst Instance) error {
 	if err := core.InitWith(index, id, inst.Config, uint32(w.opts.Slots), core.InitOptions{Complete: s.complete}); err != nil {
 		return fmt.Errorf("instance %q: %w", inst.Name, err)
 	}
-	for p := core.PhaseLog; ; p-- {
-		if phases&p.Mask() != 0 {
+	// The last phase that will come over NATS: a body phase never does, so a plugin with a
+	// response body phase still frees its state after response_headers (or log).
+	for _, p := range natsPhases {
+		if served&p.Mask() != 0 {
 			s.lastPhase = p
-			break
-		}
-		if p == 0 {
-			break
 		}
 	}
 	svc, err := micro.AddService(w.nc, micro.Config{
@@ -168,11 +208,12 @@ func (w *Worker) Serve(inst Instance) error {
 		Description: "weft plugin " + inst.Plugin,
 		QueueGroup:  "weft-" + inst.Name,
 		Metadata: map[string]string{
-			"weft.plugin":       inst.Plugin,
-			"weft.instance":     inst.Name,
-			"weft.phases":       strconv.FormatUint(uint64(phases), 10),
-			"weft.worker":       w.id,
-			"weft.wire_version": strconv.Itoa(WireVersion),
+			"weft.plugin":        inst.Plugin,
+			"weft.instance":      inst.Name,
+			"weft.phases":        strconv.FormatUint(uint64(phases), 10),
+			"weft.served_phases": strconv.FormatUint(uint64(served), 10),
+			"weft.worker":        w.id,
+			"weft.wire_version":  strconv.Itoa(WireVersion),
 		},
 		StatsHandler: func(*micro.Endpoint) any { return s.stats() },
 	})
@@ -181,30 +222,73 @@ func (w *Worker) Serve(inst Instance) error {
 		return fmt.Errorf("instance %q: %w", inst.Name, err)
 	}
 	shared := svc.AddGroup("weft." + inst.Name)
-	direct := svc.AddGroup("weft."+inst.Name+".w."+w.id, micro.WithGroupQueueGroupDisabled())
-	for _, p := range []core.Phase{core.PhaseRequestHeaders, core.PhaseResponseHeaders, core.PhaseLog} {
-		if phases&p.Mask() == 0 {
+	var direct []*nats.Subscription
+	fail := func(err error) error {
+		_ = svc.Stop()
+		for _, sub := range direct {
+			_ = sub.Unsubscribe()
+		}
+		_ = core.Shutdown(id)
+		return fmt.Errorf("instance %q: %w", inst.Name, err)
+	}
+	for _, p := range natsPhases {
+		if served&p.Mask() == 0 {
 			continue
 		}
-		h := micro.HandlerFunc(s.handle)
+		h := micro.HandlerFunc(func(r micro.Request) {
+			s.handle(message{subject: r.Subject(), reply: r.Reply(), header: nats.Header(r.Headers()), data: r.Data()})
+		})
 		if err := shared.AddEndpoint(p.String(), h); err != nil {
-			_ = svc.Stop()
-			return err
+			return fail(err)
 		}
-		if err := direct.AddEndpoint(p.String()+"_direct", h, micro.WithEndpointSubject(p.String())); err != nil {
-			_ = svc.Stop()
-			return err
+		sub, err := w.nc.Subscribe("weft."+inst.Name+".w."+w.id+"."+p.String(), func(m *nats.Msg) {
+			s.handle(message{subject: m.Subject, reply: m.Reply, header: m.Header, data: m.Data})
+		})
+		if err != nil {
+			return fail(err)
 		}
+		direct = append(direct, sub)
 	}
 	w.mu.Lock()
 	w.servers = append(w.servers, s)
 	w.services = append(w.services, svc)
+	w.direct = append(w.direct, direct...)
 	w.mu.Unlock()
 	return nil
 }
 
-// Drain stops taking requests (the micro services unsubscribe), lets every accepted request
-// finish and answer, and shuts the instances down. It waits at most timeout for in-flight work.
+// PhaseNames lists the phases of a mask by name, e.g. "request_headers, response_body".
+func PhaseNames(mask uint32) string {
+	var names []string
+	for p := core.Phase(0); p < 32; p++ {
+		if mask&p.Mask() != 0 {
+			names = append(names, p.String())
+		}
+	}
+	if len(names) == 0 {
+		return "no phases"
+	}
+	return strings.Join(names, ", ")
+}
+
+// drainQuiet is how long Drain waits after the last delivery before it takes the queue-group
+// subscriptions as drained: messages the server routed here before it processed the
+// unsubscription are still delivered, and micro does not say when its subscriptions are done.
+const drainQuiet = 100 * time.Millisecond
+
+// Drain stops the worker in three steps, taking at most timeout for the first two:
+//
+//  1. No new requests: the micro services stop, which unsubscribes the queue-group endpoints
+//     (the server sends first phases to the instance's other workers from then on) and the
+//     $SRV handlers.
+//  2. The requests this worker has finish: Drain waits until no handler runs or waits for a
+//     pool token, and no request holds per-request state, i.e. every request that ran a phase
+//     here got its instance's last phase (log, or the last phase the plugin declares). The direct
+//     subjects stay subscribed meanwhile, so those later phases reach this worker and its state.
+//     A request with no phase call for Options.StateIdle counts as abandoned.
+//  3. The direct subscriptions drain, the replies are flushed and the instances shut down.
+//
+// A request still in flight at the timeout is reported in the error.
 func (w *Worker) Drain(timeout time.Duration) error {
 	w.mu.Lock()
 	if w.stopped {
@@ -212,29 +296,55 @@ func (w *Worker) Drain(timeout time.Duration) error {
 		return nil
 	}
 	w.stopped = true
-	svcs, servers := w.services, w.servers
+	svcs, servers, direct := w.services, w.servers, w.direct
 	w.mu.Unlock()
+	end := time.Now().Add(timeout)
 	var errs []error
 	for _, s := range svcs {
 		errs = append(errs, s.Stop())
 	}
-	// Subscriptions drain asynchronously: wait until nothing is running and nothing new started
-	// for a short quiet period, then flush the replies.
-	end := time.Now().Add(timeout)
-	for time.Now().Before(end) {
-		done := make(chan struct{})
-		go func() { w.wg.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(time.Until(end)):
+	// After the flush the server has processed the unsubscriptions: every first phase it sent
+	// here is in this client already.
+	errs = append(errs, w.nc.FlushTimeout(max(time.Until(end), time.Millisecond)))
+
+	holding := func() (n int) {
+		for _, s := range servers {
+			n += s.slots.live(w.opts.StateIdle)
 		}
-		if time.Since(time.Unix(0, w.last.Load())) > 100*time.Millisecond && len(w.sem) == 0 {
+		return n
+	}
+	for {
+		quiet := time.Since(time.Unix(0, w.last.Load())) >= drainQuiet
+		if w.active.Load() == 0 && quiet && holding() == 0 {
 			break
 		}
-		time.Sleep(20 * time.Millisecond)
+		if !time.Now().Before(end) {
+			errs = append(errs, fmt.Errorf("drain timeout: %d handlers running or queued, %d requests holding state",
+				w.active.Load(), holding()))
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	if len(w.sem) != 0 {
-		errs = append(errs, errors.New("drain timeout: requests still running"))
+
+	// Late phases of abandoned requests get no responders from here on.
+	for _, sub := range direct {
+		if err := sub.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			errs = append(errs, err)
+		}
+	}
+	grace := time.Now().Add(time.Second)
+	for time.Now().Before(end) || time.Now().Before(grace) {
+		valid := false
+		for _, sub := range direct {
+			valid = valid || sub.IsValid()
+		}
+		if !valid && w.active.Load() == 0 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := w.active.Load(); n != 0 {
+		errs = append(errs, fmt.Errorf("drain: %d handlers still running", n))
 	}
 	errs = append(errs, w.nc.Flush())
 	for _, s := range servers {
@@ -259,6 +369,8 @@ type server struct {
 	requests, failures, panics, expired, evicted atomic.Uint64
 }
 
+// stats is the data of the instance's endpoints in $SRV.STATS: this instance's counters (first
+// and later phases) and the worker's pool.
 func (s *server) stats() any {
 	return map[string]any{
 		"requests":      s.requests.Load(),
@@ -268,22 +380,51 @@ func (s *server) stats() any {
 		"evicted":       s.evicted.Load(),
 		"slots_in_use":  s.slots.inUse(),
 		"in_flight_all": len(s.w.sem),
+		"queued_all":    s.w.queued.Load(),
 	}
 }
 
+// message is one delivered request, from a micro endpoint or a direct subscription.
+type message struct {
+	subject, reply string
+	header         nats.Header
+	data           []byte
+}
+
 // handle runs on the subscription's delivery goroutine: it takes a pool token (waiting when all
-// are busy) and runs the request on its own goroutine.
-func (s *server) handle(req micro.Request) {
-	s.w.sem <- struct{}{}
-	s.w.wg.Add(1)
-	s.w.last.Store(time.Now().UnixNano())
+// are busy, so further requests queue in the NATS client, not in goroutines) and runs the
+// request on its own goroutine.
+func (s *server) handle(m message) {
+	w := s.w
+	w.active.Add(1)
+	w.last.Store(time.Now().UnixNano())
+	w.queued.Add(1)
+	w.sem <- struct{}{}
+	w.queued.Add(-1)
 	go func() {
 		defer func() {
-			<-s.w.sem
-			s.w.wg.Done()
+			<-w.sem
+			w.active.Add(-1)
 		}()
-		s.serve(req)
+		s.serve(m)
 	}()
+}
+
+// checkRequest checks that data is a PhaseRequest this worker reads and points req at it: the
+// result and message to answer otherwise.
+func checkRequest(data []byte, req *wire.PhaseRequest) (core.Result, error) {
+	if len(data) < 8 {
+		return core.ResultInvalidArgument, errors.New("short message")
+	}
+	if string(data[4:8]) != string(wireIdentifier) {
+		return core.ResultABIMismatch, fmt.Errorf("not a weft wire message (no file identifier %q)", wireIdentifier)
+	}
+	req.Init(data, flatbuffers.GetUOffsetT(data))
+	if v := req.Version(); v < WireVersionMin || v > WireVersion {
+		return core.ResultABIMismatch, fmt.Errorf("unsupported wire version %d (this worker speaks %d to %d)",
+			v, WireVersionMin, WireVersion)
+	}
+	return core.ResultOK, nil
 }
 
 // callBuf is the per-call scratch memory: view, mutation buffer, reply builder, and the
@@ -313,9 +454,9 @@ var bufs = sync.Pool{New: func() any {
 	return &callBuf{out: make([]uint64, outCap/8), fbb: flatbuffers.NewBuilder(1024), done: make(chan asyncDone, 1)}
 }}
 
-func (s *server) serve(req micro.Request) {
+func (s *server) serve(req message) {
 	s.requests.Add(1)
-	reply := req.Reply()
+	reply := req.reply
 	b := bufs.Get().(*callBuf)
 	keep := true // false: an unfinished continuation may still use b's view and output
 	defer func() {
@@ -328,26 +469,26 @@ func (s *server) serve(req micro.Request) {
 			// Handler panics are recovered by core.Dispatch; this is a malformed message or a bug
 			// here. Either way the host gets an error reply, and the worker lives on.
 			s.panics.Add(1)
-			s.w.opts.Logf("[error] %s: recovered panic serving %s: %v", s.inst.Name, req.Subject(), r)
+			s.w.opts.Logf("[error] %s: recovered panic serving %s: %v", s.inst.Name, req.subject, r)
 			s.respond(b, reply, core.ResultPanic, nil, fmt.Sprint("worker panic: ", r))
 		}
 	}()
 	deadline := time.Now().Add(defaultAsyncWait)
-	if ms, err := strconv.ParseInt(req.Headers().Get(HeaderDeadline), 10, 64); err == nil {
+	if ms, err := strconv.ParseInt(req.header.Get(HeaderDeadline), 10, 64); err == nil {
 		if time.Now().UnixMilli() > ms {
 			s.expired.Add(1)
 			return // the host has given up on it already
 		}
 		deadline = time.UnixMilli(ms)
 	}
-	data := req.Data()
-	if len(data) < 8 {
-		s.respond(b, reply, core.ResultInvalidArgument, nil, "short message")
+	if res, err := checkRequest(req.data, &b.req); err != nil {
+		s.failures.Add(1)
+		s.w.opts.Logf("[warn] %s: refused %s: %v", s.inst.Name, req.subject, err)
+		s.respond(b, reply, res, nil, err.Error())
 		return
 	}
-	b.req.Init(data, flatbuffers.GetUOffsetT(data))
 	phase := core.Phase(b.req.Phase())
-	key := req.Headers().Get(HeaderHost) + "/" + strconv.FormatUint(b.req.RequestId(), 10)
+	key := req.header.Get(HeaderHost) + "/" + strconv.FormatUint(b.req.RequestId(), 10)
 	slot, gen, evicted := s.slots.acquire(key)
 	if evicted {
 		s.evicted.Add(1)
@@ -447,7 +588,7 @@ func (s *server) respond(b *callBuf, reply string, res core.Result, mutations []
 	if errMsg != "" {
 		wire.PhaseResponseAddError(fbb, e)
 	}
-	fbb.Finish(wire.PhaseResponseEnd(fbb))
+	fbb.FinishWithFileIdentifier(wire.PhaseResponseEnd(fbb), wireIdentifier)
 	msg := &nats.Msg{
 		Subject: reply,
 		Header:  nats.Header{HeaderWorker: []string{s.w.id}},
@@ -468,12 +609,18 @@ type slotPool struct {
 	mu    sync.Mutex
 	free  []uint32
 	gens  []uint32
-	inuse map[string]slotEntry
+	inuse map[string]liveEntry
 	order []orderEntry // acquisition order, oldest first; may hold released entries
 	head  int
 }
 
 type slotEntry struct{ slot, gen uint32 }
+
+// liveEntry is a request's slot and when it last had a phase call (unix nanos).
+type liveEntry struct {
+	slotEntry
+	touched int64
+}
 
 type orderEntry struct {
 	key string
@@ -481,7 +628,7 @@ type orderEntry struct {
 }
 
 func newSlotPool(n int) *slotPool {
-	p := &slotPool{free: make([]uint32, n), gens: make([]uint32, n), inuse: make(map[string]slotEntry, n)}
+	p := &slotPool{free: make([]uint32, n), gens: make([]uint32, n), inuse: make(map[string]liveEntry, n)}
 	for i := range p.free {
 		p.free[i] = uint32(n - 1 - i)
 	}
@@ -491,7 +638,10 @@ func newSlotPool(n int) *slotPool {
 func (p *slotPool) acquire(key string) (slot, gen uint32, evicted bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	now := time.Now().UnixNano()
 	if e, ok := p.inuse[key]; ok {
+		e.touched = now
+		p.inuse[key] = e
 		return e.slot, e.gen, false
 	}
 	for len(p.free) == 0 {
@@ -499,7 +649,7 @@ func (p *slotPool) acquire(key string) (slot, gen uint32, evicted bool) {
 		o := p.order[p.head]
 		p.order[p.head] = orderEntry{}
 		p.head++
-		if e, ok := p.inuse[o.key]; ok && e == o.slotEntry {
+		if e, ok := p.inuse[o.key]; ok && e.slotEntry == o.slotEntry {
 			delete(p.inuse, o.key)
 			p.free = append(p.free, e.slot)
 			evicted = true
@@ -512,7 +662,7 @@ func (p *slotPool) acquire(key string) (slot, gen uint32, evicted bool) {
 		p.gens[slot] = 1
 	}
 	e := slotEntry{slot: slot, gen: p.gens[slot]}
-	p.inuse[key] = e
+	p.inuse[key] = liveEntry{slotEntry: e, touched: now}
 	p.order = append(p.order, orderEntry{key: key, slotEntry: e})
 	if p.head > len(p.order)/2 && p.head > 1024 || len(p.order)-p.head > 2*len(p.gens)+1024 {
 		p.compact()
@@ -524,7 +674,7 @@ func (p *slotPool) acquire(key string) (slot, gen uint32, evicted bool) {
 func (p *slotPool) compact() {
 	live := p.order[:0]
 	for _, o := range p.order[p.head:] {
-		if e, ok := p.inuse[o.key]; ok && e == o.slotEntry {
+		if e, ok := p.inuse[o.key]; ok && e.slotEntry == o.slotEntry {
 			live = append(live, o)
 		}
 	}
@@ -539,6 +689,19 @@ func (p *slotPool) release(key string) {
 		delete(p.inuse, key)
 		p.free = append(p.free, e.slot)
 	}
+}
+
+// live counts the requests holding a slot that had a phase call within idle.
+func (p *slotPool) live(idle time.Duration) (n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	since := time.Now().Add(-idle).UnixNano()
+	for _, e := range p.inuse {
+		if e.touched >= since {
+			n++
+		}
+	}
+	return n
 }
 
 func (p *slotPool) inUse() int {

@@ -51,6 +51,13 @@ func init() {
 }
 
 func phaseRequest(phase core.Phase, status uint16, req, resp [][2]string) []byte {
+	return phaseRequestAs(WireVersion, true, 77, phase, status, req, resp)
+}
+
+// phaseRequestAs builds a PhaseRequest claiming wire version version, finished with the file
+// identifier or (identifier false) without it, as an older or foreign peer would send it.
+func phaseRequestAs(version uint16, identifier bool, id uint64, phase core.Phase, status uint16,
+	req, resp [][2]string) []byte {
 	b := flatbuffers.NewBuilder(256)
 	hdrs := func(hs [][2]string, start func(*flatbuffers.Builder, int) flatbuffers.UOffsetT) flatbuffers.UOffsetT {
 		offs := make([]flatbuffers.UOffsetT, len(hs))
@@ -72,9 +79,9 @@ func phaseRequest(phase core.Phase, status uint16, req, resp [][2]string) []byte
 	s := func(v string) flatbuffers.UOffsetT { return b.CreateString(v) }
 	m, p, q, h, c, sc, v := s("POST"), s("/a/b"), s("x=1"), s("example.com"), s("10.0.0.1:5"), s("https"), s("HTTP/2.0")
 	wire.PhaseRequestStart(b)
-	wire.PhaseRequestAddVersion(b, WireVersion)
+	wire.PhaseRequestAddVersion(b, version)
 	wire.PhaseRequestAddPhase(b, uint32(phase))
-	wire.PhaseRequestAddRequestId(b, 77)
+	wire.PhaseRequestAddRequestId(b, id)
 	wire.PhaseRequestAddMethod(b, m)
 	wire.PhaseRequestAddPath(b, p)
 	wire.PhaseRequestAddQuery(b, q)
@@ -85,7 +92,11 @@ func phaseRequest(phase core.Phase, status uint16, req, resp [][2]string) []byte
 	wire.PhaseRequestAddRequestHeaders(b, rq)
 	wire.PhaseRequestAddStatus(b, status)
 	wire.PhaseRequestAddResponseHeaders(b, rs)
-	b.Finish(wire.PhaseRequestEnd(b))
+	if identifier {
+		wire.FinishPhaseRequestBuffer(b, wire.PhaseRequestEnd(b))
+	} else {
+		b.Finish(wire.PhaseRequestEnd(b))
+	}
 	return b.FinishedBytes()
 }
 

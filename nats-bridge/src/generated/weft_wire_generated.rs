@@ -641,16 +641,28 @@ pub unsafe fn root_as_phase_request_unchecked(buf: &[u8]) -> PhaseRequest<'_> {
 pub unsafe fn size_prefixed_root_as_phase_request_unchecked(buf: &[u8]) -> PhaseRequest<'_> {
   unsafe { ::flatbuffers::size_prefixed_root_unchecked::<PhaseRequest>(buf) }
 }
+pub const PHASE_REQUEST_IDENTIFIER: &str = "WEFT";
+
+#[inline]
+pub fn phase_request_buffer_has_identifier(buf: &[u8]) -> bool {
+  ::flatbuffers::buffer_has_identifier(buf, PHASE_REQUEST_IDENTIFIER, false)
+}
+
+#[inline]
+pub fn phase_request_size_prefixed_buffer_has_identifier(buf: &[u8]) -> bool {
+  ::flatbuffers::buffer_has_identifier(buf, PHASE_REQUEST_IDENTIFIER, true)
+}
+
 #[inline]
 pub fn finish_phase_request_buffer<'a, 'b, A: ::flatbuffers::Allocator + 'a>(
     fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
     root: ::flatbuffers::WIPOffset<PhaseRequest<'a>>) {
-  fbb.finish(root, None);
+  fbb.finish(root, Some(PHASE_REQUEST_IDENTIFIER));
 }
 
 #[inline]
 pub fn finish_size_prefixed_phase_request_buffer<'a, 'b, A: ::flatbuffers::Allocator + 'a>(fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>, root: ::flatbuffers::WIPOffset<PhaseRequest<'a>>) {
-  fbb.finish_size_prefixed(root, None);
+  fbb.finish_size_prefixed(root, Some(PHASE_REQUEST_IDENTIFIER));
 }
 }  // pub mod wire
 }  // pub mod weft

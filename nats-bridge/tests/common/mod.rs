@@ -179,6 +179,49 @@ impl Worker {
         Worker { id, child }
     }
 
+    /// Starts a worker that must fail to connect: waits for it to exit (within 10 s) without
+    /// saying it serves, and returns its log (stderr).
+    pub fn refused(url: &str, plugin: &str, instance: &str, config: &str, extra: &[&str]) -> String {
+        let mut child = Command::new(worker_bin())
+            .args([
+                "-nats",
+                url,
+                "-plugin",
+                plugin,
+                "-instance",
+                instance,
+                "-config",
+                config,
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start weft-worker");
+        let end = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() >= end {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("a worker that must be refused still runs after 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut out = String::new();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success(), "the worker must exit with an error: {status}\n{err}");
+        assert!(
+            !out.contains("weft-worker ready"),
+            "a refused worker must not serve: {out}"
+        );
+        err
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }

@@ -471,7 +471,10 @@ pub async fn abandon_pending_calls(
 /// scrape.
 pub async fn wait_all_slots_back(admin: SocketAddr) -> Metrics {
     wait_metrics(admin, "every slot back", |m| {
-        metric(m, "weft_arena_slots_in_use") == 0.0 && metric(m, "weft_plugin_orphaned_slots") == 0.0
+        metric(m, "weft_arena_slots_in_use") == 0.0
+            && metric(m, "weft_arena_out_slots_in_use") == 0.0
+            && metric(m, "weft_arena_buffer_slots_in_use") == 0.0
+            && metric(m, "weft_plugin_orphaned_slots") == 0.0
     })
     .await
 }

@@ -12,6 +12,8 @@ type PhaseRequest struct {
 	_tab flatbuffers.Table
 }
 
+const PhaseRequestIdentifier = "WEFT"
+
 func GetRootAsPhaseRequest(buf []byte, offset flatbuffers.UOffsetT) *PhaseRequest {
 	n := flatbuffers.GetUOffsetT(buf[offset:])
 	x := &PhaseRequest{}
@@ -20,7 +22,12 @@ func GetRootAsPhaseRequest(buf []byte, offset flatbuffers.UOffsetT) *PhaseReques
 }
 
 func FinishPhaseRequestBuffer(builder *flatbuffers.Builder, offset flatbuffers.UOffsetT) {
-	builder.Finish(offset)
+	identifierBytes := []byte(PhaseRequestIdentifier)
+	builder.FinishWithFileIdentifier(offset, identifierBytes)
+}
+
+func PhaseRequestBufferHasIdentifier(buf []byte) bool {
+	return flatbuffers.BufferHasIdentifier(buf, PhaseRequestIdentifier)
 }
 
 func GetSizePrefixedRootAsPhaseRequest(buf []byte, offset flatbuffers.UOffsetT) *PhaseRequest {
@@ -31,7 +38,12 @@ func GetSizePrefixedRootAsPhaseRequest(buf []byte, offset flatbuffers.UOffsetT) 
 }
 
 func FinishSizePrefixedPhaseRequestBuffer(builder *flatbuffers.Builder, offset flatbuffers.UOffsetT) {
-	builder.FinishSizePrefixed(offset)
+	identifierBytes := []byte(PhaseRequestIdentifier)
+	builder.FinishSizePrefixedWithFileIdentifier(offset, identifierBytes)
+}
+
+func SizePrefixedPhaseRequestBufferHasIdentifier(buf []byte) bool {
+	return flatbuffers.SizePrefixedBufferHasIdentifier(buf, PhaseRequestIdentifier)
 }
 
 func (rcv *PhaseRequest) Init(buf []byte, i flatbuffers.UOffsetT) {
