@@ -1,4 +1,7 @@
-//! Shared set-up for weft's criterion benchmarks.
+//! Shared set-up for weft's criterion benchmarks and runners.
+
+pub mod procs;
+pub mod report;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -10,11 +13,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 /// Builds the example Go plugin library with `scripts/build-plugins` and returns its path.
 pub fn go_plugin_library() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let out = Command::new(root.join("scripts/build-plugins"))
+    let out = Command::new(report::workspace_root().join("scripts/build-plugins"))
         .output()
         .expect("run scripts/build-plugins");
     assert!(
@@ -27,11 +26,7 @@ pub fn go_plugin_library() -> PathBuf {
 
 /// Builds the C plugins with `scripts/build-c-plugins` and returns their directory.
 pub fn c_plugin_dir() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let out = Command::new(root.join("scripts/build-c-plugins"))
+    let out = Command::new(report::workspace_root().join("scripts/build-c-plugins"))
         .output()
         .expect("run scripts/build-c-plugins (is a C compiler installed?)");
     assert!(

@@ -4,29 +4,44 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::*;
-use weft_nats_bridge::{NatsAuth, NatsOptions, NatsTransport, RemotePluginOptions};
+use weft_nats_bridge::{NatsAuth, NatsOptions, NatsTransport, RemotePlugin, RemotePluginOptions};
 use weft_runtime::abi::WeftPhase;
 
 async fn call_header_rewriter(url: &str, auth: NatsAuth) {
-    let t = NatsTransport::connect(NatsOptions {
+    call_header_rewriter_with(NatsOptions {
         url: url.to_owned(),
         auth,
         ..NatsOptions::default()
     })
-    .await
-    .expect("connect with the right credentials");
+    .await;
+}
+
+/// Connects with `opts` (the right credentials), calls the header-rewriter worker (instance `rw`)
+/// and checks that its header is set; returns the connection and the instance for further calls.
+async fn call_header_rewriter_with(opts: NatsOptions) -> (Arc<NatsTransport>, RemotePlugin) {
+    let t = NatsTransport::connect(opts)
+        .await
+        .expect("connect with the right credentials");
     let plugin = t.plugin("rw", RemotePluginOptions::default());
-    let rh = WeftPhase::RequestHeaders;
-    let (view, _) = request_view(1, rh as u32, "/", &[("host", "h")]);
     let bytes = plugin
-        .call(rh, &view, None)
+        .call(RH, &rw_view(), None)
         .await
         .expect("call through an authenticated connection");
-    let batch = weft_runtime::mutation::decode(&bytes, bytes.len(), rh).unwrap();
+    let batch = weft_runtime::mutation::decode(&bytes, bytes.len(), RH).unwrap();
     let mut p = http::Request::builder().uri("/").body(()).unwrap().into_parts().0;
     batch.apply_to_request(&mut p);
     assert_eq!(p.headers["x-auth-test"], "1");
+    (t, plugin)
+}
+
+const RH: WeftPhase = WeftPhase::RequestHeaders;
+
+/// The view of the request every call here carries.
+fn rw_view() -> Vec<u8> {
+    request_view(1, RH as u32, "/", &[("host", "h")]).0
 }
 
 /// Connecting with `auth` must fail; returns the error as the proxy would print it.
@@ -48,17 +63,30 @@ async fn connect_fails_with(opts: NatsOptions) -> String {
 
 const CONFIG: &str = r#"{"request_set":{"x-auth-test":"1"}}"#;
 
+/// Starts a header-rewriter worker (instance `rw`, sets `x-auth-test: 1`) on `srv` with the
+/// connection flags `extra`.
+fn rewriter(srv: &NatsServer, extra: &[&str]) -> Worker {
+    Worker::start_with(&srv.url(), "header-rewriter", "rw", CONFIG, extra)
+}
+
+/// Starts a header-rewriter worker (instance `rw2`) on `srv` with the connection flags `extra`,
+/// which must be refused; returns its log.
+fn refused_rewriter(srv: &NatsServer, extra: &[&str]) -> String {
+    Worker::refused(&srv.url(), "header-rewriter", "rw2", CONFIG, extra)
+}
+
+/// A fresh directory `weft-nats-<what>-<pid>` under the temp dir.
+fn test_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("weft-nats-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_password_auth() {
     require_nats!();
     let srv = NatsServer::start_with(&["--user", "weft", "--pass", "s3cret"]);
-    let _w = Worker::start_with(
-        &srv.url(),
-        "header-rewriter",
-        "rw",
-        CONFIG,
-        &["-user", "weft", "-password", "s3cret"],
-    );
+    let _w = rewriter(&srv, &["-user", "weft", "-password", "s3cret"]);
     call_header_rewriter(
         &srv.url(),
         NatsAuth::UserPassword {
@@ -82,79 +110,95 @@ async fn user_password_auth() {
 async fn token_auth() {
     require_nats!();
     let srv = NatsServer::start_with(&["--auth", "t0ken"]);
-    let _w = Worker::start_with(&srv.url(), "header-rewriter", "rw", CONFIG, &["-token", "t0ken"]);
+    let _w = rewriter(&srv, &["-token", "t0ken"]);
     call_header_rewriter(&srv.url(), NatsAuth::Token("t0ken".into())).await;
     connect_fails(&srv.url(), NatsAuth::Token("nope".into())).await;
 }
 
-/// A throwaway CA and a server certificate for 127.0.0.1, made with openssl for this test.
+/// Runs openssl in `dir` with `args`; fails the test if it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let st = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run openssl");
+    assert!(st.success(), "openssl {args:?}");
+}
+
+/// A throwaway CA `<name>.pem`/`<name>.key` in `dir`, subject `/CN=<cn>`.
+fn make_ca(dir: &std::path::Path, name: &str, cn: &str) {
+    let (pem, key, subj) = (format!("{name}.pem"), format!("{name}.key"), format!("/CN={cn}"));
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &pem, "-days", "1", "-subj",
+            &subj,
+        ],
+    );
+}
+
+/// A certificate `<name>.pem` (key `<name>.key`) for `/CN=<cn>` issued by the CA `<ca>.pem`/`<ca>.key`
+/// in `dir`, with the X.509 extensions `ext` (a line of an openssl extfile).
+fn make_cert(dir: &std::path::Path, ca: &str, name: &str, cn: &str, ext: &str) {
+    let (pem, key, csr, subj) = (
+        format!("{name}.pem"),
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("/CN={cn}"),
+    );
+    openssl(
+        dir,
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &subj,
+        ],
+    );
+    let (ca_pem, ca_key, extfile) = (format!("{ca}.pem"), format!("{ca}.key"), format!("{name}.ext"));
+    std::fs::write(dir.join(&extfile), format!("{ext}\n")).unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "1",
+            "-extfile",
+            &extfile,
+        ],
+    );
+}
+
+/// A throwaway CA (`ca`) and a server certificate (`server`) for 127.0.0.1, made with openssl for
+/// this test.
 fn make_certs(dir: &std::path::Path) {
-    let run = |args: &[&str]| {
-        let st = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("run openssl");
-        assert!(st.success(), "openssl {args:?}");
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=weft-test-ca",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "san.ext",
-    ]);
+    make_ca(dir, "ca", "weft-test-ca");
+    make_cert(
+        dir,
+        "ca",
+        "server",
+        "127.0.0.1",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_private_ca() {
     require_nats!();
-    let dir = std::env::temp_dir().join(format!("weft-nats-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = test_dir("tls");
     make_certs(&dir);
     let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
     let srv = NatsServer::start_with(&["--tls", "--tlscert", &p("server.pem"), "--tlskey", &p("server.key")]);
-    let _w = Worker::start_with(&srv.url(), "header-rewriter", "rw", CONFIG, &["-tls-ca", &p("ca.pem")]);
+    let _w = rewriter(&srv, &["-tls-ca", &p("ca.pem")]);
 
     let tls = weft_nats_bridge::NatsTls {
         required: true,
@@ -195,8 +239,7 @@ async fn nkey_auth() {
     require_nats!();
     let user = nkeys::KeyPair::new_user();
     let seed = user.seed().unwrap();
-    let dir = std::env::temp_dir().join(format!("weft-nats-nkey-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = test_dir("nkey");
     let conf = dir.join("server.conf");
     std::fs::write(
         &conf,
@@ -206,13 +249,7 @@ async fn nkey_auth() {
     let seed_file = dir.join("user.nk");
     std::fs::write(&seed_file, &seed).unwrap();
     let srv = NatsServer::start_with(&["-c", &conf.to_string_lossy()]);
-    let _w = Worker::start_with(
-        &srv.url(),
-        "header-rewriter",
-        "rw",
-        CONFIG,
-        &["-nkey", &seed_file.to_string_lossy()],
-    );
+    let _w = rewriter(&srv, &["-nkey", &seed_file.to_string_lossy()]);
     call_header_rewriter(&srv.url(), NatsAuth::NKeySeed(seed)).await;
     let stranger = nkeys::KeyPair::new_user().seed().unwrap();
     connect_fails(&srv.url(), NatsAuth::NKeySeed(stranger)).await;
@@ -222,47 +259,10 @@ async fn nkey_auth() {
 /// A client certificate `<name>.pem`/`<name>.key` issued by the CA `<ca>.pem`/`<ca>.key` in `dir`
 /// (openssl, for this test); the CA is created first when `<ca>.pem` does not exist yet.
 fn make_client_cert(dir: &std::path::Path, ca: &str, name: &str) {
-    let run = |args: &[&str]| {
-        let st = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("run openssl");
-        assert!(st.success(), "openssl {args:?}");
-    };
-    let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
-    if !dir.join(&ca_pem).exists() {
-        let subj = format!("/CN={ca}");
-        run(&[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &ca_key, "-out", &ca_pem, "-days", "1",
-            "-subj", &subj,
-        ]);
+    if !dir.join(format!("{ca}.pem")).exists() {
+        make_ca(dir, ca, ca);
     }
-    let (pem, key, csr) = (format!("{name}.pem"), format!("{name}.key"), format!("{name}.csr"));
-    let subj = format!("/CN={name}");
-    run(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &subj,
-    ]);
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &ca_pem,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-out",
-        &pem,
-        "-days",
-        "1",
-        "-extfile",
-        "client.ext",
-    ]);
+    make_cert(dir, ca, name, name, "extendedKeyUsage=clientAuth");
 }
 
 /// Mutual TLS: the server (`verify: true`) accepts only clients with a certificate from its CA.
@@ -271,8 +271,7 @@ fn make_client_cert(dir: &std::path::Path, ca: &str, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls() {
     require_nats!();
-    let dir = std::env::temp_dir().join(format!("weft-nats-mtls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = test_dir("mtls");
     make_certs(&dir);
     make_client_cert(&dir, "ca", "client");
     make_client_cert(&dir, "other-ca", "impostor");
@@ -289,11 +288,8 @@ async fn mutual_tls() {
     )
     .unwrap();
     let srv = NatsServer::start_with(&["-c", &p("server.conf")]);
-    let _w = Worker::start_with(
-        &srv.url(),
-        "header-rewriter",
-        "rw",
-        CONFIG,
+    let _w = rewriter(
+        &srv,
         &[
             "-tls-ca",
             &p("ca.pem"),
@@ -309,21 +305,13 @@ async fn mutual_tls() {
         ca: Some(dir.join("ca.pem")),
         client_cert: client.map(|c| (dir.join(format!("{c}.pem")), dir.join(format!("{c}.key")))),
     };
-    let t = NatsTransport::connect(NatsOptions {
+    // Mutual TLS with a client certificate from the server's CA.
+    let (_t, plugin) = call_header_rewriter_with(NatsOptions {
         url: srv.url(),
         tls: tls(Some("client")),
         ..NatsOptions::default()
     })
-    .await
-    .expect("mutual TLS with a client certificate from the server's CA");
-    let plugin = t.plugin("rw", RemotePluginOptions::default());
-    let rh = WeftPhase::RequestHeaders;
-    let (view, _) = request_view(1, rh as u32, "/", &[("host", "h")]);
-    let bytes = plugin.call(rh, &view, None).await.expect("call over mutual TLS");
-    let batch = weft_runtime::mutation::decode(&bytes, bytes.len(), rh).unwrap();
-    let mut parts = http::Request::builder().uri("/").body(()).unwrap().into_parts().0;
-    batch.apply_to_request(&mut parts);
-    assert_eq!(parts.headers["x-auth-test"], "1");
+    .await;
 
     for (what, client) in [
         ("no client certificate", None),
@@ -339,16 +327,19 @@ async fn mutual_tls() {
         assert!(err.contains(&srv.url()), "the error names the server: {err}");
     }
     // The worker without a client certificate is refused too (it exits with the error).
-    let log = Worker::refused(&srv.url(), "header-rewriter", "rw2", CONFIG, &["-tls-ca", &p("ca.pem")]);
+    let log = refused_rewriter(&srv, &["-tls-ca", &p("ca.pem")]);
     assert!(log.contains("connect"), "{log}");
     // The connection that was let in still works.
-    plugin.call(rh, &view, None).await.expect("call after the refusals");
+    plugin
+        .call(RH, &rw_view(), None)
+        .await
+        .expect("call after the refusals");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Decentralized (JWT) auth as `nsc` sets it up: an operator, an account signed by the operator
-/// (resolver: MEMORY, preloaded), users signed by the account, each in a `.creds` file (user JWT
-/// + nkey seed). JWTs are made here: base64url(header).base64url(claims).base64url(ed25519
+/// (resolver: MEMORY, preloaded), users signed by the account, each in a `.creds` file (a user
+/// JWT and an nkey seed). JWTs are made here: base64url(header).base64url(claims).base64url(ed25519
 /// signature of the first two parts by the issuer's nkey).
 mod jwt {
     use std::path::{Path, PathBuf};
@@ -461,8 +452,7 @@ mod jwt {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creds_file_auth() {
     require_nats!();
-    let dir = std::env::temp_dir().join(format!("weft-nats-creds-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = test_dir("creds");
     let operator = nkeys::KeyPair::new_operator();
     let account = nkeys::KeyPair::new_account();
     let operator_jwt = jwt::encode(
@@ -487,13 +477,7 @@ async fn creds_file_auth() {
 
     let host = jwt::creds(&dir, &account, "host");
     let worker = jwt::creds(&dir, &account, "worker");
-    let _w = Worker::start_with(
-        &srv.url(),
-        "header-rewriter",
-        "rw",
-        CONFIG,
-        &["-creds", &worker.to_string_lossy()],
-    );
+    let _w = rewriter(&srv, &["-creds", &worker.to_string_lossy()]);
     call_header_rewriter(&srv.url(), NatsAuth::CredsFile(host.clone())).await;
 
     // A well-formed user of an account the server was not given.
@@ -525,13 +509,7 @@ async fn creds_file_auth() {
         "{err}"
     );
     // The worker is refused with the stranger's creds.
-    let log = Worker::refused(
-        &srv.url(),
-        "header-rewriter",
-        "rw2",
-        CONFIG,
-        &["-creds", &stranger.to_string_lossy()],
-    );
+    let log = refused_rewriter(&srv, &["-creds", &stranger.to_string_lossy()]);
     assert!(log.to_lowercase().contains("authorization"), "{log}");
     // The admitted users still work.
     call_header_rewriter(&srv.url(), NatsAuth::CredsFile(host)).await;

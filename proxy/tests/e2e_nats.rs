@@ -632,14 +632,11 @@ async fn proxy_authenticates_to_nats() {
     );
 }
 
-/// A remote instance without `deadline_ms` gets the default of 200 ms: a worker that sleeps
-/// 1.5 s is answered 504 after about 200 ms (counted as a timeout), and the next quick call
-/// works.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn default_remote_deadline_is_200ms() {
-    require_nats!();
-    let srv = NatsServer::start();
-    let _worker = Worker::start(
+/// A worker on `srv` serving `test-sleep` as `sleepy`, and a proxy (`name`, with an admin
+/// listener) whose only route calls it, the instance with `options` added (e.g. `, deadline_ms:
+/// 5000`); returns the worker, the proxy, its address and its admin address.
+async fn sleepy_proxy(srv: &NatsServer, options: &str, name: &str) -> (Worker, ProxyProcess, SocketAddr, SocketAddr) {
+    let worker = Worker::start(
         &srv.url(),
         &serde_json::json!([{ "plugin": "test-sleep", "name": "sleepy" }]),
     );
@@ -651,11 +648,22 @@ async fn default_remote_deadline_is_200ms() {
             addr,
             &srv.url(),
             upstream,
-            "  - { name: sleepy, type: nats, plugin: test-sleep }",
+            &format!("  - {{ name: sleepy, type: nats, plugin: test-sleep{options} }}"),
             "  - { path_prefix: /, upstream: up, plugins: [sleepy] }",
         )
     );
-    let proxy = blocking(|| ProxyProcess::start("nats-deadline", &yaml, addr));
+    let proxy = blocking(|| ProxyProcess::start(name, &yaml, addr));
+    (worker, proxy, addr, admin)
+}
+
+/// A remote instance without `deadline_ms` gets the default of 200 ms: a worker that sleeps
+/// 1.5 s is answered 504 after about 200 ms (counted as a timeout), and the next quick call
+/// works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_remote_deadline_is_200ms() {
+    require_nats!();
+    let srv = NatsServer::start();
+    let (_worker, proxy, addr, admin) = sleepy_proxy(&srv, "", "nats-deadline").await;
     let c = client();
     let (status, _, _) = get_with(&c, addr, "/", &[]).await;
     assert_eq!(status, 200, "{}", proxy.stderr());
@@ -688,23 +696,8 @@ async fn default_remote_deadline_is_200ms() {
 async fn remote_in_flight_limit_over_http() {
     require_nats!();
     let srv = NatsServer::start();
-    let _worker = Worker::start(
-        &srv.url(),
-        &serde_json::json!([{ "plugin": "test-sleep", "name": "sleepy" }]),
-    );
-    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
-    let (addr, admin) = (free_port(), free_port());
-    let yaml = format!(
-        "admin: {{ listen: \"{admin}\" }}\n{}",
-        config(
-            addr,
-            &srv.url(),
-            upstream,
-            "  - { name: sleepy, type: nats, plugin: test-sleep, deadline_ms: 5000, max_in_flight: 1 }",
-            "  - { path_prefix: /, upstream: up, plugins: [sleepy] }",
-        )
-    );
-    let proxy = blocking(|| ProxyProcess::start("nats-inflight", &yaml, addr));
+    let (_worker, proxy, addr, admin) =
+        sleepy_proxy(&srv, ", deadline_ms: 5000, max_in_flight: 1", "nats-inflight").await;
     let (status, _, _) = get(addr, "/", &[]).await;
     assert_eq!(status, 200, "{}", proxy.stderr());
 

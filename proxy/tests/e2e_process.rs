@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,14 +23,21 @@ fn main_library_yaml() -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn go_plugins_over_real_http() {
+/// A proxy (`tag`) on a free port in front of the demo upstream, with the example Go library and
+/// these plugin instances and routes; returns it once it answers, and its address.
+async fn go_proxy(tag: &str, plugins: &str, routes: &str) -> (ProxyProcess, SocketAddr) {
     let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
     let addr = free_port();
-    let yaml = config(
-        addr,
-        upstream,
-        &main_library_yaml(),
+    let yaml = config(addr, upstream, &main_library_yaml(), plugins, routes);
+    let mut proxy = ProxyProcess::spawn(tag, &yaml, addr);
+    tokio::task::block_in_place(|| proxy.wait_ready());
+    (proxy, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_plugins_over_real_http() {
+    let (mut proxy, addr) = go_proxy(
+        "http",
         "  - { name: timing, library: examples, plugin: timing-logger }\n\
          \x20 - { name: rewrite, library: examples, plugin: header-rewriter, config: { request_set: { x-added: by-go }, response_set: { x-served-by: weft } } }\n\
          \x20 - { name: auth, library: examples, plugin: bearer-auth, config: { tokens: [t0ken] } }\n\
@@ -40,9 +47,8 @@ async fn go_plugins_over_real_http() {
          \x20 - { path_prefix: /crlf, upstream: up, plugins: [crlf] }\n\
          \x20 - { path_prefix: /panic, upstream: up, plugins: [boom] }\n\
          \x20 - { path_prefix: /, upstream: up, plugins: [timing, rewrite] }",
-    );
-    let mut proxy = ProxyProcess::spawn("http", &yaml, addr);
-    tokio::task::block_in_place(|| proxy.wait_ready());
+    )
+    .await;
 
     // A header added by a plugin reaches the upstream, and a response header reaches the client.
     let (status, headers, seen) = get(addr, "/hello?q=1", &[]).await;
@@ -176,17 +182,12 @@ fn failing_plugin_init_refuses_start_naming_the_plugin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_log_phase_never_delays_the_client() {
     const SLEEP_MS: u64 = 2000;
-    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
-    let addr = free_port();
-    let yaml = config(
-        addr,
-        upstream,
-        &main_library_yaml(),
+    let (mut proxy, addr) = go_proxy(
+        "slowlog",
         "  - { name: slowlog, library: examples, plugin: test-slow-log }",
         "  - { path_prefix: /, upstream: up, plugins: [slowlog] }",
-    );
-    let mut proxy = ProxyProcess::spawn("slowlog", &yaml, addr);
-    tokio::task::block_in_place(|| proxy.wait_ready());
+    )
+    .await;
 
     // One client, so the second request reuses the first one's connection.
     let client = Client::builder(TokioExecutor::new()).build_http();

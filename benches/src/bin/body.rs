@@ -14,7 +14,7 @@
 use std::convert::Infallible;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::task::{Context, Poll};
@@ -27,6 +27,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use weft_benches::report::{target_dir, workspace_root};
 
 #[derive(Parser, Debug)]
 #[command(about = "weft body-phase throughput and RSS")]
@@ -46,21 +47,6 @@ struct Args {
     /// Output directory (default `<target>/bench`).
     #[arg(long)]
     out: Option<PathBuf>,
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
-        Some(d) => root().join(d),
-        None => root().join("target"),
-    }
 }
 
 /// Pre-generated 64 KiB of text, handed out as `Bytes` clones: the upstream costs ~nothing.
@@ -215,7 +201,7 @@ fn main() {
     let bin = args.weft_bin.clone().unwrap_or_else(|| {
         let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args(["build", "--release", "-p", "weft-proxy"])
-            .current_dir(root())
+            .current_dir(workspace_root())
             .status()
             .map(|s| s.success())
             .unwrap_or(false);

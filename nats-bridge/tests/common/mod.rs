@@ -138,6 +138,27 @@ pub fn worker_bin() -> &'static Path {
     })
 }
 
+/// Spawns a worker serving `plugin` as instance `instance` with `config`, then the `extra` flags;
+/// its stdout piped, its stderr to `stderr`.
+fn spawn_worker(url: &str, plugin: &str, instance: &str, config: &str, extra: &[&str], stderr: Stdio) -> Child {
+    Command::new(worker_bin())
+        .args([
+            "-nats",
+            url,
+            "-plugin",
+            plugin,
+            "-instance",
+            instance,
+            "-config",
+            config,
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("start weft-worker")
+}
+
 pub struct Worker {
     pub id: String,
     child: Child,
@@ -151,22 +172,7 @@ impl Worker {
 
     /// Like [`Worker::start`] with extra flags (e.g. `-token`).
     pub fn start_with(url: &str, plugin: &str, instance: &str, config: &str, extra: &[&str]) -> Worker {
-        let mut child = Command::new(worker_bin())
-            .args([
-                "-nats",
-                url,
-                "-plugin",
-                plugin,
-                "-instance",
-                instance,
-                "-config",
-                config,
-            ])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start weft-worker");
+        let mut child = spawn_worker(url, plugin, instance, config, extra, Stdio::null());
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -182,22 +188,7 @@ impl Worker {
     /// Starts a worker that must fail to connect: waits for it to exit (within 10 s) without
     /// saying it serves, and returns its log (stderr).
     pub fn refused(url: &str, plugin: &str, instance: &str, config: &str, extra: &[&str]) -> String {
-        let mut child = Command::new(worker_bin())
-            .args([
-                "-nats",
-                url,
-                "-plugin",
-                plugin,
-                "-instance",
-                instance,
-                "-config",
-                config,
-            ])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start weft-worker");
+        let mut child = spawn_worker(url, plugin, instance, config, extra, Stdio::piped());
         let end = Instant::now() + Duration::from_secs(10);
         let status = loop {
             if let Some(st) = child.try_wait().unwrap() {
