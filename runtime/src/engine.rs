@@ -490,12 +490,12 @@ impl Exchange {
         r
     }
 
-    /// A headers-phase call writes its records into a second arena slot leased for the call, so
-    /// the bytes a local reply body or a long header value refers to can go to hyper as slices of
-    /// that slot ([`take_batch`](Self::take_batch)) instead of being copied out of the request's
-    /// slot, which the next phase writes again. Without a free slot the call writes after the
-    /// view as before (and those bytes are copied). Returns whether it leased one; the caller
-    /// clears `body.out` after the call.
+    /// A headers-phase call writes its records into an out slot (the arena's pool of them) leased
+    /// for the call, so the bytes a local reply body or a long header value refers to can go to
+    /// hyper as slices of that slot ([`take_batch`](Self::take_batch)) instead of being copied out
+    /// of the request's slot, which the next phase writes again. Without a free out slot the call
+    /// writes after the view (and those bytes are copied). Returns whether it leased one; the
+    /// caller clears `body.out` after the call.
     fn lease_head_out(&mut self, phase: WeftPhase) -> bool {
         if !matches!(phase, WeftPhase::RequestHeaders | WeftPhase::ResponseHeaders) || self.body.out.is_some() {
             return false;
@@ -826,8 +826,9 @@ impl Exchange {
         };
         let job = limits.blocking;
         // A body or headers call with its own out buffer writes there (body.rs, lease_head_out),
-        // so the bytes it produces can go to hyper without a copy. A worker job can be told an
-        // arena slot only: with a heap out buffer it writes after the view and the host copies.
+        // so the bytes it produces can go to hyper without a copy. A worker job can be told a
+        // slot-sized unit of the arena only: with a heap or buffer-class out buffer it writes after
+        // the view and the host copies.
         let (mut out_slot, mut job_out_off) = (slot, out_off);
         if let Some(body_out) = self.body.out.as_mut() {
             let lease_unit = body_out.lease_unit();
