@@ -484,7 +484,10 @@ typedef void (*WeftShutdownFn)(uint64_t instance);
 // Starts one worker that consumes the worker ring at `ring` (`ring_len` bytes, layout in
 // `docs/architecture.md`) until the ring's `closed` word is set and the ring is drained, then
 // calls [`WeftHostApi::worker_exit`]`(ring)` and never touches the ring again. Jobs refer to
-// slots of the arena at `arena` (`slot_count` slots of `slot_size` bytes). Must return at once
+// slots of the arena at `arena`, seen as `slot_count` slots of `slot_size` bytes: the request
+// slots (below the `slot_count` given to `init`, where views are), then the host's out slots
+// (where a job's output location usually is). This `slot_count` is therefore larger than
+// init's. Must return at once
 // (the worker runs on the plugin's own thread or goroutine): [`WeftResult::Ok`], or an error
 // code if no worker could be started. May be NULL when no plugin is flagged blocking.
 //

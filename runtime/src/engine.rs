@@ -965,11 +965,11 @@ impl Exchange {
             None => mutation::decode_raw(&lease.bytes_mut()[out_off..], len, phase),
         }
         .map_err(CallError::Mutation)?;
-        if !raw.refers_to_buffer() {
+        let n = raw.referenced_len() as u64;
+        if n == 0 {
             return Ok(raw.resolve(mutation::Source::Copy(&[])));
         }
         let stats = &self.chain.rt.stats;
-        let n = raw.referenced_len() as u64;
         Ok(match self.body.out.as_mut() {
             Some(out) => {
                 stats.output_bytes_shared.fetch_add(n, Ordering::Relaxed);

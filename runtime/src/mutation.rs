@@ -202,14 +202,7 @@ impl RawBatch {
     /// Whether any record refers to bytes of the buffer (a local reply body, a long header
     /// value), so [`resolve`](Self::resolve) needs them.
     pub fn refers_to_buffer(&self) -> bool {
-        let at = |v: &Val| matches!(v, Val::At(_));
-        self.ops
-            .iter()
-            .any(|op| matches!(op, Op::SetHeader(_, v) | Op::AddHeader(_, v) if at(v)))
-            || self
-                .reply
-                .as_ref()
-                .is_some_and(|r| !r.body.is_empty() || r.headers.iter().any(|(_, v)| at(v)))
+        self.referenced_len() != 0
     }
 
     /// How many bytes of the buffer the records refer to (what [`resolve`](Self::resolve)
