@@ -594,7 +594,9 @@ typedef void (*WeftLogFn)(uint32_t level, uint64_t instance, const uint8_t *msg,
 //
 // # Thread safety
 // Thread-safe; may be called from any thread, even from inside the very `on_phase` call it
-// completes before that returns `Pending`. The writes the plugin made to the output bytes
+// completes before that returns `Pending`. Concurrent completions of one call from several
+// threads are safe: exactly one is taken (`Ok`, or `Cancelled` with the call's memory released
+// once) and every other gets `AlreadyCompleted`. The writes the plugin made to the output bytes
 // before calling it are visible to the host afterwards. Never unwinds into the plugin.
 typedef uint32_t (*WeftCompleteFn)(uint64_t instance,
                                    uint32_t slot,

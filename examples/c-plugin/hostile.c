@@ -15,9 +15,12 @@
  * Misuses of the asynchronous ABI (modes "async-*", request phase; see async_misuse below) call
  * host->complete() wrongly from the calling thread: twice, with a forged or stale call or slot,
  * with another instance's id, with result PENDING, with out_len past the capacity, never, or
- * after the host cancelled. The code complete() returned for the misuse is kept per instance
- * and reported by the next request with mode "report-rc" (header x-hostile-rc).
+ * after the host cancelled, or from two threads at once after the host cancelled (modes
+ * "async-never-race", then "async-release-stuck-racing"). The code complete() returned for the
+ * misuse is kept per instance and reported by the next request with mode "report-rc" (header
+ * x-hostile-rc).
  */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -216,10 +219,51 @@ static const struct misuse misuses[] = {
 
 /* Per instance (id modulo 64): the code complete() returned for the last misuse. */
 static _Atomic uint32_t last_rc[64];
-/* Calls answered PENDING and never completed (mode async-never): (slot << 32 | call), instance. */
+/* Calls answered PENDING and never completed: (slot << 32 | call), instance. List 0: mode
+ * async-never (released by async-release-stuck); list 1: mode async-never-race (released by
+ * async-release-stuck-racing), so tests running side by side do not release each other's calls. */
 #define STUCK_CAP 64
-static _Atomic uint64_t stuck_call[STUCK_CAP];
-static _Atomic uint64_t stuck_instance[STUCK_CAP];
+static _Atomic uint64_t stuck_call[2][STUCK_CAP];
+static _Atomic uint64_t stuck_instance[2][STUCK_CAP];
+
+/* Two threads released together complete the same cancelled call at once. */
+typedef struct {
+    uint64_t instance;
+    uint32_t slot, call, rc;
+    _Atomic int *ready, *go;
+} Racer;
+
+static void *race_complete(void *arg) {
+    Racer *r = arg;
+    atomic_fetch_add(r->ready, 1);
+    while (!atomic_load(r->go)) {
+    }
+    r->rc = host->complete(r->instance, r->slot, r->call, WEFT_RESULT_OK, 0);
+    return NULL;
+}
+
+/* Completes call (instance, slot, call) from two threads at once; returns the two codes as
+ * smaller * 100 + larger (1314: one Cancelled, one AlreadyCompleted), or 0 if no thread started. */
+static uint32_t complete_twice_at_once(uint64_t instance, uint32_t slot, uint32_t call) {
+    _Atomic int ready = 0, go = 0;
+    Racer r[2] = {{instance, slot, call, 0, &ready, &go}, {instance, slot, call, 0, &ready, &go}};
+    pthread_t t[2];
+    if (pthread_create(&t[0], NULL, race_complete, &r[0]) != 0) {
+        return 0;
+    }
+    if (pthread_create(&t[1], NULL, race_complete, &r[1]) != 0) {
+        atomic_store(&go, 1);
+        pthread_join(t[0], NULL);
+        return 0;
+    }
+    while (atomic_load(&ready) < 2) { /* both spinning: they start complete() together */
+    }
+    atomic_store(&go, 1);
+    pthread_join(t[0], NULL);
+    pthread_join(t[1], NULL);
+    uint32_t lo = r[0].rc < r[1].rc ? r[0].rc : r[1].rc, hi = r[0].rc < r[1].rc ? r[1].rc : r[0].rc;
+    return lo * 100 + hi;
+}
 
 static uint32_t async_misuse(const char *mode, uint64_t instance, const WeftRequestView *view, WeftBuf *out) {
     /* Read before any complete(): afterwards the view is not ours to touch. */
@@ -228,26 +272,38 @@ static uint32_t async_misuse(const char *mode, uint64_t instance, const WeftRequ
     if (host == NULL || host->size < sizeof(WeftHostApi) || host->complete == NULL) {
         return WEFT_RESULT_INTERNAL;
     }
-    if (strcmp(mode, "async-never") == 0) {
+    const int never_race = strcmp(mode, "async-never-race") == 0;
+    if (never_race || strcmp(mode, "async-never") == 0) {
         for (size_t i = 0; i < STUCK_CAP; i++) {
             uint64_t empty = 0;
-            if (atomic_compare_exchange_strong(&stuck_call[i], &empty, (uint64_t)slot << 32 | call)) {
-                atomic_store(&stuck_instance[i], instance);
+            if (atomic_compare_exchange_strong(&stuck_call[never_race][i], &empty, (uint64_t)slot << 32 | call)) {
+                atomic_store(&stuck_instance[never_race][i], instance);
                 break;
             }
         }
         return WEFT_RESULT_PENDING; /* and never complete() */
     }
-    if (strcmp(mode, "async-release-stuck") == 0) {
-        /* Completes every never-completed call: the host gave up on them (CANCELLED expected). */
-        uint32_t released = 0;
+    const int racing = strcmp(mode, "async-release-stuck-racing") == 0;
+    if (racing || strcmp(mode, "async-release-stuck") == 0) {
+        /* Completes every never-completed call: the host gave up on them (CANCELLED expected).
+         * Racing: the calls of async-never-race, each from two threads at once (one CANCELLED,
+         * one ALREADY_COMPLETED); the code kept is the first pair that differs from that. */
+        uint32_t released = 0, pairs = 1314;
         for (size_t i = 0; i < STUCK_CAP; i++) {
-            uint64_t c = atomic_exchange(&stuck_call[i], 0);
-            if (c != 0) {
-                atomic_store(rc, host->complete(atomic_load(&stuck_instance[i]), (uint32_t)(c >> 32), (uint32_t)c,
-                                                WEFT_RESULT_OK, 0));
-                released++;
+            uint64_t c = atomic_exchange(&stuck_call[racing][i], 0);
+            if (c == 0) {
+                continue;
             }
+            uint64_t inst = atomic_load(&stuck_instance[racing][i]);
+            uint32_t s = (uint32_t)(c >> 32), k = (uint32_t)c;
+            if (racing) {
+                uint32_t pair = complete_twice_at_once(inst, s, k);
+                pairs = pairs == 1314 ? pair : pairs;
+                atomic_store(rc, pairs);
+            } else {
+                atomic_store(rc, host->complete(inst, s, k, WEFT_RESULT_OK, 0));
+            }
+            released++;
         }
         char n[16];
         snprintf(n, sizeof n, "%u", released);

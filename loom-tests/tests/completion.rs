@@ -66,6 +66,51 @@ fn lifecycle_complete_races_cancel() {
     });
 }
 
+/// A plugin completes one call from two threads at once while the owner cancels it (the
+/// hostile C plugin's "complete twice after the deadline"). Whatever the schedule: the lease is
+/// dropped exactly once (loom reports a race if two threads touch it), at most one completion
+/// is delivered or releases the lease and the other gets an error, and the cell ends idle so
+/// the next call can begin.
+#[test]
+fn two_completers_race_a_cancel() {
+    loom::model(|| {
+        let cell: Arc<CompletionCell<Lease, Box<u32>>> = Arc::new(CompletionCell::new());
+        let drops = Arc::new(AtomicUsize::new(0));
+        let lease = Lease {
+            drops: drops.clone(),
+            data: loom::cell::UnsafeCell::new(0),
+        };
+        lease.data.with_mut(|p| unsafe { *p = 7 });
+        let seq = cell.begin().unwrap();
+        cell.mark_pending(seq);
+        let completers: Vec<_> = (0..2u32)
+            .map(|i| {
+                let cell = cell.clone();
+                thread::spawn(move || cell.complete(seq, Box::new(i)))
+            })
+            .collect();
+        let kept = match cell.cancel(seq, lease) {
+            Cancel::Kept(l) => Some(l),
+            Cancel::Orphaned => None,
+        };
+        let results: Vec<_> = completers.into_iter().map(|c| c.join().unwrap()).collect();
+        let won = results
+            .iter()
+            .filter(|r| matches!(r, Ok(()) | Err(CompleteError::Cancelled)))
+            .count();
+        assert_eq!(won, 1, "exactly one completion counts: {results:?}");
+        assert!(
+            results.iter().any(|r| *r == Err(CompleteError::AlreadyCompleted)),
+            "the other is refused: {results:?}"
+        );
+        assert_eq!(kept.is_some(), results.contains(&Ok(())), "{results:?}");
+        drop(kept);
+        assert_eq!(drops.load(Ordering::Relaxed), 1, "lease dropped exactly once");
+        assert!(cell.is_idle());
+        assert!(cell.begin().is_some(), "the next call can begin");
+    });
+}
+
 /// The owner polls the completion as a future while the completer delivers it from another
 /// thread: the owner must always be woken (loom reports a deadlock on a lost wake-up) and read
 /// the completer's result.

@@ -692,7 +692,9 @@ pub type WeftLogFn = Option<unsafe extern "C" fn(level: u32, instance: u64, msg:
 ///
 /// # Thread safety
 /// Thread-safe; may be called from any thread, even from inside the very `on_phase` call it
-/// completes before that returns `Pending`. The writes the plugin made to the output bytes
+/// completes before that returns `Pending`. Concurrent completions of one call from several
+/// threads are safe: exactly one is taken (`Ok`, or `Cancelled` with the call's memory released
+/// once) and every other gets `AlreadyCompleted`. The writes the plugin made to the output bytes
 /// before calling it are visible to the host afterwards. Never unwinds into the plugin.
 pub type WeftCompleteFn =
     Option<unsafe extern "C" fn(instance: u64, slot: u32, call: u32, result: u32, out_len: u32) -> u32>;

@@ -12,20 +12,30 @@
 //!    │                        ▼                          ▼
 //!    │                     WRITING ── result written ──▶ COMPLETED ── poll takes it ──▶ IDLE
 //!    │                        │                          │
-//!    │   cancel (owner) from CALLED / PENDING / WRITING  │ cancel after completion:
+//!    │          cancel (owner)│                          │ cancel after completion:
 //!    │                        ▼                          │ owner discards the result,
-//!    └── late complete ── CANCELLED                      └─ keeps its payload ─────────▶ IDLE
-//!        discards the result and drops the payload the owner left behind
+//!    ├──── the writer ──── ABANDONED                     └─ keeps its payload ─────────▶ IDLE
+//!    │     discards its result and drops the payload
+//!    │
+//!    │   cancel (owner) from CALLED / PENDING
+//!    │                        ▼
+//!    └── claimer ◀── RELEASING ◀── first late complete ── CANCELLED
+//!        drops the payload the owner left behind (every other completer: AlreadyCompleted)
 //! ```
 //!
 //! - The owner never waits: polling registers the task's waker, then looks for `COMPLETED`
 //!   (register-then-check, so a completion between the two still wakes it).
 //! - Cancelling (deadline, client gone) while the plugin still holds the call leaves the owner's
-//!   payload (the arena slot lease) in the cell; the late completer drops it, so the slot is reused
-//!   only after the plugin is done with it. If the plugin never completes, the slot stays out
-//!   (the caller counts it).
-//! - A second completion, a completion with a stale `seq`, or one after cancel is an error, never
-//!   undefined behaviour.
+//!   payload (the arena slot lease) in the cell; exactly one completer releases it, so the slot
+//!   is reused only after the plugin is done with it. If the plugin never completes, the slot
+//!   stays out (the caller counts it).
+//! - Every transition that hands the payload or the result to a thread is a compare-and-swap that
+//!   only one thread can win: the completer that moved the call to `WRITING` owns `ABANDONED`,
+//!   and of the completers racing on `CANCELLED` only the one that moves it to `RELEASING` drops
+//!   the payload. So any number of concurrent completions of one call (a plugin completing twice
+//!   from two threads) deliver or release at most once; the others get an error code, never
+//!   undefined behaviour (`loom-tests/tests/completion.rs` models two completers racing a
+//!   cancel).
 //!
 //! All atomics, cells and the waker come from [`crate::sync`], so `loom-tests/` checks this code.
 
@@ -38,7 +48,14 @@ const CALLED: u32 = 1;
 const PENDING: u32 = 2;
 const WRITING: u32 = 3;
 const COMPLETED: u32 = 4;
+/// Cancelled from `CALLED`/`PENDING`: no completer holds the call; the first to claim it releases
+/// the owner's payload.
 const CANCELLED: u32 = 5;
+/// Cancelled while a completer was writing its result: that completer (and only it) discards
+/// the result and releases the payload.
+const ABANDONED: u32 = 6;
+/// A completer claimed `CANCELLED` and is releasing the payload; the cell turns `IDLE` next.
+const RELEASING: u32 = 7;
 
 #[inline]
 fn pack(seq: u32, state: u32) -> u64 {
@@ -193,9 +210,20 @@ impl<T, R> CompletionCell<T, R> {
                     }
                 }
                 CANCELLED => {
-                    self.release_orphan(seq);
-                    return Err(CompleteError::Cancelled);
+                    // Claim the release: of several completers only one wins this exchange.
+                    match self
+                        .state
+                        .compare_exchange(cur, pack(seq, RELEASING), Ordering::Acquire, Ordering::Acquire)
+                    {
+                        Ok(_) => {
+                            self.release_orphan(seq);
+                            return Err(CompleteError::Cancelled);
+                        }
+                        Err(now) => cur = now,
+                    }
                 }
+                // WRITING/ABANDONED/RELEASING belong to another completer; COMPLETED and IDLE
+                // (this seq) mean the call was delivered.
                 _ => return Err(CompleteError::AlreadyCompleted),
             }
         }
@@ -212,8 +240,9 @@ impl<T, R> CompletionCell<T, R> {
                 Ok(())
             }
             Err(_) => {
-                // The owner cancelled while the result was being written: discard it.
-                // SAFETY: WRITING → CANCELLED leaves `result` to this thread.
+                // The owner cancelled while the result was being written (WRITING → ABANDONED,
+                // which no other completer touches): discard it.
+                // SAFETY: ABANDONED leaves `result` and `orphan` to this thread alone.
                 drop(self.result.with_mut(|p| unsafe { (*p).take() }));
                 self.release_orphan(seq);
                 Err(CompleteError::Cancelled)
@@ -221,11 +250,12 @@ impl<T, R> CompletionCell<T, R> {
         }
     }
 
-    /// Completer that observed CANCELLED (with acquire): drops what the owner left and makes the
-    /// cell idle, so the slot can be reused.
+    /// The one completer that owns the cancelled call (it moved CANCELLED → RELEASING, or it was
+    /// writing when the owner moved WRITING → ABANDONED; both observed with acquire): drops what
+    /// the owner left and makes the cell idle, so the slot can be reused.
     fn release_orphan(&self, seq: u32) {
-        // SAFETY: the owner wrote `orphan` before publishing CANCELLED with release and no longer
-        // touches the cell; this completer is the only one that saw CANCELLED for this seq.
+        // SAFETY: the owner wrote `orphan` before publishing CANCELLED/ABANDONED with release and
+        // no longer touches the cell; the state this completer won excludes every other one.
         let orphan = self.orphan.with_mut(|p| unsafe { (*p).take() });
         self.state.store(pack(seq, IDLE), Ordering::Release);
         // Dropped last: dropping the lease returns the slot, after which a new owner may begin.
@@ -250,9 +280,12 @@ impl<T, R> CompletionCell<T, R> {
             }
             match state {
                 CALLED | PENDING | WRITING => {
+                    // A writer keeps the call (ABANDONED is its alone); otherwise the first late
+                    // completer claims it from CANCELLED.
+                    let to = if state == WRITING { ABANDONED } else { CANCELLED };
                     match self
                         .state
-                        .compare_exchange(cur, pack(seq, CANCELLED), Ordering::AcqRel, Ordering::Acquire)
+                        .compare_exchange(cur, pack(seq, to), Ordering::AcqRel, Ordering::Acquire)
                     {
                         Ok(_) => return Cancel::Orphaned,
                         Err(now) => cur = now,
@@ -294,7 +327,10 @@ impl<T, R> CompletionCell<T, R> {
 
     /// Whether a cancelled call is still waiting for its plugin (the slot is held).
     pub fn is_orphaned(&self) -> bool {
-        unpack(self.state.load(Ordering::Acquire)).1 == CANCELLED
+        matches!(
+            unpack(self.state.load(Ordering::Acquire)).1,
+            CANCELLED | ABANDONED | RELEASING
+        )
     }
 
     /// Whether the cell is idle (no call outstanding).
@@ -352,6 +388,25 @@ mod tests {
         assert!(c.is_idle());
         assert_eq!(c.complete(seq, 1), Err(CompleteError::AlreadyCompleted));
         assert!(c.begin().is_some());
+    }
+
+    #[test]
+    fn only_one_of_two_late_completions_releases_the_payload() {
+        let c: CompletionCell<Arc<()>, u32> = CompletionCell::new();
+        let payload = Arc::new(());
+        let seq = c.begin().unwrap();
+        c.mark_pending(seq);
+        assert!(matches!(c.cancel(seq, payload.clone()), Cancel::Orphaned));
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| c.complete(seq, 1));
+            let b = s.spawn(|| c.complete(seq, 2));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let released = [a, b].iter().filter(|r| **r == Err(CompleteError::Cancelled)).count();
+        assert_eq!(released, 1, "{a:?} {b:?}");
+        assert!([a, b].contains(&Err(CompleteError::AlreadyCompleted)), "{a:?} {b:?}");
+        assert_eq!(Arc::strong_count(&payload), 1, "released exactly once");
+        assert!(c.is_idle());
     }
 
     #[test]

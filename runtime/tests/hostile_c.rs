@@ -7,7 +7,8 @@
 //! Misuses of the async ABI (`complete` twice, with a stale or forged call or slot, with
 //! another instance's id, with result Pending or a length past the capacity, never, or after the
 //! host cancelled; `worker_exit` with a bogus pointer) each get their error code and one log line
-//! naming the instance, and the request is unharmed (`ASYNC_MISUSES`).
+//! naming the instance, and the request is unharmed (`ASYNC_MISUSES`). A cancelled call completed
+//! from two threads at once releases its slot exactly once.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -388,6 +389,87 @@ fn async_misuses_get_error_codes_and_leave_requests_unharmed() {
     );
     wait_arena_empty(&rt);
     assert_eq!(rt.stats.arena_exhausted.load(Ordering::Relaxed), 0);
+}
+
+/// The audit's heap corruption: a plugin completes a call the host cancelled (deadline) from two
+/// threads at once. Exactly one completion releases the slot the call held (`Cancelled`), the
+/// other is refused (`AlreadyCompleted`), nothing is released twice (the arena's counts come back
+/// to zero, never below) and the runtime keeps serving. Before the fix both completers dropped
+/// the slot lease: double free, or the same slot handed to two requests.
+#[test]
+fn a_cancelled_call_completed_from_two_threads_releases_its_slot_once() {
+    // Room for the held slots and for requests whose log phase has not run yet.
+    const RACE_SLOTS: u32 = 32;
+    let rt = Runtime::new(RuntimeOptions {
+        slot_count: RACE_SLOTS,
+        slot_size: 8192,
+        log_queue: 16,
+        ..weft_runtime::RuntimeOptions::default()
+    })
+    .unwrap();
+    rt.load_library("hostile", &c_plugins().join("libweft_c_hostile.so"))
+        .unwrap();
+    let id = rt
+        .instantiate_with(
+            InstanceSpec {
+                name: "racing-completers".into(),
+                library: "hostile".into(),
+                plugin: "hostile".into(),
+                config_json: b"{}".to_vec(),
+                fail_open: false,
+            },
+            InstanceOptions {
+                deadline: Duration::from_millis(5),
+                ..InstanceOptions::default()
+            },
+        )
+        .unwrap();
+    let chain = rt.chain(&[id]);
+    let run = |mode: &str| {
+        let mut ex = chain.start(client(), "http").expect("a free slot").expect("phases");
+        let mut req = request(mode);
+        let flow = ex.request_headers(&mut req);
+        (flow, req)
+    };
+    // Each round leaves PER_ROUND cancelled calls (their slots held), then completes each from two
+    // threads at once.
+    const ROUNDS: u64 = 40;
+    const PER_ROUND: u64 = 5;
+    for round in 1..=ROUNDS {
+        for _ in 0..PER_ROUND {
+            let (flow, _) = run("async-never-race");
+            assert!(
+                matches!(flow, Flow::Respond(ref r) if r.status() == 504),
+                "round {round}"
+            );
+        }
+        assert_eq!(
+            rt.stats.orphaned_slots.load(Ordering::Relaxed),
+            PER_ROUND,
+            "round {round}"
+        );
+        let (flow, req) = run("async-release-stuck-racing");
+        assert!(matches!(flow, Flow::Continue), "round {round}");
+        assert_eq!(
+            req.headers["x-hostile-released"],
+            PER_ROUND.to_string().as_str(),
+            "round {round}"
+        );
+        let (_, report) = run("report-rc");
+        // 13 AlreadyCompleted, 14 Cancelled: one each, for every call.
+        assert_eq!(report.headers["x-hostile-rc"], "1314", "round {round}");
+        assert_eq!(rt.stats.late_completions.load(Ordering::Relaxed), round * PER_ROUND);
+        assert_eq!(rt.stats.orphaned_slots.load(Ordering::Relaxed), 0, "round {round}");
+        wait_arena_empty(&rt);
+    }
+    // Every slot can be held at once, by distinct requests, and all come back.
+    let held: Vec<_> = (0..RACE_SLOTS)
+        .map(|_| chain.start(client(), "http").expect("a free slot").expect("phases"))
+        .collect();
+    assert_eq!(rt.arena_usage().0, u64::from(RACE_SLOTS));
+    assert!(chain.start(client(), "http").is_err(), "no slot is handed out twice");
+    drop(held);
+    wait_arena_empty(&rt);
 }
 
 #[test]
