@@ -45,12 +45,17 @@
 //! # Lifetime
 //! [`Arena`] is a handle (shared as `Arc<Arena>`; thread caches bound to the arena hold a clone)
 //! to state allocated separately. When the last handle goes, the state is freed (and the region
-//! unmapped) only if every slot is back on the global free list; if leases are still out, the
-//! state and the mapping are **leaked deliberately** (and a warning logged), so an outstanding
-//! lease, and a stale pointer kept by a misbehaving plugin, still point into mapped memory. A
-//! lease returning its slot to the global list makes the push CAS its last access to the arena,
-//! and the dropping handle's check reads the list head with acquire, so a freed arena is never
-//! touched again. In the runtime the arena lives as long as the process serves.
+//! unmapped, once no other pool of the mapping is left) only if every slot is back on the global
+//! free list; if leases are still out, the state and the mapping are **leaked deliberately** (and
+//! a warning logged), so an outstanding lease, and a stale pointer kept by a misbehaving plugin,
+//! still point into mapped memory. The pages of the free slots are given back to the OS then
+//! (`MADV_DONTNEED`: they stay mapped and read as zeroes), so a leaked arena keeps resident only
+//! what its leases hold; a pool freed while another pool of its mapping lives on gives its pages
+//! back too. [`mapped_bytes`] and [`released_bytes`] count both, process-wide. A lease returning
+//! its slot to the global list makes the push CAS its last access to the arena, and the dropping
+//! handle's check reads the list head with acquire, so a freed arena is never touched again. In
+//! the runtime an arena lives as long as a runtime of its layout does: config reloads that keep
+//! the layout keep the arena (`Runtime::replacing`).
 //!
 //! All atomics on the hand-off paths come from [`crate::sync`], so `loom-tests/` model-checks this
 //! code. Statistics (the in-use shards) and the handle's `Arc` are `std`'s even under loom: they

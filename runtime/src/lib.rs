@@ -52,8 +52,8 @@ pub struct RuntimeOptions {
     /// bytes are copied. 0: a quarter of `slot_count`, at least 4.
     pub out_slot_count: u32,
     /// Buffer size classes beyond the slot size, smallest first: a buffered body call over half
-    /// a slot writes its output into the smallest that fits, and falls back to the heap when
-    /// none does or all are taken. `None`: two classes, 4 and 16 slots large, each a sixty-fourth
+    /// a slot writes its output into the smallest that fits, and falls back to a mapping of its
+    /// own (charged to `max_buffered_bytes_total`) when none does or all are taken. `None`: two classes, 4 and 16 slots large, each a sixty-fourth
     /// of the request slots' bytes (at least one slot each); `Some(vec![])`: none.
     pub buffer_classes: Option<Vec<PoolSpec>>,
     /// Most bytes buffered body calls may hold on the heap at once, across requests: collected
