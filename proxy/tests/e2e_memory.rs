@@ -79,6 +79,7 @@ async fn reloads_with_an_orphaned_call_each_keep_one_arena() {
         })
         .await;
         let grown = rss(pid).saturating_sub(rss_start) as f64;
+        eprintln!("reload {n}: resident memory +{grown} bytes (an arena maps {arena})");
         assert!(
             grown < arena / 2.0,
             "reload {n}: resident memory grew by {grown} bytes (an arena is {arena})"
