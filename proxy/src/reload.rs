@@ -5,7 +5,10 @@
 //! [`Proxy`]; [`LiveProxy`] holds the current one in an [`ArcSwap`]. A request takes an `Arc`
 //! of the current `Proxy` when it starts and keeps it to the end, so a reload never touches a
 //! request in flight: new requests see the new config, old ones finish on the old one. The old
-//! generation's plugin instances get their shutdown hooks once nothing uses them any more.
+//! generation's plugin instances get their shutdown hooks once nothing uses them any more; a
+//! reload that fails shuts down the instances it had initialised at once. The new plugin runtime
+//! replaces the old one (`Runtime::replacing`): the same arena while the `runtime:` block keeps
+//! its layout, and the same statistics and buffered-body budget.
 //!
 //! Plugin *code* cannot be reloaded in-process: a Go library cannot be unloaded, and loading a
 //! path that is already loaded reuses it. A reload creates new plugin *instances* (new config)
