@@ -471,11 +471,13 @@ typedef uint32_t (*WeftPhaseFn)(uint64_t instance,
 typedef void (*WeftThreadStartFn)(void);
 
 // Called at most once per instance when the host retires it: at process shutdown once requests
-// in flight have drained, or when a replaced config is no longer in use. May be NULL.
+// in flight have drained, when a replaced config is no longer in use, or at once when the config
+// reload that created the instance fails (another instance's `init` failed, say). May be NULL.
 //
 // # Ownership and thread safety
-// No memory changes hands. Called on a host thread (the main thread, or a thread of its own
-// after a reload), possibly while other instances of the library serve phase calls. The host
+// No memory changes hands. Called on a host thread (the main thread, the reloading thread, or a
+// thread of its own after a reload), possibly while other instances of the library serve phase
+// calls. The host
 // sends the instance nothing new by then, but a call it cancelled may still be outstanding with
 // the plugin (its `complete` is answered [`WeftResult::Cancelled`]), and at process exit a call
 // that outlived the drain timeout may still be running.

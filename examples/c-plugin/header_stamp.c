@@ -5,6 +5,7 @@
  *                     path equals `reply_path`, answers locally with 200 and a text body.
  *   response headers: adds `<header>: <value>` and `x-c-saw-path: <request path>` to the response.
  *   log:              logs one line per request through the host's log function.
+ *   shutdown:         frees the instance and logs "c-header-stamp: instance shut down".
  *
  * Config (JSON object, every key optional):
  *   {"header": "x-c-stamp", "value": "from-c", "reply_path": "/c-hello"}
@@ -221,6 +222,7 @@ static void stamp_shutdown(uint64_t instance) {
     struct instance *inst = find(instance);
     if (inst != NULL) {
         inst->used = 0;
+        host_log(WEFT_LOG_INFO, instance, "c-header-stamp: instance shut down");
     }
 }
 

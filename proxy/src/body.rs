@@ -20,6 +20,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use weft_runtime::budget::{ByteBudget, Charge};
 use weft_runtime::{BodyAbort, BodySide, Exchange};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -296,13 +297,32 @@ impl Body for UpstreamBody {
 pub enum CollectError {
     /// Longer than the limit (`content-length` said so, or the bytes did).
     TooLarge { limit: usize },
+    /// Holding more would pass the process-wide budget of buffered bodies
+    /// (`runtime.max_buffered_bytes_total`): `want` more bytes with `in_use` of `limit` held.
+    OverBudget { want: u64, in_use: u64, limit: u64 },
     /// The peer's body failed (reset, malformed framing, disconnect).
     Failed(BoxError),
 }
 
-/// Collects a whole body, failing as soon as it exceeds `limit` bytes (memory stays bounded by
-/// the limit). One contiguous `Bytes`: a single chunk is taken as is, several are joined.
-pub async fn collect_limited<B>(mut body: B, limit: usize) -> Result<Bytes, CollectError>
+impl std::fmt::Display for CollectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CollectError::TooLarge { limit } => write!(f, "longer than max_buffered_body_bytes ({limit})"),
+            CollectError::OverBudget { want, in_use, limit } => write!(
+                f,
+                "{want} more bytes would pass runtime.max_buffered_bytes_total ({in_use} of {limit} bytes held by buffered bodies)"
+            ),
+            CollectError::Failed(e) => write!(f, "body failed: {e}"),
+        }
+    }
+}
+
+/// Collects a whole body, failing as soon as it exceeds `limit` bytes, or as soon as the memory
+/// it takes would pass `budget`: every byte is charged before it is held (the first chunk as
+/// received, then the buffer the chunks are joined in, grown by doubling up to the known length
+/// or `limit`). One contiguous `Bytes`: a single chunk is taken as is, several are joined; it
+/// gives its charge back when its last slice is dropped.
+pub async fn collect_limited<B>(mut body: B, limit: usize, budget: &Arc<ByteBudget>) -> Result<Bytes, CollectError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -310,34 +330,81 @@ where
     if body.size_hint().lower() > limit as u64 {
         return Err(CollectError::TooLarge { limit });
     }
+    let mut charge = budget.try_charge(0).expect("a charge of nothing always fits");
+    let over = |want: usize| CollectError::OverBudget {
+        want: want as u64,
+        in_use: budget.used(),
+        limit: budget.limit(),
+    };
     let mut first: Option<Bytes> = None;
-    let mut buf: Option<bytes::BytesMut> = None;
+    let mut buf = Joined::default();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| CollectError::Failed(e.into()))?;
         let Ok(chunk) = frame.into_data() else { continue };
+        if chunk.is_empty() {
+            continue;
+        }
         total += chunk.len();
         if total > limit {
             return Err(CollectError::TooLarge { limit });
         }
-        match (&mut first, &mut buf) {
-            (None, None) => first = Some(chunk),
-            (Some(f), None) => {
-                let cap = body.size_hint().exact().map_or(total, |rest| total + rest as usize);
-                let mut b = bytes::BytesMut::with_capacity(cap.min(limit));
-                b.extend_from_slice(f);
-                b.extend_from_slice(&chunk);
-                first = None;
-                buf = Some(b);
+        if first.is_none() && buf.cap == 0 {
+            if !charge.try_grow(chunk.len() as u64) {
+                return Err(over(chunk.len()));
             }
-            (_, Some(b)) => b.extend_from_slice(&chunk),
+            first = Some(chunk);
+            continue;
         }
+        // The most this body can still grow to: its announced length, or the limit.
+        let most = body
+            .size_hint()
+            .exact()
+            .map_or(limit, |rest| total + rest as usize)
+            .min(limit);
+        if !buf.reserve(total, most, &mut charge) {
+            return Err(over(total - buf.bytes.len()));
+        }
+        if let Some(f) = first.take() {
+            buf.bytes.extend_from_slice(&f);
+            charge.release(f.len() as u64);
+        }
+        buf.bytes.extend_from_slice(&chunk);
     }
-    Ok(match (first, buf) {
-        (_, Some(b)) => b.freeze(),
-        (Some(f), None) => f,
-        (None, None) => Bytes::new(),
+    Ok(match first {
+        Some(f) => weft_runtime::budget::charged_bytes(f, charge),
+        None if buf.cap > 0 => weft_runtime::budget::charged_bytes(buf.bytes, charge),
+        None => Bytes::new(),
     })
+}
+
+/// The buffer a body's chunks are joined in, with the capacity charged for it.
+#[derive(Default)]
+struct Joined {
+    bytes: Vec<u8>,
+    /// Capacity reserved (and charged).
+    cap: usize,
+}
+
+impl Joined {
+    /// Makes room for `need` bytes: doubles the capacity (up to `most`), or takes exactly `need`
+    /// when the doubling does not fit the budget. `false` when not even that fits.
+    fn reserve(&mut self, need: usize, most: usize, charge: &mut Charge) -> bool {
+        if need <= self.cap {
+            return true;
+        }
+        let doubled = need.max(self.cap * 2).min(most.max(need));
+        let cap = if charge.grow_if_room((doubled - self.cap) as u64) {
+            doubled
+        } else if charge.try_grow((need - self.cap) as u64) {
+            need
+        } else {
+            return false;
+        };
+        self.bytes.reserve_exact(cap - self.bytes.len());
+        self.cap = cap;
+        true
+    }
 }
 
 #[cfg(test)]
@@ -364,21 +431,60 @@ mod tests {
 
     #[tokio::test]
     async fn collect_limited_joins_and_limits() {
-        let b = collect_limited(Full::new(Bytes::from_static(b"abc")), 3).await.unwrap();
-        assert_eq!(&b[..], b"abc");
+        let budget = ByteBudget::new(1 << 20);
+        let a = collect_limited(Full::new(Bytes::from_static(b"abc")), 3, &budget)
+            .await
+            .unwrap();
+        assert_eq!(&a[..], b"abc");
         // Content-length over the limit: refused before reading.
         assert!(matches!(
-            collect_limited(Full::new(Bytes::from_static(b"abcd")), 3).await,
+            collect_limited(Full::new(Bytes::from_static(b"abcd")), 3, &budget).await,
             Err(CollectError::TooLarge { limit: 3 })
         ));
-        let b = collect_limited(chunks(&["ab", "", "cd", "e"]), 5).await.unwrap();
+        let b = collect_limited(chunks(&["ab", "", "cd", "e"]), 5, &budget)
+            .await
+            .unwrap();
         assert_eq!(&b[..], b"abcde");
         // No length known up front: refused once the bytes pass the limit.
         assert!(matches!(
-            collect_limited(chunks(&["ab", "cd", "e"]), 4).await,
+            collect_limited(chunks(&["ab", "cd", "e"]), 4, &budget).await,
             Err(CollectError::TooLarge { limit: 4 })
         ));
-        assert!(collect_limited(chunks(&[]), 0).await.unwrap().is_empty());
+        assert!(collect_limited(chunks(&[]), 0, &budget).await.unwrap().is_empty());
+        drop((a, b));
+        assert_eq!(budget.used(), 0, "every charge given back");
+    }
+
+    #[tokio::test]
+    async fn collected_bodies_are_charged_until_dropped() {
+        let budget = ByteBudget::new(10);
+        // One chunk: charged as received; given back when the last slice goes.
+        let one = collect_limited(chunks(&["abcdef"]), 100, &budget).await.unwrap();
+        assert_eq!(budget.used(), 6);
+        let tail = one.slice(3..);
+        drop(one);
+        assert_eq!(budget.used(), 6);
+        drop(tail);
+        assert_eq!(budget.used(), 0);
+        // Joined: the buffer is charged; what does not fit is refused, not allocated.
+        let held = collect_limited(chunks(&["ab", "cd", "ef"]), 100, &budget)
+            .await
+            .unwrap();
+        assert_eq!(&held[..], b"abcdef");
+        assert!((6..=8).contains(&budget.used()), "{}", budget.used());
+        let e = collect_limited(chunks(&["ab", "cd", "ef"]), 100, &budget)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CollectError::OverBudget { limit: 10, .. }), "{e}");
+        assert!(e.to_string().contains("runtime.max_buffered_bytes_total"), "{e}");
+        assert_eq!(budget.refusals(), 1);
+        drop(held);
+        assert_eq!(budget.used(), 0, "the refused body gave back what it had");
+        // Doubling that does not fit falls back to the exact size (not a refusal).
+        let b = collect_limited(chunks(&["abc", "def", "g", "hij"]), 100, &budget)
+            .await
+            .unwrap();
+        assert_eq!((&b[..], budget.used(), budget.refusals()), (&b"abcdefghij"[..], 10, 1));
     }
 
     #[tokio::test]

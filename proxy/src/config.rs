@@ -81,6 +81,13 @@ pub struct RuntimeConfig {
     /// two classes (4 and 16 slots large); `[]` for none (such calls use the heap).
     #[serde(default)]
     pub buffer_classes: Option<Vec<BufferClassConfig>>,
+    /// Most bytes buffered bodies may hold at once, across all requests (default 256 MiB): the
+    /// bodies collected for buffered plugins, and their output buffers when no buffer class
+    /// holds them (twice the body plus 4 KiB). A request over it is answered 503 (request body)
+    /// or 502 (response body) instead of allocating; counted in
+    /// `weft_buffered_body_refusals_total`.
+    #[serde(default)]
+    pub max_buffered_bytes_total: Option<u64>,
 }
 
 /// One buffer size class of the arena.
@@ -314,8 +321,9 @@ pub struct RouteConfig {
     pub upstream: String,
     #[serde(default)]
     pub plugins: Vec<String>,
-    /// Largest body a buffered body plugin on this route may be handed (default 1 MiB): a
-    /// longer request body is answered 413, a longer response body 502.
+    /// Largest body a buffered body plugin on this route may be handed (default 1 MiB, at most
+    /// 256 MiB and at most `runtime.max_buffered_bytes_total`): a longer request body is
+    /// answered 413, a longer response body 502. Larger bodies belong to streamed plugins.
     #[serde(default)]
     pub max_buffered_body_bytes: Option<u64>,
     /// WebSocket connections of this route are served by a plugin instead of being tunnelled to
@@ -326,8 +334,9 @@ pub struct RouteConfig {
 
 /// Default of `routes[].max_buffered_body_bytes`.
 pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: u64 = 1 << 20;
-/// Upper bound of `routes[].max_buffered_body_bytes`.
-pub const MAX_BUFFERED_BODY_BYTES: u64 = 1 << 30;
+/// Upper bound of `routes[].max_buffered_body_bytes`: a buffered call holds the body and an
+/// output buffer of twice its size, so one request at this limit takes 768 MiB.
+pub const MAX_BUFFERED_BODY_BYTES: u64 = 256 << 20;
 
 impl RouteConfig {
     /// `max_buffered_body_bytes` or its default.
@@ -458,6 +467,9 @@ impl Config {
                         .collect(),
                 );
             }
+            if let Some(n) = rt.max_buffered_bytes_total {
+                opts.max_buffered_bytes_total = n;
+            }
         }
         opts
     }
@@ -529,6 +541,9 @@ impl Config {
                         "classes must be listed smallest first, each larger than the one before".into(),
                     );
                 }
+            }
+            if rt.max_buffered_bytes_total == Some(0) {
+                err("runtime.max_buffered_bytes_total".into(), "must be at least 1".into());
             }
             if let Some(n) = rt.worker_ring_capacity
                 && (!n.is_power_of_two() || !(2..=weft_runtime::ring::MAX_CAPACITY).contains(&n))
@@ -701,10 +716,20 @@ impl Config {
                 );
             }
             if let Some(n) = r.max_buffered_body_bytes {
+                let total = self.runtime_options().max_buffered_bytes_total;
                 if n == 0 || n > MAX_BUFFERED_BODY_BYTES {
                     err(
                         format!("routes[{i}].max_buffered_body_bytes"),
-                        format!("must be between 1 and {MAX_BUFFERED_BODY_BYTES} (1 GiB), got {n}"),
+                        format!(
+                            "must be between 1 and {MAX_BUFFERED_BODY_BYTES} (256 MiB; stream larger bodies), got {n}"
+                        ),
+                    );
+                } else if n > total {
+                    err(
+                        format!("routes[{i}].max_buffered_body_bytes"),
+                        format!(
+                            "{n} is more than runtime.max_buffered_bytes_total ({total}): no body that large could be buffered"
+                        ),
                     );
                 }
             }
@@ -897,6 +922,37 @@ routes:
         );
         assert!(
             e.contains("runtime.buffer_classes[1].slot_size: classes must be listed smallest first"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn buffered_body_limits_are_bounded() {
+        let opts = parse(GOOD).unwrap().runtime_options();
+        assert_eq!(opts.max_buffered_bytes_total, 256 << 20, "default");
+        let with = |runtime: &str, route_limit: u64| {
+            GOOD.replace("runtime: { slots: 16, slot_size: 8192, log_queue: 10 }", runtime)
+                .replace(
+                    "    plugins: [auth, timing]\n",
+                    &format!("    plugins: [auth, timing]\n    max_buffered_body_bytes: {route_limit}\n"),
+                )
+        };
+        let c = parse(&with("runtime: { max_buffered_bytes_total: 3000000 }", 1000000)).unwrap();
+        assert_eq!(c.runtime_options().max_buffered_bytes_total, 3_000_000);
+        let e = errors(&with("runtime: { max_buffered_bytes_total: 1000 }", 2000)).join("\n");
+        assert!(
+            e.contains("routes[0].max_buffered_body_bytes: 2000 is more than runtime.max_buffered_bytes_total (1000)"),
+            "{e}"
+        );
+        let e = errors(&with("runtime: { max_buffered_bytes_total: 0 }", 1)).join("\n");
+        assert!(
+            e.contains("runtime.max_buffered_bytes_total: must be at least 1"),
+            "{e}"
+        );
+        // No longer 1 GiB: a buffered call holds about three times its body.
+        let e = errors(&with("runtime: { max_buffered_bytes_total: 4294967296 }", 1 << 30)).join("\n");
+        assert!(
+            e.contains("routes[0].max_buffered_body_bytes: must be between 1 and 268435456"),
             "{e}"
         );
     }

@@ -19,9 +19,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
-use weft_runtime::Runtime;
 use weft_runtime::abi::WeftPhase;
+use weft_runtime::budget::ByteBudget;
 use weft_runtime::remote::{RemoteCall, RemoteErrorKind, RemotePlugin};
+use weft_runtime::{Runtime, RuntimeStats};
 
 /// Upper bounds (seconds) of the request latency buckets: 100 µs to 10 s.
 pub const REQUEST_BUCKETS: &[f64] = &[
@@ -443,11 +444,6 @@ impl Metrics {
         *self.runtime.nats.lock().unwrap_or_else(|e| e.into_inner()) = nats;
     }
 
-    /// Adds a retired runtime's final counters, so totals do not go back after a reload.
-    pub fn retire_runtime(&self, rt: &Runtime) {
-        self.runtime.retire(rt);
-    }
-
     /// Samples arena use for the high-water mark (called periodically and at each scrape).
     pub fn sample_arena(&self) {
         self.runtime.sample();
@@ -561,15 +557,60 @@ struct RuntimeCollector {
     nats: Mutex<Option<Arc<weft_nats_bridge::NatsTransport>>>,
 }
 
-/// The runtimes whose counters make up the totals.
+/// The runtime statistics that make up the totals. Runtime generations that replaced each other
+/// on a reload share one [`RuntimeStats`] (`Runtime::replacing`), so this usually holds one; a
+/// runtime built afresh brings another, kept while anything refers to it: a draining request, or
+/// a cancelled call whose plugin never completes it (still counted in
+/// `weft_plugin_orphaned_slots`).
 #[derive(Default)]
 struct Generations {
     /// The current config's.
     current: Option<Arc<Runtime>>,
-    /// Replaced by a reload, still finishing requests (weak: they must be able to go away).
-    draining: Vec<std::sync::Weak<Runtime>>,
-    /// Final counters of retired runtimes, in the order of [`stats`].
+    /// Every statistics block in use, each once.
+    stats: Vec<Arc<RuntimeStats>>,
+    /// Final counters of statistics nothing else refers to any more, in the order of [`stats`].
     retired: [u64; COUNTERS],
+    /// Every buffered-body budget in use (shared like the statistics), each once.
+    budgets: Vec<Arc<ByteBudget>>,
+    /// Refusals of budgets nothing else refers to any more.
+    retired_refusals: u64,
+}
+
+impl Generations {
+    /// Folds the statistics only this collector still holds into `retired` (under the lock the
+    /// scrape reads them with, so nothing is counted twice or missed).
+    fn prune(&mut self) {
+        let mut retired = self.retired;
+        self.stats.retain(|s| {
+            let gone = Arc::strong_count(s) == 1;
+            if gone {
+                for (acc, v) in retired.iter_mut().zip(stats(s)) {
+                    *acc += v;
+                }
+            }
+            !gone
+        });
+        self.retired = retired;
+        let mut refusals = self.retired_refusals;
+        self.budgets.retain(|b| {
+            let gone = Arc::strong_count(b) == 1;
+            if gone {
+                refusals += b.refusals();
+            }
+            !gone
+        });
+        self.retired_refusals = refusals;
+    }
+
+    /// Buffered-body memory over every budget: (bytes held, limit of the current one, refusals).
+    fn budget(&self) -> (u64, u64, u64) {
+        let limit = self.current.as_ref().map_or(0, |rt| rt.buffered_budget().limit());
+        self.budgets
+            .iter()
+            .fold((0, limit, self.retired_refusals), |(u, l, r), b| {
+                (u + b.used(), l, r + b.refusals())
+            })
+    }
 }
 
 impl std::fmt::Debug for RuntimeCollector {
@@ -585,36 +626,31 @@ impl RuntimeCollector {
 
     fn set(&self, rt: Option<Arc<Runtime>>) {
         let mut g = self.generations();
-        if let Some(old) = g.current.take()
-            && !rt.as_ref().is_some_and(|new| Arc::ptr_eq(new, &old))
+        if let Some(rt) = &rt
+            && !g.stats.iter().any(|s| Arc::ptr_eq(s, &rt.stats))
         {
-            g.draining.push(Arc::downgrade(&old));
+            g.stats.push(Arc::clone(&rt.stats));
         }
-        g.draining.retain(|w| w.strong_count() > 0);
+        if let Some(rt) = &rt
+            && !g.budgets.iter().any(|b| Arc::ptr_eq(b, rt.buffered_budget()))
+        {
+            g.budgets.push(Arc::clone(rt.buffered_budget()));
+        }
         g.current = rt;
-    }
-
-    /// Moves a drained runtime's final counters into the retired totals (under the same lock
-    /// the scrape reads them with, so it is never counted twice or missed).
-    fn retire(&self, rt: &Runtime) {
-        let mut g = self.generations();
-        g.draining.retain(|w| !std::ptr::eq(w.as_ptr(), rt));
-        for (acc, v) in g.retired.iter_mut().zip(stats(rt)) {
-            *acc += v;
-        }
+        g.prune();
     }
 
     fn runtime(&self) -> Option<Arc<Runtime>> {
         self.generations().current.clone()
     }
 
-    /// Counters summed over the current, draining and retired runtimes.
+    /// Counters summed over every generation, alive or retired.
     fn totals(&self) -> [u64; COUNTERS] {
-        let g = self.generations();
+        let mut g = self.generations();
+        g.prune();
         let mut sum = g.retired;
-        let draining = g.draining.iter().filter_map(std::sync::Weak::upgrade);
-        for rt in g.current.iter().cloned().chain(draining) {
-            for (acc, v) in sum.iter_mut().zip(stats(&rt)) {
+        for s in &g.stats {
+            for (acc, v) in sum.iter_mut().zip(stats(s)) {
                 *acc += v;
             }
         }
@@ -631,8 +667,7 @@ impl RuntimeCollector {
 /// Runtime counters the metrics report (summed over generations).
 const COUNTERS: usize = 10;
 
-fn stats(rt: &Runtime) -> [u64; COUNTERS] {
-    let s = &rt.stats;
+fn stats(s: &RuntimeStats) -> [u64; COUNTERS] {
     [
         s.arena_exhausted.load(Ordering::Relaxed),
         s.plugin_failures.load(Ordering::Relaxed),
@@ -648,15 +683,14 @@ fn stats(rt: &Runtime) -> [u64; COUNTERS] {
 }
 
 impl RuntimeCollector {
-    /// Gauges summed over the current and draining runtimes: (calls pending now, slots held by
-    /// cancelled calls).
+    /// Gauges summed over every generation still referred to: (calls pending now, slots held by
+    /// cancelled calls), including calls of runtimes already replaced and gone.
     fn async_gauges(&self) -> (u64, u64) {
         let g = self.generations();
-        let draining = g.draining.iter().filter_map(std::sync::Weak::upgrade);
-        g.current.iter().cloned().chain(draining).fold((0, 0), |(p, o), rt| {
+        g.stats.iter().fold((0, 0), |(p, o), s| {
             (
-                p + rt.stats.pending_calls.load(Ordering::Relaxed),
-                o + rt.stats.orphaned_slots.load(Ordering::Relaxed),
+                p + s.pending_calls.load(Ordering::Relaxed),
+                o + s.orphaned_slots.load(Ordering::Relaxed),
             )
         })
     }
@@ -673,6 +707,7 @@ impl Collector for RuntimeCollector {
             .map(|rt| rt.buffer_usage().iter().map(|c| c.1).sum())
             .unwrap_or_default();
         let (pending, orphaned) = self.async_gauges();
+        let (buffered, buffered_limit, buffered_refusals) = self.generations().budget();
         let counters = [
             (
                 "weft_arena_exhausted",
@@ -715,8 +750,12 @@ impl Collector for RuntimeCollector {
                 "Bytes of local reply bodies and long header values copied because the call had no out slot of its own (arena full)",
             ),
         ];
-        for (i, (name, help)) in counters.into_iter().enumerate() {
-            let v = totals[i];
+        let refusals = (
+            "weft_buffered_body_refusals",
+            "Buffered bodies refused (503 for a request, 502 for a response) because holding them would pass runtime.max_buffered_bytes_total",
+        );
+        let values = totals.into_iter().chain([buffered_refusals]);
+        for ((name, help), v) in counters.into_iter().chain([refusals]).zip(values) {
             let c = ConstCounter::new(v);
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
@@ -768,6 +807,26 @@ impl Collector for RuntimeCollector {
                 weft_runtime::workers::attached_rings() as u64,
             ),
             (
+                "weft_arena_mapped_bytes",
+                "Bytes of arena mappings in the process: the current arena, and replaced ones kept mapped while cancelled calls hold slots in them",
+                weft_runtime::arena::mapped_bytes(),
+            ),
+            (
+                "weft_arena_released_bytes",
+                "Bytes of weft_arena_mapped_bytes given back to the OS (pages of replaced arenas outside the slots still held)",
+                weft_runtime::arena::released_bytes(),
+            ),
+            (
+                "weft_buffered_body_bytes",
+                "Bytes held now by buffered bodies (collected bodies, joined copies, output buffers outside the arena)",
+                buffered,
+            ),
+            (
+                "weft_buffered_body_bytes_limit",
+                "runtime.max_buffered_bytes_total",
+                buffered_limit,
+            ),
+            (
                 "weft_ready",
                 "1 when listening with plugins loaded and not draining",
                 u64::from(self.ready.load(Ordering::Relaxed)),
@@ -804,52 +863,55 @@ impl Collector for RuntimeCollector {
 mod tests {
     use super::*;
 
-    #[test]
-    fn runtime_counters_survive_reloads() {
-        let m = Metrics::new();
-        let opts = weft_runtime::RuntimeOptions {
+    fn line(m: &Metrics, prefix: &str) -> String {
+        let (text, _) = m.encode();
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in:\n{text}"))
+            .to_owned()
+    }
+
+    fn opts() -> weft_runtime::RuntimeOptions {
+        weft_runtime::RuntimeOptions {
             slot_count: 4,
             slot_size: 4096,
             log_queue: 1,
             ..weft_runtime::RuntimeOptions::default()
-        };
-        let first = Runtime::new(opts.clone()).unwrap();
+        }
+    }
+
+    #[test]
+    fn runtime_counters_survive_reloads() {
+        let m = Metrics::new();
+        let first = Runtime::new(opts()).unwrap();
         first.stats.plugin_failures.fetch_add(3, Ordering::Relaxed);
         m.set_runtime(Some(first.clone()));
-        let total = |m: &Metrics| {
-            let (text, _) = m.encode();
-            text.lines()
-                .find_map(|l| l.strip_prefix("weft_plugin_failures_total "))
-                .unwrap()
-                .to_owned()
-        };
+        let total = |m: &Metrics| line(m, "weft_plugin_failures_total ");
         assert_eq!(total(&m), "3");
-        // Reloaded: the old runtime still drains and counts.
-        let second = Runtime::new(opts).unwrap();
+        // A runtime built afresh (not replacing the first): the old one still drains and counts.
+        let second = Runtime::new(opts()).unwrap();
         second.stats.plugin_failures.fetch_add(1, Ordering::Relaxed);
         m.set_runtime(Some(second.clone()));
         first.stats.plugin_failures.fetch_add(1, Ordering::Relaxed);
         assert_eq!(total(&m), "5");
-        // Retired: its final count stays in the total, once.
-        m.retire_runtime(&first);
+        // Gone: its final count stays in the total, once.
         drop(first);
         assert_eq!(total(&m), "5");
-        assert_eq!(
-            m.encode().0.lines().find(|l| l.starts_with("weft_arena_slots ")),
-            Some("weft_arena_slots 4")
-        );
+        assert_eq!(total(&m), "5");
+        // A runtime replacing the second shares its statistics: counted once, carried on.
+        let third = Runtime::replacing(&second, opts()).unwrap();
+        third.stats.plugin_failures.fetch_add(1, Ordering::Relaxed);
+        m.set_runtime(Some(third.clone()));
+        drop(second);
+        assert_eq!(total(&m), "6");
+        assert_eq!(line(&m, "weft_arena_slots "), "4");
+        assert!(line(&m, "weft_arena_mapped_bytes ").parse::<u64>().unwrap() >= 4 * 4096);
     }
 
     #[test]
     fn async_counters_and_gauges_are_reported() {
         let m = Metrics::new();
-        let opts = weft_runtime::RuntimeOptions {
-            slot_count: 4,
-            slot_size: 4096,
-            log_queue: 1,
-            ..weft_runtime::RuntimeOptions::default()
-        };
-        let first = Runtime::new(opts.clone()).unwrap();
+        let first = Runtime::new(opts()).unwrap();
         m.set_runtime(Some(first.clone()));
         first.stats.phase_timeouts.fetch_add(2, Ordering::Relaxed);
         first.stats.busy_rejections.fetch_add(3, Ordering::Relaxed);
@@ -859,8 +921,9 @@ mod tests {
         first.stats.output_bytes_copied.fetch_add(20, Ordering::Relaxed);
         first.stats.orphaned_slots.fetch_add(1, Ordering::Relaxed);
         first.stats.pending_calls.fetch_add(4, Ordering::Relaxed);
-        // A reload: the draining runtime's gauges still count, its counters stay in the totals.
-        let second = Runtime::new(opts).unwrap();
+        // A reload to a runtime built afresh: the draining runtime's gauges still count, its
+        // counters stay in the totals.
+        let second = Runtime::new(opts()).unwrap();
         second.stats.pending_calls.fetch_add(1, Ordering::Relaxed);
         second.stats.phase_timeouts.fetch_add(1, Ordering::Relaxed);
         m.set_runtime(Some(second.clone()));
@@ -877,11 +940,43 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }
-        m.retire_runtime(&first);
+        // The first runtime is gone, but a cancelled call still holds its statistics (as an
+        // orphan does): its orphaned slot stays visible.
+        let held = Arc::clone(&first.stats);
         drop(first);
         let (text, _) = m.encode();
         assert!(text.lines().any(|l| l == "weft_plugin_timeouts_total 3"), "{text}");
+        assert!(text.lines().any(|l| l == "weft_plugin_orphaned_slots 1"), "{text}");
+        held.orphaned_slots.fetch_sub(1, Ordering::Relaxed);
+        drop(held);
+        let (text, _) = m.encode();
+        assert!(text.lines().any(|l| l == "weft_plugin_timeouts_total 3"), "{text}");
         assert!(text.lines().any(|l| l == "weft_plugin_pending_calls 1"), "{text}");
+        assert!(text.lines().any(|l| l == "weft_plugin_orphaned_slots 0"), "{text}");
+    }
+
+    #[test]
+    fn buffered_body_budget_is_reported() {
+        let m = Metrics::new();
+        let rt = Runtime::new(weft_runtime::RuntimeOptions {
+            max_buffered_bytes_total: 1000,
+            ..opts()
+        })
+        .unwrap();
+        m.set_runtime(Some(rt.clone()));
+        let held = rt.buffered_budget().try_charge(600).unwrap();
+        assert!(rt.buffered_budget().try_charge(600).is_none());
+        assert_eq!(line(&m, "weft_buffered_body_bytes "), "600");
+        assert_eq!(line(&m, "weft_buffered_body_bytes_limit "), "1000");
+        assert_eq!(line(&m, "weft_buffered_body_refusals_total "), "1");
+        // Replaced by a runtime with a budget of its own: the old one's charge and refusals
+        // stay counted while it is held.
+        m.set_runtime(Some(Runtime::new(opts()).unwrap()));
+        drop(rt);
+        assert_eq!(line(&m, "weft_buffered_body_bytes "), "600");
+        drop(held);
+        assert_eq!(line(&m, "weft_buffered_body_bytes "), "0");
+        assert_eq!(line(&m, "weft_buffered_body_refusals_total "), "1");
     }
 
     #[test]

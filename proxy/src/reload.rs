@@ -5,7 +5,10 @@
 //! [`Proxy`]; [`LiveProxy`] holds the current one in an [`ArcSwap`]. A request takes an `Arc`
 //! of the current `Proxy` when it starts and keeps it to the end, so a reload never touches a
 //! request in flight: new requests see the new config, old ones finish on the old one. The old
-//! generation's plugin instances get their shutdown hooks once nothing uses them any more.
+//! generation's plugin instances get their shutdown hooks once nothing uses them any more; a
+//! reload that fails shuts down the instances it had initialised at once. The new plugin runtime
+//! replaces the old one (`Runtime::replacing`): the same arena while the `runtime:` block keeps
+//! its layout, and the same statistics and buffered-body budget.
 //!
 //! Plugin *code* cannot be reloaded in-process: a Go library cannot be unloaded, and loading a
 //! path that is already loaded reuses it. A reload creates new plugin *instances* (new config)
@@ -80,8 +83,12 @@ impl LiveProxy {
             return Err("this proxy runs a generated config; there is no file to reload".into());
         };
         let config = Config::load(path).map_err(|e| e.to_string())?;
-        let proxy = Proxy::from_config(&config)
+        // The new plugin runtime takes over the current one's arena (same layout), statistics
+        // and buffered-body budget.
+        let prev = self.current().runtime().cloned();
+        let proxy = Proxy::from_config_replacing(&config, prev.as_deref())
             .map_err(|e| format!("failed to load plugins:\n{}", locate_plugin_problems(path, &config, &e)))?;
+        drop(prev);
         let mut summary = format!(
             "{}: {} routes, {} upstreams, {} plugin instances",
             path.display(),
@@ -92,6 +99,10 @@ impl LiveProxy {
         if addresses(&config) != self.addresses {
             summary.push_str("; listen and admin.listen changes take effect at restart only");
             warn!("listen/admin.listen changed in the config; they take effect at restart only");
+        }
+        if let Some(rt) = proxy.runtime() {
+            rt.buffered_budget()
+                .set_limit(config.runtime_options().max_buffered_bytes_total);
         }
         report_to_metrics(&proxy);
         crate::logging::reload_level(config.log.as_ref().and_then(|l| l.level.as_deref()));
@@ -193,7 +204,6 @@ fn retire(old: Arc<Proxy>) {
         // Responses still streaming and queued log phases hold the runtime through their chain.
         if let Some(rt) = runtime {
             if wait(&|| Arc::strong_count(&rt) == 1) {
-                metrics::global().retire_runtime(&rt);
                 rt.shutdown();
                 info!("replaced config retired; its plugin instances are shut down");
             } else {

@@ -239,6 +239,13 @@ fn load_remote(config: &Config, runtime: &Arc<Runtime>, plugins: &mut Plugins, p
 impl Plugins {
     /// Loads every library and instantiates every plugin instance, reporting all failures.
     pub fn load(config: &Config) -> Result<Plugins, StartupError> {
+        Plugins::load_replacing(config, None)
+    }
+
+    /// [`load`](Self::load) for a config reload: the new plugin runtime replaces `prev`
+    /// ([`Runtime::replacing`]: the same arena while its layout is unchanged, shared statistics
+    /// and buffered-body budget). On failure every instance initialised so far is shut down.
+    pub fn load_replacing(config: &Config, prev: Option<&Runtime>) -> Result<Plugins, StartupError> {
         let mut plugins = Plugins {
             runtime: None,
             instances: HashMap::new(),
@@ -251,8 +258,12 @@ impl Plugins {
         if config.libraries.is_empty() && !has_remote {
             return Ok(plugins);
         }
-        let runtime =
-            Runtime::new(config.runtime_options()).map_err(|e| StartupError(vec![format!("plugin runtime: {e}")]))?;
+        let opts = config.runtime_options();
+        let runtime = match prev {
+            Some(prev) => Runtime::replacing(prev, opts),
+            None => Runtime::new(opts),
+        }
+        .map_err(|e| StartupError(vec![format!("plugin runtime: {e}")]))?;
         let mut problems = Vec::new();
         if let Some(n) = config.runtime.as_ref().and_then(|r| r.worker_ring_capacity)
             && let Err(e) = runtime.set_worker_ring_capacity(n)
@@ -323,6 +334,9 @@ impl Plugins {
         }
         load_remote(config, &runtime, &mut plugins, &mut problems);
         if !problems.is_empty() {
+            // The instances initialised before the failure never serve: give them their
+            // shutdown hooks now (the runtime is dropped unused).
+            runtime.shutdown();
             return Err(StartupError(problems));
         }
         plugins.runtime = Some(runtime);
@@ -355,7 +369,13 @@ pub struct Proxy {
 impl Proxy {
     /// Builds the proxy from a validated config, loading plugins first.
     pub fn from_config(config: &Config) -> Result<Proxy, StartupError> {
-        let plugins = Plugins::load(config)?;
+        Proxy::from_config_replacing(config, None)
+    }
+
+    /// [`from_config`](Self::from_config) for a config reload that replaces a proxy whose plugin
+    /// runtime is `prev` ([`Plugins::load_replacing`]).
+    pub fn from_config_replacing(config: &Config, prev: Option<&Runtime>) -> Result<Proxy, StartupError> {
+        let plugins = Plugins::load_replacing(config, prev)?;
         Ok(Proxy::with_plugins(config, plugins))
     }
 
@@ -520,8 +540,13 @@ impl Proxy {
                 match mode {
                     BodyMode::None => UpstreamBody::Plain(body),
                     BodyMode::Buffered => {
-                        let bytes = match collect_limited(body, route.body_limit).await {
+                        let budget = x.lock().await.buffered_budget();
+                        let bytes = match collect_limited(body, route.body_limit, &budget).await {
                             Ok(b) => b,
+                            Err(e @ CollectError::OverBudget { .. }) => {
+                                warn!(route = %route.name, ?request_id, "request body not buffered: {e}; answering 503");
+                                return over_budget(StatusCode::SERVICE_UNAVAILABLE, exchange);
+                            }
                             Err(CollectError::TooLarge { limit }) => {
                                 warn!(
                                     route = %route.name, ?request_id, limit,
@@ -648,8 +673,13 @@ impl Proxy {
                 Response::from_parts(parts, ProxyBody::new(body, Some(Keep::Shared(shared))))
             }
             BodyMode::Buffered => {
-                let bytes = match collect_limited(body, route.body_limit).await {
+                let budget = x.lock().await.buffered_budget();
+                let bytes = match collect_limited(body, route.body_limit, &budget).await {
                     Ok(b) => b,
+                    Err(e @ CollectError::OverBudget { .. }) => {
+                        warn!(route = %route.name, upstream = %upstream.name, ?request_id, "response body not buffered: {e}; answering 502");
+                        return over_budget(StatusCode::BAD_GATEWAY, exchange);
+                    }
                     Err(CollectError::TooLarge { limit }) => {
                         warn!(
                             route = %route.name, upstream = %upstream.name, ?request_id, limit,
@@ -674,6 +704,16 @@ impl Proxy {
             }
         }
     }
+}
+
+/// A buffered body refused for want of memory (`runtime.max_buffered_bytes_total`).
+fn over_budget(status: StatusCode, exchange: Option<Keep>) -> Response<ProxyBody> {
+    let mut resp = local_reply(status, "buffered body memory exhausted", exchange);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    resp
 }
 
 fn plugin_reply(resp: Response<bytes::Bytes>, exchange: Option<Keep>) -> Response<ProxyBody> {

@@ -45,12 +45,17 @@
 //! # Lifetime
 //! [`Arena`] is a handle (shared as `Arc<Arena>`; thread caches bound to the arena hold a clone)
 //! to state allocated separately. When the last handle goes, the state is freed (and the region
-//! unmapped) only if every slot is back on the global free list; if leases are still out, the
-//! state and the mapping are **leaked deliberately** (and a warning logged), so an outstanding
-//! lease, and a stale pointer kept by a misbehaving plugin, still point into mapped memory. A
-//! lease returning its slot to the global list makes the push CAS its last access to the arena,
-//! and the dropping handle's check reads the list head with acquire, so a freed arena is never
-//! touched again. In the runtime the arena lives as long as the process serves.
+//! unmapped, once no other pool of the mapping is left) only if every slot is back on the global
+//! free list; if leases are still out, the state and the mapping are **leaked deliberately** (and
+//! a warning logged), so an outstanding lease, and a stale pointer kept by a misbehaving plugin,
+//! still point into mapped memory. The pages of the free slots are given back to the OS then
+//! (`MADV_DONTNEED`: they stay mapped and read as zeroes), so a leaked arena keeps resident only
+//! what its leases hold; a pool freed while another pool of its mapping lives on gives its pages
+//! back too. [`mapped_bytes`] and [`released_bytes`] count both, process-wide. A lease returning
+//! its slot to the global list makes the push CAS its last access to the arena, and the dropping
+//! handle's check reads the list head with acquire, so a freed arena is never touched again. In
+//! the runtime an arena lives as long as a runtime of its layout does: config reloads that keep
+//! the layout keep the arena (`Runtime::replacing`).
 //!
 //! All atomics on the hand-off paths come from [`crate::sync`], so `loom-tests/` model-checks this
 //! code. Statistics (the in-use shards) and the handle's `Arc` are `std`'s even under loom: they
@@ -147,9 +152,9 @@ impl Shard {
 /// The arena's state, shared by its handles, caches and leases (see *Lifetime*).
 struct Shared {
     head: Head,
-    // Kept only to own the mapping (shared by the pools cut from it); all access goes through
+    // Owns the mapping (shared by the pools cut from it); all access to slots goes through
     // `base`.
-    _map: Arc<MmapMut>,
+    map: Arc<Mapping>,
     base: *mut u8,
     /// Which of the thread's caches serves this pool (its index in [`Arena::pools`]).
     class: usize,
@@ -246,13 +251,28 @@ impl Shared {
     }
 
     fn free_list_len(&self) -> usize {
+        self.free_indices().len()
+    }
+
+    /// The slots on the global free list (at most `slot_count`, even on a corrupt chain).
+    fn free_indices(&self) -> Vec<u32> {
         let (_, mut node) = unpack(self.head.0.load(Ordering::Acquire));
-        let mut n = 0;
-        while node != NIL && n <= self.slot_count as usize {
-            n += 1;
+        let mut free = Vec::new();
+        while node != NIL && free.len() < self.slot_count as usize {
+            free.push(node);
             node = self.slots[node as usize].next.load(Ordering::Relaxed);
         }
-        n
+        free
+    }
+
+    /// Gives the pages of the slot runs `(first, count)` back to the OS (see
+    /// [`Mapping::release`]); only for slots nobody uses any more.
+    fn release_runs(&self, runs: &[(u32, u32)]) {
+        for &(first, count) in runs {
+            let start = self.base.wrapping_add(first as usize * self.slot_size);
+            let end = start.wrapping_add(count as usize * self.slot_size);
+            self.map.release(start.cast_const()..end.cast_const());
+        }
     }
 
     /// Starts a tenancy of `index` (taken off the free list or a cache by the caller).
@@ -316,13 +336,82 @@ fn check(slot_count: u32, slot_size: u32) -> Result<(), ArenaError> {
     Ok(())
 }
 
-/// MAP_POPULATE: every page is faulted in now, not on a request's first touch.
-fn map(bytes: usize) -> Result<MmapMut, ArenaError> {
-    MmapOptions::new()
+/// Bytes of every arena mapping in the process (see [`mapped_bytes`]).
+static MAPPED: stat::AtomicU64 = stat::AtomicU64::new(0);
+/// Bytes of those mappings given back to the OS (see [`released_bytes`]).
+static RELEASED: stat::AtomicU64 = stat::AtomicU64::new(0);
+
+/// Bytes of all arena mappings the process holds now: the arenas in use and arenas kept mapped
+/// after their runtime went because cancelled calls still hold slots in them.
+pub fn mapped_bytes() -> u64 {
+    MAPPED.load(stat::Ordering::Relaxed)
+}
+
+/// Of [`mapped_bytes`], the bytes given back to the OS (`MADV_DONTNEED`) because their arena was
+/// dropped while some of its slots were still leased: they take no memory.
+pub fn released_bytes() -> u64 {
+    RELEASED.load(stat::Ordering::Relaxed)
+}
+
+/// One arena mapping (all pools cut from it), counted in [`mapped_bytes`] while it exists.
+struct Mapping {
+    /// Owned only: the memory is reached through the start pointer [`map`] returned.
+    _map: MmapMut,
+    len: usize,
+    /// Bytes of it counted in [`released_bytes`].
+    released: stat::AtomicU64,
+}
+
+impl Mapping {
+    /// Gives the whole pages inside `base + start .. base + end` back to the OS: the next touch
+    /// reads zeroes (the range stays mapped, so a stale pointer still points at mapped memory).
+    fn release(&self, range: std::ops::Range<*const u8>) {
+        let page = page_size();
+        let (start, end) = (range.start as usize, range.end as usize);
+        let (from, to) = (start.next_multiple_of(page), end / page * page);
+        if to <= from {
+            return;
+        }
+        // SAFETY: `from..to` lies inside this mapping (the caller's range does); MADV_DONTNEED on
+        // private anonymous memory only drops pages, and nobody uses these bytes any more.
+        let rc = unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_DONTNEED) };
+        if rc == 0 {
+            let n = (to - from) as u64;
+            self.released.fetch_add(n, stat::Ordering::Relaxed);
+            RELEASED.fetch_add(n, stat::Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        MAPPED.fetch_sub(self.len as u64, stat::Ordering::Relaxed);
+        RELEASED.fetch_sub(self.released.load(stat::Ordering::Relaxed), stat::Ordering::Relaxed);
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
+/// MAP_POPULATE: every page is faulted in now, not on a request's first touch. Returns the
+/// mapping and its start, through which every slot is reached.
+fn map(bytes: usize) -> Result<(Arc<Mapping>, *mut u8), ArenaError> {
+    let mut map = MmapOptions::new()
         .len(bytes)
         .populate()
         .map_anon()
-        .map_err(|source| ArenaError::Map { bytes, source })
+        .map_err(|source| ArenaError::Map { bytes, source })?;
+    let base = map.as_mut_ptr();
+    MAPPED.fetch_add(bytes as u64, stat::Ordering::Relaxed);
+    let map = Arc::new(Mapping {
+        _map: map,
+        len: bytes,
+        released: stat::AtomicU64::new(0),
+    });
+    Ok((map, base))
 }
 
 impl Arena {
@@ -337,9 +426,8 @@ impl Arena {
     pub fn with_batch(slot_count: u32, slot_size: u32, batch: u32) -> Result<Arc<Arena>, ArenaError> {
         check(slot_count, slot_size)?;
         let slot_size = (slot_size as usize).next_multiple_of(SLOT_ALIGN);
-        let mut map = map(slot_size * slot_count as usize)?;
-        let base = map.as_mut_ptr();
-        Ok(Arena::build(Arc::new(map), base, slot_count, slot_size, batch, 0, 0, 1))
+        let (map, base) = map(slot_size * slot_count as usize)?;
+        Ok(Arena::build(map, base, slot_count, slot_size, batch, 0, 0, 1))
     }
 
     /// Cuts one mapping into pools (size classes): pool `i` holds `specs[i].slot_count` slots of
@@ -376,9 +464,7 @@ impl Arena {
                 max: MAX_SLOT_COUNT * 4,
             });
         }
-        let mut map = map(units as usize * unit)?;
-        let base = map.as_mut_ptr();
-        let map = Arc::new(map);
+        let (map, base) = map(units as usize * unit)?;
         Ok(specs
             .iter()
             .zip(layout)
@@ -403,7 +489,7 @@ impl Arena {
 
     #[allow(clippy::too_many_arguments)]
     fn build(
-        map: Arc<MmapMut>,
+        map: Arc<Mapping>,
         base: *mut u8,
         slot_count: u32,
         slot_size: usize,
@@ -421,7 +507,7 @@ impl Arena {
             .collect();
         let shared = Box::new(Shared {
             head: Head(AtomicU64::new(pack(0, 0))),
-            _map: map,
+            map,
             base,
             class,
             first_unit,
@@ -553,20 +639,39 @@ impl Arena {
 impl Drop for Arena {
     fn drop(&mut self) {
         // No handle is left, so no thread cache is bound (caches hold a handle) and nothing can
-        // lease; a slot is off the global list only if a lease still holds it.
+        // lease; a slot is off the global list only if a lease still holds it. Leases returned
+        // from now on only push onto the list, so the walk below sees a consistent chain.
         let s = self.shared();
-        let free = s.free_list_len();
-        if free == s.slot_count as usize {
-            // SAFETY: allocated by `Box::leak` in `with_batch`; no lease, cache or handle is left,
-            // and the acquire load of the head in `free_list_len` ordered every lease's last
+        let mut free = s.free_indices();
+        let leased = s.slot_count as usize - free.len();
+        if leased == 0 {
+            if Arc::strong_count(&s.map) > 1 {
+                // Another pool of the mapping lives on (and may keep it mapped): give this
+                // pool's pages back now.
+                s.release_runs(&[(0, s.slot_count)]);
+            }
+            // SAFETY: allocated by `Box::leak` in `build`; no lease, cache or handle is left,
+            // and the acquire load of the head in `free_indices` ordered every lease's last
             // access (its push) before this.
             drop(unsafe { Box::from_raw(self.shared.as_ptr()) });
-        } else {
-            tracing::warn!(
-                leased = s.slot_count as usize - free,
-                "arena dropped while slots are leased: its memory is leaked, not unmapped"
-            );
+            return;
         }
+        // Leased slots keep the state and the mapping (leaked): the bytes of the free ones go
+        // back to the OS, so what stays resident is only what the leases hold.
+        free.sort_unstable();
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        for i in free {
+            match runs.last_mut() {
+                Some((start, len)) if *start + *len == i => *len += 1,
+                _ => runs.push((i, 1)),
+            }
+        }
+        s.release_runs(&runs);
+        tracing::warn!(
+            leased,
+            slot_size = s.slot_size,
+            "arena dropped while slots are leased: those slots stay mapped (leaked), the pages of the others are released"
+        );
     }
 }
 
@@ -998,6 +1103,52 @@ mod tests {
         assert_eq!(arena.in_use(), 0);
         drop(arena.acquire().unwrap());
         assert_eq!(arena.in_use(), 0);
+    }
+
+    /// Which pages of `range` are resident (mincore).
+    fn resident(range: std::ops::Range<usize>) -> Vec<bool> {
+        let page = page_size();
+        let mut v = vec![0u8; (range.end - range.start).div_ceil(page)];
+        // SAFETY: the range is mapped (the caller holds the mapping) and `v` has a byte per page.
+        let rc = unsafe {
+            libc::mincore(
+                range.start as *mut libc::c_void,
+                range.end - range.start,
+                v.as_mut_ptr(),
+            )
+        };
+        assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+        v.iter().map(|b| b & 1 == 1).collect()
+    }
+
+    #[test]
+    fn a_dropped_arena_with_leases_out_gives_the_other_pages_back() {
+        let page = page_size();
+        let spec = |slot_count| PoolSpec {
+            slot_count,
+            slot_size: page as u32,
+        };
+        let pools = Arena::pools(&[spec(8), spec(4)]).unwrap();
+        let base = pools[0].base_ptr() as usize;
+        let all = base..base + 12 * page;
+        assert!(resident(all.clone()).iter().all(|&r| r), "populated at start");
+        let map = Arc::clone(&pools[0].shared().map);
+        let held: Vec<_> = (0..3).map(|_| pools[0].acquire_global().unwrap()).collect();
+        let mut kept = held.into_iter().nth(1).unwrap(); // one lease out, the others back
+        let kept_at = kept.index() as usize;
+        drop(pools);
+        // The out pool had every slot back: released whole. The request pool keeps only the slot
+        // still leased.
+        let now = resident(all.clone());
+        let expect: Vec<bool> = (0..12).map(|p| p == kept_at).collect();
+        assert_eq!(now, expect);
+        assert_eq!(map.released.load(stat::Ordering::Relaxed), 11 * page as u64);
+        assert!(released_bytes() >= 11 * page as u64);
+        assert!(mapped_bytes() >= 12 * page as u64, "still mapped");
+        // The lease still points at mapped memory.
+        kept.bytes_mut().fill(9);
+        assert!(kept.bytes().iter().all(|&b| b == 9));
+        drop(kept);
     }
 
     #[test]

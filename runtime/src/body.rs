@@ -12,8 +12,13 @@
 //!   straight from the arena and the slot returns to the arena when the last slice is dropped.
 //!   A call that writes no body record leaves its lease for the next call (`spare`).
 //! - **Buffered mode** gets the whole body as one contiguous `Bytes` (the proxy collected it up
-//!   to its limit). Pieces are joined (one copy) only when a second plugin must see the result of
-//!   a first one that prepended or appended.
+//!   to its limit, charged to the runtime's [`ByteBudget`]). Pieces are joined (one copy) only
+//!   when a second plugin must see the result of a first one that prepended or appended. Its out
+//!   buffer has room for twice the body: an out slot, a buffer-class slot, or, larger than every
+//!   class (or with none free), an anonymous mapping of its own ([`MappedOut`]), which the kernel
+//!   zero-fills page by page as the plugin writes (nothing is zeroed or made resident up front).
+//!   Mapped buffers and joined copies are charged to the budget before they are made; over it,
+//!   the call is refused (503 for a request body, 502 for a response body).
 //!
 //! # Rules
 //! Every body phase an instance takes part in ends with exactly one call carrying
@@ -23,10 +28,11 @@
 //! follows the instance's policy: fail open passes the bytes unchanged, fail closed aborts the
 //! stream ([`BodyAbort`]) or, buffered, answers 500.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::Response;
 
 use super::*;
+use crate::budget::{ByteBudget, Charge, charged_bytes};
 use crate::mutation::{BodyEdits, MutationError};
 
 /// Which body.
@@ -114,8 +120,10 @@ pub(crate) enum BodyOut {
     /// a buffered call over a body larger than half a slot, a buffer-class slot of at least twice
     /// the body (plus 4 KiB), so a rewrite of a large body fits.
     Lease(SlotLease),
-    /// The same on the heap, when no such slot is free (or the body is larger than every class).
+    /// An out slot's size on the heap, when no out slot is free.
     Heap(Box<[u8]>),
+    /// A buffered call's buffer of twice the body (plus 4 KiB) when no buffer class has one.
+    Mapped(MappedOut),
     /// The buffer after the call's records were decoded and some referred to its bytes: it now
     /// belongs to the `Bytes` slices handed on, and nobody writes it again.
     Frozen(Bytes),
@@ -127,6 +135,7 @@ impl BodyOut {
         match self {
             BodyOut::Lease(l) => l.bytes_mut(),
             BodyOut::Heap(b) => b,
+            BodyOut::Mapped(m) => &mut m.map,
             BodyOut::Frozen(_) => &mut [],
         }
     }
@@ -147,6 +156,7 @@ impl BodyOut {
         let owner = match std::mem::replace(self, BodyOut::Frozen(Bytes::new())) {
             BodyOut::Lease(l) => Bytes::from_owner(l),
             BodyOut::Heap(b) => Bytes::from(b),
+            BodyOut::Mapped(m) => Bytes::from_owner(m),
             BodyOut::Frozen(b) => b,
         };
         *self = BodyOut::Frozen(owner.clone());
@@ -164,6 +174,46 @@ impl BodyOut {
             BodyOut::Lease(l) if l.unit().is_some() => Some(l),
             _ => None,
         }
+    }
+}
+
+/// The out buffer of a buffered call larger than every buffer class: an anonymous private
+/// mapping of its own, charged to the budget at its full size (the plugin may write all of it).
+/// Fresh anonymous pages read as zero, and the kernel supplies them as they are first written,
+/// so nothing is zeroed up front, no other request's bytes can show through, and what is
+/// resident is what the plugin wrote. (A zeroed heap buffer of that size is made resident whole
+/// once the allocator hands out reused memory, which `calloc` must clear.) Unmapped when the
+/// last slice of it is dropped.
+pub(crate) struct MappedOut {
+    map: memmap2::MmapMut,
+    _charge: Charge,
+}
+
+impl AsRef<[u8]> for MappedOut {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+/// Why a buffered call got no out buffer or joined copy: the budget is spent (or, rarer, the
+/// mapping failed). Counted in [`ByteBudget::refusals`] by the budget.
+#[derive(Debug)]
+pub(crate) struct OverBudget {
+    pub(crate) want: u64,
+    pub(crate) what: &'static str,
+}
+
+impl MappedOut {
+    fn new(len: usize, budget: &Arc<ByteBudget>) -> Result<MappedOut, OverBudget> {
+        let over = |what| OverBudget { want: len as u64, what };
+        let charge = budget
+            .try_charge(len as u64)
+            .ok_or_else(|| over("over runtime.max_buffered_bytes_total"))?;
+        let map = memmap2::MmapMut::map_anon(len).map_err(|e| {
+            tracing::warn!(bytes = len, error = %e, "cannot map a buffered call's out buffer");
+            over("mapping failed")
+        })?;
+        Ok(MappedOut { map, _charge: charge })
     }
 }
 
@@ -210,18 +260,38 @@ fn assemble(edits: BodyEdits, data: &Bytes, lease: BodyOut, out: &mut Vec<Bytes>
     None
 }
 
-/// Joins pieces into one contiguous `Bytes` (copies only when there are several).
-fn join(pieces: Vec<Bytes>) -> Bytes {
+/// Joins pieces into one contiguous `Bytes` (copies only when there are several; the copy is
+/// charged to `budget`).
+fn join(pieces: Vec<Bytes>, budget: &Arc<ByteBudget>) -> Result<Bytes, OverBudget> {
     match pieces.len() {
-        0 => Bytes::new(),
-        1 => pieces.into_iter().next().expect("one piece"),
+        0 => Ok(Bytes::new()),
+        1 => Ok(pieces.into_iter().next().expect("one piece")),
         _ => {
-            let mut b = BytesMut::with_capacity(pieces.iter().map(Bytes::len).sum());
+            let len: usize = pieces.iter().map(Bytes::len).sum();
+            let charge = budget.try_charge(len as u64).ok_or(OverBudget {
+                want: len as u64,
+                what: "over runtime.max_buffered_bytes_total",
+            })?;
+            let mut b = Vec::with_capacity(len);
             for p in pieces {
                 b.extend_from_slice(&p);
             }
-            b.freeze()
+            Ok(charged_bytes(b, charge))
         }
+    }
+}
+
+/// The answer to a buffered call refused for want of memory: 503 (with `Retry-After`) for a
+/// request body, 502 for a response body.
+fn over_budget_response(side: BodySide) -> Response<Bytes> {
+    match side {
+        BodySide::Request => {
+            let mut resp = failure_response(StatusCode::SERVICE_UNAVAILABLE, "busy: buffered body memory\n");
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            resp
+        }
+        BodySide::Response => failure_response(StatusCode::BAD_GATEWAY, "buffered body memory exhausted\n"),
     }
 }
 
@@ -278,33 +348,60 @@ impl Exchange {
         skipped[pos] = true;
     }
 
-    /// One body call of `inst` over `data`; returns the batch and the out lease.
+    /// The budget buffered bodies are charged to (process-wide): the caller charges the body it
+    /// collects for [`request_body_buffered`](Self::request_body_buffered) /
+    /// [`response_body_buffered`](Self::response_body_buffered) to it
+    /// ([`budget::charged_bytes`](crate::budget::charged_bytes)).
+    pub fn buffered_budget(&self) -> Arc<ByteBudget> {
+        Arc::clone(self.chain.rt.buffered_budget())
+    }
+
+    /// The out buffer of a streamed call (or a buffered one over at most half a slot): an out
+    /// slot; with none free, a heap buffer of the same size (still sent uncopied).
+    pub(super) fn slot_out(&mut self) -> BodyOut {
+        let rt = &self.chain.rt;
+        match self.body.spare.take().or_else(|| rt.outs.acquire()) {
+            Some(l) => BodyOut::Lease(l),
+            None => BodyOut::Heap(vec![0u8; rt.arena.slot_size()].into_boxed_slice()),
+        }
+    }
+
+    /// The out buffer of a buffered call over `len` bytes: over half a slot, room for a rewrite
+    /// of twice the body (plus 4 KiB) in the smallest buffer class that has a slot free, else a
+    /// [`MappedOut`] charged to the budget.
+    fn buffered_out(&mut self, len: usize) -> Result<BodyOut, OverBudget> {
+        let rt = &self.chain.rt;
+        if len <= rt.arena.slot_size() / 2 {
+            return Ok(self.slot_out());
+        }
+        let want = len.saturating_mul(2).saturating_add(4096);
+        if want > u32::MAX as usize {
+            return Err(OverBudget {
+                want: want as u64,
+                what: "larger than a call's output capacity (4 GiB)",
+            });
+        }
+        match rt.lease_buffer(want) {
+            Some(l) => Ok(BodyOut::Lease(l)),
+            None => MappedOut::new(want, rt.buffered_budget()).map(BodyOut::Mapped),
+        }
+    }
+
+    /// One body call of `inst` over `data` writing into `out`; returns the batch and the out
+    /// buffer.
     pub(super) async fn body_call(
         &mut self,
         inst: &Instance,
         phase: WeftPhase,
         data: &Bytes,
         flags: u32,
+        out: BodyOut,
     ) -> Result<(mutation::Batch, BodyOut), CallError> {
         if self.body.out.is_some() {
             // An earlier call was abandoned in flight (its future dropped): its out buffer is
             // not ours to reuse.
             return Err(CallError::Code(WeftResult::Internal));
         }
-        let rt = &self.chain.rt;
-        let slot_size = rt.arena.slot_size();
-        let heap = |len: usize| BodyOut::Heap(vec![0u8; len.min(u32::MAX as usize)].into_boxed_slice());
-        let out = if flags & WEFT_BODY_BUFFERED != 0 && data.len() > slot_size / 2 {
-            // Room for a rewrite of twice the body: the smallest buffer class that fits.
-            let want = 2 * data.len() + 4096;
-            rt.lease_buffer(want).map_or_else(|| heap(want), BodyOut::Lease)
-        } else {
-            // An out slot; with none free, a heap buffer of the same size (still sent uncopied).
-            match self.body.spare.take().or_else(|| rt.outs.acquire()) {
-                Some(l) => BodyOut::Lease(l),
-                None => heap(slot_size),
-            }
-        };
         // A cancelled call may have kept the slot (see `abandon`): then nothing can go on.
         let Some(view_slot) = self.lease.as_mut() else {
             self.body.spare = out.into_spare();
@@ -427,7 +524,8 @@ impl Exchange {
             let n = cur.len();
             for (i, piece) in cur.into_iter().enumerate() {
                 let flags = if end && i + 1 == n { WEFT_BODY_END_OF_STREAM } else { 0 };
-                let result = match self.body_call(&inst, phase, &piece, flags).await {
+                let out = self.slot_out();
+                let result = match self.body_call(&inst, phase, &piece, flags, out).await {
                     Ok((batch, lease)) if batch.has_head_changes() => Err(self.refuse_head_change(batch, lease)),
                     other => other,
                 };
@@ -473,14 +571,27 @@ impl Exchange {
         let phase = side.phase();
         self.body.ended[side.index()] = true;
         let mut cur = vec![body];
+        let budget = self.buffered_budget();
         for pos in self.body_order(side) {
             let inst = Arc::clone(&self.chain.instances[pos]);
-            let data = join(std::mem::take(&mut cur));
             let mut flags = WEFT_BODY_END_OF_STREAM;
             if inst.flags & side.buffered_flag() != 0 {
                 flags |= WEFT_BODY_BUFFERED;
             }
-            let result = match self.body_call(&inst, phase, &data, flags).await {
+            let len = cur.iter().map(Bytes::len).sum();
+            let prepared = join(std::mem::take(&mut cur), &budget).and_then(|data| {
+                let out = if flags & WEFT_BODY_BUFFERED != 0 {
+                    self.buffered_out(len)?
+                } else {
+                    self.slot_out()
+                };
+                Ok((data, out))
+            });
+            let (data, out) = match prepared {
+                Ok(p) => p,
+                Err(e) => return self.refuse_over_budget(side, &inst, len, &e),
+            };
+            let result = match self.body_call(&inst, phase, &data, flags, out).await {
                 // Only a plugin that asked for the whole body may change the head.
                 Ok((batch, lease)) if flags & WEFT_BODY_BUFFERED == 0 && batch.has_head_changes() => {
                     Err(self.refuse_head_change(batch, lease))
@@ -529,6 +640,26 @@ impl Exchange {
         }
         cur.retain(|b| !b.is_empty());
         BufferedBody::Body(cur)
+    }
+}
+
+impl Exchange {
+    /// A buffered call of `inst` over `len` bytes got no memory: logged, answered 503/502.
+    fn refuse_over_budget(&self, side: BodySide, inst: &Instance, len: usize, e: &OverBudget) -> BufferedBody {
+        let budget = self.chain.rt.buffered_budget();
+        let resp = over_budget_response(side);
+        tracing::warn!(
+            plugin = %inst.name,
+            request_id = self.ident.request_id,
+            body_bytes = len,
+            want = e.want,
+            in_use = budget.used(),
+            limit = budget.limit(),
+            "buffered {side:?} body call refused: no memory for it ({}); answering {}",
+            e.what,
+            resp.status().as_u16(),
+        );
+        BufferedBody::Respond(resp)
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod abi;
 pub mod arena;
+pub mod budget;
 pub mod completion;
 mod engine;
 pub mod mutation;
@@ -51,10 +52,15 @@ pub struct RuntimeOptions {
     /// bytes are copied. 0: a quarter of `slot_count`, at least 4.
     pub out_slot_count: u32,
     /// Buffer size classes beyond the slot size, smallest first: a buffered body call over half
-    /// a slot writes its output into the smallest that fits, and falls back to the heap when
-    /// none does or all are taken. `None`: two classes, 4 and 16 slots large, each a sixty-fourth
+    /// a slot writes its output into the smallest that fits, and falls back to a mapping of its
+    /// own (charged to `max_buffered_bytes_total`) when none does or all are taken. `None`: two classes, 4 and 16 slots large, each a sixty-fourth
     /// of the request slots' bytes (at least one slot each); `Some(vec![])`: none.
     pub buffer_classes: Option<Vec<PoolSpec>>,
+    /// Most bytes buffered body calls may hold on the heap at once, across requests: collected
+    /// bodies (charged by the caller, [`Exchange::buffered_budget`]), joined copies, and output
+    /// buffers larger than every buffer class. A call over it is refused (503 for a request
+    /// body, 502 for a response body). Default [`budget::DEFAULT_BUFFERED_BYTES_TOTAL`].
+    pub max_buffered_bytes_total: u64,
 }
 
 impl Default for RuntimeOptions {
@@ -65,6 +71,7 @@ impl Default for RuntimeOptions {
             log_queue: 4096,
             out_slot_count: 0,
             buffer_classes: None,
+            max_buffered_bytes_total: budget::DEFAULT_BUFFERED_BYTES_TOTAL,
         }
     }
 }
@@ -222,8 +229,56 @@ struct Registry {
     instances: Vec<Arc<Instance>>,
 }
 
+/// The arena (its mapping, cut into pools) and its call table: what runtime generations of one
+/// layout share ([`Runtime::replacing`]). Runtimes hold clones of these handles; this keeps the
+/// call table's fate in one place when the last runtime using it goes.
+struct Memory {
+    pools: Vec<PoolSpec>,
+    arena: Arc<Arena>,
+    outs: Arc<Arena>,
+    buffers: Vec<Arc<Arena>>,
+    calls: Arc<AsyncTable>,
+}
+
+impl Memory {
+    fn new(pools: Vec<PoolSpec>, stats: &Arc<RuntimeStats>) -> Result<Arc<Memory>, ArenaError> {
+        let mut arenas = Arena::pools(&pools)?.into_iter();
+        let (arena, outs) = (arenas.next().expect("request pool"), arenas.next().expect("out pool"));
+        let calls = Arc::new(AsyncTable::new(arena.slot_count(), Arc::clone(stats)));
+        Ok(Arc::new(Memory {
+            pools,
+            arena,
+            outs,
+            buffers: arenas.collect(),
+            calls,
+        }))
+    }
+}
+
+impl Drop for Memory {
+    fn drop(&mut self) {
+        // Cancelled calls whose plugin has not completed them yet hold their slots in the call
+        // table: keep the table for good, so their late completions still find it, get Cancelled
+        // and return the slots. The arena's pools, dropped next, then give every page but those
+        // slots' back to the OS (see `arena`, *Lifetime*). Without orphans the table goes too.
+        let orphaned = (0..self.arena.slot_count())
+            .filter(|&i| self.calls.cell(i).is_orphaned())
+            .count();
+        if orphaned > 0 {
+            tracing::warn!(
+                orphaned,
+                "arena retired while plugins still hold cancelled calls: its call table and those slots are kept for their late completions; its other pages are released"
+            );
+            std::mem::forget(Arc::clone(&self.calls));
+        }
+    }
+}
+
 /// Loaded libraries, plugin instances and the request arena.
 pub struct Runtime {
+    /// The arena and call table, possibly shared with the runtime this one replaced (and the
+    /// one that replaces it); the handles below are clones of its.
+    mem: Arc<Memory>,
     /// Request slots: the first pool of the arena's mapping. A slot's index is the request's
     /// identity for plugins (`view.slot`).
     arena: Arc<Arena>,
@@ -234,32 +289,77 @@ pub struct Runtime {
     buffers: Vec<Arc<Arena>>,
     registry: Mutex<Registry>,
     log_tx: crossbeam_channel::Sender<LogJob>,
+    /// Shared with the runtimes this one replaced and the one that replaces it
+    /// ([`Runtime::replacing`]): counters carry on across config reloads, and gauges such as
+    /// `orphaned_slots` count every generation's calls.
     pub stats: Arc<RuntimeStats>,
     /// One completion cell per arena slot (pending calls and worker jobs).
     calls: Arc<AsyncTable>,
+    /// Buffered-body memory, process-wide (shared like `stats`).
+    budget: Arc<budget::ByteBudget>,
     /// This runtime's worker rings (blocking plugins).
     workers: Workers,
 }
 
 impl Runtime {
     pub fn new(opts: RuntimeOptions) -> Result<Arc<Runtime>, ArenaError> {
-        let mut pools = Arena::pools(&opts.pools())?.into_iter();
-        let (arena, outs) = (pools.next().expect("request pool"), pools.next().expect("out pool"));
-        let buffers = pools.collect();
-        let (log_tx, log_rx) = crossbeam_channel::bounded::<LogJob>(opts.log_queue.max(1));
         let stats = Arc::new(RuntimeStats::default());
-        let calls = Arc::new(AsyncTable::new(arena.slot_count(), Arc::clone(&stats)));
+        let mem = Memory::new(opts.pools(), &stats)?;
+        let budget = budget::ByteBudget::new(opts.max_buffered_bytes_total);
+        Ok(Runtime::build(&opts, mem, stats, budget))
+    }
+
+    /// A runtime to replace `prev` (a config reload), with no libraries or instances yet.
+    ///
+    /// It shares `prev`'s statistics (counters carry on; gauges such as `orphaned_slots` and
+    /// `pending_calls` count both generations' calls) and buffered-body budget (whose limit it
+    /// leaves alone: set it from `opts.max_buffered_bytes_total` with
+    /// [`buffered_budget`](Self::buffered_budget) once the new runtime takes over). When `opts` lays the arena out exactly as `prev`'s did, it also shares
+    /// `prev`'s arena and call table: the process keeps one mapping for as long as the layout
+    /// stays the same, however many calls the old generations' plugins never complete (each
+    /// holds just its slot). With another layout it maps a new arena; the old one is unmapped
+    /// once every slot is back, or, while cancelled calls hold slots, gives every other page of
+    /// it back to the OS when its last runtime is gone.
+    pub fn replacing(prev: &Runtime, opts: RuntimeOptions) -> Result<Arc<Runtime>, ArenaError> {
+        let pools = opts.pools();
+        let mem = if pools == prev.mem.pools {
+            Arc::clone(&prev.mem)
+        } else {
+            Memory::new(pools, &prev.stats)?
+        };
+        Ok(Runtime::build(
+            &opts,
+            mem,
+            Arc::clone(&prev.stats),
+            Arc::clone(&prev.budget),
+        ))
+    }
+
+    /// Whether `self` and `other` lease from the same arena mapping.
+    pub fn shares_arena_with(&self, other: &Runtime) -> bool {
+        Arc::ptr_eq(&self.mem, &other.mem)
+    }
+
+    fn build(
+        opts: &RuntimeOptions,
+        mem: Arc<Memory>,
+        stats: Arc<RuntimeStats>,
+        budget: Arc<budget::ByteBudget>,
+    ) -> Arc<Runtime> {
+        let (log_tx, log_rx) = crossbeam_channel::bounded::<LogJob>(opts.log_queue.max(1));
         let rt = Arc::new(Runtime {
-            arena,
-            outs,
-            buffers,
+            arena: Arc::clone(&mem.arena),
+            outs: Arc::clone(&mem.outs),
+            buffers: mem.buffers.clone(),
+            calls: Arc::clone(&mem.calls),
+            mem,
             registry: Mutex::new(Registry {
                 libraries: HashMap::new(),
                 instances: Vec::new(),
             }),
             log_tx,
             stats,
-            calls,
+            budget,
             workers: Workers::new(),
         });
         let weak = Arc::downgrade(&rt);
@@ -269,7 +369,7 @@ impl Runtime {
             .name("weft-log".into())
             .spawn(move || log_thread(log_rx, weak))
             .expect("spawn weft-log thread");
-        Ok(rt)
+        rt
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -522,6 +622,11 @@ impl Runtime {
         self.workers.open_rings()
     }
 
+    /// The budget of buffered-body memory (process-wide across runtime generations).
+    pub fn buffered_budget(&self) -> &Arc<budget::ByteBudget> {
+        &self.budget
+    }
+
     /// Finished requests waiting for their log phase right now (the log queue's depth).
     pub fn log_queue_len(&self) -> usize {
         self.log_tx.len()
@@ -539,19 +644,9 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         // Nothing can post any more (every exchange holds the runtime): close the rings so their
-        // workers drain, call worker_exit and let the regions go.
+        // workers drain, call worker_exit and let the regions go. The arena and call table go
+        // with the last runtime sharing them (`Memory`'s drop decides what is kept).
         self.workers.close();
-        // Cancelled calls whose plugin has not completed them yet hold their slots in the call
-        // table: keep the table (not the runtime) for good, so their late completions still find
-        // it, get Cancelled and return the slots. Without orphans it goes with the runtime.
-        let orphaned = self.stats.orphaned_slots.load(Ordering::Relaxed);
-        if orphaned > 0 {
-            tracing::warn!(
-                orphaned,
-                "runtime dropped while plugins still hold cancelled calls: its call table is kept for their late completions"
-            );
-            std::mem::forget(Arc::clone(&self.calls));
-        }
     }
 }
 

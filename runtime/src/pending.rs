@@ -18,10 +18,11 @@
 //!
 //! When the host gives up on a call (phase deadline, client gone), the slot lease moves into the
 //! cell ([`Orphan`]): the slot goes back to the arena only when the late completion arrives
-//! (`Cancelled` to the plugin) and drops it. A runtime dropped while such calls are out keeps its
-//! call table alive for good (`Runtime::drop`), so the late completions still find their cells;
-//! should a table be dropped with orphans anyway, their leases are leaked on purpose (the arena
-//! then stays mapped), since the plugin may still write the slots.
+//! (`Cancelled` to the plugin) and drops it. The table belongs to the arena (shared by the runtime
+//! generations of one layout, `Runtime::replacing`); an arena retired while such calls are out
+//! keeps its call table alive for good (`Memory`'s drop), so the late completions still find
+//! their cells; should a table be dropped with orphans anyway, their leases are leaked on
+//! purpose (those slots then stay mapped), since the plugin may still write the slots.
 
 use std::sync::Arc;
 

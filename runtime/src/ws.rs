@@ -85,7 +85,8 @@ impl Exchange {
                 return Err(fail(self, CallError::NoSlot));
             };
             view::set_status(lease.bytes_mut(), status);
-            match self.body_call(inst, phase, data, flags).await {
+            let out = self.slot_out();
+            match self.body_call(inst, phase, data, flags, out).await {
                 Ok((mut batch, out)) => {
                     ops.extend(batch.take_ws());
                     // Payloads were copied out by the decoder: the out slot is free again.
