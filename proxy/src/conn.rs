@@ -400,7 +400,7 @@ struct ConnState(AtomicU64);
 
 impl ConnState {
     fn snapshot(&self) -> (u64, u64) {
-        let v = self.0.load(Ordering::Acquire);
+        let v = self.0.load(Ordering::Relaxed);
         (v >> 32, v & 0xffff_ffff)
     }
 }
@@ -410,14 +410,14 @@ struct Active(Arc<ConnState>);
 
 impl Active {
     fn start(state: &Arc<ConnState>) -> Active {
-        state.0.fetch_add((1 << 32) | 1, Ordering::AcqRel);
+        state.0.fetch_add((1 << 32) | 1, Ordering::Relaxed);
         Active(Arc::clone(state))
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -421,7 +421,9 @@ async fn connection_cap_closes_extra_connections() {
     let mut four = Vec::new();
     for _ in 0..4 {
         let mut c = TcpStream::connect(s.addr).await.unwrap();
-        c.write_all(b"GET /small HTTP/1.1\r\nhost: example.com\r\n\r\n").await.unwrap();
+        c.write_all(b"GET /small HTTP/1.1\r\nhost: example.com\r\n\r\n")
+            .await
+            .unwrap();
         let mut got = Vec::new();
         let mut buf = [0u8; 1024];
         while !got.ends_with(b"\r\n\r\nok") {
