@@ -75,36 +75,48 @@ pub fn timeout_in(e: &(dyn std::error::Error + 'static)) -> Option<TimeoutKind> 
 
 /// A lazily created, reusable deadline: armed when a wait starts, polled while it lasts. The
 /// `Sleep` is allocated the first time a wait starts, so a body that never waits costs nothing.
+/// Arming a new wait only reads the clock: the timer keeps its earlier (sooner) deadline and is
+/// moved to the current one when it fires, so it is re-registered at most once per period, not
+/// once per wait.
 #[derive(Default)]
 struct Deadline {
+    /// The timer, and when the running wait expires (armed when `Some`).
     sleep: Option<Pin<Box<Sleep>>>,
-    armed: bool,
+    due: Option<Instant>,
 }
 
 impl Deadline {
     /// Starts the wait now (no-op while one is running).
     fn arm(&mut self, after: Duration) {
-        if self.armed {
+        if self.due.is_some() {
             return;
         }
-        self.armed = true;
-        let at = Instant::now() + after;
-        match &mut self.sleep {
-            Some(s) => s.as_mut().reset(at),
-            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+        let due = Instant::now() + after;
+        self.due = Some(due);
+        if self.sleep.is_none() {
+            self.sleep = Some(Box::pin(tokio::time::sleep_until(due)));
         }
     }
 
     /// The wait ended (progress).
     fn disarm(&mut self) {
-        self.armed = false;
+        self.due = None;
     }
 
     /// Whether the running wait has expired; registers `cx` for its expiry.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        match &mut self.sleep {
-            Some(s) if self.armed => s.as_mut().poll(cx).is_ready(),
-            _ => false,
+        let (Some(sleep), Some(due)) = (self.sleep.as_mut(), self.due) else {
+            return false;
+        };
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if sleep.deadline() >= due {
+                return true;
+            }
+            // An earlier wait's deadline: move on to this one's.
+            sleep.as_mut().reset(due);
         }
     }
 }
@@ -647,6 +659,47 @@ mod tests {
         // Failed for good, and said so in its error.
         assert!(body.frame().await.unwrap().is_err());
         assert_eq!(err.to_string(), "upstream_body timeout");
+    }
+
+    /// Frames from a channel (the sender decides when they come).
+    struct Chan(tokio::sync::mpsc::Receiver<Bytes>);
+    impl Body for Chan {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    /// Each wait gets the whole timeout, also when an earlier wait's timer is still registered
+    /// (it is moved on when it fires, not re-registered per wait).
+    #[tokio::test]
+    async fn each_wait_gets_the_whole_timeout() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut body = TimedBody::new(Chan(rx), Duration::from_millis(1000), TimeoutKind::RequestBody);
+        let t0 = Instant::now();
+        tokio::spawn({
+            let tx = tx.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                tx.send(Bytes::from_static(b"b")).await.unwrap();
+            }
+        });
+        let b = body.frame().await.unwrap().unwrap();
+        assert_eq!(b.into_data().unwrap(), "b");
+        let second = Instant::now();
+        assert!(second - t0 < Duration::from_millis(1000), "came within the first wait");
+        let err = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("fails instead of hanging")
+            .unwrap()
+            .unwrap_err();
+        assert!(second.elapsed() >= Duration::from_millis(1000), "{:?}", second.elapsed());
+        assert_eq!(timeout_in(&*err), Some(TimeoutKind::RequestBody));
+        drop(tx);
     }
 
     #[test]
