@@ -343,7 +343,8 @@ typedef struct WeftBuf {
 // # Ownership and lifetime
 // `config` and `err` (the struct and its bytes) are host memory valid only during the call:
 // copy what must be kept. The host reads `err->len` bytes (at most `err->cap`) only when the
-// call fails.
+// call fails, and keeps at most 512 bytes of them with control characters escaped and trailing
+// NULs dropped; an `err->len` above `err->cap` is reported as such next to the message.
 //
 // # Thread safety
 // Called on the host thread that creates the instance (at start-up, or the thread applying a

@@ -19,9 +19,11 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use weft_runtime::budget::{ByteBudget, Charge};
 use weft_runtime::{BodyAbort, BodySide, Exchange};
+
+use crate::conn::RequestBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -68,6 +70,16 @@ impl Keep {
         match self {
             Keep::Owned(x) => Guard::Owned(x),
             Keep::Shared(s) => Guard::Shared(s.lock().await),
+        }
+    }
+
+    /// Whether the exchange must outlive the response head: its chain has a log phase (which
+    /// runs on the request's slot after the response), or it is shared with a body stream still
+    /// running (which holds its own handle anyway) and busy right now.
+    pub fn needed_after_head(&self) -> bool {
+        match self {
+            Keep::Owned(x) => x.runs_log_phase(),
+            Keep::Shared(s) => s.try_lock().map_or(true, |x| x.runs_log_phase()),
         }
     }
 
@@ -256,9 +268,9 @@ impl Body for Pieces {
 /// The request body sent upstream.
 pub enum UpstreamBody {
     /// Untouched (no body plugin, or all skipped it).
-    Plain(Incoming),
+    Plain(RequestBody),
     /// Through streamed body plugins.
-    Plugin(PluginBody<Incoming>),
+    Plugin(PluginBody<RequestBody>),
     /// The result of buffered body plugins.
     Full(Pieces),
 }
@@ -269,7 +281,7 @@ impl Body for UpstreamBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            UpstreamBody::Plain(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Plain(b) => Pin::new(b).poll_frame(cx),
             UpstreamBody::Plugin(b) => Pin::new(b).poll_frame(cx),
             UpstreamBody::Full(b) => Pin::new(b).poll_frame(cx),
         }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use http::Method;
 use http::uri::Authority;
@@ -39,18 +40,122 @@ pub struct Config {
     pub access_log: bool,
     #[serde(default)]
     pub log: Option<LogConfig>,
+    /// Connection and body limits of the proxy listener (its timers also apply to the admin
+    /// listener); defaults when absent.
+    #[serde(default)]
+    pub limits: Option<LimitsConfig>,
+}
+
+/// `limits:` block. Every field is optional; see [`Limits`] for the defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Client connections open at once, WebSocket connections included; over it a new
+    /// connection is accepted and closed at once (`weft_connections_refused_total`).
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// A new connection must deliver its first complete request head within this (protocol
+    /// detection, the HTTP/2 preface and the first HEADERS included).
+    #[serde(default)]
+    pub header_read_timeout_ms: Option<u64>,
+    /// A connection with no request in flight is closed after this (HTTP/2 with GOAWAY). For
+    /// HTTP/1.1 it also bounds the wait for each later request head.
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Longest wait for the next bytes of a request body.
+    #[serde(default)]
+    pub request_body_timeout_ms: Option<u64>,
+    /// Longest the client may take no bytes of a response: HTTP/1.1 closes the connection,
+    /// HTTP/2 resets the stream.
+    #[serde(default)]
+    pub send_timeout_ms: Option<u64>,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS of HTTP/2 connections.
+    #[serde(default)]
+    pub http2_max_concurrent_streams: Option<u32>,
+    /// Ping an HTTP/2 connection that sent no frame for this long ...
+    #[serde(default)]
+    pub http2_keep_alive_interval_ms: Option<u64>,
+    /// ... and close it when the ping is not answered within this.
+    #[serde(default)]
+    pub http2_keep_alive_timeout_ms: Option<u64>,
+}
+
+/// The resolved `limits:` (defaults filled in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `None`: the default, resolved when the listener starts ([`Limits::connection_cap`]).
+    pub max_connections: Option<u32>,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub request_body_timeout: Duration,
+    pub send_timeout: Duration,
+    pub http2_max_concurrent_streams: u32,
+    pub http2_keep_alive_interval: Duration,
+    pub http2_keep_alive_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: None,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            request_body_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
+            http2_max_concurrent_streams: 100,
+            http2_keep_alive_interval: Duration::from_secs(30),
+            http2_keep_alive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Upper bound of every `limits.*_ms` and `upstreams[].body_timeout_ms` (one day).
+pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
+/// Most connections the default of `limits.max_connections` allows.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+
+impl Limits {
+    /// `limits.max_connections`, or half the process's open-file limit (each proxied connection
+    /// also needs an upstream socket) capped at [`DEFAULT_MAX_CONNECTIONS`].
+    pub fn connection_cap(&self) -> u32 {
+        self.max_connections.unwrap_or_else(|| {
+            open_file_limit().map_or(DEFAULT_MAX_CONNECTIONS, |n| {
+                (n / 2).clamp(64, u64::from(DEFAULT_MAX_CONNECTIONS)) as u32
+            })
+        })
+    }
+}
+
+/// The soft limit on open files (Linux: `/proc/self/limits`); `None` when unknown or unlimited.
+fn open_file_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
 }
 
 /// `admin:` block.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Address of the admin listener, e.g. `127.0.0.1:9901`.
+    /// Address of the admin listener (`IP:port`); a loopback address unless `allow_remote`.
     pub listen: String,
     /// Time every in-process plugin call into `weft_plugin_phase_duration_seconds` (by instance
     /// and phase). Off by default: it adds two clock reads to every call (tens of ns).
     #[serde(default)]
     pub plugin_timing: bool,
+    /// Allows a `listen` address that is not loopback; needs `token_file`. Default false.
+    #[serde(default)]
+    pub allow_remote: bool,
+    /// A file holding the bearer token that `/metrics` and `POST /reload` then require
+    /// (`Authorization: Bearer <token>`); resolved against the config file's directory.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Whether an `admin.listen` value is a loopback address (127.0.0.0/8 or ::1); `None` when it is
+/// not an `IP:port` (reported by `logging::validate_config`).
+pub fn admin_listen_is_loopback(listen: &str) -> Option<bool> {
+    listen.parse::<SocketAddr>().ok().map(|a| a.ip().is_loopback())
 }
 
 /// `log:` block.
@@ -67,6 +172,8 @@ pub struct LogConfig {
 pub struct RuntimeConfig {
     pub slots: Option<u32>,
     pub slot_size: Option<u32>,
+    /// Finished requests waiting for their log phase (each holds its slot); beyond it log
+    /// phases are dropped and counted. Default a quarter of `slots`; must be less than `slots`.
     pub log_queue: Option<usize>,
     /// Job descriptors per worker ring of blocking plugins (one ring per library and proxy
     /// thread); a power of two, default 1024. A full ring answers 503.
@@ -154,7 +261,7 @@ pub struct PluginConfig {
     pub deadline_ms: Option<u64>,
     /// Calls in flight at once (`type: ffi`: pending answers and worker jobs, including
     /// cancelled ones the plugin still holds); beyond it requests get 503 with `Retry-After`
-    /// (fail closed) or go on unchanged (fail open). Default 1024.
+    /// (fail closed) or go on unchanged (fail open). Default a quarter of `runtime.slots`.
     #[serde(default)]
     pub max_in_flight: Option<usize>,
     /// `type: ffi`: run the instance on its library's worker pool (rings consumed by the
@@ -242,17 +349,21 @@ pub struct NatsTlsConfig {
 
 /// Default of `deadline_ms` for `type: ffi` instances.
 pub const DEFAULT_FFI_DEADLINE_MS: u64 = 1000;
-/// Default of `max_in_flight`.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// Default of `max_in_flight`: a quarter of the arena's request slots (at least 1), so one
+/// instance whose calls hang cannot hold every slot.
+pub fn default_max_in_flight(slots: u32) -> usize {
+    (slots as usize / 4).max(1)
+}
 
 impl PluginConfig {
-    /// Limits of an in-process (`type: ffi`) instance's asynchronous calls.
-    pub fn instance_options(&self) -> weft_runtime::InstanceOptions {
+    /// Limits of an in-process (`type: ffi`) instance's asynchronous calls; `slots` is
+    /// `runtime.slots` (the default of `max_in_flight` is a quarter of it).
+    pub fn instance_options(&self, slots: u32) -> weft_runtime::InstanceOptions {
         weft_runtime::InstanceOptions {
             deadline: std::time::Duration::from_millis(self.deadline_ms.unwrap_or(DEFAULT_FFI_DEADLINE_MS)),
             max_in_flight: self
                 .max_in_flight
-                .unwrap_or(DEFAULT_MAX_IN_FLIGHT)
+                .unwrap_or_else(|| default_max_in_flight(slots))
                 .min(u32::MAX as usize) as u32,
             blocking: self.blocking.unwrap_or(false),
             retry_after_secs: self.retry_after_s.unwrap_or(1),
@@ -304,7 +415,14 @@ pub struct UpstreamConfig {
     /// Time allowed until the upstream's response headers arrive.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Longest wait for the next bytes of the upstream's response body (default 60000); then
+    /// the response is cut off (the client's connection closed or stream reset).
+    #[serde(default)]
+    pub body_timeout_ms: Option<u64>,
 }
+
+/// Default of `upstreams[].body_timeout_ms`.
+pub const DEFAULT_UPSTREAM_BODY_TIMEOUT_MS: u64 = 60_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -421,6 +539,11 @@ impl Config {
                 lib.path = base_dir.join(&lib.path);
             }
         }
+        if let Some(path) = config.admin.as_mut().and_then(|a| a.token_file.as_mut()) {
+            if path.is_relative() {
+                *path = base_dir.join(&*path);
+            }
+        }
         if let Some(nats) = &mut config.nats {
             let resolve = |p: &mut Option<PathBuf>| {
                 if let Some(path) = p.as_mut().filter(|p| p.is_relative()) {
@@ -474,6 +597,27 @@ impl Config {
         opts
     }
 
+    /// `runtime.slots` (or its default).
+    pub fn slot_count(&self) -> u32 {
+        self.runtime_options().slot_count
+    }
+
+    /// The `limits:` block with its defaults.
+    pub fn limits(&self) -> Limits {
+        let mut l = Limits::default();
+        let Some(c) = &self.limits else { return l };
+        let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
+        l.max_connections = c.max_connections;
+        l.header_read_timeout = ms(c.header_read_timeout_ms, l.header_read_timeout);
+        l.idle_timeout = ms(c.idle_timeout_ms, l.idle_timeout);
+        l.request_body_timeout = ms(c.request_body_timeout_ms, l.request_body_timeout);
+        l.send_timeout = ms(c.send_timeout_ms, l.send_timeout);
+        l.http2_max_concurrent_streams = c.http2_max_concurrent_streams.unwrap_or(l.http2_max_concurrent_streams);
+        l.http2_keep_alive_interval = ms(c.http2_keep_alive_interval_ms, l.http2_keep_alive_interval);
+        l.http2_keep_alive_timeout = ms(c.http2_keep_alive_timeout_ms, l.http2_keep_alive_timeout);
+        l
+    }
+
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen.parse().expect("validated by Config::parse")
     }
@@ -495,9 +639,22 @@ impl Config {
             );
         }
         crate::logging::validate_config(self, &mut err);
+        self.validate_limits(&mut err);
+        self.validate_admin(&mut err);
         if let Some(rt) = &self.runtime {
             if rt.slots == Some(0) {
                 err("runtime.slots".into(), "must be at least 1".into());
+            }
+            let slots = self.slot_count() as usize;
+            match rt.log_queue {
+                Some(0) => err("runtime.log_queue".into(), "must be at least 1".into()),
+                // Queued log phases hold their slots: a queue as long as the arena lets a slow
+                // log plugin take every slot before log phases start to drop.
+                Some(n) if n >= slots.max(2) => err(
+                    "runtime.log_queue".into(),
+                    format!("must be less than runtime.slots ({slots}), got {n}"),
+                ),
+                _ => {}
             }
             if rt.slot_size == Some(0) {
                 err("runtime.slot_size".into(), "must be at least 1".into());
@@ -703,6 +860,9 @@ impl Config {
             if u.timeout_ms == 0 {
                 err(format!("upstreams[{i}].timeout_ms"), "must be at least 1".into());
             }
+            if let Some(msg) = u.body_timeout_ms.and_then(timeout_problem) {
+                err(format!("upstreams[{i}].body_timeout_ms"), msg);
+            }
         }
 
         if self.routes.is_empty() {
@@ -775,6 +935,58 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigErrors(errs))
+        }
+    }
+}
+
+/// Why a `*_ms` timeout value is refused, if it is.
+fn timeout_problem(ms: u64) -> Option<String> {
+    (!(1..=MAX_TIMEOUT_MS).contains(&ms)).then(|| format!("must be between 1 and {MAX_TIMEOUT_MS} (one day), got {ms}"))
+}
+
+impl Config {
+    fn validate_limits(&self, err: &mut impl FnMut(String, String)) {
+        let Some(l) = &self.limits else { return };
+        for (field, v) in [
+            ("header_read_timeout_ms", l.header_read_timeout_ms),
+            ("idle_timeout_ms", l.idle_timeout_ms),
+            ("request_body_timeout_ms", l.request_body_timeout_ms),
+            ("send_timeout_ms", l.send_timeout_ms),
+            ("http2_keep_alive_interval_ms", l.http2_keep_alive_interval_ms),
+            ("http2_keep_alive_timeout_ms", l.http2_keep_alive_timeout_ms),
+        ] {
+            if let Some(msg) = v.and_then(timeout_problem) {
+                err(format!("limits.{field}"), msg);
+            }
+        }
+        for (field, v) in [
+            ("max_connections", l.max_connections),
+            ("http2_max_concurrent_streams", l.http2_max_concurrent_streams),
+        ] {
+            if v == Some(0) {
+                err(format!("limits.{field}"), "must be at least 1".into());
+            }
+        }
+    }
+
+    fn validate_admin(&self, err: &mut impl FnMut(String, String)) {
+        let Some(a) = &self.admin else { return };
+        match admin_listen_is_loopback(&a.listen) {
+            Some(false) if !a.allow_remote => err(
+                "admin.listen".into(),
+                format!(
+                    "{:?} is not a loopback address; the admin listener can reload the config, so exposing it \
+                     needs admin.allow_remote: true and admin.token_file",
+                    a.listen
+                ),
+            ),
+            _ => {}
+        }
+        if a.allow_remote && a.token_file.is_none() {
+            err(
+                "admin.token_file".into(),
+                "required with admin.allow_remote: true (a file holding the bearer token)".into(),
+            );
         }
     }
 }
@@ -1230,14 +1442,129 @@ routes:
             )
             .replace("log_queue: 10 }", "log_queue: 10, worker_ring_capacity: 64 }");
         let c = parse(&text).unwrap();
-        let o = c.plugins[1].instance_options();
+        let o = c.plugins[1].instance_options(c.slot_count());
         assert_eq!(o.deadline, std::time::Duration::from_millis(250));
         assert_eq!((o.max_in_flight, o.blocking, o.retry_after_secs), (8, true, 5));
         assert_eq!(c.runtime.as_ref().unwrap().worker_ring_capacity, Some(64));
-        // Defaults: 1 s, 1024, not blocking, Retry-After 1.
-        let o = c.plugins[0].instance_options();
+        // Defaults: 1 s, a quarter of the 16 slots, not blocking, Retry-After 1.
+        let o = c.plugins[0].instance_options(c.slot_count());
         assert_eq!(o.deadline, std::time::Duration::from_millis(DEFAULT_FFI_DEADLINE_MS));
-        assert_eq!((o.max_in_flight, o.blocking, o.retry_after_secs), (1024, false, 1));
+        assert_eq!((o.max_in_flight, o.blocking, o.retry_after_secs), (4, false, 1));
+    }
+
+    /// No default lets one instance or the log queue hold every arena slot.
+    #[test]
+    fn defaults_leave_slots_free() {
+        let c = parse(&GOOD.replace("runtime: { slots: 16, slot_size: 8192, log_queue: 10 }\n", "")).unwrap();
+        assert_eq!(c.slot_count(), 1024);
+        assert_eq!(c.plugins[0].instance_options(c.slot_count()).max_in_flight, 256);
+        assert_eq!(c.runtime_options().log_queue_len(), 256);
+        assert_eq!(default_max_in_flight(1), 1);
+        let e = errors(&GOOD.replace("log_queue: 10", "log_queue: 16"));
+        assert_eq!(
+            e,
+            ["config error in proxy.yaml at runtime.log_queue: must be less than runtime.slots (16), got 16"]
+        );
+        let e = errors(&GOOD.replace("log_queue: 10", "log_queue: 0"));
+        assert_eq!(
+            e,
+            ["config error in proxy.yaml at runtime.log_queue: must be at least 1"]
+        );
+    }
+
+    #[test]
+    fn limits_parse_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.limits(), Limits::default());
+        assert_eq!(c.upstreams[0].body_timeout_ms, None);
+        let text = GOOD.replace(
+            "log_queue: 10 }\n",
+            "log_queue: 10 }\nlimits: { max_connections: 50, header_read_timeout_ms: 100, idle_timeout_ms: 200, \
+             request_body_timeout_ms: 300, send_timeout_ms: 400, http2_max_concurrent_streams: 7, \
+             http2_keep_alive_interval_ms: 500, http2_keep_alive_timeout_ms: 600 }\n",
+        );
+        let l = parse(&text).unwrap().limits();
+        let ms = Duration::from_millis;
+        assert_eq!(
+            l,
+            Limits {
+                max_connections: Some(50),
+                header_read_timeout: ms(100),
+                idle_timeout: ms(200),
+                request_body_timeout: ms(300),
+                send_timeout: ms(400),
+                http2_max_concurrent_streams: 7,
+                http2_keep_alive_interval: ms(500),
+                http2_keep_alive_timeout: ms(600),
+            }
+        );
+        assert_eq!(l.connection_cap(), 50);
+        let default_cap = Limits::default().connection_cap();
+        assert!((64..=DEFAULT_MAX_CONNECTIONS).contains(&default_cap), "{default_cap}");
+    }
+
+    #[test]
+    fn limit_errors_name_the_field() {
+        let text = GOOD
+            .replace(
+                "log_queue: 10 }\n",
+                "log_queue: 10 }\nlimits: { max_connections: 0, send_timeout_ms: 0, idle_timeout_ms: 86400001, \
+                 http2_max_concurrent_streams: 0 }\n",
+            )
+            .replace("timeout_ms: 500", "timeout_ms: 500\n    body_timeout_ms: 0");
+        assert_eq!(
+            errors(&text),
+            [
+                "config error in proxy.yaml at limits.idle_timeout_ms: must be between 1 and 86400000 (one day), got 86400001",
+                "config error in proxy.yaml at limits.send_timeout_ms: must be between 1 and 86400000 (one day), got 0",
+                "config error in proxy.yaml at limits.max_connections: must be at least 1",
+                "config error in proxy.yaml at limits.http2_max_concurrent_streams: must be at least 1",
+                "config error in proxy.yaml at upstreams[0].body_timeout_ms: must be between 1 and 86400000 (one day), got 0",
+            ]
+        );
+        let e = errors(&GOOD.replace("log_queue: 10 }\n", "log_queue: 10 }\nlimits: { read_timeout_ms: 5 }\n"));
+        assert!(
+            e[0].starts_with("config error in proxy.yaml at limits.read_timeout_ms: unknown field"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn admin_listener_stays_on_loopback_unless_told_and_given_a_token() {
+        let with = |admin: &str| GOOD.replace("log_queue: 10 }\n", &format!("log_queue: 10 }}\nadmin: {admin}\n"));
+        for ok in [
+            "{ listen: 127.0.0.1:9901 }",
+            "{ listen: \"[::1]:9901\" }",
+            "{ listen: 127.3.2.1:9901 }",
+            "{ listen: 0.0.0.0:9901, allow_remote: true, token_file: admin.token }",
+        ] {
+            let c = parse(&with(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            if ok.contains("token_file") {
+                assert_eq!(
+                    c.admin.unwrap().token_file.as_deref(),
+                    Some(Path::new("/etc/weft/admin.token"))
+                );
+            }
+        }
+        let e = errors(&with("{ listen: 0.0.0.0:9901 }"));
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with("config error in proxy.yaml at admin.listen: \"0.0.0.0:9901\" is not a loopback address"),
+            "{e:?}"
+        );
+        assert!(errors(&with("{ listen: 10.1.2.3:9901, token_file: t }"))[0].contains("admin.allow_remote: true"));
+        assert_eq!(
+            errors(&with("{ listen: 10.1.2.3:9901, allow_remote: true }")),
+            [
+                "config error in proxy.yaml at admin.token_file: required with admin.allow_remote: true (a file holding the bearer token)"
+            ]
+        );
+        let e = errors(&with("{ listen: admin.internal:9901 }"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("config error in proxy.yaml at admin.listen: invalid socket address"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod forward;
 pub mod logging;

@@ -86,6 +86,9 @@ fn run(path: &Path) -> Result<(), String> {
 
 fn check(path: &Path) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
+    if let Some(admin) = &config.admin {
+        weft_proxy::admin::read_token(admin).map_err(|e| format!("config error in {}: {e}", path.display()))?;
+    }
     let plugins = Plugins::load(&config).map_err(|e| {
         format!(
             "plugin problems:\n{}",

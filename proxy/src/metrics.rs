@@ -222,6 +222,63 @@ impl RouteMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimeoutLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: &'static str,
+}
+
+/// What timed out (`weft_timeouts_total{kind}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// No complete request head in time: the first one (protocol detection included) or, on an
+    /// HTTP/1.1 keep-alive connection, a later one.
+    HeaderRead,
+    /// A connection without a request in flight for `limits.idle_timeout_ms`.
+    Idle,
+    /// An HTTP/2 keep-alive ping not answered in time.
+    Http2KeepAlive,
+    /// No bytes of a request body for `limits.request_body_timeout_ms`.
+    RequestBody,
+    /// The client took no bytes of a response for `limits.send_timeout_ms`.
+    Send,
+    /// No bytes of an upstream's response body for `upstreams[].body_timeout_ms`.
+    UpstreamBody,
+}
+
+impl TimeoutKind {
+    pub const ALL: [TimeoutKind; 6] = [
+        TimeoutKind::HeaderRead,
+        TimeoutKind::Idle,
+        TimeoutKind::Http2KeepAlive,
+        TimeoutKind::RequestBody,
+        TimeoutKind::Send,
+        TimeoutKind::UpstreamBody,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TimeoutKind::HeaderRead => "header_read",
+            TimeoutKind::Idle => "idle",
+            TimeoutKind::Http2KeepAlive => "http2_keep_alive",
+            TimeoutKind::RequestBody => "request_body",
+            TimeoutKind::Send => "send",
+            TimeoutKind::UpstreamBody => "upstream_body",
+        }
+    }
+}
+
+/// One listener's connection gauges and counters (`weft_connections_*{listener}`).
+#[derive(Clone, Debug)]
+pub struct ListenerMetrics {
+    pub open: Gauge,
+    pub refused: Counter,
+}
+
 /// Every metric of the process. One instance per process ([`global`]), so counters survive
 /// config reloads: a route keeps its series as long as it keeps its name.
 #[derive(Debug)]
@@ -236,6 +293,10 @@ pub struct Metrics {
     remote_phases: Family<PluginPhase, Histogram, fn() -> Histogram>,
     plugin_phases: Family<PluginPhase, Histogram, fn() -> Histogram>,
     remote_errors: Family<PluginKind, Counter>,
+    /// `weft_timeouts_total`, by [`TimeoutKind::ALL`].
+    timeouts: [Counter; 6],
+    connections_open: Family<ListenerLabel, Gauge>,
+    connections_refused: Family<ListenerLabel, Counter>,
     /// Route names that have series, so a reload can drop those of removed routes.
     routes: Mutex<std::collections::HashSet<String>>,
     no_route: RouteMetrics,
@@ -303,6 +364,26 @@ impl Metrics {
             "Failed remote plugin calls by instance and kind (unavailable, overloaded, timeout, plugin_failed, bad_reply)",
             remote_errors.clone(),
         );
+        let timeout_family = Family::<TimeoutLabel, Counter>::default();
+        registry.register(
+            "weft_timeouts",
+            "Timeouts that closed a connection or cut a request or response short, by kind \
+             (header_read, idle, http2_keep_alive, request_body, send, upstream_body)",
+            timeout_family.clone(),
+        );
+        let timeouts = TimeoutKind::ALL.map(|k| timeout_family.get_or_create_owned(&TimeoutLabel { kind: k.label() }));
+        let connections_open = Family::<ListenerLabel, Gauge>::default();
+        let connections_refused = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "weft_connections_open",
+            "Client connections open, by listener (proxy, admin); WebSocket connections included",
+            connections_open.clone(),
+        );
+        registry.register(
+            "weft_connections_refused",
+            "Connections closed at accept because limits.max_connections were open, by listener",
+            connections_refused.clone(),
+        );
         let runtime = Arc::new(RuntimeCollector::default());
         registry.register_collector(Box::new(runtime.clone()));
         let mut m = Metrics {
@@ -316,6 +397,9 @@ impl Metrics {
             remote_phases,
             plugin_phases,
             remote_errors,
+            timeouts,
+            connections_open,
+            connections_refused,
             routes: Mutex::default(),
             no_route: placeholder_route(),
             runtime,
@@ -447,6 +531,20 @@ impl Metrics {
     /// Samples arena use for the high-water mark (called periodically and at each scrape).
     pub fn sample_arena(&self) {
         self.runtime.sample();
+    }
+
+    /// Counts a timeout that fired.
+    pub fn timeout(&self, kind: TimeoutKind) {
+        self.timeouts[kind as usize].inc();
+    }
+
+    /// The connection metrics of listener `name` (`proxy` or `admin`).
+    pub fn listener(&self, name: &'static str) -> ListenerMetrics {
+        let label = ListenerLabel { listener: name };
+        ListenerMetrics {
+            open: self.connections_open.get_or_create_owned(&label),
+            refused: self.connections_refused.get_or_create_owned(&label),
+        }
     }
 
     pub fn reload_result(&self, ok: bool) {

@@ -20,15 +20,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::admin::{Admin, ReloadFn};
 use crate::config::Config;
+use crate::conn::RequestBody;
 use crate::forward::ProxyBody;
 use crate::metrics;
-use crate::server::{Handler, Proxy, StartupError, serve_with_drain, tokio_runtime};
+use crate::server::{Handler, Proxy, StartupError, serve_with_limits, tokio_runtime};
 
 /// Default for `shutdown_timeout_ms`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,7 +72,7 @@ impl LiveProxy {
         let result = self.try_reload();
         metrics::global().reload_result(result.is_ok());
         match &result {
-            Ok(summary) => info!("config reloaded: {summary}"),
+            Ok(summary) => info!(path = ?self.path, "config reloaded: {summary}"),
             Err(problems) => error!("config reload rejected, the old config keeps serving:\n{problems}"),
         }
         result
@@ -89,9 +89,9 @@ impl LiveProxy {
         let proxy = Proxy::from_config_replacing(&config, prev.as_deref())
             .map_err(|e| format!("failed to load plugins:\n{}", locate_plugin_problems(path, &config, &e)))?;
         drop(prev);
+        // No file path: the summary is also the body of `POST /reload`'s answer.
         let mut summary = format!(
-            "{}: {} routes, {} upstreams, {} plugin instances",
-            path.display(),
+            "{} routes, {} upstreams, {} plugin instances",
             config.routes.len(),
             config.upstreams.len(),
             config.plugins.len()
@@ -130,7 +130,7 @@ impl LiveProxy {
 impl Handler for LiveProxy {
     fn handle(
         &self,
-        req: http::Request<Incoming>,
+        req: http::Request<RequestBody>,
         client: std::net::SocketAddr,
     ) -> impl Future<Output = http::Response<ProxyBody>> + Send {
         // The request keeps this generation alive until it is done.
@@ -286,7 +286,8 @@ pub fn run_blocking(
     let reloadable = path.is_some();
     let live = LiveProxy::new(proxy, config, path);
     let listen = config.listen_addr();
-    let admin_addr = config.admin.as_ref().map(|a| a.listen.clone());
+    let admin = config.admin.clone();
+    let limits = config.limits();
     let drain = config
         .shutdown_timeout_ms
         .map_or(DEFAULT_SHUTDOWN_TIMEOUT, Duration::from_millis);
@@ -296,8 +297,10 @@ pub fn run_blocking(
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        if let Some(addr) = admin_addr {
-            let admin_listener = TcpListener::bind(&addr)
+        if let Some(admin) = admin {
+            let token = crate::admin::read_token(&admin)?;
+            let addr = &admin.listen;
+            let admin_listener = TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen on {addr} (admin.listen): {e}"))?;
             let reload: Option<ReloadFn> = reloadable.then(|| {
@@ -308,7 +311,12 @@ pub fn run_blocking(
                 });
                 f
             });
-            tokio::spawn(crate::admin::serve_admin(admin_listener, Admin { metrics: m, reload }));
+            let admin = Admin {
+                metrics: m,
+                reload,
+                token,
+            };
+            tokio::spawn(crate::admin::serve_admin(admin_listener, admin, limits));
         }
         tokio::spawn(crate::admin::sample_arena(m));
         if reloadable {
@@ -325,7 +333,7 @@ pub fn run_blocking(
             m.set_ready(false);
             info!(timeout = ?drain, "draining: no new connections; waiting for requests in flight");
         };
-        serve_with_drain(listener, live.clone(), shutdown, drain)
+        serve_with_limits(listener, live.clone(), shutdown, drain, limits)
             .await
             .map_err(|e| e.to_string())
     });

@@ -1,7 +1,6 @@
 //! The proxy itself: startup (plugins, routes, upstreams), per-request handling, accept loop.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,18 +9,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Version, header};
-use hyper::body::{Body as _, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::body::Body as _;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 use weft_runtime::{BodyMode, BodySide, BufferedBody, Chain, Flow, InstanceId, InstanceSpec, Runtime};
 
 use crate::body::{CollectError, Keep, Pieces, PluginBody, UpstreamBody, collect_limited};
 
-use crate::config::{Config, Failure, NatsConfig, PluginType, parse_method};
+use crate::config::{Config, Failure, Limits, NatsConfig, PluginType, parse_method};
+use crate::conn::RequestBody;
 use crate::forward::{ProxyBody, add_forwarding_headers, local_reply, pin_host, strip_hop_by_hop, upstream_uri};
 use crate::metrics::{NO_ROUTE, RouteMetrics};
 use crate::route::{HostMatcher, Matcher, Router, normalize_host};
@@ -208,7 +204,9 @@ fn load_remote(config: &Config, runtime: &Arc<Runtime>, plugins: &mut Plugins, p
         let deadline = Duration::from_millis(p.deadline_ms.unwrap_or(200));
         let opts = weft_nats_bridge::RemotePluginOptions {
             deadline,
-            max_in_flight: p.max_in_flight.unwrap_or(1024),
+            max_in_flight: p
+                .max_in_flight
+                .unwrap_or_else(|| crate::config::default_max_in_flight(config.slot_count())),
         };
         let inst = weft_nats_bridge::NatsInstance::new(transport.plugin(p.remote_name(), opts), phases);
         // Times each call and counts failures (weft_remote_* metrics).
@@ -308,7 +306,7 @@ impl Plugins {
                 config_json: p.config_json(),
                 fail_open: p.failure == Failure::Open,
             };
-            let mut opts = p.instance_options();
+            let mut opts = p.instance_options(config.slot_count());
             if config.admin.as_ref().is_some_and(|a| a.plugin_timing) {
                 opts.timer = Some(crate::metrics::global().plugin_timer(&p.name));
             }
@@ -453,7 +451,7 @@ impl Proxy {
     /// Handles one request; every outcome, including errors, is a response. Gives it a request
     /// id (`x-request-id`, to plugins, the upstream and the client), counts it in its route's
     /// metrics and, with `access_log: true`, logs it.
-    pub async fn handle(&self, mut req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(&self, mut req: Request<RequestBody>, client: SocketAddr) -> Response<ProxyBody> {
         let start = Instant::now();
         let request_id = crate::logging::request_id(req.headers_mut());
         let access = self.access_log.then(|| (req.method().clone(), req.uri().clone()));
@@ -482,7 +480,7 @@ impl Proxy {
 
     async fn route_request<'a>(
         &'a self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         client: SocketAddr,
         request_id: &http::HeaderValue,
         matched: &mut Option<&'a RouteTarget>,
@@ -554,6 +552,9 @@ impl Proxy {
                                 );
                                 return local_reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large", exchange);
                             }
+                            Err(CollectError::Failed(e)) if crate::conn::timeout_in(&*e).is_some() => {
+                                return local_reply(StatusCode::REQUEST_TIMEOUT, "request body timed out", exchange);
+                            }
                             Err(CollectError::Failed(e)) => {
                                 debug!(route = %route.name, ?request_id, error = %e, "request body failed while buffering");
                                 return local_reply(StatusCode::BAD_REQUEST, "request body incomplete", exchange);
@@ -617,6 +618,10 @@ impl Proxy {
                 route.metrics.upstream_timeout();
                 warn!(route = %route.name, upstream = %upstream.name, %addr, ?request_id, "upstream timed out");
                 return local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream timed out", exchange);
+            }
+            Err(UpstreamError::RequestBodyTimeout) => {
+                debug!(route = %route.name, ?request_id, "request body timed out while streaming upstream");
+                return local_reply(StatusCode::REQUEST_TIMEOUT, "request body timed out", exchange);
             }
             Err(UpstreamError::Failed(e)) => {
                 route.metrics.upstream_failure();
@@ -689,7 +694,11 @@ impl Proxy {
                     }
                     Err(CollectError::Failed(e)) => {
                         warn!(route = %route.name, upstream = %upstream.name, ?request_id, error = %e, "upstream body failed");
-                        return local_reply(StatusCode::BAD_GATEWAY, "upstream response incomplete", exchange);
+                        let status = match crate::conn::timeout_in(&*e) {
+                            Some(_) => StatusCode::GATEWAY_TIMEOUT,
+                            None => StatusCode::BAD_GATEWAY,
+                        };
+                        return local_reply(status, "upstream response incomplete", exchange);
                     }
                 };
                 let outcome = x.lock().await.response_body_buffered(&mut parts, bytes).await;
@@ -722,7 +731,7 @@ fn plugin_reply(resp: Response<bytes::Bytes>, exchange: Option<Keep>) -> Respons
 }
 
 /// hyper's errors keep the interesting part (e.g. "connection refused") in the source chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -753,82 +762,46 @@ pub fn tokio_runtime(plugins: Option<Arc<Runtime>>) -> std::io::Result<tokio::ru
 /// What the accept loop hands requests to: a fixed [`Proxy`], or a reloadable one
 /// ([`crate::reload::LiveProxy`]).
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> impl Future<Output = Response<ProxyBody>> + Send;
+    fn handle(&self, req: Request<RequestBody>, client: SocketAddr)
+    -> impl Future<Output = Response<ProxyBody>> + Send;
 }
 
 impl Handler for Proxy {
-    fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> impl Future<Output = Response<ProxyBody>> + Send {
+    fn handle(
+        &self,
+        req: Request<RequestBody>,
+        client: SocketAddr,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send {
         Proxy::handle(self, req, client)
     }
 }
 
 /// Accepts connections until `shutdown` resolves, then drains in-flight ones (bounded by
-/// [`DRAIN_TIMEOUT`]). Serves HTTP/1.1 and HTTP/2 (prior knowledge, h2c) on the same port.
+/// [`DRAIN_TIMEOUT`]), with the default [`Limits`]. Serves HTTP/1.1 and HTTP/2 (prior
+/// knowledge, h2c) on the same port.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     proxy: Arc<H>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    serve_with_drain(listener, proxy, shutdown, DRAIN_TIMEOUT).await
+    serve_with_limits(listener, proxy, shutdown, DRAIN_TIMEOUT, Limits::default()).await
 }
 
-/// [`serve`] with the time in-flight requests get after `shutdown` (`shutdown_timeout_ms`).
-/// The listener is closed at once, so new connections are refused while old ones drain.
-pub async fn serve_with_drain<H: Handler>(
+/// [`serve`] with the time in-flight requests get after `shutdown` (`shutdown_timeout_ms`) and
+/// the connection limits and timers of `limits:` ([`crate::conn`]). The listener is closed at
+/// once, so new connections are refused while old ones drain.
+pub async fn serve_with_limits<H: Handler>(
     listener: TcpListener,
     proxy: Arc<H>,
     shutdown: impl Future<Output = ()>,
     drain_timeout: Duration,
+    limits: Limits,
 ) -> std::io::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Timers bound slow clients (header read timeout, h2 keep-alive).
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Usually fd exhaustion: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!(error = %e, "set_nodelay failed");
-        }
-        let proxy = proxy.clone();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(Handler::handle(&*proxy, req, remote).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%remote, error = %e, "connection ended with error");
-            }
-        });
-    }
-
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(drain_timeout) => warn!(?drain_timeout, "connections still open after the shutdown timeout"),
-    }
-    debug!("drained");
-    Ok(())
+    let handle = move |req, remote| {
+        let proxy = Arc::clone(&proxy);
+        async move { Handler::handle(&*proxy, req, remote).await }
+    };
+    crate::conn::serve_connections(listener, "proxy", limits, handle, shutdown, drain_timeout).await
 }
 
 /// Binds `addr` and serves in a background task; returns the bound address. For tests and

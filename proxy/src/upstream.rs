@@ -12,13 +12,17 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::{UpstreamConfig, parse_upstream_address};
+use crate::config::{DEFAULT_UPSTREAM_BODY_TIMEOUT_MS, UpstreamConfig, parse_upstream_address};
+use crate::conn::{TimedBody, timeout_in};
+use crate::metrics::TimeoutKind;
 
 pub struct Upstream {
     pub name: String,
     addresses: Vec<Authority>,
     next: AtomicUsize,
     timeout: Duration,
+    /// `body_timeout_ms`: longest wait for the next bytes of a response body.
+    body_timeout: Duration,
     // One client per upstream: the connect timeout lives on the connector.
     client: Client<HttpConnector, UpstreamBody>,
 }
@@ -27,6 +31,8 @@ pub struct Upstream {
 pub enum UpstreamError {
     /// No response headers within `timeout_ms`.
     Timeout,
+    /// The client's request body, streamed upstream, stalled (`limits.request_body_timeout_ms`).
+    RequestBodyTimeout,
     /// Connect or I/O failure.
     Failed(hyper_util::client::legacy::Error),
 }
@@ -54,6 +60,7 @@ impl Upstream {
             addresses,
             next: AtomicUsize::new(0),
             timeout: Duration::from_millis(config.timeout_ms),
+            body_timeout: Duration::from_millis(config.body_timeout_ms.unwrap_or(DEFAULT_UPSTREAM_BODY_TIMEOUT_MS)),
             client,
         }
     }
@@ -65,10 +72,12 @@ impl Upstream {
     }
 
     /// Sends `req` (whose URI already points at an address from [`Upstream::pick`]) and waits
-    /// for the response head. The response body streams afterwards, outside the timeout.
-    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, UpstreamError> {
+    /// for the response head. The response body streams afterwards, outside the timeout, each
+    /// wait for its next bytes bounded by `body_timeout_ms`.
+    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<TimedBody<Incoming>>, UpstreamError> {
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => Ok(resp.map(|b| TimedBody::new(b, self.body_timeout, TimeoutKind::UpstreamBody))),
+            Ok(Err(e)) if timeout_in(&e) == Some(TimeoutKind::RequestBody) => Err(UpstreamError::RequestBodyTimeout),
             Ok(Err(e)) => Err(UpstreamError::Failed(e)),
             Err(_) => Err(UpstreamError::Timeout),
         }

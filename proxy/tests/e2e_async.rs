@@ -30,11 +30,11 @@ fn yaml(addr: SocketAddr, admin: SocketAddr, upstream: SocketAddr) -> String {
          runtime: {{ slots: 64, slot_size: 8192, worker_ring_capacity: 64 }}\n\
          libraries:\n  - {{ name: async, path: {lib:?} }}\n\
          plugins:\n\
-         \x20 - {{ name: delay, library: async, plugin: async-delay, deadline_ms: 5000 }}\n\
+         \x20 - {{ name: delay, library: async, plugin: async-delay, deadline_ms: 5000, max_in_flight: 64 }}\n\
          \x20 - {{ name: slow-closed, library: async, plugin: async-delay, deadline_ms: 150 }}\n\
          \x20 - {{ name: slow-open, library: async, plugin: async-delay, deadline_ms: 150, failure: open }}\n\
          \x20 - {{ name: limited, library: async, plugin: async-delay, deadline_ms: 10000, max_in_flight: 2, retry_after_s: 9 }}\n\
-         \x20 - {{ name: worker, library: async, plugin: blocking, deadline_ms: 10000 }}\n\
+         \x20 - {{ name: worker, library: async, plugin: blocking, deadline_ms: 10000, max_in_flight: 64 }}\n\
          upstreams:\n  - {{ name: up, addresses: [\"{upstream}\"] }}\n\
          routes:\n\
          \x20 - {{ path_prefix: /slow-closed, upstream: up, plugins: [slow-closed] }}\n\

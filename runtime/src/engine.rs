@@ -441,6 +441,13 @@ impl Exchange {
         self.ident.request_id
     }
 
+    /// Whether a plugin of the chain has a log phase, which runs on the request's view when the
+    /// exchange is dropped: only then must the exchange (and its arena slot) outlive the response
+    /// head. Without one, dropping it after the last headers or body phase frees the slot at once.
+    pub fn runs_log_phase(&self) -> bool {
+        self.chain.phases & WeftPhase::Log.mask() != 0
+    }
+
     fn lease(&mut self) -> &mut SlotLease {
         // Only `Drop` takes the lease out.
         self.lease.as_mut().expect("exchange lease taken before drop")

@@ -43,7 +43,10 @@ pub struct RuntimeOptions {
     /// Bytes per slot: the request view plus the plugin's mutation buffer.
     pub slot_size: u32,
     /// Finished requests waiting for their log phase; beyond this, log phases are dropped
-    /// (counted in [`RuntimeStats::log_dropped`]) rather than holding memory or the client.
+    /// (counted in [`RuntimeStats::log_dropped`]) rather than holding memory or the client. A
+    /// queued request keeps its slot, so the queue should be well below `slot_count`, or a slow
+    /// log plugin takes every slot before log phases start to drop. 0: a quarter of
+    /// `slot_count`, at least 1.
     pub log_queue: usize,
     /// Out slots (of `slot_size` bytes): where plugin calls write their output, in a pool of
     /// their own so a call never takes a request's slot. One is held while a headers or body call
@@ -68,7 +71,7 @@ impl Default for RuntimeOptions {
         RuntimeOptions {
             slot_count: 1024,
             slot_size: 64 * 1024,
-            log_queue: 4096,
+            log_queue: 0,
             out_slot_count: 0,
             buffer_classes: None,
             max_buffered_bytes_total: budget::DEFAULT_BUFFERED_BYTES_TOTAL,
@@ -77,6 +80,15 @@ impl Default for RuntimeOptions {
 }
 
 impl RuntimeOptions {
+    /// The log queue's length: `log_queue`, or a quarter of the slots when it is 0.
+    pub fn log_queue_len(&self) -> usize {
+        if self.log_queue == 0 {
+            (self.slot_count as usize / 4).max(1)
+        } else {
+            self.log_queue
+        }
+    }
+
     /// The arena's pools, in order: request slots, out slots, then the buffer classes.
     pub fn pools(&self) -> Vec<PoolSpec> {
         let slot = PoolSpec {
@@ -346,7 +358,7 @@ impl Runtime {
         stats: Arc<RuntimeStats>,
         budget: Arc<budget::ByteBudget>,
     ) -> Arc<Runtime> {
-        let (log_tx, log_rx) = crossbeam_channel::bounded::<LogJob>(opts.log_queue.max(1));
+        let (log_tx, log_rx) = crossbeam_channel::bounded::<LogJob>(opts.log_queue_len());
         let rt = Arc::new(Runtime {
             arena: Arc::clone(&mem.arena),
             outs: Arc::clone(&mem.outs),
@@ -463,10 +475,19 @@ impl Runtime {
             )
         };
         if WeftResult::from_raw(rc) != WeftResult::Ok {
+            let result = WeftResult::from_raw(rc);
+            // Printable and capped whatever the plugin wrote (trailing NULs dropped).
             let n = (err.len as usize).min(err_bytes.len());
-            let mut message = String::from_utf8_lossy(&err_bytes[..n]).into_owned();
+            let mut message = plugin::plugin_text(&err_bytes[..n], plugin::MAX_PLUGIN_MESSAGE);
             if message.is_empty() {
-                message = format!("init returned {:?}", WeftResult::from_raw(rc));
+                message = format!("init returned {result:?}");
+            }
+            if err.len as usize > err_bytes.len() {
+                message.push_str(&format!(
+                    " (and an invalid error length: {} bytes in a {}-byte buffer)",
+                    err.len,
+                    err_bytes.len()
+                ));
             }
             return Err(InitError::Failed {
                 instance: spec.name,

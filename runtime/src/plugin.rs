@@ -252,7 +252,7 @@ unsafe fn read_descriptor(path: &Path, desc: *const WeftPluginDescriptor, go: bo
     if !load_error.is_empty() {
         return Err(LoadError::Registration {
             path: path.into(),
-            message: load_error,
+            message: plugin_text(load_error.as_bytes(), MAX_PLUGIN_MESSAGE),
         });
     }
     let runtime_version = text(d.runtime_version, d.runtime_version_len, "runtime_version")?;
@@ -362,6 +362,28 @@ pub(crate) fn instance_calls(id: u64) -> Option<(Arc<str>, Option<Arc<AsyncTable
     Some((e.name.clone(), e.calls.upgrade()))
 }
 
+/// Longest plugin-supplied message (an init error, a library's load error) the host keeps.
+pub(crate) const MAX_PLUGIN_MESSAGE: usize = 512;
+
+/// A message a plugin wrote, made safe to log and show: invalid UTF-8 replaced, control
+/// characters (NUL, CR, LF, ESC, ...) escaped, trailing NULs dropped, cut to `max` bytes.
+pub(crate) fn plugin_text(bytes: &[u8], max: usize) -> String {
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let mut out = String::new();
+    for c in String::from_utf8_lossy(&bytes[..end]).chars() {
+        if out.len() >= max {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Truncates plugin log lines so a runaway plugin cannot flood the log with megabyte lines.
 const MAX_LOG_LINE: usize = 16 * 1024;
 
@@ -389,6 +411,20 @@ unsafe extern "C" fn host_log(level: u32, instance: u64, msg: *const u8, len: us
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plugin_text_is_printable_and_capped() {
+        assert_eq!(plugin_text(b"bad config\0\0\0\0", 64), "bad config");
+        assert_eq!(plugin_text(&[0; 4096], 64), "");
+        assert_eq!(
+            plugin_text(b"a\r\nforged: line\x1b[31m", 64),
+            "a\\r\\nforged: line\\u{1b}[31m"
+        );
+        assert_eq!(plugin_text(b"\xff\xfeok", 64), "\u{fffd}\u{fffd}ok");
+        let long = plugin_text(&[b'x'; 10_000], 512);
+        assert_eq!(long.len(), 515, "{long}");
+        assert!(long.ends_with("..."));
+    }
 
     #[test]
     fn non_go_and_garbage_files_are_not_go() {

@@ -1,0 +1,728 @@
+//! Client connections: the accept loop with its connection cap, the timers that bound what a
+//! client (or an upstream) can hold, and the body wrappers that enforce them (`limits:`).
+//!
+//! | what | where | on expiry |
+//! |---|---|---|
+//! | `max_connections` | [`serve_connections`]: a semaphore permit per socket, held by [`TimedIo`] (so WebSocket connections count) | accepted and closed at once |
+//! | `header_read_timeout_ms` | [`drive`]: from accept to the first request (protocol detection and the HTTP/2 preface included) | connection dropped |
+//! | `idle_timeout_ms` | [`drive`]: no request in flight; HTTP/1.1 also through hyper's header timer for later heads | graceful close (HTTP/2 GOAWAY) |
+//! | `http2_keep_alive_*` | hyper's HTTP/2 pings | connection closed |
+//! | `send_timeout_ms` | HTTP/1.1 and the socket: [`TimedIo`] (a write that makes no progress); HTTP/2 streams: [`StreamExec`] | connection closed / stream reset |
+//! | `request_body_timeout_ms` | [`TimedBody`] on the request body | the body fails: 408, or the upstream request is aborted |
+//! | `upstreams[].body_timeout_ms` | [`TimedBody`] on the upstream's response body (`upstream.rs`) | the response is cut off |
+//!
+//! Every expiry is counted in `weft_timeouts_total{kind}`. Cutting a response off drops its
+//! body, and with it the request's plugin exchange: its arena slot goes back (after the log
+//! phase, if the chain has one).
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::{Instant, Sleep};
+use tracing::{debug, warn};
+
+use crate::body::BoxError;
+use crate::config::Limits;
+use crate::metrics::{self, TimeoutKind};
+
+/// The error a [`TimedBody`] (or a [`TimedIo`] write) fails with when its timer expires.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeout(pub TimeoutKind);
+
+impl std::fmt::Display for Timeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} timeout", self.0.label())
+    }
+}
+
+impl std::error::Error for Timeout {}
+
+/// The [`Timeout`] somewhere in `e`'s source chain, if any (hyper wraps body errors).
+pub fn timeout_in(e: &(dyn std::error::Error + 'static)) -> Option<TimeoutKind> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<Timeout>() {
+            return Some(t.0);
+        }
+        if let Some(t) = err.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            if let Some(t) = t.downcast_ref::<Timeout>() {
+                return Some(t.0);
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// A lazily created, reusable deadline: armed when a wait starts, polled while it lasts. The
+/// `Sleep` is allocated the first time a wait starts, so a body that never waits costs nothing.
+/// Arming a new wait only reads the clock: the timer keeps its earlier (sooner) deadline and is
+/// moved to the current one when it fires, so it is re-registered at most once per period, not
+/// once per wait.
+#[derive(Default)]
+struct Deadline {
+    /// The timer, and when the running wait expires (armed when `Some`).
+    sleep: Option<Pin<Box<Sleep>>>,
+    due: Option<Instant>,
+}
+
+impl Deadline {
+    /// Starts the wait now (no-op while one is running).
+    fn arm(&mut self, after: Duration) {
+        if self.due.is_some() {
+            return;
+        }
+        let due = Instant::now() + after;
+        self.due = Some(due);
+        if self.sleep.is_none() {
+            self.sleep = Some(Box::pin(tokio::time::sleep_until(due)));
+        }
+    }
+
+    /// The wait ended (progress).
+    fn disarm(&mut self) {
+        self.due = None;
+    }
+
+    /// Whether the running wait has expired; registers `cx` for its expiry.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let (Some(sleep), Some(due)) = (self.sleep.as_mut(), self.due) else {
+            return false;
+        };
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if sleep.deadline() >= due {
+                return true;
+            }
+            // An earlier wait's deadline: move on to this one's.
+            sleep.as_mut().reset(due);
+        }
+    }
+}
+
+/// A body whose next frame must arrive within `timeout` of the wait for it starting: the
+/// request body (`limits.request_body_timeout_ms`) and the upstream's response body
+/// (`upstreams[].body_timeout_ms`). The wait only runs while the body is polled (its consumer
+/// wants the next frame), so a consumer that pauses (backpressure) is not counted against it.
+pub struct TimedBody<B> {
+    inner: B,
+    timeout: Duration,
+    kind: TimeoutKind,
+    deadline: Deadline,
+    failed: bool,
+}
+
+impl<B> TimedBody<B> {
+    pub fn new(inner: B, timeout: Duration, kind: TimeoutKind) -> Self {
+        TimedBody {
+            inner,
+            timeout,
+            kind,
+            deadline: Deadline::default(),
+            failed: false,
+        }
+    }
+}
+
+impl<B> Body for TimedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.failed {
+            return Poll::Ready(Some(Err(Box::new(Timeout(this.kind)))));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.deadline.disarm();
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                this.deadline.arm(this.timeout);
+                if !this.deadline.expired(cx) {
+                    return Poll::Pending;
+                }
+                this.failed = true;
+                metrics::global().timeout(this.kind);
+                debug!(kind = this.kind.label(), timeout = ?this.timeout, "body timed out");
+                Poll::Ready(Some(Err(Box::new(Timeout(this.kind)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        !self.failed && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The request body handlers get: the client's, with `limits.request_body_timeout_ms`.
+pub type RequestBody = TimedBody<Incoming>;
+
+/// A client socket with a write timeout (`limits.send_timeout_ms`): a write the kernel does not
+/// take (the client does not read) for that long fails, and hyper closes the connection. It also
+/// holds the connection's permit of `limits.max_connections`, and keeps counting after a
+/// WebSocket upgrade (hyper hands this same socket to the upgraded connection).
+pub struct TimedIo {
+    io: TcpStream,
+    send_timeout: Duration,
+    stall: Deadline,
+    failed: bool,
+    open: Gauge,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl TimedIo {
+    fn new(io: TcpStream, send_timeout: Duration, permit: OwnedSemaphorePermit, open: Gauge) -> Self {
+        open.inc();
+        TimedIo {
+            io,
+            send_timeout,
+            stall: Deadline::default(),
+            failed: false,
+            open,
+            _permit: permit,
+        }
+    }
+
+    fn timed_out() -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, Timeout(TimeoutKind::Send))
+    }
+
+    /// Runs the stall timer around a write's result.
+    fn watch(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Pending => {
+                self.stall.arm(self.send_timeout);
+                if !self.stall.expired(cx) {
+                    return Poll::Pending;
+                }
+                self.failed = true;
+                metrics::global().timeout(TimeoutKind::Send);
+                debug!(timeout = ?self.send_timeout, "client took no bytes in time; closing the connection");
+                Poll::Ready(Err(Self::timed_out()))
+            }
+            Poll::Ready(Ok(n)) if n > 0 => {
+                self.stall.disarm();
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+}
+
+impl Drop for TimedIo {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl AsyncRead for TimedIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TimedIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.failed {
+            return Poll::Ready(Err(Self::timed_out()));
+        }
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(cx, r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.failed {
+            return Poll::Ready(Err(Self::timed_out()));
+        }
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+// What the HTTP/2 stream task just did, told to its [`StreamExec`] guard through a
+// thread-local: the task's poll runs on this thread, and nothing else runs in between.
+/// The service returned the response head.
+const RESPONDED: u8 = 1;
+/// The response body was last polled and gave a frame (now the client's turn).
+const BODY_READY: u8 = 2;
+/// The response body was last polled and is waiting (for the upstream or a plugin).
+const BODY_PENDING: u8 = 4;
+
+thread_local! {
+    static MARK: Cell<u8> = const { Cell::new(0) };
+}
+
+fn mark_responded() {
+    MARK.with(|m| m.set(m.get() | RESPONDED));
+}
+
+fn mark_body(pending: bool) {
+    let bit = if pending { BODY_PENDING } else { BODY_READY };
+    MARK.with(|m| m.set((m.get() & RESPONDED) | bit));
+}
+
+/// The executor of hyper's HTTP/2 stream tasks: each runs under a guard that resets the stream
+/// when the client takes no bytes of its response for `send_timeout` (it withholds flow-control
+/// window, which no socket-level timer sees). The guard runs from the response head on, and
+/// only while the body waits for the client, not while it waits for the upstream or a plugin.
+#[derive(Clone)]
+pub struct StreamExec {
+    send_timeout: Duration,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let mut guard = SendGuard {
+            timeout: self.send_timeout,
+            deadline: Deadline::default(),
+            armed: false,
+            client_turn: false,
+        };
+        tokio::spawn(async move {
+            let mut fut = std::pin::pin!(fut);
+            std::future::poll_fn(|cx| guard.poll(fut.as_mut(), cx)).await;
+        });
+    }
+}
+
+struct SendGuard {
+    timeout: Duration,
+    deadline: Deadline,
+    /// The response head went out: the body phase runs.
+    armed: bool,
+    /// The body gave its last frame and waits for the client to take it.
+    client_turn: bool,
+}
+
+impl SendGuard {
+    fn poll<F: Future<Output = ()>>(&mut self, fut: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<()> {
+        MARK.with(|m| m.set(0));
+        if fut.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let mark = MARK.with(|m| m.replace(0));
+        if mark & RESPONDED != 0 {
+            self.armed = true;
+            self.client_turn = true;
+            self.deadline.disarm();
+        }
+        if mark & BODY_PENDING != 0 {
+            self.client_turn = false;
+            self.deadline.disarm();
+        } else if mark & BODY_READY != 0 {
+            self.client_turn = true;
+            self.deadline.disarm();
+        }
+        if !(self.armed && self.client_turn) {
+            return Poll::Pending;
+        }
+        self.deadline.arm(self.timeout);
+        if !self.deadline.expired(cx) {
+            return Poll::Pending;
+        }
+        metrics::global().timeout(TimeoutKind::Send);
+        debug!(timeout = ?self.timeout, "HTTP/2 client took no bytes of a response in time; resetting the stream");
+        // Dropping the stream task drops its body (and the request's exchange) and resets it.
+        Poll::Ready(())
+    }
+}
+
+/// A response body on its way to the client: tells the HTTP/2 stream guard what the body did,
+/// and keeps its request counted as in flight on the connection until it is dropped.
+pub struct Tracked<B> {
+    inner: B,
+    _active: Active,
+}
+
+impl<B> Body for Tracked<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        mark_body(r.is_pending());
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Requests of one connection: started (high 32 bits) and in flight (low 32 bits), one atomic.
+#[derive(Default)]
+struct ConnState(AtomicU64);
+
+impl ConnState {
+    fn snapshot(&self) -> (u64, u64) {
+        let v = self.0.load(Ordering::Relaxed);
+        (v >> 32, v & 0xffff_ffff)
+    }
+}
+
+/// One request in flight on a connection, until its response body is dropped.
+struct Active(Arc<ConnState>);
+
+impl Active {
+    fn start(state: &Arc<ConnState>) -> Active {
+        state.0.fetch_add((1 << 32) | 1, Ordering::Relaxed);
+        Active(Arc::clone(state))
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// hyper's connection builder with the HTTP/1.1 and HTTP/2 settings of `limits`.
+fn builder(limits: &Limits) -> auto::Builder<StreamExec> {
+    let mut b = auto::Builder::new(StreamExec {
+        send_timeout: limits.send_timeout,
+    });
+    // hyper starts this timer as soon as a keep-alive connection is idle, so on HTTP/1.1 it is
+    // the idle timeout too; the first request has the shorter header_read_timeout (`drive`).
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.idle_timeout);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .keep_alive_interval(limits.http2_keep_alive_interval)
+        .keep_alive_timeout(limits.http2_keep_alive_timeout);
+    b
+}
+
+/// Accepts connections on `listener` (named `name` in metrics) until `shutdown` resolves, then
+/// asks every connection to finish (HTTP/1.1 after its response, HTTP/2 with GOAWAY) and waits
+/// for them up to `drain`. Serves HTTP/1.1 (with upgrades) and HTTP/2 prior knowledge (h2c).
+pub async fn serve_connections<H, Fut, B>(
+    listener: TcpListener,
+    name: &'static str,
+    limits: Limits,
+    handle: H,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) -> io::Result<()>
+where
+    H: Fn(Request<RequestBody>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let builder = builder(&limits);
+    let permits = Arc::new(Semaphore::new(limits.connection_cap() as usize));
+    let m = metrics::global().listener(name);
+    let refusing = AtomicBool::new(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Usually fd exhaustion: back off instead of spinning.
+                    warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            m.refused.inc();
+            if !refusing.swap(true, Ordering::Relaxed) {
+                warn!(
+                    listener = name,
+                    max = limits.connection_cap(),
+                    "limits.max_connections reached: closing new connections"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        refusing.store(false, Ordering::Relaxed);
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(error = %e, "set_nodelay failed");
+        }
+        let io = TimedIo::new(stream, limits.send_timeout, permit, m.open.clone());
+        let state = Arc::new(ConnState::default());
+        let service = {
+            let (handle, state) = (handle.clone(), Arc::clone(&state));
+            let request_body_timeout = limits.request_body_timeout;
+            service_fn(move |req: Request<Incoming>| {
+                let active = Active::start(&state);
+                let req = req.map(|b| TimedBody::new(b, request_body_timeout, TimeoutKind::RequestBody));
+                let fut = handle(req, remote);
+                async move {
+                    let resp = fut.await;
+                    mark_responded();
+                    Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _active: active }))
+                }
+            })
+        };
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        tokio::spawn(drive(conn, state, limits, stop_rx.clone(), remote));
+    }
+    drop(listener);
+    drop(stop_rx);
+    stop_tx.send_replace(true);
+    tokio::select! {
+        () = stop_tx.closed() => {}
+        () = tokio::time::sleep(drain) => warn!(listener = name, ?drain, "connections still open after the shutdown timeout"),
+    }
+    debug!(listener = name, "drained");
+    Ok(())
+}
+
+/// What [`drive`]'s timer watches for next.
+enum Watch {
+    /// The first request (`header_read_timeout`); looked at every half `idle_timeout` too, so
+    /// the idle watch starts soon after it.
+    FirstRequest,
+    /// No request in flight for `idle_timeout`: checked every half of it; idle when two checks
+    /// in a row saw nothing in flight and no request started in between.
+    Idle { started: u64, was_idle: bool },
+    /// A graceful close is under way; it gets `header_read_timeout` before the drop.
+    Closing,
+}
+
+/// Runs one connection to its end under its timers (first request, idle, drain).
+async fn drive<C>(conn: C, state: Arc<ConnState>, limits: Limits, mut stop: watch::Receiver<bool>, remote: SocketAddr)
+where
+    C: GracefulConnection<Error = BoxError>,
+{
+    tokio::pin!(conn);
+    let first_deadline = Instant::now() + limits.header_read_timeout;
+    let period = limits.idle_timeout / 2;
+    let timer = tokio::time::sleep_until(first_deadline.min(Instant::now() + period));
+    tokio::pin!(timer);
+    let mut watch = Watch::FirstRequest;
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    count_hyper_timeout(&*e, &state);
+                    debug!(%remote, error = %crate::server::error_chain(&*e), "connection ended with error");
+                }
+                return;
+            }
+            () = timer.as_mut() => {
+                let (started, in_flight) = state.snapshot();
+                let now = Instant::now();
+                let next = match watch {
+                    Watch::FirstRequest if started == 0 && now >= first_deadline => {
+                        metrics::global().timeout(TimeoutKind::HeaderRead);
+                        debug!(%remote, "no request within header_read_timeout; closing");
+                        return;
+                    }
+                    Watch::FirstRequest if started == 0 => Watch::FirstRequest,
+                    Watch::Closing => return,
+                    Watch::Idle { started: s, was_idle: true } if s == started && in_flight == 0 => {
+                        metrics::global().timeout(TimeoutKind::Idle);
+                        conn.as_mut().graceful_shutdown();
+                        Watch::Closing
+                    }
+                    _ => Watch::Idle { started, was_idle: in_flight == 0 },
+                };
+                let at = match next {
+                    Watch::FirstRequest => first_deadline.min(now + period),
+                    Watch::Closing => now + limits.header_read_timeout,
+                    Watch::Idle { .. } => now + period,
+                };
+                watch = next;
+                timer.as_mut().reset(at);
+            }
+            _ = stop.changed(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// Counts a connection that hyper ended on one of its own timers: the HTTP/2 keep-alive ping, or
+/// the HTTP/1.1 header timer (a later request head; on an idle keep-alive connection, idle).
+fn count_hyper_timeout(e: &(dyn std::error::Error + 'static), state: &ConnState) {
+    let Some(h) = e.downcast_ref::<hyper::Error>() else {
+        return;
+    };
+    if !h.is_timeout() {
+        return;
+    }
+    let kind = if crate::server::error_chain(h).contains("keep-alive") {
+        TimeoutKind::Http2KeepAlive
+    } else if state.snapshot() == (0, 0) {
+        TimeoutKind::HeaderRead
+    } else {
+        TimeoutKind::Idle
+    };
+    metrics::global().timeout(kind);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A body that yields one frame, then never another.
+    struct Stalls(Option<Bytes>);
+    impl Body for Stalls {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            match self.0.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn timed_body_fails_after_a_stall_and_not_before() {
+        let mut body = TimedBody::new(
+            Stalls(Some(Bytes::from_static(b"x"))),
+            Duration::from_millis(100),
+            TimeoutKind::UpstreamBody,
+        );
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "x");
+        let t = Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("the stalled body fails instead of hanging")
+            .unwrap()
+            .unwrap_err();
+        assert!(t.elapsed() >= Duration::from_millis(100), "{:?}", t.elapsed());
+        assert_eq!(timeout_in(&*err), Some(TimeoutKind::UpstreamBody));
+        // Failed for good, and said so in its error.
+        assert!(body.frame().await.unwrap().is_err());
+        assert_eq!(err.to_string(), "upstream_body timeout");
+    }
+
+    /// Frames from a channel (the sender decides when they come).
+    struct Chan(tokio::sync::mpsc::Receiver<Bytes>);
+    impl Body for Chan {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    /// Each wait gets the whole timeout, also when an earlier wait's timer is still registered
+    /// (it is moved on when it fires, not re-registered per wait).
+    #[tokio::test]
+    async fn each_wait_gets_the_whole_timeout() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut body = TimedBody::new(Chan(rx), Duration::from_millis(1000), TimeoutKind::RequestBody);
+        let t0 = Instant::now();
+        tokio::spawn({
+            let tx = tx.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                tx.send(Bytes::from_static(b"b")).await.unwrap();
+            }
+        });
+        let b = body.frame().await.unwrap().unwrap();
+        assert_eq!(b.into_data().unwrap(), "b");
+        let second = Instant::now();
+        assert!(second - t0 < Duration::from_millis(1000), "came within the first wait");
+        let err = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("fails instead of hanging")
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            second.elapsed() >= Duration::from_millis(1000),
+            "{:?}",
+            second.elapsed()
+        );
+        assert_eq!(timeout_in(&*err), Some(TimeoutKind::RequestBody));
+        drop(tx);
+    }
+
+    #[test]
+    fn timeouts_are_found_through_wrappers() {
+        let io = io::Error::new(io::ErrorKind::TimedOut, Timeout(TimeoutKind::Send));
+        assert_eq!(timeout_in(&io), Some(TimeoutKind::Send));
+        let other = io::Error::other("nope");
+        assert_eq!(timeout_in(&other), None);
+    }
+
+    #[test]
+    fn conn_state_counts_started_and_in_flight() {
+        let s = Arc::new(ConnState::default());
+        let a = Active::start(&s);
+        let b = Active::start(&s);
+        assert_eq!(s.snapshot(), (2, 2));
+        drop(a);
+        assert_eq!(s.snapshot(), (2, 1));
+        drop(b);
+        assert_eq!(s.snapshot(), (2, 0));
+    }
+}
