@@ -11,6 +11,7 @@ pub mod demo;
 pub mod forward;
 pub mod logging;
 pub mod metrics;
+pub mod path;
 pub mod reload;
 pub mod route;
 pub mod server;

@@ -22,9 +22,11 @@ use weft_runtime::{BodyMode, BodySide, BufferedBody, Chain, Flow, InstanceId, In
 use crate::body::{CollectError, Keep, Pieces, PluginBody, UpstreamBody, collect_limited};
 
 use crate::config::{Config, Failure, NatsConfig, PluginType, parse_method};
-use crate::forward::{ProxyBody, add_forwarding_headers, local_reply, pin_host, strip_hop_by_hop, upstream_uri};
+use crate::forward::{
+    ProxyBody, add_forwarding_headers, check_host, join_cookies, local_reply, pin_host, strip_hop_by_hop, upstream_uri,
+};
 use crate::metrics::{NO_ROUTE, RouteMetrics};
-use crate::route::{HostMatcher, Matcher, Router, normalize_host};
+use crate::route::{Found, HostMatcher, Matcher, Router, normalize_host};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// How long a shutdown waits for in-flight connections before giving up on them.
@@ -350,6 +352,10 @@ pub struct Proxy {
     _nats: Option<Arc<NatsHost>>,
     /// `access_log: true`.
     access_log: bool,
+    /// `path_normalization:`.
+    path_opts: crate::path::PathOptions,
+    /// `trusted_proxies:`.
+    trusted: crate::forward::TrustedProxies,
 }
 
 impl Proxy {
@@ -416,6 +422,8 @@ impl Proxy {
             runtime: plugins.runtime,
             _nats: plugins.nats,
             access_log: config.access_log,
+            path_opts: config.path_normalization,
+            trusted: config.trusted_proxies(),
         }
     }
 
@@ -471,18 +479,30 @@ impl Proxy {
             return local_reply(StatusCode::NOT_IMPLEMENTED, "CONNECT is not supported", None);
         }
         let (mut parts, body) = req.into_parts();
+        if let Err(e) = check_host(parts.version, &parts.uri, &parts.headers) {
+            debug!(?request_id, "refused: {}", e.message());
+            return local_reply(StatusCode::BAD_REQUEST, e.message(), None);
+        }
+        if let Err(e) = normalize_uri(&mut parts.uri, &self.path_opts) {
+            debug!(?request_id, "refused: {e}");
+            return local_reply(StatusCode::BAD_REQUEST, &format!("bad request path: {e}"), None);
+        }
         // A WebSocket upgrade keeps its two hop-by-hop headers (put back before forwarding).
         let upgrade = crate::ws::take_upgrade(&mut parts);
 
-        // Order: strip hop-by-hop, pin `host`, run plugins, then add x-forwarded-*. Plugins see
-        // the end-to-end head the client sent (with `host` filled in for HTTP/2) and can rewrite
-        // it; the forwarding headers are added after them, so a plugin cannot spoof or drop them
-        // by accident.
+        // Order: check the host, normalise the path, strip hop-by-hop, join cookies, pin
+        // `host`, route, run plugins, then set the forwarding headers. Plugins see the
+        // end-to-end head the client sent (normalised path, `host` filled in for HTTP/2) and
+        // can rewrite it, but not `host`, the forwarding headers or hop-by-hop ones
+        // (`mutation.rs` refuses them); the forwarding headers are set after them.
         strip_hop_by_hop(&mut parts.headers);
+        join_cookies(&mut parts.headers);
         let host = pin_host(&parts.uri, &mut parts.headers);
         let route_host = host.as_ref().and_then(|h| h.to_str().ok()).map(normalize_host);
-        let Some(route) = self.router.find(&parts.method, route_host.as_deref(), parts.uri.path()) else {
-            return local_reply(StatusCode::NOT_FOUND, "no route", None);
+        let route = match self.router.find(&parts.method, route_host.as_deref(), parts.uri.path()) {
+            Found::Route(route) => route,
+            Found::NotFound => return local_reply(StatusCode::NOT_FOUND, "no route", None),
+            Found::MethodNotAllowed(allow) => return method_not_allowed(&allow),
         };
         *matched = Some(route);
 
@@ -575,7 +595,8 @@ impl Proxy {
             }
         };
 
-        add_forwarding_headers(&mut parts.headers, client.ip(), "http", host.as_ref());
+        let trusted = self.trusted.contains(client.ip());
+        add_forwarding_headers(&mut parts.headers, client.ip(), trusted, "http", host.as_ref());
         if upgrade.is_some() {
             crate::ws::restore_upgrade_headers(&mut parts.headers);
         }
@@ -674,6 +695,33 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Replaces the path of `uri` with its normal form (`path.rs`), keeping the query; allocates
+/// only when the path changes.
+fn normalize_uri(uri: &mut http::Uri, opts: &crate::path::PathOptions) -> Result<(), crate::path::PathError> {
+    let std::borrow::Cow::Owned(mut pq) = crate::path::normalize(uri.path(), opts)? else {
+        return Ok(());
+    };
+    if let Some(q) = uri.query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let mut parts = std::mem::take(uri).into_parts();
+    // Only bytes of the old path and query, so it parses.
+    parts.path_and_query = http::uri::PathAndQuery::from_maybe_shared(Bytes::from(pq)).ok();
+    *uri = http::Uri::from_parts(parts).map_err(|_| crate::path::PathError::BadChar)?;
+    Ok(())
+}
+
+/// 405 with `Allow` (RFC 9110 §15.5.6).
+fn method_not_allowed(allow: &[Method]) -> Response<ProxyBody> {
+    let mut resp = local_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", None);
+    let list = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+    if let Ok(v) = header::HeaderValue::from_str(&list) {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    resp
 }
 
 fn plugin_reply(resp: Response<bytes::Bytes>, exchange: Option<Keep>) -> Response<ProxyBody> {
