@@ -930,6 +930,8 @@ routes:
         let c = Config::load(path).unwrap();
         assert_eq!(c.routes.len(), 2);
         assert!(c.libraries[0].path.starts_with(path.parent().unwrap()));
+        // No auth bypass: nothing reaches the API's upstream around its plugins.
+        assert_eq!(crate::lint::warnings(&c), Vec::<String>::new());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod forward;
+pub mod lint;
 pub mod logging;
 pub mod metrics;
 pub mod path;

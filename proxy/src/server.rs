@@ -218,16 +218,9 @@ fn load_remote(config: &Config, runtime: &Arc<Runtime>, plugins: &mut Plugins, p
         match runtime.instantiate_remote(&p.name, inst, p.failure == Failure::Open, deadline) {
             Ok(id) => {
                 plugins.instances.insert(p.name.clone(), id);
-                let config = String::from_utf8_lossy(&p.config_json()).into_owned();
-                plugins.remote.push((
-                    p.name.clone(),
-                    phases,
-                    format!(
-                        "weft-worker -nats {url} -plugin {} -instance {} -config '{config}'",
-                        p.plugin,
-                        p.remote_name()
-                    ),
-                ));
+                plugins
+                    .remote
+                    .push((p.name.clone(), phases, worker_command(&url, config, p)));
             }
             Err(e) => problems.push(e.to_string()),
         }
@@ -236,6 +229,38 @@ fn load_remote(config: &Config, runtime: &Arc<Runtime>, plugins: &mut Plugins, p
         runtime: Some(rt),
         transport,
     }));
+}
+
+/// The `weft-worker` command that serves remote instance `p`, for `weft-proxy check`. Neither
+/// the instance's config nor the credentials of the NATS URL are printed (they may hold
+/// secrets): the command reads the config from a file the operator writes.
+fn worker_command(url: &str, config: &Config, p: &crate::config::PluginConfig) -> String {
+    let url = url.split(',').map(redact_userinfo).collect::<Vec<_>>().join(",");
+    let head = format!(
+        "weft-worker -nats {url} -plugin {} -instance {}",
+        p.plugin,
+        p.remote_name()
+    );
+    let index = config.plugins.iter().position(|q| q.name == p.name).unwrap_or(0);
+    match &p.config {
+        None | Some(serde_json::Value::Null) => format!("{head} -config '{{}}'"),
+        Some(_) => format!(
+            "{head} -config \"$(cat {name}.json)\"  ({name}.json: plugins[{index}].config as JSON; not printed, it may hold secrets)",
+            name = p.remote_name()
+        ),
+    }
+}
+
+/// `nats://user:pass@host:4222` -> `nats://***@host:4222`.
+fn redact_userinfo(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (&url[..scheme.len() + 3], rest),
+        None => ("", url),
+    };
+    match rest.split('/').next().and_then(|auth| auth.rfind('@')) {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
 }
 
 impl Plugins {
@@ -846,4 +871,33 @@ pub async fn spawn(proxy: Proxy, addr: SocketAddr) -> std::io::Result<SocketAddr
     let local = listener.local_addr()?;
     tokio::spawn(serve(listener, Arc::new(proxy), std::future::pending()));
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_command_prints_no_secrets() {
+        assert_eq!(redact_userinfo("nats://u:p@h:4222"), "nats://***@h:4222");
+        assert_eq!(redact_userinfo("tls://tok@h"), "tls://***@h");
+        assert_eq!(redact_userinfo("u:p@h:4222"), "***@h:4222");
+        assert_eq!(redact_userinfo("nats://h:4222"), "nats://h:4222");
+        let config = Config::parse(
+            "listen: 127.0.0.1:1\nnats: { url: x }\nplugins:\n  - { name: a, type: nats, plugin: bearer-auth, config: { tokens: [s3cret] } }\n  - { name: b, type: nats, plugin: timing, subject: b2 }\nupstreams: [{ name: u, addresses: [\"127.0.0.1:9\"] }]\nroutes: [{ upstream: u, plugins: [a, b] }]\n",
+            "c.yaml",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let a = worker_command("nats://u:pw@h:1,nats://h2:1", &config, &config.plugins[0]);
+        assert_eq!(
+            a,
+            "weft-worker -nats nats://***@h:1,nats://h2:1 -plugin bearer-auth -instance a -config \"$(cat a.json)\"  (a.json: plugins[0].config as JSON; not printed, it may hold secrets)"
+        );
+        assert!(!a.contains("s3cret") && !a.contains("pw"));
+        assert_eq!(
+            worker_command("nats://h:1", &config, &config.plugins[1]),
+            "weft-worker -nats nats://h:1 -plugin timing -instance b2 -config '{}'"
+        );
+    }
 }

@@ -8,7 +8,7 @@ use std::mem::size_of;
 use std::ops::Range;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Response, StatusCode, Uri};
 
