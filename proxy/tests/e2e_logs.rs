@@ -120,7 +120,8 @@ async fn a_stalled_stderr_does_not_stall_requests() {
             let m = tokio::time::timeout(Duration::from_secs(5), scrape(admin))
                 .await
                 .expect("metrics within 5 s");
-            if metric(&m, "weft_log_lines_dropped_total") > 0.0 {
+            // (Read leniently: the old proxy had no such series and stalled instead.)
+            if m.get("weft_log_lines_dropped_total").is_some_and(|&n| n > 0.0) {
                 break sent;
             }
             assert!(Instant::now() < deadline, "no log line dropped after {sent} requests");
