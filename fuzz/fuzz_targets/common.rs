@@ -36,7 +36,10 @@ pub fn response() -> http::response::Parts {
 /// The values of every header a plugin may not change (framing, hop-by-hop, `host`, the
 /// forwarding headers: `mutation::RESERVED`).
 fn reserved(h: &http::HeaderMap) -> Vec<Vec<http::HeaderValue>> {
-    RESERVED.iter().map(|n| h.get_all(*n).iter().cloned().collect()).collect()
+    RESERVED
+        .iter()
+        .map(|n| h.get_all(*n).iter().cloned().collect())
+        .collect()
 }
 
 pub fn check_headers(before: &http::HeaderMap, after: &http::HeaderMap) {

@@ -7,8 +7,8 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use weft_runtime::abi::WeftPhase;
 use weft_runtime::abi::WeftMutationOp as M;
+use weft_runtime::abi::WeftPhase;
 use weft_runtime::mutation::{self, MutationError, RESERVED, encode_record};
 
 #[path = "common.rs"]
@@ -29,7 +29,13 @@ fn reserved_name(index: u8, upper: u32) -> Vec<u8> {
     let name = RESERVED[index as usize % RESERVED.len()];
     name.bytes()
         .enumerate()
-        .map(|(i, b)| if upper >> (i % 32) & 1 == 1 { b.to_ascii_uppercase() } else { b })
+        .map(|(i, b)| {
+            if upper >> (i % 32) & 1 == 1 {
+                b.to_ascii_uppercase()
+            } else {
+                b
+            }
+        })
         .collect()
 }
 
