@@ -1,12 +1,15 @@
 //! Mutation batches applied to a request and a response: structured records (any op number,
 //! status and operand bytes), encoded the way a plugin encodes them, so the fuzzer reaches the
 //! validation and apply paths rather than the framing checks. Invariants as in mutation_raw.
+//! A record may name a reserved header (framing, hop-by-hop, `host`, forwarding headers) in any
+//! letter case: then that record alone, with any header op, must be refused as reserved.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use weft_runtime::abi::WeftMutationOp as M;
 use weft_runtime::abi::WeftPhase;
-use weft_runtime::mutation::{self, encode_record};
+use weft_runtime::mutation::{self, MutationError, RESERVED, encode_record};
 
 #[path = "common.rs"]
 mod common;
@@ -17,6 +20,46 @@ struct Record {
     arg: u16,
     a: Vec<u8>,
     b: Vec<u8>,
+    /// Replace `a` by this reserved header name (index into RESERVED), upper-casing the
+    /// letters whose bit is set in the mask.
+    reserved: Option<(u8, u32)>,
+}
+
+fn reserved_name(index: u8, upper: u32) -> Vec<u8> {
+    let name = RESERVED[index as usize % RESERVED.len()];
+    name.bytes()
+        .enumerate()
+        .map(|(i, b)| {
+            if upper >> (i % 32) & 1 == 1 {
+                b.to_ascii_uppercase()
+            } else {
+                b
+            }
+        })
+        .collect()
+}
+
+/// A record naming a reserved header, alone in a batch (after a local reply for a reply
+/// header), is refused as reserved whatever the op.
+fn check_reserved_refused(op: u32, name: &[u8], value: &[u8]) {
+    let (op, phase) = match op {
+        1 | 2 | 3 => (op, WeftPhase::RequestHeaders),
+        6 | 7 | 8 => (op, WeftPhase::ResponseHeaders),
+        _ => (M::LocalReplyHeader as u32, WeftPhase::RequestHeaders),
+    };
+    let mut buf = Vec::new();
+    if op == M::LocalReplyHeader as u32 {
+        encode_record(&mut buf, M::LocalReply as u32, 403, b"", b"");
+    }
+    let value = if op == 3 || op == 8 { &b""[..] } else { value };
+    encode_record(&mut buf, op, 0, name, value);
+    match mutation::decode(&buf, buf.len(), phase) {
+        Err(MutationError::ReservedHeader { .. }) => {}
+        other => panic!(
+            "op {op} on reserved header {:?} was not refused as reserved: {other:?}",
+            String::from_utf8_lossy(name)
+        ),
+    }
 }
 
 #[derive(Arbitrary, Debug)]
@@ -30,7 +73,15 @@ struct Input {
 fuzz_target!(|input: Input| {
     let mut buf = Vec::new();
     for r in &input.records {
-        encode_record(&mut buf, (r.op % 13) as u32, r.arg as u32, &r.a, &r.b);
+        let op = (r.op % 13) as u32;
+        match r.reserved {
+            Some((index, upper)) => {
+                let name = reserved_name(index, upper);
+                check_reserved_refused(op, &name, &r.b);
+                encode_record(&mut buf, op, r.arg as u32, &name, &r.b);
+            }
+            None => encode_record(&mut buf, op, r.arg as u32, &r.a, &r.b),
+        }
     }
     let len = buf.len().saturating_sub(input.cut as usize % 4);
     let phase = if input.response {

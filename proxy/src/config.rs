@@ -44,6 +44,14 @@ pub struct Config {
     /// listener); defaults when absent.
     #[serde(default)]
     pub limits: Option<LimitsConfig>,
+    /// How request paths are normalised before routing (`path.rs`); default: merge slashes,
+    /// refuse encoded slashes.
+    #[serde(default)]
+    pub path_normalization: crate::path::PathOptions,
+    /// Peers (CIDRs or addresses) whose `x-forwarded-for`, `forwarded`, `x-real-ip`,
+    /// `x-forwarded-proto` and `x-forwarded-host` are kept; default none (`forward.rs`).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `limits:` block. Every field is optional; see [`Limits`] for the defaults.
@@ -618,6 +626,16 @@ impl Config {
         l
     }
 
+    /// `trusted_proxies`, parsed. Validated by [`Config::parse`].
+    pub fn trusted_proxies(&self) -> crate::forward::TrustedProxies {
+        crate::forward::TrustedProxies(
+            self.trusted_proxies
+                .iter()
+                .filter_map(|t| crate::forward::TrustedProxies::parse_entry(t).ok())
+                .collect(),
+        )
+    }
+
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen.parse().expect("validated by Config::parse")
     }
@@ -641,6 +659,11 @@ impl Config {
         crate::logging::validate_config(self, &mut err);
         self.validate_limits(&mut err);
         self.validate_admin(&mut err);
+        for (i, t) in self.trusted_proxies.iter().enumerate() {
+            if let Err(msg) = crate::forward::TrustedProxies::parse_entry(t) {
+                err(format!("trusted_proxies[{i}]"), msg);
+            }
+        }
         if let Some(rt) = &self.runtime {
             if rt.slots == Some(0) {
                 err("runtime.slots".into(), "must be at least 1".into());
@@ -1175,6 +1198,8 @@ routes:
         let c = Config::load(path).unwrap();
         assert_eq!(c.routes.len(), 2);
         assert!(c.libraries[0].path.starts_with(path.parent().unwrap()));
+        // No auth bypass: nothing reaches the API's upstream around its plugins.
+        assert_eq!(crate::lint::warnings(&c), Vec::<String>::new());
     }
 
     #[test]
@@ -1594,6 +1619,39 @@ routes:
                 "config error in proxy.yaml at plugins[1].blocking: only for type: ffi",
                 "config error in proxy.yaml at plugins[1].retry_after_s: only for type: ffi",
             ]
+        );
+    }
+
+    #[test]
+    fn request_hardening_fields() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.path_normalization, crate::path::PathOptions::default());
+        assert!(c.trusted_proxies().0.is_empty());
+        let text = format!(
+            "{GOOD}path_normalization: {{ merge_slashes: false, escaped_slashes: keep }}\ntrusted_proxies: [10.0.0.0/8, \"::1\"]\n"
+        );
+        let c = parse(&text).unwrap();
+        assert!(!c.path_normalization.merge_slashes);
+        assert_eq!(c.path_normalization.escaped_slashes, crate::path::EscapedSlashes::Keep);
+        assert_eq!(c.trusted_proxies().0.len(), 2);
+        let e = errors(&format!("{GOOD}trusted_proxies: [10.0.0.0/40, nope]\n"));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "config error in proxy.yaml at trusted_proxies[0]: invalid address or CIDR \"10.0.0.0/40\""
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("config error in proxy.yaml at trusted_proxies[1]: "),
+            "{e:?}"
+        );
+        let e = errors(&format!("{GOOD}path_normalization: {{ escaped_slashes: sometimes }}\n"));
+        assert!(
+            e[0].starts_with(
+                "config error in proxy.yaml at path_normalization.escaped_slashes: unknown variant `sometimes`"
+            ),
+            "{e:?}"
         );
     }
 

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Response, StatusCode, Uri};
+use http::{Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, SizeHint};
@@ -17,6 +17,7 @@ use crate::body::{BoxError, Keep};
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies traditionally drop
 /// (`proxy-*` are addressed to this proxy, and forwarding them would leak credentials).
@@ -32,21 +33,169 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, including every header the `connection` header names.
+/// End-to-end headers the proxy itself relies on: naming one in `Connection` does not remove
+/// it (RFC 9110 §7.6.1 forbids listing end-to-end fields there). Without this, `Connection:
+/// host` would change routing and `Connection: x-request-id` would drop the request id; the
+/// forwarding headers are decided by `trusted_proxies` alone.
+fn connection_may_remove(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "host"
+            | "x-request-id"
+            | "content-length"
+            | "x-forwarded-for"
+            | "x-forwarded-host"
+            | "x-forwarded-proto"
+            | "forwarded"
+            | "x-real-ip"
+    )
+}
+
+/// Removes hop-by-hop headers, including every header the `connection` header names (but not
+/// the end-to-end headers the proxy relies on, see [`connection_may_remove`]).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Collect first: names listed in `connection` are removed along with it.
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        // Collect first: names listed in `connection` are removed along with it.
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(connection_may_remove)
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
+    }
+}
+
+/// Joins several `cookie` fields into one with `"; "` (RFC 9113 §8.2.3: HTTP/2 clients may
+/// split the cookie header into one field per cookie, and an HTTP/1.1 upstream expects one line).
+/// Plugins then see one `cookie` header whatever the client spoke. Allocates only when there
+/// is more than one field.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(header::COOKIE).iter();
+    if fields.nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Each part was a valid value and "; " is too.
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// Why a request's host is refused (answered 400, RFC 9112 §3.2, RFC 9113 §8.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostError {
+    Duplicate,
+    /// HTTP/1.1 without `Host` (and without an absolute-form target).
+    Missing,
+    /// Not a valid `host[:port]`.
+    Invalid,
+    /// `Host` names another host or port than the absolute-form target or `:authority`.
+    Mismatch,
+}
+
+impl HostError {
+    pub fn message(self) -> &'static str {
+        match self {
+            HostError::Duplicate => "more than one Host header",
+            HostError::Missing => "missing Host header",
+            HostError::Invalid => "invalid Host header",
+            HostError::Mismatch => "Host header differs from the request target's authority",
+        }
+    }
+}
+
+/// Characters of `host [ ":" port ]` (RFC 3986 reg-name, IP literal, port); no userinfo.
+fn authority_bytes_ok(b: &[u8]) -> bool {
+    b.iter().all(|&c| {
+        c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+                    | b'%'
+            )
+    })
+}
+
+/// `host[:port]` split, the host lowercased later by the caller's comparison.
+fn split_port(auth: &str) -> (&str, Option<&str>) {
+    let end = if auth.starts_with('[') {
+        auth.find(']').unwrap_or(0)
+    } else {
+        0
+    };
+    match auth[end..].rfind(':') {
+        Some(i) => (&auth[..end + i], Some(&auth[end + i + 1..])),
+        None => (auth, None),
+    }
+}
+
+/// Whether the `Host` value names the same host and port as the URI authority (the port of a
+/// side that has none is the scheme's default).
+fn same_authority(host: &str, uri: &Uri, auth: &Authority) -> bool {
+    let default = if uri.scheme() == Some(&Scheme::HTTPS) {
+        "443"
+    } else {
+        "80"
+    };
+    let (h, hp) = split_port(host);
+    let (a, ap) = split_port(auth.as_str());
+    fn port<'a>(p: Option<&'a str>, default: &'a str) -> &'a str {
+        p.filter(|p| !p.is_empty()).unwrap_or(default).trim_start_matches('0')
+    }
+    h.eq_ignore_ascii_case(a) && port(hp, default) == port(ap, default)
+}
+
+/// Checks the request's host: one `Host` at most, present on HTTP/1.1 (unless the target is in
+/// absolute form), a valid `host[:port]`, and equal to the target's authority (HTTP/1.1
+/// absolute form, HTTP/2 `:authority`) when both are given.
+pub fn check_host(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<(), HostError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(HostError::Duplicate);
+    }
+    let Some(host) = host else {
+        return match (version, uri.authority()) {
+            (Version::HTTP_11, None) => Err(HostError::Missing),
+            _ => Ok(()),
+        };
+    };
+    let Some(host) = host.to_str().ok().filter(|h| authority_bytes_ok(h.as_bytes())) else {
+        return Err(HostError::Invalid);
+    };
+    match uri.authority() {
+        Some(auth) if !same_authority(host, uri, auth) => Err(HostError::Mismatch),
+        _ => Ok(()),
     }
 }
 
@@ -57,6 +206,14 @@ pub fn original_host(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
         return HeaderValue::from_str(auth.as_str()).ok();
     }
     headers.get(header::HOST).cloned()
+}
+
+/// IPv6 without brackets, as is conventional in XFF; v4-in-v6 mapped back to v4.
+fn canonical_ip(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 /// `x-forwarded-for` value: the existing chain (all header lines, in order) plus `client`.
@@ -70,13 +227,43 @@ pub fn forwarded_for(headers: &HeaderMap, client: IpAddr) -> HeaderValue {
             value.push_str(", ");
         }
     }
-    // IPv6 without brackets, as is conventional in XFF; map v4-in-v6 back to v4.
-    let client = match client {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, IpAddr::V4),
-        v4 => v4,
-    };
-    value.push_str(&client.to_string());
+    value.push_str(&canonical_ip(client).to_string());
     HeaderValue::from_str(&value).expect("visible ASCII only")
+}
+
+/// The `Forwarded` element (RFC 7239) this proxy appends: `for=...;host=...;proto=...`.
+fn forwarded_element(client: IpAddr, proto: &str, host: Option<&HeaderValue>) -> String {
+    let mut e = match canonical_ip(client) {
+        IpAddr::V4(v4) => format!("for={v4}"),
+        IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+    };
+    // A checked host has no '"' or '\\'; quoted because of a possible ':'.
+    if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+        e.push_str(&format!(";host=\"{h}\""));
+    }
+    e.push_str(";proto=");
+    e.push_str(proto);
+    e
+}
+
+/// The peers whose forwarding headers are believed (`trusted_proxies:`).
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// Parses one `trusted_proxies` entry: a CIDR (`10.0.0.0/8`) or a single address.
+    pub fn parse_entry(s: &str) -> Result<ipnet::IpNet, String> {
+        let s = s.trim();
+        s.parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+            .map(|n| n.trunc())
+            .map_err(|_| format!("invalid address or CIDR {s:?} (expected e.g. 10.0.0.0/8, 192.0.2.7 or ::1/128)"))
+    }
+
+    /// Whether `peer` (the TCP peer of the request) is a trusted proxy. Free with no list.
+    pub fn contains(&self, peer: IpAddr) -> bool {
+        !self.0.is_empty() && self.0.iter().any(|n| n.contains(&canonical_ip(peer)))
+    }
 }
 
 /// Pins the `host` header to the host the client addressed and returns it.
@@ -91,20 +278,50 @@ pub fn pin_host(uri: &Uri, headers: &mut HeaderMap) -> Option<HeaderValue> {
     Some(host)
 }
 
-/// Adds `x-forwarded-*` for the upstream.
+/// Sets the forwarding headers for the upstream, after the plugins ran (which cannot change
+/// them: `mutation.rs` reserves them).
 ///
-/// `x-forwarded-for` is appended to (a client or an earlier proxy may have started the chain;
-/// consumers decide how many hops they trust). `x-forwarded-proto` and `x-forwarded-host` are
-/// overwritten: this proxy is the one that knows them, and keeping a client-sent value would
-/// let clients spoof them.
+/// From a `trusted` peer (an address in `trusted_proxies`) the client's `x-forwarded-for`
+/// chain is kept and the peer appended, a `forwarded` header gets this hop's element appended,
+/// and `x-real-ip`, `x-forwarded-proto` and `x-forwarded-host` are kept (set by this proxy when
+/// absent). From any other peer they are not believed: `x-forwarded-for` is the peer alone,
+/// `forwarded` and `x-real-ip` are removed, and proto and host are this proxy's.
 pub fn add_forwarding_headers(
     headers: &mut HeaderMap,
     client: IpAddr,
+    trusted: bool,
     proto: &'static str,
     original_host: Option<&HeaderValue>,
 ) {
-    let xff = forwarded_for(headers, client);
-    headers.insert(&X_FORWARDED_FOR, xff);
+    if trusted {
+        let xff = forwarded_for(headers, client);
+        headers.insert(&X_FORWARDED_FOR, xff);
+        if headers.contains_key(header::FORWARDED) {
+            let mut chain = Vec::new();
+            for v in headers.get_all(header::FORWARDED) {
+                chain.extend_from_slice(v.as_bytes());
+                chain.extend_from_slice(b", ");
+            }
+            chain.extend_from_slice(forwarded_element(client, proto, original_host).as_bytes());
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(chain)) {
+                headers.insert(header::FORWARDED, v);
+            }
+        }
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        }
+        if let (false, Some(h)) = (headers.contains_key(&X_FORWARDED_HOST), original_host) {
+            headers.insert(&X_FORWARDED_HOST, h.clone());
+        }
+        return;
+    }
+    let ip = canonical_ip(client).to_string();
+    headers.insert(
+        &X_FORWARDED_FOR,
+        HeaderValue::from_str(&ip).expect("an address is visible ASCII"),
+    );
+    headers.remove(header::FORWARDED);
+    headers.remove(&X_REAL_IP);
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match original_host {
         Some(h) => headers.insert(&X_FORWARDED_HOST, h.clone()),
@@ -221,6 +438,83 @@ mod tests {
     }
 
     #[test]
+    fn connection_cannot_remove_headers_the_proxy_relies_on() {
+        let mut h = headers(&[
+            (
+                "connection",
+                "host, x-request-id, content-length, x-forwarded-for, forwarded, x-real-ip, x-other",
+            ),
+            ("host", "example.com"),
+            ("x-request-id", "abc"),
+            ("content-length", "3"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("forwarded", "for=1.1.1.1"),
+            ("x-real-ip", "1.1.1.1"),
+            ("x-other", "gone"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                "content-length",
+                "forwarded",
+                "host",
+                "x-forwarded-for",
+                "x-real-ip",
+                "x-request-id"
+            ]
+        );
+    }
+
+    #[test]
+    fn cookies_are_joined() {
+        let mut h = headers(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().collect::<Vec<_>>(), ["a=1; b=2; c=3"]);
+        let mut h = headers(&[("cookie", "a=1")]);
+        join_cookies(&mut h);
+        assert_eq!(h["cookie"], "a=1");
+        join_cookies(&mut HeaderMap::new());
+    }
+
+    #[test]
+    fn host_checks() {
+        let v11 = Version::HTTP_11;
+        let origin: Uri = "/p".parse().unwrap();
+        let abs: Uri = "http://Example.com/p".parse().unwrap();
+        let check = |v, uri: &Uri, pairs: &[(&str, &str)]| check_host(v, uri, &headers(pairs));
+        assert_eq!(check(v11, &origin, &[("host", "example.com")]), Ok(()));
+        assert_eq!(check(v11, &origin, &[("host", "[::1]:8080")]), Ok(()));
+        assert_eq!(check(Version::HTTP_10, &origin, &[]), Ok(()));
+        assert_eq!(check(v11, &abs, &[]), Ok(()));
+        assert_eq!(check(Version::HTTP_2, &abs, &[]), Ok(()));
+        assert_eq!(check(v11, &origin, &[]), Err(HostError::Missing));
+        assert_eq!(
+            check(v11, &origin, &[("host", "a.test"), ("host", "b.test")]),
+            Err(HostError::Duplicate)
+        );
+        // RFC 9112 §3.2: an empty Host is what a client sends for a target without authority.
+        assert_eq!(check(v11, &origin, &[("host", "")]), Ok(()));
+        for bad in ["a b", "user@evil.test", "a/b", "a\"b"] {
+            assert!(check(v11, &origin, &[("host", bad)]).is_err(), "{bad:?}");
+        }
+        assert_eq!(check(v11, &abs, &[("host", "example.COM:80")]), Ok(()));
+        assert_eq!(check(v11, &abs, &[("host", "other.test")]), Err(HostError::Mismatch));
+        assert_eq!(
+            check(v11, &abs, &[("host", "example.com:8080")]),
+            Err(HostError::Mismatch)
+        );
+        let v6: Uri = "http://[::1]:8080/p".parse().unwrap();
+        assert_eq!(check(Version::HTTP_2, &v6, &[("host", "[::1]:8080")]), Ok(()));
+        assert_eq!(
+            check(Version::HTTP_2, &v6, &[("host", "[::1]")]),
+            Err(HostError::Mismatch)
+        );
+    }
+
+    #[test]
     fn ignores_garbage_in_connection() {
         let mut h = headers(&[("connection", "close, , not a header"), ("x-a", "1")]);
         strip_hop_by_hop(&mut h);
@@ -243,20 +537,68 @@ mod tests {
     }
 
     #[test]
-    fn forwarding_headers_overwrite_proto_and_host() {
+    fn untrusted_peer_forwarding_headers_are_replaced() {
         let mut h = headers(&[
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "spoofed"),
             ("x-forwarded-for", "1.1.1.1"),
+            ("forwarded", "for=1.1.1.1"),
+            ("x-real-ip", "1.1.1.1"),
             ("host", "example.com:8080"),
         ]);
         let host = pin_host(&"/x".parse().unwrap(), &mut h);
-        add_forwarding_headers(&mut h, "10.0.0.9".parse().unwrap(), "http", host.as_ref());
+        add_forwarding_headers(&mut h, "10.0.0.9".parse().unwrap(), false, "http", host.as_ref());
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com:8080");
-        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.0.0.9");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert!(h.get("forwarded").is_none() && h.get("x-real-ip").is_none(), "{h:?}");
         assert_eq!(h["host"], "example.com:8080");
         assert_eq!(h.get_all("x-forwarded-host").iter().count(), 1);
+    }
+
+    #[test]
+    fn trusted_peer_forwarding_headers_are_kept_and_appended() {
+        let mut h = headers(&[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("forwarded", "for=1.1.1.1;proto=https"),
+            ("x-real-ip", "1.1.1.1"),
+            ("host", "example.com:8080"),
+        ]);
+        let host = pin_host(&"/x".parse().unwrap(), &mut h);
+        add_forwarding_headers(&mut h, "10.0.0.9".parse().unwrap(), true, "http", host.as_ref());
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "example.com:8080");
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.0.0.9");
+        assert_eq!(
+            h["forwarded"],
+            "for=1.1.1.1;proto=https, for=10.0.0.9;host=\"example.com:8080\";proto=http"
+        );
+        assert_eq!(h["x-real-ip"], "1.1.1.1");
+        let mut h = HeaderMap::new();
+        add_forwarding_headers(&mut h, "::1".parse().unwrap(), true, "http", None);
+        assert_eq!(h["x-forwarded-for"], "::1");
+        assert!(h.get("forwarded").is_none(), "no chain is started");
+    }
+
+    #[test]
+    fn trusted_proxies_parse_and_match() {
+        let t = TrustedProxies(
+            ["10.0.0.0/8", "192.0.2.7", "::1", "2001:db8::/32"]
+                .iter()
+                .map(|s| TrustedProxies::parse_entry(s).unwrap())
+                .collect(),
+        );
+        for ip in ["10.1.2.3", "192.0.2.7", "::1", "2001:db8::5", "::ffff:10.0.0.1"] {
+            assert!(t.contains(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["11.0.0.1", "192.0.2.8", "::2", "127.0.0.1"] {
+            assert!(!t.contains(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(!TrustedProxies::default().contains("127.0.0.1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "example.com", "", "10.0.0"] {
+            assert!(TrustedProxies::parse_entry(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -272,12 +614,12 @@ mod tests {
         let mut h = HeaderMap::new();
         let host = pin_host(&uri, &mut h);
         assert_eq!(h["host"], "h2.example:8080");
-        add_forwarding_headers(&mut h, "10.0.0.9".parse().unwrap(), "http", host.as_ref());
+        add_forwarding_headers(&mut h, "10.0.0.9".parse().unwrap(), false, "http", host.as_ref());
         assert_eq!(h["x-forwarded-host"], "h2.example:8080");
 
         let mut h = headers(&[("x-forwarded-host", "spoofed")]);
         let host = pin_host(&"/p".parse().unwrap(), &mut h);
-        add_forwarding_headers(&mut h, "10.0.0.9".parse().unwrap(), "http", host.as_ref());
+        add_forwarding_headers(&mut h, "10.0.0.9".parse().unwrap(), false, "http", host.as_ref());
         assert!(h.get("host").is_none() && h.get("x-forwarded-host").is_none());
     }
 

@@ -21,22 +21,51 @@ const MAX_ID_LEN: usize = 128;
 type SetFilter = Box<dyn Fn(tracing_subscriber::EnvFilter) -> bool + Send + Sync>;
 static SET_FILTER: OnceLock<SetFilter> = OnceLock::new();
 
+/// Log lines queued for the stderr writer thread at most; when it is full (stderr stalled or
+/// too slow) further lines are dropped and counted, never waited for.
+pub const LOG_QUEUE_LINES: usize = 16_384;
+
+static DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+
+/// Log lines dropped because the stderr writer fell behind (`weft_log_lines_dropped_total`).
+pub fn dropped_lines() -> u64 {
+    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+}
+
+/// Keeps the stderr writer thread; dropping it writes out the lines still queued (for at
+/// most about a second). Hold it until the process exits.
+pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
+
 /// Installs the global `tracing` subscriber on stderr. `level` is the config's `log.level`;
 /// `RUST_LOG`, when set, wins; the default is `info`.
-pub fn init_tracing(level: Option<&str>) {
+///
+/// Lines go through a bounded queue to a writer thread (`tracing-appender`, lossy): a request
+/// thread never blocks on stderr, so a stalled pipe or terminal cannot stall the proxy; lines
+/// that do not fit are dropped and counted ([`dropped_lines`]). `None` when a subscriber was
+/// installed already.
+pub fn init_tracing(level: Option<&str>) -> Option<LogGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .ok()
         .or_else(|| level.and_then(|l| tracing_subscriber::EnvFilter::try_new(l).ok()))
         .unwrap_or_else(|| "info".into());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("weft-log-writer")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter_reloading();
     let handle = builder.reload_handle();
-    if builder.try_init().is_ok() {
-        let _ = SET_FILTER.set(Box::new(move |f| handle.reload(f).is_ok()));
+    if builder.try_init().is_err() {
+        return None;
     }
+    let _ = SET_FILTER.set(Box::new(move |f| handle.reload(f).is_ok()));
+    let _ = DROPPED.set(dropped);
+    Some(guard)
 }
 
 /// Applies a reloaded config's `log.level` (default `info`), unless `RUST_LOG` is set (it wins).

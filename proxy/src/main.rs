@@ -53,10 +53,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `run` sets up logging once it has read `log.level` from its config.
-    if !matches!(cli.command, Command::Run { .. }) {
-        weft_proxy::logging::init_tracing(None);
-    }
+    // `run` sets up logging once it has read `log.level` from its config. The guard writes out
+    // queued log lines when main returns.
+    let _log = if matches!(cli.command, Command::Run { .. }) {
+        None
+    } else {
+        weft_proxy::logging::init_tracing(None)
+    };
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
@@ -64,6 +67,8 @@ fn main() -> ExitCode {
         Command::Upstream { listen } => run_upstream(listen),
         Command::Version { config } => version(config.as_deref()),
     };
+    // Queued log lines first, then the error.
+    drop(_log);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
@@ -75,7 +80,10 @@ fn main() -> ExitCode {
 
 fn run(path: &Path) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    weft_proxy::logging::init_tracing(config.log.as_ref().and_then(|l| l.level.as_deref()));
+    let _log = weft_proxy::logging::init_tracing(config.log.as_ref().and_then(|l| l.level.as_deref()));
+    for w in weft_proxy::lint::warnings(&config) {
+        tracing::warn!("{}: {w}", path.display());
+    }
     // Plugins load before tokio starts so its worker threads can be registered with them.
     let proxy = Proxy::from_config(&config).map_err(|e| {
         let problems = weft_proxy::reload::locate_plugin_problems(path, &config, &e);
@@ -112,6 +120,9 @@ fn check(path: &Path) -> Result<(), String> {
     }
     for (name, phases, worker) in &plugins.remote {
         println!("nats instance {name}: phase mask {phases:#x}; served by: {worker}");
+    }
+    for w in weft_proxy::lint::warnings(&config) {
+        println!("warning: {w}");
     }
     println!(
         "{}: OK ({} routes, {} upstreams, {} libraries, {} plugin instances)",

@@ -386,6 +386,7 @@ impl Metrics {
         );
         let runtime = Arc::new(RuntimeCollector::default());
         registry.register_collector(Box::new(runtime.clone()));
+        registry.register_collector(Box::new(LogCollector));
         let mut m = Metrics {
             registry,
             requests,
@@ -759,6 +760,31 @@ impl RuntimeCollector {
         if let Some(rt) = self.runtime() {
             self.high_water.fetch_max(rt.arena_usage().0, Ordering::Relaxed);
         }
+    }
+}
+
+/// Dropped log lines: the proxy's own (stderr writer behind) and plugins' (rate limit).
+#[derive(Debug)]
+struct LogCollector;
+
+impl Collector for LogCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, v) in [
+            (
+                "weft_log_lines_dropped",
+                "Log lines dropped because the stderr writer fell behind (stderr stalled or slow)",
+                crate::logging::dropped_lines(),
+            ),
+            (
+                "weft_plugin_log_lines_dropped",
+                "Plugin log lines dropped by the per-instance rate limit",
+                weft_runtime::plugin_log::dropped_lines(),
+            ),
+        ] {
+            let c = ConstCounter::new(v);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
     }
 }
 

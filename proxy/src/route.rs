@@ -1,4 +1,8 @@
-//! Route matching: host, path prefix and method. The first matching route wins.
+//! Route matching: host, path prefix and method. The first matching route wins, except that a
+//! route whose host and path match but whose methods do not fences off the routes after it: only
+//! a later route inside its host and path (see [`Matcher::within`]) may still take the request,
+//! otherwise it is answered 405. So `PUT /api/x` on a `[GET, POST]` route for `/api` does not
+//! fall through to a catch-all route with fewer plugins.
 
 use http::Method;
 
@@ -72,22 +76,51 @@ pub struct Matcher {
     pub methods: Option<Vec<Method>>,
 }
 
+impl HostMatcher {
+    /// Whether every host this matcher accepts is also accepted by `outer`.
+    fn within(&self, outer: &HostMatcher) -> bool {
+        match (self, outer) {
+            (HostMatcher::Exact(h), HostMatcher::Exact(o)) => h == o,
+            (HostMatcher::Exact(h), HostMatcher::Suffix(s)) => h.len() > s.len() && h.ends_with(s.as_str()),
+            (HostMatcher::Suffix(s), HostMatcher::Suffix(o)) => s.ends_with(o.as_str()),
+            (HostMatcher::Suffix(_), HostMatcher::Exact(_)) => false,
+        }
+    }
+}
+
 impl Matcher {
     /// `host` is the normalized request host, if the request named one.
     pub fn matches(&self, method: &Method, host: Option<&str>, path: &str) -> bool {
+        self.matches_target(host, path) && self.allows(method)
+    }
+
+    /// Whether host and path match, whatever the method.
+    pub fn matches_target(&self, host: Option<&str>, path: &str) -> bool {
         if let Some(want) = &self.host {
             match host {
                 Some(h) if want.matches(h) => {}
                 _ => return false,
             }
         }
-        if !path_has_prefix(path, &self.path_prefix) {
-            return false;
-        }
+        path_has_prefix(path, &self.path_prefix)
+    }
+
+    pub fn allows(&self, method: &Method) -> bool {
         match &self.methods {
             Some(ms) => ms.contains(method),
             None => true,
         }
+    }
+
+    /// Whether every (host, path) this matcher accepts is accepted by `outer` too: same or
+    /// narrower host, same or longer path prefix.
+    pub fn within(&self, outer: &Matcher) -> bool {
+        let host = match (&self.host, &outer.host) {
+            (_, None) => true,
+            (None, Some(_)) => false,
+            (Some(h), Some(o)) => h.within(o),
+        };
+        host && path_has_prefix(&self.path_prefix, &outer.path_prefix)
     }
 }
 
@@ -101,6 +134,15 @@ pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
     }
 }
 
+/// The outcome of a route lookup.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found<'a, T> {
+    Route(&'a T),
+    /// A route's host and path match but not its methods: 405 with these in `Allow`.
+    MethodNotAllowed(Vec<Method>),
+    NotFound,
+}
+
 /// First-match route table.
 pub struct Router<T> {
     routes: Vec<(Matcher, T)>,
@@ -111,11 +153,43 @@ impl<T> Router<T> {
         Router { routes }
     }
 
-    pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<&T> {
-        self.routes
-            .iter()
-            .find(|(m, _)| m.matches(method, host, path))
-            .map(|(_, t)| t)
+    /// The first route that matches method, host and path, unless an earlier route matched host
+    /// and path but not the method (its "fence") and the later one is not [`Matcher::within`]
+    /// that fence. Allocates only for a 405.
+    pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Found<'_, T> {
+        let mut fence: Option<&Matcher> = None;
+        for (m, t) in &self.routes {
+            if !m.matches_target(host, path) || fence.is_some_and(|f| !m.within(f)) {
+                continue;
+            }
+            if m.allows(method) {
+                return Found::Route(t);
+            }
+            fence = Some(m);
+        }
+        match fence {
+            None => Found::NotFound,
+            Some(_) => Found::MethodNotAllowed(self.allowed(host, path)),
+        }
+    }
+
+    /// The methods some route would take for this host and path (the `Allow` of a 405): the
+    /// methods of the routes [`find`](Self::find) looked at and passed over.
+    fn allowed(&self, host: Option<&str>, path: &str) -> Vec<Method> {
+        let mut fence: Option<&Matcher> = None;
+        let mut allow = Vec::new();
+        for (m, _) in &self.routes {
+            if !m.matches_target(host, path) || fence.is_some_and(|f| !m.within(f)) {
+                continue;
+            }
+            for method in m.methods.iter().flatten() {
+                if !allow.contains(method) {
+                    allow.push(method.clone());
+                }
+            }
+            fence = Some(m);
+        }
+        allow
     }
 }
 
@@ -174,14 +248,20 @@ mod tests {
             (m(None, "/api", None), "api-other-methods"),
             (m(Some("*.example.com"), "/", None), "wildcard"),
         ]);
-        let find = |method: Method, host: Option<&str>, path: &str| {
-            router.find(&method, host.map(normalize_host).as_deref(), path).copied()
+        let find = |method: Method, host: Option<&str>, path: &str| match router.find(
+            &method,
+            host.map(normalize_host).as_deref(),
+            path,
+        ) {
+            Found::Route(r) => Some(*r),
+            _ => None,
         };
         assert_eq!(
             find(Method::GET, Some("API.example.com:8080"), "/api/x"),
             Some("by-host")
         );
         assert_eq!(find(Method::GET, Some("other.test"), "/api/x"), Some("api"));
+        // Same host and path: within the fence of "api".
         assert_eq!(
             find(Method::DELETE, Some("other.test"), "/api/x"),
             Some("api-other-methods")
@@ -192,9 +272,61 @@ mod tests {
     }
 
     #[test]
-    fn method_mismatch_is_no_match() {
+    fn method_mismatch_does_not_fall_through_to_a_wider_route() {
+        let router = Router::new(vec![
+            (
+                m(Some("*.example.com"), "/api", Some(&[Method::GET, Method::POST])),
+                "api",
+            ),
+            (m(Some("a.example.com"), "/api/upload", Some(&[Method::PUT])), "upload"),
+            (m(None, "/", None), "catch-all"),
+        ]);
+        let find = |method: Method, host: &str, path: &str| router.find(&method, Some(host), path);
+        assert_eq!(find(Method::GET, "a.example.com", "/api/x"), Found::Route(&"api"));
+        assert_eq!(
+            find(Method::PUT, "a.example.com", "/api/x"),
+            Found::MethodNotAllowed(vec![Method::GET, Method::POST])
+        );
+        // A narrower route inside the fence still takes its method.
+        assert_eq!(
+            find(Method::PUT, "a.example.com", "/api/upload/f"),
+            Found::Route(&"upload")
+        );
+        assert_eq!(
+            find(Method::DELETE, "a.example.com", "/api/upload/f"),
+            Found::MethodNotAllowed(vec![Method::GET, Method::POST, Method::PUT])
+        );
+        // Outside the api route's host or path: the catch-all.
+        assert_eq!(find(Method::PUT, "other.test", "/api/x"), Found::Route(&"catch-all"));
+        assert_eq!(find(Method::PUT, "a.example.com", "/apix"), Found::Route(&"catch-all"));
+    }
+
+    #[test]
+    fn method_mismatch_is_405() {
         let router = Router::new(vec![(m(None, "/", Some(&[Method::GET])), 1)]);
-        assert_eq!(router.find(&Method::GET, None, "/"), Some(&1));
-        assert_eq!(router.find(&Method::POST, None, "/"), None);
+        assert_eq!(router.find(&Method::GET, None, "/"), Found::Route(&1));
+        assert_eq!(
+            router.find(&Method::POST, None, "/"),
+            Found::MethodNotAllowed(vec![Method::GET])
+        );
+        let empty: Router<i32> = Router::new(vec![]);
+        assert_eq!(empty.find(&Method::GET, None, "/"), Found::NotFound);
+    }
+
+    #[test]
+    fn within() {
+        let w = |inner: (Option<&str>, &str), outer: (Option<&str>, &str)| {
+            m(inner.0, inner.1, None).within(&m(outer.0, outer.1, None))
+        };
+        assert!(w((None, "/api/x"), (None, "/api")));
+        assert!(w((None, "/api"), (None, "/")));
+        assert!(!w((None, "/"), (None, "/api")));
+        assert!(!w((None, "/apix"), (None, "/api")));
+        assert!(w((Some("a.example.com"), "/api"), (Some("*.example.com"), "/api")));
+        assert!(w((Some("*.a.example.com"), "/api"), (Some("*.example.com"), "/")));
+        assert!(!w((Some("example.com"), "/api"), (Some("*.example.com"), "/")));
+        assert!(!w((None, "/api"), (Some("a.example.com"), "/")));
+        assert!(!w((Some("*.example.com"), "/api"), (Some("a.example.com"), "/")));
+        assert!(w((Some("a.example.com"), "/api"), (None, "/")));
     }
 }

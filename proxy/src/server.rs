@@ -18,9 +18,11 @@ use crate::body::{CollectError, Keep, Pieces, PluginBody, UpstreamBody, collect_
 
 use crate::config::{Config, Failure, Limits, NatsConfig, PluginType, parse_method};
 use crate::conn::RequestBody;
-use crate::forward::{ProxyBody, add_forwarding_headers, local_reply, pin_host, strip_hop_by_hop, upstream_uri};
+use crate::forward::{
+    ProxyBody, add_forwarding_headers, check_host, join_cookies, local_reply, pin_host, strip_hop_by_hop, upstream_uri,
+};
 use crate::metrics::{NO_ROUTE, RouteMetrics};
-use crate::route::{HostMatcher, Matcher, Router, normalize_host};
+use crate::route::{Found, HostMatcher, Matcher, Router, normalize_host};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// How long a shutdown waits for in-flight connections before giving up on them.
@@ -214,16 +216,9 @@ fn load_remote(config: &Config, runtime: &Arc<Runtime>, plugins: &mut Plugins, p
         match runtime.instantiate_remote(&p.name, inst, p.failure == Failure::Open, deadline) {
             Ok(id) => {
                 plugins.instances.insert(p.name.clone(), id);
-                let config = String::from_utf8_lossy(&p.config_json()).into_owned();
-                plugins.remote.push((
-                    p.name.clone(),
-                    phases,
-                    format!(
-                        "weft-worker -nats {url} -plugin {} -instance {} -config '{config}'",
-                        p.plugin,
-                        p.remote_name()
-                    ),
-                ));
+                plugins
+                    .remote
+                    .push((p.name.clone(), phases, worker_command(&url, config, p)));
             }
             Err(e) => problems.push(e.to_string()),
         }
@@ -232,6 +227,38 @@ fn load_remote(config: &Config, runtime: &Arc<Runtime>, plugins: &mut Plugins, p
         runtime: Some(rt),
         transport,
     }));
+}
+
+/// The `weft-worker` command that serves remote instance `p`, for `weft-proxy check`. Neither
+/// the instance's config nor the credentials of the NATS URL are printed (they may hold
+/// secrets): the command reads the config from a file the operator writes.
+fn worker_command(url: &str, config: &Config, p: &crate::config::PluginConfig) -> String {
+    let url = url.split(',').map(redact_userinfo).collect::<Vec<_>>().join(",");
+    let head = format!(
+        "weft-worker -nats {url} -plugin {} -instance {}",
+        p.plugin,
+        p.remote_name()
+    );
+    let index = config.plugins.iter().position(|q| q.name == p.name).unwrap_or(0);
+    match &p.config {
+        None | Some(serde_json::Value::Null) => format!("{head} -config '{{}}'"),
+        Some(_) => format!(
+            "{head} -config \"$(cat {name}.json)\"  ({name}.json: plugins[{index}].config as JSON; not printed, it may hold secrets)",
+            name = p.remote_name()
+        ),
+    }
+}
+
+/// `nats://user:pass@host:4222` -> `nats://***@host:4222`.
+fn redact_userinfo(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (&url[..scheme.len() + 3], rest),
+        None => ("", url),
+    };
+    match rest.split('/').next().and_then(|auth| auth.rfind('@')) {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
 }
 
 impl Plugins {
@@ -362,6 +389,10 @@ pub struct Proxy {
     _nats: Option<Arc<NatsHost>>,
     /// `access_log: true`.
     access_log: bool,
+    /// `path_normalization:`.
+    path_opts: crate::path::PathOptions,
+    /// `trusted_proxies:`.
+    trusted: crate::forward::TrustedProxies,
 }
 
 impl Proxy {
@@ -434,6 +465,8 @@ impl Proxy {
             runtime: plugins.runtime,
             _nats: plugins.nats,
             access_log: config.access_log,
+            path_opts: config.path_normalization,
+            trusted: config.trusted_proxies(),
         }
     }
 
@@ -489,18 +522,30 @@ impl Proxy {
             return local_reply(StatusCode::NOT_IMPLEMENTED, "CONNECT is not supported", None);
         }
         let (mut parts, body) = req.into_parts();
+        if let Err(e) = check_host(parts.version, &parts.uri, &parts.headers) {
+            debug!(?request_id, "refused: {}", e.message());
+            return local_reply(StatusCode::BAD_REQUEST, e.message(), None);
+        }
+        if let Err(e) = normalize_uri(&mut parts.uri, &self.path_opts) {
+            debug!(?request_id, "refused: {e}");
+            return local_reply(StatusCode::BAD_REQUEST, &format!("bad request path: {e}"), None);
+        }
         // A WebSocket upgrade keeps its two hop-by-hop headers (put back before forwarding).
         let upgrade = crate::ws::take_upgrade(&mut parts);
 
-        // Order: strip hop-by-hop, pin `host`, run plugins, then add x-forwarded-*. Plugins see
-        // the end-to-end head the client sent (with `host` filled in for HTTP/2) and can rewrite
-        // it; the forwarding headers are added after them, so a plugin cannot spoof or drop them
-        // by accident.
+        // Order: check the host, normalise the path, strip hop-by-hop, join cookies, pin
+        // `host`, route, run plugins, then set the forwarding headers. Plugins see the
+        // end-to-end head the client sent (normalised path, `host` filled in for HTTP/2) and
+        // can rewrite it, but not `host`, the forwarding headers or hop-by-hop ones
+        // (`mutation.rs` refuses them); the forwarding headers are set after them.
         strip_hop_by_hop(&mut parts.headers);
+        join_cookies(&mut parts.headers);
         let host = pin_host(&parts.uri, &mut parts.headers);
         let route_host = host.as_ref().and_then(|h| h.to_str().ok()).map(normalize_host);
-        let Some(route) = self.router.find(&parts.method, route_host.as_deref(), parts.uri.path()) else {
-            return local_reply(StatusCode::NOT_FOUND, "no route", None);
+        let route = match self.router.find(&parts.method, route_host.as_deref(), parts.uri.path()) {
+            Found::Route(route) => route,
+            Found::NotFound => return local_reply(StatusCode::NOT_FOUND, "no route", None),
+            Found::MethodNotAllowed(allow) => return method_not_allowed(&allow),
         };
         *matched = Some(route);
 
@@ -601,7 +646,8 @@ impl Proxy {
             }
         };
 
-        add_forwarding_headers(&mut parts.headers, client.ip(), "http", host.as_ref());
+        let trusted = self.trusted.contains(client.ip());
+        add_forwarding_headers(&mut parts.headers, client.ip(), trusted, "http", host.as_ref());
         if upgrade.is_some() {
             crate::ws::restore_upgrade_headers(&mut parts.headers);
         }
@@ -725,6 +771,33 @@ fn over_budget(status: StatusCode, exchange: Option<Keep>) -> Response<ProxyBody
     resp
 }
 
+/// Replaces the path of `uri` with its normal form (`path.rs`), keeping the query; allocates
+/// only when the path changes.
+fn normalize_uri(uri: &mut http::Uri, opts: &crate::path::PathOptions) -> Result<(), crate::path::PathError> {
+    let std::borrow::Cow::Owned(mut pq) = crate::path::normalize(uri.path(), opts)? else {
+        return Ok(());
+    };
+    if let Some(q) = uri.query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let mut parts = std::mem::take(uri).into_parts();
+    // Only bytes of the old path and query, so it parses.
+    parts.path_and_query = http::uri::PathAndQuery::from_maybe_shared(Bytes::from(pq)).ok();
+    *uri = http::Uri::from_parts(parts).map_err(|_| crate::path::PathError::BadChar)?;
+    Ok(())
+}
+
+/// 405 with `Allow` (RFC 9110 §15.5.6).
+fn method_not_allowed(allow: &[Method]) -> Response<ProxyBody> {
+    let mut resp = local_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", None);
+    let list = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+    if let Ok(v) = header::HeaderValue::from_str(&list) {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    resp
+}
+
 fn plugin_reply(resp: Response<bytes::Bytes>, exchange: Option<Keep>) -> Response<ProxyBody> {
     let (parts, bytes) = resp.into_parts();
     Response::from_parts(parts, ProxyBody::full(bytes, exchange))
@@ -811,4 +884,33 @@ pub async fn spawn(proxy: Proxy, addr: SocketAddr) -> std::io::Result<SocketAddr
     let local = listener.local_addr()?;
     tokio::spawn(serve(listener, Arc::new(proxy), std::future::pending()));
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_command_prints_no_secrets() {
+        assert_eq!(redact_userinfo("nats://u:p@h:4222"), "nats://***@h:4222");
+        assert_eq!(redact_userinfo("tls://tok@h"), "tls://***@h");
+        assert_eq!(redact_userinfo("u:p@h:4222"), "***@h:4222");
+        assert_eq!(redact_userinfo("nats://h:4222"), "nats://h:4222");
+        let config = Config::parse(
+            "listen: 127.0.0.1:1\nnats: { url: x }\nplugins:\n  - { name: a, type: nats, plugin: bearer-auth, config: { tokens: [s3cret] } }\n  - { name: b, type: nats, plugin: timing, subject: b2 }\nupstreams: [{ name: u, addresses: [\"127.0.0.1:9\"] }]\nroutes: [{ upstream: u, plugins: [a, b] }]\n",
+            "c.yaml",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let a = worker_command("nats://u:pw@h:1,nats://h2:1", &config, &config.plugins[0]);
+        assert_eq!(
+            a,
+            "weft-worker -nats nats://***@h:1,nats://h2:1 -plugin bearer-auth -instance a -config \"$(cat a.json)\"  (a.json: plugins[0].config as JSON; not printed, it may hold secrets)"
+        );
+        assert!(!a.contains("s3cret") && !a.contains("pw"));
+        assert_eq!(
+            worker_command("nats://h:1", &config, &config.plugins[1]),
+            "weft-worker -nats nats://h:1 -plugin timing -instance b2 -config '{}'"
+        );
+    }
 }

@@ -298,7 +298,8 @@ async fn nats_plugins_over_real_http() {
         let (status, _, _) = get(addr, "/panic", &[]).await;
         assert_eq!(status, 200);
     }
-    assert!(proxy.stderr().contains("remote handler panicked"), "{}", proxy.stderr());
+    // Log lines reach stderr through the writer thread: wait for it.
+    blocking(|| proxy.wait_log("remote handler panicked"));
 
     // Fail open: nobody serves ghost-open, the request continues through the next plugin.
     let (status, _, seen) = get(addr, "/open", &[]).await;
@@ -851,4 +852,50 @@ async fn worker_sigterm_between_phases_over_http() {
         }
     });
     assert!(exited.success(), "{exited}\n{}", worker.log());
+}
+
+/// `weft-proxy check` (issue 13 item 13): the worker command it suggests for a `type: nats`
+/// instance prints neither the instance's config (a bearer token here) nor the NATS URL's
+/// credentials; and it warns about a catch-all route that reaches a protected route's upstream
+/// without its plugins (item 2).
+#[test]
+fn check_prints_no_secrets_and_warns_about_routes_around_auth() {
+    require_nats!();
+    let srv = NatsServer::start();
+    let url = srv.url().replace("nats://", "nats://weft:hunter2@");
+    let yaml = format!(
+        "listen: {}\nnats: {{ url: \"{url}\" }}\n\
+         plugins:\n  - {{ name: auth, type: nats, plugin: bearer-auth, phases: [request_headers], config: {{ tokens: [tok-s3cret-1] }} }}\n\
+         upstreams: [{{ name: up, addresses: [\"127.0.0.1:9\"] }}]\n\
+         routes:\n  - {{ name: api, host: \"*.example.com\", path_prefix: /api, upstream: up, plugins: [auth] }}\n  - {{ name: default, upstream: up }}\n",
+        free_port()
+    );
+    let cfg = TempFile::new("check-secrets", "yaml", &yaml);
+    let out = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+        .args(["check", "-c"])
+        .arg(&cfg.0)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.contains("tok-s3cret-1"),
+        "check printed the instance's config:\n{text}"
+    );
+    assert!(!text.contains("hunter2"), "check printed the NATS password:\n{text}");
+    assert!(
+        text.contains("served by: weft-worker -nats nats://***@127.0.0.1:")
+            && text.contains("-plugin bearer-auth -instance auth -config \"$(cat auth.json)\""),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "warning: routes[1] (default) reaches the paths of routes[0] (api) (prefix /api) on the same upstream without its plugin(s) auth"
+        ),
+        "{text}"
+    );
 }

@@ -251,7 +251,8 @@ async fn plugin_panic_closes_that_connection_with_1011() {
     assert_eq!(close_code(&mut a).await, Some(CloseCode::Error));
     b.send(Message::text("alive")).await.unwrap();
     assert_eq!(text(&mut b).await, "alive");
-    assert!(proxy.stderr().contains("panicked"), "{}", proxy.stderr());
+    // Log lines reach stderr through the writer thread: wait for it.
+    tokio::task::block_in_place(|| proxy.wait_log("panicked"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,15 +66,36 @@ plugins:
     library: examples
     plugin: header-rewriter
     config:
-      request_set: {{ x-from-plugin: "yes", x-forwarded-proto: spoofed, x-forwarded-for: 6.6.6.6 }}
+      request_set: {{ x-from-plugin: "yes" }}
       response_set: {{ x-resp-plugin: "yes" }}
   - {{ name: panics-closed, library: examples, plugin: test-panic }}
   - {{ name: panics-open, library: examples, plugin: test-panic, failure: open }}
+  - {{ name: forge-xff, library: examples, plugin: header-rewriter, config: {{ request_set: {{ x-forwarded-for: 6.6.6.6 }} }} }}
+  - {{ name: forge-proto, library: examples, plugin: header-rewriter, config: {{ request_set: {{ x-forwarded-proto: https }} }} }}
+  - {{ name: forge-host, library: examples, plugin: header-rewriter, config: {{ request_set: {{ host: admin.internal }} }} }}
+  - {{ name: forge-real-ip, library: examples, plugin: header-rewriter, config: {{ request_add: {{ x-real-ip: 6.6.6.6 }} }} }}
+  - {{ name: hop-keep-alive, library: examples, plugin: header-rewriter, config: {{ request_set: {{ keep-alive: "timeout=99" }} }} }}
+  - {{ name: hop-expect, library: examples, plugin: header-rewriter, config: {{ request_set: {{ expect: 100-continue }} }} }}
+  - {{ name: hop-resp, library: examples, plugin: header-rewriter, config: {{ response_set: {{ keep-alive: "timeout=99" }} }} }}
+  - name: forge-open
+    library: examples
+    plugin: header-rewriter
+    failure: open
+    config: {{ request_set: {{ x-from-plugin: "yes", x-forwarded-for: 6.6.6.6 }} }}
 upstreams: [{{ name: up, addresses: ["{upstream}"] }}]
 routes:
   - {{ path_prefix: /api, upstream: up, plugins: [auth, timing, headers] }}
+  - {{ path_prefix: /admin, methods: [GET, POST], upstream: up, plugins: [auth] }}
   - {{ path_prefix: /closed, upstream: up, plugins: [panics-closed] }}
   - {{ path_prefix: /open, upstream: up, plugins: [panics-open] }}
+  - {{ path_prefix: /forge-xff, upstream: up, plugins: [forge-xff] }}
+  - {{ path_prefix: /forge-proto, upstream: up, plugins: [forge-proto] }}
+  - {{ path_prefix: /forge-host, upstream: up, plugins: [forge-host] }}
+  - {{ path_prefix: /forge-real-ip, upstream: up, plugins: [forge-real-ip] }}
+  - {{ path_prefix: /hop-keep-alive, upstream: up, plugins: [hop-keep-alive] }}
+  - {{ path_prefix: /hop-expect, upstream: up, plugins: [hop-expect] }}
+  - {{ path_prefix: /hop-resp, upstream: up, plugins: [hop-resp] }}
+  - {{ path_prefix: /forge-open, upstream: up, plugins: [forge-open] }}
   - {{ path_prefix: /, upstream: up, plugins: [timing] }}
 "#,
         lib = library().display().to_string()
@@ -121,13 +142,120 @@ async fn auth_chain_answers_locally_or_forwards_with_plugin_headers() {
         assert_eq!(h["x-weft-auth"], "ok");
         assert_eq!(h["x-from-plugin"], "yes");
         assert!(h["x-weft-seq"].is_string());
-        // Forwarding headers are added after the plugins ran: proto is overwritten, and the
-        // real client address still ends the x-forwarded-for chain.
+        // Forwarding headers are set after the plugins ran.
         assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["host"], proxy.to_string(), "h2={h2}");
         assert_eq!(seen["query"], "x=1");
     }
+}
+
+/// Sends raw `request` bytes (no client library tidies the path) and reads the whole answer
+/// (the request says `connection: close`): (status, head, body). Bounded by 5 s.
+async fn raw(addr: SocketAddr, request: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply))
+        .await
+        .expect("answered within 5 s")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// Issue 13 item 2 with the real bearer-auth Go plugin on `/api` and `/admin` and a catch-all
+/// route without it: every spelling of a protected path runs the auth plugin (401 without a
+/// token; the old proxy sent `//api/items` and friends to the catch-all, 200), and with the
+/// token the upstream sees the normal form. A method `/admin` does not allow is 405 rather
+/// than reaching the catch-all.
+#[tokio::test]
+async fn protected_paths_cannot_be_reached_around_the_auth_plugin() {
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = start_proxy(upstream, 64).await;
+    let get = |path: &str, auth: bool| {
+        let token = if auth { "authorization: Bearer s3cret\r\n" } else { "" };
+        format!("GET {path} HTTP/1.1\r\nhost: app.test\r\n{token}connection: close\r\n\r\n")
+    };
+    for (path, normal) in [
+        ("//api/items", "/api/items"),
+        ("/x/../api/items", "/api/items"),
+        ("/%61pi/items", "/api/items"),
+        ("/api/./items", "/api/items"),
+        ("/%2e%2e/api/items", "/api/items"),
+        ("/x/%2E%2E/api/items", "/api/items"),
+        ("///api//items", "/api/items"),
+        ("//admin/secret", "/admin/secret"),
+        ("/x/../admin/secret", "/admin/secret"),
+        ("/%61dmin/secret", "/admin/secret"),
+        ("/admin/./secret", "/admin/secret"),
+        ("/./admin/../admin/secret", "/admin/secret"),
+    ] {
+        let (status, _, body) = raw(proxy, &get(path, false)).await;
+        assert_eq!(status, 401, "{path} skipped the auth plugin: {body}");
+        let (status, _, body) = raw(proxy, &get(path, true)).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let seen: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(seen["path"], normal, "{path}");
+        assert_eq!(seen["headers"]["x-weft-auth"], "ok", "{path}");
+    }
+    for bad in ["/api%2Fitems", "/admin%2fsecret", "/admin%5Csecret", "/admin%00"] {
+        let (status, _, body) = raw(proxy, &get(bad, false)).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, head, _) = raw(
+        proxy,
+        "PUT /admin/x HTTP/1.1\r\nhost: app.test\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 405, "{head}");
+    assert!(head.to_ascii_lowercase().contains("\r\nallow: get, post"), "{head}");
+    // Case is significant: /ADMIN is another path, served by the catch-all.
+    let (status, _, body) = raw(proxy, &get("/ADMIN/secret", false)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Issue 13 items 9 and 13: a Go plugin that sets a forwarding header, `host` or a hop-by-hop
+/// header gets its batch refused by the host (`mutation.rs`): fail closed is 500, fail open
+/// forwards the request unchanged. The old host applied them (x-forwarded-for 6.6.6.6 reached
+/// the upstream, `keep-alive` the wire).
+#[tokio::test]
+async fn plugins_cannot_set_host_forwarding_or_hop_by_hop_headers() {
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = start_proxy(upstream, 64).await;
+    for path in [
+        "/forge-xff",
+        "/forge-proto",
+        "/forge-host",
+        "/forge-real-ip",
+        "/hop-keep-alive",
+        "/hop-expect",
+        "/hop-resp",
+    ] {
+        let resp = client(false)
+            .request(get(format!("http://{proxy}{path}")))
+            .await
+            .unwrap();
+        let status = resp.status();
+        let keep_alive = resp.headers().get("keep-alive").cloned();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{path}: {body:?}");
+        assert!(keep_alive.is_none(), "{path}");
+    }
+    let resp = client(false)
+        .request(get(format!("http://{proxy}/forge-open")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = json(resp).await;
+    assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert!(
+        seen["headers"].get("x-from-plugin").is_none(),
+        "the whole batch is refused: {seen}"
+    );
 }
 
 #[tokio::test]

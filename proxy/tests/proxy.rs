@@ -115,7 +115,10 @@ async fn forwards_method_path_query_body_and_forwarding_headers() {
     assert_eq!(h["host"], "Public.Example:8443", "client's host is kept");
     assert_eq!(h["x-forwarded-host"], "Public.Example:8443");
     assert_eq!(h["x-forwarded-proto"], "http", "client-sent proto is overwritten");
-    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1", "client ip appended");
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "the client's chain is not believed (no trusted_proxies)"
+    );
     assert_eq!(h["x-end-to-end"], "kept");
     assert_eq!(h["content-length"], "14");
 }
@@ -200,13 +203,16 @@ async fn routes_by_host_prefix_and_method_else_404() {
     for (method, host, path) in [
         (Method::GET, "other.test", "/apix"),
         (Method::GET, "other.test", "/"),
-        (Method::POST, "other.test", "/api/v1"),
         (Method::GET, "example.com", "/x"),
     ] {
         let resp = send(method.clone(), host, path).await.unwrap();
         assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{method} {host}{path}");
         assert_eq!(body_text(resp).await, "no route\n");
     }
+    // The route's host and path match, its methods do not.
+    let resp = send(Method::POST, "other.test", "/api/v1").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.headers()["allow"], "GET");
 }
 
 #[tokio::test]
@@ -499,4 +505,297 @@ async fn upstream_connections_are_reused_across_requests() {
         (1..=2).contains(&accepted),
         "{REQUESTS} sequential requests opened {accepted} upstream connections: they are not pooled"
     );
+}
+
+/// Sends `request` (raw bytes, so no client library tidies the path or headers) on a new
+/// connection and reads the whole answer (the request says `connection: close`); returns the
+/// status, the head and the body. Bounded by 5 s.
+async fn raw(addr: SocketAddr, request: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply))
+        .await
+        .expect("answered within 5 s")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {reply:?}"));
+    (status, head.to_owned(), body.to_owned())
+}
+
+fn raw_get(path: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nhost: app.test\r\n{extra}connection: close\r\n\r\n")
+}
+
+/// A proxy with `/admin` to upstream `admin` and a catch-all to upstream `public` (the shape
+/// of an auth bypass: a protected prefix and a less protected route to everything else), plus
+/// `extra` top-level config. Returns (proxy, admin upstream, public upstream).
+async fn admin_and_catch_all(extra: &str) -> (SocketAddr, SocketAddr, SocketAddr) {
+    let admin = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let public = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = start_proxy(&format!(
+        "listen: 127.0.0.1:0\n{extra}\
+         upstreams:\n  - {{ name: admin, addresses: [\"{admin}\"] }}\n  - {{ name: public, addresses: [\"{public}\"] }}\n\
+         routes:\n\
+         \x20 - {{ path_prefix: /admin, methods: [GET, POST], upstream: admin }}\n\
+         \x20 - {{ upstream: public }}\n"
+    ))
+    .await;
+    (proxy, admin, public)
+}
+
+/// Issue 13 item 2: every spelling of `/admin/secret` an attacker would try is routed like
+/// `/admin/secret` and forwarded in that normal form (the old proxy routed `//admin/secret`,
+/// `/x/../admin/secret`, `/%61dmin/secret`, ... to the catch-all and forwarded them raw).
+#[tokio::test]
+async fn path_is_normalised_before_routing_and_forwarded_normalised() {
+    let (proxy, admin, public) = admin_and_catch_all("").await;
+    for raw_path in [
+        "/admin/secret",
+        "//admin/secret",
+        "/x/../admin/secret",
+        "/%61dmin/secret",
+        "/%61%64%6D%69%6E/secret",
+        "/admin/./secret",
+        "/admin//secret",
+        "/%2e%2e/admin/secret",
+        "/x/%2E%2E/admin/secret",
+        "/x/.%2e/admin/secret",
+        "/../admin/secret",
+        "/./admin/secret",
+        "///admin///secret",
+        "/admin/x/../secret",
+        "/public/../../admin/secret",
+    ] {
+        let (status, _, body) = raw(proxy, &raw_get(&format!("{raw_path}?q=%2F..//x"), "")).await;
+        assert_eq!(status, 200, "{raw_path}: {body}");
+        let seen: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(seen["upstream"], admin.to_string(), "{raw_path} reached the catch-all");
+        assert_eq!(seen["path"], "/admin/secret", "{raw_path}");
+        assert_eq!(seen["query"], "q=%2F..//x", "{raw_path}: the query is untouched");
+    }
+    // Paths are case-sensitive: /ADMIN is another path (documented).
+    let (status, _, body) = raw(proxy, &raw_get("/ADMIN/secret", "")).await;
+    assert_eq!(status, 200);
+    let seen: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (seen["upstream"].as_str(), seen["path"].as_str()),
+        (Some(&*public.to_string()), Some("/ADMIN/secret"))
+    );
+    // Escapes of reserved characters are kept, with upper-case hex.
+    let (_, _, body) = raw(proxy, &raw_get("/files/a%3fb%20c", "")).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["path"],
+        "/files/a%3Fb%20c"
+    );
+
+    // Refused with 400, and the proxy stays healthy.
+    for bad in [
+        "/admin%2Fsecret",
+        "/admin%2fsecret",
+        "/admin%5Csecret",
+        "/x%2F..%2Fadmin/secret",
+        "/admin/secret%00",
+        "/admin/%zz",
+        "/admin/%4",
+    ] {
+        let (status, _, body) = raw(proxy, &raw_get(bad, "")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.starts_with("bad request path: "), "{bad}: {body}");
+    }
+    let (status, _, _) = raw(proxy, &raw_get("/admin/secret", "")).await;
+    assert_eq!(status, 200);
+}
+
+/// `path_normalization:` options: encoded slashes decoded (then routed as separators), or kept.
+#[tokio::test]
+async fn path_normalization_options() {
+    let (proxy, admin, _) = admin_and_catch_all("path_normalization: { escaped_slashes: decode }\n").await;
+    let (status, _, body) = raw(proxy, &raw_get("/x%2F..%2Fadmin%2fsecret", "")).await;
+    assert_eq!(status, 200, "{body}");
+    let seen: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (seen["upstream"].as_str(), seen["path"].as_str()),
+        (Some(&*admin.to_string()), Some("/admin/secret"))
+    );
+
+    let (proxy, _, public) =
+        admin_and_catch_all("path_normalization: { escaped_slashes: keep, merge_slashes: false }\n").await;
+    let (_, _, body) = raw(proxy, &raw_get("/files/a%2fb", "")).await;
+    let seen: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (seen["upstream"].as_str(), seen["path"].as_str()),
+        (Some(&*public.to_string()), Some("/files/a%2Fb"))
+    );
+    let (_, _, body) = raw(proxy, &raw_get("//files//x/./y", "")).await;
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["path"], "//files//x/y");
+}
+
+/// A method the matching route does not allow is 405 with `Allow`, not a fall-through to the
+/// catch-all (which took `PUT /admin/x` before).
+#[tokio::test]
+async fn method_mismatch_is_405_not_a_fall_through() {
+    let (proxy, admin, _) = admin_and_catch_all("").await;
+    for method in ["PUT", "DELETE", "PATCH"] {
+        let (status, head, body) = raw(
+            proxy,
+            &format!("{method} /admin/x HTTP/1.1\r\nhost: app.test\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, 405, "{method}: {body}");
+        assert!(head.to_ascii_lowercase().contains("\r\nallow: get, post"), "{head}");
+    }
+    let (status, _, body) = raw(proxy, &raw_get("/%61dmin/x", "")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["upstream"],
+        admin.to_string()
+    );
+}
+
+/// Host checks (RFC 9112 §3.2): duplicate, missing on HTTP/1.1, invalid, or disagreeing with an
+/// absolute-form target: 400, and the proxy goes on serving.
+#[tokio::test]
+async fn bad_host_headers_are_400() {
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = start_proxy(&format!(
+        "listen: 127.0.0.1:0\n\
+         upstreams: [{{ name: up, addresses: [\"{upstream}\"] }}]\n\
+         routes: [{{ host: app.test, upstream: up }}]\n"
+    ))
+    .await;
+    for (what, request) in [
+        (
+            "duplicate",
+            "GET / HTTP/1.1\r\nhost: app.test\r\nhost: other.test\r\nconnection: close\r\n\r\n",
+        ),
+        (
+            "duplicate, same value",
+            "GET / HTTP/1.1\r\nhost: app.test\r\nhost: app.test\r\nconnection: close\r\n\r\n",
+        ),
+        ("missing", "GET / HTTP/1.1\r\nconnection: close\r\n\r\n"),
+        (
+            "userinfo",
+            "GET / HTTP/1.1\r\nhost: evil@app.test\r\nconnection: close\r\n\r\n",
+        ),
+        (
+            "absolute form, other host",
+            "GET http://app.test/ HTTP/1.1\r\nhost: other.test\r\nconnection: close\r\n\r\n",
+        ),
+        (
+            "absolute form, other port",
+            "GET http://app.test:8080/ HTTP/1.1\r\nhost: app.test\r\nconnection: close\r\n\r\n",
+        ),
+    ] {
+        let (status, _, body) = raw(proxy, request).await;
+        assert_eq!(status, 400, "{what}: {body}");
+    }
+    for (what, request) in [
+        (
+            "plain",
+            "GET / HTTP/1.1\r\nhost: App.Test:80\r\nconnection: close\r\n\r\n",
+        ),
+        (
+            "absolute form",
+            "GET http://app.test/ HTTP/1.1\r\nhost: app.test:80\r\nconnection: close\r\n\r\n",
+        ),
+        (
+            "absolute form, no host",
+            "GET http://app.test/ HTTP/1.1\r\nconnection: close\r\n\r\n",
+        ),
+    ] {
+        let (status, _, body) = raw(proxy, request).await;
+        assert_eq!(status, 200, "{what}: {body}");
+    }
+}
+
+/// `Connection` cannot remove the end-to-end headers the proxy relies on: the old proxy
+/// dropped `host` (so `app.test` requests fell to the catch-all) and `x-request-id`.
+#[tokio::test]
+async fn connection_header_cannot_strip_host_or_request_id() {
+    let app = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let other = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = start_proxy(&format!(
+        "listen: 127.0.0.1:0\n\
+         upstreams:\n  - {{ name: app, addresses: [\"{app}\"] }}\n  - {{ name: other, addresses: [\"{other}\"] }}\n\
+         routes:\n  - {{ host: app.test, upstream: app }}\n  - {{ upstream: other }}\n"
+    ))
+    .await;
+    let (status, head, body) = raw(
+        proxy,
+        "GET /x HTTP/1.1\r\nhost: app.test\r\nx-request-id: my-id-1\r\nx-gone: 1\r\n\
+         connection: host, x-request-id, x-gone\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(head.contains("\r\nx-request-id: my-id-1"), "{head}");
+    let seen: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["upstream"], app.to_string());
+    let h = &seen["headers"];
+    assert_eq!(h["host"], "app.test");
+    assert_eq!(h["x-request-id"], "my-id-1");
+    assert!(
+        h.get("x-gone").is_none(),
+        "a listed end-to-end header of no concern is still removed: {h}"
+    );
+}
+
+/// `trusted_proxies`: forwarding headers from other peers are replaced or removed; from a
+/// trusted peer they are kept and this hop appended.
+#[tokio::test]
+async fn forwarding_headers_follow_trusted_proxies() {
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let request = "GET /f HTTP/1.1\r\nhost: app.test\r\nx-forwarded-for: 203.0.113.7\r\n\
+                   forwarded: for=203.0.113.7;proto=https\r\nx-real-ip: 203.0.113.7\r\n\
+                   x-forwarded-proto: https\r\nx-forwarded-host: spoofed.test\r\nconnection: close\r\n\r\n";
+    let seen = |trusted: &'static str| async move {
+        let proxy = start_proxy(&format!(
+            "listen: 127.0.0.1:0\n{trusted}\
+             upstreams: [{{ name: up, addresses: [\"{upstream}\"] }}]\nroutes: [{{ upstream: up }}]\n"
+        ))
+        .await;
+        let (status, _, body) = raw(proxy, request).await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["headers"].clone()
+    };
+    for untrusted in ["", "trusted_proxies: [10.0.0.0/8, \"::1\"]\n"] {
+        let h = seen(untrusted).await;
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{untrusted}: {h}");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "app.test");
+        assert!(h.get("forwarded").is_none() && h.get("x-real-ip").is_none(), "{h}");
+    }
+    let h = seen("trusted_proxies: [127.0.0.0/8]\n").await;
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(
+        h["forwarded"],
+        "for=203.0.113.7;proto=https, for=127.0.0.1;host=\"app.test\";proto=http"
+    );
+    assert_eq!(h["x-real-ip"], "203.0.113.7");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-forwarded-host"], "spoofed.test");
+}
+
+/// RFC 9113 §8.2.3: an HTTP/2 client's cookie fields reach an HTTP/1.1 upstream as one
+/// `cookie` line joined with "; " (the old proxy sent one line per field).
+#[tokio::test]
+async fn h2_cookie_fields_are_joined_for_the_upstream() {
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = proxy_to(upstream, 5000).await;
+    let req = Request::builder()
+        .uri(format!("http://{proxy}/c"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .header("cookie", "c=3")
+        .body(full(""))
+        .unwrap();
+    let resp = h2_client().request(req).await.unwrap();
+    assert_eq!(resp.version(), Version::HTTP_2);
+    let seen = body_json(resp).await;
+    assert_eq!(seen["headers"]["cookie"], "a=1; b=2; c=3", "{seen}");
 }

@@ -670,7 +670,9 @@ pub struct WeftPluginDescriptor {
 
 /// Host callback for plugin log lines: `level` is a `WEFT_LOG_*` value, `instance` the instance
 /// the line is about (unknown ids log as `?`), `msg` is `len` bytes of UTF-8 (invalid sequences
-/// are replaced; lines over 16 KiB are truncated).
+/// are replaced; lines over 16 KiB are truncated). Control characters (CR, LF, ESC, ...; TAB
+/// kept) are written escaped, so one call is one log line. Each instance may log 100 lines per
+/// second; further lines are dropped and counted (unknown ids share one budget).
 ///
 /// # Ownership and lifetime
 /// `msg` belongs to the plugin and needs to be valid only during the call (the host copies it);

@@ -12,6 +12,7 @@ mod engine;
 pub mod mutation;
 mod pending;
 mod plugin;
+pub mod plugin_log;
 pub mod remote;
 pub mod ring;
 pub mod sync;

@@ -8,7 +8,7 @@ use std::mem::size_of;
 use std::ops::Range;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Response, StatusCode, Uri};
 
@@ -20,16 +20,61 @@ pub const MAX_NAME_LEN: usize = crate::abi::WEFT_MAX_HEADER_NAME_LEN as usize;
 pub const MAX_VALUE_LEN: usize = crate::abi::WEFT_MAX_HEADER_VALUE_LEN as usize;
 pub const MAX_PATH_LEN: usize = crate::abi::WEFT_MAX_PATH_LEN as usize;
 
-/// Headers a plugin may not set, add or remove: message framing and hop-by-hop fields belong to
-/// the proxy, and letting a plugin change them opens request smuggling.
-const RESERVED: &[HeaderName] = &[
-    header::CONTENT_LENGTH,
-    header::TRANSFER_ENCODING,
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
+/// Whether a plugin may not set, add or remove the header `name` (in any phase, in a local reply
+/// too). The proxy owns them:
+/// - message framing and hop-by-hop fields (`content-length`, `transfer-encoding`, `connection`,
+///   `keep-alive`, `proxy-connection`, `te`, `trailer`, `upgrade`, `expect`,
+///   `proxy-authenticate`, `proxy-authorization`): a plugin changing them opens request
+///   smuggling, and the proxy strips hop-by-hop fields before the plugins run, so one added by a
+///   plugin would reach the wire;
+/// - `host`, which routing used and the upstream gets as the client sent it;
+/// - the forwarding headers (`x-forwarded-for`, `x-forwarded-host`, `x-forwarded-proto`,
+///   `forwarded`, `x-real-ip`), which the proxy sets after the plugins from `trusted_proxies`.
+///
+/// Checked here, on the host, so in-process (Go, C) and remote (NATS) plugins are held to it
+/// alike. Plugins still read these headers in their view.
+pub fn is_reserved(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "expect"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "host"
+            | "x-forwarded-for"
+            | "x-forwarded-host"
+            | "x-forwarded-proto"
+            | "forwarded"
+            | "x-real-ip"
+    )
+}
+
+/// Every name [`is_reserved`] refuses (tests, fuzz targets, docs).
+pub const RESERVED: [&str; 17] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "forwarded",
+    "x-real-ip",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -375,7 +420,7 @@ fn header_name(index: usize, raw: &[u8]) -> Result<HeaderName, MutationError> {
         return Err(MutationError::HeaderName { index, name: lossy() });
     }
     let name = HeaderName::from_bytes(raw).map_err(|_| MutationError::HeaderName { index, name: lossy() })?;
-    if RESERVED.contains(&name) {
+    if is_reserved(&name) {
         return Err(MutationError::ReservedHeader {
             index,
             name: name.as_str().to_owned(),
@@ -975,6 +1020,42 @@ mod tests {
             }
             full.extend_from_slice(&buf);
             assert!(decode(&full, full.len(), phase).is_err(), "{what} was accepted");
+        }
+    }
+
+    /// Every reserved header, in any spelling, with every header op of both directions and in a
+    /// local reply: the batch is refused naming the header. Forwarding and hop-by-hop headers
+    /// were accepted before issue 13 (`host`, `x-forwarded-for`, `keep-alive`, `expect`, ...).
+    #[test]
+    fn reserved_headers_are_refused_for_every_op() {
+        let ops: [(M, WeftPhase, bool); 7] = [
+            (M::SetRequestHeader, WeftPhase::RequestHeaders, true),
+            (M::AddRequestHeader, WeftPhase::RequestHeaders, true),
+            (M::RemoveRequestHeader, WeftPhase::RequestHeaders, false),
+            (M::SetResponseHeader, WeftPhase::ResponseHeaders, true),
+            (M::AddResponseHeader, WeftPhase::ResponseHeaders, true),
+            (M::RemoveResponseHeader, WeftPhase::ResponseHeaders, false),
+            (M::LocalReplyHeader, WeftPhase::RequestHeaders, true),
+        ];
+        for name in RESERVED {
+            assert!(is_reserved(&HeaderName::from_static(name)), "{name}");
+            for spelling in [name.to_owned(), name.to_ascii_uppercase()] {
+                for (op, phase, value) in ops {
+                    let mut b = Vec::new();
+                    if op == M::LocalReplyHeader {
+                        rec(&mut b, M::LocalReply, 403, b"", b"");
+                    }
+                    rec(&mut b, op, 0, spelling.as_bytes(), if value { b"v" } else { b"" });
+                    let err = decode(&b, b.len(), phase).unwrap_err();
+                    assert!(
+                        matches!(&err, MutationError::ReservedHeader { name: n, .. } if n == name),
+                        "{op:?} {spelling}: {err:?}"
+                    );
+                }
+            }
+        }
+        for free in ["x-forwarded-by", "authorization", "cookie", "x-request-id", "via"] {
+            assert!(!is_reserved(&HeaderName::from_static(free)), "{free}");
         }
     }
 

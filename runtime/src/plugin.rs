@@ -335,6 +335,7 @@ static HOST_API: HostApi = HostApi(WeftHostApi {
 struct InstanceEntry {
     name: Arc<str>,
     calls: Weak<AsyncTable>,
+    log: crate::plugin_log::LogBudget,
 }
 
 /// Instances by id.
@@ -346,10 +347,12 @@ pub(crate) fn register_instance(name: &str, calls: Weak<AsyncTable>) -> u64 {
     all.push(InstanceEntry {
         name: Arc::from(name),
         calls,
+        log: Default::default(),
     });
     (all.len() - 1) as u64
 }
 
+#[allow(dead_code)] // host_log reads the entry itself (name and log budget at once)
 pub(crate) fn instance_name(id: u64) -> Option<Arc<str>> {
     let all = INSTANCES.read().unwrap_or_else(|e| e.into_inner());
     all.get(usize::try_from(id).ok()?).map(|e| e.name.clone())
@@ -388,17 +391,35 @@ pub(crate) fn plugin_text(bytes: &[u8], max: usize) -> String {
 const MAX_LOG_LINE: usize = 16 * 1024;
 
 unsafe extern "C" fn host_log(level: u32, instance: u64, msg: *const u8, len: usize) {
+    // Unknown instance ids (a confused or hostile plugin) share one budget.
+    static UNKNOWN: std::sync::LazyLock<crate::plugin_log::LogBudget> = std::sync::LazyLock::new(Default::default);
     // No panic may unwind into the plugin: a failure to log is dropped.
     let _ = std::panic::catch_unwind(|| {
+        let (name, (allowed, dropped)) = {
+            let all = INSTANCES.read().unwrap_or_else(|e| e.into_inner());
+            match usize::try_from(instance).ok().and_then(|i| all.get(i)) {
+                Some(e) => (Some(e.name.clone()), e.log.take()),
+                None => (None, UNKNOWN.take()),
+            }
+        };
+        let plugin = name.as_deref().unwrap_or("?");
+        if dropped > 0 {
+            tracing::warn!(
+                target: "weft::plugin", plugin, dropped,
+                "plugin log lines dropped (more than {} per second)", crate::plugin_log::LINES_PER_SEC
+            );
+        }
+        if !allowed {
+            return;
+        }
         let bytes: &[u8] = if msg.is_null() || len == 0 {
             &[]
         } else {
             // SAFETY: the caller promises `len` readable bytes for the duration of the call.
             unsafe { std::slice::from_raw_parts(msg, len.min(MAX_LOG_LINE)) }
         };
-        let text = String::from_utf8_lossy(bytes);
-        let name = instance_name(instance);
-        let plugin = name.as_deref().unwrap_or("?");
+        let lossy = String::from_utf8_lossy(bytes);
+        let text = crate::plugin_log::escape(&lossy);
         match level {
             WEFT_LOG_ERROR => tracing::error!(target: "weft::plugin", plugin, "{text}"),
             WEFT_LOG_WARN => tracing::warn!(target: "weft::plugin", plugin, "{text}"),
