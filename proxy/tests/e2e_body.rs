@@ -23,6 +23,9 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+mod common;
+use common::free_port;
+
 // ---------------------------------------------------------------------------------------------
 // Process harness (the same as e2e_process.rs).
 
@@ -44,10 +47,6 @@ fn library() -> &'static Path {
         );
         PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
     })
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 struct ProxyProcess {

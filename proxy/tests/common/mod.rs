@@ -84,8 +84,18 @@ pub fn nats_server_bin() -> Option<PathBuf> {
 }
 
 /// A loopback address nobody listens on right now.
+/// A loopback port free right now and never handed out before in this process, so two calls in a
+/// row (a listener and its admin port) cannot get the same one.
 pub fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// Polls `f` every 20 ms until it holds; panics naming `what` after `within`.
