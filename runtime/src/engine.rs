@@ -1141,6 +1141,11 @@ impl Drop for WaitCall<'_> {
             if let Abandoned::Arrived(w, done) = self.x.abandon(w, false) {
                 let _ = self.x.finish_waiting(w, done, self.phase);
             }
+            // The caller's future is dropped with this one, so it will not release the call's
+            // out buffer and chunk. The plugin is done with them here: the call finished (or
+            // finished while being cancelled), or, still held, it took them into its cell.
+            self.x.body.out = None;
+            self.x.body.chunk = None;
         }
     }
 }
