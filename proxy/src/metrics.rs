@@ -708,11 +708,11 @@ impl Collector for RuntimeCollector {
             ),
             (
                 "weft_plugin_output_bytes_shared",
-                "Bytes of local reply bodies and long header values sent from the arena slot the plugin wrote them to (or from the NATS reply), without a copy",
+                "Bytes of local reply bodies sent from the arena slot the plugin wrote them to (or from the NATS reply), without a copy",
             ),
             (
                 "weft_plugin_output_bytes_copied",
-                "Bytes of local reply bodies and long header values copied because the call had no out slot of its own (arena full)",
+                "Bytes of local reply bodies copied because the call had no out slot of its own (arena full)",
             ),
         ];
         for (i, (name, help)) in counters.into_iter().enumerate() {

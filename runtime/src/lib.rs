@@ -210,8 +210,9 @@ pub struct RuntimeStats {
     pub pending_calls: AtomicU64,
     /// Phase calls posted to worker rings.
     pub worker_jobs: AtomicU64,
-    /// Bytes of local reply bodies and long header values that plugins wrote and the host handed
-    /// on as slices of the arena slot they were written to (or of a NATS reply), without a copy.
+    /// Bytes of local reply bodies that plugins wrote and the host handed on as slices of the
+    /// arena slot they were written to (or of a NATS reply), without a copy. (Header values are
+    /// always copied: they are checked on the host's copy.)
     pub output_bytes_shared: AtomicU64,
     /// The same bytes copied instead, because the call had no out slot of its own (none was free).
     pub output_bytes_copied: AtomicU64,
