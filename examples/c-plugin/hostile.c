@@ -24,7 +24,7 @@
  * hostile_late_write(), so the write lands after validation; "late-write-race" instead writes
  * while the host decodes.
  *
- * "stall": sleeps 300 ms inline (what a blocking handler does to the thread that called it).
+ * "stall": sleeps 600 ms inline (what a blocking handler does to the thread that called it).
  *
  * Built with -DHOSTILE_RINGS=1 (libweft_c_hostile_rings.so) it also has attach_worker and a
  * plugin "hostile-blocking" flagged WEFT_PLUGIN_FLAG_BLOCKING, whose worker misuses the ring
@@ -339,7 +339,7 @@ static uint32_t late_write(const char *mode, uint64_t instance, const WeftReques
 }
 
 static uint32_t m_stall(WeftBuf *out) {
-    sleep_ms(300); /* inline, on the host's thread: what `blocking: true` is for */
+    sleep_ms(600); /* inline, on the host's thread: what `blocking: true` is for */
     PUT(out, WEFT_MUTATION_OP_SET_REQUEST_HEADER, 0, "x-hostile-ok", "1");
     return WEFT_RESULT_OK;
 }

@@ -629,7 +629,7 @@ impl RuntimeCollector {
 }
 
 /// Runtime counters the metrics report (summed over generations).
-const COUNTERS: usize = 10;
+const COUNTERS: usize = 11;
 
 fn stats(rt: &Runtime) -> [u64; COUNTERS] {
     let s = &rt.stats;
@@ -644,6 +644,7 @@ fn stats(rt: &Runtime) -> [u64; COUNTERS] {
         s.worker_jobs.load(Ordering::Relaxed),
         s.output_bytes_shared.load(Ordering::Relaxed),
         s.output_bytes_copied.load(Ordering::Relaxed),
+        s.plugin_stalls.load(Ordering::Relaxed),
     ]
 }
 
@@ -713,6 +714,10 @@ impl Collector for RuntimeCollector {
             (
                 "weft_plugin_output_bytes_copied",
                 "Bytes of local reply bodies copied because the call had no out slot of its own (arena full)",
+            ),
+            (
+                "weft_plugin_stalls",
+                "Inline plugin calls still running past runtime.stall_threshold_ms (each counted once; it held a proxy thread: consider blocking: true)",
             ),
         ];
         for (i, (name, help)) in counters.into_iter().enumerate() {
@@ -857,17 +862,20 @@ mod tests {
         first.stats.worker_jobs.fetch_add(7, Ordering::Relaxed);
         first.stats.output_bytes_shared.fetch_add(5000, Ordering::Relaxed);
         first.stats.output_bytes_copied.fetch_add(20, Ordering::Relaxed);
+        first.stats.plugin_stalls.fetch_add(2, Ordering::Relaxed);
         first.stats.orphaned_slots.fetch_add(1, Ordering::Relaxed);
         first.stats.pending_calls.fetch_add(4, Ordering::Relaxed);
         // A reload: the draining runtime's gauges still count, its counters stay in the totals.
         let second = Runtime::new(opts).unwrap();
         second.stats.pending_calls.fetch_add(1, Ordering::Relaxed);
         second.stats.phase_timeouts.fetch_add(1, Ordering::Relaxed);
+        second.stats.plugin_stalls.fetch_add(1, Ordering::Relaxed);
         m.set_runtime(Some(second.clone()));
         let (text, _) = m.encode();
         for line in [
             "weft_plugin_output_bytes_shared_total 5000",
             "weft_plugin_output_bytes_copied_total 20",
+            "weft_plugin_stalls_total 3",
             "weft_plugin_timeouts_total 3",
             "weft_plugin_busy_rejections_total 3",
             "weft_plugin_late_completions_total 1",

@@ -905,7 +905,10 @@ impl Exchange {
         // SAFETY: the view is a complete WeftRequestView in host memory valid for the call (and,
         // if it goes pending, until it completes), and `out` points to `cap` writable bytes after
         // the view in the same slot, or in the body call's out buffer.
-        let rc = unsafe { (lib.on_phase)(inst.id, phase as u32, base.cast::<WeftRequestView>(), &mut out) };
+        // The watchdog sees the call while it runs (a few stores; see watchdog.rs).
+        let rc = crate::watchdog::watched(inst.id, phase, || unsafe {
+            (lib.on_phase)(inst.id, phase as u32, base.cast::<WeftRequestView>(), &mut out)
+        });
         if rc == WeftResult::Pending as u32 {
             // A completion that already arrived (from the calling thread's helper, say) is left
             // for the wait to find.

@@ -15,6 +15,7 @@ pub mod remote;
 pub mod ring;
 pub mod sync;
 pub mod view;
+pub mod watchdog;
 pub mod workers;
 
 use std::collections::HashMap;
@@ -55,6 +56,10 @@ pub struct RuntimeOptions {
     /// none does or all are taken. `None`: two classes, 4 and 16 slots large, each a sixty-fourth
     /// of the request slots' bytes (at least one slot each); `Some(vec![])`: none.
     pub buffer_classes: Option<Vec<PoolSpec>>,
+    /// An inline phase call (made on the calling thread) still running after this long is logged
+    /// once, naming the instance and phase, and counted ([`RuntimeStats::plugin_stalls`]); it
+    /// is not interrupted. Zero: not watched. Precision: [`watchdog::TICK`]. Default 100 ms.
+    pub stall_threshold: Duration,
 }
 
 impl Default for RuntimeOptions {
@@ -65,6 +70,7 @@ impl Default for RuntimeOptions {
             log_queue: 4096,
             out_slot_count: 0,
             buffer_classes: None,
+            stall_threshold: Duration::from_millis(100),
         }
     }
 }
@@ -216,6 +222,9 @@ pub struct RuntimeStats {
     pub output_bytes_shared: AtomicU64,
     /// The same bytes copied instead, because the call had no out slot of its own (none was free).
     pub output_bytes_copied: AtomicU64,
+    /// Inline phase calls that ran past [`RuntimeOptions::stall_threshold`] (each counted once,
+    /// while it still runs).
+    pub plugin_stalls: AtomicU64,
 }
 
 struct Registry {
@@ -249,7 +258,12 @@ impl Runtime {
         let buffers = pools.collect();
         let (log_tx, log_rx) = crossbeam_channel::bounded::<LogJob>(opts.log_queue.max(1));
         let stats = Arc::new(RuntimeStats::default());
-        let calls = Arc::new(AsyncTable::new(arena.slot_count(), Arc::clone(&stats)));
+        let mut calls = AsyncTable::new(arena.slot_count(), Arc::clone(&stats));
+        calls.stall_threshold_ms = opts.stall_threshold.as_millis().try_into().unwrap_or(u64::MAX);
+        if calls.stall_threshold_ms > 0 {
+            watchdog::start();
+        }
+        let calls = Arc::new(calls);
         let rt = Arc::new(Runtime {
             arena,
             outs,

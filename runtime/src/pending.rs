@@ -111,6 +111,9 @@ pub(crate) struct SlotCall {
 pub(crate) struct AsyncTable {
     slots: Box<[SlotCall]>,
     pub(crate) stats: Arc<RuntimeStats>,
+    /// The runtime's `stall_threshold` in milliseconds (0: inline calls are not watched); read by
+    /// the watchdog (`watchdog.rs`), which finds the table through the instance.
+    pub(crate) stall_threshold_ms: u64,
 }
 
 impl AsyncTable {
@@ -124,6 +127,7 @@ impl AsyncTable {
                 })
                 .collect(),
             stats,
+            stall_threshold_ms: 0,
         }
     }
 

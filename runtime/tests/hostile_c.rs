@@ -702,3 +702,81 @@ fn a_stale_exit_call_does_not_take_a_live_ring() {
     drop((chain, rt));
     wait_regions(regions);
 }
+
+/// An inline call that blocks (the plugin sleeps 600 ms on the calling thread) is reported by the
+/// watchdog once, with the instance and phase, and counted; quick calls are not, and a runtime
+/// with the watchdog off counts nothing (issue 13, item 10).
+#[test]
+fn an_inline_call_that_blocks_is_reported_once() {
+    captured_logs();
+    let with = |threshold_ms: u64| {
+        let rt = Runtime::new(RuntimeOptions {
+            slot_count: SLOTS,
+            slot_size: 8192,
+            log_queue: 64,
+            stall_threshold: Duration::from_millis(threshold_ms),
+            ..RuntimeOptions::default()
+        })
+        .unwrap();
+        rt.load_library("hostile", &c_plugins().join("libweft_c_hostile.so"))
+            .unwrap();
+        let name = format!("stall-{threshold_ms}");
+        let id = rt
+            .instantiate(InstanceSpec {
+                name: name.clone(),
+                library: "hostile".into(),
+                plugin: "hostile".into(),
+                config_json: b"{}".to_vec(),
+                fail_open: false,
+            })
+            .unwrap();
+        let chain = rt.chain(&[id]);
+        (rt, chain, name)
+    };
+    let stalls = |rt: &Runtime| rt.stats.plugin_stalls.load(Ordering::Relaxed);
+    let run = |chain: &weft_runtime::Chain, mode: &str| {
+        let mut ex = chain.start(client(), "http").unwrap().unwrap();
+        let mut req = request(mode);
+        assert!(matches!(ex.request_headers(&mut req), Flow::Continue), "{mode}");
+        assert_eq!(req.headers["x-hostile-ok"], "1", "{mode}");
+        drop(ex);
+        // The slot comes back after the log phase (on the log thread).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while chain.start(client(), "http").is_err() {
+            assert!(Instant::now() < deadline, "arena slots leaked");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+
+    let (rt, chain, name) = with(50);
+    run(&chain, "ok");
+    run(&chain, "stall");
+    assert_eq!(stalls(&rt), 1, "the stalled call was counted while it ran");
+    let lines: Vec<String> = log_lines()
+        .into_iter()
+        .filter(|l| l.contains("inline plugin call still running"))
+        .collect();
+    let mine: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(&format!("plugin={name} ")))
+        .collect();
+    assert_eq!(mine.len(), 1, "one log line per stall: {lines:?}");
+    assert!(
+        mine[0].contains("phase=\"RequestHeaders\"") && mine[0].contains("blocking: true"),
+        "{}",
+        mine[0]
+    );
+    // Reported once, not on every tick since; quick calls are never reported.
+    std::thread::sleep(weft_runtime::watchdog::TICK * 5);
+    for _ in 0..50 {
+        run(&chain, "ok");
+    }
+    assert_eq!(stalls(&rt), 1);
+    run(&chain, "stall");
+    assert_eq!(stalls(&rt), 2, "each stall is counted");
+
+    let (off, chain, _) = with(0);
+    run(&chain, "stall");
+    std::thread::sleep(weft_runtime::watchdog::TICK * 5);
+    assert_eq!(stalls(&off), 0, "not watched with a threshold of 0");
+}
