@@ -341,6 +341,12 @@ unsafe impl Sync for WeftRequestView {}
 /// on the host's stack) is valid only during the call it was passed to. The bytes at `ptr` are
 /// valid during that call and, for a phase call answered [`WeftResult::Pending`], until the
 /// plugin's [`WeftHostApi::complete`] for it returns: keep `ptr` and `cap`, not the struct.
+/// After that the plugin must not write them. The host copies every operand it validates
+/// (header names and values, paths, queries, room names, WebSocket text) out of the bytes before
+/// checking it and fixes every length then, so a plugin that writes anyway changes no header,
+/// status or framing; only payload the host sends from these bytes without copying (a local
+/// reply body, body replacement bytes), at the same length, or a later call's output once the
+/// memory went back to the host.
 ///
 /// # Thread safety
 /// Lent to one call at a time: the host neither reads nor writes the bytes until the call
@@ -553,8 +559,10 @@ pub type WeftInitFn = Option<
 /// # Thread safety
 /// Called from any host thread (I/O threads, the log thread), concurrently for different
 /// requests and instances; the phases of one request are never concurrent and are ordered
-/// (happens-before). Runs on the request path, so it must not block. Never called for an
-/// instance of a [`WEFT_PLUGIN_FLAG_BLOCKING`] plugin (those get worker-ring jobs).
+/// (happens-before). Runs on the request path, so it must not block: the host does not
+/// interrupt a call that does (its watchdog logs and counts one that runs past the configured
+/// threshold). Never called for an instance of a [`WEFT_PLUGIN_FLAG_BLOCKING`] plugin (those
+/// get worker-ring jobs).
 pub type WeftPhaseFn =
     Option<unsafe extern "C" fn(instance: u64, phase: u32, view: *const WeftRequestView, out: *mut WeftBuf) -> u32>;
 
