@@ -5,7 +5,7 @@
 //! # Layout (version 1, all little-endian native integers, offsets in bytes)
 //! ```text
 //!   0  magic  u32 = RING_MAGIC ("WFTR")   4  version u32 = 1
-//!   8  capacity u32 (power of two)         12 desc_size u32 = 24
+//!   8  capacity u32 (power of two)         12 desc_size u32 = 32
 //!  16  closed u32 (0 open, 1: the producer is gone)   20 reserved u32 (0)
 //!  24  ring_id u64: this ring's identity, never 0, unique in the process (a ring mapped later
 //!      at the same address has another): a worker names its ring with it in `worker_exit_ring`

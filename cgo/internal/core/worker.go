@@ -18,12 +18,12 @@ import (
 // the park/wake protocol are those of runtime/src/ring.rs (docs/architecture.md, "Worker-pool
 // rings"):
 //
-//	  0 magic u32 "WFTR"   4 version u32 = 1   8 capacity u32 (power of two)   12 desc_size u32 = 24
+//	  0 magic u32 "WFTR"   4 version u32 = 1   8 capacity u32 (power of two)   12 desc_size u32 = 32
 //	 16 closed u32 (1: the producer is gone)   24 ring_id u64 (never 0; 0 from older hosts)
 //	 64 tail u32     producer: descriptors [0, tail) are published
 //	128 head u32     consumer: descriptors [0, head) are consumed
 //	192 waiting u32  consumer's park flag and futex word (consumer sets 1, producer clears)
-//	256 capacity × Job (24 bytes)
+//	256 capacity × Job (32 bytes)
 //
 // The consumer is one goroutine per ring, locked to its OS thread. It reads with sync/atomic
 // (sequentially consistent in Go, which gives the fences the protocol needs): it loads tail,
