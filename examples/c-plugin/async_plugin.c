@@ -32,7 +32,8 @@
  *   attach_worker(). Each ring gets one worker thread that consumes it with the documented
  *   protocol (docs/abi.md, "Worker rings"): acquire loads of `tail`, a release store of `head`,
  *   spin, then park with the `waiting` flag, a sequentially consistent fence, a re-check and
- *   FUTEX_WAIT; when `closed` is set and the ring drained it calls host->worker_exit(ring).
+ *   FUTEX_WAIT; when `closed` is set and the ring drained it calls
+ *   host->worker_exit_ring(ring, ring_id), naming the ring by the id its header held at attach.
  *     request header x-block-ms: N    the job sleeps N ms in the worker (a blocking handler).
  *   Results: request phase `x-blocking: done`, response phase `x-blocking-resp: done`.
  */
@@ -381,6 +382,7 @@ enum {
     OFF_CAPACITY = 8,
     OFF_DESC_SIZE = 12,
     OFF_CLOSED = 16,
+    OFF_RING_ID = 24,
     OFF_TAIL = 64,
     OFF_HEAD = 128,
     OFF_WAITING = 192,
@@ -390,6 +392,7 @@ enum {
 
 struct worker {
     uint8_t *ring;
+    uint64_t ring_id;
     uint32_t mask;
     const uint8_t *arena;
     uint32_t slot_size, slot_count;
@@ -483,7 +486,7 @@ static void *worker_main(void *arg) {
             syscall(SYS_futex, (uint32_t *)(void *)waiting, FUTEX_WAIT, 1u, NULL, NULL, 0);
         }
     }
-    host->worker_exit(w->ring);
+    host->worker_exit_ring(w->ring, w->ring_id);
     free(w);
     return NULL;
 }
@@ -498,6 +501,8 @@ static uint32_t attach_worker(void *ring, size_t ring_len, const uint8_t *arena,
     memcpy(&magic, r, 4);
     memcpy(&capacity, r + OFF_CAPACITY, 4);
     memcpy(&desc_size, r + OFF_DESC_SIZE, 4);
+    uint64_t ring_id;
+    memcpy(&ring_id, r + OFF_RING_ID, 8);
     if (magic != RING_MAGIC || desc_size != sizeof(WeftJob) || capacity == 0 || (capacity & (capacity - 1)) != 0 ||
         ring_len < OFF_DESCRIPTORS + (size_t)capacity * sizeof(WeftJob)) {
         return WEFT_RESULT_ABI_MISMATCH;
@@ -506,7 +511,7 @@ static uint32_t attach_worker(void *ring, size_t ring_len, const uint8_t *arena,
     if (w == NULL) {
         return WEFT_RESULT_INTERNAL;
     }
-    *w = (struct worker){r, capacity - 1, arena, slot_size, slot_count};
+    *w = (struct worker){r, ring_id, capacity - 1, arena, slot_size, slot_count};
     pthread_t t;
     if (pthread_create(&t, NULL, worker_main, w) != 0) {
         free(w);
@@ -570,8 +575,8 @@ static const WeftPluginDescriptor descriptor = {
 };
 
 const WeftPluginDescriptor *weft_plugin_entry(const WeftHostApi *api) {
-    /* complete() and worker_exit() are needed: refuse to run on a host too old to have them. */
-    if (api == NULL || api->size < sizeof(WeftHostApi) || api->complete == NULL || api->worker_exit == NULL) {
+    /* complete() and worker_exit_ring() are needed: refuse to run on a host too old to have them. */
+    if (api == NULL || api->size < sizeof(WeftHostApi) || api->complete == NULL || api->worker_exit_ring == NULL) {
         return NULL;
     }
     host = api;

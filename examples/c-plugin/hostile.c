@@ -19,20 +19,44 @@
  * "async-never-race", then "async-release-stuck-racing"). The code complete() returned for the
  * misuse is kept per instance and reported by the next request with mode "report-rc" (header
  * x-hostile-rc).
+ *
+ * Late writers (modes "late-write*"): the plugin keeps writing its output buffer from another
+ * thread after it returned or completed, putting CR/LF into the header values (and the body) the
+ * host has already validated. The thread waits for the test to call the exported
+ * hostile_late_write(), so the write lands after validation; "late-write-race" instead writes
+ * while the host decodes.
+ *
+ * "stall": sleeps 600 ms inline (what a blocking handler does to the thread that called it).
+ *
+ * Built with -DHOSTILE_RINGS=1 (libweft_c_hostile_rings.so) it also has attach_worker and a
+ * plugin "hostile-blocking" flagged WEFT_PLUGIN_FLAG_BLOCKING, whose worker misuses the ring
+ * exit calls (see the "worker rings" block below).
  */
+#define _GNU_SOURCE
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "weft.h"
 
 #ifndef HOSTILE_LOAD
 #define HOSTILE_LOAD 0
 #endif
+#ifndef HOSTILE_RINGS
+#define HOSTILE_RINGS 0
+#endif
 
 static const WeftHostApi *host;
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+}
 
 static int put(WeftBuf *out, uint32_t op, uint32_t arg, const void *a, uint32_t a_len, const void *b, uint32_t b_len) {
     uint32_t need = (uint32_t)sizeof(WeftMutation) + ((a_len + b_len + 3u) & ~3u);
@@ -182,6 +206,146 @@ static uint32_t m_resp_crlf(WeftBuf *out) {
     return WEFT_RESULT_OK;
 }
 
+/* ---- late writers ---- */
+
+#define LATE_VALUE_LEN 2000u
+#define LATE_BODY_LEN 256u
+
+/* What the late-writer thread overwrites: bytes of the output buffer the host was given. */
+static struct {
+    uint8_t *spans[3];
+    uint32_t lens[3];
+    uint64_t instance;
+    uint32_t slot, call, out_len;
+    int complete_first; /* late-write-pending: complete(), then wait for the trigger */
+    int race;           /* late-write-race: write at once, many times */
+} late;
+static atomic_int late_busy;  /* a late writer is running */
+static atomic_int late_go;    /* set by hostile_late_write() */
+static atomic_int late_done;  /* the late bytes are written */
+static atomic_int late_started; /* the late writer runs (late-write-race returns only then) */
+
+static void late_scribble(void) {
+    for (int s = 0; s < 3; s++) {
+        for (uint32_t i = 0; late.spans[s] != NULL && i + 1 < late.lens[s]; i += 2) {
+            late.spans[s][i] = '\r';
+            late.spans[s][i + 1] = '\n';
+        }
+    }
+}
+
+static void *late_main(void *arg) {
+    (void)arg;
+    atomic_store(&late_started, 1);
+    if (late.complete_first) {
+        host->complete(late.instance, late.slot, late.call, WEFT_RESULT_OK, late.out_len);
+    }
+    if (late.race) {
+        /* Flip one byte of the value between 'v' and LF while the host decodes. */
+        volatile uint8_t *b = late.spans[0] + LATE_VALUE_LEN / 2; /* every store happens */
+        for (int n = 0; n < 4000000; n++) {
+            *b = (n & 1) ? '\n' : 'v';
+        }
+        *b = 'v';
+    } else {
+        for (int waited = 0; !atomic_load(&late_go) && waited < 10000; waited++) {
+            sleep_ms(1);
+        }
+        late_scribble();
+    }
+    atomic_store(&late_go, 0);
+    atomic_store(&late_done, 1);
+    atomic_store(&late_busy, 0);
+    return NULL;
+}
+
+/* Called by the test once the host has validated the batch: the late writer writes CR/LF now.
+ * Returns 1 once it has written (within 5 s), else 0. */
+int hostile_late_write(void) {
+    atomic_store(&late_go, 1);
+    for (int waited = 0; waited < 5000; waited++) {
+        if (atomic_exchange(&late_done, 0)) {
+            return 1;
+        }
+        sleep_ms(1);
+    }
+    return 0;
+}
+
+/* Writes a local reply (or, with set_header, a request header) whose long value and body the
+ * late writer overwrites; returns 0 if a late writer is still running or out is too small. */
+static int late_records(WeftBuf *out, int set_header) {
+    static uint8_t value[LATE_VALUE_LEN], body[LATE_BODY_LEN];
+    memset(value, 'v', sizeof value);
+    memset(body, 'b', sizeof body);
+    late.spans[0] = late.spans[1] = late.spans[2] = NULL;
+    uint32_t at = out->len;
+    if (set_header) {
+        if (!put(out, WEFT_MUTATION_OP_SET_REQUEST_HEADER, 0, "x-long", 6, value, LATE_VALUE_LEN)) {
+            return 0;
+        }
+        late.spans[0] = out->ptr + at + sizeof(WeftMutation) + 6;
+        late.lens[0] = LATE_VALUE_LEN;
+        return 1;
+    }
+    if (!put(out, WEFT_MUTATION_OP_LOCAL_REPLY, 200, body, LATE_BODY_LEN, "", 0)) {
+        return 0;
+    }
+    late.spans[2] = out->ptr + at + sizeof(WeftMutation);
+    late.lens[2] = LATE_BODY_LEN;
+    at = out->len;
+    if (!put(out, WEFT_MUTATION_OP_LOCAL_REPLY_HEADER, 0, "x-long", 6, value, LATE_VALUE_LEN)) {
+        return 0;
+    }
+    late.spans[0] = out->ptr + at + sizeof(WeftMutation) + 6;
+    late.lens[0] = LATE_VALUE_LEN;
+    at = out->len;
+    if (!PUT(out, WEFT_MUTATION_OP_LOCAL_REPLY_HEADER, 0, "x-short", "short-value")) {
+        return 0;
+    }
+    late.spans[1] = out->ptr + at + sizeof(WeftMutation) + 7;
+    late.lens[1] = 11;
+    return 1;
+}
+
+static uint32_t late_write(const char *mode, uint64_t instance, const WeftRequestView *view, WeftBuf *out) {
+    int expected = 0;
+    if (host == NULL || !atomic_compare_exchange_strong(&late_busy, &expected, 1)) {
+        return WEFT_RESULT_INTERNAL;
+    }
+    int pending = strcmp(mode, "late-write-pending") == 0;
+    late.complete_first = pending;
+    late.race = strcmp(mode, "late-write-race") == 0;
+    late.instance = instance;
+    late.slot = view->slot;
+    late.call = view->call;
+    WeftBuf mine = {out->ptr, out->cap, 0};
+    if (!late_records(&mine, strcmp(mode, "late-write-set") == 0)) {
+        atomic_store(&late_busy, 0);
+        return WEFT_RESULT_MUTATION_OVERFLOW;
+    }
+    late.out_len = mine.len;
+    if (!pending) {
+        out->len = mine.len;
+    }
+    pthread_t t;
+    if (pthread_create(&t, NULL, late_main, NULL) != 0) {
+        atomic_store(&late_busy, 0);
+        return WEFT_RESULT_INTERNAL;
+    }
+    pthread_detach(t);
+    while (late.race && !atomic_exchange(&late_started, 0)) {
+        /* the decode must overlap the writes */
+    }
+    return pending ? WEFT_RESULT_PENDING : WEFT_RESULT_OK;
+}
+
+static uint32_t m_stall(WeftBuf *out) {
+    sleep_ms(600); /* inline, on the host's thread: what `blocking: true` is for */
+    PUT(out, WEFT_MUTATION_OP_SET_REQUEST_HEADER, 0, "x-hostile-ok", "1");
+    return WEFT_RESULT_OK;
+}
+
 struct misuse {
     const char *name;
     uint32_t (*run)(WeftBuf *out);
@@ -213,6 +377,7 @@ static const struct misuse misuses[] = {
     {"resp-bad-status", m_resp_bad_status},
     {"resp-request-op", m_resp_request_op},
     {"resp-crlf", m_resp_crlf},
+    {"stall", m_stall},
 };
 
 /* ---- async misuses ---- */
@@ -363,11 +528,141 @@ static void read_mode(const WeftRequestView *view, char *mode, size_t cap) {
     }
 }
 
+/* ---- worker rings (HOSTILE_RINGS) ----
+ *
+ * attach_worker refuses the next N rings after a hostile-blocking instance was created with the
+ * config "fail-attach-N" (N: 1..9; any other config: none). Each ring gets a worker thread that polls the ring (no futex: this
+ * is not about speed). Per job, the x-hostile header of its view says what the worker does
+ * after (or before) completing it; every job answers the request header x-hostile-ring with the
+ * ring's id, so a test sees which ring served a call:
+ *   ring-exit-early          complete, then worker_exit_ring(ring, id) on the open ring and leave
+ *   ring-exit-early-legacy   complete, then worker_exit(ring) on the open ring and leave
+ *   ring-stale-exit          worker_exit(ring) and go on serving: what a late call for an
+ *                            earlier ring at the same address looks like
+ *   ring-stale-exit-id       worker_exit_ring(ring, id + 1) and go on serving (its return code
+ *                            in x-hostile-exit-rc)
+ * Once `closed` is set and the ring drained, the worker calls worker_exit_ring and leaves.
+ */
+static atomic_int attach_fail_left;
+
+struct hostile_worker {
+    uint8_t *ring;
+    uint64_t ring_id;
+    uint32_t mask;
+    const uint8_t *arena;
+    uint32_t slot_size, slot_count;
+};
+
+/* What the worker does after a job: 0 go on, 1 leave (it called an exit function). */
+static int ring_job(struct hostile_worker *w, const WeftJob *job) {
+    char mode[64] = "";
+    uint8_t *out = NULL;
+    uint32_t cap = 0, result = WEFT_RESULT_OK;
+    const WeftRequestView *view = NULL;
+    if (job->slot < w->slot_count && job->out_slot < w->slot_count && job->out_off % 8 == 0 &&
+        job->out_off <= w->slot_size) {
+        view = (const WeftRequestView *)(const void *)(w->arena + (size_t)job->slot * w->slot_size);
+        out = (uint8_t *)(uintptr_t)(w->arena + (size_t)job->out_slot * w->slot_size + job->out_off);
+        cap = w->slot_size - job->out_off;
+        read_mode(view, mode, sizeof mode);
+    } else {
+        result = WEFT_RESULT_INVALID_ARGUMENT;
+    }
+    char id[24], rc[16] = "";
+    snprintf(id, sizeof id, "%llu", (unsigned long long)w->ring_id);
+    if (strcmp(mode, "ring-stale-exit") == 0) {
+        host->worker_exit(w->ring);
+    } else if (strcmp(mode, "ring-stale-exit-id") == 0) {
+        snprintf(rc, sizeof rc, "%u", host->worker_exit_ring(w->ring, w->ring_id + 1));
+    }
+    WeftBuf b = {out, cap, 0};
+    if (out != NULL && job->phase == WEFT_PHASE_REQUEST_HEADERS) {
+        PUT(&b, WEFT_MUTATION_OP_SET_REQUEST_HEADER, 0, "x-hostile-ring", id);
+        if (rc[0] != '\0') {
+            PUT(&b, WEFT_MUTATION_OP_SET_REQUEST_HEADER, 0, "x-hostile-exit-rc", rc);
+        }
+    }
+    host->complete(job->instance, job->slot, job->call, result, b.len);
+    if (strcmp(mode, "ring-exit-early") == 0 && job->phase == WEFT_PHASE_REQUEST_HEADERS) {
+        host->worker_exit_ring(w->ring, w->ring_id);
+        return 1;
+    }
+    if (strcmp(mode, "ring-exit-early-legacy") == 0 && job->phase == WEFT_PHASE_REQUEST_HEADERS) {
+        host->worker_exit(w->ring);
+        return 1;
+    }
+    return 0;
+}
+
+static void *ring_main(void *arg) {
+    struct hostile_worker *w = arg;
+    _Atomic uint32_t *closed = (_Atomic uint32_t *)(void *)(w->ring + 16);
+    _Atomic uint32_t *tail_w = (_Atomic uint32_t *)(void *)(w->ring + 64);
+    _Atomic uint32_t *head_w = (_Atomic uint32_t *)(void *)(w->ring + 128);
+    uint32_t head = atomic_load_explicit(head_w, memory_order_relaxed);
+    for (;;) {
+        uint32_t tail = atomic_load_explicit(tail_w, memory_order_acquire);
+        if (head != tail) {
+            WeftJob job;
+            memcpy(&job, w->ring + 256 + (size_t)(head & w->mask) * sizeof job, sizeof job);
+            atomic_store_explicit(head_w, ++head, memory_order_release);
+            if (ring_job(w, &job)) {
+                free(w);
+                return NULL;
+            }
+            continue;
+        }
+        if (atomic_load_explicit(closed, memory_order_acquire) &&
+            atomic_load_explicit(tail_w, memory_order_acquire) == head) {
+            break;
+        }
+        sleep_ms(1);
+    }
+    host->worker_exit_ring(w->ring, w->ring_id);
+    free(w);
+    return NULL;
+}
+
+static uint32_t hostile_attach(void *ring, size_t ring_len, const uint8_t *arena, uint32_t slot_size,
+                               uint32_t slot_count) {
+    int left = atomic_load(&attach_fail_left);
+    while (left > 0 && !atomic_compare_exchange_weak(&attach_fail_left, &left, left - 1)) {
+    }
+    if (left > 0) {
+        return WEFT_RESULT_INTERNAL; /* refused: no worker started */
+    }
+    uint32_t capacity;
+    struct hostile_worker *w = malloc(sizeof *w);
+    if (w == NULL || ring == NULL || ring_len < 256 || host->size < sizeof(WeftHostApi)) {
+        free(w);
+        return WEFT_RESULT_INVALID_ARGUMENT;
+    }
+    w->ring = ring;
+    memcpy(&capacity, w->ring + 8, 4);
+    memcpy(&w->ring_id, w->ring + 24, 8);
+    w->mask = capacity - 1;
+    w->arena = arena;
+    w->slot_size = slot_size;
+    w->slot_count = slot_count;
+    pthread_t t;
+    if (pthread_create(&t, NULL, ring_main, w) != 0) {
+        free(w);
+        return WEFT_RESULT_INTERNAL;
+    }
+    pthread_detach(t);
+    return WEFT_RESULT_OK;
+}
+
 static uint32_t hostile_init(uint32_t plugin, uint64_t instance, const uint8_t *config, size_t config_len,
                              uint32_t slot_count, WeftBuf *err) {
     (void)plugin;
     (void)instance;
     (void)slot_count;
+    if (plugin == 2) {
+        int fail = config_len == 15 && memcmp(config, "\"fail-attach-", 13) == 0 && config[13] >= '1' &&
+                   config[13] <= '9';
+        atomic_store(&attach_fail_left, fail ? config[13] - '0' : 0);
+    }
     if (config_len >= 4 && memcmp(config, "\"bad", 4) == 0) {
         /* An init failure whose message claims more bytes than the buffer holds. */
         memcpy(err->ptr, "hostile init refused", 20);
@@ -387,6 +682,9 @@ static uint32_t hostile_phase(uint64_t instance, uint32_t phase, const WeftReque
     }
     if (strncmp(mode, "async-", 6) == 0) {
         return async_misuse(mode, instance, view, out);
+    }
+    if (strncmp(mode, "late-write", 10) == 0) {
+        return late_write(mode, instance, view, out);
     }
     if (strcmp(mode, "worker-exit-bogus") == 0) {
         /* worker_exit with pointers that name no attached ring: logged and ignored. */
@@ -424,10 +722,13 @@ static const char name1[] = "hostile";
 static const char name1[] = "hostile-open";
 #endif
 
+static const char name2[] = "hostile-blocking";
+
 static const WeftPluginInfo plugins[] = {
     {(const uint8_t *)name0, sizeof name0 - 1,
      WEFT_PHASE_MASK_REQUEST_HEADERS | WEFT_PHASE_MASK_RESPONSE_HEADERS | WEFT_PHASE_MASK_LOG, 0},
     {(const uint8_t *)name1, sizeof name1 - 1, WEFT_PHASE_MASK_REQUEST_HEADERS | WEFT_PHASE_MASK_RESPONSE_HEADERS, 0},
+    {(const uint8_t *)name2, sizeof name2 - 1, WEFT_PHASE_MASK_REQUEST_HEADERS, WEFT_PLUGIN_FLAG_BLOCKING},
 };
 
 static WeftPluginDescriptor descriptor = {
@@ -439,12 +740,13 @@ static WeftPluginDescriptor descriptor = {
     .runtime = WEFT_RUNTIME_NATIVE,
     .runtime_version = (const uint8_t *)"c11-hostile",
     .runtime_version_len = 11,
-    .plugin_count = 2,
+    .plugin_count = HOSTILE_RINGS ? 3 : 2,
     .plugins = plugins,
     .init = hostile_init,
     .on_phase = hostile_phase,
     .thread_start = NULL,
     .shutdown = NULL,
+    .attach_worker = HOSTILE_RINGS ? hostile_attach : NULL,
 };
 
 const WeftPluginDescriptor *weft_plugin_entry(const WeftHostApi *api) {

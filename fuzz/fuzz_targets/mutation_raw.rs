@@ -1,7 +1,10 @@
 //! The plugin-facing surface as a misbehaving plugin drives it: arbitrary bytes in the mutation
 //! buffer, an arbitrary claimed length, in an arbitrary phase. decode() must never panic or read
 //! out of bounds; whatever it accepts, applied, keeps the invariants (no CR/LF/NUL in values,
-//! framing headers untouched, path starts with '/').
+//! framing headers untouched, path starts with '/'). A plugin that keeps writing the buffer after
+//! the host decoded it (CR/LF over every byte a record carries) changes no header, status or
+//! path, and no length: the batch resolved from the overwritten buffer equals the clean one but
+//! for the reply body's bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -34,17 +37,45 @@ fuzz_target!(|input: (u8, u32, &[u8])| {
     let raw = mutation::decode_raw(&shared, len, phase).expect("the zero-copy form refused it");
     let mut zc = raw.resolve(mutation::Source::Shared(&shared));
     let mut copied = mutation::decode(buf, len, phase).expect("decoded once already");
+    // The late writer: decoded from the buffer, resolved from it after CR/LF overwrote every
+    // letter and digit.
+    let raw = mutation::decode_raw(buf, len, phase).expect("decoded once already");
+    let late: Vec<u8> = buf
+        .iter()
+        .map(|&b| if b.is_ascii_alphanumeric() { b'\n' } else { b })
+        .collect();
+    let mut overwritten = raw.resolve(mutation::Source::Shared(&bytes::Bytes::from(late)));
     let reply_of = |r: Option<mutation::LocalReply>| r.map(|r| (r.status, r.headers, r.body));
-    assert_eq!(
+    let (c, z, o) = (
         reply_of(copied.take_reply()),
         reply_of(zc.take_reply()),
-        "local replies differ"
+        reply_of(overwritten.take_reply()),
     );
+    assert_eq!(c, z, "local replies differ");
+    let head_of = |r: &Option<(http::StatusCode, http::HeaderMap, bytes::Bytes)>| {
+        r.as_ref().map(|(s, h, b)| (*s, h.clone(), b.len()))
+    };
+    assert_eq!(head_of(&c), head_of(&o), "a late write changed a local reply's head");
     if phase == WeftPhase::RequestHeaders {
-        let (mut p1, mut p2) = (common::request(), common::request());
+        let (mut p1, mut p2, mut p3) = (common::request(), common::request(), common::request());
         copied.apply_to_request(&mut p1);
         zc.apply_to_request(&mut p2);
-        assert_eq!((p1.headers, p1.uri), (p2.headers, p2.uri), "applied batches differ");
+        overwritten.apply_to_request(&mut p3);
+        assert_eq!((&p1.headers, &p1.uri), (&p2.headers, &p2.uri), "applied batches differ");
+        assert_eq!(
+            (p1.headers, p1.uri),
+            (p3.headers, p3.uri),
+            "a late write changed the request"
+        );
+    } else {
+        let (mut p1, mut p3) = (common::response(), common::response());
+        copied.apply_to_response(&mut p1);
+        overwritten.apply_to_response(&mut p3);
+        assert_eq!(
+            (p1.status, p1.headers),
+            (p3.status, p3.headers),
+            "a late write changed the response"
+        );
     }
     // The log phase takes no record; the others take head changes (body phases: when buffered).
     assert!(phase != WeftPhase::Log || batch.is_empty());

@@ -203,7 +203,15 @@ pub struct RuntimeConfig {
     /// `weft_buffered_body_refusals_total`.
     #[serde(default)]
     pub max_buffered_bytes_total: Option<u64>,
+    /// An inline plugin call still running after this many milliseconds is logged (instance and
+    /// phase) and counted in `weft_plugin_stalls_total`; 0 turns the watchdog off. Default 100.
+    #[serde(default)]
+    pub stall_threshold_ms: Option<u64>,
 }
+
+/// Bounds of `runtime.stall_threshold_ms` (besides 0): the watchdog's precision is 10 ms.
+const STALL_THRESHOLD_MIN_MS: u64 = 20;
+const STALL_THRESHOLD_MAX_MS: u64 = 3_600_000;
 
 /// One buffer size class of the arena.
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -587,6 +595,9 @@ impl Config {
             if let Some(n) = rt.out_slots {
                 opts.out_slot_count = n;
             }
+            if let Some(ms) = rt.stall_threshold_ms {
+                opts.stall_threshold = std::time::Duration::from_millis(ms);
+            }
             if let Some(classes) = &rt.buffer_classes {
                 opts.buffer_classes = Some(
                     classes
@@ -684,6 +695,17 @@ impl Config {
             }
             if rt.out_slots == Some(0) {
                 err("runtime.out_slots".into(), "must be at least 1".into());
+            }
+            if let Some(ms) = rt.stall_threshold_ms
+                && ms != 0
+                && !(STALL_THRESHOLD_MIN_MS..=STALL_THRESHOLD_MAX_MS).contains(&ms)
+            {
+                err(
+                    "runtime.stall_threshold_ms".into(),
+                    format!(
+                        "must be 0 (off) or between {STALL_THRESHOLD_MIN_MS} and {STALL_THRESHOLD_MAX_MS} milliseconds, got {ms}"
+                    ),
+                );
             }
             let slot_size = rt
                 .slot_size
@@ -1190,6 +1212,24 @@ routes:
             e.contains("routes[0].max_buffered_body_bytes: must be between 1 and 268435456"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn stall_threshold_of_the_watchdog() {
+        let block = "runtime: { slots: 16, slot_size: 8192, log_queue: 10 }";
+        let with = |v: &str| GOOD.replace(block, &format!("runtime: {{ slots: 16, stall_threshold_ms: {v} }}"));
+        let ms = |text: &str| parse(text).unwrap().runtime_options().stall_threshold.as_millis();
+        assert_eq!(ms(GOOD), 100, "default");
+        assert_eq!(ms(&with("250")), 250);
+        assert_eq!(ms(&with("0")), 0, "off");
+        for bad in ["5", "3600001"] {
+            let e = errors(&with(bad)).join("\n");
+            assert!(
+                e.contains("runtime.stall_threshold_ms: must be 0 (off) or between 20 and 3600000 milliseconds"),
+                "{e}"
+            );
+        }
+        assert!(parse(&with("-1")).is_err());
     }
 
     #[test]

@@ -789,7 +789,7 @@ impl Collector for LogCollector {
 }
 
 /// Runtime counters the metrics report (summed over generations).
-const COUNTERS: usize = 10;
+const COUNTERS: usize = 11;
 
 fn stats(s: &RuntimeStats) -> [u64; COUNTERS] {
     [
@@ -803,6 +803,7 @@ fn stats(s: &RuntimeStats) -> [u64; COUNTERS] {
         s.worker_jobs.load(Ordering::Relaxed),
         s.output_bytes_shared.load(Ordering::Relaxed),
         s.output_bytes_copied.load(Ordering::Relaxed),
+        s.plugin_stalls.load(Ordering::Relaxed),
     ]
 }
 
@@ -867,11 +868,15 @@ impl Collector for RuntimeCollector {
             ),
             (
                 "weft_plugin_output_bytes_shared",
-                "Bytes of local reply bodies and long header values sent from the arena slot the plugin wrote them to (or from the NATS reply), without a copy",
+                "Bytes of local reply bodies sent from the arena slot the plugin wrote them to (or from the NATS reply), without a copy",
             ),
             (
                 "weft_plugin_output_bytes_copied",
-                "Bytes of local reply bodies and long header values copied because the call had no out slot of its own (arena full)",
+                "Bytes of local reply bodies copied because the call had no out slot of its own (arena full)",
+            ),
+            (
+                "weft_plugin_stalls",
+                "Inline plugin calls still running past runtime.stall_threshold_ms (each counted once; it held a proxy thread: consider blocking: true)",
             ),
         ];
         let refusals = (
@@ -1043,6 +1048,7 @@ mod tests {
         first.stats.worker_jobs.fetch_add(7, Ordering::Relaxed);
         first.stats.output_bytes_shared.fetch_add(5000, Ordering::Relaxed);
         first.stats.output_bytes_copied.fetch_add(20, Ordering::Relaxed);
+        first.stats.plugin_stalls.fetch_add(2, Ordering::Relaxed);
         first.stats.orphaned_slots.fetch_add(1, Ordering::Relaxed);
         first.stats.pending_calls.fetch_add(4, Ordering::Relaxed);
         // A reload to a runtime built afresh: the draining runtime's gauges still count, its
@@ -1050,11 +1056,13 @@ mod tests {
         let second = Runtime::new(opts()).unwrap();
         second.stats.pending_calls.fetch_add(1, Ordering::Relaxed);
         second.stats.phase_timeouts.fetch_add(1, Ordering::Relaxed);
+        second.stats.plugin_stalls.fetch_add(1, Ordering::Relaxed);
         m.set_runtime(Some(second.clone()));
         let (text, _) = m.encode();
         for line in [
             "weft_plugin_output_bytes_shared_total 5000",
             "weft_plugin_output_bytes_copied_total 20",
+            "weft_plugin_stalls_total 3",
             "weft_plugin_timeouts_total 3",
             "weft_plugin_busy_rejections_total 3",
             "weft_plugin_late_completions_total 1",

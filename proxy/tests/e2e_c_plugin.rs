@@ -15,7 +15,7 @@ use std::process::Command;
 
 use weft_proxy::demo::spawn_demo_upstream;
 
-use common::{ProxyProcess, Spawn, c_plugins, c_plugins_asan, free_port, get, go_library};
+use common::{ProxyProcess, Spawn, c_plugins, c_plugins_asan, free_port, get, go_library, parse_metrics};
 
 /// A config with a small arena (16 slots), so a leaked slot shows quickly.
 fn config(addr: SocketAddr, upstream: SocketAddr, libraries: &str, plugins: &str, routes: &str) -> String {
@@ -167,6 +167,49 @@ async fn c_plugins_next_to_the_go_library_over_real_http() {
     assert_eq!(headers["x-served-by"], "weft");
     assert_eq!(headers["x-c-stamp"], "from-c");
     check_hostile(&mut proxy).await;
+}
+
+/// An inline C plugin call that sleeps 600 ms on a proxy thread (issue 13, item 10): the
+/// watchdog logs the instance and phase once and `weft_plugin_stalls_total` counts it; quick
+/// calls count nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_inline_plugin_is_logged_and_counted() {
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let (addr, admin) = (free_port(), free_port());
+    let libs = lib_line("c", &c_plugins().join("libweft_c_stamp.so"))
+        + &lib_line("hostile", &c_plugins().join("libweft_c_hostile.so"));
+    let routes = format!("{C_ROUTES}  - {{ path_prefix: /, upstream: up, plugins: [] }}\n");
+    let yaml = config(addr, upstream, &libs, C_PLUGINS, &routes).replace(
+        "runtime: { slots: 16, slot_size: 16384 }",
+        &format!("runtime: {{ slots: 16, slot_size: 16384, stall_threshold_ms: 50 }}\nadmin: {{ listen: {admin} }}"),
+    );
+    let mut proxy = ProxyProcess::spawn("stall", &yaml, addr);
+    tokio::task::block_in_place(|| proxy.wait_ready());
+    let stalls = || async {
+        let (status, _, body) = get(admin, "/metrics", &[]).await;
+        assert_eq!(status, 200);
+        parse_metrics(body.as_str().expect("prometheus text"))["weft_plugin_stalls_total"]
+    };
+    for _ in 0..5 {
+        assert_eq!(get(addr, "/hostile/x", &[("x-hostile", "ok")]).await.0, 200);
+    }
+    assert_eq!(stalls().await, 0.0, "quick calls are not stalls");
+    let (status, _, seen) = get(addr, "/hostile/x", &[("x-hostile", "stall")]).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["headers"]["x-hostile-ok"], "1", "the slow call still applied");
+    assert_eq!(stalls().await, 1.0);
+    let log = tokio::task::block_in_place(|| proxy.wait_log("inline plugin call still running"));
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("inline plugin call still running"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        names(lines[0], "hostile-closed") && lines[0].contains("RequestHeaders") && lines[0].contains("blocking: true"),
+        "{}",
+        lines[0]
+    );
+    proxy.assert_running();
 }
 
 fn asan_runtime() -> String {

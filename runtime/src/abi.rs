@@ -341,6 +341,12 @@ unsafe impl Sync for WeftRequestView {}
 /// on the host's stack) is valid only during the call it was passed to. The bytes at `ptr` are
 /// valid during that call and, for a phase call answered [`WeftResult::Pending`], until the
 /// plugin's [`WeftHostApi::complete`] for it returns: keep `ptr` and `cap`, not the struct.
+/// After that the plugin must not write them. The host copies every operand it validates
+/// (header names and values, paths, queries, room names, WebSocket text) out of the bytes before
+/// checking it and fixes every length then, so a plugin that writes anyway changes no header,
+/// status or framing; only payload the host sends from these bytes without copying (a local
+/// reply body, body replacement bytes), at the same length, or a later call's output once the
+/// memory went back to the host.
 ///
 /// # Thread safety
 /// Lent to one call at a time: the host neither reads nor writes the bytes until the call
@@ -554,8 +560,10 @@ pub type WeftInitFn = Option<
 /// # Thread safety
 /// Called from any host thread (I/O threads, the log thread), concurrently for different
 /// requests and instances; the phases of one request are never concurrent and are ordered
-/// (happens-before). Runs on the request path, so it must not block. Never called for an
-/// instance of a [`WEFT_PLUGIN_FLAG_BLOCKING`] plugin (those get worker-ring jobs).
+/// (happens-before). Runs on the request path, so it must not block: the host does not
+/// interrupt a call that does (its watchdog logs and counts one that runs past the configured
+/// threshold). Never called for an instance of a [`WEFT_PLUGIN_FLAG_BLOCKING`] plugin (those
+/// get worker-ring jobs).
 pub type WeftPhaseFn =
     Option<unsafe extern "C" fn(instance: u64, phase: u32, view: *const WeftRequestView, out: *mut WeftBuf) -> u32>;
 
@@ -584,24 +592,27 @@ pub type WeftShutdownFn = Option<unsafe extern "C" fn(instance: u64)>;
 
 /// Starts one worker that consumes the worker ring at `ring` (`ring_len` bytes, layout in
 /// `docs/architecture.md`) until the ring's `closed` word is set and the ring is drained, then
-/// calls [`WeftHostApi::worker_exit`]`(ring)` and never touches the ring again. Jobs refer to
-/// slots of the arena at `arena`, seen as `slot_count` slots of `slot_size` bytes: the request
-/// slots (below the `slot_count` given to `init`, where views are), then the host's out slots
-/// (where a job's output location usually is). This `slot_count` is therefore larger than
-/// init's. Must return at once
-/// (the worker runs on the plugin's own thread or goroutine): [`WeftResult::Ok`], or an error
-/// code if no worker could be started. May be NULL when no plugin is flagged blocking.
+/// calls [`WeftHostApi::worker_exit_ring`]`(ring, ring_id)` (with the `ring_id` word read from the
+/// ring's header at attach time; on a host without that function, [`WeftHostApi::worker_exit`])
+/// and never touches the ring again. Jobs refer to slots of the arena at `arena`, seen as
+/// `slot_count` slots of `slot_size` bytes: the request slots (below the `slot_count` given to
+/// `init`, where views are), then the host's out slots (where a job's output location usually
+/// is). This `slot_count` is therefore larger than init's. Must return at once (the worker runs
+/// on the plugin's own thread or goroutine): [`WeftResult::Ok`], or an error code if no worker
+/// could be started. May be NULL when no plugin is flagged blocking.
 ///
 /// # Ownership and lifetime
-/// Both regions belong to the host. `ring` stays mapped until the worker's `worker_exit(ring)`
-/// call; of the arena, the worker may use only the slots a job names (its view and its output
-/// location), from the job's publication until that job's `complete` returns.
+/// Both regions belong to the host. `ring` stays mapped until the worker's exit call and the
+/// host's last post to it; of the arena, the worker may use only the slots a job names (its view
+/// and its output location), from the job's publication until that job's `complete` returns.
 ///
 /// # Thread safety
-/// Called once per ring, on the host thread that will post to it (the first time that thread
-/// posts a job for this library); calls for different rings may run concurrently. The ring has
-/// one producer (that host thread) and one consumer: the started worker alone may read jobs and
-/// write `head` (the ring protocol in `docs/abi.md` gives the atomic orderings).
+/// Called once per ring, on the host thread that will post to it: the first time that thread
+/// posts a job for this library, and again, for a new ring, when its last ring failed (the
+/// attach was refused or the worker left), at most once a second per thread and library. Calls
+/// for different rings may run concurrently. The ring has one producer (that host thread) and
+/// one consumer: the started worker alone may read jobs and write `head` (the ring protocol in
+/// `docs/abi.md` gives the atomic orderings).
 pub type WeftAttachWorkerFn = Option<
     unsafe extern "C" fn(ring: *mut c_void, ring_len: usize, arena: *const u8, slot_size: u32, slot_count: u32) -> u32,
 >;
@@ -704,18 +715,40 @@ pub type WeftLogFn = Option<unsafe extern "C" fn(level: u32, instance: u64, msg:
 pub type WeftCompleteFn =
     Option<unsafe extern "C" fn(instance: u64, slot: u32, call: u32, result: u32, out_len: u32) -> u32>;
 
-/// Tells the host that the worker on `ring` has stopped and will never touch the ring again, so
-/// its memory can be released. Called once per attached ring.
+/// Tells the host that the worker on `ring` has stopped and will never touch the ring again.
+/// Superseded by [`WeftWorkerExitRingFn`], which names the ring by its id too: an address alone
+/// cannot tell a late or second call for a ring that is gone from the live ring mapped at the
+/// same address since. So the host trusts this call only for a ring it has closed already
+/// (releasing it then); for a ring still open it closes the ring and keeps it mapped until an
+/// exit call comes for the closed ring (a call of the worker that really left never comes:
+/// the region then stays mapped). The posting thread gets a new ring on its next job.
 ///
 /// # Ownership and lifetime
-/// `ring` is the pointer `attach_worker` received; the call gives the region back to the host,
-/// which may unmap it at once. A pointer that is not an attached ring (or a second call) is
+/// `ring` is the pointer `attach_worker` received; for a closed ring the call gives the region
+/// back to the host, which may unmap it at once. A pointer that is not an attached ring is
 /// logged and ignored.
 ///
 /// # Thread safety
 /// Thread-safe; called from the worker's thread (any thread), once the worker is done with the
 /// ring. Never unwinds into the plugin.
 pub type WeftWorkerExitFn = Option<unsafe extern "C" fn(ring: *const c_void)>;
+
+/// Tells the host that the worker of the ring at `ring` whose header holds `ring_id` (the
+/// `ring_id` word at offset 24, read at attach time) has stopped and will never touch the ring
+/// again. Returns [`WeftResult::Ok`], or [`WeftResult::StaleHandle`] (logged, nothing done)
+/// when no attached ring has that address and id: a second call, or a late one for a ring whose
+/// address another ring has taken since. A worker that leaves a ring still open (before
+/// `closed`) may call it too: the host closes the ring, jobs left in it reach their deadline,
+/// and the posting thread gets a new ring on its next job.
+///
+/// # Ownership and lifetime
+/// `ring` is the pointer `attach_worker` received; an `Ok` call gives the region back to the
+/// host, which may unmap it at once.
+///
+/// # Thread safety
+/// Thread-safe; called from the worker's thread (any thread), once the worker is done with the
+/// ring. Never unwinds into the plugin.
+pub type WeftWorkerExitRingFn = Option<unsafe extern "C" fn(ring: *const c_void, ring_id: u64) -> u32>;
 
 /// The host's function table, passed to `weft_plugin_entry`.
 ///
@@ -726,7 +759,7 @@ pub type WeftWorkerExitFn = Option<unsafe extern "C" fn(ring: *const c_void)>;
 ///
 /// # Thread safety
 /// Immutable: any thread may read it at any time. Each function in it is thread-safe (see
-/// [`WeftLogFn`], [`WeftCompleteFn`], [`WeftWorkerExitFn`]).
+/// [`WeftLogFn`], [`WeftCompleteFn`], [`WeftWorkerExitFn`], [`WeftWorkerExitRingFn`]).
 #[repr(C)]
 #[derive(Debug)]
 pub struct WeftHostApi {
@@ -740,8 +773,10 @@ pub struct WeftHostApi {
     pub log: WeftLogFn,
     /// Finishes a pending phase call or a worker-ring job.
     pub complete: WeftCompleteFn,
-    /// Reports that a worker has left its ring.
+    /// Reports that a worker has left its ring (by address only; see [`WeftWorkerExitFn`]).
     pub worker_exit: WeftWorkerExitFn,
+    /// Reports that a worker has left its ring, named by address and ring id.
+    pub worker_exit_ring: WeftWorkerExitRingFn,
 }
 
 /// Signature of the one symbol a plugin library exports, `weft_plugin_entry`. Called once, on the

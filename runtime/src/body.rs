@@ -113,8 +113,8 @@ pub(crate) struct BodyState {
 }
 
 /// Where a call's mutation records (and so the bytes they carry: replacement body bytes, a local
-/// reply body, long header values) go. Body calls always have one; headers-phase calls get an
-/// out slot while one is free (see `Exchange::lease_head_out`).
+/// reply body) go. Body calls always have one; headers-phase calls get an out slot while one is
+/// free (see `Exchange::lease_head_out`).
 pub(crate) enum BodyOut {
     /// An out slot (every streamed call, buffered calls whose body fits, headers calls), or, for
     /// a buffered call over a body larger than half a slot, a buffer-class slot of at least twice

@@ -498,8 +498,7 @@ impl Exchange {
     }
 
     /// A headers-phase call writes its records into an out slot (the arena's pool of them) leased
-    /// for the call, so the bytes a local reply body or a long header value refers to can go to
-    /// hyper as slices of that slot ([`take_batch`](Self::take_batch)) instead of being copied out
+    /// for the call, so the bytes of a local reply body can go to hyper as slices of that slot ([`take_batch`](Self::take_batch)) instead of being copied out
     /// of the request's slot, which the next phase writes again. Without a free out slot the call
     /// writes after the view (and those bytes are copied). Returns whether it leased one; the
     /// caller clears `body.out` after the call.
@@ -548,8 +547,8 @@ impl Exchange {
                     .call(phase, request_id, view, *deadline)
                     .await
                     .map_err(CallError::Remote)?;
-                // The reply's bytes are already shared: a local reply body or a long header value
-                // becomes a slice of the received message.
+                // The reply's bytes are already shared: a local reply body becomes a slice of the
+                // received message.
                 let raw = mutation::decode_raw(&bytes, bytes.len(), phase).map_err(CallError::Mutation)?;
                 let n = raw.referenced_len() as u64;
                 self.chain.rt.stats.output_bytes_shared.fetch_add(n, Ordering::Relaxed);
@@ -913,7 +912,10 @@ impl Exchange {
         // SAFETY: the view is a complete WeftRequestView in host memory valid for the call (and,
         // if it goes pending, until it completes), and `out` points to `cap` writable bytes after
         // the view in the same slot, or in the body call's out buffer.
-        let rc = unsafe { (lib.on_phase)(inst.id, phase as u32, base.cast::<WeftRequestView>(), &mut out) };
+        // The watchdog sees the call while it runs (a few stores; see watchdog.rs).
+        let rc = crate::watchdog::watched(inst.id, phase, || unsafe {
+            (lib.on_phase)(inst.id, phase as u32, base.cast::<WeftRequestView>(), &mut out)
+        });
         if rc == WeftResult::Pending as u32 {
             // A completion that already arrived (from the calling thread's helper, say) is left
             // for the wait to find.
@@ -944,10 +946,12 @@ impl Exchange {
     }
 
     /// Decodes the records a finished call wrote (`len` bytes) and resolves the bytes they refer
-    /// to. With an out buffer of its own (a lease, or a body call's heap buffer), a local reply
-    /// body, long header values and body replacements become slices of that buffer, frozen for
-    /// the purpose (no copy); records written after the view in the request's slot (`out_off`)
-    /// are copied out, since the next phase writes there again. `in_slot`: a worker job that was
+    /// to. Header values, paths and everything else a record carries are copied and checked by
+    /// the decoder (a plugin may still write its buffer). With an out buffer of its own (a lease,
+    /// or a body call's heap buffer), a local reply body becomes a slice of that buffer, frozen
+    /// for the purpose (no copy; body replacements likewise, in `body.rs`); records written after
+    /// the view in the request's slot (`out_off`) are copied out, since the next phase writes
+    /// there again. `in_slot`: a worker job that was
     /// given the slot while the call's out buffer is on the heap; its records are copied over.
     fn take_batch(
         &mut self,
@@ -1148,6 +1152,11 @@ impl Drop for WaitCall<'_> {
             if let Abandoned::Arrived(w, done) = self.x.abandon(w, false) {
                 let _ = self.x.finish_waiting(w, done, self.phase);
             }
+            // The caller's future is dropped with this one, so it will not release the call's
+            // out buffer and chunk. The plugin is done with them here: the call finished (or
+            // finished while being cancelled), or, still held, it took them into its cell.
+            self.x.body.out = None;
+            self.x.body.chunk = None;
         }
     }
 }

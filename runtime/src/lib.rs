@@ -17,6 +17,7 @@ pub mod remote;
 pub mod ring;
 pub mod sync;
 pub mod view;
+pub mod watchdog;
 pub mod workers;
 
 use std::collections::HashMap;
@@ -65,6 +66,10 @@ pub struct RuntimeOptions {
     /// buffers larger than every buffer class. A call over it is refused (503 for a request
     /// body, 502 for a response body). Default [`budget::DEFAULT_BUFFERED_BYTES_TOTAL`].
     pub max_buffered_bytes_total: u64,
+    /// An inline phase call (made on the calling thread) still running after this long is logged
+    /// once, naming the instance and phase, and counted ([`RuntimeStats::plugin_stalls`]); it
+    /// is not interrupted. Zero: not watched. Precision: [`watchdog::TICK`]. Default 100 ms.
+    pub stall_threshold: Duration,
 }
 
 impl Default for RuntimeOptions {
@@ -76,6 +81,7 @@ impl Default for RuntimeOptions {
             out_slot_count: 0,
             buffer_classes: None,
             max_buffered_bytes_total: budget::DEFAULT_BUFFERED_BYTES_TOTAL,
+            stall_threshold: Duration::from_millis(100),
         }
     }
 }
@@ -230,11 +236,15 @@ pub struct RuntimeStats {
     pub pending_calls: AtomicU64,
     /// Phase calls posted to worker rings.
     pub worker_jobs: AtomicU64,
-    /// Bytes of local reply bodies and long header values that plugins wrote and the host handed
-    /// on as slices of the arena slot they were written to (or of a NATS reply), without a copy.
+    /// Bytes of local reply bodies that plugins wrote and the host handed on as slices of the
+    /// arena slot they were written to (or of a NATS reply), without a copy. (Header values are
+    /// always copied: they are checked on the host's copy.)
     pub output_bytes_shared: AtomicU64,
     /// The same bytes copied instead, because the call had no out slot of its own (none was free).
     pub output_bytes_copied: AtomicU64,
+    /// Inline phase calls that ran past [`RuntimeOptions::stall_threshold`] (each counted once,
+    /// while it still runs).
+    pub plugin_stalls: AtomicU64,
 }
 
 struct Registry {
@@ -360,6 +370,12 @@ impl Runtime {
         budget: Arc<budget::ByteBudget>,
     ) -> Arc<Runtime> {
         let (log_tx, log_rx) = crossbeam_channel::bounded::<LogJob>(opts.log_queue_len());
+        let stall_ms = opts.stall_threshold.as_millis().try_into().unwrap_or(u64::MAX);
+        // The table may be shared with earlier generations: the newest config's threshold applies.
+        mem.calls.stall_threshold_ms.store(stall_ms, Ordering::Relaxed);
+        if stall_ms > 0 {
+            watchdog::start();
+        }
         let rt = Arc::new(Runtime {
             arena: Arc::clone(&mem.arena),
             outs: Arc::clone(&mem.outs),

@@ -112,6 +112,10 @@ pub(crate) struct SlotCall {
 pub(crate) struct AsyncTable {
     slots: Box<[SlotCall]>,
     pub(crate) stats: Arc<RuntimeStats>,
+    /// The runtime's `stall_threshold` in milliseconds (0: inline calls are not watched); read by
+    /// the watchdog (`watchdog.rs`), which finds the table through the instance. Set by the newest
+    /// runtime generation sharing the table.
+    pub(crate) stall_threshold_ms: AtomicU64,
 }
 
 impl AsyncTable {
@@ -125,6 +129,7 @@ impl AsyncTable {
                 })
                 .collect(),
             stats,
+            stall_threshold_ms: AtomicU64::new(0),
         }
     }
 

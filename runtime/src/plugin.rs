@@ -327,6 +327,7 @@ static HOST_API: HostApi = HostApi(WeftHostApi {
     log: Some(host_log),
     complete: Some(crate::pending::host_complete),
     worker_exit: Some(crate::workers::host_worker_exit),
+    worker_exit_ring: Some(crate::workers::host_worker_exit_ring),
 });
 
 /// A plugin instance as the host functions see it: its name (for log lines) and the call table

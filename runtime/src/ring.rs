@@ -5,8 +5,11 @@
 //! # Layout (version 1, all little-endian native integers, offsets in bytes)
 //! ```text
 //!   0  magic  u32 = RING_MAGIC ("WFTR")   4  version u32 = 1
-//!   8  capacity u32 (power of two)         12 desc_size u32 = 24
-//!  16  closed u32 (0 open, 1: the producer is gone)               ─ rest of line 0 unused
+//!   8  capacity u32 (power of two)         12 desc_size u32 = 32
+//!  16  closed u32 (0 open, 1: the producer is gone)   20 reserved u32 (0)
+//!  24  ring_id u64: this ring's identity, never 0, unique in the process (a ring mapped later
+//!      at the same address has another): a worker names its ring with it in `worker_exit_ring`
+//!                                                                 ─ rest of line 0 unused
 //!  64  tail    u32  written by the producer only: descriptors [0, tail) were published
 //! 128  head    u32  written by the consumer only: descriptors [0, head) were consumed
 //! 192  waiting u32  the consumer's park flag and futex word: 0 running, 1 parked (or parking)
@@ -77,6 +80,8 @@ struct Meta {
     capacity: u32,
     desc_size: u32,
     closed: AtomicU32,
+    reserved: u32,
+    ring_id: u64,
 }
 
 /// The fixed header at the start of a ring's region (see the module docs for the offsets).
@@ -90,6 +95,7 @@ pub struct RingHeader {
 
 /// Offsets of the header words and the descriptors: the contract with foreign consumers.
 pub const OFFSET_CLOSED: usize = 16;
+pub const OFFSET_RING_ID: usize = 24;
 pub const OFFSET_TAIL: usize = 64;
 pub const OFFSET_HEAD: usize = 128;
 pub const OFFSET_WAITING: usize = 192;
@@ -103,6 +109,7 @@ const _: () = {
     assert!(std::mem::offset_of!(RingHeader, waiting) == OFFSET_WAITING);
     assert!(std::mem::size_of::<RingHeader>() == OFFSET_DESCRIPTORS);
     assert!(std::mem::offset_of!(Meta, closed) == OFFSET_CLOSED);
+    assert!(std::mem::offset_of!(Meta, ring_id) == OFFSET_RING_ID);
 };
 
 const RUNNING: u32 = 0;
@@ -124,6 +131,9 @@ pub struct RingStats {
     /// Wake-ups the producer issued (system calls on Linux).
     pub wakes: stat::AtomicU64,
 }
+
+/// The last ring id handed out (ids start at 1).
+static RING_IDS: stat::AtomicU64 = stat::AtomicU64::new(0);
 
 /// Ring regions mapped now (a statistic: tests check that closed rings are unmapped).
 static MAPPED: stat::AtomicU64 = stat::AtomicU64::new(0);
@@ -253,6 +263,8 @@ pub fn ring(capacity: u32) -> Result<(Producer, Consumer), RingError> {
             capacity,
             desc_size: std::mem::size_of::<WeftJob>() as u32,
             closed: AtomicU32::new(0),
+            reserved: 0,
+            ring_id: RING_IDS.fetch_add(1, stat::Ordering::Relaxed) + 1,
         }),
         tail: Line(AtomicU32::new(0)),
         head: Line(AtomicU32::new(0)),
@@ -378,6 +390,12 @@ impl Producer {
 
     pub fn capacity(&self) -> u32 {
         self.capacity
+    }
+
+    /// The ring's identity, as its header's `ring_id` word holds it: never 0, and never the same
+    /// for two rings of the process.
+    pub fn id(&self) -> u64 {
+        self.shared.header().meta.0.ring_id
     }
 
     pub fn stats(&self) -> &RingStats {
@@ -538,6 +556,10 @@ mod tests {
         assert_eq!(word(8), 8);
         assert_eq!(word(12), 32);
         assert_eq!(word(OFFSET_TAIL), 0);
+        let id = unsafe { (base.add(OFFSET_RING_ID) as *const u64).read() };
+        assert_eq!(id, p.id());
+        let (q, _d) = ring(8).unwrap();
+        assert!(id != 0 && q.id() != id, "ring ids are unique and never 0");
     }
 
     #[test]

@@ -7,17 +7,33 @@
 //! # One ring per (runtime, library, host thread)
 //! A host thread that posts a job for a library creates its ring on first use (kept in a
 //! thread-local, so posting takes no shared lock: the producer handle's mutex is only ever taken
-//! by its own thread, and by the runtime when it closes the ring) and calls the library's
-//! `attach_worker(ring, ring_len, arena, slot_size, slot_count)` once; the plugin starts a worker
-//! (a thread or goroutine of its own) that consumes the ring with the documented protocol.
+//! by its own thread, and by the runtime or a leaving worker when they close the ring) and calls
+//! the library's `attach_worker(ring, ring_len, arena, slot_size, slot_count)` once; the plugin
+//! starts a worker (a thread or goroutine of its own) that consumes the ring with the documented
+//! protocol.
+//!
+//! # Recovery
+//! A ring without a worker (the attach was refused, or the worker left while the ring was open)
+//! fails its thread's blocking calls (`NoWorker`) only until the thread's next call at least
+//! [`RETRY_INTERVAL`] after that ring was created: the ring is then closed and replaced by a
+//! new one, attached again.
+//!
+//! # Identity
+//! A ring is named by its address and its `ring_id` (a header word, unique in the process):
+//! `worker_exit_ring(ring, ring_id)` releases exactly that ring, and a late or second call, for a
+//! ring whose address another has taken since, names no attached ring and is ignored. The older
+//! `worker_exit(ring)` names an address only, so the host releases a ring on it only once the
+//! host has closed that ring; for an open ring it closes the ring and keeps it mapped until an
+//! exit call for the closed ring comes.
 //!
 //! # Memory
 //! The region is shared by the ring's [`Producer`] (owned by the runtime, used by one host
 //! thread) and its [`Consumer`] handle, which the host keeps, unused, in a process-wide table
 //! while a worker reads the region. When the runtime is dropped it drops its producers, which
 //! sets each ring's `closed` word and wakes its worker; the worker drains the ring, calls
-//! `worker_exit(ring)` and never touches it again; the host then drops the consumer handle and the
-//! region is unmapped. A ring whose worker never exits stays mapped (leaked, not freed under it).
+//! `worker_exit_ring(ring, ring_id)` (or `worker_exit(ring)`) and never touches it again; the host
+//! then drops the consumer handle and the region is unmapped. A ring whose worker never exits
+//! stays mapped (leaked, not freed under it).
 
 use std::cell::RefCell;
 use std::ffi::c_void;
@@ -33,21 +49,65 @@ pub const DEFAULT_RING_CAPACITY: u32 = 1024;
 
 /// One ring as its producer thread and the runtime see it.
 pub(crate) struct RingHandle {
-    /// `None` once closed by the runtime, or if no worker could be attached.
+    /// `None` once closed (by the runtime, or because its worker left), or if no worker could be
+    /// attached.
     producer: Mutex<Option<Producer>>,
     /// The worker called `worker_exit` while the ring was still open.
     gone: std::sync::atomic::AtomicBool,
+    /// When this ring was created: a thread whose ring failed gets a new one at most once per
+    /// [`RETRY_INTERVAL`].
+    created: std::time::Instant,
+}
+
+/// How often a host thread may create a new ring for a library after its ring failed (the attach
+/// was refused, or the worker left).
+pub const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl RingHandle {
+    fn new() -> Arc<RingHandle> {
+        Arc::new(RingHandle {
+            producer: Mutex::new(None),
+            gone: std::sync::atomic::AtomicBool::new(false),
+            created: std::time::Instant::now(),
+        })
+    }
+
+    /// Posts one job; the hot path (one relaxed load, the producer's own uncontended lock).
+    fn send(&self, job: WeftJob) -> Result<(), PostError> {
+        if self.gone.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(PostError::NoWorker("the worker of this thread's ring has exited"));
+        }
+        let mut producer = self.producer.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = producer.as_mut() else {
+            return Err(PostError::NoWorker("no worker could be attached to this thread's ring"));
+        };
+        p.try_send(job).map_err(|_| PostError::Full)
+    }
+
+    fn is_open(&self) -> bool {
+        self.producer.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Stops posting: stores `closed` and wakes the worker, which drains the ring and leaves.
+    fn close(&self) {
+        let producer = self.producer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // Producer::drop publishes what is staged, stores `closed = 1` and wakes the worker.
+        drop(producer);
+    }
 }
 
 /// A ring whose worker has not exited yet: the host keeps its consumer handle (and so the region).
 struct Attached {
     addr: usize,
+    /// The ring's `ring_id` (never 0): with `addr`, what names this ring and no other.
+    id: u64,
     _consumer: Consumer,
     ring: Weak<RingHandle>,
     library: String,
 }
 
-/// Every attached ring of the process, for `worker_exit`.
+/// Every attached ring of the process, for `worker_exit`. An address is here at most once: the
+/// region stays mapped while its entry is here, so no other ring can be mapped there.
 static ATTACHED: Mutex<Vec<Attached>> = Mutex::new(Vec::new());
 
 /// Worker rings whose worker has not called `worker_exit` yet, process-wide.
@@ -116,7 +176,8 @@ impl Workers {
     }
 
     /// Posts `job` to this thread's ring for `lib`, creating and attaching the ring first if
-    /// needed. `arena`: (base, slot size, slot count) for `attach_worker`.
+    /// needed, or replacing it (at most once per [`RETRY_INTERVAL`]) when it failed: its attach
+    /// was refused or its worker left. `arena`: (base, slot size, slot count) for `attach_worker`.
     pub(crate) fn post(
         &self,
         lib: &Arc<Library>,
@@ -124,37 +185,53 @@ impl Workers {
         job: WeftJob,
     ) -> Result<(), PostError> {
         let key = Arc::as_ptr(lib) as usize;
-        let handle = LOCAL.try_with(|local| {
+        let posted = LOCAL.try_with(|local| {
             let mut local = local.borrow_mut();
-            if let Some((_, _, h)) = local.iter().find(|(rt, lib, _)| *rt == self.id && *lib == key) {
-                return Arc::clone(h);
+            let i = match local.iter().position(|(rt, lib, _)| *rt == self.id && *lib == key) {
+                Some(i) => i,
+                None => {
+                    // Forget rings of runtimes that closed them.
+                    local.retain(|(rt, _, h)| *rt == self.id || h.is_open());
+                    local.push((self.id, key, self.attach(lib, arena)));
+                    local.len() - 1
+                }
+            };
+            match local[i].2.send(job) {
+                Err(PostError::NoWorker(why)) => self.recover(&mut local[i].2, lib, arena, job, why),
+                r => r,
             }
-            // Forget rings of runtimes that closed them.
-            local.retain(|(rt, _, h)| *rt == self.id || h.producer.lock().unwrap_or_else(|e| e.into_inner()).is_some());
-            let h = self.attach(lib, arena);
-            local.push((self.id, key, Arc::clone(&h)));
-            h
         });
-        let Ok(handle) = handle else {
-            return Err(PostError::NoWorker("the posting thread is exiting"));
-        };
-        if handle.gone.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(PostError::NoWorker("the worker of this ring has exited"));
+        posted.unwrap_or(Err(PostError::NoWorker("the posting thread is exiting")))
+    }
+
+    /// This thread's ring has no worker: replaces it with a new ring if the old one is at least
+    /// [`RETRY_INTERVAL`] old, and posts `job` there.
+    #[cold]
+    fn recover(
+        &self,
+        ring: &mut Arc<RingHandle>,
+        lib: &Arc<Library>,
+        arena: (*const u8, usize, u32),
+        job: WeftJob,
+        why: &'static str,
+    ) -> Result<(), PostError> {
+        if ring.created.elapsed() < RETRY_INTERVAL {
+            return Err(PostError::NoWorker(why));
         }
-        let mut producer = handle.producer.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(p) = producer.as_mut() else {
-            return Err(PostError::NoWorker("no worker could be attached to this thread's ring"));
-        };
-        p.try_send(job).map_err(|_| PostError::Full)
+        tracing::info!(library = %lib.path.display(), "{why}: attaching a new worker ring");
+        let old = std::mem::replace(ring, self.attach(lib, arena));
+        old.close();
+        self.rings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|r| !Arc::ptr_eq(r, &old));
+        ring.send(job)
     }
 
     /// Creates a ring and asks the library to start a worker on it.
     #[cold]
     fn attach(&self, lib: &Arc<Library>, (base, slot_size, slot_count): (*const u8, usize, u32)) -> Arc<RingHandle> {
-        let handle = Arc::new(RingHandle {
-            producer: Mutex::new(None),
-            gone: std::sync::atomic::AtomicBool::new(false),
-        });
+        let handle = RingHandle::new();
         self.rings
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -172,10 +249,11 @@ impl Workers {
                 return handle;
             }
         };
-        let (addr, len) = producer.region();
+        let ((addr, len), id) = (producer.region(), producer.id());
         // Registered before the call: the worker may leave (and call worker_exit) at once.
         ATTACHED.lock().unwrap_or_else(|e| e.into_inner()).push(Attached {
             addr: addr as usize,
+            id,
             _consumer: consumer,
             ring: Arc::downgrade(&handle),
             library: library.clone(),
@@ -189,17 +267,12 @@ impl Workers {
             tracing::error!(
                 %library,
                 rc = ?WeftResult::from_raw(rc),
-                "attach_worker refused: blocking plugin calls from this thread fail"
+                "attach_worker refused: blocking plugin calls from this thread fail until a new ring is attached \
+                 (tried again at most once a second)"
             );
             // No worker started: the consumer handle goes, and with the producer the region.
-            let producer = handle.producer.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let att = {
-                let mut all = ATTACHED.lock().unwrap_or_else(|e| e.into_inner());
-                all.iter()
-                    .position(|a| a.addr == addr as usize)
-                    .map(|i| all.swap_remove(i))
-            };
-            drop((producer, att));
+            handle.close();
+            drop(detach(addr as usize, Some(id)));
         } else {
             tracing::debug!(%library, capacity, "worker attached to a new ring");
         }
@@ -211,11 +284,18 @@ impl Workers {
     pub(crate) fn close(&self) {
         let rings = std::mem::take(&mut *self.rings.lock().unwrap_or_else(|e| e.into_inner()));
         for r in rings {
-            let producer = r.producer.lock().unwrap_or_else(|e| e.into_inner()).take();
-            // Producer::drop publishes what is staged, stores `closed = 1` and wakes the worker.
-            drop(producer);
+            r.close();
         }
     }
+}
+
+/// Takes the entry of the ring at `addr` (with id `id`, if given) out of [`ATTACHED`].
+fn detach(addr: usize, id: Option<u64>) -> Option<Attached> {
+    let mut all = ATTACHED.lock().unwrap_or_else(|e| e.into_inner());
+    let i = all
+        .iter()
+        .position(|a| a.addr == addr && id.is_none_or(|id| a.id == id))?;
+    Some(all.swap_remove(i))
 }
 
 /// `WeftHostApi::worker_exit`: the worker on `ring` has stopped for good. Never unwinds.
@@ -223,30 +303,73 @@ pub(crate) unsafe extern "C" fn host_worker_exit(ring: *const c_void) {
     let _ = std::panic::catch_unwind(|| worker_exit(ring as usize));
 }
 
+/// `WeftHostApi::worker_exit_ring`: the worker of ring `ring_id` at `ring` has stopped for good.
+/// Never unwinds.
+pub(crate) unsafe extern "C" fn host_worker_exit_ring(ring: *const c_void, ring_id: u64) -> u32 {
+    std::panic::catch_unwind(|| worker_exit_ring(ring as usize, ring_id)).unwrap_or(WeftResult::Internal) as u32
+}
+
+/// Named by address and id: nothing else can be meant. A ring still open is closed (its posting
+/// thread gets a new one), and the region goes once the producer is gone too.
+fn worker_exit_ring(addr: usize, id: u64) -> WeftResult {
+    let Some(att) = detach(addr, Some(id)) else {
+        tracing::warn!(
+            ring = format_args!("{addr:#x}"),
+            ring_id = id,
+            "worker_exit_ring() names no attached worker ring (a second call, or a late one for a ring that is \
+             gone); ignored"
+        );
+        return WeftResult::StaleHandle;
+    };
+    if let Some(h) = att.ring.upgrade().filter(|h| h.is_open()) {
+        left_early(&h, &att.library);
+    }
+    tracing::debug!(library = %att.library, "worker left its ring");
+    // The consumer handle goes now; the region is unmapped when the producer is gone too.
+    drop(att);
+    WeftResult::Ok
+}
+
+/// Named by address only: a late or second call for a ring that is gone looks the same as a call
+/// for the live ring mapped at that address since. So only a ring the host closed already is
+/// released; a ring still open is closed (its posting thread gets a new one) but stays mapped
+/// until an exit call comes for it once closed: its worker, if it is still there, drains it and
+/// calls again.
 fn worker_exit(addr: usize) {
     let found = {
-        let mut all = ATTACHED.lock().unwrap_or_else(|e| e.into_inner());
-        all.iter().position(|a| a.addr == addr).map(|i| all.swap_remove(i))
+        let all = ATTACHED.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter()
+            .find(|a| a.addr == addr)
+            .map(|a| (a.id, a.ring.upgrade(), a.library.clone()))
     };
-    let Some(att) = found else {
+    let Some((id, handle, library)) = found else {
         tracing::warn!(
             ring = format_args!("{addr:#x}"),
             "worker_exit() with a pointer that is not an attached worker ring (or one that exited already); ignored"
         );
         return;
     };
-    if let Some(h) = att.ring.upgrade() {
-        let open = h.producer.lock().unwrap_or_else(|e| e.into_inner()).is_some();
-        if open {
-            h.gone.store(true, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(
-                library = %att.library,
-                "a worker left its ring while the host still posts to it: blocking calls posted from that thread fail \
-                 from now on, and jobs left in the ring reach their deadline"
-            );
-        }
+    if let Some(h) = handle.filter(|h| h.is_open()) {
+        left_early(&h, &library);
+        tracing::warn!(
+            %library,
+            "worker_exit() for a ring still open: kept mapped until an exit call comes for it now that it is closed \
+             (worker_exit_ring names a ring without doubt)"
+        );
+        return;
     }
-    tracing::debug!(library = %att.library, "worker left its ring");
-    // The consumer handle goes now; the region is unmapped when the producer is gone too.
-    drop(att);
+    tracing::debug!(%library, "worker left its ring");
+    drop(detach(addr, Some(id)));
+}
+
+/// The worker of an open ring says it left: close the ring (jobs left in it reach their deadline)
+/// and let its posting thread attach a new one.
+fn left_early(h: &RingHandle, library: &str) {
+    h.gone.store(true, std::sync::atomic::Ordering::Relaxed);
+    h.close();
+    tracing::warn!(
+        %library,
+        "a worker left its ring while the host still posted to it: the ring is closed, jobs left in it reach their \
+         deadline, and the posting thread attaches a new ring on its next blocking call"
+    );
 }

@@ -513,3 +513,355 @@ fn a_descriptor_from_before_attach_worker_still_loads() {
         .unwrap_err();
     assert!(err.to_string().contains("attach_worker"), "{err}");
 }
+
+/// The exported trigger of hostile.c's late writers (the library the runtime loaded, opened again
+/// with RTLD_NOLOAD, so no second copy).
+fn late_write_trigger() -> impl Fn() -> bool {
+    let path = c_plugins().join("libweft_c_hostile.so");
+    // SAFETY: loaded already by the runtime (no initialisers run); the symbol is
+    // `int hostile_late_write(void)`, which only sets and polls C atomics.
+    let lib = unsafe { libloading::os::unix::Library::open(Some(&path), libc::RTLD_NOW | libc::RTLD_NOLOAD) }
+        .expect("the runtime loaded the hostile library");
+    let f: libloading::os::unix::Symbol<unsafe extern "C" fn() -> i32> =
+        unsafe { lib.get(b"hostile_late_write") }.expect("hostile_late_write exported");
+    move || unsafe { f() } == 1
+}
+
+/// Sends `resp` through a real hyper HTTP/1 server on a loopback socket and returns the bytes a
+/// client read: what reaches the wire.
+fn on_the_wire(resp: http::Response<bytes::Bytes>) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = tokio.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio.spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let resp = Mutex::new(Some(resp.map(http_body_util::Full::new)));
+        let svc = hyper::service::service_fn(move |_req| {
+            let r = resp.lock().unwrap().take().expect("one request");
+            std::future::ready(Ok::<_, std::convert::Infallible>(r))
+        });
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+            .await
+    });
+    let client = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    tokio.block_on(server).unwrap().unwrap();
+    client.join().unwrap()
+}
+
+/// A C plugin writes CR/LF into the header values (and the body) of its local reply from another
+/// thread after it returned, or after it completed a pending call, once the host validated the
+/// batch (issue 13, item 11). The headers that reach the wire are the validated ones: the host
+/// checked and sends its own copy. The body, payload in a slot the host lent, keeps its length.
+#[test]
+fn a_late_writer_cannot_change_validated_headers() {
+    let rt = runtime();
+    rt.load_library("hostile", &c_plugins().join("libweft_c_hostile.so"))
+        .unwrap();
+    let id = rt
+        .instantiate_with(
+            InstanceSpec {
+                name: "late".into(),
+                library: "hostile".into(),
+                plugin: "hostile".into(),
+                config_json: b"{}".to_vec(),
+                fail_open: false,
+            },
+            InstanceOptions::default(),
+        )
+        .unwrap();
+    let chain = rt.chain(&[id]);
+    let late_write = late_write_trigger();
+    let long = "v".repeat(2000);
+    for mode in ["late-write", "late-write-pending"] {
+        let mut ex = chain.start(client(), "http").unwrap().unwrap();
+        let mut req = request(mode);
+        let Flow::Respond(resp) = ex.request_headers(&mut req) else {
+            panic!("{mode}: no local reply")
+        };
+        assert_eq!(resp.status(), 200, "{mode}");
+        assert!(late_write(), "{mode}: the late writer ran");
+        assert_eq!(resp.headers()["x-long"], long.as_str(), "{mode}");
+        assert_eq!(resp.headers()["x-short"], "short-value", "{mode}");
+        let wire = on_the_wire(resp);
+        let text = String::from_utf8_lossy(&wire);
+        let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+        let mut names: Vec<&str> = head
+            .lines()
+            .skip(1)
+            .map(|l| l.split_once(": ").expect("name: value").0)
+            .collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["connection", "content-length", "date", "x-long", "x-short"],
+            "{mode}: no injected header line:\n{head}"
+        );
+        assert!(head.contains(&format!("\r\nx-long: {long}\r\n")), "{mode}");
+        assert!(head.contains("\r\nx-short: short-value"), "{mode}");
+        assert!(head.contains("\r\ncontent-length: 256"), "{mode}");
+        assert_eq!(body.len(), 256, "{mode}: the body keeps its length");
+        drop(ex);
+        wait_arena_empty(&rt);
+    }
+    // A request header the late writer overwrites after it was applied.
+    let mut ex = chain.start(client(), "http").unwrap().unwrap();
+    let mut req = request("late-write-set");
+    assert!(matches!(ex.request_headers(&mut req), Flow::Continue));
+    assert!(late_write(), "the late writer ran");
+    assert_eq!(req.headers["x-long"], long.as_str());
+    drop(ex);
+    wait_arena_empty(&rt);
+    // A writer that flips a byte of the value to LF while the host decodes: the batch is either
+    // refused (the copy the host checked had the LF) or applied with the value unchanged.
+    let (mut applied, mut refused) = (0, 0);
+    for _ in 0..200 {
+        let mut ex = chain.start(client(), "http").unwrap().unwrap();
+        let mut req = request("late-write-race");
+        match ex.request_headers(&mut req) {
+            Flow::Respond(r) if r.status() == 500 => refused += 1,
+            Flow::Respond(r) => {
+                assert_eq!(r.status(), 200);
+                assert_eq!(r.headers()["x-long"], long.as_str());
+                applied += 1;
+            }
+            Flow::Continue => panic!("late-write-race answers a local reply"),
+        }
+        drop(ex);
+        // The writer is done before the next request may start one.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !late_write() {
+            assert!(Instant::now() < deadline, "the racing writer never finished");
+        }
+    }
+    eprintln!("late-write-race: {applied} applied unchanged, {refused} refused");
+    wait_arena_empty(&rt);
+}
+
+/// Ring tests run one at a time: they count the process's mapped ring regions.
+static RINGS: Mutex<()> = Mutex::new(());
+
+/// A runtime with libweft_c_hostile_rings.so and a chain of one "hostile-blocking" instance
+/// (config: what its init gets, e.g. `"fail-attach-2"`).
+fn rings_chain(config: &[u8]) -> (Arc<Runtime>, weft_runtime::Chain) {
+    let rt = runtime();
+    rt.load_library("rings", &c_plugins().join("libweft_c_hostile_rings.so"))
+        .unwrap();
+    let id = rt
+        .instantiate_with(
+            InstanceSpec {
+                name: "hostile-blocking".into(),
+                library: "rings".into(),
+                plugin: "hostile-blocking".into(),
+                config_json: config.to_vec(),
+                fail_open: false,
+            },
+            InstanceOptions {
+                deadline: Duration::from_secs(5),
+                ..InstanceOptions::default()
+            },
+        )
+        .unwrap();
+    let chain = rt.chain(&[id]);
+    (rt, chain)
+}
+
+/// One request through the blocking instance on this thread (so through this thread's ring):
+/// the id of the ring whose worker served it, or the status of the failure answer.
+fn ring_call(chain: &weft_runtime::Chain, mode: &str) -> Result<(u64, Option<String>), u16> {
+    let mut ex = chain.start(client(), "http").unwrap().unwrap();
+    let mut req = request(mode);
+    match ex.request_headers(&mut req) {
+        Flow::Continue => Ok((
+            req.headers["x-hostile-ring"].to_str().unwrap().parse().unwrap(),
+            req.headers
+                .get("x-hostile-exit-rc")
+                .map(|v| v.to_str().unwrap().to_owned()),
+        )),
+        Flow::Respond(r) => Err(r.status().as_u16()),
+    }
+}
+
+/// Calls until a worker serves one (the host attaches a new ring at most once a second); the
+/// ring id. Fails after 10 s: before the fix a thread whose ring failed never got another.
+fn ring_call_until_served(chain: &weft_runtime::Chain) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ring_call(chain, "plain") {
+            Ok((id, _)) => return id,
+            Err(status) => assert_eq!(status, 500, "no worker: failure policy"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "blocking calls from this thread still fail: no new ring was attached"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_regions(want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while weft_runtime::workers::live_ring_regions() != want {
+        assert!(
+            Instant::now() < deadline,
+            "{} ring regions mapped, want {want}",
+            weft_runtime::workers::live_ring_regions()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A worker that leaves its ring while it is open (`worker_exit_ring`, or `worker_exit`) does not
+/// disable blocking calls from that thread for good: the next call after a while gets a new ring
+/// (issue 13, item 14).
+#[test]
+fn a_ring_whose_worker_left_is_replaced() {
+    let _g = RINGS.lock().unwrap_or_else(|e| e.into_inner());
+    let regions = weft_runtime::workers::live_ring_regions();
+    let (rt, chain) = rings_chain(b"{}");
+    let mut ring = ring_call(&chain, "plain").expect("served").0;
+    for mode in ["ring-exit-early", "ring-exit-early-legacy"] {
+        assert_eq!(
+            ring_call(&chain, mode).expect(mode).0,
+            ring,
+            "{mode}: served, then left"
+        );
+        let next = ring_call_until_served(&chain);
+        assert_ne!(next, ring, "{mode}: a new ring");
+        ring = next;
+    }
+    assert_eq!(rt.worker_rings(), 1, "the failed rings were closed");
+    drop((chain, rt));
+    // The ring left with worker_exit_ring is gone; the one left with worker_exit (address only)
+    // stays mapped: the host cannot tell that call from a late one for an earlier ring.
+    wait_regions(regions + 1);
+}
+
+/// `attach_worker` refuses the first two rings: blocking calls fail (500) until a ring is
+/// attached, at most a second apart, instead of for good (issue 13, item 14).
+#[test]
+fn a_refused_attach_is_tried_again() {
+    let _g = RINGS.lock().unwrap_or_else(|e| e.into_inner());
+    let regions = weft_runtime::workers::live_ring_regions();
+    let (rt, chain) = rings_chain(br#""fail-attach-2""#);
+    assert_eq!(ring_call(&chain, "plain"), Err(500), "the first attach is refused");
+    ring_call_until_served(&chain);
+    assert_eq!(rt.worker_rings(), 1);
+    wait_regions(regions + 1);
+    drop((chain, rt));
+    wait_regions(regions);
+}
+
+/// Exit calls that name a live ring but come from elsewhere (a late or second call for an
+/// earlier ring at the same address) do not take it: `worker_exit_ring` with another id is
+/// refused with StaleHandle and changes nothing; `worker_exit` (address only) closes the ring
+/// but keeps it mapped until its worker, still serving, drains it and leaves; the thread gets a
+/// new ring, and no region is leaked (issue 13, item 14).
+#[test]
+fn a_stale_exit_call_does_not_take_a_live_ring() {
+    let _g = RINGS.lock().unwrap_or_else(|e| e.into_inner());
+    let regions = weft_runtime::workers::live_ring_regions();
+    let (rt, chain) = rings_chain(b"{}");
+    let ring = ring_call(&chain, "plain").expect("served").0;
+    let (served_by, rc) = ring_call(&chain, "ring-stale-exit-id").expect("served");
+    assert_eq!((served_by, rc.as_deref()), (ring, Some("12")), "StaleHandle");
+    assert_eq!(ring_call(&chain, "plain"), Ok((ring, None)), "the same ring serves on");
+
+    assert_eq!(ring_call(&chain, "ring-stale-exit").expect("served").0, ring);
+    let next = ring_call_until_served(&chain);
+    assert_ne!(next, ring, "a new ring");
+    // The old ring's worker drained it and left properly: only the new ring is mapped.
+    wait_regions(regions + 1);
+    drop((chain, rt));
+    wait_regions(regions);
+}
+
+/// An inline call that blocks (the plugin sleeps 600 ms on the calling thread) is reported by the
+/// watchdog once, with the instance and phase, and counted; quick calls are not, and a runtime
+/// with the watchdog off counts nothing (issue 13, item 10).
+#[test]
+fn an_inline_call_that_blocks_is_reported_once() {
+    captured_logs();
+    let with = |threshold_ms: u64| {
+        let rt = Runtime::new(RuntimeOptions {
+            slot_count: SLOTS,
+            slot_size: 8192,
+            log_queue: 64,
+            stall_threshold: Duration::from_millis(threshold_ms),
+            ..RuntimeOptions::default()
+        })
+        .unwrap();
+        rt.load_library("hostile", &c_plugins().join("libweft_c_hostile.so"))
+            .unwrap();
+        let name = format!("stall-{threshold_ms}");
+        let id = rt
+            .instantiate(InstanceSpec {
+                name: name.clone(),
+                library: "hostile".into(),
+                plugin: "hostile".into(),
+                config_json: b"{}".to_vec(),
+                fail_open: false,
+            })
+            .unwrap();
+        let chain = rt.chain(&[id]);
+        (rt, chain, name)
+    };
+    let stalls = |rt: &Runtime| rt.stats.plugin_stalls.load(Ordering::Relaxed);
+    let run = |chain: &weft_runtime::Chain, mode: &str| {
+        let mut ex = chain.start(client(), "http").unwrap().unwrap();
+        let mut req = request(mode);
+        assert!(matches!(ex.request_headers(&mut req), Flow::Continue), "{mode}");
+        assert_eq!(req.headers["x-hostile-ok"], "1", "{mode}");
+        drop(ex);
+        // The slot comes back after the log phase (on the log thread).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while chain.start(client(), "http").is_err() {
+            assert!(Instant::now() < deadline, "arena slots leaked");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+
+    let (rt, chain, name) = with(50);
+    run(&chain, "ok");
+    run(&chain, "stall");
+    assert_eq!(stalls(&rt), 1, "the stalled call was counted while it ran");
+    let lines: Vec<String> = log_lines()
+        .into_iter()
+        .filter(|l| l.contains("inline plugin call still running"))
+        .collect();
+    let mine: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(&format!("plugin={name} ")))
+        .collect();
+    assert_eq!(mine.len(), 1, "one log line per stall: {lines:?}");
+    assert!(
+        mine[0].contains("phase=\"RequestHeaders\"") && mine[0].contains("blocking: true"),
+        "{}",
+        mine[0]
+    );
+    // Reported once, not on every tick since; quick calls are never reported.
+    std::thread::sleep(weft_runtime::watchdog::TICK * 5);
+    for _ in 0..50 {
+        run(&chain, "ok");
+    }
+    assert_eq!(stalls(&rt), 1);
+    run(&chain, "stall");
+    assert_eq!(stalls(&rt), 2, "each stall is counted");
+
+    let (off, chain, _) = with(0);
+    run(&chain, "stall");
+    std::thread::sleep(weft_runtime::watchdog::TICK * 5);
+    assert_eq!(stalls(&off), 0, "not watched with a threshold of 0");
+}

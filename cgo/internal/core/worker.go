@@ -18,12 +18,12 @@ import (
 // the park/wake protocol are those of runtime/src/ring.rs (docs/architecture.md, "Worker-pool
 // rings"):
 //
-//	  0 magic u32 "WFTR"   4 version u32 = 1   8 capacity u32 (power of two)   12 desc_size u32 = 24
-//	 16 closed u32 (1: the producer is gone)
+//	  0 magic u32 "WFTR"   4 version u32 = 1   8 capacity u32 (power of two)   12 desc_size u32 = 32
+//	 16 closed u32 (1: the producer is gone)   24 ring_id u64 (never 0; 0 from older hosts)
 //	 64 tail u32     producer: descriptors [0, tail) are published
 //	128 head u32     consumer: descriptors [0, head) are consumed
 //	192 waiting u32  consumer's park flag and futex word (consumer sets 1, producer clears)
-//	256 capacity × Job (24 bytes)
+//	256 capacity × Job (32 bytes)
 //
 // The consumer is one goroutine per ring, locked to its OS thread. It reads with sync/atomic
 // (sequentially consistent in Go, which gives the fences the protocol needs): it loads tail,
@@ -32,7 +32,8 @@ import (
 // On an empty ring it spins briefly, then stores waiting = 1, re-checks tail and closed, and
 // only if still nothing sleeps in FUTEX_WAIT (process-shared) on waiting with expected value 1,
 // looping while the word is 1. Once closed is set and the ring is drained it calls the host's
-// worker_exit for the ring, once, and never touches the ring again.
+// worker_exit_ring(ring, ring_id) (worker_exit(ring) on an older host), once, and never touches
+// the ring again.
 
 // Ring layout constants (runtime/src/ring.rs).
 const (
@@ -43,6 +44,7 @@ const (
 	RingOffsetCapacity    = 8
 	RingOffsetDescSize    = 12
 	RingOffsetClosed      = 16
+	RingOffsetRingID      = 24
 	RingOffsetTail        = 64
 	RingOffsetHead        = 128
 	RingOffsetWaiting     = 192

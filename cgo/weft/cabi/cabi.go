@@ -34,6 +34,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 	"unsafe"
 
@@ -203,9 +204,15 @@ func weft_go_attach_worker(ring unsafe.Pointer, ringLen C.size_t, arena *C.uint8
 		hostLogger(core.LogError, 0, "weft: attach_worker: the host has no complete function, so jobs could not be answered")
 		return C.uint32_t(core.ResultABIMismatch)
 	}
+	// The ring's id, read now: the exit call names the ring by address and id, so a late call
+	// cannot be taken for a ring mapped at the same address later.
+	var ringID uint64
+	if ring != nil && uintptr(ringLen) >= core.RingOffsetRingID+8 && uintptr(ring)%8 == 0 {
+		ringID = atomic.LoadUint64((*uint64)(unsafe.Add(ring, core.RingOffsetRingID)))
+	}
 	err := core.AttachWorker(ring, uintptr(ringLen),
 		core.Arena{Base: unsafe.Pointer(arena), SlotSize: uint32(slotSize), SlotCount: uint32(slotCount)},
-		core.WorkerHost{Complete: hostComplete, Exit: func() { hostWorkerExit(ring) }})
+		core.WorkerHost{Complete: hostComplete, Exit: func() { hostWorkerExit(ring, ringID) }})
 	if err != nil {
 		hostLogger(core.LogError, 0, "weft: attach_worker: "+err.Error())
 		return C.uint32_t(core.ResultInvalidArgument)

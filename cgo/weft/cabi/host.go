@@ -6,7 +6,7 @@ package cabi
 #cgo nocallback weft_log
 #cgo noescape weft_complete
 #cgo nocallback weft_complete
-#cgo nocallback weft_worker_exit
+#cgo nocallback weft_worker_exit_ring
 #include <stddef.h>
 #include "weft.h"
 
@@ -41,6 +41,17 @@ static inline void weft_worker_exit(const void *ring) {
 		h->worker_exit(ring);
 	}
 }
+
+// worker_exit_ring names the ring by address and id; a host without it (or a ring without an
+// id: an older host) gets worker_exit.
+static inline void weft_worker_exit_ring(const void *ring, uint64_t ring_id) {
+	const WeftHostApi *h = weft_host;
+	if (ring_id != 0 && WEFT_HOST_HAS(h, worker_exit_ring)) {
+		h->worker_exit_ring(ring, ring_id);
+		return;
+	}
+	weft_worker_exit(ring);
+}
 */
 import "C"
 
@@ -61,8 +72,10 @@ func hostComplete(instance uint64, slot, call uint32, result core.Result, outLen
 	return core.Result(C.weft_complete(C.uint64_t(instance), C.uint32_t(slot), C.uint32_t(call), C.uint32_t(result), C.uint32_t(outLen)))
 }
 
-// hostWorkerExit tells the host the worker of ring has left it.
-func hostWorkerExit(ring unsafe.Pointer) { C.weft_worker_exit(ring) }
+// hostWorkerExit tells the host the worker of ring (whose header holds ringID) has left it.
+func hostWorkerExit(ring unsafe.Pointer, ringID uint64) {
+	C.weft_worker_exit_ring(ring, C.uint64_t(ringID))
+}
 
 func hostHasLog(h *C.WeftHostApi) bool      { return C.weft_host_has_log(h) != 0 }
 func hostHasComplete(h *C.WeftHostApi) bool { return C.weft_host_has_complete(h) != 0 }

@@ -11,6 +11,7 @@ package cabi
 static _Atomic uint64_t weft_th_completes, weft_th_exits, weft_th_logs;
 static _Atomic uint64_t weft_th_last[5];
 static _Atomic uintptr_t weft_th_exit_ring;
+static _Atomic uint64_t weft_th_exit_ring_id;
 static _Atomic uint32_t weft_th_answer;
 
 static uint32_t weft_th_complete(uint64_t instance, uint32_t slot, uint32_t call, uint32_t result, uint32_t out_len) {
@@ -25,7 +26,15 @@ static uint32_t weft_th_complete(uint64_t instance, uint32_t slot, uint32_t call
 
 static void weft_th_exit(const void *ring) {
 	weft_th_exit_ring = (uintptr_t)ring;
+	weft_th_exit_ring_id = 0;
 	atomic_fetch_add(&weft_th_exits, 1);
+}
+
+static uint32_t weft_th_exit_by_id(const void *ring, uint64_t ring_id) {
+	weft_th_exit_ring = (uintptr_t)ring;
+	weft_th_exit_ring_id = ring_id;
+	atomic_fetch_add(&weft_th_exits, 1);
+	return WEFT_RESULT_OK;
 }
 
 static void weft_th_log(uint32_t level, uint64_t instance, const uint8_t *msg, size_t len) {
@@ -34,11 +43,11 @@ static void weft_th_log(uint32_t level, uint64_t instance, const uint8_t *msg, s
 }
 
 static const WeftHostApi weft_th_api = {WEFT_ABI_VERSION, sizeof(WeftHostApi), NULL, weft_th_log,
-	weft_th_complete, weft_th_exit};
+	weft_th_complete, weft_th_exit, weft_th_exit_by_id};
 // A host built before complete existed: its table ends after log (the function pointers past
 // `size` must not be used even though they are set here).
 static const WeftHostApi weft_th_old_api = {WEFT_ABI_VERSION, offsetof(WeftHostApi, complete), NULL,
-	weft_th_log, weft_th_complete, weft_th_exit};
+	weft_th_log, weft_th_complete, weft_th_exit, weft_th_exit_by_id};
 
 static const WeftHostApi *weft_th_host(int old) { return old ? &weft_th_old_api : &weft_th_api; }
 static uint64_t weft_th_counter(int which) {
@@ -47,6 +56,7 @@ static uint64_t weft_th_counter(int which) {
 	case 1: return weft_th_exits;
 	case 2: return weft_th_logs;
 	case 3: return weft_th_exit_ring;
+	case 9: return weft_th_exit_ring_id;
 	}
 	return weft_th_last[which - 4];
 }
@@ -69,6 +79,7 @@ func testHostAPI(old bool) *C.WeftHostApi {
 type testHostState struct {
 	completes, exits, logs uint64
 	exitRing               uintptr
+	exitRingID             uint64    // 0: the exit came through worker_exit
 	last                   [5]uint64 // instance, slot, call, result, out_len of the last complete
 }
 
@@ -78,6 +89,7 @@ func testHostRecorded() testHostState {
 	s.exits = uint64(C.weft_th_counter(1))
 	s.logs = uint64(C.weft_th_counter(2))
 	s.exitRing = uintptr(C.weft_th_counter(3))
+	s.exitRingID = uint64(C.weft_th_counter(9))
 	for i := range s.last {
 		s.last[i] = uint64(C.weft_th_counter(C.int(4 + i)))
 	}

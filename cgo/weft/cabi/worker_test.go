@@ -167,6 +167,7 @@ func TestWorkerRingThroughTheHost(t *testing.T) {
 	ring := mmap(t, 4096)
 	word := func(off uintptr) *uint32 { return (*uint32)(unsafe.Pointer(&ring[off])) }
 	*word(0), *word(4), *word(8), *word(12) = core.RingMagic, core.RingVersion, 4, core.SizeofJob
+	*(*uint64)(unsafe.Pointer(&ring[core.RingOffsetRingID])) = 0x1234_5678_9abc
 	outOff := (core.SizeofRequestView + 7) &^ 7
 	*(*core.Job)(unsafe.Pointer(&ring[core.RingOffsetDescriptors])) = core.Job{Slot: 1, Generation: 4,
 		Instance: id, Phase: uint32(core.PhaseRequestHeaders), Call: 55, OutSlot: 1, OutOff: uint32(outOff)}
@@ -180,8 +181,8 @@ func TestWorkerRingThroughTheHost(t *testing.T) {
 	waitFor(t, "worker_exit", func() bool { return testHostRecorded().exits == before.exits+1 })
 	waitFor(t, "the completion", func() bool { return testHostRecorded().completes == before.completes+1 })
 	got := testHostRecorded()
-	if got.exitRing != uintptr(unsafe.Pointer(&ring[0])) {
-		t.Errorf("worker_exit(%#x), want the ring %p", got.exitRing, &ring[0])
+	if got.exitRing != uintptr(unsafe.Pointer(&ring[0])) || got.exitRingID != 0x1234_5678_9abc {
+		t.Errorf("worker_exit_ring(%#x, %#x), want the ring %p and its id", got.exitRing, got.exitRingID, &ring[0])
 	}
 	if l := got.last; l[0] != id || l[1] != 1 || l[2] != 55 || l[3] != uint64(core.ResultOK) || l[4] == 0 {
 		t.Fatalf("complete(instance, slot, call, result, out_len) = %v", l)
