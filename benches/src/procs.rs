@@ -323,3 +323,31 @@ pub fn clock_ticks_per_sec() -> f64 {
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as f64 } else { 100.0 }
 }
+
+/// Context switches (voluntary and involuntary) of every thread of `pids`: the total, and those
+/// of threads that carry the process's own name but are not its main thread: the threads a Go
+/// plugin library's runtime starts (sysmon, its Ms), which Rust code names otherwise.
+pub fn context_switches(pids: &[u32]) -> (u64, u64) {
+    let (mut total, mut go) = (0, 0);
+    for &pid in pids {
+        let process = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            let n: u64 = status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum();
+            total += n;
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let main = task.file_name().to_str() == Some(pid.to_string().as_str());
+            if comm == process && !main {
+                go += n;
+            }
+        }
+    }
+    (total, go)
+}

@@ -328,10 +328,11 @@ where
             armed: false,
             client_turn: false,
         };
-        tokio::spawn(async move {
+        // Log phases of requests that finish in a poll run on this thread after it (log_scope).
+        tokio::spawn(weft_runtime::log_scope::in_scope(async move {
             let mut fut = std::pin::pin!(fut);
             std::future::poll_fn(|cx| guard.poll(fut.as_mut(), cx)).await;
-        });
+        }));
     }
 }
 
@@ -522,7 +523,10 @@ where
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
-        tokio::spawn(drive(conn, state, limits, stop_rx.clone(), remote));
+        // Log phases of requests that finish in a poll of the connection run on this thread
+        // right after that poll, once the response is written (weft_runtime::log_scope).
+        let conn = drive(conn, state, limits, stop_rx.clone(), remote);
+        tokio::spawn(weft_runtime::log_scope::in_scope(conn));
     }
     drop(listener);
     drop(stop_rx);

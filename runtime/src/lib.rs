@@ -9,6 +9,7 @@ pub mod arena;
 pub mod budget;
 pub mod completion;
 mod engine;
+pub mod log_scope;
 pub mod mutation;
 mod pending;
 mod plugin;

@@ -31,8 +31,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use weft_benches::procs::{
-    NatsBins, Procs, Stop, clock_ticks_per_sec, cpu_ticks, die_with_parent_by, file_tail, free_port, nats_bins,
-    process_tree, start_nats_server, start_worker, stop,
+    NatsBins, Procs, Stop, clock_ticks_per_sec, context_switches, cpu_ticks, die_with_parent_by, file_tail, free_port,
+    nats_bins, process_tree, start_nats_server, start_worker, stop,
 };
 use weft_benches::report::{
     Machine, argv, commit, cores, date_utc, exit_code, loadavg, median, sh, target_dir, workspace_root, write_report,
@@ -82,6 +82,10 @@ struct Args {
     /// Go plugin library [env WEFT_PLUGIN_LIB]; default: built by scripts/build-plugins.
     #[arg(long, env = "WEFT_PLUGIN_LIB")]
     plugin_lib: Option<PathBuf>,
+    /// The example C plugin library (`libweft_c_stamp.so`) [env WEFT_C_PLUGIN_LIB]; default:
+    /// built by scripts/build-c-plugins when a C row is selected.
+    #[arg(long, env = "WEFT_C_PLUGIN_LIB")]
+    c_plugin_lib: Option<PathBuf>,
     /// nginx binary.
     #[arg(long, default_value = "nginx")]
     nginx: String,
@@ -112,6 +116,9 @@ enum Kind {
     Direct,
     /// nginx reverse proxy with keepalive to the upstream.
     Nginx,
+    /// nginx as [`Kind::Nginx`] with an `access_by_lua_block` doing bench-header's work
+    /// (Debian's `libnginx-mod-http-lua`): the scripted-middleware reference.
+    NginxLua,
     /// weft-proxy with this plugin chain on its only route.
     Weft { chain: &'static [PluginUse] },
     /// weft-proxy with `bench-header` as one `type: nats` instance, served by `workers` Go
@@ -120,9 +127,19 @@ enum Kind {
     Nats { workers: usize },
 }
 
+/// Which library a plugin comes from.
+#[derive(Clone, Copy, PartialEq)]
+enum Lib {
+    /// The Go example library (`scripts/build-plugins`).
+    Go,
+    /// The example C plugin (`scripts/build-c-plugins`: `libweft_c_stamp.so`).
+    C,
+}
+
 /// One plugin instance on weft's route.
 #[derive(Clone, Copy)]
 struct PluginUse {
+    lib: Lib,
     /// Plugin name in the library.
     plugin: &'static str,
     /// Extra YAML lines for the instance (indented by the caller), e.g. `blocking: true`.
@@ -140,6 +157,7 @@ struct Target {
 }
 
 const BENCH_HEADER: PluginUse = PluginUse {
+    lib: Lib::Go,
     plugin: "bench-header",
     extra_yaml: "",
 };
@@ -147,8 +165,17 @@ const BENCH_HEADER: PluginUse = PluginUse {
 /// The same plugin on its library's worker pool: every call is a job on a shared-memory ring,
 /// run by a Go goroutine and completed through `complete`, while the request's task awaits it.
 const BENCH_HEADER_POOL: PluginUse = PluginUse {
+    lib: Lib::Go,
     plugin: "bench-header",
     extra_yaml: "blocking: true",
+};
+
+/// The example C plugin: sets a request header (x-bench, so the upstream can count it) and the
+/// request id, two response headers, and logs one line per request in the log phase.
+const C_HEADER_STAMP: PluginUse = PluginUse {
+    lib: Lib::C,
+    plugin: "c-header-stamp",
+    extra_yaml: "config: { header: x-bench, value: \"1\" }",
 };
 
 fn targets() -> Vec<Target> {
@@ -161,11 +188,25 @@ fn targets() -> Vec<Target> {
     vec![
         t("upstream", "upstream direct", Kind::Direct, None),
         t("nginx", "nginx reverse proxy", Kind::Nginx, None),
+        t(
+            "nginx-lua",
+            "nginx + Lua (bench-header's work in access_by_lua)",
+            Kind::NginxLua,
+            Some("x-bench"),
+        ),
         t("weft", "weft, no plugins", Kind::Weft { chain: &[] }, None),
         t(
             "weft-inproc",
             "weft + bench-header, in-process",
             Kind::Weft { chain: &[BENCH_HEADER] },
+            Some("x-bench"),
+        ),
+        t(
+            "weft-c",
+            "weft + c-header-stamp (C: request, response, log)",
+            Kind::Weft {
+                chain: &[C_HEADER_STAMP],
+            },
             Some("x-bench"),
         ),
         t(
@@ -308,6 +349,7 @@ struct Env<'a> {
     upstream: SocketAddr,
     weft_bin: &'a Path,
     plugin_lib: &'a Path,
+    c_plugin_lib: &'a Path,
     dir: &'a Path,
     nats: Option<&'a NatsTools>,
 }
@@ -315,6 +357,10 @@ struct Env<'a> {
 /// Why a configuration is reported without numbers, if it is.
 fn unavailable(t: &Target, env: &Env) -> Option<String> {
     match t.kind {
+        Kind::NginxLua => NGINX_LUA_MODULES
+            .iter()
+            .find(|m| !Path::new(m).exists())
+            .map(|m| format!("skipped: {m} missing (Debian: apt-get install -y libnginx-mod-http-lua)")),
         Kind::Nats { .. } => match env.nats {
             Some(NatsTools::Ready { .. }) => None,
             Some(NatsTools::Skip(reason)) => Some(reason.clone()),
@@ -336,9 +382,10 @@ fn start(t: &Target, env: &Env) -> Result<Running, String> {
             log: None,
             helpers: helpers(),
         }),
-        Kind::Nginx => {
+        Kind::Nginx | Kind::NginxLua => {
             let port = free_port()?;
-            let conf = nginx_conf(&dir, port, env.upstream, env.proxy_threads);
+            let lua = matches!(t.kind, Kind::NginxLua);
+            let conf = nginx_conf(&dir, port, env.upstream, env.proxy_threads, lua);
             std::fs::write(dir.join("nginx.conf"), conf).map_err(|e| e.to_string())?;
             let mut cmd = Command::new(&env.args.nginx);
             cmd.arg("-p")
@@ -363,7 +410,7 @@ fn start(t: &Target, env: &Env) -> Result<Running, String> {
         }
         Kind::Weft { chain } => {
             let port = free_port()?;
-            let yaml = weft_yaml(port, env.upstream, env.plugin_lib, chain);
+            let yaml = weft_yaml(port, env.upstream, env.plugin_lib, env.c_plugin_lib, chain);
             start_weft(env, &dir, port, &yaml, logfile()?, log, helpers())
         }
         Kind::Nats { workers } => {
@@ -443,7 +490,24 @@ routes:
     )
 }
 
-fn nginx_conf(dir: &Path, port: u16, upstream: SocketAddr, workers: usize) -> String {
+/// Debian's `libnginx-mod-http-lua` (and the NDK module it needs), loaded by the nginx + Lua row.
+const NGINX_LUA_MODULES: [&str; 2] = [
+    "/usr/lib/nginx/modules/ndk_http_module.so",
+    "/usr/lib/nginx/modules/ngx_http_lua_module.so",
+];
+
+/// bench-header's work in Lua: read the path and two request headers, set one request header.
+const NGINX_LUA_ACCESS: &str = r#"
+            access_by_lua_block {
+                local n = #ngx.var.uri
+                local ua = ngx.var.http_user_agent
+                local acc = ngx.var.http_accept
+                if ua then n = n + #ua end
+                if acc then n = n + #acc end
+                ngx.req.set_header("x-bench", "1")
+            }"#;
+
+fn nginx_conf(dir: &Path, port: u16, upstream: SocketAddr, workers: usize, lua: bool) -> String {
     // As root nginx would hand the workers to `nobody`, who cannot reach the temp dir.
     // SAFETY: geteuid has no preconditions.
     let user = if unsafe { libc::geteuid() } == 0 {
@@ -452,8 +516,17 @@ fn nginx_conf(dir: &Path, port: u16, upstream: SocketAddr, workers: usize) -> St
         ""
     };
     let d = dir.display();
+    let (modules, access) = if lua {
+        let m: String = NGINX_LUA_MODULES
+            .iter()
+            .map(|m| format!("load_module {m};\n"))
+            .collect();
+        (m, NGINX_LUA_ACCESS)
+    } else {
+        (String::new(), "")
+    };
     format!(
-        r#"{user}worker_processes {workers};
+        r#"{modules}{user}worker_processes {workers};
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 4096; }}
@@ -472,7 +545,7 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port};
-        location / {{
+        location / {{{access}
             proxy_pass http://bench_upstream;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -483,18 +556,21 @@ http {{
     )
 }
 
-fn weft_yaml(port: u16, upstream: SocketAddr, lib: &Path, chain: &[PluginUse]) -> String {
+fn weft_yaml(port: u16, upstream: SocketAddr, go_lib: &Path, c_lib: &Path, chain: &[PluginUse]) -> String {
     let mut y = format!("listen: 127.0.0.1:{port}\n");
     let mut names = Vec::new();
     if !chain.is_empty() {
-        let _ = write!(
-            y,
-            "libraries:\n  - name: bench\n    path: {}\nplugins:\n",
-            lib.display()
-        );
+        y.push_str("libraries:\n");
+        for (lib, name, path) in [(Lib::Go, "bench", go_lib), (Lib::C, "c", c_lib)] {
+            if chain.iter().any(|p| p.lib == lib) {
+                let _ = writeln!(y, "  - name: {name}\n    path: {}", path.display());
+            }
+        }
+        y.push_str("plugins:\n");
         for (i, p) in chain.iter().enumerate() {
             let name = format!("p{i}");
-            let _ = writeln!(y, "  - name: {name}\n    library: bench\n    plugin: {}", p.plugin);
+            let lib = if p.lib == Lib::C { "c" } else { "bench" };
+            let _ = writeln!(y, "  - name: {name}\n    library: {lib}\n    plugin: {}", p.plugin);
             for line in p.extra_yaml.lines() {
                 let _ = writeln!(y, "    {line}");
             }
@@ -621,6 +697,9 @@ struct Sample {
     errors_socket: u64,
     cpu_s: Option<f64>,
     cpu_us_per_req: Option<f64>,
+    /// Context switches of the proxy's threads per request, all of them and the Go runtime's.
+    switches_per_req: Option<f64>,
+    go_switches_per_req: Option<f64>,
     upstream_requests: u64,
     upstream_with_x_bench: u64,
 }
@@ -694,12 +773,14 @@ fn measure(load: &Load, r: &Running, upstream: &UpstreamCounters, round: usize, 
     settle(upstream);
     let pids = r.pids();
     let cpu0 = pids.as_deref().map(cpu_ticks);
+    let cs0 = pids.as_deref().map(context_switches);
     let (u0, x0) = (
         upstream.total.load(Ordering::Relaxed),
         upstream.with_x_bench.load(Ordering::Relaxed),
     );
     let m = run_wrk(load, r.port)?;
     let cpu1 = pids.as_deref().map(cpu_ticks);
+    let cs1 = pids.as_deref().map(context_switches);
     let (u1, x1) = (
         upstream.total.load(Ordering::Relaxed),
         upstream.with_x_bench.load(Ordering::Relaxed),
@@ -730,6 +811,14 @@ fn measure(load: &Load, r: &Running, upstream: &UpstreamCounters, round: usize, 
         errors_socket: (g("errors_connect") + g("errors_read") + g("errors_write") + g("errors_timeout")) as u64,
         cpu_s,
         cpu_us_per_req: cpu_s.filter(|_| requests > 0).map(|c| c * 1e6 / requests as f64),
+        switches_per_req: cs0
+            .zip(cs1)
+            .filter(|_| requests > 0)
+            .map(|(a, b)| b.0.saturating_sub(a.0) as f64 / requests as f64),
+        go_switches_per_req: cs0
+            .zip(cs1)
+            .filter(|_| requests > 0)
+            .map(|(a, b)| b.1.saturating_sub(a.1) as f64 / requests as f64),
         upstream_requests: u1 - u0,
         upstream_with_x_bench: x1 - x0,
     })
@@ -746,6 +835,8 @@ struct Summary {
     p999_us: f64,
     cpu_s: Option<f64>,
     cpu_us_per_req: Option<f64>,
+    switches_per_req: Option<f64>,
+    go_switches_per_req: Option<f64>,
     rps_vs_weft: Option<f64>,
     rps_vs_nginx: Option<f64>,
     p50_added_vs_weft_us: Option<f64>,
@@ -815,6 +906,8 @@ fn summarise(samples: &[Sample]) -> Option<Summary> {
         p999_us: col(|s| s.p999_us),
         cpu_s: opt(|s| s.cpu_s),
         cpu_us_per_req: opt(|s| s.cpu_us_per_req),
+        switches_per_req: opt(|s| s.switches_per_req),
+        go_switches_per_req: opt(|s| s.go_switches_per_req),
         rps_vs_weft: None,
         rps_vs_nginx: None,
         p50_added_vs_weft_us: None,
@@ -1017,6 +1110,82 @@ fn goals(rep: &Report) -> String {
             );
         }
         _ => s.push_str("- latency against in-process: not measured\n"),
+    }
+    s.push_str("\nA plugin costs what its phase costs (issue 15):\n\n");
+    for (key, base, goal, what) in [
+        (
+            "weft-inproc",
+            "weft",
+            0.95,
+            "weft + bench-header (Go) ≥ 0.95× weft, no plugins",
+        ),
+        (
+            "weft-c",
+            "weft",
+            0.95,
+            "weft + c-header-stamp (C) ≥ 0.95× weft, no plugins",
+        ),
+        (
+            "weft-inproc",
+            "nginx-lua",
+            1.0,
+            "weft + bench-header ≥ 1.0× nginx + Lua",
+        ),
+        ("nginx-lua", "nginx", 0.0, "nginx + Lua against plain nginx (reference)"),
+    ] {
+        match (get(key, &thr), get(base, &thr)) {
+            (Some(a), Some(b)) => {
+                let r = a.rps / b.rps;
+                let cpu = match (a.cpu_us_per_req, b.cpu_us_per_req) {
+                    (Some(x), Some(y)) => format!("; CPU µs/req {x:.1} vs {y:.1}"),
+                    _ => String::new(),
+                };
+                let v = if goal > 0.0 {
+                    format!(" — {}", verdict(r >= goal))
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(s, "- {what}: {r:.2}×{cpu}{v}");
+            }
+            _ => {
+                let _ = writeln!(s, "- {what}: not measured");
+            }
+        }
+    }
+    let _ = writeln!(
+        s,
+        "- context switches per request, all threads / the Go runtime's ({thr}; {lat}):"
+    );
+    for key in ["weft", "weft-inproc", "weft-c"] {
+        let cs = |prof: &str| {
+            get(key, prof).map_or("not measured".to_string(), |m| {
+                format!(
+                    "{} / {}",
+                    fmt_opt(m.switches_per_req, |v| format!("{v:.2}")),
+                    fmt_opt(m.go_switches_per_req, |v| format!("{v:.2}"))
+                )
+            })
+        };
+        let _ = writeln!(s, "  - {key}: {}; {}", cs(&thr), cs(&lat));
+    }
+    match (get("weft-inproc", &lat), get("weft", &lat)) {
+        (Some(p), Some(w)) => {
+            let d = p.p50_us - w.p50_us;
+            let cpu = match (p.cpu_us_per_req, w.cpu_us_per_req) {
+                (Some(x), Some(y)) => format!("{:+.1} µs", x - y),
+                _ => "not measured".into(),
+            };
+            let ok = d <= 5.0
+                && p.cpu_us_per_req
+                    .zip(w.cpu_us_per_req)
+                    .is_some_and(|(x, y)| x - y <= 5.0);
+            let _ = writeln!(
+                s,
+                "- {lat}: the Go plugin adds ≤ 5 µs at p50 and ≤ 5 µs CPU per request: {d:+.0} µs p50, {cpu} CPU — {}",
+                verdict(ok)
+            );
+        }
+        _ => s.push_str("- the Go plugin at light load: not measured\n"),
     }
     s
 }
@@ -1245,6 +1414,20 @@ fn run(args: Args) -> Result<(), String> {
     };
     // The weft config names the library; relative paths there resolve against the config's dir.
     let plugin_lib = std::path::absolute(&plugin_lib).map_err(|e| e.to_string())?;
+    let selected = |t: &Target| args.only.is_empty() || args.only.iter().any(|k| k == t.key);
+    let wants_c = targets()
+        .iter()
+        .filter(|t| selected(t))
+        .any(|t| matches!(t.kind, Kind::Weft { chain } if chain.iter().any(|p| p.lib == Lib::C)));
+    let c_plugin_lib = match &args.c_plugin_lib {
+        Some(p) => p.clone(),
+        None if wants_c => {
+            eprintln!("e2e: scripts/build-c-plugins");
+            weft_benches::c_plugin_dir().join("libweft_c_stamp.so")
+        }
+        None => PathBuf::from("libweft_c_stamp.so"),
+    };
+    let c_plugin_lib = std::path::absolute(&c_plugin_lib).map_err(|e| e.to_string())?;
     let weft_bin = std::path::absolute(&weft_bin).map_err(|e| e.to_string())?;
     let wants_nats = targets()
         .iter()
@@ -1268,6 +1451,7 @@ fn run(args: Args) -> Result<(), String> {
         proxy_threads,
         &weft_bin,
         &plugin_lib,
+        &c_plugin_lib,
         nats.as_ref(),
         &out_dir,
         &work,
@@ -1288,6 +1472,7 @@ fn run_in(
     proxy_threads: usize,
     weft_bin: &Path,
     plugin_lib: &Path,
+    c_plugin_lib: &Path,
     nats: Option<&NatsTools>,
     out_dir: &Path,
     work: &Path,
@@ -1301,6 +1486,7 @@ fn run_in(
         upstream,
         weft_bin,
         plugin_lib,
+        c_plugin_lib,
         dir: work,
         nats,
     };

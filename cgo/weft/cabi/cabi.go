@@ -223,6 +223,14 @@ func weft_go_attach_worker(ring unsafe.Pointer, ringLen C.size_t, arena *C.uint8
 //export weft_go_thread_start
 func weft_go_thread_start() {}
 
+// weft_go_yield passes the calling host thread's goroutine through the scheduler once (see
+// weft_c_on_phase in entry.c, which calls it every few milliseconds per thread).
+//
+//export weft_go_yield
+func weft_go_yield() {
+	runtime.Gosched()
+}
+
 //export weft_go_shutdown
 func weft_go_shutdown(instance C.uint64_t) {
 	defer func() {
