@@ -328,11 +328,10 @@ where
             armed: false,
             client_turn: false,
         };
-        // Log phases of requests that finish in a poll run on this thread after it (log_scope).
-        tokio::spawn(weft_runtime::log_scope::in_scope(async move {
+        tokio::spawn(async move {
             let mut fut = std::pin::pin!(fut);
             std::future::poll_fn(|cx| guard.poll(fut.as_mut(), cx)).await;
-        }));
+        });
     }
 }
 
@@ -523,10 +522,7 @@ where
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
-        // Log phases of requests that finish in a poll of the connection run on this thread
-        // right after that poll, once the response is written (weft_runtime::log_scope).
-        let conn = drive(conn, state, limits, stop_rx.clone(), remote);
-        tokio::spawn(weft_runtime::log_scope::in_scope(conn));
+        tokio::spawn(drive(conn, state, limits, stop_rx.clone(), remote));
     }
     drop(listener);
     drop(stop_rx);

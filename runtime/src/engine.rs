@@ -711,13 +711,6 @@ impl LogJob {
         self.wait.as_ref().map(|(w, _)| w.deadline)
     }
 
-    /// Hands the job to its runtime's `weft-log` thread (dropped, slot released and counted in
-    /// `log_dropped`, when its queue is full).
-    pub(crate) fn to_log_thread(self) {
-        let rt = Arc::clone(&self.x.chain.rt);
-        rt.submit_log(self);
-    }
-
     /// Drops the job without queueing it again; the slot goes back to the arena.
     pub(crate) fn discard(mut self) {
         self.x.request_end = 0;
@@ -768,11 +761,7 @@ impl Drop for Exchange {
             view_end: self.view_end,
             body: Default::default(),
         };
-        // On a serving thread inside a log scope the log phase runs there once the poll that
-        // finished the response returns; otherwise on the log thread.
-        if let Err(job) = crate::log_scope::defer(LogJob::new(job)) {
-            job.to_log_thread();
-        }
+        self.chain.rt.submit_log(LogJob::new(job));
     }
 }
 

@@ -9,7 +9,7 @@ pub mod arena;
 pub mod budget;
 pub mod completion;
 mod engine;
-pub mod log_scope;
+pub mod log_queue;
 pub mod mutation;
 mod pending;
 mod plugin;
@@ -312,7 +312,7 @@ pub struct Runtime {
     /// Larger buffer classes, smallest first (buffered body calls over half a slot).
     buffers: Vec<Arc<Arena>>,
     registry: Mutex<Registry>,
-    log_tx: crossbeam_channel::Sender<LogJob>,
+    log: log_queue::LogQueue,
     /// Shared with the runtimes this one replaced and the one that replaces it
     /// ([`Runtime::replacing`]): counters carry on across config reloads, and gauges such as
     /// `orphaned_slots` count every generation's calls.
@@ -370,14 +370,13 @@ impl Runtime {
         stats: Arc<RuntimeStats>,
         budget: Arc<budget::ByteBudget>,
     ) -> Arc<Runtime> {
-        let (log_tx, log_rx) = crossbeam_channel::bounded::<LogJob>(opts.log_queue_len());
         let stall_ms = opts.stall_threshold.as_millis().try_into().unwrap_or(u64::MAX);
         // The table may be shared with earlier generations: the newest config's threshold applies.
         mem.calls.stall_threshold_ms.store(stall_ms, Ordering::Relaxed);
         if stall_ms > 0 {
             watchdog::start();
         }
-        let rt = Arc::new(Runtime {
+        Arc::new_cyclic(|weak| Runtime {
             arena: Arc::clone(&mem.arena),
             outs: Arc::clone(&mem.outs),
             buffers: mem.buffers.clone(),
@@ -387,19 +386,11 @@ impl Runtime {
                 libraries: HashMap::new(),
                 instances: Vec::new(),
             }),
-            log_tx,
+            log: log_queue::LogQueue::start(opts.log_queue_len(), weak.clone()),
             stats,
             budget,
             workers: Workers::new(),
-        });
-        let weak = Arc::downgrade(&rt);
-        // One long-lived thread runs log phases: binding a thread to the Go runtime costs tens of
-        // microseconds once, and the client never waits for it.
-        std::thread::Builder::new()
-            .name("weft-log".into())
-            .spawn(move || log_thread(log_rx, weak))
-            .expect("spawn weft-log thread");
-        rt
+        })
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -668,13 +659,13 @@ impl Runtime {
 
     /// Finished requests waiting for their log phase right now (the log queue's depth).
     pub fn log_queue_len(&self) -> usize {
-        self.log_tx.len()
+        self.log.len()
     }
 
     fn submit_log(&self, job: LogJob) {
-        if let Err(e) = self.log_tx.try_send(job) {
+        if let Err(job) = self.log.submit(job) {
             // Dropping the job releases its slot; the log line is lost, the client is not held.
-            e.into_inner().discard();
+            job.discard();
             self.stats.log_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -686,66 +677,5 @@ impl Drop for Runtime {
         // workers drain, call worker_exit and let the regions go. The arena and call table go
         // with the last runtime sharing them (`Memory`'s drop decides what is kept).
         self.workers.close();
-    }
-}
-
-/// The `weft-log` thread: runs queued log phases. A log call that answers Pending (or goes to a
-/// worker ring) parks its job, not the thread: the thread takes the next job meanwhile, and a
-/// completion (through the cells' waker, a token on `wake`) or a deadline resumes the parked
-/// ones. Exits when the runtime is gone.
-fn log_thread(log_rx: crossbeam_channel::Receiver<LogJob>, weak: std::sync::Weak<Runtime>) {
-    struct Token(crossbeam_channel::Sender<()>);
-    impl std::task::Wake for Token {
-        fn wake(self: Arc<Self>) {
-            let _ = self.0.try_send(());
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            let _ = self.0.try_send(());
-        }
-    }
-    let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
-    let waker = std::task::Waker::from(Arc::new(Token(wake_tx)));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut parked: Vec<LogJob> = Vec::new();
-    let mut warmed = false;
-    loop {
-        let timeout = parked
-            .iter()
-            .filter_map(LogJob::deadline)
-            .min()
-            .map(|d| d.saturating_duration_since(std::time::Instant::now()));
-        let job = crossbeam_channel::select! {
-            recv(log_rx) -> job => match job {
-                Ok(job) => Some(job),
-                // The runtime is gone (jobs hold it, so none is parked).
-                Err(_) if parked.is_empty() => return,
-                Err(_) => None,
-            },
-            recv(wake_rx) -> _ => None,
-            default(timeout.unwrap_or(Duration::from_secs(3600))) => None,
-        };
-        if let Some(job) = job {
-            if !warmed {
-                if let Some(rt) = weak.upgrade() {
-                    rt.thread_start();
-                }
-                warmed = true;
-            }
-            parked.extend(job.step(&mut cx));
-        }
-        // Resume every parked job whose call completed or timed out (a still-pending one
-        // re-registers the waker and stays).
-        let now = std::time::Instant::now();
-        let mut i = 0;
-        while i < parked.len() {
-            if parked[i].is_ready() || parked[i].deadline().is_some_and(|d| d <= now) {
-                let job = parked.swap_remove(i);
-                parked.extend(job.step(&mut cx));
-                // The job now at `i` came from the end (unchecked, or this one parked again on
-                // its next call): look at it too.
-                continue;
-            }
-            i += 1;
-        }
     }
 }

@@ -1,0 +1,140 @@
+//! The log queue hands requests to the `weft-log` thread in batches (`runtime/src/log_queue.rs`):
+//! under a steady request rate the log thread wakes about once per `BATCH_PERIOD`, not once per
+//! request, every log phase still runs, and an idle log thread is woken by the next request.
+//! The phase-count C plugin counts the log calls (a process of its own: its counters are global
+//! to the loaded library, and the log thread's context switches are read from /proc/self).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use libloading::os::unix::{Library, Symbol};
+use weft_runtime::log_queue::BATCH_PERIOD;
+use weft_runtime::{Chain, Flow, InstanceSpec, Runtime, RuntimeOptions};
+
+use common::c_plugins;
+
+/// `count-all` in phase_count.c, and weft.h's WEFT_PHASE_LOG.
+const COUNT_ALL: u32 = 0;
+const LOG: u32 = 4;
+
+fn setup() -> (std::sync::Arc<Runtime>, Chain, impl Fn() -> u64) {
+    let lib = c_plugins().join("libweft_c_phase_count.so");
+    let rt = Runtime::new(RuntimeOptions {
+        slot_count: 256,
+        slot_size: 16 * 1024,
+        log_queue: 255,
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
+    rt.load_library("count", &lib).expect("load phase-count");
+    let inst = rt
+        .instantiate(InstanceSpec {
+            name: "all".into(),
+            library: "count".into(),
+            plugin: "count-all".into(),
+            config_json: b"{}".to_vec(),
+            fail_open: false,
+        })
+        .unwrap();
+    let chain = rt.chain(&[inst]);
+    // SAFETY: the runtime loaded the library already (RTLD_NOLOAD runs no initialisers); the
+    // symbol is `uint64_t weft_phase_count_calls(uint32_t plugin, uint32_t phase)`.
+    let handle =
+        unsafe { Library::open(Some(&lib), libc::RTLD_NOW | libc::RTLD_NOLOAD) }.expect("the runtime loaded it");
+    let getter: Symbol<unsafe extern "C" fn(u32, u32) -> u64> =
+        unsafe { handle.get(b"weft_phase_count_calls") }.expect("weft_phase_count_calls exported");
+    // SAFETY: a plain C function reading atomics.
+    let logs = move || unsafe { getter(COUNT_ALL, LOG) };
+    (rt, chain, logs)
+}
+
+/// Runs the request-headers phase of one request and drops its exchange (its log phase is due).
+fn one_request(chain: &Chain) {
+    let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let mut x = chain.start(client, "http").expect("a free slot").expect("phases");
+    let (mut req, ()) = http::Request::get("/log")
+        .header("host", "example.com")
+        .body(())
+        .unwrap()
+        .into_parts();
+    assert!(matches!(x.request_headers(&mut req), Flow::Continue));
+    drop(x);
+}
+
+/// Voluntary context switches of this process's `weft-log` threads (each one a sleep that
+/// ended: a wake-up).
+fn log_thread_wakeups() -> u64 {
+    let mut n = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        if std::fs::read_to_string(task.path().join("comm"))
+            .unwrap_or_default()
+            .trim()
+            != "weft-log"
+        {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        n += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    n
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn the_log_thread_wakes_per_batch_not_per_request_and_logs_everything() {
+    let (rt, chain, logs) = setup();
+
+    // One request, then idle: the log thread parks for good, and the next request must wake it.
+    one_request(&chain);
+    wait_for("the first log phase", || logs() == 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let idle = log_thread_wakeups();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(log_thread_wakeups() - idle <= 2, "an idle log thread does not tick");
+    one_request(&chain);
+    wait_for("a log phase after a pause (a producer unparks the idle thread)", || {
+        logs() == 2
+    });
+
+    // A steady 10k requests a second (paced by spinning, so the rate does not depend on the
+    // machine's timer precision) for 0.3 s. Handing each to a thread blocked on a channel woke it
+    // once per request; in batches it wakes about once per BATCH_PERIOD.
+    const REQUESTS: u64 = 3000;
+    const GAP: Duration = Duration::from_micros(100);
+    let before = log_thread_wakeups();
+    let start = Instant::now();
+    for i in 0..REQUESTS {
+        let due = start + GAP * i as u32;
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+        one_request(&chain);
+    }
+    let elapsed = start.elapsed();
+    wait_for("every log phase", || logs() == 2 + REQUESTS && rt.arena_usage().0 == 0);
+    let wakeups = log_thread_wakeups() - before;
+    let periods = (elapsed.as_secs_f64() / BATCH_PERIOD.as_secs_f64()).ceil() as u64;
+    assert!(
+        wakeups < REQUESTS / 5,
+        "the log thread woke {wakeups} times for {REQUESTS} requests in {elapsed:?}"
+    );
+    assert!(
+        wakeups <= 2 * periods + 20,
+        "the log thread woke {wakeups} times in {elapsed:?} ({periods} batch periods)"
+    );
+    assert_eq!(rt.stats.log_dropped.load(Ordering::Relaxed), 0, "no log phase dropped");
+}
