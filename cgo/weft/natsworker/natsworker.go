@@ -489,7 +489,13 @@ func (s *server) serve(req message) {
 	}
 	phase := core.Phase(b.req.Phase())
 	key := req.header.Get(HeaderHost) + "/" + strconv.FormatUint(b.req.RequestId(), 10)
-	slot, gen, evicted := s.slots.acquire(key)
+	slot, gen, evicted, ok := s.slots.acquire(key)
+	if !ok {
+		s.failures.Add(1)
+		s.respond(b, reply, core.ResultBusy, nil, "no free request slot: every slot has a call in flight")
+		return
+	}
+	defer s.slots.done(slot)
 	if evicted {
 		s.evicted.Add(1)
 	}
@@ -507,7 +513,13 @@ func (s *server) serve(req message) {
 	}
 	b.call.Store(call)
 	(*core.RequestView)(view).Call = call
-	s.waiting[slot].Store(b)
+	// The slot's call: exactly one at a time. Another call holding it (the same (host, request
+	// id) sent twice, both peer-supplied) is refused here; it never displaces that call's wait.
+	if !s.waiting[slot].CompareAndSwap(nil, b) {
+		s.failures.Add(1)
+		s.respond(b, reply, core.ResultBusy, nil, "another call of this request is in flight (duplicate request id?)")
+		return
+	}
 	res, n := core.Dispatch(s.id, uint32(phase), view, unsafe.Pointer(&b.out[0]), outCap)
 	if res == core.ResultPending {
 		var ok bool
@@ -546,9 +558,20 @@ func (s *server) await(slot uint32, b *callBuf, deadline time.Time) (core.Result
 	if s.waiting[slot].CompareAndSwap(b, nil) {
 		return 0, 0, false
 	}
-	d := <-b.done // the completion won the race: it is sent already
-	return d.res, d.n, true
+	// Only complete takes b off the slot once it is there (serve never displaces it), and it
+	// sends right after: the answer is in the channel or about to be. Bounded all the same.
+	t.Reset(completionGrace)
+	select {
+	case d := <-b.done:
+		return d.res, d.n, true
+	case <-t.C:
+		s.w.opts.Logf("[error] %s: slot %d: a completion claimed the call but sent nothing", s.inst.Name, slot)
+		return 0, 0, false
+	}
 }
+
+// completionGrace bounds the wait for a completion that has claimed its call (see await).
+const completionGrace = time.Second
 
 // complete is the instance's completion function (core.InitOptions.Complete).
 func (s *server) complete(_ uint64, slot, call uint32, res core.Result, n uint32) core.Result {
@@ -609,6 +632,7 @@ type slotPool struct {
 	mu    sync.Mutex
 	free  []uint32
 	gens  []uint32
+	busy  []int32 // calls running on each slot (acquire to done): such a slot is never evicted
 	inuse map[string]liveEntry
 	order []orderEntry // acquisition order, oldest first; may hold released entries
 	head  int
@@ -628,32 +652,36 @@ type orderEntry struct {
 }
 
 func newSlotPool(n int) *slotPool {
-	p := &slotPool{free: make([]uint32, n), gens: make([]uint32, n), inuse: make(map[string]liveEntry, n)}
+	p := &slotPool{free: make([]uint32, n), gens: make([]uint32, n), busy: make([]int32, n), inuse: make(map[string]liveEntry, n)}
 	for i := range p.free {
 		p.free[i] = uint32(n - 1 - i)
 	}
 	return p
 }
 
-func (p *slotPool) acquire(key string) (slot, gen uint32, evicted bool) {
+// acquire gives key's slot (the one it has, or a free one, evicting the oldest idle request
+// when none is free) and counts a call on it until done; ok is false when every slot has a
+// call running.
+func (p *slotPool) acquire(key string) (slot, gen uint32, evicted, ok bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := time.Now().UnixNano()
 	if e, ok := p.inuse[key]; ok {
 		e.touched = now
 		p.inuse[key] = e
-		return e.slot, e.gen, false
+		p.busy[e.slot]++
+		return e.slot, e.gen, false, true
 	}
 	for len(p.free) == 0 {
-		// Evict the oldest live request; skip entries released since.
-		o := p.order[p.head]
-		p.order[p.head] = orderEntry{}
-		p.head++
-		if e, ok := p.inuse[o.key]; ok && e.slotEntry == o.slotEntry {
-			delete(p.inuse, o.key)
-			p.free = append(p.free, e.slot)
-			evicted = true
+		i, found := p.evictable()
+		if !found {
+			return 0, 0, evicted, false
 		}
+		o := p.order[i]
+		p.order[i] = orderEntry{}
+		delete(p.inuse, o.key)
+		p.free = append(p.free, o.slot)
+		evicted = true
 	}
 	slot = p.free[len(p.free)-1]
 	p.free = p.free[:len(p.free)-1]
@@ -667,14 +695,42 @@ func (p *slotPool) acquire(key string) (slot, gen uint32, evicted bool) {
 	if p.head > len(p.order)/2 && p.head > 1024 || len(p.order)-p.head > 2*len(p.gens)+1024 {
 		p.compact()
 	}
-	return e.slot, e.gen, evicted
+	p.busy[e.slot]++
+	return e.slot, e.gen, evicted, true
+}
+
+// evictable is the index in order of the oldest live request with no call running.
+func (p *slotPool) evictable() (int, bool) {
+	for p.head < len(p.order) && !p.isLive(p.order[p.head]) {
+		p.order[p.head] = orderEntry{}
+		p.head++
+	}
+	for i := p.head; i < len(p.order); i++ {
+		if o := p.order[i]; p.isLive(o) && p.busy[o.slot] == 0 {
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+// isLive: o is the current acquisition of its key (not released or evicted since).
+func (p *slotPool) isLive(o orderEntry) bool {
+	e, ok := p.inuse[o.key]
+	return ok && o.key != "" && e.slotEntry == o.slotEntry
+}
+
+// done ends a call counted by acquire.
+func (p *slotPool) done(slot uint32) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.busy[slot]--
 }
 
 // compact drops consumed and released entries from the order queue.
 func (p *slotPool) compact() {
 	live := p.order[:0]
 	for _, o := range p.order[p.head:] {
-		if e, ok := p.inuse[o.key]; ok && e.slotEntry == o.slotEntry {
+		if p.isLive(o) {
 			live = append(live, o)
 		}
 	}

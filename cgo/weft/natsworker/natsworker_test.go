@@ -155,34 +155,66 @@ func TestViewFromPhaseRequestReadsLikeTheHostView(t *testing.T) {
 	}
 }
 
+// call acquires key's slot for one call that ends at once (as serve does around a call).
+func call(p *slotPool, key string) (slot, gen uint32, evicted bool) {
+	slot, gen, evicted, ok := p.acquire(key)
+	if !ok {
+		panic("no slot for " + key)
+	}
+	p.done(slot)
+	return slot, gen, evicted
+}
+
 func TestSlotPoolKeepsARequestOnOneSlotAndEvictsTheOldest(t *testing.T) {
 	p := newSlotPool(2)
-	s1, g1, _ := p.acquire("h/1")
-	if s, g, _ := p.acquire("h/1"); s != s1 || g != g1 {
+	s1, g1, _ := call(p, "h/1")
+	if s, g, _ := call(p, "h/1"); s != s1 || g != g1 {
 		t.Fatal("same request got another slot")
 	}
-	s2, _, _ := p.acquire("h/2")
+	s2, _, _ := call(p, "h/2")
 	if s2 == s1 {
 		t.Fatal("two live requests share a slot")
 	}
 	p.release("h/1")
-	s3, g3, evicted := p.acquire("h/3")
+	s3, g3, evicted := call(p, "h/3")
 	if evicted || s3 != s1 || g3 == g1 {
 		t.Fatalf("released slot not reused with a new generation: %d %d %v", s3, g3, evicted)
 	}
 	// Full: h/2 (the oldest live request; h/1 was released) loses its slot.
-	s4, _, evicted := p.acquire("h/4")
+	s4, _, evicted := call(p, "h/4")
 	if !evicted || s4 != s2 {
 		t.Fatalf("oldest live request not evicted: slot %d evicted %v", s4, evicted)
 	}
-	if _, g, _ := p.acquire("h/2"); g == 0 || p.inUse() != 2 {
+	if _, g, _ := call(p, "h/2"); g == 0 || p.inUse() != 2 {
 		t.Fatal("an evicted request comes back with a fresh slot")
 	}
 	// Many requests that never finish: the pool and its queue stay bounded.
 	for i := range 100000 {
-		p.acquire("x/" + strconv.Itoa(i))
+		call(p, "x/"+strconv.Itoa(i))
 	}
 	if p.inUse() != 2 || len(p.order)-p.head > 2*2+1024 {
 		t.Fatalf("pool grew: %d in use, queue %d", p.inUse(), len(p.order)-p.head)
+	}
+}
+
+func TestSlotPoolNeverEvictsASlotWithACallRunning(t *testing.T) {
+	p := newSlotPool(2)
+	a, _, _, _ := p.acquire("h/a") // a call running on a's slot
+	b, _, _ := call(p, "h/b")      // b is idle
+	// Full: the oldest live request (a) has a call running, so b goes.
+	c, _, evicted, ok := p.acquire("h/c")
+	if !ok || !evicted || c != b {
+		t.Fatalf("evicted slot %d (ok %v, evicted %v), want b's %d, never a's %d", c, ok, evicted, b, a)
+	}
+	// Both slots have calls running: no slot, and nothing evicted.
+	if _, _, _, ok := p.acquire("h/d"); ok {
+		t.Fatal("a slot with a call running was given to another request")
+	}
+	if p.inUse() != 2 {
+		t.Fatalf("%d in use", p.inUse())
+	}
+	p.done(a)
+	if s, _, evicted, ok := p.acquire("h/d"); !ok || !evicted || s != a {
+		t.Fatalf("after a's call ended: slot %d ok %v evicted %v", s, ok, evicted)
 	}
 }
