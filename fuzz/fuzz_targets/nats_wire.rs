@@ -10,8 +10,8 @@ use weft_nats_bridge::wire;
 use weft_runtime::abi::WeftPhase;
 use weft_runtime::mutation;
 
-fuzz_target!(|input: (u32, &[u8], &[u8])| {
-    let (result, a, b) = input;
+fuzz_target!(|input: (u64, u32, u32, &[u8], &[u8])| {
+    let (request_id, phase, result, a, b) = input;
 
     // A reply from a peer: any bytes at all.
     let payload = Bytes::copy_from_slice(a);
@@ -24,9 +24,9 @@ fuzz_target!(|input: (u32, &[u8], &[u8])| {
 
     // Round trip of what the host's fake workers and tests encode.
     let error = String::from_utf8_lossy(b);
-    let encoded = wire::encode_response(result, a, &error);
+    let encoded = wire::encode_response(request_id, phase, result, a, &error);
     let back = wire::decode_response(&encoded).expect("a response we encoded must decode");
-    assert_eq!(back.result, result);
+    assert_eq!((back.request_id, back.phase, back.result), (request_id, phase, result));
     assert_eq!(&back.mutations[..], a);
     assert_eq!(back.error, error);
 });

@@ -86,8 +86,8 @@ pub struct ServiceInfo {
     pub plugin: String,
     /// `weft.phases`: the phase mask.
     pub phases: u32,
-    /// `weft.worker` of the worker that answered.
-    pub worker: String,
+    /// `weft.worker` of each worker that answered, in the order the answers came.
+    pub workers: Vec<String>,
 }
 
 /// Discovery failed.
@@ -97,20 +97,51 @@ pub enum DiscoverError {
     NoWorkers(String),
     #[error("$SRV.INFO.{instance}: {message}")]
     Bad { instance: String, message: String },
+    #[error(
+        "$SRV.INFO.{instance}: the workers disagree ({answers}); stop the odd workers, or list `phases:` in the \
+         config"
+    )]
+    Disagree { instance: String, answers: String },
 }
 
-/// Asks the workers of `instance` for their service info (`$SRV.INFO.<instance>`); the first
-/// answer wins. Fails at once when nobody serves the instance, else after `timeout`.
+/// How long discovery keeps collecting answers after the first one (every worker of the
+/// instance answers, and all must agree: one answer alone, maybe not a worker's, decides nothing).
+pub const DISCOVERY_GATHER: Duration = Duration::from_millis(250);
+
+/// Asks the workers of `instance` for their service info (`$SRV.INFO.<instance>`) and collects
+/// the answers for [`DISCOVERY_GATHER`] after the first: they must all be weft workers and agree
+/// on the plugin and the phases, else an error naming what each said. Fails at once when nobody
+/// serves the instance (no responders), else after `timeout` without an answer.
 pub async fn discover(
     transport: &NatsTransport,
     instance: &str,
     timeout: Duration,
 ) -> Result<ServiceInfo, DiscoverError> {
-    let subject = format!("$SRV.INFO.{instance}");
-    let reply = tokio::time::timeout(timeout, transport.client().request(subject, bytes::Bytes::new()))
+    use futures_util::StreamExt as _;
+    let no_workers = || DiscoverError::NoWorkers(instance.to_owned());
+    let client = transport.client();
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await.map_err(|_| no_workers())?;
+    client
+        .publish_with_reply(format!("$SRV.INFO.{instance}"), inbox, bytes::Bytes::new())
         .await
-        .map_err(|_| DiscoverError::NoWorkers(instance.to_owned()))?
-        .map_err(|_| DiscoverError::NoWorkers(instance.to_owned()))?;
+        .map_err(|_| no_workers())?;
+    let give_up = tokio::time::Instant::now() + timeout;
+    let mut until = give_up;
+    let mut answers: Vec<ServiceInfo> = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout_at(until, sub.next()).await {
+        if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            break;
+        }
+        answers.push(service_info(instance, &msg.payload)?);
+        until = give_up.min(tokio::time::Instant::now() + DISCOVERY_GATHER);
+    }
+    let _ = sub.unsubscribe().await;
+    agreed(instance, answers)
+}
+
+/// One `$SRV.INFO` answer, which must be a weft worker's.
+fn service_info(instance: &str, payload: &[u8]) -> Result<ServiceInfo, DiscoverError> {
     let bad = |message: String| DiscoverError::Bad {
         instance: instance.to_owned(),
         message,
@@ -120,7 +151,7 @@ pub async fn discover(
         #[serde(default)]
         metadata: HashMap<String, String>,
     }
-    let info: Info = serde_json::from_slice(&reply.payload).map_err(|e| bad(format!("not a service info: {e}")))?;
+    let info: Info = serde_json::from_slice(payload).map_err(|e| bad(format!("not a service info: {e}")))?;
     let get = |k: &str| {
         info.metadata
             .get(k)
@@ -133,7 +164,40 @@ pub async fn discover(
     Ok(ServiceInfo {
         plugin: get("weft.plugin")?,
         phases,
-        worker: info.metadata.get("weft.worker").cloned().unwrap_or_default(),
+        workers: vec![info.metadata.get("weft.worker").cloned().unwrap_or_default()],
+    })
+}
+
+/// The answers as one, if they agree on the plugin and the phases.
+fn agreed(instance: &str, answers: Vec<ServiceInfo>) -> Result<ServiceInfo, DiscoverError> {
+    let mut it = answers.into_iter();
+    let Some(mut first) = it.next() else {
+        return Err(DiscoverError::NoWorkers(instance.to_owned()));
+    };
+    let mut odd = Vec::new();
+    for a in it {
+        if (&a.plugin, a.phases) == (&first.plugin, first.phases) {
+            first.workers.extend(a.workers);
+        } else {
+            odd.push(a);
+        }
+    }
+    if odd.is_empty() {
+        return Ok(first);
+    }
+    let answers = std::iter::once(&first)
+        .chain(&odd)
+        .map(|a| {
+            format!(
+                "workers {:?} say plugin {:?}, phases {:#x}",
+                a.workers, a.plugin, a.phases
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(DiscoverError::Disagree {
+        instance: instance.to_owned(),
+        answers,
     })
 }
 
@@ -173,5 +237,53 @@ mod traceparent_tests {
         assert_eq!(traceparent(&view(&[("accept", "*/*"), ("traceparent", tp)])), Some(tp));
         assert_eq!(traceparent(&view(&[("accept", "*/*")])), None);
         assert_eq!(traceparent(b"garbage"), None);
+    }
+}
+
+#[cfg(test)]
+mod discovery_tests {
+    use super::{DiscoverError, ServiceInfo, agreed, service_info};
+
+    fn info(worker: &str, plugin: &str, phases: u32) -> ServiceInfo {
+        ServiceInfo {
+            plugin: plugin.into(),
+            phases,
+            workers: vec![worker.into()],
+        }
+    }
+
+    #[test]
+    fn answers_that_agree_are_one_and_name_every_worker() {
+        let got = agreed("i", vec![info("a", "p", 3), info("b", "p", 3)]).unwrap();
+        assert_eq!(
+            (got.plugin.as_str(), got.phases, got.workers),
+            ("p", 3, vec!["a".into(), "b".into()])
+        );
+        assert!(matches!(agreed("i", vec![]), Err(DiscoverError::NoWorkers(_))));
+    }
+
+    #[test]
+    fn one_odd_answer_refuses_the_instance_naming_each_side() {
+        for odd in [info("rogue", "p", 0), info("rogue", "other", 3)] {
+            let e = agreed("i", vec![info("a", "p", 3), odd, info("b", "p", 3)]).unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(e, DiscoverError::Disagree { .. }), "{msg}");
+            assert!(
+                msg.contains(r#"workers ["a", "b"] say plugin "p", phases 0x3"#),
+                "{msg}"
+            );
+            assert!(msg.contains(r#"workers ["rogue"]"#), "{msg}");
+        }
+    }
+
+    #[test]
+    fn an_answer_that_is_not_a_weft_workers_is_an_error() {
+        assert!(service_info("i", b"{}").is_err());
+        assert!(service_info("i", b"not json").is_err());
+        let ok = service_info(
+            "i",
+            br#"{"metadata":{"weft.plugin":"p","weft.phases":"3","weft.worker":"w"}}"#,
+        );
+        assert_eq!(ok.unwrap(), info("w", "p", 3));
     }
 }

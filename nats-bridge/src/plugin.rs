@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::StatusCode;
@@ -15,7 +15,9 @@ use crate::wire;
 
 /// NATS header names of the protocol (see `schema/weft_wire.fbs`).
 pub const HEADER_PHASE: &str = "Weft-Phase";
-pub const HEADER_DEADLINE: &str = "Weft-Deadline-Ms";
+/// The time left for the call in milliseconds when it was sent (a duration, not a time of day:
+/// the worker's clock need not agree with the host's).
+pub const HEADER_TIMEOUT: &str = "Weft-Timeout-Ms";
 pub const HEADER_HOST: &str = "Weft-Host";
 pub const HEADER_WORKER: &str = "Weft-Worker";
 pub const HEADER_TRACEPARENT: &str = "traceparent";
@@ -117,12 +119,10 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn unix_ms(at: Instant) -> u64 {
-    let left = at.saturating_duration_since(Instant::now());
-    (SystemTime::now() + left)
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// Whether `id` (a worker-supplied `Weft-Worker` header) may go into a subject: 1 to 64 ASCII
+/// letters, digits, `-` or `_` (a `.`, `*`, `>` or space would change the subject's meaning).
+pub fn valid_worker_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl RemotePlugin {
@@ -181,7 +181,8 @@ impl RemotePlugin {
     fn headers(&self, phase: WeftPhase, deadline: Instant, traceparent: Option<&str>) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(HEADER_PHASE, (phase as u32).to_string().as_str());
-        h.insert(HEADER_DEADLINE, unix_ms(deadline).to_string().as_str());
+        let left = deadline.saturating_duration_since(Instant::now()).as_millis().max(1);
+        h.insert(HEADER_TIMEOUT, left.to_string().as_str());
         h.insert(HEADER_HOST, self.inner.shared.host_id.as_str());
         if let Some(tp) = traceparent {
             h.insert(HEADER_TRACEPARENT, tp);
@@ -239,11 +240,23 @@ impl RemotePlugin {
             self.release(request_id);
             return Err(RemoteError::NoResponders { subject });
         }
-        if let Some(w) = msg.headers.as_ref().and_then(|h| h.get(HEADER_WORKER)) {
-            let mut aff = self.inner.affinity.lock().unwrap_or_else(|e| e.into_inner());
-            aff.entry(request_id).or_insert_with(|| Arc::from(w.as_str()));
-        }
         let resp = wire::decode_response(&msg.payload).map_err(|e| RemoteError::BadReply(e.to_string()))?;
+        if (resp.request_id, resp.phase) != (request_id, phase as u32) {
+            // A reply captured from another request (or a confused worker): never used.
+            return Err(RemoteError::BadReply(format!(
+                "reply answers request {} phase {}, not request {request_id} phase {} (worker said: {:?})",
+                resp.request_id, resp.phase, phase as u32, resp.error
+            )));
+        }
+        if let Some(w) = msg.headers.as_ref().and_then(|h| h.get(HEADER_WORKER)) {
+            // Goes into later subjects: only a plain token (no `.`, `*`, `>` or spaces).
+            if valid_worker_id(w.as_str()) {
+                let mut aff = self.inner.affinity.lock().unwrap_or_else(|e| e.into_inner());
+                aff.entry(request_id).or_insert_with(|| Arc::from(w.as_str()));
+            } else {
+                tracing::warn!(plugin = %self.inner.name, "ignoring a reply's invalid {HEADER_WORKER} header");
+            }
+        }
         if resp.result != WeftResult::Ok as u32 {
             return Err(RemoteError::Plugin {
                 result: WeftResult::from_raw(resp.result),

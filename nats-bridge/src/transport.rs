@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -99,16 +98,23 @@ pub(crate) type Waiter = oneshot::Sender<Message>;
 pub(crate) struct Mux {
     /// `_INBOX.<nuid>`; replies arrive on `<prefix>.<token>`.
     pub(crate) prefix: String,
-    next: AtomicU64,
     pending: Mutex<HashMap<u64, Waiter>>,
 }
 
 impl Mux {
     /// Registers a waiter; the returned guard removes it again when dropped.
     pub(crate) fn register(&self) -> (PendingGuard<'_>, oneshot::Receiver<Message>) {
-        let token = self.next.fetch_add(1, Ordering::Relaxed);
+        // Random, not a counter: whoever sees one reply subject cannot name the next one.
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(token, tx);
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let token = loop {
+            let t: u64 = rand::random();
+            if !pending.contains_key(&t) {
+                break t;
+            }
+        };
+        pending.insert(token, tx);
+        drop(pending);
         (PendingGuard { mux: self, token }, rx)
     }
 
@@ -203,6 +209,14 @@ impl NatsTransport {
         if let Some((cert, key)) = &opts.tls.client_cert {
             co = co.add_client_certificate(cert.clone(), key.clone());
         }
+        if matches!(opts.auth, NatsAuth::None) && !opts.url.contains('@') {
+            tracing::warn!(
+                url = %opts.url,
+                "NATS connection without authentication: anyone who can reach the server can read \
+                 requests and answer them; give hosts and workers users with the subject \
+                 permissions in docs/architecture.md (\"Subject permissions\")"
+            );
+        }
         let client = co
             .connect(opts.url.as_str())
             .await
@@ -217,7 +231,6 @@ impl NatsTransport {
             client,
             mux: Mux {
                 prefix: inbox,
-                next: AtomicU64::new(1),
                 pending: Mutex::new(HashMap::new()),
             },
             host_id,

@@ -15,10 +15,11 @@ use crate::view::{BadView, ViewReader};
 
 /// Version of the wire messages this side writes (`version` field of both tables), and the
 /// highest version it reads.
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
 
-/// The lowest wire version this side reads.
-pub const WIRE_VERSION_MIN: u16 = 1;
+/// The lowest wire version this side reads: 2, the first whose replies name the request and
+/// phase they answer (an unbound reply could answer any request).
+pub const WIRE_VERSION_MIN: u16 = 2;
 
 /// A message that is not a readable weft wire message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,6 +99,9 @@ pub fn encode_request(view: &[u8], phase: u32) -> Result<(Bytes, u64), BadView> 
 /// A decoded PhaseResponse.
 #[derive(Debug)]
 pub struct DecodedResponse {
+    /// The request and phase the worker says this answers (checked by the caller).
+    pub request_id: u64,
+    pub phase: u32,
     pub result: u32,
     /// The mutation records, a slice of the message payload (no copy).
     pub mutations: Bytes,
@@ -126,19 +130,29 @@ pub fn decode_response(payload: &Bytes) -> Result<DecodedResponse, WireError> {
         _ => Bytes::new(),
     };
     Ok(DecodedResponse {
+        request_id: resp.request_id(),
+        phase: resp.phase(),
         result: resp.result(),
         mutations,
         error: resp.error().unwrap_or("").to_owned(),
     })
 }
 
-/// Encodes a PhaseResponse (used by tests and by Rust-side fake workers).
-pub fn encode_response(result: u32, mutations: &[u8], error: &str) -> Bytes {
-    encode_response_as(WIRE_VERSION, result, mutations, error)
+/// Encodes a PhaseResponse answering `phase` of request `request_id` (used by tests and by
+/// Rust-side fake workers).
+pub fn encode_response(request_id: u64, phase: u32, result: u32, mutations: &[u8], error: &str) -> Bytes {
+    encode_response_as(WIRE_VERSION, request_id, phase, result, mutations, error)
 }
 
 /// [`encode_response`] claiming wire version `version` (tests of version checks).
-pub fn encode_response_as(version: u16, result: u32, mutations: &[u8], error: &str) -> Bytes {
+pub fn encode_response_as(
+    version: u16,
+    request_id: u64,
+    phase: u32,
+    result: u32,
+    mutations: &[u8],
+    error: &str,
+) -> Bytes {
     let mut fbb = FlatBufferBuilder::with_capacity(64 + mutations.len());
     let m = fbb.create_vector(mutations);
     let e = (!error.is_empty()).then(|| fbb.create_string(error));
@@ -149,6 +163,8 @@ pub fn encode_response_as(version: u16, result: u32, mutations: &[u8], error: &s
             result,
             mutations: Some(m),
             error: e,
+            request_id,
+            phase,
         },
     );
     fbb.finish(root, Some(WIRE_IDENTIFIER));
@@ -202,13 +218,14 @@ mod tests {
 
     #[test]
     fn response_round_trip_slices_the_payload() {
-        let p = encode_response(0, &[1, 2, 3, 4], "");
+        let p = encode_response(9, 2, 0, &[1, 2, 3, 4], "");
         let d = decode_response(&p).unwrap();
         assert_eq!(
             (d.result, &d.mutations[..], d.error.as_str()),
             (0, &[1u8, 2, 3, 4][..], "")
         );
-        let p = encode_response(1, &[], "boom");
+        assert_eq!((d.request_id, d.phase), (9, 2), "the request and phase it answers");
+        let p = encode_response(9, 2, 1, &[], "boom");
         let d = decode_response(&p).unwrap();
         assert_eq!((d.result, d.mutations.len(), d.error.as_str()), (1, 0, "boom"));
         assert!(decode_response(&Bytes::from_static(b"\x01\x02")).is_err());
@@ -228,7 +245,7 @@ mod tests {
         fbb.finish(root, None);
         let p = Bytes::copy_from_slice(fbb.finished_data());
         assert_eq!(decode_response(&p).unwrap_err(), WireError::NotWeft);
-        let mut p = encode_response(0, &[], "").to_vec();
+        let mut p = encode_response(9, 2, 0, &[], "").to_vec();
         p[4..8].copy_from_slice(b"WEFX");
         assert_eq!(decode_response(&Bytes::from(p)).unwrap_err(), WireError::NotWeft);
         for short in [&b""[..], b"\x01\x02", b"\x08\0\0\0WEF"] {
@@ -241,8 +258,9 @@ mod tests {
 
     #[test]
     fn response_of_an_unknown_version_is_refused_naming_both_versions() {
-        for v in [0, WIRE_VERSION + 1, u16::MAX] {
-            let p = encode_response_as(v, 0, &[1, 2, 3, 4], "");
+        // 1: replies before they named their request, which could answer any request.
+        for v in [0, 1, WIRE_VERSION + 1, u16::MAX] {
+            let p = encode_response_as(v, 9, 2, 0, &[1, 2, 3, 4], "");
             let err = decode_response(&p).unwrap_err();
             assert_eq!(err, WireError::UnsupportedVersion { got: v });
             let msg = err.to_string();
@@ -251,6 +269,6 @@ mod tests {
                 "{msg}"
             );
         }
-        assert!(decode_response(&encode_response_as(WIRE_VERSION, 0, &[], "")).is_ok());
+        assert!(decode_response(&encode_response_as(WIRE_VERSION, 9, 2, 0, &[], "")).is_ok());
     }
 }

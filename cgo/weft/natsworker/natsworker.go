@@ -17,9 +17,11 @@
 //     carry the file identifier "WEFT" and their sender's wire version; a request without the
 //     identifier or of a version this worker does not speak is answered with result AbiMismatch
 //     and a message naming both versions.
-//   - Headers: Weft-Phase (phase number), Weft-Deadline-Ms (absolute unix ms; a request that
-//     arrives after its deadline is dropped unrun), Weft-Host (host id; request ids are unique per
-//     host only), traceparent (passed through).
+//   - Headers: Weft-Phase (phase number), Weft-Timeout-Ms (the time the host gave the call when
+//     it sent it; counted from arrival here, so clocks need not agree; older hosts send
+//     Weft-Deadline-Ms, an absolute unix ms), Weft-Host (host id; request ids are unique per host
+//     only), traceparent (passed through). A reply (wire version 2) names the request id and phase
+//     it answers; the host uses no other.
 //
 // Each instance's service metadata carries weft.plugin, weft.instance, weft.phases (the plugin's
 // phase mask, decimal, body and WebSocket bits included so a host can refuse what it cannot
@@ -53,7 +55,7 @@ import (
 )
 
 // WireVersion is the version of the wire messages this worker writes, and the highest it reads.
-const WireVersion = 1
+const WireVersion = 2
 
 // WireVersionMin is the lowest wire version this worker reads.
 const WireVersionMin = 1
@@ -70,7 +72,8 @@ const NATSPhaseMask = 1<<core.PhaseRequestHeaders | 1<<core.PhaseResponseHeaders
 // NATS header names.
 const (
 	HeaderPhase    = "Weft-Phase"
-	HeaderDeadline = "Weft-Deadline-Ms"
+	HeaderTimeout  = "Weft-Timeout-Ms"
+	HeaderDeadline = "Weft-Deadline-Ms" // older hosts: an absolute unix ms
 	HeaderHost     = "Weft-Host"
 	HeaderWorker   = "Weft-Worker"
 )
@@ -456,7 +459,12 @@ var bufs = sync.Pool{New: func() any {
 
 func (s *server) serve(req message) {
 	s.requests.Add(1)
-	reply := req.reply
+	// Where the answer goes and what it answers: the request id once the message is read, so
+	// that the host can tell a reply to this request from any other.
+	reply := replyTo{subject: req.reply}
+	if p, err := strconv.ParseUint(req.header.Get(HeaderPhase), 10, 32); err == nil {
+		reply.phase = uint32(p)
+	}
 	b := bufs.Get().(*callBuf)
 	keep := true // false: an unfinished continuation may still use b's view and output
 	defer func() {
@@ -473,13 +481,10 @@ func (s *server) serve(req message) {
 			s.respond(b, reply, core.ResultPanic, nil, fmt.Sprint("worker panic: ", r))
 		}
 	}()
-	deadline := time.Now().Add(defaultAsyncWait)
-	if ms, err := strconv.ParseInt(req.header.Get(HeaderDeadline), 10, 64); err == nil {
-		if time.Now().UnixMilli() > ms {
-			s.expired.Add(1)
-			return // the host has given up on it already
-		}
-		deadline = time.UnixMilli(ms)
+	deadline, expired := requestDeadline(req.header, time.Now())
+	if expired {
+		s.expired.Add(1)
+		return // the host has given up on it already
 	}
 	if res, err := checkRequest(req.data, &b.req); err != nil {
 		s.failures.Add(1)
@@ -488,6 +493,7 @@ func (s *server) serve(req message) {
 		return
 	}
 	phase := core.Phase(b.req.Phase())
+	reply.requestID, reply.phase = b.req.RequestId(), uint32(phase)
 	key := req.header.Get(HeaderHost) + "/" + strconv.FormatUint(b.req.RequestId(), 10)
 	slot, gen, evicted, ok := s.slots.acquire(key)
 	if !ok {
@@ -593,8 +599,31 @@ func (s *server) complete(_ uint64, slot, call uint32, res core.Result, n uint32
 	return core.ResultOK
 }
 
-func (s *server) respond(b *callBuf, reply string, res core.Result, mutations []byte, errMsg string) {
-	if reply == "" {
+// replyTo is where an answer goes and which request and phase it answers.
+type replyTo struct {
+	subject   string
+	requestID uint64
+	phase     uint32
+}
+
+// requestDeadline is when the host stops waiting for the request: now plus Weft-Timeout-Ms (a
+// duration, so the host's and this worker's clocks need not agree), or the older absolute
+// Weft-Deadline-Ms; expired when that has passed already. Without either, defaultAsyncWait.
+// maxTimeoutMs caps Weft-Timeout-Ms (an hour): a larger value would overflow a time.Duration.
+const maxTimeoutMs = 3600 * 1000
+
+func requestDeadline(h nats.Header, now time.Time) (deadline time.Time, expired bool) {
+	if ms, err := strconv.ParseInt(h.Get(HeaderTimeout), 10, 64); err == nil {
+		return now.Add(time.Duration(min(ms, maxTimeoutMs)) * time.Millisecond), ms <= 0
+	}
+	if ms, err := strconv.ParseInt(h.Get(HeaderDeadline), 10, 64); err == nil {
+		return time.UnixMilli(ms), now.UnixMilli() > ms
+	}
+	return now.Add(defaultAsyncWait), false
+}
+
+func (s *server) respond(b *callBuf, reply replyTo, res core.Result, mutations []byte, errMsg string) {
+	if reply.subject == "" {
 		return // log phase: published without a reply subject
 	}
 	fbb := b.fbb
@@ -606,6 +635,8 @@ func (s *server) respond(b *callBuf, reply string, res core.Result, mutations []
 	}
 	wire.PhaseResponseStart(fbb)
 	wire.PhaseResponseAddVersion(fbb, WireVersion)
+	wire.PhaseResponseAddRequestId(fbb, reply.requestID)
+	wire.PhaseResponseAddPhase(fbb, reply.phase)
 	wire.PhaseResponseAddResult(fbb, uint32(res))
 	wire.PhaseResponseAddMutations(fbb, m)
 	if errMsg != "" {
@@ -613,7 +644,7 @@ func (s *server) respond(b *callBuf, reply string, res core.Result, mutations []
 	}
 	fbb.FinishWithFileIdentifier(wire.PhaseResponseEnd(fbb), wireIdentifier)
 	msg := &nats.Msg{
-		Subject: reply,
+		Subject: reply.subject,
 		Header:  nats.Header{HeaderWorker: []string{s.w.id}},
 		Data:    fbb.FinishedBytes(),
 	}

@@ -129,3 +129,31 @@ func TestEvictionNeverDisplacesAWaitingCall(t *testing.T) {
 func TestDuplicateRequestKeyIsRefusedNotDisplacing(t *testing.T) {
 	checkOwnership(t, 8, 5, 5)
 }
+
+// The deadline a worker keeps is counted from the request's arrival (Weft-Timeout-Ms), so a
+// worker whose clock differs from the host's by any amount still serves the call; the older
+// absolute Weft-Deadline-Ms is still read.
+func TestRequestDeadlineIsARemainingDurationNotAWallClockTime(t *testing.T) {
+	now := time.Now()
+	h := nats.Header{}
+	h.Set(HeaderTimeout, "150")
+	if d, expired := requestDeadline(h, now); expired || !d.Equal(now.Add(150*time.Millisecond)) {
+		t.Fatalf("Weft-Timeout-Ms 150: deadline %v (expired %v), want now+150ms", d.Sub(now), expired)
+	}
+	h.Set(HeaderTimeout, "0")
+	if _, expired := requestDeadline(h, now); !expired {
+		t.Fatal("Weft-Timeout-Ms 0: not expired")
+	}
+	h.Set(HeaderTimeout, "9223372036854775807")
+	if d, expired := requestDeadline(h, now); expired || !d.After(now) {
+		t.Fatalf("a huge Weft-Timeout-Ms: deadline %v (expired %v), want a later time", d.Sub(now), expired)
+	}
+	legacy := nats.Header{}
+	legacy.Set(HeaderDeadline, strconv.FormatInt(now.Add(time.Second).UnixMilli(), 10))
+	if d, expired := requestDeadline(legacy, now); expired || d.Sub(now) > time.Second || d.Sub(now) < 998*time.Millisecond {
+		t.Fatalf("Weft-Deadline-Ms: deadline %v (expired %v)", d.Sub(now), expired)
+	}
+	if d, expired := requestDeadline(nats.Header{}, now); expired || !d.Equal(now.Add(defaultAsyncWait)) {
+		t.Fatalf("no header: deadline %v, want the default wait", d.Sub(now))
+	}
+}

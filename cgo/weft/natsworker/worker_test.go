@@ -271,7 +271,7 @@ func TestPingInfoAndStats(t *testing.T) {
 		phaseRequestAs(WireVersion+1, true, 200, core.PhaseRequestHeaders, 0, nil, nil),
 		time.Now().Add(10*time.Second)))
 	if core.Result(resp.Result()) != core.ResultABIMismatch ||
-		!strings.Contains(string(resp.Error()), "unsupported wire version 2") {
+		!strings.Contains(string(resp.Error()), fmt.Sprintf("unsupported wire version %d", WireVersion+1)) {
 		t.Fatalf("unknown version: %v %q", core.Result(resp.Result()), resp.Error())
 	}
 	resp, _ = request(t, nc, phaseMsg("weft.echo.request_headers", core.PhaseRequestHeaders,

@@ -450,6 +450,8 @@ impl<'a> PhaseResponse<'a> {
   pub const VT_RESULT: ::flatbuffers::VOffsetT = 6;
   pub const VT_MUTATIONS: ::flatbuffers::VOffsetT = 8;
   pub const VT_ERROR: ::flatbuffers::VOffsetT = 10;
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 12;
+  pub const VT_PHASE: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -461,6 +463,8 @@ impl<'a> PhaseResponse<'a> {
     args: &'args PhaseResponseArgs<'args>
   ) -> ::flatbuffers::WIPOffset<PhaseResponse<'bldr>> {
     let mut builder = PhaseResponseBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    builder.add_phase(args.phase);
     if let Some(x) = args.error { builder.add_error(x); }
     if let Some(x) = args.mutations { builder.add_mutations(x); }
     builder.add_result(args.result);
@@ -501,6 +505,20 @@ impl<'a> PhaseResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PhaseResponse::VT_ERROR, None)}
   }
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PhaseResponse::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn phase(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(PhaseResponse::VT_PHASE, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PhaseResponse<'_> {
@@ -513,6 +531,8 @@ impl ::flatbuffers::Verifiable for PhaseResponse<'_> {
      .visit_field::<u32>("result", Self::VT_RESULT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("mutations", Self::VT_MUTATIONS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error", Self::VT_ERROR, false)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<u32>("phase", Self::VT_PHASE, false)?
      .finish();
     Ok(())
   }
@@ -522,6 +542,8 @@ pub struct PhaseResponseArgs<'a> {
     pub result: u32,
     pub mutations: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub error: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub request_id: u64,
+    pub phase: u32,
 }
 impl<'a> Default for PhaseResponseArgs<'a> {
   #[inline]
@@ -531,6 +553,8 @@ impl<'a> Default for PhaseResponseArgs<'a> {
       result: 0,
       mutations: None,
       error: None,
+      request_id: 0,
+      phase: 0,
     }
   }
 }
@@ -557,6 +581,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PhaseResponseBuilder<'a, 'b, 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PhaseResponse::VT_ERROR, error);
   }
   #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(PhaseResponse::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_phase(&mut self, phase: u32) {
+    self.fbb_.push_slot::<u32>(PhaseResponse::VT_PHASE, phase, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PhaseResponseBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PhaseResponseBuilder {
@@ -578,6 +610,8 @@ impl ::core::fmt::Debug for PhaseResponse<'_> {
       ds.field("result", &self.result());
       ds.field("mutations", &self.mutations());
       ds.field("error", &self.error());
+      ds.field("request_id", &self.request_id());
+      ds.field("phase", &self.phase());
       ds.finish()
   }
 }

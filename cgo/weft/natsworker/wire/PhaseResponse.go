@@ -116,8 +116,32 @@ func (rcv *PhaseResponse) Error() []byte {
 }
 
 // / Why the call failed when result is not Ok (panic message, unknown instance, ...).
+func (rcv *PhaseResponse) RequestId() uint64 {
+	o := flatbuffers.UOffsetT(rcv._tab.Offset(12))
+	if o != 0 {
+		return rcv._tab.GetUint64(o + rcv._tab.Pos)
+	}
+	return 0
+}
+
+func (rcv *PhaseResponse) MutateRequestId(n uint64) bool {
+	return rcv._tab.MutateUint64Slot(12, n)
+}
+
+func (rcv *PhaseResponse) Phase() uint32 {
+	o := flatbuffers.UOffsetT(rcv._tab.Offset(14))
+	if o != 0 {
+		return rcv._tab.GetUint32(o + rcv._tab.Pos)
+	}
+	return 0
+}
+
+func (rcv *PhaseResponse) MutatePhase(n uint32) bool {
+	return rcv._tab.MutateUint32Slot(14, n)
+}
+
 func PhaseResponseStart(builder *flatbuffers.Builder) {
-	builder.StartObject(4)
+	builder.StartObject(6)
 }
 func PhaseResponseAddVersion(builder *flatbuffers.Builder, version uint16) {
 	builder.PrependUint16Slot(0, version, 0)
@@ -133,6 +157,12 @@ func PhaseResponseStartMutationsVector(builder *flatbuffers.Builder, numElems in
 }
 func PhaseResponseAddError(builder *flatbuffers.Builder, error flatbuffers.UOffsetT) {
 	builder.PrependUOffsetTSlot(3, flatbuffers.UOffsetT(error), 0)
+}
+func PhaseResponseAddRequestId(builder *flatbuffers.Builder, requestId uint64) {
+	builder.PrependUint64Slot(4, requestId, 0)
+}
+func PhaseResponseAddPhase(builder *flatbuffers.Builder, phase uint32) {
+	builder.PrependUint32Slot(5, phase, 0)
 }
 func PhaseResponseEnd(builder *flatbuffers.Builder) flatbuffers.UOffsetT {
 	return builder.EndObject()
