@@ -568,6 +568,12 @@ impl Proxy {
             if let Flow::Respond(resp) = flow {
                 return plugin_reply(resp, exchange);
             }
+            // A path a plugin set is normalised like the client's before it goes upstream (the
+            // runtime checked its bytes; `//admin` or `/x/../admin` are still valid bytes).
+            if let Err(e) = normalize_uri(&mut parts.uri, &self.path_opts) {
+                warn!(route = %route.name, ?request_id, "a plugin set a request path that cannot be normalised: {e}; answering 500");
+                return local_reply(StatusCode::INTERNAL_SERVER_ERROR, "plugin failure", exchange);
+            }
         }
         let upgrade = match (upgrade, &route.ws) {
             (Some(up), Some(ws)) => return crate::ws::serve_plugin(ws, parts, up, client).await,

@@ -77,6 +77,8 @@ plugins:
   - {{ name: hop-keep-alive, library: examples, plugin: header-rewriter, config: {{ request_set: {{ keep-alive: "timeout=99" }} }} }}
   - {{ name: hop-expect, library: examples, plugin: header-rewriter, config: {{ request_set: {{ expect: 100-continue }} }} }}
   - {{ name: hop-resp, library: examples, plugin: header-rewriter, config: {{ response_set: {{ keep-alive: "timeout=99" }} }} }}
+  - {{ name: dotted-path, library: examples, plugin: header-rewriter, config: {{ set_path: "/x/..//admin/./secret" }} }}
+  - {{ name: slash-path, library: examples, plugin: header-rewriter, config: {{ set_path: "/a%2Fb" }} }}
   - name: forge-open
     library: examples
     plugin: header-rewriter
@@ -96,6 +98,8 @@ routes:
   - {{ path_prefix: /hop-expect, upstream: up, plugins: [hop-expect] }}
   - {{ path_prefix: /hop-resp, upstream: up, plugins: [hop-resp] }}
   - {{ path_prefix: /forge-open, upstream: up, plugins: [forge-open] }}
+  - {{ path_prefix: /dotted-path, upstream: up, plugins: [dotted-path] }}
+  - {{ path_prefix: /slash-path, upstream: up, plugins: [slash-path] }}
   - {{ path_prefix: /, upstream: up, plugins: [timing] }}
 "#,
         lib = library().display().to_string()
@@ -256,6 +260,26 @@ async fn plugins_cannot_set_host_forwarding_or_hop_by_hop_headers() {
         seen["headers"].get("x-from-plugin").is_none(),
         "the whole batch is refused: {seen}"
     );
+}
+
+/// A path a plugin sets goes upstream normalised like a client's (issue 13, item 2): dot
+/// segments resolved, slashes merged; one that cannot be normalised (an encoded `/`, refused by
+/// default) is a plugin failure, never forwarded.
+#[tokio::test]
+async fn a_path_a_plugin_sets_is_normalised_before_it_goes_upstream() {
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = start_proxy(upstream, 64).await;
+    let resp = client(false)
+        .request(get(format!("http://{proxy}/dotted-path")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(json(resp).await["path"], "/admin/secret");
+    let resp = client(false)
+        .request(get(format!("http://{proxy}/slash-path")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }
 
 #[tokio::test]

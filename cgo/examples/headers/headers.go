@@ -2,9 +2,10 @@
 // response headers as configured.
 //
 //	{"request_set": {"x-env": "prod"}, "request_add": {"via": "weft"}, "request_remove": ["cookie"],
-//	 "response_set": {"x-frame-options": "DENY"}, "response_remove": ["server"]}
+//	 "response_set": {"x-frame-options": "DENY"}, "response_remove": ["server"], "set_path": "/v2/items"}
 //
-// In each phase removals are applied first, then sets, then adds, each in name order.
+// In each phase removals are applied first, then sets, then adds, each in name order;
+// set_path (if given) replaces the request path.
 package headers
 
 import (
@@ -21,6 +22,7 @@ type Config struct {
 	RequestRemove  []string          `json:"request_remove"`
 	ResponseSet    map[string]string `json:"response_set"`
 	ResponseRemove []string          `json:"response_remove"`
+	SetPath        string            `json:"set_path"`
 
 	// Derived by Init: lowercase names in a stable order.
 	reqSet, reqAdd, respSet []pair
@@ -62,6 +64,9 @@ func requestHeaders(ctx *weft.Context, c *Config, _ *struct{}) {
 	}
 	for _, p := range c.reqAdd {
 		ctx.AddRequestHeader(p.name, p.value)
+	}
+	if c.SetPath != "" {
+		ctx.SetPath(c.SetPath)
 	}
 }
 
