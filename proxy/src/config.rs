@@ -32,6 +32,10 @@ pub struct Config {
     /// The admin listener (metrics, health, readiness, reload); none when absent.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// Serving threads, each with its own listener and upstream pools (`workers.rs`); default
+    /// `TOKIO_WORKER_THREADS` if set, else the number of CPUs.
+    #[serde(default)]
+    pub workers: Option<usize>,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish (default 10000).
     #[serde(default)]
     pub shutdown_timeout_ms: Option<u64>,
@@ -990,7 +994,18 @@ fn timeout_problem(ms: u64) -> Option<String> {
 }
 
 impl Config {
+    /// The serving threads to start (`workers:`, else [`crate::workers::default_workers`]).
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(crate::workers::default_workers)
+    }
+
     fn validate_limits(&self, err: &mut impl FnMut(String, String)) {
+        if let Some(n) = self.workers.filter(|n| !(1..=crate::workers::MAX_WORKERS).contains(n)) {
+            err(
+                "workers".into(),
+                format!("{n} serving threads: must be 1 to {}", crate::workers::MAX_WORKERS),
+            );
+        }
         let Some(l) = &self.limits else { return };
         for (field, v) in [
             ("header_read_timeout_ms", l.header_read_timeout_ms),
@@ -1128,6 +1143,21 @@ routes:
     /// The messages of all errors, for compact assertions.
     fn errors(text: &str) -> Vec<String> {
         parse(text).unwrap_err().0.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn workers_must_be_1_to_max() {
+        assert_eq!(parse(&format!("{GOOD}workers: 3\n")).unwrap().worker_count(), 3);
+        for n in [0, crate::workers::MAX_WORKERS + 1] {
+            let e = errors(&format!("{GOOD}workers: {n}\n"));
+            assert_eq!(
+                e,
+                [format!(
+                    "config error in proxy.yaml at workers: {n} serving threads: must be 1 to {}",
+                    crate::workers::MAX_WORKERS
+                )]
+            );
+        }
     }
 
     #[test]

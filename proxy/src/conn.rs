@@ -468,8 +468,29 @@ where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let builder = builder(&limits);
     let permits = Arc::new(Semaphore::new(limits.connection_cap() as usize));
+    serve_connections_with(listener, name, limits, permits, None, handle, shutdown, drain).await
+}
+
+/// [`serve_connections`] with the connection permits (`limits.max_connections`) shared with
+/// other accept loops: one per serving thread ([`crate::workers`]).
+pub async fn serve_connections_with<H, Fut, B>(
+    listener: TcpListener,
+    name: &'static str,
+    limits: Limits,
+    permits: Arc<Semaphore>,
+    accepted: Option<prometheus_client::metrics::counter::Counter>,
+    handle: H,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) -> io::Result<()>
+where
+    H: Fn(Request<RequestBody>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let builder = builder(&limits);
     let m = metrics::global().listener(name);
     let refusing = AtomicBool::new(false);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -500,6 +521,9 @@ where
             continue;
         };
         refusing.store(false, Ordering::Relaxed);
+        if let Some(c) = &accepted {
+            c.inc();
+        }
         if let Err(e) = stream.set_nodelay(true) {
             debug!(error = %e, "set_nodelay failed");
         }

@@ -19,6 +19,7 @@ pub mod route;
 pub mod server;
 pub mod upstream;
 pub mod version;
+pub mod workers;
 pub mod ws;
 
 pub use config::Config;

@@ -232,6 +232,11 @@ struct ListenerLabel {
     listener: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ThreadLabel {
+    thread: u32,
+}
+
 /// What timed out (`weft_timeouts_total{kind}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeoutKind {
@@ -297,6 +302,7 @@ pub struct Metrics {
     timeouts: [Counter; 6],
     connections_open: Family<ListenerLabel, Gauge>,
     connections_refused: Family<ListenerLabel, Counter>,
+    serving_connections: Family<ThreadLabel, Counter>,
     /// Route names that have series, so a reload can drop those of removed routes.
     routes: Mutex<std::collections::HashSet<String>>,
     no_route: RouteMetrics,
@@ -384,6 +390,13 @@ impl Metrics {
             "Connections closed at accept because limits.max_connections were open, by listener",
             connections_refused.clone(),
         );
+        let serving_connections = Family::<ThreadLabel, Counter>::default();
+        registry.register(
+            "weft_serving_thread_connections",
+            "Client connections accepted by each serving thread (workers:); a connection stays on \
+             the thread that accepted it",
+            serving_connections.clone(),
+        );
         let runtime = Arc::new(RuntimeCollector::default());
         registry.register_collector(Box::new(runtime.clone()));
         registry.register_collector(Box::new(LogCollector));
@@ -401,6 +414,7 @@ impl Metrics {
             timeouts,
             connections_open,
             connections_refused,
+            serving_connections,
             routes: Mutex::default(),
             no_route: placeholder_route(),
             runtime,
@@ -546,6 +560,11 @@ impl Metrics {
             open: self.connections_open.get_or_create_owned(&label),
             refused: self.connections_refused.get_or_create_owned(&label),
         }
+    }
+
+    /// Connections accepted by serving thread `thread` ([`crate::workers`]).
+    pub fn serving_thread(&self, thread: u32) -> Counter {
+        self.serving_connections.get_or_create_owned(&ThreadLabel { thread })
     }
 
     pub fn reload_result(&self, ok: bool) {

@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::conn::RequestBody;
 use crate::forward::ProxyBody;
 use crate::metrics;
-use crate::server::{Handler, Proxy, StartupError, serve_with_limits, tokio_runtime};
+use crate::server::{Handler, Proxy, StartupError, control_runtime};
 
 /// Default for `shutdown_timeout_ms`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -282,7 +282,10 @@ pub fn run_blocking(
     proxy: Proxy,
     before: Option<Box<dyn FnOnce() + Send>>,
 ) -> Result<(), String> {
-    let rt = tokio_runtime(proxy.runtime().cloned()).map_err(|e| format!("cannot start tokio: {e}"))?;
+    // The control plane's runtime (admin, reloads, signals); requests are served on the
+    // threads of `workers.rs`.
+    let rt = control_runtime().map_err(|e| format!("cannot start tokio: {e}"))?;
+    let plugins = proxy.runtime().map(Arc::downgrade);
     let reloadable = path.is_some();
     let live = LiveProxy::new(proxy, config, path);
     let listen = config.listen_addr();
@@ -293,10 +296,9 @@ pub fn run_blocking(
         .map_or(DEFAULT_SHUTDOWN_TIMEOUT, Duration::from_millis);
     let m = metrics::global();
 
+    let workers = config.worker_count();
     let result = rt.block_on(async {
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let listeners = crate::workers::bind(listen, workers).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         if let Some(admin) = admin {
             let token = crate::admin::read_token(&admin)?;
             let addr = &admin.listen;
@@ -326,14 +328,14 @@ pub fn run_blocking(
         if let Some(f) = before {
             f();
         }
-        info!(%listen, "weft-proxy listening");
+        info!(%listen, workers, "weft-proxy listening");
         m.set_ready(true);
         let shutdown = async {
             terminate.await;
             m.set_ready(false);
             info!(timeout = ?drain, "draining: no new connections; waiting for requests in flight");
         };
-        serve_with_limits(listener, live.clone(), shutdown, drain, limits)
+        crate::workers::serve(listeners, live.clone(), shutdown, drain, limits, plugins)
             .await
             .map_err(|e| e.to_string())
     });

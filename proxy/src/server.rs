@@ -838,6 +838,16 @@ pub fn tokio_runtime(plugins: Option<Arc<Runtime>>) -> std::io::Result<tokio::ru
     builder.build()
 }
 
+/// The runtime of the control plane when requests are served by [`crate::workers`]: the admin
+/// listener, reloads, signals, metrics sampling. One thread: none of it is on a request's path.
+pub fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("weft-control")
+        .enable_all()
+        .build()
+}
+
 /// What the accept loop hands requests to: a fixed [`Proxy`], or a reloadable one
 /// ([`crate::reload::LiveProxy`]).
 pub trait Handler: Send + Sync + 'static {

@@ -175,10 +175,15 @@ const ROUTES: &str = "
   - { path_prefix: /, upstream: up }
 ";
 
+/// The upstream's response head may come after a whole 1 GiB upload, which a debug build (one
+/// serving thread per connection: reading the client, the body plugin and writing upstream on
+/// one core) takes longer than the default 30 s to pass through.
+const UPSTREAM_TIMEOUT_MS: u64 = 300_000;
+
 fn start_proxy(tag: &str, upstream: SocketAddr) -> ProxyProcess {
     let (addr, admin) = (free_port(), free_port());
     let yaml = format!(
-        "listen: {addr}\nadmin: {{ listen: {admin} }}\nruntime: {{ slots: 64 }}\nlibraries:\n  - {{ name: examples, path: {:?} }}\nplugins:\n{PLUGINS}upstreams:\n  - {{ name: up, addresses: [\"{upstream}\"] }}\nroutes:\n{ROUTES}",
+        "listen: {addr}\nadmin: {{ listen: {admin} }}\nruntime: {{ slots: 64 }}\nlibraries:\n  - {{ name: examples, path: {:?} }}\nplugins:\n{PLUGINS}upstreams:\n  - {{ name: up, addresses: [\"{upstream}\"], timeout_ms: {UPSTREAM_TIMEOUT_MS} }}\nroutes:\n{ROUTES}",
         library().display().to_string()
     );
     ProxyProcess::spawn(tag, &yaml, addr, admin)

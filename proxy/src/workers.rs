@@ -1,0 +1,186 @@
+//! Thread-per-core serving. `workers` threads (`workers:` in the config; default the number of
+//! CPUs) each run a single-threaded tokio runtime and accept on a listener of their own, all bound
+//! to the same address with `SO_REUSEPORT`, so the kernel spreads new connections over them and a
+//! connection stays on the thread that accepted it. Everything a request does runs there: the
+//! plugin calls, the upstream connection (each thread has its own keep-alive pools,
+//! [`crate::upstream`]) and the response. So the common path of a proxied request makes no
+//! cross-thread hand-off and wakes no other thread; a multi-threaded work-stealing runtime would
+//! move the tasks of one request between threads and wake them across. The control plane
+//! (admin listener, reloads, signals, NATS) stays on the small runtime of `reload::run_blocking`.
+//!
+//! What this gives up: a connection is never moved to an idle thread, so one very busy
+//! connection keeps its thread busy (as with nginx's workers). `limits.max_connections` is one
+//! budget shared by all threads.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::error;
+use weft_runtime::Runtime;
+
+use crate::config::Limits;
+use crate::conn::serve_connections_with;
+use crate::server::Handler;
+
+/// Most serving threads a config may ask for.
+pub const MAX_WORKERS: usize = 1024;
+
+/// Serving threads when the config says nothing: `TOKIO_WORKER_THREADS` if set (as the
+/// multi-threaded runtime read it before), else the CPUs this process may run on.
+pub fn default_workers() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| (1..=MAX_WORKERS).contains(n))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Binds `count` listening sockets to `addr` with `SO_REUSEPORT` (port 0: the first picks the
+/// port, the others share it). Bound here, on the caller's thread, so a bad address is an error
+/// before any thread starts.
+pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut addr = addr;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        let listener: std::net::TcpListener = s.into();
+        addr = listener.local_addr()?;
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+/// Serves `proxy` on `listeners`, one thread each, until `shutdown` resolves; then every thread
+/// stops accepting and drains its connections (up to `drain`) and this returns when all have.
+/// `plugins`: the plugin runtime whose `thread_start` each thread calls first. A thread that
+/// fails (its runtime cannot start) ends the whole serve with its error.
+pub async fn serve<H: Handler>(
+    listeners: Vec<std::net::TcpListener>,
+    proxy: Arc<H>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+    limits: Limits,
+    plugins: Option<Weak<Runtime>>,
+) -> io::Result<()> {
+    let permits = Arc::new(Semaphore::new(limits.connection_cap() as usize));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<io::Result<()>>();
+    let count = listeners.len();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let worker = Worker {
+            index: i as u32,
+            listener,
+            proxy: Arc::clone(&proxy),
+            permits: Arc::clone(&permits),
+            stop: stop_rx.clone(),
+            drain,
+            limits,
+            plugins: plugins.clone(),
+        };
+        let done = done_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("weft-serve-{i}"))
+            .spawn(move || {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()))
+                    .unwrap_or_else(|_| Err(io::Error::other("a serving thread panicked")));
+                let _ = done.send(result);
+            })?;
+    }
+    drop(done_tx);
+    tokio::pin!(shutdown);
+    let mut finished = 0;
+    let mut result = Ok(());
+    tokio::select! {
+        () = &mut shutdown => {}
+        Some(r) = done_rx.recv() => {
+            finished = 1;
+            if let Err(e) = &r {
+                error!(error = %e, "a serving thread stopped; stopping the others");
+            }
+            result = r;
+        }
+    }
+    stop_tx.send_replace(true);
+    while finished < count {
+        match done_rx.recv().await {
+            Some(Err(e)) if result.is_ok() => result = Err(e),
+            Some(_) => {}
+            None => break,
+        }
+        finished += 1;
+    }
+    result
+}
+
+/// One serving thread.
+struct Worker<H> {
+    index: u32,
+    listener: std::net::TcpListener,
+    proxy: Arc<H>,
+    permits: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
+    drain: Duration,
+    limits: Limits,
+    plugins: Option<Weak<Runtime>>,
+}
+
+impl<H: Handler> Worker<H> {
+    fn run(self) -> io::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        if let Some(plugins) = self.plugins.as_ref().and_then(Weak::upgrade) {
+            plugins.thread_start();
+        }
+        let Worker {
+            index,
+            listener,
+            proxy,
+            permits,
+            mut stop,
+            drain,
+            limits,
+            ..
+        } = self;
+        rt.block_on(async move {
+            let listener = TcpListener::from_std(listener)?;
+            let handle = move |req, remote| {
+                let proxy = Arc::clone(&proxy);
+                async move { Handler::handle(&*proxy, req, remote).await }
+            };
+            let shutdown = async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            };
+            let accepted = Some(crate::metrics::global().serving_thread(index));
+            serve_connections_with(listener, "proxy", limits, permits, accepted, handle, shutdown, drain).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_share_one_port() {
+        let ls = bind("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let ports: Vec<u16> = ls.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        assert_eq!(ports.len(), 3);
+        assert!(ports.iter().all(|&p| p == ports[0] && p != 0), "{ports:?}");
+    }
+
+    #[test]
+    fn a_port_in_use_without_reuseport_is_an_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(bind(taken.local_addr().unwrap(), 2).is_err());
+    }
+}
