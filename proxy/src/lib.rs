@@ -15,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod path;
 pub mod reload;
+mod request;
 pub mod route;
 pub mod server;
 pub mod upstream;

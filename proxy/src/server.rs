@@ -1,4 +1,6 @@
-//! The proxy itself: startup (plugins, routes, upstreams), per-request handling, accept loop.
+//! The proxy itself: startup (plugins, routes, upstreams), the entry of each request (request
+//! id, metrics, access log; its stages are in `request.rs`), the accept loop for in-process use
+//! (`spawn`, `serve`; the binary serves on the threads of `workers.rs`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -7,23 +9,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, Version, header};
-use hyper::body::Body as _;
+use http::{Request, Response};
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
-use weft_runtime::{BodyMode, BodySide, BufferedBody, Chain, Flow, InstanceId, InstanceSpec, Runtime};
-
-use crate::body::{CollectError, Keep, Pieces, PluginBody, UpstreamBody, collect_limited};
+use weft_runtime::{Chain, InstanceId, InstanceSpec, Runtime};
 
 use crate::config::{Config, Failure, Limits, NatsConfig, PluginType, parse_method};
 use crate::conn::RequestBody;
-use crate::forward::{
-    ProxyBody, add_forwarding_headers, check_host, join_cookies, local_reply, pin_host, strip_hop_by_hop, upstream_uri,
-};
+use crate::forward::ProxyBody;
 use crate::metrics::{NO_ROUTE, RouteMetrics};
-use crate::route::{Found, HostMatcher, Matcher, Router, normalize_host};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::route::{HostMatcher, Matcher, Router};
+use crate::upstream::Upstream;
 
 /// How long a shutdown waits for in-flight connections before giving up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -369,30 +364,30 @@ impl Plugins {
     }
 }
 
-struct RouteTarget {
-    name: String,
-    upstream: Arc<Upstream>,
+pub(crate) struct RouteTarget {
+    pub(crate) name: String,
+    pub(crate) upstream: Arc<Upstream>,
     /// `None` for routes without plugins, so they never touch the runtime.
-    chain: Option<Chain>,
+    pub(crate) chain: Option<Chain>,
     /// This route's counters and histograms, resolved once here.
-    metrics: RouteMetrics,
+    pub(crate) metrics: RouteMetrics,
     /// `max_buffered_body_bytes`: the most a buffered body plugin is handed.
-    body_limit: usize,
+    pub(crate) body_limit: usize,
     /// `websocket:`: a plugin serves this route's WebSocket connections.
-    ws: Option<crate::ws::WsRoute>,
+    pub(crate) ws: Option<crate::ws::WsRoute>,
 }
 
 pub struct Proxy {
-    router: Router<RouteTarget>,
+    pub(crate) router: Router<RouteTarget>,
     runtime: Option<Arc<Runtime>>,
     /// Keeps the NATS connection of remote instances alive.
     _nats: Option<Arc<NatsHost>>,
     /// `access_log: true`.
     access_log: bool,
     /// `path_normalization:`.
-    path_opts: crate::path::PathOptions,
+    pub(crate) path_opts: crate::path::PathOptions,
     /// `trusted_proxies:`.
-    trusted: crate::forward::TrustedProxies,
+    pub(crate) trusted: crate::forward::TrustedProxies,
 }
 
 impl Proxy {
@@ -510,303 +505,6 @@ impl Proxy {
             .insert(crate::logging::REQUEST_ID.clone(), request_id);
         resp
     }
-
-    async fn route_request<'a>(
-        &'a self,
-        req: Request<RequestBody>,
-        client: SocketAddr,
-        request_id: &http::HeaderValue,
-        matched: &mut Option<&'a RouteTarget>,
-    ) -> Response<ProxyBody> {
-        if req.method() == Method::CONNECT {
-            return local_reply(StatusCode::NOT_IMPLEMENTED, "CONNECT is not supported", None);
-        }
-        let (mut parts, body) = req.into_parts();
-        if let Err(e) = check_host(parts.version, &parts.uri, &parts.headers) {
-            debug!(?request_id, "refused: {}", e.message());
-            return local_reply(StatusCode::BAD_REQUEST, e.message(), None);
-        }
-        if let Err(e) = normalize_uri(&mut parts.uri, &self.path_opts) {
-            debug!(?request_id, "refused: {e}");
-            return local_reply(StatusCode::BAD_REQUEST, &format!("bad request path: {e}"), None);
-        }
-        // A WebSocket upgrade keeps its two hop-by-hop headers (put back before forwarding).
-        let upgrade = crate::ws::take_upgrade(&mut parts);
-
-        // Order: check the host, normalise the path, strip hop-by-hop, join cookies, pin
-        // `host`, route, run plugins, then set the forwarding headers. Plugins see the
-        // end-to-end head the client sent (normalised path, `host` filled in for HTTP/2) and
-        // can rewrite it, but not `host`, the forwarding headers or hop-by-hop ones
-        // (`mutation.rs` refuses them); the forwarding headers are set after them.
-        strip_hop_by_hop(&mut parts.headers);
-        join_cookies(&mut parts.headers);
-        let host = pin_host(&parts.uri, &mut parts.headers);
-        let route_host = host.as_ref().and_then(|h| h.to_str().ok()).map(normalize_host);
-        let route = match self.router.find(&parts.method, route_host.as_deref(), parts.uri.path()) {
-            Found::Route(route) => route,
-            Found::NotFound => return local_reply(StatusCode::NOT_FOUND, "no route", None),
-            Found::MethodNotAllowed(allow) => return method_not_allowed(&allow),
-        };
-        *matched = Some(route);
-
-        let mut exchange: Option<Keep> = match &route.chain {
-            None => None,
-            Some(chain) => match chain.start(client, "http") {
-                Ok(x) => x.map(Keep::Owned),
-                Err(weft_runtime::Busy) => {
-                    let mut resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "busy", None);
-                    resp.headers_mut()
-                        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-                    return resp;
-                }
-            },
-        };
-        if let Some(x) = exchange.as_mut() {
-            let t = Instant::now();
-            let flow = x.lock().await.request_headers_async(&mut parts).await;
-            route.metrics.request_phase(t.elapsed());
-            if let Flow::Respond(resp) = flow {
-                return plugin_reply(resp, exchange);
-            }
-            // A path a plugin set is normalised like the client's before it goes upstream (the
-            // runtime checked its bytes; `//admin` or `/x/../admin` are still valid bytes).
-            if let Err(e) = normalize_uri(&mut parts.uri, &self.path_opts) {
-                warn!(route = %route.name, ?request_id, "a plugin set a request path that cannot be normalised: {e}; answering 500");
-                return local_reply(StatusCode::INTERNAL_SERVER_ERROR, "plugin failure", exchange);
-            }
-        }
-        let upgrade = match (upgrade, &route.ws) {
-            (Some(up), Some(ws)) => return crate::ws::serve_plugin(ws, parts, up, client).await,
-            (up, _) => up,
-        };
-
-        // The request body: untouched, streamed through body plugins, or collected for
-        // buffered ones (then forwarded with its exact new length).
-        let body = match exchange.as_mut() {
-            None => UpstreamBody::Plain(body),
-            Some(x) => {
-                let mode = x.lock().await.body_mode(BodySide::Request);
-                match mode {
-                    BodyMode::None => UpstreamBody::Plain(body),
-                    BodyMode::Buffered => {
-                        let budget = x.lock().await.buffered_budget();
-                        let bytes = match collect_limited(body, route.body_limit, &budget).await {
-                            Ok(b) => b,
-                            Err(e @ CollectError::OverBudget { .. }) => {
-                                warn!(route = %route.name, ?request_id, "request body not buffered: {e}; answering 503");
-                                return over_budget(StatusCode::SERVICE_UNAVAILABLE, exchange);
-                            }
-                            Err(CollectError::TooLarge { limit }) => {
-                                warn!(
-                                    route = %route.name, ?request_id, limit,
-                                    "request body exceeds max_buffered_body_bytes of a buffered body plugin; answering 413"
-                                );
-                                return local_reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large", exchange);
-                            }
-                            Err(CollectError::Failed(e)) if crate::conn::timeout_in(&*e).is_some() => {
-                                return local_reply(StatusCode::REQUEST_TIMEOUT, "request body timed out", exchange);
-                            }
-                            Err(CollectError::Failed(e)) => {
-                                debug!(route = %route.name, ?request_id, error = %e, "request body failed while buffering");
-                                return local_reply(StatusCode::BAD_REQUEST, "request body incomplete", exchange);
-                            }
-                        };
-                        let outcome = x.lock().await.request_body_buffered(&mut parts, bytes).await;
-                        match outcome {
-                            BufferedBody::Respond(resp) => return plugin_reply(resp, exchange),
-                            BufferedBody::Body(pieces) => {
-                                let pieces = Pieces::new(pieces);
-                                parts.headers.insert(header::CONTENT_LENGTH, pieces.len().into());
-                                UpstreamBody::Full(pieces)
-                            }
-                        }
-                    }
-                    BodyMode::Streamed if body.is_end_stream() => {
-                        // No body: the end-of-stream call now, so an appended body gets an
-                        // exact length and an empty one stays without framing.
-                        let mut out = Vec::new();
-                        let done = x
-                            .lock()
-                            .await
-                            .body_chunk(BodySide::Request, Bytes::new(), true, &mut out)
-                            .await;
-                        if done.is_err() {
-                            return local_reply(StatusCode::INTERNAL_SERVER_ERROR, "plugin failure", exchange);
-                        }
-                        if out.is_empty() {
-                            UpstreamBody::Plain(body)
-                        } else {
-                            let pieces = Pieces::new(out);
-                            parts.headers.insert(header::CONTENT_LENGTH, pieces.len().into());
-                            UpstreamBody::Full(pieces)
-                        }
-                    }
-                    BodyMode::Streamed => {
-                        // The plugins may change the length: stream it (chunked upstream).
-                        parts.headers.remove(header::CONTENT_LENGTH);
-                        let shared = exchange.take().expect("matched Some").into_shared();
-                        exchange = Some(Keep::Shared(Arc::clone(&shared)));
-                        UpstreamBody::Plugin(PluginBody::new(body, shared, BodySide::Request))
-                    }
-                }
-            }
-        };
-
-        let trusted = self.trusted.contains(client.ip());
-        add_forwarding_headers(&mut parts.headers, client.ip(), trusted, "http", host.as_ref());
-        if upgrade.is_some() {
-            crate::ws::restore_upgrade_headers(&mut parts.headers);
-        }
-        let upstream = &route.upstream;
-        let addr = upstream.pick();
-        parts.uri = upstream_uri(&parts.uri, addr);
-        // Upstreams always get HTTP/1.1, whatever the client spoke.
-        parts.version = Version::HTTP_11;
-        let head_request = parts.method == Method::HEAD;
-
-        let mut resp = match upstream.send(Request::from_parts(parts, body)).await {
-            Ok(resp) => resp,
-            Err(UpstreamError::Timeout) => {
-                route.metrics.upstream_timeout();
-                warn!(route = %route.name, upstream = %upstream.name, %addr, ?request_id, "upstream timed out");
-                return local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream timed out", exchange);
-            }
-            Err(UpstreamError::RequestBodyTimeout) => {
-                debug!(route = %route.name, ?request_id, "request body timed out while streaming upstream");
-                return local_reply(StatusCode::REQUEST_TIMEOUT, "request body timed out", exchange);
-            }
-            Err(UpstreamError::Failed(e)) => {
-                route.metrics.upstream_failure();
-                warn!(
-                    route = %route.name, upstream = %upstream.name, %addr, ?request_id,
-                    error = %error_chain(&e), "upstream request failed"
-                );
-                return local_reply(StatusCode::BAD_GATEWAY, "upstream unavailable", exchange);
-            }
-        };
-
-        // The upstream accepted the WebSocket upgrade: tunnel both upgraded connections.
-        let tunnelled = match upgrade {
-            Some(up) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                crate::ws::tunnel(up, hyper::upgrade::on(&mut resp), route.name.clone());
-                true
-            }
-            _ => false,
-        };
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        if tunnelled {
-            crate::ws::restore_upgrade_headers(&mut parts.headers);
-        }
-        parts.version = Version::HTTP_11;
-        let Some(x) = exchange.as_mut() else {
-            debug!(route = %route.name, %addr, status = parts.status.as_u16(), "proxied");
-            return Response::from_parts(parts, ProxyBody::new(body, None));
-        };
-        let t = Instant::now();
-        let flow = x.lock().await.response_headers_async(&mut parts).await;
-        route.metrics.response_phase(t.elapsed());
-        if let Flow::Respond(resp) = flow {
-            // Dropping `body` closes (or returns to the pool) the upstream connection.
-            return plugin_reply(resp, exchange);
-        }
-        // Responses that cannot have a body never reach body plugins.
-        let no_body = head_request
-            || parts.status.is_informational()
-            || parts.status == StatusCode::NO_CONTENT
-            || parts.status == StatusCode::NOT_MODIFIED;
-        let mode = if no_body {
-            BodyMode::None
-        } else {
-            x.lock().await.body_mode(BodySide::Response)
-        };
-        debug!(route = %route.name, %addr, status = parts.status.as_u16(), ?mode, "proxied");
-        match mode {
-            BodyMode::None => Response::from_parts(parts, ProxyBody::new(body, exchange)),
-            BodyMode::Streamed => {
-                parts.headers.remove(header::CONTENT_LENGTH);
-                let shared = exchange.take().expect("matched Some").into_shared();
-                let body = PluginBody::new(body, Arc::clone(&shared), BodySide::Response);
-                Response::from_parts(parts, ProxyBody::new(body, Some(Keep::Shared(shared))))
-            }
-            BodyMode::Buffered => {
-                let budget = x.lock().await.buffered_budget();
-                let bytes = match collect_limited(body, route.body_limit, &budget).await {
-                    Ok(b) => b,
-                    Err(e @ CollectError::OverBudget { .. }) => {
-                        warn!(route = %route.name, upstream = %upstream.name, ?request_id, "response body not buffered: {e}; answering 502");
-                        return over_budget(StatusCode::BAD_GATEWAY, exchange);
-                    }
-                    Err(CollectError::TooLarge { limit }) => {
-                        warn!(
-                            route = %route.name, upstream = %upstream.name, ?request_id, limit,
-                            "response body exceeds max_buffered_body_bytes of a buffered body plugin; answering 502"
-                        );
-                        return local_reply(StatusCode::BAD_GATEWAY, "upstream response too large", exchange);
-                    }
-                    Err(CollectError::Failed(e)) => {
-                        warn!(route = %route.name, upstream = %upstream.name, ?request_id, error = %e, "upstream body failed");
-                        let status = match crate::conn::timeout_in(&*e) {
-                            Some(_) => StatusCode::GATEWAY_TIMEOUT,
-                            None => StatusCode::BAD_GATEWAY,
-                        };
-                        return local_reply(status, "upstream response incomplete", exchange);
-                    }
-                };
-                let outcome = x.lock().await.response_body_buffered(&mut parts, bytes).await;
-                match outcome {
-                    BufferedBody::Respond(resp) => plugin_reply(resp, exchange),
-                    BufferedBody::Body(pieces) => {
-                        let pieces = Pieces::new(pieces);
-                        parts.headers.insert(header::CONTENT_LENGTH, pieces.len().into());
-                        Response::from_parts(parts, ProxyBody::new(pieces, exchange))
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// A buffered body refused for want of memory (`runtime.max_buffered_bytes_total`).
-fn over_budget(status: StatusCode, exchange: Option<Keep>) -> Response<ProxyBody> {
-    let mut resp = local_reply(status, "buffered body memory exhausted", exchange);
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    }
-    resp
-}
-
-/// Replaces the path of `uri` with its normal form (`path.rs`), keeping the query; allocates
-/// only when the path changes.
-fn normalize_uri(uri: &mut http::Uri, opts: &crate::path::PathOptions) -> Result<(), crate::path::PathError> {
-    let std::borrow::Cow::Owned(mut pq) = crate::path::normalize(uri.path(), opts)? else {
-        return Ok(());
-    };
-    if let Some(q) = uri.query() {
-        pq.push('?');
-        pq.push_str(q);
-    }
-    let mut parts = std::mem::take(uri).into_parts();
-    // Only bytes of the old path and query, so it parses.
-    parts.path_and_query = http::uri::PathAndQuery::from_maybe_shared(Bytes::from(pq)).ok();
-    *uri = http::Uri::from_parts(parts).map_err(|_| crate::path::PathError::BadChar)?;
-    Ok(())
-}
-
-/// 405 with `Allow` (RFC 9110 §15.5.6).
-fn method_not_allowed(allow: &[Method]) -> Response<ProxyBody> {
-    let mut resp = local_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", None);
-    let list = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
-    if let Ok(v) = header::HeaderValue::from_str(&list) {
-        resp.headers_mut().insert(header::ALLOW, v);
-    }
-    resp
-}
-
-fn plugin_reply(resp: Response<bytes::Bytes>, exchange: Option<Keep>) -> Response<ProxyBody> {
-    let (parts, bytes) = resp.into_parts();
-    Response::from_parts(parts, ProxyBody::full(bytes, exchange))
 }
 
 /// hyper's errors keep the interesting part (e.g. "connection refused") in the source chain.

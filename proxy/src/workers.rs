@@ -169,6 +169,75 @@ impl<H: Handler> Worker<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::RequestBody;
+    use crate::forward::ProxyBody;
+    use http::{Request, Response, StatusCode};
+
+    /// Answers with the thread that ran the request and the thread that ran a task the request
+    /// spawned (as hyper-util's client spawns each upstream connection's task).
+    struct WhereAmI;
+
+    impl Handler for WhereAmI {
+        fn handle(
+            &self,
+            _req: Request<RequestBody>,
+            _client: SocketAddr,
+        ) -> impl Future<Output = Response<ProxyBody>> + Send {
+            async {
+                let here = std::thread::current().name().unwrap_or("?").to_owned();
+                let spawned = tokio::spawn(async { std::thread::current().name().unwrap_or("?").to_owned() })
+                    .await
+                    .unwrap();
+                crate::forward::local_reply(StatusCode::OK, &format!("{here} {spawned}"), None)
+            }
+        }
+    }
+
+    /// The no-hand-off property where it can be observed: a request and every task it spawns
+    /// (an upstream connection's, say) run on the serving thread that accepted its connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_and_the_tasks_it_spawns_stay_on_its_serving_thread() {
+        let listeners = bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listeners,
+            Arc::new(WhereAmI),
+            async {
+                let _ = stop_rx.await;
+            },
+            Duration::from_secs(1),
+            Limits::default(),
+            None,
+        ));
+        let mut threads = std::collections::BTreeSet::new();
+        for _ in 0..32 {
+            let (status, body) = tokio::task::spawn_blocking(move || {
+                use std::io::{Read, Write};
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+                    .unwrap();
+                let mut got = String::new();
+                s.read_to_string(&mut got).unwrap();
+                let status = got.get(9..12).unwrap_or("").to_owned();
+                (status, got.rsplit("\r\n\r\n").next().unwrap_or("").trim().to_owned())
+            })
+            .await
+            .unwrap();
+            assert_eq!(status, "200");
+            let (here, spawned) = body.split_once(' ').unwrap();
+            assert!(here.starts_with("weft-serve-"), "{body}");
+            assert_eq!(here, spawned, "a task the request spawned ran on another thread");
+            threads.insert(here.to_owned());
+        }
+        assert_eq!(
+            threads.len(),
+            2,
+            "the kernel spread 32 connections over both threads: {threads:?}"
+        );
+        stop_tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
 
     #[test]
     fn listeners_share_one_port() {

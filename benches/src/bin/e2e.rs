@@ -104,6 +104,11 @@ struct Args {
     /// Output directory; default `<target>/bench`.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// After the rounds, profile each configuration's proxy under the throughput load with
+    /// `perf record -g` and write the top of `perf report --sort dso,sym` to
+    /// `<out>/perf-<key>.txt` (needs `perf`, Debian's linux-perf).
+    #[arg(long)]
+    perf: bool,
     /// Only these configuration keys (comma-separated), e.g. `weft,weft-inproc`.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -754,6 +759,52 @@ fn run_wrk(load: &Load, port: u16) -> Result<BTreeMap<String, f64>, String> {
 }
 
 /// Waits (up to 2 s) until the upstream has seen no request for 100 ms.
+/// `perf record -g` of `r`'s processes while `load` runs against it; the top 60 lines of
+/// `perf report --no-children --sort dso,sym` go to `out`.
+fn profile(load: &Load, r: &Running, work: &Path, out: &Path) -> Result<(), String> {
+    let pids = r.pids().ok_or("no process to profile")?;
+    let pids = pids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let data = work.join("perf.data");
+    let secs = load.seconds.saturating_sub(1).max(1).to_string();
+    let record = Command::new("perf")
+        .args(["record", "-q", "-g", "-F", "999", "-p", &pids, "-o"])
+        .arg(&data)
+        .args(["--", "sleep", &secs])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("perf record (is linux-perf installed?): {e}"))?;
+    run_wrk(load, r.port)?;
+    let rec = record.wait_with_output().map_err(|e| e.to_string())?;
+    if !rec.status.success() {
+        return Err(format!(
+            "perf record failed: {}",
+            String::from_utf8_lossy(&rec.stderr).trim()
+        ));
+    }
+    let report = Command::new("perf")
+        .args([
+            "report",
+            "--no-children",
+            "--sort",
+            "dso,sym",
+            "-g",
+            "none",
+            "--stdio",
+            "-i",
+        ])
+        .arg(&data)
+        .output()
+        .map_err(|e| format!("perf report: {e}"))?;
+    let text = String::from_utf8_lossy(&report.stdout);
+    let top: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .take(60)
+        .collect();
+    std::fs::write(out, top.join("\n") + "\n").map_err(|e| format!("{}: {e}", out.display()))
+}
+
 fn settle(upstream: &UpstreamCounters) {
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut last = upstream.total.load(Ordering::Relaxed);
@@ -1572,6 +1623,15 @@ fn run_in(
                     })
                     .samples
                     .push(s);
+            }
+        }
+    }
+    if args.perf {
+        for (t, r) in all.iter().zip(&running) {
+            if let Some(r) = r {
+                let path = out_dir.join(format!("perf-{}.txt", t.key));
+                profile(&load(connections, duration), r, work, &path)?;
+                eprintln!("e2e: perf report of {} -> {}", t.label, path.display());
             }
         }
     }

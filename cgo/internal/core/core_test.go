@@ -444,3 +444,31 @@ func TestEqualFoldASCII(t *testing.T) {
 		}
 	}
 }
+
+// Ids the in-process host hands out (small, dense) are found by index, any other id in the
+// map part; both are forgotten by Shutdown, and neither shadows the other.
+func TestInstanceTableDenseAndSparseIDs(t *testing.T) {
+	idx, ok := Lookup("probe")
+	if !ok {
+		t.Fatal("probe not registered")
+	}
+	for _, id := range []uint64{7, denseIDs - 1, denseIDs, 1 << 40} {
+		if err := Init(idx, id, nil, 1); err != nil {
+			t.Fatalf("Init %d: %v", id, err)
+		}
+		if inst := lookupInstance(id); inst == nil || inst.id != id {
+			t.Fatalf("instance %d not found after Init", id)
+		}
+	}
+	for _, id := range []uint64{7, denseIDs - 1, denseIDs, 1 << 40} {
+		if err := Shutdown(id); err != nil {
+			t.Fatalf("Shutdown %d: %v", id, err)
+		}
+		if lookupInstance(id) != nil {
+			t.Fatalf("instance %d still found after Shutdown", id)
+		}
+		if err := Shutdown(id); InitResult(err) != ResultUnknownPlugin {
+			t.Fatalf("second Shutdown %d: %v", id, err)
+		}
+	}
+}

@@ -114,18 +114,55 @@ type instance struct {
 }
 
 // The instance table is copy-on-write: Init and Shutdown (rare, serialised by instancesMu)
-// publish a new map; Dispatch reads it with one atomic load and no lock.
+// publish a new table; Dispatch reads it with one atomic load and no lock. The in-process host
+// numbers its instances 0, 1, 2, ... (one more per reload), so ids below denseIDs are an index
+// into a slice (no hashing per call); any other id (test hosts, remote workers) is in a map.
 var (
 	instancesMu sync.Mutex
-	instances   atomic.Pointer[map[uint64]*instance]
+	instances   atomic.Pointer[instanceTable]
 )
 
+// denseIDs bounds the slice part of the table (a pointer per id up to the largest one used).
+const denseIDs = 1 << 16
+
+type instanceTable struct {
+	dense []*instance
+	other map[uint64]*instance
+}
+
 func lookupInstance(id uint64) *instance {
-	m := instances.Load()
-	if m == nil {
+	t := instances.Load()
+	if t == nil {
 		return nil
 	}
-	return (*m)[id]
+	if id < uint64(len(t.dense)) {
+		return t.dense[id]
+	}
+	return t.other[id]
+}
+
+// publishInstance publishes a copy of the table with id set to inst (nil: removed). Callers
+// hold instancesMu.
+func publishInstance(id uint64, inst *instance) {
+	next := &instanceTable{other: make(map[uint64]*instance)}
+	if old := instances.Load(); old != nil {
+		next.dense = append([]*instance(nil), old.dense...)
+		for k, v := range old.other {
+			next.other[k] = v
+		}
+	}
+	switch {
+	case id < denseIDs:
+		for uint64(len(next.dense)) <= id {
+			next.dense = append(next.dense, nil)
+		}
+		next.dense[id] = inst
+	case inst != nil:
+		next.other[id] = inst
+	default:
+		delete(next.other, id)
+	}
+	instances.Store(next)
 }
 
 // Init creates instance id of the plugin with index plugin (an index into Plugins()), decoding
@@ -176,14 +213,7 @@ func InitWith(plugin uint32, id uint64, config []byte, slotCount uint32, opts In
 	for i := range inst.ctxs {
 		inst.ctxs[i] = inst.newContext()
 	}
-	next := make(map[uint64]*instance)
-	if old := instances.Load(); old != nil {
-		for k, v := range *old {
-			next[k] = v
-		}
-	}
-	next[id] = inst
-	instances.Store(&next)
+	publishInstance(id, inst)
 	return nil
 }
 
@@ -203,16 +233,9 @@ func InitResult(err error) Result {
 // Shutdown runs the plugin's Shutdown hook for instance id and forgets the instance.
 func Shutdown(id uint64) error {
 	instancesMu.Lock()
-	old := instances.Load()
 	inst := lookupInstance(id)
 	if inst != nil {
-		next := make(map[uint64]*instance, len(*old))
-		for k, v := range *old {
-			if k != id {
-				next[k] = v
-			}
-		}
-		instances.Store(&next)
+		publishInstance(id, nil)
 	}
 	instancesMu.Unlock()
 	if inst == nil {

@@ -1,0 +1,469 @@
+//! One proxied request as a sequence of named stages ([`Proxy::route_request`]): check the head,
+//! route, request phases, request body, forward, response phases, response body. Each stage
+//! either hands the request on or ends it with a response (`Err(reply)`); a reply built after
+//! the plugin chain started carries the exchange, so the log phase still runs when it is sent.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::request::Parts;
+use http::uri::Authority;
+use http::{Method, Request, Response, StatusCode, Version, header};
+use hyper::body::{Body as _, Incoming};
+use tracing::{debug, warn};
+use weft_runtime::{BodyMode, BodySide, BufferedBody, Flow};
+
+use crate::body::{CollectError, Keep, Pieces, PluginBody, UpstreamBody, collect_limited};
+use crate::conn::{RequestBody, TimedBody};
+use crate::forward::{
+    ProxyBody, add_forwarding_headers, check_host, join_cookies, local_reply, pin_host, strip_hop_by_hop, upstream_uri,
+};
+use crate::route::{Found, normalize_host};
+use crate::server::{Proxy, RouteTarget, error_chain};
+use crate::upstream::UpstreamError;
+use crate::ws::ClientUpgrade;
+
+/// A response that ends the request now.
+type Reply = Response<ProxyBody>;
+/// A stage's outcome: go on with `T`, or answer with the reply.
+type Step<T> = Result<T, Reply>;
+
+/// What the stages after routing share.
+struct Flight<'a> {
+    route: &'a RouteTarget,
+    /// The route's plugin exchange (one arena slot); `None` for a route without plugins.
+    exchange: Option<Keep>,
+    request_id: &'a HeaderValue,
+}
+
+impl Proxy {
+    /// Runs the stages of one request; every outcome is a response. `matched` gets the route
+    /// (for metrics and the access log) once one is found.
+    pub(crate) async fn route_request<'a>(
+        &'a self,
+        req: Request<RequestBody>,
+        client: SocketAddr,
+        request_id: &'a HeaderValue,
+        matched: &mut Option<&'a RouteTarget>,
+    ) -> Reply {
+        match self.stages(req, client, request_id, matched).await {
+            Ok(reply) | Err(reply) => reply,
+        }
+    }
+
+    // Order: check the host, normalise the path, strip hop-by-hop, join cookies, pin `host`,
+    // route, run plugins, then set the forwarding headers. Plugins see the end-to-end head the
+    // client sent (normalised path, `host` filled in for HTTP/2) and can rewrite it, but not
+    // `host`, the forwarding headers or hop-by-hop ones (`mutation.rs` refuses them); the
+    // forwarding headers are set after them.
+    async fn stages<'a>(
+        &'a self,
+        req: Request<RequestBody>,
+        client: SocketAddr,
+        request_id: &'a HeaderValue,
+        matched: &mut Option<&'a RouteTarget>,
+    ) -> Step<Reply> {
+        let (mut parts, body) = req.into_parts();
+        let (upgrade, host) = self.check_head(&mut parts, request_id)?;
+        let route = self.route(&parts, host.as_ref())?;
+        *matched = Some(route);
+        let mut f = Flight {
+            route,
+            exchange: start_chain(route, client)?,
+            request_id,
+        };
+        f.request_phases(&mut parts, &self.path_opts).await?;
+        let upgrade = match (upgrade, &route.ws) {
+            (Some(up), Some(ws)) => return Ok(crate::ws::serve_plugin(ws, parts, up, client).await),
+            (up, _) => up,
+        };
+        let body = f.request_body(&mut parts, body).await?;
+        let addr = self.address_upstream(&mut parts, client, host.as_ref(), upgrade.is_some(), route);
+        let head_request = parts.method == Method::HEAD;
+        let resp = f.forward(Request::from_parts(parts, body), &addr).await?;
+        let (mut parts, body) = upstream_head(resp, upgrade, route).into_parts();
+        f.response_phases(&mut parts).await?;
+        Ok(f.response_body(parts, body, head_request, &addr).await)
+    }
+
+    /// Refuses what cannot be proxied (CONNECT, a bad `Host`, a path that does not normalise),
+    /// normalises the path, takes a WebSocket upgrade's headers aside, strips hop-by-hop
+    /// headers, joins cookies and pins `host`; returns the upgrade and the host.
+    fn check_head(
+        &self,
+        parts: &mut Parts,
+        request_id: &HeaderValue,
+    ) -> Step<(Option<ClientUpgrade>, Option<HeaderValue>)> {
+        if parts.method == Method::CONNECT {
+            return Err(local_reply(
+                StatusCode::NOT_IMPLEMENTED,
+                "CONNECT is not supported",
+                None,
+            ));
+        }
+        if let Err(e) = check_host(parts.version, &parts.uri, &parts.headers) {
+            debug!(?request_id, "refused: {}", e.message());
+            return Err(local_reply(StatusCode::BAD_REQUEST, e.message(), None));
+        }
+        if let Err(e) = normalize_uri(&mut parts.uri, &self.path_opts) {
+            debug!(?request_id, "refused: {e}");
+            return Err(local_reply(
+                StatusCode::BAD_REQUEST,
+                &format!("bad request path: {e}"),
+                None,
+            ));
+        }
+        // A WebSocket upgrade keeps its two hop-by-hop headers (put back before forwarding).
+        let upgrade = crate::ws::take_upgrade(parts);
+        strip_hop_by_hop(&mut parts.headers);
+        join_cookies(&mut parts.headers);
+        let host = pin_host(&parts.uri, &mut parts.headers);
+        Ok((upgrade, host))
+    }
+
+    /// The route for the normalised head: 404 without one, 405 when only the method differs.
+    fn route(&self, parts: &Parts, host: Option<&HeaderValue>) -> Step<&RouteTarget> {
+        let route_host = host.and_then(|h| h.to_str().ok()).map(normalize_host);
+        match self.router.find(&parts.method, route_host.as_deref(), parts.uri.path()) {
+            Found::Route(route) => Ok(route),
+            Found::NotFound => Err(local_reply(StatusCode::NOT_FOUND, "no route", None)),
+            Found::MethodNotAllowed(allow) => Err(method_not_allowed(&allow)),
+        }
+    }
+
+    /// Sets the forwarding headers (after the plugins: they cannot forge them), puts an
+    /// upgrade's headers back, and points the request at the next upstream address over HTTP/1.1.
+    fn address_upstream(
+        &self,
+        parts: &mut Parts,
+        client: SocketAddr,
+        host: Option<&HeaderValue>,
+        upgrade: bool,
+        route: &RouteTarget,
+    ) -> Authority {
+        let trusted = self.trusted.contains(client.ip());
+        add_forwarding_headers(&mut parts.headers, client.ip(), trusted, "http", host);
+        if upgrade {
+            crate::ws::restore_upgrade_headers(&mut parts.headers);
+        }
+        let addr = route.upstream.pick().clone();
+        parts.uri = upstream_uri(&parts.uri, &addr);
+        // Upstreams always get HTTP/1.1, whatever the client spoke.
+        parts.version = Version::HTTP_11;
+        addr
+    }
+}
+
+/// The route's plugin exchange (an arena slot), if it has plugins; 503 when no slot is free.
+fn start_chain(route: &RouteTarget, client: SocketAddr) -> Step<Option<Keep>> {
+    let Some(chain) = &route.chain else {
+        return Ok(None);
+    };
+    match chain.start(client, "http") {
+        Ok(x) => Ok(x.map(Keep::Owned)),
+        Err(weft_runtime::Busy) => {
+            let mut resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "busy", None);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Err(resp)
+        }
+    }
+}
+
+/// The upstream's response head: a WebSocket upgrade it accepted becomes a tunnel of both
+/// upgraded connections; hop-by-hop headers are stripped (an upgrade's put back); HTTP/1.1.
+fn upstream_head(
+    mut resp: Response<TimedBody<Incoming>>,
+    upgrade: Option<ClientUpgrade>,
+    route: &RouteTarget,
+) -> Response<TimedBody<Incoming>> {
+    let tunnelled = match upgrade {
+        Some(up) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            crate::ws::tunnel(up, hyper::upgrade::on(&mut resp), route.name.clone());
+            true
+        }
+        _ => false,
+    };
+    strip_hop_by_hop(resp.headers_mut());
+    if tunnelled {
+        crate::ws::restore_upgrade_headers(resp.headers_mut());
+    }
+    *resp.version_mut() = Version::HTTP_11;
+    resp
+}
+
+impl Flight<'_> {
+    /// A reply that ends the request, carrying the exchange (its log phase runs when sent).
+    fn reply(&mut self, status: StatusCode, message: &str) -> Reply {
+        local_reply(status, message, self.exchange.take())
+    }
+
+    /// The request-headers phases; a path a plugin set is normalised like a client's before it
+    /// goes upstream (the runtime checked its bytes; `//admin` or `/x/../admin` are still valid
+    /// bytes).
+    async fn request_phases(&mut self, parts: &mut Parts, path_opts: &crate::path::PathOptions) -> Step<()> {
+        let Some(x) = self.exchange.as_mut() else {
+            return Ok(());
+        };
+        let t = Instant::now();
+        let flow = x.lock().await.request_headers_async(parts).await;
+        self.route.metrics.request_phase(t.elapsed());
+        if let Flow::Respond(resp) = flow {
+            return Err(plugin_reply(resp, self.exchange.take()));
+        }
+        if let Err(e) = normalize_uri(&mut parts.uri, path_opts) {
+            warn!(
+                route = %self.route.name, request_id = ?self.request_id,
+                "a plugin set a request path that cannot be normalised: {e}; answering 500"
+            );
+            return Err(self.reply(StatusCode::INTERNAL_SERVER_ERROR, "plugin failure"));
+        }
+        Ok(())
+    }
+
+    /// The request body: untouched, streamed through body plugins, or collected for buffered
+    /// ones (then forwarded with its exact new length).
+    async fn request_body(&mut self, parts: &mut Parts, body: RequestBody) -> Step<UpstreamBody> {
+        let Some(x) = self.exchange.as_mut() else {
+            return Ok(UpstreamBody::Plain(body));
+        };
+        let mode = x.lock().await.body_mode(BodySide::Request);
+        match mode {
+            BodyMode::None => Ok(UpstreamBody::Plain(body)),
+            BodyMode::Buffered => self.request_body_buffered(parts, body).await,
+            BodyMode::Streamed if body.is_end_stream() => self.request_body_empty(parts, body).await,
+            BodyMode::Streamed => {
+                // The plugins may change the length: stream it (chunked upstream).
+                parts.headers.remove(header::CONTENT_LENGTH);
+                let shared = self.exchange.take().expect("matched Some").into_shared();
+                self.exchange = Some(Keep::Shared(Arc::clone(&shared)));
+                Ok(UpstreamBody::Plugin(PluginBody::new(body, shared, BodySide::Request)))
+            }
+        }
+    }
+
+    async fn request_body_buffered(&mut self, parts: &mut Parts, body: RequestBody) -> Step<UpstreamBody> {
+        let (route, request_id) = (self.route, self.request_id);
+        let x = self.exchange.as_mut().expect("called with an exchange");
+        let budget = x.lock().await.buffered_budget();
+        let bytes = match collect_limited(body, route.body_limit, &budget).await {
+            Ok(b) => b,
+            Err(e @ CollectError::OverBudget { .. }) => {
+                warn!(route = %route.name, ?request_id, "request body not buffered: {e}; answering 503");
+                return Err(over_budget(StatusCode::SERVICE_UNAVAILABLE, self.exchange.take()));
+            }
+            Err(CollectError::TooLarge { limit }) => {
+                warn!(
+                    route = %route.name, ?request_id, limit,
+                    "request body exceeds max_buffered_body_bytes of a buffered body plugin; answering 413"
+                );
+                return Err(self.reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"));
+            }
+            Err(CollectError::Failed(e)) if crate::conn::timeout_in(&*e).is_some() => {
+                return Err(self.reply(StatusCode::REQUEST_TIMEOUT, "request body timed out"));
+            }
+            Err(CollectError::Failed(e)) => {
+                debug!(route = %route.name, ?request_id, error = %e, "request body failed while buffering");
+                return Err(self.reply(StatusCode::BAD_REQUEST, "request body incomplete"));
+            }
+        };
+        let outcome = x.lock().await.request_body_buffered(parts, bytes).await;
+        match outcome {
+            BufferedBody::Respond(resp) => Err(plugin_reply(resp, self.exchange.take())),
+            BufferedBody::Body(pieces) => {
+                let pieces = Pieces::new(pieces);
+                parts.headers.insert(header::CONTENT_LENGTH, pieces.len().into());
+                Ok(UpstreamBody::Full(pieces))
+            }
+        }
+    }
+
+    /// A streamed body plugin and no body: the end-of-stream call now, so an appended body
+    /// gets an exact length and an empty one stays without framing.
+    async fn request_body_empty(&mut self, parts: &mut Parts, body: RequestBody) -> Step<UpstreamBody> {
+        let x = self.exchange.as_mut().expect("called with an exchange");
+        let mut out = Vec::new();
+        let done = x
+            .lock()
+            .await
+            .body_chunk(BodySide::Request, Bytes::new(), true, &mut out)
+            .await;
+        if done.is_err() {
+            return Err(self.reply(StatusCode::INTERNAL_SERVER_ERROR, "plugin failure"));
+        }
+        if out.is_empty() {
+            return Ok(UpstreamBody::Plain(body));
+        }
+        let pieces = Pieces::new(out);
+        parts.headers.insert(header::CONTENT_LENGTH, pieces.len().into());
+        Ok(UpstreamBody::Full(pieces))
+    }
+
+    /// Sends the request to `addr` of the route's upstream and waits for the response head:
+    /// 504 on the upstream's timeout, 408 when the client's body stalled, 502 when it failed.
+    async fn forward(&mut self, req: Request<UpstreamBody>, addr: &Authority) -> Step<Response<TimedBody<Incoming>>> {
+        let (route, request_id) = (self.route, self.request_id);
+        let upstream = &route.upstream;
+        match upstream.send(req).await {
+            Ok(resp) => Ok(resp),
+            Err(UpstreamError::Timeout) => {
+                route.metrics.upstream_timeout();
+                warn!(route = %route.name, upstream = %upstream.name, %addr, ?request_id, "upstream timed out");
+                Err(self.reply(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"))
+            }
+            Err(UpstreamError::RequestBodyTimeout) => {
+                debug!(route = %route.name, ?request_id, "request body timed out while streaming upstream");
+                Err(self.reply(StatusCode::REQUEST_TIMEOUT, "request body timed out"))
+            }
+            Err(UpstreamError::Failed(e)) => {
+                route.metrics.upstream_failure();
+                warn!(
+                    route = %route.name, upstream = %upstream.name, %addr, ?request_id,
+                    error = %error_chain(&e), "upstream request failed"
+                );
+                Err(self.reply(StatusCode::BAD_GATEWAY, "upstream unavailable"))
+            }
+        }
+    }
+
+    /// The response-headers phases (reverse chain order); a local reply replaces the upstream's
+    /// response (dropping its body closes or returns the upstream connection).
+    async fn response_phases(&mut self, parts: &mut http::response::Parts) -> Step<()> {
+        let Some(x) = self.exchange.as_mut() else {
+            return Ok(());
+        };
+        let t = Instant::now();
+        let flow = x.lock().await.response_headers_async(parts).await;
+        self.route.metrics.response_phase(t.elapsed());
+        match flow {
+            Flow::Respond(resp) => Err(plugin_reply(resp, self.exchange.take())),
+            Flow::Continue => Ok(()),
+        }
+    }
+
+    /// The response body to the client: untouched, streamed through body plugins, or collected
+    /// for buffered ones. Responses that cannot have a body never reach body plugins.
+    async fn response_body(
+        mut self,
+        mut parts: http::response::Parts,
+        body: TimedBody<Incoming>,
+        head_request: bool,
+        addr: &Authority,
+    ) -> Reply {
+        let route = self.route;
+        let Some(x) = self.exchange.as_mut() else {
+            debug!(route = %route.name, %addr, status = parts.status.as_u16(), "proxied");
+            return Response::from_parts(parts, ProxyBody::new(body, None));
+        };
+        let no_body = head_request
+            || parts.status.is_informational()
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
+        let mode = if no_body {
+            BodyMode::None
+        } else {
+            x.lock().await.body_mode(BodySide::Response)
+        };
+        debug!(route = %route.name, %addr, status = parts.status.as_u16(), ?mode, "proxied");
+        match mode {
+            BodyMode::None => Response::from_parts(parts, ProxyBody::new(body, self.exchange)),
+            BodyMode::Streamed => {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                let shared = self.exchange.take().expect("matched Some").into_shared();
+                let body = PluginBody::new(body, Arc::clone(&shared), BodySide::Response);
+                Response::from_parts(parts, ProxyBody::new(body, Some(Keep::Shared(shared))))
+            }
+            BodyMode::Buffered => match self.response_body_buffered(&mut parts, body).await {
+                Ok(pieces) => Response::from_parts(parts, ProxyBody::new(pieces, self.exchange)),
+                Err(reply) => reply,
+            },
+        }
+    }
+
+    async fn response_body_buffered(
+        &mut self,
+        parts: &mut http::response::Parts,
+        body: TimedBody<Incoming>,
+    ) -> Step<Pieces> {
+        let (route, request_id) = (self.route, self.request_id);
+        let upstream = &route.upstream.name;
+        let x = self.exchange.as_mut().expect("called with an exchange");
+        let budget = x.lock().await.buffered_budget();
+        let bytes = match collect_limited(body, route.body_limit, &budget).await {
+            Ok(b) => b,
+            Err(e @ CollectError::OverBudget { .. }) => {
+                warn!(route = %route.name, %upstream, ?request_id, "response body not buffered: {e}; answering 502");
+                return Err(over_budget(StatusCode::BAD_GATEWAY, self.exchange.take()));
+            }
+            Err(CollectError::TooLarge { limit }) => {
+                warn!(
+                    route = %route.name, %upstream, ?request_id, limit,
+                    "response body exceeds max_buffered_body_bytes of a buffered body plugin; answering 502"
+                );
+                return Err(self.reply(StatusCode::BAD_GATEWAY, "upstream response too large"));
+            }
+            Err(CollectError::Failed(e)) => {
+                warn!(route = %route.name, %upstream, ?request_id, error = %e, "upstream body failed");
+                let status = match crate::conn::timeout_in(&*e) {
+                    Some(_) => StatusCode::GATEWAY_TIMEOUT,
+                    None => StatusCode::BAD_GATEWAY,
+                };
+                return Err(self.reply(status, "upstream response incomplete"));
+            }
+        };
+        let outcome = x.lock().await.response_body_buffered(parts, bytes).await;
+        match outcome {
+            BufferedBody::Respond(resp) => Err(plugin_reply(resp, self.exchange.take())),
+            BufferedBody::Body(pieces) => {
+                let pieces = Pieces::new(pieces);
+                parts.headers.insert(header::CONTENT_LENGTH, pieces.len().into());
+                Ok(pieces)
+            }
+        }
+    }
+}
+
+/// A buffered body refused for want of memory (`runtime.max_buffered_bytes_total`).
+fn over_budget(status: StatusCode, exchange: Option<Keep>) -> Reply {
+    let mut resp = local_reply(status, "buffered body memory exhausted", exchange);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+/// Replaces the path of `uri` with its normal form (`path.rs`), keeping the query; allocates
+/// only when the path changes.
+fn normalize_uri(uri: &mut http::Uri, opts: &crate::path::PathOptions) -> Result<(), crate::path::PathError> {
+    let std::borrow::Cow::Owned(mut pq) = crate::path::normalize(uri.path(), opts)? else {
+        return Ok(());
+    };
+    if let Some(q) = uri.query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let mut parts = std::mem::take(uri).into_parts();
+    // Only bytes of the old path and query, so it parses.
+    parts.path_and_query = http::uri::PathAndQuery::from_maybe_shared(Bytes::from(pq)).ok();
+    *uri = http::Uri::from_parts(parts).map_err(|_| crate::path::PathError::BadChar)?;
+    Ok(())
+}
+
+/// 405 with `Allow` (RFC 9110 §15.5.6).
+fn method_not_allowed(allow: &[Method]) -> Reply {
+    let mut resp = local_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", None);
+    let list = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+    if let Ok(v) = HeaderValue::from_str(&list) {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    resp
+}
+
+fn plugin_reply(resp: Response<Bytes>, exchange: Option<Keep>) -> Reply {
+    let (parts, bytes) = resp.into_parts();
+    Response::from_parts(parts, ProxyBody::full(bytes, exchange))
+}
