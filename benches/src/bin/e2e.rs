@@ -1643,6 +1643,12 @@ fn run_in(
             p.median = summarise(&p.samples);
         }
     }
+    // Each proxy's log (warnings such as the inline-call watchdog's), next to the results.
+    for (t, r) in all.iter().zip(&running) {
+        if let Some(log) = r.as_ref().and_then(|r| r.log.as_deref()) {
+            let _ = std::fs::copy(log, out_dir.join(format!("log-{}.txt", t.key)));
+        }
+    }
     drop(running);
     add_ratios(&mut results);
 
