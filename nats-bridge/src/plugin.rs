@@ -245,7 +245,10 @@ impl RemotePlugin {
             // A reply captured from another request (or a confused worker): never used.
             return Err(RemoteError::BadReply(format!(
                 "reply answers request {} phase {}, not request {request_id} phase {} (worker said: {:?})",
-                resp.request_id, resp.phase, phase as u32, resp.error
+                resp.request_id,
+                resp.phase,
+                phase as u32,
+                resp.error.chars().take(200).collect::<String>()
             )));
         }
         if let Some(w) = msg.headers.as_ref().and_then(|h| h.get(HEADER_WORKER)) {

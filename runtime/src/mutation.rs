@@ -194,10 +194,14 @@ enum Op {
     SetStatus(StatusCode),
 }
 
+/// A batch's header, path, query and status records; up to two stay inline (most batches), so
+/// decoding one allocates nothing for the list.
+type Ops = smallvec::SmallVec<[Op; 2]>;
+
 /// A validated batch, ready to apply.
 #[derive(Debug, Default)]
 pub struct Batch {
-    ops: Vec<Op>,
+    ops: Ops,
     reply: Option<LocalReply>,
     body: BodyEdits,
     skip_body: bool,
@@ -218,7 +222,7 @@ struct RawReply {
 /// of a shared owner of the buffer.
 #[derive(Debug, Default)]
 pub struct RawBatch {
-    ops: Vec<Op>,
+    ops: Ops,
     reply: Option<RawReply>,
     body: BodyEdits,
     skip_body: bool,

@@ -606,12 +606,12 @@ type replyTo struct {
 	phase     uint32
 }
 
-// requestDeadline is when the host stops waiting for the request: now plus Weft-Timeout-Ms (a
-// duration, so the host's and this worker's clocks need not agree), or the older absolute
-// Weft-Deadline-Ms; expired when that has passed already. Without either, defaultAsyncWait.
 // maxTimeoutMs caps Weft-Timeout-Ms (an hour): a larger value would overflow a time.Duration.
 const maxTimeoutMs = 3600 * 1000
 
+// requestDeadline is when the host stops waiting for the request: now plus Weft-Timeout-Ms (a
+// duration, so the host's and this worker's clocks need not agree), or the older absolute
+// Weft-Deadline-Ms; expired when that has passed already. Without either, defaultAsyncWait.
 func requestDeadline(h nats.Header, now time.Time) (deadline time.Time, expired bool) {
 	if ms, err := strconv.ParseInt(h.Get(HeaderTimeout), 10, 64); err == nil {
 		return now.Add(time.Duration(min(ms, maxTimeoutMs)) * time.Millisecond), ms <= 0
