@@ -194,14 +194,10 @@ enum Op {
     SetStatus(StatusCode),
 }
 
-/// A batch's header, path, query and status records; up to two stay inline (most batches), so
-/// decoding one allocates nothing for the list.
-type Ops = smallvec::SmallVec<[Op; 2]>;
-
 /// A validated batch, ready to apply.
 #[derive(Debug, Default)]
 pub struct Batch {
-    ops: Ops,
+    ops: Vec<Op>,
     reply: Option<LocalReply>,
     body: BodyEdits,
     skip_body: bool,
@@ -222,7 +218,7 @@ struct RawReply {
 /// of a shared owner of the buffer.
 #[derive(Debug, Default)]
 pub struct RawBatch {
-    ops: Ops,
+    ops: Vec<Op>,
     reply: Option<RawReply>,
     body: BodyEdits,
     skip_body: bool,
