@@ -68,7 +68,7 @@ struct Args {
     /// wrk threads.
     #[arg(long, default_value_t = 1)]
     wrk_threads: usize,
-    /// Worker threads of each proxy (tokio workers for weft, worker_processes for nginx);
+    /// Worker threads of each proxy (serving threads for weft, worker_processes for nginx);
     /// default: the number of cores.
     #[arg(long)]
     proxy_threads: Option<usize>,
@@ -1708,7 +1708,7 @@ fn run_in(
     };
 
     let md = format!(
-        "{} · commit {} · {} cores ({}) · load average at start {} · weft {} tokio workers, nginx {} workers, upstream {} thread(s), all on loopback, unpinned\n\n{}",
+        "{} · commit {} · {} cores ({}) · load average at start {} · weft {} serving threads, nginx {} workers, upstream {} thread(s), all on loopback, unpinned\n\n{}",
         rep.date_utc,
         rep.commit,
         rep.machine.cores,
