@@ -84,7 +84,7 @@ fn run(path: &Path) -> Result<(), String> {
     for w in weft_proxy::lint::warnings(&config) {
         tracing::warn!("{}: {w}", path.display());
     }
-    // Plugins load before tokio starts so its worker threads can be registered with them.
+    // Plugins load before the serving threads start so each can register with them.
     let proxy = Proxy::from_config(&config).map_err(|e| {
         let problems = weft_proxy::reload::locate_plugin_problems(path, &config, &e);
         format!("cannot start: failed to load plugins:\n{problems}")
@@ -181,7 +181,7 @@ fn run_demo(listen: SocketAddr, library: &Path) -> Result<(), String> {
 }
 
 fn run_upstream(listen: SocketAddr) -> Result<(), String> {
-    let rt = tokio_runtime(None).map_err(|e| format!("cannot start tokio: {e}"))?;
+    let rt = tokio_runtime().map_err(|e| format!("cannot start tokio: {e}"))?;
     rt.block_on(async {
         let listener = TcpListener::bind(listen)
             .await

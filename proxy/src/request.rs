@@ -271,14 +271,8 @@ impl Flight<'_> {
             }
         };
         let outcome = x.lock().await.request_body_buffered(parts, bytes).await;
-        match outcome {
-            BufferedBody::Respond(resp) => Err(plugin_reply(resp, self.exchange.take())),
-            BufferedBody::Body(pieces) => {
-                let pieces = Pieces::new(pieces);
-                parts.headers.insert(header::CONTENT_LENGTH, pieces.len().into());
-                Ok(UpstreamBody::Full(pieces))
-            }
-        }
+        self.buffered_outcome(outcome, &mut parts.headers)
+            .map(UpstreamBody::Full)
     }
 
     /// A streamed body plugin and no body: the end-of-stream call now, so an appended body
@@ -297,9 +291,7 @@ impl Flight<'_> {
         if out.is_empty() {
             return Ok(UpstreamBody::Plain(body));
         }
-        let pieces = Pieces::new(out);
-        parts.headers.insert(header::CONTENT_LENGTH, pieces.len().into());
-        Ok(UpstreamBody::Full(pieces))
+        Ok(UpstreamBody::Full(with_length(out, &mut parts.headers)))
     }
 
     /// Sends the request to `addr` of the route's upstream and waits for the response head:
@@ -415,15 +407,24 @@ impl Flight<'_> {
             }
         };
         let outcome = x.lock().await.response_body_buffered(parts, bytes).await;
+        self.buffered_outcome(outcome, &mut parts.headers)
+    }
+
+    /// What buffered body plugins made of a body: a local reply that ends the request, or the
+    /// new body, sent with its exact length.
+    fn buffered_outcome(&mut self, outcome: BufferedBody, headers: &mut header::HeaderMap) -> Step<Pieces> {
         match outcome {
             BufferedBody::Respond(resp) => Err(plugin_reply(resp, self.exchange.take())),
-            BufferedBody::Body(pieces) => {
-                let pieces = Pieces::new(pieces);
-                parts.headers.insert(header::CONTENT_LENGTH, pieces.len().into());
-                Ok(pieces)
-            }
+            BufferedBody::Body(pieces) => Ok(with_length(pieces, headers)),
         }
     }
+}
+
+/// `pieces` as one body, its `content-length` set in `headers`.
+fn with_length(pieces: Vec<Bytes>, headers: &mut header::HeaderMap) -> Pieces {
+    let pieces = Pieces::new(pieces);
+    headers.insert(header::CONTENT_LENGTH, pieces.len().into());
+    pieces
 }
 
 /// A buffered body refused for want of memory (`runtime.max_buffered_bytes_total`).

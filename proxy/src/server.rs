@@ -465,8 +465,8 @@ impl Proxy {
         }
     }
 
-    /// The plugin runtime, if the config loads any library; worker threads must call
-    /// [`Runtime::thread_start`] (see [`tokio_runtime`]).
+    /// The plugin runtime, if the config loads any library; serving threads call
+    /// [`Runtime::thread_start`] first (see [`crate::workers`]).
     pub fn runtime(&self) -> Option<&Arc<Runtime>> {
         self.runtime.as_ref()
     }
@@ -519,21 +519,11 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// A multi-threaded tokio runtime whose workers are registered with the plugin runtime
-/// (Go needs to know the threads it will be called on).
-pub fn tokio_runtime(plugins: Option<Arc<Runtime>>) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(rt) = plugins {
-        // Weak: a config reload replaces the runtime, and the old one must be able to go away.
-        let rt = Arc::downgrade(&rt);
-        builder.on_thread_start(move || {
-            if let Some(rt) = rt.upgrade() {
-                rt.thread_start();
-            }
-        });
-    }
-    builder.build()
+/// A multi-threaded tokio runtime for the demo upstream (`weft-proxy upstream`); the proxy's
+/// requests are served on the threads of [`crate::workers`], which register with the plugin
+/// runtime themselves.
+pub fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }
 
 /// The runtime of the control plane when requests are served by [`crate::workers`]: the admin
