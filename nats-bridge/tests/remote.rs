@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{NatsServer, Worker, connect, pct, request_view, with_response};
+use common::{NatsServer, Worker, connect, fake_deadline, next_msg, pct, request_view, with_response};
 use weft_nats_bridge::{RemoteError, RemotePlugin, RemotePluginOptions};
 use weft_runtime::abi::{WeftPhase, WeftResult};
 use weft_runtime::mutation::{self, Batch};
@@ -596,7 +596,7 @@ async fn request_headers_on_the_wire() {
     let (view, end) = request_view(r, RH as u32, "/", &[("host", "h"), ("traceparent", tp)]);
     let deadline = Duration::from_millis(3000);
     let (res, msg) = tokio::join!(remote.call(RH, r, &view, deadline), async {
-        answer(first.next().await.unwrap()).await
+        answer(next_msg(&mut first).await).await
     });
     res.expect("the fake worker's answer");
     assert_eq!(msg.subject.as_str(), "weft.hdrs.request_headers");
@@ -617,7 +617,7 @@ async fn request_headers_on_the_wire() {
     // The response phase goes to the worker that answered, with the traceparent again.
     let view = with_response(view, end, RS as u32, 200, &[]);
     let (res, msg) = tokio::join!(remote.call(RS, r, &view, deadline), async {
-        answer(direct.next().await.unwrap()).await
+        answer(next_msg(&mut direct).await).await
     });
     res.unwrap();
     assert_eq!(msg.subject.as_str(), "weft.hdrs.w.fake-1.response_headers");
@@ -642,7 +642,7 @@ async fn request_headers_on_the_wire() {
     let r = rid();
     let (view, _) = request_view(r, RH as u32, "/", &[("host", "h")]);
     let (res, msg) = tokio::join!(remote.call(RH, r, &view, deadline), async {
-        answer(first.next().await.unwrap()).await
+        answer(next_msg(&mut first).await).await
     });
     res.unwrap();
     assert_eq!(nats_header(&msg, "traceparent"), None);
@@ -654,7 +654,6 @@ async fn request_headers_on_the_wire() {
 /// clear `BadReply`, not a misread batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_of_an_unknown_wire_version_is_refused() {
-    use futures_util::StreamExt as _;
     use weft_nats_bridge::wire;
     require_nats!();
     let srv = NatsServer::start();
@@ -671,8 +670,8 @@ async fn reply_of_an_unknown_wire_version_is_refused() {
         (foreign.into(), "not a weft wire message".to_owned()),
     ] {
         let (view, _) = request_view(rid(), RH as u32, "/", &[]);
-        let (res, ()) = tokio::join!(plugin.call(RH, &view, None), async {
-            let msg = sub.next().await.unwrap();
+        let (res, ()) = tokio::join!(plugin.call(RH, &view, fake_deadline()), async {
+            let msg = next_msg(&mut sub).await;
             fake.publish(msg.reply.unwrap(), payload).await.unwrap();
         });
         match res.unwrap_err() {

@@ -14,7 +14,7 @@ use futures_util::StreamExt as _;
 use weft_nats_bridge::{RemoteError, RemotePluginOptions, wire};
 use weft_runtime::abi::WeftPhase;
 
-use common::{NatsServer, Worker, connect, request_view, with_response};
+use common::{NatsServer, Worker, connect, fake_deadline, next_msg, request_view, with_response};
 
 const RH: WeftPhase = WeftPhase::RequestHeaders;
 const RS: WeftPhase = WeftPhase::ResponseHeaders;
@@ -44,8 +44,8 @@ async fn a_reply_captured_from_one_request_cannot_answer_another() {
 
     // Request 1 is answered properly; the peer keeps a copy of that answer.
     let (view, _) = request_view(101, RH as u32, "/a", &[]);
-    let (res, captured) = tokio::join!(plugin.call(RH, &view, None), async {
-        let msg = sub.next().await.unwrap();
+    let (res, captured) = tokio::join!(plugin.call(RH, &view, fake_deadline()), async {
+        let msg = next_msg(&mut sub).await;
         let req = flatbuffers::root::<wire::PhaseRequest>(&msg.payload).unwrap();
         let answer = wire::encode_response(req.request_id(), req.phase(), 0, &one_record(), "");
         peer.publish(msg.reply.unwrap(), answer.clone()).await.unwrap();
@@ -55,8 +55,8 @@ async fn a_reply_captured_from_one_request_cannot_answer_another() {
 
     // Request 2: the peer replays request 1's answer on request 2's reply subject.
     let (view, _) = request_view(102, RH as u32, "/b", &[]);
-    let (res, ()) = tokio::join!(plugin.call(RH, &view, None), async {
-        let msg = sub.next().await.unwrap();
+    let (res, ()) = tokio::join!(plugin.call(RH, &view, fake_deadline()), async {
+        let msg = next_msg(&mut sub).await;
         peer.publish(msg.reply.unwrap(), captured).await.unwrap();
     });
     match res {
@@ -69,8 +69,8 @@ async fn a_reply_captured_from_one_request_cannot_answer_another() {
     let view = with_response(view, end, RS as u32, 200, &[]);
     let mut rs_sub = peer.subscribe("weft.replay.response_headers").await.unwrap();
     peer.flush().await.unwrap();
-    let (res, ()) = tokio::join!(plugin.call(RS, &view, None), async {
-        let msg = rs_sub.next().await.unwrap();
+    let (res, ()) = tokio::join!(plugin.call(RS, &view, fake_deadline()), async {
+        let msg = next_msg(&mut rs_sub).await;
         let answer = wire::encode_response(103, RH as u32, 0, &[], "");
         peer.publish(msg.reply.unwrap(), answer).await.unwrap();
     });
@@ -89,8 +89,8 @@ async fn reply_subjects_cannot_be_guessed_from_earlier_ones() {
     let mut tokens = Vec::new();
     for i in 0..8 {
         let (view, _) = request_view(200 + i, RH as u32, "/", &[]);
-        let (res, ()) = tokio::join!(plugin.call(RH, &view, None), async {
-            let msg = sub.next().await.unwrap();
+        let (res, ()) = tokio::join!(plugin.call(RH, &view, fake_deadline()), async {
+            let msg = next_msg(&mut sub).await;
             let reply = msg.reply.unwrap();
             tokens.push(reply.rsplit('.').next().unwrap().parse::<u64>().unwrap());
             let req = flatbuffers::root::<wire::PhaseRequest>(&msg.payload).unwrap();
@@ -119,8 +119,8 @@ async fn a_worker_id_that_would_change_a_subject_is_never_used() {
     for (i, bad) in ["a.b", "*", ">", "x y", "", &"w".repeat(65)].into_iter().enumerate() {
         let r = 300 + i as u64;
         let (view, end) = request_view(r, RH as u32, "/", &[]);
-        let (res, ()) = tokio::join!(plugin.call(RH, &view, None), async {
-            let msg = first.next().await.unwrap();
+        let (res, ()) = tokio::join!(plugin.call(RH, &view, fake_deadline()), async {
+            let msg = next_msg(&mut first).await;
             let mut h = async_nats::HeaderMap::new();
             h.insert("Weft-Worker", bad);
             let answer = wire::encode_response(r, RH as u32, 0, &[], "");
@@ -129,7 +129,7 @@ async fn a_worker_id_that_would_change_a_subject_is_never_used() {
         res.unwrap();
         // The next phase goes to the instance's queue subject, not to a subject built from it.
         let view = with_response(view, end, RS as u32, 200, &[]);
-        let (res, ()) = tokio::join!(plugin.call(RS, &view, None), async {
+        let (res, ()) = tokio::join!(plugin.call(RS, &view, fake_deadline()), async {
             let msg = tokio::time::timeout(Duration::from_secs(5), later.next())
                 .await
                 .unwrap_or_else(|_| panic!("worker id {bad:?}: the response phase went elsewhere"))

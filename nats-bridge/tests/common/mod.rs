@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
@@ -51,10 +51,6 @@ macro_rules! require_nats {
     };
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn wait_listening(addr: SocketAddr, within: Duration) {
     let end = Instant::now() + within;
     while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
@@ -77,7 +73,7 @@ impl NatsServer {
     /// Starts a server with extra command-line options (e.g. `--user`, `--auth`).
     pub fn start_with(extra: &[&str]) -> NatsServer {
         let mut s = NatsServer {
-            port: free_port(),
+            port: 0,
             child: None,
             extra: extra.iter().map(|a| a.to_string()).collect(),
         };
@@ -85,14 +81,39 @@ impl NatsServer {
         s
     }
 
+    /// Starts the server: on a port it picks itself the first time (so parallel tests, in this
+    /// process or another, never share one), on the same port after a restart.
     fn spawn(&mut self) {
-        let child = Command::new(nats_server_bin().expect("nats-server"))
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+        let port = if self.port == 0 {
+            "-1".to_owned()
+        } else {
+            self.port.to_string()
+        };
+        let mut child = Command::new(nats_server_bin().expect("nats-server"))
+            .args(["-a", "127.0.0.1", "-p", &port])
             .args(&self.extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start nats-server");
+        let mut log = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let port = loop {
+            line.clear();
+            if log.read_line(&mut line).unwrap_or(0) == 0 {
+                panic!("nats-server exited before listening (port {port})");
+            }
+            if let Some((_, p)) = line.trim_end().split_once("Listening for client connections on ") {
+                break p
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .expect("a port");
+            }
+        };
+        // Keep reading its log so the server never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
+        self.port = port;
         self.child = Some(child);
         wait_listening(([127, 0, 0, 1], self.port).into(), Duration::from_secs(10));
     }
@@ -324,4 +345,19 @@ pub fn rss_kib() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The deadline of a call a test's fake worker answers: long enough for a loaded machine (with
+/// the default 200 ms the call can give up before its request is even published, and the fake
+/// would wait for it forever).
+pub fn fake_deadline() -> Option<Instant> {
+    Some(Instant::now() + Duration::from_secs(10))
+}
+
+/// The next message on `sub`; panics after 10 s instead of waiting forever.
+pub async fn next_msg(sub: &mut async_nats::Subscriber) -> async_nats::Message {
+    tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(sub))
+        .await
+        .expect("no message within 10 s: the request never reached the fake worker")
+        .expect("subscription open")
 }
