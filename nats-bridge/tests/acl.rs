@@ -122,8 +122,7 @@ async fn worker_credentials_cannot_spoof_replies_pose_as_a_host_or_reach_rooms()
 
     // A host listening to a room: what the rogue publishes there never arrives.
     let observer = host(&srv.url()).await;
-    let mut room = observer.client().subscribe("weft.ws.room.*").await.unwrap();
-    observer.client().flush().await.unwrap();
+    let mut room = subscribe_live(observer.client(), "weft.ws.room.*", None).await;
 
     for subject in ["_INBOX.guessed.1", "weft.acl.request_headers", "weft.ws.room.lobby"] {
         rogue.publish(subject, "forged".into()).await.unwrap();

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{NatsServer, Worker, connect, fake_deadline, next_msg, pct, request_view, with_response};
+use common::{NatsServer, Worker, connect, fake_deadline, next_msg, pct, request_view, subscribe_live, with_response};
 use weft_nats_bridge::{RemoteError, RemotePlugin, RemotePluginOptions};
 use weft_runtime::abi::{WeftPhase, WeftResult};
 use weft_runtime::mutation::{self, Batch};
@@ -570,8 +570,8 @@ async fn request_headers_on_the_wire() {
     let srv = NatsServer::start();
     let t = connect(&srv.url()).await;
     let fake = async_nats::connect(srv.url()).await.unwrap();
-    let mut first = fake.queue_subscribe("weft.hdrs.*", "weft-hdrs".into()).await.unwrap();
-    let mut direct = fake.subscribe("weft.hdrs.w.fake-1.*").await.unwrap();
+    let mut first = subscribe_live(&fake, "weft.hdrs.*", Some("weft-hdrs")).await;
+    let mut direct = subscribe_live(&fake, "weft.hdrs.w.fake-1.*", None).await;
     fake.flush().await.unwrap();
     let mask = WeftPhase::RequestHeaders.mask() | WeftPhase::ResponseHeaders.mask() | WeftPhase::Log.mask();
     let inst = NatsInstance::new(t.plugin("hdrs", RemotePluginOptions::default()), mask);
@@ -659,7 +659,7 @@ async fn reply_of_an_unknown_wire_version_is_refused() {
     let srv = NatsServer::start();
     let t = connect(&srv.url()).await;
     let fake = async_nats::connect(srv.url()).await.unwrap();
-    let mut sub = fake.subscribe("weft.future.request_headers").await.unwrap();
+    let mut sub = subscribe_live(&fake, "weft.future.request_headers", None).await;
     fake.flush().await.unwrap();
     let plugin = t.plugin("future", RemotePluginOptions::default());
     let future = wire::encode_response_as(wire::WIRE_VERSION + 1, 1, 0, 0, &[], "");

@@ -14,7 +14,7 @@ use futures_util::StreamExt as _;
 use weft_nats_bridge::{RemoteError, RemotePluginOptions, wire};
 use weft_runtime::abi::WeftPhase;
 
-use common::{NatsServer, Worker, connect, fake_deadline, next_msg, request_view, with_response};
+use common::{NatsServer, Worker, connect, fake_deadline, next_msg, request_view, subscribe_live, with_response};
 
 const RH: WeftPhase = WeftPhase::RequestHeaders;
 const RS: WeftPhase = WeftPhase::ResponseHeaders;
@@ -38,7 +38,7 @@ async fn a_reply_captured_from_one_request_cannot_answer_another() {
     let srv = NatsServer::start();
     let t = connect(&srv.url()).await;
     let peer = async_nats::connect(srv.url()).await.unwrap();
-    let mut sub = peer.subscribe("weft.replay.request_headers").await.unwrap();
+    let mut sub = subscribe_live(&peer, "weft.replay.request_headers", None).await;
     peer.flush().await.unwrap();
     let plugin = t.plugin("replay", RemotePluginOptions::default());
 
@@ -67,7 +67,7 @@ async fn a_reply_captured_from_one_request_cannot_answer_another() {
     // The right request but another phase is refused too.
     let (view, end) = request_view(103, RH as u32, "/c", &[]);
     let view = with_response(view, end, RS as u32, 200, &[]);
-    let mut rs_sub = peer.subscribe("weft.replay.response_headers").await.unwrap();
+    let mut rs_sub = subscribe_live(&peer, "weft.replay.response_headers", None).await;
     peer.flush().await.unwrap();
     let (res, ()) = tokio::join!(plugin.call(RS, &view, fake_deadline()), async {
         let msg = next_msg(&mut rs_sub).await;
@@ -83,7 +83,7 @@ async fn reply_subjects_cannot_be_guessed_from_earlier_ones() {
     let srv = NatsServer::start();
     let t = connect(&srv.url()).await;
     let peer = async_nats::connect(srv.url()).await.unwrap();
-    let mut sub = peer.subscribe("weft.guess.request_headers").await.unwrap();
+    let mut sub = subscribe_live(&peer, "weft.guess.request_headers", None).await;
     peer.flush().await.unwrap();
     let plugin = t.plugin("guess", RemotePluginOptions::default());
     let mut tokens = Vec::new();
@@ -111,9 +111,9 @@ async fn a_worker_id_that_would_change_a_subject_is_never_used() {
     let srv = NatsServer::start();
     let t = connect(&srv.url()).await;
     let peer = async_nats::connect(srv.url()).await.unwrap();
-    let mut first = peer.subscribe("weft.pin.request_headers").await.unwrap();
-    let mut later = peer.subscribe("weft.pin.response_headers").await.unwrap();
-    let mut any = peer.subscribe("weft.pin.w.>").await.unwrap();
+    let mut first = subscribe_live(&peer, "weft.pin.request_headers", None).await;
+    let mut later = subscribe_live(&peer, "weft.pin.response_headers", None).await;
+    let mut any = subscribe_live(&peer, "weft.pin.w.>", None).await;
     peer.flush().await.unwrap();
     let plugin = t.plugin("pin", RemotePluginOptions::default());
     for (i, bad) in ["a.b", "*", ">", "x y", "", &"w".repeat(65)].into_iter().enumerate() {
@@ -168,7 +168,7 @@ async fn one_rogue_service_info_answer_cannot_decide_an_instances_phases() {
 
     // A peer answers $SRV.INFO.disc too, as the same plugin with request headers switched off.
     let peer = async_nats::connect(srv.url()).await.unwrap();
-    let mut info_sub = peer.subscribe("$SRV.INFO.disc").await.unwrap();
+    let mut info_sub = subscribe_live(&peer, "$SRV.INFO.disc", None).await;
     peer.flush().await.unwrap();
     let rogue = tokio::spawn(async move {
         while let Some(msg) = info_sub.next().await {

@@ -361,3 +361,25 @@ pub async fn next_msg(sub: &mut async_nats::Subscriber) -> async_nats::Message {
         .expect("no message within 10 s: the request never reached the fake worker")
         .expect("subscription open")
 }
+
+/// Subscribes `client` to `subject` (in queue group `queue`, if any) and returns once the
+/// server delivers to it: a probe published on the same connection comes back (the server
+/// handles a connection's SUB before its later PUB). `flush` alone only writes the SUB out, and
+/// a publish from another connection right after could still find no interest (no responders).
+/// The probe is consumed here.
+pub async fn subscribe_live(client: &async_nats::Client, subject: &str, queue: Option<&str>) -> async_nats::Subscriber {
+    let mut sub = match queue {
+        Some(q) => client.queue_subscribe(subject.to_owned(), q.to_owned()).await,
+        None => client.subscribe(subject.to_owned()).await,
+    }
+    .unwrap();
+    let probe = subject
+        .split('.')
+        .map(|t| if t == "*" || t == ">" { "probe" } else { t })
+        .collect::<Vec<_>>()
+        .join(".");
+    client.publish(probe, "probe".into()).await.unwrap();
+    let msg = next_msg(&mut sub).await;
+    assert_eq!(&msg.payload[..], b"probe", "the probe comes back first");
+    sub
+}
