@@ -14,6 +14,7 @@ pub mod lint;
 pub mod logging;
 pub mod metrics;
 pub mod path;
+pub mod pool;
 pub mod reload;
 mod request;
 pub mod route;

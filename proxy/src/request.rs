@@ -12,18 +12,18 @@ use http::header::HeaderValue;
 use http::request::Parts;
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Version, header};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use tracing::{debug, warn};
 use weft_runtime::{BodyMode, BodySide, BufferedBody, Flow};
 
 use crate::body::{CollectError, Keep, Pieces, PluginBody, UpstreamBody, collect_limited};
-use crate::conn::{RequestBody, TimedBody};
+use crate::conn::RequestBody;
 use crate::forward::{
     ProxyBody, add_forwarding_headers, check_host, join_cookies, local_reply, pin_host, strip_hop_by_hop, upstream_uri,
 };
 use crate::route::{Found, normalize_host};
 use crate::server::{Proxy, RouteTarget, error_chain};
-use crate::upstream::UpstreamError;
+use crate::upstream::{ResponseBody, UpstreamError};
 use crate::ws::ClientUpgrade;
 
 /// A response that ends the request now.
@@ -176,10 +176,10 @@ fn start_chain(route: &RouteTarget, client: SocketAddr) -> Step<Option<Keep>> {
 /// The upstream's response head: a WebSocket upgrade it accepted becomes a tunnel of both
 /// upgraded connections; hop-by-hop headers are stripped (an upgrade's put back); HTTP/1.1.
 fn upstream_head(
-    mut resp: Response<TimedBody<Incoming>>,
+    mut resp: Response<ResponseBody>,
     upgrade: Option<ClientUpgrade>,
     route: &RouteTarget,
-) -> Response<TimedBody<Incoming>> {
+) -> Response<ResponseBody> {
     let tunnelled = match upgrade {
         Some(up) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
             crate::ws::tunnel(up, hyper::upgrade::on(&mut resp), route.name.clone());
@@ -296,7 +296,7 @@ impl Flight<'_> {
 
     /// Sends the request to `addr` of the route's upstream and waits for the response head:
     /// 504 on the upstream's timeout, 408 when the client's body stalled, 502 when it failed.
-    async fn forward(&mut self, req: Request<UpstreamBody>, addr: &Authority) -> Step<Response<TimedBody<Incoming>>> {
+    async fn forward(&mut self, req: Request<UpstreamBody>, addr: &Authority) -> Step<Response<ResponseBody>> {
         let (route, request_id) = (self.route, self.request_id);
         let upstream = &route.upstream;
         match upstream.send(req).await {
@@ -310,7 +310,7 @@ impl Flight<'_> {
                 debug!(route = %route.name, ?request_id, "request body timed out while streaming upstream");
                 Err(self.reply(StatusCode::REQUEST_TIMEOUT, "request body timed out"))
             }
-            Err(UpstreamError::Failed(e)) => {
+            Err(e) => {
                 route.metrics.upstream_failure();
                 warn!(
                     route = %route.name, upstream = %upstream.name, %addr, ?request_id,
@@ -341,7 +341,7 @@ impl Flight<'_> {
     async fn response_body(
         mut self,
         mut parts: http::response::Parts,
-        body: TimedBody<Incoming>,
+        body: ResponseBody,
         head_request: bool,
         addr: &Authority,
     ) -> Reply {
@@ -378,7 +378,7 @@ impl Flight<'_> {
     async fn response_body_buffered(
         &mut self,
         parts: &mut http::response::Parts,
-        body: TimedBody<Incoming>,
+        body: ResponseBody,
     ) -> Step<Pieces> {
         let (route, request_id) = (self.route, self.request_id);
         let upstream = &route.upstream.name;

@@ -1,24 +1,26 @@
-//! Upstream pools: round robin over addresses, pooled keep-alive HTTP/1.1 connections, one
-//! pool per serving thread. A pooled connection is driven by a task on the thread that opened
-//! it, so with one single-threaded runtime per serving thread ([`crate::workers`]) a request,
-//! its upstream connection and the response never leave the thread that accepted the client.
+//! Upstream pools: round robin over addresses, keep-alive HTTP/1.1 connections kept per
+//! serving thread and driven by the request that uses them ([`crate::pool`]). With one
+//! single-threaded runtime per serving thread ([`crate::workers`]) a request, its upstream
+//! connection and the response never leave the task, or the thread, that accepted the client.
 
+use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::uri::Authority;
-use http::{Request, Response};
-use hyper::body::Incoming;
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderValue, Request, Response, Uri, header};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 
 use crate::body::UpstreamBody;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use thread_local::ThreadLocal;
-
 use crate::config::{DEFAULT_UPSTREAM_BODY_TIMEOUT_MS, UpstreamConfig, parse_upstream_address};
 use crate::conn::{TimedBody, timeout_in};
 use crate::metrics::TimeoutKind;
+use crate::pool::{Conn, PooledBody, Pools};
+
+/// An upstream's response body as the proxy streams it: read on the request's own task,
+/// each wait for more bytes bounded by `body_timeout_ms`.
+pub type ResponseBody = TimedBody<PooledBody>;
 
 pub struct Upstream {
     pub name: String,
@@ -28,18 +30,24 @@ pub struct Upstream {
     /// `body_timeout_ms`: longest wait for the next bytes of a response body.
     body_timeout: Duration,
     connect_timeout: Duration,
-    /// One client (so one keep-alive pool) per thread that sends to this upstream.
-    clients: ThreadLocal<Client<HttpConnector, UpstreamBody>>,
+    /// Idle keep-alive connections, one pool per thread that sends to this upstream.
+    pools: Pools,
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// No response headers within `timeout_ms`.
+    #[error("no response head in time")]
     Timeout,
     /// The client's request body, streamed upstream, stalled (`limits.request_body_timeout_ms`).
+    #[error("the request body stalled")]
     RequestBodyTimeout,
-    /// Connect or I/O failure.
-    Failed(hyper_util::client::legacy::Error),
+    /// No connection (refused, unreachable, connect timeout).
+    #[error("connect: {0}")]
+    Connect(#[source] io::Error),
+    /// The exchange failed on an open connection.
+    #[error("{0}")]
+    Http(#[source] hyper::Error),
 }
 
 impl Upstream {
@@ -57,25 +65,8 @@ impl Upstream {
             timeout: Duration::from_millis(config.timeout_ms),
             body_timeout: Duration::from_millis(config.body_timeout_ms.unwrap_or(DEFAULT_UPSTREAM_BODY_TIMEOUT_MS)),
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
-            clients: ThreadLocal::new(),
+            pools: Pools::default(),
         }
-    }
-
-    /// This thread's client: its connections' tasks run on this thread's runtime.
-    fn client(&self) -> &Client<HttpConnector, UpstreamBody> {
-        self.clients.get_or(|| {
-            // The connect timeout lives on the connector.
-            let mut connector = HttpConnector::new();
-            connector.set_connect_timeout(Some(self.connect_timeout));
-            connector.set_nodelay(true);
-            connector.set_keepalive(Some(Duration::from_secs(60)));
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                // Only fills in `host` when the client sent none (see `forward::pin_host`).
-                .set_host(true)
-                .build(connector)
-        })
     }
 
     /// The address for the next request (round robin).
@@ -87,12 +78,65 @@ impl Upstream {
     /// Sends `req` (whose URI already points at an address from [`Upstream::pick`]) and waits
     /// for the response head. The response body streams afterwards, outside the timeout, each
     /// wait for its next bytes bounded by `body_timeout_ms`.
-    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<TimedBody<Incoming>>, UpstreamError> {
-        match tokio::time::timeout(self.timeout, self.client().request(req)).await {
-            Ok(Ok(resp)) => Ok(resp.map(|b| TimedBody::new(b, self.body_timeout, TimeoutKind::UpstreamBody))),
-            Ok(Err(e)) if timeout_in(&e) == Some(TimeoutKind::RequestBody) => Err(UpstreamError::RequestBodyTimeout),
-            Ok(Err(e)) => Err(UpstreamError::Failed(e)),
-            Err(_) => Err(UpstreamError::Timeout),
+    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<ResponseBody>, UpstreamError> {
+        let resp = match tokio::time::timeout(self.timeout, self.exchange(req)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(UpstreamError::Http(e))) if timeout_in(&e) == Some(TimeoutKind::RequestBody) => {
+                return Err(UpstreamError::RequestBodyTimeout);
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(UpstreamError::Timeout),
+        };
+        Ok(resp.map(|b| TimedBody::new(b, self.body_timeout, TimeoutKind::UpstreamBody)))
+    }
+
+    /// One exchange on a pooled connection (or a new one). A pooled connection that turns out
+    /// to have closed before any of the request was written is replaced by a new connection
+    /// once; the request was not sent, so this is safe for any method.
+    async fn exchange(&self, req: Request<UpstreamBody>) -> Result<Response<PooledBody>, UpstreamError> {
+        let (mut req, addr) = origin_form(req);
+        if req.headers().contains_key(header::UPGRADE) {
+            return self.exchange_upgrade(req, &addr).await;
+        }
+        let mut pooled = self.pools.checkout(&addr);
+        loop {
+            let reused = pooled.is_some();
+            let mut conn = match pooled.take() {
+                Some(conn) => conn,
+                None => Conn::connect(&addr, self.connect_timeout).await.map_err(UpstreamError::Connect)?,
+            };
+            match conn.exchange(req).await {
+                Ok(resp) => return Ok(resp.map(|b| PooledBody::new(b, conn, self.pools.home(&addr)))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(UpstreamError::Http(e.into_error())),
+                },
+            }
         }
     }
+
+    /// A WebSocket upgrade: a connection of its own, driven by a task (it becomes a tunnel
+    /// that outlives the request), never pooled.
+    async fn exchange_upgrade(&self, req: Request<UpstreamBody>, addr: &Authority) -> Result<Response<PooledBody>, UpstreamError> {
+        let stream = Conn::tcp(addr, self.connect_timeout).await.map_err(UpstreamError::Connect)?;
+        let (mut send, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Http)?;
+        tokio::spawn(conn.with_upgrades());
+        let resp = send.send_request(req).await.map_err(UpstreamError::Http)?;
+        Ok(resp.map(PooledBody::detached))
+    }
+}
+
+/// Takes the address out of `req`'s absolute URI (set by the request stage), leaving the
+/// origin form (`/path?query`) an HTTP/1.1 server expects; fills in `host` when the client
+/// sent none (see `forward::pin_host`).
+fn origin_form(mut req: Request<UpstreamBody>) -> (Request<UpstreamBody>, Authority) {
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    let addr = parts.authority.take().expect("the request stage points the URI at an address");
+    let path = parts.path_and_query.take().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(path);
+    if !req.headers().contains_key(header::HOST) {
+        let host = HeaderValue::from_str(addr.as_str()).expect("an authority is a valid header value");
+        req.headers_mut().insert(header::HOST, host);
+    }
+    (req, addr)
 }

@@ -1,0 +1,308 @@
+//! Upstream HTTP/1.1 connections driven by the request that uses them.
+//!
+//! A connection is hyper's low-level pair, [`http1::SendRequest`] and its [`http1::Connection`]
+//! future, kept together in a [`Conn`]. Nothing spawns a task for it: while a request waits for
+//! its response head, the request's own future polls the connection ([`Conn::exchange`]), and
+//! while the response body streams to the client, the body polls it ([`PooledBody`]). When the
+//! body has ended the connection goes back to the idle list of the thread that is dropping it
+//! ([`Pools`], one per serving thread), where the next request on that thread picks it up. So a
+//! proxied request, its upstream connection and its response stay in one task on one thread,
+//! with no channel hop to a connection task and no wake-up of another task.
+//!
+//! An idle connection is not polled. It is checked when it is taken ([`Pools::checkout`]: polled
+//! once, so an EOF or reset the upstream sent meanwhile is seen and the connection dropped) and
+//! by a reaper task per thread and upstream that drops closed and expired ones every few
+//! seconds, so a connection the upstream closed holds its descriptor at most that long.
+
+use std::cell::RefCell;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{TrySendError, http1};
+use hyper_util::rt::TokioIo;
+use thread_local::ThreadLocal;
+use tokio::net::TcpStream;
+
+use crate::body::UpstreamBody;
+
+type Io = TokioIo<TcpStream>;
+
+/// How long an idle connection is kept.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How often each thread's idle connections are checked for a close or their idle timeout.
+const REAP_EVERY: Duration = Duration::from_secs(5);
+/// Idle connections kept per address and thread; more are closed when they come back.
+const MAX_IDLE_PER_ADDRESS: usize = 1024;
+
+/// One upstream connection: the request half and the connection future that does its I/O.
+pub struct Conn {
+    send: http1::SendRequest<UpstreamBody>,
+    io: http1::Connection<Io, UpstreamBody>,
+    /// The connection future finished (closed or failed): never poll it again, never reuse it.
+    done: bool,
+}
+
+impl Conn {
+    /// Opens a connection to `addr` within `timeout`.
+    /// Boxed: a connection moves with its response body, which should stay small to move.
+    pub async fn connect(addr: &Authority, timeout: Duration) -> io::Result<Box<Conn>> {
+        let stream = Conn::tcp(addr, timeout).await?;
+        let (send, io) = http1::handshake(TokioIo::new(stream)).await.map_err(io::Error::other)?;
+        Ok(Box::new(Conn { send, io, done: false }))
+    }
+
+    /// A TCP connection to `addr` within `timeout`, with TCP_NODELAY and TCP keep-alive.
+    pub async fn tcp(addr: &Authority, timeout: Duration) -> io::Result<TcpStream> {
+        // A bracketed IPv6 literal is the authority's host; the socket wants the bare address.
+        let host = addr.host().trim_start_matches('[').trim_end_matches(']');
+        let port = addr.port_u16().expect("validated upstream address has a port");
+        let stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {timeout:?}")))??;
+        stream.set_nodelay(true)?;
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+        Ok(stream)
+    }
+
+    /// Sends `req` and polls the connection until the response head is in. An error that
+    /// carries the request back means nothing of it was written (the connection had closed).
+    pub async fn exchange(
+        &mut self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>> {
+        let mut response = pin!(self.send.try_send_request(req));
+        let (io, done) = (&mut self.io, &mut self.done);
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = response.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            // The connection writes the request and reads the head; it answers `response`.
+            if !*done && Pin::new(&mut *io).poll(cx).is_ready() {
+                *done = true;
+            }
+            response.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Polls the connection once with `cx`; false once it has finished.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.done && Pin::new(&mut self.io).poll(cx).is_ready() {
+            self.done = true;
+        }
+        !self.done
+    }
+
+    /// Whether the connection can carry another request now: not finished, not closed, and
+    /// hyper's dispatcher waiting for the next request. Polls it once to see a close.
+    fn reusable(&mut self) -> bool {
+        self.drive(&mut Context::from_waker(Waker::noop())) && !self.send.is_closed() && self.send.is_ready()
+    }
+}
+
+/// An idle connection and when it became idle.
+struct Idle {
+    conn: Box<Conn>,
+    since: Instant,
+}
+
+/// One thread's idle connections, by address (an upstream has a handful of addresses).
+#[derive(Default)]
+struct Pool {
+    idle: Vec<(Authority, Vec<Idle>)>,
+}
+
+impl Pool {
+    fn list(&mut self, addr: &Authority) -> &mut Vec<Idle> {
+        let i = match self.idle.iter().position(|(a, _)| a == addr) {
+            Some(i) => i,
+            None => {
+                self.idle.push((addr.clone(), Vec::new()));
+                self.idle.len() - 1
+            }
+        };
+        &mut self.idle[i].1
+    }
+
+    /// Drops closed connections and those idle since before `expired`.
+    fn reap(&mut self, expired: Instant) {
+        for (_, list) in &mut self.idle {
+            list.retain_mut(|i| i.since > expired && i.conn.reusable());
+        }
+    }
+}
+
+/// The idle connections of one upstream, one pool per thread that sends to it.
+pub struct Pools {
+    threads: Arc<ThreadLocal<RefCell<Pool>>>,
+}
+
+impl Default for Pools {
+    fn default() -> Pools {
+        Pools {
+            threads: Arc::new(ThreadLocal::new()),
+        }
+    }
+}
+
+impl Pools {
+
+    /// This thread's pool; the first use on a thread starts its reaper (on the thread's runtime).
+    fn pool(&self) -> &RefCell<Pool> {
+        self.threads.get_or(|| {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(reap(Arc::downgrade(&self.threads)));
+            }
+            RefCell::new(Pool::default())
+        })
+    }
+
+    /// The most recently used idle connection to `addr` that can take a request, if any.
+    pub fn checkout(&self, addr: &Authority) -> Option<Box<Conn>> {
+        let mut pool = self.pool().borrow_mut();
+        let list = pool.list(addr);
+        let expired = Instant::now().checked_sub(IDLE_TIMEOUT);
+        while let Some(mut idle) = list.pop() {
+            if expired.is_none_or(|e| idle.since > e) && idle.conn.reusable() {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    /// A handle that returns a connection to `addr` to the pool of the thread that uses it.
+    pub fn home(&self, addr: &Authority) -> Home {
+        Home {
+            threads: Arc::downgrade(&self.threads),
+            addr: addr.clone(),
+        }
+    }
+}
+
+/// Where a connection goes back to when its response is done.
+pub struct Home {
+    threads: Weak<ThreadLocal<RefCell<Pool>>>,
+    addr: Authority,
+}
+
+impl Home {
+    /// Keeps `conn` for the next request on this thread, unless it cannot be reused or the
+    /// upstream is gone (reloaded away).
+    fn checkin(&self, mut conn: Box<Conn>) {
+        let Some(threads) = self.threads.upgrade() else {
+            return;
+        };
+        if conn.done || conn.send.is_closed() {
+            return;
+        }
+        // Polled once so hyper's dispatcher takes note that the response is over.
+        conn.drive(&mut Context::from_waker(Waker::noop()));
+        let Some(cell) = threads.get() else {
+            return; // this thread never sent to the upstream: nobody would take it
+        };
+        let Ok(mut pool) = cell.try_borrow_mut() else {
+            return;
+        };
+        let list = pool.list(&self.addr);
+        if list.len() < MAX_IDLE_PER_ADDRESS && !conn.done {
+            list.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// Every [`REAP_EVERY`], drops this thread's closed and expired idle connections; ends when
+/// the upstream is dropped.
+async fn reap(threads: Weak<ThreadLocal<RefCell<Pool>>>) {
+    loop {
+        tokio::time::sleep(REAP_EVERY).await;
+        let Some(threads) = threads.upgrade() else {
+            return;
+        };
+        let Some(expired) = Instant::now().checked_sub(IDLE_TIMEOUT) else {
+            continue;
+        };
+        if let Some(cell) = threads.get()
+            && let Ok(mut pool) = cell.try_borrow_mut()
+        {
+            pool.reap(expired);
+        }
+    }
+}
+
+/// An upstream response body that drives its connection while it is read, and returns the
+/// connection to its thread's pool once the body has ended (dropped before the end, the
+/// connection is closed: the rest of the response is still on it).
+pub struct PooledBody {
+    body: Incoming,
+    conn: Option<(Box<Conn>, Home)>,
+}
+
+impl PooledBody {
+    /// A body whose connection is driven elsewhere (a spawned upgradeable connection).
+    pub fn detached(body: Incoming) -> PooledBody {
+        PooledBody { body, conn: None }
+    }
+
+    pub fn new(body: Incoming, conn: Box<Conn>, home: Home) -> PooledBody {
+        PooledBody {
+            body,
+            conn: Some((conn, home)),
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some((conn, home)) = self.conn.take() {
+            home.checkin(conn);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let mut frame = Pin::new(&mut this.body).poll_frame(cx);
+        if frame.is_pending() {
+            // The connection reads the socket and hands the body its bytes.
+            if let Some((conn, _)) = &mut this.conn {
+                conn.drive(cx);
+            }
+            frame = Pin::new(&mut this.body).poll_frame(cx);
+        }
+        if let Poll::Ready(None) = frame {
+            this.release();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body read to its end (the server may stop polling once `is_end_stream` says so).
+        if self.body.is_end_stream() {
+            self.release();
+        }
+    }
+}
