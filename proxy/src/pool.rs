@@ -18,11 +18,13 @@ use std::cell::RefCell;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::uri::Authority;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -48,6 +50,7 @@ pub struct Conn {
     io: http1::Connection<Io, UpstreamBody>,
     /// The connection future finished (closed or failed): never poll it again, never reuse it.
     done: bool,
+    guard: Guard,
 }
 
 impl Conn {
@@ -56,7 +59,12 @@ impl Conn {
     pub async fn connect(addr: &Authority, timeout: Duration) -> io::Result<Box<Conn>> {
         let stream = Conn::tcp(addr, timeout).await?;
         let (send, io) = http1::handshake(TokioIo::new(stream)).await.map_err(io::Error::other)?;
-        Ok(Box::new(Conn { send, io, done: false }))
+        Ok(Box::new(Conn {
+            send,
+            io,
+            done: false,
+            guard: Guard::default(),
+        }))
     }
 
     /// A TCP connection to `addr` within `timeout`, with TCP_NODELAY and TCP keep-alive.
@@ -80,32 +88,107 @@ impl Conn {
         req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>> {
         let mut response = pin!(self.send.try_send_request(req));
-        let (io, done) = (&mut self.io, &mut self.done);
+        let Conn { io, done, guard, .. } = self;
         poll_fn(|cx| {
-            if let Poll::Ready(r) = response.as_mut().poll(cx) {
-                return Poll::Ready(r);
-            }
-            // The connection writes the request and reads the head; it answers `response`.
-            if !*done && Pin::new(&mut *io).poll(cx).is_ready() {
-                *done = true;
-            }
-            response.as_mut().poll(cx)
+            guard.poll(cx, |cx| {
+                if let Poll::Ready(r) = response.as_mut().poll(cx) {
+                    return Poll::Ready(r);
+                }
+                // The connection writes the request and reads the head; it answers `response`.
+                if !*done && Pin::new(&mut *io).poll(cx).is_ready() {
+                    *done = true;
+                }
+                response.as_mut().poll(cx)
+            })
         })
         .await
     }
 
     /// Polls the connection once with `cx`; false once it has finished.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.done && Pin::new(&mut self.io).poll(cx).is_ready() {
-            self.done = true;
-        }
-        !self.done
+        drive(&mut self.io, &mut self.done, cx)
     }
 
     /// Whether the connection can carry another request now: not finished, not closed, and
     /// hyper's dispatcher waiting for the next request. Polls it once to see a close.
     fn reusable(&mut self) -> bool {
         self.drive(&mut Context::from_waker(Waker::noop())) && !self.send.is_closed() && self.send.is_ready()
+    }
+}
+
+fn drive(io: &mut http1::Connection<Io, UpstreamBody>, done: &mut bool, cx: &mut Context<'_>) -> bool {
+    if !*done && Pin::new(io).poll(cx).is_ready() {
+        *done = true;
+    }
+    !*done
+}
+
+/// Keeps a connection's wake-ups of its own task inside the poll that caused them.
+///
+/// hyper's connection talks to its `SendRequest`, response future and body through channels,
+/// and each hand-over wakes the other side's waker: with everything polled by one task, that
+/// is the task waking itself from inside its own poll, which tokio answers by polling the whole
+/// task (the client connection, the request, the response) once more for nothing. Under
+/// [`Guard::poll`] the connection and its parts see a waker that, while the poll runs, only
+/// notes that something was woken, and the poll goes round once more right away; outside the
+/// poll (the socket became readable), it wakes the task.
+struct Guard {
+    state: Arc<GuardState>,
+    /// A waker of `state`, made once per connection.
+    waker: Waker,
+}
+
+impl Default for Guard {
+    fn default() -> Guard {
+        let state = Arc::new(GuardState::default());
+        Guard {
+            waker: Waker::from(Arc::clone(&state)),
+            state,
+        }
+    }
+}
+
+#[derive(Default)]
+struct GuardState {
+    polling: AtomicBool,
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl std::task::Wake for GuardState {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.polling.load(Ordering::Acquire) {
+            self.woken.store(true, Ordering::Release);
+        } else {
+            self.task.wake();
+        }
+    }
+}
+
+/// Rounds one guarded poll may take before it yields to other tasks.
+const GUARD_ROUNDS: usize = 8;
+
+impl Guard {
+    fn poll<R>(&self, cx: &mut Context<'_>, mut f: impl FnMut(&mut Context<'_>) -> Poll<R>) -> Poll<R> {
+        let state = &self.state;
+        state.task.register(cx.waker());
+        for _ in 0..GUARD_ROUNDS {
+            state.woken.store(false, Ordering::Relaxed);
+            state.polling.store(true, Ordering::Release);
+            let r = f(&mut Context::from_waker(&self.waker));
+            state.polling.store(false, Ordering::Release);
+            // A wake noted during the poll may mean progress: go round again. One that comes
+            // after `polling` went false reaches the task through `task`.
+            if r.is_ready() || !state.woken.swap(false, Ordering::AcqRel) {
+                return r;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -275,14 +358,21 @@ impl Body for PooledBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let mut frame = Pin::new(&mut this.body).poll_frame(cx);
-        if frame.is_pending() {
-            // The connection reads the socket and hands the body its bytes.
-            if let Some((conn, _)) = &mut this.conn {
-                conn.drive(cx);
+        let body = &mut this.body;
+        let frame = match &mut this.conn {
+            Some((conn, _)) => {
+                let Conn { io, done, guard, .. } = &mut **conn;
+                guard.poll(cx, |cx| match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Pending => {
+                        // The connection reads the socket and hands the body its bytes.
+                        drive(io, done, cx);
+                        Pin::new(&mut *body).poll_frame(cx)
+                    }
+                    ready => ready,
+                })
             }
-            frame = Pin::new(&mut this.body).poll_frame(cx);
-        }
+            None => Pin::new(body).poll_frame(cx),
+        };
         if let Poll::Ready(None) = frame {
             this.release();
         }
