@@ -396,3 +396,59 @@ impl Drop for PooledBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn wakes_inside_a_guarded_poll_go_round_again_and_later_ones_reach_the_task() {
+        let guard = Guard::default();
+        let count = Arc::new(Count::default());
+        let task = Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&task);
+
+        // Woken from inside: polled again at once, the task is not woken.
+        let mut rounds = 0;
+        let r = guard.poll(&mut cx, |cx| {
+            rounds += 1;
+            if rounds < 3 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(())
+        });
+        assert!(r.is_ready());
+        assert_eq!((rounds, count.0.load(Ordering::SeqCst)), (3, 0));
+
+        // Woken after the poll (the socket became readable): the task is woken.
+        let mut kept = None;
+        assert!(guard.poll(&mut cx, |cx| {
+            kept = Some(cx.waker().clone());
+            Poll::<()>::Pending
+        })
+        .is_pending());
+        kept.unwrap().wake();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+
+        // A poll that wakes itself every round yields after a bound, and asks to be polled again.
+        let mut rounds = 0;
+        assert!(guard.poll(&mut cx, |cx| {
+            rounds += 1;
+            cx.waker().wake_by_ref();
+            Poll::<()>::Pending
+        })
+        .is_pending());
+        assert_eq!((rounds, count.0.load(Ordering::SeqCst)), (GUARD_ROUNDS, 2));
+    }
+}
