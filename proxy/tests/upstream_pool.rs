@@ -110,9 +110,14 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> Option<String> {
 }
 
 async fn proxy_to(upstream: SocketAddr) -> SocketAddr {
+    proxy_with(upstream, "").await
+}
+
+/// A proxy whose upstream entry has `extra` (`, key: value`) after its response timeout.
+async fn proxy_with(upstream: SocketAddr, extra: &str) -> SocketAddr {
     let yaml = format!(
         "listen: 127.0.0.1:0\n\
-         upstreams: [{{ name: up, addresses: [\"{upstream}\"], timeout_ms: 5000 }}]\n\
+         upstreams: [{{ name: up, addresses: [\"{upstream}\"], timeout_ms: 5000{extra} }}]\n\
          routes: [{{ name: all, upstream: up }}]\n"
     );
     let config = Config::parse(&yaml, "test.yaml", Path::new(".")).expect("valid config");
@@ -252,4 +257,26 @@ async fn an_abandoned_response_closes_its_connection() {
         assert_eq!(get(proxy, &path).await, (200, path));
     }
     assert_eq!(up.accepted.load(Ordering::SeqCst), 2, "the abandoned connection was reused");
+}
+
+/// A connect that never completes (the upstream's accept queue is full, so the kernel drops
+/// the SYNs) ends at `connect_timeout_ms` with a 502, long before the response timeout.
+#[tokio::test(flavor = "current_thread")]
+async fn a_connect_that_hangs_is_a_502_at_the_connect_timeout() {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    // Fill the accept queue (never accepted) until a connect no longer completes.
+    let mut held = Vec::new();
+    while let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+        held.push(s);
+        assert!(held.len() < 64, "the kernel keeps accepting: cannot make a connect hang");
+    }
+    let proxy = proxy_with(addr, ", connect_timeout_ms: 300").await;
+    let started = std::time::Instant::now();
+    let (status, _) = get(proxy, "/hang").await;
+    let took = started.elapsed();
+    assert_eq!(status, 502);
+    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(3), "{took:?}");
 }
