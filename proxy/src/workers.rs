@@ -174,7 +174,7 @@ mod tests {
     use http::{Request, Response, StatusCode};
 
     /// Answers with the thread that ran the request and the thread that ran a task the request
-    /// spawned (as hyper-util's client spawns each upstream connection's task).
+    /// spawned (as a WebSocket upgrade spawns its upstream connection's task).
     struct WhereAmI;
 
     impl Handler for WhereAmI {
