@@ -253,7 +253,6 @@ impl Default for Pools {
 }
 
 impl Pools {
-
     /// This thread's pool; the first use on a thread starts its reaper (on the thread's runtime).
     fn pool(&self) -> &RefCell<Pool> {
         self.threads.get_or(|| {
@@ -448,22 +447,28 @@ mod tests {
 
         // Woken after the poll (the socket became readable): the task is woken.
         let mut kept = None;
-        assert!(guard.poll(&mut cx, |cx| {
-            kept = Some(cx.waker().clone());
-            Poll::<()>::Pending
-        })
-        .is_pending());
+        assert!(
+            guard
+                .poll(&mut cx, |cx| {
+                    kept = Some(cx.waker().clone());
+                    Poll::<()>::Pending
+                })
+                .is_pending()
+        );
         kept.unwrap().wake();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
 
         // A poll that wakes itself every round yields after a bound, and asks to be polled again.
         let mut rounds = 0;
-        assert!(guard.poll(&mut cx, |cx| {
-            rounds += 1;
-            cx.waker().wake_by_ref();
-            Poll::<()>::Pending
-        })
-        .is_pending());
+        assert!(
+            guard
+                .poll(&mut cx, |cx| {
+                    rounds += 1;
+                    cx.waker().wake_by_ref();
+                    Poll::<()>::Pending
+                })
+                .is_pending()
+        );
         assert_eq!((rounds, count.0.load(Ordering::SeqCst)), (GUARD_ROUNDS, 2));
     }
 }

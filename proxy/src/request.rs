@@ -375,11 +375,7 @@ impl Flight<'_> {
         }
     }
 
-    async fn response_body_buffered(
-        &mut self,
-        parts: &mut http::response::Parts,
-        body: ResponseBody,
-    ) -> Step<Pieces> {
+    async fn response_body_buffered(&mut self, parts: &mut http::response::Parts, body: ResponseBody) -> Step<Pieces> {
         let (route, request_id) = (self.route, self.request_id);
         let upstream = &route.upstream.name;
         let x = self.exchange.as_mut().expect("called with an exchange");

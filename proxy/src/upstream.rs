@@ -103,7 +103,9 @@ impl Upstream {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
                 Some(conn) => conn,
-                None => Conn::connect(&addr, self.connect_timeout).await.map_err(UpstreamError::Connect)?,
+                None => Conn::connect(&addr, self.connect_timeout)
+                    .await
+                    .map_err(UpstreamError::Connect)?,
             };
             match conn.exchange(req).await {
                 Ok(resp) => return Ok(resp.map(|b| PooledBody::new(b, conn, self.pools.home(&addr)))),
@@ -117,9 +119,17 @@ impl Upstream {
 
     /// A WebSocket upgrade: a connection of its own, driven by a task (it becomes a tunnel
     /// that outlives the request), never pooled.
-    async fn exchange_upgrade(&self, req: Request<UpstreamBody>, addr: &Authority) -> Result<Response<PooledBody>, UpstreamError> {
-        let stream = Conn::tcp(addr, self.connect_timeout).await.map_err(UpstreamError::Connect)?;
-        let (mut send, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Http)?;
+    async fn exchange_upgrade(
+        &self,
+        req: Request<UpstreamBody>,
+        addr: &Authority,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let stream = Conn::tcp(addr, self.connect_timeout)
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let (mut send, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Http)?;
         tokio::spawn(conn.with_upgrades());
         let resp = send.send_request(req).await.map_err(UpstreamError::Http)?;
         Ok(resp.map(PooledBody::detached))
@@ -131,8 +141,14 @@ impl Upstream {
 /// sent none (see `forward::pin_host`).
 fn origin_form(mut req: Request<UpstreamBody>) -> (Request<UpstreamBody>, Authority) {
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    let addr = parts.authority.take().expect("the request stage points the URI at an address");
-    let path = parts.path_and_query.take().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let addr = parts
+        .authority
+        .take()
+        .expect("the request stage points the URI at an address");
+    let path = parts
+        .path_and_query
+        .take()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     *req.uri_mut() = Uri::from(path);
     if !req.headers().contains_key(header::HOST) {
         let host = HeaderValue::from_str(addr.as_str()).expect("an authority is a valid header value");

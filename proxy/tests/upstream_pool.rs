@@ -59,7 +59,12 @@ fn upstream(answer: fn(&str) -> Answer) -> Upstream {
     }
 }
 
-fn serve(stream: TcpStream, answer: fn(&str) -> Answer, served: &AtomicUsize, gate: &std::sync::Mutex<mpsc::Receiver<()>>) {
+fn serve(
+    stream: TcpStream,
+    answer: fn(&str) -> Answer,
+    served: &AtomicUsize,
+    gate: &std::sync::Mutex<mpsc::Receiver<()>>,
+) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
     loop {
@@ -161,7 +166,13 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 /// its upstream connection itself. hyper-util's pooled client ran a task per connection.
 #[tokio::test(flavor = "current_thread")]
 async fn upstream_exchanges_run_in_the_request_task() {
-    let up = upstream(|path| if path.starts_with("/held") { Answer::Held } else { Answer::Echo });
+    let up = upstream(|path| {
+        if path.starts_with("/held") {
+            Answer::Held
+        } else {
+            Answer::Echo
+        }
+    });
     let proxy = proxy_to(up.addr).await;
     assert_eq!(get(proxy, "/warm").await, (200, "/warm".into()));
     // Left alive: the accept loop and this thread's pool reaper. A task per pooled upstream
@@ -174,14 +185,20 @@ async fn upstream_exchanges_run_in_the_request_task() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(idle, 2, "tasks alive with no request in flight (the warm-up connection is idle)");
+    assert_eq!(
+        idle, 2,
+        "tasks alive with no request in flight (the warm-up connection is idle)"
+    );
 
     const IN_FLIGHT: usize = 4;
     let clients: Vec<_> = (0..IN_FLIGHT)
         .map(|i| tokio::spawn(get(proxy, if i == 0 { "/held/0" } else { "/held/n" })))
         .collect();
     let served = Arc::clone(&up.served);
-    eventually("every request to reach the upstream", || served.load(Ordering::SeqCst) == 1 + IN_FLIGHT).await;
+    eventually("every request to reach the upstream", || {
+        served.load(Ordering::SeqCst) == 1 + IN_FLIGHT
+    })
+    .await;
     // The spawned `get`s wait in spawn_blocking: their tasks count too.
     let busy = alive_tasks() - IN_FLIGHT;
     assert_eq!(
@@ -195,7 +212,11 @@ async fn upstream_exchanges_run_in_the_request_task() {
     for c in clients {
         assert_eq!(c.await.unwrap().0, 200);
     }
-    assert_eq!(up.accepted.load(Ordering::SeqCst), IN_FLIGHT, "the warm-up connection was reused");
+    assert_eq!(
+        up.accepted.load(Ordering::SeqCst),
+        IN_FLIGHT,
+        "the warm-up connection was reused"
+    );
 }
 
 /// Sequential requests reuse one kept-alive connection.
@@ -241,14 +262,24 @@ async fn a_connection_closed_after_its_response_is_replaced() {
 /// connection is closed, never handed to the next request (which would read the old bytes).
 #[tokio::test(flavor = "current_thread")]
 async fn an_abandoned_response_closes_its_connection() {
-    let up = upstream(|path| if path == "/endless" { Answer::Endless } else { Answer::Echo });
+    let up = upstream(|path| {
+        if path == "/endless" {
+            Answer::Endless
+        } else {
+            Answer::Echo
+        }
+    });
     let proxy = proxy_to(up.addr).await;
     tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(proxy).unwrap();
         s.write_all(b"GET /endless HTTP/1.1\r\nhost: t\r\n\r\n").unwrap();
         let mut first = [0u8; 4096];
         let n = s.read(&mut first).unwrap();
-        assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first[..n]));
+        assert!(
+            first[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&first[..n])
+        );
     })
     .await
     .unwrap();
@@ -256,7 +287,11 @@ async fn an_abandoned_response_closes_its_connection() {
         let path = format!("/after/{i}");
         assert_eq!(get(proxy, &path).await, (200, path));
     }
-    assert_eq!(up.accepted.load(Ordering::SeqCst), 2, "the abandoned connection was reused");
+    assert_eq!(
+        up.accepted.load(Ordering::SeqCst),
+        2,
+        "the abandoned connection was reused"
+    );
 }
 
 /// A connect that never completes (the upstream's accept queue is full, so the kernel drops
@@ -264,19 +299,27 @@ async fn an_abandoned_response_closes_its_connection() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_connect_that_hangs_is_a_502_at_the_connect_timeout() {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
     socket.listen(0).unwrap();
     let addr = socket.local_addr().unwrap().as_socket().unwrap();
     // Fill the accept queue (never accepted) until a connect no longer completes.
     let mut held = Vec::new();
     while let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
         held.push(s);
-        assert!(held.len() < 64, "the kernel keeps accepting: cannot make a connect hang");
+        assert!(
+            held.len() < 64,
+            "the kernel keeps accepting: cannot make a connect hang"
+        );
     }
     let proxy = proxy_with(addr, ", connect_timeout_ms: 300").await;
     let started = std::time::Instant::now();
     let (status, _) = get(proxy, "/hang").await;
     let took = started.elapsed();
     assert_eq!(status, 502);
-    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
 }
