@@ -244,6 +244,30 @@ impl Worker {
             .status()
             .unwrap();
         assert!(st.success());
+        if sig == "STOP" {
+            // kill(2) only queues the signal: a busy machine can let a thread of the worker run
+            // on (and answer a call) for a while after. Wait until every thread has stopped.
+            self.wait_stopped();
+        }
+    }
+
+    /// Waits (at most 5 s) until every thread of the worker is in the stopped state.
+    fn wait_stopped(&self) {
+        let tasks = format!("/proc/{}/task", self.pid());
+        let stopped = || {
+            std::fs::read_dir(&tasks).is_ok_and(|dir| {
+                dir.flatten().all(|t| {
+                    let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                    // The state follows the parenthesised command name.
+                    stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+                })
+            })
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !stopped() {
+            assert!(std::time::Instant::now() < until, "worker {} did not stop", self.pid());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     pub fn kill(&mut self) {
