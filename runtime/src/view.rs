@@ -72,7 +72,7 @@ impl Cursor<'_> {
 
     fn str(&mut self, bytes: &[u8]) -> Result<WeftStr, ViewTooLarge> {
         let at = self.reserve(bytes.len())?;
-        self.buf[at..at + bytes.len()].copy_from_slice(bytes);
+        copy_short(&mut self.buf[at..at + bytes.len()], bytes);
         Ok(WeftStr {
             off: at as u32,
             len: bytes.len() as u32,
@@ -106,6 +106,37 @@ impl Cursor<'_> {
             write_struct(self.buf, array + i * size_of::<WeftHeader>(), h);
         }
         Ok((array as u32, count as u32))
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short strings of a view (header names and most values):
+/// a copy of unknown length is a call into libc's `memcpy`, whose entry and size dispatch cost
+/// more than copying a dozen bytes; two overlapping fixed-size copies are a few moves. Measured
+/// with `cargo bench -p weft-benches --bench phase -- host_side/encode` (docs/performance.md).
+#[inline]
+fn copy_short(dst: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    assert_eq!(dst.len(), n);
+    match n {
+        0 => {}
+        1..=3 => {
+            dst[0] = src[0];
+            dst[n / 2] = src[n / 2];
+            dst[n - 1] = src[n - 1];
+        }
+        4..=7 => {
+            dst[..4].copy_from_slice(&src[..4]);
+            dst[n - 4..].copy_from_slice(&src[n - 4..]);
+        }
+        8..=16 => {
+            dst[..8].copy_from_slice(&src[..8]);
+            dst[n - 8..].copy_from_slice(&src[n - 8..]);
+        }
+        17..=32 => {
+            dst[..16].copy_from_slice(&src[..16]);
+            dst[n - 16..].copy_from_slice(&src[n - 16..]);
+        }
+        _ => dst.copy_from_slice(src),
     }
 }
 
@@ -378,6 +409,17 @@ pub struct DecodedView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_short_copies_every_length_exactly() {
+        let src: Vec<u8> = (1..=80).collect();
+        for n in 0..=src.len() {
+            let mut dst = vec![0u8; n + 2];
+            copy_short(&mut dst[1..n + 1], &src[..n]);
+            assert_eq!(&dst[1..n + 1], &src[..n], "length {n}");
+            assert_eq!((dst[0], dst[n + 1]), (0, 0), "length {n} wrote outside its range");
+        }
+    }
     use http::HeaderValue;
 
     fn ident() -> ViewIdentity {
