@@ -2,8 +2,9 @@
 //! arena slot, calls the Go handler (which reads the path and two headers in place and sets one
 //! header), then validates and applies the mutation batch.
 //!
-//! Compared against the same path with a Go handler that does nothing (the floor: view encoding
-//! plus one cgo call) and against a full request (slot lease + phase + release).
+//! Compared against a bare call into an exported empty Go function (the cgo floor), the same
+//! path with a Go handler that does nothing (view encoding, one cgo call, an empty batch) and a
+//! full request (slot lease + phase + release).
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -31,6 +32,11 @@ fn phase(c: &mut Criterion) {
     let client = "127.0.0.1:1234".parse().unwrap();
 
     let mut g = c.benchmark_group("request_headers_phase");
+    let thread_start = go_thread_start(&lib);
+    g.bench_function("bare_cgo_call", |b| {
+        // SAFETY: an exported Go function without arguments; this thread is bound to Go already.
+        b.iter(|| unsafe { thread_start() })
+    });
     for (label, id) in [("go_noop_handler", noop), ("go_read_path_2_headers_set_1", bench)] {
         let chain = rt.chain(&[id]);
         let mut ex = chain.start(client, "http").unwrap().unwrap();
@@ -55,6 +61,23 @@ fn phase(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// The descriptor's `thread_start` of the Go library at `lib` (already loaded by the runtime):
+/// an exported Go function that does nothing, so calling it costs one C-to-Go call and return.
+fn go_thread_start(lib: &std::path::Path) -> unsafe extern "C" fn() {
+    use weft_runtime::abi::{WeftHostApi, WeftPluginDescriptor};
+    // SAFETY: the library is the runtime's Go plugin library; a Go library is never unloaded,
+    // and leaking this handle keeps it so.
+    let lib: &'static libloading::Library = Box::leak(Box::new(unsafe { libloading::Library::new(lib) }.unwrap()));
+    // SAFETY: the symbol's type is fixed by weft.h; a NULL host leaves the host the runtime gave.
+    let desc = unsafe {
+        let entry = lib
+            .get::<unsafe extern "C" fn(*const WeftHostApi) -> *const WeftPluginDescriptor>(b"weft_plugin_entry\0")
+            .unwrap();
+        &*entry(std::ptr::null())
+    };
+    desc.thread_start.expect("a Go library has thread_start")
 }
 
 /// The host-side pieces of a phase without the plugin call: laying the view out, and decoding,
