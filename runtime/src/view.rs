@@ -44,6 +44,14 @@ pub struct ViewIdentity {
 
 pub const VIEW_HEADER_SIZE: usize = size_of::<WeftRequestView>();
 
+/// Where [`Cursor::headers`] put a header array.
+struct HeaderSection {
+    off: u32,
+    count: u32,
+    /// The first `host` value's string (the view's `host` field reuses it).
+    host: Option<WeftStr>,
+}
+
 struct Cursor<'a> {
     buf: &'a mut [u8],
     pos: usize,
@@ -93,19 +101,83 @@ impl Cursor<'_> {
         })
     }
 
-    /// Writes a header array followed by its strings; returns (array offset, count).
-    fn headers(&mut self, headers: &HeaderMap) -> Result<(u32, u32), ViewTooLarge> {
+    /// Writes a header array followed by its strings; returns the array offset, the count, and
+    /// where the first `host` value went.
+    fn headers(&mut self, headers: &HeaderMap) -> Result<HeaderSection, ViewTooLarge> {
         self.align(align_of::<WeftHeader>())?;
         let count = headers.len();
         let array = self.reserve(count * size_of::<WeftHeader>())?;
-        for (i, (name, value)) in headers.iter().enumerate() {
+        let cap = self.buf.len();
+        let (head, mut rest) = self.buf.split_at_mut(self.pos);
+        let table = &mut head[array..];
+        let mut at = self.pos;
+        let mut host = None;
+        for ((name, value), entry) in headers.iter().zip(table.chunks_exact_mut(size_of::<WeftHeader>())) {
+            let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+            if name.len() + value.len() > rest.len() {
+                return Err(ViewTooLarge { cap });
+            }
             let h = WeftHeader {
-                name: self.str(name.as_str().as_bytes())?,
-                value: self.str(value.as_bytes())?,
+                name: put(&mut rest, &mut at, name),
+                value: put(&mut rest, &mut at, value),
             };
-            write_struct(self.buf, array + i * size_of::<WeftHeader>(), h);
+            if host.is_none() && name == b"host" {
+                host = Some(h.value);
+            }
+            write_struct(entry, 0, h);
         }
-        Ok((array as u32, count as u32))
+        self.pos = at;
+        Ok(HeaderSection {
+            off: array as u32,
+            count: count as u32,
+            host,
+        })
+    }
+}
+
+/// Copies `bytes` to the front of `rest` (which the caller checked can hold them), which starts
+/// at slot offset `*at`; advances both past them.
+#[inline]
+fn put(rest: &mut &mut [u8], at: &mut usize, bytes: &[u8]) -> WeftStr {
+    let (dst, tail) = std::mem::take(rest).split_at_mut(bytes.len());
+    copy_short(dst, bytes);
+    *rest = tail;
+    let s = WeftStr {
+        off: *at as u32,
+        len: bytes.len() as u32,
+    };
+    *at += bytes.len();
+    s
+}
+
+/// `dst.copy_from_slice(src)` for the short strings of a view (header names and most values):
+/// a copy of unknown length is a call into libc's `memcpy`, whose entry and size dispatch cost
+/// more than copying a dozen bytes; two overlapping fixed-size copies are a few moves. Measured
+/// with `cargo bench -p weft-benches --bench phase -- host_side/encode` (docs/performance.md).
+#[inline]
+fn copy_short(dst: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    assert_eq!(dst.len(), n);
+    match n {
+        0 => {}
+        1..=3 => {
+            dst[0] = src[0];
+            dst[n / 2] = src[n / 2];
+            dst[n - 1] = src[n - 1];
+        }
+        4..=7 => {
+            dst[..4].copy_from_slice(&src[..4]);
+            dst[n - 4..].copy_from_slice(&src[n - 4..]);
+        }
+        8..=16 => {
+            dst[..8].copy_from_slice(&src[..8]);
+            dst[n - 8..].copy_from_slice(&src[n - 8..]);
+        }
+        17..=32 => {
+            dst[..16].copy_from_slice(&src[..16]);
+            dst[n - 16..].copy_from_slice(&src[n - 16..]);
+        }
+        _ => dst.copy_from_slice(src),
     }
 }
 
@@ -211,19 +283,16 @@ pub fn encode_request(
         buf,
         pos: VIEW_HEADER_SIZE,
     };
-    let (req_headers_off, req_header_count) = c.headers(head.headers)?;
+    let req = c.headers(head.headers)?;
     let method = c.str(head.method.as_str().as_bytes())?;
     let path = c.str(head.uri.path().as_bytes())?;
     let query = c.str(head.uri.query().unwrap_or("").as_bytes())?;
-    let host_bytes = match head.uri.authority() {
-        Some(a) => a.as_str().as_bytes(),
-        None => head
-            .headers
-            .get(http::header::HOST)
-            .map(|v| v.as_bytes())
-            .unwrap_or(b""),
+    // The host header's value is in the view already: the field points at it.
+    let host = match (head.uri.authority(), req.host) {
+        (Some(a), _) => c.str(a.as_str().as_bytes())?,
+        (None, Some(h)) => h,
+        (None, None) => c.str(b"")?,
     };
-    let host = c.str(host_bytes)?;
     let client_addr = match id.client {
         // The common case, without the formatting machinery (this runs once per request).
         SocketAddr::V4(v4) => {
@@ -249,8 +318,8 @@ pub fn encode_request(
         client_addr,
         scheme,
         version,
-        req_headers_off,
-        req_header_count,
+        req_headers_off: req.off,
+        req_header_count: req.count,
         status: 0,
         resp_headers_off: size as u32,
         resp_header_count: 0,
@@ -274,7 +343,7 @@ pub fn encode_response(
 ) -> Result<usize, ViewTooLarge> {
     let mut view = read_view(buf);
     let mut c = Cursor { buf, pos: request_end };
-    let (off, count) = c.headers(headers)?;
+    let HeaderSection { off, count, .. } = c.headers(headers)?;
     let size = c.pos;
     view.size = size as u32;
     view.phase = phase;
