@@ -322,6 +322,8 @@ var deadView = RequestView{Size: SizeofRequestView}
 func (c *Context) retire() {
 	c.base = unsafe.Pointer(&deadView)
 	c.view = &deadView
+	c.size = deadView.Size
+	c.malformed = false
 	c.out = nil
 	c.n = 0
 	c.overflow = true

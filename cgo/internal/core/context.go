@@ -19,18 +19,23 @@ import (
 type Context struct {
 	base     unsafe.Pointer // start of the view; nil outside a call
 	view     *RequestView
+	size     uint32 // view.Size as read once at the start of the call: every string is within it
 	phase    Phase
 	instance uint64
 	out      []byte // host output buffer, len == cap
 	n        int    // bytes of records written to out
 	overflow bool
-	failure  error
-	async    asyncState // Defer/Go (async.go); only the owner is set on the synchronous path
+	// malformed: an accessor met a string outside the view (Dispatch checked the arrays, not
+	// every header's strings); the call fails with ResultInvalidArgument.
+	malformed bool
+	failure   error
+	async     asyncState // Defer/Go (async.go); only the owner is set on the synchronous path
 }
 
-func (c *Context) begin(view unsafe.Pointer, p Phase, instance uint64, out unsafe.Pointer, outCap uint32) {
+func (c *Context) begin(view unsafe.Pointer, size uint32, p Phase, instance uint64, out unsafe.Pointer, outCap uint32) {
 	c.base = view
 	c.view = (*RequestView)(view)
+	c.size = size
 	c.phase = p
 	c.instance = instance
 	if out != nil {
@@ -40,22 +45,36 @@ func (c *Context) begin(view unsafe.Pointer, p Phase, instance uint64, out unsaf
 	}
 	c.n = 0
 	c.overflow = false
+	c.malformed = false
 	c.failure = nil
 }
 
 func (c *Context) end() {
 	c.base = nil
 	c.view = nil
+	c.size = 0
 	c.out = nil
 	c.failure = nil
 }
 
-// str returns the view bytes s refers to, without copying. The view was validated by Dispatch.
+// str returns the view bytes s refers to, without copying. s is a copy, so the host cannot
+// change it between this check and the read: a string outside the view reads as "" and marks
+// the call malformed.
 func (c *Context) str(s Str) string {
+	if uint64(s.Off)+uint64(s.Len) > uint64(c.size) {
+		c.malformed = true
+		return ""
+	}
 	if s.Len == 0 {
 		return ""
 	}
 	return unsafe.String((*byte)(unsafe.Add(c.base, s.Off)), s.Len)
+}
+
+// field returns the view bytes s refers to and whether they lie within the view.
+func (c *Context) field(s Str) (string, bool) {
+	v := c.str(s)
+	return v, !c.malformed
 }
 
 func (c *Context) header(off uint32, i uint32) *Header {
@@ -136,17 +155,17 @@ func (c *Context) lookup(off, count uint32, name string) (string, bool) {
 	if isLowerASCII(name) {
 		// Fast path: the host stores names lowercase, so compare bytes.
 		for i := range count {
-			h := c.header(off, i)
+			h := *c.header(off, i)
 			if h.Name.Len == uint32(len(name)) && c.str(h.Name) == name {
-				return c.str(h.Value), true
+				return c.field(h.Value)
 			}
 		}
 		return "", false
 	}
 	for i := range count {
-		h := c.header(off, i)
+		h := *c.header(off, i)
 		if h.Name.Len == uint32(len(name)) && equalFoldASCII(c.str(h.Name), name) {
-			return c.str(h.Value), true
+			return c.field(h.Value)
 		}
 	}
 	return "", false
@@ -155,13 +174,14 @@ func (c *Context) lookup(off, count uint32, name string) (string, bool) {
 func (c *Context) values(off, count uint32, name string, yield func(string) bool) {
 	lower := isLowerASCII(name)
 	for i := range count {
-		h := c.header(off, i)
+		h := *c.header(off, i)
 		if h.Name.Len != uint32(len(name)) {
 			continue
 		}
 		n := c.str(h.Name)
 		if (lower && n == name) || (!lower && equalFoldASCII(n, name)) {
-			if !yield(c.str(h.Value)) {
+			v, ok := c.field(h.Value)
+			if !ok || !yield(v) {
 				return
 			}
 		}
@@ -170,8 +190,9 @@ func (c *Context) values(off, count uint32, name string, yield func(string) bool
 
 func (c *Context) all(off, count uint32, yield func(string, string) bool) {
 	for i := range count {
-		h := c.header(off, i)
-		if !yield(c.str(h.Name), c.str(h.Value)) {
+		h := *c.header(off, i)
+		n, v := c.str(h.Name), c.str(h.Value)
+		if c.malformed || !yield(n, v) {
 			return
 		}
 	}

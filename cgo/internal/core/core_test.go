@@ -193,6 +193,46 @@ func init() {
 	})
 }
 
+// Header strings are checked when an accessor reads them (Dispatch checks the arrays only): each
+// accessor that meets a string outside the view reads it as absent and fails the call with
+// ResultInvalidArgument; a bad string no accessor reads does not fail it.
+func TestMalformedHeaderStrings(t *testing.T) {
+	accessors := newInstance(t, "accessors", "", 1)
+	probe := newInstance(t, "probe", "", 1)
+	req := [][2]string{{"x-multi", "1"}, {"a", "b"}}
+	resp := [][2]string{{"server", "s"}}
+	entry := func(v *RequestView, off uint32, i uintptr) *Header {
+		return (*Header)(unsafe.Add(unsafe.Pointer(v), uintptr(off)+i*SizeofHeader))
+	}
+	tests := []struct {
+		name   string
+		id     uint64
+		mutate func(v *RequestView)
+		want   Result
+	}{
+		{"all: name past end", accessors, func(v *RequestView) { entry(v, v.ReqHeadersOff, 1).Name.Off = v.Size }, ResultInvalidArgument},
+		{"all: value length overflow", accessors, func(v *RequestView) {
+			h := entry(v, v.ReqHeadersOff, 1)
+			h.Value.Off, h.Value.Len = 8, 0xffffffff
+		}, ResultInvalidArgument},
+		{"values: value past end", accessors, func(v *RequestView) { entry(v, v.ReqHeadersOff, 0).Value.Off = v.Size }, ResultInvalidArgument},
+		{"response header value past end", accessors, func(v *RequestView) { entry(v, v.RespHeadersOff, 0).Value.Len = v.Size }, ResultInvalidArgument},
+		{"unread entry past end", probe, func(v *RequestView) { entry(v, v.ReqHeadersOff, 1).Value.Off = v.Size }, ResultOK},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			view := testView(PhaseRequestHeaders, 0, 1, "/", [][2]string{{"user-agent", "x"}, req[1]}, resp)
+			if tt.id == accessors {
+				view = testView(PhaseRequestHeaders, 0, 1, "/", req, resp)
+			}
+			tt.mutate(viewOf(view))
+			if res, out := run(t, tt.id, PhaseRequestHeaders, view, 256); res != tt.want || (res != ResultOK && len(out) != 0) {
+				t.Errorf("result %v with %d bytes, want %v", res, len(out), tt.want)
+			}
+		})
+	}
+}
+
 func TestAccessors(t *testing.T) {
 	id := newInstance(t, "accessors", "", 4)
 	view := testView(PhaseRequestHeaders, 2, 1, "/p", [][2]string{{"x-multi", "1"}, {"a", "b"}, {"x-multi", "2"}},
@@ -325,6 +365,9 @@ func TestMalformedView(t *testing.T) {
 		{"header count overflow", func(v *RequestView) { v.ReqHeaderCount = 0xffffffff }, PhaseRequestHeaders, ResultInvalidArgument},
 		{"header string past end", func(v *RequestView) {
 			(*Header)(unsafe.Add(unsafe.Pointer(v), v.ReqHeadersOff)).Value.Len = v.Size
+		}, PhaseRequestHeaders, ResultInvalidArgument},
+		{"header name past end", func(v *RequestView) {
+			(*Header)(unsafe.Add(unsafe.Pointer(v), v.ReqHeadersOff)).Name.Off = v.Size
 		}, PhaseRequestHeaders, ResultInvalidArgument},
 		{"resp headers past end", func(v *RequestView) { v.RespHeaderCount = 1 << 20 }, PhaseRequestHeaders, ResultInvalidArgument},
 		{"slot out of range", func(v *RequestView) { v.Slot = 4 }, PhaseRequestHeaders, ResultInvalidArgument},

@@ -255,9 +255,11 @@ func Shutdown(id uint64) error {
 // to outCap writable bytes for mutation records. It returns the result code and the number of
 // bytes of mutation records written (0 unless the result is ResultOK).
 //
-// A malformed view (any offset or length outside view.size, a misaligned array, a slot out of
-// range, a phase that differs from view.phase) gives ResultInvalidArgument without running
-// the handler. A handler panic is recovered into ResultPanic and logged through the host.
+// A malformed view (a fixed string or a header array outside view.size, a misaligned array, a
+// slot out of range, a phase that differs from view.phase) gives ResultInvalidArgument without
+// running the handler. A header name or value outside view.size is found when the handler
+// reads it: it reads as absent (empty), and the call's result is ResultInvalidArgument with its
+// mutations discarded. A handler panic is recovered into ResultPanic and logged through the host.
 //
 // A handler that calls Context.Defer (or Go) makes Dispatch answer ResultPending, unless the
 // continuation finished before the handler returned (then its result is returned directly).
@@ -275,14 +277,14 @@ func Dispatch(id uint64, phase uint32, view unsafe.Pointer, out unsafe.Pointer, 
 		return ResultInvalidArgument, 0
 	}
 	v := (*RequestView)(view)
-	if v.Phase != phase || v.Slot >= inst.slotCount || !validView(view, v) || !validBody(p, v) {
+	if v.Phase != phase || v.Slot >= inst.slotCount || !validView(v) || !validBody(p, v) {
 		return ResultInvalidArgument, 0
 	}
 	if inst.held[v.Slot].Load() != 0 {
 		return ResultInvalidArgument, 0 // a deferred call of this slot is not completed yet
 	}
 	ctx := inst.ctxs[v.Slot]
-	ctx.begin(view, p, id, out, outCap)
+	ctx.begin(view, v.Size, p, id, out, outCap)
 	defer func() {
 		r := recover()
 		if r != nil {
@@ -306,6 +308,9 @@ func Dispatch(id uint64, phase uint32, view unsafe.Pointer, out unsafe.Pointer, 
 // result is the phase result of a handler that has finished with ctx.
 func (c *Context) result(inst *instance) (Result, uint32) {
 	switch {
+	case c.malformed:
+		hostLog(LogError, inst.id, fmt.Sprintf("plugin %q in %s: the host's view has a string outside its size", inst.name, c.phase))
+		return ResultInvalidArgument, 0
 	case c.failure != nil:
 		hostLog(LogError, inst.id, fmt.Sprintf("plugin %q failed in %s: %v", inst.name, c.phase, c.failure))
 		return ResultHandlerFailed, 0
@@ -320,9 +325,12 @@ func logPanic(inst *instance, p Phase, r any) {
 	hostLog(LogDebug, inst.id, string(debug.Stack()))
 }
 
-// validView checks that every string and header array of the view lies within v.Size bytes.
-// After it returns true, the accessors read the view without further checks.
-func validView(base unsafe.Pointer, v *RequestView) bool {
+// validView checks, in constant time, what every accessor relies on: the view is at least a
+// RequestView, its fixed strings lie within v.Size bytes and both header arrays (the entries,
+// not the strings they point to) lie within v.Size bytes, 4-aligned. A header's name and value
+// are checked by the accessor that reads them (Context.str), so a call costs the same however
+// many headers the request has, and a bad entry no handler reads costs nothing.
+func validView(v *RequestView) bool {
 	size := uint64(v.Size)
 	if size < SizeofRequestView {
 		return false
@@ -332,24 +340,12 @@ func validView(base unsafe.Pointer, v *RequestView) bool {
 			return false
 		}
 	}
-	return validHeaders(base, size, v.ReqHeadersOff, v.ReqHeaderCount) &&
-		validHeaders(base, size, v.RespHeadersOff, v.RespHeaderCount)
+	return validHeaders(size, v.ReqHeadersOff, v.ReqHeaderCount) &&
+		validHeaders(size, v.RespHeadersOff, v.RespHeaderCount)
 }
 
-func validHeaders(base unsafe.Pointer, size uint64, off, count uint32) bool {
-	if count == 0 {
-		return true
-	}
-	if off%4 != 0 || uint64(off)+uint64(count)*SizeofHeader > size {
-		return false
-	}
-	for i := range count {
-		h := (*Header)(unsafe.Add(base, uintptr(off)+uintptr(i)*SizeofHeader))
-		if uint64(h.Name.Off)+uint64(h.Name.Len) > size || uint64(h.Value.Off)+uint64(h.Value.Len) > size {
-			return false
-		}
-	}
-	return true
+func validHeaders(size uint64, off, count uint32) bool {
+	return count == 0 || (off%4 == 0 && uint64(off)+uint64(count)*SizeofHeader <= size)
 }
 
 // LogFunc receives plugin log lines: the host's log callback, or a test host's recorder.

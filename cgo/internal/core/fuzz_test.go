@@ -149,7 +149,7 @@ func FuzzMutationEncoding(f *testing.F) {
 			outPtr = unsafe.Pointer(&out[0])
 		}
 		view := testView(PhaseRequestHeaders, 0, 1, "/", nil, nil)
-		c.begin(unsafe.Pointer(&view[0]), PhaseRequestHeaders, 1, outPtr, uint32(outCap))
+		c.begin(unsafe.Pointer(&view[0]), viewOf(view).Size, PhaseRequestHeaders, 1, outPtr, uint32(outCap))
 		want := 0
 		for i := 0; i < count; i++ {
 			switch i % 4 {
