@@ -181,37 +181,6 @@ fn copy_short(dst: &mut [u8], src: &[u8]) {
     }
 }
 
-/// `dst.copy_from_slice(src)` for the short strings of a view (header names and most values):
-/// a copy of unknown length is a call into libc's `memcpy`, whose entry and size dispatch cost
-/// more than copying a dozen bytes; two overlapping fixed-size copies are a few moves. Measured
-/// with `cargo bench -p weft-benches --bench phase -- host_side/encode` (docs/performance.md).
-#[inline]
-fn copy_short(dst: &mut [u8], src: &[u8]) {
-    let n = src.len();
-    assert_eq!(dst.len(), n);
-    match n {
-        0 => {}
-        1..=3 => {
-            dst[0] = src[0];
-            dst[n / 2] = src[n / 2];
-            dst[n - 1] = src[n - 1];
-        }
-        4..=7 => {
-            dst[..4].copy_from_slice(&src[..4]);
-            dst[n - 4..].copy_from_slice(&src[n - 4..]);
-        }
-        8..=16 => {
-            dst[..8].copy_from_slice(&src[..8]);
-            dst[n - 8..].copy_from_slice(&src[n - 8..]);
-        }
-        17..=32 => {
-            dst[..16].copy_from_slice(&src[..16]);
-            dst[n - 16..].copy_from_slice(&src[n - 16..]);
-        }
-        _ => dst.copy_from_slice(src),
-    }
-}
-
 fn write_struct<T: Copy>(buf: &mut [u8], at: usize, value: T) {
     assert!(at + size_of::<T>() <= buf.len());
     // SAFETY: bounds checked above; write_unaligned has no alignment requirement, and T is a
