@@ -30,7 +30,7 @@ fn bench(c: &mut Criterion) {
     // Inside a tokio runtime, as in the proxy: a pending call's deadline is a tokio timer.
     let tokio = bench_tokio();
     let _in_tokio = tokio.enter();
-    let dir = weft_benches::c_plugin_dir();
+    let dir = weft_test_support::c_plugins("plain");
     let rt = Runtime::new(RuntimeOptions::default()).unwrap();
     rt.load_library("async", &dir.join("libweft_c_async.so")).unwrap();
     let spec = |name: &str, plugin: &str| InstanceSpec {

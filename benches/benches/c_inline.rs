@@ -28,7 +28,7 @@ impl PhaseTimer for Sum {
 
 fn bench(c: &mut Criterion) {
     let rt = Runtime::new(RuntimeOptions::default()).unwrap();
-    rt.load_library("c", &weft_benches::c_plugin_dir().join("libweft_c_stamp.so"))
+    rt.load_library("c", &weft_test_support::c_plugins("plain").join("libweft_c_stamp.so"))
         .unwrap();
     let id = rt
         .instantiate(InstanceSpec {

@@ -4,38 +4,11 @@ pub mod procs;
 pub mod report;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::pin;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
-
-/// Builds the example Go plugin library with `scripts/build-plugins` and returns its path.
-pub fn go_plugin_library() -> PathBuf {
-    let out = Command::new(report::workspace_root().join("scripts/build-plugins"))
-        .output()
-        .expect("run scripts/build-plugins");
-    assert!(
-        out.status.success(),
-        "build-plugins failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
-}
-
-/// Builds the C plugins with `scripts/build-c-plugins` and returns their directory.
-pub fn c_plugin_dir() -> PathBuf {
-    let out = Command::new(report::workspace_root().join("scripts/build-c-plugins"))
-        .output()
-        .expect("run scripts/build-c-plugins (is a C compiler installed?)");
-    assert!(
-        out.status.success(),
-        "build-c-plugins failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
-}
 
 /// The request the phase benchmarks run: `GET /api/items?limit=10` with seven common headers,
 /// plus `extra`.

@@ -1,19 +1,13 @@
 //! Child processes of the runners (`e2e`, `nats`): nats-server and the Go workers they start,
 //! how they stop, and their CPU time from /proc.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::report::{target_dir, workspace_root};
-
-/// A free loopback port (bound once, then released for the process that will listen on it).
-pub fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("find a free port: {e}"))?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
 
 /// The child gets `sig` when the runner dies (when the spawning thread, main, exits).
 pub fn die_with_parent_by(cmd: &mut Command, sig: libc::c_int) {
@@ -196,7 +190,7 @@ pub fn nats_bins(nats_server: Option<&Path>, worker_bin: Option<&Path>, who: &st
 /// Starts nats-server on a free loopback port into `procs` (log `dir/nats-server.log`) and waits
 /// until it listens; returns its URL.
 pub fn start_nats_server(bin: &Path, dir: &Path, procs: &mut Procs) -> Result<String, String> {
-    let port = free_port()?;
+    let port = weft_test_support::free_port().port();
     let log = dir.join("nats-server.log");
     let mut cmd = Command::new(bin);
     cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()])

@@ -7,6 +7,8 @@
 
 mod common;
 
+use weft_test_support::require_nats;
+
 use std::sync::Arc;
 use std::time::Duration;
 

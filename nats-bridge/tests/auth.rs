@@ -4,6 +4,8 @@
 
 mod common;
 
+use weft_test_support::require_nats;
+
 use std::sync::Arc;
 
 use common::*;

@@ -3,6 +3,8 @@
 
 mod common;
 
+use weft_test_support::require_nats;
+
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;

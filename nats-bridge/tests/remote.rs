@@ -3,6 +3,8 @@
 
 mod common;
 
+use weft_test_support::require_nats;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,14 +51,7 @@ async fn header_rewriter_remote_equals_in_process() {
     let req_headers = [("host", "example.com"), ("cookie", "a=b"), ("x-env", "dev")];
 
     // In-process.
-    let lib = {
-        let out = std::process::Command::new(common::repo_root().join("scripts/build-plugins"))
-            .arg("main")
-            .output()
-            .expect("scripts/build-plugins");
-        assert!(out.status.success());
-        std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
-    };
+    let lib = weft_test_support::go_library("main");
     let rt = weft_runtime::Runtime::new(weft_runtime::RuntimeOptions {
         slot_count: 4,
         ..Default::default()

@@ -8,6 +8,8 @@
 
 mod common;
 
+use weft_test_support::require_nats;
+
 use std::time::Duration;
 
 use futures_util::StreamExt as _;

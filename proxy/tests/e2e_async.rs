@@ -24,7 +24,7 @@ use common::{
 use weft_proxy::demo::spawn_demo_upstream;
 
 fn yaml(addr: SocketAddr, admin: SocketAddr, upstream: SocketAddr) -> String {
-    let lib = c_plugins().join("libweft_c_async.so");
+    let lib = c_plugins("plain").join("libweft_c_async.so");
     format!(
         "listen: {addr}\nadmin: {{ listen: {admin} }}\n\
          runtime: {{ slots: 64, slot_size: 8192, worker_ring_capacity: 64 }}\n\

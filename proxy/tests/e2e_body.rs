@@ -8,10 +8,10 @@ use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -28,26 +28,6 @@ use common::free_port;
 
 // ---------------------------------------------------------------------------------------------
 // Process harness (the same as e2e_process.rs).
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
-}
-
-fn library() -> &'static Path {
-    static MAIN: OnceLock<PathBuf> = OnceLock::new();
-    MAIN.get_or_init(|| {
-        let out = Command::new(root().join("scripts/build-plugins"))
-            .arg("main")
-            .output()
-            .expect("run build-plugins");
-        assert!(
-            out.status.success(),
-            "build-plugins: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
-    })
-}
 
 struct ProxyProcess {
     child: Child,
@@ -184,7 +164,7 @@ fn start_proxy(tag: &str, upstream: SocketAddr) -> ProxyProcess {
     let (addr, admin) = (free_port(), free_port());
     let yaml = format!(
         "listen: {addr}\nadmin: {{ listen: {admin} }}\nruntime: {{ slots: 64 }}\nlibraries:\n  - {{ name: examples, path: {:?} }}\nplugins:\n{PLUGINS}upstreams:\n  - {{ name: up, addresses: [\"{upstream}\"], timeout_ms: {UPSTREAM_TIMEOUT_MS} }}\nroutes:\n{ROUTES}",
-        library().display().to_string()
+        weft_test_support::go_library("main").display().to_string()
     );
     ProxyProcess::spawn(tag, &yaml, addr, admin)
 }

@@ -15,7 +15,7 @@ use std::process::Command;
 
 use weft_proxy::demo::spawn_demo_upstream;
 
-use common::{ProxyProcess, Spawn, c_plugins, c_plugins_asan, free_port, get, go_library, parse_metrics};
+use common::{ProxyProcess, Spawn, c_plugins, free_port, get, go_library, parse_metrics};
 
 /// A config with a small arena (16 slots), so a leaked slot shows quickly.
 fn config(addr: SocketAddr, upstream: SocketAddr, libraries: &str, plugins: &str, routes: &str) -> String {
@@ -149,9 +149,9 @@ async fn check_hostile(proxy: &mut ProxyProcess) {
 async fn c_plugins_next_to_the_go_library_over_real_http() {
     let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
     let addr = free_port();
-    let libs = lib_line("go", go_library())
-        + &lib_line("c", &c_plugins().join("libweft_c_stamp.so"))
-        + &lib_line("hostile", &c_plugins().join("libweft_c_hostile.so"));
+    let libs = lib_line("go", go_library("main"))
+        + &lib_line("c", &c_plugins("plain").join("libweft_c_stamp.so"))
+        + &lib_line("hostile", &c_plugins("plain").join("libweft_c_hostile.so"));
     let plugins = format!(
         "{C_PLUGINS}  - {{ name: rewrite, library: go, plugin: header-rewriter, config: {{ request_set: {{ x-added: by-go }}, response_set: {{ x-served-by: weft }} }} }}\n"
     );
@@ -176,8 +176,8 @@ async fn c_plugins_next_to_the_go_library_over_real_http() {
 async fn a_blocking_inline_plugin_is_logged_and_counted() {
     let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
     let (addr, admin) = (free_port(), free_port());
-    let libs = lib_line("c", &c_plugins().join("libweft_c_stamp.so"))
-        + &lib_line("hostile", &c_plugins().join("libweft_c_hostile.so"));
+    let libs = lib_line("c", &c_plugins("plain").join("libweft_c_stamp.so"))
+        + &lib_line("hostile", &c_plugins("plain").join("libweft_c_hostile.so"));
     let routes = format!("{C_ROUTES}  - {{ path_prefix: /, upstream: up, plugins: [] }}\n");
     let yaml = config(addr, upstream, &libs, C_PLUGINS, &routes).replace(
         "runtime: { slots: 16, slot_size: 16384 }",
@@ -227,7 +227,7 @@ fn asan_runtime() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_plugins_under_address_sanitizer() {
-    let dir = c_plugins_asan();
+    let dir = c_plugins("asan");
     // The libraries really carry ASan instrumentation.
     for lib in ["libweft_c_stamp.so", "libweft_c_hostile.so"] {
         let out = Command::new("nm").arg("-D").arg(dir.join(lib)).output().expect("nm");

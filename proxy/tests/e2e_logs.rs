@@ -14,7 +14,10 @@ mod common;
 use common::{HttpClient, ProxyProcess, TempDir, config, free_port, get, get_with, go_library, metric, scrape};
 
 fn library_yaml() -> String {
-    format!("  - {{ name: ex, path: {:?} }}", go_library().display().to_string())
+    format!(
+        "  - {{ name: ex, path: {:?} }}",
+        go_library("main").display().to_string()
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,7 +31,7 @@ fn rss(pid: u32) -> u64 {
 }
 
 fn lib(name: &str) -> String {
-    format!("{:?}", c_plugins().join(name).display().to_string())
+    format!("{:?}", c_plugins("plain").join(name).display().to_string())
 }
 
 /// Reloads with SIGHUP and waits for the outcome line number `n` (`config reloaded` or
@@ -187,7 +187,7 @@ async fn buffered_bodies_beyond_the_budget_are_refused() {
          plugins:\n  - {{ name: buffer, library: go, plugin: test-body-buffer }}\n\
          upstreams:\n  - {{ name: up, addresses: [\"{upstream}\"] }}\n\
          routes:\n  - {{ path_prefix: /, upstream: up, plugins: [buffer], max_buffered_body_bytes: {MIB} }}\n",
-        go_library().display().to_string()
+        go_library("main").display().to_string()
     );
     let proxy = ProxyProcess::start("budget", &yaml, addr);
     let m = scrape(admin).await;

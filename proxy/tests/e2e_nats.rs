@@ -7,10 +7,10 @@
 //! Skipped (with a message) when nats-server is not installed, unless WEFT_REQUIRE_NATS=1.
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
@@ -20,94 +20,13 @@ use weft_proxy::demo::spawn_demo_upstream;
 
 mod common;
 
-use common::{
-    HttpClient, ProxyProcess, TempFile, collect, free_port, get_with, metric, nats_server_bin, root, scrape, wait_for,
-};
+use weft_test_support::{NatsServer, require_nats};
 
-macro_rules! require_nats {
-    () => {
-        if nats_server_bin().is_none() {
-            return;
-        }
-    };
-}
+use common::{HttpClient, ProxyProcess, TempFile, collect, free_port, get_with, metric, scrape, wait_for};
 
-struct NatsServer {
-    port: u16,
-    child: Option<Child>,
-    /// A config file (`-c`), for the ping settings.
-    conf: Option<TempFile>,
-}
-
-impl NatsServer {
-    fn start() -> NatsServer {
-        NatsServer::start_with("")
-    }
-
-    /// With `conf` as the server's config file (listen address added).
-    fn start_with(conf: &str) -> NatsServer {
-        let port = free_port().port();
-        let mut s = NatsServer {
-            port,
-            child: None,
-            conf: (!conf.is_empty())
-                .then(|| TempFile::new("server", "conf", &format!("listen: 127.0.0.1:{port}\n{conf}"))),
-        };
-        s.spawn();
-        s
-    }
-
-    fn spawn(&mut self) {
-        let mut cmd = Command::new(nats_server_bin().expect("nats-server"));
-        match &self.conf {
-            Some(f) => cmd.arg("-c").arg(&f.0),
-            None => cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]),
-        };
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats-server");
-        self.child = Some(child);
-        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
-        wait_for("nats-server to listen", Duration::from_secs(10), || {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
-        });
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Builds cgo/cmd/weft-worker once per test binary.
+/// cgo/cmd/weft-worker, built once per test binary.
 fn worker_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("weft-worker");
-        let st = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&out)
-            .arg("./cmd/weft-worker")
-            .current_dir(root().join("cgo"))
-            .status()
-            .expect("run go build (is Go installed?)");
-        assert!(st.success(), "go build ./cmd/weft-worker failed");
-        out
-    })
+    weft_test_support::weft_worker(Path::new(env!("CARGO_TARGET_TMPDIR")))
 }
 
 /// A worker process serving `instances` (the JSON list of `weft-worker -instances`); its log
@@ -443,7 +362,7 @@ async fn nats_server_restart_under_load() {
     let up_again = blocking(|| {
         srv.stop();
         std::thread::sleep(Duration::from_millis(100));
-        srv.spawn();
+        srv.start_again();
         Instant::now()
     });
     let mut all = Vec::new();
@@ -557,7 +476,7 @@ async fn two_proxies_three_workers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_worker_is_dropped_by_server_pings() {
     require_nats!();
-    let srv = NatsServer::start_with("ping_interval: \"500ms\"\nping_max: 1\nwrite_deadline: \"1s\"\n");
+    let srv = NatsServer::start_with_config("ping_interval: \"500ms\"\nping_max: 1\nwrite_deadline: \"1s\"\n");
     let instances = serde_json::json!([{ "plugin": "bench-header", "name": "bench" }]);
     let frozen = Worker::start(&srv.url(), &instances);
     let _ok = Worker::start(&srv.url(), &instances);
@@ -598,7 +517,7 @@ async fn frozen_worker_is_dropped_by_server_pings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_authenticates_to_nats() {
     require_nats!();
-    let srv = NatsServer::start_with("authorization { user: weft, password: s3cret }\n");
+    let srv = NatsServer::start_with_config("authorization { user: weft, password: s3cret }\n");
     let rewrite =
         serde_json::json!({ "request_set": { "x-added": "by-go" }, "response_set": { "x-served-by": "weft" } });
     let _worker = Worker::start_with(

@@ -14,12 +14,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use weft_proxy::demo::spawn_demo_upstream;
 
-use common::{ProxyProcess, collect, config, free_port, get, get_with, go_library, go_library_abi99, wait_for};
+use common::{ProxyProcess, collect, config, free_port, get, get_with, go_library, wait_for};
 
 fn main_library_yaml() -> String {
     format!(
         "  - {{ name: examples, path: {:?} }}",
-        go_library().display().to_string()
+        go_library("main").display().to_string()
     )
 }
 
@@ -103,7 +103,7 @@ async fn go_plugins_over_real_http() {
 fn plugin_built_for_another_abi_version_fails_to_load() {
     let libs = format!(
         "  - {{ name: old, path: {:?} }}",
-        go_library_abi99().display().to_string()
+        go_library("abi99").display().to_string()
     );
     let yaml = config(
         free_port(),
@@ -125,7 +125,7 @@ fn second_go_library_is_refused() {
     let libs = format!(
         "{}\n  - {{ name: other, path: {:?} }}",
         main_library_yaml(),
-        go_library_abi99().display().to_string()
+        go_library("abi99").display().to_string()
     );
     let yaml = config(
         free_port(),
@@ -142,7 +142,10 @@ fn second_go_library_is_refused() {
         "names the refused library: {err}"
     );
     assert!(
-        err.contains(&format!("the Go library {} is already loaded", go_library().display())),
+        err.contains(&format!(
+            "the Go library {} is already loaded",
+            go_library("main").display()
+        )),
         "names the library already loaded: {err}"
     );
     // What to do instead: one library for all Go plugins, or the other one as a NATS worker.
@@ -232,7 +235,7 @@ async fn demo_command_answers_the_requests_it_prints() {
         .arg("--listen")
         .arg(addr.to_string())
         .arg("--library")
-        .arg(go_library())
+        .arg(go_library("main"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

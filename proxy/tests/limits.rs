@@ -101,7 +101,7 @@ fn start(tag: &str, upstream: SocketAddr, extra: &str, up_extra: &str, plugins: 
     let yaml = format!(
         "listen: {addr}\nadmin: {{ listen: \"{admin}\" }}\n{extra}\nlibraries:\n  - {{ name: examples, path: {lib:?} }}\n\
          plugins:\n{plugins}\nupstreams:\n  - {{ name: up, addresses: [\"{upstream}\"]{up_extra} }}\nroutes:\n{routes}\n",
-        lib = go_library().display().to_string()
+        lib = go_library("main").display().to_string()
     );
     let proxy = tokio::task::block_in_place(|| ProxyProcess::start(tag, &yaml, addr));
     Setup { proxy, addr, admin }
@@ -542,7 +542,7 @@ async fn admin_reload_needs_the_header_and_answers_without_paths() {
         TIMING,
         "  - { path_prefix: /, upstream: up, plugins: [timing] }",
     );
-    let hostile = c_plugins().join("libweft_c_hostile.so");
+    let hostile = c_plugins("plain").join("libweft_c_hostile.so");
     let text = std::fs::read_to_string(&s.proxy.config).unwrap().replace(
         "plugins:\n",
         &format!(

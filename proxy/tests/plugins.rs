@@ -4,10 +4,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -27,23 +25,6 @@ use weft_proxy::demo::spawn_demo_upstream;
 use weft_proxy::{Config, Proxy};
 
 type TestBody = BoxBody<Bytes, Infallible>;
-
-/// Builds (go build caches) the example library once per test binary.
-fn library() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let out = Command::new(root.join("scripts/build-plugins"))
-            .output()
-            .expect("run scripts/build-plugins (is Go installed?)");
-        assert!(
-            out.status.success(),
-            "build-plugins failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
-    })
-}
 
 fn client(h2: bool) -> Client<HttpConnector, TestBody> {
     Client::builder(TokioExecutor::new()).http2_only(h2).build_http()
@@ -102,7 +83,7 @@ routes:
   - {{ path_prefix: /slash-path, upstream: up, plugins: [slash-path] }}
   - {{ path_prefix: /, upstream: up, plugins: [timing] }}
 "#,
-        lib = library().display().to_string()
+        lib = weft_test_support::go_library("main").display().to_string()
     );
     let config = Config::parse(&yaml, "plugins.yaml", Path::new(".")).unwrap();
     let proxy = Proxy::from_config(&config).unwrap_or_else(|e| panic!("{e}"));

@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 
 use weft_runtime::{Chain, Flow, InitError, InstanceId, InstanceOptions, InstanceSpec, Runtime, RuntimeOptions};
 
-mod common;
-use common::c_plugins;
+use weft_test_support::c_plugins;
 
 /// Tests that create worker rings run one at a time: one of them counts the process's rings.
 static RINGS: Mutex<()> = Mutex::new(());
@@ -36,7 +35,7 @@ fn runtime(slots: u32) -> Arc<Runtime> {
         ..weft_runtime::RuntimeOptions::default()
     })
     .unwrap();
-    rt.load_library("async", &c_plugins().join("libweft_c_async.so"))
+    rt.load_library("async", &c_plugins("plain").join("libweft_c_async.so"))
         .expect("load the async C plugin");
     rt
 }
@@ -219,7 +218,7 @@ fn a_completion_that_beats_the_pending_answer_is_not_lost() {
 #[test]
 fn a_missed_deadline_answers_504_or_goes_on_in_a_fresh_slot() {
     let rt = runtime(64);
-    rt.load_library("hostile", &c_plugins().join("libweft_c_hostile.so"))
+    rt.load_library("hostile", &c_plugins("plain").join("libweft_c_hostile.so"))
         .unwrap();
     let closed = instance(&rt, "slow-closed", "async-delay", false, opts(150));
     let open = instance(&rt, "slow-open", "async-delay", true, opts(150));
@@ -645,7 +644,7 @@ fn blocking_is_a_per_instance_option_that_needs_a_worker_pool() {
     assert!(req.headers.get("x-async").is_none(), "on_phase was not called inline");
     drop(x);
     // A library without attach_worker cannot run blocking instances.
-    rt.load_library("hostile", &c_plugins().join("libweft_c_hostile.so"))
+    rt.load_library("hostile", &c_plugins("plain").join("libweft_c_hostile.so"))
         .unwrap();
     let err = rt
         .instantiate_with(

@@ -2,8 +2,6 @@
 //! slot, passed without a copy), edits, skipping, buffered mode (heap out buffer for a body
 //! larger than a slot) and the failure policy.
 
-mod common;
-
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -19,7 +17,7 @@ const SLOT: u32 = 16 * 1024;
 fn runtime() -> &'static Arc<Runtime> {
     static RT: OnceLock<Arc<Runtime>> = OnceLock::new();
     RT.get_or_init(|| {
-        let lib = common::build_plugins("main");
+        let lib = weft_test_support::go_library("main");
         let rt = Runtime::new(RuntimeOptions {
             slot_count: 64,
             slot_size: SLOT,

@@ -6,14 +6,12 @@
 //!   not fit is refused (503 for a request body, 502 for a response body) before the plugin is
 //!   called; every charge is given back when the pieces are dropped.
 
-mod common;
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -71,8 +69,7 @@ const MIB: usize = 1 << 20;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn library() -> &'static std::path::Path {
-    static LIB: OnceLock<std::path::PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| common::build_plugins("main"))
+    weft_test_support::go_library("main")
 }
 
 /// A runtime with the default buffer classes (4 and 16 slots: 64 and 256 KiB, so a body over

@@ -1,13 +1,11 @@
 //! A Go library built for another ABI version is refused with both versions named. Its own test
 //! binary, because loading it starts a Go runtime and a process gets only one.
 
-mod common;
-
 use weft_runtime::{LoadError, Runtime, RuntimeOptions};
 
 #[test]
 fn other_abi_version_is_refused_and_names_both_versions() {
-    let lib = common::build_plugins("abi99");
+    let lib = weft_test_support::go_library("abi99");
     let rt = Runtime::new(RuntimeOptions::default()).unwrap();
     let err = rt.load_library("abi99", &lib).unwrap_err();
     assert!(
@@ -26,7 +24,7 @@ fn other_abi_version_is_refused_and_names_both_versions() {
     assert!(msg.contains("libweft_plugins_abi99.so"), "{msg}");
 
     // Its Go runtime is now running, so the good library is a second Go runtime: refused too.
-    let good = common::build_plugins("main");
+    let good = weft_test_support::go_library("main");
     let err = rt.load_library("main", &good).unwrap_err();
     assert!(matches!(err, LoadError::SecondGoRuntime { .. }), "{err:?}");
 }

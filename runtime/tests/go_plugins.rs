@@ -1,7 +1,5 @@
 //! The runtime driving the real example Go library (built by the Go toolchain) through the ABI.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -16,7 +14,7 @@ fn client() -> SocketAddr {
 fn runtime() -> &'static Arc<Runtime> {
     static RT: OnceLock<Arc<Runtime>> = OnceLock::new();
     RT.get_or_init(|| {
-        let lib = common::build_plugins("main");
+        let lib = weft_test_support::go_library("main");
         let rt = Runtime::new(RuntimeOptions {
             slot_count: 64,
             slot_size: 16 * 1024,
@@ -275,7 +273,8 @@ fn arena_exhaustion_is_busy_and_slots_come_back() {
         ..weft_runtime::RuntimeOptions::default()
     })
     .unwrap();
-    rt.load_library("examples", &common::build_plugins("main")).unwrap();
+    rt.load_library("examples", &weft_test_support::go_library("main"))
+        .unwrap();
     let id = rt
         .instantiate(InstanceSpec {
             name: "timing-busy".into(),
@@ -346,7 +345,7 @@ fn concurrent_requests_from_many_threads() {
 #[test]
 fn second_go_library_is_refused() {
     runtime();
-    let other = common::build_plugins("abi99");
+    let other = weft_test_support::go_library("abi99");
     let err = runtime().load_library("second", &other).unwrap_err();
     assert!(matches!(err, LoadError::SecondGoRuntime { .. }), "{err:?}");
     let msg = err.to_string();

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use weft_runtime::{Flow, InitError, InstanceOptions, InstanceSpec, Runtime, RuntimeOptions};
 
-mod common;
-use common::c_plugins;
+use weft_test_support::c_plugins;
 
 const SLOTS: u32 = 8;
 
@@ -101,7 +100,7 @@ fn wait_arena_empty(rt: &Runtime) {
 #[test]
 fn every_misuse_fails_per_policy_and_leaks_nothing() {
     let rt = runtime();
-    rt.load_library("hostile", &c_plugins().join("libweft_c_hostile.so"))
+    rt.load_library("hostile", &c_plugins("plain").join("libweft_c_hostile.so"))
         .expect("load hostile");
     let instance = |name: &str, fail_open: bool| {
         rt.instantiate(InstanceSpec {
@@ -189,7 +188,7 @@ fn every_misuse_fails_per_policy_and_leaks_nothing() {
 #[test]
 fn init_error_with_a_lying_length_is_contained() {
     let rt = runtime();
-    rt.load_library("hostile", &c_plugins().join("libweft_c_hostile.so"))
+    rt.load_library("hostile", &c_plugins("plain").join("libweft_c_hostile.so"))
         .unwrap();
     let err = rt
         .instantiate(InstanceSpec {
@@ -229,7 +228,7 @@ fn broken_handshakes_are_refused_naming_the_fault() {
     ];
     let rt = runtime();
     for &(n, want) in cases {
-        let path = c_plugins().join(format!("libweft_c_hostile_load{n}.so"));
+        let path = c_plugins("plain").join(format!("libweft_c_hostile_load{n}.so"));
         let err = rt
             .load_library(&format!("load{n}"), &path)
             .expect_err(&format!("variant {n} must be refused"));
@@ -241,7 +240,7 @@ fn broken_handshakes_are_refused_naming_the_fault() {
         );
     }
     // The runtime still loads a good library afterwards.
-    rt.load_library("stamp", &c_plugins().join("libweft_c_stamp.so"))
+    rt.load_library("stamp", &c_plugins("plain").join("libweft_c_stamp.so"))
         .expect("a good library after the bad ones");
 }
 
@@ -296,7 +295,7 @@ const ASYNC_MISUSES: &[(&str, u32, &str)] = &[
 fn async_misuses_get_error_codes_and_leave_requests_unharmed() {
     captured_logs();
     let rt = runtime();
-    rt.load_library("hostile", &c_plugins().join("libweft_c_hostile.so"))
+    rt.load_library("hostile", &c_plugins("plain").join("libweft_c_hostile.so"))
         .unwrap();
     let instance = |name: &str, fail_open: bool| {
         rt.instantiate_with(
@@ -410,7 +409,7 @@ fn a_cancelled_call_completed_from_two_threads_releases_its_slot_once() {
         ..weft_runtime::RuntimeOptions::default()
     })
     .unwrap();
-    rt.load_library("hostile", &c_plugins().join("libweft_c_hostile.so"))
+    rt.load_library("hostile", &c_plugins("plain").join("libweft_c_hostile.so"))
         .unwrap();
     let id = rt
         .instantiate_with(
@@ -479,7 +478,7 @@ fn a_cancelled_call_completed_from_two_threads_releases_its_slot_once() {
 fn a_descriptor_from_before_attach_worker_still_loads() {
     let rt = runtime();
     let metas = rt
-        .load_library("old", &c_plugins().join("libweft_c_hostile_load13.so"))
+        .load_library("old", &c_plugins("plain").join("libweft_c_hostile_load13.so"))
         .expect("the first ABI v1 descriptor size is accepted");
     assert!(metas.iter().any(|m| m.name == "hostile"));
     let id = rt
@@ -517,7 +516,7 @@ fn a_descriptor_from_before_attach_worker_still_loads() {
 /// The exported trigger of hostile.c's late writers (the library the runtime loaded, opened again
 /// with RTLD_NOLOAD, so no second copy).
 fn late_write_trigger() -> impl Fn() -> bool {
-    let path = c_plugins().join("libweft_c_hostile.so");
+    let path = c_plugins("plain").join("libweft_c_hostile.so");
     // SAFETY: loaded already by the runtime (no initialisers run); the symbol is
     // `int hostile_late_write(void)`, which only sets and polls C atomics.
     let lib = unsafe { libloading::os::unix::Library::open(Some(&path), libc::RTLD_NOW | libc::RTLD_NOLOAD) }
@@ -568,7 +567,7 @@ fn on_the_wire(resp: http::Response<bytes::Bytes>) -> Vec<u8> {
 #[test]
 fn a_late_writer_cannot_change_validated_headers() {
     let rt = runtime();
-    rt.load_library("hostile", &c_plugins().join("libweft_c_hostile.so"))
+    rt.load_library("hostile", &c_plugins("plain").join("libweft_c_hostile.so"))
         .unwrap();
     let id = rt
         .instantiate_with(
@@ -657,7 +656,7 @@ static RINGS: Mutex<()> = Mutex::new(());
 /// (config: what its init gets, e.g. `"fail-attach-2"`).
 fn rings_chain(config: &[u8]) -> (Arc<Runtime>, weft_runtime::Chain) {
     let rt = runtime();
-    rt.load_library("rings", &c_plugins().join("libweft_c_hostile_rings.so"))
+    rt.load_library("rings", &c_plugins("plain").join("libweft_c_hostile_rings.so"))
         .unwrap();
     let id = rt
         .instantiate_with(
@@ -819,7 +818,7 @@ fn an_inline_call_that_blocks_is_reported_once() {
             ..RuntimeOptions::default()
         })
         .unwrap();
-        rt.load_library("hostile", &c_plugins().join("libweft_c_hostile.so"))
+        rt.load_library("hostile", &c_plugins("plain").join("libweft_c_hostile.so"))
             .unwrap();
         let name = format!("stall-{threshold_ms}");
         let id = rt

@@ -4,8 +4,6 @@
 //! The phase-count C plugin counts the log calls (a process of its own: its counters are global
 //! to the loaded library, and the log thread's context switches are read from /proc/self).
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -14,14 +12,14 @@ use libloading::os::unix::{Library, Symbol};
 use weft_runtime::log_queue::BATCH_PERIOD;
 use weft_runtime::{Chain, Flow, InstanceSpec, Runtime, RuntimeOptions};
 
-use common::c_plugins;
+use weft_test_support::c_plugins;
 
 /// `count-all` in phase_count.c, and weft.h's WEFT_PHASE_LOG.
 const COUNT_ALL: u32 = 0;
 const LOG: u32 = 4;
 
 fn setup() -> (std::sync::Arc<Runtime>, Chain, impl Fn() -> u64) {
-    let lib = c_plugins().join("libweft_c_phase_count.so");
+    let lib = c_plugins("plain").join("libweft_c_phase_count.so");
     let rt = Runtime::new(RuntimeOptions {
         slot_count: 256,
         slot_size: 16 * 1024,

@@ -2,8 +2,6 @@
 //! (issue 15, item 3): after warm-up, a call whose handler changes nothing allocates nothing, and
 //! a call that sets one header allocates only what the header map keeps.
 
-mod common;
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
@@ -81,7 +79,8 @@ fn allocations_per_phase(rt: &Arc<Runtime>, plugin: &str) -> f64 {
 #[test]
 fn request_headers_phase_allocations() {
     let rt = Runtime::new(RuntimeOptions::default()).unwrap();
-    rt.load_library("examples", &common::build_plugins("main")).unwrap();
+    rt.load_library("examples", &weft_test_support::go_library("main"))
+        .unwrap();
     rt.thread_start();
     // View encoding, the call, an empty batch: nothing on the heap.
     assert_eq!(

@@ -4,8 +4,6 @@
 //! request headers) and `count-all` (request headers and body, response headers and body, log)
 //! goes through every phase, and only `count-all` may see more than request headers.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -13,7 +11,7 @@ use bytes::Bytes;
 use libloading::os::unix::{Library, Symbol};
 use weft_runtime::{BodyMode, BodySide, Flow, InstanceSpec, Runtime, RuntimeOptions};
 
-use common::c_plugins;
+use weft_test_support::c_plugins;
 
 /// Plugin indexes in phase_count.c.
 const COUNT_ALL: u32 = 0;
@@ -36,7 +34,7 @@ const REQUESTS: u64 = 3;
 
 #[test]
 fn undeclared_phases_are_never_called() {
-    let lib = c_plugins().join("libweft_c_phase_count.so");
+    let lib = c_plugins("plain").join("libweft_c_phase_count.so");
     let rt = Runtime::new(RuntimeOptions {
         slot_count: 8,
         slot_size: 16 * 1024,

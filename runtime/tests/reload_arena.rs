@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use weft_runtime::arena::PoolSpec;
 use weft_runtime::{Flow, InstanceOptions, InstanceSpec, Runtime, RuntimeOptions};
 
-mod common;
-use common::c_plugins;
+use weft_test_support::c_plugins;
 
 const SLOT: u32 = 64 * 1024;
 
@@ -44,7 +43,7 @@ fn opts(slots: u32) -> RuntimeOptions {
 
 /// Loads the async C library into `rt` and leaves one call of a fresh instance orphaned.
 fn orphan_one_call(rt: &Arc<Runtime>, generation: usize) {
-    rt.load_library("async", &c_plugins().join("libweft_c_async.so"))
+    rt.load_library("async", &c_plugins("plain").join("libweft_c_async.so"))
         .expect("load the async C plugin");
     let id = rt
         .instantiate_with(

@@ -133,10 +133,6 @@ fn spawn_upstream(chunk: usize) -> SocketAddr {
     addr
 }
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
 fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
@@ -208,9 +204,9 @@ fn main() {
         assert!(ok, "cargo build --release -p weft-proxy failed");
         target_dir().join("release/weft-proxy")
     });
-    let lib = weft_benches::go_plugin_library();
+    let lib = weft_test_support::go_library("main").to_path_buf();
     let up = spawn_upstream(args.chunk);
-    let addr = free_port();
+    let addr = weft_test_support::free_port();
     let dir = std::env::temp_dir().join(format!("weft-body-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("weft.yaml");

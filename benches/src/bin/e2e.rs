@@ -31,8 +31,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use weft_benches::procs::{
-    NatsBins, Procs, Stop, clock_ticks_per_sec, context_switches, cpu_ticks, die_with_parent_by, file_tail, free_port,
-    nats_bins, process_tree, start_nats_server, start_worker, stop,
+    NatsBins, Procs, Stop, clock_ticks_per_sec, context_switches, cpu_ticks, die_with_parent_by, file_tail, nats_bins,
+    process_tree, start_nats_server, start_worker, stop,
 };
 use weft_benches::report::{
     Machine, argv, commit, cores, date_utc, exit_code, loadavg, median, sh, target_dir, workspace_root, write_report,
@@ -388,7 +388,7 @@ fn start(t: &Target, env: &Env) -> Result<Running, String> {
             helpers: helpers(),
         }),
         Kind::Nginx | Kind::NginxLua => {
-            let port = free_port()?;
+            let port = weft_test_support::free_port().port();
             let lua = matches!(t.kind, Kind::NginxLua);
             let conf = nginx_conf(&dir, port, env.upstream, env.proxy_threads, lua);
             std::fs::write(dir.join("nginx.conf"), conf).map_err(|e| e.to_string())?;
@@ -414,7 +414,7 @@ fn start(t: &Target, env: &Env) -> Result<Running, String> {
             })
         }
         Kind::Weft { chain } => {
-            let port = free_port()?;
+            let port = weft_test_support::free_port().port();
             let yaml = weft_yaml(port, env.upstream, env.plugin_lib, env.c_plugin_lib, chain);
             start_weft(env, &dir, port, &yaml, logfile()?, log, helpers())
         }
@@ -427,7 +427,7 @@ fn start(t: &Target, env: &Env) -> Result<Running, String> {
             for i in 0..workers {
                 start_worker(&bins.worker, &url, NATS_PLUGIN, NATS_INSTANCE, &dir, i, &mut helpers)?;
             }
-            let port = free_port()?;
+            let port = weft_test_support::free_port().port();
             let yaml = weft_nats_yaml(port, env.upstream, &url);
             start_weft(env, &dir, port, &yaml, logfile()?, log, helpers)
         }
@@ -1460,7 +1460,7 @@ fn run(args: Args) -> Result<(), String> {
         Some(p) => p.clone(),
         None => {
             eprintln!("e2e: scripts/build-plugins");
-            weft_benches::go_plugin_library()
+            weft_test_support::go_library("main").to_path_buf()
         }
     };
     // The weft config names the library; relative paths there resolve against the config's dir.
@@ -1474,7 +1474,7 @@ fn run(args: Args) -> Result<(), String> {
         Some(p) => p.clone(),
         None if wants_c => {
             eprintln!("e2e: scripts/build-c-plugins");
-            weft_benches::c_plugin_dir().join("libweft_c_stamp.so")
+            weft_test_support::c_plugins("plain").join("libweft_c_stamp.so")
         }
         None => PathBuf::from("libweft_c_stamp.so"),
     };

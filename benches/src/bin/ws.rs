@@ -7,7 +7,7 @@
 //!
 //!     cargo build --release -p weft-proxy && cargo run --release -p weft-benches --bin ws
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,15 +42,9 @@ fn main() {
         target.join("release/weft-proxy")
     });
     let lib = arg("--lib").map(|p| std::fs::canonicalize(&p).unwrap_or_else(|_| PathBuf::from(p)));
-    let lib = lib.unwrap_or_else(|| {
-        let out = Command::new(root().join("scripts/build-plugins"))
-            .output()
-            .expect("run scripts/build-plugins");
-        assert!(out.status.success(), "scripts/build-plugins failed");
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
-    });
+    let lib = lib.unwrap_or_else(|| weft_test_support::go_library("main").to_path_buf());
     let conns: usize = arg("--fanout").and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let addr = weft_test_support::free_port();
     let dir = std::env::temp_dir().join(format!("weft-ws-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("weft.yaml");

