@@ -1,4 +1,4 @@
-//! Asynchronous plugin calls (issue 3) against the inline path, with the C test plugins of
+//! Asynchronous plugin calls against the inline path, with the C test plugins of
 //! examples/c-plugin/async_plugin.c:
 //! - `inline`: one request-headers phase answered inline (the C handler sets one header), through
 //!   the sync API and through the async API polled once (ready at the first poll);

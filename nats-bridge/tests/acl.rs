@@ -1,4 +1,4 @@
-//! The subject permissions a deployment needs (issue 13, item 3): a real nats-server running
+//! The subject permissions a deployment needs: a real nats-server running
 //! `nats-bridge/nats-permissions.conf` as shipped, a real Go worker with the worker user and the
 //! host transport with the host user. The real flow works (discovery, a first phase on the queue
 //! subject, a later phase on the worker's direct subject); a client holding the worker's

@@ -1,4 +1,4 @@
-//! What the host believes of what arrives over NATS (issue 13, item 3), against a real
+//! What the host believes of what arrives over NATS, against a real
 //! nats-server with a raw client in the role of a peer on the bus:
 //! - a reply captured from one request does not answer another (replies name their request and
 //!   phase, wire version 2);

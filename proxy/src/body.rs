@@ -1,4 +1,4 @@
-//! Bodies through plugins (issue 5): the streamed body wrapper, the bounded collector of the
+//! Bodies through plugins: the streamed body wrapper, the bounded collector of the
 //! buffered mode, the body sent upstream, and the handle that keeps a request's
 //! [`Exchange`] alive while its bodies stream.
 //!

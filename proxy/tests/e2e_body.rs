@@ -1,4 +1,4 @@
-//! Body phases end to end (issue 5): the real `weft-proxy` binary as its own process, the Go
+//! Body phases end to end: the real `weft-proxy` binary as its own process, the Go
 //! plugin library built by the Go toolchain, an upstream of this file, real HTTP/1.1 and h2c.
 //! Chunked uploads, large streamed downloads, empty bodies, buffered rewrites and their limits,
 //! a client that disconnects mid-body, a plugin that panics mid-stream, and the proxy's

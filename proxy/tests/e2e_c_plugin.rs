@@ -169,7 +169,7 @@ async fn c_plugins_next_to_the_go_library_over_real_http() {
     check_hostile(&mut proxy).await;
 }
 
-/// An inline C plugin call that sleeps 600 ms on a proxy thread (issue 13, item 10): the
+/// An inline C plugin call that sleeps 600 ms on a proxy thread: the
 /// watchdog logs the instance and phase once and `weft_plugin_stalls_total` counts it; quick
 /// calls count nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

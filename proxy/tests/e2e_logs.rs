@@ -1,5 +1,4 @@
-//! End to end, the real `weft-proxy` binary: its logs cannot stall it or be forged (issue 13,
-//! item 13). A plugin's log lines are escaped (one call, one line) and rate-limited per
+//! End to end, the real `weft-proxy` binary: its logs cannot stall it or be forged. A plugin's log lines are escaped (one call, one line) and rate-limited per
 //! instance; a stderr nobody reads does not hold up requests, lines that do not fit are
 //! dropped and counted.
 

@@ -1,5 +1,4 @@
-//! Memory the proxy holds across config reloads and for buffered bodies (issue 13, items 6 and
-//! 12), through the real `weft-proxy` binary, reloaded with SIGHUP, measured through its
+//! Memory the proxy holds across config reloads and for buffered bodies, through the real `weft-proxy` binary, reloaded with SIGHUP, measured through its
 //! `/metrics` and `/proc/<pid>/status`:
 //! - reloads that each leave a call orphaned (the C plugin "async-delay" answers Pending and
 //!   completes after 10 minutes; the deadline is 50 ms) keep one arena mapping: resident memory

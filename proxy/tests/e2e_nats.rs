@@ -773,7 +773,7 @@ async fn worker_sigterm_between_phases_over_http() {
     assert!(exited.success(), "{exited}\n{}", worker.log());
 }
 
-/// `weft-proxy check` (issue 13 item 13): the worker command it suggests for a `type: nats`
+/// `weft-proxy check`: the worker command it suggests for a `type: nats`
 /// instance prints neither the instance's config (a bearer token here) nor the NATS URL's
 /// credentials; and it warns about a catch-all route that reaches a protected route's upstream
 /// without its plugins (item 2).

@@ -1,4 +1,4 @@
-//! WebSocket end to end (issue 9): the real `weft-proxy` binary, the Go plugin library built by
+//! WebSocket end to end: the real `weft-proxy` binary, the Go plugin library built by
 //! the Go toolchain, real WebSocket clients (tokio-tungstenite). Pass-through to an upstream
 //! WebSocket server of this file, auth refusing an upgrade, a plugin-served echo (ordering under
 //! load), rooms with many clients, broadcast across two proxies through a real nats-server, an

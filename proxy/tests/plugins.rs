@@ -152,7 +152,7 @@ async fn raw(addr: SocketAddr, request: &str) -> (u16, String, String) {
     (status, head.to_owned(), body.to_owned())
 }
 
-/// Issue 13 item 2 with the real bearer-auth Go plugin on `/api` and `/admin` and a catch-all
+/// Path normalisation with the real bearer-auth Go plugin on `/api` and `/admin` and a catch-all
 /// route without it: every spelling of a protected path runs the auth plugin (401 without a
 /// token; the old proxy sent `//api/items` and friends to the catch-all, 200), and with the
 /// token the upstream sees the normal form. A method `/admin` does not allow is 405 rather
@@ -203,7 +203,7 @@ async fn protected_paths_cannot_be_reached_around_the_auth_plugin() {
     assert_eq!(status, 200, "{body}");
 }
 
-/// Issue 13 items 9 and 13: a Go plugin that sets a forwarding header, `host` or a hop-by-hop
+/// Reserved headers: a Go plugin that sets a forwarding header, `host` or a hop-by-hop
 /// header gets its batch refused by the host (`mutation.rs`): fail closed is 500, fail open
 /// forwards the request unchanged. The old host applied them (x-forwarded-for 6.6.6.6 reached
 /// the upstream, `keep-alive` the wire).
@@ -243,7 +243,7 @@ async fn plugins_cannot_set_host_forwarding_or_hop_by_hop_headers() {
     );
 }
 
-/// A path a plugin sets goes upstream normalised like a client's (issue 13, item 2): dot
+/// A path a plugin sets goes upstream normalised like a client's: dot
 /// segments resolved, slashes merged; one that cannot be normalised (an encoded `/`, refused by
 /// default) is a plugin failure, never forwarded.
 #[tokio::test]

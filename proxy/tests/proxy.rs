@@ -549,7 +549,7 @@ async fn admin_and_catch_all(extra: &str) -> (SocketAddr, SocketAddr, SocketAddr
     (proxy, admin, public)
 }
 
-/// Issue 13 item 2: every spelling of `/admin/secret` an attacker would try is routed like
+/// Path normalisation: every spelling of `/admin/secret` an attacker would try is routed like
 /// `/admin/secret` and forwarded in that normal form (the old proxy routed `//admin/secret`,
 /// `/x/../admin/secret`, `/%61dmin/secret`, ... to the catch-all and forwarded them raw).
 #[tokio::test]

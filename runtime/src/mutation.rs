@@ -1004,7 +1004,7 @@ mod tests {
 
     /// Every reserved header, in any spelling, with every header op of both directions and in a
     /// local reply: the batch is refused naming the header. Forwarding and hop-by-hop headers
-    /// were accepted before issue 13 (`host`, `x-forwarded-for`, `keep-alive`, `expect`, ...).
+    /// were once accepted (`host`, `x-forwarded-for`, `keep-alive`, `expect`, ...).
     #[test]
     fn reserved_headers_are_refused_for_every_op() {
         let ops: [(M, WeftPhase, bool); 7] = [
@@ -1097,7 +1097,7 @@ mod tests {
         }
     }
 
-    /// A plugin that writes its buffer after the host decoded it (issue 13, item 11) changes no
+    /// A plugin that writes its buffer after the host decoded it changes no
     /// header, path or status: they were copied out and checked at decode time. Only the reply
     /// body, a payload range, shows the late bytes, at its validated length.
     #[test]

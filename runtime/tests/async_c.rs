@@ -735,7 +735,7 @@ impl std::task::Wake for CountWake {
 }
 
 /// The client goes away after the plugin completed its pending call but before the request's
-/// task looked at the completion (issue 13, item 15): dropping the phase future finds the
+/// task looked at the completion: dropping the phase future finds the
 /// completion there, finishes the call, and gives back the out slot the call wrote into (and the
 /// local reply's body, which refers to it). Run for a headers call with a plain mutation and
 /// with a local reply whose body is a slice of the out slot.

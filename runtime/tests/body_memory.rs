@@ -1,4 +1,4 @@
-//! Memory of buffered body calls (issue 13, item 12), with the real Go library:
+//! Memory of buffered body calls, with the real Go library:
 //! - a body over half the largest buffer class gets an output buffer of twice its size that is
 //!   neither zeroed nor made resident up front (a counting global allocator sees no zeroed
 //!   allocation; mincore sees only the pages the plugin wrote);

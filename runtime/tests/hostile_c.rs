@@ -562,7 +562,7 @@ fn on_the_wire(resp: http::Response<bytes::Bytes>) -> Vec<u8> {
 
 /// A C plugin writes CR/LF into the header values (and the body) of its local reply from another
 /// thread after it returned, or after it completed a pending call, once the host validated the
-/// batch (issue 13, item 11). The headers that reach the wire are the validated ones: the host
+/// batch. The headers that reach the wire are the validated ones: the host
 /// checked and sends its own copy. The body, payload in a slot the host lent, keeps its length.
 #[test]
 fn a_late_writer_cannot_change_validated_headers() {
@@ -736,7 +736,7 @@ fn wait_regions(want: u64) {
 
 /// A worker that leaves its ring while it is open (`worker_exit_ring`, or `worker_exit`) does not
 /// disable blocking calls from that thread for good: the next call after a while gets a new ring
-/// (issue 13, item 14).
+///.
 #[test]
 fn a_ring_whose_worker_left_is_replaced() {
     let _g = RINGS.lock().unwrap_or_else(|e| e.into_inner());
@@ -765,7 +765,7 @@ fn a_ring_whose_worker_left_is_replaced() {
 }
 
 /// `attach_worker` refuses the first two rings: blocking calls fail (500) until a ring is
-/// attached, at most a second apart, instead of for good (issue 13, item 14).
+/// attached, at most a second apart, instead of for good.
 #[test]
 fn a_refused_attach_is_tried_again() {
     let _g = RINGS.lock().unwrap_or_else(|e| e.into_inner());
@@ -783,7 +783,7 @@ fn a_refused_attach_is_tried_again() {
 /// earlier ring at the same address) do not take it: `worker_exit_ring` with another id is
 /// refused with StaleHandle and changes nothing; `worker_exit` (address only) closes the ring
 /// but keeps it mapped until its worker, still serving, drains it and leaves; the thread gets a
-/// new ring, and no region is leaked (issue 13, item 14).
+/// new ring, and no region is leaked.
 #[test]
 fn a_stale_exit_call_does_not_take_a_live_ring() {
     let _g = RINGS.lock().unwrap_or_else(|e| e.into_inner());
@@ -805,7 +805,7 @@ fn a_stale_exit_call_does_not_take_a_live_ring() {
 
 /// An inline call that blocks (the plugin sleeps 600 ms on the calling thread) is reported by the
 /// watchdog once, with the instance and phase, and counted; quick calls are not, and a runtime
-/// with the watchdog off counts nothing (issue 13, item 10).
+/// with the watchdog off counts nothing.
 #[test]
 fn an_inline_call_that_blocks_is_reported_once() {
     captured_logs();

@@ -1,5 +1,5 @@
 //! Heap allocations of the host side of one request-headers phase through the real Go library
-//! (issue 15, item 3): after warm-up, a call whose handler changes nothing allocates nothing, and
+//!: after warm-up, a call whose handler changes nothing allocates nothing, and
 //! a call that sets one header allocates only what the header map keeps.
 
 use std::alloc::{GlobalAlloc, Layout, System};

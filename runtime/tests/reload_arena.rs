@@ -1,4 +1,4 @@
-//! Runtime generations (config reloads) and arena memory (issue 13, item 6), with the C test
+//! Runtime generations (config reloads) and arena memory, with the C test
 //! plugin "async-delay" (examples/c-plugin/async_plugin.c), which answers Pending and completes
 //! after `x-delay-ms`: with 10 minutes and a 50 ms deadline, each call is cancelled and stays
 //! orphaned (its slots held by the plugin) for the whole test.

@@ -1,4 +1,4 @@
-//! Body-phase numbers (issue 5): throughput of a body streamed in 64 KiB chunks through the
+//! Body-phase numbers: throughput of a body streamed in 64 KiB chunks through the
 //! real `weft-proxy` (release build) with a pass-through streamed body plugin (`bench-body-pass`,
 //! Go) against the same route without a body plugin, as medians over alternating rounds and
 //! their ratio; and the proxy's resident memory growth while 1 GiB streams through a

@@ -1080,7 +1080,7 @@ fn goals(rep: &Report) -> String {
         .map(|p| p.name.clone())
         .unwrap_or_else(|| thr.clone());
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
-    let mut s = String::from("Goals (issue 7):\n\n");
+    let mut s = String::from("Goals:\n\n");
     match (get("weft", &thr), get("nginx", &thr)) {
         (Some(w), Some(n)) => {
             let r = w.rps / n.rps;
@@ -1136,7 +1136,7 @@ fn goals(rep: &Report) -> String {
         }
         None => s.push_str("- NATS, one remote phase ≥ 10k req/s: not measured\n"),
     }
-    s.push_str("\nThe same plugin on the worker pool (issue 3: a blocking-marked plugin against the inline one):\n\n");
+    s.push_str("\nThe same plugin on the worker pool (a blocking-marked plugin against the inline one):\n\n");
     match (get(POOL, &thr), get(BASE_INPROC, &thr)) {
         (Some(w), Some(p)) => {
             let _ = writeln!(
@@ -1162,7 +1162,7 @@ fn goals(rep: &Report) -> String {
         }
         _ => s.push_str("- latency against in-process: not measured\n"),
     }
-    s.push_str("\nA plugin costs what its phase costs (issue 15):\n\n");
+    s.push_str("\nA plugin costs what its phase costs:\n\n");
     for (key, base, goal, what) in [
         (
             "weft-inproc",

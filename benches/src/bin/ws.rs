@@ -1,4 +1,4 @@
-//! WebSocket numbers (issue 9): messages per second through a plugin echo, and the time for a
+//! WebSocket numbers: messages per second through a plugin echo, and the time for a
 //! broadcast to reach every one of 1,000 local connections of a room (median over rounds).
 //!
 //! Runs the real `weft-proxy` binary (`--proxy`, default `$CARGO_TARGET_DIR/release/weft-proxy`

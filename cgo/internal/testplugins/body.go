@@ -7,7 +7,7 @@ import (
 	"github.com/weftrs/weft/cgo/weft"
 )
 
-// Body test plugins (issue 5):
+// Body test plugins:
 //
 //   - bench-body-pass: streamed request and response body, passes every chunk unchanged (it
 //     reads the length only); the plugin of the body throughput benchmark.
