@@ -11,7 +11,8 @@
 //	func main() {}
 //
 // and build with go build -buildmode=c-shared. The library then exports
-// weft_plugin_entry (see include/weft.h), which reports every plugin registered with
+// weft_plugin_entry (see weft.h in this directory, a copy of the repository's include/weft.h),
+// which reports every plugin registered with
 // weft.Register.
 //
 // Nothing here runs at Go init time: the descriptor is built on the first weft_plugin_entry
@@ -19,7 +20,7 @@
 package cabi
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../../../include
+#cgo CFLAGS: -I${SRCDIR}
 #include <stdlib.h>
 #include "weft.h"
 

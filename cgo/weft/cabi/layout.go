@@ -1,7 +1,7 @@
 package cabi
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../../../include
+#cgo CFLAGS: -I${SRCDIR}
 #include <stddef.h>
 #include "weft.h"
 
