@@ -69,7 +69,33 @@ func init() {
 	})
 }
 
-var lateNext func()
+var (
+	lateNext  func()
+	shutdowns atomic.Int32
+)
+
+// Nylon's shutdown hook runs once, when the last instance shuts down (tests do not run in
+// parallel here, and each closes its hosts when it ends).
+func TestShutdownRunsOnceAfterTheLastInstance(t *testing.T) {
+	shutdowns.Store(0)
+	nylon.NewNylonPlugin().Shutdown(func() { shutdowns.Add(1) })
+	a, err := wefttest.New("nylon-test-late", nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := wefttest.New("nylon-test-authz", map[string]any{"token": "x"}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = a.Close()
+	if n := shutdowns.Load(); n != 0 {
+		t.Fatalf("shutdown ran %d times with an instance still up", n)
+	}
+	_ = b.Close()
+	if n := shutdowns.Load(); n != 1 {
+		t.Fatalf("shutdown ran %d times after the last instance, want 1", n)
+	}
+}
 
 func authz(t testing.TB) *wefttest.Host {
 	return wefttest.MustNew(t, "nylon-test-authz", map[string]any{"token": "s3cret"})

@@ -86,10 +86,10 @@ func initInstance(cfg *map[string]any) (err error) {
 			err = fmt.Errorf("nylon Initialize handler panicked: %v", r)
 		}
 	}()
-	liveInstances.Add(1)
 	if fn := initializeHandler.Load(); fn != nil {
 		(*fn)(*cfg)
 	}
+	liveInstances.Add(1) // only an instance that started gets a Shutdown
 	return nil
 }
 
