@@ -53,6 +53,9 @@
 //		})
 //	},
 //
+// [Context.Context] gives the continuation a context.Context to pass to HTTP clients and
+// databases; it is cancelled when the call finishes.
+//
 // Until the goroutine returns, the Context (its accessors, whose strings stay valid, and its
 // mutation methods) and the state belong to it; the handler should return right after Go. A
 // panic in the goroutine is recovered, logged and fails the phase with a panic result. Go is a
@@ -82,27 +85,104 @@ import "github.com/weftrs/weft/cgo/internal/core"
 
 // Plugin describes a plugin: its name and handlers. C is the instance configuration, decoded
 // from the instance's JSON config with unknown fields rejected; S is the per-request state,
-// reset to its zero value for every new request. The phases a plugin runs in are those whose
-// handler is non-nil.
-type Plugin[C any, S any] = core.Plugin[C, S]
+// reset to its zero value for every new request (for a WebSocket: per connection). The phases
+// a plugin runs in are those whose handler is non-nil. A handler's *Context, *C and *S are
+// valid for the call only (see the package documentation).
+type Plugin[C any, S any] struct {
+	// Name identifies the plugin in the host configuration; unique within the library.
+	Name string
+	// Init is optional: it runs once per instance after the config was decoded into a fresh C.
+	// An error refuses startup with its message. Init may fill unexported fields of C.
+	Init func(cfg *C) error
+	// RequestHeaders runs when the request line and headers have arrived.
+	RequestHeaders func(ctx *Context, cfg *C, state *S)
+	// ResponseHeaders runs when the upstream's status and headers have arrived.
+	ResponseHeaders func(ctx *Context, cfg *C, state *S)
+	// RequestBody runs over the request body: once per chunk as it streams, or once with the
+	// whole body when RequestBodyBuffered is set (Context.Body, Context.EndOfStream). It costs
+	// only requests whose body it does not skip (Context.SkipBody in RequestHeaders).
+	RequestBody func(ctx *Context, cfg *C, state *S)
+	// RequestBodyBuffered: RequestBody gets the whole body in one call (up to the proxy's
+	// max_buffered_body_bytes; a larger body is answered 413) and may also change the
+	// request head or reply locally.
+	RequestBodyBuffered bool
+	// ResponseBody is RequestBody for the response body.
+	ResponseBody func(ctx *Context, cfg *C, state *S)
+	// ResponseBodyBuffered: ResponseBody gets the whole body in one call (a larger body is
+	// answered 502) and may also change the response head or reply locally.
+	ResponseBodyBuffered bool
+	// Log runs after the response was sent, off the request path, possibly on another OS
+	// thread than the other phases but always after them. Mutations are not allowed.
+	Log func(ctx *Context, cfg *C, state *S)
+	// WebSocketOpen runs when a WebSocket connection of a route served by this plugin has
+	// been accepted.
+	WebSocketOpen func(ctx *Context, cfg *C, state *S)
+	// WebSocketMessage runs once per whole message (Context.WSMessage), in order.
+	WebSocketMessage func(ctx *Context, cfg *C, state *S)
+	// WebSocketError runs before WebSocketClose when the connection ended with an error
+	// (Context.WSError).
+	WebSocketError func(ctx *Context, cfg *C, state *S)
+	// WebSocketClose runs once when the connection has ended (Context.WSCloseCode).
+	WebSocketClose func(ctx *Context, cfg *C, state *S)
+	// Shutdown is optional and runs once per instance when the host shuts down.
+	Shutdown func(cfg *C)
+	// Blocking marks handlers that may block (disk, locks, synchronous network calls): the
+	// host then runs them on a bounded goroutine pool instead of its I/O threads.
+	Blocking bool
+}
 
-// Context is a handler's access to the current phase call; see the package documentation for
-// the lifetime of the strings it returns.
-type Context = core.Context
+// Register adds p to the library. Call it from an init function. Invalid registrations (empty
+// or duplicate name, no handler) do not panic: the library reports them to the host, which
+// refuses to load it with that message.
+func Register[C any, S any](p Plugin[C, S]) {
+	core.Register(core.Plugin[C, S]{
+		Name:                 p.Name,
+		Init:                 p.Init,
+		RequestHeaders:       handler(p.RequestHeaders),
+		ResponseHeaders:      handler(p.ResponseHeaders),
+		RequestBody:          handler(p.RequestBody),
+		RequestBodyBuffered:  p.RequestBodyBuffered,
+		ResponseBody:         handler(p.ResponseBody),
+		ResponseBodyBuffered: p.ResponseBodyBuffered,
+		Log:                  handler(p.Log),
+		WebSocketOpen:        handler(p.WebSocketOpen),
+		WebSocketMessage:     handler(p.WebSocketMessage),
+		WebSocketError:       handler(p.WebSocketError),
+		WebSocketClose:       handler(p.WebSocketClose),
+		Shutdown:             p.Shutdown,
+		Blocking:             p.Blocking,
+	})
+}
 
-// Phase identifies an HTTP processing phase.
+// handler adapts a handler to the core's Context type (the same memory, so no copy). A nil
+// handler stays nil: the phases a plugin runs in follow from the non-nil ones.
+func handler[C, S any](h func(*Context, *C, *S)) func(*core.Context, *C, *S) {
+	if h == nil {
+		return nil
+	}
+	return func(c *core.Context, cfg *C, st *S) { h((*Context)(c), cfg, st) }
+}
+
+// Phase identifies an HTTP processing phase; its String method gives the name used in logs
+// (e.g. "request_headers").
 type Phase = core.Phase
 
-// Phases passed to handlers (Context.Phase).
+// Phases passed to handlers ([Context.Phase]).
 const (
 	PhaseRequestHeaders  = core.PhaseRequestHeaders
-	PhaseResponseHeaders = core.PhaseResponseHeaders
 	PhaseRequestBody     = core.PhaseRequestBody
+	PhaseResponseHeaders = core.PhaseResponseHeaders
 	PhaseResponseBody    = core.PhaseResponseBody
 	PhaseLog             = core.PhaseLog
+	// PhaseWebSocketOpen: a WebSocket connection was accepted (Plugin.WebSocketOpen).
+	PhaseWebSocketOpen = core.PhaseWebSocketOpen
+	// PhaseWebSocketMessage: one whole message arrived (Plugin.WebSocketMessage).
+	PhaseWebSocketMessage = core.PhaseWebSocketMessage
+	// PhaseWebSocketClose: the connection ended (Plugin.WebSocketError, Plugin.WebSocketClose).
+	PhaseWebSocketClose = core.PhaseWebSocketClose
 )
 
-// Level is a host log level for Context.Log.
+// Level is a host log level for [Context.Log]; its String method gives the lowercase name.
 type Level = core.Level
 
 // Log levels.
@@ -112,15 +192,6 @@ const (
 	LogInfo  = core.LogInfo
 	LogDebug = core.LogDebug
 )
-
-// Register adds p to the library. Call it from an init function. Invalid registrations (empty
-// or duplicate name, no handler) do not panic: the library reports them to the host, which
-// refuses to load it with that message.
-func Register[C any, S any](p Plugin[C, S]) { core.Register(p) }
-
-// Deferred is the handle of a phase call that finishes after its handler returned; see
-// [Context.Defer] and the package documentation.
-type Deferred = core.Deferred
 
 // Errors of the asynchronous API.
 var (
@@ -134,4 +205,6 @@ var (
 	ErrAlreadyCompleted = core.ErrAlreadyCompleted
 	// ErrCancelled: the host had stopped waiting for the call; the result was discarded.
 	ErrCancelled = core.ErrCancelled
+	// ErrCallFinished: the cause of a call's [Context.Context] once the call has finished.
+	ErrCallFinished = core.ErrCallFinished
 )

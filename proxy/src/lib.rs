@@ -13,6 +13,7 @@ pub mod forward;
 pub mod lint;
 pub mod logging;
 pub mod metrics;
+pub mod new_plugin;
 pub mod path;
 pub mod pool;
 pub mod reload;

@@ -49,6 +49,20 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: SocketAddr,
     },
+    /// Write a Go plugin project in DIR (created, or empty): plugin package with a test,
+    /// c-shared main package, weft.yaml, README.
+    NewPlugin {
+        dir: PathBuf,
+        /// Plugin name (a-z, 0-9, '-'); default: DIR's last component.
+        #[arg(long)]
+        name: Option<String>,
+        /// Go module path of the project; default: example.com/NAME.
+        #[arg(long)]
+        module: Option<String>,
+        /// The SDK's Go module (the cgo/ folder of a weft checkout); default: this build's checkout.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +80,7 @@ fn main() -> ExitCode {
         Command::Demo { listen, library } => run_demo(listen, &library),
         Command::Upstream { listen } => run_upstream(listen),
         Command::Version { config } => version(config.as_deref()),
+        Command::NewPlugin { dir, name, module, sdk } => new_plugin(dir, name, module, sdk),
     };
     // Queued log lines first, then the error.
     drop(_log);
@@ -143,6 +158,25 @@ fn version(path: Option<&Path>) -> Result<(), String> {
             println!("{line}");
         }
     }
+    Ok(())
+}
+
+fn new_plugin(dir: PathBuf, name: Option<String>, module: Option<String>, sdk: Option<PathBuf>) -> Result<(), String> {
+    use weft_proxy::new_plugin as np;
+    let name = name.unwrap_or_else(|| np::name_from_dir(&dir));
+    let module = module.unwrap_or_else(|| format!("example.com/{name}"));
+    let sdk = sdk
+        .or_else(np::default_sdk)
+        .ok_or("the weft checkout this binary was built from is gone: give the SDK with --sdk PATH/cgo")?;
+    let p = np::NewPlugin { dir, name, module, sdk };
+    for f in np::write(&p)? {
+        println!("wrote {}", p.dir.join(f).display());
+    }
+    println!(
+        "\nnext:\n  cd {}\n  go test ./...\n  go build -buildmode=c-shared -o lib{}.so ./cmd/plugin\n  weft-proxy run -c weft.yaml",
+        p.dir.display(),
+        p.name
+    );
     Ok(())
 }
 

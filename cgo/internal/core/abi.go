@@ -249,6 +249,16 @@ type Buf struct {
 	Len uint32
 }
 
+// Limits of the host's validation of a mutation batch (WEFT_MAX_*; weft/cabi's layout test
+// checks them against weft.h). The SDK does not enforce them; the test host mirrors the host.
+const (
+	MaxMutationRecords = 256
+	MaxHeaderNameLen   = 256
+	MaxHeaderValueLen  = 16 * 1024
+	MaxPathLen         = 8 * 1024
+	MaxWSRoomLen       = 128
+)
+
 // Sizes of the mirrored structs in bytes.
 const (
 	SizeofStr         = 8

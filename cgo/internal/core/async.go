@@ -320,6 +320,7 @@ var deadView = RequestView{Size: SizeofRequestView}
 
 // retire makes c read as an empty request and drop mutations, for good.
 func (c *Context) retire() {
+	c.endStd()
 	c.base = unsafe.Pointer(&deadView)
 	c.view = &deadView
 	c.size = deadView.Size

@@ -1,10 +1,12 @@
 package core
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"iter"
+	"net/netip"
 	"unsafe"
 )
 
@@ -30,6 +32,10 @@ type Context struct {
 	malformed bool
 	failure   error
 	async     asyncState // Defer/Go (async.go); only the owner is set on the synchronous path
+	// std is the call's context.Context, made on first use (StdContext) so that calls which
+	// never ask for one do not allocate; cancel ends it when the call finishes.
+	std    context.Context
+	cancel context.CancelCauseFunc
 }
 
 func (c *Context) begin(view unsafe.Pointer, size uint32, p Phase, instance uint64, out unsafe.Pointer, outCap uint32) {
@@ -50,6 +56,7 @@ func (c *Context) begin(view unsafe.Pointer, size uint32, p Phase, instance uint
 }
 
 func (c *Context) end() {
+	c.endStd()
 	c.base = nil
 	c.view = nil
 	c.size = 0
@@ -99,8 +106,47 @@ func (c *Context) Query() string { return c.str(c.view.Query) }
 // Host returns the host the client asked for (:authority or the host header), or "".
 func (c *Context) Host() string { return c.str(c.view.Host) }
 
-// ClientAddr returns the client address as "ip:port".
+// ClientAddr returns the client's socket address as "ip:port" ("[ip]:port" for IPv6).
 func (c *Context) ClientAddr() string { return c.str(c.view.ClientAddr) }
+
+// ClientIP returns the client's IP address (the port dropped), or the zero Addr when the host
+// gave no parsable address. IPv4-mapped IPv6 addresses are unmapped, so one client has one key.
+func (c *Context) ClientIP() netip.Addr {
+	ap, err := netip.ParseAddrPort(c.ClientAddr())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+// ClientPort returns the client's source port, or 0 when the host gave no parsable address.
+func (c *Context) ClientPort() uint16 {
+	ap, err := netip.ParseAddrPort(c.ClientAddr())
+	if err != nil {
+		return 0
+	}
+	return ap.Port()
+}
+
+// ErrCallFinished is the cause of a call's context.Context once the call has finished.
+var ErrCallFinished = errors.New("weft: the phase call has finished")
+
+// StdContext returns a context.Context for the call, cancelled (cause ErrCallFinished) when
+// the call finishes: when the handler returns, or for a deferred call when Done or Fail
+// completes it. The first use in a call allocates; calls that never use it do not.
+func (c *Context) StdContext() context.Context {
+	if c.std == nil {
+		c.std, c.cancel = context.WithCancelCause(context.Background())
+	}
+	return c.std
+}
+
+func (c *Context) endStd() {
+	if c.cancel != nil {
+		c.cancel(ErrCallFinished)
+		c.std, c.cancel = nil, nil
+	}
+}
 
 // Scheme returns "http" or "https" as seen by the proxy.
 func (c *Context) Scheme() string { return c.str(c.view.Scheme) }

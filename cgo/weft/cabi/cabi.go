@@ -11,15 +11,15 @@
 //	func main() {}
 //
 // and build with go build -buildmode=c-shared. The library then exports
-// weft_plugin_entry (see include/weft.h), which reports every plugin registered with
-// weft.Register.
+// weft_plugin_entry (see weft.h in this directory, a copy of the repository's include/weft.h),
+// which reports every plugin registered with weft.Register.
 //
 // Nothing here runs at Go init time: the descriptor is built on the first weft_plugin_entry
 // call, in C memory that is never freed (Go libraries are never unloaded).
 package cabi
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../../../include
+#cgo CFLAGS: -I${SRCDIR}
 #include <stdlib.h>
 #include "weft.h"
 

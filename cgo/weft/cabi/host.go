@@ -1,7 +1,7 @@
 package cabi
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../../../include
+#cgo CFLAGS: -I${SRCDIR}
 #cgo noescape weft_log
 #cgo nocallback weft_log
 #cgo noescape weft_complete

@@ -1,7 +1,7 @@
 package cabi
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../../../include
+#cgo CFLAGS: -I${SRCDIR}
 #include <stddef.h>
 #include "weft.h"
 
@@ -123,5 +123,10 @@ func cConstants() map[string][2]uint64 {
 		"WEFT_PLUGIN_FLAG_RESPONSE_BODY_BUFFERED": {C.WEFT_PLUGIN_FLAG_RESPONSE_BODY_BUFFERED, core.FlagResponseBodyBuffered},
 		"WEFT_PHASE_MASK_REQUEST_BODY":            {C.WEFT_PHASE_MASK_REQUEST_BODY, uint64(core.PhaseRequestBody.Mask())},
 		"WEFT_PHASE_MASK_RESPONSE_BODY":           {C.WEFT_PHASE_MASK_RESPONSE_BODY, uint64(core.PhaseResponseBody.Mask())},
+		"WEFT_MAX_MUTATION_RECORDS":               {C.WEFT_MAX_MUTATION_RECORDS, core.MaxMutationRecords},
+		"WEFT_MAX_HEADER_NAME_LEN":                {C.WEFT_MAX_HEADER_NAME_LEN, core.MaxHeaderNameLen},
+		"WEFT_MAX_HEADER_VALUE_LEN":               {C.WEFT_MAX_HEADER_VALUE_LEN, core.MaxHeaderValueLen},
+		"WEFT_MAX_PATH_LEN":                       {C.WEFT_MAX_PATH_LEN, core.MaxPathLen},
+		"WEFT_MAX_WS_ROOM_LEN":                    {C.WEFT_MAX_WS_ROOM_LEN, core.MaxWSRoomLen},
 	}
 }

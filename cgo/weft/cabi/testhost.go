@@ -1,7 +1,7 @@
 package cabi
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../../../include
+#cgo CFLAGS: -I${SRCDIR}
 #include <stddef.h>
 #include <stdatomic.h>
 #include "weft.h"

@@ -72,12 +72,13 @@ func decodeMutations(buf []byte) ([]Mutation, error) {
 	return out, nil
 }
 
-// Limits of the host's mutation validation (runtime/src/mutation.rs).
+// Limits of the host's mutation validation (runtime/src/mutation.rs): the header's WEFT_MAX_*
+// constants, through core; the status range is the host's own rule.
 const (
-	maxRecords    = 256
-	maxNameLen    = 256
-	maxValueLen   = 16 * 1024
-	maxPathLen    = 8 * 1024
+	maxRecords    = core.MaxMutationRecords
+	maxNameLen    = core.MaxHeaderNameLen
+	maxValueLen   = core.MaxHeaderValueLen
+	maxPathLen    = core.MaxPathLen
 	minStatusCode = 200
 	maxStatusCode = 599
 )
