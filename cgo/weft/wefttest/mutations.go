@@ -83,10 +83,15 @@ const (
 	maxStatusCode = 599
 )
 
-// reservedHeaders may not be set, added or removed by a plugin (framing and hop-by-hop fields).
+// reservedHeaders may not be set, added or removed by a plugin: framing and hop-by-hop fields,
+// and the forwarding headers the proxy sets itself. The host's list (is_reserved in
+// runtime/src/mutation.rs) is the source; runtime/tests/go_test_host.rs fails when they differ.
 var reservedHeaders = map[string]bool{
-	"content-length": true, "transfer-encoding": true, "connection": true, "te": true,
-	"trailer": true, "upgrade": true, "proxy-authenticate": true,
+	"content-length": true, "transfer-encoding": true, "connection": true, "keep-alive": true,
+	"proxy-connection": true, "te": true, "trailer": true, "upgrade": true, "expect": true,
+	"proxy-authenticate": true, "proxy-authorization": true, "host": true,
+	"x-forwarded-for": true, "x-forwarded-host": true, "x-forwarded-proto": true,
+	"forwarded": true, "x-real-ip": true,
 }
 
 // checkMutations mirrors the host's validation of a mutation batch (runtime/src/mutation.rs):
