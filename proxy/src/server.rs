@@ -21,7 +21,7 @@ use crate::route::{HostMatcher, Matcher, Router};
 use crate::upstream::Upstream;
 
 /// How long a shutdown waits for in-flight connections before giving up on them.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(crate::config::DEFAULT_SHUTDOWN_TIMEOUT_MS);
 
 /// Plugin libraries and instances that failed to load; each line names the library or
 /// instance and the reason.
@@ -145,7 +145,10 @@ fn load_remote(config: &Config, runtime: &Arc<Runtime>, plugins: &mut Plugins, p
         Ok(rt) => rt,
         Err(e) => return problems.push(format!("nats: cannot start its runtime: {e}")),
     };
-    let discovery = Duration::from_millis(nats.discovery_timeout_ms.unwrap_or(2000));
+    let discovery = Duration::from_millis(
+        nats.discovery_timeout_ms
+            .unwrap_or(crate::config::DEFAULT_NATS_DISCOVERY_TIMEOUT_MS),
+    );
     let url = nats.url.clone();
     let result = std::thread::scope(|s| {
         s.spawn(|| {
@@ -198,7 +201,7 @@ fn load_remote(config: &Config, runtime: &Arc<Runtime>, plugins: &mut Plugins, p
         Err(errs) => return problems.extend(errs),
     };
     for (p, phases) in found {
-        let deadline = Duration::from_millis(p.deadline_ms.unwrap_or(200));
+        let deadline = Duration::from_millis(p.deadline_ms.unwrap_or(crate::config::DEFAULT_NATS_DEADLINE_MS));
         let opts = weft_nats_bridge::RemotePluginOptions {
             deadline,
             max_in_flight: p

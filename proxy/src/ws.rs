@@ -49,6 +49,10 @@ use tracing::{debug, warn};
 use weft_runtime::mutation::WsOp;
 use weft_runtime::{Chain, Exchange, Flow, WsEvent};
 
+use crate::config::{
+    DEFAULT_WS_IDLE_TIMEOUT_MS, DEFAULT_WS_MAX_FRAME_BYTES, DEFAULT_WS_MAX_MESSAGE_BYTES, DEFAULT_WS_PING_INTERVAL_MS,
+    DEFAULT_WS_SEND_QUEUE,
+};
 use crate::forward::{ProxyBody, local_reply};
 
 /// Limits of a plugin-served WebSocket route (`routes[].websocket`).
@@ -642,34 +646,35 @@ impl Hub {
 #[serde(deny_unknown_fields)]
 pub struct WsRouteConfig {
     pub plugin: String,
-    /// Largest frame (default 64 KiB); larger closes the connection with 1009.
+    /// Largest frame ([`DEFAULT_WS_MAX_FRAME_BYTES`]); larger closes the connection with 1009.
     #[serde(default)]
     pub max_frame_bytes: Option<usize>,
-    /// Largest message after joining fragments (default 16 KiB, at most half the arena slot:
+    /// Largest message after joining fragments ([`DEFAULT_WS_MAX_MESSAGE_BYTES`], at most half the arena slot:
     /// the plugin reads it in place and its answer must fit the out slot); larger: 1009.
     #[serde(default)]
     pub max_message_bytes: Option<usize>,
-    /// Messages queued for one connection (default 256); a client that lets it fill is closed
+    /// Messages queued for one connection ([`DEFAULT_WS_SEND_QUEUE`]); a client that lets it fill is closed
     /// with 1008.
     #[serde(default)]
     pub send_queue: Option<usize>,
-    /// Keep-alive ping period (default 20000).
+    /// Keep-alive ping period ([`DEFAULT_WS_PING_INTERVAL_MS`]).
     #[serde(default)]
     pub ping_interval_ms: Option<u64>,
     /// Close (1000, "idle timeout") after this long without any frame from the client
-    /// (default 60000; must exceed `ping_interval_ms`).
+    /// ([`DEFAULT_WS_IDLE_TIMEOUT_MS`]; must exceed `ping_interval_ms`).
     #[serde(default)]
     pub idle_timeout_ms: Option<u64>,
 }
 
 impl WsRouteConfig {
+    /// The limits with their defaults filled in.
     pub fn settings(&self) -> WsSettings {
         WsSettings {
-            max_frame_bytes: self.max_frame_bytes.unwrap_or(64 * 1024),
-            max_message_bytes: self.max_message_bytes.unwrap_or(16 * 1024),
-            send_queue: self.send_queue.unwrap_or(256),
-            ping_interval: Duration::from_millis(self.ping_interval_ms.unwrap_or(20_000)),
-            idle_timeout: Duration::from_millis(self.idle_timeout_ms.unwrap_or(60_000)),
+            max_frame_bytes: self.max_frame_bytes.unwrap_or(DEFAULT_WS_MAX_FRAME_BYTES),
+            max_message_bytes: self.max_message_bytes.unwrap_or(DEFAULT_WS_MAX_MESSAGE_BYTES),
+            send_queue: self.send_queue.unwrap_or(DEFAULT_WS_SEND_QUEUE),
+            ping_interval: Duration::from_millis(self.ping_interval_ms.unwrap_or(DEFAULT_WS_PING_INTERVAL_MS)),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms.unwrap_or(DEFAULT_WS_IDLE_TIMEOUT_MS)),
         }
     }
 
