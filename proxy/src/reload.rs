@@ -28,7 +28,9 @@ use crate::config::Config;
 use crate::conn::RequestBody;
 use crate::forward::ProxyBody;
 use crate::metrics;
-use crate::server::{Handler, Proxy, StartupError, control_runtime};
+use crate::plugins::StartupError;
+use crate::proxy::Proxy;
+use crate::server::{Handler, control_runtime};
 
 /// How long a replaced generation may stay in use (long responses, queued log phases) before
 /// its plugin instances are abandoned without their shutdown hooks.
