@@ -46,6 +46,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, warn};
+use weft_nats_bridge::rooms::{RoomMessage, RoomRelay};
 use weft_runtime::mutation::WsOp;
 use weft_runtime::{Chain, Exchange, Flow, WsEvent};
 
@@ -488,7 +489,8 @@ async fn write_loop(mut sink: Sink, mut rx: mpsc::Receiver<Message>, conn: Arc<C
 pub struct Hub {
     origin: String,
     rooms: Mutex<HashMap<String, HashMap<u64, Arc<Conn>>>>,
-    nats: Mutex<Option<(u64, async_nats::Client)>>,
+    /// The relay to the other proxies, with its generation (see [`Hub::attach_nats`]).
+    nats: Mutex<Option<(u64, RoomRelay)>>,
     nats_generation: AtomicU64,
 }
 
@@ -509,10 +511,7 @@ pub fn hub() -> &'static Hub {
     })
 }
 
-/// NATS subject prefix of room broadcasts.
-pub const ROOM_SUBJECT_PREFIX: &str = "weft.ws.room.";
-const ORIGIN_HEADER: &str = "Weft-Origin";
-const BINARY_HEADER: &str = "Weft-Ws-Binary";
+pub use weft_nats_bridge::rooms::ROOM_SUBJECT_PREFIX;
 
 fn valid_room(room: &str) -> bool {
     !room.is_empty()
@@ -576,22 +575,16 @@ impl Hub {
     /// Sends to every member of `room` here and (with NATS) on the other proxies. The copy of
     /// the sending connection `sender`, if it is a member, is returned for it to queue itself.
     fn broadcast(&self, room: &str, binary: bool, payload: Bytes, sender: u64) -> Option<Message> {
-        let nats = self
+        let relay = self
             .nats
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(|(_, c)| c.clone());
-        if let Some(client) = nats {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(ORIGIN_HEADER, self.origin.as_str());
-            if binary {
-                headers.insert(BINARY_HEADER, "1");
-            }
-            let subject = format!("{ROOM_SUBJECT_PREFIX}{room}");
-            let payload = payload.clone();
+            .map(|(_, r)| r.clone());
+        if let Some(relay) = relay {
+            let (room, payload) = (room.to_owned(), payload.clone());
             tokio::spawn(async move {
-                if let Err(e) = client.publish_with_headers(subject, headers, payload).await {
+                if let Err(e) = relay.publish(&room, binary, payload).await {
                     warn!(error = %e, "websocket room broadcast: NATS publish failed");
                 }
             });
@@ -604,9 +597,10 @@ impl Hub {
     /// client, e.g. after a reload); the subscription runs on `rt`.
     pub fn attach_nats(&'static self, client: async_nats::Client, rt: &tokio::runtime::Handle) {
         let generation = self.nats_generation.fetch_add(1, Ordering::Relaxed) + 1;
-        *self.nats.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, client.clone()));
+        let relay = RoomRelay::new(client, self.origin.as_str());
+        *self.nats.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, relay.clone()));
         rt.spawn(async move {
-            let mut sub = match client.subscribe(format!("{ROOM_SUBJECT_PREFIX}*")).await {
+            let mut sub = match relay.subscribe().await {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(error = %e, "websocket rooms: cannot subscribe to NATS; rooms stay local");
@@ -617,26 +611,23 @@ impl Hub {
                 if self.nats_generation.load(Ordering::Relaxed) != generation {
                     return; // a newer client took over
                 }
-                let headers = msg.headers.as_ref();
-                if headers
-                    .and_then(|h| h.get(ORIGIN_HEADER))
-                    .is_some_and(|o| o.as_str() == self.origin)
-                {
-                    continue; // our own broadcast, delivered locally already
-                }
-                let Some(room) = msg.subject.strip_prefix(ROOM_SUBJECT_PREFIX).filter(|r| valid_room(r)) else {
-                    debug!(subject = %msg.subject, "websocket rooms: ignoring a message on a bad subject");
-                    continue;
-                };
-                let binary = headers.and_then(|h| h.get(BINARY_HEADER)).is_some();
-                match ws_message(binary, msg.payload) {
-                    Some(m) => {
-                        self.deliver_local(room, &m, 0);
-                    }
-                    None => debug!(%room, "websocket rooms: ignoring a text broadcast that is not UTF-8"),
-                }
+                self.deliver_remote(msg);
             }
         });
+    }
+
+    /// Delivers a message from another proxy to this proxy's members of its room.
+    fn deliver_remote(&self, msg: RoomMessage) {
+        if !valid_room(&msg.room) {
+            debug!(room = %msg.room, "websocket rooms: ignoring a message on a bad subject");
+            return;
+        }
+        match ws_message(msg.binary, msg.payload) {
+            Some(m) => {
+                self.deliver_local(&msg.room, &m, 0);
+            }
+            None => debug!(room = %msg.room, "websocket rooms: ignoring a text broadcast that is not UTF-8"),
+        }
     }
 }
 
