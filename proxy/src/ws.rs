@@ -511,6 +511,7 @@ pub fn hub() -> &'static Hub {
     })
 }
 
+/// NATS subject prefix of room broadcasts (the wire format is the bridge's `RoomRelay`).
 pub use weft_nats_bridge::rooms::ROOM_SUBJECT_PREFIX;
 
 fn valid_room(room: &str) -> bool {
