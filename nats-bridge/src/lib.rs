@@ -16,10 +16,12 @@ mod generated;
 
 pub mod engine;
 pub mod plugin;
+pub mod rooms;
 pub mod transport;
 pub mod view;
 pub mod wire;
 
 pub use engine::{DiscoverError, NatsInstance, ServiceInfo, discover};
 pub use plugin::{RemoteError, RemotePlugin, RemotePluginOptions, phase_token};
+pub use rooms::{RoomMessage, RoomRelay, RoomSubscription};
 pub use transport::{ConnectError, NatsAuth, NatsOptions, NatsTls, NatsTransport};

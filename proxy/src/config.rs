@@ -3,7 +3,6 @@
 //! Parsing and validation are pure: nothing here touches the network or the plugin runtime,
 //! so `weft-proxy check` and the unit tests can run every rule.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,6 +11,11 @@ use std::time::Duration;
 use http::Method;
 use http::uri::Authority;
 use serde::Deserialize;
+
+mod defaults;
+mod validate;
+
+pub use defaults::*;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,7 +40,8 @@ pub struct Config {
     /// `TOKIO_WORKER_THREADS` if set, else the number of CPUs.
     #[serde(default)]
     pub workers: Option<usize>,
-    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish (default 10000).
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish
+    /// ([`DEFAULT_SHUTDOWN_TIMEOUT_MS`]).
     #[serde(default)]
     pub shutdown_timeout_ms: Option<u64>,
     /// One `info` line per request on target `weft::access` (default false).
@@ -110,21 +115,19 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: None,
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            request_body_timeout: Duration::from_secs(30),
-            send_timeout: Duration::from_secs(30),
-            http2_max_concurrent_streams: 100,
-            http2_keep_alive_interval: Duration::from_secs(30),
-            http2_keep_alive_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS),
+            idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
+            request_body_timeout: Duration::from_millis(DEFAULT_REQUEST_BODY_TIMEOUT_MS),
+            send_timeout: Duration::from_millis(DEFAULT_SEND_TIMEOUT_MS),
+            http2_max_concurrent_streams: DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
+            http2_keep_alive_interval: Duration::from_millis(DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL_MS),
+            http2_keep_alive_timeout: Duration::from_millis(DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT_MS),
         }
     }
 }
 
 /// Upper bound of every `limits.*_ms` and `upstreams[].body_timeout_ms` (one day).
 pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
-/// Most connections the default of `limits.max_connections` allows.
-pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 
 impl Limits {
     /// `limits.max_connections`, or half the process's open-file limit (each proxied connection
@@ -165,7 +168,7 @@ pub struct AdminConfig {
 }
 
 /// Whether an `admin.listen` value is a loopback address (127.0.0.0/8 or ::1); `None` when it is
-/// not an `IP:port` (reported by `logging::validate_config`).
+/// not an `IP:port` (reported by `Config::parse`).
 pub fn admin_listen_is_loopback(listen: &str) -> Option<bool> {
     listen.parse::<SocketAddr>().ok().map(|a| a.ip().is_loopback())
 }
@@ -274,9 +277,9 @@ pub struct PluginConfig {
     #[serde(default)]
     pub subject: Option<String>,
     /// Time allowed for one phase call. `type: nats`: the whole call, wire and worker included
-    /// (default 200). `type: ffi`: a call the plugin answered Pending, or a blocking plugin's
-    /// worker job (default 1000); then 504 (fail closed) or unchanged (fail open). Inline
-    /// answers are not interrupted.
+    /// ([`DEFAULT_NATS_DEADLINE_MS`]). `type: ffi`: a call the plugin answered Pending, or a
+    /// blocking plugin's worker job ([`DEFAULT_FFI_DEADLINE_MS`]); then 504 (fail closed) or
+    /// unchanged (fail open). Inline answers are not interrupted.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
     /// Calls in flight at once (`type: ffi`: pending answers and worker jobs, including
@@ -290,7 +293,7 @@ pub struct PluginConfig {
     #[serde(default)]
     pub blocking: Option<bool>,
     /// `type: ffi`: `Retry-After` seconds of the 503 answered when the in-flight limit or a
-    /// worker ring is full (default 1).
+    /// worker ring is full ([`DEFAULT_RETRY_AFTER_S`]).
     #[serde(default)]
     pub retry_after_s: Option<u32>,
     /// `type: nats`: the phases the plugin handles (`request_headers`, `response_headers`,
@@ -307,14 +310,14 @@ pub const REMOTE_PHASES: [(&str, weft_runtime::abi::WeftPhase); 3] = [
 ];
 
 fn default_nats_url() -> String {
-    "nats://127.0.0.1:4222".to_owned()
+    DEFAULT_NATS_URL.to_owned()
 }
 
 /// The NATS connection shared by every `type: nats` instance.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
-    /// Server URL(s), comma separated (default `nats://127.0.0.1:4222`).
+    /// Server URL(s), comma separated ([`DEFAULT_NATS_URL`]).
     #[serde(default = "default_nats_url")]
     pub url: String,
     /// Client name shown in the server's monitoring (default `weft-proxy`).
@@ -331,7 +334,8 @@ pub struct NatsConfig {
     pub reconnect_max_delay_ms: Option<u64>,
     #[serde(default)]
     pub ping_interval_ms: Option<u64>,
-    /// Time allowed for reading phases from `$SRV.INFO` at start-up (default 2000).
+    /// Time allowed for reading phases from `$SRV.INFO` at start-up
+    /// ([`DEFAULT_NATS_DISCOVERY_TIMEOUT_MS`]).
     #[serde(default)]
     pub discovery_timeout_ms: Option<u64>,
 }
@@ -367,14 +371,6 @@ pub struct NatsTlsConfig {
     pub key: Option<PathBuf>,
 }
 
-/// Default of `deadline_ms` for `type: ffi` instances.
-pub const DEFAULT_FFI_DEADLINE_MS: u64 = 1000;
-/// Default of `max_in_flight`: a quarter of the arena's request slots (at least 1), so one
-/// instance whose calls hang cannot hold every slot.
-pub fn default_max_in_flight(slots: u32) -> usize {
-    (slots as usize / 4).max(1)
-}
-
 impl PluginConfig {
     /// Limits of an in-process (`type: ffi`) instance's asynchronous calls; `slots` is
     /// `runtime.slots` (the default of `max_in_flight` is a quarter of it).
@@ -386,7 +382,7 @@ impl PluginConfig {
                 .unwrap_or_else(|| default_max_in_flight(slots))
                 .min(u32::MAX as usize) as u32,
             blocking: self.blocking.unwrap_or(false),
-            retry_after_secs: self.retry_after_s.unwrap_or(1),
+            retry_after_secs: self.retry_after_s.unwrap_or(DEFAULT_RETRY_AFTER_S),
             timer: None,
         }
     }
@@ -415,13 +411,13 @@ impl PluginConfig {
 }
 
 fn default_connect_timeout_ms() -> u64 {
-    1000
+    DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS
 }
 fn default_timeout_ms() -> u64 {
-    30_000
+    DEFAULT_UPSTREAM_TIMEOUT_MS
 }
 fn default_path_prefix() -> String {
-    "/".to_owned()
+    DEFAULT_PATH_PREFIX.to_owned()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -435,14 +431,12 @@ pub struct UpstreamConfig {
     /// Time allowed until the upstream's response headers arrive.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Longest wait for the next bytes of the upstream's response body (default 60000); then
+    /// Longest wait for the next bytes of the upstream's response body
+    /// ([`DEFAULT_UPSTREAM_BODY_TIMEOUT_MS`]); then
     /// the response is cut off (the client's connection closed or stream reset).
     #[serde(default)]
     pub body_timeout_ms: Option<u64>,
 }
-
-/// Default of `upstreams[].body_timeout_ms`.
-pub const DEFAULT_UPSTREAM_BODY_TIMEOUT_MS: u64 = 60_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -459,9 +453,10 @@ pub struct RouteConfig {
     pub upstream: String,
     #[serde(default)]
     pub plugins: Vec<String>,
-    /// Largest body a buffered body plugin on this route may be handed (default 1 MiB, at most
-    /// 256 MiB and at most `runtime.max_buffered_bytes_total`): a longer request body is
-    /// answered 413, a longer response body 502. Larger bodies belong to streamed plugins.
+    /// Largest body a buffered body plugin on this route may be handed
+    /// ([`DEFAULT_MAX_BUFFERED_BODY_BYTES`], at most 256 MiB and at most
+    /// `runtime.max_buffered_bytes_total`): a longer request body is answered 413, a longer
+    /// response body 502. Larger bodies belong to streamed plugins.
     #[serde(default)]
     pub max_buffered_body_bytes: Option<u64>,
     /// WebSocket connections of this route are served by a plugin instead of being tunnelled to
@@ -470,8 +465,6 @@ pub struct RouteConfig {
     pub websocket: Option<crate::ws::WsRouteConfig>,
 }
 
-/// Default of `routes[].max_buffered_body_bytes`.
-pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: u64 = 1 << 20;
 /// Upper bound of `routes[].max_buffered_body_bytes`: a buffered call holds the body and an
 /// output buffer of twice its size, so one request at this limit takes 768 MiB.
 pub const MAX_BUFFERED_BODY_BYTES: u64 = 256 << 20;
@@ -655,421 +648,10 @@ impl Config {
         self.listen.parse().expect("validated by Config::parse")
     }
 
-    fn validate(&self, file: &str) -> Result<(), ConfigErrors> {
-        let mut errs = Vec::new();
-        let mut err = |path: String, message: String| {
-            errs.push(ConfigError {
-                file: file.to_owned(),
-                path,
-                message,
-            });
-        };
-
-        if let Err(e) = self.listen.parse::<SocketAddr>() {
-            err(
-                "listen".into(),
-                format!("invalid socket address {:?}: {e}", self.listen),
-            );
-        }
-        crate::logging::validate_config(self, &mut err);
-        self.validate_limits(&mut err);
-        self.validate_admin(&mut err);
-        for (i, t) in self.trusted_proxies.iter().enumerate() {
-            if let Err(msg) = crate::forward::TrustedProxies::parse_entry(t) {
-                err(format!("trusted_proxies[{i}]"), msg);
-            }
-        }
-        if let Some(rt) = &self.runtime {
-            if rt.slots == Some(0) {
-                err("runtime.slots".into(), "must be at least 1".into());
-            }
-            let slots = self.slot_count() as usize;
-            match rt.log_queue {
-                Some(0) => err("runtime.log_queue".into(), "must be at least 1".into()),
-                // Queued log phases hold their slots: a queue as long as the arena lets a slow
-                // log plugin take every slot before log phases start to drop.
-                Some(n) if n >= slots.max(2) => err(
-                    "runtime.log_queue".into(),
-                    format!("must be less than runtime.slots ({slots}), got {n}"),
-                ),
-                _ => {}
-            }
-            if rt.slot_size == Some(0) {
-                err("runtime.slot_size".into(), "must be at least 1".into());
-            }
-            if rt.out_slots == Some(0) {
-                err("runtime.out_slots".into(), "must be at least 1".into());
-            }
-            if let Some(ms) = rt.stall_threshold_ms
-                && ms != 0
-                && !(STALL_THRESHOLD_MIN_MS..=STALL_THRESHOLD_MAX_MS).contains(&ms)
-            {
-                err(
-                    "runtime.stall_threshold_ms".into(),
-                    format!(
-                        "must be 0 (off) or between {STALL_THRESHOLD_MIN_MS} and {STALL_THRESHOLD_MAX_MS} milliseconds, got {ms}"
-                    ),
-                );
-            }
-            let slot_size = rt
-                .slot_size
-                .unwrap_or(weft_runtime::RuntimeOptions::default().slot_size);
-            let classes = rt.buffer_classes.as_deref().unwrap_or_default();
-            if classes.len() > weft_runtime::arena::MAX_POOLS - 2 {
-                err(
-                    "runtime.buffer_classes".into(),
-                    format!("at most {} classes", weft_runtime::arena::MAX_POOLS - 2),
-                );
-            }
-            for (i, c) in classes.iter().enumerate() {
-                let (min, max) = (
-                    slot_size.max(weft_runtime::arena::MIN_SLOT_SIZE),
-                    weft_runtime::arena::MAX_SLOT_SIZE,
-                );
-                if !(min..=max).contains(&c.slot_size) {
-                    err(
-                        format!("runtime.buffer_classes[{i}].slot_size"),
-                        format!(
-                            "must be between runtime.slot_size ({min}) and {max} bytes, got {}",
-                            c.slot_size
-                        ),
-                    );
-                }
-                if c.slots == 0 {
-                    err(
-                        format!("runtime.buffer_classes[{i}].slots"),
-                        "must be at least 1".into(),
-                    );
-                }
-                if i > 0 && c.slot_size <= classes[i - 1].slot_size {
-                    err(
-                        format!("runtime.buffer_classes[{i}].slot_size"),
-                        "classes must be listed smallest first, each larger than the one before".into(),
-                    );
-                }
-            }
-            if rt.max_buffered_bytes_total == Some(0) {
-                err("runtime.max_buffered_bytes_total".into(), "must be at least 1".into());
-            }
-            if let Some(n) = rt.worker_ring_capacity
-                && (!n.is_power_of_two() || !(2..=weft_runtime::ring::MAX_CAPACITY).contains(&n))
-            {
-                err(
-                    "runtime.worker_ring_capacity".into(),
-                    format!(
-                        "must be a power of two between 2 and {}, got {n}",
-                        weft_runtime::ring::MAX_CAPACITY
-                    ),
-                );
-            }
-        }
-
-        let libraries = unique_names("libraries", self.libraries.iter().map(|l| l.name.as_str()), &mut err);
-        let plugins = unique_names("plugins", self.plugins.iter().map(|p| p.name.as_str()), &mut err);
-        let upstreams = unique_names("upstreams", self.upstreams.iter().map(|u| u.name.as_str()), &mut err);
-        unique_names("routes", self.routes.iter().filter_map(|r| r.name.as_deref()), &mut err);
-
-        if let Some(nats) = &self.nats {
-            if nats.url.trim().is_empty() {
-                err("nats.url".into(), "must not be empty".into());
-            }
-            for (field, v) in [
-                ("connect_timeout_ms", nats.connect_timeout_ms),
-                ("reconnect_max_delay_ms", nats.reconnect_max_delay_ms),
-                ("ping_interval_ms", nats.ping_interval_ms),
-                ("discovery_timeout_ms", nats.discovery_timeout_ms),
-            ] {
-                if v == Some(0) {
-                    err(format!("nats.{field}"), "must be at least 1".into());
-                }
-            }
-            if let Some(a) = &nats.auth {
-                let methods = [a.user.is_some(), a.token.is_some(), a.nkey.is_some(), a.creds.is_some()];
-                if methods.iter().filter(|&&m| m).count() > 1 {
-                    err(
-                        "nats.auth".into(),
-                        "give one of user/password, token, nkey or creds".into(),
-                    );
-                }
-                if a.password.is_some() && a.user.is_none() {
-                    err("nats.auth.password".into(), "needs nats.auth.user".into());
-                }
-            }
-            if let Some(t) = &nats.tls {
-                if t.cert.is_some() != t.key.is_some() {
-                    err("nats.tls".into(), "cert and key go together".into());
-                }
-            }
-        }
-
-        for (i, p) in self.plugins.iter().enumerate() {
-            match p.kind {
-                PluginType::Ffi => {
-                    match &p.library {
-                        None => err(
-                            format!("plugins[{i}].library"),
-                            "required for type: ffi (or set type: nats)".into(),
-                        ),
-                        Some(lib) if !libraries.contains_key(lib.as_str()) => {
-                            err(format!("plugins[{i}].library"), format!("unknown library {lib:?}"))
-                        }
-                        Some(_) => {}
-                    }
-                    for (field, set) in [("subject", p.subject.is_some()), ("phases", p.phases.is_some())] {
-                        if set {
-                            err(format!("plugins[{i}].{field}"), "only for type: nats".into());
-                        }
-                    }
-                    if p.deadline_ms == Some(0) {
-                        err(format!("plugins[{i}].deadline_ms"), "must be at least 1".into());
-                    }
-                    if p.max_in_flight == Some(0) {
-                        err(format!("plugins[{i}].max_in_flight"), "must be at least 1".into());
-                    }
-                }
-                PluginType::Nats => {
-                    for (field, set) in [
-                        ("blocking", p.blocking.is_some()),
-                        ("retry_after_s", p.retry_after_s.is_some()),
-                    ] {
-                        if set {
-                            err(format!("plugins[{i}].{field}"), "only for type: ffi".into());
-                        }
-                    }
-                    if p.library.is_some() {
-                        err(
-                            format!("plugins[{i}].library"),
-                            "not used by type: nats (the workers run the plugin)".into(),
-                        );
-                    }
-                    if self.nats.is_none() {
-                        err(
-                            format!("plugins[{i}].type"),
-                            "type: nats needs a top-level `nats:` block (at least `url`)".into(),
-                        );
-                    }
-                    let subject = p.remote_name();
-                    if subject.is_empty()
-                        || !subject
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                    {
-                        let field = if p.subject.is_some() { "subject" } else { "name" };
-                        err(
-                            format!("plugins[{i}].{field}"),
-                            format!("{subject:?}: a NATS instance name may use only A-Z, a-z, 0-9, '-' and '_'"),
-                        );
-                    }
-                    if p.deadline_ms == Some(0) {
-                        err(format!("plugins[{i}].deadline_ms"), "must be at least 1".into());
-                    }
-                    if p.max_in_flight == Some(0) {
-                        err(format!("plugins[{i}].max_in_flight"), "must be at least 1".into());
-                    }
-                    if let Some(list) = &p.phases {
-                        if list.is_empty() {
-                            err(
-                                format!("plugins[{i}].phases"),
-                                "must not be empty (omit it to read the phases from the workers)".into(),
-                            );
-                        }
-                        for (j, name) in list.iter().enumerate() {
-                            if !REMOTE_PHASES.iter().any(|(n, _)| n == name) {
-                                err(
-                                    format!("plugins[{i}].phases[{j}]"),
-                                    format!(
-                                        "unknown phase {name:?} (expected request_headers, response_headers or log)"
-                                    ),
-                                );
-                            }
-                        }
-                    }
-                }
-            }
-            if p.plugin.is_empty() {
-                err(format!("plugins[{i}].plugin"), "must not be empty".into());
-            }
-        }
-
-        for (i, u) in self.upstreams.iter().enumerate() {
-            if u.addresses.is_empty() {
-                err(format!("upstreams[{i}].addresses"), "needs at least one address".into());
-            }
-            for (j, a) in u.addresses.iter().enumerate() {
-                if let Err(msg) = parse_upstream_address(a) {
-                    err(format!("upstreams[{i}].addresses[{j}]"), msg);
-                }
-            }
-            if u.connect_timeout_ms == 0 {
-                err(
-                    format!("upstreams[{i}].connect_timeout_ms"),
-                    "must be at least 1".into(),
-                );
-            }
-            if u.timeout_ms == 0 {
-                err(format!("upstreams[{i}].timeout_ms"), "must be at least 1".into());
-            }
-            if let Some(msg) = u.body_timeout_ms.and_then(timeout_problem) {
-                err(format!("upstreams[{i}].body_timeout_ms"), msg);
-            }
-        }
-
-        if self.routes.is_empty() {
-            err("routes".into(), "needs at least one route".into());
-        }
-        for (i, r) in self.routes.iter().enumerate() {
-            if !upstreams.contains_key(r.upstream.as_str()) {
-                err(
-                    format!("routes[{i}].upstream"),
-                    format!("unknown upstream {:?}", r.upstream),
-                );
-            }
-            if let Some(n) = r.max_buffered_body_bytes {
-                let total = self.runtime_options().max_buffered_bytes_total;
-                if n == 0 || n > MAX_BUFFERED_BODY_BYTES {
-                    err(
-                        format!("routes[{i}].max_buffered_body_bytes"),
-                        format!(
-                            "must be between 1 and {MAX_BUFFERED_BODY_BYTES} (256 MiB; stream larger bodies), got {n}"
-                        ),
-                    );
-                } else if n > total {
-                    err(
-                        format!("routes[{i}].max_buffered_body_bytes"),
-                        format!(
-                            "{n} is more than runtime.max_buffered_bytes_total ({total}): no body that large could be buffered"
-                        ),
-                    );
-                }
-            }
-            if !r.path_prefix.starts_with('/') {
-                err(
-                    format!("routes[{i}].path_prefix"),
-                    format!("must start with '/', got {:?}", r.path_prefix),
-                );
-            }
-            if let Some(host) = &r.host {
-                if let Err(msg) = crate::route::HostMatcher::parse(host) {
-                    err(format!("routes[{i}].host"), msg);
-                }
-            }
-            if let Some(methods) = &r.methods {
-                if methods.is_empty() {
-                    err(
-                        format!("routes[{i}].methods"),
-                        "must not be empty (omit it to allow every method)".into(),
-                    );
-                }
-                for (j, m) in methods.iter().enumerate() {
-                    if let Err(msg) = parse_method(m) {
-                        err(format!("routes[{i}].methods[{j}]"), msg);
-                    }
-                }
-            }
-            for (j, p) in r.plugins.iter().enumerate() {
-                if !plugins.contains_key(p.as_str()) {
-                    err(format!("routes[{i}].plugins[{j}]"), format!("unknown plugin {p:?}"));
-                }
-            }
-            if let Some(w) = &r.websocket {
-                let kind = plugins.get(w.plugin.as_str()).map(|&j| self.plugins[j].kind);
-                let slot_size = self.runtime_options().slot_size as usize;
-                w.validate(kind.map(|k| k == PluginType::Ffi), slot_size, &mut |f, m| {
-                    err(format!("routes[{i}].websocket.{f}"), m)
-                });
-            }
-        }
-
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(errs))
-        }
-    }
-}
-
-/// Why a `*_ms` timeout value is refused, if it is.
-fn timeout_problem(ms: u64) -> Option<String> {
-    (!(1..=MAX_TIMEOUT_MS).contains(&ms)).then(|| format!("must be between 1 and {MAX_TIMEOUT_MS} (one day), got {ms}"))
-}
-
-impl Config {
     /// The serving threads to start (`workers:`, else [`crate::workers::default_workers`]).
     pub fn worker_count(&self) -> usize {
         self.workers.unwrap_or_else(crate::workers::default_workers)
     }
-
-    fn validate_limits(&self, err: &mut impl FnMut(String, String)) {
-        if let Some(n) = self.workers.filter(|n| !(1..=crate::workers::MAX_WORKERS).contains(n)) {
-            err(
-                "workers".into(),
-                format!("{n} serving threads: must be 1 to {}", crate::workers::MAX_WORKERS),
-            );
-        }
-        let Some(l) = &self.limits else { return };
-        for (field, v) in [
-            ("header_read_timeout_ms", l.header_read_timeout_ms),
-            ("idle_timeout_ms", l.idle_timeout_ms),
-            ("request_body_timeout_ms", l.request_body_timeout_ms),
-            ("send_timeout_ms", l.send_timeout_ms),
-            ("http2_keep_alive_interval_ms", l.http2_keep_alive_interval_ms),
-            ("http2_keep_alive_timeout_ms", l.http2_keep_alive_timeout_ms),
-        ] {
-            if let Some(msg) = v.and_then(timeout_problem) {
-                err(format!("limits.{field}"), msg);
-            }
-        }
-        for (field, v) in [
-            ("max_connections", l.max_connections),
-            ("http2_max_concurrent_streams", l.http2_max_concurrent_streams),
-        ] {
-            if v == Some(0) {
-                err(format!("limits.{field}"), "must be at least 1".into());
-            }
-        }
-    }
-
-    fn validate_admin(&self, err: &mut impl FnMut(String, String)) {
-        let Some(a) = &self.admin else { return };
-        match admin_listen_is_loopback(&a.listen) {
-            Some(false) if !a.allow_remote => err(
-                "admin.listen".into(),
-                format!(
-                    "{:?} is not a loopback address; the admin listener can reload the config, so exposing it \
-                     needs admin.allow_remote: true and admin.token_file",
-                    a.listen
-                ),
-            ),
-            _ => {}
-        }
-        if a.allow_remote && a.token_file.is_none() {
-            err(
-                "admin.token_file".into(),
-                "required with admin.allow_remote: true (a file holding the bearer token)".into(),
-            );
-        }
-    }
-}
-
-/// Checks names in one list are non-empty and unique; returns name -> index.
-fn unique_names<'a>(
-    list: &str,
-    names: impl Iterator<Item = &'a str>,
-    err: &mut impl FnMut(String, String),
-) -> HashMap<&'a str, usize> {
-    let mut seen = HashMap::new();
-    for (i, name) in names.enumerate() {
-        if name.is_empty() {
-            err(format!("{list}[{i}].name"), "must not be empty".into());
-        } else if let Some(first) = seen.insert(name, i) {
-            seen.insert(name, first);
-            err(
-                format!("{list}[{i}].name"),
-                format!("duplicate name {name:?} (first used at {list}[{first}])"),
-            );
-        }
-    }
-    seen
 }
 
 /// An upstream address is `host:port` (IP or DNS name); no scheme, path or userinfo.

@@ -15,7 +15,9 @@ pub mod logging;
 pub mod metrics;
 pub mod new_plugin;
 pub mod path;
+pub mod plugins;
 pub mod pool;
+pub mod proxy;
 pub mod reload;
 mod request;
 pub mod route;
@@ -26,4 +28,5 @@ pub mod workers;
 pub mod ws;
 
 pub use config::Config;
-pub use server::{Proxy, serve, spawn};
+pub use proxy::Proxy;
+pub use server::{serve, spawn};

@@ -9,8 +9,6 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use tracing::info;
 
-use crate::config::Config;
-
 /// Header carrying the request id to plugins (in their view), the upstream and the client.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -76,33 +74,6 @@ pub fn reload_level(level: Option<&str>) {
     let Some(set) = SET_FILTER.get() else { return };
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_new(level.unwrap_or("info")) {
         set(filter);
-    }
-}
-
-/// Config rules of the fields this module and the admin listener own; called from
-/// `Config::validate`.
-pub(crate) fn validate_config(c: &Config, err: &mut impl FnMut(String, String)) {
-    if let Some(admin) = &c.admin {
-        match admin.listen.parse::<SocketAddr>() {
-            Err(e) => err(
-                "admin.listen".into(),
-                format!("invalid socket address {:?}: {e}", admin.listen),
-            ),
-            Ok(a) if c.listen.parse::<SocketAddr>().is_ok_and(|l| l == a) => {
-                err("admin.listen".into(), "must differ from listen".into())
-            }
-            Ok(_) => {}
-        }
-    }
-    if c.shutdown_timeout_ms == Some(0) {
-        err("shutdown_timeout_ms".into(), "must be at least 1".into());
-    }
-    let level = c.log.as_ref().and_then(|l| l.level.as_deref());
-    if let Some(Err(e)) = level.map(tracing_subscriber::EnvFilter::try_new) {
-        err(
-            "log.level".into(),
-            format!("invalid filter {:?}: {e}", level.unwrap_or_default()),
-        );
     }
 }
 
@@ -176,7 +147,6 @@ pub fn access(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     #[test]
     fn request_id_is_kept_or_made() {
@@ -204,51 +174,5 @@ mod tests {
         h.append("x-request-id", HeaderValue::from_static("b"));
         request_id(&mut h);
         assert_eq!(h.get_all("x-request-id").iter().count(), 1);
-    }
-
-    const BASE: &str =
-        "listen: 127.0.0.1:8080\nupstreams: [{ name: u, addresses: [\"127.0.0.1:9\"] }]\nroutes: [{ upstream: u }]\n";
-
-    fn errors(extra: &str) -> Vec<String> {
-        match Config::parse(&format!("{BASE}{extra}"), "w.yaml", Path::new(".")) {
-            Ok(_) => vec![],
-            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
-        }
-    }
-
-    #[test]
-    fn operability_fields() {
-        let c = Config::parse(
-            &format!("{BASE}admin: {{ listen: 127.0.0.1:9901 }}\nshutdown_timeout_ms: 2500\naccess_log: true\nlog: {{ level: \"warn,weft_proxy=debug\" }}\n"),
-            "w.yaml",
-            Path::new("."),
-        )
-        .unwrap();
-        assert_eq!(c.admin.unwrap().listen, "127.0.0.1:9901");
-        assert_eq!(c.shutdown_timeout_ms, Some(2500));
-        assert!(c.access_log);
-        let e = errors("admin: { listen: nowhere }\nshutdown_timeout_ms: 0\nlog: { level: \"info,[\" }\n");
-        assert_eq!(e.len(), 3, "{e:?}");
-        assert!(
-            e[0].starts_with("config error in w.yaml at admin.listen: invalid socket address \"nowhere\""),
-            "{e:?}"
-        );
-        assert_eq!(
-            e[1],
-            "config error in w.yaml at shutdown_timeout_ms: must be at least 1"
-        );
-        assert!(
-            e[2].starts_with("config error in w.yaml at log.level: invalid filter \"info,[\""),
-            "{e:?}"
-        );
-        assert_eq!(
-            errors("admin: { listen: 127.0.0.1:8080 }\n"),
-            ["config error in w.yaml at admin.listen: must differ from listen"]
-        );
-        let e = errors("admin: { listen: 127.0.0.1:9901, port: 1 }\n");
-        assert!(
-            e[0].starts_with("config error in w.yaml at admin.port: unknown field `port`"),
-            "{e:?}"
-        );
     }
 }

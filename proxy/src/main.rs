@@ -5,9 +5,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tracing::info;
+use weft_proxy::Proxy;
 use weft_proxy::config::Config;
 use weft_proxy::demo;
-use weft_proxy::server::{Plugins, Proxy, tokio_runtime};
+use weft_proxy::plugins::Plugins;
+use weft_proxy::server::tokio_runtime;
 
 /// weft reverse proxy: hyper in front of upstreams, Go plugins in the middle.
 #[derive(Parser)]
@@ -118,23 +120,27 @@ fn check(path: &Path) -> Result<(), String> {
             weft_proxy::reload::locate_plugin_problems(path, &config, &e)
         )
     })?;
-    for (lib, names) in &plugins.libraries {
+    for lib in &plugins.libraries {
         let go = plugins
             .runtime
             .as_ref()
-            .and_then(|rt| rt.library_runtime(lib))
+            .and_then(|rt| rt.library_runtime(&lib.name))
             .map(|(_, v)| v);
         println!(
-            "library {lib} ({}): plugins {}",
+            "library {} ({}): plugins {}",
+            lib.name,
             go.unwrap_or_default(),
-            names.join(", ")
+            lib.plugins.join(", ")
         );
     }
-    for (name, how) in &plugins.ffi {
-        println!("ffi instance {name}: {how}");
+    for inst in &plugins.ffi {
+        println!("ffi instance {}: {}", inst.name, inst.how);
     }
-    for (name, phases, worker) in &plugins.remote {
-        println!("nats instance {name}: phase mask {phases:#x}; served by: {worker}");
+    for inst in &plugins.remote {
+        println!(
+            "nats instance {}: phase mask {:#x}; served by: {}",
+            inst.name, inst.phases, inst.worker_command
+        );
     }
     for w in weft_proxy::lint::warnings(&config) {
         println!("warning: {w}");

@@ -807,23 +807,83 @@ impl Collector for LogCollector {
     }
 }
 
-/// Runtime counters the metrics report (summed over generations).
-const COUNTERS: usize = 11;
+/// A counter of [`RuntimeStats`] the metrics report, summed over runtime generations: its
+/// exposition name (`_total` is appended), help text and field, declared together so a name
+/// and its value cannot drift apart.
+struct RuntimeCounter {
+    name: &'static str,
+    help: &'static str,
+    read: fn(&RuntimeStats) -> &AtomicU64,
+}
 
+/// Every runtime counter, in exposition order.
+const RUNTIME_COUNTERS: [RuntimeCounter; 11] = [
+    RuntimeCounter {
+        name: "weft_arena_exhausted",
+        help: "Requests answered 503 because every arena slot was in use",
+        read: |s| &s.arena_exhausted,
+    },
+    RuntimeCounter {
+        name: "weft_plugin_failures",
+        help: "Plugin phase calls that failed (error result, panic, invalid mutation batch, remote failure)",
+        read: |s| &s.plugin_failures,
+    },
+    RuntimeCounter {
+        name: "weft_log_phase_dropped",
+        help: "Log phases dropped because the log queue was full",
+        read: |s| &s.log_dropped,
+    },
+    RuntimeCounter {
+        name: "weft_plugin_fail_open_passes",
+        help: "Failed calls of fail-open plugin instances; the request went on unchanged",
+        read: |s| &s.fail_open_passes,
+    },
+    RuntimeCounter {
+        name: "weft_plugin_timeouts",
+        help: "Pending plugin calls and worker jobs cancelled at their phase deadline",
+        read: |s| &s.phase_timeouts,
+    },
+    RuntimeCounter {
+        name: "weft_plugin_busy_rejections",
+        help: "Plugin calls refused because the instance's in-flight limit or a worker ring was full",
+        read: |s| &s.busy_rejections,
+    },
+    RuntimeCounter {
+        name: "weft_plugin_late_completions",
+        help: "Completions that arrived after the call was cancelled (discarded; their slot released)",
+        read: |s| &s.late_completions,
+    },
+    RuntimeCounter {
+        name: "weft_worker_jobs",
+        help: "Plugin phase calls posted to worker rings (blocking plugins)",
+        read: |s| &s.worker_jobs,
+    },
+    RuntimeCounter {
+        name: "weft_plugin_output_bytes_shared",
+        help: "Bytes of local reply bodies sent from the arena slot the plugin wrote them to (or from the NATS reply), without a copy",
+        read: |s| &s.output_bytes_shared,
+    },
+    RuntimeCounter {
+        name: "weft_plugin_output_bytes_copied",
+        help: "Bytes of local reply bodies copied because the call had no out slot of its own (arena full)",
+        read: |s| &s.output_bytes_copied,
+    },
+    RuntimeCounter {
+        name: "weft_plugin_stalls",
+        help: "Inline plugin calls still running past runtime.stall_threshold_ms (each counted once; it held a proxy thread: consider blocking: true)",
+        read: |s| &s.plugin_stalls,
+    },
+];
+
+const COUNTERS: usize = RUNTIME_COUNTERS.len();
+
+/// The values of [`RUNTIME_COUNTERS`] in `s`, in the table's order.
 fn stats(s: &RuntimeStats) -> [u64; COUNTERS] {
-    [
-        s.arena_exhausted.load(Ordering::Relaxed),
-        s.plugin_failures.load(Ordering::Relaxed),
-        s.log_dropped.load(Ordering::Relaxed),
-        s.fail_open_passes.load(Ordering::Relaxed),
-        s.phase_timeouts.load(Ordering::Relaxed),
-        s.busy_rejections.load(Ordering::Relaxed),
-        s.late_completions.load(Ordering::Relaxed),
-        s.worker_jobs.load(Ordering::Relaxed),
-        s.output_bytes_shared.load(Ordering::Relaxed),
-        s.output_bytes_copied.load(Ordering::Relaxed),
-        s.plugin_stalls.load(Ordering::Relaxed),
-    ]
+    let mut values = [0; COUNTERS];
+    for (v, c) in values.iter_mut().zip(&RUNTIME_COUNTERS) {
+        *v = (c.read)(s).load(Ordering::Relaxed);
+    }
+    values
 }
 
 impl RuntimeCollector {
@@ -843,70 +903,38 @@ impl RuntimeCollector {
 impl Collector for RuntimeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let rt = self.runtime();
-        let totals = self.totals();
-        let (in_use, total) = rt.as_deref().map(Runtime::arena_usage).unwrap_or_default();
-        let (outs_in_use, outs) = rt.as_deref().map(Runtime::out_slot_usage).unwrap_or_default();
+        self.encode_counters(&mut encoder)?;
+        self.encode_gauges(rt.as_deref(), &mut encoder)?;
+        self.encode_nats(&mut encoder)
+    }
+}
+
+impl RuntimeCollector {
+    /// [`RUNTIME_COUNTERS`], then the buffered-body refusals.
+    fn encode_counters(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (counter, v) in RUNTIME_COUNTERS.iter().zip(self.totals()) {
+            let c = ConstCounter::new(v);
+            c.encode(encoder.encode_descriptor(counter.name, counter.help, None, c.metric_type())?)?;
+        }
+        let (_, _, buffered_refusals) = self.generations().budget();
+        let c = ConstCounter::new(buffered_refusals);
+        c.encode(encoder.encode_descriptor(
+            "weft_buffered_body_refusals",
+            "Buffered bodies refused (503 for a request, 502 for a response) because holding them would pass runtime.max_buffered_bytes_total",
+            None,
+            c.metric_type(),
+        )?)
+    }
+
+    /// Arena, queue, async-call and buffered-body gauges of the current runtime `rt`.
+    fn encode_gauges(&self, rt: Option<&Runtime>, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (in_use, total) = rt.map(Runtime::arena_usage).unwrap_or_default();
+        let (outs_in_use, outs) = rt.map(Runtime::out_slot_usage).unwrap_or_default();
         let buffers_in_use: u64 = rt
-            .as_deref()
             .map(|rt| rt.buffer_usage().iter().map(|c| c.1).sum())
             .unwrap_or_default();
         let (pending, orphaned) = self.async_gauges();
-        let (buffered, buffered_limit, buffered_refusals) = self.generations().budget();
-        let counters = [
-            (
-                "weft_arena_exhausted",
-                "Requests answered 503 because every arena slot was in use",
-            ),
-            (
-                "weft_plugin_failures",
-                "Plugin phase calls that failed (error result, panic, invalid mutation batch, remote failure)",
-            ),
-            (
-                "weft_log_phase_dropped",
-                "Log phases dropped because the log queue was full",
-            ),
-            (
-                "weft_plugin_fail_open_passes",
-                "Failed calls of fail-open plugin instances; the request went on unchanged",
-            ),
-            (
-                "weft_plugin_timeouts",
-                "Pending plugin calls and worker jobs cancelled at their phase deadline",
-            ),
-            (
-                "weft_plugin_busy_rejections",
-                "Plugin calls refused because the instance's in-flight limit or a worker ring was full",
-            ),
-            (
-                "weft_plugin_late_completions",
-                "Completions that arrived after the call was cancelled (discarded; their slot released)",
-            ),
-            (
-                "weft_worker_jobs",
-                "Plugin phase calls posted to worker rings (blocking plugins)",
-            ),
-            (
-                "weft_plugin_output_bytes_shared",
-                "Bytes of local reply bodies sent from the arena slot the plugin wrote them to (or from the NATS reply), without a copy",
-            ),
-            (
-                "weft_plugin_output_bytes_copied",
-                "Bytes of local reply bodies copied because the call had no out slot of its own (arena full)",
-            ),
-            (
-                "weft_plugin_stalls",
-                "Inline plugin calls still running past runtime.stall_threshold_ms (each counted once; it held a proxy thread: consider blocking: true)",
-            ),
-        ];
-        let refusals = (
-            "weft_buffered_body_refusals",
-            "Buffered bodies refused (503 for a request, 502 for a response) because holding them would pass runtime.max_buffered_bytes_total",
-        );
-        let values = totals.into_iter().chain([buffered_refusals]);
-        for ((name, help), v) in counters.into_iter().chain([refusals]).zip(values) {
-            let c = ConstCounter::new(v);
-            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
-        }
+        let (buffered, buffered_limit, _) = self.generations().budget();
         let gauges = [
             ("weft_arena_slots", "Request slots in the arena", u64::from(total)),
             (
@@ -937,7 +965,7 @@ impl Collector for RuntimeCollector {
             (
                 "weft_log_queue_depth",
                 "Finished requests waiting for their log phase",
-                rt.as_deref().map_or(0, |rt| rt.log_queue_len() as u64),
+                rt.map_or(0, |rt| rt.log_queue_len() as u64),
             ),
             (
                 "weft_plugin_pending_calls",
@@ -984,6 +1012,11 @@ impl Collector for RuntimeCollector {
             let g = ConstGauge::new(v as i64);
             g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
         }
+        Ok(())
+    }
+
+    /// The NATS connection's gauges, when there is one.
+    fn encode_nats(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let nats = self.nats.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(nats) = nats {
             let nats_gauges = [

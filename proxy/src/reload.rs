@@ -28,10 +28,9 @@ use crate::config::Config;
 use crate::conn::RequestBody;
 use crate::forward::ProxyBody;
 use crate::metrics;
-use crate::server::{Handler, Proxy, StartupError, control_runtime};
-
-/// Default for `shutdown_timeout_ms`.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::plugins::StartupError;
+use crate::proxy::Proxy;
+use crate::server::{Handler, control_runtime};
 
 /// How long a replaced generation may stay in use (long responses, queued log phases) before
 /// its plugin instances are abandoned without their shutdown hooks.
@@ -293,7 +292,8 @@ pub fn run_blocking(
     let limits = config.limits();
     let drain = config
         .shutdown_timeout_ms
-        .map_or(DEFAULT_SHUTDOWN_TIMEOUT, Duration::from_millis);
+        .unwrap_or(crate::config::DEFAULT_SHUTDOWN_TIMEOUT_MS);
+    let drain = Duration::from_millis(drain);
     let m = metrics::global();
 
     let workers = config.worker_count();

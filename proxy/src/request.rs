@@ -21,8 +21,9 @@ use crate::conn::RequestBody;
 use crate::forward::{
     ProxyBody, add_forwarding_headers, check_host, join_cookies, local_reply, pin_host, strip_hop_by_hop, upstream_uri,
 };
+use crate::proxy::{Proxy, RouteTarget};
 use crate::route::{Found, normalize_host};
-use crate::server::{Proxy, RouteTarget, error_chain};
+use crate::server::error_chain;
 use crate::upstream::{ResponseBody, UpstreamError};
 use crate::ws::ClientUpgrade;
 

@@ -46,9 +46,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, warn};
+use weft_nats_bridge::rooms::{RoomMessage, RoomRelay};
 use weft_runtime::mutation::WsOp;
 use weft_runtime::{Chain, Exchange, Flow, WsEvent};
 
+use crate::config::{
+    DEFAULT_WS_IDLE_TIMEOUT_MS, DEFAULT_WS_MAX_FRAME_BYTES, DEFAULT_WS_MAX_MESSAGE_BYTES, DEFAULT_WS_PING_INTERVAL_MS,
+    DEFAULT_WS_SEND_QUEUE,
+};
 use crate::forward::{ProxyBody, local_reply};
 
 /// Limits of a plugin-served WebSocket route (`routes[].websocket`).
@@ -484,7 +489,8 @@ async fn write_loop(mut sink: Sink, mut rx: mpsc::Receiver<Message>, conn: Arc<C
 pub struct Hub {
     origin: String,
     rooms: Mutex<HashMap<String, HashMap<u64, Arc<Conn>>>>,
-    nats: Mutex<Option<(u64, async_nats::Client)>>,
+    /// The relay to the other proxies, with its generation (see [`Hub::attach_nats`]).
+    nats: Mutex<Option<(u64, RoomRelay)>>,
     nats_generation: AtomicU64,
 }
 
@@ -505,10 +511,8 @@ pub fn hub() -> &'static Hub {
     })
 }
 
-/// NATS subject prefix of room broadcasts.
-pub const ROOM_SUBJECT_PREFIX: &str = "weft.ws.room.";
-const ORIGIN_HEADER: &str = "Weft-Origin";
-const BINARY_HEADER: &str = "Weft-Ws-Binary";
+/// NATS subject prefix of room broadcasts (the wire format is the bridge's `RoomRelay`).
+pub use weft_nats_bridge::rooms::ROOM_SUBJECT_PREFIX;
 
 fn valid_room(room: &str) -> bool {
     !room.is_empty()
@@ -572,22 +576,16 @@ impl Hub {
     /// Sends to every member of `room` here and (with NATS) on the other proxies. The copy of
     /// the sending connection `sender`, if it is a member, is returned for it to queue itself.
     fn broadcast(&self, room: &str, binary: bool, payload: Bytes, sender: u64) -> Option<Message> {
-        let nats = self
+        let relay = self
             .nats
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(|(_, c)| c.clone());
-        if let Some(client) = nats {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(ORIGIN_HEADER, self.origin.as_str());
-            if binary {
-                headers.insert(BINARY_HEADER, "1");
-            }
-            let subject = format!("{ROOM_SUBJECT_PREFIX}{room}");
-            let payload = payload.clone();
+            .map(|(_, r)| r.clone());
+        if let Some(relay) = relay {
+            let (room, payload) = (room.to_owned(), payload.clone());
             tokio::spawn(async move {
-                if let Err(e) = client.publish_with_headers(subject, headers, payload).await {
+                if let Err(e) = relay.publish(&room, binary, payload).await {
                     warn!(error = %e, "websocket room broadcast: NATS publish failed");
                 }
             });
@@ -600,9 +598,10 @@ impl Hub {
     /// client, e.g. after a reload); the subscription runs on `rt`.
     pub fn attach_nats(&'static self, client: async_nats::Client, rt: &tokio::runtime::Handle) {
         let generation = self.nats_generation.fetch_add(1, Ordering::Relaxed) + 1;
-        *self.nats.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, client.clone()));
+        let relay = RoomRelay::new(client, self.origin.as_str());
+        *self.nats.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, relay.clone()));
         rt.spawn(async move {
-            let mut sub = match client.subscribe(format!("{ROOM_SUBJECT_PREFIX}*")).await {
+            let mut sub = match relay.subscribe().await {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(error = %e, "websocket rooms: cannot subscribe to NATS; rooms stay local");
@@ -613,26 +612,23 @@ impl Hub {
                 if self.nats_generation.load(Ordering::Relaxed) != generation {
                     return; // a newer client took over
                 }
-                let headers = msg.headers.as_ref();
-                if headers
-                    .and_then(|h| h.get(ORIGIN_HEADER))
-                    .is_some_and(|o| o.as_str() == self.origin)
-                {
-                    continue; // our own broadcast, delivered locally already
-                }
-                let Some(room) = msg.subject.strip_prefix(ROOM_SUBJECT_PREFIX).filter(|r| valid_room(r)) else {
-                    debug!(subject = %msg.subject, "websocket rooms: ignoring a message on a bad subject");
-                    continue;
-                };
-                let binary = headers.and_then(|h| h.get(BINARY_HEADER)).is_some();
-                match ws_message(binary, msg.payload) {
-                    Some(m) => {
-                        self.deliver_local(room, &m, 0);
-                    }
-                    None => debug!(%room, "websocket rooms: ignoring a text broadcast that is not UTF-8"),
-                }
+                self.deliver_remote(msg);
             }
         });
+    }
+
+    /// Delivers a message from another proxy to this proxy's members of its room.
+    fn deliver_remote(&self, msg: RoomMessage) {
+        if !valid_room(&msg.room) {
+            debug!(room = %msg.room, "websocket rooms: ignoring a message on a bad subject");
+            return;
+        }
+        match ws_message(msg.binary, msg.payload) {
+            Some(m) => {
+                self.deliver_local(&msg.room, &m, 0);
+            }
+            None => debug!(room = %msg.room, "websocket rooms: ignoring a text broadcast that is not UTF-8"),
+        }
     }
 }
 
@@ -642,34 +638,35 @@ impl Hub {
 #[serde(deny_unknown_fields)]
 pub struct WsRouteConfig {
     pub plugin: String,
-    /// Largest frame (default 64 KiB); larger closes the connection with 1009.
+    /// Largest frame ([`DEFAULT_WS_MAX_FRAME_BYTES`]); larger closes the connection with 1009.
     #[serde(default)]
     pub max_frame_bytes: Option<usize>,
-    /// Largest message after joining fragments (default 16 KiB, at most half the arena slot:
+    /// Largest message after joining fragments ([`DEFAULT_WS_MAX_MESSAGE_BYTES`], at most half the arena slot:
     /// the plugin reads it in place and its answer must fit the out slot); larger: 1009.
     #[serde(default)]
     pub max_message_bytes: Option<usize>,
-    /// Messages queued for one connection (default 256); a client that lets it fill is closed
+    /// Messages queued for one connection ([`DEFAULT_WS_SEND_QUEUE`]); a client that lets it fill is closed
     /// with 1008.
     #[serde(default)]
     pub send_queue: Option<usize>,
-    /// Keep-alive ping period (default 20000).
+    /// Keep-alive ping period ([`DEFAULT_WS_PING_INTERVAL_MS`]).
     #[serde(default)]
     pub ping_interval_ms: Option<u64>,
     /// Close (1000, "idle timeout") after this long without any frame from the client
-    /// (default 60000; must exceed `ping_interval_ms`).
+    /// ([`DEFAULT_WS_IDLE_TIMEOUT_MS`]; must exceed `ping_interval_ms`).
     #[serde(default)]
     pub idle_timeout_ms: Option<u64>,
 }
 
 impl WsRouteConfig {
+    /// The limits with their defaults filled in.
     pub fn settings(&self) -> WsSettings {
         WsSettings {
-            max_frame_bytes: self.max_frame_bytes.unwrap_or(64 * 1024),
-            max_message_bytes: self.max_message_bytes.unwrap_or(16 * 1024),
-            send_queue: self.send_queue.unwrap_or(256),
-            ping_interval: Duration::from_millis(self.ping_interval_ms.unwrap_or(20_000)),
-            idle_timeout: Duration::from_millis(self.idle_timeout_ms.unwrap_or(60_000)),
+            max_frame_bytes: self.max_frame_bytes.unwrap_or(DEFAULT_WS_MAX_FRAME_BYTES),
+            max_message_bytes: self.max_message_bytes.unwrap_or(DEFAULT_WS_MAX_MESSAGE_BYTES),
+            send_queue: self.send_queue.unwrap_or(DEFAULT_WS_SEND_QUEUE),
+            ping_interval: Duration::from_millis(self.ping_interval_ms.unwrap_or(DEFAULT_WS_PING_INTERVAL_MS)),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms.unwrap_or(DEFAULT_WS_IDLE_TIMEOUT_MS)),
         }
     }
 
