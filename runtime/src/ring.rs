@@ -61,20 +61,16 @@
 
 use std::sync::Arc;
 
-use crate::abi::{
-    WEFT_RING_DESC_SIZE, WEFT_RING_MAGIC, WEFT_RING_MAX_CAPACITY, WEFT_RING_OFFSET_CAPACITY, WEFT_RING_OFFSET_CLOSED,
-    WEFT_RING_OFFSET_DESC_SIZE, WEFT_RING_OFFSET_DESCRIPTORS, WEFT_RING_OFFSET_HEAD, WEFT_RING_OFFSET_MAGIC,
-    WEFT_RING_OFFSET_RING_ID, WEFT_RING_OFFSET_TAIL, WEFT_RING_OFFSET_VERSION, WEFT_RING_OFFSET_WAITING,
-    WEFT_RING_VERSION,
-};
+use crate::abi::{WEFT_RING_MAGIC, WEFT_RING_MAX_CAPACITY, WEFT_RING_VERSION};
 use crate::sync::stat;
 use crate::sync::{AtomicU32, Ordering, UnsafeCell, fence, spin_hint};
 
 /// Largest capacity (entries); a power of two.
 pub const MAX_CAPACITY: u32 = WEFT_RING_MAX_CAPACITY;
 
-/// Where the descriptors start: the header's size.
-const DESCRIPTORS: usize = WEFT_RING_OFFSET_DESCRIPTORS as usize;
+/// Where the descriptors start: the header's size (under loom the header is a box of its own).
+#[cfg(not(weft_loom))]
+const DESCRIPTORS: usize = crate::abi::WEFT_RING_OFFSET_DESCRIPTORS as usize;
 
 pub use crate::abi::WeftJob;
 
@@ -105,6 +101,11 @@ pub struct RingHeader {
 // The header as Rust lays it out is the header the ABI's constants describe.
 #[cfg(not(weft_loom))]
 const _: () = {
+    use crate::abi::{
+        WEFT_RING_DESC_SIZE, WEFT_RING_OFFSET_CAPACITY, WEFT_RING_OFFSET_CLOSED, WEFT_RING_OFFSET_DESC_SIZE,
+        WEFT_RING_OFFSET_HEAD, WEFT_RING_OFFSET_MAGIC, WEFT_RING_OFFSET_RING_ID, WEFT_RING_OFFSET_TAIL,
+        WEFT_RING_OFFSET_VERSION, WEFT_RING_OFFSET_WAITING,
+    };
     use std::mem::{offset_of, size_of};
     assert!(size_of::<WeftJob>() == WEFT_RING_DESC_SIZE as usize);
     assert!(offset_of!(Meta, magic) == WEFT_RING_OFFSET_MAGIC as usize);
@@ -539,6 +540,7 @@ impl Consumer {
 #[cfg(all(test, not(weft_loom)))]
 mod tests {
     use super::*;
+    use crate::abi::*;
 
     fn job(i: u32) -> WeftJob {
         WeftJob {
