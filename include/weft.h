@@ -875,6 +875,8 @@ WEFT_STATIC_ASSERT(offsetof(WeftPluginDescriptor, runtime_version) == 24
                    && offsetof(WeftPluginDescriptor, on_phase) == 80
                    && offsetof(WeftPluginDescriptor, thread_start) == 88
                    && offsetof(WeftPluginDescriptor, shutdown) == 96, "WeftPluginDescriptor layout (v1 fields)")
+/* The first version-1 descriptor ended before attach_worker; the host accepts that size too. */
+WEFT_STATIC_ASSERT(offsetof(WeftPluginDescriptor, attach_worker) == 104, "WeftPluginDescriptor.attach_worker")
 WEFT_STATIC_ASSERT(offsetof(WeftHostApi, context) == 8 && offsetof(WeftHostApi, log) == 16,
                    "WeftHostApi layout (v1 fields)")
 #endif
