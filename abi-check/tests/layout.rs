@@ -1,13 +1,13 @@
-//! The committed include/weft.h, as libclang lays it out (through bindgen), against the runtime's
-//! `#[repr(C)]` types: every struct of the header must exist in `weft_runtime::abi` with the same
-//! size, alignment and field offsets, and every constant and enum value must agree. A struct
+//! The committed include/weft.h, as libclang lays it out (through bindgen), against the
+//! `#[repr(C)]` types of `weft-abi`: every struct of the header must exist in `weft_abi` with the
+//! same size, alignment and field offsets, and every constant and enum value must agree. A struct
 //! added to the header is picked up automatically (build.rs lists them); a header struct the
-//! runtime lacks fails to compile, naming it.
+//! crate lacks fails to compile, naming it; so does a header constant it lacks.
 
 use std::mem::{align_of, offset_of, size_of};
 
+use weft_abi as abi;
 use weft_abi_check::header as h;
-use weft_runtime::abi;
 
 /// (struct, size C, size Rust, align C, align Rust, [(field, offset C, offset Rust)])
 type Layout = (
@@ -44,7 +44,7 @@ fn all_layouts() -> Vec<Layout> {
 }
 
 #[test]
-fn every_header_struct_matches_the_runtime_layout() {
+fn every_header_struct_matches_the_weft_abi_layout() {
     let layouts = all_layouts();
     let names: Vec<&str> = layouts.iter().map(|l| l.0).collect();
     // The structs of ABI v1 must all be there (a sanity check that bindgen really read the file).
@@ -66,27 +66,29 @@ fn every_header_struct_matches_the_runtime_layout() {
     let mut problems = Vec::new();
     for (name, sc, sr, ac, ar, fields) in &layouts {
         if sc != sr {
-            problems.push(format!("{name}: sizeof is {sc} in weft.h but {sr} in abi.rs"));
+            problems.push(format!("{name}: sizeof is {sc} in weft.h but {sr} in abi/src/lib.rs"));
         }
         if ac != ar {
-            problems.push(format!("{name}: alignof is {ac} in weft.h but {ar} in abi.rs"));
+            problems.push(format!("{name}: alignof is {ac} in weft.h but {ar} in abi/src/lib.rs"));
         }
         for (field, oc, or) in fields {
             if oc != or {
-                problems.push(format!("{name}.{field}: offset {oc} in weft.h but {or} in abi.rs"));
+                problems.push(format!(
+                    "{name}.{field}: offset {oc} in weft.h but {or} in abi/src/lib.rs"
+                ));
             }
         }
     }
     assert!(
         problems.is_empty(),
-        "weft.h and abi.rs disagree:\n{}",
+        "weft.h and abi/src/lib.rs disagree:\n{}",
         problems.join("\n")
     );
 }
 
 #[test]
 fn the_layout_comparison_can_fail() {
-    // A deliberately different pair: the header's WeftStr against the runtime's WeftHeader.
+    // A deliberately different pair: the header's WeftStr against weft-abi's WeftHeader.
     assert_ne!(size_of::<h::WeftStr>(), size_of::<abi::WeftHeader>());
     assert_ne!(
         offset_of!(h::WeftRequestView, method),
@@ -95,42 +97,61 @@ fn the_layout_comparison_can_fail() {
 }
 
 #[test]
-fn constants_match() {
-    assert_eq!(h::WEFT_ABI_VERSION, abi::WEFT_ABI_VERSION);
-    assert_eq!(h::WEFT_MAX_MUTATION_RECORDS, abi::WEFT_MAX_MUTATION_RECORDS);
-    assert_eq!(h::WEFT_MAX_HEADER_NAME_LEN, abi::WEFT_MAX_HEADER_NAME_LEN);
-    assert_eq!(h::WEFT_MAX_HEADER_VALUE_LEN, abi::WEFT_MAX_HEADER_VALUE_LEN);
-    assert_eq!(h::WEFT_MAX_PATH_LEN, abi::WEFT_MAX_PATH_LEN);
-    assert_eq!(h::WEFT_RUNTIME_NATIVE, abi::WEFT_RUNTIME_NATIVE);
-    assert_eq!(h::WEFT_RUNTIME_GO, abi::WEFT_RUNTIME_GO);
-    assert_eq!(
-        [h::WEFT_LOG_ERROR, h::WEFT_LOG_WARN, h::WEFT_LOG_INFO, h::WEFT_LOG_DEBUG],
-        [
-            abi::WEFT_LOG_ERROR,
-            abi::WEFT_LOG_WARN,
-            abi::WEFT_LOG_INFO,
-            abi::WEFT_LOG_DEBUG
-        ]
+fn every_header_constant_matches_weft_abi() {
+    let mut seen = Vec::new();
+    let mut problems = Vec::new();
+    macro_rules! check {
+        ($name:ident) => {
+            seen.push(stringify!($name));
+            if h::$name as u64 != abi::$name as u64 {
+                problems.push(format!(
+                    "{}: {} in weft.h but {} in abi/src/lib.rs",
+                    stringify!($name),
+                    h::$name,
+                    abi::$name
+                ));
+            }
+        };
+    }
+    weft_abi_check::for_each_header_constant!(check);
+    assert!(
+        problems.is_empty(),
+        "weft.h and abi/src/lib.rs disagree:\n{}",
+        problems.join("\n")
     );
-    assert_eq!(h::WEFT_PHASE_MASK_REQUEST_HEADERS, abi::WEFT_PHASE_MASK_REQUEST_HEADERS);
-    assert_eq!(h::WEFT_PHASE_MASK_REQUEST_BODY, abi::WEFT_PHASE_MASK_REQUEST_BODY);
-    assert_eq!(
-        h::WEFT_PHASE_MASK_RESPONSE_HEADERS,
-        abi::WEFT_PHASE_MASK_RESPONSE_HEADERS
-    );
-    assert_eq!(h::WEFT_PHASE_MASK_RESPONSE_BODY, abi::WEFT_PHASE_MASK_RESPONSE_BODY);
-    assert_eq!(h::WEFT_PHASE_MASK_LOG, abi::WEFT_PHASE_MASK_LOG);
-    assert_eq!(h::WEFT_PHASE_MASK_SUPPORTED, abi::WEFT_PHASE_MASK_SUPPORTED);
-    assert_eq!(h::WEFT_BODY_END_OF_STREAM, abi::WEFT_BODY_END_OF_STREAM);
-    assert_eq!(h::WEFT_BODY_BUFFERED, abi::WEFT_BODY_BUFFERED);
-    assert_eq!(
-        h::WEFT_PLUGIN_FLAG_REQUEST_BODY_BUFFERED,
-        abi::WEFT_PLUGIN_FLAG_REQUEST_BODY_BUFFERED
-    );
-    assert_eq!(
-        h::WEFT_PLUGIN_FLAG_RESPONSE_BODY_BUFFERED,
-        abi::WEFT_PLUGIN_FLAG_RESPONSE_BODY_BUFFERED
-    );
+    // A sanity check that bindgen really read the constants, the ring layout included.
+    for want in [
+        "WEFT_ABI_VERSION",
+        "WEFT_MAX_MUTATION_RECORDS",
+        "WEFT_PHASE_MASK_SUPPORTED",
+        "WEFT_PLUGIN_FLAG_BLOCKING",
+        "WEFT_RING_MAGIC",
+        "WEFT_RING_VERSION",
+        "WEFT_RING_MAX_CAPACITY",
+        "WEFT_RING_DESC_SIZE",
+        "WEFT_RING_OFFSET_MAGIC",
+        "WEFT_RING_OFFSET_VERSION",
+        "WEFT_RING_OFFSET_CAPACITY",
+        "WEFT_RING_OFFSET_DESC_SIZE",
+        "WEFT_RING_OFFSET_CLOSED",
+        "WEFT_RING_OFFSET_RING_ID",
+        "WEFT_RING_OFFSET_TAIL",
+        "WEFT_RING_OFFSET_HEAD",
+        "WEFT_RING_OFFSET_WAITING",
+        "WEFT_RING_OFFSET_DESCRIPTORS",
+    ] {
+        assert!(
+            seen.contains(&want),
+            "{want} missing from the header's constants: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn ring_constants_describe_the_header_job() {
+    // The entry size the header states is the size C gives WeftJob.
+    assert_eq!(h::WEFT_RING_DESC_SIZE as usize, size_of::<h::WeftJob>());
+    assert_eq!(h::WEFT_RING_MAGIC.to_le_bytes(), *b"WFTR");
 }
 
 #[test]
@@ -148,6 +169,11 @@ fn enum_values_match() {
         (h::WeftResult_WEFT_RESULT_INVALID_MUTATION, R::InvalidMutation),
         (h::WeftResult_WEFT_RESULT_HANDLER_FAILED, R::HandlerFailed),
         (h::WeftResult_WEFT_RESULT_INTERNAL, R::Internal),
+        (h::WeftResult_WEFT_RESULT_PENDING, R::Pending),
+        (h::WeftResult_WEFT_RESULT_STALE_HANDLE, R::StaleHandle),
+        (h::WeftResult_WEFT_RESULT_ALREADY_COMPLETED, R::AlreadyCompleted),
+        (h::WeftResult_WEFT_RESULT_CANCELLED, R::Cancelled),
+        (h::WeftResult_WEFT_RESULT_BUSY, R::Busy),
     ];
     for (c, r) in results {
         assert_eq!(c, r as u32, "{r:?}");
@@ -206,6 +232,16 @@ fn enum_values_match() {
         (h::WeftMutationOp_WEFT_MUTATION_OP_BODY_APPEND, M::BodyAppend),
         (h::WeftMutationOp_WEFT_MUTATION_OP_BODY_DROP, M::BodyDrop),
         (h::WeftMutationOp_WEFT_MUTATION_OP_SKIP_BODY, M::SkipBody),
+        (h::WeftMutationOp_WEFT_MUTATION_OP_WS_SEND_TEXT, M::WsSendText),
+        (h::WeftMutationOp_WEFT_MUTATION_OP_WS_SEND_BINARY, M::WsSendBinary),
+        (h::WeftMutationOp_WEFT_MUTATION_OP_WS_CLOSE, M::WsClose),
+        (h::WeftMutationOp_WEFT_MUTATION_OP_WS_JOIN_ROOM, M::WsJoinRoom),
+        (h::WeftMutationOp_WEFT_MUTATION_OP_WS_LEAVE_ROOM, M::WsLeaveRoom),
+        (h::WeftMutationOp_WEFT_MUTATION_OP_WS_BROADCAST_TEXT, M::WsBroadcastText),
+        (
+            h::WeftMutationOp_WEFT_MUTATION_OP_WS_BROADCAST_BINARY,
+            M::WsBroadcastBinary,
+        ),
     ];
     for (c, m) in ops {
         assert_eq!(c, m as u32, "{m:?}");
@@ -249,7 +285,7 @@ fn version_macros_match_runtime_cargo_toml() {
     assert_eq!(
         [h::WEFT_VERSION_MAJOR, h::WEFT_VERSION_MINOR, h::WEFT_VERSION_PATCH],
         [parts[0], parts[1], parts[2]],
-        "weft.h version macros vs runtime/Cargo.toml {version}; update after_includes in runtime/cbindgen.toml"
+        "weft.h version macros vs runtime/Cargo.toml {version}; update after_includes in abi/cbindgen.toml"
     );
     let text = std::ffi::CStr::from_bytes_with_nul(h::WEFT_VERSION)
         .unwrap()

@@ -376,19 +376,8 @@ static uint32_t delay_phase(uint64_t instance, uint32_t phase, const WeftRequest
 
 /* ---- blocking: jobs from worker rings ---- */
 
-/* Ring layout (docs/architecture.md, "Worker-pool rings"). */
-enum {
-    RING_MAGIC = 0x52544657u, /* "WFTR" little-endian */
-    OFF_CAPACITY = 8,
-    OFF_DESC_SIZE = 12,
-    OFF_CLOSED = 16,
-    OFF_RING_ID = 24,
-    OFF_TAIL = 64,
-    OFF_HEAD = 128,
-    OFF_WAITING = 192,
-    OFF_DESCRIPTORS = 256,
-    SPINS = 1 << 12,
-};
+/* The ring layout is in weft.h (WEFT_RING_*); only the spin count is this plugin's choice. */
+enum { SPINS = 1 << 12 };
 
 struct worker {
     uint8_t *ring;
@@ -443,9 +432,11 @@ static void run_job(const struct worker *w, const WeftJob *job) {
 
 static void *worker_main(void *arg) {
     struct worker *w = arg;
-    _Atomic uint32_t *closed = word(w->ring, OFF_CLOSED), *tail_w = word(w->ring, OFF_TAIL),
-                     *head_w = word(w->ring, OFF_HEAD), *waiting = word(w->ring, OFF_WAITING);
-    const uint8_t *descs = w->ring + OFF_DESCRIPTORS;
+    _Atomic uint32_t *closed = word(w->ring, WEFT_RING_OFFSET_CLOSED);
+    _Atomic uint32_t *tail_w = word(w->ring, WEFT_RING_OFFSET_TAIL);
+    _Atomic uint32_t *head_w = word(w->ring, WEFT_RING_OFFSET_HEAD);
+    _Atomic uint32_t *waiting = word(w->ring, WEFT_RING_OFFSET_WAITING);
+    const uint8_t *descs = w->ring + WEFT_RING_OFFSET_DESCRIPTORS;
     uint32_t head = atomic_load_explicit(head_w, memory_order_relaxed);
     for (;;) {
         /* Acquire: the descriptors published with this tail are visible. */
@@ -494,17 +485,19 @@ static void *worker_main(void *arg) {
 static uint32_t attach_worker(void *ring, size_t ring_len, const uint8_t *arena, uint32_t slot_size,
                               uint32_t slot_count) {
     uint8_t *r = ring;
-    uint32_t magic, capacity, desc_size;
-    if (r == NULL || arena == NULL || ring_len < OFF_DESCRIPTORS) {
+    uint32_t magic, version, capacity, desc_size;
+    if (r == NULL || arena == NULL || ring_len < WEFT_RING_OFFSET_DESCRIPTORS) {
         return WEFT_RESULT_INVALID_ARGUMENT;
     }
-    memcpy(&magic, r, 4);
-    memcpy(&capacity, r + OFF_CAPACITY, 4);
-    memcpy(&desc_size, r + OFF_DESC_SIZE, 4);
+    memcpy(&magic, r + WEFT_RING_OFFSET_MAGIC, 4);
+    memcpy(&version, r + WEFT_RING_OFFSET_VERSION, 4);
+    memcpy(&capacity, r + WEFT_RING_OFFSET_CAPACITY, 4);
+    memcpy(&desc_size, r + WEFT_RING_OFFSET_DESC_SIZE, 4);
     uint64_t ring_id;
-    memcpy(&ring_id, r + OFF_RING_ID, 8);
-    if (magic != RING_MAGIC || desc_size != sizeof(WeftJob) || capacity == 0 || (capacity & (capacity - 1)) != 0 ||
-        ring_len < OFF_DESCRIPTORS + (size_t)capacity * sizeof(WeftJob)) {
+    memcpy(&ring_id, r + WEFT_RING_OFFSET_RING_ID, 8);
+    if (magic != WEFT_RING_MAGIC || version != WEFT_RING_VERSION || desc_size != WEFT_RING_DESC_SIZE ||
+        capacity < 2 || capacity > WEFT_RING_MAX_CAPACITY || (capacity & (capacity - 1)) != 0 ||
+        ring_len < WEFT_RING_OFFSET_DESCRIPTORS + (size_t)capacity * WEFT_RING_DESC_SIZE) {
         return WEFT_RESULT_ABI_MISMATCH;
     }
     struct worker *w = malloc(sizeof *w);

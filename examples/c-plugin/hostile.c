@@ -596,15 +596,15 @@ static int ring_job(struct hostile_worker *w, const WeftJob *job) {
 
 static void *ring_main(void *arg) {
     struct hostile_worker *w = arg;
-    _Atomic uint32_t *closed = (_Atomic uint32_t *)(void *)(w->ring + 16);
-    _Atomic uint32_t *tail_w = (_Atomic uint32_t *)(void *)(w->ring + 64);
-    _Atomic uint32_t *head_w = (_Atomic uint32_t *)(void *)(w->ring + 128);
+    _Atomic uint32_t *closed = (_Atomic uint32_t *)(void *)(w->ring + WEFT_RING_OFFSET_CLOSED);
+    _Atomic uint32_t *tail_w = (_Atomic uint32_t *)(void *)(w->ring + WEFT_RING_OFFSET_TAIL);
+    _Atomic uint32_t *head_w = (_Atomic uint32_t *)(void *)(w->ring + WEFT_RING_OFFSET_HEAD);
     uint32_t head = atomic_load_explicit(head_w, memory_order_relaxed);
     for (;;) {
         uint32_t tail = atomic_load_explicit(tail_w, memory_order_acquire);
         if (head != tail) {
             WeftJob job;
-            memcpy(&job, w->ring + 256 + (size_t)(head & w->mask) * sizeof job, sizeof job);
+            memcpy(&job, w->ring + WEFT_RING_OFFSET_DESCRIPTORS + (size_t)(head & w->mask) * sizeof job, sizeof job);
             atomic_store_explicit(head_w, ++head, memory_order_release);
             if (ring_job(w, &job)) {
                 free(w);
@@ -633,13 +633,13 @@ static uint32_t hostile_attach(void *ring, size_t ring_len, const uint8_t *arena
     }
     uint32_t capacity;
     struct hostile_worker *w = malloc(sizeof *w);
-    if (w == NULL || ring == NULL || ring_len < 256 || host->size < sizeof(WeftHostApi)) {
+    if (w == NULL || ring == NULL || ring_len < WEFT_RING_OFFSET_DESCRIPTORS || host->size < sizeof(WeftHostApi)) {
         free(w);
         return WEFT_RESULT_INVALID_ARGUMENT;
     }
     w->ring = ring;
-    memcpy(&capacity, w->ring + 8, 4);
-    memcpy(&w->ring_id, w->ring + 24, 8);
+    memcpy(&capacity, w->ring + WEFT_RING_OFFSET_CAPACITY, 4);
+    memcpy(&w->ring_id, w->ring + WEFT_RING_OFFSET_RING_ID, 8);
     w->mask = capacity - 1;
     w->arena = arena;
     w->slot_size = slot_size;

@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft_runtime::abi::WeftPhase;
+use weft_abi::WeftPhase;
 use weft_runtime::mutation;
 
 #[path = "common.rs"]

@@ -7,8 +7,8 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use weft_runtime::abi::WeftMutationOp as M;
-use weft_runtime::abi::WeftPhase;
+use weft_abi::WeftMutationOp as M;
+use weft_abi::WeftPhase;
 use weft_runtime::mutation::{self, MutationError, RESERVED, encode_record};
 
 #[path = "common.rs"]

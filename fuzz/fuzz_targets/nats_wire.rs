@@ -6,8 +6,8 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
+use weft_abi::WeftPhase;
 use weft_nats_bridge::wire;
-use weft_runtime::abi::WeftPhase;
 use weft_runtime::mutation;
 
 fuzz_target!(|input: (u64, u32, u32, &[u8], &[u8])| {

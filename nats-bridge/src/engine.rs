@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weft_runtime::abi::WeftPhase;
+use weft_abi::WeftPhase;
 use weft_runtime::remote::{self, RemoteCall, RemoteCallError, RemoteErrorKind};
 
 use crate::plugin::{RemoteError, RemotePlugin};

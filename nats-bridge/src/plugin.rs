@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use async_nats::StatusCode;
 use bytes::Bytes;
-use weft_runtime::abi::{WeftPhase, WeftResult};
+use weft_abi::{WeftPhase, WeftResult};
 
 use crate::transport::Shared;
 use crate::wire;

@@ -5,7 +5,7 @@
 
 use std::mem::size_of;
 
-use weft_runtime::abi::{WeftHeader, WeftRequestView, WeftStr};
+use weft_abi::{WeftHeader, WeftRequestView, WeftStr};
 
 /// The view bytes are not a well-formed request view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
+use weft_abi::WeftPhase;
 use weft_nats_bridge::{NatsAuth, NatsOptions, NatsTransport, RemotePluginOptions};
-use weft_runtime::abi::WeftPhase;
 
 use common::*;
 

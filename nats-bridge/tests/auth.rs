@@ -9,8 +9,8 @@ use weft_test_support::require_nats;
 use std::sync::Arc;
 
 use common::*;
+use weft_abi::WeftPhase;
 use weft_nats_bridge::{NatsAuth, NatsOptions, NatsTransport, RemotePlugin, RemotePluginOptions};
-use weft_runtime::abi::WeftPhase;
 
 async fn call_header_rewriter(url: &str, auth: NatsAuth) {
     call_header_rewriter_with(NatsOptions {

@@ -8,8 +8,8 @@ use weft_test_support::require_nats;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
+use weft_abi::WeftPhase;
 use weft_nats_bridge::{RemoteError, RemotePluginOptions};
-use weft_runtime::abi::WeftPhase;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timed_out_requests_do_not_leak() {

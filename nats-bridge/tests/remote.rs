@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{NatsServer, Worker, connect, fake_deadline, next_msg, pct, request_view, subscribe_live, with_response};
+use weft_abi::{WeftPhase, WeftResult};
 use weft_nats_bridge::{RemoteError, RemotePlugin, RemotePluginOptions};
-use weft_runtime::abi::{WeftPhase, WeftResult};
 use weft_runtime::mutation::{self, Batch};
 
 const RH: WeftPhase = WeftPhase::RequestHeaders;

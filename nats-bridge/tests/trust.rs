@@ -13,8 +13,8 @@ use weft_test_support::require_nats;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
+use weft_abi::WeftPhase;
 use weft_nats_bridge::{RemoteError, RemotePluginOptions, wire};
-use weft_runtime::abi::WeftPhase;
 
 use common::{NatsServer, Worker, connect, fake_deadline, next_msg, request_view, subscribe_live, with_response};
 
@@ -26,7 +26,7 @@ fn one_record() -> Vec<u8> {
     let mut b = Vec::new();
     weft_runtime::mutation::encode_record(
         &mut b,
-        weft_runtime::abi::WeftMutationOp::SetRequestHeader as u32,
+        weft_abi::WeftMutationOp::SetRequestHeader as u32,
         0,
         b"x-allowed",
         b"1",

@@ -3,8 +3,11 @@
 //! another language (a Go worker) reading the same memory.
 //!
 //! # Layout (version 1, all little-endian native integers, offsets in bytes)
+//! The layout is part of the C ABI: the `WEFT_RING_*` constants of `weft-abi` (and `weft.h`)
+//! define it, the types below are checked against them at compile time, and the C and Go
+//! consumers use the same constants.
 //! ```text
-//!   0  magic  u32 = RING_MAGIC ("WFTR")   4  version u32 = 1
+//!   0  magic  u32 = WEFT_RING_MAGIC ("WFTR")   4  version u32 = 1
 //!   8  capacity u32 (power of two)         12 desc_size u32 = 32
 //!  16  closed u32 (0 open, 1: the producer is gone)   20 reserved u32 (0)
 //!  24  ring_id u64: this ring's identity, never 0, unique in the process (a ring mapped later
@@ -13,7 +16,7 @@
 //!  64  tail    u32  written by the producer only: descriptors [0, tail) were published
 //! 128  head    u32  written by the consumer only: descriptors [0, head) were consumed
 //! 192  waiting u32  the consumer's park flag and futex word: 0 running, 1 parked (or parking)
-//! 256  descriptors: capacity × WeftJob (32 bytes, #[repr(C)])
+//! 256  descriptors: capacity × WeftJob (WEFT_RING_DESC_SIZE = 32 bytes, #[repr(C)])
 //! ```
 //! `head` and `tail` run freely and wrap at 2³²; descriptor `i` lives at index `i & (capacity-1)`.
 //! The ring is empty when `head == tail` and full when `tail - head == capacity`. Each of the four
@@ -58,14 +61,16 @@
 
 use std::sync::Arc;
 
+use crate::abi::{WEFT_RING_MAGIC, WEFT_RING_MAX_CAPACITY, WEFT_RING_VERSION};
 use crate::sync::stat;
 use crate::sync::{AtomicU32, Ordering, UnsafeCell, fence, spin_hint};
 
-/// "WFTR", little-endian.
-pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"WFTR");
-pub const RING_VERSION: u32 = 1;
 /// Largest capacity (entries); a power of two.
-pub const MAX_CAPACITY: u32 = 1 << 20;
+pub const MAX_CAPACITY: u32 = WEFT_RING_MAX_CAPACITY;
+
+/// Where the descriptors start: the header's size (under loom the header is a box of its own).
+#[cfg(not(weft_loom))]
+const DESCRIPTORS: usize = crate::abi::WEFT_RING_OFFSET_DESCRIPTORS as usize;
 
 pub use crate::abi::WeftJob;
 
@@ -93,23 +98,26 @@ pub struct RingHeader {
     waiting: Line<AtomicU32>,
 }
 
-/// Offsets of the header words and the descriptors: the contract with foreign consumers.
-pub const OFFSET_CLOSED: usize = 16;
-pub const OFFSET_RING_ID: usize = 24;
-pub const OFFSET_TAIL: usize = 64;
-pub const OFFSET_HEAD: usize = 128;
-pub const OFFSET_WAITING: usize = 192;
-pub const OFFSET_DESCRIPTORS: usize = 256;
-
+// The header as Rust lays it out is the header the ABI's constants describe.
 #[cfg(not(weft_loom))]
 const _: () = {
-    assert!(std::mem::size_of::<WeftJob>() == 32);
-    assert!(std::mem::offset_of!(RingHeader, tail) == OFFSET_TAIL);
-    assert!(std::mem::offset_of!(RingHeader, head) == OFFSET_HEAD);
-    assert!(std::mem::offset_of!(RingHeader, waiting) == OFFSET_WAITING);
-    assert!(std::mem::size_of::<RingHeader>() == OFFSET_DESCRIPTORS);
-    assert!(std::mem::offset_of!(Meta, closed) == OFFSET_CLOSED);
-    assert!(std::mem::offset_of!(Meta, ring_id) == OFFSET_RING_ID);
+    use crate::abi::{
+        WEFT_RING_DESC_SIZE, WEFT_RING_OFFSET_CAPACITY, WEFT_RING_OFFSET_CLOSED, WEFT_RING_OFFSET_DESC_SIZE,
+        WEFT_RING_OFFSET_HEAD, WEFT_RING_OFFSET_MAGIC, WEFT_RING_OFFSET_RING_ID, WEFT_RING_OFFSET_TAIL,
+        WEFT_RING_OFFSET_VERSION, WEFT_RING_OFFSET_WAITING,
+    };
+    use std::mem::{offset_of, size_of};
+    assert!(size_of::<WeftJob>() == WEFT_RING_DESC_SIZE as usize);
+    assert!(offset_of!(Meta, magic) == WEFT_RING_OFFSET_MAGIC as usize);
+    assert!(offset_of!(Meta, version) == WEFT_RING_OFFSET_VERSION as usize);
+    assert!(offset_of!(Meta, capacity) == WEFT_RING_OFFSET_CAPACITY as usize);
+    assert!(offset_of!(Meta, desc_size) == WEFT_RING_OFFSET_DESC_SIZE as usize);
+    assert!(offset_of!(Meta, closed) == WEFT_RING_OFFSET_CLOSED as usize);
+    assert!(offset_of!(Meta, ring_id) == WEFT_RING_OFFSET_RING_ID as usize);
+    assert!(offset_of!(RingHeader, tail) == WEFT_RING_OFFSET_TAIL as usize);
+    assert!(offset_of!(RingHeader, head) == WEFT_RING_OFFSET_HEAD as usize);
+    assert!(offset_of!(RingHeader, waiting) == WEFT_RING_OFFSET_WAITING as usize);
+    assert!(size_of::<RingHeader>() == DESCRIPTORS);
 };
 
 const RUNNING: u32 = 0;
@@ -258,8 +266,8 @@ pub fn ring(capacity: u32) -> Result<(Producer, Consumer), RingError> {
     }
     let header = RingHeader {
         meta: Line(Meta {
-            magic: RING_MAGIC,
-            version: RING_VERSION,
+            magic: WEFT_RING_MAGIC,
+            version: WEFT_RING_VERSION,
             capacity,
             desc_size: std::mem::size_of::<WeftJob>() as u32,
             closed: AtomicU32::new(0),
@@ -272,7 +280,7 @@ pub fn ring(capacity: u32) -> Result<(Producer, Consumer), RingError> {
     };
     #[cfg(not(weft_loom))]
     let region = {
-        let bytes = OFFSET_DESCRIPTORS + capacity as usize * std::mem::size_of::<WeftJob>();
+        let bytes = DESCRIPTORS + capacity as usize * std::mem::size_of::<WeftJob>();
         let mut map = memmap2::MmapOptions::new()
             .len(bytes)
             .map_anon()
@@ -285,7 +293,7 @@ pub fn ring(capacity: u32) -> Result<(Producer, Consumer), RingError> {
             std::ptr::write(base as *mut RingHeader, header);
             Region {
                 header: base as *const RingHeader,
-                descs: base.add(OFFSET_DESCRIPTORS) as *const UnsafeCell<WeftJob>,
+                descs: base.add(DESCRIPTORS) as *const UnsafeCell<WeftJob>,
                 map,
             }
         }
@@ -532,6 +540,7 @@ impl Consumer {
 #[cfg(all(test, not(weft_loom)))]
 mod tests {
     use super::*;
+    use crate::abi::*;
 
     fn job(i: u32) -> WeftJob {
         WeftJob {
@@ -547,19 +556,32 @@ mod tests {
 
     #[test]
     fn header_layout_is_the_documented_one() {
-        let (p, _c) = ring(8).unwrap();
+        let (mut p, mut c) = ring(8).unwrap();
         let (base, len) = p.region();
-        assert_eq!(len, OFFSET_DESCRIPTORS + 8 * 32);
-        let word = |off: usize| unsafe { (base.add(off) as *const u32).read() };
-        assert_eq!(word(0), RING_MAGIC);
-        assert_eq!(word(4), RING_VERSION);
-        assert_eq!(word(8), 8);
-        assert_eq!(word(12), 32);
-        assert_eq!(word(OFFSET_TAIL), 0);
-        let id = unsafe { (base.add(OFFSET_RING_ID) as *const u64).read() };
+        assert_eq!(len, DESCRIPTORS + 8 * WEFT_RING_DESC_SIZE as usize);
+        // SAFETY: every offset read is inside the header of the live region.
+        let word = |off: u32| unsafe { (base.add(off as usize) as *const u32).read_volatile() };
+        assert_eq!(word(WEFT_RING_OFFSET_MAGIC), WEFT_RING_MAGIC);
+        assert_eq!(word(WEFT_RING_OFFSET_VERSION), WEFT_RING_VERSION);
+        assert_eq!(word(WEFT_RING_OFFSET_CAPACITY), 8);
+        assert_eq!(word(WEFT_RING_OFFSET_DESC_SIZE), WEFT_RING_DESC_SIZE);
+        assert_eq!(word(WEFT_RING_OFFSET_TAIL), 0);
+        let id = unsafe { (base.add(WEFT_RING_OFFSET_RING_ID as usize) as *const u64).read() };
         assert_eq!(id, p.id());
         let (q, _d) = ring(8).unwrap();
         assert!(id != 0 && q.id() != id, "ring ids are unique and never 0");
+        // The moving words are where a foreign consumer looks for them, and the entries too.
+        p.try_send(job(7)).unwrap();
+        assert_eq!(word(WEFT_RING_OFFSET_TAIL), 1);
+        // SAFETY: entry 0 is inside the region; the producer wrote it before publishing.
+        let first = unsafe { (base.add(DESCRIPTORS) as *const WeftJob).read() };
+        assert_eq!(first, job(7));
+        assert_eq!(c.try_recv(), Some(job(7)));
+        assert_eq!(word(WEFT_RING_OFFSET_HEAD), 1);
+        assert_eq!(word(WEFT_RING_OFFSET_WAITING), RUNNING);
+        assert_eq!(word(WEFT_RING_OFFSET_CLOSED), 0);
+        drop(p);
+        assert_eq!(word(WEFT_RING_OFFSET_CLOSED), 1, "a dropped producer closes the ring");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 // (package weft/cabi) and the test host (package weft/wefttest) call.
 //
 // The Go structs in this file mirror the C layout of include/weft.h (generated from
-// runtime/src/abi.rs); a test in weft/cabi checks sizes and offsets against the C compiler.
+// abi/src/lib.rs, the weft-abi crate); a test in weft/cabi checks sizes and offsets against the C
+// compiler.
 //
 // # Ownership and lifetime
 //

@@ -35,12 +35,15 @@ import (
 // worker_exit_ring(ring, ring_id) (worker_exit(ring) on an older host), once, and never touches
 // the ring again.
 
-// Ring layout constants (runtime/src/ring.rs).
+// Ring layout constants: the WEFT_RING_* values of weft.h (this package does not use cgo; a
+// test in weft/cabi compares each with the header).
 const (
 	RingMagic       = 0x52544657 // "WFTR" read as a little-endian u32
 	RingVersion     = 1
 	RingMaxCapacity = 1 << 20
 
+	RingOffsetMagic       = 0
+	RingOffsetVersion     = 4
 	RingOffsetCapacity    = 8
 	RingOffsetDescSize    = 12
 	RingOffsetClosed      = 16
@@ -50,7 +53,7 @@ const (
 	RingOffsetWaiting     = 192
 	RingOffsetDescriptors = 256
 
-	// SizeofJob is the size of WeftJob.
+	// SizeofJob is the size of WeftJob, the ring's entry size (WEFT_RING_DESC_SIZE).
 	SizeofJob = 32
 )
 
@@ -159,7 +162,7 @@ func newRingWorker(ring unsafe.Pointer, ringLen uintptr, arena Arena, host Worke
 		return nil, fmt.Errorf("%w: region %p of %d bytes", ErrBadRing, ring, ringLen)
 	}
 	word := func(off uintptr) uint32 { return atomic.LoadUint32((*uint32)(unsafe.Add(ring, off))) }
-	magic, version, capacity, descSize := word(0), word(4), word(RingOffsetCapacity), word(RingOffsetDescSize)
+	magic, version, capacity, descSize := word(RingOffsetMagic), word(RingOffsetVersion), word(RingOffsetCapacity), word(RingOffsetDescSize)
 	switch {
 	case magic != RingMagic:
 		return nil, fmt.Errorf("%w: magic %#x, want %#x", ErrBadRing, magic, RingMagic)

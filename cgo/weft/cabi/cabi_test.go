@@ -1,6 +1,8 @@
 package cabi
 
 import (
+	"os"
+	"regexp"
 	"runtime"
 	"testing"
 	"unsafe"
@@ -16,6 +18,7 @@ func TestLayoutMatchesHeader(t *testing.T) {
 		m core.Mutation
 		b core.Buf
 		v core.RequestView
+		j core.Job
 	)
 	tests := []struct {
 		name  string
@@ -35,6 +38,9 @@ func TestLayoutMatchesHeader(t *testing.T) {
 			unsafe.Offsetof(v.ReqHeadersOff), unsafe.Offsetof(v.ReqHeaderCount), unsafe.Offsetof(v.Status),
 			unsafe.Offsetof(v.RespHeadersOff), unsafe.Offsetof(v.RespHeaderCount), unsafe.Offsetof(v.Call),
 			unsafe.Offsetof(v.Body), unsafe.Offsetof(v.BodyLen), unsafe.Offsetof(v.BodyFlags)}},
+		{"WeftJob", 5, []uintptr{unsafe.Sizeof(j), unsafe.Offsetof(j.Slot), unsafe.Offsetof(j.Generation),
+			unsafe.Offsetof(j.Instance), unsafe.Offsetof(j.Phase), unsafe.Offsetof(j.Call), unsafe.Offsetof(j.OutSlot),
+			unsafe.Offsetof(j.OutOff)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -65,6 +71,30 @@ func TestConstantsMatchHeader(t *testing.T) {
 	for name, v := range cConstants() {
 		if v[0] != v[1] {
 			t.Errorf("%s: C %d, Go %d", name, v[0], v[1])
+		}
+	}
+}
+
+// The ring layout core reads without cgo must be the header's, constant by constant, and every
+// WEFT_RING_* constant the header defines must be checked here.
+func TestRingLayoutMatchesHeader(t *testing.T) {
+	ring := cRingConstants()
+	for name, v := range ring {
+		if v[0] != v[1] {
+			t.Errorf("%s: C %d, Go %d", name, v[0], v[1])
+		}
+	}
+	header, err := os.ReadFile("../../../include/weft.h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defined := regexp.MustCompile(`(?m)^#define (WEFT_RING_[A-Z0-9_]+)\s`).FindAllSubmatch(header, -1)
+	if len(defined) == 0 {
+		t.Fatal("no WEFT_RING_* constant in include/weft.h")
+	}
+	for _, m := range defined {
+		if _, ok := ring[string(m[1])]; !ok {
+			t.Errorf("%s is in weft.h but not compared with core (add it to cRingConstants)", m[1])
 		}
 	}
 }

@@ -24,6 +24,9 @@ static const size_t weft_layout_view[] = {sizeof(WeftRequestView),
 	offsetof(WeftRequestView, status), offsetof(WeftRequestView, resp_headers_off),
 	offsetof(WeftRequestView, resp_header_count), offsetof(WeftRequestView, call),
 	offsetof(WeftRequestView, body), offsetof(WeftRequestView, body_len), offsetof(WeftRequestView, body_flags)};
+static const size_t weft_layout_job[] = {sizeof(WeftJob), offsetof(WeftJob, slot), offsetof(WeftJob, generation),
+	offsetof(WeftJob, instance), offsetof(WeftJob, phase), offsetof(WeftJob, call), offsetof(WeftJob, out_slot),
+	offsetof(WeftJob, out_off)};
 
 static size_t weft_layout(int which, int i) {
 	switch (which) {
@@ -32,6 +35,7 @@ static size_t weft_layout(int which, int i) {
 	case 2: return weft_layout_mutation[i];
 	case 3: return weft_layout_buf[i];
 	case 4: return weft_layout_view[i];
+	case 5: return weft_layout_job[i];
 	}
 	return (size_t)-1;
 }
@@ -128,5 +132,26 @@ func cConstants() map[string][2]uint64 {
 		"WEFT_MAX_HEADER_VALUE_LEN":               {C.WEFT_MAX_HEADER_VALUE_LEN, core.MaxHeaderValueLen},
 		"WEFT_MAX_PATH_LEN":                       {C.WEFT_MAX_PATH_LEN, core.MaxPathLen},
 		"WEFT_MAX_WS_ROOM_LEN":                    {C.WEFT_MAX_WS_ROOM_LEN, core.MaxWSRoomLen},
+	}
+}
+
+// cRingConstants returns the worker-ring layout as weft.h gives it (every WEFT_RING_* constant),
+// keyed by name, next to the value of core's pure-Go copy. Used by the layout test.
+func cRingConstants() map[string][2]uint64 {
+	return map[string][2]uint64{
+		"WEFT_RING_MAGIC":              {C.WEFT_RING_MAGIC, core.RingMagic},
+		"WEFT_RING_VERSION":            {C.WEFT_RING_VERSION, core.RingVersion},
+		"WEFT_RING_MAX_CAPACITY":       {C.WEFT_RING_MAX_CAPACITY, core.RingMaxCapacity},
+		"WEFT_RING_DESC_SIZE":          {C.WEFT_RING_DESC_SIZE, core.SizeofJob},
+		"WEFT_RING_OFFSET_MAGIC":       {C.WEFT_RING_OFFSET_MAGIC, core.RingOffsetMagic},
+		"WEFT_RING_OFFSET_VERSION":     {C.WEFT_RING_OFFSET_VERSION, core.RingOffsetVersion},
+		"WEFT_RING_OFFSET_CAPACITY":    {C.WEFT_RING_OFFSET_CAPACITY, core.RingOffsetCapacity},
+		"WEFT_RING_OFFSET_DESC_SIZE":   {C.WEFT_RING_OFFSET_DESC_SIZE, core.RingOffsetDescSize},
+		"WEFT_RING_OFFSET_CLOSED":      {C.WEFT_RING_OFFSET_CLOSED, core.RingOffsetClosed},
+		"WEFT_RING_OFFSET_RING_ID":     {C.WEFT_RING_OFFSET_RING_ID, core.RingOffsetRingID},
+		"WEFT_RING_OFFSET_TAIL":        {C.WEFT_RING_OFFSET_TAIL, core.RingOffsetTail},
+		"WEFT_RING_OFFSET_HEAD":        {C.WEFT_RING_OFFSET_HEAD, core.RingOffsetHead},
+		"WEFT_RING_OFFSET_WAITING":     {C.WEFT_RING_OFFSET_WAITING, core.RingOffsetWaiting},
+		"WEFT_RING_OFFSET_DESCRIPTORS": {C.WEFT_RING_OFFSET_DESCRIPTORS, core.RingOffsetDescriptors},
 	}
 }
