@@ -1,17 +1,16 @@
 //! WebSocket room messages between two proxies' relays through a real nats-server: a relay
 //! gets the other's messages (room, text or binary, payload) and never its own.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::Bytes;
 use weft_nats_bridge::{RoomMessage, RoomRelay};
+use weft_test_support::{NatsServer, require_nats};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_deliver_the_other_proxys_room_messages_only() {
     require_nats!();
-    let srv = common::NatsServer::start();
+    let srv = NatsServer::start();
     let a = RoomRelay::new(async_nats::connect(srv.url()).await.unwrap(), "proxy-a");
     let b = RoomRelay::new(async_nats::connect(srv.url()).await.unwrap(), "proxy-b");
     let mut sub = a.subscribe().await.unwrap();
