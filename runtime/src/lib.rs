@@ -9,6 +9,7 @@ pub mod arena;
 pub mod budget;
 pub mod completion;
 mod engine;
+mod host;
 pub mod log_queue;
 pub mod mutation;
 mod pending;
@@ -399,7 +400,7 @@ impl Runtime {
 
     /// Loads a plugin library under a name that plugin instances refer to.
     pub fn load_library(&self, name: &str, path: &Path) -> Result<Vec<PluginMeta>, LoadError> {
-        let lib = plugin::load(path)?;
+        let lib = plugin::load(path, host::api())?;
         let plugins = lib.plugins.clone();
         self.registry().libraries.insert(name.to_owned(), lib);
         Ok(plugins)
@@ -464,7 +465,7 @@ impl Runtime {
                 ),
             });
         }
-        let id = plugin::register_instance(&spec.name, Arc::downgrade(&self.calls));
+        let id = host::register_instance(&spec.name, Arc::downgrade(&self.calls));
         let mut err_bytes = vec![0u8; 4096];
         let mut err = WeftBuf {
             ptr: err_bytes.as_mut_ptr(),
