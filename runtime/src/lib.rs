@@ -520,13 +520,13 @@ impl Runtime {
     }
 
     /// Adds a remote plugin instance (e.g. NATS workers): its phases come from
-    /// [`remote::RemotePlugin::phases`]; each call is bounded by `deadline`, and a failed call is
+    /// [`remote::RemoteInstance::phases`]; each call is bounded by `deadline`, and a failed call is
     /// handled like a failing in-process plugin under the same `fail_open` policy (fail closed:
     /// 503 when unavailable or overloaded, 504 on timeout, 500 otherwise).
     pub fn instantiate_remote(
         &self,
         name: &str,
-        plugin: Arc<dyn remote::RemotePlugin>,
+        plugin: Arc<dyn remote::RemoteInstance>,
         fail_open: bool,
         deadline: std::time::Duration,
     ) -> Result<InstanceId, InitError> {
