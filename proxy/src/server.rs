@@ -199,7 +199,7 @@ fn load_remote(config: &Config, runtime: &Arc<Runtime>, plugins: &mut Plugins, p
     };
     for (p, phases) in found {
         let deadline = Duration::from_millis(p.deadline_ms.unwrap_or(200));
-        let opts = weft_nats_bridge::RemotePluginOptions {
+        let opts = weft_nats_bridge::NatsPluginOptions {
             deadline,
             max_in_flight: p
                 .max_in_flight

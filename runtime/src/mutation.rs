@@ -278,12 +278,6 @@ impl Source<'_> {
 }
 
 impl RawBatch {
-    /// Whether a record refers to bytes of the buffer (a local reply body), so
-    /// [`resolve`](Self::resolve) needs them.
-    pub fn refers_to_buffer(&self) -> bool {
-        self.referenced_len() != 0
-    }
-
     /// How many bytes of the buffer the records refer to (what [`resolve`](Self::resolve)
     /// shares or copies): the local reply body. Body edits are ranges the caller resolves itself
     /// ([`Batch::take_body_edits`]).
@@ -1078,10 +1072,11 @@ mod tests {
         let mut b = Vec::new();
         rec(&mut b, M::SetRequestHeader, 0, b"x-short", b"s");
         rec(&mut b, M::AddRequestHeader, 0, b"x-long", &long);
-        assert!(
-            !decode_raw(&b, b.len(), WeftPhase::RequestHeaders)
+        assert_eq!(
+            decode_raw(&b, b.len(), WeftPhase::RequestHeaders)
                 .unwrap()
-                .refers_to_buffer()
+                .referenced_len(),
+            0
         );
         // A long value is validated like a short one.
         for (byte, ok) in [(b'\n', false), (b'\r', false), (0, false), (0x7f, false), (b'\t', true)] {
