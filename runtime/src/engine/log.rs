@@ -1,4 +1,4 @@
-//! The log phase: after the response, on the runtime's log thread ([`crate::log_queue`]), which
+//! The log phase: after the response, on the runtime's log thread (`log_queue.rs`), which
 //! runs many finished exchanges at once. A log call that goes pending (or to a worker) parks its
 //! job, not the thread ([`LogJob::step`]).
 
