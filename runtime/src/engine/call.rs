@@ -63,21 +63,17 @@ fn waiting(call: &OpenCall, job: bool, inst: &Instance, in_flight: InFlight) -> 
 
 impl Exchange {
     /// Calls one instance: in-process (inline; awaited only if it answers `Pending` or is
-    /// blocking) or remote (awaited).
+    /// blocking) or remote (awaited). This future sits in every phase future and is moved
+    /// (copied whole) on each call, so the rare waiting state is boxed to keep it small.
     pub(super) async fn call(&mut self, inst: &Instance, phase: WeftPhase) -> Result<mutation::Batch, CallError> {
-        match &inst.transport {
-            Transport::Ffi(_) => self.call_in_process(inst, phase).await,
-            Transport::Remote(plugin, deadline) => self.call_remote(&**plugin, phase, *deadline).await,
+        if let Transport::Remote(plugin, deadline) = &inst.transport {
+            return self.call_remote(&**plugin, phase, *deadline).await;
         }
-    }
-
-    #[inline]
-    async fn call_in_process(&mut self, inst: &Instance, phase: WeftPhase) -> Result<mutation::Batch, CallError> {
         let t0 = inst.timer.is_some().then(Instant::now);
         let head_out = self.lease_head_out(phase);
         let r = match self.start_ffi(inst, phase) {
             Started::Done(r) => r,
-            Started::Waiting(w) => WaitCall::new(self, inst, phase, w).await,
+            Started::Waiting(w) => Box::pin(WaitCall::new(self, inst, phase, w)).await,
         };
         if head_out {
             // Back to the arena, or (frozen) owned by the batch's slices.

@@ -23,16 +23,6 @@ const LATER_THAN_REQUEST_HEADERS: u32 = WeftPhase::RequestBody.mask()
     | WeftPhase::ResponseBody.mask()
     | WeftPhase::Log.mask();
 
-/// What one headers-phase call means for the phase loop.
-enum Step {
-    /// Nothing to apply: on to the next instance.
-    Next,
-    /// Apply this batch to the head.
-    Apply(mutation::Batch),
-    /// Answer with this response (a local reply, or a fail-closed failure).
-    Respond(Response<Bytes>),
-}
-
 impl Exchange {
     /// Runs the request-headers phase of every instance that declared it, in chain order, on
     /// this thread: [`request_headers_async`](Self::request_headers_async) driven to its end.
@@ -76,14 +66,23 @@ impl Exchange {
                 }
                 stale = false;
             }
-            let result = self.call(inst, PHASE).await;
-            match self.step(inst, PHASE, result) {
-                Step::Next => {}
-                Step::Apply(batch) => {
-                    batch.apply_to_request(parts);
-                    stale = true;
+            // The batch is matched in place and handed around by reference: it is a few hundred
+            // bytes, and each move of it is a memcpy on the hot path.
+            match self.call(inst, PHASE).await {
+                Ok(mut batch) => {
+                    if let Some(resp) = self.headers_reply(inst, PHASE, &mut batch) {
+                        return Flow::Respond(resp);
+                    }
+                    if !batch.is_empty() {
+                        batch.apply_to_request(parts);
+                        stale = true;
+                    }
                 }
-                Step::Respond(resp) => return Flow::Respond(resp),
+                Err(err) => {
+                    if let Some(resp) = self.headers_failure(inst, PHASE, &err) {
+                        return Flow::Respond(resp);
+                    }
+                }
             }
         }
         if stale && self.chain.phases & LATER_THAN_REQUEST_HEADERS != 0 {
@@ -103,17 +102,24 @@ impl Exchange {
         }
         let instances = Arc::clone(&self.chain.instances);
         for inst in instances.iter().rev().filter(|i| i.phases & PHASE.mask() != 0) {
-            let result = self.call(inst, PHASE).await;
-            match self.step(inst, PHASE, result) {
-                Step::Next => {}
-                Step::Apply(batch) => {
-                    batch.apply_to_response(parts);
-                    if let Err(e) = self.encode_response(parts, PHASE) {
-                        tracing::warn!(plugin = %inst.name, "{e}; answering 502");
-                        return response_too_large();
+            match self.call(inst, PHASE).await {
+                Ok(mut batch) => {
+                    if let Some(resp) = self.headers_reply(inst, PHASE, &mut batch) {
+                        return Flow::Respond(resp);
+                    }
+                    if !batch.is_empty() {
+                        batch.apply_to_response(parts);
+                        if let Err(e) = self.encode_response(parts, PHASE) {
+                            tracing::warn!(plugin = %inst.name, "{e}; answering 502");
+                            return response_too_large();
+                        }
                     }
                 }
-                Step::Respond(resp) => return Flow::Respond(resp),
+                Err(err) => {
+                    if let Some(resp) = self.headers_failure(inst, PHASE, &err) {
+                        return Flow::Respond(resp);
+                    }
+                }
             }
         }
         Flow::Continue
@@ -147,36 +153,30 @@ impl Exchange {
         (phases & PHASE.mask() == 0).then_some(Flow::Continue)
     }
 
-    /// What a headers-phase call's result means for the loop: a skip-body answer is noted, a
-    /// local reply ends the phase (and is what the log phase sees as the response), a failure
-    /// follows the instance's policy.
+    /// Before a headers-phase batch is applied: notes a skip-body answer; a local reply ends the
+    /// phase with that response (which is what the log phase sees as the response).
     #[inline]
-    fn step(&mut self, inst: &Instance, phase: WeftPhase, result: Result<mutation::Batch, CallError>) -> Step {
-        match result {
-            Ok(mut batch) => {
-                if batch.take_skip_body() {
-                    self.note_skip_body(inst, phase);
-                }
-                if let Some(reply) = batch.take_reply() {
-                    let (rparts, body) = reply.into_response().into_parts();
-                    let _ = self.encode_response(&rparts, WeftPhase::Log);
-                    return Step::Respond(Response::from_parts(rparts, body));
-                }
-                if batch.is_empty() {
-                    Step::Next
-                } else {
-                    Step::Apply(batch)
-                }
-            }
-            Err(err) => {
-                self.note_failure(inst, phase, &err);
-                // Without a slot (a cancelled call kept it, none was free) nothing can go on.
-                if !inst.fail_open || self.lease.is_none() {
-                    return Step::Respond(call_failure_response(&err));
-                }
-                Step::Next
-            }
+    fn headers_reply(
+        &mut self,
+        inst: &Instance,
+        phase: WeftPhase,
+        batch: &mut mutation::Batch,
+    ) -> Option<Response<Bytes>> {
+        if batch.take_skip_body() {
+            self.note_skip_body(inst, phase);
         }
+        let reply = batch.take_reply()?;
+        let (rparts, body) = reply.into_response().into_parts();
+        let _ = self.encode_response(&rparts, WeftPhase::Log);
+        Some(Response::from_parts(rparts, body))
+    }
+
+    /// A failed headers-phase call follows the instance's policy: `Some` answer ends the phase
+    /// (fail closed, or no slot left to go on with), `None` goes on unchanged (fail open).
+    fn headers_failure(&self, inst: &Instance, phase: WeftPhase, err: &CallError) -> Option<Response<Bytes>> {
+        self.note_failure(inst, phase, err);
+        // Without a slot (a cancelled call kept it, none was free) nothing can go on.
+        (!inst.fail_open || self.lease.is_none()).then(|| call_failure_response(err))
     }
 
     fn request_too_large(&self, e: view::ViewTooLarge) -> Flow {
@@ -233,7 +233,9 @@ fn response_too_large() -> Flow {
 
 /// Drives a phase future on this thread. Without a pending answer or a remote instance it is
 /// ready on the first poll (no allocation, no parking); otherwise the thread parks until the
-/// completion, the reply or the deadline wakes it.
+/// completion, the reply or the deadline wakes it. Inlined so the phase future is built in
+/// place rather than copied in.
+#[inline(always)]
 fn block_on<F: Future>(fut: F) -> F::Output {
     // Set before the first poll, which is where a waiting call picks its deadline timer.
     let _parked = ParkedCaller::enter();
