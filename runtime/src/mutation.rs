@@ -307,7 +307,7 @@ impl RawBatch {
 }
 
 /// The body records of a batch, as byte ranges of the buffer the batch was decoded from (so the
-/// caller can hand them on without copying: see `body.rs`).
+/// caller can hand them on without copying: see `engine/body.rs`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BodyEdits {
     /// `None`: the call's body bytes pass; `Some(None)`: dropped; `Some(Some(r))`: replaced.
