@@ -1,5 +1,5 @@
 //! The bridge as a `weft_runtime` remote plugin: [`NatsInstance`] implements
-//! [`weft_runtime::remote::RemotePlugin`], so `Runtime::instantiate_remote` puts NATS workers on
+//! [`weft_runtime::remote::RemoteInstance`], so `Runtime::instantiate_remote` puts NATS workers on
 //! a chain next to in-process plugins. Also: reading an instance's phases from the workers'
 //! service info (`$SRV.INFO.<instance>`, metadata `weft.phases`).
 
@@ -10,22 +10,22 @@ use std::time::{Duration, Instant};
 use weft_abi::WeftPhase;
 use weft_runtime::remote::{self, RemoteCall, RemoteCallError, RemoteErrorKind};
 
-use crate::plugin::{RemoteError, RemotePlugin};
+use crate::plugin::{NatsPlugin, RemoteError};
 use crate::transport::NatsTransport;
 
 /// A remote plugin instance as the phase engine sees it.
 pub struct NatsInstance {
-    plugin: RemotePlugin,
+    plugin: NatsPlugin,
     phases: u32,
 }
 
 impl NatsInstance {
     /// `phases`: the mask the workers serve (from config, or [`discover`]).
-    pub fn new(plugin: RemotePlugin, phases: u32) -> Arc<NatsInstance> {
+    pub fn new(plugin: NatsPlugin, phases: u32) -> Arc<NatsInstance> {
         Arc::new(NatsInstance { plugin, phases })
     }
 
-    pub fn plugin(&self) -> &RemotePlugin {
+    pub fn plugin(&self) -> &NatsPlugin {
         &self.plugin
     }
 }
@@ -52,7 +52,7 @@ fn traceparent(view: &[u8]) -> Option<&str> {
     std::str::from_utf8(value).ok()
 }
 
-impl remote::RemotePlugin for NatsInstance {
+impl remote::RemoteInstance for NatsInstance {
     fn phases(&self) -> u32 {
         self.phases
     }

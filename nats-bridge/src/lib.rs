@@ -1,7 +1,7 @@
 //! weft-nats-bridge: plugin phases on remote Go workers over NATS (host side).
 //!
 //! A [`NatsTransport`] is one NATS connection with its own reply multiplexing; a
-//! [`RemotePlugin`] turns a phase call into a request/reply on `weft.<plugin>.<phase>` (any
+//! [`NatsPlugin`] turns a phase call into a request/reply on `weft.<plugin>.<phase>` (any
 //! worker of the plugin's queue group) and, for the later phases of the same request,
 //! `weft.<plugin>.w.<worker>.<phase>` (the worker that answered first). The request goes out as
 //! a FlatBuffers `weft.wire.PhaseRequest` built from the request view the engine laid out; the
@@ -22,6 +22,6 @@ pub mod view;
 pub mod wire;
 
 pub use engine::{DiscoverError, NatsInstance, ServiceInfo, discover};
-pub use plugin::{RemoteError, RemotePlugin, RemotePluginOptions, phase_token};
+pub use plugin::{NatsPlugin, NatsPluginOptions, RemoteError, phase_token};
 pub use rooms::{RoomMessage, RoomRelay, RoomSubscription};
 pub use transport::{ConnectError, NatsAuth, NatsOptions, NatsTls, NatsTransport};

@@ -24,7 +24,7 @@ pub const HEADER_TRACEPARENT: &str = "traceparent";
 
 /// Per-plugin failure settings.
 #[derive(Clone, Debug)]
-pub struct RemotePluginOptions {
+pub struct NatsPluginOptions {
     /// Time allowed for one phase call when the caller gives no deadline: encoding, the wire, the
     /// worker's queue and handler, and the reply (default 200 ms).
     pub deadline: Duration,
@@ -33,9 +33,9 @@ pub struct RemotePluginOptions {
     pub max_in_flight: usize,
 }
 
-impl Default for RemotePluginOptions {
+impl Default for NatsPluginOptions {
     fn default() -> Self {
-        RemotePluginOptions {
+        NatsPluginOptions {
             deadline: Duration::from_millis(200),
             max_in_flight: 1024,
         }
@@ -65,16 +65,6 @@ pub enum RemoteError {
     Plugin { result: WeftResult, message: String },
 }
 
-impl RemoteError {
-    /// Whether the failure is about capacity or reachability (answer 503 rather than 500).
-    pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            RemoteError::Disconnected | RemoteError::NoResponders { .. } | RemoteError::Overloaded(_)
-        )
-    }
-}
-
 /// Subject token of a phase (`weft.<plugin>.<token>`); the Go worker uses the same names.
 pub fn phase_token(phase: WeftPhase) -> &'static str {
     match phase {
@@ -92,7 +82,7 @@ pub fn phase_token(phase: WeftPhase) -> &'static str {
 struct Inner {
     shared: Arc<Shared>,
     name: String,
-    opts: RemotePluginOptions,
+    opts: NatsPluginOptions,
     in_flight: AtomicUsize,
     /// request id -> the worker that answered the request's first phase.
     affinity: Mutex<HashMap<u64, Arc<str>>>,
@@ -104,10 +94,10 @@ struct Inner {
 /// returned mutation records with `weft_runtime::mutation::decode`, exactly as for an
 /// in-process call. The first phase of a request goes to the plugin's queue subject (any worker);
 /// later phases go to the worker that answered it (`weft.<name>.w.<worker>.<phase>`), so Go
-/// per-request state works. The log phase ([`log`](Self::log)) forgets the request; a request
-/// that ends without a log phase must be [`release`](Self::release)d.
+/// per-request state works. The log phase ([`log_detached`](Self::log_detached)) forgets the
+/// request; a request that ends without a log phase must be [`release`](Self::release)d.
 #[derive(Clone)]
-pub struct RemotePlugin {
+pub struct NatsPlugin {
     inner: Arc<Inner>,
 }
 
@@ -125,9 +115,9 @@ pub fn valid_worker_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-impl RemotePlugin {
-    pub(crate) fn new(shared: Arc<Shared>, name: &str, opts: RemotePluginOptions) -> RemotePlugin {
-        RemotePlugin {
+impl NatsPlugin {
+    pub(crate) fn new(shared: Arc<Shared>, name: &str, opts: NatsPluginOptions) -> NatsPlugin {
+        NatsPlugin {
             inner: Arc::new(Inner {
                 shared,
                 name: name.to_owned(),
@@ -269,9 +259,9 @@ impl RemotePlugin {
         Ok(resp.mutations)
     }
 
-    /// The log phase without waiting: encodes the request and picks the worker on this thread,
-    /// forgets the request, and publishes from a task on the transport's runtime (so it never
-    /// blocks the caller, e.g. the engine's log thread).
+    /// The log phase, without waiting for the publish: encodes the request and picks the worker
+    /// on this thread, forgets the request, and publishes from a task on the transport's runtime
+    /// (so it never blocks the caller, e.g. the engine's log thread).
     pub fn log_detached(&self, view: &[u8], traceparent: Option<&str>) -> Result<(), RemoteError> {
         let shared = &self.inner.shared;
         let (payload, request_id) =
@@ -289,23 +279,5 @@ impl RemotePlugin {
             }
         });
         Ok(())
-    }
-
-    /// Publishes the log phase (no reply) to the request's worker and forgets the request.
-    pub async fn log(&self, view: &[u8], traceparent: Option<&str>) -> Result<(), RemoteError> {
-        let shared = &self.inner.shared;
-        let (payload, request_id) =
-            wire::encode_request(view, WeftPhase::Log as u32).map_err(|_| RemoteError::BadView)?;
-        let subject = self.subject(request_id, WeftPhase::Log);
-        self.release(request_id);
-        if !shared.connected() {
-            return Err(RemoteError::Disconnected);
-        }
-        let headers = self.headers(WeftPhase::Log, Instant::now() + self.inner.opts.deadline, traceparent);
-        shared
-            .client
-            .publish_with_headers(subject, headers, payload)
-            .await
-            .map_err(|e| RemoteError::Publish(e.to_string()))
     }
 }

@@ -16,7 +16,7 @@ use futures_util::StreamExt as _;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::plugin::{RemotePlugin, RemotePluginOptions};
+use crate::plugin::{NatsPlugin, NatsPluginOptions};
 
 /// How the transport authenticates to the NATS server.
 #[derive(Clone, Debug, Default)]
@@ -168,7 +168,7 @@ impl Shared {
 }
 
 /// One NATS connection with its reply multiplexer. Cheap to share (`Arc`); create
-/// [`RemotePlugin`] handles from it.
+/// [`NatsPlugin`] handles from it.
 pub struct NatsTransport {
     pub(crate) shared: Arc<Shared>,
     reader: JoinHandle<()>,
@@ -247,8 +247,8 @@ impl NatsTransport {
     }
 
     /// A handle for the remote plugin instance `name` (subjects `weft.<name>.<phase>`).
-    pub fn plugin(self: &Arc<Self>, name: &str, opts: RemotePluginOptions) -> RemotePlugin {
-        RemotePlugin::new(Arc::clone(&self.shared), name, opts)
+    pub fn plugin(self: &Arc<Self>, name: &str, opts: NatsPluginOptions) -> NatsPlugin {
+        NatsPlugin::new(Arc::clone(&self.shared), name, opts)
     }
 
     /// Whether the connection is up right now (calls fail fast while it is not).

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 use weft_abi::WeftPhase;
-use weft_nats_bridge::{NatsAuth, NatsOptions, NatsTransport, RemotePluginOptions};
+use weft_nats_bridge::{NatsAuth, NatsOptions, NatsPluginOptions, NatsTransport};
 
 use common::*;
 
@@ -93,7 +93,7 @@ async fn the_shipped_permissions_let_hosts_and_workers_do_their_work() {
         ("header-rewriter", vec![w.id.clone()])
     );
 
-    let plugin = t.plugin("acl", RemotePluginOptions::default());
+    let plugin = t.plugin("acl", NatsPluginOptions::default());
     let (view, request_end) = request_view(7, RH as u32, "/", &[("host", "h")]);
     let bytes = plugin
         .call(RH, &view, None)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use common::*;
 use weft_abi::WeftPhase;
-use weft_nats_bridge::{NatsAuth, NatsOptions, NatsTransport, RemotePlugin, RemotePluginOptions};
+use weft_nats_bridge::{NatsAuth, NatsOptions, NatsPlugin, NatsPluginOptions, NatsTransport};
 
 async fn call_header_rewriter(url: &str, auth: NatsAuth) {
     call_header_rewriter_with(NatsOptions {
@@ -23,11 +23,11 @@ async fn call_header_rewriter(url: &str, auth: NatsAuth) {
 
 /// Connects with `opts` (the right credentials), calls the header-rewriter worker (instance `rw`)
 /// and checks that its header is set; returns the connection and the instance for further calls.
-async fn call_header_rewriter_with(opts: NatsOptions) -> (Arc<NatsTransport>, RemotePlugin) {
+async fn call_header_rewriter_with(opts: NatsOptions) -> (Arc<NatsTransport>, NatsPlugin) {
     let t = NatsTransport::connect(opts)
         .await
         .expect("connect with the right credentials");
-    let plugin = t.plugin("rw", RemotePluginOptions::default());
+    let plugin = t.plugin("rw", NatsPluginOptions::default());
     let bytes = plugin
         .call(RH, &rw_view(), None)
         .await
@@ -214,7 +214,7 @@ async fn tls_with_a_private_ca() {
     })
     .await
     .expect("TLS connect trusting the test CA");
-    let plugin = t.plugin("rw", RemotePluginOptions::default());
+    let plugin = t.plugin("rw", NatsPluginOptions::default());
     let rh = WeftPhase::RequestHeaders;
     let (view, _) = request_view(1, rh as u32, "/", &[("host", "h")]);
     let bytes = plugin.call(rh, &view, None).await.expect("call over TLS");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use weft_abi::WeftPhase;
-use weft_nats_bridge::{RemoteError, RemotePluginOptions};
+use weft_nats_bridge::{NatsPluginOptions, RemoteError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timed_out_requests_do_not_leak() {
@@ -33,7 +33,7 @@ async fn timed_out_requests_do_not_leak() {
     let t = common::connect(&srv.url()).await;
     let plugin = t.plugin(
         "sink",
-        RemotePluginOptions {
+        NatsPluginOptions {
             deadline: Duration::from_millis(2),
             max_in_flight: 1024,
         },

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{NatsServer, Worker, connect, fake_deadline, next_msg, pct, request_view, subscribe_live, with_response};
 use weft_abi::{WeftPhase, WeftResult};
-use weft_nats_bridge::{RemoteError, RemotePlugin, RemotePluginOptions};
+use weft_nats_bridge::{NatsPlugin, NatsPluginOptions, RemoteError};
 use weft_runtime::mutation::{self, Batch};
 
 const RH: WeftPhase = WeftPhase::RequestHeaders;
@@ -47,7 +47,7 @@ async fn header_rewriter_remote_equals_in_process() {
     let srv = NatsServer::start();
     let _w = Worker::start(&srv.url(), "header-rewriter", "rewrite", config);
     let t = connect(&srv.url()).await;
-    let plugin = t.plugin("rewrite", RemotePluginOptions::default());
+    let plugin = t.plugin("rewrite", NatsPluginOptions::default());
     let req_headers = [("host", "example.com"), ("cookie", "a=b"), ("x-env", "dev")];
 
     // In-process.
@@ -123,7 +123,7 @@ async fn bearer_auth_local_reply_and_accept() {
     let srv = NatsServer::start();
     let _w = Worker::start(&srv.url(), "bearer-auth", "auth", r#"{"tokens":["s3cret"]}"#);
     let t = connect(&srv.url()).await;
-    let plugin = t.plugin("auth", RemotePluginOptions::default());
+    let plugin = t.plugin("auth", NatsPluginOptions::default());
 
     let (view, _) = request_view(rid(), RH as u32, "/", &[("host", "h")]);
     let mut b = batch(&plugin.call(RH, &view, None).await.unwrap(), RH);
@@ -152,7 +152,7 @@ async fn affinity_keeps_per_request_state_across_two_workers() {
     let w1 = Worker::start(&srv.url(), "timing-logger", "timing", "");
     let w2 = Worker::start(&srv.url(), "timing-logger", "timing", "");
     let t = connect(&srv.url()).await;
-    let plugin = t.plugin("timing", RemotePluginOptions::default());
+    let plugin = t.plugin("timing", NatsPluginOptions::default());
     let mut per_worker = std::collections::HashMap::<String, usize>::new();
     for _ in 0..60 {
         let r = rid();
@@ -173,7 +173,7 @@ async fn affinity_keeps_per_request_state_across_two_workers() {
         );
         let mut log_view = view.clone();
         weft_runtime::view::set_phase(&mut log_view, WeftPhase::Log as u32);
-        plugin.log(&log_view, None).await.unwrap();
+        plugin.log_detached(&log_view, None).unwrap();
     }
     eprintln!("requests per worker: {per_worker:?}");
     assert_eq!(
@@ -190,7 +190,7 @@ async fn no_responders_fails_fast() {
     require_nats!();
     let srv = NatsServer::start();
     let t = connect(&srv.url()).await;
-    let plugin = t.plugin("nobody", RemotePluginOptions::default());
+    let plugin = t.plugin("nobody", NatsPluginOptions::default());
     let (view, _) = request_view(1, RH as u32, "/", &[]);
     let mut times = Vec::new();
     for _ in 0..200 {
@@ -216,7 +216,7 @@ async fn frozen_worker_times_out_within_the_deadline_and_bounds_in_flight() {
     let t = connect(&srv.url()).await;
     let plugin = t.plugin(
         "frozen",
-        RemotePluginOptions {
+        NatsPluginOptions {
             deadline: Duration::from_millis(150),
             max_in_flight: 4,
         },
@@ -274,7 +274,7 @@ async fn killed_worker_fails_only_its_own_requests() {
     let mut w1 = Worker::start(&srv.url(), "timing-logger", "tk", "");
     let _w2 = Worker::start(&srv.url(), "timing-logger", "tk", "");
     let t = connect(&srv.url()).await;
-    let plugin = t.plugin("tk", RemotePluginOptions::default());
+    let plugin = t.plugin("tk", NatsPluginOptions::default());
     let mut open = Vec::new();
     for _ in 0..40 {
         let r = rid();
@@ -301,7 +301,7 @@ async fn killed_worker_fails_only_its_own_requests() {
                     matches!(e, RemoteError::NoResponders { .. } | RemoteError::Timeout),
                     "{e:?}"
                 );
-                let bound = RemotePluginOptions::default().deadline + Duration::from_millis(300);
+                let bound = NatsPluginOptions::default().deadline + Duration::from_millis(300);
                 assert!(start.elapsed() < bound, "took {:?}", start.elapsed());
                 failed += 1;
             }
@@ -326,7 +326,7 @@ async fn server_restart_reconnects_within_about_a_second() {
     let mut srv = NatsServer::start();
     let _w = Worker::start(&srv.url(), "header-rewriter", "rs", "");
     let t = connect(&srv.url()).await;
-    let plugin = t.plugin("rs", RemotePluginOptions::default());
+    let plugin = t.plugin("rs", NatsPluginOptions::default());
     let (view, _) = request_view(rid(), RH as u32, "/", &[]);
     plugin.call(RH, &view, None).await.unwrap();
     srv.stop();
@@ -366,7 +366,7 @@ async fn panic_is_an_error_reply_and_the_worker_lives_on() {
     let srv = NatsServer::start();
     let _w = Worker::start(&srv.url(), "test-panic", "panicky", "");
     let t = connect(&srv.url()).await;
-    let plugin = t.plugin("panicky", RemotePluginOptions::default());
+    let plugin = t.plugin("panicky", NatsPluginOptions::default());
     for _ in 0..3 {
         let (view, _) = request_view(rid(), RH as u32, "/", &[("x-test-panic", "1")]);
         match plugin.call(RH, &view, None).await.unwrap_err() {
@@ -456,7 +456,7 @@ async fn sigterm_answers_every_in_flight_call() {
     let srv = NatsServer::start();
     let mut w = Worker::start_with(&srv.url(), "test-sleep", "drain-sleep", "", &["-concurrency", "64"]);
     let t = connect(&srv.url()).await;
-    let plugin: Arc<RemotePlugin> = Arc::new(t.plugin("drain-sleep", RemotePluginOptions::default()));
+    let plugin: Arc<NatsPlugin> = Arc::new(t.plugin("drain-sleep", NatsPluginOptions::default()));
     let mut calls = Vec::new();
     for _ in 0..CALLS {
         let p = Arc::clone(&plugin);
@@ -501,7 +501,7 @@ async fn sigterm_between_phases_keeps_the_request_on_its_worker() {
         &["-drain-timeout", "60s"],
     );
     let t = connect(&srv.url()).await;
-    let plugin = t.plugin("drain-phases", RemotePluginOptions::default());
+    let plugin = t.plugin("drain-phases", NatsPluginOptions::default());
     let r = rid();
     let (view, end) = request_view(r, RH as u32, "/t", &[("host", "h")]);
     let mut p = parts("/t", &[]);
@@ -541,7 +541,7 @@ async fn sigterm_between_phases_keeps_the_request_on_its_worker() {
 
     let mut log_view = view.clone();
     weft_runtime::view::set_phase(&mut log_view, WeftPhase::Log as u32);
-    plugin.log(&log_view, None).await.unwrap();
+    plugin.log_detached(&log_view, None).unwrap();
     // The log phase was the request's last: the drain ends well before its 60 s timeout.
     assert!(
         w.wait(Duration::from_secs(10)),
@@ -569,8 +569,8 @@ async fn request_headers_on_the_wire() {
     let mut direct = subscribe_live(&fake, "weft.hdrs.w.fake-1.*", None).await;
     fake.flush().await.unwrap();
     let mask = WeftPhase::RequestHeaders.mask() | WeftPhase::ResponseHeaders.mask() | WeftPhase::Log.mask();
-    let inst = NatsInstance::new(t.plugin("hdrs", RemotePluginOptions::default()), mask);
-    let remote: &dyn weft_runtime::remote::RemotePlugin = &*inst;
+    let inst = NatsInstance::new(t.plugin("hdrs", NatsPluginOptions::default()), mask);
+    let remote: &dyn weft_runtime::remote::RemoteInstance = &*inst;
 
     // Answers one message as worker fake-1 and returns it.
     let answer = |msg: async_nats::Message| {
@@ -656,7 +656,7 @@ async fn reply_of_an_unknown_wire_version_is_refused() {
     let fake = async_nats::connect(srv.url()).await.unwrap();
     let mut sub = subscribe_live(&fake, "weft.future.request_headers", None).await;
     fake.flush().await.unwrap();
-    let plugin = t.plugin("future", RemotePluginOptions::default());
+    let plugin = t.plugin("future", NatsPluginOptions::default());
     let future = wire::encode_response_as(wire::WIRE_VERSION + 1, 1, 0, 0, &[], "");
     let mut foreign = wire::encode_response(1, 0, 0, &[], "").to_vec();
     foreign[4..8].copy_from_slice(b"NOPE");
@@ -689,7 +689,7 @@ async fn round_trip_numbers() {
         r#"{"request_set":{"x-env":"prod"}}"#,
     );
     let t = connect(&srv.url()).await;
-    let plugin = t.plugin("bench", RemotePluginOptions::default());
+    let plugin = t.plugin("bench", NatsPluginOptions::default());
     let (view, _) = request_view(1, RH as u32, "/bench", &[("host", "example.com"), ("accept", "*/*")]);
     let mut times = Vec::with_capacity(2000);
     for i in 0..2500 {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use weft_abi::WeftPhase;
-use weft_nats_bridge::{RemoteError, RemotePluginOptions, wire};
+use weft_nats_bridge::{NatsPluginOptions, RemoteError, wire};
 
 use common::{NatsServer, Worker, connect, fake_deadline, next_msg, request_view, subscribe_live, with_response};
 
@@ -42,7 +42,7 @@ async fn a_reply_captured_from_one_request_cannot_answer_another() {
     let peer = async_nats::connect(srv.url()).await.unwrap();
     let mut sub = subscribe_live(&peer, "weft.replay.request_headers", None).await;
     peer.flush().await.unwrap();
-    let plugin = t.plugin("replay", RemotePluginOptions::default());
+    let plugin = t.plugin("replay", NatsPluginOptions::default());
 
     // Request 1 is answered properly; the peer keeps a copy of that answer.
     let (view, _) = request_view(101, RH as u32, "/a", &[]);
@@ -87,7 +87,7 @@ async fn reply_subjects_cannot_be_guessed_from_earlier_ones() {
     let peer = async_nats::connect(srv.url()).await.unwrap();
     let mut sub = subscribe_live(&peer, "weft.guess.request_headers", None).await;
     peer.flush().await.unwrap();
-    let plugin = t.plugin("guess", RemotePluginOptions::default());
+    let plugin = t.plugin("guess", NatsPluginOptions::default());
     let mut tokens = Vec::new();
     for i in 0..8 {
         let (view, _) = request_view(200 + i, RH as u32, "/", &[]);
@@ -117,7 +117,7 @@ async fn a_worker_id_that_would_change_a_subject_is_never_used() {
     let mut later = subscribe_live(&peer, "weft.pin.response_headers", None).await;
     let mut any = subscribe_live(&peer, "weft.pin.w.>", None).await;
     peer.flush().await.unwrap();
-    let plugin = t.plugin("pin", RemotePluginOptions::default());
+    let plugin = t.plugin("pin", NatsPluginOptions::default());
     for (i, bad) in ["a.b", "*", ">", "x y", "", &"w".repeat(65)].into_iter().enumerate() {
         let r = 300 + i as u64;
         let (view, end) = request_view(r, RH as u32, "/", &[]);

@@ -21,7 +21,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use weft_runtime::abi::WeftPhase;
 use weft_runtime::budget::ByteBudget;
-use weft_runtime::remote::{RemoteCall, RemoteErrorKind, RemotePlugin};
+use weft_runtime::remote::{RemoteCall, RemoteErrorKind, RemoteInstance};
 use weft_runtime::{Runtime, RuntimeStats};
 
 /// Upper bounds (seconds) of the request latency buckets: 100 µs to 10 s.
@@ -474,7 +474,7 @@ impl Metrics {
 
     /// Wraps a remote plugin instance so its calls are timed and its failures counted under
     /// `plugin` (the instance name).
-    pub fn timed_remote(&self, plugin: &str, inner: Arc<dyn RemotePlugin>) -> Arc<dyn RemotePlugin> {
+    pub fn timed_remote(&self, plugin: &str, inner: Arc<dyn RemoteInstance>) -> Arc<dyn RemoteInstance> {
         let phase = |phase| {
             self.remote_phases.get_or_create_owned(&PluginPhase {
                 plugin: plugin.to_owned(),
@@ -615,14 +615,14 @@ const REMOTE_ERROR_KINDS: [&str; 5] = ["unavailable", "overloaded", "timeout", "
 
 /// A remote plugin instance whose calls are timed (per phase) and whose failures are counted.
 struct TimedRemote {
-    inner: Arc<dyn RemotePlugin>,
+    inner: Arc<dyn RemoteInstance>,
     request_headers: Histogram,
     response_headers: Histogram,
     /// By [`REMOTE_ERROR_KINDS`].
     errors: [Counter; 5],
 }
 
-impl RemotePlugin for TimedRemote {
+impl RemoteInstance for TimedRemote {
     fn phases(&self) -> u32 {
         self.inner.phases()
     }
@@ -1177,7 +1177,7 @@ mod tests {
     }
 
     struct Fake;
-    impl RemotePlugin for Fake {
+    impl RemoteInstance for Fake {
         fn phases(&self) -> u32 {
             0b11
         }

@@ -9,6 +9,7 @@ pub mod arena;
 pub mod budget;
 pub mod completion;
 mod engine;
+mod host;
 pub mod log_queue;
 pub mod mutation;
 mod pending;
@@ -399,7 +400,7 @@ impl Runtime {
 
     /// Loads a plugin library under a name that plugin instances refer to.
     pub fn load_library(&self, name: &str, path: &Path) -> Result<Vec<PluginMeta>, LoadError> {
-        let lib = plugin::load(path)?;
+        let lib = plugin::load(path, host::api())?;
         let plugins = lib.plugins.clone();
         self.registry().libraries.insert(name.to_owned(), lib);
         Ok(plugins)
@@ -464,7 +465,7 @@ impl Runtime {
                 ),
             });
         }
-        let id = plugin::register_instance(&spec.name, Arc::downgrade(&self.calls));
+        let id = host::register_instance(&spec.name, Arc::downgrade(&self.calls));
         let mut err_bytes = vec![0u8; 4096];
         let mut err = WeftBuf {
             ptr: err_bytes.as_mut_ptr(),
@@ -519,13 +520,13 @@ impl Runtime {
     }
 
     /// Adds a remote plugin instance (e.g. NATS workers): its phases come from
-    /// [`remote::RemotePlugin::phases`]; each call is bounded by `deadline`, and a failed call is
+    /// [`remote::RemoteInstance::phases`]; each call is bounded by `deadline`, and a failed call is
     /// handled like a failing in-process plugin under the same `fail_open` policy (fail closed:
     /// 503 when unavailable or overloaded, 504 on timeout, 500 otherwise).
     pub fn instantiate_remote(
         &self,
         name: &str,
-        plugin: Arc<dyn remote::RemotePlugin>,
+        plugin: Arc<dyn remote::RemoteInstance>,
         fail_open: bool,
         deadline: std::time::Duration,
     ) -> Result<InstanceId, InitError> {

@@ -10,9 +10,9 @@
 //! field, and, if the call goes pending, awaits the cell: the completer's `complete` wakes the
 //! request's task through the cell's waker. No thread of the host ever blocks on a plugin except
 //! the synchronous API's caller (`Exchange::request_headers`) and the log thread, which park
-//! with the phase deadline.
+//! until the completion or the phase deadline.
 //!
-//! Instance ids are process-wide (`plugin::register_instance`): `complete` finds the call table
+//! Instance ids are process-wide (`host::register_instance`): `complete` finds the call table
 //! of the runtime that owns the instance through them, so several runtimes (config reloads) can
 //! coexist, and a completion for a runtime that is gone is answered `Cancelled`.
 //!
@@ -26,12 +26,12 @@
 
 use std::sync::Arc;
 
+use crate::RuntimeStats;
 use crate::abi::WeftResult;
 use crate::arena::SlotLease;
 use crate::completion::{CellState, CompleteError, CompletionCell};
 use crate::sync::stat::{AtomicU64, Ordering};
 use crate::sync::{AtomicU32, AtomicU64 as SyncU64, Ordering as SyncOrdering};
-use crate::{RuntimeStats, plugin};
 
 /// A completion as the plugin delivered it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,94 +178,85 @@ impl Drop for AsyncTable {
     }
 }
 
-/// `WeftHostApi::complete`: never unwinds into the plugin.
-pub(crate) unsafe extern "C" fn host_complete(instance: u64, slot: u32, call: u32, result: u32, out_len: u32) -> u32 {
-    std::panic::catch_unwind(|| complete(instance, slot, call, result, out_len)).unwrap_or(WeftResult::Internal) as u32
-}
-
-/// The checks of `complete`, in order: a known instance, a slot in range, `call` naming the
-/// slot's current call and that call belonging to `instance` (else `StaleHandle`); the call not
-/// finished already (`AlreadyCompleted`); a final `result` and `out_len` within the call's output
-/// capacity (else `InvalidArgument`, and the call stays outstanding). Then the cell decides: `Ok`,
-/// or `Cancelled` for a call the host gave up on (its slot is released now). Every refusal but
-/// `Cancelled` (not the plugin's fault) logs one line naming the instance.
-pub(crate) fn complete(instance: u64, slot: u32, call: u32, result: u32, out_len: u32) -> WeftResult {
-    let Some((name, table)) = plugin::instance_calls(instance) else {
-        tracing::warn!(
-            instance,
-            slot,
-            call,
-            "complete(): unknown plugin instance id {instance}; ignored (StaleHandle)"
-        );
-        return WeftResult::StaleHandle;
-    };
-    let misuse = |code: WeftResult, what: std::fmt::Arguments<'_>| {
-        tracing::warn!(plugin = %name, slot, call, "complete(): {what}; ignored ({code:?})");
-        code
-    };
-    let Some(table) = table else {
-        // The instance's runtime is gone (replaced by a reload and drained). A runtime that still
-        // had cancelled calls outstanding keeps its table for them, so this names no call.
-        return misuse(
-            WeftResult::StaleHandle,
-            format_args!("the instance's runtime is gone (replaced by a reload); no call is outstanding"),
-        );
-    };
-    let Some(s) = table.slots.get(slot as usize) else {
-        return misuse(
-            WeftResult::StaleHandle,
-            format_args!(
-                "slot {slot} is out of range (the runtime has {} slots)",
-                table.slots.len()
-            ),
-        );
-    };
-    let (seq, state) = s.cell.peek();
-    if call == 0 || seq != call {
-        return misuse(
-            WeftResult::StaleHandle,
-            format_args!("call {call} is not the current call of slot {slot} (forged, or of an earlier request)"),
-        );
-    }
-    if s.instance.load(SyncOrdering::Relaxed) != instance {
-        return misuse(
-            WeftResult::StaleHandle,
-            format_args!("slot {slot} call {call} belongs to another plugin instance"),
-        );
-    }
-    if matches!(state, CellState::Idle | CellState::Completed) {
-        return misuse(
-            WeftResult::AlreadyCompleted,
-            format_args!("call {call} of slot {slot} was completed already (or answered inline)"),
-        );
-    }
-    if result == WeftResult::Pending as u32 {
-        return misuse(
-            WeftResult::InvalidArgument,
-            format_args!("result Pending is not a final result"),
-        );
-    }
-    let cap = s.out_cap.load(SyncOrdering::Relaxed);
-    if out_len > cap {
-        return misuse(
-            WeftResult::InvalidArgument,
-            format_args!("out_len {out_len} exceeds the call's output capacity of {cap} bytes"),
-        );
-    }
-    match s.cell.complete(call, Done { rc: result, out_len }) {
-        Ok(()) => WeftResult::Ok,
-        Err(CompleteError::Cancelled) => {
-            table.stats.late_completions.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(plugin = %name, slot, call, "late completion of a cancelled call discarded; slot released");
-            WeftResult::Cancelled
+impl AsyncTable {
+    /// `complete` of a call of `instance` (named `name`) on this runtime's table. The checks, in
+    /// order: a slot in range, `call` naming the slot's current call and that call belonging to
+    /// `instance` (else `StaleHandle`); the call not finished already (`AlreadyCompleted`); a
+    /// final `result` and `out_len` within the call's output capacity (else `InvalidArgument`,
+    /// and the call stays outstanding). Then the cell decides: `Ok`, or `Cancelled` for a call
+    /// the host gave up on (its slot is released now). Every refusal but `Cancelled` (not the
+    /// plugin's fault) logs one line naming the instance. (`host.rs` finds the table and answers
+    /// unknown instances.)
+    pub(crate) fn complete(
+        &self,
+        name: &str,
+        instance: u64,
+        slot: u32,
+        call: u32,
+        result: u32,
+        out_len: u32,
+    ) -> WeftResult {
+        let table = self;
+        let misuse = |code: WeftResult, what: std::fmt::Arguments<'_>| {
+            tracing::warn!(plugin = %name, slot, call, "complete(): {what}; ignored ({code:?})");
+            code
+        };
+        let Some(s) = table.slots.get(slot as usize) else {
+            return misuse(
+                WeftResult::StaleHandle,
+                format_args!(
+                    "slot {slot} is out of range (the runtime has {} slots)",
+                    table.slots.len()
+                ),
+            );
+        };
+        let (seq, state) = s.cell.peek();
+        if call == 0 || seq != call {
+            return misuse(
+                WeftResult::StaleHandle,
+                format_args!("call {call} is not the current call of slot {slot} (forged, or of an earlier request)"),
+            );
         }
-        Err(CompleteError::AlreadyCompleted) => misuse(
-            WeftResult::AlreadyCompleted,
-            format_args!("call {call} of slot {slot} was completed already"),
-        ),
-        Err(CompleteError::Stale) => misuse(
-            WeftResult::StaleHandle,
-            format_args!("call {call} is not the current call of slot {slot}"),
-        ),
+        if s.instance.load(SyncOrdering::Relaxed) != instance {
+            return misuse(
+                WeftResult::StaleHandle,
+                format_args!("slot {slot} call {call} belongs to another plugin instance"),
+            );
+        }
+        if matches!(state, CellState::Idle | CellState::Completed) {
+            return misuse(
+                WeftResult::AlreadyCompleted,
+                format_args!("call {call} of slot {slot} was completed already (or answered inline)"),
+            );
+        }
+        if result == WeftResult::Pending as u32 {
+            return misuse(
+                WeftResult::InvalidArgument,
+                format_args!("result Pending is not a final result"),
+            );
+        }
+        let cap = s.out_cap.load(SyncOrdering::Relaxed);
+        if out_len > cap {
+            return misuse(
+                WeftResult::InvalidArgument,
+                format_args!("out_len {out_len} exceeds the call's output capacity of {cap} bytes"),
+            );
+        }
+        match s.cell.complete(call, Done { rc: result, out_len }) {
+            Ok(()) => WeftResult::Ok,
+            Err(CompleteError::Cancelled) => {
+                table.stats.late_completions.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(plugin = %name, slot, call, "late completion of a cancelled call discarded; slot released");
+                WeftResult::Cancelled
+            }
+            Err(CompleteError::AlreadyCompleted) => misuse(
+                WeftResult::AlreadyCompleted,
+                format_args!("call {call} of slot {slot} was completed already"),
+            ),
+            Err(CompleteError::Stale) => misuse(
+                WeftResult::StaleHandle,
+                format_args!("call {call} is not the current call of slot {slot}"),
+            ),
+        }
     }
 }

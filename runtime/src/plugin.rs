@@ -1,13 +1,10 @@
-//! Loading plugin libraries: the Go-runtime guard, `dlopen`, the versioned handshake, and the
-//! host function table handed to plugins.
+//! Loading plugin libraries: the Go-runtime guard, `dlopen` and the versioned handshake. The
+//! host function table handed to plugins is in `host.rs`.
 
-use std::ffi::c_void;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
-use crate::pending::AsyncTable;
-
-use crate::sync::stat::{Mutex, RwLock};
+use crate::sync::stat::Mutex;
 
 use crate::abi::*;
 
@@ -114,8 +111,9 @@ fn is_go_elf(data: &[u8]) -> bool {
     }
 }
 
-/// Loads the library at `path`, or returns the one already loaded from the same file.
-pub(crate) fn load(path: &Path) -> Result<Arc<Library>, LoadError> {
+/// Loads the library at `path`, or returns the one already loaded from the same file. A new
+/// library's entry point is handed `host_api`, which it may keep for the life of the process.
+pub(crate) fn load(path: &Path, host_api: &'static WeftHostApi) -> Result<Arc<Library>, LoadError> {
     let read_err = |source| LoadError::Read {
         path: path.into(),
         source,
@@ -149,17 +147,22 @@ pub(crate) fn load(path: &Path) -> Result<Arc<Library>, LoadError> {
     if go {
         loaded.go = Some(canonical.clone());
     }
-    let lib = handshake(path, lib, go)?;
+    let lib = handshake(path, lib, go, host_api)?;
     loaded.libraries.push((canonical, Arc::clone(&lib)));
     Ok(lib)
 }
 
-fn handshake(path: &Path, lib: &'static libloading::Library, go: bool) -> Result<Arc<Library>, LoadError> {
+fn handshake(
+    path: &Path,
+    lib: &'static libloading::Library,
+    go: bool,
+    host_api: &'static WeftHostApi,
+) -> Result<Arc<Library>, LoadError> {
     // SAFETY: the symbol's type is fixed by the ABI (weft.h declares it).
     let entry: libloading::Symbol<'static, unsafe extern "C" fn(*const WeftHostApi) -> *const WeftPluginDescriptor> =
         unsafe { lib.get(b"weft_plugin_entry\0") }.map_err(|_| LoadError::NoEntry { path: path.into() })?;
-    // SAFETY: HOST_API lives for the whole process, as the ABI promises.
-    let desc = unsafe { entry(&HOST_API.0) };
+    // SAFETY: `host_api` lives for the whole process, as the ABI promises.
+    let desc = unsafe { entry(host_api) };
     // SAFETY: whatever the plugin returned; only what its reported sizes allow is read.
     unsafe { read_descriptor(path, desc, go) }
 }
@@ -315,57 +318,6 @@ unsafe fn read_descriptor(path: &Path, desc: *const WeftPluginDescriptor, go: bo
     }))
 }
 
-/// The host function table: one per process, as plugins may keep the pointer.
-struct HostApi(WeftHostApi);
-// SAFETY: the table is immutable and its context pointer is unused (NULL).
-unsafe impl Sync for HostApi {}
-
-static HOST_API: HostApi = HostApi(WeftHostApi {
-    abi_version: WEFT_ABI_VERSION,
-    size: size_of::<WeftHostApi>() as u32,
-    context: std::ptr::null_mut::<c_void>(),
-    log: Some(host_log),
-    complete: Some(crate::pending::host_complete),
-    worker_exit: Some(crate::workers::host_worker_exit),
-    worker_exit_ring: Some(crate::workers::host_worker_exit_ring),
-});
-
-/// A plugin instance as the host functions see it: its name (for log lines) and the call table
-/// of the runtime that created it (for `complete`). Instance ids are process-wide and never
-/// reused, so several runtimes (a config reload builds a new one) can coexist.
-struct InstanceEntry {
-    name: Arc<str>,
-    calls: Weak<AsyncTable>,
-    log: crate::plugin_log::LogBudget,
-}
-
-/// Instances by id.
-static INSTANCES: RwLock<Vec<InstanceEntry>> = RwLock::new(Vec::new());
-
-/// Registers an instance of the runtime whose call table is `calls`; returns its id.
-pub(crate) fn register_instance(name: &str, calls: Weak<AsyncTable>) -> u64 {
-    let mut all = INSTANCES.write().unwrap_or_else(|e| e.into_inner());
-    all.push(InstanceEntry {
-        name: Arc::from(name),
-        calls,
-        log: Default::default(),
-    });
-    (all.len() - 1) as u64
-}
-
-#[allow(dead_code)] // host_log reads the entry itself (name and log budget at once)
-pub(crate) fn instance_name(id: u64) -> Option<Arc<str>> {
-    let all = INSTANCES.read().unwrap_or_else(|e| e.into_inner());
-    all.get(usize::try_from(id).ok()?).map(|e| e.name.clone())
-}
-
-/// The instance's name and its runtime's call table (`None` once that runtime is gone).
-pub(crate) fn instance_calls(id: u64) -> Option<(Arc<str>, Option<Arc<AsyncTable>>)> {
-    let all = INSTANCES.read().unwrap_or_else(|e| e.into_inner());
-    let e = all.get(usize::try_from(id).ok()?)?;
-    Some((e.name.clone(), e.calls.upgrade()))
-}
-
 /// Longest plugin-supplied message (an init error, a library's load error) the host keeps.
 pub(crate) const MAX_PLUGIN_MESSAGE: usize = 512;
 
@@ -388,51 +340,24 @@ pub(crate) fn plugin_text(bytes: &[u8], max: usize) -> String {
     out
 }
 
-/// Truncates plugin log lines so a runaway plugin cannot flood the log with megabyte lines.
-const MAX_LOG_LINE: usize = 16 * 1024;
-
-unsafe extern "C" fn host_log(level: u32, instance: u64, msg: *const u8, len: usize) {
-    // Unknown instance ids (a confused or hostile plugin) share one budget.
-    static UNKNOWN: std::sync::LazyLock<crate::plugin_log::LogBudget> = std::sync::LazyLock::new(Default::default);
-    // No panic may unwind into the plugin: a failure to log is dropped.
-    let _ = std::panic::catch_unwind(|| {
-        let (name, (allowed, dropped)) = {
-            let all = INSTANCES.read().unwrap_or_else(|e| e.into_inner());
-            match usize::try_from(instance).ok().and_then(|i| all.get(i)) {
-                Some(e) => (Some(e.name.clone()), e.log.take()),
-                None => (None, UNKNOWN.take()),
-            }
-        };
-        let plugin = name.as_deref().unwrap_or("?");
-        if dropped > 0 {
-            tracing::warn!(
-                target: "weft::plugin", plugin, dropped,
-                "plugin log lines dropped (more than {} per second)", crate::plugin_log::LINES_PER_SEC
-            );
-        }
-        if !allowed {
-            return;
-        }
-        let bytes: &[u8] = if msg.is_null() || len == 0 {
-            &[]
-        } else {
-            // SAFETY: the caller promises `len` readable bytes for the duration of the call.
-            unsafe { std::slice::from_raw_parts(msg, len.min(MAX_LOG_LINE)) }
-        };
-        let lossy = String::from_utf8_lossy(bytes);
-        let text = crate::plugin_log::escape(&lossy);
-        match level {
-            WEFT_LOG_ERROR => tracing::error!(target: "weft::plugin", plugin, "{text}"),
-            WEFT_LOG_WARN => tracing::warn!(target: "weft::plugin", plugin, "{text}"),
-            WEFT_LOG_DEBUG => tracing::debug!(target: "weft::plugin", plugin, "{text}"),
-            _ => tracing::info!(target: "weft::plugin", plugin, "{text}"),
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
+    use std::ffi::c_void;
+
     use super::*;
+
+    /// A host table for loads that fail before a library's entry point is called.
+    fn no_host() -> &'static WeftHostApi {
+        Box::leak(Box::new(WeftHostApi {
+            abi_version: WEFT_ABI_VERSION,
+            size: size_of::<WeftHostApi>() as u32,
+            context: std::ptr::null_mut(),
+            log: None,
+            complete: None,
+            worker_exit: None,
+            worker_exit_ring: None,
+        }))
+    }
 
     #[test]
     fn plugin_text_is_printable_and_capped() {
@@ -458,7 +383,7 @@ mod tests {
 
     #[test]
     fn missing_file_names_the_path() {
-        let err = load(Path::new("/nonexistent/libnothing.so")).unwrap_err();
+        let err = load(Path::new("/nonexistent/libnothing.so"), no_host()).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/libnothing.so"), "{err}");
     }
 
@@ -469,7 +394,7 @@ mod tests {
             .into_iter()
             .find(|p| Path::new(p).exists());
         let Some(libc) = libc else { return };
-        let err = load(Path::new(libc)).unwrap_err();
+        let err = load(Path::new(libc), no_host()).unwrap_err();
         assert!(matches!(err, LoadError::NoEntry { .. }), "{err}");
     }
 
@@ -561,14 +486,5 @@ mod tests {
         assert!(err.contains("flagged WEFT_PLUGIN_FLAG_BLOCKING"), "{err}");
         let d = descriptor(full, &BLOCKING.0);
         assert!(unsafe { read_descriptor(path, &d, false) }.is_ok());
-    }
-
-    #[test]
-    fn host_log_survives_bad_input() {
-        // SAFETY: exercising the null/zero-length paths the ABI allows.
-        unsafe {
-            host_log(99, u64::MAX, std::ptr::null(), 10);
-            host_log(WEFT_LOG_INFO, 0, b"\xff\xfe".as_ptr(), 2);
-        }
     }
 }

@@ -18,7 +18,7 @@ use crate::abi::{WeftPhase, WeftResult};
 pub type RemoteCall<'a> = Pin<Box<dyn Future<Output = Result<Bytes, RemoteCallError>> + Send + 'a>>;
 
 /// A plugin instance served somewhere else. Implementations must be cheap to call concurrently.
-pub trait RemotePlugin: Send + Sync + 'static {
+pub trait RemoteInstance: Send + Sync + 'static {
     /// The phases the remote plugin handles (bit `1 << phase`).
     fn phases(&self) -> u32;
 

@@ -156,7 +156,7 @@ fn watch() {
 /// Reports a call of `instance` that has run for `ran_ms` if that is past its runtime's threshold;
 /// returns whether it did.
 fn report(instance: u64, phase: u32, ran_ms: u64) -> bool {
-    let Some((name, Some(table))) = crate::plugin::instance_calls(instance) else {
+    let Some((name, Some(table))) = crate::host::instance_calls(instance) else {
         return false;
     };
     let threshold = table.stall_threshold_ms.load(Ordering::Relaxed);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use weft_runtime::abi::{WeftMutationOp, WeftPhase, WeftResult};
 use weft_runtime::mutation::encode_record;
-use weft_runtime::remote::{RemoteCall, RemoteCallError, RemoteErrorKind, RemotePlugin};
+use weft_runtime::remote::{RemoteCall, RemoteCallError, RemoteErrorKind, RemoteInstance};
 use weft_runtime::{Flow, Runtime, RuntimeOptions};
 
 type Reply = Result<Bytes, RemoteCallError>;
@@ -60,7 +60,7 @@ impl std::future::Future for YieldOnce {
     }
 }
 
-impl RemotePlugin for Fake {
+impl RemoteInstance for Fake {
     fn phases(&self) -> u32 {
         self.phases
     }

@@ -2,7 +2,7 @@
 //! a `type: nats` instance, against a real nats-server on a free loopback port and real Go workers
 //! (`cgo/cmd/weft-worker -plugin bench-header`). The calls are the proxy's: a `NatsTransport`
 //! connected on a one-thread runtime of its own (as the proxy's `weft-nats` runtime), a
-//! `NatsInstance` called through `weft_runtime::remote::RemotePlugin` from tasks on a second
+//! `NatsInstance` called through `weft_runtime::remote::RemoteInstance` from tasks on a second
 //! runtime (the proxy's request workers), each reply validated with `mutation::decode` and each
 //! request released after its only phase. Every round runs, in turn:
 //!
@@ -37,10 +37,10 @@ use weft_benches::report::{
     Machine, argv, commit, cores, date_utc, exit_code, loadavg, median, sh, target_dir, write_report,
 };
 use weft_nats_bridge::engine::to_call_error;
-use weft_nats_bridge::{NatsInstance, NatsOptions, NatsTransport, RemoteError, RemotePluginOptions};
+use weft_nats_bridge::{NatsInstance, NatsOptions, NatsPluginOptions, NatsTransport, RemoteError};
 use weft_runtime::abi::WeftPhase;
 use weft_runtime::mutation;
-use weft_runtime::remote::{RemoteCallError, RemotePlugin as _};
+use weft_runtime::remote::{RemoteCallError, RemoteInstance as _};
 use weft_runtime::view::{RequestHead, ViewIdentity, encode_request};
 
 const RH: WeftPhase = WeftPhase::RequestHeaders;
@@ -687,7 +687,7 @@ fn measure(
         }))
         .map_err(|e| e.to_string())?;
     let deadline = Duration::from_millis(args.deadline_ms);
-    let opts = RemotePluginOptions {
+    let opts = NatsPluginOptions {
         deadline,
         max_in_flight: args.max_in_flight,
     };

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use weft_nats_bridge::{NatsTransport, RemotePluginOptions};
+use weft_nats_bridge::{NatsPluginOptions, NatsTransport};
 use weft_runtime::Runtime;
 
 use super::{Plugins, RemoteInstance};
@@ -156,7 +156,7 @@ fn instantiate(
 ) {
     let p = d.plugin;
     let deadline = Duration::from_millis(p.deadline_ms.unwrap_or(crate::config::DEFAULT_NATS_DEADLINE_MS));
-    let opts = RemotePluginOptions {
+    let opts = NatsPluginOptions {
         deadline,
         max_in_flight: p
             .max_in_flight

@@ -1,12 +1,12 @@
 //! Body phases: request and response bodies through plugins, streamed chunk by chunk or buffered
-//! whole. A child module of `engine` (declared there), so it extends [`Exchange`] in place.
+//! whole: the body stage of [`Exchange`].
 //!
 //! # Data flow and memory
 //! - **Chunk in, no copy.** The proxy hands each body chunk as the `Bytes` hyper produced. The
 //!   view in the request's slot gets the chunk's address and length ([`view::set_body`]); the
 //!   plugin reads the bytes in place while this code holds the `Bytes` (until the call returns).
 //! - **Replacement out, no copy.** A body call's `out` buffer is not the rest of the request's
-//!   slot but a second arena slot leased for the call ([`BodyState::out`]). When the plugin
+//!   slot but a second arena slot leased for the call (`out.rs`). When the plugin
 //!   replaces, prepends or appends, the lease is frozen into a `Bytes` ([`Bytes::from_owner`])
 //!   and each record's operand becomes a `Bytes::slice` of it: hyper writes the plugin's bytes
 //!   straight from the arena and the slot returns to the arena when the last slice is dropped.
@@ -15,7 +15,7 @@
 //!   to its limit, charged to the runtime's [`ByteBudget`]). Pieces are joined (one copy) only
 //!   when a second plugin must see the result of a first one that prepended or appended. Its out
 //!   buffer has room for twice the body: an out slot, a buffer-class slot, or, larger than every
-//!   class (or with none free), an anonymous mapping of its own ([`MappedOut`]), which the kernel
+//!   class (or with none free), an anonymous mapping of its own (`out::MappedOut`), which the kernel
 //!   zero-fills page by page as the plugin writes (nothing is zeroed or made resident up front).
 //!   Mapped buffers and joined copies are charged to the budget before they are made; over it,
 //!   the call is refused (503 for a request body, 502 for a response body).
@@ -28,12 +28,22 @@
 //! follows the instance's policy: fail open passes the bytes unchanged, fail closed aborts the
 //! stream ([`BodyAbort`]) or, buffered, answers 500.
 
-use bytes::Bytes;
-use http::Response;
+use std::sync::Arc;
 
-use super::*;
-use crate::budget::{ByteBudget, Charge, charged_bytes};
-use crate::mutation::{BodyEdits, MutationError};
+use bytes::Bytes;
+use http::{Response, StatusCode};
+
+use super::failure::{CallError, call_failure_response, failure_response};
+use super::out::{CallOut, OverBudget};
+use super::{Exchange, Instance, Transport};
+use crate::abi::{
+    WEFT_BODY_BUFFERED, WEFT_BODY_END_OF_STREAM, WEFT_PLUGIN_FLAG_REQUEST_BODY_BUFFERED,
+    WEFT_PLUGIN_FLAG_RESPONSE_BODY_BUFFERED, WeftPhase, WeftResult,
+};
+use crate::arena::SlotLease;
+use crate::budget::{ByteBudget, charged_bytes};
+use crate::mutation::{self, BodyEdits, MutationError};
+use crate::view;
 
 /// Which body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,137 +112,13 @@ pub(crate) struct BodyState {
     skipped: [Vec<bool>; 2],
     /// Per side: the end-of-stream call has been made.
     ended: [bool; 2],
-    /// The `out` buffer of the body call in progress (read by `Exchange::call`).
-    pub(crate) out: Option<BodyOut>,
-    /// An arena lease a previous body call left unused, for the next one.
-    pub(crate) spare: Option<SlotLease>,
-    /// The chunk the body call in progress points the view at. A call abandoned while the plugin
-    /// still holds it moves this into the completion cell with the slot (see `abandon`), so the
-    /// bytes the view points to stay alive until the late completion.
-    pub(crate) chunk: Option<Bytes>,
-}
-
-/// Where a call's mutation records (and so the bytes they carry: replacement body bytes, a local
-/// reply body) go. Body calls always have one; headers-phase calls get an out slot while one is
-/// free (see `Exchange::lease_head_out`).
-pub(crate) enum BodyOut {
-    /// An out slot (every streamed call, buffered calls whose body fits, headers calls), or, for
-    /// a buffered call over a body larger than half a slot, a buffer-class slot of at least twice
-    /// the body (plus 4 KiB), so a rewrite of a large body fits.
-    Lease(SlotLease),
-    /// An out slot's size on the heap, when no out slot is free.
-    Heap(Box<[u8]>),
-    /// A buffered call's buffer of twice the body (plus 4 KiB) when no buffer class has one.
-    Mapped(MappedOut),
-    /// The buffer after the call's records were decoded and some referred to its bytes: it now
-    /// belongs to the `Bytes` slices handed on, and nobody writes it again.
-    Frozen(Bytes),
-}
-
-impl BodyOut {
-    /// The writable buffer; empty once frozen (no call is ever given a frozen buffer).
-    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
-        match self {
-            BodyOut::Lease(l) => l.bytes_mut(),
-            BodyOut::Heap(b) => b,
-            BodyOut::Mapped(m) => &mut m.map,
-            BodyOut::Frozen(_) => &mut [],
-        }
-    }
-
-    /// The arena unit of an out slot: how a worker job names it as its output location. `None`
-    /// for the heap and for buffer-class slots (a job then writes after the view and the host
-    /// copies).
-    pub(crate) fn lease_unit(&self) -> Option<u32> {
-        match self {
-            BodyOut::Lease(l) => l.unit(),
-            _ => None,
-        }
-    }
-
-    /// Makes the buffer a shared `Bytes` owner (no copy) and returns a handle to it; the buffer
-    /// goes back to the arena (or the heap) when the last slice of it is dropped.
-    pub(crate) fn freeze(&mut self) -> Bytes {
-        let owner = match std::mem::replace(self, BodyOut::Frozen(Bytes::new())) {
-            BodyOut::Lease(l) => Bytes::from_owner(l),
-            BodyOut::Heap(b) => Bytes::from(b),
-            BodyOut::Mapped(m) => Bytes::from_owner(m),
-            BodyOut::Frozen(b) => b,
-        };
-        *self = BodyOut::Frozen(owner.clone());
-        owner
-    }
-
-    /// The buffer as a shared `Bytes` owner (frozen if it was not yet).
-    pub(crate) fn into_bytes(mut self) -> Bytes {
-        self.freeze()
-    }
-
-    /// Back to the spare slot, if it is an out slot (a buffer-class slot goes back to its pool).
-    pub(crate) fn into_spare(self) -> Option<SlotLease> {
-        match self {
-            BodyOut::Lease(l) if l.unit().is_some() => Some(l),
-            _ => None,
-        }
-    }
-}
-
-/// The out buffer of a buffered call larger than every buffer class: an anonymous private
-/// mapping of its own, charged to the budget at its full size (the plugin may write all of it).
-/// Fresh anonymous pages read as zero, and the kernel supplies them as they are first written,
-/// so nothing is zeroed up front, no other request's bytes can show through, and what is
-/// resident is what the plugin wrote. (A zeroed heap buffer of that size is made resident whole
-/// once the allocator hands out reused memory, which `calloc` must clear.) Unmapped when the
-/// last slice of it is dropped.
-pub(crate) struct MappedOut {
-    map: memmap2::MmapMut,
-    _charge: Charge,
-}
-
-impl AsRef<[u8]> for MappedOut {
-    fn as_ref(&self) -> &[u8] {
-        &self.map
-    }
-}
-
-/// Why a buffered call got no out buffer or joined copy: the budget is spent (or, rarer, the
-/// mapping failed). Counted in [`ByteBudget::refusals`] by the budget.
-#[derive(Debug)]
-pub(crate) struct OverBudget {
-    pub(crate) want: u64,
-    pub(crate) what: &'static str,
-}
-
-impl MappedOut {
-    fn new(len: usize, budget: &Arc<ByteBudget>) -> Result<MappedOut, OverBudget> {
-        let over = |what| OverBudget { want: len as u64, what };
-        let charge = budget
-            .try_charge(len as u64)
-            .ok_or_else(|| over("over runtime.max_buffered_bytes_total"))?;
-        let map = memmap2::MmapMut::map_anon(len).map_err(|e| {
-            tracing::warn!(bytes = len, error = %e, "cannot map a buffered call's out buffer");
-            over("mapping failed")
-        })?;
-        Ok(MappedOut { map, _charge: charge })
-    }
-}
-
-impl Drop for BodyState {
-    fn drop(&mut self) {
-        if let Some(out) = self.out.take() {
-            // A body call was abandoned while the plugin may still hold `out` (a cancelled
-            // pending call): never hand the memory to another request.
-            tracing::warn!("body call abandoned in flight; its out buffer is retired");
-            std::mem::forget(out);
-            // The view may still point at the chunk: keep its bytes alive too.
-            std::mem::forget(self.chunk.take());
-        }
-    }
+    /// An out slot a previous call left unused, for the next one.
+    pub(super) spare: Option<SlotLease>,
 }
 
 /// Splits a call's result into the pieces to send: prepends, the body (or its replacement),
 /// appends. Empty pieces are left out. Returns the lease when nothing refers to it.
-fn assemble(edits: BodyEdits, data: &Bytes, lease: BodyOut, out: &mut Vec<Bytes>) -> Option<SlotLease> {
+fn assemble(edits: BodyEdits, data: &Bytes, lease: CallOut, out: &mut Vec<Bytes>) -> Option<SlotLease> {
     if edits.is_pass() {
         if !data.is_empty() {
             out.push(data.clone());
@@ -356,37 +242,6 @@ impl Exchange {
         Arc::clone(self.chain.rt.buffered_budget())
     }
 
-    /// The out buffer of a streamed call (or a buffered one over at most half a slot): an out
-    /// slot; with none free, a heap buffer of the same size (still sent uncopied).
-    pub(super) fn slot_out(&mut self) -> BodyOut {
-        let rt = &self.chain.rt;
-        match self.body.spare.take().or_else(|| rt.outs.acquire()) {
-            Some(l) => BodyOut::Lease(l),
-            None => BodyOut::Heap(vec![0u8; rt.arena.slot_size()].into_boxed_slice()),
-        }
-    }
-
-    /// The out buffer of a buffered call over `len` bytes: over half a slot, room for a rewrite
-    /// of twice the body (plus 4 KiB) in the smallest buffer class that has a slot free, else a
-    /// [`MappedOut`] charged to the budget.
-    fn buffered_out(&mut self, len: usize) -> Result<BodyOut, OverBudget> {
-        let rt = &self.chain.rt;
-        if len <= rt.arena.slot_size() / 2 {
-            return Ok(self.slot_out());
-        }
-        let want = len.saturating_mul(2).saturating_add(4096);
-        if want > u32::MAX as usize {
-            return Err(OverBudget {
-                want: want as u64,
-                what: "larger than a call's output capacity (4 GiB)",
-            });
-        }
-        match rt.lease_buffer(want) {
-            Some(l) => Ok(BodyOut::Lease(l)),
-            None => MappedOut::new(want, rt.buffered_budget()).map(BodyOut::Mapped),
-        }
-    }
-
     /// One body call of `inst` over `data` writing into `out`; returns the batch and the out
     /// buffer.
     pub(super) async fn body_call(
@@ -395,9 +250,9 @@ impl Exchange {
         phase: WeftPhase,
         data: &Bytes,
         flags: u32,
-        out: BodyOut,
-    ) -> Result<(mutation::Batch, BodyOut), CallError> {
-        if self.body.out.is_some() {
+        out: CallOut,
+    ) -> Result<(mutation::Batch, CallOut), CallError> {
+        if self.bufs.out.is_some() {
             // An earlier call was abandoned in flight (its future dropped): its out buffer is
             // not ours to reuse.
             return Err(CallError::Code(WeftResult::Internal));
@@ -408,16 +263,16 @@ impl Exchange {
             return Err(CallError::NoSlot);
         };
         view::set_body(view_slot.bytes_mut(), phase as u32, data, flags);
-        self.body.out = Some(out);
-        self.body.chunk = Some(data.clone());
-        let result = self.call_any(inst, phase).await;
-        self.body.chunk = None;
-        let lease = self.body.out.take();
+        self.bufs.out = Some(out);
+        self.bufs.input = Some(data.clone());
+        let result = self.call(inst, phase).await;
+        self.bufs.input = None;
+        let lease = self.bufs.out.take();
         match (result, lease) {
             (Ok(batch), Some(lease)) => Ok((batch, lease)),
             (Ok(_), None) => Err(CallError::Code(WeftResult::Internal)),
             (Err(e), lease) => {
-                self.body.spare = lease.and_then(BodyOut::into_spare);
+                self.body.spare = lease.and_then(CallOut::into_spare);
                 Err(e)
             }
         }
@@ -425,7 +280,7 @@ impl Exchange {
 
     /// A call that may not change the head (a streamed one) did: the batch is refused whole and
     /// its out lease kept for the next call.
-    fn refuse_head_change(&mut self, mut batch: mutation::Batch, lease: BodyOut) -> CallError {
+    fn refuse_head_change(&mut self, mut batch: mutation::Batch, lease: CallOut) -> CallError {
         self.body.spare = lease.into_spare();
         let op = if batch.take_reply().is_some() {
             "LocalReply"

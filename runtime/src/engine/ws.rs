@@ -1,16 +1,22 @@
 //! WebSocket phases: a connection served by a plugin keeps its [`Exchange`] (and so its arena
 //! slot, its `(slot, generation)` and the plugin's per-connection state) from the open event
-//! to the close event. A child module of `engine` (declared there), so it extends `Exchange`.
+//! to the close event: the WebSocket stage of [`Exchange`].
 //!
 //! A message is handed in place like a body chunk: the view's `body`/`body_len` point at the
 //! `Bytes` the codec produced, `body_flags` carries [`WEFT_WS_BINARY`]; the records go into a
 //! second arena slot (the body calls' out buffer). The runtime knows nothing of sockets or
 //! rooms: it returns the validated WebSocket records ([`WsOp`]) and the proxy carries them out.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
-use super::*;
+use super::Exchange;
+use super::Transport;
+use super::failure::CallError;
+use crate::abi::{WEFT_WS_BINARY, WEFT_WS_ERROR, WeftPhase, WeftResult};
 use crate::mutation::WsOp;
+use crate::view;
 
 /// One event of a WebSocket connection.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,274 @@
+//! The headers phases: the request head is laid out in the slot, each instance that declared the
+//! phase is called in turn ([`Exchange::call`]), and its batch is applied before the next one
+//! sees the head. One async path; the synchronous methods drive it on the calling thread.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+
+use super::failure::{CallError, call_failure_response, failure_response, no_slot_response};
+use super::timer::ParkedCaller;
+use super::{Exchange, Flow, Instance};
+use crate::abi::WeftPhase;
+use crate::mutation;
+use crate::view::{self, RequestHead};
+
+/// The phases that read the view after the request-headers phase.
+const LATER_THAN_REQUEST_HEADERS: u32 = WeftPhase::RequestBody.mask()
+    | WeftPhase::ResponseHeaders.mask()
+    | WeftPhase::ResponseBody.mask()
+    | WeftPhase::Log.mask();
+
+impl Exchange {
+    /// Runs the request-headers phase of every instance that declared it, in chain order, on
+    /// this thread: [`request_headers_async`](Self::request_headers_async) driven to its end.
+    /// In-process instances run inline; a pending answer or a worker job parks the thread until
+    /// it completes (or its deadline), and with remote instances on the chain the thread blocks
+    /// for their replies (and must be inside the transport's async runtime), so async callers
+    /// use the async method.
+    pub fn request_headers(&mut self, parts: &mut http::request::Parts) -> Flow {
+        block_on(self.request_headers_async(parts))
+    }
+
+    /// Runs the response-headers phase on this thread; see [`request_headers`](Self::request_headers).
+    pub fn response_headers(&mut self, parts: &mut http::response::Parts) -> Flow {
+        block_on(self.response_headers_async(parts))
+    }
+
+    /// Runs the request-headers phase of every instance that declared it, in chain order.
+    /// In-process instances are called inline; a pending answer, a worker job or a remote call is
+    /// awaited (the future is ready at its first poll when there is none).
+    pub async fn request_headers_async(&mut self, parts: &mut http::request::Parts) -> Flow {
+        const PHASE: WeftPhase = WeftPhase::RequestHeaders;
+        if self.lease.is_none() {
+            // The slot went to a cancelled call (its phase future was dropped) and none was free.
+            return Flow::Respond(no_slot_response());
+        }
+        // Encoded even when no instance handles this phase: the response and log phases show it.
+        if let Err(e) = self.encode_request(parts, PHASE) {
+            return self.request_too_large(e);
+        }
+        if self.chain.phases & PHASE.mask() == 0 {
+            return Flow::Continue;
+        }
+        // The view is laid out again only when a plugin changed the request and someone will
+        // still read it: the next plugin, or the later phases.
+        let mut stale = false;
+        let instances = Arc::clone(&self.chain.instances);
+        for inst in instances.iter().filter(|i| i.phases & PHASE.mask() != 0) {
+            if stale {
+                if let Err(e) = self.encode_request(parts, PHASE) {
+                    return self.request_too_large(e);
+                }
+                stale = false;
+            }
+            // The batch is matched in place and handed around by reference: it is a few hundred
+            // bytes, and each move of it is a memcpy on the hot path.
+            match self.call(inst, PHASE).await {
+                Ok(mut batch) => {
+                    if let Some(resp) = self.headers_reply(inst, PHASE, &mut batch) {
+                        return Flow::Respond(resp);
+                    }
+                    if !batch.is_empty() {
+                        batch.apply_to_request(parts);
+                        stale = true;
+                    }
+                }
+                Err(err) => {
+                    if let Some(resp) = self.headers_failure(inst, PHASE, &err) {
+                        return Flow::Respond(resp);
+                    }
+                }
+            }
+        }
+        if stale && self.chain.phases & LATER_THAN_REQUEST_HEADERS != 0 {
+            if let Err(e) = self.encode_request(parts, PHASE) {
+                return self.request_too_large(e);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Runs the response-headers phase of every instance that declared it, in reverse chain order
+    /// (the first plugin on the way in is the last on the way out).
+    pub async fn response_headers_async(&mut self, parts: &mut http::response::Parts) -> Flow {
+        const PHASE: WeftPhase = WeftPhase::ResponseHeaders;
+        if let Some(flow) = self.lay_out_response(parts) {
+            return flow;
+        }
+        let instances = Arc::clone(&self.chain.instances);
+        for inst in instances.iter().rev().filter(|i| i.phases & PHASE.mask() != 0) {
+            match self.call(inst, PHASE).await {
+                Ok(mut batch) => {
+                    if let Some(resp) = self.headers_reply(inst, PHASE, &mut batch) {
+                        return Flow::Respond(resp);
+                    }
+                    if !batch.is_empty() {
+                        batch.apply_to_response(parts);
+                        if let Err(e) = self.encode_response(parts, PHASE) {
+                            tracing::warn!(plugin = %inst.name, "{e}; answering 502");
+                            return response_too_large();
+                        }
+                    }
+                }
+                Err(err) => {
+                    if let Some(resp) = self.headers_failure(inst, PHASE, &err) {
+                        return Flow::Respond(resp);
+                    }
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Before the response-headers calls: appends the response section to the view when a
+    /// phase will read it. `Some`: the phase ends here with this flow.
+    fn lay_out_response(&mut self, parts: &http::response::Parts) -> Option<Flow> {
+        const PHASE: WeftPhase = WeftPhase::ResponseHeaders;
+        if self.request_end == 0 {
+            // request_headers was never called; nothing to show.
+            return Some(Flow::Continue);
+        }
+        let phases = self.chain.phases;
+        if self.lease.is_none() {
+            // The slot went to a cancelled call and none was free: no plugin can see this phase.
+            let handled = phases & PHASE.mask() != 0;
+            return Some(if handled {
+                Flow::Respond(no_slot_response())
+            } else {
+                Flow::Continue
+            });
+        }
+        if phases & (PHASE.mask() | WeftPhase::ResponseBody.mask() | WeftPhase::Log.mask()) == 0 {
+            return Some(Flow::Continue);
+        }
+        if let Err(e) = self.encode_response(parts, PHASE) {
+            tracing::warn!(request_id = self.ident.request_id, "{e}; answering 502");
+            return Some(response_too_large());
+        }
+        (phases & PHASE.mask() == 0).then_some(Flow::Continue)
+    }
+
+    /// Before a headers-phase batch is applied: notes a skip-body answer; a local reply ends the
+    /// phase with that response (which is what the log phase sees as the response).
+    #[inline]
+    fn headers_reply(
+        &mut self,
+        inst: &Instance,
+        phase: WeftPhase,
+        batch: &mut mutation::Batch,
+    ) -> Option<Response<Bytes>> {
+        if batch.take_skip_body() {
+            self.note_skip_body(inst, phase);
+        }
+        let reply = batch.take_reply()?;
+        let (rparts, body) = reply.into_response().into_parts();
+        let _ = self.encode_response(&rparts, WeftPhase::Log);
+        Some(Response::from_parts(rparts, body))
+    }
+
+    /// A failed headers-phase call follows the instance's policy: `Some` answer ends the phase
+    /// (fail closed, or no slot left to go on with), `None` goes on unchanged (fail open).
+    fn headers_failure(&self, inst: &Instance, phase: WeftPhase, err: &CallError) -> Option<Response<Bytes>> {
+        self.note_failure(inst, phase, err);
+        // Without a slot (a cancelled call kept it, none was free) nothing can go on.
+        (!inst.fail_open || self.lease.is_none()).then(|| call_failure_response(err))
+    }
+
+    fn request_too_large(&self, e: view::ViewTooLarge) -> Flow {
+        tracing::warn!(request_id = self.ident.request_id, "{e}; answering 431");
+        Flow::Respond(failure_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request header fields too large\n",
+        ))
+    }
+
+    /// Lays out the request section of the view (and so drops any response section).
+    pub(super) fn encode_request(
+        &mut self,
+        parts: &http::request::Parts,
+        phase: WeftPhase,
+    ) -> Result<(), view::ViewTooLarge> {
+        let head = RequestHead {
+            method: &parts.method,
+            uri: &parts.uri,
+            version: parts.version,
+            headers: &parts.headers,
+        };
+        let ident = self.ident;
+        let end = view::encode_request(self.lease().bytes_mut(), &ident, phase as u32, &head)?;
+        self.request_end = end;
+        self.view_end = end;
+        Ok(())
+    }
+
+    /// Lays out the response section of the view after the request section.
+    pub(super) fn encode_response(
+        &mut self,
+        parts: &http::response::Parts,
+        phase: WeftPhase,
+    ) -> Result<(), view::ViewTooLarge> {
+        let end = self.request_end;
+        self.view_end = view::encode_response(
+            self.lease().bytes_mut(),
+            end,
+            phase as u32,
+            parts.status.as_u16(),
+            &parts.headers,
+        )?;
+        Ok(())
+    }
+}
+
+fn response_too_large() -> Flow {
+    Flow::Respond(failure_response(
+        StatusCode::BAD_GATEWAY,
+        "response header fields too large\n",
+    ))
+}
+
+/// Drives a phase future on this thread. Without a pending answer or a remote instance it is
+/// ready on the first poll (no allocation, no parking); otherwise the thread parks until the
+/// completion, the reply or the deadline wakes it. Inlined so the phase future is built in
+/// place rather than copied in.
+#[inline(always)]
+fn block_on<F: Future>(fut: F) -> F::Output {
+    // Set before the first poll, which is where a waiting call picks its deadline timer.
+    let _parked = ParkedCaller::enter();
+    let mut fut = pin!(fut);
+    if let Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        return v;
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+/// A waker that unparks a thread.
+struct Unpark(std::thread::Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// The phase futures must be `Send`: servers hold them across awaits on multi-threaded runtimes.
+#[allow(dead_code)]
+fn phase_futures_are_send(x: &mut Exchange, req: &mut http::request::Parts, resp: &mut http::response::Parts) {
+    fn send<T: Send>(_: T) {}
+    send(x.request_headers_async(req));
+    send(x.response_headers_async(resp));
+}

@@ -1,0 +1,257 @@
+//! The phase engine: runs a route's plugin chain over one request.
+//!
+//! Per request, one [`Exchange`] owns one arena slot. The request head is laid out in the slot
+//! before the first plugin call and again only after a plugin changed it; each plugin is called
+//! synchronously on the calling thread (a cgo call costs tens of nanoseconds, a thread hand-off
+//! tens of microseconds) and its mutation batch is validated and applied before the next plugin
+//! sees the request. Dropping the exchange hands the slot to the log thread when the chain has
+//! log-phase plugins, so logging happens after the response and off the request path.
+//!
+//! Remote instances ([`crate::remote::RemoteInstance`]) are awaited instead: the phase methods
+//! are `async`. A remote reply goes through the same `mutation::decode` and apply path as an
+//! in-process batch.
+//!
+//! An in-process call may also go asynchronous: the handler answers `Pending` and finishes later
+//! through `complete` (`pending.rs`), or the instance is blocking and its call is posted to a
+//! worker ring (`workers.rs`). The engine then awaits the slot's completion cell, bounded by the
+//! instance's deadline; on a deadline, or when the phase future is dropped (client gone), the
+//! call is cancelled and its slot stays with the plugin until it completes
+//! ([`Exchange::abandon`]). Without a pending answer the future is ready at its first poll
+//! without ever yielding, which is what lets the synchronous methods (tests, benches) drive the
+//! same async code at no cost.
+//!
+//! The files follow a request's stages, each extending [`Exchange`]:
+//! - `mod.rs`: instances, chains, starting an exchange and handing it to the log thread;
+//! - `headers.rs`: the request- and response-headers phases (and laying out the view);
+//! - `body.rs`: body phases, streamed or buffered; `ws.rs`: WebSocket events;
+//! - `log.rs`: the log phase on the log thread ([`LogJob`]);
+//! - `call.rs`: one call of one instance, in-process or remote, and decoding what it wrote;
+//!   `out.rs`: where a call writes; `wait.rs`: waiting for a pending call or worker job, and
+//!   cancelling it; `timer.rs`: its deadline; `failure.rs`: call errors and failure answers.
+
+mod body;
+mod call;
+mod failure;
+mod headers;
+mod log;
+mod out;
+mod timer;
+mod wait;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Response;
+
+pub use body::{BodyAbort, BodyMode, BodySide, BufferedBody};
+pub(crate) use log::LogJob;
+pub use ws::{WsEvent, WsFailure};
+
+use crate::Runtime;
+use crate::abi::WeftPhase;
+use crate::arena::SlotLease;
+use crate::pending::Load;
+use crate::plugin::Library;
+use crate::remote::RemoteInstance;
+use crate::sync::stat::{AtomicU64, Ordering};
+use crate::view::ViewIdentity;
+
+/// How an instance is reached.
+pub(crate) enum Transport {
+    /// In-process: the library's `on_phase`, called inline.
+    Ffi(Arc<Library>),
+    /// Elsewhere (e.g. NATS workers), awaited; each call bounded by the deadline.
+    Remote(Arc<dyn RemoteInstance>, Duration),
+}
+
+/// A configured plugin instance.
+pub(crate) struct Instance {
+    pub(crate) id: u64,
+    pub(crate) name: Arc<str>,
+    pub(crate) transport: Transport,
+    pub(crate) phases: u32,
+    pub(crate) fail_open: bool,
+    /// `WEFT_PLUGIN_FLAG_*` bits of the plugin (body modes).
+    pub(crate) flags: u32,
+    /// Deadline, in-flight limit and worker-pool use of asynchronous calls.
+    pub(crate) limits: CallLimits,
+    /// Receives the duration of every in-process call (opt-in: two clock reads per call).
+    pub(crate) timer: Option<Arc<dyn crate::PhaseTimer>>,
+}
+
+/// The limits of an instance's asynchronous calls ([`crate::InstanceOptions`]).
+pub(crate) struct CallLimits {
+    pub(crate) deadline: Duration,
+    pub(crate) max_in_flight: u64,
+    /// Every call goes to the library's worker pool.
+    pub(crate) blocking: bool,
+    pub(crate) retry_after: u32,
+    pub(crate) load: Arc<Load>,
+}
+
+impl CallLimits {
+    pub(crate) fn new(opts: &crate::InstanceOptions, blocking: bool) -> CallLimits {
+        CallLimits {
+            deadline: opts.deadline,
+            max_in_flight: u64::from(opts.max_in_flight),
+            blocking,
+            retry_after: opts.retry_after_secs,
+            load: Arc::default(),
+        }
+    }
+}
+
+impl Instance {
+    /// Reports a call that started at `t0` (taken only when a timer is set).
+    #[inline]
+    fn record_time(&self, phase: WeftPhase, t0: Option<Instant>) {
+        if let (Some(timer), Some(t0)) = (&self.timer, t0) {
+            timer.record(phase, t0.elapsed());
+        }
+    }
+
+    fn remote(&self) -> Option<&Arc<dyn RemoteInstance>> {
+        match &self.transport {
+            Transport::Remote(p, _) => Some(p),
+            Transport::Ffi(_) => None,
+        }
+    }
+}
+
+/// A route's middleware chain. Cheap to clone.
+#[derive(Clone)]
+pub struct Chain {
+    pub(crate) rt: Arc<Runtime>,
+    pub(crate) instances: Arc<[Arc<Instance>]>,
+    /// Union of the instances' phases: a phase no instance declared costs one bit test.
+    pub(crate) phases: u32,
+    /// Whether any instance is remote (they are released when the exchange ends).
+    pub(crate) has_remote: bool,
+}
+
+/// Every slot in the arena is in use: answer 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+/// What the caller does next.
+#[derive(Debug)]
+pub enum Flow {
+    Continue,
+    /// Send this response instead (a plugin's local reply, or the failure response of a
+    /// fail-closed plugin).
+    Respond(Response<Bytes>),
+}
+
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Chain {
+    pub fn is_empty(&self) -> bool {
+        self.phases == 0
+    }
+
+    /// Names of the instances, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.instances.iter().map(|i| i.name.to_string()).collect()
+    }
+
+    /// Begins a request. `Ok(None)` when no instance on the chain handles any phase.
+    pub fn start(&self, client: SocketAddr, scheme: &'static str) -> Result<Option<Exchange>, Busy> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        let Some(lease) = self.rt.arena.acquire() else {
+            self.rt.stats.arena_exhausted.fetch_add(1, Ordering::Relaxed);
+            return Err(Busy);
+        };
+        let ident = ViewIdentity {
+            request_id: NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed),
+            slot: lease.index(),
+            generation: lease.generation(),
+            client,
+            scheme,
+        };
+        Ok(Some(Exchange {
+            chain: self.clone(),
+            lease: Some(lease),
+            ident,
+            request_end: 0,
+            view_end: 0,
+            bufs: Default::default(),
+            body: Default::default(),
+        }))
+    }
+}
+
+/// One request's passage through a chain. Dropping it queues the log phase (when the chain has
+/// one) and releases the arena slot.
+pub struct Exchange {
+    chain: Chain,
+    lease: Option<SlotLease>,
+    ident: ViewIdentity,
+    /// End of the request section of the view; 0 until encoded.
+    request_end: usize,
+    /// End of the whole view (request plus response section).
+    view_end: usize,
+    /// The buffers of the call in progress (`out.rs`).
+    bufs: out::CallBuffers,
+    /// Body-phase bookkeeping (`body.rs`).
+    body: body::BodyState,
+}
+
+impl Exchange {
+    pub fn request_id(&self) -> u64 {
+        self.ident.request_id
+    }
+
+    /// Whether a plugin of the chain has a log phase, which runs on the request's view when the
+    /// exchange is dropped: only then must the exchange (and its arena slot) outlive the response
+    /// head. Without one, dropping it after the last headers or body phase frees the slot at once.
+    pub fn runs_log_phase(&self) -> bool {
+        self.chain.phases & WeftPhase::Log.mask() != 0
+    }
+
+    fn lease(&mut self) -> &mut SlotLease {
+        // Only `Drop` takes the lease out.
+        self.lease.as_mut().expect("exchange lease taken before drop")
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let mut log_pending = self.chain.phases & WeftPhase::Log.mask() != 0 && self.request_end != 0;
+        if log_pending && self.lease.is_none() {
+            // The slot went to a cancelled call and none was free to carry the view on.
+            self.chain.rt.stats.log_dropped.fetch_add(1, Ordering::Relaxed);
+            log_pending = false;
+        }
+        if self.chain.has_remote {
+            // Remote instances keep per-request routing (worker affinity): forget it now, except
+            // for those whose log phase will run (the log call forgets it).
+            for inst in self.chain.instances.iter() {
+                if let Some(plugin) = inst.remote() {
+                    if !(log_pending && inst.phases & WeftPhase::Log.mask() != 0) {
+                        plugin.release(self.ident.request_id);
+                    }
+                }
+            }
+        }
+        if !log_pending {
+            return;
+        }
+        // Hand the whole exchange (with its slot) to the log thread; the slot is released there
+        // after the log phase ran.
+        let job = Exchange {
+            chain: self.chain.clone(),
+            lease: self.lease.take(),
+            ident: self.ident,
+            request_end: self.request_end,
+            view_end: self.view_end,
+            bufs: Default::default(),
+            body: Default::default(),
+        };
+        self.chain.rt.submit_log(LogJob::new(job));
+    }
+}
