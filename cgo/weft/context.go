@@ -140,9 +140,10 @@ func (c *Context) Logf(level Level, format string, args ...any) {
 // Context returns a context.Context for this phase call, to pass to HTTP clients, databases
 // and the like from a continuation ([Context.Go]). It is cancelled, with cause
 // [ErrCallFinished], as soon as the call finishes: when the handler returns, or for a deferred
-// call when it is completed. The host does not tell the plugin when it gives up on a call
-// (phase deadline, client gone): that shows only as [ErrCancelled] from [Deferred.Done], so
-// bound slow work with context.WithTimeout as well. The first use in a call allocates.
+// call when it is completed; and for a deferred call, with cause [ErrCancelled], as soon as the
+// host gives up on it (the instance's deadline passed, or the request went away), so a
+// continuation's HTTP or database call stops when its result can no longer be used. The first
+// use in a call allocates.
 func (c *Context) Context() context.Context { return c.core().StdContext() }
 
 // Body returns the body bytes of a body call: the current chunk when streamed, the whole body

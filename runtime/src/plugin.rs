@@ -71,6 +71,8 @@ pub struct Library {
     /// Starts a worker on a worker ring; NULL for a library without blocking plugins (or one
     /// built before the field existed).
     pub(crate) attach_worker: WeftAttachWorkerFn,
+    /// Told when the host stops waiting for a pending call or worker job; may be NULL.
+    pub(crate) cancel: WeftCancelFn,
 }
 
 impl std::fmt::Debug for Library {
@@ -169,9 +171,12 @@ fn handshake(
 
 /// `descriptor_size` of ABI version 1 as first published: every field up to and including
 /// `shutdown`, before `attach_worker` was appended. Accepted under the append-only policy
-/// (docs/abi.md); the missing field reads as NULL.
+/// (docs/abi.md); the missing fields read as NULL.
 pub(crate) const DESCRIPTOR_SIZE_BEFORE_ATTACH_WORKER: usize =
     std::mem::offset_of!(WeftPluginDescriptor, attach_worker);
+
+/// `descriptor_size` before `cancel` was appended (accepted likewise).
+pub(crate) const DESCRIPTOR_SIZE_BEFORE_CANCEL: usize = std::mem::offset_of!(WeftPluginDescriptor, cancel);
 
 /// Checks and reads the descriptor a plugin's `weft_plugin_entry` returned.
 ///
@@ -207,9 +212,10 @@ unsafe fn read_descriptor(path: &Path, desc: *const WeftPluginDescriptor, go: bo
             })
         }
     };
-    // The descriptor grows append-only: one built against this header, or against the first
-    // version-1 header (without `attach_worker`), is accepted; any other size is not.
-    if desc_size as usize != DESCRIPTOR_SIZE_BEFORE_ATTACH_WORKER {
+    // The descriptor grows append-only: one built against this header, or against an earlier
+    // version-1 header (without `cancel`, or without `attach_worker` too), is accepted; any
+    // other size is not.
+    if ![DESCRIPTOR_SIZE_BEFORE_ATTACH_WORKER, DESCRIPTOR_SIZE_BEFORE_CANCEL].contains(&(desc_size as usize)) {
         size_check("WeftPluginDescriptor", desc_size, size_of::<WeftPluginDescriptor>())?;
     }
     // Copy the bytes the plugin has into a zeroed descriptor: fields it predates read as NULL,
@@ -315,6 +321,7 @@ unsafe fn read_descriptor(path: &Path, desc: *const WeftPluginDescriptor, go: bo
         thread_start: d.thread_start,
         shutdown: d.shutdown,
         attach_worker: d.attach_worker,
+        cancel: d.cancel,
     }))
 }
 
@@ -407,6 +414,7 @@ mod tests {
     unsafe extern "C" fn test_attach(_: *mut c_void, _: usize, _: *const u8, _: u32, _: u32) -> u32 {
         0
     }
+    unsafe extern "C" fn test_cancel(_: u64, _: u32, _: u32) {}
 
     /// A descriptor as a plugin compiled against this header fills it, with the
     /// `descriptor_size` chosen by the test.
@@ -430,6 +438,7 @@ mod tests {
             thread_start: None,
             shutdown: None,
             attach_worker: Some(test_attach),
+            cancel: Some(test_cancel),
         }
     }
 
@@ -450,27 +459,28 @@ mod tests {
     });
 
     #[test]
-    fn a_descriptor_without_attach_worker_is_read_as_null() {
+    fn earlier_descriptor_sizes_read_their_missing_fields_as_null() {
         let path = Path::new("libtest.so");
         let full = size_of::<WeftPluginDescriptor>();
-        let old = DESCRIPTOR_SIZE_BEFORE_ATTACH_WORKER;
-        assert_eq!(
-            old,
-            full - size_of::<WeftAttachWorkerFn>(),
-            "attach_worker is the last field"
-        );
-        // The current size: attach_worker is read.
+        let (before_cancel, old) = (DESCRIPTOR_SIZE_BEFORE_CANCEL, DESCRIPTOR_SIZE_BEFORE_ATTACH_WORKER);
+        assert_eq!(before_cancel, full - size_of::<WeftCancelFn>(), "cancel is the last field");
+        assert_eq!(old, before_cancel - size_of::<WeftAttachWorkerFn>(), "attach_worker comes before it");
+        // The current size: every field is read.
         let d = descriptor(full, &PLAIN.0);
         let lib = unsafe { read_descriptor(path, &d, false) }.unwrap();
-        assert!(lib.attach_worker.is_some());
-        // The size before attach_worker was appended: accepted, and the field is NULL even though
-        // the bytes after the plugin's struct (here: our attach_worker) are not.
+        assert!(lib.attach_worker.is_some() && lib.cancel.is_some());
+        // Before cancel was appended: accepted, cancel is NULL although the bytes after the
+        // plugin's struct (here: our cancel) are not.
+        let d = descriptor(before_cancel, &PLAIN.0);
+        let lib = unsafe { read_descriptor(path, &d, false) }.unwrap();
+        assert!(lib.attach_worker.is_some() && lib.cancel.is_none());
+        // The first size: both appended fields read as NULL.
         let d = descriptor(old, &PLAIN.0);
         let lib = unsafe { read_descriptor(path, &d, false) }.unwrap();
-        assert!(lib.attach_worker.is_none(), "a field the plugin predates reads as NULL");
+        assert!(lib.attach_worker.is_none() && lib.cancel.is_none(), "fields the plugin predates read as NULL");
         assert_eq!(lib.plugins[0].name, "p");
         // Any other size is refused, naming both.
-        for bad in [old - 8, old + 4, full + 8] {
+        for bad in [old - 8, old + 4, before_cancel + 4, full + 8] {
             let d = descriptor(bad, &PLAIN.0);
             let err = unsafe { read_descriptor(path, &d, false) }.unwrap_err().to_string();
             assert!(
@@ -480,7 +490,7 @@ mod tests {
                 "{err}"
             );
         }
-        // A blocking plugin needs attach_worker: the old size cannot have it.
+        // A blocking plugin needs attach_worker: the first size cannot have it.
         let d = descriptor(old, &BLOCKING.0);
         let err = unsafe { read_descriptor(path, &d, false) }.unwrap_err().to_string();
         assert!(err.contains("flagged WEFT_PLUGIN_FLAG_BLOCKING"), "{err}");

@@ -1,9 +1,11 @@
 package core
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 )
@@ -97,6 +99,12 @@ type asyncCall struct {
 	call     uint32
 	complete CompleteFunc
 	cleanup  runtime.Cleanup
+
+	// The host's cancel of this call and the continuation's context.Context meet here:
+	// whichever comes second cancels the context (CancelCall, Context.StdContext).
+	mu        sync.Mutex
+	gaveUp    bool                    // the host stopped waiting for the call
+	stdCancel context.CancelCauseFunc // the continuation's context, once made
 }
 
 // asyncState is a Context's part in asynchronous completion.
@@ -145,8 +153,9 @@ func (c *Context) Defer() (*Deferred, error) {
 	if slot >= uint32(len(inst.ctxs)) || inst.ctxs[slot] != c {
 		return nil, ErrNotInCall
 	}
-	a := &asyncCall{inst: inst, phase: c.phase, slot: slot, call: call, complete: complete}
+	a := &asyncCall{inst: inst, phase: c.phase, slot: slot, call: call, complete: complete, stdCancel: c.cancel}
 	a.state.Store(asyncRunning)
+	inst.deferred[slot].Store(a)
 	// The slot is held until the completion is handed to the host, and gets a fresh Context:
 	// this one now belongs to the continuation.
 	inst.held[slot].Store(1)
@@ -260,6 +269,7 @@ func (a *asyncCall) handlerReturned(c *Context, panicked bool) (Result, uint32) 
 	}
 	a.state.Store(asyncFinished)
 	res, n := a.outcome(c)
+	a.inst.deferred[a.slot].CompareAndSwap(a, nil)
 	a.inst.held[a.slot].Store(0)
 	return res, n
 }
@@ -286,6 +296,7 @@ func (a *asyncCall) outcome(c *Context) (Result, uint32) {
 // send releases the slot and hands the result to the host. The slot is released first: once
 // the host has the result it may call the slot again at once.
 func (a *asyncCall) send(res Result, n uint32) error {
+	a.inst.deferred[a.slot].CompareAndSwap(a, nil)
 	a.inst.held[a.slot].Store(0)
 	got := a.complete(a.inst.id, a.slot, a.call, res, n)
 	switch got {
@@ -346,4 +357,40 @@ func (inst *instance) completer() CompleteFunc {
 // allocation so that a detached one can be collected (and its cleanup run) on its own.
 func (inst *instance) newContext() *Context {
 	return &Context{async: asyncState{owner: inst}}
+}
+
+// CancelCall is the host's notice that it stopped waiting for a pending call (its deadline
+// passed, or the request went away): the context.Context of the call's continuation is
+// cancelled with ErrCancelled. A call that is not pending any more, or an unknown one, is
+// ignored: the notice may cross the continuation's own completion.
+func CancelCall(instance uint64, slot, call uint32) {
+	inst := lookupInstance(instance)
+	if inst == nil || slot >= uint32(len(inst.deferred)) {
+		return
+	}
+	if a := inst.deferred[slot].Load(); a != nil && a.call == call {
+		a.hostGaveUp()
+	}
+}
+
+func (a *asyncCall) hostGaveUp() {
+	a.mu.Lock()
+	a.gaveUp = true
+	cancel := a.stdCancel
+	a.mu.Unlock()
+	if cancel != nil {
+		cancel(ErrCancelled)
+	}
+}
+
+// deferredStd links a deferred call's freshly made context to the host's cancel: it is
+// cancelled at once if the host already gave up, or later by CancelCall.
+func (a *asyncCall) deferredStd(cancel context.CancelCauseFunc) {
+	a.mu.Lock()
+	a.stdCancel = cancel
+	gaveUp := a.gaveUp
+	a.mu.Unlock()
+	if gaveUp {
+		cancel(ErrCancelled)
+	}
 }

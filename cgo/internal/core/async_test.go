@@ -1,6 +1,7 @@
 package core
 
 import (
+	"context"
 	"errors"
 	"runtime"
 	"strings"
@@ -133,6 +134,24 @@ func init() {
 					<-sc.release
 					ctx.SetRequestHeader("x-go", "1")
 					st.fromAsync = "go"
+					return nil
+				})
+			case "ctx-then-cancel", "cancel-then-ctx":
+				early := mode == "ctx-then-cancel"
+				if early {
+					_ = ctx.StdContext() // made by the handler, before Go
+				}
+				ctx.Go(func(ctx *Context) error {
+					if !early {
+						<-sc.release // the host's cancel comes first
+					}
+					std := ctx.StdContext()
+					select {
+					case <-std.Done():
+						sc.done <- context.Cause(std)
+					case <-time.After(30 * time.Second):
+						sc.done <- errors.New("the context was not cancelled")
+					}
 					return nil
 				})
 			case "go-error":
@@ -388,6 +407,39 @@ func TestAsyncHostAnswersCancelled(t *testing.T) {
 	sc.mode = "sync"
 	if again := dispatchCall(id, PhaseRequestHeaders, 0, 2, 4, nil); again.res != ResultOK {
 		t.Errorf("the slot after a cancelled call: %v", again.res)
+	}
+}
+
+// The host's cancel reaches the continuation's context.Context, whether the context was made
+// before the notice (and is cancelled by it) or after (and starts cancelled); a notice for
+// another call or slot, or for an unknown instance, changes nothing.
+func TestAsyncHostCancelReachesTheContext(t *testing.T) {
+	for _, mode := range []string{"ctx-then-cancel", "cancel-then-ctx"} {
+		t.Run(mode, func(t *testing.T) {
+			rc := newRecorder()
+			sc := newScript(mode)
+			id := newAsyncInstance(t, sc, rc.complete, 2)
+			if c := dispatchCall(id, PhaseRequestHeaders, 1, 1, 9, nil); c.res != ResultPending {
+				t.Fatalf("dispatch: %v", c.res)
+			}
+			CancelCall(id, 1, 8)      // another call
+			CancelCall(id, 0, 9)      // another slot
+			CancelCall(id+1000, 1, 9) // no such instance
+			CancelCall(id, 1<<30, 9)  // slot out of range
+			select {
+			case err := <-sc.done:
+				t.Fatalf("cancelled by a notice for another call: %v", err)
+			case <-time.After(50 * time.Millisecond):
+			}
+			CancelCall(id, 1, 9)
+			close(sc.release)
+			if err := <-sc.done; !errors.Is(err, ErrCancelled) {
+				t.Fatalf("context cause %v, want ErrCancelled", err)
+			}
+			if got := rc.next(t); got.slot != 1 || got.call != 9 || got.res != ResultOK {
+				t.Fatalf("completion %+v", got)
+			}
+		})
 	}
 }
 

@@ -133,10 +133,15 @@ var ErrCallFinished = errors.New("weft: the phase call has finished")
 
 // StdContext returns a context.Context for the call, cancelled (cause ErrCallFinished) when
 // the call finishes: when the handler returns, or for a deferred call when Done or Fail
-// completes it. The first use in a call allocates; calls that never use it do not.
+// completes it; and for a deferred call, cancelled (cause ErrCancelled) as soon as the host
+// stops waiting for it (its deadline passed, or the request went away). The first use in a
+// call allocates; calls that never use it do not.
 func (c *Context) StdContext() context.Context {
 	if c.std == nil {
 		c.std, c.cancel = context.WithCancelCause(context.Background())
+		if a := c.async.d.a; a != nil {
+			a.deferredStd(c.cancel)
+		}
 	}
 	return c.std
 }

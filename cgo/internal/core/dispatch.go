@@ -109,7 +109,10 @@ type instance struct {
 	ctxs []*Context
 	// held[slot] is 1 while a deferred call of the slot is not completed: Dispatch refuses the
 	// slot meanwhile (async.go, "Re-entry").
-	held     []atomic.Uint32
+	held []atomic.Uint32
+	// deferred[slot] is the slot's deferred call while it is not completed, so the host's
+	// cancel can reach its context.Context (async.go, CancelCall).
+	deferred []atomic.Pointer[asyncCall]
 	complete CompleteFunc // nil: the default completer (SetCompleter)
 }
 
@@ -208,6 +211,7 @@ func InitWith(plugin uint32, id uint64, config []byte, slotCount uint32, opts In
 		h:         h,
 		ctxs:      make([]*Context, slotCount),
 		held:      make([]atomic.Uint32, slotCount),
+		deferred:  make([]atomic.Pointer[asyncCall], slotCount),
 		complete:  opts.Complete,
 	}
 	for i := range inst.ctxs {

@@ -15,7 +15,9 @@
 //     milliseconds in x-delay-ms (at most 5000), then sets the request header x-async: done and
 //     records it in the per-request state; the response-headers phase (synchronous) then sets
 //     the response header x-async-state: kept. With x-panic the goroutine panics (result
-//     Panic); with x-fail it returns an error (result HandlerFailed).
+//     Panic); with x-fail it returns an error (result HandlerFailed). When the host gives up on
+//     the call first (deadline, client gone), the call's context.Context ends the wait and the
+//     goroutine logs "test-async: stopped early: <cause>".
 //   - test-blocking: flagged Blocking, so the host posts its calls to a worker ring; request
 //     headers time.Sleep for x-delay-ms (at most 5000), then set x-blocking: done and
 //     x-blocking-inflight: <test-blocking calls running at that moment, this one included>, which
@@ -27,6 +29,7 @@
 package testplugins
 
 import (
+	"context"
 	"errors"
 	"strconv"
 	"sync/atomic"
@@ -95,7 +98,13 @@ func init() {
 		Name: "test-async",
 		RequestHeaders: func(ctx *weft.Context, _ *None, st *AsyncState) {
 			ctx.Go(func(ctx *weft.Context) error {
-				time.Sleep(delay(ctx, "x-delay-ms"))
+				select {
+				case <-time.After(delay(ctx, "x-delay-ms")):
+				case <-ctx.Context().Done():
+					cause := context.Cause(ctx.Context())
+					ctx.Logf(weft.LogInfo, "test-async: stopped early: %v", cause)
+					return cause
+				}
 				if _, ok := ctx.RequestHeader("x-panic"); ok {
 					panic("test-async: x-panic header present")
 				}

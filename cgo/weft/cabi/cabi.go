@@ -231,6 +231,19 @@ func weft_go_yield() {
 	runtime.Gosched()
 }
 
+// weft_go_cancel is the host's notice that it stopped waiting for a pending call: the call's
+// context.Context is cancelled (core.CancelCall). It never blocks.
+//
+//export weft_go_cancel
+func weft_go_cancel(instance C.uint64_t, slot, call C.uint32_t) {
+	defer func() {
+		if r := recover(); r != nil {
+			hostLogger(core.LogError, uint64(instance), fmt.Sprintf("weft: panic in cancel: %v", r))
+		}
+	}()
+	core.CancelCall(uint64(instance), uint32(slot), uint32(call))
+}
+
 //export weft_go_shutdown
 func weft_go_shutdown(instance C.uint64_t) {
 	defer func() {

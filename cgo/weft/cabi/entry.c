@@ -21,6 +21,7 @@ void weft_fill_fns(WeftPluginDescriptor *d) {
 	d->thread_start = (WeftThreadStartFn)weft_go_thread_start;
 	d->shutdown = (WeftShutdownFn)weft_go_shutdown;
 	d->attach_worker = (WeftAttachWorkerFn)weft_go_attach_worker;
+	d->cancel = (WeftCancelFn)weft_go_cancel;
 }
 
 // The Go scheduler's system monitor (sysmon) takes a P back from a thread that has run the same

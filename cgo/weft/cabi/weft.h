@@ -577,14 +577,31 @@ typedef uint32_t (*WeftAttachWorkerFn)(void *ring,
                                        uint32_t slot_size,
                                        uint32_t slot_count);
 
+// Tells the plugin that the host stopped waiting for a call it answered
+// `WEFT_RESULT_PENDING` (or a worker job it holds): the instance's deadline passed, or the
+// request went away. `instance`, `slot` and `call` name the call as its view did (`slot` and
+// `call` of `WeftRequestView`, or of `WeftJob`). The plugin should stop the work; the call is
+// still the plugin's until it completes it, and that `complete` returns
+// `WEFT_RESULT_CANCELLED` (the result is discarded and the slot goes back to the host).
+//
+// # Ownership and lifetime
+// Only integers are passed; nothing of the call's memory changes owner by this call.
+//
+// # Thread safety
+// Called at most once per call, on the host thread that gave up on it, after the host marked
+// the call cancelled; it may race with the plugin's own `complete` of the same call (which
+// then returns `WEFT_RESULT_CANCELLED`). Must return promptly without blocking; may call
+// `complete`. Optional (NULL: the plugin learns of the cancellation from `complete`).
+typedef void (*WeftCancelFn)(uint64_t instance, uint32_t slot, uint32_t call);
+
 // What `weft_plugin_entry` returns.
 //
 // The first two fields are the stable prefix of every ABI version: the host reads
 // `abi_version` and `descriptor_size` before anything else. It refuses the library if
-// `abi_version` differs from its own, or if `descriptor_size` is neither its own
-// `sizeof(WeftPluginDescriptor)` nor that of the first version-1 descriptor (every field up to
-// and including `shutdown`, before `attach_worker` was appended: 104 bytes on 64-bit targets),
-// whose missing field it reads as NULL.
+// `abi_version` differs from its own, or if `descriptor_size` is not the size of a version-1
+// descriptor: its own `sizeof(WeftPluginDescriptor)`, the size before `cancel` was appended
+// (112 bytes on 64-bit targets), or the first one, before `attach_worker` (104 bytes). Fields
+// a plugin's descriptor predates read as NULL.
 //
 // # Ownership and lifetime
 // Owned by the plugin library, with everything it points to (`runtime_version`, `plugins`,
@@ -598,8 +615,9 @@ typedef uint32_t (*WeftAttachWorkerFn)(void *ring,
 typedef struct WeftPluginDescriptor {
   // Must equal `WEFT_ABI_VERSION`.
   uint32_t abi_version;
-  // `sizeof(WeftPluginDescriptor)` as the plugin was compiled: the host's, or the size before
-  // `attach_worker` was appended (the host then reads that field as NULL).
+  // `sizeof(WeftPluginDescriptor)` as the plugin was compiled: the host's, or the size of an
+  // earlier version-1 descriptor (before `cancel` or `attach_worker` was appended; the host
+  // reads the fields it lacks as NULL).
   uint32_t descriptor_size;
   // `sizeof(WeftRequestView)` as the plugin was compiled; must equal the host's.
   uint32_t request_view_size;
@@ -638,6 +656,9 @@ typedef struct WeftPluginDescriptor {
   // Starts a worker on a worker ring; required when a plugin has `WEFT_PLUGIN_FLAG_BLOCKING`
   // (or an instance is configured `blocking`), else may be NULL.
   WeftAttachWorkerFn attach_worker;
+  // Told when the host stops waiting for a pending call or a worker job; optional (NULL:
+  // never called).
+  WeftCancelFn cancel;
 } WeftPluginDescriptor;
 
 // Host callback for plugin log lines: `level` is a `WEFT_LOG_*` value, `instance` the instance
@@ -875,8 +896,10 @@ WEFT_STATIC_ASSERT(offsetof(WeftPluginDescriptor, runtime_version) == 24
                    && offsetof(WeftPluginDescriptor, on_phase) == 80
                    && offsetof(WeftPluginDescriptor, thread_start) == 88
                    && offsetof(WeftPluginDescriptor, shutdown) == 96, "WeftPluginDescriptor layout (v1 fields)")
-/* The first version-1 descriptor ended before attach_worker; the host accepts that size too. */
+/* Earlier version-1 descriptors ended before attach_worker, then before cancel; the host accepts
+   those sizes too. */
 WEFT_STATIC_ASSERT(offsetof(WeftPluginDescriptor, attach_worker) == 104, "WeftPluginDescriptor.attach_worker")
+WEFT_STATIC_ASSERT(offsetof(WeftPluginDescriptor, cancel) == 112, "WeftPluginDescriptor.cancel")
 WEFT_STATIC_ASSERT(offsetof(WeftHostApi, context) == 8 && offsetof(WeftHostApi, log) == 16,
                    "WeftHostApi layout (v1 fields)")
 #endif

@@ -130,9 +130,10 @@ impl LogJob {
 
 impl Drop for LogJob {
     fn drop(&mut self) {
-        if let Some((w, _)) = self.wait.take() {
+        if let Some((w, pos)) = self.wait.take() {
             // Dropped while a plugin holds a log call: the slot stays with the plugin.
-            if let Abandoned::Arrived(w, done) = self.x.abandon(w, false) {
+            let inst = Arc::clone(&self.x.chain.instances[pos]);
+            if let Abandoned::Arrived(w, done) = self.x.abandon(&inst, w, false) {
                 let _ = self.x.finish_waiting(w, done, WeftPhase::Log);
             }
         }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use super::failure::CallError;
 use super::out::CallOut;
 use super::timer::DeadlineTimer;
-use super::{Exchange, Instance};
+use super::{Exchange, Instance, Transport};
 use crate::abi::{WeftPhase, WeftResult};
 use crate::completion::Cancel;
 use crate::mutation;
@@ -76,13 +76,13 @@ impl Exchange {
     /// the completion cell and goes back to the arena only when the late completion arrives. With
     /// `replace`, the view is first copied into a freshly leased slot so the exchange can go on
     /// there: the view's `slot` and `generation` change, so plugins' per-request state restarts.
-    pub(super) fn abandon(&mut self, w: Waiting, replace: bool) -> Abandoned {
+    pub(super) fn abandon(&mut self, inst: &Instance, w: Waiting, replace: bool) -> Abandoned {
         let rt = Arc::clone(&self.chain.rt);
         let cell = rt.calls.cell(w.slot);
         if let Some(done) = cell.try_take(w.seq) {
             return Abandoned::Arrived(w, done);
         }
-        let Waiting { seq, in_flight, .. } = w;
+        let Waiting { slot, seq, in_flight, .. } = w;
         rt.stats.pending_calls.fetch_sub(1, Ordering::Relaxed);
         let old = self.lease.take().expect("a waiting call keeps its slot");
         let fresh = if replace {
@@ -116,6 +116,7 @@ impl Exchange {
         };
         match cell.cancel(seq, orphan) {
             Cancel::Orphaned => {
+                tell_cancelled(inst, slot, seq);
                 if let Some(f) = fresh {
                     self.ident.slot = f.index();
                     self.ident.generation = f.generation();
@@ -146,7 +147,7 @@ impl Exchange {
     ) -> Result<mutation::Batch, CallError> {
         // Going on (fail open), or the log phase of the failure answer, needs the view in a slot.
         let replace = inst.fail_open || self.chain.phases & WeftPhase::Log.mask() != 0;
-        match self.abandon(w, replace) {
+        match self.abandon(inst, w, replace) {
             Abandoned::Arrived(w, done) => return self.finish_waiting(w, done, phase),
             Abandoned::Cancelled => {}
         }
@@ -155,6 +156,19 @@ impl Exchange {
             return Err(CallError::NoSlot);
         }
         Err(CallError::Timeout(inst.limits.deadline))
+    }
+}
+
+/// Tells an in-process plugin that the host stopped waiting for its call (the library's
+/// optional `cancel`), after the call's cell was cancelled, so a `complete` racing with it, or
+/// made from inside it, is answered `WEFT_RESULT_CANCELLED`.
+fn tell_cancelled(inst: &Instance, slot: u32, call: u32) {
+    if let Transport::Ffi(lib) = &inst.transport {
+        if let Some(cancel) = lib.cancel {
+            // SAFETY: the library's function, called as weft.h's WeftCancelFn describes: plain
+            // integers, on a host thread, once for this call.
+            unsafe { cancel(inst.id, slot, call) };
+        }
     }
 }
 
@@ -206,7 +220,7 @@ impl Drop for WaitCall<'_> {
     fn drop(&mut self) {
         if let Some(w) = self.w.take() {
             // Nobody waits for the result any more: no slot is needed to go on.
-            if let Abandoned::Arrived(w, done) = self.x.abandon(w, false) {
+            if let Abandoned::Arrived(w, done) = self.x.abandon(self.inst, w, false) {
                 let _ = self.x.finish_waiting(w, done, self.phase);
             }
             // The caller's future is dropped with this one, so it will not release the call's
