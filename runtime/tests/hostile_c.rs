@@ -1,4 +1,4 @@
-//! The runtime against a hostile native plugin (examples/c-plugin/hostile.c, built by
+//! The runtime against a hostile native plugin (tests/fixtures/c-plugins/hostile.c, built by
 //! scripts/build-c-plugins with a C compiler): every misuse a plugin can commit through ABI v1
 //! gets an error (a result code or a rejected batch), the failure policy decides the request, the
 //! runtime keeps serving, and every arena slot comes back. Libraries that break the handshake are

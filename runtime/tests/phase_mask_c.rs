@@ -1,5 +1,5 @@
 //! The runtime calls an instance only in the phases its plugin declared. The phase-count C
-//! plugin (examples/c-plugin/phase_count.c, built by scripts/build-c-plugins) counts every call
+//! plugin (tests/fixtures/c-plugins/phase_count.c, built by scripts/build-c-plugins) counts every call
 //! its phase function gets, declared or not; a chain of `count-request-headers` (declares only
 //! request headers) and `count-all` (request headers and body, response headers and body, log)
 //! goes through every phase, and only `count-all` may see more than request headers.
