@@ -150,7 +150,10 @@ async fn go_async_completions_state_failures_deadlines_and_disconnects() {
     // The host told the plugin: the goroutine's context.Context ended its 3 s wait at once.
     tokio::task::block_in_place(|| proxy.wait_log("test-async: stopped early: weft: the host stopped waiting"));
     let m = wait_metrics(admin, "the late completion", |m| late(m) >= 1.0).await;
-    assert!(t.elapsed() < Duration::from_millis(2500), "the goroutine waited out its delay");
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "the goroutine waited out its delay"
+    );
     assert!(metric(&m, "weft_plugin_timeouts_total") >= 1.0);
     let m = wait_all_slots_back(admin).await;
     assert_eq!(
@@ -169,7 +172,10 @@ async fn go_async_completions_state_failures_deadlines_and_disconnects() {
     assert!(late >= 20.0, "{late} late completions after 20 hang-ups");
     // Each hang-up reached its goroutine's context.Context (one line per call, plus the one above).
     let stopped = proxy.stderr().matches("test-async: stopped early").count();
-    assert!(stopped >= 21, "{stopped} goroutines told of the host giving up, want 21");
+    assert!(
+        stopped >= 21,
+        "{stopped} goroutines told of the host giving up, want 21"
+    );
     assert_eq!(metric(&m, "weft_plugin_pending_calls"), 0.0);
     assert_eq!(metric(&m, "weft_arena_exhausted_total"), 0.0);
 

@@ -463,8 +463,16 @@ mod tests {
         let path = Path::new("libtest.so");
         let full = size_of::<WeftPluginDescriptor>();
         let (before_cancel, old) = (DESCRIPTOR_SIZE_BEFORE_CANCEL, DESCRIPTOR_SIZE_BEFORE_ATTACH_WORKER);
-        assert_eq!(before_cancel, full - size_of::<WeftCancelFn>(), "cancel is the last field");
-        assert_eq!(old, before_cancel - size_of::<WeftAttachWorkerFn>(), "attach_worker comes before it");
+        assert_eq!(
+            before_cancel,
+            full - size_of::<WeftCancelFn>(),
+            "cancel is the last field"
+        );
+        assert_eq!(
+            old,
+            before_cancel - size_of::<WeftAttachWorkerFn>(),
+            "attach_worker comes before it"
+        );
         // The current size: every field is read.
         let d = descriptor(full, &PLAIN.0);
         let lib = unsafe { read_descriptor(path, &d, false) }.unwrap();
@@ -477,7 +485,10 @@ mod tests {
         // The first size: both appended fields read as NULL.
         let d = descriptor(old, &PLAIN.0);
         let lib = unsafe { read_descriptor(path, &d, false) }.unwrap();
-        assert!(lib.attach_worker.is_none() && lib.cancel.is_none(), "fields the plugin predates read as NULL");
+        assert!(
+            lib.attach_worker.is_none() && lib.cancel.is_none(),
+            "fields the plugin predates read as NULL"
+        );
         assert_eq!(lib.plugins[0].name, "p");
         // Any other size is refused, naming both.
         for bad in [old - 8, old + 4, before_cancel + 4, full + 8] {

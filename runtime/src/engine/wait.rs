@@ -82,7 +82,9 @@ impl Exchange {
         if let Some(done) = cell.try_take(w.seq) {
             return Abandoned::Arrived(w, done);
         }
-        let Waiting { slot, seq, in_flight, .. } = w;
+        let Waiting {
+            slot, seq, in_flight, ..
+        } = w;
         rt.stats.pending_calls.fetch_sub(1, Ordering::Relaxed);
         let old = self.lease.take().expect("a waiting call keeps its slot");
         let fresh = if replace {
