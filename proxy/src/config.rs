@@ -18,6 +18,9 @@ use serde::Deserialize;
 pub struct Config {
     /// Address the proxy listens on, e.g. `127.0.0.1:8080`.
     pub listen: String,
+    /// HTTPS listeners beside `listen`: address and certificates (`tls.rs`).
+    #[serde(default)]
+    pub listen_tls: Vec<crate::tls::ListenTlsConfig>,
     #[serde(default)]
     pub runtime: Option<RuntimeConfig>,
     #[serde(default)]
@@ -439,6 +442,9 @@ pub struct UpstreamConfig {
     /// the response is cut off (the client's connection closed or stream reset).
     #[serde(default)]
     pub body_timeout_ms: Option<u64>,
+    /// HTTPS to this upstream (`tls.rs`); plain HTTP when absent.
+    #[serde(default)]
+    pub tls: Option<crate::tls::UpstreamTlsConfig>,
 }
 
 /// Default of `upstreams[].body_timeout_ms`.
@@ -580,6 +586,7 @@ impl Config {
                 resolve(&mut tls.key);
             }
         }
+        crate::tls::resolve_paths(&mut config, base_dir);
         config.validate(file)?;
         Ok(config)
     }
@@ -674,6 +681,7 @@ impl Config {
         crate::logging::validate_config(self, &mut err);
         self.validate_limits(&mut err);
         self.validate_admin(&mut err);
+        crate::tls::validate_tls(self, &mut err);
         for (i, t) in self.trusted_proxies.iter().enumerate() {
             if let Err(msg) = crate::forward::TrustedProxies::parse_entry(t) {
                 err(format!("trusted_proxies[{i}]"), msg);

@@ -112,6 +112,11 @@ fn check(path: &Path) -> Result<(), String> {
     if let Some(admin) = &config.admin {
         weft_proxy::admin::read_token(admin).map_err(|e| format!("config error in {}: {e}", path.display()))?;
     }
+    let tls = weft_proxy::tls::check(&config)
+        .map_err(|e| format!("certificate problems:\n{}", weft_proxy::tls::reload::locate(path, &e)))?;
+    for line in tls {
+        println!("{line}");
+    }
     let plugins = Plugins::load(&config).map_err(|e| {
         format!(
             "plugin problems:\n{}",
