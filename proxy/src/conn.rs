@@ -4,7 +4,7 @@
 //! | what | where | on expiry |
 //! |---|---|---|
 //! | `max_connections` | [`serve_connections`]: a semaphore permit per socket, held by [`TimedIo`] (so WebSocket connections count) | accepted and closed at once |
-//! | `header_read_timeout_ms` | [`drive`]: from accept to the first request (protocol detection and the HTTP/2 preface included) | connection dropped |
+//! | `header_read_timeout_ms` | on a TLS listener first the handshake ([`TlsListener::handshake`]); then [`drive`]: to the first request (protocol detection and the HTTP/2 preface included) | connection dropped |
 //! | `idle_timeout_ms` | [`drive`]: no request in flight; HTTP/1.1 also through hyper's header timer for later heads | graceful close (HTTP/2 GOAWAY) |
 //! | `http2_keep_alive_*` | hyper's HTTP/2 pings | connection closed |
 //! | `send_timeout_ms` | HTTP/1.1 and the socket: [`TimedIo`] (a write that makes no progress); HTTP/2 streams: [`StreamExec`] | connection closed / stream reset |

@@ -297,3 +297,67 @@ fn tls_summary(t: &UpstreamTlsConfig) -> String {
     };
     format!("{roots}{client}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Config, String> {
+        Config::parse(yaml, "t.yaml", Path::new("/etc/weft")).map_err(|e| e.to_string())
+    }
+
+    const BASE: &str = "listen: 127.0.0.1:8080\nroutes: [{ upstream: u }]\n";
+
+    #[test]
+    fn every_field_parses_and_paths_resolve_against_the_config() {
+        let c = parse(&format!(
+            "{BASE}listen_tls:\n  - listen: 127.0.0.1:8443\n    certificates:\n      - {{ cert: a.pem, key: /k/a.key, server_names: [a.test, \"*.b.test\"] }}\n\
+             upstreams:\n  - name: u\n    addresses: [\"h:443\"]\n    tls: {{ server_name: h.test, ca_file: ca.pem, client_cert: c.pem, client_key: c.key }}\n"
+        ))
+        .unwrap();
+        let cert = &c.listen_tls[0].certificates[0];
+        assert_eq!(cert.cert, Path::new("/etc/weft/a.pem"));
+        assert_eq!(cert.key, Path::new("/k/a.key"));
+        let t = c.upstreams[0].tls.as_ref().unwrap();
+        assert_eq!(t.ca_file.as_deref(), Some(Path::new("/etc/weft/ca.pem")));
+        assert_eq!(t.client_key.as_deref(), Some(Path::new("/etc/weft/c.key")));
+    }
+
+    #[test]
+    fn bad_tls_settings_are_config_errors() {
+        let up = "upstreams: [{ name: u, addresses: [\"h:1\"] }]\n";
+        let e = parse(&format!(
+            "{BASE}{up}listen_tls:\n  - {{ listen: 127.0.0.1:8080, certificates: [] }}\n  - listen: nope\n    certificates:\n      - {{ cert: a, key: b, server_names: [\"bad name\", a.test] }}\n      - {{ cert: c, key: d, server_names: [A.test] }}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("listen_tls[0].listen: 127.0.0.1:8080 is already used"),
+            "{e}"
+        );
+        assert!(
+            e.contains("listen_tls[0].certificates: needs at least one certificate"),
+            "{e}"
+        );
+        assert!(e.contains("listen_tls[1].listen: invalid socket address"), "{e}");
+        assert!(
+            e.contains("listen_tls[1].certificates[0].server_names[0]: \"bad name\" is not a DNS name"),
+            "{e}"
+        );
+        assert!(
+            e.contains("listen_tls[1].certificates[1].server_names[0]: \"a.test\" is listed by another"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{BASE}upstreams: [{{ name: u, addresses: [\"h:1\"], tls: {{ server_name: \"a b\", client_cert: c.pem }} }}]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("upstreams[0].tls.server_name: \"a b\" is not a DNS name"),
+            "{e}"
+        );
+        assert!(
+            e.contains("upstreams[0].tls: client_cert and client_key go together"),
+            "{e}"
+        );
+    }
+}
