@@ -604,3 +604,31 @@ async fn mutual_tls_to_an_upstream() {
     let _proxy = ProxyProcess::start("tls-mtls-none", &upstream_config(plain, up, &tls), plain);
     assert_eq!(common::get(plain, "/", &[]).await.0, StatusCode::BAD_GATEWAY);
 }
+
+/// Plugins are told the scheme: `https` for a request on a TLS listener, `http` on `listen`
+/// (the `test-scheme` plugin copies what it sees into a request header).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_see_https_on_a_tls_listener() {
+    let lib = tokio::task::block_in_place(|| common::go_library("main"));
+    let pki = Pki::new("tls-plugin");
+    let a = pki.issue("a", &["a.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let up = demo_upstream().await;
+    let (plain, tls) = (free_port(), free_port());
+    let yaml = format!(
+        "listen: {plain}\nlisten_tls:\n  - listen: {tls}\n    certificates:\n{}\
+         libraries: [{{ name: ex, path: {} }}]\nplugins: [{{ name: s, library: ex, plugin: test-scheme }}]\n\
+         upstreams: [{{ name: up, addresses: [\"{up}\"] }}]\nroutes: [{{ upstream: up, plugins: [s] }}]\n",
+        cert_entry(&a, "a.test"),
+        lib.display()
+    );
+    let _proxy = ProxyProcess::start("tls-plugin", &yaml, plain);
+    let roots = [pki.ca_der()];
+    let ans = https_get(tls, "a.test", client_config(&roots, &[b"h2"]), "/")
+        .await
+        .unwrap();
+    assert_eq!(ans.status, StatusCode::OK, "{}", ans.body);
+    assert_eq!(ans.body["headers"]["x-seen-scheme"], "https");
+    let (status, _, body) = common::get(plain, "/", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["headers"]["x-seen-scheme"], "http");
+}
