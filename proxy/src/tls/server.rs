@@ -189,3 +189,86 @@ fn failure_reason(e: &std::io::Error) -> &'static str {
         None => "io",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::CertificateConfig;
+
+    /// A self-signed ECDSA certificate for `name`, written to `dir`.
+    fn write_cert(dir: &std::path::Path, name: &str, server_names: &[&str]) -> CertificateConfig {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        CertificateConfig {
+            cert: c,
+            key: k,
+            server_names: server_names.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn sni_picks_exact_then_one_label_wildcard_then_the_first() {
+        let dir = std::env::temp_dir().join(format!("weft-tls-pick-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = ListenTlsConfig {
+            listen: "127.0.0.1:0".into(),
+            certificates: vec![
+                write_cert(&dir, "first", &["first.test"]),
+                write_cert(&dir, "exact", &["A.Example.com"]),
+                write_cert(&dir, "wild", &["*.example.com"]),
+            ],
+        };
+        let set = CertSet::load(&cfg, "listen_tls[0]").unwrap();
+        let leaf = |name: Option<&str>| set.pick(name).cert[0].clone();
+        let (first, exact, wild) = (
+            leaf(Some("first.test")),
+            leaf(Some("a.example.com")),
+            leaf(Some("b.example.com")),
+        );
+        assert_ne!(first, exact);
+        assert_ne!(exact, wild);
+        assert_eq!(leaf(Some("A.EXAMPLE.COM")), exact, "names compare case-insensitively");
+        assert_eq!(leaf(Some("x.y.example.com")), first, "a wildcard covers one label");
+        assert_eq!(leaf(Some("example.com")), first);
+        assert_eq!(leaf(None), first, "no SNI: the first certificate");
+        assert_eq!(set.expiry.len(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unreadable_and_empty_files_name_the_file_and_the_reason() {
+        let dir = std::env::temp_dir().join(format!("weft-tls-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut good = write_cert(&dir, "good", &[]);
+        good.cert = dir.join("missing.pem");
+        let empty = CertificateConfig {
+            cert: write_cert(&dir, "other", &[]).cert,
+            key: dir.join("empty.key"),
+            server_names: vec![],
+        };
+        std::fs::write(&empty.key, "").unwrap();
+        let cfg = ListenTlsConfig {
+            listen: "127.0.0.1:0".into(),
+            certificates: vec![good, empty],
+        };
+        let errs = CertSet::load(&cfg, "listen_tls[3]").unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        let missing = format!(
+            "listen_tls[3].certificates[0]: {}: cannot read",
+            dir.join("missing.pem").display()
+        );
+        assert!(errs[0].starts_with(&missing), "{errs:?}");
+        let no_key = format!(
+            "listen_tls[3].certificates[1]: {}: no private key",
+            dir.join("empty.key").display()
+        );
+        assert!(errs[1].starts_with(&no_key), "{errs:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
