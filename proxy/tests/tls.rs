@@ -429,6 +429,21 @@ async fn certificates_reload_under_load_and_broken_ones_are_refused() {
         "no request failed across the reload"
     );
     assert_eq!(https_get(tls, "a.test", config(), "/").await.unwrap().peer, new.der);
+
+    // SIGHUP re-reads them too.
+    let third = pki.issue("third", &["a.test"], &rcgen::PKCS_ED25519);
+    std::fs::copy(&third.cert, &live.cert).unwrap();
+    std::fs::copy(&third.key, &live.key).unwrap();
+    proxy.signal("-HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while https_get(tls, "a.test", config(), "/").await.unwrap().peer != third.der {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not swap the certificate:\n{}",
+            proxy.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// `check` prints each certificate's expiry, and names the file and the reason of a bad one.
