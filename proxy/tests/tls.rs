@@ -492,6 +492,41 @@ fn check_shows_expiry_and_refuses_a_mismatched_key() {
         )),
         "{out}"
     );
+    // HTTPS upstreams: the CA file is read; one that holds no certificate is named.
+    let ca = pki.ca_file();
+    let bad_ca = pki.dir.file("bad-ca.pem", "not a certificate");
+    let upstream_check = |ca: &Path| {
+        let yaml = upstream_config(
+            free_port(),
+            "127.0.0.1:9".parse().unwrap(),
+            &format!("ca_file: {}", ca.display()),
+        );
+        let file = pki.dir.file("check-up.yaml", &yaml);
+        let out = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+            .args(["check", "-c"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = upstream_check(&ca);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("upstream up: HTTPS (CA {})", ca.display())),
+        "{out}"
+    );
+    let (ok, out) = upstream_check(&bad_ca);
+    assert!(!ok);
+    assert!(
+        out.contains(&format!(
+            "at upstreams[0].tls: {}: no CERTIFICATE block",
+            bad_ca.display()
+        )),
+        "{out}"
+    );
 }
 
 /// An HTTPS server for the upstream tests: answers each request with whether the client sent a
