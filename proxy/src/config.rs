@@ -22,6 +22,9 @@ pub use defaults::*;
 pub struct Config {
     /// Address the proxy listens on, e.g. `127.0.0.1:8080`.
     pub listen: String,
+    /// HTTPS listeners beside `listen`: address and certificates (`tls.rs`).
+    #[serde(default)]
+    pub listen_tls: Vec<crate::tls::ListenTlsConfig>,
     #[serde(default)]
     pub runtime: Option<RuntimeConfig>,
     #[serde(default)]
@@ -436,6 +439,9 @@ pub struct UpstreamConfig {
     /// the response is cut off (the client's connection closed or stream reset).
     #[serde(default)]
     pub body_timeout_ms: Option<u64>,
+    /// HTTPS to this upstream (`tls.rs`); plain HTTP when absent.
+    #[serde(default)]
+    pub tls: Option<crate::tls::UpstreamTlsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -573,6 +579,7 @@ impl Config {
                 resolve(&mut tls.key);
             }
         }
+        crate::tls::resolve_paths(&mut config, base_dir);
         config.validate(file)?;
         Ok(config)
     }

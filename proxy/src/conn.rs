@@ -4,7 +4,7 @@
 //! | what | where | on expiry |
 //! |---|---|---|
 //! | `max_connections` | [`serve_connections`]: a semaphore permit per socket, held by [`TimedIo`] (so WebSocket connections count) | accepted and closed at once |
-//! | `header_read_timeout_ms` | [`drive`]: from accept to the first request (protocol detection and the HTTP/2 preface included) | connection dropped |
+//! | `header_read_timeout_ms` | on a TLS listener first the handshake ([`TlsListener::handshake`]); then [`drive`]: to the first request (protocol detection and the HTTP/2 preface included) | connection dropped |
 //! | `idle_timeout_ms` | [`drive`]: no request in flight; HTTP/1.1 also through hyper's header timer for later heads | graceful close (HTTP/2 GOAWAY) |
 //! | `http2_keep_alive_*` | hyper's HTTP/2 pings | connection closed |
 //! | `send_timeout_ms` | HTTP/1.1 and the socket: [`TimedIo`] (a write that makes no progress); HTTP/2 streams: [`StreamExec`] | connection closed / stream reset |
@@ -43,6 +43,8 @@ use tracing::{debug, warn};
 use crate::body::BoxError;
 use crate::config::Limits;
 use crate::metrics::{self, TimeoutKind};
+use crate::tls::MaybeTls;
+use crate::tls::server::{TlsInfo, TlsListener};
 
 /// The error a [`TimedBody`] (or a [`TimedIo`] write) fails with when its timer expires.
 #[derive(Debug, Clone, Copy)]
@@ -469,17 +471,21 @@ where
     B::Error: Into<BoxError>,
 {
     let permits = Arc::new(Semaphore::new(limits.connection_cap() as usize));
-    serve_connections_with(listener, name, limits, permits, None, handle, shutdown, drain).await
+    serve_connections_with(listener, name, limits, permits, None, None, handle, shutdown, drain).await
 }
 
 /// [`serve_connections`] with the connection permits (`limits.max_connections`) shared with
-/// other accept loops: one per serving thread ([`crate::workers`]).
+/// other accept loops: one per serving thread ([`crate::workers`]). With `tls`, each connection
+/// first completes a TLS handshake (within `header_read_timeout`) in its own task, and its
+/// requests carry a [`TlsInfo`] extension.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_connections_with<H, Fut, B>(
     listener: TcpListener,
     name: &'static str,
     limits: Limits,
     permits: Arc<Semaphore>,
     accepted: Option<prometheus_client::metrics::counter::Counter>,
+    tls: Option<Arc<TlsListener>>,
     handle: H,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
@@ -528,25 +534,29 @@ where
             debug!(error = %e, "set_nodelay failed");
         }
         let io = TimedIo::new(stream, limits.send_timeout, permit, m.open.clone());
-        let state = Arc::new(ConnState::default());
-        let service = {
-            let (handle, state) = (handle.clone(), Arc::clone(&state));
-            let request_body_timeout = limits.request_body_timeout;
-            service_fn(move |req: Request<Incoming>| {
-                let active = Active::start(&state);
-                let req = req.map(|b| TimedBody::new(b, request_body_timeout, TimeoutKind::RequestBody));
-                let fut = handle(req, remote);
-                async move {
-                    let resp = fut.await;
-                    mark_responded();
-                    Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _active: active }))
-                }
-            })
+        let Some(tls) = &tls else {
+            let io = MaybeTls::Plain(io);
+            tokio::spawn(serve_one(
+                &builder,
+                io,
+                None,
+                handle.clone(),
+                limits,
+                stop_rx.clone(),
+                remote,
+            ));
+            continue;
         };
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
-        tokio::spawn(drive(conn, state, limits, stop_rx.clone(), remote));
+        let (tls, builder, handle, stop) = (Arc::clone(tls), builder.clone(), handle.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            match tls.handshake(io, limits.header_read_timeout).await {
+                Ok((io, info)) => {
+                    let io = MaybeTls::Tls(Box::new(io));
+                    serve_one(&builder, io, Some(info), handle, limits, stop, remote).await;
+                }
+                Err(e) => debug!(%remote, listener = %tls.label, error = %e, "TLS handshake failed"),
+            }
+        });
     }
     drop(listener);
     drop(stop_rx);
@@ -557,6 +567,49 @@ where
     }
     debug!(listener = name, "drained");
     Ok(())
+}
+
+/// A client connection's stream: plain, or TLS over the same timed socket.
+pub type ClientIo = MaybeTls<TimedIo, Box<tokio_rustls::server::TlsStream<TimedIo>>>;
+
+/// Serves the requests of one connection, to its end (see [`drive`]).
+fn serve_one<H, Fut, B>(
+    builder: &auto::Builder<StreamExec>,
+    io: ClientIo,
+    tls: Option<TlsInfo>,
+    handle: H,
+    limits: Limits,
+    stop: watch::Receiver<bool>,
+    remote: SocketAddr,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    H: Fn(Request<RequestBody>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let state = Arc::new(ConnState::default());
+    let service = {
+        let state = Arc::clone(&state);
+        let request_body_timeout = limits.request_body_timeout;
+        service_fn(move |req: Request<Incoming>| {
+            let active = Active::start(&state);
+            let mut req = req.map(|b| TimedBody::new(b, request_body_timeout, TimeoutKind::RequestBody));
+            if let Some(info) = &tls {
+                req.extensions_mut().insert(info.clone());
+            }
+            let fut = handle(req, remote);
+            async move {
+                let resp = fut.await;
+                mark_responded();
+                Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _active: active }))
+            }
+        })
+    };
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    drive(conn, state, limits, stop, remote)
 }
 
 /// What [`drive`]'s timer watches for next.

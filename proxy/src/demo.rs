@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http::{Request, Response, header};
@@ -179,6 +179,40 @@ pub fn demo_config(listen: SocketAddr, upstream: SocketAddr, library: Option<&Pa
     text
 }
 
+/// A self-signed certificate for `localhost` and `ip`, written to `dir` as `cert.pem` and
+/// `key.pem` (ECDSA P-256), for the demo's HTTPS listener; returns the two paths.
+pub fn write_demo_certificate(dir: &Path, ip: std::net::IpAddr) -> Result<(PathBuf, PathBuf), String> {
+    let names = vec!["localhost".to_owned(), ip.to_string()];
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = rcgen::CertificateParams::new(names)
+        .and_then(|p| p.self_signed(&key))
+        .map_err(|e| format!("cannot make the demo certificate: {e}"))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let write =
+        |p: &Path, text: String| std::fs::write(p, text).map_err(|e| format!("cannot write {}: {e}", p.display()));
+    write(&cert_path, cert.pem())?;
+    write(&key_path, key.serialize_pem())?;
+    Ok((cert_path, key_path))
+}
+
+/// The `listen_tls:` section of the demo config: one listener serving `cert` and `key`.
+pub fn demo_tls_config(listen: SocketAddr, cert: &Path, key: &Path) -> String {
+    format!(
+        "listen_tls:\n  - listen: {listen}\n    certificates:\n      - {{ cert: {:?}, key: {:?} }}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    )
+}
+
+/// The demo's HTTPS line: HTTP/2 over TLS, trusting the generated certificate.
+pub fn demo_https_line(listen: SocketAddr, cert: &Path) -> String {
+    format!(
+        "curl -s --http2 --cacert {:?} 'https://{listen}/tls'",
+        cert.display().to_string()
+    )
+}
+
 /// Ready-to-paste commands for the demo.
 pub fn demo_curl_lines(listen: SocketAddr, with_plugins: bool) -> Vec<String> {
     let base = format!("http://{listen}");
@@ -230,5 +264,23 @@ mod tests {
         let headers: serde_json::Value = serde_json::from_slice(&c.plugins[2].config_json()).unwrap();
         assert_eq!(headers["request_set"]["x-demo"], "set by a Go plugin");
         assert_eq!(c.plugins[0].config_json(), br#"{"tokens":["s3cret"]}"#);
+    }
+
+    #[test]
+    fn the_demo_certificate_serves_its_https_listener() {
+        let dir = std::env::temp_dir().join(format!("weft-demo-test-{}", std::process::id()));
+        let (cert, key) = write_demo_certificate(&dir, "127.0.0.1".parse().unwrap()).unwrap();
+        let listen = "127.0.0.1:8080".parse().unwrap();
+        let text = demo_config(listen, "127.0.0.1:9000".parse().unwrap(), None)
+            + &demo_tls_config("127.0.0.1:8443".parse().unwrap(), &cert, &key);
+        let c = Config::parse(&text, "<demo>", Path::new(".")).unwrap();
+        let listeners = crate::tls::reload::listeners(&c).unwrap();
+        assert_eq!(listeners[0].addr.port(), 8443);
+        let line = demo_https_line(listeners[0].addr, &cert);
+        assert!(
+            line.contains("--http2 --cacert") && line.contains("'https://127.0.0.1:8443/tls'"),
+            "{line}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

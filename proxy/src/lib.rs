@@ -22,6 +22,7 @@ pub mod reload;
 mod request;
 pub mod route;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 pub mod version;
 pub mod workers;

@@ -36,6 +36,9 @@ enum Command {
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// The HTTPS listener, with a self-signed certificate made at start.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen_tls: SocketAddr,
         /// Example plugin library; without it (or if missing) the demo runs without plugins.
         #[arg(long, default_value = "target/weft-plugins/libweft_plugins.so")]
         library: PathBuf,
@@ -79,7 +82,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
-        Command::Demo { listen, library } => run_demo(listen, &library),
+        Command::Demo {
+            listen,
+            listen_tls,
+            library,
+        } => run_demo(listen, listen_tls, &library),
         Command::Upstream { listen } => run_upstream(listen),
         Command::Version { config } => version(config.as_deref()),
         Command::NewPlugin { dir, name, module, sdk } => new_plugin(dir, name, module, sdk),
@@ -113,6 +120,11 @@ fn check(path: &Path) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     if let Some(admin) = &config.admin {
         weft_proxy::admin::read_token(admin).map_err(|e| format!("config error in {}: {e}", path.display()))?;
+    }
+    let tls = weft_proxy::tls::check(&config)
+        .map_err(|e| format!("certificate problems:\n{}", weft_proxy::tls::reload::locate(path, &e)))?;
+    for line in tls {
+        println!("{line}");
     }
     let plugins = Plugins::load(&config).map_err(|e| {
         format!(
@@ -186,7 +198,7 @@ fn new_plugin(dir: PathBuf, name: Option<String>, module: Option<String>, sdk: O
     Ok(())
 }
 
-fn run_demo(listen: SocketAddr, library: &Path) -> Result<(), String> {
+fn run_demo(listen: SocketAddr, listen_tls: SocketAddr, library: &Path) -> Result<(), String> {
     // Bind the upstream now so its port can go into the generated config.
     let upstream = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -202,7 +214,11 @@ fn run_demo(listen: SocketAddr, library: &Path) -> Result<(), String> {
         );
         None
     };
-    let text = demo::demo_config(listen, upstream_addr, library.as_deref());
+    // Made fresh each start, in a directory of this process.
+    let cert_dir = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
+    let (cert, key) = demo::write_demo_certificate(&cert_dir, listen_tls.ip())?;
+    let text =
+        demo::demo_config(listen, upstream_addr, library.as_deref()) + &demo::demo_tls_config(listen_tls, &cert, &key);
     let config = Config::parse(&text, "<demo config>", Path::new(".")).map_err(|e| e.to_string())?;
     let proxy = Proxy::from_config(&config).map_err(|e| format!("cannot start: failed to load plugins:\n{e}"))?;
 
@@ -211,13 +227,16 @@ fn run_demo(listen: SocketAddr, library: &Path) -> Result<(), String> {
     for line in demo::demo_curl_lines(listen, library.is_some()) {
         println!("  {line}");
     }
+    println!("  {}    # HTTPS, HTTP/2", demo::demo_https_line(listen_tls, &cert));
     println!();
 
     let start_upstream = Box::new(move || {
         let listener = TcpListener::from_std(upstream).expect("tokio listener");
         tokio::spawn(demo::serve_demo_upstream(listener));
     });
-    weft_proxy::reload::run_blocking(&config, None, proxy, Some(start_upstream))
+    let result = weft_proxy::reload::run_blocking(&config, None, proxy, Some(start_upstream));
+    let _ = std::fs::remove_dir_all(&cert_dir);
+    result
 }
 
 fn run_upstream(listen: SocketAddr) -> Result<(), String> {

@@ -307,6 +307,7 @@ pub struct Metrics {
     routes: Mutex<std::collections::HashSet<String>>,
     no_route: RouteMetrics,
     runtime: Arc<RuntimeCollector>,
+    tls: crate::tls::TlsMetrics,
 }
 
 impl Metrics {
@@ -400,6 +401,8 @@ impl Metrics {
         let runtime = Arc::new(RuntimeCollector::default());
         registry.register_collector(Box::new(runtime.clone()));
         registry.register_collector(Box::new(LogCollector));
+        let tls = crate::tls::TlsMetrics::default();
+        tls.register(&mut registry);
         let mut m = Metrics {
             registry,
             requests,
@@ -418,6 +421,7 @@ impl Metrics {
             routes: Mutex::default(),
             no_route: placeholder_route(),
             runtime,
+            tls,
         };
         m.no_route = m.route(NO_ROUTE);
         m.config_generation.set(1);
@@ -560,6 +564,11 @@ impl Metrics {
             open: self.connections_open.get_or_create_owned(&label),
             refused: self.connections_refused.get_or_create_owned(&label),
         }
+    }
+
+    /// TLS handshakes and certificate expiry (`tls.rs`).
+    pub fn tls(&self) -> &crate::tls::TlsMetrics {
+        &self.tls
     }
 
     /// Connections accepted by serving thread `thread` ([`crate::workers`]).

@@ -34,8 +34,10 @@ use thread_local::ThreadLocal;
 use tokio::net::TcpStream;
 
 use crate::body::UpstreamBody;
+use crate::tls::MaybeTls;
+use crate::tls::client::{UpstreamStream, UpstreamTls};
 
-type Io = TokioIo<TcpStream>;
+type Io = TokioIo<UpstreamStream>;
 
 /// How long an idle connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -54,10 +56,11 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Opens a connection to `addr` within `timeout`.
-    /// Boxed: a connection moves with its response body, which should stay small to move.
-    pub async fn connect(addr: &Authority, timeout: Duration) -> io::Result<Box<Conn>> {
-        let stream = Conn::tcp(addr, timeout).await?;
+    /// Opens a connection to `addr` within `timeout` (and its TLS handshake within another,
+    /// with `tls`). Boxed: a connection moves with its response body, which should stay small
+    /// to move.
+    pub async fn connect(addr: &Authority, timeout: Duration, tls: Option<&UpstreamTls>) -> io::Result<Box<Conn>> {
+        let stream = Conn::stream(addr, timeout, tls).await?;
         let (send, io) = http1::handshake(TokioIo::new(stream)).await.map_err(io::Error::other)?;
         Ok(Box::new(Conn {
             send,
@@ -65,6 +68,15 @@ impl Conn {
             done: false,
             guard: Guard::default(),
         }))
+    }
+
+    /// [`Conn::tcp`], then with `tls` its handshake (within `timeout` again).
+    pub async fn stream(addr: &Authority, timeout: Duration, tls: Option<&UpstreamTls>) -> io::Result<UpstreamStream> {
+        let tcp = Conn::tcp(addr, timeout).await?;
+        match tls {
+            None => Ok(MaybeTls::Plain(tcp)),
+            Some(tls) => tls.connect(tcp, addr, timeout).await,
+        }
     }
 
     /// A TCP connection to `addr` within `timeout`, with TCP_NODELAY and TCP keep-alive.

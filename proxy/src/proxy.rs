@@ -55,16 +55,26 @@ impl Proxy {
     /// runtime is `prev` ([`Plugins::load_replacing`]).
     pub fn from_config_replacing(config: &Config, prev: Option<&Runtime>) -> Result<Proxy, StartupError> {
         let plugins = Plugins::load_replacing(config, prev)?;
-        Ok(Proxy::with_plugins(config, plugins))
+        Proxy::with_plugins(config, plugins)
     }
 
-    /// Builds the route table over already loaded `plugins` (which it keeps).
-    pub fn with_plugins(config: &Config, plugins: Plugins) -> Proxy {
-        let upstreams: HashMap<&str, Arc<Upstream>> = config
-            .upstreams
-            .iter()
-            .map(|u| (u.name.as_str(), Arc::new(Upstream::new(u))))
-            .collect();
+    /// Builds the route table over already loaded `plugins` (which it keeps). Fails when an
+    /// upstream's `tls:` files cannot be used; the plugins' instances are then shut down.
+    pub fn with_plugins(config: &Config, plugins: Plugins) -> Result<Proxy, StartupError> {
+        let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
+        let mut problems = Vec::new();
+        for (i, u) in config.upstreams.iter().enumerate() {
+            match Upstream::new(u, &format!("upstreams[{i}]")) {
+                Ok(up) => drop(upstreams.insert(u.name.as_str(), Arc::new(up))),
+                Err(e) => problems.push(e),
+            }
+        }
+        if !problems.is_empty() {
+            if let Some(rt) = &plugins.runtime {
+                rt.shutdown();
+            }
+            return Err(StartupError(problems));
+        }
         let routes = config
             .routes
             .iter()
@@ -78,14 +88,14 @@ impl Proxy {
         {
             nats.attach_ws_rooms();
         }
-        Proxy {
+        Ok(Proxy {
             router: Router::new(routes),
             runtime: plugins.runtime,
             _nats: plugins.nats,
             access_log: config.access_log,
             path_opts: config.path_normalization,
             trusted: config.trusted_proxies(),
-        }
+        })
     }
 
     /// The plugin runtime, if the config loads any library; serving threads call

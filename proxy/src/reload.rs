@@ -31,6 +31,7 @@ use crate::metrics;
 use crate::plugins::StartupError;
 use crate::proxy::Proxy;
 use crate::server::{Handler, control_runtime};
+use crate::tls::server::TlsListener;
 
 /// How long a replaced generation may stay in use (long responses, queued log phases) before
 /// its plugin instances are abandoned without their shutdown hooks.
@@ -45,6 +46,8 @@ pub struct LiveProxy {
     addresses: (String, Option<String>),
     /// One reload at a time.
     reloading: Mutex<()>,
+    /// The `listen_tls:` listeners, whose certificates a reload replaces.
+    tls: std::sync::OnceLock<Vec<Arc<TlsListener>>>,
 }
 
 impl LiveProxy {
@@ -55,7 +58,13 @@ impl LiveProxy {
             path,
             addresses: addresses(config),
             reloading: Mutex::new(()),
+            tls: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes reloads re-read the certificates of `listeners` (once, at start).
+    pub fn set_tls(&self, listeners: Vec<Arc<TlsListener>>) {
+        let _ = self.tls.set(listeners);
     }
 
     /// The proxy new requests go to.
@@ -82,6 +91,9 @@ impl LiveProxy {
             return Err("this proxy runs a generated config; there is no file to reload".into());
         };
         let config = Config::load(path).map_err(|e| e.to_string())?;
+        let tls = self.tls.get().map_or(&[][..], Vec::as_slice);
+        let (certs, tls_note) = crate::tls::reload::prepare(&config, tls)
+            .map_err(|e| format!("certificate problems:\n{}", crate::tls::reload::locate(path, &e)))?;
         // The new plugin runtime takes over the current one's arena (same layout), statistics
         // and buffered-body budget.
         let prev = self.current().runtime().cloned();
@@ -99,6 +111,11 @@ impl LiveProxy {
             summary.push_str("; listen and admin.listen changes take effect at restart only");
             warn!("listen/admin.listen changed in the config; they take effect at restart only");
         }
+        if let Some(note) = tls_note {
+            summary.push_str(&format!("; {note}"));
+            warn!("{note}");
+        }
+        crate::tls::reload::apply(tls, certs);
         if let Some(rt) = proxy.runtime() {
             rt.buffered_budget()
                 .set_limit(config.runtime_options().max_buffered_bytes_total);
@@ -297,8 +314,17 @@ pub fn run_blocking(
     let m = metrics::global();
 
     let workers = config.worker_count();
+    let tls = crate::tls::reload::listeners(config).map_err(|e| format!("cannot start: certificate problems:\n{e}"))?;
+    live.set_tls(tls.clone());
     let result = rt.block_on(async {
         let listeners = crate::workers::bind(listen, workers).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let mut tls_sockets = Vec::new();
+        for t in tls {
+            let socks = crate::workers::bind(t.addr, workers)
+                .map_err(|e| format!("cannot listen on {} ({}.listen): {e}", t.addr, t.label))?;
+            info!(listen = %t.addr, "weft-proxy listening (TLS)");
+            tls_sockets.push((socks, t));
+        }
         if let Some(admin) = admin {
             let token = crate::admin::read_token(&admin)?;
             let addr = &admin.listen;
@@ -335,7 +361,7 @@ pub fn run_blocking(
             m.set_ready(false);
             info!(timeout = ?drain, "draining: no new connections; waiting for requests in flight");
         };
-        crate::workers::serve(listeners, live.clone(), shutdown, drain, limits, plugins)
+        crate::workers::serve_with_tls(listeners, tls_sockets, live.clone(), shutdown, drain, limits, plugins)
             .await
             .map_err(|e| e.to_string())
     });

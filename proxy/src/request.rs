@@ -24,6 +24,7 @@ use crate::forward::{
 use crate::proxy::{Proxy, RouteTarget};
 use crate::route::{Found, normalize_host};
 use crate::server::error_chain;
+use crate::tls::server::TlsInfo;
 use crate::upstream::{ResponseBody, UpstreamError};
 use crate::ws::ClientUpgrade;
 
@@ -73,7 +74,7 @@ impl Proxy {
         *matched = Some(route);
         let mut f = Flight {
             route,
-            exchange: start_chain(route, client)?,
+            exchange: start_chain(route, client, scheme(&parts))?,
             request_id,
         };
         f.request_phases(&mut parts, &self.path_opts).await?;
@@ -146,7 +147,8 @@ impl Proxy {
         route: &RouteTarget,
     ) -> Authority {
         let trusted = self.trusted.contains(client.ip());
-        add_forwarding_headers(&mut parts.headers, client.ip(), trusted, "http", host);
+        let proto = scheme(parts);
+        add_forwarding_headers(&mut parts.headers, client.ip(), trusted, proto, host);
         if upgrade {
             crate::ws::restore_upgrade_headers(&mut parts.headers);
         }
@@ -158,12 +160,22 @@ impl Proxy {
     }
 }
 
+/// The scheme the client used: `https` on a `listen_tls:` listener (the connection put its
+/// [`TlsInfo`] on the request), else `http`.
+pub(crate) fn scheme(parts: &Parts) -> &'static str {
+    if parts.extensions.get::<TlsInfo>().is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// The route's plugin exchange (an arena slot), if it has plugins; 503 when no slot is free.
-fn start_chain(route: &RouteTarget, client: SocketAddr) -> Step<Option<Keep>> {
+fn start_chain(route: &RouteTarget, client: SocketAddr, scheme: &'static str) -> Step<Option<Keep>> {
     let Some(chain) = &route.chain else {
         return Ok(None);
     };
-    match chain.start(client, "http") {
+    match chain.start(client, scheme) {
         Ok(x) => Ok(x.map(Keep::Owned)),
         Err(weft_runtime::Busy) => {
             let mut resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "busy", None);

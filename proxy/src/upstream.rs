@@ -4,6 +4,7 @@
 //! connection and the response never leave the task, or the thread, that accepted the client.
 
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use crate::config::{DEFAULT_UPSTREAM_BODY_TIMEOUT_MS, UpstreamConfig, parse_upst
 use crate::conn::{TimedBody, timeout_in};
 use crate::metrics::TimeoutKind;
 use crate::pool::{Conn, PooledBody, Pools};
+use crate::tls::client::UpstreamTls;
 
 /// An upstream's response body as the proxy streams it: read on the request's own task,
 /// each wait for more bytes bounded by `body_timeout_ms`.
@@ -32,6 +34,8 @@ pub struct Upstream {
     connect_timeout: Duration,
     /// Idle keep-alive connections, one pool per thread that sends to this upstream.
     pools: Pools,
+    /// `tls:`: HTTPS to every address.
+    tls: Option<Arc<UpstreamTls>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,14 +55,19 @@ pub enum UpstreamError {
 }
 
 impl Upstream {
-    /// `config` must have passed validation.
-    pub fn new(config: &UpstreamConfig) -> Upstream {
+    /// `config` must have passed validation. Fails when its `tls:` files cannot be used
+    /// (`at`: the upstream's config path, for the error).
+    pub fn new(config: &UpstreamConfig, at: &str) -> Result<Upstream, String> {
+        let tls = match &config.tls {
+            Some(t) => Some(UpstreamTls::new(t, &format!("{at}.tls"))?),
+            None => None,
+        };
         let addresses = config
             .addresses
             .iter()
             .map(|a| parse_upstream_address(a).expect("validated upstream address"))
             .collect();
-        Upstream {
+        Ok(Upstream {
             name: config.name.clone(),
             addresses,
             next: AtomicUsize::new(0),
@@ -66,7 +75,8 @@ impl Upstream {
             body_timeout: Duration::from_millis(config.body_timeout_ms.unwrap_or(DEFAULT_UPSTREAM_BODY_TIMEOUT_MS)),
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             pools: Pools::default(),
-        }
+            tls,
+        })
     }
 
     /// The address for the next request (round robin).
@@ -103,7 +113,7 @@ impl Upstream {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
                 Some(conn) => conn,
-                None => Conn::connect(&addr, self.connect_timeout)
+                None => Conn::connect(&addr, self.connect_timeout, self.tls.as_deref())
                     .await
                     .map_err(UpstreamError::Connect)?,
             };
@@ -124,7 +134,7 @@ impl Upstream {
         req: Request<UpstreamBody>,
         addr: &Authority,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        let stream = Conn::tcp(addr, self.connect_timeout)
+        let stream = Conn::stream(addr, self.connect_timeout, self.tls.as_deref())
             .await
             .map_err(UpstreamError::Connect)?;
         let (mut send, conn) = http1::handshake(TokioIo::new(stream))

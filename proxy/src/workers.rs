@@ -27,6 +27,7 @@ use weft_runtime::Runtime;
 use crate::config::Limits;
 use crate::conn::serve_connections_with;
 use crate::server::Handler;
+use crate::tls::server::TlsListener;
 
 /// Most serving threads a config may ask for.
 pub const MAX_WORKERS: usize = 1024;
@@ -73,14 +74,33 @@ pub async fn serve<H: Handler>(
     limits: Limits,
     plugins: Option<Weak<Runtime>>,
 ) -> io::Result<()> {
+    serve_with_tls(listeners, Vec::new(), proxy, shutdown, drain, limits, plugins).await
+}
+
+/// [`serve`] with `listen_tls:` listeners too: each entry is one TLS listener's sockets, one
+/// per serving thread (as [`bind`] makes them), which thread `i` serves beside `listeners[i]`.
+pub async fn serve_with_tls<H: Handler>(
+    listeners: Vec<std::net::TcpListener>,
+    mut tls: Vec<(Vec<std::net::TcpListener>, Arc<TlsListener>)>,
+    proxy: Arc<H>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+    limits: Limits,
+    plugins: Option<Weak<Runtime>>,
+) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.connection_cap() as usize));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<io::Result<()>>();
     let count = listeners.len();
     for (i, listener) in listeners.into_iter().enumerate() {
+        let tls = tls
+            .iter_mut()
+            .filter_map(|(socks, t)| Some((socks.pop()?, Arc::clone(t))))
+            .collect();
         let worker = Worker {
             index: i as u32,
             listener,
+            tls,
             proxy: Arc::clone(&proxy),
             permits: Arc::clone(&permits),
             stop: stop_rx.clone(),
@@ -127,6 +147,8 @@ pub async fn serve<H: Handler>(
 struct Worker<H> {
     index: u32,
     listener: std::net::TcpListener,
+    /// The thread's socket of each `listen_tls:` listener.
+    tls: Vec<(std::net::TcpListener, Arc<TlsListener>)>,
     proxy: Arc<H>,
     permits: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
@@ -144,24 +166,46 @@ impl<H: Handler> Worker<H> {
         let Worker {
             index,
             listener,
+            tls,
             proxy,
             permits,
-            mut stop,
+            stop,
             drain,
             limits,
             ..
         } = self;
         rt.block_on(async move {
-            let listener = TcpListener::from_std(listener)?;
             let handle = move |req, remote| {
                 let proxy = Arc::clone(&proxy);
                 async move { Handler::handle(&*proxy, req, remote).await }
             };
-            let shutdown = async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            };
-            let accepted = Some(crate::metrics::global().serving_thread(index));
-            serve_connections_with(listener, "proxy", limits, permits, accepted, handle, shutdown, drain).await
+            let accepted = crate::metrics::global().serving_thread(index);
+            let plain = std::iter::once((listener, None));
+            let loops = plain
+                .chain(tls.into_iter().map(|(l, t)| (l, Some(t))))
+                .map(|(listener, tls)| {
+                    let (handle, permits, accepted, mut stop) =
+                        (handle.clone(), Arc::clone(&permits), accepted.clone(), stop.clone());
+                    async move {
+                        let shutdown = async move {
+                            let _ = stop.wait_for(|stopped| *stopped).await;
+                        };
+                        let listener = TcpListener::from_std(listener)?;
+                        serve_connections_with(
+                            listener,
+                            "proxy",
+                            limits,
+                            permits,
+                            Some(accepted),
+                            tls,
+                            handle,
+                            shutdown,
+                            drain,
+                        )
+                        .await
+                    }
+                });
+            futures_util::future::try_join_all(loops).await.map(drop)
         })
     }
 }

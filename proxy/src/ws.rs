@@ -149,7 +149,7 @@ pub async fn serve_plugin(
             .insert("sec-websocket-version", HeaderValue::from_static("13"));
         return resp;
     };
-    let mut x = match route.chain.start(client, "http") {
+    let mut x = match route.chain.start(client, crate::request::scheme(&parts)) {
         Ok(Some(x)) => x,
         Ok(None) => {
             return local_reply(

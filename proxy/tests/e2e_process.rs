@@ -229,11 +229,13 @@ async fn slow_log_phase_never_delays_the_client() {
 /// lines it prints work as printed, and SIGTERM stops it cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_command_answers_the_requests_it_prints() {
-    let addr = free_port();
+    let (addr, tls_addr) = (free_port(), free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
         .arg("demo")
         .arg("--listen")
         .arg(addr.to_string())
+        .arg("--listen-tls")
+        .arg(tls_addr.to_string())
         .arg("--library")
         .arg(go_library("main"))
         .env("RUST_LOG", "info")
@@ -318,6 +320,22 @@ async fn demo_command_answers_the_requests_it_prints() {
     assert_eq!(status, 200, "{seen}");
     assert_eq!(seen["path"], "/api/items");
     assert_eq!(seen["headers"]["x-weft-auth"], "ok");
+    assert_eq!(seen["headers"]["x-demo"], "set by a Go plugin");
+
+    // The HTTPS line, run as printed: HTTP/2 over TLS with the generated certificate.
+    let https = tokio::task::block_in_place(|| {
+        wait_for("the HTTPS line", Duration::from_secs(10), || {
+            stdout.lock().unwrap().contains("https://")
+        });
+        let out = stdout.lock().unwrap().clone();
+        let line = out.lines().find(|l| l.contains("https://")).unwrap().trim().to_owned();
+        assert!(line.starts_with("curl -s --http2 --cacert "), "{line}");
+        Command::new("sh").arg("-c").arg(&line).output().unwrap()
+    });
+    assert!(https.status.success(), "{}", String::from_utf8_lossy(&https.stderr));
+    let seen: serde_json::Value = serde_json::from_slice(&https.stdout).unwrap();
+    assert_eq!(seen["path"], "/tls");
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
     assert_eq!(seen["headers"]["x-demo"], "set by a Go plugin");
 
     // Stop it as Ctrl-C / kill would: it drains and exits 0.

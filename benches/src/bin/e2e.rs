@@ -125,11 +125,24 @@ enum Kind {
     /// (Debian's `libnginx-mod-http-lua`): the scripted-middleware reference.
     NginxLua,
     /// weft-proxy with this plugin chain on its only route.
-    Weft { chain: &'static [PluginUse] },
+    Weft {
+        chain: &'static [PluginUse],
+    },
+    /// HTTPS at the proxy, the same certificate (ECDSA P-256, made by openssl) and protocols
+    /// (TLS 1.2 and 1.3) for both, plain HTTP to the upstream. `close`: every request on a new
+    /// connection (`Connection: close`), so req/s is handshakes per second.
+    NginxTls {
+        close: bool,
+    },
+    WeftTls {
+        close: bool,
+    },
     /// weft-proxy with `bench-header` as one `type: nats` instance, served by `workers` Go
     /// worker processes (`cgo/cmd/weft-worker`) through a nats-server of this configuration's
     /// own. CPU and RSS are summed over the proxy, the nats-server and the workers.
-    Nats { workers: usize },
+    Nats {
+        workers: usize,
+    },
 }
 
 /// Which library a plugin comes from.
@@ -223,6 +236,30 @@ fn targets() -> Vec<Target> {
             Some("x-bench"),
         ),
         t(
+            "nginx-https",
+            "nginx, HTTPS keep-alive",
+            Kind::NginxTls { close: false },
+            None,
+        ),
+        t(
+            "weft-https",
+            "weft, HTTPS keep-alive",
+            Kind::WeftTls { close: false },
+            None,
+        ),
+        t(
+            "nginx-handshakes",
+            "nginx, HTTPS new connection per request (handshakes/s)",
+            Kind::NginxTls { close: true },
+            None,
+        ),
+        t(
+            "weft-handshakes",
+            "weft, HTTPS new connection per request (handshakes/s)",
+            Kind::WeftTls { close: true },
+            None,
+        ),
+        t(
             "weft-nats-1",
             "weft + bench-header, NATS, 1 worker",
             Kind::Nats { workers: 1 },
@@ -240,6 +277,17 @@ fn targets() -> Vec<Target> {
 /// The key ratios are computed against.
 const BASE_WEFT: &str = "weft";
 const BASE_NGINX: &str = "nginx";
+
+/// The nginx row a row's `rps_vs_nginx` compares with: the HTTPS rows with their nginx twin.
+fn nginx_base(key: &str) -> &'static str {
+    if key.ends_with("-https") {
+        "nginx-https"
+    } else if key.ends_with("-handshakes") {
+        "nginx-handshakes"
+    } else {
+        BASE_NGINX
+    }
+}
 /// The in-process plugin row, which the worker-pool row is compared with.
 const BASE_INPROC: &str = "weft-inproc";
 const POOL: &str = "weft-pool";
@@ -312,6 +360,10 @@ fn start_upstream(threads: usize) -> Result<(SocketAddr, Arc<UpstreamCounters>),
 /// A running configuration: where to send load and which processes to account.
 struct Running {
     port: u16,
+    /// Load goes over HTTPS (the TLS rows).
+    tls: bool,
+    /// Every request on a new connection (`Connection: close`).
+    close: bool,
     /// The proxy's main process (None: the upstream itself, inside this runner).
     child: Option<Child>,
     log: Option<PathBuf>,
@@ -383,6 +435,8 @@ fn start(t: &Target, env: &Env) -> Result<Running, String> {
     match t.kind {
         Kind::Direct => Ok(Running {
             port: env.upstream.port(),
+            tls: false,
+            close: false,
             child: None,
             log: None,
             helpers: helpers(),
@@ -390,33 +444,40 @@ fn start(t: &Target, env: &Env) -> Result<Running, String> {
         Kind::Nginx | Kind::NginxLua => {
             let port = weft_test_support::free_port().port();
             let lua = matches!(t.kind, Kind::NginxLua);
-            let conf = nginx_conf(&dir, port, env.upstream, env.proxy_threads, lua);
+            let conf = nginx_conf(&dir, port, env.upstream, env.proxy_threads, lua, None);
             std::fs::write(dir.join("nginx.conf"), conf).map_err(|e| e.to_string())?;
-            let mut cmd = Command::new(&env.args.nginx);
-            cmd.arg("-p")
-                .arg(&dir)
-                .arg("-e")
-                .arg(dir.join("error.log"))
-                .arg("-c")
-                .arg(dir.join("nginx.conf"))
-                .arg("-g")
-                .arg("daemon off;")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(logfile()?);
-            die_with_parent(&mut cmd);
-            let child = cmd.spawn().map_err(|e| format!("start {}: {e}", env.args.nginx))?;
-            Ok(Running {
-                port,
-                child: Some(child),
-                log: Some(log),
-                helpers: helpers(),
-            })
+            start_nginx(env, &dir, port, logfile()?, log)
+        }
+        Kind::NginxTls { close } => {
+            let port = weft_test_support::free_port().port();
+            let cert = bench_certificate(env.dir)?;
+            let conf = nginx_conf(&dir, port, env.upstream, env.proxy_threads, false, Some(&cert));
+            std::fs::write(dir.join("nginx.conf"), conf).map_err(|e| e.to_string())?;
+            let mut r = start_nginx(env, &dir, port, logfile()?, log)?;
+            (r.tls, r.close) = (true, close);
+            Ok(r)
         }
         Kind::Weft { chain } => {
             let port = weft_test_support::free_port().port();
             let yaml = weft_yaml(port, env.upstream, env.plugin_lib, env.c_plugin_lib, chain);
             start_weft(env, &dir, port, &yaml, logfile()?, log, helpers())
+        }
+        Kind::WeftTls { close } => {
+            let (plain, port) = (
+                weft_test_support::free_port().port(),
+                weft_test_support::free_port().port(),
+            );
+            let (cert, key) = bench_certificate(env.dir)?;
+            let mut yaml = weft_yaml(plain, env.upstream, env.plugin_lib, env.c_plugin_lib, &[]);
+            let _ = write!(
+                yaml,
+                "listen_tls:\n  - listen: 127.0.0.1:{port}\n    certificates:\n      - {{ cert: {}, key: {} }}\n",
+                cert.display(),
+                key.display()
+            );
+            let mut r = start_weft(env, &dir, port, &yaml, logfile()?, log, helpers())?;
+            (r.tls, r.close) = (true, close);
+            Ok(r)
         }
         Kind::Nats { workers } => {
             let Some(NatsTools::Ready(bins)) = env.nats else {
@@ -432,6 +493,67 @@ fn start(t: &Target, env: &Env) -> Result<Running, String> {
             start_weft(env, &dir, port, &yaml, logfile()?, log, helpers)
         }
     }
+}
+
+/// The HTTPS rows' certificate and key (ECDSA P-256, self-signed, made once per run by openssl).
+fn bench_certificate(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let (cert, key) = (dir.join("bench-cert.pem"), dir.join("bench-key.pem"));
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .map_err(|e| format!("openssl (needed for the HTTPS rows): {e}"))?;
+    if !out.status.success() {
+        return Err(format!("openssl req: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok((cert, key))
+}
+
+fn start_nginx(env: &Env, dir: &Path, port: u16, stderr: std::fs::File, log: PathBuf) -> Result<Running, String> {
+    let mut cmd = Command::new(&env.args.nginx);
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-g")
+        .arg("daemon off;")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    die_with_parent(&mut cmd);
+    let child = cmd.spawn().map_err(|e| format!("start {}: {e}", env.args.nginx))?;
+    Ok(Running {
+        port,
+        tls: false,
+        close: false,
+        child: Some(child),
+        log: Some(log),
+        helpers: helpers(),
+    })
 }
 
 /// The plugin the NATS rows' workers serve, and its instance (and NATS subject) name on the
@@ -465,6 +587,8 @@ fn start_weft(
         .map_err(|e| format!("start {}: {e}", env.weft_bin.display()))?;
     Ok(Running {
         port,
+        tls: false,
+        close: false,
         child: Some(child),
         log: Some(log),
         helpers,
@@ -512,7 +636,23 @@ const NGINX_LUA_ACCESS: &str = r#"
                 ngx.req.set_header("x-bench", "1")
             }"#;
 
-fn nginx_conf(dir: &Path, port: u16, upstream: SocketAddr, workers: usize, lua: bool) -> String {
+fn nginx_conf(
+    dir: &Path,
+    port: u16,
+    upstream: SocketAddr,
+    workers: usize,
+    lua: bool,
+    tls: Option<&(PathBuf, PathBuf)>,
+) -> String {
+    // The HTTPS rows: TLS 1.2 and 1.3 as weft; HTTP/1.1 (wrk offers no ALPN).
+    let ssl = match tls {
+        Some((cert, key)) => format!(
+            " ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3",
+            cert.display(),
+            key.display()
+        ),
+        None => String::new(),
+    };
     // As root nginx would hand the workers to `nobody`, who cannot reach the temp dir.
     // SAFETY: geteuid has no preconditions.
     let user = if unsafe { libc::geteuid() } == 0 {
@@ -549,7 +689,7 @@ http {{
         keepalive_requests 1000000;
     }}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{ssl};
         location / {{{access}
             proxy_pass http://bench_upstream;
             proxy_http_version 1.1;
@@ -600,7 +740,7 @@ fn wait_ready(r: &mut Running, label: &str) -> Result<(), String> {
         if let Err(e) = r.helpers.check() {
             return Err(format!("{label}: {e}"));
         }
-        if probe(r.port).is_ok() {
+        if probe(r).is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -610,7 +750,18 @@ fn wait_ready(r: &mut Running, label: &str) -> Result<(), String> {
     }
 }
 
-fn probe(port: u16) -> Result<(), String> {
+fn probe(r: &Running) -> Result<(), String> {
+    let port = r.port;
+    if r.tls {
+        // curl, as this runner has no TLS client of its own; -k: the certificate is self-signed.
+        let url = format!("https://127.0.0.1:{port}{REQUEST_PATH}");
+        let out = Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &url])
+            .output()
+            .map_err(|e| format!("curl (needed for the HTTPS rows): {e}"))?;
+        let code = String::from_utf8_lossy(&out.stdout).into_owned();
+        return if code == "200" { Ok(()) } else { Err(code) };
+    }
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(2)))
         .map_err(|e| e.to_string())?;
@@ -717,10 +868,14 @@ struct Load<'a> {
     seconds: u64,
 }
 
-fn run_wrk(load: &Load, port: u16) -> Result<BTreeMap<String, f64>, String> {
-    let url = format!("http://127.0.0.1:{port}{REQUEST_PATH}");
+fn run_wrk(load: &Load, r: &Running) -> Result<BTreeMap<String, f64>, String> {
+    let scheme = if r.tls { "https" } else { "http" };
+    let url = format!("{scheme}://127.0.0.1:{}{REQUEST_PATH}", r.port);
     let mut cmd = Command::new(load.wrk);
     die_with_parent_by(&mut cmd, libc::SIGKILL);
+    if r.close {
+        cmd.arg("-H").arg("Connection: close");
+    }
     let out = cmd
         .arg(format!("-t{}", load.threads.min(load.connections).max(1)))
         .arg(format!("-c{}", load.connections.max(1)))
@@ -774,7 +929,7 @@ fn profile(load: &Load, r: &Running, work: &Path, out: &Path) -> Result<(), Stri
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("perf record (is linux-perf installed?): {e}"))?;
-    run_wrk(load, r.port)?;
+    run_wrk(load, r)?;
     let rec = record.wait_with_output().map_err(|e| e.to_string())?;
     if !rec.status.success() {
         return Err(format!(
@@ -829,7 +984,7 @@ fn measure(load: &Load, r: &Running, upstream: &UpstreamCounters, round: usize, 
         upstream.total.load(Ordering::Relaxed),
         upstream.with_x_bench.load(Ordering::Relaxed),
     );
-    let m = run_wrk(load, r.port)?;
+    let m = run_wrk(load, r)?;
     let cpu1 = pids.as_deref().map(cpu_ticks);
     let cs1 = pids.as_deref().map(context_switches);
     let (u1, x1) = (
@@ -980,9 +1135,12 @@ fn add_ratios(results: &mut [TargetResult]) {
     let profiles: Vec<String> = results.iter().flat_map(|r| r.profiles.keys().cloned()).collect();
     for prof in profiles {
         let w = base(results, BASE_WEFT, &prof);
-        let n = base(results, BASE_NGINX, &prof);
         let p = base(results, BASE_INPROC, &prof);
-        for r in results.iter_mut() {
+        let nginx: Vec<Option<Summary>> = results
+            .iter()
+            .map(|r| base(results, nginx_base(&r.key), &prof))
+            .collect();
+        for (r, n) in results.iter_mut().zip(nginx) {
             let Some(Some(m)) = r.profiles.get_mut(&prof).map(|p| p.median.as_mut()) else {
                 continue;
             };
@@ -1135,6 +1293,29 @@ fn goals(rep: &Report) -> String {
             );
         }
         None => s.push_str("- NATS, one remote phase ≥ 10k req/s: not measured\n"),
+    }
+    match (get("weft-https", &thr), get("nginx-https", &thr)) {
+        (Some(w), Some(n)) => {
+            let r = w.rps / n.rps;
+            let _ = writeln!(
+                s,
+                "- weft HTTPS ≥ nginx HTTPS in req/s (keep-alive, same certificate): {r:.2}× — {}",
+                verdict(r >= 1.0)
+            );
+        }
+        _ => s.push_str("- weft HTTPS ≥ nginx HTTPS in req/s: not measured\n"),
+    }
+    match (get("weft-handshakes", &thr), get("nginx-handshakes", &thr)) {
+        (Some(w), Some(n)) => {
+            let _ = writeln!(
+                s,
+                "- TLS handshakes per second (a new connection per request): weft {:.0}, nginx {:.0} ({:.2}×)",
+                w.rps,
+                n.rps,
+                w.rps / n.rps
+            );
+        }
+        _ => s.push_str("- TLS handshakes per second: not measured\n"),
     }
     s.push_str("\nThe same plugin on the worker pool (a blocking-marked plugin against the inline one):\n\n");
     match (get(POOL, &thr), get(BASE_INPROC, &thr)) {
@@ -1594,7 +1775,7 @@ fn run_in(
         for (t, r) in all.iter().zip(&running) {
             if let Some(r) = r {
                 eprintln!("e2e: warm-up {} ({warmup} s)", t.label);
-                run_wrk(&load(connections, warmup), r.port)?;
+                run_wrk(&load(connections, warmup), r)?;
             }
         }
     }

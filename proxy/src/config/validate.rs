@@ -32,6 +32,7 @@ impl Config {
         self.validate_log(&mut err);
         self.validate_limits(&mut err);
         self.validate_admin(&mut err);
+        crate::tls::validate_tls(self, &mut err);
         self.validate_trusted_proxies(&mut err);
         if let Some(rt) = &self.runtime {
             self.validate_runtime(rt, &mut err);
