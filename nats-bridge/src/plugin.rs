@@ -10,7 +10,7 @@ use async_nats::StatusCode;
 use bytes::Bytes;
 use weft_abi::{WeftPhase, WeftResult};
 
-use crate::transport::Shared;
+use crate::transport::{NatsTransport, Shared};
 use crate::wire;
 
 /// NATS header names of the protocol (see `schema/weft_wire.fbs`).
@@ -113,6 +113,13 @@ impl Drop for InFlight<'_> {
 /// letters, digits, `-` or `_` (a `.`, `*`, `>` or space would change the subject's meaning).
 pub fn valid_worker_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl NatsTransport {
+    /// A handle for the remote plugin instance `name` (subjects `weft.<name>.<phase>`).
+    pub fn plugin(self: &Arc<Self>, name: &str, opts: NatsPluginOptions) -> NatsPlugin {
+        NatsPlugin::new(Arc::clone(&self.shared), name, opts)
+    }
 }
 
 impl NatsPlugin {

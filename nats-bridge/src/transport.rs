@@ -16,8 +16,6 @@ use futures_util::StreamExt as _;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::plugin::{NatsPlugin, NatsPluginOptions};
-
 /// How the transport authenticates to the NATS server.
 #[derive(Clone, Debug, Default)]
 pub enum NatsAuth {
@@ -167,8 +165,9 @@ impl Shared {
     }
 }
 
-/// One NATS connection with its reply multiplexer. Cheap to share (`Arc`); create
-/// [`NatsPlugin`] handles from it.
+/// One NATS connection with its reply multiplexer. Cheap to share (`Arc`); plugin handles are
+/// made from it (`NatsTransport::plugin`, in `plugin.rs`, which depends on this module and not
+/// the other way round).
 pub struct NatsTransport {
     pub(crate) shared: Arc<Shared>,
     reader: JoinHandle<()>,
@@ -244,11 +243,6 @@ impl NatsTransport {
             }
         });
         Ok(Arc::new(NatsTransport { shared, reader }))
-    }
-
-    /// A handle for the remote plugin instance `name` (subjects `weft.<name>.<phase>`).
-    pub fn plugin(self: &Arc<Self>, name: &str, opts: NatsPluginOptions) -> NatsPlugin {
-        NatsPlugin::new(Arc::clone(&self.shared), name, opts)
     }
 
     /// Whether the connection is up right now (calls fail fast while it is not).
