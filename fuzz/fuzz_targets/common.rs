@@ -1,6 +1,108 @@
 // Shared by the mutation targets: a request and a response to apply batches to, and the
 // invariants every applied batch must keep.
-use weft_runtime::mutation::RESERVED;
+// Each target uses a part of this module.
+#![allow(dead_code)]
+use std::sync::LazyLock;
+
+use weft_abi::{WEFT_PHASE_MASK_SUPPORTED, WeftPhase};
+use weft_runtime::mutation::{self, MutationError, RESERVED, WsOp};
+
+/// How many phases the runtime has: as many as its supported-phase mask has bits, so a phase
+/// added there grows this count and the table below stops compiling until the phase is in it.
+pub const PHASE_COUNT: usize = (u32::BITS - WEFT_PHASE_MASK_SUPPORTED.leading_zeros()) as usize;
+
+/// Every phase, indexed by its number.
+pub const PHASES: [WeftPhase; PHASE_COUNT] = [
+    WeftPhase::RequestHeaders,
+    WeftPhase::RequestBody,
+    WeftPhase::ResponseHeaders,
+    WeftPhase::ResponseBody,
+    WeftPhase::Log,
+    WeftPhase::WebSocketOpen,
+    WeftPhase::WebSocketMessage,
+    WeftPhase::WebSocketClose,
+];
+
+// Each entry sits at its own number, and together they are exactly the supported mask (no gap).
+const _: () = {
+    let mut mask = 0;
+    let mut i = 0;
+    while i < PHASE_COUNT {
+        assert!(PHASES[i] as usize == i, "PHASES out of order");
+        mask |= PHASES[i].mask();
+        i += 1;
+    }
+    assert!(
+        mask == WEFT_PHASE_MASK_SUPPORTED,
+        "PHASES differs from WEFT_PHASE_MASK_SUPPORTED"
+    );
+};
+
+/// The phase a fuzzer byte picks (every phase is reachable).
+pub fn phase(raw: u8) -> WeftPhase {
+    PHASES[raw as usize % PHASE_COUNT]
+}
+
+/// Whether a batch of `phase` applies to the request head (else to the response head).
+pub fn request_side(phase: WeftPhase) -> bool {
+    matches!(phase, WeftPhase::RequestHeaders | WeftPhase::RequestBody)
+}
+
+/// One past the highest op number the runtime knows, asked of the decoder itself (an unknown op
+/// is refused as such before anything else is checked), so a new op is fuzzed without an edit.
+pub static OP_END: LazyLock<u32> = LazyLock::new(|| {
+    let known = |op: u32| {
+        let mut buf = Vec::new();
+        mutation::encode_record(&mut buf, op, 0, b"", b"");
+        !matches!(
+            mutation::decode(&buf, buf.len(), WeftPhase::RequestHeaders),
+            Err(MutationError::UnknownOp { .. })
+        )
+    };
+    let end = (1..).find(|&op| !known(op)).unwrap();
+    assert!(end > 23, "the decoder knows fewer ops than the ABI has");
+    end
+});
+
+/// WebSocket records that passed decoding are ones the connection may act on: text is UTF-8,
+/// close codes may be sent with a reason of at most 123 bytes, room names are non-empty and of
+/// the allowed characters.
+pub fn check_ws(ops: &[WsOp]) {
+    let room_ok = |r: &str| {
+        !r.is_empty()
+            && r.len() <= weft_abi::WEFT_MAX_WS_ROOM_LEN as usize
+            && r.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':'))
+    };
+    for op in ops {
+        match op {
+            WsOp::Send { binary, payload } | WsOp::Broadcast { binary, payload, .. } => {
+                assert!(*binary || std::str::from_utf8(payload).is_ok(), "text is not UTF-8");
+            }
+            WsOp::Close { code, reason } => {
+                assert!(mutation::ws_close_code_ok(*code as u32), "close code {code}");
+                assert!(reason.len() <= 123, "close reason of {} bytes", reason.len());
+            }
+            WsOp::Join(_) | WsOp::Leave(_) => {}
+        }
+        if let WsOp::Join(r) | WsOp::Leave(r) | WsOp::Broadcast { room: r, .. } = op {
+            assert!(room_ok(r), "room {r:?}");
+        }
+    }
+}
+
+/// Body edits name ranges inside the first `len` bytes of the buffer.
+pub fn check_body_edits(edits: &mutation::BodyEdits, len: usize) {
+    let ranges = edits
+        .replace
+        .iter()
+        .flatten()
+        .chain(&edits.prepend)
+        .chain(&edits.append);
+    for r in ranges {
+        assert!(r.start <= r.end && r.end <= len, "body range {r:?} past {len}");
+    }
+}
 
 pub fn request() -> http::request::Parts {
     http::Request::post("/base/path?x=1")

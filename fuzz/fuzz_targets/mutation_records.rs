@@ -2,7 +2,8 @@
 //! status and operand bytes), encoded the way a plugin encodes them, so the fuzzer reaches the
 //! validation and apply paths rather than the framing checks. Invariants as in mutation_raw.
 //! A record may name a reserved header (framing, hop-by-hop, `host`, forwarding headers) in any
-//! letter case: then that record alone, with any header op, must be refused as reserved.
+//! letter case: then that record alone, with any header op, must be refused as reserved. Every op
+//! number the runtime knows (and unknown ones) in every phase.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -64,7 +65,8 @@ fn check_reserved_refused(op: u32, name: &[u8], value: &[u8]) {
 
 #[derive(Arbitrary, Debug)]
 struct Input {
-    response: bool,
+    /// The phase (any of them: see `common::phase`).
+    phase: u8,
     records: Vec<Record>,
     /// Bytes cut off the end (a torn last record).
     cut: u8,
@@ -73,7 +75,8 @@ struct Input {
 fuzz_target!(|input: Input| {
     let mut buf = Vec::new();
     for r in &input.records {
-        let op = (r.op % 13) as u32;
+        // Every op the runtime knows, and the unknown ones on either side (0 and OP_END).
+        let op = r.op as u32 % (*common::OP_END + 1);
         match r.reserved {
             Some((index, upper)) => {
                 let name = reserved_name(index, upper);
@@ -84,24 +87,22 @@ fuzz_target!(|input: Input| {
         }
     }
     let len = buf.len().saturating_sub(input.cut as usize % 4);
-    let phase = if input.response {
-        WeftPhase::ResponseHeaders
-    } else {
-        WeftPhase::RequestHeaders
-    };
+    let phase = common::phase(input.phase);
     let Ok(mut batch) = mutation::decode(&buf, len, phase) else {
         return;
     };
     let _ = batch.take_reply();
-    if input.response {
-        let mut p = common::response();
-        let before = p.headers.clone();
-        batch.apply_to_response(&mut p);
-        common::check_headers(&before, &p.headers);
-    } else {
+    common::check_ws(&batch.take_ws());
+    common::check_body_edits(&batch.take_body_edits(), len);
+    if common::request_side(phase) {
         let mut p = common::request();
         let before = p.headers.clone();
         batch.apply_to_request(&mut p);
         common::check_request(&before, &p);
+    } else {
+        let mut p = common::response();
+        let before = p.headers.clone();
+        batch.apply_to_response(&mut p);
+        common::check_headers(&before, &p.headers);
     }
 });
