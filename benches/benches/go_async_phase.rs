@@ -32,7 +32,7 @@ const NAMES: [&str; 5] = [
 fn bench(c: &mut Criterion) {
     let tokio = bench_tokio();
     let _in_tokio = tokio.enter();
-    let lib = weft_test_support::go_library("main").to_path_buf();
+    let lib = weft_test_support::go_library("test").to_path_buf();
     let rt = Runtime::new(RuntimeOptions::default()).unwrap();
     rt.load_library("go", &lib).unwrap();
     rt.thread_start();

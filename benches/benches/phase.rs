@@ -16,7 +16,7 @@ fn request() -> http::request::Parts {
 }
 
 fn phase(c: &mut Criterion) {
-    let lib = weft_test_support::go_library("main").to_path_buf();
+    let lib = weft_test_support::go_library("test").to_path_buf();
     let rt = Runtime::new(RuntimeOptions::default()).unwrap();
     rt.load_library("examples", &lib).unwrap();
     rt.thread_start();

@@ -144,7 +144,7 @@ pub struct NatsBins {
 
 /// nats-server (`nats_server`, else `nats-server` on PATH; None: not installed, unless
 /// `WEFT_REQUIRE_NATS=1`, which makes that an error) and the worker binary (`worker_bin`, else
-/// `go build -o <target>/weft-worker ./cmd/weft-worker` in cgo/, announced as `who: go build …`).
+/// `go build -tags weft_testplugins -o <target>/weft-worker ./cmd/weft-worker` in cgo/, announced as `who: go build …`).
 pub fn nats_bins(nats_server: Option<&Path>, worker_bin: Option<&Path>, who: &str) -> Result<Option<NatsBins>, String> {
     let server = nats_server.map(Path::to_path_buf).or_else(|| {
         std::env::var_os("PATH").and_then(|paths| {
@@ -163,9 +163,12 @@ pub fn nats_bins(nats_server: Option<&Path>, worker_bin: Option<&Path>, who: &st
         Some(p) => p.to_path_buf(),
         None => {
             let out = target_dir().join("weft-worker");
-            eprintln!("{who}: go build -o {} ./cmd/weft-worker", out.display());
+            eprintln!(
+                "{who}: go build -tags weft_testplugins -o {} ./cmd/weft-worker",
+                out.display()
+            );
             let status = Command::new("go")
-                .args(["build", "-o"])
+                .args(["build", "-tags", "weft_testplugins", "-o"])
                 .arg(&out)
                 .arg("./cmd/weft-worker")
                 .current_dir(workspace_root().join("cgo"))

@@ -51,7 +51,7 @@ async fn header_rewriter_remote_equals_in_process() {
     let req_headers = [("host", "example.com"), ("cookie", "a=b"), ("x-env", "dev")];
 
     // In-process.
-    let lib = weft_test_support::go_library("main");
+    let lib = weft_test_support::go_library("test");
     let rt = weft_runtime::Runtime::new(weft_runtime::RuntimeOptions {
         slot_count: 4,
         ..Default::default()

@@ -164,7 +164,7 @@ fn start_proxy(tag: &str, upstream: SocketAddr) -> ProxyProcess {
     let (addr, admin) = (free_port(), free_port());
     let yaml = format!(
         "listen: {addr}\nadmin: {{ listen: {admin} }}\nruntime: {{ slots: 64 }}\nlibraries:\n  - {{ name: examples, path: {:?} }}\nplugins:\n{PLUGINS}upstreams:\n  - {{ name: up, addresses: [\"{upstream}\"], timeout_ms: {UPSTREAM_TIMEOUT_MS} }}\nroutes:\n{ROUTES}",
-        weft_test_support::go_library("main").display().to_string()
+        weft_test_support::go_library("test").display().to_string()
     );
     ProxyProcess::spawn(tag, &yaml, addr, admin)
 }

@@ -149,7 +149,7 @@ async fn check_hostile(proxy: &mut ProxyProcess) {
 async fn c_plugins_next_to_the_go_library_over_real_http() {
     let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
     let addr = free_port();
-    let libs = lib_line("go", go_library("main"))
+    let libs = lib_line("go", go_library("test"))
         + &lib_line("c", &c_plugins("plain").join("libweft_c_stamp.so"))
         + &lib_line("hostile", &c_plugins("plain").join("libweft_c_hostile.so"));
     let plugins = format!(

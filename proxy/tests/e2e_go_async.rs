@@ -42,7 +42,7 @@ async fn start_go_proxy(tag: &str, sections: &str, env: &[(&str, String)]) -> (P
         "listen: {addr}\nadmin: {{ listen: {admin} }}\n\
          libraries:\n  - {{ name: go, path: {lib:?} }}\n\
          upstreams:\n  - {{ name: up, addresses: [\"{upstream}\"] }}\n{sections}",
-        lib = go_library("main").display().to_string(),
+        lib = go_library("test").display().to_string(),
     );
     let opts = Spawn {
         env,

@@ -15,7 +15,7 @@ use common::{HttpClient, ProxyProcess, TempDir, config, free_port, get, get_with
 fn library_yaml() -> String {
     format!(
         "  - {{ name: ex, path: {:?} }}",
-        go_library("main").display().to_string()
+        go_library("test").display().to_string()
     )
 }
 

@@ -186,7 +186,7 @@ async fn buffered_bodies_beyond_the_budget_are_refused() {
          plugins:\n  - {{ name: buffer, library: go, plugin: test-body-buffer }}\n\
          upstreams:\n  - {{ name: up, addresses: [\"{upstream}\"] }}\n\
          routes:\n  - {{ path_prefix: /, upstream: up, plugins: [buffer], max_buffered_body_bytes: {MIB} }}\n",
-        go_library("main").display().to_string()
+        go_library("test").display().to_string()
     );
     let proxy = ProxyProcess::start("budget", &yaml, addr);
     let m = scrape(admin).await;

@@ -19,7 +19,7 @@ use common::{ProxyProcess, collect, config, free_port, get, get_with, go_library
 fn main_library_yaml() -> String {
     format!(
         "  - {{ name: examples, path: {:?} }}",
-        go_library("main").display().to_string()
+        go_library("test").display().to_string()
     )
 }
 
@@ -144,7 +144,7 @@ fn second_go_library_is_refused() {
     assert!(
         err.contains(&format!(
             "the Go library {} is already loaded",
-            go_library("main").display()
+            go_library("test").display()
         )),
         "names the library already loaded: {err}"
     );
@@ -237,7 +237,7 @@ async fn demo_command_answers_the_requests_it_prints() {
         .arg("--listen-tls")
         .arg(tls_addr.to_string())
         .arg("--library")
-        .arg(go_library("main"))
+        .arg(go_library("test"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

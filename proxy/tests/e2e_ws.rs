@@ -65,7 +65,7 @@ routes:
   - {{ path_prefix: /auth, upstream: up, plugins: [auth] }}
   - {{ path_prefix: /, upstream: up }}
 "#,
-        lib = go_library("main").display()
+        lib = go_library("test").display()
     )
 }
 

@@ -101,7 +101,7 @@ fn start(tag: &str, upstream: SocketAddr, extra: &str, up_extra: &str, plugins: 
     let yaml = format!(
         "listen: {addr}\nadmin: {{ listen: \"{admin}\" }}\n{extra}\nlibraries:\n  - {{ name: examples, path: {lib:?} }}\n\
          plugins:\n{plugins}\nupstreams:\n  - {{ name: up, addresses: [\"{upstream}\"]{up_extra} }}\nroutes:\n{routes}\n",
-        lib = go_library("main").display().to_string()
+        lib = go_library("test").display().to_string()
     );
     let proxy = tokio::task::block_in_place(|| ProxyProcess::start(tag, &yaml, addr));
     Setup { proxy, addr, admin }

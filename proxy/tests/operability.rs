@@ -105,7 +105,7 @@ async fn metrics_health_and_readiness() {
          routes:\n  - {{ name: api, path_prefix: /api, upstream: up, plugins: [rewrite] }}\n\
          \x20 - {{ name: panic, path_prefix: /panic, upstream: up, plugins: [boom] }}\n\
          \x20 - {{ name: auth, path_prefix: /auth, upstream: up, plugins: [auth] }}\n",
-        lib = go_library("main").display().to_string()
+        lib = go_library("test").display().to_string()
     );
     let proxy = start_proxy("metrics", &yaml, addr);
 
@@ -232,7 +232,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
          libraries: [{{ name: examples, path: {lib:?} }}]\n\
          plugins: [{{ name: rw, library: examples, plugin: header-rewriter, config: {{ request_set: {{ x-a: b }} }} }}]\n\
          upstreams: [{{ name: up, addresses: [\"{up}\"] }}]\nroutes: [{{ upstream: up, plugins: [rw] }}]\n",
-        lib = go_library("main").display().to_string()
+        lib = go_library("test").display().to_string()
     );
     let mut proxy = start_proxy("drain", &yaml, addr);
     let slow = tokio::spawn(async move { call(&client(), Method::GET, format!("http://{addr}/slow")).await });
@@ -271,7 +271,7 @@ async fn shutdown_timeout_bounds_the_drain() {
          libraries: [{{ name: examples, path: {lib:?} }}]\n\
          plugins: [{{ name: rw, library: examples, plugin: header-rewriter }}]\n\
          upstreams: [{{ name: up, addresses: [\"{up}\"] }}]\nroutes: [{{ upstream: up, plugins: [rw] }}]\n",
-        lib = go_library("main").display().to_string()
+        lib = go_library("test").display().to_string()
     );
     let mut proxy = start_proxy("timeout", &yaml, addr);
     let slow = tokio::spawn(async move { call(&client(), Method::GET, format!("http://{addr}/slow")).await });
@@ -298,7 +298,7 @@ async fn reload_under_load_drops_nothing_and_switches_routes() {
              plugins: [{{ name: rw, library: examples, plugin: header-rewriter, config: {{ request_set: {{ x-gen: {greeting} }} }} }}]\n\
              upstreams: [{{ name: up, addresses: [\"{up}\"] }}]\n\
              routes: [{{ name: main, upstream: up, plugins: [rw] }}]\n",
-            lib = go_library("main").display().to_string()
+            lib = go_library("test").display().to_string()
         )
     };
     let proxy = start_proxy("reload", &yaml(a, "one"), addr);
@@ -448,7 +448,7 @@ async fn reload_applies_the_log_level() {
 #[test]
 fn check_reports_every_problem() {
     let dir = TempDir::new("check");
-    let lib = go_library("main").display().to_string();
+    let lib = go_library("test").display().to_string();
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
         ("syntax", "listen: [\n".into(), vec!["config error in", "syntax.yaml"]),
         (
@@ -545,7 +545,7 @@ fn version_prints_abi_and_go_runtime() {
         format!(
             "listen: 127.0.0.1:1\nlibraries: [{{ name: ex, path: {:?} }}]\n\
              upstreams: [{{ name: u, addresses: [\"127.0.0.1:9\"] }}]\nroutes: [{{ upstream: u }}]\n",
-            go_library("main").display().to_string()
+            go_library("test").display().to_string()
         ),
     )
     .unwrap();

@@ -83,7 +83,7 @@ routes:
   - {{ path_prefix: /slash-path, upstream: up, plugins: [slash-path] }}
   - {{ path_prefix: /, upstream: up, plugins: [timing] }}
 "#,
-        lib = weft_test_support::go_library("main").display().to_string()
+        lib = weft_test_support::go_library("test").display().to_string()
     );
     let config = Config::parse(&yaml, "plugins.yaml", Path::new(".")).unwrap();
     let proxy = Proxy::from_config(&config).unwrap_or_else(|e| panic!("{e}"));

@@ -659,7 +659,7 @@ async fn mutual_tls_to_an_upstream() {
 /// (the `test-scheme` plugin copies what it sees into a request header).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_see_https_on_a_tls_listener() {
-    let lib = tokio::task::block_in_place(|| common::go_library("main"));
+    let lib = tokio::task::block_in_place(|| common::go_library("test"));
     let pki = Pki::new("tls-plugin");
     let a = pki.issue("a", &["a.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
     let up = demo_upstream().await;

@@ -17,7 +17,7 @@ const SLOT: u32 = 16 * 1024;
 fn runtime() -> &'static Arc<Runtime> {
     static RT: OnceLock<Arc<Runtime>> = OnceLock::new();
     RT.get_or_init(|| {
-        let lib = weft_test_support::go_library("main");
+        let lib = weft_test_support::go_library("test");
         let rt = Runtime::new(RuntimeOptions {
             slot_count: 64,
             slot_size: SLOT,

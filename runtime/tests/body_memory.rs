@@ -69,7 +69,7 @@ const MIB: usize = 1 << 20;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn library() -> &'static std::path::Path {
-    weft_test_support::go_library("main")
+    weft_test_support::go_library("test")
 }
 
 /// A runtime with the default buffer classes (4 and 16 slots: 64 and 256 KiB, so a body over

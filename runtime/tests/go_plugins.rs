@@ -14,7 +14,7 @@ fn client() -> SocketAddr {
 fn runtime() -> &'static Arc<Runtime> {
     static RT: OnceLock<Arc<Runtime>> = OnceLock::new();
     RT.get_or_init(|| {
-        let lib = weft_test_support::go_library("main");
+        let lib = weft_test_support::go_library("test");
         let rt = Runtime::new(RuntimeOptions {
             slot_count: 64,
             slot_size: 16 * 1024,
@@ -273,7 +273,7 @@ fn arena_exhaustion_is_busy_and_slots_come_back() {
         ..weft_runtime::RuntimeOptions::default()
     })
     .unwrap();
-    rt.load_library("examples", &weft_test_support::go_library("main"))
+    rt.load_library("examples", &weft_test_support::go_library("test"))
         .unwrap();
     let id = rt
         .instantiate(InstanceSpec {

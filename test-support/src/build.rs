@@ -35,8 +35,9 @@ fn once(script: &'static str, variant: &str) -> &'static Path {
         .or_insert_with(|| Box::leak(run_script(script, variant).into_boxed_path()))
 }
 
-/// The example Go plugin library built by `scripts/build-plugins VARIANT` (`main` or `abi99`) with
-/// the real Go toolchain (go build caches, so a second process pays little).
+/// The Go plugin library built by `scripts/build-plugins VARIANT` with the real Go toolchain (go
+/// build caches, so a second process pays little): `test` (the examples and the test and bench
+/// plugins: what tests load), `main` (the examples only) or `abi99`.
 pub fn go_library(variant: &str) -> &'static Path {
     once("scripts/build-plugins", variant)
 }
@@ -46,13 +47,14 @@ pub fn c_plugins(variant: &str) -> &'static Path {
     once("scripts/build-c-plugins", variant)
 }
 
-/// `cgo/cmd/weft-worker` built once per process into `dir` (a test's `CARGO_TARGET_TMPDIR`).
+/// `cgo/cmd/weft-worker` with the test plugins (`-tags weft_testplugins`), built once per process
+/// into `dir` (a test's `CARGO_TARGET_TMPDIR`).
 pub fn weft_worker(dir: &Path) -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let out = dir.join("weft-worker");
         let st = Command::new("go")
-            .args(["build", "-o"])
+            .args(["build", "-tags", "weft_testplugins", "-o"])
             .arg(&out)
             .arg("./cmd/weft-worker")
             .current_dir(repo_root().join("cgo"))

@@ -204,7 +204,7 @@ fn main() {
         assert!(ok, "cargo build --release -p weft-proxy failed");
         target_dir().join("release/weft-proxy")
     });
-    let lib = weft_test_support::go_library("main").to_path_buf();
+    let lib = weft_test_support::go_library("test").to_path_buf();
     let up = spawn_upstream(args.chunk);
     let addr = weft_test_support::free_port();
     let dir = std::env::temp_dir().join(format!("weft-body-bench-{}", std::process::id()));

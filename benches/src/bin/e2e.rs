@@ -79,7 +79,8 @@ struct Args {
     /// and use it from the workspace's target dir (CARGO_TARGET_DIR respected).
     #[arg(long, env = "WEFT_PROXY_BIN")]
     weft_bin: Option<PathBuf>,
-    /// Go plugin library [env WEFT_PLUGIN_LIB]; default: built by scripts/build-plugins.
+    /// Go plugin library with the bench plugins [env WEFT_PLUGIN_LIB]; default: built by
+    /// `scripts/build-plugins test`.
     #[arg(long, env = "WEFT_PLUGIN_LIB")]
     plugin_lib: Option<PathBuf>,
     /// The example C plugin library (`libweft_c_stamp.so`) [env WEFT_C_PLUGIN_LIB]; default:
@@ -148,7 +149,7 @@ enum Kind {
 /// Which library a plugin comes from.
 #[derive(Clone, Copy, PartialEq)]
 enum Lib {
-    /// The Go example library (`scripts/build-plugins`).
+    /// The Go library with the bench plugins (`scripts/build-plugins test`).
     Go,
     /// The example C plugin (`scripts/build-c-plugins`: `libweft_c_stamp.so`).
     C,
@@ -1640,8 +1641,8 @@ fn run(args: Args) -> Result<(), String> {
     let plugin_lib = match &args.plugin_lib {
         Some(p) => p.clone(),
         None => {
-            eprintln!("e2e: scripts/build-plugins");
-            weft_test_support::go_library("main").to_path_buf()
+            eprintln!("e2e: scripts/build-plugins test");
+            weft_test_support::go_library("test").to_path_buf()
         }
     };
     // The weft config names the library; relative paths there resolve against the config's dir.

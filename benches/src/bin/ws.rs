@@ -42,7 +42,7 @@ fn main() {
         target.join("release/weft-proxy")
     });
     let lib = arg("--lib").map(|p| std::fs::canonicalize(&p).unwrap_or_else(|_| PathBuf::from(p)));
-    let lib = lib.unwrap_or_else(|| weft_test_support::go_library("main").to_path_buf());
+    let lib = lib.unwrap_or_else(|| weft_test_support::go_library("test").to_path_buf());
     let conns: usize = arg("--fanout").and_then(|s| s.parse().ok()).unwrap_or(1000);
     let addr = weft_test_support::free_port();
     let dir = std::env::temp_dir().join(format!("weft-ws-bench-{}", std::process::id()));

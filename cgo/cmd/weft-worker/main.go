@@ -1,6 +1,6 @@
-// Command weft-worker serves the example and test plugins (the very same registrations as the
-// c-shared library in cmd/weft-plugins; a test checks the imports match) to weft proxies over
-// NATS:
+// Command weft-worker serves the example plugins (the very same registrations as the c-shared
+// library in cmd/weft-plugins; a test checks the imports match; with -tags weft_testplugins the
+// test plugins too) to weft proxies over NATS:
 //
 //	go run ./cmd/weft-worker -nats nats://127.0.0.1:4222 -plugin header-rewriter \
 //	    -instance rewrite -config '{"request_set": {"x-env": "prod"}}'
@@ -44,7 +44,6 @@ import (
 	_ "github.com/weftrs/weft/cgo/examples/redact"
 	_ "github.com/weftrs/weft/cgo/examples/timing"
 	"github.com/weftrs/weft/cgo/internal/core"
-	_ "github.com/weftrs/weft/cgo/internal/testplugins"
 	"github.com/weftrs/weft/cgo/weft/natsworker"
 )
 
