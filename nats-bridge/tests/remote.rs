@@ -57,7 +57,7 @@ async fn header_rewriter_remote_equals_in_process() {
         ..Default::default()
     })
     .unwrap();
-    rt.load_library("examples", &lib).unwrap();
+    rt.load_library("examples", lib).unwrap();
     let id = rt
         .instantiate(weft_runtime::InstanceSpec {
             name: "rewrite".into(),

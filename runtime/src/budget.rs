@@ -12,9 +12,10 @@
 //! far the slices travel (into hyper, into a pending call's orphan).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+
+use crate::sync::stat::{AtomicU64, Ordering};
 
 /// Default limit of [`ByteBudget`]: 256 MiB, room for about 85 buffered calls at the default
 /// `max_buffered_body_bytes` of 1 MiB (the body plus an output buffer of twice its size).

@@ -7,7 +7,7 @@
 pub mod abi;
 pub mod arena;
 pub mod budget;
-pub mod completion;
+pub(crate) mod completion;
 mod engine;
 mod host;
 pub mod log_queue;
@@ -17,7 +17,7 @@ mod plugin;
 pub mod plugin_log;
 pub mod remote;
 pub mod ring;
-pub mod sync;
+pub(crate) mod sync;
 pub mod view;
 pub mod watchdog;
 pub mod workers;

@@ -18,10 +18,9 @@
 //! The hand-over ([`Handoff`]) is the classic "parked flag" protocol: the log thread stores `parked` and then
 //! looks at the queue; a producer pushes and then looks at `parked`; a `SeqCst` fence on each side
 //! means at least one of them sees the other's write, and `unpark` before `park` is not lost
-//! (the thread's park token). `loom-tests/tests/log_queue.rs` models it.
+//! (the thread's park token). The loom models below (`loom_models`) check it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Wake, Waker};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -30,6 +29,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 
 use crate::Runtime;
 use crate::engine::LogJob;
+use crate::sync::stat::{AtomicBool, Ordering};
 
 /// How long the log thread sleeps between looks while requests keep coming.
 pub const BATCH_PERIOD: Duration = Duration::from_millis(2);
@@ -37,7 +37,7 @@ pub const BATCH_PERIOD: Duration = Duration::from_millis(2);
 pub const IDLE_AFTER: Duration = Duration::from_millis(50);
 
 /// The "parked flag" hand-over between producers and one consumer that does not block on the
-/// queue (checked by the loom model `loom-tests/tests/log_queue.rs`).
+/// queue (checked by the loom models below).
 #[derive(Debug, Default)]
 pub struct Handoff {
     parked: crate::sync::AtomicBool,
@@ -132,6 +132,8 @@ impl LogQueue {
     }
 
     /// Queues `job`; gives it back when the queue is full.
+    // The job moves through the channel by value anyway; boxing it would allocate per request.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn submit(&self, job: LogJob) -> Result<(), LogJob> {
         self.tx.try_send(job).map_err(TrySendError::into_inner)?;
         if self.wake.handoff.after_push() {
@@ -222,5 +224,80 @@ fn resume_parked(parked: &mut Vec<LogJob>, cx: &mut Context<'_>) {
             continue;
         }
         i += 1;
+    }
+}
+
+#[cfg(all(test, weft_loom))]
+mod loom_models {
+    //! loom model of the log queue's hand-over (`crate::log_queue::Handoff`, built with
+    //! `--cfg weft_loom`): producers push without waking the log thread unless it announced that it
+    //! parks, and the log thread looks at the queue once more after announcing it. A lost wake-up
+    //! leaves the consumer parked with a job queued, which loom reports as a deadlock.
+    //! Run by `scripts/loom` (see docs/loom.md, which also lists the planted bug each model caught).
+
+    use crate::log_queue::Handoff;
+    use loom::sync::Arc;
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+    use loom::thread;
+
+    /// The consumer: drains the queue (a counter) until it has seen `want` jobs, parking through
+    /// the hand-over whenever it finds nothing.
+    fn consume(h: &Handoff, queue: &AtomicUsize, want: usize) {
+        let mut seen = 0;
+        loop {
+            seen += queue.swap(0, Ordering::Relaxed);
+            if seen >= want {
+                return;
+            }
+            if h.before_park(|| queue.load(Ordering::Relaxed) > 0) {
+                thread::park();
+                h.after_park();
+            }
+        }
+    }
+
+    /// A producer: pushes one job (relaxed, as the queue gives no ordering the protocol relies on),
+    /// then unparks the consumer if the hand-over says so.
+    fn produce(h: &Handoff, queue: &AtomicUsize, consumer: &thread::Thread) {
+        queue.fetch_add(1, Ordering::Relaxed);
+        if h.after_push() {
+            consumer.unpark();
+        }
+    }
+
+    #[test]
+    fn one_producer_never_leaves_a_job_behind_a_parked_consumer() {
+        loom::model(|| {
+            let h = Arc::new(Handoff::new());
+            let queue = Arc::new(AtomicUsize::new(0));
+            let c = {
+                let (h, queue) = (h.clone(), queue.clone());
+                thread::spawn(move || consume(&h, &queue, 2))
+            };
+            let consumer = c.thread().clone();
+            produce(&h, &queue, &consumer);
+            produce(&h, &queue, &consumer);
+            c.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn two_producers_never_leave_a_job_behind_a_parked_consumer() {
+        loom::model(|| {
+            let h = Arc::new(Handoff::new());
+            let queue = Arc::new(AtomicUsize::new(0));
+            let c = {
+                let (h, queue) = (h.clone(), queue.clone());
+                thread::spawn(move || consume(&h, &queue, 2))
+            };
+            let consumer = c.thread().clone();
+            let p = {
+                let (h, queue, consumer) = (h.clone(), queue.clone(), consumer.clone());
+                thread::spawn(move || produce(&h, &queue, &consumer))
+            };
+            produce(&h, &queue, &consumer);
+            p.join().unwrap();
+            c.join().unwrap();
+        });
     }
 }

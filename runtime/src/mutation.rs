@@ -1183,9 +1183,12 @@ mod tests {
         assert!(decode(&b, b.len(), WeftPhase::ResponseBody).unwrap().has_head_changes());
     }
 
+    /// Records (kind, name, value) of one batch and the phase it is decoded in.
+    type BatchCase = (Vec<(M, &'static [u8], &'static [u8])>, WeftPhase);
+
     #[test]
     fn invalid_body_records() {
-        let cases: Vec<(Vec<(M, &[u8], &[u8])>, WeftPhase)> = vec![
+        let cases: Vec<BatchCase> = vec![
             (
                 vec![(M::BodyReplace, b"a", b""), (M::BodyDrop, b"", b"")],
                 WeftPhase::RequestBody,

@@ -9,8 +9,9 @@
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
+
+use crate::sync::stat::{AtomicU32, AtomicU64, Ordering};
 
 /// Lines one plugin instance may log per second.
 pub const LINES_PER_SEC: u32 = 100;

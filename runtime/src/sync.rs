@@ -8,9 +8,15 @@
 //!   carry happens-before between threads on the request path, and the task waker of the completion
 //!   path (`atomic-waker`'s `AtomicWaker`). Under loom they are loom's.
 //! - [`stat`]: plain `std` atomics for counters that carry no synchronisation (statistics, request
-//!   ids) and for process-wide statics, which loom cannot model (its atomics are not `const`), plus
-//!   the start-up-only mutexes. Nothing on a lock-free path may use them to publish data.
+//!   ids, rate limits, budgets, settings read `Relaxed`), for process-wide statics, which loom
+//!   cannot model (its atomics are not `const`), and for the flags and locks of threads no model
+//!   drives (the log thread's wake flags, the deadline timer thread), plus mutexes off the
+//!   lock-free paths. Nothing on a modelled lock-free path may use them to publish data.
+//!
+//! This is the only file of the crate that may name `std::sync::atomic` types: `runtime/clippy.toml`
+//! disallows them everywhere else, so an atomic cannot bypass the shim unnoticed.
 #![allow(unused_imports, dead_code)]
+#![allow(clippy::disallowed_types)]
 
 #[cfg(weft_loom)]
 mod imp {
@@ -65,8 +71,9 @@ mod imp {
     pub mod thread {
         pub use std::thread::{Thread, current, park};
     }
+    pub use super::std_atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
     pub use std::sync::Arc;
-    pub use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+    pub use std::sync::atomic::{Ordering, fence};
 
     /// `std`'s cell behind loom's closure-based API, so code compiles unchanged under both.
     /// Transparent, so a cell can sit in memory laid out for another language (ring descriptors).
@@ -92,8 +99,67 @@ mod imp {
 pub use imp::*;
 
 /// `std` primitives that loom does not model (see the module docs): statistics counters, ids,
-/// statics and start-up-only locks.
+/// settings, statics, flags of unmodelled threads and locks.
 pub mod stat {
-    pub use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+    pub use super::std_atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64};
+    pub use std::sync::atomic::Ordering;
     pub use std::sync::{Mutex, MutexGuard, RwLock};
+}
+
+/// `std`'s atomics behind a transparent wrapper that dereferences to them: the same layout and,
+/// inlined, the same code, but a type of this crate, so that clippy's `disallowed-types` (which
+/// sees through re-exports) can forbid the `std` types everywhere but here.
+mod std_atomic {
+    use std::fmt;
+    use std::ops::{Deref, DerefMut};
+
+    macro_rules! wrap {
+        ($($name:ident($value:ty)),* $(,)?) => {$(
+            #[derive(Default)]
+            #[repr(transparent)]
+            pub struct $name(std::sync::atomic::$name);
+
+            impl $name {
+                #[inline(always)]
+                pub const fn new(v: $value) -> Self {
+                    $name(std::sync::atomic::$name::new(v))
+                }
+            }
+
+            impl Deref for $name {
+                type Target = std::sync::atomic::$name;
+                #[inline(always)]
+                fn deref(&self) -> &Self::Target {
+                    &self.0
+                }
+            }
+
+            impl DerefMut for $name {
+                #[inline(always)]
+                fn deref_mut(&mut self) -> &mut Self::Target {
+                    &mut self.0
+                }
+            }
+
+            impl From<$value> for $name {
+                fn from(v: $value) -> Self {
+                    $name::new(v)
+                }
+            }
+
+            impl fmt::Debug for $name {
+                fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    fmt::Debug::fmt(&self.0, f)
+                }
+            }
+        )*};
+    }
+
+    wrap!(
+        AtomicBool(bool),
+        AtomicU32(u32),
+        AtomicU64(u64),
+        AtomicUsize(usize),
+        AtomicI64(i64),
+    );
 }

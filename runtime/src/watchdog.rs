@@ -25,7 +25,7 @@ use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use crate::abi::WeftPhase;
-use crate::sync::stat::{AtomicU64, Mutex, Ordering};
+use crate::sync::stat::{AtomicBool, AtomicU64, Mutex, Ordering};
 
 /// How often the watchdog thread ticks the clock and scans: the precision of the threshold.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -38,7 +38,7 @@ static NOW_MS: Line<AtomicU64> = Line(AtomicU64::new(1));
 struct Line<T>(T);
 
 /// Whether a watchdog runs: calls record themselves only then.
-static WATCHING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static WATCHING: AtomicBool = AtomicBool::new(false);
 
 /// One host thread's inline call in progress, alone in its cache lines: the thread writes it on
 /// every call, and another thread's slot next to it would bounce the line between their cores.
@@ -82,7 +82,7 @@ thread_local! {
 /// Runs `call`, an inline call of `instance` for `phase`, where the watchdog sees it.
 #[inline]
 pub(crate) fn watched<R>(instance: u64, phase: WeftPhase, call: impl FnOnce() -> R) -> R {
-    if !WATCHING.load(std::sync::atomic::Ordering::Relaxed) {
+    if !WATCHING.load(Ordering::Relaxed) {
         return call();
     }
     let mut call = Some(call);
@@ -111,7 +111,7 @@ pub(crate) fn start() {
     STARTED.call_once(|| {
         let spawned = std::thread::Builder::new().name("weft-watchdog".into()).spawn(watch);
         match spawned {
-            Ok(_) => WATCHING.store(true, std::sync::atomic::Ordering::Relaxed),
+            Ok(_) => WATCHING.store(true, Ordering::Relaxed),
             Err(e) => tracing::error!("cannot start the weft-watchdog thread: stalled plugin calls go unnoticed: {e}"),
         }
     });

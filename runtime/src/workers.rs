@@ -42,7 +42,7 @@ use std::sync::{Arc, Weak};
 use crate::abi::{WeftJob, WeftResult};
 use crate::plugin::Library;
 use crate::ring::{self, Consumer, Producer, RingError};
-use crate::sync::stat::{AtomicU64, Mutex, Ordering};
+use crate::sync::stat::{AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering};
 
 /// Descriptors per ring unless the runtime is told otherwise.
 pub const DEFAULT_RING_CAPACITY: u32 = 1024;
@@ -53,7 +53,7 @@ pub(crate) struct RingHandle {
     /// attached.
     producer: Mutex<Option<Producer>>,
     /// The worker called `worker_exit` while the ring was still open.
-    gone: std::sync::atomic::AtomicBool,
+    gone: AtomicBool,
     /// When this ring was created: a thread whose ring failed gets a new one at most once per
     /// [`RETRY_INTERVAL`].
     created: std::time::Instant,
@@ -67,14 +67,14 @@ impl RingHandle {
     fn new() -> Arc<RingHandle> {
         Arc::new(RingHandle {
             producer: Mutex::new(None),
-            gone: std::sync::atomic::AtomicBool::new(false),
+            gone: AtomicBool::new(false),
             created: std::time::Instant::now(),
         })
     }
 
     /// Posts one job; the hot path (one relaxed load, the producer's own uncontended lock).
     fn send(&self, job: WeftJob) -> Result<(), PostError> {
-        if self.gone.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.gone.load(Ordering::Relaxed) {
             return Err(PostError::NoWorker("the worker of this thread's ring has exited"));
         }
         let mut producer = self.producer.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,7 +125,7 @@ pub fn live_ring_regions() -> u64 {
 pub(crate) struct Workers {
     /// Unique per runtime in the process (thread-locals key their rings by it).
     id: u64,
-    capacity: std::sync::atomic::AtomicU32,
+    capacity: AtomicU32,
     rings: Mutex<Vec<Arc<RingHandle>>>,
 }
 
@@ -149,7 +149,7 @@ impl Workers {
     pub(crate) fn new() -> Workers {
         Workers {
             id: NEXT_RUNTIME.fetch_add(1, Ordering::Relaxed),
-            capacity: std::sync::atomic::AtomicU32::new(DEFAULT_RING_CAPACITY),
+            capacity: AtomicU32::new(DEFAULT_RING_CAPACITY),
             rings: Mutex::new(Vec::new()),
         }
     }
@@ -162,7 +162,7 @@ impl Workers {
                 max: ring::MAX_CAPACITY,
             });
         }
-        self.capacity.store(capacity, std::sync::atomic::Ordering::Relaxed);
+        self.capacity.store(capacity, Ordering::Relaxed);
         Ok(())
     }
 
@@ -241,7 +241,7 @@ impl Workers {
             tracing::error!(%library, "a blocking plugin instance of a library without attach_worker");
             return handle;
         };
-        let capacity = self.capacity.load(std::sync::atomic::Ordering::Relaxed);
+        let capacity = self.capacity.load(Ordering::Relaxed);
         let (producer, consumer) = match ring::ring(capacity) {
             Ok(pair) => pair,
             Err(e) => {
@@ -365,7 +365,7 @@ fn worker_exit(addr: usize) {
 /// The worker of an open ring says it left: close the ring (jobs left in it reach their deadline)
 /// and let its posting thread attach a new one.
 fn left_early(h: &RingHandle, library: &str) {
-    h.gone.store(true, std::sync::atomic::Ordering::Relaxed);
+    h.gone.store(true, Ordering::Relaxed);
     h.close();
     tracing::warn!(
         %library,

@@ -7,6 +7,9 @@
 //!
 //! Timing is generous (a loaded 2-core machine): deadlines are far from the delays that must beat
 //! them, and everything that happens "later" is waited for in loops with long timeouts.
+// An integration test is outside the crate: the sync shim is private to it, and loom never
+// runs these, so std's atomics are the right ones here.
+#![allow(clippy::disallowed_types)]
 
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;

@@ -1,6 +1,9 @@
 //! Body phases through the runtime with the real Go library: streamed chunks (cut to half a
 //! slot, passed without a copy), edits, skipping, buffered mode (heap out buffer for a body
 //! larger than a slot) and the failure policy.
+// An integration test is outside the crate: the sync shim is private to it, and loom never
+// runs these, so std's atomics are the right ones here.
+#![allow(clippy::disallowed_types)]
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,7 +27,7 @@ fn runtime() -> &'static Arc<Runtime> {
             ..RuntimeOptions::default()
         })
         .unwrap();
-        rt.load_library("examples", &lib).expect("load example library");
+        rt.load_library("examples", lib).expect("load example library");
         rt
     })
 }

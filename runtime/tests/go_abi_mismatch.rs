@@ -7,7 +7,7 @@ use weft_runtime::{LoadError, Runtime, RuntimeOptions};
 fn other_abi_version_is_refused_and_names_both_versions() {
     let lib = weft_test_support::go_library("abi99");
     let rt = Runtime::new(RuntimeOptions::default()).unwrap();
-    let err = rt.load_library("abi99", &lib).unwrap_err();
+    let err = rt.load_library("abi99", lib).unwrap_err();
     assert!(
         matches!(
             err,
@@ -25,6 +25,6 @@ fn other_abi_version_is_refused_and_names_both_versions() {
 
     // Its Go runtime is now running, so the good library is a second Go runtime: refused too.
     let good = weft_test_support::go_library("main");
-    let err = rt.load_library("main", &good).unwrap_err();
+    let err = rt.load_library("main", good).unwrap_err();
     assert!(matches!(err, LoadError::SecondGoRuntime { .. }), "{err:?}");
 }

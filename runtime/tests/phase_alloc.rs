@@ -79,7 +79,7 @@ fn allocations_per_phase(rt: &Arc<Runtime>, plugin: &str) -> f64 {
 #[test]
 fn request_headers_phase_allocations() {
     let rt = Runtime::new(RuntimeOptions::default()).unwrap();
-    rt.load_library("examples", &weft_test_support::go_library("test"))
+    rt.load_library("examples", weft_test_support::go_library("test"))
         .unwrap();
     rt.thread_start();
     // View encoding, the call, an empty batch: nothing on the heap.

@@ -154,10 +154,10 @@ async fn fanout(addr: SocketAddr, n: usize) {
         let done = done_tx.clone();
         tokio::spawn(async move {
             while let Some(Ok(m)) = rx.next().await {
-                if let Message::Text(t) = m {
-                    if let Some(round) = t.as_str().strip_prefix("round ") {
-                        let _ = done.send(round.parse().unwrap());
-                    }
+                if let Message::Text(t) = m
+                    && let Some(round) = t.as_str().strip_prefix("round ")
+                {
+                    let _ = done.send(round.parse().unwrap());
                 }
             }
         });

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::Instant;
 
-use crate::sync::stat::{AtomicU64, Ordering};
+use crate::sync::stat::{AtomicBool, AtomicU64, Mutex, Ordering};
 
 thread_local! {
     /// This thread is parked in [`super::headers::block_on`]: it cannot drive a tokio timer
@@ -62,13 +62,13 @@ pub(super) struct ThreadTimer {
 }
 
 struct TimerState {
-    fired: std::sync::atomic::AtomicBool,
-    waker: std::sync::Mutex<Waker>,
+    fired: AtomicBool,
+    waker: Mutex<Waker>,
 }
 
 /// The deadlines the `weft-deadline` thread watches, earliest first.
 struct Timers {
-    map: std::sync::Mutex<std::collections::BTreeMap<(Instant, u64), Arc<TimerState>>>,
+    map: Mutex<std::collections::BTreeMap<(Instant, u64), Arc<TimerState>>>,
     changed: std::sync::Condvar,
 }
 
@@ -76,7 +76,7 @@ fn timers() -> &'static Timers {
     static TIMERS: std::sync::OnceLock<&'static Timers> = std::sync::OnceLock::new();
     TIMERS.get_or_init(|| {
         let t: &'static Timers = Box::leak(Box::new(Timers {
-            map: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            map: Mutex::new(std::collections::BTreeMap::new()),
             changed: std::sync::Condvar::new(),
         }));
         let spawned = std::thread::Builder::new().name("weft-deadline".into()).spawn(move || {
@@ -86,7 +86,7 @@ fn timers() -> &'static Timers {
                 match map.first_key_value().map(|(k, _)| *k) {
                     Some(k) if k.0 <= now => {
                         let state = map.remove(&k).expect("first key");
-                        state.fired.store(true, std::sync::atomic::Ordering::Release);
+                        state.fired.store(true, Ordering::Release);
                         let waker = state.waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
                         // Woken without the lock: the woken task may drop other timers.
                         drop(map);
@@ -117,7 +117,7 @@ impl ThreadTimer {
         let key = (deadline, SEQ.fetch_add(1, Ordering::Relaxed));
         let state = Arc::new(TimerState {
             fired: false.into(),
-            waker: std::sync::Mutex::new(waker.clone()),
+            waker: Mutex::new(waker.clone()),
         });
         let t = timers();
         let mut map = t.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -136,13 +136,13 @@ impl ThreadTimer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone_from(cx.waker());
-        self.state.fired.load(std::sync::atomic::Ordering::Acquire)
+        self.state.fired.load(Ordering::Acquire)
     }
 }
 
 impl Drop for ThreadTimer {
     fn drop(&mut self) {
-        if !self.state.fired.load(std::sync::atomic::Ordering::Acquire) {
+        if !self.state.fired.load(Ordering::Acquire) {
             timers().map.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
         }
     }
