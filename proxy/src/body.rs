@@ -34,6 +34,8 @@ pub type SharedExchange = Arc<tokio::sync::Mutex<Exchange>>;
 
 /// The exchange of a request, owned or shared; kept alive by the response body so that its
 /// log phase runs (and its slot returns) after the response.
+// Boxing the owned exchange would cost an allocation per request on the common path.
+#[allow(clippy::large_enum_variant)]
 pub enum Keep {
     Owned(Exchange),
     Shared(SharedExchange),
@@ -266,6 +268,8 @@ impl Body for Pieces {
 }
 
 /// The request body sent upstream.
+// Boxing the plugin variant would cost an allocation per request with a body plugin.
+#[allow(clippy::large_enum_variant)]
 pub enum UpstreamBody {
     /// Untouched (no body plugin, or all skipped it).
     Plain(RequestBody),

@@ -542,10 +542,10 @@ impl Config {
             let path = e.path().to_string();
             let mut message = e.into_inner().to_string();
             // serde_yaml_ng prefixes its own (shorter) path; ours is already in the error.
-            if let Some((prefix, rest)) = message.split_once(": ") {
-                if path.starts_with(prefix) {
-                    message = rest.to_owned();
-                }
+            if let Some((prefix, rest)) = message.split_once(": ")
+                && path.starts_with(prefix)
+            {
+                message = rest.to_owned();
             }
             ConfigErrors(vec![ConfigError {
                 file: file.to_owned(),
@@ -558,10 +558,10 @@ impl Config {
                 lib.path = base_dir.join(&lib.path);
             }
         }
-        if let Some(path) = config.admin.as_mut().and_then(|a| a.token_file.as_mut()) {
-            if path.is_relative() {
-                *path = base_dir.join(&*path);
-            }
+        if let Some(path) = config.admin.as_mut().and_then(|a| a.token_file.as_mut())
+            && path.is_relative()
+        {
+            *path = base_dir.join(&*path);
         }
         if let Some(nats) = &mut config.nats {
             let resolve = |p: &mut Option<PathBuf>| {

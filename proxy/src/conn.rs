@@ -65,10 +65,10 @@ pub fn timeout_in(e: &(dyn std::error::Error + 'static)) -> Option<TimeoutKind> 
         if let Some(t) = err.downcast_ref::<Timeout>() {
             return Some(t.0);
         }
-        if let Some(t) = err.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
-            if let Some(t) = t.downcast_ref::<Timeout>() {
-                return Some(t.0);
-            }
+        if let Some(t) = err.downcast_ref::<io::Error>().and_then(|io| io.get_ref())
+            && let Some(t) = t.downcast_ref::<Timeout>()
+        {
+            return Some(t.0);
         }
         cur = err.source();
     }

@@ -2,6 +2,9 @@
 //! route, request phases, request body, forward, response phases, response body. Each stage
 //! either hands the request on or ends it with a response (`Err(reply)`); a reply built after
 //! the plugin chain started carries the exchange, so the log phase still runs when it is sent.
+// An early answer (`Err(reply)`) is a normal outcome of a stage, not a rare failure: boxing it to
+// shrink the `Result` would add an allocation to every such answer.
+#![allow(clippy::result_large_err)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

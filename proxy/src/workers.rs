@@ -222,18 +222,12 @@ mod tests {
     struct WhereAmI;
 
     impl Handler for WhereAmI {
-        fn handle(
-            &self,
-            _req: Request<RequestBody>,
-            _client: SocketAddr,
-        ) -> impl Future<Output = Response<ProxyBody>> + Send {
-            async {
-                let here = std::thread::current().name().unwrap_or("?").to_owned();
-                let spawned = tokio::spawn(async { std::thread::current().name().unwrap_or("?").to_owned() })
-                    .await
-                    .unwrap();
-                crate::forward::local_reply(StatusCode::OK, &format!("{here} {spawned}"), None)
-            }
+        async fn handle(&self, _req: Request<RequestBody>, _client: SocketAddr) -> Response<ProxyBody> {
+            let here = std::thread::current().name().unwrap_or("?").to_owned();
+            let spawned = tokio::spawn(async { std::thread::current().name().unwrap_or("?").to_owned() })
+                .await
+                .unwrap();
+            crate::forward::local_reply(StatusCode::OK, &format!("{here} {spawned}"), None)
         }
     }
 

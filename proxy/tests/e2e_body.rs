@@ -818,15 +818,14 @@ async fn rss_stays_flat_while_1gib_streams_through_a_plugin() {
         let (peak, stop) = (Arc::clone(&sampled_peak), Arc::clone(&stop));
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                    if let Some(kib) = s
+                if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    && let Some(kib) = s
                         .lines()
                         .find(|l| l.starts_with("VmRSS:"))
                         .and_then(|l| l.split_whitespace().nth(1))
                         .and_then(|v| v.parse::<u64>().ok())
-                    {
-                        peak.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
-                    }
+                {
+                    peak.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
