@@ -436,6 +436,39 @@ pub struct UpstreamConfig {
     /// the response is cut off (the client's connection closed or stream reset).
     #[serde(default)]
     pub body_timeout_ms: Option<u64>,
+    /// Passive ejection: an address that fails this many times in a row is skipped for a while.
+    #[serde(default)]
+    pub ejection: EjectionConfig,
+}
+
+/// `upstreams[].ejection`: passive health. A connect failure, a failed exchange, a timeout or a
+/// 5xx response counts as a failure; any other response resets the count.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EjectionConfig {
+    /// Consecutive failures that eject an address ([`DEFAULT_EJECTION_CONSECUTIVE_FAILURES`]).
+    #[serde(default = "default_ejection_failures")]
+    pub consecutive_failures: u32,
+    /// How long an ejected address is skipped ([`DEFAULT_EJECTION_MS`]); then it gets traffic
+    /// again, and its first failure ejects it again.
+    #[serde(default = "default_ejection_ms")]
+    pub duration_ms: u64,
+}
+
+impl Default for EjectionConfig {
+    fn default() -> EjectionConfig {
+        EjectionConfig {
+            consecutive_failures: DEFAULT_EJECTION_CONSECUTIVE_FAILURES,
+            duration_ms: DEFAULT_EJECTION_MS,
+        }
+    }
+}
+
+fn default_ejection_failures() -> u32 {
+    DEFAULT_EJECTION_CONSECUTIVE_FAILURES
+}
+fn default_ejection_ms() -> u64 {
+    DEFAULT_EJECTION_MS
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1178,6 +1211,32 @@ routes:
         assert_eq!(l.connection_cap(), 50);
         let default_cap = Limits::default().connection_cap();
         assert!((64..=DEFAULT_MAX_CONNECTIONS).contains(&default_cap), "{default_cap}");
+    }
+
+    #[test]
+    fn ejection_defaults_and_errors() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(
+            c.upstreams[0].ejection.consecutive_failures,
+            DEFAULT_EJECTION_CONSECUTIVE_FAILURES
+        );
+        assert_eq!(c.upstreams[0].ejection.duration_ms, DEFAULT_EJECTION_MS);
+        let with = |e: &str| GOOD.replace("timeout_ms: 500", &format!("timeout_ms: 500\n    ejection: {e}"));
+        let c = parse(&with("{ consecutive_failures: 5, duration_ms: 250 }")).unwrap();
+        assert_eq!(
+            (
+                c.upstreams[0].ejection.consecutive_failures,
+                c.upstreams[0].ejection.duration_ms
+            ),
+            (5, 250)
+        );
+        assert_eq!(
+            errors(&with("{ consecutive_failures: 0, duration_ms: 0 }")),
+            [
+                "config error in proxy.yaml at upstreams[0].ejection.consecutive_failures: must be at least 1",
+                "config error in proxy.yaml at upstreams[0].ejection.duration_ms: must be between 1 and 86400000 (one day), got 0",
+            ]
+        );
     }
 
     #[test]

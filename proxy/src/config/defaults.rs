@@ -47,6 +47,11 @@ pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
 /// `upstreams[].body_timeout_ms`.
 pub const DEFAULT_UPSTREAM_BODY_TIMEOUT_MS: u64 = 60_000;
 
+/// `upstreams[].ejection.consecutive_failures`.
+pub const DEFAULT_EJECTION_CONSECUTIVE_FAILURES: u32 = 3;
+/// `upstreams[].ejection.duration_ms`.
+pub const DEFAULT_EJECTION_MS: u64 = 10_000;
+
 /// `routes[].path_prefix`.
 pub const DEFAULT_PATH_PREFIX: &str = "/";
 /// `routes[].max_buffered_body_bytes` (1 MiB).

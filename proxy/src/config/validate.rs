@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::{
-    Config, ConfigError, ConfigErrors, MAX_BUFFERED_BODY_BYTES, MAX_TIMEOUT_MS, NatsConfig, PluginConfig, PluginType,
-    REMOTE_PHASES, RouteConfig, RuntimeConfig, STALL_THRESHOLD_MAX_MS, STALL_THRESHOLD_MIN_MS, UpstreamConfig,
-    admin_listen_is_loopback, parse_method, parse_upstream_address,
+    Config, ConfigError, ConfigErrors, EjectionConfig, MAX_BUFFERED_BODY_BYTES, MAX_TIMEOUT_MS, NatsConfig,
+    PluginConfig, PluginType, REMOTE_PHASES, RouteConfig, RuntimeConfig, STALL_THRESHOLD_MAX_MS,
+    STALL_THRESHOLD_MIN_MS, UpstreamConfig, admin_listen_is_loopback, parse_method, parse_upstream_address,
 };
 
 /// The indices of the named entries, by name, for the sections that refer to them.
@@ -455,6 +455,20 @@ fn validate_upstream(i: usize, u: &UpstreamConfig, err: &mut impl FnMut(String, 
     }
     if let Some(msg) = u.body_timeout_ms.and_then(timeout_problem) {
         err(format!("upstreams[{i}].body_timeout_ms"), msg);
+    }
+    validate_ejection(i, &u.ejection, err);
+}
+
+/// `upstreams[i].ejection`.
+fn validate_ejection(i: usize, e: &EjectionConfig, err: &mut impl FnMut(String, String)) {
+    if e.consecutive_failures == 0 {
+        err(
+            format!("upstreams[{i}].ejection.consecutive_failures"),
+            "must be at least 1".into(),
+        );
+    }
+    if let Some(msg) = timeout_problem(e.duration_ms) {
+        err(format!("upstreams[{i}].ejection.duration_ms"), msg);
     }
 }
 

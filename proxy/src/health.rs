@@ -1,0 +1,254 @@
+//! Per-address health of an upstream, shared by every serving thread through atomics.
+//!
+//! Passive ejection (`upstreams[].ejection`): each exchange reports its outcome
+//! ([`AddressHealth::record`]); after `consecutive_failures` failures in a row the address is
+//! ejected for `duration_ms`, during which [`AddressHealth::available`] is false and the
+//! balancer skips it. When the back-off has passed the address gets traffic again on trial:
+//! its first failure ejects it again, its first success makes it healthy.
+//!
+//! The request path reads one relaxed atomic while an address is healthy; the clock is only
+//! read while it is ejected. Transitions (ejected, back on trial) are taken by one thread with a
+//! compare-exchange, so each is logged and counted once, not once per request or thread.
+
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::config::EjectionConfig;
+use crate::metrics::AddressMetrics;
+
+const HEALTHY: u8 = 0;
+const EJECTED: u8 = 1;
+/// Back from an ejection: one failure ejects it again.
+const TRIAL: u8 = 2;
+
+/// What one exchange with an address came to, as far as its health goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response that is not a 5xx.
+    Success,
+    /// No connection, a failed exchange, no response head in time, or a 5xx response.
+    Failure,
+    /// Says nothing about the address (the client's body stalled).
+    Neutral,
+}
+
+impl Outcome {
+    pub fn of_status(status: http::StatusCode) -> Outcome {
+        if status.is_server_error() {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct AddressHealth {
+    upstream: String,
+    address: String,
+    state: AtomicU8,
+    failures: AtomicU32,
+    /// While [`EJECTED`]: until when, in milliseconds of [`now_ms`].
+    ejected_until: AtomicU64,
+    threshold: u32,
+    duration: Duration,
+    metrics: AddressMetrics,
+}
+
+impl AddressHealth {
+    pub fn new(upstream: &str, address: &str, config: &EjectionConfig, metrics: AddressMetrics) -> AddressHealth {
+        metrics.healthy.set(1);
+        AddressHealth {
+            upstream: upstream.to_owned(),
+            address: address.to_owned(),
+            state: AtomicU8::new(HEALTHY),
+            failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            threshold: config.consecutive_failures.max(1),
+            duration: Duration::from_millis(config.duration_ms),
+            metrics,
+        }
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Whether the address may get a request now. An ejection whose back-off has passed ends
+    /// here: the address goes on trial.
+    pub fn available(&self) -> bool {
+        if self.state.load(Ordering::Relaxed) != EJECTED {
+            return true;
+        }
+        if now_ms() < self.ejected_until.load(Ordering::Acquire) {
+            return false;
+        }
+        if self
+            .state
+            .compare_exchange(EJECTED, TRIAL, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.metrics.healthy.set(1);
+            info!(upstream = %self.upstream, address = %self.address, "upstream address back in rotation on trial");
+        }
+        true
+    }
+
+    /// Whether the address is ejected now (for tests and the admin view).
+    pub fn is_ejected(&self) -> bool {
+        !self.available()
+    }
+
+    /// Counts one exchange's outcome; may eject the address.
+    pub fn record(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Neutral => {}
+            Outcome::Success => {
+                self.failures.store(0, Ordering::Relaxed);
+                if self.state.load(Ordering::Relaxed) == TRIAL
+                    && self
+                        .state
+                        .compare_exchange(TRIAL, HEALTHY, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    info!(upstream = %self.upstream, address = %self.address, "upstream address healthy again");
+                }
+            }
+            Outcome::Failure => {
+                let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let state = self.state.load(Ordering::Relaxed);
+                if state == TRIAL || (state == HEALTHY && failures >= self.threshold) {
+                    self.eject(state, failures);
+                }
+            }
+        }
+    }
+
+    /// Ejects the address unless another thread did first.
+    fn eject(&self, from: u8, failures: u32) {
+        let until = now_ms() + self.duration.as_millis() as u64;
+        self.ejected_until.store(until, Ordering::Release);
+        if self
+            .state
+            .compare_exchange(from, EJECTED, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.failures.store(0, Ordering::Relaxed);
+            self.metrics.healthy.set(0);
+            self.metrics.ejections.inc();
+            warn!(
+                upstream = %self.upstream, address = %self.address, failures,
+                ejected_for = ?self.duration, "upstream address ejected after consecutive failures"
+            );
+        }
+    }
+
+    /// Counts a request in flight to this address until the guard drops.
+    pub fn active(&self) -> ActiveGuard<'_> {
+        self.metrics.active.inc();
+        ActiveGuard(self)
+    }
+}
+
+pub struct ActiveGuard<'a>(&'a AddressHealth);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.active.dec();
+    }
+}
+
+/// The health of `address` of `upstream`: the one the serving proxy already has when it has
+/// the same ejection settings (a reload keeps an ejection and its metrics), else a new one.
+pub fn shared(upstream: &str, address: &str, config: &EjectionConfig) -> Arc<AddressHealth> {
+    type Key = (String, String);
+    static LIVE: Mutex<Vec<(Key, Weak<AddressHealth>)>> = Mutex::new(Vec::new());
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    live.retain(|(_, w)| w.strong_count() > 0);
+    let same = |h: &AddressHealth| {
+        h.threshold == config.consecutive_failures.max(1) && h.duration == Duration::from_millis(config.duration_ms)
+    };
+    let found = live
+        .iter()
+        .filter(|((u, a), _)| u == upstream && a == address)
+        .find_map(|(_, w)| w.upgrade().filter(|h| same(h)));
+    if let Some(h) = found {
+        return h;
+    }
+    let metrics = crate::metrics::global().address(upstream, address);
+    let h = Arc::new(AddressHealth::new(upstream, address, config, metrics));
+    live.push(((upstream.to_owned(), address.to_owned()), Arc::downgrade(&h)));
+    h
+}
+
+/// Milliseconds since the first call in this process (a monotonic clock that fits an atomic).
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(failures: u32, ms: u64) -> AddressHealth {
+        let config = EjectionConfig {
+            consecutive_failures: failures,
+            duration_ms: ms,
+        };
+        AddressHealth::new("u", "127.0.0.1:1", &config, AddressMetrics::default())
+    }
+
+    #[test]
+    fn ejects_after_consecutive_failures_only() {
+        let h = health(3, 60_000);
+        h.record(Outcome::Failure);
+        h.record(Outcome::Failure);
+        h.record(Outcome::Success);
+        h.record(Outcome::Failure);
+        h.record(Outcome::Failure);
+        assert!(h.available(), "a success in between resets the count");
+        h.record(Outcome::Failure);
+        assert!(!h.available());
+        assert_eq!(h.metrics.ejections.get(), 1);
+        assert_eq!(h.metrics.healthy.get(), 0);
+    }
+
+    #[test]
+    fn neutral_outcomes_neither_count_nor_reset() {
+        let h = health(2, 60_000);
+        h.record(Outcome::Failure);
+        h.record(Outcome::Neutral);
+        h.record(Outcome::Failure);
+        assert!(h.is_ejected());
+    }
+
+    #[test]
+    fn back_on_trial_after_the_back_off_and_one_failure_ejects_again() {
+        let h = health(3, 30);
+        for _ in 0..3 {
+            h.record(Outcome::Failure);
+        }
+        assert!(!h.available());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(h.available());
+        assert_eq!(h.metrics.healthy.get(), 1);
+        h.record(Outcome::Failure);
+        assert!(!h.available(), "on trial, one failure ejects");
+        assert_eq!(h.metrics.ejections.get(), 2);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(h.available());
+        h.record(Outcome::Success);
+        h.record(Outcome::Failure);
+        assert!(h.available(), "healthy again: the threshold applies");
+    }
+
+    #[test]
+    fn five_hundreds_are_failures() {
+        assert_eq!(Outcome::of_status(http::StatusCode::BAD_GATEWAY), Outcome::Failure);
+        assert_eq!(Outcome::of_status(http::StatusCode::NOT_FOUND), Outcome::Success);
+    }
+}
