@@ -6,18 +6,25 @@
 //! balancer skips it. When the back-off has passed the address gets traffic again on trial:
 //! its first failure ejects it again, its first success makes it healthy.
 //!
+//! Active checks (`upstreams[].health_check`) run on the control runtime, one task per address:
+//! `unhealthy_threshold` failed checks in a row take the address out, `healthy_threshold`
+//! passed ones bring it back. An address is in rotation while neither mechanism keeps it out.
+//!
 //! The request path reads one relaxed atomic while an address is healthy; the clock is only
 //! read while it is ejected. Transitions (ejected, back on trial) are taken by one thread with a
 //! compare-exchange, so each is logged and counted once, not once per request or thread.
 
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::config::EjectionConfig;
+use http::uri::Authority;
+
+use crate::config::{EjectionConfig, HealthCheckConfig};
 use crate::metrics::AddressMetrics;
+use crate::upstream::Upstream;
 
 const HEALTHY: u8 = 0;
 const EJECTED: u8 = 1;
@@ -50,6 +57,8 @@ pub struct AddressHealth {
     upstream: String,
     address: String,
     state: AtomicU8,
+    /// The active checks took the address out (`upstreams[].health_check`).
+    check_down: AtomicBool,
     failures: AtomicU32,
     /// While [`EJECTED`]: until when, in milliseconds of [`now_ms`].
     ejected_until: AtomicU64,
@@ -65,6 +74,7 @@ impl AddressHealth {
             upstream: upstream.to_owned(),
             address: address.to_owned(),
             state: AtomicU8::new(HEALTHY),
+            check_down: AtomicBool::new(false),
             failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             threshold: config.consecutive_failures.max(1),
@@ -80,6 +90,9 @@ impl AddressHealth {
     /// Whether the address may get a request now. An ejection whose back-off has passed ends
     /// here: the address goes on trial.
     pub fn available(&self) -> bool {
+        if self.check_down.load(Ordering::Relaxed) {
+            return false;
+        }
         if self.state.load(Ordering::Relaxed) != EJECTED {
             return true;
         }
@@ -91,7 +104,7 @@ impl AddressHealth {
             .compare_exchange(EJECTED, TRIAL, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
-            self.metrics.healthy.set(1);
+            self.update_gauge();
             info!(upstream = %self.upstream, address = %self.address, "upstream address back in rotation on trial");
         }
         true
@@ -137,13 +150,29 @@ impl AddressHealth {
             .is_ok()
         {
             self.failures.store(0, Ordering::Relaxed);
-            self.metrics.healthy.set(0);
+            self.update_gauge();
             self.metrics.ejections.inc();
             warn!(
                 upstream = %self.upstream, address = %self.address, failures,
                 ejected_for = ?self.duration, "upstream address ejected after consecutive failures"
             );
         }
+    }
+
+    /// The active checks' verdict: `down` takes the address out of rotation until they bring it
+    /// back. Returns whether this changed anything.
+    pub fn set_check_down(&self, down: bool) -> bool {
+        let changed = self.check_down.swap(down, Ordering::AcqRel) != down;
+        if changed {
+            self.update_gauge();
+        }
+        changed
+    }
+
+    /// `healthy` is 1 while neither the checks nor an ejection keep the address out.
+    fn update_gauge(&self) {
+        let out = self.check_down.load(Ordering::Acquire) || self.state.load(Ordering::Acquire) == EJECTED;
+        self.metrics.healthy.set(i64::from(!out));
     }
 
     /// Counts a request in flight to this address until the guard drops.
@@ -182,6 +211,83 @@ pub fn shared(upstream: &str, address: &str, config: &EjectionConfig) -> Arc<Add
     let h = Arc::new(AddressHealth::new(upstream, address, config, metrics));
     live.push(((upstream.to_owned(), address.to_owned()), Arc::downgrade(&h)));
     h
+}
+
+/// Starts the active checks of every address of `upstream` on the current runtime (the
+/// control runtime). Each stops once the upstream is dropped (replaced by a reload).
+pub fn spawn_checks(upstream: &Arc<Upstream>, config: &HealthCheckConfig) {
+    for (addr, health) in upstream.addresses().iter().zip(upstream.health()) {
+        let (weak, addr, health, config) = (
+            Arc::downgrade(upstream),
+            addr.clone(),
+            Arc::clone(health),
+            config.clone(),
+        );
+        tokio::spawn(async move {
+            let mut streak: i64 = 0;
+            let mut interval = tokio::time::interval(Duration::from_millis(config.interval_ms));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                if weak.strong_count() == 0 {
+                    return;
+                }
+                let result = probe(&addr, &config).await;
+                streak = match (&result, streak) {
+                    (Ok(()), s) if s > 0 => s + 1,
+                    (Ok(()), _) => 1,
+                    (Err(_), s) if s < 0 => s - 1,
+                    (Err(_), _) => -1,
+                };
+                check_verdict(&health, streak, &config, result);
+            }
+        });
+    }
+}
+
+/// Applies the thresholds to a streak of checks (positive: passed in a row, negative: failed).
+fn check_verdict(health: &AddressHealth, streak: i64, config: &HealthCheckConfig, last: Result<(), String>) {
+    let (up, down) = (
+        i64::from(config.healthy_threshold),
+        -i64::from(config.unhealthy_threshold),
+    );
+    let (upstream, address) = (&health.upstream, &health.address);
+    if streak <= down && health.set_check_down(true) {
+        let reason = last.err().unwrap_or_default();
+        warn!(%upstream, %address, checks = -streak, %reason, "upstream address failed its health checks; out of rotation");
+    } else if streak >= up && health.set_check_down(false) {
+        info!(%upstream, %address, checks = streak, "upstream address passed its health checks; back in rotation");
+    }
+}
+
+/// One check: a GET of the path on a new connection, the whole exchange within the timeout.
+async fn probe(addr: &Authority, config: &HealthCheckConfig) -> Result<(), String> {
+    let timeout = Duration::from_millis(config.timeout_ms);
+    let exchange = async {
+        let stream = crate::pool::Conn::tcp(addr, timeout)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = http::Request::get(config.path.as_str())
+            .header(http::header::HOST, addr.as_str())
+            .header(http::header::USER_AGENT, "weft-proxy-health-check")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        if config.passes(status) {
+            Ok(())
+        } else {
+            Err(format!("status {status}"))
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
 }
 
 /// Milliseconds since the first call in this process (a monotonic clock that fits an atomic).

@@ -112,6 +112,11 @@ impl Upstream {
         Some(&self.health[i])
     }
 
+    /// The addresses, in config order.
+    pub fn addresses(&self) -> &[Authority] {
+        &self.addresses
+    }
+
     /// The health of every address, in config order.
     pub fn health(&self) -> &[Arc<AddressHealth>] {
         &self.health

@@ -23,6 +23,8 @@ use weft_proxy::{Config, Proxy};
 struct Upstream {
     addr: SocketAddr,
     runtime: Option<tokio::runtime::Runtime>,
+    /// What `/health` answers: 200 while true, 503 while false.
+    healthy: Arc<AtomicBool>,
 }
 
 impl Upstream {
@@ -39,14 +41,21 @@ impl Upstream {
             let _in = runtime.enter();
             tokio::net::TcpListener::from_std(listener).unwrap()
         };
+        let healthy = Arc::new(AtomicBool::new(true));
+        let flag = Arc::clone(&healthy);
         runtime.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                let flag = Arc::clone(&flag);
                 tokio::spawn(async move {
-                    let svc = service_fn(move |_req| async move {
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(name.as_bytes()))))
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let mut resp = Response::new(Full::new(Bytes::from_static(name.as_bytes())));
+                        if req.uri().path() == "/health" && !flag.load(Ordering::Relaxed) {
+                            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        async move { Ok::<_, Infallible>(resp) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -57,6 +66,7 @@ impl Upstream {
         Upstream {
             addr,
             runtime: Some(runtime),
+            healthy,
         }
     }
 
@@ -225,4 +235,47 @@ async fn no_healthy_address_answers_503_until_one_comes_back() {
     let _a = Upstream::start("a", a_addr);
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(get(&client, proxy).await, (StatusCode::OK, "a".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_health_checks_take_an_address_out_without_failing_requests() {
+    let a = Upstream::start("a", "127.0.0.1:0".parse().unwrap());
+    let b = Upstream::start("b", "127.0.0.1:0".parse().unwrap());
+    let yaml = config("checked", &[a.addr, b.addr], FAILURES, 60_000).replace(
+        "\nroutes:",
+        "\n    health_check: { path: /health, interval_ms: 30, timeout_ms: 500, \
+         healthy_threshold: 2, unhealthy_threshold: 2, expected_statuses: [200] }\nroutes:",
+    );
+    let proxy = start_proxy(&yaml).await;
+    let healthy = format!(
+        "weft_upstream_address_healthy{{upstream=\"checked\",address=\"{}\"}}",
+        b.addr
+    );
+    let client: TestClient = Client::builder(TokioExecutor::new()).build_http();
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(get(&client, proxy).await.1);
+    }
+    assert!(answers.iter().any(|b| b == "b"), "{answers:?}");
+
+    b.healthy.store(false, Ordering::Relaxed);
+    weft_test_support::wait_for("b out of rotation", Duration::from_secs(5), || metric(&healthy) == 0.0);
+    for _ in 0..20 {
+        assert_eq!(
+            get(&client, proxy).await,
+            (StatusCode::OK, "a".into()),
+            "b failed its checks"
+        );
+    }
+
+    b.healthy.store(true, Ordering::Relaxed);
+    weft_test_support::wait_for("b back in rotation", Duration::from_secs(5), || metric(&healthy) == 1.0);
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(get(&client, proxy).await.1);
+    }
+    assert!(
+        answers.iter().any(|b| b == "b"),
+        "b passed its checks again: {answers:?}"
+    );
 }

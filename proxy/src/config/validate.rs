@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::{
-    Config, ConfigError, ConfigErrors, EjectionConfig, MAX_BUFFERED_BODY_BYTES, MAX_TIMEOUT_MS, NatsConfig,
-    PluginConfig, PluginType, REMOTE_PHASES, RouteConfig, RuntimeConfig, STALL_THRESHOLD_MAX_MS,
+    Config, ConfigError, ConfigErrors, EjectionConfig, HealthCheckConfig, MAX_BUFFERED_BODY_BYTES, MAX_TIMEOUT_MS,
+    NatsConfig, PluginConfig, PluginType, REMOTE_PHASES, RouteConfig, RuntimeConfig, STALL_THRESHOLD_MAX_MS,
     STALL_THRESHOLD_MIN_MS, UpstreamConfig, admin_listen_is_loopback, parse_method, parse_upstream_address,
 };
 
@@ -457,6 +457,44 @@ fn validate_upstream(i: usize, u: &UpstreamConfig, err: &mut impl FnMut(String, 
         err(format!("upstreams[{i}].body_timeout_ms"), msg);
     }
     validate_ejection(i, &u.ejection, err);
+    if let Some(check) = &u.health_check {
+        validate_health_check(i, check, err);
+    }
+}
+
+/// `upstreams[i].health_check`.
+fn validate_health_check(i: usize, c: &HealthCheckConfig, err: &mut impl FnMut(String, String)) {
+    let at = |field: &str| format!("upstreams[{i}].health_check.{field}");
+    if !c.path.starts_with('/') || c.path.parse::<http::uri::PathAndQuery>().is_err() {
+        err(
+            at("path"),
+            format!("must be a path starting with '/', got {:?}", c.path),
+        );
+    }
+    for (field, ms) in [("interval_ms", c.interval_ms), ("timeout_ms", c.timeout_ms)] {
+        if let Some(msg) = timeout_problem(ms) {
+            err(at(field), msg);
+        }
+    }
+    for (field, n) in [
+        ("healthy_threshold", c.healthy_threshold),
+        ("unhealthy_threshold", c.unhealthy_threshold),
+    ] {
+        if n == 0 {
+            err(at(field), "must be at least 1".into());
+        }
+    }
+    if let Some(list) = &c.expected_statuses {
+        if list.is_empty() {
+            err(
+                at("expected_statuses"),
+                "must not be empty (omit it for any 2xx)".into(),
+            );
+        }
+        if let Some(bad) = list.iter().find(|s| !(100..=599).contains(*s)) {
+            err(at("expected_statuses"), format!("{bad} is not an HTTP status"));
+        }
+    }
 }
 
 /// `upstreams[i].ejection`.
