@@ -353,6 +353,27 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_with_the_same_settings_keeps_the_state() {
+        let config = EjectionConfig {
+            consecutive_failures: 1,
+            duration_ms: 60_000,
+        };
+        let old = shared("reloaded", "127.0.0.1:2", &config);
+        old.record(Outcome::Failure);
+        let same = shared("reloaded", "127.0.0.1:2", &config);
+        assert!(Arc::ptr_eq(&old, &same) && same.is_ejected(), "the ejection survives");
+        let other = EjectionConfig {
+            consecutive_failures: 2,
+            ..config
+        };
+        assert!(
+            !shared("reloaded", "127.0.0.1:2", &other).is_ejected(),
+            "new settings start afresh"
+        );
+        assert!(!shared("reloaded", "127.0.0.1:3", &config).is_ejected());
+    }
+
+    #[test]
     fn five_hundreds_are_failures() {
         assert_eq!(Outcome::of_status(http::StatusCode::BAD_GATEWAY), Outcome::Failure);
         assert_eq!(Outcome::of_status(http::StatusCode::NOT_FOUND), Outcome::Success);
