@@ -442,6 +442,86 @@ pub struct UpstreamConfig {
     /// HTTPS to this upstream (`tls.rs`); plain HTTP when absent.
     #[serde(default)]
     pub tls: Option<crate::tls::UpstreamTlsConfig>,
+    /// Passive ejection: an address that fails this many times in a row is skipped for a while.
+    #[serde(default)]
+    pub ejection: EjectionConfig,
+    /// Active health checks; none when absent.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// `upstreams[].health_check`: a GET of `path` on every address each `interval_ms`, run on the
+/// control runtime (`health.rs`), never on the serving threads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    #[serde(default = "default_check_interval_ms")]
+    pub interval_ms: u64,
+    /// For the connection and the whole response.
+    #[serde(default = "default_check_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Passed checks in a row that bring a failed address back.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Failed checks in a row that take an address out.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Statuses that pass; any 2xx when absent.
+    #[serde(default)]
+    pub expected_statuses: Option<Vec<u16>>,
+}
+
+impl HealthCheckConfig {
+    pub fn passes(&self, status: u16) -> bool {
+        match &self.expected_statuses {
+            Some(list) => list.contains(&status),
+            None => (200..300).contains(&status),
+        }
+    }
+}
+
+fn default_check_interval_ms() -> u64 {
+    DEFAULT_HEALTH_CHECK_INTERVAL_MS
+}
+fn default_check_timeout_ms() -> u64 {
+    DEFAULT_HEALTH_CHECK_TIMEOUT_MS
+}
+fn default_healthy_threshold() -> u32 {
+    DEFAULT_HEALTHY_THRESHOLD
+}
+fn default_unhealthy_threshold() -> u32 {
+    DEFAULT_UNHEALTHY_THRESHOLD
+}
+
+/// `upstreams[].ejection`: passive health. A connect failure, a failed exchange, a timeout or a
+/// 5xx response counts as a failure; any other response resets the count.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EjectionConfig {
+    /// Consecutive failures that eject an address ([`DEFAULT_EJECTION_CONSECUTIVE_FAILURES`]).
+    #[serde(default = "default_ejection_failures")]
+    pub consecutive_failures: u32,
+    /// How long an ejected address is skipped ([`DEFAULT_EJECTION_MS`]); then it gets traffic
+    /// again, and its first failure ejects it again.
+    #[serde(default = "default_ejection_ms")]
+    pub duration_ms: u64,
+}
+
+impl Default for EjectionConfig {
+    fn default() -> EjectionConfig {
+        EjectionConfig {
+            consecutive_failures: DEFAULT_EJECTION_CONSECUTIVE_FAILURES,
+            duration_ms: DEFAULT_EJECTION_MS,
+        }
+    }
+}
+
+fn default_ejection_failures() -> u32 {
+    DEFAULT_EJECTION_CONSECUTIVE_FAILURES
+}
+fn default_ejection_ms() -> u64 {
+    DEFAULT_EJECTION_MS
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1185,6 +1265,71 @@ routes:
         assert_eq!(l.connection_cap(), 50);
         let default_cap = Limits::default().connection_cap();
         assert!((64..=DEFAULT_MAX_CONNECTIONS).contains(&default_cap), "{default_cap}");
+    }
+
+    #[test]
+    fn ejection_defaults_and_errors() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(
+            c.upstreams[0].ejection.consecutive_failures,
+            DEFAULT_EJECTION_CONSECUTIVE_FAILURES
+        );
+        assert_eq!(c.upstreams[0].ejection.duration_ms, DEFAULT_EJECTION_MS);
+        let with = |e: &str| GOOD.replace("timeout_ms: 500", &format!("timeout_ms: 500\n    ejection: {e}"));
+        let c = parse(&with("{ consecutive_failures: 5, duration_ms: 250 }")).unwrap();
+        assert_eq!(
+            (
+                c.upstreams[0].ejection.consecutive_failures,
+                c.upstreams[0].ejection.duration_ms
+            ),
+            (5, 250)
+        );
+        assert_eq!(
+            errors(&with("{ consecutive_failures: 0, duration_ms: 0 }")),
+            [
+                "config error in proxy.yaml at upstreams[0].ejection.consecutive_failures: must be at least 1",
+                "config error in proxy.yaml at upstreams[0].ejection.duration_ms: must be between 1 and 86400000 (one day), got 0",
+            ]
+        );
+    }
+
+    #[test]
+    fn health_check_defaults_and_errors() {
+        let with = |e: &str| GOOD.replace("timeout_ms: 500", &format!("timeout_ms: 500\n    health_check: {e}"));
+        let c = parse(&with("{ path: /healthz }")).unwrap();
+        let h = c.upstreams[0].health_check.clone().unwrap();
+        assert_eq!(
+            (h.interval_ms, h.timeout_ms, h.healthy_threshold, h.unhealthy_threshold),
+            (
+                DEFAULT_HEALTH_CHECK_INTERVAL_MS,
+                DEFAULT_HEALTH_CHECK_TIMEOUT_MS,
+                DEFAULT_HEALTHY_THRESHOLD,
+                DEFAULT_UNHEALTHY_THRESHOLD
+            )
+        );
+        assert!(h.passes(204) && !h.passes(301) && !h.passes(503));
+        assert!(
+            parse(&with("{ path: /h, expected_statuses: [301] }"))
+                .unwrap()
+                .upstreams[0]
+                .health_check
+                .as_ref()
+                .unwrap()
+                .passes(301)
+        );
+        let at = "config error in proxy.yaml at upstreams[0].health_check";
+        assert_eq!(
+            errors(&with(
+                "{ path: healthz, interval_ms: 0, healthy_threshold: 0, expected_statuses: [200, 700] }"
+            )),
+            [
+                format!("{at}.path: must be a path starting with '/', got \"healthz\""),
+                format!("{at}.interval_ms: must be between 1 and 86400000 (one day), got 0"),
+                format!("{at}.healthy_threshold: must be at least 1"),
+                format!("{at}.expected_statuses: 700 is not an HTTP status"),
+            ]
+        );
+        assert!(errors(&with("{ interval_ms: 5 }"))[0].contains("missing field `path`"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod config;
 pub mod conn;
 pub mod demo;
 pub mod forward;
+pub mod health;
 pub mod lint;
 pub mod logging;
 pub mod metrics;

@@ -105,6 +105,20 @@ impl EncodeMetric for Histogram {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamAddress {
+    upstream: String,
+    address: String,
+}
+
+/// The per-address series of an upstream ([`Metrics::address`]).
+#[derive(Clone, Debug, Default)]
+pub struct AddressMetrics {
+    pub healthy: Gauge,
+    pub ejections: Counter,
+    pub active: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
     route: String,
 }
@@ -303,6 +317,9 @@ pub struct Metrics {
     connections_open: Family<ListenerLabel, Gauge>,
     connections_refused: Family<ListenerLabel, Counter>,
     serving_connections: Family<ThreadLabel, Counter>,
+    address_healthy: Family<UpstreamAddress, Gauge>,
+    address_ejections: Family<UpstreamAddress, Counter>,
+    address_active: Family<UpstreamAddress, Gauge>,
     /// Route names that have series, so a reload can drop those of removed routes.
     routes: Mutex<std::collections::HashSet<String>>,
     no_route: RouteMetrics,
@@ -398,6 +415,23 @@ impl Metrics {
              the thread that accepted it",
             serving_connections.clone(),
         );
+        let [address_healthy, address_active] = [(); 2].map(|_| Family::<UpstreamAddress, Gauge>::default());
+        let address_ejections = Family::<UpstreamAddress, Counter>::default();
+        registry.register(
+            "weft_upstream_address_healthy",
+            "1 while an upstream address gets traffic, 0 while it is ejected (upstreams[].ejection)",
+            address_healthy.clone(),
+        );
+        registry.register(
+            "weft_upstream_address_ejections",
+            "Times an upstream address was ejected after consecutive failures",
+            address_ejections.clone(),
+        );
+        registry.register(
+            "weft_upstream_address_active_requests",
+            "Requests sent to an upstream address and waiting for its response head",
+            address_active.clone(),
+        );
         let runtime = Arc::new(RuntimeCollector::default());
         registry.register_collector(Box::new(runtime.clone()));
         registry.register_collector(Box::new(LogCollector));
@@ -418,6 +452,9 @@ impl Metrics {
             connections_open,
             connections_refused,
             serving_connections,
+            address_healthy,
+            address_ejections,
+            address_active,
             routes: Mutex::default(),
             no_route: placeholder_route(),
             runtime,
@@ -460,6 +497,20 @@ impl Metrics {
             response_phase: phase("response_headers"),
             upstream_timeouts: upstream("timeout"),
             upstream_failures: upstream("failed"),
+        }
+    }
+
+    /// The series of `address` of upstream `upstream` (created on first use, shared afterwards,
+    /// so they survive a reload that keeps the upstream and the address).
+    pub fn address(&self, upstream: &str, address: &str) -> AddressMetrics {
+        let label = UpstreamAddress {
+            upstream: upstream.to_owned(),
+            address: address.to_owned(),
+        };
+        AddressMetrics {
+            healthy: self.address_healthy.get_or_create_owned(&label),
+            ejections: self.address_ejections.get_or_create_owned(&label),
+            active: self.address_active.get_or_create_owned(&label),
         }
     }
 

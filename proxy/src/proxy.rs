@@ -43,6 +43,8 @@ pub struct Proxy {
     pub(crate) path_opts: crate::path::PathOptions,
     /// `trusted_proxies:`.
     pub(crate) trusted: crate::forward::TrustedProxies,
+    /// The upstreams with active health checks, started by [`Proxy::start_health_checks`].
+    checked: Vec<(Arc<Upstream>, crate::config::HealthCheckConfig)>,
 }
 
 impl Proxy {
@@ -81,6 +83,11 @@ impl Proxy {
             .enumerate()
             .map(|(i, r)| (matcher(r), route_target(i, r, &plugins, &upstreams)))
             .collect();
+        let checked = config
+            .upstreams
+            .iter()
+            .filter_map(|u| Some((upstreams[u.name.as_str()].clone(), u.health_check.clone()?)))
+            .collect();
         if let Some(nats) = plugins
             .nats
             .as_ref()
@@ -95,7 +102,16 @@ impl Proxy {
             access_log: config.access_log,
             path_opts: config.path_normalization,
             trusted: config.trusted_proxies(),
+            checked,
         })
+    }
+
+    /// Starts the active health checks on the current runtime (the control runtime, never a
+    /// serving thread's); they stop when this proxy is dropped. Must run inside a runtime.
+    pub fn start_health_checks(&self) {
+        for (upstream, check) in &self.checked {
+            crate::health::spawn_checks(upstream, check);
+        }
     }
 
     /// The plugin runtime, if the config loads any library; serving threads call

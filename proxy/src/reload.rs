@@ -121,6 +121,8 @@ impl LiveProxy {
                 .set_limit(config.runtime_options().max_buffered_bytes_total);
         }
         report_to_metrics(&proxy);
+        // On the control runtime's blocking pool: the checks go to the control runtime.
+        proxy.start_health_checks();
         crate::logging::reload_level(config.log.as_ref().and_then(|l| l.level.as_deref()));
         let old = self.current.swap(Arc::new(proxy));
         retire(old);
@@ -317,6 +319,7 @@ pub fn run_blocking(
     let tls = crate::tls::reload::listeners(config).map_err(|e| format!("cannot start: certificate problems:\n{e}"))?;
     live.set_tls(tls.clone());
     let result = rt.block_on(async {
+        live.current().start_health_checks();
         let listeners = crate::workers::bind(listen, workers).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         let mut tls_sockets = Vec::new();
         for t in tls {

@@ -87,6 +87,9 @@ impl Proxy {
         };
         let body = f.request_body(&mut parts, body).await?;
         let addr = self.address_upstream(&mut parts, client, host.as_ref(), upgrade.is_some(), route);
+        let Some(addr) = addr else {
+            return Err(f.reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"));
+        };
         let head_request = parts.method == Method::HEAD;
         let resp = f.forward(Request::from_parts(parts, body), &addr).await?;
         let (mut parts, body) = upstream_head(resp, upgrade, route).into_parts();
@@ -140,7 +143,8 @@ impl Proxy {
     }
 
     /// Sets the forwarding headers (after the plugins: they cannot forge them), puts an
-    /// upgrade's headers back, and points the request at the next upstream address over HTTP/1.1.
+    /// upgrade's headers back, and points the request at the next upstream address over HTTP/1.1;
+    /// `None` when every address of the upstream is ejected.
     fn address_upstream(
         &self,
         parts: &mut Parts,
@@ -148,18 +152,18 @@ impl Proxy {
         host: Option<&HeaderValue>,
         upgrade: bool,
         route: &RouteTarget,
-    ) -> Authority {
+    ) -> Option<Authority> {
         let trusted = self.trusted.contains(client.ip());
         let proto = scheme(parts);
         add_forwarding_headers(&mut parts.headers, client.ip(), trusted, proto, host);
         if upgrade {
             crate::ws::restore_upgrade_headers(&mut parts.headers);
         }
-        let addr = route.upstream.pick().clone();
+        let addr = route.upstream.pick()?.clone();
         parts.uri = upstream_uri(&parts.uri, &addr);
         // Upstreams always get HTTP/1.1, whatever the client spoke.
         parts.version = Version::HTTP_11;
-        addr
+        Some(addr)
     }
 }
 

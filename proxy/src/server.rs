@@ -97,6 +97,7 @@ pub async fn serve_with_limits<H: Handler>(
 pub async fn spawn(proxy: Proxy, addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    proxy.start_health_checks();
     tokio::spawn(serve(listener, Arc::new(proxy), std::future::pending()));
     Ok(local)
 }

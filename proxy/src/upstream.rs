@@ -1,21 +1,23 @@
-//! Upstream pools: round robin over addresses, keep-alive HTTP/1.1 connections kept per
+//! Upstream pools: round robin over the addresses not ejected ([`crate::health`]), keep-alive HTTP/1.1 connections kept per
 //! serving thread and driven by the request that uses them ([`crate::pool`]). With one
 //! single-threaded runtime per serving thread ([`crate::workers`]) a request, its upstream
 //! connection and the response never leave the task, or the thread, that accepted the client.
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, Uri, header};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tracing::{info, warn};
 
 use crate::body::UpstreamBody;
 use crate::config::{DEFAULT_UPSTREAM_BODY_TIMEOUT_MS, UpstreamConfig, parse_upstream_address};
 use crate::conn::{TimedBody, timeout_in};
+use crate::health::{AddressHealth, Outcome};
 use crate::metrics::TimeoutKind;
 use crate::pool::{Conn, PooledBody, Pools};
 use crate::tls::client::UpstreamTls;
@@ -27,6 +29,11 @@ pub type ResponseBody = TimedBody<PooledBody>;
 pub struct Upstream {
     pub name: String,
     addresses: Vec<Authority>,
+    /// The health of `addresses[i]`, shared by every serving thread.
+    health: Vec<Arc<AddressHealth>>,
+    /// Every address was ejected at the last pick: logged once when it happens and once when
+    /// it ends, not per request.
+    none_healthy: AtomicBool,
     next: AtomicUsize,
     timeout: Duration,
     /// `body_timeout_ms`: longest wait for the next bytes of a response body.
@@ -55,6 +62,11 @@ pub enum UpstreamError {
 }
 
 impl Upstream {
+    /// The TLS settings of an HTTPS upstream (health checks connect as requests do).
+    pub(crate) fn tls(&self) -> Option<&Arc<UpstreamTls>> {
+        self.tls.as_ref()
+    }
+
     /// `config` must have passed validation. Fails when its `tls:` files cannot be used
     /// (`at`: the upstream's config path, for the error).
     pub fn new(config: &UpstreamConfig, at: &str) -> Result<Upstream, String> {
@@ -62,14 +74,20 @@ impl Upstream {
             Some(t) => Some(UpstreamTls::new(t, &format!("{at}.tls"))?),
             None => None,
         };
-        let addresses = config
+        let addresses: Vec<Authority> = config
             .addresses
             .iter()
             .map(|a| parse_upstream_address(a).expect("validated upstream address"))
             .collect();
+        let health = addresses
+            .iter()
+            .map(|a| crate::health::shared(&config.name, a.as_str(), &config.ejection))
+            .collect();
         Ok(Upstream {
             name: config.name.clone(),
             addresses,
+            health,
+            none_healthy: AtomicBool::new(false),
             next: AtomicUsize::new(0),
             timeout: Duration::from_millis(config.timeout_ms),
             body_timeout: Duration::from_millis(config.body_timeout_ms.unwrap_or(DEFAULT_UPSTREAM_BODY_TIMEOUT_MS)),
@@ -79,16 +97,64 @@ impl Upstream {
         })
     }
 
-    /// The address for the next request (round robin).
-    pub fn pick(&self) -> &Authority {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.addresses[i % self.addresses.len()]
+    /// The address for the next request: round robin over the addresses not ejected; `None`
+    /// when every one is.
+    pub fn pick(&self) -> Option<&Authority> {
+        let n = self.addresses.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let found = (0..n).map(|k| (start + k) % n).find(|&i| self.health[i].available());
+        self.note_none_healthy(found.is_none());
+        found.map(|i| &self.addresses[i])
+    }
+
+    /// Logs when the upstream runs out of healthy addresses and when it has one again.
+    fn note_none_healthy(&self, none: bool) {
+        if self.none_healthy.load(Ordering::Relaxed) == none || self.none_healthy.swap(none, Ordering::Relaxed) == none
+        {
+            return;
+        }
+        if none {
+            warn!(upstream = %self.name, "every address of the upstream is ejected; answering 503");
+        } else {
+            info!(upstream = %self.name, "the upstream has a healthy address again");
+        }
+    }
+
+    /// The health of `addr`, one of this upstream's addresses.
+    fn health_of(&self, addr: Option<&Authority>) -> Option<&AddressHealth> {
+        let i = self.addresses.iter().position(|a| Some(a) == addr)?;
+        Some(&self.health[i])
+    }
+
+    /// The addresses, in config order.
+    pub fn addresses(&self) -> &[Authority] {
+        &self.addresses
+    }
+
+    /// The health of every address, in config order.
+    pub fn health(&self) -> &[Arc<AddressHealth>] {
+        &self.health
     }
 
     /// Sends `req` (whose URI already points at an address from [`Upstream::pick`]) and waits
     /// for the response head. The response body streams afterwards, outside the timeout, each
     /// wait for its next bytes bounded by `body_timeout_ms`.
+    /// The outcome counts toward the address's health ([`crate::health`]).
     pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<ResponseBody>, UpstreamError> {
+        let health = self.health_of(req.uri().authority());
+        let _active = health.map(AddressHealth::active);
+        let result = self.send_timed(req).await;
+        if let Some(h) = health {
+            h.record(match &result {
+                Ok(resp) => Outcome::of_status(resp.status()),
+                Err(UpstreamError::RequestBodyTimeout) => Outcome::Neutral,
+                Err(_) => Outcome::Failure,
+            });
+        }
+        result
+    }
+
+    async fn send_timed(&self, req: Request<UpstreamBody>) -> Result<Response<ResponseBody>, UpstreamError> {
         let resp = match tokio::time::timeout(self.timeout, self.exchange(req)).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(UpstreamError::Http(e))) if timeout_in(&e) == Some(TimeoutKind::RequestBody) => {

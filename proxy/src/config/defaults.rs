@@ -47,6 +47,20 @@ pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
 /// `upstreams[].body_timeout_ms`.
 pub const DEFAULT_UPSTREAM_BODY_TIMEOUT_MS: u64 = 60_000;
 
+/// `upstreams[].ejection.consecutive_failures`.
+pub const DEFAULT_EJECTION_CONSECUTIVE_FAILURES: u32 = 3;
+/// `upstreams[].ejection.duration_ms`.
+pub const DEFAULT_EJECTION_MS: u64 = 10_000;
+
+/// `upstreams[].health_check.interval_ms`.
+pub const DEFAULT_HEALTH_CHECK_INTERVAL_MS: u64 = 5_000;
+/// `upstreams[].health_check.timeout_ms`.
+pub const DEFAULT_HEALTH_CHECK_TIMEOUT_MS: u64 = 1_000;
+/// `upstreams[].health_check.healthy_threshold`.
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+/// `upstreams[].health_check.unhealthy_threshold`.
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+
 /// `routes[].path_prefix`.
 pub const DEFAULT_PATH_PREFIX: &str = "/";
 /// `routes[].max_buffered_body_bytes` (1 MiB).

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::{
-    Config, ConfigError, ConfigErrors, MAX_BUFFERED_BODY_BYTES, MAX_TIMEOUT_MS, NatsConfig, PluginConfig, PluginType,
-    REMOTE_PHASES, RouteConfig, RuntimeConfig, STALL_THRESHOLD_MAX_MS, STALL_THRESHOLD_MIN_MS, UpstreamConfig,
-    admin_listen_is_loopback, parse_method, parse_upstream_address,
+    Config, ConfigError, ConfigErrors, EjectionConfig, HealthCheckConfig, MAX_BUFFERED_BODY_BYTES, MAX_TIMEOUT_MS,
+    NatsConfig, PluginConfig, PluginType, REMOTE_PHASES, RouteConfig, RuntimeConfig, STALL_THRESHOLD_MAX_MS,
+    STALL_THRESHOLD_MIN_MS, UpstreamConfig, admin_listen_is_loopback, parse_method, parse_upstream_address,
 };
 
 /// The indices of the named entries, by name, for the sections that refer to them.
@@ -456,6 +456,58 @@ fn validate_upstream(i: usize, u: &UpstreamConfig, err: &mut impl FnMut(String, 
     }
     if let Some(msg) = u.body_timeout_ms.and_then(timeout_problem) {
         err(format!("upstreams[{i}].body_timeout_ms"), msg);
+    }
+    validate_ejection(i, &u.ejection, err);
+    if let Some(check) = &u.health_check {
+        validate_health_check(i, check, err);
+    }
+}
+
+/// `upstreams[i].health_check`.
+fn validate_health_check(i: usize, c: &HealthCheckConfig, err: &mut impl FnMut(String, String)) {
+    let at = |field: &str| format!("upstreams[{i}].health_check.{field}");
+    if !c.path.starts_with('/') || c.path.parse::<http::uri::PathAndQuery>().is_err() {
+        err(
+            at("path"),
+            format!("must be a path starting with '/', got {:?}", c.path),
+        );
+    }
+    for (field, ms) in [("interval_ms", c.interval_ms), ("timeout_ms", c.timeout_ms)] {
+        if let Some(msg) = timeout_problem(ms) {
+            err(at(field), msg);
+        }
+    }
+    for (field, n) in [
+        ("healthy_threshold", c.healthy_threshold),
+        ("unhealthy_threshold", c.unhealthy_threshold),
+    ] {
+        if n == 0 {
+            err(at(field), "must be at least 1".into());
+        }
+    }
+    if let Some(list) = &c.expected_statuses {
+        if list.is_empty() {
+            err(
+                at("expected_statuses"),
+                "must not be empty (omit it for any 2xx)".into(),
+            );
+        }
+        if let Some(bad) = list.iter().find(|s| !(100..=599).contains(*s)) {
+            err(at("expected_statuses"), format!("{bad} is not an HTTP status"));
+        }
+    }
+}
+
+/// `upstreams[i].ejection`.
+fn validate_ejection(i: usize, e: &EjectionConfig, err: &mut impl FnMut(String, String)) {
+    if e.consecutive_failures == 0 {
+        err(
+            format!("upstreams[{i}].ejection.consecutive_failures"),
+            "must be at least 1".into(),
+        );
+    }
+    if let Some(msg) = timeout_problem(e.duration_ms) {
+        err(format!("upstreams[{i}].ejection.duration_ms"), msg);
     }
 }
 
