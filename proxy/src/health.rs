@@ -121,7 +121,10 @@ impl AddressHealth {
         match outcome {
             Outcome::Neutral => {}
             Outcome::Success => {
-                self.failures.store(0, Ordering::Relaxed);
+                // Read first: in the steady state every thread only reads this line.
+                if self.failures.load(Ordering::Relaxed) != 0 {
+                    self.failures.store(0, Ordering::Relaxed);
+                }
                 if self.state.load(Ordering::Relaxed) == TRIAL
                     && self
                         .state
