@@ -7,9 +7,11 @@ import (
 	"go/doc"
 	"go/parser"
 	"go/token"
+	"reflect"
 	"strconv"
 	"testing"
 
+	"github.com/weftrs/weft/cgo/internal/core"
 	"github.com/weftrs/weft/cgo/weft"
 	"github.com/weftrs/weft/cgo/weft/wefttest"
 )
@@ -113,5 +115,21 @@ func TestDocShowsTheAPI(t *testing.T) {
 	}
 	for name := range want {
 		t.Errorf("type %s not found in package weft", name)
+	}
+}
+
+// weft.Plugin mirrors core.Plugin field for field (so go doc shows it) and Register copies each
+// one: a field added to the core must be added here too, or Register would drop it.
+func TestPluginMirrorsTheCore(t *testing.T) {
+	fields := func(v any) []string {
+		var out []string
+		for f := range reflect.TypeOf(v).Fields() {
+			out = append(out, f.Name)
+		}
+		return out
+	}
+	pub, inner := fields(weft.Plugin[struct{}, struct{}]{}), fields(core.Plugin[struct{}, struct{}]{})
+	if !reflect.DeepEqual(pub, inner) {
+		t.Fatalf("weft.Plugin fields %v, core.Plugin fields %v", pub, inner)
 	}
 }

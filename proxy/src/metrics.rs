@@ -147,20 +147,20 @@ impl SpreadCount {
     }
 }
 
+// `inc`/`dec` return the calling thread's cell's previous value, not the gauge's: summing every
+// cell would read the other threads' lines on each request (the proxy ignores the result).
 impl prometheus_client::metrics::gauge::Atomic<i64> for SpreadCount {
     fn inc(&self) -> i64 {
         self.inc_by(1)
     }
     fn inc_by(&self, v: i64) -> i64 {
-        self.mine().fetch_add(v, Ordering::Relaxed);
-        self.get()
+        self.mine().fetch_add(v, Ordering::Relaxed)
     }
     fn dec(&self) -> i64 {
         self.dec_by(1)
     }
     fn dec_by(&self, v: i64) -> i64 {
-        self.mine().fetch_sub(v, Ordering::Relaxed);
-        self.get()
+        self.mine().fetch_sub(v, Ordering::Relaxed)
     }
     fn set(&self, v: i64) -> i64 {
         let old = self.get();
