@@ -61,20 +61,84 @@ fn waiting(call: &OpenCall, job: bool, inst: &Instance, in_flight: InFlight) -> 
     }
 }
 
+/// A call as [`Exchange::begin_call`] left it.
+pub(super) enum Begun {
+    /// Answered inline (or refused before the plugin was called): the common case.
+    Done(Result<mutation::Batch, CallError>),
+    /// Pending, posted to a worker or remote: [`Exchange::finish_call`] awaits it.
+    Later(Later),
+}
+
+/// A call that [`Exchange::finish_call`] has to await.
+pub(super) struct Later {
+    waiting: Option<Waiting>,
+    t0: Option<Instant>,
+    head_out: bool,
+}
+
 impl Exchange {
-    /// Calls one instance: in-process (inline; awaited only if it answers `Pending` or is
-    /// blocking) or remote (awaited). This future sits in every phase future and is moved
-    /// (copied whole) on each call, so the rare waiting state is boxed to keep it small.
+    /// Calls one instance: [`begin_call`](Self::begin_call), then, only when it did not answer
+    /// inline, [`finish_call`](Self::finish_call) (boxed: the rare waiting states stay out of
+    /// every phase future, which is moved whole on each call).
     pub(super) async fn call(&mut self, inst: &Instance, phase: WeftPhase) -> Result<mutation::Batch, CallError> {
-        if let Transport::Remote(plugin, deadline) = &inst.transport {
-            return self.call_remote(&**plugin, phase, *deadline).await;
+        match self.begin_call(inst, phase) {
+            Begun::Done(r) => r,
+            Begun::Later(later) => Box::pin(self.finish_call(inst, phase, later)).await,
+        }
+    }
+
+    /// Makes an in-process call inline and returns its answer, or what is left to await: an
+    /// answer of `Pending`, a worker job, a remote call. A plain function, so the answer of the
+    /// common case comes back in place rather than through a future's state (each move of a
+    /// batch out of a nested future was a `memcpy` call on the hot path).
+    #[inline]
+    pub(super) fn begin_call(&mut self, inst: &Instance, phase: WeftPhase) -> Begun {
+        if let Transport::Remote(..) = &inst.transport {
+            return Begun::Later(Later {
+                waiting: None,
+                t0: None,
+                head_out: false,
+            });
         }
         let t0 = inst.timer.is_some().then(Instant::now);
         let head_out = self.lease_head_out(phase);
-        let r = match self.start_ffi(inst, phase) {
-            Started::Done(r) => r,
-            Started::Waiting(w) => Box::pin(WaitCall::new(self, inst, phase, w)).await,
+        match self.start_ffi(inst, phase) {
+            Started::Done(r) => Begun::Done(self.end_call(inst, phase, r, t0, head_out)),
+            Started::Waiting(w) => Begun::Later(Later {
+                waiting: Some(w),
+                t0,
+                head_out,
+            }),
+        }
+    }
+
+    /// Awaits a call [`begin_call`](Self::begin_call) did not finish.
+    pub(super) async fn finish_call(
+        &mut self,
+        inst: &Instance,
+        phase: WeftPhase,
+        later: Later,
+    ) -> Result<mutation::Batch, CallError> {
+        let Some(w) = later.waiting else {
+            let Transport::Remote(plugin, deadline) = &inst.transport else {
+                unreachable!("a call without a waiting state is remote")
+            };
+            return self.call_remote(&**plugin, phase, *deadline).await;
         };
+        let r = WaitCall::new(self, inst, phase, w).await;
+        self.end_call(inst, phase, r, later.t0, later.head_out)
+    }
+
+    /// After an in-process call's answer: its out buffer goes and its time is recorded.
+    #[inline]
+    fn end_call(
+        &mut self,
+        inst: &Instance,
+        phase: WeftPhase,
+        r: Result<mutation::Batch, CallError>,
+        t0: Option<Instant>,
+        head_out: bool,
+    ) -> Result<mutation::Batch, CallError> {
         if head_out {
             // Back to the arena, or (frozen) owned by the batch's slices.
             self.bufs.out = None;

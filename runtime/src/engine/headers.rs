@@ -10,6 +10,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use bytes::Bytes;
 use http::{Response, StatusCode};
 
+use super::call::Begun;
 use super::failure::{CallError, call_failure_response, failure_response, no_slot_response};
 use super::timer::ParkedCaller;
 use super::{Exchange, Flow, Instance};
@@ -66,9 +67,13 @@ impl Exchange {
                 }
                 stale = false;
             }
-            // The batch is matched in place and handed around by reference: it is a few hundred
-            // bytes, and each move of it is a memcpy on the hot path.
-            match self.call(inst, PHASE).await {
+            // The batch is matched in place and handed around by reference: each move of it is
+            // a memcpy on the hot path. An inline answer does not pass through a nested future.
+            let result = match self.begin_call(inst, PHASE) {
+                Begun::Done(r) => r,
+                Begun::Later(later) => Box::pin(self.finish_call(inst, PHASE, later)).await,
+            };
+            match result {
                 Ok(mut batch) => {
                     if let Some(resp) = self.headers_reply(inst, PHASE, &mut batch) {
                         return Flow::Respond(resp);
@@ -102,7 +107,11 @@ impl Exchange {
         }
         let instances = Arc::clone(&self.chain.instances);
         for inst in instances.iter().rev().filter(|i| i.phases & PHASE.mask() != 0) {
-            match self.call(inst, PHASE).await {
+            let result = match self.begin_call(inst, PHASE) {
+                Begun::Done(r) => r,
+                Begun::Later(later) => Box::pin(self.finish_call(inst, PHASE, later)).await,
+            };
+            match result {
                 Ok(mut batch) => {
                     if let Some(resp) = self.headers_reply(inst, PHASE, &mut batch) {
                         return Flow::Respond(resp);
