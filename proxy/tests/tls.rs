@@ -1,6 +1,7 @@
 //! TLS through the real `weft-proxy` binary, with certificates made here (rcgen, and openssl for
 //! RSA, which ring cannot generate): termination on `listen_tls:` (SNI choosing among
-//! certificates, ALPN to HTTP/2, `x-forwarded-proto: https`, curl --http2), certificate reloads
+//! certificates, ALPN to HTTP/2, `x-forwarded-proto: https`, curl --http2, a listener's own
+//! connection cap), certificate reloads
 //! (refused when broken, swapped under load without a failed request), `check`, and HTTPS
 //! upstreams (test CA, wrong CA -> 502, mutual TLS, keep-alive over TLS, active health checks).
 
@@ -768,4 +769,50 @@ async fn failing_health_checks_take_an_https_address_out_and_back() {
     assert_eq!(metric(&m, &healthy), 1.0);
     let seen = who_answers(&client, plain).await;
     assert!(seen.iter().any(|s| s == "b"), "b passed its checks again: {seen:?}");
+}
+
+/// `listen_tls[0].max_connections: 1`: while one TLS connection is open, a second one completes
+/// its TCP handshake but waits in the backlog (no TLS handshake, no answer) and is served once
+/// the first closes; the plain listener, with its own permits, serves meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_listener_at_its_own_cap_keeps_new_connections_waiting() {
+    let pki = Pki::new("tls-cap");
+    let a = pki.issue("a", &["a.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let up = demo_upstream().await;
+    let (plain, admin, tls) = (free_port(), free_port(), free_port());
+    // The first connection sends no request: a long header timeout keeps it open meanwhile.
+    let yaml = tls_config(plain, admin, tls, &cert_entry(&a, "a.test"), up)
+        .replace("    certificates:\n", "    max_connections: 1\n    certificates:\n")
+        + "limits: { header_read_timeout_ms: 60000 }\n";
+    let _proxy = ProxyProcess::start("tls-cap", &yaml, plain);
+    let roots = [pki.ca_der()];
+    let tcp = TcpStream::connect(tls).await.unwrap();
+    let first = tokio_rustls::TlsConnector::from(Arc::new(client_config(&roots, &[b"http/1.1"])))
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .expect("the first TLS connection is accepted");
+    let open = r#"weft_connections_open{listener="listen_tls[0]"}"#;
+    let reached = r#"weft_connections_limit_reached_total{listener="listen_tls[0]"}"#;
+    common::wait_metrics(admin, "one TLS connection open", |m| m.get(open) == Some(&1.0)).await;
+
+    let mut second = tokio::spawn(https_get(tls, "a.test", client_config(&roots, &[b"h2"]), "/"));
+    common::wait_metrics(admin, "the second waiting for a permit", |m| {
+        m.get(reached).is_some_and(|&n| n >= 1.0)
+    })
+    .await;
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut second).await;
+    if let Ok(done) = early {
+        let what = done.map(|r| r.map(|a| a.status));
+        panic!("the connection over the cap was not kept waiting: {what:?}");
+    }
+    let (status, _, _) = common::get(plain, "/", &[]).await;
+    assert_eq!(status, StatusCode::OK, "the plain listener has its own permits");
+
+    drop(first);
+    let ans = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("served once the first closed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ans.status, StatusCode::OK, "{}", ans.body);
 }
