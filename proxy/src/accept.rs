@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::Interest;
@@ -45,9 +45,13 @@ pub struct Admission {
     process: (u32, Arc<Semaphore>),
     per_ip: Option<Arc<PerIp>>,
     metrics: ListenerMetrics,
-    /// A wait was logged and no accept has found a permit at once since (logs once per episode).
-    waiting: AtomicBool,
+    /// When a wait was last logged (Unix seconds): at most one line a minute, the metric
+    /// counts every wait.
+    last_warned: AtomicU64,
 }
+
+/// Seconds between two log lines about a listener at its cap.
+const WARN_EVERY_S: u64 = 60;
 
 /// A semaphore of `n` permits, with `n` (for logs).
 pub fn permits(n: u32) -> (u32, Arc<Semaphore>) {
@@ -68,7 +72,7 @@ impl Admission {
             own: own.map(permits),
             process,
             per_ip,
-            waiting: AtomicBool::new(false),
+            last_warned: AtomicU64::new(0),
         })
     }
 
@@ -88,11 +92,17 @@ impl Admission {
 
     async fn wait_for(&self, (max, sem): &(u32, Arc<Semaphore>), what: &str) -> io::Result<OwnedSemaphorePermit> {
         if let Ok(p) = Arc::clone(sem).try_acquire_owned() {
-            self.waiting.store(false, Ordering::Relaxed);
             return Ok(p);
         }
         self.metrics.limit_reached.inc();
-        if !self.waiting.swap(true, Ordering::Relaxed) {
+        let now = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_secs());
+        let last = self.last_warned.load(Ordering::Relaxed);
+        if now >= last + WARN_EVERY_S
+            && self
+                .last_warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
             warn!(
                 listener = %self.label,
                 max, "{what} reached: new connections wait in the listen backlog"
@@ -104,7 +114,8 @@ impl Admission {
             .map_err(|_| io::Error::other("connection permits closed"))
     }
 
-    /// Takes a slot of `ip`'s connections; `None` (counted) when it has its cap open already.
+    /// Takes a slot of `ip`'s connections (`Ok(None)` without a per-address cap); `Err`
+    /// (counted) when the address has its cap open already.
     fn admit(&self, ip: IpAddr) -> Result<Option<IpSlot>, ()> {
         let Some(per_ip) = &self.per_ip else {
             return Ok(None);
