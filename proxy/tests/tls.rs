@@ -816,3 +816,42 @@ async fn a_tls_listener_at_its_own_cap_keeps_new_connections_waiting() {
         .unwrap();
     assert_eq!(ans.status, StatusCode::OK, "{}", ans.body);
 }
+
+/// `limits.max_connections: 1` counts the TLS and the plain listener together: while a TLS
+/// connection is open, a plain one waits in the backlog, and is served once the TLS one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_cap_spans_the_tls_and_plain_listeners() {
+    let pki = Pki::new("tls-process-cap");
+    let a = pki.issue("a", &["a.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let up = demo_upstream().await;
+    let (plain, admin, tls) = (free_port(), free_port(), free_port());
+    let yaml = tls_config(plain, admin, tls, &cert_entry(&a, "a.test"), up)
+        + "limits: { max_connections: 1, header_read_timeout_ms: 60000 }\n";
+    let _proxy = ProxyProcess::start("tls-process-cap", &yaml, plain);
+    let plain_open = r#"weft_connections_open{listener="proxy"}"#;
+    // The readiness probe's connection holds the one permit until it is gone.
+    common::wait_metrics(admin, "the probe gone", |m| m.get(plain_open).is_none_or(|&n| n == 0.0)).await;
+    let tcp = TcpStream::connect(tls).await.unwrap();
+    let first = tokio_rustls::TlsConnector::from(Arc::new(client_config(&[pki.ca_der()], &[b"http/1.1"])))
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .expect("the TLS connection is accepted");
+    let reached = r#"weft_connections_limit_reached_total{listener="proxy"}"#;
+    let mut waiting = tokio::spawn(common::get(plain, "/", &[]));
+    common::wait_metrics(admin, "the plain connection waiting", |m| {
+        m.get(reached).is_some_and(|&n| n >= 1.0)
+    })
+    .await;
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut waiting).await;
+    assert!(
+        early.is_err(),
+        "served over the process-wide cap: {:?}",
+        early.map(|r| r.map(|a| a.0))
+    );
+    drop(first);
+    let (status, _, _) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served once the TLS connection closed")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
