@@ -224,6 +224,7 @@ pub async fn serve_admin(listener: TcpListener, admin: Admin, limits: Limits) {
     let admin = Arc::new(admin);
     let limits = Limits {
         max_connections: Some(ADMIN_MAX_CONNECTIONS),
+        max_connections_per_ip: None,
         ..limits
     };
     let handle = move |req, _remote| {

@@ -22,6 +22,10 @@ pub use defaults::*;
 pub struct Config {
     /// Address the proxy listens on, e.g. `127.0.0.1:8080`.
     pub listen: String,
+    /// Connections `listen` takes at once, within `limits.max_connections` (`accept.rs`);
+    /// default only that.
+    #[serde(default)]
+    pub listen_max_connections: Option<u32>,
     /// HTTPS listeners beside `listen`: address and certificates (`tls.rs`).
     #[serde(default)]
     pub listen_tls: Vec<crate::tls::ListenTlsConfig>,
@@ -70,10 +74,18 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Client connections open at once, WebSocket connections included; over it a new
-    /// connection is accepted and closed at once (`weft_connections_refused_total`).
+    /// Client connections open at once on all proxy listeners together, WebSocket connections
+    /// included; over it new connections wait in the listen backlog (`accept.rs`).
     #[serde(default)]
     pub max_connections: Option<u32>,
+    /// Connections open at once from one client address (all listeners together); one more is
+    /// accepted and closed at once (`weft_connections_refused_total`). Default no cap.
+    #[serde(default)]
+    pub max_connections_per_ip: Option<u32>,
+    /// Length of each listening socket's queue of connections not yet accepted (one socket per
+    /// serving thread; the kernel caps it at `net.core.somaxconn`).
+    #[serde(default)]
+    pub listen_backlog: Option<u32>,
     /// A new connection must deliver its first complete request head within this (protocol
     /// detection, the HTTP/2 preface and the first HEADERS included).
     #[serde(default)]
@@ -105,6 +117,8 @@ pub struct LimitsConfig {
 pub struct Limits {
     /// `None`: the default, resolved when the listener starts ([`Limits::connection_cap`]).
     pub max_connections: Option<u32>,
+    pub max_connections_per_ip: Option<u32>,
+    pub listen_backlog: u32,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub request_body_timeout: Duration,
@@ -118,6 +132,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: None,
+            max_connections_per_ip: None,
+            listen_backlog: DEFAULT_LISTEN_BACKLOG,
             header_read_timeout: Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS),
             idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
             request_body_timeout: Duration::from_millis(DEFAULT_REQUEST_BODY_TIMEOUT_MS),
@@ -711,6 +727,8 @@ impl Config {
         let Some(c) = &self.limits else { return l };
         let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
         l.max_connections = c.max_connections;
+        l.max_connections_per_ip = c.max_connections_per_ip;
+        l.listen_backlog = c.listen_backlog.unwrap_or(l.listen_backlog);
         l.header_read_timeout = ms(c.header_read_timeout_ms, l.header_read_timeout);
         l.idle_timeout = ms(c.idle_timeout_ms, l.idle_timeout);
         l.request_body_timeout = ms(c.request_body_timeout_ms, l.request_body_timeout);
@@ -1243,7 +1261,8 @@ routes:
         assert_eq!(c.upstreams[0].body_timeout_ms, None);
         let text = GOOD.replace(
             "log_queue: 10 }\n",
-            "log_queue: 10 }\nlimits: { max_connections: 50, header_read_timeout_ms: 100, idle_timeout_ms: 200, \
+            "log_queue: 10 }\nlimits: { max_connections: 50, max_connections_per_ip: 5, listen_backlog: 64, \
+             header_read_timeout_ms: 100, idle_timeout_ms: 200, \
              request_body_timeout_ms: 300, send_timeout_ms: 400, http2_max_concurrent_streams: 7, \
              http2_keep_alive_interval_ms: 500, http2_keep_alive_timeout_ms: 600 }\n",
         );
@@ -1253,6 +1272,8 @@ routes:
             l,
             Limits {
                 max_connections: Some(50),
+                max_connections_per_ip: Some(5),
+                listen_backlog: 64,
                 header_read_timeout: ms(100),
                 idle_timeout: ms(200),
                 request_body_timeout: ms(300),
@@ -1333,12 +1354,28 @@ routes:
     }
 
     #[test]
+    fn listen_max_connections_parses_and_must_be_positive() {
+        let with = |n: u32| {
+            GOOD.replace(
+                "listen: 127.0.0.1:8080\n",
+                &format!("listen: 127.0.0.1:8080\nlisten_max_connections: {n}\n"),
+            )
+        };
+        assert_eq!(parse(&with(5)).unwrap().listen_max_connections, Some(5));
+        assert_eq!(parse(GOOD).unwrap().listen_max_connections, None);
+        assert_eq!(
+            errors(&with(0)),
+            ["config error in proxy.yaml at listen_max_connections: must be at least 1"]
+        );
+    }
+
+    #[test]
     fn limit_errors_name_the_field() {
         let text = GOOD
             .replace(
                 "log_queue: 10 }\n",
                 "log_queue: 10 }\nlimits: { max_connections: 0, send_timeout_ms: 0, idle_timeout_ms: 86400001, \
-                 http2_max_concurrent_streams: 0 }\n",
+                 http2_max_concurrent_streams: 0, max_connections_per_ip: 0, listen_backlog: 70000 }\n",
             )
             .replace("timeout_ms: 500", "timeout_ms: 500\n    body_timeout_ms: 0");
         assert_eq!(
@@ -1348,6 +1385,8 @@ routes:
                 "config error in proxy.yaml at limits.send_timeout_ms: must be between 1 and 86400000 (one day), got 0",
                 "config error in proxy.yaml at limits.max_connections: must be at least 1",
                 "config error in proxy.yaml at limits.http2_max_concurrent_streams: must be at least 1",
+                "config error in proxy.yaml at limits.max_connections_per_ip: must be at least 1",
+                "config error in proxy.yaml at limits.listen_backlog: must be 1 to 65535, got 70000",
                 "config error in proxy.yaml at upstreams[0].body_timeout_ms: must be between 1 and 86400000 (one day), got 0",
             ]
         );

@@ -3,7 +3,8 @@
 //!
 //! | what | where | on expiry |
 //! |---|---|---|
-//! | `max_connections` | [`serve_connections`]: a semaphore permit per socket, held by [`TimedIo`] (so WebSocket connections count) | accepted and closed at once |
+//! | `listen_max_connections`, `listen_tls[].max_connections`, `limits.max_connections` | [`crate::accept`]: a permit of the listener's semaphore and of the process-wide one per socket, held by [`TimedIo`] (so WebSocket connections count) | not accepted: waits in the listen backlog (`limits.listen_backlog`) until a connection closes |
+//! | `limits.max_connections_per_ip` | [`crate::accept`]: a count per client address, shared by all listeners | accepted and closed at once |
 //! | `header_read_timeout_ms` | on a TLS listener first the handshake ([`TlsListener::handshake`]); then [`drive`]: to the first request (protocol detection and the HTTP/2 preface included) | connection dropped |
 //! | `idle_timeout_ms` | [`drive`]: no request in flight; HTTP/1.1 also through hyper's header timer for later heads | graceful close (HTTP/2 GOAWAY) |
 //! | `http2_keep_alive_*` | hyper's HTTP/2 pings | connection closed |
@@ -22,7 +23,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,13 +34,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
 
+use crate::accept::{self, Acceptor, Admission, ConnPermit, PerIp};
 use crate::body::BoxError;
 use crate::config::Limits;
 use crate::metrics::{self, TimeoutKind};
@@ -192,26 +193,24 @@ pub type RequestBody = TimedBody<Incoming>;
 
 /// A client socket with a write timeout (`limits.send_timeout_ms`): a write the kernel does not
 /// take (the client does not read) for that long fails, and hyper closes the connection. It also
-/// holds the connection's permit of `limits.max_connections`, and keeps counting after a
-/// WebSocket upgrade (hyper hands this same socket to the upgraded connection).
+/// holds the connection's [`ConnPermit`] (`max_connections`, `limits.max_connections_per_ip`),
+/// and keeps it after a WebSocket upgrade (hyper hands this same socket to the upgraded
+/// connection).
 pub struct TimedIo {
     io: TcpStream,
     send_timeout: Duration,
     stall: Deadline,
     failed: bool,
-    open: Gauge,
-    _permit: OwnedSemaphorePermit,
+    _permit: ConnPermit,
 }
 
 impl TimedIo {
-    fn new(io: TcpStream, send_timeout: Duration, permit: OwnedSemaphorePermit, open: Gauge) -> Self {
-        open.inc();
+    fn new(io: TcpStream, send_timeout: Duration, permit: ConnPermit) -> Self {
         TimedIo {
             io,
             send_timeout,
             stall: Deadline::default(),
             failed: false,
-            open,
             _permit: permit,
         }
     }
@@ -239,12 +238,6 @@ impl TimedIo {
             }
             other => other,
         }
-    }
-}
-
-impl Drop for TimedIo {
-    fn drop(&mut self) {
-        self.open.dec();
     }
 }
 
@@ -456,6 +449,7 @@ fn builder(limits: &Limits) -> auto::Builder<StreamExec> {
 /// Accepts connections on `listener` (named `name` in metrics) until `shutdown` resolves, then
 /// asks every connection to finish (HTTP/1.1 after its response, HTTP/2 with GOAWAY) and waits
 /// for them up to `drain`. Serves HTTP/1.1 (with upgrades) and HTTP/2 prior knowledge (h2c).
+/// At most `limits.max_connections` connections, `limits.max_connections_per_ip` from one address.
 pub async fn serve_connections<H, Fut, B>(
     listener: TcpListener,
     name: &'static str,
@@ -470,20 +464,20 @@ where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let permits = Arc::new(Semaphore::new(limits.connection_cap() as usize));
-    serve_connections_with(listener, name, limits, permits, None, None, handle, shutdown, drain).await
+    let per_ip = limits.max_connections_per_ip.map(PerIp::new);
+    let admission = Admission::new(name, None, accept::permits(limits.connection_cap()), per_ip);
+    serve_connections_with(listener, admission, limits, None, None, handle, shutdown, drain).await
 }
 
-/// [`serve_connections`] with the connection permits (`limits.max_connections`) shared with
-/// other accept loops: one per serving thread ([`crate::workers`]). With `tls`, each connection
-/// first completes a TLS handshake (within `header_read_timeout`) in its own task, and its
-/// requests carry a [`TlsInfo`] extension.
+/// [`serve_connections`] with the connection permits shared with other accept loops
+/// ([`Admission`]: one per listener, shared by its loops on every serving thread,
+/// [`crate::workers`]). With `tls`, each connection first completes a TLS handshake (within
+/// `header_read_timeout`) in its own task, and its requests carry a [`TlsInfo`] extension.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve_connections_with<H, Fut, B>(
     listener: TcpListener,
-    name: &'static str,
+    admission: Arc<Admission>,
     limits: Limits,
-    permits: Arc<Semaphore>,
     accepted: Option<prometheus_client::metrics::counter::Counter>,
     tls: Option<Arc<TlsListener>>,
     handle: H,
@@ -497,43 +491,29 @@ where
     B::Error: Into<BoxError>,
 {
     let builder = builder(&limits);
-    let m = metrics::global().listener(name);
-    let refusing = AtomicBool::new(false);
+    let listener = Acceptor::new(listener)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+        let (stream, remote, permit) = tokio::select! {
+            accepted = listener.accept(&admission) => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
                     // Usually fd exhaustion: back off instead of spinning.
-                    warn!(listener = name, error = %e, "accept failed");
+                    warn!(listener = %admission.label, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            m.refused.inc();
-            if !refusing.swap(true, Ordering::Relaxed) {
-                warn!(
-                    listener = name,
-                    max = limits.connection_cap(),
-                    "limits.max_connections reached: closing new connections"
-                );
-            }
-            drop(stream);
-            continue;
-        };
-        refusing.store(false, Ordering::Relaxed);
         if let Some(c) = &accepted {
             c.inc();
         }
         if let Err(e) = stream.set_nodelay(true) {
             debug!(error = %e, "set_nodelay failed");
         }
-        let io = TimedIo::new(stream, limits.send_timeout, permit, m.open.clone());
+        let io = TimedIo::new(stream, limits.send_timeout, permit);
         let Some(tls) = &tls else {
             let io = MaybeTls::Plain(io);
             tokio::spawn(serve_one(
@@ -563,9 +543,9 @@ where
     stop_tx.send_replace(true);
     tokio::select! {
         () = stop_tx.closed() => {}
-        () = tokio::time::sleep(drain) => warn!(listener = name, ?drain, "connections still open after the shutdown timeout"),
+        () = tokio::time::sleep(drain) => warn!(listener = %admission.label, ?drain, "connections still open after the shutdown timeout"),
     }
-    debug!(listener = name, "drained");
+    debug!(listener = %admission.label, "drained");
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! The binary in `main.rs` is a thin CLI over this library, so tests and benches can run the
 //! proxy (and the demo upstream) in-process.
 
+pub mod accept;
 pub mod admin;
 pub mod body;
 pub mod config;

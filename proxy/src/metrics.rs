@@ -299,7 +299,7 @@ struct TimeoutLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabel {
-    listener: &'static str,
+    listener: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -351,7 +351,10 @@ impl TimeoutKind {
 #[derive(Clone, Debug)]
 pub struct ListenerMetrics {
     pub open: Gauge,
+    /// Connections closed at accept: their address had `limits.max_connections_per_ip` open.
     pub refused: Counter,
+    /// Times a connection was queued and no permit was free ([`crate::accept`]).
+    pub limit_reached: Counter,
 }
 
 /// Every metric of the process. One instance per process ([`global`]), so counters survive
@@ -372,6 +375,7 @@ pub struct Metrics {
     timeouts: [Counter; 6],
     connections_open: Family<ListenerLabel, Gauge>,
     connections_refused: Family<ListenerLabel, Counter>,
+    connections_limit_reached: Family<ListenerLabel, Counter>,
     serving_connections: Family<ThreadLabel, Counter>,
     address_healthy: Family<UpstreamAddress, Gauge>,
     address_ejections: Family<UpstreamAddress, Counter>,
@@ -454,15 +458,24 @@ impl Metrics {
         let timeouts = TimeoutKind::ALL.map(|k| timeout_family.get_or_create_owned(&TimeoutLabel { kind: k.label() }));
         let connections_open = Family::<ListenerLabel, Gauge>::default();
         let connections_refused = Family::<ListenerLabel, Counter>::default();
+        let connections_limit_reached = Family::<ListenerLabel, Counter>::default();
         registry.register(
             "weft_connections_open",
-            "Client connections open, by listener (proxy, admin); WebSocket connections included",
+            "Client connections open, by listener (proxy, listen_tls[i], admin); WebSocket connections included",
             connections_open.clone(),
         );
         registry.register(
             "weft_connections_refused",
-            "Connections closed at accept because limits.max_connections were open, by listener",
+            "Connections closed at accept because limits.max_connections_per_ip from the client's \
+             address were open, by listener",
             connections_refused.clone(),
+        );
+        registry.register(
+            "weft_connections_limit_reached",
+            "Times a serving thread had a connection queued and no permit (the listener's \
+             max_connections or limits.max_connections were open): it waits in the listen backlog \
+             until a connection closes",
+            connections_limit_reached.clone(),
         );
         let serving_connections = Family::<ThreadLabel, Counter>::default();
         registry.register(
@@ -508,6 +521,7 @@ impl Metrics {
             timeouts,
             connections_open,
             connections_refused,
+            connections_limit_reached,
             serving_connections,
             address_healthy,
             address_ejections,
@@ -665,12 +679,15 @@ impl Metrics {
         self.timeouts[kind as usize].inc();
     }
 
-    /// The connection metrics of listener `name` (`proxy` or `admin`).
-    pub fn listener(&self, name: &'static str) -> ListenerMetrics {
-        let label = ListenerLabel { listener: name };
+    /// The connection metrics of listener `name` (`proxy`, `listen_tls[i]` or `admin`).
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        let label = ListenerLabel {
+            listener: name.to_owned(),
+        };
         ListenerMetrics {
             open: self.connections_open.get_or_create_owned(&label),
             refused: self.connections_refused.get_or_create_owned(&label),
+            limit_reached: self.connections_limit_reached.get_or_create_owned(&label),
         }
     }
 

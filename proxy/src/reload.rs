@@ -320,13 +320,15 @@ pub fn run_blocking(
     live.set_tls(tls.clone());
     let result = rt.block_on(async {
         live.current().start_health_checks();
-        let listeners = crate::workers::bind(listen, workers).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        let mut tls_sockets = Vec::new();
+        let backlog = limits.listen_backlog;
+        let sockets =
+            crate::workers::bind(listen, workers, backlog).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let mut listeners = vec![crate::workers::Listener::plain(sockets, config.listen_max_connections)];
         for t in tls {
-            let socks = crate::workers::bind(t.addr, workers)
+            let socks = crate::workers::bind(t.addr, workers, backlog)
                 .map_err(|e| format!("cannot listen on {} ({}.listen): {e}", t.addr, t.label))?;
             info!(listen = %t.addr, "weft-proxy listening (TLS)");
-            tls_sockets.push((socks, t));
+            listeners.push(crate::workers::Listener::tls(socks, t));
         }
         if let Some(admin) = admin {
             let token = crate::admin::read_token(&admin)?;
@@ -364,7 +366,7 @@ pub fn run_blocking(
             m.set_ready(false);
             info!(timeout = ?drain, "draining: no new connections; waiting for requests in flight");
         };
-        crate::workers::serve_with_tls(listeners, tls_sockets, live.clone(), shutdown, drain, limits, plugins)
+        crate::workers::serve_listeners(listeners, live.clone(), shutdown, drain, limits, plugins)
             .await
             .map_err(|e| e.to_string())
     });

@@ -42,6 +42,10 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub struct ListenTlsConfig {
     /// Address, e.g. `0.0.0.0:443`.
     pub listen: String,
+    /// Connections this listener takes at once, within `limits.max_connections` (`accept.rs`);
+    /// default only that.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
     /// The first one answers clients that send no SNI name or one no certificate lists.
     pub certificates: Vec<CertificateConfig>,
 }
@@ -111,6 +115,9 @@ pub fn validate_tls(config: &Config, err: &mut impl FnMut(String, String)) {
             ),
             Ok(_) if seen.contains(&l.listen) => err(format!("{at}.listen"), format!("{} is already used", l.listen)),
             Ok(_) => seen.push(l.listen.clone()),
+        }
+        if l.max_connections == Some(0) {
+            err(format!("{at}.max_connections"), "must be at least 1".into());
         }
         if l.certificates.is_empty() {
             err(format!("{at}.certificates"), "needs at least one certificate".into());
@@ -311,10 +318,11 @@ mod tests {
     #[test]
     fn every_field_parses_and_paths_resolve_against_the_config() {
         let c = parse(&format!(
-            "{BASE}listen_tls:\n  - listen: 127.0.0.1:8443\n    certificates:\n      - {{ cert: a.pem, key: /k/a.key, server_names: [a.test, \"*.b.test\"] }}\n\
+            "{BASE}listen_tls:\n  - listen: 127.0.0.1:8443\n    max_connections: 7\n    certificates:\n      - {{ cert: a.pem, key: /k/a.key, server_names: [a.test, \"*.b.test\"] }}\n\
              upstreams:\n  - name: u\n    addresses: [\"h:443\"]\n    tls: {{ server_name: h.test, ca_file: ca.pem, client_cert: c.pem, client_key: c.key }}\n"
         ))
         .unwrap();
+        assert_eq!(c.listen_tls[0].max_connections, Some(7));
         let cert = &c.listen_tls[0].certificates[0];
         assert_eq!(cert.cert, Path::new("/etc/weft/a.pem"));
         assert_eq!(cert.key, Path::new("/k/a.key"));
@@ -327,13 +335,14 @@ mod tests {
     fn bad_tls_settings_are_config_errors() {
         let up = "upstreams: [{ name: u, addresses: [\"h:1\"] }]\n";
         let e = parse(&format!(
-            "{BASE}{up}listen_tls:\n  - {{ listen: 127.0.0.1:8080, certificates: [] }}\n  - listen: nope\n    certificates:\n      - {{ cert: a, key: b, server_names: [\"bad name\", a.test] }}\n      - {{ cert: c, key: d, server_names: [A.test] }}\n"
+            "{BASE}{up}listen_tls:\n  - {{ listen: 127.0.0.1:8080, certificates: [], max_connections: 0 }}\n  - listen: nope\n    certificates:\n      - {{ cert: a, key: b, server_names: [\"bad name\", a.test] }}\n      - {{ cert: c, key: d, server_names: [A.test] }}\n"
         ))
         .unwrap_err();
         assert!(
             e.contains("listen_tls[0].listen: 127.0.0.1:8080 is already used"),
             "{e}"
         );
+        assert!(e.contains("listen_tls[0].max_connections: must be at least 1"), "{e}");
         assert!(
             e.contains("listen_tls[0].certificates: needs at least one certificate"),
             "{e}"

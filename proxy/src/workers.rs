@@ -9,8 +9,10 @@
 //! (admin listener, reloads, signals, NATS) stays on the small runtime of `reload::run_blocking`.
 //!
 //! What this gives up: a connection is never moved to an idle thread, so one very busy
-//! connection keeps its thread busy (as with nginx's workers). `limits.max_connections` is one
-//! budget shared by all threads.
+//! connection keeps its thread busy (as with nginx's workers). Connection limits are shared by
+//! all threads: `limits.max_connections` by every listener, a listener's own `max_connections`
+//! by its sockets, and the per-address counts of `limits.max_connections_per_ip` by all
+//! ([`crate::accept`]).
 
 use std::future::Future;
 use std::io;
@@ -20,10 +22,11 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::error;
 use weft_runtime::Runtime;
 
+use crate::accept::{self, Admission, PerIp};
 use crate::config::Limits;
 use crate::conn::serve_connections_with;
 use crate::server::Handler;
@@ -43,9 +46,9 @@ pub fn default_workers() -> usize {
 }
 
 /// Binds `count` listening sockets to `addr` with `SO_REUSEPORT` (port 0: the first picks the
-/// port, the others share it). Bound here, on the caller's thread, so a bad address is an error
-/// before any thread starts.
-pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+/// port, the others share it), each queueing up to `backlog` connections not yet accepted.
+/// Bound here, on the caller's thread, so a bad address is an error before any thread starts.
+pub fn bind(addr: SocketAddr, count: usize, backlog: u32) -> io::Result<Vec<std::net::TcpListener>> {
     let mut addr = addr;
     let mut out = Vec::with_capacity(count);
     for _ in 0..count.max(1) {
@@ -54,12 +57,45 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListe
         s.set_reuse_port(true)?;
         s.set_nonblocking(true)?;
         s.bind(&addr.into())?;
-        s.listen(1024)?;
+        s.listen(backlog.min(i32::MAX as u32) as i32)?;
         let listener: std::net::TcpListener = s.into();
         addr = listener.local_addr()?;
         out.push(listener);
     }
     Ok(out)
+}
+
+/// One proxy listener: its sockets (one per serving thread, as [`bind`] makes them) and how it
+/// is served.
+pub struct Listener {
+    pub sockets: Vec<std::net::TcpListener>,
+    /// Its name in metrics and logs: `proxy`, or the TLS listener's `listen_tls[i]`.
+    pub label: String,
+    /// Its own connection cap (`listen_max_connections`, `listen_tls[i].max_connections`).
+    pub max_connections: Option<u32>,
+    pub tls: Option<Arc<TlsListener>>,
+}
+
+impl Listener {
+    /// The `listen:` listener.
+    pub fn plain(sockets: Vec<std::net::TcpListener>, max_connections: Option<u32>) -> Listener {
+        Listener {
+            sockets,
+            label: "proxy".into(),
+            max_connections,
+            tls: None,
+        }
+    }
+
+    /// A `listen_tls:` listener.
+    pub fn tls(sockets: Vec<std::net::TcpListener>, tls: Arc<TlsListener>) -> Listener {
+        Listener {
+            sockets,
+            label: tls.label.clone(),
+            max_connections: tls.max_connections,
+            tls: Some(tls),
+        }
+    }
 }
 
 /// Serves `proxy` on `listeners`, one thread each, until `shutdown` resolves; then every thread
@@ -74,35 +110,29 @@ pub async fn serve<H: Handler>(
     limits: Limits,
     plugins: Option<Weak<Runtime>>,
 ) -> io::Result<()> {
-    serve_with_tls(listeners, Vec::new(), proxy, shutdown, drain, limits, plugins).await
+    let plain = Listener::plain(listeners, None);
+    serve_listeners(vec![plain], proxy, shutdown, drain, limits, plugins).await
 }
 
-/// [`serve`] with `listen_tls:` listeners too: each entry is one TLS listener's sockets, one
-/// per serving thread (as [`bind`] makes them), which thread `i` serves beside `listeners[i]`.
-pub async fn serve_with_tls<H: Handler>(
-    listeners: Vec<std::net::TcpListener>,
-    mut tls: Vec<(Vec<std::net::TcpListener>, Arc<TlsListener>)>,
+/// [`serve`] on several listeners (`listen:` and `listen_tls:`), all with as many sockets:
+/// thread `i` serves socket `i` of each.
+pub async fn serve_listeners<H: Handler>(
+    listeners: Vec<Listener>,
     proxy: Arc<H>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
     limits: Limits,
     plugins: Option<Weak<Runtime>>,
 ) -> io::Result<()> {
-    let permits = Arc::new(Semaphore::new(limits.connection_cap() as usize));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<io::Result<()>>();
-    let count = listeners.len();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let tls = tls
-            .iter_mut()
-            .filter_map(|(socks, t)| Some((socks.pop()?, Arc::clone(t))))
-            .collect();
+    let sockets = per_thread(listeners, &limits);
+    let count = sockets.len();
+    for (i, sockets) in sockets.into_iter().enumerate() {
         let worker = Worker {
             index: i as u32,
-            listener,
-            tls,
+            sockets,
             proxy: Arc::clone(&proxy),
-            permits: Arc::clone(&permits),
             stop: stop_rx.clone(),
             drain,
             limits,
@@ -143,14 +173,33 @@ pub async fn serve_with_tls<H: Handler>(
     result
 }
 
+/// A serving thread's socket of one listener, with the listener's shared permits.
+type ThreadSocket = (std::net::TcpListener, Arc<Admission>, Option<Arc<TlsListener>>);
+
+/// Regroups the listeners' sockets by thread: entry `i` holds socket `i` of every listener.
+/// The permits of `limits.max_connections` and the per-address counts are one for all.
+fn per_thread(listeners: Vec<Listener>, limits: &Limits) -> Vec<Vec<ThreadSocket>> {
+    let process = accept::permits(limits.connection_cap());
+    let per_ip = limits.max_connections_per_ip.map(PerIp::new);
+    let mut threads: Vec<Vec<ThreadSocket>> = Vec::new();
+    for l in listeners {
+        let admission = Admission::new(l.label, l.max_connections, process.clone(), per_ip.clone());
+        for (i, socket) in l.sockets.into_iter().enumerate() {
+            if threads.len() <= i {
+                threads.resize_with(i + 1, Vec::new);
+            }
+            threads[i].push((socket, Arc::clone(&admission), l.tls.clone()));
+        }
+    }
+    threads
+}
+
 /// One serving thread.
 struct Worker<H> {
     index: u32,
-    listener: std::net::TcpListener,
-    /// The thread's socket of each `listen_tls:` listener.
-    tls: Vec<(std::net::TcpListener, Arc<TlsListener>)>,
+    /// The thread's socket of each listener.
+    sockets: Vec<ThreadSocket>,
     proxy: Arc<H>,
-    permits: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
     drain: Duration,
     limits: Limits,
@@ -165,10 +214,8 @@ impl<H: Handler> Worker<H> {
         }
         let Worker {
             index,
-            listener,
-            tls,
+            sockets,
             proxy,
-            permits,
             stop,
             drain,
             limits,
@@ -180,31 +227,26 @@ impl<H: Handler> Worker<H> {
                 async move { Handler::handle(&*proxy, req, remote).await }
             };
             let accepted = crate::metrics::global().serving_thread(index);
-            let plain = std::iter::once((listener, None));
-            let loops = plain
-                .chain(tls.into_iter().map(|(l, t)| (l, Some(t))))
-                .map(|(listener, tls)| {
-                    let (handle, permits, accepted, mut stop) =
-                        (handle.clone(), Arc::clone(&permits), accepted.clone(), stop.clone());
-                    async move {
-                        let shutdown = async move {
-                            let _ = stop.wait_for(|stopped| *stopped).await;
-                        };
-                        let listener = TcpListener::from_std(listener)?;
-                        serve_connections_with(
-                            listener,
-                            "proxy",
-                            limits,
-                            permits,
-                            Some(accepted),
-                            tls,
-                            handle,
-                            shutdown,
-                            drain,
-                        )
-                        .await
-                    }
-                });
+            let loops = sockets.into_iter().map(|(listener, admission, tls)| {
+                let (handle, accepted, mut stop) = (handle.clone(), accepted.clone(), stop.clone());
+                async move {
+                    let shutdown = async move {
+                        let _ = stop.wait_for(|stopped| *stopped).await;
+                    };
+                    let listener = TcpListener::from_std(listener)?;
+                    serve_connections_with(
+                        listener,
+                        admission,
+                        limits,
+                        Some(accepted),
+                        tls,
+                        handle,
+                        shutdown,
+                        drain,
+                    )
+                    .await
+                }
+            });
             futures_util::future::try_join_all(loops).await.map(drop)
         })
     }
@@ -235,7 +277,7 @@ mod tests {
     /// (an upstream connection's, say) run on the serving thread that accepted its connection.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_and_the_tasks_it_spawns_stay_on_its_serving_thread() {
-        let listeners = bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let listeners = bind("127.0.0.1:0".parse().unwrap(), 2, 128).unwrap();
         let addr = listeners[0].local_addr().unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(
@@ -279,7 +321,7 @@ mod tests {
 
     #[test]
     fn listeners_share_one_port() {
-        let ls = bind("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let ls = bind("127.0.0.1:0".parse().unwrap(), 3, 128).unwrap();
         let ports: Vec<u16> = ls.iter().map(|l| l.local_addr().unwrap().port()).collect();
         assert_eq!(ports.len(), 3);
         assert!(ports.iter().all(|&p| p == ports[0] && p != 0), "{ports:?}");
@@ -288,6 +330,6 @@ mod tests {
     #[test]
     fn a_port_in_use_without_reuseport_is_an_error() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        assert!(bind(taken.local_addr().unwrap(), 2).is_err());
+        assert!(bind(taken.local_addr().unwrap(), 2, 128).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! Connection and body limits through the real `weft-proxy` binary, with raw loopback sockets:
 //! clients that do not read (HTTP/1.1 and HTTP/2), stalled request and upstream bodies, silent
-//! sockets and bare HTTP/2 prefaces, the connection cap, idle and keep-alive timers, the
+//! sockets and bare HTTP/2 prefaces, the connection caps (connections over them wait in the
+//! listen backlog) and the per-address cap, idle and keep-alive timers, the
 //! defaults that keep a slow log plugin from taking every arena slot, and the admin listener's
 //! refusals and sanitised answers. Timeouts are configured short (hundreds of ms); every wait is
 //! bounded by a generous deadline the old code (no such timers) ran past.
@@ -400,51 +401,166 @@ async fn silent_sockets_and_bare_prefaces_are_closed() {
     );
 }
 
-/// Item 7: `max_connections: 4`: a fifth connection is accepted and closed at once and counted;
-/// once one of the four goes, new connections are served again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_cap_closes_extra_connections() {
+/// Sends `GET /small` on `c` (keep-alive) and reads its answer; panics when none comes in 10 s.
+async fn request_on(c: &mut TcpStream) {
+    c.write_all(b"GET /small HTTP/1.1\r\nhost: example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"\r\n\r\nok") {
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&got));
+}
+
+/// Connects from `from` (any free port) to `to`.
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Waits until the readiness probe's connection is gone, so the test's connections are all.
+async fn no_connection_open(admin: SocketAddr, open: &str) {
+    wait_metrics(admin, "no connection open", |m| {
+        m.get(open).copied().unwrap_or(0.0) == 0.0
+    })
+    .await;
+}
+
+/// `limit` (the listener's own `listen_max_connections`, or the process-wide
+/// `limits.max_connections`) is 3: of five connections with a request each, three are
+/// answered; the other two complete their TCP handshake but wait in the listen backlog, not
+/// accepted, and are answered one by one as served connections close (none is closed on them).
+async fn extra_connections_wait_in_the_backlog(tag: &str, limit: &str) {
     let upstream = spawn_upstream().await;
     let s = start(
-        "cap",
+        tag,
         upstream,
-        "limits: { max_connections: 4, header_read_timeout_ms: 20000 }",
+        &format!("workers: 2\n{limit}"),
+        "",
+        TIMING,
+        "  - { path_prefix: /, upstream: up, plugins: [timing] }",
+    );
+    let open = r#"weft_connections_open{listener="proxy"}"#;
+    let reached = r#"weft_connections_limit_reached_total{listener="proxy"}"#;
+    no_connection_open(s.admin, open).await;
+    let mut served = Vec::new();
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        request_on(&mut c).await;
+        served.push(c);
+    }
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        // The handshake completes: the kernel queued the connection.
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(b"GET /small HTTP/1.1\r\nhost: example.com\r\n\r\n")
+            .await
+            .unwrap();
+        waiting.push(c);
+    }
+    let m = wait_metrics(s.admin, "a serving thread waiting for a permit", |m| {
+        metric(m, reached) >= 1.0
+    })
+    .await;
+    assert_eq!(metric(&m, open), 3.0, "{m:?}");
+    // Not answered and not closed while the three stay (the old code closed them at once).
+    for c in &mut waiting {
+        let mut byte = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_millis(500), c.read(&mut byte)).await;
+        assert!(r.is_err(), "a connection over the limit got {r:?}");
+    }
+    for round in 0..2 {
+        drop(served.pop());
+        // One waiting connection is accepted per closed one, whichever thread it queued on.
+        let answered = tokio::time::timeout(Duration::from_secs(10), first_answer(&mut waiting))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: no waiting connection was answered"));
+        served.push(waiting.remove(answered));
+        let m = scrape(s.admin).await;
+        assert_eq!(metric(&m, open), 3.0, "round {round}: {m:?}");
+    }
+    assert!(waiting.is_empty());
+}
+
+/// Reads from every connection until one has a whole `ok` answer; returns its index.
+async fn first_answer(conns: &mut [TcpStream]) -> usize {
+    let mut got = vec![Vec::new(); conns.len()];
+    loop {
+        let reads = conns.iter_mut().enumerate().map(|(i, c)| {
+            Box::pin(async move {
+                let mut buf = [0u8; 1024];
+                let n = c.read(&mut buf).await.unwrap();
+                (i, buf[..n].to_vec())
+            })
+        });
+        let ((i, bytes), _, _) = futures_util::future::select_all(reads).await;
+        assert!(!bytes.is_empty(), "connection {i} was closed instead of served");
+        got[i].extend_from_slice(&bytes);
+        if got[i].ends_with(b"\r\n\r\nok") {
+            assert!(
+                got[i].starts_with(b"HTTP/1.1 200"),
+                "{:?}",
+                String::from_utf8_lossy(&got[i])
+            );
+            return i;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_listener_cap_wait_in_the_backlog() {
+    extra_connections_wait_in_the_backlog("listencap", "listen_max_connections: 3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_process_cap_wait_in_the_backlog() {
+    extra_connections_wait_in_the_backlog("cap", "limits: { max_connections: 3 }").await;
+}
+
+/// `max_connections_per_ip: 2`: a third connection from 127.0.0.1 is closed at once (counted),
+/// while one from 127.0.0.2 is served; when one of the two goes, 127.0.0.1 gets a slot again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_address_cap_closes_the_connection_over_it() {
+    let upstream = spawn_upstream().await;
+    let s = start(
+        "perip",
+        upstream,
+        "limits: { max_connections_per_ip: 2 }",
         "",
         TIMING,
         "  - { path_prefix: /, upstream: up, plugins: [timing] }",
     );
     let open = r#"weft_connections_open{listener="proxy"}"#;
     let refused = r#"weft_connections_refused_total{listener="proxy"}"#;
-    // The readiness probe's connection may still be closing.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Four keep-alive connections, each served once (so the proxy holds all four).
-    let mut four = Vec::new();
-    for _ in 0..4 {
-        let mut c = TcpStream::connect(s.addr).await.unwrap();
-        c.write_all(b"GET /small HTTP/1.1\r\nhost: example.com\r\n\r\n")
-            .await
-            .unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !got.ends_with(b"\r\n\r\nok") {
-            let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
-                .await
-                .expect("an answer")
-                .unwrap();
-            assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&buf[..n]);
-        }
-        four.push(c);
+    no_connection_open(s.admin, open).await;
+    let mut two = Vec::new();
+    for _ in 0..2 {
+        let mut c = connect_from("127.0.0.1", s.addr).await;
+        request_on(&mut c).await;
+        two.push(c);
     }
-    let mut fifth = TcpStream::connect(s.addr).await.unwrap();
-    read_until_closed(&mut fifth, Duration::from_secs(5), "the fifth connection").await;
+    let mut third = connect_from("127.0.0.1", s.addr).await;
+    let _ = third
+        .write_all(b"GET /small HTTP/1.1\r\nhost: example.com\r\n\r\n")
+        .await;
+    let got = read_until_closed(&mut third, Duration::from_secs(5), "a third connection from 127.0.0.1").await;
+    assert!(got.is_empty(), "answered: {:?}", String::from_utf8_lossy(&got));
+    let mut other = connect_from("127.0.0.2", s.addr).await;
+    request_on(&mut other).await;
     let m = scrape(s.admin).await;
-    assert_eq!(metric(&m, refused), 1.0, "{m:?}");
-    assert_eq!(metric(&m, open), 4.0);
-    drop(four.pop());
-    wait_metrics(s.admin, "three connections open", |m| metric(m, open) == 3.0).await;
-    let (status, _, _) = get(s.addr, "/small", &[]).await;
-    assert_eq!(status, 200);
+    assert_eq!((metric(&m, refused), metric(&m, open)), (1.0, 3.0), "{m:?}");
+    drop(two.pop());
+    wait_metrics(s.admin, "the closed connection gone", |m| metric(m, open) == 2.0).await;
+    let mut again = connect_from("127.0.0.1", s.addr).await;
+    request_on(&mut again).await;
 }
 
 /// Item 7: idle connections are closed: HTTP/1.1 keep-alive after its response, HTTP/2 (with

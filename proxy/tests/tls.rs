@@ -1,8 +1,9 @@
 //! TLS through the real `weft-proxy` binary, with certificates made here (rcgen, and openssl for
 //! RSA, which ring cannot generate): termination on `listen_tls:` (SNI choosing among
-//! certificates, ALPN to HTTP/2, `x-forwarded-proto: https`, curl --http2), certificate reloads
+//! certificates, ALPN to HTTP/2, `x-forwarded-proto: https`, curl --http2, a listener's own
+//! connection cap), certificate reloads
 //! (refused when broken, swapped under load without a failed request), `check`, and HTTPS
-//! upstreams (test CA, wrong CA -> 502, mutual TLS, keep-alive over TLS).
+//! upstreams (test CA, wrong CA -> 502, mutual TLS, keep-alive over TLS, active health checks).
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -681,4 +682,176 @@ async fn plugins_see_https_on_a_tls_listener() {
     let (status, _, body) = common::get(plain, "/", &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["headers"]["x-seen-scheme"], "http");
+}
+
+/// An HTTPS upstream that answers its `name`, and `/health` with 200 while `healthy` holds,
+/// else 503; counts the health checks it got (over TLS: it speaks nothing else).
+async fn checked_https_upstream(leaf: &Issued, name: &'static str) -> (SocketAddr, Arc<AtomicBool>, Arc<AtomicUsize>) {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der.clone()], PrivateKeyDer::from_pem_file(&leaf.key).unwrap())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (healthy, checks) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicUsize::new(0)));
+    let (flag, count) = (healthy.clone(), checks.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let (acceptor, flag, count) = (acceptor.clone(), flag.clone(), count.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let mut resp = hyper::Response::new(Full::new(Bytes::from_static(name.as_bytes())));
+                    if req.uri().path() == "/health" {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        if !flag.load(Ordering::Relaxed) {
+                            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                    }
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, healthy, checks)
+}
+
+/// Which upstream answered each of six requests; every one must succeed.
+async fn who_answers(client: &common::HttpClient, proxy: SocketAddr) -> Vec<String> {
+    let mut seen = Vec::new();
+    for i in 0..6 {
+        let (status, _, body) = common::get_with(client, proxy, &format!("/r{i}"), &[]).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        seen.push(body.as_str().unwrap_or_default().to_owned());
+    }
+    seen
+}
+
+/// Active health checks of HTTPS upstream addresses go over TLS (test CA, SNI name): an
+/// address whose `/health` fails is taken out of rotation (requests keep succeeding on the
+/// other), and comes back once its checks pass again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_health_checks_take_an_https_address_out_and_back() {
+    let pki = Pki::new("tls-health");
+    let leaf = pki.issue("up", &["up.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let (a, _, _) = checked_https_upstream(&leaf, "a").await;
+    let (b, b_healthy, b_checks) = checked_https_upstream(&leaf, "b").await;
+    let (plain, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "listen: {plain}\nworkers: 1\nadmin: {{ listen: {admin} }}\nupstreams:\n  - name: up\n    addresses: [\"{a}\", \"{b}\"]\n    \
+         tls: {{ server_name: up.test, ca_file: {} }}\n    \
+         health_check: {{ path: /health, interval_ms: 50, timeout_ms: 1000, healthy_threshold: 2, unhealthy_threshold: 2 }}\n\
+         routes: [{{ upstream: up }}]\n",
+        pki.ca_file().display()
+    );
+    let _proxy = ProxyProcess::start("tls-health", &yaml, plain);
+    let healthy = format!("weft_upstream_address_healthy{{upstream=\"up\",address=\"{b}\"}}");
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let seen = who_answers(&client, plain).await;
+    assert!(seen.iter().any(|s| s == "b"), "both addresses serve: {seen:?}");
+    assert!(b_checks.load(Ordering::Relaxed) > 0, "b was checked over TLS");
+
+    b_healthy.store(false, Ordering::Relaxed);
+    common::wait_metrics(admin, "b out of rotation", |m| m.get(&healthy) == Some(&0.0)).await;
+    let seen = who_answers(&client, plain).await;
+    assert!(seen.iter().all(|s| s == "a"), "b failed its checks: {seen:?}");
+
+    b_healthy.store(true, Ordering::Relaxed);
+    let m = common::wait_metrics(admin, "b back in rotation", |m| m.get(&healthy) == Some(&1.0)).await;
+    assert_eq!(metric(&m, &healthy), 1.0);
+    let seen = who_answers(&client, plain).await;
+    assert!(seen.iter().any(|s| s == "b"), "b passed its checks again: {seen:?}");
+}
+
+/// `listen_tls[0].max_connections: 1`: while one TLS connection is open, a second one completes
+/// its TCP handshake but waits in the backlog (no TLS handshake, no answer) and is served once
+/// the first closes; the plain listener, with its own permits, serves meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_listener_at_its_own_cap_keeps_new_connections_waiting() {
+    let pki = Pki::new("tls-cap");
+    let a = pki.issue("a", &["a.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let up = demo_upstream().await;
+    let (plain, admin, tls) = (free_port(), free_port(), free_port());
+    // The first connection sends no request: a long header timeout keeps it open meanwhile.
+    let yaml = tls_config(plain, admin, tls, &cert_entry(&a, "a.test"), up)
+        .replace("    certificates:\n", "    max_connections: 1\n    certificates:\n")
+        + "limits: { header_read_timeout_ms: 60000 }\n";
+    let _proxy = ProxyProcess::start("tls-cap", &yaml, plain);
+    let roots = [pki.ca_der()];
+    let tcp = TcpStream::connect(tls).await.unwrap();
+    let first = tokio_rustls::TlsConnector::from(Arc::new(client_config(&roots, &[b"http/1.1"])))
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .expect("the first TLS connection is accepted");
+    let open = r#"weft_connections_open{listener="listen_tls[0]"}"#;
+    let reached = r#"weft_connections_limit_reached_total{listener="listen_tls[0]"}"#;
+    common::wait_metrics(admin, "one TLS connection open", |m| m.get(open) == Some(&1.0)).await;
+
+    let mut second = tokio::spawn(https_get(tls, "a.test", client_config(&roots, &[b"h2"]), "/"));
+    common::wait_metrics(admin, "the second waiting for a permit", |m| {
+        m.get(reached).is_some_and(|&n| n >= 1.0)
+    })
+    .await;
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut second).await;
+    if let Ok(done) = early {
+        let what = done.map(|r| r.map(|a| a.status));
+        panic!("the connection over the cap was not kept waiting: {what:?}");
+    }
+    let (status, _, _) = common::get(plain, "/", &[]).await;
+    assert_eq!(status, StatusCode::OK, "the plain listener has its own permits");
+
+    drop(first);
+    let ans = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("served once the first closed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ans.status, StatusCode::OK, "{}", ans.body);
+}
+
+/// `limits.max_connections: 1` counts the TLS and the plain listener together: while a TLS
+/// connection is open, a plain one waits in the backlog, and is served once the TLS one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_cap_spans_the_tls_and_plain_listeners() {
+    let pki = Pki::new("tls-process-cap");
+    let a = pki.issue("a", &["a.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let up = demo_upstream().await;
+    let (plain, admin, tls) = (free_port(), free_port(), free_port());
+    let yaml = tls_config(plain, admin, tls, &cert_entry(&a, "a.test"), up)
+        + "limits: { max_connections: 1, header_read_timeout_ms: 60000 }\n";
+    let _proxy = ProxyProcess::start("tls-process-cap", &yaml, plain);
+    let plain_open = r#"weft_connections_open{listener="proxy"}"#;
+    // The readiness probe's connection holds the one permit until it is gone.
+    common::wait_metrics(admin, "the probe gone", |m| m.get(plain_open).is_none_or(|&n| n == 0.0)).await;
+    let tcp = TcpStream::connect(tls).await.unwrap();
+    let first = tokio_rustls::TlsConnector::from(Arc::new(client_config(&[pki.ca_der()], &[b"http/1.1"])))
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .expect("the TLS connection is accepted");
+    let reached = r#"weft_connections_limit_reached_total{listener="proxy"}"#;
+    let mut waiting = tokio::spawn(common::get(plain, "/", &[]));
+    common::wait_metrics(admin, "the plain connection waiting", |m| {
+        m.get(reached).is_some_and(|&n| n >= 1.0)
+    })
+    .await;
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut waiting).await;
+    assert!(
+        early.is_err(),
+        "served over the process-wide cap: {:?}",
+        early.map(|r| r.map(|a| a.0))
+    );
+    drop(first);
+    let (status, _, _) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served once the TLS connection closed")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
 }

@@ -7,6 +7,8 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 
 /// `limits.max_connections` when absent: half the open-file limit, at most this.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// `limits.listen_backlog`: connections each listening socket queues before they are accepted.
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
 /// `limits.header_read_timeout_ms`.
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// `limits.idle_timeout_ms`.

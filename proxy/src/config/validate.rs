@@ -106,6 +106,9 @@ impl Config {
                 format!("{n} serving threads: must be 1 to {}", crate::workers::MAX_WORKERS),
             );
         }
+        if self.listen_max_connections == Some(0) {
+            err("listen_max_connections".into(), "must be at least 1".into());
+        }
         let Some(l) = &self.limits else { return };
         for (field, v) in [
             ("header_read_timeout_ms", l.header_read_timeout_ms),
@@ -122,10 +125,14 @@ impl Config {
         for (field, v) in [
             ("max_connections", l.max_connections),
             ("http2_max_concurrent_streams", l.http2_max_concurrent_streams),
+            ("max_connections_per_ip", l.max_connections_per_ip),
         ] {
             if v == Some(0) {
                 err(format!("limits.{field}"), "must be at least 1".into());
             }
+        }
+        if let Some(n) = l.listen_backlog.filter(|n| !(1..=65535).contains(n)) {
+            err("limits.listen_backlog".into(), format!("must be 1 to 65535, got {n}"));
         }
     }
 

@@ -2,7 +2,8 @@
 //! on every config reload (SIGHUP, `POST /reload`). A reload reads every certificate first and
 //! swaps only if all of them load, so a broken certificate or a key that does not match is
 //! refused (the error names the file and the reason) and the old certificates keep serving.
-//! Addresses are bound once: a changed `listen_tls[i].listen` takes effect at restart.
+//! Addresses are bound once: a changed `listen_tls[i].listen` (or `max_connections`) takes
+//! effect at restart.
 
 use std::sync::Arc;
 
@@ -45,8 +46,8 @@ pub fn prepare(config: &Config, running: &[Arc<TlsListener>]) -> Result<(Vec<Cer
             .listen_tls
             .iter()
             .zip(running)
-            .any(|(l, r)| l.listen.parse().ok() != Some(r.addr));
-    let note = moved.then(|| "listen_tls addresses take effect at restart only".to_owned());
+            .any(|(l, r)| l.listen.parse().ok() != Some(r.addr) || l.max_connections != r.max_connections);
+    let note = moved.then(|| "listen_tls addresses and max_connections take effect at restart only".to_owned());
     Ok((sets, note))
 }
 

@@ -106,6 +106,8 @@ pub struct TlsListener {
     pub addr: SocketAddr,
     /// `listen_tls[i]`, for errors and metric labels.
     pub label: String,
+    /// `listen_tls[i].max_connections` (bound once: a reload keeps the first).
+    pub max_connections: Option<u32>,
     acceptor: TlsAcceptor,
     resolver: Arc<SniResolver>,
 }
@@ -126,6 +128,7 @@ impl TlsListener {
         let listener = TlsListener {
             addr,
             label,
+            max_connections: cfg.max_connections,
             acceptor: TlsAcceptor::from(Arc::new(config)),
             resolver,
         };
@@ -218,6 +221,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = ListenTlsConfig {
             listen: "127.0.0.1:0".into(),
+            max_connections: None,
             certificates: vec![
                 write_cert(&dir, "first", &["first.test"]),
                 write_cert(&dir, "exact", &["A.Example.com"]),
@@ -255,6 +259,7 @@ mod tests {
         std::fs::write(&empty.key, "").unwrap();
         let cfg = ListenTlsConfig {
             listen: "127.0.0.1:0".into(),
+            max_connections: None,
             certificates: vec![good, empty],
         };
         let errs = CertSet::load(&cfg, "listen_tls[3]").unwrap_err();
