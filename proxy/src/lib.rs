@@ -5,6 +5,7 @@
 //! proxy (and the demo upstream) in-process.
 
 pub mod admin;
+pub mod balance;
 pub mod body;
 pub mod config;
 pub mod conn;
@@ -21,6 +22,7 @@ pub mod pool;
 pub mod proxy;
 pub mod reload;
 mod request;
+pub mod retry;
 pub mod route;
 pub mod server;
 pub mod tls;

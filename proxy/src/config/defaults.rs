@@ -44,6 +44,12 @@ pub const DEFAULT_NATS_DISCOVERY_TIMEOUT_MS: u64 = 2000;
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 1000;
 /// `upstreams[].timeout_ms`.
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
+/// `upstreams[].retries`.
+pub const DEFAULT_UPSTREAM_RETRIES: u32 = 1;
+/// Upper bound of `upstreams[].retries`.
+pub const MAX_UPSTREAM_RETRIES: u32 = 10;
+/// Upper bound of `upstreams[].addresses[].weight` (the weighted schedule has one entry per unit).
+pub const MAX_ADDRESS_WEIGHT: u32 = 1000;
 /// `upstreams[].body_timeout_ms`.
 pub const DEFAULT_UPSTREAM_BODY_TIMEOUT_MS: u64 = 60_000;
 
