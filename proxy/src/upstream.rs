@@ -186,7 +186,7 @@ impl Upstream {
         req: Request<UpstreamBody>,
         pick: &mut Pick,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        let (req, _) = origin_form(req);
+        let (req, host_filled) = origin_form(req);
         let mut retry = Retry::new(&req, self.retries, self.addresses.len());
         let mut req = req;
         loop {
@@ -210,6 +210,9 @@ impl Upstream {
             );
             pick.index = next;
             req = again;
+            if host_filled {
+                set_host(&mut req, &self.addresses[next]);
+            }
         }
     }
 
@@ -313,8 +316,8 @@ fn http_error(e: hyper::Error) -> UpstreamError {
 
 /// Takes the address out of `req`'s absolute URI (set by the request stage), leaving the
 /// origin form (`/path?query`) an HTTP/1.1 server expects; fills in `host` when the client
-/// sent none (see `forward::pin_host`).
-fn origin_form(mut req: Request<UpstreamBody>) -> (Request<UpstreamBody>, Authority) {
+/// sent none (see `forward::pin_host`) and returns whether it did.
+fn origin_form(mut req: Request<UpstreamBody>) -> (Request<UpstreamBody>, bool) {
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     let addr = parts
         .authority
@@ -325,9 +328,14 @@ fn origin_form(mut req: Request<UpstreamBody>) -> (Request<UpstreamBody>, Author
         .take()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     *req.uri_mut() = Uri::from(path);
-    if !req.headers().contains_key(header::HOST) {
-        let host = HeaderValue::from_str(addr.as_str()).expect("an authority is a valid header value");
-        req.headers_mut().insert(header::HOST, host);
+    let filled = !req.headers().contains_key(header::HOST);
+    if filled {
+        set_host(&mut req, &addr);
     }
-    (req, addr)
+    (req, filled)
+}
+
+fn set_host(req: &mut Request<UpstreamBody>, addr: &Authority) {
+    let host = HeaderValue::from_str(addr.as_str()).expect("an authority is a valid header value");
+    req.headers_mut().insert(header::HOST, host);
 }

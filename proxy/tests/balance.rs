@@ -59,12 +59,16 @@ impl Upstream {
         runtime.spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (count, released) = (Arc::clone(&count), released.clone());
-                let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let (count, mut released) = (Arc::clone(&count), released.clone());
                     async move {
                         count.fetch_add(1, Ordering::SeqCst);
                         let _ = released.wait_for(|r| *r).await;
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(name.as_bytes()))))
+                        let mut resp = Response::new(Full::new(Bytes::from_static(name.as_bytes())));
+                        if let Some(host) = req.headers().get(http::header::HOST) {
+                            resp.headers_mut().insert("x-seen-host", host.clone());
+                        }
+                        Ok::<_, Infallible>(resp)
                     }
                 });
                 tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc));
@@ -329,6 +333,15 @@ async fn a_refused_connection_is_retried_elsewhere_but_not_a_post_with_a_body() 
     let m = scrape(s.admin).await;
     assert_eq!(metric(&m, retries), 15.0, "every other request picked the dead address");
 
+    // HTTP/1.0 without Host: the proxy names the address it sends to, the retry's own.
+    for _ in 0..2 {
+        let answer = http10_get(s.proxy.addr);
+        assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+        let seen = format!("x-seen-host: {}", live.addr);
+        assert!(answer.to_ascii_lowercase().contains(&seen), "{answer}");
+    }
+    assert_eq!(metric(&scrape(s.admin).await, retries), 16.0);
+
     // A POST without a body may go elsewhere; one with a body is not sent again.
     for _ in 0..4 {
         assert_eq!(call(&client, Method::POST, &s.url, &[], "").await.0, 200);
@@ -342,7 +355,7 @@ async fn a_refused_connection_is_retried_elsewhere_but_not_a_post_with_a_body() 
         2,
         "{statuses:?}"
     );
-    assert_eq!(metric(&scrape(s.admin).await, retries), 17.0);
+    assert_eq!(metric(&scrape(s.admin).await, retries), 18.0);
 
     // retries: 0: a GET that picked the dead address fails.
     let other = format!("http://{}/other", s.proxy.addr);
@@ -357,6 +370,22 @@ async fn a_refused_connection_is_retried_elsewhere_but_not_a_post_with_a_body() 
     );
     let m = scrape(s.admin).await;
     assert_eq!(metric(&m, "weft_upstream_retries_total{upstream=\"other\"}"), 0.0);
+    // Every attempt was counted in and out of its address's active requests.
+    for addr in [dead, live.addr] {
+        let active = format!("weft_upstream_address_active_requests{{upstream=\"up\",address=\"{addr}\"}}");
+        assert_eq!(metric(&m, &active), 0.0, "{active}");
+    }
+}
+
+/// `GET /` over HTTP/1.0 without a Host header; the whole answer.
+fn http10_get(proxy: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
 }
 
 /// What the load saw.
@@ -445,4 +474,6 @@ async fn killing_one_of_two_upstreams_under_load_fails_no_get() {
         metric(&m, "weft_upstream_retries_total{upstream=\"up\"}") >= 1.0,
         "the kill was retried"
     );
+    let healthy = format!("weft_upstream_address_healthy{{upstream=\"up\",address=\"{b_addr}\"}}");
+    assert_eq!(metric(&m, &healthy), 1.0, "b is back");
 }
