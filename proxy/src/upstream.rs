@@ -1,9 +1,9 @@
 //! Upstream pools: the addresses not ejected ([`crate::health`]) picked by the upstream's policy
 //! ([`crate::balance`]), retries on another address ([`crate::retry`]), keep-alive HTTP/1.1
 //! connections kept per serving thread and driven by the request that uses them
-//! ([`crate::pool`]). With one
-//! single-threaded runtime per serving thread ([`crate::workers`]) a request, its upstream
-//! connection and the response never leave the task, or the thread, that accepted the client.
+//! ([`crate::pool`]). With one single-threaded runtime per serving thread ([`crate::workers`]) a
+//! request, its upstream connection and the response never leave the task, or the thread, that
+//! accepted the client.
 
 use std::io;
 use std::net::IpAddr;

@@ -1,9 +1,10 @@
 //! Load-balancing policies and retries through the real `weft-proxy` binary, against real
 //! loopback upstreams that answer with their name: weighted shares, least_requests around an
-//! upstream that holds its requests, consistent hashing (a key stays on its address; a reload
-//! that removes an address moves only that address's keys), retries on another address for
-//! requests that could not reach theirs (counted in a metric), no retry of a POST with a body,
-//! and no failed GET when one of two upstreams is killed under load.
+//! upstream that holds its requests, consistent hashing on a header, a cookie and the client IP
+//! (a key stays on its address; a reload that removes an address moves only that address's
+//! keys), retries on another address for requests that could not reach theirs (counted in a
+//! metric), no retry of a POST with a body, and no failed GET when one of two upstreams is
+//! killed under load.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -308,6 +309,38 @@ async fn consistent_hash_keeps_keys_and_a_reload_moves_only_the_removed_address_
     }
     assert_eq!(moved, t["c"], "exactly c's keys moved");
     assert_eq!(ups[2].name, "c");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_on_a_cookie_and_on_the_client_ip() {
+    let ups = [Upstream::start("a"), Upstream::start("b"), Upstream::start("c")];
+    let addrs = list(&ups.iter().map(|u| u.addr).collect::<Vec<_>>());
+    let s = start(
+        "hash-forms",
+        &format!(
+            "  - name: up\n    balance: {{ policy: consistent_hash, hash_on: {{ cookie: sid }} }}\n    addresses: {addrs}\n  \
+             - name: other\n    balance: {{ policy: consistent_hash, hash_on: client_ip }}\n    addresses: {addrs}\n"
+        ),
+    );
+    let client = client();
+    let mut owners = Vec::new();
+    for k in 0..45 {
+        let cookie = format!("theme=dark; sid=s-{k}; lang=en");
+        let (_, first) = get(&client, &s.url, &[("cookie", &cookie)]).await;
+        let (_, again) = get(&client, &s.url, &[("cookie", &cookie)]).await;
+        assert_eq!(first, again, "session s-{k} stays on its address");
+        owners.push(first);
+    }
+    let t = tally(&owners);
+    assert!(t.len() == 3 && t.values().all(|&n| n >= 5), "sessions spread: {t:?}");
+
+    // Every request comes from 127.0.0.1: one address takes them all.
+    let other = format!("http://{}/other", s.proxy.addr);
+    let mut answers = Vec::new();
+    for _ in 0..12 {
+        answers.push(get(&client, &other, &[]).await.1);
+    }
+    assert_eq!(tally(&answers).len(), 1, "{answers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
