@@ -219,6 +219,15 @@ mod tests {
             e,
             ["config error in b.yaml at upstreams[0].addresses[0].weight: must be between 1 and 1000, got 0"]
         );
+        let heavy = ["{ address: \"h:1\", weight: 1000 }"; 11].join(", ");
+        let e = parse(&format!(
+            "    balance: {{ policy: weighted }}\n    addresses: [{heavy}]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            ["config error in b.yaml at upstreams[0].addresses: the weights add up to 11000; at most 10000"]
+        );
         let e = parse("    addresses: [\"h:1\"]\n    balance: { policy: consistent_hash }\n").unwrap_err();
         assert_eq!(e.len(), 1);
         assert!(

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 
 use super::{
     BalanceConfig, BalancePolicy, Config, ConfigError, ConfigErrors, EjectionConfig, HashOn, HealthCheckConfig,
-    MAX_ADDRESS_WEIGHT, MAX_BUFFERED_BODY_BYTES, MAX_TIMEOUT_MS, MAX_UPSTREAM_RETRIES, NatsConfig, PluginConfig,
-    PluginType, REMOTE_PHASES, RouteConfig, RuntimeConfig, STALL_THRESHOLD_MAX_MS, STALL_THRESHOLD_MIN_MS,
-    UpstreamConfig, admin_listen_is_loopback, parse_method, parse_upstream_address,
+    MAX_ADDRESS_WEIGHT, MAX_BUFFERED_BODY_BYTES, MAX_TIMEOUT_MS, MAX_UPSTREAM_RETRIES, MAX_WEIGHT_TOTAL, NatsConfig,
+    PluginConfig, PluginType, REMOTE_PHASES, RouteConfig, RuntimeConfig, STALL_THRESHOLD_MAX_MS,
+    STALL_THRESHOLD_MIN_MS, UpstreamConfig, admin_listen_is_loopback, parse_method, parse_upstream_address,
 };
 
 /// The indices of the named entries, by name, for the sections that refer to them.
@@ -496,6 +496,13 @@ fn validate_balance(i: usize, u: &UpstreamConfig, err: &mut impl FnMut(String, S
             format!("only for policy consistent_hash (the policy is {})", other.name()),
         ),
         (_, None) => {}
+    }
+    let total: u64 = u.addresses.iter().map(|a| u64::from(a.weight)).sum();
+    if *policy == BalancePolicy::Weighted && total > MAX_WEIGHT_TOTAL {
+        err(
+            format!("upstreams[{i}].addresses"),
+            format!("the weights add up to {total}; at most {MAX_WEIGHT_TOTAL}"),
+        );
     }
     let stray_weight = u.addresses.iter().position(|a| a.weight != 1);
     if let (false, Some(j)) = (*policy == BalancePolicy::Weighted, stray_weight) {
