@@ -12,9 +12,11 @@ use http::Method;
 use http::uri::Authority;
 use serde::Deserialize;
 
+mod balance;
 mod defaults;
 mod validate;
 
+pub use balance::{AddressConfig, BalanceConfig, BalancePolicy, HashOn};
 pub use defaults::*;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -435,6 +437,9 @@ fn default_connect_timeout_ms() -> u64 {
 fn default_timeout_ms() -> u64 {
     DEFAULT_UPSTREAM_TIMEOUT_MS
 }
+fn default_retries() -> u32 {
+    DEFAULT_UPSTREAM_RETRIES
+}
 fn default_path_prefix() -> String {
     DEFAULT_PATH_PREFIX.to_owned()
 }
@@ -443,8 +448,15 @@ fn default_path_prefix() -> String {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub name: String,
-    /// `host:port` entries, used round robin.
-    pub addresses: Vec<String>,
+    /// `host:port` entries, or `{ address, weight }` (`weighted` uses the weights).
+    pub addresses: Vec<AddressConfig>,
+    /// How requests are spread over the addresses (`balance.rs`); round robin when absent.
+    #[serde(default)]
+    pub balance: BalanceConfig,
+    /// How many times a request that could not reach an address goes to another
+    /// ([`DEFAULT_UPSTREAM_RETRIES`]; 0: never).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     /// Time allowed until the upstream's response headers arrive.
@@ -975,11 +987,11 @@ routes:
 
     #[test]
     fn unknown_field_names_path() {
-        let text = GOOD.replace("timeout_ms: 500", "timeout_ms: 500\n    retries: 3");
+        let text = GOOD.replace("timeout_ms: 500", "timeout_ms: 500\n    retry: 3");
         let e = errors(&text);
         assert_eq!(e.len(), 1);
         assert!(
-            e[0].starts_with("config error in proxy.yaml at upstreams[0].retries: unknown field `retries`"),
+            e[0].starts_with("config error in proxy.yaml at upstreams[0].retry: unknown field `retry`"),
             "{e:?}"
         );
     }

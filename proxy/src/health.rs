@@ -179,6 +179,11 @@ impl AddressHealth {
         self.metrics.healthy.set(i64::from(!out));
     }
 
+    /// Requests in flight to this address from every serving thread (`least_requests`).
+    pub fn active_requests(&self) -> i64 {
+        self.metrics.active.get()
+    }
+
     /// Counts a request in flight to this address until the guard drops.
     pub fn active(&self) -> ActiveGuard<'_> {
         self.metrics.active.inc();

@@ -6,6 +6,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod balance;
 pub mod body;
 pub mod config;
 pub mod conn;
@@ -22,6 +23,7 @@ pub mod pool;
 pub mod proxy;
 pub mod reload;
 mod request;
+pub mod retry;
 pub mod route;
 pub mod server;
 pub mod tls;

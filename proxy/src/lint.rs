@@ -33,7 +33,10 @@ fn same_upstream(config: &Config, a: &str, b: &str) -> bool {
             .map(|u| u.addresses.as_slice())
             .unwrap_or_default()
     };
-    a == b || addresses(a).iter().any(|x| addresses(b).contains(x))
+    a == b
+        || addresses(a)
+            .iter()
+            .any(|x| addresses(b).iter().any(|y| y.address == x.address))
 }
 
 /// Whether route `q` (after `p`) can take requests for `p`'s paths that `p` does not take:

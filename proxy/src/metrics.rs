@@ -105,6 +105,11 @@ impl EncodeMetric for Histogram {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamAddress {
     upstream: String,
     address: String,
@@ -380,6 +385,7 @@ pub struct Metrics {
     address_healthy: Family<UpstreamAddress, Gauge>,
     address_ejections: Family<UpstreamAddress, Counter>,
     address_active: Family<UpstreamAddress, SpreadGauge>,
+    upstream_retries: Family<UpstreamLabel, Counter>,
     /// Route names that have series, so a reload can drop those of removed routes.
     routes: Mutex<std::collections::HashSet<String>>,
     no_route: RouteMetrics,
@@ -502,6 +508,12 @@ impl Metrics {
             "Requests sent to an upstream address and waiting for its response head",
             address_active.clone(),
         );
+        let upstream_retries = Family::<UpstreamLabel, Counter>::default();
+        registry.register(
+            "weft_upstream_retries",
+            "Requests sent again to another address of an upstream after an attempt failed (upstreams[].retries)",
+            upstream_retries.clone(),
+        );
         let runtime = Arc::new(RuntimeCollector::default());
         registry.register_collector(Box::new(runtime.clone()));
         registry.register_collector(Box::new(LogCollector));
@@ -526,6 +538,7 @@ impl Metrics {
             address_healthy,
             address_ejections,
             address_active,
+            upstream_retries,
             routes: Mutex::default(),
             no_route: placeholder_route(),
             runtime,
@@ -583,6 +596,13 @@ impl Metrics {
             ejections: self.address_ejections.get_or_create_owned(&label),
             active: self.address_active.get_or_create_owned(&label),
         }
+    }
+
+    /// `weft_upstream_retries_total` of `upstream` (shared across reloads, as its name is).
+    pub fn upstream_retries(&self, upstream: &str) -> Counter {
+        self.upstream_retries.get_or_create_owned(&UpstreamLabel {
+            upstream: upstream.to_owned(),
+        })
     }
 
     /// A timer for an in-process plugin instance: one histogram per phase under `plugin`.

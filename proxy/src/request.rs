@@ -28,7 +28,7 @@ use crate::proxy::{Proxy, RouteTarget};
 use crate::route::{Found, normalize_host};
 use crate::server::error_chain;
 use crate::tls::server::TlsInfo;
-use crate::upstream::{ResponseBody, UpstreamError};
+use crate::upstream::{Pick, ResponseBody, UpstreamError};
 use crate::ws::ClientUpgrade;
 
 /// A response that ends the request now.
@@ -86,15 +86,16 @@ impl Proxy {
             (up, _) => up,
         };
         let body = f.request_body(&mut parts, body).await?;
-        let addr = self.address_upstream(&mut parts, client, host.as_ref(), upgrade.is_some(), route);
-        let Some(addr) = addr else {
+        let pick = self.address_upstream(&mut parts, client, host.as_ref(), upgrade.is_some(), route);
+        let Some(mut pick) = pick else {
             return Err(f.reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"));
         };
         let head_request = parts.method == Method::HEAD;
-        let resp = f.forward(Request::from_parts(parts, body), &addr).await?;
+        let resp = f.forward(Request::from_parts(parts, body), &mut pick).await?;
         let (mut parts, body) = upstream_head(resp, upgrade, route).into_parts();
         f.response_phases(&mut parts).await?;
-        Ok(f.response_body(parts, body, head_request, &addr).await)
+        let addr = route.upstream.address(&pick);
+        Ok(f.response_body(parts, body, head_request, addr).await)
     }
 
     /// Refuses what cannot be proxied (CONNECT, a bad `Host`, a path that does not normalise),
@@ -143,8 +144,9 @@ impl Proxy {
     }
 
     /// Sets the forwarding headers (after the plugins: they cannot forge them), puts an
-    /// upgrade's headers back, and points the request at the next upstream address over HTTP/1.1;
-    /// `None` when every address of the upstream is ejected.
+    /// upgrade's headers back, and points the request at the address the upstream's policy picks
+    /// (by the request as the plugins left it) over HTTP/1.1; `None` when every address of the
+    /// upstream is ejected.
     fn address_upstream(
         &self,
         parts: &mut Parts,
@@ -152,18 +154,19 @@ impl Proxy {
         host: Option<&HeaderValue>,
         upgrade: bool,
         route: &RouteTarget,
-    ) -> Option<Authority> {
+    ) -> Option<Pick> {
         let trusted = self.trusted.contains(client.ip());
         let proto = scheme(parts);
         add_forwarding_headers(&mut parts.headers, client.ip(), trusted, proto, host);
         if upgrade {
             crate::ws::restore_upgrade_headers(&mut parts.headers);
         }
-        let addr = route.upstream.pick()?.clone();
-        parts.uri = upstream_uri(&parts.uri, &addr);
+        let upstream = &route.upstream;
+        let pick = upstream.pick(upstream.balance_key(&parts.headers, client.ip()))?;
+        parts.uri = upstream_uri(&parts.uri, upstream.address(&pick));
         // Upstreams always get HTTP/1.1, whatever the client spoke.
         parts.version = Version::HTTP_11;
-        Some(addr)
+        Some(pick)
     }
 }
 
@@ -314,12 +317,15 @@ impl Flight<'_> {
         Ok(UpstreamBody::Full(with_length(out, &mut parts.headers)))
     }
 
-    /// Sends the request to `addr` of the route's upstream and waits for the response head:
-    /// 504 on the upstream's timeout, 408 when the client's body stalled, 502 when it failed.
-    async fn forward(&mut self, req: Request<UpstreamBody>, addr: &Authority) -> Step<Response<ResponseBody>> {
+    /// Sends the request to the picked address of the route's upstream (another one on a
+    /// retry: `pick` then says which) and waits for the response head: 504 on the upstream's
+    /// timeout, 408 when the client's body stalled, 502 when it failed.
+    async fn forward(&mut self, req: Request<UpstreamBody>, pick: &mut Pick) -> Step<Response<ResponseBody>> {
         let (route, request_id) = (self.route, self.request_id);
         let upstream = &route.upstream;
-        match upstream.send(req).await {
+        let result = upstream.send(req, pick).await;
+        let addr = upstream.address(pick);
+        match result {
             Ok(resp) => Ok(resp),
             Err(UpstreamError::Timeout) => {
                 route.metrics.upstream_timeout();

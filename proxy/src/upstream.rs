@@ -1,25 +1,31 @@
-//! Upstream pools: round robin over the addresses not ejected ([`crate::health`]), keep-alive HTTP/1.1 connections kept per
-//! serving thread and driven by the request that uses them ([`crate::pool`]). With one
-//! single-threaded runtime per serving thread ([`crate::workers`]) a request, its upstream
-//! connection and the response never leave the task, or the thread, that accepted the client.
+//! Upstream pools: the addresses not ejected ([`crate::health`]) picked by the upstream's policy
+//! ([`crate::balance`]), retries on another address ([`crate::retry`]), keep-alive HTTP/1.1
+//! connections kept per serving thread and driven by the request that uses them
+//! ([`crate::pool`]). With one single-threaded runtime per serving thread ([`crate::workers`]) a
+//! request, its upstream connection and the response never leave the task, or the thread, that
+//! accepted the client.
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderValue, Request, Response, Uri, header};
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, header};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tracing::{info, warn};
+use prometheus_client::metrics::counter::Counter;
+use tracing::{debug, info, warn};
 
+use crate::balance::{Balancer, Candidates};
 use crate::body::UpstreamBody;
 use crate::config::{DEFAULT_UPSTREAM_BODY_TIMEOUT_MS, UpstreamConfig, parse_upstream_address};
 use crate::conn::{TimedBody, timeout_in};
 use crate::health::{AddressHealth, Outcome};
 use crate::metrics::TimeoutKind;
 use crate::pool::{Conn, PooledBody, Pools};
+use crate::retry::Retry;
 use crate::tls::client::UpstreamTls;
 
 /// An upstream's response body as the proxy streams it: read on the request's own task,
@@ -31,10 +37,14 @@ pub struct Upstream {
     addresses: Vec<Authority>,
     /// The health of `addresses[i]`, shared by every serving thread.
     health: Vec<Arc<AddressHealth>>,
+    /// `balance:` ([`crate::balance`]).
+    balancer: Balancer,
+    /// `retries:`, and how many were made (`weft_upstream_retries_total`).
+    retries: u32,
+    retried: Counter,
     /// Every address was ejected at the last pick: logged once when it happens and once when
     /// it ends, not per request.
     none_healthy: AtomicBool,
-    next: AtomicUsize,
     timeout: Duration,
     /// `body_timeout_ms`: longest wait for the next bytes of a response body.
     body_timeout: Duration,
@@ -43,6 +53,13 @@ pub struct Upstream {
     pools: Pools,
     /// `tls:`: HTTPS to every address.
     tls: Option<Arc<UpstreamTls>>,
+}
+
+/// The address a request goes to, and the key it was picked by: a retry picks again by it.
+#[derive(Clone, Copy, Debug)]
+pub struct Pick {
+    index: usize,
+    key: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +94,7 @@ impl Upstream {
         let addresses: Vec<Authority> = config
             .addresses
             .iter()
-            .map(|a| parse_upstream_address(a).expect("validated upstream address"))
+            .map(|a| parse_upstream_address(&a.address).expect("validated upstream address"))
             .collect();
         let health = addresses
             .iter()
@@ -87,8 +104,10 @@ impl Upstream {
             name: config.name.clone(),
             addresses,
             health,
+            balancer: Balancer::new(config),
+            retries: config.retries,
+            retried: crate::metrics::global().upstream_retries(&config.name),
             none_healthy: AtomicBool::new(false),
-            next: AtomicUsize::new(0),
             timeout: Duration::from_millis(config.timeout_ms),
             body_timeout: Duration::from_millis(config.body_timeout_ms.unwrap_or(DEFAULT_UPSTREAM_BODY_TIMEOUT_MS)),
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
@@ -97,14 +116,23 @@ impl Upstream {
         })
     }
 
-    /// The address for the next request: round robin over the addresses not ejected; `None`
-    /// when every one is.
-    pub fn pick(&self) -> Option<&Authority> {
-        let n = self.addresses.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let found = (0..n).map(|k| (start + k) % n).find(|&i| self.health[i].available());
+    /// The key `consistent_hash` picks by, from the request as the plugins left it; `None`
+    /// for the other policies.
+    pub fn balance_key(&self, headers: &HeaderMap, client: IpAddr) -> Option<u64> {
+        self.balancer.key(headers, client)
+    }
+
+    /// The address for the next request by the upstream's policy, among the addresses not
+    /// ejected; `None` when every one is.
+    pub fn pick(&self, key: Option<u64>) -> Option<Pick> {
+        let found = self.balancer.pick(key, &Candidates::new(&self.health, &[]));
         self.note_none_healthy(found.is_none());
-        found.map(|i| &self.addresses[i])
+        found.map(|index| Pick { index, key })
+    }
+
+    /// The address of `pick`.
+    pub fn address(&self, pick: &Pick) -> &Authority {
+        &self.addresses[pick.index]
     }
 
     /// Logs when the upstream runs out of healthy addresses and when it has one again.
@@ -120,12 +148,6 @@ impl Upstream {
         }
     }
 
-    /// The health of `addr`, one of this upstream's addresses.
-    fn health_of(&self, addr: Option<&Authority>) -> Option<&AddressHealth> {
-        let i = self.addresses.iter().position(|a| Some(a) == addr)?;
-        Some(&self.health[i])
-    }
-
     /// The addresses, in config order.
     pub fn addresses(&self) -> &[Authority] {
         &self.addresses
@@ -136,58 +158,109 @@ impl Upstream {
         &self.health
     }
 
-    /// Sends `req` (whose URI already points at an address from [`Upstream::pick`]) and waits
-    /// for the response head. The response body streams afterwards, outside the timeout, each
-    /// wait for its next bytes bounded by `body_timeout_ms`.
-    /// The outcome counts toward the address's health ([`crate::health`]).
-    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<ResponseBody>, UpstreamError> {
-        let health = self.health_of(req.uri().authority());
-        let _active = health.map(AddressHealth::active);
-        let result = self.send_timed(req).await;
-        if let Some(h) = health {
-            h.record(match &result {
-                Ok(resp) => Outcome::of_status(resp.status()),
-                Err(UpstreamError::RequestBodyTimeout) => Outcome::Neutral,
-                Err(_) => Outcome::Failure,
-            });
-        }
-        result
-    }
-
-    async fn send_timed(&self, req: Request<UpstreamBody>) -> Result<Response<ResponseBody>, UpstreamError> {
-        let resp = match tokio::time::timeout(self.timeout, self.exchange(req)).await {
+    /// Sends `req` (whose URI already points at the address of `pick`) and waits for the
+    /// response head, all attempts within `timeout_ms`; a request that did not reach its
+    /// address may go to another ([`crate::retry`]), and `pick` then says which answered. The
+    /// response body streams afterwards, outside the timeout, each wait for its next bytes
+    /// bounded by `body_timeout_ms`. Each attempt's outcome counts toward its address's health
+    /// ([`crate::health`]).
+    pub async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+        pick: &mut Pick,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let resp = match tokio::time::timeout(self.timeout, self.attempts(req, pick)).await {
             Ok(Ok(resp)) => resp,
-            Ok(Err(UpstreamError::Http(e))) if timeout_in(&e) == Some(TimeoutKind::RequestBody) => {
-                return Err(UpstreamError::RequestBodyTimeout);
-            }
             Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(UpstreamError::Timeout),
+            Err(_) => {
+                self.health[pick.index].record(Outcome::Failure);
+                return Err(UpstreamError::Timeout);
+            }
         };
         Ok(resp.map(|b| TimedBody::new(b, self.body_timeout, TimeoutKind::UpstreamBody)))
     }
 
+    /// Attempts on the picked address, then on others while the failure allows a retry.
+    async fn attempts(
+        &self,
+        req: Request<UpstreamBody>,
+        pick: &mut Pick,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let (req, host_filled) = origin_form(req);
+        let mut retry = Retry::new(&req, self.retries, self.addresses.len());
+        let mut req = req;
+        loop {
+            let failed = match self.attempt(req, pick.index).await {
+                Ok(resp) => return Ok(resp),
+                Err(failed) => failed,
+            };
+            let Some(again) = retry.replay(failed.unsent, &failed.error) else {
+                return Err(failed.error);
+            };
+            let next = self
+                .balancer
+                .pick(pick.key, &Candidates::new(&self.health, retry.tried(pick.index)));
+            let Some(next) = next else {
+                return Err(failed.error);
+            };
+            self.retried.inc();
+            debug!(
+                upstream = %self.name, from = %self.addresses[pick.index], to = %self.addresses[next],
+                error = %failed.error, "retrying on another address"
+            );
+            pick.index = next;
+            req = again;
+            if host_filled {
+                set_host(&mut req, &self.addresses[next]);
+            }
+        }
+    }
+
+    /// One exchange with address `i`, counted in its active requests and its health.
+    async fn attempt(&self, req: Request<UpstreamBody>, i: usize) -> Result<Response<PooledBody>, Failed> {
+        let health = &self.health[i];
+        let _active = health.active();
+        let result = self.exchange(req, &self.addresses[i]).await;
+        health.record(match &result {
+            Ok(resp) => Outcome::of_status(resp.status()),
+            Err(Failed {
+                error: UpstreamError::RequestBodyTimeout,
+                ..
+            }) => Outcome::Neutral,
+            Err(_) => Outcome::Failure,
+        });
+        result
+    }
+
     /// One exchange on a pooled connection (or a new one). A pooled connection that turns out
     /// to have closed before any of the request was written is replaced by a new connection
-    /// once; the request was not sent, so this is safe for any method.
-    async fn exchange(&self, req: Request<UpstreamBody>) -> Result<Response<PooledBody>, UpstreamError> {
-        let (mut req, addr) = origin_form(req);
+    /// once; the request was not sent, so this is safe for any method. A failure carries the
+    /// request back when none of it was written.
+    async fn exchange(&self, req: Request<UpstreamBody>, addr: &Authority) -> Result<Response<PooledBody>, Failed> {
         if req.headers().contains_key(header::UPGRADE) {
-            return self.exchange_upgrade(req, &addr).await;
+            return self.exchange_upgrade(req, addr).await;
         }
-        let mut pooled = self.pools.checkout(&addr);
+        let mut req = req;
+        let mut pooled = self.pools.checkout(addr);
         loop {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
                 Some(conn) => conn,
-                None => Conn::connect(&addr, self.connect_timeout, self.tls.as_deref())
-                    .await
-                    .map_err(UpstreamError::Connect)?,
+                None => match Conn::connect(addr, self.connect_timeout, self.tls.as_deref()).await {
+                    Ok(conn) => conn,
+                    Err(e) => return Err(Failed::unsent(UpstreamError::Connect(e), req)),
+                },
             };
             match conn.exchange(req).await {
-                Ok(resp) => return Ok(resp.map(|b| PooledBody::new(b, conn, self.pools.home(&addr)))),
+                Ok(resp) => return Ok(resp.map(|b| PooledBody::new(b, conn, self.pools.home(addr)))),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(UpstreamError::Http(e.into_error())),
+                    unsent => {
+                        return Err(Failed {
+                            error: http_error(e.into_error()),
+                            unsent,
+                        });
+                    }
                 },
             }
         }
@@ -199,23 +272,52 @@ impl Upstream {
         &self,
         req: Request<UpstreamBody>,
         addr: &Authority,
-    ) -> Result<Response<PooledBody>, UpstreamError> {
-        let stream = Conn::stream(addr, self.connect_timeout, self.tls.as_deref())
-            .await
-            .map_err(UpstreamError::Connect)?;
-        let (mut send, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::Http)?;
+    ) -> Result<Response<PooledBody>, Failed> {
+        let stream = match Conn::stream(addr, self.connect_timeout, self.tls.as_deref()).await {
+            Ok(s) => s,
+            Err(e) => return Err(Failed::unsent(UpstreamError::Connect(e), req)),
+        };
+        let (mut send, conn) = match http1::handshake(TokioIo::new(stream)).await {
+            Ok(pair) => pair,
+            Err(e) => return Err(Failed::unsent(UpstreamError::Http(e), req)),
+        };
         tokio::spawn(conn.with_upgrades());
-        let resp = send.send_request(req).await.map_err(UpstreamError::Http)?;
+        let resp = send.send_request(req).await.map_err(|e| Failed {
+            error: UpstreamError::Http(e),
+            unsent: None,
+        })?;
         Ok(resp.map(PooledBody::detached))
+    }
+}
+
+/// A failed attempt: the error, and the request when none of it was written.
+struct Failed {
+    error: UpstreamError,
+    unsent: Option<Request<UpstreamBody>>,
+}
+
+impl Failed {
+    fn unsent(error: UpstreamError, req: Request<UpstreamBody>) -> Failed {
+        Failed {
+            error,
+            unsent: Some(req),
+        }
+    }
+}
+
+/// A failed exchange; a stalled client body is told apart (it says nothing about the address).
+fn http_error(e: hyper::Error) -> UpstreamError {
+    if timeout_in(&e) == Some(TimeoutKind::RequestBody) {
+        UpstreamError::RequestBodyTimeout
+    } else {
+        UpstreamError::Http(e)
     }
 }
 
 /// Takes the address out of `req`'s absolute URI (set by the request stage), leaving the
 /// origin form (`/path?query`) an HTTP/1.1 server expects; fills in `host` when the client
-/// sent none (see `forward::pin_host`).
-fn origin_form(mut req: Request<UpstreamBody>) -> (Request<UpstreamBody>, Authority) {
+/// sent none (see `forward::pin_host`) and returns whether it did.
+fn origin_form(mut req: Request<UpstreamBody>) -> (Request<UpstreamBody>, bool) {
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     let addr = parts
         .authority
@@ -226,9 +328,14 @@ fn origin_form(mut req: Request<UpstreamBody>) -> (Request<UpstreamBody>, Author
         .take()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     *req.uri_mut() = Uri::from(path);
-    if !req.headers().contains_key(header::HOST) {
-        let host = HeaderValue::from_str(addr.as_str()).expect("an authority is a valid header value");
-        req.headers_mut().insert(header::HOST, host);
+    let filled = !req.headers().contains_key(header::HOST);
+    if filled {
+        set_host(&mut req, &addr);
     }
-    (req, addr)
+    (req, filled)
+}
+
+fn set_host(req: &mut Request<UpstreamBody>, addr: &Authority) {
+    let host = HeaderValue::from_str(addr.as_str()).expect("an authority is a valid header value");
+    req.headers_mut().insert(header::HOST, host);
 }

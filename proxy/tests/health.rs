@@ -94,11 +94,12 @@ async fn start_proxy(yaml: &str) -> SocketAddr {
     weft_proxy::spawn(proxy, "127.0.0.1:0".parse().unwrap()).await.unwrap()
 }
 
+/// Retries are off: these tests see what ejection alone does (with retries, `balance.rs`).
 fn config(upstream: &str, addresses: &[SocketAddr], failures: u32, ejection_ms: u64) -> String {
     let list: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
         "listen: 127.0.0.1:0\n\
-         upstreams:\n  - name: {upstream}\n    addresses: [{}]\n    \
+         upstreams:\n  - name: {upstream}\n    addresses: [{}]\n    retries: 0\n    \
          ejection: {{ consecutive_failures: {failures}, duration_ms: {ejection_ms} }}\n\
          routes: [{{ name: all, upstream: {upstream} }}]\n",
         list.join(", ")

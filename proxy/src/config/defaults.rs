@@ -46,6 +46,15 @@ pub const DEFAULT_NATS_DISCOVERY_TIMEOUT_MS: u64 = 2000;
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 1000;
 /// `upstreams[].timeout_ms`.
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
+/// `upstreams[].retries`.
+pub const DEFAULT_UPSTREAM_RETRIES: u32 = 1;
+/// Upper bound of `upstreams[].retries`.
+pub const MAX_UPSTREAM_RETRIES: u32 = 10;
+/// Upper bound of `upstreams[].addresses[].weight`.
+pub const MAX_ADDRESS_WEIGHT: u32 = 1000;
+/// Upper bound of the weights of one `weighted` upstream added up: its schedule has an entry per
+/// unit, and building it takes that many steps over every address.
+pub const MAX_WEIGHT_TOTAL: u64 = 10_000;
 /// `upstreams[].body_timeout_ms`.
 pub const DEFAULT_UPSTREAM_BODY_TIMEOUT_MS: u64 = 60_000;
 

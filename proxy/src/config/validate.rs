@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::{
-    Config, ConfigError, ConfigErrors, EjectionConfig, HealthCheckConfig, MAX_BUFFERED_BODY_BYTES, MAX_TIMEOUT_MS,
-    NatsConfig, PluginConfig, PluginType, REMOTE_PHASES, RouteConfig, RuntimeConfig, STALL_THRESHOLD_MAX_MS,
+    BalanceConfig, BalancePolicy, Config, ConfigError, ConfigErrors, EjectionConfig, HashOn, HealthCheckConfig,
+    MAX_ADDRESS_WEIGHT, MAX_BUFFERED_BODY_BYTES, MAX_TIMEOUT_MS, MAX_UPSTREAM_RETRIES, MAX_WEIGHT_TOTAL, NatsConfig,
+    PluginConfig, PluginType, REMOTE_PHASES, RouteConfig, RuntimeConfig, STALL_THRESHOLD_MAX_MS,
     STALL_THRESHOLD_MIN_MS, UpstreamConfig, admin_listen_is_loopback, parse_method, parse_upstream_address,
 };
 
@@ -449,10 +450,17 @@ fn validate_upstream(i: usize, u: &UpstreamConfig, err: &mut impl FnMut(String, 
         err(format!("upstreams[{i}].addresses"), "needs at least one address".into());
     }
     for (j, a) in u.addresses.iter().enumerate() {
-        if let Err(msg) = parse_upstream_address(a) {
+        if let Err(msg) = parse_upstream_address(&a.address) {
             err(format!("upstreams[{i}].addresses[{j}]"), msg);
         }
+        if !(1..=MAX_ADDRESS_WEIGHT).contains(&a.weight) {
+            err(
+                format!("upstreams[{i}].addresses[{j}].weight"),
+                format!("must be between 1 and {MAX_ADDRESS_WEIGHT}, got {}", a.weight),
+            );
+        }
     }
+    validate_balance(i, u, err);
     for (field, zero) in [
         ("connect_timeout_ms", u.connect_timeout_ms == 0),
         ("timeout_ms", u.timeout_ms == 0),
@@ -468,6 +476,61 @@ fn validate_upstream(i: usize, u: &UpstreamConfig, err: &mut impl FnMut(String, 
     if let Some(check) = &u.health_check {
         validate_health_check(i, check, err);
     }
+}
+
+/// `upstreams[i].balance`, the weights it uses and `retries`.
+fn validate_balance(i: usize, u: &UpstreamConfig, err: &mut impl FnMut(String, String)) {
+    let BalanceConfig { policy, hash_on } = &u.balance;
+    let at = |field: &str| format!("upstreams[{i}].balance.{field}");
+    match (policy, hash_on) {
+        (BalancePolicy::ConsistentHash, None) => err(
+            at("hash_on"),
+            "required by policy consistent_hash ({ header: NAME }, { cookie: NAME } or client_ip)".into(),
+        ),
+        (BalancePolicy::ConsistentHash, Some(HashOn::Header(name))) => {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                err(at("hash_on.header"), format!("invalid header name {name:?}"));
+            }
+        }
+        (BalancePolicy::ConsistentHash, Some(HashOn::Cookie(name))) => {
+            if !is_token(name) {
+                err(at("hash_on.cookie"), format!("invalid cookie name {name:?}"));
+            }
+        }
+        (BalancePolicy::ConsistentHash, Some(HashOn::ClientIp)) => {}
+        (other, Some(_)) => err(
+            at("hash_on"),
+            format!("only for policy consistent_hash (the policy is {})", other.name()),
+        ),
+        (_, None) => {}
+    }
+    let total: u64 = u.addresses.iter().map(|a| u64::from(a.weight)).sum();
+    if *policy == BalancePolicy::Weighted && total > MAX_WEIGHT_TOTAL {
+        err(
+            format!("upstreams[{i}].addresses"),
+            format!("the weights add up to {total}; at most {MAX_WEIGHT_TOTAL}"),
+        );
+    }
+    let stray_weight = u.addresses.iter().position(|a| a.weight != 1);
+    if let (false, Some(j)) = (*policy == BalancePolicy::Weighted, stray_weight) {
+        err(
+            format!("upstreams[{i}].addresses[{j}].weight"),
+            format!("only used by policy weighted (the policy is {})", policy.name()),
+        );
+    }
+    if u.retries > MAX_UPSTREAM_RETRIES {
+        err(
+            format!("upstreams[{i}].retries"),
+            format!("must be at most {MAX_UPSTREAM_RETRIES}, got {}", u.retries),
+        );
+    }
+}
+
+/// An HTTP token (RFC 9110 §5.6.2), as cookie names are.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// `upstreams[i].health_check`.
