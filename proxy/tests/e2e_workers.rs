@@ -75,11 +75,15 @@ fn connect(addr: SocketAddr) -> TcpStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_spread_over_the_serving_threads_and_all_answered() {
     let (p, addr, admin) = proxy("workers", 3, "").await;
-    let serving = thread_names(p.child.id())
-        .into_iter()
-        .filter(|n| n.starts_with("weft-serve-"))
-        .count();
-    assert_eq!(serving, 3, "serving threads: {:?}", thread_names(p.child.id()));
+    // The sockets accept (the readiness probe) before every serving thread has its name.
+    let serving = || {
+        thread_names(p.child.id())
+            .into_iter()
+            .filter(|n| n.starts_with("weft-serve-"))
+            .count()
+    };
+    weft_test_support::wait_for("three serving threads", Duration::from_secs(10), || serving() >= 3);
+    assert_eq!(serving(), 3, "serving threads: {:?}", thread_names(p.child.id()));
 
     const CONNECTIONS: usize = 48;
     tokio::task::block_in_place(|| {
@@ -118,6 +122,11 @@ async fn max_connections_is_one_budget_across_the_serving_threads() {
         let mut served = 0;
         for _ in 0..8 {
             let mut s = connect(addr);
+            if served == 4 {
+                // Beyond the budget a connection waits in the backlog: no answer comes while
+                // the others stay open (a second is plenty for one that would be served).
+                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            }
             if request(&mut s) == Some(200) {
                 served += 1;
             }
