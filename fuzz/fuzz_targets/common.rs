@@ -38,7 +38,8 @@ const _: () = {
     );
 };
 
-/// The phase a fuzzer byte picks (every phase is reachable).
+/// The phase a fuzzer byte picks (every phase is reachable). A `mutation_raw` seed's first byte
+/// is this byte: its index in [`PHASES`] (`seeds/mutation_raw/response_batch` starts with 2).
 pub fn phase(raw: u8) -> WeftPhase {
     PHASES[raw as usize % PHASE_COUNT]
 }
