@@ -273,8 +273,9 @@ impl Body for Pieces {
 pub enum UpstreamBody {
     /// Untouched (no body plugin, or all skipped it).
     Plain(RequestBody),
-    /// Through streamed body plugins.
-    Plugin(PluginBody<RequestBody>),
+    /// Through streamed body plugins. Boxed: the request (this body included) is held by value
+    /// in every future of the forward path, so its size counts many times over in each request.
+    Plugin(Box<PluginBody<RequestBody>>),
     /// The result of buffered body plugins.
     Full(Pieces),
 }

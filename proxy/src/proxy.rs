@@ -128,7 +128,8 @@ impl Proxy {
     /// Handles one request; every outcome, including errors, is a response. Gives it a request
     /// id (`x-request-id`, to plugins, the upstream and the client), counts it in its route's
     /// metrics and, with `access_log: true`, logs it.
-    pub async fn handle(&self, mut req: Request<RequestBody>, client: SocketAddr) -> Response<ProxyBody> {
+    /// Owns its `Arc`, so the future is `'static` and needs no wrapper ([`crate::server::Handler`]).
+    pub async fn handle(self: Arc<Self>, mut req: Request<RequestBody>, client: SocketAddr) -> Response<ProxyBody> {
         let start = Instant::now();
         let request_id = crate::logging::request_id(req.headers_mut());
         let access = self.access_log.then(|| (req.method().clone(), req.uri().clone()));

@@ -147,13 +147,12 @@ impl LiveProxy {
 
 impl Handler for LiveProxy {
     fn handle(
-        &self,
+        self: &Arc<Self>,
         req: http::Request<RequestBody>,
         client: std::net::SocketAddr,
-    ) -> impl Future<Output = http::Response<ProxyBody>> + Send {
+    ) -> impl Future<Output = http::Response<ProxyBody>> + Send + use<> {
         // The request keeps this generation alive until it is done.
-        let proxy = self.current.load_full();
-        async move { proxy.handle(req, client).await }
+        Proxy::handle(self.current.load_full(), req, client)
     }
 }
 

@@ -263,7 +263,11 @@ impl Flight<'_> {
                 parts.headers.remove(header::CONTENT_LENGTH);
                 let shared = self.exchange.take().expect("matched Some").into_shared();
                 self.exchange = Some(Keep::Shared(Arc::clone(&shared)));
-                Ok(UpstreamBody::Plugin(PluginBody::new(body, shared, BodySide::Request)))
+                Ok(UpstreamBody::Plugin(Box::new(PluginBody::new(
+                    body,
+                    shared,
+                    BodySide::Request,
+                ))))
             }
         }
     }

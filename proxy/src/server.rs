@@ -49,18 +49,25 @@ pub fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// What the accept loop hands requests to: a fixed [`Proxy`], or a reloadable one
 /// ([`crate::reload::LiveProxy`]).
+///
+/// The request's future owns what it uses (`'static`), so the serving loop boxes it as it is:
+/// a future is kilobytes (every stage, the upstream exchange), and each `async` wrapper around
+/// it moved all of it again per request (`docs/performance.md`).
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, req: Request<RequestBody>, client: SocketAddr)
-    -> impl Future<Output = Response<ProxyBody>> + Send;
+    fn handle(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+        client: SocketAddr,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + use<Self>;
 }
 
 impl Handler for Proxy {
     fn handle(
-        &self,
+        self: &Arc<Self>,
         req: Request<RequestBody>,
         client: SocketAddr,
-    ) -> impl Future<Output = Response<ProxyBody>> + Send {
-        Proxy::handle(self, req, client)
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + use<> {
+        Proxy::handle(Arc::clone(self), req, client)
     }
 }
 
@@ -85,10 +92,7 @@ pub async fn serve_with_limits<H: Handler>(
     drain_timeout: Duration,
     limits: Limits,
 ) -> std::io::Result<()> {
-    let handle = move |req, remote| {
-        let proxy = Arc::clone(&proxy);
-        async move { Handler::handle(&*proxy, req, remote).await }
-    };
+    let handle = move |req, remote| Box::pin(Handler::handle(&proxy, req, remote));
     crate::conn::serve_connections(listener, "proxy", limits, handle, shutdown, drain_timeout).await
 }
 

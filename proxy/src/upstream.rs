@@ -237,8 +237,10 @@ impl Upstream {
     /// once; the request was not sent, so this is safe for any method. A failure carries the
     /// request back when none of it was written.
     async fn exchange(&self, req: Request<UpstreamBody>, addr: &Authority) -> Result<Response<PooledBody>, Failed> {
+        // The rare paths (an upgrade, a new connection with its TLS handshake) are boxed: each
+        // await's future is part of every request's future, which hyper and tokio move whole.
         if req.headers().contains_key(header::UPGRADE) {
-            return self.exchange_upgrade(req, addr).await;
+            return Box::pin(self.exchange_upgrade(req, addr)).await;
         }
         let mut req = req;
         let mut pooled = self.pools.checkout(addr);
@@ -246,7 +248,7 @@ impl Upstream {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
                 Some(conn) => conn,
-                None => match Conn::connect(addr, self.connect_timeout, self.tls.as_deref()).await {
+                None => match Box::pin(Conn::connect(addr, self.connect_timeout, self.tls.as_deref())).await {
                     Ok(conn) => conn,
                     Err(e) => return Err(Failed::unsent(UpstreamError::Connect(e), req)),
                 },

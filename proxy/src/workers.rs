@@ -222,10 +222,10 @@ impl<H: Handler> Worker<H> {
             ..
         } = self;
         rt.block_on(async move {
-            let handle = move |req, remote| {
-                let proxy = Arc::clone(&proxy);
-                async move { Handler::handle(&*proxy, req, remote).await }
-            };
+            // Boxed: a request's future (every stage, the upstream exchange) is kilobytes, and
+            // hyper moves the service future into its dispatcher (`perf`: 3 % of the proxy's
+            // samples in `memcpy`); boxed, it is moved once, into the box.
+            let handle = move |req, remote| Box::pin(Handler::handle(&proxy, req, remote));
             let accepted = crate::metrics::global().serving_thread(index);
             let loops = sockets.into_iter().map(|(listener, admission, tls)| {
                 let (handle, accepted, mut stop) = (handle.clone(), accepted.clone(), stop.clone());
@@ -264,13 +264,21 @@ mod tests {
     struct WhereAmI;
 
     impl Handler for WhereAmI {
-        async fn handle(&self, _req: Request<RequestBody>, _client: SocketAddr) -> Response<ProxyBody> {
-            let here = std::thread::current().name().unwrap_or("?").to_owned();
-            let spawned = tokio::spawn(async { std::thread::current().name().unwrap_or("?").to_owned() })
-                .await
-                .unwrap();
-            crate::forward::local_reply(StatusCode::OK, &format!("{here} {spawned}"), None)
+        fn handle(
+            self: &Arc<Self>,
+            _req: Request<RequestBody>,
+            _client: SocketAddr,
+        ) -> impl Future<Output = Response<ProxyBody>> + Send + use<> {
+            where_am_i()
         }
+    }
+
+    async fn where_am_i() -> Response<ProxyBody> {
+        let here = std::thread::current().name().unwrap_or("?").to_owned();
+        let spawned = tokio::spawn(async { std::thread::current().name().unwrap_or("?").to_owned() })
+            .await
+            .unwrap();
+        crate::forward::local_reply(StatusCode::OK, &format!("{here} {spawned}"), None)
     }
 
     /// The no-hand-off property where it can be observed: a request and every task it spawns
