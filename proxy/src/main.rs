@@ -11,6 +11,12 @@ use weft_proxy::demo;
 use weft_proxy::plugins::Plugins;
 use weft_proxy::server::tokio_runtime;
 
+/// mimalloc: per-thread free lists for the blocks a request allocates and frees on its serving
+/// thread (its boxed future among them). Go and C plugins keep their own allocators; no memory
+/// crosses the ABI to be freed on the other side.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// weft reverse proxy: hyper in front of upstreams, Go plugins in the middle.
 #[derive(Parser)]
 #[command(version = weft_proxy::version::long_version(), about)]
