@@ -1,0 +1,236 @@
+//! Soak under faults: weft-proxy (Go and C plugins in process) in front of two checksumming
+//! upstreams, driven at a fixed fraction of its measured saturation rate for N minutes while a
+//! fault schedule runs; every error response must be explained by the fault active at that
+//! moment, request bodies must reach the upstream intact, RSS must stay flat and every arena slot
+//! must come back. See `docs/reliability.md`.
+//!
+//! ```sh
+//! cargo run --release -p weft-benches --bin soak -- --minutes N
+//! ```
+//!
+//! Writes `<target>/bench/soak.{md,json,png}` (or `--out DIR`); exits non-zero when a check
+//! fails.
+
+mod burst;
+mod chart;
+mod checks;
+mod load;
+mod output;
+mod proxy;
+mod sampler;
+mod schedule;
+mod timeline;
+mod upstream;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use weft_benches::report::{exit_code, target_dir, workspace_root};
+
+use crate::proxy::{Proxy, Setup};
+use crate::timeline::Timeline;
+use crate::upstream::Upstream;
+
+#[derive(Parser, Debug)]
+#[command(about = "weft soak under faults: hours of traffic with plugins failing, upstreams dying, reloads")]
+pub struct Args {
+    /// Length of the run in minutes (each minute runs the whole fault schedule; fractions run
+    /// part of it).
+    #[arg(long, default_value_t = 1.0)]
+    pub minutes: f64,
+    /// Load as a fraction of the saturation rate measured at start.
+    #[arg(long, default_value_t = 0.5)]
+    pub fraction: f64,
+    /// A fixed rate (requests/s) instead of the fraction of saturation.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Serving threads of the proxy.
+    #[arg(long, default_value_t = 1)]
+    pub proxy_threads: usize,
+    /// weft-proxy binary [env WEFT_PROXY_BIN]; default: `cargo build --release -p weft-proxy`.
+    #[arg(long, env = "WEFT_PROXY_BIN")]
+    pub weft_bin: Option<PathBuf>,
+    /// Go plugin library with the test plugins [env WEFT_PLUGIN_LIB]; default: built by
+    /// `scripts/build-plugins test`.
+    #[arg(long, env = "WEFT_PLUGIN_LIB")]
+    pub plugin_lib: Option<PathBuf>,
+    /// The example C plugin library (`libweft_c_stamp.so`) [env WEFT_C_PLUGIN_LIB]; default:
+    /// built by scripts/build-c-plugins.
+    #[arg(long, env = "WEFT_C_PLUGIN_LIB")]
+    pub c_plugin_lib: Option<PathBuf>,
+    /// Output directory; default `<target>/bench`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    exit_code("soak", run(Args::parse()))
+}
+
+fn build_weft() -> Result<PathBuf, String> {
+    eprintln!("soak: cargo build --release -p weft-proxy");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "-p", "weft-proxy"])
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| format!("run cargo: {e}"))?;
+    if !status.success() {
+        return Err("cargo build --release -p weft-proxy failed".into());
+    }
+    Ok(target_dir().join("release/weft-proxy"))
+}
+
+fn absolute(p: PathBuf) -> Result<PathBuf, String> {
+    let p = std::path::absolute(&p).map_err(|e| e.to_string())?;
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!("{} not found", p.display()))
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let weft_bin = absolute(match &args.weft_bin {
+        Some(p) => p.clone(),
+        None => build_weft()?,
+    })?;
+    let go_lib = absolute(match &args.plugin_lib {
+        Some(p) => p.clone(),
+        None => {
+            eprintln!("soak: scripts/build-plugins test");
+            weft_test_support::go_library("test").to_path_buf()
+        }
+    })?;
+    let c_lib = absolute(match &args.c_plugin_lib {
+        Some(p) => p.clone(),
+        None => {
+            eprintln!("soak: scripts/build-c-plugins plain");
+            weft_test_support::c_plugins("plain").join("libweft_c_stamp.so")
+        }
+    })?;
+    let out_dir = args.out.clone().unwrap_or_else(|| target_dir().join("bench"));
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let work = std::env::temp_dir().join(format!("weft-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    // Load generator and upstreams share one runtime; the proxy gets the other core.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("soak")
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let result = rt.block_on(soak(&args, weft_bin, go_lib, c_lib, &work, &out_dir));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(&work);
+    } else {
+        eprintln!("soak: logs kept in {}", work.display());
+    }
+    result
+}
+
+async fn soak(
+    args: &Args,
+    weft_bin: PathBuf,
+    go_lib: PathBuf,
+    c_lib: PathBuf,
+    work: &std::path::Path,
+    out_dir: &std::path::Path,
+) -> Result<(), String> {
+    let loadavg = weft_benches::report::loadavg();
+    let upstreams = vec![Upstream::start("a").await?, Upstream::start("b").await?];
+    let setup = Arc::new(Setup {
+        go_lib,
+        c_lib,
+        upstreams: upstreams.iter().map(|u| u.addr).collect(),
+        nats: None,
+        threads: args.proxy_threads.max(1),
+    });
+    let proxy = {
+        let (bin, setup, work) = (weft_bin.clone(), setup.clone(), work.to_path_buf());
+        tokio::task::spawn_blocking(move || Proxy::start(&bin, &setup, &work))
+            .await
+            .map_err(|e| e.to_string())??
+    };
+    let port = proxy.port;
+    let pid = proxy.pid();
+    let proxy = Arc::new(Mutex::new(proxy));
+    let client = load::client();
+    eprintln!("soak: saturation probe (3 s, 64 connections)");
+    let saturation = load::saturation(&client, port, 64, 3.0).await;
+    let rate = args.rate.unwrap_or(saturation * args.fraction).max(10.0);
+    eprintln!(
+        "soak: saturation {saturation:.0} req/s; {rate:.0} req/s for {} min",
+        args.minutes
+    );
+    let t0 = Instant::now();
+    let until = t0 + Duration::from_secs_f64(args.minutes * 60.0);
+    let timeline = Arc::new(Timeline::new(t0));
+    let stats = Arc::new(load::Stats::new(t0));
+    let ld = Arc::new(load::Load {
+        client,
+        port,
+        nats: setup.nats.is_some(),
+        stats: stats.clone(),
+        timeline: timeline.clone(),
+        paused: Default::default(),
+    });
+    let mut sampler = sampler::Sampler::start(proxy.clone(), t0);
+    let ctx = Arc::new(schedule::Ctx {
+        timeline: timeline.clone(),
+        load: ld.clone(),
+        proxy: proxy.clone(),
+        setup: setup.clone(),
+        upstreams: Arc::new(tokio::sync::Mutex::new(upstreams)),
+        quiet: Arc::default(),
+        problems: Arc::default(),
+        bursts: Arc::default(),
+        killed: Mutex::new(None),
+        slowed: Mutex::new(None),
+    });
+    let sched = tokio::spawn(schedule::run(ctx.clone(), until));
+    ld.clone().drive(rate, until).await;
+    let _ = sched.await;
+    // The end: everything back once the load stops.
+    let end_check = schedule::quiet_point(&ctx).await;
+    let samples = sampler.stop();
+    let alive = proxy.lock().unwrap().alive();
+    let upstream_counters: Vec<(String, Arc<upstream::Counters>)> = ctx
+        .upstreams
+        .lock()
+        .await
+        .iter()
+        .map(|u| (u.name.to_string(), u.counters.clone()))
+        .collect();
+    let run = output::Run {
+        args,
+        loadavg,
+        saturation,
+        rate,
+        pid,
+        seconds: stats.seconds(),
+        samples,
+        timeline: timeline.entries(),
+        quiet: ctx.quiet.lock().unwrap().clone(),
+        end_check,
+        unexplained: stats.samples.lock().unwrap().clone(),
+        problems: ctx.problems.lock().unwrap().clone(),
+        resp_mismatches: stats.resp_mismatches.load(Ordering::Relaxed),
+        upstreams: upstream_counters,
+        bursts: ctx.bursts.clone(),
+        alive: alive.clone(),
+    };
+    let checks = checks::all(&run);
+    output::write(&run, &checks, out_dir)?;
+    alive?;
+    let failed: Vec<String> = checks.iter().filter(|c| !c.ok).map(|c| c.to_string()).collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} check(s) failed:\n{}", failed.len(), failed.join("\n")))
+    }
+}
