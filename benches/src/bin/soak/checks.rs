@@ -79,6 +79,7 @@ pub fn all(r: &Run) -> Vec<Check> {
     ));
     v.extend(flat(r));
     v.extend(faults_fired(r));
+    v.extend(hostile(r));
     v.push(check(
         "schedule",
         r.problems.is_empty(),
@@ -177,4 +178,40 @@ fn faults_fired(r: &Run) -> Vec<Check> {
         ));
     }
     v
+}
+
+fn hostile(r: &Run) -> Vec<Check> {
+    let h = &r.hostile;
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let want = r.args.idle_connections as u64;
+    let longest = g(&h.slowloris_longest_ms);
+    // The proxy closes a slowloris connection at its header-read timeout; the client notices
+    // within one trickle period of it.
+    let bound = (crate::hostile::HEADER_READ_TIMEOUT.as_millis() + 3000) as u64;
+    vec![
+        check(
+            "idle keep-alive connections held",
+            g(&h.idle_peak) * 100 >= want * 95,
+            format!("{} of {want} open at once at most", g(&h.idle_peak)),
+        ),
+        check(
+            "slowloris connections closed at the header-read timeout",
+            g(&h.slowloris_closed) > 0 && longest <= bound,
+            format!(
+                "{} closed, the longest after {longest} ms (bound {bound} ms)",
+                g(&h.slowloris_closed)
+            ),
+        ),
+        check(
+            "oversized headers refused",
+            g(&h.oversized_sent) > 0 && g(&h.oversized_other) == 0,
+            format!(
+                "{} sent: {} answered 431, {} closed unanswered, {} otherwise",
+                g(&h.oversized_sent),
+                g(&h.oversized_431),
+                g(&h.oversized_closed),
+                g(&h.oversized_other)
+            ),
+        ),
+    ]
 }

@@ -17,8 +17,10 @@ use crate::upstream::{H_CRC, H_RESP_LEN, pattern};
 const TRICKLE: Duration = Duration::from_secs(1);
 /// How many slowloris connections are open at once.
 const SLOWLORIS: usize = 50;
-/// Size of the oversized header (hyper's default limit is far below).
-const OVERSIZED: usize = 128 << 10;
+/// Size of the oversized header: over hyper's limit for a request head (about 400 KiB).
+const OVERSIZED: usize = 1 << 20;
+/// The proxy's `limits.header_read_timeout_ms` in the soak's config.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Default, Serialize)]
 pub struct Counts {
@@ -31,7 +33,9 @@ pub struct Counts {
     pub slowloris_longest_ms: AtomicU64,
     pub oversized_sent: AtomicU64,
     pub oversized_431: AtomicU64,
-    /// Oversized requests answered otherwise (status, or 0: closed without an answer).
+    /// Closed without an answer (the proxy stopped reading; the client's write then failed).
+    pub oversized_closed: AtomicU64,
+    /// Answered with any other status: a failure.
     pub oversized_other: AtomicU64,
     pub cut_request_bodies: AtomicU64,
     pub cut_response_bodies: AtomicU64,
@@ -184,7 +188,11 @@ async fn oversized(port: u16, c: Arc<Counts>) {
     // The proxy may answer and close before reading it all: a failed write is fine.
     let _ = s.write_all(req.as_bytes()).await;
     let status = read_status(&mut s).await;
-    let n = if status == 431 { &c.oversized_431 } else { &c.oversized_other };
+    let n = match status {
+        431 => &c.oversized_431,
+        0 => &c.oversized_closed,
+        _ => &c.oversized_other,
+    };
     n.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -206,7 +214,10 @@ async fn cut_request(port: u16, c: Arc<Counts>) {
 /// A 4 MiB response, 64 KiB of it read, then the connection dropped.
 async fn cut_response(port: u16, c: Arc<Counts>) {
     let Some(mut s) = connect(port).await else { return };
-    let req = format!("GET /raw/big HTTP/1.1\r\nHost: soak\r\n{H_RESP_LEN}: {}\r\n\r\n", 4 << 20);
+    let req = format!(
+        "GET /raw/big HTTP/1.1\r\nHost: soak\r\n{H_RESP_LEN}: {}\r\n\r\n",
+        4 << 20
+    );
     if s.write_all(req.as_bytes()).await.is_err() {
         return;
     }

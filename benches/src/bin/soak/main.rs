@@ -14,6 +14,7 @@
 mod burst;
 mod chart;
 mod checks;
+mod hostile;
 mod load;
 mod output;
 mod proxy;
@@ -43,11 +44,14 @@ pub struct Args {
     #[arg(long, default_value_t = 1.0)]
     pub minutes: f64,
     /// Load as a fraction of the saturation rate measured at start.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.3)]
     pub fraction: f64,
     /// A fixed rate (requests/s) instead of the fraction of saturation.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Idle keep-alive connections the hostile clients hold open.
+    #[arg(long, default_value_t = 2000)]
+    pub idle_connections: usize,
     /// Serving threads of the proxy.
     #[arg(long, default_value_t = 1)]
     pub proxy_threads: usize,
@@ -160,25 +164,30 @@ async fn soak(
     let pid = proxy.pid();
     let proxy = Arc::new(Mutex::new(proxy));
     let client = load::client();
-    eprintln!("soak: saturation probe (3 s, 64 connections)");
-    let saturation = load::saturation(&client, port, 64, 3.0).await;
+    let load_at = |t0: Instant| {
+        let timeline = Arc::new(Timeline::new(t0));
+        let stats = Arc::new(load::Stats::new(t0));
+        Arc::new(load::Load {
+            client: client.clone(),
+            port,
+            nats: setup.nats.is_some(),
+            stats,
+            timeline,
+            paused: Default::default(),
+        })
+    };
+    eprintln!("soak: saturation probe (3 s, 64 connections, the run's request mix)");
+    let saturation = load_at(Instant::now()).saturation(64, 3.0).await;
     let rate = args.rate.unwrap_or(saturation * args.fraction).max(10.0);
     eprintln!(
         "soak: saturation {saturation:.0} req/s; {rate:.0} req/s for {} min",
         args.minutes
     );
+    let hostile = hostile::Hostile::start(port, args.idle_connections);
     let t0 = Instant::now();
     let until = t0 + Duration::from_secs_f64(args.minutes * 60.0);
-    let timeline = Arc::new(Timeline::new(t0));
-    let stats = Arc::new(load::Stats::new(t0));
-    let ld = Arc::new(load::Load {
-        client,
-        port,
-        nats: setup.nats.is_some(),
-        stats: stats.clone(),
-        timeline: timeline.clone(),
-        paused: Default::default(),
-    });
+    let ld = load_at(t0);
+    let (timeline, stats) = (ld.timeline.clone(), ld.stats.clone());
     let mut sampler = sampler::Sampler::start(proxy.clone(), t0);
     let ctx = Arc::new(schedule::Ctx {
         timeline: timeline.clone(),
@@ -195,6 +204,7 @@ async fn soak(
     let sched = tokio::spawn(schedule::run(ctx.clone(), until));
     ld.clone().drive(rate, until).await;
     let _ = sched.await;
+    hostile.stop();
     // The end: everything back once the load stops.
     let end_check = schedule::quiet_point(&ctx).await;
     let samples = sampler.stop();
@@ -223,6 +233,7 @@ async fn soak(
         upstreams: upstream_counters,
         bursts: ctx.bursts.clone(),
         alive: alive.clone(),
+        hostile: hostile.counts.clone(),
     };
     let checks = checks::all(&run);
     output::write(&run, &checks, out_dir)?;

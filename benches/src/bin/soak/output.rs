@@ -36,6 +36,7 @@ pub struct Run<'a> {
     pub upstreams: Vec<(String, Arc<Counters>)>,
     pub bursts: Arc<Totals>,
     pub alive: Result<(), String>,
+    pub hostile: Arc<crate::hostile::Counts>,
 }
 
 #[derive(Serialize)]
@@ -110,6 +111,7 @@ struct Report<'a> {
     quiet_points: &'a [QuietCheck],
     end_check: &'a QuietCheck,
     unexplained_samples: &'a [String],
+    hostile: &'a crate::hostile::Counts,
     samples: &'a [Sample],
 }
 
@@ -130,6 +132,7 @@ pub fn write(r: &Run, checks: &[Check], dir: &Path) -> Result<(), String> {
         quiet_points: &r.quiet,
         end_check: &r.end_check,
         unexplained_samples: &r.unexplained,
+        hostile: &r.hostile,
         samples: &r.samples,
     };
     let md = markdown(r, &rep);
@@ -206,6 +209,24 @@ fn markdown(r: &Run, rep: &Report) -> String {
         b.sent.load(Ordering::Relaxed),
         b.ok.load(Ordering::Relaxed),
         b.busy.load(Ordering::Relaxed)
+    );
+    let h = &r.hostile;
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let _ = writeln!(
+        s,
+        "- hostile clients: {} idle keep-alive connections at most at once ({} closed by the proxy's idle timeout and \
+         opened again); {} slowloris connections closed by the proxy (longest open {} ms); {} oversized-header \
+         requests: {} answered 431, {} closed unanswered, {} otherwise; {} requests dropped mid-body, {} responses dropped mid-body",
+        g(&h.idle_peak),
+        g(&h.idle_closed_by_proxy),
+        g(&h.slowloris_closed),
+        g(&h.slowloris_longest_ms),
+        g(&h.oversized_sent),
+        g(&h.oversized_431),
+        g(&h.oversized_closed),
+        g(&h.oversized_other),
+        g(&h.cut_request_bodies),
+        g(&h.cut_response_bodies)
     );
     if !r.unexplained.is_empty() {
         s.push_str("\n## Unexplained errors (first 50)\n\n");

@@ -47,7 +47,7 @@ pub fn yaml(s: &Setup, port: u16, admin: u16, generation: u64) -> String {
 workers: {threads}
 admin: {{ listen: "127.0.0.1:{admin}" }}
 log: {{ level: warn }}
-limits: {{ header_read_timeout_ms: 5000, max_connections: 8000 }}
+limits: {{ header_read_timeout_ms: {hrt}, max_connections: 8000 }}
 runtime: {{ slots: {SLOTS}, slot_size: 32768, out_slots: 128 }}
 {nats_top}libraries:
   - {{ name: go, path: "{go}" }}
@@ -71,6 +71,7 @@ routes:
 {nats_route}  - {{ name: main, upstream: up, plugins: [panic, stamp, bench] }}
 "#,
         threads = s.threads,
+        hrt = crate::hostile::HEADER_READ_TIMEOUT.as_millis(),
         go = s.go_lib.display(),
         c = s.c_lib.display(),
         ups = ups.join(", "),
