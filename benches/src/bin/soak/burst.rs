@@ -25,6 +25,8 @@ pub struct Totals {
     pub busy: AtomicU64,
     /// Anything else: a failure of the run.
     pub other: AtomicU64,
+    /// Those other answers by status (0: no answer).
+    pub other_statuses: std::sync::Mutex<std::collections::BTreeMap<u16, u64>>,
 }
 
 pub async fn run(load: &Arc<Load>, totals: &Arc<Totals>) {
@@ -37,7 +39,7 @@ pub async fn run(load: &Arc<Load>, totals: &Arc<Totals>) {
                 .header("x-delay-ms", HOLD_MS.to_string())
                 .body(Full::new(Bytes::new()))
                 .expect("valid request");
-            let status = match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
+            let status = match tokio::time::timeout(Duration::from_secs(30), client.request(req)).await {
                 Ok(Ok(r)) => {
                     let s = r.status().as_u16();
                     match r.into_body().collect().await {
@@ -50,7 +52,10 @@ pub async fn run(load: &Arc<Load>, totals: &Arc<Totals>) {
             let c = match status {
                 200 => &totals.ok,
                 503 => &totals.busy,
-                _ => &totals.other,
+                s => {
+                    *totals.other_statuses.lock().unwrap().entry(s).or_default() += 1;
+                    &totals.other
+                }
             };
             c.fetch_add(1, Ordering::Relaxed);
         });

@@ -167,10 +167,12 @@ fn legend_of_windows(root: &DrawingArea<BitMapBackend, plotters::coord::Shift>) 
         Window::BadReload,
         Window::ArenaBurst,
         Window::Quiet,
+        Window::NatsDown,
+        Window::WorkerKill,
     ];
     let (_, h) = root.dim_in_pixel();
     for (i, w) in all.iter().enumerate() {
-        let x = 70 + i as i32 * 150;
+        let x = 70 + i as i32 * 140;
         let y = h as i32 - 14;
         let (r, g, b) = window_rgb(*w);
         root.draw(&Rectangle::new(

@@ -21,7 +21,7 @@ use crate::upstream::{H_CRC, H_RESP_CRC, H_RESP_LEN, H_SEED, H_UPSTREAM, pattern
 /// overload on a busy machine shows as skipped requests, not as 503s no fault explains.
 const MAX_IN_FLIGHT: u64 = crate::proxy::SLOTS as u64 * 3 / 4;
 /// A request without an answer after this long is an error (no fault makes one take that long).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How late the test plugins' faulty requests complete: past their instances' deadlines
 /// (`proxy.rs`: 500 ms for test-blocking, 1000 ms for test-async).
 pub const HANG_MS: u32 = 2500;
@@ -83,9 +83,9 @@ pub fn plan(n: u64, nats: bool) -> Plan {
     } else if n % 10 == 1 {
         (p.path, p.route) = ("/raw", RouteKind::NoPlugins);
     } else if n % 10 == 2 && nats {
-        p.path = "/nats";
+        (p.path, p.route) = ("/nats", RouteKind::Nats);
         p.headers.push(("x-test-sleep-ms", "5".into()));
-    } else if n % 4 == 0 {
+    } else if n.is_multiple_of(4) {
         p.body_len = (mix(n) % 65_536) as usize;
     } else if n % 100 == 9 {
         p.resp_len = 256 << 10;
@@ -293,6 +293,18 @@ impl Load {
 }
 
 impl Load {
+    /// Whether a plain GET of `path` is answered 200 now.
+    pub async fn probe(&self, path: &str) -> bool {
+        let req = hyper::Request::get(format!("http://127.0.0.1:{}{path}", self.port))
+            .header(H_RESP_LEN, "0")
+            .body(Full::new(Bytes::new()))
+            .expect("valid request");
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.client.request(req)).await,
+            Ok(Ok(r)) if r.status() == 200
+        )
+    }
+
     /// Closed-loop saturation probe: `conns` loops sending the run's own mix of requests (the
     /// fault-free ones, bodies and checks included) for `secs`; the good answers per second.
     pub async fn saturation(self: &Arc<Self>, conns: usize, secs: f64) -> f64 {

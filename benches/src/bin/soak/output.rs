@@ -11,7 +11,7 @@ use weft_benches::report::{Machine, argv, commit, cores, date_utc, write_report}
 
 use crate::Args;
 use crate::burst::Totals;
-use crate::checks::{Check, warm_up_s};
+use crate::checks::{Check, JUDGE_GROWTH_FROM_S, WARM_UP_S};
 use crate::load::Second;
 use crate::sampler::Sample;
 use crate::schedule::QuietCheck;
@@ -156,13 +156,14 @@ fn markdown(r: &Run, rep: &Report) -> String {
     let _ = writeln!(
         s,
         "`{}`: saturation probe {:.0} req/s, load {:.0} req/s; proxy threads {}; warm-up {:.0} s; \
-         grace after a fault window {} s.\n",
+         grace after a fault window {} s (growth judged in runs of {} s or more).\n",
         rep.command,
         r.saturation,
         r.rate,
         r.args.proxy_threads,
-        warm_up_s(r.args.minutes * 60.0),
-        GRACE.as_secs()
+        WARM_UP_S,
+        GRACE.as_secs(),
+        JUDGE_GROWTH_FROM_S
     );
     s.push_str("## Checks\n\n");
     for c in checks_of(rep) {
@@ -250,5 +251,7 @@ pub fn window_rgb(w: Window) -> (u8, u8, u8) {
         Window::BadReload => (148, 103, 189),
         Window::ArenaBurst => (255, 127, 14),
         Window::Quiet => (199, 199, 199),
+        Window::NatsDown => (23, 190, 207),
+        Window::WorkerKill => (31, 119, 180),
     }
 }

@@ -11,6 +11,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use crate::burst;
 use crate::load::Load;
+use crate::nats::{Cmd, NatsThread, wait_until};
 use crate::proxy::{Proxy, Setup};
 use crate::timeline::{Open, Timeline, Window};
 use crate::upstream::Upstream;
@@ -21,6 +22,12 @@ const BAD_RELOAD: u64 = 30;
 const KILL: (u64, u64) = (10, 20);
 const SLOW: (u64, u64) = (22, 32);
 const BURST: u64 = 40;
+const NATS_DOWN: u64 = 43;
+const WORKER_KILL: u64 = 48;
+/// How long nats-server stays down.
+const NATS_DOWN_FOR: Duration = Duration::from_secs(2);
+/// Longest wait for the NATS route to answer again after a fault.
+const NATS_BACK: Duration = Duration::from_secs(15);
 /// The quiet point: load paused from here to the end of the minute.
 pub const QUIET: u64 = 54;
 
@@ -57,6 +64,7 @@ pub struct Ctx {
     /// The open upstream-kill and upstream-slow windows, closed by the restart and the end of
     /// the slowness.
     pub killed: Mutex<Option<Open>>,
+    pub nats: Option<Arc<NatsThread>>,
     pub slowed: Mutex<Option<Open>>,
 }
 
@@ -84,6 +92,9 @@ pub async fn run(ctx: Arc<Ctx>, until: Instant) {
             (BURST, Event::Burst),
             (QUIET, Event::Quiet),
         ]);
+        if ctx.nats.is_some() {
+            events.extend([(NATS_DOWN, Event::NatsDown), (WORKER_KILL, Event::WorkerKill)]);
+        }
         events.sort_by_key(|e| e.0);
         for (s, ev) in events {
             if at(s) >= until {
@@ -106,6 +117,8 @@ enum Event {
     Slow(bool),
     Burst,
     Quiet,
+    NatsDown,
+    WorkerKill,
 }
 
 impl Event {
@@ -152,6 +165,7 @@ impl Event {
                 burst::run(&ctx.load, &ctx.bursts).await;
                 tl.end(w);
             }
+            Event::NatsDown | Event::WorkerKill => nats_fault(ctx, matches!(self, Event::NatsDown)).await,
             Event::Quiet => {
                 let w = tl.begin(Window::Quiet);
                 let check = quiet_point(ctx).await;
@@ -208,5 +222,37 @@ pub async fn quiet_point(ctx: &Arc<Ctx>) -> QuietCheck {
             return QuietCheck { ok: zero, ..c };
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Kills nats-server (restarted after [`NATS_DOWN_FOR`]) or a worker (replaced), the window
+/// open until the NATS route answers again.
+async fn nats_fault(ctx: &Arc<Ctx>, server: bool) {
+    let Some(nats) = ctx.nats.clone() else { return };
+    let w = ctx
+        .timeline
+        .begin(if server { Window::NatsDown } else { Window::WorkerKill });
+    let load = ctx.load.clone();
+    let rt = tokio::runtime::Handle::current();
+    let r = tokio::task::spawn_blocking(move || {
+        nats.call(if server {
+            Cmd::BounceServer(NATS_DOWN_FOR)
+        } else {
+            Cmd::ReplaceWorker
+        })?;
+        let back = wait_until(NATS_BACK, || rt.block_on(load.probe("/nats")));
+        if back {
+            Ok(())
+        } else {
+            Err(format!(
+                "the NATS route did not answer within {NATS_BACK:?} after the fault"
+            ))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    ctx.timeline.end(w);
+    if let Err(e) = r {
+        ctx.problem(e);
     }
 }

@@ -27,6 +27,11 @@ pub enum Window {
     ArenaBurst,
     /// Load paused, waiting for every slot to come back.
     Quiet,
+    /// nats-server killed, then restarted on its port; the window ends when the NATS route
+    /// answers again.
+    NatsDown,
+    /// A Go worker SIGKILLed with requests in flight, and replaced.
+    WorkerKill,
 }
 
 impl Window {
@@ -38,6 +43,8 @@ impl Window {
             Window::BadReload => "bad-reload",
             Window::ArenaBurst => "arena-burst",
             Window::Quiet => "quiet",
+            Window::NatsDown => "nats-down",
+            Window::WorkerKill => "worker-kill",
         }
     }
 
@@ -46,6 +53,8 @@ impl Window {
         match self {
             Window::UpstreamKill => matches!(status, 502..=504),
             Window::ArenaBurst => status == 503 && route != RouteKind::NoPlugins,
+            // A remote call that cannot be made (no connection, no worker) or that times out.
+            Window::NatsDown | Window::WorkerKill => route == RouteKind::Nats && matches!(status, 500 | 502..=504),
             Window::UpstreamSlow | Window::Reload | Window::BadReload | Window::Quiet => false,
         }
     }
@@ -91,6 +100,8 @@ pub enum RouteKind {
     Plugins,
     /// No plugins: only the upstream can fail it.
     NoPlugins,
+    /// The `type: nats` instance: its plugin runs on a worker behind nats-server.
+    Nats,
 }
 
 #[derive(Clone, Debug, Serialize)]
