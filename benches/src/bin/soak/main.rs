@@ -89,6 +89,26 @@ fn build_weft() -> Result<PathBuf, String> {
     Ok(target_dir().join("release/weft-proxy"))
 }
 
+/// Raises the open-file limit to its hard limit (inherited by the proxy and the workers) and
+/// returns it: the hostile clients hold thousands of connections, on both ends.
+fn raise_open_files() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+    }
+    lim.rlim_cur
+}
+
 fn absolute(p: PathBuf) -> Result<PathBuf, String> {
     let p = std::path::absolute(&p).map_err(|e| e.to_string())?;
     if p.exists() {
@@ -98,7 +118,18 @@ fn absolute(p: PathBuf) -> Result<PathBuf, String> {
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
+fn run(mut args: Args) -> Result<(), String> {
+    // Each idle connection is a descriptor here and one in the proxy; the load, the upstreams
+    // and the other hostile clients need about 2,000 more.
+    let files = raise_open_files();
+    let fit = (files.saturating_sub(2500) / 2) as usize;
+    if args.idle_connections > fit {
+        eprintln!(
+            "soak: {} idle connections do not fit the open-file limit {files}: holding {fit}",
+            args.idle_connections
+        );
+        args.idle_connections = fit;
+    }
     let weft_bin = absolute(match &args.weft_bin {
         Some(p) => p.clone(),
         None => build_weft()?,
