@@ -148,6 +148,10 @@ impl Upstream {
             h.record(match &result {
                 Ok(resp) => Outcome::of_status(resp.status()),
                 Err(UpstreamError::RequestBodyTimeout) => Outcome::Neutral,
+                // The request body failed on our side (the client disconnected mid-body, a body
+                // plugin failed): not the upstream's fault. Counted, clients cutting their
+                // bodies short would eject healthy addresses.
+                Err(UpstreamError::Http(e)) if e.is_user() => Outcome::Neutral,
                 Err(_) => Outcome::Failure,
             });
         }

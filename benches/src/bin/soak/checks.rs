@@ -219,9 +219,10 @@ fn hostile(r: &Run) -> Vec<Check> {
     let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let want = r.args.idle_connections as u64;
     let longest = g(&h.slowloris_longest_ms);
-    // The proxy closes a slowloris connection at its header-read timeout; the client notices
-    // within one trickle period of it.
-    let bound = (crate::hostile::HEADER_READ_TIMEOUT.as_millis() + 3000) as u64;
+    // The proxy closes a slowloris connection at its header-read timeout (5 s). The bound is far
+    // above it (a starved machine notices late) and below the idle timeout (60 s), the next
+    // timer that would close such a connection: it shows which timer did, not how fast.
+    let bound = 30_000u64;
     vec![
         check(
             "idle keep-alive connections held",
