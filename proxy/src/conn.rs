@@ -23,7 +23,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -134,6 +134,8 @@ pub struct TimedBody<B> {
     kind: TimeoutKind,
     deadline: Deadline,
     failed: bool,
+    /// Raised once the body has been read to its end (see [`BodyRead`]).
+    read: Option<BodyRead>,
 }
 
 impl<B> TimedBody<B> {
@@ -144,6 +146,7 @@ impl<B> TimedBody<B> {
             kind,
             deadline: Deadline::default(),
             failed: false,
+            read: None,
         }
     }
 }
@@ -164,6 +167,11 @@ where
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.deadline.disarm();
+                if let Some(read) = &this.read
+                    && (frame.is_none() || this.inner.is_end_stream())
+                {
+                    read.0.store(true, Ordering::Release);
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
@@ -185,6 +193,31 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Whether an HTTP/1 request's body was read to its end by the time its response goes out. When
+/// it was not (an error answered before the body was forwarded, an upstream that answered
+/// early), hyper closes the connection after the response, as the unread rest cannot be told
+/// from the next request; the response then says `Connection: close`, so that a keep-alive
+/// client does not send its next request on a connection about to close (it would fail with no
+/// response at all).
+#[derive(Clone, Default)]
+pub struct BodyRead(Arc<AtomicBool>);
+
+impl BodyRead {
+    /// A flag for `req`'s body: None when there is nothing to watch (HTTP/2, or no body).
+    fn watch<B: Body>(req: &Request<B>) -> Option<BodyRead> {
+        (req.version() <= http::Version::HTTP_11 && !req.body().is_end_stream()).then(BodyRead::default)
+    }
+
+    /// Marks `resp` `Connection: close` when the body was left unread (not on an upgrade).
+    fn close_if_unread<B>(read: Option<&BodyRead>, resp: &mut Response<B>) {
+        if read.is_some_and(|r| !r.0.load(Ordering::Acquire)) && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
     }
 }
 
@@ -574,13 +607,18 @@ where
         let request_body_timeout = limits.request_body_timeout;
         service_fn(move |req: Request<Incoming>| {
             let active = Active::start(&state);
-            let mut req = req.map(|b| TimedBody::new(b, request_body_timeout, TimeoutKind::RequestBody));
+            let read = BodyRead::watch(&req);
+            let mut req = req.map(|b| TimedBody {
+                read: read.clone(),
+                ..TimedBody::new(b, request_body_timeout, TimeoutKind::RequestBody)
+            });
             if let Some(info) = &tls {
                 req.extensions_mut().insert(info.clone());
             }
             let fut = handle(req, remote);
             async move {
-                let resp = fut.await;
+                let mut resp = fut.await;
+                BodyRead::close_if_unread(read.as_ref(), &mut resp);
                 mark_responded();
                 Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _active: active }))
             }

@@ -227,6 +227,13 @@ impl Upstream {
                 error: UpstreamError::RequestBodyTimeout,
                 ..
             }) => Outcome::Neutral,
+            // The request body failed on our side (the client went away mid-body, a body plugin
+            // failed): not the address's fault. Counted, clients cutting their bodies short
+            // would eject healthy addresses.
+            Err(Failed {
+                error: UpstreamError::Http(e),
+                ..
+            }) if e.is_user() => Outcome::Neutral,
             Err(_) => Outcome::Failure,
         });
         result
