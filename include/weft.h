@@ -501,6 +501,13 @@ typedef struct WeftRequestView {
   // Body phases: `WEFT_BODY_*` bits (`WEFT_BODY_END_OF_STREAM`, `WEFT_BODY_BUFFERED`);
   // WebSocket phases: `WEFT_WS_BINARY`, `WEFT_WS_ERROR`; else 0.
   uint32_t body_flags;
+  // The TLS server name (SNI) the client sent in its handshake; empty on a plain-HTTP
+  // listener and when a TLS client sent none (e.g. it connected by IP address). Appended
+  // after the first version-1 view: a plugin compiled without it reports the shorter
+  // `request_view_size` and is still accepted (it never reads this field); a plugin
+  // compiled with it is refused by a host that predates it, so it never reads past an
+  // older host's view.
+  struct WeftStr server_name;
 } WeftRequestView;
 
 // Runs one phase of one request through one plugin instance: reads `view`, writes mutation
@@ -619,7 +626,8 @@ typedef struct WeftPluginDescriptor {
   // earlier version-1 descriptor (before `cancel` or `attach_worker` was appended; the host
   // reads the fields it lacks as NULL).
   uint32_t descriptor_size;
-  // `sizeof(WeftRequestView)` as the plugin was compiled; must equal the host's.
+  // `sizeof(WeftRequestView)` as the plugin was compiled: the host's, or the size before
+  // `server_name` was appended (120 bytes on 64-bit targets; such a plugin ignores the field).
   uint32_t request_view_size;
   // `sizeof(WeftMutation)` as the plugin was compiled; must equal the host's.
   uint32_t mutation_size;
@@ -884,8 +892,9 @@ WEFT_STATIC_ASSERT(offsetof(WeftHostApi, abi_version) == 0 && offsetof(WeftHostA
 /* 64-bit targets (the ones weft supports): structs holding pointers. */
 WEFT_STATIC_ASSERT(sizeof(WeftBuf) == 16 && offsetof(WeftBuf, cap) == 8 && offsetof(WeftBuf, len) == 12,
                    "WeftBuf layout")
-WEFT_STATIC_ASSERT(sizeof(WeftRequestView) == 120 && offsetof(WeftRequestView, body) == 104
-                   && offsetof(WeftRequestView, body_len) == 112 && offsetof(WeftRequestView, body_flags) == 116,
+WEFT_STATIC_ASSERT(sizeof(WeftRequestView) == 128 && offsetof(WeftRequestView, body) == 104
+                   && offsetof(WeftRequestView, body_len) == 112 && offsetof(WeftRequestView, body_flags) == 116
+                   && offsetof(WeftRequestView, server_name) == 120,
                    "WeftRequestView layout (body fields) and size")
 WEFT_STATIC_ASSERT(sizeof(WeftPluginInfo) == 24 && offsetof(WeftPluginInfo, phases) == 16, "WeftPluginInfo layout")
 WEFT_STATIC_ASSERT(offsetof(WeftPluginDescriptor, runtime_version) == 24

@@ -303,6 +303,13 @@ pub struct WeftRequestView {
     /// Body phases: `WEFT_BODY_*` bits (`WEFT_BODY_END_OF_STREAM`, `WEFT_BODY_BUFFERED`);
     /// WebSocket phases: `WEFT_WS_BINARY`, `WEFT_WS_ERROR`; else 0.
     pub body_flags: u32,
+    /// The TLS server name (SNI) the client sent in its handshake; empty on a plain-HTTP
+    /// listener and when a TLS client sent none (e.g. it connected by IP address). Appended
+    /// after the first version-1 view: a plugin compiled without it reports the shorter
+    /// `request_view_size` and is still accepted (it never reads this field); a plugin
+    /// compiled with it is refused by a host that predates it, so it never reads past an
+    /// older host's view.
+    pub server_name: WeftStr,
 }
 
 impl Default for WeftRequestView {
@@ -329,6 +336,7 @@ impl Default for WeftRequestView {
             body: core::ptr::null(),
             body_len: 0,
             body_flags: 0,
+            server_name: WeftStr::default(),
         }
     }
 }
@@ -722,7 +730,8 @@ pub struct WeftPluginDescriptor {
     /// earlier version-1 descriptor (before `cancel` or `attach_worker` was appended; the host
     /// reads the fields it lacks as NULL).
     pub descriptor_size: u32,
-    /// `sizeof(WeftRequestView)` as the plugin was compiled; must equal the host's.
+    /// `sizeof(WeftRequestView)` as the plugin was compiled: the host's, or the size before
+    /// `server_name` was appended (120 bytes on 64-bit targets; such a plugin ignores the field).
     pub request_view_size: u32,
     /// `sizeof(WeftMutation)` as the plugin was compiled; must equal the host's.
     pub mutation_size: u32,

@@ -91,6 +91,7 @@ fn host_side(c: &mut Criterion) {
         generation: 1,
         client: "127.0.0.1:1234".parse().unwrap(),
         scheme: "http",
+        server_name: None,
     };
     let mut buf = vec![0u8; 64 * 1024];
     let mut g = c.benchmark_group("host_side");

@@ -58,6 +58,11 @@ func (c *Context) ClientPort() uint16 { return c.core().ClientPort() }
 // Scheme returns "http" or "https" as seen by the proxy.
 func (c *Context) Scheme() string { return c.core().Scheme() }
 
+// ServerName returns the TLS server name (SNI) the client sent in its handshake, or "" on a
+// plain-HTTP listener and when a TLS client sent none (e.g. it connected by IP address). Unlike
+// Host, it is what the TLS layer saw, so it names the certificate the client asked for.
+func (c *Context) ServerName() string { return c.core().ServerName() }
+
 // Version returns the protocol version, e.g. "HTTP/1.1".
 func (c *Context) Version() string { return c.core().Version() }
 

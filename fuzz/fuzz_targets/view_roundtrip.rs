@@ -63,6 +63,8 @@ fuzz_target!(|input: Input| {
         generation: input.ident.2,
         client,
         scheme: "https",
+        // Both shapes of the field: written (TLS with SNI) and left empty (plain, or no SNI).
+        server_name: (!input.v6).then(|| std::sync::Arc::from("sni.example")),
     };
     let head = RequestHead {
         method: &method,
@@ -80,6 +82,7 @@ fuzz_target!(|input: Input| {
     assert_eq!(d.path, uri.path());
     assert_eq!(d.query, uri.query().unwrap_or(""));
     assert_eq!(d.client_addr, client.to_string());
+    assert_eq!(d.server_name, id.server_name.as_deref().unwrap_or(""));
     assert_eq!(
         (d.request_id, d.slot, d.generation),
         (id.request_id, id.slot, id.generation)

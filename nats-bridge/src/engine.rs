@@ -224,6 +224,7 @@ mod traceparent_tests {
             generation: 1,
             client: "127.0.0.1:1".parse().unwrap(),
             scheme: "http",
+            server_name: None,
         };
         let mut buf = vec![0u8; 4096];
         let n = encode_request(&mut buf, &id, 0, &head).unwrap();

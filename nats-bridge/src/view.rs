@@ -160,6 +160,7 @@ mod tests {
             generation: 2,
             client: "10.1.2.3:4".parse().unwrap(),
             scheme: "https",
+            server_name: None,
         };
         let end = encode_request(&mut buf, &id, 0, &head).unwrap();
         let mut rh = HeaderMap::new();

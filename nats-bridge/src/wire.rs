@@ -196,6 +196,7 @@ mod tests {
             generation: 1,
             client: "127.0.0.1:1".parse().unwrap(),
             scheme: "http",
+            server_name: None,
         };
         let n = encode_view(&mut buf, &id, 0, &head).unwrap();
         let (bytes, rid) = encode_request(&buf[..n], 0).unwrap();

@@ -77,7 +77,7 @@ impl Proxy {
         *matched = Some(route);
         let mut f = Flight {
             route,
-            exchange: start_chain(route, client, scheme(&parts))?,
+            exchange: start_chain(route, client, &parts)?,
             request_id,
         };
         f.request_phases(&mut parts, &self.path_opts).await?;
@@ -180,13 +180,22 @@ pub(crate) fn scheme(parts: &Parts) -> &'static str {
     }
 }
 
+/// The TLS server name (SNI) the connection put on the request: shared with the connection (no
+/// per-request copy); None on plain HTTP and for a TLS client that sent none.
+pub(crate) fn server_name(parts: &Parts) -> Option<Arc<str>> {
+    parts.extensions.get::<TlsInfo>()?.server_name.clone()
+}
+
 /// The route's plugin exchange (an arena slot), if it has plugins; 503 when no slot is free.
-fn start_chain(route: &RouteTarget, client: SocketAddr, scheme: &'static str) -> Step<Option<Keep>> {
+fn start_chain(route: &RouteTarget, client: SocketAddr, parts: &Parts) -> Step<Option<Keep>> {
     let Some(chain) = &route.chain else {
         return Ok(None);
     };
-    match chain.start(client, scheme) {
-        Ok(x) => Ok(x.map(Keep::Owned)),
+    match chain.start(client, scheme(parts)) {
+        Ok(x) => Ok(x.map(|mut x| {
+            x.set_server_name(server_name(parts));
+            Keep::Owned(x)
+        })),
         Err(weft_runtime::Busy) => {
             let mut resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "busy", None);
             resp.headers_mut()

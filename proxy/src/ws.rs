@@ -150,7 +150,10 @@ pub async fn serve_plugin(
         return resp;
     };
     let mut x = match route.chain.start(client, crate::request::scheme(&parts)) {
-        Ok(Some(x)) => x,
+        Ok(Some(mut x)) => {
+            x.set_server_name(crate::request::server_name(&parts));
+            x
+        }
         Ok(None) => {
             return local_reply(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -656,32 +656,45 @@ async fn mutual_tls_to_an_upstream() {
     assert_eq!(common::get(plain, "/", &[]).await.0, StatusCode::BAD_GATEWAY);
 }
 
-/// Plugins are told the scheme: `https` for a request on a TLS listener, `http` on `listen`
-/// (the `test-scheme` plugin copies what it sees into a request header).
+/// Plugins are told the scheme and the SNI name: `https` and the name the client sent for a
+/// request on a TLS listener (two names on one listener; none for a client connecting by IP
+/// address), `http` and no name on `listen` (the `test-scheme` plugin copies what it sees into
+/// request headers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plugins_see_https_on_a_tls_listener() {
+async fn plugins_see_https_and_the_sni_name_on_a_tls_listener() {
     let lib = tokio::task::block_in_place(|| common::go_library("test"));
     let pki = Pki::new("tls-plugin");
-    let a = pki.issue("a", &["a.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let a = pki.issue("a", &["a.test", "b.test", "127.0.0.1"], &rcgen::PKCS_ECDSA_P256_SHA256);
     let up = demo_upstream().await;
     let (plain, tls) = (free_port(), free_port());
     let yaml = format!(
         "listen: {plain}\nlisten_tls:\n  - listen: {tls}\n    certificates:\n{}\
          libraries: [{{ name: ex, path: {} }}]\nplugins: [{{ name: s, library: ex, plugin: test-scheme }}]\n\
          upstreams: [{{ name: up, addresses: [\"{up}\"] }}]\nroutes: [{{ upstream: up, plugins: [s] }}]\n",
-        cert_entry(&a, "a.test"),
+        cert_entry(&a, "a.test, b.test"),
         lib.display()
     );
     let _proxy = ProxyProcess::start("tls-plugin", &yaml, plain);
     let roots = [pki.ca_der()];
-    let ans = https_get(tls, "a.test", client_config(&roots, &[b"h2"]), "/")
-        .await
-        .unwrap();
-    assert_eq!(ans.status, StatusCode::OK, "{}", ans.body);
-    assert_eq!(ans.body["headers"]["x-seen-scheme"], "https");
-    let (status, _, body) = common::get(plain, "/", &[]).await;
+    // HTTP/2 and HTTP/1.1 clients, by name and by IP address (no SNI).
+    for (name, alpn, sni) in [
+        ("a.test", &b"h2"[..], "a.test"),
+        ("b.test", b"h2", "b.test"),
+        ("b.test", b"http/1.1", "b.test"),
+        ("127.0.0.1", b"h2", ""),
+    ] {
+        let ans = https_get(tls, name, client_config(&roots, &[alpn]), "/").await.unwrap();
+        assert_eq!(ans.status, StatusCode::OK, "{name}: {}", ans.body);
+        assert_eq!(ans.body["headers"]["x-seen-scheme"], "https", "{name}");
+        assert_eq!(ans.body["headers"]["x-seen-sni"], sni, "{name}");
+    }
+    let (status, _, body) = common::get(plain, "/", &[("host", "a.test")]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["headers"]["x-seen-scheme"], "http");
+    assert_eq!(
+        body["headers"]["x-seen-sni"], "",
+        "plain HTTP has no SNI, whatever the host"
+    );
 }
 
 /// An HTTPS upstream that answers its `name`, and `/health` with 200 while `healthy` holds,

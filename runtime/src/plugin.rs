@@ -178,6 +178,10 @@ pub(crate) const DESCRIPTOR_SIZE_BEFORE_ATTACH_WORKER: usize =
 /// `descriptor_size` before `cancel` was appended (accepted likewise).
 pub(crate) const DESCRIPTOR_SIZE_BEFORE_CANCEL: usize = std::mem::offset_of!(WeftPluginDescriptor, cancel);
 
+/// `request_view_size` before `server_name` was appended to the view. Accepted: the host lays
+/// out the whole current view, and such a plugin reads only the prefix it knows.
+pub(crate) const VIEW_SIZE_BEFORE_SERVER_NAME: usize = std::mem::offset_of!(WeftRequestView, server_name);
+
 /// Checks and reads the descriptor a plugin's `weft_plugin_entry` returned.
 ///
 /// # Safety
@@ -228,7 +232,9 @@ unsafe fn read_descriptor(path: &Path, desc: *const WeftPluginDescriptor, go: bo
         copy.assume_init()
     };
     let d = &d;
-    size_check("WeftRequestView", d.request_view_size, size_of::<WeftRequestView>())?;
+    if d.request_view_size as usize != VIEW_SIZE_BEFORE_SERVER_NAME {
+        size_check("WeftRequestView", d.request_view_size, size_of::<WeftRequestView>())?;
+    }
     size_check("WeftMutation", d.mutation_size, size_of::<WeftMutation>())?;
     if d.host_api_size as usize > size_of::<WeftHostApi>() {
         return Err(LoadError::StructSize {
@@ -507,5 +513,31 @@ mod tests {
         assert!(err.contains("flagged WEFT_PLUGIN_FLAG_BLOCKING"), "{err}");
         let d = descriptor(full, &BLOCKING.0);
         assert!(unsafe { read_descriptor(path, &d, false) }.is_ok());
+    }
+
+    #[test]
+    fn a_view_without_server_name_is_accepted_and_other_sizes_are_not() {
+        let path = Path::new("libtest.so");
+        let full = size_of::<WeftRequestView>();
+        assert_eq!(
+            VIEW_SIZE_BEFORE_SERVER_NAME,
+            full - size_of::<WeftStr>(),
+            "server_name is last"
+        );
+        let mut d = descriptor(size_of::<WeftPluginDescriptor>(), &PLAIN.0);
+        for ok in [full, VIEW_SIZE_BEFORE_SERVER_NAME] {
+            d.request_view_size = ok as u32;
+            assert!(unsafe { read_descriptor(path, &d, false) }.is_ok(), "view size {ok}");
+        }
+        for bad in [
+            VIEW_SIZE_BEFORE_SERVER_NAME - 8,
+            VIEW_SIZE_BEFORE_SERVER_NAME + 4,
+            full + 8,
+        ] {
+            d.request_view_size = bad as u32;
+            let err = unsafe { read_descriptor(path, &d, false) }.unwrap_err().to_string();
+            let want = format!("WeftRequestView is {bad} bytes in the plugin but {full} bytes");
+            assert!(err.contains(&want), "{err}");
+        }
     }
 }

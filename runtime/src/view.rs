@@ -13,6 +13,7 @@
 use std::io::Write as _;
 use std::mem::{align_of, size_of};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::{HeaderMap, Method, Uri, Version};
 
@@ -33,13 +34,15 @@ pub struct RequestHead<'a> {
 }
 
 /// Identity fields that stay fixed for one request.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct ViewIdentity {
     pub request_id: u64,
     pub slot: u32,
     pub generation: u32,
     pub client: SocketAddr,
     pub scheme: &'static str,
+    /// The TLS server name (SNI); shared with the connection, so a request does not copy it.
+    pub server_name: Option<Arc<str>>,
 }
 
 pub const VIEW_HEADER_SIZE: usize = size_of::<WeftRequestView>();
@@ -272,6 +275,11 @@ pub fn encode_request(
         other => c.formatted(format_args!("{other}"))?,
     };
     let scheme = c.str(id.scheme.as_bytes())?;
+    // Plain HTTP (and TLS without SNI) writes nothing: the empty string at offset 0.
+    let server_name = match &id.server_name {
+        Some(name) => c.str(name.as_bytes())?,
+        None => WeftStr::default(),
+    };
     let version = c.str(version_str(head.version).as_bytes())?;
     let size = c.pos;
     let view = WeftRequestView {
@@ -296,6 +304,7 @@ pub fn encode_request(
         body: std::ptr::null(),
         body_len: 0,
         body_flags: 0,
+        server_name,
     };
     write_struct(c.buf, 0, view);
     Ok(size)
@@ -420,6 +429,7 @@ pub fn decode_for_test(buf: &[u8]) -> Option<DecodedView> {
         client_addr: s(v.client_addr)?,
         scheme: s(v.scheme)?,
         version: s(v.version)?,
+        server_name: s(v.server_name)?,
         request_headers: headers(v.req_headers_off, v.req_header_count)?,
         status: v.status,
         response_headers: headers(v.resp_headers_off, v.resp_header_count)?,
@@ -439,6 +449,7 @@ pub struct DecodedView {
     pub client_addr: String,
     pub scheme: String,
     pub version: String,
+    pub server_name: String,
     pub request_headers: Vec<(String, String)>,
     pub status: u32,
     pub response_headers: Vec<(String, String)>,
@@ -467,6 +478,7 @@ mod tests {
             generation: 9,
             client: "127.0.0.1:5555".parse().unwrap(),
             scheme: "http",
+            server_name: None,
         }
     }
 
@@ -512,6 +524,41 @@ mod tests {
         assert_eq!(d.phase, 2);
         assert_eq!(d.response_headers, vec![("content-type".into(), "text/plain".into())]);
         assert_eq!(d.path, "/p/q", "request section survives the response append");
+    }
+
+    #[test]
+    fn server_name_is_written_within_the_view_or_left_empty() {
+        let (headers, uri) = (HeaderMap::new(), Uri::from_static("/"));
+        let head = RequestHead {
+            method: &Method::GET,
+            uri: &uri,
+            version: Version::HTTP_2,
+            headers: &headers,
+        };
+        let raw = |buf: &[u8]| -> WeftRequestView { unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) } };
+        // Plain HTTP: the empty string at offset 0, nothing written for it.
+        let mut buf = vec![0u8; 1024];
+        let plain = encode_request(&mut buf, &ident(), 0, &head).unwrap();
+        assert_eq!(raw(&buf).server_name, WeftStr::default());
+        assert_eq!(decode_for_test(&buf).unwrap().server_name, "");
+        // TLS with SNI: the name's bytes inside the view, which grows by exactly them.
+        let id = ViewIdentity {
+            scheme: "https",
+            server_name: Some(Arc::from("a.example.com")),
+            ..ident()
+        };
+        let end = encode_request(&mut buf, &id, 0, &head).unwrap();
+        let v = raw(&buf);
+        assert_eq!(end, plain + "https".len() - "http".len() + "a.example.com".len());
+        assert!(v.server_name.off as usize >= VIEW_HEADER_SIZE);
+        assert!((v.server_name.off + v.server_name.len) as usize <= v.size as usize);
+        let d = decode_for_test(&buf).unwrap();
+        assert_eq!((d.server_name.as_str(), d.scheme.as_str()), ("a.example.com", "https"));
+        // A slot too small for the name is the usual error, not a panic or a truncated name.
+        for cap in VIEW_HEADER_SIZE..end {
+            let mut small = vec![0u8; cap];
+            assert!(encode_request(&mut small, &id, 0, &head).is_err(), "cap {cap}");
+        }
     }
 
     #[test]

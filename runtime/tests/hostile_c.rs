@@ -215,7 +215,7 @@ fn broken_handshakes_are_refused_naming_the_fault() {
     let cases: &[(u32, &str)] = &[
         (1, "plugin name: not UTF-8"),
         (2, "WeftPluginDescriptor is "),
-        (3, "WeftRequestView is 112 bytes in the plugin but 120 bytes"),
+        (3, "WeftRequestView is 112 bytes in the plugin but 128 bytes"),
         (4, "WeftHostApi"),
         (5, "weft_plugin_entry returned NULL"),
         (6, "built for weft ABI version 2"),

@@ -166,6 +166,7 @@ impl Views {
             generation: 1,
             client: ([127, 0, 0, 1], 40000).into(),
             scheme: "http",
+            server_name: None,
         };
         let end = encode_request(buf, &id, RH as u32, &head).expect("the bench view fits 8 KiB");
         (request_id, end)

@@ -232,6 +232,10 @@ type RequestView struct {
 	Body      unsafe.Pointer
 	BodyLen   uint32
 	BodyFlags uint32
+	// ServerName is the TLS server name (SNI) the client sent; empty on plain HTTP and when the
+	// client sent none. Appended after the first version-1 view: a host that predates it refuses
+	// a library built with it (its request_view_size differs), so it is always present here.
+	ServerName Str
 }
 
 // Mutation mirrors WeftMutation, the 16-byte header of one mutation record. It is followed by
@@ -264,7 +268,7 @@ const (
 const (
 	SizeofStr         = 8
 	SizeofHeader      = 16
-	SizeofRequestView = 120
+	SizeofRequestView = 128
 	SizeofMutation    = 16
 )
 

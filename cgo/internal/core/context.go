@@ -156,6 +156,10 @@ func (c *Context) endStd() {
 // Scheme returns "http" or "https" as seen by the proxy.
 func (c *Context) Scheme() string { return c.str(c.view.Scheme) }
 
+// ServerName returns the TLS server name (SNI) the client sent, or "" on plain HTTP and when a
+// TLS client sent none (e.g. it connected by IP address).
+func (c *Context) ServerName() string { return c.str(c.view.ServerName) }
+
 // Version returns the protocol version, e.g. "HTTP/1.1".
 func (c *Context) Version() string { return c.str(c.view.Version) }
 

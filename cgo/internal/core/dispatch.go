@@ -339,7 +339,7 @@ func validView(v *RequestView) bool {
 	if size < SizeofRequestView {
 		return false
 	}
-	for _, s := range [...]Str{v.Method, v.Path, v.Query, v.Host, v.ClientAddr, v.Scheme, v.Version} {
+	for _, s := range [...]Str{v.Method, v.Path, v.Query, v.Host, v.ClientAddr, v.Scheme, v.Version, v.ServerName} {
 		if uint64(s.Off)+uint64(s.Len) > size {
 			return false
 		}

@@ -65,6 +65,10 @@ func (w *ViewBuilder[T]) RequestHeaders(n int, at func(i int) (name, value T, ok
 	w.view.ReqHeadersOff, w.view.ReqHeaderCount = w.headers(n, at)
 }
 
+// ServerName writes the TLS server name (SNI); without it the field is empty (plain HTTP, or
+// no SNI). Call it before Request, so that the request section stays one run of bytes.
+func (w *ViewBuilder[T]) ServerName(name T) { w.view.ServerName = w.str(name) }
+
 // Request writes the request's strings. Without a later ResponseHeaders the view has no
 // response: resp_headers_off is the end of the request section and the status 0.
 func (w *ViewBuilder[T]) Request(method, path, query, host, clientAddr, scheme, version T) {

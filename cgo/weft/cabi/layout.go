@@ -23,7 +23,8 @@ static const size_t weft_layout_view[] = {sizeof(WeftRequestView),
 	offsetof(WeftRequestView, req_headers_off), offsetof(WeftRequestView, req_header_count),
 	offsetof(WeftRequestView, status), offsetof(WeftRequestView, resp_headers_off),
 	offsetof(WeftRequestView, resp_header_count), offsetof(WeftRequestView, call),
-	offsetof(WeftRequestView, body), offsetof(WeftRequestView, body_len), offsetof(WeftRequestView, body_flags)};
+	offsetof(WeftRequestView, body), offsetof(WeftRequestView, body_len), offsetof(WeftRequestView, body_flags),
+	offsetof(WeftRequestView, server_name)};
 static const size_t weft_layout_job[] = {sizeof(WeftJob), offsetof(WeftJob, slot), offsetof(WeftJob, generation),
 	offsetof(WeftJob, instance), offsetof(WeftJob, phase), offsetof(WeftJob, call), offsetof(WeftJob, out_slot),
 	offsetof(WeftJob, out_off)};

@@ -17,6 +17,7 @@ func buildView(dst []uint64, phase core.Phase, requestID uint64, slot, generatio
 	if host == "" {
 		host, _ = first(req.Headers, "host")
 	}
+	w.ServerName(req.ServerName)
 	w.Request(req.Method, req.Path, req.Query, host, req.ClientAddr, req.Scheme, req.Version)
 	if resp != nil {
 		w.ResponseHeaders(uint32(resp.Status), len(resp.Headers), entries(resp.Headers))

@@ -81,6 +81,9 @@ type Request struct {
 	ClientAddr string
 	Scheme     string
 	Version    string
+	// ServerName is the TLS server name (SNI) the plugin sees through Context.ServerName; the
+	// default "" is what a plain-HTTP request (or a TLS client without SNI) gives.
+	ServerName string
 	Headers    [][2]string
 }
 

@@ -140,3 +140,29 @@ func TestPrepared(t *testing.T) {
 		t.Fatalf("code %v mutations %v err %v", code, ms, err)
 	}
 }
+
+func init() {
+	weft.Register(weft.Plugin[struct{}, struct{}]{
+		Name: "wefttest-sni",
+		RequestHeaders: func(ctx *weft.Context, _ *struct{}, _ *struct{}) {
+			ctx.SetRequestHeader("x-sni", ctx.ServerName())
+			ctx.SetRequestHeader("x-scheme", ctx.Scheme())
+		},
+	})
+}
+
+func TestServerName(t *testing.T) {
+	h := wefttest.MustNew(t, "wefttest-sni", nil)
+	for _, c := range []struct{ name, scheme string }{{"a.example", "https"}, {"", "https"}, {"", "http"}} {
+		x := h.Request(wefttest.Request{ServerName: c.name, Scheme: c.scheme, Host: "other.example"})
+		if res := x.RequestHeaders(); res.Code != wefttest.OK {
+			t.Fatalf("%+v: %+v", c, res)
+		}
+		if v, _ := x.RequestHeader("x-sni"); v != c.name {
+			t.Errorf("%+v: x-sni %q", c, v)
+		}
+		if v, _ := x.RequestHeader("x-scheme"); v != c.scheme {
+			t.Errorf("%+v: x-scheme %q", c, v)
+		}
+	}
+}

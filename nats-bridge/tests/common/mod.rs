@@ -191,6 +191,7 @@ pub fn request_view(request_id: u64, phase: u32, path: &str, headers: &[(&str, &
         generation: 1,
         client: "127.0.0.1:40000".parse().unwrap(),
         scheme: "http",
+        server_name: None,
     };
     let end = encode_request(&mut buf, &id, phase, &head).unwrap();
     buf.truncate(end);

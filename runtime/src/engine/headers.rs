@@ -208,8 +208,9 @@ impl Exchange {
             version: parts.version,
             headers: &parts.headers,
         };
-        let ident = self.ident;
-        let end = view::encode_request(self.lease().bytes_mut(), &ident, phase as u32, &head)?;
+        // Only `Drop` takes the lease out.
+        let lease = self.lease.as_mut().expect("exchange lease taken before drop");
+        let end = view::encode_request(lease.bytes_mut(), &self.ident, phase as u32, &head)?;
         self.request_end = end;
         self.view_end = end;
         Ok(())

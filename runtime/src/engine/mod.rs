@@ -172,6 +172,7 @@ impl Chain {
             generation: lease.generation(),
             client,
             scheme,
+            server_name: None,
         };
         Ok(Some(Exchange {
             chain: self.clone(),
@@ -213,6 +214,12 @@ impl Exchange {
         self.chain.phases & WeftPhase::Log.mask() != 0
     }
 
+    /// Sets the TLS server name (SNI) the plugins see in `server_name` (None, the default: empty,
+    /// as on plain HTTP). Call it before the first phase; the name is shared, not copied.
+    pub fn set_server_name(&mut self, name: Option<Arc<str>>) {
+        self.ident.server_name = name;
+    }
+
     fn lease(&mut self) -> &mut SlotLease {
         // Only `Drop` takes the lease out.
         self.lease.as_mut().expect("exchange lease taken before drop")
@@ -246,7 +253,7 @@ impl Drop for Exchange {
         let job = Exchange {
             chain: self.chain.clone(),
             lease: self.lease.take(),
-            ident: self.ident,
+            ident: self.ident.clone(),
             request_end: self.request_end,
             view_end: self.view_end,
             bufs: Default::default(),
