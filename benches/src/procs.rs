@@ -9,6 +9,21 @@ use std::time::{Duration, Instant};
 
 use crate::report::{target_dir, workspace_root};
 
+/// `cargo build --release -p weft-proxy` in the workspace (`who` prefixes the progress line);
+/// returns the binary's path.
+pub fn build_weft_proxy(who: &str) -> Result<PathBuf, String> {
+    eprintln!("{who}: cargo build --release -p weft-proxy");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "-p", "weft-proxy"])
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| format!("run cargo: {e}"))?;
+    if !status.success() {
+        return Err("cargo build --release -p weft-proxy failed".into());
+    }
+    Ok(target_dir().join("release/weft-proxy"))
+}
+
 /// The child gets `sig` when the runner dies (when the spawning thread, main, exits).
 pub fn die_with_parent_by(cmd: &mut Command, sig: libc::c_int) {
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.

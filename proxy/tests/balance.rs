@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 mod common;
 
-use common::{ProxyProcess, free_port, metric, scrape};
+use common::{OwnRuntime, ProxyProcess, free_port, metric, scrape};
 
 /// An HTTP/1.1 upstream answering its `name`, on a runtime of its own so that killing it
 /// closes the listener and every kept-alive connection at once, as a crashed process would.
@@ -31,7 +31,7 @@ use common::{ProxyProcess, free_port, metric, scrape};
 struct Upstream {
     name: &'static str,
     addr: SocketAddr,
-    runtime: Option<tokio::runtime::Runtime>,
+    runtime: OwnRuntime,
     arrived: Arc<AtomicUsize>,
     release: watch::Sender<bool>,
 }
@@ -42,18 +42,8 @@ impl Upstream {
     }
 
     fn start_on(name: &'static str, addr: SocketAddr, hold: bool) -> Upstream {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = std::net::TcpListener::bind(addr).unwrap();
-        listener.set_nonblocking(true).unwrap();
+        let (runtime, listener) = OwnRuntime::bind(addr);
         let addr = listener.local_addr().unwrap();
-        let listener = {
-            let _in = runtime.enter();
-            tokio::net::TcpListener::from_std(listener).unwrap()
-        };
         let arrived = Arc::new(AtomicUsize::new(0));
         let (release, released) = watch::channel(!hold);
         let count = Arc::clone(&arrived);
@@ -78,7 +68,7 @@ impl Upstream {
         Upstream {
             name,
             addr,
-            runtime: Some(runtime),
+            runtime,
             arrived,
             release,
         }
@@ -86,19 +76,7 @@ impl Upstream {
 
     /// Returns once every connection of the upstream is closed.
     async fn kill(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(5)))
-                .await
-                .unwrap();
-        }
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
+        self.runtime.kill().await;
     }
 }
 

@@ -18,29 +18,22 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use weft_proxy::{Config, Proxy};
 
+mod common;
+use common::OwnRuntime;
+
 /// An HTTP/1.1 upstream answering its `name`, on a runtime of its own so that killing it
 /// closes the listener and every kept-alive connection at once, as a crashed process would.
 struct Upstream {
     addr: SocketAddr,
-    runtime: Option<tokio::runtime::Runtime>,
+    runtime: OwnRuntime,
     /// What `/health` answers: 200 while true, 503 while false.
     healthy: Arc<AtomicBool>,
 }
 
 impl Upstream {
     fn start(name: &'static str, addr: SocketAddr) -> Upstream {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = std::net::TcpListener::bind(addr).unwrap();
-        listener.set_nonblocking(true).unwrap();
+        let (runtime, listener) = OwnRuntime::bind(addr);
         let addr = listener.local_addr().unwrap();
-        let listener = {
-            let _in = runtime.enter();
-            tokio::net::TcpListener::from_std(listener).unwrap()
-        };
         let healthy = Arc::new(AtomicBool::new(true));
         let flag = Arc::clone(&healthy);
         runtime.spawn(async move {
@@ -63,28 +56,12 @@ impl Upstream {
                 });
             }
         });
-        Upstream {
-            addr,
-            runtime: Some(runtime),
-            healthy,
-        }
+        Upstream { addr, runtime, healthy }
     }
 
     /// Returns once every connection of the upstream is closed.
     async fn kill(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(5)))
-                .await
-                .unwrap();
-        }
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
+        self.runtime.kill().await;
     }
 }
 

@@ -31,11 +31,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use weft_benches::procs::{
-    NatsBins, Procs, Stop, clock_ticks_per_sec, context_switches, cpu_ticks, die_with_parent_by, file_tail, nats_bins,
-    process_tree, start_nats_server, start_worker, stop,
+    NatsBins, Procs, Stop, build_weft_proxy, clock_ticks_per_sec, context_switches, cpu_ticks, die_with_parent_by,
+    file_tail, nats_bins, process_tree, start_nats_server, start_worker, stop,
 };
 use weft_benches::report::{
-    Machine, argv, commit, cores, date_utc, exit_code, loadavg, median, sh, target_dir, workspace_root, write_report,
+    Machine, argv, commit, cores, date_utc, exit_code, loadavg, median, sh, target_dir, write_report,
 };
 
 /// The path every load generator requests (bench-header reads it, and two headers).
@@ -1583,19 +1583,6 @@ fn chart(rep: &Report, path: &Path) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 // Main
 
-fn build_weft() -> Result<PathBuf, String> {
-    eprintln!("e2e: cargo build --release -p weft-proxy");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-p", "weft-proxy"])
-        .current_dir(workspace_root())
-        .status()
-        .map_err(|e| format!("run cargo: {e}"))?;
-    if !status.success() {
-        return Err("cargo build --release -p weft-proxy failed".into());
-    }
-    Ok(target_dir().join("release/weft-proxy"))
-}
-
 /// nats-server and the worker binary for the NATS rows: skipped (with the reason as their note)
 /// when nats-server is not installed, an error instead with WEFT_REQUIRE_NATS=1.
 fn nats_tools(args: &Args) -> Result<NatsTools, String> {
@@ -1633,7 +1620,7 @@ fn run(args: Args) -> Result<(), String> {
     }
     let weft_bin = match &args.weft_bin {
         Some(p) => p.clone(),
-        None => build_weft()?,
+        None => build_weft_proxy("e2e")?,
     };
     if !weft_bin.exists() {
         return Err(format!("weft-proxy binary {} not found", weft_bin.display()));

@@ -431,3 +431,46 @@ pub async fn check_in_flight_limit(
     }
     answers
 }
+
+/// A test server on a tokio runtime of its own, so that killing it closes its listener and every
+/// kept-alive connection at once, as a crashed process would.
+pub struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnRuntime {
+    /// A one-thread runtime and a listener bound to `addr` on it (port 0: any free port).
+    pub fn bind(addr: SocketAddr) -> (OwnRuntime, tokio::net::TcpListener) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = std::net::TcpListener::bind(addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = {
+            let _in = runtime.enter();
+            tokio::net::TcpListener::from_std(listener).unwrap()
+        };
+        (OwnRuntime(Some(runtime)), listener)
+    }
+
+    pub fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.0.as_ref().expect("not killed").spawn(f);
+    }
+
+    /// Returns once every connection of the server is closed.
+    pub async fn kill(&mut self) {
+        if let Some(rt) = self.0.take() {
+            tokio::task::spawn_blocking(move || rt.shutdown_timeout(std::time::Duration::from_secs(5)))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}

@@ -25,13 +25,14 @@ mod timeline;
 mod upstream;
 
 use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use weft_benches::report::{exit_code, target_dir, workspace_root};
+use weft_benches::procs::build_weft_proxy;
+use weft_benches::report::{exit_code, target_dir};
 
 use crate::proxy::{Proxy, Setup};
 use crate::timeline::Timeline;
@@ -74,19 +75,6 @@ pub struct Args {
 
 fn main() -> ExitCode {
     exit_code("soak", run(Args::parse()))
-}
-
-fn build_weft() -> Result<PathBuf, String> {
-    eprintln!("soak: cargo build --release -p weft-proxy");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-p", "weft-proxy"])
-        .current_dir(workspace_root())
-        .status()
-        .map_err(|e| format!("run cargo: {e}"))?;
-    if !status.success() {
-        return Err("cargo build --release -p weft-proxy failed".into());
-    }
-    Ok(target_dir().join("release/weft-proxy"))
 }
 
 /// Raises the open-file limit to its hard limit (inherited by the proxy and the workers) and
@@ -132,7 +120,7 @@ fn run(mut args: Args) -> Result<(), String> {
     }
     let weft_bin = absolute(match &args.weft_bin {
         Some(p) => p.clone(),
-        None => build_weft()?,
+        None => build_weft_proxy("soak")?,
     })?;
     let go_lib = absolute(match &args.plugin_lib {
         Some(p) => p.clone(),
