@@ -461,16 +461,7 @@ fn check_shows_expiry_and_refuses_a_mismatched_key() {
             certs,
             "127.0.0.1:9".parse().unwrap(),
         );
-        let file = pki.dir.file("check.yaml", &yaml);
-        let out = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
-            .args(["check", "-c"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-        )
+        weft_check(&pki.dir.file("check.yaml", &yaml))
     };
     let (ok, out) = check(&cert_entry(&a, "a.test"));
     assert!(ok, "{out}");
@@ -502,16 +493,7 @@ fn check_shows_expiry_and_refuses_a_mismatched_key() {
             "127.0.0.1:9".parse().unwrap(),
             &format!("ca_file: {}", ca.display()),
         );
-        let file = pki.dir.file("check-up.yaml", &yaml);
-        let out = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
-            .args(["check", "-c"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-        )
+        weft_check(&pki.dir.file("check-up.yaml", &yaml))
     };
     let (ok, out) = upstream_check(&ca);
     assert!(ok, "{out}");
@@ -867,4 +849,17 @@ async fn the_process_cap_spans_the_tls_and_plain_listeners() {
         .expect("served once the TLS connection closed")
         .unwrap();
     assert_eq!(status, StatusCode::OK);
+}
+
+/// `weft-proxy check -c FILE`: whether it passed, and its output (stdout then stderr).
+fn weft_check(file: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+        .args(["check", "-c"])
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }

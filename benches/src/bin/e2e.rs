@@ -1240,28 +1240,24 @@ fn goals(rep: &Report) -> String {
         .unwrap_or_else(|| thr.clone());
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     let mut s = String::from("Goals:\n\n");
-    match (get("weft", &thr), get("nginx", &thr)) {
-        (Some(w), Some(n)) => {
-            let r = w.rps / n.rps;
-            let _ = writeln!(
-                s,
-                "- weft, no plugins ≥ nginx in req/s: {r:.2}× — {}",
-                verdict(r >= 1.0)
-            );
+    let ratio_goal = |s: &mut String, what: &str, num: &str, den: &str, min: f64| match (get(num, &thr), get(den, &thr))
+    {
+        (Some(a), Some(b)) => {
+            let r = a.rps / b.rps;
+            let _ = writeln!(s, "- {what}: {r:.2}× — {}", verdict(r >= min));
         }
-        _ => s.push_str("- weft, no plugins ≥ nginx in req/s: not measured\n"),
-    }
-    match (get("weft-inproc", &thr), get("weft", &thr)) {
-        (Some(p), Some(w)) => {
-            let r = p.rps / w.rps;
-            let _ = writeln!(
-                s,
-                "- weft + in-process header plugin ≥ 0.95× weft, no plugins: {r:.2}× — {}",
-                verdict(r >= 0.95)
-            );
+        _ => {
+            let _ = writeln!(s, "- {what}: not measured");
         }
-        _ => s.push_str("- weft + in-process plugin ≥ 0.95× weft: not measured\n"),
-    }
+    };
+    ratio_goal(&mut s, "weft, no plugins ≥ nginx in req/s", "weft", "nginx", 1.0);
+    ratio_goal(
+        &mut s,
+        "weft + in-process header plugin ≥ 0.95× weft, no plugins",
+        "weft-inproc",
+        "weft",
+        0.95,
+    );
     match (get("weft-inproc", &lat), get("weft", &lat)) {
         (Some(p), Some(w)) => {
             let d = p.p99_us - w.p99_us;
@@ -1273,17 +1269,13 @@ fn goals(rep: &Report) -> String {
         }
         _ => s.push_str("- in-process plugin adds ≤ 10 µs at p99: not measured\n"),
     }
-    match (get("weft-nats-1", &thr), get("weft-inproc", &thr)) {
-        (Some(n), Some(p)) => {
-            let r = n.rps / p.rps;
-            let _ = writeln!(
-                s,
-                "- NATS, one remote phase ≥ 0.5× in-process: {r:.2}× — {}",
-                verdict(r >= 0.5)
-            );
-        }
-        _ => s.push_str("- NATS, one remote phase ≥ 0.5× in-process: not measured\n"),
-    }
+    ratio_goal(
+        &mut s,
+        "NATS, one remote phase ≥ 0.5× in-process",
+        "weft-nats-1",
+        "weft-inproc",
+        0.5,
+    );
     match get("weft-nats-1", &thr) {
         Some(n) => {
             let _ = writeln!(
@@ -1295,17 +1287,13 @@ fn goals(rep: &Report) -> String {
         }
         None => s.push_str("- NATS, one remote phase ≥ 10k req/s: not measured\n"),
     }
-    match (get("weft-https", &thr), get("nginx-https", &thr)) {
-        (Some(w), Some(n)) => {
-            let r = w.rps / n.rps;
-            let _ = writeln!(
-                s,
-                "- weft HTTPS ≥ nginx HTTPS in req/s (keep-alive, same certificate): {r:.2}× — {}",
-                verdict(r >= 1.0)
-            );
-        }
-        _ => s.push_str("- weft HTTPS ≥ nginx HTTPS in req/s: not measured\n"),
-    }
+    ratio_goal(
+        &mut s,
+        "weft HTTPS ≥ nginx HTTPS in req/s (keep-alive, same certificate)",
+        "weft-https",
+        "nginx-https",
+        1.0,
+    );
     match (get("weft-handshakes", &thr), get("nginx-handshakes", &thr)) {
         (Some(w), Some(n)) => {
             let _ = writeln!(
