@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
 use crate::load::Load;
 use crate::proxy::SLOTS;
+use crate::timeline::Window;
 
 /// Requests of one burst, and how long each holds its slot.
 const BURST: usize = SLOTS + 128;
@@ -23,6 +24,9 @@ pub struct Totals {
     pub ok: AtomicU64,
     /// 503: no slot was free (what a burst is for).
     pub busy: AtomicU64,
+    /// 504 while the proxy or the runner was starved of CPU (`starve.rs`): the burst's 300 ms
+    /// hold ran past the 1 s deadline.
+    pub starved: AtomicU64,
     /// Anything else: a failure of the run.
     pub other: AtomicU64,
     /// Those other answers by status (0: no answer).
@@ -33,7 +37,9 @@ pub async fn run(load: &Arc<Load>, totals: &Arc<Totals>) {
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..BURST {
         let (client, port, totals) = (load.client.clone(), load.port, totals.clone());
+        let timeline = load.timeline.clone();
         set.spawn(async move {
+            let start = Instant::now();
             totals.sent.fetch_add(1, Ordering::Relaxed);
             let req = hyper::Request::get(format!("http://127.0.0.1:{port}/late/burst"))
                 .header("x-delay-ms", HOLD_MS.to_string())
@@ -52,6 +58,7 @@ pub async fn run(load: &Arc<Load>, totals: &Arc<Totals>) {
             let c = match status {
                 200 => &totals.ok,
                 503 => &totals.busy,
+                504 if timeline.overlapped(Window::Starved, start, Instant::now()) => &totals.starved,
                 s => {
                     *totals.other_statuses.lock().unwrap().entry(s).or_default() += 1;
                     &totals.other

@@ -169,10 +169,11 @@ fn legend_of_windows(root: &DrawingArea<BitMapBackend, plotters::coord::Shift>) 
         Window::Quiet,
         Window::NatsDown,
         Window::WorkerKill,
+        Window::Starved,
     ];
     let (_, h) = root.dim_in_pixel();
     for (i, w) in all.iter().enumerate() {
-        let x = 70 + i as i32 * 140;
+        let x = 70 + i as i32 * 125;
         let y = h as i32 - 14;
         let (r, g, b) = window_rgb(*w);
         root.draw(&Rectangle::new(

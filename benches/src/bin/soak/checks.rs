@@ -205,8 +205,9 @@ fn faults_fired(r: &Run) -> Vec<Check> {
             "arena bursts",
             busy > 0 && other == 0,
             format!(
-                "{sent} burst requests: {} answered, {busy} 503 (no slot), {other} otherwise {:?}",
+                "{sent} burst requests: {} answered, {busy} 503 (no slot), {} 504 while starved of CPU, {other} otherwise {:?}",
                 b.ok.load(Ordering::Relaxed),
+                b.starved.load(Ordering::Relaxed),
                 b.other_statuses.lock().unwrap()
             ),
         ));

@@ -13,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::timeline::{RequestFault, RouteKind, Timeline};
+use crate::timeline::{RequestFault, RouteKind, Timeline, Window};
 use crate::upstream::{H_CRC, H_RESP_CRC, H_RESP_LEN, H_SEED, H_UPSTREAM, pattern};
 
 /// Requests in flight at most; beyond it the generator skips a request (counted, not sent).
@@ -26,6 +26,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// (`proxy.rs`: 500 ms for test-blocking, 1000 ms for test-async).
 pub const HANG_MS: u32 = 2500;
 pub const LATE_MS: u32 = 2000;
+
+/// The error key of a late request answered 2xx because the proxy was starved past its
+/// deadline ([`Load::completion_used`]): counted apart, not an error.
+pub const COMPLETION_USED: &str = "late-answer-used";
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -229,6 +233,7 @@ impl Load {
         let at = self.timeline.secs(start);
         let what = match out {
             Outcome::Ok if p.fault == RequestFault::None => return None,
+            Outcome::Ok if self.completion_used(p, start, end) => return Some(COMPLETION_USED),
             Outcome::Ok => format!("{} request answered 2xx", p.fault.name()),
             Outcome::Status(s) if p.fault.status() == Some(*s) => return Some(p.fault.name()),
             Outcome::Status(s) => match self.timeline.explain(*s, p.route, start, end) {
@@ -241,6 +246,19 @@ impl Load {
         self.stats
             .unexplained(format!("t={at:.1}s id={n} {} {}: {what}", p.path, p.fault.name()));
         Some("unexplained")
+    }
+
+    /// Whether a 2xx to a late (hang, late-async) request is the plugin's late answer that the
+    /// proxy used because it arrived before the proxy acted on the deadline: the proxy gives up
+    /// on a call only when its task runs after the deadline, and a completion found there is
+    /// used (`docs/architecture.md`, "Pending calls"). That happens when the proxy's thread was
+    /// starved of CPU past the deadline (a starved window overlapped the request), and the
+    /// answer cannot come before the plugin's delay (else the fault did not happen at all).
+    fn completion_used(&self, p: &Plan, start: Instant, end: Instant) -> bool {
+        let Some(delay) = p.fault.delay() else {
+            return false;
+        };
+        end.duration_since(start) >= delay && self.timeline.overlapped(Window::Starved, start, end)
     }
 
     async fn send(&self, n: u64, p: &Plan) -> Outcome {

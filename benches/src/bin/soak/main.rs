@@ -21,6 +21,7 @@ mod output;
 mod proxy;
 mod sampler;
 mod schedule;
+mod starve;
 mod timeline;
 mod upstream;
 
@@ -216,7 +217,7 @@ async fn soak(
     let until = t0 + Duration::from_secs_f64(args.minutes * 60.0);
     let ld = load_at(t0);
     let (timeline, stats) = (ld.timeline.clone(), ld.stats.clone());
-    let mut sampler = sampler::Sampler::start(proxy.clone(), t0);
+    let mut sampler = sampler::Sampler::start(proxy.clone(), timeline.clone());
     let ctx = Arc::new(schedule::Ctx {
         timeline: timeline.clone(),
         load: ld.clone(),

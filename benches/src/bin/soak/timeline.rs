@@ -32,6 +32,9 @@ pub enum Window {
     NatsDown,
     /// A Go worker SIGKILLed with requests in flight, and replaced.
     WorkerKill,
+    /// A thread of the proxy or of the runner waited for a CPU for at least half of the
+    /// interval (`starve.rs`): the machine's other work set the pace of its timers and answers.
+    Starved,
 }
 
 impl Window {
@@ -45,6 +48,7 @@ impl Window {
             Window::Quiet => "quiet",
             Window::NatsDown => "nats-down",
             Window::WorkerKill => "worker-kill",
+            Window::Starved => "starved",
         }
     }
 
@@ -55,6 +59,9 @@ impl Window {
             Window::ArenaBurst => status == 503 && route != RouteKind::NoPlugins,
             // A remote call that cannot be made (no connection, no worker) or that times out.
             Window::NatsDown | Window::WorkerKill => route == RouteKind::Nats && matches!(status, 500 | 502..=504),
+            // A timeout (a plugin's deadline, the upstream's) that passed while the thread that
+            // would have answered in time, the proxy's or the runner's upstream, waited for a CPU.
+            Window::Starved => status == 504,
             Window::UpstreamSlow | Window::Reload | Window::BadReload | Window::Quiet => false,
         }
     }
@@ -80,6 +87,15 @@ impl RequestFault {
             RequestFault::Panic => "panic",
             RequestFault::Hang => "hang",
             RequestFault::LateAsync => "late-async",
+        }
+    }
+
+    /// How late the plugin answers a request with this fault (`load::HANG_MS`, `LATE_MS`).
+    pub fn delay(self) -> Option<Duration> {
+        match self {
+            RequestFault::Hang => Some(Duration::from_millis(crate::load::HANG_MS.into())),
+            RequestFault::LateAsync => Some(Duration::from_millis(crate::load::LATE_MS.into())),
+            RequestFault::None | RequestFault::Panic => None,
         }
     }
 
@@ -152,6 +168,34 @@ impl Timeline {
         self.entries.lock().unwrap()[open.0].end_s = Some(now);
     }
 
+    /// Adds a window that is already over (`start_s` to `end_s`); one of the same kind ending at
+    /// `start_s` is extended instead, so a long stretch stays one window.
+    pub fn add(&self, kind: Window, start_s: f64, end_s: f64) {
+        let mut e = self.entries.lock().unwrap();
+        if let Some(last) = e.iter_mut().rev().find(|w| w.kind == kind)
+            && last.end_s == Some(start_s)
+        {
+            last.end_s = Some(end_s);
+            return;
+        }
+        e.push(Entry {
+            kind,
+            start_s,
+            end_s: Some(end_s),
+        });
+    }
+
+    /// Whether a window of `kind` (or the grace after it) overlapped `start` to `end`.
+    pub fn overlapped(&self, kind: Window, start: Instant, end: Instant) -> bool {
+        let (s, e) = (self.secs(start), self.secs(end));
+        let grace = GRACE.as_secs_f64();
+        self.entries
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|w| w.kind == kind && w.start_s <= e && s <= w.end_s.unwrap_or(f64::INFINITY) + grace)
+    }
+
     pub fn entries(&self) -> Vec<Entry> {
         self.entries.lock().unwrap().clone()
     }
@@ -193,5 +237,24 @@ mod tests {
         assert_eq!(tl.explain(502, p, at(5.0), at(9.0)), None);
         assert_eq!(tl.explain(502, p, at(23.0), at(24.0)), None);
         assert_eq!(tl.explain(500, p, at(15.0), at(15.1)), None);
+    }
+
+    #[test]
+    fn starved_intervals_merge_and_explain_timeouts_only() {
+        let t0 = Instant::now() - Duration::from_secs(100);
+        let tl = Timeline::new(t0);
+        tl.add(Window::Starved, 30.0, 31.0);
+        tl.add(Window::Starved, 31.0, 32.5);
+        tl.add(Window::Starved, 50.0, 51.0);
+        let starved: Vec<_> = tl.entries().into_iter().map(|e| (e.start_s, e.end_s)).collect();
+        assert_eq!(starved, [(30.0, Some(32.5)), (50.0, Some(51.0))]);
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let p = RouteKind::NoPlugins;
+        assert_eq!(tl.explain(504, p, at(29.0), at(30.5)), Some(Window::Starved));
+        assert_eq!(tl.explain(504, p, at(34.0), at(34.2)), Some(Window::Starved));
+        assert_eq!(tl.explain(502, p, at(31.0), at(31.5)), None);
+        assert_eq!(tl.explain(504, p, at(40.0), at(41.0)), None);
+        assert!(!tl.overlapped(Window::Starved, at(49.0), at(49.5)));
+        assert!(tl.overlapped(Window::Starved, at(49.0), at(50.5)));
     }
 }
