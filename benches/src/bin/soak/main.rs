@@ -212,6 +212,7 @@ async fn soak(
         "soak: saturation {saturation:.0} req/s; {rate:.0} req/s for {} min",
         args.minutes
     );
+    let overflows_before = starve::listen_overflows();
     let hostile = hostile::Hostile::start(port, args.idle_connections);
     let t0 = Instant::now();
     let until = t0 + Duration::from_secs_f64(args.minutes * 60.0);
@@ -238,6 +239,9 @@ async fn soak(
     // The end: everything back once the load stops.
     let end_check = schedule::quiet_point(&ctx).await;
     let samples = sampler.stop();
+    let listen_overflows = overflows_before
+        .zip(starve::listen_overflows())
+        .map(|(a, b)| b.saturating_sub(a));
     let alive = proxy.lock().unwrap().alive();
     if let Some(n) = &nats
         && let Err(e) = n.call(nats::Cmd::Check)
@@ -272,6 +276,7 @@ async fn soak(
         bursts: ctx.bursts.clone(),
         alive: alive.clone(),
         hostile: hostile.counts.clone(),
+        listen_overflows,
     };
     let checks = checks::all(&run);
     output::write(&run, &checks, out_dir)?;

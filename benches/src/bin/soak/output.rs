@@ -37,6 +37,8 @@ pub struct Run<'a> {
     pub bursts: Arc<Totals>,
     pub alive: Result<(), String>,
     pub hostile: Arc<crate::hostile::Counts>,
+    /// Connections the kernel dropped at a full listen queue during the run (machine-wide).
+    pub listen_overflows: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -211,6 +213,12 @@ fn markdown(r: &Run, rep: &Report) -> String {
         b.ok.load(Ordering::Relaxed),
         b.busy.load(Ordering::Relaxed)
     );
+    if let Some(n) = r.listen_overflows {
+        let _ = writeln!(
+            s,
+            "- listen queue overflows during the run (the kernel's count for every listener on this machine): {n}"
+        );
+    }
     let h = &r.hostile;
     let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let _ = writeln!(

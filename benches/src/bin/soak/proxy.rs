@@ -29,6 +29,13 @@ pub struct Setup {
 // on a machine shared with other work the runner's upstreams can be starved of CPU for a second
 // or two, and that must not read as a proxy error.
 
+/// The proxy's listen backlog: above the connections the run opens at once (an arena burst's
+/// 1,152 beside the load's and the hostile clients' reconnects), so that a proxy thread starved
+/// of CPU while a burst connects leaves them queued rather than has the kernel drop their SYNs,
+/// which clients retry 1, 3, 7, 15 s later, past the load's 30 s wait (the kernel caps it at
+/// `net.core.somaxconn`, 4096 by default).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 /// The instance name (and NATS subject) of the `type: nats` plugin.
 pub const NATS_INSTANCE: &str = "nsleep";
 
@@ -51,7 +58,7 @@ pub fn yaml(s: &Setup, port: u16, admin: u16, generation: u64) -> String {
 workers: {threads}
 admin: {{ listen: "127.0.0.1:{admin}" }}
 log: {{ level: warn }}
-limits: {{ header_read_timeout_ms: {hrt}, max_connections: 8000 }}
+limits: {{ header_read_timeout_ms: {hrt}, max_connections: 8000, listen_backlog: {LISTEN_BACKLOG} }}
 runtime: {{ slots: {SLOTS}, slot_size: 32768, out_slots: 128 }}
 {nats_top}libraries:
   - {{ name: go, path: "{go}" }}

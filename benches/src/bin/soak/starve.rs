@@ -65,6 +65,18 @@ impl Starvation {
     }
 }
 
+/// The kernel's count of connections dropped because a listen queue was full (`TcpExt:
+/// ListenOverflows` in /proc/net/netstat; every listener of the network namespace, not only the
+/// proxy's): a dropped SYN is retried by the client after 1, 3, 7, 15 s, so it shows as a slow
+/// connect, or as no answer at all.
+pub fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut tcp_ext = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (tcp_ext.next()?, tcp_ext.next()?);
+    let i = names.split_whitespace().position(|n| n == "ListenOverflows")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
 /// (tid, ns waited on a run queue) of every thread of `pid`; empty when the process is gone or
 /// the kernel keeps no such counts.
 fn thread_waits(pid: u32) -> Vec<(u32, u64)> {
@@ -88,6 +100,14 @@ fn parse_wait(schedstat: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_listen_overflow_count() {
+        assert!(
+            listen_overflows().is_some(),
+            "no TcpExt ListenOverflows in /proc/net/netstat"
+        );
+    }
 
     #[test]
     fn parses_the_second_field() {
