@@ -261,6 +261,6 @@ pub fn window_rgb(w: Window) -> (u8, u8, u8) {
         Window::Quiet => (199, 199, 199),
         Window::NatsDown => (23, 190, 207),
         Window::WorkerKill => (31, 119, 180),
-        Window::Starved => (127, 127, 127),
+        Window::Starved => (188, 189, 34),
     }
 }
