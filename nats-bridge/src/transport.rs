@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// How the transport authenticates to the NATS server.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum NatsAuth {
     #[default]
     None,
@@ -34,7 +34,7 @@ pub enum NatsAuth {
 
 /// TLS settings. With `ca` the server certificate is checked against that CA; with
 /// `client_cert` (certificate, key) the transport authenticates with mutual TLS.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NatsTls {
     pub required: bool,
     pub ca: Option<PathBuf>,
@@ -42,7 +42,7 @@ pub struct NatsTls {
 }
 
 /// Connection options for [`NatsTransport::connect`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NatsOptions {
     /// Server URL(s), comma separated, e.g. `nats://127.0.0.1:4222`.
     pub url: String,

@@ -53,10 +53,14 @@ impl Proxy {
         Proxy::from_config_replacing(config, None)
     }
 
-    /// [`from_config`](Self::from_config) for a config reload that replaces a proxy whose plugin
-    /// runtime is `prev` ([`Plugins::load_replacing`]).
-    pub fn from_config_replacing(config: &Config, prev: Option<&Runtime>) -> Result<Proxy, StartupError> {
-        let plugins = Plugins::load_replacing(config, prev)?;
+    /// [`from_config`](Self::from_config) for a config reload that replaces `prev`: its plugin
+    /// runtime and NATS connection are taken over where they can be ([`Plugins::load_replacing`]).
+    pub fn from_config_replacing(config: &Config, prev: Option<&Proxy>) -> Result<Proxy, StartupError> {
+        let plugins = Plugins::load_replacing(
+            config,
+            prev.and_then(|p| p.runtime()).map(|rt| &**rt),
+            prev.and_then(|p| p.nats()),
+        )?;
         Proxy::with_plugins(config, plugins)
     }
 

@@ -95,9 +95,9 @@ impl LiveProxy {
         let (certs, tls_note) = crate::tls::reload::prepare(&config, tls)
             .map_err(|e| format!("certificate problems:\n{}", crate::tls::reload::locate(path, &e)))?;
         // The new plugin runtime takes over the current one's arena (same layout), statistics
-        // and buffered-body budget.
-        let prev = self.current().runtime().cloned();
-        let proxy = Proxy::from_config_replacing(&config, prev.as_deref())
+        // and buffered-body budget, and its NATS connection when `nats:` is unchanged.
+        let prev = self.current();
+        let proxy = Proxy::from_config_replacing(&config, Some(&prev))
             .map_err(|e| format!("failed to load plugins:\n{}", locate_plugin_problems(path, &config, &e)))?;
         drop(prev);
         // No file path: the summary is also the body of `POST /reload`'s answer.

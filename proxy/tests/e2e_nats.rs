@@ -818,3 +818,122 @@ fn check_prints_no_secrets_and_warns_about_routes_around_auth() {
         "{text}"
     );
 }
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`); the status and the body.
+fn raw_http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nX-Weft-Admin: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+/// The ids nats-server gave the open connections whose client name is `name` (its monitoring
+/// port's `/connz`).
+fn connection_ids(monitor: SocketAddr, name: &str) -> Vec<u64> {
+    let (status, body) = raw_http(monitor, "GET", "/connz");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["name"] == name)
+        .filter_map(|c| c["cid"].as_u64())
+        .collect()
+}
+
+/// A reload that leaves `nats:` alone keeps the proxy's NATS connection (the same connection id at
+/// the server; each reload used to open another), and requests through the remote plugin keep
+/// succeeding across reloads. A changed `nats:` section reconnects, and the replaced connection
+/// closes once its generation is retired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_an_unchanged_nats_connection() {
+    require_nats!();
+    let monitor = free_port();
+    let srv = NatsServer::start_with(&["-m", &monitor.port().to_string()]);
+    let _worker = Worker::start(
+        &srv.url(),
+        &serde_json::json!([{ "plugin": "bench-header", "name": "bench" }]),
+    );
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let (addr, admin) = (free_port(), free_port());
+    let yaml = |nats: &str| {
+        let body = config_nats(
+            addr,
+            nats,
+            upstream,
+            "  - { name: bench, type: nats, plugin: bench-header }",
+            "  - { path_prefix: /, upstream: up, plugins: [bench] }",
+        );
+        format!("admin: {{ listen: {admin} }}\n{body}")
+    };
+    let same = yaml(&format!("url: \"{}\"", srv.url()));
+    let mut proxy = blocking(|| ProxyProcess::start("nats-reload", &same, addr));
+    let first = blocking(|| connection_ids(monitor, "weft-proxy"));
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let c = client();
+                let mut statuses = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    statuses.push(get_with(&c, addr, "/", &[]).await.0);
+                }
+                statuses
+            })
+        })
+        .collect();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (status, body) = blocking(|| raw_http(admin, "POST", "/reload"));
+        assert_eq!(status, 200, "{body}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut statuses = Vec::new();
+    for h in load {
+        statuses.extend(h.await.unwrap());
+    }
+    let failed = statuses.iter().filter(|s| **s != StatusCode::OK).count();
+    assert!(statuses.len() > 10, "the load ran: {} requests", statuses.len());
+    assert_eq!(
+        failed,
+        0,
+        "requests failed across reloads: {failed} of {}",
+        statuses.len()
+    );
+    assert_eq!(
+        blocking(|| connection_ids(monitor, "weft-proxy")),
+        first,
+        "the same connection after 5 reloads"
+    );
+
+    // Another client name is another connection; the old one goes with its generation.
+    std::fs::write(
+        &proxy.config,
+        yaml(&format!("url: \"{}\", name: weft-proxy-b", srv.url())),
+    )
+    .unwrap();
+    let (status, body) = blocking(|| raw_http(admin, "POST", "/reload"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get(addr, "/", &[]).await.0, StatusCode::OK);
+    blocking(|| {
+        wait_for("the replaced NATS connection to close", Duration::from_secs(10), || {
+            connection_ids(monitor, "weft-proxy").is_empty()
+        })
+    });
+    assert_eq!(blocking(|| connection_ids(monitor, "weft-proxy-b")).len(), 1);
+    proxy.assert_running();
+}

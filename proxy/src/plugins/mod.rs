@@ -63,13 +63,18 @@ pub struct Plugins {
 impl Plugins {
     /// Loads every library and instantiates every plugin instance, reporting all failures.
     pub fn load(config: &Config) -> Result<Plugins, StartupError> {
-        Plugins::load_replacing(config, None)
+        Plugins::load_replacing(config, None, None)
     }
 
     /// [`load`](Self::load) for a config reload: the new plugin runtime replaces `prev`
     /// ([`Runtime::replacing`]: the same arena while its layout is unchanged, shared statistics
-    /// and buffered-body budget). On failure every instance initialised so far is shut down.
-    pub fn load_replacing(config: &Config, prev: Option<&Runtime>) -> Result<Plugins, StartupError> {
+    /// and buffered-body budget), and keeps `prev_nats`, the running NATS connection, when the
+    /// `nats:` section is unchanged. On failure every instance initialised so far is shut down.
+    pub fn load_replacing(
+        config: &Config,
+        prev: Option<&Runtime>,
+        prev_nats: Option<&Arc<NatsHost>>,
+    ) -> Result<Plugins, StartupError> {
         let mut plugins = Plugins {
             runtime: None,
             instances: HashMap::new(),
@@ -95,7 +100,7 @@ impl Plugins {
             problems.push(format!("runtime.worker_ring_capacity: {e}"));
         }
         ffi::load(config, &runtime, &mut plugins, &mut problems);
-        remote::load(config, &runtime, &mut plugins, &mut problems);
+        remote::load(config, &runtime, &mut plugins, &mut problems, prev_nats);
         if !problems.is_empty() {
             // The instances initialised before the failure never serve: give them their
             // shutdown hooks now (the runtime is dropped unused).

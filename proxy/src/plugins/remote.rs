@@ -16,11 +16,45 @@ use crate::config::{Config, Failure, NatsConfig, PluginConfig, PluginType};
 pub struct NatsHost {
     runtime: Option<tokio::runtime::Runtime>,
     pub transport: Arc<NatsTransport>,
+    /// What the connection was made with, to tell whether a reload can keep it.
+    made_with: Connection,
+    /// Room broadcasts relayed through this connection already (a kept connection is attached
+    /// once, not once per reload).
+    rooms_attached: std::sync::atomic::AtomicBool,
+}
+
+/// The options of a connection and the contents of the files they name (credentials, CA,
+/// client certificate and key) when it was made: a reload that changes neither keeps the
+/// connection, one that rotates a file reconnects.
+#[derive(PartialEq, Eq)]
+struct Connection {
+    opts: weft_nats_bridge::NatsOptions,
+    files: Vec<Option<Vec<u8>>>,
+}
+
+impl Connection {
+    fn new(opts: weft_nats_bridge::NatsOptions) -> Connection {
+        use weft_nats_bridge::NatsAuth;
+        let creds = match &opts.auth {
+            NatsAuth::CredsFile(p) => Some(p.clone()),
+            _ => None,
+        };
+        let (cert, key) = opts.tls.client_cert.clone().unzip();
+        let files = [creds, opts.tls.ca.clone(), cert, key]
+            .into_iter()
+            .flatten()
+            .map(|path| std::fs::read(path).ok())
+            .collect();
+        Connection { opts, files }
+    }
 }
 
 impl NatsHost {
     /// Relays WebSocket room broadcasts through this connection (`ws.rs`).
     pub(crate) fn attach_ws_rooms(&self) {
+        if self.rooms_attached.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         if let Some(rt) = &self.runtime {
             crate::ws::hub().attach_nats(self.transport.client().clone(), rt.handle());
         }
@@ -45,7 +79,16 @@ struct Discovered<'a> {
 /// Connects to NATS and adds every `type: nats` instance to `runtime`, reading phases from the
 /// workers when the config does not list them. Runs on the NATS host's own runtime, on a
 /// helper thread (so it works whether or not the caller is inside a tokio runtime).
-pub(super) fn load(config: &Config, runtime: &Arc<Runtime>, plugins: &mut Plugins, problems: &mut Vec<String>) {
+/// A reload passes the running generation's connection as `prev`: kept when the `nats:` section
+/// and the files it names are unchanged, so a reload neither reconnects nor fails the calls in
+/// flight on the old connection.
+pub(super) fn load(
+    config: &Config,
+    runtime: &Arc<Runtime>,
+    plugins: &mut Plugins,
+    problems: &mut Vec<String>,
+    prev: Option<&Arc<NatsHost>>,
+) {
     let remote: Vec<_> = config.plugins.iter().filter(|p| p.kind == PluginType::Nats).collect();
     let ws_rooms = config.routes.iter().any(|r| r.websocket.is_some());
     let Some(nats) = config.nats.as_ref().filter(|_| !remote.is_empty() || ws_rooms) else {
@@ -55,30 +98,55 @@ pub(super) fn load(config: &Config, runtime: &Arc<Runtime>, plugins: &mut Plugin
         Ok(o) => o,
         Err(e) => return problems.push(e),
     };
-    let rt = match nats_runtime() {
-        Ok(rt) => rt,
-        Err(e) => return problems.push(format!("nats: cannot start its runtime: {e}")),
-    };
     let discovery = Duration::from_millis(
         nats.discovery_timeout_ms
             .unwrap_or(crate::config::DEFAULT_NATS_DISCOVERY_TIMEOUT_MS),
     );
+    let made_with = Connection::new(opts);
+    let host = match prev.filter(|p| p.made_with == made_with) {
+        Some(kept) => Arc::clone(kept),
+        None => match connect(made_with) {
+            Ok(host) => Arc::new(host),
+            Err(e) => return problems.push(e),
+        },
+    };
+    let Some(handle) = host.runtime.as_ref().map(|rt| rt.handle().clone()) else {
+        return problems.push("nats: its runtime is gone".into());
+    };
     let result = std::thread::scope(|s| {
-        s.spawn(|| rt.block_on(connect_and_discover(opts, &remote, discovery)))
+        s.spawn(|| handle.block_on(discover(&host.transport, &remote, discovery)))
             .join()
             .unwrap_or_else(|_| Err(vec!["nats: start-up panicked".into()]))
     });
-    let (transport, found) = match result {
-        Ok(r) => r,
+    let found = match result {
+        Ok(found) => found,
         Err(errs) => return problems.extend(errs),
     };
     for d in found {
-        instantiate(config, &transport, runtime, d, plugins, problems);
+        instantiate(config, &host.transport, runtime, d, plugins, problems);
     }
-    plugins.nats = Some(Arc::new(NatsHost {
+    plugins.nats = Some(host);
+}
+
+/// A new connection on a runtime of its own. Runs on a helper thread (so it works whether or not
+/// the caller is inside a tokio runtime).
+fn connect(made_with: Connection) -> Result<NatsHost, String> {
+    let rt = nats_runtime().map_err(|e| format!("nats: cannot start its runtime: {e}"))?;
+    let opts = made_with.opts.clone();
+    let transport = std::thread::scope(|s| {
+        s.spawn(|| {
+            rt.block_on(NatsTransport::connect(opts))
+                .map_err(|e| format!("nats: {e}"))
+        })
+        .join()
+        .unwrap_or_else(|_| Err("nats: connecting panicked".into()))
+    })?;
+    Ok(NatsHost {
         runtime: Some(rt),
         transport,
-    }));
+        made_with,
+        rooms_attached: Default::default(),
+    })
 }
 
 fn nats_runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -89,28 +157,21 @@ fn nats_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Connects, then reads the phases of every remote instance; all problems at once.
-async fn connect_and_discover<'a>(
-    opts: weft_nats_bridge::NatsOptions,
+/// Reads the phases of every remote instance; all problems at once.
+async fn discover<'a>(
+    transport: &NatsTransport,
     remote: &[&'a PluginConfig],
     discovery: Duration,
-) -> Result<(Arc<NatsTransport>, Vec<Discovered<'a>>), Vec<String>> {
-    let transport = NatsTransport::connect(opts)
-        .await
-        .map_err(|e| vec![format!("nats: {e}")])?;
+) -> Result<Vec<Discovered<'a>>, Vec<String>> {
     let mut found = Vec::new();
     let mut errs = Vec::new();
     for &p in remote {
-        match remote_phases(&transport, p, discovery).await {
+        match remote_phases(transport, p, discovery).await {
             Ok(phases) => found.push(Discovered { plugin: p, phases }),
             Err(e) => errs.push(e),
         }
     }
-    if errs.is_empty() {
-        Ok((transport, found))
-    } else {
-        Err(errs)
-    }
+    if errs.is_empty() { Ok(found) } else { Err(errs) }
 }
 
 /// The phases of remote instance `p`: its `phases:` list, else what its workers report; body

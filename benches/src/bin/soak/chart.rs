@@ -169,11 +169,12 @@ fn legend_of_windows(root: &DrawingArea<BitMapBackend, plotters::coord::Shift>) 
         Window::Quiet,
         Window::NatsDown,
         Window::WorkerKill,
+        Window::GarbageWorker,
         Window::Starved,
     ];
     let (_, h) = root.dim_in_pixel();
     for (i, w) in all.iter().enumerate() {
-        let x = 70 + i as i32 * 125;
+        let x = 40 + i as i32 * 114;
         let y = h as i32 - 14;
         let (r, g, b) = window_rgb(*w);
         root.draw(&Rectangle::new(

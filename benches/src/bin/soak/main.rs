@@ -14,6 +14,7 @@
 mod burst;
 mod chart;
 mod checks;
+mod garbage;
 mod hostile;
 mod load;
 mod nats;

@@ -261,6 +261,7 @@ pub fn window_rgb(w: Window) -> (u8, u8, u8) {
         Window::Quiet => (199, 199, 199),
         Window::NatsDown => (23, 190, 207),
         Window::WorkerKill => (31, 119, 180),
+        Window::GarbageWorker => (140, 86, 75),
         Window::Starved => (188, 189, 34),
     }
 }

@@ -24,6 +24,9 @@ const SLOW: (u64, u64) = (22, 32);
 const BURST: u64 = 40;
 const NATS_DOWN: u64 = 43;
 const WORKER_KILL: u64 = 48;
+/// A peer answering garbage in the NATS workers' queue group, for [`GARBAGE_FOR`].
+const GARBAGE: u64 = 36;
+const GARBAGE_FOR: Duration = Duration::from_secs(3);
 /// How long nats-server stays down.
 const NATS_DOWN_FOR: Duration = Duration::from_secs(2);
 /// Longest wait for the NATS route to answer again after a fault.
@@ -93,7 +96,11 @@ pub async fn run(ctx: Arc<Ctx>, until: Instant) {
             (QUIET, Event::Quiet),
         ]);
         if ctx.nats.is_some() {
-            events.extend([(NATS_DOWN, Event::NatsDown), (WORKER_KILL, Event::WorkerKill)]);
+            events.extend([
+                (NATS_DOWN, Event::NatsDown),
+                (WORKER_KILL, Event::WorkerKill),
+                (GARBAGE, Event::Garbage),
+            ]);
         }
         events.sort_by_key(|e| e.0);
         for (s, ev) in events {
@@ -119,6 +126,7 @@ enum Event {
     Quiet,
     NatsDown,
     WorkerKill,
+    Garbage,
 }
 
 impl Event {
@@ -166,6 +174,7 @@ impl Event {
                 tl.end(w);
             }
             Event::NatsDown | Event::WorkerKill => nats_fault(ctx, matches!(self, Event::NatsDown)).await,
+            Event::Garbage => garbage_fault(ctx).await,
             Event::Quiet => {
                 let w = tl.begin(Window::Quiet);
                 let check = quiet_point(ctx).await;
@@ -222,6 +231,39 @@ pub async fn quiet_point(ctx: &Arc<Ctx>) -> QuietCheck {
             return QuietCheck { ok: zero, ..c };
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A peer answering garbage joins the NATS instance's queue group for [`GARBAGE_FOR`]; the
+/// window stays open until the route answers again without it. A peer no call reached is a
+/// problem: the fault did not happen.
+async fn garbage_fault(ctx: &Arc<Ctx>) {
+    let Some(nats) = ctx.nats.clone() else { return };
+    let w = ctx.timeline.begin(Window::GarbageWorker);
+    let answered = crate::garbage::answer_garbage(&nats.url, crate::proxy::NATS_INSTANCE, GARBAGE_FOR).await;
+    let back = route_back(ctx, "/nats").await;
+    ctx.timeline.end(w);
+    match answered {
+        Ok(0) => ctx.problem("the garbage-answering NATS peer got no call in its window".into()),
+        Ok(_) => {}
+        Err(e) => ctx.problem(e),
+    }
+    if let Err(e) = back {
+        ctx.problem(format!("{e} after the garbage-answering peer left"));
+    }
+}
+
+/// Waits (up to [`NATS_BACK`]) until `path` answers 2xx again.
+async fn route_back(ctx: &Arc<Ctx>, path: &'static str) -> Result<(), String> {
+    let load = ctx.load.clone();
+    let rt = tokio::runtime::Handle::current();
+    let back = tokio::task::spawn_blocking(move || wait_until(NATS_BACK, || rt.block_on(load.probe(path))))
+        .await
+        .map_err(|e| e.to_string())?;
+    if back {
+        Ok(())
+    } else {
+        Err(format!("the route {path} did not answer within {NATS_BACK:?}"))
     }
 }
 

@@ -32,6 +32,9 @@ pub enum Window {
     NatsDown,
     /// A Go worker SIGKILLed with requests in flight, and replaced.
     WorkerKill,
+    /// A NATS peer in the workers' queue group answering garbage (`garbage.rs`); the window ends
+    /// when the route answers again without it.
+    GarbageWorker,
     /// A thread of the proxy or of the runner waited for a CPU for at least half of the
     /// interval (`starve.rs`): the machine's other work set the pace of its timers and answers.
     Starved,
@@ -48,6 +51,7 @@ impl Window {
             Window::Quiet => "quiet",
             Window::NatsDown => "nats-down",
             Window::WorkerKill => "worker-kill",
+            Window::GarbageWorker => "garbage-worker",
             Window::Starved => "starved",
         }
     }
@@ -58,7 +62,10 @@ impl Window {
             Window::UpstreamKill => matches!(status, 502..=504),
             Window::ArenaBurst => status == 503 && route != RouteKind::NoPlugins,
             // A remote call that cannot be made (no connection, no worker) or that times out.
-            Window::NatsDown | Window::WorkerKill => route == RouteKind::Nats && matches!(status, 500 | 502..=504),
+            // A reply the proxy cannot use fails that call the same way.
+            Window::NatsDown | Window::WorkerKill | Window::GarbageWorker => {
+                route == RouteKind::Nats && matches!(status, 500 | 502..=504)
+            }
             // A timeout (a plugin's deadline, the upstream's) that passed while the thread that
             // would have answered in time, the proxy's or the runner's upstream, waited for a CPU.
             Window::Starved => status == 504,
