@@ -327,6 +327,20 @@ async fn worker_killed_mid_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_server_restart_under_load() {
     require_nats!();
+    restart_under_load(Duration::from_millis(100)).await;
+}
+
+/// The same with nats-server gone for 2 s (the soak's outage): the host's connection and the Go
+/// worker's both back off while it is away, and the route still serves again within about a
+/// second of the server listening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_server_long_outage_under_load() {
+    require_nats!();
+    restart_under_load(Duration::from_secs(2)).await;
+}
+
+/// Load through a remote plugin while nats-server is stopped for `outage` and started again.
+async fn restart_under_load(outage: Duration) {
     let mut srv = NatsServer::start();
     let _worker = Worker::start(
         &srv.url(),
@@ -344,7 +358,7 @@ async fn nats_server_restart_under_load() {
     let mut proxy = blocking(|| ProxyProcess::start("nats", &yaml, addr));
 
     let start = Instant::now();
-    let stop_at = start + Duration::from_millis(3500);
+    let stop_at = start + Duration::from_millis(3400) + outage;
     let mut load = Vec::new();
     for _ in 0..4 {
         load.push(tokio::spawn(async move {
@@ -361,7 +375,7 @@ async fn nats_server_restart_under_load() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let up_again = blocking(|| {
         srv.stop();
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(outage);
         srv.start_again();
         Instant::now()
     });
@@ -402,7 +416,7 @@ async fn nats_server_restart_under_load() {
         .count();
     assert_eq!(late_failures, 0, "failures after recovery");
     eprintln!(
-        "restart: {} requests, {failures} failed, first success {first_ok:?} after the server listened again",
+        "restart after {outage:?}: {} requests, {failures} failed, first success {first_ok:?} after the server listened again",
         all.len()
     );
     assert!(proxy.running());
