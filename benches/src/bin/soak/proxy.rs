@@ -57,7 +57,8 @@ pub fn yaml(s: &Setup, port: u16, admin: u16, generation: u64) -> String {
         r#"listen: 127.0.0.1:{port}
 workers: {threads}
 admin: {{ listen: "127.0.0.1:{admin}" }}
-log: {{ level: warn }}
+# weft_proxy::conn at debug: why each client connection ended, to trace an unexplained reset
+log: {{ level: "warn,weft_proxy::conn=debug" }}
 limits: {{ header_read_timeout_ms: {hrt}, max_connections: 8000, listen_backlog: {LISTEN_BACKLOG} }}
 runtime: {{ slots: {SLOTS}, slot_size: 32768, out_slots: 128 }}
 {nats_top}libraries:
