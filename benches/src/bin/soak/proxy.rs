@@ -119,7 +119,8 @@ impl Proxy {
         cmd.arg("run")
             .arg("-c")
             .arg(&cfg)
-            .env("RUST_LOG", "warn")
+            // The config's `log.level` applies (RUST_LOG would win over it).
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file);
