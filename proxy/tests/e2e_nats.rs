@@ -833,27 +833,19 @@ fn check_prints_no_secrets_and_warns_about_routes_around_auth() {
     );
 }
 
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`); the status and the body.
-fn raw_http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
+/// `method path` on a fresh connection with the admin header; the status and the body.
+async fn call(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nX-Weft-Admin: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    );
+    let (status, _, body) = common::raw(addr, &req).await;
     (status, body)
 }
 
 /// The ids nats-server gave the open connections whose client name is `name` (its monitoring
 /// port's `/connz`).
-fn connection_ids(monitor: SocketAddr, name: &str) -> Vec<u64> {
-    let (status, body) = raw_http(monitor, "GET", "/connz");
+async fn connection_ids(monitor: SocketAddr, name: &str) -> Vec<u64> {
+    let (status, body) = call(monitor, "GET", "/connz").await;
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     v["connections"]
@@ -892,7 +884,7 @@ async fn reload_keeps_an_unchanged_nats_connection() {
     };
     let same = yaml(&format!("url: \"{}\"", srv.url()));
     let mut proxy = blocking(|| ProxyProcess::start("nats-reload", &same, addr));
-    let first = blocking(|| connection_ids(monitor, "weft-proxy"));
+    let first = connection_ids(monitor, "weft-proxy").await;
     assert_eq!(first.len(), 1, "{first:?}");
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -911,7 +903,7 @@ async fn reload_keeps_an_unchanged_nats_connection() {
         .collect();
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let (status, body) = blocking(|| raw_http(admin, "POST", "/reload"));
+        let (status, body) = call(admin, "POST", "/reload").await;
         assert_eq!(status, 200, "{body}");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -929,7 +921,7 @@ async fn reload_keeps_an_unchanged_nats_connection() {
         statuses.len()
     );
     assert_eq!(
-        blocking(|| connection_ids(monitor, "weft-proxy")),
+        connection_ids(monitor, "weft-proxy").await,
         first,
         "the same connection after 5 reloads"
     );
@@ -940,14 +932,17 @@ async fn reload_keeps_an_unchanged_nats_connection() {
         yaml(&format!("url: \"{}\", name: weft-proxy-b", srv.url())),
     )
     .unwrap();
-    let (status, body) = blocking(|| raw_http(admin, "POST", "/reload"));
+    let (status, body) = call(admin, "POST", "/reload").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(get(addr, "/", &[]).await.0, StatusCode::OK);
-    blocking(|| {
-        wait_for("the replaced NATS connection to close", Duration::from_secs(10), || {
-            connection_ids(monitor, "weft-proxy").is_empty()
-        })
-    });
-    assert_eq!(blocking(|| connection_ids(monitor, "weft-proxy-b")).len(), 1);
+    let closing = Instant::now();
+    while !connection_ids(monitor, "weft-proxy").await.is_empty() {
+        assert!(
+            closing.elapsed() < Duration::from_secs(10),
+            "the replaced NATS connection did not close"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(connection_ids(monitor, "weft-proxy-b").await.len(), 1);
     proxy.assert_running();
 }

@@ -24,6 +24,8 @@ use tokio::net::TcpListener;
 use weft_proxy::demo::spawn_demo_upstream;
 use weft_proxy::{Config, Proxy};
 
+mod common;
+
 type TestBody = BoxBody<Bytes, Infallible>;
 
 fn client(h2: bool) -> Client<HttpConnector, TestBody> {
@@ -135,23 +137,6 @@ async fn auth_chain_answers_locally_or_forwards_with_plugin_headers() {
     }
 }
 
-/// Sends raw `request` bytes (no client library tidies the path) and reads the whole answer
-/// (the request says `connection: close`): (status, head, body). Bounded by 5 s.
-async fn raw(addr: SocketAddr, request: &str) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply))
-        .await
-        .expect("answered within 5 s")
-        .unwrap();
-    let reply = String::from_utf8_lossy(&reply).into_owned();
-    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, head.to_owned(), body.to_owned())
-}
-
 /// Path normalisation with the real bearer-auth Go plugin on `/api` and `/admin` and a catch-all
 /// route without it: every spelling of a protected path runs the auth plugin (401 without a
 /// token; the old proxy sent `//api/items` and friends to the catch-all, 200), and with the
@@ -179,19 +164,19 @@ async fn protected_paths_cannot_be_reached_around_the_auth_plugin() {
         ("/admin/./secret", "/admin/secret"),
         ("/./admin/../admin/secret", "/admin/secret"),
     ] {
-        let (status, _, body) = raw(proxy, &get(path, false)).await;
+        let (status, _, body) = common::raw(proxy, &get(path, false)).await;
         assert_eq!(status, 401, "{path} skipped the auth plugin: {body}");
-        let (status, _, body) = raw(proxy, &get(path, true)).await;
+        let (status, _, body) = common::raw(proxy, &get(path, true)).await;
         assert_eq!(status, 200, "{path}: {body}");
         let seen: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(seen["path"], normal, "{path}");
         assert_eq!(seen["headers"]["x-weft-auth"], "ok", "{path}");
     }
     for bad in ["/api%2Fitems", "/admin%2fsecret", "/admin%5Csecret", "/admin%00"] {
-        let (status, _, body) = raw(proxy, &get(bad, false)).await;
+        let (status, _, body) = common::raw(proxy, &get(bad, false)).await;
         assert_eq!(status, 400, "{bad}: {body}");
     }
-    let (status, head, _) = raw(
+    let (status, head, _) = common::raw(
         proxy,
         "PUT /admin/x HTTP/1.1\r\nhost: app.test\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
     )
@@ -199,7 +184,7 @@ async fn protected_paths_cannot_be_reached_around_the_auth_plugin() {
     assert_eq!(status, 405, "{head}");
     assert!(head.to_ascii_lowercase().contains("\r\nallow: get, post"), "{head}");
     // Case is significant: /ADMIN is another path, served by the catch-all.
-    let (status, _, body) = raw(proxy, &get("/ADMIN/secret", false)).await;
+    let (status, _, body) = common::raw(proxy, &get("/ADMIN/secret", false)).await;
     assert_eq!(status, 200, "{body}");
 }
 

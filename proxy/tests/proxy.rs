@@ -24,6 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 use weft_proxy::demo::{Fnv1a, spawn_demo_upstream};
 use weft_proxy::{Config, Proxy};
 
+mod common;
+
 type TestBody = BoxBody<Bytes, Infallible>;
 
 fn client() -> Client<HttpConnector, TestBody> {
@@ -507,27 +509,6 @@ async fn upstream_connections_are_reused_across_requests() {
     );
 }
 
-/// Sends `request` (raw bytes, so no client library tidies the path or headers) on a new
-/// connection and reads the whole answer (the request says `connection: close`); returns the
-/// status, the head and the body. Bounded by 5 s.
-async fn raw(addr: SocketAddr, request: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply))
-        .await
-        .expect("answered within 5 s")
-        .unwrap();
-    let reply = String::from_utf8_lossy(&reply).into_owned();
-    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {reply:?}"));
-    (status, head.to_owned(), body.to_owned())
-}
-
 fn raw_get(path: &str, extra: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nhost: app.test\r\n{extra}connection: close\r\n\r\n")
 }
@@ -572,7 +553,7 @@ async fn path_is_normalised_before_routing_and_forwarded_normalised() {
         "/admin/x/../secret",
         "/public/../../admin/secret",
     ] {
-        let (status, _, body) = raw(proxy, &raw_get(&format!("{raw_path}?q=%2F..//x"), "")).await;
+        let (status, _, body) = common::raw(proxy, &raw_get(&format!("{raw_path}?q=%2F..//x"), "")).await;
         assert_eq!(status, 200, "{raw_path}: {body}");
         let seen: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(seen["upstream"], admin.to_string(), "{raw_path} reached the catch-all");
@@ -580,7 +561,7 @@ async fn path_is_normalised_before_routing_and_forwarded_normalised() {
         assert_eq!(seen["query"], "q=%2F..//x", "{raw_path}: the query is untouched");
     }
     // Paths are case-sensitive: /ADMIN is another path (documented).
-    let (status, _, body) = raw(proxy, &raw_get("/ADMIN/secret", "")).await;
+    let (status, _, body) = common::raw(proxy, &raw_get("/ADMIN/secret", "")).await;
     assert_eq!(status, 200);
     let seen: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
@@ -588,7 +569,7 @@ async fn path_is_normalised_before_routing_and_forwarded_normalised() {
         (Some(&*public.to_string()), Some("/ADMIN/secret"))
     );
     // Escapes of reserved characters are kept, with upper-case hex.
-    let (_, _, body) = raw(proxy, &raw_get("/files/a%3fb%20c", "")).await;
+    let (_, _, body) = common::raw(proxy, &raw_get("/files/a%3fb%20c", "")).await;
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap()["path"],
         "/files/a%3Fb%20c"
@@ -604,11 +585,11 @@ async fn path_is_normalised_before_routing_and_forwarded_normalised() {
         "/admin/%zz",
         "/admin/%4",
     ] {
-        let (status, _, body) = raw(proxy, &raw_get(bad, "")).await;
+        let (status, _, body) = common::raw(proxy, &raw_get(bad, "")).await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(body.starts_with("bad request path: "), "{bad}: {body}");
     }
-    let (status, _, _) = raw(proxy, &raw_get("/admin/secret", "")).await;
+    let (status, _, _) = common::raw(proxy, &raw_get("/admin/secret", "")).await;
     assert_eq!(status, 200);
 }
 
@@ -616,7 +597,7 @@ async fn path_is_normalised_before_routing_and_forwarded_normalised() {
 #[tokio::test]
 async fn path_normalization_options() {
     let (proxy, admin, _) = admin_and_catch_all("path_normalization: { escaped_slashes: decode }\n").await;
-    let (status, _, body) = raw(proxy, &raw_get("/x%2F..%2Fadmin%2fsecret", "")).await;
+    let (status, _, body) = common::raw(proxy, &raw_get("/x%2F..%2Fadmin%2fsecret", "")).await;
     assert_eq!(status, 200, "{body}");
     let seen: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
@@ -626,13 +607,13 @@ async fn path_normalization_options() {
 
     let (proxy, _, public) =
         admin_and_catch_all("path_normalization: { escaped_slashes: keep, merge_slashes: false }\n").await;
-    let (_, _, body) = raw(proxy, &raw_get("/files/a%2fb", "")).await;
+    let (_, _, body) = common::raw(proxy, &raw_get("/files/a%2fb", "")).await;
     let seen: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         (seen["upstream"].as_str(), seen["path"].as_str()),
         (Some(&*public.to_string()), Some("/files/a%2Fb"))
     );
-    let (_, _, body) = raw(proxy, &raw_get("//files//x/./y", "")).await;
+    let (_, _, body) = common::raw(proxy, &raw_get("//files//x/./y", "")).await;
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["path"], "//files//x/y");
 }
 
@@ -642,7 +623,7 @@ async fn path_normalization_options() {
 async fn method_mismatch_is_405_not_a_fall_through() {
     let (proxy, admin, _) = admin_and_catch_all("").await;
     for method in ["PUT", "DELETE", "PATCH"] {
-        let (status, head, body) = raw(
+        let (status, head, body) = common::raw(
             proxy,
             &format!("{method} /admin/x HTTP/1.1\r\nhost: app.test\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"),
         )
@@ -650,7 +631,7 @@ async fn method_mismatch_is_405_not_a_fall_through() {
         assert_eq!(status, 405, "{method}: {body}");
         assert!(head.to_ascii_lowercase().contains("\r\nallow: get, post"), "{head}");
     }
-    let (status, _, body) = raw(proxy, &raw_get("/%61dmin/x", "")).await;
+    let (status, _, body) = common::raw(proxy, &raw_get("/%61dmin/x", "")).await;
     assert_eq!(status, 200);
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap()["upstream"],
@@ -692,7 +673,7 @@ async fn bad_host_headers_are_400() {
             "GET http://app.test:8080/ HTTP/1.1\r\nhost: app.test\r\nconnection: close\r\n\r\n",
         ),
     ] {
-        let (status, _, body) = raw(proxy, request).await;
+        let (status, _, body) = common::raw(proxy, request).await;
         assert_eq!(status, 400, "{what}: {body}");
     }
     for (what, request) in [
@@ -709,7 +690,7 @@ async fn bad_host_headers_are_400() {
             "GET http://app.test/ HTTP/1.1\r\nconnection: close\r\n\r\n",
         ),
     ] {
-        let (status, _, body) = raw(proxy, request).await;
+        let (status, _, body) = common::raw(proxy, request).await;
         assert_eq!(status, 200, "{what}: {body}");
     }
 }
@@ -726,7 +707,7 @@ async fn connection_header_cannot_strip_host_or_request_id() {
          routes:\n  - {{ host: app.test, upstream: app }}\n  - {{ upstream: other }}\n"
     ))
     .await;
-    let (status, head, body) = raw(
+    let (status, head, body) = common::raw(
         proxy,
         "GET /x HTTP/1.1\r\nhost: app.test\r\nx-request-id: my-id-1\r\nx-gone: 1\r\n\
          connection: host, x-request-id, x-gone\r\nconnection: close\r\n\r\n",
@@ -759,7 +740,7 @@ async fn forwarding_headers_follow_trusted_proxies() {
              upstreams: [{{ name: up, addresses: [\"{upstream}\"] }}]\nroutes: [{{ upstream: up }}]\n"
         ))
         .await;
-        let (status, _, body) = raw(proxy, request).await;
+        let (status, _, body) = common::raw(proxy, request).await;
         assert_eq!(status, 200, "{body}");
         serde_json::from_str::<Value>(&body).unwrap()["headers"].clone()
     };

@@ -474,3 +474,25 @@ impl Drop for OwnRuntime {
         }
     }
 }
+
+/// Sends `request` (raw bytes, so no client library tidies the path or headers) on a new
+/// connection and reads the whole answer (the request says `connection: close`); returns the
+/// status, the head and the body. Bounded by 5 s.
+pub async fn raw(addr: SocketAddr, request: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply))
+        .await
+        .expect("answered within 5 s")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {reply:?}"));
+    (status, head.to_owned(), body.to_owned())
+}

@@ -274,25 +274,20 @@ async fn nats_fault(ctx: &Arc<Ctx>, server: bool) {
     let w = ctx
         .timeline
         .begin(if server { Window::NatsDown } else { Window::WorkerKill });
-    let load = ctx.load.clone();
-    let rt = tokio::runtime::Handle::current();
-    let r = tokio::task::spawn_blocking(move || {
-        nats.call(if server {
-            Cmd::BounceServer(NATS_DOWN_FOR)
-        } else {
-            Cmd::ReplaceWorker
-        })?;
-        let back = wait_until(NATS_BACK, || rt.block_on(load.probe("/nats")));
-        if back {
-            Ok(())
-        } else {
-            Err(format!(
-                "the NATS route did not answer within {NATS_BACK:?} after the fault"
-            ))
-        }
-    })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()));
+    let cmd = if server {
+        Cmd::BounceServer(NATS_DOWN_FOR)
+    } else {
+        Cmd::ReplaceWorker
+    };
+    let done = tokio::task::spawn_blocking(move || nats.call(cmd))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    let r = match done {
+        Ok(()) => route_back(ctx, "/nats")
+            .await
+            .map_err(|e| format!("{e} after the fault")),
+        Err(e) => Err(e),
+    };
     ctx.timeline.end(w);
     if let Err(e) = r {
         ctx.problem(e);
