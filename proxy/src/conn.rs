@@ -548,7 +548,7 @@ where
         }
         let io = TimedIo::new(stream, limits.send_timeout, permit);
         let Some(tls) = &tls else {
-            let io = MaybeTls::Plain(io);
+            let io: ClientIo = MaybeTls::Plain(io);
             tokio::spawn(serve_one(
                 &builder,
                 io,
@@ -564,7 +564,7 @@ where
         tokio::spawn(async move {
             match tls.handshake(io, limits.header_read_timeout).await {
                 Ok((io, info)) => {
-                    let io = MaybeTls::Tls(Box::new(io));
+                    let io: ClientIo = MaybeTls::Tls(Box::new(io));
                     serve_one(&builder, io, Some(info), handle, limits, stop, remote).await;
                 }
                 Err(e) => debug!(%remote, listener = %tls.label, error = %e, "TLS handshake failed"),
@@ -585,10 +585,10 @@ where
 /// A client connection's stream: plain, or TLS over the same timed socket.
 pub type ClientIo = MaybeTls<TimedIo, Box<tokio_rustls::server::TlsStream<TimedIo>>>;
 
-/// Serves the requests of one connection, to its end (see [`drive`]).
-fn serve_one<H, Fut, B>(
+/// Serves the requests of one connection (a [`ClientIo`] in the proxy), to its end (see [`drive`]).
+fn serve_one<I, H, Fut, B>(
     builder: &auto::Builder<StreamExec>,
-    io: ClientIo,
+    io: I,
     tls: Option<TlsInfo>,
     handle: H,
     limits: Limits,
@@ -596,6 +596,7 @@ fn serve_one<H, Fut, B>(
     remote: SocketAddr,
 ) -> impl Future<Output = ()> + Send + 'static
 where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<RequestBody>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
@@ -655,7 +656,12 @@ where
     let mut watch = Watch::FirstRequest;
     let mut draining = false;
     loop {
+        // The connection first: when a request head arrived just as a timer fell due, both are
+        // ready in one poll, and the connection reads (and starts) the request before the timer
+        // is looked at. Polled in random order, the timer could close a connection with an
+        // unread request in its socket, which the kernel answers with a reset.
         tokio::select! {
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     count_hyper_timeout(&*e, &state);
@@ -819,5 +825,54 @@ mod tests {
         assert_eq!(s.snapshot(), (2, 1));
         drop(b);
         assert_eq!(s.snapshot(), (2, 0));
+    }
+
+    /// Polls `f` once; whether it finished.
+    async fn poll_once<F: Future + Unpin>(f: &mut F) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *f).poll(cx).is_ready())).await
+    }
+
+    /// A request head that reaches a new connection as its `header_read_timeout` falls due is
+    /// served, not dropped unread (closing a socket with unread bytes makes the kernel answer
+    /// the client with a reset). The connection is polled by hand so that the head and the
+    /// expired timer are both ready in one poll, as on a busy serving thread.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_arriving_as_the_first_request_deadline_passes_is_served() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(5),
+            ..Limits::default()
+        };
+        let builder = builder(&limits);
+        let remote: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for round in 0..16 {
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            let (_stop_tx, stop) = watch::channel(false);
+            let handle = |_: Request<RequestBody>, _: SocketAddr| async {
+                Response::new(http_body_util::Full::new(Bytes::from_static(b"ok")))
+            };
+            let mut conn = Box::pin(serve_one(&builder, server, None, handle, limits, stop, remote));
+            assert!(
+                !poll_once(&mut conn).await,
+                "the connection waits for its first request"
+            );
+            client.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await.unwrap();
+            // The deadline passes and the timer fires before the connection is polled again.
+            tokio::time::advance(limits.header_read_timeout).await;
+            tokio::task::yield_now().await;
+            let closed = poll_once(&mut conn).await;
+            assert!(
+                !closed,
+                "round {round}: the connection was closed with its request unread"
+            );
+            tokio::spawn(conn);
+            let mut got = vec![0u8; 256];
+            let n = tokio::time::timeout(Duration::from_secs(1), client.read(&mut got))
+                .await
+                .expect("an answer")
+                .unwrap();
+            let head = String::from_utf8_lossy(&got[..n]);
+            assert!(head.starts_with("HTTP/1.1 200"), "round {round}: {head}");
+        }
     }
 }

@@ -34,11 +34,15 @@ pub const COMPLETION_USED: &str = "late-answer-used";
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 pub fn client() -> HttpClient {
-    // Idle pooled connections go before the proxy's idle timeout (60 s) could close one under a
-    // request being sent on it; the connections a latency spike opened beyond 256 go when it
-    // ends, so the proxy's descriptor count does not keep the spike's high-water mark.
+    // Idle pooled connections go before the proxy could close one under a request being sent
+    // on it (the keep-alive race every HTTP client meets; its request would fail with a reset).
+    // The shortest of the proxy's limits is the header-read timeout of a connection that never
+    // carried a request: hyper-util keeps a connection it opened for a request that another
+    // connection then took, unused, in the pool. The connections a latency spike opened
+    // beyond 256 go when it ends, so the proxy's descriptor count does not keep the spike's
+    // high-water mark.
     Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(20))
+        .pool_idle_timeout(crate::hostile::HEADER_READ_TIMEOUT / 2)
         .pool_max_idle_per_host(256)
         .build_http()
 }
