@@ -104,7 +104,9 @@ async fn pending_calls_deadlines_limits_workers_and_disconnects() {
 
     // Clients that go away while their call is pending: the proxy notices, cancels the calls
     // and leaves their slots with the plugin...
-    let before = abandon_pending_calls(addr, admin, "/gone", &[("x-delay-ms", "1500")], 20).await;
+    // 5 s: every call is still pending when its client hangs up, even on a loaded machine (a
+    // call that completed first would be neither cancelled nor late).
+    let before = abandon_pending_calls(addr, admin, "/gone", &[("x-delay-ms", "5000")], 20).await;
     // ...keeps serving meanwhile...
     let (status, _, seen) = get(addr, "/hello", &[("x-delay-ms", "10")]).await;
     assert_eq!(status, 200, "{seen}");

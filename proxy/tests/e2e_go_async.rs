@@ -163,7 +163,9 @@ async fn go_async_completions_state_failures_deadlines_and_disconnects() {
 
     // Clients that hang up while their goroutines sleep: cancelled, the proxy keeps serving, and
     // once the goroutines completed (late) every slot is back.
-    let before = abandon_pending_calls(addr, admin, "/gone", &[("x-delay-ms", "1500")], 20).await;
+    // 5 s: every call is still pending when its client hangs up, even on a loaded machine (a
+    // call that completed first would be neither cancelled nor late).
+    let before = abandon_pending_calls(addr, admin, "/gone", &[("x-delay-ms", "5000")], 20).await;
     let (status, headers, seen) = get(addr, "/meanwhile", &[("x-delay-ms", "10")]).await;
     assert_eq!(status, 200, "{seen}");
     assert_eq!(headers["x-async-state"], "kept");
