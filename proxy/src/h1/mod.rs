@@ -5,14 +5,65 @@
 //!   framing and whether the connection may carry another request, as strictly as hyper's
 //!   client does (conflicting or unknown framing is an error, never a guess);
 //! - [`encode`]: writes a request head with the body framing hyper's client would choose;
-//! - [`chunked`]: decodes a chunked body from bytes as they arrive, split anywhere.
+//! - [`chunked`]: decodes a chunked body from bytes as they arrive, split anywhere;
+//! - [`send`]: writes a request (head, then its body as it comes) to the connection;
+//! - [`recv`]: reads the connection into its buffer and cuts the response body out of it.
 //!
-//! Status: not yet used by the pool (see the branch's report); the pool still drives hyper's
-//! `client::conn::http1`.
+//! The pool (`crate::pool`) owns the connection and drives these on the request's task.
+//! Hand-written rather than a crate: `ureq-proto` (sans-I/O, by ureq's author) has a typestate
+//! flow in which the response is read only after the whole request body was sent, while a
+//! proxy streams a client's upload and must take an upstream's early answer; hyper's client is
+//! what this replaces (a dispatcher with channels per request).
 
 pub mod chunked;
 pub mod encode;
 pub mod head;
+pub mod recv;
+pub mod send;
+
+use std::io;
+
+use crate::body::BoxError;
+
+/// Why an exchange on an open connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("upstream connection failed: {0}")]
+    Io(#[source] io::Error),
+    #[error("upstream closed the connection before a response head")]
+    Closed,
+    #[error(transparent)]
+    Response(#[from] Error),
+    /// The request body failed on our side (the client went away, a body plugin failed).
+    #[error("request body failed: {0}")]
+    Body(#[source] BoxError),
+    #[error("request body length does not match its content-length")]
+    BodyLength,
+    /// A WebSocket upgrade, which still goes through hyper's client.
+    #[error("{0}")]
+    Upgrade(#[source] hyper::Error),
+}
+
+impl ClientError {
+    /// The request failed on our side, not the upstream's.
+    pub fn is_user(&self) -> bool {
+        match self {
+            ClientError::Body(_) | ClientError::BodyLength => true,
+            ClientError::Upgrade(e) => e.is_user(),
+            _ => false,
+        }
+    }
+}
+
+impl From<send::SendError> for ClientError {
+    fn from(e: send::SendError) -> ClientError {
+        match e {
+            send::SendError::Io(e) => ClientError::Io(e),
+            send::SendError::Body(e) => ClientError::Body(e),
+            send::SendError::Length => ClientError::BodyLength,
+        }
+    }
+}
 
 /// A response the client refuses: it becomes the proxy's 502, like hyper's parse errors.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
