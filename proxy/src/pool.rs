@@ -410,9 +410,16 @@ impl Pooled {
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(None);
         };
-        // A request body still streaming (the upstream answered early) goes on being written;
-        // a failure there only keeps the connection from being reused.
-        let _ = conn.poll_send(cx);
+        // A request body still streaming (the upstream answered early) goes on being written.
+        // The body failing on our side ends the response too, as hyper's client did; a failed
+        // write only keeps the connection from being reused (the upstream may have answered and
+        // stopped reading).
+        if let Poll::Ready(Err(e)) = conn.poll_send(cx)
+            && !matches!(e, SendError::Io(_))
+        {
+            self.conn = None;
+            return Poll::Ready(Some(Err(ClientError::from(e).into())));
+        }
         let frame = std::task::ready!(self.reader.poll_frame(cx, &mut conn.io, &mut conn.read));
         if self.reader.is_done() || !matches!(frame, Some(Ok(_))) {
             self.finish();
