@@ -1,9 +1,11 @@
-//! A lean HTTP/1.1 client codec for upstream exchanges, sans I/O: the caller reads and writes
-//! the pooled stream on the request's own task, and these stages only look at bytes.
+//! A lean HTTP/1.1 client for upstream exchanges: the caller (`crate::pool`) owns the stream
+//! and drives these stages on the request's own task; the codec stages only look at bytes.
 //!
 //! - [`head`]: parses a response head into `http::response::Parts` and decides its body's
-//!   framing and whether the connection may carry another request, as strictly as hyper's
-//!   client does (conflicting or unknown framing is an error, never a guess);
+//!   framing and whether the connection may carry another request. Stricter than hyper's client,
+//!   which took transfer-encoding with content-length (ignoring the length) and read a
+//!   transfer-encoding not ending in chunked to close: both are errors here (RFC 9112 §6.3 lets
+//!   a client refuse them), never a guess;
 //! - [`encode`]: writes a request head with the body framing hyper's client would choose;
 //! - [`chunked`]: decodes a chunked body from bytes as they arrive, split anywhere;
 //! - [`send`]: writes a request (head, then its body as it comes) to the connection;
