@@ -12,6 +12,7 @@ pub mod config;
 pub mod conn;
 pub mod demo;
 pub mod forward;
+pub mod h1;
 pub mod health;
 pub mod lint;
 pub mod logging;

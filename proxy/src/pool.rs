@@ -1,43 +1,44 @@
 //! Upstream HTTP/1.1 connections driven by the request that uses them.
 //!
-//! A connection is hyper's low-level pair, [`http1::SendRequest`] and its [`http1::Connection`]
-//! future, kept together in a [`Conn`]. Nothing spawns a task for it: while a request waits for
-//! its response head, the request's own future polls the connection ([`Conn::exchange`]), and
-//! while the response body streams to the client, the body polls it ([`PooledBody`]). When the
-//! body has ended the connection goes back to the idle list of the thread that is dropping it
-//! ([`Pools`], one per serving thread), where the next request on that thread picks it up. So a
-//! proxied request, its upstream connection and its response stay in one task on one thread,
-//! with no channel hop to a connection task and no wake-up of another task.
+//! A connection is the upstream's byte stream with its read buffer and its write buffer, in a
+//! [`Conn`]; the lean client in [`crate::h1`] speaks HTTP/1.1 on it. Nothing spawns a task for
+//! it and nothing hands a request or a response through a channel: the request's own future
+//! writes the request head and body and reads the response head ([`Conn::exchange`]), and
+//! the response body reads the rest from the socket while the client's connection streams it
+//! ([`PooledBody`]). When the body has ended the connection goes back to the idle list of the
+//! thread that read it ([`Pools`], one per serving thread), where the next request on that
+//! thread picks it up. So a proxied request, its upstream connection and its response stay in
+//! one task on one thread.
 //!
-//! An idle connection is not polled. It is checked when it is taken ([`Pools::checkout`]: polled
+//! An idle connection is not polled. It is checked when it is taken ([`Pools::checkout`]: read
 //! once, so an EOF or reset the upstream sent meanwhile is seen and the connection dropped) and
 //! by a reaper task per thread and upstream that drops closed and expired ones every few
 //! seconds, so a connection the upstream closed holds its descriptor at most that long.
+//! WebSocket upgrades keep hyper's client (`upstream.rs`): they become tunnels, never pooled.
 
 use std::cell::RefCell;
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::io;
-use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures_util::task::AtomicWaker;
+use bytes::{Bytes, BytesMut};
 use http::uri::Authority;
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::{TrySendError, http1};
-use hyper_util::rt::TokioIo;
 use thread_local::ThreadLocal;
 use tokio::net::TcpStream;
 
-use crate::body::UpstreamBody;
+use crate::body::{BoxError, UpstreamBody};
+use crate::h1::encode::{self, BodySize};
+use crate::h1::head::{self, Head, Parsed};
+use crate::h1::recv::{self, Reader};
+use crate::h1::send::{SendError, Sending};
+use crate::h1::{ClientError, Error};
 use crate::tls::MaybeTls;
 use crate::tls::client::{UpstreamStream, UpstreamTls};
-
-type Io = TokioIo<UpstreamStream>;
 
 /// How long an idle connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -46,13 +47,25 @@ const REAP_EVERY: Duration = Duration::from_secs(5);
 /// Idle connections kept per address and thread; more are closed when they come back.
 const MAX_IDLE_PER_ADDRESS: usize = 1024;
 
-/// One upstream connection: the request half and the connection future that does its I/O.
+/// One upstream connection.
 pub struct Conn {
-    send: http1::SendRequest<UpstreamBody>,
-    io: http1::Connection<Io, UpstreamBody>,
-    /// The connection future finished (closed or failed): never poll it again, never reuse it.
-    done: bool,
-    guard: Guard,
+    io: UpstreamStream,
+    /// Bytes read and not used yet: a response head being parsed, then body bytes.
+    read: BytesMut,
+    /// The request head and body framing being written; kept for the next request.
+    out: Vec<u8>,
+    /// The request's body while it is being written (it may outlast the response head).
+    send: Option<Sending<UpstreamBody>>,
+    /// Something failed: never reuse.
+    broken: bool,
+    /// Writing the request failed after some of it went out; an early response may still come.
+    write_error: Option<io::Error>,
+}
+
+/// A failed exchange, and the request when none of it was written or taken.
+pub struct ExchangeError {
+    pub error: ClientError,
+    pub unsent: Option<Request<UpstreamBody>>,
 }
 
 impl Conn {
@@ -60,13 +73,14 @@ impl Conn {
     /// with `tls`). Boxed: a connection moves with its response body, which should stay small
     /// to move.
     pub async fn connect(addr: &Authority, timeout: Duration, tls: Option<&UpstreamTls>) -> io::Result<Box<Conn>> {
-        let stream = Conn::stream(addr, timeout, tls).await?;
-        let (send, io) = http1::handshake(TokioIo::new(stream)).await.map_err(io::Error::other)?;
+        let io = Conn::stream(addr, timeout, tls).await?;
         Ok(Box::new(Conn {
-            send,
             io,
-            done: false,
-            guard: Guard::default(),
+            read: BytesMut::new(),
+            out: Vec::new(),
+            send: None,
+            broken: false,
+            write_error: None,
         }))
     }
 
@@ -93,8 +107,10 @@ impl Conn {
         Ok(stream)
     }
 
-    /// Sends `req` and polls the connection until the response head is in. An error that
-    /// carries the request back means nothing of it was written (the connection had closed).
+    /// Sends `req` and reads until the response head is in; the response's body reads the rest
+    /// and returns the connection to `home`'s pool when it has ended. The request body keeps
+    /// streaming after the head if it has not ended (an upstream may answer early). A failure
+    /// carries the request back when none of it was written (the connection had closed).
     ///
     /// The first poll only yields. Written at once, each request would reach the upstream on
     /// its own and, on a loaded machine, wake it once per request; after one pass of the
@@ -102,13 +118,17 @@ impl Conn {
     /// back, as they did when each connection had a task of its own (docs/performance.md: without
     /// the yield, more context switches and more CPU per request under load).
     pub async fn exchange(
-        &mut self,
+        mut self: Box<Conn>,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>> {
-        let mut response = pin!(self.send.try_send_request(req));
-        let Conn { io, done, guard, .. } = self;
+        home: Home,
+    ) -> Result<Response<PooledBody>, ExchangeError> {
+        let (mut parts, body) = req.into_parts();
+        self.out.clear();
+        let encoding = encode::head(&mut parts, body_size(&body), &mut self.out);
+        self.send = Some(Sending::new(body, encoding));
+        let head_request = parts.method == Method::HEAD;
         let mut yielded = false;
-        poll_fn(|cx| {
+        let result = poll_fn(|cx| {
             if !yielded {
                 // Once, before the request is written: back of the thread's run queue, so the
                 // requests that became ready in one scheduler pass go upstream together.
@@ -116,105 +136,96 @@ impl Conn {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            guard.poll(cx, |cx| {
-                if let Poll::Ready(r) = response.as_mut().poll(cx) {
-                    return Poll::Ready(r);
-                }
-                // The connection writes the request and reads the head; it answers `response`.
-                if !*done && Pin::new(&mut *io).poll(cx).is_ready() {
-                    *done = true;
-                }
-                response.as_mut().poll(cx)
-            })
+            self.poll_head(cx, head_request)
         })
-        .await
-    }
-
-    /// Polls the connection once with `cx`; false once it has finished.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        drive(&mut self.io, &mut self.done, cx)
-    }
-
-    /// Whether the connection can carry another request now: not finished, not closed, and
-    /// hyper's dispatcher waiting for the next request. Polls it once to see a close.
-    fn reusable(&mut self) -> bool {
-        self.drive(&mut Context::from_waker(Waker::noop())) && !self.send.is_closed() && self.send.is_ready()
-    }
-}
-
-fn drive(io: &mut http1::Connection<Io, UpstreamBody>, done: &mut bool, cx: &mut Context<'_>) -> bool {
-    if !*done && Pin::new(io).poll(cx).is_ready() {
-        *done = true;
-    }
-    !*done
-}
-
-/// Keeps a connection's wake-ups of its own task inside the poll that caused them.
-///
-/// hyper's connection talks to its `SendRequest`, response future and body through channels,
-/// and each hand-over wakes the other side's waker: with everything polled by one task, that
-/// is the task waking itself from inside its own poll, which tokio answers by polling the whole
-/// task (the client connection, the request, the response) once more for nothing. Under
-/// [`Guard::poll`] the connection and its parts see a waker that, while the poll runs, only
-/// notes that something was woken, and the poll goes round once more right away; outside the
-/// poll (the socket became readable), it wakes the task.
-struct Guard {
-    state: Arc<GuardState>,
-    /// A waker of `state`, made once per connection.
-    waker: Waker,
-}
-
-impl Default for Guard {
-    fn default() -> Guard {
-        let state = Arc::new(GuardState::default());
-        Guard {
-            waker: Waker::from(Arc::clone(&state)),
-            state,
-        }
-    }
-}
-
-#[derive(Default)]
-struct GuardState {
-    polling: AtomicBool,
-    woken: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl std::task::Wake for GuardState {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if self.polling.load(Ordering::Acquire) {
-            self.woken.store(true, Ordering::Release);
-        } else {
-            self.task.wake();
-        }
-    }
-}
-
-/// Rounds one guarded poll may take before it yields to other tasks.
-const GUARD_ROUNDS: usize = 8;
-
-impl Guard {
-    fn poll<R>(&self, cx: &mut Context<'_>, mut f: impl FnMut(&mut Context<'_>) -> Poll<R>) -> Poll<R> {
-        let state = &self.state;
-        state.task.register(cx.waker());
-        for _ in 0..GUARD_ROUNDS {
-            state.woken.store(false, Ordering::Relaxed);
-            state.polling.store(true, Ordering::Release);
-            let r = f(&mut Context::from_waker(&self.waker));
-            state.polling.store(false, Ordering::Release);
-            // A wake noted during the poll may mean progress: go round again. One that comes
-            // after `polling` went false reaches the task through `task`.
-            if r.is_ready() || !state.woken.swap(false, Ordering::AcqRel) {
-                return r;
+        .await;
+        match result {
+            Ok(head) => Ok(PooledBody::response(*head, self, home)),
+            Err(error) => {
+                let send = self.send.take().filter(|s| s.untouched());
+                let unsent = send.map(|s| Request::from_parts(parts, s.into_body()));
+                Err(ExchangeError { error, unsent })
             }
         }
-        cx.waker().wake_by_ref();
-        Poll::Pending
+    }
+
+    /// Reads (first, so that a close the upstream sent while the connection was idle is seen
+    /// before anything is written) and writes until a final response head is in. A failed write
+    /// does not end the exchange: the upstream may have answered early and closed.
+    fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool) -> Poll<Result<Box<Head>, ClientError>> {
+        loop {
+            match recv::poll_read(cx, &mut self.io, &mut self.read) {
+                Poll::Ready(Ok(0)) => {
+                    let error = self.write_error.take().map_or(ClientError::Closed, ClientError::Io);
+                    return Poll::Ready(Err(error));
+                }
+                Poll::Ready(Ok(_)) => match self.parse_head(head_request)? {
+                    Some(head) => return Poll::Ready(Ok(head)),
+                    None => continue,
+                },
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(ClientError::Io(e))),
+                Poll::Pending => {}
+            }
+            match self.poll_send(cx) {
+                Poll::Ready(Err(SendError::Io(e))) if self.send.is_none() => self.write_error = Some(e),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                // The read above is registered for the response.
+                Poll::Ready(Ok(())) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// The final head at the start of the read buffer, once it is whole (informational heads
+    /// are dropped).
+    fn parse_head(&mut self, head_request: bool) -> Result<Option<Box<Head>>, Error> {
+        loop {
+            match head::parse(&self.read, head_request)? {
+                Parsed::Partial => return Ok(None),
+                Parsed::Informational(n) => {
+                    let _ = self.read.split_to(n);
+                }
+                Parsed::Final(n, head) => {
+                    let _ = self.read.split_to(n);
+                    return Ok(Some(head));
+                }
+            }
+        }
+    }
+
+    /// Writes what it can of the request; ready once it is all out (or was already) or
+    /// writing failed, which makes the connection not reusable. A request none of which was
+    /// written stays in `send`, for the caller to hand back whole.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        let Some(send) = self.send.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let r = std::task::ready!(send.poll_send(cx, &mut self.io, &mut self.out));
+        self.broken |= r.is_err();
+        if r.is_ok() || !send.untouched() {
+            self.send = None;
+        }
+        Poll::Ready(r)
+    }
+
+    /// Whether the connection can carry another request: the last one fully written, its
+    /// response fully read with nothing after it, and no close or bytes from the upstream since.
+    fn reusable(&mut self) -> bool {
+        if self.broken || self.send.is_some() || !self.read.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        recv::poll_read(&mut cx, &mut self.io, &mut self.read).is_pending()
+    }
+}
+
+/// What hyper's client knew of a body before sending it, which decides its framing.
+fn body_size(body: &UpstreamBody) -> BodySize {
+    if body.is_end_stream() {
+        return BodySize::Empty;
+    }
+    match body.size_hint().exact() {
+        Some(n) => BodySize::Known(n),
+        None => BodySize::Unknown,
     }
 }
 
@@ -305,15 +316,10 @@ pub struct Home {
 impl Home {
     /// Keeps `conn` for the next request on this thread, unless it cannot be reused or the
     /// upstream is gone (reloaded away).
-    fn checkin(&self, mut conn: Box<Conn>) {
+    fn checkin(&self, conn: Box<Conn>) {
         let Some(threads) = self.threads.upgrade() else {
             return;
         };
-        if conn.done || conn.send.is_closed() {
-            return;
-        }
-        // Polled once so hyper's dispatcher takes note that the response is over.
-        conn.drive(&mut Context::from_waker(Waker::noop()));
         let Some(cell) = threads.get() else {
             return; // this thread never sent to the upstream: nobody would take it
         };
@@ -321,7 +327,7 @@ impl Home {
             return;
         };
         let list = pool.list(&self.addr);
-        if list.len() < MAX_IDLE_PER_ADDRESS && !conn.done {
+        if list.len() < MAX_IDLE_PER_ADDRESS {
             list.push(Idle {
                 conn,
                 since: Instant::now(),
@@ -349,137 +355,116 @@ async fn reap(threads: Weak<ThreadLocal<RefCell<Pool>>>) {
     }
 }
 
-/// An upstream response body that drives its connection while it is read, and returns the
-/// connection to its thread's pool once the body has ended (dropped before the end, the
-/// connection is closed: the rest of the response is still on it).
+/// An upstream response body, read from its connection on the task that streams it; the
+/// connection goes back to its thread's pool as soon as the body has ended (dropped before its
+/// end, the connection is closed: the rest of the response is still on it).
 pub struct PooledBody {
-    body: Incoming,
-    conn: Option<(Box<Conn>, Home)>,
+    inner: Inner,
+}
+
+enum Inner {
+    /// A body whose connection is driven elsewhere (a spawned upgradeable connection).
+    Detached(Incoming),
+    Pooled(Pooled),
+}
+
+struct Pooled {
+    /// `None` once the body has ended or failed.
+    conn: Option<Box<Conn>>,
+    home: Home,
+    reader: Reader,
+    /// The response allows another request on the connection.
+    keep_alive: bool,
 }
 
 impl PooledBody {
-    /// A body whose connection is driven elsewhere (a spawned upgradeable connection).
     pub fn detached(body: Incoming) -> PooledBody {
-        PooledBody { body, conn: None }
-    }
-
-    pub fn new(body: Incoming, conn: Box<Conn>, home: Home) -> PooledBody {
         PooledBody {
-            body,
-            conn: Some((conn, home)),
+            inner: Inner::Detached(body),
         }
     }
 
-    fn release(&mut self) {
-        if let Some((conn, home)) = self.conn.take() {
-            home.checkin(conn);
+    /// The response of `head`, whose body `conn` holds (a bodiless one gives the connection
+    /// back at once).
+    fn response(head: Head, conn: Box<Conn>, home: Home) -> Response<PooledBody> {
+        let mut pooled = Pooled {
+            conn: Some(conn),
+            home,
+            reader: Reader::new(head.framing),
+            keep_alive: head.keep_alive,
+        };
+        if pooled.reader.is_done() {
+            pooled.finish();
+        }
+        Response::from_parts(
+            head.parts,
+            PooledBody {
+                inner: Inner::Pooled(pooled),
+            },
+        )
+    }
+}
+
+impl Pooled {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        // A request body still streaming (the upstream answered early) goes on being written.
+        // The body failing on our side ends the response too, as hyper's client did; a failed
+        // write only keeps the connection from being reused (the upstream may have answered and
+        // stopped reading).
+        if let Poll::Ready(Err(e)) = conn.poll_send(cx)
+            && !matches!(e, SendError::Io(_))
+        {
+            self.conn = None;
+            return Poll::Ready(Some(Err(ClientError::from(e).into())));
+        }
+        let frame = std::task::ready!(self.reader.poll_frame(cx, &mut conn.io, &mut conn.read));
+        if self.reader.is_done() || !matches!(frame, Some(Ok(_))) {
+            self.finish();
+        }
+        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+    }
+
+    /// The body has ended (or failed): the connection goes back to the pool if it can carry
+    /// another request, else it is closed.
+    fn finish(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if self.reader.is_done() && self.keep_alive && conn.reusable() {
+            self.home.checkin(conn);
         }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let body = &mut this.body;
-        let frame = match &mut this.conn {
-            Some((conn, _)) => {
-                let Conn { io, done, guard, .. } = &mut **conn;
-                guard.poll(cx, |cx| match Pin::new(&mut *body).poll_frame(cx) {
-                    Poll::Pending => {
-                        // The connection reads the socket and hands the body its bytes.
-                        drive(io, done, cx);
-                        Pin::new(&mut *body).poll_frame(cx)
-                    }
-                    ready => ready,
-                })
-            }
-            None => Pin::new(body).poll_frame(cx),
-        };
-        if let Poll::Ready(None) = frame {
-            this.release();
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.inner {
+            Inner::Detached(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Inner::Pooled(p) => p.poll_frame(cx),
         }
-        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.inner {
+            Inner::Detached(body) => body.is_end_stream(),
+            Inner::Pooled(p) => p.reader.is_done(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // A body read to its end (the server may stop polling once `is_end_stream` says so).
-        if self.body.is_end_stream() {
-            self.release();
+        match &self.inner {
+            Inner::Detached(body) => body.size_hint(),
+            Inner::Pooled(p) => match p.reader {
+                Reader::Length(n) => SizeHint::with_exact(n),
+                Reader::Done => SizeHint::with_exact(0),
+                _ => SizeHint::default(),
+            },
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::AtomicUsize;
-
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl std::task::Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    #[test]
-    fn wakes_inside_a_guarded_poll_go_round_again_and_later_ones_reach_the_task() {
-        let guard = Guard::default();
-        let count = Arc::new(Count::default());
-        let task = Waker::from(Arc::clone(&count));
-        let mut cx = Context::from_waker(&task);
-
-        // Woken from inside: polled again at once, the task is not woken.
-        let mut rounds = 0;
-        let r = guard.poll(&mut cx, |cx| {
-            rounds += 1;
-            if rounds < 3 {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            Poll::Ready(())
-        });
-        assert!(r.is_ready());
-        assert_eq!((rounds, count.0.load(Ordering::SeqCst)), (3, 0));
-
-        // Woken after the poll (the socket became readable): the task is woken.
-        let mut kept = None;
-        assert!(
-            guard
-                .poll(&mut cx, |cx| {
-                    kept = Some(cx.waker().clone());
-                    Poll::<()>::Pending
-                })
-                .is_pending()
-        );
-        kept.unwrap().wake();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
-
-        // A poll that wakes itself every round yields after a bound, and asks to be polled again.
-        let mut rounds = 0;
-        assert!(
-            guard
-                .poll(&mut cx, |cx| {
-                    rounds += 1;
-                    cx.waker().wake_by_ref();
-                    Poll::<()>::Pending
-                })
-                .is_pending()
-        );
-        assert_eq!((rounds, count.0.load(Ordering::SeqCst)), (GUARD_ROUNDS, 2));
     }
 }

@@ -8,12 +8,12 @@
 //!
 //! What may be sent again:
 //! - **Nothing of the request was written** (no connection: refused, unreachable, connect or
-//!   TLS timeout; or a kept-alive connection found closed, whose request hyper hands back): the
+//!   TLS timeout; or a kept-alive connection found closed before any of the request was written): the
 //!   request goes elsewhere when its method is idempotent (GET, HEAD, OPTIONS, PUT, DELETE,
 //!   TRACE) or it has no body.
 //! - **The request was written but no response head came** (the connection was reset or closed,
 //!   as when the upstream dies mid-request): only an idempotent request without a body, which
-//!   RFC 9110 §9.2.2 allows a client to repeat. hyper consumes a request it sent, so for these
+//!   RFC 9110 §9.2.2 allows a client to repeat. A request that was sent is consumed, so for these
 //!   requests the head is copied before the first attempt (method, URI, headers; one header
 //!   map clone) when the upstream has more than one address and `retries` is not 0.
 //!
@@ -174,42 +174,22 @@ mod tests {
     fn a_written_request_is_sent_again_only_when_idempotent_without_a_body() {
         let req = request(Method::GET, b"");
         let mut r = Retry::new(&req, 1, 2);
-        let closed = hyper_error();
+        let closed = closed_error();
         let again = r.replay(None, &closed).expect("GET without a body");
         assert_eq!((again.method(), again.uri()), (&Method::GET, &Uri::from_static("/x?y")));
         assert_eq!(again.headers()["x-a"], "1");
         assert!(again.body().is_end_stream());
 
         let req = request(Method::POST, b"");
-        assert!(Retry::new(&req, 1, 2).replay(None, &hyper_error()).is_none(), "POST");
+        assert!(Retry::new(&req, 1, 2).replay(None, &closed_error()).is_none(), "POST");
         let req = request(Method::PUT, b"data");
-        assert!(Retry::new(&req, 1, 2).replay(None, &hyper_error()).is_none(), "a body");
+        assert!(Retry::new(&req, 1, 2).replay(None, &closed_error()).is_none(), "a body");
         let req = request(Method::GET, b"");
         assert!(Retry::new(&req, 1, 2).replay(None, &written()).is_none(), "a timeout");
     }
 
-    /// A real hyper error: a response head that does not parse.
-    fn hyper_error() -> UpstreamError {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (client, mut server) = tokio::io::duplex(1024);
-            let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(client))
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = [0u8; 1024];
-                let _ = server.read(&mut buf).await;
-                let _ = server.write_all(b"not http\r\n\r\n").await;
-            });
-            let req = Request::get("/")
-                .body(http_body_util::Empty::<bytes::Bytes>::new())
-                .unwrap();
-            UpstreamError::Http(send.send_request(req).await.unwrap_err())
-        })
+    /// The upstream closed the connection after the request went out.
+    fn closed_error() -> UpstreamError {
+        UpstreamError::Http(crate::h1::ClientError::Closed)
     }
 }

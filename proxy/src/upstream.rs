@@ -22,9 +22,10 @@ use crate::balance::{Balancer, Candidates};
 use crate::body::UpstreamBody;
 use crate::config::{DEFAULT_UPSTREAM_BODY_TIMEOUT_MS, UpstreamConfig, parse_upstream_address};
 use crate::conn::{TimedBody, timeout_in};
+use crate::h1::ClientError;
 use crate::health::{AddressHealth, Outcome};
 use crate::metrics::TimeoutKind;
-use crate::pool::{Conn, PooledBody, Pools};
+use crate::pool::{Conn, ExchangeError, PooledBody, Pools};
 use crate::retry::Retry;
 use crate::tls::client::UpstreamTls;
 
@@ -75,7 +76,7 @@ pub enum UpstreamError {
     Connect(#[source] io::Error),
     /// The exchange failed on an open connection.
     #[error("{0}")]
-    Http(#[source] hyper::Error),
+    Http(#[source] ClientError),
 }
 
 impl Upstream {
@@ -253,24 +254,24 @@ impl Upstream {
         let mut pooled = self.pools.checkout(addr);
         loop {
             let reused = pooled.is_some();
-            let mut conn = match pooled.take() {
+            let conn = match pooled.take() {
                 Some(conn) => conn,
                 None => match Box::pin(Conn::connect(addr, self.connect_timeout, self.tls.as_deref())).await {
                     Ok(conn) => conn,
                     Err(e) => return Err(Failed::unsent(UpstreamError::Connect(e), req)),
                 },
             };
-            match conn.exchange(req).await {
-                Ok(resp) => return Ok(resp.map(|b| PooledBody::new(b, conn, self.pools.home(addr)))),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    unsent => {
-                        return Err(Failed {
-                            error: http_error(e.into_error()),
-                            unsent,
-                        });
-                    }
-                },
+            match conn.exchange(req, self.pools.home(addr)).await {
+                Ok(resp) => return Ok(resp),
+                Err(ExchangeError {
+                    unsent: Some(unsent), ..
+                }) if reused => req = unsent,
+                Err(ExchangeError { error, unsent }) => {
+                    return Err(Failed {
+                        error: http_error(error),
+                        unsent,
+                    });
+                }
             }
         }
     }
@@ -288,11 +289,11 @@ impl Upstream {
         };
         let (mut send, conn) = match http1::handshake(TokioIo::new(stream)).await {
             Ok(pair) => pair,
-            Err(e) => return Err(Failed::unsent(UpstreamError::Http(e), req)),
+            Err(e) => return Err(Failed::unsent(UpstreamError::Http(ClientError::Upgrade(e)), req)),
         };
         tokio::spawn(conn.with_upgrades());
         let resp = send.send_request(req).await.map_err(|e| Failed {
-            error: UpstreamError::Http(e),
+            error: UpstreamError::Http(ClientError::Upgrade(e)),
             unsent: None,
         })?;
         Ok(resp.map(PooledBody::detached))
@@ -315,7 +316,7 @@ impl Failed {
 }
 
 /// A failed exchange; a stalled client body is told apart (it says nothing about the address).
-fn http_error(e: hyper::Error) -> UpstreamError {
+fn http_error(e: ClientError) -> UpstreamError {
     if timeout_in(&e) == Some(TimeoutKind::RequestBody) {
         UpstreamError::RequestBodyTimeout
     } else {

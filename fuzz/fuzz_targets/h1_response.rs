@@ -1,0 +1,52 @@
+//! The upstream client's response parsing (`weft_proxy::h1`) on arbitrary bytes: the head
+//! parser and the chunked decoder must never panic, and a chunked body decodes to the same data,
+//! trailers and leftover bytes however its bytes are split across reads.
+#![no_main]
+
+use bytes::BytesMut;
+use libfuzzer_sys::fuzz_target;
+use weft_proxy::h1::chunked::{Chunk, Decoder};
+use weft_proxy::h1::head::{Parsed, parse};
+
+/// Decodes `bytes` fed in pieces cut at `cuts`; returns the data, whether it ended (with its
+/// trailers' count) and what followed, or None on an error.
+fn decode(bytes: &[u8], cuts: &[u8]) -> Option<(Vec<u8>, Option<usize>, Vec<u8>)> {
+    let (mut dec, mut buf, mut data) = (Decoder::default(), BytesMut::new(), Vec::new());
+    let mut at = 0;
+    let mut steps = cuts.iter().map(|c| *c as usize + 1).chain(std::iter::repeat(bytes.len().max(1)));
+    while at < bytes.len() || !buf.is_empty() {
+        let next = (at + steps.next().unwrap()).min(bytes.len());
+        buf.extend_from_slice(&bytes[at..next]);
+        at = next;
+        loop {
+            match dec.decode(&mut buf).ok()? {
+                None => break,
+                Some(Chunk::Data(d)) => data.extend_from_slice(&d),
+                Some(Chunk::End(t)) => {
+                    let mut rest = buf.to_vec();
+                    rest.extend_from_slice(&bytes[at..]);
+                    return Some((data, Some(t.map_or(0, |t| t.len())), rest));
+                }
+            }
+        }
+        if at == bytes.len() {
+            break;
+        }
+    }
+    Some((data, None, Vec::new()))
+}
+
+fuzz_target!(|input: (bool, &[u8], &[u8])| {
+    let (head_request, cuts, bytes) = input;
+    if let Ok(Parsed::Final(n, _) | Parsed::Informational(n)) = parse(bytes, head_request) {
+        assert!(n <= bytes.len());
+    }
+    let whole = decode(bytes, &[]);
+    let split = decode(bytes, cuts);
+    // A body that ended whole ends the same wherever the reads were cut.
+    if let Some(w) = &whole
+        && w.1.is_some()
+    {
+        assert_eq!(Some(w), split.as_ref());
+    }
+});

@@ -1,0 +1,174 @@
+//! Reading a response: bytes from the connection into its read buffer, and the body cut out of
+//! that buffer by its framing ([`super::head::Framing`]).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::BytesMut;
+use hyper::body::Frame;
+use tokio::io::AsyncRead;
+
+use super::Error;
+use super::chunked::{Chunk, Decoder};
+use super::head::Framing;
+
+/// The read buffer grows by this much when it runs out (hyper's client read this much at first).
+const READ_CHUNK: usize = 8192;
+
+/// Reads what the connection has into the spare room of `buf`; `Ok(0)` at end of stream.
+pub fn poll_read<R: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    io: &mut R,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// Why a response body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("upstream connection failed mid-body: {0}")]
+    Io(#[source] io::Error),
+    #[error("upstream closed the connection before the end of the body")]
+    Incomplete,
+    #[error(transparent)]
+    Framing(#[from] Error),
+}
+
+/// Where a response body is.
+#[derive(Debug)]
+pub enum Reader {
+    Length(u64),
+    Chunked(Decoder),
+    /// Until end of stream.
+    Close,
+    /// Read to its end (trailers, if any, given out).
+    Done,
+}
+
+impl Reader {
+    pub fn new(framing: Framing) -> Reader {
+        match framing {
+            Framing::Empty => Reader::Done,
+            Framing::Length(n) => Reader::Length(n),
+            Framing::Chunked => Reader::Chunked(Decoder::default()),
+            Framing::Close => Reader::Close,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self, Reader::Done)
+    }
+
+    /// The body's next frame: from what `buf` holds, else after reading more from `io`.
+    pub fn poll_frame<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut R,
+        buf: &mut BytesMut,
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, BodyError>>> {
+        loop {
+            if let Some(frame) = self.take(buf).transpose() {
+                return Poll::Ready(Some(frame));
+            }
+            if self.is_done() {
+                return Poll::Ready(None);
+            }
+            match ready!(poll_read(cx, io, buf)) {
+                Ok(0) if matches!(self, Reader::Close) => {
+                    *self = Reader::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return Poll::Ready(Some(Err(BodyError::Incomplete))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(BodyError::Io(e)))),
+            }
+        }
+    }
+
+    /// A frame from `buf`, if it holds one; bytes past the body's end stay there.
+    fn take(&mut self, buf: &mut BytesMut) -> Result<Option<Frame<bytes::Bytes>>, BodyError> {
+        match self {
+            Reader::Done => Ok(None),
+            _ if buf.is_empty() && !matches!(self, Reader::Chunked(_)) => Ok(None),
+            Reader::Length(left) => {
+                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+                *left -= n as u64;
+                if *left == 0 {
+                    *self = Reader::Done;
+                }
+                Ok(Some(Frame::data(buf.split_to(n).freeze())))
+            }
+            Reader::Close => Ok(Some(Frame::data(buf.split().freeze()))),
+            Reader::Chunked(dec) => match dec.decode(buf)? {
+                None => Ok(None),
+                Some(Chunk::Data(data)) => Ok(Some(Frame::data(data))),
+                Some(Chunk::End(trailers)) => {
+                    *self = Reader::Done;
+                    Ok(trailers.map(Frame::trailers))
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    /// Reads a whole body framed by `framing` from `wire`, sent in pieces of `step` bytes;
+    /// returns the data and what stayed in the buffer.
+    async fn read(framing: Framing, wire: &'static [u8], step: usize) -> (Result<Vec<u8>, BodyError>, BytesMut) {
+        let (mut up, mut io) = tokio::io::duplex(64);
+        tokio::spawn(async move {
+            for piece in wire.chunks(step) {
+                if up.write_all(piece).await.is_err() {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        let (mut reader, mut buf, mut data) = (Reader::new(framing), BytesMut::new(), Vec::new());
+        loop {
+            match std::future::poll_fn(|cx| reader.poll_frame(cx, &mut io, &mut buf)).await {
+                None => return (Ok(data), buf),
+                Some(Ok(frame)) => data.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..])),
+                Some(Err(e)) => return (Err(e), buf),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn each_framing_reads_its_body_in_any_pieces() {
+        for step in [1, 2, 3, 7, 64] {
+            let (data, rest) = read(Framing::Length(5), b"hello", step).await;
+            assert_eq!((data.unwrap(), rest.len()), (b"hello".to_vec(), 0), "step {step}");
+            let (data, _) = read(Framing::Chunked, b"2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n", step).await;
+            assert_eq!(data.unwrap(), b"hello", "step {step}");
+            let (data, _) = read(Framing::Close, b"hello, until the end", step).await;
+            assert_eq!(data.unwrap(), b"hello, until the end", "step {step}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error_and_extra_bytes_stay() {
+        let (data, _) = read(Framing::Length(9), b"hello", 2).await;
+        assert!(matches!(data, Err(BodyError::Incomplete)));
+        let (data, _) = read(Framing::Chunked, b"5\r\nhello\r\n", 3).await;
+        assert!(matches!(data, Err(BodyError::Incomplete)));
+        let (data, _) = read(Framing::Chunked, b"5\r\nhelloXX", 3).await;
+        assert!(matches!(data, Err(BodyError::Framing(Error::Chunk(_)))));
+        let (data, rest) = read(Framing::Length(5), b"helloHTTP/1.1 200 OK\r\n", 64).await;
+        assert_eq!(data.unwrap(), b"hello");
+        assert_eq!(
+            &rest[..],
+            b"HTTP/1.1 200 OK\r\n",
+            "bytes after the body are left for the caller"
+        );
+    }
+}

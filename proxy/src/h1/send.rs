@@ -1,0 +1,242 @@
+//! Writing a request: its head, then its body as the body yields it, framed as the head said
+//! ([`super::encode`]). The head and the first piece of a body that is ready go out in one
+//! vectored write; a body that is not ready yet (a client still uploading) is written as it
+//! comes, while the caller reads the response on the same task.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use hyper::body::Body;
+use tokio::io::AsyncWrite;
+
+use super::encode::{BodyEncoding, LAST_CHUNK, chunk_size};
+use crate::body::BoxError;
+
+/// Why a request could not be written.
+#[derive(Debug)]
+pub enum SendError {
+    /// The connection failed.
+    Io(io::Error),
+    /// The body failed on our side (the client went away, its body stalled, a plugin failed).
+    Body(BoxError),
+    /// The body did not have the length its `content-length` promised.
+    Length,
+}
+
+/// A request on its way out. The bytes to write are the connection's buffer (`out`, the head
+/// first, then framing) and the current data piece.
+pub struct Sending<B> {
+    body: B,
+    /// The body has ended (or, framed as empty, is not read).
+    ended: bool,
+    encoding: BodyEncoding,
+    /// Bytes a `content-length` body still owes.
+    left: u64,
+    /// Written bytes of `out`.
+    pos: usize,
+    data: Bytes,
+    /// A chunk's data has gone out: its CRLF goes before what follows.
+    crlf: bool,
+    /// Some byte was written, or some of the body was taken: the request cannot be handed back.
+    started: bool,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Sending<B>
+where
+    B::Error: Into<BoxError>,
+{
+    /// `out` already holds the head, written with `encoding`.
+    pub fn new(body: B, encoding: BodyEncoding) -> Sending<B> {
+        let left = match encoding {
+            BodyEncoding::Length(n) => n,
+            BodyEncoding::Chunked => 0,
+        };
+        Sending {
+            body,
+            // A body framed as empty is not read: hyper's client sent none for it either.
+            ended: encoding == BodyEncoding::Length(0),
+            encoding,
+            left,
+            pos: 0,
+            data: Bytes::new(),
+            crlf: false,
+            started: false,
+        }
+    }
+
+    /// Nothing was written and nothing taken from the body: the request can go elsewhere whole.
+    pub fn untouched(&self) -> bool {
+        !self.started
+    }
+
+    pub fn into_body(self) -> B {
+        self.body
+    }
+
+    /// Writes until the whole request is out (flushed), the body or the socket has nothing
+    /// ready, or something fails.
+    pub fn poll_send<W>(&mut self, cx: &mut Context<'_>, io: &mut W, out: &mut Vec<u8>) -> Poll<Result<(), SendError>>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            let pending = self.data.is_empty() && self.poll_body(cx, out)?.is_pending();
+            if self.pos < out.len() || !self.data.is_empty() {
+                let n = ready!(self.poll_write(cx, io, out)).map_err(SendError::Io)?;
+                self.advance(n, out);
+                continue;
+            }
+            out.clear();
+            self.pos = 0;
+            ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(SendError::Io)?;
+            if pending {
+                return Poll::Pending;
+            }
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+
+    /// Takes the body's next frame into the bytes to write; `Pending` when it has none ready.
+    fn poll_body(&mut self, cx: &mut Context<'_>, out: &mut Vec<u8>) -> Poll<Result<(), SendError>> {
+        if self.ended {
+            return Poll::Ready(Ok(()));
+        }
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Err(e))) => {
+                self.started = true;
+                Poll::Ready(Err(SendError::Body(e.into())))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                // Request trailers are dropped, as hyper's client dropped them.
+                if let Ok(data) = frame.into_data()
+                    && !data.is_empty()
+                {
+                    self.started = true;
+                    self.queue(data, out)?;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(None) => {
+                self.ended = true;
+                Poll::Ready(self.end(out))
+            }
+        }
+    }
+
+    fn queue(&mut self, data: Bytes, out: &mut Vec<u8>) -> Result<(), SendError> {
+        match self.encoding {
+            BodyEncoding::Length(_) => {
+                self.left = self.left.checked_sub(data.len() as u64).ok_or(SendError::Length)?;
+            }
+            BodyEncoding::Chunked => {
+                if std::mem::replace(&mut self.crlf, true) {
+                    out.extend_from_slice(b"\r\n");
+                }
+                chunk_size(data.len(), out);
+            }
+        }
+        self.data = data;
+        Ok(())
+    }
+
+    fn end(&mut self, out: &mut Vec<u8>) -> Result<(), SendError> {
+        match self.encoding {
+            BodyEncoding::Length(_) if self.left > 0 => Err(SendError::Length),
+            BodyEncoding::Length(_) => Ok(()),
+            BodyEncoding::Chunked => {
+                if std::mem::take(&mut self.crlf) {
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(LAST_CHUNK);
+                Ok(())
+            }
+        }
+    }
+
+    fn poll_write<W: AsyncWrite + Unpin>(
+        &self,
+        cx: &mut Context<'_>,
+        io: &mut W,
+        out: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let bufs = [IoSlice::new(&out[self.pos..]), IoSlice::new(&self.data)];
+        let n = ready!(Pin::new(io).poll_write_vectored(cx, &bufs))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn advance(&mut self, n: usize, out: &[u8]) {
+        self.started = true;
+        let head = (out.len() - self.pos).min(n);
+        self.pos += head;
+        self.data.advance(n - head);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::Pieces;
+    use http_body_util::{BodyExt as _, StreamBody};
+    use hyper::body::Frame;
+    use tokio::io::AsyncReadExt as _;
+
+    async fn send<B>(body: B, encoding: BodyEncoding) -> (Result<(), SendError>, Vec<u8>)
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        // A small pipe: the writes are partial and wait for the reader.
+        let (mut w, mut r) = tokio::io::duplex(7);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.map(|_| got)
+        });
+        let mut out = b"HEAD\r\n".to_vec();
+        let mut sending = Sending::new(body, encoding);
+        let result = std::future::poll_fn(|cx| sending.poll_send(cx, &mut w, &mut out)).await;
+        drop(w);
+        (result, reader.await.unwrap().unwrap())
+    }
+
+    fn pieces(p: &[&'static [u8]]) -> Pieces {
+        Pieces::new(p.iter().map(|b| Bytes::from_static(b)).collect())
+    }
+
+    #[tokio::test]
+    async fn bodies_are_framed_as_the_head_said() {
+        let (r, wire) = send(pieces(&[b"hello", b" world"]), BodyEncoding::Length(11)).await;
+        assert!(r.is_ok());
+        assert_eq!(wire, b"HEAD\r\nhello world");
+        let (r, wire) = send(pieces(&[b"hello", b"", b" world!"]), BodyEncoding::Chunked).await;
+        assert!(r.is_ok());
+        assert_eq!(wire, b"HEAD\r\n5\r\nhello\r\n7\r\n world!\r\n0\r\n\r\n");
+        let (r, wire) = send(pieces(&[]), BodyEncoding::Chunked).await;
+        assert!(r.is_ok());
+        assert_eq!(wire, b"HEAD\r\n0\r\n\r\n");
+        let (r, wire) = send(pieces(&[b"ignored"]), BodyEncoding::Length(0)).await;
+        assert!(r.is_ok());
+        assert_eq!(wire, b"HEAD\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_body_not_matching_its_length_or_failing_is_an_error() {
+        let (r, _) = send(pieces(&[b"hello"]), BodyEncoding::Length(4)).await;
+        assert!(matches!(r, Err(SendError::Length)));
+        let (r, _) = send(pieces(&[b"hello"]), BodyEncoding::Length(6)).await;
+        assert!(matches!(r, Err(SendError::Length)));
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"ab"))), Err("cut".into())];
+        let body = StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+        let (r, wire) = send(body, BodyEncoding::Chunked).await;
+        assert!(matches!(r, Err(SendError::Body(e)) if e.to_string() == "cut"));
+        assert!(wire.starts_with(b"HEAD\r\n2\r\nab"), "{wire:?}");
+    }
+}
