@@ -112,7 +112,8 @@ where
                 Poll::Ready(Err(SendError::Body(e.into())))
             }
             Poll::Ready(Some(Ok(frame))) => {
-                // Request trailers are dropped, as hyper's client dropped them.
+                // Request trailers are dropped (hyper's client sent them only when a `trailer`
+                // header announced them; docs/architecture.md lists this difference).
                 if let Ok(data) = frame.into_data()
                     && !data.is_empty()
                 {
