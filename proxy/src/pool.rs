@@ -35,7 +35,7 @@ use crate::body::{BoxError, UpstreamBody};
 use crate::h1::encode::{self, BodySize};
 use crate::h1::head::{self, Head, Parsed};
 use crate::h1::recv::{self, Reader};
-use crate::h1::send::{SendError, Sending};
+use crate::h1::send::Sending;
 use crate::h1::{ClientError, Error};
 use crate::tls::MaybeTls;
 use crate::tls::client::{UpstreamStream, UpstreamTls};
@@ -167,8 +167,8 @@ impl Conn {
                 Poll::Pending => {}
             }
             match self.poll_send(cx) {
-                Poll::Ready(Err(SendError::Io(e))) if self.send.is_none() => self.write_error = Some(e),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Ready(Err(ClientError::Io(e))) if self.send.is_none() => self.write_error = Some(e),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 // The read above is registered for the response.
                 Poll::Ready(Ok(())) | Poll::Pending => return Poll::Pending,
             }
@@ -195,7 +195,7 @@ impl Conn {
     /// Writes what it can of the request; ready once it is all out (or was already) or
     /// writing failed, which makes the connection not reusable. A request none of which was
     /// written stays in `send`, for the caller to hand back whole.
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ClientError>> {
         let Some(send) = self.send.as_mut() else {
             return Poll::Ready(Ok(()));
         };
@@ -415,10 +415,10 @@ impl Pooled {
         // write only keeps the connection from being reused (the upstream may have answered and
         // stopped reading).
         if let Poll::Ready(Err(e)) = conn.poll_send(cx)
-            && !matches!(e, SendError::Io(_))
+            && !matches!(e, ClientError::Io(_))
         {
             self.conn = None;
-            return Poll::Ready(Some(Err(ClientError::from(e).into())));
+            return Poll::Ready(Some(Err(e.into())));
         }
         let frame = std::task::ready!(self.reader.poll_frame(cx, &mut conn.io, &mut conn.read));
         if self.reader.is_done() || !matches!(frame, Some(Ok(_))) {

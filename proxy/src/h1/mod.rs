@@ -11,7 +11,6 @@
 //! - [`send`]: writes a request (head, then its body as it comes) to the connection;
 //! - [`recv`]: reads the connection into its buffer and cuts the response body out of it.
 //!
-//! The pool (`crate::pool`) owns the connection and drives these on the request's task.
 //! Hand-written rather than a crate: `ureq-proto` (sans-I/O, by ureq's author) has a typestate
 //! flow in which the response is read only after the whole request body was sent, while a
 //! proxy streams a client's upload and must take an upstream's early answer; hyper's client is
@@ -36,7 +35,8 @@ pub enum ClientError {
     Closed,
     #[error(transparent)]
     Response(#[from] Error),
-    /// The request body failed on our side (the client went away, a body plugin failed).
+    /// The request body failed on our side (the client went away, its body stalled, a body
+    /// plugin failed).
     #[error("request body failed: {0}")]
     Body(#[source] BoxError),
     #[error("request body length does not match its content-length")]
@@ -53,16 +53,6 @@ impl ClientError {
             ClientError::Body(_) | ClientError::BodyLength => true,
             ClientError::Upgrade(e) => e.is_user(),
             _ => false,
-        }
-    }
-}
-
-impl From<send::SendError> for ClientError {
-    fn from(e: send::SendError) -> ClientError {
-        match e {
-            send::SendError::Io(e) => ClientError::Io(e),
-            send::SendError::Body(e) => ClientError::Body(e),
-            send::SendError::Length => ClientError::BodyLength,
         }
     }
 }

@@ -11,19 +11,9 @@ use bytes::{Buf, Bytes};
 use hyper::body::Body;
 use tokio::io::AsyncWrite;
 
+use super::ClientError;
 use super::encode::{BodyEncoding, LAST_CHUNK, chunk_size};
 use crate::body::BoxError;
-
-/// Why a request could not be written.
-#[derive(Debug)]
-pub enum SendError {
-    /// The connection failed.
-    Io(io::Error),
-    /// The body failed on our side (the client went away, its body stalled, a plugin failed).
-    Body(BoxError),
-    /// The body did not have the length its `content-length` promised.
-    Length,
-}
 
 /// A request on its way out. The bytes to write are the connection's buffer (`out`, the head
 /// first, then framing) and the current data piece.
@@ -77,20 +67,20 @@ where
 
     /// Writes until the whole request is out (flushed), the body or the socket has nothing
     /// ready, or something fails.
-    pub fn poll_send<W>(&mut self, cx: &mut Context<'_>, io: &mut W, out: &mut Vec<u8>) -> Poll<Result<(), SendError>>
+    pub fn poll_send<W>(&mut self, cx: &mut Context<'_>, io: &mut W, out: &mut Vec<u8>) -> Poll<Result<(), ClientError>>
     where
         W: AsyncWrite + Unpin,
     {
         loop {
             let pending = self.data.is_empty() && self.poll_body(cx, out)?.is_pending();
             if self.pos < out.len() || !self.data.is_empty() {
-                let n = ready!(self.poll_write(cx, io, out)).map_err(SendError::Io)?;
+                let n = ready!(self.poll_write(cx, io, out)).map_err(ClientError::Io)?;
                 self.advance(n, out);
                 continue;
             }
             out.clear();
             self.pos = 0;
-            ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(SendError::Io)?;
+            ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(ClientError::Io)?;
             if pending {
                 return Poll::Pending;
             }
@@ -101,7 +91,7 @@ where
     }
 
     /// Takes the body's next frame into the bytes to write; `Pending` when it has none ready.
-    fn poll_body(&mut self, cx: &mut Context<'_>, out: &mut Vec<u8>) -> Poll<Result<(), SendError>> {
+    fn poll_body(&mut self, cx: &mut Context<'_>, out: &mut Vec<u8>) -> Poll<Result<(), ClientError>> {
         if self.ended {
             return Poll::Ready(Ok(()));
         }
@@ -109,7 +99,7 @@ where
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Err(e))) => {
                 self.started = true;
-                Poll::Ready(Err(SendError::Body(e.into())))
+                Poll::Ready(Err(ClientError::Body(e.into())))
             }
             Poll::Ready(Some(Ok(frame))) => {
                 // Request trailers are dropped (hyper's client sent them only when a `trailer`
@@ -129,10 +119,13 @@ where
         }
     }
 
-    fn queue(&mut self, data: Bytes, out: &mut Vec<u8>) -> Result<(), SendError> {
+    fn queue(&mut self, data: Bytes, out: &mut Vec<u8>) -> Result<(), ClientError> {
         match self.encoding {
             BodyEncoding::Length(_) => {
-                self.left = self.left.checked_sub(data.len() as u64).ok_or(SendError::Length)?;
+                self.left = self
+                    .left
+                    .checked_sub(data.len() as u64)
+                    .ok_or(ClientError::BodyLength)?;
             }
             BodyEncoding::Chunked => {
                 if std::mem::replace(&mut self.crlf, true) {
@@ -145,9 +138,9 @@ where
         Ok(())
     }
 
-    fn end(&mut self, out: &mut Vec<u8>) -> Result<(), SendError> {
+    fn end(&mut self, out: &mut Vec<u8>) -> Result<(), ClientError> {
         match self.encoding {
-            BodyEncoding::Length(_) if self.left > 0 => Err(SendError::Length),
+            BodyEncoding::Length(_) if self.left > 0 => Err(ClientError::BodyLength),
             BodyEncoding::Length(_) => Ok(()),
             BodyEncoding::Chunked => {
                 if std::mem::take(&mut self.crlf) {
@@ -189,7 +182,7 @@ mod tests {
     use hyper::body::Frame;
     use tokio::io::AsyncReadExt as _;
 
-    async fn send<B>(body: B, encoding: BodyEncoding) -> (Result<(), SendError>, Vec<u8>)
+    async fn send<B>(body: B, encoding: BodyEncoding) -> (Result<(), ClientError>, Vec<u8>)
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
@@ -230,14 +223,14 @@ mod tests {
     #[tokio::test]
     async fn a_body_not_matching_its_length_or_failing_is_an_error() {
         let (r, _) = send(pieces(&[b"hello"]), BodyEncoding::Length(4)).await;
-        assert!(matches!(r, Err(SendError::Length)));
+        assert!(matches!(r, Err(ClientError::BodyLength)));
         let (r, _) = send(pieces(&[b"hello"]), BodyEncoding::Length(6)).await;
-        assert!(matches!(r, Err(SendError::Length)));
+        assert!(matches!(r, Err(ClientError::BodyLength)));
         let frames: Vec<Result<Frame<Bytes>, BoxError>> =
             vec![Ok(Frame::data(Bytes::from_static(b"ab"))), Err("cut".into())];
         let body = StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
         let (r, wire) = send(body, BodyEncoding::Chunked).await;
-        assert!(matches!(r, Err(SendError::Body(e)) if e.to_string() == "cut"));
+        assert!(matches!(r, Err(ClientError::Body(e)) if e.to_string() == "cut"));
         assert!(wire.starts_with(b"HEAD\r\n2\r\nab"), "{wire:?}");
     }
 }
