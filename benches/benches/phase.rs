@@ -3,12 +3,18 @@
 //! header), then validates and applies the mutation batch.
 //!
 //! Compared against a bare call into an exported empty Go function (the cgo floor), the same
-//! path with a Go handler that does nothing (view encoding, one cgo call, an empty batch) and a
-//! full request (slot lease + phase + release).
+//! path with a Go handler that does nothing (view encoding, one cgo call, an empty batch), the
+//! example C plugin's phase (the host's path without Go) and a full request (slot lease + phase +
+//! release). The `cold_phase` group repeats the calls from cold caches.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
-use weft_runtime::{Flow, InstanceSpec, Runtime, RuntimeOptions};
+use weft_runtime::{Flow, InstanceId, InstanceSpec, Runtime, RuntimeOptions};
+
+/// The allocator weft-proxy uses (`proxy/src/main.rs`): a phase's allocations (a header name or
+/// value a plugin sets) cost here what they cost in the proxy.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The benchmarks' request with two more headers: ten in all.
 fn request() -> http::request::Parts {
@@ -52,6 +58,15 @@ fn phase(c: &mut Criterion) {
             })
         });
     }
+    let stamp = c_stamp(&rt);
+    {
+        let chain = rt.chain(&[stamp]);
+        let mut ex = chain.start(client, "http").unwrap().unwrap();
+        let mut parts = request();
+        g.bench_function("c_stamp", |b| {
+            b.iter(|| black_box(ex.request_headers(black_box(&mut parts))))
+        });
+    }
     let chain = rt.chain(&[bench]);
     let mut parts = request();
     g.bench_function("full_request_lease_phase_release", |b| {
@@ -60,6 +75,76 @@ fn phase(c: &mut Criterion) {
             black_box(ex.request_headers(black_box(&mut parts)));
         })
     });
+    g.finish();
+    cold_phase(
+        c,
+        &rt,
+        thread_start,
+        [
+            ("c_stamp", stamp),
+            ("go_noop_handler", noop),
+            ("go_read_path_2_headers_set_1", bench),
+        ],
+    );
+}
+
+/// The example C plugin (`c-header-stamp`: sets a request header and `x-c-request-id`) loaded
+/// into `rt`: a phase with the host's costs and no Go runtime.
+fn c_stamp(rt: &Runtime) -> InstanceId {
+    rt.load_library("c", &weft_test_support::c_plugins("plain").join("libweft_c_stamp.so"))
+        .unwrap();
+    rt.instantiate(InstanceSpec {
+        name: "stamp".into(),
+        library: "c".into(),
+        plugin: "c-header-stamp".into(),
+        config_json: b"{}".to_vec(),
+        fail_open: false,
+    })
+    .unwrap()
+}
+
+/// The same calls from cold caches: before each call the thread writes one byte per cache line
+/// of a buffer, 1 MiB (`l2cold_*`: the core's L1 and L2 hold other data, as on a serving thread
+/// that ran other connections since) or 32 MiB (`cold_*`: the shared L3 too, as after the
+/// thread slept while other processes ran). Only the call is timed. What a plugin costs at one
+/// connection is closer to these than to the hot loop (`docs/performance.md`).
+fn cold_phase(
+    c: &mut Criterion,
+    rt: &std::sync::Arc<Runtime>,
+    thread_start: unsafe extern "C" fn(),
+    phases: [(&str, InstanceId); 3],
+) {
+    let client = "127.0.0.1:1234".parse().unwrap();
+    let mut g = c.benchmark_group("cold_phase");
+    for (prefix, bytes) in [("l2cold", 1usize << 20), ("cold", 32 << 20)] {
+        let mut thrash = vec![0u8; bytes];
+        let mut cold = |b: &mut criterion::Bencher<'_>, f: &mut dyn FnMut()| {
+            b.iter_batched(
+                || {
+                    for i in (0..thrash.len()).step_by(64) {
+                        thrash[i] = thrash[i].wrapping_add(1);
+                    }
+                },
+                |()| f(),
+                criterion::BatchSize::PerIteration,
+            )
+        };
+        g.bench_function(format!("{prefix}_nothing"), |b| cold(b, &mut || black_box(())));
+        // SAFETY: as in `phase`.
+        g.bench_function(format!("{prefix}_bare_cgo_call"), |b| {
+            cold(b, &mut || unsafe { thread_start() })
+        });
+        for (label, id) in phases {
+            let chain = rt.chain(&[id]);
+            let mut ex = chain.start(client, "http").unwrap().unwrap();
+            let mut parts = request();
+            g.bench_function(format!("{prefix}_{label}"), |b| {
+                cold(b, &mut || {
+                    black_box(ex.request_headers(black_box(&mut parts)));
+                })
+            });
+        }
+    }
     g.finish();
 }
 
