@@ -65,7 +65,7 @@ pub struct Conn {
 /// A failed exchange, and the request when none of it was written or taken.
 pub struct ExchangeError {
     pub error: ClientError,
-    pub unsent: Option<Request<UpstreamBody>>,
+    pub unsent: Option<Box<Request<UpstreamBody>>>,
 }
 
 impl Conn {
@@ -119,10 +119,10 @@ impl Conn {
     /// the yield, more context switches and more CPU per request under load).
     pub async fn exchange(
         mut self: Box<Conn>,
-        req: Request<UpstreamBody>,
+        req: Box<Request<UpstreamBody>>,
         home: Home,
     ) -> Result<Response<PooledBody>, ExchangeError> {
-        let (mut parts, body) = req.into_parts();
+        let (mut parts, body) = (*req).into_parts();
         self.out.clear();
         let encoding = encode::head(&mut parts, body_size(&body), &mut self.out);
         self.send = Some(Sending::new(body, encoding));
@@ -143,7 +143,7 @@ impl Conn {
             Ok(head) => Ok(PooledBody::response(*head, self, home)),
             Err(error) => {
                 let send = self.send.take().filter(|s| s.untouched());
-                let unsent = send.map(|s| Request::from_parts(parts, s.into_body()));
+                let unsent = send.map(|s| Box::new(Request::from_parts(parts, s.into_body())));
                 Err(ExchangeError { error, unsent })
             }
         }

@@ -91,7 +91,9 @@ impl Proxy {
             return Err(f.reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"));
         };
         let head_request = parts.method == Method::HEAD;
-        let resp = f.forward(Request::from_parts(parts, body), &mut pick).await?;
+        // Boxed once here and handed down by pointer: every async fn of the upstream path keeps
+        // its argument in the request's future, which is moved whole into its box per request.
+        let resp = f.forward(Box::new(Request::from_parts(parts, body)), &mut pick).await?;
         let (mut parts, body) = upstream_head(resp, upgrade, route).into_parts();
         f.response_phases(&mut parts).await?;
         let addr = route.upstream.address(&pick);
@@ -333,7 +335,7 @@ impl Flight<'_> {
     /// Sends the request to the picked address of the route's upstream (another one on a
     /// retry: `pick` then says which) and waits for the response head: 504 on the upstream's
     /// timeout, 408 when the client's body stalled, 502 when it failed.
-    async fn forward(&mut self, req: Request<UpstreamBody>, pick: &mut Pick) -> Step<Response<ResponseBody>> {
+    async fn forward(&mut self, req: Box<Request<UpstreamBody>>, pick: &mut Pick) -> Step<Response<ResponseBody>> {
         let (route, request_id) = (self.route, self.request_id);
         let upstream = &route.upstream;
         let result = upstream.send(req, pick).await;

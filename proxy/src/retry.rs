@@ -57,16 +57,16 @@ impl Retry {
     /// was written); `None` when the rules above do not allow one or none are left.
     pub fn replay(
         &mut self,
-        unsent: Option<Request<UpstreamBody>>,
+        unsent: Option<Box<Request<UpstreamBody>>>,
         error: &UpstreamError,
-    ) -> Option<Request<UpstreamBody>> {
+    ) -> Option<Box<Request<UpstreamBody>>> {
         if self.left == 0 {
             return None;
         }
         let req = match unsent {
             Some(req) if self.idempotent || self.empty => req,
             Some(_) => return None,
-            None if matches!(error, UpstreamError::Http(_)) => self.head.as_ref()?.request(),
+            None if matches!(error, UpstreamError::Http(_)) => Box::new(self.head.as_ref()?.request()),
             None => return None,
         };
         self.left -= 1;
@@ -149,7 +149,11 @@ mod tests {
             let req = request(method.clone(), body);
             let mut r = Retry::new(&req, 1, 2);
             let err = UpstreamError::Connect(std::io::ErrorKind::ConnectionRefused.into());
-            assert_eq!(r.replay(Some(req), &err).is_some(), retried, "{method} {body:?}");
+            assert_eq!(
+                r.replay(Some(Box::new(req)), &err).is_some(),
+                retried,
+                "{method} {body:?}"
+            );
         }
     }
 
@@ -158,15 +162,15 @@ mod tests {
         let req = request(Method::GET, b"");
         let err = || UpstreamError::Connect(std::io::ErrorKind::ConnectionRefused.into());
         let mut r = Retry::new(&req, 2, 3);
-        let req = r.replay(Some(req), &err()).unwrap();
+        let req = r.replay(Some(Box::new(req)), &err()).unwrap();
         let req = r.replay(Some(req), &err()).unwrap();
         assert!(r.replay(Some(req), &err()).is_none(), "two retries at most");
         let req = request(Method::GET, b"");
         let mut r = Retry::new(&req, 0, 3);
-        assert!(r.replay(Some(req), &err()).is_none(), "retries: 0");
+        assert!(r.replay(Some(Box::new(req)), &err()).is_none(), "retries: 0");
         let req = request(Method::GET, b"");
         let mut r = Retry::new(&req, 3, 1);
-        assert!(r.replay(Some(req), &err()).is_none(), "no other address");
+        assert!(r.replay(Some(Box::new(req)), &err()).is_none(), "no other address");
         assert!(r.head.is_none(), "nothing copied when no retry can happen");
     }
 

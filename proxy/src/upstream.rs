@@ -167,7 +167,7 @@ impl Upstream {
     /// ([`crate::health`]).
     pub async fn send(
         &self,
-        req: Request<UpstreamBody>,
+        req: Box<Request<UpstreamBody>>,
         pick: &mut Pick,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let resp = match tokio::time::timeout(self.timeout, self.attempts(req, pick)).await {
@@ -184,12 +184,11 @@ impl Upstream {
     /// Attempts on the picked address, then on others while the failure allows a retry.
     async fn attempts(
         &self,
-        req: Request<UpstreamBody>,
+        mut req: Box<Request<UpstreamBody>>,
         pick: &mut Pick,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        let (req, host_filled) = origin_form(req);
+        let host_filled = origin_form(&mut req);
         let mut retry = Retry::new(&req, self.retries, self.addresses.len());
-        let mut req = req;
         loop {
             let failed = match self.attempt(req, pick.index).await {
                 Ok(resp) => return Ok(resp),
@@ -218,7 +217,7 @@ impl Upstream {
     }
 
     /// One exchange with address `i`, counted in its active requests and its health.
-    async fn attempt(&self, req: Request<UpstreamBody>, i: usize) -> Result<Response<PooledBody>, Failed> {
+    async fn attempt(&self, req: Box<Request<UpstreamBody>>, i: usize) -> Result<Response<PooledBody>, Failed> {
         let health = &self.health[i];
         let _active = health.active();
         let result = self.exchange(req, &self.addresses[i]).await;
@@ -244,7 +243,11 @@ impl Upstream {
     /// to have closed before any of the request was written is replaced by a new connection
     /// once; the request was not sent, so this is safe for any method. A failure carries the
     /// request back when none of it was written.
-    async fn exchange(&self, req: Request<UpstreamBody>, addr: &Authority) -> Result<Response<PooledBody>, Failed> {
+    async fn exchange(
+        &self,
+        req: Box<Request<UpstreamBody>>,
+        addr: &Authority,
+    ) -> Result<Response<PooledBody>, Failed> {
         // The rare paths (an upgrade, a new connection with its TLS handshake) are boxed: each
         // await's future is part of every request's future, which hyper and tokio move whole.
         if req.headers().contains_key(header::UPGRADE) {
@@ -280,7 +283,7 @@ impl Upstream {
     /// that outlives the request), never pooled.
     async fn exchange_upgrade(
         &self,
-        req: Request<UpstreamBody>,
+        req: Box<Request<UpstreamBody>>,
         addr: &Authority,
     ) -> Result<Response<PooledBody>, Failed> {
         let stream = match Conn::stream(addr, self.connect_timeout, self.tls.as_deref()).await {
@@ -292,7 +295,7 @@ impl Upstream {
             Err(e) => return Err(Failed::unsent(UpstreamError::Http(ClientError::Upgrade(e)), req)),
         };
         tokio::spawn(conn.with_upgrades());
-        let resp = send.send_request(req).await.map_err(|e| Failed {
+        let resp = send.send_request(*req).await.map_err(|e| Failed {
             error: UpstreamError::Http(ClientError::Upgrade(e)),
             unsent: None,
         })?;
@@ -303,11 +306,11 @@ impl Upstream {
 /// A failed attempt: the error, and the request when none of it was written.
 struct Failed {
     error: UpstreamError,
-    unsent: Option<Request<UpstreamBody>>,
+    unsent: Option<Box<Request<UpstreamBody>>>,
 }
 
 impl Failed {
-    fn unsent(error: UpstreamError, req: Request<UpstreamBody>) -> Failed {
+    fn unsent(error: UpstreamError, req: Box<Request<UpstreamBody>>) -> Failed {
         Failed {
             error,
             unsent: Some(req),
@@ -327,7 +330,7 @@ fn http_error(e: ClientError) -> UpstreamError {
 /// Takes the address out of `req`'s absolute URI (set by the request stage), leaving the
 /// origin form (`/path?query`) an HTTP/1.1 server expects; fills in `host` when the client
 /// sent none (see `forward::pin_host`) and returns whether it did.
-fn origin_form(mut req: Request<UpstreamBody>) -> (Request<UpstreamBody>, bool) {
+fn origin_form(req: &mut Request<UpstreamBody>) -> bool {
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     let addr = parts
         .authority
@@ -340,9 +343,9 @@ fn origin_form(mut req: Request<UpstreamBody>) -> (Request<UpstreamBody>, bool) 
     *req.uri_mut() = Uri::from(path);
     let filled = !req.headers().contains_key(header::HOST);
     if filled {
-        set_host(&mut req, &addr);
+        set_host(req, &addr);
     }
-    (req, filled)
+    filled
 }
 
 fn set_host(req: &mut Request<UpstreamBody>, addr: &Authority) {
