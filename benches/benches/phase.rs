@@ -78,6 +78,7 @@ fn phase(c: &mut Criterion) {
         })
     });
     g.finish();
+    spread_phase(c, &rt, [("c_stamp", stamp), ("go_read_path_2_headers_set_1", bench)]);
     cold_phase(
         c,
         &rt,
@@ -143,6 +144,31 @@ fn cold_phase(
             g.bench_function(format!("{prefix}_{label}"), |b| {
                 cold(b, &mut || {
                     black_box(ex.request_headers(black_box(&mut parts)));
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+/// The same phase over `n` requests in flight on one thread, called in turn (as a serving thread
+/// with `n` connections calls them): each call finds its own slot, view and header map where the
+/// other requests' calls left the caches. `_1` is the hot loop of `request_headers_phase`.
+fn spread_phase(c: &mut Criterion, rt: &std::sync::Arc<Runtime>, phases: [(&str, InstanceId); 2]) {
+    let client = "127.0.0.1:1234".parse().unwrap();
+    let mut g = c.benchmark_group("spread_phase");
+    for (label, id) in phases {
+        let chain = rt.chain(&[id]);
+        for n in [1usize, 8, 32, 64] {
+            let mut reqs: Vec<_> = (0..n)
+                .map(|_| (chain.start(client, "http").unwrap().unwrap(), request()))
+                .collect();
+            let mut i = 0;
+            g.bench_function(format!("{label}_{n}_requests"), |b| {
+                b.iter(|| {
+                    let (ex, parts) = &mut reqs[i];
+                    i = if i + 1 == n { 0 } else { i + 1 };
+                    black_box(ex.request_headers(black_box(parts)))
                 })
             });
         }

@@ -243,10 +243,17 @@ impl Flight<'_> {
             return Ok(());
         };
         let t = Instant::now();
+        // A plugin that changes the path or query gives the request a new URI, built from a new
+        // allocation while the old URI is alive (`Batch::apply_to_request`), so its bytes are
+        // elsewhere; an unchanged one is normal already and is not walked again.
+        let before = path_identity(&parts.uri);
         let flow = x.lock().await.request_headers_async(parts).await;
         self.route.metrics.request_phase(t.elapsed());
         if let Flow::Respond(resp) = flow {
             return Err(plugin_reply(resp, self.exchange.take()));
+        }
+        if path_identity(&parts.uri) == before {
+            return Ok(());
         }
         if let Err(e) = normalize_uri(&mut parts.uri, path_opts) {
             warn!(
@@ -472,6 +479,13 @@ fn over_budget(status: StatusCode, exchange: Option<Keep>) -> Reply {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
+}
+
+/// Where the bytes of `uri`'s path and query are: the same address and length means the same,
+/// unmodified, URI (`http::Uri` is immutable; a change builds a new one from new bytes).
+fn path_identity(uri: &http::Uri) -> Option<(usize, usize)> {
+    uri.path_and_query()
+        .map(|pq| (pq.as_str().as_ptr() as usize, pq.as_str().len()))
 }
 
 /// Replaces the path of `uri` with its normal form (`path.rs`), keeping the query; allocates

@@ -199,35 +199,46 @@ fn read_view(buf: &[u8]) -> WeftRequestView {
 
 /// Writes `a.b.c.d:port` into `out` (21 bytes always suffice); returns the length.
 fn format_v4(out: &mut [u8; 21], addr: std::net::SocketAddrV4) -> usize {
-    fn num(out: &mut [u8; 21], mut n: usize, v: u32) -> usize {
-        let mut digits = [0u8; 5];
-        let mut i = 0;
-        let mut v = v;
-        loop {
-            digits[i] = b'0' + (v % 10) as u8;
-            i += 1;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        while i > 0 {
-            i -= 1;
-            out[n] = digits[i];
-            n += 1;
-        }
-        n
-    }
+    let n = format_ipv4(out, *addr.ip());
+    out[n] = b':';
+    decimal(out, n + 1, addr.port() as u32)
+}
+
+/// Writes `a.b.c.d` into `out` (which must hold 15 bytes); returns the length. The common case of
+/// a client address, without the formatting machinery: `Ipv4Addr`'s `Display` costs ~1,000
+/// instructions, this ~150 (`scripts/callgrind-proxy`). weft-proxy's `x-forwarded-for` uses it too.
+pub fn format_ipv4(out: &mut [u8], ip: std::net::Ipv4Addr) -> usize {
+    assert!(out.len() >= 15, "an IPv4 address needs up to 15 bytes");
     let mut n = 0;
-    for (i, o) in addr.ip().octets().into_iter().enumerate() {
+    for (i, o) in ip.octets().into_iter().enumerate() {
         if i > 0 {
             out[n] = b'.';
             n += 1;
         }
-        n = num(out, n, o as u32);
+        n = decimal(out, n, o as u32);
     }
-    out[n] = b':';
-    num(out, n + 1, addr.port() as u32)
+    n
+}
+
+/// Writes `v` (below 100,000) in decimal at `out[n..]`; returns the end.
+fn decimal(out: &mut [u8], mut n: usize, v: u32) -> usize {
+    let mut digits = [0u8; 5];
+    let mut i = 0;
+    let mut v = v;
+    loop {
+        digits[i] = b'0' + (v % 10) as u8;
+        i += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    while i > 0 {
+        i -= 1;
+        out[n] = digits[i];
+        n += 1;
+    }
+    n
 }
 
 fn version_str(v: Version) -> &'static str {
@@ -588,6 +599,11 @@ mod tests {
             "10.0.0.1:80",
             "127.0.0.1:5555",
             "1.22.133.4:9",
+            "100.10.1.0:10000",
+            "9.99.199.200:1000",
+            "19.109.110.99:100",
+            "250.1.20.7:10",
+            "8.8.4.4:9999",
         ] {
             let addr: std::net::SocketAddrV4 = a.parse().unwrap();
             let mut out = [0u8; 21];
