@@ -97,6 +97,11 @@ impl Proxy {
         let (mut parts, body) = upstream_head(resp, upgrade, route).into_parts();
         f.response_phases(&mut parts).await?;
         let addr = route.upstream.address(&pick);
+        if f.exchange.is_none() {
+            // No plugins: the upstream's body as it comes, without the body stage's future.
+            debug!(route = %route.name, %addr, status = parts.status.as_u16(), "proxied");
+            return Ok(Response::from_parts(parts, ProxyBody::new(body, None)));
+        }
         Ok(f.response_body(parts, body, head_request, addr).await)
     }
 
@@ -274,7 +279,8 @@ impl Flight<'_> {
         let mode = x.lock().await.body_mode(BodySide::Request);
         match mode {
             BodyMode::None => Ok(UpstreamBody::Plain(body)),
-            BodyMode::Buffered => self.request_body_buffered(parts, body).await,
+            // Boxed: the rare buffered path's state stays out of every request's future.
+            BodyMode::Buffered => Box::pin(self.request_body_buffered(parts, body)).await,
             BodyMode::Streamed if body.is_end_stream() => self.request_body_empty(parts, body).await,
             BodyMode::Streamed => {
                 // The plugins may change the length: stream it (chunked upstream).
@@ -395,7 +401,7 @@ impl Flight<'_> {
     ) -> Reply {
         let route = self.route;
         let Some(x) = self.exchange.as_mut() else {
-            debug!(route = %route.name, %addr, status = parts.status.as_u16(), "proxied");
+            // `stages` answers a request without plugins itself; this stays correct regardless.
             return Response::from_parts(parts, ProxyBody::new(body, None));
         };
         let no_body = head_request
@@ -416,7 +422,8 @@ impl Flight<'_> {
                 let body = PluginBody::new(body, Arc::clone(&shared), BodySide::Response);
                 Response::from_parts(parts, ProxyBody::new(body, Some(Keep::Shared(shared))))
             }
-            BodyMode::Buffered => match self.response_body_buffered(&mut parts, body).await {
+            // Boxed: the rare buffered path's state stays out of every request's future.
+            BodyMode::Buffered => match Box::pin(self.response_body_buffered(&mut parts, body)).await {
                 Ok(pieces) => Response::from_parts(parts, ProxyBody::new(pieces, self.exchange)),
                 Err(reply) => reply,
             },
