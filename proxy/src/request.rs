@@ -98,9 +98,8 @@ impl Proxy {
         f.response_phases(&mut parts).await?;
         let addr = route.upstream.address(&pick);
         if f.exchange.is_none() {
-            // No plugins: the upstream's body as it comes, without the body stage's future.
-            debug!(route = %route.name, %addr, status = parts.status.as_u16(), "proxied");
-            return Ok(Response::from_parts(parts, ProxyBody::new(body, None)));
+            // No plugins: without the body stage's future.
+            return Ok(untouched(route, addr, parts, body));
         }
         Ok(f.response_body(parts, body, head_request, addr).await)
     }
@@ -401,8 +400,7 @@ impl Flight<'_> {
     ) -> Reply {
         let route = self.route;
         let Some(x) = self.exchange.as_mut() else {
-            // `stages` answers a request without plugins itself; this stays correct regardless.
-            return Response::from_parts(parts, ProxyBody::new(body, None));
+            return untouched(route, addr, parts, body);
         };
         let no_body = head_request
             || parts.status.is_informational()
@@ -486,6 +484,12 @@ fn over_budget(status: StatusCode, exchange: Option<Keep>) -> Reply {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
+}
+
+/// The upstream's response as it came, for a request without plugins.
+fn untouched(route: &RouteTarget, addr: &Authority, parts: http::response::Parts, body: ResponseBody) -> Reply {
+    debug!(route = %route.name, %addr, status = parts.status.as_u16(), "proxied");
+    Response::from_parts(parts, ProxyBody::new(body, None))
 }
 
 /// Where the bytes of `uri`'s path and query are: the same address and length means the same,
