@@ -55,7 +55,7 @@ async fn skip_body(s: &mut TcpStream, head: &str, already: usize) {
 }
 
 async fn start() -> (ProxyProcess, SocketAddr) {
-    let upstream = spawn_demo_upstream(free_port()).await;
+    let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
     // Nothing listens on a port just freed: connecting to it is refused.
     let dead = free_port();
     let addr = free_port();
