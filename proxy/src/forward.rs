@@ -353,16 +353,33 @@ pub fn add_forwarding_headers(
         }
         return;
     }
+    // Which of the client's forwarding headers to drop, in one pass over the names: a removal
+    // of an absent name still hashes and probes (~120 instructions each; `scripts/callgrind-proxy`).
+    let (mut forwarded, mut real_ip, mut forwarded_host) = (false, false, false);
+    for name in headers.keys() {
+        forwarded |= name == header::FORWARDED;
+        real_ip |= name == X_REAL_IP;
+        forwarded_host |= name == X_FORWARDED_HOST;
+    }
     let mut text = [0u8; 45];
     let ip = HeaderValue::from_str(client_ip_text(client, &mut text)).expect("an address is visible ASCII");
     headers.insert(&X_FORWARDED_FOR, ip);
-    headers.remove(header::FORWARDED);
-    headers.remove(&X_REAL_IP);
+    if forwarded {
+        headers.remove(header::FORWARDED);
+    }
+    if real_ip {
+        headers.remove(&X_REAL_IP);
+    }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match original_host {
-        Some(h) => headers.insert(&X_FORWARDED_HOST, h.clone()),
-        None => headers.remove(&X_FORWARDED_HOST),
-    };
+        Some(h) => {
+            headers.insert(&X_FORWARDED_HOST, h.clone());
+        }
+        None if forwarded_host => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+        None => {}
+    }
 }
 
 /// Points the request at `upstream`, keeping path and query.

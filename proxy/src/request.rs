@@ -200,7 +200,7 @@ fn start_chain(route: &RouteTarget, client: SocketAddr, parts: &Parts) -> Step<O
     match chain.start(client, scheme(parts)) {
         Ok(x) => Ok(x.map(|mut x| {
             x.set_server_name(server_name(parts));
-            Keep::Owned(x)
+            Keep::Owned(Box::new(x))
         })),
         Err(weft_runtime::Busy) => {
             let mut resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "busy", None);

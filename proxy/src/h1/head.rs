@@ -65,10 +65,10 @@ pub fn parse(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {
     } else {
         Version::HTTP_11
     };
-    let headers = header_map(res.headers)?;
-    let framing = framing(status, version, &headers, head_request)?;
+    let (headers, facts) = header_map(res.headers)?;
+    let framing = framing(status, version, &facts, head_request)?;
     let keep_alive =
-        status != StatusCode::SWITCHING_PROTOCOLS && framing != Framing::Close && keeps_alive(version, &headers);
+        status != StatusCode::SWITCHING_PROTOCOLS && framing != Framing::Close && facts.keeps_alive(version);
     let (mut parts, ()) = Response::new(()).into_parts();
     parts.status = status;
     parts.version = version;
@@ -83,20 +83,71 @@ pub fn parse(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {
     ))
 }
 
-fn header_map(raw: &[httparse::Header<'_>]) -> Result<HeaderMap, Error> {
-    let mut map = HeaderMap::with_capacity(raw.len());
+/// What the framing and keep-alive decisions need from a response head, gathered while its
+/// headers are copied into the map: no lookup in the map afterwards (each was a hash and a probe,
+/// ~100 instructions, four or five per response; `scripts/callgrind-proxy`).
+#[derive(Default)]
+struct Facts<'a> {
+    /// The last `transfer-encoding` value, if there is one.
+    transfer_encoding: Option<&'a [u8]>,
+    /// A `content-length` was given; `length` is every value's number, `bad_length` some value
+    /// did not parse or disagreed.
+    has_length: bool,
+    length: Option<u64>,
+    bad_length: bool,
+    /// `connection` tokens seen.
+    close: bool,
+    keep_alive: bool,
+}
+
+impl<'a> Facts<'a> {
+    fn note(&mut self, name: &HeaderName, value: &'a [u8]) {
+        if name == CONTENT_LENGTH {
+            self.has_length = true;
+            self.bad_length |= merge_length(&mut self.length, value).is_err();
+        } else if name == TRANSFER_ENCODING {
+            self.transfer_encoding = Some(value);
+        } else if name == CONNECTION {
+            for t in value.split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                self.close |= t.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+
+    /// HTTP/1.1 keeps the connection unless `connection: close`; HTTP/1.0 only with `keep-alive`.
+    fn keeps_alive(&self, version: Version) -> bool {
+        if version == Version::HTTP_10 {
+            self.keep_alive
+        } else {
+            !self.close
+        }
+    }
+}
+
+/// Room in a response's header map for the headers added to it on the way to the client
+/// (`x-request-id`, a plugin's): the map is not grown (a rehash of every entry) per response.
+/// hyper keeps the map after writing the response and parses the connection's next request
+/// into it, so the room serves the request's forwarding headers too.
+const HEADROOM: usize = 8;
+
+fn header_map<'a>(raw: &[httparse::Header<'a>]) -> Result<(HeaderMap, Facts<'a>), Error> {
+    let mut map = HeaderMap::with_capacity(raw.len() + HEADROOM);
+    let mut facts = Facts::default();
     for h in raw {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Error::Header("name"))?;
         let value = HeaderValue::from_bytes(h.value).map_err(|_| Error::Header("value"))?;
+        facts.note(&name, h.value);
         map.append(name, value);
     }
-    Ok(map)
+    Ok((map, facts))
 }
 
 /// The body's framing, refusing what a strict client refuses (RFC 9112 §6.3): both
 /// transfer-encoding and content-length, content-lengths that differ or do not parse, a
 /// transfer-encoding that does not end in chunked, and transfer-encoding on HTTP/1.0.
-fn framing(status: StatusCode, version: Version, headers: &HeaderMap, head_request: bool) -> Result<Framing, Error> {
+fn framing(status: StatusCode, version: Version, facts: &Facts<'_>, head_request: bool) -> Result<Framing, Error> {
     if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -104,20 +155,24 @@ fn framing(status: StatusCode, version: Version, headers: &HeaderMap, head_reque
     {
         return Ok(Framing::Empty);
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
+    if let Some(last) = facts.transfer_encoding {
         if version == Version::HTTP_10 {
             return Err(Error::Http10TransferEncoding);
         }
-        if headers.contains_key(CONTENT_LENGTH) {
+        // Any content-length, valid or not, with a transfer-encoding.
+        if facts.has_length {
             return Err(Error::TransferEncodingAndLength);
         }
-        return if ends_in_chunked(headers) {
+        return if last_coding_is_chunked(last) {
             Ok(Framing::Chunked)
         } else {
             Err(Error::NotChunked)
         };
     }
-    match content_length(headers)? {
+    if facts.bad_length {
+        return Err(Error::BadContentLength);
+    }
+    match facts.length {
         Some(0) => Ok(Framing::Empty),
         Some(n) => Ok(Framing::Length(n)),
         None => Ok(Framing::Close),
@@ -128,8 +183,13 @@ fn framing(status: StatusCode, version: Version, headers: &HeaderMap, head_reque
 /// chunked.
 pub(super) fn ends_in_chunked(headers: &HeaderMap) -> bool {
     let last = headers.get_all(TRANSFER_ENCODING).iter().next_back();
-    let last = last.and_then(|v| v.to_str().ok()).and_then(|v| v.rsplit(',').next());
-    last.is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+    last.is_some_and(|v| last_coding_is_chunked(v.as_bytes()))
+}
+
+/// Whether the last comma-separated coding of one transfer-encoding value is chunked.
+fn last_coding_is_chunked(value: &[u8]) -> bool {
+    let last = value.rsplit(|&b| b == b',').next().unwrap_or(value);
+    last.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
 /// The content-length, when given; every value (repeated headers, comma-separated lists) must
@@ -137,35 +197,29 @@ pub(super) fn ends_in_chunked(headers: &HeaderMap) -> bool {
 pub(super) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        let value = value.to_str().map_err(|_| Error::BadContentLength)?;
-        for n in value.split(',') {
-            let n = n.trim();
-            if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(Error::BadContentLength);
-            }
-            let n: u64 = n.parse().map_err(|_| Error::BadContentLength)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Error::BadContentLength);
-            }
-            length = Some(n);
-        }
+        merge_length(&mut length, value.as_bytes())?;
     }
     Ok(length)
 }
 
-/// HTTP/1.1 keeps the connection unless `connection: close`; HTTP/1.0 only with `keep-alive`.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers.get_all(CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    if version == Version::HTTP_10 {
-        has("keep-alive")
-    } else {
-        !has("close")
+/// Merges one content-length value (a comma-separated list of the same number) into `length`.
+fn merge_length(length: &mut Option<u64>, value: &[u8]) -> Result<(), Error> {
+    for n in value.split(|&b| b == b',') {
+        let n = n.trim_ascii();
+        if n.is_empty() {
+            return Err(Error::BadContentLength);
+        }
+        let n = n.iter().try_fold(0u64, |acc, &b| {
+            let digit = b.checked_sub(b'0').filter(|d| *d < 10)?;
+            acc.checked_mul(10)?.checked_add(u64::from(digit))
+        });
+        let n = n.ok_or(Error::BadContentLength)?;
+        if length.is_some_and(|l| l != n) {
+            return Err(Error::BadContentLength);
+        }
+        *length = Some(n);
     }
+    Ok(())
 }
 
 #[cfg(test)]
