@@ -44,6 +44,7 @@ use crate::accept::{self, Acceptor, Admission, ConnPermit, PerIp};
 use crate::body::BoxError;
 use crate::config::Limits;
 use crate::metrics::{self, TimeoutKind};
+use crate::timer::Armed;
 use crate::tls::MaybeTls;
 use crate::tls::server::{TlsInfo, TlsListener};
 
@@ -655,21 +656,19 @@ where
     tokio::pin!(timer);
     let mut watch = Watch::FirstRequest;
     let mut draining = false;
+    // Whether the stop signal may have come, without polling its `changed()` future: a second
+    // receiver that never marks the value seen.
+    let probe = stop.clone();
     loop {
-        // The connection first: when a request head arrived just as a timer fell due, both are
-        // ready in one poll, and the connection reads (and starts) the request before the timer
-        // is looked at. Polled in random order, the timer could close a connection with an
-        // unread request in its socket, which the kernel answers with a reset.
-        tokio::select! {
-            biased;
-            result = conn.as_mut() => {
+        match next_event(conn.as_mut(), timer.as_mut(), &mut stop, &probe, draining).await {
+            Event::Conn(result) => {
                 if let Err(e) = result {
                     count_hyper_timeout(&*e, &state);
                     debug!(%remote, error = %crate::server::error_chain(&*e), "connection ended with error");
                 }
                 return;
             }
-            () = timer.as_mut() => {
+            Event::Timer => {
                 let (started, in_flight) = state.snapshot();
                 let now = Instant::now();
                 let next = match watch {
@@ -680,12 +679,18 @@ where
                     }
                     Watch::FirstRequest if started == 0 => Watch::FirstRequest,
                     Watch::Closing => return,
-                    Watch::Idle { started: s, was_idle: true } if s == started && in_flight == 0 => {
+                    Watch::Idle {
+                        started: s,
+                        was_idle: true,
+                    } if s == started && in_flight == 0 => {
                         metrics::global().timeout(TimeoutKind::Idle);
                         conn.as_mut().graceful_shutdown();
                         Watch::Closing
                     }
-                    _ => Watch::Idle { started, was_idle: in_flight == 0 },
+                    _ => Watch::Idle {
+                        started,
+                        was_idle: in_flight == 0,
+                    },
                 };
                 let at = match next {
                     Watch::FirstRequest => first_deadline.min(now + period),
@@ -695,12 +700,55 @@ where
                 watch = next;
                 timer.as_mut().reset(at);
             }
-            _ = stop.changed(), if !draining => {
+            Event::Stop => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
         }
     }
+}
+
+/// What [`next_event`] saw first.
+enum Event {
+    Conn(Result<(), BoxError>),
+    Timer,
+    Stop,
+}
+
+/// The connection, then its timer, then the stop signal (unless `draining`): the connection
+/// first, so that when a request head arrived just as a timer fell due, both ready in one poll,
+/// the connection reads (and starts) the request before the timer is looked at (polled in random
+/// order, the timer could close a connection with an unread request in its socket, which the
+/// kernel answers with a reset). The timer and the stop signal are polled only when they may be
+/// ready ([`crate::timer::Armed`]): the task wakes several times per request, for the sockets.
+async fn next_event<C>(
+    mut conn: Pin<&mut C>,
+    mut timer: Pin<&mut Sleep>,
+    stop: &mut watch::Receiver<bool>,
+    probe: &watch::Receiver<bool>,
+    draining: bool,
+) -> Event
+where
+    C: GracefulConnection<Error = BoxError>,
+{
+    let mut changed = std::pin::pin!(stop.changed());
+    let (mut timer_armed, mut stop_armed) = (Armed::default(), Armed::default());
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Event::Conn(result));
+        }
+        if timer_armed.poll(timer.as_mut(), cx).is_ready() {
+            return Poll::Ready(Event::Timer);
+        }
+        if !draining {
+            let may_have_come = probe.has_changed().unwrap_or(true);
+            if stop_armed.poll_when(changed.as_mut(), may_have_come, cx).is_ready() {
+                return Poll::Ready(Event::Stop);
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Counts a connection that hyper ended on one of its own timers: the HTTP/2 keep-alive ping, or

@@ -27,6 +27,7 @@ mod request;
 pub mod retry;
 pub mod route;
 pub mod server;
+pub mod timer;
 pub mod tls;
 pub mod upstream;
 pub mod version;

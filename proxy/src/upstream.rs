@@ -170,10 +170,15 @@ impl Upstream {
         req: Box<Request<UpstreamBody>>,
         pick: &mut Pick,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        let resp = match tokio::time::timeout(self.timeout, self.attempts(req, pick)).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
+        let result = {
+            let attempts = std::pin::pin!(self.attempts(req, &mut *pick));
+            let sleep = std::pin::pin!(tokio::time::sleep(self.timeout));
+            crate::timer::within(attempts, sleep).await
+        };
+        let resp = match result {
+            Some(Ok(resp)) => resp,
+            Some(Err(e)) => return Err(e),
+            None => {
                 self.health[pick.index].record(Outcome::Failure);
                 return Err(UpstreamError::Timeout);
             }
