@@ -204,41 +204,76 @@ fn format_v4(out: &mut [u8; 21], addr: std::net::SocketAddrV4) -> usize {
     decimal(out, n + 1, addr.port() as u32)
 }
 
+/// The decimal text of every byte value, as its length and up to three digits (zero-padded on
+/// the right): an octet is one load and one three-byte store.
+const OCTETS: [[u8; 4]; 256] = {
+    let mut t = [[0u8; 4]; 256];
+    let mut v = 0;
+    while v < 256 {
+        let (h, d, u) = ((v / 100) as u8, (v / 10 % 10) as u8, (v % 10) as u8);
+        t[v] = if v >= 100 {
+            [3, b'0' + h, b'0' + d, b'0' + u]
+        } else if v >= 10 {
+            [2, b'0' + d, b'0' + u, 0]
+        } else {
+            [1, b'0' + u, 0, 0]
+        };
+        v += 1;
+    }
+    t
+};
+
 /// Writes `a.b.c.d` into `out` (which must hold 15 bytes); returns the length. The common case of
 /// a client address, without the formatting machinery: `Ipv4Addr`'s `Display` costs ~1,000
-/// instructions, this ~100 (`scripts/callgrind-proxy`). weft-proxy's `x-forwarded-for` uses it too.
+/// instructions, this ~30 (`scripts/callgrind-proxy`). weft-proxy's `x-forwarded-for` uses it too.
 pub fn format_ipv4(out: &mut [u8], ip: std::net::Ipv4Addr) -> usize {
     assert!(out.len() >= 15, "an IPv4 address needs up to 15 bytes");
+    let [a, b, c, d] = ip.octets();
     let mut n = 0;
-    for (i, o) in ip.octets().into_iter().enumerate() {
+    for (i, o) in [a, b, c, d].into_iter().enumerate() {
         if i > 0 {
             out[n] = b'.';
             n += 1;
         }
-        n = decimal(out, n, o as u32);
+        // Three bytes are stored whatever the length: at most 12 + 3 = 15 for the last octet.
+        let [len, digits @ ..] = OCTETS[o as usize];
+        out[n..n + 3].copy_from_slice(&digits);
+        n += len as usize;
     }
     n
 }
 
+/// "00".."99": two digits per division (by a constant: a multiply) instead of one.
+const PAIRS: [[u8; 2]; 100] = {
+    let mut t = [[0u8; 2]; 100];
+    let mut v = 0;
+    while v < 100 {
+        t[v] = [b'0' + (v / 10) as u8, b'0' + (v % 10) as u8];
+        v += 1;
+    }
+    t
+};
+
 /// Writes `v` (below 100,000) in decimal at `out[n..]`; returns the end.
-fn decimal(out: &mut [u8], mut n: usize, v: u32) -> usize {
+fn decimal(out: &mut [u8], n: usize, v: u32) -> usize {
+    assert!(v < 100_000);
     let mut digits = [0u8; 5];
-    let mut i = 0;
-    let mut v = v;
-    loop {
-        digits[i] = b'0' + (v % 10) as u8;
-        i += 1;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+    let (mut i, mut v) = (5, v as usize);
+    while v >= 100 {
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[v % 100]);
+        v /= 100;
     }
-    while i > 0 {
+    if v >= 10 {
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[v]);
+    } else {
         i -= 1;
-        out[n] = digits[i];
-        n += 1;
+        digits[i] = b'0' + v as u8;
     }
-    n
+    let len = 5 - i;
+    copy_short(&mut out[n..n + len], &digits[i..]);
+    n + len
 }
 
 fn version_str(v: Version) -> &'static str {
@@ -589,6 +624,26 @@ mod tests {
         }
         let mut buf = vec![0u8; 4096];
         assert!(encode_request(&mut buf, &ident(), 0, &head).is_ok());
+    }
+
+    #[test]
+    fn every_octet_and_port_formats_like_display() {
+        for o in 0..=255u8 {
+            for (port, ip) in [(0u16, [o, 0, 0, 0]), (80, [255, o, 9, o]), (65535, [o, o, o, o])] {
+                let addr = std::net::SocketAddrV4::new(ip.into(), port);
+                let mut out = [0u8; 21];
+                let n = format_v4(&mut out, addr);
+                assert_eq!(std::str::from_utf8(&out[..n]).unwrap(), addr.to_string());
+            }
+        }
+        for port in (0..=65535u16)
+            .step_by(7)
+            .chain([9, 10, 99, 100, 999, 1000, 9999, 10000, 65535])
+        {
+            let mut out = [0u8; 8];
+            let n = decimal(&mut out, 1, port as u32);
+            assert_eq!(std::str::from_utf8(&out[1..n]).unwrap(), port.to_string());
+        }
     }
 
     #[test]

@@ -240,6 +240,13 @@ impl Exchange {
         self.chain.phases & WeftPhase::Log.mask() != 0
     }
 
+    /// Whether a plugin of the chain has `phase`. The headers phases run either way (they lay
+    /// the view out for later phases), so a caller can use this to time only the phases a
+    /// plugin has.
+    pub fn handles(&self, phase: WeftPhase) -> bool {
+        self.chain.phases & phase.mask() != 0
+    }
+
     /// Sets the TLS server name (SNI) the plugins see in `server_name` (None, the default: empty,
     /// as on plain HTTP). Call it before the first phase; the name is shared, not copied.
     pub fn set_server_name(&mut self, name: Option<Arc<str>>) {
