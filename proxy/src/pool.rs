@@ -56,6 +56,8 @@ pub struct Conn {
     out: Vec<u8>,
     /// The request's body while it is being written (it may outlast the response head).
     send: Option<Sending<UpstreamBody>>,
+    /// The header names of the last response (see [`head::Names`]).
+    names: head::Names,
     /// Something failed: never reuse.
     broken: bool,
     /// Writing the request failed after some of it went out; an early response may still come.
@@ -79,6 +81,7 @@ impl Conn {
             read: BytesMut::new(),
             out: Vec::new(),
             send: None,
+            names: head::Names::default(),
             broken: false,
             write_error: None,
         }))
@@ -179,7 +182,7 @@ impl Conn {
     /// are dropped).
     fn parse_head(&mut self, head_request: bool) -> Result<Option<Box<Head>>, Error> {
         loop {
-            match head::parse(&self.read, head_request)? {
+            match head::parse(&self.read, head_request, &mut self.names)? {
                 Parsed::Partial => return Ok(None),
                 Parsed::Informational(n) => {
                     let _ = self.read.split_to(n);

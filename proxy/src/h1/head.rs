@@ -48,7 +48,7 @@ pub enum Parsed {
 /// Parses the head at the start of `buf`; `head_request`: the request was a HEAD (no body).
 /// A 101 is a final head with no body: upgrades are not this client's (the pool hands them to
 /// hyper), and the caller must not reuse the connection after it.
-pub fn parse(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {
+pub fn parse(buf: &[u8], head_request: bool, names: &mut Names) -> Result<Parsed, Error> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut headers);
     let len = match res.parse(buf).map_err(Error::Head)? {
@@ -65,7 +65,7 @@ pub fn parse(buf: &[u8], head_request: bool) -> Result<Parsed, Error> {
     } else {
         Version::HTTP_11
     };
-    let (headers, facts) = header_map(res.headers)?;
+    let (headers, facts) = header_map(res.headers, names)?;
     let framing = framing(status, version, &facts, head_request)?;
     let keep_alive =
         status != StatusCode::SWITCHING_PROTOCOLS && framing != Framing::Close && facts.keeps_alive(version);
@@ -132,11 +132,40 @@ impl<'a> Facts<'a> {
 /// into it, so the room serves the request's forwarding headers too.
 const HEADROOM: usize = 8;
 
-fn header_map<'a>(raw: &[httparse::Header<'a>]) -> Result<(HeaderMap, Facts<'a>), Error> {
+/// The header names of a connection's last response, in order. An upstream sends the same names
+/// in the same order response after response, so a name is first compared with the one at its
+/// position here: `HeaderName::from_bytes` lowercases and matches each name (~120 instructions;
+/// `scripts/callgrind-proxy`), a comparison of a few bytes is cheaper, and a name that was parsed
+/// once is valid.
+#[derive(Default)]
+pub struct Names(Vec<(Box<[u8]>, HeaderName)>);
+
+/// Positions [`Names`] remembers: the usual response has fewer headers.
+const NAMES_KEPT: usize = 32;
+
+impl Names {
+    fn name(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, Error> {
+        if let Some((bytes, name)) = self.0.get(i)
+            && **bytes == *raw
+        {
+            return Ok(name.clone());
+        }
+        let name = HeaderName::from_bytes(raw).map_err(|_| Error::Header("name"))?;
+        let entry = (Box::from(raw), name.clone());
+        match i.cmp(&self.0.len()) {
+            std::cmp::Ordering::Less => self.0[i] = entry,
+            std::cmp::Ordering::Equal if i < NAMES_KEPT => self.0.push(entry),
+            _ => {}
+        }
+        Ok(name)
+    }
+}
+
+fn header_map<'a>(raw: &[httparse::Header<'a>], names: &mut Names) -> Result<(HeaderMap, Facts<'a>), Error> {
     let mut map = HeaderMap::with_capacity(raw.len() + HEADROOM);
     let mut facts = Facts::default();
-    for h in raw {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Error::Header("name"))?;
+    for (i, h) in raw.iter().enumerate() {
+        let name = names.name(i, h.name.as_bytes())?;
         let value = HeaderValue::from_bytes(h.value).map_err(|_| Error::Header("value"))?;
         facts.note(&name, h.value);
         map.append(name, value);
@@ -227,7 +256,7 @@ mod tests {
     use super::*;
 
     fn head(raw: &str) -> Result<Box<Head>, Error> {
-        match parse(raw.as_bytes(), false)? {
+        match parse(raw.as_bytes(), false, &mut Names::default())? {
             Parsed::Final(len, head) => {
                 assert_eq!(len, raw.len(), "the head is the whole input");
                 Ok(head)
@@ -254,6 +283,39 @@ mod tests {
     }
 
     #[test]
+    fn names_remembered_from_the_last_response_are_matched_by_their_bytes() {
+        let mut names = Names::default();
+        let mut parse_with = |raw: &str| match parse(raw.as_bytes(), false, &mut names).unwrap() {
+            Parsed::Final(_, h) => h.parts.headers,
+            other => panic!("expected a final head, got {other:?}"),
+        };
+        let a = parse_with("HTTP/1.1 200 OK\r\nServer: a\r\nX-Custom: 1\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(
+            (a["server"].as_bytes(), a["x-custom"].as_bytes()),
+            (&b"a"[..], &b"1"[..])
+        );
+        // The same names again, then a different name at the same position, then fewer names.
+        let b = parse_with("HTTP/1.1 200 OK\r\nServer: b\r\nX-Custom: 2\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(
+            (b["server"].as_bytes(), b["x-custom"].as_bytes()),
+            (&b"b"[..], &b"2"[..])
+        );
+        let c = parse_with("HTTP/1.1 200 OK\r\nServer: c\r\nX-Other: 3\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(
+            c.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["server", "x-other", "content-length"]
+        );
+        let d = parse_with("HTTP/1.1 200 OK\r\nx-custom: 4\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(
+            d.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["x-custom", "content-length"]
+        );
+        // A remembered name spelled in another case is parsed again, to the same lowercase name.
+        let e = parse_with("HTTP/1.1 200 OK\r\nX-CUSTOM: 5\r\nCONTENT-LENGTH: 0\r\n\r\n");
+        assert_eq!(&e["x-custom"], &"5");
+    }
+
+    #[test]
     fn bodiless_statuses_and_head_requests_have_no_body() {
         for raw in [
             "HTTP/1.1 204 No Content\r\n\r\n",
@@ -263,7 +325,7 @@ mod tests {
             assert_eq!((h.framing, h.keep_alive), (Framing::Empty, true), "{raw}");
         }
         let raw = b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n";
-        let Parsed::Final(_, h) = parse(raw, true).unwrap() else {
+        let Parsed::Final(_, h) = parse(raw, true, &mut Names::default()).unwrap() else {
             panic!("final")
         };
         assert_eq!(h.framing, Framing::Empty);
@@ -303,9 +365,12 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(head(raw).unwrap_err(), want, "{raw}");
         }
-        assert!(matches!(parse(b"HTTP/1.1 2x0 OK\r\n\r\n", false), Err(Error::Head(_))));
         assert!(matches!(
-            parse(b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n", false),
+            parse(b"HTTP/1.1 2x0 OK\r\n\r\n", false, &mut Names::default()),
+            Err(Error::Head(_))
+        ));
+        assert!(matches!(
+            parse(b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n", false, &mut Names::default()),
             Err(Error::Head(_))
         ));
     }
@@ -326,13 +391,19 @@ mod tests {
     #[test]
     fn informational_heads_are_skipped_and_partial_heads_wait() {
         let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-        let Parsed::Informational(n) = parse(raw, false).unwrap() else {
+        let Parsed::Informational(n) = parse(raw, false, &mut Names::default()).unwrap() else {
             panic!("1xx")
         };
-        assert!(matches!(parse(&raw[n..], false).unwrap(), Parsed::Final(..)));
+        assert!(matches!(
+            parse(&raw[n..], false, &mut Names::default()).unwrap(),
+            Parsed::Final(..)
+        ));
         for cut in 0..raw.len() - n {
             assert!(
-                matches!(parse(&raw[n..n + cut], false).unwrap(), Parsed::Partial),
+                matches!(
+                    parse(&raw[n..n + cut], false, &mut Names::default()).unwrap(),
+                    Parsed::Partial
+                ),
                 "cut {cut}"
             );
         }
@@ -342,11 +413,14 @@ mod tests {
     fn a_head_past_the_limit_is_an_error() {
         let mut raw = b"HTTP/1.1 200 OK\r\nx: ".to_vec();
         raw.resize(MAX_HEAD, b'a');
-        assert_eq!(parse(&raw, false).unwrap_err(), Error::HeadTooLarge(MAX_HEAD));
+        assert_eq!(
+            parse(&raw, false, &mut Names::default()).unwrap_err(),
+            Error::HeadTooLarge(MAX_HEAD)
+        );
         let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
         let raw = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
         assert_eq!(
-            parse(raw.as_bytes(), false).unwrap_err(),
+            parse(raw.as_bytes(), false, &mut Names::default()).unwrap_err(),
             Error::Head(httparse::Error::TooManyHeaders)
         );
     }
