@@ -51,18 +51,54 @@ fn connection_may_remove(name: &HeaderName) -> bool {
     )
 }
 
+/// What one pass over a head's header names finds, for the steps that would otherwise each
+/// look a name up: a lookup hashes and probes even an absent name (~100 instructions;
+/// `scripts/callgrind-proxy`), a pass over a few names is a compare per name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen {
+    /// Bit i: `HOP_BY_HOP[i]` is present.
+    hop_by_hop: u16,
+    /// A `cookie` field (`keys()` gives each name once, however many fields have it).
+    cookie: bool,
+}
+
+impl Seen {
+    pub fn scan(headers: &HeaderMap) -> Seen {
+        let mut seen = Seen::default();
+        for name in headers.keys() {
+            if name == header::COOKIE {
+                seen.cookie = true;
+            } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+                seen.hop_by_hop |= 1 << i;
+            }
+        }
+        seen
+    }
+
+    /// `connection` and `upgrade` are both present: the head may ask for an upgrade.
+    pub fn may_upgrade(&self) -> bool {
+        const BOTH: u16 = 1 | 1 << 8; // HOP_BY_HOP[0] and [8]
+        self.hop_by_hop & BOTH == BOTH
+    }
+
+    /// A `cookie` field: [`join_cookies`] may have work (without one it has none).
+    pub fn cookie(&self) -> bool {
+        self.cookie
+    }
+}
+
 /// Removes hop-by-hop headers, including every header the `connection` header names (but not
 /// the end-to-end headers the proxy relies on, see [`connection_may_remove`]).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names (a length compare for most) finds which are present; only those
-    // are removed. A `remove` of an absent name still hashes and probes it: nine per message
-    // were ~1,100 instructions (`scripts/callgrind-proxy`).
-    let mut present = 0u16; // bit i: HOP_BY_HOP[i] is in the map
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h.as_str() == name.as_str()) {
-            present |= 1 << i;
-        }
-    }
+    let seen = Seen::scan(headers);
+    strip_seen_hop_by_hop(headers, seen);
+}
+
+/// [`strip_hop_by_hop`] with the names already scanned (`seen` must be of `headers` as they are).
+pub fn strip_seen_hop_by_hop(headers: &mut HeaderMap, seen: Seen) {
+    // Only the names present are removed: a `remove` of an absent name still hashes and probes
+    // it (nine per message were ~1,100 instructions).
+    let present = seen.hop_by_hop;
     if present == 0 {
         return;
     }
@@ -565,6 +601,23 @@ mod tests {
             check(Version::HTTP_2, &v6, &[("host", "[::1]")]),
             Err(HostError::Mismatch)
         );
+    }
+
+    #[test]
+    fn one_scan_sees_cookies_and_upgrades() {
+        let mut h = HeaderMap::new();
+        let seen = Seen::scan(&h);
+        assert!(!seen.may_upgrade() && !seen.cookie());
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        assert!(Seen::scan(&h).cookie() && !Seen::scan(&h).may_upgrade());
+        h.append("cookie", HeaderValue::from_static("b=2"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        let seen = Seen::scan(&h);
+        assert!(seen.cookie() && seen.may_upgrade());
+        strip_seen_hop_by_hop(&mut h, seen);
+        assert!(h.get("connection").is_none() && h.get("upgrade").is_none());
+        assert_eq!(h.get_all("cookie").iter().count(), 2);
     }
 
     #[test]

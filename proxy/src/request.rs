@@ -23,7 +23,8 @@ use weft_runtime::{BodyMode, BodySide, BufferedBody, Flow};
 use crate::body::{CollectError, Keep, Pieces, PluginBody, UpstreamBody, collect_limited};
 use crate::conn::RequestBody;
 use crate::forward::{
-    ProxyBody, add_forwarding_headers, check_host, join_cookies, local_reply, pin_host, strip_hop_by_hop, upstream_uri,
+    ProxyBody, Seen, add_forwarding_headers, check_host, join_cookies, local_reply, pin_host, strip_hop_by_hop,
+    strip_seen_hop_by_hop, upstream_uri,
 };
 use crate::proxy::{Proxy, RouteTarget};
 use crate::route::{Found, normalize_host};
@@ -133,9 +134,13 @@ impl Proxy {
             ));
         }
         // A WebSocket upgrade keeps its two hop-by-hop headers (put back before forwarding).
-        let upgrade = crate::ws::take_upgrade(parts);
-        strip_hop_by_hop(&mut parts.headers);
-        join_cookies(&mut parts.headers);
+        // One pass over the names decides which of the next three steps have work.
+        let seen = Seen::scan(&parts.headers);
+        let upgrade = seen.may_upgrade().then(|| crate::ws::take_upgrade(parts)).flatten();
+        strip_seen_hop_by_hop(&mut parts.headers, seen);
+        if seen.cookie() {
+            join_cookies(&mut parts.headers);
+        }
         let host = pin_host(&parts.uri, &mut parts.headers);
         Ok((upgrade, host))
     }
