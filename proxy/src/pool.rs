@@ -182,15 +182,13 @@ impl Conn {
     /// are dropped).
     fn parse_head(&mut self, head_request: bool) -> Result<Option<Box<Head>>, Error> {
         loop {
-            match head::parse(&self.read, head_request, &mut self.names)? {
+            match head::parse(&mut self.read, head_request, &mut self.names)? {
                 Parsed::Partial => return Ok(None),
                 Parsed::Informational(n) => {
                     let _ = self.read.split_to(n);
                 }
-                Parsed::Final(n, head) => {
-                    let _ = self.read.split_to(n);
-                    return Ok(Some(head));
-                }
+                // Taken out of the buffer already: its header values share it.
+                Parsed::Final(_, head) => return Ok(Some(head)),
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The response head: status line and headers through `httparse`, then the body's framing
 //! (RFC 9112 §6.3) and whether the connection can be reused.
 
+use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use http::response::Parts;
 use http::{Response, StatusCode, Version};
@@ -46,26 +47,38 @@ pub enum Parsed {
 }
 
 /// Parses the head at the start of `buf`; `head_request`: the request was a HEAD (no body).
-/// A 101 is a final head with no body: upgrades are not this client's (the pool hands them to
-/// hyper), and the caller must not reuse the connection after it.
-pub fn parse(buf: &[u8], head_request: bool, names: &mut Names) -> Result<Parsed, Error> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut headers);
-    let len = match res.parse(buf).map_err(Error::Head)? {
-        httparse::Status::Partial if buf.len() >= MAX_HEAD => return Err(Error::HeadTooLarge(MAX_HEAD)),
-        httparse::Status::Partial => return Ok(Parsed::Partial),
-        httparse::Status::Complete(len) => len,
+/// A final head is taken out of `buf`, and its header values are slices of it (no copy, as hyper
+/// reads a request); an informational one is left for the caller to skip. A 101 is a final head
+/// with no body: upgrades are not this client's (the pool hands them to hyper), and the caller
+/// must not reuse the connection after it.
+pub fn parse(buf: &mut BytesMut, head_request: bool, names: &mut Names) -> Result<Parsed, Error> {
+    // Where each header's name and value are in the head, for after the head is split off.
+    let mut places = [Place::default(); MAX_HEADERS];
+    let (len, code, version, count) = {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut headers);
+        let len = match res.parse(buf).map_err(Error::Head)? {
+            httparse::Status::Partial if buf.len() >= MAX_HEAD => return Err(Error::HeadTooLarge(MAX_HEAD)),
+            httparse::Status::Partial => return Ok(Parsed::Partial),
+            httparse::Status::Complete(len) => len,
+        };
+        let base = buf.as_ptr() as usize;
+        for (place, h) in places.iter_mut().zip(res.headers.iter()) {
+            *place = Place::of(base, h);
+        }
+        (len, res.code.unwrap_or(0), res.version, res.headers.len())
     };
-    let status = StatusCode::from_u16(res.code.unwrap_or(0)).map_err(|_| Error::Header("status code"))?;
+    let status = StatusCode::from_u16(code).map_err(|_| Error::Header("status code"))?;
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Parsed::Informational(len));
     }
-    let version = if res.version == Some(0) {
+    let version = if version == Some(0) {
         Version::HTTP_10
     } else {
         Version::HTTP_11
     };
-    let (headers, facts) = header_map(res.headers, names)?;
+    let head = buf.split_to(len).freeze();
+    let (headers, facts) = header_map(&head, &places[..count], names)?;
     let framing = framing(status, version, &facts, head_request)?;
     let keep_alive =
         status != StatusCode::SWITCHING_PROTOCOLS && framing != Framing::Close && facts.keeps_alive(version);
@@ -81,6 +94,27 @@ pub fn parse(buf: &[u8], head_request: bool, names: &mut Names) -> Result<Parsed
             keep_alive,
         }),
     ))
+}
+
+/// A header's name and value as offsets into its head (both within `MAX_HEAD`).
+#[derive(Clone, Copy, Default)]
+struct Place {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl Place {
+    fn of(base: usize, h: &httparse::Header<'_>) -> Place {
+        let at = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
+        Place {
+            name: at(h.name.as_bytes()),
+            value: at(h.value),
+        }
+    }
+}
+
+fn range((at, len): (u32, u32)) -> std::ops::Range<usize> {
+    at as usize..(at + len) as usize
 }
 
 /// What the framing and keep-alive decisions need from a response head, gathered while its
@@ -161,13 +195,15 @@ impl Names {
     }
 }
 
-fn header_map<'a>(raw: &[httparse::Header<'a>], names: &mut Names) -> Result<(HeaderMap, Facts<'a>), Error> {
-    let mut map = HeaderMap::with_capacity(raw.len() + HEADROOM);
+fn header_map<'a>(head: &'a Bytes, places: &[Place], names: &mut Names) -> Result<(HeaderMap, Facts<'a>), Error> {
+    let mut map = HeaderMap::with_capacity(places.len() + HEADROOM);
     let mut facts = Facts::default();
-    for (i, h) in raw.iter().enumerate() {
-        let name = names.name(i, h.name.as_bytes())?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| Error::Header("value"))?;
-        facts.note(&name, h.value);
+    for (i, place) in places.iter().enumerate() {
+        let name = names.name(i, &head[range(place.name)])?;
+        let raw = &head[range(place.value)];
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(range(place.value))).map_err(|_| Error::Header("value"))?;
+        facts.note(&name, raw);
         map.append(name, value);
     }
     Ok((map, facts))
@@ -255,8 +291,12 @@ fn merge_length(length: &mut Option<u64>, value: &[u8]) -> Result<(), Error> {
 mod tests {
     use super::*;
 
+    fn bm(b: impl AsRef<[u8]>) -> BytesMut {
+        BytesMut::from(b.as_ref())
+    }
+
     fn head(raw: &str) -> Result<Box<Head>, Error> {
-        match parse(raw.as_bytes(), false, &mut Names::default())? {
+        match parse(&mut bm(raw.as_bytes()), false, &mut Names::default())? {
             Parsed::Final(len, head) => {
                 assert_eq!(len, raw.len(), "the head is the whole input");
                 Ok(head)
@@ -285,7 +325,7 @@ mod tests {
     #[test]
     fn names_remembered_from_the_last_response_are_matched_by_their_bytes() {
         let mut names = Names::default();
-        let mut parse_with = |raw: &str| match parse(raw.as_bytes(), false, &mut names).unwrap() {
+        let mut parse_with = |raw: &str| match parse(&mut bm(raw.as_bytes()), false, &mut names).unwrap() {
             Parsed::Final(_, h) => h.parts.headers,
             other => panic!("expected a final head, got {other:?}"),
         };
@@ -316,6 +356,24 @@ mod tests {
     }
 
     #[test]
+    fn a_final_head_leaves_its_body_and_shares_its_values() {
+        let mut buf = bm("HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-A: one\r\n\r\nbody");
+        let Parsed::Final(n, h) = parse(&mut buf, false, &mut Names::default()).unwrap() else {
+            panic!("final")
+        };
+        assert_eq!((n, &buf[..]), (48, &b"body"[..]));
+        assert_eq!(h.parts.headers["x-a"].as_bytes(), b"one");
+        assert_eq!(h.framing, Framing::Length(4));
+        // An informational head stays for the caller to skip.
+        let mut buf = bm("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n");
+        assert!(matches!(
+            parse(&mut buf, false, &mut Names::default()).unwrap(),
+            Parsed::Informational(25)
+        ));
+        assert_eq!(buf.len(), 44);
+    }
+
+    #[test]
     fn bodiless_statuses_and_head_requests_have_no_body() {
         for raw in [
             "HTTP/1.1 204 No Content\r\n\r\n",
@@ -325,7 +383,7 @@ mod tests {
             assert_eq!((h.framing, h.keep_alive), (Framing::Empty, true), "{raw}");
         }
         let raw = b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n";
-        let Parsed::Final(_, h) = parse(raw, true, &mut Names::default()).unwrap() else {
+        let Parsed::Final(_, h) = parse(&mut bm(raw), true, &mut Names::default()).unwrap() else {
             panic!("final")
         };
         assert_eq!(h.framing, Framing::Empty);
@@ -366,11 +424,15 @@ mod tests {
             assert_eq!(head(raw).unwrap_err(), want, "{raw}");
         }
         assert!(matches!(
-            parse(b"HTTP/1.1 2x0 OK\r\n\r\n", false, &mut Names::default()),
+            parse(&mut bm(b"HTTP/1.1 2x0 OK\r\n\r\n"), false, &mut Names::default()),
             Err(Error::Head(_))
         ));
         assert!(matches!(
-            parse(b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n", false, &mut Names::default()),
+            parse(
+                &mut bm(b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n"),
+                false,
+                &mut Names::default()
+            ),
             Err(Error::Head(_))
         ));
     }
@@ -391,17 +453,17 @@ mod tests {
     #[test]
     fn informational_heads_are_skipped_and_partial_heads_wait() {
         let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-        let Parsed::Informational(n) = parse(raw, false, &mut Names::default()).unwrap() else {
+        let Parsed::Informational(n) = parse(&mut bm(raw), false, &mut Names::default()).unwrap() else {
             panic!("1xx")
         };
         assert!(matches!(
-            parse(&raw[n..], false, &mut Names::default()).unwrap(),
+            parse(&mut bm(&raw[n..]), false, &mut Names::default()).unwrap(),
             Parsed::Final(..)
         ));
         for cut in 0..raw.len() - n {
             assert!(
                 matches!(
-                    parse(&raw[n..n + cut], false, &mut Names::default()).unwrap(),
+                    parse(&mut bm(&raw[n..n + cut]), false, &mut Names::default()).unwrap(),
                     Parsed::Partial
                 ),
                 "cut {cut}"
@@ -414,13 +476,13 @@ mod tests {
         let mut raw = b"HTTP/1.1 200 OK\r\nx: ".to_vec();
         raw.resize(MAX_HEAD, b'a');
         assert_eq!(
-            parse(&raw, false, &mut Names::default()).unwrap_err(),
+            parse(&mut bm(&raw), false, &mut Names::default()).unwrap_err(),
             Error::HeadTooLarge(MAX_HEAD)
         );
         let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
         let raw = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
         assert_eq!(
-            parse(raw.as_bytes(), false, &mut Names::default()).unwrap_err(),
+            parse(&mut bm(raw.as_bytes()), false, &mut Names::default()).unwrap_err(),
             Error::Head(httparse::Error::TooManyHeaders)
         );
     }
