@@ -4,6 +4,8 @@
 //! otherwise it is answered 405. So `PUT /api/x` on a `[GET, POST]` route for `/api` does not
 //! fall through to a catch-all route with fewer plugins.
 
+use std::borrow::Cow;
+
 use http::Method;
 
 /// Which request hosts a route accepts.
@@ -50,7 +52,8 @@ impl HostMatcher {
 }
 
 /// Lowercases and drops the port: `Example.COM:8080` -> `example.com`, `[::1]:80` -> `[::1]`.
-pub fn normalize_host(host: &str) -> String {
+/// Borrows `host` when it is lowercase already (what clients send): no allocation per request.
+pub fn normalize_host(host: &str) -> Cow<'_, str> {
     let host = host.trim();
     let without_port = if host.starts_with('[') {
         // IPv6 literal: the port, if any, follows the closing bracket.
@@ -65,7 +68,11 @@ pub fn normalize_host(host: &str) -> String {
         }
     };
     let without_port = without_port.strip_suffix('.').unwrap_or(without_port);
-    without_port.to_ascii_lowercase()
+    if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(without_port.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(without_port)
+    }
 }
 
 /// The matching part of a route.
@@ -212,6 +219,12 @@ mod tests {
         assert_eq!(normalize_host("[::1]:8080"), "[::1]");
         assert_eq!(normalize_host("[::1]"), "[::1]");
         assert_eq!(normalize_host("127.0.0.1:80"), "127.0.0.1");
+        // Lowercase already: borrowed, not copied.
+        assert!(matches!(
+            normalize_host("api.example.com:8080"),
+            Cow::Borrowed("api.example.com")
+        ));
+        assert!(matches!(normalize_host("Api.example.com"), Cow::Owned(_)));
     }
 
     #[test]
