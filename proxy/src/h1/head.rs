@@ -124,9 +124,8 @@ fn range((at, len): (u32, u32)) -> std::ops::Range<usize> {
 struct Facts<'a> {
     /// The last `transfer-encoding` value, if there is one.
     transfer_encoding: Option<&'a [u8]>,
-    /// A `content-length` was given; `length` is every value's number, `bad_length` some value
-    /// did not parse or disagreed.
-    has_length: bool,
+    /// Every `content-length` value's number; `bad_length`: some value did not parse or
+    /// disagreed. Neither: no `content-length`.
     length: Option<u64>,
     bad_length: bool,
     /// `connection` tokens seen.
@@ -137,7 +136,6 @@ struct Facts<'a> {
 impl<'a> Facts<'a> {
     fn note(&mut self, name: &HeaderName, value: &'a [u8]) {
         if name == CONTENT_LENGTH {
-            self.has_length = true;
             self.bad_length |= merge_length(&mut self.length, value).is_err();
         } else if name == TRANSFER_ENCODING {
             self.transfer_encoding = Some(value);
@@ -225,7 +223,7 @@ fn framing(status: StatusCode, version: Version, facts: &Facts<'_>, head_request
             return Err(Error::Http10TransferEncoding);
         }
         // Any content-length, valid or not, with a transfer-encoding.
-        if facts.has_length {
+        if facts.length.is_some() || facts.bad_length {
             return Err(Error::TransferEncodingAndLength);
         }
         return if last_coding_is_chunked(last) {
