@@ -1,12 +1,13 @@
 //! The upstream client's response parsing (`weft_proxy::h1`) on arbitrary bytes: the head
-//! parser and the chunked decoder must never panic, and a chunked body decodes to the same data,
+//! parser and the chunked decoder must never panic, a head parses the same whichever response the
+//! connection's name cache ([`Names`]) saw before it, and a chunked body decodes to the same data,
 //! trailers and leftover bytes however its bytes are split across reads.
 #![no_main]
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use weft_proxy::h1::chunked::{Chunk, Decoder};
-use weft_proxy::h1::head::{Parsed, parse};
+use weft_proxy::h1::head::{Names, Parsed, parse};
 
 /// Decodes `bytes` fed in pieces cut at `cuts`; returns the data, whether it ended (with its
 /// trailers' count) and what followed, or None on an error.
@@ -36,11 +37,37 @@ fn decode(bytes: &[u8], cuts: &[u8]) -> Option<(Vec<u8>, Option<usize>, Vec<u8>)
     Some((data, None, Vec::new()))
 }
 
-fuzz_target!(|input: (bool, &[u8], &[u8])| {
-    let (head_request, cuts, bytes) = input;
-    if let Ok(Parsed::Final(n, _) | Parsed::Informational(n)) = parse(bytes, head_request) {
-        assert!(n <= bytes.len());
-    }
+/// What a parse decided, comparable: the head's length, status, version, headers, framing and
+/// keep-alive, or the error's text; and the bytes left in the buffer.
+fn parsed(bytes: &[u8], head_request: bool, names: &mut Names) -> (String, Vec<u8>) {
+    let mut buf = BytesMut::from(bytes);
+    let what = match parse(&mut buf, head_request, names) {
+        Ok(Parsed::Final(n, head)) => {
+            assert!(n <= bytes.len());
+            assert_eq!(buf.len(), bytes.len() - n, "a final head is taken out of the buffer");
+            let p = &head.parts;
+            format!("final {n} {} {:?} {:?} {:?} {}", p.status, p.version, p.headers, head.framing, head.keep_alive)
+        }
+        Ok(Parsed::Informational(n)) => {
+            assert!(n <= bytes.len());
+            assert_eq!(buf.len(), bytes.len(), "an informational head is left for the caller");
+            format!("informational {n}")
+        }
+        Ok(Parsed::Partial) => "partial".to_owned(),
+        Err(e) => format!("error {e}"),
+    };
+    (what, buf.to_vec())
+}
+
+fuzz_target!(|input: (bool, &[u8], &[u8], &[u8])| {
+    let (head_request, before, cuts, bytes) = input;
+    // The connection's cache after another response (`before`), then this one: the same result
+    // as with a fresh cache, twice (the second time every name is remembered).
+    let mut warm = Names::default();
+    let _ = parsed(before, false, &mut warm);
+    let fresh = parsed(bytes, head_request, &mut Names::default());
+    assert_eq!(fresh, parsed(bytes, head_request, &mut warm));
+    assert_eq!(fresh, parsed(bytes, head_request, &mut warm));
     let whole = decode(bytes, &[]);
     let split = decode(bytes, cuts);
     // A body that ended whole ends the same wherever the reads were cut.
