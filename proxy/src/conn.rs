@@ -6,7 +6,7 @@
 //! | `listen_max_connections`, `listen_tls[].max_connections`, `limits.max_connections` | [`crate::accept`]: a permit of the listener's semaphore and of the process-wide one per socket, held by [`TimedIo`] (so WebSocket connections count) | not accepted: waits in the listen backlog (`limits.listen_backlog`) until a connection closes |
 //! | `limits.max_connections_per_ip` | [`crate::accept`]: a count per client address, shared by all listeners | accepted and closed at once |
 //! | `header_read_timeout_ms` | on a TLS listener first the handshake ([`TlsListener::handshake`]); then [`drive`]: to the first request (protocol detection and the HTTP/2 preface included) | connection dropped |
-//! | `idle_timeout_ms` | [`drive`]: no request in flight; HTTP/1.1 also through hyper's header timer for later heads | graceful close (HTTP/2 GOAWAY) |
+//! | `idle_timeout_ms` | [`drive`]: no request in flight, which includes a later HTTP/1.1 head that does not arrive whole | graceful close (HTTP/2 GOAWAY), then dropped after `header_read_timeout` |
 //! | `http2_keep_alive_*` | hyper's HTTP/2 pings | connection closed |
 //! | `send_timeout_ms` | HTTP/1.1 and the socket: [`TimedIo`] (a write that makes no progress); HTTP/2 streams: [`StreamExec`] | connection closed / stream reset |
 //! | `request_body_timeout_ms` | [`TimedBody`] on the request body | the body fails: 408, or the upstream request is aborted |
@@ -467,11 +467,11 @@ fn builder(limits: &Limits) -> auto::Builder<StreamExec> {
     let mut b = auto::Builder::new(StreamExec {
         send_timeout: limits.send_timeout,
     });
-    // hyper starts this timer as soon as a keep-alive connection is idle, so on HTTP/1.1 it is
-    // the idle timeout too; the first request has the shorter header_read_timeout (`drive`).
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.idle_timeout);
+    // No header-read timer of hyper's: it arms (allocates and registers) a sleep for every
+    // request head, ~700 instructions a request (`scripts/callgrind-proxy`). `drive` bounds the
+    // first head (`header_read_timeout`) and, as the idle timeout, every later one: a head that
+    // has not arrived leaves no request in flight.
+    b.http1().timer(TokioTimer::new()).header_read_timeout(None);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.http2_max_concurrent_streams)

@@ -31,7 +31,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use thread_local::ThreadLocal;
 use tokio::net::TcpStream;
 
-use crate::body::{BoxError, UpstreamBody};
+use crate::body::{BoxError, Pieces, UpstreamBody};
 use crate::h1::encode::{self, BodySize};
 use crate::h1::head::{self, Head, Parsed};
 use crate::h1::recv::{self, Reader};
@@ -125,11 +125,14 @@ impl Conn {
         req: Box<Request<UpstreamBody>>,
         home: Home,
     ) -> Result<Response<PooledBody>, ExchangeError> {
-        let (mut parts, body) = (*req).into_parts();
+        // The request stays boxed while it is sent (not taken apart into this future, which
+        // is part of every request's), its body in `send`; a failure puts it back.
+        let mut req = req;
+        let body = std::mem::replace(req.body_mut(), UpstreamBody::Full(Pieces::new(Vec::new())));
         self.out.clear();
-        let encoding = encode::head(&mut parts, body_size(&body), &mut self.out);
+        let encoding = encode::head(&mut req, body_size(&body), &mut self.out);
         self.send = Some(Sending::new(body, encoding));
-        let head_request = parts.method == Method::HEAD;
+        let head_request = req.method() == Method::HEAD;
         let mut yielded = false;
         let result = poll_fn(|cx| {
             if !yielded {
@@ -146,7 +149,10 @@ impl Conn {
             Ok(head) => Ok(PooledBody::response(*head, self, home)),
             Err(error) => {
                 let send = self.send.take().filter(|s| s.untouched());
-                let unsent = send.map(|s| Box::new(Request::from_parts(parts, s.into_body())));
+                let unsent = send.map(|s| {
+                    *req.body_mut() = s.into_body();
+                    req
+                });
                 Err(ExchangeError { error, unsent })
             }
         }

@@ -136,24 +136,24 @@ impl Proxy {
     pub async fn handle(self: Arc<Self>, mut req: Request<RequestBody>, client: SocketAddr) -> Response<ProxyBody> {
         let start = Instant::now();
         let request_id = crate::logging::request_id(req.headers_mut());
-        let access = self.access_log.then(|| (req.method().clone(), req.uri().clone()));
+        // Boxed: only with `access_log`, and kept out of every request's future otherwise.
+        let access = self
+            .access_log
+            .then(|| Box::new((req.method().clone(), req.uri().clone())));
         let mut matched = None;
-        let mut resp = self.route_request(req, client, &request_id, &mut matched).await;
+        // The stages' future is awaited here, not in a wrapper of its own: each level of async fn
+        // adds its arguments to the request's future (copied whole per request).
+        let mut resp = match self.stages(req, client, &request_id, &mut matched).await {
+            Ok(reply) | Err(reply) => reply,
+        };
         let (metrics, route) = match matched {
             Some(r) => (&r.metrics, r.name.as_str()),
             None => (crate::metrics::global().no_route(), NO_ROUTE),
         };
         metrics.observe(resp.status(), start);
-        if let Some((method, uri)) = access {
-            crate::logging::access(
-                &request_id,
-                client,
-                &method,
-                &uri,
-                route,
-                resp.status(),
-                start.elapsed(),
-            );
+        if let Some(access) = access {
+            let (method, uri) = &*access;
+            crate::logging::access(&request_id, client, method, uri, route, resp.status(), start.elapsed());
         }
         resp.headers_mut()
             .insert(crate::logging::REQUEST_ID.clone(), request_id);

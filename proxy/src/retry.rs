@@ -33,7 +33,8 @@ pub struct Retry {
     /// The request has no body.
     empty: bool,
     /// The head of an idempotent request without a body, to send again after it was written.
-    head: Option<Head>,
+    /// Boxed: the retry state is part of every request's future, which is moved whole.
+    head: Option<Box<Head>>,
     /// Address indices tried so far (allocated on the first retry only).
     tried: Vec<usize>,
 }
@@ -48,7 +49,7 @@ impl Retry {
             left,
             idempotent,
             empty,
-            head: (left > 0 && idempotent && empty).then(|| Head::of(req)),
+            head: (left > 0 && idempotent && empty).then(|| Box::new(Head::of(req))),
             tried: Vec::new(),
         }
     }

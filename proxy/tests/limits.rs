@@ -603,6 +603,34 @@ async fn idle_connections_are_closed() {
     assert!(timeouts(&m, "idle") >= 2.0, "{m:?}");
 }
 
+/// Item 7: a keep-alive client that starts its next request head and never finishes it holds no
+/// request, so the idle timeout closes it (graceful close, then the drop `header_read_timeout`
+/// later), no sooner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_head_that_never_ends_is_closed_as_idle() {
+    let upstream = spawn_upstream().await;
+    let s = start(
+        "idlehead",
+        upstream,
+        "limits: { idle_timeout_ms: 600, header_read_timeout_ms: 400 }",
+        "",
+        TIMING,
+        "  - { path_prefix: /, upstream: up, plugins: [timing] }",
+    );
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    request_on(&mut c).await;
+    c.write_all(b"GET /small HTTP/1.1\r\nhost: exam").await.unwrap();
+    let started = Instant::now();
+    let got = read_until_closed(&mut c, Duration::from_secs(5), "a connection with half a head").await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500),
+        "closed after {took:?}, before the idle timeout"
+    );
+    assert!(got.is_empty(), "answered: {:?}", String::from_utf8_lossy(&got));
+    assert!(timeouts(&scrape(s.admin).await, "idle") >= 1.0);
+}
+
 /// An HTTP/2 frame header plus payload.
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;

@@ -2,8 +2,7 @@
 //! hyper's client chose for the same request (so the wire stays as it was).
 
 use http::header::{CONTENT_LENGTH, HeaderValue, TRANSFER_ENCODING};
-use http::request::Parts;
-use http::{HeaderMap, Method};
+use http::{HeaderMap, Method, Request};
 
 /// What is known of a request body before it is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,18 +22,20 @@ pub enum BodyEncoding {
     Chunked,
 }
 
-/// Appends `parts`' head (origin-form URI, HTTP/1.1) to `out` and returns how to frame its
+/// Appends `req`'s head (origin-form URI, HTTP/1.1) to `out` and returns how to frame its
 /// body; framing headers are set as hyper's client sets them (`role::Client::set_length`):
 /// given headers win, a known size gets `content-length`, an unknown one `transfer-encoding:
-/// chunked`, except that GET, HEAD and CONNECT with an unknown size send no body.
-pub fn head(parts: &mut Parts, size: BodySize, out: &mut Vec<u8>) -> BodyEncoding {
-    let encoding = framing(&parts.method, &mut parts.headers, size);
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+/// chunked`, except that GET, HEAD and CONNECT with an unknown size send no body. Takes the
+/// request, not its parts: the caller keeps it whole (boxed) to give it back unsent.
+pub fn head<B>(req: &mut Request<B>, size: BodySize, out: &mut Vec<u8>) -> BodyEncoding {
+    let bodiless = matches!(*req.method(), Method::GET | Method::HEAD | Method::CONNECT);
+    let encoding = framing(bodiless, req.headers_mut(), size);
+    out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
+    for (name, value) in req.headers() {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -44,7 +45,8 @@ pub fn head(parts: &mut Parts, size: BodySize, out: &mut Vec<u8>) -> BodyEncodin
     encoding
 }
 
-fn framing(method: &Method, headers: &mut HeaderMap, size: BodySize) -> BodyEncoding {
+/// `bodiless`: GET, HEAD or CONNECT, which send no body of unknown size.
+fn framing(bodiless: bool, headers: &mut HeaderMap, size: BodySize) -> BodyEncoding {
     let given_length = super::head::content_length(headers).ok().flatten();
     match size {
         BodySize::Empty => {
@@ -63,7 +65,7 @@ fn framing(method: &Method, headers: &mut HeaderMap, size: BodySize) -> BodyEnco
             headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
             BodyEncoding::Length(n)
         }
-        BodySize::Unknown if matches!(*method, Method::GET | Method::HEAD | Method::CONNECT) => BodyEncoding::Length(0),
+        BodySize::Unknown if bodiless => BodyEncoding::Length(0),
         BodySize::Unknown => {
             headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
             headers.remove(CONTENT_LENGTH);
@@ -84,16 +86,15 @@ pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::Request;
 
     fn encode(method: &str, headers: &[(&str, &str)], size: BodySize) -> (String, BodyEncoding) {
         let mut req = Request::builder().method(method).uri("/a/b?c=1");
         for (n, v) in headers {
             req = req.header(*n, *v);
         }
-        let (mut parts, ()) = req.body(()).unwrap().into_parts();
+        let mut req = req.body(()).unwrap();
         let mut out = Vec::new();
-        let enc = head(&mut parts, size, &mut out);
+        let enc = head(&mut req, size, &mut out);
         (String::from_utf8(out).unwrap(), enc)
     }
 
