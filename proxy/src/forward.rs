@@ -33,6 +33,13 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// Whether `name` (any case) is one of the hop-by-hop fields every message is stripped of.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+}
+
 /// End-to-end headers the proxy itself relies on: naming one in `Connection` does not remove
 /// it (RFC 9110 §7.6.1 forbids listing end-to-end fields there). Without this, `Connection:
 /// host` would change routing and `Connection: x-request-id` would drop the request id; the
