@@ -1,11 +1,12 @@
 //! Logs: `tracing` set-up (level from the config's `log.level`, `RUST_LOG` wins), request ids
 //! and the optional access log.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use tracing::info;
 
@@ -81,8 +82,18 @@ fn valid_id(v: &HeaderValue) -> bool {
     !v.is_empty() && v.len() <= MAX_ID_LEN && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
 }
 
+/// Request ids a thread cuts from one buffer ([`new_request_id`]).
+const IDS_PER_BLOCK: usize = 64;
+const ID_LEN: usize = 16;
+
 /// A new request id: 16 hex digits from a per-thread xorshift generator (seeded randomly per
 /// thread), so ids do not repeat across restarts and cost no shared atomic.
+///
+/// The ids are written [`IDS_PER_BLOCK`] at a time into one buffer and each is a slice of it:
+/// a value of its own was an allocation and a copy, and its first clone (one goes into the
+/// request, one to the response) a second allocation (`Bytes` shares a buffer only once cloned):
+/// 159 instructions a request fewer this way (`scripts/callgrind-proxy`). A slice and its clones
+/// count references to the block, which is freed when its last id is.
 pub fn new_request_id() -> HeaderValue {
     thread_local! {
         static STATE: Cell<u64> = Cell::new({
@@ -91,20 +102,33 @@ pub fn new_request_id() -> HeaderValue {
             h.write_u64(std::process::id().into());
             h.finish() | 1
         });
+        static BLOCK: RefCell<(Bytes, usize)> = const { RefCell::new((Bytes::new(), 0)) };
     }
-    let n = STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        x
+    let next = || {
+        STATE.with(|s| {
+            let mut x = s.get();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            s.set(x);
+            x
+        })
+    };
+    let id = BLOCK.with_borrow_mut(|(block, at)| {
+        if *at == block.len() {
+            let mut hex = Vec::with_capacity(IDS_PER_BLOCK * ID_LEN);
+            for _ in 0..IDS_PER_BLOCK {
+                let n = next();
+                hex.extend((0..ID_LEN).map(|i| b"0123456789abcdef"[(n >> (60 - 4 * i)) as usize & 0xf]));
+            }
+            // Shared from the start (a `Vec`'s bytes become shareable on their first clone).
+            *block = Bytes::from(hex).slice(..);
+            *at = 0;
+        }
+        *at += ID_LEN;
+        block.slice(*at - ID_LEN..*at)
     });
-    let mut hex = [0u8; 16];
-    for (i, b) in hex.iter_mut().enumerate() {
-        *b = b"0123456789abcdef"[(n >> (60 - 4 * i)) as usize & 0xf];
-    }
-    HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
+    HeaderValue::from_maybe_shared(id).expect("hex is a valid header value")
 }
 
 /// The request's id: the client's `x-request-id` when it is printable ASCII of at most 128
@@ -160,6 +184,13 @@ mod tests {
         assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit), "{id:?}");
         assert_eq!(h["x-request-id"], id);
         assert_ne!(request_id(&mut HeaderMap::new()), id);
+        // Across blocks too: every id of three blocks differs from the others.
+        let ids: std::collections::HashSet<_> = (0..3 * IDS_PER_BLOCK).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 3 * IDS_PER_BLOCK);
+        assert!(
+            ids.iter()
+                .all(|id| id.len() == ID_LEN && id.as_bytes().iter().all(u8::is_ascii_hexdigit))
+        );
 
         // Too long, not printable, or repeated: replaced by one new id.
         for bad in ["a".repeat(200), "a b".into()] {
