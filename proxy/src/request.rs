@@ -554,6 +554,7 @@ mod future_size {
     #[test]
     fn a_requests_future_stays_small() {
         let n = of(Proxy::handle);
-        assert!(n <= 2816, "Proxy::handle's future is {n} bytes");
+        // A margin for other compiler versions; a kilobyte path inlined still shows.
+        assert!(n <= 3 * 1024, "Proxy::handle's future is {n} bytes");
     }
 }
