@@ -132,8 +132,6 @@ impl LogQueue {
     }
 
     /// Queues `job`; gives it back when the queue is full.
-    // The job moves through the channel by value anyway; boxing it would allocate per request.
-    #[allow(clippy::result_large_err)]
     pub(crate) fn submit(&self, job: LogJob) -> Result<(), LogJob> {
         self.tx.try_send(job).map_err(TrySendError::into_inner)?;
         if self.wake.handoff.after_push() {
