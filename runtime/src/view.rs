@@ -242,37 +242,13 @@ pub fn format_ipv4(out: &mut [u8], ip: std::net::Ipv4Addr) -> usize {
     n
 }
 
-/// "00".."99": two digits per division (by a constant: a multiply) instead of one.
-const PAIRS: [[u8; 2]; 100] = {
-    let mut t = [[0u8; 2]; 100];
-    let mut v = 0;
-    while v < 100 {
-        t[v] = [b'0' + (v / 10) as u8, b'0' + (v % 10) as u8];
-        v += 1;
-    }
-    t
-};
-
-/// Writes `v` (below 100,000) in decimal at `out[n..]`; returns the end.
+/// Writes `v` in decimal at `out[n..]` (`itoa`: two digits per step from a table); returns the
+/// end.
 fn decimal(out: &mut [u8], n: usize, v: u32) -> usize {
-    assert!(v < 100_000);
-    let mut digits = [0u8; 5];
-    let (mut i, mut v) = (5, v as usize);
-    while v >= 100 {
-        i -= 2;
-        digits[i..i + 2].copy_from_slice(&PAIRS[v % 100]);
-        v /= 100;
-    }
-    if v >= 10 {
-        i -= 2;
-        digits[i..i + 2].copy_from_slice(&PAIRS[v]);
-    } else {
-        i -= 1;
-        digits[i] = b'0' + v as u8;
-    }
-    let len = 5 - i;
-    copy_short(&mut out[n..n + len], &digits[i..]);
-    n + len
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(v).as_bytes();
+    copy_short(&mut out[n..n + digits.len()], digits);
+    n + digits.len()
 }
 
 fn version_str(v: Version) -> &'static str {

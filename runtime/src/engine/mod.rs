@@ -237,7 +237,7 @@ impl Exchange {
     /// exchange is dropped: only then must the exchange (and its arena slot) outlive the response
     /// head. Without one, dropping it after the last headers or body phase frees the slot at once.
     pub fn runs_log_phase(&self) -> bool {
-        self.chain.phases & WeftPhase::Log.mask() != 0
+        self.handles(WeftPhase::Log)
     }
 
     /// Whether a plugin of the chain has `phase`. The headers phases run either way (they lay
