@@ -381,15 +381,20 @@ pub async fn abandon_pending_calls(
         let mut rest = Vec::new();
         let _ = c.read_to_end(&mut rest);
     }
-    let m = wait_metrics(admin, "calls cancelled", |m| {
+    wait_metrics(admin, "calls cancelled", |m| {
         metric(m, "weft_plugin_pending_calls") == 0.0
     })
     .await;
-    let late = metric(&m, "weft_plugin_late_completions_total") - metric(&before, "weft_plugin_late_completions_total");
-    assert!(
-        metric(&m, "weft_plugin_orphaned_slots") + late >= n as f64,
-        "{n} abandoned calls, {late} completed late, {m:?}"
-    );
+    // Every abandoned call is now either orphaned (its goroutine still runs) or completed late.
+    // Waited for, not read once: a completion landing between the scrape's reads of the two
+    // series moves one call from the first to the second unseen (seen on a loaded machine: 8 +
+    // 11 of 20). A call that was neither stays missing and times the wait out.
+    wait_metrics(admin, "every abandoned call orphaned or completed late", |m| {
+        let late =
+            metric(m, "weft_plugin_late_completions_total") - metric(&before, "weft_plugin_late_completions_total");
+        metric(m, "weft_plugin_orphaned_slots") + late >= n as f64
+    })
+    .await;
     before
 }
 
