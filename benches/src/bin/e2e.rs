@@ -1090,6 +1090,8 @@ struct Report {
     wrk_threads: usize,
     proxy_threads: usize,
     upstream_threads: usize,
+    /// The weft-proxy binary measured (a release build, or `scripts/build-pgo`'s).
+    weft_bin: String,
     request: String,
     profiles: Vec<Profile>,
     nginx_version: String,
@@ -1854,6 +1856,7 @@ fn run_in(
         wrk_threads: args.wrk_threads,
         proxy_threads,
         upstream_threads: args.upstream_threads,
+        weft_bin: weft_bin.display().to_string(),
         request: format!(
             "GET {REQUEST_PATH} (User-Agent, Accept), {} B response body",
             UPSTREAM_BODY.len()
@@ -1865,7 +1868,7 @@ fn run_in(
     };
 
     let md = format!(
-        "{} · commit {} · {} cores ({}) · load average at start {} · weft {} serving threads, nginx {} workers, upstream {} thread(s), all on loopback, unpinned\n\n{}",
+        "{} · commit {} · {} cores ({}) · load average at start {} · weft {} serving threads, nginx {} workers, upstream {} thread(s), all on loopback, unpinned · weft-proxy `{}`\n\n{}",
         rep.date_utc,
         rep.commit,
         rep.machine.cores,
@@ -1874,6 +1877,7 @@ fn run_in(
         rep.proxy_threads,
         rep.proxy_threads,
         rep.upstream_threads,
+        rep.weft_bin,
         markdown(&rep)
     );
     let md = match rep
