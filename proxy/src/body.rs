@@ -88,6 +88,15 @@ impl Keep {
         }
     }
 
+    /// Whether a later phase still needs the exchange after the request-headers phases (see
+    /// [`Exchange::needed_after_request_headers`]); a shared one is in use by a body stream.
+    pub fn needed_after_request_headers(&self) -> bool {
+        match self {
+            Keep::Owned(x) => x.needed_after_request_headers(),
+            Keep::Shared(_) => true,
+        }
+    }
+
     /// The shared handle (an owned exchange moves into a new one), for a body stream.
     pub fn into_shared(self) -> SharedExchange {
         match self {

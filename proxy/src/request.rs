@@ -41,7 +41,8 @@ type Step<T> = Result<T, Reply>;
 /// What the stages after routing share.
 struct Flight<'a> {
     route: &'a RouteTarget,
-    /// The route's plugin exchange (one arena slot); `None` for a route without plugins.
+    /// The route's plugin exchange (one arena slot); `None` for a route without plugins, and
+    /// from the request body on for a chain with no phase after the request headers.
     exchange: Option<Keep>,
     request_id: &'a HeaderValue,
 }
@@ -76,6 +77,7 @@ impl Proxy {
             (Some(up), Some(ws)) => return Ok(Box::pin(crate::ws::serve_plugin(ws, parts, up, client)).await),
             (up, _) => up,
         };
+        f.release_if_done();
         let body = f.request_body(&mut parts, body).await?;
         let pick = self.address_upstream(&mut parts, client, host.as_ref(), upgrade.is_some(), route);
         let Some(mut pick) = pick else {
@@ -266,6 +268,20 @@ impl Flight<'_> {
             return Err(self.reply(StatusCode::INTERNAL_SERVER_ERROR, "plugin failure"));
         }
         Ok(())
+    }
+
+    /// Drops the exchange when no phase after the request headers will read it (a chain of
+    /// request-headers plugins, such as auth): its arena slot goes back before the upstream is
+    /// asked rather than after its answer, so a thread's requests keep reusing one cache-warm
+    /// slot and a slow upstream holds no slots; the response takes the plugin-free path.
+    fn release_if_done(&mut self) {
+        if self
+            .exchange
+            .as_ref()
+            .is_some_and(|x| !x.needed_after_request_headers())
+        {
+            self.exchange = None;
+        }
     }
 
     /// The request body: untouched, streamed through body plugins, or collected for buffered

@@ -331,6 +331,82 @@ async fn exchange_lives_as_long_as_the_response_body() {
     }
 }
 
+/// A chain whose plugins have only request-headers phases (bearer-auth on `/admin`) gives its
+/// arena slot back before the upstream is asked: with one slot, a second request is served
+/// while the first waits for the upstream. A chain with a later phase (`/api`: a response phase
+/// and a log phase) keeps the slot until its response is done, so the second request gets 503.
+#[tokio::test]
+async fn a_request_headers_only_chain_frees_its_slot_before_the_upstream_answers() {
+    // An upstream that holds a `/…/held` request's answer until the test releases it and says
+    // when such a request arrived; everything else is answered at once.
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::channel::<()>(4);
+    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let gate = std::sync::Arc::clone(&release);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (arrived_tx, gate) = (arrived_tx.clone(), std::sync::Arc::clone(&gate));
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (arrived_tx, gate) = (arrived_tx.clone(), std::sync::Arc::clone(&gate));
+                    async move {
+                        if req.uri().path().ends_with("/held") {
+                            arrived_tx.send(()).await.unwrap();
+                            gate.acquire().await.unwrap().forget();
+                        }
+                        Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let proxy = start_proxy(upstream, 1).await;
+    let authed = |path: &str| {
+        let mut req = get(format!("http://{proxy}{path}"));
+        req.headers_mut()
+            .insert("authorization", "Bearer s3cret".parse().unwrap());
+        client(false).request(req)
+    };
+    // bearer-auth alone: the held request has given its slot back.
+    let first = tokio::spawn(authed("/admin/held"));
+    arrival(&mut arrived, "/admin/held").await;
+    let resp = authed("/admin/other").await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "the slot is free while the upstream holds /admin/held"
+    );
+    release.add_permits(1);
+    assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+
+    // auth, timing (log phase) and headers (response phase): the slot stays taken.
+    let first = tokio::spawn(authed("/api/held"));
+    arrival(&mut arrived, "/api/held").await;
+    let resp = authed("/admin/other").await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "/api/held keeps the only slot"
+    );
+    release.add_permits(1);
+    let resp = first.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-resp-plugin"], "yes");
+}
+
+/// Waits (10 s at most) for the upstream's word that `what` reached it.
+async fn arrival(arrived: &mut tokio::sync::mpsc::Receiver<()>, what: &str) {
+    tokio::time::timeout(Duration::from_secs(10), arrived.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{what} never reached the upstream"))
+        .expect("the upstream is running");
+}
+
 /// One chunk, then (for the first request only) stays open until the sender is dropped.
 struct HeldBody {
     sent: bool,

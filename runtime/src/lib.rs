@@ -9,6 +9,7 @@ pub mod arena;
 pub mod budget;
 pub(crate) mod completion;
 mod engine;
+mod header_cache;
 mod host;
 pub mod log_queue;
 pub mod mutation;

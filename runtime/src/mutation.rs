@@ -9,9 +9,11 @@
 //! (or after) the host decodes it. So every operand the host checks (header names and values,
 //! paths, queries, room names, WebSocket text and close reasons) is first copied into memory the
 //! host owns and then checked there, and only that copy is used: what was validated is what is
-//! sent. Record fields (op, arg, lengths) are read once. Only payload bytes stay ranges of the
-//! buffer (a local reply body, body edits, see [`RawBatch`]): a late write can change those
-//! bytes, never their length, a header or the framing.
+//! sent. A header name or short value whose copy matches one the thread accepted before is that
+//! accepted one (`header_cache`), without a second parse. Record fields (op, arg, lengths) are
+//! read once. Only payload bytes stay ranges of the buffer (a local reply body, body edits, see
+//! [`RawBatch`]): a late write can change those bytes, never their length, a header or the
+//! framing.
 
 use std::mem::size_of;
 use std::ops::Range;
@@ -22,6 +24,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Response, StatusCode, Uri};
 
 use crate::abi::{WeftMutation, WeftMutationOp, WeftPhase};
+use crate::header_cache;
 
 /// Limits a batch must respect. Values chosen to match what common proxies accept per header.
 pub const MAX_RECORDS: usize = crate::abi::WEFT_MAX_MUTATION_RECORDS as usize;
@@ -426,6 +429,9 @@ fn header_name(index: usize, raw: &[u8]) -> Result<HeaderName, MutationError> {
     let mut copy = [0u8; MAX_NAME_LEN];
     let copy = &mut copy[..raw.len()];
     copy.copy_from_slice(raw);
+    if let Some(name) = header_cache::name(copy) {
+        return Ok(name);
+    }
     let name = HeaderName::from_bytes(copy).map_err(|_| MutationError::HeaderName {
         index,
         name: lossy(copy),
@@ -436,6 +442,7 @@ fn header_name(index: usize, raw: &[u8]) -> Result<HeaderName, MutationError> {
             name: name.as_str().to_owned(),
         });
     }
+    header_cache::keep_name(&name);
     Ok(name)
 }
 
@@ -448,6 +455,18 @@ fn header_value(index: usize, name: &HeaderName, raw: &[u8]) -> Result<HeaderVal
     };
     if raw.len() > MAX_VALUE_LEN {
         return Err(bad());
+    }
+    if raw.len() <= header_cache::MAX_VALUE {
+        // Copied (onto the stack), then compared: see the module docs.
+        let mut copy = [0u8; header_cache::MAX_VALUE];
+        let copy = &mut copy[..raw.len()];
+        copy.copy_from_slice(raw);
+        if let Some(value) = header_cache::value(copy) {
+            return Ok(value);
+        }
+        let value = HeaderValue::from_bytes(copy).map_err(|_| bad())?;
+        header_cache::offer_value(&value);
+        return Ok(value);
     }
     HeaderValue::from_maybe_shared(Bytes::copy_from_slice(raw)).map_err(|_| bad())
 }
@@ -789,6 +808,78 @@ mod tests {
 
     fn rec(out: &mut Vec<u8>, op: M, arg: u32, a: &[u8], b: &[u8]) {
         encode_record(out, op as u32, arg, a, b);
+    }
+
+    /// The header cache never lets through what the checks refuse: a reserved or invalid name,
+    /// or a bad value, is refused every time, a name or value differing from a kept one in
+    /// case, length or one byte is checked on its own, and more names than the cache holds still
+    /// decode right.
+    #[test]
+    fn header_cache_accepts_only_what_the_checks_accept() {
+        let decode_name = |name: &[u8]| {
+            let mut b = Vec::new();
+            rec(&mut b, M::SetRequestHeader, 0, name, b"v");
+            decode(&b, b.len(), WeftPhase::RequestHeaders).map(|batch| {
+                match batch.ops.into_iter().collect::<Vec<_>>().as_slice() {
+                    [Op::SetHeader(n, _)] => n.as_str().to_owned(),
+                    _ => panic!("one set-header op expected"),
+                }
+            })
+        };
+        for _ in 0..3 {
+            assert_eq!(decode_name(b"x-stamp").unwrap(), "x-stamp");
+            assert!(header_cache::name(b"x-stamp").is_some(), "an accepted name is cached");
+            assert!(matches!(
+                decode_name(b"connection"),
+                Err(MutationError::ReservedHeader { .. })
+            ));
+            assert!(
+                header_cache::name(b"connection").is_none(),
+                "a refused name is not cached"
+            );
+            assert!(matches!(
+                decode_name(b"x-stamp\n"),
+                Err(MutationError::HeaderName { .. })
+            ));
+            assert!(matches!(decode_name(b"x-stam "), Err(MutationError::HeaderName { .. })));
+            assert_eq!(decode_name(b"x-stam").unwrap(), "x-stam");
+            assert_eq!(decode_name(b"X-Stamp").unwrap(), "x-stamp");
+        }
+        // Values likewise: a value set over and over is kept, and bytes that differ from it
+        // are checked on their own.
+        let decode_value = |value: &[u8]| {
+            let mut b = Vec::new();
+            rec(&mut b, M::SetRequestHeader, 0, b"x-v", value);
+            decode(&b, b.len(), WeftPhase::RequestHeaders).map(|batch| {
+                match batch.ops.into_iter().collect::<Vec<_>>().as_slice() {
+                    [Op::SetHeader(_, v)] => v.as_bytes().to_vec(),
+                    _ => panic!("one set-header op expected"),
+                }
+            })
+        };
+        for _ in 0..3 {
+            assert_eq!(decode_value(b"same").unwrap(), b"same");
+            assert!(matches!(
+                decode_value(b"same\r\nx: y"),
+                Err(MutationError::HeaderValue { .. })
+            ));
+            assert!(matches!(
+                decode_value(b"same\0"),
+                Err(MutationError::HeaderValue { .. })
+            ));
+            assert!(matches!(decode_value(b"sam\n"), Err(MutationError::HeaderValue { .. })));
+            assert_eq!(decode_value(b"sam").unwrap(), b"sam");
+        }
+        assert!(header_cache::value(b"same").is_some(), "a repeated value is kept");
+        let names: Vec<String> = (0..3 * header_cache::ENTRIES).map(|i| format!("x-n{i}")).collect();
+        for round in 0..2 {
+            for n in &names {
+                assert_eq!(decode_name(n.as_bytes()).unwrap(), *n, "round {round}");
+            }
+        }
+        assert!(header_cache::name(b"x-n0").is_none(), "the oldest names were replaced");
+        let last = names.last().unwrap();
+        assert!(header_cache::name(last.as_bytes()).is_some());
     }
 
     #[test]

@@ -40,6 +40,14 @@ impl Exchange {
         block_on(self.response_headers_async(parts))
     }
 
+    /// Whether a phase after the request headers (request body, response headers or body, log)
+    /// reads this exchange. When none does, the caller can drop it as soon as the
+    /// request-headers phases are done: its arena slot goes back then, not after the upstream's
+    /// answer, and the next request on the thread lays its view out in that same slot.
+    pub fn needed_after_request_headers(&self) -> bool {
+        self.chain.phases & LATER_THAN_REQUEST_HEADERS != 0
+    }
+
     /// Runs the request-headers phase of every instance that declared it, in chain order.
     /// In-process instances are called inline; a pending answer, a worker job or a remote call is
     /// awaited (the future is ready at its first poll when there is none).
