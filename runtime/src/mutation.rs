@@ -442,7 +442,11 @@ fn header_name(index: usize, raw: &[u8]) -> Result<HeaderName, MutationError> {
             name: name.as_str().to_owned(),
         });
     }
-    header_cache::keep_name(&name);
+    // Kept only as written (lowercase): a name the plugin writes in capitals is parsed each time
+    // rather than filling the cache with copies of its lowercase form.
+    if name.as_str().as_bytes() == copy {
+        header_cache::keep_name(&name);
+    }
     Ok(name)
 }
 
@@ -845,6 +849,13 @@ mod tests {
             assert_eq!(decode_name(b"x-stam").unwrap(), "x-stam");
             assert_eq!(decode_name(b"X-Stamp").unwrap(), "x-stamp");
         }
+        // A name written in capitals is not kept (its lowercase form would be kept once per
+        // call), so it does not push the others out.
+        for _ in 0..2 * header_cache::ENTRIES {
+            assert_eq!(decode_name(b"X-Upper").unwrap(), "x-upper");
+        }
+        assert!(header_cache::name(b"x-upper").is_none());
+        assert!(header_cache::name(b"x-stamp").is_some());
         // Values likewise: a value set over and over is kept, and bytes that differ from it
         // are checked on their own.
         let decode_value = |value: &[u8]| {
