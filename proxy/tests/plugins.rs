@@ -372,29 +372,26 @@ async fn a_request_headers_only_chain_frees_its_slot_before_the_upstream_answers
             .insert("authorization", "Bearer s3cret".parse().unwrap());
         client(false).request(req)
     };
+    // Holds `held` at the upstream and asks for `/admin/other` meanwhile: that answer's status,
+    // then the held request's response once the upstream lets it go.
+    let mut while_held = async |held: &str| {
+        let first = tokio::spawn(authed(held));
+        arrival(&mut arrived, held).await;
+        let second = authed("/admin/other").await.unwrap().status();
+        release.add_permits(1);
+        (second, first.await.unwrap().unwrap())
+    };
     // bearer-auth alone: the held request has given its slot back.
-    let first = tokio::spawn(authed("/admin/held"));
-    arrival(&mut arrived, "/admin/held").await;
-    let resp = authed("/admin/other").await.unwrap();
+    let (second, resp) = while_held("/admin/held").await;
     assert_eq!(
-        resp.status(),
+        second,
         StatusCode::OK,
         "the slot is free while the upstream holds /admin/held"
     );
-    release.add_permits(1);
-    assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
-
+    assert_eq!(resp.status(), StatusCode::OK);
     // auth, timing (log phase) and headers (response phase): the slot stays taken.
-    let first = tokio::spawn(authed("/api/held"));
-    arrival(&mut arrived, "/api/held").await;
-    let resp = authed("/admin/other").await.unwrap();
-    assert_eq!(
-        resp.status(),
-        StatusCode::SERVICE_UNAVAILABLE,
-        "/api/held keeps the only slot"
-    );
-    release.add_permits(1);
-    let resp = first.await.unwrap().unwrap();
+    let (second, resp) = while_held("/api/held").await;
+    assert_eq!(second, StatusCode::SERVICE_UNAVAILABLE, "/api/held keeps the only slot");
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["x-resp-plugin"], "yes");
 }
