@@ -76,7 +76,7 @@ fuzz_target!(|input: Input| {
     let Ok(end) = view::encode_request(&mut buf, &id, 0, &head) else {
         return;
     };
-    assert!(end <= buf.len());
+    assert!(end.size <= buf.len() && end.fixed_end <= end.size);
     let d = view::decode_for_test(&buf).expect("an encoded view decodes");
     assert_eq!(d.method, method.as_str());
     assert_eq!(d.path, uri.path());
@@ -90,7 +90,7 @@ fuzz_target!(|input: Input| {
     assert_eq!(d.request_headers, pairs(&headers));
     assert!(d.response_headers.is_empty());
     let status = 100 + input.status % 500;
-    let Ok(_) = view::encode_response(&mut buf, end, 2, status, &resp) else {
+    let Ok(_) = view::encode_response(&mut buf, end.size, 2, status, &resp) else {
         return;
     };
     let d2 = view::decode_for_test(&buf).expect("a view with a response decodes");
@@ -99,4 +99,22 @@ fuzz_target!(|input: Input| {
     assert_eq!(d2.response_headers, pairs(&resp));
     assert_eq!(d2.request_headers, d.request_headers, "the request section survives");
     assert_eq!(d2.path, d.path);
+    // The request's headers laid out again alone (the response's as its new ones) read back as a
+    // whole new layout of that head does, and fail alike.
+    let changed = RequestHead {
+        headers: &resp,
+        ..head
+    };
+    let mut whole = vec![0xAAu8; buf.len()];
+    match (
+        view::encode_request_headers(&mut buf, end.fixed_end, 0, &resp),
+        view::encode_request(&mut whole, &id, 0, &changed),
+    ) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!((a, end.fixed_end), (b.size, b.fixed_end));
+            assert_eq!(view::decode_for_test(&buf), view::decode_for_test(&whole));
+        }
+        (Err(_), Err(_)) => {}
+        (a, b) => panic!("headers alone {a:?}, whole head {b:?}"),
+    }
 });

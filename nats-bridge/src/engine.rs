@@ -227,7 +227,7 @@ mod traceparent_tests {
             server_name: None,
         };
         let mut buf = vec![0u8; 4096];
-        let n = encode_request(&mut buf, &id, 0, &head).unwrap();
+        let n = encode_request(&mut buf, &id, 0, &head).unwrap().size;
         buf.truncate(n);
         buf
     }

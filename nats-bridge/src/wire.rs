@@ -198,7 +198,7 @@ mod tests {
             scheme: "http",
             server_name: None,
         };
-        let n = encode_view(&mut buf, &id, 0, &head).unwrap();
+        let n = encode_view(&mut buf, &id, 0, &head).unwrap().size;
         let (bytes, rid) = encode_request(&buf[..n], 0).unwrap();
         assert_eq!(rid, 9);
         assert_eq!(&bytes[4..8], b"WEFT", "self-describing: the file identifier");

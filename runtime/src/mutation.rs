@@ -674,6 +674,14 @@ pub fn decode_raw(buf: &[u8], len: usize, phase: WeftPhase) -> Result<RawBatch, 
     Ok(batch)
 }
 
+/// Whether [`Batch::apply_to_request`] gave the request a new URI (a path or query record) or
+/// changed its headers at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriChange {
+    Unchanged,
+    Changed,
+}
+
 impl Batch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty() && self.reply.is_none()
@@ -727,7 +735,7 @@ impl Batch {
     }
 
     /// Applies header, path and query changes to a request head.
-    pub fn apply_to_request(self, parts: &mut http::request::Parts) {
+    pub fn apply_to_request(self, parts: &mut http::request::Parts) -> UriChange {
         let mut path: Option<Vec<u8>> = None;
         let mut query: Option<Vec<u8>> = None;
         for op in self.ops {
@@ -738,7 +746,7 @@ impl Batch {
             }
         }
         if path.is_none() && query.is_none() {
-            return;
+            return UriChange::Unchanged;
         }
         let old = parts.uri.clone();
         let mut pq = path.unwrap_or_else(|| old.path().as_bytes().to_vec());
@@ -757,12 +765,16 @@ impl Batch {
         }
         // Validated above: only visible ASCII, path starts with '/'.
         let Ok(pq) = PathAndQuery::from_maybe_shared(Bytes::from(pq)) else {
-            return;
+            return UriChange::Unchanged;
         };
         let mut up = old.into_parts();
         up.path_and_query = Some(pq);
-        if let Ok(uri) = Uri::from_parts(up) {
-            parts.uri = uri;
+        match Uri::from_parts(up) {
+            Ok(uri) => {
+                parts.uri = uri;
+                UriChange::Changed
+            }
+            Err(_) => UriChange::Unchanged,
         }
     }
 

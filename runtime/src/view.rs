@@ -3,12 +3,16 @@
 //!
 //! Slot layout, all offsets relative to the slot start:
 //! ```text
-//! [WeftRequestView][request WeftHeader array][request strings]
-//!                  [response WeftHeader array][response strings] <- view.size
+//! [WeftRequestView][request line strings: method, path, query, authority, client, scheme,
+//!  server name, version] <- fixed_end
+//! [request WeftHeader array][request header strings]
+//! [response WeftHeader array][response header strings] <- view.size
 //! [padding to 8][mutation buffer ... to the end of the slot]
 //! ```
-//! The request section is written once per change of the request head; the response section is
-//! appended after it, so the response and log phases see both without re-encoding the request.
+//! The request section is written once per change of the request head; a change of its headers
+//! alone rewrites only what follows `fixed_end` ([`encode_request_headers`]). The response
+//! section is appended after it, so the response and log phases see both without re-encoding the
+//! request. Plugins find everything through offsets and assume no order.
 
 use std::io::Write as _;
 use std::mem::{align_of, size_of};
@@ -262,13 +266,21 @@ fn version_str(v: Version) -> &'static str {
     }
 }
 
-/// Writes the request section (clearing any response section). Returns the view size.
+/// Where [`encode_request`] ended: the view's size, and the end of its request-line strings
+/// (where the headers begin, for [`encode_request_headers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestEnd {
+    pub size: usize,
+    pub fixed_end: usize,
+}
+
+/// Writes the request section (clearing any response section).
 pub fn encode_request(
     buf: &mut [u8],
     id: &ViewIdentity,
     phase: u32,
     head: &RequestHead<'_>,
-) -> Result<usize, ViewTooLarge> {
+) -> Result<RequestEnd, ViewTooLarge> {
     if buf.len() < VIEW_HEADER_SIZE {
         return Err(ViewTooLarge { cap: buf.len() });
     }
@@ -276,15 +288,12 @@ pub fn encode_request(
         buf,
         pos: VIEW_HEADER_SIZE,
     };
-    let req = c.headers(head.headers)?;
     let method = c.str(head.method.as_str().as_bytes())?;
     let path = c.str(head.uri.path().as_bytes())?;
     let query = c.str(head.uri.query().unwrap_or("").as_bytes())?;
-    // The host header's value is in the view already: the field points at it.
-    let host = match (head.uri.authority(), req.host) {
-        (Some(a), _) => c.str(a.as_str().as_bytes())?,
-        (None, Some(h)) => h,
-        (None, None) => c.str(b"")?,
+    let authority = match head.uri.authority() {
+        Some(a) => Some(c.str(a.as_str().as_bytes())?),
+        None => None,
     };
     let client_addr = match id.client {
         // The common case, without the formatting machinery (this runs once per request).
@@ -302,6 +311,8 @@ pub fn encode_request(
         None => WeftStr::default(),
     };
     let version = c.str(version_str(head.version).as_bytes())?;
+    let fixed_end = c.pos;
+    let req = c.headers(head.headers)?;
     let size = c.pos;
     let view = WeftRequestView {
         size: size as u32,
@@ -312,7 +323,7 @@ pub fn encode_request(
         method,
         path,
         query,
-        host,
+        host: host_field(authority, &req),
         client_addr,
         scheme,
         version,
@@ -327,6 +338,45 @@ pub fn encode_request(
         body_flags: 0,
         server_name,
     };
+    write_struct(c.buf, 0, view);
+    Ok(RequestEnd { size, fixed_end })
+}
+
+/// The view's `host`: the URI's authority if it has one (HTTP/2, absolute-form), else the first
+/// `host` header's value, which is in the view already; else empty.
+fn host_field(authority: Option<WeftStr>, req: &HeaderSection) -> WeftStr {
+    authority.or(req.host).unwrap_or_default()
+}
+
+/// Writes the request headers again after a change of the headers alone: the method, URI,
+/// version and identity stay as [`encode_request`] wrote them before `fixed_end` (its
+/// [`RequestEnd::fixed_end`]); any response section is cleared. Returns the new view size.
+pub fn encode_request_headers(
+    buf: &mut [u8],
+    fixed_end: usize,
+    phase: u32,
+    headers: &HeaderMap,
+) -> Result<usize, ViewTooLarge> {
+    let mut view = read_view(buf);
+    let mut c = Cursor { buf, pos: fixed_end };
+    let req = c.headers(headers)?;
+    let size = c.pos;
+    view.size = size as u32;
+    view.phase = phase;
+    // `host` before `fixed_end` is the URI's authority (or the empty string at 0: neither an
+    // authority nor a `host` header, which a plugin cannot add) and stays; after it, it was the
+    // first `host` header's value, which moved with the headers.
+    if view.host.off as usize >= fixed_end {
+        view.host = req.host.unwrap_or_default();
+    }
+    view.req_headers_off = req.off;
+    view.req_header_count = req.count;
+    view.status = 0;
+    view.resp_headers_off = size as u32;
+    view.resp_header_count = 0;
+    view.body = std::ptr::null();
+    view.body_len = 0;
+    view.body_flags = 0;
     write_struct(c.buf, 0, view);
     Ok(size)
 }
@@ -539,12 +589,60 @@ mod tests {
 
         let mut rh = HeaderMap::new();
         rh.insert("content-type", HeaderValue::from_static("text/plain"));
-        encode_response(&mut buf, end, 2, 201, &rh).unwrap();
+        encode_response(&mut buf, end.size, 2, 201, &rh).unwrap();
         let d = decode_for_test(&buf).unwrap();
         assert_eq!(d.status, 201);
         assert_eq!(d.phase, 2);
         assert_eq!(d.response_headers, vec![("content-type".into(), "text/plain".into())]);
         assert_eq!(d.path, "/p/q", "request section survives the response append");
+    }
+
+    /// A layout of changed headers alone reads back exactly as a whole new layout of the
+    /// changed head (with and without an authority, with a response section before), and a
+    /// slot too small for the new headers is an error.
+    #[test]
+    fn headers_laid_out_again_read_like_a_whole_new_layout() {
+        for (uri, host) in [
+            ("/p?q=1", Some("example.com")),
+            ("http://authority.example/p?q=1", Some("example.com")),
+            ("/p", None),
+        ] {
+            let uri: Uri = uri.parse().unwrap();
+            let mut headers = HeaderMap::new();
+            if let Some(h) = host {
+                headers.insert("host", HeaderValue::from_static(h));
+            }
+            headers.insert("accept", HeaderValue::from_static("a/b"));
+            fn head<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> RequestHead<'a> {
+                RequestHead {
+                    method: &Method::GET,
+                    uri,
+                    version: Version::HTTP_11,
+                    headers,
+                }
+            }
+            let mut buf = vec![0u8; 4096];
+            let end = encode_request(&mut buf, &ident(), 0, &head(&uri, &headers)).unwrap();
+            encode_response(&mut buf, end.size, 2, 200, &headers).unwrap();
+            headers.insert("x-added", HeaderValue::from_static("a longer value than before"));
+            headers.remove("accept");
+            let again = encode_request_headers(&mut buf, end.fixed_end, 0, &headers).unwrap();
+            let mut whole = vec![0u8; 4096];
+            let fresh = encode_request(&mut whole, &ident(), 0, &head(&uri, &headers)).unwrap();
+            assert_eq!(RequestEnd { size: again, ..end }, fresh, "{uri}");
+            assert_eq!(
+                decode_for_test(&buf).unwrap(),
+                decode_for_test(&whole).unwrap(),
+                "{uri}"
+            );
+            for cap in VIEW_HEADER_SIZE.max(end.fixed_end)..again {
+                let mut small = buf[..cap].to_vec();
+                assert!(
+                    encode_request_headers(&mut small, end.fixed_end, 0, &headers).is_err(),
+                    "cap {cap}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -570,13 +668,18 @@ mod tests {
         };
         let end = encode_request(&mut buf, &id, 0, &head).unwrap();
         let v = raw(&buf);
-        assert_eq!(end, plain + "https".len() - "http".len() + "a.example.com".len());
+        // The request line's strings grow by exactly them (the header array after them is
+        // aligned, so the whole view may grow by up to 3 bytes more).
+        assert_eq!(
+            end.fixed_end,
+            plain.fixed_end + "https".len() - "http".len() + "a.example.com".len()
+        );
         assert!(v.server_name.off as usize >= VIEW_HEADER_SIZE);
         assert!((v.server_name.off + v.server_name.len) as usize <= v.size as usize);
         let d = decode_for_test(&buf).unwrap();
         assert_eq!((d.server_name.as_str(), d.scheme.as_str()), ("a.example.com", "https"));
         // A slot too small for the name is the usual error, not a panic or a truncated name.
-        for cap in VIEW_HEADER_SIZE..end {
+        for cap in VIEW_HEADER_SIZE..end.size {
             let mut small = vec![0u8; cap];
             assert!(encode_request(&mut small, &id, 0, &head).is_err(), "cap {cap}");
         }

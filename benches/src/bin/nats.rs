@@ -169,7 +169,7 @@ impl Views {
             server_name: None,
         };
         let end = encode_request(buf, &id, RH as u32, &head).expect("the bench view fits 8 KiB");
-        (request_id, end)
+        (request_id, end.size)
     }
 }
 

@@ -435,10 +435,10 @@ typedef struct WeftStr {
 // The read-only picture of one request (and, from the response-headers phase on, its response)
 // that the host lays out in its arena before each phase call.
 //
-// Layout: this struct at offset 0, then `req_header_count` `WeftHeader`s at
-// `req_headers_off`, `resp_header_count` at `resp_headers_off` (both 4-byte aligned), then the
-// string bytes. Every `WeftStr` and array offset is relative to the start of this struct and
-// stays within `size` bytes.
+// Layout: this struct at offset 0; after it, in an order a reader must not assume, the string
+// bytes and the arrays of `req_header_count` `WeftHeader`s at `req_headers_off` and
+// `resp_header_count` at `resp_headers_off` (both 4-byte aligned). Every `WeftStr` and array
+// offset is relative to the start of this struct and stays within `size` bytes.
 //
 // # Lifetime and ownership
 // Owned by the host (an arena slot). Valid for reading during the phase call it was passed to,

@@ -193,7 +193,7 @@ pub fn request_view(request_id: u64, phase: u32, path: &str, headers: &[(&str, &
         scheme: "http",
         server_name: None,
     };
-    let end = encode_request(&mut buf, &id, phase, &head).unwrap();
+    let end = encode_request(&mut buf, &id, phase, &head).unwrap().size;
     buf.truncate(end);
     (buf, end)
 }

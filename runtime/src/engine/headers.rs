@@ -65,15 +65,16 @@ impl Exchange {
             return Flow::Continue;
         }
         // The view is laid out again only when a plugin changed the request and someone will
-        // still read it: the next plugin, or the later phases.
-        let mut stale = false;
+        // still read it: the next plugin, or the later phases. Changed headers alone rewrite the
+        // headers only (the request line's strings stay where they are).
+        let mut stale = Stale::No;
         let instances = Arc::clone(&self.chain.instances);
         for inst in instances.iter().filter(|i| i.phases & PHASE.mask() != 0) {
-            if stale {
-                if let Err(e) = self.encode_request(parts, PHASE) {
+            if stale != Stale::No {
+                if let Err(e) = self.lay_out_again(parts, PHASE, stale) {
                     return self.request_too_large(e);
                 }
-                stale = false;
+                stale = Stale::No;
             }
             // The batch is matched in place and handed around by reference: each move of it is
             // a memcpy on the hot path. An inline answer does not pass through a nested future.
@@ -87,8 +88,10 @@ impl Exchange {
                         return Flow::Respond(resp);
                     }
                     if !batch.is_empty() {
-                        batch.apply_to_request(parts);
-                        stale = true;
+                        stale = match batch.apply_to_request(parts) {
+                            mutation::UriChange::Unchanged => Stale::Headers,
+                            mutation::UriChange::Changed => Stale::All,
+                        };
                     }
                 }
                 Err(err) => {
@@ -98,8 +101,8 @@ impl Exchange {
                 }
             }
         }
-        if stale && self.chain.phases & LATER_THAN_REQUEST_HEADERS != 0 {
-            if let Err(e) = self.encode_request(parts, PHASE) {
+        if stale != Stale::No && self.chain.phases & LATER_THAN_REQUEST_HEADERS != 0 {
+            if let Err(e) = self.lay_out_again(parts, PHASE, stale) {
                 return self.request_too_large(e);
             }
         }
@@ -219,6 +222,28 @@ impl Exchange {
         // Only `Drop` takes the lease out.
         let lease = self.lease.as_mut().expect("exchange lease taken before drop");
         let end = view::encode_request(lease.bytes_mut(), &self.ident, phase as u32, &head)?;
+        // Slot offsets fit in u32 (the view's own offsets are u32).
+        self.request_fixed_end = end.fixed_end as u32;
+        self.request_end = end.size;
+        self.view_end = end.size;
+        Ok(())
+    }
+
+    /// Lays the request section out again as far as a plugin's batch made it `stale`: nothing,
+    /// the headers (after the request line's strings, which stay), or all of it.
+    fn lay_out_again(
+        &mut self,
+        parts: &http::request::Parts,
+        phase: WeftPhase,
+        stale: Stale,
+    ) -> Result<(), view::ViewTooLarge> {
+        let fixed_end = match stale {
+            Stale::No => return Ok(()),
+            Stale::Headers if self.request_fixed_end != 0 => self.request_fixed_end as usize,
+            Stale::Headers | Stale::All => return self.encode_request(parts, phase),
+        };
+        let lease = self.lease.as_mut().expect("exchange lease taken before drop");
+        let end = view::encode_request_headers(lease.bytes_mut(), fixed_end, phase as u32, &parts.headers)?;
         self.request_end = end;
         self.view_end = end;
         Ok(())
@@ -240,6 +265,16 @@ impl Exchange {
         )?;
         Ok(())
     }
+}
+
+/// How much of the request section a plugin's changes left out of date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stale {
+    No,
+    /// Headers only: the request line's strings are still right.
+    Headers,
+    /// The URI changed too.
+    All,
 }
 
 fn response_too_large() -> Flow {

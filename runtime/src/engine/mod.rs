@@ -205,6 +205,7 @@ impl Chain {
             lease: Some(lease),
             ident,
             request_end: 0,
+            request_fixed_end: 0,
             view_end: 0,
             bufs: Default::default(),
             body: Default::default(),
@@ -220,6 +221,9 @@ pub struct Exchange {
     ident: ViewIdentity,
     /// End of the request section of the view; 0 until encoded.
     request_end: usize,
+    /// Where the request section's headers begin (after the request line's strings), for a
+    /// layout of its headers alone; 0 until encoded.
+    request_fixed_end: u32,
     /// End of the whole view (request plus response section).
     view_end: usize,
     /// The buffers of the call in progress (`out.rs`).
@@ -288,6 +292,7 @@ impl Drop for Exchange {
             lease: self.lease.take(),
             ident: self.ident.clone(),
             request_end: self.request_end,
+            request_fixed_end: self.request_fixed_end,
             view_end: self.view_end,
             bufs: Default::default(),
             body: Default::default(),
