@@ -363,10 +363,11 @@ pub fn encode_request_headers(
     let size = c.pos;
     view.size = size as u32;
     view.phase = phase;
-    // `host` before `fixed_end` is the URI's authority (or the empty string at 0: neither an
-    // authority nor a `host` header, which a plugin cannot add) and stays; after it, it was the
-    // first `host` header's value, which moved with the headers.
-    if view.host.off as usize >= fixed_end {
+    // `host` between the struct and `fixed_end` is the URI's authority and stays; after it, it
+    // was the first `host` header's value, which moved with the headers; at offset 0 (the empty
+    // string) there was neither, and the new headers may have one.
+    let host_off = view.host.off as usize;
+    if host_off >= fixed_end || host_off < VIEW_HEADER_SIZE {
         view.host = req.host.unwrap_or_default();
     }
     view.req_headers_off = req.off;
@@ -626,6 +627,9 @@ mod tests {
             encode_response(&mut buf, end.size, 2, 200, &headers).unwrap();
             headers.insert("x-added", HeaderValue::from_static("a longer value than before"));
             headers.remove("accept");
+            // A host where there was none (the engine's plugins cannot add one; the function
+            // does not rely on that).
+            headers.insert("host", HeaderValue::from_static("added.example"));
             let again = encode_request_headers(&mut buf, end.fixed_end, 0, &headers).unwrap();
             let mut whole = vec![0u8; 4096];
             let fresh = encode_request(&mut whole, &ident(), 0, &head(&uri, &headers)).unwrap();
