@@ -361,8 +361,7 @@ pub fn encode_request_headers(
     let mut c = Cursor { buf, pos: fixed_end };
     let req = c.headers(headers)?;
     let size = c.pos;
-    view.size = size as u32;
-    view.phase = phase;
+    resized(&mut view, size, phase);
     // `host` between the struct and `fixed_end` is the URI's authority and stays; after it, it
     // was the first `host` header's value, which moved with the headers; at offset 0 (the empty
     // string) there was neither, and the new headers may have one.
@@ -375,11 +374,17 @@ pub fn encode_request_headers(
     view.status = 0;
     view.resp_headers_off = size as u32;
     view.resp_header_count = 0;
+    write_struct(c.buf, 0, view);
+    Ok(size)
+}
+
+/// A view laid out anew up to `size` for a `phase` call: no body yet.
+fn resized(view: &mut WeftRequestView, size: usize, phase: u32) {
+    view.size = size as u32;
+    view.phase = phase;
     view.body = std::ptr::null();
     view.body_len = 0;
     view.body_flags = 0;
-    write_struct(c.buf, 0, view);
-    Ok(size)
 }
 
 /// Appends (or replaces) the response section after the request section `request_end` bytes
@@ -395,14 +400,10 @@ pub fn encode_response(
     let mut c = Cursor { buf, pos: request_end };
     let HeaderSection { off, count, .. } = c.headers(headers)?;
     let size = c.pos;
-    view.size = size as u32;
-    view.phase = phase;
+    resized(&mut view, size, phase);
     view.status = status as u32;
     view.resp_headers_off = off;
     view.resp_header_count = count;
-    view.body = std::ptr::null();
-    view.body_len = 0;
-    view.body_flags = 0;
     write_struct(c.buf, 0, view);
     Ok(size)
 }
