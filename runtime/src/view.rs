@@ -362,11 +362,14 @@ pub fn encode_request_headers(
     let req = c.headers(headers)?;
     let size = c.pos;
     resized(&mut view, size, phase);
-    // `host` between the struct and `fixed_end` is the URI's authority and stays; after it, it
-    // was the first `host` header's value, which moved with the headers; at offset 0 (the empty
-    // string) there was neither, and the new headers may have one.
-    let host_off = view.host.off as usize;
-    if host_off >= fixed_end || host_off < VIEW_HEADER_SIZE {
+    // `host` wholly between the struct and `fixed_end` is the URI's authority and stays; after
+    // it, it was the first `host` header's value, which moved with the headers; at offset 0 (the
+    // empty string) there was neither, and the new headers may have one. (The check is on the
+    // whole string: the view lies in memory a plugin could write, and what the host keeps of it
+    // stays within the view.)
+    let (host_off, host_end) = (view.host.off as usize, view.host.off as usize + view.host.len as usize);
+    let authority = host_off >= VIEW_HEADER_SIZE && host_end <= fixed_end;
+    if !authority {
         view.host = req.host.unwrap_or_default();
     }
     view.req_headers_off = req.off;
