@@ -207,19 +207,16 @@ func (c *Context) ResponseHeaders() iter.Seq2[string, string] {
 }
 
 func (c *Context) lookup(off, count uint32, name string) (string, bool) {
-	if isLowerASCII(name) {
-		// Fast path: the host stores names lowercase, so compare bytes.
-		for i := range count {
-			h := *c.header(off, i)
-			if h.Name.Len == uint32(len(name)) && c.str(h.Name) == name {
-				return c.field(h.Value)
-			}
-		}
-		return "", false
-	}
+	// Host names are lowercase, so a lowercase name matches byte for byte; whether name needs
+	// folding is found out only when an entry of its length is not equal to it (a scan of the
+	// name per call cost more than the loop).
+	fold := unknownFold
 	for i := range count {
 		h := *c.header(off, i)
-		if h.Name.Len == uint32(len(name)) && equalFoldASCII(c.str(h.Name), name) {
+		if h.Name.Len != uint32(len(name)) {
+			continue
+		}
+		if n := c.str(h.Name); n == name || c.folds(&fold, n, name) {
 			return c.field(h.Value)
 		}
 	}
@@ -227,20 +224,39 @@ func (c *Context) lookup(off, count uint32, name string) (string, bool) {
 }
 
 func (c *Context) values(off, count uint32, name string, yield func(string) bool) {
-	lower := isLowerASCII(name)
+	fold := unknownFold
 	for i := range count {
 		h := *c.header(off, i)
 		if h.Name.Len != uint32(len(name)) {
 			continue
 		}
-		n := c.str(h.Name)
-		if (lower && n == name) || (!lower && equalFoldASCII(n, name)) {
+		if n := c.str(h.Name); n == name || c.folds(&fold, n, name) {
 			v, ok := c.field(h.Value)
 			if !ok || !yield(v) {
 				return
 			}
 		}
 	}
+}
+
+// Whether a looked-up name has capitals to fold: not known until it is needed.
+const (
+	unknownFold = iota
+	noFold
+	doFold
+)
+
+// folds reports whether n, not byte-equal to name, matches it case-insensitively. Only a name
+// with capitals is folded (host names are lowercase, so a lowercase name matches itself only);
+// fold caches whether name has any, looked at once per lookup and only when needed.
+func (c *Context) folds(fold *int, n, name string) bool {
+	if *fold == unknownFold {
+		*fold = noFold
+		if !isLowerASCII(name) {
+			*fold = doFold
+		}
+	}
+	return *fold == doFold && equalFoldASCII(n, name)
 }
 
 func (c *Context) all(off, count uint32, yield func(string, string) bool) {
