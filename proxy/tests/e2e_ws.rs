@@ -166,6 +166,16 @@ async fn auth_plugin_refuses_an_upgrade() {
     assert_eq!(text(&mut ws).await, "through auth");
 }
 
+/// The WebSocket phases read the upgrade request as the request-headers phase left it: a header
+/// the plugin set there is in the view of its message calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_phases_see_the_request_headers_phase_changes() {
+    let proxy = start("ws-seen", "").await;
+    let mut ws = connect(proxy.addr, "/echo").await;
+    ws.send(Message::text("seen")).await.unwrap();
+    assert_eq!(text(&mut ws).await, "seen yes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_echo_keeps_order_under_load() {
     let proxy = start("ws-echo", "").await;

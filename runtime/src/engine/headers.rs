@@ -18,11 +18,15 @@ use crate::abi::WeftPhase;
 use crate::mutation;
 use crate::view::{self, RequestHead};
 
-/// The phases that read the view after the request-headers phase.
+/// The phases that read the view after the request-headers phase (the WebSocket ones read the
+/// upgrade request's head as the request-headers plugins left it).
 const LATER_THAN_REQUEST_HEADERS: u32 = WeftPhase::RequestBody.mask()
     | WeftPhase::ResponseHeaders.mask()
     | WeftPhase::ResponseBody.mask()
-    | WeftPhase::Log.mask();
+    | WeftPhase::Log.mask()
+    | WeftPhase::WebSocketOpen.mask()
+    | WeftPhase::WebSocketMessage.mask()
+    | WeftPhase::WebSocketClose.mask();
 
 impl Exchange {
     /// Runs the request-headers phase of every instance that declared it, in chain order, on
@@ -117,7 +121,9 @@ impl Exchange {
             return flow;
         }
         let instances = Arc::clone(&self.chain.instances);
-        for inst in instances.iter().rev().filter(|i| i.phases & PHASE.mask() != 0) {
+        let later = self.chain.phases & (WeftPhase::ResponseBody.mask() | WeftPhase::Log.mask()) != 0;
+        let handles = |i: &Instance| i.phases & PHASE.mask() != 0;
+        for (k, inst) in instances.iter().enumerate().rev().filter(|(_, i)| handles(i)) {
             let result = match self.begin_call(inst, PHASE) {
                 Begun::Done(r) => r,
                 Begun::Later(later) => Box::pin(self.finish_call(inst, PHASE, later)).await,
@@ -127,9 +133,12 @@ impl Exchange {
                     if let Some(resp) = self.headers_reply(inst, PHASE, &mut batch) {
                         return Flow::Respond(resp);
                     }
+                    // The view is laid out again only when someone still reads it: the next plugin
+                    // (earlier in the chain) or a later phase.
                     if !batch.is_empty() {
                         batch.apply_to_response(parts);
-                        if let Err(e) = self.encode_response(parts, PHASE) {
+                        let read_after = later || instances[..k].iter().any(|i| handles(i));
+                        if read_after && let Err(e) = self.encode_response(parts, PHASE) {
                             tracing::warn!(plugin = %inst.name, "{e}; answering 502");
                             return response_too_large();
                         }
