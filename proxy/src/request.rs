@@ -194,10 +194,10 @@ fn start_chain(route: &RouteTarget, client: SocketAddr, parts: &Parts) -> Step<O
     let Some(chain) = &route.chain else {
         return Ok(None);
     };
-    match chain.start(client, scheme(parts)) {
+    match chain.start_boxed(client, scheme(parts)) {
         Ok(x) => Ok(x.map(|mut x| {
             x.set_server_name(server_name(parts));
-            Keep::Owned(Box::new(x))
+            Keep::Owned(x)
         })),
         Err(weft_runtime::Busy) => {
             let mut resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "busy", None);

@@ -185,6 +185,23 @@ impl Chain {
 
     /// Begins a request. `Ok(None)` when no instance on the chain handles any phase.
     pub fn start(&self, client: SocketAddr, scheme: &'static str) -> Result<Option<Exchange>, Busy> {
+        self.begin(client, scheme, |x| x)
+    }
+
+    /// [`start`](Self::start) with the exchange in a box (which a caller keeping it across
+    /// awaits wants): built in its heap allocation rather than built on the stack and moved
+    /// there (a 296-byte copy per request).
+    pub fn start_boxed(&self, client: SocketAddr, scheme: &'static str) -> Result<Option<Box<Exchange>>, Busy> {
+        self.begin(client, scheme, Box::new)
+    }
+
+    #[inline(always)]
+    fn begin<T>(
+        &self,
+        client: SocketAddr,
+        scheme: &'static str,
+        place: impl FnOnce(Exchange) -> T,
+    ) -> Result<Option<T>, Busy> {
         if self.is_empty() {
             return Ok(None);
         }
@@ -200,7 +217,7 @@ impl Chain {
             scheme,
             server_name: None,
         };
-        Ok(Some(Exchange {
+        Ok(Some(place(Exchange {
             chain: self.clone(),
             lease: Some(lease),
             ident,
@@ -209,7 +226,7 @@ impl Chain {
             view_end: 0,
             bufs: Default::default(),
             body: Default::default(),
-        }))
+        })))
     }
 }
 
