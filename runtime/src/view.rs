@@ -384,6 +384,11 @@ pub fn encode_request_headers(
 /// A view laid out anew up to `size` for a `phase` call: no body yet.
 fn resized(view: &mut WeftRequestView, size: usize, phase: u32) {
     view.size = size as u32;
+    for_phase(view, phase);
+}
+
+/// A view for a `phase` call without a body.
+fn for_phase(view: &mut WeftRequestView, phase: u32) {
     view.phase = phase;
     view.body = std::ptr::null();
     view.body_len = 0;
@@ -414,10 +419,7 @@ pub fn encode_response(
 /// Sets the phase field of an encoded view (and clears its body fields).
 pub fn set_phase(buf: &mut [u8], phase: u32) {
     let mut view = read_view(buf);
-    view.phase = phase;
-    view.body = std::ptr::null();
-    view.body_len = 0;
-    view.body_flags = 0;
+    for_phase(&mut view, phase);
     write_struct(buf, 0, view);
 }
 

@@ -44,8 +44,8 @@ impl Exchange {
         block_on(self.response_headers_async(parts))
     }
 
-    /// Whether a phase after the request headers (request body, response headers or body, log)
-    /// reads this exchange. When none does, the caller can drop it as soon as the
+    /// Whether a phase after the request headers (request body, response headers or body, log,
+    /// the WebSocket phases) reads this exchange. When none does, the caller can drop it as soon as the
     /// request-headers phases are done: its arena slot goes back then, not after the upstream's
     /// answer, and the next request on the thread lays its view out in that same slot.
     pub fn needed_after_request_headers(&self) -> bool {
@@ -105,7 +105,7 @@ impl Exchange {
                 }
             }
         }
-        if stale != Stale::No && self.chain.phases & LATER_THAN_REQUEST_HEADERS != 0 {
+        if stale != Stale::No && self.needed_after_request_headers() {
             if let Err(e) = self.lay_out_again(parts, PHASE, stale) {
                 return self.request_too_large(e);
             }
