@@ -65,6 +65,12 @@ impl LogBudget {
     pub(crate) fn take(&self) -> (bool, u64) {
         self.take_at(now_secs())
     }
+
+    /// Lines taken in the current second.
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> u32 {
+        self.used.load(Ordering::Relaxed)
+    }
 }
 
 fn needs_escape(c: char) -> bool {
