@@ -200,6 +200,9 @@ type Str struct {
 	Len uint32
 }
 
+// end is the offset just past the string, computed without overflow.
+func (s Str) end() uint64 { return uint64(s.Off) + uint64(s.Len) }
+
 // Header mirrors WeftHeader.
 type Header struct {
 	Name  Str

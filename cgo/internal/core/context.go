@@ -310,14 +310,18 @@ func (c *Context) record(op MutationOp, arg uint32, a, b string) {
 		c.overflow = true
 		return
 	}
-	rec := c.out[c.n : c.n+need]
-	binary.NativeEndian.PutUint32(rec[0:], uint32(op))
-	binary.NativeEndian.PutUint32(rec[4:], arg)
-	binary.NativeEndian.PutUint32(rec[8:], uint32(len(a)))
-	binary.NativeEndian.PutUint32(rec[12:], uint32(len(b)))
+	rec := c.out[c.n : c.n+need : c.n+need]
+	_ = rec[SizeofMutation-1] // one bounds check for the four fields below
+	binary.NativeEndian.PutUint32(rec[0:4], uint32(op))
+	binary.NativeEndian.PutUint32(rec[4:8], arg)
+	binary.NativeEndian.PutUint32(rec[8:12], uint32(len(a)))
+	binary.NativeEndian.PutUint32(rec[12:16], uint32(len(b)))
 	k := SizeofMutation + copy(rec[SizeofMutation:], a)
 	k += copy(rec[k:], b)
-	clear(rec[k:])
+	// At most three bytes of padding: a loop, not a call into the runtime's memclr.
+	for ; k < len(rec); k++ {
+		rec[k] = 0
+	}
 	c.n += need
 }
 

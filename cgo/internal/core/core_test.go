@@ -375,6 +375,24 @@ func TestMalformedView(t *testing.T) {
 		{"undeclared phase", func(v *RequestView) { v.Phase = uint32(PhaseLog) }, PhaseLog, ResultUnsupportedPhase},
 		{"reserved phase", func(v *RequestView) { v.Phase = 40 }, 40, ResultUnsupportedPhase},
 	}
+	// Each fixed string, one byte past the end: validView checks every one of them.
+	fixed := map[string]func(v *RequestView) *Str{
+		"method": func(v *RequestView) *Str { return &v.Method }, "path": func(v *RequestView) *Str { return &v.Path },
+		"query": func(v *RequestView) *Str { return &v.Query }, "host": func(v *RequestView) *Str { return &v.Host },
+		"client": func(v *RequestView) *Str { return &v.ClientAddr }, "scheme": func(v *RequestView) *Str { return &v.Scheme },
+		"version": func(v *RequestView) *Str { return &v.Version }, "server name": func(v *RequestView) *Str { return &v.ServerName },
+	}
+	for name, field := range fixed {
+		tests = append(tests, struct {
+			name   string
+			mutate func(v *RequestView)
+			phase  Phase
+			want   Result
+		}{name + " one byte past end", func(v *RequestView) {
+			s := field(v)
+			s.Off, s.Len = v.Size-1, 2
+		}, PhaseRequestHeaders, ResultInvalidArgument})
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			view := testView(PhaseRequestHeaders, 0, 1, "/", [][2]string{{"user-agent", "x"}}, nil)

@@ -339,12 +339,11 @@ func validView(v *RequestView) bool {
 	if size < SizeofRequestView {
 		return false
 	}
-	for _, s := range [...]Str{v.Method, v.Path, v.Query, v.Host, v.ClientAddr, v.Scheme, v.Version, v.ServerName} {
-		if uint64(s.Off)+uint64(s.Len) > size {
-			return false
-		}
-	}
-	return validHeaders(size, v.ReqHeadersOff, v.ReqHeaderCount) &&
+	// The largest end of the fixed strings, without a branch per string.
+	last := max(v.Method.end(), v.Path.end(), v.Query.end(), v.Host.end(),
+		v.ClientAddr.end(), v.Scheme.end(), v.Version.end(), v.ServerName.end())
+	return last <= size &&
+		validHeaders(size, v.ReqHeadersOff, v.ReqHeaderCount) &&
 		validHeaders(size, v.RespHeadersOff, v.RespHeaderCount)
 }
 
