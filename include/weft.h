@@ -601,14 +601,40 @@ typedef uint32_t (*WeftAttachWorkerFn)(void *ring,
 // `complete`. Optional (NULL: the plugin learns of the cancellation from `complete`).
 typedef void (*WeftCancelFn)(uint64_t instance, uint32_t slot, uint32_t call);
 
+// The host's function a `WeftRunOnThreadFn` calls: it runs the calling thread's work (a
+// serving thread's event loop, say) and returns when that work is done.
+//
+// # Ownership and thread safety
+// `arg` is the host's, passed through unchanged; the plugin must not read it or keep it past
+// the `run_on_thread` call it came with. To be called on the thread that called
+// `run_on_thread`, during that call; any other call (a second one, one from another thread,
+// one after `run_on_thread` returned) returns at once and runs nothing. Never unwinds into the
+// plugin.
+typedef void (*WeftThreadBodyFn)(void *arg);
+
+// Runs `body(arg)` on the calling thread from inside the plugin's language runtime and
+// returns after it. A host runs a thread's whole event loop this way, so that the phase calls
+// that thread makes into this library are calls nested in the runtime: for a Go library, the
+// runtime's entry for a thread without Go frames, which takes one lock of the runtime shared by
+// every such thread, is not taken per call. May be NULL (the host runs the work directly).
+//
+// # Ownership and thread safety
+// Only `body` and `arg` are passed; both stay the host's. Called on a host thread before it
+// makes phase calls, at most once per thread and for the thread's remaining life, perhaps at
+// the same time on other threads. The plugin calls `body(arg)` once, on the calling thread,
+// before it returns; while `body` runs, the host calls this and other libraries' functions
+// from the thread as usual. If the plugin does not call it, the host runs the work itself once
+// this returns (not nested).
+typedef void (*WeftRunOnThreadFn)(WeftThreadBodyFn body, void *arg);
+
 // What `weft_plugin_entry` returns.
 //
 // The first two fields are the stable prefix of every ABI version: the host reads
 // `abi_version` and `descriptor_size` before anything else. It refuses the library if
 // `abi_version` differs from its own, or if `descriptor_size` is not the size of a version-1
-// descriptor: its own `sizeof(WeftPluginDescriptor)`, the size before `cancel` was appended
-// (112 bytes on 64-bit targets), or the first one, before `attach_worker` (104 bytes). Fields
-// a plugin's descriptor predates read as NULL.
+// descriptor: its own `sizeof(WeftPluginDescriptor)`, the size before `run_on_thread` was
+// appended (120 bytes on 64-bit targets), before `cancel` (112 bytes), or the first one,
+// before `attach_worker` (104 bytes). Fields a plugin's descriptor predates read as NULL.
 //
 // # Ownership and lifetime
 // Owned by the plugin library, with everything it points to (`runtime_version`, `plugins`,
@@ -623,8 +649,8 @@ typedef struct WeftPluginDescriptor {
   // Must equal `WEFT_ABI_VERSION`.
   uint32_t abi_version;
   // `sizeof(WeftPluginDescriptor)` as the plugin was compiled: the host's, or the size of an
-  // earlier version-1 descriptor (before `cancel` or `attach_worker` was appended; the host
-  // reads the fields it lacks as NULL).
+  // earlier version-1 descriptor (before `run_on_thread`, `cancel` or `attach_worker` was
+  // appended; the host reads the fields it lacks as NULL).
   uint32_t descriptor_size;
   // `sizeof(WeftRequestView)` as the plugin was compiled: the host's, or the size before
   // `server_name` was appended (120 bytes on 64-bit targets; such a plugin ignores the field).
@@ -667,6 +693,9 @@ typedef struct WeftPluginDescriptor {
   // Told when the host stops waiting for a pending call or a worker job; optional (NULL:
   // never called).
   WeftCancelFn cancel;
+  // Runs a host thread's work inside the plugin's runtime; optional (NULL: the host runs it
+  // directly).
+  WeftRunOnThreadFn run_on_thread;
 } WeftPluginDescriptor;
 
 // Host callback for plugin log lines: `level` is a `WEFT_LOG_*` value, `instance` the instance

@@ -58,6 +58,16 @@ fn phase(c: &mut Criterion) {
             })
         });
     }
+    // The read path from inside the Go library's `run_on_thread`, as weft-proxy's serving
+    // threads call: each call is a callback nested in a Go call (no foreign-thread entry).
+    rt.thread_entries().run(|| {
+        let chain = rt.chain(&[bench]);
+        let mut ex = chain.start(client, "http").unwrap().unwrap();
+        let mut parts = request();
+        g.bench_function("go_read_path_2_headers_set_1_nested", |b| {
+            b.iter(|| black_box(ex.request_headers(black_box(&mut parts))))
+        });
+    });
     // `c_inline/sync` times the same plugin on a four-header request; this row uses the ten
     // headers of the rows above, so that it and its cold variants compare with the Go ones.
     let stamp = c_stamp(&rt);

@@ -3,7 +3,10 @@
 //! is what N calls cost, exact and repeatable where
 //! criterion's nanoseconds swing on this shared machine.
 //!
-//!   phase_count ROW N   ROW: noop | bench | c_stamp
+//!   phase_count ROW N   ROW: noop | bench | bench_nested | c_stamp
+//!
+//! `bench_nested`: the `bench` row from inside the Go library's `run_on_thread`, as weft-proxy's
+//! serving threads call.
 use std::hint::black_box;
 use weft_runtime::{Exchange, Flow, InstanceSpec, Runtime, RuntimeOptions};
 
@@ -23,7 +26,7 @@ fn main() {
     let (row, n) = match args.as_slice() {
         [_, row, n] => (row.as_str(), n.parse::<u64>().expect("N: a number")),
         _ => {
-            eprintln!("usage: phase_count noop|bench|c_stamp N");
+            eprintln!("usage: phase_count noop|bench|bench_nested|c_stamp N");
             std::process::exit(2)
         }
     };
@@ -34,7 +37,7 @@ fn main() {
             weft_test_support::go_library("test").to_path_buf(),
             "header-rewriter",
         ),
-        "bench" => (
+        "bench" | "bench_nested" => (
             "go",
             weft_test_support::go_library("test").to_path_buf(),
             "bench-header",
@@ -60,9 +63,16 @@ fn main() {
     let chain = rt.chain(&[id]);
     let mut ex = chain.start("127.0.0.1:1234".parse().unwrap(), "http").unwrap().unwrap();
     let mut parts = weft_benches::request(&[("connection", "keep-alive"), ("referer", "http://example.com/")]);
-    // Warm: the first calls allocate the header map's growth and fill the caches' state.
-    warm_up(&mut ex, &mut parts);
-    measured(&mut ex, &mut parts, n);
+    let entries = if row == "bench_nested" {
+        rt.thread_entries()
+    } else {
+        Default::default()
+    };
+    entries.run(|| {
+        // Warm: the first calls allocate the header map's growth and fill the caches' state.
+        warm_up(&mut ex, &mut parts);
+        measured(&mut ex, &mut parts, n);
+    });
 }
 
 #[inline(never)]

@@ -209,9 +209,17 @@ struct Worker<H> {
 impl<H: Handler> Worker<H> {
     fn run(self) -> io::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        if let Some(plugins) = self.plugins.as_ref().and_then(Weak::upgrade) {
-            plugins.thread_start();
-        }
+        // The thread's loop runs inside every plugin library that offers it (a Go library: its
+        // phase calls are then callbacks nested in a Go call, without the runtime's per-call
+        // entry for foreign threads and its process-wide lock; `thread_entry.rs` in the
+        // runtime). The entries are plain function pointers: no runtime is kept alive by them.
+        let entries = match self.plugins.as_ref().and_then(Weak::upgrade) {
+            Some(plugins) => {
+                plugins.thread_start();
+                plugins.thread_entries()
+            }
+            None => Default::default(),
+        };
         let Worker {
             index,
             sockets,
@@ -221,33 +229,35 @@ impl<H: Handler> Worker<H> {
             limits,
             ..
         } = self;
-        rt.block_on(async move {
-            // Boxed: a request's future (every stage, the upstream exchange) is kilobytes, and
-            // hyper moves the service future into its dispatcher (`perf`: 3 % of the proxy's
-            // samples in `memcpy`); boxed, it is moved once, into the box.
-            let handle = move |req, remote| Box::pin(Handler::handle(&proxy, req, remote));
-            let accepted = crate::metrics::global().serving_thread(index);
-            let loops = sockets.into_iter().map(|(listener, admission, tls)| {
-                let (handle, accepted, mut stop) = (handle.clone(), accepted.clone(), stop.clone());
-                async move {
-                    let shutdown = async move {
-                        let _ = stop.wait_for(|stopped| *stopped).await;
-                    };
-                    let listener = TcpListener::from_std(listener)?;
-                    serve_connections_with(
-                        listener,
-                        admission,
-                        limits,
-                        Some(accepted),
-                        tls,
-                        handle,
-                        shutdown,
-                        drain,
-                    )
-                    .await
-                }
-            });
-            futures_util::future::try_join_all(loops).await.map(drop)
+        entries.run(|| {
+            rt.block_on(async move {
+                // Boxed: a request's future (every stage, the upstream exchange) is kilobytes, and
+                // hyper moves the service future into its dispatcher (`perf`: 3 % of the proxy's
+                // samples in `memcpy`); boxed, it is moved once, into the box.
+                let handle = move |req, remote| Box::pin(Handler::handle(&proxy, req, remote));
+                let accepted = crate::metrics::global().serving_thread(index);
+                let loops = sockets.into_iter().map(|(listener, admission, tls)| {
+                    let (handle, accepted, mut stop) = (handle.clone(), accepted.clone(), stop.clone());
+                    async move {
+                        let shutdown = async move {
+                            let _ = stop.wait_for(|stopped| *stopped).await;
+                        };
+                        let listener = TcpListener::from_std(listener)?;
+                        serve_connections_with(
+                            listener,
+                            admission,
+                            limits,
+                            Some(accepted),
+                            tls,
+                            handle,
+                            shutdown,
+                            drain,
+                        )
+                        .await
+                    }
+                });
+                futures_util::future::try_join_all(loops).await.map(drop)
+            })
         })
     }
 }

@@ -19,6 +19,7 @@ pub mod plugin_log;
 pub mod remote;
 pub mod ring;
 pub(crate) mod sync;
+mod thread_entry;
 pub mod view;
 pub mod watchdog;
 pub mod workers;
@@ -32,6 +33,7 @@ use crate::sync::stat::{AtomicU64, Mutex, MutexGuard, Ordering};
 
 pub use engine::{BodyAbort, BodyMode, BodySide, BufferedBody, Busy, Chain, Exchange, Flow, WsEvent, WsFailure};
 pub use plugin::{LoadError, PluginMeta};
+pub use thread_entry::ThreadEntries;
 
 use abi::{WeftBuf, WeftResult};
 use arena::{Arena, ArenaError, PoolSpec};
@@ -578,6 +580,22 @@ impl Runtime {
                 unsafe { f() };
             }
         }
+    }
+
+    /// The `run_on_thread` functions of the libraries loaded now, to run a serving thread's
+    /// event loop inside them ([`ThreadEntries::run`]): that thread's phase calls into those
+    /// libraries are then nested calls (for Go, no foreign-thread entry per call; see
+    /// `thread_entry.rs`). Holds no reference to this runtime.
+    pub fn thread_entries(&self) -> ThreadEntries {
+        let registry = self.registry();
+        let mut libs: Vec<&Arc<Library>> = Vec::new();
+        for lib in registry.libraries.values() {
+            // One library loaded under two names is entered once.
+            if !libs.iter().any(|l| Arc::ptr_eq(l, lib)) {
+                libs.push(lib);
+            }
+        }
+        ThreadEntries(libs.iter().filter_map(|lib| lib.run_on_thread).collect())
     }
 
     /// Calls every instance's shutdown hook once.

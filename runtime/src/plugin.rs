@@ -73,6 +73,8 @@ pub struct Library {
     pub(crate) attach_worker: WeftAttachWorkerFn,
     /// Told when the host stops waiting for a pending call or worker job; may be NULL.
     pub(crate) cancel: WeftCancelFn,
+    /// Runs a host thread's work inside the library's runtime (`thread_entry.rs`); may be NULL.
+    pub(crate) run_on_thread: WeftRunOnThreadFn,
 }
 
 impl std::fmt::Debug for Library {
@@ -178,6 +180,10 @@ pub(crate) const DESCRIPTOR_SIZE_BEFORE_ATTACH_WORKER: usize =
 /// `descriptor_size` before `cancel` was appended (accepted likewise).
 pub(crate) const DESCRIPTOR_SIZE_BEFORE_CANCEL: usize = std::mem::offset_of!(WeftPluginDescriptor, cancel);
 
+/// `descriptor_size` before `run_on_thread` was appended (accepted likewise).
+pub(crate) const DESCRIPTOR_SIZE_BEFORE_RUN_ON_THREAD: usize =
+    std::mem::offset_of!(WeftPluginDescriptor, run_on_thread);
+
 /// `request_view_size` before `server_name` was appended to the view. Accepted: the host lays
 /// out the whole current view, and such a plugin reads only the prefix it knows.
 pub(crate) const VIEW_SIZE_BEFORE_SERVER_NAME: usize = std::mem::offset_of!(WeftRequestView, server_name);
@@ -217,9 +223,14 @@ unsafe fn read_descriptor(path: &Path, desc: *const WeftPluginDescriptor, go: bo
         }
     };
     // The descriptor grows append-only: one built against this header, or against an earlier
-    // version-1 header (without `cancel`, or without `attach_worker` too), is accepted; any
-    // other size is not.
-    if ![DESCRIPTOR_SIZE_BEFORE_ATTACH_WORKER, DESCRIPTOR_SIZE_BEFORE_CANCEL].contains(&(desc_size as usize)) {
+    // version-1 header (without `run_on_thread`, without `cancel` too, or without
+    // `attach_worker` too), is accepted; any other size is not.
+    let earlier = [
+        DESCRIPTOR_SIZE_BEFORE_ATTACH_WORKER,
+        DESCRIPTOR_SIZE_BEFORE_CANCEL,
+        DESCRIPTOR_SIZE_BEFORE_RUN_ON_THREAD,
+    ];
+    if !earlier.contains(&(desc_size as usize)) {
         size_check("WeftPluginDescriptor", desc_size, size_of::<WeftPluginDescriptor>())?;
     }
     // Copy the bytes the plugin has into a zeroed descriptor: fields it predates read as NULL,
@@ -328,6 +339,7 @@ unsafe fn read_descriptor(path: &Path, desc: *const WeftPluginDescriptor, go: bo
         shutdown: d.shutdown,
         attach_worker: d.attach_worker,
         cancel: d.cancel,
+        run_on_thread: d.run_on_thread,
     }))
 }
 
@@ -421,6 +433,11 @@ mod tests {
         0
     }
     unsafe extern "C" fn test_cancel(_: u64, _: u32, _: u32) {}
+    unsafe extern "C" fn test_run_on_thread(body: WeftThreadBodyFn, arg: *mut c_void) {
+        if let Some(body) = body {
+            unsafe { body(arg) }
+        }
+    }
 
     /// A descriptor as a plugin compiled against this header fills it, with the
     /// `descriptor_size` chosen by the test.
@@ -445,6 +462,7 @@ mod tests {
             shutdown: None,
             attach_worker: Some(test_attach),
             cancel: Some(test_cancel),
+            run_on_thread: Some(test_run_on_thread),
         }
     }
 
@@ -468,11 +486,17 @@ mod tests {
     fn earlier_descriptor_sizes_read_their_missing_fields_as_null() {
         let path = Path::new("libtest.so");
         let full = size_of::<WeftPluginDescriptor>();
+        let before_run = DESCRIPTOR_SIZE_BEFORE_RUN_ON_THREAD;
         let (before_cancel, old) = (DESCRIPTOR_SIZE_BEFORE_CANCEL, DESCRIPTOR_SIZE_BEFORE_ATTACH_WORKER);
         assert_eq!(
+            before_run,
+            full - size_of::<WeftRunOnThreadFn>(),
+            "run_on_thread is the last field"
+        );
+        assert_eq!(
             before_cancel,
-            full - size_of::<WeftCancelFn>(),
-            "cancel is the last field"
+            before_run - size_of::<WeftCancelFn>(),
+            "cancel comes before it"
         );
         assert_eq!(
             old,
@@ -482,22 +506,26 @@ mod tests {
         // The current size: every field is read.
         let d = descriptor(full, &PLAIN.0);
         let lib = unsafe { read_descriptor(path, &d, false) }.unwrap();
-        assert!(lib.attach_worker.is_some() && lib.cancel.is_some());
-        // Before cancel was appended: accepted, cancel is NULL although the bytes after the
-        // plugin's struct (here: our cancel) are not.
+        assert!(lib.attach_worker.is_some() && lib.cancel.is_some() && lib.run_on_thread.is_some());
+        // Before run_on_thread was appended: accepted, run_on_thread is NULL although the
+        // bytes after the plugin's struct (here: our run_on_thread) are not.
+        let d = descriptor(before_run, &PLAIN.0);
+        let lib = unsafe { read_descriptor(path, &d, false) }.unwrap();
+        assert!(lib.cancel.is_some() && lib.run_on_thread.is_none());
+        // Before cancel was appended: cancel is NULL too.
         let d = descriptor(before_cancel, &PLAIN.0);
         let lib = unsafe { read_descriptor(path, &d, false) }.unwrap();
-        assert!(lib.attach_worker.is_some() && lib.cancel.is_none());
-        // The first size: both appended fields read as NULL.
+        assert!(lib.attach_worker.is_some() && lib.cancel.is_none() && lib.run_on_thread.is_none());
+        // The first size: every appended field reads as NULL.
         let d = descriptor(old, &PLAIN.0);
         let lib = unsafe { read_descriptor(path, &d, false) }.unwrap();
         assert!(
-            lib.attach_worker.is_none() && lib.cancel.is_none(),
+            lib.attach_worker.is_none() && lib.cancel.is_none() && lib.run_on_thread.is_none(),
             "fields the plugin predates read as NULL"
         );
         assert_eq!(lib.plugins[0].name, "p");
         // Any other size is refused, naming both.
-        for bad in [old - 8, old + 4, before_cancel + 4, full + 8] {
+        for bad in [old - 8, old + 4, before_cancel + 4, before_run + 4, full + 8] {
             let d = descriptor(bad, &PLAIN.0);
             let err = unsafe { read_descriptor(path, &d, false) }.unwrap_err().to_string();
             assert!(

@@ -358,3 +358,54 @@ fn second_go_library_is_refused() {
     );
     assert!(msg.contains("one c-shared library"), "says what to do instead: {msg}");
 }
+
+/// Phase calls from threads whose work runs inside the Go library's `run_on_thread` (as
+/// weft-proxy's serving threads run): callbacks nested in a Go call, two threads at once, a
+/// handler's panic among them, and a panic of the host's own closure, which comes back to the
+/// caller after the Go call returned.
+#[test]
+fn phases_from_inside_run_on_thread() {
+    let rt = runtime();
+    let entries = rt.thread_entries();
+    assert!(
+        format!("{entries:?}").contains("libraries: 1"),
+        "the Go library offers run_on_thread: {entries:?}"
+    );
+    let rewrite = chain(&[(
+        "nested",
+        "header-rewriter",
+        serde_json::json!({"request_set": {"x-added": "nested"}}),
+        false,
+    )]);
+    let panicky = chain(&[("nested-panic", "test-panic", serde_json::json!({}), false)]);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            let (entries, rewrite, panicky) = (&entries, &rewrite, &panicky);
+            s.spawn(move || {
+                let served = entries.run(|| {
+                    for i in 0..200 {
+                        let mut ex = begin(rewrite);
+                        let mut req = request("/n", &[]);
+                        assert!(matches!(ex.request_headers(&mut req), Flow::Continue));
+                        assert_eq!(req.headers["x-added"], "nested");
+                        if i % 50 == 0 {
+                            let mut ex = begin(panicky);
+                            let flow = ex.request_headers(&mut request("/", &[("x-test-panic", "1")]));
+                            assert!(matches!(flow, Flow::Respond(ref r) if r.status() == 500), "{flow:?}");
+                        }
+                    }
+                    200
+                });
+                assert_eq!(served, 200);
+            });
+        }
+    });
+    let caught = std::panic::catch_unwind(|| entries.run(|| panic!("host closure panicked")));
+    assert!(caught.is_err());
+    // The thread still calls Go normally afterwards.
+    let mut ex = begin(&rewrite);
+    assert!(matches!(
+        ex.request_headers(&mut request("/after", &[])),
+        Flow::Continue
+    ));
+}

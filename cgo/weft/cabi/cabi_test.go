@@ -141,7 +141,14 @@ func TestDescriptor(t *testing.T) {
 	if p.flags != 0 {
 		t.Errorf("flags %#x for a plugin that is not blocking", p.flags)
 	}
-	if d.init == nil || d.on_phase == nil || d.thread_start == nil || d.shutdown == nil || d.attach_worker == nil {
+	if d.init == nil || d.on_phase == nil || d.thread_start == nil || d.shutdown == nil || d.attach_worker == nil ||
+		d.cancel == nil || d.run_on_thread == nil {
 		t.Error("missing function pointer")
+	}
+}
+
+func TestRunOnThreadRunsTheBody(t *testing.T) {
+	if !testRunOnThread() {
+		t.Error("run_on_thread did not run the host's body with its argument")
 	}
 }

@@ -22,6 +22,7 @@ void weft_fill_fns(WeftPluginDescriptor *d) {
 	d->shutdown = (WeftShutdownFn)weft_go_shutdown;
 	d->attach_worker = (WeftAttachWorkerFn)weft_go_attach_worker;
 	d->cancel = (WeftCancelFn)weft_go_cancel;
+	d->run_on_thread = (WeftRunOnThreadFn)weft_go_run_on_thread;
 }
 
 // The Go scheduler's system monitor (sysmon) takes a P back from a thread that has run the same
@@ -55,4 +56,12 @@ uint32_t weft_c_on_phase(uint64_t instance, uint32_t phase, const WeftRequestVie
 		weft_go_yield();
 	}
 	return r;
+}
+
+// Called from Go by weft_go_run_on_thread: the host's thread body runs inside that Go call, so
+// the phase calls it makes are callbacks nested in Go (see weft_go_run_on_thread).
+void weft_call_body(WeftThreadBodyFn body, void *arg) {
+	if (body != NULL) {
+		body(arg);
+	}
 }

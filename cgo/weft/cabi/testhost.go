@@ -49,6 +49,14 @@ static const WeftHostApi weft_th_api = {WEFT_ABI_VERSION, sizeof(WeftHostApi), N
 static const WeftHostApi weft_th_old_api = {WEFT_ABI_VERSION, offsetof(WeftHostApi, complete), NULL,
 	weft_th_log, weft_th_complete, weft_th_exit, weft_th_exit_by_id};
 
+// A thread body for weft_go_run_on_thread's test: records the argument it was given.
+static char weft_th_marker;
+static _Atomic uintptr_t weft_th_body_arg;
+static void weft_th_body(void *arg) { weft_th_body_arg = (uintptr_t)arg; }
+static WeftThreadBodyFn weft_th_body_fn(void) { return weft_th_body; }
+static void *weft_th_marker_ptr(void) { return &weft_th_marker; }
+static int weft_th_body_ran_with_marker(void) { return weft_th_body_arg == (uintptr_t)&weft_th_marker; }
+
 static const WeftHostApi *weft_th_host(int old) { return old ? &weft_th_old_api : &weft_th_api; }
 static uint64_t weft_th_counter(int which) {
 	switch (which) {
@@ -116,3 +124,10 @@ func testInit(plugin uint32, instance uint64, slots uint32) uint32 {
 }
 
 func testShutdown(instance uint64) { weft_go_shutdown(C.uint64_t(instance)) }
+
+// testRunOnThread calls the descriptor's run_on_thread with a C body and reports whether that
+// body ran with the argument given.
+func testRunOnThread() bool {
+	weft_go_run_on_thread(C.weft_th_body_fn(), C.weft_th_marker_ptr())
+	return C.weft_th_body_ran_with_marker() != 0
+}
