@@ -6,7 +6,7 @@ package main
 
 /*
 typedef void (*loop_fn)(void *);
-static void call_loop(loop_fn f, void *arg) { f(arg); }
+static inline void call_loop(loop_fn f, void *arg) { f(arg); }
 */
 import "C"
 
@@ -15,7 +15,7 @@ import "unsafe"
 //export Noop
 func Noop(x C.int) C.int { return x + 1 }
 
-// Nest calls f(arg) from inside this Go call; Noop calls f makes are nested callbacks.
+// Nest calls f(arg) from inside this Go call; the Noop calls f makes are nested callbacks.
 //
 //export Nest
 func Nest(f unsafe.Pointer, arg unsafe.Pointer) { C.call_loop(C.loop_fn(f), arg) }
