@@ -158,23 +158,53 @@ impl Drop for LogQueue {
 /// worker ring) parks its job, not the thread: the thread takes the next job meanwhile, and a
 /// completion (the waker) or a deadline resumes the parked ones. Exits when the runtime is gone
 /// (jobs hold it, so none is left then).
+///
+/// It starts before any library is loaded; at its first job it binds itself to the libraries
+/// loaded by then and runs the rest of its loop inside their `run_on_thread` (as the serving
+/// threads do, `thread_entry.rs`), so its calls into a Go library are nested calls.
 fn log_thread(rx: Receiver<LogJob>, wake: Arc<Shared>, weak: std::sync::Weak<Runtime>) {
-    let waker = Waker::from(Arc::new(Token(Arc::clone(&wake))));
+    let Some(first) = first_job(&rx, &wake) else {
+        return;
+    };
+    let entries = match weak.upgrade() {
+        Some(rt) => {
+            rt.thread_start();
+            rt.thread_entries()
+        }
+        None => crate::ThreadEntries::default(),
+    };
+    entries.run(|| log_loop(first, &rx, &wake));
+}
+
+/// Parks (as an idle log thread, see the module docs) until the first job comes; `None`: the
+/// runtime went away first.
+fn first_job(rx: &Receiver<LogJob>, wake: &Shared) -> Option<LogJob> {
+    loop {
+        match rx.try_recv() {
+            Ok(job) => return Some(job),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) if wake.closed.load(Ordering::SeqCst) => return None,
+            Err(TryRecvError::Empty) => {}
+        }
+        let has_work = || !rx.is_empty() || wake.closed.load(Ordering::SeqCst);
+        if wake.handoff.before_park(has_work) {
+            std::thread::park_timeout(Duration::from_secs(3600));
+            wake.handoff.after_park();
+        }
+    }
+}
+
+/// The log thread's loop from its first job on.
+fn log_loop(first: LogJob, rx: &Receiver<LogJob>, wake: &Arc<Shared>) {
+    let waker = Waker::from(Arc::new(Token(Arc::clone(wake))));
     let mut cx = Context::from_waker(&waker);
-    let mut parked: Vec<LogJob> = Vec::new();
-    let mut warmed = false;
+    let mut parked: Vec<LogJob> = first.step(&mut cx).into_iter().collect();
     let mut last_job = Instant::now();
     loop {
         let mut got = false;
         loop {
             match rx.try_recv() {
                 Ok(job) => {
-                    if !warmed {
-                        if let Some(rt) = weak.upgrade() {
-                            rt.thread_start();
-                        }
-                        warmed = true;
-                    }
                     got = true;
                     parked.extend(job.step(&mut cx));
                 }

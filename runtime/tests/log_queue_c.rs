@@ -1,6 +1,8 @@
 //! The log queue hands requests to the `weft-log` thread in batches (`runtime/src/log_queue.rs`):
 //! under a steady request rate the log thread wakes about once per `BATCH_PERIOD`, not once per
-//! request, every log phase still runs, and an idle log thread is woken by the next request.
+//! request, every log phase still runs, and an idle log thread is woken by the next request; the
+//! log thread makes its calls from inside the library's `run_on_thread` (nested, as a serving
+//! thread does), a caller's thread that is not inside it does not.
 //! The phase-count C plugin counts the log calls (a process of its own: its counters are global
 //! to the loaded library, and the log thread's context switches are read from /proc/self).
 
@@ -14,11 +16,23 @@ use weft_runtime::{Chain, Flow, InstanceSpec, Runtime, RuntimeOptions};
 
 use weft_test_support::c_plugins;
 
-/// `count-all` in phase_count.c, and weft.h's WEFT_PHASE_LOG.
+/// `count-all` in phase_count.c, and weft.h's WEFT_PHASE_REQUEST_HEADERS and WEFT_PHASE_LOG.
 const COUNT_ALL: u32 = 0;
+const REQUEST_HEADERS: u32 = 0;
 const LOG: u32 = 4;
 
-fn setup() -> (std::sync::Arc<Runtime>, Chain, impl Fn() -> u64) {
+/// phase_count.c's counters: `weft_phase_count_calls` or `weft_phase_count_nested_calls`.
+type Counter = Symbol<unsafe extern "C" fn(u32, u32) -> u64>;
+
+fn counter(lib: &std::path::Path, name: &[u8]) -> Counter {
+    // SAFETY: the runtime loaded the library already (RTLD_NOLOAD runs no initialisers); both
+    // symbols are `uint64_t f(uint32_t plugin, uint32_t phase)`.
+    let handle =
+        unsafe { Library::open(Some(lib), libc::RTLD_NOW | libc::RTLD_NOLOAD) }.expect("the runtime loaded it");
+    unsafe { handle.get(name) }.expect("exported by phase_count.c")
+}
+
+fn setup() -> (std::sync::Arc<Runtime>, Chain, impl Fn() -> u64, Counter) {
     let lib = c_plugins("plain").join("libweft_c_phase_count.so");
     let rt = Runtime::new(RuntimeOptions {
         slot_count: 256,
@@ -38,15 +52,10 @@ fn setup() -> (std::sync::Arc<Runtime>, Chain, impl Fn() -> u64) {
         })
         .unwrap();
     let chain = rt.chain(&[inst]);
-    // SAFETY: the runtime loaded the library already (RTLD_NOLOAD runs no initialisers); the
-    // symbol is `uint64_t weft_phase_count_calls(uint32_t plugin, uint32_t phase)`.
-    let handle =
-        unsafe { Library::open(Some(&lib), libc::RTLD_NOW | libc::RTLD_NOLOAD) }.expect("the runtime loaded it");
-    let getter: Symbol<unsafe extern "C" fn(u32, u32) -> u64> =
-        unsafe { handle.get(b"weft_phase_count_calls") }.expect("weft_phase_count_calls exported");
+    let calls = counter(&lib, b"weft_phase_count_calls");
     // SAFETY: a plain C function reading atomics.
-    let logs = move || unsafe { getter(COUNT_ALL, LOG) };
-    (rt, chain, logs)
+    let logs = move || unsafe { calls(COUNT_ALL, LOG) };
+    (rt, chain, logs, counter(&lib, b"weft_phase_count_nested_calls"))
 }
 
 /// Runs the request-headers phase of one request and drops its exchange (its log phase is due).
@@ -94,7 +103,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn the_log_thread_wakes_per_batch_not_per_request_and_logs_everything() {
-    let (rt, chain, logs) = setup();
+    let (rt, chain, logs, nested) = setup();
 
     // One request, then idle: the log thread parks for good, and the next request must wake it.
     one_request(&chain);
@@ -135,4 +144,11 @@ fn the_log_thread_wakes_per_batch_not_per_request_and_logs_everything() {
         "the log thread woke {wakeups} times in {elapsed:?} ({periods} batch periods)"
     );
     assert_eq!(rt.stats.log_dropped.load(Ordering::Relaxed), 0, "no log phase dropped");
+
+    // Every log call came from inside the library's run_on_thread; the request-headers calls,
+    // made on this test's thread (which never entered it), did not.
+    // SAFETY: a plain C function reading atomics.
+    let (nested_logs, nested_heads) = unsafe { (nested(COUNT_ALL, LOG), nested(COUNT_ALL, REQUEST_HEADERS)) };
+    assert_eq!(nested_logs, logs(), "log calls made inside run_on_thread");
+    assert_eq!(nested_heads, 0, "request-headers calls from a thread outside it");
 }
