@@ -236,7 +236,7 @@ static uint32_t stamp_phase(uint64_t instance, uint32_t phase, const WeftRequest
         return WEFT_RESULT_OK;
     case WEFT_PHASE_LOG: {
         /* "c-header-stamp request=<id> status=<status> path=<path>", the path cut to fit (what
-         * comes before it is at most 77 bytes: it always fits). */
+         * comes before it is at most 67 bytes: it always fits). */
         static const char request[] = "c-header-stamp request=", status[] = " status=", path_is[] = " path=";
         char line[256];
         size_t n = 0;
