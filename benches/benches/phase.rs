@@ -212,7 +212,7 @@ fn host_side(c: &mut Criterion) {
         request_id: 1,
         slot: 0,
         generation: 1,
-        client: "127.0.0.1:1234".parse().unwrap(),
+        client: "127.0.0.1:1234".parse::<std::net::SocketAddr>().unwrap().into(),
         scheme: "http",
         server_name: None,
     };

@@ -61,7 +61,7 @@ fuzz_target!(|input: Input| {
         request_id: input.ident.0,
         slot: input.ident.1,
         generation: input.ident.2,
-        client,
+        client: client.into(),
         scheme: "https",
         // Both shapes of the field: written (TLS with SNI) and left empty (plain, or no SNI).
         server_name: (!input.v6).then(|| std::sync::Arc::from("sni.example")),

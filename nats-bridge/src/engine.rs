@@ -222,7 +222,7 @@ mod traceparent_tests {
             request_id: 1,
             slot: 0,
             generation: 1,
-            client: "127.0.0.1:1".parse().unwrap(),
+            client: "127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap().into(),
             scheme: "http",
             server_name: None,
         };

@@ -158,7 +158,7 @@ mod tests {
             request_id: 42,
             slot: 1,
             generation: 2,
-            client: "10.1.2.3:4".parse().unwrap(),
+            client: "10.1.2.3:4".parse::<std::net::SocketAddr>().unwrap().into(),
             scheme: "https",
             server_name: None,
         };

@@ -39,6 +39,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
+use weft_runtime::view::ClientAddr;
 
 use crate::accept::{self, Acceptor, Admission, ConnPermit, PerIp};
 use crate::body::BoxError;
@@ -493,7 +494,7 @@ pub async fn serve_connections<H, Fut, B>(
     drain: Duration,
 ) -> io::Result<()>
 where
-    H: Fn(Request<RequestBody>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, Arc<ClientAddr>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
@@ -519,7 +520,7 @@ pub async fn serve_connections_with<H, Fut, B>(
     drain: Duration,
 ) -> io::Result<()>
 where
-    H: Fn(Request<RequestBody>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, Arc<ClientAddr>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
@@ -598,12 +599,15 @@ fn serve_one<I, H, Fut, B>(
 ) -> impl Future<Output = ()> + Send + 'static
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<RequestBody>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, Arc<ClientAddr>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let state = Arc::new(ConnState::default());
+    // The address's text for plugins' views, formatted once for the connection's requests (a
+    // pointer per request: the request's future stays as small as with the bare address).
+    let client = Arc::new(ClientAddr::new(remote));
     let service = {
         let state = Arc::clone(&state);
         let request_body_timeout = limits.request_body_timeout;
@@ -617,7 +621,7 @@ where
             if let Some(info) = &tls {
                 req.extensions_mut().insert(info.clone());
             }
-            let fut = handle(req, remote);
+            let fut = handle(req, Arc::clone(&client));
             async move {
                 let mut resp = fut.await;
                 BodyRead::close_if_unread(read.as_ref(), &mut resp);
@@ -896,7 +900,7 @@ mod tests {
         for round in 0..16 {
             let (mut client, server) = tokio::io::duplex(1 << 16);
             let (_stop_tx, stop) = watch::channel(false);
-            let handle = |_: Request<RequestBody>, _: SocketAddr| async {
+            let handle = |_: Request<RequestBody>, _: Arc<ClientAddr>| async {
                 Response::new(http_body_util::Full::new(Bytes::from_static(b"ok")))
             };
             let mut conn = Box::pin(serve_one(&builder, server, None, handle, limits, stop, remote));

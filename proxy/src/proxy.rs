@@ -4,11 +4,11 @@
 //! (`reload.rs`); the accept loop is in `server.rs`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response};
+use weft_runtime::view::ClientAddr;
 use weft_runtime::{Chain, InstanceId, Runtime};
 
 use crate::config::{Config, RouteConfig, parse_method};
@@ -133,7 +133,11 @@ impl Proxy {
     /// id (`x-request-id`, to plugins, the upstream and the client), counts it in its route's
     /// metrics and, with `access_log: true`, logs it.
     /// Owns its `Arc`, so the future is `'static` and needs no wrapper ([`crate::server::Handler`]).
-    pub async fn handle(self: Arc<Self>, mut req: Request<RequestBody>, client: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        mut req: Request<RequestBody>,
+        client: Arc<ClientAddr>,
+    ) -> Response<ProxyBody> {
         let start = Instant::now();
         let request_id = crate::logging::request_id(req.headers_mut());
         // Boxed: only with `access_log`, and kept out of every request's future otherwise.
@@ -143,7 +147,7 @@ impl Proxy {
         let mut matched = None;
         // The stages' future is awaited here, not in a wrapper of its own: each level of async fn
         // adds its arguments to the request's future (copied whole per request).
-        let mut resp = match self.stages(req, client, &request_id, &mut matched).await {
+        let mut resp = match self.stages(req, &client, &request_id, &mut matched).await {
             Ok(reply) | Err(reply) => reply,
         };
         let (metrics, route) = match matched {
@@ -153,7 +157,15 @@ impl Proxy {
         metrics.observe(resp.status(), start);
         if let Some(access) = access {
             let (method, uri) = &*access;
-            crate::logging::access(&request_id, client, method, uri, route, resp.status(), start.elapsed());
+            crate::logging::access(
+                &request_id,
+                client.addr(),
+                method,
+                uri,
+                route,
+                resp.status(),
+                start.elapsed(),
+            );
         }
         resp.headers_mut()
             .insert(crate::logging::REQUEST_ID.clone(), request_id);

@@ -18,6 +18,7 @@ use http::{Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Body as _;
 use tracing::{debug, warn};
 use weft_runtime::abi::WeftPhase;
+use weft_runtime::view::ClientAddr;
 use weft_runtime::{BodyMode, BodySide, BufferedBody, Flow};
 
 use crate::body::{CollectError, Keep, Pieces, PluginBody, UpstreamBody, collect_limited};
@@ -58,7 +59,7 @@ impl Proxy {
     pub(crate) async fn stages<'a>(
         &'a self,
         req: Request<RequestBody>,
-        client: SocketAddr,
+        client: &'a ClientAddr,
         request_id: &'a HeaderValue,
         matched: &mut Option<&'a RouteTarget>,
     ) -> Step<Reply> {
@@ -79,7 +80,7 @@ impl Proxy {
         };
         f.release_if_done();
         let body = f.request_body(&mut parts, body).await?;
-        let pick = self.address_upstream(&mut parts, client, host.as_ref(), upgrade.is_some(), route);
+        let pick = self.address_upstream(&mut parts, client.addr(), host.as_ref(), upgrade.is_some(), route);
         let Some(mut pick) = pick else {
             return Err(f.reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"));
         };
@@ -190,11 +191,11 @@ pub(crate) fn server_name(parts: &Parts) -> Option<Arc<str>> {
 }
 
 /// The route's plugin exchange (an arena slot), if it has plugins; 503 when no slot is free.
-fn start_chain(route: &RouteTarget, client: SocketAddr, parts: &Parts) -> Step<Option<Keep>> {
+fn start_chain(route: &RouteTarget, client: &ClientAddr, parts: &Parts) -> Step<Option<Keep>> {
     let Some(chain) = &route.chain else {
         return Ok(None);
     };
-    match chain.start_boxed(client, scheme(parts)) {
+    match chain.start_boxed_from(client, scheme(parts)) {
         Ok(x) => Ok(x.map(|mut x| {
             x.set_server_name(server_name(parts));
             Keep::Owned(x)

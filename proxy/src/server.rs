@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use tokio::net::TcpListener;
+use weft_runtime::view::ClientAddr;
 
 use crate::config::Limits;
 use crate::conn::RequestBody;
@@ -57,7 +58,7 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(
         self: &Arc<Self>,
         req: Request<RequestBody>,
-        client: SocketAddr,
+        client: Arc<ClientAddr>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + use<Self>;
 }
 
@@ -65,7 +66,7 @@ impl Handler for Proxy {
     fn handle(
         self: &Arc<Self>,
         req: Request<RequestBody>,
-        client: SocketAddr,
+        client: Arc<ClientAddr>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + use<> {
         Proxy::handle(Arc::clone(self), req, client)
     }

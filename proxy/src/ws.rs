@@ -29,7 +29,6 @@
 //! client (pings keep a healthy client alive).
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -132,7 +131,7 @@ pub async fn serve_plugin(
     route: &WsRoute,
     mut parts: http::request::Parts,
     up: ClientUpgrade,
-    client: SocketAddr,
+    client: &weft_runtime::view::ClientAddr,
 ) -> Response<ProxyBody> {
     let key = parts.headers.get("sec-websocket-key").cloned();
     let version_ok = parts
@@ -149,7 +148,7 @@ pub async fn serve_plugin(
             .insert("sec-websocket-version", HeaderValue::from_static("13"));
         return resp;
     };
-    let mut x = match route.chain.start(client, crate::request::scheme(&parts)) {
+    let mut x = match route.chain.start_from(client, crate::request::scheme(&parts)) {
         Ok(Some(mut x)) => {
             x.set_server_name(crate::request::server_name(&parts));
             x

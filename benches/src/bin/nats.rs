@@ -164,7 +164,7 @@ impl Views {
             request_id,
             slot: 0,
             generation: 1,
-            client: ([127, 0, 0, 1], 40000).into(),
+            client: std::net::SocketAddr::from(([127, 0, 0, 1], 40000)).into(),
             scheme: "http",
             server_name: None,
         };

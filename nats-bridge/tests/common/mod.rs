@@ -189,7 +189,7 @@ pub fn request_view(request_id: u64, phase: u32, path: &str, headers: &[(&str, &
         request_id,
         slot: 0,
         generation: 1,
-        client: "127.0.0.1:40000".parse().unwrap(),
+        client: "127.0.0.1:40000".parse::<std::net::SocketAddr>().unwrap().into(),
         scheme: "http",
         server_name: None,
     };

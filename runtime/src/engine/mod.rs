@@ -57,7 +57,7 @@ use crate::pending::Load;
 use crate::plugin::Library;
 use crate::remote::RemoteInstance;
 use crate::sync::stat::{AtomicU64, Ordering};
-use crate::view::ViewIdentity;
+use crate::view::{ClientAddr, ViewIdentity};
 
 /// How an instance is reached.
 pub(crate) enum Transport {
@@ -183,22 +183,34 @@ impl Chain {
         self.instances.iter().map(|i| i.name.to_string()).collect()
     }
 
-    /// Begins a request. `Ok(None)` when no instance on the chain handles any phase.
+    /// Begins a request from `client`. `Ok(None)` when no instance on the chain handles any
+    /// phase.
     pub fn start(&self, client: SocketAddr, scheme: &'static str) -> Result<Option<Exchange>, Busy> {
-        self.begin(client, scheme, |x| x)
+        self.begin(ClientAddr::new(client), scheme, |x| x)
     }
 
     /// [`start`](Self::start) with the exchange in a box (which a caller keeping it across
     /// awaits wants): built in its heap allocation rather than built on the stack and moved
     /// there (a 296-byte copy per request).
     pub fn start_boxed(&self, client: SocketAddr, scheme: &'static str) -> Result<Option<Box<Exchange>>, Busy> {
-        self.begin(client, scheme, Box::new)
+        self.begin(ClientAddr::new(client), scheme, Box::new)
+    }
+
+    /// [`start`](Self::start) from a client address whose text a server made once for the
+    /// connection: a request's view copies it rather than formatting the address again.
+    pub fn start_from(&self, client: &ClientAddr, scheme: &'static str) -> Result<Option<Exchange>, Busy> {
+        self.begin(*client, scheme, |x| x)
+    }
+
+    /// [`start_boxed`](Self::start_boxed) from a [`ClientAddr`] (see [`start_from`](Self::start_from)).
+    pub fn start_boxed_from(&self, client: &ClientAddr, scheme: &'static str) -> Result<Option<Box<Exchange>>, Busy> {
+        self.begin(*client, scheme, Box::new)
     }
 
     #[inline(always)]
     fn begin<T>(
         &self,
-        client: SocketAddr,
+        client: ClientAddr,
         scheme: &'static str,
         place: impl FnOnce(Exchange) -> T,
     ) -> Result<Option<T>, Busy> {
