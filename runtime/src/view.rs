@@ -700,6 +700,16 @@ mod tests {
         }
     }
 
+    /// A GET request's head.
+    fn get_head<'a>(uri: &'a Uri, headers: &'a HeaderMap, version: Version) -> RequestHead<'a> {
+        RequestHead {
+            method: &Method::GET,
+            uri,
+            version,
+            headers,
+        }
+    }
+
     /// The view shows a client address as its `Display`, for every shape up to the longest
     /// (eight four-digit groups, a ten-digit scope id, a five-digit port), whether its text was
     /// made with the `ClientAddr` (IPv4) or is formatted with the view (IPv6).
@@ -733,12 +743,7 @@ mod tests {
             let client = ClientAddr::new(addr);
             assert_eq!(client.addr(), addr);
             let (headers, uri) = (HeaderMap::new(), Uri::from_static("/"));
-            let head = RequestHead {
-                method: &Method::GET,
-                uri: &uri,
-                version: Version::HTTP_11,
-                headers: &headers,
-            };
+            let head = get_head(&uri, &headers, Version::HTTP_11);
             let mut buf = vec![0u8; 1024];
             encode_request(&mut buf, &ViewIdentity { client, ..ident() }, 0, &head).unwrap();
             assert_eq!(decode_for_test(&buf).unwrap().client_addr, addr.to_string());
@@ -748,12 +753,7 @@ mod tests {
     #[test]
     fn server_name_is_written_within_the_view_or_left_empty() {
         let (headers, uri) = (HeaderMap::new(), Uri::from_static("/"));
-        let head = RequestHead {
-            method: &Method::GET,
-            uri: &uri,
-            version: Version::HTTP_2,
-            headers: &headers,
-        };
+        let head = get_head(&uri, &headers, Version::HTTP_2);
         let raw = |buf: &[u8]| -> WeftRequestView { unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) } };
         // Plain HTTP: the empty string at offset 0, nothing written for it.
         let mut buf = vec![0u8; 1024];
