@@ -1,11 +1,12 @@
 //! The view encoder: arbitrary request and response heads encoded into a slot of arbitrary size
 //! and read back the way a plugin reads them (every offset bounds-checked). Encoding either fails
-//! cleanly (ViewTooLarge) or round-trips exactly.
+//! cleanly (ViewTooLarge) or round-trips exactly; a plugin's header changes written into a view
+//! in place read back as the head they were applied to, or are refused.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use weft_runtime::view::{self, RequestHead, ViewIdentity};
+use weft_runtime::view::{self, HeaderEdit, RequestHead, Section, ViewIdentity};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -17,6 +18,8 @@ struct Input {
     cap: u16,
     v6: bool,
     ident: (u64, u32, u32, u16),
+    /// (kind: set / add / remove, which name: one of the request's or a new one, value).
+    edits: Vec<(u8, u8, Vec<u8>)>,
 }
 
 fn header_map(list: &[(String, Vec<u8>)]) -> http::HeaderMap {
@@ -111,10 +114,65 @@ fuzz_target!(|input: Input| {
         view::encode_request(&mut whole, &id, 0, &changed),
     ) {
         (Ok(a), Ok(b)) => {
-            assert_eq!((a, end.fixed_end), (b.size, b.fixed_end));
+            assert_eq!((a.size, a.headers, end.fixed_end), (b.size, b.headers, b.fixed_end));
             assert_eq!(view::decode_for_test(&buf), view::decode_for_test(&whole));
         }
         (Err(_), Err(_)) => {}
         (a, b) => panic!("headers alone {a:?}, whole head {b:?}"),
     }
+    patched_reads_as_edited(&input, &id, &head, buf.len());
 });
+
+/// Lines per name in order (what a plugin can rely on; names in any order).
+fn by_name(lines: &[(String, String)]) -> std::collections::BTreeMap<&str, Vec<&str>> {
+    let mut m = std::collections::BTreeMap::<&str, Vec<&str>>::new();
+    for (n, v) in lines {
+        m.entry(n.as_str()).or_default().push(v.as_str());
+    }
+    m
+}
+
+fn patched_reads_as_edited(input: &Input, id: &ViewIdentity, head: &RequestHead<'_>, cap: usize) {
+    let mut buf = vec![0xAAu8; cap];
+    let Ok(end) = view::encode_request(&mut buf, id, 0, head) else {
+        return;
+    };
+    let mut map = head.headers.clone();
+    let names: Vec<http::HeaderName> = map.keys().cloned().collect();
+    let mut owned = Vec::new();
+    for (kind, which, value) in &input.edits {
+        let name = match names.get(*which as usize) {
+            Some(n) => n.clone(),
+            None => http::HeaderName::from_bytes(format!("x-new-{which}").as_bytes()).unwrap(),
+        };
+        let Ok(value) = http::HeaderValue::from_bytes(value) else {
+            continue;
+        };
+        match kind % 3 {
+            0 => {
+                map.insert(name.clone(), value.clone());
+            }
+            1 => {
+                map.append(name.clone(), value.clone());
+            }
+            _ => {
+                map.remove(&name);
+            }
+        }
+        owned.push((kind % 3, name, value));
+    }
+    let edits = owned.iter().map(|(kind, n, v)| match kind {
+        0 => HeaderEdit::Set(n.as_str().as_bytes(), v.as_bytes()),
+        1 => HeaderEdit::Add(n.as_str().as_bytes(), v.as_bytes()),
+        _ => HeaderEdit::Remove(n.as_str().as_bytes()),
+    });
+    let Some(done) = view::patch_headers(&mut buf, Section::Request, end.headers, end.size, 0, edits) else {
+        return;
+    };
+    assert!(done.size <= buf.len());
+    let d = view::decode_for_test(&buf).expect("a patched view decodes");
+    let want = pairs(&map);
+    assert_eq!(by_name(&d.request_headers), by_name(&want));
+    assert_eq!(d.request_headers.len(), want.len());
+    assert!(d.response_headers.is_empty());
+}

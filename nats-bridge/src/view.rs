@@ -165,7 +165,7 @@ mod tests {
         let end = encode_request(&mut buf, &id, 0, &head).unwrap();
         let mut rh = HeaderMap::new();
         rh.insert("server", HeaderValue::from_static("up"));
-        let size = encode_response(&mut buf, end.size, 2, 204, &rh).unwrap();
+        let size = encode_response(&mut buf, end.size, 2, 204, &rh).unwrap().size;
         buf.truncate(size);
         buf
     }

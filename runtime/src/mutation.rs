@@ -25,6 +25,7 @@ use http::{HeaderMap, Response, StatusCode, Uri};
 
 use crate::abi::{WeftMutation, WeftMutationOp, WeftPhase};
 use crate::header_cache;
+use crate::view::HeaderEdit;
 
 /// Limits a batch must respect. Values chosen to match what common proxies accept per header.
 pub const MAX_RECORDS: usize = crate::abi::WEFT_MAX_MUTATION_RECORDS as usize;
@@ -216,6 +217,10 @@ impl Ops {
 
     fn is_empty(&self) -> bool {
         self.first.is_none()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Op> {
+        self.first.iter().chain(&self.rest)
     }
 }
 
@@ -716,6 +721,19 @@ impl Batch {
     /// Whether the batch changes the head (headers, path, query, status) or replies locally.
     pub fn has_head_changes(&self) -> bool {
         !self.ops.is_empty() || self.reply.is_some()
+    }
+
+    /// The head changes as edits of a view's header section, in record order (what
+    /// [`apply_to_request`](Self::apply_to_request) or [`apply_to_response`](Self::apply_to_response)
+    /// will do to the head).
+    pub fn view_edits(&self) -> impl Iterator<Item = HeaderEdit<'_>> {
+        self.ops.iter().map(|op| match op {
+            Op::SetHeader(n, v) => HeaderEdit::Set(n.as_str().as_bytes(), v.as_bytes()),
+            Op::AddHeader(n, v) => HeaderEdit::Add(n.as_str().as_bytes(), v.as_bytes()),
+            Op::RemoveHeader(n) => HeaderEdit::Remove(n.as_str().as_bytes()),
+            Op::SetStatus(s) => HeaderEdit::Status(s.as_u16()),
+            Op::SetPath(_) | Op::SetQuery(_) => HeaderEdit::Other,
+        })
     }
 
     fn apply_headers(op: Op, headers: &mut HeaderMap) -> Option<Op> {

@@ -101,10 +101,35 @@ impl std::fmt::Debug for ClientAddr {
 
 pub const VIEW_HEADER_SIZE: usize = size_of::<WeftRequestView>();
 
+/// Spare entries after each header array's last one: a plugin's added headers are written into
+/// them in place ([`patch_headers`]) instead of the section being laid out again.
+const SPARE_HEADERS: usize = 4;
+
+/// Where a header array lies in the slot, as the host wrote it: the offset, the entries in use
+/// and the entries there is room for. The host keeps this itself; the view's own fields lie in
+/// memory a plugin can write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeaderArray {
+    pub off: u32,
+    /// u16: a `HeaderMap` holds at most 32,768 names' lines, a slot's array far fewer.
+    pub count: u16,
+    pub cap: u16,
+}
+
+impl HeaderArray {
+    /// Where the section's strings begin: after the array's last spare entry.
+    fn strings_start(&self) -> usize {
+        self.off as usize + self.cap as usize * size_of::<WeftHeader>()
+    }
+
+    fn entry_at(&self, i: u16) -> usize {
+        self.off as usize + i as usize * size_of::<WeftHeader>()
+    }
+}
+
 /// Where [`Cursor::headers`] put a header array.
 struct HeaderSection {
-    off: u32,
-    count: u32,
+    array: HeaderArray,
     /// The first `host` value's string (the view's `host` field reuses it).
     host: Option<WeftStr>,
 }
@@ -158,15 +183,21 @@ impl Cursor<'_> {
         })
     }
 
-    /// Writes a header array followed by its strings; returns the array offset, the count, and
-    /// where the first `host` value went.
+    /// Writes a header array (zeroed spare entries after it) followed by its strings; returns
+    /// where the array lies and where the first `host` value went.
     fn headers(&mut self, headers: &HeaderMap) -> Result<HeaderSection, ViewTooLarge> {
         self.align(align_of::<WeftHeader>())?;
         let count = headers.len();
-        let array = self.reserve(count * size_of::<WeftHeader>())?;
+        // A `HeaderMap` holds at most 32,768 lines; a larger count could not fit a slot either.
+        let cap_entries = u16::try_from(count + SPARE_HEADERS).map_err(|_| ViewTooLarge { cap: self.buf.len() })?;
+        let array = self.reserve((count + SPARE_HEADERS) * size_of::<WeftHeader>())?;
         let cap = self.buf.len();
         let (head, mut rest) = self.buf.split_at_mut(self.pos);
-        let table = &mut head[array..];
+        let (table, spare) = head[array..].split_at_mut(count * size_of::<WeftHeader>());
+        // A fixed-size store, not a call into `memset`.
+        let spare: &mut [u8; SPARE_HEADERS * size_of::<WeftHeader>()] =
+            spare.try_into().expect("the spare entries were reserved");
+        *spare = [0; SPARE_HEADERS * size_of::<WeftHeader>()];
         let mut at = self.pos;
         let mut host = None;
         for ((name, value), entry) in headers.iter().zip(table.chunks_exact_mut(size_of::<WeftHeader>())) {
@@ -185,8 +216,11 @@ impl Cursor<'_> {
         }
         self.pos = at;
         Ok(HeaderSection {
-            off: array as u32,
-            count: count as u32,
+            array: HeaderArray {
+                off: array as u32,
+                count: count as u16,
+                cap: cap_entries,
+            },
             host,
         })
     }
@@ -316,12 +350,20 @@ fn version_str(v: Version) -> &'static str {
     }
 }
 
-/// Where [`encode_request`] ended: the view's size, and the end of its request-line strings
-/// (where the headers begin, for [`encode_request_headers`]).
+/// Where [`encode_request`] ended: the view's size, the end of its request-line strings (where
+/// the headers begin, for [`encode_request_headers`]), and the request header array.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestEnd {
     pub size: usize,
     pub fixed_end: usize,
+    pub headers: HeaderArray,
+}
+
+/// Where a section laid out after the request line ends, and its header array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SectionEnd {
+    pub size: usize,
+    pub headers: HeaderArray,
 }
 
 /// Writes the request section (clearing any response section).
@@ -372,8 +414,8 @@ pub fn encode_request(
         client_addr,
         scheme,
         version,
-        req_headers_off: req.off,
-        req_header_count: req.count,
+        req_headers_off: req.array.off,
+        req_header_count: u32::from(req.array.count),
         status: 0,
         resp_headers_off: size as u32,
         resp_header_count: 0,
@@ -384,7 +426,11 @@ pub fn encode_request(
         server_name,
     };
     write_struct(c.buf, 0, view);
-    Ok(RequestEnd { size, fixed_end })
+    Ok(RequestEnd {
+        size,
+        fixed_end,
+        headers: req.array,
+    })
 }
 
 /// The view's `host`: the URI's authority if it has one (HTTP/2, absolute-form), else the first
@@ -395,13 +441,14 @@ fn host_field(authority: Option<WeftStr>, req: &HeaderSection) -> WeftStr {
 
 /// Writes the request headers again after a change of the headers alone: the method, URI,
 /// version and identity stay as [`encode_request`] wrote them before `fixed_end` (its
-/// [`RequestEnd::fixed_end`]); any response section is cleared. Returns the new view size.
+/// [`RequestEnd::fixed_end`]); any response section is cleared. Returns the new view size and
+/// header array.
 pub fn encode_request_headers(
     buf: &mut [u8],
     fixed_end: usize,
     phase: u32,
     headers: &HeaderMap,
-) -> Result<usize, ViewTooLarge> {
+) -> Result<SectionEnd, ViewTooLarge> {
     let mut view = read_view(buf);
     let mut c = Cursor { buf, pos: fixed_end };
     let req = c.headers(headers)?;
@@ -417,13 +464,16 @@ pub fn encode_request_headers(
     if !authority {
         view.host = req.host.unwrap_or_default();
     }
-    view.req_headers_off = req.off;
-    view.req_header_count = req.count;
+    view.req_headers_off = req.array.off;
+    view.req_header_count = u32::from(req.array.count);
     view.status = 0;
     view.resp_headers_off = size as u32;
     view.resp_header_count = 0;
     write_struct(c.buf, 0, view);
-    Ok(size)
+    Ok(SectionEnd {
+        size,
+        headers: req.array,
+    })
 }
 
 /// A view laid out anew up to `size` for a `phase` call: no body yet.
@@ -441,24 +491,223 @@ fn for_phase(view: &mut WeftRequestView, phase: u32) {
 }
 
 /// Appends (or replaces) the response section after the request section `request_end` bytes
-/// long. Returns the new view size.
+/// long. Returns the new view size and the response header array.
 pub fn encode_response(
     buf: &mut [u8],
     request_end: usize,
     phase: u32,
     status: u16,
     headers: &HeaderMap,
-) -> Result<usize, ViewTooLarge> {
+) -> Result<SectionEnd, ViewTooLarge> {
     let mut view = read_view(buf);
     let mut c = Cursor { buf, pos: request_end };
-    let HeaderSection { off, count, .. } = c.headers(headers)?;
+    let HeaderSection { array, .. } = c.headers(headers)?;
     let size = c.pos;
     resized(&mut view, size, phase);
     view.status = status as u32;
-    view.resp_headers_off = off;
-    view.resp_header_count = count;
+    view.resp_headers_off = array.off;
+    view.resp_header_count = u32::from(array.count);
     write_struct(c.buf, 0, view);
-    Ok(size)
+    Ok(SectionEnd { size, headers: array })
+}
+
+/// One change a batch makes to a head, as [`patch_headers`] writes it into a view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderEdit<'a> {
+    /// The name's lines replaced by one (`HeaderMap::insert`).
+    Set(&'a [u8], &'a [u8]),
+    /// A line added (`HeaderMap::append`).
+    Add(&'a [u8], &'a [u8]),
+    /// Every line of the name removed.
+    Remove(&'a [u8]),
+    /// The response's status.
+    Status(u16),
+    /// A change a view cannot take in place (the request's path or query).
+    Other,
+}
+
+/// Which section of the view [`patch_headers`] changes: the last one laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    Request,
+    Response,
+}
+
+/// Writes a plugin's changes to the headers of the view's last section (`section`, whose array
+/// is `array`; the view ends at `end`) into the view in place, instead of laying the section out
+/// again: new strings go after `end`, added lines into the array's spare entries, and the bytes
+/// of a replaced or removed line are zeroed (a view is copied to workers and peers; what a
+/// plugin removed does not travel with it). Lines of one name keep their order, as in the
+/// `HeaderMap` the edits are applied to; a line of a new name or an added line comes last.
+///
+/// `None` when the edits need the section laid out anew: more added lines than spare entries,
+/// no room in the slot, an edit a view cannot take ([`HeaderEdit::Other`], a status for the
+/// request), or an entry of the edited name that no longer points inside its section's strings
+/// (the view lies in memory a plugin can write; a new layout from the host's own head mends it).
+/// What was written by then is overwritten by that layout.
+pub fn patch_headers<'a>(
+    buf: &mut [u8],
+    section: Section,
+    array: HeaderArray,
+    end: usize,
+    phase: u32,
+    edits: impl IntoIterator<Item = HeaderEdit<'a>>,
+) -> Option<SectionEnd> {
+    if end > buf.len() || array.strings_start() > end || array.count > array.cap {
+        return None;
+    }
+    let mut p = Patch { buf, array, end };
+    let mut status = None;
+    for edit in edits {
+        match edit {
+            HeaderEdit::Set(name, value) => p.set(name, value)?,
+            HeaderEdit::Add(name, value) => p.add(name, value)?,
+            HeaderEdit::Remove(name) => p.remove(name, 0)?,
+            HeaderEdit::Status(s) if section == Section::Response => status = Some(s),
+            HeaderEdit::Status(_) | HeaderEdit::Other => return None,
+        }
+    }
+    let Patch { buf, array, end } = p;
+    let mut view = read_view(buf);
+    resized(&mut view, end, phase);
+    match section {
+        Section::Request => {
+            view.req_header_count = u32::from(array.count);
+            view.resp_headers_off = end as u32;
+            view.resp_header_count = 0;
+        }
+        Section::Response => {
+            view.resp_header_count = u32::from(array.count);
+            if let Some(s) = status {
+                view.status = u32::from(s);
+            }
+        }
+    }
+    write_struct(buf, 0, view);
+    Some(SectionEnd {
+        size: end,
+        headers: array,
+    })
+}
+
+/// A header section being patched: its array, and the view's end where new strings go.
+struct Patch<'b> {
+    buf: &'b mut [u8],
+    array: HeaderArray,
+    end: usize,
+}
+
+impl Patch<'_> {
+    fn entry(&self, i: u16) -> WeftHeader {
+        let at = self.array.entry_at(i);
+        // SAFETY: `patch_headers` checked the array (to its capacity) lies before `end` within
+        // `buf`; WeftHeader is plain integers, any bit pattern is valid.
+        unsafe { std::ptr::read_unaligned(self.buf[at..at + size_of::<WeftHeader>()].as_ptr().cast()) }
+    }
+
+    fn set_entry(&mut self, i: u16, h: WeftHeader) {
+        write_struct(self.buf, self.array.entry_at(i), h);
+    }
+
+    /// A string of this section's strings region; `None` if the entry points elsewhere.
+    fn own(&self, s: WeftStr) -> Option<std::ops::Range<usize>> {
+        let start = s.off as usize;
+        let stop = start.checked_add(s.len as usize)?;
+        (start >= self.array.strings_start() && stop <= self.end).then_some(start..stop)
+    }
+
+    /// Whether `h` is a line of `name`: lengths first (no other entry's bytes are read).
+    fn is(&self, h: WeftHeader, name: &[u8]) -> Option<bool> {
+        if h.name.len as usize != name.len() {
+            return Some(false);
+        }
+        let r = self.own(h.name)?;
+        Some(&self.buf[r] == name)
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Option<WeftStr> {
+        let at = self.end;
+        let stop = at.checked_add(bytes.len()).filter(|&e| e <= self.buf.len())?;
+        copy_short(&mut self.buf[at..stop], bytes);
+        self.end = stop;
+        Some(WeftStr {
+            off: at as u32,
+            len: bytes.len() as u32,
+        })
+    }
+
+    fn zero(&mut self, s: WeftStr) -> Option<()> {
+        let r = self.own(s)?;
+        self.buf[r].fill(0);
+        Some(())
+    }
+
+    fn add(&mut self, name: &[u8], value: &[u8]) -> Option<()> {
+        if self.array.count == self.array.cap {
+            return None;
+        }
+        let h = WeftHeader {
+            name: self.append(name)?,
+            value: self.append(value)?,
+        };
+        self.set_entry(self.array.count, h);
+        self.array.count += 1;
+        Some(())
+    }
+
+    /// The first line of `name` from entry `from` on. A scan of the name lengths alone (one load
+    /// an entry); an entry of the same length is checked and compared.
+    fn find(&self, name: &[u8], from: u16) -> Option<Option<u16>> {
+        const NAME_LEN: usize = std::mem::offset_of!(WeftHeader, name) + std::mem::offset_of!(WeftStr, len);
+        let table = &self.buf[self.array.entry_at(from)..self.array.entry_at(self.array.count)];
+        for (k, e) in table.chunks_exact(size_of::<WeftHeader>()).enumerate() {
+            let len = u32::from_ne_bytes(e[NAME_LEN..NAME_LEN + 4].try_into().expect("four bytes"));
+            if len as usize == name.len() {
+                let i = from + k as u16;
+                if self.is(self.entry(i), name)? {
+                    return Some(Some(i));
+                }
+            }
+        }
+        Some(None)
+    }
+
+    /// The first line of `name` gets `value`; the others go.
+    fn set(&mut self, name: &[u8], value: &[u8]) -> Option<()> {
+        let Some(i) = self.find(name, 0)? else {
+            return self.add(name, value);
+        };
+        let mut h = self.entry(i);
+        self.zero(h.value)?;
+        h.value = self.append(value)?;
+        self.set_entry(i, h);
+        self.remove(name, i + 1)
+    }
+
+    /// Removes the lines of `name` from entry `from` on, keeping the others' order.
+    fn remove(&mut self, name: &[u8], from: u16) -> Option<()> {
+        let Some(first) = self.find(name, from)? else {
+            return Some(());
+        };
+        let mut kept = first;
+        for i in first..self.array.count {
+            let h = self.entry(i);
+            if self.is(h, name)? {
+                self.zero(h.name)?;
+                self.zero(h.value)?;
+            } else {
+                if kept != i {
+                    self.set_entry(kept, h);
+                }
+                kept += 1;
+            }
+        }
+        for i in kept..self.array.count {
+            self.set_entry(i, WeftHeader::default());
+        }
+        self.array.count = kept;
+        Some(())
+    }
 }
 
 /// Sets the phase field of an encoded view (and clears its body fields).
@@ -684,13 +933,18 @@ mod tests {
             let again = encode_request_headers(&mut buf, end.fixed_end, 0, &headers).unwrap();
             let mut whole = vec![0u8; 4096];
             let fresh = encode_request(&mut whole, &ident(), 0, &head(&uri, &headers)).unwrap();
-            assert_eq!(RequestEnd { size: again, ..end }, fresh, "{uri}");
+            let again_end = RequestEnd {
+                size: again.size,
+                headers: again.headers,
+                ..end
+            };
+            assert_eq!(again_end, fresh, "{uri}");
             assert_eq!(
                 decode_for_test(&buf).unwrap(),
                 decode_for_test(&whole).unwrap(),
                 "{uri}"
             );
-            for cap in VIEW_HEADER_SIZE.max(end.fixed_end)..again {
+            for cap in VIEW_HEADER_SIZE.max(end.fixed_end)..again.size {
                 let mut small = buf[..cap].to_vec();
                 assert!(
                     encode_request_headers(&mut small, end.fixed_end, 0, &headers).is_err(),
@@ -860,5 +1114,163 @@ mod tests {
         let d = decode_for_test(&buf).unwrap();
         assert_eq!(d.host, "h2.example:8443");
         assert_eq!(d.version, "HTTP/2.0");
+    }
+
+    /// Lines per name in order, as a plugin reading the view sees them (names in any order).
+    fn by_name(lines: &[(String, String)]) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut m = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for (n, v) in lines {
+            m.entry(n.clone()).or_default().push(v.clone());
+        }
+        m
+    }
+
+    fn map_lines(m: &HeaderMap) -> Vec<(String, String)> {
+        m.iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    /// Random edits written into a view in place read back as the head the same edits were
+    /// applied to (`HeaderMap::insert`, `append`, `remove`): every name's lines in order, in the
+    /// request section and in the response section, the rest of the view unchanged; what did not
+    /// fit is `None`, never a wrong view.
+    #[test]
+    fn patched_views_read_as_the_edited_head() {
+        const NAMES: [&str; 5] = ["accept", "x-a", "x-b", "cookie", "x-long-header-name-for-copies"];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n) as usize
+        };
+        let uri: Uri = "/p?q=1".parse().unwrap();
+        let (mut patched, mut refused) = (0, 0);
+        for round in 0..3000 {
+            let mut req = HeaderMap::new();
+            req.insert("host", HeaderValue::from_static("example.com"));
+            // Values unique in the round (`rq3q` is no part of another), so a removed one can
+            // be looked for in the view's bytes.
+            let mut resp = HeaderMap::new();
+            for i in 0..next(6) {
+                let n = NAMES[next(5)];
+                req.append(n, HeaderValue::from_str(&format!("rq{i}q")).unwrap());
+                resp.append(n, HeaderValue::from_str(&format!("rs{i}q")).unwrap());
+            }
+            let section = if round % 2 == 0 {
+                Section::Request
+            } else {
+                Section::Response
+            };
+            let mut buf = vec![0u8; [4096, 700, 400][next(3)]];
+            let Ok(end) = encode_request(&mut buf, &ident(), 0, &get_head(&uri, &req, Version::HTTP_11)) else {
+                continue;
+            };
+            let (array, view_end, mut map) = match section {
+                Section::Request => (end.headers, end.size, req.clone()),
+                Section::Response => match encode_response(&mut buf, end.size, 2, 200, &resp) {
+                    Ok(r) => (r.headers, r.size, resp.clone()),
+                    Err(_) => continue,
+                },
+            };
+            let before = decode_for_test(&buf).unwrap();
+            let values: Vec<String> = (0..6).map(|i| format!("new{i}-{}", "z".repeat(next(40)))).collect();
+            let mut edits = Vec::new();
+            for v in values.iter().take(next(7)) {
+                let n = NAMES[next(5)];
+                let hv = HeaderValue::from_str(v).unwrap();
+                match next(3) {
+                    0 => {
+                        map.insert(n, hv);
+                        edits.push(HeaderEdit::Set(n.as_bytes(), v.as_bytes()));
+                    }
+                    1 => {
+                        map.append(n, hv);
+                        edits.push(HeaderEdit::Add(n.as_bytes(), v.as_bytes()));
+                    }
+                    _ => {
+                        map.remove(n);
+                        edits.push(HeaderEdit::Remove(n.as_bytes()));
+                    }
+                }
+            }
+            if section == Section::Response {
+                edits.push(HeaderEdit::Status(404));
+            }
+            let Some(done) = patch_headers(&mut buf, section, array, view_end, 1, edits) else {
+                refused += 1;
+                continue;
+            };
+            patched += 1;
+            assert!(done.size >= view_end && done.size <= buf.len());
+            let after = decode_for_test(&buf).expect("a patched view decodes");
+            assert_eq!(after.phase, 1);
+            let (lines, other, old_other) = match section {
+                Section::Request => (
+                    &after.request_headers,
+                    &after.response_headers,
+                    &before.response_headers,
+                ),
+                Section::Response => (&after.response_headers, &after.request_headers, &before.request_headers),
+            };
+            assert_eq!(by_name(lines), by_name(&map_lines(&map)), "round {round}");
+            assert_eq!(lines.len(), map.len(), "round {round}");
+            assert_eq!(other, old_other, "the other section is untouched");
+            assert_eq!(
+                (&after.path, &after.host, &after.client_addr),
+                (&before.path, &before.host, &before.client_addr)
+            );
+            if section == Section::Response {
+                assert_eq!(after.status, 404);
+            }
+            // Nothing removed or replaced is left in the view's bytes.
+            let text = String::from_utf8_lossy(&buf[..done.size]).into_owned();
+            let old_lines = match section {
+                Section::Request => &before.request_headers,
+                Section::Response => &before.response_headers,
+            };
+            for (n, v) in old_lines.iter().filter(|(n, _)| n != "host") {
+                if !lines.iter().any(|(_, kept)| kept == v) {
+                    assert!(!text.contains(v.as_str()), "round {round}: {n}: {v} left in the view");
+                }
+            }
+        }
+        assert!(patched > 1000 && refused > 50, "patched {patched}, refused {refused}");
+    }
+
+    /// A patch refuses what it cannot write in place: more added lines than spare entries, an
+    /// edit of the request line, a status for the request, an entry a plugin pointed elsewhere.
+    #[test]
+    fn patches_that_do_not_fit_are_refused() {
+        let uri: Uri = "/".parse().unwrap();
+        let mut req = HeaderMap::new();
+        req.insert("accept", HeaderValue::from_static("a"));
+        let mut buf = vec![0u8; 2048];
+        let end = encode_request(&mut buf, &ident(), 0, &get_head(&uri, &req, Version::HTTP_11)).unwrap();
+        let patch = |buf: &mut [u8], edits: &[HeaderEdit<'_>]| {
+            patch_headers(buf, Section::Request, end.headers, end.size, 0, edits.iter().copied())
+        };
+        let adds: Vec<HeaderEdit<'_>> = (0..=SPARE_HEADERS).map(|_| HeaderEdit::Add(b"x-a", b"1")).collect();
+        assert!(patch(&mut buf.clone(), &adds[..SPARE_HEADERS]).is_some());
+        assert!(
+            patch(&mut buf.clone(), &adds).is_none(),
+            "one more than the spare entries"
+        );
+        assert!(patch(&mut buf.clone(), &[HeaderEdit::Other]).is_none());
+        assert!(patch(&mut buf.clone(), &[HeaderEdit::Status(500)]).is_none());
+        assert!(
+            patch(&mut buf[..end.size + 3], &[HeaderEdit::Add(b"x-a", b"1")]).is_none(),
+            "no room"
+        );
+        // A plugin pointed the entry's name at the request line: refused, nothing trusted.
+        let mut scribbled = buf.clone();
+        let entry = end.headers.off as usize;
+        scribbled[entry..entry + 4].copy_from_slice(&(VIEW_HEADER_SIZE as u32).to_ne_bytes());
+        assert!(patch(&mut scribbled, &[HeaderEdit::Remove(b"accept")]).is_none());
+        assert!(
+            patch(&mut scribbled, &[HeaderEdit::Add(b"x-a", b"1")]).is_some(),
+            "an add reads no entry"
+        );
     }
 }

@@ -3,6 +3,7 @@
 // runs these, so std's atomics are the right ones here.
 #![allow(clippy::disallowed_types)]
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -263,6 +264,88 @@ fn chain_order_later_plugins_see_earlier_mutations() {
     let mut ex = begin(&chain);
     let mut req = request("/", &[]);
     assert!(matches!(ex.request_headers(&mut req), Flow::Continue));
+}
+
+/// A view's lines per name, in order, from `test-view-echo`'s `name=value;...` text (or from a
+/// head's headers), leaving out the echo's own `x-view-*` lines.
+fn lines_by_name<'a>(lines: impl Iterator<Item = (&'a str, &'a str)>) -> BTreeMap<String, Vec<String>> {
+    let mut m = BTreeMap::<String, Vec<String>>::new();
+    for (n, v) in lines.filter(|(n, _)| !n.starts_with("x-view-")) {
+        m.entry(n.to_owned()).or_default().push(v.to_owned());
+    }
+    m
+}
+
+fn echoed(text: &http::HeaderValue) -> BTreeMap<String, Vec<String>> {
+    let text = text.to_str().unwrap();
+    lines_by_name(
+        text.split(';')
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split_once('=').unwrap()),
+    )
+}
+
+fn head_lines(h: &http::HeaderMap) -> BTreeMap<String, Vec<String>> {
+    lines_by_name(h.iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())))
+}
+
+#[test]
+fn the_next_plugin_reads_the_head_an_earlier_one_left() {
+    // Both ways a view follows a plugin's changes: written into it in place (a few lines), and
+    // laid out again (more added lines than the view keeps spare entries for).
+    for adds in [1, 7] {
+        let add: serde_json::Map<String, serde_json::Value> = (0..adds)
+            .map(|i| (format!("x-add-{i}"), format!("a{i}").into()))
+            .collect();
+        let echo = || ("echo", "test-view-echo", serde_json::json!({}), false);
+        let chain = chain(&[
+            echo(),
+            (
+                "rewrite",
+                "header-rewriter",
+                serde_json::json!({
+                    "request_set": {"accept": "text/html", "x-new": "n"},
+                    "request_add": add,
+                    "request_remove": ["cookie"],
+                    "response_set": {"cache-control": "no-store"},
+                    "response_remove": ["server"],
+                }),
+                false,
+            ),
+            echo(),
+        ]);
+        let mut ex = begin(&chain);
+        let mut req = request(
+            "/",
+            &[
+                ("accept", "*/*"),
+                ("cookie", "a=1"),
+                ("x-keep", "k"),
+                ("cookie", "b=2"),
+                ("accept", "a/b"),
+            ],
+        );
+        assert!(matches!(ex.request_headers(&mut req), Flow::Continue));
+        assert!(req.headers.get("cookie").is_none());
+        assert_eq!(req.headers["x-add-0"], "a0");
+        assert_eq!(
+            echoed(&req.headers["x-view-request"]),
+            head_lines(&req.headers),
+            "adds {adds}"
+        );
+        let mut resp = response(200);
+        resp.headers.insert("server", "up".parse().unwrap());
+        resp.headers.append("cache-control", "max-age=5".parse().unwrap());
+        resp.headers.append("cache-control", "public".parse().unwrap());
+        assert!(matches!(ex.response_headers(&mut resp), Flow::Continue));
+        assert!(resp.headers.get("server").is_none());
+        assert_eq!(resp.headers["cache-control"], "no-store");
+        assert_eq!(
+            echoed(&resp.headers["x-view-response"]),
+            head_lines(&resp.headers),
+            "adds {adds}"
+        );
+    }
 }
 
 #[test]

@@ -214,7 +214,9 @@ pub fn with_response(
         );
     }
     view.resize(8192, 0);
-    let end = encode_response(&mut view, request_end, phase, status, &map).unwrap();
+    let end = encode_response(&mut view, request_end, phase, status, &map)
+        .unwrap()
+        .size;
     view.truncate(end);
     view
 }

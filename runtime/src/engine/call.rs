@@ -153,7 +153,7 @@ impl Exchange {
         phase: WeftPhase,
         deadline: Duration,
     ) -> Result<mutation::Batch, CallError> {
-        let view_end = self.view_end;
+        let view_end = self.view_end as usize;
         let request_id = self.ident.request_id;
         let Some(lease) = self.lease.as_mut() else {
             return Err(CallError::NoSlot);
@@ -204,11 +204,11 @@ impl Exchange {
     fn out_location(&mut self, job: bool) -> Option<OutLocation> {
         let lease = self.lease.as_mut()?;
         let (slot, base) = (lease.index(), lease.raw_ptr());
-        let after_view = self.view_end.next_multiple_of(8);
+        let after_view = (self.view_end as usize).next_multiple_of(8);
         debug_assert_eq!(
             // SAFETY: a whole view sits at the start of the slot.
             unsafe { base.cast::<WeftRequestView>().read_unaligned().size } as usize,
-            self.view_end,
+            self.view_end as usize,
             "the output location is the first 8-aligned offset after view.size"
         );
         let mut loc = OutLocation {

@@ -68,12 +68,14 @@ impl Exchange {
         if self.chain.phases & PHASE.mask() == 0 {
             return Flow::Continue;
         }
-        // The view is laid out again only when a plugin changed the request and someone will
-        // still read it: the next plugin, or the later phases. Changed headers alone rewrite the
-        // headers only (the request line's strings stay where they are).
+        // The view follows a plugin's changes only when someone will still read it: the next
+        // plugin, or the later phases. Changed headers are written into the view in place
+        // (`patch_view`) or, when they do not fit, the headers are laid out again (the request
+        // line's strings stay where they are); a changed URI lays it all out again.
         let mut stale = Stale::No;
         let instances = Arc::clone(&self.chain.instances);
-        for inst in instances.iter().filter(|i| i.phases & PHASE.mask() != 0) {
+        let handles = |i: &Instance| i.phases & PHASE.mask() != 0;
+        for (k, inst) in instances.iter().enumerate().filter(|(_, i)| handles(i)) {
             if stale != Stale::No {
                 if let Err(e) = self.lay_out_again(parts, PHASE, stale) {
                     return self.request_too_large(e);
@@ -92,9 +94,13 @@ impl Exchange {
                         return Flow::Respond(resp);
                     }
                     if !batch.is_empty() {
+                        let read_after =
+                            instances[k + 1..].iter().any(|i| handles(i)) || self.needed_after_request_headers();
+                        let patched = read_after && self.patch_view(&batch, view::Section::Request, PHASE);
                         stale = match batch.apply_to_request(parts) {
-                            mutation::UriChange::Unchanged => Stale::Headers,
                             mutation::UriChange::Changed => Stale::All,
+                            mutation::UriChange::Unchanged if patched => Stale::No,
+                            mutation::UriChange::Unchanged => Stale::Headers,
                         };
                     }
                 }
@@ -136,9 +142,13 @@ impl Exchange {
                     // The view is laid out again only when someone still reads it: the next plugin
                     // (earlier in the chain) or a later phase.
                     if !batch.is_empty() {
-                        batch.apply_to_response(parts);
                         let read_after = later || instances[..k].iter().any(|i| handles(i));
-                        if read_after && let Err(e) = self.encode_response(parts, PHASE) {
+                        let patched = read_after && self.patch_view(&batch, view::Section::Response, PHASE);
+                        batch.apply_to_response(parts);
+                        if read_after
+                            && !patched
+                            && let Err(e) = self.encode_response(parts, PHASE)
+                        {
                             tracing::warn!(plugin = %inst.name, "{e}; answering 502");
                             return response_too_large();
                         }
@@ -233,8 +243,9 @@ impl Exchange {
         let end = view::encode_request(lease.bytes_mut(), &self.ident, phase as u32, &head)?;
         // Slot offsets fit in u32 (the view's own offsets are u32).
         self.request_fixed_end = end.fixed_end as u32;
-        self.request_end = end.size;
-        self.view_end = end.size;
+        self.request_end = end.size as u32;
+        self.view_end = end.size as u32;
+        self.last_headers = end.headers;
         Ok(())
     }
 
@@ -253,9 +264,34 @@ impl Exchange {
         };
         let lease = self.lease.as_mut().expect("exchange lease taken before drop");
         let end = view::encode_request_headers(lease.bytes_mut(), fixed_end, phase as u32, &parts.headers)?;
-        self.request_end = end;
-        self.view_end = end;
+        self.request_end = end.size as u32;
+        self.view_end = end.size as u32;
+        self.last_headers = end.headers;
         Ok(())
+    }
+
+    /// Writes `batch`'s changes into the view's last laid-out `section` in place, before the
+    /// batch is applied to the head (`view::patch_headers`); false when they do not fit there,
+    /// and the caller lays the section out again after applying it.
+    fn patch_view(&mut self, batch: &mutation::Batch, section: view::Section, phase: WeftPhase) -> bool {
+        let request_is_last = self.view_end == self.request_end;
+        if request_is_last != (section == view::Section::Request) {
+            return false;
+        }
+        let (array, end) = (self.last_headers, self.view_end as usize);
+        let Some(lease) = self.lease.as_mut() else {
+            return false;
+        };
+        let edits = batch.view_edits();
+        let Some(done) = view::patch_headers(lease.bytes_mut(), section, array, end, phase as u32, edits) else {
+            return false;
+        };
+        if section == view::Section::Request {
+            self.request_end = done.size as u32;
+        }
+        self.view_end = done.size as u32;
+        self.last_headers = done.headers;
+        true
     }
 
     /// Lays out the response section of the view after the request section.
@@ -264,14 +300,16 @@ impl Exchange {
         parts: &http::response::Parts,
         phase: WeftPhase,
     ) -> Result<(), view::ViewTooLarge> {
-        let end = self.request_end;
-        self.view_end = view::encode_response(
+        let end = self.request_end as usize;
+        let done = view::encode_response(
             self.lease().bytes_mut(),
             end,
             phase as u32,
             parts.status.as_u16(),
             &parts.headers,
         )?;
+        self.view_end = done.size as u32;
+        self.last_headers = done.headers;
         Ok(())
     }
 }

@@ -35,7 +35,7 @@ impl Exchange {
             }
             if let Some(plugin) = inst.remote() {
                 // Fire and forget: the transport publishes without blocking this thread.
-                let (view_end, request_id) = (self.view_end, self.ident.request_id);
+                let (view_end, request_id) = (self.view_end as usize, self.ident.request_id);
                 plugin.log(request_id, &self.lease().bytes_mut()[..view_end]);
                 continue;
             }

@@ -57,7 +57,7 @@ use crate::pending::Load;
 use crate::plugin::Library;
 use crate::remote::RemoteInstance;
 use crate::sync::stat::{AtomicU64, Ordering};
-use crate::view::{ClientAddr, ViewIdentity};
+use crate::view::{self, ClientAddr, ViewIdentity};
 
 /// How an instance is reached.
 pub(crate) enum Transport {
@@ -236,6 +236,7 @@ impl Chain {
             request_end: 0,
             request_fixed_end: 0,
             view_end: 0,
+            last_headers: Default::default(),
             bufs: Default::default(),
             body: Default::default(),
         })))
@@ -248,13 +249,17 @@ pub struct Exchange {
     chain: Chain,
     lease: Option<SlotLease>,
     ident: ViewIdentity,
-    /// End of the request section of the view; 0 until encoded.
-    request_end: usize,
+    /// End of the request section of the view; 0 until encoded. (Slot offsets are u32, as the
+    /// view's own are; a smaller exchange is a smaller request future.)
+    request_end: u32,
     /// Where the request section's headers begin (after the request line's strings), for a
     /// layout of its headers alone; 0 until encoded.
     request_fixed_end: u32,
     /// End of the whole view (request plus response section).
-    view_end: usize,
+    view_end: u32,
+    /// Where the header array of the view's last section lies (`view::patch_headers`): the
+    /// request's while `view_end == request_end`, else the response's.
+    last_headers: view::HeaderArray,
     /// The buffers of the call in progress (`out.rs`).
     bufs: out::CallBuffers,
     /// Body-phase bookkeeping (`body.rs`).
@@ -323,6 +328,7 @@ impl Drop for Exchange {
             request_end: self.request_end,
             request_fixed_end: self.request_fixed_end,
             view_end: self.view_end,
+            last_headers: self.last_headers,
             bufs: Default::default(),
             body: Default::default(),
         };

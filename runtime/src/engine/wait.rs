@@ -92,7 +92,7 @@ impl Exchange {
                 // SAFETY: two distinct slots of one arena. The plugin only reads the view part
                 // of the old slot (it writes its output area after view_end), so copying it is a
                 // concurrent read; the fresh slot is exclusively ours.
-                unsafe { std::ptr::copy_nonoverlapping(old.raw_ptr(), fresh.raw_ptr(), self.view_end) };
+                unsafe { std::ptr::copy_nonoverlapping(old.raw_ptr(), fresh.raw_ptr(), self.view_end as usize) };
                 let (index, generation) = (fresh.index(), fresh.generation());
                 view::set_identity(fresh.bytes_mut(), index, generation);
                 fresh
