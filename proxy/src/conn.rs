@@ -41,6 +41,24 @@ use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
 use weft_runtime::view::ClientAddr;
 
+use crate::forward::ClientIp;
+
+/// A connection's client, made once per connection and shared by its requests (a pointer each):
+/// the address with its text for plugins' views, and its `x-forwarded-for` value.
+pub struct Peer {
+    pub addr: ClientAddr,
+    pub ip: ClientIp,
+}
+
+impl Peer {
+    pub fn new(remote: SocketAddr) -> Peer {
+        Peer {
+            addr: ClientAddr::new(remote),
+            ip: ClientIp::new(remote.ip()),
+        }
+    }
+}
+
 use crate::accept::{self, Acceptor, Admission, ConnPermit, PerIp};
 use crate::body::BoxError;
 use crate::config::Limits;
@@ -494,7 +512,7 @@ pub async fn serve_connections<H, Fut, B>(
     drain: Duration,
 ) -> io::Result<()>
 where
-    H: Fn(Request<RequestBody>, Arc<ClientAddr>) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, Arc<Peer>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
@@ -520,7 +538,7 @@ pub async fn serve_connections_with<H, Fut, B>(
     drain: Duration,
 ) -> io::Result<()>
 where
-    H: Fn(Request<RequestBody>, Arc<ClientAddr>) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, Arc<Peer>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
@@ -599,15 +617,16 @@ fn serve_one<I, H, Fut, B>(
 ) -> impl Future<Output = ()> + Send + 'static
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<RequestBody>, Arc<ClientAddr>) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, Arc<Peer>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let state = Arc::new(ConnState::default());
-    // The address's text for plugins' views, formatted once for the connection's requests (a
-    // pointer per request: the request's future stays as small as with the bare address).
-    let client = Arc::new(ClientAddr::new(remote));
+    // The address's texts for plugins' views and `x-forwarded-for`, made once for the
+    // connection's requests (a pointer per request: the request's future stays as small as with
+    // the bare address).
+    let client = Arc::new(Peer::new(remote));
     let service = {
         let state = Arc::clone(&state);
         let request_body_timeout = limits.request_body_timeout;
@@ -900,7 +919,7 @@ mod tests {
         for round in 0..16 {
             let (mut client, server) = tokio::io::duplex(1 << 16);
             let (_stop_tx, stop) = watch::channel(false);
-            let handle = |_: Request<RequestBody>, _: Arc<ClientAddr>| async {
+            let handle = |_: Request<RequestBody>, _: Arc<Peer>| async {
                 Response::new(http_body_util::Full::new(Bytes::from_static(b"ok")))
             };
             let mut conn = Box::pin(serve_one(&builder, server, None, handle, limits, stop, remote));

@@ -277,8 +277,31 @@ fn canonical_ip(client: IpAddr) -> IpAddr {
     }
 }
 
+/// A connection's client address as the forwarding headers use it, with its `x-forwarded-for`
+/// text made once: each request on the connection clones the value (a reference count) instead
+/// of formatting the address and allocating a header value (`scripts/callgrind-proxy`).
+pub struct ClientIp {
+    ip: IpAddr,
+    value: HeaderValue,
+}
+
+impl ClientIp {
+    pub fn new(client: IpAddr) -> ClientIp {
+        let mut text = [0u8; 45];
+        let value = client_ip_text(client, &mut text);
+        ClientIp {
+            ip: client,
+            value: HeaderValue::from_bytes(value).expect("an address is visible ASCII"),
+        }
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
 /// `x-forwarded-for` value: the existing chain (all header lines, in order) plus `client`.
-pub fn forwarded_for(headers: &HeaderMap, client: IpAddr) -> HeaderValue {
+pub fn forwarded_for(headers: &HeaderMap, client: &ClientIp) -> HeaderValue {
     let mut value = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
         let Ok(s) = v.to_str() else { continue };
@@ -288,12 +311,10 @@ pub fn forwarded_for(headers: &HeaderMap, client: IpAddr) -> HeaderValue {
             value.push_str(", ");
         }
     }
-    let mut text = [0u8; 45];
-    let ip = client_ip_text(client, &mut text);
     if value.is_empty() {
-        return HeaderValue::from_bytes(ip).expect("an address is visible ASCII");
+        return client.value.clone();
     }
-    value.push_str(std::str::from_utf8(ip).expect("an address is ASCII"));
+    value.push_str(client.value.to_str().expect("an address is ASCII"));
     HeaderValue::from_str(&value).expect("visible ASCII only")
 }
 
@@ -375,7 +396,7 @@ pub fn pin_host(uri: &Uri, headers: &mut HeaderMap) -> Option<HeaderValue> {
 /// `forwarded` and `x-real-ip` are removed, and proto and host are this proxy's.
 pub fn add_forwarding_headers(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &ClientIp,
     trusted: bool,
     proto: &'static str,
     original_host: Option<&HeaderValue>,
@@ -389,7 +410,7 @@ pub fn add_forwarding_headers(
                 chain.extend_from_slice(v.as_bytes());
                 chain.extend_from_slice(b", ");
             }
-            chain.extend_from_slice(forwarded_element(client, proto, original_host).as_bytes());
+            chain.extend_from_slice(forwarded_element(client.ip, proto, original_host).as_bytes());
             if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(chain)) {
                 headers.insert(header::FORWARDED, v);
             }
@@ -410,9 +431,7 @@ pub fn add_forwarding_headers(
         real_ip |= name == X_REAL_IP;
         forwarded_host |= name == X_FORWARDED_HOST;
     }
-    let mut text = [0u8; 45];
-    let ip = HeaderValue::from_bytes(client_ip_text(client, &mut text)).expect("an address is visible ASCII");
-    headers.insert(&X_FORWARDED_FOR, ip);
+    headers.insert(&X_FORWARDED_FOR, client.value.clone());
     if forwarded {
         headers.remove(header::FORWARDED);
     }
@@ -666,17 +685,15 @@ mod tests {
 
     #[test]
     fn xff_appends_to_chain() {
-        let ip: IpAddr = "10.0.0.9".parse().unwrap();
-        assert_eq!(forwarded_for(&HeaderMap::new(), ip), "10.0.0.9");
+        let ip = |s: &str| ClientIp::new(s.parse().unwrap());
+        let client = ip("10.0.0.9");
+        assert_eq!(forwarded_for(&HeaderMap::new(), &client), "10.0.0.9");
         let h = headers(&[("x-forwarded-for", "1.1.1.1, 2.2.2.2"), ("x-forwarded-for", "3.3.3.3")]);
-        assert_eq!(forwarded_for(&h, ip), "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
+        assert_eq!(forwarded_for(&h, &client), "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
         let h = headers(&[("x-forwarded-for", "  ")]);
-        assert_eq!(forwarded_for(&h, ip), "10.0.0.9");
-        assert_eq!(forwarded_for(&HeaderMap::new(), "::1".parse().unwrap()), "::1");
-        assert_eq!(
-            forwarded_for(&HeaderMap::new(), "::ffff:192.0.2.1".parse().unwrap()),
-            "192.0.2.1"
-        );
+        assert_eq!(forwarded_for(&h, &client), "10.0.0.9");
+        assert_eq!(forwarded_for(&HeaderMap::new(), &ip("::1")), "::1");
+        assert_eq!(forwarded_for(&HeaderMap::new(), &ip("::ffff:192.0.2.1")), "192.0.2.1");
     }
 
     #[test]
@@ -690,7 +707,13 @@ mod tests {
             ("host", "example.com:8080"),
         ]);
         let host = pin_host(&"/x".parse().unwrap(), &mut h);
-        add_forwarding_headers(&mut h, "10.0.0.9".parse().unwrap(), false, "http", host.as_ref());
+        add_forwarding_headers(
+            &mut h,
+            &ClientIp::new("10.0.0.9".parse().unwrap()),
+            false,
+            "http",
+            host.as_ref(),
+        );
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com:8080");
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
@@ -709,7 +732,13 @@ mod tests {
             ("host", "example.com:8080"),
         ]);
         let host = pin_host(&"/x".parse().unwrap(), &mut h);
-        add_forwarding_headers(&mut h, "10.0.0.9".parse().unwrap(), true, "http", host.as_ref());
+        add_forwarding_headers(
+            &mut h,
+            &ClientIp::new("10.0.0.9".parse().unwrap()),
+            true,
+            "http",
+            host.as_ref(),
+        );
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "example.com:8080");
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.0.0.9");
@@ -719,7 +748,7 @@ mod tests {
         );
         assert_eq!(h["x-real-ip"], "1.1.1.1");
         let mut h = HeaderMap::new();
-        add_forwarding_headers(&mut h, "::1".parse().unwrap(), true, "http", None);
+        add_forwarding_headers(&mut h, &ClientIp::new("::1".parse().unwrap()), true, "http", None);
         assert_eq!(h["x-forwarded-for"], "::1");
         assert!(h.get("forwarded").is_none(), "no chain is started");
     }
@@ -757,12 +786,24 @@ mod tests {
         let mut h = HeaderMap::new();
         let host = pin_host(&uri, &mut h);
         assert_eq!(h["host"], "h2.example:8080");
-        add_forwarding_headers(&mut h, "10.0.0.9".parse().unwrap(), false, "http", host.as_ref());
+        add_forwarding_headers(
+            &mut h,
+            &ClientIp::new("10.0.0.9".parse().unwrap()),
+            false,
+            "http",
+            host.as_ref(),
+        );
         assert_eq!(h["x-forwarded-host"], "h2.example:8080");
 
         let mut h = headers(&[("x-forwarded-host", "spoofed")]);
         let host = pin_host(&"/p".parse().unwrap(), &mut h);
-        add_forwarding_headers(&mut h, "10.0.0.9".parse().unwrap(), false, "http", host.as_ref());
+        add_forwarding_headers(
+            &mut h,
+            &ClientIp::new("10.0.0.9".parse().unwrap()),
+            false,
+            "http",
+            host.as_ref(),
+        );
         assert!(h.get("host").is_none() && h.get("x-forwarded-host").is_none());
     }
 

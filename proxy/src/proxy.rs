@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::conn::Peer;
 use http::{Request, Response};
-use weft_runtime::view::ClientAddr;
 use weft_runtime::{Chain, InstanceId, Runtime};
 
 use crate::config::{Config, RouteConfig, parse_method};
@@ -133,11 +133,7 @@ impl Proxy {
     /// id (`x-request-id`, to plugins, the upstream and the client), counts it in its route's
     /// metrics and, with `access_log: true`, logs it.
     /// Owns its `Arc`, so the future is `'static` and needs no wrapper ([`crate::server::Handler`]).
-    pub async fn handle(
-        self: Arc<Self>,
-        mut req: Request<RequestBody>,
-        client: Arc<ClientAddr>,
-    ) -> Response<ProxyBody> {
+    pub async fn handle(self: Arc<Self>, mut req: Request<RequestBody>, client: Arc<Peer>) -> Response<ProxyBody> {
         let start = Instant::now();
         let request_id = crate::logging::request_id(req.headers_mut());
         // Boxed: only with `access_log`, and kept out of every request's future otherwise.
@@ -159,7 +155,7 @@ impl Proxy {
             let (method, uri) = &*access;
             crate::logging::access(
                 &request_id,
-                client.addr(),
+                client.addr.addr(),
                 method,
                 uri,
                 route,

@@ -149,7 +149,7 @@ impl Handler for LiveProxy {
     fn handle(
         self: &Arc<Self>,
         req: http::Request<RequestBody>,
-        client: Arc<weft_runtime::view::ClientAddr>,
+        client: Arc<crate::conn::Peer>,
     ) -> impl Future<Output = http::Response<ProxyBody>> + Send + use<> {
         // The request keeps this generation alive until it is done.
         Proxy::handle(self.current.load_full(), req, client)

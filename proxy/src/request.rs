@@ -6,7 +6,6 @@
 // shrink the `Result` would add an allocation to every such answer.
 #![allow(clippy::result_large_err)]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,10 +21,10 @@ use weft_runtime::view::ClientAddr;
 use weft_runtime::{BodyMode, BodySide, BufferedBody, Flow};
 
 use crate::body::{CollectError, Keep, Pieces, PluginBody, UpstreamBody, collect_limited};
-use crate::conn::RequestBody;
+use crate::conn::{Peer, RequestBody};
 use crate::forward::{
-    ProxyBody, Seen, add_forwarding_headers, check_host, join_cookies, local_reply, pin_host, strip_hop_by_hop,
-    strip_seen_hop_by_hop, upstream_uri,
+    ClientIp, ProxyBody, Seen, add_forwarding_headers, check_host, join_cookies, local_reply, pin_host,
+    strip_hop_by_hop, strip_seen_hop_by_hop, upstream_uri,
 };
 use crate::proxy::{Proxy, RouteTarget};
 use crate::route::{Found, normalize_host};
@@ -59,7 +58,7 @@ impl Proxy {
     pub(crate) async fn stages<'a>(
         &'a self,
         req: Request<RequestBody>,
-        client: &'a ClientAddr,
+        client: &'a Peer,
         request_id: &'a HeaderValue,
         matched: &mut Option<&'a RouteTarget>,
     ) -> Step<Reply> {
@@ -69,18 +68,18 @@ impl Proxy {
         *matched = Some(route);
         let mut f = Flight {
             route,
-            exchange: start_chain(route, client, &parts)?,
+            exchange: start_chain(route, &client.addr, &parts)?,
             request_id,
         };
         f.request_phases(&mut parts, &self.path_opts).await?;
         let upgrade = match (upgrade, &route.ws) {
             // Boxed: a rare path, kept out of every request's future.
-            (Some(up), Some(ws)) => return Ok(Box::pin(crate::ws::serve_plugin(ws, parts, up, client)).await),
+            (Some(up), Some(ws)) => return Ok(Box::pin(crate::ws::serve_plugin(ws, parts, up, &client.addr)).await),
             (up, _) => up,
         };
         f.release_if_done();
         let body = f.request_body(&mut parts, body).await?;
-        let pick = self.address_upstream(&mut parts, client.addr(), host.as_ref(), upgrade.is_some(), route);
+        let pick = self.address_upstream(&mut parts, &client.ip, host.as_ref(), upgrade.is_some(), route);
         let Some(mut pick) = pick else {
             return Err(f.reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"));
         };
@@ -154,14 +153,14 @@ impl Proxy {
     fn address_upstream(
         &self,
         parts: &mut Parts,
-        client: SocketAddr,
+        client: &ClientIp,
         host: Option<&HeaderValue>,
         upgrade: bool,
         route: &RouteTarget,
     ) -> Option<Pick> {
         let trusted = self.trusted.contains(client.ip());
         let proto = scheme(parts);
-        add_forwarding_headers(&mut parts.headers, client.ip(), trusted, proto, host);
+        add_forwarding_headers(&mut parts.headers, client, trusted, proto, host);
         if upgrade {
             crate::ws::restore_upgrade_headers(&mut parts.headers);
         }

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::conn::Peer;
 use http::{Request, Response};
 use tokio::net::TcpListener;
-use weft_runtime::view::ClientAddr;
 
 use crate::config::Limits;
 use crate::conn::RequestBody;
@@ -58,7 +58,7 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(
         self: &Arc<Self>,
         req: Request<RequestBody>,
-        client: Arc<ClientAddr>,
+        client: Arc<Peer>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + use<Self>;
 }
 
@@ -66,7 +66,7 @@ impl Handler for Proxy {
     fn handle(
         self: &Arc<Self>,
         req: Request<RequestBody>,
-        client: Arc<ClientAddr>,
+        client: Arc<Peer>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + use<> {
         Proxy::handle(Arc::clone(self), req, client)
     }

@@ -277,7 +277,7 @@ mod tests {
         fn handle(
             self: &Arc<Self>,
             _req: Request<RequestBody>,
-            _client: Arc<weft_runtime::view::ClientAddr>,
+            _client: Arc<crate::conn::Peer>,
         ) -> impl Future<Output = Response<ProxyBody>> + Send + use<> {
             where_am_i()
         }
