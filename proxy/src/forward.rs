@@ -683,6 +683,11 @@ mod tests {
         assert_eq!(h.len(), 1);
     }
 
+    /// The forwarding headers for a plain-HTTP request from `ip`.
+    fn forward(h: &mut HeaderMap, ip: &str, trusted: bool, host: Option<&HeaderValue>) {
+        add_forwarding_headers(h, &ClientIp::new(ip.parse().unwrap()), trusted, "http", host);
+    }
+
     #[test]
     fn xff_appends_to_chain() {
         let ip = |s: &str| ClientIp::new(s.parse().unwrap());
@@ -707,13 +712,7 @@ mod tests {
             ("host", "example.com:8080"),
         ]);
         let host = pin_host(&"/x".parse().unwrap(), &mut h);
-        add_forwarding_headers(
-            &mut h,
-            &ClientIp::new("10.0.0.9".parse().unwrap()),
-            false,
-            "http",
-            host.as_ref(),
-        );
+        forward(&mut h, "10.0.0.9", false, host.as_ref());
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com:8080");
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
@@ -732,13 +731,7 @@ mod tests {
             ("host", "example.com:8080"),
         ]);
         let host = pin_host(&"/x".parse().unwrap(), &mut h);
-        add_forwarding_headers(
-            &mut h,
-            &ClientIp::new("10.0.0.9".parse().unwrap()),
-            true,
-            "http",
-            host.as_ref(),
-        );
+        forward(&mut h, "10.0.0.9", true, host.as_ref());
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "example.com:8080");
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.0.0.9");
@@ -748,7 +741,7 @@ mod tests {
         );
         assert_eq!(h["x-real-ip"], "1.1.1.1");
         let mut h = HeaderMap::new();
-        add_forwarding_headers(&mut h, &ClientIp::new("::1".parse().unwrap()), true, "http", None);
+        forward(&mut h, "::1", true, None);
         assert_eq!(h["x-forwarded-for"], "::1");
         assert!(h.get("forwarded").is_none(), "no chain is started");
     }
@@ -786,24 +779,12 @@ mod tests {
         let mut h = HeaderMap::new();
         let host = pin_host(&uri, &mut h);
         assert_eq!(h["host"], "h2.example:8080");
-        add_forwarding_headers(
-            &mut h,
-            &ClientIp::new("10.0.0.9".parse().unwrap()),
-            false,
-            "http",
-            host.as_ref(),
-        );
+        forward(&mut h, "10.0.0.9", false, host.as_ref());
         assert_eq!(h["x-forwarded-host"], "h2.example:8080");
 
         let mut h = headers(&[("x-forwarded-host", "spoofed")]);
         let host = pin_host(&"/p".parse().unwrap(), &mut h);
-        add_forwarding_headers(
-            &mut h,
-            &ClientIp::new("10.0.0.9".parse().unwrap()),
-            false,
-            "http",
-            host.as_ref(),
-        );
+        forward(&mut h, "10.0.0.9", false, host.as_ref());
         assert!(h.get("host").is_none() && h.get("x-forwarded-host").is_none());
     }
 
