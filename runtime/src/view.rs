@@ -622,7 +622,9 @@ impl Patch<'_> {
             return Some(false);
         }
         let r = self.own(h.name)?;
-        Some(&self.buf[r] == name)
+        // The first byte before the rest: names of one length mostly differ there (no call).
+        let n = &self.buf[r];
+        Some(n.first() == name.first() && n == name)
     }
 
     fn append(&mut self, bytes: &[u8]) -> Option<WeftStr> {
@@ -660,14 +662,13 @@ impl Patch<'_> {
     fn find(&self, name: &[u8], from: u16) -> Option<Option<u16>> {
         const NAME_LEN: usize = std::mem::offset_of!(WeftHeader, name) + std::mem::offset_of!(WeftStr, len);
         let table = &self.buf[self.array.entry_at(from)..self.array.entry_at(self.array.count)];
-        for (k, e) in table.chunks_exact(size_of::<WeftHeader>()).enumerate() {
-            let len = u32::from_ne_bytes(e[NAME_LEN..NAME_LEN + 4].try_into().expect("four bytes"));
-            if len as usize == name.len() {
-                let i = from + k as u16;
-                if self.is(self.entry(i), name)? {
-                    return Some(Some(i));
-                }
+        let mut i = from;
+        for e in table.chunks_exact(size_of::<WeftHeader>()) {
+            let len = [e[NAME_LEN], e[NAME_LEN + 1], e[NAME_LEN + 2], e[NAME_LEN + 3]];
+            if u32::from_ne_bytes(len) as usize == name.len() && self.is(self.entry(i), name)? {
+                return Some(Some(i));
             }
+            i += 1;
         }
         Some(None)
     }
