@@ -662,13 +662,11 @@ impl Patch<'_> {
     fn find(&self, name: &[u8], from: u16) -> Option<Option<u16>> {
         const NAME_LEN: usize = std::mem::offset_of!(WeftHeader, name) + std::mem::offset_of!(WeftStr, len);
         let table = &self.buf[self.array.entry_at(from)..self.array.entry_at(self.array.count)];
-        let mut i = from;
-        for e in table.chunks_exact(size_of::<WeftHeader>()) {
+        for (i, e) in (from..).zip(table.chunks_exact(size_of::<WeftHeader>())) {
             let len = [e[NAME_LEN], e[NAME_LEN + 1], e[NAME_LEN + 2], e[NAME_LEN + 3]];
             if u32::from_ne_bytes(len) as usize == name.len() && self.is(self.entry(i), name)? {
                 return Some(Some(i));
             }
-            i += 1;
         }
         Some(None)
     }
