@@ -111,7 +111,7 @@ const SPARE_HEADERS: usize = 4;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HeaderArray {
     pub off: u32,
-    /// u16: a `HeaderMap` holds at most 32,768 names' lines, a slot's array far fewer.
+    /// u16: a slot holds far fewer entries (a section of more is refused, `ViewTooLarge`).
     pub count: u16,
     pub cap: u16,
 }
@@ -188,7 +188,7 @@ impl Cursor<'_> {
     fn headers(&mut self, headers: &HeaderMap) -> Result<HeaderSection, ViewTooLarge> {
         self.align(align_of::<WeftHeader>())?;
         let count = headers.len();
-        // A `HeaderMap` holds at most 32,768 lines; a larger count could not fit a slot either.
+        // 65,535 entries are a megabyte of array alone; a section of more is refused as too large.
         let cap_entries = u16::try_from(count + SPARE_HEADERS).map_err(|_| ViewTooLarge { cap: self.buf.len() })?;
         let array = self.reserve((count + SPARE_HEADERS) * size_of::<WeftHeader>())?;
         let cap = self.buf.len();
