@@ -302,7 +302,6 @@ pub fn run_blocking(
     // The control plane's runtime (admin, reloads, signals); requests are served on the
     // threads of `workers.rs`.
     let rt = control_runtime().map_err(|e| format!("cannot start tokio: {e}"))?;
-    let plugins = proxy.runtime().map(Arc::downgrade);
     let reloadable = path.is_some();
     let live = LiveProxy::new(proxy, config, path);
     let listen = config.listen_addr();
@@ -365,7 +364,7 @@ pub fn run_blocking(
             m.set_ready(false);
             info!(timeout = ?drain, "draining: no new connections; waiting for requests in flight");
         };
-        crate::workers::serve_listeners(listeners, live.clone(), shutdown, drain, limits, plugins)
+        crate::workers::serve_listeners(listeners, live.clone(), shutdown, drain, limits, true)
             .await
             .map_err(|e| e.to_string())
     });

@@ -17,14 +17,13 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tracing::error;
-use weft_runtime::Runtime;
+use tracing::{debug, error};
 
 use crate::accept::{self, Admission, PerIp};
 use crate::config::Limits;
@@ -100,7 +99,8 @@ impl Listener {
 
 /// Serves `proxy` on `listeners`, one thread each, until `shutdown` resolves; then every thread
 /// stops accepting and drains its connections (up to `drain`) and this returns when all have.
-/// `plugins`: the plugin runtime whose `thread_start` each thread calls first. A thread that
+/// `in_plugins`: each thread runs its loop inside every plugin library the process has loaded,
+/// and enters again when it loads another (a reload). A thread that
 /// fails (its runtime cannot start) ends the whole serve with its error.
 pub async fn serve<H: Handler>(
     listeners: Vec<std::net::TcpListener>,
@@ -108,10 +108,10 @@ pub async fn serve<H: Handler>(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
     limits: Limits,
-    plugins: Option<Weak<Runtime>>,
+    in_plugins: bool,
 ) -> io::Result<()> {
     let plain = Listener::plain(listeners, None);
-    serve_listeners(vec![plain], proxy, shutdown, drain, limits, plugins).await
+    serve_listeners(vec![plain], proxy, shutdown, drain, limits, in_plugins).await
 }
 
 /// [`serve`] on several listeners (`listen:` and `listen_tls:`), all with as many sockets:
@@ -122,7 +122,7 @@ pub async fn serve_listeners<H: Handler>(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
     limits: Limits,
-    plugins: Option<Weak<Runtime>>,
+    in_plugins: bool,
 ) -> io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<io::Result<()>>();
@@ -136,7 +136,7 @@ pub async fn serve_listeners<H: Handler>(
             stop: stop_rx.clone(),
             drain,
             limits,
-            plugins: plugins.clone(),
+            in_plugins,
         };
         let done = done_tx.clone();
         std::thread::Builder::new()
@@ -173,6 +173,40 @@ pub async fn serve_listeners<H: Handler>(
     result
 }
 
+/// Runs `serving` on `rt` inside the libraries the process loaded from the `from`-th on. When it
+/// loads another (a reload), `block_on` returns and the thread enters the new ones inside those
+/// it is in, and goes on serving there: the serving future and the connections' tasks wait on
+/// the thread's runtime meanwhile, and each library's `run_on_thread` is called once per thread.
+/// One level of nesting per load that happens while the thread serves.
+fn serve_inside_libraries<F: Future<Output = io::Result<()>>>(
+    rt: &tokio::runtime::Runtime,
+    mut serving: std::pin::Pin<&mut F>,
+    from: usize,
+) -> io::Result<()> {
+    let weft_runtime::ProcessEntries {
+        entries,
+        loaded,
+        mut changed,
+    } = weft_runtime::ThreadEntries::of_process(from);
+    entries.run(|| {
+        let done = rt.block_on(async {
+            tokio::select! {
+                biased;
+                // Only a change: the sender lives as long as the process.
+                Ok(()) = changed.changed() => None,
+                r = &mut serving => Some(r),
+            }
+        });
+        match done {
+            Some(r) => r,
+            None => {
+                debug!("a plugin library was loaded: entering it");
+                serve_inside_libraries(rt, serving, loaded)
+            }
+        }
+    })
+}
+
 /// A serving thread's socket of one listener, with the listener's shared permits.
 type ThreadSocket = (std::net::TcpListener, Arc<Admission>, Option<Arc<TlsListener>>);
 
@@ -203,23 +237,14 @@ struct Worker<H> {
     stop: watch::Receiver<bool>,
     drain: Duration,
     limits: Limits,
-    plugins: Option<Weak<Runtime>>,
+    /// Whether the thread's loop runs inside the plugin libraries ([`serve`]).
+    in_plugins: bool,
 }
 
 impl<H: Handler> Worker<H> {
     fn run(self) -> io::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        // The thread's loop runs inside every plugin library that offers it (a Go library: its
-        // phase calls are then callbacks nested in a Go call, without the runtime's per-call
-        // entry for foreign threads and its process-wide lock; `thread_entry.rs` in the
-        // runtime). The entries are plain function pointers: no runtime is kept alive by them.
-        let entries = match self.plugins.as_ref().and_then(Weak::upgrade) {
-            Some(plugins) => {
-                plugins.thread_start();
-                plugins.thread_entries()
-            }
-            None => Default::default(),
-        };
+        let nest = self.in_plugins;
         let Worker {
             index,
             sockets,
@@ -229,36 +254,42 @@ impl<H: Handler> Worker<H> {
             limits,
             ..
         } = self;
-        entries.run(|| {
-            rt.block_on(async move {
-                // Boxed: a request's future (every stage, the upstream exchange) is kilobytes, and
-                // hyper moves the service future into its dispatcher (`perf`: 3 % of the proxy's
-                // samples in `memcpy`); boxed, it is moved once, into the box.
-                let handle = move |req, remote| Box::pin(Handler::handle(&proxy, req, remote));
-                let accepted = crate::metrics::global().serving_thread(index);
-                let loops = sockets.into_iter().map(|(listener, admission, tls)| {
-                    let (handle, accepted, mut stop) = (handle.clone(), accepted.clone(), stop.clone());
-                    async move {
-                        let shutdown = async move {
-                            let _ = stop.wait_for(|stopped| *stopped).await;
-                        };
-                        let listener = TcpListener::from_std(listener)?;
-                        serve_connections_with(
-                            listener,
-                            admission,
-                            limits,
-                            Some(accepted),
-                            tls,
-                            handle,
-                            shutdown,
-                            drain,
-                        )
-                        .await
-                    }
-                });
-                futures_util::future::try_join_all(loops).await.map(drop)
-            })
-        })
+        let serving = async move {
+            // Boxed: a request's future (every stage, the upstream exchange) is kilobytes, and
+            // hyper moves the service future into its dispatcher (`perf`: 3 % of the proxy's
+            // samples in `memcpy`); boxed, it is moved once, into the box.
+            let handle = move |req, remote| Box::pin(Handler::handle(&proxy, req, remote));
+            let accepted = crate::metrics::global().serving_thread(index);
+            let loops = sockets.into_iter().map(|(listener, admission, tls)| {
+                let (handle, accepted, mut stop) = (handle.clone(), accepted.clone(), stop.clone());
+                async move {
+                    let shutdown = async move {
+                        let _ = stop.wait_for(|stopped| *stopped).await;
+                    };
+                    let listener = TcpListener::from_std(listener)?;
+                    serve_connections_with(
+                        listener,
+                        admission,
+                        limits,
+                        Some(accepted),
+                        tls,
+                        handle,
+                        shutdown,
+                        drain,
+                    )
+                    .await
+                }
+            });
+            futures_util::future::try_join_all(loops).await.map(drop)
+        };
+        if !nest {
+            return rt.block_on(serving);
+        }
+        // The thread's loop runs inside every plugin library that offers it (a Go library: its
+        // phase calls are then callbacks nested in a Go call, without the runtime's per-call
+        // entry for foreign threads and its process-wide lock; `thread_entry.rs` in the
+        // runtime), and inside a library a reload loads later too (`serve_inside_libraries`).
+        serve_inside_libraries(&rt, std::pin::pin!(serving).as_mut(), 0)
     }
 }
 
@@ -306,7 +337,7 @@ mod tests {
             },
             Duration::from_secs(1),
             Limits::default(),
-            None,
+            false,
         ));
         let mut threads = std::collections::BTreeSet::new();
         for _ in 0..32 {
@@ -332,6 +363,127 @@ mod tests {
             threads.len(),
             2,
             "the kernel spread 32 connections over both threads: {threads:?}"
+        );
+        stop_tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    /// Runs the request-headers phase of the chain it holds (if any) for each request, on the
+    /// serving thread, and answers 200.
+    struct Phases(std::sync::Mutex<Option<weft_runtime::Chain>>);
+
+    impl Handler for Phases {
+        fn handle(
+            self: &Arc<Self>,
+            req: Request<RequestBody>,
+            client: Arc<crate::conn::Peer>,
+        ) -> impl Future<Output = Response<ProxyBody>> + Send + use<> {
+            let chain = self.0.lock().unwrap().clone();
+            async move {
+                if let Some(chain) = chain {
+                    let mut x = chain.start(client.addr.addr(), "http").unwrap().unwrap();
+                    let (mut parts, _) = req.into_parts();
+                    assert!(matches!(x.request_headers(&mut parts), weft_runtime::Flow::Continue));
+                }
+                crate::forward::local_reply(StatusCode::OK, "ok", None)
+            }
+        }
+    }
+
+    fn get(addr: SocketAddr) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        got.get(9..12).unwrap_or("").to_owned()
+    }
+
+    /// phase_count.c's request-headers calls of `count-all`, of them those made inside its
+    /// `run_on_thread`, and its `run_on_thread` calls.
+    fn phase_counts(lib: &std::path::Path) -> (u64, u64, u64) {
+        use libloading::os::unix::{Library, Symbol};
+        type Counter = unsafe extern "C" fn(u32, u32) -> u64;
+        // SAFETY: the runtime loaded the library (RTLD_NOLOAD runs no initialisers); the
+        // counters are plain C functions reading atomics (`count-all` is plugin 0,
+        // WEFT_PHASE_REQUEST_HEADERS phase 0).
+        unsafe {
+            let handle = Library::open(Some(lib), libc::RTLD_NOW | libc::RTLD_NOLOAD).unwrap();
+            let calls: Symbol<Counter> = handle.get(b"weft_phase_count_calls").unwrap();
+            let nested: Symbol<Counter> = handle.get(b"weft_phase_count_nested_calls").unwrap();
+            let entered: Symbol<unsafe extern "C" fn() -> u64> =
+                handle.get(b"weft_phase_count_run_on_thread_calls").unwrap();
+            (calls(0, 0), nested(0, 0), entered())
+        }
+    }
+
+    /// A library loaded after the serving threads started (as a reload loads one) is entered by
+    /// them too: their phase calls into it are made inside its `run_on_thread`
+    /// (`tests/fixtures/c-plugins/phase_count.c` counts the calls made so).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_library_loaded_after_the_threads_started_is_entered_by_them() {
+        let rt = weft_runtime::Runtime::new(weft_runtime::RuntimeOptions {
+            slot_count: 16,
+            slot_size: 8192,
+            ..weft_runtime::RuntimeOptions::default()
+        })
+        .unwrap();
+        let phases = Arc::new(Phases(std::sync::Mutex::new(None)));
+        let listeners = bind("127.0.0.1:0".parse().unwrap(), 2, 128).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listeners,
+            Arc::clone(&phases),
+            async {
+                let _ = stop_rx.await;
+            },
+            Duration::from_secs(1),
+            Limits::default(),
+            true,
+        ));
+        assert_eq!(tokio::task::spawn_blocking(move || get(addr)).await.unwrap(), "200");
+        // Loaded now, with both threads serving.
+        let lib = weft_test_support::c_plugins("plain").join("libweft_c_phase_count.so");
+        rt.load_library("count", &lib).unwrap();
+        let inst = rt
+            .instantiate(weft_runtime::InstanceSpec {
+                name: "all".into(),
+                library: "count".into(),
+                plugin: "count-all".into(),
+                config_json: b"{}".to_vec(),
+                fail_open: false,
+            })
+            .unwrap();
+        *phases.0.lock().unwrap() = Some(rt.chain(&[inst]));
+        // The threads leave and enter when they are woken by the load; give them the moment.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for _ in 0..32 {
+            assert_eq!(tokio::task::spawn_blocking(move || get(addr)).await.unwrap(), "200");
+        }
+        // run_on_thread: once on each serving thread, once on the log thread (at its first log
+        // phase: `count-all` has one).
+        assert_eq!(
+            phase_counts(&lib),
+            (32, 32, 3),
+            "(calls, of them nested, run_on_thread calls)"
+        );
+        // Another library (one without run_on_thread): the threads go on inside phase_count's,
+        // entered once each.
+        rt.load_library(
+            "stamp",
+            &weft_test_support::c_plugins("plain").join("libweft_c_stamp.so"),
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for _ in 0..8 {
+            assert_eq!(tokio::task::spawn_blocking(move || get(addr)).await.unwrap(), "200");
+        }
+        assert_eq!(
+            phase_counts(&lib),
+            (40, 40, 3),
+            "(calls, of them nested, run_on_thread calls)"
         );
         stop_tx.send(()).unwrap();
         server.await.unwrap().unwrap();

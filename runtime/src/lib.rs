@@ -33,7 +33,7 @@ use crate::sync::stat::{AtomicU64, Mutex, MutexGuard, Ordering};
 
 pub use engine::{BodyAbort, BodyMode, BodySide, BufferedBody, Busy, Chain, Exchange, Flow, WsEvent, WsFailure};
 pub use plugin::{LoadError, PluginMeta};
-pub use thread_entry::ThreadEntries;
+pub use thread_entry::{ProcessEntries, ThreadEntries};
 
 use abi::{WeftBuf, WeftResult};
 use arena::{Arena, ArenaError, PoolSpec};

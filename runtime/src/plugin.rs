@@ -104,6 +104,25 @@ static LOADED: Mutex<Loaded> = Mutex::new(Loaded {
     libraries: Vec::new(),
 });
 
+/// How many libraries this process has loaded, for threads that run inside every loaded library
+/// ([`loaded_libraries`]) to enter one loaded after they started.
+fn load_count() -> &'static tokio::sync::watch::Sender<usize> {
+    static COUNT: std::sync::OnceLock<tokio::sync::watch::Sender<usize>> = std::sync::OnceLock::new();
+    COUNT.get_or_init(|| tokio::sync::watch::Sender::new(0))
+}
+
+/// The libraries this process has loaded (by any runtime; never unloaded, so the list only grows)
+/// from the `from`-th on, how many it has loaded in all, and a receiver that changes when it
+/// loads another.
+pub(crate) fn loaded_libraries(from: usize) -> (Vec<Arc<Library>>, usize, tokio::sync::watch::Receiver<usize>) {
+    let loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    // Subscribed under the lock: a library loaded after the list was taken changes the receiver.
+    let changes = load_count().subscribe();
+    let all = &loaded.libraries;
+    let new = all.iter().skip(from).map(|(_, l)| Arc::clone(l)).collect();
+    (new, all.len(), changes)
+}
+
 /// Whether the file is a Go binary: every Go executable and c-shared library carries a
 /// `.go.buildinfo` section. Checked before `dlopen`, because opening a second Go library already
 /// starts its runtime.
@@ -153,6 +172,7 @@ pub(crate) fn load(path: &Path, host_api: &'static WeftHostApi) -> Result<Arc<Li
     }
     let lib = handshake(path, lib, go, host_api)?;
     loaded.libraries.push((canonical, Arc::clone(&lib)));
+    load_count().send_modify(|n| *n += 1);
     Ok(lib)
 }
 

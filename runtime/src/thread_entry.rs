@@ -40,7 +40,36 @@ impl std::fmt::Debug for ThreadEntries {
     }
 }
 
+/// Libraries a thread enters ([`ThreadEntries::of_process`]): those the process loaded after the
+/// ones the thread is in already, how many it has loaded in all (where to start next time), and
+/// a receiver that changes when it loads another. A thread that sees it change enters the new
+/// ones inside those it is in: each library's `run_on_thread` is called once per thread.
+pub struct ProcessEntries {
+    pub entries: ThreadEntries,
+    pub loaded: usize,
+    pub changed: tokio::sync::watch::Receiver<usize>,
+}
+
 impl ThreadEntries {
+    /// The libraries this process has loaded (by any runtime, a reload's included) from the
+    /// `from`-th on (0: all; else a previous call's [`ProcessEntries::loaded`]): each one's
+    /// `thread_start` is called on this thread, and its `run_on_thread` taken.
+    pub fn of_process(from: usize) -> ProcessEntries {
+        let (libs, loaded, changed) = crate::plugin::loaded_libraries(from);
+        for lib in &libs {
+            if let Some(f) = lib.thread_start {
+                // SAFETY: takes no arguments; the plugin promises it is callable from any thread.
+                unsafe { f() };
+            }
+        }
+        let entries = ThreadEntries(libs.iter().filter_map(|lib| lib.run_on_thread).collect());
+        ProcessEntries {
+            entries,
+            loaded,
+            changed,
+        }
+    }
+
     /// Runs `f` once on this thread, inside every library's `run_on_thread` (each inside the
     /// one before), and returns its result; a panic of `f` resumes here.
     pub fn run<R>(&self, f: impl FnOnce() -> R) -> R {
