@@ -100,7 +100,7 @@ impl Listener {
 /// Serves `proxy` on `listeners`, one thread each, until `shutdown` resolves; then every thread
 /// stops accepting and drains its connections (up to `drain`) and this returns when all have.
 /// `in_plugins`: each thread runs its loop inside every plugin library the process has loaded,
-/// and enters again when it loads another (a reload). A thread that
+/// and inside one it loads later (a reload) too. A thread that
 /// fails (its runtime cannot start) ends the whole serve with its error.
 pub async fn serve<H: Handler>(
     listeners: Vec<std::net::TcpListener>,
