@@ -41,7 +41,14 @@ use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
 use weft_runtime::view::ClientAddr;
 
+use crate::accept::{self, Acceptor, Admission, ConnPermit, PerIp};
+use crate::body::BoxError;
+use crate::config::Limits;
 use crate::forward::ClientIp;
+use crate::metrics::{self, TimeoutKind};
+use crate::timer::Armed;
+use crate::tls::MaybeTls;
+use crate::tls::server::{TlsInfo, TlsListener};
 
 /// A connection's client, made once per connection and shared by its requests (a pointer each):
 /// the address with its text for plugins' views, and its `x-forwarded-for` value.
@@ -58,14 +65,6 @@ impl Peer {
         }
     }
 }
-
-use crate::accept::{self, Acceptor, Admission, ConnPermit, PerIp};
-use crate::body::BoxError;
-use crate::config::Limits;
-use crate::metrics::{self, TimeoutKind};
-use crate::timer::Armed;
-use crate::tls::MaybeTls;
-use crate::tls::server::{TlsInfo, TlsListener};
 
 /// The error a [`TimedBody`] (or a [`TimedIo`] write) fails with when its timer expires.
 #[derive(Debug, Clone, Copy)]

@@ -7,12 +7,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::conn::Peer;
 use http::{Request, Response};
 use weft_runtime::{Chain, InstanceId, Runtime};
 
 use crate::config::{Config, RouteConfig, parse_method};
-use crate::conn::RequestBody;
+use crate::conn::{Peer, RequestBody};
 use crate::forward::ProxyBody;
 use crate::metrics::{NO_ROUTE, RouteMetrics};
 use crate::plugins::{NatsHost, Plugins, StartupError};

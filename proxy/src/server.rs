@@ -7,12 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::conn::Peer;
 use http::{Request, Response};
 use tokio::net::TcpListener;
 
 use crate::config::Limits;
-use crate::conn::RequestBody;
+use crate::conn::{Peer, RequestBody};
 use crate::forward::ProxyBody;
 use crate::proxy::Proxy;
 

@@ -244,7 +244,6 @@ struct Worker<H> {
 impl<H: Handler> Worker<H> {
     fn run(self) -> io::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let nest = self.in_plugins;
         let Worker {
             index,
             sockets,
@@ -252,7 +251,7 @@ impl<H: Handler> Worker<H> {
             stop,
             drain,
             limits,
-            ..
+            in_plugins,
         } = self;
         let serving = async move {
             // Boxed: a request's future (every stage, the upstream exchange) is kilobytes, and
@@ -282,7 +281,7 @@ impl<H: Handler> Worker<H> {
             });
             futures_util::future::try_join_all(loops).await.map(drop)
         };
-        if !nest {
+        if !in_plugins {
             return rt.block_on(serving);
         }
         // The thread's loop runs inside every plugin library that offers it (a Go library: its
