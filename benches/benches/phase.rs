@@ -34,6 +34,8 @@ fn phase(c: &mut Criterion) {
         fail_open: false,
     };
     let bench = rt.instantiate(spec("bench", "bench-header", "{}")).unwrap();
+    // bench-header without its declaration of the two headers it reads: every line laid out.
+    let every_line = rt.instantiate(spec("every", "bench-header-every-line", "{}")).unwrap();
     let noop = rt.instantiate(spec("noop", "header-rewriter", "{}")).unwrap();
     let client = "127.0.0.1:1234".parse().unwrap();
 
@@ -43,7 +45,11 @@ fn phase(c: &mut Criterion) {
         // SAFETY: an exported Go function without arguments; this thread is bound to Go already.
         b.iter(|| unsafe { thread_start() })
     });
-    for (label, id) in [("go_noop_handler", noop), ("go_read_path_2_headers_set_1", bench)] {
+    for (label, id) in [
+        ("go_noop_handler", noop),
+        ("go_read_path_2_headers_set_1", bench),
+        ("go_read_path_2_headers_set_1_every_line", every_line),
+    ] {
         let chain = rt.chain(&[id]);
         let mut ex = chain.start(client, "http").unwrap().unwrap();
         let mut parts = request();

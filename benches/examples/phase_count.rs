@@ -3,8 +3,10 @@
 //! is what N calls cost, exact and repeatable where
 //! criterion's nanoseconds swing on this shared machine.
 //!
-//!   phase_count ROW N   ROW: noop | bench | bench_nested | c_stamp
+//!   phase_count ROW N   ROW: noop | bench | bench_nested | bench_every_line | c_stamp
 //!
+//! `bench_every_line`: bench-header without its declaration of the headers it reads (every line
+//! of the head laid out).
 //! `bench_nested`: the `bench` row from inside the Go library's `run_on_thread`, as weft-proxy's
 //! serving threads call.
 use std::hint::black_box;
@@ -26,7 +28,7 @@ fn main() {
     let (row, n) = match args.as_slice() {
         [_, row, n] => (row.as_str(), n.parse::<u64>().expect("N: a number")),
         _ => {
-            eprintln!("usage: phase_count noop|bench|bench_nested|c_stamp N");
+            eprintln!("usage: phase_count noop|bench|bench_nested|bench_every_line|c_stamp N");
             std::process::exit(2)
         }
     };
@@ -41,6 +43,11 @@ fn main() {
             "go",
             weft_test_support::go_library("test").to_path_buf(),
             "bench-header",
+        ),
+        "bench_every_line" => (
+            "go",
+            weft_test_support::go_library("test").to_path_buf(),
+            "bench-header-every-line",
         ),
         "c_stamp" => (
             "c",

@@ -6,6 +6,7 @@
  *   response headers: adds `<header>: <value>` and `x-c-saw-path: <request path>` to the response.
  *   log:              logs one line per request through the host's log function.
  *   shutdown:         frees the instance and logs "c-header-stamp: instance shut down".
+ *   view headers:     none (it reads no header line), declared in the descriptor.
  *
  * Config (JSON object, every key optional):
  *   {"header": "x-c-stamp", "value": "from-c", "reply_path": "/c-hello"}
@@ -272,6 +273,10 @@ static const WeftPluginInfo plugins[] = {{
     0,
 }};
 
+/* It reads no header line (the path, the status and the request id are view fields): an empty
+ * list, so the host copies none into its views. NULL instead would mean every line. */
+static const WeftViewHeaders view_headers[] = {{(const uint8_t *)"", 0}};
+
 static const WeftPluginDescriptor descriptor = {
     .abi_version = WEFT_ABI_VERSION,
     .descriptor_size = sizeof(WeftPluginDescriptor),
@@ -287,6 +292,7 @@ static const WeftPluginDescriptor descriptor = {
     .on_phase = stamp_phase,
     .thread_start = NULL,
     .shutdown = stamp_shutdown,
+    .view_headers = view_headers,
 };
 
 const WeftPluginDescriptor *weft_plugin_entry(const WeftHostApi *api) {

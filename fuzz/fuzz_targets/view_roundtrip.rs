@@ -1,12 +1,13 @@
 //! The view encoder: arbitrary request and response heads encoded into a slot of arbitrary size
 //! and read back the way a plugin reads them (every offset bounds-checked). Encoding either fails
 //! cleanly (ViewTooLarge) or round-trips exactly; a plugin's header changes written into a view
-//! in place read back as the head they were applied to, or are refused.
+//! in place read back as the head they were applied to, or are refused; a view of named lines
+//! (`WeftViewHeaders`) reads back as those lines of the head, with the head's `host`.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use weft_runtime::view::{self, HeaderEdit, RequestHead, Section, ViewIdentity};
+use weft_runtime::view::{self, HeaderEdit, RequestHead, Section, Shown, ViewIdentity};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -20,6 +21,9 @@ struct Input {
     ident: (u64, u32, u32, u16),
     /// (kind: set / add / remove, which name: one of the request's or a new one, value).
     edits: Vec<(u8, u8, Vec<u8>)>,
+    /// The names a view of named lines shows: indexes into the request's lines (past the end: a
+    /// name the head lacks).
+    named: Vec<u8>,
 }
 
 fn header_map(list: &[(String, Vec<u8>)]) -> http::HeaderMap {
@@ -110,7 +114,7 @@ fuzz_target!(|input: Input| {
     };
     let mut whole = vec![0xAAu8; buf.len()];
     match (
-        view::encode_request_headers(&mut buf, end.fixed_end, 0, &resp),
+        view::encode_request_headers(&mut buf, end.fixed_end, 0, &resp, Shown::All),
         view::encode_request(&mut whole, &id, 0, &changed),
     ) {
         (Ok(a), Ok(b)) => {
@@ -121,7 +125,40 @@ fuzz_target!(|input: Input| {
         (a, b) => panic!("headers alone {a:?}, whole head {b:?}"),
     }
     patched_reads_as_edited(&input, &id, &head, buf.len());
+    named_reads_as_those_lines(&input, &id, &head, buf.len());
 });
+
+/// A view of the lines of some names holds exactly those lines of the head (each name's in
+/// order), or the whole head (a short one, cheaper to copy whole), and the head's `host`.
+fn named_reads_as_those_lines(input: &Input, id: &ViewIdentity, head: &RequestHead<'_>, cap: usize) {
+    let lines: Vec<&http::HeaderName> = head.headers.keys().collect();
+    let mut names: Vec<http::HeaderName> = Vec::new();
+    for &i in input.named.iter().take(8) {
+        let name = lines
+            .get(usize::from(i))
+            .map_or_else(|| http::HeaderName::from_static("x-absent"), |n| (*n).clone());
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let mut buf = vec![0xAAu8; cap];
+    let Ok(_) = view::encode_request_shown(&mut buf, id, 0, head, Shown::Named(&names)) else {
+        return;
+    };
+    let d = view::decode_for_test(&buf).expect("a view of named lines decodes");
+    let want: Vec<(String, String)> =
+        pairs(head.headers).into_iter().filter(|(n, _)| names.iter().any(|m| m.as_str() == n)).collect();
+    let whole = pairs(head.headers);
+    let got = by_name(&d.request_headers);
+    assert!(
+        got == by_name(&want) && d.request_headers.len() == want.len()
+            || got == by_name(&whole) && d.request_headers.len() == whole.len(),
+        "named {names:?}: {:?}",
+        d.request_headers
+    );
+    let host = head.headers.get(http::header::HOST).map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
+    assert_eq!(d.host, host.unwrap_or_default());
+}
 
 /// Lines per name in order (what a plugin can rely on; names in any order).
 fn by_name(lines: &[(String, String)]) -> std::collections::BTreeMap<&str, Vec<&str>> {

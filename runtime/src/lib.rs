@@ -515,6 +515,7 @@ impl Runtime {
             phases: meta.phases,
             fail_open: spec.fail_open,
             flags: meta.flags,
+            view_headers: meta.view_headers.clone(),
             limits: CallLimits::new(&opts, blocking),
             timer: opts.timer.clone(),
         });
@@ -547,6 +548,8 @@ impl Runtime {
             phases,
             fail_open,
             flags: 0,
+            // What the remote plugin reads is not known here: it sees every line.
+            view_headers: None,
             limits: CallLimits::new(&InstanceOptions::default(), false),
             timer: None,
         }));
@@ -564,7 +567,7 @@ impl Runtime {
         let has_remote = instances.iter().any(|i| matches!(i.transport, Transport::Remote(..)));
         Chain {
             rt: Arc::clone(self),
-            instances: instances.into(),
+            instances: Arc::new(engine::Links::new(instances)),
             phases,
             has_remote,
         }

@@ -55,6 +55,9 @@ pub struct PluginMeta {
     pub phases: u32,
     /// `WEFT_PLUGIN_FLAG_*` bits as the plugin declared them.
     pub flags: u32,
+    /// The header lines the plugin reads (`WeftViewHeaders`), lowercase, without repeats;
+    /// `None`: every line.
+    pub view_headers: Option<Arc<[http::HeaderName]>>,
 }
 
 /// A loaded library. Never unloaded: a Go runtime cannot be shut down, and native plugins may
@@ -204,6 +207,40 @@ pub(crate) const DESCRIPTOR_SIZE_BEFORE_CANCEL: usize = std::mem::offset_of!(Wef
 pub(crate) const DESCRIPTOR_SIZE_BEFORE_RUN_ON_THREAD: usize =
     std::mem::offset_of!(WeftPluginDescriptor, run_on_thread);
 
+/// `descriptor_size` before `view_headers` was appended (accepted likewise).
+pub(crate) const DESCRIPTOR_SIZE_BEFORE_VIEW_HEADERS: usize = std::mem::offset_of!(WeftPluginDescriptor, view_headers);
+
+/// The most names one plugin's `WeftViewHeaders` may list.
+pub const MAX_VIEW_HEADERS: usize = 64;
+
+/// Reads one plugin's `WeftViewHeaders` list (`names_len` bytes of comma-separated names):
+/// lowercase names without repeats, or what is wrong with it.
+pub fn parse_view_headers(list: &[u8]) -> Result<Vec<http::HeaderName>, String> {
+    let mut names: Vec<http::HeaderName> = Vec::new();
+    if list.is_empty() {
+        return Ok(names);
+    }
+    for (i, raw) in list.split(|&b| b == b',').enumerate() {
+        if i == MAX_VIEW_HEADERS {
+            return Err(format!("more than {MAX_VIEW_HEADERS} names"));
+        }
+        let shown = || String::from_utf8_lossy(&raw[..raw.len().min(64)]).into_owned();
+        if raw.len() > crate::mutation::MAX_NAME_LEN {
+            return Err(format!(
+                "name {:?}... longer than {} bytes",
+                shown(),
+                crate::mutation::MAX_NAME_LEN
+            ));
+        }
+        // `from_bytes` lowercases; an empty name (",," or a trailing comma) or a space is refused.
+        let name = http::HeaderName::from_bytes(raw).map_err(|_| format!("{:?} is not a header name", shown()))?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
 /// `request_view_size` before `server_name` was appended to the view. Accepted: the host lays
 /// out the whole current view, and such a plugin reads only the prefix it knows.
 pub(crate) const VIEW_SIZE_BEFORE_SERVER_NAME: usize = std::mem::offset_of!(WeftRequestView, server_name);
@@ -243,12 +280,13 @@ unsafe fn read_descriptor(path: &Path, desc: *const WeftPluginDescriptor, go: bo
         }
     };
     // The descriptor grows append-only: one built against this header, or against an earlier
-    // version-1 header (without `run_on_thread`, without `cancel` too, or without
-    // `attach_worker` too), is accepted; any other size is not.
+    // version-1 header (without `view_headers`, without `run_on_thread` too, without `cancel`
+    // too, or without `attach_worker` too), is accepted; any other size is not.
     let earlier = [
         DESCRIPTOR_SIZE_BEFORE_ATTACH_WORKER,
         DESCRIPTOR_SIZE_BEFORE_CANCEL,
         DESCRIPTOR_SIZE_BEFORE_RUN_ON_THREAD,
+        DESCRIPTOR_SIZE_BEFORE_VIEW_HEADERS,
     ];
     if !earlier.contains(&(desc_size as usize)) {
         size_check("WeftPluginDescriptor", desc_size, size_of::<WeftPluginDescriptor>())?;
@@ -338,11 +376,18 @@ unsafe fn read_descriptor(path: &Path, desc: *const WeftPluginDescriptor, go: bo
                 ),
             });
         }
+        // SAFETY: `view_headers`, when set, has `plugin_count` entries (the descriptor's contract).
+        let declared = unsafe { d.view_headers.as_ref().map(|_| &*d.view_headers.add(i as usize)) };
+        let view_headers = view_headers_of(declared).map_err(|what| LoadError::Malformed {
+            path: path.into(),
+            what: format!("plugin {name:?}: view_headers: {what}"),
+        })?;
         plugins.push(PluginMeta {
             index: i,
             name,
             phases: info.phases & WEFT_PHASE_MASK_SUPPORTED,
             flags: info.flags,
+            view_headers,
         });
     }
     if go != (d.runtime == WEFT_RUNTIME_GO) {
@@ -361,6 +406,24 @@ unsafe fn read_descriptor(path: &Path, desc: *const WeftPluginDescriptor, go: bo
         cancel: d.cancel,
         run_on_thread: d.run_on_thread,
     }))
+}
+
+/// One plugin's entry of `WeftPluginDescriptor.view_headers` read: `None` for every line (no
+/// array, or a NULL list).
+fn view_headers_of(declared: Option<&WeftViewHeaders>) -> Result<Option<Arc<[http::HeaderName]>>, String> {
+    let Some(d) = declared.filter(|d| !d.names.is_null()) else {
+        return match declared {
+            Some(d) if d.names_len != 0 => Err(format!("NULL names with length {}", d.names_len)),
+            _ => Ok(None),
+        };
+    };
+    // Commas included, 64 names of the longest length are ~16 KiB.
+    if d.names_len > MAX_VIEW_HEADERS * (crate::mutation::MAX_NAME_LEN + 1) {
+        return Err(format!("{} bytes of names", d.names_len));
+    }
+    // SAFETY: the plugin promises `names_len` readable bytes that live as long as the library.
+    let list = unsafe { std::slice::from_raw_parts(d.names, d.names_len) };
+    parse_view_headers(list).map(|names| Some(names.into()))
 }
 
 /// Longest plugin-supplied message (an init error, a library's load error) the host keeps.
@@ -483,7 +546,92 @@ mod tests {
             attach_worker: Some(test_attach),
             cancel: Some(test_cancel),
             run_on_thread: Some(test_run_on_thread),
+            view_headers: std::ptr::null(),
         }
+    }
+
+    struct ViewHeaders(WeftViewHeaders);
+    // SAFETY: points to a static string.
+    unsafe impl Sync for ViewHeaders {}
+
+    /// A plugin's list of header names is read lowercase and without repeats; a malformed one
+    /// refuses the library, naming the plugin and what is wrong.
+    #[test]
+    fn view_headers_are_read_and_malformed_lists_refused() {
+        let path = Path::new("libtest.so");
+        let read = |list: Option<&'static [u8]>, len: Option<usize>| {
+            let names = list.map_or(std::ptr::null(), <[u8]>::as_ptr);
+            let entry = Box::leak(Box::new(WeftViewHeaders {
+                names,
+                names_len: len.unwrap_or(list.map_or(0, <[u8]>::len)),
+            }));
+            let mut d = descriptor(size_of::<WeftPluginDescriptor>(), &PLAIN.0);
+            d.view_headers = entry;
+            unsafe { read_descriptor(path, &d, false) }.map(|lib| lib.plugins[0].view_headers.clone())
+        };
+        let names = |v: Option<Arc<[http::HeaderName]>>| v.map(|n| n.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+        assert_eq!(names(read(None, None).unwrap()), None, "NULL: every line");
+        assert_eq!(names(read(Some(b""), None).unwrap()), Some(vec![]), "empty: no line");
+        assert_eq!(
+            names(read(Some(b"X-Api-Key,authorization,x-api-key"), None).unwrap()),
+            Some(vec!["x-api-key".to_owned(), "authorization".to_owned()])
+        );
+        let many: &'static [u8] = Box::leak(
+            vec!["a"; MAX_VIEW_HEADERS + 1]
+                .join(",")
+                .into_bytes()
+                .into_boxed_slice(),
+        );
+        let long: &'static [u8] = Box::leak(vec![b'a'; crate::mutation::MAX_NAME_LEN + 1].into_boxed_slice());
+        for (list, len, want) in [
+            (None, Some(3), "NULL names with length 3"),
+            (Some(&b"a,,b"[..]), None, "\"\" is not a header name"),
+            (Some(&b"a,"[..]), None, "\"\" is not a header name"),
+            (Some(&b"x-a, x-b"[..]), None, "\" x-b\" is not a header name"),
+            (Some(&b"x\r\n"[..]), None, "is not a header name"),
+            (Some(many), None, "more than 64 names"),
+            (Some(long), None, "longer than 256 bytes"),
+        ] {
+            let err = read(list, len).unwrap_err().to_string();
+            assert!(
+                err.contains("plugin \"p\": view_headers: ") && err.contains(want),
+                "{err}"
+            );
+        }
+        // The array is read only when the descriptor has the field: lists of other plugins'
+        // entries are each checked.
+        static TWO: [ViewHeaders; 2] = [
+            ViewHeaders(WeftViewHeaders {
+                names: std::ptr::null(),
+                names_len: 0,
+            }),
+            ViewHeaders(WeftViewHeaders {
+                names: b"bad name".as_ptr(),
+                names_len: 8,
+            }),
+        ];
+        static INFOS: [Info; 2] = [
+            Info(WeftPluginInfo {
+                name: b"p".as_ptr(),
+                name_len: 1,
+                phases: WEFT_PHASE_MASK_REQUEST_HEADERS,
+                flags: 0,
+            }),
+            Info(WeftPluginInfo {
+                name: b"q".as_ptr(),
+                name_len: 1,
+                phases: WEFT_PHASE_MASK_REQUEST_HEADERS,
+                flags: 0,
+            }),
+        ];
+        let mut d = descriptor(size_of::<WeftPluginDescriptor>(), &INFOS[0].0);
+        d.plugin_count = 2;
+        d.view_headers = &TWO[0].0;
+        let err = unsafe { read_descriptor(path, &d, false) }.unwrap_err().to_string();
+        assert!(
+            err.contains("plugin \"q\": view_headers: \"bad name\" is not a header name"),
+            "{err}"
+        );
     }
 
     struct Info(WeftPluginInfo);
@@ -506,12 +654,20 @@ mod tests {
     fn earlier_descriptor_sizes_read_their_missing_fields_as_null() {
         let path = Path::new("libtest.so");
         let full = size_of::<WeftPluginDescriptor>();
-        let before_run = DESCRIPTOR_SIZE_BEFORE_RUN_ON_THREAD;
+        let (before_view, before_run) = (
+            DESCRIPTOR_SIZE_BEFORE_VIEW_HEADERS,
+            DESCRIPTOR_SIZE_BEFORE_RUN_ON_THREAD,
+        );
         let (before_cancel, old) = (DESCRIPTOR_SIZE_BEFORE_CANCEL, DESCRIPTOR_SIZE_BEFORE_ATTACH_WORKER);
         assert_eq!(
+            before_view,
+            full - size_of::<*const WeftViewHeaders>(),
+            "view_headers is the last field"
+        );
+        assert_eq!(
             before_run,
-            full - size_of::<WeftRunOnThreadFn>(),
-            "run_on_thread is the last field"
+            before_view - size_of::<WeftRunOnThreadFn>(),
+            "run_on_thread comes before it"
         );
         assert_eq!(
             before_cancel,
@@ -527,6 +683,19 @@ mod tests {
         let d = descriptor(full, &PLAIN.0);
         let lib = unsafe { read_descriptor(path, &d, false) }.unwrap();
         assert!(lib.attach_worker.is_some() && lib.cancel.is_some() && lib.run_on_thread.is_some());
+        // Before view_headers was appended: accepted, every plugin reads every line although
+        // the bytes after the plugin's struct (here: a list of no names) say otherwise.
+        static NONE: ViewHeaders = ViewHeaders(WeftViewHeaders {
+            names: b"".as_ptr(),
+            names_len: 0,
+        });
+        let mut d = descriptor(before_view, &PLAIN.0);
+        d.view_headers = &NONE.0;
+        let lib = unsafe { read_descriptor(path, &d, false) }.unwrap();
+        assert!(lib.run_on_thread.is_some() && lib.plugins[0].view_headers.is_none());
+        d.descriptor_size = full as u32;
+        let lib = unsafe { read_descriptor(path, &d, false) }.unwrap();
+        assert_eq!(lib.plugins[0].view_headers.as_deref(), Some(&[][..]));
         // Before run_on_thread was appended: accepted, run_on_thread is NULL although the
         // bytes after the plugin's struct (here: our run_on_thread) are not.
         let d = descriptor(before_run, &PLAIN.0);
@@ -545,7 +714,14 @@ mod tests {
         );
         assert_eq!(lib.plugins[0].name, "p");
         // Any other size is refused, naming both.
-        for bad in [old - 8, old + 4, before_cancel + 4, before_run + 4, full + 8] {
+        for bad in [
+            old - 8,
+            old + 4,
+            before_cancel + 4,
+            before_run + 4,
+            before_view + 4,
+            full + 8,
+        ] {
             let d = descriptor(bad, &PLAIN.0);
             let err = unsafe { read_descriptor(path, &d, false) }.unwrap_err().to_string();
             assert!(

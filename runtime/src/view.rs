@@ -19,7 +19,7 @@ use std::mem::{align_of, size_of};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{HeaderMap, Method, Uri, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
 
 use crate::abi::{WeftHeader, WeftRequestView, WeftStr};
 
@@ -127,6 +127,31 @@ impl HeaderArray {
     }
 }
 
+/// Which header lines a view carries: every line of the head, or every line of the names listed
+/// (lowercase, without repeats; the plugins' `WeftViewHeaders`). The view's `host` field is
+/// filled either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Shown<'a> {
+    #[default]
+    All,
+    Named(&'a [HeaderName]),
+}
+
+impl<'a> Shown<'a> {
+    /// `None` is every line.
+    pub fn of(names: Option<&'a [HeaderName]>) -> Shown<'a> {
+        names.map_or(Shown::All, Shown::Named)
+    }
+
+    /// Whether lines named `name` (lowercase bytes) are in the view.
+    pub fn includes(&self, name: &[u8]) -> bool {
+        match self {
+            Shown::All => true,
+            Shown::Named(names) => names.iter().any(|n| n.as_str().as_bytes() == name),
+        }
+    }
+}
+
 /// Where [`Cursor::headers`] put a header array.
 struct HeaderSection {
     array: HeaderArray,
@@ -183,11 +208,61 @@ impl Cursor<'_> {
         })
     }
 
-    /// Writes a header array (zeroed spare entries after it) followed by its strings; returns
-    /// where the array lies and where the first `host` value went.
-    fn headers(&mut self, headers: &HeaderMap) -> Result<HeaderSection, ViewTooLarge> {
+    /// Writes the header array of the lines `shown` names (zeroed spare entries after it)
+    /// followed by their strings; returns where the array lies and where the first `host` value
+    /// went (written after the lines when `host` is not among them).
+    fn headers<'h>(&mut self, headers: &'h HeaderMap, shown: Shown<'h>) -> Result<HeaderSection, ViewTooLarge> {
+        let names = match shown {
+            Shown::All => return self.lines(headers.len(), headers.iter()),
+            Shown::Named(names) => names,
+        };
+        // A lookup per name (~140 instructions, a hash and a probe) and ~100 a picked line,
+        // against ~100 a line for the whole head (`scripts/callgrind-phase`): a short head costs
+        // less laid out whole, which the contract allows (a view may carry more lines than its
+        // plugins declared).
+        if 240 * names.len() + 140 >= 100 * headers.len() {
+            return self.lines(headers.len(), headers.iter());
+        }
+        // Each name's lines are looked up once when the names are few (their values are
+        // counted, then laid out), else twice.
+        const FEW: usize = 8;
+        let mut found = [const { None }; FEW];
+        if names.len() <= FEW {
+            for (f, name) in found.iter_mut().zip(names) {
+                *f = Some((name, headers.get_all(name)));
+            }
+        }
+        let mut section = if names.len() <= FEW {
+            let groups = || found.iter().map_while(Option::as_ref);
+            let count = groups().map(|(_, all)| all.iter().count()).sum();
+            self.lines(count, groups().flat_map(|(n, all)| all.iter().map(move |v| (*n, v))))?
+        } else {
+            let count = names.iter().map(|n| headers.get_all(n).iter().count()).sum();
+            self.lines(
+                count,
+                names
+                    .iter()
+                    .flat_map(|n| headers.get_all(n).iter().map(move |v| (n, v))),
+            )?
+        };
+        if section.host.is_none()
+            && let Some(host) = headers.get(http::header::HOST)
+        {
+            section.host = Some(self.str(host.as_bytes())?);
+        }
+        Ok(section)
+    }
+
+    /// Writes a header array of `count` entries for `lines` (zeroed spare entries after it)
+    /// followed by their strings; returns where the array lies and where the first `host` value
+    /// went.
+    #[inline]
+    fn lines<'h>(
+        &mut self,
+        count: usize,
+        lines: impl Iterator<Item = (&'h HeaderName, &'h HeaderValue)>,
+    ) -> Result<HeaderSection, ViewTooLarge> {
         self.align(align_of::<WeftHeader>())?;
-        let count = headers.len();
         // 65,535 entries are a megabyte of array alone; a section of more is refused as too large.
         let cap_entries = u16::try_from(count + SPARE_HEADERS).map_err(|_| ViewTooLarge { cap: self.buf.len() })?;
         let array = self.reserve((count + SPARE_HEADERS) * size_of::<WeftHeader>())?;
@@ -200,7 +275,7 @@ impl Cursor<'_> {
         *spare = [0; SPARE_HEADERS * size_of::<WeftHeader>()];
         let mut at = self.pos;
         let mut host = None;
-        for ((name, value), entry) in headers.iter().zip(table.chunks_exact_mut(size_of::<WeftHeader>())) {
+        for ((name, value), entry) in lines.zip(table.chunks_exact_mut(size_of::<WeftHeader>())) {
             let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
             if name.len() + value.len() > rest.len() {
                 return Err(ViewTooLarge { cap });
@@ -373,6 +448,17 @@ pub fn encode_request(
     phase: u32,
     head: &RequestHead<'_>,
 ) -> Result<RequestEnd, ViewTooLarge> {
+    encode_request_shown(buf, id, phase, head, Shown::All)
+}
+
+/// [`encode_request`] with only the header lines `shown` names.
+pub fn encode_request_shown(
+    buf: &mut [u8],
+    id: &ViewIdentity,
+    phase: u32,
+    head: &RequestHead<'_>,
+    shown: Shown<'_>,
+) -> Result<RequestEnd, ViewTooLarge> {
     if buf.len() < VIEW_HEADER_SIZE {
         return Err(ViewTooLarge { cap: buf.len() });
     }
@@ -399,7 +485,7 @@ pub fn encode_request(
     };
     let version = c.str(version_str(head.version).as_bytes())?;
     let fixed_end = c.pos;
-    let req = c.headers(head.headers)?;
+    let req = c.headers(head.headers, shown)?;
     let size = c.pos;
     let view = WeftRequestView {
         size: size as u32,
@@ -448,10 +534,11 @@ pub fn encode_request_headers(
     fixed_end: usize,
     phase: u32,
     headers: &HeaderMap,
+    shown: Shown<'_>,
 ) -> Result<SectionEnd, ViewTooLarge> {
     let mut view = read_view(buf);
     let mut c = Cursor { buf, pos: fixed_end };
-    let req = c.headers(headers)?;
+    let req = c.headers(headers, shown)?;
     let size = c.pos;
     resized(&mut view, size, phase);
     // `host` wholly between the struct and `fixed_end` is the URI's authority and stays; after
@@ -499,9 +586,22 @@ pub fn encode_response(
     status: u16,
     headers: &HeaderMap,
 ) -> Result<SectionEnd, ViewTooLarge> {
+    encode_response_shown(buf, request_end, phase, status, headers, Shown::All)
+}
+
+/// [`encode_response`] with only the header lines `shown` names.
+pub fn encode_response_shown(
+    buf: &mut [u8],
+    request_end: usize,
+    phase: u32,
+    status: u16,
+    headers: &HeaderMap,
+    shown: Shown<'_>,
+) -> Result<SectionEnd, ViewTooLarge> {
     let mut view = read_view(buf);
     let mut c = Cursor { buf, pos: request_end };
-    let HeaderSection { array, .. } = c.headers(headers)?;
+    // A response's `host` line, if any, is not the view's `host`: only the array is kept.
+    let HeaderSection { array, .. } = c.headers(headers, shown)?;
     let size = c.pos;
     resized(&mut view, size, phase);
     view.status = status as u32;
@@ -929,7 +1029,7 @@ mod tests {
             // A host where there was none (the engine's plugins cannot add one; the function
             // does not rely on that).
             headers.insert("host", HeaderValue::from_static("added.example"));
-            let again = encode_request_headers(&mut buf, end.fixed_end, 0, &headers).unwrap();
+            let again = encode_request_headers(&mut buf, end.fixed_end, 0, &headers, Shown::All).unwrap();
             let mut whole = vec![0u8; 4096];
             let fresh = encode_request(&mut whole, &ident(), 0, &head(&uri, &headers)).unwrap();
             let again_end = RequestEnd {
@@ -946,11 +1046,115 @@ mod tests {
             for cap in VIEW_HEADER_SIZE.max(end.fixed_end)..again.size {
                 let mut small = buf[..cap].to_vec();
                 assert!(
-                    encode_request_headers(&mut small, end.fixed_end, 0, &headers).is_err(),
+                    encode_request_headers(&mut small, end.fixed_end, 0, &headers, Shown::All).is_err(),
                     "cap {cap}"
                 );
             }
         }
+    }
+
+    /// A view of named lines holds every line of those names (in the order of the names, each
+    /// name's in the head's order), none of another, and the `host` field whatever was named;
+    /// laid out again and as a response section likewise; and what a full layout refuses for
+    /// size it refuses too. A head too short for lookups to pay is laid out whole.
+    #[test]
+    fn a_view_of_named_lines_holds_those_lines_and_the_host() {
+        let uri: Uri = "/p?q=1".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        for (n, v) in [
+            ("host", "example.com"),
+            ("accept", "a/b"),
+            ("x-api-key", "k1"),
+            ("cookie", "c=1"),
+            ("x-api-key", "k2"),
+            ("authorization", "Bearer t"),
+        ] {
+            headers.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        let named = |names: &[&str]| -> Vec<HeaderName> { names.iter().map(|n| n.parse().unwrap()).collect() };
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+        };
+        // Six lines: cheaper whole than by three lookups.
+        let mut buf = vec![0u8; 4096];
+        let few = named(&["authorization", "x-api-key"]);
+        encode_request_shown(
+            &mut buf,
+            &ident(),
+            0,
+            &get_head(&uri, &headers, Version::HTTP_11),
+            Shown::Named(&few),
+        )
+        .unwrap();
+        assert_eq!(decode_for_test(&buf).unwrap().request_headers.len(), 6);
+        for i in 0..12 {
+            headers.append(
+                HeaderName::from_bytes(format!("x-fill-{i}").as_bytes()).unwrap(),
+                HeaderValue::from(i),
+            );
+        }
+        let head = get_head(&uri, &headers, Version::HTTP_11);
+        for (names, want) in [
+            (
+                named(&["authorization", "x-api-key", "x-absent"]),
+                pairs(&[("authorization", "Bearer t"), ("x-api-key", "k1"), ("x-api-key", "k2")]),
+            ),
+            (named(&[]), vec![]),
+            (
+                named(&["host", "accept"]),
+                pairs(&[("host", "example.com"), ("accept", "a/b")]),
+            ),
+        ] {
+            let shown = Shown::Named(&names);
+            let mut buf = vec![0u8; 4096];
+            let end = encode_request_shown(&mut buf, &ident(), 0, &head, shown).unwrap();
+            let v = decode_for_test(&buf).unwrap();
+            assert_eq!(v.request_headers, want, "{names:?}");
+            assert_eq!((v.host.as_str(), v.path.as_str()), ("example.com", "/p"), "{names:?}");
+            // Laid out again after the request line: the same lines and host.
+            let again = encode_request_headers(&mut buf, end.fixed_end, 1, &headers, shown).unwrap();
+            let v = decode_for_test(&buf).unwrap();
+            assert_eq!(
+                (v.request_headers.clone(), v.host.as_str()),
+                (want.clone(), "example.com")
+            );
+            // A response section of the same lines.
+            encode_response_shown(&mut buf, again.size, 2, 200, &headers, shown).unwrap();
+            assert_eq!(decode_for_test(&buf).unwrap().response_headers, want, "{names:?}");
+            // Every byte the layout needs is checked against the slot.
+            for cap in VIEW_HEADER_SIZE..end.size {
+                let mut small = vec![0u8; cap];
+                assert!(
+                    encode_request_shown(&mut small, &ident(), 0, &head, shown).is_err(),
+                    "cap {cap}"
+                );
+            }
+        }
+        // More named lines than are picked on the stack: the second pass, same lines.
+        let mut many = HeaderMap::new();
+        many.insert("host", HeaderValue::from_static("h.example"));
+        for i in 0..40 {
+            many.append("x-many", HeaderValue::from(i));
+            many.append("x-other", HeaderValue::from(i));
+        }
+        // Forty lines of `want` and the host, whatever the names pick them by.
+        let all_of = |names: &[HeaderName], want: &str| {
+            let mut buf = vec![0u8; 8192];
+            let head = get_head(&uri, &many, Version::HTTP_11);
+            encode_request_shown(&mut buf, &ident(), 0, &head, Shown::Named(names)).unwrap();
+            let v = decode_for_test(&buf).unwrap();
+            let lines: Vec<_> = (0..40).map(|i| (want.to_owned(), i.to_string())).collect();
+            assert_eq!((v.request_headers, v.host.as_str()), (lines, "h.example"));
+        };
+        all_of(&named(&["x-many"]), "x-many");
+        // More names than are looked up once: each is looked up twice, same lines.
+        let mut names: Vec<HeaderName> = (0..9).map(|i| format!("x-absent-{i}").parse().unwrap()).collect();
+        names.push("x-other".parse().unwrap());
+        all_of(&names, "x-other");
+        // `includes` is what the engine filters a plugin's edits with.
+        let names = named(&["x-a"]);
+        assert!(Shown::Named(&names).includes(b"x-a") && !Shown::Named(&names).includes(b"x-b"));
+        assert!(Shown::All.includes(b"x-b"));
     }
 
     /// A GET request's head.

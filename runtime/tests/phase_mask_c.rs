@@ -43,7 +43,7 @@ fn undeclared_phases_are_never_called() {
     })
     .unwrap();
     let plugins = rt.load_library("count", &lib).expect("load phase-count");
-    assert_eq!(plugins.len(), 2, "{plugins:?}");
+    assert_eq!(plugins.len(), 3, "{plugins:?}");
     let instance = |name: &str, plugin: &str| {
         rt.instantiate(InstanceSpec {
             name: name.into(),

@@ -98,5 +98,7 @@ func init() {
 		Name:           "bearer-auth",
 		Init:           initConfig,
 		RequestHeaders: requestHeaders,
+		// The one header it reads: the host copies only its lines into the views.
+		ViewHeaders: []string{"authorization"},
 	})
 }

@@ -85,5 +85,7 @@ func init() {
 		Init:            initConfig,
 		RequestHeaders:  requestHeaders,
 		ResponseHeaders: responseHeaders,
+		// It writes headers but reads none: the host copies no header line into its views.
+		ViewHeaders: []string{},
 	})
 }

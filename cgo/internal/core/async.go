@@ -356,7 +356,7 @@ func (inst *instance) completer() CompleteFunc {
 // newContext allocates a Context for one of the instance's slots. Each is a separate
 // allocation so that a detached one can be collected (and its cleanup run) on its own.
 func (inst *instance) newContext() *Context {
-	return &Context{async: asyncState{owner: inst}}
+	return &Context{async: asyncState{owner: inst}, shown: inst.shown}
 }
 
 // CancelCall is the host's notice that it stopped waiting for a pending call (its deadline

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"iter"
 	"net/netip"
+	"slices"
 	"unsafe"
 )
 
@@ -32,6 +33,10 @@ type Context struct {
 	malformed bool
 	failure   error
 	async     asyncState // Defer/Go (async.go); only the owner is set on the synchronous path
+	// shown is the plugin's ViewHeaders (lowercase), fixed for the instance: the header
+	// accessors see only these names, whatever else the host laid out for other plugins. nil:
+	// every header.
+	shown []string
 	// std is the call's context.Context, made on first use (StdContext) so that calls which
 	// never ask for one do not allocate; cancel ends it when the call finishes.
 	std    context.Context
@@ -207,6 +212,9 @@ func (c *Context) ResponseHeaders() iter.Seq2[string, string] {
 }
 
 func (c *Context) lookup(off, count uint32, name string) (string, bool) {
+	if c.shown != nil && !c.declared(name) {
+		return "", false
+	}
 	// Host names are lowercase, so a lowercase name matches byte for byte; whether name needs
 	// folding is found out only when an entry of its length is not equal to it (a scan of the
 	// name per call cost more than the loop).
@@ -224,6 +232,9 @@ func (c *Context) lookup(off, count uint32, name string) (string, bool) {
 }
 
 func (c *Context) values(off, count uint32, name string, yield func(string) bool) {
+	if c.shown != nil && !c.declared(name) {
+		return
+	}
 	fold := unknownFold
 	for i := range count {
 		h := *c.header(off, i)
@@ -263,10 +274,26 @@ func (c *Context) all(off, count uint32, yield func(string, string) bool) {
 	for i := range count {
 		h := *c.header(off, i)
 		n, v := c.str(h.Name), c.str(h.Value)
-		if c.malformed || !yield(n, v) {
+		if c.malformed {
+			return
+		}
+		if c.shown != nil && !slices.Contains(c.shown, n) {
+			continue
+		}
+		if !yield(n, v) {
 			return
 		}
 	}
+}
+
+// declared reports whether name (any case) is one of the plugin's ViewHeaders.
+func (c *Context) declared(name string) bool {
+	for _, n := range c.shown {
+		if len(n) == len(name) && (n == name || equalFoldASCII(n, name)) {
+			return true
+		}
+	}
+	return false
 }
 
 func isLowerASCII(s string) bool {

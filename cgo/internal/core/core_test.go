@@ -480,6 +480,63 @@ func TestRegistryErrors(t *testing.T) {
 	}
 }
 
+func TestViewHeadersRegistration(t *testing.T) {
+	noop := func(*Context, *struct{}, *struct{}) {}
+	var r registry
+	register(&r, Plugin[struct{}, struct{}]{Name: "all", RequestHeaders: noop})
+	register(&r, Plugin[struct{}, struct{}]{Name: "none", RequestHeaders: noop, ViewHeaders: []string{}})
+	register(&r, Plugin[struct{}, struct{}]{Name: "two", RequestHeaders: noop, ViewHeaders: []string{"X-Api-Key", "accept", "x-api-key"}})
+	if err := r.loadError(); err != nil {
+		t.Fatal(err)
+	}
+	got := r.plugins()
+	if got[0].ViewHeaders != nil || got[1].ViewHeaders == nil || len(got[1].ViewHeaders) != 0 ||
+		strings.Join(got[2].ViewHeaders, ",") != "x-api-key,accept" {
+		t.Errorf("view headers %q %q %q", got[0].ViewHeaders, got[1].ViewHeaders, got[2].ViewHeaders)
+	}
+	tooMany := make([]string, MaxViewHeaders+1)
+	for i := range tooMany {
+		tooMany[i] = "x"
+	}
+	for _, bad := range [][]string{{""}, {"x a"}, {"x\r\n"}, {"é"}, {strings.Repeat("a", MaxHeaderNameLen+1)}, tooMany} {
+		var r registry
+		register(&r, Plugin[struct{}, struct{}]{Name: "p", RequestHeaders: noop, ViewHeaders: bad})
+		if err := r.loadError(); err == nil || !strings.Contains(err.Error(), `plugin "p": ViewHeaders`) {
+			t.Errorf("%q: load error %v", bad, err)
+		}
+	}
+}
+
+// A Context of a plugin that declared ViewHeaders reads only those names, in any case, even when
+// the view holds more lines (another plugin on the chain asked for them).
+func TestDeclaredHeadersAreTheOnlyOnesRead(t *testing.T) {
+	buf := testView(PhaseRequestHeaders, 0, 1, "/", [][2]string{{"x-a", "1"}, {"x-b", "2"}, {"x-a", "3"}}, nil)
+	var c Context
+	c.begin(unsafe.Pointer(&buf[0]), viewOf(buf).Size, PhaseRequestHeaders, 1, nil, 0)
+	defer c.end()
+	c.shown = []string{"x-a"}
+	if v, ok := c.RequestHeader("X-A"); !ok || v != "1" {
+		t.Errorf("x-a: %q %v", v, ok)
+	}
+	if v, ok := c.RequestHeader("x-b"); ok {
+		t.Errorf("x-b read though undeclared: %q", v)
+	}
+	var lines, values []string
+	for n, v := range c.RequestHeaders() {
+		lines = append(lines, n+"="+v)
+	}
+	for v := range c.RequestHeaderValues("x-b") {
+		values = append(values, v)
+	}
+	if strings.Join(lines, ";") != "x-a=1;x-a=3" || values != nil {
+		t.Errorf("lines %q, x-b values %q", lines, values)
+	}
+	c.shown = nil
+	if v, ok := c.RequestHeader("x-b"); !ok || v != "2" {
+		t.Errorf("undeclared plugin: x-b %q %v", v, ok)
+	}
+}
+
 func TestPhaseMask(t *testing.T) {
 	noop := func(*Context, *struct{}, *struct{}) {}
 	p := Plugin[struct{}, struct{}]{ResponseHeaders: noop, Log: noop}

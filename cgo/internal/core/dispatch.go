@@ -103,7 +103,9 @@ type instance struct {
 	name      string // plugin name, for log lines
 	phases    uint32
 	slotCount uint32
-	h         handlers
+	// shown is the plugin's ViewHeaders (lowercase); nil: every header.
+	shown []string
+	h     handlers
 	// One reusable Context per slot: handlers get a pointer without allocating. Defer replaces
 	// a slot's Context (the old one goes with the continuation; see async.go).
 	ctxs []*Context
@@ -208,6 +210,7 @@ func InitWith(plugin uint32, id uint64, config []byte, slotCount uint32, opts In
 		name:      def.info.Name,
 		phases:    def.info.Phases,
 		slotCount: slotCount,
+		shown:     def.info.ViewHeaders,
 		h:         h,
 		ctxs:      make([]*Context, slotCount),
 		held:      make([]atomic.Uint32, slotCount),

@@ -3,6 +3,7 @@ package core
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -58,6 +59,49 @@ type Plugin[C any, S any] struct {
 	// the SDK runs it on a bounded pool of goroutines (see AttachWorker). Handlers are written
 	// exactly as for inline plugins.
 	Blocking bool
+	// ViewHeaders, when non-nil, names the header lines the handlers read (WeftViewHeaders):
+	// the host lays out only those, and the Context's header accessors see only those.
+	ViewHeaders []string
+}
+
+// MaxViewHeaders is the most names a plugin's ViewHeaders may list (the host's limit).
+const MaxViewHeaders = 64
+
+// viewHeaders checks a ViewHeaders list and returns it lowercase without repeats (nil stays
+// nil: every header), or what is wrong with it.
+func viewHeaders(names []string) ([]string, error) {
+	if names == nil {
+		return nil, nil
+	}
+	if len(names) > MaxViewHeaders {
+		return nil, fmt.Errorf("ViewHeaders lists %d names, more than %d", len(names), MaxViewHeaders)
+	}
+	out := make([]string, 0, len(names))
+	for _, n := range names {
+		if !isToken(n) || len(n) > MaxHeaderNameLen {
+			return nil, fmt.Errorf("ViewHeaders: %q is not a header name", n)
+		}
+		n = strings.ToLower(n)
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// isToken reports whether s is a non-empty RFC 9110 token (the characters of a header name).
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		ok := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // phases returns the phase mask implied by the non-nil handlers.
@@ -87,6 +131,8 @@ type PluginInfo struct {
 	Phases uint32
 	// Flags is the WeftPluginInfo.flags bit set (FlagBlocking, ...).
 	Flags uint32
+	// ViewHeaders is the plugin's WeftViewHeaders list, lowercase; nil: every header.
+	ViewHeaders []string
 }
 
 // flags returns the WeftPluginInfo.flags bits implied by the plugin's settings.
@@ -135,6 +181,11 @@ func register[C any, S any](r *registry, p Plugin[C, S]) {
 		r.errs = append(r.errs, fmt.Sprintf("plugin %q has no phase handler", p.Name))
 		return
 	}
+	shown, err := viewHeaders(p.ViewHeaders)
+	if err != nil {
+		r.errs = append(r.errs, fmt.Sprintf("plugin %q: %v", p.Name, err))
+		return
+	}
 	if _, dup := r.byName[p.Name]; dup {
 		r.errs = append(r.errs, fmt.Sprintf("plugin %q registered twice", p.Name))
 		return
@@ -145,7 +196,7 @@ func register[C any, S any](r *registry, p Plugin[C, S]) {
 	r.byName[p.Name] = len(r.defs)
 	pp := p // the instance closures keep their own copy
 	r.defs = append(r.defs, definition{
-		info: PluginInfo{Name: p.Name, Phases: p.phases(), Flags: p.flags()},
+		info: PluginInfo{Name: p.Name, Phases: p.phases(), Flags: p.flags(), ViewHeaders: shown},
 		newInstance: func(config []byte, slotCount uint32) (handlers, error) {
 			return newTypedInstance(&pp, config, slotCount)
 		},

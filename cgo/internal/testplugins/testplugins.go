@@ -7,7 +7,10 @@
 //   - test-sleep: sleeps for the milliseconds in the request's x-test-sleep-ms header (at most
 //     5000) in request headers, so remote workers can be killed with requests in flight.
 //   - bench-header: reads the path and the user-agent and accept headers and sets x-bench: 1;
-//     the plugin of the host's criterion benchmark.
+//     the plugin of the host's criterion benchmark. It declares the two headers it reads
+//     (ViewHeaders), so the host lays out only those lines.
+//   - bench-header-every-line: bench-header without the declaration: the host lays out every
+//     line of the head (the benchmark's comparison row).
 //   - bench-header-async: bench-header's work done in a Context.Go continuation, so the call
 //     goes asynchronous (Pending, then complete from the goroutine); the criterion benchmark of
 //     the async path against the inline one.
@@ -86,6 +89,11 @@ func init() {
 	})
 	weft.Register(weft.Plugin[None, None]{
 		Name:           "bench-header",
+		RequestHeaders: benchHeader,
+		ViewHeaders:    []string{"user-agent", "accept"},
+	})
+	weft.Register(weft.Plugin[None, None]{
+		Name:           "bench-header-every-line",
 		RequestHeaders: benchHeader,
 	})
 	weft.Register(weft.Plugin[None, None]{

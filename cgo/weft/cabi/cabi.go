@@ -33,7 +33,9 @@ import "C"
 import (
 	"fmt"
 	"runtime"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"unicode/utf8"
@@ -115,9 +117,30 @@ func buildDescriptor() *C.WeftPluginDescriptor {
 		}
 		d.plugins = &infos[0]
 		d.plugin_count = C.uint32_t(len(plugins))
+		d.view_headers = viewHeaders(plugins)
 	}
 	C.weft_fill_fns(d)
 	return d
+}
+
+// viewHeaders builds the descriptor's WeftViewHeaders array (never freed): one comma-separated
+// list per plugin, NULL for a plugin that reads every header; NULL when none declared a list.
+func viewHeaders(plugins []core.PluginInfo) *C.WeftViewHeaders {
+	if !slices.ContainsFunc(plugins, func(p core.PluginInfo) bool { return p.ViewHeaders != nil }) {
+		return nil
+	}
+	lists := unsafe.Slice((*C.WeftViewHeaders)(C.calloc(C.size_t(len(plugins)), C.sizeof_WeftViewHeaders)), len(plugins))
+	for i, p := range plugins {
+		if p.ViewHeaders == nil {
+			continue
+		}
+		// An empty list is a non-NULL pointer with length 0 (no header), unlike NULL (every header).
+		names := strings.Join(p.ViewHeaders, ",")
+		lists[i].names = (*C.uint8_t)(C.calloc(C.size_t(max(len(names), 1)), 1))
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(lists[i].names)), len(names)), names)
+		lists[i].names_len = C.size_t(len(names))
+	}
+	return &lists[0]
 }
 
 // cString copies s into never-freed C memory (not NUL-terminated).

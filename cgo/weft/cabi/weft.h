@@ -627,14 +627,45 @@ typedef void (*WeftThreadBodyFn)(void *arg);
 // this returns (not nested).
 typedef void (*WeftRunOnThreadFn)(WeftThreadBodyFn body, void *arg);
 
+// The header lines one plugin reads: an element of `WeftPluginDescriptor.view_headers`. The
+// host lays out in a view only the lines its chain's plugins declared (see `docs/abi.md`, "Header
+// lines a view carries"): a plugin that names the few headers it reads does not pay for copying
+// every line of the request and the response into the view on every call.
+//
+// `names` NULL (with `names_len` 0): the plugin reads every line (what a plugin without a
+// declaration gets). Otherwise `names_len` bytes of header names separated by single commas, no
+// spaces (`"authorization,x-api-key"`), matched case-insensitively; at most 64 names, each a valid
+// header name of at most `WEFT_MAX_HEADER_NAME_LEN` bytes. An empty list (`names` non-NULL,
+// `names_len` 0) reads no header line. The view then holds every line of each declared name, in
+// both sections, and may hold lines of other names (another plugin on the same chain declared
+// them, or declared nothing, or the head is short enough to copy whole): a plugin must not rely
+// on their absence. A malformed list refuses
+// the library at load, with the plugin and the name in the message. The view's `host` field is
+// filled whatever is declared.
+//
+// # Ownership and lifetime
+// Owned by the plugin library, like `WeftPluginInfo`: the struct and the bytes at `names` must
+// stay valid and unchanged while the library is loaded (for the life of the process).
+//
+// # Thread safety
+// The host reads it only while loading the library, on the loading thread right after
+// `weft_plugin_entry` returns, copies what it needs and never writes it.
+typedef struct WeftViewHeaders {
+  // Comma-separated header names, not NUL-terminated; NULL: every header line.
+  const uint8_t *names;
+  // Number of bytes at `names`.
+  size_t names_len;
+} WeftViewHeaders;
+
 // What `weft_plugin_entry` returns.
 //
 // The first two fields are the stable prefix of every ABI version: the host reads
 // `abi_version` and `descriptor_size` before anything else. It refuses the library if
 // `abi_version` differs from its own, or if `descriptor_size` is not the size of a version-1
-// descriptor: its own `sizeof(WeftPluginDescriptor)`, the size before `run_on_thread` was
-// appended (120 bytes on 64-bit targets), before `cancel` (112 bytes), or the first one,
-// before `attach_worker` (104 bytes). Fields a plugin's descriptor predates read as NULL.
+// descriptor: its own `sizeof(WeftPluginDescriptor)`, the size before `view_headers` was
+// appended (128 bytes on 64-bit targets), before `run_on_thread` (120 bytes), before `cancel`
+// (112 bytes), or the first one, before `attach_worker` (104 bytes). Fields a plugin's
+// descriptor predates read as NULL.
 //
 // # Ownership and lifetime
 // Owned by the plugin library, with everything it points to (`runtime_version`, `plugins`,
@@ -649,8 +680,8 @@ typedef struct WeftPluginDescriptor {
   // Must equal `WEFT_ABI_VERSION`.
   uint32_t abi_version;
   // `sizeof(WeftPluginDescriptor)` as the plugin was compiled: the host's, or the size of an
-  // earlier version-1 descriptor (before `run_on_thread`, `cancel` or `attach_worker` was
-  // appended; the host reads the fields it lacks as NULL).
+  // earlier version-1 descriptor (before `view_headers`, `run_on_thread`, `cancel` or
+  // `attach_worker` was appended; the host reads the fields it lacks as NULL).
   uint32_t descriptor_size;
   // `sizeof(WeftRequestView)` as the plugin was compiled: the host's, or the size before
   // `server_name` was appended (120 bytes on 64-bit targets; such a plugin ignores the field).
@@ -696,6 +727,9 @@ typedef struct WeftPluginDescriptor {
   // Runs a host thread's work inside the plugin's runtime; optional (NULL: the host runs it
   // directly).
   WeftRunOnThreadFn run_on_thread;
+  // `plugin_count` entries parallel to `plugins`: the header lines each plugin reads; optional
+  // (NULL: every plugin reads every line).
+  const struct WeftViewHeaders *view_headers;
 } WeftPluginDescriptor;
 
 // Host callback for plugin log lines: `level` is a `WEFT_LOG_*` value, `instance` the instance
@@ -934,10 +968,14 @@ WEFT_STATIC_ASSERT(offsetof(WeftPluginDescriptor, runtime_version) == 24
                    && offsetof(WeftPluginDescriptor, on_phase) == 80
                    && offsetof(WeftPluginDescriptor, thread_start) == 88
                    && offsetof(WeftPluginDescriptor, shutdown) == 96, "WeftPluginDescriptor layout (v1 fields)")
-/* Earlier version-1 descriptors ended before attach_worker, then before cancel; the host accepts
-   those sizes too. */
+/* Earlier version-1 descriptors ended before attach_worker, then before cancel, run_on_thread and
+   view_headers; the host accepts those sizes too. */
 WEFT_STATIC_ASSERT(offsetof(WeftPluginDescriptor, attach_worker) == 104, "WeftPluginDescriptor.attach_worker")
 WEFT_STATIC_ASSERT(offsetof(WeftPluginDescriptor, cancel) == 112, "WeftPluginDescriptor.cancel")
+WEFT_STATIC_ASSERT(offsetof(WeftPluginDescriptor, run_on_thread) == 120
+                   && offsetof(WeftPluginDescriptor, view_headers) == 128, "WeftPluginDescriptor.view_headers")
+WEFT_STATIC_ASSERT(sizeof(WeftViewHeaders) == 16 && offsetof(WeftViewHeaders, names_len) == 8,
+                   "WeftViewHeaders layout")
 WEFT_STATIC_ASSERT(offsetof(WeftHostApi, context) == 8 && offsetof(WeftHostApi, log) == 16,
                    "WeftHostApi layout (v1 fields)")
 #endif

@@ -240,7 +240,8 @@ impl Exchange {
         };
         // Only `Drop` takes the lease out.
         let lease = self.lease.as_mut().expect("exchange lease taken before drop");
-        let end = view::encode_request(lease.bytes_mut(), &self.ident, phase as u32, &head)?;
+        let shown = view::Shown::of(self.chain.instances.view_headers.as_deref());
+        let end = view::encode_request_shown(lease.bytes_mut(), &self.ident, phase as u32, &head, shown)?;
         // Slot offsets fit in u32 (the view's own offsets are u32).
         self.request_fixed_end = end.fixed_end as u32;
         self.request_end = end.size as u32;
@@ -263,7 +264,8 @@ impl Exchange {
             Stale::Headers | Stale::All => return self.encode_request(parts, phase),
         };
         let lease = self.lease.as_mut().expect("exchange lease taken before drop");
-        let end = view::encode_request_headers(lease.bytes_mut(), fixed_end, phase as u32, &parts.headers)?;
+        let shown = view::Shown::of(self.chain.instances.view_headers.as_deref());
+        let end = view::encode_request_headers(lease.bytes_mut(), fixed_end, phase as u32, &parts.headers, shown)?;
         self.request_end = end.size as u32;
         self.view_end = end.size as u32;
         self.last_headers = end.headers;
@@ -282,7 +284,14 @@ impl Exchange {
         let Some(lease) = self.lease.as_mut() else {
             return false;
         };
-        let edits = batch.view_edits();
+        // Lines of a name the view does not carry stay out of it.
+        let shown = view::Shown::of(self.chain.instances.view_headers.as_deref());
+        let edits = batch.view_edits().filter(|e| match e {
+            view::HeaderEdit::Set(name, _) | view::HeaderEdit::Add(name, _) | view::HeaderEdit::Remove(name) => {
+                shown.includes(name)
+            }
+            view::HeaderEdit::Status(_) | view::HeaderEdit::Other => true,
+        });
         let Some(done) = view::patch_headers(lease.bytes_mut(), section, array, end, phase as u32, edits) else {
             return false;
         };
@@ -301,12 +310,16 @@ impl Exchange {
         phase: WeftPhase,
     ) -> Result<(), view::ViewTooLarge> {
         let end = self.request_end as usize;
-        let done = view::encode_response(
-            self.lease().bytes_mut(),
+        let shown = view::Shown::of(self.chain.instances.view_headers.as_deref());
+        // Only `Drop` takes the lease out.
+        let lease = self.lease.as_mut().expect("exchange lease taken before drop");
+        let done = view::encode_response_shown(
+            lease.bytes_mut(),
             end,
             phase as u32,
             parts.status.as_u16(),
             &parts.headers,
+            shown,
         )?;
         self.view_end = done.size as u32;
         self.last_headers = done.headers;

@@ -76,6 +76,8 @@ pub(crate) struct Instance {
     pub(crate) fail_open: bool,
     /// `WEFT_PLUGIN_FLAG_*` bits of the plugin (body modes).
     pub(crate) flags: u32,
+    /// The header lines the plugin reads (`WeftViewHeaders`); `None`: every line.
+    pub(crate) view_headers: Option<Arc<[http::HeaderName]>>,
     /// Deadline, in-flight limit and worker-pool use of asynchronous calls.
     pub(crate) limits: CallLimits,
     /// Receives the duration of every in-process call (opt-in: two clock reads per call).
@@ -125,11 +127,46 @@ impl Instance {
 #[derive(Clone)]
 pub struct Chain {
     pub(crate) rt: Arc<Runtime>,
-    pub(crate) instances: Arc<[Arc<Instance>]>,
+    pub(crate) instances: Arc<Links>,
     /// Union of the instances' phases: a phase no instance declared costs one bit test.
     pub(crate) phases: u32,
     /// Whether any instance is remote (they are released when the exchange ends).
     pub(crate) has_remote: bool,
+}
+
+/// A chain's instances in order (what it derefs to), with the header lines its views carry.
+/// One allocation shared by the chain's clones: an exchange's copy of the chain costs no more
+/// reference counts than the instances alone did.
+pub(crate) struct Links {
+    list: Box<[Arc<Instance>]>,
+    /// Every line (`None`), or the union of what the instances declared when each one declared.
+    pub(crate) view_headers: Option<Box<[http::HeaderName]>>,
+}
+
+impl Links {
+    /// The header lines a view for `list` must carry: every line when any of them reads every
+    /// line (no declaration, or a remote instance), else every name one of them declared.
+    pub(crate) fn new(list: Vec<Arc<Instance>>) -> Links {
+        let mut names: Vec<http::HeaderName> = Vec::new();
+        let every = list.iter().any(|inst| inst.view_headers.is_none());
+        for name in list.iter().filter_map(|inst| inst.view_headers.as_deref()).flatten() {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        Links {
+            list: list.into(),
+            view_headers: (!every).then(|| names.into()),
+        }
+    }
+}
+
+impl std::ops::Deref for Links {
+    type Target = [Arc<Instance>];
+
+    fn deref(&self) -> &[Arc<Instance>] {
+        &self.list
+    }
 }
 
 /// Every slot in the arena is in use: answer 503.
