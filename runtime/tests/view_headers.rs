@@ -35,18 +35,24 @@ fn count_library() -> std::path::PathBuf {
 }
 
 fn chain(plugins: &[(&str, &str)]) -> Chain {
+    let with_config: Vec<_> = plugins.iter().map(|&(l, p)| (l, p, "{}")).collect();
+    chain_with(&with_config)
+}
+
+/// `(library, plugin, config)` instances in order.
+fn chain_with(plugins: &[(&str, &str, &str)]) -> Chain {
     let rt = runtime();
     let ids: Vec<_> = plugins
         .iter()
         .enumerate()
-        .map(|(i, (library, plugin))| {
+        .map(|(i, (library, plugin, config))| {
             static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             rt.instantiate(InstanceSpec {
                 name: format!("{plugin}-{i}-{n}"),
                 library: (*library).into(),
                 plugin: (*plugin).into(),
-                config_json: b"{}".to_vec(),
+                config_json: config.as_bytes().to_vec(),
                 fail_open: false,
             })
             .unwrap_or_else(|e| panic!("instantiate {plugin}: {e}"))
@@ -72,6 +78,10 @@ fn view_lines() -> (u32, u32) {
 const FILL: usize = 10;
 
 fn request() -> http::request::Parts {
+    request_with(FILL)
+}
+
+fn request_with(fill: usize) -> http::request::Parts {
     let mut b = http::Request::get("/p")
         .header("host", "example.com")
         .header("accept", "*/*")
@@ -79,7 +89,7 @@ fn request() -> http::request::Parts {
         .header("x-b", "2")
         .header("x-a", "3")
         .header("x-c", "4");
-    for i in 0..FILL {
+    for i in 0..fill {
         b = b.header(format!("x-fill-{i}"), "f");
     }
     b.body(()).unwrap().into_parts().0
@@ -104,11 +114,15 @@ fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> &'a str {
 /// Both calls run, then the `count-view-lines` counts are read. The tests share the C
 /// library's counters, so they run one at a time.
 fn run(chain: &Chain) -> (http::request::Parts, http::response::Parts, (u32, u32)) {
+    run_with(chain, request())
+}
+
+fn run_with(chain: &Chain, req: http::request::Parts) -> (http::request::Parts, http::response::Parts, (u32, u32)) {
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let mut ex = chain.start(client, "http").expect("a free slot").expect("phases");
-    let (mut req, mut resp) = (request(), response());
+    let (mut req, mut resp) = (req, response());
     assert!(matches!(ex.request_headers(&mut req), Flow::Continue));
     let request_lines = view_lines().0;
     assert!(matches!(ex.response_headers(&mut resp), Flow::Continue));
@@ -160,4 +174,19 @@ fn an_undeclared_plugin_on_the_chain_gets_every_line() {
         format!("content-type=text/plain;x-a=r;x-b=s{fill}"),
         "the undeclared echo runs last on the way out and reads every line"
     );
+}
+
+/// A short head is laid out whole even for a declaring chain; a plugin's set of a name no plugin
+/// on it reads then removes that name's lines from the view (rather than leave the old value
+/// there), and the head itself gets the new value.
+#[test]
+fn a_set_of_an_unread_name_takes_its_old_lines_out_of_a_whole_view() {
+    let c = chain_with(&[
+        ("go", "header-rewriter", r#"{"request_set": {"x-c": "new"}}"#),
+        ("c", "count-view-lines", "{}"),
+    ]);
+    let (req, _, lines) = run_with(&c, request_with(0));
+    // host, accept, x-a ×2, x-b: x-c's line went with the set.
+    assert_eq!(lines.0, 5, "the six-line head laid out whole, less x-c");
+    assert_eq!(header(&req.headers, "x-c"), "new");
 }

@@ -284,13 +284,14 @@ impl Exchange {
         let Some(lease) = self.lease.as_mut() else {
             return false;
         };
-        // Lines of a name the view does not carry stay out of it.
+        // Lines of a name the chain does not read stay out of the view. A short head was laid
+        // out whole, so such a name may have lines there already: a set removes them (the view
+        // never shows a value the head no longer has), and removes always go through.
         let shown = view::Shown::of(self.chain.instances.view_headers.as_deref());
-        let edits = batch.view_edits().filter(|e| match e {
-            view::HeaderEdit::Set(name, _) | view::HeaderEdit::Add(name, _) | view::HeaderEdit::Remove(name) => {
-                shown.includes(name)
-            }
-            view::HeaderEdit::Status(_) | view::HeaderEdit::Other => true,
+        let edits = batch.view_edits().filter_map(|e| match e {
+            view::HeaderEdit::Set(name, _) if !shown.includes(name) => Some(view::HeaderEdit::Remove(name)),
+            view::HeaderEdit::Add(name, _) if !shown.includes(name) => None,
+            e => Some(e),
         });
         let Some(done) = view::patch_headers(lease.bytes_mut(), section, array, end, phase as u32, edits) else {
             return false;
