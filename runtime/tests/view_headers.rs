@@ -190,3 +190,27 @@ fn a_set_of_an_unread_name_takes_its_old_lines_out_of_a_whole_view() {
     assert_eq!(lines.0, 5, "the six-line head laid out whole, less x-c");
     assert_eq!(header(&req.headers, "x-c"), "new");
 }
+
+/// A view with none of its chain's names in the head: the section has no line, so the removes
+/// and the sets of unread names a plugin makes leave the view as it is (nothing is written), while
+/// a set of a name the chain reads still reaches the next plugin's view.
+#[test]
+fn an_empty_section_gets_only_the_lines_of_names_read() {
+    let c = chain_with(&[
+        (
+            "go",
+            "header-rewriter",
+            r#"{"request_set": {"x-a": "new", "x-c": "c"}, "request_remove": ["x-b", "x-fill-0"]}"#,
+        ),
+        ("c", "count-view-lines", "{}"),
+    ]);
+    let mut b = http::Request::get("/p").header("host", "example.com");
+    for i in 0..FILL {
+        b = b.header(format!("x-fill-{i}"), "f");
+    }
+    let (req, _, lines) = run_with(&c, b.body(()).unwrap().into_parts().0);
+    assert_eq!(lines.0, 1, "x-a, set by the first plugin");
+    assert_eq!(header(&req.headers, "x-a"), "new");
+    assert_eq!(header(&req.headers, "x-c"), "c");
+    assert_eq!(header(&req.headers, "x-fill-0"), "(none)");
+}

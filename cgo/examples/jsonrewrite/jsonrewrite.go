@@ -47,7 +47,9 @@ func init() {
 			}
 			return nil
 		},
-		ResponseHeaders:      responseHeaders,
+		ResponseHeaders: responseHeaders,
+		// The one header line it reads: the host lays out no other.
+		ViewHeaders:          []string{"content-type"},
 		ResponseBodyBuffered: true,
 		ResponseBody:         responseBody,
 	})

@@ -77,6 +77,8 @@ func init() {
 				ctx.SkipBody()
 			}
 		},
+		// Reads no header line: the host lays out none.
+		ViewHeaders:  []string{},
 		RequestBody:  body,
 		ResponseBody: body,
 	})

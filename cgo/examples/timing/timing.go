@@ -68,6 +68,8 @@ func init() {
 		Name:            "timing-logger",
 		RequestHeaders:  requestHeaders,
 		ResponseHeaders: responseHeaders,
-		Log:             logPhase,
+		// Reads no header line: the host lays out none.
+		ViewHeaders: []string{},
+		Log:         logPhase,
 	})
 }

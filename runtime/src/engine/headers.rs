@@ -286,10 +286,15 @@ impl Exchange {
         };
         // Lines of a name the chain does not read stay out of the view. A short head was laid
         // out whole, so such a name may have lines there already: a set removes them (the view
-        // never shows a value the head no longer has), and removes always go through.
+        // never shows a value the head no longer has), and removes go through, unless the
+        // section has no line to remove (a chain that reads no header line: nothing to write).
         let shown = view::Shown::of(self.chain.instances.view_headers.as_deref());
+        let empty = array.count == 0;
         let edits = batch.view_edits().filter_map(|e| match e {
-            view::HeaderEdit::Set(name, _) if !shown.includes(name) => Some(view::HeaderEdit::Remove(name)),
+            view::HeaderEdit::Remove(_) if empty => None,
+            view::HeaderEdit::Set(name, _) if !shown.includes(name) => {
+                (!empty).then_some(view::HeaderEdit::Remove(name))
+            }
             view::HeaderEdit::Add(name, _) if !shown.includes(name) => None,
             e => Some(e),
         });
