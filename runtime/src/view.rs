@@ -658,14 +658,6 @@ pub fn patch_headers<'a>(
     }
     let mut p = Patch { buf, array, end };
     let mut status = None;
-    let mut edits = edits.into_iter().peekable();
-    if edits.peek().is_none() {
-        // Nothing to write: the view stays as it was laid out for this phase.
-        return Some(SectionEnd {
-            size: end,
-            headers: array,
-        });
-    }
     for edit in edits {
         match edit {
             HeaderEdit::Set(name, value) => p.set(name, value)?,

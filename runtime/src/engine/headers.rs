@@ -298,6 +298,11 @@ impl Exchange {
             view::HeaderEdit::Add(name, _) if !shown.includes(name) => None,
             e => Some(e),
         });
+        let mut edits = edits.peekable();
+        if edits.peek().is_none() {
+            // Nothing to write: the view was laid out (or patched) for this phase's calls.
+            return true;
+        }
         let Some(done) = view::patch_headers(lease.bytes_mut(), section, array, end, phase as u32, edits) else {
             return false;
         };
