@@ -257,7 +257,35 @@ func weft_go_thread_start() {}
 //
 //export weft_go_run_on_thread
 func weft_go_run_on_thread(body C.WeftThreadBodyFn, arg unsafe.Pointer) {
+	nestedThreads.add(1)
+	defer nestedThreads.add(-1)
 	C.weft_call_body(body, arg)
+}
+
+// nestedThreads gives each host thread inside run_on_thread a P of its own. Such a thread is
+// in a cgo call whenever it is not in a phase callback, and its P waits for it in the syscall
+// state. With GOMAXPROCS at the CPU count and one serving thread per CPU, no P is ever idle, so
+// sysmon's retake takes the P of every thread that spent one of its 20 µs ticks outside Go,
+// and keeps itself at that period: under load the Go runtime's threads used 2.7–3.1 µs of CPU a
+// request that way, against 0.2–0.3 µs with a spare P (scripts/prof-delta, docs/performance.md).
+// With one more P per nested thread an idle P is always there, a P in a cgo call is left alone
+// for up to 10 ms, and Go's own goroutines keep the Ps they had.
+var nestedThreads threadPs
+
+type threadPs struct {
+	sync.Mutex
+	n    int
+	base int // GOMAXPROCS before the first nested thread came in
+}
+
+func (t *threadPs) add(d int) {
+	t.Lock()
+	defer t.Unlock()
+	if t.n == 0 {
+		t.base = runtime.GOMAXPROCS(0)
+	}
+	t.n += d
+	runtime.GOMAXPROCS(t.base + t.n)
 }
 
 // weft_go_yield passes the calling host thread's goroutine through the scheduler once (see

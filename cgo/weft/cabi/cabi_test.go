@@ -152,3 +152,21 @@ func TestRunOnThreadRunsTheBody(t *testing.T) {
 		t.Error("run_on_thread did not run the host's body with its argument")
 	}
 }
+
+// Each host thread inside run_on_thread adds a P, and the last one out restores GOMAXPROCS.
+func TestNestedThreadsEachAddAP(t *testing.T) {
+	before := runtime.GOMAXPROCS(0)
+	defer runtime.GOMAXPROCS(before)
+	var ps threadPs
+	for i := 1; i <= 2; i++ {
+		ps.add(1)
+		if got := runtime.GOMAXPROCS(0); got != before+i {
+			t.Fatalf("%d nested threads: GOMAXPROCS %d, want %d", i, got, before+i)
+		}
+	}
+	ps.add(-1)
+	ps.add(-1)
+	if got := runtime.GOMAXPROCS(0); got != before {
+		t.Fatalf("after the nested threads left: GOMAXPROCS %d, want %d", got, before)
+	}
+}
