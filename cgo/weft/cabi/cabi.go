@@ -263,13 +263,15 @@ func weft_go_run_on_thread(body C.WeftThreadBodyFn, arg unsafe.Pointer) {
 }
 
 // nestedThreads gives each host thread inside run_on_thread a P of its own. Such a thread is
-// in a cgo call whenever it is not in a phase callback, and its P waits for it in the syscall
-// state. With GOMAXPROCS at the CPU count and one serving thread per CPU, no P is ever idle, so
-// sysmon's retake takes the P of every thread that spent one of its 20 µs ticks outside Go,
-// and keeps itself at that period: under load the Go runtime's threads used 2.7–3.1 µs of CPU a
-// request that way, against 0.2–0.3 µs with a spare P (scripts/prof-delta, docs/performance.md).
-// With one more P per nested thread an idle P is always there, a P in a cgo call is left alone
-// for up to 10 ms, and Go's own goroutines keep the Ps they had.
+// in a cgo call whenever it is not in a phase callback, holding its P. sysmon's retake leaves a
+// P in a syscall alone (for up to 10 ms) only while its run queue is empty and some P is idle or
+// some M spinning; with GOMAXPROCS at the CPU count and one serving thread per CPU no P is idle,
+// so every P whose thread spent one sysmon tick (20 µs) outside Go is taken and handed off, each
+// retake keeps sysmon at its 20 µs period, and the thread takes a P back under the scheduler's
+// lock at its next call. Under load the Go runtime's threads then used 1.0–2.9 µs of CPU a
+// request in three of four runs, 0.27–0.33 µs in four of four with this (scripts/prof-delta,
+// docs/performance.md). One more P per nested thread keeps an idle P there; Go's own
+// goroutines keep the Ps they had.
 var nestedThreads threadPs
 
 type threadPs struct {
