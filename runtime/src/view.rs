@@ -209,9 +209,15 @@ impl Cursor<'_> {
     }
 
     /// Writes the header array of the lines `shown` names (zeroed spare entries after it)
-    /// followed by their strings; returns where the array lies and where the first `host` value
-    /// went (written after the lines when `host` is not among them).
-    fn headers<'h>(&mut self, headers: &'h HeaderMap, shown: Shown<'h>) -> Result<HeaderSection, ViewTooLarge> {
+    /// followed by their strings; returns where the array lies and, when `want_host` (the
+    /// request section), where the first `host` value went (written after the lines when `host`
+    /// is not among them).
+    fn headers<'h>(
+        &mut self,
+        headers: &'h HeaderMap,
+        shown: Shown<'h>,
+        want_host: bool,
+    ) -> Result<HeaderSection, ViewTooLarge> {
         let names = match shown {
             Shown::All => return self.lines(headers.len(), headers.iter()),
             Shown::Named(names) => names,
@@ -226,13 +232,13 @@ impl Cursor<'_> {
         // Each name's lines are looked up once when the names are few (their values are
         // counted, then laid out), else twice.
         const FEW: usize = 8;
-        let mut found = [const { None }; FEW];
-        if names.len() <= FEW {
+        let mut section = if names.is_empty() {
+            self.lines(0, std::iter::empty())?
+        } else if names.len() <= FEW {
+            let mut found = [const { None }; FEW];
             for (f, name) in found.iter_mut().zip(names) {
                 *f = Some((name, headers.get_all(name)));
             }
-        }
-        let mut section = if names.len() <= FEW {
             let groups = || found.iter().map_while(Option::as_ref);
             let count = groups().map(|(_, all)| all.iter().count()).sum();
             self.lines(count, groups().flat_map(|(n, all)| all.iter().map(move |v| (*n, v))))?
@@ -245,7 +251,8 @@ impl Cursor<'_> {
                     .flat_map(|n| headers.get_all(n).iter().map(move |v| (n, v))),
             )?
         };
-        if section.host.is_none()
+        if want_host
+            && section.host.is_none()
             && let Some(host) = headers.get(http::header::HOST)
         {
             section.host = Some(self.str(host.as_bytes())?);
@@ -485,7 +492,7 @@ pub fn encode_request_shown(
     };
     let version = c.str(version_str(head.version).as_bytes())?;
     let fixed_end = c.pos;
-    let req = c.headers(head.headers, shown)?;
+    let req = c.headers(head.headers, shown, true)?;
     let size = c.pos;
     let view = WeftRequestView {
         size: size as u32,
@@ -538,7 +545,7 @@ pub fn encode_request_headers(
 ) -> Result<SectionEnd, ViewTooLarge> {
     let mut view = read_view(buf);
     let mut c = Cursor { buf, pos: fixed_end };
-    let req = c.headers(headers, shown)?;
+    let req = c.headers(headers, shown, true)?;
     let size = c.pos;
     resized(&mut view, size, phase);
     // `host` wholly between the struct and `fixed_end` is the URI's authority and stays; after
@@ -601,7 +608,7 @@ pub fn encode_response_shown(
     let mut view = read_view(buf);
     let mut c = Cursor { buf, pos: request_end };
     // A response's `host` line, if any, is not the view's `host`: only the array is kept.
-    let HeaderSection { array, .. } = c.headers(headers, shown)?;
+    let HeaderSection { array, .. } = c.headers(headers, shown, false)?;
     let size = c.pos;
     resized(&mut view, size, phase);
     view.status = status as u32;
