@@ -78,7 +78,7 @@ func viewHeaders(names []string) ([]string, error) {
 	}
 	out := make([]string, 0, len(names))
 	for _, n := range names {
-		if !isToken(n) || len(n) > MaxHeaderNameLen {
+		if !IsToken(n) || len(n) > MaxHeaderNameLen {
 			return nil, fmt.Errorf("ViewHeaders: %q is not a header name", n)
 		}
 		n = strings.ToLower(n)
@@ -89,8 +89,8 @@ func viewHeaders(names []string) ([]string, error) {
 	return out, nil
 }
 
-// isToken reports whether s is a non-empty RFC 9110 token (the characters of a header name).
-func isToken(s string) bool {
+// IsToken reports whether s is a non-empty RFC 9110 token (the characters of a header name).
+func IsToken(s string) bool {
 	if s == "" {
 		return false
 	}

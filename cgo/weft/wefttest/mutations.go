@@ -174,7 +174,7 @@ func allowed(op Op, phase core.Phase) bool {
 }
 
 func checkHeader(i int, name, value string) error {
-	if name == "" || len(name) > maxNameLen || !validHeaderName(name) {
+	if len(name) > maxNameLen || !core.IsToken(name) {
 		return fmt.Errorf("record %d: invalid header name %q", i, name)
 	}
 	if reservedHeaders[strings.ToLower(name)] {
@@ -198,19 +198,6 @@ func uriBytesOK(s string, allowQuestion bool) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c < 0x21 || c > 0x7e || c == '#' || (c == '?' && !allowQuestion) {
-			return false
-		}
-	}
-	return true
-}
-
-func validHeaderName(s string) bool {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
 			return false
 		}
 	}
