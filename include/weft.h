@@ -107,6 +107,9 @@
 // Longest header name a mutation may carry, in bytes.
 #define WEFT_MAX_HEADER_NAME_LEN 256
 
+// Most header names one plugin's `WeftViewHeaders` may list.
+#define WEFT_MAX_VIEW_HEADERS 64
+
 // Longest header value a mutation may carry, in bytes.
 #define WEFT_MAX_HEADER_VALUE_LEN (16 * 1024)
 
@@ -634,7 +637,8 @@ typedef void (*WeftRunOnThreadFn)(WeftThreadBodyFn body, void *arg);
 //
 // `names` NULL (with `names_len` 0): the plugin reads every line (what a plugin without a
 // declaration gets). Otherwise `names_len` bytes of header names separated by single commas, no
-// spaces (`"authorization,x-api-key"`), matched case-insensitively; at most 64 names, each a valid
+// spaces (`"authorization,x-api-key"`), matched case-insensitively; at most `WEFT_MAX_VIEW_HEADERS`
+// (64) names, each a valid
 // header name of at most `WEFT_MAX_HEADER_NAME_LEN` bytes. An empty list (`names` non-NULL,
 // `names_len` 0) reads no header line. The view then holds every line of each declared name, in
 // both sections, and may hold lines of other names (another plugin on the same chain declared

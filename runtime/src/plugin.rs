@@ -211,7 +211,7 @@ pub(crate) const DESCRIPTOR_SIZE_BEFORE_RUN_ON_THREAD: usize =
 pub(crate) const DESCRIPTOR_SIZE_BEFORE_VIEW_HEADERS: usize = std::mem::offset_of!(WeftPluginDescriptor, view_headers);
 
 /// The most names one plugin's `WeftViewHeaders` may list.
-pub const MAX_VIEW_HEADERS: usize = 64;
+pub const MAX_VIEW_HEADERS: usize = crate::abi::WEFT_MAX_VIEW_HEADERS as usize;
 
 /// Reads one plugin's `WeftViewHeaders` list (`names_len` bytes of comma-separated names):
 /// lowercase names without repeats, or what is wrong with it.

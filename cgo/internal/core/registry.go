@@ -64,7 +64,7 @@ type Plugin[C any, S any] struct {
 	ViewHeaders []string
 }
 
-// MaxViewHeaders is the most names a plugin's ViewHeaders may list (the host's limit).
+// MaxViewHeaders is the most names a plugin's ViewHeaders may list (WEFT_MAX_VIEW_HEADERS).
 const MaxViewHeaders = 64
 
 // viewHeaders checks a ViewHeaders list and returns it lowercase without repeats (nil stays

@@ -131,6 +131,7 @@ func cConstants() map[string][2]uint64 {
 		"WEFT_MAX_MUTATION_RECORDS":               {C.WEFT_MAX_MUTATION_RECORDS, core.MaxMutationRecords},
 		"WEFT_MAX_HEADER_NAME_LEN":                {C.WEFT_MAX_HEADER_NAME_LEN, core.MaxHeaderNameLen},
 		"WEFT_MAX_HEADER_VALUE_LEN":               {C.WEFT_MAX_HEADER_VALUE_LEN, core.MaxHeaderValueLen},
+		"WEFT_MAX_VIEW_HEADERS":                   {C.WEFT_MAX_VIEW_HEADERS, core.MaxViewHeaders},
 		"WEFT_MAX_PATH_LEN":                       {C.WEFT_MAX_PATH_LEN, core.MaxPathLen},
 		"WEFT_MAX_WS_ROOM_LEN":                    {C.WEFT_MAX_WS_ROOM_LEN, core.MaxWSRoomLen},
 	}
