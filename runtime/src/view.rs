@@ -1137,7 +1137,7 @@ mod tests {
                 );
             }
         }
-        // More named lines than are picked on the stack: the second pass, same lines.
+        // Many lines of one name: each of them laid out, in the head's order.
         let mut many = HeaderMap::new();
         many.insert("host", HeaderValue::from_static("h.example"));
         for i in 0..40 {

@@ -240,7 +240,7 @@ impl Exchange {
         };
         // Only `Drop` takes the lease out.
         let lease = self.lease.as_mut().expect("exchange lease taken before drop");
-        let shown = view::Shown::of(self.chain.instances.view_headers.as_deref());
+        let shown = self.chain.instances.shown();
         let end = view::encode_request_shown(lease.bytes_mut(), &self.ident, phase as u32, &head, shown)?;
         // Slot offsets fit in u32 (the view's own offsets are u32).
         self.request_fixed_end = end.fixed_end as u32;
@@ -264,7 +264,7 @@ impl Exchange {
             Stale::Headers | Stale::All => return self.encode_request(parts, phase),
         };
         let lease = self.lease.as_mut().expect("exchange lease taken before drop");
-        let shown = view::Shown::of(self.chain.instances.view_headers.as_deref());
+        let shown = self.chain.instances.shown();
         let end = view::encode_request_headers(lease.bytes_mut(), fixed_end, phase as u32, &parts.headers, shown)?;
         self.request_end = end.size as u32;
         self.view_end = end.size as u32;
@@ -288,7 +288,7 @@ impl Exchange {
         // out whole, so such a name may have lines there already: a set removes them (the view
         // never shows a value the head no longer has), and removes go through, unless the
         // section has no line to remove (a chain that reads no header line: nothing to write).
-        let shown = view::Shown::of(self.chain.instances.view_headers.as_deref());
+        let shown = self.chain.instances.shown();
         let empty = array.count == 0;
         let edits = batch.view_edits().filter_map(|e| match e {
             view::HeaderEdit::Remove(_) if empty => None,
@@ -321,7 +321,7 @@ impl Exchange {
         phase: WeftPhase,
     ) -> Result<(), view::ViewTooLarge> {
         let end = self.request_end as usize;
-        let shown = view::Shown::of(self.chain.instances.view_headers.as_deref());
+        let shown = self.chain.instances.shown();
         // Only `Drop` takes the lease out.
         let lease = self.lease.as_mut().expect("exchange lease taken before drop");
         let done = view::encode_response_shown(

@@ -159,6 +159,11 @@ impl Links {
             view_headers: (!every).then(|| names.into()),
         }
     }
+
+    /// The header lines the chain's views carry.
+    pub(crate) fn shown(&self) -> crate::view::Shown<'_> {
+        crate::view::Shown::of(self.view_headers.as_deref())
+    }
 }
 
 impl std::ops::Deref for Links {
