@@ -237,7 +237,7 @@ pub struct RuntimeConfig {
     pub stall_threshold_ms: Option<u64>,
 }
 
-/// Bounds of `runtime.stall_threshold_ms` (besides 0): the watchdog's precision is 10 ms.
+/// Bounds of `runtime.stall_threshold_ms` (besides 0): the watchdog's finest tick is 10 ms.
 const STALL_THRESHOLD_MIN_MS: u64 = 20;
 const STALL_THRESHOLD_MAX_MS: u64 = 3_600_000;
 

@@ -689,9 +689,10 @@ impl Metrics {
         *self.runtime.nats.lock().unwrap_or_else(|e| e.into_inner()) = nats;
     }
 
-    /// Samples arena use for the high-water mark (called periodically and at each scrape).
-    pub fn sample_arena(&self) {
-        self.runtime.sample();
+    /// Samples arena use for the high-water mark (called periodically and at each scrape);
+    /// returns the slots in use.
+    pub fn sample_arena(&self) -> u64 {
+        self.runtime.sample()
     }
 
     /// Counts a timeout that fired.
@@ -929,10 +930,13 @@ impl RuntimeCollector {
         sum
     }
 
-    fn sample(&self) {
-        if let Some(rt) = self.runtime() {
-            self.high_water.fetch_max(rt.arena_usage().0, Ordering::Relaxed);
-        }
+    fn sample(&self) -> u64 {
+        let Some(rt) = self.runtime() else {
+            return 0;
+        };
+        let in_use = rt.arena_usage().0;
+        self.high_water.fetch_max(in_use, Ordering::Relaxed);
+        in_use
     }
 }
 

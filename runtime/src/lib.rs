@@ -73,7 +73,8 @@ pub struct RuntimeOptions {
     pub max_buffered_bytes_total: u64,
     /// An inline phase call (made on the calling thread) still running after this long is logged
     /// once, naming the instance and phase, and counted ([`RuntimeStats::plugin_stalls`]); it
-    /// is not interrupted. Zero: not watched. Precision: [`watchdog::TICK`]. Default 100 ms.
+    /// is not interrupted. Zero: not watched. Precision: a quarter of the threshold, at least
+    /// 10 ms (the watchdog's [`watchdog::tick`]). Default 100 ms.
     pub stall_threshold: Duration,
 }
 
@@ -378,7 +379,7 @@ impl Runtime {
         // The table may be shared with earlier generations: the newest config's threshold applies.
         mem.calls.stall_threshold_ms.store(stall_ms, Ordering::Relaxed);
         if stall_ms > 0 {
-            watchdog::start();
+            watchdog::start(stall_ms);
         }
         Arc::new_cyclic(|weak| Runtime {
             arena: Arc::clone(&mem.arena),

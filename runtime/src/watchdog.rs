@@ -9,7 +9,7 @@
 //! # Cost per call
 //! Each host thread owns one [`Slot`]: around the call it stores the instance and a word naming
 //! the call, `start << 24 | seq << 8 | phase` (release), and 0 afterwards. `start` is a coarse
-//! clock ([`NOW_MS`]) the watchdog thread ticks every [`TICK`], `seq` the thread's call count
+//! clock ([`NOW_MS`]) the watchdog thread ticks every [`tick`], `seq` the thread's call count
 //! (16 bits): the call reads no clock, takes no lock and allocates nothing (one thread-local
 //! access, one relaxed load of the clock, three stores). A thread's slot is registered in a
 //! process-wide list the first time it makes a call (one lock, once per thread).
@@ -19,6 +19,12 @@
 //! advances the clock and scans the slots, noting when it first saw each call word: a call seen
 //! running for the threshold since then (a lower bound of its run time, whatever the watchdog's
 //! own delays) is reported, once.
+//!
+//! The tick is a quarter of the smallest threshold a runtime of the process was given, between
+//! [`TICK_MIN`] and [`TICK_MAX`] ([`tick`]): a stalled call is reported at most a quarter of its
+//! threshold (plus the watchdog's own scheduling delay) after it passed it. Each tick wakes the
+//! thread, busy or idle, so the tick is no finer than that precision needs: at the default
+//! threshold (100 ms) 40 wake-ups a second, where a fixed 10 ms tick made 100.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Once};
@@ -27,8 +33,24 @@ use std::time::{Duration, Instant};
 use crate::abi::WeftPhase;
 use crate::sync::stat::{AtomicBool, AtomicU64, Mutex, Ordering};
 
-/// How often the watchdog thread ticks the clock and scans: the precision of the threshold.
-pub const TICK: Duration = Duration::from_millis(10);
+/// The finest tick (for thresholds of 40 ms and less).
+pub const TICK_MIN: Duration = Duration::from_millis(10);
+/// The coarsest tick (for thresholds of a second and more).
+pub const TICK_MAX: Duration = Duration::from_millis(250);
+
+/// The smallest stall threshold (ms) a runtime of this process was given; `u64::MAX` before the
+/// first. It only goes down: a reload to a larger threshold keeps the finer tick.
+static MIN_THRESHOLD_MS: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// How often the watchdog thread ticks the clock and scans: a quarter of the smallest threshold,
+/// within [`TICK_MIN`]..=[`TICK_MAX`].
+pub fn tick() -> Duration {
+    tick_for(MIN_THRESHOLD_MS.load(Ordering::Relaxed))
+}
+
+fn tick_for(threshold_ms: u64) -> Duration {
+    Duration::from_millis(threshold_ms / 4).clamp(TICK_MIN, TICK_MAX)
+}
 
 /// Milliseconds since the watchdog started, plus 1 (so a running call's word is never 0); ticked
 /// by the watchdog thread. In a cache line of its own: its writes disturb no other static.
@@ -105,8 +127,10 @@ pub(crate) fn watched<R>(instance: u64, phase: WeftPhase, call: impl FnOnce() ->
     }
 }
 
-/// Starts the process's watchdog thread (once).
-pub(crate) fn start() {
+/// Starts the process's watchdog thread (once), for a runtime whose threshold is `threshold_ms`
+/// (not 0).
+pub(crate) fn start(threshold_ms: u64) {
+    MIN_THRESHOLD_MS.fetch_min(threshold_ms, Ordering::Relaxed);
     static STARTED: Once = Once::new();
     STARTED.call_once(|| {
         let spawned = std::thread::Builder::new().name("weft-watchdog".into()).spawn(watch);
@@ -123,7 +147,8 @@ fn watch() {
     // Per slot (by address): the call word seen, when it was first seen (ms), whether reported.
     let mut seen: HashMap<usize, (u64, u64, bool)> = HashMap::new();
     loop {
-        std::thread::sleep(TICK);
+        let tick = tick();
+        std::thread::sleep(tick);
         let now = epoch.elapsed().as_millis() as u64 + 1;
         NOW_MS.0.store(now, Ordering::Relaxed);
         let slots: Vec<Arc<Slot>> = SLOTS.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -141,7 +166,7 @@ fn watch() {
             }
             // Running at least since it was first seen.
             let ran = now - entry.1;
-            if entry.2 || ran < TICK.as_millis() as u64 {
+            if entry.2 || ran < tick.as_millis() as u64 {
                 continue;
             }
             let instance = slot.instance.load(Ordering::Acquire);
@@ -194,6 +219,18 @@ fn phase_name(phase: u32) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    /// A quarter of the threshold, within the bounds.
+    #[test]
+    fn the_tick_is_a_quarter_of_the_threshold_within_bounds() {
+        use super::{TICK_MAX, TICK_MIN, tick_for};
+        use std::time::Duration;
+        assert_eq!(tick_for(20), TICK_MIN);
+        assert_eq!(tick_for(100), Duration::from_millis(25));
+        assert_eq!(tick_for(400), Duration::from_millis(100));
+        assert_eq!(tick_for(3_600_000), TICK_MAX);
+        assert_eq!(tick_for(u64::MAX), TICK_MAX);
+    }
+
     /// The names `report` prints are the phases' own.
     #[test]
     fn phase_names_follow_the_enum() {
