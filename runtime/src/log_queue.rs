@@ -8,9 +8,13 @@
 //! onto a bounded queue; the log thread is not blocked on it:
 //!
 //! - **Busy** (a job came in the last [`IDLE_AFTER`]): the log thread drains the queue, then
-//!   sleeps [`BATCH_PERIOD`] and looks again. Nobody wakes it; it wakes at most
-//!   `1 / BATCH_PERIOD` times a second, whatever the request rate, and a log phase starts at most
-//!   one period after its response.
+//!   sleeps one batch period and looks again. The period is the time the queue takes to fill a
+//!   quarter of its length at the rate of the last batches, within [`BATCH_PERIOD_MIN`] and
+//!   [`BATCH_PERIOD_MAX`]: under a high rate the thread wakes every 2 ms, under a low one less
+//!   often (each wake-up of a sleeping thread costs more than running a batch of log phases). A
+//!   log phase starts at most one period after its response. A burst that brings the queue to half
+//!   its length during a longer sleep wakes the thread then (see [`Handoff`] below, a second time),
+//!   so a rate that grows faster than the period follows it loses no log phase to a full queue.
 //! - **Idle**: it announces that it is parked ([`LogQueue::submit`] then unparks it once) and
 //!   sleeps until then, or until the deadline of a log call it waits for. So an idle proxy's log
 //!   thread does not tick, and the first request after a pause is logged at once.
@@ -31,8 +35,11 @@ use crate::Runtime;
 use crate::engine::LogJob;
 use crate::sync::stat::{AtomicBool, Ordering};
 
-/// How long the log thread sleeps between looks while requests keep coming.
-pub const BATCH_PERIOD: Duration = Duration::from_millis(2);
+/// The shortest sleep between two looks of the log thread while requests keep coming (the
+/// period under a high rate).
+pub const BATCH_PERIOD_MIN: Duration = Duration::from_millis(2);
+/// The longest sleep between two looks while requests keep coming (the period under a low rate).
+pub const BATCH_PERIOD_MAX: Duration = Duration::from_millis(20);
 /// Without a job for this long the log thread parks until a producer wakes it.
 pub const IDLE_AFTER: Duration = Duration::from_millis(50);
 
@@ -69,6 +76,13 @@ impl Handoff {
         true
     }
 
+    /// Whether the consumer announced that it parks, read without a fence: meaningful only
+    /// after a `SeqCst` fence that follows the push (another `Handoff`'s
+    /// [`after_push`](Self::after_push)); a producer that sees `true` calls `after_push`.
+    pub fn announced(&self) -> bool {
+        self.parked.load(crate::sync::Ordering::Relaxed)
+    }
+
     /// Consumer, after waking up.
     pub fn after_park(&self) {
         self.parked.store(false, crate::sync::Ordering::SeqCst);
@@ -78,6 +92,10 @@ impl Handoff {
 /// What the producers and the log thread share besides the queue.
 struct Shared {
     handoff: Handoff,
+    /// The same protocol for a sleep longer than [`BATCH_PERIOD_MIN`]: the log thread announces
+    /// it, then looks whether the queue is half full; a producer that finds the queue half full
+    /// after its push unparks it.
+    burst: Handoff,
     /// A log call the thread waits for completed (the waker fired).
     woken: AtomicBool,
     /// The runtime is gone: the thread exits (no job can be left, as jobs hold the runtime).
@@ -110,6 +128,9 @@ impl Wake for Token {
 pub(crate) struct LogQueue {
     tx: Sender<LogJob>,
     wake: Arc<Shared>,
+    /// Half the queue's length: a producer that finds this many jobs queued during a long sleep
+    /// wakes the log thread.
+    half: usize,
 }
 
 impl LogQueue {
@@ -118,6 +139,7 @@ impl LogQueue {
         let (tx, rx) = crossbeam_channel::bounded::<LogJob>(len);
         let wake = Arc::new(Shared {
             handoff: Handoff::new(),
+            burst: Handoff::new(),
             woken: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             thread: std::sync::OnceLock::new(),
@@ -128,13 +150,22 @@ impl LogQueue {
             .spawn(move || log_thread(rx, shared, weak))
             .expect("spawn weft-log thread");
         let _ = wake.thread.set(handle.thread().clone());
-        LogQueue { tx, wake }
+        LogQueue {
+            tx,
+            wake,
+            half: len.div_ceil(2),
+        }
     }
 
     /// Queues `job`; gives it back when the queue is full.
     pub(crate) fn submit(&self, job: LogJob) -> Result<(), LogJob> {
         self.tx.try_send(job).map_err(TrySendError::into_inner)?;
-        if self.wake.handoff.after_push() {
+        // `handoff.after_push` fences after the push, so the relaxed look at `burst` behind it
+        // is ordered as its own `after_push` would be; the queue's length is read only while the
+        // thread sleeps long (a low rate).
+        if self.wake.handoff.after_push()
+            || (self.wake.burst.announced() && self.tx.len() >= self.half && self.wake.burst.after_push())
+        {
             self.wake.unpark();
         }
         Ok(())
@@ -166,6 +197,7 @@ fn log_thread(rx: Receiver<LogJob>, wake: Arc<Shared>, weak: std::sync::Weak<Run
     let Some(first) = first_job(&rx, &wake) else {
         return;
     };
+    let len = rx.capacity().unwrap_or(1);
     let entries = match weak.upgrade() {
         Some(rt) => {
             rt.thread_start();
@@ -173,7 +205,7 @@ fn log_thread(rx: Receiver<LogJob>, wake: Arc<Shared>, weak: std::sync::Weak<Run
         }
         None => crate::ThreadEntries::default(),
     };
-    entries.run(|| log_loop(first, &rx, &wake));
+    entries.run(|| log_loop(first, &rx, &wake, len));
 }
 
 /// Parks (as an idle log thread, see the module docs) until the first job comes; `None`: the
@@ -194,18 +226,19 @@ fn first_job(rx: &Receiver<LogJob>, wake: &Shared) -> Option<LogJob> {
     }
 }
 
-/// The log thread's loop from its first job on.
-fn log_loop(first: LogJob, rx: &Receiver<LogJob>, wake: &Arc<Shared>) {
+/// The log thread's loop from its first job on; `len` is the queue's length.
+fn log_loop(first: LogJob, rx: &Receiver<LogJob>, wake: &Arc<Shared>, len: usize) {
     let waker = Waker::from(Arc::new(Token(Arc::clone(wake))));
     let mut cx = Context::from_waker(&waker);
     let mut parked: Vec<LogJob> = first.step(&mut cx).into_iter().collect();
     let mut last_job = Instant::now();
+    let mut period = Period::new(len);
     loop {
-        let mut got = false;
+        let mut got = 0;
         loop {
             match rx.try_recv() {
                 Ok(job) => {
-                    got = true;
+                    got += 1;
                     parked.extend(job.step(&mut cx));
                 }
                 Err(TryRecvError::Empty) => break,
@@ -219,14 +252,22 @@ fn log_loop(first: LogJob, rx: &Receiver<LogJob>, wake: &Arc<Shared>) {
             return;
         }
         let now = Instant::now();
-        if got {
+        let sleep = period.after(got, now);
+        if got > 0 {
             last_job = now;
         }
         let next_deadline = parked.iter().filter_map(LogJob::deadline).min();
         let until_deadline = next_deadline.map(|d| d.saturating_duration_since(now));
         if now.duration_since(last_job) < IDLE_AFTER {
-            // Busy: look again soon; producers do not wake this thread.
-            std::thread::park_timeout(until_deadline.map_or(BATCH_PERIOD, |d| d.min(BATCH_PERIOD)));
+            // Busy: look again after the period; producers do not wake this thread, unless the
+            // queue fills to half during a longer sleep.
+            let sleep = until_deadline.map_or(sleep, |d| d.min(sleep));
+            if sleep <= BATCH_PERIOD_MIN {
+                std::thread::park_timeout(sleep);
+            } else if wake.burst.before_park(|| rx.len() >= len.div_ceil(2)) {
+                std::thread::park_timeout(sleep);
+                wake.burst.after_park();
+            }
             continue;
         }
         // Idle: announce it, then look once more before sleeping (see the module docs).
@@ -235,6 +276,46 @@ fn log_loop(first: LogJob, rx: &Receiver<LogJob>, wake: &Arc<Shared>) {
             std::thread::park_timeout(until_deadline.unwrap_or(Duration::from_secs(3600)));
             wake.handoff.after_park();
         }
+    }
+}
+
+/// The busy log thread's sleep between two looks: the time the queue takes to gather a quarter
+/// of its length at the recent rate of jobs, within [`BATCH_PERIOD_MIN`]..=[`BATCH_PERIOD_MAX`].
+#[derive(Debug)]
+struct Period {
+    /// Jobs a look should find: a quarter of the queue.
+    per_look: u64,
+    /// The current period.
+    current: Duration,
+    /// When the thread last looked.
+    last_look: Option<Instant>,
+}
+
+impl Period {
+    fn new(len: usize) -> Period {
+        Period {
+            per_look: (len as u64 / 4).max(1),
+            current: BATCH_PERIOD_MIN,
+            last_look: None,
+        }
+    }
+
+    /// The next sleep, after a look at `now` that found `got` jobs queued since the last one.
+    /// Halfway between the current period and the one the look's rate asks for, so one odd look
+    /// moves it only half the way.
+    fn after(&mut self, got: u64, now: Instant) -> Duration {
+        let since = self
+            .last_look
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        self.last_look = Some(now);
+        let wanted = if got == 0 {
+            BATCH_PERIOD_MAX
+        } else {
+            since.mul_f64(self.per_look as f64 / got as f64)
+        };
+        let wanted = wanted.clamp(BATCH_PERIOD_MIN, BATCH_PERIOD_MAX);
+        self.current = ((self.current + wanted) / 2).clamp(BATCH_PERIOD_MIN, BATCH_PERIOD_MAX);
+        self.current
     }
 }
 
@@ -252,6 +333,59 @@ fn resume_parked(parked: &mut Vec<LogJob>, cx: &mut Context<'_>) {
             continue;
         }
         i += 1;
+    }
+}
+
+#[cfg(all(test, not(weft_loom)))]
+mod tests {
+    use super::{BATCH_PERIOD_MAX, BATCH_PERIOD_MIN, Period};
+    use std::time::{Duration, Instant};
+
+    /// Looks `gap` apart, each finding `rate` jobs a second's worth: the periods chosen.
+    fn periods(len: usize, rate: f64, gap: Duration, looks: usize) -> Vec<Duration> {
+        let mut now = Instant::now();
+        let mut p = Period::new(len);
+        p.last_look = Some(now);
+        let mut out = Vec::new();
+        let mut gap = gap;
+        for _ in 0..looks {
+            now += gap;
+            let sleep = p.after((rate * gap.as_secs_f64()).round() as u64, now);
+            out.push(sleep);
+            gap = sleep;
+        }
+        out
+    }
+
+    /// Under a low rate the period grows toward the time a quarter of the queue takes to fill
+    /// (64 jobs of a 256-long queue at 10,000 a second: 6.4 ms); under a high one it stays at
+    /// the shortest; without jobs it grows to the longest; each look moves it halfway.
+    #[test]
+    fn the_period_follows_the_rate_within_its_bounds() {
+        let low = periods(256, 10_000.0, BATCH_PERIOD_MIN, 12);
+        assert_eq!(low[0], Duration::from_micros(4_200), "halfway from 2 to 6.4 ms");
+        let last = low.last().unwrap().as_secs_f64();
+        assert!((last - 0.0064).abs() < 0.0002, "converges to 6.4 ms: {low:?}");
+        let high = periods(256, 100_000.0, BATCH_PERIOD_MIN, 12);
+        assert!(high.iter().all(|&p| p == BATCH_PERIOD_MIN), "{high:?}");
+        let none = periods(256, 0.0, BATCH_PERIOD_MIN, 12);
+        assert!(none.windows(2).all(|w| w[0] <= w[1]) && *none.last().unwrap() > BATCH_PERIOD_MAX * 9 / 10);
+        assert!(none.iter().all(|&p| p <= BATCH_PERIOD_MAX), "{none:?}");
+        // From the longest period back to the shortest when the rate jumps.
+        let mut now = Instant::now();
+        let mut p = Period::new(256);
+        p.last_look = Some(now);
+        for _ in 0..20 {
+            now += BATCH_PERIOD_MAX;
+            p.after(0, now);
+        }
+        now += BATCH_PERIOD_MAX;
+        let after_jump = p.after(2_000, now);
+        let halfway = (BATCH_PERIOD_MAX + BATCH_PERIOD_MIN) / 2;
+        assert!(
+            after_jump.abs_diff(halfway) < Duration::from_micros(10),
+            "halfway down at once: {after_jump:?}"
+        );
     }
 }
 
@@ -291,6 +425,53 @@ mod loom_models {
         if h.after_push() {
             consumer.unpark();
         }
+    }
+
+    /// The burst wake-up (`LogQueue::submit`): a producer pushes, runs the idle hand-over's
+    /// `after_push` (its fence; the consumer never announced an idle park here), then looks at
+    /// the burst hand-over without a fence of its own and the queue's length, and unparks only
+    /// if the consumer announced a long sleep and the queue reached `threshold`. The consumer
+    /// announces the long sleep, then looks at the length once more. A consumer asleep with the
+    /// queue at the threshold and no unpark coming would be a lost burst wake-up: loom reports
+    /// it as a deadlock (the model's sleep has no timeout).
+    fn burst_producer(
+        idle: &Handoff,
+        burst: &Handoff,
+        queue: &AtomicUsize,
+        threshold: usize,
+        consumer: &thread::Thread,
+    ) {
+        let len = queue.fetch_add(1, Ordering::Relaxed) + 1;
+        if idle.after_push() || (burst.announced() && len >= threshold && burst.after_push()) {
+            consumer.unpark();
+        }
+    }
+
+    #[test]
+    fn a_burst_to_the_threshold_wakes_a_consumer_in_a_long_sleep() {
+        loom::model(|| {
+            let (idle, burst) = (Arc::new(Handoff::new()), Arc::new(Handoff::new()));
+            let queue = Arc::new(AtomicUsize::new(0));
+            let c = {
+                let (burst, queue) = (burst.clone(), queue.clone());
+                thread::spawn(move || {
+                    while queue.load(Ordering::Relaxed) < 2 {
+                        if burst.before_park(|| queue.load(Ordering::Relaxed) >= 2) {
+                            thread::park();
+                            burst.after_park();
+                        }
+                    }
+                })
+            };
+            let consumer = c.thread().clone();
+            let p = {
+                let (idle, burst, queue, consumer) = (idle.clone(), burst.clone(), queue.clone(), consumer.clone());
+                thread::spawn(move || burst_producer(&idle, &burst, &queue, 2, &consumer))
+            };
+            burst_producer(&idle, &burst, &queue, 2, &consumer);
+            p.join().unwrap();
+            c.join().unwrap();
+        });
     }
 
     #[test]

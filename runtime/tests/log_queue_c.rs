@@ -1,6 +1,7 @@
 //! The log queue hands requests to the `weft-log` thread in batches (`runtime/src/log_queue.rs`):
-//! under a steady request rate the log thread wakes about once per `BATCH_PERIOD`, not once per
-//! request, every log phase still runs, and an idle log thread is woken by the next request; the
+//! under a steady request rate the log thread wakes once per batch period (which follows the
+//! rate), not once per request, every log phase still runs, a burst after a slow rate loses
+//! none to a full queue, and an idle log thread is woken by the next request; the
 //! log thread makes its calls from inside the library's `run_on_thread` (nested, as a serving
 //! thread does), a caller's thread that is not inside it does not.
 //! The phase-count C plugin counts the log calls (a process of its own: its counters are global
@@ -11,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use libloading::os::unix::{Library, Symbol};
-use weft_runtime::log_queue::BATCH_PERIOD;
+use weft_runtime::log_queue::BATCH_PERIOD_MIN;
 use weft_runtime::{Chain, Flow, InstanceSpec, Runtime, RuntimeOptions};
 
 use weft_test_support::c_plugins;
@@ -93,6 +94,20 @@ fn log_thread_wakeups() -> u64 {
     n
 }
 
+/// `n` requests `gap` apart (paced by spinning, so the rate does not depend on the machine's
+/// timer precision); returns how long they took.
+fn paced(chain: &Chain, n: u64, gap: Duration) -> Duration {
+    let start = Instant::now();
+    for i in 0..n {
+        let due = start + gap * i as u32;
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+        one_request(chain);
+    }
+    start.elapsed()
+}
+
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !done() {
@@ -117,33 +132,44 @@ fn the_log_thread_wakes_per_batch_not_per_request_and_logs_everything() {
         logs() == 2
     });
 
-    // A steady 10k requests a second (paced by spinning, so the rate does not depend on the
-    // machine's timer precision) for 0.3 s. Handing each to a thread blocked on a channel woke it
-    // once per request; in batches it wakes about once per BATCH_PERIOD.
+    // A steady 10k requests a second for 0.3 s. Handing each to a thread blocked on a channel
+    // woke it once per request; in batches of a fixed 2 ms (BATCH_PERIOD_MIN) it woke ~140
+    // times; with the period following the rate (a quarter of the 255-long queue, 63 jobs, takes
+    // 6.3 ms to come) about 45.
     const REQUESTS: u64 = 3000;
-    const GAP: Duration = Duration::from_micros(100);
     let before = log_thread_wakeups();
-    let start = Instant::now();
-    for i in 0..REQUESTS {
-        let due = start + GAP * i as u32;
-        while Instant::now() < due {
-            std::hint::spin_loop();
-        }
-        one_request(&chain);
-    }
-    let elapsed = start.elapsed();
+    let elapsed = paced(&chain, REQUESTS, Duration::from_micros(100));
     wait_for("every log phase", || logs() == 2 + REQUESTS && rt.arena_usage().0 == 0);
     let wakeups = log_thread_wakeups() - before;
-    let periods = (elapsed.as_secs_f64() / BATCH_PERIOD.as_secs_f64()).ceil() as u64;
+    let periods = (elapsed.as_secs_f64() / BATCH_PERIOD_MIN.as_secs_f64()).ceil() as u64;
     assert!(
         wakeups < REQUESTS / 5,
         "the log thread woke {wakeups} times for {REQUESTS} requests in {elapsed:?}"
     );
     assert!(
-        wakeups <= 2 * periods + 20,
-        "the log thread woke {wakeups} times in {elapsed:?} ({periods} batch periods)"
+        wakeups <= periods / 2 + 20,
+        "the log thread woke {wakeups} times in {elapsed:?} ({periods} periods of {BATCH_PERIOD_MIN:?})"
     );
     assert_eq!(rt.stats.log_dropped.load(Ordering::Relaxed), 0, "no log phase dropped");
+
+    // A slow rate (1k a second for 0.15 s) lets the period grow to ~20 ms; then a burst at 50k a
+    // second fills half the queue within 2.6 ms of a sleep that long. The producer that finds
+    // the queue half full wakes the thread, and nothing is dropped. (Asleep to the end of its
+    // period, the thread would let the queue fill after 5 ms: the burst's later log phases
+    // dropped, and with this runtime's 256 slots, 255 of them held by queued requests, the
+    // burst's next request would find no slot.)
+    const SLOW: u64 = 150;
+    const BURST: u64 = 1000;
+    paced(&chain, SLOW, Duration::from_millis(1));
+    paced(&chain, BURST, Duration::from_micros(20));
+    wait_for("every log phase of the burst", || {
+        logs() == 2 + REQUESTS + SLOW + BURST && rt.arena_usage().0 == 0
+    });
+    assert_eq!(
+        rt.stats.log_dropped.load(Ordering::Relaxed),
+        0,
+        "no log phase of the burst dropped"
+    );
 
     // Every log call came from inside the library's run_on_thread; the request-headers calls,
     // made on this test's thread (which never entered it), did not.
