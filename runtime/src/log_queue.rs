@@ -12,9 +12,11 @@
 //!   quarter of its length at the rate of the last batches, within [`BATCH_PERIOD_MIN`] and
 //!   [`BATCH_PERIOD_MAX`]: under a high rate the thread wakes every 2 ms, under a low one less
 //!   often (each wake-up of a sleeping thread costs more than running a batch of log phases). A
-//!   log phase starts at most one period after its response. A burst that brings the queue to half
-//!   its length during a longer sleep wakes the thread then (see [`Handoff`] below, a second time),
-//!   so a rate that grows faster than the period follows it loses no log phase to a full queue.
+//!   log phase starts at most one period after its response. A push that brings the queue to half
+//!   its length during the sleep wakes the thread then (see [`Handoff`] below, a second time): a
+//!   rate that grows faster than the period follows it, or one that fills half the queue within
+//!   even the shortest period (above 64k jobs a second for the default 256-long queue: a larger
+//!   machine than this one), loses no log phase to a full queue.
 //! - **Idle**: it announces that it is parked ([`LogQueue::submit`] then unparks it once) and
 //!   sleeps until then, or until the deadline of a log call it waits for. So an idle proxy's log
 //!   thread does not tick, and the first request after a pause is logged at once.
@@ -92,7 +94,7 @@ impl Handoff {
 /// What the producers and the log thread share besides the queue.
 struct Shared {
     handoff: Handoff,
-    /// The same protocol for a sleep longer than [`BATCH_PERIOD_MIN`]: the log thread announces
+    /// The same protocol for the busy thread's sleep between two looks: the log thread announces
     /// it, then looks whether the queue is half full; a producer that finds the queue half full
     /// after its push unparks it.
     burst: Handoff,
@@ -128,8 +130,8 @@ impl Wake for Token {
 pub(crate) struct LogQueue {
     tx: Sender<LogJob>,
     wake: Arc<Shared>,
-    /// Half the queue's length: a producer that finds this many jobs queued during a long sleep
-    /// wakes the log thread.
+    /// Half the queue's length: a producer that finds this many jobs queued while the busy log
+    /// thread sleeps wakes it.
     half: usize,
 }
 
@@ -162,7 +164,8 @@ impl LogQueue {
         self.tx.try_send(job).map_err(TrySendError::into_inner)?;
         // `handoff.after_push` fences after the push, so the relaxed look at `burst` behind it
         // is ordered as its own `after_push` would be; the queue's length is read only while the
-        // thread sleeps long (a low rate).
+        // busy thread sleeps (its head index is written once a batch, so the read mostly hits the
+        // producer's cache).
         if self.wake.handoff.after_push()
             || (self.wake.burst.announced() && self.tx.len() >= self.half && self.wake.burst.after_push())
         {
@@ -260,11 +263,9 @@ fn log_loop(first: LogJob, rx: &Receiver<LogJob>, wake: &Arc<Shared>, len: usize
         let until_deadline = next_deadline.map(|d| d.saturating_duration_since(now));
         if now.duration_since(last_job) < IDLE_AFTER {
             // Busy: look again after the period; producers do not wake this thread, unless the
-            // queue fills to half during a longer sleep.
+            // queue fills to half meanwhile.
             let sleep = until_deadline.map_or(sleep, |d| d.min(sleep));
-            if sleep <= BATCH_PERIOD_MIN {
-                std::thread::park_timeout(sleep);
-            } else if wake.burst.before_park(|| rx.len() >= len.div_ceil(2)) {
+            if wake.burst.before_park(|| rx.len() >= len.div_ceil(2)) {
                 std::thread::park_timeout(sleep);
                 wake.burst.after_park();
             }
