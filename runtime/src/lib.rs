@@ -73,8 +73,8 @@ pub struct RuntimeOptions {
     pub max_buffered_bytes_total: u64,
     /// An inline phase call (made on the calling thread) still running after this long is logged
     /// once, naming the instance and phase, and counted ([`RuntimeStats::plugin_stalls`]); it
-    /// is not interrupted. Zero: not watched. Precision: a quarter of the threshold, at least
-    /// 10 ms (the watchdog's [`watchdog::tick`]). Default 100 ms.
+    /// is not interrupted. Zero: not watched. Reported at most two watchdog ticks late (a tick is
+    /// a quarter of the threshold, at least 10 ms: [`watchdog::tick`]). Default 100 ms.
     pub stall_threshold: Duration,
 }
 

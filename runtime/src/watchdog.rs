@@ -21,8 +21,10 @@
 //! own delays) is reported, once.
 //!
 //! The tick is a quarter of the smallest threshold a runtime of the process was given, between
-//! [`TICK_MIN`] and [`TICK_MAX`] ([`tick`]): a stalled call is reported at most a quarter of its
-//! threshold (plus the watchdog's own scheduling delay) after it passed it. Each tick wakes the
+//! [`TICK_MIN`] and [`TICK_MAX`] ([`tick`]): a stalled call is first seen within a tick of its
+//! start and reported at the first tick after it was seen running for the threshold, so at most
+//! two ticks, half its threshold (plus the watchdog's own scheduling delay), after it passed the
+//! threshold (20 ms with the former fixed 10 ms tick, whatever the threshold). Each tick wakes the
 //! thread, busy or idle, so the tick is no finer than that precision needs: at the default
 //! threshold (100 ms) 40 wake-ups a second, where a fixed 10 ms tick made 100.
 
