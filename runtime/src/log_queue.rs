@@ -15,8 +15,9 @@
 //!   log phase starts at most one period after its response. A push that brings the queue to half
 //!   its length during the sleep wakes the thread then (see [`Handoff`] below, a second time): a
 //!   rate that grows faster than the period follows it, or one that fills half the queue within
-//!   even the shortest period (above 64k jobs a second for the default 256-long queue: a larger
-//!   machine than this one), loses no log phase to a full queue.
+//!   even the shortest period (above ~64k jobs a second for the default 256-long queue, about
+//!   what this 2-core machine serves; the fixed 2 ms sleep this replaced filled the whole queue
+//!   above ~128k), loses no log phase to a full queue.
 //! - **Idle**: it announces that it is parked ([`LogQueue::submit`] then unparks it once) and
 //!   sleeps until then, or until the deadline of a log call it waits for. So an idle proxy's log
 //!   thread does not tick, and the first request after a pause is logged at once.
@@ -236,6 +237,8 @@ fn log_loop(first: LogJob, rx: &Receiver<LogJob>, wake: &Arc<Shared>, len: usize
     let mut parked: Vec<LogJob> = first.step(&mut cx).into_iter().collect();
     let mut last_job = Instant::now();
     let mut period = Period::new(len);
+    // What `LogQueue::half` is: a push that finds this many queued wakes the sleeping thread.
+    let half = len.div_ceil(2);
     loop {
         let mut got = 0;
         loop {
@@ -265,7 +268,7 @@ fn log_loop(first: LogJob, rx: &Receiver<LogJob>, wake: &Arc<Shared>, len: usize
             // Busy: look again after the period; producers do not wake this thread, unless the
             // queue fills to half meanwhile.
             let sleep = until_deadline.map_or(sleep, |d| d.min(sleep));
-            if wake.burst.before_park(|| rx.len() >= len.div_ceil(2)) {
+            if wake.burst.before_park(|| rx.len() >= half) {
                 std::thread::park_timeout(sleep);
                 wake.burst.after_park();
             }
@@ -431,8 +434,8 @@ mod loom_models {
     /// The burst wake-up (`LogQueue::submit`): a producer pushes, runs the idle hand-over's
     /// `after_push` (its fence; the consumer never announced an idle park here), then looks at
     /// the burst hand-over without a fence of its own and the queue's length, and unparks only
-    /// if the consumer announced a long sleep and the queue reached `threshold`. The consumer
-    /// announces the long sleep, then looks at the length once more. A consumer asleep with the
+    /// if the consumer announced its busy sleep and the queue reached `threshold`. The consumer
+    /// announces the sleep, then looks at the length once more. A consumer asleep with the
     /// queue at the threshold and no unpark coming would be a lost burst wake-up: loom reports
     /// it as a deadlock (the model's sleep has no timeout).
     fn burst_producer(
