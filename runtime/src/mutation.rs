@@ -516,6 +516,62 @@ pub fn decode_raw(buf: &[u8], len: usize, phase: WeftPhase) -> Result<RawBatch, 
         if index >= MAX_RECORDS {
             return Err(MutationError::TooMany);
         }
+        let rec = Record::read(data, pos, index)?;
+        if !allowed(rec.op, phase) {
+            return Err(MutationError::WrongPhase {
+                index,
+                op: rec.op,
+                phase,
+            });
+        }
+        use WeftMutationOp as M;
+        match rec.op {
+            M::SetRequestHeader | M::SetResponseHeader => batch.ops.push(rec.header(Op::SetHeader)?),
+            M::AddRequestHeader | M::AddResponseHeader => batch.ops.push(rec.header(Op::AddHeader)?),
+            M::RemoveRequestHeader | M::RemoveResponseHeader => {
+                rec.no_b()?;
+                batch.ops.push(Op::RemoveHeader(header_name(index, rec.a)?));
+            }
+            M::SetPath | M::SetQuery | M::SetStatus => batch.ops.push(rec.head_op()?),
+            M::LocalReply | M::LocalReplyHeader => rec.reply(&mut batch.reply)?,
+            M::SkipBody => {
+                rec.no_operands()?;
+                batch.skip_body = true;
+            }
+            M::BodyReplace | M::BodyDrop | M::BodyPrepend | M::BodyAppend => rec.body(&mut batch.streams().body)?,
+            M::WsSendText
+            | M::WsSendBinary
+            | M::WsClose
+            | M::WsJoinRoom
+            | M::WsLeaveRoom
+            | M::WsBroadcastText
+            | M::WsBroadcastBinary => batch.streams().ws.push(rec.ws()?),
+        }
+        pos = rec.end.next_multiple_of(4).min(data.len());
+        index += 1;
+    }
+    Ok(batch)
+}
+
+/// One record as framed in the buffer: its fields read once, its operands borrowed (each handler
+/// copies what it checks).
+struct Record<'a> {
+    index: usize,
+    op: WeftMutationOp,
+    arg: u32,
+    a: &'a [u8],
+    b: &'a [u8],
+    /// Where `a` lies in the buffer (a payload kept as a range).
+    a_range: Range<usize>,
+    /// The end of `b`: the next record starts at the next multiple of 4.
+    end: usize,
+}
+
+impl<'a> Record<'a> {
+    /// Reads the record at `pos` of `data`: the fixed fields, then both operands, which must lie
+    /// within `data`.
+    #[inline(always)]
+    fn read(data: &'a [u8], pos: usize, index: usize) -> Result<Record<'a>, MutationError> {
         let rec_end = pos.checked_add(size_of::<WeftMutation>()).filter(|&e| e <= data.len());
         let Some(rec_end) = rec_end else {
             return Err(MutationError::Truncated { index });
@@ -529,154 +585,181 @@ pub fn decode_raw(buf: &[u8], len: usize, phase: WeftPhase) -> Result<RawBatch, 
         let (Some(a_end), Some(b_end)) = (a_end, b_end) else {
             return Err(MutationError::Truncated { index });
         };
-        let a = &data[rec_end..a_end];
-        let b = &data[a_end..b_end];
         let op = op_from_raw(rec.op).ok_or(MutationError::UnknownOp { index, op: rec.op })?;
-        if !allowed(op, phase) {
-            return Err(MutationError::WrongPhase { index, op, phase });
+        Ok(Record {
+            index,
+            op,
+            arg: rec.arg,
+            a: &data[rec_end..a_end],
+            b: &data[a_end..b_end],
+            a_range: rec_end..a_end,
+            end: b_end,
+        })
+    }
+
+    fn no_b(&self) -> Result<(), MutationError> {
+        if self.b.is_empty() { Ok(()) } else { Err(self.operand()) }
+    }
+
+    fn no_operands(&self) -> Result<(), MutationError> {
+        if self.a.is_empty() && self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(self.operand())
         }
-        use WeftMutationOp as M;
-        let no_b = || {
-            if b.is_empty() {
-                Ok(())
-            } else {
-                Err(MutationError::Operand { index, op })
-            }
-        };
-        match op {
-            M::SetRequestHeader | M::SetResponseHeader => {
-                let n = header_name(index, a)?;
-                let v = header_value(index, &n, b)?;
-                batch.ops.push(Op::SetHeader(n, v));
-            }
-            M::AddRequestHeader | M::AddResponseHeader => {
-                let n = header_name(index, a)?;
-                let v = header_value(index, &n, b)?;
-                batch.ops.push(Op::AddHeader(n, v));
-            }
-            M::RemoveRequestHeader | M::RemoveResponseHeader => {
-                no_b()?;
-                batch.ops.push(Op::RemoveHeader(header_name(index, a)?));
-            }
-            M::SetPath => {
-                no_b()?;
-                let path = (a.len() <= MAX_PATH_LEN).then(|| a.to_vec());
+    }
+
+    fn operand(&self) -> MutationError {
+        MutationError::Operand {
+            index: self.index,
+            op: self.op,
+        }
+    }
+
+    /// A header set or added (the hot path), made by `op` of its checked name and value.
+    #[inline(always)]
+    fn header(&self, op: fn(HeaderName, HeaderValue) -> Op) -> Result<Op, MutationError> {
+        let n = header_name(self.index, self.a)?;
+        let v = header_value(self.index, &n, self.b)?;
+        Ok(op(n, v))
+    }
+
+    /// A new path, query or status.
+    fn head_op(&self) -> Result<Op, MutationError> {
+        let index = self.index;
+        let lossy = |raw: &[u8]| String::from_utf8_lossy(&raw[..raw.len().min(256)]).into_owned();
+        Ok(match self.op {
+            WeftMutationOp::SetPath => {
+                self.no_b()?;
+                let path = (self.a.len() <= MAX_PATH_LEN).then(|| self.a.to_vec());
                 let Some(path) = path.filter(|p| p.first() == Some(&b'/') && uri_bytes_ok(p, false)) else {
                     return Err(MutationError::Path {
                         index,
-                        path: String::from_utf8_lossy(&a[..a.len().min(256)]).into_owned(),
+                        path: lossy(self.a),
                     });
                 };
-                batch.ops.push(Op::SetPath(path));
+                Op::SetPath(path)
             }
-            M::SetQuery => {
-                no_b()?;
-                let query = (a.len() <= MAX_PATH_LEN).then(|| a.to_vec());
+            WeftMutationOp::SetQuery => {
+                self.no_b()?;
+                let query = (self.a.len() <= MAX_PATH_LEN).then(|| self.a.to_vec());
                 let Some(query) = query.filter(|q| uri_bytes_ok(q, true)) else {
                     return Err(MutationError::Query {
                         index,
-                        query: String::from_utf8_lossy(&a[..a.len().min(256)]).into_owned(),
+                        query: lossy(self.a),
                     });
                 };
-                batch.ops.push(Op::SetQuery(query));
+                Op::SetQuery(query)
             }
-            M::SetStatus => {
-                if !a.is_empty() || !b.is_empty() {
-                    return Err(MutationError::Operand { index, op });
-                }
-                batch.ops.push(Op::SetStatus(status(index, rec.arg)?));
+            _ => {
+                self.no_operands()?;
+                Op::SetStatus(status(index, self.arg)?)
             }
-            M::LocalReply => {
-                no_b()?;
-                if batch.reply.is_some() {
-                    return Err(MutationError::DuplicateReply { index });
-                }
-                batch.reply = Some(Box::new(RawReply {
-                    status: status(index, rec.arg)?,
-                    headers: HeaderMap::new(),
-                    body: rec_end..a_end,
-                }));
+        })
+    }
+
+    /// A local reply (its status; the body a range of the buffer) or one of its headers, which
+    /// must follow it.
+    fn reply(&self, reply: &mut Option<Box<RawReply>>) -> Result<(), MutationError> {
+        let index = self.index;
+        if self.op == WeftMutationOp::LocalReply {
+            self.no_b()?;
+            if reply.is_some() {
+                return Err(MutationError::DuplicateReply { index });
             }
-            M::LocalReplyHeader => {
-                let n = header_name(index, a)?;
-                let v = header_value(index, &n, b)?;
-                match batch.reply.as_mut() {
-                    Some(r) => {
-                        r.headers.append(n, v);
-                    }
-                    None => return Err(MutationError::OrphanReplyHeader { index }),
-                }
+            *reply = Some(Box::new(RawReply {
+                status: status(index, self.arg)?,
+                headers: HeaderMap::new(),
+                body: self.a_range.clone(),
+            }));
+            return Ok(());
+        }
+        let n = header_name(index, self.a)?;
+        let v = header_value(index, &n, self.b)?;
+        match reply.as_mut() {
+            Some(r) => {
+                r.headers.append(n, v);
+                Ok(())
             }
+            None => Err(MutationError::OrphanReplyHeader { index }),
+        }
+    }
+
+    /// A body edit: the bytes stay a range of the buffer.
+    fn body(&self, body: &mut BodyEdits) -> Result<(), MutationError> {
+        use WeftMutationOp as M;
+        self.no_b()?;
+        let range = self.a_range.clone();
+        match self.op {
             M::BodyReplace | M::BodyDrop => {
-                no_b()?;
-                if op == M::BodyDrop && !a.is_empty() {
-                    return Err(MutationError::Operand { index, op });
+                if self.op == M::BodyDrop && !self.a.is_empty() {
+                    return Err(self.operand());
                 }
-                if batch.streams().body.replace.is_some() {
-                    return Err(MutationError::DuplicateBodyReplace { index });
+                if body.replace.is_some() {
+                    return Err(MutationError::DuplicateBodyReplace { index: self.index });
                 }
-                batch.streams().body.replace = Some((op == M::BodyReplace).then_some(rec_end..a_end));
+                body.replace = Some((self.op == M::BodyReplace).then_some(range));
             }
-            M::BodyPrepend => {
-                no_b()?;
-                batch.streams().body.prepend.push(rec_end..a_end);
+            M::BodyPrepend => body.prepend.push(range),
+            _ => body.append.push(range),
+        }
+        Ok(())
+    }
+
+    /// A WebSocket send, close, room change or broadcast.
+    fn ws(&self) -> Result<WsOp, MutationError> {
+        use WeftMutationOp as M;
+        let index = self.index;
+        // A text payload: copied, then checked.
+        let payload = |raw: &[u8], binary: bool| {
+            let payload = Bytes::copy_from_slice(raw);
+            if !binary && std::str::from_utf8(&payload).is_err() {
+                return Err(MutationError::Utf8 { index });
             }
-            M::BodyAppend => {
-                no_b()?;
-                batch.streams().body.append.push(rec_end..a_end);
-            }
-            M::SkipBody => {
-                if !a.is_empty() || !b.is_empty() {
-                    return Err(MutationError::Operand { index, op });
-                }
-                batch.skip_body = true;
-            }
+            Ok(payload)
+        };
+        Ok(match self.op {
             M::WsSendText | M::WsSendBinary => {
-                no_b()?;
-                let binary = op == M::WsSendBinary;
-                // Copied, then checked.
-                let payload = Bytes::copy_from_slice(a);
-                if !binary && std::str::from_utf8(&payload).is_err() {
-                    return Err(MutationError::Utf8 { index });
+                self.no_b()?;
+                let binary = self.op == M::WsSendBinary;
+                WsOp::Send {
+                    binary,
+                    payload: payload(self.a, binary)?,
                 }
-                batch.streams().ws.push(WsOp::Send { binary, payload });
             }
             M::WsClose => {
-                no_b()?;
-                let reason = (a.len() <= 123)
-                    .then(|| a.to_vec())
+                self.no_b()?;
+                let reason = (self.a.len() <= 123)
+                    .then(|| self.a.to_vec())
                     .and_then(|r| String::from_utf8(r).ok());
-                let (Some(reason), true) = (reason, ws_close_code_ok(rec.arg)) else {
-                    return Err(MutationError::CloseCode { index, code: rec.arg });
+                let (Some(reason), true) = (reason, ws_close_code_ok(self.arg)) else {
+                    return Err(MutationError::CloseCode { index, code: self.arg });
                 };
-                batch.streams().ws.push(WsOp::Close {
-                    code: rec.arg as u16,
+                WsOp::Close {
+                    code: self.arg as u16,
                     reason,
-                });
+                }
             }
             M::WsJoinRoom | M::WsLeaveRoom => {
-                no_b()?;
-                let room = ws_room(index, a)?;
-                batch.streams().ws.push(if op == M::WsJoinRoom {
+                self.no_b()?;
+                let room = ws_room(index, self.a)?;
+                if self.op == M::WsJoinRoom {
                     WsOp::Join(room)
                 } else {
                     WsOp::Leave(room)
-                });
-            }
-            M::WsBroadcastText | M::WsBroadcastBinary => {
-                let room = ws_room(index, a)?;
-                let binary = op == M::WsBroadcastBinary;
-                let payload = Bytes::copy_from_slice(b);
-                if !binary && std::str::from_utf8(&payload).is_err() {
-                    return Err(MutationError::Utf8 { index });
                 }
-                batch.streams().ws.push(WsOp::Broadcast { room, binary, payload });
             }
-        }
-        pos = b_end.next_multiple_of(4).min(data.len());
-        index += 1;
+            _ => {
+                let room = ws_room(index, self.a)?;
+                let binary = self.op == M::WsBroadcastBinary;
+                WsOp::Broadcast {
+                    room,
+                    binary,
+                    payload: payload(self.b, binary)?,
+                }
+            }
+        })
     }
-    Ok(batch)
 }
 
 /// Whether [`Batch::apply_to_request`] gave the request a new URI (a path or query record) or
