@@ -251,145 +251,26 @@ pub(crate) const VIEW_SIZE_BEFORE_SERVER_NAME: usize = std::mem::offset_of!(Weft
 /// `desc` is NULL or points to at least the stable prefix (8 bytes), and to `descriptor_size`
 /// readable bytes when that prefix names this ABI version.
 unsafe fn read_descriptor(path: &Path, desc: *const WeftPluginDescriptor, go: bool) -> Result<Arc<Library>, LoadError> {
-    if desc.is_null() {
-        return Err(LoadError::NullDescriptor { path: path.into() });
-    }
-    // SAFETY: the stable prefix (abi_version, descriptor_size) is readable in every ABI version.
-    let (version, desc_size) = unsafe {
-        let p = desc.cast::<u32>();
-        (p.read_unaligned(), p.add(1).read_unaligned())
-    };
-    if version != WEFT_ABI_VERSION {
-        return Err(LoadError::AbiVersion {
-            path: path.into(),
-            plugin: version,
-            host: WEFT_ABI_VERSION,
-        });
-    }
-    let size_check = |what, plugin: u32, host: usize| {
-        if plugin as usize == host {
-            Ok(())
-        } else {
-            Err(LoadError::StructSize {
-                path: path.into(),
-                what,
-                plugin,
-                host: host as u32,
-                version,
-            })
-        }
-    };
-    // The descriptor grows append-only: one built against this header, or against an earlier
-    // version-1 header (without `view_headers`, without `run_on_thread` too, without `cancel`
-    // too, or without `attach_worker` too), is accepted; any other size is not.
-    let earlier = [
-        DESCRIPTOR_SIZE_BEFORE_ATTACH_WORKER,
-        DESCRIPTOR_SIZE_BEFORE_CANCEL,
-        DESCRIPTOR_SIZE_BEFORE_RUN_ON_THREAD,
-        DESCRIPTOR_SIZE_BEFORE_VIEW_HEADERS,
-    ];
-    if !earlier.contains(&(desc_size as usize)) {
-        size_check("WeftPluginDescriptor", desc_size, size_of::<WeftPluginDescriptor>())?;
-    }
-    // Copy the bytes the plugin has into a zeroed descriptor: fields it predates read as NULL,
-    // and nothing past the plugin's struct is read.
-    let d = unsafe {
-        let mut copy = std::mem::MaybeUninit::<WeftPluginDescriptor>::zeroed();
-        std::ptr::copy_nonoverlapping(desc.cast::<u8>(), copy.as_mut_ptr().cast::<u8>(), desc_size as usize);
-        // SAFETY: all-zero is a valid descriptor (integers, raw pointers, `Option`s of function
-        // pointers), and the copied prefix holds the plugin's values of the same fields.
-        copy.assume_init()
-    };
+    // SAFETY: the caller's contract.
+    let d = unsafe { copy_descriptor(path, desc)? };
     let d = &d;
-    if d.request_view_size as usize != VIEW_SIZE_BEFORE_SERVER_NAME {
-        size_check("WeftRequestView", d.request_view_size, size_of::<WeftRequestView>())?;
-    }
-    size_check("WeftMutation", d.mutation_size, size_of::<WeftMutation>())?;
-    if d.host_api_size as usize > size_of::<WeftHostApi>() {
-        return Err(LoadError::StructSize {
-            path: path.into(),
-            what: "WeftHostApi",
-            plugin: d.host_api_size,
-            host: size_of::<WeftHostApi>() as u32,
-            version,
-        });
-    }
-
-    let text = |ptr: *const u8, len: usize, what: &str| -> Result<String, LoadError> {
-        if len == 0 {
-            return Ok(String::new());
-        }
-        if ptr.is_null() || len > 1 << 20 {
-            return Err(LoadError::Malformed {
-                path: path.into(),
-                what: format!("{what}: NULL or oversized"),
-            });
-        }
-        // SAFETY: the plugin promises `len` readable bytes that live as long as the library.
-        let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
-        String::from_utf8(bytes.to_vec()).map_err(|_| LoadError::Malformed {
-            path: path.into(),
-            what: format!("{what}: not UTF-8"),
-        })
-    };
-    let load_error = text(d.load_error, d.load_error_len, "load_error")?;
+    // SAFETY (here and below): the descriptor's pointers, as the caller's contract says.
+    let load_error = unsafe { descriptor_text(path, d.load_error, d.load_error_len, "load_error")? };
     if !load_error.is_empty() {
         return Err(LoadError::Registration {
             path: path.into(),
             message: plugin_text(load_error.as_bytes(), MAX_PLUGIN_MESSAGE),
         });
     }
-    let runtime_version = text(d.runtime_version, d.runtime_version_len, "runtime_version")?;
+    let runtime_version =
+        unsafe { descriptor_text(path, d.runtime_version, d.runtime_version_len, "runtime_version")? };
     let (Some(init), Some(on_phase)) = (d.init, d.on_phase) else {
         return Err(LoadError::Malformed {
             path: path.into(),
             what: "init or on_phase is NULL".into(),
         });
     };
-    if d.plugin_count > 0 && d.plugins.is_null() || d.plugin_count > 4096 {
-        return Err(LoadError::Malformed {
-            path: path.into(),
-            what: format!("{} plugins at {:p}", d.plugin_count, d.plugins),
-        });
-    }
-    let mut plugins = Vec::with_capacity(d.plugin_count as usize);
-    for i in 0..d.plugin_count {
-        // SAFETY: plugin_count entries, checked non-null above.
-        let info = unsafe { &*d.plugins.add(i as usize) };
-        let name = text(info.name, info.name_len, "plugin name")?;
-        if name.is_empty() || plugins.iter().any(|p: &PluginMeta| p.name == name) {
-            return Err(LoadError::Malformed {
-                path: path.into(),
-                what: format!("empty or duplicate plugin name {name:?}"),
-            });
-        }
-        let unsupported = info.phases & !WEFT_PHASE_MASK_SUPPORTED;
-        if unsupported != 0 {
-            tracing::warn!(library = %path.display(), plugin = %name, mask = unsupported,
-                "plugin declares phases this runtime does not drive yet; they will not be called");
-        }
-        if info.flags & WEFT_PLUGIN_FLAG_BLOCKING != 0 && d.attach_worker.is_none() {
-            return Err(LoadError::Malformed {
-                path: path.into(),
-                what: format!(
-                    "plugin {name:?} is flagged WEFT_PLUGIN_FLAG_BLOCKING but the library provides no attach_worker"
-                ),
-            });
-        }
-        // SAFETY: `view_headers`, when set, has `plugin_count` entries (the descriptor's contract).
-        let declared = unsafe { d.view_headers.as_ref().map(|_| &*d.view_headers.add(i as usize)) };
-        let view_headers = view_headers_of(declared).map_err(|what| LoadError::Malformed {
-            path: path.into(),
-            what: format!("plugin {name:?}: view_headers: {what}"),
-        })?;
-        plugins.push(PluginMeta {
-            index: i,
-            name,
-            phases: info.phases & WEFT_PHASE_MASK_SUPPORTED,
-            flags: info.flags,
-            view_headers,
-        });
-    }
+    let plugins = unsafe { read_plugins(path, d)? };
     if go != (d.runtime == WEFT_RUNTIME_GO) {
         tracing::warn!(library = %path.display(), "descriptor runtime field disagrees with the ELF contents");
     }
@@ -406,6 +287,144 @@ unsafe fn read_descriptor(path: &Path, desc: *const WeftPluginDescriptor, go: bo
         cancel: d.cancel,
         run_on_thread: d.run_on_thread,
     }))
+}
+
+/// The descriptor at `desc`, copied into host memory after its version and the sizes of the
+/// structs it was built with are checked. A descriptor of an earlier version-1 header is copied
+/// into a zeroed one: the fields it predates read as NULL, and nothing past it is read.
+///
+/// # Safety
+/// As [`read_descriptor`].
+unsafe fn copy_descriptor(path: &Path, desc: *const WeftPluginDescriptor) -> Result<WeftPluginDescriptor, LoadError> {
+    if desc.is_null() {
+        return Err(LoadError::NullDescriptor { path: path.into() });
+    }
+    // SAFETY: the stable prefix (abi_version, descriptor_size) is readable in every ABI version.
+    let (version, desc_size) = unsafe {
+        let p = desc.cast::<u32>();
+        (p.read_unaligned(), p.add(1).read_unaligned())
+    };
+    if version != WEFT_ABI_VERSION {
+        return Err(LoadError::AbiVersion {
+            path: path.into(),
+            plugin: version,
+            host: WEFT_ABI_VERSION,
+        });
+    }
+    let size_error = |what, plugin: u32, host: usize| LoadError::StructSize {
+        path: path.into(),
+        what,
+        plugin,
+        host: host as u32,
+        version,
+    };
+    let size_check = |what, plugin: u32, host: usize| {
+        if plugin as usize == host {
+            Ok(())
+        } else {
+            Err(size_error(what, plugin, host))
+        }
+    };
+    // The descriptor grows append-only: one built against this header, or against an earlier
+    // version-1 header (without `view_headers`, without `run_on_thread` too, without `cancel`
+    // too, or without `attach_worker` too), is accepted; any other size is not.
+    let earlier = [
+        DESCRIPTOR_SIZE_BEFORE_ATTACH_WORKER,
+        DESCRIPTOR_SIZE_BEFORE_CANCEL,
+        DESCRIPTOR_SIZE_BEFORE_RUN_ON_THREAD,
+        DESCRIPTOR_SIZE_BEFORE_VIEW_HEADERS,
+    ];
+    if !earlier.contains(&(desc_size as usize)) {
+        size_check("WeftPluginDescriptor", desc_size, size_of::<WeftPluginDescriptor>())?;
+    }
+    let d = unsafe {
+        let mut copy = std::mem::MaybeUninit::<WeftPluginDescriptor>::zeroed();
+        std::ptr::copy_nonoverlapping(desc.cast::<u8>(), copy.as_mut_ptr().cast::<u8>(), desc_size as usize);
+        // SAFETY: all-zero is a valid descriptor (integers, raw pointers, `Option`s of function
+        // pointers), and the copied prefix holds the plugin's values of the same fields.
+        copy.assume_init()
+    };
+    if d.request_view_size as usize != VIEW_SIZE_BEFORE_SERVER_NAME {
+        size_check("WeftRequestView", d.request_view_size, size_of::<WeftRequestView>())?;
+    }
+    size_check("WeftMutation", d.mutation_size, size_of::<WeftMutation>())?;
+    if d.host_api_size as usize > size_of::<WeftHostApi>() {
+        return Err(size_error("WeftHostApi", d.host_api_size, size_of::<WeftHostApi>()));
+    }
+    Ok(d)
+}
+
+/// A string of the descriptor (`len` bytes at `ptr`), as UTF-8 text; empty when `len` is 0.
+///
+/// # Safety
+/// `ptr` is NULL or points to `len` readable bytes (a descriptor's promise).
+unsafe fn descriptor_text(path: &Path, ptr: *const u8, len: usize, what: &str) -> Result<String, LoadError> {
+    if len == 0 {
+        return Ok(String::new());
+    }
+    if ptr.is_null() || len > 1 << 20 {
+        return Err(LoadError::Malformed {
+            path: path.into(),
+            what: format!("{what}: NULL or oversized"),
+        });
+    }
+    // SAFETY: the plugin promises `len` readable bytes that live as long as the library.
+    let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
+    String::from_utf8(bytes.to_vec()).map_err(|_| LoadError::Malformed {
+        path: path.into(),
+        what: format!("{what}: not UTF-8"),
+    })
+}
+
+/// The plugins the descriptor lists: each one named (uniquely), its phases, flags and the
+/// header lines it reads.
+///
+/// # Safety
+/// `d` is a plugin's descriptor as [`copy_descriptor`] read it: `plugins` (and `view_headers`
+/// when set) point to `plugin_count` entries, their strings as [`descriptor_text`] needs.
+unsafe fn read_plugins(path: &Path, d: &WeftPluginDescriptor) -> Result<Vec<PluginMeta>, LoadError> {
+    if d.plugin_count > 0 && d.plugins.is_null() || d.plugin_count > 4096 {
+        return Err(LoadError::Malformed {
+            path: path.into(),
+            what: format!("{} plugins at {:p}", d.plugin_count, d.plugins),
+        });
+    }
+    let malformed = |what: String| LoadError::Malformed {
+        path: path.into(),
+        what,
+    };
+    let mut plugins = Vec::with_capacity(d.plugin_count as usize);
+    for i in 0..d.plugin_count {
+        // SAFETY: plugin_count entries, checked non-null above.
+        let info = unsafe { &*d.plugins.add(i as usize) };
+        // SAFETY: the entry's name, as the caller's contract says.
+        let name = unsafe { descriptor_text(path, info.name, info.name_len, "plugin name")? };
+        if name.is_empty() || plugins.iter().any(|p: &PluginMeta| p.name == name) {
+            return Err(malformed(format!("empty or duplicate plugin name {name:?}")));
+        }
+        let unsupported = info.phases & !WEFT_PHASE_MASK_SUPPORTED;
+        if unsupported != 0 {
+            tracing::warn!(library = %path.display(), plugin = %name, mask = unsupported,
+                "plugin declares phases this runtime does not drive yet; they will not be called");
+        }
+        if info.flags & WEFT_PLUGIN_FLAG_BLOCKING != 0 && d.attach_worker.is_none() {
+            return Err(malformed(format!(
+                "plugin {name:?} is flagged WEFT_PLUGIN_FLAG_BLOCKING but the library provides no attach_worker"
+            )));
+        }
+        // SAFETY: `view_headers`, when set, has `plugin_count` entries (the descriptor's contract).
+        let declared = unsafe { d.view_headers.as_ref().map(|_| &*d.view_headers.add(i as usize)) };
+        let view_headers =
+            view_headers_of(declared).map_err(|what| malformed(format!("plugin {name:?}: view_headers: {what}")))?;
+        plugins.push(PluginMeta {
+            index: i,
+            name,
+            phases: info.phases & WEFT_PHASE_MASK_SUPPORTED,
+            flags: info.flags,
+            view_headers,
+        });
+    }
+    Ok(plugins)
 }
 
 /// One plugin's entry of `WeftPluginDescriptor.view_headers` read: `None` for every line (no
