@@ -40,6 +40,7 @@ use http::{Method, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -251,6 +252,8 @@ fn classify(e: &WsError) -> End {
     }
 }
 
+/// A plugin-served connection from the upgrade to the close phase: opened, read until it ends,
+/// closed.
 async fn run_connection(mut x: Exchange, on_upgrade: OnUpgrade, s: Arc<WsSettings>) {
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
@@ -273,7 +276,7 @@ async fn run_connection(mut x: Exchange, on_upgrade: OnUpgrade, s: Arc<WsSetting
         .write_buffer_size(64 * 1024)
         .max_write_buffer_size(64 * 1024 + 2 * s.max_message_bytes + 1024);
     let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
-    let (sink, mut stream) = ws.split();
+    let (sink, stream) = ws.split();
     let (tx, rx) = mpsc::channel(s.send_queue.max(1));
     let conn = Arc::new(Conn {
         id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
@@ -282,92 +285,118 @@ async fn run_connection(mut x: Exchange, on_upgrade: OnUpgrade, s: Arc<WsSetting
         wake_reader: Notify::new(),
         wake_writer: Notify::new(),
     });
-    let mut writer = tokio::spawn(write_loop(sink, rx, Arc::clone(&conn), Arc::clone(&s)));
-    let hub = hub();
-    let mut rooms = HashSet::new();
-    let mut end: Option<End> = None;
-    let mut graceful = false;
-    match x.ws_event(WsEvent::Open).await {
-        Ok(ops) => apply(&conn, hub, &mut rooms, ops, &mut end, &s).await,
-        Err(f) => {
-            debug!("{f}");
-            end = Some((1011, "plugin failure".into(), true));
-        }
-    }
-    while end.is_none() {
-        tokio::select! {
-            biased;
-            () = conn.wake_reader.notified() => {
-                let (code, reason) = conn.forced.get().cloned().unwrap_or((1011, "closed".into()));
-                end = Some((code, reason, true));
+    let writer = tokio::spawn(write_loop(sink, rx, Arc::clone(&conn), Arc::clone(&s)));
+    let mut open = Open {
+        conn,
+        stream,
+        rooms: HashSet::new(),
+    };
+    let (end, graceful) = open.read(&mut x, &s).await;
+    open.close(x, writer, end, graceful, &s).await;
+}
+
+/// A plugin-served connection while it is open: its shared state, the frames it reads, the
+/// rooms it joined.
+struct Open {
+    conn: Arc<Conn>,
+    stream: Frames,
+    rooms: HashSet<String>,
+}
+
+impl Open {
+    /// The open phase, then each message through the message phase until the connection ends;
+    /// returns how it ended and whether the peer closed it with a close frame.
+    async fn read(&mut self, x: &mut Exchange, s: &WsSettings) -> (End, bool) {
+        let (conn, hub) = (&self.conn, hub());
+        let mut end: Option<End> = None;
+        match x.ws_event(WsEvent::Open).await {
+            Ok(ops) => apply(conn, hub, &mut self.rooms, ops, &mut end, s).await,
+            Err(f) => {
+                debug!("{f}");
+                end = Some((1011, "plugin failure".into(), true));
             }
-            next = tokio::time::timeout(s.idle_timeout, stream.next()) => match next {
-                Err(_) => end = Some((1000, "idle timeout".into(), true)),
-                Ok(None) => end = Some((1006, "connection closed without a close frame".into(), true)),
-                Ok(Some(Err(e))) => end = Some(classify(&e)),
-                Ok(Some(Ok(msg))) => {
-                    let (data, binary) = match msg {
-                        Message::Text(t) => (Bytes::from(t), false),
-                        Message::Binary(b) => (b, true),
-                        Message::Close(frame) => {
-                            let (code, reason) = frame
-                                .map(|f| (u16::from(f.code), f.reason.to_string()))
-                                .unwrap_or((1005, String::new()));
-                            end = Some((code, reason, false));
-                            graceful = true;
-                            break;
-                        }
-                        // Pings are answered by the codec; any frame counts as activity.
-                        _ => continue,
-                    };
-                    match x.ws_event(WsEvent::Message { data: &data, binary }).await {
-                        Ok(ops) => apply(&conn, hub, &mut rooms, ops, &mut end, &s).await,
-                        Err(f) => {
-                            debug!("{f}");
-                            end = Some((1011, "plugin failure".into(), true));
+        }
+        while end.is_none() {
+            tokio::select! {
+                biased;
+                () = conn.wake_reader.notified() => {
+                    let (code, reason) = conn.forced.get().cloned().unwrap_or((1011, "closed".into()));
+                    end = Some((code, reason, true));
+                }
+                next = tokio::time::timeout(s.idle_timeout, self.stream.next()) => match next {
+                    Err(_) => end = Some((1000, "idle timeout".into(), true)),
+                    Ok(None) => end = Some((1006, "connection closed without a close frame".into(), true)),
+                    Ok(Some(Err(e))) => end = Some(classify(&e)),
+                    Ok(Some(Ok(msg))) => {
+                        let (data, binary) = match msg {
+                            Message::Text(t) => (Bytes::from(t), false),
+                            Message::Binary(b) => (b, true),
+                            Message::Close(frame) => {
+                                let (code, reason) = frame
+                                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                                    .unwrap_or((1005, String::new()));
+                                return ((code, reason, false), true);
+                            }
+                            // Pings are answered by the codec; any frame counts as activity.
+                            _ => continue,
+                        };
+                        match x.ws_event(WsEvent::Message { data: &data, binary }).await {
+                            Ok(ops) => apply(conn, hub, &mut self.rooms, ops, &mut end, s).await,
+                            Err(f) => {
+                                debug!("{f}");
+                                end = Some((1011, "plugin failure".into(), true));
+                            }
                         }
                     }
-                }
-            },
+                },
+            }
         }
+        (end.expect("loop ends with an end"), false)
     }
-    let (code, reason, error) = end.expect("loop ends with an end");
-    hub.leave_all(conn.id, &rooms);
-    // Closing: a forced close was already signalled; a plugin's WsClose queued its frame; an
-    // error closes now with its code; a close from the peer is answered by the codec.
-    if conn.forced.get().is_none() && !graceful && error {
-        conn.force_close(code, &reason);
-    } else if graceful {
-        let _ = conn.forced.set((code, reason.clone()));
-        conn.wake_writer.notify_one();
-    }
-    if tokio::time::timeout(Duration::from_secs(5), &mut writer).await.is_err() {
-        writer.abort();
-    }
-    // Give the peer a moment to answer our close frame (or to finish its own handshake).
-    let _ = tokio::time::timeout(Duration::from_secs(1), async { while stream.next().await.is_some() {} }).await;
-    drop(stream);
-    let reason = Bytes::from(reason);
-    match x
-        .ws_event(WsEvent::Close {
-            code,
-            reason: &reason,
-            error,
-        })
-        .await
-    {
-        Ok(ops) => {
-            // The connection is gone: only room records still mean something.
-            let ops = ops
-                .into_iter()
-                .filter(|op| matches!(op, WsOp::Broadcast { .. }))
-                .collect();
-            let mut none = None;
-            apply(&conn, hub, &mut HashSet::new(), ops, &mut none, &s).await;
+
+    /// Leaves the rooms, sends or answers the close frame, waits for the writer (5 s) and the
+    /// peer (1 s), then runs the close phase, of which only broadcasts still mean something.
+    async fn close(mut self, mut x: Exchange, mut writer: JoinHandle<()>, end: End, graceful: bool, s: &WsSettings) {
+        let (code, reason, error) = end;
+        let (conn, hub) = (&self.conn, hub());
+        hub.leave_all(conn.id, &self.rooms);
+        // Closing: a forced close was already signalled; a plugin's WsClose queued its frame; an
+        // error closes now with its code; a close from the peer is answered by the codec.
+        if conn.forced.get().is_none() && !graceful && error {
+            conn.force_close(code, &reason);
+        } else if graceful {
+            let _ = conn.forced.set((code, reason.clone()));
+            conn.wake_writer.notify_one();
         }
-        Err(f) => debug!("{f}"),
+        if tokio::time::timeout(Duration::from_secs(5), &mut writer).await.is_err() {
+            writer.abort();
+        }
+        // Give the peer a moment to answer our close frame (or to finish its own handshake).
+        let stream = &mut self.stream;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async { while stream.next().await.is_some() {} }).await;
+        drop(self.stream);
+        let reason = Bytes::from(reason);
+        match x
+            .ws_event(WsEvent::Close {
+                code,
+                reason: &reason,
+                error,
+            })
+            .await
+        {
+            Ok(ops) => {
+                // The connection is gone: only room records still mean something.
+                let ops = ops
+                    .into_iter()
+                    .filter(|op| matches!(op, WsOp::Broadcast { .. }))
+                    .collect();
+                let mut none = None;
+                apply(conn, hub, &mut HashSet::new(), ops, &mut none, s).await;
+            }
+            Err(f) => debug!("{f}"),
+        }
+        debug!(conn = conn.id, code, error, "websocket connection closed");
     }
-    debug!(conn = conn.id, code, error, "websocket connection closed");
 }
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -417,6 +446,8 @@ async fn apply(
 }
 
 type Sink = futures_util::stream::SplitSink<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, Message>;
+/// The reading half of a plugin-served connection.
+type Frames = futures_util::stream::SplitStream<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// Writes queued messages and keep-alive pings; on a forced close skips the queue.
 async fn write_loop(mut sink: Sink, mut rx: mpsc::Receiver<Message>, conn: Arc<Conn>, s: Arc<WsSettings>) {
