@@ -258,6 +258,35 @@ struct Registry {
     instances: Vec<Arc<Instance>>,
 }
 
+impl Registry {
+    /// The library and plugin `spec` names, both loaded.
+    fn plugin_of(&self, spec: &InstanceSpec) -> Result<(Arc<Library>, PluginMeta), InitError> {
+        let lib = self
+            .libraries
+            .get(&spec.library)
+            .cloned()
+            .ok_or_else(|| InitError::UnknownLibrary {
+                instance: spec.name.clone(),
+                library: spec.library.clone(),
+            })?;
+        let meta = lib
+            .plugin(&spec.plugin)
+            .cloned()
+            .ok_or_else(|| InitError::UnknownPlugin {
+                instance: spec.name.clone(),
+                library: spec.library.clone(),
+                plugin: spec.plugin.clone(),
+                available: lib
+                    .plugins
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        Ok((lib, meta))
+    }
+}
+
 /// The arena (its mapping, cut into pools) and its call table: what runtime generations of one
 /// layout share ([`Runtime::replacing`]). Runtimes hold clones of these handles; this keeps the
 /// call table's fate in one place when the last runtime using it goes.
@@ -437,28 +466,7 @@ impl Runtime {
         if reg.instances.iter().any(|i| *i.name == *spec.name) {
             return Err(InitError::Duplicate { instance: spec.name });
         }
-        let lib = reg
-            .libraries
-            .get(&spec.library)
-            .cloned()
-            .ok_or_else(|| InitError::UnknownLibrary {
-                instance: spec.name.clone(),
-                library: spec.library.clone(),
-            })?;
-        let meta = lib
-            .plugin(&spec.plugin)
-            .cloned()
-            .ok_or_else(|| InitError::UnknownPlugin {
-                instance: spec.name.clone(),
-                library: spec.library.clone(),
-                plugin: spec.plugin.clone(),
-                available: lib
-                    .plugins
-                    .iter()
-                    .map(|p| p.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?;
+        let (lib, meta) = reg.plugin_of(&spec)?;
         let blocking = opts.blocking || meta.flags & abi::WEFT_PLUGIN_FLAG_BLOCKING != 0;
         if blocking && lib.attach_worker.is_none() {
             return Err(InitError::Options {
@@ -470,39 +478,7 @@ impl Runtime {
             });
         }
         let id = host::register_instance(&spec.name, Arc::downgrade(&self.calls));
-        let mut err_bytes = vec![0u8; 4096];
-        let mut err = WeftBuf {
-            ptr: err_bytes.as_mut_ptr(),
-            cap: err_bytes.len() as u32,
-            len: 0,
-        };
-        let config = spec.config_json.as_slice();
-        // SAFETY: config and err are valid for the call; the plugin index came from the library.
-        let rc = unsafe {
-            (lib.init)(
-                meta.index,
-                id,
-                config.as_ptr(),
-                config.len(),
-                self.arena.slot_count(),
-                &mut err,
-            )
-        };
-        if WeftResult::from_raw(rc) != WeftResult::Ok {
-            let result = WeftResult::from_raw(rc);
-            // Printable and capped whatever the plugin wrote (trailing NULs dropped).
-            let n = (err.len as usize).min(err_bytes.len());
-            let mut message = plugin::plugin_text(&err_bytes[..n], plugin::MAX_PLUGIN_MESSAGE);
-            if message.is_empty() {
-                message = format!("init returned {result:?}");
-            }
-            if err.len as usize > err_bytes.len() {
-                message.push_str(&format!(
-                    " (and an invalid error length: {} bytes in a {}-byte buffer)",
-                    err.len,
-                    err_bytes.len()
-                ));
-            }
+        if let Err(message) = self.init_instance(&lib, &meta, id, &spec.config_json) {
             return Err(InitError::Failed {
                 instance: spec.name,
                 plugin: spec.plugin,
@@ -522,6 +498,46 @@ impl Runtime {
         });
         reg.instances.push(inst);
         Ok(InstanceId((reg.instances.len() - 1) as u32))
+    }
+
+    /// Calls the plugin's `init` for instance `id` with its config; the error is the plugin's
+    /// message (printable and capped whatever it wrote) or the result code.
+    fn init_instance(&self, lib: &Library, meta: &PluginMeta, id: u64, config: &[u8]) -> Result<(), String> {
+        let mut err_bytes = vec![0u8; 4096];
+        let mut err = WeftBuf {
+            ptr: err_bytes.as_mut_ptr(),
+            cap: err_bytes.len() as u32,
+            len: 0,
+        };
+        // SAFETY: config and err are valid for the call; the plugin index came from the library.
+        let rc = unsafe {
+            (lib.init)(
+                meta.index,
+                id,
+                config.as_ptr(),
+                config.len(),
+                self.arena.slot_count(),
+                &mut err,
+            )
+        };
+        let result = WeftResult::from_raw(rc);
+        if result == WeftResult::Ok {
+            return Ok(());
+        }
+        // Trailing NULs dropped.
+        let n = (err.len as usize).min(err_bytes.len());
+        let mut message = plugin::plugin_text(&err_bytes[..n], plugin::MAX_PLUGIN_MESSAGE);
+        if message.is_empty() {
+            message = format!("init returned {result:?}");
+        }
+        if err.len as usize > err_bytes.len() {
+            message.push_str(&format!(
+                " (and an invalid error length: {} bytes in a {}-byte buffer)",
+                err.len,
+                err_bytes.len()
+            ));
+        }
+        Err(message)
     }
 
     /// Adds a remote plugin instance (e.g. NATS workers): its phases come from
