@@ -288,6 +288,55 @@ fn reload_on_sighup(live: Arc<LiveProxy>) -> impl Future<Output = ()> + Send {
     }
 }
 
+/// The serving sockets: `workers` of them on `listen` (plain HTTP) and on each TLS listener.
+fn bind_listeners(
+    listen: std::net::SocketAddr,
+    tls: Vec<Arc<crate::tls::server::TlsListener>>,
+    workers: usize,
+    backlog: u32,
+    max_connections: Option<u32>,
+) -> Result<Vec<crate::workers::Listener>, String> {
+    let sockets =
+        crate::workers::bind(listen, workers, backlog).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let mut listeners = vec![crate::workers::Listener::plain(sockets, max_connections)];
+    for t in tls {
+        let socks = crate::workers::bind(t.addr, workers, backlog)
+            .map_err(|e| format!("cannot listen on {} ({}.listen): {e}", t.addr, t.label))?;
+        info!(listen = %t.addr, "weft-proxy listening (TLS)");
+        listeners.push(crate::workers::Listener::tls(socks, t));
+    }
+    Ok(listeners)
+}
+
+/// Binds the admin listener and serves it; `live` when the config can be reloaded (then
+/// `POST /reload` reloads it).
+async fn start_admin(
+    admin: &crate::config::AdminConfig,
+    live: Option<Arc<LiveProxy>>,
+    m: &'static metrics::Metrics,
+    limits: crate::config::Limits,
+) -> Result<(), String> {
+    let token = crate::admin::read_token(admin)?;
+    let addr = &admin.listen;
+    let admin_listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} (admin.listen): {e}"))?;
+    let reload = live.map(|live| {
+        let f: ReloadFn = Arc::new(move || {
+            let live = live.clone();
+            Box::pin(async move { live.reload().await })
+        });
+        f
+    });
+    let admin = Admin {
+        metrics: m,
+        reload,
+        token,
+    };
+    tokio::spawn(crate::admin::serve_admin(admin_listener, admin, limits));
+    Ok(())
+}
+
 /// Runs the proxy until SIGTERM/SIGINT on a fresh tokio runtime: binds `listen` (and the
 /// admin listener), serves, reloads on SIGHUP when the config came from `path`, and on the
 /// signal stops accepting, lets in-flight requests finish for up to `shutdown_timeout_ms`,
@@ -318,36 +367,15 @@ pub fn run_blocking(
     live.set_tls(tls.clone());
     let result = rt.block_on(async {
         live.current().start_health_checks();
-        let backlog = limits.listen_backlog;
-        let sockets =
-            crate::workers::bind(listen, workers, backlog).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        let mut listeners = vec![crate::workers::Listener::plain(sockets, config.listen_max_connections)];
-        for t in tls {
-            let socks = crate::workers::bind(t.addr, workers, backlog)
-                .map_err(|e| format!("cannot listen on {} ({}.listen): {e}", t.addr, t.label))?;
-            info!(listen = %t.addr, "weft-proxy listening (TLS)");
-            listeners.push(crate::workers::Listener::tls(socks, t));
-        }
+        let listeners = bind_listeners(
+            listen,
+            tls,
+            workers,
+            limits.listen_backlog,
+            config.listen_max_connections,
+        )?;
         if let Some(admin) = admin {
-            let token = crate::admin::read_token(&admin)?;
-            let addr = &admin.listen;
-            let admin_listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr} (admin.listen): {e}"))?;
-            let reload: Option<ReloadFn> = reloadable.then(|| {
-                let live = live.clone();
-                let f: ReloadFn = Arc::new(move || {
-                    let live = live.clone();
-                    Box::pin(async move { live.reload().await })
-                });
-                f
-            });
-            let admin = Admin {
-                metrics: m,
-                reload,
-                token,
-            };
-            tokio::spawn(crate::admin::serve_admin(admin_listener, admin, limits));
+            start_admin(&admin, reloadable.then(|| live.clone()), m, limits).await?;
         }
         tokio::spawn(crate::admin::sample_arena(m));
         if reloadable {
