@@ -78,6 +78,12 @@ func listPlugins(out io.Writer) {
 	}
 }
 
+// connFlags are the flags of the NATS connection: its authentication and TLS.
+type connFlags struct {
+	user, password, token, nkey, creds *string
+	tlsCA, tlsCert, tlsKey             *string
+}
+
 func main() {
 	var (
 		url         = flag.String("nats", nats.DefaultURL, "NATS server URL(s), comma separated")
@@ -91,14 +97,16 @@ func main() {
 		stateIdle   = flag.Duration("state-idle", 30*time.Second,
 			"while draining, a request with state here and no phase call for this long counts as abandoned")
 		listOnly = flag.Bool("list", false, "print the registered plugins and what of each is served, then exit")
-		user     = flag.String("user", "", "NATS user (with -password)")
-		password = flag.String("password", "", "NATS password")
-		token    = flag.String("token", "", "NATS token")
-		nkey     = flag.String("nkey", "", "NATS nkey seed file")
-		creds    = flag.String("creds", "", "NATS credentials file")
-		tlsCA    = flag.String("tls-ca", "", "CA certificate file for the server's TLS certificate")
-		tlsCert  = flag.String("tls-cert", "", "client certificate file (mutual TLS, with -tls-key)")
-		tlsKey   = flag.String("tls-key", "", "client key file")
+		conn     = connFlags{
+			user:     flag.String("user", "", "NATS user (with -password)"),
+			password: flag.String("password", "", "NATS password"),
+			token:    flag.String("token", "", "NATS token"),
+			nkey:     flag.String("nkey", "", "NATS nkey seed file"),
+			creds:    flag.String("creds", "", "NATS credentials file"),
+			tlsCA:    flag.String("tls-ca", "", "CA certificate file for the server's TLS certificate"),
+			tlsCert:  flag.String("tls-cert", "", "client certificate file (mutual TLS, with -tls-key)"),
+			tlsKey:   flag.String("tls-key", "", "client key file"),
+		}
 	)
 	flag.Usage = func() {
 		fmt.Fprint(flag.CommandLine.Output(), usageHead)
@@ -111,55 +119,10 @@ func main() {
 	}
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
 
-	var list []natsworker.Instance
-	if *instances != "" {
-		data, err := os.ReadFile(*instances)
-		if err != nil {
-			log.Fatalf("weft-worker: %v", err)
-		}
-		if err := json.Unmarshal(data, &list); err != nil {
-			log.Fatalf("weft-worker: %s: %v", *instances, err)
-		}
-	}
-	if *plugin != "" {
-		list = append(list, natsworker.Instance{Plugin: *plugin, Name: *instance, Config: json.RawMessage(*config)})
-	}
-	if len(list) == 0 {
-		log.Fatal("weft-worker: nothing to serve: give -plugin or -instances")
-	}
-
-	opts := []nats.Option{
-		nats.Name("weft-worker"),
-		// Find a restarted server quickly: short, bounded reconnect backoff, forever.
-		nats.MaxReconnects(-1),
-		nats.ReconnectWait(50 * time.Millisecond),
-		nats.ReconnectJitter(25*time.Millisecond, 25*time.Millisecond),
-		nats.PingInterval(5 * time.Second),
-		nats.MaxPingsOutstanding(2),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Printf("weft-worker: disconnected: %v", err) }),
-		nats.ReconnectHandler(func(nc *nats.Conn) { log.Printf("weft-worker: reconnected to %s", nc.ConnectedUrl()) }),
-	}
-	if *user != "" {
-		opts = append(opts, nats.UserInfo(*user, *password))
-	}
-	if *token != "" {
-		opts = append(opts, nats.Token(*token))
-	}
-	if *nkey != "" {
-		o, err := nats.NkeyOptionFromSeed(*nkey)
-		if err != nil {
-			log.Fatalf("weft-worker: %v", err)
-		}
-		opts = append(opts, o)
-	}
-	if *creds != "" {
-		opts = append(opts, nats.UserCredentials(*creds))
-	}
-	if *tlsCA != "" {
-		opts = append(opts, nats.RootCAs(*tlsCA))
-	}
-	if *tlsCert != "" {
-		opts = append(opts, nats.ClientCert(*tlsCert, *tlsKey))
+	list := instanceList(*instances, natsworker.Instance{Plugin: *plugin, Name: *instance, Config: json.RawMessage(*config)})
+	opts, err := conn.options()
+	if err != nil {
+		log.Fatalf("weft-worker: %v", err)
 	}
 	nc, err := nats.Connect(*url, opts...)
 	if err != nil {
@@ -175,12 +138,78 @@ func main() {
 		log.Fatalf("weft-worker: %v", err)
 	}
 	fmt.Printf("weft-worker ready id=%s\n", w.ID())
+	serveUntilSignal(w, nc, *drain)
+}
 
+// instanceList is what to serve: the instances of the -instances file, then the one of -plugin
+// (when given). It exits when the file cannot be read or the list is empty.
+func instanceList(file string, flagged natsworker.Instance) []natsworker.Instance {
+	var list []natsworker.Instance
+	if file != "" {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			log.Fatalf("weft-worker: %v", err)
+		}
+		if err := json.Unmarshal(data, &list); err != nil {
+			log.Fatalf("weft-worker: %s: %v", file, err)
+		}
+	}
+	if flagged.Plugin != "" {
+		list = append(list, flagged)
+	}
+	if len(list) == 0 {
+		log.Fatal("weft-worker: nothing to serve: give -plugin or -instances")
+	}
+	return list
+}
+
+// options are the NATS connection's options: a worker reconnects forever with a short backoff,
+// and authenticates as the flags say.
+func (f connFlags) options() ([]nats.Option, error) {
+	opts := []nats.Option{
+		nats.Name("weft-worker"),
+		// Find a restarted server quickly: short, bounded reconnect backoff, forever.
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(50 * time.Millisecond),
+		nats.ReconnectJitter(25*time.Millisecond, 25*time.Millisecond),
+		nats.PingInterval(5 * time.Second),
+		nats.MaxPingsOutstanding(2),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Printf("weft-worker: disconnected: %v", err) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Printf("weft-worker: reconnected to %s", nc.ConnectedUrl()) }),
+	}
+	if *f.user != "" {
+		opts = append(opts, nats.UserInfo(*f.user, *f.password))
+	}
+	if *f.token != "" {
+		opts = append(opts, nats.Token(*f.token))
+	}
+	if *f.nkey != "" {
+		o, err := nats.NkeyOptionFromSeed(*f.nkey)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, o)
+	}
+	if *f.creds != "" {
+		opts = append(opts, nats.UserCredentials(*f.creds))
+	}
+	if *f.tlsCA != "" {
+		opts = append(opts, nats.RootCAs(*f.tlsCA))
+	}
+	if *f.tlsCert != "" {
+		opts = append(opts, nats.ClientCert(*f.tlsCert, *f.tlsKey))
+	}
+	return opts, nil
+}
+
+// serveUntilSignal waits for SIGTERM or SIGINT, then drains the worker (up to drain for the
+// requests in flight) and the connection.
+func serveUntilSignal(w *natsworker.Worker, nc *nats.Conn, drain time.Duration) {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	s := <-sig
 	log.Printf("weft-worker: %v: draining", s)
-	if err := w.Drain(*drain); err != nil {
+	if err := w.Drain(drain); err != nil {
 		log.Printf("weft-worker: drain: %v", err)
 	}
 	if err := nc.Drain(); err != nil {
