@@ -169,25 +169,53 @@ func (w *Worker) Serve(inst Instance) error {
 	if inst.Name == "" {
 		inst.Name = inst.Plugin
 	}
-	if err := core.LoadError(); err != nil {
+	index, phases, err := servedPlugin(inst)
+	if err != nil {
 		return err
+	}
+	s, err := w.initServer(inst, index, phases)
+	if err != nil {
+		return err
+	}
+	svc, direct, err := w.subscribe(s)
+	if err != nil {
+		_ = core.Shutdown(s.id)
+		return fmt.Errorf("instance %q: %w", inst.Name, err)
+	}
+	w.mu.Lock()
+	w.servers = append(w.servers, s)
+	w.services = append(w.services, svc)
+	w.direct = append(w.direct, direct...)
+	w.mu.Unlock()
+	return nil
+}
+
+// servedPlugin finds inst's plugin among those registered: its index and phases. A plugin with
+// none of the phases served over NATS is refused.
+func servedPlugin(inst Instance) (index uint32, phases uint32, err error) {
+	if err := core.LoadError(); err != nil {
+		return 0, 0, err
 	}
 	index, ok := core.Lookup(inst.Plugin)
 	if !ok {
-		return fmt.Errorf("no plugin %q is registered in this worker", inst.Plugin)
+		return 0, 0, fmt.Errorf("no plugin %q is registered in this worker", inst.Plugin)
 	}
-	var phases uint32
 	for _, p := range core.Plugins() {
 		if p.Name == inst.Plugin {
 			phases = p.Phases
 		}
 	}
-	served := phases & NATSPhaseMask
-	if served == 0 {
-		return fmt.Errorf("instance %q: plugin %q has no phase served over NATS (it has %s; NATS serves "+
+	if phases&NATSPhaseMask == 0 {
+		return 0, 0, fmt.Errorf("instance %q: plugin %q has no phase served over NATS (it has %s; NATS serves "+
 			"request_headers, response_headers and log): load it in-process instead", inst.Name, inst.Plugin,
 			PhaseNames(phases))
 	}
+	return index, phases, nil
+}
+
+// initServer initialises the instance (core.Init, as the in-process host does) with its own
+// logger, and the server that answers its calls.
+func (w *Worker) initServer(inst Instance, index uint32, phases uint32) (*server, error) {
 	id := nextInstanceID.Add(1)
 	name := inst.Name
 	loggersMu.Lock()
@@ -196,15 +224,22 @@ func (w *Worker) Serve(inst Instance) error {
 	s := &server{w: w, inst: inst, id: id, phases: phases, slots: newSlotPool(w.opts.Slots),
 		waiting: make([]atomic.Pointer[callBuf], w.opts.Slots)}
 	if err := core.InitWith(index, id, inst.Config, uint32(w.opts.Slots), core.InitOptions{Complete: s.complete}); err != nil {
-		return fmt.Errorf("instance %q: %w", inst.Name, err)
+		return nil, fmt.Errorf("instance %q: %w", inst.Name, err)
 	}
 	// The last phase that will come over NATS: a body phase never does, so a plugin with a
 	// response body phase still frees its state after response_headers (or log).
 	for _, p := range natsPhases {
-		if served&p.Mask() != 0 {
+		if phases&NATSPhaseMask&p.Mask() != 0 {
 			s.lastPhase = p
 		}
 	}
+	return s, nil
+}
+
+// subscribe registers s's micro service, with one queue-group endpoint per served phase, and
+// one direct subscription per served phase; on an error, what it registered is removed.
+func (w *Worker) subscribe(s *server) (micro.Service, []*nats.Subscription, error) {
+	inst, served := s.inst, s.phases&NATSPhaseMask
 	svc, err := micro.AddService(w.nc, micro.Config{
 		Name:        inst.Name,
 		Version:     "0.1.0",
@@ -213,7 +248,7 @@ func (w *Worker) Serve(inst Instance) error {
 		Metadata: map[string]string{
 			"weft.plugin":        inst.Plugin,
 			"weft.instance":      inst.Name,
-			"weft.phases":        strconv.FormatUint(uint64(phases), 10),
+			"weft.phases":        strconv.FormatUint(uint64(s.phases), 10),
 			"weft.served_phases": strconv.FormatUint(uint64(served), 10),
 			"weft.worker":        w.id,
 			"weft.wire_version":  strconv.Itoa(WireVersion),
@@ -221,18 +256,16 @@ func (w *Worker) Serve(inst Instance) error {
 		StatsHandler: func(*micro.Endpoint) any { return s.stats() },
 	})
 	if err != nil {
-		_ = core.Shutdown(id)
-		return fmt.Errorf("instance %q: %w", inst.Name, err)
+		return nil, nil, err
 	}
 	shared := svc.AddGroup("weft." + inst.Name)
 	var direct []*nats.Subscription
-	fail := func(err error) error {
+	fail := func(err error) (micro.Service, []*nats.Subscription, error) {
 		_ = svc.Stop()
 		for _, sub := range direct {
 			_ = sub.Unsubscribe()
 		}
-		_ = core.Shutdown(id)
-		return fmt.Errorf("instance %q: %w", inst.Name, err)
+		return nil, nil, err
 	}
 	for _, p := range natsPhases {
 		if served&p.Mask() == 0 {
@@ -252,12 +285,7 @@ func (w *Worker) Serve(inst Instance) error {
 		}
 		direct = append(direct, sub)
 	}
-	w.mu.Lock()
-	w.servers = append(w.servers, s)
-	w.services = append(w.services, svc)
-	w.direct = append(w.direct, direct...)
-	w.mu.Unlock()
-	return nil
+	return svc, direct, nil
 }
 
 // PhaseNames lists the phases of a mask by name, e.g. "request_headers, response_body".
@@ -508,10 +536,17 @@ func (s *server) serve(req message) {
 	if phase >= s.lastPhase {
 		defer s.slots.release(key)
 	}
+	keep = s.call(b, reply, phase, slot, gen, deadline)
+}
+
+// call lays out the view of the checked request in b for phase on slot, calls the plugin and
+// answers with what it wrote (awaiting a pending answer until deadline). It returns false when
+// the call is left to an unfinished continuation, which may still use b.
+func (s *server) call(b *callBuf, reply replyTo, phase core.Phase, slot, gen uint32, deadline time.Time) bool {
 	view, err := b.view.build(&b.req, phase, slot, gen)
 	if err != nil {
 		s.respond(b, reply, core.ResultInvalidArgument, nil, err.Error())
-		return
+		return true
 	}
 	call := s.nextCall.Add(1)
 	if call == 0 {
@@ -524,15 +559,14 @@ func (s *server) serve(req message) {
 	if !s.waiting[slot].CompareAndSwap(nil, b) {
 		s.failures.Add(1)
 		s.respond(b, reply, core.ResultBusy, nil, "another call of this request is in flight (duplicate request id?)")
-		return
+		return true
 	}
 	res, n := core.Dispatch(s.id, uint32(phase), view, unsafe.Pointer(&b.out[0]), outCap)
 	if res == core.ResultPending {
 		var ok bool
 		if res, n, ok = s.await(slot, b, deadline); !ok {
-			keep = false
 			s.expired.Add(1)
-			return // past the host's deadline: it has given up, and a late completion is discarded
+			return false // past the host's deadline: it has given up, and a late completion is discarded
 		}
 	} else {
 		s.waiting[slot].CompareAndSwap(b, nil)
@@ -545,10 +579,11 @@ func (s *server) serve(req message) {
 			msg = "handler panicked"
 		}
 		s.respond(b, reply, res, nil, msg)
-		return
+		return true
 	}
 	out := unsafe.Slice((*byte)(unsafe.Pointer(&b.out[0])), n)
 	s.respond(b, reply, core.ResultOK, out, "")
+	return true
 }
 
 // await waits for the completion of the asynchronous call b on slot until deadline; false if
