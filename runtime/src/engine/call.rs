@@ -378,6 +378,11 @@ impl Exchange {
         let Some(lease) = self.lease.as_mut() else {
             return Err(CallError::NoSlot);
         };
+        if len == 0 {
+            // Nothing written (a phase that passes, every log call): the empty batch, without
+            // the decoder's and the resolver's set-up.
+            return Ok(mutation::Batch::default());
+        }
         let raw = match self.bufs.out.as_mut() {
             Some(out) if in_slot => {
                 let dst = out.bytes_mut();
