@@ -51,7 +51,9 @@ pub struct RuntimeOptions {
     pub slot_size: u32,
     /// Finished requests waiting for their log phase; beyond this, log phases are dropped
     /// (counted in [`RuntimeStats::log_dropped`]) rather than holding memory or the client. A
-    /// queued request keeps its slot, so the queue should be well below `slot_count`, or a slow
+    /// queued request keeps its slot, and so does one whose log call went pending (the log
+    /// thread parks as many of those as the queue is long, then takes no more), so log work
+    /// holds at most twice this many slots: keep it well below half of `slot_count`, or a slow
     /// log plugin takes every slot before log phases start to drop. 0: a quarter of
     /// `slot_count`, at least 1.
     pub log_queue: usize,

@@ -241,7 +241,10 @@ fn log_loop(first: LogJob, rx: &Receiver<LogJob>, wake: &Arc<Shared>, len: usize
     let half = len.div_ceil(2);
     loop {
         let mut got = 0;
-        loop {
+        // A parked job keeps its slot: while as many are parked as the queue is long, no more
+        // are taken, so log work holds at most twice the queue's length in slots (the queue
+        // fills meanwhile and producers drop their log phases, counted).
+        while parked.len() < len {
             match rx.try_recv() {
                 Ok(job) => {
                     got += 1;
@@ -258,6 +261,18 @@ fn log_loop(first: LogJob, rx: &Receiver<LogJob>, wake: &Arc<Shared>, len: usize
             return;
         }
         let now = Instant::now();
+        if parked.len() >= len {
+            // Full: only a completion (the waker sets `woken`, then unparks) or a deadline
+            // frees room, not the queue. An unpark between the look and the park makes the park
+            // return at once. (`closed` cannot be set meanwhile: parked jobs hold the runtime.)
+            let until_deadline = parked.iter().filter_map(LogJob::deadline).min();
+            if !wake.woken.load(Ordering::SeqCst) {
+                std::thread::park_timeout(
+                    until_deadline.map_or(Duration::from_secs(3600), |d| d.saturating_duration_since(now)),
+                );
+            }
+            continue;
+        }
         let sleep = period.after(got, now);
         if got > 0 {
             last_job = now;

@@ -31,10 +31,15 @@ fn rings_lock() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn runtime(slots: u32) -> Arc<Runtime> {
+    runtime_with(slots, 4096)
+}
+
+/// [`runtime`] with a log queue of `log_queue`.
+fn runtime_with(slots: u32, log_queue: usize) -> Arc<Runtime> {
     let rt = Runtime::new(RuntimeOptions {
         slot_count: slots,
         slot_size: 4096,
-        log_queue: 4096,
+        log_queue,
         ..weft_runtime::RuntimeOptions::default()
     })
     .unwrap();
@@ -407,7 +412,10 @@ fn the_in_flight_limit_answers_503_without_calling_the_plugin() {
 #[test]
 fn blocking_jobs_go_through_the_worker_rings() {
     let _g = rings_lock();
-    let rt = runtime(1024);
+    // The log phases go to the workers too and nobody waits for them: a log queue of a quarter
+    // of the slots bounds what they hold (half the slots, `pending_log_calls_cannot_take_every_slot`),
+    // so the 64 requests in flight always find a slot, however far the log jobs fall behind.
+    let rt = runtime_with(1024, 256);
     let chain = rt.chain(&[instance(&rt, "blocking", "blocking", false, opts(20_000))]);
     let tokio = tokio_rt();
     const TASKS: usize = 64;
@@ -700,6 +708,34 @@ fn pending_log_calls_do_not_hold_up_the_log_thread() {
     wait_clean(&rt);
     assert_eq!(stat(&rt, |s| &s.late_completions), 5);
     assert_eq!(stat(&rt, |s| &s.log_dropped), 0);
+}
+
+#[test]
+fn pending_log_calls_cannot_take_every_slot() {
+    // A log plugin slower than the requests (each call pending for 2 s): the log thread takes no
+    // more jobs while as many are parked as its queue is long (8 here), so log work holds at most
+    // 16 slots, the requests after them still get one, and the log phases beyond are dropped and
+    // counted. Without that bound the parked calls took every slot (the 65th request: no slot).
+    let rt = runtime_with(64, 8);
+    let chain = rt.chain(&[instance(&rt, "log", "async-log", false, opts(10_000))]);
+    let mut most = 0;
+    for i in 0..200 {
+        let Ok(x) = chain.start(client(), "http") else {
+            panic!("request {i}: no slot; {} in use", rt.arena_usage().0);
+        };
+        let mut x = x.unwrap();
+        let mut req = request(&[("x-log-delay-ms", "2000")]);
+        assert!(matches!(x.request_headers(&mut req), Flow::Continue));
+        drop(x);
+        most = most.max(rt.arena_usage().0);
+        // Producers submit faster than the log thread looks: give it a look now and then.
+        if i % 20 == 19 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert!(most <= 16, "log work held {most} slots");
+    assert!(stat(&rt, |s| &s.log_dropped) >= 200 - 16);
+    wait_clean(&rt);
 }
 
 #[test]
