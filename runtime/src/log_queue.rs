@@ -21,6 +21,11 @@
 //! - **Idle**: it announces that it is parked ([`LogQueue::submit`] then unparks it once) and
 //!   sleeps until then, or until the deadline of a log call it waits for. So an idle proxy's log
 //!   thread does not tick, and the first request after a pause is logged at once.
+//! - **Full**: a log call that goes pending (or to a worker ring) parks its job, not the thread,
+//!   and the job keeps its slot; while as many jobs are parked as the queue is long the thread
+//!   takes no more from the queue and sleeps until a parked call completes or reaches its
+//!   deadline. Log work thus holds at most twice the queue's length in slots; the queue fills
+//!   meanwhile and producers drop their log phases (counted).
 //!
 //! The hand-over ([`Handoff`]) is the classic "parked flag" protocol: the log thread stores `parked` and then
 //! looks at the queue; a producer pushes and then looks at `parked`; a `SeqCst` fence on each side
@@ -99,6 +104,9 @@ struct Shared {
     /// it, then looks whether the queue is half full; a producer that finds the queue half full
     /// after its push unparks it.
     burst: Handoff,
+    /// Half the queue's length: a producer that finds this many jobs queued while the busy log
+    /// thread sleeps wakes it, and the thread does not sleep with this many queued.
+    half: usize,
     /// A log call the thread waits for completed (the waker fired).
     woken: AtomicBool,
     /// The runtime is gone: the thread exits (no job can be left, as jobs hold the runtime).
@@ -131,9 +139,6 @@ impl Wake for Token {
 pub(crate) struct LogQueue {
     tx: Sender<LogJob>,
     wake: Arc<Shared>,
-    /// Half the queue's length: a producer that finds this many jobs queued while the busy log
-    /// thread sleeps wakes it.
-    half: usize,
 }
 
 impl LogQueue {
@@ -143,6 +148,7 @@ impl LogQueue {
         let wake = Arc::new(Shared {
             handoff: Handoff::new(),
             burst: Handoff::new(),
+            half: len.div_ceil(2),
             woken: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             thread: std::sync::OnceLock::new(),
@@ -153,11 +159,7 @@ impl LogQueue {
             .spawn(move || log_thread(rx, shared, weak))
             .expect("spawn weft-log thread");
         let _ = wake.thread.set(handle.thread().clone());
-        LogQueue {
-            tx,
-            wake,
-            half: len.div_ceil(2),
-        }
+        LogQueue { tx, wake }
     }
 
     /// Queues `job`; gives it back when the queue is full.
@@ -168,7 +170,7 @@ impl LogQueue {
         // busy thread sleeps (its head index is written once a batch, so the read mostly hits the
         // producer's cache).
         if self.wake.handoff.after_push()
-            || (self.wake.burst.announced() && self.tx.len() >= self.half && self.wake.burst.after_push())
+            || (self.wake.burst.announced() && self.tx.len() >= self.wake.half && self.wake.burst.after_push())
         {
             self.wake.unpark();
         }
@@ -237,8 +239,6 @@ fn log_loop(first: LogJob, rx: &Receiver<LogJob>, wake: &Arc<Shared>, len: usize
     let mut parked: Vec<LogJob> = first.step(&mut cx).into_iter().collect();
     let mut last_job = Instant::now();
     let mut period = Period::new(len);
-    // What `LogQueue::half` is: a push that finds this many queued wakes the sleeping thread.
-    let half = len.div_ceil(2);
     loop {
         let mut got = 0;
         // A parked job keeps its slot: while as many are parked as the queue is long, no more
@@ -261,15 +261,14 @@ fn log_loop(first: LogJob, rx: &Receiver<LogJob>, wake: &Arc<Shared>, len: usize
             return;
         }
         let now = Instant::now();
+        let next_deadline = parked.iter().filter_map(LogJob::deadline).min();
+        let until_deadline = next_deadline.map(|d| d.saturating_duration_since(now));
         if parked.len() >= len {
             // Full: only a completion (the waker sets `woken`, then unparks) or a deadline
             // frees room, not the queue. An unpark between the look and the park makes the park
             // return at once. (`closed` cannot be set meanwhile: parked jobs hold the runtime.)
-            let until_deadline = parked.iter().filter_map(LogJob::deadline).min();
             if !wake.woken.load(Ordering::SeqCst) {
-                std::thread::park_timeout(
-                    until_deadline.map_or(Duration::from_secs(3600), |d| d.saturating_duration_since(now)),
-                );
+                std::thread::park_timeout(until_deadline.unwrap_or(Duration::from_secs(3600)));
             }
             continue;
         }
@@ -277,13 +276,11 @@ fn log_loop(first: LogJob, rx: &Receiver<LogJob>, wake: &Arc<Shared>, len: usize
         if got > 0 {
             last_job = now;
         }
-        let next_deadline = parked.iter().filter_map(LogJob::deadline).min();
-        let until_deadline = next_deadline.map(|d| d.saturating_duration_since(now));
         if now.duration_since(last_job) < IDLE_AFTER {
             // Busy: look again after the period; producers do not wake this thread, unless the
             // queue fills to half meanwhile.
             let sleep = until_deadline.map_or(sleep, |d| d.min(sleep));
-            if wake.burst.before_park(|| rx.len() >= half) {
+            if wake.burst.before_park(|| rx.len() >= wake.half) {
                 std::thread::park_timeout(sleep);
                 wake.burst.after_park();
             }
