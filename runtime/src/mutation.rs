@@ -199,20 +199,43 @@ enum Op {
 }
 
 /// The head changes of a batch, in record order. The first is kept inline: most batches hold
-/// one or none, and a `Vec` would be a heap allocation on every call that changes anything.
+/// one or none. The rest go in a list whose buffer the thread keeps from one applied batch to
+/// the next ([`SPARE_OPS`]): a plugin that changes two or more headers per call would otherwise
+/// cost a heap allocation on every call. (A batch dropped unapplied, after a refusal or with a
+/// local reply, frees its buffer.)
 #[derive(Debug, Default)]
 struct Ops {
     first: Option<Op>,
     rest: Vec<Op>,
 }
 
+/// The most changes a list buffer kept for reuse holds: a thread keeps at most one buffer of
+/// this many, and a batch that grew a longer one frees it.
+const SPARE_OPS_MAX: usize = 16;
+
+thread_local! {
+    /// The buffer of the last applied batch's list (empty, capacity ≤ [`SPARE_OPS_MAX`]), for
+    /// the next batch built on this thread.
+    static SPARE_OPS: std::cell::Cell<Vec<Op>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 impl Ops {
+    #[inline(always)]
     fn push(&mut self, op: Op) {
         if self.first.is_none() {
             self.first = Some(op);
-        } else {
-            self.rest.push(op);
+            return;
         }
+        if self.rest.capacity() == 0 {
+            self.rest = Self::spare();
+        }
+        self.rest.push(op);
+    }
+
+    /// The thread's kept buffer (a thread tearing down its thread-locals gets a new one).
+    #[inline(never)]
+    fn spare() -> Vec<Op> {
+        SPARE_OPS.try_with(std::cell::Cell::take).unwrap_or_default()
     }
 
     fn is_empty(&self) -> bool {
@@ -222,14 +245,32 @@ impl Ops {
     fn iter(&self) -> impl Iterator<Item = &Op> {
         self.first.iter().chain(&self.rest)
     }
-}
 
-impl IntoIterator for Ops {
-    type Item = Op;
-    type IntoIter = std::iter::Chain<std::option::IntoIter<Op>, std::vec::IntoIter<Op>>;
+    /// Hands `f` the changes in record order, then gives the list's buffer to the thread.
+    #[inline(always)]
+    fn apply(mut self, mut f: impl FnMut(Op)) {
+        if let Some(op) = self.first.take() {
+            f(op);
+        }
+        if self.rest.capacity() == 0 {
+            return;
+        }
+        // Reversed and popped rather than drained: a `Drain` costs its own bookkeeping, and a
+        // list of one or two is reversed for nothing.
+        self.rest.reverse();
+        while let Some(op) = self.rest.pop() {
+            f(op);
+        }
+        Self::keep(self.rest);
+    }
 
-    fn into_iter(self) -> Self::IntoIter {
-        self.first.into_iter().chain(self.rest)
+    /// Keeps an emptied list buffer for the thread's next batch, unless it grew too long.
+    #[inline(never)]
+    fn keep(rest: Vec<Op>) {
+        if rest.capacity() <= SPARE_OPS_MAX {
+            // Replaces (and frees) a buffer already kept, if two batches were alive at once.
+            let _ = SPARE_OPS.try_with(|spare| spare.set(rest));
+        }
     }
 }
 
@@ -839,13 +880,11 @@ impl Batch {
     pub fn apply_to_request(self, parts: &mut http::request::Parts) -> UriChange {
         let mut path: Option<Vec<u8>> = None;
         let mut query: Option<Vec<u8>> = None;
-        for op in self.ops {
-            match Self::apply_headers(op, &mut parts.headers) {
-                Some(Op::SetPath(p)) => path = Some(p),
-                Some(Op::SetQuery(q)) => query = Some(q),
-                _ => {}
-            }
-        }
+        self.ops.apply(|op| match Self::apply_headers(op, &mut parts.headers) {
+            Some(Op::SetPath(p)) => path = Some(p),
+            Some(Op::SetQuery(q)) => query = Some(q),
+            _ => {}
+        });
         if path.is_none() && query.is_none() {
             return UriChange::Unchanged;
         }
@@ -881,11 +920,11 @@ impl Batch {
 
     /// Applies header and status changes to a response head.
     pub fn apply_to_response(self, parts: &mut http::response::Parts) {
-        for op in self.ops {
+        self.ops.apply(|op| {
             if let Some(Op::SetStatus(s)) = Self::apply_headers(op, &mut parts.headers) {
                 parts.status = s;
             }
-        }
+        });
     }
 }
 
@@ -927,6 +966,47 @@ mod tests {
         encode_record(out, op as u32, arg, a, b);
     }
 
+    /// A batch's list of changes past the first reuses the buffer the thread kept from the
+    /// last applied batch (changes applied in record order), a batch dropped unapplied keeps
+    /// nothing, and a buffer grown past [`SPARE_OPS_MAX`] is not kept: what a thread holds stays
+    /// bounded whatever a plugin writes.
+    #[test]
+    fn the_list_buffer_is_kept_per_thread_and_bounded() {
+        let spare = || {
+            SPARE_OPS.with(|s| {
+                let v = s.take();
+                let cap = v.capacity();
+                s.set(v);
+                cap
+            })
+        };
+        let batch = |n: usize| {
+            let mut b = Vec::new();
+            for i in 0..n {
+                rec(&mut b, M::SetRequestHeader, 0, format!("x-h{i}").as_bytes(), b"v");
+            }
+            decode(&b, b.len(), WeftPhase::RequestHeaders).unwrap()
+        };
+        let apply = |b: Batch| b.apply_to_request(&mut req());
+        drop(batch(3));
+        assert_eq!(spare(), 0, "a batch dropped unapplied keeps nothing");
+        apply(batch(3));
+        let kept = spare();
+        assert!((2..=SPARE_OPS_MAX).contains(&kept), "kept {kept}");
+        let b = batch(3);
+        assert_eq!(spare(), 0, "the next batch took the kept buffer");
+        let mut parts = req();
+        b.apply_to_request(&mut parts);
+        assert_eq!(spare(), kept, "given back once applied");
+        for i in 0..3 {
+            assert_eq!(parts.headers[format!("x-h{i}").as_str()], "v");
+        }
+        apply(batch(SPARE_OPS_MAX + 8));
+        assert_eq!(spare(), 0, "a longer list's buffer is freed, not kept");
+        apply(batch(2));
+        assert!(spare() > 0);
+    }
+
     /// The header cache never lets through what the checks refuse: a reserved or invalid name,
     /// or a bad value, is refused every time, a name or value differing from a kept one in
     /// case, length or one byte is checked on its own, and more names than the cache holds still
@@ -937,7 +1017,7 @@ mod tests {
             let mut b = Vec::new();
             rec(&mut b, M::SetRequestHeader, 0, name, b"v");
             decode(&b, b.len(), WeftPhase::RequestHeaders).map(|batch| {
-                match batch.ops.into_iter().collect::<Vec<_>>().as_slice() {
+                match batch.ops.iter().collect::<Vec<_>>().as_slice() {
                     [Op::SetHeader(n, _)] => n.as_str().to_owned(),
                     _ => panic!("one set-header op expected"),
                 }
@@ -975,7 +1055,7 @@ mod tests {
             let mut b = Vec::new();
             rec(&mut b, M::SetRequestHeader, 0, b"x-v", value);
             decode(&b, b.len(), WeftPhase::RequestHeaders).map(|batch| {
-                match batch.ops.into_iter().collect::<Vec<_>>().as_slice() {
+                match batch.ops.iter().collect::<Vec<_>>().as_slice() {
                     [Op::SetHeader(_, v)] => v.as_bytes().to_vec(),
                     _ => panic!("one set-header op expected"),
                 }
@@ -1021,6 +1101,20 @@ mod tests {
         assert!(p.headers.get("drop").is_none());
         assert_eq!(p.headers["keep"], "1");
         assert_eq!(p.uri, "/rewritten?x=1");
+        // Order-sensitive changes past the first (in the list, the second time in the buffer the
+        // first batch left the thread): applied in record order, or `x-new` would end up absent.
+        for _ in 0..2 {
+            let mut b = Vec::new();
+            rec(&mut b, M::SetRequestHeader, 0, b"keep", b"2");
+            rec(&mut b, M::RemoveRequestHeader, 0, b"x-new", b"");
+            rec(&mut b, M::SetRequestHeader, 0, b"x-new", b"v3");
+            rec(&mut b, M::AddRequestHeader, 0, b"x-new", b"v4");
+            decode(&b, b.len(), WeftPhase::RequestHeaders)
+                .unwrap()
+                .apply_to_request(&mut p);
+            let vals: Vec<_> = p.headers.get_all("x-new").iter().map(|v| v.to_str().unwrap()).collect();
+            assert_eq!(vals, ["v3", "v4"]);
+        }
     }
 
     #[test]
