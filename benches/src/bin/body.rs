@@ -14,7 +14,7 @@
 use std::convert::Infallible;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::task::{Context, Poll};
@@ -26,6 +26,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use weft_benches::report::{target_dir, workspace_root};
 
@@ -194,108 +195,22 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() {
     let args = Args::parse();
-    let bin = args.weft_bin.clone().unwrap_or_else(|| {
-        let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "-p", "weft-proxy"])
-            .current_dir(workspace_root())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "cargo build --release -p weft-proxy failed");
-        target_dir().join("release/weft-proxy")
-    });
-    let lib = weft_test_support::go_library("test").to_path_buf();
+    let bin = args.weft_bin.clone().unwrap_or_else(build_proxy);
     let up = spawn_upstream(args.chunk);
-    let addr = weft_test_support::free_port();
     let dir = std::env::temp_dir().join(format!("weft-body-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("weft.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen: {addr}\nlibraries:\n  - {{ name: examples, path: {:?} }}\nplugins:\n  - {{ name: pass, library: examples, plugin: bench-body-pass }}\n  - {{ name: count, library: examples, plugin: test-body-count }}\nupstreams:\n  - {{ name: up, addresses: [\"{up}\"] }}\nroutes:\n  - {{ path_prefix: /pass, upstream: up, plugins: [pass] }}\n  - {{ path_prefix: /count, upstream: up, plugins: [count] }}\n  - {{ path_prefix: /, upstream: up }}\n",
-            lib.display().to_string()
-        ),
-    )
-    .unwrap();
-    let mut child: Child = Command::new(&bin)
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn weft-proxy");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "proxy not ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut child, addr) = start_proxy(&bin, &dir, up);
     let pid = child.id();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    let bytes = args.mib << 20;
     let report = rt.block_on(async {
         let client: Client<_, ClientBody> = Client::builder(TokioExecutor::new()).build_http();
-        // Warm-up.
-        download(&client, addr, "/pass/d", 64 << 20).await;
-        download(&client, addr, "/plain/d", 64 << 20).await;
-        let (mut dp, mut dn, mut upp, mut upn) = (vec![], vec![], vec![], vec![]);
-        for round in 0..args.rounds {
-            // Alternate which configuration goes first.
-            let order: [(&str, bool); 2] = if round % 2 == 0 {
-                [("/pass/d", true), ("/plain/d", false)]
-            } else {
-                [("/plain/d", false), ("/pass/d", true)]
-            };
-            for (path, plugin) in order {
-                let d = download(&client, addr, path, bytes).await;
-                let u = upload(&client, addr, path, bytes, args.chunk).await;
-                if plugin {
-                    dp.push(d);
-                    upp.push(u);
-                } else {
-                    dn.push(d);
-                    upn.push(u);
-                }
-            }
-            eprintln!(
-                "round {round}: down {:.0}/{:.0} up {:.0}/{:.0} MiB/s (plugin/none)",
-                dp[round], dn[round], upp[round], upn[round]
-            );
-        }
-        // RSS: 1 GiB each way through the streamed-mode counting plugin.
-        let baseline = status_kib(pid, "VmRSS:");
-        let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
-        download(&client, addr, "/count/d", 1 << 30).await;
-        upload(&client, addr, "/count/u", 1 << 30, args.chunk).await;
-        let peak = if reset {
-            status_kib(pid, "VmHWM:")
-        } else {
-            status_kib(pid, "VmRSS:")
-        };
-        let (mdp, mdn, mup, mun) = (median(&mut dp), median(&mut dn), median(&mut upp), median(&mut upn));
-        format!(
-            "# weft body phases: streamed throughput and memory\n\n\
-             {} rounds of {} MiB per transfer, {} KiB upstream chunks / upload frames, release `weft-proxy`, \
-             one loopback connection at a time. Plugin: `bench-body-pass` (Go, streamed request and response \
-             body, passes every chunk unchanged).\n\n\
-             | direction | with body plugin (median MiB/s) | without (median MiB/s) | ratio |\n|---|---|---|---|\n\
-             | download (response body) | {mdp:.0} | {mdn:.0} | {:.3} |\n\
-             | upload (request body) | {mup:.0} | {mun:.0} | {:.3} |\n\n\
-             Resident memory while 1 GiB streamed down and 1 GiB up through `test-body-count` (streamed): \
-             VmRSS before {baseline} KiB, peak {peak} KiB ({}), growth **{} KiB**.\n",
-            args.rounds,
-            args.mib,
-            args.chunk / 1024,
-            mdp / mdn,
-            mup / mun,
-            if reset { "VmHWM after clear_refs" } else { "VmRSS after" },
-            peak.saturating_sub(baseline),
-        )
+        let mut speeds = throughput(&client, addr, &args).await;
+        let memory = memory(&client, addr, pid, args.chunk).await;
+        report(&args, &mut speeds, memory)
     });
     let _ = child.kill();
     let _ = child.wait();
@@ -311,4 +226,131 @@ fn main() {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("body.md"), &report).unwrap();
     println!("{report}");
+}
+
+/// `cargo build --release -p weft-proxy`, and the binary it made.
+fn build_proxy() -> PathBuf {
+    let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "-p", "weft-proxy"])
+        .current_dir(workspace_root())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "cargo build --release -p weft-proxy failed");
+    target_dir().join("release/weft-proxy")
+}
+
+/// weft-proxy in front of `up`, with a streamed pass-through body plugin on `/pass`, the
+/// counting one on `/count` and none elsewhere; returned once it accepts connections.
+fn start_proxy(bin: &Path, dir: &Path, up: SocketAddr) -> (Child, SocketAddr) {
+    let lib = weft_test_support::go_library("test").to_path_buf();
+    let addr = weft_test_support::free_port();
+    let cfg = dir.join("weft.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: {addr}\nlibraries:\n  - {{ name: examples, path: {:?} }}\nplugins:\n  - {{ name: pass, library: examples, plugin: bench-body-pass }}\n  - {{ name: count, library: examples, plugin: test-body-count }}\nupstreams:\n  - {{ name: up, addresses: [\"{up}\"] }}\nroutes:\n  - {{ path_prefix: /pass, upstream: up, plugins: [pass] }}\n  - {{ path_prefix: /count, upstream: up, plugins: [count] }}\n  - {{ path_prefix: /, upstream: up }}\n",
+            lib.display().to_string()
+        ),
+    )
+    .unwrap();
+    let child: Child = Command::new(bin)
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn weft-proxy");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "proxy not ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, addr)
+}
+
+/// MiB/s of each round: downloads and uploads with the pass-through plugin and without.
+#[derive(Default)]
+struct Speeds {
+    down_plugin: Vec<f64>,
+    down_none: Vec<f64>,
+    up_plugin: Vec<f64>,
+    up_none: Vec<f64>,
+}
+
+async fn throughput(client: &Client<HttpConnector, ClientBody>, addr: SocketAddr, args: &Args) -> Speeds {
+    let bytes = args.mib << 20;
+    // Warm-up.
+    download(client, addr, "/pass/d", 64 << 20).await;
+    download(client, addr, "/plain/d", 64 << 20).await;
+    let mut s = Speeds::default();
+    for round in 0..args.rounds {
+        // Alternate which configuration goes first.
+        let order: [(&str, bool); 2] = if round % 2 == 0 {
+            [("/pass/d", true), ("/plain/d", false)]
+        } else {
+            [("/plain/d", false), ("/pass/d", true)]
+        };
+        for (path, plugin) in order {
+            let d = download(client, addr, path, bytes).await;
+            let u = upload(client, addr, path, bytes, args.chunk).await;
+            if plugin {
+                s.down_plugin.push(d);
+                s.up_plugin.push(u);
+            } else {
+                s.down_none.push(d);
+                s.up_none.push(u);
+            }
+        }
+        eprintln!(
+            "round {round}: down {:.0}/{:.0} up {:.0}/{:.0} MiB/s (plugin/none)",
+            s.down_plugin[round], s.down_none[round], s.up_plugin[round], s.up_none[round]
+        );
+    }
+    s
+}
+
+/// Resident memory while 1 GiB streams each way through the streamed-mode counting plugin:
+/// VmRSS before, the peak after, and whether the peak is VmHWM after `clear_refs` (else VmRSS
+/// after).
+async fn memory(
+    client: &Client<HttpConnector, ClientBody>,
+    addr: SocketAddr,
+    pid: u32,
+    chunk: usize,
+) -> (u64, u64, bool) {
+    let baseline = status_kib(pid, "VmRSS:");
+    let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+    download(client, addr, "/count/d", 1 << 30).await;
+    upload(client, addr, "/count/u", 1 << 30, chunk).await;
+    let peak = if reset {
+        status_kib(pid, "VmHWM:")
+    } else {
+        status_kib(pid, "VmRSS:")
+    };
+    (baseline, peak, reset)
+}
+
+fn report(args: &Args, s: &mut Speeds, (baseline, peak, reset): (u64, u64, bool)) -> String {
+    let (mdp, mdn) = (median(&mut s.down_plugin), median(&mut s.down_none));
+    let (mup, mun) = (median(&mut s.up_plugin), median(&mut s.up_none));
+    format!(
+        "# weft body phases: streamed throughput and memory\n\n\
+         {} rounds of {} MiB per transfer, {} KiB upstream chunks / upload frames, release `weft-proxy`, \
+         one loopback connection at a time. Plugin: `bench-body-pass` (Go, streamed request and response \
+         body, passes every chunk unchanged).\n\n\
+         | direction | with body plugin (median MiB/s) | without (median MiB/s) | ratio |\n|---|---|---|---|\n\
+         | download (response body) | {mdp:.0} | {mdn:.0} | {:.3} |\n\
+         | upload (request body) | {mup:.0} | {mun:.0} | {:.3} |\n\n\
+         Resident memory while 1 GiB streamed down and 1 GiB up through `test-body-count` (streamed): \
+         VmRSS before {baseline} KiB, peak {peak} KiB ({}), growth **{} KiB**.\n",
+        args.rounds,
+        args.mib,
+        args.chunk / 1024,
+        mdp / mdn,
+        mup / mun,
+        if reset { "VmHWM after clear_refs" } else { "VmRSS after" },
+        peak.saturating_sub(baseline),
+    )
 }

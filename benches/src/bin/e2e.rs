@@ -1055,7 +1055,7 @@ struct Summary {
     p99_added_vs_inproc_us: Option<f64>,
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Clone, Debug, Default)]
 struct ProfileResult {
     samples: Vec<Sample>,
     median: Option<Summary>,
@@ -1226,41 +1226,76 @@ fn markdown(rep: &Report) -> String {
     s
 }
 
-fn goals(rep: &Report) -> String {
-    let get = |key: &str, prof: &str| {
-        rep.targets
+/// The medians of a report by configuration and profile, for the goal lines.
+struct Medians<'a> {
+    rep: &'a Report,
+    /// The throughput profile's name, and the light-load profile's (the throughput one when
+    /// the run had no light-load profile).
+    thr: String,
+    lat: String,
+}
+
+impl<'a> Medians<'a> {
+    fn new(rep: &'a Report) -> Self {
+        let thr = rep.profiles.first().map(|p| p.name.clone()).unwrap_or_default();
+        let lat = rep
+            .profiles
+            .get(1)
+            .map(|p| p.name.clone())
+            .unwrap_or_else(|| thr.clone());
+        Medians { rep, thr, lat }
+    }
+
+    fn get(&self, key: &str, prof: &str) -> Option<Summary> {
+        self.rep
+            .targets
             .iter()
             .find(|t| t.key == key)
             .and_then(|t| t.profiles.get(prof))
             .and_then(|p| p.median.clone())
-    };
-    let thr = rep.profiles.first().map(|p| p.name.clone()).unwrap_or_default();
-    let lat = rep
-        .profiles
-        .get(1)
-        .map(|p| p.name.clone())
-        .unwrap_or_else(|| thr.clone());
-    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    }
+
+    /// A goal line for `num`'s req/s against `den`'s in the throughput profile.
+    fn ratio_goal(&self, s: &mut String, what: &str, num: &str, den: &str, min: f64) {
+        match (self.get(num, &self.thr), self.get(den, &self.thr)) {
+            (Some(a), Some(b)) => {
+                let r = a.rps / b.rps;
+                let _ = writeln!(s, "- {what}: {r:.2}× — {}", verdict(r >= min));
+            }
+            _ => {
+                let _ = writeln!(s, "- {what}: not measured");
+            }
+        }
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
+}
+
+fn goals(rep: &Report) -> String {
+    let m = Medians::new(rep);
     let mut s = String::from("Goals:\n\n");
-    let ratio_goal = |s: &mut String, what: &str, num: &str, den: &str, min: f64| match (get(num, &thr), get(den, &thr))
-    {
-        (Some(a), Some(b)) => {
-            let r = a.rps / b.rps;
-            let _ = writeln!(s, "- {what}: {r:.2}× — {}", verdict(r >= min));
-        }
-        _ => {
-            let _ = writeln!(s, "- {what}: not measured");
-        }
-    };
-    ratio_goal(&mut s, "weft, no plugins ≥ nginx in req/s", "weft", "nginx", 1.0);
-    ratio_goal(
-        &mut s,
+    proxy_goals(&m, &mut s);
+    s.push_str("\nThe same plugin on the worker pool (a blocking-marked plugin against the inline one):\n\n");
+    pool_lines(&m, &mut s);
+    s.push_str("\nA plugin costs what its phase costs:\n\n");
+    plugin_cost_goals(&m, &mut s);
+    s
+}
+
+/// weft against nginx, the in-process plugin's cost, NATS and TLS.
+fn proxy_goals(m: &Medians, s: &mut String) {
+    let (thr, lat) = (&m.thr, &m.lat);
+    m.ratio_goal(s, "weft, no plugins ≥ nginx in req/s", "weft", "nginx", 1.0);
+    m.ratio_goal(
+        s,
         "weft + in-process header plugin ≥ 0.95× weft, no plugins",
         "weft-inproc",
         "weft",
         0.95,
     );
-    match (get("weft-inproc", &lat), get("weft", &lat)) {
+    match (m.get("weft-inproc", lat), m.get("weft", lat)) {
         (Some(p), Some(w)) => {
             let d = p.p99_us - w.p99_us;
             let _ = writeln!(
@@ -1271,14 +1306,14 @@ fn goals(rep: &Report) -> String {
         }
         _ => s.push_str("- in-process plugin adds ≤ 10 µs at p99: not measured\n"),
     }
-    ratio_goal(
-        &mut s,
+    m.ratio_goal(
+        s,
         "NATS, one remote phase ≥ 0.5× in-process",
         "weft-nats-1",
         "weft-inproc",
         0.5,
     );
-    match get("weft-nats-1", &thr) {
+    match m.get("weft-nats-1", thr) {
         Some(n) => {
             let _ = writeln!(
                 s,
@@ -1289,14 +1324,14 @@ fn goals(rep: &Report) -> String {
         }
         None => s.push_str("- NATS, one remote phase ≥ 10k req/s: not measured\n"),
     }
-    ratio_goal(
-        &mut s,
+    m.ratio_goal(
+        s,
         "weft HTTPS ≥ nginx HTTPS in req/s (keep-alive, same certificate)",
         "weft-https",
         "nginx-https",
         1.0,
     );
-    match (get("weft-handshakes", &thr), get("nginx-handshakes", &thr)) {
+    match (m.get("weft-handshakes", thr), m.get("nginx-handshakes", thr)) {
         (Some(w), Some(n)) => {
             let _ = writeln!(
                 s,
@@ -1308,8 +1343,12 @@ fn goals(rep: &Report) -> String {
         }
         _ => s.push_str("- TLS handshakes per second: not measured\n"),
     }
-    s.push_str("\nThe same plugin on the worker pool (a blocking-marked plugin against the inline one):\n\n");
-    match (get(POOL, &thr), get(BASE_INPROC, &thr)) {
+}
+
+/// The worker-pool row against the in-process one, in both profiles.
+fn pool_lines(m: &Medians, s: &mut String) {
+    let (thr, lat) = (&m.thr, &m.lat);
+    match (m.get(POOL, thr), m.get(BASE_INPROC, thr)) {
         (Some(w), Some(p)) => {
             let _ = writeln!(
                 s,
@@ -1323,7 +1362,7 @@ fn goals(rep: &Report) -> String {
         }
         _ => s.push_str("- req/s against in-process: not measured\n"),
     }
-    match (get(POOL, &lat), get(BASE_INPROC, &lat)) {
+    match (m.get(POOL, lat), m.get(BASE_INPROC, lat)) {
         (Some(w), Some(p)) => {
             let _ = writeln!(
                 s,
@@ -1334,7 +1373,11 @@ fn goals(rep: &Report) -> String {
         }
         _ => s.push_str("- latency against in-process: not measured\n"),
     }
-    s.push_str("\nA plugin costs what its phase costs:\n\n");
+}
+
+/// The plugin rows against weft without plugins and against nginx + Lua.
+fn plugin_cost_goals(m: &Medians, s: &mut String) {
+    let thr = &m.thr;
     for (key, base, goal, what) in [
         (
             "weft-inproc",
@@ -1356,7 +1399,7 @@ fn goals(rep: &Report) -> String {
         ),
         ("nginx-lua", "nginx", 0.0, "nginx + Lua against plain nginx (reference)"),
     ] {
-        match (get(key, &thr), get(base, &thr)) {
+        match (m.get(key, thr), m.get(base, thr)) {
             (Some(a), Some(b)) => {
                 let r = a.rps / b.rps;
                 let cpu = match (a.cpu_us_per_req, b.cpu_us_per_req) {
@@ -1375,13 +1418,19 @@ fn goals(rep: &Report) -> String {
             }
         }
     }
+    switches_and_light_load(m, s);
+}
+
+/// Context switches per request of the weft rows, and what the Go plugin adds at light load.
+fn switches_and_light_load(m: &Medians, s: &mut String) {
+    let (thr, lat) = (&m.thr, &m.lat);
     let _ = writeln!(
         s,
         "- context switches per request, all threads / the Go runtime's ({thr}; {lat}):"
     );
     for key in ["weft", "weft-inproc", "weft-c"] {
         let cs = |prof: &str| {
-            get(key, prof).map_or("not measured".to_string(), |m| {
+            m.get(key, prof).map_or("not measured".to_string(), |m| {
                 format!(
                     "{} / {}",
                     fmt_opt(m.switches_per_req, |v| format!("{v:.2}")),
@@ -1389,9 +1438,9 @@ fn goals(rep: &Report) -> String {
                 )
             })
         };
-        let _ = writeln!(s, "  - {key}: {}; {}", cs(&thr), cs(&lat));
+        let _ = writeln!(s, "  - {key}: {}; {}", cs(thr), cs(lat));
     }
-    match (get("weft-inproc", &lat), get("weft", &lat)) {
+    match (m.get("weft-inproc", lat), m.get("weft", lat)) {
         (Some(p), Some(w)) => {
             let d = p.p50_us - w.p50_us;
             let cpu = match (p.cpu_us_per_req, w.cpu_us_per_req) {
@@ -1410,7 +1459,6 @@ fn goals(rep: &Report) -> String {
         }
         _ => s.push_str("- the Go plugin at light load: not measured\n"),
     }
-    s
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1428,7 +1476,7 @@ fn chart(rep: &Report, path: &Path) -> Result<(), String> {
     let n = rep.targets.len();
     let panels = 2 + rep.profiles.len();
     let panel_h = 70 + 34 * n as u32;
-    let (w, h) = (1100u32, 60 + panel_h * panels as u32);
+    let (w, h) = (1220u32, 60 + panel_h * panels as u32);
     let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
     let e = |e: DrawingAreaErrorKind<_>| e.to_string();
     root.fill(&WHITE).map_err(e)?;
@@ -1444,7 +1492,8 @@ fn chart(rep: &Report, path: &Path) -> Result<(), String> {
     .map_err(e)?;
     let body = root.margin(50, 0, 0, 0);
     let areas = body.split_evenly((panels, 1));
-    let label_w = 300i32;
+    // Wide enough for the longest label ("weft, HTTPS new connection per request (handshakes/s)").
+    let label_w = 420i32;
     let label_style = ("sans-serif", 14)
         .into_font()
         .color(&BLACK)
@@ -1589,14 +1638,37 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let q = args.quick;
-    let rounds = args.rounds.unwrap_or(if q { 1 } else { 5 }).max(1);
-    let duration = args.duration.unwrap_or(if q { 1 } else { 10 }).max(1);
-    let connections = args.connections.unwrap_or(if q { 8 } else { 64 }).max(1);
-    let warmup = args.warmup.unwrap_or(if q { 0 } else { 2 });
-    let cores = cores();
-    let proxy_threads = args.proxy_threads.unwrap_or(cores).max(1);
+    check_tools(&args)?;
+    let plan = plan(&args)?;
+    std::fs::create_dir_all(&plan.out_dir).map_err(|e| format!("{}: {e}", plan.out_dir.display()))?;
+    std::fs::create_dir_all(&plan.work).map_err(|e| format!("{}: {e}", plan.work.display()))?;
+    std::fs::write(&plan.lua, WRK_LUA).map_err(|e| e.to_string())?;
+    let result = run_in(&args, &plan);
+    let _ = std::fs::remove_dir_all(&plan.work);
+    result
+}
 
+/// What a run is, settled from the arguments before anything starts.
+struct Plan {
+    rounds: usize,
+    duration: u64,
+    /// Connections of the throughput profile (and of the warm-up and `--perf` loads).
+    connections: usize,
+    warmup: u64,
+    cores: usize,
+    proxy_threads: usize,
+    weft_bin: PathBuf,
+    plugin_lib: PathBuf,
+    c_plugin_lib: PathBuf,
+    nats: Option<NatsTools>,
+    out_dir: PathBuf,
+    /// Scratch directory of this run (configs, certificates), removed at the end.
+    work: PathBuf,
+    /// wrk's reporting script, in `work`.
+    lua: PathBuf,
+}
+
+fn check_tools(args: &Args) -> Result<(), String> {
     for tool in [&args.wrk, &args.nginx] {
         if Command::new(tool)
             .arg("-v")
@@ -1608,6 +1680,44 @@ fn run(args: Args) -> Result<(), String> {
             return Err(format!("{tool} not found (Debian: apt-get install -y nginx wrk)"));
         }
     }
+    Ok(())
+}
+
+/// Whether `--only` selects `t`.
+fn selected(args: &Args, t: &Target) -> bool {
+    args.only.is_empty() || args.only.iter().any(|k| k == t.key)
+}
+
+fn plan(args: &Args) -> Result<Plan, String> {
+    let q = args.quick;
+    let cores = cores();
+    let work = std::env::temp_dir().join(format!("weft-e2e-{}", std::process::id()));
+    let (weft_bin, plugin_lib, c_plugin_lib) = binaries(args)?;
+    let wants_nats = targets()
+        .iter()
+        .filter(|t| selected(args, t))
+        .any(|t| matches!(t.kind, Kind::Nats { .. }));
+    Ok(Plan {
+        rounds: args.rounds.unwrap_or(if q { 1 } else { 5 }).max(1),
+        duration: args.duration.unwrap_or(if q { 1 } else { 10 }).max(1),
+        connections: args.connections.unwrap_or(if q { 8 } else { 64 }).max(1),
+        warmup: args.warmup.unwrap_or(if q { 0 } else { 2 }),
+        cores,
+        proxy_threads: args.proxy_threads.unwrap_or(cores).max(1),
+        weft_bin,
+        plugin_lib,
+        c_plugin_lib,
+        nats: if wants_nats { Some(nats_tools(args)?) } else { None },
+        out_dir: args.out.clone().unwrap_or_else(|| target_dir().join("bench")),
+        lua: work.join("report.lua"),
+        work,
+    })
+}
+
+/// weft-proxy, the Go plugin library and the C plugin library, as absolute paths (the weft
+/// config names the libraries; relative paths there resolve against the config's dir): given,
+/// or built.
+fn binaries(args: &Args) -> Result<(PathBuf, PathBuf, PathBuf), String> {
     let weft_bin = match &args.weft_bin {
         Some(p) => p.clone(),
         None => build_weft_proxy("e2e")?,
@@ -1622,12 +1732,9 @@ fn run(args: Args) -> Result<(), String> {
             weft_test_support::go_library("test").to_path_buf()
         }
     };
-    // The weft config names the library; relative paths there resolve against the config's dir.
-    let plugin_lib = std::path::absolute(&plugin_lib).map_err(|e| e.to_string())?;
-    let selected = |t: &Target| args.only.is_empty() || args.only.iter().any(|k| k == t.key);
     let wants_c = targets()
         .iter()
-        .filter(|t| selected(t))
+        .filter(|t| selected(args, t))
         .any(|t| matches!(t.kind, Kind::Weft { chain } if chain.iter().any(|p| p.lib == Lib::C)));
     let c_plugin_lib = match &args.c_plugin_lib {
         Some(p) => p.clone(),
@@ -1637,74 +1744,28 @@ fn run(args: Args) -> Result<(), String> {
         }
         None => PathBuf::from("libweft_c_stamp.so"),
     };
-    let c_plugin_lib = std::path::absolute(&c_plugin_lib).map_err(|e| e.to_string())?;
-    let weft_bin = std::path::absolute(&weft_bin).map_err(|e| e.to_string())?;
-    let wants_nats = targets()
-        .iter()
-        .filter(|t| args.only.is_empty() || args.only.iter().any(|k| k == t.key))
-        .any(|t| matches!(t.kind, Kind::Nats { .. }));
-    let nats = if wants_nats { Some(nats_tools(&args)?) } else { None };
-    let out_dir = args.out.clone().unwrap_or_else(|| target_dir().join("bench"));
-    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
-    let work = std::env::temp_dir().join(format!("weft-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-    let lua = work.join("report.lua");
-    std::fs::write(&lua, WRK_LUA).map_err(|e| e.to_string())?;
-
-    let result = run_in(
-        &args,
-        rounds,
-        duration,
-        connections,
-        warmup,
-        cores,
-        proxy_threads,
-        &weft_bin,
-        &plugin_lib,
-        &c_plugin_lib,
-        nats.as_ref(),
-        &out_dir,
-        &work,
-        &lua,
-    );
-    let _ = std::fs::remove_dir_all(&work);
-    result
+    let absolute = |p: &Path| std::path::absolute(p).map_err(|e| e.to_string());
+    Ok((absolute(&weft_bin)?, absolute(&plugin_lib)?, absolute(&c_plugin_lib)?))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_in(
-    args: &Args,
-    rounds: usize,
-    duration: u64,
-    connections: usize,
-    warmup: u64,
-    cores: usize,
-    proxy_threads: usize,
-    weft_bin: &Path,
-    plugin_lib: &Path,
-    c_plugin_lib: &Path,
-    nats: Option<&NatsTools>,
-    out_dir: &Path,
-    work: &Path,
-    lua: &Path,
-) -> Result<(), String> {
+/// Starts the upstream and every selected configuration, measures them round by round, then
+/// checks that the runner worked and writes the report.
+fn run_in(args: &Args, plan: &Plan) -> Result<(), String> {
     let loadavg = loadavg();
     let (upstream, counters) = start_upstream(args.upstream_threads)?;
     let env = Env {
         args,
-        proxy_threads,
+        proxy_threads: plan.proxy_threads,
         upstream,
-        weft_bin,
-        plugin_lib,
-        c_plugin_lib,
-        dir: work,
-        nats,
+        weft_bin: &plan.weft_bin,
+        plugin_lib: &plan.plugin_lib,
+        c_plugin_lib: &plan.c_plugin_lib,
+        dir: &plan.work,
+        nats: plan.nats.as_ref(),
     };
-    let tck = clock_ticks_per_sec();
-
     let mut profiles = vec![Profile {
         name: "throughput".into(),
-        connections,
+        connections: plan.connections,
     }];
     if args.latency_connections > 0 {
         profiles.push(Profile {
@@ -1712,74 +1773,34 @@ fn run_in(
             connections: args.latency_connections,
         });
     }
-
-    // Start every available configuration once; they stay up for all rounds.
-    let all: Vec<Target> = targets()
-        .into_iter()
-        .filter(|t| args.only.is_empty() || args.only.iter().any(|k| k == t.key))
-        .collect();
-    let mut results: Vec<TargetResult> = Vec::new();
-    let mut running: Vec<Option<Running>> = Vec::new();
-    for t in &all {
-        let mut res = TargetResult {
-            key: t.key.into(),
-            label: t.label.into(),
-            available: false,
-            note: None,
-            peak_rss_kib: None,
-            profiles: BTreeMap::new(),
-        };
-        if let Some(reason) = unavailable(t, &env) {
-            eprintln!("e2e: {}: {reason}", t.label);
-            res.note = Some(reason);
-            running.push(None);
-        } else {
-            let mut r = start(t, &env).map_err(|e| format!("{}: {e}", t.label))?;
-            wait_ready(&mut r, t.label)?;
-            res.available = true;
-            running.push(Some(r));
-        }
-        results.push(res);
-    }
-    let load = |c: usize, s: u64| Load {
+    let all: Vec<Target> = targets().into_iter().filter(|t| selected(args, t)).collect();
+    let (mut results, running) = start_all(&all, &env)?;
+    let load = |connections: usize, seconds: u64| Load {
         wrk: &args.wrk,
-        lua,
+        lua: &plan.lua,
         threads: args.wrk_threads,
-        connections: c,
-        seconds: s,
+        connections,
+        seconds,
     };
-
-    if warmup > 0 {
+    if plan.warmup > 0 {
         for (t, r) in all.iter().zip(&running) {
             if let Some(r) = r {
-                eprintln!("e2e: warm-up {} ({warmup} s)", t.label);
-                run_wrk(&load(connections, warmup), r)?;
+                eprintln!("e2e: warm-up {} ({} s)", t.label, plan.warmup);
+                run_wrk(&load(plan.connections, plan.warmup), r)?;
             }
         }
     }
-    for round in 0..rounds {
+    let tck = clock_ticks_per_sec();
+    for round in 0..plan.rounds {
         for prof in &profiles {
             for (i, (t, r)) in all.iter().zip(&running).enumerate() {
                 let Some(r) = r else { continue };
-                let s = measure(&load(prof.connections, duration), r, &counters, round, tck)?;
-                eprintln!(
-                    "e2e: round {}/{rounds} {:<10} {:<36} {:>9.0} req/s  p50 {:>5.0} µs  p99 {:>6.0} µs  p99.9 {:>6.0} µs  cpu {}",
-                    round + 1,
-                    prof.name,
-                    t.label,
-                    s.rps,
-                    s.p50_us,
-                    s.p99_us,
-                    s.p999_us,
-                    fmt_opt(s.cpu_s, |v| format!("{v:.2} s")),
-                );
+                let s = measure(&load(prof.connections, plan.duration), r, &counters, round, tck)?;
+                log_sample(round, plan.rounds, &prof.name, t.label, &s);
                 results[i]
                     .profiles
                     .entry(prof.name.clone())
-                    .or_insert(ProfileResult {
-                        samples: vec![],
-                        median: None,
-                    })
+                    .or_default()
                     .samples
                     .push(s);
             }
@@ -1788,12 +1809,91 @@ fn run_in(
     if args.perf {
         for (t, r) in all.iter().zip(&running) {
             if let Some(r) = r {
-                let path = out_dir.join(format!("perf-{}.txt", t.key));
-                profile(&load(connections, duration), r, work, &path)?;
+                let path = plan.out_dir.join(format!("perf-{}.txt", t.key));
+                profile(&load(plan.connections, plan.duration), r, &plan.work, &path)?;
                 eprintln!("e2e: perf report of {} -> {}", t.label, path.display());
             }
         }
     }
+    finish(&all, &mut results, running, &plan.out_dir);
+    let problems = problems(&all, &results);
+    let rep = Report {
+        date_utc: date_utc(),
+        commit: commit(),
+        command: format!("cargo run --release -p weft-benches --bin e2e --{}", argv()),
+        machine: Machine::new(plan.cores, loadavg),
+        rounds: plan.rounds,
+        duration_s: plan.duration,
+        warmup_s: plan.warmup,
+        wrk_threads: args.wrk_threads,
+        proxy_threads: plan.proxy_threads,
+        upstream_threads: args.upstream_threads,
+        weft_bin: plan.weft_bin.display().to_string(),
+        request: format!(
+            "GET {REQUEST_PATH} (User-Agent, Accept), {} B response body",
+            UPSTREAM_BODY.len()
+        ),
+        profiles,
+        nginx_version: sh(&args.nginx, &["-v"]),
+        wrk_version: sh(&args.wrk, &["-v"]).lines().next().unwrap_or_default().to_string(),
+        targets: results,
+    };
+    write_all(&rep, &plan.out_dir)?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the runner did not work end to end:\n  {}",
+            problems.join("\n  ")
+        ))
+    }
+}
+
+/// Starts every selected configuration that this machine can run; they stay up for all rounds.
+/// A result per configuration, and its running processes (`None`: unavailable, with the reason
+/// in the result's note).
+fn start_all(all: &[Target], env: &Env) -> Result<(Vec<TargetResult>, Vec<Option<Running>>), String> {
+    let mut results = Vec::new();
+    let mut running = Vec::new();
+    for t in all {
+        let mut res = TargetResult {
+            key: t.key.into(),
+            label: t.label.into(),
+            available: false,
+            note: None,
+            peak_rss_kib: None,
+            profiles: BTreeMap::new(),
+        };
+        if let Some(reason) = unavailable(t, env) {
+            eprintln!("e2e: {}: {reason}", t.label);
+            res.note = Some(reason);
+            running.push(None);
+        } else {
+            let mut r = start(t, env).map_err(|e| format!("{}: {e}", t.label))?;
+            wait_ready(&mut r, t.label)?;
+            res.available = true;
+            running.push(Some(r));
+        }
+        results.push(res);
+    }
+    Ok((results, running))
+}
+
+fn log_sample(round: usize, rounds: usize, profile: &str, label: &str, s: &Sample) {
+    eprintln!(
+        "e2e: round {}/{rounds} {profile:<10} {label:<36} {:>9.0} req/s  p50 {:>5.0} µs  p99 {:>6.0} µs  p99.9 {:>6.0} µs  cpu {}",
+        round + 1,
+        s.rps,
+        s.p50_us,
+        s.p99_us,
+        s.p999_us,
+        fmt_opt(s.cpu_s, |v| format!("{v:.2} s")),
+    );
+}
+
+/// After the rounds: each configuration's peak RSS, medians and log; then stops them all and
+/// adds the ratios between rows.
+fn finish(all: &[Target], results: &mut [TargetResult], running: Vec<Option<Running>>, out_dir: &Path) {
     for (res, r) in results.iter_mut().zip(&running) {
         if let Some(pids) = r.as_ref().and_then(Running::pids) {
             res.peak_rss_kib = Some(peak_rss_kib(&pids));
@@ -1809,64 +1909,39 @@ fn run_in(
         }
     }
     drop(running);
-    add_ratios(&mut results);
+    add_ratios(results);
+}
 
-    // Checks that the runner worked (never on the numbers).
+/// Whether the runner worked (never a judgement of the numbers): every sample completed
+/// requests, none answered anything but 2xx, and the upstream saw the plugin rows' header on
+/// every request.
+fn problems(all: &[Target], results: &[TargetResult]) -> Vec<String> {
     let mut problems = Vec::new();
-    for (t, res) in all.iter().zip(&results) {
+    for (t, res) in all.iter().zip(results) {
         for (pname, p) in &res.profiles {
             for s in &p.samples {
+                let at = format!("{} ({pname}, round {})", t.label, s.round + 1);
                 if s.requests == 0 {
-                    problems.push(format!(
-                        "{} ({pname}, round {}): no requests completed",
-                        t.label,
-                        s.round + 1
-                    ));
+                    problems.push(format!("{at}: no requests completed"));
                 }
                 if s.errors_non2xx > 0 {
-                    problems.push(format!(
-                        "{} ({pname}, round {}): {} non-2xx responses",
-                        t.label,
-                        s.round + 1,
-                        s.errors_non2xx
-                    ));
+                    problems.push(format!("{at}: {} non-2xx responses", s.errors_non2xx));
                 }
                 let missing = s.upstream_requests == 0 || s.upstream_with_x_bench < s.upstream_requests;
                 if let (Some(h), true) = (t.expect_upstream_header, missing) {
                     problems.push(format!(
-                        "{} ({pname}, round {}): {h} on {} of {} upstream requests: the plugin did not run",
-                        t.label,
-                        s.round + 1,
-                        s.upstream_with_x_bench,
-                        s.upstream_requests
+                        "{at}: {h} on {} of {} upstream requests: the plugin did not run",
+                        s.upstream_with_x_bench, s.upstream_requests
                     ));
                 }
             }
         }
     }
+    problems
+}
 
-    let rep = Report {
-        date_utc: date_utc(),
-        commit: commit(),
-        command: format!("cargo run --release -p weft-benches --bin e2e --{}", argv()),
-        machine: Machine::new(cores, loadavg),
-        rounds,
-        duration_s: duration,
-        warmup_s: warmup,
-        wrk_threads: args.wrk_threads,
-        proxy_threads,
-        upstream_threads: args.upstream_threads,
-        weft_bin: weft_bin.display().to_string(),
-        request: format!(
-            "GET {REQUEST_PATH} (User-Agent, Accept), {} B response body",
-            UPSTREAM_BODY.len()
-        ),
-        profiles,
-        nginx_version: sh(&args.nginx, &["-v"]),
-        wrk_version: sh(&args.wrk, &["-v"]).lines().next().unwrap_or_default().to_string(),
-        targets: results,
-    };
-
+/// The report as markdown (printed too), JSON and a chart.
+fn write_all(rep: &Report, out_dir: &Path) -> Result<(), String> {
     let md = format!(
         "{} · commit {} · {} cores ({}) · load average at start {} · weft {} serving threads, nginx {} workers, upstream {} thread(s), all on loopback, unpinned · weft-proxy `{}`\n\n{}",
         rep.date_utc,
@@ -1878,7 +1953,7 @@ fn run_in(
         rep.proxy_threads,
         rep.upstream_threads,
         rep.weft_bin,
-        markdown(&rep)
+        markdown(rep)
     );
     let md = match rep
         .machine
@@ -1887,16 +1962,9 @@ fn run_in(
         Some(note) => format!("{note}{md}"),
         None => md,
     };
-    write_report(out_dir, "e2e", &rep, &md)?;
-    chart(&rep, &out_dir.join("e2e.png"))?;
+    write_report(out_dir, "e2e", rep, &md)?;
+    chart(rep, &out_dir.join("e2e.png"))?;
     println!("{md}");
     eprintln!("e2e: wrote {}/e2e.{{md,json,png}}", out_dir.display());
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "the runner did not work end to end:\n  {}",
-            problems.join("\n  ")
-        ))
-    }
+    Ok(())
 }

