@@ -86,7 +86,7 @@
 // response-headers phase on) into each call's view. A plugin that reads a few headers names
 // them in ViewHeaders; the host then copies only those lines (a short head is still copied
 // whole, which is cheaper than finding a few lines in it; reading two of a dozen lines saves
-// ~160 instructions a call, reading none ~700: see docs/performance.md in the repository). The
+// ~160 instructions a call, reading none ~700: see docs/performance-log.md in the repository). The
 // Context's header accessors (RequestHeader, RequestHeaders, ResponseHeader, ...) then see only
 // those names, even when another plugin on the same route made the host copy more, so the
 // plugin behaves the same in every chain. Host, Path and the other request-line accessors are

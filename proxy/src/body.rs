@@ -38,7 +38,7 @@ pub type SharedExchange = Arc<tokio::sync::Mutex<Exchange>>;
 // The owned exchange is boxed: one allocation per request with plugins, where inline it made
 // every `Keep` 288 bytes, and with it the stages' state, every reply and every response body
 // (`Option<Keep>` in `ProxyBody`, plugins or not), each moved several times per request: a
-// `memcpy` of those bytes at each move (`scripts/callgrind-proxy`, docs/performance.md).
+// `memcpy` of those bytes at each move (`scripts/callgrind-proxy`, docs/performance-log.md).
 pub enum Keep {
     Owned(Box<Exchange>),
     Shared(SharedExchange),

@@ -118,7 +118,7 @@ impl Conn {
     /// The first poll only yields. Written at once, each request would reach the upstream on
     /// its own and, on a loaded machine, wake it once per request; after one pass of the
     /// scheduler over the other ready connections, the writes of that pass go out back to
-    /// back, as they did when each connection had a task of its own (docs/performance.md: without
+    /// back, as they did when each connection had a task of its own (docs/performance-log.md: without
     /// the yield, more context switches and more CPU per request under load).
     pub async fn exchange(
         mut self: Box<Conn>,

@@ -52,7 +52,7 @@ pub fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 ///
 /// The request's future owns what it uses (`'static`), so the serving loop boxes it as it is:
 /// a future is kilobytes (every stage, the upstream exchange), and each `async` wrapper around
-/// it moved all of it again per request (`docs/performance.md`).
+/// it moved all of it again per request (`docs/performance-log.md`).
 pub trait Handler: Send + Sync + 'static {
     fn handle(
         self: &Arc<Self>,

@@ -270,7 +270,7 @@ func weft_go_run_on_thread(body C.WeftThreadBodyFn, arg unsafe.Pointer) {
 // retake keeps sysmon at its 20 µs period, and the thread takes a P back under the scheduler's
 // lock at its next call. Under load the Go runtime's threads then used 1.0–2.9 µs of CPU a
 // request in three of four runs, 0.27–0.33 µs in four of four with this (scripts/prof-delta,
-// docs/performance.md). One more P per nested thread keeps an idle P there; Go's own
+// docs/performance-log.md). One more P per nested thread keeps an idle P there; Go's own
 // goroutines keep the Ps they had. Two side effects: during a GC cycle an idle P may run an idle
 // mark worker (the same marking work, done sooner on one more thread), and once GOMAXPROCS was
 // set here the runtime no longer adjusts it to the CPU limit by itself (the base is what it was
