@@ -21,7 +21,7 @@ use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use weft_runtime::budget::{ByteBudget, Charge};
-use weft_runtime::{BodyAbort, BodySide, Exchange};
+use weft_runtime::{BodyAbort, BodySide, BoxedExchange, Exchange};
 
 use crate::conn::RequestBody;
 
@@ -35,12 +35,12 @@ pub type SharedExchange = Arc<tokio::sync::Mutex<Exchange>>;
 /// The exchange of a request, owned or shared; kept alive by the response body so that its
 /// log phase runs (and its slot returns) after the response.
 //
-// The owned exchange is boxed: one allocation per request with plugins, where inline it made
-// every `Keep` 288 bytes, and with it the stages' state, every reply and every response body
+// The owned exchange is boxed (`BoxedExchange`: its log phase takes that box to the log thread):
+// one allocation per request with plugins, where inline it made every `Keep` 288 bytes, and with it the stages' state, every reply and every response body
 // (`Option<Keep>` in `ProxyBody`, plugins or not), each moved several times per request: a
 // `memcpy` of those bytes at each move (`scripts/callgrind-proxy`, docs/performance-log.md).
 pub enum Keep {
-    Owned(Box<Exchange>),
+    Owned(BoxedExchange),
     Shared(SharedExchange),
 }
 
@@ -100,7 +100,7 @@ impl Keep {
     /// The shared handle (an owned exchange moves into a new one), for a body stream.
     pub fn into_shared(self) -> SharedExchange {
         match self {
-            Keep::Owned(x) => Arc::new(tokio::sync::Mutex::new(*x)),
+            Keep::Owned(x) => Arc::new(tokio::sync::Mutex::new(x.into_inner())),
             Keep::Shared(s) => s,
         }
     }

@@ -31,7 +31,9 @@ use std::time::Duration;
 
 use crate::sync::stat::{AtomicU64, Mutex, MutexGuard, Ordering};
 
-pub use engine::{BodyAbort, BodyMode, BodySide, BufferedBody, Busy, Chain, Exchange, Flow, WsEvent, WsFailure};
+pub use engine::{
+    BodyAbort, BodyMode, BodySide, BoxedExchange, BufferedBody, Busy, Chain, Exchange, Flow, WsEvent, WsFailure,
+};
 pub use plugin::{LoadError, PluginMeta};
 pub use thread_entry::{ProcessEntries, ThreadEntries};
 

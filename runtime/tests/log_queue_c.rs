@@ -3,7 +3,8 @@
 //! rate), not once per request, every log phase still runs, a burst after a slow rate loses
 //! none to a full queue, and an idle log thread is woken by the next request; the
 //! log thread makes its calls from inside the library's `run_on_thread` (nested, as a serving
-//! thread does), a caller's thread that is not inside it does not.
+//! thread does), a caller's thread that is not inside it does not; an exchange started boxed
+//! runs its log phase once and gives its slot back, as an unboxed one does.
 //! The phase-count C plugin counts the log calls (a process of its own: its counters are global
 //! to the loaded library, and the log thread's context switches are read from /proc/self).
 
@@ -63,6 +64,19 @@ fn setup() -> (std::sync::Arc<Runtime>, Chain, impl Fn() -> u64, Counter) {
 fn one_request(chain: &Chain) {
     let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let mut x = chain.start(client, "http").expect("a free slot").expect("phases");
+    let (mut req, ()) = http::Request::get("/log")
+        .header("host", "example.com")
+        .body(())
+        .unwrap()
+        .into_parts();
+    assert!(matches!(x.request_headers(&mut req), Flow::Continue));
+    drop(x);
+}
+
+/// [`one_request`] with the exchange started boxed.
+fn one_request_boxed(chain: &Chain) {
+    let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let mut x = chain.start_boxed(client, "http").expect("a free slot").expect("phases");
     let (mut req, ()) = http::Request::get("/log")
         .header("host", "example.com")
         .body(())
@@ -170,6 +184,18 @@ fn the_log_thread_wakes_per_batch_not_per_request_and_logs_everything() {
         0,
         "no log phase of the burst dropped"
     );
+
+    // Exchanges started boxed, as weft-proxy starts them: each one's log phase takes its own box
+    // to the log thread (`BoxedExchange`), runs once, and gives the slot back.
+    let before = logs();
+    const BOXED: u64 = 100;
+    for _ in 0..BOXED {
+        one_request_boxed(&chain);
+    }
+    wait_for("every boxed exchange's log phase", || {
+        logs() == before + BOXED && rt.arena_usage().0 == 0
+    });
+    assert_eq!(rt.stats.log_dropped.load(Ordering::Relaxed), 0);
 
     // Every log call came from inside the library's run_on_thread; the request-headers calls,
     // made on this test's thread (which never entered it), did not.

@@ -70,9 +70,9 @@ pub(crate) struct LogJob {
 }
 
 impl LogJob {
-    pub(super) fn new(x: Exchange) -> LogJob {
+    pub(super) fn new(x: Box<Exchange>) -> LogJob {
         LogJob {
-            x: Box::new(x),
+            x,
             next: 0,
             started: false,
             wait: None,

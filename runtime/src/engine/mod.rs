@@ -233,9 +233,10 @@ impl Chain {
 
     /// [`start`](Self::start) with the exchange in a box (which a caller keeping it across
     /// awaits wants): built in its heap allocation rather than built on the stack and moved
-    /// there (a 296-byte copy per request).
-    pub fn start_boxed(&self, client: SocketAddr, scheme: &'static str) -> Result<Option<Box<Exchange>>, Busy> {
-        self.begin(ClientAddr::new(client), scheme, Box::new)
+    /// there (a 296-byte copy per request), and handed to the log thread in that allocation
+    /// ([`BoxedExchange`]).
+    pub fn start_boxed(&self, client: SocketAddr, scheme: &'static str) -> Result<Option<BoxedExchange>, Busy> {
+        self.begin(ClientAddr::new(client), scheme, BoxedExchange::new)
     }
 
     /// [`start`](Self::start) from a client address whose text a server made once for the
@@ -245,8 +246,8 @@ impl Chain {
     }
 
     /// [`start_boxed`](Self::start_boxed) from a [`ClientAddr`] (see [`start_from`](Self::start_from)).
-    pub fn start_boxed_from(&self, client: &ClientAddr, scheme: &'static str) -> Result<Option<Box<Exchange>>, Busy> {
-        self.begin(*client, scheme, Box::new)
+    pub fn start_boxed_from(&self, client: &ClientAddr, scheme: &'static str) -> Result<Option<BoxedExchange>, Busy> {
+        self.begin(*client, scheme, BoxedExchange::new)
     }
 
     #[inline(always)]
@@ -339,8 +340,13 @@ impl Exchange {
     }
 }
 
-impl Drop for Exchange {
-    fn drop(&mut self) {
+impl Exchange {
+    /// What ending the exchange does before its log phase: forgets the remote instances'
+    /// per-request routing (except for those whose log phase will run: the log call forgets
+    /// it), and says whether the log phase runs. Once it said no it says no again, so an
+    /// exchange ended twice (a [`BoxedExchange`]'s, then its own drop) counts a dropped log
+    /// phase once; forgetting the routing again is harmless.
+    fn end(&mut self) -> bool {
         let mut log_pending = self.chain.phases & WeftPhase::Log.mask() != 0 && self.request_end != 0;
         if log_pending && self.lease.is_none() {
             // The slot went to a cancelled call and none was free to carry the view on.
@@ -348,8 +354,6 @@ impl Drop for Exchange {
             log_pending = false;
         }
         if self.chain.has_remote {
-            // Remote instances keep per-request routing (worker affinity): forget it now, except
-            // for those whose log phase will run (the log call forgets it).
             for inst in self.chain.instances.iter() {
                 if let Some(plugin) = inst.remote() {
                     if !(log_pending && inst.phases & WeftPhase::Log.mask() != 0) {
@@ -359,10 +363,19 @@ impl Drop for Exchange {
             }
         }
         if !log_pending {
+            self.request_end = 0;
+        }
+        log_pending
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if !self.end() {
             return;
         }
-        // Hand the whole exchange (with its slot) to the log thread; the slot is released there
-        // after the log phase ran.
+        // Hand the exchange (with its slot) to the log thread in an allocation of its own; the
+        // slot is released there after the log phase ran.
         let job = Exchange {
             chain: self.chain.clone(),
             lease: self.lease.take(),
@@ -374,7 +387,64 @@ impl Drop for Exchange {
             bufs: Default::default(),
             body: Default::default(),
         };
-        self.chain.rt.submit_log(LogJob::new(job));
+        self.request_end = 0;
+        self.chain.rt.submit_log(LogJob::new(Box::new(job)));
+    }
+}
+
+/// An [`Exchange`] in a heap allocation of its own ([`Chain::start_boxed`]), which it derefs
+/// to. Dropping it ends the exchange as dropping an `Exchange` does, except that a log phase
+/// takes this allocation to the log thread instead of a new one: no allocation on the serving
+/// thread and no copy of the exchange per request with a log phase.
+pub struct BoxedExchange(Option<Box<Exchange>>);
+
+impl BoxedExchange {
+    fn new(x: Exchange) -> BoxedExchange {
+        BoxedExchange(Some(Box::new(x)))
+    }
+
+    /// The exchange out of its box (a caller that shares it from here on); dropping that ends
+    /// it as usual.
+    pub fn into_inner(mut self) -> Exchange {
+        *self
+            .0
+            .take()
+            .expect("a BoxedExchange holds its exchange until it is dropped")
+    }
+}
+
+impl std::ops::Deref for BoxedExchange {
+    type Target = Exchange;
+
+    fn deref(&self) -> &Exchange {
+        self.0
+            .as_deref()
+            .expect("a BoxedExchange holds its exchange until it is dropped")
+    }
+}
+
+impl std::ops::DerefMut for BoxedExchange {
+    fn deref_mut(&mut self) -> &mut Exchange {
+        self.0
+            .as_deref_mut()
+            .expect("a BoxedExchange holds its exchange until it is dropped")
+    }
+}
+
+impl Drop for BoxedExchange {
+    fn drop(&mut self) {
+        let Some(mut x) = self.0.take() else {
+            return;
+        };
+        if !x.end() {
+            return;
+        }
+        // The call buffers and body state go here, on the serving thread, as an exchange's own
+        // drop leaves them (the log phase starts with fresh ones).
+        x.bufs = Default::default();
+        x.body = Default::default();
+        let rt = Arc::clone(&x.chain.rt);
+        rt.submit_log(LogJob::new(x));
     }
 }
 
