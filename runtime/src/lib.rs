@@ -424,7 +424,7 @@ impl Runtime {
                 libraries: HashMap::new(),
                 instances: Vec::new(),
             }),
-            log: log_queue::LogQueue::start(opts.log_queue_len(), weak.clone()),
+            log: log_queue::LogQueue::start(opts.log_queue_len(), opts.slot_count as usize, weak.clone()),
             stats,
             budget,
             workers: Workers::new(),

@@ -13,7 +13,8 @@
 //!   [`BATCH_PERIOD_MAX`]: under a high rate the thread wakes every 2 ms, under a low one less
 //!   often (each wake-up of a sleeping thread costs more than running a batch of log phases). A
 //!   log phase starts at most one period after its response. A push that brings the queue to half
-//!   its length during the sleep wakes the thread then (see [`Handoff`] below, a second time): a
+//!   its length (or to half the arena's request slots, if the queue is longer than the arena)
+//!   during the sleep wakes the thread then (see [`Handoff`] below, a second time): a
 //!   rate that grows faster than the period follows it, or one that fills half the queue within
 //!   even the shortest period (above ~64k jobs a second for the default 256-long queue, about
 //!   what this 2-core machine serves; the fixed 2 ms sleep this replaced filled the whole queue
@@ -104,7 +105,9 @@ struct Shared {
     /// it, then looks whether the queue is half full; a producer that finds the queue half full
     /// after its push unparks it.
     burst: Handoff,
-    /// Half the queue's length: a producer that finds this many jobs queued while the busy log
+    /// Half the queue's length, or half the arena's request slots when that is less (each
+    /// queued job holds a slot: a queue longer than the arena would never fill to half while
+    /// requests found no slot): a producer that finds this many jobs queued while the busy log
     /// thread sleeps wakes it, and the thread does not sleep with this many queued.
     half: usize,
     /// A log call the thread waits for completed (the waker fired).
@@ -142,13 +145,14 @@ pub(crate) struct LogQueue {
 }
 
 impl LogQueue {
-    /// Starts the `weft-log` thread for the runtime `weak` points to, with a queue of `len`.
-    pub(crate) fn start(len: usize, weak: std::sync::Weak<Runtime>) -> LogQueue {
+    /// Starts the `weft-log` thread for the runtime `weak` points to, with a queue of `len`,
+    /// for an arena of `slots` request slots.
+    pub(crate) fn start(len: usize, slots: usize, weak: std::sync::Weak<Runtime>) -> LogQueue {
         let (tx, rx) = crossbeam_channel::bounded::<LogJob>(len);
         let wake = Arc::new(Shared {
             handoff: Handoff::new(),
             burst: Handoff::new(),
-            half: len.div_ceil(2),
+            half: len.div_ceil(2).min(slots.div_ceil(2)).max(1),
             woken: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             thread: std::sync::OnceLock::new(),

@@ -4,17 +4,17 @@
 //! none to a full queue, and an idle log thread is woken by the next request; the
 //! log thread makes its calls from inside the library's `run_on_thread` (nested, as a serving
 //! thread does), a caller's thread that is not inside it does not; an exchange started boxed
-//! runs its log phase once and gives its slot back, as an unboxed one does.
+//! runs its log phase once and gives its slot back, as an unboxed one does; and a queue longer
+//! than the arena wakes its thread when half the slots wait in it.
 //! The phase-count C plugin counts the log calls (a process of its own: its counters are global
 //! to the loaded library, and the log thread's context switches are read from /proc/self).
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use libloading::os::unix::{Library, Symbol};
 use weft_runtime::log_queue::BATCH_PERIOD_MIN;
-use weft_runtime::{Chain, Flow, InstanceSpec, Runtime, RuntimeOptions};
+use weft_runtime::{Chain, Exchange, Flow, InstanceSpec, Runtime, RuntimeOptions};
 
 use weft_test_support::c_plugins;
 
@@ -60,30 +60,33 @@ fn setup() -> (std::sync::Arc<Runtime>, Chain, impl Fn() -> u64, Counter) {
     (rt, chain, logs, counter(&lib, b"weft_phase_count_nested_calls"))
 }
 
+const CLIENT: &str = "127.0.0.1:40000";
+
 /// Runs the request-headers phase of one request and drops its exchange (its log phase is due).
 fn one_request(chain: &Chain) {
-    let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-    let mut x = chain.start(client, "http").expect("a free slot").expect("phases");
-    let (mut req, ()) = http::Request::get("/log")
-        .header("host", "example.com")
-        .body(())
-        .unwrap()
-        .into_parts();
-    assert!(matches!(x.request_headers(&mut req), Flow::Continue));
-    drop(x);
+    let mut x = chain
+        .start(CLIENT.parse().unwrap(), "http")
+        .expect("a free slot")
+        .expect("phases");
+    request_headers(&mut x);
 }
 
 /// [`one_request`] with the exchange started boxed.
 fn one_request_boxed(chain: &Chain) {
-    let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-    let mut x = chain.start_boxed(client, "http").expect("a free slot").expect("phases");
+    let mut x = chain
+        .start_boxed(CLIENT.parse().unwrap(), "http")
+        .expect("a free slot")
+        .expect("phases");
+    request_headers(&mut x);
+}
+
+fn request_headers(x: &mut Exchange) {
     let (mut req, ()) = http::Request::get("/log")
         .header("host", "example.com")
         .body(())
         .unwrap()
         .into_parts();
     assert!(matches!(x.request_headers(&mut req), Flow::Continue));
-    drop(x);
 }
 
 /// Voluntary context switches of this process's `weft-log` threads (each one a sleep that
@@ -196,6 +199,48 @@ fn the_log_thread_wakes_per_batch_not_per_request_and_logs_everything() {
         logs() == before + BOXED && rt.arena_usage().0 == 0
     });
     assert_eq!(rt.stats.log_dropped.load(Ordering::Relaxed), 0);
+
+    // A queue longer than the arena (8 slots, 64 queued jobs): the queue can never fill to half
+    // while each queued job holds one of the 8 slots, so half the slots wakes the sleeping
+    // thread instead. 3.3k requests a second: asleep for its whole period (~5 ms at that rate),
+    // the thread let the 8 slots fill within 2.4 ms and most later requests found none.
+    let small = Runtime::new(RuntimeOptions {
+        slot_count: 8,
+        slot_size: 16 * 1024,
+        log_queue: 64,
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
+    small
+        .load_library("count", &c_plugins("plain").join("libweft_c_phase_count.so"))
+        .expect("load phase-count");
+    let spec = InstanceSpec {
+        name: "all".into(),
+        library: "count".into(),
+        plugin: "count-all".into(),
+        config_json: b"{}".to_vec(),
+        fail_open: false,
+    };
+    let small_chain = small.chain(&[small.instantiate(spec).unwrap()]);
+    let before = logs();
+    const SMALL: u32 = 300;
+    let start = Instant::now();
+    let mut busy = 0;
+    for i in 0..SMALL {
+        while start.elapsed() < Duration::from_micros(300) * i {
+            std::hint::spin_loop();
+        }
+        match small_chain.start(CLIENT.parse().unwrap(), "http") {
+            Ok(x) => request_headers(&mut x.expect("phases")),
+            Err(_) => busy += 1,
+        }
+    }
+    wait_for("the small arena's log phases", || small.arena_usage().0 == 0);
+    assert!(
+        busy < SMALL / 20,
+        "{busy} of {SMALL} requests found no slot while log phases waited in the queue"
+    );
+    assert_eq!(logs(), before + u64::from(SMALL - busy), "every started request logged");
 
     // Every log call came from inside the library's run_on_thread; the request-headers calls,
     // made on this test's thread (which never entered it), did not.
