@@ -102,14 +102,14 @@ impl Handoff {
 struct Shared {
     handoff: Handoff,
     /// The same protocol for the busy thread's sleep between two looks: the log thread announces
-    /// it, then looks whether the queue is half full; a producer that finds the queue half full
-    /// after its push unparks it.
+    /// it, then looks whether the queue holds [`wake_at`](Self::wake_at) jobs; a producer that
+    /// finds that many after its push unparks it.
     burst: Handoff,
     /// Half the queue's length, or half the arena's request slots when that is less (each
     /// queued job holds a slot: a queue longer than the arena would never fill to half while
     /// requests found no slot): a producer that finds this many jobs queued while the busy log
     /// thread sleeps wakes it, and the thread does not sleep with this many queued.
-    half: usize,
+    wake_at: usize,
     /// A log call the thread waits for completed (the waker fired).
     woken: AtomicBool,
     /// The runtime is gone: the thread exits (no job can be left, as jobs hold the runtime).
@@ -152,7 +152,7 @@ impl LogQueue {
         let wake = Arc::new(Shared {
             handoff: Handoff::new(),
             burst: Handoff::new(),
-            half: len.div_ceil(2).min(slots.div_ceil(2)).max(1),
+            wake_at: len.div_ceil(2).min(slots.div_ceil(2)).max(1),
             woken: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             thread: std::sync::OnceLock::new(),
@@ -174,7 +174,7 @@ impl LogQueue {
         // busy thread sleeps (its head index is written once a batch, so the read mostly hits the
         // producer's cache).
         if self.wake.handoff.after_push()
-            || (self.wake.burst.announced() && self.tx.len() >= self.wake.half && self.wake.burst.after_push())
+            || (self.wake.burst.announced() && self.tx.len() >= self.wake.wake_at && self.wake.burst.after_push())
         {
             self.wake.unpark();
         }
@@ -282,9 +282,9 @@ fn log_loop(first: LogJob, rx: &Receiver<LogJob>, wake: &Arc<Shared>, len: usize
         }
         if now.duration_since(last_job) < IDLE_AFTER {
             // Busy: look again after the period; producers do not wake this thread, unless the
-            // queue fills to half meanwhile.
+            // queue fills to `wake_at` meanwhile.
             let sleep = until_deadline.map_or(sleep, |d| d.min(sleep));
-            if wake.burst.before_park(|| rx.len() >= wake.half) {
+            if wake.burst.before_park(|| rx.len() >= wake.wake_at) {
                 std::thread::park_timeout(sleep);
                 wake.burst.after_park();
             }

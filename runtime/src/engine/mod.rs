@@ -436,7 +436,8 @@ impl Drop for BoxedExchange {
         let Some(mut x) = self.0.take() else {
             return;
         };
-        if !x.end() {
+        // Without a log phase the exchange's own drop (of `x`, on return) ends it: once.
+        if !x.runs_log_phase() || !x.end() {
             return;
         }
         // The call buffers and body state go here, on the serving thread, as an exchange's own
