@@ -1,7 +1,8 @@
 //! The upstream client's response parsing (`weft_proxy::h1`) on arbitrary bytes: the head
 //! parser and the chunked decoder must never panic, a head parses the same whichever response the
 //! connection's name cache ([`Names`]) saw before it, and a chunked body decodes to the same data,
-//! trailers and leftover bytes however its bytes are split across reads.
+//! trailers and leftover bytes however its bytes are split across reads, and every header value
+//! a head puts into its map (unchecked) is one `HeaderValue` accepts.
 #![no_main]
 
 use bytes::BytesMut;
@@ -46,6 +47,10 @@ fn parsed(bytes: &[u8], head_request: bool, names: &mut Names) -> (String, Vec<u
             assert!(n <= bytes.len());
             assert_eq!(buf.len(), bytes.len() - n, "a final head is taken out of the buffer");
             let p = &head.parts;
+            for v in p.headers.values() {
+                // The parser puts values into the map unchecked: each must pass the check.
+                assert!(http::HeaderValue::from_bytes(v.as_bytes()).is_ok(), "invalid value {v:?}");
+            }
             format!("final {n} {} {:?} {:?} {:?} {}", p.status, p.version, p.headers, head.framing, head.keep_alive)
         }
         Ok(Parsed::Informational(n)) => {
