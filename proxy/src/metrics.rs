@@ -367,25 +367,14 @@ pub struct ListenerMetrics {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RouteStatus, Counter>,
-    durations: Family<RouteLabel, Histogram, fn() -> Histogram>,
-    phases: Family<RoutePhase, Histogram, fn() -> Histogram>,
-    upstream_errors: Family<RouteKind, Counter>,
+    route_series: RouteSeries,
     reloads: Family<Outcome, Counter>,
     config_generation: Gauge,
-    remote_phases: Family<PluginPhase, Histogram, fn() -> Histogram>,
-    plugin_phases: Family<PluginPhase, Histogram, fn() -> Histogram>,
-    remote_errors: Family<PluginKind, Counter>,
+    plugin_series: PluginSeries,
     /// `weft_timeouts_total`, by [`TimeoutKind::ALL`].
     timeouts: [Counter; 6],
-    connections_open: Family<ListenerLabel, Gauge>,
-    connections_refused: Family<ListenerLabel, Counter>,
-    connections_limit_reached: Family<ListenerLabel, Counter>,
-    serving_connections: Family<ThreadLabel, Counter>,
-    address_healthy: Family<UpstreamAddress, Gauge>,
-    address_ejections: Family<UpstreamAddress, Counter>,
-    address_active: Family<UpstreamAddress, SpreadGauge>,
-    upstream_retries: Family<UpstreamLabel, Counter>,
+    connection_series: ConnectionSeries,
+    upstream_series: UpstreamSeries,
     /// Route names that have series, so a reload can drop those of removed routes.
     routes: Mutex<std::collections::HashSet<String>>,
     no_route: RouteMetrics,
@@ -393,152 +382,212 @@ pub struct Metrics {
     tls: crate::tls::TlsMetrics,
 }
 
+/// Registers `metric` under `name` and hands it back (the registry keeps a clone: they share
+/// their values).
+fn register<M: prometheus_client::registry::Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    r.register(name, help, metric.clone());
+    metric
+}
+
+/// The families a route's [`RouteMetrics`] are made from.
+#[derive(Debug)]
+struct RouteSeries {
+    requests: Family<RouteStatus, Counter>,
+    durations: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    phases: Family<RoutePhase, Histogram, fn() -> Histogram>,
+    upstream_errors: Family<RouteKind, Counter>,
+}
+
+impl RouteSeries {
+    fn register(r: &mut Registry) -> RouteSeries {
+        RouteSeries {
+            requests: register(
+                r,
+                "weft_requests",
+                "Requests answered, by route and status class",
+                Family::default(),
+            ),
+            durations: register(
+                r,
+                "weft_request_duration_seconds",
+                "Time from request arrival to the response head, by route",
+                Family::new_with_constructor(request_histogram),
+            ),
+            phases: register(
+                r,
+                "weft_chain_phase_duration_seconds",
+                "Time spent in a route's plugin chain per phase (all plugins of the chain)",
+                Family::new_with_constructor(phase_histogram),
+            ),
+            upstream_errors: register(
+                r,
+                "weft_upstream_errors",
+                "Upstream requests that failed (kind=failed) or timed out (kind=timeout), by route",
+                Family::default(),
+            ),
+        }
+    }
+}
+
+/// Per plugin instance and phase: in-process call times, remote round trips and failures.
+#[derive(Debug)]
+struct PluginSeries {
+    plugin_phases: Family<PluginPhase, Histogram, fn() -> Histogram>,
+    remote_phases: Family<PluginPhase, Histogram, fn() -> Histogram>,
+    remote_errors: Family<PluginKind, Counter>,
+}
+
+impl PluginSeries {
+    fn register(r: &mut Registry) -> PluginSeries {
+        PluginSeries {
+            plugin_phases: register(
+                r,
+                "weft_plugin_phase_duration_seconds",
+                "In-process plugin calls, from the call to its completion (pending and worker calls included), \
+                 by plugin instance and phase; only with admin.plugin_timing: true",
+                Family::new_with_constructor(phase_histogram),
+            ),
+            remote_phases: register(
+                r,
+                "weft_remote_phase_duration_seconds",
+                "Remote (type: nats) plugin phase calls, round trip, by plugin instance and phase",
+                Family::new_with_constructor(phase_histogram),
+            ),
+            remote_errors: register(
+                r,
+                "weft_remote_errors",
+                "Failed remote plugin calls by instance and kind (unavailable, overloaded, timeout, plugin_failed, bad_reply)",
+                Family::default(),
+            ),
+        }
+    }
+}
+
+/// Client connections per listener and per serving thread.
+#[derive(Debug)]
+struct ConnectionSeries {
+    open: Family<ListenerLabel, Gauge>,
+    refused: Family<ListenerLabel, Counter>,
+    limit_reached: Family<ListenerLabel, Counter>,
+    serving: Family<ThreadLabel, Counter>,
+}
+
+impl ConnectionSeries {
+    fn register(r: &mut Registry) -> ConnectionSeries {
+        ConnectionSeries {
+            open: register(
+                r,
+                "weft_connections_open",
+                "Client connections open, by listener (proxy, listen_tls[i], admin); WebSocket connections included",
+                Family::default(),
+            ),
+            refused: register(
+                r,
+                "weft_connections_refused",
+                "Connections closed at accept because limits.max_connections_per_ip from the client's \
+                 address were open, by listener",
+                Family::default(),
+            ),
+            limit_reached: register(
+                r,
+                "weft_connections_limit_reached",
+                "Times a serving thread had a connection queued and no permit (the listener's \
+                 max_connections or limits.max_connections were open): it waits in the listen backlog \
+                 until a connection closes",
+                Family::default(),
+            ),
+            serving: register(
+                r,
+                "weft_serving_thread_connections",
+                "Client connections accepted by each serving thread (workers:); a connection stays on \
+                 the thread that accepted it",
+                Family::default(),
+            ),
+        }
+    }
+}
+
+/// Per upstream address: health, ejections and requests in flight; per upstream: retries.
+#[derive(Debug)]
+struct UpstreamSeries {
+    healthy: Family<UpstreamAddress, Gauge>,
+    ejections: Family<UpstreamAddress, Counter>,
+    active: Family<UpstreamAddress, SpreadGauge>,
+    retries: Family<UpstreamLabel, Counter>,
+}
+
+impl UpstreamSeries {
+    fn register(r: &mut Registry) -> UpstreamSeries {
+        UpstreamSeries {
+            healthy: register(
+                r,
+                "weft_upstream_address_healthy",
+                "1 while an upstream address gets traffic, 0 while it is ejected (upstreams[].ejection)",
+                Family::default(),
+            ),
+            ejections: register(
+                r,
+                "weft_upstream_address_ejections",
+                "Times an upstream address was ejected after consecutive failures",
+                Family::default(),
+            ),
+            active: register(
+                r,
+                "weft_upstream_address_active_requests",
+                "Requests sent to an upstream address and waiting for its response head",
+                Family::default(),
+            ),
+            retries: register(
+                r,
+                "weft_upstream_retries",
+                "Requests sent again to another address of an upstream after an attempt failed (upstreams[].retries)",
+                Family::default(),
+            ),
+        }
+    }
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::default();
-        let requests = Family::<RouteStatus, Counter>::default();
-        let durations: Family<RouteLabel, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(request_histogram);
-        let phases: Family<RoutePhase, Histogram, fn() -> Histogram> = Family::new_with_constructor(phase_histogram);
-        let upstream_errors = Family::<RouteKind, Counter>::default();
-        let reloads = Family::<Outcome, Counter>::default();
-        let config_generation = Gauge::default();
-        registry.register(
-            "weft_requests",
-            "Requests answered, by route and status class",
-            requests.clone(),
-        );
-        registry.register(
-            "weft_request_duration_seconds",
-            "Time from request arrival to the response head, by route",
-            durations.clone(),
-        );
-        registry.register(
-            "weft_chain_phase_duration_seconds",
-            "Time spent in a route's plugin chain per phase (all plugins of the chain)",
-            phases.clone(),
-        );
-        registry.register(
-            "weft_upstream_errors",
-            "Upstream requests that failed (kind=failed) or timed out (kind=timeout), by route",
-            upstream_errors.clone(),
-        );
-        registry.register(
+        let mut r = Registry::default();
+        let route_series = RouteSeries::register(&mut r);
+        let reloads = register(
+            &mut r,
             "weft_config_reloads",
             "Config reloads, by result (ok, error)",
-            reloads.clone(),
+            Family::default(),
         );
-        registry.register(
+        let config_generation = register(
+            &mut r,
             "weft_config_generation",
             "Config generation serving now (1 at start, +1 per successful reload)",
-            config_generation.clone(),
+            Gauge::default(),
         );
-        let remote_phases: Family<PluginPhase, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(phase_histogram);
-        let plugin_phases: Family<PluginPhase, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(phase_histogram);
-        registry.register(
-            "weft_plugin_phase_duration_seconds",
-            "In-process plugin calls, from the call to its completion (pending and worker calls included), \
-             by plugin instance and phase; only with admin.plugin_timing: true",
-            plugin_phases.clone(),
-        );
-        let remote_errors = Family::<PluginKind, Counter>::default();
-        registry.register(
-            "weft_remote_phase_duration_seconds",
-            "Remote (type: nats) plugin phase calls, round trip, by plugin instance and phase",
-            remote_phases.clone(),
-        );
-        registry.register(
-            "weft_remote_errors",
-            "Failed remote plugin calls by instance and kind (unavailable, overloaded, timeout, plugin_failed, bad_reply)",
-            remote_errors.clone(),
-        );
-        let timeout_family = Family::<TimeoutLabel, Counter>::default();
-        registry.register(
+        let plugin_series = PluginSeries::register(&mut r);
+        let timeout_family = register(
+            &mut r,
             "weft_timeouts",
             "Timeouts that closed a connection or cut a request or response short, by kind \
              (header_read, idle, http2_keep_alive, request_body, send, upstream_body)",
-            timeout_family.clone(),
+            Family::<TimeoutLabel, Counter>::default(),
         );
         let timeouts = TimeoutKind::ALL.map(|k| timeout_family.get_or_create_owned(&TimeoutLabel { kind: k.label() }));
-        let connections_open = Family::<ListenerLabel, Gauge>::default();
-        let connections_refused = Family::<ListenerLabel, Counter>::default();
-        let connections_limit_reached = Family::<ListenerLabel, Counter>::default();
-        registry.register(
-            "weft_connections_open",
-            "Client connections open, by listener (proxy, listen_tls[i], admin); WebSocket connections included",
-            connections_open.clone(),
-        );
-        registry.register(
-            "weft_connections_refused",
-            "Connections closed at accept because limits.max_connections_per_ip from the client's \
-             address were open, by listener",
-            connections_refused.clone(),
-        );
-        registry.register(
-            "weft_connections_limit_reached",
-            "Times a serving thread had a connection queued and no permit (the listener's \
-             max_connections or limits.max_connections were open): it waits in the listen backlog \
-             until a connection closes",
-            connections_limit_reached.clone(),
-        );
-        let serving_connections = Family::<ThreadLabel, Counter>::default();
-        registry.register(
-            "weft_serving_thread_connections",
-            "Client connections accepted by each serving thread (workers:); a connection stays on \
-             the thread that accepted it",
-            serving_connections.clone(),
-        );
-        let address_healthy = Family::<UpstreamAddress, Gauge>::default();
-        let address_active = Family::<UpstreamAddress, SpreadGauge>::default();
-        let address_ejections = Family::<UpstreamAddress, Counter>::default();
-        registry.register(
-            "weft_upstream_address_healthy",
-            "1 while an upstream address gets traffic, 0 while it is ejected (upstreams[].ejection)",
-            address_healthy.clone(),
-        );
-        registry.register(
-            "weft_upstream_address_ejections",
-            "Times an upstream address was ejected after consecutive failures",
-            address_ejections.clone(),
-        );
-        registry.register(
-            "weft_upstream_address_active_requests",
-            "Requests sent to an upstream address and waiting for its response head",
-            address_active.clone(),
-        );
-        let upstream_retries = Family::<UpstreamLabel, Counter>::default();
-        registry.register(
-            "weft_upstream_retries",
-            "Requests sent again to another address of an upstream after an attempt failed (upstreams[].retries)",
-            upstream_retries.clone(),
-        );
+        let connection_series = ConnectionSeries::register(&mut r);
+        let upstream_series = UpstreamSeries::register(&mut r);
         let runtime = Arc::new(RuntimeCollector::default());
-        registry.register_collector(Box::new(runtime.clone()));
-        registry.register_collector(Box::new(LogCollector));
+        r.register_collector(Box::new(runtime.clone()));
+        r.register_collector(Box::new(LogCollector));
         let tls = crate::tls::TlsMetrics::default();
-        tls.register(&mut registry);
+        tls.register(&mut r);
         let mut m = Metrics {
-            registry,
-            requests,
-            durations,
-            phases,
-            upstream_errors,
+            registry: r,
+            route_series,
             reloads,
             config_generation,
-            remote_phases,
-            plugin_phases,
-            remote_errors,
+            plugin_series,
             timeouts,
-            connections_open,
-            connections_refused,
-            connections_limit_reached,
-            serving_connections,
-            address_healthy,
-            address_ejections,
-            address_active,
-            upstream_retries,
+            connection_series,
+            upstream_series,
             routes: Mutex::default(),
             no_route: placeholder_route(),
             runtime,
@@ -557,26 +606,29 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .insert(route.clone());
         let class = |status| {
-            self.requests.get_or_create_owned(&RouteStatus {
+            self.route_series.requests.get_or_create_owned(&RouteStatus {
                 route: route.clone(),
                 status,
             })
         };
         let phase = |phase| {
-            self.phases.get_or_create_owned(&RoutePhase {
+            self.route_series.phases.get_or_create_owned(&RoutePhase {
                 route: route.clone(),
                 phase,
             })
         };
         let upstream = |kind| {
-            self.upstream_errors.get_or_create_owned(&RouteKind {
+            self.route_series.upstream_errors.get_or_create_owned(&RouteKind {
                 route: route.clone(),
                 kind,
             })
         };
         RouteMetrics {
             by_class: STATUS_CLASSES.map(class),
-            duration: self.durations.get_or_create_owned(&RouteLabel { route: route.clone() }),
+            duration: self
+                .route_series
+                .durations
+                .get_or_create_owned(&RouteLabel { route: route.clone() }),
             request_phase: phase("request_headers"),
             response_phase: phase("response_headers"),
             upstream_timeouts: upstream("timeout"),
@@ -592,15 +644,15 @@ impl Metrics {
             address: address.to_owned(),
         };
         AddressMetrics {
-            healthy: self.address_healthy.get_or_create_owned(&label),
-            ejections: self.address_ejections.get_or_create_owned(&label),
-            active: self.address_active.get_or_create_owned(&label),
+            healthy: self.upstream_series.healthy.get_or_create_owned(&label),
+            ejections: self.upstream_series.ejections.get_or_create_owned(&label),
+            active: self.upstream_series.active.get_or_create_owned(&label),
         }
     }
 
     /// `weft_upstream_retries_total` of `upstream` (shared across reloads, as its name is).
     pub fn upstream_retries(&self, upstream: &str) -> Counter {
-        self.upstream_retries.get_or_create_owned(&UpstreamLabel {
+        self.upstream_series.retries.get_or_create_owned(&UpstreamLabel {
             upstream: upstream.to_owned(),
         })
     }
@@ -608,7 +660,7 @@ impl Metrics {
     /// A timer for an in-process plugin instance: one histogram per phase under `plugin`.
     pub fn plugin_timer(&self, plugin: &str) -> Arc<dyn weft_runtime::PhaseTimer> {
         let phase = |phase: WeftPhase| {
-            self.plugin_phases.get_or_create_owned(&PluginPhase {
+            self.plugin_series.plugin_phases.get_or_create_owned(&PluginPhase {
                 plugin: plugin.to_owned(),
                 phase: weft_nats_bridge::phase_token(phase),
             })
@@ -622,13 +674,13 @@ impl Metrics {
     /// `plugin` (the instance name).
     pub fn timed_remote(&self, plugin: &str, inner: Arc<dyn RemoteInstance>) -> Arc<dyn RemoteInstance> {
         let phase = |phase| {
-            self.remote_phases.get_or_create_owned(&PluginPhase {
+            self.plugin_series.remote_phases.get_or_create_owned(&PluginPhase {
                 plugin: plugin.to_owned(),
                 phase,
             })
         };
         let kind = |kind| {
-            self.remote_errors.get_or_create_owned(&PluginKind {
+            self.plugin_series.remote_errors.get_or_create_owned(&PluginKind {
                 plugin: plugin.to_owned(),
                 kind,
             })
@@ -652,20 +704,20 @@ impl Metrics {
             .collect();
         for route in gone {
             for status in STATUS_CLASSES {
-                self.requests.remove(&RouteStatus {
+                self.route_series.requests.remove(&RouteStatus {
                     route: route.clone(),
                     status,
                 });
             }
-            self.durations.remove(&RouteLabel { route: route.clone() });
+            self.route_series.durations.remove(&RouteLabel { route: route.clone() });
             for phase in ["request_headers", "response_headers"] {
-                self.phases.remove(&RoutePhase {
+                self.route_series.phases.remove(&RoutePhase {
                     route: route.clone(),
                     phase,
                 });
             }
             for kind in ["timeout", "failed"] {
-                self.upstream_errors.remove(&RouteKind {
+                self.route_series.upstream_errors.remove(&RouteKind {
                     route: route.clone(),
                     kind,
                 });
@@ -706,9 +758,9 @@ impl Metrics {
             listener: name.to_owned(),
         };
         ListenerMetrics {
-            open: self.connections_open.get_or_create_owned(&label),
-            refused: self.connections_refused.get_or_create_owned(&label),
-            limit_reached: self.connections_limit_reached.get_or_create_owned(&label),
+            open: self.connection_series.open.get_or_create_owned(&label),
+            refused: self.connection_series.refused.get_or_create_owned(&label),
+            limit_reached: self.connection_series.limit_reached.get_or_create_owned(&label),
         }
     }
 
@@ -719,7 +771,9 @@ impl Metrics {
 
     /// Connections accepted by serving thread `thread` ([`crate::workers`]).
     pub fn serving_thread(&self, thread: u32) -> Counter {
-        self.serving_connections.get_or_create_owned(&ThreadLabel { thread })
+        self.connection_series
+            .serving
+            .get_or_create_owned(&ThreadLabel { thread })
     }
 
     pub fn reload_result(&self, ok: bool) {

@@ -1464,158 +1464,214 @@ fn switches_and_light_load(m: &Medians, s: &mut String) {
 // ---------------------------------------------------------------------------------------------
 // Chart
 
+type Area<'a> = plotters::drawing::DrawingArea<plotters::prelude::BitMapBackend<'a>, plotters::coord::Shift>;
+type Series = Vec<(&'static str, fn(&Summary) -> Option<f64>)>;
+
+/// One horizontal bar panel of the chart: its caption, the profile whose medians it shows and
+/// the values drawn per configuration (a bar each).
+struct Panel<'r> {
+    /// 0: throughput, 1: CPU per request, else a latency panel (the value labels differ).
+    kind: usize,
+    caption: String,
+    profile: &'r str,
+    series: Series,
+}
+
+/// Throughput, proxy CPU per request, then one latency panel per profile.
+fn panels(rep: &Report) -> Vec<Panel<'_>> {
+    let first = &rep.profiles[0];
+    let mut out = vec![
+        Panel {
+            kind: 0,
+            caption: format!("Throughput, req/s ({} connections)", first.connections),
+            profile: &first.name,
+            series: vec![("req/s", |m| Some(m.rps))],
+        },
+        Panel {
+            kind: 1,
+            caption: format!(
+                "Proxy CPU per request, µs (user+sys, {} connections)",
+                first.connections
+            ),
+            profile: &first.name,
+            series: vec![("CPU", |m| m.cpu_us_per_req)],
+        },
+    ];
+    out.extend(rep.profiles.iter().map(|p| Panel {
+        kind: 2,
+        caption: format!("Latency, µs ({} profile, {} connection(s))", p.name, p.connections),
+        profile: &p.name,
+        series: vec![
+            ("p50", |m| Some(m.p50_us)),
+            ("p99", |m| Some(m.p99_us)),
+            ("p99.9", |m| Some(m.p999_us)),
+        ],
+    }));
+    out
+}
+
+/// The chart's text styles.
+struct Styles {
+    label: plotters::style::TextStyle<'static>,
+    note: plotters::style::TextStyle<'static>,
+    value: plotters::style::TextStyle<'static>,
+}
+
+impl Styles {
+    fn new() -> Styles {
+        use plotters::prelude::*;
+        use plotters::style::text_anchor::{HPos, Pos, VPos};
+        let at = |h| Pos::new(h, VPos::Center);
+        Styles {
+            label: ("sans-serif", 14).into_font().color(&BLACK).pos(at(HPos::Right)),
+            note: ("sans-serif", 13)
+                .into_font()
+                .color(&RGBColor(120, 120, 120))
+                .pos(at(HPos::Left)),
+            value: ("sans-serif", 12).into_font().color(&BLACK).pos(at(HPos::Left)),
+        }
+    }
+}
+
+/// Wide enough for the longest label ("weft, HTTPS new connection per request (handshakes/s)").
+const LABEL_W: i32 = 420;
+
+fn draw_error<E: std::error::Error + Send + Sync>(e: plotters::drawing::DrawingAreaErrorKind<E>) -> String {
+    e.to_string()
+}
+
 fn chart(rep: &Report, path: &Path) -> Result<(), String> {
     use plotters::prelude::*;
-    use plotters::style::text_anchor::{HPos, Pos, VPos};
-
-    plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
-        .map_err(|_| "cannot load the embedded font".to_string())?;
-    plotters::style::register_font("sans-serif", FontStyle::Bold, dejavu::sans::bold())
-        .map_err(|_| "cannot load the embedded font".to_string())?;
-
-    let n = rep.targets.len();
-    let panels = 2 + rep.profiles.len();
-    let panel_h = 70 + 34 * n as u32;
-    let (w, h) = (1220u32, 60 + panel_h * panels as u32);
+    for (style, font) in [
+        (FontStyle::Normal, dejavu::sans::regular()),
+        (FontStyle::Bold, dejavu::sans::bold()),
+    ] {
+        plotters::style::register_font("sans-serif", style, font)
+            .map_err(|_| "cannot load the embedded font".to_string())?;
+    }
+    let panels = panels(rep);
+    let panel_h = 70 + 34 * rep.targets.len() as u32;
+    let (w, h) = (1220u32, 60 + panel_h * panels.len() as u32);
     let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
-    let e = |e: DrawingAreaErrorKind<_>| e.to_string();
-    root.fill(&WHITE).map_err(e)?;
+    root.fill(&WHITE).map_err(draw_error)?;
     let title = format!(
         "weft end-to-end: {} · {} · {} cores · medians of {} round(s) × {} s",
         rep.commit, rep.date_utc, rep.machine.cores, rep.rounds, rep.duration_s
     );
-    root.draw(&Text::new(
-        title,
-        (20, 18),
-        ("sans-serif", 18).into_font().style(FontStyle::Bold),
-    ))
-    .map_err(e)?;
-    let body = root.margin(50, 0, 0, 0);
-    let areas = body.split_evenly((panels, 1));
-    // Wide enough for the longest label ("weft, HTTPS new connection per request (handshakes/s)").
-    let label_w = 420i32;
-    let label_style = ("sans-serif", 14)
-        .into_font()
-        .color(&BLACK)
-        .pos(Pos::new(HPos::Right, VPos::Center));
-    let note_style = ("sans-serif", 13)
-        .into_font()
-        .color(&RGBColor(120, 120, 120))
-        .pos(Pos::new(HPos::Left, VPos::Center));
-    let value_style = ("sans-serif", 12)
-        .into_font()
-        .color(&BLACK)
-        .pos(Pos::new(HPos::Left, VPos::Center));
-    let colors = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(214, 39, 40)];
+    let bold = ("sans-serif", 18).into_font().style(FontStyle::Bold);
+    root.draw(&Text::new(title, (20, 18), bold)).map_err(draw_error)?;
+    let areas = root.margin(50, 0, 0, 0).split_evenly((panels.len(), 1));
+    let styles = Styles::new();
+    for (panel, area) in panels.iter().zip(&areas) {
+        draw_panel(rep, panel, &root, area, &styles)?;
+    }
+    root.present().map_err(draw_error)
+}
 
-    // Throughput, proxy CPU per request, then one latency panel per profile.
-    for (pi, area) in areas.iter().enumerate() {
-        type Series = Vec<(&'static str, fn(&Summary) -> Option<f64>)>;
-        let (caption, prof, series): (String, &Profile, Series) = match pi {
-            0 => {
-                let p = &rep.profiles[0];
-                (
-                    format!("Throughput, req/s ({} connections)", p.connections),
-                    p,
-                    vec![("req/s", |m| Some(m.rps))],
-                )
+/// One panel: its axis, then per configuration its label and a bar per series (or a note).
+fn draw_panel(
+    rep: &Report,
+    panel: &Panel<'_>,
+    root: &Area<'_>,
+    area: &Area<'_>,
+    styles: &Styles,
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    let n = rep.targets.len();
+    let med = |t: &TargetResult| t.profiles.get(panel.profile).and_then(|p| p.median.clone());
+    let max = rep
+        .targets
+        .iter()
+        .filter_map(med)
+        .flat_map(|m| panel.series.iter().filter_map(move |(_, f)| f(&m)).collect::<Vec<_>>())
+        .fold(0.0f64, f64::max)
+        .max(1.0);
+    let mut ch = ChartBuilder::on(area)
+        .caption(&panel.caption, ("sans-serif", 16).into_font().style(FontStyle::Bold))
+        .margin(10)
+        .margin_left(LABEL_W)
+        .margin_right(90)
+        .x_label_area_size(24)
+        .build_cartesian_2d(0f64..max * 1.05, 0f64..n as f64)
+        .map_err(draw_error)?;
+    ch.configure_mesh()
+        .disable_y_mesh()
+        .disable_y_axis()
+        .light_line_style(WHITE)
+        .x_labels(8)
+        .x_label_formatter(&|v| {
+            if max >= 10_000.0 {
+                format!("{:.0}k", v / 1000.0)
+            } else {
+                format!("{v:.0}")
             }
-            1 => {
-                let p = &rep.profiles[0];
-                (
-                    format!("Proxy CPU per request, µs (user+sys, {} connections)", p.connections),
-                    p,
-                    vec![("CPU", |m| m.cpu_us_per_req)],
-                )
-            }
-            _ => {
-                let p = &rep.profiles[pi - 2];
-                (
-                    format!("Latency, µs ({} profile, {} connection(s))", p.name, p.connections),
-                    p,
-                    vec![
-                        ("p50", |m| Some(m.p50_us)),
-                        ("p99", |m| Some(m.p99_us)),
-                        ("p99.9", |m| Some(m.p999_us)),
-                    ],
-                )
+        })
+        .label_style(("sans-serif", 12))
+        .draw()
+        .map_err(draw_error)?;
+    for (i, t) in rep.targets.iter().enumerate() {
+        let top = (n - i) as f64; // first configuration at the top
+        let (px, py) = ch.backend_coord(&(0.0, top - 0.5));
+        root.draw(&Text::new(t.label.to_string(), (px - 8, py), styles.label.clone()))
+            .map_err(draw_error)?;
+        let note = match med(t) {
+            None => Some(t.note.clone().unwrap_or_else(|| "no result".into())),
+            Some(m) if panel.series.iter().all(|(_, f)| f(&m).is_none()) => Some("— (no proxy process)".into()),
+            Some(m) => {
+                draw_bars(panel, t, &m, top, &mut ch, root, styles)?;
+                None
             }
         };
-        let prof = &prof.name;
-        let med = |t: &TargetResult| t.profiles.get(prof).and_then(|p| p.median.clone());
-        let max = rep
-            .targets
-            .iter()
-            .filter_map(med)
-            .flat_map(|m| series.iter().filter_map(move |(_, f)| f(&m)).collect::<Vec<_>>())
-            .fold(0.0f64, f64::max)
-            .max(1.0);
-        let mut ch = ChartBuilder::on(area)
-            .caption(caption, ("sans-serif", 16).into_font().style(FontStyle::Bold))
-            .margin(10)
-            .margin_left(label_w)
-            .margin_right(90)
-            .x_label_area_size(24)
-            .build_cartesian_2d(0f64..max * 1.05, 0f64..n as f64)
-            .map_err(e)?;
-        ch.configure_mesh()
-            .disable_y_mesh()
-            .disable_y_axis()
-            .light_line_style(WHITE)
-            .x_labels(8)
-            .x_label_formatter(&|v| {
-                if max >= 10_000.0 {
-                    format!("{:.0}k", v / 1000.0)
-                } else {
-                    format!("{v:.0}")
-                }
-            })
-            .label_style(("sans-serif", 12))
-            .draw()
-            .map_err(e)?;
-        let k = series.len() as f64;
-        for (i, t) in rep.targets.iter().enumerate() {
-            let top = (n - i) as f64; // first configuration at the top
-            let (px, py) = ch.backend_coord(&(0.0, top - 0.5));
-            root.draw(&Text::new(t.label.to_string(), (px - 8, py), label_style.clone()))
-                .map_err(e)?;
-            let Some(m) = med(t) else {
-                let note = t.note.clone().unwrap_or_else(|| "no result".into());
-                root.draw(&Text::new(note, (px + 8, py), note_style.clone()))
-                    .map_err(e)?;
-                continue;
-            };
-            if series.iter().all(|(_, f)| f(&m).is_none()) {
-                root.draw(&Text::new(
-                    "— (no proxy process)".to_string(),
-                    (px + 8, py),
-                    note_style.clone(),
-                ))
-                .map_err(e)?;
-            }
-            for (si, (name, f)) in series.iter().enumerate() {
-                let Some(v) = f(&m) else { continue };
-                let y1 = top - 0.12 - si as f64 * 0.76 / k;
-                let y0 = y1 - 0.76 / k;
-                let c = colors[si % colors.len()];
-                ch.draw_series(std::iter::once(Rectangle::new([(0.0, y0), (v, y1)], c.filled())))
-                    .map_err(e)?;
-                let (vx, vy) = ch.backend_coord(&(v, (y0 + y1) / 2.0));
-                let vs_inproc = m.rps_vs_inproc.filter(|_| t.key == POOL);
-                let text = match (pi, m.rps_vs_weft, vs_inproc) {
-                    (0, Some(r), Some(i)) => format!("{v:.0} ({r:.2}× weft, {i:.2}× in-process)"),
-                    (0, Some(r), None) => format!("{v:.0} ({r:.2}× weft)"),
-                    (1, _, _) => format!("{v:.1}"),
-                    (0, None, Some(i)) => format!("{v:.0} ({i:.2}× in-process)"),
-                    (0, None, None) => format!("{v:.0}"),
-                    _ => format!("{name}: {v:.0}"),
-                };
-                root.draw(&Text::new(text, (vx + 4, vy), value_style.clone()))
-                    .map_err(e)?;
-            }
+        if let Some(note) = note {
+            root.draw(&Text::new(note, (px + 8, py), styles.note.clone()))
+                .map_err(draw_error)?;
         }
     }
-    root.present().map_err(e)?;
+    Ok(())
+}
+
+type Chart<'a, 'b> = plotters::chart::ChartContext<
+    'a,
+    plotters::prelude::BitMapBackend<'b>,
+    plotters::coord::cartesian::Cartesian2d<
+        plotters::coord::types::RangedCoordf64,
+        plotters::coord::types::RangedCoordf64,
+    >,
+>;
+
+/// One configuration's bars in a panel (one per series, stacked in its row), each with its value.
+fn draw_bars(
+    panel: &Panel<'_>,
+    t: &TargetResult,
+    m: &Summary,
+    top: f64,
+    ch: &mut Chart<'_, '_>,
+    root: &Area<'_>,
+    styles: &Styles,
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    let colors = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(214, 39, 40)];
+    let k = panel.series.len() as f64;
+    for (si, (name, f)) in panel.series.iter().enumerate() {
+        let Some(v) = f(m) else { continue };
+        let y1 = top - 0.12 - si as f64 * 0.76 / k;
+        let y0 = y1 - 0.76 / k;
+        let c = colors[si % colors.len()];
+        ch.draw_series(std::iter::once(Rectangle::new([(0.0, y0), (v, y1)], c.filled())))
+            .map_err(draw_error)?;
+        let (vx, vy) = ch.backend_coord(&(v, (y0 + y1) / 2.0));
+        let vs_inproc = m.rps_vs_inproc.filter(|_| t.key == POOL);
+        let text = match (panel.kind, m.rps_vs_weft, vs_inproc) {
+            (0, Some(r), Some(i)) => format!("{v:.0} ({r:.2}× weft, {i:.2}× in-process)"),
+            (0, Some(r), None) => format!("{v:.0} ({r:.2}× weft)"),
+            (1, _, _) => format!("{v:.1}"),
+            (0, None, Some(i)) => format!("{v:.0} ({i:.2}× in-process)"),
+            (0, None, None) => format!("{v:.0}"),
+            _ => format!("{name}: {v:.0}"),
+        };
+        root.draw(&Text::new(text, (vx + 4, vy), styles.value.clone()))
+            .map_err(draw_error)?;
+    }
     Ok(())
 }
 
