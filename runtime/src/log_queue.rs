@@ -138,6 +138,11 @@ impl Wake for Token {
     }
 }
 
+/// [`Shared::wake_at`] for a queue of `len` in front of an arena of `slots` request slots.
+fn wake_at(len: usize, slots: usize) -> usize {
+    len.div_ceil(2).min(slots.div_ceil(2)).max(1)
+}
+
 /// The producer side, held by the [`Runtime`].
 pub(crate) struct LogQueue {
     tx: Sender<LogJob>,
@@ -152,7 +157,7 @@ impl LogQueue {
         let wake = Arc::new(Shared {
             handoff: Handoff::new(),
             burst: Handoff::new(),
-            wake_at: len.div_ceil(2).min(slots.div_ceil(2)).max(1),
+            wake_at: wake_at(len, slots),
             woken: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             thread: std::sync::OnceLock::new(),
@@ -358,7 +363,7 @@ fn resume_parked(parked: &mut Vec<LogJob>, cx: &mut Context<'_>) {
 
 #[cfg(all(test, not(weft_loom)))]
 mod tests {
-    use super::{BATCH_PERIOD_MAX, BATCH_PERIOD_MIN, Period};
+    use super::{BATCH_PERIOD_MAX, BATCH_PERIOD_MIN, Period, wake_at};
     use std::time::{Duration, Instant};
 
     /// Looks `gap` apart, each finding `rate` jobs a second's worth: the periods chosen.
@@ -380,6 +385,18 @@ mod tests {
     /// Under a low rate the period grows toward the time a quarter of the queue takes to fill
     /// (64 jobs of a 256-long queue at 10,000 a second: 6.4 ms); under a high one it stays at
     /// the shortest; without jobs it grows to the longest; each look moves it halfway.
+    #[test]
+    fn the_wake_threshold_is_half_the_queue_or_half_the_slots() {
+        // The default queue, a quarter of the slots: half the queue.
+        assert_eq!(wake_at(256, 1024), 128);
+        // A queue longer than the arena: half the slots (each queued job holds one).
+        assert_eq!(wake_at(64, 8), 4);
+        assert_eq!(wake_at(255, 256), 128);
+        // Never 0: a one-long queue or a one-slot arena wakes at its first job.
+        assert_eq!(wake_at(1, 1024), 1);
+        assert_eq!(wake_at(64, 1), 1);
+    }
+
     #[test]
     fn the_period_follows_the_rate_within_its_bounds() {
         let low = periods(256, 10_000.0, BATCH_PERIOD_MIN, 12);

@@ -677,8 +677,12 @@ mod tests {
         eprintln!("busy pipeline: {N} items, {} wakes, {} parks", stats.0, stats.1);
         // Every wake follows a park, which only happens when the consumer ran dry for
         // DEFAULT_SPINS checks (in practice: the producer was preempted on a loaded machine).
+        // Measured: 0 wakes on an idle machine; 11,202 with two busy loops on both of its two
+        // cores, where the producer is preempted every few milliseconds (a twentieth, the bound
+        // before, failed there). A wake without a park fails the first assertion; a wake per
+        // item would be four times the second's bound.
         assert!(stats.0 <= stats.1);
-        assert!(stats.0 < N as u64 / 20, "wakes {} for {N} items", stats.0);
+        assert!(stats.0 < N as u64 / 4, "wakes {} for {N} items", stats.0);
     }
 }
 
