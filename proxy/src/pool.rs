@@ -146,7 +146,11 @@ impl Conn {
         })
         .await;
         match result {
-            Ok(head) => Ok(PooledBody::response(*head, self, home)),
+            Ok(head) => {
+                // Sent and answered: its header map serves the thread's next response head.
+                crate::h1::head::recycle(std::mem::take(req.headers_mut()));
+                Ok(PooledBody::response(*head, self, home))
+            }
             Err(error) => {
                 let send = self.send.take().filter(|s| s.untouched());
                 let unsent = send.map(|s| {

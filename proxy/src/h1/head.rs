@@ -175,6 +175,40 @@ impl<'a> Facts<'a> {
 /// into it, so the room serves the request's forwarding headers too.
 const HEADROOM: usize = 8;
 
+thread_local! {
+    /// A header map a finished request no longer needs, emptied, for this thread's next
+    /// response head ([`recycle`]).
+    static SPARE: std::cell::Cell<Option<HeaderMap>> = const { std::cell::Cell::new(None) };
+}
+
+/// Keeps `map`, emptied, for the next response head this thread parses: a request's map is
+/// dropped once its response head is in, and the head's map was a new one (two allocations and
+/// two frees a request). hyper parses the client's next request into the map of the response
+/// before it (after writing that response), so one map goes around per request, none allocated.
+/// A map of more than [`SPARE_MAX`] entries is dropped instead.
+pub fn recycle(mut map: HeaderMap) {
+    if map.capacity() > SPARE_MAX {
+        return;
+    }
+    // Emptied now, not when taken: its values hold on to the bytes they were read into.
+    map.clear();
+    SPARE.set(Some(map));
+}
+
+/// The largest map [`recycle`] keeps (a head of hyper's 100 header lines at most, with room).
+const SPARE_MAX: usize = 192;
+
+/// The thread's spare map with room for `n` headers, or a new one.
+fn spare_map(n: usize) -> HeaderMap {
+    match SPARE.take() {
+        Some(mut map) => {
+            map.reserve(n);
+            map
+        }
+        None => HeaderMap::with_capacity(n),
+    }
+}
+
 /// The header names of a connection's last response, in order. An upstream sends the same names
 /// in the same order response after response, so a name is first compared with the one at its
 /// position here: `HeaderName::from_bytes` lowercases and matches each name (~120 instructions;
@@ -220,7 +254,7 @@ fn header_map<'a>(
     names: &mut Names,
     upgrade: bool,
 ) -> Result<(HeaderMap, Facts<'a>), Error> {
-    let mut map = HeaderMap::with_capacity(places.len() + HEADROOM);
+    let mut map = spare_map(places.len() + HEADROOM);
     let mut facts = Facts::default();
     for (i, place) in places.iter().enumerate() {
         let name = names.name(i, &head[range(place.name)])?;
@@ -495,6 +529,29 @@ mod tests {
             ),
             Err(Error::Head(_))
         ));
+    }
+
+    #[test]
+    fn a_recycled_map_comes_back_empty_for_the_next_head() {
+        let mut old = HeaderMap::with_capacity(40);
+        old.insert("x-old", HeaderValue::from_static("1"));
+        old.append("x-old", HeaderValue::from_static("2"));
+        let cap = old.capacity();
+        recycle(old);
+        let h = head("HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-new: 3\r\n\r\n").unwrap();
+        let map = &h.parts.headers;
+        assert_eq!(map.len(), 2, "{map:?}");
+        assert_eq!(
+            (map["content-length"].as_bytes(), map["x-new"].as_bytes()),
+            (&b"0"[..], &b"3"[..])
+        );
+        assert_eq!(map.capacity(), cap, "the recycled map, not a new one");
+        // Taken once: the next head gets a new map of its own size.
+        let next = head("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").unwrap();
+        assert!(next.parts.headers.capacity() < cap);
+        // A map too large to keep is dropped.
+        recycle(HeaderMap::with_capacity(4 * SPARE_MAX));
+        assert!(SPARE.take().is_none());
     }
 
     /// Values go into the map unchecked: every byte `HeaderValue` refuses, the parse refuses
