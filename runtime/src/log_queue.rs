@@ -382,9 +382,6 @@ mod tests {
         out
     }
 
-    /// Under a low rate the period grows toward the time a quarter of the queue takes to fill
-    /// (64 jobs of a 256-long queue at 10,000 a second: 6.4 ms); under a high one it stays at
-    /// the shortest; without jobs it grows to the longest; each look moves it halfway.
     #[test]
     fn the_wake_threshold_is_half_the_queue_or_half_the_slots() {
         // The default queue, a quarter of the slots: half the queue.
@@ -397,6 +394,9 @@ mod tests {
         assert_eq!(wake_at(64, 1), 1);
     }
 
+    /// Under a low rate the period grows toward the time a quarter of the queue takes to fill
+    /// (64 jobs of a 256-long queue at 10,000 a second: 6.4 ms); under a high one it stays at
+    /// the shortest; without jobs it grows to the longest; each look moves it halfway.
     #[test]
     fn the_period_follows_the_rate_within_its_bounds() {
         let low = periods(256, 10_000.0, BATCH_PERIOD_MIN, 12);

@@ -210,7 +210,7 @@ fn the_log_thread_wakes_per_batch_not_per_request_and_logs_everything() {
     // while each queued job holds one of the 8 slots, so half the slots wakes the sleeping
     // thread instead. 3.3k requests a second: asleep for its whole period (~5 ms at that rate),
     // the thread let the 8 slots fill within 2.4 ms and 251 of 300 requests found none (two
-    // runs). Woken, it frees them at once on an idle machine (0-3 refused); with two busy loops
+    // runs). Woken, it frees them at once on an idle machine; with two busy loops
     // competing for this machine's two cores the woken thread waited for a core and 49 were
     // refused. A third separates the two however busy the machine (the threshold itself:
     // `log_queue::tests::the_wake_threshold_is_half_the_queue_or_half_the_slots`).

@@ -1470,11 +1470,18 @@ type Series = Vec<(&'static str, fn(&Summary) -> Option<f64>)>;
 /// One horizontal bar panel of the chart: its caption, the profile whose medians it shows and
 /// the values drawn per configuration (a bar each).
 struct Panel<'r> {
-    /// 0: throughput, 1: CPU per request, else a latency panel (the value labels differ).
-    kind: usize,
+    /// What the panel shows (its value labels differ).
+    kind: PanelKind,
     caption: String,
     profile: &'r str,
     series: Series,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PanelKind {
+    Throughput,
+    Cpu,
+    Latency,
 }
 
 /// Throughput, proxy CPU per request, then one latency panel per profile.
@@ -1482,13 +1489,13 @@ fn panels(rep: &Report) -> Vec<Panel<'_>> {
     let first = &rep.profiles[0];
     let mut out = vec![
         Panel {
-            kind: 0,
+            kind: PanelKind::Throughput,
             caption: format!("Throughput, req/s ({} connections)", first.connections),
             profile: &first.name,
             series: vec![("req/s", |m| Some(m.rps))],
         },
         Panel {
-            kind: 1,
+            kind: PanelKind::Cpu,
             caption: format!(
                 "Proxy CPU per request, µs (user+sys, {} connections)",
                 first.connections
@@ -1498,7 +1505,7 @@ fn panels(rep: &Report) -> Vec<Panel<'_>> {
         },
     ];
     out.extend(rep.profiles.iter().map(|p| Panel {
-        kind: 2,
+        kind: PanelKind::Latency,
         caption: format!("Latency, µs ({} profile, {} connection(s))", p.name, p.connections),
         profile: &p.name,
         series: vec![
@@ -1662,12 +1669,12 @@ fn draw_bars(
         let (vx, vy) = ch.backend_coord(&(v, (y0 + y1) / 2.0));
         let vs_inproc = m.rps_vs_inproc.filter(|_| t.key == POOL);
         let text = match (panel.kind, m.rps_vs_weft, vs_inproc) {
-            (0, Some(r), Some(i)) => format!("{v:.0} ({r:.2}× weft, {i:.2}× in-process)"),
-            (0, Some(r), None) => format!("{v:.0} ({r:.2}× weft)"),
-            (1, _, _) => format!("{v:.1}"),
-            (0, None, Some(i)) => format!("{v:.0} ({i:.2}× in-process)"),
-            (0, None, None) => format!("{v:.0}"),
-            _ => format!("{name}: {v:.0}"),
+            (PanelKind::Throughput, Some(r), Some(i)) => format!("{v:.0} ({r:.2}× weft, {i:.2}× in-process)"),
+            (PanelKind::Throughput, Some(r), None) => format!("{v:.0} ({r:.2}× weft)"),
+            (PanelKind::Throughput, None, Some(i)) => format!("{v:.0} ({i:.2}× in-process)"),
+            (PanelKind::Throughput, None, None) => format!("{v:.0}"),
+            (PanelKind::Cpu, _, _) => format!("{v:.1}"),
+            (PanelKind::Latency, _, _) => format!("{name}: {v:.0}"),
         };
         root.draw(&Text::new(text, (vx + 4, vy), styles.value.clone()))
             .map_err(draw_error)?;
