@@ -132,39 +132,47 @@ impl Proxy {
     /// id (`x-request-id`, to plugins, the upstream and the client), counts it in its route's
     /// metrics and, with `access_log: true`, logs it.
     /// Owns its `Arc`, so the future is `'static` and needs no wrapper ([`crate::server::Handler`]).
-    pub async fn handle(self: Arc<Self>, mut req: Request<RequestBody>, client: Arc<Peer>) -> Response<ProxyBody> {
+    /// Not an `async fn`, which would keep `req` twice in the future's layout (the argument and
+    /// its local copy) beside the stages' own: the block captures it once and hands it on.
+    pub fn handle(
+        self: Arc<Self>,
+        mut req: Request<RequestBody>,
+        client: Arc<Peer>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + use<> {
         let start = Instant::now();
         let request_id = crate::logging::request_id(req.headers_mut());
         // Boxed: only with `access_log`, and kept out of every request's future otherwise.
         let access = self
             .access_log
             .then(|| Box::new((req.method().clone(), req.uri().clone())));
-        let mut matched = None;
-        // The stages' future is awaited here, not in a wrapper of its own: each level of async fn
-        // adds its arguments to the request's future (copied whole per request).
-        let mut resp = match self.stages(req, &client, &request_id, &mut matched).await {
-            Ok(reply) | Err(reply) => reply,
-        };
-        let (metrics, route) = match matched {
-            Some(r) => (&r.metrics, r.name.as_str()),
-            None => (crate::metrics::global().no_route(), NO_ROUTE),
-        };
-        metrics.observe(resp.status(), start);
-        if let Some(access) = access {
-            let (method, uri) = &*access;
-            crate::logging::access(
-                &request_id,
-                client.addr.addr(),
-                method,
-                uri,
-                route,
-                resp.status(),
-                start.elapsed(),
-            );
+        async move {
+            let mut matched = None;
+            // The stages' future is awaited here, not in a wrapper of its own: each level of async fn
+            // adds its arguments to the request's future (copied whole per request).
+            let mut resp = match self.stages(req, &client, &request_id, &mut matched).await {
+                Ok(reply) | Err(reply) => reply,
+            };
+            let (metrics, route) = match matched {
+                Some(r) => (&r.metrics, r.name.as_str()),
+                None => (crate::metrics::global().no_route(), NO_ROUTE),
+            };
+            metrics.observe(resp.status(), start);
+            if let Some(access) = access {
+                let (method, uri) = &*access;
+                crate::logging::access(
+                    &request_id,
+                    client.addr.addr(),
+                    method,
+                    uri,
+                    route,
+                    resp.status(),
+                    start.elapsed(),
+                );
+            }
+            resp.headers_mut()
+                .insert(crate::logging::REQUEST_ID.clone(), request_id);
+            resp
         }
-        resp.headers_mut()
-            .insert(crate::logging::REQUEST_ID.clone(), request_id);
-        resp
     }
 }
 
