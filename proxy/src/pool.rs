@@ -16,7 +16,7 @@
 //! seconds, so a connection the upstream closed holds its descriptor at most that long.
 //! WebSocket upgrades keep hyper's client (`upstream.rs`): they become tunnels, never pooled.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -46,6 +46,31 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const REAP_EVERY: Duration = Duration::from_secs(5);
 /// Idle connections kept per address and thread; more are closed when they come back.
 const MAX_IDLE_PER_ADDRESS: usize = 1024;
+
+thread_local! {
+    /// Upstream exchanges on this thread between their start and their response head (or
+    /// failure): whether a new one has others to go upstream with ([`Conn::exchange`]).
+    static UNDER_WAY: Cell<u32> = const { Cell::new(0) };
+}
+
+/// One exchange counted in [`UNDER_WAY`] while it lives. A request's task stays on its serving
+/// thread (one current-thread runtime each); were a future to move to another thread, the count
+/// only steers the yield, and it saturates rather than wraps.
+struct UnderWay;
+
+impl UnderWay {
+    /// Counts one more exchange; returns its guard and how many were under way before it.
+    fn enter() -> (UnderWay, u32) {
+        let before = UNDER_WAY.with(|n| n.replace(n.get().saturating_add(1)));
+        (UnderWay, before)
+    }
+}
+
+impl Drop for UnderWay {
+    fn drop(&mut self) {
+        UNDER_WAY.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
 
 /// One upstream connection.
 pub struct Conn {
@@ -115,11 +140,13 @@ impl Conn {
     /// streaming after the head if it has not ended (an upstream may answer early). A failure
     /// carries the request back when none of it was written (the connection had closed).
     ///
-    /// The first poll only yields. Written at once, each request would reach the upstream on
-    /// its own and, on a loaded machine, wake it once per request; after one pass of the
-    /// scheduler over the other ready connections, the writes of that pass go out back to
-    /// back, as they did when each connection had a task of its own (docs/performance-log.md: without
-    /// the yield, more context switches and more CPU per request under load).
+    /// The first poll only yields when another exchange is under way on this thread. Written at
+    /// once, each request would reach the upstream on its own and, on a loaded machine, wake it
+    /// once per request; after one pass of the scheduler over the other ready connections, the
+    /// writes of that pass go out back to back, as they did when each connection had a task of
+    /// its own (docs/performance-log.md: without the yield, more context switches and more CPU
+    /// per request under load). Alone on its thread an exchange has nothing to go out with, and
+    /// the yield would cost a poll of the whole client connection (~1,400 instructions).
     pub async fn exchange(
         mut self: Box<Conn>,
         req: Box<Request<UpstreamBody>>,
@@ -133,7 +160,8 @@ impl Conn {
         let encoding = encode::head(&mut req, body_size(&body), &mut self.out);
         self.send = Some(Sending::new(body, encoding));
         let head_request = req.method() == Method::HEAD;
-        let mut yielded = false;
+        let (_under_way, others) = UnderWay::enter();
+        let mut yielded = others == 0;
         let result = poll_fn(|cx| {
             if !yielded {
                 // Once, before the request is written: back of the thread's run queue, so the
@@ -480,5 +508,73 @@ impl Body for PooledBody {
                 _ => SizeHint::default(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    use super::*;
+
+    /// Counts the wakes a future asks for.
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Polls a new exchange (`GET /`) once, with `others` exchanges already under way on this
+    /// thread; returns whether its request reached the upstream and how often it woke itself.
+    async fn first_poll(others: usize) -> (bool, usize) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let conn = Conn::connect(&addr, Duration::from_secs(5), None).await.unwrap();
+        let (mut upstream, _) = listener.accept().unwrap();
+        let req = Request::get("/")
+            .header("host", addr.as_str())
+            .body(UpstreamBody::Full(Pieces::new(Vec::new())))
+            .unwrap();
+        let _under_way: Vec<_> = (0..others).map(|_| UnderWay::enter().0).collect();
+        let mut exchange = Box::pin(conn.exchange(Box::new(req), Pools::default().home(&addr)));
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&wakes));
+        assert!(exchange.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+        // Written at the first poll or not at all: nothing else polls the exchange.
+        upstream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let written = upstream.read(&mut [0u8; 256]).is_ok_and(|n| n > 0);
+        (written, wakes.0.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_exchange_alone_on_its_thread_writes_at_its_first_poll() {
+        assert_eq!(first_poll(0).await, (true, 0));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_exchange_beside_others_yields_once_before_writing() {
+        assert_eq!(first_poll(1).await, (false, 1));
+        assert_eq!(first_poll(3).await, (false, 1));
+    }
+
+    #[test]
+    fn the_count_goes_back_down_and_does_not_wrap() {
+        let before = UNDER_WAY.with(Cell::get);
+        let (a, n) = UnderWay::enter();
+        assert_eq!(n, before);
+        let (b, n) = UnderWay::enter();
+        assert_eq!(n, before + 1);
+        drop((a, b));
+        assert_eq!(UNDER_WAY.with(Cell::get), before);
+        UNDER_WAY.with(|n| n.set(0));
+        drop(UnderWay);
+        assert_eq!(UNDER_WAY.with(Cell::get), 0);
     }
 }
