@@ -133,7 +133,8 @@ impl Proxy {
     /// metrics and, with `access_log: true`, logs it.
     /// Owns its `Arc`, so the future is `'static` and needs no wrapper ([`crate::server::Handler`]).
     /// Not an `async fn`, which would keep `req` twice in the future's layout (the argument and
-    /// its local copy) beside the stages' own: the block captures it once and hands it on.
+    /// its local copy): the block holds the request's head and body once, and the stages borrow
+    /// them from it.
     pub fn handle(
         self: Arc<Self>,
         mut req: Request<RequestBody>,
@@ -145,11 +146,16 @@ impl Proxy {
         let access = self
             .access_log
             .then(|| Box::new((req.method().clone(), req.uri().clone())));
+        let (head, body) = req.into_parts();
+        let (mut head, mut body) = (Some(head), Some(body));
         async move {
             let mut matched = None;
             // The stages' future is awaited here, not in a wrapper of its own: each level of async fn
             // adds its arguments to the request's future (copied whole per request).
-            let mut resp = match self.stages(req, &client, &request_id, &mut matched).await {
+            let mut resp = match self
+                .stages(&mut head, &mut body, &client, &request_id, &mut matched)
+                .await
+            {
                 Ok(reply) | Err(reply) => reply,
             };
             let (metrics, route) = match matched {
