@@ -48,8 +48,9 @@ struct Flight<'a> {
 }
 
 impl Proxy {
-    /// Runs the stages of one request; an error is a response too. `matched` gets the route (for
-    /// metrics and the access log) once one is found.
+    /// Runs the stages of one request, whose head and body the caller holds (`Some` both); an
+    /// error is a response too. `matched` gets the route (for metrics and the access log) once
+    /// one is found.
     // Order: check the host, normalise the path, strip hop-by-hop, join cookies, pin `host`,
     // route, run plugins, then set the forwarding headers. Plugins see the end-to-end head the
     // client sent (normalised path, `host` filled in for HTTP/2) and can rewrite it, but not
