@@ -72,6 +72,11 @@ impl Drop for UnderWay {
     }
 }
 
+/// The exchange's connection is out of its future only while [`held`] holds it.
+const HERE: &str = "an exchange's connection is in its future between its polls";
+
+mod held;
+
 /// One upstream connection.
 pub struct Conn {
     io: UpstreamStream,
@@ -140,13 +145,12 @@ impl Conn {
     /// streaming after the head if it has not ended (an upstream may answer early). A failure
     /// carries the request back when none of it was written (the connection had closed).
     ///
-    /// The first poll only yields when another exchange is under way on this thread. Written at
-    /// once, each request would reach the upstream on its own and, on a loaded machine, wake it
-    /// once per request; after one pass of the scheduler over the other ready connections, the
-    /// writes of that pass go out back to back, as they did when each connection had a task of
-    /// its own (docs/performance-log.md: without the yield, more context switches and more CPU
-    /// per request under load). Alone on its thread an exchange has nothing to go out with, and
-    /// the yield would cost a poll of the whole client connection (~1,400 instructions).
+    /// When another exchange is under way on this thread, the first poll holds the connection
+    /// for the thread's flusher ([`held`]), which writes the requests of the scheduler pass back
+    /// to back after it, so the request's task is polled again only for the response (on a
+    /// thread not of a current-thread runtime the exchange yields once instead, and writes at
+    /// its next poll). Alone on its thread an exchange has nothing to go out with: it writes at
+    /// its first poll.
     pub async fn exchange(
         mut self: Box<Conn>,
         req: Box<Request<UpstreamBody>>,
@@ -161,26 +165,43 @@ impl Conn {
         self.send = Some(Sending::new(body, encoding));
         let head_request = req.method() == Method::HEAD;
         let (_under_way, others) = UnderWay::enter();
-        let mut yielded = others == 0;
+        let mut first = others > 0;
+        let mut conn = Some(self);
+        let mut held: Option<held::Held> = None;
         let result = poll_fn(|cx| {
-            if !yielded {
-                // Once, before the request is written: back of the thread's run queue, so the
-                // requests that became ready in one scheduler pass go upstream together.
-                yielded = true;
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
+            if let Some(h) = held.take() {
+                let (c, outcome) = h.reclaim();
+                conn = Some(c);
+                if let Some(outcome) = outcome {
+                    return Poll::Ready(outcome);
+                }
+            } else if std::mem::take(&mut first) {
+                match held::hold(conn.take().expect(HERE), cx.waker(), head_request) {
+                    Ok(h) => {
+                        held = Some(h);
+                        return Poll::Pending;
+                    }
+                    Err(c) => {
+                        // Back of the thread's run queue: the requests that became ready in one
+                        // scheduler pass go upstream together.
+                        conn = Some(c);
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                }
             }
-            self.poll_head(cx, head_request)
+            conn.as_mut().expect(HERE).poll_head(cx, head_request)
         })
         .await;
+        let mut conn = conn.expect(HERE);
         match result {
             Ok(head) => {
                 // Sent and answered: its header map serves the thread's next response head.
                 crate::h1::head::recycle(std::mem::take(req.headers_mut()));
-                Ok(PooledBody::response(*head, self, home))
+                Ok(PooledBody::response(*head, conn, home))
             }
             Err(error) => {
-                let send = self.send.take().filter(|s| s.untouched());
+                let send = conn.send.take().filter(|s| s.untouched());
                 let unsent = send.map(|s| {
                     *req.body_mut() = s.into_body();
                     req
@@ -513,7 +534,8 @@ impl Body for PooledBody {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
+    use std::future::Future;
+    use std::io::{Read, Write};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::Wake;
 
@@ -531,37 +553,153 @@ mod tests {
         }
     }
 
-    /// Polls a new exchange (`GET /`) once, with `others` exchanges already under way on this
-    /// thread; returns whether its request reached the upstream and how often it woke itself.
-    async fn first_poll(others: usize) -> (bool, usize) {
+    /// A new exchange (`GET /`) on a fresh connection, polled once with `others` exchanges
+    /// already under way on this thread; with its upstream's end of the connection and the
+    /// count of the wakes it asked for.
+    struct Started {
+        exchange: Pin<Box<dyn Future<Output = Result<Response<PooledBody>, ExchangeError>> + Send>>,
+        upstream: std::net::TcpStream,
+        wakes: Arc<Wakes>,
+        waker: Waker,
+    }
+
+    async fn start(others: usize) -> Started {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
         let conn = Conn::connect(&addr, Duration::from_secs(5), None).await.unwrap();
-        let (mut upstream, _) = listener.accept().unwrap();
+        let (upstream, _) = listener.accept().unwrap();
+        upstream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let req = Request::get("/")
             .header("host", addr.as_str())
             .body(UpstreamBody::Full(Pieces::new(Vec::new())))
             .unwrap();
-        let _under_way: Vec<_> = (0..others).map(|_| UnderWay::enter().0).collect();
-        let mut exchange = Box::pin(conn.exchange(Box::new(req), Pools::default().home(&addr)));
+        let under_way: Vec<_> = (0..others).map(|_| UnderWay::enter().0).collect();
+        let mut exchange: Pin<Box<dyn Future<Output = _> + Send>> =
+            Box::pin(conn.exchange(Box::new(req), Pools::default().home(&addr)));
         let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
         let waker = Waker::from(Arc::clone(&wakes));
         assert!(exchange.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
-        // Written at the first poll or not at all: nothing else polls the exchange.
-        upstream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let written = upstream.read(&mut [0u8; 256]).is_ok_and(|n| n > 0);
-        (written, wakes.0.load(Ordering::SeqCst))
+        drop(under_way);
+        Started {
+            exchange,
+            upstream,
+            wakes,
+            waker,
+        }
+    }
+
+    impl Started {
+        /// What the upstream has been sent (within 100 ms; blocks this thread meanwhile).
+        fn sent(&mut self) -> Vec<u8> {
+            let mut buf = [0u8; 512];
+            match self.upstream.read(&mut buf) {
+                Ok(n) => buf[..n].to_vec(),
+                Err(_) => Vec::new(),
+            }
+        }
+
+        fn wakes(&self) -> usize {
+            self.wakes.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// Lets the runtime run (the flusher, the I/O driver) until `done`, for at most 5 s.
+    async fn until(done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "not within 5 s");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn an_exchange_alone_on_its_thread_writes_at_its_first_poll() {
-        assert_eq!(first_poll(0).await, (true, 0));
+        let mut s = start(0).await;
+        assert!(s.sent().starts_with(b"GET / HTTP/1.1\r\n"));
+        assert_eq!(s.wakes(), 0);
     }
 
+    /// Beside others, the first poll writes nothing and does not wake its task: the flusher,
+    /// queued behind the tasks of the pass, writes the request and registers the exchange's
+    /// task for the response, which is then the only thing that wakes it.
     #[tokio::test(flavor = "current_thread")]
-    async fn an_exchange_beside_others_yields_once_before_writing() {
-        assert_eq!(first_poll(1).await, (false, 1));
-        assert_eq!(first_poll(3).await, (false, 1));
+    async fn a_held_request_goes_out_after_the_pass_and_its_task_wakes_for_the_response() {
+        for others in [1, 3] {
+            let mut s = start(others).await;
+            assert_eq!(s.sent(), b"", "written before the pass ended");
+            tokio::task::yield_now().await;
+            assert!(s.sent().starts_with(b"GET / HTTP/1.1\r\n"));
+            assert_eq!(s.wakes(), 0, "woken with no response in");
+            s.upstream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+            until(|| s.wakes() > 0).await;
+            let Poll::Ready(Ok(resp)) = s.exchange.as_mut().poll(&mut Context::from_waker(&s.waker)) else {
+                panic!("the response is in");
+            };
+            assert_eq!(resp.status(), 204);
+            assert_eq!(held::held_on_this_thread(), 0);
+        }
+    }
+
+    /// An exchange dropped while its connection is held (its client went away) drops the
+    /// connection, and the flusher never writes it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_held_exchange_dropped_is_never_written() {
+        let mut s = start(1).await;
+        assert_eq!(held::held_on_this_thread(), 1);
+        drop(s.exchange);
+        assert_eq!(held::held_on_this_thread(), 0);
+        tokio::task::yield_now().await;
+        s.upstream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(s.upstream.read(&mut [0u8; 64]).unwrap(), 0, "closed, nothing written");
+    }
+
+    /// Polled again before the flusher ran, the exchange takes its connection back and writes
+    /// the request itself.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_exchange_polled_before_the_flusher_writes_itself() {
+        let mut s = start(1).await;
+        assert!(
+            s.exchange
+                .as_mut()
+                .poll(&mut Context::from_waker(&s.waker))
+                .is_pending()
+        );
+        assert_eq!(held::held_on_this_thread(), 0);
+        assert!(s.sent().starts_with(b"GET / HTTP/1.1\r\n"));
+        tokio::task::yield_now().await;
+        assert_eq!(s.sent(), b"", "written twice");
+    }
+
+    /// A runtime dropped takes its flusher along; the next one on the thread gets its own.
+    #[test]
+    fn each_runtime_on_a_thread_gets_a_flusher() {
+        for _ in 0..2 {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut s = start(1).await;
+                tokio::task::yield_now().await;
+                assert!(s.sent().starts_with(b"GET / HTTP/1.1\r\n"));
+            });
+        }
+    }
+
+    /// Off a current-thread runtime, tasks may move between threads: nothing is held, the
+    /// exchange yields once and writes at its next poll.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn off_a_current_thread_runtime_an_exchange_yields_once() {
+        let mut s = start(1).await;
+        assert_eq!(s.sent(), b"");
+        assert_eq!(s.wakes(), 1);
+        assert!(
+            s.exchange
+                .as_mut()
+                .poll(&mut Context::from_waker(&s.waker))
+                .is_pending()
+        );
+        assert!(s.sent().starts_with(b"GET / HTTP/1.1\r\n"));
     }
 
     #[test]

@@ -175,28 +175,39 @@ async fn upstream_exchanges_run_in_the_request_task() {
     });
     let proxy = proxy_to(up.addr).await;
     assert_eq!(get(proxy, "/warm").await, (200, "/warm".into()));
-    // Left alive: the accept loop and this thread's pool reaper. A task per pooled upstream
-    // connection would make it three.
+    // Two requests under way together: the second one's request is held to the end of the
+    // scheduler pass, which starts the thread's flusher task (pool/held.rs; one per thread).
+    let served = Arc::clone(&up.served);
+    let warm: Vec<_> = (0..2).map(|_| tokio::spawn(get(proxy, "/held/warm"))).collect();
+    eventually("both warm-up requests to reach the upstream", || {
+        served.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    for c in warm {
+        up.gate.send(()).unwrap();
+        assert_eq!(c.await.unwrap().0, 200);
+    }
+    // Left alive: the accept loop, this thread's pool reaper and its flusher of held requests.
+    // A task per pooled upstream connection would make it five.
     let mut idle = 0;
     for _ in 0..100 {
         idle = alive_tasks();
-        if idle <= 2 {
+        if idle <= 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(
-        idle, 2,
-        "tasks alive with no request in flight (the warm-up connection is idle)"
+        idle, 3,
+        "tasks alive with no request in flight (the warm-up connections are idle)"
     );
 
     const IN_FLIGHT: usize = 4;
     let clients: Vec<_> = (0..IN_FLIGHT)
         .map(|i| tokio::spawn(get(proxy, if i == 0 { "/held/0" } else { "/held/n" })))
         .collect();
-    let served = Arc::clone(&up.served);
     eventually("every request to reach the upstream", || {
-        served.load(Ordering::SeqCst) == 1 + IN_FLIGHT
+        served.load(Ordering::SeqCst) == 3 + IN_FLIGHT
     })
     .await;
     // The spawned `get`s wait in spawn_blocking: their tasks count too.
