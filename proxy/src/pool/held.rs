@@ -115,8 +115,9 @@ impl Held {
         let entry = LIST.with(|list| {
             let mut list = list.borrow_mut();
             list.queued.retain(|&k| k != key);
-            list.entries.remove(key)
+            list.entries.try_remove(key)
         });
+        let entry = entry.expect("a held connection stays in its thread's list until its exchange takes it");
         let conn = entry
             .conn
             .expect("the flusher puts a connection back before it returns");
@@ -181,12 +182,15 @@ fn write(key: usize) {
     };
     let poll = conn.poll_head(&mut Context::from_waker(&waker), head_request);
     let ended = poll.is_ready();
+    // The entry is still there: only its exchange removes it, from its own poll or drop, and
+    // that task is not running now. Were it gone, the connection would be dropped here.
     LIST.with(|list| {
         let mut list = list.borrow_mut();
-        let entry = &mut list.entries[key];
-        entry.conn = Some(conn);
-        if let Poll::Ready(outcome) = poll {
-            entry.outcome = Some(outcome);
+        if let Some(entry) = list.entries.get_mut(key) {
+            entry.conn = Some(conn);
+            if let Poll::Ready(outcome) = poll {
+                entry.outcome = Some(outcome);
+            }
         }
     });
     // Pending: the poll registered the exchange's task for the response (or for room to write).
