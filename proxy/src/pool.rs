@@ -8,7 +8,8 @@
 //! ([`PooledBody`]). When the body has ended the connection goes back to the idle list of the
 //! thread that read it ([`Pools`], one per serving thread), where the next request on that
 //! thread picks it up. So a proxied request, its upstream connection and its response stay in
-//! one task on one thread.
+//! one task on one thread; under load, the request's first write is made by the thread's
+//! flusher task, after the scheduler's pass (`pool/held.rs`).
 //!
 //! An idle connection is not polled. It is checked when it is taken ([`Pools::checkout`]: read
 //! once, so an EOF or reset the upstream sent meanwhile is seen and the connection dropped) and
@@ -146,10 +147,10 @@ impl Conn {
     /// carries the request back when none of it was written (the connection had closed).
     ///
     /// When another exchange is under way on this thread, the first poll holds the connection
-    /// for the thread's flusher ([`held`]), which writes the requests of the scheduler pass back
-    /// to back after it, so the request's task is polled again only for the response (on a
-    /// thread not of a current-thread runtime the exchange yields once instead, and writes at
-    /// its next poll). Alone on its thread an exchange has nothing to go out with: it writes at
+    /// for the thread's flusher (`pool/held.rs`), which writes the requests of the scheduler
+    /// pass back to back after it, so the request's task is polled again only for the response
+    /// (on a thread not of a current-thread runtime the exchange yields once instead, and
+    /// writes at its next poll). Alone on its thread an exchange has nothing to go out with: it writes at
     /// its first poll.
     pub async fn exchange(
         mut self: Box<Conn>,
