@@ -35,7 +35,7 @@ pub(super) type Outcome = Result<Box<Head>, ClientError>;
 struct Entry {
     /// Out of the list only while the flusher writes it.
     conn: Option<Box<Conn>>,
-    /// The exchange's task.
+    /// The exchange's task, until the flusher takes it for its poll (a no-op waker after).
     waker: Waker,
     head_request: bool,
     /// The flusher's poll ended (rare: the connection failed, or the response was in at once).
