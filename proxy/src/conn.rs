@@ -33,7 +33,6 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -45,6 +44,7 @@ use crate::accept::{self, Acceptor, Admission, ConnPermit, PerIp};
 use crate::body::BoxError;
 use crate::config::Limits;
 use crate::forward::ClientIp;
+use crate::h1::server::{Graceful, HyperConn, Serving};
 use crate::metrics::{self, TimeoutKind};
 use crate::timer::Armed;
 use crate::tls::MaybeTls;
@@ -241,10 +241,43 @@ impl BodyRead {
 }
 
 /// The request body handlers get: the client's, with `limits.request_body_timeout_ms`.
-pub type RequestBody = TimedBody<Incoming>;
+pub type RequestBody = TimedBody<ClientBody>;
+
+/// A client's request body: hyper's, or none (a request the lean HTTP/1.1 path served,
+/// [`crate::h1::server`], has no body).
+pub enum ClientBody {
+    Hyper(Incoming),
+    Empty,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
 
 /// A client socket with a write timeout (`limits.send_timeout_ms`): a write the kernel does not
-/// take (the client does not read) for that long fails, and hyper closes the connection. It also
+/// take (the client does not read) for that long fails, and the connection closes. It also
 /// holds the connection's [`ConnPermit`] (`max_connections`, `limits.max_connections_per_ip`),
 /// and keeps it after a WebSocket upgrade (hyper hands this same socket to the upgraded
 /// connection).
@@ -542,7 +575,7 @@ where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let builder = builder(&limits);
+    let builder = Arc::new(builder(&limits));
     let listener = Acceptor::new(listener)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
@@ -569,7 +602,7 @@ where
         let Some(tls) = &tls else {
             let io: ClientIo = MaybeTls::Plain(io);
             tokio::spawn(serve_one(
-                &builder,
+                Arc::clone(&builder),
                 io,
                 None,
                 handle.clone(),
@@ -584,7 +617,7 @@ where
             match tls.handshake(io, limits.header_read_timeout).await {
                 Ok((io, info)) => {
                     let io: ClientIo = MaybeTls::Tls(Box::new(io));
-                    serve_one(&builder, io, Some(info), handle, limits, stop, remote).await;
+                    serve_one(builder, io, Some(info), handle, limits, stop, remote).await;
                 }
                 Err(e) => debug!(%remote, listener = %tls.label, error = %e, "TLS handshake failed"),
             }
@@ -604,9 +637,11 @@ where
 /// A client connection's stream: plain, or TLS over the same timed socket.
 pub type ClientIo = MaybeTls<TimedIo, Box<tokio_rustls::server::TlsStream<TimedIo>>>;
 
-/// Serves the requests of one connection (a [`ClientIo`] in the proxy), to its end (see [`drive`]).
+/// Serves the requests of one connection (a [`ClientIo`] in the proxy), to its end (see [`drive`]):
+/// on the lean HTTP/1.1 path ([`crate::h1::server`]) until a request that path does not serve
+/// hands the connection to hyper's server (`builder`).
 fn serve_one<I, H, Fut, B>(
-    builder: &auto::Builder<StreamExec>,
+    builder: Arc<auto::Builder<StreamExec>>,
     io: I,
     tls: Option<TlsInfo>,
     handle: H,
@@ -626,10 +661,10 @@ where
     // connection's requests (a pointer per request: the request's future stays as small as with
     // the bare address).
     let client = Arc::new(Peer::new(remote));
-    let service = {
+    let serve = {
         let state = Arc::clone(&state);
         let request_body_timeout = limits.request_body_timeout;
-        service_fn(move |req: Request<Incoming>| {
+        move |req: Request<ClientBody>| {
             let active = Active::start(&state);
             let read = BodyRead::watch(&req);
             let mut req = req.map(|b| TimedBody {
@@ -644,13 +679,27 @@ where
                 let mut resp = fut.await;
                 BodyRead::close_if_unread(read.as_ref(), &mut resp);
                 mark_responded();
-                Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _active: active }))
+                resp.map(|inner| Tracked { inner, _active: active })
             }
+        }
+    };
+    let hyper_service = {
+        let serve = serve.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let fut = serve(req.map(ClientBody::Hyper));
+            async move { Ok::<_, Infallible>(fut.await) }
         })
     };
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
+    let conn = crate::h1::server::serve(
+        io,
+        move |parts| serve(Request::from_parts(parts, ClientBody::Empty)),
+        move |io| -> HyperConn {
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), hyper_service)
+                .into_owned();
+            Box::pin(Graceful(conn))
+        },
+    );
     drive(conn, state, limits, stop, remote)
 }
 
@@ -669,7 +718,7 @@ enum Watch {
 /// Runs one connection to its end under its timers (first request, idle, drain).
 async fn drive<C>(conn: C, state: Arc<ConnState>, limits: Limits, mut stop: watch::Receiver<bool>, remote: SocketAddr)
 where
-    C: GracefulConnection<Error = BoxError>,
+    C: Serving,
 {
     tokio::pin!(conn);
     let first_deadline = Instant::now() + limits.header_read_timeout;
@@ -751,7 +800,7 @@ async fn next_event<C>(
     draining: bool,
 ) -> Event
 where
-    C: GracefulConnection<Error = BoxError>,
+    C: Serving,
 {
     let mut changed = std::pin::pin!(stop.changed());
     let (mut timer_armed, mut stop_armed) = (Armed::default(), Armed::default());
@@ -913,7 +962,7 @@ mod tests {
             header_read_timeout: Duration::from_secs(5),
             ..Limits::default()
         };
-        let builder = builder(&limits);
+        let builder = Arc::new(builder(&limits));
         let remote: SocketAddr = "127.0.0.1:9".parse().unwrap();
         for round in 0..16 {
             let (mut client, server) = tokio::io::duplex(1 << 16);
@@ -921,7 +970,15 @@ mod tests {
             let handle = |_: Request<RequestBody>, _: Arc<Peer>| async {
                 Response::new(http_body_util::Full::new(Bytes::from_static(b"ok")))
             };
-            let mut conn = Box::pin(serve_one(&builder, server, None, handle, limits, stop, remote));
+            let mut conn = Box::pin(serve_one(
+                Arc::clone(&builder),
+                server,
+                None,
+                handle,
+                limits,
+                stop,
+                remote,
+            ));
             assert!(
                 !poll_once(&mut conn).await,
                 "the connection waits for its first request"

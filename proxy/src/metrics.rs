@@ -20,6 +20,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use weft_runtime::abi::WeftPhase;
+
+use crate::h1::request::Handoff;
 use weft_runtime::budget::ByteBudget;
 use weft_runtime::remote::{RemoteCall, RemoteErrorKind, RemoteInstance};
 use weft_runtime::{Runtime, RuntimeStats};
@@ -303,6 +305,11 @@ struct TimeoutLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabel {
     listener: String,
 }
@@ -373,6 +380,8 @@ pub struct Metrics {
     plugin_series: PluginSeries,
     /// `weft_timeouts_total`, by [`TimeoutKind::ALL`].
     timeouts: [Counter; 6],
+    /// `weft_http1_handoffs_total`, by [`Handoff::ALL`].
+    handoffs: [Counter; 6],
     connection_series: ConnectionSeries,
     upstream_series: UpstreamSeries,
     /// Route names that have series, so a reload can drop those of removed routes.
@@ -572,6 +581,14 @@ impl Metrics {
             Family::<TimeoutLabel, Counter>::default(),
         );
         let timeouts = TimeoutKind::ALL.map(|k| timeout_family.get_or_create_owned(&TimeoutLabel { kind: k.label() }));
+        let handoff_family = register(
+            &mut r,
+            "weft_http1_handoffs",
+            "HTTP/1.1 connections the lean server path handed to hyper's server, by the reason of \
+             the request that did (body, connection, te, http10, large, malformed)",
+            Family::<ReasonLabel, Counter>::default(),
+        );
+        let handoffs = Handoff::ALL.map(|h| handoff_family.get_or_create_owned(&ReasonLabel { reason: h.label() }));
         let connection_series = ConnectionSeries::register(&mut r);
         let upstream_series = UpstreamSeries::register(&mut r);
         let runtime = Arc::new(RuntimeCollector::default());
@@ -586,6 +603,7 @@ impl Metrics {
             config_generation,
             plugin_series,
             timeouts,
+            handoffs,
             connection_series,
             upstream_series,
             routes: Mutex::default(),
@@ -750,6 +768,11 @@ impl Metrics {
     /// Counts a timeout that fired.
     pub fn timeout(&self, kind: TimeoutKind) {
         self.timeouts[kind as usize].inc();
+    }
+
+    /// Counts a connection handed from the lean HTTP/1.1 path to hyper's server.
+    pub fn handoff(&self, why: Handoff) {
+        self.handoffs[why as usize].inc();
     }
 
     /// The connection metrics of listener `name` (`proxy`, `listen_tls[i]` or `admin`).

@@ -223,6 +223,69 @@ async fn metrics_health_and_readiness() {
     assert_eq!(log.matches("weft::access").count(), 9, "{log}");
 }
 
+/// Reads from `stream` until every one of `needles` came (10 s at most).
+async fn read_responses(stream: &mut tokio::net::TcpStream, needles: &[&str]) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !needles.iter().all(|n| String::from_utf8_lossy(&got).contains(n)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            other => panic!("{other:?} after {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+    String::from_utf8(got).unwrap()
+}
+
+/// Plain requests are served on the lean HTTP/1.1 path, and the first request it does not serve
+/// hands its connection to hyper's server with the bytes already read: everything is answered, in
+/// order, on one connection, and the hand-off is counted by reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lean_requests_and_hand_offs_to_hyper_on_one_connection() {
+    use tokio::io::AsyncWriteExt;
+    let up = spawn_upstream("up", Duration::ZERO).await;
+    let (addr, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "listen: {addr}\nadmin: {{ listen: {admin} }}\n\
+         upstreams: [{{ name: up, addresses: [\"{up}\"] }}]\n\
+         routes: [{{ name: all, upstream: up }}]\n"
+    );
+    let _proxy = start_proxy("handoff", &yaml, addr);
+    let before = scrape(admin).await;
+    assert_eq!(metric(&before, r#"weft_http1_handoffs_total{reason="body"}"#), 0.0);
+
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Two plain requests pipelined, then one with a body (and the next after it) in one write.
+    conn.write_all(
+        b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n\
+          POST /c HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabcGET /d HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = read_responses(&mut conn, &["up /a", "up /b", "up /c", "up /d"]).await;
+    let order: Vec<_> = ["up /a", "up /b", "up /c", "up /d"]
+        .iter()
+        .map(|n| got.find(n).unwrap())
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{got}");
+    assert_eq!(got.matches("HTTP/1.1 200 OK\r\n").count(), 4, "{got}");
+
+    // An HTTP/1.0 request, on a connection of its own.
+    let mut c10 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c10.write_all(b"GET /e HTTP/1.0\r\nhost: x\r\n\r\n").await.unwrap();
+    assert!(
+        read_responses(&mut c10, &["up /e"])
+            .await
+            .starts_with("HTTP/1.0 200 OK")
+    );
+    let after = scrape(admin).await;
+    let count = |reason: &str| metric(&after, &format!("weft_http1_handoffs_total{{reason=\"{reason}\"}}"));
+    assert_eq!((count("body"), count("http10"), count("connection")), (1.0, 1.0, 0.0));
+    assert_eq!(metric(&after, r#"weft_requests_total{route="all",status="2xx"}"#), 5.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let up = spawn_upstream("slow", Duration::from_millis(500)).await;

@@ -20,6 +20,9 @@ pub enum BodyEncoding {
     /// Exactly this many bytes (0: nothing is written).
     Length(u64),
     Chunked,
+    /// Until the connection closes (a response of unknown length in an HTTP/1.0 head, from the
+    /// lean server path; requests are never framed so).
+    Close,
 }
 
 /// Appends `req`'s head (origin-form URI, HTTP/1.1) to `out` and returns how to frame its

@@ -99,13 +99,13 @@ pub fn parse(buf: &mut BytesMut, head_request: bool, names: &mut Names) -> Resul
 
 /// A header's name and value as offsets into its head (both within `MAX_HEAD`).
 #[derive(Clone, Copy, Default)]
-struct Place {
-    name: (u32, u32),
-    value: (u32, u32),
+pub(super) struct Place {
+    pub(super) name: (u32, u32),
+    pub(super) value: (u32, u32),
 }
 
 impl Place {
-    fn of(base: usize, h: &httparse::Header<'_>) -> Place {
+    pub(super) fn of(base: usize, h: &httparse::Header<'_>) -> Place {
         let at = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
         Place {
             name: at(h.name.as_bytes()),
@@ -114,7 +114,7 @@ impl Place {
     }
 }
 
-fn range((at, len): (u32, u32)) -> std::ops::Range<usize> {
+pub(super) fn range((at, len): (u32, u32)) -> std::ops::Range<usize> {
     at as usize..(at + len) as usize
 }
 
@@ -173,34 +173,45 @@ impl<'a> Facts<'a> {
 /// (`x-request-id`, a plugin's): the map is not grown (a rehash of every entry) per response.
 /// hyper keeps the map after writing the response and parses the connection's next request
 /// into it, so the room serves the request's forwarding headers too.
-const HEADROOM: usize = 8;
+pub(super) const HEADROOM: usize = 8;
 
 thread_local! {
-    /// A header map a finished request no longer needs, emptied, for this thread's next
-    /// response head ([`recycle`]).
-    static SPARE: std::cell::Cell<Option<HeaderMap>> = const { std::cell::Cell::new(None) };
+    /// Header maps finished messages no longer need, emptied, for this thread's next heads
+    /// ([`recycle`]).
+    static SPARE: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Keeps `map`, emptied, for the next response head this thread parses: a request's map is
-/// dropped once its response head is in, and the head's map was a new one (two allocations and
-/// two frees a request). hyper parses the client's next request into the map of the response
-/// before it (after writing that response), so one map goes around per request, none allocated.
-/// A map of more than [`SPARE_MAX`] entries is dropped instead.
+/// Keeps `map`, emptied, for a head this thread parses next (a request's on the lean server
+/// path, an upstream's response): each message's map would be a new one otherwise (two
+/// allocations and two frees a message). Maps go around: a request's map is recycled once the
+/// request is written upstream, its response's once the response head is written to the client.
+/// Up to [`SPARE_COUNT`] are kept, for the requests a thread has under way at once (one kept map
+/// served one at a time, and the rest were dropped and made anew); a map of more than
+/// [`SPARE_MAX`] entries is dropped instead.
 pub fn recycle(mut map: HeaderMap) {
     if map.capacity() > SPARE_MAX {
         return;
     }
-    // Emptied now, not when taken: its values hold on to the bytes they were read into.
-    map.clear();
-    SPARE.set(Some(map));
+    // Emptied now, not when taken: its values hold on to the bytes they were read into. A map
+    // drained by the response writer is empty already.
+    if !map.is_empty() {
+        map.clear();
+    }
+    SPARE.with_borrow_mut(|spare| {
+        if spare.len() < SPARE_COUNT {
+            spare.push(map);
+        }
+    });
 }
 
 /// The largest map [`recycle`] keeps (a head of hyper's 100 header lines at most, with room).
 const SPARE_MAX: usize = 192;
+/// Maps a thread keeps.
+const SPARE_COUNT: usize = 64;
 
 /// The thread's spare map with room for `n` headers, or a new one.
-fn spare_map(n: usize) -> HeaderMap {
-    match SPARE.take() {
+pub(super) fn spare_map(n: usize) -> HeaderMap {
+    match SPARE.with_borrow_mut(Vec::pop) {
         Some(mut map) => {
             map.reserve(n);
             map
@@ -221,7 +232,7 @@ pub struct Names(Vec<(Box<[u8]>, HeaderName)>);
 const NAMES_KEPT: usize = 32;
 
 impl Names {
-    fn name(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, Error> {
+    pub(super) fn name(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, Error> {
         if let Some((bytes, name)) = self.0.get(i)
             && **bytes == *raw
         {
@@ -549,9 +560,13 @@ mod tests {
         // Taken once: the next head gets a new map of its own size.
         let next = head("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").unwrap();
         assert!(next.parts.headers.capacity() < cap);
-        // A map too large to keep is dropped.
+        // A map too large to keep is dropped; at most SPARE_COUNT are kept.
         recycle(HeaderMap::with_capacity(4 * SPARE_MAX));
-        assert!(SPARE.take().is_none());
+        assert!(SPARE.with_borrow(Vec::is_empty));
+        for _ in 0..SPARE_COUNT + 3 {
+            recycle(HeaderMap::with_capacity(8));
+        }
+        assert_eq!(SPARE.with_borrow(Vec::len), SPARE_COUNT);
     }
 
     /// Values go into the map unchecked: every byte `HeaderValue` refuses, the parse refuses

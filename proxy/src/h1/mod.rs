@@ -1,5 +1,7 @@
-//! A lean HTTP/1.1 client for upstream exchanges: the caller (`crate::pool`) owns the stream
-//! and drives these stages on the request's own task; the codec stages only look at bytes.
+//! Lean HTTP/1.1 for both sides of the proxy, driven on the request's own task.
+//!
+//! The upstream client: the caller (`crate::pool`) owns the stream and drives these stages; the
+//! codec stages only look at bytes.
 //!
 //! - [`head`]: parses a response head into `http::response::Parts` and decides its body's
 //!   framing and whether the connection may carry another request. Stricter than hyper's client,
@@ -8,19 +10,29 @@
 //!   a client refuse them), never a guess;
 //! - [`encode`]: writes a request head with the body framing hyper's client would choose;
 //! - [`chunked`]: decodes a chunked body from bytes as they arrive, split anywhere;
-//! - [`send`]: writes a request (head, then its body as it comes) to the connection;
+//! - [`send`]: writes a message (head, then its body as it comes) to the connection;
 //! - [`recv`]: reads the connection into its buffer and cuts the response body out of it.
+//!
+//! The server side ([`server`]): a client connection's body-less HTTP/1.1 requests are parsed
+//! ([`request`]), served and answered ([`respond`], with hyper's server's framing) on the
+//! connection's task; any other request hands the connection, with the bytes read, to hyper's
+//! server for the rest of its life.
 //!
 //! Hand-written rather than a crate: `ureq-proto` (sans-I/O, by ureq's author) has a typestate
 //! flow in which the response is read only after the whole request body was sent, while a
 //! proxy streams a client's upload and must take an upstream's early answer; hyper's client is
-//! what this replaces (a dispatcher with channels per request).
+//! what this replaces (a dispatcher with channels per request). On the server side hyper stays
+//! for everything but the plain request; its dispatcher (a poll loop over read, write and flush
+//! states per request) is what the lean path leaves out.
 
 pub mod chunked;
 pub mod encode;
 pub mod head;
 pub mod recv;
+pub mod request;
+pub mod respond;
 pub mod send;
+pub mod server;
 
 use std::io;
 

@@ -41,7 +41,7 @@ where
     pub fn new(body: B, encoding: BodyEncoding) -> Sending<B> {
         let left = match encoding {
             BodyEncoding::Length(n) => n,
-            BodyEncoding::Chunked => 0,
+            BodyEncoding::Chunked | BodyEncoding::Close => 0,
         };
         Sending {
             body,
@@ -127,6 +127,7 @@ where
                     .checked_sub(data.len() as u64)
                     .ok_or(ClientError::BodyLength)?;
             }
+            BodyEncoding::Close => {}
             BodyEncoding::Chunked => {
                 if std::mem::replace(&mut self.crlf, true) {
                     out.extend_from_slice(b"\r\n");
@@ -141,7 +142,7 @@ where
     fn end(&mut self, out: &mut Vec<u8>) -> Result<(), ClientError> {
         match self.encoding {
             BodyEncoding::Length(_) if self.left > 0 => Err(ClientError::BodyLength),
-            BodyEncoding::Length(_) => Ok(()),
+            BodyEncoding::Length(_) | BodyEncoding::Close => Ok(()),
             BodyEncoding::Chunked => {
                 if std::mem::take(&mut self.crlf) {
                     out.extend_from_slice(b"\r\n");

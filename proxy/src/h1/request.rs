@@ -1,0 +1,275 @@
+//! A client's request head, for the lean server path ([`super::server`]): parsed with
+//! `httparse` into `http::request::Parts` when it is a request that path serves (HTTP/1.1, no
+//! body, no upgrade, nothing asked of the connection but keep-alive), or left in the buffer,
+//! untouched, for hyper's server (everything else, malformed heads included: hyper answers
+//! those with its own 400, 414 or 431, as before).
+
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
+use http::request::Parts;
+use http::{Method, Request, Uri, Version};
+
+use super::head::{MAX_HEADERS, Names, Place, range};
+
+/// The longest request target the lean path takes (hyper's server answers a longer one 414).
+const MAX_URI: usize = u16::MAX as usize - 1;
+/// A head not whole in this many bytes goes to hyper, which reads on to its own limit (and
+/// answers 431 past it): the lean path serves the usual head of a few hundred bytes.
+pub const MAX_LEAN_HEAD: usize = 64 * 1024;
+
+/// What the start of a connection's read buffer holds.
+#[derive(Debug)]
+// Returned once a request and moved once: a box would be an allocation a request.
+#[allow(clippy::large_enum_variant)]
+pub enum Parsed {
+    /// A whole head the lean path serves; taken out of the buffer (its values are slices of it).
+    Lean(Parts),
+    /// Not a whole head yet: read more.
+    Partial,
+    /// A head (or bytes) for hyper's server; the buffer is as it was.
+    Hyper(Handoff),
+}
+
+/// Why a head goes to hyper (`weft_http1_handoffs_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handoff {
+    /// Not a head httparse takes (hyper answers it 400), or an HTTP/2 preface.
+    Malformed,
+    /// More than [`MAX_HEADERS`] lines or [`MAX_LEAN_HEAD`] bytes, or a target over `MAX_URI`.
+    Large,
+    /// HTTP/1.0: keep-alive only when asked for, no chunked responses.
+    Http10,
+    /// A body (`content-length`, `transfer-encoding`), or `expect: 100-continue`.
+    Body,
+    /// An upgrade, `CONNECT`, or a `connection` value other than `keep-alive`.
+    Connection,
+    /// `te`: what the client accepts (trailers) is hyper's to answer.
+    Te,
+}
+
+impl Handoff {
+    pub const ALL: [Handoff; 6] = [
+        Handoff::Malformed,
+        Handoff::Large,
+        Handoff::Http10,
+        Handoff::Body,
+        Handoff::Connection,
+        Handoff::Te,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Handoff::Malformed => "malformed",
+            Handoff::Large => "large",
+            Handoff::Http10 => "http10",
+            Handoff::Body => "body",
+            Handoff::Connection => "connection",
+            Handoff::Te => "te",
+        }
+    }
+}
+
+/// Parses the head at the start of `buf`, `names` being the connection's names of its last
+/// request head (clients send the same names in the same order).
+pub fn parse(buf: &mut BytesMut, names: &mut Names) -> Parsed {
+    let mut places = [MaybeUninit::<Place>::uninit(); MAX_HEADERS];
+    let (len, path, method, count) = {
+        let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(buf, &mut headers) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_LEAN_HEAD => return Parsed::Hyper(Handoff::Large),
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(httparse::Error::TooManyHeaders) => return Parsed::Hyper(Handoff::Large),
+            Err(_) => return Parsed::Hyper(Handoff::Malformed),
+        };
+        if req.version != Some(1) {
+            return Parsed::Hyper(Handoff::Http10);
+        }
+        let (Some(method), Some(path)) = (req.method, req.path) else {
+            return Parsed::Hyper(Handoff::Malformed);
+        };
+        if path.len() > MAX_URI {
+            return Parsed::Hyper(Handoff::Large);
+        }
+        let base = buf.as_ptr() as usize;
+        for (place, h) in places.iter_mut().zip(req.headers.iter()) {
+            if let Some(why) = handoff(h) {
+                return Parsed::Hyper(why);
+            }
+            place.write(Place::of(base, h));
+        }
+        let at = path.as_ptr() as usize - base;
+        (len, at..at + path.len(), method, req.headers.len())
+    };
+    // SAFETY: the loop above wrote the first `count` places (it returns before any it skips).
+    let places = unsafe { std::slice::from_raw_parts(places.as_ptr().cast::<Place>(), count) };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Hyper(Handoff::Malformed);
+    };
+    if method == Method::CONNECT {
+        return Parsed::Hyper(Handoff::Connection);
+    }
+    let head = buf.split_to(len).freeze();
+    match build(&head, path, method, places, names) {
+        Some(parts) => Parsed::Lean(parts),
+        None => {
+            // The target or a name the `http` types refuse: hyper's to answer. Put the head back
+            // (a copy, on this error path only).
+            let rest = std::mem::take(buf);
+            buf.extend_from_slice(&head);
+            buf.extend_from_slice(&rest);
+            Parsed::Hyper(Handoff::Malformed)
+        }
+    }
+}
+
+/// Whether header `h` sends its request to hyper, and why.
+fn handoff(h: &httparse::Header<'_>) -> Option<Handoff> {
+    let is = |n: &http::HeaderName| h.name.eq_ignore_ascii_case(n.as_str());
+    // Most names are none of these: one length check passes them (the names below are 2, 6, 7,
+    // 10, 14 and 17 bytes long).
+    if !matches!(h.name.len(), 2 | 6 | 7 | 10 | 14 | 17) {
+        return None;
+    }
+    if is(&CONTENT_LENGTH) || is(&TRANSFER_ENCODING) || is(&EXPECT) {
+        Some(Handoff::Body)
+    } else if is(&UPGRADE) || (is(&CONNECTION) && !h.value.trim_ascii().eq_ignore_ascii_case(b"keep-alive")) {
+        Some(Handoff::Connection)
+    } else if is(&TE) {
+        Some(Handoff::Te)
+    } else {
+        None
+    }
+}
+
+/// The request's parts from its head bytes; None when the target or a name is refused.
+fn build(
+    head: &Bytes,
+    path: std::ops::Range<usize>,
+    method: Method,
+    places: &[Place],
+    names: &mut Names,
+) -> Option<Parts> {
+    let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
+    let mut headers = super::head::spare_map(places.len() + super::head::HEADROOM);
+    for (i, place) in places.iter().enumerate() {
+        let name = names.name(i, &head[range(place.name)]).ok()?;
+        // SAFETY: httparse accepted the value's bytes, and it accepts the set `HeaderValue`
+        // does (as for response heads, `super::head`; hyper's server does the same).
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(range(place.value))) };
+        headers.append(name, value);
+    }
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    parts.headers = headers;
+    Some(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(raw: &str) -> (Parsed, BytesMut) {
+        let mut buf = BytesMut::from(raw.as_bytes());
+        let parsed = parse(&mut buf, &mut Names::default());
+        (parsed, buf)
+    }
+
+    fn handoff_of(raw: &str) -> Handoff {
+        match parse_str(raw) {
+            (Parsed::Hyper(why), buf) => {
+                assert_eq!(&buf[..], raw.as_bytes(), "the buffer is left as it was");
+                why
+            }
+            (other, _) => panic!("expected a hand-off, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_request_is_parsed_and_taken_from_the_buffer() {
+        let raw = "GET /a/b?c=1 HTTP/1.1\r\nHost: x\r\nUser-Agent: t\r\nx-a: 1\r\nX-A: 2\r\nconnection: Keep-Alive\r\n\r\nGET /next";
+        let (parsed, buf) = parse_str(raw);
+        let Parsed::Lean(parts) = parsed else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!(&buf[..], b"GET /next", "the next request stays");
+        assert_eq!((parts.method.as_str(), parts.version), ("GET", Version::HTTP_11));
+        assert_eq!(parts.uri.path_and_query().unwrap().as_str(), "/a/b?c=1");
+        assert_eq!(&parts.headers["host"], "x");
+        let xa: Vec<_> = parts.headers.get_all("x-a").iter().collect();
+        assert_eq!(xa, ["1", "2"]);
+        assert_eq!(&parts.headers["connection"], "Keep-Alive");
+        // An absolute-form target and an extension method are the http types' as with hyper.
+        let (parsed, _) = parse_str("PURGE http://h/p HTTP/1.1\r\n\r\n");
+        let Parsed::Lean(parts) = parsed else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!((parts.method.as_str(), parts.uri.host()), ("PURGE", Some("h")));
+    }
+
+    #[test]
+    fn partial_heads_wait_for_more() {
+        assert!(matches!(parse_str("GET / HTTP/1.1\r\nhost: x\r\n").0, Parsed::Partial));
+        assert!(matches!(parse_str("").0, Parsed::Partial));
+        let long = format!("GET / HTTP/1.1\r\nx-big: {}", "a".repeat(MAX_LEAN_HEAD));
+        assert_eq!(handoff_of(&long), Handoff::Large);
+    }
+
+    #[test]
+    fn what_the_lean_path_does_not_serve_goes_to_hyper_untouched() {
+        let cases = [
+            ("POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc", Handoff::Body),
+            ("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", Handoff::Body),
+            ("POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n", Handoff::Body),
+            ("PUT / HTTP/1.1\r\nexpect: 100-continue\r\n\r\n", Handoff::Body),
+            (
+                "GET / HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+                Handoff::Connection,
+            ),
+            ("GET / HTTP/1.1\r\nupgrade: h2c\r\n\r\n", Handoff::Connection),
+            ("GET / HTTP/1.1\r\nconnection: close\r\n\r\n", Handoff::Connection),
+            (
+                "GET / HTTP/1.1\r\nconnection: keep-alive, x-a\r\n\r\n",
+                Handoff::Connection,
+            ),
+            ("CONNECT h:443 HTTP/1.1\r\n\r\n", Handoff::Connection),
+            ("GET / HTTP/1.1\r\nte: trailers\r\n\r\n", Handoff::Te),
+            ("GET / HTTP/1.0\r\n\r\n", Handoff::Http10),
+            ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Handoff::Malformed),
+            ("GET / HTTP/1.1\r\nbad header\r\n\r\n", Handoff::Malformed),
+            ("GET /\x01 HTTP/1.1\r\n\r\n", Handoff::Malformed),
+        ];
+        for (raw, why) in cases {
+            assert_eq!(handoff_of(raw), why, "{raw:?}");
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert_eq!(handoff_of(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Handoff::Large);
+        let target = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_URI));
+        assert_eq!(handoff_of(&target), Handoff::Large);
+    }
+
+    #[test]
+    fn a_head_the_http_types_refuse_is_put_back_whole() {
+        // httparse takes this target; `Uri` does not (a bad authority in absolute form).
+        let raw = "GET http://[::1/x HTTP/1.1\r\nhost: x\r\n\r\nrest";
+        assert_eq!(handoff_of(raw), Handoff::Malformed);
+    }
+
+    #[test]
+    fn names_are_lowercased_and_remembered() {
+        let mut names = Names::default();
+        for _ in 0..2 {
+            let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nX-Custom-Name: v\r\nHOST: h\r\n\r\n"[..]);
+            let Parsed::Lean(parts) = parse(&mut buf, &mut names) else {
+                panic!()
+            };
+            let keys: Vec<_> = parts.headers.keys().map(|k| k.as_str().to_owned()).collect();
+            assert_eq!(keys, ["x-custom-name", "host"]);
+        }
+    }
+}

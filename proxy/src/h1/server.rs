@@ -1,0 +1,576 @@
+//! The lean HTTP/1.1 server path: a client connection's requests read, served and answered on
+//! the connection's own task, with no dispatcher between the socket and the request's future.
+//!
+//! Each head is parsed here ([`super::request`]) when it is a request this path serves: HTTP/1.1
+//! with no body and nothing asked of the connection but keep-alive, what almost every page,
+//! asset and API read is. The first head that is anything else (a body, an upgrade, HTTP/1.0,
+//! an HTTP/2 preface, a malformed or oversized head) hands the connection, with every byte read
+//! and not yet served, to hyper's server for the rest of its life ([`Rewind`]): hyper serves it
+//! as it served every connection before, its answers to bad heads (400, 414, 431) included.
+//!
+//! While a request is served the socket is still read, as hyper's server reads it: bytes of a
+//! pipelined next request are kept, and the client closing its side ends the connection and
+//! drops the request (its upstream exchange and plugin slot with it).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::request::Parts;
+use http::{Method, Response};
+use hyper::body::Body;
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tracing::debug;
+
+use super::encode::BodySize;
+use super::head::Names;
+use super::request::{self, MAX_LEAN_HEAD, Parsed};
+use super::send::Sending;
+use super::{ClientError, recv, respond};
+use crate::body::BoxError;
+
+/// A connection being served, as [`crate::conn`]'s timers drive it: a future that ends with the
+/// connection, and a graceful shutdown (finish the request under way, then close).
+pub trait Serving: Future<Output = Result<(), BoxError>> + Send {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+/// A connection hyper serves (everything the lean path hands over).
+pub type HyperConn = Pin<Box<dyn Serving>>;
+
+/// hyper's connection as a [`Serving`] one (hyper_util's `GracefulConnection` is sealed).
+pub struct Graceful<C>(pub C);
+
+impl<C> Graceful<C> {
+    fn conn(self: Pin<&mut Self>) -> Pin<&mut C> {
+        // SAFETY: structural pinning of the only field: `Graceful` never moves it out, has no
+        // `Drop`, and is `Unpin` only when `C` is.
+        unsafe { self.map_unchecked_mut(|g| &mut g.0) }
+    }
+}
+
+impl<C> Future for Graceful<C>
+where
+    C: GracefulConnection<Error: Into<BoxError>> + Send,
+{
+    type Output = Result<(), BoxError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.conn().poll(cx).map_err(Into::into)
+    }
+}
+
+impl<C> Serving for Graceful<C>
+where
+    C: GracefulConnection<Error: Into<BoxError>> + Send,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        self.conn().graceful_shutdown();
+    }
+}
+
+/// A connection served by the lean path, or handed on to hyper from it.
+pub struct Connection {
+    run: Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>,
+    closing: Arc<AtomicBool>,
+}
+
+impl Future for Connection {
+    type Output = Result<(), BoxError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.run.as_mut().poll(cx)
+    }
+}
+
+impl Serving for Connection {
+    /// Takes effect at the connection's next poll (its driver polls it next): an idle connection
+    /// closes, one with a request under way closes after its response, which says so.
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Serves `io`: `service` makes each lean request's response; `hyper` takes the connection when
+/// a request is not one the lean path serves.
+pub fn serve<I, S, Fut, B, H>(io: I, service: S, hyper: H) -> Connection
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: FnMut(Parts) -> Fut + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+    H: FnOnce(Rewind<I>) -> HyperConn + Send + 'static,
+{
+    let closing = Arc::new(AtomicBool::new(false));
+    let run = Box::pin(run(io, service, hyper, Arc::clone(&closing)));
+    Connection { run, closing }
+}
+
+/// The read buffer's first size (hyper's server starts with the same).
+const READ_BUF: usize = 8192;
+
+async fn run<I, S, Fut, B, H>(mut io: I, mut service: S, hyper: H, closing: Arc<AtomicBool>) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send,
+    S: FnMut(Parts) -> Fut,
+    Fut: Future<Output = Response<B>>,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+    H: FnOnce(Rewind<I>) -> HyperConn,
+{
+    let mut buf = BytesMut::with_capacity(READ_BUF);
+    let mut out = Vec::with_capacity(512);
+    let mut names = Names::default();
+    loop {
+        let parts = match read_head(&mut io, &mut buf, &mut names, &closing).await? {
+            Head::Lean(parts) => parts,
+            Head::Closed => return Ok(()),
+            Head::Hyper(why) => {
+                debug!(reason = why.label(), "request handed to hyper's server");
+                crate::metrics::global().handoff(why);
+                return hand_off(Rewind::new(io, buf.freeze()), hyper, &closing).await;
+            }
+        };
+        let head_request = parts.method == Method::HEAD;
+        let Some(resp) = watching(&mut io, &mut buf, std::pin::pin!(service(parts))).await else {
+            debug!("client closed the connection before its response");
+            return Ok(());
+        };
+        if !respond(&mut io, &mut buf, &mut out, resp, head_request, &closing).await? {
+            // A failed shutdown of a connection that is over anyway changes nothing.
+            let _ = std::future::poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
+            return Ok(());
+        }
+    }
+}
+
+// Returned once a request and moved once: a box would be an allocation a request.
+#[allow(clippy::large_enum_variant)]
+enum Head {
+    Lean(Parts),
+    Hyper(request::Handoff),
+    /// The client closed the connection (or the server is shutting down) between requests.
+    Closed,
+}
+
+/// Reads until the buffer starts with a whole head.
+async fn read_head<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    names: &mut Names,
+    closing: &AtomicBool,
+) -> io::Result<Head> {
+    loop {
+        match request::parse(buf, names) {
+            Parsed::Lean(parts) => return Ok(Head::Lean(parts)),
+            Parsed::Hyper(why) => return Ok(Head::Hyper(why)),
+            Parsed::Partial => {}
+        }
+        let n = std::future::poll_fn(|cx| {
+            // Idle: a shutdown closes the connection now. A head under way is served first.
+            if buf.is_empty() && closing.load(Ordering::Relaxed) {
+                return Poll::Ready(Ok(0));
+            }
+            recv::poll_read(cx, io, buf)
+        })
+        .await?;
+        if n == 0 {
+            // A head cut off by the close is dropped, as hyper drops it.
+            return Ok(Head::Closed);
+        }
+    }
+}
+
+/// Polls `fut` to its end; None if the client closed its side first.
+async fn watching<I, F>(io: &mut I, buf: &mut BytesMut, mut fut: Pin<&mut F>) -> Option<F::Output>
+where
+    I: AsyncRead + Unpin,
+    F: Future,
+{
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        match poll_gone(cx, io, buf) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Ready when the client has closed its side (or its socket failed); bytes it sent meanwhile
+/// (a pipelined request) are kept, up to [`MAX_LEAN_HEAD`].
+fn poll_gone<I: AsyncRead + Unpin>(cx: &mut Context<'_>, io: &mut I, buf: &mut BytesMut) -> Poll<()> {
+    while buf.len() < MAX_LEAN_HEAD {
+        match recv::poll_read(cx, io, buf) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(_)) => {}
+        }
+    }
+    Poll::Pending
+}
+
+/// Writes `resp`; whether the connection may serve another request.
+async fn respond<I, B>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    resp: Response<B>,
+    head_request: bool,
+    closing: &AtomicBool,
+) -> Result<bool, BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, body) = resp.into_parts();
+    let size = if body.is_end_stream() {
+        BodySize::Empty
+    } else {
+        body.size_hint().exact().map_or(BodySize::Unknown, BodySize::Known)
+    };
+    out.clear();
+    let framed = respond::head(&mut parts, size, head_request, closing.load(Ordering::Relaxed), out)?;
+    super::head::recycle(std::mem::take(&mut parts.headers));
+    let mut sending = Sending::new(body, framed.encoding);
+    let sent = std::future::poll_fn(|cx| {
+        let r = sending.poll_send(cx, io, out);
+        if r.is_pending() && poll_gone(cx, io, buf).is_ready() {
+            return Poll::Ready(Err(ClientError::Closed));
+        }
+        r
+    })
+    .await;
+    match sent {
+        Ok(()) => Ok(framed.keep_alive),
+        Err(ClientError::Closed) => {
+            debug!("client closed the connection during its response");
+            Ok(false)
+        }
+        Err(ClientError::Io(e)) => Err(e.into()),
+        Err(ClientError::Body(e)) => Err(e),
+        Err(e) => Err(e.to_string().replace("request body", "response body").into()),
+    }
+}
+
+/// Hands the connection to hyper, passing on a shutdown that came or comes.
+async fn hand_off<I, H>(io: Rewind<I>, hyper: H, closing: &AtomicBool) -> Result<(), BoxError>
+where
+    H: FnOnce(Rewind<I>) -> HyperConn,
+{
+    let mut conn = hyper(io);
+    let mut told = false;
+    std::future::poll_fn(|cx| {
+        if !told && closing.load(Ordering::Relaxed) {
+            told = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        conn.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// A stream whose first reads give back bytes read from it before (by the lean path).
+pub struct Rewind<I> {
+    pre: Bytes,
+    io: I,
+}
+
+impl<I> Rewind<I> {
+    pub fn new(io: I, pre: Bytes) -> Rewind<I> {
+        Rewind { pre, io }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(out.remaining());
+            out.put_slice(&self.pre[..n]);
+            self.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, out)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, b)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    use http_body_util::{BodyExt as _, Full, StreamBody};
+    use hyper::body::Frame;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+
+    type TestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+    fn text(s: &'static str) -> TestBody {
+        Full::new(Bytes::from_static(s.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed_unsync()
+    }
+
+    /// hyper's HTTP/1.1 server for what the lean path hands over: it answers `hyper <method>
+    /// <body>`.
+    fn hyper_side(handed: Arc<AtomicUsize>) -> impl FnOnce(Rewind<DuplexStream>) -> HyperConn {
+        move |io| {
+            handed.fetch_add(1, Ordering::Relaxed);
+            let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                let method = req.method().clone();
+                let body = req.into_body().collect().await?.to_bytes();
+                let text = format!("hyper {method} {}", String::from_utf8_lossy(&body));
+                Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(text))))
+            });
+            let conn =
+                hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+            Box::pin(Graceful(conn))
+        }
+    }
+
+    /// A lean service answering `lean <path>`, counting its calls.
+    fn lean_side(calls: Arc<AtomicUsize>) -> impl FnMut(Parts) -> std::future::Ready<Response<TestBody>> + Send {
+        move |parts| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            let body = Full::new(Bytes::from(format!("lean {}", parts.uri.path())));
+            std::future::ready(Response::new(body.map_err(|e| match e {}).boxed_unsync()))
+        }
+    }
+
+    /// Reads until what came has `needle` (or the stream ends).
+    async fn read_until(client: &mut DuplexStream, needle: &str) -> String {
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains(needle) {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), client.read(&mut chunk))
+                .await
+                .expect("the server answers")
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(got).unwrap()
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_served_in_turn_on_the_lean_path() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let (calls, handed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let conn = tokio::spawn(serve(server, lean_side(calls.clone()), hyper_side(handed.clone())));
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\nHEAD /c HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = String::new();
+        while !(got.matches("HTTP/1.1 200 OK").count() == 3 && got.ends_with("\r\n\r\n")) {
+            let more = read_until(&mut client, "\r\n").await;
+            assert!(!more.is_empty(), "{got}");
+            got.push_str(&more);
+        }
+        assert!(got.contains("lean /a") && got.contains("lean /b"), "{got}");
+        let last = &got[got.rfind("HTTP/1.1").unwrap()..];
+        assert!(last.contains("content-length: 7\r\n"), "HEAD keeps the length: {got}");
+        assert!(!got.contains("lean /c"), "a HEAD response has no body: {got}");
+        assert_eq!((calls.load(Ordering::Relaxed), handed.load(Ordering::Relaxed)), (3, 0));
+        drop(client);
+        conn.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_with_a_body_hands_the_connection_to_hyper_with_its_bytes() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let (calls, handed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let conn = tokio::spawn(serve(server, lean_side(calls.clone()), hyper_side(handed.clone())));
+        client.write_all(b"GET /first HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(read_until(&mut client, "lean /first").await.contains("lean /first"));
+        // The head and part of its body in one write, the rest after.
+        client
+            .write_all(b"POST /up HTTP/1.1\r\ncontent-length: 6\r\n\r\nabc")
+            .await
+            .unwrap();
+        client.write_all(b"def").await.unwrap();
+        assert!(
+            read_until(&mut client, "hyper POST abcdef")
+                .await
+                .contains("hyper POST abcdef")
+        );
+        // hyper keeps the connection: later plain requests are its too.
+        client.write_all(b"GET /later HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(read_until(&mut client, "hyper GET").await.contains("hyper GET"));
+        assert_eq!((calls.load(Ordering::Relaxed), handed.load(Ordering::Relaxed)), (1, 1));
+        drop(client);
+        conn.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn malformed_heads_get_hyper_s_answer() {
+        for (raw, status) in [
+            (&b"GET / HTTP/1.1\r\nbad header\r\n\r\n"[..], "400"),
+            (b"GET http://[::1/x HTTP/1.1\r\n\r\n", "400"),
+        ] {
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            let handed = Arc::new(AtomicUsize::new(0));
+            let conn = tokio::spawn(serve(server, lean_side(Arc::default()), hyper_side(handed.clone())));
+            client.write_all(raw).await.unwrap();
+            let got = read_until(&mut client, "\r\n\r\n").await;
+            assert!(got.starts_with(&format!("HTTP/1.1 {status}")), "{got}");
+            assert_eq!(handed.load(Ordering::Relaxed), 1);
+            drop(client);
+            let _ = conn.await.unwrap();
+        }
+    }
+
+    /// Sets its flag when dropped.
+    struct DropFlag(Arc<AtomicBool>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_closing_its_side_drops_the_request_under_way() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let service = {
+            let dropped = dropped.clone();
+            move |_: Parts| {
+                let guard = DropFlag(dropped.clone());
+                async move {
+                    std::future::pending::<()>().await;
+                    drop(guard);
+                    Response::new(text("never"))
+                }
+            }
+        };
+        let conn = tokio::spawn(serve(server, service, hyper_side(Arc::default())));
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!dropped.load(Ordering::Relaxed), "served while the client stays");
+        client.shutdown().await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), conn)
+            .await
+            .expect("the connection ends")
+            .unwrap()
+            .unwrap();
+        assert!(dropped.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_closes_an_idle_connection_and_ends_one_after_its_response() {
+        // Idle: closed at the next poll.
+        let (_client, server) = tokio::io::duplex(1 << 16);
+        let mut conn = serve(server, lean_side(Arc::default()), hyper_side(Arc::default()));
+        let poll = |conn: &mut Connection| {
+            let waker = std::task::Waker::noop();
+            Pin::new(conn).poll(&mut Context::from_waker(waker)).map(|r| r.is_ok())
+        };
+        assert!(poll(&mut conn).is_pending());
+        Pin::new(&mut conn).graceful_shutdown();
+        assert_eq!(poll(&mut conn), Poll::Ready(true));
+
+        // A request under way: answered, with `connection: close`, then the connection ends.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut rx = Some(rx);
+        let service = move |_: Parts| {
+            let rx = rx.take().expect("one request");
+            async move {
+                let _ = rx.await;
+                Response::new(text("done"))
+            }
+        };
+        let mut conn = serve(server, service, hyper_side(Arc::default()));
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(poll(&mut conn).is_pending());
+        Pin::new(&mut conn).graceful_shutdown();
+        assert!(poll(&mut conn).is_pending(), "the request is still under way");
+        tx.send(()).unwrap();
+        let conn = tokio::spawn(conn);
+        let got = read_until(&mut client, "done").await;
+        assert!(got.contains("connection: close\r\n") && got.ends_with("done"), "{got}");
+        conn.await.unwrap().unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_is_chunked_and_one_short_of_its_length_ends_the_connection() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        let mut rx = Some(rx);
+        let service = move |_: Parts| {
+            let rx = rx.take().expect("one request");
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+            std::future::ready(Response::new(StreamBody::new(stream).boxed_unsync()))
+        };
+        let conn = tokio::spawn(serve(server, service, hyper_side(Arc::default())));
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"hello")))).await.unwrap();
+        let got = read_until(&mut client, "hello").await;
+        assert!(
+            got.contains("transfer-encoding: chunked\r\n") && got.ends_with("5\r\nhello"),
+            "{got}"
+        );
+        tx.send(Ok(Frame::data(Bytes::from_static(b" world")))).await.unwrap();
+        drop(tx);
+        let got = read_until(&mut client, "0\r\n\r\n").await;
+        assert_eq!(got, "\r\n6\r\n world\r\n0\r\n\r\n");
+        drop(client);
+        conn.await.unwrap().unwrap();
+
+        // A length the body does not fill: the connection fails after what it sent.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let service = |_: Parts| {
+            // Of unknown size, so the given length frames it.
+            let frames = vec![Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"abc")))];
+            let mut resp = Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync());
+            resp.headers_mut()
+                .insert("content-length", http::HeaderValue::from_static("5"));
+            std::future::ready(resp)
+        };
+        let conn = tokio::spawn(serve(server, service, hyper_side(Arc::default())));
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let got = read_until(&mut client, "never").await;
+        assert!(got.contains("content-length: 5\r\n") && got.ends_with("abc"), "{got}");
+        let err = conn.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("response body length"), "{err}");
+    }
+}
