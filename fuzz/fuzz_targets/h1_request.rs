@@ -1,0 +1,56 @@
+//! The lean server path's request parsing (`weft_proxy::h1::request`) on arbitrary bytes: it
+//! never panics; a request it serves was taken whole out of the buffer and is one it may serve
+//! (HTTP/1.1, no body framing, no upgrade, `CONNECT`, `te` or `expect`, a `connection` of
+//! `keep-alive` at most: anything else must reach hyper, or a body could be read as the next
+//! request); its values pass `HeaderValue`'s check; whatever it hands to hyper or waits on is left
+//! in the buffer byte for byte; and the connection's name cache changes nothing.
+#![no_main]
+
+use bytes::BytesMut;
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TE, TRANSFER_ENCODING, UPGRADE};
+use libfuzzer_sys::fuzz_target;
+use weft_proxy::h1::head::Names;
+use weft_proxy::h1::request::{MAX_LEAN_HEAD, Parsed, parse};
+
+fn parsed(bytes: &[u8], names: &mut Names) -> (String, Vec<u8>) {
+    let mut buf = BytesMut::from(bytes);
+    let what = match parse(&mut buf, names) {
+        Parsed::Lean(parts) => {
+            let n = bytes.len() - buf.len();
+            assert!(n > 0 && bytes.ends_with(&buf), "the head is taken from the front");
+            assert_eq!(parts.version, http::Version::HTTP_11);
+            assert_ne!(parts.method, http::Method::CONNECT);
+            for name in [CONTENT_LENGTH, TRANSFER_ENCODING, EXPECT, UPGRADE, TE] {
+                assert!(!parts.headers.contains_key(&name), "{name} on the lean path");
+            }
+            for v in parts.headers.get_all(CONNECTION) {
+                assert!(v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"keep-alive"), "{v:?}");
+            }
+            for v in parts.headers.values() {
+                assert!(http::HeaderValue::from_bytes(v.as_bytes()).is_ok(), "invalid value {v:?}");
+            }
+            // The head ends with its blank line, as httparse found it.
+            assert!(bytes[..n].ends_with(b"\n"));
+            format!("lean {n} {} {} {:?}", parts.method, parts.uri, parts.headers)
+        }
+        Parsed::Partial => {
+            assert_eq!(&buf[..], bytes, "a partial head stays");
+            assert!(bytes.len() < MAX_LEAN_HEAD);
+            "partial".to_owned()
+        }
+        Parsed::Hyper(why) => {
+            assert_eq!(&buf[..], bytes, "what goes to hyper is left as it was");
+            format!("hyper {why:?}")
+        }
+    };
+    (what, buf.to_vec())
+}
+
+fuzz_target!(|input: (&[u8], &[u8])| {
+    let (before, bytes) = input;
+    let mut warm = Names::default();
+    let _ = parsed(before, &mut warm);
+    let fresh = parsed(bytes, &mut Names::default());
+    assert_eq!(fresh, parsed(bytes, &mut warm));
+    assert_eq!(fresh, parsed(bytes, &mut warm));
+});
