@@ -79,6 +79,7 @@ pub fn parse(buf: &mut BytesMut, names: &mut Names) -> Parsed {
         let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
         let mut req = httparse::Request::new(&mut []);
         let len = match req.parse_with_uninit_headers(buf, &mut headers) {
+            Ok(httparse::Status::Complete(len)) if len > MAX_LEAN_HEAD => return Parsed::Hyper(Handoff::Large),
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() >= MAX_LEAN_HEAD => return Parsed::Hyper(Handoff::Large),
             Ok(httparse::Status::Partial) => return Parsed::Partial,
@@ -218,6 +219,8 @@ mod tests {
         assert!(matches!(parse_str("").0, Parsed::Partial));
         let long = format!("GET / HTTP/1.1\r\nx-big: {}", "a".repeat(MAX_LEAN_HEAD));
         assert_eq!(handoff_of(&long), Handoff::Large);
+        // Whole, but over the limit: hyper's too.
+        assert_eq!(handoff_of(&format!("{long}\r\n\r\n")), Handoff::Large);
     }
 
     #[test]
