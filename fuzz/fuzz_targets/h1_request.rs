@@ -1,6 +1,6 @@
 //! The lean server path's request parsing (`weft_proxy::h1::request`) on arbitrary bytes: it
 //! never panics; a request it serves was taken whole out of the buffer and is one it may serve
-//! (HTTP/1.1, no body framing, no upgrade, `CONNECT`, `te` or `expect`, a `connection` of
+//! (HTTP/1.1, no body framing but one `content-length: 0`, no upgrade, `CONNECT`, `te` or `expect`, a `connection` of
 //! `keep-alive` at most: anything else must reach hyper, or a body could be read as the next
 //! request); its values pass `HeaderValue`'s check; whatever it hands to hyper or waits on is left
 //! in the buffer byte for byte; and the connection's name cache changes nothing.
@@ -20,9 +20,12 @@ fn parsed(bytes: &[u8], names: &mut Names) -> (String, Vec<u8>) {
             assert!(n > 0 && bytes.ends_with(&buf), "the head is taken from the front");
             assert_eq!(parts.version, http::Version::HTTP_11);
             assert_ne!(parts.method, http::Method::CONNECT);
-            for name in [CONTENT_LENGTH, TRANSFER_ENCODING, EXPECT, UPGRADE, TE] {
+            for name in [TRANSFER_ENCODING, EXPECT, UPGRADE, TE] {
                 assert!(!parts.headers.contains_key(&name), "{name} on the lean path");
             }
+            // No body: one `content-length: 0` at most.
+            let lengths: Vec<_> = parts.headers.get_all(CONTENT_LENGTH).iter().collect();
+            assert!(lengths.is_empty() || lengths == ["0"], "{lengths:?}");
             for v in parts.headers.get_all(CONNECTION) {
                 assert!(v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"keep-alive"), "{v:?}");
             }

@@ -280,10 +280,16 @@ async fn lean_requests_and_hand_offs_to_hyper_on_one_connection() {
             .await
             .starts_with("HTTP/1.0 200 OK")
     );
+    // A POST with `content-length: 0` has no body: served on the lean path, not handed over.
+    let mut c0 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c0.write_all(b"POST /f HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\nGET /g HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_responses(&mut c0, &["up /f", "up /g"]).await;
     let after = scrape(admin).await;
     let count = |reason: &str| metric(&after, &format!("weft_http1_handoffs_total{{reason=\"{reason}\"}}"));
     assert_eq!((count("body"), count("http10"), count("connection")), (1.0, 1.0, 0.0));
-    assert_eq!(metric(&after, r#"weft_requests_total{route="all",status="2xx"}"#), 5.0);
+    assert_eq!(metric(&after, r#"weft_requests_total{route="all",status="2xx"}"#), 7.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,8 @@
 //! A client's request head, for the lean server path ([`super::server`]): parsed with
 //! `httparse` into `http::request::Parts` when it is a request that path serves (HTTP/1.1, no
-//! body, no upgrade, nothing asked of the connection but keep-alive), or left in the buffer,
-//! untouched, for hyper's server (everything else, malformed heads included: hyper answers
-//! those with its own 400, 414 or 431, as before).
+//! body but a single `content-length: 0`, no upgrade, nothing asked of the connection but
+//! keep-alive), or left in the buffer, untouched, for hyper's server (everything else, malformed
+//! heads included: hyper answers those with its own 400, 414 or 431, as before).
 
 use std::mem::MaybeUninit;
 
@@ -96,8 +96,9 @@ pub fn parse(buf: &mut BytesMut, names: &mut Names) -> Parsed {
             return Parsed::Hyper(Handoff::Large);
         }
         let base = buf.as_ptr() as usize;
+        let mut length = false;
         for (place, h) in places.iter_mut().zip(req.headers.iter()) {
-            if let Some(why) = handoff(h) {
+            if let Some(why) = handoff(h, &mut length) {
                 return Parsed::Hyper(why);
             }
             place.write(Place::of(base, h));
@@ -127,15 +128,18 @@ pub fn parse(buf: &mut BytesMut, names: &mut Names) -> Parsed {
     }
 }
 
-/// Whether header `h` sends its request to hyper, and why.
-fn handoff(h: &httparse::Header<'_>) -> Option<Handoff> {
+/// Whether header `h` sends its request to hyper, and why. One `content-length: 0` is no body
+/// (hyper reads it so too; `length`: one was seen), any other length is one.
+fn handoff(h: &httparse::Header<'_>, length: &mut bool) -> Option<Handoff> {
     let is = |n: &http::HeaderName| h.name.eq_ignore_ascii_case(n.as_str());
     // Most names are none of these: one length check passes them (the names below are 2, 6, 7,
     // 10, 14 and 17 bytes long).
     if !matches!(h.name.len(), 2 | 6 | 7 | 10 | 14 | 17) {
         return None;
     }
-    if is(&CONTENT_LENGTH) || is(&TRANSFER_ENCODING) || is(&EXPECT) {
+    if is(&CONTENT_LENGTH) && h.value == b"0" && !std::mem::replace(length, true) {
+        None
+    } else if is(&CONTENT_LENGTH) || is(&TRANSFER_ENCODING) || is(&EXPECT) {
         Some(Handoff::Body)
     } else if is(&UPGRADE) || (is(&CONNECTION) && !h.value.trim_ascii().eq_ignore_ascii_case(b"keep-alive")) {
         Some(Handoff::Connection)
@@ -211,6 +215,13 @@ mod tests {
             panic!("{parsed:?}")
         };
         assert_eq!((parts.method.as_str(), parts.uri.host()), ("PURGE", Some("h")));
+        // One `content-length: 0` is no body: served, the header kept (as hyper keeps it).
+        let (parsed, buf) = parse_str("POST /f HTTP/1.1\r\nContent-Length:  0 \r\n\r\n");
+        let Parsed::Lean(parts) = parsed else {
+            panic!("{parsed:?}")
+        };
+        assert!(buf.is_empty());
+        assert_eq!(&parts.headers["content-length"], "0");
     }
 
     #[test]
@@ -227,7 +238,15 @@ mod tests {
     fn what_the_lean_path_does_not_serve_goes_to_hyper_untouched() {
         let cases = [
             ("POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc", Handoff::Body),
-            ("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", Handoff::Body),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 0\r\ncontent-length: 0\r\n\r\n",
+                Handoff::Body,
+            ),
+            ("POST / HTTP/1.1\r\nContent-Length: 00\r\n\r\n", Handoff::Body),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 0\r\ntransfer-encoding: chunked\r\n\r\n",
+                Handoff::Body,
+            ),
             ("POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n", Handoff::Body),
             ("PUT / HTTP/1.1\r\nexpect: 100-continue\r\n\r\n", Handoff::Body),
             (
