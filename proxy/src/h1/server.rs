@@ -256,7 +256,9 @@ where
         }
         Err(ClientError::Io(e)) => Err(e.into()),
         Err(ClientError::Body(e)) => Err(e),
-        Err(e) => Err(e.to_string().replace("request body", "response body").into()),
+        Err(ClientError::BodyLength) => Err("response body length does not match its content-length".into()),
+        // `Sending` fails with none of the others.
+        Err(e) => Err(e.into()),
     }
 }
 
