@@ -88,7 +88,8 @@ impl Future for Connection {
 
 impl Serving for Connection {
     /// Takes effect at the connection's next poll (its driver polls it next): an idle connection
-    /// closes, one with a request under way closes after its response, which says so.
+    /// closes, one with a request under way closes after its response (whose head says so when
+    /// it was not written yet).
     fn graceful_shutdown(self: Pin<&mut Self>) {
         self.closing.store(true, Ordering::Relaxed);
     }
