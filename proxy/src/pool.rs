@@ -268,10 +268,17 @@ impl Conn {
         Poll::Ready(r)
     }
 
-    /// Whether the connection can carry another request: the last one fully written, its
-    /// response fully read with nothing after it, and no close or bytes from the upstream since.
+    /// Whether the connection's last exchange left it fit for another: the request fully
+    /// written, its response fully read with nothing after it in the buffer. What the upstream
+    /// sent since (a close, stray bytes) is [`Conn::reusable`]'s to see, at checkout.
+    fn clean(&self) -> bool {
+        !self.broken && self.send.is_none() && self.read.is_empty()
+    }
+
+    /// Whether the connection can carry another request: [`Conn::clean`], and no close or bytes
+    /// from the upstream since (one read with a no-op waker).
     fn reusable(&mut self) -> bool {
-        if self.broken || self.send.is_some() || !self.read.is_empty() {
+        if !self.clean() {
             return false;
         }
         let mut cx = Context::from_waker(Waker::noop());
@@ -497,7 +504,9 @@ impl Pooled {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        if self.reader.is_done() && self.keep_alive && conn.reusable() {
+        // The socket is not read here: the checkout that takes the connection next reads it
+        // (a close or stray bytes from the upstream in between are seen there, and by the reaper).
+        if self.reader.is_done() && self.keep_alive && conn.clean() {
             self.home.checkin(conn);
         }
     }
