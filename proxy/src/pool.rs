@@ -501,7 +501,7 @@ impl Pooled {
     /// The body has ended (or failed): the connection goes back to the pool if it can carry
     /// another request, else it is closed.
     fn finish(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
+        let Some(conn) = self.conn.take() else {
             return;
         };
         // The socket is not read here: the checkout that takes the connection next reads it
