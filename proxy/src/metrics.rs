@@ -20,11 +20,11 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use weft_runtime::abi::WeftPhase;
-
-use crate::h1::request::Handoff;
 use weft_runtime::budget::ByteBudget;
 use weft_runtime::remote::{RemoteCall, RemoteErrorKind, RemoteInstance};
 use weft_runtime::{Runtime, RuntimeStats};
+
+use crate::h1::request::Handoff;
 
 /// Upper bounds (seconds) of the request latency buckets: 100 µs to 10 s.
 pub const REQUEST_BUCKETS: &[f64] = &[

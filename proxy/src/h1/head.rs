@@ -171,8 +171,9 @@ impl<'a> Facts<'a> {
 
 /// Room in a response's header map for the headers added to it on the way to the client
 /// (`x-request-id`, a plugin's): the map is not grown (a rehash of every entry) per response.
-/// hyper keeps the map after writing the response and parses the connection's next request
-/// into it, so the room serves the request's forwarding headers too.
+/// A later request is parsed into the map after the response is written (hyper keeps it for
+/// its connection's next head, the lean path through the thread's spare maps), so the room
+/// serves the request's forwarding headers too.
 pub(super) const HEADROOM: usize = 8;
 
 thread_local! {
