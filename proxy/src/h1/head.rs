@@ -326,7 +326,7 @@ pub(super) fn ends_in_chunked(headers: &HeaderMap) -> bool {
 }
 
 /// Whether the last comma-separated coding of one transfer-encoding value is chunked.
-fn last_coding_is_chunked(value: &[u8]) -> bool {
+pub(super) fn last_coding_is_chunked(value: &[u8]) -> bool {
     let last = value.rsplit(|&b| b == b',').next().unwrap_or(value);
     last.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
@@ -341,18 +341,21 @@ pub(super) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> 
     Ok(length)
 }
 
+/// The number `n` spells in decimal digits only; None when empty, not all digits, or past `u64`.
+pub(super) fn digits(n: &[u8]) -> Option<u64> {
+    if n.is_empty() {
+        return None;
+    }
+    n.iter().try_fold(0u64, |acc, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d < 10)?;
+        acc.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
 /// Merges one content-length value (a comma-separated list of the same number) into `length`.
 fn merge_length(length: &mut Option<u64>, value: &[u8]) -> Result<(), Error> {
     for n in value.split(|&b| b == b',') {
-        let n = n.trim_ascii();
-        if n.is_empty() {
-            return Err(Error::BadContentLength);
-        }
-        let n = n.iter().try_fold(0u64, |acc, &b| {
-            let digit = b.checked_sub(b'0').filter(|d| *d < 10)?;
-            acc.checked_mul(10)?.checked_add(u64::from(digit))
-        });
-        let n = n.ok_or(Error::BadContentLength)?;
+        let n = digits(n.trim_ascii()).ok_or(Error::BadContentLength)?;
         if length.is_some_and(|l| l != n) {
             return Err(Error::BadContentLength);
         }

@@ -11,6 +11,7 @@ use http::response::Parts;
 use http::{StatusCode, Version};
 
 use super::encode::{BodyEncoding, BodySize};
+use super::head::{digits, last_coding_is_chunked};
 
 /// A response head the lean path cannot write; hyper's server refused the same (a user error)
 /// and closed the connection without a response.
@@ -198,7 +199,7 @@ impl Writer {
                 Ok(false)
             }
             BodySize::Unknown => {
-                let n = parse_length(value.as_bytes()).ok_or(HeadError::ContentLength)?;
+                let n = digits(value.as_bytes()).ok_or(HeadError::ContentLength)?;
                 match self.length {
                     Some(prev) if prev != n => Err(HeadError::ContentLength),
                     Some(_) => Ok(false),
@@ -251,11 +252,6 @@ fn implicit(
     }
 }
 
-fn last_coding_is_chunked(value: &[u8]) -> bool {
-    let last = value.rsplit(|&b| b == b',').next().unwrap_or(value);
-    last.trim_ascii().eq_ignore_ascii_case(b"chunked")
-}
-
 fn status_line(parts: &Parts, out: &mut Vec<u8>) {
     let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
     if parts.version != Version::HTTP_10 && parts.status == StatusCode::OK && reason.is_none() {
@@ -296,16 +292,6 @@ fn line(name: &str, value: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.iter().try_fold(0u64, |acc, &b| {
-        let d = b.checked_sub(b'0').filter(|d| *d < 10)?;
-        acc.checked_mul(10)?.checked_add(u64::from(d))
-    })
 }
 
 thread_local! {
