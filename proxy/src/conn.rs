@@ -44,6 +44,7 @@ use crate::accept::{self, Acceptor, Admission, ConnPermit, PerIp};
 use crate::body::BoxError;
 use crate::config::Limits;
 use crate::forward::ClientIp;
+use crate::h1::lean_body::LeanBody;
 use crate::h1::server::{Graceful, HyperConn, Serving};
 use crate::metrics::{self, TimeoutKind};
 use crate::timer::Armed;
@@ -243,20 +244,22 @@ impl BodyRead {
 /// The request body handlers get: the client's, with `limits.request_body_timeout_ms`.
 pub type RequestBody = TimedBody<ClientBody>;
 
-/// A client's request body: hyper's, or none (a request the lean HTTP/1.1 path served,
-/// [`crate::h1::server`], has no body).
+/// A client's request body: hyper's, the lean HTTP/1.1 path's ([`crate::h1::server`]), or none
+/// (a request that path served without one).
 pub enum ClientBody {
     Hyper(Incoming),
+    Lean(LeanBody),
     Empty,
 }
 
 impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::Lean(b) => Pin::new(b).poll_frame(cx),
             ClientBody::Empty => Poll::Ready(None),
         }
     }
@@ -264,6 +267,7 @@ impl Body for ClientBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Lean(b) => b.is_end_stream(),
             ClientBody::Empty => true,
         }
     }
@@ -271,6 +275,7 @@ impl Body for ClientBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Lean(b) => b.size_hint(),
             ClientBody::Empty => SizeHint::with_exact(0),
         }
     }
@@ -692,7 +697,12 @@ where
     };
     let conn = crate::h1::server::serve(
         io,
-        move |parts| serve(Request::from_parts(parts, ClientBody::Empty)),
+        move |parts, body: Option<LeanBody>| {
+            serve(Request::from_parts(
+                parts,
+                body.map_or(ClientBody::Empty, ClientBody::Lean),
+            ))
+        },
         move |io| -> HyperConn {
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(io), hyper_service)

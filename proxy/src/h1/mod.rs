@@ -28,6 +28,7 @@
 pub mod chunked;
 pub mod encode;
 pub mod head;
+pub mod lean_body;
 pub mod recv;
 pub mod request;
 pub mod respond;

@@ -91,7 +91,7 @@ impl Reader {
     }
 
     /// A frame from `buf`, if it holds one; bytes past the body's end stay there.
-    fn take(&mut self, buf: &mut BytesMut) -> Result<Option<Frame<bytes::Bytes>>, BodyError> {
+    pub(super) fn take(&mut self, buf: &mut BytesMut) -> Result<Option<Frame<bytes::Bytes>>, BodyError> {
         match self {
             Reader::Done => Ok(None),
             _ if buf.is_empty() && !matches!(self, Reader::Chunked(_)) => Ok(None),

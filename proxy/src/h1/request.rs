@@ -1,8 +1,9 @@
 //! A client's request head, for the lean server path ([`super::server`]): parsed with
-//! `httparse` into `http::request::Parts` when it is a request that path serves (HTTP/1.1, no
-//! body but a single `content-length: 0`, no upgrade, nothing asked of the connection but
-//! keep-alive), or left in the buffer, untouched, for hyper's server (everything else, malformed
-//! heads included: hyper answers those with its own 400, 414 or 431, as before).
+//! `httparse` into `http::request::Parts` when it is a request that path serves (HTTP/1.1; no
+//! body, or one framed by a single `content-length` or a single `transfer-encoding: chunked`;
+//! no upgrade, `expect` or `te`; nothing asked of the connection but keep-alive), or left in the
+//! buffer, untouched, for hyper's server (everything else, malformed heads included: hyper
+//! answers those with its own 400, 414 or 431, as before).
 
 use std::mem::MaybeUninit;
 
@@ -11,7 +12,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HeaderValue, TE, TRANSFER
 use http::request::Parts;
 use http::{Method, Request, Uri, Version};
 
-use super::head::{MAX_HEADERS, Names, Place, range};
+use super::head::{Framing, MAX_HEADERS, Names, Place, digits, range};
 
 /// The longest request target the lean path takes (hyper's server answers a longer one 414).
 const MAX_URI: usize = u16::MAX as usize - 1;
@@ -24,8 +25,9 @@ pub const MAX_LEAN_HEAD: usize = 64 * 1024;
 // Returned once a request and moved once: a box would be an allocation a request.
 #[allow(clippy::large_enum_variant)]
 pub enum Parsed {
-    /// A whole head the lean path serves; taken out of the buffer (its values are slices of it).
-    Lean(Parts),
+    /// A whole head the lean path serves, and how its body is framed (`Empty`, `Length` or
+    /// `Chunked`); taken out of the buffer (its values are slices of it), the body's bytes stay.
+    Lean(Parts, Framing),
     /// Not a whole head yet: read more.
     Partial,
     /// A head (or bytes) for hyper's server; the buffer is as it was.
@@ -41,7 +43,8 @@ pub enum Handoff {
     Large,
     /// HTTP/1.0: keep-alive only when asked for, no chunked responses.
     Http10,
-    /// A body (`content-length`, `transfer-encoding`), or `expect: 100-continue`.
+    /// A body framed in a way the lean path leaves to hyper (`content-length` repeated or not a
+    /// number, a `transfer-encoding` other than one `chunked`, both at once), or `expect`.
     Body,
     /// An upgrade, `CONNECT`, or a `connection` value other than `keep-alive`.
     Connection,
@@ -75,7 +78,7 @@ impl Handoff {
 /// request head (clients send the same names in the same order).
 pub fn parse(buf: &mut BytesMut, names: &mut Names) -> Parsed {
     let mut places = [MaybeUninit::<Place>::uninit(); MAX_HEADERS];
-    let (len, path, method, count) = {
+    let (len, path, method, count, framing) = {
         let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
         let mut req = httparse::Request::new(&mut []);
         let len = match req.parse_with_uninit_headers(buf, &mut headers) {
@@ -96,15 +99,18 @@ pub fn parse(buf: &mut BytesMut, names: &mut Names) -> Parsed {
             return Parsed::Hyper(Handoff::Large);
         }
         let base = buf.as_ptr() as usize;
-        let mut length = false;
+        let mut body = BodyHeaders::default();
         for (place, h) in places.iter_mut().zip(req.headers.iter()) {
-            if let Some(why) = handoff(h, &mut length) {
+            if let Some(why) = handoff(h, &mut body) {
                 return Parsed::Hyper(why);
             }
             place.write(Place::of(base, h));
         }
+        let Some(framing) = body.framing() else {
+            return Parsed::Hyper(Handoff::Body);
+        };
         let at = path.as_ptr() as usize - base;
-        (len, at..at + path.len(), method, req.headers.len())
+        (len, at..at + path.len(), method, req.headers.len(), framing)
     };
     // SAFETY: the loop above wrote the first `count` places (it returns before any it skips).
     let places = unsafe { std::slice::from_raw_parts(places.as_ptr().cast::<Place>(), count) };
@@ -116,7 +122,7 @@ pub fn parse(buf: &mut BytesMut, names: &mut Names) -> Parsed {
     }
     let head = buf.split_to(len).freeze();
     match build(&head, path, method, places, names) {
-        Some(parts) => Parsed::Lean(parts),
+        Some(parts) => Parsed::Lean(parts, framing),
         None => {
             // The target or a name the `http` types refuse: hyper's to answer. Put the head back
             // (a copy, on this error path only).
@@ -128,18 +134,49 @@ pub fn parse(buf: &mut BytesMut, names: &mut Names) -> Parsed {
     }
 }
 
-/// Whether header `h` sends its request to hyper, and why. One `content-length: 0` is no body
-/// (hyper reads it so too; `length`: one was seen), any other length is one.
-fn handoff(h: &httparse::Header<'_>, length: &mut bool) -> Option<Handoff> {
+/// The body-framing lines of a head, as [`handoff`] saw them.
+#[derive(Default)]
+struct BodyHeaders {
+    /// The one `content-length` (a second one, even equal, is hyper's to judge).
+    length: Option<u64>,
+    /// One `transfer-encoding: chunked` was seen.
+    chunked: bool,
+}
+
+impl BodyHeaders {
+    /// How the body is framed; None when both headers came (hyper's to judge, RFC 9112 §6.3).
+    fn framing(&self) -> Option<Framing> {
+        match (self.length, self.chunked) {
+            (Some(_), true) => None,
+            (None, true) => Some(Framing::Chunked),
+            (None | Some(0), false) => Some(Framing::Empty),
+            (Some(n), false) => Some(Framing::Length(n)),
+        }
+    }
+}
+
+/// Whether header `h` sends its request to hyper, and why; notes the body's framing in `body`:
+/// one `content-length` of decimal digits, or one `transfer-encoding` of exactly `chunked`.
+fn handoff(h: &httparse::Header<'_>, body: &mut BodyHeaders) -> Option<Handoff> {
     let is = |n: &http::HeaderName| h.name.eq_ignore_ascii_case(n.as_str());
     // Most names are none of these: one length check passes them (the names below are 2, 6, 7,
     // 10, 14 and 17 bytes long).
     if !matches!(h.name.len(), 2 | 6 | 7 | 10 | 14 | 17) {
         return None;
     }
-    if is(&CONTENT_LENGTH) && h.value == b"0" && !std::mem::replace(length, true) {
+    if is(&CONTENT_LENGTH) {
+        match digits(h.value.trim_ascii()) {
+            Some(n) if body.length.is_none() => body.length = Some(n),
+            _ => return Some(Handoff::Body),
+        }
         None
-    } else if is(&CONTENT_LENGTH) || is(&TRANSFER_ENCODING) || is(&EXPECT) {
+    } else if is(&TRANSFER_ENCODING) {
+        if body.chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            return Some(Handoff::Body);
+        }
+        body.chunked = true;
+        None
+    } else if is(&EXPECT) {
         Some(Handoff::Body)
     } else if is(&UPGRADE) || (is(&CONNECTION) && !h.value.trim_ascii().eq_ignore_ascii_case(b"keep-alive")) {
         Some(Handoff::Connection)
@@ -199,7 +236,7 @@ mod tests {
     fn a_plain_request_is_parsed_and_taken_from_the_buffer() {
         let raw = "GET /a/b?c=1 HTTP/1.1\r\nHost: x\r\nUser-Agent: t\r\nx-a: 1\r\nX-A: 2\r\nconnection: Keep-Alive\r\n\r\nGET /next";
         let (parsed, buf) = parse_str(raw);
-        let Parsed::Lean(parts) = parsed else {
+        let Parsed::Lean(parts, _) = parsed else {
             panic!("{parsed:?}")
         };
         assert_eq!(&buf[..], b"GET /next", "the next request stays");
@@ -211,17 +248,40 @@ mod tests {
         assert_eq!(&parts.headers["connection"], "Keep-Alive");
         // An absolute-form target and an extension method are the http types' as with hyper.
         let (parsed, _) = parse_str("PURGE http://h/p HTTP/1.1\r\n\r\n");
-        let Parsed::Lean(parts) = parsed else {
+        let Parsed::Lean(parts, _) = parsed else {
             panic!("{parsed:?}")
         };
         assert_eq!((parts.method.as_str(), parts.uri.host()), ("PURGE", Some("h")));
         // One `content-length: 0` is no body: served, the header kept (as hyper keeps it).
         let (parsed, buf) = parse_str("POST /f HTTP/1.1\r\nContent-Length:  0 \r\n\r\n");
-        let Parsed::Lean(parts) = parsed else {
+        let Parsed::Lean(parts, Framing::Empty) = parsed else {
             panic!("{parsed:?}")
         };
         assert!(buf.is_empty());
         assert_eq!(&parts.headers["content-length"], "0");
+    }
+
+    #[test]
+    fn a_body_framed_by_one_length_or_chunked_is_served_its_bytes_left_in_the_buffer() {
+        let cases = [
+            ("POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabcGET", Framing::Length(3)),
+            ("PUT / HTTP/1.1\r\nContent-Length: 007\r\n\r\n", Framing::Length(7)),
+            ("POST / HTTP/1.1\r\nContent-Length: 00\r\n\r\n", Framing::Empty),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: Chunked \r\n\r\n3\r\nabc",
+                Framing::Chunked,
+            ),
+        ];
+        for (raw, framing) in cases {
+            let (parsed, buf) = parse_str(raw);
+            let Parsed::Lean(parts, got) = parsed else {
+                panic!("{raw:?}: {parsed:?}")
+            };
+            assert_eq!(got, framing, "{raw:?}");
+            let body = &raw[raw.find("\r\n\r\n").unwrap() + 4..];
+            assert_eq!(&buf[..], body.as_bytes(), "{raw:?}: the body's bytes stay");
+            assert_eq!(parts.headers.len(), 1, "the framing header is kept, as hyper keeps it");
+        }
     }
 
     #[test]
@@ -237,17 +297,35 @@ mod tests {
     #[test]
     fn what_the_lean_path_does_not_serve_goes_to_hyper_untouched() {
         let cases = [
-            ("POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc", Handoff::Body),
             (
                 "POST / HTTP/1.1\r\nContent-Length: 0\r\ncontent-length: 0\r\n\r\n",
                 Handoff::Body,
             ),
-            ("POST / HTTP/1.1\r\nContent-Length: 00\r\n\r\n", Handoff::Body),
+            ("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\nabcde", Handoff::Body),
+            ("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nabcde", Handoff::Body),
+            ("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", Handoff::Body),
             (
-                "POST / HTTP/1.1\r\nContent-Length: 0\r\ntransfer-encoding: chunked\r\n\r\n",
+                "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
                 Handoff::Body,
             ),
-            ("POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n", Handoff::Body),
+            ("POST / HTTP/1.1\r\nContent-Length: \r\n\r\n", Handoff::Body),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+                Handoff::Body,
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+                Handoff::Body,
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                Handoff::Body,
+            ),
+            ("POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n", Handoff::Body),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+                Handoff::Body,
+            ),
             ("PUT / HTTP/1.1\r\nexpect: 100-continue\r\n\r\n", Handoff::Body),
             (
                 "GET / HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
@@ -287,7 +365,7 @@ mod tests {
         let mut names = Names::default();
         for _ in 0..2 {
             let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nX-Custom-Name: v\r\nHOST: h\r\n\r\n"[..]);
-            let Parsed::Lean(parts) = parse(&mut buf, &mut names) else {
+            let Parsed::Lean(parts, _) = parse(&mut buf, &mut names) else {
                 panic!()
             };
             let keys: Vec<_> = parts.headers.keys().map(|k| k.as_str().to_owned()).collect();

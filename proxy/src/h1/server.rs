@@ -2,15 +2,18 @@
 //! the connection's own task, with no dispatcher between the socket and the request's future.
 //!
 //! Each head is parsed here ([`super::request`]) when it is a request this path serves: HTTP/1.1
-//! with no body and nothing asked of the connection but keep-alive, what almost every page,
-//! asset and API read is. The first head that is anything else (a body, an upgrade, HTTP/1.0,
-//! an HTTP/2 preface, a malformed or oversized head) hands the connection, with every byte read
-//! and not yet served, to hyper's server for the rest of its life ([`Rewind`]): hyper serves it
-//! as it served every connection before, its answers to bad heads (400, 414, 431) included.
+//! with no body or one framed by `content-length` or chunked ([`super::lean_body`]), and nothing
+//! asked of the connection but keep-alive, what almost every page, asset, API call and upload
+//! is. The first head that is anything else (an upgrade, `expect`, HTTP/1.0, an HTTP/2 preface,
+//! a malformed or oversized head, a body framed any other way) hands the connection, with every
+//! byte read and not yet served, to hyper's server for the rest of its life ([`Rewind`]): hyper
+//! serves it as it served every connection before, its answers to bad heads (400, 414, 431)
+//! included.
 //!
-//! While a request is served the socket is still read, as hyper's server reads it: bytes of a
-//! pipelined next request are kept, and the client closing its side ends the connection and
-//! drops the request (its upstream exchange and plugin slot with it).
+//! While a request is served the socket is still read, as hyper's server reads it: for its body
+//! when the body asks, then for bytes of a pipelined next request, which are kept; the client
+//! closing its side ends the connection and drops the request (its upstream exchange and plugin
+//! slot with it).
 
 use std::future::Future;
 use std::io;
@@ -28,7 +31,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::debug;
 
 use super::encode::BodySize;
-use super::head::Names;
+use super::head::{Framing, Names};
+use super::lean_body::{self, Client, Feed, LeanBody};
 use super::request::{self, MAX_LEAN_HEAD, Parsed};
 use super::send::Sending;
 use super::{ClientError, recv, respond};
@@ -95,12 +99,12 @@ impl Serving for Connection {
     }
 }
 
-/// Serves `io`: `service` makes each lean request's response; `hyper` takes the connection when
-/// a request is not one the lean path serves.
+/// Serves `io`: `service` makes each lean request's response (given its body, if it has one);
+/// `hyper` takes the connection when a request is not one the lean path serves.
 pub fn serve<I, S, Fut, B, H>(io: I, service: S, hyper: H) -> Connection
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: FnMut(Parts) -> Fut + Send + 'static,
+    S: FnMut(Parts, Option<LeanBody>) -> Fut + Send + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
@@ -117,7 +121,7 @@ const READ_BUF: usize = 8192;
 async fn run<I, S, Fut, B, H>(mut io: I, mut service: S, hyper: H, closing: Arc<AtomicBool>) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send,
-    S: FnMut(Parts) -> Fut,
+    S: FnMut(Parts, Option<LeanBody>) -> Fut,
     Fut: Future<Output = Response<B>>,
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -127,8 +131,8 @@ where
     let mut out = Vec::with_capacity(512);
     let mut names = Names::default();
     loop {
-        let parts = match read_head(&mut io, &mut buf, &mut names, &closing).await? {
-            Head::Lean(parts) => parts,
+        let (parts, framing) = match read_head(&mut io, &mut buf, &mut names, &closing).await? {
+            Head::Lean(parts, framing) => (parts, framing),
             Head::Closed => return Ok(()),
             Head::Hyper(why) => {
                 debug!(reason = why.label(), "request handed to hyper's server");
@@ -137,11 +141,29 @@ where
             }
         };
         let head_request = parts.method == Method::HEAD;
-        let Some(resp) = watching(&mut io, &mut buf, std::pin::pin!(service(parts))).await else {
+        // A body borrows the read buffer (its bytes start it) until the response is sent.
+        let (body, feed) = match framing {
+            Framing::Empty => (None, None),
+            framing => {
+                let (body, feed) = lean_body::open(framing, std::mem::take(&mut buf));
+                (Some(body), Some(feed))
+            }
+        };
+        let fut = std::pin::pin!(service(parts, body));
+        let Some(resp) = watching(&mut io, &mut buf, feed.as_ref(), fut).await else {
             debug!("client closed the connection before its response");
             return Ok(());
         };
-        if !respond(&mut io, &mut buf, &mut out, resp, head_request, &closing).await? {
+        let mut keep = respond(&mut io, &mut buf, feed.as_ref(), &mut out, resp, head_request, &closing).await?;
+        if let Some(feed) = feed {
+            match feed.finish() {
+                Some(kept) => buf = kept,
+                // The body's rest cannot be told from a next request (the response said
+                // `connection: close`: `conn::BodyRead`).
+                None => keep = false,
+            }
+        }
+        if !keep {
             // A failed shutdown of a connection that is over anyway changes nothing.
             let _ = std::future::poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
             return Ok(());
@@ -152,7 +174,7 @@ where
 // Returned once a request and moved once: a box would be an allocation a request.
 #[allow(clippy::large_enum_variant)]
 enum Head {
-    Lean(Parts),
+    Lean(Parts, Framing),
     Hyper(request::Handoff),
     /// The client closed the connection (or the server is shutting down) between requests.
     Closed,
@@ -167,7 +189,7 @@ async fn read_head<I: AsyncRead + Unpin>(
 ) -> io::Result<Head> {
     loop {
         match request::parse(buf, names) {
-            Parsed::Lean(parts) => return Ok(Head::Lean(parts)),
+            Parsed::Lean(parts, framing) => return Ok(Head::Lean(parts, framing)),
             Parsed::Hyper(why) => return Ok(Head::Hyper(why)),
             Parsed::Partial => {}
         }
@@ -187,21 +209,41 @@ async fn read_head<I: AsyncRead + Unpin>(
 }
 
 /// Polls `fut` to its end; None if the client closed its side first.
-async fn watching<I, F>(io: &mut I, buf: &mut BytesMut, mut fut: Pin<&mut F>) -> Option<F::Output>
+async fn watching<I, F>(io: &mut I, buf: &mut BytesMut, feed: Option<&Feed>, mut fut: Pin<&mut F>) -> Option<F::Output>
 where
     I: AsyncRead + Unpin,
     F: Future,
 {
     std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Some(out));
-        }
-        match poll_gone(cx, io, buf) {
-            Poll::Ready(()) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+        loop {
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            match poll_client(cx, io, buf, feed) {
+                Client::Pending => return Poll::Pending,
+                Client::Gone => return Poll::Ready(None),
+                Client::Progress => {}
+            }
         }
     })
     .await
+}
+
+/// The connection's watch of its client while a request is under way: for its body (`feed`,
+/// which holds the read buffer then) or, with none, for the client's close.
+fn poll_client<I: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    io: &mut I,
+    buf: &mut BytesMut,
+    feed: Option<&Feed>,
+) -> Client {
+    match feed {
+        Some(feed) => feed.poll_client(cx, io, poll_gone),
+        None => match poll_gone(cx, io, buf) {
+            Poll::Ready(()) => Client::Gone,
+            Poll::Pending => Client::Pending,
+        },
+    }
 }
 
 /// Ready when the client has closed its side (or its socket failed); bytes it sent meanwhile
@@ -221,6 +263,7 @@ fn poll_gone<I: AsyncRead + Unpin>(cx: &mut Context<'_>, io: &mut I, buf: &mut B
 async fn respond<I, B>(
     io: &mut I,
     buf: &mut BytesMut,
+    feed: Option<&Feed>,
     out: &mut Vec<u8>,
     resp: Response<B>,
     head_request: bool,
@@ -242,11 +285,17 @@ where
     super::head::recycle(std::mem::take(&mut parts.headers));
     let mut sending = Sending::new(body, framed.encoding);
     let sent = std::future::poll_fn(|cx| {
-        let r = sending.poll_send(cx, io, out);
-        if r.is_pending() && poll_gone(cx, io, buf).is_ready() {
-            return Poll::Ready(Err(ClientError::Closed));
+        loop {
+            let r = sending.poll_send(cx, io, out);
+            if r.is_ready() {
+                return r;
+            }
+            match poll_client(cx, io, buf, feed) {
+                Client::Pending => return Poll::Pending,
+                Client::Gone => return Poll::Ready(Err(ClientError::Closed)),
+                Client::Progress => {}
+            }
         }
-        r
     })
     .await;
     match sent {
@@ -364,12 +413,23 @@ mod tests {
         }
     }
 
-    /// A lean service answering `lean <path>`, counting its calls.
-    fn lean_side(calls: Arc<AtomicUsize>) -> impl FnMut(Parts) -> std::future::Ready<Response<TestBody>> + Send {
-        move |parts| {
+    type LeanFuture = Pin<Box<dyn Future<Output = Response<TestBody>> + Send>>;
+
+    /// A lean service answering `lean <path>`, and ` <body>` after it when the request has one
+    /// (`error: ...` when the body fails), counting its calls.
+    fn lean_side(calls: Arc<AtomicUsize>) -> impl FnMut(Parts, Option<LeanBody>) -> LeanFuture + Send {
+        move |parts, body| {
             calls.fetch_add(1, Ordering::Relaxed);
-            let body = Full::new(Bytes::from(format!("lean {}", parts.uri.path())));
-            std::future::ready(Response::new(body.map_err(|e| match e {}).boxed_unsync()))
+            Box::pin(async move {
+                let mut text = format!("lean {}", parts.uri.path());
+                if let Some(body) = body {
+                    match body.collect().await {
+                        Ok(data) => text += &format!(" {}", String::from_utf8_lossy(&data.to_bytes())),
+                        Err(e) => text += &format!(" error: {e}"),
+                    }
+                }
+                Response::new(Full::new(Bytes::from(text)).map_err(|e| match e {}).boxed_unsync())
+            })
         }
     }
 
@@ -415,7 +475,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_with_a_body_hands_the_connection_to_hyper_with_its_bytes() {
+    async fn bodies_framed_by_length_or_chunked_are_read_on_the_lean_path() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let (calls, handed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let conn = tokio::spawn(serve(server, lean_side(calls.clone()), hyper_side(handed.clone())));
+        // The head and part of its body in one write, the rest after.
+        client
+            .write_all(b"POST /up HTTP/1.1\r\ncontent-length: 6\r\n\r\nabc")
+            .await
+            .unwrap();
+        tokio::task::yield_now().await;
+        client.write_all(b"def").await.unwrap();
+        assert!(
+            read_until(&mut client, "lean /up abcdef")
+                .await
+                .ends_with("lean /up abcdef")
+        );
+        // Chunked, in pieces, with a pipelined request after it in the last write.
+        client
+            .write_all(b"PUT /c HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
+            .await
+            .unwrap();
+        tokio::task::yield_now().await;
+        client
+            .write_all(b"2\r\nde\r\n0\r\n\r\nGET /after HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut client, "lean /after").await;
+        assert!(got.contains("lean /c abcde") && got.ends_with("lean /after"), "{got}");
+        // A body bigger than a read: every byte, in order.
+        let big: String = (0..20_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let head = format!("POST /big HTTP/1.1\r\ncontent-length: {}\r\n\r\n", big.len());
+        client.write_all(head.as_bytes()).await.unwrap();
+        client.write_all(big.as_bytes()).await.unwrap();
+        let want = format!("lean /big {big}");
+        assert!(read_until(&mut client, &want).await.ends_with(&want));
+        assert_eq!((calls.load(Ordering::Relaxed), handed.load(Ordering::Relaxed)), (4, 0));
+        drop(client);
+        conn.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_body_framed_otherwise_hands_the_connection_to_hyper_with_its_bytes() {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let (calls, handed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let conn = tokio::spawn(serve(server, lean_side(calls.clone()), hyper_side(handed.clone())));
@@ -423,7 +524,7 @@ mod tests {
         assert!(read_until(&mut client, "lean /first").await.contains("lean /first"));
         // The head and part of its body in one write, the rest after.
         client
-            .write_all(b"POST /up HTTP/1.1\r\ncontent-length: 6\r\n\r\nabc")
+            .write_all(b"POST /up HTTP/1.1\r\ncontent-length: 6\r\nexpect: 100-continue\r\n\r\nabc")
             .await
             .unwrap();
         client.write_all(b"def").await.unwrap();
@@ -438,6 +539,66 @@ mod tests {
         assert_eq!((calls.load(Ordering::Relaxed), handed.load(Ordering::Relaxed)), (1, 1));
         drop(client);
         conn.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_body_left_unread_closes_the_connection_after_the_response() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let service = |_: Parts, _: Option<LeanBody>| std::future::ready(Response::new(text("early")));
+        let conn = tokio::spawn(serve(server, service, hyper_side(Arc::default())));
+        client
+            .write_all(b"POST / HTTP/1.1\r\ncontent-length: 10\r\n\r\nabcGET / HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut client, "never").await;
+        assert!(got.ends_with("early") && got.matches("HTTP/1.1").count() == 1, "{got}");
+        conn.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_malformed_chunked_body_fails_and_the_connection_closes() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let conn = tokio::spawn(serve(server, lean_side(Arc::default()), hyper_side(Arc::default())));
+        client
+            .write_all(b"POST /x HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nGET / HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut client, "never").await;
+        assert!(got.contains("lean /x error: malformed request body"), "{got}");
+        assert_eq!(got.matches("HTTP/1.1").count(), 1, "{got}");
+        conn.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_closing_mid_body_drops_the_request() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let service = {
+            let dropped = dropped.clone();
+            move |_: Parts, body: Option<LeanBody>| {
+                let guard = DropFlag(dropped.clone());
+                async move {
+                    let _ = body.unwrap().collect().await;
+                    std::future::pending::<()>().await;
+                    drop(guard);
+                    Response::new(text("never"))
+                }
+            }
+        };
+        let conn = tokio::spawn(serve(server, service, hyper_side(Arc::default())));
+        client
+            .write_all(b"POST / HTTP/1.1\r\ncontent-length: 10\r\n\r\nabc")
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!dropped.load(Ordering::Relaxed), "served while the client stays");
+        client.shutdown().await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), conn)
+            .await
+            .expect("the connection ends")
+            .unwrap()
+            .unwrap();
+        assert!(dropped.load(Ordering::Relaxed));
     }
 
     #[tokio::test]
@@ -472,7 +633,7 @@ mod tests {
         let dropped = Arc::new(AtomicBool::new(false));
         let service = {
             let dropped = dropped.clone();
-            move |_: Parts| {
+            move |_: Parts, _: Option<LeanBody>| {
                 let guard = DropFlag(dropped.clone());
                 async move {
                     std::future::pending::<()>().await;
@@ -511,7 +672,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let mut rx = Some(rx);
-        let service = move |_: Parts| {
+        let service = move |_: Parts, _: Option<LeanBody>| {
             let rx = rx.take().expect("one request");
             async move {
                 let _ = rx.await;
@@ -539,7 +700,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
         let mut rx = Some(rx);
-        let service = move |_: Parts| {
+        let service = move |_: Parts, _: Option<LeanBody>| {
             let rx = rx.take().expect("one request");
             let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
             std::future::ready(Response::new(StreamBody::new(stream).boxed_unsync()))
@@ -561,7 +722,7 @@ mod tests {
 
         // A length the body does not fill: the connection fails after what it sent.
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let service = |_: Parts| {
+        let service = |_: Parts, _: Option<LeanBody>| {
             // Of unknown size, so the given length frames it.
             let frames = vec![Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"abc")))];
             let mut resp = Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync());
