@@ -80,6 +80,14 @@ impl Decoder {
         self.state == State::Done
     }
 
+    /// Bytes of the current chunk's data still to come, when its data is under way.
+    pub fn data_left(&self) -> Option<u64> {
+        match self.state {
+            State::Data(left) => Some(left),
+            _ => None,
+        }
+    }
+
     fn data(&mut self, buf: &mut BytesMut, left: u64) -> Option<Chunk> {
         if buf.is_empty() {
             return None;

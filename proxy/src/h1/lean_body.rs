@@ -58,6 +58,9 @@ fn lock(shared: &Mutex<Inflow>) -> MutexGuard<'_, Inflow> {
 /// The body of a request the lean path serves (`http_body::Body`).
 pub struct LeanBody {
     shared: Arc<Mutex<Inflow>>,
+    /// Every frame was given out (the reader is done: it gets there only in `poll_frame`), kept
+    /// here so `is_end_stream`, asked after each frame, takes no lock.
+    ended: bool,
 }
 
 /// The connection's side of a [`LeanBody`].
@@ -92,6 +95,7 @@ pub fn open(framing: Framing, buf: BytesMut) -> (LeanBody, Feed) {
     (
         LeanBody {
             shared: Arc::clone(&shared),
+            ended: false,
         },
         Feed { shared },
     )
@@ -102,15 +106,21 @@ impl Body for LeanBody {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut guard = lock(&self.shared);
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let mut guard = lock(&this.shared);
         let s = &mut *guard;
         if s.detached {
             return Poll::Ready(Some(Err(LeanBodyError::Detached.into())));
         }
-        match s.reader.take(&mut s.buf) {
+        let taken = s.reader.take(&mut s.buf);
+        this.ended = s.reader.is_done();
+        match taken {
             Err(e) => return Poll::Ready(Some(Err(framing_error(e).into()))),
             Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
-            Ok(None) if s.reader.is_done() => return Poll::Ready(None),
+            Ok(None) if this.ended => return Poll::Ready(None),
             Ok(None) if s.cut => return Poll::Ready(Some(Err(LeanBodyError::Incomplete.into()))),
             Ok(None) => {}
         }
@@ -129,11 +139,13 @@ impl Body for LeanBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        let s = lock(&self.shared);
-        s.reader.is_done() && !s.detached
+        self.ended
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.ended {
+            return SizeHint::with_exact(0);
+        }
         match lock(&self.shared).reader {
             Reader::Length(left) => SizeHint::with_exact(left),
             Reader::Done => SizeHint::with_exact(0),
@@ -177,7 +189,10 @@ impl Feed {
         if !s.wants {
             return Client::Pending;
         }
-        let cut = match recv::poll_read(cx, io, &mut s.buf) {
+        // Room for what is still to come, up to `recv::MAX_BODY_READ`: an upload goes through in
+        // large reads and frames.
+        let left = s.reader.left();
+        let cut = match recv::poll_read_body(cx, io, &mut s.buf, left) {
             Poll::Pending => return Client::Pending,
             Poll::Ready(Ok(0) | Err(_)) => true,
             Poll::Ready(Ok(_)) => false,
@@ -194,13 +209,16 @@ impl Feed {
 
     /// Takes the connection's buffer back after the response: `Some` (with any bytes of a
     /// pipelined request) when the body was read to its end, `None` when the connection must
-    /// close. A body still held somewhere fails from now on.
+    /// close. A body not read to its end and still held somewhere fails from now on.
     pub fn finish(self) -> Option<BytesMut> {
         let mut s = lock(&self.shared);
         s.detached = true;
         s.conn = None;
         let whole = s.reader.is_done() && !s.cut;
-        whole.then(|| std::mem::take(&mut s.buf))
+        whole.then(|| {
+            recv::shrink_idle(&mut s.buf);
+            std::mem::take(&mut s.buf)
+        })
     }
 }
 

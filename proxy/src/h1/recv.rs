@@ -28,6 +28,40 @@ pub fn poll_read<R: AsyncRead + Unpin>(
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
+/// The most room made for one read of a body: a large body is read (and goes on) in pieces of up
+/// to this much, not of the head's 8 KiB (hyper's reads grow to about 400 KiB).
+pub const MAX_BODY_READ: usize = 256 * 1024;
+/// The room made for a body of unknown length (until the end of the stream).
+const UNKNOWN_BODY_READ: usize = 64 * 1024;
+
+/// [`poll_read`] for a body of which `left` bytes are still to come (`None`: not known): room is
+/// made for up to all of them, at most [`MAX_BODY_READ`].
+pub fn poll_read_body<R: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    io: &mut R,
+    buf: &mut BytesMut,
+    left: Option<u64>,
+) -> Poll<io::Result<usize>> {
+    let want = left.map_or(UNKNOWN_BODY_READ, |n| {
+        usize::try_from(n).unwrap_or(usize::MAX).min(MAX_BODY_READ)
+    });
+    // A new block only when a quarter of the room wanted is not there: the room left after a
+    // read is read into next (the frames cut from the block before keep it alive, so each
+    // `reserve` here is an allocation).
+    if want > READ_CHUNK && buf.capacity() - buf.len() < want / 4 {
+        buf.reserve(want);
+    }
+    poll_read(cx, io, buf)
+}
+
+/// Drops an empty buffer that grew for a large body, so an idle connection keeps a small one
+/// (the next read makes its 8 KiB again).
+pub fn shrink_idle(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
+        *buf = BytesMut::new();
+    }
+}
+
 /// Why a response body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -64,6 +98,17 @@ impl Reader {
         matches!(self, Reader::Done)
     }
 
+    /// How many bytes of the body are still to come, when known (of a chunked body: of its
+    /// current chunk, when its data is under way).
+    pub fn left(&self) -> Option<u64> {
+        match self {
+            Reader::Length(n) => Some(*n),
+            Reader::Chunked(dec) => dec.data_left(),
+            Reader::Close => None,
+            Reader::Done => Some(0),
+        }
+    }
+
     /// The body's next frame: from what `buf` holds, else after reading more from `io`.
     pub fn poll_frame<R: AsyncRead + Unpin>(
         &mut self,
@@ -76,9 +121,10 @@ impl Reader {
                 return Poll::Ready(Some(frame));
             }
             if self.is_done() {
+                shrink_idle(buf);
                 return Poll::Ready(None);
             }
-            match ready!(poll_read(cx, io, buf)) {
+            match ready!(poll_read_body(cx, io, buf, self.left())) {
                 Ok(0) if matches!(self, Reader::Close) => {
                     *self = Reader::Done;
                     return Poll::Ready(None);
@@ -91,6 +137,7 @@ impl Reader {
     }
 
     /// A frame from `buf`, if it holds one; bytes past the body's end stay there.
+    #[inline]
     pub(super) fn take(&mut self, buf: &mut BytesMut) -> Result<Option<Frame<bytes::Bytes>>, BodyError> {
         match self {
             Reader::Done => Ok(None),
@@ -153,6 +200,25 @@ mod tests {
             let (data, _) = read(Framing::Close, b"hello, until the end", step).await;
             assert_eq!(data.unwrap(), b"hello, until the end", "step {step}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_read_in_large_pieces_and_the_buffer_shrinks_after() {
+        let body = vec![b'x'; 600 * 1024];
+        let (mut up, mut io) = tokio::io::duplex(1 << 20);
+        up.write_all(&body).await.unwrap();
+        let mut reader = Reader::new(Framing::Length(body.len() as u64));
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut sizes = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| reader.poll_frame(cx, &mut io, &mut buf)).await {
+            sizes.push(frame.unwrap().into_data().unwrap().len());
+        }
+        assert_eq!(sizes.iter().sum::<usize>(), body.len());
+        assert!(
+            sizes.len() <= 4 && sizes.iter().any(|&n| n >= MAX_BODY_READ / 2),
+            "pieces of up to MAX_BODY_READ, not of the head's 8 KiB: {sizes:?}"
+        );
+        assert!(buf.capacity() <= 4 * READ_CHUNK, "an idle connection keeps a small buffer");
     }
 
     #[tokio::test]

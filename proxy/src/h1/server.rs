@@ -231,6 +231,7 @@ where
 
 /// The connection's watch of its client while a request is under way: for its body (`feed`,
 /// which holds the read buffer then) or, with none, for the client's close.
+#[inline]
 fn poll_client<I: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
     io: &mut I,
