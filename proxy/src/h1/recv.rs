@@ -218,7 +218,10 @@ mod tests {
             sizes.len() <= 4 && sizes.iter().any(|&n| n >= MAX_BODY_READ / 2),
             "pieces of up to MAX_BODY_READ, not of the head's 8 KiB: {sizes:?}"
         );
-        assert!(buf.capacity() <= 4 * READ_CHUNK, "an idle connection keeps a small buffer");
+        assert!(
+            buf.capacity() <= 4 * READ_CHUNK,
+            "an idle connection keeps a small buffer"
+        );
     }
 
     #[tokio::test]
