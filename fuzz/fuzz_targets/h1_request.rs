@@ -1,10 +1,11 @@
 //! The lean server path's request parsing (`weft_proxy::h1::request`) on arbitrary bytes: it
 //! never panics; a request it serves was taken whole out of the buffer and is one it may serve
 //! (HTTP/1.1; its body framed by one `content-length` of digits or one `transfer-encoding:
-//! chunked`, never both, and the framing it reports is what those say; no upgrade, `CONNECT`,
-//! `te` or `expect`; a `connection` of `keep-alive` at most: anything else must reach hyper, or a
-//! body could be read as the next request); its values pass `HeaderValue`'s check; whatever it hands to hyper or waits on is left
-//! in the buffer byte for byte; and the connection's name cache changes nothing.
+//! chunked`, never both, and the framing it reports is what those say; no upgrade, `CONNECT` or
+//! `te`, no `expect` but one `100-continue`; a `connection` of `keep-alive` at most: anything
+//! else must reach hyper, or a body could be read as the next request); its values pass
+//! `HeaderValue`'s check; whatever it hands to hyper or waits on is left in the buffer byte for
+//! byte; and the connection's name cache changes nothing.
 #![no_main]
 
 use bytes::BytesMut;
@@ -21,8 +22,14 @@ fn parsed(bytes: &[u8], names: &mut Names) -> (String, Vec<u8>) {
             assert!(n > 0 && bytes.ends_with(&buf), "the head is taken from the front");
             assert_eq!(parts.version, http::Version::HTTP_11);
             assert_ne!(parts.method, http::Method::CONNECT);
-            for name in [EXPECT, UPGRADE, TE] {
+            for name in [UPGRADE, TE] {
                 assert!(!parts.headers.contains_key(&name), "{name} on the lean path");
+            }
+            // One `expect`, of `100-continue` (the lean path answers it), at most.
+            let expects: Vec<_> = parts.headers.get_all(EXPECT).iter().collect();
+            assert!(expects.len() <= 1, "{expects:?}");
+            for v in expects {
+                assert!(v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"100-continue"), "{v:?}");
             }
             let lengths: Vec<_> = parts.headers.get_all(CONTENT_LENGTH).iter().collect();
             let codings: Vec<_> = parts.headers.get_all(TRANSFER_ENCODING).iter().collect();

@@ -9,16 +9,17 @@
 //! wakes the body. Nothing is read for the body until it asks (the client's bytes wait in the
 //! socket: a body nobody reads holds no memory here), and once the body is whole the connection
 //! watches the socket as for a bodiless request (bytes of a pipelined request kept, the client's
-//! close seen). The connection takes its buffer back after the response; a body not read to its
+//! close seen). A client that sent `expect: 100-continue` gets `100 Continue` when the body first
+//! asks for bytes it has not sent, unless the response has begun (as hyper's server does). The connection takes its buffer back after the response; a body not read to its
 //! end by then leaves the connection to be closed (its rest cannot be told from a next request).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::head::Framing;
 use super::recv::{self, Reader};
@@ -46,6 +47,9 @@ struct Inflow {
     cut: bool,
     /// The connection took its buffer back.
     detached: bool,
+    /// `expect: 100-continue`: how much of [`CONTINUE`] went out, while it is owed (it is sent
+    /// when the body first asks for bytes the client has not sent, as hyper's server sends it).
+    interim: Option<usize>,
     body: Option<Waker>,
     conn: Option<Waker>,
 }
@@ -79,9 +83,13 @@ pub enum Client {
     Gone,
 }
 
+/// The interim response to `expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 /// A body framed by `framing` (`Length` or `Chunked`) whose bytes start `buf` (the connection's
-/// read buffer, lent until [`Feed::finish`]).
-pub fn open(framing: Framing, buf: BytesMut) -> (LeanBody, Feed) {
+/// read buffer, lent until [`Feed::finish`]); `expect_continue`: the client waits for
+/// [`CONTINUE`] before it sends the body.
+pub fn open(framing: Framing, expect_continue: bool, buf: BytesMut) -> (LeanBody, Feed) {
     debug_assert!(matches!(framing, Framing::Length(1..) | Framing::Chunked));
     let shared = Arc::new(Mutex::new(Inflow {
         reader: Reader::new(framing),
@@ -89,6 +97,7 @@ pub fn open(framing: Framing, buf: BytesMut) -> (LeanBody, Feed) {
         wants: false,
         cut: false,
         detached: false,
+        interim: expect_continue.then_some(0),
         body: None,
         conn: None,
     }));
@@ -162,14 +171,33 @@ fn framing_error(e: recv::BodyError) -> LeanBodyError {
     }
 }
 
+/// Writes the rest of [`CONTINUE`] from `*sent` (kept up to date across waits) and flushes it.
+fn poll_interim<I: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    io: &mut I,
+    sent: &mut usize,
+) -> Poll<std::io::Result<()>> {
+    while *sent < CONTINUE.len() {
+        match ready!(Pin::new(&mut *io).poll_write(cx, &CONTINUE[*sent..])) {
+            Ok(0) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => *sent += n,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    Pin::new(&mut *io).poll_flush(cx)
+}
+
 impl Feed {
     /// The connection's watch of its client while the request is under way: reads the socket
-    /// once for the body when it asked for bytes; once the body is whole, watches as
-    /// [`super::server`] does for a bodiless request (`gone`, over the buffer kept here).
-    pub fn poll_client<I: AsyncRead + Unpin>(
+    /// once for the body when it asked for bytes (first sending [`CONTINUE`] if it is owed and
+    /// `before_response`: once the response has begun it is not sent); once the body is whole,
+    /// watches as [`super::server`] does for a bodiless request (`gone`, over the buffer kept
+    /// here).
+    pub fn poll_client<I: AsyncRead + AsyncWrite + Unpin>(
         &self,
         cx: &mut Context<'_>,
         io: &mut I,
+        before_response: bool,
         gone: impl FnOnce(&mut Context<'_>, &mut I, &mut BytesMut) -> Poll<()>,
     ) -> Client {
         let mut guard = lock(&self.shared);
@@ -189,6 +217,22 @@ impl Feed {
         if !s.wants {
             return Client::Pending;
         }
+        if let Some(sent) = &mut s.interim {
+            if before_response && s.buf.is_empty() {
+                match poll_interim(cx, io, sent) {
+                    Poll::Pending => return Client::Pending,
+                    Poll::Ready(Err(_)) => {
+                        s.cut = true;
+                        return Client::Gone;
+                    }
+                    Poll::Ready(Ok(())) => {}
+                }
+            }
+            // Sent, or no longer to be sent: the client sent body bytes without waiting, or the
+            // response has begun (the client then sends the body or not; the connection closes
+            // after the response if it is unread).
+            s.interim = None;
+        }
         // Room for what is still to come, up to `recv::MAX_BODY_READ`: an upload goes through in
         // large reads and frames.
         let left = s.reader.left();
@@ -205,6 +249,24 @@ impl Feed {
             body.wake();
         }
         if cut { Client::Gone } else { Client::Progress }
+    }
+
+    /// Before the response's first byte: a [`CONTINUE`] begun is written to its end (so the
+    /// response does not start inside it); one not begun is no longer sent.
+    pub fn poll_settle_interim<I: AsyncWrite + Unpin>(
+        &self,
+        cx: &mut Context<'_>,
+        io: &mut I,
+    ) -> Poll<std::io::Result<()>> {
+        let mut guard = lock(&self.shared);
+        let s = &mut *guard;
+        if let Some(sent) = &mut s.interim
+            && *sent > 0
+        {
+            ready!(poll_interim(cx, io, sent))?;
+        }
+        s.interim = None;
+        Poll::Ready(Ok(()))
     }
 
     /// Takes the connection's buffer back after the response: `Some` (with any bytes of a
@@ -242,7 +304,7 @@ mod tests {
         step: usize,
     ) -> (Result<Vec<u8>, String>, Option<BytesMut>) {
         let (mut client, mut io) = tokio::io::duplex(64);
-        let (body, feed) = open(framing, BytesMut::from(first));
+        let (body, feed) = open(framing, false, BytesMut::from(first));
         tokio::spawn(async move {
             for piece in wire.chunks(step) {
                 if client.write_all(piece).await.is_err() {
@@ -265,7 +327,7 @@ mod tests {
                 if let Poll::Ready(r) = reading.as_mut().poll(cx) {
                     return Poll::Ready(r.unwrap());
                 }
-                match feed.poll_client(cx, &mut io, never_gone) {
+                match feed.poll_client(cx, &mut io, true, never_gone) {
                     Client::Pending => return Poll::Pending,
                     Client::Progress => {}
                     Client::Gone => return Poll::Ready(Err("gone".into())),
@@ -301,7 +363,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_closing_mid_body_is_gone_and_the_body_fails() {
         let (mut client, mut io) = tokio::io::duplex(64);
-        let (mut body, feed) = open(Framing::Length(10), BytesMut::from(&b"abc"[..]));
+        let (mut body, feed) = open(Framing::Length(10), false, BytesMut::from(&b"abc"[..]));
         client.write_all(b"de").await.unwrap();
         drop(client);
         let mut data = Vec::new();
@@ -315,7 +377,7 @@ mod tests {
                     Poll::Ready(other) => panic!("{:?}", other.map(|r| r.map(|_| ()))),
                     Poll::Pending => {}
                 }
-                match feed.poll_client(cx, &mut io, never_gone) {
+                match feed.poll_client(cx, &mut io, true, never_gone) {
                     Client::Progress => {}
                     Client::Pending => return Poll::Pending,
                     Client::Gone => return Poll::Ready(()),
@@ -343,16 +405,16 @@ mod tests {
     #[tokio::test]
     async fn nothing_is_read_until_the_body_asks() {
         let (mut client, mut io) = tokio::io::duplex(64);
-        let (body, feed) = open(Framing::Length(4), BytesMut::new());
+        let (body, feed) = open(Framing::Length(4), false, BytesMut::new());
         client.write_all(b"abcd").await.unwrap();
-        let watched = std::future::poll_fn(|cx| Poll::Ready(feed.poll_client(cx, &mut io, never_gone))).await;
+        let watched = std::future::poll_fn(|cx| Poll::Ready(feed.poll_client(cx, &mut io, true, never_gone))).await;
         assert_eq!(watched, Client::Pending, "the body has not asked");
         assert_eq!(body.size_hint().exact(), Some(4));
         assert!(!body.is_end_stream());
         let mut body = body;
         let pending = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx).is_pending())).await;
         assert!(pending);
-        let watched = std::future::poll_fn(|cx| Poll::Ready(feed.poll_client(cx, &mut io, never_gone))).await;
+        let watched = std::future::poll_fn(|cx| Poll::Ready(feed.poll_client(cx, &mut io, true, never_gone))).await;
         assert_eq!(watched, Client::Progress);
         let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
             .await

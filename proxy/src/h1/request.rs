@@ -1,7 +1,8 @@
 //! A client's request head, for the lean server path ([`super::server`]): parsed with
 //! `httparse` into `http::request::Parts` when it is a request that path serves (HTTP/1.1; no
-//! body, or one framed by a single `content-length` or a single `transfer-encoding: chunked`;
-//! no upgrade, `expect` or `te`; nothing asked of the connection but keep-alive), or left in the
+//! body, or one framed by a single `content-length` or a single `transfer-encoding: chunked`; no
+//! `expect` but one `100-continue`; no upgrade or `te`; nothing asked of the connection but
+//! keep-alive), or left in the
 //! buffer, untouched, for hyper's server (everything else, malformed heads included: hyper
 //! answers those with its own 400, 414 or 431, as before).
 
@@ -44,7 +45,8 @@ pub enum Handoff {
     /// HTTP/1.0: keep-alive only when asked for, no chunked responses.
     Http10,
     /// A body framed in a way the lean path leaves to hyper (`content-length` repeated or not a
-    /// number, a `transfer-encoding` other than one `chunked`, both at once), or `expect`.
+    /// number, a `transfer-encoding` other than one `chunked`, both at once), or an `expect`
+    /// other than one `100-continue`.
     Body,
     /// An upgrade, `CONNECT`, or a `connection` value other than `keep-alive`.
     Connection,
@@ -141,6 +143,8 @@ struct BodyHeaders {
     length: Option<u64>,
     /// One `transfer-encoding: chunked` was seen.
     chunked: bool,
+    /// One `expect: 100-continue` was seen (the lean path answers it, `super::lean_body`).
+    expect: bool,
 }
 
 impl BodyHeaders {
@@ -156,7 +160,8 @@ impl BodyHeaders {
 }
 
 /// Whether header `h` sends its request to hyper, and why; notes the body's framing in `body`:
-/// one `content-length` of decimal digits, or one `transfer-encoding` of exactly `chunked`.
+/// one `content-length` of decimal digits, or one `transfer-encoding` of exactly `chunked`; and
+/// one `expect: 100-continue`.
 fn handoff(h: &httparse::Header<'_>, body: &mut BodyHeaders) -> Option<Handoff> {
     let is = |n: &http::HeaderName| h.name.eq_ignore_ascii_case(n.as_str());
     // Most names are none of these: one length check passes them (the names below are 2, 6, 7,
@@ -177,7 +182,12 @@ fn handoff(h: &httparse::Header<'_>, body: &mut BodyHeaders) -> Option<Handoff> 
         body.chunked = true;
         None
     } else if is(&EXPECT) {
-        Some(Handoff::Body)
+        if body.expect || !h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+            // Any other expectation is hyper's to refuse (417), as is a repeated one.
+            return Some(Handoff::Body);
+        }
+        body.expect = true;
+        None
     } else if is(&UPGRADE) || (is(&CONNECTION) && !h.value.trim_ascii().eq_ignore_ascii_case(b"keep-alive")) {
         Some(Handoff::Connection)
     } else if is(&TE) {
@@ -267,6 +277,7 @@ mod tests {
             ("POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabcGET", Framing::Length(3)),
             ("PUT / HTTP/1.1\r\nContent-Length: 007\r\n\r\n", Framing::Length(7)),
             ("POST / HTTP/1.1\r\nContent-Length: 00\r\n\r\n", Framing::Empty),
+            ("PUT / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n", Framing::Empty),
             (
                 "POST / HTTP/1.1\r\nTransfer-Encoding: Chunked \r\n\r\n3\r\nabc",
                 Framing::Chunked,
@@ -326,7 +337,15 @@ mod tests {
                 "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
                 Handoff::Body,
             ),
-            ("PUT / HTTP/1.1\r\nexpect: 100-continue\r\n\r\n", Handoff::Body),
+            ("PUT / HTTP/1.1\r\nexpect: 100-continue, x\r\n\r\n", Handoff::Body),
+            (
+                "PUT / HTTP/1.1\r\nexpect: x-other\r\ncontent-length: 1\r\n\r\n",
+                Handoff::Body,
+            ),
+            (
+                "PUT / HTTP/1.1\r\nexpect: 100-continue\r\nExpect: 100-continue\r\n\r\n",
+                Handoff::Body,
+            ),
             (
                 "GET / HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
                 Handoff::Connection,

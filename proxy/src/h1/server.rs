@@ -4,11 +4,11 @@
 //! Each head is parsed here ([`super::request`]) when it is a request this path serves: HTTP/1.1
 //! with no body or one framed by `content-length` or chunked ([`super::lean_body`]), and nothing
 //! asked of the connection but keep-alive, what almost every page, asset, API call and upload
-//! is. The first head that is anything else (an upgrade, `expect`, HTTP/1.0, an HTTP/2 preface,
-//! a malformed or oversized head, a body framed any other way) hands the connection, with every
-//! byte read and not yet served, to hyper's server for the rest of its life ([`Rewind`]): hyper
-//! serves it as it served every connection before, its answers to bad heads (400, 414, 431)
-//! included.
+//! is. The first head that is anything else (an upgrade, an `expect` but `100-continue`,
+//! HTTP/1.0, an HTTP/2 preface, a malformed or oversized head, a body framed any other way) hands
+//! the connection, with every byte read and not yet served, to hyper's server for the rest of its
+//! life ([`Rewind`]): hyper serves it as it served every connection before, its answers to bad
+//! heads (400, 414, 431) included.
 //!
 //! While a request is served the socket is still read, as hyper's server reads it: for its body
 //! when the body asks, then for bytes of a pipelined next request, which are kept; the client
@@ -145,7 +145,9 @@ where
         let (body, feed) = match framing {
             Framing::Empty => (None, None),
             framing => {
-                let (body, feed) = lean_body::open(framing, std::mem::take(&mut buf));
+                // request.rs let one `expect: 100-continue` through, no other.
+                let expect = parts.headers.contains_key(http::header::EXPECT);
+                let (body, feed) = lean_body::open(framing, expect, std::mem::take(&mut buf));
                 (Some(body), Some(feed))
             }
         };
@@ -154,6 +156,9 @@ where
             debug!("client closed the connection before its response");
             return Ok(());
         };
+        if let Some(feed) = &feed {
+            std::future::poll_fn(|cx| feed.poll_settle_interim(cx, &mut io)).await?;
+        }
         let mut keep = respond(&mut io, &mut buf, feed.as_ref(), &mut out, resp, head_request, &closing).await?;
         if let Some(feed) = feed {
             match feed.finish() {
@@ -211,7 +216,7 @@ async fn read_head<I: AsyncRead + Unpin>(
 /// Polls `fut` to its end; None if the client closed its side first.
 async fn watching<I, F>(io: &mut I, buf: &mut BytesMut, feed: Option<&Feed>, mut fut: Pin<&mut F>) -> Option<F::Output>
 where
-    I: AsyncRead + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin,
     F: Future,
 {
     std::future::poll_fn(|cx| {
@@ -219,7 +224,7 @@ where
             if let Poll::Ready(out) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Some(out));
             }
-            match poll_client(cx, io, buf, feed) {
+            match poll_client(cx, io, buf, feed, true) {
                 Client::Pending => return Poll::Pending,
                 Client::Gone => return Poll::Ready(None),
                 Client::Progress => {}
@@ -230,16 +235,18 @@ where
 }
 
 /// The connection's watch of its client while a request is under way: for its body (`feed`,
-/// which holds the read buffer then) or, with none, for the client's close.
+/// which holds the read buffer then; `before_response`: a `100 Continue` may still go) or, with
+/// none, for the client's close.
 #[inline]
-fn poll_client<I: AsyncRead + Unpin>(
+fn poll_client<I: AsyncRead + AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
     io: &mut I,
     buf: &mut BytesMut,
     feed: Option<&Feed>,
+    before_response: bool,
 ) -> Client {
     match feed {
-        Some(feed) => feed.poll_client(cx, io, poll_gone),
+        Some(feed) => feed.poll_client(cx, io, before_response, poll_gone),
         None => match poll_gone(cx, io, buf) {
             Poll::Ready(()) => Client::Gone,
             Poll::Pending => Client::Pending,
@@ -291,7 +298,7 @@ where
             if r.is_ready() {
                 return r;
             }
-            match poll_client(cx, io, buf, feed) {
+            match poll_client(cx, io, buf, feed, false) {
                 Client::Pending => return Poll::Pending,
                 Client::Gone => return Poll::Ready(Err(ClientError::Closed)),
                 Client::Progress => {}
@@ -517,6 +524,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn expect_100_continue_is_answered_when_the_body_is_first_waited_for() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let (calls, handed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let conn = tokio::spawn(serve(server, lean_side(calls.clone()), hyper_side(handed.clone())));
+        client
+            .write_all(b"POST /up HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            read_until(&mut client, "\r\n\r\n").await,
+            "HTTP/1.1 100 Continue\r\n\r\n"
+        );
+        client.write_all(b"hello").await.unwrap();
+        let got = read_until(&mut client, "lean /up hello").await;
+        assert!(
+            got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("lean /up hello"),
+            "{got}"
+        );
+        // A body sent without waiting: no interim response.
+        client
+            .write_all(b"POST /b HTTP/1.1\r\nExpect: 100-Continue\r\ncontent-length: 2\r\n\r\nhi")
+            .await
+            .unwrap();
+        let got = read_until(&mut client, "lean /b hi").await;
+        assert!(
+            got.starts_with("HTTP/1.1 200 OK\r\n") && !got.contains("100 Continue"),
+            "{got}"
+        );
+        assert_eq!((calls.load(Ordering::Relaxed), handed.load(Ordering::Relaxed)), (2, 0));
+        drop(client);
+        conn.await.unwrap().unwrap();
+
+        // A handler that answers without reading the body: no interim response, and the
+        // connection closes after the answer.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let service = |_: Parts, _: Option<LeanBody>| std::future::ready(Response::new(text("early")));
+        let conn = tokio::spawn(serve(server, service, hyper_side(Arc::default())));
+        client
+            .write_all(b"PUT / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 9\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut client, "never").await;
+        assert!(
+            got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("early"),
+            "{got}"
+        );
+        conn.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
     async fn a_body_framed_otherwise_hands_the_connection_to_hyper_with_its_bytes() {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let (calls, handed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -525,7 +582,7 @@ mod tests {
         assert!(read_until(&mut client, "lean /first").await.contains("lean /first"));
         // The head and part of its body in one write, the rest after.
         client
-            .write_all(b"POST /up HTTP/1.1\r\ncontent-length: 6\r\nexpect: 100-continue\r\n\r\nabc")
+            .write_all(b"POST /up HTTP/1.1\r\ncontent-length: 6\r\nte: trailers\r\n\r\nabc")
             .await
             .unwrap();
         client.write_all(b"def").await.unwrap();
