@@ -15,6 +15,12 @@ use super::ClientError;
 use super::encode::{BodyEncoding, LAST_CHUNK, chunk_size};
 use crate::body::BoxError;
 
+/// A data piece at most this long is copied into the write buffer rather than written from its
+/// own bytes, so several can go in one write.
+const SMALL_PIECE: usize = 4 * 1024;
+/// Pieces are gathered into the write buffer while it holds at most this much unwritten.
+const GATHER: usize = 16 * 1024;
+
 /// A request on its way out. The bytes to write are the connection's buffer (`out`, the head
 /// first, then framing) and the current data piece.
 pub struct Sending<B> {
@@ -31,6 +37,8 @@ pub struct Sending<B> {
     crlf: bool,
     /// Some byte was written, or some of the body was taken: the request cannot be handed back.
     started: bool,
+    /// The body failed after pieces before it were gathered: given once those are written.
+    failed: Option<ClientError>,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Sending<B>
@@ -53,6 +61,7 @@ where
             data: Bytes::new(),
             crlf: false,
             started: false,
+            failed: None,
         }
     }
 
@@ -72,7 +81,7 @@ where
         W: AsyncWrite + Unpin,
     {
         loop {
-            let pending = self.data.is_empty() && self.poll_body(cx, out)?.is_pending();
+            let pending = self.data.is_empty() && self.poll_gathered(cx, out)?.is_pending();
             if self.pos < out.len() || !self.data.is_empty() {
                 let n = ready!(self.poll_write(cx, io, out)).map_err(ClientError::Io)?;
                 self.advance(n, out);
@@ -87,6 +96,43 @@ where
             if self.ended {
                 return Poll::Ready(Ok(()));
             }
+        }
+    }
+
+    /// Takes the body's next frames into the bytes to write: a small one is copied into `out`
+    /// and the next is taken too, while `out` holds little (so small pieces that are ready
+    /// together, as a chunked response's chunks read at once, go out in one write, as hyper's
+    /// buffered writes send them); a larger one waits in `data`. `Pending` when the body has
+    /// nothing ready.
+    fn poll_gathered(&mut self, cx: &mut Context<'_>, out: &mut Vec<u8>) -> Poll<Result<(), ClientError>> {
+        if let Some(e) = self.failed.take() {
+            if self.pos < out.len() {
+                // Not all written yet: the error waits for it.
+                self.failed = Some(e);
+                return Poll::Ready(Ok(()));
+            }
+            return Poll::Ready(Err(e));
+        }
+        let mut copied = false;
+        loop {
+            match self.poll_body(cx, out) {
+                // What was copied goes out now; the body is polled again after, or its error
+                // given then (the bytes before a failure are written, as without gathering).
+                Poll::Pending if copied => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) if copied => {
+                    self.failed = Some(e);
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            if self.ended || self.data.len() > SMALL_PIECE || out.len() - self.pos + self.data.len() > GATHER {
+                return Poll::Ready(Ok(()));
+            }
+            out.extend_from_slice(&self.data);
+            self.data = Bytes::new();
+            copied = true;
         }
     }
 
@@ -219,6 +265,81 @@ mod tests {
         let (r, wire) = send(pieces(&[b"ignored"]), BodyEncoding::Length(0)).await;
         assert!(r.is_ok());
         assert_eq!(wire, b"HEAD\r\n");
+    }
+
+    /// Counts the writes it takes.
+    struct Counting {
+        writes: usize,
+        wire: Vec<u8>,
+    }
+
+    impl AsyncWrite for Counting {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+            self.writes += 1;
+            self.wire.extend_from_slice(b);
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.writes += 1;
+            let n = bufs.iter().map(|b| b.len()).sum();
+            for b in bufs {
+                self.wire.extend_from_slice(b);
+            }
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn small_pieces_ready_together_go_out_in_one_write_large_ones_from_their_own_bytes() {
+        let small: Vec<&'static [u8]> = vec![b"0123456789"; 100];
+        let mut w = Counting {
+            writes: 0,
+            wire: Vec::new(),
+        };
+        let mut out = b"HEAD\r\n".to_vec();
+        let mut sending = Sending::new(pieces(&small), BodyEncoding::Chunked);
+        std::future::poll_fn(|cx| sending.poll_send(cx, &mut w, &mut out))
+            .await
+            .unwrap();
+        let want: Vec<u8> = b"HEAD\r\n"
+            .iter()
+            .copied()
+            .chain(
+                small
+                    .iter()
+                    .flat_map(|p| b"A\r\n".iter().chain(p.iter()).chain(b"\r\n").copied()),
+            )
+            .chain(b"0\r\n\r\n".iter().copied())
+            .collect();
+        assert_eq!(w.wire, want);
+        assert_eq!(w.writes, 1, "100 pieces of 10 bytes ready at once: one write");
+
+        // Pieces past the small size are written from their own bytes, one write each.
+        static BIG: [u8; 3 * SMALL_PIECE] = [b'x'; 3 * SMALL_PIECE];
+        let mut w = Counting {
+            writes: 0,
+            wire: Vec::new(),
+        };
+        let mut out = b"HEAD\r\n".to_vec();
+        let mut sending = Sending::new(pieces(&[&BIG, &BIG]), BodyEncoding::Length(2 * BIG.len() as u64));
+        std::future::poll_fn(|cx| sending.poll_send(cx, &mut w, &mut out))
+            .await
+            .unwrap();
+        assert_eq!(w.wire.len(), 6 + 2 * BIG.len());
+        assert_eq!(w.writes, 2);
     }
 
     #[tokio::test]
