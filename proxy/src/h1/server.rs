@@ -441,6 +441,20 @@ mod tests {
         }
     }
 
+    /// A connection served by [`lean_side`] with [`hyper_side`] behind it: the client's end, the
+    /// lean calls and hand-offs counted, the connection's task.
+    fn started() -> (
+        DuplexStream,
+        Arc<AtomicUsize>,
+        Arc<AtomicUsize>,
+        tokio::task::JoinHandle<Result<(), BoxError>>,
+    ) {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (calls, handed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let conn = tokio::spawn(serve(server, lean_side(calls.clone()), hyper_side(handed.clone())));
+        (client, calls, handed, conn)
+    }
+
     /// Reads until what came has `needle` (or the stream ends).
     async fn read_until(client: &mut DuplexStream, needle: &str) -> String {
         let mut got = Vec::new();
@@ -460,9 +474,7 @@ mod tests {
 
     #[tokio::test]
     async fn pipelined_requests_are_served_in_turn_on_the_lean_path() {
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        let (calls, handed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let conn = tokio::spawn(serve(server, lean_side(calls.clone()), hyper_side(handed.clone())));
+        let (mut client, calls, handed, conn) = started();
         client
             .write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\nHEAD /c HTTP/1.1\r\n\r\n")
             .await
@@ -484,9 +496,7 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_framed_by_length_or_chunked_are_read_on_the_lean_path() {
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        let (calls, handed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let conn = tokio::spawn(serve(server, lean_side(calls.clone()), hyper_side(handed.clone())));
+        let (mut client, calls, handed, conn) = started();
         // The head and part of its body in one write, the rest after.
         client
             .write_all(b"POST /up HTTP/1.1\r\ncontent-length: 6\r\n\r\nabc")
@@ -525,9 +535,7 @@ mod tests {
 
     #[tokio::test]
     async fn expect_100_continue_is_answered_when_the_body_is_first_waited_for() {
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        let (calls, handed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let conn = tokio::spawn(serve(server, lean_side(calls.clone()), hyper_side(handed.clone())));
+        let (mut client, calls, handed, conn) = started();
         client
             .write_all(b"POST /up HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n")
             .await
@@ -575,9 +583,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_framed_otherwise_hands_the_connection_to_hyper_with_its_bytes() {
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        let (calls, handed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let conn = tokio::spawn(serve(server, lean_side(calls.clone()), hyper_side(handed.clone())));
+        let (mut client, calls, handed, conn) = started();
         client.write_all(b"GET /first HTTP/1.1\r\n\r\n").await.unwrap();
         assert!(read_until(&mut client, "lean /first").await.contains("lean /first"));
         // The head and part of its body in one write, the rest after.
