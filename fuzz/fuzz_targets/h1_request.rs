@@ -53,10 +53,7 @@ fn parsed(bytes: &[u8], names: &mut Names) -> (String, Vec<u8>) {
                 assert!(v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"keep-alive"), "{v:?}");
             }
             for v in parts.headers.values() {
-                assert!(
-                    http::HeaderValue::from_bytes(v.as_bytes()).is_ok(),
-                    "invalid value {v:?}"
-                );
+                assert!(http::HeaderValue::from_bytes(v.as_bytes()).is_ok(), "invalid value {v:?}");
             }
             // The head ends with its blank line, as httparse found it, within the lean limit.
             assert!(bytes[..n].ends_with(b"\n") && n <= MAX_LEAN_HEAD);

@@ -15,10 +15,7 @@ use weft_proxy::h1::head::{Names, Parsed, parse};
 fn decode(bytes: &[u8], cuts: &[u8]) -> Option<(Vec<u8>, Option<usize>, Vec<u8>)> {
     let (mut dec, mut buf, mut data) = (Decoder::default(), BytesMut::new(), Vec::new());
     let mut at = 0;
-    let mut steps = cuts
-        .iter()
-        .map(|c| *c as usize + 1)
-        .chain(std::iter::repeat(bytes.len().max(1)));
+    let mut steps = cuts.iter().map(|c| *c as usize + 1).chain(std::iter::repeat(bytes.len().max(1)));
     while at < bytes.len() || !buf.is_empty() {
         let next = (at + steps.next().unwrap()).min(bytes.len());
         buf.extend_from_slice(&bytes[at..next]);
@@ -52,15 +49,9 @@ fn parsed(bytes: &[u8], head_request: bool, names: &mut Names) -> (String, Vec<u
             let p = &head.parts;
             for v in p.headers.values() {
                 // The parser puts values into the map unchecked: each must pass the check.
-                assert!(
-                    http::HeaderValue::from_bytes(v.as_bytes()).is_ok(),
-                    "invalid value {v:?}"
-                );
+                assert!(http::HeaderValue::from_bytes(v.as_bytes()).is_ok(), "invalid value {v:?}");
             }
-            format!(
-                "final {n} {} {:?} {:?} {:?} {}",
-                p.status, p.version, p.headers, head.framing, head.keep_alive
-            )
+            format!("final {n} {} {:?} {:?} {:?} {}", p.status, p.version, p.headers, head.framing, head.keep_alive)
         }
         Ok(Parsed::Informational(n)) => {
             assert!(n <= bytes.len());

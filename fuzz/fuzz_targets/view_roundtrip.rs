@@ -108,7 +108,10 @@ fuzz_target!(|input: Input| {
     assert_eq!(d2.path, d.path);
     // The request's headers laid out again alone (the response's as its new ones) read back as a
     // whole new layout of that head does, and fail alike.
-    let changed = RequestHead { headers: &resp, ..head };
+    let changed = RequestHead {
+        headers: &resp,
+        ..head
+    };
     let mut whole = vec![0xAAu8; buf.len()];
     match (
         view::encode_request_headers(&mut buf, end.fixed_end, 0, &resp, Shown::All),
@@ -143,10 +146,8 @@ fn named_reads_as_those_lines(input: &Input, id: &ViewIdentity, head: &RequestHe
         return;
     };
     let d = view::decode_for_test(&buf).expect("a view of named lines decodes");
-    let want: Vec<(String, String)> = pairs(head.headers)
-        .into_iter()
-        .filter(|(n, _)| names.iter().any(|m| m.as_str() == n))
-        .collect();
+    let want: Vec<(String, String)> =
+        pairs(head.headers).into_iter().filter(|(n, _)| names.iter().any(|m| m.as_str() == n)).collect();
     let whole = pairs(head.headers);
     let got = by_name(&d.request_headers);
     assert!(
@@ -155,10 +156,7 @@ fn named_reads_as_those_lines(input: &Input, id: &ViewIdentity, head: &RequestHe
         "named {names:?}: {:?}",
         d.request_headers
     );
-    let host = head
-        .headers
-        .get(http::header::HOST)
-        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
+    let host = head.headers.get(http::header::HOST).map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
     assert_eq!(d.host, host.unwrap_or_default());
 }
 

@@ -441,14 +441,11 @@ mod tests {
         }
     }
 
+    type ConnTask = tokio::task::JoinHandle<Result<(), BoxError>>;
+
     /// A connection served by [`lean_side`] with [`hyper_side`] behind it: the client's end, the
     /// lean calls and hand-offs counted, the connection's task.
-    fn started() -> (
-        DuplexStream,
-        Arc<AtomicUsize>,
-        Arc<AtomicUsize>,
-        tokio::task::JoinHandle<Result<(), BoxError>>,
-    ) {
+    fn started() -> (DuplexStream, Arc<AtomicUsize>, Arc<AtomicUsize>, ConnTask) {
         let (client, server) = tokio::io::duplex(1 << 16);
         let (calls, handed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let conn = tokio::spawn(serve(server, lean_side(calls.clone()), hyper_side(handed.clone())));
