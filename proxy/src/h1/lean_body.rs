@@ -10,8 +10,9 @@
 //! socket: a body nobody reads holds no memory here), and once the body is whole the connection
 //! watches the socket as for a bodiless request (bytes of a pipelined request kept, the client's
 //! close seen). A client that sent `expect: 100-continue` gets `100 Continue` when the body first
-//! asks for bytes it has not sent, unless the response has begun (as hyper's server does). The connection takes its buffer back after the response; a body not read to its
-//! end by then leaves the connection to be closed (its rest cannot be told from a next request).
+//! asks for bytes it has not sent, unless the response has begun (as hyper's server does). The
+//! connection takes its buffer back after the response; a body not read to its end by then
+//! leaves the connection to be closed (its rest cannot be told from a next request).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -47,6 +48,11 @@ struct Inflow {
     cut: bool,
     /// The connection took its buffer back.
     detached: bool,
+    /// The connection's task is in its poll ([`Feed::begin_poll`] to a `Pending` of
+    /// [`Feed::poll_client`]): a body asking for bytes then is read for before that poll ends.
+    /// Asked at any other time (from another task, or from the thread's upstream flusher, which
+    /// polls with the connection's own waker) it wakes the connection's task.
+    in_poll: bool,
     /// `expect: 100-continue`: how much of [`CONTINUE`] went out, while it is owed (it is sent
     /// when the body first asks for bytes the client has not sent, as hyper's server sends it).
     interim: Option<usize>,
@@ -97,6 +103,7 @@ pub fn open(framing: Framing, expect_continue: bool, buf: BytesMut) -> (LeanBody
         wants: false,
         cut: false,
         detached: false,
+        in_poll: false,
         interim: expect_continue.then_some(0),
         body: None,
         conn: None,
@@ -137,12 +144,12 @@ impl Body for LeanBody {
         if !s.body.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             s.body = Some(cx.waker().clone());
         }
-        // Polled off the connection's task (or before its first watch): it reads only when
-        // polled, so it is woken to.
-        match &s.conn {
-            Some(conn) if conn.will_wake(cx.waker()) => {}
-            Some(conn) => conn.wake_by_ref(),
-            None => {}
+        // Asked outside the connection's poll: it reads only when polled, so it is woken to. (Not
+        // by comparing wakers: the upstream flusher polls with the connection's own.)
+        if !s.in_poll
+            && let Some(conn) = &s.conn
+        {
+            conn.wake_by_ref();
         }
         Poll::Pending
     }
@@ -188,6 +195,11 @@ fn poll_interim<I: AsyncWrite + Unpin>(
 }
 
 impl Feed {
+    /// The connection's task begins a poll of the request (and of this watch after it).
+    pub fn begin_poll(&self) {
+        lock(&self.shared).in_poll = true;
+    }
+
     /// The connection's watch of its client while the request is under way: reads the socket
     /// once for the body when it asked for bytes (first sending [`CONTINUE`] if it is owed and
     /// `before_response`: once the response has begun it is not sent); once the body is whole,
@@ -205,6 +217,19 @@ impl Feed {
         if !s.conn.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             s.conn = Some(cx.waker().clone());
         }
+        let watched = Self::watch(s, cx, io, before_response, gone);
+        // `Pending`: the connection's poll ends here, until the socket or the body wakes it.
+        s.in_poll = watched != Client::Pending;
+        watched
+    }
+
+    fn watch<I: AsyncRead + AsyncWrite + Unpin>(
+        s: &mut Inflow,
+        cx: &mut Context<'_>,
+        io: &mut I,
+        before_response: bool,
+        gone: impl FnOnce(&mut Context<'_>, &mut I, &mut BytesMut) -> Poll<()>,
+    ) -> Client {
         if s.reader.is_done() {
             return match gone(cx, io, &mut s.buf) {
                 Poll::Ready(()) => Client::Gone,
@@ -243,9 +268,10 @@ impl Feed {
         };
         s.wants = false;
         s.cut = cut;
-        if let Some(body) = s.body.take()
-            && !body.will_wake(cx.waker())
-        {
+        // Woken even when it is this task's own waker: whoever polled the body last (an upstream
+        // writer the request's next poll may not reach, the thread's upstream flusher with this
+        // task's waker) polls it again.
+        if let Some(body) = s.body.take() {
             body.wake();
         }
         if cut { Client::Gone } else { Client::Progress }
@@ -263,7 +289,14 @@ impl Feed {
         if let Some(sent) = &mut s.interim
             && *sent > 0
         {
-            ready!(poll_interim(cx, io, sent))?;
+            match poll_interim(cx, io, sent) {
+                Poll::Pending => {
+                    s.in_poll = false;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
         }
         s.interim = None;
         Poll::Ready(Ok(()))
