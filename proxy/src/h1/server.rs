@@ -104,8 +104,10 @@ impl Serving for Connection {
 /// body (or `expect`) hands its connection to hyper, as before lean bodies existed. The lean body
 /// path ([`super::lean_body`], [`serve_with`]) passes its own tests and fuzzing, but a streamed
 /// chunked upload through a streamed request-body plugin (`proxy/tests/e2e_body.rs`, the
-/// redactor's upload in 7-byte frames) hung in about a third of its runs with it on: a lost
-/// wake-up not yet found (docs/performance-log.md).
+/// redactor's upload in 7-byte frames) hung in about a third of its runs with it on: traced, the
+/// body's consumer stops polling it with the upload buffered (the stall is above the body, in
+/// the plugin chain or the upstream writer, when all of an upload is there at once); not yet
+/// found (docs/performance-log.md).
 pub const LEAN_BODIES: bool = false;
 
 /// Serves `io`: `service` makes each lean request's response (given its body, if it has one);
