@@ -56,7 +56,9 @@ struct Inflow {
     /// `expect: 100-continue`: how much of [`CONTINUE`] went out, while it is owed (it is sent
     /// when the body first asks for bytes the client has not sent, as hyper's server sends it).
     interim: Option<usize>,
+    /// Whoever polled the body last and found it short: woken by the read for it.
     body: Option<Waker>,
+    /// The connection's task, from its last watch.
     conn: Option<Waker>,
 }
 
