@@ -16,7 +16,7 @@ use weft_proxy::h1::request::{MAX_LEAN_HEAD, Parsed, parse};
 
 fn parsed(bytes: &[u8], names: &mut Names) -> (String, Vec<u8>) {
     let mut buf = BytesMut::from(bytes);
-    let what = match parse(&mut buf, names, true) {
+    let what = match parse(&mut buf, names) {
         Parsed::Lean(parts, framing) => {
             let n = bytes.len() - buf.len();
             assert!(n > 0 && bytes.ends_with(&buf), "the head is taken from the front");

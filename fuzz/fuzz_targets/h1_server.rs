@@ -14,7 +14,7 @@ use http_body_util::{BodyExt as _, Full};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 use weft_proxy::h1::lean_body::LeanBody;
-use weft_proxy::h1::server::{Graceful, HyperConn, Rewind, serve_with};
+use weft_proxy::h1::server::{Graceful, HyperConn, Rewind, serve};
 
 thread_local! {
     static RT: RefCell<tokio::runtime::Runtime> = RefCell::new(
@@ -57,7 +57,7 @@ fuzz_target!(|input: (u8, &[u8])| {
         rt.block_on(async {
             let (mut client, server) = tokio::io::duplex(4096);
             let (mut rx, mut tx) = tokio::io::split(&mut client);
-            let conn = serve_with(server, lean, hyper_side, true);
+            let conn = serve(server, lean, hyper_side);
             let send = async {
                 for p in bytes.chunks(piece) {
                     if tx.write_all(p).await.is_err() {

@@ -79,6 +79,30 @@ impl Keep {
         }
     }
 
+    /// [`lock`](Self::lock) for a phase after the response head, while `body` (the upstream's
+    /// response) goes on sending the request body. An upstream may answer before a streamed
+    /// request body is through (an echo does): that body's chunk call may hold the exchange
+    /// (a plugin on the worker pool, or tokio's budget pausing the lock just taken), and once
+    /// the head is in, nothing but the response body polls the request body again; waiting
+    /// without it would wait for ever.
+    pub async fn lock_driving(&mut self, body: &mut impl Drive) -> Guard<'_> {
+        match self {
+            Keep::Owned(x) => Guard::Owned(x),
+            Keep::Shared(s) => {
+                let mut lock = std::pin::pin!(s.lock());
+                let guard = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(guard) = lock.as_mut().poll(cx) {
+                        return Poll::Ready(guard);
+                    }
+                    body.poll_drive(cx);
+                    lock.as_mut().poll(cx)
+                })
+                .await;
+                Guard::Shared(guard)
+            }
+        }
+    }
+
     /// Whether the exchange must outlive the response head: its chain has a log phase (which
     /// runs on the request's slot after the response), or it is shared with a body stream still
     /// running (which holds its own handle anyway) and busy right now.
@@ -105,6 +129,15 @@ impl Keep {
             Keep::Shared(s) => s,
         }
     }
+}
+
+/// A body that, polled, also moves along another stream that shares the exchange: the
+/// upstream's response body, whose connection still carries the request body when the
+/// upstream answered early (see [`Keep::lock_driving`]).
+pub trait Drive {
+    /// Sends what it can of that other stream (registering `cx` where it waits); nothing by
+    /// default.
+    fn poll_drive(&mut self, _cx: &mut Context<'_>) {}
 }
 
 type ChunkFuture = Pin<Box<dyn Future<Output = Result<Vec<Bytes>, BodyAbort>> + Send>>;
@@ -156,7 +189,7 @@ impl<B> PluginBody<B> {
 
 impl<B> Body for PluginBody<B>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + Drive + Unpin,
     B::Error: Into<BoxError>,
 {
     type Data = Bytes;
@@ -170,7 +203,12 @@ where
             }
             if let Some((fut, end)) = this.pending.as_mut() {
                 let end = *end;
-                let result = ready!(fut.as_mut().poll(cx));
+                let Poll::Ready(result) = fut.as_mut().poll(cx) else {
+                    // The call may wait for the exchange, which a request body's call can hold:
+                    // that body is sent by polling the inner one (`Keep::lock_driving`).
+                    this.inner.poll_drive(cx);
+                    return Poll::Pending;
+                };
                 this.pending = None;
                 match result {
                     Ok(out) => this.queue.extend(out),

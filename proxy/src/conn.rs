@@ -41,7 +41,7 @@ use tracing::{debug, warn};
 use weft_runtime::view::ClientAddr;
 
 use crate::accept::{self, Acceptor, Admission, ConnPermit, PerIp};
-use crate::body::BoxError;
+use crate::body::{BoxError, Drive};
 use crate::config::Limits;
 use crate::forward::ClientIp;
 use crate::h1::lean_body::LeanBody;
@@ -171,6 +171,12 @@ impl<B> TimedBody<B> {
     }
 }
 
+impl<B: Drive> Drive for TimedBody<B> {
+    fn poll_drive(&mut self, cx: &mut Context<'_>) {
+        self.inner.poll_drive(cx);
+    }
+}
+
 impl<B> Body for TimedBody<B>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -251,6 +257,8 @@ pub enum ClientBody {
     Lean(LeanBody),
     Empty,
 }
+
+impl Drive for ClientBody {}
 
 impl Body for ClientBody {
     type Data = Bytes;

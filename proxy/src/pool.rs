@@ -32,7 +32,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use thread_local::ThreadLocal;
 use tokio::net::TcpStream;
 
-use crate::body::{BoxError, Pieces, UpstreamBody};
+use crate::body::{BoxError, Drive, Pieces, UpstreamBody};
 use crate::h1::encode::{self, BodySize};
 use crate::h1::head::{self, Head, Parsed};
 use crate::h1::recv::{self, Reader};
@@ -446,6 +446,8 @@ struct Pooled {
     reader: Reader,
     /// The response allows another request on the connection.
     keep_alive: bool,
+    /// The request body, still streaming, failed on our side: the response body ends with it.
+    failed: Option<BoxError>,
 }
 
 impl PooledBody {
@@ -463,6 +465,7 @@ impl PooledBody {
             home,
             reader: Reader::new(head.framing),
             keep_alive: head.keep_alive,
+            failed: None,
         };
         if pooled.reader.is_done() {
             pooled.finish();
@@ -477,20 +480,30 @@ impl PooledBody {
 }
 
 impl Pooled {
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    /// Writes what it can of a request body still streaming (the upstream answered early).
+    /// That body failing on our side ends the response too, as hyper's client did (kept for
+    /// the next frame); a failed write only keeps the connection from being reused (the
+    /// upstream may have answered and stopped reading).
+    fn poll_send(&mut self, cx: &mut Context<'_>) {
         let Some(conn) = self.conn.as_mut() else {
-            return Poll::Ready(None);
+            return;
         };
-        // A request body still streaming (the upstream answered early) goes on being written.
-        // The body failing on our side ends the response too, as hyper's client did; a failed
-        // write only keeps the connection from being reused (the upstream may have answered and
-        // stopped reading).
         if let Poll::Ready(Err(e)) = conn.poll_send(cx)
             && !matches!(e, ClientError::Io(_))
         {
             self.conn = None;
-            return Poll::Ready(Some(Err(e.into())));
+            self.failed = Some(e.into());
         }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.poll_send(cx);
+        if let Some(e) = self.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
         let frame = std::task::ready!(self.reader.poll_frame(cx, &mut conn.io, &mut conn.read));
         if self.reader.is_done() || !matches!(frame, Some(Ok(_))) {
             self.finish();
@@ -508,6 +521,14 @@ impl Pooled {
         // (a close or stray bytes from the upstream in between are seen there, and by the reaper).
         if self.reader.is_done() && self.keep_alive && conn.clean() {
             self.home.checkin(conn);
+        }
+    }
+}
+
+impl Drive for PooledBody {
+    fn poll_drive(&mut self, cx: &mut Context<'_>) {
+        if let Inner::Pooled(p) = &mut self.inner {
+            p.poll_send(cx);
         }
     }
 }

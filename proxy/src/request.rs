@@ -99,8 +99,8 @@ impl Proxy {
         // its argument in the request's future, which is moved whole into its box per request.
         let req = Box::new(Request::from_parts(head.take().expect(TAKEN), body));
         let resp = f.forward(req, &mut pick).await?;
-        let (mut parts, body) = upstream_head(resp, upgrade, route).into_parts();
-        f.response_phases(&mut parts).await?;
+        let (mut parts, mut body) = upstream_head(resp, upgrade, route).into_parts();
+        f.response_phases(&mut parts, &mut body).await?;
         let addr = route.upstream.address(&pick);
         if f.exchange.is_none() {
             // No plugins: without the body stage's future.
@@ -403,12 +403,13 @@ impl Flight<'_> {
     }
 
     /// The response-headers phases (reverse chain order); a local reply replaces the upstream's
-    /// response (dropping its body closes or returns the upstream connection).
-    async fn response_phases(&mut self, parts: &mut http::response::Parts) -> Step<()> {
+    /// response (dropping its body closes or returns the upstream connection). `body` goes on
+    /// sending a request body still streaming while the phase waits for the exchange.
+    async fn response_phases(&mut self, parts: &mut http::response::Parts, body: &mut ResponseBody) -> Step<()> {
         let Some(x) = self.exchange.as_mut() else {
             return Ok(());
         };
-        let mut x = x.lock().await;
+        let mut x = x.lock_driving(body).await;
         // Timed when a plugin has the phase (two clock reads and a histogram otherwise spent on
         // a chain without it).
         let t = x.handles(WeftPhase::ResponseHeaders).then(Instant::now);
@@ -428,7 +429,7 @@ impl Flight<'_> {
     async fn response_body(
         mut self,
         mut parts: http::response::Parts,
-        body: ResponseBody,
+        mut body: ResponseBody,
         head_request: bool,
         addr: &Authority,
     ) -> Reply {
@@ -443,7 +444,7 @@ impl Flight<'_> {
         let mode = if no_body {
             BodyMode::None
         } else {
-            x.lock().await.body_mode(BodySide::Response)
+            x.lock_driving(&mut body).await.body_mode(BodySide::Response)
         };
         debug!(route = %route.name, %addr, status = parts.status.as_u16(), ?mode, "proxied");
         match mode {
@@ -462,11 +463,15 @@ impl Flight<'_> {
         }
     }
 
-    async fn response_body_buffered(&mut self, parts: &mut http::response::Parts, body: ResponseBody) -> Step<Pieces> {
+    async fn response_body_buffered(
+        &mut self,
+        parts: &mut http::response::Parts,
+        mut body: ResponseBody,
+    ) -> Step<Pieces> {
         let (route, request_id) = (self.route, self.request_id);
         let upstream = &route.upstream.name;
         let x = self.exchange.as_mut().expect("called with an exchange");
-        let budget = x.lock().await.buffered_budget();
+        let budget = x.lock_driving(&mut body).await.buffered_budget();
         let bytes = match collect_limited(body, route.body_limit, &budget).await {
             Ok(b) => b,
             Err(e @ CollectError::OverBudget { .. }) => {

@@ -142,6 +142,7 @@ const PLUGINS: &str = "
   - { name: buffer, library: examples, plugin: test-body-buffer }
   - { name: json, library: examples, plugin: json-rewriter, config: { set: { served_by: weft }, remove: [secret] } }
   - { name: redact, library: examples, plugin: redactor, config: { patterns: [s3cr3t], mask: '#', request: true } }
+  - { name: redact-pool, library: examples, plugin: redactor, config: { patterns: [s3cr3t], mask: '#', request: true }, max_in_flight: 8 }
 ";
 
 const ROUTES: &str = "
@@ -151,6 +152,7 @@ const ROUTES: &str = "
   - { path_prefix: /boom, upstream: up, plugins: [boom] }
   - { path_prefix: /buffer, upstream: up, plugins: [buffer], max_buffered_body_bytes: 1000 }
   - { path_prefix: /json, upstream: up, plugins: [json], max_buffered_body_bytes: 4096 }
+  - { path_prefix: /redact-pool, upstream: up, plugins: [redact-pool] }
   - { path_prefix: /redact, upstream: up, plugins: [redact] }
   - { path_prefix: /, upstream: up }
 ";
@@ -684,6 +686,36 @@ async fn redactor_masks_across_chunk_boundaries() {
         let parts: Vec<&[u8]> = original[..20_000].chunks(frame).collect();
         let got = send(&client, "POST", format!("http://{a}/redact/echo"), &[], chunked(&parts)).await;
         assert!(got.body[..] == masked[..20_000], "{}", proxy.stderr());
+    }
+}
+
+/// An upstream that answers before the request body is through (an echo), with the request
+/// body's plugin on the worker pool: a chunk's call is in flight, holding the exchange, when the
+/// response head comes, and the response's phases wait for the exchange. They go on sending the
+/// request body while they wait (nothing else would poll that chunk's call again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_waits_for_a_request_body_call_in_flight() {
+    let up = spawn_upstream();
+    let proxy = start_proxy("early-answer", up);
+    let a = proxy.addr;
+    let original: Vec<u8> = (0..200_000).map(gen_byte).collect();
+    let masked = String::from_utf8(original.clone())
+        .unwrap()
+        .replace("s3cr3t", "######")
+        .into_bytes();
+    for (client, frame) in [(h1(), 7), (h1(), 4096), (h2(), 997)] {
+        for _ in 0..3 {
+            let parts: Vec<&[u8]> = original.chunks(frame).collect();
+            let url = format!("http://{a}/redact-pool/echo");
+            let got = tokio::time::timeout(
+                Duration::from_secs(30),
+                send(&client, "POST", url, &[], chunked(&parts)),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("frames of {frame}: no whole response in 30 s"));
+            assert_eq!(got.status, 200, "{}", proxy.stderr());
+            assert!(got.body == masked, "frames of {frame}: {}", proxy.stderr());
+        }
     }
 }
 

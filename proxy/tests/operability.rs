@@ -41,11 +41,24 @@ async fn spawn_upstream(name: &'static str, delay: Duration) -> SocketAddr {
                 if req.uri().path().contains("/slow") {
                     tokio::time::sleep(delay).await;
                 }
-                let mut resp = Response::new(Full::new(Bytes::from(format!("{name} {}", req.uri().path()))));
-                if let Some(id) = req.headers().get("x-request-id") {
+                let mut text = format!("{name} {}", req.uri().path());
+                let echo = req.uri().path().starts_with("/echo");
+                let headers = req.headers().clone();
+                if echo {
+                    // `/echo…`: the body read to its end and sent back after the path.
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    text = format!("{text} {}", String::from_utf8_lossy(&body));
+                }
+                let mut resp = Response::new(Full::new(Bytes::from(text)));
+                if let Some(id) = headers.get("x-request-id") {
                     resp.headers_mut().insert("x-seen-request-id", id.clone());
                 }
-                if let Some(g) = req.headers().get("x-gen") {
+                if let Some(g) = headers.get("x-gen") {
                     resp.headers_mut().insert("x-seen-gen", g.clone());
                 }
                 Ok::<_, Infallible>(resp)
@@ -239,9 +252,10 @@ async fn read_responses(stream: &mut tokio::net::TcpStream, needles: &[&str]) ->
     String::from_utf8(got).unwrap()
 }
 
-/// Plain requests are served on the lean HTTP/1.1 path, and the first request it does not serve
-/// hands its connection to hyper's server with the bytes already read: everything is answered, in
-/// order, on one connection, and the hand-off is counted by reason.
+/// Plain requests and bodies framed by a length or chunked are served on the lean HTTP/1.1 path,
+/// and the first request it does not serve hands its connection to hyper's server with the bytes
+/// already read: everything is answered, in order, on one connection, and the hand-off is counted
+/// by reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lean_requests_and_hand_offs_to_hyper_on_one_connection() {
     use tokio::io::AsyncWriteExt;
@@ -257,20 +271,33 @@ async fn lean_requests_and_hand_offs_to_hyper_on_one_connection() {
     assert_eq!(metric(&before, r#"weft_http1_handoffs_total{reason="body"}"#), 0.0);
 
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    // Two plain requests pipelined, then one with a body (and the next after it) in one write.
+    // Two plain requests pipelined, three bodies the lean path reads (a length, chunked, one with
+    // `expect: 100-continue` sent without waiting), one it hands over (`te`), and one after it, in
+    // one write.
     conn.write_all(
         b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n\
-          POST /c HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabcGET /d HTTP/1.1\r\nhost: x\r\n\r\n",
+          POST /echo-c HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc\
+          PUT /echo-d HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n\
+          POST /echo-x HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\nz\
+          POST /echo-e HTTP/1.1\r\nhost: x\r\nte: trailers\r\ncontent-length: 2\r\n\r\nxy\
+          GET /f HTTP/1.1\r\nhost: x\r\n\r\n",
     )
     .await
     .unwrap();
-    let got = read_responses(&mut conn, &["up /a", "up /b", "up /c", "up /d"]).await;
-    let order: Vec<_> = ["up /a", "up /b", "up /c", "up /d"]
-        .iter()
-        .map(|n| got.find(n).unwrap())
-        .collect();
+    let answers = [
+        "up /a",
+        "up /b",
+        "up /echo-c abc",
+        "up /echo-d abcde",
+        "up /echo-x z",
+        "up /echo-e xy",
+        "up /f",
+    ];
+    let got = read_responses(&mut conn, &answers).await;
+    let order: Vec<_> = answers.iter().map(|n| got.find(n).unwrap()).collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{got}");
-    assert_eq!(got.matches("HTTP/1.1 200 OK\r\n").count(), 4, "{got}");
+    assert_eq!(got.matches("HTTP/1.1 200 OK\r\n").count(), 7, "{got}");
+    assert!(!got.contains("100 Continue"), "the body came without waiting: {got}");
 
     // An HTTP/1.0 request, on a connection of its own.
     let mut c10 = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -288,8 +315,11 @@ async fn lean_requests_and_hand_offs_to_hyper_on_one_connection() {
     read_responses(&mut c0, &["up /f", "up /g"]).await;
     let after = scrape(admin).await;
     let count = |reason: &str| metric(&after, &format!("weft_http1_handoffs_total{{reason=\"{reason}\"}}"));
-    assert_eq!((count("body"), count("http10"), count("connection")), (1.0, 1.0, 0.0));
-    assert_eq!(metric(&after, r#"weft_requests_total{route="all",status="2xx"}"#), 7.0);
+    assert_eq!(
+        (count("body"), count("te"), count("http10"), count("connection")),
+        (0.0, 1.0, 1.0, 0.0)
+    );
+    assert_eq!(metric(&after, r#"weft_requests_total{route="all",status="2xx"}"#), 10.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,10 +78,7 @@ impl Handoff {
 
 /// Parses the head at the start of `buf`, `names` being the connection's names of its last
 /// request head (clients send the same names in the same order).
-///
-/// `bodies`: whether requests with a body (and `expect: 100-continue`) are served here; off,
-/// they go to hyper with [`Handoff::Body`] (what the proxy runs: see [`super::server::serve`]).
-pub fn parse(buf: &mut BytesMut, names: &mut Names, bodies: bool) -> Parsed {
+pub fn parse(buf: &mut BytesMut, names: &mut Names) -> Parsed {
     let mut places = [MaybeUninit::<Place>::uninit(); MAX_HEADERS];
     let (len, path, method, count, framing) = {
         let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
@@ -111,10 +108,7 @@ pub fn parse(buf: &mut BytesMut, names: &mut Names, bodies: bool) -> Parsed {
             }
             place.write(Place::of(base, h));
         }
-        let Some(framing) = body
-            .framing()
-            .filter(|f| bodies || (*f == Framing::Empty && !body.expect))
-        else {
+        let Some(framing) = body.framing() else {
             return Parsed::Hyper(Handoff::Body);
         };
         let at = path.as_ptr() as usize - base;
@@ -234,7 +228,7 @@ mod tests {
 
     fn parse_str(raw: &str) -> (Parsed, BytesMut) {
         let mut buf = BytesMut::from(raw.as_bytes());
-        let parsed = parse(&mut buf, &mut Names::default(), true);
+        let parsed = parse(&mut buf, &mut Names::default());
         (parsed, buf)
     }
 
@@ -299,25 +293,6 @@ mod tests {
             assert_eq!(&buf[..], body.as_bytes(), "{raw:?}: the body's bytes stay");
             assert_eq!(parts.headers.len(), 1, "the framing header is kept, as hyper keeps it");
         }
-    }
-
-    #[test]
-    fn without_bodies_every_body_and_expectation_goes_to_hyper_untouched() {
-        for raw in [
-            "POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc",
-            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
-            "PUT / HTTP/1.1\r\nexpect: 100-continue\r\n\r\n",
-        ] {
-            let mut buf = BytesMut::from(raw.as_bytes());
-            let parsed = parse(&mut buf, &mut Names::default(), false);
-            assert!(matches!(parsed, Parsed::Hyper(Handoff::Body)), "{raw:?}: {parsed:?}");
-            assert_eq!(&buf[..], raw.as_bytes());
-        }
-        let mut buf = BytesMut::from(&b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n"[..]);
-        assert!(matches!(
-            parse(&mut buf, &mut Names::default(), false),
-            Parsed::Lean(_, Framing::Empty)
-        ));
     }
 
     #[test]
@@ -409,7 +384,7 @@ mod tests {
         let mut names = Names::default();
         for _ in 0..2 {
             let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nX-Custom-Name: v\r\nHOST: h\r\n\r\n"[..]);
-            let Parsed::Lean(parts, _) = parse(&mut buf, &mut names, true) else {
+            let Parsed::Lean(parts, _) = parse(&mut buf, &mut names) else {
                 panic!()
             };
             let keys: Vec<_> = parts.headers.keys().map(|k| k.as_str().to_owned()).collect();

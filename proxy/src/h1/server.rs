@@ -2,8 +2,7 @@
 //! the connection's own task, with no dispatcher between the socket and the request's future.
 //!
 //! Each head is parsed here ([`super::request`]) when it is a request this path serves: HTTP/1.1
-//! with no body or (with [`LEAN_BODIES`], off as shipped, or [`serve_with`]) one framed by
-//! `content-length` or chunked ([`super::lean_body`]), and nothing
+//! with no body or one framed by `content-length` or chunked ([`super::lean_body`]), and nothing
 //! asked of the connection but keep-alive, what almost every page, asset, API call and upload
 //! is. The first head that is anything else (an upgrade, an `expect` but `100-continue`,
 //! HTTP/1.0, an HTTP/2 preface, a malformed or oversized head, a body framed any other way) hands
@@ -100,16 +99,6 @@ impl Serving for Connection {
     }
 }
 
-/// Whether the proxy's connections serve request bodies on the lean path. Off: a request with a
-/// body (or `expect`) hands its connection to hyper, as before lean bodies existed. The lean body
-/// path ([`super::lean_body`], [`serve_with`]) passes its own tests and fuzzing, but a streamed
-/// chunked upload through a streamed request-body plugin (`proxy/tests/e2e_body.rs`, the
-/// redactor's upload in 7-byte frames) hung in about a third of its runs with it on: traced, the
-/// body's consumer stops polling it with the upload buffered (the stall is above the body, in
-/// the plugin chain or the upstream writer, when all of an upload is there at once); not yet
-/// found (docs/performance-log.md).
-pub const LEAN_BODIES: bool = false;
-
 /// Serves `io`: `service` makes each lean request's response (given its body, if it has one);
 /// `hyper` takes the connection when a request is not one the lean path serves.
 pub fn serve<I, S, Fut, B, H>(io: I, service: S, hyper: H) -> Connection
@@ -121,34 +110,15 @@ where
     B::Error: Into<BoxError>,
     H: FnOnce(Rewind<I>) -> HyperConn + Send + 'static,
 {
-    serve_with(io, service, hyper, LEAN_BODIES)
-}
-
-/// [`serve`], with request bodies served on the lean path when `bodies`.
-pub fn serve_with<I, S, Fut, B, H>(io: I, service: S, hyper: H, bodies: bool) -> Connection
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: FnMut(Parts, Option<LeanBody>) -> Fut + Send + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = Bytes> + Unpin + Send + 'static,
-    B::Error: Into<BoxError>,
-    H: FnOnce(Rewind<I>) -> HyperConn + Send + 'static,
-{
     let closing = Arc::new(AtomicBool::new(false));
-    let run = Box::pin(run(io, service, hyper, Arc::clone(&closing), bodies));
+    let run = Box::pin(run(io, service, hyper, Arc::clone(&closing)));
     Connection { run, closing }
 }
 
 /// The read buffer's first size (hyper's server starts with the same).
 const READ_BUF: usize = 8192;
 
-async fn run<I, S, Fut, B, H>(
-    mut io: I,
-    mut service: S,
-    hyper: H,
-    closing: Arc<AtomicBool>,
-    bodies: bool,
-) -> Result<(), BoxError>
+async fn run<I, S, Fut, B, H>(mut io: I, mut service: S, hyper: H, closing: Arc<AtomicBool>) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send,
     S: FnMut(Parts, Option<LeanBody>) -> Fut,
@@ -161,7 +131,7 @@ where
     let mut out = Vec::with_capacity(512);
     let mut names = Names::default();
     loop {
-        let (parts, framing) = match read_head(&mut io, &mut buf, &mut names, &closing, bodies).await? {
+        let (parts, framing) = match read_head(&mut io, &mut buf, &mut names, &closing).await? {
             Head::Lean(parts, framing) => (parts, framing),
             Head::Closed => return Ok(()),
             Head::Hyper(why) => {
@@ -221,10 +191,9 @@ async fn read_head<I: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     names: &mut Names,
     closing: &AtomicBool,
-    bodies: bool,
 ) -> io::Result<Head> {
     loop {
-        match request::parse(buf, names, bodies) {
+        match request::parse(buf, names) {
             Parsed::Lean(parts, framing) => return Ok(Head::Lean(parts, framing)),
             Parsed::Hyper(why) => return Ok(Head::Hyper(why)),
             Parsed::Partial => {}
@@ -485,12 +454,7 @@ mod tests {
     fn started() -> (DuplexStream, Arc<AtomicUsize>, Arc<AtomicUsize>, ConnTask) {
         let (client, server) = tokio::io::duplex(1 << 16);
         let (calls, handed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let conn = tokio::spawn(serve_with(
-            server,
-            lean_side(calls.clone()),
-            hyper_side(handed.clone()),
-            true,
-        ));
+        let conn = tokio::spawn(serve(server, lean_side(calls.clone()), hyper_side(handed.clone())));
         (client, calls, handed, conn)
     }
 
@@ -607,7 +571,7 @@ mod tests {
         // connection closes after the answer.
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let service = |_: Parts, _: Option<LeanBody>| std::future::ready(Response::new(text("early")));
-        let conn = tokio::spawn(serve_with(server, service, hyper_side(Arc::default()), true));
+        let conn = tokio::spawn(serve(server, service, hyper_side(Arc::default())));
         client
             .write_all(b"PUT / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 9\r\n\r\n")
             .await
@@ -648,7 +612,7 @@ mod tests {
     async fn a_body_left_unread_closes_the_connection_after_the_response() {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let service = |_: Parts, _: Option<LeanBody>| std::future::ready(Response::new(text("early")));
-        let conn = tokio::spawn(serve_with(server, service, hyper_side(Arc::default()), true));
+        let conn = tokio::spawn(serve(server, service, hyper_side(Arc::default())));
         client
             .write_all(b"POST / HTTP/1.1\r\ncontent-length: 10\r\n\r\nabcGET / HTTP/1.1\r\n\r\n")
             .await
@@ -661,12 +625,7 @@ mod tests {
     #[tokio::test]
     async fn a_malformed_chunked_body_fails_and_the_connection_closes() {
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let conn = tokio::spawn(serve_with(
-            server,
-            lean_side(Arc::default()),
-            hyper_side(Arc::default()),
-            true,
-        ));
+        let conn = tokio::spawn(serve(server, lean_side(Arc::default()), hyper_side(Arc::default())));
         client
             .write_all(b"POST /x HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nGET / HTTP/1.1\r\n\r\n")
             .await
@@ -693,7 +652,7 @@ mod tests {
                 }
             }
         };
-        let conn = tokio::spawn(serve_with(server, service, hyper_side(Arc::default()), true));
+        let conn = tokio::spawn(serve(server, service, hyper_side(Arc::default())));
         client
             .write_all(b"POST / HTTP/1.1\r\ncontent-length: 10\r\n\r\nabc")
             .await
@@ -717,12 +676,7 @@ mod tests {
         ] {
             let (mut client, server) = tokio::io::duplex(1 << 16);
             let handed = Arc::new(AtomicUsize::new(0));
-            let conn = tokio::spawn(serve_with(
-                server,
-                lean_side(Arc::default()),
-                hyper_side(handed.clone()),
-                true,
-            ));
+            let conn = tokio::spawn(serve(server, lean_side(Arc::default()), hyper_side(handed.clone())));
             client.write_all(raw).await.unwrap();
             let got = read_until(&mut client, "\r\n\r\n").await;
             assert!(got.starts_with(&format!("HTTP/1.1 {status}")), "{got}");
@@ -755,7 +709,7 @@ mod tests {
                 }
             }
         };
-        let conn = tokio::spawn(serve_with(server, service, hyper_side(Arc::default()), true));
+        let conn = tokio::spawn(serve(server, service, hyper_side(Arc::default())));
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!dropped.load(Ordering::Relaxed), "served while the client stays");
@@ -772,7 +726,7 @@ mod tests {
     async fn a_shutdown_closes_an_idle_connection_and_ends_one_after_its_response() {
         // Idle: closed at the next poll.
         let (_client, server) = tokio::io::duplex(1 << 16);
-        let mut conn = serve_with(server, lean_side(Arc::default()), hyper_side(Arc::default()), true);
+        let mut conn = serve(server, lean_side(Arc::default()), hyper_side(Arc::default()));
         let poll = |conn: &mut Connection| {
             let waker = std::task::Waker::noop();
             Pin::new(conn).poll(&mut Context::from_waker(waker)).map(|r| r.is_ok())
@@ -792,7 +746,7 @@ mod tests {
                 Response::new(text("done"))
             }
         };
-        let mut conn = serve_with(server, service, hyper_side(Arc::default()), true);
+        let mut conn = serve(server, service, hyper_side(Arc::default()));
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         tokio::task::yield_now().await;
         assert!(poll(&mut conn).is_pending());
@@ -818,7 +772,7 @@ mod tests {
             let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
             std::future::ready(Response::new(StreamBody::new(stream).boxed_unsync()))
         };
-        let conn = tokio::spawn(serve_with(server, service, hyper_side(Arc::default()), true));
+        let conn = tokio::spawn(serve(server, service, hyper_side(Arc::default())));
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         tx.send(Ok(Frame::data(Bytes::from_static(b"hello")))).await.unwrap();
         let got = read_until(&mut client, "hello").await;
@@ -843,7 +797,7 @@ mod tests {
                 .insert("content-length", http::HeaderValue::from_static("5"));
             std::future::ready(resp)
         };
-        let conn = tokio::spawn(serve_with(server, service, hyper_side(Arc::default()), true));
+        let conn = tokio::spawn(serve(server, service, hyper_side(Arc::default())));
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let got = read_until(&mut client, "never").await;
         assert!(got.contains("content-length: 5\r\n") && got.ends_with("abc"), "{got}");
