@@ -93,6 +93,10 @@ pub struct Conn {
     broken: bool,
     /// Writing the request failed after some of it went out; an early response may still come.
     write_error: Option<io::Error>,
+    /// The request body, still streaming under its response, failed on our side: the response
+    /// body ends with it (kept here, not in the response body, which is moved whole on every
+    /// request's path).
+    body_error: Option<ClientError>,
 }
 
 /// A failed exchange, and the request when none of it was written or taken.
@@ -115,6 +119,7 @@ impl Conn {
             names: head::Names::default(),
             broken: false,
             write_error: None,
+            body_error: None,
         }))
     }
 
@@ -266,6 +271,21 @@ impl Conn {
             self.send = None;
         }
         Poll::Ready(r)
+    }
+
+    /// Writes what it can of a request body still streaming under its response (the upstream
+    /// answered early); returns how that body failed on our side, now or at a
+    /// [`Drive::poll_drive`], which ends the response too, as hyper's client did. A failed write
+    /// only keeps the connection from being reused (the upstream may have answered and stopped
+    /// reading).
+    #[inline]
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Option<ClientError> {
+        if let Poll::Ready(Err(e)) = self.poll_send(cx)
+            && !matches!(e, ClientError::Io(_))
+        {
+            return Some(e);
+        }
+        self.body_error.take()
     }
 
     /// Whether the connection's last exchange left it fit for another: the request fully
@@ -446,8 +466,6 @@ struct Pooled {
     reader: Reader,
     /// The response allows another request on the connection.
     keep_alive: bool,
-    /// The request body, still streaming, failed on our side: the response body ends with it.
-    failed: Option<BoxError>,
 }
 
 impl PooledBody {
@@ -465,7 +483,6 @@ impl PooledBody {
             home,
             reader: Reader::new(head.framing),
             keep_alive: head.keep_alive,
-            failed: None,
         };
         if pooled.reader.is_done() {
             pooled.finish();
@@ -480,30 +497,14 @@ impl PooledBody {
 }
 
 impl Pooled {
-    /// Writes what it can of a request body still streaming (the upstream answered early).
-    /// That body failing on our side ends the response too, as hyper's client did (kept for
-    /// the next frame); a failed write only keeps the connection from being reused (the
-    /// upstream may have answered and stopped reading).
-    fn poll_send(&mut self, cx: &mut Context<'_>) {
-        let Some(conn) = self.conn.as_mut() else {
-            return;
-        };
-        if let Poll::Ready(Err(e)) = conn.poll_send(cx)
-            && !matches!(e, ClientError::Io(_))
-        {
-            self.conn = None;
-            self.failed = Some(e.into());
-        }
-    }
-
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.poll_send(cx);
-        if let Some(e) = self.failed.take() {
-            return Poll::Ready(Some(Err(e)));
-        }
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(None);
         };
+        if let Some(e) = conn.poll_body(cx) {
+            self.conn = None;
+            return Poll::Ready(Some(Err(e.into())));
+        }
         let frame = std::task::ready!(self.reader.poll_frame(cx, &mut conn.io, &mut conn.read));
         if self.reader.is_done() || !matches!(frame, Some(Ok(_))) {
             self.finish();
@@ -527,8 +528,11 @@ impl Pooled {
 
 impl Drive for PooledBody {
     fn poll_drive(&mut self, cx: &mut Context<'_>) {
-        if let Inner::Pooled(p) = &mut self.inner {
-            p.poll_send(cx);
+        if let Inner::Pooled(Pooled { conn: Some(conn), .. }) = &mut self.inner
+            && let Poll::Ready(Err(e)) = conn.poll_send(cx)
+            && !matches!(e, ClientError::Io(_))
+        {
+            conn.body_error = Some(e);
         }
     }
 }
@@ -731,6 +735,45 @@ mod tests {
                 .is_pending()
         );
         assert!(s.sent().starts_with(b"GET / HTTP/1.1\r\n"));
+    }
+
+    /// The upstream answers before the request body is through, and that body then fails on our
+    /// side while the response's phases drive it (`Drive::poll_drive`): the response body ends
+    /// with that failure at its next frame, and the connection is not reused.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_body_failing_while_driven_ends_the_response_body() {
+        use crate::conn::{ClientBody, TimedBody};
+        use crate::h1::head::Framing;
+        use crate::metrics::TimeoutKind;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let conn = Conn::connect(&addr, Duration::from_secs(5), None).await.unwrap();
+        let (mut upstream, _) = listener.accept().unwrap();
+        // Three of the ten bytes are there; the rest never comes (the client is gone below).
+        let (body, feed) = crate::h1::lean_body::open(Framing::Length(10), false, BytesMut::from(&b"abc"[..]));
+        let body = TimedBody::new(ClientBody::Lean(body), Duration::from_secs(5), TimeoutKind::RequestBody);
+        let req = Request::post("/")
+            .header("host", addr.as_str())
+            .body(UpstreamBody::Plain(body))
+            .unwrap();
+        upstream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+            .unwrap();
+        let resp = conn.exchange(Box::new(req), Pools::default().home(&addr)).await;
+        let mut body = resp.map_err(|e| e.error).unwrap().into_body();
+        drop(feed.finish());
+        let mut cx = Context::from_waker(Waker::noop());
+        body.poll_drive(&mut cx);
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Err(e))) => assert!(e.to_string().starts_with("request body failed"), "{e}"),
+            other => panic!("the response body goes on: {other:?}"),
+        }
+        assert!(matches!(Pin::new(&mut body).poll_frame(&mut cx), Poll::Ready(None)));
+        let mut sent = Vec::new();
+        upstream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let _ = upstream.read_to_end(&mut sent);
+        assert!(sent.ends_with(b"\r\n\r\nabc"), "{:?}", String::from_utf8_lossy(&sent));
     }
 
     #[test]
