@@ -2,7 +2,8 @@
 """The rows the proxy measuring scripts share (scripts/callgrind-proxy, scripts/stat-proxy), so
 they run the same plugins and the same Lua as the e2e runner:
 
-  scripts/proxyrows.py plugins ROW     # ROW: go | c | none; the weft config's libraries and plugins
+  scripts/proxyrows.py plugins ROW     # ROW: go | c | body | none; the weft config's libraries and
+                                       # plugins (body: bench-body-pass, both bodies streamed)
   scripts/proxyrows.py lua-modules     # the nginx modules the e2e runner's nginx + Lua row loads
   scripts/proxyrows.py lua-access      # its access_by_lua_block (bench-header's reads and header set)
 """
@@ -27,6 +28,10 @@ def plugin_yaml(row):
         text = (f"libraries: [{{ name: cl, path: {c} }}]\n"
                 "plugins: [{ name: b, library: cl, plugin: c-header-stamp, "
                 "config: { header: x-bench, value: \"1\" } }]\n")
+    elif row == "body":
+        lib, how = go, "scripts/build-plugins test"
+        text = (f"libraries: [{{ name: ex, path: {go} }}]\n"
+                "plugins: [{ name: b, library: ex, plugin: bench-body-pass }]\n")
     else:
         return ""
     if not os.path.exists(lib):
