@@ -141,33 +141,35 @@ where
             }
         };
         let head_request = parts.method == Method::HEAD;
-        // A body borrows the read buffer (its bytes start it) until the response is sent.
-        let (body, feed) = match framing {
-            Framing::Empty => (None, None),
+        // A bodiless request (almost every one) is watched by `NoBody`: a copy of the serving
+        // code of its own, without the body's branches (fewer instructions and I1 misses).
+        let served = match framing {
+            Framing::Empty => {
+                let fut = std::pin::pin!(service(parts, None));
+                serve_request(&mut io, &mut buf, &NoBody, fut, &mut out, head_request, &closing).await?
+            }
             framing => {
                 // request.rs let one `expect: 100-continue` through, no other.
                 let expect = parts.headers.contains_key(http::header::EXPECT);
+                // The body borrows the read buffer (its bytes start it) until the response is sent.
                 let (body, feed) = lean_body::open(framing, expect, std::mem::take(&mut buf));
-                (Some(body), Some(feed))
+                let fut = std::pin::pin!(service(parts, Some(body)));
+                let served = serve_request(&mut io, &mut buf, &feed, fut, &mut out, head_request, &closing).await?;
+                match feed.finish() {
+                    Some(kept) => {
+                        buf = kept;
+                        served
+                    }
+                    // The body's rest cannot be told from a next request (the response said
+                    // `connection: close`: `conn::BodyRead`).
+                    None => served.map(|_| false),
+                }
             }
         };
-        let fut = std::pin::pin!(service(parts, body));
-        let Some(resp) = watching(&mut io, &mut buf, feed.as_ref(), fut).await else {
+        let Some(keep) = served else {
             debug!("client closed the connection before its response");
             return Ok(());
         };
-        if let Some(feed) = &feed {
-            std::future::poll_fn(|cx| feed.poll_settle_interim(cx, &mut io)).await?;
-        }
-        let mut keep = respond(&mut io, &mut buf, feed.as_ref(), &mut out, resp, head_request, &closing).await?;
-        if let Some(feed) = feed {
-            match feed.finish() {
-                Some(kept) => buf = kept,
-                // The body's rest cannot be told from a next request (the response said
-                // `connection: close`: `conn::BodyRead`).
-                None => keep = false,
-            }
-        }
         if !keep {
             // A failed shutdown of a connection that is over anyway changes nothing.
             let _ = std::future::poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
@@ -213,21 +215,111 @@ async fn read_head<I: AsyncRead + Unpin>(
     }
 }
 
-/// Polls `fut` to its end; None if the client closed its side first.
-async fn watching<I, F>(io: &mut I, buf: &mut BytesMut, feed: Option<&Feed>, mut fut: Pin<&mut F>) -> Option<F::Output>
+/// Serves one request whose response `fut` makes, watching the client meanwhile by `watch`:
+/// whether the connection may serve another (`None`: the client closed before its response).
+async fn serve_request<I, W, F, B>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    watch: &W,
+    fut: Pin<&mut F>,
+    out: &mut Vec<u8>,
+    head_request: bool,
+    closing: &AtomicBool,
+) -> Result<Option<bool>, BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin,
+    W: Watch,
+    F: Future<Output = Response<B>>,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let Some(resp) = watching(io, buf, watch, fut).await else {
+        return Ok(None);
+    };
+    std::future::poll_fn(|cx| watch.poll_settle(cx, io)).await?;
+    respond(io, buf, watch, out, resp, head_request, closing)
+        .await
+        .map(Some)
+}
+
+/// The connection's watch of its client while a request is under way.
+trait Watch {
+    /// The connection's task begins a poll of the request (and of this watch after it).
+    fn begin_poll(&self);
+    /// Watches the client (`before_response`: a `100 Continue` may still go).
+    fn poll_client<I: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        cx: &mut Context<'_>,
+        io: &mut I,
+        buf: &mut BytesMut,
+        before_response: bool,
+    ) -> Client;
+    /// Before the response's first byte (an interim response begun is finished).
+    fn poll_settle<I: AsyncWrite + Unpin>(&self, cx: &mut Context<'_>, io: &mut I) -> Poll<io::Result<()>>;
+}
+
+/// A request without a body: only the client's close is watched for.
+struct NoBody;
+
+impl Watch for NoBody {
+    #[inline]
+    fn begin_poll(&self) {}
+
+    #[inline]
+    fn poll_client<I: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        cx: &mut Context<'_>,
+        io: &mut I,
+        buf: &mut BytesMut,
+        _: bool,
+    ) -> Client {
+        match poll_gone(cx, io, buf) {
+            Poll::Ready(()) => Client::Gone,
+            Poll::Pending => Client::Pending,
+        }
+    }
+
+    #[inline]
+    fn poll_settle<I: AsyncWrite + Unpin>(&self, _: &mut Context<'_>, _: &mut I) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A request with a body: the watch reads for it ([`Feed`] holds the read buffer then).
+impl Watch for Feed {
+    fn begin_poll(&self) {
+        Feed::begin_poll(self);
+    }
+
+    fn poll_client<I: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        cx: &mut Context<'_>,
+        io: &mut I,
+        _: &mut BytesMut,
+        before_response: bool,
+    ) -> Client {
+        Feed::poll_client(self, cx, io, before_response, poll_gone)
+    }
+
+    fn poll_settle<I: AsyncWrite + Unpin>(&self, cx: &mut Context<'_>, io: &mut I) -> Poll<io::Result<()>> {
+        self.poll_settle_interim(cx, io)
+    }
+}
+
+/// Polls `fut` to its end; None if the client closed its side first.
+async fn watching<I, W, F>(io: &mut I, buf: &mut BytesMut, watch: &W, mut fut: Pin<&mut F>) -> Option<F::Output>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    W: Watch,
     F: Future,
 {
     std::future::poll_fn(|cx| {
-        if let Some(feed) = feed {
-            feed.begin_poll();
-        }
+        watch.begin_poll();
         loop {
             if let Poll::Ready(out) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Some(out));
             }
-            match poll_client(cx, io, buf, feed, true) {
+            match watch.poll_client(cx, io, buf, true) {
                 Client::Pending => return Poll::Pending,
                 Client::Gone => return Poll::Ready(None),
                 Client::Progress => {}
@@ -235,26 +327,6 @@ where
         }
     })
     .await
-}
-
-/// The connection's watch of its client while a request is under way: for its body (`feed`,
-/// which holds the read buffer then; `before_response`: a `100 Continue` may still go) or, with
-/// none, for the client's close.
-#[inline]
-fn poll_client<I: AsyncRead + AsyncWrite + Unpin>(
-    cx: &mut Context<'_>,
-    io: &mut I,
-    buf: &mut BytesMut,
-    feed: Option<&Feed>,
-    before_response: bool,
-) -> Client {
-    match feed {
-        Some(feed) => feed.poll_client(cx, io, before_response, poll_gone),
-        None => match poll_gone(cx, io, buf) {
-            Poll::Ready(()) => Client::Gone,
-            Poll::Pending => Client::Pending,
-        },
-    }
 }
 
 /// Ready when the client has closed its side (or its socket failed); bytes it sent meanwhile
@@ -271,10 +343,10 @@ fn poll_gone<I: AsyncRead + Unpin>(cx: &mut Context<'_>, io: &mut I, buf: &mut B
 }
 
 /// Writes `resp`; whether the connection may serve another request.
-async fn respond<I, B>(
+async fn respond<I, W, B>(
     io: &mut I,
     buf: &mut BytesMut,
-    feed: Option<&Feed>,
+    watch: &W,
     out: &mut Vec<u8>,
     resp: Response<B>,
     head_request: bool,
@@ -282,6 +354,7 @@ async fn respond<I, B>(
 ) -> Result<bool, BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin,
+    W: Watch,
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
@@ -296,15 +369,13 @@ where
     super::head::recycle(std::mem::take(&mut parts.headers));
     let mut sending = Sending::new(body, framed.encoding);
     let sent = std::future::poll_fn(|cx| {
-        if let Some(feed) = feed {
-            feed.begin_poll();
-        }
+        watch.begin_poll();
         loop {
             let r = sending.poll_send(cx, io, out);
             if r.is_ready() {
                 return r;
             }
-            match poll_client(cx, io, buf, feed, false) {
+            match watch.poll_client(cx, io, buf, false) {
                 Client::Pending => return Poll::Pending,
                 Client::Gone => return Poll::Ready(Err(ClientError::Closed)),
                 Client::Progress => {}
