@@ -66,7 +66,11 @@ impl<T: Header> Recent<T> {
         let len = bytes.len();
         (0..ENTRIES)
             .filter(|&i| usize::from(self.lens[i]) == len)
-            .find_map(|i| self.items[i].as_ref().filter(|item| item.bytes() == bytes))
+            .find_map(|i| {
+                self.items[i]
+                    .as_ref()
+                    .filter(|item| crate::short::eq(item.bytes(), bytes))
+            })
             .cloned()
     }
 
@@ -100,6 +104,7 @@ thread_local! {
 }
 
 /// The accepted name whose bytes are `bytes`, if this thread kept one.
+#[inline]
 pub(crate) fn name(bytes: &[u8]) -> Option<HeaderName> {
     NAMES.try_with(|c| c.try_borrow().ok()?.get(bytes)).ok().flatten()
 }
@@ -114,6 +119,7 @@ pub(crate) fn keep_name(name: &HeaderName) {
 }
 
 /// The accepted value whose bytes are `bytes`, if this thread kept one.
+#[inline]
 pub(crate) fn value(bytes: &[u8]) -> Option<HeaderValue> {
     if bytes.is_empty() || bytes.len() > MAX_VALUE {
         return None;

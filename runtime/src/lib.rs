@@ -18,6 +18,7 @@ mod plugin;
 pub mod plugin_log;
 pub mod remote;
 pub mod ring;
+mod short;
 pub(crate) mod sync;
 mod thread_entry;
 pub mod view;

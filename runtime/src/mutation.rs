@@ -464,23 +464,46 @@ fn allowed(op: WeftMutationOp, phase: WeftPhase) -> bool {
 }
 
 fn header_name(index: usize, raw: &[u8]) -> Result<HeaderName, MutationError> {
-    let lossy = |raw: &[u8]| String::from_utf8_lossy(&raw[..raw.len().min(64)]).into_owned();
     if raw.is_empty() || raw.len() > MAX_NAME_LEN {
         return Err(MutationError::HeaderName {
             index,
-            name: lossy(raw),
+            name: lossy_name(raw),
         });
     }
-    // Copied (onto the stack), then checked: see the module docs.
-    let mut copy = [0u8; MAX_NAME_LEN];
-    let copy = &mut copy[..raw.len()];
-    copy.copy_from_slice(raw);
+    // Copied (onto the stack), then checked: see the module docs. A name of up to 32 bytes (all
+    // but the rarest) is copied into a buffer of 32 by a few moves, rather than by a `memcpy`
+    // call after zeroing all 256.
+    let (mut short, long);
+    let copy: &[u8] = if raw.len() <= SHORT {
+        short = [0u8; SHORT];
+        crate::short::copy(&mut short[..raw.len()], raw);
+        &short[..raw.len()]
+    } else {
+        let mut buf = [0u8; MAX_NAME_LEN];
+        buf[..raw.len()].copy_from_slice(raw);
+        long = buf;
+        &long[..raw.len()]
+    };
+    checked_name(index, copy)
+}
+
+/// The length of the names and values copied into a small stack buffer.
+const SHORT: usize = 32;
+
+fn lossy_name(raw: &[u8]) -> String {
+    String::from_utf8_lossy(&raw[..raw.len().min(64)]).into_owned()
+}
+
+/// A name, already copied into host memory: the thread's accepted one with these bytes, or
+/// parsed and checked.
+#[inline(always)]
+fn checked_name(index: usize, copy: &[u8]) -> Result<HeaderName, MutationError> {
     if let Some(name) = header_cache::name(copy) {
         return Ok(name);
     }
     let name = HeaderName::from_bytes(copy).map_err(|_| MutationError::HeaderName {
         index,
-        name: lossy(copy),
+        name: lossy_name(copy),
     })?;
     if is_reserved(&name) {
         return Err(MutationError::ReservedHeader {
@@ -496,6 +519,18 @@ fn header_name(index: usize, raw: &[u8]) -> Result<HeaderName, MutationError> {
     Ok(name)
 }
 
+/// A short value, already copied into host memory: the thread's accepted one with these bytes, or
+/// checked (and offered to the cache).
+#[inline(always)]
+fn checked_value(copy: &[u8]) -> Option<HeaderValue> {
+    if let Some(value) = header_cache::value(copy) {
+        return Some(value);
+    }
+    let value = HeaderValue::from_bytes(copy).ok()?;
+    header_cache::offer_value(&value);
+    Some(value)
+}
+
 /// A header value: copied out of the buffer, then checked (`HeaderValue` refuses every control
 /// character but HTAB, so CR, LF and NUL are out). The value sent is that copy.
 fn header_value(index: usize, name: &HeaderName, raw: &[u8]) -> Result<HeaderValue, MutationError> {
@@ -507,16 +542,20 @@ fn header_value(index: usize, name: &HeaderName, raw: &[u8]) -> Result<HeaderVal
         return Err(bad());
     }
     if raw.len() <= header_cache::MAX_VALUE {
-        // Copied (onto the stack), then compared: see the module docs.
-        let mut copy = [0u8; header_cache::MAX_VALUE];
-        let copy = &mut copy[..raw.len()];
-        copy.copy_from_slice(raw);
-        if let Some(value) = header_cache::value(copy) {
-            return Ok(value);
-        }
-        let value = HeaderValue::from_bytes(copy).map_err(|_| bad())?;
-        header_cache::offer_value(&value);
-        return Ok(value);
+        // Copied (onto the stack), then compared: see the module docs. Up to 32 bytes by a few
+        // moves into a buffer of 32.
+        let (mut short, long);
+        let copy: &[u8] = if raw.len() <= SHORT {
+            short = [0u8; SHORT];
+            crate::short::copy(&mut short[..raw.len()], raw);
+            &short[..raw.len()]
+        } else {
+            let mut buf = [0u8; header_cache::MAX_VALUE];
+            buf[..raw.len()].copy_from_slice(raw);
+            long = buf;
+            &long[..raw.len()]
+        };
+        return checked_value(copy).ok_or_else(bad);
     }
     HeaderValue::from_maybe_shared(Bytes::copy_from_slice(raw)).map_err(|_| bad())
 }

@@ -187,7 +187,7 @@ impl Cursor<'_> {
 
     fn str(&mut self, bytes: &[u8]) -> Result<WeftStr, ViewTooLarge> {
         let at = self.reserve(bytes.len())?;
-        copy_short(&mut self.buf[at..at + bytes.len()], bytes);
+        crate::short::copy(&mut self.buf[at..at + bytes.len()], bytes);
         Ok(WeftStr {
             off: at as u32,
             len: bytes.len() as u32,
@@ -253,7 +253,7 @@ impl Cursor<'_> {
         };
         if want_host
             && section.host.is_none()
-            && let Some(host) = headers.get(http::header::HOST)
+            && let Some(host) = first_host(headers)
         {
             section.host = Some(self.str(host.as_bytes())?);
         }
@@ -308,12 +308,24 @@ impl Cursor<'_> {
     }
 }
 
+/// The first `host` line's value (`headers.get(HOST)`): looked at first where a client puts it
+/// (the first line of every HTTP/1.1 request from browsers, curl, wrk and nginx), a name
+/// comparison, before the hash and probe of a lookup. A name has one entry in the map, holding
+/// its values in order, so whichever entry is first, its first value is the name's first.
+#[inline]
+fn first_host(headers: &HeaderMap) -> Option<&HeaderValue> {
+    match headers.iter().next() {
+        Some((name, value)) if name == http::header::HOST => Some(value),
+        _ => headers.get(http::header::HOST),
+    }
+}
+
 /// Copies `bytes` to the front of `rest` (which the caller checked can hold them), which starts
 /// at slot offset `*at`; advances both past them.
 #[inline]
 fn put(rest: &mut &mut [u8], at: &mut usize, bytes: &[u8]) -> WeftStr {
     let (dst, tail) = std::mem::take(rest).split_at_mut(bytes.len());
-    copy_short(dst, bytes);
+    crate::short::copy(dst, bytes);
     *rest = tail;
     let s = WeftStr {
         off: *at as u32,
@@ -321,37 +333,6 @@ fn put(rest: &mut &mut [u8], at: &mut usize, bytes: &[u8]) -> WeftStr {
     };
     *at += bytes.len();
     s
-}
-
-/// `dst.copy_from_slice(src)` for the short strings of a view (header names and most values):
-/// a copy of unknown length is a call into libc's `memcpy`, whose entry and size dispatch cost
-/// more than copying a dozen bytes; two overlapping fixed-size copies are a few moves. Measured
-/// with `cargo bench -p weft-benches --bench phase -- host_side/encode` (docs/performance.md).
-#[inline]
-fn copy_short(dst: &mut [u8], src: &[u8]) {
-    let n = src.len();
-    assert_eq!(dst.len(), n);
-    match n {
-        0 => {}
-        1..=3 => {
-            dst[0] = src[0];
-            dst[n / 2] = src[n / 2];
-            dst[n - 1] = src[n - 1];
-        }
-        4..=7 => {
-            dst[..4].copy_from_slice(&src[..4]);
-            dst[n - 4..].copy_from_slice(&src[n - 4..]);
-        }
-        8..=16 => {
-            dst[..8].copy_from_slice(&src[..8]);
-            dst[n - 8..].copy_from_slice(&src[n - 8..]);
-        }
-        17..=32 => {
-            dst[..16].copy_from_slice(&src[..16]);
-            dst[n - 16..].copy_from_slice(&src[n - 16..]);
-        }
-        _ => dst.copy_from_slice(src),
-    }
 }
 
 fn write_struct<T: Copy>(buf: &mut [u8], at: usize, value: T) {
@@ -417,7 +398,7 @@ pub fn format_ipv4(out: &mut [u8], ip: std::net::Ipv4Addr) -> usize {
 fn decimal(out: &mut [u8], n: usize, v: u32) -> usize {
     let mut buf = itoa::Buffer::new();
     let digits = buf.format(v).as_bytes();
-    copy_short(&mut out[n..n + digits.len()], digits);
+    crate::short::copy(&mut out[n..n + digits.len()], digits);
     n + digits.len()
 }
 
@@ -737,7 +718,7 @@ impl Patch<'_> {
     fn append(&mut self, bytes: &[u8]) -> Option<WeftStr> {
         let at = self.end;
         let stop = at.checked_add(bytes.len()).filter(|&e| e <= self.buf.len())?;
-        copy_short(&mut self.buf[at..stop], bytes);
+        crate::short::copy(&mut self.buf[at..stop], bytes);
         self.end = stop;
         Some(WeftStr {
             off: at as u32,
@@ -936,17 +917,6 @@ pub struct DecodedView {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn copy_short_copies_every_length_exactly() {
-        let src: Vec<u8> = (1..=80).collect();
-        for n in 0..=src.len() {
-            let mut dst = vec![0u8; n + 2];
-            copy_short(&mut dst[1..n + 1], &src[..n]);
-            assert_eq!(&dst[1..n + 1], &src[..n], "length {n}");
-            assert_eq!((dst[0], dst[n + 1]), (0, 0), "length {n} wrote outside its range");
-        }
-    }
     use http::HeaderValue;
 
     fn ident() -> ViewIdentity {
@@ -1057,6 +1027,51 @@ mod tests {
                     "cap {cap}"
                 );
             }
+        }
+    }
+
+    /// The `host` field of a view of named lines not naming `host` is the first `host` line's
+    /// value wherever that line is: first (where clients put it and where it is looked at
+    /// first), later, repeated, or absent.
+    #[test]
+    fn the_host_field_is_the_first_host_line_wherever_it_is() {
+        let uri: Uri = "/p".parse().unwrap();
+        let names: Vec<HeaderName> = vec!["accept".parse().unwrap()];
+        let cases: [(&[(&str, &str)], &str); 5] = [
+            (&[("host", "first.example"), ("accept", "a/b")], "first.example"),
+            (&[("accept", "a/b"), ("host", "later.example")], "later.example"),
+            (
+                &[("host", "one.example"), ("accept", "a/b"), ("host", "two.example")],
+                "one.example",
+            ),
+            (
+                &[("accept", "a/b"), ("host", "one.example"), ("host", "two.example")],
+                "one.example",
+            ),
+            (&[("accept", "a/b")], ""),
+        ];
+        for (lines, want) in cases {
+            let mut headers = HeaderMap::new();
+            for (n, v) in lines {
+                headers.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+            }
+            // Enough other lines that the named ones are looked up, not the head laid out whole.
+            for i in 0..12 {
+                headers.append(
+                    HeaderName::from_bytes(format!("x-fill-{i}").as_bytes()).unwrap(),
+                    HeaderValue::from(i),
+                );
+            }
+            let mut buf = vec![0u8; 4096];
+            let head = get_head(&uri, &headers, Version::HTTP_11);
+            encode_request_shown(&mut buf, &ident(), 0, &head, Shown::Named(&names)).unwrap();
+            let v = decode_for_test(&buf).unwrap();
+            assert_eq!(v.host, want, "{lines:?}");
+            assert_eq!(
+                v.request_headers,
+                vec![("accept".to_string(), "a/b".to_string())],
+                "{lines:?}"
+            );
         }
     }
 

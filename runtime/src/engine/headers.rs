@@ -290,6 +290,11 @@ impl Exchange {
         // section has no line to remove (a chain that reads no header line: nothing to write).
         let shown = self.chain.instances.shown();
         let empty = array.count == 0;
+        if empty && shown == view::Shown::Named(&[]) {
+            // A chain that reads no header line, over a section without one: every edit below
+            // would be dropped.
+            return true;
+        }
         let edits = batch.view_edits().filter_map(|e| match e {
             view::HeaderEdit::Remove(_) if empty => None,
             view::HeaderEdit::Set(name, _) if !shown.includes(name) => {
