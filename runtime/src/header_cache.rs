@@ -153,9 +153,9 @@ pub(crate) fn offer_value(value: &HeaderValue) {
     });
 }
 
-/// A 64-bit hash of a short value (FxHash's step over 8-byte words): it only decides what is
-/// kept; a lookup compares every byte.
-fn hash(bytes: &[u8]) -> u64 {
+/// A 64-bit hash of a short value or batch (FxHash's step over 8-byte words): it only decides
+/// what is kept; a lookup compares every byte.
+pub(crate) fn hash(bytes: &[u8]) -> u64 {
     const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
     let mut chunks = bytes.chunks_exact(8);
     let mut h = 0u64;

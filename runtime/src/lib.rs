@@ -6,6 +6,7 @@
 
 pub mod abi;
 pub mod arena;
+mod batch_memo;
 pub mod budget;
 pub(crate) mod completion;
 mod engine;

@@ -10,7 +10,8 @@
 //! paths, queries, room names, WebSocket text and close reasons) is first copied into memory the
 //! host owns and then checked there, and only that copy is used: what was validated is what is
 //! sent. A header name or short value whose copy matches one the thread accepted before is that
-//! accepted one (`header_cache`), without a second parse. Record fields (op, arg, lengths) are
+//! accepted one (`header_cache`), without a second parse; a whole batch of head changes equal to
+//! one the thread decoded from its own copy before is that one's changes (`batch_memo`). Record fields (op, arg, lengths) are
 //! read once. Only payload bytes stay ranges of the buffer (a local reply body, body edits, see
 //! [`RawBatch`]): a late write can change those bytes, never their length, a header or the
 //! framing.
@@ -188,7 +189,7 @@ fn ws_room(index: usize, raw: &[u8]) -> Result<String, MutationError> {
     String::from_utf8(room).map_err(|e| bad(e.as_bytes()))
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Op {
     SetHeader(HeaderName, HeaderValue),
     AddHeader(HeaderName, HeaderValue),
@@ -270,6 +271,24 @@ impl Ops {
         if rest.capacity() <= SPARE_OPS_MAX {
             // Replaces (and frees) a buffer already kept, if two batches were alive at once.
             let _ = SPARE_OPS.try_with(|spare| spare.set(rest));
+        }
+    }
+}
+
+/// A kept batch's changes, handed out again: the list's buffer is the thread's kept one, as a
+/// decoded batch's is.
+impl Clone for Ops {
+    fn clone(&self) -> Ops {
+        let rest = if self.rest.is_empty() {
+            Vec::new()
+        } else {
+            let mut rest = Ops::spare();
+            rest.extend(self.rest.iter().cloned());
+            rest
+        };
+        Ops {
+            first: self.first.clone(),
+            rest,
         }
     }
 }
@@ -583,12 +602,69 @@ pub fn decode(buf: &[u8], len: usize, phase: WeftPhase) -> Result<Batch, Mutatio
 /// Decodes and validates `buf[..len]` written by a plugin during `phase`. Every record is
 /// checked here (a batch is all or nothing), on copies of its operands (module docs); a local
 /// reply body and body edits stay ranges of `buf` (until [`RawBatch::resolve`], or for the
-/// caller to slice).
+/// caller to slice). A batch of head changes equal, byte for byte, to one the thread decoded
+/// from its own copy before is that one's changes ([`crate::batch_memo`]).
 pub fn decode_raw(buf: &[u8], len: usize, phase: WeftPhase) -> Result<RawBatch, MutationError> {
     if len > buf.len() {
         return Err(MutationError::Length { len, cap: buf.len() });
     }
     let data = &buf[..len];
+    if let Some(kept) = KEPT
+        .try_with(|m| m.try_borrow().ok()?.get(phase as u32, data))
+        .ok()
+        .flatten()
+    {
+        return Ok(kept.into_raw());
+    }
+    let batch = decode_records(data, phase)?;
+    keep_if_repeated(data, phase);
+    Ok(batch)
+}
+
+/// A batch's head changes as [`crate::batch_memo`] keeps them (a batch with a local reply or
+/// body or WebSocket records is not kept: those refer to the buffer).
+#[derive(Clone)]
+struct Kept {
+    ops: Ops,
+    skip_body: bool,
+}
+
+impl Kept {
+    fn of(batch: RawBatch) -> Option<Kept> {
+        (batch.reply.is_none() && batch.streams.is_none()).then_some(Kept {
+            ops: batch.ops,
+            skip_body: batch.skip_body,
+        })
+    }
+
+    fn into_raw(self) -> RawBatch {
+        RawBatch {
+            ops: self.ops,
+            reply: None,
+            streams: None,
+            skip_body: self.skip_body,
+        }
+    }
+}
+
+thread_local! {
+    static KEPT: std::cell::RefCell<crate::batch_memo::Memo<Kept>> =
+        const { std::cell::RefCell::new(crate::batch_memo::Memo::new()) };
+}
+
+/// Notes a decoded batch that was not kept: kept once it repeats (decoded again, from the
+/// memo's own copy).
+#[inline(never)]
+fn keep_if_repeated(data: &[u8], phase: WeftPhase) {
+    let _ = KEPT.try_with(|m| {
+        if let Ok(mut m) = m.try_borrow_mut() {
+            m.missed(phase as u32, data, |copy| Kept::of(decode_records(copy, phase).ok()?));
+        }
+    });
+}
+
+/// [`decode_raw`]'s records, one by one.
+fn decode_records(data: &[u8], phase: WeftPhase) -> Result<RawBatch, MutationError> {
     let mut batch = RawBatch::default();
     let mut pos = 0usize;
     let mut index = 0usize;
@@ -1460,6 +1536,66 @@ mod tests {
                 "byte {byte:#x}"
             );
         }
+    }
+
+    /// A batch decoded again and again gives what its first decoding gave, once the thread
+    /// keeps it too (`batch_memo`): the same changes, applied the same; what the checks refuse is
+    /// refused every time and never kept; the same bytes in another phase are judged for that
+    /// phase; a batch with a local reply is not kept, its body resolved from the buffer each
+    /// time.
+    #[test]
+    fn a_repeated_batch_decodes_the_same_every_time() {
+        use WeftPhase::{RequestHeaders, ResponseHeaders};
+        let kept = |phase: WeftPhase, b: &[u8]| KEPT.with(|m| m.borrow().get(phase as u32, b).is_some());
+        let mut b = Vec::new();
+        rec(&mut b, M::SetRequestHeader, 0, b"x-a", b"1");
+        rec(&mut b, M::AddRequestHeader, 0, b"x-b", b"2");
+        rec(&mut b, M::RemoveRequestHeader, 0, b"drop", b"");
+        rec(&mut b, M::SetPath, 0, b"/p", b"");
+        rec(&mut b, M::SkipBody, 0, b"", b"");
+        let first = format!("{:?}", decode(&b, b.len(), RequestHeaders).unwrap());
+        for i in 0..5 {
+            let batch = decode(&b, b.len(), RequestHeaders).unwrap();
+            assert_eq!(format!("{batch:?}"), first, "decoding {i}");
+            let mut parts = req();
+            batch.apply_to_request(&mut parts);
+            assert_eq!(
+                (parts.headers["x-a"].as_bytes(), parts.headers["x-b"].as_bytes()),
+                (&b"1"[..], &b"2"[..])
+            );
+            assert!(!parts.headers.contains_key("drop"));
+            assert_eq!(parts.uri.path_and_query().unwrap().as_str(), "/p?x=1");
+        }
+        assert!(kept(RequestHeaders, &b), "a repeated batch is kept");
+        for _ in 0..3 {
+            assert!(matches!(
+                decode(&b, b.len(), ResponseHeaders),
+                Err(MutationError::WrongPhase { .. })
+            ));
+        }
+        assert!(!kept(ResponseHeaders, &b));
+
+        let mut refused = Vec::new();
+        rec(&mut refused, M::SetRequestHeader, 0, b"x-a", b"1");
+        rec(&mut refused, M::SetRequestHeader, 0, b"connection", b"close");
+        for _ in 0..3 {
+            assert!(matches!(
+                decode(&refused, refused.len(), RequestHeaders),
+                Err(MutationError::ReservedHeader { index: 1, .. })
+            ));
+        }
+        assert!(!kept(RequestHeaders, &refused));
+
+        let mut reply = Vec::new();
+        rec(&mut reply, M::LocalReply, 403, b"no", b"");
+        for _ in 0..3 {
+            let r = decode(&reply, reply.len(), RequestHeaders)
+                .unwrap()
+                .take_reply()
+                .unwrap();
+            assert_eq!((r.status.as_u16(), &r.body[..]), (403, &b"no"[..]));
+        }
+        assert!(!kept(RequestHeaders, &reply), "a batch with a local reply is not kept");
     }
 
     /// A plugin that writes its buffer after the host decoded it changes no

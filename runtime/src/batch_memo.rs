@@ -1,0 +1,182 @@
+//! The header batches plugins wrote recently on this thread, each with what the decoder made of
+//! it.
+//!
+//! Decoding a batch is a pure function of its bytes and the phase: the same bytes in the same
+//! phase always give the same changes or the same refusal. A plugin that sets the same headers
+//! on every call (a flag, a policy, a security header: `bench-header`'s one record) has them
+//! framed, copied, checked and looked up in [`crate::header_cache`] on every call; here a batch
+//! whose bytes equal one kept is that one's changes (reference-counted clones), after a length
+//! and byte comparison.
+//!
+//! What is kept is decoded from the host's own copy of the bytes, never from the plugin's buffer
+//! (which a plugin that breaks the rules may still be writing): a batch is kept by copying the
+//! buffer, then decoding that copy, so a kept entry's changes are exactly what its kept bytes
+//! decode to, and a hit hands out changes the decoder accepted for bytes equal to the ones
+//! compared. A batch is kept once it was seen twice among the last few missed (by phase, length
+//! and hash), so batches that change on every call (a request id, a time) are not copied, and
+//! do not push the constant ones out.
+//!
+//! Per thread, [`ENTRIES`] batches of at most [`MAX_BYTES`] bytes each: what a thread keeps is
+//! bounded, and nothing is shared between threads.
+
+/// Batches kept per thread.
+pub(crate) const ENTRIES: usize = 4;
+
+/// The longest batch kept (longer ones are decoded each time).
+pub(crate) const MAX_BYTES: usize = 256;
+
+/// How many recently missed batches are remembered (by phase, length and hash) to spot a repeat.
+const MISSES: usize = 4;
+
+struct Entry<T> {
+    phase: u32,
+    /// The kept bytes (empty: an empty entry; an empty batch is never kept).
+    bytes: Vec<u8>,
+    value: Option<T>,
+}
+
+/// A round-robin set of kept batches, and the batches missed lately.
+pub(crate) struct Memo<T> {
+    entries: [Entry<T>; ENTRIES],
+    next: usize,
+    missed: [(u32, usize, u64); MISSES],
+    next_miss: usize,
+}
+
+impl<T: Clone> Memo<T> {
+    pub(crate) const fn new() -> Self {
+        Memo {
+            entries: [const {
+                Entry {
+                    phase: 0,
+                    bytes: Vec::new(),
+                    value: None,
+                }
+            }; ENTRIES],
+            next: 0,
+            missed: [(0, 0, 0); MISSES],
+            next_miss: 0,
+        }
+    }
+
+    /// What the batch `bytes` of `phase` decoded to, if kept.
+    #[inline]
+    pub(crate) fn get(&self, phase: u32, bytes: &[u8]) -> Option<T> {
+        if bytes.is_empty() {
+            return None;
+        }
+        self.entries
+            .iter()
+            .filter(|e| e.bytes.len() == bytes.len() && e.phase == phase)
+            .find(|e| crate::short::eq(&e.bytes, bytes))
+            .and_then(|e| e.value.clone())
+    }
+
+    /// Notes a batch that missed: kept when it was missed before, among the last few misses. It
+    /// is copied, and `decode` decodes the copy (`None`: not to be kept; the entries stay as
+    /// they were).
+    pub(crate) fn missed(&mut self, phase: u32, bytes: &[u8], decode: impl FnOnce(&[u8]) -> Option<T>) {
+        if bytes.is_empty() || bytes.len() > MAX_BYTES {
+            return;
+        }
+        let key = (phase, bytes.len(), crate::header_cache::hash(bytes));
+        let Some(seen) = self.missed.iter_mut().find(|m| **m == key) else {
+            self.missed[self.next_miss] = key;
+            self.next_miss = (self.next_miss + 1) % MISSES;
+            return;
+        };
+        *seen = (0, 0, 0);
+        let mut copy = [0u8; MAX_BYTES];
+        let copy = &mut copy[..bytes.len()];
+        copy.copy_from_slice(bytes);
+        let Some(value) = decode(copy) else {
+            return;
+        };
+        let entry = &mut self.entries[self.next];
+        entry.bytes.clear();
+        entry.bytes.extend_from_slice(copy);
+        entry.phase = phase;
+        entry.value = Some(value);
+        self.next = (self.next + 1) % ENTRIES;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A "decoder" that records what it was given.
+    fn upper(b: &[u8]) -> Option<Vec<u8>> {
+        (b != b"refused").then(|| b.to_ascii_uppercase())
+    }
+
+    #[test]
+    fn a_batch_is_kept_once_it_repeats_and_found_by_phase_and_every_byte() {
+        let mut m: Memo<Vec<u8>> = Memo::new();
+        assert_eq!(m.get(1, b"abc"), None);
+        m.missed(1, b"abc", upper);
+        assert_eq!(m.get(1, b"abc"), None, "one sighting is not kept");
+        m.missed(1, b"abc", upper);
+        assert_eq!(m.get(1, b"abc"), Some(b"ABC".to_vec()));
+        assert_eq!(m.get(2, b"abc"), None, "another phase");
+        assert_eq!(m.get(1, b"abd"), None, "another byte");
+        assert_eq!(m.get(1, b"ab"), None, "a prefix");
+        assert_eq!(m.get(1, b"abcd"), None, "longer");
+        assert_eq!(m.get(1, b""), None);
+    }
+
+    #[test]
+    fn what_is_kept_is_decoded_from_the_copy_not_the_buffer() {
+        let mut m: Memo<Vec<u8>> = Memo::new();
+        m.missed(1, b"abc", upper);
+        let mut seen = Vec::new();
+        m.missed(1, b"abc", |copy| {
+            seen = copy.to_vec();
+            upper(copy)
+        });
+        assert_eq!(seen, b"abc");
+        // The decoder's verdict on the copy is what is kept; a refusal keeps nothing.
+        m.missed(1, b"refused", upper);
+        m.missed(1, b"refused", upper);
+        assert_eq!(m.get(1, b"refused"), None);
+        assert_eq!(m.get(1, b"abc"), Some(b"ABC".to_vec()), "a refusal replaced nothing");
+        // Refusals take no entry: ENTRIES - 1 more kept batches leave "abc" in.
+        for i in 0..ENTRIES - 1 {
+            let b = format!("batch-{i}");
+            m.missed(1, b.as_bytes(), upper);
+            m.missed(1, b.as_bytes(), upper);
+            m.missed(1, b"refused", upper);
+            m.missed(1, b"refused", upper);
+        }
+        assert_eq!(m.get(1, b"abc"), Some(b"ABC".to_vec()));
+    }
+
+    #[test]
+    fn batches_that_change_every_time_are_not_kept_and_bounds_hold() {
+        let mut m: Memo<Vec<u8>> = Memo::new();
+        m.missed(1, b"constant", upper);
+        for i in 0..MISSES - 1 {
+            let b = format!("id-{i}");
+            m.missed(1, b.as_bytes(), upper);
+            assert_eq!(m.get(1, b.as_bytes()), None);
+        }
+        m.missed(1, b"constant", upper);
+        assert_eq!(
+            m.get(1, b"constant"),
+            Some(b"CONSTANT".to_vec()),
+            "still among the misses"
+        );
+        let long = vec![b'a'; MAX_BYTES + 1];
+        m.missed(1, &long, upper);
+        m.missed(1, &long, upper);
+        assert_eq!(m.get(1, &long), None, "longer than MAX_BYTES");
+        // Round robin: ENTRIES newer batches replace the oldest.
+        for i in 0..ENTRIES {
+            let b = format!("batch-{i}");
+            m.missed(1, b.as_bytes(), upper);
+            m.missed(1, b.as_bytes(), upper);
+        }
+        assert_eq!(m.get(1, b"constant"), None, "replaced");
+        assert!(m.get(1, b"batch-0").is_some());
+    }
+}
