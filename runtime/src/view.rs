@@ -229,19 +229,26 @@ impl Cursor<'_> {
         if 240 * names.len() + 140 >= 100 * headers.len() {
             return self.lines(headers.len(), headers.iter());
         }
-        // Each name's lines are looked up once when the names are few (their values are
-        // counted, then laid out), else twice.
+        // Each name is looked up once when the names are few and each has at most one line
+        // (the usual head), its line kept for the layout; else each name's lines are looked up
+        // twice, to count them and to lay them out.
         const FEW: usize = 8;
-        let mut section = if names.is_empty() {
-            self.lines(0, std::iter::empty())?
-        } else if names.len() <= FEW {
-            let mut found = [const { None }; FEW];
-            for (f, name) in found.iter_mut().zip(names) {
-                *f = Some((name, headers.get_all(name)));
-            }
-            let groups = || found.iter().map_while(Option::as_ref);
-            let count = groups().map(|(_, all)| all.iter().count()).sum();
-            self.lines(count, groups().flat_map(|(n, all)| all.iter().map(move |v| (*n, v))))?
+        static NO_NAME: HeaderName = HeaderName::from_static("x");
+        static NO_VALUE: HeaderValue = HeaderValue::from_static("");
+        let mut found = [(&NO_NAME, &NO_VALUE); FEW];
+        let mut n = 0;
+        let single = names.len() <= FEW
+            && names.iter().all(|name| {
+                let mut values = headers.get_all(name).iter();
+                let Some(value) = values.next() else {
+                    return true;
+                };
+                found[n] = (name, value);
+                n += 1;
+                values.next().is_none()
+            });
+        let mut section = if single {
+            self.lines(n, found[..n].iter().copied())?
         } else {
             let count = names.iter().map(|n| headers.get_all(n).iter().count()).sum();
             self.lines(
@@ -1122,6 +1129,16 @@ mod tests {
                 pairs(&[("authorization", "Bearer t"), ("x-api-key", "k1"), ("x-api-key", "k2")]),
             ),
             (named(&[]), vec![]),
+            // One line a name (each looked up once), an absent name among them.
+            (
+                named(&["x-absent", "accept", "authorization"]),
+                pairs(&[("accept", "a/b"), ("authorization", "Bearer t")]),
+            ),
+            // A name of two lines after one of one.
+            (
+                named(&["accept", "x-api-key"]),
+                pairs(&[("accept", "a/b"), ("x-api-key", "k1"), ("x-api-key", "k2")]),
+            ),
             (
                 named(&["host", "accept"]),
                 pairs(&[("host", "example.com"), ("accept", "a/b")]),
