@@ -489,25 +489,33 @@ fn header_name(index: usize, raw: &[u8]) -> Result<HeaderName, MutationError> {
             name: lossy_name(raw),
         });
     }
-    // Copied (onto the stack), then checked: see the module docs. A name of up to 32 bytes (all
-    // but the rarest) is copied into a buffer of 32 by a few moves, rather than by a `memcpy`
-    // call after zeroing all 256.
-    let (mut short, long);
-    let copy: &[u8] = if raw.len() <= SHORT {
-        short = [0u8; SHORT];
-        crate::short::copy(&mut short[..raw.len()], raw);
-        &short[..raw.len()]
-    } else {
-        let mut buf = [0u8; MAX_NAME_LEN];
-        buf[..raw.len()].copy_from_slice(raw);
-        long = buf;
-        &long[..raw.len()]
-    };
-    checked_name(index, copy)
+    // Copied (onto the stack), then checked: see the module docs.
+    let (mut short, mut long) = ([0u8; SHORT], std::mem::MaybeUninit::<[u8; MAX_NAME_LEN]>::uninit());
+    checked_name(index, stack_copy(raw, &mut short, &mut long))
 }
 
 /// The length of the names and values copied into a small stack buffer.
 const SHORT: usize = 32;
+
+/// `raw` (at most `N` bytes) copied onto the stack, into `short` by a few moves when it has up to
+/// [`SHORT`] bytes (all but the rarest names and values; `short::copy`), else into `long`,
+/// zeroed first: not a `memcpy` call after zeroing all `N` for every operand.
+#[inline(always)]
+fn stack_copy<'a, const N: usize>(
+    raw: &[u8],
+    short: &'a mut [u8; SHORT],
+    long: &'a mut std::mem::MaybeUninit<[u8; N]>,
+) -> &'a [u8] {
+    let n = raw.len();
+    if n <= SHORT {
+        crate::short::copy(&mut short[..n], raw);
+        &short[..n]
+    } else {
+        let long = long.write([0u8; N]);
+        long[..n].copy_from_slice(raw);
+        &long[..n]
+    }
+}
 
 fn lossy_name(raw: &[u8]) -> String {
     String::from_utf8_lossy(&raw[..raw.len().min(64)]).into_owned()
@@ -561,20 +569,12 @@ fn header_value(index: usize, name: &HeaderName, raw: &[u8]) -> Result<HeaderVal
         return Err(bad());
     }
     if raw.len() <= header_cache::MAX_VALUE {
-        // Copied (onto the stack), then compared: see the module docs. Up to 32 bytes by a few
-        // moves into a buffer of 32.
-        let (mut short, long);
-        let copy: &[u8] = if raw.len() <= SHORT {
-            short = [0u8; SHORT];
-            crate::short::copy(&mut short[..raw.len()], raw);
-            &short[..raw.len()]
-        } else {
-            let mut buf = [0u8; header_cache::MAX_VALUE];
-            buf[..raw.len()].copy_from_slice(raw);
-            long = buf;
-            &long[..raw.len()]
-        };
-        return checked_value(copy).ok_or_else(bad);
+        // Copied (onto the stack), then compared: see the module docs.
+        let (mut short, mut long) = (
+            [0u8; SHORT],
+            std::mem::MaybeUninit::<[u8; header_cache::MAX_VALUE]>::uninit(),
+        );
+        return checked_value(stack_copy(raw, &mut short, &mut long)).ok_or_else(bad);
     }
     HeaderValue::from_maybe_shared(Bytes::copy_from_slice(raw)).map_err(|_| bad())
 }

@@ -235,6 +235,11 @@ impl Cursor<'_> {
         const FEW: usize = 8;
         static NO_NAME: HeaderName = HeaderName::from_static("x");
         static NO_VALUE: HeaderValue = HeaderValue::from_static("");
+        if names.is_empty() {
+            return self
+                .lines(0, std::iter::empty())
+                .and_then(|section| self.with_host(section, headers, want_host));
+        }
         let mut found = [(&NO_NAME, &NO_VALUE); FEW];
         let mut n = 0;
         let single = names.len() <= FEW
@@ -247,7 +252,7 @@ impl Cursor<'_> {
                 n += 1;
                 values.next().is_none()
             });
-        let mut section = if single {
+        let section = if single {
             self.lines(n, found[..n].iter().copied())?
         } else {
             let count = names.iter().map(|n| headers.get_all(n).iter().count()).sum();
@@ -258,6 +263,18 @@ impl Cursor<'_> {
                     .flat_map(|n| headers.get_all(n).iter().map(move |v| (n, v))),
             )?
         };
+        self.with_host(section, headers, want_host)
+    }
+
+    /// `section` with where the first `host` value went, when `want_host` (the request section)
+    /// and its lines did not include one: the value is written after them.
+    #[inline(always)]
+    fn with_host(
+        &mut self,
+        mut section: HeaderSection,
+        headers: &HeaderMap,
+        want_host: bool,
+    ) -> Result<HeaderSection, ViewTooLarge> {
         if want_host
             && section.host.is_none()
             && let Some(host) = first_host(headers)
