@@ -11,10 +11,10 @@
 //! host owns and then checked there, and only that copy is used: what was validated is what is
 //! sent. A header name or short value whose copy matches one the thread accepted before is that
 //! accepted one (`header_cache`), without a second parse; a whole batch of head changes equal to
-//! one the thread decoded from its own copy before is that one's changes (`batch_memo`). Record fields (op, arg, lengths) are
-//! read once. Only payload bytes stay ranges of the buffer (a local reply body, body edits, see
-//! [`RawBatch`]): a late write can change those bytes, never their length, a header or the
-//! framing.
+//! one the thread decoded from its own copy before is that one's changes (`batch_memo`). Record
+//! fields (op, arg, lengths) are read once. Only payload bytes stay ranges of the buffer (a local
+//! reply body, body edits, see [`RawBatch`]): a late write can change those bytes, never their
+//! length, a header or the framing.
 
 use std::mem::size_of;
 use std::ops::Range;
