@@ -14,7 +14,8 @@
 //! decode to, and a hit hands out changes the decoder accepted for bytes equal to the ones
 //! compared. A batch is kept once it was seen twice among the last few missed (by phase, length
 //! and hash), so batches that change on every call (a request id, a time) are not copied, and
-//! do not push the constant ones out.
+//! do not push the constant ones out; after a long run of misses that repeated nothing, only
+//! one miss in [`SAMPLE`] is hashed, so such batches stop paying for the hash too.
 //!
 //! Per thread, [`ENTRIES`] batches of at most [`MAX_BYTES`] bytes each: what a thread keeps is
 //! bounded, and nothing is shared between threads.
@@ -27,6 +28,12 @@ pub(crate) const MAX_BYTES: usize = 256;
 
 /// How many recently missed batches are remembered (by phase, length and hash) to spot a repeat.
 const MISSES: usize = 4;
+
+/// After this many misses in a row that repeated none before them, only one miss in [`SAMPLE`]
+/// is hashed and remembered: a plugin whose batches change on every call (an id, a time) stops
+/// paying for the hash, and a batch that starts repeating is still found, a few calls later.
+const QUIET_AFTER: u32 = 64;
+const SAMPLE: u32 = 16;
 
 struct Entry<T> {
     phase: u32,
@@ -41,6 +48,8 @@ pub(crate) struct Memo<T> {
     next: usize,
     missed: [(u32, usize, u64); MISSES],
     next_miss: usize,
+    /// Misses since the last one that repeated an earlier miss.
+    unrepeated: u32,
 }
 
 impl<T: Clone> Memo<T> {
@@ -56,6 +65,7 @@ impl<T: Clone> Memo<T> {
             next: 0,
             missed: [(0, 0, 0); MISSES],
             next_miss: 0,
+            unrepeated: 0,
         }
     }
 
@@ -79,6 +89,10 @@ impl<T: Clone> Memo<T> {
         if bytes.is_empty() || bytes.len() > MAX_BYTES {
             return;
         }
+        self.unrepeated = self.unrepeated.saturating_add(1);
+        if self.unrepeated > QUIET_AFTER && self.unrepeated % SAMPLE != 0 {
+            return;
+        }
         let key = (phase, bytes.len(), crate::header_cache::hash(bytes));
         let Some(seen) = self.missed.iter_mut().find(|m| **m == key) else {
             self.missed[self.next_miss] = key;
@@ -86,6 +100,7 @@ impl<T: Clone> Memo<T> {
             return;
         };
         *seen = (0, 0, 0);
+        self.unrepeated = 0;
         let mut copy = [0u8; MAX_BYTES];
         let copy = &mut copy[..bytes.len()];
         copy.copy_from_slice(bytes);
@@ -149,6 +164,34 @@ mod tests {
             m.missed(1, b"refused", upper);
         }
         assert_eq!(m.get(1, b"abc"), Some(b"ABC".to_vec()));
+    }
+
+    /// A thread whose batches have not repeated for a while looks at one miss in [`SAMPLE`];
+    /// a batch that then repeats is still kept, and looking at every miss resumes.
+    #[test]
+    fn after_many_unrepeated_misses_one_in_sample_is_looked_at() {
+        let mut m: Memo<Vec<u8>> = Memo::new();
+        for i in 0..QUIET_AFTER {
+            m.missed(1, format!("id-{i}").as_bytes(), upper);
+        }
+        assert_eq!(m.unrepeated, QUIET_AFTER);
+        // The next two misses are not looked at: a repeat among them goes unseen.
+        m.missed(1, b"skipped", upper);
+        m.missed(1, b"skipped", upper);
+        assert!(m.get(1, b"skipped").is_none());
+        let mut calls = 0;
+        while m.get(1, b"constant").is_none() {
+            m.missed(1, b"constant", upper);
+            calls += 1;
+            assert!(
+                calls <= 2 * SAMPLE,
+                "a repeating batch was not kept within {calls} calls"
+            );
+        }
+        assert_eq!(m.unrepeated, 0, "a repeat found resumes looking at every miss");
+        m.missed(1, b"again", upper);
+        m.missed(1, b"again", upper);
+        assert!(m.get(1, b"again").is_some());
     }
 
     #[test]
