@@ -332,9 +332,9 @@ impl Cursor<'_> {
     }
 }
 
-/// The first `host` line's value (`headers.get(HOST)`): looked at first where a client puts it
-/// (the first line of every HTTP/1.1 request from browsers, curl, wrk and nginx), a name
-/// comparison, before the hash and probe of a lookup. A name has one entry in the map, holding
+/// The first `host` line's value (`headers.get(HOST)`): the head's first line is looked at
+/// first (where HTTP/1.1 clients usually put `host`; curl and wrk do), a name comparison, before
+/// the hash and probe of a lookup. A name has one entry in the map, holding
 /// its values in order, so whichever entry is first, its first value is the name's first.
 #[inline]
 fn first_host(headers: &HeaderMap) -> Option<&HeaderValue> {
