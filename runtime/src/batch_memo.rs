@@ -15,7 +15,9 @@
 //! compared. A batch is kept once it was seen twice among the last few missed (by phase, length
 //! and hash), so batches that change on every call (a request id, a time) are not copied, and
 //! do not push the constant ones out; after a long run of misses that repeated nothing, only
-//! one miss in [`SAMPLE`] is hashed, so such batches stop paying for the hash too.
+//! one miss in [`SAMPLE`] is hashed, so such batches stop paying for the hash too. A repeating
+//! batch the decoder declines to keep (`mutation` keeps head changes only, not a local reply) is
+//! remembered as declined, so its repeats are not decoded a second time.
 //!
 //! Per thread, [`ENTRIES`] batches of at most [`MAX_BYTES`] bytes each: what a thread keeps is
 //! bounded, and nothing is shared between threads.
@@ -50,6 +52,9 @@ pub(crate) struct Memo<T> {
     next_miss: usize,
     /// Misses since the last one that repeated an earlier miss.
     unrepeated: u32,
+    /// The last repeated batch `decode` declined to keep (a local reply, say): its repeats are
+    /// not decoded again.
+    declined: (u32, usize, u64),
 }
 
 impl<T: Clone> Memo<T> {
@@ -66,6 +71,7 @@ impl<T: Clone> Memo<T> {
             missed: [(0, 0, 0); MISSES],
             next_miss: 0,
             unrepeated: 0,
+            declined: (0, 0, 0),
         }
     }
 
@@ -94,6 +100,9 @@ impl<T: Clone> Memo<T> {
             return;
         }
         let key = (phase, bytes.len(), crate::header_cache::hash(bytes));
+        if key == self.declined {
+            return;
+        }
         let Some(seen) = self.missed.iter_mut().find(|m| **m == key) else {
             self.missed[self.next_miss] = key;
             self.next_miss = (self.next_miss + 1) % MISSES;
@@ -105,6 +114,7 @@ impl<T: Clone> Memo<T> {
         let copy = &mut copy[..bytes.len()];
         copy.copy_from_slice(bytes);
         let Some(value) = decode(copy) else {
+            self.declined = key;
             return;
         };
         let entry = &mut self.entries[self.next];
@@ -192,6 +202,21 @@ mod tests {
         m.missed(1, b"again", upper);
         m.missed(1, b"again", upper);
         assert!(m.get(1, b"again").is_some());
+    }
+
+    /// A batch the decoder declines to keep is decoded once for the memo, not on every repeat.
+    #[test]
+    fn a_declined_batch_is_not_decoded_again_on_each_repeat() {
+        let mut m: Memo<Vec<u8>> = Memo::new();
+        let mut decoded = 0;
+        for _ in 0..6 {
+            m.missed(1, b"refused", |b| {
+                decoded += 1;
+                upper(b)
+            });
+        }
+        assert_eq!(decoded, 1);
+        assert_eq!(m.get(1, b"refused"), None);
     }
 
     #[test]

@@ -609,15 +609,21 @@ pub fn decode_raw(buf: &[u8], len: usize, phase: WeftPhase) -> Result<RawBatch, 
         return Err(MutationError::Length { len, cap: buf.len() });
     }
     let data = &buf[..len];
-    if let Some(kept) = KEPT
-        .try_with(|m| m.try_borrow().ok()?.get(phase as u32, data))
-        .ok()
-        .flatten()
+    // Only the headers phases' batches are kept: a body or WebSocket phase's records refer to
+    // the buffer, and looking those batches up would be work for nothing.
+    let headers_phase = matches!(phase, WeftPhase::RequestHeaders | WeftPhase::ResponseHeaders);
+    if headers_phase
+        && let Some(kept) = KEPT
+            .try_with(|m| m.try_borrow().ok()?.get(phase as u32, data))
+            .ok()
+            .flatten()
     {
         return Ok(kept.into_raw());
     }
     let batch = decode_records(data, phase)?;
-    keep_if_repeated(data, phase);
+    if headers_phase {
+        keep_if_repeated(data, phase);
+    }
     Ok(batch)
 }
 
