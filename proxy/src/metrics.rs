@@ -274,7 +274,7 @@ pub struct RouteMetrics {
 impl RouteMetrics {
     /// A finished request (response head sent): counts it by status class and records the time
     /// since `start`.
-    pub fn observe(&self, status: StatusCode, start: Instant) {
+    pub fn observe(&self, status: StatusCode, start: quanta::Instant) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.by_class[class].inc();
         self.duration.observe(start.elapsed());
@@ -1493,7 +1493,7 @@ mod tests {
     fn route_counters_move_and_encode() {
         let m = Metrics::new();
         let r = m.route("api");
-        let start = Instant::now();
+        let start = quanta::Instant::now();
         r.observe(StatusCode::OK, start);
         r.observe(StatusCode::OK, start);
         r.observe(StatusCode::SERVICE_UNAVAILABLE, start);

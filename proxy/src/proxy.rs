@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::{Request, Response};
 use weft_runtime::{Chain, InstanceId, Runtime};
@@ -55,6 +54,9 @@ impl Proxy {
     /// [`from_config`](Self::from_config) for a config reload that replaces `prev`: its plugin
     /// runtime and NATS connection are taken over where they can be ([`Plugins::load_replacing`]).
     pub fn from_config_replacing(config: &Config, prev: Option<&Proxy>) -> Result<Proxy, StartupError> {
+        // The clock of request durations calibrates itself at its first read (~1 ms): here, not
+        // in the first request.
+        quanta::Instant::now();
         let plugins = Plugins::load_replacing(
             config,
             prev.and_then(|p| p.runtime()).map(|rt| &**rt),
@@ -140,7 +142,7 @@ impl Proxy {
         mut req: Request<RequestBody>,
         client: Arc<Peer>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + use<> {
-        let start = Instant::now();
+        let start = quanta::Instant::now();
         let request_id = crate::logging::request_id(req.headers_mut());
         // Boxed: only with `access_log`, and kept out of every request's future otherwise.
         let access = self

@@ -7,7 +7,6 @@
 #![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::HeaderValue;
@@ -256,7 +255,7 @@ impl Flight<'_> {
             return Ok(());
         };
         let mut x = x.lock().await;
-        let t = x.handles(WeftPhase::RequestHeaders).then(Instant::now);
+        let t = x.handles(WeftPhase::RequestHeaders).then(quanta::Instant::now);
         // A plugin that changes the path or query gives the request a new URI, built from a new
         // allocation while the old URI is alive (`Batch::apply_to_request`), so its bytes are
         // elsewhere; an unchanged one is normal already and is not walked again.
@@ -412,7 +411,7 @@ impl Flight<'_> {
         let mut x = x.lock_driving(body).await;
         // Timed when a plugin has the phase (two clock reads and a histogram otherwise spent on
         // a chain without it).
-        let t = x.handles(WeftPhase::ResponseHeaders).then(Instant::now);
+        let t = x.handles(WeftPhase::ResponseHeaders).then(quanta::Instant::now);
         let flow = x.response_headers_async(parts).await;
         drop(x);
         if let Some(t) = t {

@@ -72,7 +72,7 @@ pub(super) enum Begun {
 /// A call that [`Exchange::finish_call`] has to await.
 pub(super) struct Later {
     waiting: Option<Waiting>,
-    t0: Option<Instant>,
+    t0: Option<quanta::Instant>,
     head_out: bool,
 }
 
@@ -100,7 +100,7 @@ impl Exchange {
                 head_out: false,
             });
         }
-        let t0 = inst.timer.is_some().then(Instant::now);
+        let t0 = inst.timer.is_some().then(quanta::Instant::now);
         let head_out = self.lease_head_out(phase);
         match self.start_ffi(inst, phase) {
             Started::Done(r) => Begun::Done(self.end_call(inst, phase, r, t0, head_out)),
@@ -136,7 +136,7 @@ impl Exchange {
         inst: &Instance,
         phase: WeftPhase,
         r: Result<mutation::Batch, CallError>,
-        t0: Option<Instant>,
+        t0: Option<quanta::Instant>,
         head_out: bool,
     ) -> Result<mutation::Batch, CallError> {
         if head_out {

@@ -41,7 +41,7 @@ mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
@@ -109,7 +109,7 @@ impl CallLimits {
 impl Instance {
     /// Reports a call that started at `t0` (taken only when a timer is set).
     #[inline]
-    fn record_time(&self, phase: WeftPhase, t0: Option<Instant>) {
+    fn record_time(&self, phase: WeftPhase, t0: Option<quanta::Instant>) {
         if let (Some(timer), Some(t0)) = (&self.timer, t0) {
             timer.record(phase, t0.elapsed());
         }
