@@ -9,7 +9,6 @@
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
-use std::time::Instant;
 
 use crate::sync::stat::{AtomicU32, AtomicU64, Ordering};
 
@@ -23,10 +22,11 @@ pub fn dropped_lines() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
-/// Whole seconds since the first plugin log line (the rate limit's clock).
+/// Whole seconds since the first plugin log line (the rate limit's clock; read on every line, a
+/// log phase's included: the time-stamp counter, not `clock_gettime`).
 fn now_secs() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_secs()
+    static START: OnceLock<quanta::Instant> = OnceLock::new();
+    START.get_or_init(quanta::Instant::now).elapsed().as_secs()
 }
 
 /// One instance's budget: lines used in the current second, and lines dropped in it.
