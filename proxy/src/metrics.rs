@@ -273,11 +273,13 @@ pub struct RouteMetrics {
 
 impl RouteMetrics {
     /// A finished request (response head sent): counts it by status class and records the time
-    /// since `start`.
+    /// since `start` (saturating: `quanta` says a later version may panic in `elapsed` when the
+    /// counter reads earlier than `start`).
     pub fn observe(&self, status: StatusCode, start: quanta::Instant) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.by_class[class].inc();
-        self.duration.observe(start.elapsed());
+        self.duration
+            .observe(quanta::Instant::now().saturating_duration_since(start));
     }
 
     /// Time spent in the chain's request-headers phase (all its plugins, in order).

@@ -174,7 +174,7 @@ impl Proxy {
                     uri,
                     route,
                     resp.status(),
-                    start.elapsed(),
+                    quanta::Instant::now().saturating_duration_since(start),
                 );
             }
             resp.headers_mut()

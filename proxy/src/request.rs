@@ -263,7 +263,9 @@ impl Flight<'_> {
         let flow = x.request_headers_async(parts).await;
         drop(x);
         if let Some(t) = t {
-            self.route.metrics.request_phase(t.elapsed());
+            self.route
+                .metrics
+                .request_phase(quanta::Instant::now().saturating_duration_since(t));
         }
         if let Flow::Respond(resp) = flow {
             return Err(plugin_reply(resp, self.exchange.take()));
@@ -415,7 +417,9 @@ impl Flight<'_> {
         let flow = x.response_headers_async(parts).await;
         drop(x);
         if let Some(t) = t {
-            self.route.metrics.response_phase(t.elapsed());
+            self.route
+                .metrics
+                .response_phase(quanta::Instant::now().saturating_duration_since(t));
         }
         match flow {
             Flow::Respond(resp) => Err(plugin_reply(resp, self.exchange.take())),

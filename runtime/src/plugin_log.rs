@@ -26,7 +26,8 @@ pub fn dropped_lines() -> u64 {
 /// log phase's included: the time-stamp counter, not `clock_gettime`).
 fn now_secs() -> u64 {
     static START: OnceLock<quanta::Instant> = OnceLock::new();
-    START.get_or_init(quanta::Instant::now).elapsed().as_secs()
+    let start = *START.get_or_init(quanta::Instant::now);
+    quanta::Instant::now().saturating_duration_since(start).as_secs()
 }
 
 /// One instance's budget: lines used in the current second, and lines dropped in it.

@@ -111,7 +111,9 @@ impl Instance {
     #[inline]
     fn record_time(&self, phase: WeftPhase, t0: Option<quanta::Instant>) {
         if let (Some(timer), Some(t0)) = (&self.timer, t0) {
-            timer.record(phase, t0.elapsed());
+            // Saturating, not `elapsed`: `quanta` says a later version may panic there when
+            // the counter reads earlier than `t0`.
+            timer.record(phase, quanta::Instant::now().saturating_duration_since(t0));
         }
     }
 
