@@ -1491,6 +1491,26 @@ mod tests {
         }
     }
 
+    /// The request duration is read from the time-stamp counter (`quanta`): it agrees with the OS
+    /// clock over the same interval (a counter read unscaled, or a wrong calibration, would not).
+    #[test]
+    fn request_durations_agree_with_the_os_clock() {
+        let r = Metrics::new().route("api");
+        let os = std::time::Instant::now();
+        let start = quanta::Instant::now();
+        std::thread::sleep(Duration::from_millis(30));
+        r.observe(StatusCode::OK, start);
+        let os = os.elapsed().as_secs_f64();
+        let (sum, count, _) = r.duration.snapshot();
+        assert_eq!(count, 1);
+        // The OS interval holds the counter's (a few hundred ns longer); 5 ms of slack for the
+        // counter's calibration.
+        assert!(
+            sum >= 0.029 && (os - sum).abs() < 0.005,
+            "counter {sum} s, OS clock {os} s"
+        );
+    }
+
     #[test]
     fn route_counters_move_and_encode() {
         let m = Metrics::new();
