@@ -1503,10 +1503,10 @@ mod tests {
         let os = os.elapsed().as_secs_f64();
         let (sum, count, _) = r.duration.snapshot();
         assert_eq!(count, 1);
-        // The OS interval holds the counter's (a few hundred ns longer); 5 ms of slack for the
-        // counter's calibration.
+        // The OS interval holds the counter's (a few hundred ns longer); slack for the counter's
+        // calibration and a busy machine's long sleep: 5 ms and 5 %.
         assert!(
-            sum >= 0.029 && (os - sum).abs() < 0.005,
+            sum >= 0.029 && (os - sum).abs() < 0.005 + os * 0.05,
             "counter {sum} s, OS clock {os} s"
         );
     }
