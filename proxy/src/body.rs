@@ -35,8 +35,8 @@ pub type SharedExchange = Arc<tokio::sync::Mutex<Exchange>>;
 /// The exchange of a request, owned or shared; kept alive by the response body so that its
 /// log phase runs (and its slot returns) after the response.
 //
-// The owned exchange is boxed (`BoxedExchange`: its log phase takes that box to the log
-// thread): one allocation per request with plugins, where inline it made every `Keep` 288
+// The owned exchange is boxed (`BoxedExchange`: a log phase that goes on on the log thread
+// takes that box there): one allocation per request with plugins, where inline it made every `Keep` 288
 // bytes, and with it the stages' state, every reply and every response body (`Option<Keep>` in
 // `ProxyBody`, plugins or not), each moved several times per request: a `memcpy` of those bytes
 // at each move (`scripts/callgrind-proxy`, docs/performance-log.md).

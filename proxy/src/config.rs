@@ -235,6 +235,19 @@ pub struct RuntimeConfig {
     /// phase) and counted in `weft_plugin_stalls_total`; 0 turns the watchdog off. Default 100.
     #[serde(default)]
     pub stall_threshold_ms: Option<u64>,
+    /// Where plugins' log phases run: `inline` (the default: on the serving thread, after the
+    /// response is written) or `thread` (all on the log thread, so a slow log plugin that is
+    /// not `blocking: true` holds no serving thread).
+    #[serde(default)]
+    pub log_phase: Option<LogPhase>,
+}
+
+/// `runtime.log_phase`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogPhase {
+    Inline,
+    Thread,
 }
 
 /// Bounds of `runtime.stall_threshold_ms` (besides 0): the watchdog's finest tick is 10 ms.
@@ -710,6 +723,12 @@ impl Config {
             if let Some(ms) = rt.stall_threshold_ms {
                 opts.stall_threshold = std::time::Duration::from_millis(ms);
             }
+            if let Some(place) = rt.log_phase {
+                opts.log_place = match place {
+                    LogPhase::Inline => weft_runtime::LogPlace::Inline,
+                    LogPhase::Thread => weft_runtime::LogPlace::Thread,
+                };
+            }
             if let Some(classes) = &rt.buffer_classes {
                 opts.buffer_classes = Some(
                     classes
@@ -939,6 +958,21 @@ routes:
         let e = errors(&with("runtime: { max_buffered_bytes_total: 4294967296 }", 1 << 30)).join("\n");
         assert!(
             e.contains("routes[0].max_buffered_body_bytes: must be between 1 and 268435456"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn log_phase_place() {
+        let block = "runtime: { slots: 16, slot_size: 8192, log_queue: 10 }";
+        let with = |v: &str| GOOD.replace(block, &format!("runtime: {{ slots: 16, log_phase: {v} }}"));
+        let place = |text: &str| parse(text).unwrap().runtime_options().log_place;
+        assert_eq!(place(GOOD), weft_runtime::LogPlace::Inline, "default");
+        assert_eq!(place(&with("inline")), weft_runtime::LogPlace::Inline);
+        assert_eq!(place(&with("thread")), weft_runtime::LogPlace::Thread);
+        let e = parse(&with("later")).unwrap_err().to_string();
+        assert!(
+            e.contains("runtime.log_phase: unknown variant `later`, expected `inline` or `thread`"),
             "{e}"
         );
     }

@@ -467,8 +467,9 @@ pub fn upstream_uri(original: &Uri, upstream: &Authority) -> Uri {
 /// Response body sent to clients: the upstream's streamed body (or a local reply, or the body
 /// plugins' output) plus the request's plugin [`weft_runtime::Exchange`] when its chain has a
 /// log phase. Hyper drops the body only after the last byte is written (or the client goes away,
-/// or a `limits:` timer cuts the response off), and dropping the exchange is what queues the
-/// plugins' log phase and frees the arena slot — so both happen after the response, not before.
+/// or a `limits:` timer cuts the response off), and dropping the exchange is what runs (or, with
+/// `runtime.log_phase: thread`, queues) the plugins' log phase and frees the arena slot — so both
+/// happen after the response, not before.
 /// A chain without a log phase needs its slot no longer than its last headers or body phase:
 /// [`ProxyBody::new`] drops such an exchange at once, so a slow reader holds no slot. An error
 /// from the body (a fail-closed body plugin, an upstream reset or timeout) aborts the response:

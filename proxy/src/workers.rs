@@ -399,22 +399,15 @@ mod tests {
         got.get(9..12).unwrap_or("").to_owned()
     }
 
-    /// phase_count.c's request-headers calls of `count-all`, of them those made inside its
-    /// `run_on_thread`, and its `run_on_thread` calls.
-    fn phase_counts(lib: &std::path::Path) -> (u64, u64, u64) {
-        use libloading::os::unix::{Library, Symbol};
-        type Counter = unsafe extern "C" fn(u32, u32) -> u64;
-        // SAFETY: the runtime loaded the library (RTLD_NOLOAD runs no initialisers); the
-        // counters are plain C functions reading atomics (`count-all` is plugin 0,
-        // WEFT_PHASE_REQUEST_HEADERS phase 0).
-        unsafe {
-            let handle = Library::open(Some(lib), libc::RTLD_NOW | libc::RTLD_NOLOAD).unwrap();
-            let calls: Symbol<Counter> = handle.get(b"weft_phase_count_calls").unwrap();
-            let nested: Symbol<Counter> = handle.get(b"weft_phase_count_nested_calls").unwrap();
-            let entered: Symbol<unsafe extern "C" fn() -> u64> =
-                handle.get(b"weft_phase_count_run_on_thread_calls").unwrap();
-            (calls(0, 0), nested(0, 0), entered())
-        }
+    /// phase_count.c's calls of `count-all` (its plugin 0) in `phase` (weft.h's numbering), of
+    /// them those made inside its `run_on_thread`, and its `run_on_thread` calls.
+    fn phase_counts(lib: &std::path::Path, phase: u32) -> (u64, u64, u64) {
+        let count = weft_test_support::PhaseCount::of(lib);
+        (
+            count.calls(0, phase),
+            count.nested_calls(0, phase),
+            count.run_on_thread_calls(),
+        )
     }
 
     /// A library loaded after the serving threads started (as a reload loads one) is entered by
@@ -461,12 +454,20 @@ mod tests {
         for _ in 0..32 {
             assert_eq!(tokio::task::spawn_blocking(move || get(addr)).await.unwrap(), "200");
         }
-        // run_on_thread: once on each serving thread, once on the log thread (at its first log
-        // phase: `count-all` has one).
+        // run_on_thread: once on each serving thread. `count-all` has a log phase too, run on
+        // the serving thread after each response (the default `LogPlace::Inline`): nested
+        // there, and the log thread, which no log job reached, never entered the library.
+        const REQUEST_HEADERS: u32 = 0;
+        const LOG: u32 = 4;
         assert_eq!(
-            phase_counts(&lib),
-            (32, 32, 3),
+            phase_counts(&lib, REQUEST_HEADERS),
+            (32, 32, 2),
             "(calls, of them nested, run_on_thread calls)"
+        );
+        assert_eq!(
+            phase_counts(&lib, LOG),
+            (32, 32, 2),
+            "(log calls, of them nested, run_on_thread calls)"
         );
         // Another library (one without run_on_thread): the threads go on inside phase_count's,
         // entered once each.
@@ -480,8 +481,8 @@ mod tests {
             assert_eq!(tokio::task::spawn_blocking(move || get(addr)).await.unwrap(), "200");
         }
         assert_eq!(
-            phase_counts(&lib),
-            (40, 40, 3),
+            phase_counts(&lib, REQUEST_HEADERS),
+            (40, 40, 2),
             "(calls, of them nested, run_on_thread calls)"
         );
         stop_tx.send(()).unwrap();

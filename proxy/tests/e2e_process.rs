@@ -14,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use weft_proxy::demo::spawn_demo_upstream;
 
-use common::{ProxyProcess, collect, config, free_port, get, get_with, go_library, wait_for};
+use common::{HttpClient, ProxyProcess, collect, config, free_port, get, get_with, go_library, wait_for};
 
 fn main_library_yaml() -> String {
     format!(
@@ -180,49 +180,100 @@ fn failing_plugin_init_refuses_start_naming_the_plugin() {
 }
 
 /// A log phase that takes 2 s (test-slow-log sleeps for x-test-log-sleep-ms) never holds the
-/// client: each full response arrives at once, also the next one on the same connection while
-/// the log thread is still asleep, and the log lines appear afterwards.
+/// client when it runs on the log thread, all of it (`runtime.log_phase: thread`) or because the
+/// instance is `blocking: true` (inline, the default, its log calls then go to the log thread's
+/// worker ring): each full response arrives at once, also the next one on the same connection
+/// while the log phase is still asleep, and the log lines appear afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_log_phase_never_delays_the_client() {
-    const SLEEP_MS: u64 = 2000;
+async fn slow_log_phase_on_the_log_thread_never_delays_the_client() {
+    for (tag, instance, runtime) in [
+        ("slowlog-thread", "", "runtime: { log_phase: thread }"),
+        ("slowlog-blocking", ", blocking: true", ""),
+    ] {
+        let (mut proxy, addr) = go_proxy(
+            tag,
+            &format!("  - {{ name: slowlog, library: examples, plugin: test-slow-log{instance} }}"),
+            &format!("  - {{ path_prefix: /, upstream: up, plugins: [slowlog] }}\n{runtime}"),
+        )
+        .await;
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        for i in 0..2 {
+            // One client, so the second request reuses the first one's connection.
+            let took = slow_log_request(&client, addr, &mut proxy, i).await;
+            assert!(
+                took < Duration::from_secs(1),
+                "{tag}: request {i} took {took:?}: the client waited for the {SLOW_LOG_MS} ms log phase"
+            );
+        }
+        // Both log phases ran.
+        for i in 0..2 {
+            let line = format!("test-slow-log slept_ms={SLOW_LOG_MS} path=/slow-log/{i}");
+            let log = tokio::task::block_in_place(|| proxy.wait_log(&line));
+            assert!(
+                log.lines().any(|l| l.contains(&line) && l.contains("slowlog")),
+                "{tag}: the line names the instance: {log}"
+            );
+        }
+        proxy.assert_running();
+    }
+}
+
+/// The same slow log plugin inline (the default, not `blocking: true`): its log phase runs on
+/// the serving thread after the response was written, so the response still arrives at once,
+/// but the log phase holds that thread as any slow inline call does: the next request on the
+/// connection waits for it, and the watchdog reports the call, naming the instance, the log
+/// phase and the `blocking: true` advice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_inline_log_phase_runs_after_its_response_and_is_reported() {
     let (mut proxy, addr) = go_proxy(
-        "slowlog",
+        "slowlog-inline",
         "  - { name: slowlog, library: examples, plugin: test-slow-log }",
         "  - { path_prefix: /, upstream: up, plugins: [slowlog] }",
     )
     .await;
-
-    // One client, so the second request reuses the first one's connection.
     let client = Client::builder(TokioExecutor::new()).build_http();
-    let sleep = SLEEP_MS.to_string();
-    for i in 0..2 {
-        let path = format!("/slow-log/{i}");
-        let start = Instant::now();
-        let (status, _, seen) = get_with(&client, addr, &path, &[("x-test-log-sleep-ms", &sleep)]).await;
-        let took = start.elapsed();
-        assert_eq!(status, 200, "{seen}");
-        assert_eq!(seen["path"], path.as_str(), "the whole body arrived: {seen}");
-        assert!(
-            took < Duration::from_secs(1),
-            "request {i} took {took:?}: the client waited for the {SLEEP_MS} ms log phase"
-        );
-        // Its log phase started no earlier than the request did, so its line cannot be there
-        // yet: the log really runs after the response, not before it.
-        let line = format!("test-slow-log slept_ms={SLEEP_MS} path={path}");
-        let log = proxy.stderr();
-        assert!(start.elapsed() < Duration::from_millis(SLEEP_MS), "too slow to tell");
+    let took = slow_log_request(&client, addr, &mut proxy, 0).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "the response waited for its log phase: {took:?}"
+    );
+    let took = slow_log_request(&client, addr, &mut proxy, 1).await;
+    assert!(
+        took > Duration::from_millis(SLOW_LOG_MS / 2),
+        "the next request on the connection is served by the thread the log phase holds: {took:?}"
+    );
+    let log = tokio::task::block_in_place(|| proxy.wait_log("inline plugin call still running"));
+    assert!(
+        log.lines().any(|l| l.contains("inline plugin call still running")
+            && l.contains("slowlog")
+            && l.contains("Log")
+            && l.contains("blocking: true")),
+        "{log}"
+    );
+    let line = format!("test-slow-log slept_ms={SLOW_LOG_MS} path=/slow-log/1");
+    tokio::task::block_in_place(|| proxy.wait_log(&line));
+    proxy.assert_running();
+}
+
+const SLOW_LOG_MS: u64 = 2000;
+
+/// GET /slow-log/`i` with a log phase of [`SLOW_LOG_MS`]: the whole response arrived, and its
+/// log line is not there yet (its log phase started no earlier than the request did: it runs
+/// after the response, not before). How long the response took.
+async fn slow_log_request(client: &HttpClient, addr: SocketAddr, proxy: &mut ProxyProcess, i: u32) -> Duration {
+    let path = format!("/slow-log/{i}");
+    let start = Instant::now();
+    let sleep = SLOW_LOG_MS.to_string();
+    let (status, _, seen) = get_with(client, addr, &path, &[("x-test-log-sleep-ms", &sleep)]).await;
+    let took = start.elapsed();
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["path"], path.as_str(), "the whole body arrived: {seen}");
+    let line = format!("test-slow-log slept_ms={SLOW_LOG_MS} path={path}");
+    let log = proxy.stderr();
+    if start.elapsed() < Duration::from_millis(SLOW_LOG_MS) {
         assert!(!log.contains(&line), "the log phase ran before the response: {log}");
     }
-    // Both log phases ran, one after the other on the log thread.
-    for i in 0..2 {
-        let line = format!("test-slow-log slept_ms={SLEEP_MS} path=/slow-log/{i}");
-        let log = tokio::task::block_in_place(|| proxy.wait_log(&line));
-        assert!(
-            log.lines().any(|l| l.contains(&line) && l.contains("slowlog")),
-            "the line names the instance: {log}"
-        );
-    }
-    proxy.assert_running();
+    took
 }
 
 /// `weft-proxy demo` (what scripts/demo runs) as its own process on a free port: the curl

@@ -333,14 +333,16 @@ async fn stalled_upstream_body_is_cut_off() {
 /// Item 5 defaults: a log plugin that sleeps 5 s per call cannot take the arena. With 8 slots the
 /// log queue defaults to 2, so at most 3 requests wait for their log phase; the rest drop their
 /// log phase (counted) and every request is answered (the old 4096-long queue held all 8 slots,
-/// and the 9th request got 503).
+/// and the 9th request got 503). Log phases on the log thread (`log_phase: thread`): inline, the
+/// default, such a plugin holds serving threads instead, which the watchdog reports
+/// (`e2e_process.rs`, `a_slow_inline_log_phase_runs_after_its_response_and_is_reported`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_log_plugin_cannot_take_every_slot() {
     let upstream = spawn_upstream().await;
     let s = start(
         "slowlog",
         upstream,
-        "runtime: { slots: 8 }",
+        "runtime: { slots: 8, log_phase: thread }",
         "",
         "  - { name: slowlog, library: examples, plugin: test-slow-log }",
         "  - { path_prefix: /, upstream: up, plugins: [slowlog] }",

@@ -82,6 +82,28 @@ pub struct RuntimeOptions {
     /// is not interrupted. Zero: not watched. Reported at most two watchdog ticks late (a tick is
     /// a quarter of the threshold, at least 10 ms: [`watchdog::tick`]). Default 100 ms.
     pub stall_threshold: Duration,
+    /// Where log phases run. Default [`LogPlace::Inline`].
+    pub log_place: LogPlace,
+}
+
+/// Where a request's log phase runs, once its response is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogPlace {
+    /// On the thread that ends the exchange (a serving thread, once the response body is done:
+    /// on weft-proxy's HTTP/1.1 path after its last bytes went to the socket), as the chain's
+    /// other phases run on it: the slot is released there,
+    /// and no other thread touches the request. Like any inline call, a log call that runs long
+    /// holds the thread (the watchdog reports it). A log call that answers pending, and a
+    /// blocking instance's (before it is posted), hand the rest of the log phase to the log
+    /// thread, which waits for them: the thread never waits, and blocking log calls go to the
+    /// log thread's worker ring as with [`LogPlace::Thread`].
+    #[default]
+    Inline,
+    /// Every log phase on the runtime's log thread, handed over in batches
+    /// ([`log_queue`]): a log plugin however slow holds no serving thread, at the cost of
+    /// moving each request's slot to another core (~0.3 µs a request measured, and the log
+    /// thread's own wake-ups).
+    Thread,
 }
 
 impl Default for RuntimeOptions {
@@ -94,6 +116,7 @@ impl Default for RuntimeOptions {
             buffer_classes: None,
             max_buffered_bytes_total: budget::DEFAULT_BUFFERED_BYTES_TOTAL,
             stall_threshold: Duration::from_millis(100),
+            log_place: LogPlace::Inline,
         }
     }
 }
@@ -353,6 +376,7 @@ pub struct Runtime {
     buffers: Vec<Arc<Arena>>,
     registry: Mutex<Registry>,
     log: log_queue::LogQueue,
+    log_place: LogPlace,
     /// Shared with the runtimes this one replaced and the one that replaces it
     /// ([`Runtime::replacing`]): counters carry on across config reloads, and gauges such as
     /// `orphaned_slots` count every generation's calls.
@@ -429,6 +453,7 @@ impl Runtime {
                 instances: Vec::new(),
             }),
             log: log_queue::LogQueue::start(opts.log_queue_len(), opts.slot_count as usize, weak.clone()),
+            log_place: opts.log_place,
             stats,
             budget,
             workers: Workers::new(),
@@ -708,6 +733,28 @@ impl Runtime {
     /// Finished requests waiting for their log phase right now (the log queue's depth).
     pub fn log_queue_len(&self) -> usize {
         self.log.len()
+    }
+
+    /// Runs a finished exchange's log phase where [`RuntimeOptions::log_place`] says: here, as
+    /// far as it goes without waiting (a call that goes pending or to a worker hands the rest
+    /// to the log thread), or all of it on the log thread. A thread unwinding from a panic calls
+    /// no plugin: its jobs go to the log thread.
+    fn run_log(&self, job: LogJob) {
+        if self.log_place == LogPlace::Thread || std::thread::panicking() {
+            return self.submit_log(job);
+        }
+        if self.log.is_full() {
+            // Log work is saturated: the log thread holds as many pending log calls as the
+            // queue is long and takes no more. Dropped, as the queue drops a job handed to it
+            // then, rather than start a call that may go pending with nowhere to wait (an
+            // abandoned call keeps its slot until the plugin completes it).
+            job.discard();
+            self.stats.log_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if let Some(job) = job.step_inline() {
+            self.submit_log(job);
+        }
     }
 
     fn submit_log(&self, job: LogJob) {

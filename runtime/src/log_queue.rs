@@ -1,8 +1,11 @@
 //! The log queue: finished requests on their way to the `weft-log` thread, handed over in
 //! batches so that no request wakes a thread.
 //!
-//! A request's log phase runs after its response, on the `weft-log` thread, so that a slow log
-//! plugin never holds a client or a serving thread. Handing each request over through a channel
+//! A request's log phase runs after its response: on the thread that served it
+//! ([`LogPlace::Inline`](crate::LogPlace), the default), which hands the job here only when a log
+//! call went pending or is a blocking instance's; or all of it on the `weft-log` thread
+//! ([`LogPlace::Thread`](crate::LogPlace)), so that a slow log plugin never holds a client or a
+//! serving thread. Handing each request over through a channel
 //! the log thread blocks on cost one futex wake per request (the log thread took an eighth of the
 //! proxy's CPU samples under load, parking and unparking). Here the serving thread only pushes
 //! onto a bounded queue; the log thread is not blocked on it:
@@ -184,6 +187,11 @@ impl LogQueue {
             self.wake.unpark();
         }
         Ok(())
+    }
+
+    /// Whether a job handed over now would find the queue full.
+    pub(crate) fn is_full(&self) -> bool {
+        self.tx.is_full()
     }
 
     /// Jobs waiting in the queue.

@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use weft_runtime::{Chain, Flow, InitError, InstanceId, InstanceOptions, InstanceSpec, Runtime, RuntimeOptions};
+use weft_runtime::{
+    Chain, Flow, InitError, InstanceId, InstanceOptions, InstanceSpec, LogPlace, Runtime, RuntimeOptions,
+};
 
 use weft_test_support::c_plugins;
 
@@ -36,10 +38,16 @@ fn runtime(slots: u32) -> Arc<Runtime> {
 
 /// [`runtime`] with a log queue of `log_queue`.
 fn runtime_with(slots: u32, log_queue: usize) -> Arc<Runtime> {
+    runtime_placed(slots, log_queue, LogPlace::default())
+}
+
+/// [`runtime_with`] running log phases at `log_place`.
+fn runtime_placed(slots: u32, log_queue: usize, log_place: LogPlace) -> Arc<Runtime> {
     let rt = Runtime::new(RuntimeOptions {
         slot_count: slots,
         slot_size: 4096,
         log_queue,
+        log_place,
         ..weft_runtime::RuntimeOptions::default()
     })
     .unwrap();
@@ -680,9 +688,16 @@ fn blocking_is_a_per_instance_option_that_needs_a_worker_pool() {
 
 #[test]
 fn pending_log_calls_do_not_hold_up_the_log_thread() {
+    for place in [LogPlace::Inline, LogPlace::Thread] {
+        pending_log_calls_do_not_hold_up_the_log_thread_at(place);
+    }
+}
+
+fn pending_log_calls_do_not_hold_up_the_log_thread_at(place: LogPlace) {
     // Log calls that go pending park their request, not the log thread: 40 log calls of
-    // 500 ms each finish together (one after another they would take 20 s).
-    let rt = runtime(256);
+    // 500 ms each finish together (one after another they would take 20 s). Inline, each call
+    // starts on this thread and answers pending; its job goes on on the log thread.
+    let rt = runtime_placed(256, 4096, place);
     let chain = rt.chain(&[instance(&rt, "log", "async-log", false, opts(10_000))]);
     let t = Instant::now();
     for _ in 0..40 {
@@ -712,11 +727,19 @@ fn pending_log_calls_do_not_hold_up_the_log_thread() {
 
 #[test]
 fn pending_log_calls_cannot_take_every_slot() {
+    for place in [LogPlace::Inline, LogPlace::Thread] {
+        pending_log_calls_cannot_take_every_slot_at(place);
+    }
+}
+
+fn pending_log_calls_cannot_take_every_slot_at(place: LogPlace) {
     // A log plugin slower than the requests (each call pending for 2 s): the log thread takes no
     // more jobs while as many are parked as its queue is long (8 here), so log work holds at most
     // 16 slots, the requests after them still get one, and the log phases beyond are dropped and
     // counted. Without that bound the parked calls took every slot (the 65th request: no slot).
-    let rt = runtime_with(64, 8);
+    // Inline, a full queue drops the log phase before its call starts (a started call that found
+    // the queue full would be abandoned, and keep its slot until the plugin completed it).
+    let rt = runtime_placed(64, 8, place);
     let chain = rt.chain(&[instance(&rt, "log", "async-log", false, opts(10_000))]);
     let mut most = 0;
     for i in 0..200 {

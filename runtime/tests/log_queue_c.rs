@@ -1,4 +1,5 @@
-//! The log queue hands requests to the `weft-log` thread in batches (`runtime/src/log_queue.rs`):
+//! With `LogPlace::Thread`, the log queue hands requests to the `weft-log` thread in batches
+//! (`runtime/src/log_queue.rs`):
 //! under a steady request rate the log thread wakes once per batch period (which follows the
 //! rate), not once per request, every log phase still runs, a burst after a slow rate loses
 //! none to a full queue, and an idle log thread is woken by the next request; the
@@ -12,35 +13,25 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use libloading::os::unix::{Library, Symbol};
 use weft_runtime::log_queue::BATCH_PERIOD_MIN;
-use weft_runtime::{Chain, Exchange, Flow, InstanceSpec, Runtime, RuntimeOptions};
+use weft_runtime::{Chain, Exchange, Flow, InstanceSpec, LogPlace, Runtime, RuntimeOptions};
 
-use weft_test_support::c_plugins;
+use weft_test_support::{PhaseCount, c_plugins, thread_wakeups};
 
 /// `count-all` in phase_count.c, and weft.h's WEFT_PHASE_REQUEST_HEADERS and WEFT_PHASE_LOG.
 const COUNT_ALL: u32 = 0;
 const REQUEST_HEADERS: u32 = 0;
 const LOG: u32 = 4;
 
-/// phase_count.c's counters: `weft_phase_count_calls` or `weft_phase_count_nested_calls`.
-type Counter = Symbol<unsafe extern "C" fn(u32, u32) -> u64>;
-
-fn counter(lib: &std::path::Path, name: &[u8]) -> Counter {
-    // SAFETY: the runtime loaded the library already (RTLD_NOLOAD runs no initialisers); both
-    // symbols are `uint64_t f(uint32_t plugin, uint32_t phase)`.
-    let handle =
-        unsafe { Library::open(Some(lib), libc::RTLD_NOW | libc::RTLD_NOLOAD) }.expect("the runtime loaded it");
-    unsafe { handle.get(name) }.expect("exported by phase_count.c")
-}
-
-/// A runtime of `slots` request slots and a log queue of `log_queue`, with a chain of the
-/// phase-count plugin that counts every phase.
+/// A runtime of `slots` request slots and a log queue of `log_queue` that runs every log phase
+/// on its log thread (`LogPlace::Thread`; `log_inline_c.rs` tests the default), with a chain
+/// of the phase-count plugin that counts every phase.
 fn counting_chain(slots: u32, log_queue: usize) -> (std::sync::Arc<Runtime>, Chain) {
     let rt = Runtime::new(RuntimeOptions {
         slot_count: slots,
         slot_size: 16 * 1024,
         log_queue,
+        log_place: LogPlace::Thread,
         ..RuntimeOptions::default()
     })
     .unwrap();
@@ -59,13 +50,10 @@ fn counting_chain(slots: u32, log_queue: usize) -> (std::sync::Arc<Runtime>, Cha
     (rt, chain)
 }
 
-fn setup() -> (std::sync::Arc<Runtime>, Chain, impl Fn() -> u64, Counter) {
-    let lib = c_plugins("plain").join("libweft_c_phase_count.so");
+fn setup() -> (std::sync::Arc<Runtime>, Chain, PhaseCount) {
     let (rt, chain) = counting_chain(256, 255);
-    let calls = counter(&lib, b"weft_phase_count_calls");
-    // SAFETY: a plain C function reading atomics.
-    let logs = move || unsafe { calls(COUNT_ALL, LOG) };
-    (rt, chain, logs, counter(&lib, b"weft_phase_count_nested_calls"))
+    let count = PhaseCount::of(&c_plugins("plain").join("libweft_c_phase_count.so"));
+    (rt, chain, count)
 }
 
 const CLIENT: &str = "127.0.0.1:40000";
@@ -97,28 +85,6 @@ fn request_headers(x: &mut Exchange) {
     assert!(matches!(x.request_headers(&mut req), Flow::Continue));
 }
 
-/// Voluntary context switches of this process's `weft-log` threads (each one a sleep that
-/// ended: a wake-up).
-fn log_thread_wakeups() -> u64 {
-    let mut n = 0;
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        if std::fs::read_to_string(task.path().join("comm"))
-            .unwrap_or_default()
-            .trim()
-            != "weft-log"
-        {
-            continue;
-        }
-        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-        n += status
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    n
-}
-
 /// `n` requests `gap` apart (paced by spinning, so the rate does not depend on the machine's
 /// timer precision); returns how long they took.
 fn paced(chain: &Chain, n: u64, gap: Duration) -> Duration {
@@ -143,15 +109,19 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn the_log_thread_wakes_per_batch_not_per_request_and_logs_everything() {
-    let (rt, chain, logs, nested) = setup();
+    let (rt, chain, count) = setup();
+    let logs = || count.calls(COUNT_ALL, LOG);
 
     // One request, then idle: the log thread parks for good, and the next request must wake it.
     one_request(&chain);
     wait_for("the first log phase", || logs() == 1);
     std::thread::sleep(Duration::from_millis(200));
-    let idle = log_thread_wakeups();
+    let idle = thread_wakeups("weft-log");
     std::thread::sleep(Duration::from_millis(200));
-    assert!(log_thread_wakeups() - idle <= 2, "an idle log thread does not tick");
+    assert!(
+        thread_wakeups("weft-log") - idle <= 2,
+        "an idle log thread does not tick"
+    );
     one_request(&chain);
     wait_for("a log phase after a pause (a producer unparks the idle thread)", || {
         logs() == 2
@@ -162,10 +132,10 @@ fn the_log_thread_wakes_per_batch_not_per_request_and_logs_everything() {
     // times; with the period following the rate (a quarter of the 255-long queue, 63 jobs, takes
     // 6.3 ms to come) about 45.
     const REQUESTS: u64 = 3000;
-    let before = log_thread_wakeups();
+    let before = thread_wakeups("weft-log");
     let elapsed = paced(&chain, REQUESTS, Duration::from_micros(100));
     wait_for("every log phase", || logs() == 2 + REQUESTS && rt.arena_usage().0 == 0);
-    let wakeups = log_thread_wakeups() - before;
+    let wakeups = thread_wakeups("weft-log") - before;
     let periods = (elapsed.as_secs_f64() / BATCH_PERIOD_MIN.as_secs_f64()).ceil() as u64;
     assert!(
         wakeups < REQUESTS / 5,
@@ -237,8 +207,10 @@ fn the_log_thread_wakes_per_batch_not_per_request_and_logs_everything() {
 
     // Every log call came from inside the library's run_on_thread; the request-headers calls,
     // made on this test's thread (which never entered it), did not.
-    // SAFETY: a plain C function reading atomics.
-    let (nested_logs, nested_heads) = unsafe { (nested(COUNT_ALL, LOG), nested(COUNT_ALL, REQUEST_HEADERS)) };
+    let (nested_logs, nested_heads) = (
+        count.nested_calls(COUNT_ALL, LOG),
+        count.nested_calls(COUNT_ALL, REQUEST_HEADERS),
+    );
     assert_eq!(nested_logs, logs(), "log calls made inside run_on_thread");
     assert_eq!(nested_heads, 0, "request-headers calls from a thread outside it");
 }

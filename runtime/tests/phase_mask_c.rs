@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use libloading::os::unix::{Library, Symbol};
 use weft_runtime::{BodyMode, BodySide, Flow, InstanceSpec, Runtime, RuntimeOptions};
 
 use weft_test_support::c_plugins;
@@ -54,23 +53,17 @@ fn undeclared_phases_are_never_called() {
         })
         .unwrap_or_else(|e| panic!("instantiate {plugin}: {e}"))
     };
-    // The request-headers-only instance comes first: the log thread makes a request's log calls
-    // in chain order, so once `count-all` has logged, a log call to it would have come before.
+    // The request-headers-only instance comes first: a request's log calls are made in chain
+    // order, so once `count-all` has logged, a log call to it would have come before.
     // (The response phases run in reverse order, but synchronously on this thread.)
     let chain = rt.chain(&[
         instance("only-request-headers", "count-request-headers"),
         instance("all", "count-all"),
     ]);
 
-    // The counter getter of the very library the runtime loaded (RTLD_NOLOAD: no second copy).
-    // SAFETY: the library is loaded already, so opening it runs no initialisers; the symbol has
-    // the C signature `uint64_t weft_phase_count_calls(uint32_t plugin, uint32_t phase)`.
-    let handle =
-        unsafe { Library::open(Some(&lib), libc::RTLD_NOW | libc::RTLD_NOLOAD) }.expect("the runtime loaded it");
-    let getter: Symbol<unsafe extern "C" fn(u32, u32) -> u64> =
-        unsafe { handle.get(b"weft_phase_count_calls") }.expect("weft_phase_count_calls exported");
-    // SAFETY: a plain C function reading atomics; any argument is valid.
-    let calls = |plugin: u32, phase: u32| unsafe { getter(plugin, phase) };
+    // The counters of the very library the runtime loaded (RTLD_NOLOAD: no second copy).
+    let count = weft_test_support::PhaseCount::of(&lib);
+    let calls = |plugin: u32, phase: u32| count.calls(plugin, phase);
     for (phase, name) in PHASES {
         assert_eq!(calls(COUNT_ALL, phase), 0, "{name} before any request");
         assert_eq!(calls(COUNT_REQUEST_HEADERS, phase), 0, "{name} before any request");
@@ -109,7 +102,7 @@ fn undeclared_phases_are_never_called() {
             .block_on(x.body_chunk(BodySide::Response, Bytes::from_static(b"response body"), true, &mut out))
             .unwrap_or_else(|e| panic!("response body: {e:?}"));
         assert_eq!(out.concat(), b"request bodyresponse body", "bodies pass unchanged");
-        // Queues the log phase on the log thread.
+        // Runs the log phase (on this thread: the default `LogPlace::Inline`).
         drop(x);
     }
 

@@ -1,6 +1,7 @@
 //! What weft's integration tests and bench runners share: the repository's build scripts run once
 //! per process ([`go_library`], [`c_plugins`], [`weft_worker`]), loopback ports ([`free_port`]),
-//! polling with a deadline ([`wait_for`]) and a real nats-server child process ([`NatsServer`]).
+//! polling with a deadline ([`wait_for`]), a real nats-server child process ([`NatsServer`]), and
+//! what tests read back from a process ([`PhaseCount`], [`thread_wakeups`]).
 //!
 //! Every helper panics with a message naming what failed: these run inside tests and runners,
 //! where a panic is the report.
@@ -8,10 +9,12 @@
 mod build;
 mod nats;
 mod net;
+mod probe;
 
 pub use build::{c_plugins, go_library, run_script, weft_worker};
 pub use nats::{NatsServer, nats_server_bin};
 pub use net::{free_port, wait_for, wait_listening};
+pub use probe::{PhaseCount, thread_wakeups};
 
 use std::path::Path;
 

@@ -1,9 +1,11 @@
-//! The log phase: after the response, on the runtime's log thread (`log_queue.rs`), which
-//! runs many finished exchanges at once. A log call that goes pending (or to a worker) parks its
-//! job, not the thread ([`LogJob::step`]).
+//! The log phase: after the response, on the thread that ends the exchange or on the runtime's
+//! log thread (`log_queue.rs`, which runs many finished exchanges at once), as
+//! [`LogPlace`](crate::LogPlace) says. A log call that goes pending (or to a worker) parks its
+//! job, not the thread ([`LogJob::step`]): on the log thread, where an inline job that stops at
+//! such a call goes on.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use super::Exchange;
@@ -17,16 +19,23 @@ use crate::view;
 impl Exchange {
     /// Runs the log calls of instances `*next..` (chain positions) on this thread; stops at a
     /// call that went pending or to a worker, returning it (`*next` then points past it), with
-    /// `cx`'s waker registered for its completion. Used by the log thread ([`LogJob::step`]).
-    fn run_log_from(&mut self, next: &mut usize, cx: &mut Context<'_>) -> Option<(Waiting, usize)> {
+    /// `cx`'s waker registered for its completion ([`LogJob::step`]). `inline` (a thread other
+    /// than the log thread): stops before a blocking instance's log call (`*next` then points
+    /// at it), which the log thread posts to its own worker ring, so the log calls take no room
+    /// in this thread's rings from its requests' calls.
+    fn run_log_from(&mut self, next: &mut usize, inline: bool, cx: &mut Context<'_>) -> Option<(Waiting, usize)> {
         const PHASE: WeftPhase = WeftPhase::Log;
         let instances = Arc::clone(&self.chain.instances);
         while let Some(inst) = instances.get(*next) {
             let pos = *next;
-            *next += 1;
             if inst.phases & PHASE.mask() == 0 {
+                *next += 1;
                 continue;
             }
+            if inline && inst.limits.blocking && inst.remote().is_none() {
+                return None;
+            }
+            *next += 1;
             if self.lease.is_none() {
                 // A log call timed out and no slot was free for the rest.
                 self.chain.rt.stats.log_dropped.fetch_add(1, Ordering::Relaxed);
@@ -57,6 +66,8 @@ impl Exchange {
 
 /// A finished exchange on its way through the log phase. The log thread runs many at once: a
 /// log call that goes pending (or to a worker) parks its job, not the thread ([`LogJob::step`]).
+/// Run inline first ([`LogJob::step_inline`]), a job that stops at such a call goes on on the
+/// log thread.
 pub(crate) struct LogJob {
     /// Boxed: the job moves through the log queue and each step by value, and an exchange is a
     /// few hundred bytes: inline, its moves were ~460 instructions of `memcpy` a request, boxed
@@ -65,6 +76,8 @@ pub(crate) struct LogJob {
     /// Chain position of the next instance to log.
     next: usize,
     started: bool,
+    /// Stepped on the thread that ended the exchange ([`LogJob::step_inline`]).
+    inline: bool,
     /// The pending call this job waits for, and its instance's position.
     wait: Option<(Waiting, usize)>,
 }
@@ -75,8 +88,21 @@ impl LogJob {
             x,
             next: 0,
             started: false,
+            inline: false,
             wait: None,
         }
+    }
+
+    /// Runs the log phase on this thread (not the log thread) as far as it goes without
+    /// waiting: `None` when it is done and the slot released, else the job to hand to the log
+    /// thread, stopped at a call that went pending or to a worker, or before a blocking
+    /// instance's call. The pending call's completion is polled with a no-op waker: the log
+    /// thread's first step of the job polls it again with its own.
+    pub(crate) fn step_inline(mut self) -> Option<LogJob> {
+        self.inline = true;
+        let mut job = self.step(&mut Context::from_waker(Waker::noop()))?;
+        job.inline = false;
+        Some(job)
     }
 
     /// Goes on with the log phase: `Some(self)` while a call is pending (`cx`'s waker fires when
@@ -105,8 +131,12 @@ impl LogJob {
             }
             view::set_phase(self.x.lease().bytes_mut(), PHASE as u32);
         }
-        if let Some(w) = self.x.run_log_from(&mut self.next, cx) {
+        if let Some(w) = self.x.run_log_from(&mut self.next, self.inline, cx) {
             self.wait = Some(w);
+            return Some(self);
+        }
+        if self.next < self.x.chain.instances.len() {
+            // Stopped inline before a blocking instance's call: the log thread goes on.
             return Some(self);
         }
         self.discard();

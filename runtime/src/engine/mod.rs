@@ -376,8 +376,8 @@ impl Drop for Exchange {
         if !self.end() {
             return;
         }
-        // Hand the exchange (with its slot) to the log thread in an allocation of its own; the
-        // slot is released there after the log phase ran.
+        // The log phase gets the exchange (with its slot) in an allocation of its own: it may
+        // go on on the log thread (`Runtime::run_log`), which releases the slot after it.
         let job = Exchange {
             chain: self.chain.clone(),
             lease: self.lease.take(),
@@ -390,14 +390,14 @@ impl Drop for Exchange {
             body: Default::default(),
         };
         self.request_end = 0;
-        self.chain.rt.submit_log(LogJob::new(Box::new(job)));
+        self.chain.rt.run_log(LogJob::new(Box::new(job)));
     }
 }
 
 /// An [`Exchange`] in a heap allocation of its own ([`Chain::start_boxed`]), which it derefs
 /// to. Dropping it ends the exchange as dropping an `Exchange` does, except that a log phase
-/// takes this allocation to the log thread instead of a new one: no allocation on the serving
-/// thread and no copy of the exchange per request with a log phase.
+/// that goes on on the log thread takes this allocation there instead of a new one: no
+/// allocation and no copy of the exchange per request with a log phase.
 pub struct BoxedExchange(Option<Box<Exchange>>);
 
 impl BoxedExchange {
@@ -447,7 +447,7 @@ impl Drop for BoxedExchange {
         x.bufs = Default::default();
         x.body = Default::default();
         let rt = Arc::clone(&x.chain.rt);
-        rt.submit_log(LogJob::new(x));
+        rt.run_log(LogJob::new(x));
     }
 }
 
