@@ -726,6 +726,30 @@ fn pending_log_calls_do_not_hold_up_the_log_thread_at(place: LogPlace) {
 }
 
 #[test]
+fn log_calls_completed_around_the_hand_off_are_not_lost() {
+    // Inline, a log call that answers pending is polled once under a no-op waker, then its job
+    // goes to the log thread. Completed before it answers (0 ms) or about when its job is handed
+    // over (1 ms), every one is found: a lost completion would sit until its 5 s deadline and
+    // count as a timeout. (200 requests in all: each holds a slot until its log call completed,
+    // and neither the 256 slots nor the queue can run out, so none is refused or dropped.)
+    let rt = runtime_placed(256, 4096, LogPlace::Inline);
+    let chain = rt.chain(&[instance(&rt, "log", "async-log", false, opts(5_000))]);
+    for delay in ["0", "1"] {
+        for _ in 0..100 {
+            let mut x = chain.start(client(), "http").unwrap().unwrap();
+            let mut req = request(&[("x-log-delay-ms", delay)]);
+            assert!(matches!(x.request_headers(&mut req), Flow::Continue));
+        }
+    }
+    let t = Instant::now();
+    wait_clean(&rt);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?} (5 ms here)", t.elapsed());
+    assert_eq!(stat(&rt, |s| &s.phase_timeouts), 0);
+    assert_eq!(stat(&rt, |s| &s.log_dropped), 0);
+    assert_eq!(stat(&rt, |s| &s.plugin_failures), 0);
+}
+
+#[test]
 fn pending_log_calls_cannot_take_every_slot() {
     for place in [LogPlace::Inline, LogPlace::Thread] {
         pending_log_calls_cannot_take_every_slot_at(place);
