@@ -231,13 +231,18 @@ async fn a_slow_inline_log_phase_runs_after_its_response_and_is_reported() {
         "  - { path_prefix: /, upstream: up, plugins: [slowlog] }",
     )
     .await;
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let took = slow_log_request(&client, addr, &mut proxy, 0).await;
+    // One connection of our own, so the second request surely goes to the same serving thread.
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (body, took) = keep_alive_get(&mut conn, "/slow-log/0").await;
+    assert!(body.contains("\"/slow-log/0\""), "the whole body arrived: {body}");
     assert!(
         took < Duration::from_secs(1),
         "the response waited for its log phase: {took:?}"
     );
-    let took = slow_log_request(&client, addr, &mut proxy, 1).await;
+    let line = format!("test-slow-log slept_ms={SLOW_LOG_MS} path=/slow-log/0");
+    assert!(!proxy.stderr().contains(&line), "the log phase ran before the response");
+    let (body, took) = keep_alive_get(&mut conn, "/slow-log/1").await;
+    assert!(body.contains("\"/slow-log/1\""), "{body}");
     assert!(
         took > Duration::from_millis(SLOW_LOG_MS / 2),
         "the next request on the connection is served by the thread the log phase holds: {took:?}"
@@ -253,6 +258,51 @@ async fn a_slow_inline_log_phase_runs_after_its_response_and_is_reported() {
     let line = format!("test-slow-log slept_ms={SLOW_LOG_MS} path=/slow-log/1");
     tokio::task::block_in_place(|| proxy.wait_log(&line));
     proxy.assert_running();
+}
+
+/// GET `path` with a log phase of [`SLOW_LOG_MS`] on the keep-alive connection `conn`: the
+/// response's body (framed by its content-length) and how long it took to arrive whole.
+async fn keep_alive_get(conn: &mut tokio::net::TcpStream, path: &str) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = Instant::now();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: t\r\nx-test-log-sleep-ms: {SLOW_LOG_MS}\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut read_more = async |buf: &mut Vec<u8>| {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk))
+            .await
+            .expect("answered within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "the proxy closed the connection: {}",
+            String::from_utf8_lossy(buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let body_at = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        read_more(&mut buf).await;
+    };
+    let head = String::from_utf8_lossy(&buf[..body_at]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .unwrap_or_else(|| panic!("no content-length: {head}"))
+        .trim()
+        .parse()
+        .unwrap();
+    while buf.len() < body_at + len {
+        read_more(&mut buf).await;
+    }
+    (
+        String::from_utf8_lossy(&buf[body_at..body_at + len]).into_owned(),
+        start.elapsed(),
+    )
 }
 
 const SLOW_LOG_MS: u64 = 2000;
