@@ -32,7 +32,7 @@ impl Exchange {
                 *next += 1;
                 continue;
             }
-            if inline && inst.limits.blocking && inst.remote().is_none() {
+            if inline && inst.limits.blocking {
                 return None;
             }
             *next += 1;
@@ -76,8 +76,6 @@ pub(crate) struct LogJob {
     /// Chain position of the next instance to log.
     next: usize,
     started: bool,
-    /// Stepped on the thread that ended the exchange ([`LogJob::step_inline`]).
-    inline: bool,
     /// The pending call this job waits for, and its instance's position.
     wait: Option<(Waiting, usize)>,
 }
@@ -88,7 +86,6 @@ impl LogJob {
             x,
             next: 0,
             started: false,
-            inline: false,
             wait: None,
         }
     }
@@ -98,17 +95,19 @@ impl LogJob {
     /// thread, stopped at a call that went pending or to a worker, or before a blocking
     /// instance's call. The pending call's completion is polled with a no-op waker: the log
     /// thread's first step of the job polls it again with its own.
-    pub(crate) fn step_inline(mut self) -> Option<LogJob> {
-        self.inline = true;
-        let mut job = self.step(&mut Context::from_waker(Waker::noop()))?;
-        job.inline = false;
-        Some(job)
+    pub(crate) fn step_inline(self) -> Option<LogJob> {
+        self.advance(&mut Context::from_waker(Waker::noop()), true)
     }
 
     /// Goes on with the log phase: `Some(self)` while a call is pending (`cx`'s waker fires when
     /// it completes; [`deadline`](Self::deadline) says when to look again at the latest), `None`
     /// when every log call is done and the slot is released.
-    pub(crate) fn step(mut self, cx: &mut Context<'_>) -> Option<LogJob> {
+    pub(crate) fn step(self, cx: &mut Context<'_>) -> Option<LogJob> {
+        self.advance(cx, false)
+    }
+
+    /// [`step`](Self::step), on the log thread or (`inline`) the thread that ended the exchange.
+    fn advance(mut self, cx: &mut Context<'_>, inline: bool) -> Option<LogJob> {
         const PHASE: WeftPhase = WeftPhase::Log;
         if let Some((w, pos)) = self.wait.take() {
             let inst = Arc::clone(&self.x.chain.instances[pos]);
@@ -131,7 +130,7 @@ impl LogJob {
             }
             view::set_phase(self.x.lease().bytes_mut(), PHASE as u32);
         }
-        if let Some(w) = self.x.run_log_from(&mut self.next, self.inline, cx) {
+        if let Some(w) = self.x.run_log_from(&mut self.next, inline, cx) {
             self.wait = Some(w);
             return Some(self);
         }
