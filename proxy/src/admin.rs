@@ -239,21 +239,6 @@ pub async fn serve_admin(listener: TcpListener, admin: Admin, limits: Limits) {
     }
 }
 
-/// Samples the arena for its high-water mark, every [`SAMPLE_BUSY`] while slots are in use and
-/// every [`SAMPLE_IDLE`] after a sample that found none (each sample wakes the control thread: an
-/// idle proxy takes 10 wake-ups a second for it, not 100); runs until the process exits.
-pub async fn sample_arena(metrics: &'static Metrics) {
-    loop {
-        let in_use = metrics.sample_arena();
-        tokio::time::sleep(if in_use == 0 { SAMPLE_IDLE } else { SAMPLE_BUSY }).await;
-    }
-}
-
-/// The arena's sampling period while requests hold slots.
-pub const SAMPLE_BUSY: std::time::Duration = std::time::Duration::from_millis(10);
-/// The sampling period after a sample that found no slot in use.
-pub const SAMPLE_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -751,8 +751,11 @@ impl Metrics {
         &self.no_route
     }
 
-    /// The runtime whose arena and counters the scrape reports (the current config's).
+    /// The runtime whose arena and counters the scrape reports (the current config's). The
+    /// replaced runtime's high-water mark is taken first: a reload that builds a new arena keeps
+    /// the old one's peak.
     pub fn set_runtime(&self, rt: Option<Arc<Runtime>>) {
+        self.sample_arena();
         self.runtime.set(rt);
     }
 
@@ -761,8 +764,9 @@ impl Metrics {
         *self.runtime.nats.lock().unwrap_or_else(|e| e.into_inner()) = nats;
     }
 
-    /// Samples arena use for the high-water mark (called periodically and at each scrape);
-    /// returns the slots in use.
+    /// Takes the current runtime's arena high-water mark ([`Runtime::arena_high_water`], kept
+    /// by the arena itself: no thread samples it) into the one the scrape reports, at each scrape
+    /// and before a reload replaces the runtime; returns the slots in use.
     pub fn sample_arena(&self) -> u64 {
         self.runtime.sample()
     }
@@ -1014,7 +1018,8 @@ impl RuntimeCollector {
             return 0;
         };
         let in_use = rt.arena_usage().0;
-        self.high_water.fetch_max(in_use, Ordering::Relaxed);
+        self.high_water
+            .fetch_max(rt.arena_high_water().max(in_use), Ordering::Relaxed);
         in_use
     }
 }

@@ -377,7 +377,6 @@ pub fn run_blocking(
         if let Some(admin) = admin {
             start_admin(&admin, reloadable.then(|| live.clone()), m, limits).await?;
         }
-        tokio::spawn(crate::admin::sample_arena(m));
         if reloadable {
             tokio::spawn(reload_on_sighup(live.clone()));
         }

@@ -236,6 +236,65 @@ async fn metrics_health_and_readiness() {
     assert_eq!(log.matches("weft::access").count(), 9, "{log}");
 }
 
+/// The arena keeps its own high-water mark as slots leave its free list: a burst of requests
+/// that came and went between two scrapes shows in it, and no thread wakes to sample it (the
+/// control thread sleeps through a second of requests holding slots; a 10 ms sampler there woke
+/// it ~100 times in that second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arena_high_water_sees_a_burst_without_a_sampling_thread() {
+    let up = spawn_upstream("up", Duration::from_millis(300)).await;
+    let (addr, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "listen: {addr}\nworkers: 2\nadmin: {{ listen: {admin} }}\n\
+         libraries: [{{ name: examples, path: {lib:?} }}]\n\
+         plugins: [{{ name: rewrite, library: examples, plugin: header-rewriter, config: {{ request_set: {{ x-a: b }} }} }}]\n\
+         upstreams: [{{ name: up, addresses: [\"{up}\"] }}]\n\
+         routes: [{{ name: api, path_prefix: /api, upstream: up, plugins: [rewrite] }}]\n",
+        lib = go_library("test").display().to_string()
+    );
+    let proxy = start_proxy("high-water", &yaml, addr);
+    wait_metrics(admin, "the proxy", |m| m.get("weft_ready") == Some(&1.0)).await;
+
+    const BURST: usize = 150;
+    let burst: Vec<_> = (0..BURST)
+        .map(|i| tokio::spawn(async move { get(addr, &format!("/api/slow/{i}")).await.0 }))
+        .collect();
+    for r in burst {
+        assert_eq!(r.await.unwrap(), StatusCode::OK);
+    }
+    let m = scrape(admin).await;
+    assert_eq!(metric(&m, "weft_arena_slots_in_use"), 0.0);
+    // Each serving thread's cache may lease up to 2 × 16 slots unseen (`Arena::high_water`).
+    let seen = metric(&m, "weft_arena_slots_high_water");
+    assert!(
+        (BURST as f64 - 64.0..=BURST as f64).contains(&seen),
+        "a burst of {BURST} requests holding slots at once: high water {seen}"
+    );
+
+    // A second of requests in flight, no scrape: the control thread is not woken for the arena.
+    let pid = proxy.child.id();
+    let before = weft_test_support::process_thread_wakeups(pid, "weft-control");
+    let until = Instant::now() + Duration::from_secs(1);
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    assert_eq!(get(addr, "/api/slow").await.0, StatusCode::OK);
+                }
+            })
+        })
+        .collect();
+    for l in load {
+        l.await.unwrap();
+    }
+    let woke = weft_test_support::process_thread_wakeups(pid, "weft-control") - before;
+    assert!(
+        woke <= 10,
+        "the control thread woke {woke} times in a second of requests"
+    );
+    assert!(metric(&scrape(admin).await, "weft_arena_slots_high_water") >= seen);
+}
+
 /// Reads from `stream` until every one of `needles` came (10 s at most).
 async fn read_responses(stream: &mut tokio::net::TcpStream, needles: &[&str]) -> String {
     use tokio::io::AsyncReadExt;

@@ -171,6 +171,8 @@ struct Shared {
     global_net: stat::AtomicI64,
     /// The shards of the caches bound to this arena now.
     shards: stat::Mutex<Vec<Arc<Shard>>>,
+    /// The most slots seen in use at once (see [`Arena::high_water`]).
+    high_water: stat::AtomicU64,
 }
 
 pub struct Arena {
@@ -273,6 +275,34 @@ impl Shared {
             let end = start.wrapping_add(count as usize * self.slot_size);
             self.map.release(start.cast_const()..end.cast_const());
         }
+    }
+
+    /// Slots leased now (see [`Arena::in_use`]).
+    fn in_use(&self) -> u64 {
+        let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        let sum = shards
+            .iter()
+            .fold(self.global_net.load(stat::Ordering::Relaxed), |a, s| {
+                a + s.net.load(stat::Ordering::Relaxed)
+            });
+        sum.max(0) as u64
+    }
+
+    /// Raises the high-water mark to `in_use` (a load, and a write only for a new high).
+    #[inline]
+    fn note_in_use(&self, in_use: i64) {
+        let n = in_use.max(0) as u64;
+        if n > self.high_water.load(stat::Ordering::Relaxed) {
+            self.high_water.fetch_max(n, stat::Ordering::Relaxed);
+        }
+    }
+
+    /// Counts the slots in use (one lock, a load per bound cache) for the high-water mark: on
+    /// the refill of a cache, off the lease's fast path.
+    #[cold]
+    #[inline(never)]
+    fn sample_in_use(&self) {
+        self.note_in_use(self.in_use() as i64);
     }
 
     /// Starts a tenancy of `index` (taken off the free list or a cache by the caller).
@@ -518,6 +548,7 @@ impl Arena {
             slots,
             global_net: stat::AtomicI64::new(0),
             shards: stat::Mutex::new(Vec::new()),
+            high_water: stat::AtomicU64::new(0),
         });
         let batch = shared.batch;
         Arc::new(Arena {
@@ -560,13 +591,19 @@ impl Arena {
     /// Slots currently leased: the sum of the per-cache shards and the global count. Exact when
     /// no thread is leasing or returning at the time; a statistic otherwise (never negative).
     pub fn in_use(&self) -> u64 {
-        let shards = self.shared().shards.lock().unwrap_or_else(|e| e.into_inner());
-        let sum = shards
-            .iter()
-            .fold(self.shared().global_net.load(stat::Ordering::Relaxed), |a, s| {
-                a + s.net.load(stat::Ordering::Relaxed)
-            });
-        sum.max(0) as u64
+        self.shared().in_use()
+    }
+
+    /// The most slots in use at once so far, as far as the arena looked (no thread is woken to
+    /// sample it, and a lease from a thread's cache reads nothing shared), and at least
+    /// [`in_use`](Self::in_use) now. The count is read whenever slots leave the global free
+    /// list: on every lease of an arena without caches (each moves the global count, so this is
+    /// its exact peak) and whenever a thread's cache refills. Between two refills a thread can
+    /// lease at most the slots its cache holds (`2 × batch`) without one, so the true peak
+    /// is at most `2 × batch` slots per thread with a cache above what this reports.
+    pub fn high_water(&self) -> u64 {
+        let s = self.shared();
+        s.high_water.load(stat::Ordering::Relaxed).max(s.in_use())
     }
 
     /// Whether `(index, generation)` names the current (or most recent) tenancy of a slot. A
@@ -607,7 +644,13 @@ impl Arena {
         let s = self.shared();
         let mut one = [NIL];
         (s.pop_batch(&mut one) == 1).then(|| {
-            s.global_net.fetch_add(1, stat::Ordering::Relaxed);
+            let before = s.global_net.fetch_add(1, stat::Ordering::Relaxed);
+            if s.batch == 0 {
+                // No caches and so no shards: the global count is the count in use.
+                s.note_in_use(before + 1);
+            } else {
+                s.sample_in_use();
+            }
             s.lease(one[0])
         })
     }
@@ -622,7 +665,8 @@ impl Arena {
         if !std::ptr::eq(cache.shared, s) {
             cache.bind(self);
         }
-        if cache.len == 0 {
+        let refilled = cache.len == 0;
+        if refilled {
             cache.len = s.pop_batch(&mut cache.items[..cache.batch]);
             if cache.len == 0 {
                 return None;
@@ -631,6 +675,9 @@ impl Arena {
         cache.len -= 1;
         if let Some(sh) = &cache.shard {
             sh.add(1);
+        }
+        if refilled {
+            s.sample_in_use();
         }
         Some(s.lease(cache.items[cache.len]))
     }
@@ -1103,6 +1150,67 @@ mod tests {
         assert_eq!(arena.in_use(), 0);
         drop(arena.acquire().unwrap());
         assert_eq!(arena.in_use(), 0);
+    }
+
+    /// An arena without caches moves its one global count on every lease: its high-water mark
+    /// is the exact peak, from any thread, and it stays after the slots go back.
+    #[test]
+    fn high_water_of_an_arena_without_caches_is_its_exact_peak() {
+        let arena = Arena::with_batch(100, 4096, 0).unwrap();
+        assert_eq!(arena.high_water(), 0);
+        let mut held: Vec<_> = (0..30).map(|_| arena.acquire().unwrap()).collect();
+        held.truncate(10);
+        let a2 = arena.clone();
+        let theirs = std::thread::spawn(move || (0..25).map(|_| a2.acquire().unwrap()).collect::<Vec<_>>())
+            .join()
+            .unwrap();
+        assert_eq!(arena.in_use(), 35);
+        assert_eq!(arena.high_water(), 35, "10 held here and 25 there, after 30 here alone");
+        drop((held, theirs));
+        assert_eq!(arena.in_use(), 0);
+        assert_eq!(arena.high_water(), 35);
+    }
+
+    /// With caches, the count is read at each refill: a burst that came and went is seen within
+    /// `2 × batch` slots per thread of its peak, without anyone sampling in between.
+    #[test]
+    fn high_water_with_caches_sees_a_burst_that_came_and_went() {
+        const BATCH: u32 = 8;
+        let arena = Arena::with_batch(512, 4096, BATCH).unwrap();
+        let burst = |n: usize| {
+            let a = arena.clone();
+            move || drop((0..n).map(|_| a.acquire().unwrap()).collect::<Vec<_>>())
+        };
+        burst(100)();
+        assert_eq!(arena.in_use(), 0);
+        let seen = arena.high_water();
+        assert!(
+            (100 - 2 * BATCH as u64..=100).contains(&seen),
+            "one thread's burst of 100: {seen}"
+        );
+        // Two threads at once, each holding 150 until both have them: a peak of 300.
+        let both = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    let held: Vec<_> = (0..150).map(|_| arena.acquire().unwrap()).collect();
+                    both.wait();
+                    drop(held);
+                });
+            }
+        });
+        assert_eq!(arena.in_use(), 0);
+        let seen = arena.high_water();
+        assert!(
+            (300 - 2 * 2 * BATCH as u64..=300).contains(&seen),
+            "two threads' 150 each: {seen}"
+        );
+        // Leases recycled through one cache: a refill, then none; the mark stays where it was.
+        let mut cache = LocalCache::new();
+        for _ in 0..1000 {
+            arena.acquire_with(&mut cache).unwrap().release_into(&mut cache);
+        }
+        assert_eq!(arena.high_water(), seen);
     }
 
     /// Which pages of `range` are resident (mincore).

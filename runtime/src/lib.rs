@@ -669,6 +669,12 @@ impl Runtime {
         (self.arena.in_use(), self.arena.slot_count())
     }
 
+    /// The most request slots in use at once so far ([`Arena::high_water`]: read when slots
+    /// leave the arena's free list, so no thread samples it).
+    pub fn arena_high_water(&self) -> u64 {
+        self.arena.high_water()
+    }
+
     /// Out slots in use and total (calls in progress, local replies being sent).
     pub fn out_slot_usage(&self) -> (u64, u32) {
         (self.outs.in_use(), self.outs.slot_count())

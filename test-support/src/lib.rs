@@ -14,7 +14,7 @@ mod probe;
 pub use build::{c_plugins, go_library, run_script, weft_worker};
 pub use nats::{NatsServer, nats_server_bin};
 pub use net::{free_port, wait_for, wait_listening};
-pub use probe::{PhaseCount, thread_wakeups};
+pub use probe::{PhaseCount, process_thread_wakeups, thread_wakeups};
 
 use std::path::Path;
 

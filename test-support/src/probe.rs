@@ -60,8 +60,17 @@ impl PhaseCount {
 /// Voluntary context switches of this process's threads named `name` (each one a sleep that
 /// ended: a wake-up), from /proc/self/task.
 pub fn thread_wakeups(name: &str) -> u64 {
+    wakeups_in("/proc/self/task", name)
+}
+
+/// [`thread_wakeups`] of another process (a spawned `weft-proxy`, say).
+pub fn process_thread_wakeups(pid: u32, name: &str) -> u64 {
+    wakeups_in(&format!("/proc/{pid}/task"), name)
+}
+
+fn wakeups_in(tasks: &str, name: &str) -> u64 {
     let mut n = 0;
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+    for task in std::fs::read_dir(tasks).unwrap().flatten() {
         if std::fs::read_to_string(task.path().join("comm"))
             .unwrap_or_default()
             .trim()
