@@ -99,13 +99,13 @@ impl Proxy {
         let req = Box::new(Request::from_parts(head.take().expect(TAKEN), body));
         let resp = f.forward(req, &mut pick).await?;
         let (mut parts, mut body) = upstream_head(resp, upgrade, route).into_parts();
-        f.response_phases(&mut parts, &mut body).await?;
+        let mode = f.response_phases(&mut parts, &mut body).await?;
         let addr = route.upstream.address(&pick);
         if f.exchange.is_none() {
             // No plugins: without the body stage's future.
             return Ok(untouched(route, addr, parts, body));
         }
-        Ok(f.response_body(parts, body, head_request, addr).await)
+        Ok(f.response_body(parts, body, head_request, addr, mode).await)
     }
 
     /// Refuses what cannot be proxied (CONNECT, a bad `Host`, a path that does not normalise),
@@ -405,16 +405,18 @@ impl Flight<'_> {
 
     /// The response-headers phases (reverse chain order); a local reply replaces the upstream's
     /// response (dropping its body closes or returns the upstream connection). `body` goes on
-    /// sending a request body still streaming while the phase waits for the exchange.
-    async fn response_phases(&mut self, parts: &mut http::response::Parts, body: &mut ResponseBody) -> Step<()> {
+    /// sending a request body still streaming while the phase waits for the exchange. Returns
+    /// how the response body goes through the chain, asked under the same lock.
+    async fn response_phases(&mut self, parts: &mut http::response::Parts, body: &mut ResponseBody) -> Step<BodyMode> {
         let Some(x) = self.exchange.as_mut() else {
-            return Ok(());
+            return Ok(BodyMode::None);
         };
         let mut x = x.lock_driving(body).await;
         // Timed when a plugin has the phase (two clock reads and a histogram otherwise spent on
         // a chain without it).
         let t = x.handles(WeftPhase::ResponseHeaders).then(quanta::Instant::now);
         let flow = x.response_headers_async(parts).await;
+        let mode = x.body_mode(BodySide::Response);
         drop(x);
         if let Some(t) = t {
             self.route
@@ -423,32 +425,30 @@ impl Flight<'_> {
         }
         match flow {
             Flow::Respond(resp) => Err(plugin_reply(resp, self.exchange.take())),
-            Flow::Continue => Ok(()),
+            Flow::Continue => Ok(mode),
         }
     }
 
-    /// The response body to the client: untouched, streamed through body plugins, or collected
-    /// for buffered ones. Responses that cannot have a body never reach body plugins.
+    /// The response body to the client (`mode`: as the response phases found it): untouched,
+    /// streamed through body plugins, or collected for buffered ones. Responses that cannot have
+    /// a body never reach body plugins.
     async fn response_body(
         mut self,
         mut parts: http::response::Parts,
-        mut body: ResponseBody,
+        body: ResponseBody,
         head_request: bool,
         addr: &Authority,
+        mode: BodyMode,
     ) -> Reply {
         let route = self.route;
-        let Some(x) = self.exchange.as_mut() else {
+        if self.exchange.is_none() {
             return untouched(route, addr, parts, body);
-        };
+        }
         let no_body = head_request
             || parts.status.is_informational()
             || parts.status == StatusCode::NO_CONTENT
             || parts.status == StatusCode::NOT_MODIFIED;
-        let mode = if no_body {
-            BodyMode::None
-        } else {
-            x.lock_driving(&mut body).await.body_mode(BodySide::Response)
-        };
+        let mode = if no_body { BodyMode::None } else { mode };
         debug!(route = %route.name, %addr, status = parts.status.as_u16(), ?mode, "proxied");
         match mode {
             BodyMode::None => Response::from_parts(parts, ProxyBody::new(body, self.exchange)),
