@@ -8,6 +8,7 @@ pub mod accept;
 pub mod admin;
 pub mod balance;
 pub mod body;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod demo;

@@ -23,7 +23,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::uri::Authority;
@@ -33,6 +33,7 @@ use thread_local::ThreadLocal;
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, Drive, Pieces, UpstreamBody};
+use crate::clock;
 use crate::h1::encode::{self, BodySize};
 use crate::h1::head::{self, Head, Parsed};
 use crate::h1::recv::{self, Reader};
@@ -320,7 +321,8 @@ fn body_size(body: &UpstreamBody) -> BodySize {
 /// An idle connection and when it became idle.
 struct Idle {
     conn: Box<Conn>,
-    since: Instant,
+    /// When it came back ([`clock::coarse_monotonic`]: the timeout is 90 s).
+    since: Duration,
 }
 
 /// One thread's idle connections, by address (an upstream has a handful of addresses).
@@ -345,7 +347,7 @@ impl Pool {
     }
 
     /// Drops closed connections and those idle since before `expired`.
-    fn reap(&mut self, expired: Instant) {
+    fn reap(&mut self, expired: Duration) {
         for (_, list) in &mut self.idle {
             list.retain_mut(|i| i.since > expired && i.conn.reusable());
         }
@@ -380,7 +382,7 @@ impl Pools {
     pub fn checkout(&self, addr: &Authority) -> Option<Box<Conn>> {
         let mut pool = self.pool().borrow_mut();
         let list = pool.list(addr);
-        let expired = Instant::now().checked_sub(IDLE_TIMEOUT);
+        let expired = clock::coarse_monotonic().checked_sub(IDLE_TIMEOUT);
         while let Some(mut idle) = list.pop() {
             if expired.is_none_or(|e| idle.since > e) && idle.conn.reusable() {
                 return Some(idle.conn);
@@ -421,7 +423,7 @@ impl Home {
         if list.len() < MAX_IDLE_PER_ADDRESS {
             list.push(Idle {
                 conn,
-                since: Instant::now(),
+                since: clock::coarse_monotonic(),
             });
         }
     }
@@ -435,7 +437,7 @@ async fn reap(threads: Weak<ThreadLocal<RefCell<Pool>>>) {
         let Some(threads) = threads.upgrade() else {
             return;
         };
-        let Some(expired) = Instant::now().checked_sub(IDLE_TIMEOUT) else {
+        let Some(expired) = clock::coarse_monotonic().checked_sub(IDLE_TIMEOUT) else {
             continue;
         };
         if let Some(cell) = threads.get()
@@ -573,6 +575,7 @@ mod tests {
     use std::io::{Read, Write};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::Wake;
+    use std::time::Instant;
 
     use super::*;
 

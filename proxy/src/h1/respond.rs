@@ -4,7 +4,7 @@
 //! HEAD, 204 and 304 responses have no body; a `date` is added when there is none.
 
 use std::cell::RefCell;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, HeaderValue, TRAILER, TRANSFER_ENCODING};
 use http::response::Parts;
@@ -299,13 +299,12 @@ thread_local! {
     static DATE_LINE: RefCell<(u64, [u8; 37])> = const { RefCell::new((u64::MAX, [0; 37])) };
 }
 
-/// Appends `date: <IMF-fixdate>\r\n` for now.
+/// Appends `date: <IMF-fixdate>\r\n` for now (the coarse wall clock: a few ms behind at most).
 pub fn date_line(out: &mut Vec<u8>) {
-    let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = crate::clock::coarse_unix_time().as_secs();
     DATE_LINE.with_borrow_mut(|(at, line)| {
         if *at != secs {
-            let text = httpdate::fmt_http_date(now);
+            let text = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(secs));
             line[..6].copy_from_slice(b"date: ");
             line[6..35].copy_from_slice(&text.as_bytes()[..29]);
             line[35..].copy_from_slice(b"\r\n");
@@ -319,6 +318,7 @@ pub fn date_line(out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use http::Response;
+    use std::time::SystemTime;
 
     fn encode(
         status: u16,
