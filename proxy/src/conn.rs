@@ -52,10 +52,14 @@ use crate::tls::MaybeTls;
 use crate::tls::server::{TlsInfo, TlsListener};
 
 /// A connection's client, made once per connection and shared by its requests (a pointer each):
-/// the address with its text for plugins' views, and its `x-forwarded-for` value.
+/// the address with its text for plugins' views, its `x-forwarded-for` value, and the timer its
+/// requests' upstream waits reuse.
 pub struct Peer {
     pub addr: ClientAddr,
     pub ip: ClientIp,
+    /// Times each request's wait for its upstream's response head (`upstreams[].timeout_ms`), one
+    /// request after another ([`Reused`](crate::timer::Reused)).
+    pub upstream_timer: crate::timer::Reused,
 }
 
 impl Peer {
@@ -63,6 +67,7 @@ impl Peer {
         Peer {
             addr: ClientAddr::new(remote),
             ip: ClientIp::new(remote.ip()),
+            upstream_timer: Default::default(),
         }
     }
 }

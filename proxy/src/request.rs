@@ -97,7 +97,7 @@ impl Proxy {
         // Boxed once here and handed down by pointer: every async fn of the upstream path keeps
         // its argument in the request's future, which is moved whole into its box per request.
         let req = Box::new(Request::from_parts(head.take().expect(TAKEN), body));
-        let resp = f.forward(req, &mut pick).await?;
+        let resp = f.forward(req, &mut pick, &client.upstream_timer).await?;
         let (mut parts, mut body) = upstream_head(resp, upgrade, route).into_parts();
         let mode = f.response_phases(&mut parts, &mut body).await?;
         let addr = route.upstream.address(&pick);
@@ -376,10 +376,15 @@ impl Flight<'_> {
     /// Sends the request to the picked address of the route's upstream (another one on a
     /// retry: `pick` then says which) and waits for the response head: 504 on the upstream's
     /// timeout, 408 when the client's body stalled, 502 when it failed.
-    async fn forward(&mut self, req: Box<Request<UpstreamBody>>, pick: &mut Pick) -> Step<Response<ResponseBody>> {
+    async fn forward(
+        &mut self,
+        req: Box<Request<UpstreamBody>>,
+        pick: &mut Pick,
+        timer: &crate::timer::Reused,
+    ) -> Step<Response<ResponseBody>> {
         let (route, request_id) = (self.route, self.request_id);
         let upstream = &route.upstream;
-        let result = upstream.send(req, pick).await;
+        let result = upstream.send(req, pick, timer).await;
         let addr = upstream.address(pick);
         match result {
             Ok(resp) => Ok(resp),

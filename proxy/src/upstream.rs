@@ -27,6 +27,7 @@ use crate::health::{AddressHealth, Outcome};
 use crate::metrics::TimeoutKind;
 use crate::pool::{Conn, ExchangeError, PooledBody, Pools};
 use crate::retry::Retry;
+use crate::timer::Reused;
 use crate::tls::client::UpstreamTls;
 
 /// An upstream's response body as the proxy streams it: read on the request's own task,
@@ -164,16 +165,16 @@ impl Upstream {
     /// address may go to another ([`crate::retry`]), and `pick` then says which answered. The
     /// response body streams afterwards, outside the timeout, each wait for its next bytes
     /// bounded by `body_timeout_ms`. Each attempt's outcome counts toward its address's health
-    /// ([`crate::health`]).
+    /// ([`crate::health`]). `timer` is the client connection's, which its requests reuse.
     pub async fn send(
         &self,
         req: Box<Request<UpstreamBody>>,
         pick: &mut Pick,
+        timer: &Reused,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let result = {
             let attempts = std::pin::pin!(self.attempts(req, &mut *pick));
-            let sleep = std::pin::pin!(tokio::time::sleep(self.timeout));
-            crate::timer::within(attempts, sleep).await
+            timer.within(attempts, self.timeout).await
         };
         let resp = match result {
             Some(Ok(resp)) => resp,

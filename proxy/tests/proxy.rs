@@ -272,6 +272,43 @@ async fn slow_upstream_is_504() {
     assert_eq!(body_text(resp).await, "upstream timed out\n");
 }
 
+/// The requests of one keep-alive connection reuse its upstream timer, each timed from its own
+/// start: with a 300 ms timeout, requests of 200 ms one after another (each running past the
+/// deadline of the one before it) all get their answer, and one of 3 s is a 504 at its own
+/// deadline. The same on HTTP/2, where streams at once each time themselves.
+#[tokio::test]
+async fn requests_of_one_connection_are_each_timed_from_their_start() {
+    let upstream = spawn_upstream(|req: Request<Incoming>| async move {
+        let ms: u64 = req.uri().path().trim_start_matches("/d/").parse().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    })
+    .await;
+    let proxy = proxy_to(upstream, 300).await;
+    for c in [client(), h2_client()] {
+        let get = |path: &'static str| {
+            let c = c.clone();
+            async move {
+                let resp = c.get(format!("http://{proxy}{path}").parse().unwrap()).await.unwrap();
+                resp.status()
+            }
+        };
+        for _ in 0..4 {
+            assert_eq!(get("/d/200").await, StatusCode::OK);
+        }
+        let start = Instant::now();
+        assert_eq!(get("/d/3000").await, StatusCode::GATEWAY_TIMEOUT);
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(290) && took < Duration::from_secs(2),
+            "took {took:?}"
+        );
+        // Two at once: the one within its time is answered, the other times out.
+        let (fast, slow) = tokio::join!(get("/d/100"), get("/d/3000"));
+        assert_eq!((fast, slow), (StatusCode::OK, StatusCode::GATEWAY_TIMEOUT));
+    }
+}
+
 #[tokio::test]
 async fn http2_prior_knowledge_client() {
     let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;
