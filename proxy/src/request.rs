@@ -102,10 +102,20 @@ impl Proxy {
         let mode = f.response_phases(&mut parts, &mut body).await?;
         let addr = route.upstream.address(&pick);
         if f.exchange.is_none() {
-            // No plugins: without the body stage's future.
+            // No plugins.
             return Ok(untouched(route, addr, parts, body));
         }
-        Ok(f.response_body(parts, body, head_request, addr, mode).await)
+        // Responses that cannot have a body never reach body plugins.
+        let no_body = head_request
+            || parts.status.is_informational()
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
+        Ok(match mode {
+            // Boxed: the rare buffered path's state stays out of every request's future.
+            BodyMode::Buffered if !no_body => Box::pin(f.buffered_response(parts, body, addr)).await,
+            BodyMode::Streamed if !no_body => f.response_body(parts, body, addr, true),
+            _ => f.response_body(parts, body, addr, false),
+        })
     }
 
     /// Refuses what cannot be proxied (CONNECT, a bad `Host`, a path that does not normalise),
@@ -434,40 +444,36 @@ impl Flight<'_> {
         }
     }
 
-    /// The response body to the client (`mode`: as the response phases found it): untouched,
-    /// streamed through body plugins, or collected for buffered ones. Responses that cannot have
-    /// a body never reach body plugins.
-    async fn response_body(
+    /// The response to the client, its body untouched or (`streamed`) streamed through the body
+    /// plugins; no future of its own: the request's future moves nothing more for it.
+    fn response_body(
         mut self,
         mut parts: http::response::Parts,
         body: ResponseBody,
-        head_request: bool,
         addr: &Authority,
-        mode: BodyMode,
+        streamed: bool,
     ) -> Reply {
-        let route = self.route;
-        if self.exchange.is_none() {
-            return untouched(route, addr, parts, body);
+        debug!(route = %self.route.name, %addr, status = parts.status.as_u16(), streamed, "proxied");
+        if !streamed {
+            return Response::from_parts(parts, ProxyBody::new(body, self.exchange));
         }
-        let no_body = head_request
-            || parts.status.is_informational()
-            || parts.status == StatusCode::NO_CONTENT
-            || parts.status == StatusCode::NOT_MODIFIED;
-        let mode = if no_body { BodyMode::None } else { mode };
-        debug!(route = %route.name, %addr, status = parts.status.as_u16(), ?mode, "proxied");
-        match mode {
-            BodyMode::None => Response::from_parts(parts, ProxyBody::new(body, self.exchange)),
-            BodyMode::Streamed => {
-                parts.headers.remove(header::CONTENT_LENGTH);
-                let shared = self.exchange.take().expect("matched Some").into_shared();
-                let body = PluginBody::new(body, Arc::clone(&shared), BodySide::Response);
-                Response::from_parts(parts, ProxyBody::new(body, Some(Keep::Shared(shared))))
-            }
-            // Boxed: the rare buffered path's state stays out of every request's future.
-            BodyMode::Buffered => match Box::pin(self.response_body_buffered(&mut parts, body)).await {
-                Ok(pieces) => Response::from_parts(parts, ProxyBody::new(pieces, self.exchange)),
-                Err(reply) => reply,
-            },
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let shared = self.exchange.take().expect("a plugin route's exchange").into_shared();
+        let body = PluginBody::new(body, Arc::clone(&shared), BodySide::Response);
+        Response::from_parts(parts, ProxyBody::new(body, Some(Keep::Shared(shared))))
+    }
+
+    /// The response with its body collected for the buffered body plugins.
+    async fn buffered_response(
+        mut self,
+        mut parts: http::response::Parts,
+        body: ResponseBody,
+        addr: &Authority,
+    ) -> Reply {
+        debug!(route = %self.route.name, %addr, status = parts.status.as_u16(), "proxied, buffering the body");
+        match self.response_body_buffered(&mut parts, body).await {
+            Ok(pieces) => Response::from_parts(parts, ProxyBody::new(pieces, self.exchange)),
+            Err(reply) => reply,
         }
     }
 
