@@ -78,7 +78,7 @@ impl Proxy {
             exchange: start_chain(route, &client.addr, parts)?,
             request_id,
         };
-        f.request_phases(parts, &self.path_opts).await?;
+        let body_mode = f.request_phases(parts, &self.path_opts).await?;
         let upgrade = match (upgrade, &route.ws) {
             (Some(up), Some(ws)) => {
                 let parts = head.take().expect(TAKEN);
@@ -88,7 +88,16 @@ impl Proxy {
             (up, _) => up,
         };
         f.release_if_done();
-        let body = f.request_body(parts, body_slot.take().expect(TAKEN)).await?;
+        let body = body_slot.take().expect(TAKEN);
+        let body = match body_mode {
+            _ if f.exchange.is_none() => UpstreamBody::Plain(body),
+            BodyMode::None => UpstreamBody::Plain(body),
+            // Boxed: the rare buffered path's state stays out of every request's future.
+            BodyMode::Buffered => Box::pin(f.request_body_buffered(parts, body)).await?,
+            // Boxed too: its call's future would be the largest of the request's (~1 KB).
+            BodyMode::Streamed if body.is_end_stream() => Box::pin(f.request_body_empty(parts, body)).await?,
+            BodyMode::Streamed => f.stream_request_body(parts, body),
+        };
         let pick = self.address_upstream(parts, &client.ip, host.as_ref(), upgrade.is_some(), route);
         let Some(mut pick) = pick else {
             return Err(f.reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"));
@@ -259,10 +268,10 @@ impl Flight<'_> {
 
     /// The request-headers phases; a path a plugin set is normalised like a client's before it
     /// goes upstream (the runtime checked its bytes; `//admin` or `/x/../admin` are still valid
-    /// bytes).
-    async fn request_phases(&mut self, parts: &mut Parts, path_opts: &crate::path::PathOptions) -> Step<()> {
+    /// bytes). Returns how the request body goes through the chain, asked under the same lock.
+    async fn request_phases(&mut self, parts: &mut Parts, path_opts: &crate::path::PathOptions) -> Step<BodyMode> {
         let Some(x) = self.exchange.as_mut() else {
-            return Ok(());
+            return Ok(BodyMode::None);
         };
         let mut x = x.lock().await;
         let t = x.handles(WeftPhase::RequestHeaders).then(quanta::Instant::now);
@@ -271,6 +280,7 @@ impl Flight<'_> {
         // elsewhere; an unchanged one is normal already and is not walked again.
         let before = path_identity(&parts.uri);
         let flow = x.request_headers_async(parts).await;
+        let mode = x.body_mode(BodySide::Request);
         drop(x);
         if let Some(t) = t {
             self.route
@@ -281,7 +291,7 @@ impl Flight<'_> {
             return Err(plugin_reply(resp, self.exchange.take()));
         }
         if path_identity(&parts.uri) == before {
-            return Ok(());
+            return Ok(mode);
         }
         if let Err(e) = normalize_uri(&mut parts.uri, path_opts) {
             warn!(
@@ -290,7 +300,7 @@ impl Flight<'_> {
             );
             return Err(self.reply(StatusCode::INTERNAL_SERVER_ERROR, "plugin failure"));
         }
-        Ok(())
+        Ok(mode)
     }
 
     /// Drops the exchange when no phase after the request headers will read it (a chain of
@@ -307,31 +317,13 @@ impl Flight<'_> {
         }
     }
 
-    /// The request body: untouched, streamed through body plugins, or collected for buffered
-    /// ones (then forwarded with its exact new length).
-    async fn request_body(&mut self, parts: &mut Parts, body: RequestBody) -> Step<UpstreamBody> {
-        let Some(x) = self.exchange.as_mut() else {
-            return Ok(UpstreamBody::Plain(body));
-        };
-        let mode = x.lock().await.body_mode(BodySide::Request);
-        match mode {
-            BodyMode::None => Ok(UpstreamBody::Plain(body)),
-            // Boxed: the rare buffered path's state stays out of every request's future.
-            BodyMode::Buffered => Box::pin(self.request_body_buffered(parts, body)).await,
-            // Boxed too: its call's future would be the largest of the request's (~1 KB).
-            BodyMode::Streamed if body.is_end_stream() => Box::pin(self.request_body_empty(parts, body)).await,
-            BodyMode::Streamed => {
-                // The plugins may change the length: stream it (chunked upstream).
-                parts.headers.remove(header::CONTENT_LENGTH);
-                let shared = self.exchange.take().expect("matched Some").into_shared();
-                self.exchange = Some(Keep::Shared(Arc::clone(&shared)));
-                Ok(UpstreamBody::Plugin(Box::new(PluginBody::new(
-                    body,
-                    shared,
-                    BodySide::Request,
-                ))))
-            }
-        }
+    /// The request body streamed through the body plugins (the exchange becomes shared with it).
+    fn stream_request_body(&mut self, parts: &mut Parts, body: RequestBody) -> UpstreamBody {
+        // The plugins may change the length: stream it (chunked upstream).
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let shared = self.exchange.take().expect("a plugin route's exchange").into_shared();
+        self.exchange = Some(Keep::Shared(Arc::clone(&shared)));
+        UpstreamBody::Plugin(Box::new(PluginBody::new(body, shared, BodySide::Request)))
     }
 
     async fn request_body_buffered(&mut self, parts: &mut Parts, body: RequestBody) -> Step<UpstreamBody> {
