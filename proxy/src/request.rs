@@ -115,10 +115,7 @@ impl Proxy {
             return Ok(untouched(route, addr, parts, body));
         }
         // Responses that cannot have a body never reach body plugins.
-        let no_body = head_request
-            || parts.status.is_informational()
-            || parts.status == StatusCode::NO_CONTENT
-            || parts.status == StatusCode::NOT_MODIFIED;
+        let no_body = head_request || bodiless(parts.status);
         Ok(match mode {
             // Boxed: the rare buffered path's state stays out of every request's future.
             BodyMode::Buffered if !no_body => Box::pin(f.buffered_response(parts, body, addr)).await,
@@ -532,6 +529,11 @@ fn over_budget(status: StatusCode, exchange: Option<Keep>) -> Reply {
 }
 
 /// The upstream's response as it came, for a request without plugins.
+/// Whether a response with `status` has no body, whatever its headers say (1xx, 204, 304).
+fn bodiless(status: StatusCode) -> bool {
+    status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
+}
+
 fn untouched(route: &RouteTarget, addr: &Authority, parts: http::response::Parts, body: ResponseBody) -> Reply {
     debug!(route = %route.name, %addr, status = parts.status.as_u16(), "proxied");
     Response::from_parts(parts, ProxyBody::new(body, None))
