@@ -6,7 +6,7 @@
 //! elapsed first, so until [`Sleep::is_elapsed`] says so, polling it again can only return
 //! `Pending`.
 
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
@@ -48,19 +48,6 @@ impl Armed {
     }
 }
 
-/// `fut`'s output, or `None` once `sleep` fires first: `tokio::time::timeout` that looks at its
-/// timer only when it may have fired ([`Armed`]).
-pub async fn within<F: Future>(fut: Pin<&mut F>, sleep: Pin<&mut Sleep>) -> Option<F::Output> {
-    let (mut fut, mut sleep, mut armed) = (fut, sleep, Armed::default());
-    poll_fn(|cx| {
-        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Some(out));
-        }
-        armed.poll(sleep.as_mut(), cx).map(|()| None)
-    })
-    .await
-}
-
 /// A timer the requests of one connection reuse, one after another: taken for a wait and put
 /// back after it. A new tokio timer per request is registered in the timer wheel at its first
 /// wait and removed again when dropped: ~400 instructions a proxied request
@@ -74,8 +61,8 @@ pub async fn within<F: Future>(fut: Pin<&mut F>, sleep: Pin<&mut Sleep>) -> Opti
 pub struct Reused(Mutex<Option<Pin<Box<Sleep>>>>);
 
 impl Reused {
-    /// `fut`'s output, or `None` once `after` has passed first: [`within`] with the connection's
-    /// timer. (A future of its own, not an `async fn`: those nested in the request's future cost
+    /// `fut`'s output, or `None` once `after` has passed first: `tokio::time::timeout` with the
+    /// connection's timer, looked at only when it may have fired ([`Armed`]). (A future of its own, not an `async fn`: those nested in the request's future cost
     /// it more moves of their state than the timer saved.)
     pub fn within<'a, F: Future>(&'a self, fut: Pin<&'a mut F>, after: Duration) -> Within<'a, F> {
         let due = Instant::now() + after;
@@ -159,9 +146,13 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         });
-        let sleep = pin!(tokio::time::sleep(Duration::from_millis(50)));
         let t = std::time::Instant::now();
-        assert!(within(forever, sleep).await.is_none());
+        assert!(
+            Reused::default()
+                .within(forever, Duration::from_millis(50))
+                .await
+                .is_none()
+        );
         assert!(t.elapsed() >= Duration::from_millis(50));
     }
 
@@ -171,8 +162,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
             7
         });
-        let sleep = pin!(tokio::time::sleep(Duration::from_millis(50)));
-        assert_eq!(within(fut, sleep).await, Some(7));
+        assert_eq!(Reused::default().within(fut, Duration::from_millis(50)).await, Some(7));
     }
 
     /// One connection's requests: each fast one puts the timer back as it was, still
@@ -239,7 +229,6 @@ mod tests {
     async fn a_spent_budget_does_not_lose_the_timer() {
         // Spend the task's coop budget before the first poll of the sleep: it does not register
         // then, and must be polled again.
-        let sleep = pin!(tokio::time::sleep(Duration::from_millis(20)));
         let fut = pin!(async {
             loop {
                 for _ in 0..1000 {
@@ -251,7 +240,8 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         });
-        let bounded = tokio::time::timeout(Duration::from_secs(5), within(fut, sleep));
+        let reused = Reused::default();
+        let bounded = tokio::time::timeout(Duration::from_secs(5), reused.within(fut, Duration::from_millis(20)));
         assert!(bounded.await.expect("the timer fired").is_none());
     }
 }
