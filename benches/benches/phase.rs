@@ -14,7 +14,7 @@ use weft_runtime::{Flow, InstanceId, InstanceSpec, Runtime, RuntimeOptions};
 /// The allocator weft-proxy uses (`proxy/src/main.rs`): a phase's allocations (a header name or
 /// value a plugin sets) cost here what they cost in the proxy.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: weft_runtime::alloc::MiMalloc = weft_runtime::alloc::MiMalloc;
 
 /// The benchmarks' request with two more headers: ten in all.
 fn request() -> http::request::Parts {

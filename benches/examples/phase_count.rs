@@ -13,7 +13,7 @@ use std::hint::black_box;
 use weft_runtime::{Exchange, Flow, InstanceSpec, Runtime, RuntimeOptions};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: weft_runtime::alloc::MiMalloc = weft_runtime::alloc::MiMalloc;
 
 #[inline(never)]
 fn measured(ex: &mut Exchange, parts: &mut http::request::Parts, n: u64) {

@@ -13,9 +13,10 @@ use weft_proxy::server::tokio_runtime;
 
 /// mimalloc: per-thread free lists for the blocks a request allocates and frees on its serving
 /// thread (its boxed future among them). Go and C plugins keep their own allocators; no memory
-/// crosses the ABI to be freed on the other side.
+/// crosses the ABI to be freed on the other side. Through `weft_runtime::alloc`, which takes
+/// mimalloc's aligned entry points only for the alignments that need them.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: weft_runtime::alloc::MiMalloc = weft_runtime::alloc::MiMalloc;
 
 /// weft reverse proxy: hyper in front of upstreams, Go plugins in the middle.
 #[derive(Parser)]

@@ -5,6 +5,8 @@
 //! See `docs/architecture.md` for the data flow and who owns which memory.
 
 pub mod abi;
+#[cfg(feature = "mimalloc")]
+pub mod alloc;
 pub mod arena;
 mod batch_memo;
 pub mod budget;
