@@ -30,6 +30,7 @@ use http::uri::Authority;
 use http::{Method, Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use thread_local::ThreadLocal;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, Drive, Pieces, UpstreamBody};
@@ -301,6 +302,15 @@ impl Conn {
     fn reusable(&mut self) -> bool {
         if !self.clean() {
             return false;
+        }
+        // A plain socket without read readiness since its last read has had nothing come (no
+        // bytes, no close: the read below would find the same without a system call); seen from
+        // the readiness alone, ~150 instructions a request fewer. A TLS session is read: it may
+        // hold a record (a `close_notify`) its socket no longer shows.
+        if let MaybeTls::Plain(tcp) = &self.io
+            && tcp.try_io(Interest::READABLE, || Ok(())).is_err()
+        {
+            return true;
         }
         let mut cx = Context::from_waker(Waker::noop());
         recv::poll_read(&mut cx, &mut self.io, &mut self.read).is_pending()
@@ -722,6 +732,30 @@ mod tests {
                 assert!(s.sent().starts_with(b"GET / HTTP/1.1\r\n"));
             });
         }
+    }
+
+    /// An idle connection is reusable until its upstream sends something or closes it; either is
+    /// seen once the I/O driver has had the event (what `reusable` reads without a system call
+    /// on a plain socket).
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idle_connection_is_reusable_until_its_upstream_writes_or_closes() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let mut quiet = Conn::connect(&addr, Duration::from_secs(5), None).await.unwrap();
+        let (_quiet_up, _) = listener.accept().unwrap();
+        let mut chatty = Conn::connect(&addr, Duration::from_secs(5), None).await.unwrap();
+        let (mut chatty_up, _) = listener.accept().unwrap();
+        let mut closed = Conn::connect(&addr, Duration::from_secs(5), None).await.unwrap();
+        let (closed_up, _) = listener.accept().unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(quiet.reusable() && chatty.reusable() && closed.reusable());
+
+        chatty_up.write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n").unwrap();
+        drop(closed_up);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(quiet.reusable(), "nothing came");
+        assert!(!chatty.reusable(), "stray bytes");
+        assert!(!closed.reusable(), "closed by the upstream");
     }
 
     /// Off a current-thread runtime, tasks may move between threads: nothing is held, the
