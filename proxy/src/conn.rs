@@ -33,7 +33,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
@@ -45,6 +45,7 @@ use crate::body::{BoxError, Drive};
 use crate::config::Limits;
 use crate::forward::ClientIp;
 use crate::h1::lean_body::LeanBody;
+use crate::h1::recv::Readiness;
 use crate::h1::server::{Graceful, HyperConn, Serving};
 use crate::metrics::{self, TimeoutKind};
 use crate::timer::Armed;
@@ -655,6 +656,18 @@ where
 /// A client connection's stream: plain, or TLS over the same timed socket.
 pub type ClientIo = MaybeTls<TimedIo, Box<tokio_rustls::server::TlsStream<TimedIo>>>;
 
+/// A plain socket's read readiness as tokio's reactor holds it (no system call). A TLS session
+/// may hold a record its socket no longer shows: never known.
+impl Readiness for ClientIo {
+    #[inline]
+    fn known_unreadable(&self) -> bool {
+        match self {
+            MaybeTls::Plain(timed) => timed.io.try_io(Interest::READABLE, || Ok(())).is_err(),
+            MaybeTls::Tls(_) => false,
+        }
+    }
+}
+
 /// Serves the requests of one connection (a [`ClientIo`] in the proxy), to its end (see [`drive`]):
 /// on the lean HTTP/1.1 path ([`crate::h1::server`]) until a request that path does not serve
 /// hands the connection to hyper's server (`builder`).
@@ -668,7 +681,7 @@ fn serve_one<I, H, Fut, B>(
     remote: SocketAddr,
 ) -> impl Future<Output = ()> + Send + 'static
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Readiness + Unpin + Send + 'static,
     H: Fn(Request<RequestBody>, Arc<Peer>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Unpin + Send + 'static,

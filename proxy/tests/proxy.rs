@@ -309,6 +309,71 @@ async fn requests_of_one_connection_are_each_timed_from_their_start() {
     }
 }
 
+/// Reads one response with a `content-length` body from `s` (what is left after it stays in
+/// `rest`); its status and body. Fails if it does not come within 3 s.
+async fn read_response(s: &mut TcpStream, rest: &mut Vec<u8>) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        if let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&rest[..end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if rest.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&rest[end + 4..end + 4 + len]).into_owned();
+                let status = head[9..12].parse().unwrap();
+                rest.drain(..end + 4 + len);
+                return (status, body);
+            }
+        }
+        let mut buf = [0u8; 4096];
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, s.read(&mut buf))
+            .await
+            .expect("a response within 3 s")
+            .unwrap();
+        assert!(n > 0, "the proxy closed the connection");
+        rest.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// One keep-alive connection whose requests come every way a client sends them: the next one
+/// after a pause, at once, two in one write, and one sent while the answer to the one before is
+/// still on its way (the serving task watches the client meanwhile, and waits for its next head
+/// on what that watch left registered). Each is answered, in order.
+#[tokio::test]
+async fn a_keep_alive_connection_serves_requests_sent_at_any_moment() {
+    let upstream = spawn_upstream(|req: Request<Incoming>| async move {
+        let ms: u64 = req.uri().path().trim_start_matches("/d/").parse().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(Response::new(Full::new(Bytes::from(req.uri().path().to_owned()))))
+    })
+    .await;
+    let proxy = proxy_to(upstream, 5000).await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let mut rest = Vec::new();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: t\r\n\r\n");
+    for (path, pause) in [("/d/50", 100), ("/d/0", 100), ("/d/50", 0), ("/d/0", 0), ("/d/30", 250)] {
+        s.write_all(get(path).as_bytes()).await.unwrap();
+        assert_eq!(read_response(&mut s, &mut rest).await, (200, path.to_owned()));
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+    // Two in one write.
+    s.write_all((get("/d/40") + &get("/d/1")).as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut s, &mut rest).await, (200, "/d/40".to_owned()));
+    assert_eq!(read_response(&mut s, &mut rest).await, (200, "/d/1".to_owned()));
+    // The next request while the answer to this one is on its way.
+    s.write_all(get("/d/150").as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(get("/d/2").as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut s, &mut rest).await, (200, "/d/150".to_owned()));
+    assert_eq!(read_response(&mut s, &mut rest).await, (200, "/d/2".to_owned()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(get("/d/3").as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut s, &mut rest).await, (200, "/d/3".to_owned()));
+}
+
 #[tokio::test]
 async fn http2_prior_knowledge_client() {
     let upstream = spawn_demo_upstream("127.0.0.1:0".parse().unwrap()).await;

@@ -28,6 +28,20 @@ pub fn poll_read<R: AsyncRead + Unpin>(
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
+/// A stream whose read readiness can be looked at without reading it.
+pub trait Readiness {
+    /// Whether the stream is known to have nothing to read (no bytes, no close): its reactor has
+    /// not reported it readable since a read found it empty. `false` when that is not known.
+    fn known_unreadable(&self) -> bool;
+}
+
+/// In-memory streams (tests): never known.
+impl Readiness for tokio::io::DuplexStream {
+    fn known_unreadable(&self) -> bool {
+        false
+    }
+}
+
 /// The most room made for one read of a body: a large body is read (and goes on) in pieces of up
 /// to this much, not of the head's 8 KiB (hyper's reads grow to about 400 KiB).
 pub const MAX_BODY_READ: usize = 256 * 1024;

@@ -33,6 +33,7 @@ use tracing::debug;
 use super::encode::BodySize;
 use super::head::{Framing, Names};
 use super::lean_body::{self, Client, Feed, LeanBody};
+use super::recv::Readiness;
 use super::request::{self, MAX_LEAN_HEAD, Parsed};
 use super::send::Sending;
 use super::{ClientError, recv, respond};
@@ -103,7 +104,7 @@ impl Serving for Connection {
 /// `hyper` takes the connection when a request is not one the lean path serves.
 pub fn serve<I, S, Fut, B, H>(io: I, service: S, hyper: H) -> Connection
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Readiness + Unpin + Send + 'static,
     S: FnMut(Parts, Option<LeanBody>) -> Fut + Send + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
@@ -120,7 +121,7 @@ const READ_BUF: usize = 8192;
 
 async fn run<I, S, Fut, B, H>(mut io: I, mut service: S, hyper: H, closing: Arc<AtomicBool>) -> Result<(), BoxError>
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send,
+    I: AsyncRead + AsyncWrite + Readiness + Unpin + Send,
     S: FnMut(Parts, Option<LeanBody>) -> Fut,
     Fut: Future<Output = Response<B>>,
     B: Body<Data = Bytes> + Unpin,
@@ -130,8 +131,11 @@ where
     let mut buf = BytesMut::with_capacity(READ_BUF);
     let mut out = Vec::with_capacity(512);
     let mut names = Names::default();
+    // The client's socket has this task's waker from the last request's watch, with no read
+    // since (see `NoBody`).
+    let mut armed = false;
     loop {
-        let (parts, framing) = match read_head(&mut io, &mut buf, &mut names, &closing).await? {
+        let (parts, framing) = match read_head(&mut io, &mut buf, &mut names, &closing, armed).await? {
             Head::Lean(parts, framing) => (parts, framing),
             Head::Closed => return Ok(()),
             Head::Hyper(why) => {
@@ -146,9 +150,13 @@ where
         let served = match framing {
             Framing::Empty => {
                 let fut = std::pin::pin!(service(parts, None));
-                serve_request(&mut io, &mut buf, &NoBody, fut, &mut out, head_request, &closing).await?
+                let watch = NoBody::default();
+                let served = serve_request(&mut io, &mut buf, &watch, fut, &mut out, head_request, &closing).await?;
+                armed = watch.armed.load(Ordering::Relaxed);
+                served
             }
             framing => {
+                armed = false;
                 // request.rs let one `expect: 100-continue` through, no other.
                 let expect = parts.headers.contains_key(http::header::EXPECT);
                 // The body borrows the read buffer (its bytes start it) until the response is sent.
@@ -188,11 +196,15 @@ enum Head {
 }
 
 /// Reads until the buffer starts with a whole head.
-async fn read_head<I: AsyncRead + Unpin>(
+/// `armed`: the client's socket has this task's waker (registered by a read that found nothing)
+/// and has not been read since; then a first look that finds it still not readable waits for
+/// that waker without a read (~150 instructions a request: `scripts/callgrind-proxy`).
+async fn read_head<I: AsyncRead + Readiness + Unpin>(
     io: &mut I,
     buf: &mut BytesMut,
     names: &mut Names,
     closing: &AtomicBool,
+    mut armed: bool,
 ) -> io::Result<Head> {
     loop {
         match request::parse(buf, names) {
@@ -204,6 +216,9 @@ async fn read_head<I: AsyncRead + Unpin>(
             // Idle: a shutdown closes the connection now. A head under way is served first.
             if buf.is_empty() && closing.load(Ordering::Relaxed) {
                 return Poll::Ready(Ok(0));
+            }
+            if std::mem::take(&mut armed) && io.known_unreadable() {
+                return Poll::Pending;
             }
             recv::poll_read(cx, io, buf)
         })
@@ -258,8 +273,13 @@ trait Watch {
     fn poll_settle<I: AsyncWrite + Unpin>(&self, cx: &mut Context<'_>, io: &mut I) -> Poll<io::Result<()>>;
 }
 
-/// A request without a body: only the client's close is watched for.
-struct NoBody;
+/// A request without a body: only the client's close is watched for. `armed`: the last look
+/// found nothing to read and left the task's waker with the socket (a read that got bytes, or
+/// a full buffer, which is not read, leaves none).
+#[derive(Default)]
+struct NoBody {
+    armed: AtomicBool,
+}
 
 impl Watch for NoBody {
     #[inline]
@@ -273,7 +293,10 @@ impl Watch for NoBody {
         buf: &mut BytesMut,
         _: bool,
     ) -> Client {
-        match poll_gone(cx, io, buf) {
+        let gone = poll_gone(cx, io, buf);
+        self.armed
+            .store(gone.is_pending() && buf.len() < MAX_LEAN_HEAD, Ordering::Relaxed);
+        match gone {
             Poll::Ready(()) => Client::Gone,
             Poll::Pending => Client::Pending,
         }
