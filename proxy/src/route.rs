@@ -54,7 +54,7 @@ impl HostMatcher {
 /// Lowercases and drops the port: `Example.COM:8080` -> `example.com`, `[::1]:80` -> `[::1]`.
 /// Borrows `host` when it is lowercase already (what clients send): no allocation per request.
 pub fn normalize_host(host: &str) -> Cow<'_, str> {
-    let host = host.trim();
+    let host = host.trim_ascii();
     let without_port = if host.starts_with('[') {
         // IPv6 literal: the port, if any, follows the closing bracket.
         match host.find(']') {
@@ -62,8 +62,11 @@ pub fn normalize_host(host: &str) -> Cow<'_, str> {
             None => host,
         }
     } else {
-        match host.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        // The last ':' found by bytes: `rsplit_once(':')` took ~150 instructions a request
+        // through the char searcher (`scripts/callgrind-proxy`).
+        let bytes = host.as_bytes();
+        match bytes.iter().rposition(|&b| b == b':') {
+            Some(colon) if bytes[colon + 1..].iter().all(u8::is_ascii_digit) => &host[..colon],
             _ => host,
         }
     };
@@ -219,6 +222,11 @@ mod tests {
         assert_eq!(normalize_host("[::1]:8080"), "[::1]");
         assert_eq!(normalize_host("[::1]"), "[::1]");
         assert_eq!(normalize_host("127.0.0.1:80"), "127.0.0.1");
+        // Only the last ':' can start a port, and only digits follow it.
+        assert_eq!(normalize_host("a:b:80"), "a:b");
+        assert_eq!(normalize_host("host:abc"), "host:abc");
+        assert_eq!(normalize_host("host:"), "host");
+        assert_eq!(normalize_host(" example.com:80\t"), "example.com");
         // Lowercase already: borrowed, not copied.
         assert!(matches!(
             normalize_host("api.example.com:8080"),
