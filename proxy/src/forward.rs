@@ -452,16 +452,17 @@ pub fn add_forwarding_headers(
 
 /// Points the request at `upstream`, keeping path and query.
 pub fn upstream_uri(original: &Uri, upstream: &Authority) -> Uri {
-    let pq = original
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(upstream.clone())
-        .path_and_query(pq)
-        .build()
-        .expect("scheme, authority and path are each valid")
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(upstream.clone());
+    parts.path_and_query = Some(
+        original
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    // The parts straight, not through `Uri::builder` (whose steps each carry a `Result`).
+    Uri::from_parts(parts).expect("scheme, authority and path are each valid")
 }
 
 /// Response body sent to clients: the upstream's streamed body (or a local reply, or the body
