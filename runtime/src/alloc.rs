@@ -2,15 +2,16 @@
 //! plain entry points (feature `mimalloc`; weft-proxy and the phase benches allocate with it).
 //!
 //! The `mimalloc` crate's `GlobalAlloc` passes every layout to `mi_malloc_aligned`. mimalloc 3
-//! serves an aligned request from its small-block fast path only up to 1 KiB, and beyond that
-//! only when the rounded size is a power of two; every other request (a request's boxed future
-//! of a few KiB, a 48-byte block when no free block happens to sit at the right address) goes
-//! through its generic path and over-allocates by `align - 1` bytes: ~240 instructions a call
-//! instead of ~30, twice per proxied request (`scripts/callgrind-proxy`; mimalloc_rust
-//! pull request 170 proposes the same fix upstream). mimalloc aligns every block to 16 bytes
-//! (`MI_MAX_ALIGN_SIZE`) and a block smaller than that to 8, so a layout whose alignment is at
-//! most 16 and at most its size is what `mi_malloc` returns anyway; only larger alignments
-//! take the aligned entry points.
+//! serves an aligned request from its small-block fast path only up to 1 KiB and only when the
+//! size class has a block ready on its free list (freed blocks wait on another list until a
+//! generic call collects them), and from its plain path beyond that only when the rounded size
+//! is a power of two; every other request (a request's boxed future of 1.6 KiB, a small block
+//! whose class has its freed blocks still to collect) over-allocates by `align - 1` bytes
+//! through the generic path: ~240 instructions a call, twice per proxied request
+//! (`scripts/callgrind-proxy`; mimalloc_rust pull request 170 proposes the same fix upstream).
+//! mimalloc aligns every block of 16 bytes or more to 16 (`MI_MAX_ALIGN_SIZE`) and a smaller
+//! one to 8, so a layout whose alignment is at most 16 and at most its size is what `mi_malloc`
+//! returns anyway; only larger alignments take the aligned entry points.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;
