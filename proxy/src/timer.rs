@@ -62,8 +62,9 @@ pub struct Reused(Mutex<Option<Pin<Box<Sleep>>>>);
 
 impl Reused {
     /// `fut`'s output, or `None` once `after` has passed first: `tokio::time::timeout` with the
-    /// connection's timer, looked at only when it may have fired ([`Armed`]). (A future of its own, not an `async fn`: those nested in the request's future cost
-    /// it more moves of their state than the timer saved.)
+    /// connection's timer, looked at only when it may have fired ([`Armed`]). (A future of its
+    /// own, not an `async fn`: those nested in the request's future cost it more moves of their
+    /// state than the timer saved.)
     pub fn within<'a, F: Future>(&'a self, fut: Pin<&'a mut F>, after: Duration) -> Within<'a, F> {
         let due = Instant::now() + after;
         let kept = self.0.try_lock().ok().and_then(|mut t| t.take());

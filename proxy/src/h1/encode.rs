@@ -50,10 +50,14 @@ pub fn head<B>(req: &mut Request<B>, size: BodySize, out: &mut Vec<u8>) -> BodyE
 
 /// `bodiless`: GET, HEAD or CONNECT, which send no body of unknown size.
 fn framing(bodiless: bool, headers: &mut HeaderMap, size: BodySize) -> BodyEncoding {
-    if size == BodySize::Empty {
-        headers.remove(TRANSFER_ENCODING);
-        return BodyEncoding::Length(0);
-    }
+    let known = match size {
+        BodySize::Empty => {
+            headers.remove(TRANSFER_ENCODING);
+            return BodyEncoding::Length(0);
+        }
+        BodySize::Known(n) => Some(n),
+        BodySize::Unknown => None,
+    };
     if headers.contains_key(TRANSFER_ENCODING) {
         if !super::head::ends_in_chunked(headers) {
             headers.append(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
@@ -66,14 +70,13 @@ fn framing(bodiless: bool, headers: &mut HeaderMap, size: BodySize) -> BodyEncod
     if let Some(n) = super::head::content_length(headers).ok().flatten() {
         return BodyEncoding::Length(n);
     }
-    match size {
-        BodySize::Empty => BodyEncoding::Length(0),
-        BodySize::Known(n) => {
+    match known {
+        Some(n) => {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
             BodyEncoding::Length(n)
         }
-        BodySize::Unknown if bodiless => BodyEncoding::Length(0),
-        BodySize::Unknown => {
+        None if bodiless => BodyEncoding::Length(0),
+        None => {
             headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
             headers.remove(CONTENT_LENGTH);
             BodyEncoding::Chunked
