@@ -105,6 +105,12 @@ pub struct Conn {
 pub struct ExchangeError {
     pub error: ClientError,
     pub unsent: Option<Box<Request<UpstreamBody>>>,
+    /// A request without a body and of an idempotent method, written whole, on a connection
+    /// that closed (or was reset) before any byte of a response: on a connection taken from the
+    /// pool, the upstream's close of it while idle can cross the request on the wire (the close
+    /// had not reached the reactor when the connection was checked out), and the caller sends
+    /// it again on a new one (`upstream.rs`), as nginx retries an idempotent request.
+    pub unanswered: Option<Box<Request<UpstreamBody>>>,
 }
 
 impl Conn {
@@ -169,7 +175,10 @@ impl Conn {
         let mut req = req;
         let body = std::mem::replace(req.body_mut(), UpstreamBody::Full(Pieces::new(Vec::new())));
         self.out.clear();
-        let encoding = encode::head(&mut req, body_size(&body), &mut self.out);
+        let size = body_size(&body);
+        // Its body is the empty one left in `req`: the request can be written again as it is.
+        let resendable = size == BodySize::Empty && req.method().is_idempotent();
+        let encoding = encode::head(&mut req, size, &mut self.out);
         self.send = Some(Sending::new(body, encoding));
         let head_request = req.method() == Method::HEAD;
         let (_under_way, others) = UnderWay::enter();
@@ -210,11 +219,32 @@ impl Conn {
             }
             Err(error) => {
                 let send = conn.send.take().filter(|s| s.untouched());
-                let unsent = send.map(|s| {
-                    *req.body_mut() = s.into_body();
-                    req
-                });
-                Err(ExchangeError { error, unsent })
+                let closed_unanswered = conn.read.is_empty()
+                    && match &error {
+                        ClientError::Closed => true,
+                        ClientError::Io(e) => matches!(
+                            e.kind(),
+                            io::ErrorKind::ConnectionReset
+                                | io::ErrorKind::ConnectionAborted
+                                | io::ErrorKind::BrokenPipe
+                        ),
+                        _ => false,
+                    };
+                match send {
+                    Some(s) => {
+                        *req.body_mut() = s.into_body();
+                        Err(ExchangeError {
+                            error,
+                            unsent: Some(req),
+                            unanswered: None,
+                        })
+                    }
+                    None => Err(ExchangeError {
+                        error,
+                        unsent: None,
+                        unanswered: (resendable && closed_unanswered).then_some(req),
+                    }),
+                }
             }
         }
     }

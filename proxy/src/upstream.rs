@@ -247,8 +247,10 @@ impl Upstream {
 
     /// One exchange on a pooled connection (or a new one). A pooled connection that turns out
     /// to have closed before any of the request was written is replaced by a new connection
-    /// once; the request was not sent, so this is safe for any method. A failure carries the
-    /// request back when none of it was written.
+    /// once; the request was not sent, so this is safe for any method. So is one that closed
+    /// before answering a bodiless request of an idempotent method (`ExchangeError::unanswered`:
+    /// its idle close can cross the request). A failure carries the request back when none of
+    /// it was written.
     async fn exchange(
         &self,
         req: Box<Request<UpstreamBody>>,
@@ -272,10 +274,16 @@ impl Upstream {
             };
             match conn.exchange(req, self.pools.home(addr)).await {
                 Ok(resp) => return Ok(resp),
-                Err(ExchangeError {
-                    unsent: Some(unsent), ..
-                }) if reused => req = unsent,
-                Err(ExchangeError { error, unsent }) => {
+                Err(
+                    ExchangeError {
+                        unsent: Some(again), ..
+                    }
+                    | ExchangeError {
+                        unanswered: Some(again),
+                        ..
+                    },
+                ) if reused => req = again,
+                Err(ExchangeError { error, unsent, .. }) => {
                     return Err(Failed {
                         error: http_error(error),
                         unsent,

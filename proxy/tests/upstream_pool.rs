@@ -26,6 +26,9 @@ enum Answer {
     Held,
     /// A 10 MB response of which only the first 64 KiB is ever sent.
     Endless,
+    /// Like `Echo` on a new connection; on one that already served a request, reads the
+    /// request and closes without answering (the upstream's idle close crossing it).
+    DropWhenReused,
 }
 
 struct Upstream {
@@ -67,10 +70,13 @@ fn serve(
 ) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
-    loop {
+    for nth in 0.. {
         let Some(path) = read_head(&mut reader) else { return };
         served.fetch_add(1, Ordering::SeqCst);
         let how = answer(&path);
+        if let (Answer::DropWhenReused, 1..) = (how, nth) {
+            return;
+        }
         if let Answer::Endless = how {
             let _ = out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10000000\r\n\r\n");
             let _ = out.write_all(&[b'x'; 64 * 1024]);
@@ -133,11 +139,16 @@ async fn proxy_with(upstream: SocketAddr, extra: &str) -> SocketAddr {
 /// One GET over a new connection from a plain thread (so the client adds no task to the
 /// proxy's runtime); returns the status and the body.
 async fn get(proxy: SocketAddr, path: &str) -> (u16, String) {
+    request(proxy, "GET", path).await
+}
+
+/// [`get`] with another method (no body).
+async fn request(proxy: SocketAddr, method: &'static str, path: &str) -> (u16, String) {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(proxy).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").unwrap();
+        write!(s, "{method} {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").unwrap();
         let mut got = String::new();
         s.read_to_string(&mut got).unwrap();
         let status = got.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -267,6 +278,31 @@ async fn a_connection_closed_after_its_response_is_replaced() {
         assert_eq!(get(proxy, &path).await, (200, path));
     }
     assert_eq!(up.accepted.load(Ordering::SeqCst), 20);
+}
+
+/// A pooled connection closed before it answered a request it was sent (the upstream's idle
+/// close crossing the request): a bodiless request of an idempotent method goes again on a new
+/// connection, once; a POST, which may have had an effect, is answered 502.
+#[tokio::test(flavor = "current_thread")]
+async fn an_idempotent_request_a_reused_connection_dropped_goes_again_on_a_new_one() {
+    let up = upstream(|_| Answer::DropWhenReused);
+    let proxy = proxy_to(up.addr).await;
+    assert_eq!(get(proxy, "/first").await, (200, "/first".into()));
+    assert_eq!(get(proxy, "/again").await, (200, "/again".into()));
+    assert_eq!(
+        up.accepted.load(Ordering::SeqCst),
+        2,
+        "the dropped one went on a new connection"
+    );
+    assert_eq!(up.served.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        request(proxy, "DELETE", "/idempotent").await,
+        (200, "/idempotent".into())
+    );
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 3);
+    assert_eq!(request(proxy, "POST", "/not-again").await.0, 502);
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 3, "a POST is not sent again");
+    assert_eq!(up.served.load(Ordering::SeqCst), 6);
 }
 
 /// A response the client abandoned halfway leaves the rest of it on its connection: that
