@@ -45,6 +45,7 @@ use crate::body::{BoxError, Drive};
 use crate::config::Limits;
 use crate::forward::ClientIp;
 use crate::h1::lean_body::LeanBody;
+use crate::h1::lines::{HeadLines, Lines};
 use crate::h1::recv::Readiness;
 use crate::h1::server::{Graceful, HyperConn, Serving};
 use crate::metrics::{self, TimeoutKind};
@@ -180,6 +181,12 @@ impl<B> TimedBody<B> {
 impl<B: Drive> Drive for TimedBody<B> {
     fn poll_drive(&mut self, cx: &mut Context<'_>) {
         self.inner.poll_drive(cx);
+    }
+}
+
+impl<B: HeadLines> HeadLines for TimedBody<B> {
+    fn take_lines(&mut self) -> Option<Box<Lines>> {
+        self.inner.take_lines()
     }
 }
 
@@ -483,6 +490,12 @@ pub struct Tracked<B> {
     _active: Active,
 }
 
+impl<B: HeadLines> HeadLines for Tracked<B> {
+    fn take_lines(&mut self) -> Option<Box<Lines>> {
+        self.inner.take_lines()
+    }
+}
+
 impl<B> Body for Tracked<B>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -565,7 +578,7 @@ pub async fn serve_connections<H, Fut, B>(
 where
     H: Fn(Request<RequestBody>, Arc<Peer>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B: Body<Data = Bytes> + HeadLines + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let per_ip = limits.max_connections_per_ip.map(PerIp::new);
@@ -591,7 +604,7 @@ pub async fn serve_connections_with<H, Fut, B>(
 where
     H: Fn(Request<RequestBody>, Arc<Peer>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B: Body<Data = Bytes> + HeadLines + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let builder = Arc::new(builder(&limits));
@@ -684,7 +697,7 @@ where
     I: AsyncRead + AsyncWrite + Readiness + Unpin + Send + 'static,
     H: Fn(Request<RequestBody>, Arc<Peer>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B: Body<Data = Bytes> + HeadLines + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let state = Arc::new(ConnState::default());
@@ -718,7 +731,14 @@ where
         let serve = serve.clone();
         service_fn(move |req: Request<Incoming>| {
             let fut = serve(req.map(ClientBody::Hyper));
-            async move { Ok::<_, Infallible>(fut.await) }
+            async move {
+                let mut resp = fut.await;
+                // hyper writes the map: a response's fields kept as lines go into it.
+                if let Some(lines) = resp.body_mut().take_lines() {
+                    lines.into_map(resp.headers_mut());
+                }
+                Ok::<_, Infallible>(resp)
+            }
         })
     };
     let conn = crate::h1::server::serve(

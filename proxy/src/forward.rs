@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::body::{BoxError, Keep};
+use crate::h1::lines::{HeadLines, Lines};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -478,6 +479,8 @@ pub fn upstream_uri(original: &Uri, upstream: &Authority) -> Uri {
 pub struct ProxyBody {
     inner: UnsyncBoxBody<Bytes, BoxError>,
     _exchange: Option<Keep>,
+    /// The response head's fields, when they stayed as the upstream's lines.
+    lines: Option<Box<Lines>>,
 }
 
 impl ProxyBody {
@@ -489,11 +492,24 @@ impl ProxyBody {
         ProxyBody {
             inner: body.map_err(Into::into).boxed_unsync(),
             _exchange: exchange.filter(Keep::needed_after_head),
+            lines: None,
         }
+    }
+
+    /// The body of a response whose head's fields are `lines` (its map holds only what the
+    /// proxy added).
+    pub fn with_lines(self, lines: Option<Box<Lines>>) -> Self {
+        ProxyBody { lines, ..self }
     }
 
     pub fn full(bytes: impl Into<Bytes>, exchange: Option<Keep>) -> Self {
         ProxyBody::new(Full::new(bytes.into()), exchange)
+    }
+}
+
+impl HeadLines for ProxyBody {
+    fn take_lines(&mut self) -> Option<Box<Lines>> {
+        self.lines.take()
     }
 }
 

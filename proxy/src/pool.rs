@@ -36,7 +36,8 @@ use tokio::net::TcpStream;
 use crate::body::{BoxError, Drive, Pieces, UpstreamBody};
 use crate::clock;
 use crate::h1::encode::{self, BodySize};
-use crate::h1::head::{self, Head, Parsed};
+use crate::h1::head::{self, Ask, Fields, Head, Parsed};
+use crate::h1::lines::{HeadLines, Lines};
 use crate::h1::recv::{self, Reader};
 use crate::h1::send::Sending;
 use crate::h1::{ClientError, Error};
@@ -169,6 +170,7 @@ impl Conn {
         mut self: Box<Conn>,
         req: Box<Request<UpstreamBody>>,
         home: Home,
+        fields: Fields,
     ) -> Result<Response<PooledBody>, ExchangeError> {
         // The request stays boxed while it is sent (not taken apart into this future, which
         // is part of every request's), its body in `send`; a failure puts it back.
@@ -180,7 +182,10 @@ impl Conn {
         let resendable = size == BodySize::Empty && req.method().is_idempotent();
         let encoding = encode::head(&mut req, size, &mut self.out);
         self.send = Some(Sending::new(body, encoding));
-        let head_request = req.method() == Method::HEAD;
+        let ask = Ask {
+            head_request: req.method() == Method::HEAD,
+            fields,
+        };
         let (_under_way, others) = UnderWay::enter();
         let mut first = others > 0;
         let mut conn = Some(self);
@@ -193,7 +198,7 @@ impl Conn {
                     return Poll::Ready(outcome);
                 }
             } else if std::mem::take(&mut first) {
-                match held::hold(conn.take().expect(HERE), cx.waker(), head_request) {
+                match held::hold(conn.take().expect(HERE), cx.waker(), ask) {
                     Ok(h) => {
                         held = Some(h);
                         return Poll::Pending;
@@ -207,7 +212,7 @@ impl Conn {
                     }
                 }
             }
-            conn.as_mut().expect(HERE).poll_head(cx, head_request)
+            conn.as_mut().expect(HERE).poll_head(cx, ask)
         })
         .await;
         let mut conn = conn.expect(HERE);
@@ -252,14 +257,14 @@ impl Conn {
     /// Reads (first, so that a close the upstream sent while the connection was idle is seen
     /// before anything is written) and writes until a final response head is in. A failed write
     /// does not end the exchange: the upstream may have answered early and closed.
-    fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool) -> Poll<Result<Box<Head>, ClientError>> {
+    fn poll_head(&mut self, cx: &mut Context<'_>, ask: Ask) -> Poll<Result<Box<Head>, ClientError>> {
         loop {
             match recv::poll_read(cx, &mut self.io, &mut self.read) {
                 Poll::Ready(Ok(0)) => {
                     let error = self.write_error.take().map_or(ClientError::Closed, ClientError::Io);
                     return Poll::Ready(Err(error));
                 }
-                Poll::Ready(Ok(_)) => match self.parse_head(head_request)? {
+                Poll::Ready(Ok(_)) => match self.parse_head(ask)? {
                     Some(head) => return Poll::Ready(Ok(head)),
                     None => continue,
                 },
@@ -277,9 +282,9 @@ impl Conn {
 
     /// The final head at the start of the read buffer, once it is whole (informational heads
     /// are dropped).
-    fn parse_head(&mut self, head_request: bool) -> Result<Option<Box<Head>>, Error> {
+    fn parse_head(&mut self, ask: Ask) -> Result<Option<Box<Head>>, Error> {
         loop {
-            match head::parse(&mut self.read, head_request, &mut self.names)? {
+            match head::parse(&mut self.read, ask, &mut self.names)? {
                 Parsed::Partial => return Ok(None),
                 Parsed::Informational(n) => {
                     let _ = self.read.split_to(n);
@@ -493,6 +498,8 @@ async fn reap(threads: Weak<ThreadLocal<RefCell<Pool>>>) {
 /// end, the connection is closed: the rest of the response is still on it).
 pub struct PooledBody {
     inner: Inner,
+    /// The head's fields, when they stayed as lines ([`Fields::Lines`]).
+    lines: Option<Box<Lines>>,
 }
 
 enum Inner {
@@ -514,6 +521,7 @@ impl PooledBody {
     pub fn detached(body: Incoming) -> PooledBody {
         PooledBody {
             inner: Inner::Detached(body),
+            lines: None,
         }
     }
 
@@ -533,8 +541,15 @@ impl PooledBody {
             head.parts,
             PooledBody {
                 inner: Inner::Pooled(pooled),
+                lines: head.lines,
             },
         )
+    }
+}
+
+impl HeadLines for PooledBody {
+    fn take_lines(&mut self) -> Option<Box<Lines>> {
+        self.lines.take()
     }
 }
 
@@ -653,7 +668,7 @@ mod tests {
             .unwrap();
         let under_way: Vec<_> = (0..others).map(|_| UnderWay::enter().0).collect();
         let mut exchange: Pin<Box<dyn Future<Output = _> + Send>> =
-            Box::pin(conn.exchange(Box::new(req), Pools::default().home(&addr)));
+            Box::pin(conn.exchange(Box::new(req), Pools::default().home(&addr), Fields::Map));
         let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
         let waker = Waker::from(Arc::clone(&wakes));
         assert!(exchange.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
@@ -827,7 +842,9 @@ mod tests {
         upstream
             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
             .unwrap();
-        let resp = conn.exchange(Box::new(req), Pools::default().home(&addr)).await;
+        let resp = conn
+            .exchange(Box::new(req), Pools::default().home(&addr), Fields::Map)
+            .await;
         let mut body = resp.map_err(|e| e.error).unwrap().into_body();
         drop(feed.finish());
         let mut cx = Context::from_waker(Waker::noop());

@@ -25,6 +25,8 @@ use crate::forward::{
     ClientIp, ProxyBody, Seen, add_forwarding_headers, check_host, join_cookies, local_reply, pin_host,
     strip_hop_by_hop, strip_seen_hop_by_hop, upstream_uri,
 };
+use crate::h1::head::Fields;
+use crate::h1::lines::HeadLines as _;
 use crate::proxy::{Proxy, RouteTarget};
 use crate::route::{Found, normalize_host};
 use crate::server::error_chain;
@@ -98,6 +100,12 @@ impl Proxy {
             BodyMode::Streamed if body.is_end_stream() => Box::pin(f.request_body_empty(parts, body)).await?,
             BodyMode::Streamed => f.stream_request_body(parts, body),
         };
+        // No plugin reads the response, and it goes to an HTTP/1.1 client (the version is the
+        // client's until `address_upstream`): its fields may stay as the upstream's lines.
+        let fields = match f.exchange {
+            None if parts.version == Version::HTTP_11 => Fields::Lines,
+            _ => Fields::Map,
+        };
         let pick = self.address_upstream(parts, &client.ip, host.as_ref(), upgrade.is_some(), route);
         let Some(mut pick) = pick else {
             return Err(f.reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"));
@@ -106,7 +114,7 @@ impl Proxy {
         // Boxed once here and handed down by pointer: every async fn of the upstream path keeps
         // its argument in the request's future, which is moved whole into its box per request.
         let req = Box::new(Request::from_parts(head.take().expect(TAKEN), body));
-        let resp = f.forward(req, &mut pick, &client.upstream_timer).await?;
+        let resp = f.forward(req, &mut pick, &client.upstream_timer, fields).await?;
         let (mut parts, mut body) = upstream_head(resp, upgrade, route).into_parts();
         let mode = f.response_phases(&mut parts, &mut body).await?;
         let addr = route.upstream.address(&pick);
@@ -380,10 +388,11 @@ impl Flight<'_> {
         req: Box<Request<UpstreamBody>>,
         pick: &mut Pick,
         timer: &crate::timer::Reused,
+        fields: Fields,
     ) -> Step<Response<ResponseBody>> {
         let (route, request_id) = (self.route, self.request_id);
         let upstream = &route.upstream;
-        let result = upstream.send(req, pick, timer).await;
+        let result = upstream.send(req, pick, timer, fields).await;
         let addr = upstream.address(pick);
         match result {
             Ok(resp) => Ok(resp),
@@ -534,9 +543,10 @@ fn bodiless(status: StatusCode) -> bool {
     status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
 }
 
-fn untouched(route: &RouteTarget, addr: &Authority, parts: http::response::Parts, body: ResponseBody) -> Reply {
+fn untouched(route: &RouteTarget, addr: &Authority, parts: http::response::Parts, mut body: ResponseBody) -> Reply {
     debug!(route = %route.name, %addr, status = parts.status.as_u16(), "proxied");
-    Response::from_parts(parts, ProxyBody::new(body, None))
+    let lines = body.take_lines();
+    Response::from_parts(parts, ProxyBody::new(body, None).with_lines(lines))
 }
 
 /// Where the bytes of `uri`'s path and query are: the same address and length means the same,

@@ -23,6 +23,7 @@ use crate::body::UpstreamBody;
 use crate::config::{DEFAULT_UPSTREAM_BODY_TIMEOUT_MS, UpstreamConfig, parse_upstream_address};
 use crate::conn::{TimedBody, timeout_in};
 use crate::h1::ClientError;
+use crate::h1::head::Fields;
 use crate::health::{AddressHealth, Outcome};
 use crate::metrics::TimeoutKind;
 use crate::pool::{Conn, ExchangeError, PooledBody, Pools};
@@ -166,14 +167,17 @@ impl Upstream {
     /// response body streams afterwards, outside the timeout, each wait for its next bytes
     /// bounded by `body_timeout_ms`. Each attempt's outcome counts toward its address's health
     /// ([`crate::health`]). `timer` is the client connection's, which its requests reuse.
+    /// `fields`: what the caller does with the response head's fields (an upgrade's go into a
+    /// map whatever it asks).
     pub async fn send(
         &self,
         req: Box<Request<UpstreamBody>>,
         pick: &mut Pick,
         timer: &Reused,
+        fields: Fields,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let result = {
-            let attempts = std::pin::pin!(self.attempts(req, &mut *pick));
+            let attempts = std::pin::pin!(self.attempts(req, &mut *pick, fields));
             timer.within(attempts, self.timeout).await
         };
         let resp = match result {
@@ -192,11 +196,12 @@ impl Upstream {
         &self,
         mut req: Box<Request<UpstreamBody>>,
         pick: &mut Pick,
+        fields: Fields,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let host_filled = origin_form(&mut req);
         let mut retry = Retry::new(&req, self.retries, self.addresses.len());
         loop {
-            let failed = match self.attempt(req, pick.index).await {
+            let failed = match self.attempt(req, pick.index, fields).await {
                 Ok(resp) => return Ok(resp),
                 Err(failed) => failed,
             };
@@ -223,10 +228,15 @@ impl Upstream {
     }
 
     /// One exchange with address `i`, counted in its active requests and its health.
-    async fn attempt(&self, req: Box<Request<UpstreamBody>>, i: usize) -> Result<Response<PooledBody>, Failed> {
+    async fn attempt(
+        &self,
+        req: Box<Request<UpstreamBody>>,
+        i: usize,
+        fields: Fields,
+    ) -> Result<Response<PooledBody>, Failed> {
         let health = &self.health[i];
         let _active = health.active();
-        let result = self.exchange(req, &self.addresses[i]).await;
+        let result = self.exchange(req, &self.addresses[i], fields).await;
         health.record(match &result {
             Ok(resp) => Outcome::of_status(resp.status()),
             Err(Failed {
@@ -255,6 +265,7 @@ impl Upstream {
         &self,
         req: Box<Request<UpstreamBody>>,
         addr: &Authority,
+        fields: Fields,
     ) -> Result<Response<PooledBody>, Failed> {
         // The rare paths (an upgrade, a new connection with its TLS handshake) are boxed: each
         // await's future is part of every request's future, which hyper and tokio move whole.
@@ -272,7 +283,7 @@ impl Upstream {
                     Err(e) => return Err(Failed::unsent(UpstreamError::Connect(e), req)),
                 },
             };
-            match conn.exchange(req, self.pools.home(addr)).await {
+            match conn.exchange(req, self.pools.home(addr), fields).await {
                 Ok(resp) => return Ok(resp),
                 Err(
                     ExchangeError {

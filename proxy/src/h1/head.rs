@@ -9,6 +9,7 @@ use http::response::Parts;
 use http::{Response, StatusCode, Version};
 
 use super::Error;
+use super::lines::{self, Lines};
 
 /// Headers a response head may have: hyper's client default (`DEFAULT_MAX_HEADERS`).
 pub const MAX_HEADERS: usize = 100;
@@ -30,10 +31,44 @@ pub enum Framing {
 /// A parsed final response head.
 #[derive(Debug)]
 pub struct Head {
+    /// With [`Head::lines`], an empty map (room for the fields the proxy adds).
     pub parts: Parts,
+    /// The fields as the upstream sent them, when the head was asked for as [`Fields::Lines`]
+    /// and could stay so ([`super::lines`]). Boxed: the response and its body are moved
+    /// through every level of the upstream path, and 40 bytes more in each of them cost more
+    /// than the box (~250 instructions a response; `scripts/callgrind-proxy`).
+    pub lines: Option<Box<Lines>>,
     pub framing: Framing,
     /// The connection may carry another request once this body has been read to its end.
     pub keep_alive: bool,
+}
+
+/// What the caller does with a response head's fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fields {
+    /// Reads or changes them (plugins, retries, tests): a `HeaderMap`.
+    Map,
+    /// Passes them on to an HTTP/1.1 client unread: they may stay as the upstream's lines
+    /// ([`Lines`]), not built into a map and written out of it again.
+    Lines,
+}
+
+/// What a response head is parsed for: the request it answers was a HEAD (it has no body), and
+/// what is done with its fields.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask {
+    pub head_request: bool,
+    pub fields: Fields,
+}
+
+impl Ask {
+    /// A head whose fields go into a map.
+    pub fn map(head_request: bool) -> Ask {
+        Ask {
+            head_request,
+            fields: Fields::Map,
+        }
+    }
 }
 
 /// What a buffer starting with a response head holds.
@@ -48,12 +83,12 @@ pub enum Parsed {
     Final(usize, Box<Head>),
 }
 
-/// Parses the head at the start of `buf`; `head_request`: the request was a HEAD (no body).
+/// Parses the head at the start of `buf`, for what `ask` says.
 /// A final head is taken out of `buf`, and its header values are slices of it (no copy, as hyper
 /// reads a request); an informational one is left for the caller to skip. A 101 is a final head
 /// with no body: upgrades are not this client's (the pool hands them to hyper), and the caller
 /// must not reuse the connection after it.
-pub fn parse(buf: &mut BytesMut, head_request: bool, names: &mut Names) -> Result<Parsed, Error> {
+pub fn parse(buf: &mut BytesMut, ask: Ask, names: &mut Names) -> Result<Parsed, Error> {
     // Where each header's name and value are in the head, for after the head is split off.
     // Both arrays uninitialised, as for a request head (`request.rs`): initialising them was
     // ~330 instructions a response for the 4.8 KB of entries a head never has
@@ -85,12 +120,23 @@ pub fn parse(buf: &mut BytesMut, head_request: bool, names: &mut Names) -> Resul
     } else {
         Version::HTTP_11
     };
-    let head = buf.split_to(len).freeze();
-    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
-    let (headers, facts) = header_map(&head, places, names, upgrade)?;
-    let framing = framing(status, version, &facts, head_request)?;
-    let keep_alive =
-        status != StatusCode::SWITCHING_PROTOCOLS && framing != Framing::Close && facts.keeps_alive(version);
+    let head = buf.split_to(len);
+    let (headers, lines, framing, keep_alive) = match lines::scan(&head, places, status, ask) {
+        Some((facts, kept)) => {
+            let framing = framing(status, version, &facts, ask.head_request)?;
+            let keep_alive = framing != Framing::Close && facts.keeps_alive(version);
+            let lines = kept.lines(head, places);
+            (spare_map(HEADROOM), Some(Box::new(lines)), framing, keep_alive)
+        }
+        None => {
+            let head = head.freeze();
+            let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
+            let (headers, facts) = header_map(&head, places, names, upgrade)?;
+            let framing = framing(status, version, &facts, ask.head_request)?;
+            let keep_alive = !upgrade && framing != Framing::Close && facts.keeps_alive(version);
+            (headers, None, framing, keep_alive)
+        }
+    };
     let (mut parts, ()) = Response::new(()).into_parts();
     parts.status = status;
     parts.version = version;
@@ -99,6 +145,7 @@ pub fn parse(buf: &mut BytesMut, head_request: bool, names: &mut Names) -> Resul
         len,
         Box::new(Head {
             parts,
+            lines,
             framing,
             keep_alive,
         }),
@@ -130,7 +177,7 @@ pub(super) fn range((at, len): (u32, u32)) -> std::ops::Range<usize> {
 /// headers are copied into the map: no lookup in the map afterwards (each was a hash and a probe,
 /// ~100 instructions, four or five per response; `scripts/callgrind-proxy`).
 #[derive(Default)]
-struct Facts<'a> {
+pub(super) struct Facts<'a> {
     /// The last `transfer-encoding` value, if there is one.
     transfer_encoding: Option<&'a [u8]>,
     /// Every `content-length` value's number; `bad_length`: some value did not parse or
@@ -140,6 +187,17 @@ struct Facts<'a> {
     /// `connection` tokens seen.
     close: bool,
     keep_alive: bool,
+    /// A `connection` token other than `close` and the hop-by-hop names: a field it strips.
+    pub(super) lists_fields: bool,
+}
+
+/// The fields [`Facts`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Noted {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    KeepAlive,
 }
 
 impl<'a> Facts<'a> {
@@ -147,28 +205,63 @@ impl<'a> Facts<'a> {
     /// it (see [`header_map`]): `transfer-encoding`, `keep-alive`, and a `connection` that lists
     /// only hop-by-hop names (its list is read once, for both).
     fn note(&mut self, name: &HeaderName, value: &'a [u8]) -> bool {
-        if name == CONTENT_LENGTH {
-            self.bad_length |= merge_length(&mut self.length, value).is_err();
-            false
+        let field = if name == CONTENT_LENGTH {
+            Noted::ContentLength
         } else if name == TRANSFER_ENCODING {
-            self.transfer_encoding = Some(value);
-            true
+            Noted::TransferEncoding
         } else if name == CONNECTION {
-            let mut only_hop_by_hop = true;
-            for t in value.split(|&b| b == b',') {
-                let t = t.trim_ascii();
-                self.close |= t.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
-                only_hop_by_hop &= crate::forward::is_hop_by_hop(t);
-            }
-            only_hop_by_hop
+            Noted::Connection
+        } else if name.as_str() == "keep-alive" {
+            Noted::KeepAlive
         } else {
-            name.as_str() == "keep-alive"
+            return false;
+        };
+        self.note_field(field, value)
+    }
+
+    /// [`Facts::note`] of a field already told by its name.
+    pub(super) fn note_field(&mut self, field: Noted, value: &'a [u8]) -> bool {
+        match field {
+            Noted::ContentLength => {
+                match digits(value) {
+                    // One number, the usual value (the list form's split and trims skipped).
+                    Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                    _ => self.bad_length |= merge_length(&mut self.length, value).is_err(),
+                }
+                false
+            }
+            Noted::TransferEncoding => {
+                self.transfer_encoding = Some(value);
+                true
+            }
+            // The two usual values, one token each.
+            Noted::Connection if value.eq_ignore_ascii_case(b"keep-alive") => {
+                self.keep_alive = true;
+                true
+            }
+            Noted::Connection if value.eq_ignore_ascii_case(b"close") => {
+                self.close = true;
+                false
+            }
+            Noted::Connection => {
+                let mut only_hop_by_hop = true;
+                for t in value.split(|&b| b == b',') {
+                    let t = t.trim_ascii();
+                    let close = t.eq_ignore_ascii_case(b"close");
+                    let hop_by_hop = crate::forward::is_hop_by_hop(t);
+                    self.close |= close;
+                    self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                    self.lists_fields |= !close && !hop_by_hop;
+                    only_hop_by_hop &= hop_by_hop;
+                }
+                only_hop_by_hop
+            }
+            Noted::KeepAlive => true,
         }
     }
 
     /// HTTP/1.1 keeps the connection unless `connection: close`; HTTP/1.0 only with `keep-alive`.
-    fn keeps_alive(&self, version: Version) -> bool {
+    pub(super) fn keeps_alive(&self, version: Version) -> bool {
         if version == Version::HTTP_10 {
             self.keep_alive
         } else {
@@ -381,7 +474,7 @@ mod tests {
     }
 
     fn head(raw: &str) -> Result<Box<Head>, Error> {
-        match parse(&mut bm(raw.as_bytes()), false, &mut Names::default())? {
+        match parse(&mut bm(raw.as_bytes()), Ask::map(false), &mut Names::default())? {
             Parsed::Final(len, head) => {
                 assert_eq!(len, raw.len(), "the head is the whole input");
                 Ok(head)
@@ -442,7 +535,7 @@ mod tests {
     #[test]
     fn names_remembered_from_the_last_response_are_matched_by_their_bytes() {
         let mut names = Names::default();
-        let mut parse_with = |raw: &str| match parse(&mut bm(raw.as_bytes()), false, &mut names).unwrap() {
+        let mut parse_with = |raw: &str| match parse(&mut bm(raw.as_bytes()), Ask::map(false), &mut names).unwrap() {
             Parsed::Final(_, h) => h.parts.headers,
             other => panic!("expected a final head, got {other:?}"),
         };
@@ -475,7 +568,7 @@ mod tests {
     #[test]
     fn a_final_head_leaves_its_body_and_shares_its_values() {
         let mut buf = bm("HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-A: one\r\n\r\nbody");
-        let Parsed::Final(n, h) = parse(&mut buf, false, &mut Names::default()).unwrap() else {
+        let Parsed::Final(n, h) = parse(&mut buf, Ask::map(false), &mut Names::default()).unwrap() else {
             panic!("final")
         };
         assert_eq!((n, &buf[..]), (48, &b"body"[..]));
@@ -484,7 +577,7 @@ mod tests {
         // An informational head stays for the caller to skip.
         let mut buf = bm("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n");
         assert!(matches!(
-            parse(&mut buf, false, &mut Names::default()).unwrap(),
+            parse(&mut buf, Ask::map(false), &mut Names::default()).unwrap(),
             Parsed::Informational(25)
         ));
         assert_eq!(buf.len(), 44);
@@ -500,7 +593,7 @@ mod tests {
             assert_eq!((h.framing, h.keep_alive), (Framing::Empty, true), "{raw}");
         }
         let raw = b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n";
-        let Parsed::Final(_, h) = parse(&mut bm(raw), true, &mut Names::default()).unwrap() else {
+        let Parsed::Final(_, h) = parse(&mut bm(raw), Ask::map(true), &mut Names::default()).unwrap() else {
             panic!("final")
         };
         assert_eq!(h.framing, Framing::Empty);
@@ -541,13 +634,17 @@ mod tests {
             assert_eq!(head(raw).unwrap_err(), want, "{raw}");
         }
         assert!(matches!(
-            parse(&mut bm(b"HTTP/1.1 2x0 OK\r\n\r\n"), false, &mut Names::default()),
+            parse(
+                &mut bm(b"HTTP/1.1 2x0 OK\r\n\r\n"),
+                Ask::map(false),
+                &mut Names::default()
+            ),
             Err(Error::Head(_))
         ));
         assert!(matches!(
             parse(
                 &mut bm(b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n"),
-                false,
+                Ask::map(false),
                 &mut Names::default()
             ),
             Err(Error::Head(_))
@@ -589,7 +686,7 @@ mod tests {
             let mut raw = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-v: a".to_vec();
             raw.extend([b, b'z', b'\r', b'\n', b'\r', b'\n']);
             let checked = HeaderValue::from_bytes(&[b'a', b, b'z']).is_ok();
-            match parse(&mut bm(&raw), false, &mut Names::default()) {
+            match parse(&mut bm(&raw), Ask::map(false), &mut Names::default()) {
                 Ok(Parsed::Final(_, h)) => {
                     assert!(checked, "byte {b:#04x} parsed but is not a header value");
                     assert_eq!(h.parts.headers["x-v"].as_bytes(), [b'a', b, b'z']);
@@ -617,17 +714,17 @@ mod tests {
     #[test]
     fn informational_heads_are_skipped_and_partial_heads_wait() {
         let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-        let Parsed::Informational(n) = parse(&mut bm(raw), false, &mut Names::default()).unwrap() else {
+        let Parsed::Informational(n) = parse(&mut bm(raw), Ask::map(false), &mut Names::default()).unwrap() else {
             panic!("1xx")
         };
         assert!(matches!(
-            parse(&mut bm(&raw[n..]), false, &mut Names::default()).unwrap(),
+            parse(&mut bm(&raw[n..]), Ask::map(false), &mut Names::default()).unwrap(),
             Parsed::Final(..)
         ));
         for cut in 0..raw.len() - n {
             assert!(
                 matches!(
-                    parse(&mut bm(&raw[n..n + cut]), false, &mut Names::default()).unwrap(),
+                    parse(&mut bm(&raw[n..n + cut]), Ask::map(false), &mut Names::default()).unwrap(),
                     Parsed::Partial
                 ),
                 "cut {cut}"
@@ -640,13 +737,13 @@ mod tests {
         let mut raw = b"HTTP/1.1 200 OK\r\nx: ".to_vec();
         raw.resize(MAX_HEAD, b'a');
         assert_eq!(
-            parse(&mut bm(&raw), false, &mut Names::default()).unwrap_err(),
+            parse(&mut bm(&raw), Ask::map(false), &mut Names::default()).unwrap_err(),
             Error::HeadTooLarge(MAX_HEAD)
         );
         let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
         let raw = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
         assert_eq!(
-            parse(&mut bm(raw.as_bytes()), false, &mut Names::default()).unwrap_err(),
+            parse(&mut bm(raw.as_bytes()), Ask::map(false), &mut Names::default()).unwrap_err(),
             Error::Head(httparse::Error::TooManyHeaders)
         );
     }

@@ -29,6 +29,7 @@ pub mod chunked;
 pub mod encode;
 pub mod head;
 pub mod lean_body;
+pub mod lines;
 pub mod recv;
 pub mod request;
 pub mod respond;

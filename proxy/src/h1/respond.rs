@@ -12,6 +12,7 @@ use http::{StatusCode, Version};
 
 use super::encode::{BodyEncoding, BodySize};
 use super::head::{digits, last_coding_is_chunked};
+use super::lines::Lines;
 
 /// A response head the lean path cannot write; hyper's server refused the same (a user error)
 /// and closed the connection without a response.
@@ -33,11 +34,14 @@ pub struct Framed {
     pub keep_alive: bool,
 }
 
-/// Appends `parts`' head to `out`. `body`: what the body says of itself (empty when it ended
-/// before it began); `head_request`: the request was a HEAD; `closing`: the connection closes
-/// after this response (a graceful shutdown), which the head says (`connection: close`).
+/// Appends `parts`' head to `out`, with the upstream's `lines` after the map's fields when the
+/// response has them (they hold no field the map may: see [`super::lines`]). `body`: what the
+/// body says of itself (empty when it ended before it began); `head_request`: the request was a
+/// HEAD; `closing`: the connection closes after this response (a graceful shutdown), which the
+/// head says (`connection: close`).
 pub fn head(
     parts: &mut Parts,
+    lines: Option<&Lines>,
     body: BodySize,
     head_request: bool,
     closing: bool,
@@ -108,6 +112,10 @@ pub fn head(
         }
     }
     w.end_line(out);
+    if let Some(lines) = lines {
+        out.extend_from_slice(lines.as_bytes());
+        w.date |= lines.has_date();
+    }
     let mut encoding = match w.encoding {
         Some(e) => e,
         None if w.wrote_len => BodyEncoding::Length(0),
@@ -333,7 +341,7 @@ mod tests {
         }
         let (mut parts, ()) = b.body(()).unwrap().into_parts();
         let mut out = Vec::new();
-        let r = head(&mut parts, body, head_request, closing, &mut out);
+        let r = head(&mut parts, None, body, head_request, closing, &mut out);
         let text = String::from_utf8(out).unwrap();
         // The date line is the last before the blank line; cut it for comparison.
         let cut = match text.find("date: ") {

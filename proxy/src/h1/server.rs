@@ -33,6 +33,7 @@ use tracing::debug;
 use super::encode::BodySize;
 use super::head::{Framing, Names};
 use super::lean_body::{self, Client, Feed, LeanBody};
+use super::lines::HeadLines;
 use super::recv::Readiness;
 use super::request::{self, MAX_LEAN_HEAD, Parsed};
 use super::send::Sending;
@@ -107,7 +108,7 @@ where
     I: AsyncRead + AsyncWrite + Readiness + Unpin + Send + 'static,
     S: FnMut(Parts, Option<LeanBody>) -> Fut + Send + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B: Body<Data = Bytes> + HeadLines + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
     H: FnOnce(Rewind<I>) -> HyperConn + Send + 'static,
 {
@@ -124,7 +125,7 @@ where
     I: AsyncRead + AsyncWrite + Readiness + Unpin + Send,
     S: FnMut(Parts, Option<LeanBody>) -> Fut,
     Fut: Future<Output = Response<B>>,
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + HeadLines + Unpin,
     B::Error: Into<BoxError>,
     H: FnOnce(Rewind<I>) -> HyperConn,
 {
@@ -245,7 +246,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
     W: Watch,
     F: Future<Output = Response<B>>,
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + HeadLines + Unpin,
     B::Error: Into<BoxError>,
 {
     let Some(resp) = watching(io, buf, watch, fut).await else {
@@ -378,17 +379,19 @@ async fn respond<I, W, B>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
     W: Watch,
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + HeadLines + Unpin,
     B::Error: Into<BoxError>,
 {
-    let (mut parts, body) = resp.into_parts();
+    let (mut parts, mut body) = resp.into_parts();
+    let lines = body.take_lines();
     let size = if body.is_end_stream() {
         BodySize::Empty
     } else {
         body.size_hint().exact().map_or(BodySize::Unknown, BodySize::Known)
     };
     out.clear();
-    let framed = respond::head(&mut parts, size, head_request, closing.load(Ordering::Relaxed), out)?;
+    let closing = closing.load(Ordering::Relaxed);
+    let framed = respond::head(&mut parts, lines.as_deref(), size, head_request, closing, out)?;
     super::head::recycle(std::mem::take(&mut parts.headers));
     let mut sending = Sending::new(body, framed.encoding);
     let sent = std::future::poll_fn(|cx| {

@@ -27,7 +27,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 
 use super::Conn;
 use crate::h1::ClientError;
-use crate::h1::head::Head;
+use crate::h1::head::{Ask, Head};
 
 /// How a held exchange's poll ended in the flusher: its response head or its failure.
 pub(super) type Outcome = Result<Box<Head>, ClientError>;
@@ -37,7 +37,7 @@ struct Entry {
     conn: Option<Box<Conn>>,
     /// The exchange's task, until the flusher takes it for its poll (a no-op waker after).
     waker: Waker,
-    head_request: bool,
+    ask: Ask,
     /// The flusher's poll ended (rare: the connection failed, or the response was in at once).
     outcome: Option<Outcome>,
 }
@@ -67,7 +67,7 @@ pub(super) struct Held {
 /// Puts `conn` in this thread's list for the flusher, which writes its request and polls it
 /// with `waker` after the tasks already queued have run; hands it back on a thread that does
 /// not hold requests (not a current-thread runtime's).
-pub(super) fn hold(conn: Box<Conn>, waker: &Waker, head_request: bool) -> Result<Held, Box<Conn>> {
+pub(super) fn hold(conn: Box<Conn>, waker: &Waker, ask: Ask) -> Result<Held, Box<Conn>> {
     let current_thread = Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread);
     if !current_thread {
         return Err(conn);
@@ -85,7 +85,7 @@ pub(super) fn hold(conn: Box<Conn>, waker: &Waker, head_request: bool) -> Result
         let key = list.entries.insert(Entry {
             conn: conn.take(),
             waker: waker.clone(),
-            head_request,
+            ask,
             outcome: None,
         });
         let first = list.queued.is_empty();
@@ -174,13 +174,13 @@ fn write(key: usize) {
         Some((
             conn,
             std::mem::replace(&mut entry.waker, Waker::noop().clone()),
-            entry.head_request,
+            entry.ask,
         ))
     });
-    let Some((mut conn, waker, head_request)) = taken else {
+    let Some((mut conn, waker, ask)) = taken else {
         return;
     };
-    let poll = conn.poll_head(&mut Context::from_waker(&waker), head_request);
+    let poll = conn.poll_head(&mut Context::from_waker(&waker), ask);
     let ended = poll.is_ready();
     // The entry is still there: only its exchange removes it, from its own poll or drop, and
     // that task is not running now. Were it gone, the connection would be dropped here.
