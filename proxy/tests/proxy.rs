@@ -312,30 +312,8 @@ async fn requests_of_one_connection_are_each_timed_from_their_start() {
 /// Reads one response with a `content-length` body from `s` (what is left after it stays in
 /// `rest`); its status and body. Fails if it does not come within 3 s.
 async fn read_response(s: &mut TcpStream, rest: &mut Vec<u8>) -> (u16, String) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        if let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&rest[..end]).to_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            if rest.len() >= end + 4 + len {
-                let body = String::from_utf8_lossy(&rest[end + 4..end + 4 + len]).into_owned();
-                let status = head[9..12].parse().unwrap();
-                rest.drain(..end + 4 + len);
-                return (status, body);
-            }
-        }
-        let mut buf = [0u8; 4096];
-        let left = deadline.saturating_duration_since(Instant::now());
-        let n = tokio::time::timeout(left, s.read(&mut buf))
-            .await
-            .expect("a response within 3 s")
-            .unwrap();
-        assert!(n > 0, "the proxy closed the connection");
-        rest.extend_from_slice(&buf[..n]);
-    }
+    let (head, body) = read_any_response(s, rest).await;
+    (head[9..12].parse().unwrap(), body)
 }
 
 /// One keep-alive connection whose requests come every way a client sends them: the next one
@@ -465,7 +443,8 @@ async fn response_fields_go_to_the_client_as_the_upstream_sent_them() {
     assert!(!h.contains_key("keep-alive") && !h.contains_key("connection"));
 }
 
-/// Reads one response (`content-length` or chunked body) from `s`; its head and body.
+/// Reads one response (`content-length` or chunked body) from `s` (what is left after it stays
+/// in `rest`); its head and body. Fails if it does not come within 3 s.
 async fn read_any_response(s: &mut TcpStream, rest: &mut Vec<u8>) -> (String, String) {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
