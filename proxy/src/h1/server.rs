@@ -392,6 +392,9 @@ where
     out.clear();
     let closing = closing.load(Ordering::Relaxed);
     let framed = respond::head(&mut parts, lines.as_deref(), size, head_request, closing, out)?;
+    // Written: the head's bytes go now, as a map's values do (not held while the body is sent,
+    // which would keep the upstream's read buffer from being reused).
+    drop(lines);
     super::head::recycle(std::mem::take(&mut parts.headers));
     let mut sending = Sending::new(body, framed.encoding);
     let sent = std::future::poll_fn(|cx| {
