@@ -165,7 +165,8 @@ impl Conn {
     /// pass back to back after it, so the request's task is polled again only for the response
     /// (on a thread not of a current-thread runtime the exchange yields once instead, and
     /// writes at its next poll). Alone on its thread an exchange has nothing to go out with: it writes at
-    /// its first poll.
+    /// its first poll. `fields`: what the caller does with the response head's fields
+    /// ([`head::parse`]).
     pub async fn exchange(
         mut self: Box<Conn>,
         req: Box<Request<UpstreamBody>>,

@@ -537,12 +537,13 @@ fn over_budget(status: StatusCode, exchange: Option<Keep>) -> Reply {
     resp
 }
 
-/// The upstream's response as it came, for a request without plugins.
 /// Whether a response with `status` has no body, whatever its headers say (1xx, 204, 304).
 fn bodiless(status: StatusCode) -> bool {
     status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
 }
 
+/// The upstream's response as it came, for a request without plugins (its fields as lines when
+/// they stayed so).
 fn untouched(route: &RouteTarget, addr: &Authority, parts: http::response::Parts, mut body: ResponseBody) -> Reply {
     debug!(route = %route.name, %addr, status = parts.status.as_u16(), "proxied");
     let lines = body.take_lines();

@@ -174,7 +174,8 @@ pub(super) fn range((at, len): (u32, u32)) -> std::ops::Range<usize> {
 }
 
 /// What the framing and keep-alive decisions need from a response head, gathered while its
-/// headers are copied into the map: no lookup in the map afterwards (each was a hash and a probe,
+/// headers are copied into the map (or scanned as lines, [`super::lines`]): no lookup in the map
+/// afterwards (each was a hash and a probe,
 /// ~100 instructions, four or five per response; `scripts/callgrind-proxy`).
 #[derive(Default)]
 pub(super) struct Facts<'a> {

@@ -1,10 +1,10 @@
 //! A response head's fields kept as the upstream's lines, for a response no plugin reads on its
 //! way to an HTTP/1.1 client ([`super::head::Fields::Lines`]).
 //!
-//! Built into a `HeaderMap` and written out of it again, a response's fields cost about 2,000
-//! instructions a response (a hash and an insert per field, a pass for the hop-by-hop fields,
-//! the writer's drain and a line per field; `scripts/callgrind-proxy`); a proxy that only
-//! forwards them can copy their bytes. What the proxy does to a forwarded response's fields is
+//! Built into a `HeaderMap` and written out of it again, a response's fields cost a hash and an
+//! insert per field, a pass for the hop-by-hop fields, the writer's drain and a line per field; a
+//! proxy that only forwards them can copy their bytes (about 1,100 instructions a response fewer,
+//! `scripts/callgrind-proxy`; `docs/performance-log.md`). What the proxy does to a forwarded response's fields is
 //! still done: the fields that end at this hop (`connection` and what it lists, `keep-alive`,
 //! `transfer-encoding`) and `content-length` are left out of the lines (the writer frames the
 //! body for its own connection, as it does a map's), and `date` is noted so that the writer adds
@@ -21,7 +21,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use super::head::{Ask, Facts, Fields, Noted, Place, range};
 
 /// Fields kept as whole `name: value\r\n` lines, back to back.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Lines {
     bytes: Bytes,
     /// A `date` is among them.
@@ -118,8 +118,7 @@ fn role(name: &[u8]) -> Role {
 /// Whether the head (`places` in `head`) can stay as lines for `ask`: asked so, a response with
 /// a body of its own (not 1xx, 204, 304, or to a HEAD, whose framing fields the writer keeps
 /// as given), at most [`MAX_LINES`] fields, and every field one the lines can carry (see the
-/// module's doc).
-/// Returns what the framing fields said, and the lines to keep.
+/// module's doc); if so, what the framing fields said and the lines to keep.
 pub(super) fn scan<'a>(head: &'a [u8], places: &[Place], status: StatusCode, ask: Ask) -> Option<(Facts<'a>, Kept)> {
     if ask.fields != Fields::Lines
         || places.len() > MAX_LINES
