@@ -103,6 +103,11 @@ impl Balancer {
         }
     }
 
+    /// Whether [`Balancer::key`] reads a header of the request.
+    pub fn reads_headers(&self) -> bool {
+        matches!(self, Balancer::ConsistentHash(r) if matches!(r.on, HashKey::Header(_)))
+    }
+
     /// The index of the address for a request with `key`; `None` when no candidate is left.
     pub fn pick(&self, key: Option<u64>, c: &Candidates<'_>) -> Option<usize> {
         match self {

@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 
 use crate::body::{BoxError, Drive, Pieces, UpstreamBody};
 use crate::clock;
+use crate::forward::Forwarding;
 use crate::h1::encode::{self, BodySize};
 use crate::h1::head::{self, Ask, Fields, Head, Parsed};
 use crate::h1::lines::{HeadLines, Lines};
@@ -172,6 +173,7 @@ impl Conn {
         req: Box<Request<UpstreamBody>>,
         home: Home,
         fields: Fields,
+        forwarding: Option<&Forwarding>,
     ) -> Result<Response<PooledBody>, ExchangeError> {
         // The request stays boxed while it is sent (not taken apart into this future, which
         // is part of every request's), its body in `send`; a failure puts it back.
@@ -181,7 +183,7 @@ impl Conn {
         let size = body_size(&body);
         // Its body is the empty one left in `req`: the request can be written again as it is.
         let resendable = size == BodySize::Empty && req.method().is_idempotent();
-        let encoding = encode::head(&mut req, size, &mut self.out);
+        let encoding = encode::head(&mut req, size, forwarding, &mut self.out);
         self.send = Some(Sending::new(body, encoding));
         let ask = Ask {
             head_request: req.method() == Method::HEAD,
@@ -669,7 +671,7 @@ mod tests {
             .unwrap();
         let under_way: Vec<_> = (0..others).map(|_| UnderWay::enter().0).collect();
         let mut exchange: Pin<Box<dyn Future<Output = _> + Send>> =
-            Box::pin(conn.exchange(Box::new(req), Pools::default().home(&addr), Fields::Map));
+            Box::pin(conn.exchange(Box::new(req), Pools::default().home(&addr), Fields::Map, None));
         let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
         let waker = Waker::from(Arc::clone(&wakes));
         assert!(exchange.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
@@ -844,7 +846,7 @@ mod tests {
             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
             .unwrap();
         let resp = conn
-            .exchange(Box::new(req), Pools::default().home(&addr), Fields::Map)
+            .exchange(Box::new(req), Pools::default().home(&addr), Fields::Map, None)
             .await;
         let mut body = resp.map_err(|e| e.error).unwrap().into_body();
         drop(feed.finish());

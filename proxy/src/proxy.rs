@@ -177,8 +177,15 @@ impl Proxy {
                     quanta::Instant::now().saturating_duration_since(start),
                 );
             }
-            resp.headers_mut()
-                .insert(crate::logging::REQUEST_ID.clone(), request_id);
+            // A response whose fields stayed lines has no `x-request-id` among them or in its
+            // map (no plugin read it); its writer puts the id before the lines.
+            match resp.body_mut().lines_mut() {
+                Some(lines) => lines.set_request_id(request_id),
+                None => {
+                    resp.headers_mut()
+                        .insert(crate::logging::REQUEST_ID.clone(), request_id);
+                }
+            }
             resp
         }
     }

@@ -22,8 +22,8 @@ use weft_runtime::{BodyMode, BodySide, BufferedBody, Flow};
 use crate::body::{CollectError, Keep, Pieces, PluginBody, UpstreamBody, collect_limited};
 use crate::conn::{Peer, RequestBody};
 use crate::forward::{
-    ClientIp, ProxyBody, Seen, add_forwarding_headers, check_host, join_cookies, local_reply, pin_host,
-    strip_hop_by_hop, strip_seen_hop_by_hop, upstream_uri,
+    ClientIp, Forwarding, ProxyBody, Seen, add_forwarding_headers, check_host, join_cookies, local_reply, pin_host,
+    strip_hop_by_hop, strip_seen_hop_by_hop, untrusted_forwarding, upstream_uri,
 };
 use crate::h1::head::Fields;
 use crate::h1::lines::HeadLines as _;
@@ -107,14 +107,16 @@ impl Proxy {
             _ => Fields::Map,
         };
         let pick = self.address_upstream(parts, &client.ip, host.as_ref(), upgrade.is_some(), route);
-        let Some(mut pick) = pick else {
+        let Some((mut pick, forwarding)) = pick else {
             return Err(f.reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"));
         };
         let head_request = parts.method == Method::HEAD;
         // Boxed once here and handed down by pointer: every async fn of the upstream path keeps
         // its argument in the request's future, which is moved whole into its box per request.
         let req = Box::new(Request::from_parts(head.take().expect(TAKEN), body));
-        let resp = f.forward(req, &mut pick, &client.upstream_timer, fields).await?;
+        let resp = f
+            .forward(req, &mut pick, &client.upstream_timer, fields, forwarding.as_ref())
+            .await?;
         let (mut parts, mut body) = upstream_head(resp, upgrade, route).into_parts();
         let mode = f.response_phases(&mut parts, &mut body).await?;
         let addr = route.upstream.address(&pick);
@@ -184,7 +186,9 @@ impl Proxy {
     /// Sets the forwarding headers (after the plugins: they cannot forge them), puts an
     /// upgrade's headers back, and points the request at the address the upstream's policy picks
     /// (by the request as the plugins left it) over HTTP/1.1; `None` when every address of the
-    /// upstream is ejected.
+    /// upstream is ejected. The forwarding fields of a peer that is not trusted are returned for
+    /// the encoder to write rather than put into the map, unless hyper's client sends the request
+    /// (an upgrade) or the policy reads a header to pick the address.
     fn address_upstream(
         &self,
         parts: &mut Parts,
@@ -192,19 +196,24 @@ impl Proxy {
         host: Option<&HeaderValue>,
         upgrade: bool,
         route: &RouteTarget,
-    ) -> Option<Pick> {
+    ) -> Option<(Pick, Option<Forwarding>)> {
         let trusted = self.trusted.contains(client.ip());
         let proto = scheme(parts);
-        add_forwarding_headers(&mut parts.headers, client, trusted, proto, host);
+        let upstream = &route.upstream;
+        let forwarding = if trusted || upgrade || upstream.balance_reads_headers() {
+            add_forwarding_headers(&mut parts.headers, client, trusted, proto, host);
+            None
+        } else {
+            Some(untrusted_forwarding(&mut parts.headers, client, proto, host))
+        };
         if upgrade {
             crate::ws::restore_upgrade_headers(&mut parts.headers);
         }
-        let upstream = &route.upstream;
         let pick = upstream.pick(upstream.balance_key(&parts.headers, client.ip()))?;
         parts.uri = upstream_uri(&parts.uri, upstream.address(&pick));
         // Upstreams always get HTTP/1.1, whatever the client spoke.
         parts.version = Version::HTTP_11;
-        Some(pick)
+        Some((pick, forwarding))
     }
 }
 
@@ -389,10 +398,11 @@ impl Flight<'_> {
         pick: &mut Pick,
         timer: &crate::timer::Reused,
         fields: Fields,
+        forwarding: Option<&Forwarding>,
     ) -> Step<Response<ResponseBody>> {
         let (route, request_id) = (self.route, self.request_id);
         let upstream = &route.upstream;
-        let result = upstream.send(req, pick, timer, fields).await;
+        let result = upstream.send(req, pick, timer, fields, forwarding).await;
         let addr = upstream.address(pick);
         match result {
             Ok(resp) => Ok(resp),

@@ -22,6 +22,7 @@ use crate::balance::{Balancer, Candidates};
 use crate::body::UpstreamBody;
 use crate::config::{DEFAULT_UPSTREAM_BODY_TIMEOUT_MS, UpstreamConfig, parse_upstream_address};
 use crate::conn::{TimedBody, timeout_in};
+use crate::forward::Forwarding;
 use crate::h1::ClientError;
 use crate::h1::head::Fields;
 use crate::health::{AddressHealth, Outcome};
@@ -125,6 +126,12 @@ impl Upstream {
         self.balancer.key(headers, client)
     }
 
+    /// Whether [`Upstream::balance_key`] reads a header (`consistent_hash` on one), which may be
+    /// a forwarding header: those must then be in the map when the key is taken.
+    pub fn balance_reads_headers(&self) -> bool {
+        self.balancer.reads_headers()
+    }
+
     /// The address for the next request by the upstream's policy, among the addresses not
     /// ejected; `None` when every one is.
     pub fn pick(&self, key: Option<u64>) -> Option<Pick> {
@@ -168,16 +175,18 @@ impl Upstream {
     /// bounded by `body_timeout_ms`. Each attempt's outcome counts toward its address's health
     /// ([`crate::health`]). `timer` is the client connection's, which its requests reuse.
     /// `fields`: what the caller does with the response head's fields (an upgrade's go into a
-    /// map whatever it asks).
+    /// map whatever it asks). `forwarding`: this proxy's forwarding fields when they are not in
+    /// the request's map, written after its fields.
     pub async fn send(
         &self,
         req: Box<Request<UpstreamBody>>,
         pick: &mut Pick,
         timer: &Reused,
         fields: Fields,
+        forwarding: Option<&Forwarding>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let result = {
-            let attempts = std::pin::pin!(self.attempts(req, &mut *pick, fields));
+            let attempts = std::pin::pin!(self.attempts(req, &mut *pick, fields, forwarding));
             timer.within(attempts, self.timeout).await
         };
         let resp = match result {
@@ -197,11 +206,12 @@ impl Upstream {
         mut req: Box<Request<UpstreamBody>>,
         pick: &mut Pick,
         fields: Fields,
+        forwarding: Option<&Forwarding>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let host_filled = origin_form(&mut req);
         let mut retry = Retry::new(&req, self.retries, self.addresses.len());
         loop {
-            let failed = match self.attempt(req, pick.index, fields).await {
+            let failed = match self.attempt(req, pick.index, fields, forwarding).await {
                 Ok(resp) => return Ok(resp),
                 Err(failed) => failed,
             };
@@ -233,10 +243,11 @@ impl Upstream {
         req: Box<Request<UpstreamBody>>,
         i: usize,
         fields: Fields,
+        forwarding: Option<&Forwarding>,
     ) -> Result<Response<PooledBody>, Failed> {
         let health = &self.health[i];
         let _active = health.active();
-        let result = self.exchange(req, &self.addresses[i], fields).await;
+        let result = self.exchange(req, &self.addresses[i], fields, forwarding).await;
         health.record(match &result {
             Ok(resp) => Outcome::of_status(resp.status()),
             Err(Failed {
@@ -266,11 +277,12 @@ impl Upstream {
         req: Box<Request<UpstreamBody>>,
         addr: &Authority,
         fields: Fields,
+        forwarding: Option<&Forwarding>,
     ) -> Result<Response<PooledBody>, Failed> {
         // The rare paths (an upgrade, a new connection with its TLS handshake) are boxed: each
         // await's future is part of every request's future, which hyper and tokio move whole.
         if req.headers().contains_key(header::UPGRADE) {
-            return Box::pin(self.exchange_upgrade(req, addr)).await;
+            return Box::pin(self.exchange_upgrade(req, addr, forwarding)).await;
         }
         let mut req = req;
         let mut pooled = self.pools.checkout(addr);
@@ -283,7 +295,7 @@ impl Upstream {
                     Err(e) => return Err(Failed::unsent(UpstreamError::Connect(e), req)),
                 },
             };
-            match conn.exchange(req, self.pools.home(addr), fields).await {
+            match conn.exchange(req, self.pools.home(addr), fields, forwarding).await {
                 Ok(resp) => return Ok(resp),
                 Err(
                     ExchangeError {
@@ -308,9 +320,14 @@ impl Upstream {
     /// that outlives the request), never pooled.
     async fn exchange_upgrade(
         &self,
-        req: Box<Request<UpstreamBody>>,
+        mut req: Box<Request<UpstreamBody>>,
         addr: &Authority,
+        forwarding: Option<&Forwarding>,
     ) -> Result<Response<PooledBody>, Failed> {
+        // hyper's client writes the map.
+        if let Some(forwarding) = forwarding {
+            forwarding.clone().into_map(req.headers_mut());
+        }
         let stream = match Conn::stream(addr, self.connect_timeout, self.tls.as_deref()).await {
             Ok(s) => s,
             Err(e) => return Err(Failed::unsent(UpstreamError::Connect(e), req)),

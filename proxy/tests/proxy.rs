@@ -405,7 +405,7 @@ async fn response_fields_go_to_the_client_as_the_upstream_sent_them() {
     let mut s = TcpStream::connect(proxy).await.unwrap();
     let mut rest = Vec::new();
     for path in ["/a", "/chunked", "/b"] {
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes())
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: t\r\nx-request-id: id{path}\r\n\r\n").as_bytes())
             .await
             .unwrap();
         let (head, body) = read_any_response(&mut s, &mut rest).await;
@@ -417,6 +417,7 @@ async fn response_fields_go_to_the_client_as_the_upstream_sent_them() {
         assert_eq!((has("Server: raw"), has("X-Mixed-Case: Value 1")), (1, 1), "{head}");
         assert_eq!((named("connection:"), named("keep-alive:")), (0, 0), "{head}");
         assert_eq!(named("x-request-id:"), 1, "{head}");
+        assert_eq!(has(&format!("x-request-id: id{path}")), 1, "{head}");
         assert_eq!(named("date:"), 1, "{head}");
         if path == "/chunked" {
             assert_eq!(

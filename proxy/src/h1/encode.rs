@@ -4,6 +4,8 @@
 use http::header::{CONTENT_LENGTH, HeaderValue, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request};
 
+use crate::forward::Forwarding;
+
 /// What is known of a request body before it is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodySize {
@@ -30,7 +32,13 @@ pub enum BodyEncoding {
 /// given headers win, a known size gets `content-length`, an unknown one `transfer-encoding:
 /// chunked`, except that GET, HEAD and CONNECT with an unknown size send no body. Takes the
 /// request, not its parts: the caller keeps it whole (boxed) to give it back unsent.
-pub fn head<B>(req: &mut Request<B>, size: BodySize, out: &mut Vec<u8>) -> BodyEncoding {
+/// `forwarding`: this proxy's forwarding fields, written after the request's own.
+pub fn head<B>(
+    req: &mut Request<B>,
+    size: BodySize,
+    forwarding: Option<&Forwarding>,
+    out: &mut Vec<u8>,
+) -> BodyEncoding {
     let bodiless = matches!(*req.method(), Method::GET | Method::HEAD | Method::CONNECT);
     let encoding = framing(bodiless, req.headers_mut(), size);
     out.extend_from_slice(req.method().as_str().as_bytes());
@@ -43,6 +51,9 @@ pub fn head<B>(req: &mut Request<B>, size: BodySize, out: &mut Vec<u8>) -> BodyE
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(forwarding) = forwarding {
+        forwarding.write(out);
     }
     out.extend_from_slice(b"\r\n");
     encoding
@@ -104,8 +115,57 @@ mod tests {
         }
         let mut req = req.body(()).unwrap();
         let mut out = Vec::new();
-        let enc = head(&mut req, size, &mut out);
+        let enc = head(&mut req, size, None, &mut out);
         (String::from_utf8(out).unwrap(), enc)
+    }
+
+    #[test]
+    fn forwarding_fields_follow_the_request_s_own_and_replace_the_client_s() {
+        use crate::forward::{ClientIp, untrusted_forwarding};
+        let client = ClientIp::new("10.0.0.9".parse().unwrap());
+        let sent = [
+            ("host", "example.com"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-a", "1"),
+            ("x-forwarded-proto", "ftp"),
+            ("x-real-ip", "1.1.1.1"),
+        ];
+        let mut req = Request::builder().uri("/a");
+        for (n, v) in sent {
+            req = req.header(n, v);
+        }
+        let mut req = req.body(()).unwrap();
+        let host = req.headers().get("host").cloned();
+        let fwd = untrusted_forwarding(req.headers_mut(), &client, "https", host.as_ref());
+        let mut out = Vec::new();
+        head(&mut req, BodySize::Empty, Some(&fwd), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /a HTTP/1.1\r\nhost: example.com\r\nx-a: 1\r\nx-forwarded-for: 10.0.0.9\r\n\
+             x-forwarded-proto: https\r\nx-forwarded-host: example.com\r\n\r\n"
+        );
+        // Put into a map instead, the same fields.
+        let mut map = req.headers().clone();
+        fwd.clone().into_map(&mut map);
+        let fields: Vec<_> = map
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "host: example.com",
+                "x-a: 1",
+                "x-forwarded-for: 10.0.0.9",
+                "x-forwarded-proto: https",
+                "x-forwarded-host: example.com"
+            ]
+        );
+        // Without a host the client named, no `x-forwarded-host`.
+        let fwd = untrusted_forwarding(&mut HeaderMap::new(), &client, "http", None);
+        let mut out = Vec::new();
+        fwd.write(&mut out);
+        assert_eq!(out, b"x-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\n");
     }
 
     #[test]

@@ -113,6 +113,9 @@ pub fn head(
     }
     w.end_line(out);
     if let Some(lines) = lines {
+        if let Some(id) = lines.request_id() {
+            line(crate::logging::REQUEST_ID.as_str(), id.as_bytes(), out);
+        }
         out.extend_from_slice(lines.as_bytes());
         w.date |= lines.has_date();
     }
