@@ -239,25 +239,26 @@ fn same_authority(host: &str, uri: &Uri, auth: &Authority) -> bool {
 
 /// Checks the request's host: one `Host` at most, present on HTTP/1.1 (unless the target is in
 /// absolute form), a valid `host[:port]`, and equal to the target's authority (HTTP/1.1
-/// absolute form, HTTP/2 `:authority`) when both are given.
-pub fn check_host(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<(), HostError> {
+/// absolute form, HTTP/2 `:authority`) when both are given. Returns the `Host` field's value,
+/// for [`pin_host`] (one lookup of the name a request, not two).
+pub fn check_host(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<Option<HeaderValue>, HostError> {
     let mut hosts = headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(HostError::Duplicate);
     }
-    let Some(host) = host else {
+    let Some(value) = host else {
         return match (version, uri.authority()) {
             (Version::HTTP_11, None) => Err(HostError::Missing),
-            _ => Ok(()),
+            _ => Ok(None),
         };
     };
-    let Some(host) = host.to_str().ok().filter(|h| authority_bytes_ok(h.as_bytes())) else {
+    let Some(host) = value.to_str().ok().filter(|h| authority_bytes_ok(h.as_bytes())) else {
         return Err(HostError::Invalid);
     };
     match uri.authority() {
         Some(auth) if !same_authority(host, uri, auth) => Err(HostError::Mismatch),
-        _ => Ok(()),
+        _ => Ok(Some(value.clone())),
     }
 }
 
@@ -377,10 +378,11 @@ impl TrustedProxies {
 /// a `host` header; writing it into `host` gives plugins and upstreams the same view for both
 /// protocols. Without any client host, hyper's client sets `host` to the upstream address.
 /// The common case, an origin-form HTTP/1 target, needs no write: its one `host` header
-/// ([`check_host`] let no second through) is that host already.
-pub fn pin_host(uri: &Uri, headers: &mut HeaderMap) -> Option<HeaderValue> {
+/// ([`check_host`] let no second through, and returned as `given`) is that host already.
+/// `given` must be the value of `headers`' `host` field, if it has one.
+pub fn pin_host(uri: &Uri, given: Option<HeaderValue>, headers: &mut HeaderMap) -> Option<HeaderValue> {
     if uri.authority().is_none() {
-        return headers.get(header::HOST).cloned();
+        return given;
     }
     let host = original_host(uri, headers)?;
     headers.insert(header::HOST, host.clone());
@@ -692,7 +694,14 @@ mod tests {
         let v11 = Version::HTTP_11;
         let origin: Uri = "/p".parse().unwrap();
         let abs: Uri = "http://Example.com/p".parse().unwrap();
-        let check = |v, uri: &Uri, pairs: &[(&str, &str)]| check_host(v, uri, &headers(pairs));
+        let check = |v, uri: &Uri, pairs: &[(&str, &str)]| check_host(v, uri, &headers(pairs)).map(|_| ());
+        let given = |v, uri: &Uri, pairs: &[(&str, &str)]| check_host(v, uri, &headers(pairs)).unwrap();
+        assert_eq!(given(v11, &origin, &[("host", "example.com")]).unwrap(), "example.com");
+        assert_eq!(
+            given(v11, &abs, &[("host", "example.COM:80")]).unwrap(),
+            "example.COM:80"
+        );
+        assert!(given(Version::HTTP_10, &origin, &[]).is_none());
         assert_eq!(check(v11, &origin, &[("host", "example.com")]), Ok(()));
         assert_eq!(check(v11, &origin, &[("host", "[::1]:8080")]), Ok(()));
         assert_eq!(check(Version::HTTP_10, &origin, &[]), Ok(()));
@@ -798,7 +807,7 @@ mod tests {
             ("x-real-ip", "1.1.1.1"),
             ("host", "example.com:8080"),
         ]);
-        let host = pin_host(&"/x".parse().unwrap(), &mut h);
+        let host = pin_host(&"/x".parse().unwrap(), h.get("host").cloned(), &mut h);
         forward(&mut h, "10.0.0.9", false, host.as_ref());
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com:8080");
@@ -817,7 +826,7 @@ mod tests {
             ("x-real-ip", "1.1.1.1"),
             ("host", "example.com:8080"),
         ]);
-        let host = pin_host(&"/x".parse().unwrap(), &mut h);
+        let host = pin_host(&"/x".parse().unwrap(), h.get("host").cloned(), &mut h);
         forward(&mut h, "10.0.0.9", true, host.as_ref());
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "example.com:8080");
@@ -864,13 +873,13 @@ mod tests {
         assert!(original_host(&"/p".parse().unwrap(), &HeaderMap::new()).is_none());
 
         let mut h = HeaderMap::new();
-        let host = pin_host(&uri, &mut h);
+        let host = pin_host(&uri, None, &mut h);
         assert_eq!(h["host"], "h2.example:8080");
         forward(&mut h, "10.0.0.9", false, host.as_ref());
         assert_eq!(h["x-forwarded-host"], "h2.example:8080");
 
         let mut h = headers(&[("x-forwarded-host", "spoofed")]);
-        let host = pin_host(&"/p".parse().unwrap(), &mut h);
+        let host = pin_host(&"/p".parse().unwrap(), None, &mut h);
         forward(&mut h, "10.0.0.9", false, host.as_ref());
         assert!(h.get("host").is_none() && h.get("x-forwarded-host").is_none());
     }

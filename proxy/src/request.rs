@@ -31,7 +31,7 @@ use crate::proxy::{Proxy, RouteTarget};
 use crate::route::{Found, normalize_host};
 use crate::server::error_chain;
 use crate::tls::server::TlsInfo;
-use crate::upstream::{Pick, ResponseBody, UpstreamError};
+use crate::upstream::{Outbound, Pick, ResponseBody, UpstreamError};
 use crate::ws::ClientUpgrade;
 
 /// A response that ends the request now.
@@ -114,9 +114,13 @@ impl Proxy {
         // Boxed once here and handed down by pointer: every async fn of the upstream path keeps
         // its argument in the request's future, which is moved whole into its box per request.
         let req = Box::new(Request::from_parts(head.take().expect(TAKEN), body));
-        let resp = f
-            .forward(req, &mut pick, &client.upstream_timer, fields, forwarding.as_ref())
-            .await?;
+        let out = Outbound {
+            fields,
+            forwarding: forwarding.as_ref(),
+            has_host: host.is_some(),
+            upgrade: upgrade.is_some(),
+        };
+        let resp = f.forward(req, &mut pick, &client.upstream_timer, out).await?;
         let (mut parts, mut body) = upstream_head(resp, upgrade, route).into_parts();
         let mode = f.response_phases(&mut parts, &mut body).await?;
         let addr = route.upstream.address(&pick);
@@ -149,10 +153,13 @@ impl Proxy {
                 None,
             ));
         }
-        if let Err(e) = check_host(parts.version, &parts.uri, &parts.headers) {
-            debug!(?request_id, "refused: {}", e.message());
-            return Err(local_reply(StatusCode::BAD_REQUEST, e.message(), None));
-        }
+        let given_host = match check_host(parts.version, &parts.uri, &parts.headers) {
+            Ok(host) => host,
+            Err(e) => {
+                debug!(?request_id, "refused: {}", e.message());
+                return Err(local_reply(StatusCode::BAD_REQUEST, e.message(), None));
+            }
+        };
         if let Err(e) = normalize_uri(&mut parts.uri, &self.path_opts) {
             debug!(?request_id, "refused: {e}");
             return Err(local_reply(
@@ -169,7 +176,8 @@ impl Proxy {
         if seen.cookie() {
             join_cookies(&mut parts.headers);
         }
-        let host = pin_host(&parts.uri, &mut parts.headers);
+        // `host` is not among what the steps between removed (`connection` cannot name it).
+        let host = pin_host(&parts.uri, given_host, &mut parts.headers);
         Ok((upgrade, host))
     }
 
@@ -397,12 +405,11 @@ impl Flight<'_> {
         req: Box<Request<UpstreamBody>>,
         pick: &mut Pick,
         timer: &crate::timer::Reused,
-        fields: Fields,
-        forwarding: Option<&Forwarding>,
+        out: Outbound<'_>,
     ) -> Step<Response<ResponseBody>> {
         let (route, request_id) = (self.route, self.request_id);
         let upstream = &route.upstream;
-        let result = upstream.send(req, pick, timer, fields, forwarding).await;
+        let result = upstream.send(req, pick, timer, out).await;
         let addr = upstream.address(pick);
         match result {
             Ok(resp) => Ok(resp),

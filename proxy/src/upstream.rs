@@ -36,6 +36,25 @@ use crate::tls::client::UpstreamTls;
 /// each wait for more bytes bounded by `body_timeout_ms`.
 pub type ResponseBody = TimedBody<PooledBody>;
 
+/// What the request stage knows of a request it sends upstream, which spares the upstream path
+/// lookups in the request's map (a lookup of a name hashes it and probes: ~100 instructions,
+/// `scripts/callgrind-proxy`). The facts hold because plugins can set or remove neither `host`
+/// nor a hop-by-hop field (`mutation.rs` refuses them); debug builds check them.
+#[derive(Debug, Clone, Copy)]
+pub struct Outbound<'a> {
+    /// What the caller does with the response head's fields (an upgrade's go into a map
+    /// whatever it asks).
+    pub fields: Fields,
+    /// This proxy's forwarding fields when they are not in the request's map: written after its
+    /// fields ([`crate::forward::untrusted_forwarding`]).
+    pub forwarding: Option<&'a Forwarding>,
+    /// The request has a `host` field (when false, the map is looked at before the address is
+    /// filled in).
+    pub has_host: bool,
+    /// A WebSocket upgrade, its `upgrade` and `connection` put back: hyper's client sends it.
+    pub upgrade: bool,
+}
+
 pub struct Upstream {
     pub name: String,
     addresses: Vec<Authority>,
@@ -174,19 +193,16 @@ impl Upstream {
     /// response body streams afterwards, outside the timeout, each wait for its next bytes
     /// bounded by `body_timeout_ms`. Each attempt's outcome counts toward its address's health
     /// ([`crate::health`]). `timer` is the client connection's, which its requests reuse.
-    /// `fields`: what the caller does with the response head's fields (an upgrade's go into a
-    /// map whatever it asks). `forwarding`: this proxy's forwarding fields when they are not in
-    /// the request's map, written after its fields.
+    /// `out`: what the request stage knows of the request (see [`Outbound`]).
     pub async fn send(
         &self,
         req: Box<Request<UpstreamBody>>,
         pick: &mut Pick,
         timer: &Reused,
-        fields: Fields,
-        forwarding: Option<&Forwarding>,
+        out: Outbound<'_>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let result = {
-            let attempts = std::pin::pin!(self.attempts(req, &mut *pick, fields, forwarding));
+            let attempts = std::pin::pin!(self.attempts(req, &mut *pick, out));
             timer.within(attempts, self.timeout).await
         };
         let resp = match result {
@@ -205,13 +221,12 @@ impl Upstream {
         &self,
         mut req: Box<Request<UpstreamBody>>,
         pick: &mut Pick,
-        fields: Fields,
-        forwarding: Option<&Forwarding>,
+        out: Outbound<'_>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        let host_filled = origin_form(&mut req);
+        let host_filled = origin_form(&mut req, out.has_host);
         let mut retry = Retry::new(&req, self.retries, self.addresses.len());
         loop {
-            let failed = match self.attempt(req, pick.index, fields, forwarding).await {
+            let failed = match self.attempt(req, pick.index, out).await {
                 Ok(resp) => return Ok(resp),
                 Err(failed) => failed,
             };
@@ -242,12 +257,11 @@ impl Upstream {
         &self,
         req: Box<Request<UpstreamBody>>,
         i: usize,
-        fields: Fields,
-        forwarding: Option<&Forwarding>,
+        out: Outbound<'_>,
     ) -> Result<Response<PooledBody>, Failed> {
         let health = &self.health[i];
         let _active = health.active();
-        let result = self.exchange(req, &self.addresses[i], fields, forwarding).await;
+        let result = self.exchange(req, &self.addresses[i], out).await;
         health.record(match &result {
             Ok(resp) => Outcome::of_status(resp.status()),
             Err(Failed {
@@ -276,13 +290,13 @@ impl Upstream {
         &self,
         req: Box<Request<UpstreamBody>>,
         addr: &Authority,
-        fields: Fields,
-        forwarding: Option<&Forwarding>,
+        out: Outbound<'_>,
     ) -> Result<Response<PooledBody>, Failed> {
         // The rare paths (an upgrade, a new connection with its TLS handshake) are boxed: each
         // await's future is part of every request's future, which hyper and tokio move whole.
-        if req.headers().contains_key(header::UPGRADE) {
-            return Box::pin(self.exchange_upgrade(req, addr, forwarding)).await;
+        debug_assert_eq!(out.upgrade, req.headers().contains_key(header::UPGRADE));
+        if out.upgrade {
+            return Box::pin(self.exchange_upgrade(req, addr, out.forwarding)).await;
         }
         let mut req = req;
         let mut pooled = self.pools.checkout(addr);
@@ -295,7 +309,10 @@ impl Upstream {
                     Err(e) => return Err(Failed::unsent(UpstreamError::Connect(e), req)),
                 },
             };
-            match conn.exchange(req, self.pools.home(addr), fields, forwarding).await {
+            match conn
+                .exchange(req, self.pools.home(addr), out.fields, out.forwarding)
+                .await
+            {
                 Ok(resp) => return Ok(resp),
                 Err(
                     ExchangeError {
@@ -372,7 +389,7 @@ fn http_error(e: ClientError) -> UpstreamError {
 /// Takes the address out of `req`'s absolute URI (set by the request stage), leaving the
 /// origin form (`/path?query`) an HTTP/1.1 server expects; fills in `host` when the client
 /// sent none (see `forward::pin_host`) and returns whether it did.
-fn origin_form(req: &mut Request<UpstreamBody>) -> bool {
+fn origin_form(req: &mut Request<UpstreamBody>, has_host: bool) -> bool {
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     let addr = parts
         .authority
@@ -383,7 +400,9 @@ fn origin_form(req: &mut Request<UpstreamBody>) -> bool {
         .take()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     *req.uri_mut() = Uri::from(path);
-    let filled = !req.headers().contains_key(header::HOST);
+    // `has_host` is certain (the client's `host`, or its authority, pinned); without one the
+    // map is looked at, which a `host` the stage could not pin may still be in.
+    let filled = !has_host && !req.headers().contains_key(header::HOST);
     if filled {
         set_host(req, &addr);
     }
