@@ -321,6 +321,29 @@ async fn consistent_hash_on_a_cookie_and_on_the_client_ip() {
     assert_eq!(tally(&answers).len(), 1, "{answers:?}");
 }
 
+/// A policy that hashes on a forwarding header sees the proxy's value (the forwarding fields go
+/// into the map before the key is taken, not only into the encoded head): every request from
+/// 127.0.0.1 lands on one address, whatever `x-forwarded-for` the client claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_on_a_forwarding_header_sees_the_proxy_s_value() {
+    let ups = [Upstream::start("a"), Upstream::start("b"), Upstream::start("c")];
+    let addrs = list(&ups.iter().map(|u| u.addr).collect::<Vec<_>>());
+    let s = start(
+        "hash-xff",
+        &format!(
+            "  - name: up\n    balance: {{ policy: consistent_hash, hash_on: {{ header: x-forwarded-for }} }}\n    \
+             addresses: {addrs}\n"
+        ),
+    );
+    let client = client();
+    let mut answers = Vec::new();
+    for k in 0..12 {
+        let spoofed = format!("198.51.100.{k}");
+        answers.push(get(&client, &s.url, &[("x-forwarded-for", &spoofed)]).await.1);
+    }
+    assert_eq!(tally(&answers).len(), 1, "{answers:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connection_is_retried_elsewhere_but_not_a_post_with_a_body() {
     let live = Upstream::start("live");
