@@ -173,7 +173,7 @@ impl Conn {
         req: Box<Request<UpstreamBody>>,
         home: Home,
         fields: Fields,
-        forwarding: Option<&Forwarding>,
+        forwarding: Option<&Forwarding<'_>>,
     ) -> Result<Response<PooledBody>, ExchangeError> {
         // The request stays boxed while it is sent (not taken apart into this future, which
         // is part of every request's), its body in `send`; a failure puts it back.

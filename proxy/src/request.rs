@@ -197,14 +197,14 @@ impl Proxy {
     /// upstream is ejected. The forwarding fields of a peer that is not trusted are returned for
     /// the encoder to write rather than put into the map, unless hyper's client sends the request
     /// (an upgrade) or the policy reads a header to pick the address.
-    fn address_upstream(
+    fn address_upstream<'a>(
         &self,
         parts: &mut Parts,
-        client: &ClientIp,
-        host: Option<&HeaderValue>,
+        client: &'a ClientIp,
+        host: Option<&'a HeaderValue>,
         upgrade: bool,
         route: &RouteTarget,
-    ) -> Option<(Pick, Option<Forwarding>)> {
+    ) -> Option<(Pick, Option<Forwarding<'a>>)> {
         let trusted = self.trusted.contains(client.ip());
         let proto = scheme(parts);
         let upstream = &route.upstream;

@@ -47,7 +47,7 @@ pub struct Outbound<'a> {
     pub fields: Fields,
     /// This proxy's forwarding fields when they are not in the request's map: written after its
     /// fields ([`crate::forward::untrusted_forwarding`]).
-    pub forwarding: Option<&'a Forwarding>,
+    pub forwarding: Option<&'a Forwarding<'a>>,
     /// The request has a `host` field (when false, the map is looked at before the address is
     /// filled in).
     pub has_host: bool,
@@ -339,11 +339,11 @@ impl Upstream {
         &self,
         mut req: Box<Request<UpstreamBody>>,
         addr: &Authority,
-        forwarding: Option<&Forwarding>,
+        forwarding: Option<&Forwarding<'_>>,
     ) -> Result<Response<PooledBody>, Failed> {
         // hyper's client writes the map.
         if let Some(forwarding) = forwarding {
-            forwarding.clone().into_map(req.headers_mut());
+            forwarding.into_map(req.headers_mut());
         }
         let stream = match Conn::stream(addr, self.connect_timeout, self.tls.as_deref()).await {
             Ok(s) => s,

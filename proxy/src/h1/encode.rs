@@ -36,7 +36,7 @@ pub enum BodyEncoding {
 pub fn head<B>(
     req: &mut Request<B>,
     size: BodySize,
-    forwarding: Option<&Forwarding>,
+    forwarding: Option<&Forwarding<'_>>,
     out: &mut Vec<u8>,
 ) -> BodyEncoding {
     let bodiless = matches!(*req.method(), Method::GET | Method::HEAD | Method::CONNECT);
@@ -151,7 +151,7 @@ mod tests {
         );
         // Put into a map instead, the same fields.
         let mut map = req.headers().clone();
-        fwd.clone().into_map(&mut map);
+        fwd.into_map(&mut map);
         let fields: Vec<_> = map
             .iter()
             .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
