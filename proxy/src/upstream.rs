@@ -39,14 +39,16 @@ pub type ResponseBody = TimedBody<PooledBody>;
 /// What the request stage knows of a request it sends upstream, which spares the upstream path
 /// lookups in the request's map (a lookup of a name hashes it and probes: ~100 instructions,
 /// `scripts/callgrind-proxy`). The facts hold because plugins can set or remove neither `host`
-/// nor a hop-by-hop field (`mutation.rs` refuses them); debug builds check them.
+/// nor a hop-by-hop field (`mutation.rs` refuses them); debug builds check `upgrade` against the
+/// map, and a request without a `host` has the map looked at.
 #[derive(Debug, Clone, Copy)]
 pub struct Outbound<'a> {
     /// What the caller does with the response head's fields (an upgrade's go into a map
     /// whatever it asks).
     pub fields: Fields,
     /// This proxy's forwarding fields when they are not in the request's map: written after its
-    /// fields ([`crate::forward::untrusted_forwarding`]).
+    /// fields ([`crate::forward::untrusted_forwarding`]). Never with an upgrade, whose are in its
+    /// map (hyper's client writes the map).
     pub forwarding: Option<&'a Forwarding<'a>>,
     /// The request has a `host` field (when false, the map is looked at before the address is
     /// filled in).
@@ -296,7 +298,11 @@ impl Upstream {
         // await's future is part of every request's future, which hyper and tokio move whole.
         debug_assert_eq!(out.upgrade, req.headers().contains_key(header::UPGRADE));
         if out.upgrade {
-            return Box::pin(self.exchange_upgrade(req, addr, out.forwarding)).await;
+            debug_assert!(
+                out.forwarding.is_none(),
+                "an upgrade's forwarding fields are in its map"
+            );
+            return Box::pin(self.exchange_upgrade(req, addr)).await;
         }
         let mut req = req;
         let mut pooled = self.pools.checkout(addr);
@@ -337,14 +343,9 @@ impl Upstream {
     /// that outlives the request), never pooled.
     async fn exchange_upgrade(
         &self,
-        mut req: Box<Request<UpstreamBody>>,
+        req: Box<Request<UpstreamBody>>,
         addr: &Authority,
-        forwarding: Option<&Forwarding<'_>>,
     ) -> Result<Response<PooledBody>, Failed> {
-        // hyper's client writes the map.
-        if let Some(forwarding) = forwarding {
-            forwarding.into_map(req.headers_mut());
-        }
         let stream = match Conn::stream(addr, self.connect_timeout, self.tls.as_deref()).await {
             Ok(s) => s,
             Err(e) => return Err(Failed::unsent(UpstreamError::Connect(e), req)),
