@@ -2,7 +2,9 @@
 //! and read back the way a plugin reads them (every offset bounds-checked). Encoding either fails
 //! cleanly (ViewTooLarge) or round-trips exactly; a plugin's header changes written into a view
 //! in place read back as the head they were applied to, or are refused; a view of named lines
-//! (`WeftViewHeaders`) reads back as those lines of the head, with the head's `host`.
+//! (`WeftViewHeaders`) reads back as those lines of the head, with the head's `host`; a
+//! response's fields given as lines of any bytes (an upstream's, `view::Fields::Lines`) read back
+//! as the fields `view::field_lines` finds in them, names lowercase.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -24,6 +26,8 @@ struct Input {
     /// The names a view of named lines shows: indexes into the request's lines (past the end: a
     /// name the head lacks).
     named: Vec<u8>,
+    /// A response's fields as HTTP/1.1 lines: any bytes.
+    raw_lines: Vec<u8>,
 }
 
 fn header_map(list: &[(String, Vec<u8>)]) -> http::HeaderMap {
@@ -126,7 +130,30 @@ fuzz_target!(|input: Input| {
     }
     patched_reads_as_edited(&input, &id, &head, buf.len());
     named_reads_as_those_lines(&input, &id, &head, buf.len());
+    field_lines_read_as_their_fields(&input, &id, &head, buf.len());
 });
+
+/// Lines of any bytes laid out as a response section read back as the fields
+/// `view::field_lines` finds in them (names lowercase, in order), or only the named ones, or
+/// fail cleanly; the request section survives.
+fn field_lines_read_as_their_fields(input: &Input, id: &ViewIdentity, head: &RequestHead<'_>, cap: usize) {
+    let named = [http::HeaderName::from_static("x-a"), http::HeaderName::from_static("server")];
+    for shown in [Shown::All, Shown::Named(&named), Shown::Named(&[])] {
+        let mut buf = vec![0xAAu8; cap];
+        let end = view::encode_request(&mut buf, id, 0, head).expect("it fit before");
+        let lines = view::Fields::Lines(&input.raw_lines);
+        if view::encode_response_fields(&mut buf, end.size, 2, 200, lines, shown).is_err() {
+            continue;
+        }
+        let d = view::decode_for_test(&buf).expect("a view with field lines decodes");
+        let expected: Vec<(String, String)> = view::field_lines(&input.raw_lines)
+            .map(|(n, v)| (String::from_utf8_lossy(&n.to_ascii_lowercase()).into_owned(), String::from_utf8_lossy(v).into_owned()))
+            .filter(|(n, _)| shown.includes(n.as_bytes()))
+            .collect();
+        assert_eq!(d.response_headers, expected, "{shown:?}");
+        assert_eq!(d.path, head.uri.path(), "the request section survives");
+    }
+}
 
 /// A view of the lines of some names holds exactly those lines of the head (each name's in
 /// order), or the whole head (a short one, cheaper to copy whole), and the head's `host`.

@@ -26,7 +26,7 @@ use crate::forward::{
     strip_hop_by_hop, strip_seen_hop_by_hop, untrusted_forwarding, upstream_uri,
 };
 use crate::h1::head::Fields;
-use crate::h1::lines::HeadLines as _;
+use crate::h1::lines::{HeadLines as _, Lines, LinesHead};
 use crate::proxy::{Proxy, RouteTarget};
 use crate::route::{Found, normalize_host};
 use crate::server::error_chain;
@@ -100,11 +100,13 @@ impl Proxy {
             BodyMode::Streamed if body.is_end_stream() => Box::pin(f.request_body_empty(parts, body)).await?,
             BodyMode::Streamed => f.stream_request_body(parts, body),
         };
-        // No plugin reads the response, and it goes to an HTTP/1.1 client (the version is the
-        // client's until `address_upstream`): its fields may stay as the upstream's lines.
-        let fields = match f.exchange {
-            None if parts.version == Version::HTTP_11 => Fields::Lines,
-            _ => Fields::Map,
+        // The response goes to an HTTP/1.1 client (the version is the client's until
+        // `address_upstream`) and no plugin streams or buffers its body: its fields may stay as
+        // the upstream's lines (the response-headers plugins read and change them there).
+        let fields = match &route.chain {
+            _ if parts.version != Version::HTTP_11 => Fields::Map,
+            Some(chain) if f.exchange.is_some() && chain.handles(WeftPhase::ResponseBody) => Fields::Map,
+            _ => Fields::Lines,
         };
         let pick = self.address_upstream(parts, &client.ip, host.as_ref(), upgrade.is_some(), route);
         let Some((mut pick, forwarding)) = pick else {
@@ -122,19 +124,26 @@ impl Proxy {
         };
         let resp = f.forward(req, &mut pick, &client.upstream_timer, out).await?;
         let (mut parts, mut body) = upstream_head(resp, upgrade, route).into_parts();
-        let mode = f.response_phases(&mut parts, &mut body).await?;
+        let mut lines = body.take_lines();
+        let mode = f.response_phases(&mut parts, lines.as_deref_mut(), &mut body).await?;
         let addr = route.upstream.address(&pick);
         if f.exchange.is_none() {
-            // No plugins.
-            return Ok(untouched(route, addr, parts, body));
+            // No plugins, or none after the response head.
+            return Ok(untouched(route, addr, parts, body, lines));
         }
-        // Responses that cannot have a body never reach body plugins.
+        // Responses that cannot have a body never reach body plugins, whose responses' fields
+        // were asked for as a map (were they lines, they go into it: the body paths write the map).
         let no_body = head_request || bodiless(parts.status);
+        if mode != BodyMode::None
+            && let Some(lines) = lines.take()
+        {
+            lines.into_map(&mut parts.headers);
+        }
         Ok(match mode {
             // Boxed: the rare buffered path's state stays out of every request's future.
             BodyMode::Buffered if !no_body => Box::pin(f.buffered_response(parts, body, addr)).await,
-            BodyMode::Streamed if !no_body => f.response_body(parts, body, addr, true),
-            _ => f.response_body(parts, body, addr, false),
+            BodyMode::Streamed if !no_body => f.response_body(parts, body, addr, true, None),
+            _ => f.response_body(parts, body, addr, false, lines),
         })
     }
 
@@ -437,7 +446,12 @@ impl Flight<'_> {
     /// response (dropping its body closes or returns the upstream connection). `body` goes on
     /// sending a request body still streaming while the phase waits for the exchange. Returns
     /// how the response body goes through the chain, asked under the same lock.
-    async fn response_phases(&mut self, parts: &mut http::response::Parts, body: &mut ResponseBody) -> Step<BodyMode> {
+    async fn response_phases(
+        &mut self,
+        parts: &mut http::response::Parts,
+        lines: Option<&mut Lines>,
+        body: &mut ResponseBody,
+    ) -> Step<BodyMode> {
         let Some(x) = self.exchange.as_mut() else {
             return Ok(BodyMode::None);
         };
@@ -445,7 +459,16 @@ impl Flight<'_> {
         // Timed when a plugin has the phase (two clock reads and a histogram otherwise spent on
         // a chain without it).
         let t = x.handles(WeftPhase::ResponseHeaders).then(quanta::Instant::now);
-        let flow = x.response_headers_async(parts).await;
+        let flow = match lines {
+            Some(lines) => {
+                let mut head = LinesHead {
+                    status: &mut parts.status,
+                    lines,
+                };
+                x.response_headers_async(&mut head).await
+            }
+            None => x.response_headers_async(parts).await,
+        };
         let mode = x.body_mode(BodySide::Response);
         drop(x);
         if let Some(t) = t {
@@ -459,18 +482,20 @@ impl Flight<'_> {
         }
     }
 
-    /// The response to the client, its body untouched or (`streamed`) streamed through the body
-    /// plugins; no future of its own: the request's future moves nothing more for it.
+    /// The response to the client, its body untouched (its fields `lines` when they stayed so)
+    /// or (`streamed`) streamed through the body plugins; no future of its own: the request's
+    /// future moves nothing more for it.
     fn response_body(
         mut self,
         mut parts: http::response::Parts,
         body: ResponseBody,
         addr: &Authority,
         streamed: bool,
+        lines: Option<Box<Lines>>,
     ) -> Reply {
         debug!(route = %self.route.name, %addr, status = parts.status.as_u16(), streamed, "proxied");
         if !streamed {
-            return Response::from_parts(parts, ProxyBody::new(body, self.exchange));
+            return Response::from_parts(parts, ProxyBody::new(body, self.exchange).with_lines(lines));
         }
         parts.headers.remove(header::CONTENT_LENGTH);
         let shared = self.exchange.take().expect("a plugin route's exchange").into_shared();
@@ -561,9 +586,14 @@ fn bodiless(status: StatusCode) -> bool {
 
 /// The upstream's response as it came, for a request without plugins (its fields as lines when
 /// they stayed so).
-fn untouched(route: &RouteTarget, addr: &Authority, parts: http::response::Parts, mut body: ResponseBody) -> Reply {
+fn untouched(
+    route: &RouteTarget,
+    addr: &Authority,
+    parts: http::response::Parts,
+    body: ResponseBody,
+    lines: Option<Box<Lines>>,
+) -> Reply {
     debug!(route = %route.name, %addr, status = parts.status.as_u16(), "proxied");
-    let lines = body.take_lines();
     Response::from_parts(parts, ProxyBody::new(body, None).with_lines(lines))
 }
 

@@ -424,3 +424,67 @@ impl Body for HeldBody {
         }
     }
 }
+
+/// Response-headers plugins (Go, in reverse chain order) change a response whose fields stay
+/// as the upstream's lines on the way to an HTTP/1.1 client: a set replaces the upstream's
+/// field whatever its case, a removal takes it out, an added field follows the others, the
+/// rest go as the upstream sent them (hop-by-hop fields left out, the upstream's `date` only),
+/// with the proxy's request id once; an HTTP/2 client, answered from a map, gets the same.
+#[tokio::test]
+async fn response_plugins_change_the_upstream_s_lines() {
+    let upstream = common::spawn_raw_upstream(common::mixed_answer).await;
+    let yaml = format!(
+        r#"
+listen: 127.0.0.1:0
+libraries: [{{ name: examples, path: {lib:?} }}]
+plugins:
+  - {{ name: timing, library: examples, plugin: timing-logger }}
+  - name: rewrite
+    library: examples
+    plugin: header-rewriter
+    config: {{ response_set: {{ x-mixed-case: replaced, x-frame-options: DENY }}, response_remove: [server] }}
+upstreams: [{{ name: up, addresses: ["{upstream}"] }}]
+routes: [{{ path_prefix: /, upstream: up, plugins: [timing, rewrite] }}]
+"#,
+        lib = weft_test_support::go_library("test").display().to_string()
+    );
+    let config = Config::parse(&yaml, "lines.yaml", Path::new(".")).unwrap();
+    let proxy = Proxy::from_config(&config).unwrap_or_else(|e| panic!("{e}"));
+    let proxy = weft_proxy::spawn(proxy, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let paths = ["/a", "/chunked", "/b"];
+    for (path, head) in paths.into_iter().zip(common::get_hellos(proxy, &paths).await) {
+        let lines: Vec<&str> = head.split("\r\n").collect();
+        let has = |l: &str| lines.iter().filter(|x| **x == l).count();
+        let named = |n: &str| lines.iter().filter(|x| x.to_lowercase().starts_with(n)).count();
+        assert_eq!((named("server:"), named("keep-alive:")), (0, 0), "{head}");
+        assert_eq!(
+            (named("x-mixed-case:"), has("x-mixed-case: replaced")),
+            (1, 1),
+            "{head}"
+        );
+        assert_eq!(has("x-frame-options: DENY"), 1, "{head}");
+        assert_eq!(
+            (named("x-request-id:"), has(&format!("x-request-id: id{path}"))),
+            (1, 1),
+            "{head}"
+        );
+        assert_eq!((named("server-timing:"), named("date:")), (1, 1), "{head}");
+        if path == "/chunked" {
+            assert_eq!(named("transfer-encoding:"), 1, "{head}");
+        } else {
+            assert_eq!(has("content-length: 5"), 1, "{head}");
+            assert_eq!(has("Date: Thu, 01 Jan 2026 00:00:00 GMT"), 1, "{head}");
+            let two = lines.iter().position(|l| *l == "X-Two: a").expect(&head);
+            assert_eq!(lines[two + 1], "X-Two: b", "{head}");
+        }
+    }
+    let resp = client(true).request(get(format!("http://{proxy}/h2"))).await.unwrap();
+    let h = resp.headers().clone();
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "hello");
+    assert!(!h.contains_key("server") && !h.contains_key("keep-alive"));
+    assert_eq!(h.get_all("x-mixed-case").iter().collect::<Vec<_>>(), ["replaced"]);
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["date"], "Thu, 01 Jan 2026 00:00:00 GMT");
+    assert_eq!(h.get_all("x-two").iter().collect::<Vec<_>>(), ["a", "b"]);
+    assert!(h.contains_key("server-timing") && h.contains_key("x-request-id"));
+}

@@ -312,7 +312,7 @@ async fn requests_of_one_connection_are_each_timed_from_their_start() {
 /// Reads one response with a `content-length` body from `s` (what is left after it stays in
 /// `rest`); its status and body. Fails if it does not come within 3 s.
 async fn read_response(s: &mut TcpStream, rest: &mut Vec<u8>) -> (u16, String) {
-    let (head, body) = read_any_response(s, rest).await;
+    let (head, body) = common::read_any_response(s, rest).await;
     (head[9..12].parse().unwrap(), body)
 }
 
@@ -352,66 +352,17 @@ async fn a_keep_alive_connection_serves_requests_sent_at_any_moment() {
     assert_eq!(read_response(&mut s, &mut rest).await, (200, "/d/3".to_owned()));
 }
 
-/// An upstream that answers every request on a connection with the bytes `answer` gives for
-/// its head (no body read: the tests send none).
-async fn spawn_raw_upstream(answer: fn(&str) -> &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head: Vec<u8> = got.drain(..end + 4).collect();
-                        let head = String::from_utf8_lossy(&head).into_owned();
-                        if s.write_all(answer(&head).as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-/// A response head as upstreams send them: mixed-case names, a repeated field, a `date`, and
-/// the fields that end at this hop.
-fn mixed_answer(head: &str) -> &'static str {
-    if head.starts_with("GET /chunked ") {
-        return "HTTP/1.1 200 OK\r\nServer: raw\r\nTransfer-Encoding: chunked\r\nX-Mixed-Case: Value 1\r\n\r\n\
-                2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n";
-    }
-    "HTTP/1.1 200 OK\r\nServer: raw\r\nX-Mixed-Case: Value 1\r\nConnection: keep-alive\r\n\
-     Keep-Alive: timeout=5\r\nDate: Thu, 01 Jan 2026 00:00:00 GMT\r\nContent-Length: 5\r\n\
-     X-Two: a\r\nX-Two: b\r\n\r\nhello"
-}
-
 /// A response no plugin reads goes to an HTTP/1.1 client with its end-to-end fields as the
 /// upstream sent them (names in their case, in order), less the fields that end at this hop,
 /// framed for the client's connection, with the proxy's request id and the upstream's `date`
 /// (none added); an HTTP/2 client, which hyper's server answers, gets the same fields.
 #[tokio::test]
 async fn response_fields_go_to_the_client_as_the_upstream_sent_them() {
-    let upstream = spawn_raw_upstream(mixed_answer).await;
+    let upstream = common::spawn_raw_upstream(common::mixed_answer).await;
     let proxy = proxy_to(upstream, 5000).await;
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    let mut rest = Vec::new();
-    for path in ["/a", "/chunked", "/b"] {
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: t\r\nx-request-id: id{path}\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let (head, body) = read_any_response(&mut s, &mut rest).await;
-        assert_eq!(body, "hello", "{path}: {head}");
+    let paths = ["/a", "/chunked", "/b"];
+    for (path, head) in paths.into_iter().zip(common::get_hellos(proxy, &paths).await) {
         let lines: Vec<&str> = head.split("\r\n").collect();
-        assert_eq!(lines[0], "HTTP/1.1 200 OK");
         let has = |l: &str| lines.iter().filter(|x| **x == l).count();
         let named = |n: &str| lines.iter().filter(|x| x.to_lowercase().starts_with(n)).count();
         assert_eq!((has("Server: raw"), has("X-Mixed-Case: Value 1")), (1, 1), "{head}");
@@ -442,49 +393,6 @@ async fn response_fields_go_to_the_client_as_the_upstream_sent_them() {
     assert_eq!(h["date"], "Thu, 01 Jan 2026 00:00:00 GMT");
     assert!(h.contains_key("x-request-id"));
     assert!(!h.contains_key("keep-alive") && !h.contains_key("connection"));
-}
-
-/// Reads one response (`content-length` or chunked body) from `s` (what is left after it stays
-/// in `rest`); its head and body. Fails if it does not come within 3 s.
-async fn read_any_response(s: &mut TcpStream, rest: &mut Vec<u8>) -> (String, String) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        if let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&rest[..end]).into_owned();
-            let lower = head.to_lowercase();
-            let body = &rest[end + 4..];
-            let whole = if lower.contains("transfer-encoding: chunked") {
-                body.windows(5).position(|w| w == b"0\r\n\r\n").map(|at| {
-                    let mut out = Vec::new();
-                    let mut b = &body[..at];
-                    while let Some(nl) = b.windows(2).position(|w| w == b"\r\n") {
-                        let n = usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap(), 16).unwrap();
-                        out.extend_from_slice(&b[nl + 2..nl + 2 + n]);
-                        b = &b[nl + 4 + n..];
-                    }
-                    (out, at + 5)
-                })
-            } else {
-                let len: usize = lower
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                (body.len() >= len).then(|| (body[..len].to_vec(), len))
-            };
-            if let Some((out, used)) = whole {
-                rest.drain(..end + 4 + used);
-                return (head, String::from_utf8(out).unwrap());
-            }
-        }
-        let mut buf = [0u8; 4096];
-        let left = deadline.saturating_duration_since(Instant::now());
-        let n = tokio::time::timeout(left, s.read(&mut buf))
-            .await
-            .expect("a response within 3 s")
-            .unwrap();
-        assert!(n > 0, "the proxy closed the connection");
-        rest.extend_from_slice(&buf[..n]);
-    }
 }
 
 #[tokio::test]

@@ -36,7 +36,8 @@ use std::time::Duration;
 use crate::sync::stat::{AtomicU64, Mutex, MutexGuard, Ordering};
 
 pub use engine::{
-    BodyAbort, BodyMode, BodySide, BoxedExchange, BufferedBody, Busy, Chain, Exchange, Flow, WsEvent, WsFailure,
+    BodyAbort, BodyMode, BodySide, BoxedExchange, BufferedBody, Busy, Chain, Exchange, Flow, ResponseHead, WsEvent,
+    WsFailure,
 };
 pub use plugin::{LoadError, PluginMeta};
 pub use thread_entry::{ProcessEntries, ThreadEntries};

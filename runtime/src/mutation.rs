@@ -1047,6 +1047,33 @@ impl Batch {
             }
         });
     }
+
+    /// Hands `f` the batch's changes to a response head in record order, for a head kept in
+    /// another form than a map (what [`apply_to_response`](Self::apply_to_response) does to a
+    /// map, `f` does to it). A path or query change, which a response's batch never holds (the
+    /// decoder refuses them outside the request phases), is skipped.
+    pub fn apply_with(self, mut f: impl FnMut(ResponseChange)) {
+        self.ops.apply(|op| match op {
+            Op::SetHeader(n, v) => f(ResponseChange::Set(n, v)),
+            Op::AddHeader(n, v) => f(ResponseChange::Add(n, v)),
+            Op::RemoveHeader(n) => f(ResponseChange::Remove(n)),
+            Op::SetStatus(s) => f(ResponseChange::Status(s)),
+            Op::SetPath(_) | Op::SetQuery(_) => {}
+        });
+    }
+}
+
+/// One change a batch makes to a response head ([`Batch::apply_with`]): the names and values
+/// are checked ones (never a reserved name, never a value with a line break).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseChange {
+    /// Every field of the name replaced by this one (`HeaderMap::insert`).
+    Set(HeaderName, HeaderValue),
+    /// A field added after the others (`HeaderMap::append`).
+    Add(HeaderName, HeaderValue),
+    /// Every field of the name removed.
+    Remove(HeaderName),
+    Status(StatusCode),
 }
 
 /// Writes mutation records the way a plugin does (tests, benches, fuzz seeds).

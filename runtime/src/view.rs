@@ -219,7 +219,7 @@ impl Cursor<'_> {
         want_host: bool,
     ) -> Result<HeaderSection, ViewTooLarge> {
         let names = match shown {
-            Shown::All => return self.lines(headers.len(), headers.iter()),
+            Shown::All => return self.map_lines(headers.len(), headers.iter()),
             Shown::Named(names) => names,
         };
         // A lookup per name (~140 instructions, a hash and a probe) and ~100 a picked line,
@@ -227,7 +227,7 @@ impl Cursor<'_> {
         // less laid out whole, which the contract allows (a view may carry more lines than its
         // plugins declared).
         if 240 * names.len() + 140 >= 100 * headers.len() {
-            return self.lines(headers.len(), headers.iter());
+            return self.map_lines(headers.len(), headers.iter());
         }
         // Each name is looked up once when the names are few and each has at most one line
         // (the usual head), its line kept for the layout; else each name's lines are looked up
@@ -237,7 +237,7 @@ impl Cursor<'_> {
         static NO_VALUE: HeaderValue = HeaderValue::from_static("");
         if names.is_empty() {
             return self
-                .lines(0, std::iter::empty())
+                .map_lines(0, std::iter::empty())
                 .and_then(|section| self.with_host(section, headers, want_host));
         }
         let mut found = [(&NO_NAME, &NO_VALUE); FEW];
@@ -253,10 +253,10 @@ impl Cursor<'_> {
                 values.next().is_none()
             });
         let section = if single {
-            self.lines(n, found[..n].iter().copied())?
+            self.map_lines(n, found[..n].iter().copied())?
         } else {
             let count = names.iter().map(|n| headers.get_all(n).iter().count()).sum();
-            self.lines(
+            self.map_lines(
                 count,
                 names
                     .iter()
@@ -264,6 +264,32 @@ impl Cursor<'_> {
             )?
         };
         self.with_host(section, headers, want_host)
+    }
+
+    /// The lines of a map (names lowercase already).
+    #[inline(always)]
+    fn map_lines<'h>(
+        &mut self,
+        count: usize,
+        lines: impl Iterator<Item = (&'h HeaderName, &'h HeaderValue)>,
+    ) -> Result<HeaderSection, ViewTooLarge> {
+        self.lines::<_, _, false>(count, lines)
+    }
+
+    /// The header array of the field lines `shown` names among `lines` ([`Fields::Lines`]), their
+    /// names lowercase; a response section's, so no `host` is looked for. One pass over the
+    /// lines: the array has room for every line (a count of line ends), the entries the named
+    /// ones leave spare.
+    fn field_lines(&mut self, lines: &[u8], shown: Shown<'_>) -> Result<HeaderSection, ViewTooLarge> {
+        let names = match shown {
+            Shown::Named([]) => return self.lines::<&[u8], &[u8], true>(0, std::iter::empty()),
+            Shown::Named(names) => names,
+            Shown::All => &[],
+        };
+        let shows =
+            |name: &[u8]| names.is_empty() || names.iter().any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name));
+        let bound = memchr::memchr_iter(b'\n', lines).count() + usize::from(lines.last().is_some_and(|&b| b != b'\n'));
+        self.lines::<_, _, true>(bound, field_lines(lines).filter(|(name, _)| shows(name)))
     }
 
     /// `section` with where the first `host` value went, when `want_host` (the request section)
@@ -287,38 +313,58 @@ impl Cursor<'_> {
     /// Writes a header array of `count` entries for `lines` (zeroed spare entries after it)
     /// followed by their strings; returns where the array lies and where the first `host` value
     /// went.
+    /// `RAW`: field lines as an upstream sent them, whose names are copied lowercase and which
+    /// may be fewer than `bound` (the entries they leave are zeroed, spare like the
+    /// [`SPARE_HEADERS`] after them); else a map's lines, exactly `bound` of them (not counted:
+    /// this is the request view's layout, on every plugin call's path).
     #[inline]
-    fn lines<'h>(
+    fn lines<N: AsRef<[u8]>, V: AsRef<[u8]>, const RAW: bool>(
         &mut self,
-        count: usize,
-        lines: impl Iterator<Item = (&'h HeaderName, &'h HeaderValue)>,
+        bound: usize,
+        lines: impl Iterator<Item = (N, V)>,
     ) -> Result<HeaderSection, ViewTooLarge> {
         self.align(align_of::<WeftHeader>())?;
         // 65,535 entries are a megabyte of array alone; a section of more is refused as too large.
-        let cap_entries = u16::try_from(count + SPARE_HEADERS).map_err(|_| ViewTooLarge { cap: self.buf.len() })?;
-        let array = self.reserve((count + SPARE_HEADERS) * size_of::<WeftHeader>())?;
+        let cap_entries = u16::try_from(bound + SPARE_HEADERS).map_err(|_| ViewTooLarge { cap: self.buf.len() })?;
+        let array = self.reserve((bound + SPARE_HEADERS) * size_of::<WeftHeader>())?;
         let cap = self.buf.len();
         let (head, mut rest) = self.buf.split_at_mut(self.pos);
-        let (table, spare) = head[array..].split_at_mut(count * size_of::<WeftHeader>());
+        let (table, spare) = head[array..].split_at_mut(bound * size_of::<WeftHeader>());
         // A fixed-size store, not a call into `memset`.
         let spare: &mut [u8; SPARE_HEADERS * size_of::<WeftHeader>()] =
             spare.try_into().expect("the spare entries were reserved");
         *spare = [0; SPARE_HEADERS * size_of::<WeftHeader>()];
         let mut at = self.pos;
         let mut host = None;
+        let mut count = 0;
         for ((name, value), entry) in lines.zip(table.chunks_exact_mut(size_of::<WeftHeader>())) {
-            let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+            let (name, value) = (name.as_ref(), value.as_ref());
             if name.len() + value.len() > rest.len() {
                 return Err(ViewTooLarge { cap });
             }
             let h = WeftHeader {
-                name: put(&mut rest, &mut at, name),
+                name: match RAW {
+                    true => put_lowercase(&mut rest, &mut at, name),
+                    false => put(&mut rest, &mut at, name),
+                },
                 value: put(&mut rest, &mut at, value),
             };
-            if host.is_none() && name == b"host" {
+            let is_host = match RAW {
+                true => name.eq_ignore_ascii_case(b"host"),
+                false => name == b"host",
+            };
+            if host.is_none() && is_host {
                 host = Some(h.value);
             }
             write_struct(entry, 0, h);
+            if RAW {
+                count += 1;
+            }
+        }
+        if !RAW {
+            count = bound;
+        } else if count < bound {
+            table[count * size_of::<WeftHeader>()..].fill(0);
         }
         self.pos = at;
         Ok(HeaderSection {
@@ -348,8 +394,20 @@ fn first_host(headers: &HeaderMap) -> Option<&HeaderValue> {
 /// at slot offset `*at`; advances both past them.
 #[inline]
 fn put(rest: &mut &mut [u8], at: &mut usize, bytes: &[u8]) -> WeftStr {
+    put_then(rest, at, bytes, |_| {})
+}
+
+/// [`put`] with the copy's ASCII letters lowercased (a field name as an upstream sent it).
+#[inline]
+fn put_lowercase(rest: &mut &mut [u8], at: &mut usize, bytes: &[u8]) -> WeftStr {
+    put_then(rest, at, bytes, <[u8]>::make_ascii_lowercase)
+}
+
+#[inline(always)]
+fn put_then(rest: &mut &mut [u8], at: &mut usize, bytes: &[u8], then: impl FnOnce(&mut [u8])) -> WeftStr {
     let (dst, tail) = std::mem::take(rest).split_at_mut(bytes.len());
     crate::short::copy(dst, bytes);
+    then(dst);
     *rest = tail;
     let s = WeftStr {
         off: *at as u32,
@@ -610,10 +668,53 @@ pub fn encode_response_shown(
     headers: &HeaderMap,
     shown: Shown<'_>,
 ) -> Result<SectionEnd, ViewTooLarge> {
+    encode_response_fields(buf, request_end, phase, status, Fields::Map(headers), shown)
+}
+
+/// A response head's fields as the host keeps them.
+#[derive(Debug, Clone, Copy)]
+pub enum Fields<'a> {
+    Map(&'a HeaderMap),
+    /// HTTP/1.1 field lines, `name: value\r\n` back to back, as an upstream sent them (see
+    /// [`field_lines`]): the view gets their names lowercase, as a map's.
+    Lines(&'a [u8]),
+}
+
+/// Each field of HTTP/1.1 field lines (`name: value`, each line ending in `\n` or `\r\n`): its
+/// name as written and its value without the whitespace around it. A line without a colon or
+/// with an empty name is skipped (a host hands over lines its parser accepted, which have
+/// neither).
+pub fn field_lines(lines: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut rest = lines;
+    std::iter::from_fn(move || {
+        while !rest.is_empty() {
+            let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |at| at + 1);
+            let (line, after) = rest.split_at(end);
+            rest = after;
+            if let Some(colon) = memchr::memchr(b':', line).filter(|&c| c > 0) {
+                return Some((&line[..colon], line[colon + 1..].trim_ascii()));
+            }
+        }
+        None
+    })
+}
+
+/// [`encode_response_shown`] for fields kept either way.
+pub fn encode_response_fields(
+    buf: &mut [u8],
+    request_end: usize,
+    phase: u32,
+    status: u16,
+    fields: Fields<'_>,
+    shown: Shown<'_>,
+) -> Result<SectionEnd, ViewTooLarge> {
     let mut view = read_view(buf);
     let mut c = Cursor { buf, pos: request_end };
     // A response's `host` line, if any, is not the view's `host`: only the array is kept.
-    let HeaderSection { array, .. } = c.headers(headers, shown, false)?;
+    let HeaderSection { array, .. } = match fields {
+        Fields::Map(headers) => c.headers(headers, shown, false)?,
+        Fields::Lines(lines) => c.field_lines(lines, shown)?,
+    };
     let size = c.pos;
     resized(&mut view, size, phase);
     view.status = status as u32;
@@ -996,6 +1097,66 @@ mod tests {
         assert_eq!(d.phase, 2);
         assert_eq!(d.response_headers, vec![("content-type".into(), "text/plain".into())]);
         assert_eq!(d.path, "/p/q", "request section survives the response append");
+    }
+
+    /// A response's fields given as an upstream's lines read back as the same fields given as a
+    /// map (names lowercase, values without the space around them), whole or the named ones
+    /// only, and patch like them; a line without a colon is skipped, and a slot too small for
+    /// them is an error.
+    #[test]
+    fn field_lines_lay_out_as_the_map_of_their_fields() {
+        let uri: Uri = "/p".parse().unwrap();
+        let no_headers = HeaderMap::new();
+        let head = RequestHead {
+            method: &Method::GET,
+            uri: &uri,
+            version: Version::HTTP_11,
+            headers: &no_headers,
+        };
+        let lines = b"Server: nginx\r\nX-Two: a\r\nx-two:  b \r\nno colon\r\nContent-Type: text/plain\r\n";
+        let mut map = HeaderMap::new();
+        map.append("server", HeaderValue::from_static("nginx"));
+        map.append("x-two", HeaderValue::from_static("a"));
+        map.append("x-two", HeaderValue::from_static("b"));
+        map.append("content-type", HeaderValue::from_static("text/plain"));
+        let named = [HeaderName::from_static("x-two"), HeaderName::from_static("x-absent")];
+        let laid_out = |fields: Fields<'_>, shown: Shown<'_>| {
+            let mut buf = vec![0u8; 4096];
+            let end = encode_request(&mut buf, &ident(), 0, &head).unwrap();
+            let done = encode_response_fields(&mut buf, end.size, 2, 200, fields, shown).unwrap();
+            let before = decode_for_test(&buf).unwrap();
+            let edits = [HeaderEdit::Set(b"x-two", b"c"), HeaderEdit::Add(b"x-new", b"1")];
+            patch_headers(&mut buf, Section::Response, done.headers, done.size, 2, edits).unwrap();
+            (done, before, decode_for_test(&buf).unwrap())
+        };
+        let (lines_end, lines_before, lines_after) = laid_out(Fields::Lines(lines), Shown::All);
+        let (map_end, map_before, map_after) = laid_out(Fields::Map(&map), Shown::All);
+        assert_eq!((&lines_before, &lines_after), (&map_before, &map_after));
+        // Room for every line, the one without a colon too (its entry is spare).
+        assert_eq!(
+            (lines_end.headers.count, lines_end.headers.cap),
+            (4, 5 + SPARE_HEADERS as u16)
+        );
+        assert_eq!(
+            (map_end.headers.count, map_end.headers.cap),
+            (4, 4 + SPARE_HEADERS as u16)
+        );
+        let names = |d: &DecodedView| d.response_headers.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&lines_before), ["server", "x-two", "x-two", "content-type"]);
+        assert_eq!(names(&lines_after), ["server", "x-two", "content-type", "x-new"]);
+        // Only the named lines (a map's short head is laid out whole whatever the names: more
+        // lines than declared, which the contract allows).
+        let (_, before, _) = laid_out(Fields::Lines(lines), Shown::Named(&named));
+        assert_eq!(
+            before.response_headers,
+            [("x-two".into(), "a".into()), ("x-two".into(), "b".into())]
+        );
+        let (_, before, _) = laid_out(Fields::Lines(lines), Shown::Named(&[]));
+        assert_eq!(before.response_headers, []);
+        let end = encode_request(&mut vec![0u8; 4096], &ident(), 0, &head).unwrap();
+        let mut small = vec![0u8; end.size + 40];
+        encode_request(&mut small, &ident(), 0, &head).unwrap();
+        assert!(encode_response_fields(&mut small, end.size, 2, 200, Fields::Lines(lines), Shown::All).is_err());
     }
 
     /// A layout of changed headers alone reads back exactly as a whole new layout of the

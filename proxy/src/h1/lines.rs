@@ -16,16 +16,24 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::StatusCode;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{DATE, HeaderMap, HeaderName, HeaderValue};
+use weft_runtime::mutation::{Batch, ResponseChange};
+use weft_runtime::view;
 
 use super::head::{Ask, Facts, Fields, Noted, Place, range};
 
 /// Fields kept as whole `name: value\r\n` lines, back to back.
 #[derive(Debug, Default)]
 pub struct Lines {
-    bytes: Bytes,
+    bytes: BytesMut,
     /// A `date` is among them.
     date: bool,
+    /// A plugin put an `x-request-id` among them ([`Lines::change`]), which the proxy's replaces
+    /// as it replaces one in a map.
+    request_id_line: bool,
+    /// A bit for each name among them ([`name_bit`]; names sharing a bit share it): a plugin's
+    /// set of a name not among them, the usual case, removes nothing without a pass over them.
+    names: u64,
     /// The request's id, the response's `x-request-id` (never among the lines), once the proxy
     /// set it ([`Lines::set_request_id`]).
     request_id: Option<HeaderValue>,
@@ -46,7 +54,68 @@ impl Lines {
     /// the response's map (an insert into a map that is empty until then: ~230 instructions a
     /// request, `scripts/callgrind-proxy`).
     pub fn set_request_id(&mut self, id: HeaderValue) {
+        if self.request_id_line {
+            self.remove(crate::logging::REQUEST_ID.as_str());
+        }
         self.request_id = Some(id);
+    }
+
+    /// Makes a response-headers plugin's change to the fields, as
+    /// [`Batch::apply_to_response`] makes it to a map (a status change is the caller's). The
+    /// names a plugin may change are none the lines leave out or refuse (`mutation.rs` refuses
+    /// the framing and hop-by-hop ones), but `date`, which is noted, and `x-request-id`, which
+    /// [`Lines::set_request_id`] replaces.
+    pub fn change(&mut self, change: ResponseChange) {
+        match change {
+            ResponseChange::Set(name, value) => {
+                self.remove(name.as_str());
+                self.add(&name, &value);
+            }
+            ResponseChange::Add(name, value) => self.add(&name, &value),
+            ResponseChange::Remove(name) => self.remove(name.as_str()),
+            ResponseChange::Status(_) => {}
+        }
+    }
+
+    /// A line for `name` after the others (a checked name and value: no line break in either).
+    fn add(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.names |= name_bit(name.as_str().as_bytes());
+        self.date |= *name == DATE;
+        self.request_id_line |= *name == crate::logging::REQUEST_ID;
+        let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+        self.bytes.reserve(name.len() + value.len() + 4);
+        for piece in [name, b": ", value, b"\r\n"] {
+            self.bytes.extend_from_slice(piece);
+        }
+    }
+
+    /// Every line of `name` (lowercase; the lines' names in any case) taken out, the lines after
+    /// each moved over it.
+    fn remove(&mut self, name: &str) {
+        let name = name.as_bytes();
+        if self.names & name_bit(name) == 0 {
+            return;
+        }
+        let (mut read, mut write) = (0, 0);
+        while read < self.bytes.len() {
+            let end = memchr::memchr(b'\n', &self.bytes[read..]).map_or(self.bytes.len(), |at| read + at + 1);
+            let line = &self.bytes[read..end];
+            let named =
+                line.len() > name.len() && line[name.len()] == b':' && line[..name.len()].eq_ignore_ascii_case(name);
+            if !named {
+                if write != read {
+                    self.bytes.copy_within(read..end, write);
+                }
+                write += end - read;
+            }
+            read = end;
+        }
+        self.bytes.truncate(write);
+        if name == b"date" {
+            self.date = false;
+        } else if name == crate::logging::REQUEST_ID.as_str().as_bytes() {
+            self.request_id_line = false;
+        }
     }
 
     /// The `x-request-id` to write before the lines.
@@ -60,21 +129,54 @@ impl Lines {
         if let Some(id) = self.request_id {
             map.insert(crate::logging::REQUEST_ID.clone(), id);
         }
+        let bytes = self.bytes.freeze();
         let mut at = 0;
-        while let Some(end) = self.bytes[at..].iter().position(|&b| b == b'\n') {
+        while let Some(end) = bytes[at..].iter().position(|&b| b == b'\n') {
             let line = at..at + end - 1;
             at += end + 1;
-            let Some(colon) = self.bytes[line.clone()].iter().position(|&b| b == b':') else {
+            let Some(colon) = bytes[line.clone()].iter().position(|&b| b == b':') else {
                 continue;
             };
-            let name = HeaderName::from_bytes(&self.bytes[line.start..line.start + colon]);
-            let value = HeaderValue::from_maybe_shared(self.bytes.slice(line.start + colon + 2..line.end));
+            let name = HeaderName::from_bytes(&bytes[line.start..line.start + colon]);
+            let value = HeaderValue::from_maybe_shared(bytes.slice(line.start + colon + 2..line.end));
             // Both were accepted by httparse, whose name and value bytes these accept too
             // (`every_name_and_value_httparse_takes_goes_into_a_map`).
             if let (Ok(name), Ok(value)) = (name, value) {
                 map.append(name, value);
             }
         }
+    }
+}
+
+/// The bit of [`Lines::names`] for a field name in any case: from its length and first letter.
+fn name_bit(name: &[u8]) -> u64 {
+    // `| 0x20` lowercases a letter and leaves the other token characters' bit as it is, so
+    // both cases of a name get one bit.
+    let first = name.first().map_or(0, |&b| b | 0x20);
+    1 << ((name.len() as u32 * 7 + u32::from(first)) & 63)
+}
+
+/// A response head whose fields stayed as [`Lines`], as the response-headers plugins read and
+/// change it.
+pub struct LinesHead<'a> {
+    pub status: &'a mut StatusCode,
+    pub lines: &'a mut Lines,
+}
+
+impl weft_runtime::ResponseHead for LinesHead<'_> {
+    fn status(&self) -> StatusCode {
+        *self.status
+    }
+
+    fn fields(&self) -> view::Fields<'_> {
+        view::Fields::Lines(self.lines.as_bytes())
+    }
+
+    fn apply(&mut self, batch: Batch) {
+        batch.apply_with(|change| match change {
+            ResponseChange::Status(status) => *self.status = status,
+            change => self.lines.change(change),
+        });
     }
 }
 
@@ -100,6 +202,8 @@ pub(super) struct Kept {
     /// Bit i: leave line i out.
     left_out: u64,
     date: bool,
+    /// [`Lines::names`].
+    names: u64,
 }
 
 /// How a field name bears on the lines.
@@ -151,12 +255,18 @@ pub(super) fn scan<'a>(head: &'a [u8], places: &[Place], status: StatusCode, ask
     let mut kept = Kept {
         left_out: 0,
         date: false,
+        names: 0,
     };
     for (i, place) in places.iter().enumerate() {
-        let keep = match role(&head[range(place.name)]) {
-            Role::Keep => true,
+        let name = &head[range(place.name)];
+        let keep = match role(name) {
+            Role::Keep => {
+                kept.names |= name_bit(name);
+                true
+            }
             Role::Date => {
                 kept.date = true;
+                kept.names |= name_bit(name);
                 true
             }
             Role::Noted(field) => {
@@ -206,13 +316,13 @@ impl Kept {
             }
             at += len;
         }
-        // Cut to the lines before the freeze: a slice of the frozen bytes would count one more
-        // owner of the buffer, and the head another drop.
         head.truncate(at);
         head.advance(start);
         Lines {
-            bytes: head.freeze(),
+            bytes: head,
             date: self.date,
+            request_id_line: false,
+            names: self.names,
             request_id: None,
         }
     }
@@ -279,6 +389,79 @@ mod tests {
         let mut expected = map_fields(raw);
         expected.retain(|(n, _)| n != "content-length");
         assert_eq!(fields_of(&map), expected);
+    }
+
+    /// A response-headers plugin's changes made to the lines leave the fields the same changes
+    /// leave in the map of the same head (by name, each name's values in order), the status
+    /// too; `date` stays noted as the lines change, and a plugin's `x-request-id` gives way to
+    /// the proxy's.
+    #[test]
+    fn plugin_changes_to_the_lines_match_the_map_s() {
+        use weft_runtime::ResponseHead as _;
+        use weft_runtime::abi::{WeftMutationOp as M, WeftPhase};
+        use weft_runtime::mutation::{decode, encode_record};
+        let raw = "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Mon, 07 Dec 2026 17:00:00 GMT\r\n\
+                   X-Two: a\r\nContent-Length: 5\r\nx-two: b\r\nETag: \"x\"\r\n\r\n";
+        type Records = &'static [(M, u32, &'static str, &'static str)];
+        let cases: [Records; 5] = [
+            &[
+                (M::SetResponseHeader, 0, "x-two", "c"),
+                (M::AddResponseHeader, 0, "x-new", "1"),
+            ],
+            &[
+                (M::RemoveResponseHeader, 0, "server", ""),
+                (M::RemoveResponseHeader, 0, "absent", ""),
+            ],
+            &[
+                (M::SetResponseHeader, 0, "date", "Tue, 08 Dec 2026 00:00:00 GMT"),
+                (M::SetStatus, 203, "", ""),
+            ],
+            &[
+                (M::RemoveResponseHeader, 0, "date", ""),
+                (M::AddResponseHeader, 0, "etag", "\"y\""),
+            ],
+            &[
+                (M::AddResponseHeader, 0, "x-request-id", "forged"),
+                (M::SetResponseHeader, 0, "x-two", ""),
+            ],
+        ];
+        let sorted = |mut fields: Vec<(String, String)>| {
+            fields.sort_by(|a, b| a.0.cmp(&b.0));
+            fields
+        };
+        for records in cases {
+            let mut buf = Vec::new();
+            for &(op, arg, a, b) in records {
+                encode_record(&mut buf, op as u32, arg, a.as_bytes(), b.as_bytes());
+            }
+            let batch = || decode(&buf, buf.len(), WeftPhase::ResponseHeaders).unwrap();
+            let mut kept = *head_as(raw, Fields::Lines);
+            let mut lines = kept.lines.take().unwrap();
+            LinesHead {
+                status: &mut kept.parts.status,
+                lines: &mut lines,
+            }
+            .apply(batch());
+            let mut mapped = head_as(raw, Fields::Map).parts;
+            crate::forward::strip_hop_by_hop(&mut mapped.headers);
+            mapped.headers.remove("content-length");
+            mapped.apply(batch());
+            assert_eq!(kept.parts.status, mapped.status, "{records:?}");
+            assert_eq!(lines.has_date(), mapped.headers.contains_key("date"), "{records:?}");
+            // What the writer gets: the proxy's id replaces whatever a plugin set.
+            let id = HeaderValue::from_static("the-proxy-s");
+            lines.set_request_id(id.clone());
+            mapped.headers.insert(crate::logging::REQUEST_ID.clone(), id);
+            let text = String::from_utf8(lines.as_bytes().to_vec()).unwrap();
+            assert!(!text.to_ascii_lowercase().contains("x-request-id"), "{text}");
+            let mut map = HeaderMap::new();
+            lines.into_map(&mut map);
+            assert_eq!(
+                sorted(fields_of(&map)),
+                sorted(fields_of(&mapped.headers)),
+                "{records:?}"
+            );
+        }
     }
 
     #[test]

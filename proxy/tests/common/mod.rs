@@ -501,3 +501,109 @@ pub async fn raw(addr: SocketAddr, request: &str) -> (u16, String, String) {
         .unwrap_or_else(|| panic!("no status in {reply:?}"));
     (status, head.to_owned(), body.to_owned())
 }
+
+/// An upstream that answers every request on a connection with the bytes `answer` gives for
+/// its head (no body read: the tests send none).
+pub async fn spawn_raw_upstream(answer: fn(&str) -> &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = got.drain(..end + 4).collect();
+                        let head = String::from_utf8_lossy(&head).into_owned();
+                        if s.write_all(answer(&head).as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads one response (`content-length` or chunked body) from `s` (what is left after it stays
+/// in `rest`); its head and body. Fails if it does not come within 3 s.
+pub async fn read_any_response(s: &mut tokio::net::TcpStream, rest: &mut Vec<u8>) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        if let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+            let lower = head.to_lowercase();
+            let body = &rest[end + 4..];
+            let whole = if lower.contains("transfer-encoding: chunked") {
+                body.windows(5).position(|w| w == b"0\r\n\r\n").map(|at| {
+                    let mut out = Vec::new();
+                    let mut b = &body[..at];
+                    while let Some(nl) = b.windows(2).position(|w| w == b"\r\n") {
+                        let n = usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap(), 16).unwrap();
+                        out.extend_from_slice(&b[nl + 2..nl + 2 + n]);
+                        b = &b[nl + 4 + n..];
+                    }
+                    (out, at + 5)
+                })
+            } else {
+                let len: usize = lower
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                (body.len() >= len).then(|| (body[..len].to_vec(), len))
+            };
+            if let Some((out, used)) = whole {
+                rest.drain(..end + 4 + used);
+                return (head, String::from_utf8(out).unwrap());
+            }
+        }
+        let mut buf = [0u8; 4096];
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, s.read(&mut buf))
+            .await
+            .expect("a response within 3 s")
+            .unwrap();
+        assert!(n > 0, "the proxy closed the connection");
+        rest.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A response head as upstreams send them: mixed-case names, a repeated field, a `date`, and
+/// the fields that end at this hop.
+pub fn mixed_answer(head: &str) -> &'static str {
+    if head.starts_with("GET /chunked ") {
+        return "HTTP/1.1 200 OK\r\nServer: raw\r\nTransfer-Encoding: chunked\r\nX-Mixed-Case: Value 1\r\n\r\n\
+                2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n";
+    }
+    "HTTP/1.1 200 OK\r\nServer: raw\r\nX-Mixed-Case: Value 1\r\nConnection: keep-alive\r\n\
+     Keep-Alive: timeout=5\r\nDate: Thu, 01 Jan 2026 00:00:00 GMT\r\nContent-Length: 5\r\n\
+     X-Two: a\r\nX-Two: b\r\n\r\nhello"
+}
+
+/// Sends `GET path` with `x-request-id: id{path}` for each of `paths` in turn on one keep-alive
+/// connection to `addr` and reads each answer ([`read_any_response`]), which must be a 200 whose
+/// body is `hello` (as [`mixed_answer`]'s); their heads.
+pub async fn get_hellos(addr: SocketAddr, paths: &[&str]) -> Vec<String> {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut rest = Vec::new();
+    let mut heads = Vec::new();
+    for path in paths {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: t\r\nx-request-id: id{path}\r\n\r\n");
+        s.write_all(request.as_bytes()).await.unwrap();
+        let (head, body) = read_any_response(&mut s, &mut rest).await;
+        assert_eq!(body, "hello", "{path}: {head}");
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        heads.push(head);
+    }
+    heads
+}

@@ -471,7 +471,8 @@ impl Exchange {
                             }
                             Head::Response(p) => {
                                 batch.apply_to_response(p);
-                                self.encode_response(p, phase).map_err(|e| (e, StatusCode::BAD_GATEWAY))
+                                self.encode_response(&**p, phase)
+                                    .map_err(|e| (e, StatusCode::BAD_GATEWAY))
                             }
                         };
                         if let Err((e, status)) = encoded {

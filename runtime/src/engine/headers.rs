@@ -40,8 +40,8 @@ impl Exchange {
     }
 
     /// Runs the response-headers phase on this thread; see [`request_headers`](Self::request_headers).
-    pub fn response_headers(&mut self, parts: &mut http::response::Parts) -> Flow {
-        block_on(self.response_headers_async(parts))
+    pub fn response_headers<H: ResponseHead + ?Sized>(&mut self, head: &mut H) -> Flow {
+        block_on(self.response_headers_async(head))
     }
 
     /// Whether a phase after the request headers (request body, response headers or body, log,
@@ -120,10 +120,11 @@ impl Exchange {
     }
 
     /// Runs the response-headers phase of every instance that declared it, in reverse chain order
-    /// (the first plugin on the way in is the last on the way out).
-    pub async fn response_headers_async(&mut self, parts: &mut http::response::Parts) -> Flow {
+    /// (the first plugin on the way in is the last on the way out), on `head`: an
+    /// `http::response::Parts`, or the host's own form of a response head.
+    pub async fn response_headers_async<H: ResponseHead + ?Sized>(&mut self, head: &mut H) -> Flow {
         const PHASE: WeftPhase = WeftPhase::ResponseHeaders;
-        if let Some(flow) = self.lay_out_response(parts) {
+        if let Some(flow) = self.lay_out_response(head) {
             return flow;
         }
         let instances = Arc::clone(&self.chain.instances);
@@ -144,10 +145,10 @@ impl Exchange {
                     if !batch.is_empty() {
                         let read_after = later || instances[..k].iter().any(|i| handles(i));
                         let patched = read_after && self.patch_view(&batch, view::Section::Response, PHASE);
-                        batch.apply_to_response(parts);
+                        head.apply(batch);
                         if read_after
                             && !patched
-                            && let Err(e) = self.encode_response(parts, PHASE)
+                            && let Err(e) = self.encode_response(head, PHASE)
                         {
                             tracing::warn!(plugin = %inst.name, "{e}; answering 502");
                             return response_too_large();
@@ -166,7 +167,7 @@ impl Exchange {
 
     /// Before the response-headers calls: appends the response section to the view when a
     /// phase will read it. `Some`: the phase ends here with this flow.
-    fn lay_out_response(&mut self, parts: &http::response::Parts) -> Option<Flow> {
+    fn lay_out_response<H: ResponseHead + ?Sized>(&mut self, head: &H) -> Option<Flow> {
         const PHASE: WeftPhase = WeftPhase::ResponseHeaders;
         if self.request_end == 0 {
             // request_headers was never called; nothing to show.
@@ -185,7 +186,7 @@ impl Exchange {
         if phases & (PHASE.mask() | WeftPhase::ResponseBody.mask() | WeftPhase::Log.mask()) == 0 {
             return Some(Flow::Continue);
         }
-        if let Err(e) = self.encode_response(parts, PHASE) {
+        if let Err(e) = self.encode_response(head, PHASE) {
             tracing::warn!(request_id = self.ident.request_id, "{e}; answering 502");
             return Some(response_too_large());
         }
@@ -320,26 +321,52 @@ impl Exchange {
     }
 
     /// Lays out the response section of the view after the request section.
-    pub(super) fn encode_response(
+    pub(super) fn encode_response<H: ResponseHead + ?Sized>(
         &mut self,
-        parts: &http::response::Parts,
+        head: &H,
         phase: WeftPhase,
     ) -> Result<(), view::ViewTooLarge> {
         let end = self.request_end as usize;
         let shown = self.chain.instances.shown();
         // Only `Drop` takes the lease out.
         let lease = self.lease.as_mut().expect("exchange lease taken before drop");
-        let done = view::encode_response_shown(
+        let done = view::encode_response_fields(
             lease.bytes_mut(),
             end,
             phase as u32,
-            parts.status.as_u16(),
-            &parts.headers,
+            head.status().as_u16(),
+            head.fields(),
             shown,
         )?;
         self.view_end = done.size as u32;
         self.last_headers = done.headers;
         Ok(())
+    }
+}
+
+/// A response head the response-headers phase reads and changes: `http::response::Parts`, or a
+/// host's own form of one (the proxy keeps the fields of an upstream's HTTP/1.1 response as its
+/// lines, [`view::Fields::Lines`], when no plugin streams the response body).
+pub trait ResponseHead {
+    fn status(&self) -> StatusCode;
+    /// The fields, as the view lays them out.
+    fn fields(&self) -> view::Fields<'_>;
+    /// Makes a plugin's changes: each [`mutation::ResponseChange`] in order, as
+    /// [`mutation::Batch::apply_to_response`] makes them to a map.
+    fn apply(&mut self, batch: mutation::Batch);
+}
+
+impl ResponseHead for http::response::Parts {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    fn fields(&self) -> view::Fields<'_> {
+        view::Fields::Map(&self.headers)
+    }
+
+    fn apply(&mut self, batch: mutation::Batch) {
+        batch.apply_to_response(self);
     }
 }
 

@@ -47,6 +47,7 @@ use bytes::Bytes;
 use http::Response;
 
 pub use body::{BodyAbort, BodyMode, BodySide, BufferedBody};
+pub use headers::ResponseHead;
 pub(crate) use log::LogJob;
 pub use ws::{WsEvent, WsFailure};
 
@@ -220,6 +221,11 @@ fn next_request_id() -> u64 {
 impl Chain {
     pub fn is_empty(&self) -> bool {
         self.phases == 0
+    }
+
+    /// Whether an instance of the chain declared `phase`.
+    pub fn handles(&self, phase: WeftPhase) -> bool {
+        self.phases & phase.mask() != 0
     }
 
     /// Names of the instances, in order.
