@@ -478,6 +478,20 @@ routes: [{{ path_prefix: /, upstream: up, plugins: [timing, rewrite] }}]
             assert_eq!(lines[two + 1], "X-Two: b", "{head}");
         }
     }
+    // A request that closes its connection is answered by hyper's server, which gets the
+    // changed lines put into its map.
+    let (status, head, body) = common::raw(proxy, "GET /close HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").await;
+    assert_eq!((status, body.as_str()), (200, "hello"), "{head}");
+    let head = head.to_lowercase();
+    assert!(
+        head.contains("\r\nx-mixed-case: replaced\r\n") && !head.contains("value 1"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nx-two: a\r\nx-two: b\r\n") && !head.contains("\r\nserver:"),
+        "{head}"
+    );
+    assert_eq!(head.matches("\r\nx-request-id: ").count(), 1, "{head}");
     let resp = client(true).request(get(format!("http://{proxy}/h2"))).await.unwrap();
     let h = resp.headers().clone();
     assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "hello");

@@ -1,5 +1,5 @@
-//! A response head's fields kept as the upstream's lines, for a response no plugin reads on its
-//! way to an HTTP/1.1 client ([`super::head::Fields::Lines`]).
+//! A response head's fields kept as the upstream's lines, for a response whose body no plugin
+//! streams or buffers on its way to an HTTP/1.1 client ([`super::head::Fields::Lines`]).
 //!
 //! Built into a `HeaderMap` and written out of it again, a response's fields cost a hash and an
 //! insert per field, a pass for the hop-by-hop fields, the writer's drain and a line per field; a
@@ -13,6 +13,11 @@
 //! plain `name: value\r\n` form is parsed into a map as before, so the lines are only ever fields
 //! the map path would have written unchanged. Names keep the upstream's case (HTTP field names
 //! are case-insensitive; nginx forwards them the same way).
+//!
+//! The response-headers plugins read and change the lines themselves ([`LinesHead`]): the view
+//! lays them out (`weft_runtime::view::Fields::Lines`) and a batch's changes are made on them
+//! ([`Lines::change`]), which keeps them fields the map path would write (a plugin can change
+//! no name the lines leave out: `mutation.rs` refuses them).
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::StatusCode;
@@ -181,8 +186,8 @@ impl weft_runtime::ResponseHead for LinesHead<'_> {
 }
 
 /// A response body that may carry its head's fields as [`Lines`] (the proxy's body, for a
-/// response no plugin reads): the lean server writes them as they are, and hyper's server gets
-/// them put in the map first.
+/// response whose body no plugin reads): the lean server writes them as they are, and hyper's
+/// server gets them put in the map first.
 pub trait HeadLines {
     /// The lines, taken (None after the first call, and from a body that has none).
     fn take_lines(&mut self) -> Option<Box<Lines>> {
