@@ -105,7 +105,7 @@ impl Proxy {
         // the upstream's lines (the response-headers plugins read and change them there).
         let fields = match &route.chain {
             _ if parts.version != Version::HTTP_11 => Fields::Map,
-            Some(chain) if f.exchange.is_some() && chain.handles(WeftPhase::ResponseBody) => Fields::Map,
+            Some(chain) if chain.handles(WeftPhase::ResponseBody) => Fields::Map,
             _ => Fields::Lines,
         };
         let pick = self.address_upstream(parts, &client.ip, host.as_ref(), upgrade.is_some(), route);
@@ -132,13 +132,9 @@ impl Proxy {
             return Ok(untouched(route, addr, parts, body, lines));
         }
         // Responses that cannot have a body never reach body plugins, whose responses' fields
-        // were asked for as a map (were they lines, they go into it: the body paths write the map).
+        // were asked for as a map (the ask above: a chain with a response-body phase).
         let no_body = head_request || bodiless(parts.status);
-        if mode != BodyMode::None
-            && let Some(lines) = lines.take()
-        {
-            lines.into_map(&mut parts.headers);
-        }
+        debug_assert!(mode == BodyMode::None || lines.is_none());
         Ok(match mode {
             // Boxed: the rare buffered path's state stays out of every request's future.
             BodyMode::Buffered if !no_body => Box::pin(f.buffered_response(parts, body, addr)).await,

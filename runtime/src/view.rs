@@ -277,7 +277,7 @@ impl Cursor<'_> {
     }
 
     /// The header array of the field lines `shown` names among `lines` ([`Fields::Lines`]), their
-    /// names lowercase; a response section's, so no `host` is looked for. One pass over the
+    /// names lowercase; a response section's (no `host` looked for). One pass over the
     /// lines: the array has room for every line (a count of line ends), the entries the named
     /// ones leave spare.
     fn field_lines(&mut self, lines: &[u8], shown: Shown<'_>) -> Result<HeaderSection, ViewTooLarge> {
@@ -310,13 +310,13 @@ impl Cursor<'_> {
         Ok(section)
     }
 
-    /// Writes a header array of `count` entries for `lines` (zeroed spare entries after it)
+    /// Writes a header array of `bound` entries for `lines` (zeroed spare entries after it)
     /// followed by their strings; returns where the array lies and where the first `host` value
-    /// went.
-    /// `RAW`: field lines as an upstream sent them, whose names are copied lowercase and which
-    /// may be fewer than `bound` (the entries they leave are zeroed, spare like the
-    /// [`SPARE_HEADERS`] after them); else a map's lines, exactly `bound` of them (not counted:
-    /// this is the request view's layout, on every plugin call's path).
+    /// went. `RAW`: a response's field lines as an upstream sent them, whose names are copied
+    /// lowercase, which may be fewer than `bound` (the entries they leave are zeroed, spare like
+    /// the [`SPARE_HEADERS`] after them) and among which no `host` is looked for; else a map's
+    /// lines, exactly `bound` of them (not counted: this is the request view's layout, on every
+    /// plugin call's path).
     #[inline]
     fn lines<N: AsRef<[u8]>, V: AsRef<[u8]>, const RAW: bool>(
         &mut self,
@@ -349,11 +349,7 @@ impl Cursor<'_> {
                 },
                 value: put(&mut rest, &mut at, value),
             };
-            let is_host = match RAW {
-                true => name.eq_ignore_ascii_case(b"host"),
-                false => name == b"host",
-            };
-            if host.is_none() && is_host {
+            if !RAW && host.is_none() && name == b"host" {
                 host = Some(h.value);
             }
             write_struct(entry, 0, h);

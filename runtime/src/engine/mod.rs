@@ -333,7 +333,7 @@ impl Exchange {
     /// the view out for later phases), so a caller can use this to time only the phases a
     /// plugin has.
     pub fn handles(&self, phase: WeftPhase) -> bool {
-        self.chain.phases & phase.mask() != 0
+        self.chain.handles(phase)
     }
 
     /// Sets the TLS server name (SNI) the plugins see in `server_name` (None, the default: empty,
