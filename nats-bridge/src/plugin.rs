@@ -204,7 +204,8 @@ impl NatsPlugin {
     ) -> Result<Bytes, RemoteError> {
         let deadline = deadline.unwrap_or_else(|| Instant::now() + self.inner.opts.deadline);
         let shared = &self.inner.shared;
-        if !shared.connected() {
+        let lane = shared.lane();
+        if !lane.connected() {
             return Err(RemoteError::Disconnected);
         }
         let max = self.inner.opts.max_in_flight;
@@ -216,11 +217,10 @@ impl NatsPlugin {
         let (payload, request_id) = wire::encode_request(view, phase as u32).map_err(|_| RemoteError::BadView)?;
         let subject = self.subject(request_id, phase);
         let headers = self.headers(phase, deadline, traceparent);
-        let (guard, rx) = shared.mux.register();
-        let reply = format!("{}.{}", shared.mux.prefix, guard.token);
+        let (guard, rx) = lane.mux.register();
+        let reply = format!("{}.{}", lane.mux.prefix, guard.token);
         let exchange = async {
-            shared
-                .client
+            lane.client
                 .publish_with_reply_and_headers(subject.clone(), reply, headers, payload)
                 .await
                 .map_err(|e| RemoteError::Publish(e.to_string()))?;
@@ -279,7 +279,7 @@ impl NatsPlugin {
             return Err(RemoteError::Disconnected);
         }
         let headers = self.headers(WeftPhase::Log, Instant::now() + self.inner.opts.deadline, traceparent);
-        let client = shared.client.clone();
+        let client = shared.main.client.clone();
         shared.handle.spawn(async move {
             if let Err(e) = client.publish_with_headers(subject, headers, payload).await {
                 tracing::debug!("log publish failed: {e}");

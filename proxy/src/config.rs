@@ -343,6 +343,10 @@ pub const REMOTE_PHASES: [(&str, weft_runtime::abi::WeftPhase); 3] = [
     ("log", weft_runtime::abi::WeftPhase::Log),
 ];
 
+fn default_true() -> bool {
+    true
+}
+
 fn default_nats_url() -> String {
     DEFAULT_NATS_URL.to_owned()
 }
@@ -372,6 +376,11 @@ pub struct NatsConfig {
     /// ([`DEFAULT_NATS_DISCOVERY_TIMEOUT_MS`]).
     #[serde(default)]
     pub discovery_timeout_ms: Option<u64>,
+    /// A connection of its own for each serving thread, besides the shared one (default true):
+    /// a remote call and its reply then stay on the serving thread. `false`: every call goes
+    /// through the one shared connection, whose thread hands it over and back.
+    #[serde(default = "default_true")]
+    pub per_thread_connections: bool,
 }
 
 /// One of user/password, token, nkey (seed file) or creds (file).

@@ -1272,6 +1272,11 @@ impl RuntimeCollector {
                     "Remote phase calls waiting for a worker's reply",
                     nats.pending_replies() as i64,
                 ),
+                (
+                    "weft_nats_thread_connections",
+                    "Serving threads' own NATS connections (nats.per_thread_connections), besides the shared one",
+                    nats.thread_connections() as i64,
+                ),
             ];
             for (name, help, v) in nats_gauges {
                 let g = ConstGauge::new(v);

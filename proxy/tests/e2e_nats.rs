@@ -845,22 +845,35 @@ async fn call(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
 /// The ids nats-server gave the open connections whose client name is `name` (its monitoring
 /// port's `/connz`).
 async fn connection_ids(monitor: SocketAddr, name: &str) -> Vec<u64> {
-    let (status, body) = call(monitor, "GET", "/connz").await;
-    assert_eq!(status, 200, "{body}");
+    connections_named(monitor, |n| n == name).await
+}
+
+/// The serving threads' own connections of the client named `name` (`<name>/weft-serve-<i>`).
+async fn thread_connection_ids(monitor: SocketAddr, name: &str) -> Vec<u64> {
+    let prefix = format!("{name}/weft-serve-");
+    connections_named(monitor, |n| n.starts_with(&prefix)).await
+}
+
+async fn connections_named(monitor: SocketAddr, mut pick: impl FnMut(&str) -> bool) -> Vec<u64> {
+    let port = monitor.port();
+    let body = tokio::task::spawn_blocking(move || weft_test_support::monitor_get(port, "/connz"))
+        .await
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     v["connections"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|c| c["name"] == name)
+        .filter(|c| c["name"].as_str().is_some_and(&mut pick))
         .filter_map(|c| c["cid"].as_u64())
         .collect()
 }
 
 /// A reload that leaves `nats:` alone keeps the proxy's NATS connection (the same connection id at
 /// the server; each reload used to open another), and requests through the remote plugin keep
-/// succeeding across reloads. A changed `nats:` section reconnects, and the replaced connection
-/// closes once its generation is retired.
+/// succeeding across reloads; the serving threads that called have connections of their own. A
+/// changed `nats:` section reconnects, and the replaced connections close once their generation
+/// is retired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_keeps_an_unchanged_nats_connection() {
     require_nats!();
@@ -925,6 +938,15 @@ async fn reload_keeps_an_unchanged_nats_connection() {
         first,
         "the same connection after 5 reloads"
     );
+    // The serving threads that made calls have connections of their own, counted in /metrics.
+    let own = thread_connection_ids(monitor, "weft-proxy").await;
+    assert!(!own.is_empty());
+    let (status, metrics) = call(admin, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(&format!("weft_nats_thread_connections {}\n", own.len())),
+        "{own:?} {metrics}"
+    );
 
     // Another client name is another connection; the old one goes with its generation.
     std::fs::write(
@@ -936,10 +958,12 @@ async fn reload_keeps_an_unchanged_nats_connection() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(get(addr, "/", &[]).await.0, StatusCode::OK);
     let closing = Instant::now();
-    while !connection_ids(monitor, "weft-proxy").await.is_empty() {
+    while !connection_ids(monitor, "weft-proxy").await.is_empty()
+        || !thread_connection_ids(monitor, "weft-proxy").await.is_empty()
+    {
         assert!(
             closing.elapsed() < Duration::from_secs(10),
-            "the replaced NATS connection did not close"
+            "the replaced NATS connections did not close"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

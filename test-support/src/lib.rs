@@ -12,7 +12,7 @@ mod net;
 mod probe;
 
 pub use build::{c_plugins, go_library, run_script, weft_worker};
-pub use nats::{NatsServer, nats_server_bin};
+pub use nats::{NatsServer, monitor_get, nats_server_bin};
 pub use net::{free_port, wait_for, wait_listening};
 pub use probe::{PhaseCount, process_thread_wakeups, thread_wakeups};
 

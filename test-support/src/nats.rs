@@ -155,3 +155,19 @@ impl Drop for NatsServer {
         }
     }
 }
+
+/// The body of `GET path` on a nats-server's monitoring port (`-m PORT`), e.g. `/connz`. HTTP/1.0,
+/// so the whole body comes unchunked however long it is.
+pub fn monitor_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("nats-server's monitoring port");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    let body = text.find("\r\n\r\n").expect("an HTTP answer") + 4;
+    text.split_off(body)
+}

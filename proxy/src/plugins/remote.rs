@@ -243,6 +243,7 @@ fn nats_options(c: &NatsConfig) -> Result<weft_nats_bridge::NatsOptions, String>
     use weft_nats_bridge::{NatsOptions, NatsTls};
     let mut o = NatsOptions {
         url: c.url.clone(),
+        per_thread: c.per_thread_connections,
         ..NatsOptions::default()
     };
     if let Some(name) = &c.name {
@@ -348,5 +349,20 @@ mod tests {
             worker_command("nats://h:1", &config, &config.plugins[1]),
             "weft-worker -nats nats://h:1 -plugin timing -instance b2 -config '{}'"
         );
+    }
+
+    /// The serving threads' own connections are on unless the config turns them off.
+    #[test]
+    fn per_thread_connections_default_on() {
+        let parse = |nats: &str| {
+            let text = format!(
+                "listen: 127.0.0.1:1\nnats: {nats}\nupstreams: [{{ name: u, addresses: [\"127.0.0.1:9\"] }}]\nroutes: [{{ upstream: u }}]\n"
+            );
+            let config = Config::parse(&text, "c.yaml", std::path::Path::new(".")).unwrap();
+            nats_options(config.nats.as_ref().unwrap()).unwrap().per_thread
+        };
+        assert!(parse("{ url: x }"));
+        assert!(parse("{ url: x, per_thread_connections: true }"));
+        assert!(!parse("{ url: x, per_thread_connections: false }"));
     }
 }
