@@ -65,7 +65,7 @@ pub struct NatsOptions {
     /// Give each thread that calls from a current-thread tokio runtime (weft-proxy's serving
     /// threads) a connection of its own, driven by that runtime: a call and its reply then stay
     /// on the calling thread, with no hand-off to the transport's runtime and back. Until a
-    /// thread's connection is up (and while it is down) its calls take the shared connection.
+    /// thread's connection is up (or when it failed to open) its calls take the shared one.
     pub per_thread: bool,
 }
 

@@ -2,7 +2,8 @@
 //! a thread that calls from a current-thread runtime (as weft-proxy's serving threads do) gets a
 //! connection of its own, named after the thread, and once it is up its calls and their replies
 //! go over it (the server's per-connection message counts say so); a call from a multi-thread
-//! runtime takes the shared connection; the threads' connections close with the transport.
+//! runtime takes the shared connection; the threads' connections close with the transport; a
+//! thread whose connection cannot open calls over the shared one and tries again later.
 
 mod common;
 
@@ -150,4 +151,49 @@ fn each_calling_thread_gets_its_own_connection() {
     for (thread, _) in threads {
         thread.join().unwrap();
     }
+}
+
+/// A thread whose own connection cannot open (the server is at its `max_connections`: two
+/// workers and the shared connection) keeps calling over the shared one, and tries again later:
+/// once a worker's connection is gone, its next calls get a connection of their own.
+#[test]
+fn a_thread_whose_connection_fails_takes_the_shared_one_and_tries_again() {
+    require_nats!();
+    let srv = NatsServer::start_with_config("max_connections: 3\n");
+    let config = r#"{"request_set":{"x-a":"1"}}"#;
+    let _w1 = Worker::start(&srv.url(), "header-rewriter", "rs", config);
+    let mut w2 = Worker::start(&srv.url(), "header-rewriter", "rs", config);
+    let shared_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let t = shared_rt
+        .block_on(NatsTransport::connect(NatsOptions {
+            url: srv.url(),
+            per_thread: true,
+            ..NatsOptions::default()
+        }))
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The first call starts the thread's connection, which the server refuses.
+    call_here(&rt, &t, 1000, 1);
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+    call_here(&rt, &t, 1001, 20);
+    assert_eq!(t.thread_connections(), 0, "the server had no room for it");
+
+    w2.kill();
+    let mut id = 2000;
+    let mut waited = 0;
+    while t.thread_connections() == 0 {
+        assert!(waited < 100, "the thread's connection was not tried again");
+        call_here(&rt, &t, id, 1);
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
+        (id, waited) = (id + 1, waited + 1);
+    }
+    call_here(&rt, &t, id, 20);
+    assert_eq!(t.pending_replies(), 0);
 }
